@@ -1,0 +1,29 @@
+# Set-up and entry points. Every target creates the virtual environment when it is absent.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+.PHONY: setup demo test fashion-mnist
+
+setup: $(STAMP)
+
+# torch and torchvision first, at the versions this machine holds on disk; setup.cfg only declares ranges.
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+# Real Fashion-MNIST (70k images) from Debian's package; needs root (or sudo).
+fashion-mnist:
+	@test -f $(FASHION_MNIST) || { apt-get update && apt-get install -y dataset-fashion-mnist; }
+
+# The main job: compare controllers on the embedded digits data (a few minutes on a CPU).
+demo: $(STAMP)
+	$(PY) -m benchmarks.compare --env ALA-Digits-v0 --preset demo
+
+test: $(STAMP) fashion-mnist
+	$(PY) -m pytest -q

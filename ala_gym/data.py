@@ -1,0 +1,401 @@
+"""Real classification datasets, held as uint8 tensors on the training device.
+
+One loader per dataset, each going through the dataset's own reader:
+
+* ``load_digits``: scikit-learn's bundled 8x8 digits (1,797 images), the seconds-scale default.
+* ``load_fashion_mnist``: torchvision's ``FashionMNIST`` reader over the idx files that Debian's
+  ``dataset-fashion-mnist`` installs (gzip-compressed; unpacked once into a cache folder because
+  torchvision reads only uncompressed idx files).
+* ``load_cifar10``: torchvision's ``CIFAR10`` reader with its md5 integrity check, or, for a
+  CIFAR-format folder that carries its own ``MD5SUMS`` (such as a subset), the same reader checked
+  against that file instead.
+
+Every loader returns a :class:`ClassificationData` whose three splits live on ``device``; batches are
+drawn there by :class:`BatchSampler` with an explicit ``torch.Generator``, and CIFAR's augmentation
+(4-pixel zero padding, random 32x32 crop, horizontal flip) runs batched on the device too.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import pickle
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FASHION_MNIST_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+_FASHION_MNIST_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+_CIFAR10_FILES = ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"]
+
+
+class DataError(RuntimeError):
+    """A dataset file is missing or corrupt; the message names the file and how to get it."""
+
+
+def default_cache_dir() -> Path:
+    """Where derived files (unpacked idx files, downloads) go: ``$ALA_GYM_CACHE`` or ``~/.cache/ala_gym``."""
+    return Path(os.environ.get("ALA_GYM_CACHE", Path.home() / ".cache" / "ala_gym"))
+
+
+@dataclass
+class Split:
+    """Images ``uint8 [N, C, H, W]`` and labels ``int64 [N]``, both on the training device."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, indices: torch.Tensor) -> Split:
+        return Split(self.images[indices], self.labels[indices])
+
+
+@dataclass
+class ClassificationData:
+    """A dataset split three ways, with what is needed to turn uint8 images into network inputs."""
+
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    num_classes: int
+    mean: torch.Tensor  # per-channel, in [0, 1], shape [C]
+    std: torch.Tensor
+    augment: bool  # CIFAR-style pad + crop + flip on training batches
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train.images.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def device(self) -> torch.device:
+        return self.train.images.device
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images -> float inputs with zero mean and unit variance per channel."""
+        x = images.float().div_(255.0)
+        return (x - self.mean.view(1, -1, 1, 1)) / self.std.view(1, -1, 1, 1)
+
+
+def _split_train_val(images: torch.Tensor, labels: torch.Tensor, val_size: int, split_seed: int) -> tuple[Split, Split]:
+    if not 0 < val_size < len(labels):
+        raise ValueError(f"val_size must be in (0, {len(labels)}), got {val_size}")
+    generator = torch.Generator().manual_seed(split_seed)
+    order = torch.randperm(len(labels), generator=generator)
+    val_idx, train_idx = order[:val_size], order[val_size:]
+    return Split(images[train_idx], labels[train_idx]), Split(images[val_idx], labels[val_idx])
+
+
+def _assemble(
+    name: str,
+    train_images: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_images: torch.Tensor,
+    test_labels: torch.Tensor,
+    *,
+    val_size: int,
+    split_seed: int,
+    augment: bool,
+    device: torch.device | str,
+) -> ClassificationData:
+    train, val = _split_train_val(train_images, train_labels, val_size, split_seed)
+    # Normalisation statistics come from the training split only.
+    pixels = train.images.float().div(255.0)
+    mean = pixels.mean(dim=(0, 2, 3))
+    std = pixels.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    test = Split(test_images, test_labels)
+    num_classes = int(torch.cat([train.labels, val.labels, test.labels]).max()) + 1
+    device = torch.device(device)
+
+    def to_device(split: Split) -> Split:
+        return Split(split.images.to(device).contiguous(), split.labels.to(device))
+
+    return ClassificationData(
+        name=name,
+        train=to_device(train),
+        val=to_device(val),
+        test=to_device(test),
+        num_classes=num_classes,
+        mean=mean.to(device),
+        std=std.to(device),
+        augment=augment,
+    )
+
+
+def load_digits(
+    *, val_size: int = 360, test_size: int = 360, split_seed: int = 0, device: torch.device | str = "cpu"
+) -> ClassificationData:
+    """scikit-learn's bundled 8x8 digits: 1,797 images, here 1,077 train / 360 val / 360 test by default."""
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    bunch = sklearn_digits()
+    # Pixel values are 0..16; scale to the uint8 range so every dataset shares one normalisation path.
+    images = torch.from_numpy(np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)).unsqueeze(1)
+    labels = torch.from_numpy(bunch.target.astype(np.int64))
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(split_seed + 1))
+    test_idx, rest_idx = order[:test_size], order[test_size:]
+    return _assemble(
+        "digits",
+        images[rest_idx],
+        labels[rest_idx],
+        images[test_idx],
+        labels[test_idx],
+        val_size=val_size,
+        split_seed=split_seed,
+        augment=False,
+        device=device,
+    )
+
+
+def _idx_size(header: bytes) -> int:
+    """Size in bytes that an idx file's header promises (magic: 0, 0, dtype code, number of dims)."""
+    if len(header) < 4 or header[:2] != b"\0\0":
+        return -1
+    dims = header[3]
+    if len(header) < 4 + 4 * dims:
+        return -1
+    shape = [int.from_bytes(header[4 + 4 * k : 8 + 4 * k], "big") for k in range(dims)]
+    return 4 + 4 * dims + int(np.prod(shape))
+
+
+def _unpack_fashion_mnist(source_dir: Path, cache_root: Path) -> Path:
+    """Unpack the ``*.gz`` idx files of ``source_dir`` once into ``cache_root/<key>/FashionMNIST/raw``.
+
+    The key depends on the source folder and its files' sizes and times, so another source (or an
+    updated package) never reuses a stale unpack. Returns the root to give torchvision's reader.
+    """
+    sources = [source_dir / f"{name}.gz" for name in _FASHION_MNIST_FILES]
+    for source in sources:
+        if not source.exists():
+            raise DataError(
+                f"Fashion-MNIST file {source} is missing. Install it with "
+                "`apt-get update && apt-get install -y dataset-fashion-mnist`, or pass data_root= a folder "
+                f"holding the four idx files {', '.join(p.name for p in sources)}."
+            )
+    stamp = "|".join(f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sources)
+    root = cache_root / hashlib.sha1(stamp.encode()).hexdigest()[:16]
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for name, source in zip(_FASHION_MNIST_FILES, sources):
+        target = raw / name
+        if target.exists():
+            continue
+        # Write to a temporary file and rename, so an interrupted unpack never leaves a half file behind.
+        with tempfile.NamedTemporaryFile(dir=raw, delete=False) as tmp:
+            try:
+                with gzip.open(source, "rb") as packed:
+                    shutil.copyfileobj(packed, tmp)
+            except (OSError, EOFError) as exc:
+                tmp.close()
+                os.unlink(tmp.name)
+                raise DataError(f"Fashion-MNIST file {source} is corrupt ({exc}); reinstall dataset-fashion-mnist.") from exc
+        with open(tmp.name, "rb") as unpacked:
+            expected = _idx_size(unpacked.read(16))
+        if os.path.getsize(tmp.name) != expected:
+            got = os.path.getsize(tmp.name)
+            os.unlink(tmp.name)
+            raise DataError(
+                f"Fashion-MNIST file {source} unpacks to {got} bytes but its idx header promises {expected}: "
+                "it is truncated or not an idx file; reinstall dataset-fashion-mnist."
+            )
+        os.replace(tmp.name, target)
+    return root
+
+
+def load_fashion_mnist(
+    *,
+    data_root: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    val_size: int = 10000,
+    split_seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> ClassificationData:
+    """Fashion-MNIST (70,000 28x28 images) through torchvision's reader: 50k train / 10k val / 10k test.
+
+    ``data_root`` is the folder with the four ``*-idx?-ubyte.gz`` files (default: Debian's
+    ``/usr/share/datasets/fashion-mnist``); they are unpacked once under ``cache_dir``.
+    """
+    from torchvision.datasets import FashionMNIST
+
+    source = Path(data_root) if data_root is not None else FASHION_MNIST_DEBIAN_DIR
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "fashion-mnist"
+    root = _unpack_fashion_mnist(source, cache)
+    train = FashionMNIST(str(root), train=True, download=False)
+    test = FashionMNIST(str(root), train=False, download=False)
+    return _assemble(
+        "fashion-mnist",
+        train.data.unsqueeze(1),
+        train.targets,
+        test.data.unsqueeze(1),
+        test.targets,
+        val_size=val_size,
+        split_seed=split_seed,
+        augment=False,
+        device=device,
+    )
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_md5sums(folder: Path) -> dict[str, str]:
+    sums = {}
+    for line in (folder / "MD5SUMS").read_text().splitlines():
+        if line.strip():
+            digest, name = line.split(maxsplit=1)
+            sums[name.strip().lstrip("*")] = digest
+    return sums
+
+
+def _cifar10_reader_class():
+    """torchvision's CIFAR10, told to check a folder's own MD5SUMS instead of the full dataset's sums."""
+    from torchvision.datasets import CIFAR10
+
+    class CIFAR10WithMD5SUMS(CIFAR10):
+        base_folder = ""  # the files lie directly in root
+
+        def _check_integrity(self) -> bool:
+            folder = Path(self.root)
+            sums = _read_md5sums(folder)
+            for name in _CIFAR10_FILES + ["batches.meta"]:
+                path = folder / name
+                if name not in sums:
+                    raise DataError(f"{folder / 'MD5SUMS'} has no checksum for {name}")
+                if not path.exists():
+                    raise DataError(f"CIFAR-10 file {path} is missing (listed in {folder / 'MD5SUMS'})")
+                if _md5(path) != sums[name]:
+                    raise DataError(f"CIFAR-10 file {path} is corrupt: its md5 does not match {folder / 'MD5SUMS'}")
+            return True
+
+        def _load_meta(self) -> None:
+            # torchvision checks batches.meta against the full dataset's md5; _check_integrity has
+            # already checked it against this folder's MD5SUMS.
+            with open(Path(self.root) / "batches.meta", "rb") as handle:
+                self.classes = pickle.load(handle, encoding="latin1")["label_names"]
+            self.class_to_idx = {name: index for index, name in enumerate(self.classes)}
+
+    return CIFAR10WithMD5SUMS
+
+
+def load_cifar10(
+    *,
+    data_root: str | os.PathLike | None = None,
+    download: bool = True,
+    val_size: int | None = None,
+    split_seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> ClassificationData:
+    """CIFAR-10 through torchvision's reader: the paper's 40k train / 10k val (seeded) / 10k test split.
+
+    ``data_root`` is either torchvision's root (holding ``cifar-10-batches-py/``; default
+    ``<cache>/cifar10``, downloaded there on first use when ``download`` and the machine is online) or
+    a CIFAR-format folder with its own ``MD5SUMS``, checked against it. ``val_size`` defaults to a
+    fifth of the training images (10,000 for the full dataset).
+    """
+    from torchvision.datasets import CIFAR10
+
+    root = Path(data_root) if data_root is not None else default_cache_dir() / "cifar10"
+    if (root / "MD5SUMS").exists():
+        reader = _cifar10_reader_class()
+        train, test = reader(str(root), train=True), reader(str(root), train=False)
+    else:
+        try:
+            train = CIFAR10(str(root), train=True, download=download)
+            test = CIFAR10(str(root), train=False, download=download)
+        except (RuntimeError, OSError) as exc:  # torchvision's integrity failure, or no network
+            raise DataError(
+                f"CIFAR-10 not found or corrupt under {root / 'cifar-10-batches-py'} ({exc}). Fill that folder "
+                "with the extracted cifar-10-python.tar.gz (md5 c58f30108f718f92721af3b95e74349a), run once "
+                "with download=True on a machine with internet access, or pass data_root= a CIFAR-format "
+                "folder that carries an MD5SUMS file."
+            ) from exc
+    train_images = torch.from_numpy(train.data).permute(0, 3, 1, 2).contiguous()
+    test_images = torch.from_numpy(test.data).permute(0, 3, 1, 2).contiguous()
+    train_labels = torch.tensor(train.targets, dtype=torch.int64)
+    return _assemble(
+        "cifar10",
+        train_images,
+        train_labels,
+        test_images,
+        torch.tensor(test.targets, dtype=torch.int64),
+        val_size=val_size if val_size is not None else len(train_labels) // 5,
+        split_seed=split_seed,
+        augment=True,
+        device=device,
+    )
+
+
+LOADERS = {"digits": load_digits, "fashion-mnist": load_fashion_mnist, "cifar10": load_cifar10}
+
+_CACHE: dict[tuple, ClassificationData] = {}
+
+
+def load_dataset(name: str, *, device: torch.device | str = "cpu", **kwargs) -> ClassificationData:
+    """Load ``name`` (a key of ``LOADERS``) once per process and options; later calls share the tensors.
+
+    Sharing is safe because nothing writes to a loaded split: batches are gathered copies.
+    """
+    if name not in LOADERS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(LOADERS)}")
+    key = (name, str(torch.device(device)), tuple(sorted((k, str(v)) for k, v in kwargs.items())))
+    if key not in _CACHE:
+        _CACHE[key] = LOADERS[name](device=device, **kwargs)
+    return _CACHE[key]
+
+
+class BatchSampler:
+    """Draws training batches on the data's device: reshuffled epochs, optional CIFAR augmentation.
+
+    All randomness comes from ``generator`` (a ``torch.Generator`` on the data's device), so two samplers
+    with equally seeded generators yield identical batches.
+    """
+
+    def __init__(self, data: ClassificationData, batch_size: int, generator: torch.Generator) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.data = data
+        self.batch_size = min(batch_size, len(data.train))
+        self.generator = generator
+        self._order = torch.empty(0, dtype=torch.int64, device=data.device)
+        self._position = 0
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return one normalised (and, for CIFAR, augmented) batch ``(inputs, labels)``."""
+        if self._position + self.batch_size > len(self._order):
+            # Drop the ragged tail so every batch has the same size (what the vectorised path needs).
+            self._order = torch.randperm(len(self.data.train), generator=self.generator, device=self.data.device)
+            self._position = 0
+        index = self._order[self._position : self._position + self.batch_size]
+        self._position += self.batch_size
+        images = self.data.train.images[index]
+        if self.data.augment:
+            images = random_crop_flip(images, self.generator)
+        return self.data.normalize(images), self.data.train.labels[index]
+
+
+def random_crop_flip(images: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
+    """Batched 4-pixel zero-pad, random crop back to size, and random horizontal flip (uint8 in, uint8 out)."""
+    n, _, h, w = images.shape
+    device = images.device
+    padded = torch.nn.functional.pad(images, (padding, padding, padding, padding))
+    offsets = torch.randint(0, 2 * padding + 1, (2, n), generator=generator, device=device)
+    flips = torch.rand(n, generator=generator, device=device) < 0.5
+    rows = offsets[0, :, None] + torch.arange(h, device=device)  # [n, h]
+    cols = offsets[1, :, None] + torch.arange(w, device=device)  # [n, w]
+    cols = torch.where(flips[:, None], cols.flip(1), cols)
+    batch = torch.arange(n, device=device)[:, None, None]
+    # Advanced indices separated by a slice move to the front: result is [n, h, w, C].
+    crops = padded[batch, :, rows[:, :, None], cols[:, None, :]]
+    return crops.permute(0, 3, 1, 2).contiguous()

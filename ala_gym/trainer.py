@@ -1,0 +1,125 @@
+"""The child-training core: one model, its optimiser, its batches, and evaluation.
+
+Controllers of every kind use it: the ALA environments (which add actions, rewards and observations
+on top), and non-RL loss learners that need the model, the batches and a loss hook. It imports no
+gymnasium.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ala_gym.data import BatchSampler, ClassificationData, Split
+from ala_gym.losses import LossFn
+from ala_gym.metrics import Evaluation, summarize
+from ala_gym.models import build_model
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a child is trained: model, momentum SGD and its step schedule."""
+
+    model: str = "mlp"
+    """Child model name (a key of ``ala_gym.models.MODELS``)."""
+    total_iterations: int = 2000
+    """SGD iterations of one full training run (the episode's budget)."""
+    batch_size: int = 128
+    lr: float = 0.1
+    """Initial learning rate."""
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    lr_milestones: tuple[float, ...] = (0.5, 0.75)
+    """Fractions of ``total_iterations`` at which the learning rate is multiplied by ``lr_decay``."""
+    lr_decay: float = 0.1
+    eval_batch_size: int = 1000
+    """Batch size of evaluation passes (memory only; results do not depend on it)."""
+
+    def __post_init__(self) -> None:
+        if self.total_iterations < 1:
+            raise ValueError(f"total_iterations must be positive, got {self.total_iterations}")
+        if self.lr <= 0 or not 0 <= self.momentum < 1 or self.weight_decay < 0:
+            raise ValueError(f"invalid SGD settings lr={self.lr}, momentum={self.momentum}, wd={self.weight_decay}")
+        if any(not 0 < m < 1 for m in self.lr_milestones) or list(self.lr_milestones) != sorted(self.lr_milestones):
+            raise ValueError(f"lr_milestones must be increasing fractions in (0, 1), got {self.lr_milestones}")
+
+    def lr_at(self, iteration: int) -> float:
+        """Step schedule: ``lr * lr_decay ** (number of milestones passed)``."""
+        passed = bisect.bisect_right([m * self.total_iterations for m in self.lr_milestones], iteration)
+        return self.lr * self.lr_decay**passed
+
+
+def seed_streams(seed: int, count: int) -> list[int]:
+    """``count`` independent 63-bit seeds derived from one integer seed."""
+    return [int(s) for s in np.random.SeedSequence(seed).generate_state(count, dtype=np.uint64) >> np.uint64(1)]
+
+
+class ChildTrainer:
+    """Trains one child model with momentum SGD under a loss given per call.
+
+    All randomness comes from ``seed``: one generator initialises the weights (on the CPU, so a seed
+    gives the same initial model on any device), one on the data's device draws batches and
+    augmentation.
+    """
+
+    def __init__(self, data: ClassificationData, config: TrainConfig, seed: int) -> None:
+        self.data = data
+        self.config = config
+        init_seed, batch_seed = seed_streams(seed, 2)
+        self.model: nn.Module = build_model(
+            config.model, data.image_shape, data.num_classes, torch.Generator().manual_seed(init_seed), data.device
+        )
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+        self.sampler = BatchSampler(data, config.batch_size, torch.Generator(data.device).manual_seed(batch_seed))
+        self.iteration = 0
+
+    @property
+    def device(self) -> torch.device:
+        return self.data.device
+
+    @property
+    def done(self) -> bool:
+        return self.iteration >= self.config.total_iterations
+
+    def train_step(self, loss_fn: LossFn) -> torch.Tensor:
+        """One SGD iteration on the next batch under ``loss_fn(logits, labels)``; returns the loss (on device)."""
+        self.model.train()
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.config.lr_at(self.iteration)
+        inputs, labels = self.sampler.next()
+        loss = loss_fn(self.model(inputs), labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.iteration += 1
+        return loss.detach()
+
+    def train(self, iterations: int, loss_fn: LossFn) -> float:
+        """Run ``iterations`` SGD iterations; return their mean loss (NaN/inf if training diverged).
+
+        The loss stays on the device until the end, so the loop never waits on the host.
+        """
+        if iterations < 1:
+            raise ValueError(f"iterations must be positive, got {iterations}")
+        total = torch.zeros((), device=self.device)
+        for _ in range(iterations):
+            total += self.train_step(loss_fn)
+        return float(total) / iterations
+
+    @torch.no_grad()
+    def logits(self, split: Split) -> torch.Tensor:
+        """Model outputs for every image of ``split``, in evaluation mode."""
+        self.model.eval()
+        step = self.config.eval_batch_size
+        outputs = [self.model(self.data.normalize(split.images[i : i + step])) for i in range(0, len(split), step)]
+        return torch.cat(outputs)
+
+    def evaluate(self, split: Split, metric: str = "error") -> Evaluation:
+        """Metric, cross-entropy and Eq. 7 confusion statistics of the current model on ``split``."""
+        return summarize(self.logits(split), split.labels, self.data.num_classes, metric)
