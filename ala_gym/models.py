@@ -65,14 +65,14 @@ class CifarResNet(nn.Module):
 
 
 class SmallCNN(nn.Module):
-    """Two 3x3 conv + max-pool stages (32, 64 channels) and a 128-unit hidden layer; no BatchNorm."""
+    """Two 3x3 conv + max-pool stages (16, 32 channels) and a 128-unit hidden layer; no BatchNorm."""
 
     def __init__(self, image_shape: tuple[int, int, int], num_classes: int) -> None:
         super().__init__()
         channels, height, width = image_shape
-        self.conv1 = nn.Conv2d(channels, 32, 3, padding=1)
-        self.conv2 = nn.Conv2d(32, 64, 3, padding=1)
-        self.fc1 = nn.Linear(64 * (height // 4) * (width // 4), 128)
+        self.conv1 = nn.Conv2d(channels, 16, 3, padding=1)
+        self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
+        self.fc1 = nn.Linear(32 * (height // 4) * (width // 4), 128)
         self.fc2 = nn.Linear(128, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
