@@ -26,4 +26,4 @@ demo: $(STAMP)
 	$(PY) -m benchmarks.compare --env ALA-Digits-v0 --preset demo
 
 test: $(STAMP) fashion-mnist
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q

@@ -16,6 +16,12 @@ from typing import Any, Callable
 import gymnasium as gym
 import numpy as np
 
+import ala_gym  # noqa: F401  (registers the env ids that make_envs names)
+from agents.runlog import phi_stats
+
+OnStep = Callable[[int, dict[str, Any]], None]
+"""``on_step(step, logs)``, called after every vector step of :meth:`Controller.run`."""
+
 
 @dataclass
 class EpisodeRecord:
@@ -33,25 +39,36 @@ class EpisodeRecord:
 
 
 class EpisodeRecorder:
-    """Collects each child's first episode from vector-env infos (later autoreset episodes are ignored)."""
+    """Collects each child's first episode (later autoreset episodes are ignored).
+
+    :meth:`add` reads gymnasium vector-env infos (a dict of per-child arrays with ``_key`` masks);
+    :meth:`add_child` takes one child's info dict, as Stable-Baselines3's ``VecEnv`` gives them.
+    """
 
     def __init__(self, num_envs: int) -> None:
         self.records = [EpisodeRecord() for _ in range(num_envs)]
         self.finished = np.zeros(num_envs, dtype=bool)
 
     def add(self, rewards: np.ndarray, terminations: np.ndarray, truncations: np.ndarray, infos: dict) -> None:
-        for child, record in enumerate(self.records):
-            if self.finished[child] or not infos.get("_val_metric", np.ones(len(self.records), bool))[child]:
-                continue
-            record.val_metric.append(float(infos["val_metric"][child]))
-            record.rewards.append(float(rewards[child]))
-            record.phi.append(np.asarray(infos["phi"][child]).round(6).tolist())
-            record.iterations = int(infos["iteration"][child])
-            if terminations[child] or truncations[child]:
-                record.diverged = bool(infos["diverged"][child])
-                record.test_metric = float(infos["test_metric"][child])
-                record.final_val_metric = float(infos["final_val_metric"][child])
-                self.finished[child] = True
+        for child in range(len(self.records)):
+            if infos.get("_val_metric", np.ones(len(self.records), bool))[child]:
+                info = {key: values[child] for key, values in infos.items() if isinstance(values, np.ndarray)}
+                self.add_child(child, float(rewards[child]), bool(terminations[child] or truncations[child]), info)
+
+    def add_child(self, child: int, reward: float, done: bool, info: dict) -> None:
+        """Append one step of ``child`` (``info`` holds the single env's keys) unless its first episode ended."""
+        if self.finished[child]:
+            return
+        record = self.records[child]
+        record.val_metric.append(float(info["val_metric"]))
+        record.rewards.append(float(reward))
+        record.phi.append(np.asarray(info["phi"]).round(6).tolist())
+        record.iterations = int(info["iteration"])
+        if done:
+            record.diverged = bool(info["diverged"])
+            record.test_metric = float(info["test_metric"])
+            record.final_val_metric = float(info["final_val_metric"])
+            self.finished[child] = True
 
     @property
     def done(self) -> bool:
@@ -62,9 +79,20 @@ class Controller(ABC):
     """Chooses loss-parameter changes for a batch of ALA children."""
 
     name: str = "controller"
+    num_envs: int = 1
+    """How many children the benchmark should give this controller (``gym.make_vec(..., num_envs=)``)."""
 
-    def begin(self, envs: gym.vector.VectorEnv) -> None:
-        """Called once before :meth:`run` steps ``envs``; learned controllers size themselves here."""
+    def env_kwargs(self) -> dict[str, Any]:
+        """Env keywords this controller needs (e.g. ``loss_form``); they override the caller's."""
+        return {}
+
+    def make_envs(self, env_id: str, **env_kwargs: Any) -> gym.vector.VectorEnv:
+        """The vector env this controller expects: ``num_envs`` children, :meth:`env_kwargs` applied."""
+        return gym.make_vec(env_id, num_envs=self.num_envs, **{**env_kwargs, **self.env_kwargs()})
+
+    def begin(self, envs: gym.vector.VectorEnv, seed: int) -> None:
+        """Called once before :meth:`run` steps ``envs``: learned controllers size themselves to the env
+        and every controller seeds its own generators from ``seed`` (never the global RNGs)."""
 
     @abstractmethod
     def act(self, observations: np.ndarray, infos: dict) -> np.ndarray:
@@ -83,23 +111,28 @@ class Controller(ABC):
         actions: np.ndarray,
         rewards: np.ndarray,
         next_observations: np.ndarray,
-        terminations: np.ndarray,
+        dones: np.ndarray,
         infos: dict,
     ) -> dict[str, float]:
-        """Learn from one transition of every child; return scalars to log. Fixed controllers do nothing."""
+        """Learn from one transition of every child (``dones``: its episode terminated or was truncated);
+        return scalars to log. Fixed controllers do nothing."""
         return {}
 
     def run(
         self,
         envs: gym.vector.VectorEnv,
         seed: int,
-        on_step: Callable[[int, dict[str, Any]], None] | None = None,
+        on_step: OnStep | None = None,
     ) -> list[EpisodeRecord]:
         """Run every child of ``envs`` through one full training run; return one record per child.
 
-        ``on_step(step, logs)`` is called after every vector step (for progress bars and logging).
+        ``envs`` autoresets in gymnasium's default ``NEXT_STEP`` mode (as ``gym.make_vec`` builds it); a
+        child's later episodes, run while the others finish, are neither recorded nor learned from.
+
+        ``on_step(step, logs)`` is called after every vector step (for progress bars and logging) with
+        :func:`step_logs` plus what :meth:`learn` returned.
         """
-        self.begin(envs)
+        self.begin(envs, seed)
         observations, infos = envs.reset(seed=seed)
         recorder = EpisodeRecorder(envs.num_envs)
         step = 0
@@ -109,10 +142,19 @@ class Controller(ABC):
                 envs.set_attr("phi", list(phi))
             actions = self.act(observations, infos)
             next_observations, rewards, terminations, truncations, infos = envs.step(actions)
+            running = ~recorder.finished  # children still in their first episode before this step
             recorder.add(rewards, terminations, truncations, infos)
-            logs = self.learn(observations, actions, rewards, next_observations, terminations, infos)
+            logs = self.learn(observations, actions, rewards, next_observations, terminations | truncations, infos)
             observations = next_observations
             step += 1
             if on_step is not None:
-                on_step(step, {"reward": float(np.mean(rewards)), **logs})
+                phi = np.asarray(infos["phi"])[running]
+                on_step(step, {**step_logs(rewards[running], phi, infos["val_metric"][running]), **logs})
         return recorder.records
+
+
+def step_logs(rewards: np.ndarray, phi: np.ndarray, val_metric: np.ndarray) -> dict[str, Any]:
+    """What every controller logs per step, over the children still running: mean reward and validation
+    metric, Phi's drift from identity (:func:`agents.runlog.phi_stats`), and ``phi`` itself
+    (``[children, C, C]`` array, for heatmaps)."""
+    return {"reward": float(np.mean(rewards)), "val_metric": float(np.mean(val_metric)), **phi_stats(phi), "phi": phi}

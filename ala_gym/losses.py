@@ -9,9 +9,14 @@ form at identity reached 24.6% validation error against 12.4% for cross-entropy;
 argument (one public re-implementation divided by sqrt(C) against saturation). ``"cross_entropy"``
 ignores Phi and calls ``F.cross_entropy``: the plain baseline, run through the same machinery.
 
-Note that with the linear form a negative off-diagonal entry rewards pushing a wrong class's
-log-probability towards minus infinity, so the loss is unbounded below: training can diverge, which
-the environment detects and ends the episode for.
+A negative entry ``Phi(y, j)`` rewards pushing ``log f_j`` towards minus infinity: Eq. 6 is then
+unbounded below (linear form) or saturates once that term dominates (sigmoid form). Measured here on
+digits (MLP, 600 iterations): with Phi = identity plus 10% Gaussian noise, the logits grew to 2e5 within
+60 iterations and the model collapsed to one class (90% test error) in both forms; with Phi = I it
+reached 5%. ``negative_floor`` (default 1e-3) therefore stops the reward of a negative entry once
+``f_j < negative_floor``: for entries with ``Phi(y, j) < 0`` the loss uses ``max(log f_j,
+log negative_floor)``. The same run then reached 6% error. Entries >= 0, and so Phi = I, are untouched;
+``negative_floor=None`` gives Eq. 6 exactly as printed.
 """
 
 from __future__ import annotations
@@ -27,12 +32,20 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def phi_loss(
-    logits: torch.Tensor, labels: torch.Tensor, phi: torch.Tensor, form: str = "linear", temperature: float = 1.0
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    phi: torch.Tensor,
+    form: str = "linear",
+    temperature: float = 1.0,
+    negative_floor: float | None = 1e-3,
 ) -> torch.Tensor:
     """Mean Eq. 6 loss over a batch: rows ``Phi[y]`` weight the log-probabilities of every class."""
     if form == "cross_entropy":
         return F.cross_entropy(logits, labels)
-    weighted = (phi[labels] * F.log_softmax(logits, dim=1)).sum(dim=1)  # y^T Phi log f(y|x)
+    weights, log_probs = phi[labels], F.log_softmax(logits, dim=1)
+    if negative_floor is not None:
+        log_probs = torch.where(weights < 0, log_probs.clamp_min(float(np.log(negative_floor))), log_probs)
+    weighted = (weights * log_probs).sum(dim=1)  # y^T Phi log f(y|x)
     if form == "linear":
         return -weighted.mean()
     if form == "sigmoid":
@@ -43,15 +56,19 @@ def phi_loss(
 class PhiLoss:
     """Eq. 6 with a fixed Phi, as a ``loss_fn(logits, labels)`` for :class:`ala_gym.trainer.ChildTrainer`."""
 
-    def __init__(self, phi: torch.Tensor, form: str = "linear", temperature: float = 1.0) -> None:
+    def __init__(
+        self, phi: torch.Tensor, form: str = "linear", temperature: float = 1.0, negative_floor: float | None = 1e-3
+    ) -> None:
         if form not in LOSS_FORMS:
             raise ValueError(f"unknown loss form {form!r}; choose one of {LOSS_FORMS}")
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
-        self.phi, self.form, self.temperature = phi, form, temperature
+        if negative_floor is not None and not 0 < negative_floor < 1:
+            raise ValueError(f"negative_floor must be in (0, 1) or None, got {negative_floor}")
+        self.phi, self.form, self.temperature, self.negative_floor = phi, form, temperature, negative_floor
 
     def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return phi_loss(logits, labels, self.phi, self.form, self.temperature)
+        return phi_loss(logits, labels, self.phi, self.form, self.temperature, self.negative_floor)
 
 
 def class_pairs(num_classes: int) -> np.ndarray:

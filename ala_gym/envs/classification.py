@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import deque
+import multiprocessing
 from typing import Any
 
 import gymnasium as gym
@@ -11,14 +11,20 @@ import torch
 from gymnasium import spaces
 
 from ala_gym.data import ClassificationData, load_dataset
-from ala_gym.losses import LOSS_FORMS, PhiLoss, check_phi, class_pairs, matrix_to_pairs, pairs_to_matrix
-from ala_gym.metrics import METRICS, Evaluation, discounted_metric
+from ala_gym.envs.episode import (
+    CHANGE_CLIP,
+    CONFUSION_CLIP,
+    MOVING_AVERAGE_RATE,
+    N_ACTIONS,
+    ChildEpisode,
+    EpisodeSettings,
+    train_child_step,
+)
+from ala_gym.losses import LOSS_FORMS, check_phi, class_pairs
+from ala_gym.metrics import METRICS, Evaluation
 from ala_gym.trainer import ChildTrainer, TrainConfig
 
-N_ACTIONS = 3  # {-beta, 0, +beta}
-CONFUSION_CLIP = 10.0  # bound of the normalised confusion statistics (C / log(num_classes))
-CHANGE_CLIP = 10.0  # bound of their relative change from the moving average
-MOVING_AVERAGE_RATE = 0.1
+__all__ = ["ALAClassificationEnv", "CHANGE_CLIP", "CONFUSION_CLIP", "MOVING_AVERAGE_RATE", "N_ACTIONS", "resolve_device"]
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -91,10 +97,17 @@ class ALAClassificationEnv(gym.Env):
     * ``model``, ``total_iterations``, ``batch_size``, ``lr``, ``momentum``, ``weight_decay``,
       ``lr_milestones``, ``lr_decay``: the child's training (``ala_gym.trainer.TrainConfig``).
     * ``steps_per_action`` (K, 200 in the paper), ``beta`` (0.1), ``phi_init`` (identity), ``loss_form``,
-      ``sigmoid_temperature``.
+      ``sigmoid_temperature``, ``negative_floor`` (1e-3: a negative entry stops rewarding ``log f_j`` once
+      ``f_j`` is below it, which keeps Eq. 6 bounded; ``None`` for Eq. 6 as printed; see ``ala_gym.losses``).
     * ``metric`` (``"error"`` or ``"nll"``, lower is better), ``reward``, ``gamma`` (0.9), ``eval_points``,
-      ``eval_stride``, ``val_subsample``, ``history`` (10), ``divergence_penalty``.
+      ``eval_stride``, ``val_subsample`` (1000: at 2000 the validation passes took 12.6% of a Fashion-MNIST step, see benchmarks/results/overhead.md), ``history`` (10), ``divergence_penalty``.
     * ``device``: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
+    * ``num_threads``: torch intra-op threads of this process. ``None`` leaves the setting alone, except
+      in a multiprocessing worker (``gym.make_vec(..., vectorization_mode="async")``), where it means 1:
+      forked workers then neither oversubscribe the cores nor hang on the parent's OpenMP pool.
+
+    Several children sharing one controller: ``gym.make_vec(id, num_envs=N)`` builds the native
+    :class:`ala_gym.envs.vector.ALAVectorEnv` (one process, children trained together).
 
     ## Version History
     * v0: initial version.
@@ -123,16 +136,24 @@ class ALAClassificationEnv(gym.Env):
         phi_init: np.ndarray | None = None,
         loss_form: str = "linear",
         sigmoid_temperature: float = 1.0,
+        negative_floor: float | None = 1e-3,
         metric: str = "error",
         reward: str = "sign",
         gamma: float = 0.9,
         eval_points: int = 3,
         eval_stride: int = 10,
-        val_subsample: int | None = 2000,
+        val_subsample: int | None = 1000,
         history: int = 10,
         divergence_penalty: float = -10.0,
         device: str = "auto",
+        num_threads: int | None = None,
     ) -> None:
+        if num_threads is None and multiprocessing.parent_process() is not None:
+            num_threads = 1
+        if num_threads is not None:
+            if num_threads < 1:
+                raise ValueError(f"num_threads must be positive, got {num_threads}")
+            torch.set_num_threads(num_threads)
         if steps_per_action < 1:
             raise ValueError(f"steps_per_action must be positive, got {steps_per_action}")
         if beta <= 0:
@@ -174,6 +195,23 @@ class ALAClassificationEnv(gym.Env):
         self.divergence_penalty = float(divergence_penalty)
         self.val_eval = self._subsample(self.data.val, val_subsample, split_seed)
 
+        self.settings = EpisodeSettings(
+            num_classes=self.num_classes,
+            total_iterations=total_iterations,
+            steps_per_action=steps_per_action,
+            beta=beta,
+            loss_form=loss_form,
+            sigmoid_temperature=sigmoid_temperature,
+            negative_floor=negative_floor,
+            metric=metric,
+            reward=reward,
+            gamma=gamma,
+            eval_points=eval_points,
+            eval_stride=eval_stride,
+            history=history,
+            divergence_penalty=self.divergence_penalty,
+        )
+
         n_pairs = len(self.pairs)
         self.n_features = 2 * history + 4
         low = np.concatenate([np.zeros(2 * history), [-CHANGE_CLIP] * 2, [-1.0, 0.0]]).astype(np.float32)
@@ -182,13 +220,7 @@ class ALAClassificationEnv(gym.Env):
         self.action_space = spaces.MultiDiscrete(np.full(n_pairs, N_ACTIONS, dtype=np.int64))
 
         self.trainer: ChildTrainer | None = None
-        self.phi_pairs = matrix_to_pairs(self.phi_init)
-        self._phi = torch.tensor(self.phi_init, dtype=torch.float32, device=self.data.device)
-        self._loss = PhiLoss(self._phi, loss_form, sigmoid_temperature)
-        self._pair_history: deque[np.ndarray] = deque(maxlen=history)
-        self._moving_average = np.zeros((n_pairs, 2))
-        self._last_metric = 0.0
-        self._terminated = True
+        self.episode = ChildEpisode(self.settings, self.phi_init, self.data.device)
 
     @staticmethod
     def _subsample(split, size: int | None, seed: int):
@@ -201,111 +233,35 @@ class ALAClassificationEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
         self.trainer = ChildTrainer(self.data, self.train_config, int(self.np_random.integers(2**63 - 1)))
-        self._set_phi_pairs(matrix_to_pairs(self.phi_init))
-        evaluation = self.trainer.evaluate(self.val_eval, self.metric)
-        pair_stats = self._pair_statistics(evaluation)
-        self._pair_history = deque([pair_stats] * self.history, maxlen=self.history)
-        self._moving_average = pair_stats.copy()
-        self._last_metric = evaluation.metric
-        self._terminated = False
-        return self._observation(), self._info(evaluation, train_loss=float("nan"), diverged=False)
+        return self.episode.begin(self.trainer.evaluate(self.val_eval, self.metric), self.trainer.iteration)
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
-        if self.trainer is None or self._terminated:
+        if self.trainer is None or not self.episode.running:
             raise RuntimeError("the episode has ended (or never started): call reset() before step()")
-        deltas = self.beta * (self._validate_action(action) - 1)
-        self._set_phi_pairs(np.clip(self.phi_pairs + deltas, -1.0, 1.0))
+        self.episode.apply_action(action)
+        train_child_step(self.trainer, self.episode, self.val_eval)
+        observation, reward, terminated, info = self.episode.finish(self.trainer.iteration)
+        if terminated:
+            info.update(self.episode.final_metrics(self.evaluate_split))
+        return observation, reward, terminated, False, info
 
-        iterations = min(self.steps_per_action, self.train_config.total_iterations - self.trainer.iteration)
-        values, offsets, loss_sums = [], [], []
-        evaluation, done = None, 0
-        for offset in self._eval_offsets(iterations):
-            chunk = iterations - offset - done
-            loss_sums.append(self.trainer.train(chunk, self._loss) * chunk)
-            done += chunk
-            evaluation = self.trainer.evaluate(self.val_eval, self.metric)
-            values.append(evaluation.metric)
-            offsets.append(offset)
-            if not (np.isfinite(loss_sums[-1]) and evaluation.finite):
-                break  # diverged: stop spending compute on a broken model
-        assert evaluation is not None
-        train_loss = float(sum(loss_sums) / done)
-        diverged = not (np.isfinite(train_loss) and evaluation.finite)
-        self._terminated = diverged or self.trainer.done
-
-        if diverged:
-            reward = self.divergence_penalty
-            observation = self._observation()
-        else:
-            metric = discounted_metric(values, offsets, self.gamma)
-            improvement = self._last_metric - metric
-            reward = float(np.sign(improvement)) if self.reward_type == "sign" else float(improvement)
-            self._last_metric = metric
-            pair_stats = self._pair_statistics(evaluation)
-            self._pair_history.append(pair_stats)
-            change = (pair_stats - self._moving_average) / np.maximum(np.abs(self._moving_average), 1e-8)
-            self._moving_average += MOVING_AVERAGE_RATE * (pair_stats - self._moving_average)
-            observation = self._observation(change)
-        info = self._info(evaluation, train_loss, diverged)
-        if self._terminated:
-            info["test_metric"] = self.trainer.evaluate(self.data.test, self.metric).metric
-            info["final_val_metric"] = self.trainer.evaluate(self.data.val, self.metric).metric
-        return observation, float(reward), bool(self._terminated), False, info
+    def evaluate_split(self, split: str) -> Evaluation:
+        """The current child's :class:`ala_gym.metrics.Evaluation` on the full ``"val"`` or ``"test"`` split."""
+        assert self.trainer is not None
+        return self.trainer.evaluate({"val": self.data.val, "test": self.data.test}[split], self.metric)
 
     # ---------------------------------------------------------------- Phi, readable and settable
     @property
     def phi(self) -> np.ndarray:
         """The current ``C x C`` Phi. Assigning it (symmetric, entries in [-1, 1]) lets fixed baselines
         prescribe Phi; through a vector env: ``envs.set_attr("phi", [phi_0, phi_1, ...])``."""
-        return pairs_to_matrix(self.phi_pairs, self.num_classes)
+        return self.episode.phi
 
     @phi.setter
     def phi(self, value: np.ndarray) -> None:
-        self._set_phi_pairs(matrix_to_pairs(check_phi(value, self.num_classes)))
+        self.episode.phi = value
 
-    # ---------------------------------------------------------------- helpers
-    def _eval_offsets(self, iterations: int) -> list[int]:
-        """``K - j`` for the evaluated iterations ``j`` of a step of ``iterations`` iterations, largest first."""
-        offsets = [k * self.eval_stride for k in range(self.eval_points - 1, -1, -1)]
-        return [o for o in offsets if o < iterations]
-
-    def _validate_action(self, action: Any) -> np.ndarray:
-        array = np.asarray(action)
-        expected = self.action_space.shape
-        if array.shape != expected:
-            raise ValueError(f"action must have shape {expected} (one entry per class pair), got {array.shape}")
-        if not np.issubdtype(array.dtype, np.number) or not np.all(np.isin(array, (0, 1, 2))):
-            raise ValueError("action entries must be integers in {0, 1, 2} (meaning -beta, 0, +beta)")
-        return array.astype(np.int64)
-
-    def _set_phi_pairs(self, values: np.ndarray) -> None:
-        self.phi_pairs = np.asarray(values, dtype=np.float64)
-        # Copy into the tensor the loss holds, so the loss sees the new Phi without being rebuilt.
-        self._phi.copy_(torch.from_numpy(pairs_to_matrix(self.phi_pairs, self.num_classes)))
-
-    def _pair_statistics(self, evaluation: Evaluation) -> np.ndarray:
-        """``[C_ij, C_ji]`` per pair, normalised by ``log C`` (the value of a uniform prediction)."""
-        normalised = np.clip(evaluation.confusion / np.log(self.num_classes), 0.0, CONFUSION_CLIP)
-        rows, cols = self.pairs[:, 0], self.pairs[:, 1]
-        return np.stack([normalised[rows, cols], normalised[cols, rows]], axis=1)
-
-    def _observation(self, change: np.ndarray | None = None) -> np.ndarray:
-        n_pairs = len(self.pairs)
-        history = np.concatenate(list(self._pair_history), axis=1)  # [n_pairs, 2 * history], oldest first
-        change = np.zeros((n_pairs, 2)) if change is None else np.clip(change, -CHANGE_CLIP, CHANGE_CLIP)
-        assert self.trainer is not None
-        progress = np.full((n_pairs, 1), min(self.trainer.iteration / self.train_config.total_iterations, 1.0))
-        return np.concatenate([history, change, self.phi_pairs[:, None], progress], axis=1).astype(np.float32)
-
-    def _info(self, evaluation: Evaluation, train_loss: float, diverged: bool) -> dict:
-        assert self.trainer is not None
-        return {
-            "val_metric": evaluation.metric,
-            "val_loss": evaluation.loss,
-            "val_metric_discounted": self._last_metric,
-            "train_loss": train_loss,
-            "iteration": self.trainer.iteration,
-            "phi": self.phi,
-            "confusion": evaluation.confusion,
-            "diverged": diverged,
-        }
+    @property
+    def phi_pairs(self) -> np.ndarray:
+        """Phi as one value per class pair (the order of ``ala_gym.losses.class_pairs``)."""
+        return self.episode.phi_pairs

@@ -1,0 +1,77 @@
+"""Controllers that drive the ALA envs, all behind one interface (:class:`agents.base.Controller`).
+
+How a caller (the benchmark, a notebook) runs any of them::
+
+    import agents
+    controller = agents.CONTROLLERS["reinforce-multi"]()      # factories take optional keywords
+    envs = controller.make_envs("ALA-Digits-v0", total_iterations=400, steps_per_action=20)
+    records = controller.run(envs, seed=0, on_step=None)       # list[EpisodeRecord], one per child
+    envs.close()
+
+``make_envs(env_id, **env_kwargs)`` is ``gym.make_vec(env_id, num_envs=controller.num_envs,
+**{**env_kwargs, **controller.env_kwargs()})``: a controller says how many children it trains
+(``num_envs``) and which env keywords it needs (``env_kwargs()``, e.g. ``{"loss_form": "cross_entropy"}``
+for the plain cross-entropy row); its keywords win over the caller's. A caller building the vector env
+itself must apply both the same way. ``on_step(step, logs)`` receives per-step scalars (``reward``,
+``val_metric``, ``phi_drift``, ``phi_max_offdiag``, and for learners ``entropy`` and losses) plus
+``logs["phi"]``, the running children's Phi as a ``[children, C, C]`` array.
+
+Registry (``CONTROLLERS``, keyed by the benchmark's names):
+
+=========================  ==================================================================  ========
+name                       what                                                                num_envs
+=========================  ==================================================================  ========
+``ce``                     plain cross-entropy (``loss_form="cross_entropy"``, Phi ignored)     1
+``phi-identity``           Phi fixed at identity, linear Eq. 6 (= cross-entropy)                1
+``phi-identity-sigmoid``   Phi fixed at identity, printed sigmoid Eq. 6                         1
+``random``                 identity + 10% Gaussian noise, redrawn every step                    1
+``confusion``              Phi from the validation confusion statistics (Eq. 7) every step     1
+``reinforce``              bundled REINFORCE, single network                                    1
+``reinforce-multi``        bundled REINFORCE shared by 10 child networks (the paper's default)  10
+``ppo`` / ``a2c``          Stable-Baselines3 with the pair-shared policy (``agents.sb3``)       10
+=========================  ==================================================================  ========
+
+Factory keywords: the baselines take ``loss_form`` (``random`` also ``noise``); ``reinforce*`` take
+``config`` (:class:`agents.reinforce.ReinforceConfig`), ``num_envs``, ``train``; ``ppo``/``a2c`` take
+``config`` (:class:`agents.sb3.SB3Config`), ``num_envs``, ``policy`` (``"pair"`` or ``"mlp"``). Saved
+policies: ``agents.reinforce.ReinforceController.load(path, train=False)`` (``train=True`` fine-tunes) and
+``agents.sb3.SB3Controller.load(path, algo)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from importlib import import_module
+
+from agents.base import Controller, EpisodeRecord, EpisodeRecorder
+
+
+def _factory(path: str, name: str, **defaults: Any) -> Callable[..., Controller]:
+    """A factory for the class at ``module:Class``, imported on first use: the modules with a command
+    line (``python -m agents.reinforce``) must not be imported by the package itself, and
+    Stable-Baselines3 is slow to import."""
+    module, _, class_name = path.partition(":")
+
+    def make(**kwargs: Any) -> Controller:
+        controller = getattr(import_module(module), class_name)(**{**defaults, **kwargs})
+        controller.name = name
+        return controller
+
+    make.__name__ = make.__qualname__ = f"make_{name.replace('-', '_')}"
+    return make
+
+
+CONTROLLERS: dict[str, Callable[..., Controller]] = {
+    "ce": _factory("agents.baselines:FixedPhi", "ce", loss_form="cross_entropy"),
+    "phi-identity": _factory("agents.baselines:FixedPhi", "phi-identity", loss_form="linear"),
+    "phi-identity-sigmoid": _factory("agents.baselines:FixedPhi", "phi-identity-sigmoid", loss_form="sigmoid"),
+    "random": _factory("agents.baselines:RandomPhi", "random"),
+    "confusion": _factory("agents.baselines:ConfusionPhi", "confusion"),
+    "reinforce": _factory("agents.reinforce:ReinforceController", "reinforce", num_envs=1),
+    "reinforce-multi": _factory("agents.reinforce:ReinforceController", "reinforce-multi", num_envs=10),
+    "ppo": _factory("agents.sb3:SB3Controller", "ppo", algo="ppo"),
+    "a2c": _factory("agents.sb3:SB3Controller", "a2c", algo="a2c"),
+}
+
+__all__ = ["CONTROLLERS", "Controller", "EpisodeRecord", "EpisodeRecorder"]

@@ -1,0 +1,293 @@
+"""Stable-Baselines3 controllers (PPO, A2C) over the ALA vector env, learning online within one run.
+
+SB3 owns its training loop, so :class:`SB3Controller` overrides :meth:`Controller.run`: it wraps the
+native vector env in the SB3 adapter (:class:`ala_gym.envs.sb3.SB3VecEnv`, which needs the env built
+with ``autoreset_mode=SAME_STEP``: :meth:`SB3Controller.env_kwargs` asks for it), calls ``model.learn``
+and records each child's first episode from a callback, stopping SB3 once every child has finished.
+
+Two policies:
+
+* ``"pair"`` (default), :class:`PairSharedPolicy`: like the bundled REINFORCE policy, one small MLP
+  applied to every class pair's feature row gives that pair's 3 logits; the critic applies another
+  per-pair MLP and averages over pairs. No weight depends on the class count, so a saved policy runs on
+  a task with another number of classes.
+* ``"mlp"``: SB3's default ``MlpPolicy`` over the flattened ``n_pairs x 24`` observation (tied to the
+  class count it was trained on).
+
+An env step costs seconds (K SGD iterations of every child), so the rollout is short: ``n_steps = 8``
+steps per child between updates (an episode of ``ALA-Digits-v0`` has 40).
+
+``python -m agents.sb3 --algo ppo --env ALA-Digits-v0 --num-envs 10 --save runs/ppo.pt``
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium.vector import AutoresetMode
+from stable_baselines3 import A2C, PPO
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.policies import ActorCriticPolicy
+from torch import nn
+
+from agents import runlog
+from agents.base import Controller, EpisodeRecord, EpisodeRecorder, OnStep, step_logs
+from ala_gym.envs.sb3 import SB3VecEnv
+
+ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "a2c": A2C}
+N_ACTIONS = 3
+
+
+# ---------------------------------------------------------------------- the pair-shared policy
+def pair_mlp(n_features: int, hidden: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(n_features, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
+
+
+class PairExtractor(nn.Module):
+    """SB3's ``mlp_extractor`` slot: actor latents per pair ``[B, n_pairs, hidden]``, critic latents pooled
+    over pairs ``[B, hidden]``; both from MLPs shared by all pairs."""
+
+    def __init__(self, n_features: int, hidden: int) -> None:
+        super().__init__()
+        self.n_features = n_features
+        self.latent_dim_pi = self.latent_dim_vf = hidden
+        self.policy_net = pair_mlp(n_features, hidden)
+        self.value_net = pair_mlp(n_features, hidden)
+
+    def _rows(self, features: torch.Tensor) -> torch.Tensor:
+        return features.reshape(len(features), -1, self.n_features)  # undo SB3's FlattenExtractor
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.forward_actor(features), self.forward_critic(features)
+
+    def forward_actor(self, features: torch.Tensor) -> torch.Tensor:
+        return self.policy_net(self._rows(features))
+
+    def forward_critic(self, features: torch.Tensor) -> torch.Tensor:
+        return self.value_net(self._rows(features)).mean(dim=1)
+
+
+class PairSharedPolicy(ActorCriticPolicy):
+    """Actor-critic policy whose action head applies one ``hidden -> 3`` layer to every pair's latent.
+
+    The logits come out pair by pair (``[B, n_pairs * 3]``, pair ``k`` at ``3k:3k+3``), the layout of
+    SB3's ``MultiCategoricalDistribution`` for ``MultiDiscrete([3] * n_pairs)``.
+    """
+
+    def __init__(self, *args: Any, hidden: int = 32, **kwargs: Any) -> None:
+        self.hidden = hidden  # read by _build_mlp_extractor, which the parent constructor calls
+        super().__init__(*args, **kwargs)
+
+    def _build_mlp_extractor(self) -> None:
+        self.mlp_extractor = PairExtractor(int(self.observation_space.shape[-1]), self.hidden)
+
+    def _build(self, lr_schedule: Callable[[float], float]) -> None:
+        super()._build(lr_schedule)
+        # Replace SB3's head (sized by n_pairs) with a per-pair one, then rebuild the optimizer over it.
+        self.action_net = nn.Sequential(nn.Linear(self.hidden, N_ACTIONS), nn.Flatten(start_dim=-2))
+        if self.ortho_init:
+            self.action_net.apply(partial(self.init_weights, gain=0.01))
+        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+
+
+# ---------------------------------------------------------------------- the controller
+@dataclass
+class SB3Config:
+    """Settings of the Stable-Baselines3 controllers."""
+
+    policy: str = "pair"
+    """"pair" (PairSharedPolicy, transfers across class counts) or "mlp" (SB3's MlpPolicy)."""
+    hidden: int = 32
+    """Units in each of the two hidden layers of the pair policy's per-pair MLPs."""
+    lr: float = 3e-4
+    """Learning rate of the policy optimizer (Adam for PPO, RMSprop for A2C)."""
+    n_steps: int = 8
+    """Env steps per child between updates; small because an env step costs seconds."""
+    n_epochs: int = 4
+    """PPO only: passes over each rollout."""
+    batch_size: int = 0
+    """PPO only: minibatch size; 0 means the whole rollout (n_steps x num_envs)."""
+    gamma: float = 0.9
+    """Discount over controller steps (the paper's one-step REINFORCE ignores it)."""
+    gae_lambda: float = 0.95
+    """GAE lambda (1.0 is A2C's plain n-step return)."""
+    ent_coef: float = 0.0
+    """Entropy bonus coefficient."""
+    policy_device: str = "cpu"
+    """Device of the (small) policy network; the children's is the env's ``device`` keyword."""
+
+
+class _RecordingCallback(BaseCallback):
+    """Records every child's first episode from SB3's per-step infos; stops learning once all are done."""
+
+    def __init__(
+        self, recorder: EpisodeRecorder, model_entropy: Callable[[np.ndarray], float], on_step: OnStep | None
+    ) -> None:
+        super().__init__()
+        self.recorder, self.model_entropy, self.on_step_fn = recorder, model_entropy, on_step
+
+    def _on_step(self) -> bool:
+        record_step(self.recorder, self.n_calls, self.locals["obs_tensor"].cpu().numpy(), self.locals["rewards"],
+                    self.locals["dones"], self.locals["infos"], self.model_entropy, self.on_step_fn)
+        return not self.recorder.done
+
+
+def record_step(recorder: EpisodeRecorder, step: int, observations: np.ndarray, rewards: np.ndarray, dones: np.ndarray,
+                infos: list[dict], entropy: Callable[[np.ndarray], float], on_step: OnStep | None) -> None:
+    """Feed one SB3 vector step to ``recorder`` and ``on_step`` (the logs of :meth:`Controller.run`)."""
+    running = ~recorder.finished
+    for child, info in enumerate(infos):
+        recorder.add_child(child, float(rewards[child]), bool(dones[child]), info)
+    if on_step is not None:
+        phi = np.stack([infos[i]["phi"] for i in np.flatnonzero(running)])
+        val_metric = np.array([infos[i]["val_metric"] for i in np.flatnonzero(running)])
+        on_step(step, {**step_logs(rewards[running], phi, val_metric), "entropy": entropy(observations[running])})
+
+
+@contextmanager
+def isolated_global_rngs() -> Iterator[None]:
+    """SB3 seeds and draws from the global RNGs of torch, numpy and ``random``; restore the caller's after."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+
+
+class SB3Controller(Controller):
+    """PPO or A2C from Stable-Baselines3, learning online while the children train (one run).
+
+    Like :class:`agents.reinforce.ReinforceController`, every run starts from the same policy (fresh
+    from the run's seed, or the loaded weights); the trained SB3 model is left in ``self.model``.
+    """
+
+    def __init__(
+        self,
+        algo: str = "ppo",
+        config: SB3Config | None = None,
+        num_envs: int = 10,
+        train: bool = True,
+        initial_state: dict[str, torch.Tensor] | None = None,
+        policy: str | None = None,
+        log_dir: str | Path | None = None,
+    ) -> None:
+        if algo not in ALGORITHMS:
+            raise ValueError(f"unknown algo {algo!r}; choose one of {sorted(ALGORITHMS)}")
+        self.algo, self.name = algo, algo
+        self.config = config or SB3Config()
+        if policy is not None:
+            self.config.policy = policy
+        if self.config.policy not in ("pair", "mlp"):
+            raise ValueError(f"policy must be 'pair' or 'mlp', got {self.config.policy!r}")
+        self.num_envs, self.train, self.initial_state = num_envs, train, initial_state
+        self.log_dir = log_dir  # where SB3's own train/* scalars go (TensorBoard), if anywhere
+        self.model: BaseAlgorithm | None = None
+
+    def env_kwargs(self) -> dict[str, Any]:
+        return {"autoreset_mode": AutoresetMode.SAME_STEP}  # what SB3's VecEnv semantics need
+
+    def act(self, observations: np.ndarray, infos: dict) -> np.ndarray:
+        assert self.model is not None, "run() builds the model"
+        return self.model.predict(observations, deterministic=False)[0]
+
+    def _make_model(self, venv: SB3VecEnv, seed: int) -> BaseAlgorithm:
+        c = self.config
+        kwargs: dict[str, Any] = dict(
+            learning_rate=c.lr, n_steps=c.n_steps, gamma=c.gamma, gae_lambda=c.gae_lambda, ent_coef=c.ent_coef,
+            seed=seed, device=c.policy_device, verbose=0,
+        )
+        if self.algo == "ppo":
+            kwargs.update(n_epochs=c.n_epochs, batch_size=c.batch_size or c.n_steps * venv.num_envs)
+        if c.policy == "pair":
+            model = ALGORITHMS[self.algo](PairSharedPolicy, venv, policy_kwargs={"hidden": c.hidden}, **kwargs)
+        else:
+            model = ALGORITHMS[self.algo]("MlpPolicy", venv, **kwargs)
+        if self.initial_state is not None:
+            model.policy.load_state_dict(self.initial_state)
+        if self.log_dir is not None:
+            from stable_baselines3.common.logger import configure
+
+            model.set_logger(configure(str(self.log_dir), ["tensorboard"]))
+        return model
+
+    def _entropy(self, observations: np.ndarray) -> float:
+        """Mean per-pair entropy (nats) of the policy at ``observations``, comparable with REINFORCE's."""
+        assert self.model is not None
+        with torch.no_grad():
+            obs = torch.as_tensor(observations, device=self.model.device)
+            distributions = self.model.policy.get_distribution(obs).distribution
+            return float(torch.stack([d.entropy() for d in distributions], dim=-1).mean())
+
+    def run(
+        self,
+        envs: gym.vector.VectorEnv,
+        seed: int,
+        on_step: OnStep | None = None,
+    ) -> list[EpisodeRecord]:
+        venv = SB3VecEnv(envs.unwrapped)
+        venv.seed(seed)
+        recorder = EpisodeRecorder(venv.num_envs)
+        with isolated_global_rngs():
+            self.model = self._make_model(venv, seed)
+            if self.train:
+                # Large budget: the callback stops SB3 once every child's training run has ended.
+                self.model.learn(
+                    total_timesteps=2**62, callback=_RecordingCallback(recorder, self._entropy, on_step), log_interval=1
+                )
+            else:
+                observations, step = venv.reset(), 0
+                while not recorder.done:
+                    next_observations, rewards, dones, infos = venv.step(self.act(observations, {}))
+                    step += 1
+                    record_step(recorder, step, observations, rewards, dones, infos, self._entropy, on_step)
+                    observations = next_observations
+        return recorder.records
+
+    # ------------------------------------------------------------------ saving and loading
+    def save(self, path: str | Path) -> None:
+        """Write the policy's weights and config (same format as the bundled agent's)."""
+        assert self.model is not None, "nothing to save before a run"
+        runlog.save_checkpoint(path, f"sb3-{self.algo}", asdict(self.config), self.model.policy.state_dict())
+
+    @classmethod
+    def load(cls, path: str | Path, algo: str = "ppo", train: bool = False, num_envs: int = 10) -> SB3Controller:
+        """A controller that starts every run from the saved policy, frozen or (``train=True``) fine-tuned."""
+        checkpoint = runlog.load_checkpoint(path, f"sb3-{algo}")
+        saved = checkpoint["config"]
+        config = SB3Config(**{f.name: saved[f.name] for f in fields(SB3Config) if f.name in saved})
+        return cls(algo, config, num_envs=num_envs, train=train, initial_state=checkpoint["state_dict"])
+
+
+# ---------------------------------------------------------------------- command line
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--algo", choices=sorted(ALGORITHMS), default="ppo")
+    runlog.add_run_args(parser, default_num_envs=10)
+    runlog.add_dataclass_args(parser, SB3Config)
+    parser.add_argument("--freeze", action="store_true", help="with --load: run the saved policy without learning")
+    args = parser.parse_args(argv)
+    if args.load:
+        controller = SB3Controller.load(args.load, args.algo, train=not args.freeze, num_envs=args.num_envs)
+    else:
+        controller = SB3Controller(args.algo, runlog.dataclass_from_args(SB3Config, args), num_envs=args.num_envs)
+    if not args.no_tensorboard:
+        controller.log_dir = args.log_dir or runlog.default_log_dir(controller.name, args)
+    runlog.run_cli(controller, args)
+
+
+if __name__ == "__main__":
+    main()

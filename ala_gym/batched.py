@@ -1,0 +1,151 @@
+"""Several children trained together: one stacked set of weights, one vmapped forward and backward.
+
+:class:`BatchedTrainer` is the multi-child counterpart of :class:`ala_gym.trainer.ChildTrainer`. The N
+children share the model architecture and the data, nothing else: each has its own initial weights,
+batch sampler, momentum buffers, BatchNorm running statistics, learning-rate position and Phi. Their
+weights are stacked along a leading child dimension (``torch.func.stack_module_state``) and one
+``torch.func.vmap``-ed ``functional_call`` runs all children per SGD iteration, so a GPU sees one large
+launch instead of N small ones. BatchNorm's running statistics are passed as stacked (batched) buffers,
+which vmap updates in place per child, so each child keeps its own statistics.
+
+Child ``i`` seeded with ``s`` starts from exactly the weights and batch stream of ``ChildTrainer(data,
+config, s)``; the training arithmetic differs only in kernel choice (batched vs single matmuls), so
+results agree to floating-point tolerance, not bit for bit. It imports no gymnasium.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from torch.func import functional_call, stack_module_state, vmap
+
+from ala_gym.data import BatchSampler, ClassificationData, Split
+from ala_gym.losses import PhiLoss, phi_loss
+from ala_gym.metrics import Evaluation, summarize
+from ala_gym.models import build_model
+from ala_gym.trainer import TrainConfig, seed_streams
+
+
+class BatchedTrainer:
+    """Trains ``len(seeds)`` children of one architecture at once with per-child momentum SGD.
+
+    ``train_step`` takes a mask of the children that train this iteration; the others keep their
+    weights, buffers, momentum, iteration count and batch stream untouched (a child that diverged or
+    finished its step early simply sits out).
+    """
+
+    def __init__(self, data: ClassificationData, config: TrainConfig, seeds: list[int]) -> None:
+        if not seeds:
+            raise ValueError("need at least one child seed")
+        self.data = data
+        self.config = config
+        self.num_children = len(seeds)
+        models = [self._build(seed) for seed in seeds]
+        params, buffers = stack_module_state(models)
+        self.params = {name: value.detach().requires_grad_() for name, value in params.items()}
+        self.buffers = buffers
+        self.momentum = {name: torch.zeros_like(value) for name, value in self.params.items()}
+        # A stateless copy on the meta device: functional_call swaps the stacked tensors in.
+        self._base = copy.deepcopy(models[0]).to("meta")
+        self.samplers = [self._sampler(seed) for seed in seeds]
+        self.iterations = np.zeros(self.num_children, dtype=np.int64)
+
+    def _build(self, seed: int) -> torch.nn.Module:
+        init_seed, _ = seed_streams(seed, 2)
+        generator = torch.Generator().manual_seed(init_seed)
+        return build_model(self.config.model, self.data.image_shape, self.data.num_classes, generator, self.data.device)
+
+    def _sampler(self, seed: int) -> BatchSampler:
+        _, batch_seed = seed_streams(seed, 2)
+        generator = torch.Generator(self.data.device).manual_seed(batch_seed)
+        return BatchSampler(self.data, self.config.batch_size, generator)
+
+    @property
+    def device(self) -> torch.device:
+        return self.data.device
+
+    @torch.no_grad()
+    def reset_child(self, child: int, seed: int) -> None:
+        """Give child ``child`` fresh weights, optimizer state and batch stream from ``seed`` (as ``ChildTrainer``)."""
+        model = self._build(seed)
+        state = dict(model.named_parameters()) | dict(model.named_buffers())
+        for name, value in (self.params | self.buffers).items():
+            value[child].copy_(state[name])
+        for value in self.momentum.values():
+            value[child].zero_()
+        self.samplers[child] = self._sampler(seed)
+        self.iterations[child] = 0
+
+    def _forward(self, params: dict, buffers: dict, inputs: torch.Tensor) -> torch.Tensor:
+        return vmap(lambda p, b, x: functional_call(self._base, (p, b), (x,)))(params, buffers, inputs)
+
+    def train_step(self, phis: torch.Tensor, active: np.ndarray, loss: PhiLoss) -> torch.Tensor:
+        """One SGD iteration of the ``active`` children, child ``i`` under Eq. 6 with ``phis[i]``.
+
+        ``loss`` gives the form, temperature and floor the children share (its own Phi is not used).
+
+        Returns the per-child losses ``[N]`` on the device (zero for inactive children).
+        """
+        active = np.asarray(active, dtype=bool)
+        if active.shape != (self.num_children,) or not active.any():
+            raise ValueError(f"active must be a boolean mask of {self.num_children} children with one True")
+        everyone = bool(active.all())
+        batches = {i: self.samplers[i].next() for i in np.flatnonzero(active)}
+        filler = next(iter(batches.values()))  # inactive children compute on any batch; their update is discarded
+        inputs = torch.stack([batches.get(i, filler)[0] for i in range(self.num_children)])
+        labels = torch.stack([batches.get(i, filler)[1] for i in range(self.num_children)])
+        mask = torch.as_tensor(active, device=self.device)
+        saved_buffers = None if everyone else {k: v.clone() for k, v in self.buffers.items()}
+
+        self._base.train()
+        logits = self._forward(self.params, self.buffers, inputs)
+        losses = vmap(lambda lg, y, phi: phi_loss(lg, y, phi, loss.form, loss.temperature, loss.negative_floor))(
+            logits, labels, phis
+        )
+        masked = torch.where(mask, losses, torch.zeros_like(losses))
+        grads = torch.autograd.grad(masked.sum(), list(self.params.values()))
+
+        lr = torch.tensor([self.config.lr_at(int(i)) for i in self.iterations], device=self.device)
+        cfg = self.config
+        with torch.no_grad():
+            for (name, param), grad in zip(self.params.items(), grads):
+                shape = (-1,) + (1,) * (param.dim() - 1)
+                # torch.optim.SGD's update: d = g + wd * p; buf = m * buf + d; p -= lr * buf.
+                direction = grad + cfg.weight_decay * param
+                buf = self.momentum[name]
+                new_buf = cfg.momentum * buf + direction
+                new_param = param - lr.view(shape) * new_buf
+                if everyone:
+                    buf.copy_(new_buf)
+                    param.copy_(new_param)
+                else:
+                    child_mask = mask.view(shape)
+                    buf.copy_(torch.where(child_mask, new_buf, buf))
+                    param.copy_(torch.where(child_mask, new_param, param))
+            if saved_buffers is not None:
+                for name, value in self.buffers.items():
+                    shape = (-1,) + (1,) * (value.dim() - 1)
+                    value.copy_(torch.where(mask.view(shape), value, saved_buffers[name]))
+        self.iterations[active] += 1
+        return masked.detach()
+
+    @torch.no_grad()
+    def logits(self, split: Split, children: list[int]) -> torch.Tensor:
+        """Outputs ``[len(children), len(split), C]`` of the listed children, in evaluation mode."""
+        index = torch.as_tensor(children, device=self.device)
+        params = {k: v.detach()[index] for k, v in self.params.items()}
+        buffers = {k: v[index] for k, v in self.buffers.items()}
+        self._base.eval()
+        step = self.config.eval_batch_size
+        outputs = []
+        for start in range(0, len(split), step):
+            inputs = self.data.normalize(split.images[start : start + step])
+            outputs.append(self._forward(params, buffers, inputs.expand(len(children), *inputs.shape)))
+        return torch.cat(outputs, dim=1)
+
+    def evaluate(self, split: Split, children: list[int], metric: str = "error") -> list[Evaluation]:
+        """Per listed child: metric, cross-entropy and Eq. 7 statistics on ``split``."""
+        logits = self.logits(split, children)
+        return [summarize(child_logits, split.labels, self.data.num_classes, metric) for child_logits in logits]

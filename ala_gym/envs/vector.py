@@ -1,0 +1,286 @@
+"""The native vectorized ALA environment: N children, one process, one device, one controller."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium.utils import seeding
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from ala_gym.batched import BatchedTrainer
+from ala_gym.envs.classification import ALAClassificationEnv
+from ala_gym.envs.episode import ChildEpisode, train_child_step
+from ala_gym.metrics import Evaluation
+from ala_gym.trainer import ChildTrainer
+
+TRAIN_MODES = ("auto", "batched", "sequential")
+
+
+def default_train_mode(device: torch.device, model: str) -> str:
+    """The faster path per device, as measured by ``benchmarks/throughput.py`` (see its results).
+
+    On a GPU, one vmapped launch for all children replaces N small ones: batched. On the CPU, vmap turns
+    convolutions into grouped ones that run slower than N ordinary convolutions (4 children, 1 thread:
+    small CNN 7.6 vs 10.9 iterations/s, ResNet-32 1.3 vs 2.8), while the MLP gains from fewer, larger
+    matmuls (1369 vs 1004): batched for the MLP only.
+    """
+    if device.type == "cuda" or model == "mlp":
+        return "batched"
+    return "sequential"
+
+
+class ALAVectorEnv(VectorEnv):
+    """
+    ## Description
+    ``num_envs`` ALA children (see :class:`ala_gym.envs.classification.ALAClassificationEnv` for the loss,
+    actions, observations and rewards of one child) trained in one process on one device under one
+    controller, as in the paper's 10 parallel children. The dataset is loaded once; each child has its
+    own initial weights, batch order and Phi. ``gym.make_vec("ALA-Digits-v0", num_envs=10)`` builds it.
+
+    With ``train_mode="batched"`` the children's weights are stacked and every SGD iteration runs all
+    children in one ``torch.func.vmap``-ed forward and backward (:class:`ala_gym.batched.BatchedTrainer`,
+    per-child momentum and BatchNorm statistics); ``"sequential"`` trains one
+    :class:`ala_gym.trainer.ChildTrainer` after another and reproduces N single envs bit for bit.
+    ``"auto"`` picks the faster path for the device (:func:`default_train_mode`).
+
+    ## Seeding
+    ``reset(seed=s)`` seeds child ``i`` exactly as ``single_env.reset(seed=s + i)`` (Gymnasium's
+    ``SyncVectorEnv`` convention): child ``i``'s generator is ``np_random(s + i)`` and its trainer seed
+    the first draw from it. So child ``i`` matches ``gym.make(id, **kwargs).reset(seed=s + i)`` (exactly
+    in sequential mode, to float tolerance in batched mode). Autoresets draw the next trainer seed from
+    the child's own generator, as a second ``reset()`` of the single env does. ``reset(seed=None)`` seeds
+    the children from fresh entropy; ``reset(seed=[s_0, ..., s_{N-1}])`` gives each child its own seed.
+
+    ## Action Space
+    ``MultiDiscrete`` of shape ``(num_envs, n_pairs)``: one single-env action per child.
+
+    ## Observation Space
+    ``Box`` of shape ``(num_envs, n_pairs, 2 * history + 4)``: one single-env observation per child.
+
+    ## Rewards, Episode End and Autoreset
+    Per child, as in the single env, returned as arrays ``[num_envs]``. With ``max_episode_steps`` a
+    child's episode is truncated after that many steps. ``metadata["autoreset_mode"]`` is ``NEXT_STEP``
+    (default): the step after a child's episode ended resets that child (its action is ignored, its
+    reward is 0, terminated and truncated are False). ``autoreset_mode=AutoresetMode.SAME_STEP`` resets
+    at once and puts the last observation and info in ``info["final_obs"]`` and ``info["final_info"]``.
+
+    ## Info
+    A dict of arrays with boolean masks ``info["_key"]`` (Gymnasium's vector convention) holding the
+    single env's keys per child; ``test_metric`` and ``final_val_metric`` are present (masked True) for
+    each child whose episode ended this step. ``info["episode_step"]`` counts each child's steps.
+
+    ## Arguments
+    ``ALAVectorEnv(env_id, num_envs, *, max_episode_steps=None, autoreset_mode=NEXT_STEP,
+    train_mode="auto", **env_kwargs)``: ``env_id`` is a registered ALA id (or an ALA env class), and
+    ``env_kwargs`` are its keyword arguments (``device``, ``total_iterations``, ...).
+
+    ## Version History
+    * v0: initial version.
+    """
+
+    def __init__(
+        self,
+        env_id: str | type[ALAClassificationEnv],
+        num_envs: int,
+        *,
+        max_episode_steps: int | None = None,
+        autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
+        train_mode: str = "auto",
+        **env_kwargs: Any,
+    ) -> None:
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be positive, got {num_envs}")
+        if max_episode_steps is not None and max_episode_steps < 1:
+            raise ValueError(f"max_episode_steps must be positive or None, got {max_episode_steps}")
+        autoreset_mode = AutoresetMode(autoreset_mode)
+        if autoreset_mode not in (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP):
+            raise ValueError(f"autoreset_mode must be NEXT_STEP or SAME_STEP, got {autoreset_mode}")
+        if train_mode not in TRAIN_MODES:
+            raise ValueError(f"train_mode must be one of {TRAIN_MODES}, got {train_mode!r}")
+        env_class = gym.spec(env_id).entry_point if isinstance(env_id, str) else env_id
+        if isinstance(env_class, str):
+            env_class = gym.envs.registration.load_env_creator(env_class)
+        # The template validates the kwargs, applies the task's defaults, loads the data (once per
+        # process: load_dataset caches) and carries the spaces and settings every child shares.
+        self.template: ALAClassificationEnv = env_class(**env_kwargs)
+        self.data = self.template.data
+        self.settings = self.template.settings
+        self.num_envs = num_envs
+        self.max_episode_steps = max_episode_steps
+        self.train_mode = (
+            default_train_mode(self.data.device, self.template.train_config.model) if train_mode == "auto" else train_mode
+        )
+        self.metadata = {"render_modes": [], "autoreset_mode": autoreset_mode}
+        self.render_mode = None
+        self.single_observation_space = self.template.observation_space
+        self.single_action_space = self.template.action_space
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self.action_space = batch_space(self.single_action_space, num_envs)
+
+        self.episodes = [ChildEpisode(self.settings, self.template.phi_init, self.data.device) for _ in range(num_envs)]
+        self._child_rngs: list[np.random.Generator] = [seeding.np_random(None)[0] for _ in range(num_envs)]
+        self._trainers: list[ChildTrainer] = []
+        self._batched: BatchedTrainer | None = None
+        self._steps = np.zeros(num_envs, dtype=np.int64)
+        self._needs_reset = np.zeros(num_envs, dtype=bool)
+        self._started = False
+
+    # ---------------------------------------------------------------- gymnasium API
+    def reset(self, *, seed: int | list[int] | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed if isinstance(seed, int) or seed is None else None)
+        seeds = self._child_seeds(seed)
+        self._child_rngs = [seeding.np_random(s)[0] for s in seeds]
+        trainer_seeds = [self._draw_trainer_seed(i) for i in range(self.num_envs)]
+        if self.train_mode == "batched":
+            self._batched = BatchedTrainer(self.data, self.template.train_config, trainer_seeds)
+            evaluations = self._batched.evaluate(self.template.val_eval, list(range(self.num_envs)), self.settings.metric)
+        else:
+            self._trainers = [ChildTrainer(self.data, self.template.train_config, s) for s in trainer_seeds]
+            evaluations = [t.evaluate(self.template.val_eval, self.settings.metric) for t in self._trainers]
+        infos: dict[str, Any] = {}
+        observations = []
+        for i, (episode, evaluation) in enumerate(zip(self.episodes, evaluations)):
+            observation, info = episode.begin(evaluation, 0)
+            observations.append(observation)
+            infos = self._add_info(infos, info | {"episode_step": 0}, i)
+        self._steps[:] = 0
+        self._needs_reset[:] = False
+        self._started = True
+        return np.stack(observations), infos
+
+    def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
+        if not self._started:
+            raise RuntimeError("call reset() before step()")
+        actions = np.asarray(actions)
+        if actions.shape != self.action_space.shape:
+            raise ValueError(f"actions must have shape {self.action_space.shape} (children x class pairs), got {actions.shape}")
+        stepping = ~self._needs_reset
+        for i in np.flatnonzero(stepping):
+            self.episodes[i].validate_action(actions[i])  # all checks before any child changes
+        for i in np.flatnonzero(stepping):
+            self.episodes[i].apply_action(actions[i])
+
+        if stepping.any():
+            if self.train_mode == "batched":
+                self._train_batched(stepping)
+            else:
+                for i in np.flatnonzero(stepping):
+                    train_child_step(self._trainers[i], self.episodes[i], self.template.val_eval)
+
+        observations = np.zeros(self.observation_space.shape, dtype=np.float32)
+        rewards = np.zeros(self.num_envs, dtype=np.float64)
+        terminations = np.zeros(self.num_envs, dtype=bool)
+        truncations = np.zeros(self.num_envs, dtype=bool)
+        infos: dict[str, Any] = {}
+        for i in range(self.num_envs):
+            if stepping[i]:
+                observation, reward, terminated, info = self.episodes[i].finish(self._iteration(i))
+                self._steps[i] += 1
+                truncated = not terminated and self.max_episode_steps is not None and self._steps[i] >= self.max_episode_steps
+                if terminated or truncated:
+                    info.update(self.episodes[i].final_metrics(lambda split, i=i: self._evaluate_full(i, split)))
+                    self.episodes[i].running = False
+                info["episode_step"] = int(self._steps[i])
+                rewards[i], terminations[i], truncations[i] = reward, terminated, truncated
+                if (terminated or truncated) and self.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP:
+                    infos = self._add_info(infos, {"final_obs": observation, "final_info": info}, i)
+                    observation, info = self._reset_child(i)
+            else:
+                observation, info = self._reset_child(i)
+            observations[i] = observation
+            infos = self._add_info(infos, info, i)
+        self._needs_reset = (terminations | truncations) & (self.metadata["autoreset_mode"] == AutoresetMode.NEXT_STEP)
+        return observations, rewards, terminations, truncations, infos
+
+    # ---------------------------------------------------------------- attributes (``set_attr("phi", ...)``)
+    def get_attr(self, name: str) -> tuple[Any, ...]:
+        """Per child: ``"phi"`` (``C x C``) or any attribute of the single-env template."""
+        if name == "phi":
+            return tuple(episode.phi for episode in self.episodes)
+        return tuple(getattr(self.template, name) for _ in range(self.num_envs))
+
+    def set_attr(self, name: str, values: list[Any] | tuple[Any, ...] | Any) -> None:
+        """Set ``"phi"`` per child: a list of ``num_envs`` matrices, or one matrix for every child."""
+        if name != "phi":
+            raise ValueError(f"only 'phi' can be set on the children, not {name!r}")
+        if not isinstance(values, (list, tuple)):
+            values = [values] * self.num_envs
+        if len(values) != self.num_envs:
+            raise ValueError(f"need one value per child ({self.num_envs}), got {len(values)}")
+        for episode, value in zip(self.episodes, values):
+            episode.phi = value
+
+    # ---------------------------------------------------------------- helpers
+    def _child_seeds(self, seed: int | list[int] | None) -> list[int | None]:
+        if seed is None:
+            return [None] * self.num_envs
+        if isinstance(seed, int):
+            return [seed + i for i in range(self.num_envs)]
+        if len(seed) != self.num_envs:
+            raise ValueError(f"need one seed per child ({self.num_envs}), got {len(seed)}")
+        return list(seed)
+
+    def _draw_trainer_seed(self, child: int) -> int:
+        # The single env's reset draws its trainer seed the same way from its np_random.
+        return int(self._child_rngs[child].integers(2**63 - 1))
+
+    def _iteration(self, child: int) -> int:
+        if self._batched is not None:
+            return int(self._batched.iterations[child])
+        return self._trainers[child].iteration
+
+    def _reset_child(self, child: int) -> tuple[np.ndarray, dict]:
+        seed = self._draw_trainer_seed(child)
+        if self.train_mode == "batched":
+            assert self._batched is not None
+            self._batched.reset_child(child, seed)
+            evaluation = self._batched.evaluate(self.template.val_eval, [child], self.settings.metric)[0]
+        else:
+            self._trainers[child] = ChildTrainer(self.data, self.template.train_config, seed)
+            evaluation = self._trainers[child].evaluate(self.template.val_eval, self.settings.metric)
+        self._steps[child] = 0
+        observation, info = self.episodes[child].begin(evaluation, 0)
+        return observation, info | {"episode_step": 0}
+
+    def _evaluate_full(self, child: int, split: str) -> Evaluation:
+        data = {"val": self.data.val, "test": self.data.test}[split]
+        if self.train_mode == "batched":
+            assert self._batched is not None
+            return self._batched.evaluate(data, [child], self.settings.metric)[0]
+        return self._trainers[child].evaluate(data, self.settings.metric)
+
+    def _train_batched(self, stepping: np.ndarray) -> None:
+        """All stepping children's schedules in lockstep: one vmapped SGD iteration per tick, each child
+        evaluated at its own scheduled ticks and dropped from the batch once its step is done or diverged."""
+        assert self._batched is not None
+        trainer, settings = self._batched, self.settings
+        plans = {i: settings.schedule(int(trainer.iterations[i])) for i in np.flatnonzero(stepping)}
+        next_eval = {i: 0 for i in plans}  # index into the child's plan
+        due = {i: plans[i][0][0] for i in plans}  # ticks until the child's next evaluation
+        active = stepping.copy()
+        phis = torch.stack([episode.phi_tensor for episode in self.episodes])
+        chunk_loss = torch.zeros(self.num_envs, device=trainer.device)
+        while active.any():
+            chunk_loss += trainer.train_step(phis, active, self.episodes[0].loss)  # form and floor are shared
+            ready = []
+            for i in np.flatnonzero(active):
+                due[i] -= 1
+                if due[i] == 0:
+                    ready.append(int(i))
+            if not ready:
+                continue
+            evaluations = trainer.evaluate(self.template.val_eval, ready, settings.metric)
+            loss_sums = chunk_loss[ready].double().cpu().numpy()  # one host copy for all ready children
+            for i, evaluation, loss_sum in zip(ready, evaluations, loss_sums):
+                chunk, offset = plans[i][next_eval[i]]
+                finite = self.episodes[i].record(float(loss_sum), chunk, offset, evaluation)
+                chunk_loss[i] = 0.0
+                next_eval[i] += 1
+                if not finite or next_eval[i] == len(plans[i]):
+                    active[i] = False  # step done, or diverged: stop spending compute on it
+                else:
+                    due[i] = plans[i][next_eval[i]][0]

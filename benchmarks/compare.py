@@ -1,0 +1,341 @@
+"""Compare loss controllers on one ALA env: same seeds, same budget, every run reported.
+
+    python -m benchmarks.compare --env ALA-FashionMNIST-v0 \\
+        --controllers ce,phi-identity,random,confusion,reinforce,reinforce-multi,ppo --seeds 5 \\
+        --total-iterations 600 --steps-per-action 20 --name fashion-mnist
+
+writes under ``benchmarks/results/<name>/``:
+
+* ``runs/<controller>-seed<k>.json``: one file per finished run (config, seed, each child's per-step
+  validation metric, Phi, final test metric, wall time, device, versions). A run is written only when
+  it has finished, atomically, so an interrupted comparison resumes where it stopped: finished runs
+  are skipped, nothing written is lost.
+* ``results.json``: all runs together; ``table.md``: mean +- std of the test metric over seeds, wall
+  time and its ratio to cross-entropy; ``val_metric.png``; ``phi_<controller>.png`` heatmaps.
+
+For a controller that trains several children in one run (``reinforce-multi``, ``ppo``), a seed's test
+metric is the mean over its children; every child's value is in the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import ala_gym
+from ala_gym.envs.classification import resolve_device
+from agents import CONTROLLERS
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+# Budgets chosen so a CPU can finish; each gives every child tens of controller steps.
+PRESETS: dict[str, dict[str, Any]] = {
+    "demo": dict(
+        env="ALA-Digits-v0",
+        controllers="ce,phi-identity,random,confusion,reinforce,reinforce-multi",
+        seeds=2,
+        env_kwargs=dict(total_iterations=600, steps_per_action=20),
+        name="demo-digits",
+    ),
+    "fashion-mnist": dict(
+        env="ALA-FashionMNIST-v0",
+        controllers="ce,phi-identity,phi-identity-sigmoid,random,confusion,reinforce,reinforce-multi,ppo",
+        seeds=5,
+        env_kwargs=dict(total_iterations=600, steps_per_action=20, eval_points=2, eval_stride=5, val_subsample=1000),
+        name="fashion-mnist",
+    ),
+    "cifar10-subset": dict(
+        env="ALA-CIFAR10-v0",
+        controllers="ce,phi-identity,phi-identity-sigmoid,random,confusion,reinforce,reinforce-multi,ppo",
+        seeds=5,
+        env_kwargs=dict(
+            model="small_cnn",
+            lr=0.05,
+            weight_decay=5e-4,
+            data_root=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-subset"),
+            total_iterations=600,
+            steps_per_action=20,
+            eval_points=2,
+            eval_stride=5,
+            val_subsample=None,
+        ),
+        name="cifar10-subset",
+    ),
+    # The paper's setting at a reduced budget, for a GPU: python -m benchmarks.compare --preset cifar10-gpu
+    "cifar10-gpu": dict(
+        env="ALA-CIFAR10-v0",
+        controllers="ce,phi-identity,random,confusion,reinforce,reinforce-multi",
+        seeds=3,
+        env_kwargs=dict(total_iterations=16000, steps_per_action=200, device="cuda"),
+        name="cifar10-resnet32-gpu",
+    ),
+}
+
+LEARNED = {"reinforce", "reinforce-multi", "ppo", "a2c"}  # controllers whose Phi trajectories get heatmaps
+MULTI_CHILD = {"reinforce-multi", "ppo", "a2c"}  # controllers that share one policy across several children
+
+
+def versions() -> dict[str, str]:
+    import gymnasium
+    import stable_baselines3
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "gymnasium": gymnasium.__version__,
+        "stable_baselines3": stable_baselines3.__version__,
+        "ala_gym": ala_gym.__version__,
+    }
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu}
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Write atomically: a crash mid-write never leaves a truncated result behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=1))
+    os.replace(tmp, path)
+
+
+def run_one(
+    env_id: str, controller_name: str, seed: int, env_kwargs: dict, controller_kwargs: dict, progress: tqdm | None
+) -> dict:
+    """One run of one controller: its children train once; return the JSON-ready record."""
+    controller = CONTROLLERS[controller_name](**controller_kwargs)
+    kwargs = {**env_kwargs, **controller.env_kwargs()}
+    envs = controller.make_envs(env_id, **env_kwargs)
+    start = time.perf_counter()
+
+    def on_step(step: int, logs: dict[str, Any]) -> None:
+        if progress is not None:
+            progress.set_postfix(step=step, reward=f"{logs.get('reward', 0.0):+.2f}")
+
+    try:
+        records = controller.run(envs, seed=seed, on_step=on_step)
+    finally:
+        envs.close()
+    wall = time.perf_counter() - start
+    children = [vars(record) for record in records]
+    return {
+        "env": env_id,
+        "controller": controller_name,
+        "seed": seed,
+        "num_children": len(children),
+        "env_kwargs": kwargs,
+        "wall_s": wall,
+        "test_metric": float(np.mean([c["test_metric"] for c in children])),
+        "children": children,
+        "device": str(resolve_device(kwargs.get("device", "auto"))),
+        "machine": machine(),
+        "versions": versions(),
+    }
+
+
+def summarize(runs: list[dict], controllers: list[str]) -> list[dict]:
+    ce_wall = [r["wall_s"] / r["num_children"] for r in runs if r["controller"] == "ce"]
+    rows = []
+    for name in controllers:
+        mine = [r for r in runs if r["controller"] == name]
+        if not mine:
+            continue
+        tests = np.array([r["test_metric"] for r in mine]) * 100
+        per_child = np.array([r["wall_s"] / r["num_children"] for r in mine])
+        rows.append(
+            {
+                "controller": name,
+                "seeds": sorted(r["seed"] for r in mine),
+                "children_per_run": mine[0]["num_children"],
+                "test_mean": float(tests.mean()),
+                "test_std": float(tests.std(ddof=1)) if len(tests) > 1 else 0.0,
+                "test_per_seed": tests.round(3).tolist(),
+                "wall_s_per_run": float(np.mean([r["wall_s"] for r in mine])),
+                "wall_s_per_child": float(per_child.mean()),
+                "wall_vs_ce": float(per_child.mean() / np.mean(ce_wall)) if ce_wall else None,
+                "diverged_children": int(sum(c["diverged"] for r in mine for c in r["children"])),
+            }
+        )
+    return rows
+
+
+def markdown_table(rows: list[dict], header: dict[str, Any]) -> str:
+    lines = [
+        f"# {header['env']}: controller comparison",
+        "",
+        f"- Machine: {header['machine']['cpu']}, {header['machine']['cores']} cores, "
+        f"{header['machine']['torch_threads']} torch threads, GPU: {header['machine']['gpu']}; device `{header['device']}`",
+        f"- Budget per child: {header['total_iterations']} SGD iterations, K = {header['steps_per_action']} "
+        f"-> {header['steps_per_child']} controller steps; env kwargs `{json.dumps(header['env_kwargs'])}`",
+        f"- Seeds: {header['seeds']}; versions: {json.dumps(header['versions'])}",
+        "- Test metric: error (%) on the test split; mean +- sample std over seeds (a multi-child run's seed value is",
+        "  the mean over its children). Wall time per child relative to cross-entropy (`ce`).",
+        "",
+        "| controller | children/run | test error % (mean +- std) | per seed | wall s/run | wall s/child | vs ce | diverged |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        ratio = f"{row['wall_vs_ce']:.2f}x" if row["wall_vs_ce"] is not None else "-"
+        lines.append(
+            f"| {row['controller']} | {row['children_per_run']} | {row['test_mean']:.2f} +- {row['test_std']:.2f} | "
+            f"{', '.join(f'{v:.2f}' for v in row['test_per_seed'])} | {row['wall_s_per_run']:.1f} | "
+            f"{row['wall_s_per_child']:.1f} | {ratio} | {row['diverged_children']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(runs: list[dict], controllers: list[str], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name in controllers:
+        curves = [c["val_metric"] for r in runs if r["controller"] == name for c in r["children"]]
+        if not curves:
+            continue
+        length = min(len(c) for c in curves)
+        stacked = np.array([c[:length] for c in curves]) * 100
+        mean, std = stacked.mean(0), stacked.std(0)
+        steps = np.arange(1, length + 1)
+        ax.plot(steps, mean, label=name)
+        ax.fill_between(steps, mean - std, mean + std, alpha=0.15)
+    ax.set_xlabel("controller step")
+    ax.set_ylabel("validation error % (env subsample)")
+    ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "val_metric.png", dpi=110)
+    plt.close(fig)
+
+    for name in controllers:
+        mine = [r for r in runs if r["controller"] == name and r["controller"] in LEARNED]
+        if not mine:
+            continue
+        phis = np.array(sorted(mine, key=lambda r: r["seed"])[0]["children"][0]["phi"])
+        picks = np.unique(np.linspace(0, len(phis) - 1, 4).round().astype(int))
+        fig, axes = plt.subplots(1, len(picks), figsize=(3.2 * len(picks), 3))
+        for ax, index in zip(np.atleast_1d(axes), picks):
+            image = ax.imshow(phis[index], vmin=-1, vmax=1, cmap="RdBu_r")
+            ax.set_title(f"step {index + 1}")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        fig.colorbar(image, ax=axes, shrink=0.8)
+        fig.suptitle(f"Phi over training: {name} (first seed, child 0)")
+        fig.savefig(out / f"phi_{name}.png", dpi=100)
+        plt.close(fig)
+
+
+def check_same_config(out: Path, config: dict) -> None:
+    """Refuse to mix runs of different budgets in one folder (resuming must continue the same comparison)."""
+    path = out / "config.json"
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved != json.loads(json.dumps(config)):
+            raise SystemExit(
+                f"{out} holds runs of another configuration ({saved}); pass --name for a new folder or delete it"
+            )
+    else:
+        write_json(path, config)
+
+
+def compare(
+    env_id: str, controllers: list[str], seeds: list[int], env_kwargs: dict, name: str, children: int | None = None
+) -> list[dict]:
+    """Run what is missing, then rewrite the aggregate JSON, table and plots from every finished run."""
+    unknown = [c for c in controllers if c not in CONTROLLERS]
+    if unknown:
+        raise SystemExit(f"unknown controllers {unknown}; choose from {sorted(CONTROLLERS)}")
+    out = RESULTS / name
+    check_same_config(out, {"env": env_id, "env_kwargs": env_kwargs, "children": children})
+    todo = [(c, s) for c in controllers for s in seeds if not (out / "runs" / f"{c}-seed{s}.json").exists()]
+    print(f"{len(controllers) * len(seeds) - len(todo)} runs already done in {out}; {len(todo)} to run")
+    with tqdm(todo, desc="runs", unit="run", file=sys.stdout) as progress:
+        for controller, seed in progress:
+            progress.set_description(f"{controller} seed {seed}")
+            kwargs = {"num_envs": children} if children is not None and controller in MULTI_CHILD else {}
+            record = run_one(env_id, controller, seed, env_kwargs, kwargs, progress)
+            write_json(out / "runs" / f"{controller}-seed{seed}.json", record)
+
+    runs = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
+    runs = [r for r in runs if r["controller"] in controllers and r["seed"] in seeds and r["env"] == env_id]
+    rows = summarize(runs, controllers)
+    probe = gym.make(env_id, **env_kwargs).unwrapped
+    total, k = probe.train_config.total_iterations, probe.steps_per_action
+    header = {
+        "env": env_id,
+        "env_kwargs": env_kwargs,
+        "total_iterations": total,
+        "steps_per_action": k,
+        "steps_per_child": -(-total // k),
+        "seeds": seeds,
+        "device": runs[0]["device"] if runs else "-",
+        "machine": machine(),
+        "versions": versions(),
+    }
+    write_json(out / "results.json", {"header": header, "summary": rows, "runs": runs})
+    table = markdown_table(rows, header)
+    (out / "table.md").write_text(table)
+    plot(runs, controllers, out)
+    print(table)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="a named configuration; flags override it")
+    parser.add_argument("--env", help="registered ALA env id")
+    parser.add_argument("--controllers", help=f"comma-separated, from {sorted(CONTROLLERS)}")
+    parser.add_argument("--seeds", type=int, help="number of seeds (0..N-1)")
+    parser.add_argument("--total-iterations", type=int, help="SGD iterations per child")
+    parser.add_argument("--steps-per-action", type=int, help="K, SGD iterations per controller step")
+    parser.add_argument("--env-kwargs", default="{}", help="JSON dict of further env kwargs")
+    parser.add_argument("--name", help="results folder under benchmarks/results/")
+    parser.add_argument("--children", type=int, help="children of the multi-child controllers (default: theirs, 10)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    args = parser.parse_args(argv)
+
+    config: dict[str, Any] = dict(PRESETS[args.preset]) if args.preset else {"env_kwargs": {}}
+    config["env_kwargs"] = {**config["env_kwargs"], **json.loads(args.env_kwargs)}
+    for flag in ("env", "controllers", "seeds", "name", "children"):
+        if getattr(args, flag) is not None:
+            config[flag] = getattr(args, flag)
+    if args.total_iterations is not None:
+        config["env_kwargs"]["total_iterations"] = args.total_iterations
+    if args.steps_per_action is not None:
+        config["env_kwargs"]["steps_per_action"] = args.steps_per_action
+    missing = [k for k in ("env", "controllers", "seeds") if k not in config]
+    if missing:
+        parser.error(f"give --preset or all of --env --controllers --seeds (missing: {', '.join(missing)})")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    name = config.get("name") or config["env"].lower()
+    seeds = list(range(config["seeds"]))
+    compare(config["env"], config["controllers"].split(","), seeds, config["env_kwargs"], name, config.get("children"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,300 @@
+"""Env overhead: the wall time of one ALA env step against a bare PyTorch loop of the same K iterations.
+
+The bare loop uses the same model class (built the same way), batch size, data on the device,
+batch sampler, momentum-SGD settings and Eq. 6 loss as the env's child, and does nothing else: no
+evaluation, no statistics, no observation. ``overhead % = (step - bare) / step`` with the medians
+of interleaved repetitions (interleaving spreads the load of a shared machine over both). The
+issue's target is at most 10%.
+
+It also breaks the overhead down: the time of one validation pass (the env runs ``eval_points`` of
+them a step) and the per-image cost of evaluation at several eval batch sizes against the per-image
+cost of training, which is what decides whether a setting meets the target.
+
+Usage::
+
+    .venv/bin/python benchmarks/overhead.py                 # CPU: digits, Fashion-MNIST (val 2000 and 1000)
+    .venv/bin/python benchmarks/overhead.py --configs cifar10-subset --merge   # add ResNet-32 (slow on a CPU)
+    .venv/bin/python benchmarks/overhead.py --device cuda   # every config, on the GPU
+
+Writes ``benchmarks/results/overhead.json`` and ``benchmarks/results/overhead.md``
+(``--out`` changes the folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+import ala_gym  # noqa: F401  (registers the env ids)
+from ala_gym.data import BatchSampler
+from ala_gym.envs.classification import ALAClassificationEnv
+from ala_gym.losses import PhiLoss
+from ala_gym.models import build_model
+
+CIFAR_SUBSET = "/work/shared/data/cifar10-subset"
+# Per config: env id, env kwargs, default repetitions on (CPU, CUDA). The MLP on digits is so fast that
+# its step is dominated by noise unless repeated often; ResNet-32 on a CPU takes minutes a step.
+CONFIGS: dict[str, dict[str, Any]] = {
+    "digits": {"env_id": "ALA-Digits-v0", "kwargs": {}, "repeats": (20, 20)},
+    "fashion-mnist": {"env_id": "ALA-FashionMNIST-v0", "kwargs": {}, "repeats": (3, 10)},
+    "fashion-mnist-val1000": {"env_id": "ALA-FashionMNIST-v0", "kwargs": {"val_subsample": 1000}, "repeats": (3, 10)},
+    "cifar10-subset": {"env_id": "ALA-CIFAR10-v0", "kwargs": {"data_root": CIFAR_SUBSET}, "repeats": (1, 5)},
+}
+DEFAULT_CONFIGS = {"cpu": ["digits", "fashion-mnist", "fashion-mnist-val1000"], "cuda": list(CONFIGS)}
+PROJECTED_K = 200  # the paper's K, at which the per-image costs are also projected
+EVAL_BATCH_SIZES = (128, 256, 512, 1000)
+ENV_SEED, BARE_SEED = 0, 1
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn: Callable[[], Any], device: torch.device) -> float:
+    return _timed_both(fn, device)[0]
+
+
+def _timed_both(fn: Callable[[], Any], device: torch.device) -> tuple[float, float]:
+    """Wall seconds and this process's CPU seconds of ``fn()``.
+
+    CPU time is recorded too because the benchmark machine may be shared: other processes stretch
+    wall time but barely change the CPU time a computation needs.
+    """
+    _sync(device)
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    _sync(device)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def _bare_loop(env: ALAClassificationEnv, seed: int) -> Callable[[int], None]:
+    """A plain training loop sharing everything with the env's child but the env itself."""
+    config, data = env.train_config, env.data
+    model = build_model(config.model, data.image_shape, data.num_classes, torch.Generator().manual_seed(seed), data.device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    sampler = BatchSampler(data, config.batch_size, torch.Generator(data.device).manual_seed(seed))
+    phi = torch.eye(data.num_classes, device=data.device)
+    loss_fn = PhiLoss(phi, env.loss_form, env.sigmoid_temperature)
+    model.train()
+
+    def run(iterations: int) -> None:
+        total = torch.zeros((), device=data.device)
+        for _ in range(iterations):
+            inputs, labels = sampler.next()
+            loss = loss_fn(model(inputs), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.detach()
+        float(total)  # the env reads its mean loss back once a step too
+
+    return run
+
+
+def _per_image_costs(env: ALAClassificationEnv, device: torch.device) -> dict[str, Any]:
+    """Seconds per image of one training iteration and of evaluation at several eval batch sizes."""
+    trainer, config = env.trainer, env.train_config
+    assert trainer is not None
+    train_iters = 5
+    train_s = _timed(lambda: trainer.train(train_iters, env.episode.loss), device) / (train_iters * trainer.sampler.batch_size)
+    split = env.val_eval
+    eval_s: dict[str, float] = {}  # str keys, as they come back from the json
+    for size in sorted({*EVAL_BATCH_SIZES, config.eval_batch_size}):
+        trainer.config = replace(config, eval_batch_size=size)
+        trainer.evaluate(split, env.metric)  # warm the allocator for this shape
+        eval_s[str(size)] = min(_timed(lambda: trainer.evaluate(split, env.metric), device) for _ in range(2)) / len(split)
+    trainer.config = config
+    return {"train_s_per_image": train_s, "eval_s_per_image": eval_s}
+
+
+def measure(name: str, device: torch.device, repeats: int, steps_per_action: int | None) -> dict[str, Any]:
+    spec = CONFIGS[name]
+    kwargs = {**spec["kwargs"], "device": str(device)}
+    if steps_per_action is not None:
+        kwargs["steps_per_action"] = steps_per_action
+    env: ALAClassificationEnv = gym.make(spec["env_id"], disable_env_checker=True, **kwargs).unwrapped
+    k = env.steps_per_action
+    bare = _bare_loop(env, BARE_SEED)
+    env.reset(seed=ENV_SEED)
+    keep = np.ones(env.action_space.shape, dtype=np.int64)  # Phi unchanged: the same loss as the bare loop
+
+    # Warm-up: one step and K bare iterations (allocator, kernels, first-touch of the data).
+    env.step(keep)
+    bare(k)
+    env_times, bare_times, env_cpu, bare_cpu = [], [], [], []
+    for _ in range(repeats):
+        wall, cpu = _timed_both(lambda: bare(k), device)
+        bare_times.append(wall)
+        bare_cpu.append(cpu)
+        wall, cpu = _timed_both(lambda: env.step(keep), device)
+        env_times.append(wall)
+        env_cpu.append(cpu)
+    eval_pass = statistics.median(_timed(lambda: env.trainer.evaluate(env.val_eval, env.metric), device) for _ in range(3))
+    costs = _per_image_costs(env, device)
+    step, base = statistics.median(env_times), statistics.median(bare_times)
+    step_cpu, base_cpu = statistics.median(env_cpu), statistics.median(bare_cpu)
+    return {
+        "env_id": spec["env_id"],
+        "env_kwargs": {key: value for key, value in kwargs.items()},
+        "model": env.train_config.model,
+        "steps_per_action": k,
+        "batch_size": env.train_config.batch_size,
+        "eval_points": env.eval_points,
+        "eval_stride": env.eval_stride,
+        "val_eval_images": len(env.val_eval),
+        "eval_batch_size": env.train_config.eval_batch_size,
+        "train_images": len(env.data.train),
+        "repeats": repeats,
+        "env_step_s": env_times,
+        "bare_loop_s": bare_times,
+        "env_step_median_s": step,
+        "bare_loop_median_s": base,
+        "overhead_pct": 100.0 * (step - base) / step,
+        "env_step_cpu_s": env_cpu,
+        "bare_loop_cpu_s": bare_cpu,
+        "overhead_cpu_time_pct": 100.0 * (step_cpu - base_cpu) / step_cpu,
+        "load_average_after": os.getloadavg(),
+        "validation_pass_s": eval_pass,
+        "validation_share_of_step_pct": 100.0 * env.eval_points * eval_pass / step,
+        **costs,
+    }
+
+
+def machine_info(device: torch.device, threads: int) -> dict[str, Any]:
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu_model": cpu,
+        "cpu_cores_visible": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch_num_threads": torch.get_num_threads(),
+        "torch_num_threads_requested": threads,
+        "torch_version": torch.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "seeds": {"env_reset": ENV_SEED, "bare_loop": BARE_SEED},
+        "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "load_average_start": [round(v, 2) for v in os.getloadavg()],
+    }
+
+
+def _ms(seconds: float) -> str:
+    return f"{1000 * seconds:.1f}"
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    machine = report["machine"]
+    lines = [
+        "# Env overhead: one env step vs a bare PyTorch loop of the same K iterations",
+        "",
+        f"Produced by `benchmarks/overhead.py` on {machine['date_utc']}. Target: overhead at most 10% of the step.",
+        "",
+        f"* Machine: {machine['cpu_model']}, {machine['cpu_cores_visible']} cores visible, "
+        f"`torch.get_num_threads()` = {machine['torch_num_threads']} (set explicitly); torch {machine['torch_version']}, "
+        f"Python {machine['python']}.",
+        f"* Device: `{machine['device']}`" + (f" ({machine['gpu']})" if machine["gpu"] else "") + ".",
+        f"* Seeds: env reset {machine['seeds']['env_reset']}, bare loop {machine['seeds']['bare_loop']}; "
+        "Phi kept at identity (action 1 everywhere), so both run the same loss.",
+        "* Times are medians over interleaved repetitions (bare, env, bare, env, ...), after one warm-up step.",
+        f"* Load average (1, 5, 15 min) at the start: {machine['load_average_start']}. The CPU-time overhead uses"
+        " this process's CPU seconds instead of wall seconds: on a shared machine it is the steadier figure.",
+        "",
+        "| config | model | K | val images x eval points | repeats | env step (ms) | bare loop (ms) | overhead (wall) | overhead (CPU time) | validation passes / step |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, row in report["results"].items():
+        lines.append(
+            f"| {name} | {row['model']} | {row['steps_per_action']} | {row['val_eval_images']} x {row['eval_points']} | "
+            f"{row['repeats']} | {_ms(row['env_step_median_s'])} | {_ms(row['bare_loop_median_s'])} | "
+            f"**{row['overhead_pct']:.1f}%** | {row['overhead_cpu_time_pct']:.1f}% | {row['validation_share_of_step_pct']:.1f}% |"
+        )
+    lines += [
+        "",
+        "Per-image cost (microseconds) of training (forward + backward + SGD, batch as configured) and of",
+        "evaluation at several eval batch sizes, and what the validation passes would cost per step with each:",
+        "",
+        "| config | train / image | " + " | ".join(f"eval / image @ {b}" for b in EVAL_BATCH_SIZES) + " | "
+        + " | ".join(f"eval share @ {b}" for b in EVAL_BATCH_SIZES) + f" | eval share @ configured, K = {PROJECTED_K} |",
+        "|---|---|" + "---|" * (2 * len(EVAL_BATCH_SIZES)) + "---|",
+    ]
+    for name, row in report["results"].items():
+        train_step = row["train_s_per_image"] * row["batch_size"] * row["steps_per_action"]
+        evals = row["eval_s_per_image"]
+        evaluated_at = {b: row["eval_points"] * row["val_eval_images"] * evals[str(b)] for b in EVAL_BATCH_SIZES}
+        shares = [100 * e / (train_step + e) for e in evaluated_at.values()]
+        evaluated = row["eval_points"] * row["val_eval_images"] * evals[str(row["eval_batch_size"])]
+        projected = 100 * evaluated / (row["train_s_per_image"] * row["batch_size"] * PROJECTED_K + evaluated)
+        lines.append(
+            f"| {name} | {1e6 * row['train_s_per_image']:.1f} | "
+            + " | ".join(f"{1e6 * evals[str(b)]:.1f}" for b in EVAL_BATCH_SIZES)
+            + " | "
+            + " | ".join(f"{s:.1f}%" for s in shares)
+            + f" | {projected:.1f}% |"
+        )
+    if report.get("notes"):
+        lines += ["", "## Notes", ""] + [f"* {note}" for note in report["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), help="default: all on CUDA; all but CIFAR on CPU")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repetitions per config (default: per config)")
+    parser.add_argument("--merge", action="store_true", help="keep the other configs' results already in --out")
+    parser.add_argument("--steps-per-action", type=int, default=None, help="override K (default: each env's own)")
+    # One thread by default: on a shared CPU, several intra-op threads per process oversubscribe the cores
+    # and their synchronisation dominates small kernels.
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--note", action="append", default=[], help="a line for the notes section of the md")
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda asked for, but torch.cuda.is_available() is False on this machine")
+    torch.set_num_threads(args.threads)
+    report: dict[str, Any] = {"machine": machine_info(device, args.threads), "results": {}, "notes": list(args.note)}
+    json_path = args.out / "overhead.json"
+    if args.merge and json_path.exists():
+        previous = json.loads(json_path.read_text())
+        report["results"], report["notes"] = previous["results"], previous["notes"] + report["notes"]
+    if not torch.cuda.is_available() and not args.merge:
+        report["notes"].append("No GPU on this machine: CUDA numbers not measured (run with `--device cuda` where one is).")
+    for name in args.configs or DEFAULT_CONFIGS[device.type]:
+        if name == "cifar10-subset" and not Path(CIFAR_SUBSET).exists():
+            report["notes"].append(f"cifar10-subset skipped: {CIFAR_SUBSET} is absent.")
+            continue
+        repeats = args.repeats or CONFIGS[name]["repeats"][device.type == "cuda"]
+        started = time.perf_counter()
+        report["results"][name] = row = measure(name, device, repeats, args.steps_per_action)
+        row["device"], row["torch_num_threads"] = str(device), torch.get_num_threads()
+        row["benchmark_wall_s"] = time.perf_counter() - started
+        print(f"{name}: step {_ms(row['env_step_median_s'])} ms, bare {_ms(row['bare_loop_median_s'])} ms, "
+              f"overhead {row['overhead_pct']:.1f}% ({row['benchmark_wall_s']:.0f} s)", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    (args.out / "overhead.md").write_text(render_markdown(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""Shared fixtures: an isolated cache folder and tiny datasets written in the real on-disk formats.
+
+No test downloads anything: CIFAR-10 and Fashion-MNIST are generated here, small enough to load in
+milliseconds but in exactly the layout torchvision's readers (and ala_gym's checks) expect.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import pickle
+import random
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+CIFAR_BATCHES = ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"]
+CIFAR_PER_BATCH = 20  # images per batch file: 100 train+val, 20 test
+CIFAR_LABEL_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+FMNIST_TRAIN, FMNIST_TEST = 200, 50
+FMNIST_FILES = {
+    "train-images-idx3-ubyte.gz": ("images", FMNIST_TRAIN),
+    "train-labels-idx1-ubyte.gz": ("labels", FMNIST_TRAIN),
+    "t10k-images-idx3-ubyte.gz": ("images", FMNIST_TEST),
+    "t10k-labels-idx1-ubyte.gz": ("labels", FMNIST_TEST),
+}
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point ``ALA_GYM_CACHE`` at a per-test folder so no test reads or writes the user's cache."""
+    cache = tmp_path / "ala_gym_cache"
+    monkeypatch.setenv("ALA_GYM_CACHE", str(cache))
+    return cache
+
+
+@contextlib.contextmanager
+def _global_rng_unchanged() -> Iterator[None]:
+    torch.manual_seed(2024)
+    np.random.seed(2024)
+    random.seed(2024)
+    torch_state, numpy_state, python_state = torch.get_rng_state(), np.random.get_state(), random.getstate()
+    yield
+    assert torch.equal(torch.get_rng_state(), torch_state), "torch's global RNG was used"
+    numpy_after = np.random.get_state()
+    assert np.array_equal(numpy_after[1], numpy_state[1]) and numpy_after[2:] == numpy_state[2:], "numpy's global RNG was used"
+    assert random.getstate() == python_state, "Python's global RNG was used"
+
+
+@pytest.fixture
+def global_rng_unchanged() -> Callable[[], contextlib.AbstractContextManager[None]]:
+    """``with global_rng_unchanged(): ...`` fails if the block draws from torch's, numpy's or Python's global RNG."""
+    return _global_rng_unchanged
+
+
+@pytest.fixture(scope="session")
+def tiny_cifar_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CIFAR-10 "python version" folder (pickled dicts, uint8 N x 3072 rows) with its own ``MD5SUMS``.
+
+    Same layout as ``shared/data/cifar10-subset``: the batch files lie directly in the folder.
+    Labels cycle through all 10 classes in every batch.
+    """
+    folder = tmp_path_factory.mktemp("tiny_cifar")
+    rng = np.random.default_rng(1234)
+    for index, name in enumerate(CIFAR_BATCHES):
+        batch = {
+            "batch_label": f"{name} of the tiny test set",
+            "labels": [int(v) for v in (np.arange(CIFAR_PER_BATCH) + index) % 10],
+            "data": rng.integers(0, 256, size=(CIFAR_PER_BATCH, 3072), dtype=np.uint8),
+            "filenames": [f"{name}_{k}.png" for k in range(CIFAR_PER_BATCH)],
+        }
+        (folder / name).write_bytes(pickle.dumps(batch))
+    (folder / "batches.meta").write_bytes(
+        pickle.dumps({"label_names": CIFAR_LABEL_NAMES, "num_cases_per_batch": CIFAR_PER_BATCH, "num_vis": 3072})
+    )
+    sums = [f"{hashlib.md5((folder / n).read_bytes()).hexdigest()}  {n}" for n in ["batches.meta", *CIFAR_BATCHES]]
+    (folder / "MD5SUMS").write_text("\n".join(sums) + "\n")
+    return folder
+
+
+def _idx_bytes(kind: str, count: int, rng: np.random.Generator) -> bytes:
+    """An idx file: magic ``0 0 0x08 ndim`` (unsigned bytes), big-endian dims, then the raw values."""
+    if kind == "images":
+        header = bytes([0, 0, 0x08, 3]) + b"".join(int(d).to_bytes(4, "big") for d in (count, 28, 28))
+        body = rng.integers(0, 256, size=count * 28 * 28, dtype=np.uint8)
+    else:
+        header = bytes([0, 0, 0x08, 1]) + int(count).to_bytes(4, "big")
+        body = (np.arange(count) % 10).astype(np.uint8)
+    return header + body.tobytes()
+
+
+@pytest.fixture(scope="session")
+def tiny_fashion_mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The four gzip-compressed idx files of Fashion-MNIST: 200 train / 50 test 28x28 images."""
+    folder = tmp_path_factory.mktemp("tiny_fmnist")
+    rng = np.random.default_rng(4321)
+    for name, (kind, count) in FMNIST_FILES.items():
+        (folder / name).write_bytes(gzip.compress(_idx_bytes(kind, count, rng)))
+    return folder

@@ -1,0 +1,311 @@
+"""Controllers (agents/): every one runs end to end on a tiny ALA-Digits budget, REINFORCE learns in the
+right direction, policies save, load and transfer from the 10-class env to a 5-class one."""
+
+from __future__ import annotations
+
+import dataclasses
+from types import SimpleNamespace
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium.vector import AutoresetMode
+
+import agents
+from agents import runlog
+from agents.reinforce import ReinforceConfig, ReinforceController
+from ala_gym.envs import classification
+from ala_gym.envs.digits import ALADigitsEnv
+from ala_gym.envs.vector import ALAVectorEnv
+
+TINY = dict(total_iterations=10, steps_per_action=5, eval_points=2, eval_stride=2, device="cpu")
+STEPS = 2  # TINY's controller steps per episode
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """These tiny networks gain nothing from threads, and on a shared CPU the threads' spin-waiting made
+    this file ten times slower; restore the setting for other test files."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run(controller: agents.Controller, seed: int = 0, envs: gym.vector.VectorEnv | None = None):
+    envs = envs or controller.make_envs("ALA-Digits-v0", **TINY)
+    logs: list[dict] = []
+    try:
+        records = controller.run(envs, seed, lambda step, entry: logs.append(entry))
+    finally:
+        envs.close()
+    return records, logs
+
+
+def check_records(records: list[agents.EpisodeRecord], num_envs: int, num_classes: int = 10) -> None:
+    assert len(records) == num_envs
+    for record in records:
+        assert len(record.rewards) == len(record.val_metric) == len(record.phi) == STEPS
+        assert record.iterations == TINY["total_iterations"]
+        assert 0.0 <= record.test_metric <= 1.0 and not record.diverged
+        assert np.shape(record.phi[-1]) == (num_classes, num_classes)
+
+
+def check_logs(logs: list[dict], num_classes: int = 10, learner: bool = True) -> None:
+    assert len(logs) == STEPS
+    for entry in logs:
+        assert {"reward", "val_metric", "phi_drift", "phi_max_offdiag"} <= set(entry)
+        assert np.shape(entry["phi"])[1:] == (num_classes, num_classes)
+        if learner:
+            assert 0 < entry["entropy"] <= np.log(3) + 1e-6
+
+
+def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+
+
+@pytest.fixture
+def five_class_envs(monkeypatch):
+    """ALA-Digits restricted to digits 0-4: a 5-class env (15 pairs), built natively or for SB3."""
+    load = classification.load_dataset
+
+    def load_five(*args, **kwargs):
+        data = load(*args, **kwargs)
+        keep = {split: getattr(data, split).subset(torch.nonzero(getattr(data, split).labels < 5).squeeze(1))
+                for split in ("train", "val", "test")}
+        return dataclasses.replace(data, num_classes=5, **keep)
+
+    monkeypatch.setattr(classification, "load_dataset", load_five)
+    return lambda num_envs, **kwargs: ALAVectorEnv(ALADigitsEnv, num_envs, **TINY, **kwargs)
+
+
+def fake_envs(num_envs: int, n_features: int = 24) -> SimpleNamespace:
+    """Just what ReinforceController.begin reads, for unit tests without training."""
+    return SimpleNamespace(num_envs=num_envs, single_observation_space=gym.spaces.Box(-1, 1, (1, n_features)))
+
+
+# ---------------------------------------------------------------------- registry and fixed baselines
+def test_registry_names_and_interface():
+    assert set(agents.CONTROLLERS) == {
+        "ce", "phi-identity", "phi-identity-sigmoid", "random", "confusion", "reinforce", "reinforce-multi", "ppo", "a2c"
+    }
+    for name, factory in agents.CONTROLLERS.items():
+        controller = factory()
+        assert isinstance(controller, agents.Controller) and controller.name == name
+    assert [agents.CONTROLLERS[name]().num_envs for name in ("ce", "reinforce", "reinforce-multi", "ppo")] == [1, 1, 10, 10]
+
+
+def test_identity_baselines_keep_phi_and_linear_identity_equals_cross_entropy():
+    records = {}
+    for name, loss_form in (("ce", "cross_entropy"), ("phi-identity", "linear"), ("phi-identity-sigmoid", "sigmoid")):
+        controller = agents.CONTROLLERS[name]()
+        # The controller's env keywords win over the caller's.
+        envs = controller.make_envs("ALA-Digits-v0", **{**TINY, "loss_form": "linear" if name == "ce" else "cross_entropy"})
+        assert envs.get_attr("loss_form")[0] == loss_form
+        (records[name],), logs = run(controller, envs=envs)
+        check_records([records[name]], 1)
+        check_logs(logs, learner=False)
+        assert np.array_equal(records[name].phi[-1], np.eye(10)) and logs[-1]["phi_drift"] == 0.0
+    assert np.allclose(records["ce"].val_metric, records["phi-identity"].val_metric)
+    assert records["ce"].test_metric == pytest.approx(records["phi-identity"].test_metric, abs=1e-6)
+    assert records["ce"].val_metric != records["phi-identity-sigmoid"].val_metric
+
+
+def test_random_phi_is_noisy_symmetric_identity_redrawn_and_seeded():
+    records, logs = run(agents.CONTROLLERS["random"]())
+    check_records(records, 1)
+    assert logs[0]["phi_drift"] > 0
+
+    def draws(seed: int) -> np.ndarray:
+        controller = agents.CONTROLLERS["random"]()
+        controller.begin(fake_envs(2), seed)
+        infos = {"phi": np.zeros((2, 10, 10))}
+        return np.stack([controller.prescribe_phi(np.zeros((2, 55, 24)), infos) for _ in range(50)])
+
+    phi = draws(0)
+    assert np.allclose(phi, np.swapaxes(phi, -1, -2)) and np.abs(phi).max() <= 1.0
+    off_diagonal = phi[..., ~np.eye(10, dtype=bool)]
+    assert 0.09 < off_diagonal.std() < 0.11 and abs(off_diagonal.mean()) < 0.01  # 10% noise around identity
+    assert np.all(phi[..., np.arange(10), np.arange(10)] > 0.5)
+    assert not np.array_equal(phi[0], phi[1])  # redrawn every step
+    assert np.array_equal(draws(0), phi) and not np.array_equal(draws(1), phi)
+
+
+def test_confusion_phi_follows_eq7_statistics():
+    controller = agents.CONTROLLERS["confusion"]()
+    # C: class 0 is often read as class 1, everything else is confident.
+    confusion = np.full((1, 3, 3), 5.0)
+    confusion[0, np.arange(3), np.arange(3)] = 0.1
+    confusion[0, 0, 1] = 0.5
+    phi = controller.prescribe_phi(np.zeros((1, 6, 24)), {"confusion": confusion})[0]
+    assert np.allclose(phi, phi.T) and np.all((phi >= 0) & (phi <= 1))
+    assert phi[0, 1] > phi[0, 2] > 0 and phi[1, 1] > phi[0, 1]
+    assert np.array_equal(np.diag(phi), np.ones(3))  # cross-entropy kept, confusions added on top
+    records, _ = run(controller)
+    check_records(records, 1)
+    assert not np.allclose(records[0].phi[-1], np.eye(10))
+
+
+# ---------------------------------------------------------------------- REINFORCE
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_reinforce_gradient_moves_towards_rewarded_action(sign):
+    controller = ReinforceController(ReinforceConfig(lr=1e-2), num_envs=16)
+    controller.begin(fake_envs(16), seed=0)
+    observations = np.random.default_rng(0).uniform(-1, 1, (16, 3, 24)).astype(np.float32)
+
+    def prob_of_plus_beta() -> float:
+        with torch.no_grad():
+            return torch.softmax(controller.policy(torch.as_tensor(observations)), -1)[..., 2].mean().item()
+
+    before = prob_of_plus_beta()
+    for _ in range(20):
+        actions = controller.act(observations, {})
+        # The reward favours (sign 1) or punishes (sign -1) choosing +beta on the pairs.
+        rewards = sign * ((actions == 2).mean(axis=1) * 3 - 1)
+        controller.learn(observations, actions, rewards, observations, np.zeros(16, bool), {})
+    assert (prob_of_plus_beta() - before) * sign > 0.1, (before, prob_of_plus_beta())
+
+
+def test_reinforce_is_seeded_by_the_run_seed_and_leaves_global_rngs_alone():
+    torch_state, numpy_state = torch.random.get_rng_state(), np.random.get_state()
+    observations = np.random.default_rng(0).uniform(-1, 1, (2, 3, 24)).astype(np.float32)
+    trajectories = []
+    for seed in (3, 3, 4):
+        controller = ReinforceController(num_envs=2)
+        controller.begin(fake_envs(2), seed)
+        actions = [controller.act(observations, {}) for _ in range(5)]
+        controller.learn(observations, actions[-1], np.ones(2), observations, np.zeros(2, bool), {})
+        trajectories.append((np.stack(actions), controller.policy.state_dict()))
+    assert np.array_equal(trajectories[0][0], trajectories[1][0]) and same_weights(trajectories[0][1], trajectories[1][1])
+    assert not np.array_equal(trajectories[0][0], trajectories[2][0])
+    assert torch.equal(torch.random.get_rng_state(), torch_state)
+    assert np.array_equal(np.random.get_state()[1], numpy_state[1])
+
+
+@pytest.fixture(scope="module")
+def reinforce_policy(tmp_path_factory):
+    """REINFORCE learned on 10-class ALA-Digits through the command line, saved."""
+    from agents.reinforce import main
+
+    folder = tmp_path_factory.mktemp("reinforce")
+    main(["--num-envs", "2", "--total-iterations", "10", "--steps-per-action", "5", "--device", "cpu",
+          "--env-kwarg", "eval_points=2", "--env-kwarg", "eval_stride=2", "--hidden", "16", "--lr", "0.01",
+          "--log-dir", str(folder / "logs"), "--save", str(folder / "policy.pt")])
+    return folder
+
+
+def test_reinforce_cli_writes_tensorboard_logs_records_and_policy(reinforce_policy):
+    assert list((reinforce_policy / "logs").glob("events.out.tfevents.*"))
+    records = (reinforce_policy / "logs" / "records.json").read_text()
+    assert records.count("test_metric") == 2  # one record per child
+    assert ReinforceController.load(reinforce_policy / "policy.pt").config.hidden == 16
+
+
+def test_reinforce_single_and_multi_run_end_to_end():
+    single = agents.CONTROLLERS["reinforce"]()
+    records, logs = run(single)
+    check_records(records, 1)
+    check_logs(logs)
+    assert {"policy_loss", "baseline"} <= set(logs[-1]) and logs[-1]["phi_drift"] > 0  # a random policy moves Phi
+    multi = agents.CONTROLLERS["reinforce-multi"](num_envs=2)
+    records, logs = run(multi)
+    check_records(records, 2)
+    check_logs(logs)
+    assert records[0].phi != records[1].phi  # children act independently
+
+
+def test_reinforce_save_load_round_trip_and_version_check(reinforce_policy, tmp_path):
+    path = reinforce_policy / "policy.pt"
+    loaded = ReinforceController.load(path)
+    assert loaded.config == ReinforceConfig(hidden=16, lr=0.01) and not loaded.train and loaded.n_features == 24
+    loaded.begin(fake_envs(1), seed=0)
+    assert same_weights(loaded.policy.state_dict(), loaded.initial_state)
+    loaded.save(tmp_path / "again.pt")
+    assert same_weights(ReinforceController.load(tmp_path / "again.pt").initial_state, loaded.initial_state)
+
+    checkpoint = torch.load(path, weights_only=True)
+    torch.save({**checkpoint, "format_version": 0, "ala_gym_version": "0.0.1"}, tmp_path / "old.pt")
+    with pytest.raises(ValueError, match=r"ala-gym 0\.0\.1 in checkpoint format 0.*reads format 1"):
+        ReinforceController.load(tmp_path / "old.pt")
+    torch.save({**checkpoint, "kind": "sb3-ppo"}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a 'reinforce'"):
+        ReinforceController.load(tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="reads 24 features"):
+        loaded.begin(fake_envs(1, n_features=16), seed=0)
+
+
+def test_reinforce_policy_from_10_classes_runs_frozen_and_finetuned_on_5(reinforce_policy, five_class_envs):
+    path = reinforce_policy / "policy.pt"
+    frozen = ReinforceController.load(path, num_envs=1)
+    envs = five_class_envs(1)
+    assert envs.single_action_space.shape == (15,)
+    records, logs = run(frozen, envs=envs)
+    check_records(records, 1, num_classes=5)
+    check_logs(logs, num_classes=5)
+    assert same_weights(frozen.policy.state_dict(), frozen.initial_state)  # frozen: no learning
+
+    tuned = ReinforceController.load(path, train=True, num_envs=1)
+    records, _ = run(tuned, envs=five_class_envs(1))
+    check_records(records, 1, num_classes=5)
+    assert not same_weights(tuned.policy.state_dict(), tuned.initial_state)  # fine-tuned
+
+
+# ---------------------------------------------------------------------- Stable-Baselines3
+@pytest.fixture(scope="module")
+def ppo_policy(tmp_path_factory):
+    """PPO with the pair-shared policy learned on 10-class ALA-Digits through the command line, saved.
+    ``n_steps 1`` makes SB3 update after every step of the tiny budget."""
+    from agents.sb3 import main
+
+    folder = tmp_path_factory.mktemp("ppo")
+    main(["--algo", "ppo", "--num-envs", "2", "--total-iterations", "10", "--steps-per-action", "5", "--device", "cpu",
+          "--env-kwarg", "eval_points=2", "--env-kwarg", "eval_stride=2", "--n-steps", "1", "--lr", "0.01",
+          "--log-dir", str(folder / "logs"), "--save", str(folder / "policy.pt")])
+    return folder
+
+
+def test_ppo_pair_policy_cli_learns_logs_and_saves(ppo_policy):
+    from agents.sb3 import SB3Controller
+
+    assert len(list((ppo_policy / "logs").glob("events.out.tfevents.*"))) == 2  # ours and SB3's train/*
+    assert (ppo_policy / "logs" / "records.json").read_text().count("test_metric") == 2
+    loaded = SB3Controller.load(ppo_policy / "policy.pt", "ppo")
+    assert loaded.config.policy == "pair" and loaded.config.n_steps == 1
+    # Every weight is per pair: none has a dimension of 55 (pairs) or 165 (pairs x actions).
+    assert all(55 not in value.shape and 165 not in value.shape for value in loaded.initial_state.values())
+
+
+@pytest.mark.parametrize("algo, policy", [("a2c", "mlp"), ("a2c", "pair"), ("ppo", "mlp")])
+def test_sb3_controllers_run_end_to_end(algo, policy):
+    from agents.sb3 import SB3Config, isolated_global_rngs
+    from ala_gym.envs.sb3 import SB3VecEnv
+
+    controller = agents.CONTROLLERS[algo](num_envs=2, config=SB3Config(policy=policy, n_steps=1, lr=0.01))
+    envs = controller.make_envs("ALA-Digits-v0", **TINY)
+    assert envs.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP
+    with isolated_global_rngs():  # the policy the run will start from (SB3 seeds it from the run seed)
+        initial = controller._make_model(SB3VecEnv(envs.unwrapped), seed=0).policy.state_dict()
+    torch_state = torch.random.get_rng_state()
+    records, logs = run(controller, envs=envs)
+    assert torch.equal(torch.random.get_rng_state(), torch_state)  # SB3's seeding stays inside the run
+    check_records(records, 2)
+    check_logs(logs)
+    assert not same_weights(controller.model.policy.state_dict(), initial)  # it learned online
+
+
+def test_sb3_pair_policy_transfers_to_5_classes(ppo_policy, five_class_envs):
+    from agents.sb3 import SB3Controller
+
+    frozen = SB3Controller.load(ppo_policy / "policy.pt", "ppo", num_envs=2)
+    records, logs = run(frozen, envs=five_class_envs(2, autoreset_mode=AutoresetMode.SAME_STEP))
+    check_records(records, 2, num_classes=5)
+    check_logs(logs, num_classes=5)
+    assert same_weights(frozen.model.policy.state_dict(), frozen.initial_state)
+
+
+def test_phi_stats():
+    phi = np.eye(4)
+    phi[0, 1] = phi[1, 0] = -0.5
+    stats = runlog.phi_stats(phi[None])
+    assert stats["phi_max_offdiag"] == 0.5 and np.isclose(stats["phi_drift"], np.sqrt(0.5) / 4)

@@ -1,0 +1,203 @@
+"""Data loaders (real on-disk formats, integrity checks, splits), augmentation and batch sampling."""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from ala_gym.data import (
+    FASHION_MNIST_DEBIAN_DIR,
+    BatchSampler,
+    DataError,
+    load_cifar10,
+    load_digits,
+    load_fashion_mnist,
+    random_crop_flip,
+)
+
+CIFAR_SUBSET = Path("/work/shared/data/cifar10-subset")
+
+
+def _check_split_types(data, device: str = "cpu") -> None:
+    for split in (data.train, data.val, data.test):
+        assert split.images.dtype == torch.uint8
+        assert split.labels.dtype == torch.int64
+        assert split.images.device.type == device and split.labels.device.type == device
+        assert split.images.shape[0] == split.labels.shape[0]
+
+
+def test_digits_split_sizes_and_types() -> None:
+    data = load_digits()
+    assert (len(data.train), len(data.val), len(data.test)) == (1077, 360, 360)
+    assert data.image_shape == (1, 8, 8) and data.num_classes == 10 and not data.augment
+    _check_split_types(data)
+    assert int(data.train.images.max()) == 255  # 0..16 pixels scaled to the uint8 range
+
+
+def test_split_is_seeded() -> None:
+    same = load_digits(split_seed=3), load_digits(split_seed=3)
+    assert torch.equal(same[0].val.labels, same[1].val.labels) and torch.equal(same[0].val.images, same[1].val.images)
+    assert not torch.equal(load_digits(split_seed=4).val.images, same[0].val.images)
+
+
+def test_tiny_cifar_loads_with_md5sums(tiny_cifar_dir: Path) -> None:
+    data = load_cifar10(data_root=tiny_cifar_dir, val_size=20)
+    assert (len(data.train), len(data.val), len(data.test)) == (80, 20, 20)
+    assert data.image_shape == (3, 32, 32) and data.num_classes == 10 and data.augment
+    _check_split_types(data)
+    # Default validation size: a fifth of the training images, as 10k of the full 50k.
+    assert len(load_cifar10(data_root=tiny_cifar_dir).val) == 20
+
+
+def test_tiny_cifar_pixels_follow_cifar_layout(tiny_cifar_dir: Path) -> None:
+    batch = pickle.loads((tiny_cifar_dir / "test_batch").read_bytes())
+    data = load_cifar10(data_root=tiny_cifar_dir, val_size=20)
+    # Rows are 1024 red, 1024 green, 1024 blue values, each a row-major 32x32 plane.
+    expected = torch.from_numpy(batch["data"]).view(-1, 3, 32, 32)
+    assert torch.equal(data.test.images, expected)
+    assert data.test.labels.tolist() == batch["labels"]
+
+
+@pytest.mark.parametrize("victim", ["data_batch_3", "test_batch", "batches.meta"])
+def test_corrupt_cifar_file_is_named(tiny_cifar_dir: Path, tmp_path: Path, victim: str) -> None:
+    folder = shutil.copytree(tiny_cifar_dir, tmp_path / "cifar")
+    path = folder / victim
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=victim):
+        load_cifar10(data_root=folder)
+
+
+def test_missing_cifar_file_is_named(tiny_cifar_dir: Path, tmp_path: Path) -> None:
+    folder = shutil.copytree(tiny_cifar_dir, tmp_path / "cifar")
+    (folder / "data_batch_2").unlink()
+    with pytest.raises(DataError, match="data_batch_2.*missing"):
+        load_cifar10(data_root=folder)
+
+
+def test_missing_standard_cifar_names_folder(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=str(tmp_path / "nowhere" / "cifar-10-batches-py")):
+        load_cifar10(data_root=tmp_path / "nowhere", download=False)
+
+
+def test_missing_cifar_defaults_to_cache_folder(isolated_cache: Path) -> None:
+    with pytest.raises(DataError, match=str(isolated_cache / "cifar10" / "cifar-10-batches-py")):
+        load_cifar10(download=False)
+
+
+@pytest.mark.skipif(not CIFAR_SUBSET.exists(), reason=f"real CIFAR-10 subset not present at {CIFAR_SUBSET}")
+def test_real_cifar_subset() -> None:
+    data = load_cifar10(data_root=CIFAR_SUBSET)
+    assert len(data.train) + len(data.val) == 5170 and len(data.test) == 1017
+    assert len(data.val) == 5170 // 5
+    _check_split_types(data)
+    assert sorted(data.test.labels.unique().tolist()) == list(range(10))
+
+
+@pytest.mark.skipif(not CIFAR_SUBSET.exists(), reason=f"real CIFAR-10 subset not present at {CIFAR_SUBSET}")
+def test_real_cifar_subset_corrupted_copy(tmp_path: Path) -> None:
+    folder = shutil.copytree(CIFAR_SUBSET, tmp_path / "subset")
+    victim = folder / "data_batch_4"
+    victim.chmod(0o644)  # the shared copy is read-only
+    raw = bytearray(victim.read_bytes())
+    raw[1000] ^= 0x01
+    victim.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=str(victim)):
+        load_cifar10(data_root=folder)
+
+
+def test_tiny_fashion_mnist_loads(tiny_fashion_mnist_dir: Path, isolated_cache: Path) -> None:
+    data = load_fashion_mnist(data_root=tiny_fashion_mnist_dir, val_size=40)
+    assert (len(data.train), len(data.val), len(data.test)) == (160, 40, 50)
+    assert data.image_shape == (1, 28, 28) and data.num_classes == 10 and not data.augment
+    _check_split_types(data)
+    assert data.test.labels.tolist() == [k % 10 for k in range(50)]
+    assert any(isolated_cache.rglob("t10k-images-idx3-ubyte"))  # unpacked into the cache, not the source
+
+
+@pytest.mark.skipif(not FASHION_MNIST_DEBIAN_DIR.exists(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_real_fashion_mnist() -> None:
+    data = load_fashion_mnist()
+    assert (len(data.train), len(data.val), len(data.test)) == (50000, 10000, 10000)
+    _check_split_types(data)
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated", "not_gzip", "short_idx"])
+def test_broken_fashion_mnist_file_is_named(tiny_fashion_mnist_dir: Path, tmp_path: Path, damage: str) -> None:
+    folder = shutil.copytree(tiny_fashion_mnist_dir, tmp_path / "fmnist")
+    victim = folder / "train-images-idx3-ubyte.gz"
+    packed = victim.read_bytes()
+    if damage == "missing":
+        victim.unlink()
+    elif damage == "truncated":
+        victim.write_bytes(packed[: len(packed) // 2])
+    elif damage == "not_gzip":
+        victim.write_bytes(b"this is not a gzip file at all")
+    else:  # a valid gzip whose idx content is shorter than its header promises
+        victim.write_bytes(gzip.compress(gzip.decompress(packed)[:-100]))
+    with pytest.raises(DataError, match=str(victim)):
+        load_fashion_mnist(data_root=folder, val_size=40)
+
+
+def test_random_crop_flip_is_shifted_mirrored_window() -> None:
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(1, 256, (64, 3, 8, 8), dtype=torch.uint8, generator=generator)
+    out = random_crop_flip(images, torch.Generator().manual_seed(5))
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    padded = torch.nn.functional.pad(images, (4, 4, 4, 4))
+    flipped = 0
+    for image, crop in zip(padded, out):
+        # Exactly one window of the padded image (plain or mirrored) equals the crop.
+        matches = [
+            (dy, dx, mirror)
+            for dy in range(9)
+            for dx in range(9)
+            for mirror in (False, True)
+            if torch.equal(crop, image[:, dy : dy + 8, dx : dx + 8].flip(2) if mirror else image[:, dy : dy + 8, dx : dx + 8])
+        ]
+        assert len(matches) == 1
+        flipped += matches[0][2]
+    assert 0 < flipped < 64  # both branches are taken
+
+
+def test_random_crop_flip_is_deterministic_per_generator() -> None:
+    images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    first = random_crop_flip(images, torch.Generator().manual_seed(7))
+    assert torch.equal(first, random_crop_flip(images, torch.Generator().manual_seed(7)))
+    assert not torch.equal(first, random_crop_flip(images, torch.Generator().manual_seed(8)))
+
+
+def test_batch_sampler_determinism_and_epochs(tiny_cifar_dir: Path) -> None:
+    data = load_cifar10(data_root=tiny_cifar_dir, val_size=20)
+
+    def draw(seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        sampler = BatchSampler(data, 16, torch.Generator().manual_seed(seed))
+        return [sampler.next() for _ in range(7)]  # 5 full batches an epoch: crosses an epoch boundary
+
+    first, again, other = draw(0), draw(0), draw(1)
+    for (x, y), (x2, y2) in zip(first, again):
+        assert torch.equal(x, x2) and torch.equal(y, y2)
+        assert x.dtype == torch.float32 and x.shape == (16, 3, 32, 32) and y.shape == (16,)
+    assert any(not torch.equal(x, x2) for (x, _), (x2, _) in zip(first, other))
+
+
+def test_batch_sampler_epochs_are_permutations() -> None:
+    data = load_digits()  # 1,077 training images: 10 batches of 100 an epoch, the ragged 77 dropped
+    sampler = BatchSampler(data, 100, torch.Generator().manual_seed(0))
+    sampler.next()
+    epoch = sampler._order
+    assert torch.equal(epoch.sort().values, torch.arange(len(data.train)))
+    for _ in range(9):
+        sampler.next()
+    assert sampler._order is epoch
+    sampler.next()
+    assert sampler._order is not epoch and not torch.equal(sampler._order, epoch)
+    assert BatchSampler(data, 10**6, torch.Generator()).batch_size == len(data.train)
+    with pytest.raises(ValueError):
+        BatchSampler(data, 0, torch.Generator())

@@ -1,0 +1,106 @@
+"""Eq. 6 loss forms and the class-pair parameterisation of Phi."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from ala_gym.losses import PhiLoss, check_phi, class_pairs, matrix_to_pairs, pairs_to_matrix, phi_loss
+
+
+@pytest.fixture
+def batch() -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(32, 10, generator=generator), torch.randint(0, 10, (32,), generator=generator)
+
+
+def _random_phi(seed: int = 1, classes: int = 10) -> torch.Tensor:
+    values = np.random.default_rng(seed).uniform(-1, 1, classes * (classes + 1) // 2)
+    return torch.tensor(pairs_to_matrix(values, classes), dtype=torch.float32)
+
+
+def test_linear_at_identity_is_cross_entropy(batch) -> None:
+    logits, labels = batch
+    torch.testing.assert_close(phi_loss(logits, labels, torch.eye(10)), F.cross_entropy(logits, labels))
+
+
+def test_linear_form_by_hand(batch) -> None:
+    logits, labels = batch
+    phi = _random_phi()
+    log_probs = F.log_softmax(logits, dim=1)
+    expected = -torch.stack([phi[y] @ log_probs[n] for n, y in enumerate(labels)]).mean()
+    torch.testing.assert_close(phi_loss(logits, labels, phi, "linear"), expected)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 3.0])
+def test_sigmoid_form_value(batch, temperature: float) -> None:
+    logits, labels = batch
+    phi = _random_phi(2)
+    log_probs = F.log_softmax(logits, dim=1)
+    weighted = torch.stack([phi[y] @ log_probs[n] for n, y in enumerate(labels)])
+    expected = -torch.sigmoid(weighted / temperature).mean()
+    torch.testing.assert_close(phi_loss(logits, labels, phi, "sigmoid", temperature), expected)
+    assert -1.0 <= float(expected) <= 0.0
+
+
+def test_cross_entropy_form_ignores_phi(batch) -> None:
+    logits, labels = batch
+    torch.testing.assert_close(phi_loss(logits, labels, _random_phi(), "cross_entropy"), F.cross_entropy(logits, labels))
+
+
+def test_phi_loss_object_sees_in_place_updates(batch) -> None:
+    logits, labels = batch
+    phi = torch.eye(10)
+    loss = PhiLoss(phi)
+    before = loss(logits, labels)
+    phi.copy_(_random_phi())
+    assert not torch.allclose(before, loss(logits, labels))
+    torch.testing.assert_close(loss(logits, labels), phi_loss(logits, labels, phi))
+
+
+@pytest.mark.parametrize("kwargs", [{"form": "cubic"}, {"temperature": 0.0}])
+def test_phi_loss_rejects_bad_settings(kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        PhiLoss(torch.eye(3), **kwargs)
+    if "form" in kwargs:
+        with pytest.raises(ValueError, match="cubic"):
+            phi_loss(torch.zeros(2, 3), torch.zeros(2, dtype=torch.int64), torch.eye(3), "cubic")
+
+
+@pytest.mark.parametrize("classes", [2, 3, 10])
+def test_pairs_round_trip(classes: int) -> None:
+    pairs = class_pairs(classes)
+    assert len(pairs) == classes * (classes + 1) // 2
+    assert np.all(pairs[:, 0] <= pairs[:, 1]) and len({tuple(p) for p in pairs}) == len(pairs)
+    values = np.arange(len(pairs), dtype=np.float64)
+    matrix = pairs_to_matrix(values, classes)
+    np.testing.assert_array_equal(matrix, matrix.T)
+    np.testing.assert_array_equal(matrix[pairs[:, 0], pairs[:, 1]], values)
+    np.testing.assert_array_equal(matrix_to_pairs(matrix), values)
+
+
+def test_ten_classes_have_55_pairs_in_row_major_order() -> None:
+    pairs = class_pairs(10)
+    assert len(pairs) == 55
+    assert pairs[:3].tolist() == [[0, 0], [0, 1], [0, 2]] and pairs[10].tolist() == [1, 1]
+
+
+@pytest.mark.parametrize(
+    ("matrix", "message"),
+    [
+        (np.eye(3), "shape"),
+        (np.full((4, 4), np.nan), "finite"),
+        (np.eye(4) * 1.5, r"\[-1.0, 1.0\]"),
+        (np.triu(np.full((4, 4), 0.5)), "symmetric"),
+    ],
+)
+def test_check_phi_errors(matrix: np.ndarray, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        check_phi(matrix, 4)
+
+
+def test_check_phi_accepts_valid() -> None:
+    phi = pairs_to_matrix(np.linspace(-1, 1, 10), 4)
+    np.testing.assert_array_equal(check_phi(phi, 4), phi)

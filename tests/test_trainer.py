@@ -1,0 +1,104 @@
+"""The child-training core: determinism, isolation from global RNGs, schedule, and learning."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from ala_gym.data import load_dataset
+from ala_gym.models import build_model
+from ala_gym.trainer import ChildTrainer, TrainConfig
+
+CONFIG = TrainConfig(model="mlp", total_iterations=40, batch_size=32, lr=0.05)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def _weights(trainer: ChildTrainer) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in trainer.model.parameters()]
+
+
+def test_same_seed_same_weights_and_losses(digits) -> None:
+    runs = [ChildTrainer(digits, CONFIG, seed=7) for _ in range(2)]
+    losses = [[run.train(5, F.cross_entropy) for _ in range(3)] for run in runs]
+    assert losses[0] == losses[1]
+    for a, b in zip(_weights(runs[0]), _weights(runs[1])):
+        assert torch.equal(a, b)
+    other = ChildTrainer(digits, CONFIG, seed=8)
+    assert [other.train(5, F.cross_entropy) for _ in range(3)] != losses[0]
+
+
+@pytest.mark.parametrize("name", ["mlp", "small_cnn", "resnet32"])
+def test_build_model_is_seeded_and_shaped(name: str) -> None:
+    shape = (3, 32, 32)
+    models = [build_model(name, shape, 10, torch.Generator().manual_seed(s)) for s in (0, 0, 1)]
+    first, same, other = (torch.cat([p.flatten() for p in m.parameters()]) for m in models)
+    assert torch.equal(first, same) and not torch.equal(first, other)
+    assert models[0](torch.zeros(2, *shape)).shape == (2, 10)
+
+
+def test_resnet32_structure() -> None:
+    model = build_model("resnet32", (3, 32, 32), 10, torch.Generator().manual_seed(0))
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 31  # 1 + 3 stages x 5 blocks x 2 convs; plus the fc layer: 32 weighted layers
+    assert sorted({c.out_channels for c in convs}) == [16, 32, 64]
+    assert 0.46e6 < sum(p.numel() for p in model.parameters()) < 0.47e6  # He et al.: 0.46M
+
+
+def test_global_rng_untouched(digits, global_rng_unchanged) -> None:
+    with global_rng_unchanged():
+        trainer = ChildTrainer(digits, CONFIG, seed=0)
+        trainer.train(5, F.cross_entropy)
+        trainer.evaluate(digits.val)
+
+
+def test_lr_schedule() -> None:
+    config = TrainConfig(total_iterations=100, lr=0.1, lr_milestones=(0.5, 0.75), lr_decay=0.1)
+    assert [config.lr_at(i) for i in (0, 49, 50, 74, 75, 99)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+
+
+def test_optimizer_follows_schedule(digits) -> None:
+    config = TrainConfig(total_iterations=4, batch_size=16, lr=0.2, lr_milestones=(0.5,), lr_decay=0.5, momentum=0.5)
+    trainer = ChildTrainer(digits, config, seed=0)
+    seen = []
+    for _ in range(4):
+        trainer.train_step(F.cross_entropy)
+        seen.append(trainer.optimizer.param_groups[0]["lr"])
+    assert seen == pytest.approx([0.2, 0.2, 0.1, 0.1])
+    assert trainer.optimizer.param_groups[0]["momentum"] == 0.5 and trainer.done
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"total_iterations": 0}, {"lr": 0.0}, {"momentum": 1.0}, {"lr_milestones": (0.75, 0.5)}, {"lr_milestones": (1.0,)}],
+)
+def test_config_rejects_bad_values(kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        TrainConfig(**kwargs)
+
+
+def test_training_reduces_loss_on_digits(digits) -> None:
+    config = TrainConfig(model="mlp", total_iterations=300, batch_size=64, lr=0.05)
+    trainer = ChildTrainer(digits, config, seed=0)
+    before = trainer.evaluate(digits.val)
+    first = trainer.train(20, F.cross_entropy)
+    last = trainer.train(280, F.cross_entropy)
+    after = trainer.evaluate(digits.val)
+    assert last < first / 3
+    assert after.loss < before.loss / 3 and after.metric < 0.15 < before.metric
+    assert trainer.iteration == 300 and trainer.done
+    with pytest.raises(ValueError):
+        trainer.train(0, F.cross_entropy)
+
+
+def test_evaluation_does_not_depend_on_eval_batch_size(digits) -> None:
+    results = [
+        ChildTrainer(digits, TrainConfig(eval_batch_size=size), seed=3).evaluate(digits.val, "nll") for size in (7, 1000)
+    ]
+    assert results[0].metric == pytest.approx(results[1].metric, rel=1e-5)
+    np.testing.assert_allclose(results[0].confusion, results[1].confusion, rtol=1e-5)

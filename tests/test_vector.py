@@ -1,0 +1,283 @@
+"""The native vector env (sequential and batched paths), make_vec modes, and the SB3 adapter.
+
+Seeds: ``ALAVectorEnv.reset(seed=s)`` seeds child ``i`` as ``single.reset(seed=s + i)``; later
+autoresets continue each child's own generator, as ``single.reset()`` without a seed does.
+
+Tolerances: the sequential path is compared bit for bit with single envs. The batched (vmapped) path
+uses other kernels, so it is compared to the sequential path with ``atol=1e-4`` on observations, raw
+rewards and losses, and test/validation error rates within one image.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium.vector import AutoresetMode
+
+import ala_gym
+from ala_gym.batched import BatchedTrainer
+from ala_gym.data import load_dataset
+from ala_gym.envs.sb3 import SB3VecEnv
+from ala_gym.envs.vector import ALAVectorEnv
+from ala_gym.losses import PhiLoss
+from ala_gym.trainer import ChildTrainer, TrainConfig
+
+ENV_ID = "ALA-Digits-v0"
+TINY = dict(total_iterations=40, steps_per_action=10, eval_points=2, eval_stride=2, device="cpu", reward="raw")
+N_PAIRS = 55
+STEPS = 4  # 40 iterations / K = 10
+ATOL = 1e-4
+ONE_IMAGE = 1 / 360 + 1e-9  # digits' validation and test splits hold 360 images
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Bitwise comparisons need the same reduction order in every path; one thread also keeps tests polite.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def action_plan(num_envs: int, steps: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 3, size=(steps, num_envs, N_PAIRS))
+
+
+def run_vector(envs, actions: np.ndarray, seed: int) -> dict[str, list]:
+    observation, info = envs.reset(seed=seed)
+    out = {"obs": [observation], "rewards": [], "terminated": [], "infos": [info]}
+    for action in actions:
+        observation, reward, terminated, truncated, info = envs.step(action)
+        out["obs"].append(observation)
+        out["rewards"].append(reward)
+        out["terminated"].append(terminated)
+        out["infos"].append(info)
+    return out
+
+
+def test_every_id_has_a_vector_entry_point_and_reregistering_is_harmless() -> None:
+    importlib.reload(ala_gym)
+    for env_id in ala_gym.ENV_IDS:
+        assert gym.spec(env_id).vector_entry_point is not None
+    envs = gym.make_vec(ENV_ID, num_envs=2, **TINY)
+    assert isinstance(envs, ALAVectorEnv)
+    assert envs.metadata["autoreset_mode"] == AutoresetMode.NEXT_STEP
+    assert envs.observation_space.shape == (2, N_PAIRS, 24) and envs.action_space.shape == (2, N_PAIRS)
+
+
+def test_auto_train_mode_is_the_measured_faster_path_on_cpu(tiny_cifar_dir) -> None:
+    assert gym.make_vec(ENV_ID, num_envs=2, **TINY).unwrapped.train_mode == "batched"  # MLP
+    cnn = gym.make_vec("ALA-CIFAR10-v0", num_envs=2, data_root=tiny_cifar_dir, download=False, val_size=20,
+                       model="small_cnn", device="cpu")
+    assert cnn.unwrapped.train_mode == "sequential"
+
+
+def test_sequential_vector_env_equals_single_envs_bit_for_bit() -> None:
+    """Child i of reset(seed=s) is the single env reset with s + i, through an episode and its autoreset."""
+    num_envs, seed = 3, 11
+    actions = action_plan(num_envs, STEPS + 2)
+    vector = run_vector(gym.make_vec(ENV_ID, num_envs=num_envs, train_mode="sequential", **TINY), actions, seed)
+    assert vector["terminated"][STEPS - 1].all() and not vector["terminated"][STEPS - 2].any()
+    for child in range(num_envs):
+        env = gym.make(ENV_ID, **TINY)
+        observation, _ = env.reset(seed=seed + child)
+        np.testing.assert_array_equal(vector["obs"][0][child], observation)
+        for t in range(STEPS):
+            observation, reward, terminated, _, info = env.step(actions[t, child])
+            np.testing.assert_array_equal(vector["obs"][t + 1][child], observation)
+            assert vector["rewards"][t][child] == reward
+            assert vector["infos"][t + 1]["val_metric"][child] == info["val_metric"]
+        assert terminated
+        assert vector["infos"][STEPS]["test_metric"][child] == info["test_metric"]
+        assert vector["infos"][STEPS]["final_val_metric"][child] == info["final_val_metric"]
+        # NEXT_STEP: the vector's step after the end is the child's reset (no seed: its generator goes on).
+        observation, _ = env.reset()
+        np.testing.assert_array_equal(vector["obs"][STEPS + 1][child], observation)
+        observation, reward, *_ = env.step(actions[STEPS + 1, child])
+        np.testing.assert_array_equal(vector["obs"][STEPS + 2][child], observation)
+        assert vector["rewards"][STEPS + 1][child] == reward
+    # Different seeds give different children.
+    assert not np.array_equal(vector["obs"][1][0], vector["obs"][1][1])
+
+
+def test_batched_path_matches_sequential_path() -> None:
+    num_envs, seed = 3, 5
+    actions = action_plan(num_envs, STEPS + 2, seed=1)
+    runs = {
+        mode: run_vector(gym.make_vec(ENV_ID, num_envs=num_envs, train_mode=mode, **TINY), actions, seed)
+        for mode in ("sequential", "batched")
+    }
+    seq, bat = runs["sequential"], runs["batched"]
+    np.testing.assert_allclose(np.array(bat["obs"]), np.array(seq["obs"]), rtol=0, atol=ATOL)
+    np.testing.assert_allclose(np.array(bat["rewards"]), np.array(seq["rewards"]), rtol=0, atol=ATOL)
+    assert np.array_equal(np.array(bat["terminated"]), np.array(seq["terminated"]))
+    for key in ("train_loss", "val_loss"):
+        for info_b, info_s in zip(bat["infos"][1:], seq["infos"][1:]):
+            np.testing.assert_allclose(info_b[key], info_s[key], rtol=0, atol=ATOL)
+    for key in ("test_metric", "final_val_metric"):
+        np.testing.assert_allclose(bat["infos"][STEPS][key], seq["infos"][STEPS][key], rtol=0, atol=ONE_IMAGE)
+
+
+def test_batched_trainer_keeps_per_child_batchnorm_stats_and_masks_inactive_children(tiny_cifar_dir) -> None:
+    """ResNet (BatchNorm) children under vmap: weights, running statistics and momentum match ChildTrainer."""
+    data = load_dataset("cifar10", data_root=tiny_cifar_dir, download=False, val_size=20)
+    config = TrainConfig(model="resnet20", total_iterations=10, batch_size=8, lr=0.05)
+    seeds = [3, 4]
+    batched = BatchedTrainer(data, config, seeds)
+    singles = [ChildTrainer(data, config, s) for s in seeds]
+    phi = torch.eye(10)
+    phis = torch.stack([phi, phi])
+    losses = singles[0].train_step(lambda logits, labels: -(phi[labels] * logits.log_softmax(1)).sum(1).mean())
+    batched_losses = batched.train_step(phis, np.array([True, False]), PhiLoss(phi))
+    assert batched.iterations.tolist() == [1, 0]
+    assert batched_losses[1] == 0
+    torch.testing.assert_close(batched_losses[0], losses, rtol=0, atol=ATOL)
+    for name, value in singles[0].model.state_dict().items():
+        torch.testing.assert_close(batched.buffers.get(name, batched.params.get(name))[0].detach(), value, rtol=0, atol=ATOL)
+    # The inactive child is untouched: weights and BatchNorm statistics still those of its initial model.
+    for name, value in singles[1].model.state_dict().items():
+        torch.testing.assert_close(batched.buffers.get(name, batched.params.get(name))[1].detach(), value, rtol=0, atol=0)
+    assert not torch.equal(batched.buffers["bn.running_mean"][0], batched.buffers["bn.running_mean"][1])
+    # Evaluation mode uses each child's own running statistics.
+    evaluation = batched.evaluate(data.val, [0, 1])
+    for child, single in enumerate(singles):
+        np.testing.assert_allclose(evaluation[child].confusion, single.evaluate(data.val).confusion, atol=ATOL)
+
+
+def test_batched_env_on_batchnorm_model_matches_sequential(tiny_cifar_dir) -> None:
+    kwargs = dict(
+        data_root=tiny_cifar_dir, download=False, val_size=20, model="resnet20", batch_size=8,
+        total_iterations=4, steps_per_action=2, eval_points=1, device="cpu", reward="raw",
+    )
+    actions = action_plan(2, 2, seed=2)
+    runs = [run_vector(gym.make_vec("ALA-CIFAR10-v0", num_envs=2, train_mode=m, **kwargs), actions, 0) for m in ("sequential", "batched")]
+    np.testing.assert_allclose(np.array(runs[1]["obs"]), np.array(runs[0]["obs"]), rtol=0, atol=ATOL)
+    np.testing.assert_allclose(np.array(runs[1]["rewards"]), np.array(runs[0]["rewards"]), rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("train_mode", ["sequential", "batched"])
+def test_autoreset_next_step_masks_and_final_metrics(train_mode: str) -> None:
+    envs = gym.make_vec(ENV_ID, num_envs=2, train_mode=train_mode, max_episode_steps=2, **TINY)
+    actions = np.ones((2, N_PAIRS), dtype=np.int64)
+    envs.reset(seed=0)
+    _, _, terminated, truncated, info = envs.step(actions)
+    assert not terminated.any() and not truncated.any()
+    assert "test_metric" not in info  # no child finished: the key is absent
+    observation, reward, terminated, truncated, info = envs.step(actions)
+    assert truncated.all() and not terminated.any()  # max_episode_steps=2 < 4 steps of budget
+    assert info["_test_metric"].all() and np.all((info["test_metric"] >= 0) & (info["test_metric"] <= 1))
+    assert info["_final_val_metric"].all() and info["episode_step"].tolist() == [2, 2]
+    assert np.all(observation[:, :, -1] == 0.5)  # progress 20 / 40
+    # NEXT_STEP: this step resets both children; actions are ignored, reward 0, not done.
+    observation, reward, terminated, truncated, info = envs.step(np.zeros((2, N_PAIRS), dtype=np.int64))
+    assert reward.tolist() == [0.0, 0.0] and not terminated.any() and not truncated.any()
+    assert np.all(observation[:, :, -1] == 0) and np.all(observation[:, :, -2] == np.eye(10)[np.triu_indices(10)])
+    assert info["episode_step"].tolist() == [0, 0] and np.isnan(info["train_loss"]).all()
+    _, _, _, _, info = envs.step(actions)
+    assert info["episode_step"].tolist() == [1, 1]
+
+
+@pytest.mark.parametrize("train_mode", ["sequential", "batched"])
+def test_divergence_terminates_only_that_child(train_mode: str) -> None:
+    envs = gym.make_vec(ENV_ID, num_envs=2, train_mode=train_mode, **TINY)
+    envs.reset(seed=0)
+    # Poison child 0's first-layer weights (no Phi diverges reliably within one short step on digits).
+    with torch.no_grad():
+        if train_mode == "batched":
+            envs.unwrapped._batched.params["fc1.weight"][0].fill_(float("inf"))
+        else:
+            envs.unwrapped._trainers[0].model.fc1.weight.fill_(float("inf"))
+    envs.set_attr("phi", [np.eye(10), 0.5 * np.eye(10)])
+    np.testing.assert_array_equal(envs.get_attr("phi")[1], 0.5 * np.eye(10))
+    _, reward, terminated, truncated, info = envs.step(np.ones((2, N_PAIRS), dtype=np.int64))
+    assert terminated.tolist() == [True, False] and not truncated.any()
+    assert reward[0] == -10.0 and reward[1] != -10.0
+    assert info["diverged"].tolist() == [True, False]
+    assert info["_test_metric"].tolist() == [True, False] and info["test_metric"][0] == 1.0  # all wrong
+    _, reward, terminated, _, info = envs.step(np.ones((2, N_PAIRS), dtype=np.int64))
+    assert reward[0] == 0.0 and info["episode_step"].tolist() == [0, 2]  # child 0 reset, child 1 went on
+    assert not info["diverged"].any()
+
+
+def test_bad_input_raises_value_error() -> None:
+    envs = gym.make_vec(ENV_ID, num_envs=2, **TINY)
+    envs.reset(seed=0)
+    with pytest.raises(ValueError, match="shape"):
+        envs.step(np.ones((3, N_PAIRS), dtype=np.int64))
+    with pytest.raises(ValueError, match="0, 1, 2"):
+        envs.step(np.full((2, N_PAIRS), 5))
+    with pytest.raises(ValueError, match="one value per child"):
+        envs.set_attr("phi", [np.eye(10)])
+    with pytest.raises(ValueError, match="symmetric"):
+        envs.set_attr("phi", [np.eye(10), np.triu(np.ones((10, 10)))])
+    with pytest.raises(ValueError, match="train_mode"):
+        gym.make_vec(ENV_ID, num_envs=2, train_mode="fast", **TINY)
+    # The failed calls changed nothing: the next step is a normal first step.
+    _, _, _, _, info = envs.step(np.ones((2, N_PAIRS), dtype=np.int64))
+    assert info["episode_step"].tolist() == [1, 1]
+
+
+def test_sync_and_async_make_vec_on_the_single_env_match_the_native_env() -> None:
+    actions = action_plan(2, 2, seed=3)
+    native = run_vector(gym.make_vec(ENV_ID, num_envs=2, train_mode="sequential", **TINY), actions, 4)
+    sync = gym.make_vec(ENV_ID, num_envs=2, vectorization_mode="sync", **TINY)
+    sync_run = run_vector(sync, actions, 4)
+    np.testing.assert_array_equal(np.array(sync_run["obs"]), np.array(native["obs"]))
+    np.testing.assert_array_equal(np.array(sync_run["rewards"]), np.array(native["rewards"]))
+    # Async workers are forked after this process used torch; they run one torch thread each.
+    asynchronous = gym.make_vec(ENV_ID, num_envs=2, vectorization_mode="async", **TINY)
+    try:
+        async_run = run_vector(asynchronous, actions, 4)
+        assert asynchronous.get_attr("phi")[0].shape == (10, 10)
+    finally:
+        asynchronous.close()
+    np.testing.assert_allclose(np.array(async_run["obs"]), np.array(native["obs"]), rtol=0, atol=ATOL)
+    np.testing.assert_allclose(np.array(async_run["rewards"]), np.array(native["rewards"]), rtol=0, atol=ATOL)
+
+
+def test_sb3_adapter_seeding_terminal_observation_and_episode_stats() -> None:
+    env = SB3VecEnv.make(ENV_ID, num_envs=2, **TINY)
+    env.seed(7)
+    first = env.reset()
+    native_first, _ = gym.make_vec(ENV_ID, num_envs=2, **TINY).reset(seed=7)
+    np.testing.assert_array_equal(first, native_first)  # SB3's seed + i is the native convention
+    env.seed(7)
+    np.testing.assert_array_equal(env.reset(), first)
+    for step in range(STEPS):
+        observation, reward, done, infos = env.step(np.ones((2, N_PAIRS), dtype=np.int64))
+        assert reward.shape == (2,) and len(infos) == 2
+        assert done.all() == (step == STEPS - 1)
+    for info in infos:
+        assert info["terminal_observation"].shape == (N_PAIRS, 24)
+        assert np.all(info["terminal_observation"][:, -1] == 1.0)  # the finished episode's last observation
+        assert info["TimeLimit.truncated"] is False and 0 <= info["test_metric"] <= 1
+        assert info["episode"]["l"] == STEPS
+    assert np.all(observation[:, :, -1] == 0.0)  # SAME_STEP: the returned observation is the reset one
+    with pytest.raises(ValueError, match="SAME_STEP"):
+        SB3VecEnv(gym.make_vec(ENV_ID, num_envs=2, **TINY))
+
+    truncating = SB3VecEnv.make(ENV_ID, num_envs=1, max_episode_steps=1, **TINY)
+    truncating.reset()
+    _, _, done, infos = truncating.step(np.ones((1, N_PAIRS), dtype=np.int64))
+    assert done[0] and infos[0]["TimeLimit.truncated"] is True
+
+
+@pytest.mark.parametrize("algorithm", ["PPO", "A2C"])
+def test_sb3_trains_end_to_end(algorithm: str) -> None:
+    import stable_baselines3
+
+    env = SB3VecEnv.make(ENV_ID, num_envs=2, **{**TINY, "reward": "sign"})
+    extra = {"batch_size": 8, "n_epochs": 1} if algorithm == "PPO" else {}
+    model = getattr(stable_baselines3, algorithm)("MlpPolicy", env, n_steps=4, seed=0, device="cpu", **extra)
+    before = [p.detach().clone() for p in model.policy.parameters()]
+    model.learn(total_timesteps=16)
+    assert model.num_timesteps >= 16
+    assert len(model.ep_info_buffer) >= 2  # two children finished at least one 4-step episode each
+    assert all(info["l"] == STEPS for info in model.ep_info_buffer)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.policy.parameters()))
+    action, _ = model.predict(env.reset(), deterministic=True)
+    assert action.shape == (2, N_PAIRS)
