@@ -50,21 +50,23 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     "fashion-mnist": dict(
         env="ALA-FashionMNIST-v0",
-        controllers="ce,phi-identity,phi-identity-sigmoid,random,confusion,reinforce,reinforce-multi,ppo",
+        controllers="ce,phi-identity,reinforce,reinforce-multi,random,confusion,phi-identity-sigmoid,ppo",
         seeds=5,
-        env_kwargs=dict(total_iterations=600, steps_per_action=20, eval_points=2, eval_stride=5, val_subsample=1000),
+        children=2,
+        env_kwargs=dict(total_iterations=400, steps_per_action=20, eval_points=2, eval_stride=5, val_subsample=1000),
         name="fashion-mnist",
     ),
     "cifar10-subset": dict(
         env="ALA-CIFAR10-v0",
-        controllers="ce,phi-identity,phi-identity-sigmoid,random,confusion,reinforce,reinforce-multi,ppo",
+        controllers="ce,phi-identity,reinforce,reinforce-multi,random,confusion,phi-identity-sigmoid,ppo",
         seeds=5,
+        children=2,
         env_kwargs=dict(
             model="small_cnn",
             lr=0.05,
             weight_decay=5e-4,
             data_root=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-subset"),
-            total_iterations=600,
+            total_iterations=400,
             steps_per_action=20,
             eval_points=2,
             eval_stride=5,
@@ -271,7 +273,8 @@ def compare(
         raise SystemExit(f"unknown controllers {unknown}; choose from {sorted(CONTROLLERS)}")
     out = RESULTS / name
     check_same_config(out, {"env": env_id, "env_kwargs": env_kwargs, "children": children})
-    todo = [(c, s) for c in controllers for s in seeds if not (out / "runs" / f"{c}-seed{s}.json").exists()]
+    # Seed-major: an interrupted comparison has every controller on the same seeds so far.
+    todo = [(c, s) for s in seeds for c in controllers if not (out / "runs" / f"{c}-seed{s}.json").exists()]
     print(f"{len(controllers) * len(seeds) - len(todo)} runs already done in {out}; {len(todo)} to run")
     with tqdm(todo, desc="runs", unit="run", file=sys.stdout) as progress:
         for controller, seed in progress:
