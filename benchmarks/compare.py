@@ -53,7 +53,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         controllers="ce,phi-identity,reinforce,reinforce-multi,random,confusion,phi-identity-sigmoid,ppo",
         seeds=5,
         children=2,
-        env_kwargs=dict(total_iterations=400, steps_per_action=20, eval_points=2, eval_stride=5, val_subsample=1000),
+        # 1200 iterations of batch 128 are about 3 epochs of the 50k training images; K = 30 gives 40 steps.
+        env_kwargs=dict(total_iterations=1200, steps_per_action=30, eval_points=2, eval_stride=5, val_subsample=1000),
         name="fashion-mnist",
     ),
     "cifar10-subset": dict(
@@ -264,10 +265,41 @@ def check_same_config(out: Path, config: dict) -> None:
         write_json(path, config)
 
 
+def claim(result: Path) -> bool:
+    """Reserve the run that writes ``result`` for this process: False if it is done or another live process
+    holds it. The lock file names its owner's PID, so a lock left by a killed process is taken over."""
+    lock = result.with_suffix(".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        if result.exists():
+            return False
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                owner = lock.read_text()
+                if owner:
+                    os.kill(int(owner), 0)  # signal 0: only asks whether the process exists
+                return False  # its owner is alive, or is writing its PID right now
+            except PermissionError:
+                return False  # alive, under another user
+            except (ProcessLookupError, FileNotFoundError):
+                lock.unlink(missing_ok=True)  # stale (or just released): retry once
+                continue
+        with os.fdopen(fd, "w") as handle:
+            handle.write(str(os.getpid()))
+        return True
+    return False
+
+
 def compare(
     env_id: str, controllers: list[str], seeds: list[int], env_kwargs: dict, name: str, children: int | None = None
 ) -> list[dict]:
-    """Run what is missing, then rewrite the aggregate JSON, table and plots from every finished run."""
+    """Run what is missing, then rewrite the aggregate JSON, table and plots from every finished run.
+
+    Several processes may run the same comparison at once (one per core): each claims a run before
+    starting it (:func:`claim`), so none is run twice.
+    """
     unknown = [c for c in controllers if c not in CONTROLLERS]
     if unknown:
         raise SystemExit(f"unknown controllers {unknown}; choose from {sorted(CONTROLLERS)}")
@@ -278,10 +310,16 @@ def compare(
     print(f"{len(controllers) * len(seeds) - len(todo)} runs already done in {out}; {len(todo)} to run")
     with tqdm(todo, desc="runs", unit="run", file=sys.stdout) as progress:
         for controller, seed in progress:
-            progress.set_description(f"{controller} seed {seed}")
-            kwargs = {"num_envs": children} if children is not None and controller in MULTI_CHILD else {}
-            record = run_one(env_id, controller, seed, env_kwargs, kwargs, progress)
-            write_json(out / "runs" / f"{controller}-seed{seed}.json", record)
+            result = out / "runs" / f"{controller}-seed{seed}.json"
+            if not claim(result):
+                continue  # another process runs it, or has just finished it
+            try:
+                progress.set_description(f"{controller} seed {seed}")
+                kwargs = {"num_envs": children} if children is not None and controller in MULTI_CHILD else {}
+                record = run_one(env_id, controller, seed, env_kwargs, kwargs, progress)
+                write_json(result, record)
+            finally:
+                result.with_suffix(".lock").unlink()
 
     runs = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
     runs = [r for r in runs if r["controller"] in controllers and r["seed"] in seeds and r["env"] == env_id]
