@@ -17,7 +17,6 @@ ENV_IDS = {
 }
 
 
-
 def make_vector_env(env_id: str, num_envs: int, **kwargs: Any) -> Any:
     """``gym.make_vec(env_id, num_envs=N)`` creator; imports the vector env (and torch) only when called.
 

@@ -36,6 +36,7 @@ from tqdm import tqdm
 import ala_gym
 from ala_gym.envs.classification import resolve_device
 from agents import CONTROLLERS
+from benchmarks.machine import cpu_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -103,16 +104,8 @@ def versions() -> dict[str, str]:
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu}
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu}
 
 
 def write_json(path: Path, payload: Any) -> None:

@@ -42,6 +42,7 @@ from ala_gym.data import BatchSampler
 from ala_gym.envs.classification import ALAClassificationEnv
 from ala_gym.losses import PhiLoss
 from ala_gym.models import build_model
+from benchmarks.machine import cpu_model
 
 CIFAR_SUBSET = "/work/shared/data/cifar10-subset"
 # Per config: env id, env kwargs, default repetitions on (CPU, CUDA). The MLP on digits is so fast that
@@ -174,16 +175,8 @@ def measure(name: str, device: torch.device, repeats: int, steps_per_action: int
 
 
 def machine_info(device: torch.device, threads: int) -> dict[str, Any]:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return {
-        "cpu_model": cpu,
+        "cpu_model": cpu_model(),
         "cpu_cores_visible": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "torch_num_threads": torch.get_num_threads(),
         "torch_num_threads_requested": threads,
