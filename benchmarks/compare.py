@@ -15,6 +15,10 @@ writes under ``benchmarks/results/<name>/``:
 
 For a controller that trains several children in one run (``reinforce-multi``, ``ppo``), a seed's test
 metric is the mean over its children; every child's value is in the JSON.
+
+A controller name may carry env keywords of its own after ``@``: ``reinforce-multi@beta=0.01`` runs
+``reinforce-multi`` with ``beta=0.01`` (values read as JSON, else as strings), beside the same
+controller at the shared settings.
 """
 
 from __future__ import annotations
@@ -51,7 +55,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     "fashion-mnist": dict(
         env="ALA-FashionMNIST-v0",
-        controllers="ce,phi-identity,reinforce,reinforce-multi,random,confusion,phi-identity-sigmoid,ppo",
+        controllers="ce,phi-identity,reinforce,reinforce-multi,random,confusion,phi-identity-sigmoid,ppo,"
+        "reinforce@beta=0.01,reinforce-multi@beta=0.01",
         seeds=5,
         children=2,
         # 1200 iterations of batch 128 are about 3 epochs of the 50k training images; K = 30 gives 40 steps.
@@ -60,7 +65,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     "cifar10-subset": dict(
         env="ALA-CIFAR10-v0",
-        controllers="ce,phi-identity,reinforce,reinforce-multi,random,confusion,phi-identity-sigmoid,ppo",
+        controllers="ce,phi-identity,reinforce,reinforce-multi,random,confusion,phi-identity-sigmoid,ppo,"
+        "reinforce@beta=0.01,reinforce-multi@beta=0.01",
         seeds=5,
         children=2,
         env_kwargs=dict(
@@ -108,11 +114,27 @@ def machine() -> dict[str, Any]:
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu}
 
 
+def parse_controller(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"reinforce@beta=0.01,..."`` -> ``("reinforce", {"beta": 0.01})``: a registered name and env keywords."""
+    name, _, overrides = spec.partition("@")
+    env_kwargs: dict[str, Any] = {}
+    for item in filter(None, overrides.split(";")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"controller {spec!r}: write env keywords as name@key=value;key=value")
+        try:
+            env_kwargs[key] = json.loads(value)
+        except json.JSONDecodeError:
+            env_kwargs[key] = value
+    return name, env_kwargs
+
+
 def write_json(path: Path, payload: Any) -> None:
     """Write atomically: a crash mid-write never leaves a truncated result behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
+    # default=str: env keywords such as gymnasium's AutoresetMode are recorded by name.
+    tmp.write_text(json.dumps(payload, indent=1, default=str))
     os.replace(tmp, path)
 
 
@@ -120,7 +142,9 @@ def run_one(
     env_id: str, controller_name: str, seed: int, env_kwargs: dict, controller_kwargs: dict, progress: tqdm | None
 ) -> dict:
     """One run of one controller: its children train once; return the JSON-ready record."""
-    controller = CONTROLLERS[controller_name](**controller_kwargs)
+    base, overrides = parse_controller(controller_name)
+    controller = CONTROLLERS[base](**controller_kwargs)
+    env_kwargs = {**env_kwargs, **overrides}
     kwargs = {**env_kwargs, **controller.env_kwargs()}
     envs = controller.make_envs(env_id, **env_kwargs)
     start = time.perf_counter()
@@ -228,7 +252,7 @@ def plot(runs: list[dict], controllers: list[str], out: Path) -> None:
     plt.close(fig)
 
     for name in controllers:
-        mine = [r for r in runs if r["controller"] == name and r["controller"] in LEARNED]
+        mine = [r for r in runs if r["controller"] == name and parse_controller(name)[0] in LEARNED]
         if not mine:
             continue
         phis = np.array(sorted(mine, key=lambda r: r["seed"])[0]["children"][0]["phi"])
@@ -293,7 +317,7 @@ def compare(
     Several processes may run the same comparison at once (one per core): each claims a run before
     starting it (:func:`claim`), so none is run twice.
     """
-    unknown = [c for c in controllers if c not in CONTROLLERS]
+    unknown = [c for c in controllers if parse_controller(c)[0] not in CONTROLLERS]
     if unknown:
         raise SystemExit(f"unknown controllers {unknown}; choose from {sorted(CONTROLLERS)}")
     out = RESULTS / name
@@ -308,7 +332,8 @@ def compare(
                 continue  # another process runs it, or has just finished it
             try:
                 progress.set_description(f"{controller} seed {seed}")
-                kwargs = {"num_envs": children} if children is not None and controller in MULTI_CHILD else {}
+                multi = parse_controller(controller)[0] in MULTI_CHILD
+                kwargs = {"num_envs": children} if children is not None and multi else {}
                 record = run_one(env_id, controller, seed, env_kwargs, kwargs, progress)
                 write_json(result, record)
             finally:
