@@ -48,7 +48,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 PRESETS: dict[str, dict[str, Any]] = {
     "demo": dict(
         env="ALA-Digits-v0",
-        controllers="ce,phi-identity,random,confusion,reinforce,reinforce-multi",
+        controllers="ce,phi-identity,random,confusion,reinforce,reinforce-multi,reinforce-multi@beta=0.01",
         seeds=2,
         env_kwargs=dict(total_iterations=600, steps_per_action=20),
         name="demo-digits",
@@ -183,6 +183,7 @@ def summarize(runs: list[dict], controllers: list[str]) -> list[dict]:
             continue
         tests = np.array([r["test_metric"] for r in mine]) * 100
         per_child = np.array([r["wall_s"] / r["num_children"] for r in mine])
+        final_phis = [np.array(c["phi"][-1]) for r in mine for c in r["children"]]
         rows.append(
             {
                 "controller": name,
@@ -195,6 +196,9 @@ def summarize(runs: list[dict], controllers: list[str]) -> list[dict]:
                 "wall_s_per_child": float(per_child.mean()),
                 "wall_vs_ce": float(per_child.mean() / np.mean(ce_wall)) if ce_wall else None,
                 "diverged_children": int(sum(c["diverged"] for r in mine for c in r["children"])),
+                # How far the controller moved the loss: mean |Phi - I| over entries at the end, and the diagonal.
+                "final_phi_offset": float(np.mean([np.abs(phi - np.eye(len(phi))).mean() for phi in final_phis])),
+                "final_phi_diagonal": float(np.mean([np.diag(phi).mean() for phi in final_phis])),
             }
         )
     return rows
@@ -210,17 +214,20 @@ def markdown_table(rows: list[dict], header: dict[str, Any]) -> str:
         f"-> {header['steps_per_child']} controller steps; env kwargs `{json.dumps(header['env_kwargs'])}`",
         f"- Seeds: {header['seeds']}; versions: {json.dumps(header['versions'])}",
         "- Test metric: error (%) on the test split; mean +- sample std over seeds (a multi-child run's seed value is",
-        "  the mean over its children). Wall time per child relative to cross-entropy (`ce`).",
+        "  the mean over its children). Wall time per child relative to cross-entropy (`ce`). Phi at the end: mean",
+        "  |Phi - I| over all entries and mean diagonal entry, averaged over children (Phi starts at I; `ce` ignores it).",
         "",
-        "| controller | children/run | test error % (mean +- std) | per seed | wall s/run | wall s/child | vs ce | diverged |",
-        "|---|---|---|---|---|---|---|---|",
+        "| controller | children/run | test error % (mean +- std) | per seed | wall s/run | wall s/child | vs ce "
+        "| final mean abs(Phi - I) | final diag | diverged |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         ratio = f"{row['wall_vs_ce']:.2f}x" if row["wall_vs_ce"] is not None else "-"
         lines.append(
             f"| {row['controller']} | {row['children_per_run']} | {row['test_mean']:.2f} +- {row['test_std']:.2f} | "
             f"{', '.join(f'{v:.2f}' for v in row['test_per_seed'])} | {row['wall_s_per_run']:.1f} | "
-            f"{row['wall_s_per_child']:.1f} | {ratio} | {row['diverged_children']} |"
+            f"{row['wall_s_per_child']:.1f} | {ratio} | {row['final_phi_offset']:.3f} | {row['final_phi_diagonal']:.2f} | "
+            f"{row['diverged_children']} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -38,6 +38,9 @@ def test_compare_writes_every_run_table_and_plots_then_resumes(results_dir, monk
     assert by_name["ppo"]["num_children"] == 2 and by_name["ce"]["num_children"] == 1
     ce = next(row for row in rows if row["controller"] == "ce")
     assert ce["wall_vs_ce"] == pytest.approx(1.0) and len(ce["test_per_seed"]) == 2
+    assert ce["final_phi_offset"] == 0.0 and ce["final_phi_diagonal"] == 1.0
+    learned = next(row for row in rows if row["controller"] == "reinforce@beta=0.05")
+    assert 0.0 < learned["final_phi_offset"] <= 2 * 0.05  # two steps of at most beta per entry
     table = (out / "table.md").read_text()
     assert "| ce | 1 |" in table and "| reinforce@beta=0.05 | 1 |" in table and "| ppo | 2 |" in table
     assert "K = 5 -> 2 controller steps" in table
