@@ -66,10 +66,23 @@ CONTROLLERS: dict[str, Callable[..., Controller]] = {
     "ce": _factory("agents.baselines:FixedPhi", "ce", loss_form="cross_entropy"),
     "phi-identity": _factory("agents.baselines:FixedPhi", "phi-identity", loss_form="linear"),
     "phi-identity-sigmoid": _factory("agents.baselines:FixedPhi", "phi-identity-sigmoid", loss_form="sigmoid"),
+    "label-smoothing": _factory("agents.baselines:UniformPhi", "label-smoothing", label_smoothing=0.1),
+    "phi-uniform": _factory("agents.baselines:UniformPhi", "phi-uniform"),
     "random": _factory("agents.baselines:RandomPhi", "random"),
     "confusion": _factory("agents.baselines:ConfusionPhi", "confusion"),
     "reinforce": _factory("agents.reinforce:ReinforceController", "reinforce", num_envs=1),
     "reinforce-multi": _factory("agents.reinforce:ReinforceController", "reinforce-multi", num_envs=10),
+    "reinforce-frozen": _factory(
+        "agents.reinforce:ReinforceController", "reinforce-frozen", num_envs=10, train=False, multi_child=True
+    ),
+    "reinforce-paper": _factory(
+        "agents.reinforce:paper_controller", "reinforce-paper", num_envs=1
+    ),
+    "reinforce-paper-multi": _factory("agents.reinforce:paper_controller", "reinforce-paper-multi", num_envs=10),
+    "reinforce-transfer": _factory("agents.reinforce:transfer_controller", "reinforce-transfer", train=True),
+    "reinforce-transfer-frozen": _factory(
+        "agents.reinforce:transfer_controller", "reinforce-transfer-frozen", train=False
+    ),
     "ppo": _factory("agents.sb3:SB3Controller", "ppo", algo="ppo"),
     "a2c": _factory("agents.sb3:SB3Controller", "a2c", algo="a2c"),
 }

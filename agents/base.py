@@ -81,6 +81,12 @@ class Controller(ABC):
     name: str = "controller"
     num_envs: int = 1
     """How many children the benchmark should give this controller (``gym.make_vec(..., num_envs=)``)."""
+    learned: bool = False
+    """Whether the controller learns (or runs a learned policy): the benchmark draws its Phi trajectories."""
+    multi_child: bool = False
+    """Whether one controller drives several children as one run (a shared policy): the benchmark's
+    ``--children`` sets its ``num_envs``. Fixed controllers treat children independently; the benchmark's
+    ``--baseline-children`` sets theirs."""
 
     def env_kwargs(self) -> dict[str, Any]:
         """Env keywords this controller needs (e.g. ``loss_form``); they override the caller's."""

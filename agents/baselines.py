@@ -5,9 +5,12 @@
   (equal to cross-entropy, a check of the machinery) or the printed sigmoid form.
 * ``random``: "random loss parameters Phi_t (identity matrix perturbed by 10% noise)".
 * ``confusion``: "the prediction confusion matrix (Equation 7) as Phi_t".
+* ``label-smoothing``: cross-entropy with label smoothing 0.1, written as a fixed Phi.
+* ``phi-uniform``: Phi = I plus one small positive value on every off-diagonal entry, held fixed.
 
-All act "no change" (action 1 on every pair); the last two impose Phi through
-:meth:`Controller.prescribe_phi` before every step.
+All act "no change" (action 1 on every pair); all but the first three impose Phi through
+:meth:`Controller.prescribe_phi` before every step. Each child is independent: ``num_envs`` children are
+just that many training runs under the same rule.
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ class FixedPhi(Controller):
 
     name = "phi-identity"
 
-    def __init__(self, loss_form: str = "linear") -> None:
+    def __init__(self, loss_form: str = "linear", num_envs: int = 1) -> None:
         self.loss_form = loss_form
+        self.num_envs = num_envs
 
     def env_kwargs(self) -> dict[str, Any]:
         return {"loss_form": self.loss_form}
@@ -44,8 +48,8 @@ class RandomPhi(FixedPhi):
 
     name = "random"
 
-    def __init__(self, noise: float = 0.1, loss_form: str = "linear") -> None:
-        super().__init__(loss_form)
+    def __init__(self, noise: float = 0.1, loss_form: str = "linear", num_envs: int = 1) -> None:
+        super().__init__(loss_form, num_envs)
         self.noise = noise
         self.rng = np.random.default_rng(0)
 
@@ -56,6 +60,38 @@ class RandomPhi(FixedPhi):
         num_envs, num_classes = len(observations), np.shape(infos["phi"])[-1]
         noise = self.rng.normal(0.0, self.noise, size=(num_envs, len(class_pairs(num_classes))))
         return np.stack([np.clip(np.eye(num_classes) + pairs_to_matrix(row, num_classes), -1.0, 1.0) for row in noise])
+
+
+class UniformPhi(FixedPhi):
+    """Phi with one value on the diagonal and one off it, imposed before every step.
+
+    ``off_diagonal=u`` gives ``I + u`` off the diagonal: each sample's target keeps weight 1 and every other
+    class gets ``u``, a label-smoothing-like regulariser under the linear Eq. 6. ``label_smoothing=eps``
+    instead gives diagonal ``1 - eps + eps / C`` and off-diagonal ``eps / C``, under which the linear Eq. 6
+    is exactly cross-entropy with label smoothing ``eps`` (``F.cross_entropy(..., label_smoothing=eps)``).
+    """
+
+    name = "phi-uniform"
+
+    def __init__(self, off_diagonal: float = 0.01, label_smoothing: float | None = None, num_envs: int = 1) -> None:
+        super().__init__("linear", num_envs)
+        if label_smoothing is not None and not 0 <= label_smoothing <= 1:
+            raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+        if not -1 <= off_diagonal <= 1:
+            raise ValueError(f"off_diagonal must be in [-1, 1], got {off_diagonal}")
+        self.off_diagonal, self.label_smoothing = off_diagonal, label_smoothing
+
+    def matrix(self, num_classes: int) -> np.ndarray:
+        if self.label_smoothing is None:
+            diagonal, off = 1.0, self.off_diagonal
+        else:
+            off = self.label_smoothing / num_classes
+            diagonal = 1.0 - self.label_smoothing + off
+        return np.full((num_classes, num_classes), off) + (diagonal - off) * np.eye(num_classes)
+
+    def prescribe_phi(self, observations: np.ndarray, infos: dict) -> np.ndarray:
+        num_envs, num_classes = len(observations), np.shape(infos["phi"])[-1]
+        return np.repeat(self.matrix(num_classes)[None], num_envs, axis=0)
 
 
 class ConfusionPhi(FixedPhi):

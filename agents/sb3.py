@@ -173,6 +173,9 @@ class SB3Controller(Controller):
     from the run's seed, or the loaded weights); the trained SB3 model is left in ``self.model``.
     """
 
+    learned = True
+    multi_child = True
+
     def __init__(
         self,
         algo: str = "ppo",

@@ -29,6 +29,7 @@ import os
 import platform
 import sys
 import time
+from dataclasses import is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +49,52 @@ RESULTS = Path(__file__).resolve().parent / "results"
 PRESETS: dict[str, dict[str, Any]] = {
     "demo": dict(
         env="ALA-Digits-v0",
-        controllers="ce,phi-identity,random,confusion,reinforce,reinforce-multi,reinforce-multi@beta=0.01",
+        controllers="ce,label-smoothing,reinforce-frozen,reinforce-multi",
         seeds=2,
+        children=10,
+        baseline_children=10,
+        seed_stride=10,
         env_kwargs=dict(total_iterations=600, steps_per_action=20),
         name="demo-digits",
+    ),
+    # Every controller on the same 10 children per seed (seeds 0, 10, ..., 40: no child shared between seeds).
+    "digits": dict(
+        env="ALA-Digits-v0",
+        controllers="ce,label-smoothing,phi-uniform,confusion,random,reinforce-paper-multi,reinforce-frozen,"
+        "reinforce-multi,ppo",
+        seeds=5,
+        children=10,
+        baseline_children=10,
+        seed_stride=10,
+        env_kwargs=dict(total_iterations=600, steps_per_action=20),
+        name="digits",
+    ),
+    # The sweep that chose the defaults of ReinforceConfig and the env (one lever changed per row).
+    "digits-sweep": dict(
+        env="ALA-Digits-v0",
+        controllers="ce,label-smoothing,phi-uniform(off_diagonal=0.003),phi-uniform(off_diagonal=0.01),"
+        "phi-uniform(off_diagonal=0.03),phi-uniform(off_diagonal=0.1),confusion,reinforce-paper-multi,"
+        "reinforce-frozen,reinforce-multi,reinforce-multi(lr=0.001),reinforce-multi(lr=0.03),"
+        "reinforce-multi(baseline=\"ema\"),reinforce-multi(pair_credit=false),reinforce-multi(init_no_change=0.9),"
+        "reinforce-multi(entropy_coef=0.01),reinforce-multi(updates_per_step=4),"
+        "reinforce-multi@fixed_diagonal=false,reinforce-multi@step_scaling=\"entry\",reinforce-multi@beta=0.3",
+        seeds=5,
+        children=10,
+        baseline_children=10,
+        seed_stride=10,
+        env_kwargs=dict(total_iterations=600, steps_per_action=20),
+        name="digits-sweep",
+    ),
+    # Horizon: does the policy keep learning over 100 controller steps?
+    "digits-long": dict(
+        env="ALA-Digits-v0",
+        controllers="ce,phi-uniform,reinforce-frozen,reinforce-multi",
+        seeds=5,
+        children=10,
+        baseline_children=10,
+        seed_stride=10,
+        env_kwargs=dict(total_iterations=2000, steps_per_action=20),
+        name="digits-long",
     ),
     "fashion-mnist": dict(
         env="ALA-FashionMNIST-v0",
@@ -92,8 +135,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
 }
 
-LEARNED = {"reinforce", "reinforce-multi", "ppo", "a2c"}  # controllers whose Phi trajectories get heatmaps
-MULTI_CHILD = {"reinforce-multi", "ppo", "a2c"}  # controllers that share one policy across several children
 
 
 def versions() -> dict[str, str]:
@@ -115,18 +156,55 @@ def machine() -> dict[str, Any]:
 
 
 def parse_controller(spec: str) -> tuple[str, dict[str, Any]]:
-    """``"reinforce@beta=0.01,..."`` -> ``("reinforce", {"beta": 0.01})``: a registered name and env keywords."""
+    """``"reinforce@beta=0.01"`` -> ``("reinforce", {"beta": 0.01})``: the controller (with any config
+    keywords in parentheses, see :func:`parse_config`) and env keywords."""
     name, _, overrides = spec.partition("@")
-    env_kwargs: dict[str, Any] = {}
-    for item in filter(None, overrides.split(";")):
+    return name, _parse_keywords(spec, overrides)
+
+
+def parse_config(name: str) -> tuple[str, dict[str, Any]]:
+    """``"reinforce-multi(lr=0.001;pair_credit=false)"`` -> ``("reinforce-multi", {"lr": 0.001, ...})``: a
+    registered name and fields of the controller's config dataclass (or, for a controller without one, its
+    factory's keywords: ``phi-uniform(off_diagonal=0.03)``)."""
+    base, _, rest = name.partition("(")
+    if rest and not rest.endswith(")"):
+        raise SystemExit(f"controller {name!r}: write config keywords as name(key=value;key=value)")
+    return base, _parse_keywords(name, rest[:-1])
+
+
+def _parse_keywords(spec: str, text: str) -> dict[str, Any]:
+    keywords: dict[str, Any] = {}
+    for item in filter(None, text.split(";")):
         key, sep, value = item.partition("=")
         if not sep:
-            raise SystemExit(f"controller {spec!r}: write env keywords as name@key=value;key=value")
+            raise SystemExit(f"controller {spec!r}: write keywords as key=value;key=value")
         try:
-            env_kwargs[key] = json.loads(value)
+            keywords[key] = json.loads(value)
         except json.JSONDecodeError:
-            env_kwargs[key] = value
-    return name, env_kwargs
+            keywords[key] = value
+    return keywords
+
+
+def build_controller(spec: str, children: int | None = None, baseline_children: int | None = None) -> Any:
+    """The controller a spec names: config keywords applied, ``children`` for a multi-child controller and
+    ``baseline_children`` for a fixed one (each None: the controller's own count)."""
+    base, config_overrides = parse_config(parse_controller(spec)[0])
+    if base not in CONTROLLERS:
+        raise SystemExit(f"unknown controller {base!r} in {spec!r}; choose from {sorted(CONTROLLERS)}")
+    try:
+        controller = CONTROLLERS[base]()
+        # Keywords go to the config dataclass of a controller that has one, else to its factory.
+        factory_kwargs = {} if is_dataclass(getattr(controller, "config", None)) else dict(config_overrides)
+        count = children if controller.multi_child else baseline_children if not controller.learned else None
+        if count is not None:
+            factory_kwargs["num_envs"] = count
+        if factory_kwargs:
+            controller = CONTROLLERS[base](**factory_kwargs)
+        if config_overrides and not factory_kwargs.keys() & config_overrides.keys():
+            controller.config = replace(controller.config, **config_overrides)
+    except (TypeError, ValueError) as error:
+        raise SystemExit(f"controller {spec!r}: {error}") from None
+    return controller
 
 
 def write_json(path: Path, payload: Any) -> None:
@@ -139,12 +217,21 @@ def write_json(path: Path, payload: Any) -> None:
 
 
 def run_one(
-    env_id: str, controller_name: str, seed: int, env_kwargs: dict, controller_kwargs: dict, progress: tqdm | None
+    env_id: str,
+    controller_name: str,
+    seed: int,
+    env_kwargs: dict,
+    progress: tqdm | None,
+    children: int | None = None,
+    baseline_children: int | None = None,
+    seed_stride: int = 1,
 ) -> dict:
-    """One run of one controller: its children train once; return the JSON-ready record."""
-    base, overrides = parse_controller(controller_name)
-    controller = CONTROLLERS[base](**controller_kwargs)
-    env_kwargs = {**env_kwargs, **overrides}
+    """One run of one controller: its children train once; return the JSON-ready record.
+
+    Run ``seed`` seeds the env with ``seed * seed_stride`` (child ``i`` with that plus ``i``), so that a
+    stride of at least the child count gives every run its own children."""
+    controller = build_controller(controller_name, children, baseline_children)
+    env_kwargs = {**env_kwargs, **parse_controller(controller_name)[1]}
     kwargs = {**env_kwargs, **controller.env_kwargs()}
     envs = controller.make_envs(env_id, **env_kwargs)
     start = time.perf_counter()
@@ -154,20 +241,21 @@ def run_one(
             progress.set_postfix(step=step, reward=f"{logs.get('reward', 0.0):+.2f}")
 
     try:
-        records = controller.run(envs, seed=seed, on_step=on_step)
+        records = controller.run(envs, seed=seed * seed_stride, on_step=on_step)
     finally:
         envs.close()
     wall = time.perf_counter() - start
-    children = [vars(record) for record in records]
+    child_records = [vars(record) for record in records]
     return {
         "env": env_id,
         "controller": controller_name,
         "seed": seed,
-        "num_children": len(children),
+        "env_seed": seed * seed_stride,
+        "num_children": len(records),
         "env_kwargs": kwargs,
         "wall_s": wall,
-        "test_metric": float(np.mean([c["test_metric"] for c in children])),
-        "children": children,
+        "test_metric": float(np.mean([c["test_metric"] for c in child_records])),
+        "children": child_records,
         "device": str(resolve_device(kwargs.get("device", "auto"))),
         "machine": machine(),
         "versions": versions(),
@@ -259,7 +347,7 @@ def plot(runs: list[dict], controllers: list[str], out: Path) -> None:
     plt.close(fig)
 
     for name in controllers:
-        mine = [r for r in runs if r["controller"] == name and parse_controller(name)[0] in LEARNED]
+        mine = [r for r in runs if r["controller"] == name and build_controller(name).learned]
         if not mine:
             continue
         phis = np.array(sorted(mine, key=lambda r: r["seed"])[0]["children"][0]["phi"])
@@ -317,18 +405,27 @@ def claim(result: Path) -> bool:
 
 
 def compare(
-    env_id: str, controllers: list[str], seeds: list[int], env_kwargs: dict, name: str, children: int | None = None
+    env_id: str,
+    controllers: list[str],
+    seeds: list[int],
+    env_kwargs: dict,
+    name: str,
+    children: int | None = None,
+    baseline_children: int | None = None,
+    seed_stride: int = 1,
 ) -> list[dict]:
     """Run what is missing, then rewrite the aggregate JSON, table and plots from every finished run.
 
     Several processes may run the same comparison at once (one per core): each claims a run before
     starting it (:func:`claim`), so none is run twice.
     """
-    unknown = [c for c in controllers if parse_controller(c)[0] not in CONTROLLERS]
-    if unknown:
-        raise SystemExit(f"unknown controllers {unknown}; choose from {sorted(CONTROLLERS)}")
+    for spec in controllers:
+        build_controller(spec)  # unknown names and bad keywords fail before any run
     out = RESULTS / name
-    check_same_config(out, {"env": env_id, "env_kwargs": env_kwargs, "children": children})
+    config = {"env": env_id, "env_kwargs": env_kwargs, "children": children}
+    if baseline_children is not None or seed_stride != 1:
+        config |= {"baseline_children": baseline_children, "seed_stride": seed_stride}
+    check_same_config(out, config)
     # Seed-major: an interrupted comparison has every controller on the same seeds so far.
     todo = [(c, s) for s in seeds for c in controllers if not (out / "runs" / f"{c}-seed{s}.json").exists()]
     print(f"{len(controllers) * len(seeds) - len(todo)} runs already done in {out}; {len(todo)} to run")
@@ -339,9 +436,9 @@ def compare(
                 continue  # another process runs it, or has just finished it
             try:
                 progress.set_description(f"{controller} seed {seed}")
-                multi = parse_controller(controller)[0] in MULTI_CHILD
-                kwargs = {"num_envs": children} if children is not None and multi else {}
-                record = run_one(env_id, controller, seed, env_kwargs, kwargs, progress)
+                record = run_one(
+                    env_id, controller, seed, env_kwargs, progress, children, baseline_children, seed_stride
+                )
                 write_json(result, record)
             finally:
                 result.with_suffix(".lock").unlink()
@@ -381,12 +478,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--env-kwargs", default="{}", help="JSON dict of further env kwargs")
     parser.add_argument("--name", help="results folder under benchmarks/results/")
     parser.add_argument("--children", type=int, help="children of the multi-child controllers (default: theirs, 10)")
+    parser.add_argument(
+        "--baseline-children", type=int, help="children of each fixed controller's run (default 1); the seed's value is their mean"
+    )
+    parser.add_argument(
+        "--seed-stride", type=int, help="run k seeds its env with k * stride (default 1; >= children gives disjoint children)"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
 
     config: dict[str, Any] = dict(PRESETS[args.preset]) if args.preset else {"env_kwargs": {}}
     config["env_kwargs"] = {**config["env_kwargs"], **json.loads(args.env_kwargs)}
-    for flag in ("env", "controllers", "seeds", "name", "children"):
+    for flag in ("env", "controllers", "seeds", "name", "children", "baseline_children", "seed_stride"):
         if getattr(args, flag) is not None:
             config[flag] = getattr(args, flag)
     if args.total_iterations is not None:
@@ -400,7 +503,16 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     name = config.get("name") or config["env"].lower()
     seeds = list(range(config["seeds"]))
-    compare(config["env"], config["controllers"].split(","), seeds, config["env_kwargs"], name, config.get("children"))
+    compare(
+        config["env"],
+        config["controllers"].split(","),
+        seeds,
+        config["env_kwargs"],
+        name,
+        config.get("children"),
+        config.get("baseline_children"),
+        config.get("seed_stride", 1),
+    )
 
 
 if __name__ == "__main__":

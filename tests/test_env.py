@@ -174,7 +174,10 @@ def test_bad_phi_init_raises(make, phi_init: np.ndarray) -> None:
 
 
 def test_phi_symmetric_and_clipped(make) -> None:
-    env = make("ALA-Digits-v0", total_iterations=60, steps_per_action=1, eval_points=1).unwrapped
+    # The paper's literal steps: beta per entry, diagonal free (it starts at its bound 1).
+    env = make(
+        "ALA-Digits-v0", total_iterations=60, steps_per_action=1, eval_points=1, fixed_diagonal=False, step_scaling="entry"
+    ).unwrapped
     env.reset(seed=0)
     up = np.full(55, 2)
     for step in range(12):

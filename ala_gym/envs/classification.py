@@ -24,6 +24,8 @@ from ala_gym.losses import LOSS_FORMS, check_phi, class_pairs
 from ala_gym.metrics import METRICS, Evaluation
 from ala_gym.trainer import ChildTrainer, TrainConfig
 
+STEP_SCALINGS = ("row", "entry")
+
 __all__ = ["ALAClassificationEnv", "CHANGE_CLIP", "CONFUSION_CLIP", "MOVING_AVERAGE_RATE", "N_ACTIONS", "resolve_device"]
 
 
@@ -133,6 +135,8 @@ class ALAClassificationEnv(gym.Env):
         lr_milestones: tuple[float, ...] = (0.5, 0.75),
         lr_decay: float = 0.1,
         beta: float = 0.1,
+        fixed_diagonal: bool = True,
+        step_scaling: str = "row",
         phi_init: np.ndarray | None = None,
         loss_form: str = "linear",
         sigmoid_temperature: float = 1.0,
@@ -158,6 +162,8 @@ class ALAClassificationEnv(gym.Env):
             raise ValueError(f"steps_per_action must be positive, got {steps_per_action}")
         if beta <= 0:
             raise ValueError(f"beta must be positive, got {beta}")
+        if step_scaling not in STEP_SCALINGS:
+            raise ValueError(f"step_scaling must be one of {STEP_SCALINGS}, got {step_scaling!r}")
         if loss_form not in LOSS_FORMS:
             raise ValueError(f"unknown loss_form {loss_form!r}; choose one of {LOSS_FORMS}")
         if metric not in METRICS:
@@ -210,7 +216,13 @@ class ALAClassificationEnv(gym.Env):
             eval_stride=eval_stride,
             history=history,
             divergence_penalty=self.divergence_penalty,
+            fixed_diagonal=bool(fixed_diagonal),
+            step_scaling=step_scaling,
         )
+        # Which pairs an action can move (all but the diagonal under ``fixed_diagonal``): learned
+        # controllers leave the others out of their policy gradient.
+        self.movable_pairs = self.settings.step_sizes() > 0
+        self.val_class_counts = torch.bincount(self.val_eval.labels, minlength=self.num_classes).cpu().numpy()
 
         n_pairs = len(self.pairs)
         self.n_features = 2 * history + 4
@@ -220,7 +232,7 @@ class ALAClassificationEnv(gym.Env):
         self.action_space = spaces.MultiDiscrete(np.full(n_pairs, N_ACTIONS, dtype=np.int64))
 
         self.trainer: ChildTrainer | None = None
-        self.episode = ChildEpisode(self.settings, self.phi_init, self.data.device)
+        self.episode = ChildEpisode(self.settings, self.phi_init, self.data.device, self.val_class_counts)
 
     @staticmethod
     def _subsample(split, size: int | None, seed: int):

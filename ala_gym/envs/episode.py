@@ -45,6 +45,20 @@ class EpisodeSettings:
     eval_stride: int
     history: int
     divergence_penalty: float
+    fixed_diagonal: bool = True
+    step_scaling: str = "row"
+
+    def step_sizes(self) -> np.ndarray:
+        """How far one action moves each pair's entry (the order of ``class_pairs``).
+
+        Off-diagonal entries move by ``beta / (C - 1)`` under ``step_scaling="row"`` (so ``beta`` bounds how
+        much one step changes a row's off-diagonal mass, whatever the class count) or by ``beta`` under
+        ``"entry"`` (the paper as printed); diagonal entries by ``beta``, or not at all under ``fixed_diagonal``.
+        """
+        pairs = class_pairs(self.num_classes)
+        diagonal = pairs[:, 0] == pairs[:, 1]
+        off = self.beta / max(self.num_classes - 1, 1) if self.step_scaling == "row" else self.beta
+        return np.where(diagonal, 0.0 if self.fixed_diagonal else self.beta, off)
 
     def schedule(self, iteration: int) -> list[tuple[int, int]]:
         """``(iterations to train, K - j)`` before each evaluation of the step that starts at ``iteration``.
@@ -62,9 +76,13 @@ class EpisodeSettings:
 class ChildEpisode:
     """Phi, rewards, observations and info of one child; the model is trained elsewhere."""
 
-    def __init__(self, settings: EpisodeSettings, phi_init: np.ndarray, device: torch.device) -> None:
+    def __init__(
+        self, settings: EpisodeSettings, phi_init: np.ndarray, device: torch.device, val_class_counts: np.ndarray
+    ) -> None:
         self.settings = settings
         self.pairs = class_pairs(settings.num_classes)
+        self.step_sizes = settings.step_sizes()
+        self.pair_weights = pair_weights(self.pairs, np.asarray(val_class_counts, dtype=np.float64))
         self.phi_init = phi_init
         self.phi_pairs = matrix_to_pairs(phi_init)
         # The loss holds this tensor; Phi changes are copied into it, so the loss is never rebuilt.
@@ -74,7 +92,9 @@ class ChildEpisode:
         self._pair_history: deque[np.ndarray] = deque(maxlen=settings.history)
         self._moving_average = np.zeros((len(self.pairs), 2))
         self._last_metric = 0.0
+        self._last_pair_metric = np.zeros(len(self.pairs))
         self._values: list[float] = []
+        self._class_values: list[np.ndarray] = []
         self._offsets: list[int] = []
         self._loss_sums: list[float] = []
         self._trained = 0
@@ -101,8 +121,11 @@ class ChildEpisode:
         self._pair_history = deque([pair_stats] * self.settings.history, maxlen=self.settings.history)
         self._moving_average = pair_stats.copy()
         self._last_metric = evaluation.metric
+        self._last_pair_metric = self.pair_weights @ evaluation.class_metric
         self.running = True
-        return self._observation(iteration), self._info(evaluation, float("nan"), iteration, diverged=False)
+        info = self._info(evaluation, float("nan"), iteration, diverged=False)
+        info["pair_improvement"] = np.zeros(len(self.pairs))
+        return self._observation(iteration), info
 
     def validate_action(self, action: Any) -> np.ndarray:
         array = np.asarray(action)
@@ -117,9 +140,9 @@ class ChildEpisode:
         """Move Phi by the action (validated) and open a new step."""
         if not self.running:
             raise RuntimeError("the episode has ended (or never started): call reset() before step()")
-        deltas = self.settings.beta * (self.validate_action(action) - 1)
+        deltas = self.step_sizes * (self.validate_action(action) - 1)
         self.set_phi_pairs(np.clip(self.phi_pairs + deltas, -1.0, 1.0))
-        self._values, self._offsets, self._loss_sums, self._trained = [], [], [], 0
+        self._values, self._class_values, self._offsets, self._loss_sums, self._trained = [], [], [], [], 0
         self._evaluation = None
 
     def record(self, loss_sum: float, iterations: int, offset: int, evaluation: Evaluation) -> bool:
@@ -127,6 +150,7 @@ class ChildEpisode:
         self._loss_sums.append(loss_sum)
         self._trained += iterations
         self._values.append(evaluation.metric)
+        self._class_values.append(evaluation.class_metric)
         self._offsets.append(offset)
         self._evaluation = evaluation
         return bool(np.isfinite(loss_sum) and evaluation.finite)
@@ -140,6 +164,7 @@ class ChildEpisode:
         train_loss = float(sum(self._loss_sums) / self._trained)
         diverged = not (np.isfinite(train_loss) and evaluation.finite)
         terminated = diverged or iteration >= settings.total_iterations
+        pair_improvement = np.zeros(len(self.pairs))
         if diverged:
             reward = settings.divergence_penalty
             observation = self._observation(iteration)
@@ -148,13 +173,18 @@ class ChildEpisode:
             improvement = self._last_metric - metric
             reward = float(np.sign(improvement)) if settings.reward == "sign" else float(improvement)
             self._last_metric = metric
+            pair_metric = self.pair_weights @ discounted_metric(self._class_values, self._offsets, settings.gamma)
+            pair_improvement = self._last_pair_metric - pair_metric
+            self._last_pair_metric = pair_metric
             pair_stats = self._pair_statistics(evaluation)
             self._pair_history.append(pair_stats)
             change = (pair_stats - self._moving_average) / np.maximum(np.abs(self._moving_average), 1e-8)
             self._moving_average += MOVING_AVERAGE_RATE * (pair_stats - self._moving_average)
             observation = self._observation(iteration, change)
         self.running = not terminated
-        return observation, float(reward), bool(terminated), self._info(evaluation, train_loss, iteration, diverged)
+        info = self._info(evaluation, train_loss, iteration, diverged)
+        info["pair_improvement"] = pair_improvement
+        return observation, float(reward), bool(terminated), info
 
     def final_metrics(self, evaluate: Callable[[str], Evaluation]) -> dict[str, float]:
         """``test_metric`` and ``final_val_metric`` for a finished child; ``evaluate("test" | "val")``."""
@@ -185,6 +215,18 @@ class ChildEpisode:
             "confusion": evaluation.confusion,
             "diverged": diverged,
         }
+
+
+def pair_weights(pairs: np.ndarray, class_counts: np.ndarray) -> np.ndarray:
+    """``[n_pairs, C]`` weights that turn a per-class metric into the metric on the samples of each pair's
+    two classes: ``(n_i m_i + n_j m_j) / (n_i + n_j)`` for ``(i, j)``, ``m_i`` for ``(i, i)``."""
+    weights = np.zeros((len(pairs), len(class_counts)))
+    rows = np.arange(len(pairs))
+    total = np.maximum(class_counts[pairs[:, 0]] + class_counts[pairs[:, 1]], 1.0)
+    diagonal = pairs[:, 0] == pairs[:, 1]
+    weights[rows, pairs[:, 0]] = np.where(diagonal, 1.0, class_counts[pairs[:, 0]] / total)
+    weights[rows[~diagonal], pairs[~diagonal, 1]] = class_counts[pairs[~diagonal, 1]] / total[~diagonal]
+    return weights
 
 
 def train_child_step(trainer: ChildTrainer, episode: ChildEpisode, val_split: Split) -> None:

@@ -121,7 +121,10 @@ class ALAVectorEnv(VectorEnv):
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
 
-        self.episodes = [ChildEpisode(self.settings, self.template.phi_init, self.data.device) for _ in range(num_envs)]
+        self.episodes = [
+            ChildEpisode(self.settings, self.template.phi_init, self.data.device, self.template.val_class_counts)
+            for _ in range(num_envs)
+        ]
         self._child_rngs: list[np.random.Generator] = [seeding.np_random(None)[0] for _ in range(num_envs)]
         self._trainers: list[ChildTrainer] = []
         self._batched: BatchedTrainer | None = None
