@@ -75,9 +75,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         controllers="ce,label-smoothing,phi-uniform(off_diagonal=0.003),phi-uniform(off_diagonal=0.01),"
         "phi-uniform(off_diagonal=0.03),phi-uniform(off_diagonal=0.1),confusion,reinforce-paper-multi,"
         "reinforce-frozen,reinforce-multi,reinforce-multi(lr=0.001),reinforce-multi(lr=0.03),"
-        "reinforce-multi(baseline=\"ema\"),reinforce-multi(pair_credit=false),reinforce-multi(init_no_change=0.9),"
+        "reinforce-multi(baseline=ema),reinforce-multi(pair_credit=false),reinforce-multi(init_no_change=0.9),"
         "reinforce-multi(entropy_coef=0.01),reinforce-multi(updates_per_step=4),"
-        "reinforce-multi@fixed_diagonal=false,reinforce-multi@step_scaling=\"entry\",reinforce-multi@beta=0.3",
+        "reinforce-multi@fixed_diagonal=false,reinforce-multi@step_scaling=entry,reinforce-multi@beta=0.3",
         seeds=5,
         children=10,
         baseline_children=10,
