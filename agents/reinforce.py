@@ -6,13 +6,20 @@ Read top to bottom: the config, the policy, the controller (acting, learning, sa
   logits of {-beta, 0, +beta} for that pair. It has no input or output sized by the class count, so a
   policy learned on one task drives another with a different number of classes (section 6.3).
 * Learning is online (Algorithm 1): every env step, each child's transition ``<s_t, a_t, r_t, s_t+1>`` is
-  stored in a replay memory, and the policy takes one REINFORCE step on the fresh transitions of all
-  children together with ``replay_batch`` transitions sampled from the memory ("this independent set of
-  episodes, together with replay memory D"). Episodes are one step long (T = 1): the return of a
-  transition is its own reward, from which an exponential moving average of rewards is subtracted as the
-  baseline. Replayed transitions were drawn by older policies; like the paper, no importance weights.
-* Every update logs the policy's entropy (collapse) and, through :func:`agents.base.step_logs`, Phi's
-  drift from identity (blow-up at large beta): both failure modes the public re-implementation met.
+  stored in a replay memory, and the policy takes ``updates_per_step`` REINFORCE steps on the fresh
+  transitions of all children together with ``replay_batch`` transitions sampled from the memory ("this
+  independent set of episodes, together with replay memory D"). Episodes are one step long (T = 1): the
+  return of a decision is its own reward. Replayed transitions were drawn by older policies; like the
+  paper, no importance weights.
+* Credit and baseline (where the defaults depart from the paper, see :class:`ReinforceConfig`): each
+  pair's decision is credited with the sign of the improvement on its own two classes
+  (``pair_credit``), and the baseline of a child is the mean of the other children's rewards at the same
+  step (``baseline="loo"``), with a policy learning rate of 1e-2. The paper's configuration is
+  :meth:`ReinforceConfig.paper` (one shared reward, moving-average baseline, Adam 1e-3), on the env's
+  paper step rules ``PAPER_ENV_KWARGS``: the ``reinforce-paper`` controllers.
+* Every update logs the policy's entropy and mean probability of "no change" over the pairs an action can
+  move (collapse to a deterministic policy) and, through :func:`agents.base.step_logs`, Phi's drift from
+  identity (blow-up at large beta): the failure modes measured here and in the public re-implementation.
 
 ``python -m agents.reinforce --env ALA-Digits-v0 --num-envs 10 --save runs/policy.pt`` trains one run;
 ``--load runs/policy.pt --freeze`` runs a saved policy frozen (Table 5's "policy from 1st run"),
@@ -65,6 +72,10 @@ class ReinforceConfig:
     """Probability of "no change" for every pair at initialisation (the output layer is scaled by 0.01 and
     its bias set accordingly), so that an untrained policy explores less; 0 keeps PyTorch's default
     initialisation (about 1/3 per action)."""
+    start_off_diagonal: float = 0.0
+    """Phi every child starts from: identity plus this value on every off-diagonal entry (a
+    label-smoothing-like loss, see ``agents.baselines.UniformPhi``); 0 starts from identity (cross-entropy)
+    as the paper does. The policy then adapts Phi from there."""
     replay_capacity: int = 1000
     """Transitions kept in the replay memory (oldest dropped first)."""
     replay_batch: int = 8
@@ -78,6 +89,8 @@ class ReinforceConfig:
     def __post_init__(self) -> None:
         if self.baseline not in BASELINES:
             raise ValueError(f"baseline must be one of {BASELINES}, got {self.baseline!r}")
+        if not 0 <= self.start_off_diagonal <= 1:
+            raise ValueError(f"start_off_diagonal must be in [0, 1], got {self.start_off_diagonal}")
         if not 0 <= self.init_no_change < 1:
             raise ValueError(f"init_no_change must be in [0, 1), got {self.init_no_change}")
         if self.updates_per_step < 1 or self.hidden < 1 or self.lr <= 0:
@@ -206,6 +219,17 @@ class ReinforceController(Controller):
         # Pairs whose action the env ignores (a held diagonal) carry no information: no gradient from them.
         self.movable = torch.as_tensor(np.asarray(envs.get_attr("movable_pairs")[0], dtype=bool))
         self.running = np.ones(envs.num_envs, dtype=bool)
+        self._started = False
+
+    def prescribe_phi(self, observations: np.ndarray, infos: dict) -> np.ndarray | None:
+        """Before the first step only: the children's starting Phi when ``start_off_diagonal`` is set."""
+        if self._started or self.config.start_off_diagonal == 0:
+            self._started = True
+            return None
+        self._started = True
+        num_classes = np.shape(infos["phi"])[-1]
+        start = np.eye(num_classes) + self.config.start_off_diagonal * (1 - np.eye(num_classes))
+        return np.repeat(start[None], len(observations), axis=0)
 
     def act(self, observations: np.ndarray, infos: dict) -> np.ndarray:
         assert self.policy is not None, "begin() must be called first"

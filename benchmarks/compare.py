@@ -45,6 +45,9 @@ from benchmarks.machine import cpu_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
+# The fixed rows every comparison has: what a user would compare a learned loss with.
+FIXED_ROWS = "ce,phi-identity,label-smoothing,phi-uniform,random,confusion"
+
 # Budgets chosen so a CPU can finish; each gives every child tens of controller steps.
 PRESETS: dict[str, dict[str, Any]] = {
     "demo": dict(
@@ -98,8 +101,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     "fashion-mnist": dict(
         env="ALA-FashionMNIST-v0",
-        controllers="ce,phi-identity,reinforce,reinforce-multi,random,confusion,phi-identity-sigmoid,ppo,"
-        "reinforce@beta=0.01,reinforce-multi@beta=0.01",
+        controllers=FIXED_ROWS + ",phi-identity-sigmoid,reinforce-paper,reinforce-paper-multi,"
+        "reinforce-paper@beta=0.01,reinforce-paper-multi@beta=0.01,ppo@fixed_diagonal=false;step_scaling=entry,"
+        "reinforce-frozen,reinforce-multi,reinforce-transfer-frozen,reinforce-transfer",
         seeds=5,
         children=2,
         # 1200 iterations of batch 128 are about 3 epochs of the 50k training images; K = 30 gives 40 steps.
@@ -108,8 +112,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     "cifar10-subset": dict(
         env="ALA-CIFAR10-v0",
-        controllers="ce,phi-identity,reinforce,reinforce-multi,random,confusion,phi-identity-sigmoid,ppo,"
-        "reinforce@beta=0.01,reinforce-multi@beta=0.01",
+        controllers=FIXED_ROWS + ",phi-identity-sigmoid,reinforce-paper,reinforce-paper-multi,"
+        "reinforce-paper@beta=0.01,reinforce-paper-multi@beta=0.01,ppo@fixed_diagonal=false;step_scaling=entry,"
+        "reinforce-frozen,reinforce-multi,reinforce-transfer-frozen,reinforce-transfer",
         seeds=5,
         children=2,
         env_kwargs=dict(

@@ -80,15 +80,22 @@ def five_class_envs(monkeypatch):
     return lambda num_envs, **kwargs: ALAVectorEnv(ALADigitsEnv, num_envs, **TINY, **kwargs)
 
 
-def fake_envs(num_envs: int, n_features: int = 24) -> SimpleNamespace:
-    """Just what ReinforceController.begin reads, for unit tests without training."""
-    return SimpleNamespace(num_envs=num_envs, single_observation_space=gym.spaces.Box(-1, 1, (1, n_features)))
+def fake_envs(num_envs: int, n_features: int = 24, n_pairs: int = 3) -> SimpleNamespace:
+    """Just what ReinforceController.begin reads, for unit tests without training (every pair movable)."""
+    return SimpleNamespace(
+        num_envs=num_envs,
+        single_observation_space=gym.spaces.Box(-1, 1, (n_pairs, n_features)),
+        single_action_space=gym.spaces.MultiDiscrete([3] * n_pairs),
+        get_attr=lambda name: (np.ones(n_pairs, dtype=bool),) * num_envs,
+    )
 
 
 # ---------------------------------------------------------------------- registry and fixed baselines
 def test_registry_names_and_interface():
     assert set(agents.CONTROLLERS) == {
-        "ce", "phi-identity", "phi-identity-sigmoid", "random", "confusion", "reinforce", "reinforce-multi", "ppo", "a2c"
+        "ce", "phi-identity", "phi-identity-sigmoid", "label-smoothing", "phi-uniform", "random", "confusion",
+        "reinforce", "reinforce-multi", "reinforce-frozen", "reinforce-paper", "reinforce-paper-multi",
+        "reinforce-transfer", "reinforce-transfer-frozen", "ppo", "a2c",
     }
     for name, factory in agents.CONTROLLERS.items():
         controller = factory()
@@ -150,7 +157,7 @@ def test_confusion_phi_follows_eq7_statistics():
 # ---------------------------------------------------------------------- REINFORCE
 @pytest.mark.parametrize("sign", [1.0, -1.0])
 def test_reinforce_gradient_moves_towards_rewarded_action(sign):
-    controller = ReinforceController(ReinforceConfig(lr=1e-2), num_envs=16)
+    controller = ReinforceController(ReinforceConfig(lr=1e-2, pair_credit=False), num_envs=16)
     controller.begin(fake_envs(16), seed=0)
     observations = np.random.default_rng(0).uniform(-1, 1, (16, 3, 24)).astype(np.float32)
 
@@ -172,7 +179,7 @@ def test_reinforce_is_seeded_by_the_run_seed_and_leaves_global_rngs_alone():
     observations = np.random.default_rng(0).uniform(-1, 1, (2, 3, 24)).astype(np.float32)
     trajectories = []
     for seed in (3, 3, 4):
-        controller = ReinforceController(num_envs=2)
+        controller = ReinforceController(ReinforceConfig(pair_credit=False), num_envs=2)
         controller.begin(fake_envs(2), seed)
         actions = [controller.act(observations, {}) for _ in range(5)]
         controller.learn(observations, actions[-1], np.ones(2), observations, np.zeros(2, bool), {})

@@ -49,7 +49,21 @@ class ALAClassificationEnv(gym.Env):
     ## Action Space
     ``MultiDiscrete([3] * n_pairs)`` with ``n_pairs = C (C + 1) / 2`` unordered class pairs ``(i, j)``,
     ``i <= j`` (diagonal included; 55 for 10 classes), in the row-major upper-triangle order of
-    ``ala_gym.losses.class_pairs``. Action ``a`` changes the pair's entry by ``beta * (a - 1)``.
+    ``ala_gym.losses.class_pairs``. Action ``a`` changes the pair's entry by ``step * (a - 1)``, where
+    ``step`` is, by default (``fixed_diagonal=True``, ``step_scaling="row"``):
+
+    * ``0`` on the diagonal: ``Phi(i, i)`` stays at its initial value (1), and diagonal actions are
+      ignored (``movable_pairs`` marks the pairs an action can move);
+    * ``beta / (C - 1)`` off the diagonal, so that one step changes a row's off-diagonal mass by at most
+      ``beta`` whatever the class count (for 100 classes this is the 0.001 step that a public CIFAR-100
+      re-implementation found by hand).
+
+    The paper's literal rule (``fixed_diagonal=False, step_scaling="entry"``) moves every entry by
+    ``beta``. Why the defaults differ, measured on digits with 10 children: the diagonal starts at its
+    clip bound 1 and can only fall, and a random walk of +-beta per entry leaves rows whose off-diagonal
+    entries reach the diagonal, where the loss's minimiser no longer puts the arg-max on the true class;
+    an untrained policy then collapses the child (35% test error against 4.5% for cross-entropy), while
+    with a held diagonal and per-row steps even a random policy does not (``benchmarks/results/digits-sweep``).
 
     ## Observation Space
     ``Box(shape=(n_pairs, 24), float32)``: one row per pair ``(i, j)``, holding the paper's four state
@@ -87,7 +101,11 @@ class ALAClassificationEnv(gym.Env):
 
     ``info`` always carries ``val_metric`` and ``val_loss`` (subsample, at the step's last iteration),
     ``val_metric_discounted`` (``M_t``), ``train_loss`` (mean loss under Phi over the step), ``iteration``,
-    ``phi`` (``C x C``), ``confusion`` (the raw Eq. 7 statistics) and ``diverged``.
+    ``phi`` (``C x C``), ``confusion`` (the raw Eq. 7 statistics), ``diverged`` and ``pair_improvement``:
+    per class pair ``(i, j)``, the decrease of the discounted validation metric (Eq. 4) restricted to the
+    validation samples of classes ``i`` and ``j`` (``i`` alone on the diagonal), from the last step to this
+    one: the credit of each pair's own decision, for controllers that want it (zero at reset and on
+    divergence). The reward itself stays Eq. 5's, for the whole child.
 
     ## Arguments
     ``gym.make("ALA-Digits-v0", steps_per_action=20, total_iterations=200)``; every argument of
@@ -98,7 +116,8 @@ class ALAClassificationEnv(gym.Env):
       and the validation subsample (not the child's seed).
     * ``model``, ``total_iterations``, ``batch_size``, ``lr``, ``momentum``, ``weight_decay``,
       ``lr_milestones``, ``lr_decay``: the child's training (``ala_gym.trainer.TrainConfig``).
-    * ``steps_per_action`` (K, 200 in the paper), ``beta`` (0.1), ``phi_init`` (identity), ``loss_form``,
+    * ``steps_per_action`` (K, 200 in the paper), ``beta`` (0.1), ``fixed_diagonal`` (True) and
+      ``step_scaling`` (``"row"`` or ``"entry"``) as under Action Space, ``phi_init`` (identity), ``loss_form``,
       ``sigmoid_temperature``, ``negative_floor`` (1e-3: a negative entry stops rewarding ``log f_j`` once
       ``f_j`` is below it, which keeps Eq. 6 bounded; ``None`` for Eq. 6 as printed; see ``ala_gym.losses``).
     * ``metric`` (``"error"`` or ``"nll"``, lower is better), ``reward``, ``gamma`` (0.9), ``eval_points``,
@@ -112,7 +131,8 @@ class ALAClassificationEnv(gym.Env):
     :class:`ala_gym.envs.vector.ALAVectorEnv` (one process, children trained together).
 
     ## Version History
-    * v0: initial version.
+    * v0: initial version; later made ``fixed_diagonal=True`` and ``step_scaling="row"`` the defaults
+      and added ``info["pair_improvement"]`` (the paper's step rule stays selectable by keyword).
     """
 
     metadata = {"render_modes": []}

@@ -1,0 +1,138 @@
+"""How reliable is the sign reward of Eq. 5 for a given validation size? Two disjoint halves agree how often?
+
+Along cross-entropy trajectories (Phi = I, no action), the discounted validation error of every step is
+computed on two disjoint random validation subsets of the same size ``S``, drawn once per seed. The
+reward ``sign(M_t - M_{t+1})`` of each is compared: ``agree`` is the fraction of steps where both give
+the same sign (ties included), ``ties`` the fraction of zero rewards. A size whose rewards agree in most
+steps measures the child rather than which images were drawn; the env's default ``val_subsample`` per
+dataset is chosen from these results (``benchmarks/results/reward_agreement.md``).
+
+    python -m benchmarks.reward_agreement --env ALA-Digits-v0 --sizes 90,180,360 --seeds 3 \\
+        --env-kwargs '{"total_iterations": 600, "steps_per_action": 20, "val_size": 720}'
+
+Every logit pass covers the whole validation split once; the subsets are read from it, so each size
+costs no extra forward pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+import ala_gym  # noqa: F401  (registers the env ids)
+from ala_gym.metrics import discounted_metric, error_rate
+from benchmarks.compare import machine, versions
+
+RESULTS = Path(__file__).resolve().parent / "results" / "reward_agreement.json"
+
+
+def trajectory_rewards(env_id: str, env_kwargs: dict[str, Any], sizes: list[int], seed: int) -> dict[int, np.ndarray]:
+    """Per size: ``[steps, 2]`` sign rewards of the two halves along one cross-entropy trajectory."""
+    env = gym.make(env_id, **{**env_kwargs, "val_subsample": None, "loss_form": "cross_entropy"}).unwrapped
+    env.reset(seed=seed)
+    val = env.data.val
+    if 2 * max(sizes) > len(val):
+        raise SystemExit(f"the validation split has {len(val)} images: sizes up to {len(val) // 2} fit two halves")
+    order = torch.randperm(len(val), generator=torch.Generator().manual_seed(seed))
+    halves = {size: (order[:size], order[size : 2 * size]) for size in sizes}
+    settings, trainer = env.settings, env.trainer
+
+    def errors() -> dict[int, tuple[float, float]]:
+        logits = trainer.logits(val)
+        return {
+            size: tuple(float(error_rate(logits[idx], val.labels[idx])) for idx in pair) for size, pair in halves.items()
+        }
+
+    last = {size: np.array(pair) for size, pair in errors().items()}
+    rewards: dict[int, list[np.ndarray]] = {size: [] for size in sizes}
+    while trainer.iteration < settings.total_iterations:
+        values, offsets = [], []
+        for chunk, offset in settings.schedule(trainer.iteration):
+            trainer.train(chunk, env.episode.loss)
+            values.append(errors())
+            offsets.append(offset)
+        for size in sizes:
+            metric = np.array([discounted_metric([v[size][h] for v in values], offsets, settings.gamma) for h in (0, 1)])
+            rewards[size].append(np.sign(last[size] - metric))
+            last[size] = metric
+    return {size: np.array(r) for size, r in rewards.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env", required=True, help="registered ALA env id")
+    parser.add_argument("--sizes", required=True, help="comma-separated subset sizes S (two disjoint subsets each)")
+    parser.add_argument("--seeds", type=int, default=3, help="number of trajectories (seeds 0..N-1)")
+    parser.add_argument("--env-kwargs", default="{}", help="JSON dict of env kwargs (budget, data_root, ...)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    args = parser.parse_args(argv)
+    try:
+        sizes = [int(s) for s in args.sizes.split(",")]
+        env_kwargs = json.loads(args.env_kwargs)
+    except ValueError as error:
+        parser.exit(2, f"reward_agreement: bad --sizes or --env-kwargs ({error})\n")
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    per_seed = [trajectory_rewards(args.env, env_kwargs, sizes, seed) for seed in range(args.seeds)]
+    rows = []
+    for size in sizes:
+        pairs = np.concatenate([r[size] for r in per_seed])
+        rows.append(
+            {
+                "size": size,
+                "steps": len(pairs),
+                "agree": float(np.mean(pairs[:, 0] == pairs[:, 1])),
+                "opposite": float(np.mean(pairs[:, 0] * pairs[:, 1] < 0)),
+                "ties": float(np.mean(pairs == 0)),
+                "agree_nonzero": float(np.mean((pairs[:, 0] == pairs[:, 1])[np.all(pairs != 0, axis=1)]))
+                if np.all(pairs != 0, axis=1).any() else float("nan"),
+                "agree_per_seed": [float(np.mean(r[size][:, 0] == r[size][:, 1])) for r in per_seed],
+            }
+        )
+    shown = {k: v for k, v in env_kwargs.items() if k != "data_root"}  # where data lives is not a result's identity
+    record = {"env": args.env, "env_kwargs": shown, "seeds": list(range(args.seeds)), "rows": rows,
+              "wall_s": time.perf_counter() - start, "machine": machine(), "versions": versions()}
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results[args.env] = record
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=1))
+    write_markdown(results)
+    for row in rows:
+        print(f"{args.env} S={row['size']}: agree {row['agree']:.2f}, opposite {row['opposite']:.2f}, "
+              f"ties {row['ties']:.2f}, agree when both non-zero {row['agree_nonzero']:.2f} over {row['steps']} steps", file=sys.stdout)
+
+
+def write_markdown(results: dict[str, Any]) -> None:
+    lines = [
+        "# Reward agreement between two disjoint validation subsets of size S",
+        "",
+        "`python -m benchmarks.reward_agreement` (command per env below): along cross-entropy trajectories, the",
+        "sign reward of Eq. 5 (discounted validation error, the env's evaluation schedule) computed on two",
+        "disjoint random subsets of S validation images each. agree = same sign (ties included), opposite =",
+        "one +1 and one -1, ties = fraction of zero rewards, agree when both non-zero = same sign among the steps",
+        "where neither subset gives a tie (what a sign reward can be trusted with). Pooled over all steps of all seeds.",
+        "",
+        "| env | env kwargs | seeds | S | steps | agree | opposite | ties | agree when both non-zero | agree per seed | machine |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for env_id, record in results.items():
+        for row in record["rows"]:
+            lines.append(
+                f"| {env_id} | `{json.dumps(record['env_kwargs'])}` | {record['seeds']} | {row['size']} | {row['steps']} | "
+                f"{row['agree']:.2f} | {row['opposite']:.2f} | {row['ties']:.2f} | {row['agree_nonzero']:.2f} | "
+                f"{', '.join(f'{a:.2f}' for a in row['agree_per_seed'])} | {record['machine']['cpu']}, "
+                f"{record['machine']['torch_threads']} thread |"
+            )
+    RESULTS.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""The defaults that keep ALA from collapsing: a held diagonal, off-diagonal steps scaled per row, per-pair
+credit consistent with the validation statistics, and the controller options that use them."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+import agents
+from agents.baselines import UniformPhi
+from agents.reinforce import PAPER_ENV_KWARGS, PairPolicy, ReinforceConfig, ReinforceController, pair_rewards
+from ala_gym.losses import class_pairs, phi_loss
+
+TINY = dict(total_iterations=12, steps_per_action=4, eval_points=1, device="cpu")
+PAIRS = class_pairs(10)
+DIAGONAL = PAIRS[:, 0] == PAIRS[:, 1]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_default_diagonal_stays_one_and_off_diagonal_moves_beta_over_c_minus_one():
+    env = gym.make("ALA-Digits-v0", beta=0.1, **TINY).unwrapped
+    env.reset(seed=0)
+    assert not env.movable_pairs[DIAGONAL].any() and env.movable_pairs[~DIAGONAL].all()
+    actions = [np.full(55, 2), np.full(55, 0), np.full(55, 0)]  # +, -, -
+    expected_off = [0.1 / 9, 0.0, -0.1 / 9]
+    for action, off in zip(actions, expected_off):
+        *_, info = env.step(action)
+        phi = info["phi"]
+        np.testing.assert_array_equal(np.diag(phi), np.ones(10))
+        np.testing.assert_allclose(phi[~np.eye(10, dtype=bool)], off, atol=1e-12)
+        # beta bounds how much one step moves a row's off-diagonal mass, whatever the class count.
+    assert np.abs(phi - np.eye(10)).sum(axis=1).max() == pytest.approx(0.1)
+
+
+def test_paper_step_rules_stay_selectable():
+    env = gym.make("ALA-Digits-v0", beta=0.1, **PAPER_ENV_KWARGS, **TINY).unwrapped
+    env.reset(seed=0)
+    assert env.movable_pairs.all()
+    *_, info = env.step(np.full(55, 0))
+    np.testing.assert_allclose(info["phi"], np.eye(10) * 0.9 - 0.1 * (1 - np.eye(10)), atol=1e-12)
+    with pytest.raises(ValueError, match="step_scaling"):
+        gym.make("ALA-Digits-v0", step_scaling="column")
+
+
+def pair_values(class_values: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The metric on the samples of each pair's two classes, from per-class values and class counts."""
+    i, j = PAIRS[:, 0], PAIRS[:, 1]
+    pooled = (counts[i] * class_values[i] + counts[j] * class_values[j]) / (counts[i] + counts[j])
+    return np.where(i == j, class_values[i], pooled)
+
+
+def test_pair_improvement_matches_the_confusion_statistics_under_nll():
+    # With one evaluation per step the discounted metric is the step's last evaluation; under metric="nll"
+    # a class's metric is its diagonal Eq. 7 statistic, so the per-pair credit follows from info["confusion"].
+    env = gym.make("ALA-Digits-v0", metric="nll", **TINY).unwrapped
+    _, info = env.reset(seed=1)
+    counts = env.val_class_counts.astype(float)
+    assert counts.sum() == len(env.val_eval.labels)
+    previous = pair_values(np.diag(info["confusion"]), counts)
+    np.testing.assert_array_equal(info["pair_improvement"], np.zeros(55))
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        *_, info = env.step(rng.integers(0, 3, 55))
+        now = pair_values(np.diag(info["confusion"]), counts)
+        np.testing.assert_allclose(info["pair_improvement"], previous - now, atol=1e-9)
+        # Pooled over all classes the per-class NLL is the validation NLL.
+        assert np.dot(counts, np.diag(info["confusion"])) / counts.sum() == pytest.approx(info["val_metric"], abs=1e-6)
+        previous = now
+
+
+def test_pair_improvement_under_error_counts_the_pair_samples_mistakes():
+    env = gym.make("ALA-Digits-v0", **TINY).unwrapped
+    env.reset(seed=2)
+    before = class_errors(env)
+    *_, info = env.step(np.full(55, 1))
+    after = class_errors(env)
+    counts = env.val_class_counts.astype(float)
+    np.testing.assert_allclose(info["pair_improvement"], pair_values(before, counts) - pair_values(after, counts), atol=1e-6)
+    assert np.dot(counts, after) / counts.sum() == pytest.approx(info["val_metric"], abs=1e-6)
+
+
+def class_errors(env) -> np.ndarray:
+    logits = env.trainer.logits(env.val_eval)
+    wrong = (logits.argmax(1) != env.val_eval.labels).double()
+    return np.array([wrong[env.val_eval.labels == c].mean().item() for c in range(10)])
+
+
+def test_pair_rewards_use_each_pairs_sign_and_the_penalty_on_divergence():
+    infos = {"pair_improvement": np.array([[0.2, -0.1, 0.0], [0.5, 0.5, 0.5]]), "diverged": np.array([False, True])}
+    rewards = np.array([1.0, -10.0])
+    np.testing.assert_array_equal(pair_rewards(rewards, infos, True, 3), [[1, -1, 0], [-10, -10, -10]])
+    np.testing.assert_array_equal(pair_rewards(rewards, infos, False, 3), [[1, 1, 1], [-10, -10, -10]])
+
+
+def test_leave_one_out_advantages_cancel_what_children_share():
+    controller = ReinforceController(ReinforceConfig(baseline="loo"), num_envs=3)
+    per_pair = np.array([[1.0, 0.0], [1.0, 1.0], [-1.0, 1.0]])
+    advantages = np.stack(controller._fresh_advantages(per_pair))
+    np.testing.assert_allclose(advantages[:, 0], [1.0, 1.0, -2.0])
+    np.testing.assert_allclose(advantages[:, 1], [-1.0, 0.5, 0.5])
+    np.testing.assert_allclose(controller._fresh_advantages(per_pair + 5.0), advantages)  # a shared shift cancels
+    assert controller._fresh_advantages(per_pair[:1]) == [None]  # one child: moving average instead
+    assert ReinforceController(ReinforceConfig(baseline="ema"))._fresh_advantages(per_pair) == [None] * 3
+
+
+@pytest.mark.parametrize("p", [0.5, 0.9])
+def test_init_no_change_sets_the_initial_probability(p):
+    policy = PairPolicy(24, 32, torch.Generator().manual_seed(0), init_no_change=p)
+    observations = torch.rand(50, 55, 24, generator=torch.Generator().manual_seed(1))
+    probs = torch.softmax(policy(observations), -1)
+    assert probs[..., 1].mean().item() == pytest.approx(p, abs=0.01)
+    with pytest.raises(ValueError, match="init_no_change"):
+        ReinforceConfig(init_no_change=1.0)
+
+
+def run_digits(controller: agents.Controller, seed: int = 0):
+    envs = controller.make_envs("ALA-Digits-v0", **TINY)
+    logs: list[dict] = []
+    try:
+        return controller.run(envs, seed, lambda step, entry: logs.append(entry)), logs
+    finally:
+        envs.close()
+
+
+def test_held_diagonal_gets_no_gradient_and_frozen_policy_never_moves():
+    learner = ReinforceController(ReinforceConfig(updates_per_step=3), num_envs=2)
+    records, logs = run_digits(learner)
+    assert all(np.all(np.diag(np.array(r.phi[-1])) == 1.0) for r in records)
+    assert "policy_loss" in logs[-1] and 0 <= logs[-1]["p_no_change"] <= 1
+    assert learner.optimizer.state[learner.policy.net[0].weight]["step"].item() == 3 * len(logs)
+
+    frozen = agents.CONTROLLERS["reinforce-frozen"](num_envs=2)
+    initial = PairPolicy(24, frozen.config.hidden, torch.Generator().manual_seed(0)).state_dict()
+    run_digits(frozen)
+    assert all(torch.equal(initial[k], v) for k, v in frozen.policy.state_dict().items())
+
+
+def test_paper_controller_is_the_papers_configuration_on_the_papers_env_rules():
+    controller = agents.CONTROLLERS["reinforce-paper-multi"]()
+    assert controller.num_envs == 10 and controller.multi_child and controller.learned
+    assert controller.config == ReinforceConfig(lr=1e-3, baseline="ema", pair_credit=False)
+    assert controller.env_kwargs() == {"fixed_diagonal": False, "step_scaling": "entry"}
+    records, _ = run_digits(agents.CONTROLLERS["reinforce-paper"]())
+    # Its untrained policy moves the free diagonal down from its bound, by beta per entry.
+    diagonals = np.array([np.diag(np.array(phi)) for phi in records[0].phi])
+    assert diagonals.min() < 1.0 and np.allclose(diagonals * 10, np.round(diagonals * 10))
+
+
+def test_label_smoothing_phi_is_cross_entropy_with_label_smoothing():
+    logits = torch.randn(64, 10, generator=torch.Generator().manual_seed(0))
+    labels = torch.randint(0, 10, (64,), generator=torch.Generator().manual_seed(1))
+    phi = torch.as_tensor(UniformPhi(label_smoothing=0.1).matrix(10), dtype=torch.float32)
+    torch.testing.assert_close(phi_loss(logits, labels, phi), F.cross_entropy(logits, labels, label_smoothing=0.1))
+    uniform = UniformPhi(off_diagonal=0.02).matrix(4)
+    np.testing.assert_allclose(uniform, np.eye(4) + 0.02 * (1 - np.eye(4)))
+    records, _ = run_digits(agents.CONTROLLERS["label-smoothing"](num_envs=2))
+    np.testing.assert_allclose(records[1].phi[-1], UniformPhi(label_smoothing=0.1).matrix(10), atol=1e-6)
