@@ -1,0 +1,44 @@
+"""Controller specs of the benchmark: config keywords in parentheses, env keywords after ``@``, child counts
+from what each controller declares, and seed strides that keep the children of different seeds apart."""
+
+from __future__ import annotations
+
+import pytest
+
+from agents.baselines import UniformPhi
+from agents.reinforce import ReinforceController
+from benchmarks.compare import build_controller, parse_config, parse_controller, run_one
+
+TINY = dict(total_iterations=4, steps_per_action=2, eval_points=1, device="cpu")
+
+
+def test_specs_split_into_controller_config_and_env_keywords():
+    name, env_kwargs = parse_controller("reinforce-multi(lr=0.03;pair_credit=false)@beta=0.3;step_scaling=entry")
+    assert env_kwargs == {"beta": 0.3, "step_scaling": "entry"}
+    assert parse_config(name) == ("reinforce-multi", {"lr": 0.03, "pair_credit": False})
+    with pytest.raises(SystemExit, match="key=value"):
+        parse_config("reinforce(lr)")
+
+
+def test_build_controller_applies_keywords_and_child_counts():
+    learned = build_controller("reinforce-multi(lr=0.03)", children=3, baseline_children=5)
+    assert isinstance(learned, ReinforceController) and learned.num_envs == 3 and learned.config.lr == 0.03
+    single = build_controller("reinforce", children=3, baseline_children=5)
+    assert single.num_envs == 1  # one child by definition: neither count applies
+    fixed = build_controller("phi-uniform(off_diagonal=0.03)", children=3, baseline_children=5)
+    assert isinstance(fixed, UniformPhi) and fixed.num_envs == 5 and fixed.off_diagonal == 0.03
+    assert build_controller("ce").num_envs == 1
+    for bad in ("nonsense", "reinforce(no_such_field=1)", "phi-uniform(off_diagonal=3)"):
+        with pytest.raises(SystemExit):
+            build_controller(bad)
+
+
+def test_seed_stride_gives_each_run_its_own_children():
+    record = run_one("ALA-Digits-v0", "ce", 2, TINY, None, baseline_children=2, seed_stride=10)
+    assert record["env_seed"] == 20 and record["num_children"] == 2
+    # Child 0 of run 2 is the single env seeded 20, child 1 the one seeded 21.
+    alone = run_one("ALA-Digits-v0", "ce", 20, TINY, None)
+    assert record["children"][0]["test_metric"] == alone["test_metric"]
+    assert record["test_metric"] == pytest.approx(
+        (record["children"][0]["test_metric"] + record["children"][1]["test_metric"]) / 2
+    )
