@@ -165,3 +165,21 @@ def test_label_smoothing_phi_is_cross_entropy_with_label_smoothing():
     np.testing.assert_allclose(uniform, np.eye(4) + 0.02 * (1 - np.eye(4)))
     records, _ = run_digits(agents.CONTROLLERS["label-smoothing"](num_envs=2))
     np.testing.assert_allclose(records[1].phi[-1], UniformPhi(label_smoothing=0.1).matrix(10), atol=1e-6)
+
+
+def test_shipped_policy_loads_weights_only_and_runs_frozen_and_fine_tuned():
+    from agents.reinforce import library_policy
+
+    path = library_policy("digits")
+    assert path.stat().st_size < 50_000
+    checkpoint = torch.load(path, weights_only=True)
+    assert checkpoint["kind"] == "reinforce" and checkpoint["config"]["n_features"] == 24
+    frozen = agents.CONTROLLERS["reinforce-transfer-frozen"](num_envs=2)
+    assert not frozen.train and frozen.learned and frozen.multi_child
+    run_digits(frozen)
+    assert all(torch.equal(checkpoint["state_dict"][k], v) for k, v in frozen.policy.state_dict().items())
+    tuned = agents.CONTROLLERS["reinforce-transfer"](num_envs=2)
+    run_digits(tuned)
+    assert not all(torch.equal(checkpoint["state_dict"][k], v) for k, v in tuned.policy.state_dict().items())
+    with pytest.raises(ValueError, match="shipped"):
+        library_policy("imagenet")
