@@ -333,21 +333,25 @@ def committed_runs(out: Path) -> list[dict]:
     return json.loads(path.read_text())["runs"] if path.exists() else []
 
 
-def check_same_plan(out: Path, controllers: list[str], seeds: list[int]) -> None:
+def check_same_plan(out: Path, controllers: list[str], seeds: list[int], extend: bool = False) -> None:
     """Refuse to rewrite a finished comparison's table with other controllers or seeds: fewer would shrink
-    it (a partial command would overwrite a full table), more would merge new runs into it."""
+    it (a partial command would overwrite a full table), more would merge new runs into it (allowed
+    with ``extend``, which never drops a controller or seed)."""
     path = out / "results.json"
     if not path.exists():
         return
     saved = json.loads(path.read_text())
     saved_controllers = saved["header"].get("controllers") or [row["controller"] for row in saved["summary"]]
     saved_seeds = saved["header"]["seeds"]
+    grows = set(saved_controllers) <= set(controllers) and set(saved_seeds) <= set(seeds)
+    if extend and grows:
+        return
     if sorted(saved_controllers) != sorted(controllers) or sorted(saved_seeds) != sorted(seeds):
         raise ComparisonError(
             f"{path} holds the comparison of {len(saved_controllers)} controllers ({','.join(saved_controllers)}) "
             f"on seeds {saved_seeds}; this command asks for {len(controllers)} controllers ({','.join(controllers)}) "
             f"on seeds {seeds}, which would shrink that table or merge into it. Run it with the same controllers "
-            "and seeds (its preset as is), or pass --name for a new folder"
+            "and seeds (its preset as is), add --extend to add runs to it, or pass --name for a new folder"
         )
 
 
@@ -382,7 +386,13 @@ def release(result: Path, fd: int) -> None:
 
 
 def compare(
-    env_id: str, controllers: list[str], seeds: list[int], env_kwargs: dict, name: str, children: int | None = None
+    env_id: str,
+    controllers: list[str],
+    seeds: list[int],
+    env_kwargs: dict,
+    name: str,
+    children: int | None = None,
+    extend: bool = False,
 ) -> list[dict]:
     """Run what is missing, then rewrite the aggregate JSON, table and plots from every finished run.
 
@@ -395,7 +405,7 @@ def compare(
         raise ComparisonError(f"unknown controllers {unknown}; choose from {sorted(CONTROLLERS)}")
     out = RESULTS / name
     check_same_config(out, {"env": env_id, "env_kwargs": env_kwargs, "children": children})
-    check_same_plan(out, controllers, seeds)
+    check_same_plan(out, controllers, seeds, extend)
     committed = {(r["controller"], r["seed"]): r for r in committed_runs(out)}
 
     def result_path(controller: str, seed: int) -> Path:
@@ -506,6 +516,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument(
+        "--extend", action="store_true",
+        help="add controllers or seeds to the comparison already in the folder (it is never shrunk)",
+    )
+    parser.add_argument(
         "--data-root", type=Path,
         help="folder holding the datasets that are not downloaded, such as cifar10-subset/ "
         "(default: $ALA_GYM_DATA, else <repo>/../shared/data); not part of a result's identity",
@@ -541,7 +555,10 @@ def main(argv: list[str] | None = None) -> None:
     name = config.get("name") or config["env"].lower()
     seeds = list(range(config["seeds"]))
     try:
-        compare(config["env"], config["controllers"].split(","), seeds, config["env_kwargs"], name, config.get("children"))
+        compare(
+            config["env"], config["controllers"].split(","), seeds, config["env_kwargs"], name, config.get("children"),
+            args.extend,
+        )
     except (ComparisonError, DataError, ValueError, TypeError, gym.error.Error) as exc:
         # Bad input (a refused folder, an unknown id, an env keyword out of range, missing data): one line.
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
