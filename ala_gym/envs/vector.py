@@ -20,16 +20,18 @@ from ala_gym.trainer import ChildTrainer
 TRAIN_MODES = ("auto", "batched", "sequential")
 
 
-def default_train_mode(device: torch.device, model: str) -> str:
-    """The faster path per device and model.
+def default_train_mode(device: torch.device, model: str, num_envs: int) -> str:
+    """The faster path per device, model and number of children.
 
     On the CPU, ``benchmarks/throughput.py`` measured both paths (``benchmarks/results/throughput.md`` for
     the convolutional children, ``results/throughput-mlp/`` for the MLP): vmap turns convolutions into
     grouped ones that run slower than N ordinary convolutions, while the MLP gains from fewer, larger
     matmuls, so batched for the MLP only (``tests/test_vector.py`` checks this choice against those
     results). On a GPU, one vmapped launch for all children replaces N small ones: batched, by design
-    (not measured here).
+    (not measured here). One child has nothing to batch: sequential.
     """
+    if num_envs == 1:
+        return "sequential"
     if device.type == "cuda" or model == "mlp":
         return "batched"
     return "sequential"
@@ -117,7 +119,9 @@ class ALAVectorEnv(VectorEnv):
         self.num_envs = num_envs
         self.max_episode_steps = max_episode_steps
         self.train_mode = (
-            default_train_mode(self.data.device, self.template.train_config.model) if train_mode == "auto" else train_mode
+            default_train_mode(self.data.device, self.template.train_config.model, num_envs)
+            if train_mode == "auto"
+            else train_mode
         )
         self.metadata = {"render_modes": [], "autoreset_mode": autoreset_mode}
         self.render_mode = None
