@@ -107,3 +107,12 @@ def test_compare_help_describes_presets_and_counts() -> None:
     assert "how many seeds: runs seeds 0, 1, ..., N-1" in text and "the CPU presets set 2" in text
     assert "cifar10-subset: ALA-CIFAR10-v0, 5 seeds, 400 iterations, K = 20, --children 2" in text
     assert "--env ALA-Digits-v0" in text  # the example runs on the embedded data, in any clone
+
+
+def test_agent_progress_bar_only_on_a_terminal() -> None:
+    logger = runlog.RunLogger(3, None)  # under pytest, stderr is captured: not a terminal
+    try:
+        assert logger.bar.disable
+        logger(1, {"reward": 1.0})  # still usable as on_step
+    finally:
+        logger.close()
