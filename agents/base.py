@@ -33,6 +33,7 @@ class EpisodeRecord:
     phi: list[list[list[float]]] = field(default_factory=list)
     """Phi after every step (``C x C`` nested lists, JSON-ready)."""
     test_metric: float = float("nan")
+    """Test metric at the end of the training run; NaN if the episode was truncated before it ended."""
     final_val_metric: float = float("nan")
     diverged: bool = False
     iterations: int = 0
@@ -66,8 +67,9 @@ class EpisodeRecorder:
         record.iterations = int(info["iteration"])
         if done:
             record.diverged = bool(info["diverged"])
-            record.test_metric = float(info["test_metric"])
-            record.final_val_metric = float(info["final_val_metric"])
+            # Absent after a truncation (max_episode_steps): the record keeps NaN, "not measured".
+            record.test_metric = float(info.get("test_metric", np.nan))
+            record.final_val_metric = float(info.get("final_val_metric", np.nan))
             self.finished[child] = True
 
     @property

@@ -102,7 +102,7 @@ class ConfusionPhi(FixedPhi):
     geometric-mean probability of class ``j`` on class-``i`` samples), each row normalised to sum to 1,
     then symmetrised ``(P + P^T) / 2`` because Phi must be symmetric, and the diagonal set to 1. Without
     that last step an untrained model's near-uniform ``P`` (about 0.1 everywhere) makes the loss pull
-    predictions towards uniform, which holds the model there (measured on digits: 86% test error);
+    predictions towards uniform, which holds the model there;
     with it, Phi is cross-entropy plus a small positive weight on confused pairs (label-smoothing-like),
     matching the paper's description of positive entries grouping similar classes.
     """

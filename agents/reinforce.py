@@ -327,8 +327,14 @@ class ReinforceController(Controller):
         "policy from 1st run") or fine-tuned (``train=True``)."""
         checkpoint = runlog.load_checkpoint(path, "reinforce")
         saved = dict(checkpoint["config"])
-        n_features = int(saved.pop("n_features"))
-        config = ReinforceConfig(**{f.name: saved[f.name] for f in fields(ReinforceConfig) if f.name in saved})
+        try:
+            n_features = int(saved.pop("n_features"))
+            config = ReinforceConfig(**{f.name: saved[f.name] for f in fields(ReinforceConfig) if f.name in saved})
+            # Build the policy now, so that weights that do not fit its config fail here, not in run().
+            PairPolicy(n_features, config.hidden, torch.Generator()).load_state_dict(checkpoint["state_dict"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            message = " ".join(str(exc).split())[:200]
+            raise runlog.CheckpointError(f"{path} holds a damaged reinforce policy ({type(exc).__name__}: {message})") from None
         state = checkpoint["state_dict"]
         return cls(config, num_envs=num_envs, train=train, initial_state=state, n_features=n_features)
 
@@ -361,15 +367,17 @@ def transfer_controller(policy: str = "digits", train: bool = True, num_envs: in
 
 # ---------------------------------------------------------------------- command line
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=runlog.HelpFormatter)
     runlog.add_run_args(parser, default_num_envs=10)
     runlog.add_dataclass_args(parser, ReinforceConfig)
     parser.add_argument("--freeze", action="store_true", help="with --load: run the saved policy without learning")
     args = parser.parse_args(argv)
+    runlog.check_load_args(parser, ReinforceConfig, args)
     if args.load:
-        controller = ReinforceController.load(args.load, train=not args.freeze, num_envs=args.num_envs)
+        try:
+            controller = ReinforceController.load(args.load, train=not args.freeze, num_envs=args.num_envs)
+        except runlog.CheckpointError as exc:
+            runlog.fail(str(exc))
     else:
         controller = ReinforceController(runlog.dataclass_from_args(ReinforceConfig, args), num_envs=args.num_envs)
     runlog.run_cli(controller, args)

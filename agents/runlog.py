@@ -10,10 +10,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import pickle
+import sys
+import zipfile
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+import gymnasium as gym
 import numpy as np
 import torch
 
@@ -21,6 +25,11 @@ import ala_gym
 
 FORMAT_VERSION = 1
 """Version of the checkpoint layout; bump it whenever a saved policy can no longer be loaded as is."""
+CHECKPOINT_KEYS = ("format_version", "ala_gym_version", "kind", "config", "state_dict")
+
+
+class CheckpointError(ValueError):
+    """A file that is not a loadable ala-gym policy checkpoint; the message says which file and why."""
 
 
 def phi_stats(phi: np.ndarray) -> dict[str, float]:
@@ -48,7 +57,8 @@ class RunLogger:
     def __init__(self, total_steps: int | None, log_dir: str | Path | None = None, heatmap_every: int = 10) -> None:
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True)
+        # disable=None: a bar on a terminal only; a log file gets the one summary line of run_cli.
+        self.bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True, disable=None)
         self.heatmap_every = heatmap_every
         self.writer = None
         if log_dir is not None:
@@ -107,21 +117,53 @@ def save_checkpoint(path: str | Path, kind: str, config: dict[str, Any], state_d
 
 
 def load_checkpoint(path: str | Path, kind: str) -> dict[str, Any]:
-    """Read a checkpoint of ``kind`` written by :func:`save_checkpoint`; a clear error if it is not one."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(checkpoint, dict) or "format_version" not in checkpoint:
-        raise ValueError(f"{path} is not an ala-gym policy checkpoint")
-    if checkpoint["format_version"] != FORMAT_VERSION:
-        raise ValueError(
-            f"{path} was written by ala-gym {checkpoint.get('ala_gym_version', '?')} in checkpoint format "
-            f"{checkpoint['format_version']}; this ala-gym {ala_gym.__version__} reads format {FORMAT_VERSION} only"
+    """Read a checkpoint of ``kind`` written by :func:`save_checkpoint`; :class:`CheckpointError` if it is
+    not one (never torch's own message, whose advice to load with ``weights_only=False`` would run
+    whatever code the file holds)."""
+    written_by = "write one with --save (python -m agents.reinforce / agents.sb3)"
+    if not Path(path).is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file; {written_by}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, EOFError, RuntimeError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise CheckpointError(
+            f"{path} is not an ala-gym policy checkpoint (it does not load as plain tensors: "
+            f"{type(exc).__name__}); {written_by}"
+        ) from None
+    missing = [key for key in CHECKPOINT_KEYS if not isinstance(checkpoint, dict) or key not in checkpoint]
+    if missing:
+        raise CheckpointError(f"{path} is not an ala-gym policy checkpoint (no {', '.join(missing)}); {written_by}")
+    version = checkpoint["format_version"]
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CheckpointError(f"{path} has an invalid format_version {version!r} (an integer is written); {written_by}")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} was written by ala-gym {checkpoint['ala_gym_version']} in checkpoint format {version}; this "
+            f"ala-gym {ala_gym.__version__} reads format {FORMAT_VERSION} only: save the policy again with this version"
         )
-    if checkpoint.get("kind") != kind:
-        raise ValueError(f"{path} holds a {checkpoint.get('kind')!r} policy, not a {kind!r} one")
+    if checkpoint["kind"] != kind:
+        raise CheckpointError(f"{path} holds a {checkpoint['kind']!r} policy, not a {kind!r} one")
+    if not isinstance(checkpoint["config"], dict) or not isinstance(checkpoint["state_dict"], dict):
+        raise CheckpointError(f"{path} is damaged: its config and state_dict must be dictionaries; {written_by}")
     return checkpoint
 
 
+def fail(message: str) -> NoReturn:
+    """How every command line reports bad input: one line on stderr, exit status 2, no traceback."""
+    sys.stderr.write(f"error: {message}\n")
+    raise SystemExit(2)
+
+
 # ---------------------------------------------------------------------- command lines
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default only where it has one worth showing (not None, not a flag's False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if any(action.default is value for value in (None, False, argparse.SUPPRESS)) or action.default == []:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def field_docs(cls: type) -> dict[str, str]:
     """The docstrings written under a dataclass's fields (CleanRL style), read from its source."""
     import ast
@@ -142,22 +184,40 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 def add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One ``--option`` per field of the config dataclass ``cls``, its docstring as help."""
+    """One ``--option`` per field of the config dataclass ``cls``, its docstring as help.
+
+    An option not given stays absent from the parsed namespace (``default=SUPPRESS``), so that
+    :func:`given_fields` can tell which ones the user set.
+    """
     docs = field_docs(cls)
-    group = parser.add_argument_group(cls.__name__)
+    group = parser.add_argument_group(f"{cls.__name__} (hyperparameters of a new policy)")
     for item in fields(cls):
         kind = type(item.default)
         option = f"--{item.name.replace('_', '-')}"
+        help_text = f"{docs.get(item.name, '')} (default: {item.default})".strip()
         if kind is bool:
-            group.add_argument(
-                option, action=argparse.BooleanOptionalAction, default=item.default, help=docs.get(item.name)
-            )
+            group.add_argument(option, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
         else:
-            group.add_argument(option, type=kind, default=item.default, help=docs.get(item.name))
+            group.add_argument(option, type=kind, default=argparse.SUPPRESS, help=help_text)
+
+
+def given_fields(cls: type, args: argparse.Namespace) -> list[str]:
+    """The options of ``cls``'s fields that were given on the command line."""
+    return [f"--{item.name.replace('_', '-')}" for item in fields(cls) if hasattr(args, item.name)]
 
 
 def dataclass_from_args(cls: type, args: argparse.Namespace) -> Any:
-    return cls(**{item.name: getattr(args, item.name) for item in fields(cls)})
+    """``cls`` with the given options applied over its defaults."""
+    return cls(**{item.name: getattr(args, item.name) for item in fields(cls) if hasattr(args, item.name)})
+
+
+def check_load_args(parser: argparse.ArgumentParser, cls: type, args: argparse.Namespace) -> None:
+    """``--load`` runs the saved policy with its saved hyperparameters: refuse options that would be ignored."""
+    given = given_fields(cls, args)
+    if args.load and given:
+        parser.error(f"--load runs the saved policy with its saved hyperparameters; drop {', '.join(given)}")
+    if args.freeze and not args.load:
+        parser.error("--freeze needs --load (a policy to run without learning)")
 
 
 def add_run_args(parser: argparse.ArgumentParser, default_num_envs: int) -> None:
@@ -165,7 +225,10 @@ def add_run_args(parser: argparse.ArgumentParser, default_num_envs: int) -> None
     group = parser.add_argument_group("run")
     group.add_argument("--env", default="ALA-Digits-v0", help="a registered ALA env id")
     group.add_argument("--num-envs", type=int, default=default_num_envs, help="child networks trained in parallel")
-    group.add_argument("--seed", type=int, default=0)
+    group.add_argument(
+        "--seed", type=int, default=0,
+        help="seed of the run: child i is reset with seed + i, the controller's generators start from it",
+    )
     group.add_argument("--total-iterations", type=int, help="SGD iterations per child (env default if unset)")
     group.add_argument("--steps-per-action", type=int, help="K, SGD iterations per controller step")
     group.add_argument("--beta", type=float, help="step of a Phi entry per action (env default 0.1)")
@@ -178,7 +241,10 @@ def add_run_args(parser: argparse.ArgumentParser, default_num_envs: int) -> None
     group.add_argument("--log-dir", help="TensorBoard folder (default runs/<controller>-<env>-s<seed>)")
     group.add_argument("--no-tensorboard", action="store_true", help="progress bar only")
     group.add_argument("--save", help="write the learned policy here after the run")
-    group.add_argument("--load", help="start from this saved policy (and its saved config, not the options below)")
+    group.add_argument(
+        "--load",
+        help="start from this saved policy with its saved hyperparameters (giving any of them as well is refused)",
+    )
 
 
 def env_kwargs_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -191,7 +257,7 @@ def env_kwargs_from_args(args: argparse.Namespace) -> dict[str, Any]:
     for item in args.env_kwarg:
         key, separator, value = item.partition("=")
         if not separator:
-            raise SystemExit(f"--env-kwarg expects KEY=VALUE, got {item!r}")
+            fail(f"--env-kwarg expects KEY=VALUE, got {item!r}")
         try:
             kwargs[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
@@ -204,14 +270,25 @@ def default_log_dir(name: str, args: argparse.Namespace) -> str:
 
 
 def run_cli(controller: Any, args: argparse.Namespace) -> list[Any]:
-    """Make the envs, run ``controller`` once with a progress bar and logs, print a summary, save."""
-    envs = controller.make_envs(args.env, **env_kwargs_from_args(args))
+    """Make the envs, run ``controller`` once with a progress bar and logs, print a summary, save.
+
+    Bad input (env keywords out of range, missing data, a policy that does not fit the env) ends the
+    command through :func:`fail`.
+    """
+    from ala_gym.data import DataError
+
+    try:
+        envs = controller.make_envs(args.env, **env_kwargs_from_args(args))
+    except (ValueError, TypeError, DataError, gym.error.Error) as exc:
+        fail(f"cannot make {args.env}: {exc}")
     total_iterations = envs.get_attr("train_config")[0].total_iterations
     steps = math.ceil(total_iterations / envs.get_attr("steps_per_action")[0])
     log_dir = None if args.no_tensorboard else (args.log_dir or default_log_dir(controller.name, args))
     logger = RunLogger(steps, log_dir)
     try:
         records = controller.run(envs, args.seed, logger)
+    except CheckpointError as exc:
+        fail(str(exc))
     finally:
         logger.close()
         envs.close()

@@ -218,7 +218,11 @@ class SB3Controller(Controller):
         else:
             model = ALGORITHMS[self.algo]("MlpPolicy", venv, **kwargs)
         if self.initial_state is not None:
-            model.policy.load_state_dict(self.initial_state)
+            try:
+                model.policy.load_state_dict(self.initial_state)
+            except (RuntimeError, KeyError) as exc:  # weights of another shape: another policy or class count
+                message = " ".join(str(exc).split())[:200]
+                raise runlog.CheckpointError(f"the loaded {self.algo} policy does not fit this env: {message}") from None
         if self.log_dir is not None:
             from stable_baselines3.common.logger import configure
 
@@ -269,22 +273,27 @@ class SB3Controller(Controller):
         """A controller that starts every run from the saved policy, frozen or (``train=True``) fine-tuned."""
         checkpoint = runlog.load_checkpoint(path, f"sb3-{algo}")
         saved = checkpoint["config"]
-        config = SB3Config(**{f.name: saved[f.name] for f in fields(SB3Config) if f.name in saved})
+        try:
+            config = SB3Config(**{f.name: saved[f.name] for f in fields(SB3Config) if f.name in saved})
+        except TypeError as exc:
+            raise runlog.CheckpointError(f"{path} holds a damaged {algo} policy config ({exc})") from None
         return cls(algo, config, num_envs=num_envs, train=train, initial_state=checkpoint["state_dict"])
 
 
 # ---------------------------------------------------------------------- command line
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    parser.add_argument("--algo", choices=sorted(ALGORITHMS), default="ppo")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=runlog.HelpFormatter)
+    parser.add_argument("--algo", choices=sorted(ALGORITHMS), default="ppo", help="Stable-Baselines3 algorithm")
     runlog.add_run_args(parser, default_num_envs=10)
     runlog.add_dataclass_args(parser, SB3Config)
     parser.add_argument("--freeze", action="store_true", help="with --load: run the saved policy without learning")
     args = parser.parse_args(argv)
+    runlog.check_load_args(parser, SB3Config, args)
     if args.load:
-        controller = SB3Controller.load(args.load, args.algo, train=not args.freeze, num_envs=args.num_envs)
+        try:
+            controller = SB3Controller.load(args.load, args.algo, train=not args.freeze, num_envs=args.num_envs)
+        except runlog.CheckpointError as exc:
+            runlog.fail(str(exc))
     else:
         controller = SB3Controller(args.algo, runlog.dataclass_from_args(SB3Config, args), num_envs=args.num_envs)
     if not args.no_tensorboard:

@@ -38,6 +38,22 @@ class DataError(RuntimeError):
     """A dataset file is missing or corrupt; the message names the file and how to get it."""
 
 
+def data_home() -> Path:
+    """Where the datasets that are not downloaded live (such as the CIFAR-10 subset): ``$ALA_GYM_DATA``,
+    else ``shared/data`` beside the repository's checkout (``<repo>/../shared/data``).
+
+    Data locations are a setting of the machine, never part of a result: benchmarks resolve them here
+    at run time and record only the dataset's name.
+    """
+    configured = os.environ.get("ALA_GYM_DATA")
+    return Path(configured) if configured else Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def cifar10_subset_dir() -> Path:
+    """The 6,187-image CIFAR-10 subset, in CIFAR's python format with its own ``MD5SUMS``."""
+    return data_home() / "cifar10-subset"
+
+
 def default_cache_dir() -> Path:
     """Where derived files (unpacked idx files, downloads) go: ``$ALA_GYM_CACHE`` or ``~/.cache/ala_gym``."""
     return Path(os.environ.get("ALA_GYM_CACHE", Path.home() / ".cache" / "ala_gym"))
@@ -165,6 +181,11 @@ def _idx_size(header: bytes) -> int:
     return 4 + 4 * dims + int(np.prod(shape))
 
 
+def _idx_complete(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        return os.path.getsize(path) == _idx_size(handle.read(16))
+
+
 def _unpack_fashion_mnist(source_dir: Path, cache_root: Path) -> Path:
     """Unpack the ``*.gz`` idx files of ``source_dir`` once into ``cache_root/<key>/FashionMNIST/raw``.
 
@@ -185,8 +206,8 @@ def _unpack_fashion_mnist(source_dir: Path, cache_root: Path) -> Path:
     raw.mkdir(parents=True, exist_ok=True)
     for name, source in zip(_FASHION_MNIST_FILES, sources):
         target = raw / name
-        if target.exists():
-            continue
+        if target.exists() and _idx_complete(target):
+            continue  # a cached file cut short (disk full, a copy interrupted) is unpacked again
         # Write to a temporary file and rename, so an interrupted unpack never leaves a half file behind.
         with tempfile.NamedTemporaryFile(dir=raw, delete=False) as tmp:
             try:
@@ -229,6 +250,13 @@ def load_fashion_mnist(
     root = _unpack_fashion_mnist(source, cache)
     train = FashionMNIST(str(root), train=True, download=False)
     test = FashionMNIST(str(root), train=False, download=False)
+    for split, prefix in ((train, "train"), (test, "t10k")):
+        if len(split.data) != len(split.targets):
+            raise DataError(
+                f"Fashion-MNIST files {source / f'{prefix}-images-idx3-ubyte.gz'} and "
+                f"{source / f'{prefix}-labels-idx1-ubyte.gz'} disagree ({len(split.data)} images, "
+                f"{len(split.targets)} labels); reinstall dataset-fashion-mnist or replace both files."
+            )
     return _assemble(
         "fashion-mnist",
         train.data.unsqueeze(1),
@@ -250,13 +278,38 @@ def _md5(path: Path) -> str:
     return digest.hexdigest()
 
 
+_RESTORE = "restore the folder from where it came (e.g. copy shared/data/cifar10-subset again)"
+
+
 def _read_md5sums(folder: Path) -> dict[str, str]:
     sums = {}
-    for line in (folder / "MD5SUMS").read_text().splitlines():
-        if line.strip():
-            digest, name = line.split(maxsplit=1)
-            sums[name.strip().lstrip("*")] = digest
+    path = folder / "MD5SUMS"
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.split(maxsplit=1)
+        if len(parts) != 2 or len(parts[0]) != 32 or any(c not in "0123456789abcdefABCDEF" for c in parts[0]):
+            raise DataError(
+                f"{path}, line {number}, is not '<md5>  <file name>' ({line.strip()[:60]!r}); {_RESTORE}, "
+                "or rewrite it with `md5sum batches.meta data_batch_* test_batch > MD5SUMS` in that folder"
+            )
+        sums[parts[1].strip().lstrip("*")] = parts[0].lower()
     return sums
+
+
+def _check_cifar_pickles(folder: Path) -> None:
+    """Name the file that does not unpickle as a CIFAR-10 batch (called when torchvision's reader failed)."""
+    for name in _CIFAR10_FILES + ["batches.meta"]:
+        try:
+            with open(folder / name, "rb") as handle:
+                entry = pickle.load(handle, encoding="latin1")
+            if not isinstance(entry, dict) or not ({"data", "labels"} <= entry.keys() or "label_names" in entry):
+                raise ValueError("not a CIFAR-10 batch dictionary")
+        except Exception as exc:  # any unpickling failure means the same thing: the file is damaged
+            raise DataError(
+                f"CIFAR-10 file {folder / name} is truncated or not a CIFAR-10 python batch ({type(exc).__name__}: "
+                f"{exc}), although it matches {folder / 'MD5SUMS'} (which was written after the damage); {_RESTORE}"
+            ) from exc
 
 
 def _cifar10_reader_class():
@@ -272,11 +325,13 @@ def _cifar10_reader_class():
             for name in _CIFAR10_FILES + ["batches.meta"]:
                 path = folder / name
                 if name not in sums:
-                    raise DataError(f"{folder / 'MD5SUMS'} has no checksum for {name}")
+                    raise DataError(f"{folder / 'MD5SUMS'} has no checksum for {name}; {_RESTORE}")
                 if not path.exists():
-                    raise DataError(f"CIFAR-10 file {path} is missing (listed in {folder / 'MD5SUMS'})")
+                    raise DataError(f"CIFAR-10 file {path} is missing (listed in {folder / 'MD5SUMS'}); {_RESTORE}")
                 if _md5(path) != sums[name]:
-                    raise DataError(f"CIFAR-10 file {path} is corrupt: its md5 does not match {folder / 'MD5SUMS'}")
+                    raise DataError(
+                        f"CIFAR-10 file {path} is corrupt: its md5 does not match {folder / 'MD5SUMS'}; {_RESTORE}"
+                    )
             return True
 
         def _load_meta(self) -> None:
@@ -309,7 +364,13 @@ def load_cifar10(
     root = Path(data_root) if data_root is not None else default_cache_dir() / "cifar10"
     if (root / "MD5SUMS").exists():
         reader = _cifar10_reader_class()
-        train, test = reader(str(root), train=True), reader(str(root), train=False)
+        try:
+            train, test = reader(str(root), train=True), reader(str(root), train=False)
+        except DataError:
+            raise
+        except Exception:  # torchvision's unpickling of a damaged file: find and name it
+            _check_cifar_pickles(root)
+            raise
     else:
         try:
             train = CIFAR10(str(root), train=True, download=download)

@@ -26,6 +26,8 @@ def mean_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 METRICS = {"error": error_rate, "nll": mean_nll}
+WORST = {"error": 1.0, "nll": float("inf")}
+"""The value a metric gives a diverged child (its test and final validation metric)."""
 
 
 def confusion_statistics(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -1,8 +1,7 @@
 """Compare loss controllers on one ALA env: same seeds, same budget, every run reported.
 
-    python -m benchmarks.compare --env ALA-FashionMNIST-v0 \\
-        --controllers ce,phi-identity,random,confusion,reinforce,reinforce-multi,ppo --seeds 5 \\
-        --total-iterations 600 --steps-per-action 20 --name fashion-mnist
+    python -m benchmarks.compare --env ALA-Digits-v0 --controllers ce,random,reinforce --seeds 2 \\
+        --total-iterations 200 --steps-per-action 20 --name digits-small
 
 writes under ``benchmarks/results/<name>/``:
 
@@ -12,6 +11,15 @@ writes under ``benchmarks/results/<name>/``:
   are skipped, nothing written is lost.
 * ``results.json``: all runs together; ``table.md``: mean +- std of the test metric over seeds, wall
   time and its ratio to cross-entropy; ``val_metric.png``; ``phi_<controller>.png`` heatmaps.
+
+``runs/`` is not committed; the runs of a committed ``results.json`` count as finished too, so the
+same command in a fresh clone rebuilds the table instead of running again. A folder holds one
+comparison: a command with another configuration, or with other controllers or seeds than the
+``results.json`` already there (which would shrink the table or merge into it), is refused.
+
+Data locations are a setting of the machine, not of a result: an env's ``data_root`` given as a
+relative path (the ``cifar10-subset`` preset's) is looked up under ``--data-root`` (default
+``$ALA_GYM_DATA``, else ``<repo>/../shared/data``), and no ``data_root`` is recorded or compared.
 
 For a controller that trains several children in one run (``reinforce-multi``, ``ppo``), a seed's test
 metric is the mean over its children; every child's value is in the JSON.
@@ -24,10 +32,12 @@ controller at the shared settings.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from dataclasses import is_dataclass, replace
 from pathlib import Path
@@ -39,6 +49,7 @@ import torch
 from tqdm import tqdm
 
 import ala_gym
+from ala_gym.data import DataError, data_home
 from ala_gym.envs.classification import resolve_device
 from agents import CONTROLLERS
 from benchmarks.machine import cpu_model
@@ -121,7 +132,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             model="small_cnn",
             lr=0.05,
             weight_decay=5e-4,
-            data_root=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-subset"),
+            data_root="cifar10-subset",  # relative: under --data-root / $ALA_GYM_DATA (see with_locations)
             total_iterations=400,
             steps_per_action=20,
             eval_points=2,
@@ -140,6 +151,26 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
 }
 
+
+
+LOCATION_KEYS = ("data_root",)  # env keywords that say where data lies: the machine's, not part of a result
+
+
+class ComparisonError(ValueError):
+    """A comparison that cannot go ahead as asked; :func:`main` prints it on one line and exits 2."""
+
+
+def without_locations(env_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``env_kwargs`` as recorded and compared: data locations left out."""
+    return {key: value for key, value in env_kwargs.items() if key not in LOCATION_KEYS}
+
+
+def with_locations(env_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``env_kwargs`` as given to the env: a relative ``data_root`` resolved under :func:`ala_gym.data.data_home`."""
+    root = env_kwargs.get("data_root")
+    if root is None or Path(root).is_absolute():
+        return env_kwargs
+    return {**env_kwargs, "data_root": str(data_home() / root)}
 
 
 def versions() -> dict[str, str]:
@@ -173,7 +204,7 @@ def parse_config(name: str) -> tuple[str, dict[str, Any]]:
     factory's keywords: ``phi-uniform(off_diagonal=0.03)``)."""
     base, _, rest = name.partition("(")
     if rest and not rest.endswith(")"):
-        raise SystemExit(f"controller {name!r}: write config keywords as name(key=value;key=value)")
+        raise ComparisonError(f"controller {name!r}: write config keywords as name(key=value;key=value)")
     return base, _parse_keywords(name, rest[:-1])
 
 
@@ -182,7 +213,7 @@ def _parse_keywords(spec: str, text: str) -> dict[str, Any]:
     for item in filter(None, text.split(";")):
         key, sep, value = item.partition("=")
         if not sep:
-            raise SystemExit(f"controller {spec!r}: write keywords as key=value;key=value")
+            raise ComparisonError(f"controller {spec!r}: write keywords as key=value;key=value")
         try:
             keywords[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -195,7 +226,7 @@ def build_controller(spec: str, children: int | None = None, baseline_children: 
     ``baseline_children`` for a fixed one (each None: the controller's own count)."""
     base, config_overrides = parse_config(parse_controller(spec)[0])
     if base not in CONTROLLERS:
-        raise SystemExit(f"unknown controller {base!r} in {spec!r}; choose from {sorted(CONTROLLERS)}")
+        raise ComparisonError(f"unknown controller {base!r} in {spec!r}; choose from {sorted(CONTROLLERS)}")
     try:
         controller = CONTROLLERS[base]()
         # Keywords go to the config dataclass of a controller that has one, else to its factory.
@@ -208,17 +239,18 @@ def build_controller(spec: str, children: int | None = None, baseline_children: 
         if config_overrides and not factory_kwargs.keys() & config_overrides.keys():
             controller.config = replace(controller.config, **config_overrides)
     except (TypeError, ValueError) as error:
-        raise SystemExit(f"controller {spec!r}: {error}") from None
+        raise ComparisonError(f"controller {spec!r}: {error}") from None
     return controller
 
 
 def write_json(path: Path, payload: Any) -> None:
     """Write atomically: a crash mid-write never leaves a truncated result behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    # default=str: env keywords such as gymnasium's AutoresetMode are recorded by name.
-    tmp.write_text(json.dumps(payload, indent=1, default=str))
-    os.replace(tmp, path)
+    # A temporary name of its own: two processes finishing one comparison may write results.json at once.
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
+        # default=str: env keywords such as gymnasium's AutoresetMode are recorded by name.
+        tmp.write(json.dumps(payload, indent=1, default=str))
+    os.replace(tmp.name, path)
 
 
 def run_one(
@@ -237,8 +269,8 @@ def run_one(
     stride of at least the child count gives every run its own children."""
     controller = build_controller(controller_name, children, baseline_children)
     env_kwargs = {**env_kwargs, **parse_controller(controller_name)[1]}
-    kwargs = {**env_kwargs, **controller.env_kwargs()}
-    envs = controller.make_envs(env_id, **env_kwargs)
+    kwargs = without_locations({**env_kwargs, **controller.env_kwargs()})
+    envs = controller.make_envs(env_id, **with_locations(env_kwargs))
     start = time.perf_counter()
 
     def on_step(step: int, logs: dict[str, Any]) -> None:
@@ -307,7 +339,8 @@ def markdown_table(rows: list[dict], header: dict[str, Any]) -> str:
         f"-> {header['steps_per_child']} controller steps; env kwargs `{json.dumps(header['env_kwargs'])}`",
         f"- Seeds: {header['seeds']}; versions: {json.dumps(header['versions'])}",
         "- Test metric: error (%) on the test split; mean +- sample std over seeds (a multi-child run's seed value is",
-        "  the mean over its children). Wall time per child relative to cross-entropy (`ce`). Phi at the end: mean",
+        "  the mean over its children). Wall time per child relative to cross-entropy (`ce`); for a multi-child run",
+        "  that is the run's wall time divided by its children, who train together (amortised). Phi at the end: mean",
         "  |Phi - I| over all entries and mean diagonal entry, averaged over children (Phi starts at I; `ce` ignores it).",
         "",
         "| controller | children/run | test error % (mean +- std) | per seed | wall s/run | wall s/child | vs ce "
@@ -316,6 +349,8 @@ def markdown_table(rows: list[dict], header: dict[str, Any]) -> str:
     ]
     for row in rows:
         ratio = f"{row['wall_vs_ce']:.2f}x" if row["wall_vs_ce"] is not None else "-"
+        if row["wall_vs_ce"] is not None and row["children_per_run"] > 1:
+            ratio += f" (amortised over {row['children_per_run']})"
         lines.append(
             f"| {row['controller']} | {row['children_per_run']} | {row['test_mean']:.2f} +- {row['test_std']:.2f} | "
             f"{', '.join(f'{v:.2f}' for v in row['test_per_seed'])} | {row['wall_s_per_run']:.1f} | "
@@ -370,43 +405,77 @@ def plot(runs: list[dict], controllers: list[str], out: Path) -> None:
 
 
 def check_same_config(out: Path, config: dict) -> None:
-    """Refuse to mix runs of different budgets in one folder (resuming must continue the same comparison)."""
+    """Refuse to mix runs of different budgets in one folder (resuming must continue the same comparison).
+
+    Data locations are no part of the identity: the same comparison resumes on a machine whose data lie elsewhere.
+    """
     path = out / "config.json"
+    config = json.loads(json.dumps({**config, "env_kwargs": without_locations(config["env_kwargs"])}))
     if path.exists():
         saved = json.loads(path.read_text())
-        if saved != json.loads(json.dumps(config)):
-            raise SystemExit(
+        if {**saved, "env_kwargs": without_locations(saved.get("env_kwargs", {}))} != config:
+            raise ComparisonError(
                 f"{out} holds runs of another configuration ({saved}); pass --name for a new folder or delete it"
             )
-    else:
-        write_json(path, config)
+    write_json(path, config)  # (re)written without locations
 
 
-def claim(result: Path) -> bool:
-    """Reserve the run that writes ``result`` for this process: False if it is done or another live process
-    holds it. The lock file names its owner's PID, so a lock left by a killed process is taken over."""
+def committed_runs(out: Path) -> list[dict]:
+    """The runs of ``out/results.json`` (committed with the table, while ``runs/`` is not)."""
+    path = out / "results.json"
+    return json.loads(path.read_text())["runs"] if path.exists() else []
+
+
+def check_same_plan(out: Path, controllers: list[str], seeds: list[int], extend: bool = False) -> None:
+    """Refuse to rewrite a finished comparison's table with other controllers or seeds: fewer would shrink
+    it (a partial command would overwrite a full table), more would merge new runs into it (allowed
+    with ``extend``, which never drops a controller or seed)."""
+    path = out / "results.json"
+    if not path.exists():
+        return
+    saved = json.loads(path.read_text())
+    saved_controllers = saved["header"].get("controllers") or [row["controller"] for row in saved["summary"]]
+    saved_seeds = saved["header"]["seeds"]
+    grows = set(saved_controllers) <= set(controllers) and set(saved_seeds) <= set(seeds)
+    if extend and grows:
+        return
+    if sorted(saved_controllers) != sorted(controllers) or sorted(saved_seeds) != sorted(seeds):
+        raise ComparisonError(
+            f"{path} holds the comparison of {len(saved_controllers)} controllers ({','.join(saved_controllers)}) "
+            f"on seeds {saved_seeds}; this command asks for {len(controllers)} controllers ({','.join(controllers)}) "
+            f"on seeds {seeds}, which would shrink that table or merge into it. Run it with the same controllers "
+            "and seeds (its preset as is), add --extend to add runs to it, or pass --name for a new folder"
+        )
+
+
+def claim(result: Path, wait: bool = False) -> int | None:
+    """Reserve the run that writes ``result`` for this process: an open descriptor holding an exclusive
+    ``fcntl`` lock on ``<result>.lock``, or None if the run is done or another process holds it (with
+    ``wait``, block until it lets go, then look again).
+
+    The kernel drops the lock when its process exits, however it exits, so a killed run never blocks
+    its successor and no process id is trusted. ``result`` is written before its lock is released, and
+    looked for only under the lock, so a run is never done twice.
+    """
     lock = result.with_suffix(".lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
-    for _ in range(2):
-        if result.exists():
-            return False
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                owner = lock.read_text()
-                if owner:
-                    os.kill(int(owner), 0)  # signal 0: only asks whether the process exists
-                return False  # its owner is alive, or is writing its PID right now
-            except PermissionError:
-                return False  # alive, under another user
-            except (ProcessLookupError, FileNotFoundError):
-                lock.unlink(missing_ok=True)  # stale (or just released): retry once
-                continue
-        with os.fdopen(fd, "w") as handle:
-            handle.write(str(os.getpid()))
-        return True
-    return False
+    fd = os.open(lock, os.O_CREAT | os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    if result.exists():
+        os.close(fd)
+        return None
+    return fd
+
+
+def release(result: Path, fd: int) -> None:
+    """Let go of a claimed run; a finished run's lock file is removed (a failed one's stays, unlocked)."""
+    if result.exists():
+        result.with_suffix(".lock").unlink(missing_ok=True)
+    os.close(fd)
 
 
 def compare(
@@ -418,11 +487,13 @@ def compare(
     children: int | None = None,
     baseline_children: int | None = None,
     seed_stride: int = 1,
+    extend: bool = False,
 ) -> list[dict]:
     """Run what is missing, then rewrite the aggregate JSON, table and plots from every finished run.
 
     Several processes may run the same comparison at once (one per core): each claims a run before
-    starting it (:func:`claim`), so none is run twice.
+    starting it (:func:`claim`), so none is run twice; a process that has nothing left to start waits
+    for the runs others hold, and runs any whose process died, so the table it writes is complete.
     """
     for spec in controllers:
         build_controller(spec)  # unknown names and bad keywords fail before any run
@@ -431,14 +502,23 @@ def compare(
     if baseline_children is not None or seed_stride != 1:
         config |= {"baseline_children": baseline_children, "seed_stride": seed_stride}
     check_same_config(out, config)
+    check_same_plan(out, controllers, seeds, extend)
+    committed = {(r["controller"], r["seed"]): r for r in committed_runs(out)}
+
+    def result_path(controller: str, seed: int) -> Path:
+        return out / "runs" / f"{controller}-seed{seed}.json"
+
+    def finished(controller: str, seed: int) -> bool:
+        return (controller, seed) in committed or result_path(controller, seed).exists()
+
     # Seed-major: an interrupted comparison has every controller on the same seeds so far.
-    todo = [(c, s) for s in seeds for c in controllers if not (out / "runs" / f"{c}-seed{s}.json").exists()]
-    print(f"{len(controllers) * len(seeds) - len(todo)} runs already done in {out}; {len(todo)} to run")
-    with tqdm(todo, desc="runs", unit="run", file=sys.stdout) as progress:
-        for controller, seed in progress:
-            result = out / "runs" / f"{controller}-seed{seed}.json"
-            if not claim(result):
-                continue  # another process runs it, or has just finished it
+    todo = [(c, s) for s in seeds for c in controllers if not finished(c, s)]
+    print(f"{len(controllers) * len(seeds) - len(todo)} runs already done in {out}; {len(todo)} to run", flush=True)
+    # A bar on a terminal only; otherwise (a log file) one line per finished run.
+    with tqdm(total=len(todo), desc="runs", unit="run", file=sys.stdout, disable=None) as progress:
+
+        def run_claimed(controller: str, seed: int, fd: int) -> None:
+            result = result_path(controller, seed)
             try:
                 progress.set_description(f"{controller} seed {seed}")
                 record = run_one(
@@ -446,23 +526,50 @@ def compare(
                 )
                 write_json(result, record)
             finally:
-                result.with_suffix(".lock").unlink()
+                release(result, fd)
+            progress.update(1)
+            if progress.disable:
+                print(f"{controller} seed {seed}: test metric {record['test_metric']:.4f}, "
+                      f"{record['wall_s']:.0f} s", flush=True)
 
-    runs = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
+        held_elsewhere = []
+        for controller, seed in todo:
+            fd = claim(result_path(controller, seed))
+            if fd is not None:
+                run_claimed(controller, seed, fd)
+            elif not result_path(controller, seed).exists():
+                held_elsewhere.append((controller, seed))
+        for controller, seed in held_elsewhere:
+            print(f"{controller} seed {seed} is being run by another process: waiting for it", flush=True)
+            fd = claim(result_path(controller, seed), wait=True)
+            if fd is not None:  # that process ended without finishing it
+                run_claimed(controller, seed, fd)
+
+    missing = [f"{c} seed {s}" for s in seeds for c in controllers if not finished(c, s)]
+    if missing:  # only if a run's file vanished under us; never write a table with holes
+        raise ComparisonError(f"runs missing from {out / 'runs'}: {', '.join(missing)}; run the command again")
+    on_disk = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
+    fresh = {(r["controller"], r["seed"]) for r in on_disk}
+    runs = on_disk + [r for key, r in committed.items() if key not in fresh]
     runs = [r for r in runs if r["controller"] in controllers and r["seed"] in seeds and r["env"] == env_id]
+    for run in runs:  # runs recorded before locations were left out lose them here
+        run["env_kwargs"] = without_locations(run["env_kwargs"])
+    runs.sort(key=lambda r: f"{r['controller']}-seed{r['seed']}.json")  # the order of the files in runs/
     rows = summarize(runs, controllers)
-    probe = gym.make(env_id, **env_kwargs).unwrapped
+    probe = gym.make(env_id, **with_locations(env_kwargs)).unwrapped
     total, k = probe.train_config.total_iterations, probe.steps_per_action
     header = {
         "env": env_id,
-        "env_kwargs": env_kwargs,
+        "env_kwargs": without_locations(env_kwargs),
+        "controllers": controllers,
         "total_iterations": total,
         "steps_per_action": k,
         "steps_per_child": -(-total // k),
         "seeds": seeds,
-        "device": runs[0]["device"] if runs else "-",
-        "machine": machine(),
-        "versions": versions(),
+        "device": runs[0]["device"],
+        # Where the runs ran (a rebuilt table may be written elsewhere).
+        "machine": runs[0]["machine"],
+        "versions": runs[0]["versions"],
     }
     write_json(out / "results.json", {"header": header, "summary": rows, "runs": runs})
     table = markdown_table(rows, header)
@@ -472,28 +579,72 @@ def compare(
     return rows
 
 
+def describe_presets() -> str:
+    """What each preset runs, for ``--help``."""
+    lines = ["presets (flags given beside --preset override its values):"]
+    for name, preset in PRESETS.items():
+        kwargs = preset["env_kwargs"]
+        children = preset.get("children")
+        lines.append(
+            f"  {name}: {preset['env']}, {preset['seeds']} seeds, {kwargs.get('total_iterations', 'env default')} "
+            f"iterations, K = {kwargs.get('steps_per_action', 'env default')}, "
+            + (f"--children {children}" if children else "multi-child controllers at their own child count")
+            + (f", --baseline-children {preset['baseline_children']}" if preset.get("baseline_children") else "")
+            + (f", --seed-stride {preset['seed_stride']}" if preset.get("seed_stride") else "")
+            + f", writes results/{preset['name']}/; controllers: {preset['controllers'].replace(',', ', ')}"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", choices=sorted(PRESETS), help="a named configuration; flags override it")
-    parser.add_argument("--env", help="registered ALA env id")
-    parser.add_argument("--controllers", help=f"comma-separated, from {sorted(CONTROLLERS)}")
-    parser.add_argument("--seeds", type=int, help="number of seeds (0..N-1)")
-    parser.add_argument("--total-iterations", type=int, help="SGD iterations per child")
-    parser.add_argument("--steps-per-action", type=int, help="K, SGD iterations per controller step")
-    parser.add_argument("--env-kwargs", default="{}", help="JSON dict of further env kwargs")
-    parser.add_argument("--name", help="results folder under benchmarks/results/")
-    parser.add_argument("--children", type=int, help="children of the multi-child controllers (default: theirs, 10)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, epilog=describe_presets(), formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="a named configuration (listed below)")
+    parser.add_argument("--env", help="registered ALA env id, e.g. ALA-Digits-v0")
     parser.add_argument(
-        "--baseline-children", type=int, help="children of each fixed controller's run (default 1); the seed's value is their mean"
+        "--controllers",
+        help=f"comma-separated, from {sorted(CONTROLLERS)}, each optionally name(config_key=value;...)@env_key=value;...",
+    )
+    parser.add_argument("--seeds", type=int, help="how many seeds: runs seeds 0, 1, ..., N-1")
+    parser.add_argument("--total-iterations", type=int, help="SGD iterations per child (default: the env's)")
+    parser.add_argument("--steps-per-action", type=int, help="K, SGD iterations per controller step (default: the env's)")
+    parser.add_argument("--env-kwargs", default="{}", help="JSON dict of further env keywords")
+    parser.add_argument("--name", help="results folder under benchmarks/results/ (default: the preset's, else the env id)")
+    parser.add_argument(
+        "--children", type=int,
+        help="children per run of the multi-child controllers (those sharing one policy, such as reinforce-multi "
+        "and ppo); the Fashion-MNIST and CIFAR presets set 2; without it, each controller's own count (10)",
     )
     parser.add_argument(
-        "--seed-stride", type=int, help="run k seeds its env with k * stride (default 1; >= children gives disjoint children)"
+        "--baseline-children", type=int,
+        help="children per run of each fixed controller (default 1); a seed's value is their mean",
     )
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--seed-stride", type=int,
+        help="run k seeds its env with k * stride (default 1); a stride of at least the child count keeps the "
+        "children of different seeds apart",
+    )
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--extend", action="store_true",
+        help="add controllers or seeds to the comparison already in the folder (it is never shrunk)",
+    )
+    parser.add_argument(
+        "--data-root", type=Path,
+        help="folder holding the datasets that are not downloaded, such as cifar10-subset/ "
+        "(default: $ALA_GYM_DATA, else <repo>/../shared/data); not part of a result's identity",
+    )
     args = parser.parse_args(argv)
 
     config: dict[str, Any] = dict(PRESETS[args.preset]) if args.preset else {"env_kwargs": {}}
-    config["env_kwargs"] = {**config["env_kwargs"], **json.loads(args.env_kwargs)}
+    try:
+        extra = json.loads(args.env_kwargs)
+    except json.JSONDecodeError as exc:
+        parser.error(f"--env-kwargs is not JSON ({exc}); write e.g. '{{\"beta\": 0.01}}'")
+    if not isinstance(extra, dict):
+        parser.error("--env-kwargs must be a JSON object, e.g. '{\"beta\": 0.01}'")
+    config["env_kwargs"] = {**config["env_kwargs"], **extra}
     for flag in ("env", "controllers", "seeds", "name", "children", "baseline_children", "seed_stride"):
         if getattr(args, flag) is not None:
             config[flag] = getattr(args, flag)
@@ -504,20 +655,31 @@ def main(argv: list[str] | None = None) -> None:
     missing = [k for k in ("env", "controllers", "seeds") if k not in config]
     if missing:
         parser.error(f"give --preset or all of --env --controllers --seeds (missing: {', '.join(missing)})")
+    for flag in ("seeds", "children", "baseline_children", "seed_stride", "threads"):
+        value = config.get(flag) if flag != "threads" else args.threads
+        if value is not None and value < 1:
+            parser.error(f"--{flag} must be a positive count, got {value}")
+    if args.data_root is not None:
+        os.environ["ALA_GYM_DATA"] = str(args.data_root)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     name = config.get("name") or config["env"].lower()
     seeds = list(range(config["seeds"]))
-    compare(
-        config["env"],
-        config["controllers"].split(","),
-        seeds,
-        config["env_kwargs"],
-        name,
-        config.get("children"),
-        config.get("baseline_children"),
-        config.get("seed_stride", 1),
-    )
+    try:
+        compare(
+            config["env"],
+            config["controllers"].split(","),
+            seeds,
+            config["env_kwargs"],
+            name,
+            config.get("children"),
+            config.get("baseline_children"),
+            config.get("seed_stride", 1),
+            args.extend,
+        )
+    except (ComparisonError, DataError, ValueError, TypeError, gym.error.Error) as exc:
+        # Bad input (a refused folder, an unknown id, an env keyword out of range, missing data): one line.
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
 
 
 if __name__ == "__main__":

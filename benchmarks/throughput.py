@@ -2,9 +2,10 @@
 
     python -m benchmarks.throughput                      # CPU, the budget of results/throughput.md
     python -m benchmarks.throughput --device cuda        # on a GPU machine
+    python -m benchmarks.throughput --models mlp --out benchmarks/results/throughput-mlp   # the MLP on digits
 
-For every model (small CNN and ResNet-32, both on CIFAR-10-sized 3x32x32 inputs from the CIFAR-10
-subset in ``--data-root``), every N in ``--num-envs`` and every mode:
+For every model (small CNN and ResNet-32 on CIFAR-10-sized 3x32x32 inputs from the CIFAR-10 subset
+under ``--data-root``; the MLP on the embedded 8x8 digits), every N in ``--num-envs`` and every mode:
 
 * ``native-batched``: :class:`ala_gym.envs.vector.ALAVectorEnv`, children vmapped together;
 * ``native-sequential``: the same env, children trained one after another;
@@ -18,8 +19,9 @@ subprocess, so its peak memory is its own: peak RSS of that process plus that of
 (an async worker; the OS reports only the largest, so async's total is about main + N x worker) and,
 on CUDA, ``torch.cuda.max_memory_allocated`` of the main process.
 
-Writes ``benchmarks/results/throughput.json`` and ``throughput.md`` (machine, versions, threads,
-seeds and budget beside every number).
+Writes ``throughput.json`` and ``throughput.md`` under ``--out`` (machine, versions, threads, seeds and
+budget beside every number, and findings computed from the numbers). ``--render`` rewrites the
+markdown from an existing JSON.
 """
 
 from __future__ import annotations
@@ -46,12 +48,16 @@ def measure(config: dict) -> dict:
 
     import ala_gym  # noqa: F401  (registers the ids)
 
+    from ala_gym.data import cifar10_subset_dir
+
     torch.set_num_threads(config["threads"])
     n, mode = config["num_envs"], config["mode"]
+    env_id, data = ("ALA-Digits-v0", {}) if config["model"] == "mlp" else (
+        "ALA-CIFAR10-v0", dict(data_root=str(cifar10_subset_dir()), download=False)
+    )
     kwargs = dict(
         model=config["model"],
-        data_root=config["data_root"],
-        download=False,
+        **data,
         device=config["device"],
         steps_per_action=config["iterations"],
         total_iterations=10**9,  # never ends during the measurement
@@ -60,9 +66,9 @@ def measure(config: dict) -> dict:
         val_subsample=config["val_subsample"],
     )
     if mode.startswith("native"):
-        envs = gym.make_vec("ALA-CIFAR10-v0", num_envs=n, train_mode=mode.split("-")[1], **kwargs)
+        envs = gym.make_vec(env_id, num_envs=n, train_mode=mode.split("-")[1], **kwargs)
     else:
-        envs = gym.make_vec("ALA-CIFAR10-v0", num_envs=n, vectorization_mode=mode, **kwargs)
+        envs = gym.make_vec(env_id, num_envs=n, vectorization_mode=mode, **kwargs)
     envs.reset(seed=config["seed"])
     actions = np.ones((n, 55), dtype=np.int64)  # Phi unchanged: pure training cost
     envs.step(actions)  # warm-up: allocator, kernels, lazy initialisation
@@ -123,7 +129,8 @@ def write_markdown(report: dict, path: Path) -> None:
         + (f", GPU {report['machine']['gpu']}" if "gpu" in report["machine"] else ", no GPU"),
         f"* python {report['machine']['python']}, torch {report['machine']['torch']}, device `{args['device']}`",
         f"* torch threads: `torch.set_num_threads({args['threads']})` in each benchmark process; async workers 1 thread each",
-        f"* seed {args['seed']}; data: CIFAR-10 subset `{args['data_root']}` (3x32x32 inputs)",
+        f"* seed {args['seed']}; data: the CIFAR-10 subset (3x32x32 inputs) for the convolutional models, the "
+        "embedded 8x8 digits for the MLP",
         f"* budget per measurement: 1 warm-up step, then {args['steps']} timed steps of K = {args['iterations']} "
         f"SGD iterations per child, batch {args['batch_size']} (ResNet-32: {args['resnet_batch_size'] or args['batch_size']}), one validation pass of {args['val_subsample']} images per step",
         "* iterations/s is summed over the N children; `x N=1` is against the same mode at N = 1",
@@ -132,6 +139,7 @@ def write_markdown(report: dict, path: Path) -> None:
     ]
     if report.get("note"):
         lines += ["", report["note"]]
+    lines += ["", "Findings (computed from the table below by `findings()`):", ""] + [f"* {f}" for f in findings(report)]
     for model in args["models"]:
         lines += ["", f"## {model}", "", "| N | mode | iterations/s | x N=1 | seconds | peak RSS MiB | peak CUDA MiB |", "|---|---|---|---|---|---|---|"]
         rows = [r for r in report["results"] if r["model"] == model]
@@ -149,10 +157,39 @@ def write_markdown(report: dict, path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def fastest_native_mode(report: dict, model: str) -> str | None:
+    """``"native-batched"`` or ``"native-sequential"``: the faster at the largest N measured with both."""
+    rows = [r for r in report["results"] if r["model"] == model and r["mode"].startswith("native") and "error" not in r]
+    sizes = [n for n in {r["num_envs"] for r in rows} if sum(r["num_envs"] == n for r in rows) == 2]
+    if not sizes:
+        return None
+    pair = [r for r in rows if r["num_envs"] == max(sizes)]
+    return max(pair, key=lambda r: r["iterations_per_s"])["mode"]
+
+
+def findings(report: dict) -> list[str]:
+    """What the numbers say, per model: the faster native path, and the native env against ``sync``."""
+    lines = []
+    for model in report["args"]["models"]:
+        rows = {(r["num_envs"], r["mode"]): r["iterations_per_s"] for r in report["results"]
+                if r["model"] == model and "error" not in r}
+        sizes = sorted({n for n, _ in rows})
+        if not sizes:
+            continue
+        n = sizes[-1]
+        rate = {mode: rows.get((n, mode)) for mode in MODES}
+        measured = ", ".join(f"{mode} {value:.1f}" for mode, value in rate.items() if value is not None)
+        fastest = fastest_native_mode(report, model)
+        verdict = f"; the faster native path is {fastest.split('-')[1]}" if fastest else ""
+        lines.append(f"{model}, N = {n}: {measured} iterations/s{verdict}.")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--models", nargs="+", default=["small_cnn", "resnet32"])
+    parser.add_argument("--models", nargs="+", default=["small_cnn", "resnet32"], choices=["mlp", "small_cnn", "resnet32"],
+                        help="child models (mlp runs on digits, the others on the CIFAR-10 subset)")
     parser.add_argument("--num-envs", nargs="+", type=int, default=[1, 2, 4, 10])
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--steps", type=int, default=2, help="timed env steps per configuration")
@@ -162,12 +199,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--val-subsample", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in each benchmark process")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--data-root", default="/work/shared/data/cifar10-subset")
+    parser.add_argument("--data-root", type=Path,
+                        help="folder holding cifar10-subset/ (default: $ALA_GYM_DATA, else <repo>/../shared/data)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per configuration")
     parser.add_argument("--note", default="", help="free text added to the markdown report")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--render", action="store_true", help="only rewrite throughput.md from --out's throughput.json")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one JSON config and print it
     args = parser.parse_args(argv)
+    if args.render:
+        write_markdown(json.loads((args.out / "throughput.json").read_text()), args.out / "throughput.md")
+        return
+    if args.data_root is not None:
+        os.environ["ALA_GYM_DATA"] = str(args.data_root)  # inherited by the measuring subprocesses
     if args.one:
         print(json.dumps(measure(json.loads(args.one))))
         return
@@ -179,7 +223,8 @@ def main(argv: list[str] | None = None) -> None:
                 config = {
                     "model": model, "num_envs": n, "mode": mode, "device": args.device, "threads": args.threads,
                     "seed": args.seed, "steps": args.steps, "iterations": args.iterations,
-                    "batch_size": (args.resnet_batch_size or args.batch_size) if model == "resnet32" else args.batch_size, "val_subsample": args.val_subsample, "data_root": args.data_root,
+                    "batch_size": (args.resnet_batch_size or args.batch_size) if model == "resnet32" else args.batch_size,
+                    "val_subsample": args.val_subsample,
                 }
                 result = run_isolated(config, args.timeout)
                 results.append(result)
@@ -187,7 +232,8 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"{model:10s} N={n:<3d} {mode:18s} {shown}", flush=True)
     report = {
         "argv": sys.argv[1:] if argv is None else argv,
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "one"},
+        # Where data and results lie is the machine's business, not the measurement's.
+        "args": {k: v for k, v in vars(args).items() if k not in ("one", "render", "data_root", "out")},
         "machine": machine(),
         "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "note": args.note,

@@ -1,14 +1,18 @@
-"""The controller comparison: results, table and plots from a tiny run; resuming; run claims."""
+"""The controller comparison: results, table and plots from a tiny run; resuming (also from a committed
+results.json alone); run claims; refusals; data locations kept out of results."""
 
 from __future__ import annotations
 
 import json
-import os
+import shutil
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
+from ala_gym.data import cifar10_subset_dir
 from benchmarks import compare
 
 TINY = dict(total_iterations=10, steps_per_action=5, eval_points=2, eval_stride=2, device="cpu")
@@ -43,40 +47,147 @@ def test_compare_writes_every_run_table_and_plots_then_resumes(results_dir, monk
     assert 0.0 < learned["final_phi_offset"] <= 2 * 0.05  # two steps of at most beta per entry
     table = (out / "table.md").read_text()
     assert "| ce | 1 |" in table and "| reinforce@beta=0.05 | 1 |" in table and "| ppo | 2 |" in table
+    ppo_row = next(line for line in table.splitlines() if line.startswith("| ppo |"))
+    assert "x (amortised over 2) |" in ppo_row  # a multi-child run's wall time per child is shared
     assert "K = 5 -> 2 controller steps" in table
     for plot in ("val_metric.png", "phi_reinforce@beta=0.05.png", "phi_ppo.png"):
         assert (out / plot).stat().st_size > 0
 
     # Resuming runs nothing again: a run attempt would fail loudly.
+    run_one = compare.run_one
     monkeypatch.setattr(compare, "run_one", lambda *args, **kwargs: pytest.fail("finished run redone"))
     again = compare.compare("ALA-Digits-v0", controllers, [0, 1], TINY, "tiny", children=2)
     assert [row["test_per_seed"] for row in again] == [row["test_per_seed"] for row in rows]
 
-    with pytest.raises(SystemExit, match="another configuration"):
-        compare.compare("ALA-Digits-v0", ["ce"], [0], {**TINY, "total_iterations": 20}, "tiny")
+    with pytest.raises(compare.ComparisonError, match="another configuration"):
+        compare.compare("ALA-Digits-v0", ["ce"], [0], {**TINY, "total_iterations": 20}, "tiny", children=2)
+
+    # runs/ is not committed: a clone holds results.json only, and resumes from it without running.
+    shutil.rmtree(out / "runs")
+    from_committed = compare.compare("ALA-Digits-v0", controllers, [0, 1], TINY, "tiny", children=2)
+    assert from_committed == rows
+    assert json.loads((out / "results.json").read_text())["runs"] == results["runs"]
+
+    # A partial command must not shrink the committed table, nor merge new runs into it.
+    with pytest.raises(compare.ComparisonError, match="would shrink that table or merge into it"):
+        compare.compare("ALA-Digits-v0", ["ce"], [0], TINY, "tiny", children=2)
+    with pytest.raises(compare.ComparisonError, match="would shrink that table or merge into it"):
+        compare.compare("ALA-Digits-v0", controllers, [0, 1, 2], TINY, "tiny", children=2)
+    assert json.loads((out / "results.json").read_text())["runs"] == results["runs"]
+    with pytest.raises(compare.ComparisonError, match="would shrink"):
+        compare.compare("ALA-Digits-v0", ["ce"], [0], TINY, "tiny", children=2, extend=True)  # never shrinks
+    monkeypatch.setattr(compare, "run_one", run_one)  # extending runs the new seed only
+    compare.compare("ALA-Digits-v0", controllers, [0, 1, 2], TINY, "tiny", children=2, extend=True)
+    assert len(json.loads((out / "results.json").read_text())["runs"]) == 9
 
 
-def test_claim_skips_done_and_live_runs_and_takes_over_stale_locks(tmp_path):
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from benchmarks import compare
+fd = compare.claim(Path(sys.argv[1]))
+print("held" if fd is not None else "refused", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def _holder(result: Path, seconds: float) -> subprocess.Popen:
+    """Another process that claims ``result`` and exits after ``seconds`` without writing it."""
+    process = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(result), str(seconds)], stdout=subprocess.PIPE,
+                               text=True)
+    assert process.stdout.readline().strip() == "held"
+    return process
+
+
+def test_claim_uses_locks_that_die_with_their_process(tmp_path):
     result = tmp_path / "runs" / "ce-seed0.json"
-    assert compare.claim(result)
-    assert result.with_suffix(".lock").read_text() == str(os.getpid())
-    assert not compare.claim(result)  # held by a live process (this one)
+    fd = compare.claim(result)
+    assert fd is not None
+    assert compare.claim(result) is None  # held (even by another descriptor of this process)
+    compare.release(result, fd)
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    result.with_suffix(".lock").write_text(dead.stdout.strip())
-    assert compare.claim(result)  # its owner has exited: the lock is stale
+    # A lock file naming a live, unrelated process id (the old scheme's failure) holds nothing.
+    result.with_suffix(".lock").write_text(str(subprocess.os.getppid()))
+    fd = compare.claim(result)
+    assert fd is not None
+    compare.release(result, fd)
 
-    result.with_suffix(".lock").unlink()
+    holder = _holder(result, 60)
+    assert compare.claim(result) is None
+    holder.kill()  # SIGKILL: no clean-up runs, yet the kernel drops the lock
+    holder.wait()
+    fd = compare.claim(result)
+    assert fd is not None
     result.write_text("{}")
-    assert not compare.claim(result)  # already done
+    compare.release(result, fd)
+    assert not result.with_suffix(".lock").exists()
+    assert compare.claim(result) is None  # already done
 
 
-def test_controller_specs_carry_env_keywords_and_bad_ones_are_refused(results_dir):
+def test_compare_waits_for_runs_held_elsewhere_and_never_ends_with_one_missing(results_dir, capsys):
+    held = results_dir / "wait" / "runs" / "ce-seed1.json"
+    holder = _holder(held, 2)  # exits without writing its run, as a crashed comparison would
+    try:
+        compare.compare("ALA-Digits-v0", ["ce"], [0, 1], TINY, "wait")
+    finally:
+        holder.wait()
+    output = capsys.readouterr().out
+    assert "ce seed 1 is being run by another process: waiting for it" in output
+    results = json.loads((results_dir / "wait" / "results.json").read_text())
+    assert sorted(run["seed"] for run in results["runs"]) == [0, 1]
+    # Not a terminal: one line per finished run, no progress-bar frames.
+    assert "ce seed 0: test metric" in output and "ce seed 1: test metric" in output and "\r" not in output
+
+
+def test_data_locations_are_a_setting_not_part_of_a_result(results_dir, tiny_cifar_dir, tmp_path, monkeypatch):
+    kwargs = {**TINY, "data_root": tiny_cifar_dir.name, "download": False, "val_size": 20, "model": "small_cnn"}
+    monkeypatch.setenv("ALA_GYM_DATA", str(tiny_cifar_dir.parent))
+    compare.compare("ALA-CIFAR10-v0", ["ce"], [0], kwargs, "cifar")
+    out = results_dir / "cifar"
+    for path in (out / "config.json", out / "results.json", out / "table.md", *(out / "runs").glob("*.json")):
+        assert "data_root" not in path.read_text() and str(tiny_cifar_dir) not in path.read_text()
+
+    # Elsewhere (another clone, another machine): the data lie in another folder; the comparison resumes.
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(tiny_cifar_dir, elsewhere / tiny_cifar_dir.name)
+    monkeypatch.setenv("ALA_GYM_DATA", str(elsewhere))
+    monkeypatch.setattr(compare, "run_one", lambda *args, **kwargs: pytest.fail("finished run redone"))
+    compare.compare("ALA-CIFAR10-v0", ["ce"], [0], kwargs, "cifar")
+    # A folder written with an absolute data_root in its config (before locations were left out) resumes too.
+    config = json.loads((out / "config.json").read_text())
+    config["env_kwargs"]["data_root"] = "/some/machine/path"
+    (out / "config.json").write_text(json.dumps(config))
+    compare.compare("ALA-CIFAR10-v0", ["ce"], [0], {**kwargs, "data_root": str(elsewhere / tiny_cifar_dir.name)}, "cifar")
+    assert "data_root" not in (out / "config.json").read_text()
+
+
+@pytest.mark.skipif(not cifar10_subset_dir().exists(), reason="the CIFAR-10 subset is not under ALA_GYM_DATA")
+def test_committed_cifar10_subset_comparison_resumes_in_a_fresh_clone(results_dir, monkeypatch):
+    committed = Path(compare.__file__).parent / "results" / "cifar10-subset"
+    shutil.copytree(committed, results_dir / "cifar10-subset", ignore=shutil.ignore_patterns("runs", "*.png"))
+    monkeypatch.setattr(compare, "run_one", lambda *args, **kwargs: pytest.fail("finished run redone"))
+    compare.main(["--preset", "cifar10-subset"])
+    rebuilt = json.loads((results_dir / "cifar10-subset" / "results.json").read_text())
+    original = json.loads((committed / "results.json").read_text())
+    assert rebuilt["summary"] == original["summary"] and len(rebuilt["runs"]) == 50
+    assert (results_dir / "cifar10-subset" / "table.md").read_text() == (committed / "table.md").read_text()
+
+
+def test_controller_specs_carry_env_keywords_and_bad_input_exits_2(results_dir, capsys):
     assert compare.parse_controller("reinforce-multi@beta=0.01;loss_form=sigmoid") == (
         "reinforce-multi", {"beta": 0.01, "loss_form": "sigmoid"}
     )
     assert compare.parse_controller("ce") == ("ce", {})
-    with pytest.raises(SystemExit, match="key=value"):
+    with pytest.raises(compare.ComparisonError, match="key=value"):
         compare.parse_controller("reinforce@beta")
-    with pytest.raises(SystemExit, match="unknown controllers"):
-        compare.main(["--env", "ALA-Digits-v0", "--controllers", "ce,nonsense@beta=0.1", "--seeds", "1"])
+    for argv, message in [
+        (["--env", "ALA-Digits-v0", "--controllers", "ce,nonsense@beta=0.1", "--seeds", "1"], "unknown controller"),
+        (["--env", "ALA-Digits-v0", "--controllers", "ce", "--seeds", "0"], "--seeds must be a positive count"),
+        (["--env", "ALA-Digits-v0", "--controllers", "ce", "--seeds", "1", "--env-kwargs", "{beta"], "is not JSON"),
+        (["--env", "ALA-Digits-v0", "--controllers", "ce", "--seeds", "1", "--env-kwargs", '{"beta": -1}'],
+         "beta must be positive"),
+    ]:
+        with pytest.raises(SystemExit) as caught:
+            compare.main(argv)
+        error = capsys.readouterr().err
+        assert caught.value.code == 2 and message in error and "Traceback" not in error, argv

@@ -7,7 +7,7 @@ import pytest
 
 from agents.baselines import UniformPhi
 from agents.reinforce import ReinforceController
-from benchmarks.compare import build_controller, parse_config, parse_controller, run_one
+from benchmarks.compare import ComparisonError, build_controller, parse_config, parse_controller, run_one
 
 TINY = dict(total_iterations=4, steps_per_action=2, eval_points=1, device="cpu")
 
@@ -16,7 +16,7 @@ def test_specs_split_into_controller_config_and_env_keywords():
     name, env_kwargs = parse_controller("reinforce-multi(lr=0.03;pair_credit=false)@beta=0.3;step_scaling=entry")
     assert env_kwargs == {"beta": 0.3, "step_scaling": "entry"}
     assert parse_config(name) == ("reinforce-multi", {"lr": 0.03, "pair_credit": False})
-    with pytest.raises(SystemExit, match="key=value"):
+    with pytest.raises(ComparisonError, match="key=value"):
         parse_config("reinforce(lr)")
 
 
@@ -29,7 +29,7 @@ def test_build_controller_applies_keywords_and_child_counts():
     assert isinstance(fixed, UniformPhi) and fixed.num_envs == 5 and fixed.off_diagonal == 0.03
     assert build_controller("ce").num_envs == 1
     for bad in ("nonsense", "reinforce(no_such_field=1)", "phi-uniform(off_diagonal=3)"):
-        with pytest.raises(SystemExit):
+        with pytest.raises(ComparisonError):
             build_controller(bad)
 
 

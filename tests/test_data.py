@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from ala_gym.data import (
+    cifar10_subset_dir,
     FASHION_MNIST_DEBIAN_DIR,
     BatchSampler,
     DataError,
@@ -20,7 +21,7 @@ from ala_gym.data import (
     random_crop_flip,
 )
 
-CIFAR_SUBSET = Path("/work/shared/data/cifar10-subset")
+CIFAR_SUBSET = cifar10_subset_dir()  # $ALA_GYM_DATA/cifar10-subset, else <repo>/../shared/data/cifar10-subset
 
 
 def _check_split_types(data, device: str = "cpu") -> None:

@@ -42,7 +42,13 @@ def test_sigmoid_form_value(batch, temperature: float) -> None:
     weighted = torch.stack([phi[y] @ log_probs[n] for n, y in enumerate(labels)])
     expected = -torch.sigmoid(weighted / temperature).mean()
     torch.testing.assert_close(phi_loss(logits, labels, phi, "sigmoid", temperature), expected)
-    assert -1.0 <= float(expected) <= 0.0
+
+
+def test_sigmoid_form_at_identity_is_minus_p_over_one_plus_p(batch) -> None:
+    """sigmoid(log p) = p / (1 + p): at Phi = I the printed form is -mean(p_y / (1 + p_y)), from softmax alone."""
+    logits, labels = batch
+    p_y = torch.softmax(logits, dim=1)[torch.arange(len(labels)), labels]
+    torch.testing.assert_close(phi_loss(logits, labels, torch.eye(10), "sigmoid"), -(p_y / (1 + p_y)).mean())
 
 
 def test_cross_entropy_form_ignores_phi(batch) -> None:

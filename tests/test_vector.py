@@ -11,6 +11,8 @@ rewards and losses, and test/validation error rates within one image.
 from __future__ import annotations
 
 import importlib
+import json
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -22,7 +24,7 @@ import ala_gym
 from ala_gym.batched import BatchedTrainer
 from ala_gym.data import load_dataset
 from ala_gym.envs.sb3 import SB3VecEnv
-from ala_gym.envs.vector import ALAVectorEnv
+from ala_gym.envs.vector import ALAVectorEnv, default_train_mode
 from ala_gym.losses import PhiLoss
 from ala_gym.trainer import ChildTrainer, TrainConfig
 
@@ -69,11 +71,18 @@ def test_every_id_has_a_vector_entry_point_and_reregistering_is_harmless() -> No
     assert envs.observation_space.shape == (2, N_PAIRS, 24) and envs.action_space.shape == (2, N_PAIRS)
 
 
-def test_auto_train_mode_is_the_measured_faster_path_on_cpu(tiny_cifar_dir) -> None:
-    assert gym.make_vec(ENV_ID, num_envs=2, **TINY).unwrapped.train_mode == "batched"  # MLP
-    cnn = gym.make_vec("ALA-CIFAR10-v0", num_envs=2, data_root=tiny_cifar_dir, download=False, val_size=20,
-                       model="small_cnn", device="cpu")
-    assert cnn.unwrapped.train_mode == "sequential"
+@pytest.mark.parametrize("results", ["throughput.json", "throughput-mlp/throughput.json"])
+def test_auto_train_mode_is_the_faster_path_in_the_committed_cpu_measurements(results: str) -> None:
+    """The CPU choice of ``train_mode="auto"`` must agree with what ``benchmarks/throughput.py`` measured."""
+    from benchmarks.throughput import fastest_native_mode
+
+    report = json.loads((Path(__file__).parents[1] / "benchmarks" / "results" / results).read_text())
+    assert report["args"]["device"] == "cpu"
+    for model in report["args"]["models"]:
+        largest = max(report["args"]["num_envs"])
+        chosen = default_train_mode(torch.device("cpu"), model, largest)
+        assert f"native-{chosen}" == fastest_native_mode(report, model), model
+        assert default_train_mode(torch.device("cpu"), model, 1) == "sequential"
 
 
 def test_sequential_vector_env_equals_single_envs_bit_for_bit() -> None:
@@ -102,6 +111,28 @@ def test_sequential_vector_env_equals_single_envs_bit_for_bit() -> None:
         assert vector["rewards"][STEPS + 1][child] == reward
     # Different seeds give different children.
     assert not np.array_equal(vector["obs"][1][0], vector["obs"][1][1])
+
+
+def test_batched_children_are_what_the_docstring_promises() -> None:
+    """Batched child i vs ``single.reset(seed=s + i)``: reset and first step agree to float tolerance, Phi
+    follows the actions exactly at every step, and a batched run repeats itself bit for bit (later
+    metrics may drift apart from the single env's: another float order of a chaotic process)."""
+    num_envs, seed = 2, 7
+    actions = action_plan(num_envs, STEPS, seed=3)
+    batched = [run_vector(gym.make_vec(ENV_ID, num_envs=num_envs, train_mode="batched", **TINY), actions, seed)
+               for _ in range(2)]
+    for key in ("obs", "rewards"):
+        np.testing.assert_array_equal(np.array(batched[0][key]), np.array(batched[1][key]))
+    for child in range(num_envs):
+        env = gym.make(ENV_ID, **TINY)
+        observation, _ = env.reset(seed=seed + child)
+        np.testing.assert_allclose(batched[0]["obs"][0][child], observation, rtol=0, atol=ATOL)
+        for t in range(STEPS):
+            observation, _, _, _, info = env.step(actions[t, child])
+            np.testing.assert_array_equal(batched[0]["infos"][t + 1]["phi"][child], info["phi"])
+            if t == 0:
+                np.testing.assert_allclose(batched[0]["obs"][1][child], observation, rtol=0, atol=ATOL)
+                assert batched[0]["infos"][1]["train_loss"][child] == pytest.approx(info["train_loss"], abs=ATOL)
 
 
 def test_batched_path_matches_sequential_path() -> None:
@@ -155,7 +186,10 @@ def test_batched_env_on_batchnorm_model_matches_sequential(tiny_cifar_dir) -> No
     )
     actions = action_plan(2, 2, seed=2)
     runs = [run_vector(gym.make_vec("ALA-CIFAR10-v0", num_envs=2, train_mode=m, **kwargs), actions, 0) for m in ("sequential", "batched")]
-    np.testing.assert_allclose(np.array(runs[1]["obs"]), np.array(runs[0]["obs"]), rtol=0, atol=ATOL)
+    # Reset: the same to float tolerance. After two steps of BatchNorm training in another float order the
+    # confusion statistics (up to 10) differ by up to about 5e-4: the drift the vector env's docstring describes.
+    np.testing.assert_allclose(runs[1]["obs"][0], runs[0]["obs"][0], rtol=0, atol=ATOL)
+    np.testing.assert_allclose(np.array(runs[1]["obs"]), np.array(runs[0]["obs"]), rtol=0, atol=2e-3)
     np.testing.assert_allclose(np.array(runs[1]["rewards"]), np.array(runs[0]["rewards"]), rtol=0, atol=ATOL)
 
 
@@ -169,8 +203,8 @@ def test_autoreset_next_step_masks_and_final_metrics(train_mode: str) -> None:
     assert "test_metric" not in info  # no child finished: the key is absent
     observation, reward, terminated, truncated, info = envs.step(actions)
     assert truncated.all() and not terminated.any()  # max_episode_steps=2 < 4 steps of budget
-    assert info["_test_metric"].all() and np.all((info["test_metric"] >= 0) & (info["test_metric"] <= 1))
-    assert info["_final_val_metric"].all() and info["episode_step"].tolist() == [2, 2]
+    # Truncated, not finished: no final metrics (as in the single env under gym.make(max_episode_steps=...)).
+    assert "test_metric" not in info and "final_val_metric" not in info and info["episode_step"].tolist() == [2, 2]
     assert np.all(observation[:, :, -1] == 0.5)  # progress 20 / 40
     # NEXT_STEP: this step resets both children; actions are ignored, reward 0, not done.
     observation, reward, terminated, truncated, info = envs.step(np.zeros((2, N_PAIRS), dtype=np.int64))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import numbers
 from typing import Any
 
 import gymnasium as gym
@@ -96,8 +97,18 @@ class ALAClassificationEnv(gym.Env):
     ## Episode End
     The episode terminates when the child has used its budget of ``total_iterations`` SGD iterations
     (``ceil(total_iterations / K)`` steps; the last step may be shorter) or when training diverges.
-    There is no truncation: progress is part of the observation. On termination ``info`` also carries
-    ``test_metric`` and ``final_val_metric`` (on the full validation set).
+    There is no truncation of its own: progress is part of the observation. On termination ``info`` also
+    carries ``test_metric`` and ``final_val_metric`` (on the full validation set). A step truncated from
+    outside (``gym.make(..., max_episode_steps=N)``, or the vector env's ``max_episode_steps``) does not:
+    the training run has not finished; ``env.unwrapped.evaluate_split("test")`` measures it if wanted.
+    A diverged child scores the metric's worst value there (``ala_gym.metrics.WORST``:
+    1.0 for ``"error"``, ``inf`` for ``"nll"``), never NaN.
+
+    ## Rendering
+    ``render_mode="rgb_array"``: ``render()`` returns an ``H x W x 3`` uint8 picture of the current Phi
+    (on the fixed scale [-1, 1]) beside the validation confusion of the last evaluation, shown as
+    ``exp(-C_ij)`` (Eq. 7: the geometric-mean probability that samples of class ``i`` give class ``j``).
+    ``render_mode="ansi"``: ``render()`` returns the same as text. ``gym.make(id, render_mode=...)``.
 
     ``info`` always carries ``val_metric`` and ``val_loss`` (subsample, at the step's last iteration),
     ``val_metric_discounted`` (``M_t``), ``train_loss`` (mean loss under Phi over the step), ``iteration``,
@@ -121,7 +132,7 @@ class ALAClassificationEnv(gym.Env):
       ``sigmoid_temperature``, ``negative_floor`` (1e-3: a negative entry stops rewarding ``log f_j`` once
       ``f_j`` is below it, which keeps Eq. 6 bounded; ``None`` for Eq. 6 as printed; see ``ala_gym.losses``).
     * ``metric`` (``"error"`` or ``"nll"``, lower is better), ``reward``, ``gamma`` (0.9), ``eval_points``,
-      ``eval_stride``, ``val_subsample`` (1000: at 2000 the validation passes took 12.6% of a Fashion-MNIST step, see benchmarks/results/overhead.md), ``history`` (10), ``divergence_penalty``.
+      ``eval_stride``, ``val_subsample`` (1000: at 2000 the validation passes took 11.5% of a Fashion-MNIST step, at 1000 3.5%, see benchmarks/results/overhead.md), ``history`` (10), ``divergence_penalty``.
     * ``device``: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
     * ``num_threads``: torch intra-op threads of this process. ``None`` leaves the setting alone, except
       in a multiprocessing worker (``gym.make_vec(..., vectorization_mode="async")``), where it means 1:
@@ -135,12 +146,13 @@ class ALAClassificationEnv(gym.Env):
       and added ``info["pair_improvement"]`` (the paper's step rule stays selectable by keyword).
     """
 
-    metadata = {"render_modes": []}
+    metadata = {"render_modes": ["rgb_array", "ansi"], "render_fps": 4}
 
     def __init__(
         self,
         dataset: str = "digits",
         *,
+        render_mode: str | None = None,
         data_root: str | None = None,
         download: bool = True,
         val_size: int | None = None,
@@ -172,6 +184,14 @@ class ALAClassificationEnv(gym.Env):
         device: str = "auto",
         num_threads: int | None = None,
     ) -> None:
+        for name, value in (("beta", beta), ("lr", lr), ("divergence_penalty", divergence_penalty)):
+            if not isinstance(value, numbers.Real) or not np.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        if val_subsample is not None and (not isinstance(val_subsample, (int, np.integer)) or val_subsample < 1):
+            raise ValueError(f"val_subsample must be a positive number of images or None (all), got {val_subsample!r}")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
+        self.render_mode = render_mode
         if num_threads is None and multiprocessing.parent_process() is not None:
             num_threads = 1
         if num_threads is not None:
@@ -265,7 +285,10 @@ class ALAClassificationEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
         self.trainer = ChildTrainer(self.data, self.train_config, int(self.np_random.integers(2**63 - 1)))
-        return self.episode.begin(self.trainer.evaluate(self.val_eval, self.metric), self.trainer.iteration)
+        observation, self._last_info = self.episode.begin(
+            self.trainer.evaluate(self.val_eval, self.metric), self.trainer.iteration
+        )
+        return observation, self._last_info
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
         if self.trainer is None or not self.episode.running:
@@ -275,12 +298,57 @@ class ALAClassificationEnv(gym.Env):
         observation, reward, terminated, info = self.episode.finish(self.trainer.iteration)
         if terminated:
             info.update(self.episode.final_metrics(self.evaluate_split))
+        self._last_info = info
         return observation, reward, terminated, False, info
 
     def evaluate_split(self, split: str) -> Evaluation:
         """The current child's :class:`ala_gym.metrics.Evaluation` on the full ``"val"`` or ``"test"`` split."""
         assert self.trainer is not None
         return self.trainer.evaluate({"val": self.data.val, "test": self.data.test}[split], self.metric)
+
+    # ---------------------------------------------------------------- rendering
+    def render(self) -> np.ndarray | str | None:
+        """Phi beside the validation confusion (see the class docstring); None without a ``render_mode``."""
+        if self.render_mode is None:
+            return None
+        if self.trainer is None:
+            raise RuntimeError("nothing to render before reset()")
+        info = self._last_info
+        confusion = np.exp(-np.asarray(info["confusion"]))
+        if self.render_mode == "ansi":
+            return self._render_text(info, confusion)
+        return self._render_picture(info, confusion)
+
+    def _render_text(self, info: dict[str, Any], confusion: np.ndarray) -> str:
+        def grid(matrix: np.ndarray) -> str:
+            return "\n".join(" ".join(f"{value:+.2f}" for value in row) for row in matrix)
+
+        return (
+            f"iteration {info['iteration']}/{self.train_config.total_iterations}, validation {self.metric} "
+            f"{info['val_metric']:.4f}\nPhi:\n{grid(info['phi'])}\n"
+            f"validation confusion exp(-C_ij) (row i: true class):\n{grid(confusion)}\n"
+        )
+
+    def _render_picture(self, info: dict[str, Any], confusion: np.ndarray) -> np.ndarray:
+        # A figure of its own on the Agg canvas: no pyplot state, no display needed.
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        figure = Figure(figsize=(8, 3.6), dpi=80)
+        canvas = FigureCanvasAgg(figure)
+        left, right = figure.subplots(1, 2)
+        for axis, matrix, title, scale in (
+            (left, info["phi"], "Phi", dict(cmap="RdBu_r", vmin=-1.0, vmax=1.0)),
+            (right, confusion, "validation confusion exp(-C_ij)", dict(cmap="viridis", vmin=0.0, vmax=1.0)),
+        ):
+            image = axis.imshow(matrix, **scale)
+            axis.set_title(title, fontsize=10)
+            axis.set_xlabel("class j")
+            axis.set_ylabel("class i")
+            figure.colorbar(image, ax=axis, fraction=0.046)
+        figure.suptitle(f"iteration {info['iteration']}, validation {self.metric} {info['val_metric']:.3f}", fontsize=10)
+        canvas.draw()
+        return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
     # ---------------------------------------------------------------- Phi, readable and settable
     @property

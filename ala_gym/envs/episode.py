@@ -18,7 +18,7 @@ import torch
 
 from ala_gym.data import Split
 from ala_gym.losses import PhiLoss, check_phi, class_pairs, matrix_to_pairs, pairs_to_matrix
-from ala_gym.metrics import Evaluation, discounted_metric
+from ala_gym.metrics import WORST, Evaluation, discounted_metric
 from ala_gym.trainer import ChildTrainer
 
 N_ACTIONS = 3  # {-beta, 0, +beta}
@@ -89,6 +89,7 @@ class ChildEpisode:
         self.phi_tensor = torch.tensor(phi_init, dtype=torch.float32, device=device)
         self.loss = PhiLoss(self.phi_tensor, settings.loss_form, settings.sigmoid_temperature, settings.negative_floor)
         self.running = False
+        self.diverged = False
         self._pair_history: deque[np.ndarray] = deque(maxlen=settings.history)
         self._moving_average = np.zeros((len(self.pairs), 2))
         self._last_metric = 0.0
@@ -123,6 +124,7 @@ class ChildEpisode:
         self._last_metric = evaluation.metric
         self._last_pair_metric = self.pair_weights @ evaluation.class_metric
         self.running = True
+        self.diverged = False
         info = self._info(evaluation, float("nan"), iteration, diverged=False)
         info["pair_improvement"] = np.zeros(len(self.pairs))
         return self._observation(iteration), info
@@ -132,8 +134,13 @@ class ChildEpisode:
         expected = (len(self.pairs),)
         if array.shape != expected:
             raise ValueError(f"action must have shape {expected} (one entry per class pair), got {array.shape}")
-        if not np.issubdtype(array.dtype, np.number) or not np.all(np.isin(array, (0, 1, 2))):
-            raise ValueError("action entries must be integers in {0, 1, 2} (meaning -beta, 0, +beta)")
+        # An integer dtype is required: a float action (even 1.0) is more likely a policy's output passed
+        # unsampled than a choice, and MultiDiscrete.contains refuses it too.
+        if not np.issubdtype(array.dtype, np.integer) or not np.all(np.isin(array, (0, 1, 2))):
+            raise ValueError(
+                f"action entries must be integers (an integer dtype, got {array.dtype}) in {{0, 1, 2}} "
+                "(meaning -beta, 0, +beta)"
+            )
         return array.astype(np.int64)
 
     def apply_action(self, action: Any) -> None:
@@ -182,13 +189,24 @@ class ChildEpisode:
             self._moving_average += MOVING_AVERAGE_RATE * (pair_stats - self._moving_average)
             observation = self._observation(iteration, change)
         self.running = not terminated
+        self.diverged = diverged
         info = self._info(evaluation, train_loss, iteration, diverged)
         info["pair_improvement"] = pair_improvement
         return observation, float(reward), bool(terminated), info
 
     def final_metrics(self, evaluate: Callable[[str], Evaluation]) -> dict[str, float]:
-        """``test_metric`` and ``final_val_metric`` for a finished child; ``evaluate("test" | "val")``."""
-        return {"test_metric": evaluate("test").metric, "final_val_metric": evaluate("val").metric}
+        """``test_metric`` and ``final_val_metric`` for a finished child; ``evaluate("test" | "val")``.
+
+        A diverged child (or a non-finite value) scores the metric's worst value, ``WORST[metric]``, under
+        every metric alike (the error rate of a broken model is 1 by itself, its NLL would be NaN).
+        """
+        worst = WORST[self.settings.metric]
+
+        def final(split: str) -> float:
+            value = worst if self.diverged else evaluate(split).metric
+            return value if np.isfinite(value) else worst
+
+        return {"test_metric": final("test"), "final_val_metric": final("val")}
 
     # ---------------------------------------------------------------- observation and info
     def _pair_statistics(self, evaluation: Evaluation) -> np.ndarray:

@@ -20,14 +20,18 @@ from ala_gym.trainer import ChildTrainer
 TRAIN_MODES = ("auto", "batched", "sequential")
 
 
-def default_train_mode(device: torch.device, model: str) -> str:
-    """The faster path per device, as measured by ``benchmarks/throughput.py`` (see its results).
+def default_train_mode(device: torch.device, model: str, num_envs: int) -> str:
+    """The faster path per device, model and number of children.
 
-    On a GPU, one vmapped launch for all children replaces N small ones: batched. On the CPU, vmap turns
-    convolutions into grouped ones that run slower than N ordinary convolutions (4 children, 1 thread:
-    small CNN 7.6 vs 10.9 iterations/s, ResNet-32 1.3 vs 2.8), while the MLP gains from fewer, larger
-    matmuls (1369 vs 1004): batched for the MLP only.
+    On the CPU, ``benchmarks/throughput.py`` measured both paths (``benchmarks/results/throughput.md`` for
+    the convolutional children, ``results/throughput-mlp/`` for the MLP): vmap turns convolutions into
+    grouped ones that run slower than N ordinary convolutions, while the MLP gains from fewer, larger
+    matmuls, so batched for the MLP only (``tests/test_vector.py`` checks this choice against those
+    results). On a GPU, one vmapped launch for all children replaces N small ones: batched, by design
+    (not measured here). One child has nothing to batch: sequential.
     """
+    if num_envs == 1:
+        return "sequential"
     if device.type == "cuda" or model == "mlp":
         return "batched"
     return "sequential"
@@ -50,8 +54,10 @@ class ALAVectorEnv(VectorEnv):
     ## Seeding
     ``reset(seed=s)`` seeds child ``i`` exactly as ``single_env.reset(seed=s + i)`` (Gymnasium's
     ``SyncVectorEnv`` convention): child ``i``'s generator is ``np_random(s + i)`` and its trainer seed
-    the first draw from it. So child ``i`` matches ``gym.make(id, **kwargs).reset(seed=s + i)`` (exactly
-    in sequential mode, to float tolerance in batched mode). Autoresets draw the next trainer seed from
+    the first draw from it. So child ``i`` matches ``gym.make(id, **kwargs).reset(seed=s + i)``: exactly
+    in sequential mode. In batched mode the same computation runs in another float order: the reset
+    observation and the first step agree to float tolerance, but training is chaotic and the two drift
+    apart as steps accumulate, so a batched child is an equally distributed run, not the same run. Autoresets draw the next trainer seed from
     the child's own generator, as a second ``reset()`` of the single env does. ``reset(seed=None)`` seeds
     the children from fresh entropy; ``reset(seed=[s_0, ..., s_{N-1}])`` gives each child its own seed.
 
@@ -71,7 +77,8 @@ class ALAVectorEnv(VectorEnv):
     ## Info
     A dict of arrays with boolean masks ``info["_key"]`` (Gymnasium's vector convention) holding the
     single env's keys per child; ``test_metric`` and ``final_val_metric`` are present (masked True) for
-    each child whose episode ended this step. ``info["episode_step"]`` counts each child's steps.
+    each child whose episode terminated this step (not for one truncated by ``max_episode_steps``, as in
+    the single env). ``info["episode_step"]`` counts each child's steps.
 
     ## Arguments
     ``ALAVectorEnv(env_id, num_envs, *, max_episode_steps=None, autoreset_mode=NEXT_STEP,
@@ -112,7 +119,9 @@ class ALAVectorEnv(VectorEnv):
         self.num_envs = num_envs
         self.max_episode_steps = max_episode_steps
         self.train_mode = (
-            default_train_mode(self.data.device, self.template.train_config.model) if train_mode == "auto" else train_mode
+            default_train_mode(self.data.device, self.template.train_config.model, num_envs)
+            if train_mode == "auto"
+            else train_mode
         )
         self.metadata = {"render_modes": [], "autoreset_mode": autoreset_mode}
         self.render_mode = None
@@ -134,6 +143,8 @@ class ALAVectorEnv(VectorEnv):
 
     # ---------------------------------------------------------------- gymnasium API
     def reset(self, *, seed: int | list[int] | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        if isinstance(seed, np.integer):
+            seed = int(seed)
         super().reset(seed=seed if isinstance(seed, int) or seed is None else None)
         seeds = self._child_seeds(seed)
         self._child_rngs = [seeding.np_random(s)[0] for s in seeds]
@@ -184,8 +195,9 @@ class ALAVectorEnv(VectorEnv):
                 observation, reward, terminated, info = self.episodes[i].finish(self._iteration(i))
                 self._steps[i] += 1
                 truncated = not terminated and self.max_episode_steps is not None and self._steps[i] >= self.max_episode_steps
-                if terminated or truncated:
+                if terminated:  # as in the single env: a truncated child has not finished its training run
                     info.update(self.episodes[i].final_metrics(lambda split, i=i: self._evaluate_full(i, split)))
+                if terminated or truncated:
                     self.episodes[i].running = False
                 info["episode_step"] = int(self._steps[i])
                 rewards[i], terminations[i], truncations[i] = reward, terminated, truncated
@@ -223,9 +235,11 @@ class ALAVectorEnv(VectorEnv):
             return [None] * self.num_envs
         if isinstance(seed, int):
             return [seed + i for i in range(self.num_envs)]
+        if not isinstance(seed, (list, tuple, np.ndarray)):
+            raise TypeError(f"seed must be an int, a list of {self.num_envs} ints or None, got {type(seed).__name__}")
         if len(seed) != self.num_envs:
             raise ValueError(f"need one seed per child ({self.num_envs}), got {len(seed)}")
-        return list(seed)
+        return [int(s) for s in seed]
 
     def _draw_trainer_seed(self, child: int) -> int:
         # The single env's reset draws its trainer seed the same way from its np_random.
