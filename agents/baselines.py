@@ -70,7 +70,7 @@ class UniformPhi(FixedPhi):
     instead gives diagonal ``1 - eps + eps / C`` and off-diagonal ``eps / C``, under which the linear Eq. 6
     is exactly cross-entropy with label smoothing ``eps`` (``F.cross_entropy(..., label_smoothing=eps)``).
     The default ``u = 0.03`` was the best of 0.003, 0.01, 0.03 and 0.1 on digits
-    (``benchmarks/results/digits-sweep``).
+    (``benchmarks/results/digits``).
     """
 
     name = "phi-uniform"

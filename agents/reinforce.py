@@ -51,7 +51,7 @@ BASELINES = ("loo", "ema")
 @dataclass
 class ReinforceConfig:
     """Hyperparameters of the bundled REINFORCE controller. The defaults are the settings that learned in
-    the committed sweep (``benchmarks/results/digits-sweep/``); :meth:`paper` gives the paper's."""
+    the committed sweep (``benchmarks/results/digits/``); :meth:`paper` gives the paper's."""
 
     hidden: int = 32
     """Units in each of the policy's two hidden ReLU layers (section 5)."""

@@ -71,22 +71,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         env_kwargs=dict(total_iterations=600, steps_per_action=20),
         name="demo-digits",
     ),
-    # Every controller on the same 10 children per seed (seeds 0, 10, ..., 40: no child shared between seeds).
+    # Every controller on the same 10 children per seed (seeds 0, 10, ..., 40: no child shared between
+    # seeds), and the sweep that chose the defaults of ReinforceConfig, UniformPhi and the env step rules
+    # (one lever changed per row).
     "digits": dict(
         env="ALA-Digits-v0",
-        controllers="ce,label-smoothing,phi-uniform,confusion,random,reinforce-paper-multi,reinforce-frozen,"
-        "reinforce-multi,ppo",
-        seeds=5,
-        children=10,
-        baseline_children=10,
-        seed_stride=10,
-        env_kwargs=dict(total_iterations=600, steps_per_action=20),
-        name="digits",
-    ),
-    # The sweep that chose the defaults of ReinforceConfig and the env (one lever changed per row).
-    "digits-sweep": dict(
-        env="ALA-Digits-v0",
-        controllers="ce,label-smoothing,phi-uniform(off_diagonal=0.003),phi-uniform(off_diagonal=0.01),"
+        controllers="ce,label-smoothing,random,ppo,phi-uniform(off_diagonal=0.003),phi-uniform(off_diagonal=0.01),"
         "phi-uniform(off_diagonal=0.03),phi-uniform(off_diagonal=0.1),confusion,reinforce-paper-multi,"
         "reinforce-frozen,reinforce-multi,reinforce-multi(lr=0.001),reinforce-multi(lr=0.03),"
         "reinforce-multi(baseline=ema),reinforce-multi(pair_credit=false),reinforce-multi(init_no_change=0.9),"
@@ -97,13 +87,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         baseline_children=10,
         seed_stride=10,
         env_kwargs=dict(total_iterations=600, steps_per_action=20),
-        name="digits-sweep",
+        name="digits",
     ),
     # Horizon: does the policy keep learning over 100 controller steps?
     "digits-long": dict(
         env="ALA-Digits-v0",
         controllers="ce,phi-uniform,reinforce-frozen,reinforce-multi",
-        seeds=5,
+        seeds=3,
         children=10,
         baseline_children=10,
         seed_stride=10,

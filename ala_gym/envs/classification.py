@@ -64,7 +64,7 @@ class ALAClassificationEnv(gym.Env):
     clip bound 1 and can only fall, and a random walk of +-beta per entry leaves rows whose off-diagonal
     entries reach the diagonal, where the loss's minimiser no longer puts the arg-max on the true class;
     an untrained policy then collapses the child (35% test error against 4.5% for cross-entropy), while
-    with a held diagonal and per-row steps even a random policy does not (``benchmarks/results/digits-sweep``).
+    with a held diagonal and per-row steps even a random policy does not (``benchmarks/results/digits``).
 
     ## Observation Space
     ``Box(shape=(n_pairs, 24), float32)``: one row per pair ``(i, j)``, holding the paper's four state
