@@ -183,7 +183,8 @@ def summarize(runs: list[dict], controllers: list[str]) -> list[dict]:
             continue
         tests = np.array([r["test_metric"] for r in mine]) * 100
         per_child = np.array([r["wall_s"] / r["num_children"] for r in mine])
-        final_phis = [np.array(c["phi"][-1]) for r in mine for c in r["children"]]
+        # Controllers without Phi (adalfl) record none: their Phi columns read nan.
+        final_phis = [np.array(c["phi"][-1]) for r in mine for c in r["children"] if c["phi"]] or [np.full((1, 1), np.nan)]
         rows.append(
             {
                 "controller": name,
