@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -150,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
         "torch": torch.__version__,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         "note": args.note or "no note on the machine's load",
-        "command": "python -m benchmarks.adalfl_cost " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
+        "command": shlex.join(["python", "-m", "benchmarks.adalfl_cost", *(sys.argv[1:] if argv is None else argv)]),
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
