@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from agents.adalfl import AdaLFLConfig
-from benchmarks.compare import RESULTS
+from benchmarks import compare
 
 
 def load_runs(folder: Path) -> list[dict]:
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", required=True, help="comparison folder under benchmarks/results/")
     parser.add_argument("--ce", help="results.json holding ce runs of the same env settings (for the wall-time ratio)")
     args = parser.parse_args(argv)
-    folder = RESULTS / args.name
+    folder = compare.RESULTS / args.name
     runs = load_runs(folder)
     if not runs:
         parser.exit(2, f"no AdaLFL runs in {folder / 'runs'}; run benchmarks.compare with --controllers adalfl first\n")

@@ -239,3 +239,21 @@ def test_benchmark_runs_adalfl_beside_ce(tmp_path, monkeypatch: pytest.MonkeyPat
     run = next(r for r in json.loads((tmp_path / "tiny" / "results.json").read_text())["runs"] if r["controller"] != "ce")
     assert run["env_kwargs"]["offline_steps"] == 3 and run["children"][0]["offline_s"] > 0
     assert len(run["children"][0]["val_metric"]) == 2
+    from benchmarks import adalfl_report
+
+    adalfl_report.main(["--name", "tiny", "--ce", str(tmp_path / "tiny" / "results.json")])
+    report = (tmp_path / "tiny" / "adalfl.md").read_text()
+    assert "| adalfl@offline_steps=3 | 0 |" in report and "Cross-entropy reference" in report
+    assert (tmp_path / "tiny" / "loss_shape.png").stat().st_size > 0
+
+
+def test_cost_benchmark_writes_its_table(tmp_path) -> None:
+    from benchmarks import adalfl_cost
+
+    adalfl_cost.main(["--tasks", "digits", "--iterations", "1", "--repeats", "1", "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "adalfl_cost.json").read_text())["rows"]
+    assert rows[0]["task"] == "digits" and rows[0]["adalfl_vs_ce"] > 0
+    assert "| digits | mlp | cpu |" in (tmp_path / "adalfl_cost.md").read_text()
+    with pytest.raises(SystemExit) as exit_info:
+        adalfl_cost.main(["--tasks", "imagenet", "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
