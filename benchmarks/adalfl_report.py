@@ -94,7 +94,7 @@ def summary(runs: list[dict], ce_runs: list[dict], ce_source: str | None) -> str
         lines += [
             "",
             f"Cross-entropy reference: `ce` runs of `{ce_source}` (same env keywords, seeds "
-            f"{sorted(r['seed'] for r in ce_runs)}, run earlier on the same machine): test error "
+            f"{sorted(r['seed'] for r in ce_runs)}, same machine): test error "
             f"{ce_tests.mean():.2f} +- {ce_tests.std(ddof=1) if len(ce_tests) > 1 else 0.0:.2f} %, wall {ce_wall:.1f} s per run.",
         ]
     return "\n".join(lines) + "\n"
