@@ -67,13 +67,14 @@ class AdaLFLConfig:
     """``gamma`` of the smooth leaky ReLU (same author's later repositories, NPBML: 0.25)."""
     bias: bool = False
     """Biases in ``l_phi``'s layers (the same author's loss networks, EvoMAL and NPBML, have none)."""
-    offline_steps: int = 2500
-    """``S_init``, meta steps of the offline initialisation (paper: 2,500). 0 skips it (``phi`` stays at
-    its random initialisation unless ``init_path`` is given). Under the envs' child optimiser (lr 0.05,
-    momentum 0.9) long offline phases hurt: the one-step objective grows the loss's scale, which the
-    momentum steps of real training then amplify into a collapsed child (digits, 600 iterations, 2 seeds:
-    4.4-4.7% test error for 0-100 steps, 33% for 300; Fashion-MNIST, 300 steps: 90%; see
-    ``benchmarks/results/digits-adalfl-offline-steps`` and ``fashion-mnist-adalfl-init300``)."""
+    offline_steps: int = 50
+    """``S_init``, meta steps of the offline initialisation. The paper uses 2,500; our default is 50, because
+    under the envs' child optimiser (lr 0.05, momentum 0.9) long offline phases hurt: the one-step objective
+    grows the loss's scale, which the momentum steps of real training then amplify into a collapsed child
+    (digits, 600 iterations, 2 seeds: 4.4-4.7% test error for 0-100 steps, 33% for 300, 90% for 2,500;
+    Fashion-MNIST, 300 steps: 90%; see ``benchmarks/results/digits-adalfl-offline-steps`` and
+    ``fashion-mnist-adalfl-init300``). 0 skips the phase (``phi`` stays at its random initialisation unless
+    ``init_path`` is given)."""
     meta_lr: float = 1e-3
     """Adam learning rate on ``phi``, offline and online (the same author's EvoMAL configurations)."""
     meta_batch: str = "val"
