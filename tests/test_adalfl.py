@@ -257,3 +257,17 @@ def test_cost_benchmark_writes_its_table(tmp_path) -> None:
     with pytest.raises(SystemExit) as exit_info:
         adalfl_cost.main(["--tasks", "imagenet", "--out", str(tmp_path)])
     assert exit_info.value.code == 2
+
+
+def test_resnet32_child_on_cifar_runs(tiny_cifar_dir) -> None:
+    """ResNet-32 (BatchNorm) on augmented CIFAR batches: offline and online phases complete."""
+    controller = AdaLFLController(AdaLFLConfig(offline_steps=1))
+    envs = controller.make_envs(
+        "ALA-CIFAR10-v0", data_root=tiny_cifar_dir, download=False, val_size=20, model="resnet32", batch_size=8,
+        total_iterations=2, steps_per_action=1, eval_points=1, device="cpu",
+    )  # fmt: skip
+    try:
+        (record,) = controller.run(envs, seed=0)
+    finally:
+        envs.close()
+    assert not record.diverged and len(record.val_metric) == 2 and np.isfinite(record.meta_loss).all()
