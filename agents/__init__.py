@@ -29,6 +29,7 @@ name                       what                                                 
 ``reinforce``              bundled REINFORCE, single network                                    1
 ``reinforce-multi``        bundled REINFORCE shared by 10 child networks (the paper's default)  10
 ``ppo`` / ``a2c``          Stable-Baselines3 with the pair-shared policy (``agents.sb3``)       10
+``adalfl``                 AdaLFL's online-learned loss network, no Phi, no RL (``agents.adalfl``) 1
 =========================  ==================================================================  ========
 
 Factory keywords: the baselines take ``loss_form`` (``random`` also ``noise``); ``reinforce*`` take
@@ -85,6 +86,7 @@ CONTROLLERS: dict[str, Callable[..., Controller]] = {
     ),
     "ppo": _factory("agents.sb3:SB3Controller", "ppo", algo="ppo"),
     "a2c": _factory("agents.sb3:SB3Controller", "a2c", algo="a2c"),
+    "adalfl": _factory("agents.adalfl:AdaLFLController", "adalfl"),
 }
 
 __all__ = ["CONTROLLERS", "Controller", "EpisodeRecord", "EpisodeRecorder"]

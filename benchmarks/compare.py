@@ -298,7 +298,8 @@ def summarize(runs: list[dict], controllers: list[str]) -> list[dict]:
             continue
         tests = np.array([r["test_metric"] for r in mine]) * 100
         per_child = np.array([r["wall_s"] / r["num_children"] for r in mine])
-        final_phis = [np.array(c["phi"][-1]) for r in mine for c in r["children"]]
+        # Controllers without Phi (adalfl) record none: their Phi columns read nan.
+        final_phis = [np.array(c["phi"][-1]) for r in mine for c in r["children"] if c["phi"]] or [np.full((1, 1), np.nan)]
         rows.append(
             {
                 "controller": name,
@@ -377,7 +378,8 @@ def plot(runs: list[dict], controllers: list[str], out: Path) -> None:
     plt.close(fig)
 
     for name in controllers:
-        mine = [r for r in runs if r["controller"] == name and build_controller(name).learned]
+        # Learned controllers that move Phi (a learned loss network has no Phi to draw).
+        mine = [r for r in runs if r["controller"] == name and build_controller(name).learned and r["children"][0]["phi"]]
         if not mine:
             continue
         phis = np.array(sorted(mine, key=lambda r: r["seed"])[0]["children"][0]["phi"])

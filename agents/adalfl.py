@@ -1,0 +1,380 @@
+"""AdaLFL: a loss network learned online, after every SGD step of the child it trains.
+
+Raymond, Chen, Xue, Zhang, "Meta-Learning Adaptive Loss Functions" (TMLR 2025; arXiv 2301.13247,
+"Online Loss Function Learning"). The loss is a small network ``M_phi``. It is first initialised
+offline (Algorithm 1, ML3-style: many one-step unrolls from fresh child weights), then adapted online
+(Algorithm 2): every iteration the child takes one SGD step under ``M_phi``, and ``phi`` takes one
+Adam step on the cross-entropy of the *updated* child on a validation batch, differentiated through
+that SGD step. No reinforcement learning: the controller trains the child itself, on the task an ALA
+env describes (data, model, optimiser, schedule, budget, child seed), so its final test metric
+compares one to one with the other controllers' (``ce`` above all).
+
+How the pieces fit:
+
+* :class:`LossNetwork` is ``M_phi``: the per-class network ``l_phi`` on (one-hot target, softmax
+  probability) pairs, averaged over classes and the batch.
+* :func:`meta_step` is one unrolled step of both algorithms: base step on a training batch through the
+  core's differentiable :func:`ala_gym.core.sgd.sgd_step` on a :class:`ala_gym.core.functional.FunctionalChild`,
+  meta-objective on a meta batch, Adam step on ``phi``. Gradients come from
+  ``torch.autograd.grad(..., create_graph=True)``; no model copy, no ``higher``.
+* :func:`initialise_offline` is Algorithm 1; :class:`OnlineTrainer` is Algorithm 2.
+* :class:`AdaLFLController` runs both for the benchmark (``python -m benchmarks.compare --controllers
+  ce,adalfl``).
+
+BatchNorm (ResNets): the base forward runs in training mode and updates the running statistics, as
+an ordinary training step does. The meta forward on the validation batch also runs in training mode
+(it normalises with that batch's statistics, as the authors' ``higher`` code does) but does not update
+the running statistics (our choice), so the statistics evaluation uses come from training batches
+only, exactly as for a cross-entropy child.
+
+Divergence: a non-finite training or meta loss is noted on the device (no host sync in the loop) and
+read back at each evaluation, every K iterations; the run then stops, is recorded as diverged, and
+its test metric is that of the broken child (non-finite outputs count as errors), as in the envs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from agents.base import Controller, EpisodeRecord, OnStep
+from ala_gym.core.functional import FunctionalChild
+from ala_gym.core.sgd import Tensors, sgd_step
+from ala_gym.data import BatchSampler, ClassificationData
+from ala_gym.models import build_model
+from ala_gym.trainer import ChildTrainer, TrainConfig, seed_streams
+
+
+@dataclass(frozen=True)
+class AdaLFLConfig:
+    """AdaLFL's own settings. The child's optimiser, schedule, batch size and budget are the env's."""
+
+    hidden: int = 40
+    """Units of each of the two hidden layers of ``l_phi`` (paper: 2 x 40)."""
+    smoothness: float = 2.0
+    """``beta`` of the smooth leaky ReLU ``(1 - gamma) softplus_beta(x) + gamma x``. The paper names the
+    function but not its constants; 2 is the value of the same author's later loss network (NPBML)."""
+    leak: float = 0.25
+    """``gamma`` of the smooth leaky ReLU (same author's later repositories, NPBML: 0.25)."""
+    bias: bool = False
+    """Biases in ``l_phi``'s layers (the same author's loss networks, EvoMAL and NPBML, have none)."""
+    offline_steps: int = 50
+    """``S_init``, meta steps of the offline initialisation. The paper uses 2,500; our default is 50, because
+    under the envs' child optimiser (lr 0.05, momentum 0.9) long offline phases hurt: the one-step objective
+    grows the loss's scale, which the momentum steps of real training then amplify into a collapsed child
+    (digits, 600 iterations, 2 seeds: 4.4-4.7% test error for 0-100 steps, 33% for 300, 90% for 2,500;
+    Fashion-MNIST, 300 steps: 90%; see ``benchmarks/results/digits-adalfl-offline-steps`` and
+    ``fashion-mnist-adalfl-init300``). 0 skips the phase (``phi`` stays at its random initialisation unless
+    ``init_path`` is given)."""
+    meta_lr: float = 1e-3
+    """Adam learning rate on ``phi``, offline and online (the same author's EvoMAL configurations)."""
+    meta_batch: str = "val"
+    """Where the meta-objective's batches come from: ``"val"`` (Algorithm 2) or ``"train"`` (the text's
+    alternative: a second, independently drawn training batch)."""
+    nesterov: bool = False
+    """Nesterov momentum in the child's SGD steps. Our choice: off, as in the envs' children (plain
+    ``torch.optim.SGD``), so that ``adalfl`` and ``ce`` differ only in the loss."""
+    init_path: str | None = None
+    """A loss network saved by :func:`save_loss_network`; when given, it replaces the offline phase."""
+    shape_points: int = 99
+    """Points of the recorded loss shape (loss against the true class's predicted probability)."""
+
+    def __post_init__(self) -> None:
+        if self.hidden < 1 or self.smoothness <= 0 or not 0 <= self.leak < 1:
+            raise ValueError(f"need hidden >= 1, smoothness > 0, 0 <= leak < 1; got {self.hidden}, {self.smoothness}, {self.leak}")
+        if self.offline_steps < 0 or self.meta_lr <= 0:
+            raise ValueError(f"need offline_steps >= 0 and meta_lr > 0; got {self.offline_steps}, {self.meta_lr}")
+        if self.meta_batch not in ("val", "train"):
+            raise ValueError(f"meta_batch must be 'val' or 'train', got {self.meta_batch!r}")
+
+
+# ---------------------------------------------------------------------------------------------- M_phi
+class SmoothLeakyReLU(nn.Module):
+    """``(1 - leak) * softplus_beta(x) + leak * x``. ``F.softplus`` is the numerically stable form of
+    ``log(exp(beta x) + 1) / beta`` (it switches to ``x`` where ``beta x`` is large)."""
+
+    def __init__(self, smoothness: float, leak: float) -> None:
+        super().__init__()
+        self.smoothness, self.leak = smoothness, leak
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.leak * x + (1 - self.leak) * F.softplus(x, beta=self.smoothness)
+
+
+class LossNetwork(nn.Module):
+    """``M_phi(y, f(x)) = (1/C) sum_i l_phi(y_i, f(x)_i)``, averaged over the batch.
+
+    ``l_phi`` maps one (one-hot target, softmax probability) pair to a scalar: Linear(2, h), smooth leaky
+    ReLU, Linear(h, h), smooth leaky ReLU, Linear(h, 1), no output activation (same author's NPBML
+    network; an unbounded output avoids the flat losses the paper reports for ML3's softplus output).
+    Weights are Kaiming-normal (the same author's EvoMAL), drawn from ``generator``.
+    """
+
+    def __init__(self, config: AdaLFLConfig, generator: torch.Generator) -> None:
+        super().__init__()
+        self.hyper = {"hidden": config.hidden, "smoothness": config.smoothness, "leak": config.leak, "bias": config.bias}
+        with torch.device("meta"):  # no draw from the global RNG: the weights come from ``generator`` below
+            self.net = nn.Sequential(
+                nn.Linear(2, config.hidden, bias=config.bias),
+                SmoothLeakyReLU(config.smoothness, config.leak),
+                nn.Linear(config.hidden, config.hidden, bias=config.bias),
+                SmoothLeakyReLU(config.smoothness, config.leak),
+                nn.Linear(config.hidden, 1, bias=config.bias),
+            )
+        self.net.to_empty(device=generator.device)
+        with torch.no_grad():
+            for module in self.net:
+                if isinstance(module, nn.Linear):
+                    nn.init.kaiming_normal_(module.weight, generator=generator)
+                    if module.bias is not None:
+                        module.bias.zero_()
+
+    def per_sample(self, probabilities: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """``[B, C]`` probabilities and one-hot targets -> ``[B]`` losses (mean of ``l_phi`` over classes)."""
+        return self.net(torch.stack([targets, probabilities], dim=-1)).squeeze(-1).mean(dim=1)
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        probabilities = F.softmax(logits, dim=1)
+        # scatter_ rather than F.one_hot, whose range check synchronises with a CUDA device.
+        targets = torch.zeros_like(probabilities).scatter_(1, labels[:, None], 1.0)
+        return self.per_sample(probabilities, targets).mean()
+
+
+@torch.no_grad()
+def loss_shape(network: LossNetwork, num_classes: int, points: int) -> dict[str, list[float]]:
+    """``M_phi`` along predictions with probability ``p`` on the true class and ``(1 - p) / (C - 1)`` on
+    each other class, for ``p`` on an even grid in (0, 1): the curve the paper plots, JSON-ready."""
+    device = next(network.parameters()).device
+    p = torch.linspace(0, 1, points + 2, device=device)[1:-1]
+    probabilities = ((1 - p) / (num_classes - 1))[:, None].repeat(1, num_classes)
+    probabilities[:, 0] = p
+    targets = torch.zeros_like(probabilities)
+    targets[:, 0] = 1.0
+    return {"p_true": p.tolist(), "loss": network.per_sample(probabilities, targets).tolist()}
+
+
+def save_loss_network(network: LossNetwork, path: str | Path) -> None:
+    """Its hyperparameters and weights, as plain types and tensors (loadable with ``weights_only=True``)."""
+    torch.save({"hyper": network.hyper, "state_dict": network.state_dict()}, path)
+
+
+def load_loss_network(path: str | Path, device: torch.device | str = "cpu") -> LossNetwork:
+    """A network written by :func:`save_loss_network`, read with ``torch.load(..., weights_only=True)``."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no loss network at {path}; write one with agents.adalfl.save_loss_network")
+    saved = torch.load(path, map_location=device, weights_only=True)
+    network = LossNetwork(AdaLFLConfig(**saved["hyper"]), torch.Generator(device))
+    network.load_state_dict(saved["state_dict"])
+    return network
+
+
+# ---------------------------------------------------------------------------------------------- one unrolled step
+@dataclass
+class StepResult:
+    params: Tensors
+    velocity: Tensors | None
+    loss: torch.Tensor
+    meta_loss: torch.Tensor
+
+
+def meta_step(
+    network: LossNetwork,
+    optimizer: torch.optim.Optimizer,
+    child: FunctionalChild,
+    velocity: Tensors | None,
+    batch: tuple[torch.Tensor, torch.Tensor],
+    meta_batch: tuple[torch.Tensor, torch.Tensor],
+    lr: float,
+    train: TrainConfig,
+    nesterov: bool,
+) -> StepResult:
+    """One step of Algorithms 1 and 2: the child's SGD step under ``M_phi`` on ``batch`` (kept in the
+    graph), then one ``optimizer`` step on ``phi`` from the cross-entropy of the stepped child on
+    ``meta_batch``. Returns the child's new parameters and momentum (detached) and both losses (on device)."""
+    params = {name: p.detach().requires_grad_() for name, p in child.params.items()}
+    inputs, labels = batch
+    loss = network(child(inputs, params), labels)
+    grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
+    new_params, new_velocity = sgd_step(
+        params, grads, velocity, lr=lr, momentum=train.momentum, weight_decay=train.weight_decay, nesterov=nesterov
+    )
+    meta_inputs, meta_labels = meta_batch
+    meta_loss = F.cross_entropy(child(meta_inputs, new_params, update_stats=False), meta_labels)
+    optimizer.zero_grad(set_to_none=True)
+    meta_loss.backward(inputs=list(network.parameters()))
+    optimizer.step()
+    detach = lambda tensors: {k: v.detach() for k, v in tensors.items()}  # noqa: E731
+    return StepResult(detach(new_params), None if new_velocity is None else detach(new_velocity), loss.detach(), meta_loss.detach())
+
+
+def meta_sampler(data: ClassificationData, source: str, batch_size: int, generator: torch.Generator) -> BatchSampler:
+    """Batches of the meta-objective: the validation split (never augmented), or the training split."""
+    split = dataclasses.replace(data, train=data.val, augment=False) if source == "val" else data
+    return BatchSampler(split, batch_size, generator)
+
+
+# ---------------------------------------------------------------------------------------------- Algorithm 1
+def initialise_offline(
+    network: LossNetwork,
+    data: ClassificationData,
+    train: TrainConfig,
+    config: AdaLFLConfig,
+    seed: int,
+) -> torch.Tensor:
+    """Algorithm 1: ``config.offline_steps`` meta steps, each from freshly initialised child weights (one
+    SGD step at the schedule's initial learning rate). Batches and initial weights come from ``seed``
+    alone, never from the online child's streams. Returns the mean meta loss (on device)."""
+    init_seed, batch_seed, meta_seed = seed_streams(seed, 3)
+    init_generator = torch.Generator().manual_seed(init_seed)
+    batches = BatchSampler(data, train.batch_size, torch.Generator(data.device).manual_seed(batch_seed))
+    meta_batches = meta_sampler(data, config.meta_batch, train.batch_size, torch.Generator(data.device).manual_seed(meta_seed))
+    optimizer = torch.optim.Adam(network.parameters(), lr=config.meta_lr)
+    total = torch.zeros((), device=data.device)
+    for _ in range(config.offline_steps):
+        child = FunctionalChild(build_model(train.model, data.image_shape, data.num_classes, init_generator, data.device))
+        result = meta_step(network, optimizer, child, None, batches.next(), meta_batches.next(), train.lr, train, config.nesterov)
+        total += result.meta_loss
+    return total / max(config.offline_steps, 1)
+
+
+# ---------------------------------------------------------------------------------------------- Algorithm 2
+class OnlineTrainer:
+    """Algorithm 2 on one child: each iteration one SGD step under ``M_phi`` and one Adam step on ``phi``.
+
+    ``trainer`` supplies the child (its initial weights), its batches and the learning-rate schedule, so a
+    ``ChildTrainer`` built from the same seed gives the same start and batch order as a cross-entropy run;
+    its own optimiser is not used. ``meta_seed`` seeds the meta batches. The online phase starts its own
+    Adam (a saved loss network carries no optimiser state, so a run from a saved network and one right
+    after the offline phase start alike).
+    """
+
+    def __init__(self, trainer: ChildTrainer, network: LossNetwork, config: AdaLFLConfig, meta_seed: int) -> None:
+        self.trainer, self.network, self.config = trainer, network, config
+        self.child = FunctionalChild(trainer.model)
+        self.velocity: Tensors | None = None
+        self.optimizer = torch.optim.Adam(network.parameters(), lr=config.meta_lr)
+        data = trainer.data
+        generator = torch.Generator(data.device).manual_seed(meta_seed)
+        self.meta_batches = meta_sampler(data, config.meta_batch, trainer.config.batch_size, generator)
+        self.finite = torch.ones((), dtype=torch.bool, device=data.device)
+
+    def train(self, iterations: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run ``iterations`` iterations; return the sums of the learned and the meta loss (on device).
+
+        The child's weights are written back into its module at the end, for evaluation.
+        """
+        trainer = self.trainer
+        trainer.model.train()
+        loss_sum = torch.zeros((), device=trainer.device)
+        meta_sum = torch.zeros((), device=trainer.device)
+        for _ in range(iterations):
+            lr = trainer.config.lr_at(trainer.iteration)
+            result = meta_step(
+                self.network, self.optimizer, self.child, self.velocity, trainer.sampler.next(),
+                self.meta_batches.next(), lr, trainer.config, self.config.nesterov,
+            )  # fmt: skip
+            self.child.set_params(result.params)
+            self.velocity = result.velocity
+            loss_sum += result.loss
+            meta_sum += result.meta_loss
+            trainer.iteration += 1
+        self.finite &= torch.isfinite(loss_sum) & torch.isfinite(meta_sum)
+        self.child.write_back()
+        return loss_sum, meta_sum
+
+
+# ---------------------------------------------------------------------------------------------- the controller
+@dataclass
+class AdaLFLRecord(EpisodeRecord):
+    """:class:`EpisodeRecord` (``phi`` and ``rewards`` stay empty: there is no Phi and no reward) plus
+    what AdaLFL adds."""
+
+    offline_s: float = 0.0
+    """Wall time of the offline initialisation (included in the run's wall time)."""
+    offline_meta_loss: float = float("nan")
+    """Mean meta-objective over the offline phase (nan when it did not run)."""
+    meta_loss: list[float] = field(default_factory=list)
+    """Mean meta-objective (cross-entropy of the stepped child on meta batches) over each K iterations."""
+    loss_shape_start: dict[str, list[float]] = field(default_factory=dict)
+    """:func:`loss_shape` after the offline phase, before the first online step."""
+    loss_shape_end: dict[str, list[float]] = field(default_factory=dict)
+    """:func:`loss_shape` at the end of training."""
+
+
+class AdaLFLController(Controller):
+    """Runs AdaLFL on the task of an ALA env: ``make_envs`` builds the env as for any controller; ``run``
+    reads its data, child configuration, validation subsample, metric and K from it and trains the child
+    itself (one child, whatever ``num_envs``), evaluating every K iterations like the env does."""
+
+    name = "adalfl"
+    learned = True
+
+    def __init__(self, config: AdaLFLConfig | None = None) -> None:
+        self.config = config or AdaLFLConfig()
+        self.loss_network: LossNetwork | None = None
+        """The loss network at the end of the last :meth:`run`."""
+
+    def make_envs(self, env_id: str, **env_kwargs: Any) -> gym.vector.VectorEnv:
+        """The env of the task. Keywords naming :class:`AdaLFLConfig` fields set this controller's config
+        instead (so the benchmark's ``adalfl@offline_steps=300`` works, and records them with the run)."""
+        names = {f.name for f in dataclasses.fields(AdaLFLConfig)}
+        mine = {key: value for key, value in env_kwargs.items() if key in names}
+        self.config = dataclasses.replace(self.config, **mine)
+        return super().make_envs(env_id, **{key: value for key, value in env_kwargs.items() if key not in names})
+
+    def act(self, observations: np.ndarray, infos: dict) -> np.ndarray:
+        raise TypeError("AdaLFL sets no Phi: it trains the child itself in run()")
+
+    def run(self, envs: gym.vector.VectorEnv, seed: int, on_step: OnStep | None = None) -> list[EpisodeRecord]:
+        env = getattr(envs.unwrapped, "template", None)
+        if env is None:
+            raise TypeError("AdaLFL needs the ALA vector env that make_envs builds (gym.make_vec of an ALA env id)")
+        # The env's own reset builds the child: the same initial weights and batch order as child 0 of
+        # any other controller's run with this seed. Further draws from its generator seed AdaLFL's streams.
+        env.reset(seed=seed)
+        trainer: ChildTrainer = env.trainer
+        network_seed, offline_seed, meta_seed = seed_streams(int(env.np_random.integers(2**63 - 1)), 3)
+        record = AdaLFLRecord()
+
+        start = time.perf_counter()
+        if self.config.init_path is not None:
+            network = load_loss_network(self.config.init_path, trainer.device)
+        else:
+            network = LossNetwork(self.config, torch.Generator().manual_seed(network_seed)).to(trainer.device)
+            if self.config.offline_steps > 0:
+                offline_loss = initialise_offline(network, trainer.data, trainer.config, self.config, offline_seed)
+                record.offline_meta_loss = float(offline_loss)
+        record.offline_s = time.perf_counter() - start
+        record.loss_shape_start = loss_shape(network, trainer.data.num_classes, self.config.shape_points)
+
+        online = OnlineTrainer(trainer, network, self.config, meta_seed)
+        total, k = trainer.config.total_iterations, env.steps_per_action
+        step = 0
+        while not trainer.done:
+            iterations = min(k, total - trainer.iteration)
+            loss_sum, meta_sum = online.train(iterations)
+            evaluation = trainer.evaluate(env.val_eval, env.metric)
+            finite = bool(online.finite) and evaluation.finite
+            record.val_metric.append(evaluation.metric)
+            record.meta_loss.append(float(meta_sum) / iterations)
+            record.iterations = trainer.iteration
+            step += 1
+            if on_step is not None:
+                on_step(step, {"val_metric": evaluation.metric, "meta_loss": record.meta_loss[-1], "loss": float(loss_sum) / iterations})
+            if not finite:
+                record.diverged = True
+                break
+        record.loss_shape_end = loss_shape(network, trainer.data.num_classes, self.config.shape_points)
+        final = env.episode.final_metrics(env.evaluate_split)
+        record.test_metric, record.final_val_metric = final["test_metric"], final["final_val_metric"]
+        self.loss_network = network
+        return [record]

@@ -1,0 +1,132 @@
+"""AdaLFL's part of a comparison folder: its learned loss's shape, offline time and cost against ``ce``.
+
+Reads the runs that ``benchmarks/compare.py`` wrote for the AdaLFL controllers (``adalfl`` and
+``adalfl@...``) in ``benchmarks/results/<name>/`` and writes beside them:
+
+* ``loss_shape.png``: the learned loss ``M_phi`` against the predicted probability of the true class
+  (the others sharing the rest equally), after the offline initialisation and at the end of training,
+  one line per seed, with cross-entropy for reference;
+* ``adalfl.md``: per seed the test metric, wall time, offline time and online time, and the mean wall
+  time against cross-entropy runs of the same env settings (``--ce``: a ``results.json`` of another
+  comparison folder, when the ``ce`` rows were run there).
+
+    python -m benchmarks.adalfl_report --name fashion-mnist-adalfl --ce benchmarks/results/fashion-mnist/results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+from agents.adalfl import AdaLFLConfig
+from benchmarks import compare
+
+
+def load_runs(folder: Path) -> list[dict]:
+    runs = [json.loads(p.read_text()) for p in sorted((folder / "runs").glob("adalfl*.json"))]
+    return sorted(runs, key=lambda r: (r["controller"], r["seed"]))
+
+
+def plot_shapes(runs: list[dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
+    for ax, key, title in zip(axes, ("loss_shape_start", "loss_shape_end"), ("after offline initialisation", "end of training")):
+        for run in runs:
+            shape = run["children"][0][key]
+            ax.plot(shape["p_true"], shape["loss"], label=f"{run['controller']} seed {run['seed']}")
+        p = np.asarray(runs[0]["children"][0][key]["p_true"])
+        ce_axis = ax.twinx()
+        ce_axis.plot(p, -np.log(p), "k:", label="cross-entropy (right axis)")
+        ce_axis.set_ylabel("cross-entropy -log p")
+        ax.set_title(f"learned loss, {title}")
+        ax.set_xlabel("predicted probability of the true class")
+        ax.set_ylabel("M_phi (others share 1 - p equally)")
+        ax.grid(alpha=0.3)
+    handles = axes[0].get_legend_handles_labels()
+    extra = ce_axis.get_legend_handles_labels()
+    axes[1].legend(handles[0] + extra[0], handles[1] + extra[1], fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "loss_shape.png", dpi=110)
+    plt.close(fig)
+
+
+def summary(runs: list[dict], ce_runs: list[dict], ce_source: str | None) -> str:
+    first = runs[0]
+    lines = [
+        f"# AdaLFL on {first['env']}",
+        "",
+        f"- Machine: {first['machine']['cpu']}, {first['machine']['cores']} cores, {first['machine']['torch_threads']} "
+        f"torch thread(s), GPU: {first['machine']['gpu']}; device `{first['device']}`",
+        f"- Env keywords (AdaLFL's own config fields among them): `{json.dumps(first['env_kwargs'])}`",
+        "- Wall time includes the offline initialisation; online = wall - offline (training, evaluations every K",
+        "  iterations, final test). Test metric: error (%) on the test split.",
+        "",
+        "| controller | seed | test error % | wall s | offline s | online s | offline meta loss | diverged |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        child = run["children"][0]
+        lines.append(
+            f"| {run['controller']} | {run['seed']} | {100 * child['test_metric']:.2f} | {run['wall_s']:.1f} | "
+            f"{child['offline_s']:.1f} | {run['wall_s'] - child['offline_s']:.1f} | {child['offline_meta_loss']:.3f} | "
+            f"{child['diverged']} |"
+        )
+    lines += ["", "| controller | seeds | test error % mean +- std | wall s mean | offline s mean | wall vs ce | online vs ce |", "|---|---|---|---|---|---|---|"]
+    ce_wall = float(np.mean([r["wall_s"] for r in ce_runs])) if ce_runs else None
+    for name in sorted({r["controller"] for r in runs}):
+        mine = [r for r in runs if r["controller"] == name]
+        tests = np.array([100 * r["children"][0]["test_metric"] for r in mine])
+        wall = float(np.mean([r["wall_s"] for r in mine]))
+        offline = float(np.mean([r["children"][0]["offline_s"] for r in mine]))
+        std = tests.std(ddof=1) if len(tests) > 1 else 0.0
+        ratio = f"{wall / ce_wall:.2f}x | {(wall - offline) / ce_wall:.2f}x" if ce_wall else "- | -"
+        lines.append(f"| {name} | {len(mine)} | {tests.mean():.2f} +- {std:.2f} | {wall:.1f} | {offline:.1f} | {ratio} |")
+    if ce_runs:
+        ce_tests = np.array([100 * r["test_metric"] for r in ce_runs])
+        lines += [
+            "",
+            f"Cross-entropy reference: `ce` runs of `{ce_source}` (same env keywords, seeds "
+            f"{sorted(r['seed'] for r in ce_runs)}, same machine): test error "
+            f"{ce_tests.mean():.2f} +- {ce_tests.std(ddof=1) if len(ce_tests) > 1 else 0.0:.2f} %, wall {ce_wall:.1f} s per run.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--name", required=True, help="comparison folder under benchmarks/results/")
+    parser.add_argument("--ce", help="results.json holding ce runs of the same env settings (for the wall-time ratio)")
+    args = parser.parse_args(argv)
+    folder = compare.RESULTS / args.name
+    runs = load_runs(folder)
+    if not runs:
+        parser.exit(2, f"no AdaLFL runs in {folder / 'runs'}; run benchmarks.compare with --controllers adalfl first\n")
+    ce_runs: list[dict] = []
+    if args.ce is not None:
+        if not Path(args.ce).is_file():
+            parser.exit(2, f"{args.ce} does not exist; give the results.json of a comparison that ran ce\n")
+        own = {f.name for f in dataclasses.fields(AdaLFLConfig)}
+        keys = {k: v for k, v in runs[0]["env_kwargs"].items() if k not in own}
+        candidates = json.loads(Path(args.ce).read_text())["runs"]
+        seeds = {r["seed"] for r in runs}
+        ce_runs = [
+            r for r in candidates
+            if r["controller"] == "ce" and r["env"] == runs[0]["env"] and r["seed"] in seeds
+            and all(r["env_kwargs"].get(k) == v for k, v in keys.items() if k != "loss_form")
+        ]  # fmt: skip
+    plot_shapes(runs, folder)
+    text = summary(runs, ce_runs, args.ce)
+    (folder / "adalfl.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

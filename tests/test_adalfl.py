@@ -1,0 +1,273 @@
+"""AdaLFL: meta-gradient, offline initialisation, online runs, divergence, saving, and the benchmark's view."""
+
+from __future__ import annotations
+
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import ala_gym  # noqa: F401  (registers the env ids)
+from agents import CONTROLLERS
+from agents.adalfl import (
+    AdaLFLConfig,
+    AdaLFLController,
+    LossNetwork,
+    initialise_offline,
+    load_loss_network,
+    loss_shape,
+    meta_step,
+    save_loss_network,
+)
+from ala_gym.core.functional import FunctionalChild
+from ala_gym.data import load_dataset
+from ala_gym.models import build_model
+from ala_gym.trainer import TrainConfig
+
+DIGITS = dict(total_iterations=60, steps_per_action=20, device="cpu")
+
+
+def tiny_setting() -> tuple[LossNetwork, FunctionalChild, dict, tuple, tuple]:
+    """A float64 loss network and linear-ReLU child, a momentum buffer, and two batches of 3 classes."""
+    generator = torch.Generator().manual_seed(0)
+    network = LossNetwork(AdaLFLConfig(hidden=5), generator).double()
+    child_module = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)).double()
+    with torch.no_grad():
+        for p in child_module.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator, dtype=torch.float64) * 0.5)
+    child = FunctionalChild(child_module)
+    velocity = {k: torch.randn(v.shape, generator=generator, dtype=torch.float64) * 0.1 for k, v in child.params.items()}
+    batch = (torch.randn(8, 4, generator=generator, dtype=torch.float64), torch.arange(8) % 3)
+    meta_batch = (torch.randn(8, 4, generator=generator, dtype=torch.float64), (torch.arange(8) + 1) % 3)
+    return network, child, velocity, batch, meta_batch
+
+
+def test_meta_gradient_matches_finite_differences() -> None:
+    """d CE(child after one momentum-Nesterov-weight-decay step under M_phi) / d phi, as ``meta_step``
+    computes it, against central differences along random directions in phi's space."""
+    network, child, velocity, batch, meta_batch = tiny_setting()
+    train = TrainConfig(lr=0.3, momentum=0.9, weight_decay=1e-2)
+    frozen = torch.optim.SGD(network.parameters(), lr=0.0)  # leaves phi in place and its gradient in .grad
+
+    def objective() -> torch.Tensor:
+        return meta_step(network, frozen, child, velocity, batch, meta_batch, 0.3, train, nesterov=True).meta_loss
+
+    objective()
+    gradient = [p.grad.clone() for p in network.parameters()]
+    assert sum(float(g.abs().sum()) for g in gradient) > 0
+    generator = torch.Generator().manual_seed(1)
+    eps = 1e-6
+    for _ in range(3):
+        direction = [torch.randn(p.shape, generator=generator, dtype=torch.float64) for p in network.parameters()]
+        values = []
+        for sign in (1, -1):
+            with torch.no_grad():
+                for p, d in zip(network.parameters(), direction):
+                    p.add_(sign * eps * d)
+            values.append(float(objective()))
+            with torch.no_grad():
+                for p, d in zip(network.parameters(), direction):
+                    p.sub_(sign * eps * d)
+        numeric = (values[0] - values[1]) / (2 * eps)
+        analytic = float(sum((g * d).sum() for g, d in zip(gradient, direction)))
+        assert analytic == pytest.approx(numeric, rel=1e-5, abs=1e-9)
+
+
+def test_meta_step_leaves_the_child_and_steps_phi() -> None:
+    network, child, velocity, batch, meta_batch = tiny_setting()
+    before_child = {k: v.clone() for k, v in child.params.items()}
+    before_phi = [p.detach().clone() for p in network.parameters()]
+    optimizer = torch.optim.Adam(network.parameters(), lr=1e-2)
+    result = meta_step(network, optimizer, child, velocity, batch, meta_batch, 0.1, TrainConfig(), nesterov=False)
+    for name, value in child.params.items():
+        assert torch.equal(value, before_child[name])
+        assert not torch.equal(result.params[name], value) and not result.params[name].requires_grad
+    assert all(not torch.equal(p, q) for p, q in zip(network.parameters(), before_phi))
+
+
+@pytest.mark.parametrize("model", ["small_cnn", "resnet32"])
+def test_meta_step_on_conv_models_keeps_running_statistics_to_the_training_batch(model: str) -> None:
+    """Only the base forward (training batch) moves the BatchNorm running statistics; the meta forward
+    on the validation batch does not."""
+    generator = torch.Generator().manual_seed(0)
+    module = build_model(model, (3, 8, 8), 4, generator).train()
+    child = FunctionalChild(module)
+    network = LossNetwork(AdaLFLConfig(), generator)
+    batch = (torch.randn(6, 3, 8, 8, generator=generator), torch.arange(6) % 4)
+    meta_batch = (torch.randn(6, 3, 8, 8, generator=generator) * 5 + 3, torch.arange(6) % 4)
+    reference = build_model(model, (3, 8, 8), 4, torch.Generator().manual_seed(0)).train()
+    reference(batch[0])  # the running statistics one ordinary training forward would leave
+    optimizer = torch.optim.Adam(network.parameters(), lr=1e-3)
+    result = meta_step(network, optimizer, child, None, batch, meta_batch, 0.05, TrainConfig(model=model), False)
+    assert torch.isfinite(result.meta_loss)
+    for (name, value), (_, expected) in zip(module.named_buffers(), reference.named_buffers()):
+        torch.testing.assert_close(value, expected, msg=name)
+
+
+def test_offline_initialisation_ranks_the_true_class_lower() -> None:
+    """After a short Algorithm 1 on digits, for any prediction the loss is lower when the label is the
+    predicted class than when it is another class (as for cross-entropy); the loss shape falls with p_true."""
+    logits = torch.randn(500, 10, generator=torch.Generator().manual_seed(1)) * 3
+    probabilities, predicted = F.softmax(logits, 1), logits.argmax(1)
+    other = (predicted + torch.randint(1, 10, (500,), generator=torch.Generator().manual_seed(2))) % 10
+
+    @torch.no_grad()
+    def true_class_lower(network: LossNetwork) -> float:
+        on_true = network.per_sample(probabilities, F.one_hot(predicted, 10).float())
+        on_other = network.per_sample(probabilities, F.one_hot(other, 10).float())
+        return float((on_true < on_other).float().mean())
+
+    config = AdaLFLConfig(offline_steps=100)
+    network = LossNetwork(config, torch.Generator().manual_seed(1))
+    assert true_class_lower(network) < 0.5  # this random initialisation ranks the wrong way round
+    initialise_offline(network, load_dataset("digits"), TrainConfig(model="mlp", lr=0.05, weight_decay=5e-4), config, 0)
+    assert true_class_lower(network) >= 0.99
+    assert np.all(np.diff(loss_shape(network, 10, 21)["loss"]) < 0)
+
+
+def test_online_run_on_digits_completes_and_adapts_the_loss(tmp_path) -> None:
+    controller = CONTROLLERS["adalfl"]()
+    envs = controller.make_envs("ALA-Digits-v0", offline_steps=10, **DIGITS)
+    assert controller.config.offline_steps == 10  # a config field given as a keyword sets the config
+    steps: list[int] = []
+    try:
+        (record,) = controller.run(envs, seed=0, on_step=lambda step, logs: steps.append(step))
+    finally:
+        envs.close()
+    assert steps == [1, 2, 3] and len(record.val_metric) == 3 and record.iterations == 60
+    assert not record.diverged and 0 <= record.test_metric < 0.9 and record.offline_s > 0
+    assert record.phi == [] and np.isfinite(record.meta_loss).all()
+    assert record.loss_shape_start["loss"] != record.loss_shape_end["loss"]  # the online phase moved phi
+
+    # From a saved network (no offline phase): the run ends with a different network than it started.
+    saved = tmp_path / "loss.pt"
+    save_loss_network(controller.loss_network, saved)
+    start = {k: v.clone() for k, v in controller.loss_network.state_dict().items()}
+    again = AdaLFLController(AdaLFLConfig(init_path=str(saved)))
+    envs = again.make_envs("ALA-Digits-v0", **DIGITS)
+    try:
+        (record,) = again.run(envs, seed=1)
+    finally:
+        envs.close()
+    assert record.offline_meta_loss != record.offline_meta_loss  # nan: no offline phase ran
+    assert any(not torch.equal(v, start[k]) for k, v in again.loss_network.state_dict().items())
+
+
+def test_same_seed_same_initial_child_and_batches_as_the_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """AdaLFL's child for seed s is the env's child for seed s (what ``ce`` trains): weights and batches."""
+    seen = {}
+    import agents.adalfl as adalfl
+
+    original = adalfl.OnlineTrainer.__init__
+
+    def spy(self, trainer, *args, **kwargs):
+        seen["weights"] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        seen["batch"] = trainer.sampler.next()
+        trainer.sampler._position -= trainer.sampler.batch_size  # put the batch back
+        original(self, trainer, *args, **kwargs)
+
+    monkeypatch.setattr(adalfl.OnlineTrainer, "__init__", spy)
+    controller = AdaLFLController(AdaLFLConfig(offline_steps=2))
+    envs = controller.make_envs("ALA-Digits-v0", **DIGITS)
+    try:
+        controller.run(envs, seed=3)
+    finally:
+        envs.close()
+    env = gym.make("ALA-Digits-v0", loss_form="cross_entropy", **DIGITS).unwrapped
+    env.reset(seed=3)
+    for name, value in env.trainer.model.state_dict().items():
+        assert torch.equal(value, seen["weights"][name]), name
+    inputs, labels = env.trainer.sampler.next()
+    assert torch.equal(inputs, seen["batch"][0]) and torch.equal(labels, seen["batch"][1])
+
+
+def test_divergence_is_recorded_not_raised() -> None:
+    controller = AdaLFLController(AdaLFLConfig(offline_steps=0))
+    envs = controller.make_envs("ALA-Digits-v0", lr=1e6, **DIGITS)
+    try:
+        (record,) = controller.run(envs, seed=0)
+    finally:
+        envs.close()
+    assert record.diverged and len(record.val_metric) < 3
+    assert record.test_metric >= 0.5  # the broken child's error: non-finite outputs count as wrong
+
+
+def test_saved_loss_network_loads_with_weights_only(tmp_path) -> None:
+    config = AdaLFLConfig(hidden=7, smoothness=5.0, leak=0.1, bias=True)
+    network = LossNetwork(config, torch.Generator().manual_seed(0))
+    path = tmp_path / "loss.pt"
+    save_loss_network(network, path)
+    torch.load(path, weights_only=True)  # plain types and tensors only
+    loaded = load_loss_network(path)
+    assert loaded.hyper == network.hyper
+    logits, labels = torch.randn(5, 4), torch.arange(5) % 4
+    torch.testing.assert_close(loaded(logits, labels), network(logits, labels))
+    with pytest.raises(FileNotFoundError, match="save_loss_network"):
+        load_loss_network(tmp_path / "missing.pt")
+
+
+def test_config_rejects_bad_values() -> None:
+    with pytest.raises(ValueError, match="meta_batch"):
+        AdaLFLConfig(meta_batch="test")
+    with pytest.raises(ValueError, match="offline_steps"):
+        AdaLFLConfig(offline_steps=-1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_runs_on_cuda() -> None:
+    controller = AdaLFLController(AdaLFLConfig(offline_steps=5))
+    envs = controller.make_envs("ALA-Digits-v0", **{**DIGITS, "device": "cuda"})
+    try:
+        (record,) = controller.run(envs, seed=0)
+    finally:
+        envs.close()
+    assert not record.diverged and np.isfinite(record.test_metric)
+
+
+def test_benchmark_runs_adalfl_beside_ce(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmarks import compare
+
+    monkeypatch.setattr(compare, "RESULTS", tmp_path)
+    tiny = dict(total_iterations=10, steps_per_action=5, eval_points=2, eval_stride=2, device="cpu")
+    rows = compare.compare("ALA-Digits-v0", ["ce", "adalfl@offline_steps=3"], [0], tiny, "tiny")
+    adalfl = next(row for row in rows if row["controller"] == "adalfl@offline_steps=3")
+    assert adalfl["wall_vs_ce"] > 0 and np.isnan(adalfl["final_phi_offset"])
+    run = next(r for r in json.loads((tmp_path / "tiny" / "results.json").read_text())["runs"] if r["controller"] != "ce")
+    assert run["env_kwargs"]["offline_steps"] == 3 and run["children"][0]["offline_s"] > 0
+    assert len(run["children"][0]["val_metric"]) == 2
+    from benchmarks import adalfl_report
+
+    adalfl_report.main(["--name", "tiny", "--ce", str(tmp_path / "tiny" / "results.json")])
+    report = (tmp_path / "tiny" / "adalfl.md").read_text()
+    assert "| adalfl@offline_steps=3 | 0 |" in report and "Cross-entropy reference" in report
+    assert (tmp_path / "tiny" / "loss_shape.png").stat().st_size > 0
+
+
+def test_cost_benchmark_writes_its_table(tmp_path) -> None:
+    from benchmarks import adalfl_cost
+
+    adalfl_cost.main(["--tasks", "digits", "--iterations", "1", "--repeats", "1", "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "adalfl_cost.json").read_text())["rows"]
+    assert rows[0]["task"] == "digits" and rows[0]["adalfl_vs_ce"] > 0
+    assert "| digits | mlp | cpu |" in (tmp_path / "adalfl_cost.md").read_text()
+    with pytest.raises(SystemExit) as exit_info:
+        adalfl_cost.main(["--tasks", "imagenet", "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+
+
+def test_resnet32_child_on_cifar_runs(tiny_cifar_dir) -> None:
+    """ResNet-32 (BatchNorm) on augmented CIFAR batches: offline and online phases complete."""
+    controller = AdaLFLController(AdaLFLConfig(offline_steps=1))
+    envs = controller.make_envs(
+        "ALA-CIFAR10-v0", data_root=tiny_cifar_dir, download=False, val_size=20, model="resnet32", batch_size=8,
+        total_iterations=2, steps_per_action=1, eval_points=1, device="cpu",
+    )  # fmt: skip
+    try:
+        (record,) = controller.run(envs, seed=0)
+    finally:
+        envs.close()
+    assert not record.diverged and len(record.val_metric) == 2 and np.isfinite(record.meta_loss).all()

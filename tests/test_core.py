@@ -1,0 +1,140 @@
+"""The torch-only core: the pure SGD step, the functional child, and the one-way dependency rule."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ala_gym.core.functional import FunctionalChild
+from ala_gym.core.sgd import sgd_step
+from ala_gym.models import build_model
+
+CORE = Path(__file__).resolve().parents[1] / "ala_gym" / "core"
+FORBIDDEN = ("gymnasium", "stable_baselines3", "ala_gym.envs", "agents", "benchmarks")
+
+
+def test_core_imports_no_gymnasium_envs_or_agents() -> None:
+    """Static check of every core module: no import of gymnasium, SB3, the envs, agents or benchmarks,
+    and no import of the ``ala_gym`` package root (which registers the gymnasium envs)."""
+    offenders = []
+    for path in sorted(CORE.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + ([f"{node.module}.{a.name}" for a in node.names] if node.module == "ala_gym" else [])
+            for name in names:
+                if name == "ala_gym" or any(name == f or name.startswith(f + ".") for f in FORBIDDEN):
+                    offenders.append(f"{path.name}: {name}")
+    assert not offenders, offenders
+
+
+def tiny_regression(dtype: torch.dtype = torch.float32) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).to(dtype)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator, dtype=dtype))
+    inputs = torch.randn(8, 3, generator=generator, dtype=dtype)
+    targets = torch.randn(8, 2, generator=generator, dtype=dtype)
+    return model, inputs, targets
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_sgd_step_follows_torch_optim_sgd(nesterov: bool) -> None:
+    """Same trajectory as ``torch.optim.SGD`` over steps with a changing learning rate."""
+    model, inputs, targets = tiny_regression()
+    settings = dict(momentum=0.9, weight_decay=5e-4, nesterov=nesterov)
+    child = FunctionalChild(model)
+    params = {name: p.clone() for name, p in child.params.items()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, **settings)
+    velocity = None
+    for step, lr in enumerate([0.1, 0.1, 0.05, 0.05, 0.01, 0.01]):
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.zero_grad()
+        F.mse_loss(model(inputs), targets).backward()
+        optimizer.step()
+        params = {k: v.requires_grad_() for k, v in params.items()}
+        loss = F.mse_loss(child(inputs, params), targets)
+        grads = torch.autograd.grad(loss, list(params.values()))
+        params, velocity = sgd_step(params, grads, velocity, lr=lr, **settings)
+        params = {k: v.detach() for k, v in params.items()}
+        for name, p in model.named_parameters():
+            torch.testing.assert_close(params[name], p.detach(), rtol=1e-5, atol=1e-6, msg=f"step {step}: {name}")
+
+
+def test_sgd_step_without_momentum_is_plain_gradient_descent() -> None:
+    params = {"w": torch.tensor([1.0, -2.0])}
+    new, velocity = sgd_step(params, [torch.tensor([0.5, 0.5])], None, lr=0.1, weight_decay=0.1)
+    torch.testing.assert_close(new["w"], torch.tensor([1.0 - 0.1 * 0.6, -2.0 - 0.1 * 0.3]))
+    assert velocity is None and torch.equal(params["w"], torch.tensor([1.0, -2.0]))  # input untouched
+
+
+def test_sgd_step_rejects_mismatched_gradients() -> None:
+    with pytest.raises(ValueError, match="2 gradients for 1 parameters"):
+        sgd_step({"w": torch.zeros(1)}, [torch.zeros(1), torch.zeros(1)], None, lr=0.1)
+
+
+def test_sgd_step_is_differentiable() -> None:
+    """d(loss after two unrolled steps)/d(a loss hyperparameter) matches finite differences (``gradcheck``)."""
+    model, inputs, targets = tiny_regression(torch.float64)
+    child = FunctionalChild(model)
+    initial = {name: p.clone() for name, p in child.params.items()}
+
+    def after_steps(scale: torch.Tensor) -> torch.Tensor:
+        params, velocity = {k: v.clone().requires_grad_() for k, v in initial.items()}, None
+        for lr in (0.1, 0.05):
+            outputs = child(inputs, params)
+            # A loss with a parameter, like a learned loss: weights on the two outputs' squared errors.
+            loss = ((outputs - targets) ** 2 * scale).mean()
+            grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
+            params, velocity = sgd_step(params, grads, velocity, lr=lr, momentum=0.9, weight_decay=1e-2, nesterov=True)
+        return F.mse_loss(child(inputs, params), targets)
+
+    scale = torch.tensor([1.0, 0.5], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(after_steps, (scale,))
+
+
+def small_bn_model() -> nn.Module:
+    return build_model("resnet20", (3, 8, 8), 4, torch.Generator().manual_seed(0))
+
+
+def test_functional_child_matches_module_and_writes_back() -> None:
+    model = small_bn_model().eval()
+    child = FunctionalChild(model)
+    inputs = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(child(inputs), model(inputs))
+    child.set_params({k: v * 0.5 for k, v in child.params.items()})
+    child.write_back()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), child.params[name])
+
+
+def test_functional_child_batchnorm_statistics() -> None:
+    """Train mode normalises with the batch's statistics; ``update_stats`` alone decides whether the
+    running statistics (what evaluation uses) move."""
+    model = small_bn_model().train()
+    child = FunctionalChild(model)
+    inputs = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(2)) * 3 + 1
+    before = {k: v.clone() for k, v in child.buffers.items()}
+
+    measured = child(inputs, update_stats=False)
+    for name, value in child.buffers.items():
+        assert torch.equal(value, before[name]), f"{name} changed by a forward with update_stats=False"
+    reference = model(inputs)  # the module's own train-mode forward: batch statistics, updates running stats
+    torch.testing.assert_close(measured, reference)
+    after_module = {k: v.clone() for k, v in model.named_buffers()}
+    assert not torch.equal(after_module["bn.running_mean"], before["bn.running_mean"])
+
+    for name, value in model.named_buffers():  # rewind, then the same update through the child
+        value.copy_(before[name])
+    child(inputs, update_stats=True)
+    for name, value in model.named_buffers():
+        torch.testing.assert_close(value, after_module[name])
