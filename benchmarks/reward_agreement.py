@@ -29,14 +29,15 @@ import torch
 
 import ala_gym  # noqa: F401  (registers the env ids)
 from ala_gym.metrics import discounted_metric, error_rate
-from benchmarks.compare import machine, versions
+from benchmarks.compare import machine, versions, with_locations, without_locations
 
 RESULTS = Path(__file__).resolve().parent / "results" / "reward_agreement.json"
 
 
 def trajectory_rewards(env_id: str, env_kwargs: dict[str, Any], sizes: list[int], seed: int) -> dict[int, np.ndarray]:
     """Per size: ``[steps, 2]`` sign rewards of the two halves along one cross-entropy trajectory."""
-    env = gym.make(env_id, **{**env_kwargs, "val_subsample": None, "loss_form": "cross_entropy"}).unwrapped
+    env_kwargs = with_locations({**env_kwargs, "val_subsample": None, "loss_form": "cross_entropy"})
+    env = gym.make(env_id, **env_kwargs).unwrapped
     env.reset(seed=seed)
     val = env.data.val
     if 2 * max(sizes) > len(val):
@@ -71,7 +72,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--env", required=True, help="registered ALA env id")
     parser.add_argument("--sizes", required=True, help="comma-separated subset sizes S (two disjoint subsets each)")
     parser.add_argument("--seeds", type=int, default=3, help="number of trajectories (seeds 0..N-1)")
-    parser.add_argument("--env-kwargs", default="{}", help="JSON dict of env kwargs (budget, data_root, ...)")
+    parser.add_argument(
+        "--env-kwargs", default="{}",
+        help="JSON dict of env kwargs (budget, ...); a relative data_root is read under $ALA_GYM_DATA or <repo>/../shared/data",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args(argv)
     try:
@@ -97,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
                 "agree_per_seed": [float(np.mean(r[size][:, 0] == r[size][:, 1])) for r in per_seed],
             }
         )
-    shown = {k: v for k, v in env_kwargs.items() if k != "data_root"}  # where data lives is not a result's identity
+    shown = without_locations(env_kwargs)  # where data lives is not a result's identity
     record = {"env": args.env, "env_kwargs": shown, "seeds": list(range(args.seeds)), "rows": rows,
               "wall_s": time.perf_counter() - start, "machine": machine(), "versions": versions()}
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}

@@ -183,3 +183,24 @@ def test_shipped_policy_loads_weights_only_and_runs_frozen_and_fine_tuned():
     assert not all(torch.equal(checkpoint["state_dict"][k], v) for k, v in tuned.policy.state_dict().items())
     with pytest.raises(ValueError, match="shipped"):
         library_policy("imagenet")
+
+
+def test_reward_agreement_script_compares_two_disjoint_validation_subsets(tmp_path, monkeypatch):
+    from benchmarks import reward_agreement
+
+    monkeypatch.setattr(reward_agreement, "RESULTS", tmp_path / "agreement.json")
+    kwargs = '{"total_iterations": 20, "steps_per_action": 10, "eval_points": 1, "device": "cpu"}'
+    reward_agreement.main(["--env", "ALA-Digits-v0", "--sizes", "20,100", "--seeds", "2", "--env-kwargs", kwargs])
+    rows = {row["size"]: row for row in json_load(tmp_path / "agreement.json")["ALA-Digits-v0"]["rows"]}
+    assert rows[20]["steps"] == rows[100]["steps"] == 4  # 2 seeds x 2 steps
+    for row in rows.values():
+        assert row["agree"] + row["opposite"] <= 1 and 0 <= row["ties"] <= 1
+    assert "| ALA-Digits-v0 |" in (tmp_path / "agreement.md").read_text()
+    with pytest.raises(SystemExit):  # two halves of 200 do not fit the 360-image validation split
+        reward_agreement.main(["--env", "ALA-Digits-v0", "--sizes", "200", "--seeds", "1", "--env-kwargs", kwargs])
+
+
+def json_load(path):
+    import json
+
+    return json.loads(path.read_text())
