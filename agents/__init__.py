@@ -29,6 +29,7 @@ name                       what                                                 
 ``reinforce``              bundled REINFORCE, single network                                    1
 ``reinforce-multi``        bundled REINFORCE shared by 10 child networks (the paper's default)  10
 ``ppo`` / ``a2c``          Stable-Baselines3 with the pair-shared policy (``agents.sb3``)       10
+``learnloss``              LearnLoss's selection LP over the run's checkpoints                  1
 =========================  ==================================================================  ========
 
 Factory keywords: the baselines take ``loss_form`` (``random`` also ``noise``); ``reinforce*`` take
@@ -72,6 +73,7 @@ CONTROLLERS: dict[str, Callable[..., Controller]] = {
     "reinforce-multi": _factory("agents.reinforce:ReinforceController", "reinforce-multi", num_envs=10),
     "ppo": _factory("agents.sb3:SB3Controller", "ppo", algo="ppo"),
     "a2c": _factory("agents.sb3:SB3Controller", "a2c", algo="a2c"),
+    "learnloss": _factory("agents.learnloss:LearnLossPhi", "learnloss"),
 }
 
 __all__ = ["CONTROLLERS", "Controller", "EpisodeRecord", "EpisodeRecorder"]

@@ -88,7 +88,7 @@ def fake_envs(num_envs: int, n_features: int = 24) -> SimpleNamespace:
 # ---------------------------------------------------------------------- registry and fixed baselines
 def test_registry_names_and_interface():
     assert set(agents.CONTROLLERS) == {
-        "ce", "phi-identity", "phi-identity-sigmoid", "random", "confusion", "reinforce", "reinforce-multi", "ppo", "a2c"
+        "ce", "phi-identity", "phi-identity-sigmoid", "random", "confusion", "reinforce", "reinforce-multi", "ppo", "a2c", "learnloss"
     }
     for name, factory in agents.CONTROLLERS.items():
         controller = factory()
