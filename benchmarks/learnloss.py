@@ -281,7 +281,25 @@ def markdown(summary: dict[str, Any], header: dict[str, Any]) -> str:
                 f"{fmt(r['runs_per_seed'][comparator])} | {r['median_runs']['learnloss']:g} | "
                 f"{r['median_runs'][comparator]:g} | {r['ratio']:.2f}x |"
             )
+    lines += ["", "In words:", ""] + [f"- {sentence}" for sentence in reach_sentences(summary, header["budget"])]
     return "\n".join(lines) + "\n"
+
+
+def reach_sentences(summary: dict[str, Any], budget: int) -> list[str]:
+    """The runs-to-reach table as plain statements: how many times fewer runs LearnLoss needs, or that it does not."""
+    names = {"random": "random search", "tpe": "TPE"}
+    sentences = []
+    for dataset, entry in summary.items():
+        for comparator, r in entry["runs_to_reach"].items():
+            ours, theirs = r["median_runs"]["learnloss"], r["median_runs"][comparator]
+            ours_text = f"more than {budget}" if ours > budget else f"{ours:g}"
+            head = (f"{dataset}, against {names[comparator]} (target {r['target_val_error'] * 100:.2f}% validation "
+                    f"error): LearnLoss needs a median of {ours_text} runs, {names[comparator]} {theirs:g}")
+            if r["ratio"] > 1:
+                sentences.append(f"{head}: {r['ratio']:.1f} times fewer runs for LearnLoss.")
+            else:
+                sentences.append(f"{head}: LearnLoss does not need fewer runs.")
+    return sentences
 
 
 def plot(runs: list[dict], out: Path) -> None:
@@ -293,16 +311,22 @@ def plot(runs: list[dict], out: Path) -> None:
     datasets = sorted({r["dataset"] for r in runs})
     fig, axes = plt.subplots(2, len(datasets), figsize=(4.6 * len(datasets), 7), squeeze=False)
     for column, dataset in enumerate(datasets):
+        low, high = np.inf, -np.inf
         for method in METHODS:
             group = [curves(r) for r in runs if r["dataset"] == dataset and r["method"] == method]
             if not group:
                 continue
             val = np.array([g[0] for g in group]) * 100
+            # The first runs' errors are far above the rest: zoom on the range after the third run.
+            low, high = min(low, val.min()), max(high, np.median(val, 0)[min(2, val.shape[1] - 1)])
             steps = np.arange(1, val.shape[1] + 1)
             line, = axes[0, column].plot(steps, np.median(val, 0), label=method)
             axes[0, column].fill_between(steps, val.min(0), val.max(0), alpha=0.15, color=line.get_color())
             for best, _, seconds in group:
                 axes[1, column].step(seconds, best * 100, where="post", color=line.get_color(), alpha=0.6)
+        pad = 0.1 * max(high - low, 0.1)
+        for row in (0, 1):
+            axes[row, column].set_ylim(low - pad, high + pad)
         axes[0, column].set_title(dataset)
         axes[0, column].set_xlabel("training runs")
         axes[1, column].set_xlabel("wall seconds (fits + selection)")
