@@ -7,7 +7,7 @@ available; what is known is the abstract (an anytime algorithm over a loss linea
 patent (a convex program over observed models, each described by its vector of loss-component values and
 its validation error) and the companion paper's LearnLinReg/TuneReg (a linear program over observed
 models, re-solved after every training run; k + 1 models suffice in its "easy" case). From these we follow
-the *selection LP* (formulation B1 of this project's notes), because it needs exactly what the patent
+a *selection LP* (B1 below), because it needs exactly what the patent
 names (component values and validation errors of observed models) and nothing the paper would have to
 define further, and because it has the property TuneReg states: once a lambda exists that makes the best
 model the loss minimiser, a few models pin it down.
@@ -54,7 +54,13 @@ On the fly (:class:`LearnLossPhi`, the ``learnloss`` controller of the ALA bench
 over the checkpoints of one child's training run, one per controller step, with the linear family that
 the env's loss ``-y^T Phi log f`` can express: cross-entropy (Phi's diagonal, weight fixed 1), a uniform
 label-smoothing term (the same weight on every off-diagonal entry) and one confusion term per class
-pair (Phi's off-diagonal entries). The env has no per-step weight decay, so there is no L2 term.
+pair (Phi's off-diagonal entries). The env has no per-step weight decay, so there is no L2 term. The
+components of a checkpoint come from the env's per-class statistics on its validation subsample (the
+only ones it reports), its error is the step's discounted validation metric. The LP uses the plain loss
+margin: checkpoints are not minimisers of any loss in the family, so the cutting argument above does
+not apply, and the vertex answer keeps every weight at 0 unless it helps the best checkpoint's margin;
+the weights move part of the way towards it each step, within small bounds (Phi's off-diagonal entries
+stay in [0, 0.05] by default), so a run starts as, and stays close to, cross-entropy.
 """
 
 from __future__ import annotations
