@@ -18,27 +18,7 @@ itself must apply both the same way. ``on_step(step, logs)`` receives per-step s
 
 Registry (``CONTROLLERS``, keyed by the benchmark's names):
 
-============================  ====================================================================  ========
-name                          what                                                                  num_envs
-============================  ====================================================================  ========
-``ce``                        plain cross-entropy (``loss_form="cross_entropy"``, Phi ignored)      1
-``phi-identity``              Phi fixed at identity, linear Eq. 6 (= cross-entropy)                 1
-``phi-identity-sigmoid``      Phi fixed at identity, printed sigmoid Eq. 6                          1
-``label-smoothing``           cross-entropy with label smoothing 0.1, as a fixed Phi                1
-``phi-uniform``               Phi = I + 0.03 on every off-diagonal entry, fixed                     1
-``random``                    identity + 10% Gaussian noise, redrawn every step                     1
-``confusion``                 Phi from the validation confusion statistics (Eq. 7) every step      1
-``reinforce``                 bundled REINFORCE (defaults of ``ReinforceConfig``), one network      1
-``reinforce-multi``           bundled REINFORCE shared by 10 child networks                         10
-``reinforce-frozen``          ``reinforce-multi``'s initial policy, never updated                   10
-``reinforce-paper``           the paper's REINFORCE on the paper's step rules, one network          1
-``reinforce-paper-multi``     the same, 10 children                                                 10
-``reinforce-transfer``        the shipped digits policy (``agents/policies``), fine-tuned online    10
-``reinforce-transfer-frozen`` the shipped digits policy, frozen                                     10
-``ppo`` / ``a2c``             Stable-Baselines3 with the pair-shared policy (``agents.sb3``)        10
-``adalfl``                    AdaLFL's online-learned loss network, no Phi, no RL (``agents.adalfl``) 1
-============================  ====================================================================  ========
-
+============================  ====================================================================  =
 Factory keywords: the baselines take ``num_envs`` and ``loss_form`` (``random`` also ``noise``,
 ``phi-uniform``/``label-smoothing`` ``off_diagonal`` and ``label_smoothing``); ``reinforce*`` take
 ``config`` (:class:`agents.reinforce.ReinforceConfig`), ``num_envs``, ``train``; ``ppo``/``a2c`` take
@@ -95,6 +75,7 @@ CONTROLLERS: dict[str, Callable[..., Controller]] = {
     "ppo": _factory("agents.sb3:SB3Controller", "ppo", algo="ppo"),
     "a2c": _factory("agents.sb3:SB3Controller", "a2c", algo="a2c"),
     "adalfl": _factory("agents.adalfl:AdaLFLController", "adalfl"),
+    "learnloss": _factory("agents.learnloss:LearnLossPhi", "learnloss"),
 }
 
 __all__ = ["CONTROLLERS", "Controller", "EpisodeRecord", "EpisodeRecorder"]

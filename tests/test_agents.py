@@ -95,7 +95,7 @@ def test_registry_names_and_interface():
     assert set(agents.CONTROLLERS) == {
         "ce", "phi-identity", "phi-identity-sigmoid", "label-smoothing", "phi-uniform", "random", "confusion",
         "reinforce", "reinforce-multi", "reinforce-frozen", "reinforce-paper", "reinforce-paper-multi",
-        "reinforce-transfer", "reinforce-transfer-frozen", "ppo", "a2c", "adalfl",
+        "reinforce-transfer", "reinforce-transfer-frozen", "ppo", "a2c", "adalfl", "learnloss",
     }
     for name, factory in agents.CONTROLLERS.items():
         controller = factory()

@@ -1,0 +1,231 @@
+"""LearnLoss (agents/learnloss.py): the selection LP on cases with known answers, its fallbacks, the anytime
+loop, the on-the-fly controller on a tiny digits episode, and the tuning benchmark on a tiny budget."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import agents
+from agents.learnloss import (
+    LearnLossConfig,
+    LearnLossPhi,
+    LearnLossPhiConfig,
+    Trial,
+    best_trial,
+    confusion_features,
+    learn_loss,
+    propose,
+    random_lambda,
+    select_loss,
+    weights_to_phi,
+)
+from ala_gym.losses import phi_loss
+from benchmarks import learnloss as bench
+
+TINY = dict(total_iterations=10, steps_per_action=5, eval_points=2, eval_stride=2, device="cpu")
+
+# Three models in one tuned component: loss = data + lambda * reg. Model 2 (the best) beats model 0 for
+# lambda >= 2/3 and model 1 for lambda <= 3/2; in the box [0, 1] the loss margin min(0.6 lambda - 0.4,
+# 0.6 - 0.4 lambda) is largest at lambda = 1 (t = 0.2); the region [2/3, 1] has its centre at 5/6 (radius 1/6).
+LINE = np.array([[0.0, 1.0], [1.0, 0.0], [0.4, 0.4]])
+LINE_ERRORS = np.array([0.5, 0.5, 0.1])
+
+
+def test_selection_lp_known_answers():
+    plain = select_loss(LINE, LINE_ERRORS, np.array([1.0]), centre=False)
+    assert (plain.model, plain.rank) == (2, 0)
+    np.testing.assert_allclose([plain.lam[0], plain.margin], [1.0, 0.2], atol=1e-9)
+    centre = select_loss(LINE, LINE_ERRORS, np.array([1.0]), centre=True)
+    np.testing.assert_allclose([centre.lam[0], centre.margin], [5 / 6, 1 / 6], atol=1e-9)
+    # The box bound scales the answer: with U = 0.5 the region is empty for model 2 below 2/3.
+    assert select_loss(LINE, LINE_ERRORS, np.array([0.5]), centre=True).model != 2
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_selection_lp_makes_the_best_model_the_minimiser(seed):
+    """Random models; the best is, by construction, the minimiser under a known lambda*: the LP must find a
+    lambda (not necessarily lambda*) under which the best model has the strictly lowest loss."""
+    rng = np.random.default_rng(seed)
+    features = rng.uniform(0, 1, size=(12, 3))
+    lam_star = np.array([0.3, 0.7])
+    errors = rng.uniform(0.2, 0.9, size=12)
+    errors[np.argmin(features @ np.concatenate([[1.0], lam_star]))] = 0.1
+    for centre in (False, True):
+        selection = select_loss(features, errors, np.array([1.0, 1.0]), centre=centre)
+        assert selection.rank == 0 and selection.margin > 0
+        losses = features @ np.concatenate([[1.0], selection.lam])
+        assert np.argmin(losses) == np.argmin(errors)
+        assert np.all(selection.lam >= -1e-12) and np.all(selection.lam <= 1 + 1e-12)
+
+
+def test_best_model_off_the_hull_falls_back_to_the_next_best():
+    # (0.6, 0.6) lies above the segment from (0, 1) to (1, 0): no lambda makes it the minimiser.
+    features = np.array([[0.0, 1.0], [1.0, 0.0], [0.6, 0.6]])
+    selection = select_loss(features, np.array([0.3, 0.5, 0.1]), np.array([1.0]))
+    assert (selection.model, selection.rank) == (0, 1)
+    np.testing.assert_allclose(selection.lam, [0.5])  # model 0 wins on all of [0, 1]: the centre
+
+
+def test_degenerate_cases_give_a_defined_result():
+    upper = np.array([1.0, 1.0])
+    equal = select_loss(np.ones((4, 3)), np.array([0.3, 0.1, 0.2, 0.4]), upper)
+    assert equal.lam is None and equal.model == 1 and equal.margin == np.inf
+    nothing = select_loss(np.full((3, 3), np.nan), np.array([0.1, 0.2, 0.3]), upper)
+    assert nothing.lam is None and nothing.model is None and nothing.rank == -1
+    # The best model has the same regulariser values as another model but a higher data term: dominated.
+    dominated = select_loss(np.array([[1.0, 0.5, 0.5], [0.5, 0.5, 0.5], [0.7, 0.0, 1.0]]), np.array([0.1, 0.2, 0.3]), upper)
+    assert dominated.model != 0
+    one = select_loss(np.ones((1, 3)), np.array([0.1]), upper)
+    assert one.lam is None and one.model == 0
+    # The loop turns "no choice" into a random lambda in the box, never a crash.
+    config = LearnLossConfig(upper=(1.0, 1.0), budget=6)
+    trials = learn_loss(lambda lam: (np.ones(3), 0.5, {}), config, np.random.default_rng(0))
+    assert [t.source for t in trials] == ["initial"] * 3 + ["explore"] * 3
+    assert all(np.all((t.lam > 0) & (t.lam <= 1)) for t in trials)
+    with pytest.raises(ValueError, match="features must be"):
+        select_loss(np.ones((3, 2)), np.ones(3), upper)
+
+
+def grid_family() -> tuple[np.ndarray, np.ndarray]:
+    """An idealised "easy" case: models theta on a 101 x 101 grid in [0, 1]^2 with components
+    ``[||theta - 1||^2, theta_1^2, theta_2^2]``; "training" with lambda returns the grid point minimising the
+    loss (near ``1 / (1 + lambda)``), and the error of a model is its loss under a hidden lambda* = (3, 0.5)
+    minus the minimum, so exactly one of the 10,201 models has error 0."""
+    axis = np.linspace(0.0, 1.0, 101)
+    theta = np.array(np.meshgrid(axis, axis, indexing="ij")).reshape(2, -1).T
+    features = np.column_stack([((theta - 1) ** 2).sum(1), theta[:, 0] ** 2, theta[:, 1] ** 2])
+    errors = features @ np.array([1.0, 3.0, 0.5])
+    return features, errors - errors.min()
+
+
+def grid_train(lam: np.ndarray) -> tuple[np.ndarray, float, dict]:
+    features, errors = grid_family()
+    j = int(np.argmin(features @ np.concatenate([[1.0], lam])))
+    return features[j], float(errors[j]), {"model": j}
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_anytime_loop_returns_its_best_and_finds_the_optimum_in_the_easy_case(seed):
+    config = LearnLossConfig(upper=(10.0, 10.0), budget=30)
+    seen = []
+    trials = learn_loss(grid_train, config, np.random.default_rng(seed), on_trial=seen.append)
+    assert seen == trials and len(trials) == 30
+    assert [t.source for t in trials[:3]] == ["initial"] * 3 and trials[3].source == "lp"
+    for n in range(1, len(trials) + 1):  # anytime: every prefix's answer is that prefix's best
+        assert best_trial(trials[:n]).error == min(t.error for t in trials[:n])
+    assert best_trial(trials).error == 0.0  # the one optimal model of 10,201 was found
+    # Random search with the same draws and budget does not find it: the LP, not luck, did.
+    rng = np.random.default_rng(seed)
+    assert min(grid_train(random_lambda(config, rng))[1] for _ in range(30)) > 0.0
+
+
+def test_anytime_loop_is_seeded():
+    config = LearnLossConfig(upper=(10.0, 10.0), budget=8)
+    runs = [[t.lam.tolist() for t in learn_loss(grid_train, config, np.random.default_rng(s))] for s in (3, 3, 4)]
+    assert runs[0] == runs[1] and runs[0] != runs[2]
+
+
+def test_tried_proposal_moves_to_the_next_models_region_then_to_a_random_lambda():
+    config = LearnLossConfig(upper=(1.0,), budget=5)
+    lams = [0.0, 1.0, 5 / 6]  # the best model's centre (5/6) is tried already
+    trials = [Trial(np.array([lam]), f, e, "initial", 0.0) for lam, f, e in zip(lams, LINE, LINE_ERRORS)]
+    lam, source = propose(trials, config, np.random.default_rng(0))
+    assert source == "lp"
+    np.testing.assert_allclose(lam, [1 / 3])  # model 0 wins on [0, 2/3]: its centre
+    trials.append(Trial(np.array([1 / 3]), LINE[0], LINE_ERRORS[0], "lp", 0.0))  # model 1 wins nowhere in [0, 1]
+    lam, source = propose(trials, config, np.random.default_rng(0))
+    assert source == "explore" and 0 < lam[0] <= 1
+
+
+# ---------------------------------------------------------------------- on the fly
+def test_confusion_features_are_the_components_of_the_linear_phi_loss():
+    """On a class-balanced batch, the env's loss under Phi = I + offdiag(s + c) equals (1, s, c) . features."""
+    generator = torch.Generator().manual_seed(0)
+    num_classes, per_class = 4, 6
+    labels = torch.arange(num_classes).repeat_interleave(per_class)
+    logits = torch.randn(len(labels), num_classes, generator=generator, dtype=torch.float64)
+    neg_log = -torch.log_softmax(logits, 1)
+    confusion = torch.stack([neg_log[labels == i].mean(0) for i in range(num_classes)]).numpy()
+    weights = np.array([0.02, 0.01, 0.0, 0.03, 0.02, 0.01, 0.0])  # s, then c_01, c_02, c_03, c_12, c_13, c_23
+    phi = weights_to_phi(weights, num_classes)
+    loss = float(phi_loss(logits, labels, torch.from_numpy(phi), negative_floor=None))
+    assert loss == pytest.approx(confusion_features(confusion) @ np.concatenate([[1.0], weights]), rel=1e-12)
+
+
+def infos_for(confusions, errors, iteration):
+    return {"phi": np.eye(3)[None], "iteration": np.array([iteration]), "confusion": np.array([confusions]),
+            "val_metric_discounted": np.array([errors])}
+
+
+def test_controller_moves_phi_when_an_earlier_checkpoint_was_better():
+    controller = LearnLossPhi(LearnLossPhiConfig(smoothing_max=0.02, pair_max=0.03, rate=1.0))
+    controller.begin(type("Envs", (), {"num_envs": 1})(), seed=0)
+    observations = np.zeros((1, 3, 24))
+    confident = np.array([[0.3, 4.0, 4.0], [4.0, 0.3, 4.0], [4.0, 4.0, 0.3]])
+    soft = np.array([[0.4, 1.5, 1.5], [1.5, 0.4, 1.5], [1.5, 1.5, 0.4]])
+    phi = controller.prescribe_phi(observations, infos_for(soft, 0.2, 0))
+    np.testing.assert_array_equal(phi[0], np.eye(3))  # one checkpoint: nothing to prefer, cross-entropy
+    # A later, more confident checkpoint with a lower data term but a higher error: the LP prefers the
+    # earlier one, which only off-diagonal weight can make the minimiser.
+    phi = controller.prescribe_phi(observations, infos_for(confident, 0.3, 5))[0]
+    assert np.allclose(phi, phi.T) and np.all(np.diag(phi) == 1)
+    assert np.all(phi[~np.eye(3, dtype=bool)] > 0) and phi.max() <= 1.0
+    assert np.all(phi[~np.eye(3, dtype=bool)] <= 0.05 + 1e-12)
+
+
+def test_controller_runs_a_tiny_digits_episode_with_valid_phi_and_is_seeded():
+    assert agents.CONTROLLERS["learnloss"]().env_kwargs() == {"loss_form": "linear"}
+    runs = []
+    for _ in range(2):
+        controller = agents.CONTROLLERS["learnloss"]()
+        envs = controller.make_envs("ALA-Digits-v0", **{**TINY, "total_iterations": 20})
+        try:
+            records = controller.run(envs, seed=1)
+        finally:
+            envs.close()
+        runs.append(records)
+    (record,) = runs[0]
+    assert len(record.phi) == 4 and not record.diverged and 0 <= record.test_metric <= 1
+    for phi in np.array(record.phi):
+        assert np.allclose(phi, phi.T) and np.all(np.diag(phi) == 1)
+        assert np.all(phi[~np.eye(10, dtype=bool)] >= 0) and np.all(phi[~np.eye(10, dtype=bool)] <= 0.05 + 1e-9)
+    assert runs[0][0].phi == runs[1][0].phi and runs[0][0].test_metric == runs[1][0].test_metric
+
+
+# ---------------------------------------------------------------------- the tuning benchmark
+def test_tuning_benchmark_writes_runs_table_plot_and_resumes(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "RESULTS", tmp_path)
+    torch.set_num_threads(1)
+    summary = bench.run_benchmark(["digits"], list(bench.METHODS), [0, 1], 5, "tiny", problem_kwargs={"train_size": 300})
+    out = tmp_path / "tiny"
+    assert sorted(p.name for p in (out / "runs").glob("*.json")) == sorted(
+        f"digits-{m}-seed{s}.json" for m in bench.METHODS for s in (0, 1)
+    )
+    assert (out / "best_val_error.png").exists() and "runs to reach" in (out / "table.md").read_text()
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    by_key = {(r["method"], r["seed"]): r for r in runs}
+    for run in runs:
+        assert len(run["trials"]) == 5
+        val, test, seconds = bench.curves(run)
+        assert np.all(np.diff(val) <= 0) and np.all(np.diff(seconds) >= 0)
+        assert val[-1] == min(t["val_error"] for t in run["trials"])
+    # LearnLoss starts from random search's first three lambdas (same seed), then chooses its own.
+    for seed in (0, 1):
+        lams = [[t["lam"] for t in by_key[(m, seed)]["trials"]] for m in ("learnloss", "random")]
+        assert lams[0][:3] == lams[1][:3] and lams[0][3:] != lams[1][3:]
+    assert set(summary["digits"]["runs_to_reach"]) == {"random", "tpe"}
+    # Resuming: every run file exists, so nothing is trained again.
+    monkeypatch.setattr(bench, "fit", lambda *a, **k: pytest.fail("a finished run was trained again"))
+    bench.run_benchmark(["digits"], list(bench.METHODS), [0, 1], 5, "tiny", problem_kwargs={"train_size": 300})
+
+
+def test_tuning_cli_refuses_bad_input_in_one_line():
+    result = subprocess.run([sys.executable, "-m", "benchmarks.learnloss", "--datasets", "mnist"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "unknown ['mnist']" in result.stderr and "Traceback" not in result.stderr
