@@ -104,7 +104,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         env="ALA-FashionMNIST-v0",
         controllers=FIXED_ROWS + ",phi-identity-sigmoid,reinforce-paper,reinforce-paper-multi,"
         "reinforce-paper@beta=0.01,reinforce-paper-multi@beta=0.01,ppo@fixed_diagonal=false;step_scaling=entry,"
-        "reinforce-frozen,reinforce-multi,reinforce-transfer-frozen,reinforce-transfer",
+        "reinforce-frozen,reinforce-multi,reinforce-transfer-frozen,reinforce-transfer,adalfl@offline_steps=50,learnloss",
         seeds=5,
         children=2,
         # 1200 iterations of batch 128 are about 3 epochs of the 50k training images; K = 30 gives 40 steps.
