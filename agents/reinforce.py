@@ -256,10 +256,11 @@ class ReinforceController(Controller):
         if len(valid) == 0:
             return {}
         with torch.no_grad():
-            probs = F.softmax(self.policy(torch.as_tensor(observations[valid], dtype=torch.float32)), dim=-1)
-            probs = probs[:, self.movable]
-            entropy = float(-(probs * probs.clamp_min(1e-12).log()).sum(-1).mean())
-            logs = {"entropy": entropy, "p_no_change": float(probs[..., NO_CHANGE].mean())}
+            logits = self.policy(torch.as_tensor(observations[valid], dtype=torch.float32))[:, self.movable]
+            logs = {
+                "entropy": mean_entropy(logits).item(),
+                "p_no_change": F.softmax(logits, dim=-1)[..., NO_CHANGE].mean().item(),
+            }
         if not self.train:
             return logs
 

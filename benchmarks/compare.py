@@ -56,7 +56,9 @@ from benchmarks.machine import cpu_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
-# The fixed rows every comparison has: what a user would compare a learned loss with.
+# The fixed rows every comparison has: what a user would compare a learned loss with. Where multi-child
+# controllers run 2 children, ``ce(num_envs=2)`` trains cross-entropy on exactly their children (run k:
+# seeds k and k + 1), for a paired comparison.
 FIXED_ROWS = "ce,phi-identity,label-smoothing,phi-uniform,random,confusion"
 
 # Budgets chosen so a CPU can finish; each gives every child tens of controller steps.
@@ -104,7 +106,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         env="ALA-FashionMNIST-v0",
         controllers=FIXED_ROWS + ",phi-identity-sigmoid,reinforce-paper,reinforce-paper-multi,"
         "reinforce-paper@beta=0.01,reinforce-paper-multi@beta=0.01,ppo@fixed_diagonal=false;step_scaling=entry,"
-        "reinforce-frozen,reinforce-multi,reinforce-transfer-frozen,reinforce-transfer,adalfl@offline_steps=50,learnloss",
+        "reinforce-frozen,reinforce-multi,reinforce-transfer-frozen,reinforce-transfer,ce(num_envs=2),"
+        "adalfl@offline_steps=50,learnloss",
         seeds=5,
         children=2,
         # 1200 iterations of batch 128 are about 3 epochs of the 50k training images; K = 30 gives 40 steps.
@@ -115,7 +118,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         env="ALA-CIFAR10-v0",
         controllers=FIXED_ROWS + ",phi-identity-sigmoid,reinforce-paper,reinforce-paper-multi,"
         "reinforce-paper@beta=0.01,reinforce-paper-multi@beta=0.01,ppo@fixed_diagonal=false;step_scaling=entry,"
-        "reinforce-frozen,reinforce-multi,reinforce-transfer-frozen,reinforce-transfer",
+        "reinforce-frozen,reinforce-multi,reinforce-transfer-frozen,reinforce-transfer,ce(num_envs=2)",
         seeds=5,
         children=2,
         env_kwargs=dict(
