@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 import ala_gym  # noqa: F401  (registers the env ids)
-from ala_gym.metrics import discounted_metric, error_rate
+from ala_gym.core.metrics import discounted_metric, error_rate
 from benchmarks.compare import machine, versions
 
 RESULTS = Path(__file__).resolve().parent / "results" / "reward_agreement.json"

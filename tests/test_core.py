@@ -12,7 +12,7 @@ from torch.nn import functional as F
 
 from ala_gym.core.functional import FunctionalChild
 from ala_gym.core.sgd import sgd_step
-from ala_gym.models import build_model
+from ala_gym.core.models import build_model
 
 CORE = Path(__file__).resolve().parents[1] / "ala_gym" / "core"
 FORBIDDEN = ("gymnasium", "stable_baselines3", "ala_gym.envs", "agents", "benchmarks")

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from ala_gym.data import load_dataset
-from ala_gym.models import build_model
-from ala_gym.trainer import ChildTrainer, TrainConfig
+from ala_gym.core.data import load_dataset
+from ala_gym.core.models import build_model
+from ala_gym.core.trainer import ChildTrainer, TrainConfig
 
 CONFIG = TrainConfig(model="mlp", total_iterations=40, batch_size=32, lr=0.05)
 

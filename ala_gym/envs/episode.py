@@ -3,7 +3,7 @@
 :class:`ChildEpisode` holds everything of an episode except the model: Phi (and the loss that reads
 it), the evaluation schedule of a step, the discounted metric and reward, the observation history and
 moving average, divergence handling and the step's ``info``. Whoever trains the model (one
-:class:`ala_gym.trainer.ChildTrainer`, or a batched trainer for many children) reports each scheduled
+:class:`ala_gym.core.trainer.ChildTrainer`, or a batched trainer for many children) reports each scheduled
 evaluation through :meth:`ChildEpisode.record`, then calls :meth:`ChildEpisode.finish`.
 """
 
@@ -16,10 +16,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ala_gym.data import Split
-from ala_gym.losses import PhiLoss, check_phi, class_pairs, matrix_to_pairs, pairs_to_matrix
-from ala_gym.metrics import WORST, Evaluation, discounted_metric
-from ala_gym.trainer import ChildTrainer
+from ala_gym.core.data import Split
+from ala_gym.core.losses import PhiLoss, check_phi, class_pairs, matrix_to_pairs, pairs_to_matrix
+from ala_gym.core.metrics import WORST, Evaluation, discounted_metric
+from ala_gym.core.trainer import ChildTrainer
 
 N_ACTIONS = 3  # {-beta, 0, +beta}
 CONFUSION_CLIP = 10.0  # bound of the normalised confusion statistics (C / log(num_classes))

@@ -11,11 +11,11 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from ala_gym.batched import BatchedTrainer
+from ala_gym.core.batched import BatchedTrainer
 from ala_gym.envs.classification import ALAClassificationEnv
 from ala_gym.envs.episode import ChildEpisode, train_child_step
-from ala_gym.metrics import Evaluation
-from ala_gym.trainer import ChildTrainer
+from ala_gym.core.metrics import Evaluation
+from ala_gym.core.trainer import ChildTrainer
 
 TRAIN_MODES = ("auto", "batched", "sequential")
 
@@ -46,9 +46,9 @@ class ALAVectorEnv(VectorEnv):
     own initial weights, batch order and Phi. ``gym.make_vec("ALA-Digits-v0", num_envs=10)`` builds it.
 
     With ``train_mode="batched"`` the children's weights are stacked and every SGD iteration runs all
-    children in one ``torch.func.vmap``-ed forward and backward (:class:`ala_gym.batched.BatchedTrainer`,
+    children in one ``torch.func.vmap``-ed forward and backward (:class:`ala_gym.core.batched.BatchedTrainer`,
     per-child momentum and BatchNorm statistics); ``"sequential"`` trains one
-    :class:`ala_gym.trainer.ChildTrainer` after another and reproduces N single envs bit for bit.
+    :class:`ala_gym.core.trainer.ChildTrainer` after another and reproduces N single envs bit for bit.
     ``"auto"`` picks the faster path for the device (:func:`default_train_mode`).
 
     ## Seeding

@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ala_gym.data import BatchSampler, ClassificationData, Split
-from ala_gym.losses import LossFn
-from ala_gym.metrics import Evaluation, summarize
-from ala_gym.models import build_model
+from ala_gym.core.data import BatchSampler, ClassificationData, Split
+from ala_gym.core.losses import LossFn
+from ala_gym.core.metrics import Evaluation, summarize
+from ala_gym.core.models import build_model
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class TrainConfig:
     """How a child is trained: model, momentum SGD and its step schedule."""
 
     model: str = "mlp"
-    """Child model name (a key of ``ala_gym.models.MODELS``)."""
+    """Child model name (a key of ``ala_gym.core.models.MODELS``)."""
     total_iterations: int = 2000
     """SGD iterations of one full training run (the episode's budget)."""
     batch_size: int = 128

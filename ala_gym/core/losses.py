@@ -52,7 +52,7 @@ def phi_loss(
 
 
 class PhiLoss:
-    """Eq. 6 with a fixed Phi, as a ``loss_fn(logits, labels)`` for :class:`ala_gym.trainer.ChildTrainer`."""
+    """Eq. 6 with a fixed Phi, as a ``loss_fn(logits, labels)`` for :class:`ala_gym.core.trainer.ChildTrainer`."""
 
     def __init__(
         self, phi: torch.Tensor, form: str = "linear", temperature: float = 1.0, negative_floor: float | None = 1e-3

@@ -1,6 +1,6 @@
 """Several children trained together: one stacked set of weights, one vmapped forward and backward.
 
-:class:`BatchedTrainer` is the multi-child counterpart of :class:`ala_gym.trainer.ChildTrainer`. The N
+:class:`BatchedTrainer` is the multi-child counterpart of :class:`ala_gym.core.trainer.ChildTrainer`. The N
 children share the model architecture and the data, nothing else: each has its own initial weights,
 batch sampler, momentum buffers, BatchNorm running statistics, learning-rate position and Phi. Their
 weights are stacked along a leading child dimension (``torch.func.stack_module_state``) and one
@@ -21,11 +21,11 @@ import numpy as np
 import torch
 from torch.func import functional_call, stack_module_state, vmap
 
-from ala_gym.data import BatchSampler, ClassificationData, Split
-from ala_gym.losses import PhiLoss, phi_loss
-from ala_gym.metrics import Evaluation, summarize
-from ala_gym.models import build_model
-from ala_gym.trainer import TrainConfig, seed_streams
+from ala_gym.core.data import BatchSampler, ClassificationData, Split
+from ala_gym.core.losses import PhiLoss, phi_loss
+from ala_gym.core.metrics import Evaluation, summarize
+from ala_gym.core.models import build_model
+from ala_gym.core.trainer import TrainConfig, seed_streams
 
 
 class BatchedTrainer:
