@@ -70,6 +70,36 @@ def test_sgd_step_follows_torch_optim_sgd(nesterov: bool) -> None:
             torch.testing.assert_close(params[name], p.detach(), rtol=1e-5, atol=1e-6, msg=f"step {step}: {name}")
 
 
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_sgd_step_in_place_is_torch_optim_sgd_bit_for_bit(nesterov: bool) -> None:
+    """The trainers' in-place path: the very numbers of ``torch.optim.SGD``, and those of the pure path."""
+    model, inputs, targets = tiny_regression(torch.float32)
+    settings = dict(momentum=0.9, weight_decay=5e-4, nesterov=nesterov)
+    params = {name: p.detach().clone() for name, p in model.named_parameters()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, **settings)
+    velocity = pure_velocity = None
+    for lr in [0.1, 0.1, 0.05, 0.01]:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.zero_grad()
+        F.mse_loss(model(inputs), targets).backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        optimizer.step()
+        pure, pure_velocity = sgd_step(params, grads, pure_velocity, lr=lr, **settings)
+        with torch.no_grad():
+            _, velocity = sgd_step(params, grads, velocity, lr=lr, inplace=True, **settings)
+        for name, p in model.named_parameters():
+            assert torch.equal(params[name], p.detach()) and torch.equal(pure[name], p.detach()), name
+
+
+def test_sgd_step_per_child_learning_rates() -> None:
+    """A learning-rate tensor ``[N]`` scales the leading (child) dimension of every parameter."""
+    params = {"w": torch.ones(2, 3), "b": torch.ones(2)}
+    grads = {"w": torch.ones(2, 3), "b": torch.ones(2)}
+    new, _ = sgd_step(params, grads, None, lr=torch.tensor([0.1, 0.5]))
+    assert torch.equal(new["w"], torch.tensor([[0.9] * 3, [0.5] * 3])) and torch.equal(new["b"], torch.tensor([0.9, 0.5]))
+
+
 def test_sgd_step_without_momentum_is_plain_gradient_descent() -> None:
     params = {"w": torch.tensor([1.0, -2.0])}
     new, velocity = sgd_step(params, [torch.tensor([0.5, 0.5])], None, lr=0.1, weight_decay=0.1)

@@ -19,7 +19,6 @@ from ala_gym.envs.episode import (
     N_ACTIONS,
     ChildEpisode,
     EpisodeSettings,
-    train_child_step,
 )
 from ala_gym.core.losses import LOSS_FORMS, check_phi, class_pairs
 from ala_gym.core.metrics import METRICS, Evaluation
@@ -294,7 +293,9 @@ class ALAClassificationEnv(gym.Env):
         if self.trainer is None or not self.episode.running:
             raise RuntimeError("the episode has ended (or never started): call reset() before step()")
         self.episode.apply_action(action)
-        train_child_step(self.trainer, self.episode, self.val_eval)
+        self.trainer.train_chunks(
+            self.episode.plan(self.trainer.iteration), self.episode.loss, self.val_eval, self.metric, self.episode.record_chunk
+        )
         observation, reward, terminated, info = self.episode.finish(self.trainer.iteration)
         if terminated:
             info.update(self.episode.final_metrics(self.evaluate_split))
