@@ -49,8 +49,7 @@ import torch
 from tqdm import tqdm
 
 import ala_gym
-from ala_gym.core.data import DataError, data_home
-from ala_gym.envs.classification import resolve_device
+from ala_gym.core.data import DataError, data_home, resolve_device
 from agents import CONTROLLERS
 from benchmarks.machine import cpu_model
 

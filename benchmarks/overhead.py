@@ -43,7 +43,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-import ala_gym  # noqa: F401  (registers the env ids)
+import ala_gym.envs  # noqa: F401  (registers the env ids)
 from ala_gym.core.data import BatchSampler, cifar10_subset_dir, data_home
 from ala_gym.envs.classification import ALAClassificationEnv
 from ala_gym.core.losses import PhiLoss

@@ -1,9 +1,6 @@
-"""The torch-only core: the pure SGD step, the functional child, and the one-way dependency rule."""
+"""The torch-only core: the pure SGD step and the functional child (the dependency rule: test_architecture.py)."""
 
 from __future__ import annotations
-
-import ast
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,27 +10,6 @@ from torch.nn import functional as F
 from ala_gym.core.functional import FunctionalChild
 from ala_gym.core.sgd import sgd_step
 from ala_gym.core.models import build_model
-
-CORE = Path(__file__).resolve().parents[1] / "ala_gym" / "core"
-FORBIDDEN = ("gymnasium", "stable_baselines3", "ala_gym.envs", "agents", "benchmarks")
-
-
-def test_core_imports_no_gymnasium_envs_or_agents() -> None:
-    """Static check of every core module: no import of gymnasium, SB3, the envs, agents or benchmarks,
-    and no import of the ``ala_gym`` package root (which registers the gymnasium envs)."""
-    offenders = []
-    for path in sorted(CORE.glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = []
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module] + ([f"{node.module}.{a.name}" for a in node.names] if node.module == "ala_gym" else [])
-            for name in names:
-                if name == "ala_gym" or any(name == f or name.startswith(f + ".") for f in FORBIDDEN):
-                    offenders.append(f"{path.name}: {name}")
-    assert not offenders, offenders
-
 
 def tiny_regression(dtype: torch.dtype = torch.float32) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(0)

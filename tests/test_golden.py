@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-import ala_gym  # noqa: F401  (registers the ids)
+import ala_gym.envs  # noqa: F401  (registers the ids)
 
 GOLDEN = Path(__file__).with_name("golden_trajectories.json")
 CASES = {

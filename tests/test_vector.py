@@ -23,7 +23,7 @@ from gymnasium.vector import AutoresetMode
 import ala_gym
 from ala_gym.core.batched import BatchedTrainer
 from ala_gym.core.data import load_dataset
-from ala_gym.envs.sb3 import SB3VecEnv
+from ala_gym.wrappers.sb3 import SB3VecEnv
 from ala_gym.core.batched import default_train_mode
 from ala_gym.envs.vector import ALAVectorEnv
 from ala_gym.core.losses import PhiLoss

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from ala_gym.core.data import ClassificationData, load_dataset
+from ala_gym.core.data import ClassificationData, load_dataset, resolve_device
 from ala_gym.envs.episode import (
     CHANGE_CLIP,
     CONFUSION_CLIP,
@@ -26,14 +26,7 @@ from ala_gym.core.trainer import ChildTrainer, TrainConfig
 
 STEP_SCALINGS = ("row", "entry")
 
-__all__ = ["ALAClassificationEnv", "CHANGE_CLIP", "CONFUSION_CLIP", "MOVING_AVERAGE_RATE", "N_ACTIONS", "resolve_device"]
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` means CUDA when present, else the CPU."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+__all__ = ["ALAClassificationEnv", "CHANGE_CLIP", "CONFUSION_CLIP", "MOVING_AVERAGE_RATE", "N_ACTIONS"]
 
 
 class ALAClassificationEnv(gym.Env):
