@@ -53,7 +53,7 @@ def data_home() -> Path:
     at run time and record only the dataset's name.
     """
     configured = os.environ.get("ALA_GYM_DATA")
-    return Path(configured) if configured else Path(__file__).resolve().parents[2] / "shared" / "data"
+    return Path(configured) if configured else Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 def cifar10_subset_dir() -> Path:
