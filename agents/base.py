@@ -16,7 +16,7 @@ from typing import Any, Callable
 import gymnasium as gym
 import numpy as np
 
-import ala_gym  # noqa: F401  (registers the env ids that make_envs names)
+import ala_gym.envs  # noqa: F401  (registers the env ids that make_envs names)
 from agents.runlog import phi_stats
 
 OnStep = Callable[[int, dict[str, Any]], None]

@@ -73,7 +73,7 @@ import numpy as np
 from scipy.optimize import linprog
 
 from agents.baselines import FixedPhi
-from ala_gym.losses import pairs_to_matrix
+from ala_gym.core.losses import pairs_to_matrix
 
 
 # ---------------------------------------------------------------------- the selection LP

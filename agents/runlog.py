@@ -275,7 +275,7 @@ def run_cli(controller: Any, args: argparse.Namespace) -> list[Any]:
     Bad input (env keywords out of range, missing data, a policy that does not fit the env) ends the
     command through :func:`fail`.
     """
-    from ala_gym.data import DataError
+    from ala_gym.core.data import DataError
 
     try:
         envs = controller.make_envs(args.env, **env_kwargs_from_args(args))

@@ -1,7 +1,7 @@
 """Stable-Baselines3 controllers (PPO, A2C) over the ALA vector env, learning online within one run.
 
 SB3 owns its training loop, so :class:`SB3Controller` overrides :meth:`Controller.run`: it wraps the
-native vector env in the SB3 adapter (:class:`ala_gym.envs.sb3.SB3VecEnv`, which needs the env built
+native vector env in the SB3 adapter (:class:`ala_gym.wrappers.sb3.SB3VecEnv`, which needs the env built
 with ``autoreset_mode=SAME_STEP``: :meth:`SB3Controller.env_kwargs` asks for it), calls ``model.learn``
 and records each child's first episode from a callback, stopping SB3 once every child has finished.
 
@@ -42,7 +42,7 @@ from torch import nn
 
 from agents import runlog
 from agents.base import Controller, EpisodeRecord, EpisodeRecorder, OnStep, step_logs
-from ala_gym.envs.sb3 import SB3VecEnv
+from ala_gym.wrappers.sb3 import SB3VecEnv
 
 ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "a2c": A2C}
 N_ACTIONS = 3

@@ -1,12 +1,17 @@
-"""ala-gym: Adaptive Loss Alignment as Gymnasium environments.
+"""ala-gym: Adaptive Loss Alignment as Gymnasium environments, on a torch-only child-training core.
 
-``import ala_gym`` registers ``ALA-CIFAR10-v0``, ``ALA-FashionMNIST-v0`` and ``ALA-Digits-v0``.
+Layout (imports flow one way, left to right): :mod:`ala_gym.core` (torch only) -> :mod:`ala_gym.envs`
+(gymnasium) -> :mod:`ala_gym.wrappers` (adapters for RL libraries) -> ``agents`` -> ``benchmarks``.
+
+Registration. ``import ala_gym.envs`` registers ``ALA-CIFAR10-v0``, ``ALA-FashionMNIST-v0`` and
+``ALA-Digits-v0`` with gymnasium; ``gym.make("ala_gym.envs:ALA-Digits-v0")`` imports it by itself.
+``import ala_gym`` registers them too, but only when gymnasium has already been imported
+(``import gymnasium as gym; import ala_gym``, the usual order): the package root must not load
+gymnasium itself, so that ``import ala_gym.core`` stays free of it for loss learners without RL.
+Code that may import ``ala_gym`` before gymnasium imports ``ala_gym.envs``.
 """
 
-from functools import partial
-from typing import Any
-
-from gymnasium.envs.registration import register, registry
+import sys
 
 __version__ = "0.1.0"
 
@@ -15,18 +20,7 @@ ENV_IDS = {
     "ALA-FashionMNIST-v0": "ala_gym.envs.fashion_mnist:ALAFashionMNISTEnv",
     "ALA-Digits-v0": "ala_gym.envs.digits:ALADigitsEnv",
 }
+"""The registered ids and their entry points (registered by :mod:`ala_gym.envs`)."""
 
-
-def make_vector_env(env_id: str, num_envs: int, **kwargs: Any) -> Any:
-    """``gym.make_vec(env_id, num_envs=N)`` creator; imports the vector env (and torch) only when called.
-
-    Module-level (bound to an id with ``functools.partial``) so that env specs stay picklable.
-    """
-    from ala_gym.envs.vector import ALAVectorEnv
-
-    return ALAVectorEnv(env_id, num_envs, **kwargs)
-
-
-for _env_id, _entry_point in ENV_IDS.items():
-    if _env_id not in registry:  # importing twice (or reloading) must not re-register
-        register(id=_env_id, entry_point=_entry_point, vector_entry_point=partial(make_vector_env, _env_id))
+if "gymnasium" in sys.modules:
+    import ala_gym.envs  # noqa: F401  (registers ENV_IDS)

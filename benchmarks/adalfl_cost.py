@@ -33,8 +33,8 @@ import torch
 from torch.nn import functional as F
 
 from agents.adalfl import AdaLFLConfig, LossNetwork, OnlineTrainer, initialise_offline
-from ala_gym.data import DataError, load_dataset
-from ala_gym.trainer import ChildTrainer, TrainConfig
+from ala_gym.core.data import DataError, load_dataset
+from ala_gym.core.trainer import ChildTrainer, TrainConfig
 from benchmarks.machine import cpu_model
 
 # The registered envs' child settings (ala_gym/envs/*.py).

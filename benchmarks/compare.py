@@ -49,8 +49,7 @@ import torch
 from tqdm import tqdm
 
 import ala_gym
-from ala_gym.data import DataError, data_home
-from ala_gym.envs.classification import resolve_device
+from ala_gym.core.data import DataError, data_home, resolve_device
 from agents import CONTROLLERS
 from benchmarks.machine import cpu_model
 
@@ -159,7 +158,7 @@ def without_locations(env_kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def with_locations(env_kwargs: dict[str, Any]) -> dict[str, Any]:
-    """``env_kwargs`` as given to the env: a relative ``data_root`` resolved under :func:`ala_gym.data.data_home`."""
+    """``env_kwargs`` as given to the env: a relative ``data_root`` resolved under :func:`ala_gym.core.data.data_home`."""
     root = env_kwargs.get("data_root")
     if root is None or Path(root).is_absolute():
         return env_kwargs

@@ -17,11 +17,11 @@ way it is deterministic. Float64 throughout.
 
 Datasets (features standardised with the training subsample's statistics):
 
-* ``digits``: scikit-learn's 8x8 digits, 64 pixels; ``ala_gym.data.load_digits`` split, 1,077 train /
+* ``digits``: scikit-learn's 8x8 digits, 64 pixels; ``ala_gym.core.data.load_digits`` split, 1,077 train /
   360 validation / 360 test.
 * ``fashion-mnist``: Fashion-MNIST pixels, 2x2 average-pooled to 14x14 (196 features) so that a fit takes
   about a second; a fixed subsample (generator seed 0) of 1,000 training and 2,000 validation images of
-  ``ala_gym.data.load_fashion_mnist``'s split, and the full 10,000-image test set.
+  ``ala_gym.core.data.load_fashion_mnist``'s split, and the full 10,000-image test set.
 * ``cifar10``: the CIFAR-10 subset's pixels, 4x4 average-pooled to 8x8x3 (192 features); 1,000 of its
   training images (fixed subsample), its full validation split (1,034) and test split (1,017).
 
@@ -47,7 +47,7 @@ from scipy.optimize import minimize
 from scipy.special import logsumexp
 
 from agents.learnloss import LearnLossConfig, Trial, learn_loss, random_lambda
-from ala_gym.data import DataError, load_cifar10, load_digits, load_fashion_mnist
+from ala_gym.core.data import DataError, load_cifar10, load_digits, load_fashion_mnist
 from benchmarks.compare import write_json
 from benchmarks.machine import cpu_model
 

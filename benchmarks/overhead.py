@@ -43,11 +43,11 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-import ala_gym  # noqa: F401  (registers the env ids)
-from ala_gym.data import BatchSampler, cifar10_subset_dir, data_home
+import ala_gym.envs  # noqa: F401  (registers the env ids)
+from ala_gym.core.data import BatchSampler, cifar10_subset_dir, data_home
 from ala_gym.envs.classification import ALAClassificationEnv
-from ala_gym.losses import PhiLoss
-from ala_gym.models import build_model
+from ala_gym.core.losses import PhiLoss
+from ala_gym.core.models import build_model
 from benchmarks.machine import cpu_model
 
 # The evaluation schedule every config pins (the env defaults when these rows were first measured).

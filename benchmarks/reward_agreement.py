@@ -27,8 +27,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-import ala_gym  # noqa: F401  (registers the env ids)
-from ala_gym.metrics import discounted_metric, error_rate
+import ala_gym.envs  # noqa: F401  (registers the env ids)
+from ala_gym.core.metrics import discounted_metric, error_rate
 from benchmarks.compare import machine, versions, with_locations, without_locations
 
 RESULTS = Path(__file__).resolve().parent / "results" / "reward_agreement.json"

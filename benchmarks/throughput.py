@@ -46,9 +46,9 @@ def measure(config: dict) -> dict:
     import numpy as np
     import torch
 
-    import ala_gym  # noqa: F401  (registers the ids)
+    import ala_gym.envs  # noqa: F401  (registers the ids)
 
-    from ala_gym.data import cifar10_subset_dir
+    from ala_gym.core.data import cifar10_subset_dir
 
     torch.set_num_threads(config["threads"])
     n, mode = config["num_envs"], config["mode"]

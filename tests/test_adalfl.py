@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-import ala_gym  # noqa: F401  (registers the env ids)
+import ala_gym.envs  # noqa: F401  (registers the env ids)
 from agents import CONTROLLERS
 from agents.adalfl import (
     AdaLFLConfig,
@@ -24,9 +24,9 @@ from agents.adalfl import (
     save_loss_network,
 )
 from ala_gym.core.functional import FunctionalChild
-from ala_gym.data import load_dataset
-from ala_gym.models import build_model
-from ala_gym.trainer import TrainConfig
+from ala_gym.core.data import load_dataset
+from ala_gym.core.models import build_model
+from ala_gym.core.trainer import TrainConfig
 
 DIGITS = dict(total_iterations=60, steps_per_action=20, device="cpu")
 

@@ -286,7 +286,7 @@ def test_ppo_pair_policy_cli_learns_logs_and_saves(ppo_policy):
 @pytest.mark.parametrize("algo, policy", [("a2c", "mlp"), ("a2c", "pair"), ("ppo", "mlp")])
 def test_sb3_controllers_run_end_to_end(algo, policy):
     from agents.sb3 import SB3Config, isolated_global_rngs
-    from ala_gym.envs.sb3 import SB3VecEnv
+    from ala_gym.wrappers.sb3 import SB3VecEnv
 
     controller = agents.CONTROLLERS[algo](num_envs=2, config=SB3Config(policy=policy, n_steps=1, lr=0.01))
     envs = controller.make_envs("ALA-Digits-v0", **TINY)

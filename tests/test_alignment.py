@@ -12,7 +12,7 @@ from torch.nn import functional as F
 import agents
 from agents.baselines import UniformPhi
 from agents.reinforce import PAPER_ENV_KWARGS, PairPolicy, ReinforceConfig, ReinforceController, pair_rewards
-from ala_gym.losses import class_pairs, phi_loss
+from ala_gym.core.losses import class_pairs, phi_loss
 
 TINY = dict(total_iterations=12, steps_per_action=4, eval_points=1, device="cpu")
 PAIRS = class_pairs(10)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ala_gym.data import cifar10_subset_dir
+from ala_gym.core.data import cifar10_subset_dir
 from benchmarks import compare
 
 TINY = dict(total_iterations=10, steps_per_action=5, eval_points=2, eval_stride=2, device="cpu")

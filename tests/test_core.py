@@ -1,9 +1,6 @@
-"""The torch-only core: the pure SGD step, the functional child, and the one-way dependency rule."""
+"""The torch-only core: the pure SGD step and the functional child (the dependency rule: test_architecture.py)."""
 
 from __future__ import annotations
-
-import ast
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,28 +9,7 @@ from torch.nn import functional as F
 
 from ala_gym.core.functional import FunctionalChild
 from ala_gym.core.sgd import sgd_step
-from ala_gym.models import build_model
-
-CORE = Path(__file__).resolve().parents[1] / "ala_gym" / "core"
-FORBIDDEN = ("gymnasium", "stable_baselines3", "ala_gym.envs", "agents", "benchmarks")
-
-
-def test_core_imports_no_gymnasium_envs_or_agents() -> None:
-    """Static check of every core module: no import of gymnasium, SB3, the envs, agents or benchmarks,
-    and no import of the ``ala_gym`` package root (which registers the gymnasium envs)."""
-    offenders = []
-    for path in sorted(CORE.glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = []
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module] + ([f"{node.module}.{a.name}" for a in node.names] if node.module == "ala_gym" else [])
-            for name in names:
-                if name == "ala_gym" or any(name == f or name.startswith(f + ".") for f in FORBIDDEN):
-                    offenders.append(f"{path.name}: {name}")
-    assert not offenders, offenders
-
+from ala_gym.core.models import build_model
 
 def tiny_regression(dtype: torch.dtype = torch.float32) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(0)
@@ -68,6 +44,36 @@ def test_sgd_step_follows_torch_optim_sgd(nesterov: bool) -> None:
         params = {k: v.detach() for k, v in params.items()}
         for name, p in model.named_parameters():
             torch.testing.assert_close(params[name], p.detach(), rtol=1e-5, atol=1e-6, msg=f"step {step}: {name}")
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_sgd_step_in_place_is_torch_optim_sgd_bit_for_bit(nesterov: bool) -> None:
+    """The trainers' in-place path: the very numbers of ``torch.optim.SGD``, and those of the pure path."""
+    model, inputs, targets = tiny_regression(torch.float32)
+    settings = dict(momentum=0.9, weight_decay=5e-4, nesterov=nesterov)
+    params = {name: p.detach().clone() for name, p in model.named_parameters()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, **settings)
+    velocity = pure_velocity = None
+    for lr in [0.1, 0.1, 0.05, 0.01]:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.zero_grad()
+        F.mse_loss(model(inputs), targets).backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        optimizer.step()
+        pure, pure_velocity = sgd_step(params, grads, pure_velocity, lr=lr, **settings)
+        with torch.no_grad():
+            _, velocity = sgd_step(params, grads, velocity, lr=lr, inplace=True, **settings)
+        for name, p in model.named_parameters():
+            assert torch.equal(params[name], p.detach()) and torch.equal(pure[name], p.detach()), name
+
+
+def test_sgd_step_per_child_learning_rates() -> None:
+    """A learning-rate tensor ``[N]`` scales the leading (child) dimension of every parameter."""
+    params = {"w": torch.ones(2, 3), "b": torch.ones(2)}
+    grads = {"w": torch.ones(2, 3), "b": torch.ones(2)}
+    new, _ = sgd_step(params, grads, None, lr=torch.tensor([0.1, 0.5]))
+    assert torch.equal(new["w"], torch.tensor([[0.9] * 3, [0.5] * 3])) and torch.equal(new["b"], torch.tensor([0.9, 0.5]))
 
 
 def test_sgd_step_without_momentum_is_plain_gradient_descent() -> None:

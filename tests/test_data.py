@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ala_gym.data import (
+from ala_gym.core.data import (
     cifar10_subset_dir,
     FASHION_MNIST_DEBIAN_DIR,
     BatchSampler,

@@ -25,7 +25,7 @@ from agents.learnloss import (
     select_loss,
     weights_to_phi,
 )
-from ala_gym.losses import phi_loss
+from ala_gym.core.losses import phi_loss
 from benchmarks import learnloss as bench
 
 TINY = dict(total_iterations=10, steps_per_action=5, eval_points=2, eval_stride=2, device="cpu")

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from ala_gym.losses import PhiLoss, check_phi, class_pairs, matrix_to_pairs, pairs_to_matrix, phi_loss
+from ala_gym.core.losses import PhiLoss, check_phi, class_pairs, matrix_to_pairs, pairs_to_matrix, phi_loss
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from ala_gym.metrics import confusion_statistics, discounted_metric, error_rate, mean_nll, summarize
+from ala_gym.core.metrics import confusion_statistics, discounted_metric, error_rate, mean_nll, summarize
 
 
 def test_confusion_statistics_by_hand() -> None:

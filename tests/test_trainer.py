@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from ala_gym.data import load_dataset
-from ala_gym.models import build_model
-from ala_gym.trainer import ChildTrainer, TrainConfig
+from ala_gym.core.data import load_dataset
+from ala_gym.core.models import build_model
+from ala_gym.core.trainer import ChildTrainer, TrainConfig
 
 CONFIG = TrainConfig(model="mlp", total_iterations=40, batch_size=32, lr=0.05)
 
@@ -68,9 +68,9 @@ def test_optimizer_follows_schedule(digits) -> None:
     seen = []
     for _ in range(4):
         trainer.train_step(F.cross_entropy)
-        seen.append(trainer.optimizer.param_groups[0]["lr"])
+        seen.append(trainer.lr)
     assert seen == pytest.approx([0.2, 0.2, 0.1, 0.1])
-    assert trainer.optimizer.param_groups[0]["momentum"] == 0.5 and trainer.done
+    assert trainer.velocity is not None and trainer.done
 
 
 @pytest.mark.parametrize(

@@ -21,12 +21,13 @@ import torch
 from gymnasium.vector import AutoresetMode
 
 import ala_gym
-from ala_gym.batched import BatchedTrainer
-from ala_gym.data import load_dataset
-from ala_gym.envs.sb3 import SB3VecEnv
-from ala_gym.envs.vector import ALAVectorEnv, default_train_mode
-from ala_gym.losses import PhiLoss
-from ala_gym.trainer import ChildTrainer, TrainConfig
+from ala_gym.core.batched import BatchedTrainer
+from ala_gym.core.data import load_dataset
+from ala_gym.wrappers.sb3 import SB3VecEnv
+from ala_gym.core.batched import default_train_mode
+from ala_gym.envs.vector import ALAVectorEnv
+from ala_gym.core.losses import PhiLoss
+from ala_gym.core.trainer import ChildTrainer, TrainConfig
 
 ENV_ID = "ALA-Digits-v0"
 TINY = dict(total_iterations=40, steps_per_action=10, eval_points=2, eval_stride=2, device="cpu", reward="raw")
@@ -222,9 +223,9 @@ def test_divergence_terminates_only_that_child(train_mode: str) -> None:
     # Poison child 0's first-layer weights (no Phi diverges reliably within one short step on digits).
     with torch.no_grad():
         if train_mode == "batched":
-            envs.unwrapped._batched.params["fc1.weight"][0].fill_(float("inf"))
+            envs.unwrapped._children.params["fc1.weight"][0].fill_(float("inf"))
         else:
-            envs.unwrapped._trainers[0].model.fc1.weight.fill_(float("inf"))
+            envs.unwrapped._children.trainers[0].model.fc1.weight.fill_(float("inf"))
     envs.set_attr("phi", [np.eye(10), 0.5 * np.eye(10)])
     np.testing.assert_array_equal(envs.get_attr("phi")[1], 0.5 * np.eye(10))
     _, reward, terminated, truncated, info = envs.step(np.ones((2, N_PAIRS), dtype=np.int64))

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from ala_gym.data import ClassificationData, load_dataset
+from ala_gym.core.data import ClassificationData, load_dataset, resolve_device
 from ala_gym.envs.episode import (
     CHANGE_CLIP,
     CONFUSION_CLIP,
@@ -19,22 +19,14 @@ from ala_gym.envs.episode import (
     N_ACTIONS,
     ChildEpisode,
     EpisodeSettings,
-    train_child_step,
 )
-from ala_gym.losses import LOSS_FORMS, check_phi, class_pairs
-from ala_gym.metrics import METRICS, Evaluation
-from ala_gym.trainer import ChildTrainer, TrainConfig
+from ala_gym.core.losses import LOSS_FORMS, check_phi, class_pairs
+from ala_gym.core.metrics import METRICS, Evaluation
+from ala_gym.core.trainer import ChildTrainer, TrainConfig
 
 STEP_SCALINGS = ("row", "entry")
 
-__all__ = ["ALAClassificationEnv", "CHANGE_CLIP", "CONFUSION_CLIP", "MOVING_AVERAGE_RATE", "N_ACTIONS", "resolve_device"]
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` means CUDA when present, else the CPU."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+__all__ = ["ALAClassificationEnv", "CHANGE_CLIP", "CONFUSION_CLIP", "MOVING_AVERAGE_RATE", "N_ACTIONS"]
 
 
 class ALAClassificationEnv(gym.Env):
@@ -50,7 +42,7 @@ class ALAClassificationEnv(gym.Env):
     ## Action Space
     ``MultiDiscrete([3] * n_pairs)`` with ``n_pairs = C (C + 1) / 2`` unordered class pairs ``(i, j)``,
     ``i <= j`` (diagonal included; 55 for 10 classes), in the row-major upper-triangle order of
-    ``ala_gym.losses.class_pairs``. Action ``a`` changes the pair's entry by ``step * (a - 1)``, where
+    ``ala_gym.core.losses.class_pairs``. Action ``a`` changes the pair's entry by ``step * (a - 1)``, where
     ``step`` is, by default (``fixed_diagonal=True``, ``step_scaling="row"``):
 
     * ``0`` on the diagonal: ``Phi(i, i)`` stays at its initial value (1), and diagonal actions are
@@ -101,7 +93,7 @@ class ALAClassificationEnv(gym.Env):
     carries ``test_metric`` and ``final_val_metric`` (on the full validation set). A step truncated from
     outside (``gym.make(..., max_episode_steps=N)``, or the vector env's ``max_episode_steps``) does not:
     the training run has not finished; ``env.unwrapped.evaluate_split("test")`` measures it if wanted.
-    A diverged child scores the metric's worst value there (``ala_gym.metrics.WORST``:
+    A diverged child scores the metric's worst value there (``ala_gym.core.metrics.WORST``:
     1.0 for ``"error"``, ``inf`` for ``"nll"``), never NaN.
 
     ## Rendering
@@ -123,14 +115,14 @@ class ALAClassificationEnv(gym.Env):
     ``__init__`` can be passed as a keyword:
 
     * ``dataset``: ``"digits"``, ``"fashion-mnist"`` or ``"cifar10"``; ``data_root``, ``download`` and
-      ``val_size`` go to its loader (``ala_gym.data``), ``split_seed`` fixes the train/validation split
+      ``val_size`` go to its loader (``ala_gym.core.data``), ``split_seed`` fixes the train/validation split
       and the validation subsample (not the child's seed).
     * ``model``, ``total_iterations``, ``batch_size``, ``lr``, ``momentum``, ``weight_decay``,
-      ``lr_milestones``, ``lr_decay``: the child's training (``ala_gym.trainer.TrainConfig``).
+      ``lr_milestones``, ``lr_decay``: the child's training (``ala_gym.core.trainer.TrainConfig``).
     * ``steps_per_action`` (K, 200 in the paper), ``beta`` (0.1), ``fixed_diagonal`` (True) and
       ``step_scaling`` (``"row"`` or ``"entry"``) as under Action Space, ``phi_init`` (identity), ``loss_form``,
       ``sigmoid_temperature``, ``negative_floor`` (1e-3: a negative entry stops rewarding ``log f_j`` once
-      ``f_j`` is below it, which keeps Eq. 6 bounded; ``None`` for Eq. 6 as printed; see ``ala_gym.losses``).
+      ``f_j`` is below it, which keeps Eq. 6 bounded; ``None`` for Eq. 6 as printed; see ``ala_gym.core.losses``).
     * ``metric`` (``"error"`` or ``"nll"``, lower is better), ``reward``, ``gamma`` (0.9), ``eval_points``,
       ``eval_stride``, ``val_subsample`` (1000: at 2000 the validation passes took 11.5% of a Fashion-MNIST step, at 1000 3.5%, see benchmarks/results/overhead.md), ``history`` (10), ``divergence_penalty``.
     * ``device``: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
@@ -294,7 +286,9 @@ class ALAClassificationEnv(gym.Env):
         if self.trainer is None or not self.episode.running:
             raise RuntimeError("the episode has ended (or never started): call reset() before step()")
         self.episode.apply_action(action)
-        train_child_step(self.trainer, self.episode, self.val_eval)
+        self.trainer.train_chunks(
+            self.episode.plan(self.trainer.iteration), self.episode.loss, self.val_eval, self.metric, self.episode.record_chunk
+        )
         observation, reward, terminated, info = self.episode.finish(self.trainer.iteration)
         if terminated:
             info.update(self.episode.final_metrics(self.evaluate_split))
@@ -302,7 +296,7 @@ class ALAClassificationEnv(gym.Env):
         return observation, reward, terminated, False, info
 
     def evaluate_split(self, split: str) -> Evaluation:
-        """The current child's :class:`ala_gym.metrics.Evaluation` on the full ``"val"`` or ``"test"`` split."""
+        """The current child's :class:`ala_gym.core.metrics.Evaluation` on the full ``"val"`` or ``"test"`` split."""
         assert self.trainer is not None
         return self.trainer.evaluate({"val": self.data.val, "test": self.data.test}[split], self.metric)
 
@@ -363,5 +357,5 @@ class ALAClassificationEnv(gym.Env):
 
     @property
     def phi_pairs(self) -> np.ndarray:
-        """Phi as one value per class pair (the order of ``ala_gym.losses.class_pairs``)."""
+        """Phi as one value per class pair (the order of ``ala_gym.core.losses.class_pairs``)."""
         return self.episode.phi_pairs

@@ -2,9 +2,9 @@
 
 :class:`ChildEpisode` holds everything of an episode except the model: Phi (and the loss that reads
 it), the evaluation schedule of a step, the discounted metric and reward, the observation history and
-moving average, divergence handling and the step's ``info``. Whoever trains the model (one
-:class:`ala_gym.trainer.ChildTrainer`, or a batched trainer for many children) reports each scheduled
-evaluation through :meth:`ChildEpisode.record`, then calls :meth:`ChildEpisode.finish`.
+moving average, divergence handling and the step's ``info``. The core's trainers train the model:
+the env hands them the step's :meth:`ChildEpisode.plan` and :meth:`ChildEpisode.record_chunk` as the
+callback that receives each scheduled evaluation, then calls :meth:`ChildEpisode.finish`.
 """
 
 from __future__ import annotations
@@ -16,10 +16,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ala_gym.data import Split
-from ala_gym.losses import PhiLoss, check_phi, class_pairs, matrix_to_pairs, pairs_to_matrix
-from ala_gym.metrics import WORST, Evaluation, discounted_metric
-from ala_gym.trainer import ChildTrainer
+from ala_gym.core.losses import PhiLoss, check_phi, class_pairs, matrix_to_pairs, pairs_to_matrix
+from ala_gym.core.metrics import WORST, Evaluation, discounted_metric
 
 N_ACTIONS = 3  # {-beta, 0, +beta}
 CONFUSION_CLIP = 10.0  # bound of the normalised confusion statistics (C / log(num_classes))
@@ -100,6 +98,7 @@ class ChildEpisode:
         self._loss_sums: list[float] = []
         self._trained = 0
         self._evaluation: Evaluation | None = None
+        self._schedule: list[tuple[int, int]] = []
 
     # ---------------------------------------------------------------- Phi
     @property
@@ -151,6 +150,16 @@ class ChildEpisode:
         self.set_phi_pairs(np.clip(self.phi_pairs + deltas, -1.0, 1.0))
         self._values, self._class_values, self._offsets, self._loss_sums, self._trained = [], [], [], [], 0
         self._evaluation = None
+
+    def plan(self, iteration: int) -> list[int]:
+        """The step's chunks (iterations to train before each evaluation), from the child's ``iteration``."""
+        self._schedule = self.settings.schedule(iteration)
+        return [chunk for chunk, _ in self._schedule]
+
+    def record_chunk(self, index: int, loss_sum: float, evaluation: Evaluation) -> bool:
+        """:meth:`record` of the ``index``-th chunk of :meth:`plan`; the trainers' evaluation callback."""
+        chunk, offset = self._schedule[index]
+        return self.record(loss_sum, chunk, offset, evaluation)
 
     def record(self, loss_sum: float, iterations: int, offset: int, evaluation: Evaluation) -> bool:
         """Note one scheduled evaluation after ``iterations`` more iterations; False once training diverged."""
@@ -245,11 +254,3 @@ def pair_weights(pairs: np.ndarray, class_counts: np.ndarray) -> np.ndarray:
     weights[rows, pairs[:, 0]] = np.where(diagonal, 1.0, class_counts[pairs[:, 0]] / total)
     weights[rows[~diagonal], pairs[~diagonal, 1]] = class_counts[pairs[~diagonal, 1]] / total[~diagonal]
     return weights
-
-
-def train_child_step(trainer: ChildTrainer, episode: ChildEpisode, val_split: Split) -> None:
-    """Train one child through its step's schedule, recording each evaluation (stops early on divergence)."""
-    for chunk, offset in episode.settings.schedule(trainer.iteration):
-        loss_sum = trainer.train(chunk, episode.loss) * chunk
-        if not episode.record(loss_sum, chunk, offset, trainer.evaluate(val_split, episode.settings.metric)):
-            break  # diverged: stop spending compute on a broken model

@@ -11,31 +11,11 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from ala_gym.batched import BatchedTrainer
+from ala_gym.core.batched import TRAIN_MODES, BatchedTrainer, build_children, default_train_mode
 from ala_gym.envs.classification import ALAClassificationEnv
-from ala_gym.envs.episode import ChildEpisode, train_child_step
-from ala_gym.metrics import Evaluation
-from ala_gym.trainer import ChildTrainer
-
-TRAIN_MODES = ("auto", "batched", "sequential")
-
-
-def default_train_mode(device: torch.device, model: str, num_envs: int) -> str:
-    """The faster path per device, model and number of children.
-
-    On the CPU, ``benchmarks/throughput.py`` measured both paths (``benchmarks/results/throughput.md`` for
-    the convolutional children, ``results/throughput-mlp/`` for the MLP): vmap turns convolutions into
-    grouped ones that run slower than N ordinary convolutions, while the MLP gains from fewer, larger
-    matmuls, so batched for the MLP only (``tests/test_vector.py`` checks this choice against those
-    results). On a GPU, one vmapped launch for all children replaces N small ones: batched, by design
-    (not measured here). One child has nothing to batch: sequential.
-    """
-    if num_envs == 1:
-        return "sequential"
-    if device.type == "cuda" or model == "mlp":
-        return "batched"
-    return "sequential"
-
+from ala_gym.envs.episode import ChildEpisode
+from ala_gym.core.metrics import Evaluation
+from ala_gym.core.trainer import SequentialChildren
 
 class ALAVectorEnv(VectorEnv):
     """
@@ -46,10 +26,10 @@ class ALAVectorEnv(VectorEnv):
     own initial weights, batch order and Phi. ``gym.make_vec("ALA-Digits-v0", num_envs=10)`` builds it.
 
     With ``train_mode="batched"`` the children's weights are stacked and every SGD iteration runs all
-    children in one ``torch.func.vmap``-ed forward and backward (:class:`ala_gym.batched.BatchedTrainer`,
+    children in one ``torch.func.vmap``-ed forward and backward (:class:`ala_gym.core.batched.BatchedTrainer`,
     per-child momentum and BatchNorm statistics); ``"sequential"`` trains one
-    :class:`ala_gym.trainer.ChildTrainer` after another and reproduces N single envs bit for bit.
-    ``"auto"`` picks the faster path for the device (:func:`default_train_mode`).
+    :class:`ala_gym.core.trainer.ChildTrainer` after another and reproduces N single envs bit for bit.
+    ``"auto"`` picks the faster path for the device (:func:`ala_gym.core.batched.default_train_mode`).
 
     ## Seeding
     ``reset(seed=s)`` seeds child ``i`` exactly as ``single_env.reset(seed=s + i)`` (Gymnasium's
@@ -135,8 +115,7 @@ class ALAVectorEnv(VectorEnv):
             for _ in range(num_envs)
         ]
         self._child_rngs: list[np.random.Generator] = [seeding.np_random(None)[0] for _ in range(num_envs)]
-        self._trainers: list[ChildTrainer] = []
-        self._batched: BatchedTrainer | None = None
+        self._children: BatchedTrainer | SequentialChildren | None = None
         self._steps = np.zeros(num_envs, dtype=np.int64)
         self._needs_reset = np.zeros(num_envs, dtype=bool)
         self._started = False
@@ -149,12 +128,8 @@ class ALAVectorEnv(VectorEnv):
         seeds = self._child_seeds(seed)
         self._child_rngs = [seeding.np_random(s)[0] for s in seeds]
         trainer_seeds = [self._draw_trainer_seed(i) for i in range(self.num_envs)]
-        if self.train_mode == "batched":
-            self._batched = BatchedTrainer(self.data, self.template.train_config, trainer_seeds)
-            evaluations = self._batched.evaluate(self.template.val_eval, list(range(self.num_envs)), self.settings.metric)
-        else:
-            self._trainers = [ChildTrainer(self.data, self.template.train_config, s) for s in trainer_seeds]
-            evaluations = [t.evaluate(self.template.val_eval, self.settings.metric) for t in self._trainers]
+        self._children = build_children(self.train_mode, self.data, self.template.train_config, trainer_seeds)
+        evaluations = self._children.evaluate(self.template.val_eval, list(range(self.num_envs)), self.settings.metric)
         infos: dict[str, Any] = {}
         observations = []
         for i, (episode, evaluation) in enumerate(zip(self.episodes, evaluations)):
@@ -179,11 +154,13 @@ class ALAVectorEnv(VectorEnv):
             self.episodes[i].apply_action(actions[i])
 
         if stepping.any():
-            if self.train_mode == "batched":
-                self._train_batched(stepping)
-            else:
-                for i in np.flatnonzero(stepping):
-                    train_child_step(self._trainers[i], self.episodes[i], self.template.val_eval)
+            assert self._children is not None
+            iterations = self._children.iterations
+            plans = {int(i): self.episodes[i].plan(int(iterations[i])) for i in np.flatnonzero(stepping)}
+            self._children.train_chunks(
+                plans, [episode.loss for episode in self.episodes], self.template.val_eval, self.settings.metric,
+                lambda child, index, loss_sum, evaluation: self.episodes[child].record_chunk(index, loss_sum, evaluation),
+            )  # fmt: skip
 
         observations = np.zeros(self.observation_space.shape, dtype=np.float32)
         rewards = np.zeros(self.num_envs, dtype=np.float64)
@@ -246,58 +223,19 @@ class ALAVectorEnv(VectorEnv):
         return int(self._child_rngs[child].integers(2**63 - 1))
 
     def _iteration(self, child: int) -> int:
-        if self._batched is not None:
-            return int(self._batched.iterations[child])
-        return self._trainers[child].iteration
+        assert self._children is not None
+        return int(self._children.iterations[child])
 
     def _reset_child(self, child: int) -> tuple[np.ndarray, dict]:
         seed = self._draw_trainer_seed(child)
-        if self.train_mode == "batched":
-            assert self._batched is not None
-            self._batched.reset_child(child, seed)
-            evaluation = self._batched.evaluate(self.template.val_eval, [child], self.settings.metric)[0]
-        else:
-            self._trainers[child] = ChildTrainer(self.data, self.template.train_config, seed)
-            evaluation = self._trainers[child].evaluate(self.template.val_eval, self.settings.metric)
+        assert self._children is not None
+        self._children.reset_child(child, seed)
+        evaluation = self._children.evaluate(self.template.val_eval, [child], self.settings.metric)[0]
         self._steps[child] = 0
         observation, info = self.episodes[child].begin(evaluation, 0)
         return observation, info | {"episode_step": 0}
 
     def _evaluate_full(self, child: int, split: str) -> Evaluation:
         data = {"val": self.data.val, "test": self.data.test}[split]
-        if self.train_mode == "batched":
-            assert self._batched is not None
-            return self._batched.evaluate(data, [child], self.settings.metric)[0]
-        return self._trainers[child].evaluate(data, self.settings.metric)
-
-    def _train_batched(self, stepping: np.ndarray) -> None:
-        """All stepping children's schedules in lockstep: one vmapped SGD iteration per tick, each child
-        evaluated at its own scheduled ticks and dropped from the batch once its step is done or diverged."""
-        assert self._batched is not None
-        trainer, settings = self._batched, self.settings
-        plans = {i: settings.schedule(int(trainer.iterations[i])) for i in np.flatnonzero(stepping)}
-        next_eval = {i: 0 for i in plans}  # index into the child's plan
-        due = {i: plans[i][0][0] for i in plans}  # ticks until the child's next evaluation
-        active = stepping.copy()
-        phis = torch.stack([episode.phi_tensor for episode in self.episodes])
-        chunk_loss = torch.zeros(self.num_envs, device=trainer.device)
-        while active.any():
-            chunk_loss += trainer.train_step(phis, active, self.episodes[0].loss)  # form and floor are shared
-            ready = []
-            for i in np.flatnonzero(active):
-                due[i] -= 1
-                if due[i] == 0:
-                    ready.append(int(i))
-            if not ready:
-                continue
-            evaluations = trainer.evaluate(self.template.val_eval, ready, settings.metric)
-            loss_sums = chunk_loss[ready].double().cpu().numpy()  # one host copy for all ready children
-            for i, evaluation, loss_sum in zip(ready, evaluations, loss_sums):
-                chunk, offset = plans[i][next_eval[i]]
-                finite = self.episodes[i].record(float(loss_sum), chunk, offset, evaluation)
-                chunk_loss[i] = 0.0
-                next_eval[i] += 1
-                if not finite or next_eval[i] == len(plans[i]):
-                    active[i] = False  # step done, or diverged: stop spending compute on it
-                else:
-                    due[i] = plans[i][next_eval[i]][0]
+        assert self._children is not None
+        return self._children.evaluate(data, [child], self.settings.metric)[0]

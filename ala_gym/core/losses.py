@@ -19,7 +19,7 @@ gives Eq. 6 exactly as printed.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
@@ -27,6 +27,20 @@ from torch.nn import functional as F
 
 LOSS_FORMS = ("linear", "sigmoid", "cross_entropy")
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class ParamLoss(Protocol):
+    """A loss with its own parameters (Phi, the weights of a linear loss, ...).
+
+    Called as ``loss(logits, labels)`` it uses :attr:`params`; :meth:`functional` takes them as an
+    argument, which is what the N-children trainer vmaps over (one parameter tensor per child).
+    """
+
+    params: torch.Tensor
+
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor: ...
+
+    def functional(self, logits: torch.Tensor, labels: torch.Tensor, params: torch.Tensor) -> torch.Tensor: ...
 
 
 def phi_loss(
@@ -52,7 +66,7 @@ def phi_loss(
 
 
 class PhiLoss:
-    """Eq. 6 with a fixed Phi, as a ``loss_fn(logits, labels)`` for :class:`ala_gym.trainer.ChildTrainer`."""
+    """Eq. 6 with a fixed Phi, as a ``loss_fn(logits, labels)`` for :class:`ala_gym.core.trainer.ChildTrainer`."""
 
     def __init__(
         self, phi: torch.Tensor, form: str = "linear", temperature: float = 1.0, negative_floor: float | None = 1e-3
@@ -65,8 +79,16 @@ class PhiLoss:
             raise ValueError(f"negative_floor must be in (0, 1) or None, got {negative_floor}")
         self.phi, self.form, self.temperature, self.negative_floor = phi, form, temperature, negative_floor
 
+    @property
+    def params(self) -> torch.Tensor:
+        return self.phi
+
     def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return phi_loss(logits, labels, self.phi, self.form, self.temperature, self.negative_floor)
+
+    def functional(self, logits: torch.Tensor, labels: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """Eq. 6 under ``params`` as Phi (this loss's form, temperature and floor)."""
+        return phi_loss(logits, labels, params, self.form, self.temperature, self.negative_floor)
 
 
 def class_pairs(num_classes: int) -> np.ndarray:

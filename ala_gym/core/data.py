@@ -38,6 +38,13 @@ class DataError(RuntimeError):
     """A dataset file is missing or corrupt; the message names the file and how to get it."""
 
 
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` means CUDA when present, else the CPU."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
 def data_home() -> Path:
     """Where the datasets that are not downloaded live (such as the CIFAR-10 subset): ``$ALA_GYM_DATA``,
     else ``shared/data`` beside the repository's checkout (``<repo>/../shared/data``).
@@ -46,7 +53,7 @@ def data_home() -> Path:
     at run time and record only the dataset's name.
     """
     configured = os.environ.get("ALA_GYM_DATA")
-    return Path(configured) if configured else Path(__file__).resolve().parents[2] / "shared" / "data"
+    return Path(configured) if configured else Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 def cifar10_subset_dir() -> Path:

@@ -1,23 +1,35 @@
-"""The child-training core: one model, its optimiser, its batches, and evaluation.
+"""The child-training core: one model, its momentum SGD, its batches, and evaluation.
 
 Controllers of every kind use it: the ALA environments (which add actions, rewards and observations
-on top), and non-RL loss learners that need the model, the batches and a loss hook. It imports no
-gymnasium.
+on top) only call :meth:`ChildTrainer.train_chunks` (or :class:`SequentialChildren`, its N-child
+form), and non-RL loss learners use the model, the batches and a loss hook. The SGD update is
+:func:`ala_gym.core.sgd.sgd_step`, the one the batched trainer and AdaLFL use too. It imports no gymnasium.
 """
 
 from __future__ import annotations
 
 import bisect
+from functools import partial
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from ala_gym.data import BatchSampler, ClassificationData, Split
-from ala_gym.losses import LossFn
-from ala_gym.metrics import Evaluation, summarize
-from ala_gym.models import build_model
+from ala_gym.core.data import BatchSampler, ClassificationData, Split
+from ala_gym.core.losses import LossFn
+from ala_gym.core.metrics import Evaluation, summarize
+from ala_gym.core.models import build_model
+from ala_gym.core.sgd import Tensors, sgd_step
+
+BatchHook = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
+"""``on_batch(inputs, labels, loss)``, called after each SGD iteration (the loss still on the device)."""
+Record = Callable[[int, float, Evaluation], bool]
+"""``record(chunk_index, loss_sum, evaluation)`` after each chunk of :meth:`ChildTrainer.train_chunks`;
+False stops training (a diverged child)."""
+ChildRecord = Callable[[int, int, float, Evaluation], bool]
+"""``record(child, chunk_index, loss_sum, evaluation)``: :data:`Record` of N children trained together."""
 
 
 @dataclass(frozen=True)
@@ -25,7 +37,7 @@ class TrainConfig:
     """How a child is trained: model, momentum SGD and its step schedule."""
 
     model: str = "mlp"
-    """Child model name (a key of ``ala_gym.models.MODELS``)."""
+    """Child model name (a key of ``ala_gym.core.models.MODELS``)."""
     total_iterations: int = 2000
     """SGD iterations of one full training run (the episode's budget)."""
     batch_size: int = 128
@@ -74,9 +86,11 @@ class ChildTrainer:
         self.model: nn.Module = build_model(
             config.model, data.image_shape, data.num_classes, torch.Generator().manual_seed(init_seed), data.device
         )
-        self.optimizer = torch.optim.SGD(
-            self.model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
-        )
+        # The parameters as a dict of the module's own tensors: sgd_step updates them in place.
+        self.params: Tensors = dict(self.model.named_parameters())
+        self.velocity: Tensors | None = None  # momentum buffers; None before the first step (as torch.optim.SGD)
+        self.lr = config.lr
+        """The learning rate of the last iteration (the schedule's value there)."""
         self.sampler = BatchSampler(data, config.batch_size, torch.Generator(data.device).manual_seed(batch_seed))
         self.iteration = 0
 
@@ -88,20 +102,26 @@ class ChildTrainer:
     def done(self) -> bool:
         return self.iteration >= self.config.total_iterations
 
-    def train_step(self, loss_fn: LossFn) -> torch.Tensor:
+    def train_step(self, loss_fn: LossFn, on_batch: BatchHook | None = None) -> torch.Tensor:
         """One SGD iteration on the next batch under ``loss_fn(logits, labels)``; returns the loss (on device)."""
         self.model.train()
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.config.lr_at(self.iteration)
+        config = self.config
+        self.lr = config.lr_at(self.iteration)
         inputs, labels = self.sampler.next()
         loss = loss_fn(self.model(inputs), labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        grads = torch.autograd.grad(loss, list(self.params.values()))
+        with torch.no_grad():
+            _, self.velocity = sgd_step(
+                self.params, grads, self.velocity, lr=self.lr, momentum=config.momentum,
+                weight_decay=config.weight_decay, inplace=True,
+            )  # fmt: skip
         self.iteration += 1
-        return loss.detach()
+        loss = loss.detach()
+        if on_batch is not None:
+            on_batch(inputs, labels, loss)
+        return loss
 
-    def train(self, iterations: int, loss_fn: LossFn) -> float:
+    def train(self, iterations: int, loss_fn: LossFn, on_batch: BatchHook | None = None) -> float:
         """Run ``iterations`` SGD iterations; return their mean loss (NaN/inf if training diverged).
 
         The loss stays on the device until the end, so the loop never waits on the host.
@@ -110,8 +130,21 @@ class ChildTrainer:
             raise ValueError(f"iterations must be positive, got {iterations}")
         total = torch.zeros((), device=self.device)
         for _ in range(iterations):
-            total += self.train_step(loss_fn)
+            total += self.train_step(loss_fn, on_batch)
         return float(total) / iterations
+
+    def train_chunks(
+        self, chunks: Sequence[int], loss_fn: LossFn, split: Split, metric: str, record: Record,
+        on_batch: BatchHook | None = None,
+    ) -> None:  # fmt: skip
+        """Train ``chunks[0]`` iterations, evaluate on ``split``, ``record`` it; then the next chunk.
+
+        Stops early when ``record`` returns False (no compute spent on a diverged child).
+        """
+        for index, chunk in enumerate(chunks):
+            loss_sum = self.train(chunk, loss_fn, on_batch) * chunk
+            if not record(index, loss_sum, self.evaluate(split, metric)):
+                break
 
     @torch.no_grad()
     def logits(self, split: Split) -> torch.Tensor:
@@ -124,3 +157,29 @@ class ChildTrainer:
     def evaluate(self, split: Split, metric: str = "error") -> Evaluation:
         """Metric, cross-entropy and Eq. 7 confusion statistics of the current model on ``split``."""
         return summarize(self.logits(split), split.labels, self.data.num_classes, metric)
+
+
+class SequentialChildren:
+    """N children, one :class:`ChildTrainer` after another: the interface of
+    :class:`ala_gym.core.batched.BatchedTrainer`, and bit for bit N single children."""
+
+    def __init__(self, data: ClassificationData, config: TrainConfig, seeds: list[int]) -> None:
+        self.data, self.config = data, config
+        self.trainers = [ChildTrainer(data, config, seed) for seed in seeds]
+
+    @property
+    def iterations(self) -> np.ndarray:
+        return np.array([trainer.iteration for trainer in self.trainers], dtype=np.int64)
+
+    def reset_child(self, child: int, seed: int) -> None:
+        self.trainers[child] = ChildTrainer(self.data, self.config, seed)
+
+    def evaluate(self, split: Split, children: list[int], metric: str = "error") -> list[Evaluation]:
+        return [self.trainers[i].evaluate(split, metric) for i in children]
+
+    def train_chunks(
+        self, plans: dict[int, list[int]], losses: Sequence[LossFn], split: Split, metric: str, record: ChildRecord
+    ) -> None:
+        """Child after child: ``plans[i]``'s chunks under ``losses[i]`` (see :meth:`ChildTrainer.train_chunks`)."""
+        for i, chunks in plans.items():
+            self.trainers[i].train_chunks(chunks, losses[i], split, metric, partial(record, i))

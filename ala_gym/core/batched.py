@@ -1,6 +1,6 @@
 """Several children trained together: one stacked set of weights, one vmapped forward and backward.
 
-:class:`BatchedTrainer` is the multi-child counterpart of :class:`ala_gym.trainer.ChildTrainer`. The N
+:class:`BatchedTrainer` is the multi-child counterpart of :class:`ala_gym.core.trainer.ChildTrainer`. The N
 children share the model architecture and the data, nothing else: each has its own initial weights,
 batch sampler, momentum buffers, BatchNorm running statistics, learning-rate position and Phi. Their
 weights are stacked along a leading child dimension (``torch.func.stack_module_state``) and one
@@ -21,11 +21,14 @@ import numpy as np
 import torch
 from torch.func import functional_call, stack_module_state, vmap
 
-from ala_gym.data import BatchSampler, ClassificationData, Split
-from ala_gym.losses import PhiLoss, phi_loss
-from ala_gym.metrics import Evaluation, summarize
-from ala_gym.models import build_model
-from ala_gym.trainer import TrainConfig, seed_streams
+from ala_gym.core.data import BatchSampler, ClassificationData, Split
+from ala_gym.core.losses import ParamLoss
+from ala_gym.core.metrics import Evaluation, summarize
+from ala_gym.core.models import build_model
+from ala_gym.core.sgd import Tensors, sgd_step
+from ala_gym.core.trainer import ChildRecord, SequentialChildren, TrainConfig, seed_streams
+
+TRAIN_MODES = ("auto", "batched", "sequential")
 
 
 class BatchedTrainer:
@@ -81,10 +84,11 @@ class BatchedTrainer:
     def _forward(self, params: dict, buffers: dict, inputs: torch.Tensor) -> torch.Tensor:
         return vmap(lambda p, b, x: functional_call(self._base, (p, b), (x,)))(params, buffers, inputs)
 
-    def train_step(self, phis: torch.Tensor, active: np.ndarray, loss: PhiLoss) -> torch.Tensor:
-        """One SGD iteration of the ``active`` children, child ``i`` under Eq. 6 with ``phis[i]``.
+    def train_step(self, loss_params: torch.Tensor, active: np.ndarray, loss: ParamLoss) -> torch.Tensor:
+        """One SGD iteration of the ``active`` children, child ``i`` under ``loss.functional`` with ``loss_params[i]``.
 
-        ``loss`` gives the form, temperature and floor the children share (its own Phi is not used).
+        ``loss`` gives the form the children share (for Eq. 6: form, temperature and floor); its own
+        parameters are not used.
 
         Returns the per-child losses ``[N]`` on the device (zero for inactive children).
         """
@@ -101,35 +105,61 @@ class BatchedTrainer:
 
         self._base.train()
         logits = self._forward(self.params, self.buffers, inputs)
-        losses = vmap(lambda lg, y, phi: phi_loss(lg, y, phi, loss.form, loss.temperature, loss.negative_floor))(
-            logits, labels, phis
-        )
+        losses = vmap(loss.functional)(logits, labels, loss_params)
         masked = torch.where(mask, losses, torch.zeros_like(losses))
         grads = torch.autograd.grad(masked.sum(), list(self.params.values()))
 
         lr = torch.tensor([self.config.lr_at(int(i)) for i in self.iterations], device=self.device)
         cfg = self.config
         with torch.no_grad():
-            for (name, param), grad in zip(self.params.items(), grads):
-                shape = (-1,) + (1,) * (param.dim() - 1)
-                # torch.optim.SGD's update: d = g + wd * p; buf = m * buf + d; p -= lr * buf.
-                direction = grad + cfg.weight_decay * param
-                buf = self.momentum[name]
-                new_buf = cfg.momentum * buf + direction
-                new_param = param - lr.view(shape) * new_buf
-                if everyone:
-                    buf.copy_(new_buf)
-                    param.copy_(new_param)
-                else:
-                    child_mask = mask.view(shape)
-                    buf.copy_(torch.where(child_mask, new_buf, buf))
-                    param.copy_(torch.where(child_mask, new_param, param))
-            if saved_buffers is not None:
-                for name, value in self.buffers.items():
-                    shape = (-1,) + (1,) * (value.dim() - 1)
-                    value.copy_(torch.where(mask.view(shape), value, saved_buffers[name]))
+            if everyone:
+                sgd_step(self.params, grads, self.momentum, lr=lr, momentum=cfg.momentum,
+                         weight_decay=cfg.weight_decay, inplace=True)  # fmt: skip
+            else:
+                new_params, new_momentum = sgd_step(
+                    self.params, grads, self.momentum, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+                )
+                _masked_copy(self.params, new_params, self.params, mask)
+                _masked_copy(self.momentum, new_momentum, self.momentum, mask)
+                # the forward updated every child's BatchNorm statistics: the inactive ones get theirs back
+                _masked_copy(self.buffers, self.buffers, saved_buffers, mask)
         self.iterations[active] += 1
         return masked.detach()
+
+    def train_chunks(
+        self, plans: dict[int, list[int]], losses: list[ParamLoss], split: Split, metric: str, record: ChildRecord
+    ) -> None:
+        """Every planned child's chunks in lockstep: one vmapped SGD iteration per tick, each child
+        evaluated on ``split`` after each of its chunks (``record(child, chunk_index, loss_sum, evaluation)``)
+        and dropped from the batch once its plan is done or ``record`` returned False (diverged).
+
+        ``losses`` holds one loss per child (all children's, planned or not); they share the first one's form.
+        """
+        active = np.zeros(self.num_children, dtype=bool)
+        active[list(plans)] = True
+        next_chunk = {i: 0 for i in plans}
+        due = {i: plans[i][0] for i in plans}  # ticks until the child's next evaluation
+        loss_params = torch.stack([loss.params for loss in losses])
+        chunk_loss = torch.zeros(self.num_children, device=self.device)
+        while active.any():
+            chunk_loss += self.train_step(loss_params, active, losses[0])
+            ready = []
+            for i in np.flatnonzero(active):
+                due[i] -= 1
+                if due[i] == 0:
+                    ready.append(int(i))
+            if not ready:
+                continue
+            evaluations = self.evaluate(split, ready, metric)
+            loss_sums = chunk_loss[ready].double().cpu().numpy()  # one host copy for all ready children
+            for i, evaluation, loss_sum in zip(ready, evaluations, loss_sums):
+                keep_going = record(i, next_chunk[i], float(loss_sum), evaluation)
+                chunk_loss[i] = 0.0
+                next_chunk[i] += 1
+                if not keep_going or next_chunk[i] == len(plans[i]):
+                    active[i] = False
+                else:
+                    due[i] = plans[i][next_chunk[i]]
 
     @torch.no_grad()
     def logits(self, split: Split, children: list[int]) -> torch.Tensor:
@@ -149,3 +179,38 @@ class BatchedTrainer:
         """Per listed child: metric, cross-entropy and Eq. 7 statistics on ``split``."""
         logits = self.logits(split, children)
         return [summarize(child_logits, split.labels, self.data.num_classes, metric) for child_logits in logits]
+
+
+def _masked_copy(target: Tensors, active: Tensors, inactive: Tensors, mask: torch.Tensor) -> None:
+    """``target[name][i] = active[name][i]`` for children with ``mask[i]``, ``inactive[name][i]`` otherwise."""
+    for name, value in target.items():
+        shape = (-1,) + (1,) * (value.dim() - 1)
+        value.copy_(torch.where(mask.view(shape), active[name], inactive[name]))
+
+
+def default_train_mode(device: torch.device, model: str, num_children: int) -> str:
+    """The faster path per device, model and number of children.
+
+    On the CPU, ``benchmarks/throughput.py`` measured both paths (``benchmarks/results/throughput.md`` for
+    the convolutional children, ``results/throughput-mlp/`` for the MLP): vmap turns convolutions into
+    grouped ones that run slower than N ordinary convolutions, while the MLP gains from fewer, larger
+    matmuls, so batched for the MLP only (``tests/test_vector.py`` checks this choice against those
+    results). On a GPU, one vmapped launch for all children replaces N small ones: batched, by design
+    (not measured here). One child has nothing to batch: sequential.
+    """
+    if num_children == 1:
+        return "sequential"
+    if device.type == "cuda" or model == "mlp":
+        return "batched"
+    return "sequential"
+
+
+def build_children(
+    train_mode: str, data: ClassificationData, config: TrainConfig, seeds: list[int]
+) -> BatchedTrainer | SequentialChildren:
+    """N children trained together (``"batched"``) or one after another (``"sequential"``), one interface."""
+    if train_mode == "batched":
+        return BatchedTrainer(data, config, seeds)
+    if train_mode == "sequential":
+        return SequentialChildren(data, config, seeds)
+    raise ValueError(f"train_mode must be 'batched' or 'sequential' here, got {train_mode!r}")

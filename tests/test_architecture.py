@@ -1,0 +1,73 @@
+"""The one-way architecture: core (torch only) -> envs (gymnasium) -> wrappers -> agents -> benchmarks.
+
+A static check reads every module's imports (also those inside functions); a subprocess checks what
+``import ala_gym.core`` (and every core module) really loads in a fresh interpreter.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RULES = {
+    # package folder: imports it must not make
+    "ala_gym/core": ("gymnasium", "stable_baselines3", "ala_gym.envs", "ala_gym.wrappers", "agents", "benchmarks"),
+    "ala_gym": ("agents", "benchmarks"),
+    "agents": ("benchmarks",),
+}
+
+
+def _imports(path: Path) -> list[str]:
+    names = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names += [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+    return names
+
+
+@pytest.mark.parametrize("package", sorted(RULES))
+def test_static_imports_flow_one_way(package: str) -> None:
+    forbidden = RULES[package]
+    offenders = []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        for name in _imports(path):
+            if any(name == f or name.startswith(f + ".") for f in forbidden):
+                offenders.append(f"{path.relative_to(ROOT)}: {name}")
+            if package == "ala_gym/core" and name in ("ala_gym", "ala_gym.__init__"):
+                offenders.append(f"{path.relative_to(ROOT)}: {name} (the package root may register envs)")
+    assert not offenders, offenders
+
+
+def test_importing_the_core_loads_no_gymnasium_or_sb3() -> None:
+    modules = sorted(f"ala_gym.core.{p.stem}" for p in (ROOT / "ala_gym" / "core").glob("*.py") if p.stem != "__init__")
+    assert "ala_gym.core.trainer" in modules and "ala_gym.core.batched" in modules
+    code = (
+        "import sys, importlib\n"
+        "import ala_gym.core\n"
+        f"for name in {modules!r}: importlib.import_module(name)\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('gymnasium', 'stable_baselines3', 'agents', 'benchmarks') or m.startswith(('ala_gym.envs', 'ala_gym.wrappers')))\n"
+        "print(loaded)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]", result.stdout
+
+
+def test_package_root_registers_only_after_gymnasium() -> None:
+    code = (
+        "import sys\n"
+        "import ala_gym\n"
+        "assert 'gymnasium' not in sys.modules, 'import ala_gym loaded gymnasium'\n"
+        "import gymnasium as gym\n"
+        "env = gym.make('ala_gym.envs:ALA-Digits-v0', total_iterations=4, steps_per_action=2, device='cpu')\n"
+        "print(env.spec.id)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "ALA-Digits-v0"
