@@ -56,7 +56,8 @@ the env's loss ``-y^T Phi log f`` can express: cross-entropy (Phi's diagonal, we
 label-smoothing term (the same weight on every off-diagonal entry) and one confusion term per class
 pair (Phi's off-diagonal entries). The env has no per-step weight decay, so there is no L2 term. The
 components of a checkpoint come from the env's per-class statistics on its validation subsample (the
-only ones it reports), its error is the step's discounted validation metric. The LP uses the plain loss
+only ones it reports), its error is the step's discounted validation metric (negated where higher is
+better, such as accuracy). The LP uses the plain loss
 margin: checkpoints are not minimisers of any loss in the family, so the cutting argument above does
 not apply, and the vertex answer keeps every weight at 0 unless it helps the best checkpoint's margin;
 the weights move part of the way towards it each step, within small bounds (Phi's off-diagonal entries
@@ -74,6 +75,7 @@ from scipy.optimize import linprog
 
 from agents.baselines import FixedPhi
 from ala_gym.core.losses import pairs_to_matrix
+from ala_gym.core.metrics import get_metric
 
 
 # ---------------------------------------------------------------------- the selection LP
@@ -297,9 +299,11 @@ class LearnLossPhi(FixedPhi):
         self.features: list[list[np.ndarray]] = []
         self.errors: list[list[float]] = []
         self.weights: list[np.ndarray] = []
+        self.error_sign = 1.0
 
     def begin(self, envs: Any, seed: int) -> None:
         # The controller is deterministic given the run; nothing to seed. State is per child.
+        self.error_sign = -1.0 if get_metric(envs.get_attr("metric")[0]).higher_is_better else 1.0
         self.features = [[] for _ in range(envs.num_envs)]
         self.errors = [[] for _ in range(envs.num_envs)]
         self.weights = [np.zeros(0) for _ in range(envs.num_envs)]
@@ -315,7 +319,7 @@ class LearnLossPhi(FixedPhi):
                 self.features[child], self.errors[child] = [], []
                 self.weights[child] = np.zeros(len(upper))
             self.features[child].append(confusion_features(infos["confusion"][child]))
-            self.errors[child].append(float(infos["val_metric_discounted"][child]))
+            self.errors[child].append(self.error_sign * float(infos["val_metric_discounted"][child]))
             window = self.config.window or len(self.errors[child])
             selection = select_loss(
                 np.array(self.features[child][-window:]), np.array(self.errors[child][-window:]), upper, self.config.centre

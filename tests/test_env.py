@@ -221,6 +221,28 @@ def test_sign_reward_matches_raw(make) -> None:
         assert sign.step(action)[1] == np.sign(raw.step(action)[1])
 
 
+def test_accuracy_rewards_have_the_signs_of_error_rewards(make) -> None:
+    # accuracy = 1 - error, higher is better: the same seed and actions give the same reward signs,
+    # the same per-pair credit, and rewards that are not all zero (so the direction is exercised).
+    envs = {metric: make("ALA-Digits-v0", metric=metric, total_iterations=12) for metric in ("error", "accuracy")}
+    for env in envs.values():
+        env.reset(seed=3)
+    actions = np.random.default_rng(0).integers(0, 3, (4, 55))
+    rewards = {metric: [] for metric in envs}
+    for action in actions:
+        steps = {metric: env.step(action) for metric, env in envs.items()}
+        for metric, step in steps.items():
+            rewards[metric].append(step[1])
+        # the metrics are float32 on the device: equal up to its rounding, so the credit up to that too
+        credit = {metric: step[4]["pair_improvement"] for metric, step in steps.items()}
+        np.testing.assert_allclose(credit["accuracy"], credit["error"], atol=1e-6)
+        assert steps["accuracy"][4]["val_metric"] == pytest.approx(1.0 - steps["error"][4]["val_metric"], abs=1e-6)
+        if steps["error"][2]:
+            break
+    assert rewards["accuracy"] == rewards["error"]
+    assert any(reward != 0.0 for reward in rewards["error"])
+
+
 @pytest.mark.parametrize("loss_form", ["linear", "sigmoid", "cross_entropy"])
 def test_loss_forms(make, loss_form: str) -> None:
     env = make("ALA-Digits-v0", loss_form=loss_form)

@@ -163,9 +163,21 @@ def infos_for(confusions, errors, iteration):
             "val_metric_discounted": np.array([errors])}
 
 
+def fake_envs(metric: str):
+    """One child's envs as the controller sees them: a size and the env's metric."""
+    return type("Envs", (), {"num_envs": 1, "get_attr": lambda self, name: (metric,)})()
+
+
+def test_controller_reads_accuracy_as_negated_error():
+    controller = LearnLossPhi()
+    controller.begin(fake_envs("accuracy"), seed=0)
+    controller.prescribe_phi(np.zeros((1, 3, 24)), infos_for(np.ones((3, 3)), 0.8, 0))
+    assert controller.errors == [[-0.8]]
+
+
 def test_controller_moves_phi_when_an_earlier_checkpoint_was_better():
     controller = LearnLossPhi(LearnLossPhiConfig(smoothing_max=0.02, pair_max=0.03, rate=1.0))
-    controller.begin(type("Envs", (), {"num_envs": 1})(), seed=0)
+    controller.begin(fake_envs("error"), seed=0)
     observations = np.zeros((1, 3, 24))
     confident = np.array([[0.3, 4.0, 4.0], [4.0, 0.3, 4.0], [4.0, 4.0, 0.3]])
     soft = np.array([[0.4, 1.5, 1.5], [1.5, 0.4, 1.5], [1.5, 1.5, 0.4]])

@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from ala_gym.core.metrics import confusion_statistics, discounted_metric, error_rate, mean_nll, summarize
+from ala_gym.core.metrics import (
+    METRICS,
+    ClassificationEvaluator,
+    accuracy,
+    confusion_statistics,
+    discounted_metric,
+    error_rate,
+    mean_nll,
+)
 
 
 def test_confusion_statistics_by_hand() -> None:
@@ -46,18 +54,36 @@ def test_error_rate_counts_non_finite_rows_as_wrong() -> None:
     assert float(error_rate(torch.full((3, 2), float("nan")), torch.zeros(3, dtype=torch.int64))) == 1.0
 
 
-def test_summarize_packs_metric_loss_and_confusion() -> None:
+def test_classification_evaluator_packs_metric_direction_and_statistics() -> None:
     generator = torch.Generator().manual_seed(0)
     logits, labels = torch.randn(50, 5, generator=generator), torch.randint(0, 5, (50,), generator=generator)
-    for metric, fn in (("error", error_rate), ("nll", mean_nll)):
-        result = summarize(logits, labels, 5, metric)
+    for metric, fn, higher in (("error", error_rate, False), ("nll", mean_nll, False), ("accuracy", accuracy, True)):
+        result = ClassificationEvaluator(5, metric)(logits, labels)
         assert result.metric == pytest.approx(float(fn(logits, labels)), rel=1e-6)
-        assert result.loss == pytest.approx(float(mean_nll(logits, labels)), rel=1e-6)
+        assert result.higher_is_better is higher
+        assert result.statistics["error"] == pytest.approx(float(error_rate(logits, labels)), rel=1e-6)
+        assert result.loss == result.statistics["nll"] == pytest.approx(float(mean_nll(logits, labels)), rel=1e-6)
         np.testing.assert_allclose(result.confusion, confusion_statistics(logits, labels, 5).numpy(), rtol=1e-6)
         assert result.finite
-    assert not summarize(logits.where(torch.arange(50)[:, None] != 3, torch.nan), labels, 5).finite
+    nan_row = logits.where(torch.arange(50)[:, None] != 3, torch.nan)
+    assert not ClassificationEvaluator(5)(nan_row, labels).finite
     with pytest.raises(ValueError, match="accuracy"):
-        summarize(logits, labels, 5, "accuracy")
+        ClassificationEvaluator(5, "auc")
+
+
+def test_class_metric_of_accuracy_complements_error() -> None:
+    generator = torch.Generator().manual_seed(1)
+    logits, labels = torch.randn(60, 4, generator=generator), torch.randint(0, 4, (60,), generator=generator)
+    error, right = (ClassificationEvaluator(4, m)(logits, labels) for m in ("error", "accuracy"))
+    np.testing.assert_allclose(right.class_metric, 1.0 - error.class_metric, atol=1e-7)
+    assert right.metric == pytest.approx(1.0 - error.metric, abs=1e-7)
+
+
+def test_improvement_follows_the_direction() -> None:
+    assert METRICS["error"].improvement(0.3, 0.2) == pytest.approx(0.1)
+    assert METRICS["accuracy"].improvement(0.7, 0.8) == pytest.approx(0.1)
+    assert METRICS["nll"].improvement(1.0, 2.0) == -1.0
+    assert METRICS["accuracy"].worst == 0.0 and METRICS["error"].worst == 1.0
 
 
 def test_discounted_metric() -> None:

@@ -23,7 +23,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from ala_gym.core.data import BatchSampler, ClassificationData, Split
 from ala_gym.core.losses import ParamLoss
-from ala_gym.core.metrics import Evaluation, summarize
+from ala_gym.core.metrics import ClassificationEvaluator, Evaluation
 from ala_gym.core.models import build_model
 from ala_gym.core.sgd import Tensors, sgd_step
 from ala_gym.core.trainer import ChildRecord, SequentialChildren, TrainConfig, seed_streams
@@ -176,9 +176,9 @@ class BatchedTrainer:
         return torch.cat(outputs, dim=1)
 
     def evaluate(self, split: Split, children: list[int], metric: str = "error") -> list[Evaluation]:
-        """Per listed child: metric, cross-entropy and Eq. 7 statistics on ``split``."""
-        logits = self.logits(split, children)
-        return [summarize(child_logits, split.labels, self.data.num_classes, metric) for child_logits in logits]
+        """Per listed child: its outputs on ``split`` under :class:`ClassificationEvaluator` with ``metric``."""
+        evaluator = ClassificationEvaluator(self.data.num_classes, metric)
+        return [evaluator(child_logits, split.labels) for child_logits in self.logits(split, children)]
 
 
 def _masked_copy(target: Tensors, active: Tensors, inactive: Tensors, mask: torch.Tensor) -> None:

@@ -1,23 +1,39 @@
-"""Evaluation metrics (lower is better) and the validation confusion statistics of Eq. 7.
+"""Evaluators: a metric with its direction and named statistics, computed on the device in one pass.
 
-Everything is computed on the device from one pass over the logits; only scalars and the ``C x C``
-statistics go back to the host.
+An evaluator turns a model's outputs on a split into an :class:`Evaluation`: the metric the episode's
+reward (Eqs. 4-5) is built on, whether higher is better, and named statistics for observations and
+logs. Only scalars and small ``C x C`` arrays go back to the host.
+
+:class:`ClassificationEvaluator` serves the classification tasks (metrics ``"error"``, ``"nll"``,
+``"accuracy"``; statistics ``"error"``, ``"nll"``, ``"confusion"`` (Eq. 7)) and the per-class metric
+the per-pair credit is computed from. A metric that needs more than logits and labels (AUCPR over
+scores, Recall@k over embeddings) is another :class:`Evaluator` returning its own named statistics.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
 
+def _correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Right top-1 predictions. A row with a non-finite logit counts as wrong (a diverged model is not right
+    by accident)."""
+    return (logits.argmax(dim=1) == labels) & torch.isfinite(logits).all(dim=1)
+
+
 def error_rate(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Top-1 error. A row with a non-finite logit counts as wrong (a diverged model is not right by accident)."""
-    correct = (logits.argmax(dim=1) == labels) & torch.isfinite(logits).all(dim=1)
-    return 1.0 - correct.float().mean()
+    """Top-1 error (non-finite rows count as wrong)."""
+    return 1.0 - _correct(logits, labels).float().mean()
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Top-1 accuracy (non-finite rows count as wrong)."""
+    return _correct(logits, labels).float().mean()
 
 
 def mean_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -25,9 +41,31 @@ def mean_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, labels)
 
 
-METRICS = {"error": error_rate, "nll": mean_nll}
-WORST = {"error": 1.0, "nll": float("inf")}
-"""The value a metric gives a diverged child (its test and final validation metric)."""
+@dataclass(frozen=True)
+class Metric:
+    """A classification metric of logits and labels, with its direction."""
+
+    fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    higher_is_better: bool
+    worst: float
+    """The value a diverged child scores (its test and final validation metric)."""
+
+    def improvement(self, old: Any, new: Any) -> Any:
+        """How much ``new`` is better than ``old`` (positive = better), for scalars or arrays alike."""
+        return new - old if self.higher_is_better else old - new
+
+
+METRICS = {
+    "error": Metric(error_rate, higher_is_better=False, worst=1.0),
+    "nll": Metric(mean_nll, higher_is_better=False, worst=float("inf")),
+    "accuracy": Metric(accuracy, higher_is_better=True, worst=0.0),
+}
+
+
+def get_metric(name: str) -> Metric:
+    if name not in METRICS:
+        raise ValueError(f"unknown metric {name!r}; choose one of {sorted(METRICS)}")
+    return METRICS[name]
 
 
 def confusion_statistics(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -43,46 +81,76 @@ def confusion_statistics(logits: torch.Tensor, labels: torch.Tensor, num_classes
 
 
 def class_metric(logits: torch.Tensor, labels: torch.Tensor, confusion: torch.Tensor, metric: str) -> torch.Tensor:
-    """The metric restricted to each class's samples (``[C]``): per-class error, or per-class NLL, which is
-    the diagonal of the Eq. 7 statistics. Classes absent from ``labels`` get the error 0 (NLL: ``log C``)."""
+    """The metric restricted to each class's samples (``[C]``): per-class error or accuracy, or per-class NLL,
+    which is the diagonal of the Eq. 7 statistics. Classes absent from ``labels`` get 0 (NLL: ``log C``)."""
     if metric == "nll":
         return torch.diagonal(confusion)
     num_classes = confusion.shape[0]
-    wrong = 1.0 - ((logits.argmax(dim=1) == labels) & torch.isfinite(logits).all(dim=1)).float()
-    sums = torch.zeros(num_classes, device=logits.device).index_add_(0, labels, wrong)
+    hits = _correct(logits, labels).float()
+    hits = hits if metric == "accuracy" else 1.0 - hits
+    sums = torch.zeros(num_classes, device=logits.device).index_add_(0, labels, hits)
     return sums / torch.bincount(labels, minlength=num_classes).clamp_min(1).float()
 
 
 @dataclass
 class Evaluation:
-    """One evaluation of a model on a split: host-side scalars, the ``C x C`` confusion statistics and the
-    metric per class (what the per-pair credit of the envs is computed from)."""
+    """One evaluation of a model on a split, on the host: the metric and its direction, named statistics,
+    and the metric per class (what the per-pair credit of the envs is computed from)."""
 
     metric: float
-    loss: float
-    confusion: np.ndarray
-    class_metric: np.ndarray
+    higher_is_better: bool
+    statistics: dict[str, Any] = field(default_factory=dict)
+    """Named statistics; classification: ``"error"``, ``"nll"`` (floats) and ``"confusion"`` (``C x C``, Eq. 7)."""
+    class_metric: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    @property
+    def loss(self) -> float:
+        """Cross-entropy on the split (``statistics["nll"]``)."""
+        return self.statistics["nll"]
+
+    @property
+    def confusion(self) -> np.ndarray:
+        """Eq. 7 statistics (``statistics["confusion"]``)."""
+        return self.statistics["confusion"]
 
     @property
     def finite(self) -> bool:
-        return bool(np.isfinite(self.loss) and np.all(np.isfinite(self.confusion)))
+        return all(bool(np.all(np.isfinite(value))) for value in self.statistics.values())
 
 
-def summarize(logits: torch.Tensor, labels: torch.Tensor, num_classes: int, metric: str = "error") -> Evaluation:
-    """Metric, cross-entropy and confusion statistics of ``logits``, with a single device-to-host copy."""
-    if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; choose one of {sorted(METRICS)}")
-    confusion = confusion_statistics(logits, labels, num_classes)
-    scalars = torch.stack([METRICS[metric](logits, labels), mean_nll(logits, labels)])
-    per_class = class_metric(logits, labels, confusion, metric)
-    packed = torch.cat([scalars, confusion.flatten(), per_class]).double().cpu().numpy()
-    squared = num_classes * num_classes
-    return Evaluation(
-        metric=float(packed[0]),
-        loss=float(packed[1]),
-        confusion=packed[2 : 2 + squared].reshape(num_classes, num_classes),
-        class_metric=packed[2 + squared :],
-    )
+class Evaluator(Protocol):
+    """Outputs and labels of a split in, :class:`Evaluation` out."""
+
+    higher_is_better: bool
+
+    def __call__(self, outputs: torch.Tensor, labels: torch.Tensor) -> Evaluation: ...
+
+
+class ClassificationEvaluator:
+    """Metric ``metric`` (a key of :data:`METRICS`), error, cross-entropy, Eq. 7 statistics and the per-class
+    metric of ``num_classes``-way logits, with a single device-to-host copy."""
+
+    def __init__(self, num_classes: int, metric: str = "error") -> None:
+        self.num_classes, self.name, self.metric = num_classes, metric, get_metric(metric)
+        self.higher_is_better = self.metric.higher_is_better
+
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> Evaluation:
+        num_classes = self.num_classes
+        confusion = confusion_statistics(logits, labels, num_classes)
+        scalars = torch.stack([self.metric.fn(logits, labels), error_rate(logits, labels), mean_nll(logits, labels)])
+        per_class = class_metric(logits, labels, confusion, self.name)
+        packed = torch.cat([scalars, confusion.flatten(), per_class]).double().cpu().numpy()
+        squared = num_classes * num_classes
+        return Evaluation(
+            metric=float(packed[0]),
+            higher_is_better=self.higher_is_better,
+            statistics={
+                "error": float(packed[1]),
+                "nll": float(packed[2]),
+                "confusion": packed[3 : 3 + squared].reshape(num_classes, num_classes),
+            },
+            class_metric=packed[3 + squared :],
+        )
 
 
 def discounted_metric(values: list, offsets: list[int], gamma: float) -> Any:

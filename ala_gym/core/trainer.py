@@ -19,7 +19,7 @@ from torch import nn
 
 from ala_gym.core.data import BatchSampler, ClassificationData, Split
 from ala_gym.core.losses import LossFn
-from ala_gym.core.metrics import Evaluation, summarize
+from ala_gym.core.metrics import ClassificationEvaluator, Evaluation
 from ala_gym.core.models import build_model
 from ala_gym.core.sgd import Tensors, sgd_step
 
@@ -155,8 +155,8 @@ class ChildTrainer:
         return torch.cat(outputs)
 
     def evaluate(self, split: Split, metric: str = "error") -> Evaluation:
-        """Metric, cross-entropy and Eq. 7 confusion statistics of the current model on ``split``."""
-        return summarize(self.logits(split), split.labels, self.data.num_classes, metric)
+        """The current model on ``split`` under :class:`ClassificationEvaluator` with ``metric``."""
+        return ClassificationEvaluator(self.data.num_classes, metric)(self.logits(split), split.labels)
 
 
 class SequentialChildren:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ala_gym.core.losses import PhiLoss, check_phi, class_pairs, matrix_to_pairs, pairs_to_matrix
-from ala_gym.core.metrics import WORST, Evaluation, discounted_metric
+from ala_gym.core.metrics import Evaluation, discounted_metric, get_metric
 
 N_ACTIONS = 3  # {-beta, 0, +beta}
 CONFUSION_CLIP = 10.0  # bound of the normalised confusion statistics (C / log(num_classes))
@@ -78,6 +78,7 @@ class ChildEpisode:
         self, settings: EpisodeSettings, phi_init: np.ndarray, device: torch.device, val_class_counts: np.ndarray
     ) -> None:
         self.settings = settings
+        self.metric = get_metric(settings.metric)
         self.pairs = class_pairs(settings.num_classes)
         self.step_sizes = settings.step_sizes()
         self.pair_weights = pair_weights(self.pairs, np.asarray(val_class_counts, dtype=np.float64))
@@ -186,11 +187,11 @@ class ChildEpisode:
             observation = self._observation(iteration)
         else:
             metric = discounted_metric(self._values, self._offsets, settings.gamma)
-            improvement = self._last_metric - metric
+            improvement = self.metric.improvement(self._last_metric, metric)
             reward = float(np.sign(improvement)) if settings.reward == "sign" else float(improvement)
             self._last_metric = metric
             pair_metric = self.pair_weights @ discounted_metric(self._class_values, self._offsets, settings.gamma)
-            pair_improvement = self._last_pair_metric - pair_metric
+            pair_improvement = self.metric.improvement(self._last_pair_metric, pair_metric)
             self._last_pair_metric = pair_metric
             pair_stats = self._pair_statistics(evaluation)
             self._pair_history.append(pair_stats)
@@ -206,10 +207,10 @@ class ChildEpisode:
     def final_metrics(self, evaluate: Callable[[str], Evaluation]) -> dict[str, float]:
         """``test_metric`` and ``final_val_metric`` for a finished child; ``evaluate("test" | "val")``.
 
-        A diverged child (or a non-finite value) scores the metric's worst value, ``WORST[metric]``, under
+        A diverged child (or a non-finite value) scores the metric's worst value, ``Metric.worst``, under
         every metric alike (the error rate of a broken model is 1 by itself, its NLL would be NaN).
         """
-        worst = WORST[self.settings.metric]
+        worst = self.metric.worst
 
         def final(split: str) -> float:
             value = worst if self.diverged else evaluate(split).metric
