@@ -14,6 +14,7 @@ from ala_gym.core.data import (
     cifar10_subset_dir,
     FASHION_MNIST_DEBIAN_DIR,
     BatchSampler,
+    ClassBalancedSampler,
     DataError,
     load_cifar10,
     load_digits,
@@ -202,3 +203,33 @@ def test_batch_sampler_epochs_are_permutations() -> None:
     assert BatchSampler(data, 10**6, torch.Generator()).batch_size == len(data.train)
     with pytest.raises(ValueError):
         BatchSampler(data, 0, torch.Generator())
+
+
+def test_class_balanced_sampler_draws_p_classes_of_k_distinct_samples() -> None:
+    data = load_digits()
+    sampler = ClassBalancedSampler(data, 4, 5, torch.Generator().manual_seed(0))
+    seen = set()
+    for _ in range(20):
+        inputs, labels = sampler.next()
+        assert inputs.shape == (20, *data.image_shape) and labels.shape == (20,)
+        groups = labels.view(4, 5)
+        assert torch.all(groups == groups[:, :1]) and len(set(groups[:, 0].tolist())) == 4  # P classes of K each
+        rows = data.normalize(data.train.images).flatten(1)
+        index = torch.cdist(inputs.flatten(1), rows).argmin(dim=1)  # which training images were drawn
+        assert len(set(index.tolist())) == 20, "K distinct samples per class"
+        assert torch.equal(data.train.labels[index], labels)
+        seen |= set(groups[:, 0].tolist())
+    assert seen == set(range(10))
+    again = ClassBalancedSampler(data, 4, 5, torch.Generator().manual_seed(0))
+    first = ClassBalancedSampler(data, 4, 5, torch.Generator().manual_seed(0)).next()
+    assert all(torch.equal(a, b) for a, b in zip(first, again.next()))
+
+
+def test_class_balanced_sampler_rejects_too_few_classes() -> None:
+    data = load_digits()
+    with pytest.raises(ValueError, match="lower P or K"):
+        ClassBalancedSampler(data, 11, 2, torch.Generator())
+    with pytest.raises(ValueError, match="lower P or K"):
+        ClassBalancedSampler(data, 2, 10**4, torch.Generator())
+    with pytest.raises(ValueError, match="positive"):
+        ClassBalancedSampler(data, 0, 2, torch.Generator())

@@ -42,6 +42,15 @@ def test_build_model_is_seeded_and_shaped(name: str) -> None:
     assert models[0](torch.zeros(2, *shape)).shape == (2, 10)
 
 
+@pytest.mark.parametrize("name", ["mlp", "small_cnn", "resnet20"])
+def test_embedding_head_is_another_output_size(name: str) -> None:
+    shape = (1, 28, 28)
+    embedder = build_model(name, shape, 32, torch.Generator().manual_seed(0))
+    assert embedder(torch.zeros(3, *shape)).shape == (3, 32)
+    classifier = build_model(name, shape, 10, torch.Generator().manual_seed(0))
+    assert [n for n, _ in embedder.named_parameters()] == [n for n, _ in classifier.named_parameters()]
+
+
 def test_resnet32_structure() -> None:
     model = build_model("resnet32", (3, 32, 32), 10, torch.Generator().manual_seed(0))
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]

@@ -11,7 +11,8 @@ One loader per dataset, each going through the dataset's own reader:
   against that file instead.
 
 Every loader returns a :class:`ClassificationData` whose three splits live on ``device``; batches are
-drawn there by :class:`BatchSampler` with an explicit ``torch.Generator``, and CIFAR's augmentation
+drawn there with an explicit ``torch.Generator``, uniformly by :class:`BatchSampler` or class-balanced
+(P classes x K samples, for metric learning) by :class:`ClassBalancedSampler`, and CIFAR's augmentation
 (4-pixel zero padding, random 32x32 crop, horizontal flip) runs batched on the device too.
 """
 
@@ -447,10 +448,62 @@ class BatchSampler:
             self._position = 0
         index = self._order[self._position : self._position + self.batch_size]
         self._position += self.batch_size
-        images = self.data.train.images[index]
-        if self.data.augment:
-            images = random_crop_flip(images, self.generator)
-        return self.data.normalize(images), self.data.train.labels[index]
+        return training_batch(self.data, index, self.generator)
+
+
+class ClassBalancedSampler:
+    """P x K batches for metric learning: ``classes_per_batch`` (P) distinct classes drawn uniformly, then
+    ``samples_per_class`` (K) distinct training samples of each, all on the data's device.
+
+    Only classes with at least K training samples are drawn (a ``ValueError`` if fewer than P have them).
+    All randomness comes from ``generator``; drawing a batch needs no host synchronisation. Batches hold
+    ``P * K`` samples, class by class (the K samples of the first class, then the next).
+    """
+
+    def __init__(
+        self, data: ClassificationData, classes_per_batch: int, samples_per_class: int, generator: torch.Generator
+    ) -> None:
+        if classes_per_batch < 1 or samples_per_class < 1:
+            raise ValueError(f"P and K must be positive, got P={classes_per_batch}, K={samples_per_class}")
+        labels = data.train.labels
+        counts = torch.bincount(labels, minlength=data.num_classes)
+        eligible = torch.nonzero(counts >= samples_per_class).flatten()
+        if len(eligible) < classes_per_batch:
+            raise ValueError(
+                f"only {len(eligible)} classes have {samples_per_class} training samples; need P={classes_per_batch}: "
+                "lower P or K"
+            )
+        # [classes, max count] training indices of each eligible class, padded (the padding is never drawn).
+        width = int(counts[eligible].max())
+        members = torch.zeros(len(eligible), width, dtype=torch.int64, device=labels.device)
+        for row, label in enumerate(eligible.tolist()):
+            index = torch.nonzero(labels == label).flatten()
+            members[row, : len(index)] = index
+        self.data, self.generator = data, generator
+        self.classes_per_batch, self.samples_per_class = classes_per_batch, samples_per_class
+        self._members, self._counts = members, counts[eligible]
+        self.batch_size = classes_per_batch * samples_per_class
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return one normalised (and, for CIFAR, augmented) P x K batch ``(inputs, labels)``."""
+        device = self.data.device
+        rows = torch.randperm(len(self._members), generator=self.generator, device=device)[: self.classes_per_batch]
+        # K distinct positions per class: the K smallest of uniform keys, the padding keyed out of reach.
+        keys = torch.rand(len(rows), self._members.shape[1], generator=self.generator, device=device)
+        padding = torch.arange(self._members.shape[1], device=device) >= self._counts[rows, None]
+        positions = keys.masked_fill(padding, 2.0).argsort(dim=1)[:, : self.samples_per_class]
+        index = self._members[rows[:, None], positions].flatten()
+        return training_batch(self.data, index, self.generator)
+
+
+def training_batch(
+    data: ClassificationData, index: torch.Tensor, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training samples ``index``, normalised (and, for CIFAR, augmented with ``generator``), with their labels."""
+    images = data.train.images[index]
+    if data.augment:
+        images = random_crop_flip(images, generator)
+    return data.normalize(images), data.train.labels[index]
 
 
 def random_crop_flip(images: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:

@@ -1,4 +1,8 @@
-"""Child models, chosen by name, initialised from an explicit ``torch.Generator``.
+"""Child models, chosen by name, built from an input shape and an output size, initialised from an
+explicit ``torch.Generator``.
+
+The output size is the number of classes for a classifier and the embedding width for metric learning:
+an embedding head is the same network with another output size.
 
 Modules are built on the ``meta`` device and then given storage and weights here, so that building a
 model never draws from (or advances) PyTorch's global random state.
@@ -7,6 +11,7 @@ model never draws from (or advances) PyTorch's global random state.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -46,7 +51,7 @@ class BasicBlock(nn.Module):
 class CifarResNet(nn.Module):
     """ResNet-6n+2 for 32x32 inputs (He et al. 2016, section 4.2): three stages of n basic blocks, 16/32/64 channels."""
 
-    def __init__(self, blocks_per_stage: int, num_classes: int, in_channels: int = 3) -> None:
+    def __init__(self, blocks_per_stage: int, output_size: int, in_channels: int = 3) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
         self.bn = nn.BatchNorm2d(16)
@@ -57,7 +62,7 @@ class CifarResNet(nn.Module):
                 layers.append(BasicBlock(channels, width, stride))
                 channels = width
         self.layers = nn.Sequential(*layers)
-        self.fc = nn.Linear(64, num_classes)
+        self.fc = nn.Linear(64, output_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.layers(F.relu(self.bn(self.conv(x))))
@@ -67,13 +72,13 @@ class CifarResNet(nn.Module):
 class SmallCNN(nn.Module):
     """Two 3x3 conv + max-pool stages (16, 32 channels) and a 128-unit hidden layer; no BatchNorm."""
 
-    def __init__(self, image_shape: tuple[int, int, int], num_classes: int) -> None:
+    def __init__(self, image_shape: tuple[int, int, int], output_size: int) -> None:
         super().__init__()
         channels, height, width = image_shape
         self.conv1 = nn.Conv2d(channels, 16, 3, padding=1)
         self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
         self.fc1 = nn.Linear(32 * (height // 4) * (width // 4), 128)
-        self.fc2 = nn.Linear(128, num_classes)
+        self.fc2 = nn.Linear(128, output_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.max_pool2d(F.relu(self.conv1(x)), 2)
@@ -84,19 +89,19 @@ class SmallCNN(nn.Module):
 class MLP(nn.Module):
     """Flatten, then two hidden ReLU layers."""
 
-    def __init__(self, image_shape: tuple[int, int, int], num_classes: int, hidden: int = 64) -> None:
+    def __init__(self, image_shape: tuple[int, int, int], output_size: int, hidden: int = 64) -> None:
         super().__init__()
         self.fc1 = nn.Linear(math.prod(image_shape), hidden)
         self.fc2 = nn.Linear(hidden, hidden)
-        self.fc3 = nn.Linear(hidden, num_classes)
+        self.fc3 = nn.Linear(hidden, output_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x.flatten(1))))))
 
 
-MODELS = {
-    "resnet32": lambda shape, classes: CifarResNet(5, classes, in_channels=shape[0]),
-    "resnet20": lambda shape, classes: CifarResNet(3, classes, in_channels=shape[0]),
+MODELS: dict[str, Callable[[tuple[int, int, int], int], nn.Module]] = {
+    "resnet32": lambda shape, outputs: CifarResNet(5, outputs, in_channels=shape[0]),
+    "resnet20": lambda shape, outputs: CifarResNet(3, outputs, in_channels=shape[0]),
     "small_cnn": SmallCNN,
     "mlp": MLP,
 }
@@ -123,15 +128,16 @@ def init_weights(model: nn.Module, generator: torch.Generator) -> None:
 def build_model(
     name: str,
     image_shape: tuple[int, int, int],
-    num_classes: int,
+    output_size: int,
     generator: torch.Generator,
     device: torch.device | str = "cpu",
 ) -> nn.Module:
-    """Build child model ``name`` (a key of ``MODELS``) with weights drawn from ``generator``."""
+    """Build child model ``name`` (a key of ``MODELS``) for inputs ``[B, *image_shape]`` and outputs
+    ``[B, output_size]`` (class logits or an embedding), with weights drawn from ``generator``."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
     with torch.device("meta"):
-        model = MODELS[name](image_shape, num_classes)
+        model = MODELS[name](image_shape, output_size)
     # Initialise on the generator's device, then move: the same seed gives the same weights on any device.
     model = model.to_empty(device=generator.device)
     init_weights(model, generator)
