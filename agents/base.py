@@ -17,7 +17,6 @@ import gymnasium as gym
 import numpy as np
 
 import ala_gym.envs  # noqa: F401  (registers the env ids that make_envs names)
-from agents.runlog import phi_stats
 
 OnStep = Callable[[int, dict[str, Any]], None]
 """``on_step(step, logs)``, called after every vector step of :meth:`Controller.run`."""
@@ -163,6 +162,20 @@ class Controller(ABC):
 
 def step_logs(rewards: np.ndarray, phi: np.ndarray, val_metric: np.ndarray) -> dict[str, Any]:
     """What every controller logs per step, over the children still running: mean reward and validation
-    metric, Phi's drift from identity (:func:`agents.runlog.phi_stats`), and ``phi`` itself
+    metric, Phi's drift from identity (:func:`phi_stats`), and ``phi`` itself
     (``[children, C, C]`` array, for heatmaps)."""
     return {"reward": float(np.mean(rewards)), "val_metric": float(np.mean(val_metric)), **phi_stats(phi), "phi": phi}
+
+
+def phi_stats(phi: np.ndarray) -> dict[str, float]:
+    """Drift of Phi (``[..., C, C]``, averaged over leading axes) from identity.
+
+    ``phi_drift = ||Phi - I||_F / C`` and ``phi_max_offdiag = max |Phi(i, j)|, i != j``: the two numbers
+    that showed Phi blowing up at the paper's beta on 100 classes in the public re-implementation.
+    """
+    phi = np.asarray(phi, dtype=np.float64).reshape(-1, *np.shape(phi)[-2:])
+    num_classes = phi.shape[-1]
+    identity = np.eye(num_classes)
+    drift = np.linalg.norm(phi - identity, axis=(1, 2)) / num_classes
+    off_diagonal = np.abs(phi[:, ~identity.astype(bool)]) if num_classes > 1 else np.zeros((len(phi), 1))
+    return {"phi_drift": float(drift.mean()), "phi_max_offdiag": float(off_diagonal.max())}

@@ -41,7 +41,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from agents.base import Controller
-from agents import runlog
+from agents import checkpoints, cli
 
 N_ACTIONS = 3  # {-beta, 0, +beta}; beta itself is the env's (``beta=`` env keyword)
 NO_CHANGE = 1
@@ -320,13 +320,13 @@ class ReinforceController(Controller):
         """Write the policy (weights, config, versions); :meth:`load` reads it back."""
         assert self.policy is not None, "nothing to save before a run"
         config = {**asdict(self.config), "n_features": self.n_features}
-        runlog.save_checkpoint(path, "reinforce", config, self.policy.state_dict())
+        checkpoints.save_checkpoint(path, "reinforce", config, self.policy.state_dict())
 
     @classmethod
     def load(cls, path: str | Path, train: bool = False, num_envs: int = 1) -> ReinforceController:
         """A controller that starts every run from the saved policy: frozen (``train=False``, Table 5's
         "policy from 1st run") or fine-tuned (``train=True``)."""
-        checkpoint = runlog.load_checkpoint(path, "reinforce")
+        checkpoint = checkpoints.load_checkpoint(path, "reinforce")
         saved = dict(checkpoint["config"])
         try:
             n_features = int(saved.pop("n_features"))
@@ -335,7 +335,7 @@ class ReinforceController(Controller):
             PairPolicy(n_features, config.hidden, torch.Generator()).load_state_dict(checkpoint["state_dict"])
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             message = " ".join(str(exc).split())[:200]
-            raise runlog.CheckpointError(f"{path} holds a damaged reinforce policy ({type(exc).__name__}: {message})") from None
+            raise checkpoints.CheckpointError(f"{path} holds a damaged reinforce policy ({type(exc).__name__}: {message})") from None
         state = checkpoint["state_dict"]
         return cls(config, num_envs=num_envs, train=train, initial_state=state, n_features=n_features)
 
@@ -368,20 +368,20 @@ def transfer_controller(policy: str = "digits", train: bool = True, num_envs: in
 
 # ---------------------------------------------------------------------- command line
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=runlog.HelpFormatter)
-    runlog.add_run_args(parser, default_num_envs=10)
-    runlog.add_dataclass_args(parser, ReinforceConfig)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=cli.HelpFormatter)
+    cli.add_run_args(parser, default_num_envs=10)
+    cli.add_dataclass_args(parser, ReinforceConfig)
     parser.add_argument("--freeze", action="store_true", help="with --load: run the saved policy without learning")
     args = parser.parse_args(argv)
-    runlog.check_load_args(parser, ReinforceConfig, args)
+    cli.check_load_args(parser, ReinforceConfig, args)
     if args.load:
         try:
             controller = ReinforceController.load(args.load, train=not args.freeze, num_envs=args.num_envs)
-        except runlog.CheckpointError as exc:
-            runlog.fail(str(exc))
+        except checkpoints.CheckpointError as exc:
+            cli.fail(str(exc))
     else:
-        controller = ReinforceController(runlog.dataclass_from_args(ReinforceConfig, args), num_envs=args.num_envs)
-    runlog.run_cli(controller, args)
+        controller = ReinforceController(cli.dataclass_from_args(ReinforceConfig, args), num_envs=args.num_envs)
+    cli.run_cli(controller, args)
 
 
 if __name__ == "__main__":

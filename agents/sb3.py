@@ -40,7 +40,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.policies import ActorCriticPolicy
 from torch import nn
 
-from agents import runlog
+from agents import checkpoints, cli
 from agents.base import Controller, EpisodeRecord, EpisodeRecorder, OnStep, step_logs
 from ala_gym.wrappers.sb3 import SB3VecEnv
 
@@ -222,7 +222,7 @@ class SB3Controller(Controller):
                 model.policy.load_state_dict(self.initial_state)
             except (RuntimeError, KeyError) as exc:  # weights of another shape: another policy or class count
                 message = " ".join(str(exc).split())[:200]
-                raise runlog.CheckpointError(f"the loaded {self.algo} policy does not fit this env: {message}") from None
+                raise checkpoints.CheckpointError(f"the loaded {self.algo} policy does not fit this env: {message}") from None
         if self.log_dir is not None:
             from stable_baselines3.common.logger import configure
 
@@ -266,39 +266,39 @@ class SB3Controller(Controller):
     def save(self, path: str | Path) -> None:
         """Write the policy's weights and config (same format as the bundled agent's)."""
         assert self.model is not None, "nothing to save before a run"
-        runlog.save_checkpoint(path, f"sb3-{self.algo}", asdict(self.config), self.model.policy.state_dict())
+        checkpoints.save_checkpoint(path, f"sb3-{self.algo}", asdict(self.config), self.model.policy.state_dict())
 
     @classmethod
     def load(cls, path: str | Path, algo: str = "ppo", train: bool = False, num_envs: int = 10) -> SB3Controller:
         """A controller that starts every run from the saved policy, frozen or (``train=True``) fine-tuned."""
-        checkpoint = runlog.load_checkpoint(path, f"sb3-{algo}")
+        checkpoint = checkpoints.load_checkpoint(path, f"sb3-{algo}")
         saved = checkpoint["config"]
         try:
             config = SB3Config(**{f.name: saved[f.name] for f in fields(SB3Config) if f.name in saved})
         except TypeError as exc:
-            raise runlog.CheckpointError(f"{path} holds a damaged {algo} policy config ({exc})") from None
+            raise checkpoints.CheckpointError(f"{path} holds a damaged {algo} policy config ({exc})") from None
         return cls(algo, config, num_envs=num_envs, train=train, initial_state=checkpoint["state_dict"])
 
 
 # ---------------------------------------------------------------------- command line
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=runlog.HelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=cli.HelpFormatter)
     parser.add_argument("--algo", choices=sorted(ALGORITHMS), default="ppo", help="Stable-Baselines3 algorithm")
-    runlog.add_run_args(parser, default_num_envs=10)
-    runlog.add_dataclass_args(parser, SB3Config)
+    cli.add_run_args(parser, default_num_envs=10)
+    cli.add_dataclass_args(parser, SB3Config)
     parser.add_argument("--freeze", action="store_true", help="with --load: run the saved policy without learning")
     args = parser.parse_args(argv)
-    runlog.check_load_args(parser, SB3Config, args)
+    cli.check_load_args(parser, SB3Config, args)
     if args.load:
         try:
             controller = SB3Controller.load(args.load, args.algo, train=not args.freeze, num_envs=args.num_envs)
-        except runlog.CheckpointError as exc:
-            runlog.fail(str(exc))
+        except checkpoints.CheckpointError as exc:
+            cli.fail(str(exc))
     else:
-        controller = SB3Controller(args.algo, runlog.dataclass_from_args(SB3Config, args), num_envs=args.num_envs)
+        controller = SB3Controller(args.algo, cli.dataclass_from_args(SB3Config, args), num_envs=args.num_envs)
     if not args.no_tensorboard:
-        controller.log_dir = args.log_dir or runlog.default_log_dir(controller.name, args)
-    runlog.run_cli(controller, args)
+        controller.log_dir = args.log_dir or cli.default_log_dir(controller.name, args)
+    cli.run_cli(controller, args)
 
 
 if __name__ == "__main__":

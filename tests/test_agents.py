@@ -13,7 +13,7 @@ import torch
 from gymnasium.vector import AutoresetMode
 
 import agents
-from agents import runlog
+from agents.base import phi_stats
 from agents.reinforce import ReinforceConfig, ReinforceController
 from ala_gym.envs import classification
 from ala_gym.envs.digits import ALADigitsEnv
@@ -314,5 +314,5 @@ def test_sb3_pair_policy_transfers_to_5_classes(ppo_policy, five_class_envs):
 def test_phi_stats():
     phi = np.eye(4)
     phi[0, 1] = phi[1, 0] = -0.5
-    stats = runlog.phi_stats(phi[None])
+    stats = phi_stats(phi[None])
     assert stats["phi_max_offdiag"] == 0.5 and np.isclose(stats["phi_drift"], np.sqrt(0.5) / 4)

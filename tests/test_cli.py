@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from agents import runlog
+from agents import checkpoints, progress
 from agents.reinforce import PairPolicy, ReinforceConfig, ReinforceController
 from agents.reinforce import main as reinforce_main
 from agents.sb3 import main as sb3_main
@@ -22,7 +22,7 @@ TINY_RUN = ["--num-envs", "1", "--total-iterations", "4", "--steps-per-action", 
 def _good_checkpoint(path: Path) -> dict:
     policy = PairPolicy(24, 8, torch.Generator().manual_seed(0))
     config = {**vars(ReinforceConfig(hidden=8)), "n_features": 24}
-    runlog.save_checkpoint(path, "reinforce", config, policy.state_dict())
+    checkpoints.save_checkpoint(path, "reinforce", config, policy.state_dict())
     return torch.load(path, weights_only=True)
 
 
@@ -53,7 +53,7 @@ def _bad_checkpoints(folder: Path) -> dict[str, tuple[Path, str]]:
 
 def test_bad_checkpoints_get_a_checkpoint_error_naming_the_file(tmp_path: Path) -> None:
     for name, (path, message) in _bad_checkpoints(tmp_path).items():
-        with pytest.raises(runlog.CheckpointError, match=message) as caught:
+        with pytest.raises(checkpoints.CheckpointError, match=message) as caught:
             ReinforceController.load(path)
         text = str(caught.value)
         assert str(path) in text and "weights_only=False" not in text, name
@@ -110,7 +110,7 @@ def test_compare_help_describes_presets_and_counts() -> None:
 
 
 def test_agent_progress_bar_only_on_a_terminal() -> None:
-    logger = runlog.RunLogger(3, None)  # under pytest, stderr is captured: not a terminal
+    logger = progress.RunLogger(3, None)  # under pytest, stderr is captured: not a terminal
     try:
         assert logger.bar.disable
         logger(1, {"reward": 1.0})  # still usable as on_step

@@ -1,151 +1,21 @@
-"""What every controller's command line shares: Phi statistics, the progress bar, TensorBoard logs and
-the checkpoint format.
-
-Named ``runlog`` rather than ``logging`` so that running a file of this folder as a script cannot
-shadow the standard library's ``logging`` module.
-"""
+"""What every controller's command line shares: options (run settings and a config dataclass's fields),
+the bad-input rule (one line, exit status 2) and the driver that makes the envs, runs, prints and saves."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import math
-import pickle
 import sys
-import zipfile
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, NoReturn
 
 import gymnasium as gym
 import numpy as np
-import torch
 
-import ala_gym
-
-FORMAT_VERSION = 1
-"""Version of the checkpoint layout; bump it whenever a saved policy can no longer be loaded as is."""
-CHECKPOINT_KEYS = ("format_version", "ala_gym_version", "kind", "config", "state_dict")
-
-
-class CheckpointError(ValueError):
-    """A file that is not a loadable ala-gym policy checkpoint; the message says which file and why."""
-
-
-def phi_stats(phi: np.ndarray) -> dict[str, float]:
-    """Drift of Phi (``[..., C, C]``, averaged over leading axes) from identity.
-
-    ``phi_drift = ||Phi - I||_F / C`` and ``phi_max_offdiag = max |Phi(i, j)|, i != j``: the two numbers
-    that showed Phi blowing up at the paper's beta on 100 classes in the public re-implementation.
-    """
-    phi = np.asarray(phi, dtype=np.float64).reshape(-1, *np.shape(phi)[-2:])
-    num_classes = phi.shape[-1]
-    identity = np.eye(num_classes)
-    drift = np.linalg.norm(phi - identity, axis=(1, 2)) / num_classes
-    off_diagonal = np.abs(phi[:, ~identity.astype(bool)]) if num_classes > 1 else np.zeros((len(phi), 1))
-    return {"phi_drift": float(drift.mean()), "phi_max_offdiag": float(off_diagonal.max())}
-
-
-class RunLogger:
-    """A tqdm progress bar plus, when ``log_dir`` is given, TensorBoard scalars and a Phi heatmap.
-
-    Use it as ``on_step`` of :meth:`agents.base.Controller.run`: every numeric entry of ``logs`` becomes
-    a scalar; ``logs["phi"]`` (``[num_envs, C, C]``) becomes a heatmap of child 0 every
-    ``heatmap_every`` steps.
-    """
-
-    def __init__(self, total_steps: int | None, log_dir: str | Path | None = None, heatmap_every: int = 10) -> None:
-        from tqdm.auto import tqdm
-
-        # disable=None: a bar on a terminal only; a log file gets the one summary line of run_cli.
-        self.bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True, disable=None)
-        self.heatmap_every = heatmap_every
-        self.writer = None
-        if log_dir is not None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(log_dir))
-
-    def __call__(self, step: int, logs: dict[str, Any]) -> None:
-        scalars = {key: float(value) for key, value in logs.items() if np.isscalar(value)}
-        self.bar.update(1)
-        shown = ("reward", "val_metric", "entropy")
-        self.bar.set_postfix({key: f"{scalars[key]:.3g}" for key in shown if key in scalars})
-        if self.writer is None:
-            return
-        for key, value in scalars.items():
-            self.writer.add_scalar(f"ala/{key}", value, step)
-        if "phi" in logs and (step == 1 or step % self.heatmap_every == 0):
-            self.writer.add_figure("ala/phi", phi_figure(np.asarray(logs["phi"])[0], step), step)
-
-    def close(self) -> None:
-        self.bar.close()
-        if self.writer is not None:
-            self.writer.close()
-
-
-def phi_figure(phi: np.ndarray, step: int):
-    """A matplotlib heatmap of one ``C x C`` Phi on the fixed scale [-1, 1] (comparable across steps)."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # headless: figures only go to TensorBoard
-    from matplotlib import pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(4, 3.4))
-    image = axis.imshow(phi, cmap="RdBu_r", vmin=-1.0, vmax=1.0)
-    axis.set_title(f"Phi, step {step}")
-    axis.set_xlabel("class j")
-    axis.set_ylabel("class i")
-    figure.colorbar(image, ax=axis)
-    figure.tight_layout()
-    return figure
-
-
-def save_checkpoint(path: str | Path, kind: str, config: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> None:
-    """Write a policy as plain tensors and primitives, so that it loads with ``weights_only=True``."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    torch.save(
-        {
-            "format_version": FORMAT_VERSION,
-            "ala_gym_version": ala_gym.__version__,
-            "kind": kind,
-            "config": config,
-            "state_dict": state_dict,
-        },
-        path,
-    )
-
-
-def load_checkpoint(path: str | Path, kind: str) -> dict[str, Any]:
-    """Read a checkpoint of ``kind`` written by :func:`save_checkpoint`; :class:`CheckpointError` if it is
-    not one (never torch's own message, whose advice to load with ``weights_only=False`` would run
-    whatever code the file holds)."""
-    written_by = "write one with --save (python -m agents.reinforce / agents.sb3)"
-    if not Path(path).is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file; {written_by}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, EOFError, RuntimeError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        raise CheckpointError(
-            f"{path} is not an ala-gym policy checkpoint (it does not load as plain tensors: "
-            f"{type(exc).__name__}); {written_by}"
-        ) from None
-    missing = [key for key in CHECKPOINT_KEYS if not isinstance(checkpoint, dict) or key not in checkpoint]
-    if missing:
-        raise CheckpointError(f"{path} is not an ala-gym policy checkpoint (no {', '.join(missing)}); {written_by}")
-    version = checkpoint["format_version"]
-    if not isinstance(version, int) or isinstance(version, bool):
-        raise CheckpointError(f"{path} has an invalid format_version {version!r} (an integer is written); {written_by}")
-    if version != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path} was written by ala-gym {checkpoint['ala_gym_version']} in checkpoint format {version}; this "
-            f"ala-gym {ala_gym.__version__} reads format {FORMAT_VERSION} only: save the policy again with this version"
-        )
-    if checkpoint["kind"] != kind:
-        raise CheckpointError(f"{path} holds a {checkpoint['kind']!r} policy, not a {kind!r} one")
-    if not isinstance(checkpoint["config"], dict) or not isinstance(checkpoint["state_dict"], dict):
-        raise CheckpointError(f"{path} is damaged: its config and state_dict must be dictionaries; {written_by}")
-    return checkpoint
+from agents.checkpoints import CheckpointError
+from agents.progress import RunLogger
 
 
 def fail(message: str) -> NoReturn:
@@ -154,7 +24,6 @@ def fail(message: str) -> NoReturn:
     raise SystemExit(2)
 
 
-# ---------------------------------------------------------------------- command lines
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows an option's default only where it has one worth showing (not None, not a flag's False)."""
 

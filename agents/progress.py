@@ -1,0 +1,63 @@
+"""Progress of a controller's run: a progress bar on a terminal and, optionally, TensorBoard scalars and
+Phi heatmaps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+class RunLogger:
+    """A tqdm progress bar plus, when ``log_dir`` is given, TensorBoard scalars and a Phi heatmap.
+
+    Use it as ``on_step`` of :meth:`agents.base.Controller.run`: every numeric entry of ``logs`` becomes
+    a scalar; ``logs["phi"]`` (``[num_envs, C, C]``) becomes a heatmap of child 0 every
+    ``heatmap_every`` steps.
+    """
+
+    def __init__(self, total_steps: int | None, log_dir: str | Path | None = None, heatmap_every: int = 10) -> None:
+        from tqdm.auto import tqdm
+
+        # disable=None: a bar on a terminal only; a log file gets the one summary line of run_cli.
+        self.bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True, disable=None)
+        self.heatmap_every = heatmap_every
+        self.writer = None
+        if log_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(log_dir))
+
+    def __call__(self, step: int, logs: dict[str, Any]) -> None:
+        scalars = {key: float(value) for key, value in logs.items() if np.isscalar(value)}
+        self.bar.update(1)
+        shown = ("reward", "val_metric", "entropy")
+        self.bar.set_postfix({key: f"{scalars[key]:.3g}" for key in shown if key in scalars})
+        if self.writer is None:
+            return
+        for key, value in scalars.items():
+            self.writer.add_scalar(f"ala/{key}", value, step)
+        if "phi" in logs and (step == 1 or step % self.heatmap_every == 0):
+            self.writer.add_figure("ala/phi", phi_figure(np.asarray(logs["phi"])[0], step), step)
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def phi_figure(phi: np.ndarray, step: int):
+    """A matplotlib heatmap of one ``C x C`` Phi on the fixed scale [-1, 1] (comparable across steps)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: figures only go to TensorBoard
+    from matplotlib import pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(4, 3.4))
+    image = axis.imshow(phi, cmap="RdBu_r", vmin=-1.0, vmax=1.0)
+    axis.set_title(f"Phi, step {step}")
+    axis.set_xlabel("class j")
+    axis.set_ylabel("class i")
+    figure.colorbar(image, ax=axis)
+    figure.tight_layout()
+    return figure
