@@ -2,7 +2,8 @@
 
 ``tests/golden_trajectories.json`` holds three steps of fixed actions per case (observations, rewards,
 validation and test metrics, training loss), recorded from the single env on one CPU thread. A change
-of the training arithmetic (optimizer, loss kernel, evaluation order) shows up here. When such a change
+of the training arithmetic (optimizer, loss kernel, evaluation order) shows up here; only the training
+loss is compared to a relative 1e-6 (see the test). When such a change
 is intended, re-record with ``ALA_GYM_RECORD_GOLDEN=1 OMP_NUM_THREADS=1 python -m pytest tests/test_golden.py``
 and say so in the change.
 """
@@ -77,4 +78,10 @@ def test_golden_trajectory(case: str, tiny_cifar_dir: Path, tiny_fashion_mnist_d
         pytest.skip("recorded")
     expected = json.loads(GOLDEN.read_text())[case]
     assert trace["steps"][-1]["terminated"], "the case must reach the end of training (test_metric)"
+    # train_loss alone gets a tolerance: Eq. 6 at a non-negative Phi is computed by torch's fused
+    # soft-target cross-entropy (ala_gym.core.losses), whose forward sums in another order than the
+    # general kernel; its gradient, and so everything else here, is bit for bit the same.
+    losses = [step.pop("train_loss") for step in trace["steps"]]
+    recorded = [step.pop("train_loss") for step in expected["steps"]]
+    assert losses == pytest.approx(recorded, rel=1e-6, abs=0)
     assert trace == expected

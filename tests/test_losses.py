@@ -56,14 +56,52 @@ def test_cross_entropy_form_ignores_phi(batch) -> None:
     torch.testing.assert_close(phi_loss(logits, labels, _random_phi(), "cross_entropy"), F.cross_entropy(logits, labels))
 
 
-def test_phi_loss_object_sees_in_place_updates(batch) -> None:
+def test_phi_loss_object_follows_set_phi(batch) -> None:
     logits, labels = batch
     phi = torch.eye(10)
     loss = PhiLoss(phi)
     before = loss(logits, labels)
-    phi.copy_(_random_phi())
+    loss.set_phi(_random_phi().numpy())
+    assert loss.phi is phi, "set_phi writes into the same tensor"
     assert not torch.allclose(before, loss(logits, labels))
     torch.testing.assert_close(loss(logits, labels), phi_loss(logits, labels, phi))
+
+
+def _nonnegative_phi() -> np.ndarray:
+    values = np.random.default_rng(3).uniform(0, 0.3, 55)
+    matrix = pairs_to_matrix(values, 10)
+    np.fill_diagonal(matrix, 1.0)
+    return matrix
+
+
+@pytest.mark.parametrize(
+    ("matrix", "negative_floor", "kernel"),
+    [
+        (np.eye(10), 1e-3, "hard"),
+        (_nonnegative_phi(), 1e-3, "soft"),
+        (_random_phi().numpy(), None, "soft"),  # without a floor Eq. 6 is the soft-target cross-entropy for any sign
+        (_random_phi().numpy(), 1e-3, "general"),
+    ],
+)
+def test_fused_kernels_equal_the_general_form(batch, matrix: np.ndarray, negative_floor, kernel: str) -> None:
+    logits, labels = batch
+    logits = logits * 4  # confident rows, so the floor would bind where an entry is negative
+    loss = PhiLoss(torch.zeros(10, 10), negative_floor=negative_floor)
+    loss.set_phi(matrix)
+    assert loss.kernel == kernel
+    general = logits.clone().requires_grad_()
+    fused = logits.clone().requires_grad_()
+    expected = phi_loss(general, labels, loss.phi, negative_floor=negative_floor)
+    value = loss(fused, labels)
+    torch.testing.assert_close(value, expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(torch.autograd.grad(value, fused)[0], torch.autograd.grad(expected, general)[0])
+
+
+def test_other_forms_keep_the_general_kernel() -> None:
+    for form in ("sigmoid", "cross_entropy"):
+        loss = PhiLoss(torch.eye(10), form=form)
+        loss.set_phi(_nonnegative_phi())
+        assert loss.kernel == "general"
 
 
 @pytest.mark.parametrize("kwargs", [{"form": "cubic"}, {"temperature": 0.0}])

@@ -15,6 +15,13 @@ drives the logits towards infinity. ``negative_floor`` (default 1e-3) therefore 
 negative entry once ``f_j < negative_floor``: for entries with ``Phi(y, j) < 0`` the loss uses
 ``max(log f_j, log negative_floor)``. Entries >= 0, and so Phi = I, are untouched; ``negative_floor=None``
 gives Eq. 6 exactly as printed.
+
+Cost: the linear form is a cross-entropy against the soft targets ``Phi[y]``, so :class:`PhiLoss` computes it
+with torch's fused cross-entropy kernel wherever that is exact: ``F.cross_entropy(logits, labels)`` at
+Phi = I, ``F.cross_entropy(logits, Phi[y])`` when no entry is negative (or without a floor), and the
+floored log-softmax only otherwise. Which one applies is decided when Phi is set
+(:meth:`PhiLoss.set_phi`, from the host copy), never per iteration, so the training loop does not wait
+on the device.
 """
 
 from __future__ import annotations
@@ -78,16 +85,37 @@ class PhiLoss:
         if negative_floor is not None and not 0 < negative_floor < 1:
             raise ValueError(f"negative_floor must be in (0, 1) or None, got {negative_floor}")
         self.phi, self.form, self.temperature, self.negative_floor = phi, form, temperature, negative_floor
+        self.kernel = self._kernel(phi.detach().cpu().numpy())
 
     @property
     def params(self) -> torch.Tensor:
         return self.phi
 
+    def set_phi(self, matrix: np.ndarray) -> None:
+        """Copy the host matrix ``matrix`` into :attr:`phi` (in place: the tensor stays the same object) and
+        choose the kernel that computes Eq. 6 exactly for it."""
+        self.phi.copy_(torch.from_numpy(np.asarray(matrix)))
+        self.kernel = self._kernel(np.asarray(matrix))
+
+    def _kernel(self, matrix: np.ndarray) -> str:
+        """``"hard"`` (Phi = I: plain cross-entropy), ``"soft"`` (cross-entropy against ``Phi[y]``) or
+        ``"general"`` (:func:`phi_loss`), for the linear form; other forms always take ``"general"``."""
+        if self.form != "linear":
+            return "general"
+        if np.array_equal(matrix, np.eye(len(matrix))):
+            return "hard"
+        return "soft" if self.negative_floor is None or bool((matrix >= 0).all()) else "general"
+
     def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.kernel == "hard":
+            return F.cross_entropy(logits, labels)
+        if self.kernel == "soft":
+            return F.cross_entropy(logits, self.phi[labels])
         return phi_loss(logits, labels, self.phi, self.form, self.temperature, self.negative_floor)
 
     def functional(self, logits: torch.Tensor, labels: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-        """Eq. 6 under ``params`` as Phi (this loss's form, temperature and floor)."""
+        """Eq. 6 under ``params`` as Phi (this loss's form, temperature and floor), by the general kernel:
+        ``params`` may be any child's Phi (the N-children trainer vmaps over them)."""
         return phi_loss(logits, labels, params, self.form, self.temperature, self.negative_floor)
 
 

@@ -84,9 +84,9 @@ class ChildEpisode:
         self.pair_weights = pair_weights(self.pairs, np.asarray(val_class_counts, dtype=np.float64))
         self.phi_init = phi_init
         self.phi_pairs = matrix_to_pairs(phi_init)
-        # The loss holds this tensor; Phi changes are copied into it, so the loss is never rebuilt.
-        self.phi_tensor = torch.tensor(phi_init, dtype=torch.float32, device=device)
-        self.loss = PhiLoss(self.phi_tensor, settings.loss_form, settings.sigmoid_temperature, settings.negative_floor)
+        # Phi changes are copied into the loss's tensor (PhiLoss.set_phi), so the loss is never rebuilt.
+        phi = torch.tensor(phi_init, dtype=torch.float32, device=device)
+        self.loss = PhiLoss(phi, settings.loss_form, settings.sigmoid_temperature, settings.negative_floor)
         self.running = False
         self.diverged = False
         self._pair_history: deque[np.ndarray] = deque(maxlen=settings.history)
@@ -112,7 +112,7 @@ class ChildEpisode:
 
     def set_phi_pairs(self, values: np.ndarray) -> None:
         self.phi_pairs = np.asarray(values, dtype=np.float64)
-        self.phi_tensor.copy_(torch.from_numpy(pairs_to_matrix(self.phi_pairs, self.settings.num_classes)))
+        self.loss.set_phi(pairs_to_matrix(self.phi_pairs, self.settings.num_classes))
 
     # ---------------------------------------------------------------- episode life
     def begin(self, evaluation: Evaluation, iteration: int) -> tuple[np.ndarray, dict[str, Any]]:
