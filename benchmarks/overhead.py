@@ -1,21 +1,29 @@
-"""Env overhead: the wall time of one ALA env step against a bare PyTorch loop of the same K iterations.
+"""ALA's cost: one env step (Phi = I) against plain cross-entropy training of the same child, per iteration.
 
-The bare loop uses the same model class (built the same way), batch size, data on the device,
-batch sampler, momentum-SGD settings and Eq. 6 loss as the env's child, and does nothing else: no
-evaluation, no statistics, no observation. ``overhead % = (step - bare) / step`` with the medians
-of interleaved repetitions (interleaving spreads the load of a shared machine over both), in wall
-time and in this process's CPU time (the steadier figure when other processes share the cores).
+Per config, these run the same K SGD iterations of the same child model, interleaved (plain, trainer x 3,
+env, plain, ...; interleaving spreads the load of a shared machine over all of them):
 
-It also breaks the overhead down: the time of one validation pass (the env runs ``eval_points`` of
-them a step) and the per-image cost of evaluation at several eval batch sizes against the per-image
-cost of training, which is what decides how large a validation subsample a step can afford.
+* ``plain``: a plain, well-written cross-entropy loop: the training set resident on the device and
+  normalised once, a random batch drawn each iteration (``torch.randint``), ``F.cross_entropy``,
+  ``torch.optim.SGD`` with the child's momentum and weight decay. No schedule, no augmentation.
+* ``trainer``: the package's :class:`ala_gym.core.trainer.ChildTrainer` under Eq. 6 at Phi = I (the env's
+  loss at identity, computed by the hard-label cross-entropy kernel); ``trainer-soft`` at a non-negative
+  Phi off identity (the soft-target kernel); ``trainer-general`` at a Phi with negative entries (the
+  floored log-softmax).
+* ``env``: ``env.step`` with Phi kept at identity: the trainer's K iterations plus the step's
+  validation passes, statistics, reward and observation.
+
+Overheads are ratios of medians minus one, in this process's CPU time (the steady figure when other
+processes share the cores) and in wall time. It also breaks the env's extra cost down: one validation pass
+(the env runs ``eval_points`` of them a step) and the per-image cost of evaluation at several eval batch
+sizes against the per-image cost of training.
 
 Every config pins all the env keywords it depends on (K, evaluation schedule, validation subsample),
 so a later change of an env default does not change what a row measures.
 
 Usage::
 
-    python -m benchmarks.overhead                 # CPU: digits, Fashion-MNIST (val 2000 and 1000)
+    python -m benchmarks.overhead                 # CPU: digits (MLP, K = 50), Fashion-MNIST (small CNN, K = 100)
     python -m benchmarks.overhead --configs cifar10-subset --merge   # add ResNet-32 (slow on a CPU)
     python -m benchmarks.overhead --device cuda   # every config, on the GPU
 
@@ -42,12 +50,14 @@ from typing import Any, Callable
 import gymnasium as gym
 import numpy as np
 import torch
-
 import ala_gym.envs  # noqa: F401  (registers the env ids)
-from ala_gym.core.data import BatchSampler, cifar10_subset_dir, data_home
-from ala_gym.envs.classification import ALAClassificationEnv
+from torch.nn import functional as F
+
+from ala_gym.core.data import cifar10_subset_dir, data_home
 from ala_gym.core.losses import PhiLoss
 from ala_gym.core.models import build_model
+from ala_gym.core.trainer import ChildTrainer
+from ala_gym.envs.classification import ALAClassificationEnv
 from benchmarks.machine import cpu_model
 
 # The evaluation schedule every config pins (the env defaults when these rows were first measured).
@@ -57,25 +67,22 @@ SCHEDULE = {"eval_points": 3, "eval_stride": 10}
 # noise unless repeated often; ResNet-32 on a CPU takes minutes a step.
 CONFIGS: dict[str, dict[str, Any]] = {
     "digits": {
-        "env_id": "ALA-Digits-v0", "kwargs": {"steps_per_action": 50, "val_subsample": None, **SCHEDULE}, "repeats": (20, 20),
+        "env_id": "ALA-Digits-v0", "kwargs": {"steps_per_action": 50, "val_subsample": None, **SCHEDULE}, "repeats": (40, 20),
     },
-    "fashion-mnist-val2000": {
-        "env_id": "ALA-FashionMNIST-v0", "kwargs": {"steps_per_action": 200, "val_subsample": 2000, **SCHEDULE},
-        "repeats": (3, 10),
-    },
-    "fashion-mnist-val1000": {
-        "env_id": "ALA-FashionMNIST-v0", "kwargs": {"steps_per_action": 200, "val_subsample": 1000, **SCHEDULE},
-        "repeats": (3, 10),
+    "fashion-mnist": {
+        "env_id": "ALA-FashionMNIST-v0", "kwargs": {"steps_per_action": 100, "val_subsample": 1000, **SCHEDULE},
+        "repeats": (5, 10),
     },
     "cifar10-subset": {
         "env_id": "ALA-CIFAR10-v0", "kwargs": {"steps_per_action": 20, "val_subsample": None, **SCHEDULE},
         "cifar10_subset": True, "repeats": (1, 5),
     },
 }
-DEFAULT_CONFIGS = {"cpu": ["digits", "fashion-mnist-val2000", "fashion-mnist-val1000"], "cuda": list(CONFIGS)}
+DEFAULT_CONFIGS = {"cpu": ["digits", "fashion-mnist"], "cuda": list(CONFIGS)}
+LOOPS = ("plain", "trainer", "trainer-soft", "trainer-general", "env")
 PROJECTED_K = 200  # the paper's K, at which the per-image costs are also projected
 EVAL_BATCH_SIZES = (128, 256, 512, 1000)
-ENV_SEED, BARE_SEED = 0, 1
+ENV_SEED, CHILD_SEED = 0, 1  # the env's child; the plain loop's and the trainers' children
 
 
 def _sync(device: torch.device) -> None:
@@ -100,21 +107,20 @@ def _timed_both(fn: Callable[[], Any], device: torch.device) -> tuple[float, flo
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def _bare_loop(env: ALAClassificationEnv, seed: int) -> Callable[[int], None]:
-    """A plain training loop sharing everything with the env's child but the env itself."""
+def _plain_loop(env: ALAClassificationEnv, seed: int) -> Callable[[int], None]:
+    """A plain, well-written cross-entropy loop of the env's child model (see the module docstring)."""
     config, data = env.train_config, env.data
     model = build_model(config.model, data.image_shape, data.num_classes, torch.Generator().manual_seed(seed), data.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    sampler = BatchSampler(data, config.batch_size, torch.Generator(data.device).manual_seed(seed))
-    phi = torch.eye(data.num_classes, device=data.device)
-    loss_fn = PhiLoss(phi, env.loss_form, env.sigmoid_temperature)
+    generator = torch.Generator(data.device).manual_seed(seed)
+    inputs_all, labels_all = data.normalize(data.train.images), data.train.labels
     model.train()
 
     def run(iterations: int) -> None:
         total = torch.zeros((), device=data.device)
         for _ in range(iterations):
-            inputs, labels = sampler.next()
-            loss = loss_fn(model(inputs), labels)
+            index = torch.randint(len(labels_all), (config.batch_size,), generator=generator, device=data.device)
+            loss = F.cross_entropy(model(inputs_all[index]), labels_all[index])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -122,6 +128,25 @@ def _bare_loop(env: ALAClassificationEnv, seed: int) -> Callable[[int], None]:
         float(total)  # the env reads its mean loss back once a step too
 
     return run
+
+
+def _trainer_loop(env: ALAClassificationEnv, seed: int, phi: np.ndarray) -> Callable[[int], None]:
+    """The package's trainer under Eq. 6 (the env's loss settings) at ``phi``; reads the mean loss back."""
+    trainer = ChildTrainer(env.data, env.train_config, seed)
+    settings = env.settings
+    loss = PhiLoss(
+        torch.zeros(phi.shape, device=env.data.device), settings.loss_form, settings.sigmoid_temperature, settings.negative_floor
+    )
+    loss.set_phi(phi.astype(np.float32))
+    return lambda iterations: trainer.train(iterations, loss)
+
+
+def _phis(num_classes: int) -> dict[str, np.ndarray]:
+    """Phi = I, a non-negative Phi off identity (0.05 off the diagonal) and one with negative entries."""
+    identity = np.eye(num_classes)
+    mixed = identity + 0.05 * np.where(np.add.outer(np.arange(num_classes), np.arange(num_classes)) % 2 == 0, 1, -1)
+    np.fill_diagonal(mixed, 1.0)
+    return {"trainer": identity, "trainer-soft": identity + 0.05 * (1 - identity), "trainer-general": mixed}
 
 
 def _per_image_costs(env: ALAClassificationEnv, device: torch.device) -> dict[str, Any]:
@@ -149,25 +174,30 @@ def measure(name: str, device: torch.device, repeats: int, steps_per_action: int
     location = {"data_root": str(cifar10_subset_dir())} if spec.get("cifar10_subset") else {}
     env: ALAClassificationEnv = gym.make(spec["env_id"], disable_env_checker=True, **kwargs, **location).unwrapped
     k = env.steps_per_action
-    bare = _bare_loop(env, BARE_SEED)
-    env.reset(seed=ENV_SEED)
-    keep = np.ones(env.action_space.shape, dtype=np.int64)  # Phi unchanged: the same loss as the bare loop
+    keep = np.ones(env.action_space.shape, dtype=np.int64)  # Phi unchanged: identity, the loss of the trainer row
 
-    # Warm-up: one step and K bare iterations (allocator, kernels, first-touch of the data).
-    env.step(keep)
-    bare(k)
-    env_times, bare_times, env_cpu, bare_cpu = [], [], [], []
+    def env_step(iterations: int) -> None:
+        env.step(keep)
+
+    loops: dict[str, Callable[[int], None]] = {"plain": _plain_loop(env, CHILD_SEED)}
+    loops |= {name: _trainer_loop(env, CHILD_SEED, phi) for name, phi in _phis(env.data.num_classes).items()}
+    loops["env"] = env_step
+    env.reset(seed=ENV_SEED)
+    for loop in loops.values():  # warm-up: allocator, kernels, first touch of the data
+        loop(k)
+    wall: dict[str, list[float]] = {name: [] for name in LOOPS}
+    cpu: dict[str, list[float]] = {name: [] for name in LOOPS}
     for _ in range(repeats):
-        wall, cpu = _timed_both(lambda: bare(k), device)
-        bare_times.append(wall)
-        bare_cpu.append(cpu)
-        wall, cpu = _timed_both(lambda: env.step(keep), device)
-        env_times.append(wall)
-        env_cpu.append(cpu)
+        if env.trainer.iteration + k > env.train_config.total_iterations:
+            env.reset(seed=ENV_SEED)  # outside the timing: a full step every time
+        for name in LOOPS:
+            seconds, cpu_seconds = _timed_both(lambda: loops[name](k), device)
+            wall[name].append(seconds)
+            cpu[name].append(cpu_seconds)
     eval_pass = statistics.median(_timed(lambda: env.trainer.evaluate(env.val_eval, env.metric), device) for _ in range(3))
     costs = _per_image_costs(env, device)
-    step, base = statistics.median(env_times), statistics.median(bare_times)
-    step_cpu, base_cpu = statistics.median(env_cpu), statistics.median(bare_cpu)
+    median_wall = {name: statistics.median(values) for name, values in wall.items()}
+    median_cpu = {name: statistics.median(values) for name, values in cpu.items()}
     return {
         "env_id": spec["env_id"],
         "env_kwargs": {key: value for key, value in kwargs.items()},
@@ -180,17 +210,16 @@ def measure(name: str, device: torch.device, repeats: int, steps_per_action: int
         "eval_batch_size": env.train_config.eval_batch_size,
         "train_images": len(env.data.train),
         "repeats": repeats,
-        "env_step_s": env_times,
-        "bare_loop_s": bare_times,
-        "env_step_median_s": step,
-        "bare_loop_median_s": base,
-        "overhead_pct": 100.0 * (step - base) / step,
-        "env_step_cpu_s": env_cpu,
-        "bare_loop_cpu_s": bare_cpu,
-        "overhead_cpu_time_pct": 100.0 * (step_cpu - base_cpu) / step_cpu,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "median_wall_s": median_wall,
+        "median_cpu_s": median_cpu,
+        "vs_plain_cpu_pct": {name: 100.0 * (median_cpu[name] / median_cpu["plain"] - 1) for name in LOOPS},
+        "vs_plain_wall_pct": {name: 100.0 * (median_wall[name] / median_wall["plain"] - 1) for name in LOOPS},
+        "env_vs_trainer_cpu_pct": 100.0 * (median_cpu["env"] / median_cpu["trainer"] - 1),
         "load_average_after": os.getloadavg(),
         "validation_pass_s": eval_pass,
-        "validation_share_of_step_pct": 100.0 * env.eval_points * eval_pass / step,
+        "validation_share_of_step_pct": 100.0 * env.eval_points * eval_pass / median_wall["env"],
         **costs,
     }
 
@@ -205,7 +234,7 @@ def machine_info(device: torch.device, threads: int) -> dict[str, Any]:
         "python": platform.python_version(),
         "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "seeds": {"env_reset": ENV_SEED, "bare_loop": BARE_SEED},
+        "seeds": {"env_reset": ENV_SEED, "plain_and_trainers": CHILD_SEED},
         "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "load_average_start": [round(v, 2) for v in os.getloadavg()],
     }
@@ -218,7 +247,7 @@ def _ms(seconds: float) -> str:
 def render_markdown(report: dict[str, Any]) -> str:
     machine = report["machine"]
     lines = [
-        "# Env overhead: one env step vs a bare PyTorch loop of the same K iterations",
+        "# ALA's cost: one env step against plain cross-entropy training of the same child",
         "",
         f"Produced by `python -m benchmarks.overhead {' '.join(report.get('argv', []))}` on {machine['date_utc']}.",
         "",
@@ -226,23 +255,28 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"`torch.get_num_threads()` = {machine['torch_num_threads']} (set explicitly); torch {machine['torch_version']}, "
         f"Python {machine['python']}.",
         f"* Device: `{machine['device']}`" + (f" ({machine['gpu']})" if machine["gpu"] else "") + ".",
-        f"* Seeds: env reset {machine['seeds']['env_reset']}, bare loop {machine['seeds']['bare_loop']}; "
-        "Phi kept at identity (action 1 everywhere), so both run the same loss.",
-        "* Times are medians over interleaved repetitions (bare, env, bare, env, ...), after one warm-up step.",
-        f"* Load average (1, 5, 15 min) at the start: {machine['load_average_start']}. The CPU-time overhead uses"
-        " this process's CPU seconds instead of wall seconds: on a shared machine it is the steadier figure.",
+        f"* Seeds: env reset {machine['seeds']['env_reset']}, plain loop and trainers {machine['seeds']['plain_and_trainers']}; "
+        "the env keeps Phi at identity (action 1 everywhere).",
+        "* Rows (module docstring of `benchmarks/overhead.py`): `plain` = plain cross-entropy loop (training set resident "
+        "and normalised once, random batch per iteration, `torch.optim.SGD`); `trainer` = `ChildTrainer` under Eq. 6 at "
+        "Phi = I; `trainer-soft` = at a non-negative Phi off identity; `trainer-general` = at a Phi with negative "
+        "entries; `env` = `env.step` at Phi = I (the trainer's K iterations plus the step's validation passes).",
+        "* Times are medians over interleaved repetitions (plain, trainers, env, plain, ...), after one warm-up of each.",
+        f"* Load average (1, 5, 15 min) at the start: {machine['load_average_start']}. Overheads are ratios of medians "
+        "minus one; CPU time is this process's CPU seconds, the steadier figure on a shared machine.",
         "* Env keywords of each row (pinned in `CONFIGS`): "
         + "; ".join(f"{name} `{json.dumps(row['env_kwargs'])}`" for name, row in report["results"].items()) + ".",
         "",
-        "| config | model | K | val images x eval points | repeats | env step (ms) | bare loop (ms) | overhead (wall) "
-        "| overhead (CPU time) | validation passes / step |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| config | model | K | repeats | plain CE (ms, CPU) | " + " | ".join(f"{name} vs plain (CPU)" for name in LOOPS[1:])
+        + " | env vs plain (wall) | env vs trainer (CPU) | validation passes / step |",
+        "|---|---|---|---|---|" + "---|" * (len(LOOPS) - 1) + "---|---|---|",
     ]
     for name, row in report["results"].items():
         lines.append(
-            f"| {name} | {row['model']} | {row['steps_per_action']} | {row['val_eval_images']} x {row['eval_points']} | "
-            f"{row['repeats']} | {_ms(row['env_step_median_s'])} | {_ms(row['bare_loop_median_s'])} | "
-            f"{row['overhead_pct']:.1f}% | {row['overhead_cpu_time_pct']:.1f}% | {row['validation_share_of_step_pct']:.1f}% |"
+            f"| {name} | {row['model']} | {row['steps_per_action']} | {row['repeats']} | {_ms(row['median_cpu_s']['plain'])} | "
+            + " | ".join(f"{row['vs_plain_cpu_pct'][loop]:+.1f}%" for loop in LOOPS[1:])
+            + f" | {row['vs_plain_wall_pct']['env']:+.1f}% | {row['env_vs_trainer_cpu_pct']:+.1f}% "
+            f"| {row['validation_share_of_step_pct']:.1f}% ({row['val_eval_images']} images x {row['eval_points']}) |"
         )
     lines += [
         "",
@@ -317,8 +351,9 @@ def main(argv: list[str] | None = None) -> None:
         report["results"][name] = row = measure(name, device, repeats, args.steps_per_action)
         row["device"], row["torch_num_threads"] = str(device), torch.get_num_threads()
         row["benchmark_wall_s"] = time.perf_counter() - started
-        print(f"{name}: step {_ms(row['env_step_median_s'])} ms, bare {_ms(row['bare_loop_median_s'])} ms, "
-              f"overhead {row['overhead_pct']:.1f}% ({row['benchmark_wall_s']:.0f} s)", flush=True)
+        print(f"{name}: plain {_ms(row['median_cpu_s']['plain'])} ms CPU, "
+              + ", ".join(f"{loop} {row['vs_plain_cpu_pct'][loop]:+.1f}%" for loop in LOOPS[1:])
+              + f" ({row['benchmark_wall_s']:.0f} s)", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
     (args.out / "overhead.md").write_text(render_markdown(report))

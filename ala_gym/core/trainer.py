@@ -9,7 +9,7 @@ form), and non-RL loss learners use the model, the batches and a loss hook. The 
 from __future__ import annotations
 
 import bisect
-from functools import partial
+from functools import cached_property, partial
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -60,10 +60,13 @@ class TrainConfig:
         if any(not 0 < m < 1 for m in self.lr_milestones) or list(self.lr_milestones) != sorted(self.lr_milestones):
             raise ValueError(f"lr_milestones must be increasing fractions in (0, 1), got {self.lr_milestones}")
 
+    @cached_property
+    def _milestone_iterations(self) -> list[float]:
+        return [m * self.total_iterations for m in self.lr_milestones]
+
     def lr_at(self, iteration: int) -> float:
         """Step schedule: ``lr * lr_decay ** (number of milestones passed)``."""
-        passed = bisect.bisect_right([m * self.total_iterations for m in self.lr_milestones], iteration)
-        return self.lr * self.lr_decay**passed
+        return self.lr * self.lr_decay ** bisect.bisect_right(self._milestone_iterations, iteration)
 
 
 def seed_streams(seed: int, count: int) -> list[int]:
@@ -88,6 +91,7 @@ class ChildTrainer:
         )
         # The parameters as a dict of the module's own tensors: sgd_step updates them in place.
         self.params: Tensors = dict(self.model.named_parameters())
+        self._param_list = list(self.params.values())
         self.velocity: Tensors | None = None  # momentum buffers; None before the first step (as torch.optim.SGD)
         self.lr = config.lr
         """The learning rate of the last iteration (the schedule's value there)."""
@@ -104,12 +108,13 @@ class ChildTrainer:
 
     def train_step(self, loss_fn: LossFn, on_batch: BatchHook | None = None) -> torch.Tensor:
         """One SGD iteration on the next batch under ``loss_fn(logits, labels)``; returns the loss (on device)."""
-        self.model.train()
+        if not self.model.training:  # only evaluation switches it off: no walk over the modules per iteration
+            self.model.train()
         config = self.config
         self.lr = config.lr_at(self.iteration)
         inputs, labels = self.sampler.next()
         loss = loss_fn(self.model(inputs), labels)
-        grads = torch.autograd.grad(loss, list(self.params.values()))
+        grads = torch.autograd.grad(loss, self._param_list)
         with torch.no_grad():
             _, self.velocity = sgd_step(
                 self.params, grads, self.velocity, lr=self.lr, momentum=config.momentum,
