@@ -34,12 +34,15 @@ _EPISODE_END_KEYS = ("final_obs", "final_info", "test_metric", "final_val_metric
 class ChildGroup:
     """The children of one Ray actor: an :class:`ALAVectorEnv` over them, run in the actor's process."""
 
-    def __init__(self, env_id: str, num_envs: int, num_threads: int, env_kwargs: dict[str, Any]) -> None:
+    def __init__(self, num_threads: int) -> None:
         # The actor's process is its own: use as many threads as Ray reserved CPUs for it.
         torch.set_num_threads(num_threads)
-        self.env = ALAVectorEnv(env_id, num_envs, **env_kwargs)
+        self.env: ALAVectorEnv | None = None
 
-    def describe(self) -> dict[str, Any]:
+    def start(self, env_id: str, num_envs: int, env_kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Build the children (loading the dataset) and describe them. A method, not ``__init__``, so that
+        a bad keyword reaches the driver as its own exception rather than as a dead actor."""
+        self.env = ALAVectorEnv(env_id, num_envs, **env_kwargs)
         template = self.env.template
         return {
             "single_observation_space": self.env.single_observation_space,
@@ -138,11 +141,10 @@ class RayVectorEnv(VectorEnv):
             dict(env_kwargs, max_episode_steps=max_episode_steps, autoreset_mode=autoreset_mode, train_mode=train_mode),
         )
         self._runtime_env = runtime_env
-        self.workers: list[Any] = [self._start_worker(g) for g in range(len(self.groups))]
+        self.workers: list[Any] = []
         try:
-            # The first actor checks the task's keywords: a bad one raises its own error here, not Ray's wrapper.
-            description = ray.get(self.workers[0].describe.remote())
-        except RayTaskError as error:
+            description = self._start_workers(range(len(self.groups)))
+        except RayTaskError as error:  # a bad task keyword: its own exception, not Ray's wrapper
             self.close()
             raise error.cause from None
         self.num_classes: int = description["num_classes"]
@@ -160,8 +162,7 @@ class RayVectorEnv(VectorEnv):
     # ---------------------------------------------------------------- gymnasium API
     def reset(self, *, seed: int | list[int] | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
         seeds = seed_children(self, seed)
-        for g in np.flatnonzero(self._lost):
-            self.workers[g] = self._start_worker(g)
+        self._start_workers(np.flatnonzero(self._lost))
         self._lost[:] = False
         self._reported[:] = False
         results = []
@@ -266,14 +267,23 @@ class RayVectorEnv(VectorEnv):
                     f"{total:g}: raise children_per_worker or lower num_{kind.lower()}s_per_worker"
                 )
 
-    def _start_worker(self, group: int) -> Any:
+    def _start_workers(self, groups: Any) -> dict[str, Any] | None:
+        """New actors for ``groups`` (all at once, each loading the data); the first one's description."""
         env_id, kwargs = self._worker_args
         actor = ray.remote(ChildGroup).options(
             num_cpus=self.num_cpus_per_worker, num_gpus=self.num_gpus_per_worker, max_restarts=0,
             runtime_env=self._runtime_env,
         )  # fmt: skip
-        threads = max(1, math.floor(self.num_cpus_per_worker))
-        return actor.remote(env_id, len(self.groups[group]), threads, kwargs)
+        started = []
+        for g in groups:
+            worker = actor.remote(max(1, math.floor(self.num_cpus_per_worker)))
+            if g < len(self.workers):
+                self.workers[g] = worker
+            else:
+                self.workers.append(worker)
+            started.append(worker.start.remote(env_id, len(self.groups[g]), kwargs))
+        descriptions = ray.get(started)
+        return descriptions[0] if descriptions else None
 
     def _get(self, group: int, ref: Any) -> Any | None:
         """The worker's result, or None (and the worker marked lost) if its actor died."""
