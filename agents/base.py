@@ -36,6 +36,8 @@ class EpisodeRecord:
     final_val_metric: float = float("nan")
     diverged: bool = False
     iterations: int = 0
+    worker_lost: bool = False
+    """The child's Ray worker died before its run ended (``info["worker_lost"]``); its test metric is NaN."""
 
 
 class EpisodeRecorder:
@@ -66,6 +68,7 @@ class EpisodeRecorder:
         record.iterations = int(info["iteration"])
         if done:
             record.diverged = bool(info["diverged"])
+            record.worker_lost = bool(info.get("worker_lost", False))
             # Absent after a truncation (max_episode_steps): the record keeps NaN, "not measured".
             record.test_metric = float(info.get("test_metric", np.nan))
             record.final_val_metric = float(info.get("final_val_metric", np.nan))

@@ -164,8 +164,10 @@ def run_cli(controller: Any, args: argparse.Namespace) -> list[Any]:
     tests = [record.test_metric for record in records]
     children = ", ".join(f"{test:.4f}" for test in tests)
     diverged = sum(record.diverged for record in records)
-    print(f"{controller.name} on {args.env}: test metric {np.mean(tests):.4f} (children: {children}), "
-          f"diverged {diverged}/{len(records)}")
+    lost = sum(record.worker_lost for record in records)  # their NaN test metric is left out of the mean
+    mean = np.nanmean(tests) if lost < len(records) else float("nan")
+    print(f"{controller.name} on {args.env}: test metric {mean:.4f} (children: {children}), "
+          f"diverged {diverged}/{len(records)}" + (f", worker lost {lost}/{len(records)}" if lost else ""))
     if log_dir is not None:
         Path(log_dir, "records.json").write_text(json.dumps([asdict(record) for record in records]))
         print(f"logs: tensorboard --logdir {log_dir}")

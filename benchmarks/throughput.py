@@ -1,16 +1,24 @@
-"""SGD iterations per second summed over children: native vector env vs Gymnasium ``sync`` vs ``async``.
+"""SGD iterations per second summed over children: native vector env vs Gymnasium ``sync`` vs ``async`` vs Ray.
 
     python -m benchmarks.throughput                      # CPU, the budget of results/throughput.md
     python -m benchmarks.throughput --device cuda        # on a GPU machine
     python -m benchmarks.throughput --models mlp --out benchmarks/results/throughput-mlp   # the MLP on digits
+    python -m benchmarks.throughput --models small_cnn --dataset fashion-mnist --num-envs 4 --iterations 200 \
+        --modes native-sequential ray-1 ray-2 ray-4 --out benchmarks/results/throughput-ray      # Ray vs in-process
 
 For every model (small CNN and ResNet-32 on CIFAR-10-sized 3x32x32 inputs from the CIFAR-10 subset
-under ``--data-root``; the MLP on the embedded 8x8 digits), every N in ``--num-envs`` and every mode:
+under ``--data-root``, or on Fashion-MNIST with ``--dataset fashion-mnist``; the MLP on the embedded 8x8
+digits), every N in ``--num-envs`` and every mode:
 
 * ``native-batched``: :class:`ala_gym.envs.vector.ALAVectorEnv`, children vmapped together;
 * ``native-sequential``: the same env, children trained one after another;
 * ``sync`` / ``async``: ``gym.make_vec(..., vectorization_mode=...)`` over N single envs (async
-  workers run 1 torch thread each, the single env's default in a worker process),
+  workers run 1 torch thread each, the single env's default in a worker process);
+* ``ray-A``: :class:`ala_gym.wrappers.ray.RayVectorEnv` on a local Ray cluster of ``--threads`` CPUs
+  started by the measuring process, the N children spread over A actors (``ceil(N / A)`` each, trained
+  one after another, ``--threads / A`` CPUs and ``max(1, floor(--threads / A))`` torch threads each).
+  Against ``native-sequential`` at the same N, ``ray-1`` does the same arithmetic on as many threads in
+  one actor, so its extra time per step is Ray's per-step overhead (scheduling and transfer).
 
 the script builds the env, resets it (seed ``--seed``), runs one warm-up step, then times ``--steps``
 steps of K = ``--iterations`` SGD iterations each (one validation pass of ``--val-subsample`` images per
@@ -37,7 +45,8 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
-MODES = ("native-batched", "native-sequential", "sync", "async")
+MODES = ("native-batched", "native-sequential", "sync", "async", "ray-1", "ray-2", "ray-4")
+DEFAULT_MODES = MODES[:4]
 
 
 def measure(config: dict) -> dict:
@@ -52,9 +61,12 @@ def measure(config: dict) -> dict:
 
     torch.set_num_threads(config["threads"])
     n, mode = config["num_envs"], config["mode"]
-    env_id, data = ("ALA-Digits-v0", {}) if config["model"] == "mlp" else (
-        "ALA-CIFAR10-v0", dict(data_root=str(cifar10_subset_dir()), download=False)
-    )
+    if config["model"] == "mlp":
+        env_id, data = "ALA-Digits-v0", {}
+    elif config.get("dataset") == "fashion-mnist":
+        env_id, data = "ALA-FashionMNIST-v0", {}  # Debian's package (make fashion-mnist)
+    else:
+        env_id, data = "ALA-CIFAR10-v0", dict(data_root=str(cifar10_subset_dir()), download=False)
     kwargs = dict(
         model=config["model"],
         **data,
@@ -67,6 +79,15 @@ def measure(config: dict) -> dict:
     )
     if mode.startswith("native"):
         envs = gym.make_vec(env_id, num_envs=n, train_mode=mode.split("-")[1], **kwargs)
+    elif mode.startswith("ray"):
+        import logging
+
+        import ray
+
+        actors = int(mode.split("-")[1])
+        ray.init(num_cpus=config["threads"], include_dashboard=False, logging_level=logging.ERROR)
+        envs = gym.make_vec(env_id, num_envs=n, backend="ray", train_mode="sequential", children_per_worker=-(-n // actors),
+                            num_cpus_per_worker=config["threads"] / actors, **kwargs)  # fmt: skip
     else:
         envs = gym.make_vec(env_id, num_envs=n, vectorization_mode=mode, **kwargs)
     envs.reset(seed=config["seed"])
@@ -129,13 +150,15 @@ def write_markdown(report: dict, path: Path) -> None:
         + (f", GPU {report['machine']['gpu']}" if "gpu" in report["machine"] else ", no GPU"),
         f"* python {report['machine']['python']}, torch {report['machine']['torch']}, device `{args['device']}`",
         f"* torch threads: `torch.set_num_threads({args['threads']})` in each benchmark process; async workers 1 thread each",
-        f"* seed {args['seed']}; data: the CIFAR-10 subset (3x32x32 inputs) for the convolutional models, the "
-        "embedded 8x8 digits for the MLP",
+        f"* seed {args['seed']}; data: "
+        + ("Fashion-MNIST (1x28x28 inputs)" if args.get("dataset") == "fashion-mnist" else "the CIFAR-10 subset (3x32x32 inputs)")
+        + " for the convolutional models, the embedded 8x8 digits for the MLP",
         f"* budget per measurement: 1 warm-up step, then {args['steps']} timed steps of K = {args['iterations']} "
         f"SGD iterations per child, batch {args['batch_size']} (ResNet-32: {args['resnet_batch_size'] or args['batch_size']}), one validation pass of {args['val_subsample']} images per step",
         "* iterations/s is summed over the N children; `x N=1` is against the same mode at N = 1",
         "* peak RSS: the configuration's process plus its largest child process (an async worker; the OS"
-        " reports only the largest, so async's total is roughly main + N x worker)",
+        " reports only the largest, so async's total is roughly main + N x worker; Ray actors are the Ray"
+        " daemon's children, not counted)",
     ]
     if report.get("note"):
         lines += ["", report["note"]]
@@ -182,6 +205,15 @@ def findings(report: dict) -> list[str]:
         fastest = fastest_native_mode(report, model)
         verdict = f"; the faster native path is {fastest.split('-')[1]}" if fastest else ""
         lines.append(f"{model}, N = {n}: {measured} iterations/s{verdict}.")
+        native, alone = rate["native-sequential"], rate["ray-1"]
+        if native and alone:
+            # The same children, arithmetic and threads in one actor: the extra step time is Ray's.
+            overhead = native / alone - 1
+            lines.append(f"{model}, N = {n}: Ray's per-step overhead (ray-1 against native-sequential) "
+                         f"{100 * overhead:+.1f}% of a step ({'under' if overhead < 0.05 else 'not under'} the 5% target).")
+        for mode in ("ray-2", "ray-4"):
+            if native and rate[mode]:
+                lines.append(f"{model}, N = {n}: {mode} runs {rate[mode] / native:.2f}x the native-sequential rate.")
     return lines
 
 
@@ -191,7 +223,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", nargs="+", default=["small_cnn", "resnet32"], choices=["mlp", "small_cnn", "resnet32"],
                         help="child models (mlp runs on digits, the others on the CIFAR-10 subset)")
     parser.add_argument("--num-envs", nargs="+", type=int, default=[1, 2, 4, 10])
-    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--modes", nargs="+", default=list(DEFAULT_MODES), choices=MODES)
+    parser.add_argument("--dataset", default="cifar10-subset", choices=["cifar10-subset", "fashion-mnist"],
+                        help="data of the convolutional models")
     parser.add_argument("--steps", type=int, default=2, help="timed env steps per configuration")
     parser.add_argument("--iterations", type=int, default=5, help="K: SGD iterations per step")
     parser.add_argument("--batch-size", type=int, default=128)
@@ -224,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
                     "model": model, "num_envs": n, "mode": mode, "device": args.device, "threads": args.threads,
                     "seed": args.seed, "steps": args.steps, "iterations": args.iterations,
                     "batch_size": (args.resnet_batch_size or args.batch_size) if model == "resnet32" else args.batch_size,
-                    "val_subsample": args.val_subsample,
+                    "val_subsample": args.val_subsample, "dataset": args.dataset,
                 }
                 result = run_isolated(config, args.timeout)
                 results.append(result)

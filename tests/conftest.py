@@ -101,3 +101,42 @@ def tiny_fashion_mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name, (kind, count) in FMNIST_FILES.items():
         (folder / name).write_bytes(gzip.compress(_idx_bytes(kind, count, rng)))
     return folder
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[None]:
+    """One local Ray cluster of 2 CPUs per test module (starting one takes seconds), shut down at its end."""
+    import logging
+
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(params=["native", "ray"])
+def make_vec(request: pytest.FixtureRequest, isolated_cache: Path) -> Iterator[Callable[..., object]]:
+    """``make_vec(env_id, num_envs=N, **kwargs)``: ``gym.make_vec`` on each vector backend.
+
+    On Ray: the module's local cluster, at most two children per actor (3 children run on 2 actors),
+    half a CPU per actor, and the test's cache folder passed to the actors. Every env is closed afterwards.
+    """
+    import gymnasium as gym
+
+    extra: dict[str, object] = {}
+    if request.param == "ray":
+        request.getfixturevalue("ray_cluster")
+        extra = dict(backend="ray", children_per_worker=2, num_cpus_per_worker=0.5,
+                     runtime_env={"env_vars": {"ALA_GYM_CACHE": str(isolated_cache)}})  # fmt: skip
+    made = []
+
+    def factory(env_id: str, num_envs: int, **kwargs):
+        envs = gym.make_vec(env_id, num_envs=num_envs, **extra, **kwargs)
+        made.append(envs)
+        return envs
+
+    factory.backend = request.param
+    yield factory
+    for envs in made:
+        envs.close()

@@ -1,4 +1,5 @@
-"""The native vector env (sequential and batched paths), make_vec modes, and the SB3 adapter.
+"""The vector envs (native: sequential and batched paths; Ray: the same contract through the ``make_vec``
+fixture), make_vec modes, and the SB3 adapter.
 
 Seeds: ``ALAVectorEnv.reset(seed=s)`` seeds child ``i`` as ``single.reset(seed=s + i)``; later
 autoresets continue each child's own generator, as ``single.reset()`` without a seed does.
@@ -86,11 +87,12 @@ def test_auto_train_mode_is_the_faster_path_in_the_committed_cpu_measurements(re
         assert default_train_mode(torch.device("cpu"), model, 1) == "sequential"
 
 
-def test_sequential_vector_env_equals_single_envs_bit_for_bit() -> None:
-    """Child i of reset(seed=s) is the single env reset with s + i, through an episode and its autoreset."""
+def test_sequential_vector_env_equals_single_envs_bit_for_bit(make_vec) -> None:
+    """Child i of reset(seed=s) is the single env reset with s + i, through an episode and its autoreset
+    (on Ray: children on two actors)."""
     num_envs, seed = 3, 11
     actions = action_plan(num_envs, STEPS + 2)
-    vector = run_vector(gym.make_vec(ENV_ID, num_envs=num_envs, train_mode="sequential", **TINY), actions, seed)
+    vector = run_vector(make_vec(ENV_ID, num_envs, train_mode="sequential", **TINY), actions, seed)
     assert vector["terminated"][STEPS - 1].all() and not vector["terminated"][STEPS - 2].any()
     for child in range(num_envs):
         env = gym.make(ENV_ID, **TINY)
@@ -195,8 +197,8 @@ def test_batched_env_on_batchnorm_model_matches_sequential(tiny_cifar_dir) -> No
 
 
 @pytest.mark.parametrize("train_mode", ["sequential", "batched"])
-def test_autoreset_next_step_masks_and_final_metrics(train_mode: str) -> None:
-    envs = gym.make_vec(ENV_ID, num_envs=2, train_mode=train_mode, max_episode_steps=2, **TINY)
+def test_autoreset_next_step_masks_and_final_metrics(make_vec, train_mode: str) -> None:
+    envs = make_vec(ENV_ID, 2, train_mode=train_mode, max_episode_steps=2, **TINY)
     actions = np.ones((2, N_PAIRS), dtype=np.int64)
     envs.reset(seed=0)
     _, _, terminated, truncated, info = envs.step(actions)
@@ -238,8 +240,8 @@ def test_divergence_terminates_only_that_child(train_mode: str) -> None:
     assert not info["diverged"].any()
 
 
-def test_bad_input_raises_value_error() -> None:
-    envs = gym.make_vec(ENV_ID, num_envs=2, **TINY)
+def test_bad_input_raises_value_error(make_vec) -> None:
+    envs = make_vec(ENV_ID, 2, **TINY)
     envs.reset(seed=0)
     with pytest.raises(ValueError, match="shape"):
         envs.step(np.ones((3, N_PAIRS), dtype=np.int64))
@@ -250,7 +252,9 @@ def test_bad_input_raises_value_error() -> None:
     with pytest.raises(ValueError, match="symmetric"):
         envs.set_attr("phi", [np.eye(10), np.triu(np.ones((10, 10)))])
     with pytest.raises(ValueError, match="train_mode"):
-        gym.make_vec(ENV_ID, num_envs=2, train_mode="fast", **TINY)
+        make_vec(ENV_ID, 2, train_mode="fast", **TINY)
+    with pytest.raises(ValueError, match="beta"):  # a task keyword, checked where the children live
+        make_vec(ENV_ID, 2, **{**TINY, "beta": -1.0})
     # The failed calls changed nothing: the next step is a normal first step.
     _, _, _, _, info = envs.step(np.ones((2, N_PAIRS), dtype=np.int64))
     assert info["episode_step"].tolist() == [1, 1]
@@ -274,8 +278,8 @@ def test_sync_and_async_make_vec_on_the_single_env_match_the_native_env() -> Non
     np.testing.assert_allclose(np.array(async_run["rewards"]), np.array(native["rewards"]), rtol=0, atol=ATOL)
 
 
-def test_sb3_adapter_seeding_terminal_observation_and_episode_stats() -> None:
-    env = SB3VecEnv.make(ENV_ID, num_envs=2, **TINY)
+def test_sb3_adapter_seeding_terminal_observation_and_episode_stats(make_vec) -> None:
+    env = SB3VecEnv(make_vec(ENV_ID, 2, autoreset_mode=AutoresetMode.SAME_STEP, **TINY))
     env.seed(7)
     first = env.reset()
     native_first, _ = gym.make_vec(ENV_ID, num_envs=2, **TINY).reset(seed=7)
@@ -302,10 +306,10 @@ def test_sb3_adapter_seeding_terminal_observation_and_episode_stats() -> None:
 
 
 @pytest.mark.parametrize("algorithm", ["PPO", "A2C"])
-def test_sb3_trains_end_to_end(algorithm: str) -> None:
+def test_sb3_trains_end_to_end(make_vec, algorithm: str) -> None:
     import stable_baselines3
 
-    env = SB3VecEnv.make(ENV_ID, num_envs=2, **{**TINY, "reward": "sign"})
+    env = SB3VecEnv(make_vec(ENV_ID, 2, autoreset_mode=AutoresetMode.SAME_STEP, **{**TINY, "reward": "sign"}))
     extra = {"batch_size": 8, "n_epochs": 1} if algorithm == "PPO" else {}
     model = getattr(stable_baselines3, algorithm)("MlpPolicy", env, n_steps=4, seed=0, device="cpu", **extra)
     before = [p.detach().clone() for p in model.policy.parameters()]

@@ -130,18 +130,7 @@ class ChildEpisode:
         return self._observation(iteration), info
 
     def validate_action(self, action: Any) -> np.ndarray:
-        array = np.asarray(action)
-        expected = (len(self.pairs),)
-        if array.shape != expected:
-            raise ValueError(f"action must have shape {expected} (one entry per class pair), got {array.shape}")
-        # An integer dtype is required: a float action (even 1.0) is more likely a policy's output passed
-        # unsampled than a choice, and MultiDiscrete.contains refuses it too.
-        if not np.issubdtype(array.dtype, np.integer) or not np.all(np.isin(array, (0, 1, 2))):
-            raise ValueError(
-                f"action entries must be integers (an integer dtype, got {array.dtype}) in {{0, 1, 2}} "
-                "(meaning -beta, 0, +beta)"
-            )
-        return array.astype(np.int64)
+        return check_action(action, len(self.pairs))
 
     def apply_action(self, action: Any) -> None:
         """Move Phi by the action (validated) and open a new step."""
@@ -243,6 +232,21 @@ class ChildEpisode:
             "confusion": evaluation.confusion,
             "diverged": diverged,
         }
+
+
+def check_action(action: Any, n_pairs: int) -> np.ndarray:
+    """One child's action as ``int64``, or a ``ValueError`` naming what is wrong with it."""
+    array = np.asarray(action)
+    if array.shape != (n_pairs,):
+        raise ValueError(f"action must have shape {(n_pairs,)} (one entry per class pair), got {array.shape}")
+    # An integer dtype is required: a float action (even 1.0) is more likely a policy's output passed
+    # unsampled than a choice, and MultiDiscrete.contains refuses it too.
+    if not np.issubdtype(array.dtype, np.integer) or not np.all(np.isin(array, (0, 1, 2))):
+        raise ValueError(
+            f"action entries must be integers (an integer dtype, got {array.dtype}) in {{0, 1, 2}} "
+            "(meaning -beta, 0, +beta)"
+        )
+    return array.astype(np.int64)
 
 
 def pair_weights(pairs: np.ndarray, class_counts: np.ndarray) -> np.ndarray:

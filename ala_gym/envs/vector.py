@@ -13,7 +13,7 @@ from gymnasium.vector.utils import batch_space
 
 from ala_gym.core.batched import TRAIN_MODES, BatchedTrainer, build_children, default_train_mode
 from ala_gym.envs.classification import ALAClassificationEnv
-from ala_gym.envs.episode import ChildEpisode
+from ala_gym.envs.episode import ChildEpisode, check_action
 from ala_gym.core.metrics import Evaluation
 from ala_gym.core.trainer import SequentialChildren
 
@@ -79,15 +79,7 @@ class ALAVectorEnv(VectorEnv):
         train_mode: str = "auto",
         **env_kwargs: Any,
     ) -> None:
-        if num_envs < 1:
-            raise ValueError(f"num_envs must be positive, got {num_envs}")
-        if max_episode_steps is not None and max_episode_steps < 1:
-            raise ValueError(f"max_episode_steps must be positive or None, got {max_episode_steps}")
-        autoreset_mode = AutoresetMode(autoreset_mode)
-        if autoreset_mode not in (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP):
-            raise ValueError(f"autoreset_mode must be NEXT_STEP or SAME_STEP, got {autoreset_mode}")
-        if train_mode not in TRAIN_MODES:
-            raise ValueError(f"train_mode must be one of {TRAIN_MODES}, got {train_mode!r}")
+        autoreset_mode = check_vector_args(num_envs, max_episode_steps, autoreset_mode, train_mode)
         env_class = gym.spec(env_id).entry_point if isinstance(env_id, str) else env_id
         if isinstance(env_class, str):
             env_class = gym.envs.registration.load_env_creator(env_class)
@@ -103,12 +95,7 @@ class ALAVectorEnv(VectorEnv):
             if train_mode == "auto"
             else train_mode
         )
-        self.metadata = {"render_modes": [], "autoreset_mode": autoreset_mode}
-        self.render_mode = None
-        self.single_observation_space = self.template.observation_space
-        self.single_action_space = self.template.action_space
-        self.observation_space = batch_space(self.single_observation_space, num_envs)
-        self.action_space = batch_space(self.single_action_space, num_envs)
+        set_vector_spaces(self, self.template.observation_space, self.template.action_space, autoreset_mode)
 
         self.episodes = [
             ChildEpisode(self.settings, self.template.phi_init, self.data.device, self.template.val_class_counts)
@@ -122,10 +109,7 @@ class ALAVectorEnv(VectorEnv):
 
     # ---------------------------------------------------------------- gymnasium API
     def reset(self, *, seed: int | list[int] | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
-        if isinstance(seed, np.integer):
-            seed = int(seed)
-        super().reset(seed=seed if isinstance(seed, int) or seed is None else None)
-        seeds = self._child_seeds(seed)
+        seeds = seed_children(self, seed)
         self._child_rngs = [seeding.np_random(s)[0] for s in seeds]
         trainer_seeds = [self._draw_trainer_seed(i) for i in range(self.num_envs)]
         self._children = build_children(self.train_mode, self.data, self.template.train_config, trainer_seeds)
@@ -144,12 +128,8 @@ class ALAVectorEnv(VectorEnv):
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
         if not self._started:
             raise RuntimeError("call reset() before step()")
-        actions = np.asarray(actions)
-        if actions.shape != self.action_space.shape:
-            raise ValueError(f"actions must have shape {self.action_space.shape} (children x class pairs), got {actions.shape}")
         stepping = ~self._needs_reset
-        for i in np.flatnonzero(stepping):
-            self.episodes[i].validate_action(actions[i])  # all checks before any child changes
+        actions = check_actions(actions, self.action_space, stepping)
         for i in np.flatnonzero(stepping):
             self.episodes[i].apply_action(actions[i])
 
@@ -197,27 +177,10 @@ class ALAVectorEnv(VectorEnv):
 
     def set_attr(self, name: str, values: list[Any] | tuple[Any, ...] | Any) -> None:
         """Set ``"phi"`` per child: a list of ``num_envs`` matrices, or one matrix for every child."""
-        if name != "phi":
-            raise ValueError(f"only 'phi' can be set on the children, not {name!r}")
-        if not isinstance(values, (list, tuple)):
-            values = [values] * self.num_envs
-        if len(values) != self.num_envs:
-            raise ValueError(f"need one value per child ({self.num_envs}), got {len(values)}")
-        for episode, value in zip(self.episodes, values):
+        for episode, value in zip(self.episodes, phi_values(name, values, self.num_envs)):
             episode.phi = value
 
     # ---------------------------------------------------------------- helpers
-    def _child_seeds(self, seed: int | list[int] | None) -> list[int | None]:
-        if seed is None:
-            return [None] * self.num_envs
-        if isinstance(seed, int):
-            return [seed + i for i in range(self.num_envs)]
-        if not isinstance(seed, (list, tuple, np.ndarray)):
-            raise TypeError(f"seed must be an int, a list of {self.num_envs} ints or None, got {type(seed).__name__}")
-        if len(seed) != self.num_envs:
-            raise ValueError(f"need one seed per child ({self.num_envs}), got {len(seed)}")
-        return [int(s) for s in seed]
-
     def _draw_trainer_seed(self, child: int) -> int:
         # The single env's reset draws its trainer seed the same way from its np_random.
         return int(self._child_rngs[child].integers(2**63 - 1))
@@ -239,3 +202,71 @@ class ALAVectorEnv(VectorEnv):
         data = {"val": self.data.val, "test": self.data.test}[split]
         assert self._children is not None
         return self._children.evaluate(data, [child], self.settings.metric)[0]
+
+
+
+# ---------------------------------------------------------------- shared by every ALA vector env
+def check_vector_args(
+    num_envs: int, max_episode_steps: int | None, autoreset_mode: AutoresetMode | str, train_mode: str
+) -> AutoresetMode:
+    """The shared arguments of an ALA vector env, checked; returns the autoreset mode as an enum."""
+    if num_envs < 1:
+        raise ValueError(f"num_envs must be positive, got {num_envs}")
+    if max_episode_steps is not None and max_episode_steps < 1:
+        raise ValueError(f"max_episode_steps must be positive or None, got {max_episode_steps}")
+    autoreset_mode = AutoresetMode(autoreset_mode)
+    if autoreset_mode not in (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP):
+        raise ValueError(f"autoreset_mode must be NEXT_STEP or SAME_STEP, got {autoreset_mode}")
+    if train_mode not in TRAIN_MODES:
+        raise ValueError(f"train_mode must be one of {TRAIN_MODES}, got {train_mode!r}")
+    return autoreset_mode
+
+
+def check_actions(actions: Any, action_space: gym.Space, stepping: np.ndarray) -> np.ndarray:
+    """The vector action as an array, every ``stepping`` child's action checked before any child changes."""
+    actions = np.asarray(actions)
+    if actions.shape != action_space.shape:
+        raise ValueError(f"actions must have shape {action_space.shape} (children x class pairs), got {actions.shape}")
+    for i in np.flatnonzero(stepping):
+        check_action(actions[i], actions.shape[1])
+    return actions
+
+
+def set_vector_spaces(envs: VectorEnv, observation_space: gym.Space, action_space: gym.Space, autoreset_mode: AutoresetMode) -> None:
+    """The spaces, metadata and render mode of a vector env of ``envs.num_envs`` ALA children."""
+    envs.metadata = {"render_modes": [], "autoreset_mode": autoreset_mode}
+    envs.render_mode = None
+    envs.single_observation_space = observation_space
+    envs.single_action_space = action_space
+    envs.observation_space = batch_space(observation_space, envs.num_envs)
+    envs.action_space = batch_space(action_space, envs.num_envs)
+
+
+def seed_children(envs: VectorEnv, seed: int | list[int] | None) -> list[int | None]:
+    """Seed the vector env's own ``np_random`` and return the per-child seeds of ``reset(seed=...)``:
+    ``seed + i``, one listed seed each, or all None (fresh entropy)."""
+    if isinstance(seed, np.integer):
+        seed = int(seed)
+    VectorEnv.reset(envs, seed=seed if isinstance(seed, int) or seed is None else None)
+    num_envs = envs.num_envs
+    if seed is None:
+        return [None] * num_envs
+    if isinstance(seed, int):
+        return [seed + i for i in range(num_envs)]
+    if not isinstance(seed, (list, tuple, np.ndarray)):
+        raise TypeError(f"seed must be an int, a list of {num_envs} ints or None, got {type(seed).__name__}")
+    if len(seed) != num_envs:
+        raise ValueError(f"need one seed per child ({num_envs}), got {len(seed)}")
+    return [int(s) for s in seed]
+
+
+def phi_values(name: str, values: Any, num_envs: int) -> list[Any]:
+    """``set_attr(name, values)``'s per-child Phi matrices: ``name`` must be ``"phi"``, ``values`` one
+    matrix per child or one for all."""
+    if name != "phi":
+        raise ValueError(f"only 'phi' can be set on the children, not {name!r}")
+    if not isinstance(values, (list, tuple)):
+        values = [values] * num_envs
+    if len(values) != num_envs:
+        raise ValueError(f"need one value per child ({num_envs}), got {len(values)}")
+    return list(values)

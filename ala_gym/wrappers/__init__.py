@@ -1,1 +1,2 @@
-"""Adapters from the ALA envs to RL libraries (each behind its extra: ``pip install ala-gym[sb3]``)."""
+"""Adapters from the ALA envs to RL libraries and to Ray (each behind its extra: ``pip install ala-gym[sb3]``,
+``ala-gym[ray]``)."""

@@ -1,7 +1,8 @@
-"""A Stable-Baselines3 ``VecEnv`` over the native :class:`ala_gym.envs.vector.ALAVectorEnv`.
+"""A Stable-Baselines3 ``VecEnv`` over an ALA vector env (native :class:`ala_gym.envs.vector.ALAVectorEnv`
+or :class:`ala_gym.wrappers.ray.RayVectorEnv`, which share one contract).
 
 SB3 does not accept a ``gymnasium.vector.VectorEnv``; its ``VecEnv`` resets a finished child within
-the same step and returns per-child info dicts. The adapter runs the native env in ``SAME_STEP``
+the same step and returns per-child info dicts. The adapter runs the vector env in ``SAME_STEP``
 autoreset mode and translates: ``info["terminal_observation"]`` (the last observation of a finished
 episode), ``info["TimeLimit.truncated"]``, and ``info["episode"] = {"r", "l", "t"}`` (what SB3's
 ``VecMonitor`` adds, so ``ep_rew_mean`` is logged without another wrapper).
@@ -17,21 +18,21 @@ import numpy as np
 from gymnasium.vector import AutoresetMode
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvObs, VecEnvStepReturn
 
-from ala_gym.envs.vector import ALAVectorEnv
 
 
 class SB3VecEnv(VecEnv):
-    """``SB3VecEnv(ALAVectorEnv(...))``, or ``SB3VecEnv.make("ALA-Digits-v0", num_envs=4, **kwargs)``.
+    """``SB3VecEnv(ALAVectorEnv(...))``, or ``SB3VecEnv.make("ALA-Digits-v0", num_envs=4, **kwargs)`` (with
+    ``backend="ray"`` among the keywords for children on Ray actors).
 
     Seeding follows SB3: ``seed(s)`` makes the next ``reset()`` seed child ``i`` with ``s + i``, which
     is also the native env's convention, so ``SB3VecEnv.seed(s)`` equals ``ALAVectorEnv.reset(seed=s)``.
     """
 
-    def __init__(self, venv: ALAVectorEnv) -> None:
-        if not isinstance(venv, ALAVectorEnv):
-            raise ValueError(f"SB3VecEnv wraps an ALAVectorEnv, got {type(venv).__name__}")
+    def __init__(self, venv: gym.vector.VectorEnv) -> None:
+        if not isinstance(venv, gym.vector.VectorEnv):
+            raise ValueError(f"SB3VecEnv wraps an ALA vector env (gym.make_vec of an ALA id), got {type(venv).__name__}")
         if venv.metadata["autoreset_mode"] != AutoresetMode.SAME_STEP:
-            raise ValueError("SB3VecEnv needs an ALAVectorEnv built with autoreset_mode=AutoresetMode.SAME_STEP")
+            raise ValueError("SB3VecEnv needs an ALA vector env built with autoreset_mode=AutoresetMode.SAME_STEP")
         self.venv = venv
         super().__init__(venv.num_envs, venv.single_observation_space, venv.single_action_space)
         self._actions: np.ndarray | None = None
@@ -41,7 +42,7 @@ class SB3VecEnv(VecEnv):
 
     @classmethod
     def make(cls, env_id: str, num_envs: int, **kwargs: Any) -> SB3VecEnv:
-        """Build the native env for ``env_id`` in SAME_STEP mode and wrap it."""
+        """Build the vector env for ``env_id`` (``gym.make_vec``) in SAME_STEP mode and wrap it."""
         return cls(gym.make_vec(env_id, num_envs=num_envs, autoreset_mode=AutoresetMode.SAME_STEP, **kwargs).unwrapped)
 
     def reset(self) -> VecEnvObs:

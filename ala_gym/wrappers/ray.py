@@ -1,0 +1,323 @@
+"""The ALA vector env with its children on Ray actors: many processes, GPUs and machines, one controller.
+
+``gym.make_vec("ALA-FashionMNIST-v0", num_envs=10, backend="ray", children_per_worker=5)`` builds a
+:class:`RayVectorEnv`: two Ray actors, each holding five children in an
+:class:`ala_gym.envs.vector.ALAVectorEnv` of its own (the core's trainers inside, the dataset loaded once
+per actor), and the controller on the driver. Per step only the actions go out and each child's step
+result (observation, reward, the info's scalars and ``C x C`` Phi and confusion statistics) comes back.
+Needs ``pip install ala-gym[ray]``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium.vector import AutoresetMode, VectorEnv
+
+try:
+    import ray
+    from ray.exceptions import RayActorError, RayTaskError
+except ImportError as error:  # Ray is an optional extra
+    raise ImportError("the Ray vector env needs Ray: pip install 'ala-gym[ray]'") from error
+
+from ala_gym.core.losses import check_phi
+from ala_gym.envs.vector import ALAVectorEnv, check_actions, check_vector_args, phi_values, seed_children, set_vector_spaces
+
+# Keys that belong to the step that ended an episode; a lost worker's children do not repeat them.
+_EPISODE_END_KEYS = ("final_obs", "final_info", "test_metric", "final_val_metric")
+
+
+class ChildGroup:
+    """The children of one Ray actor: an :class:`ALAVectorEnv` over them, run in the actor's process."""
+
+    def __init__(self, num_threads: int) -> None:
+        # The actor's process is its own: use as many threads as Ray reserved CPUs for it.
+        torch.set_num_threads(num_threads)
+        self.env: ALAVectorEnv | None = None
+
+    def start(self, env_id: str, num_envs: int, env_kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Build the children (loading the dataset) and describe them. A method, not ``__init__``, so that
+        a bad keyword reaches the driver as its own exception rather than as a dead actor."""
+        self.env = ALAVectorEnv(env_id, num_envs, **env_kwargs)
+        template = self.env.template
+        return {
+            "single_observation_space": self.env.single_observation_space,
+            "single_action_space": self.env.single_action_space,
+            "num_classes": template.num_classes,
+            "divergence_penalty": template.divergence_penalty,
+            "device": str(self.env.data.device),
+            "train_mode": self.env.train_mode,
+        }
+
+    def reset(self, seed: list[int] | None) -> tuple[np.ndarray, dict]:
+        return self.env.reset(seed=seed)
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
+        return self.env.step(actions)
+
+    def get_attr(self, name: str) -> tuple[Any, ...]:
+        return self.env.get_attr(name)
+
+    def set_attr(self, name: str, values: list[Any]) -> None:
+        self.env.set_attr(name, values)
+
+
+class RayVectorEnv(VectorEnv):
+    """
+    ## Description
+    ``num_envs`` ALA children on Ray actors ("workers"), ``children_per_worker`` per actor, under one
+    controller on the driver. Observations, actions, rewards, seeding, autoreset and info are those of
+    :class:`ala_gym.envs.vector.ALAVectorEnv` (child ``i`` of ``reset(seed=s)`` is seeded with ``s + i``),
+    so controllers and :class:`ala_gym.wrappers.sb3.SB3VecEnv` run on it unchanged; with
+    ``train_mode="sequential"`` on CPUs its trajectories are bit for bit those of the native env.
+    ``train_mode="auto"`` is chosen per actor, for its own group of children and device.
+
+    ## Cluster
+    With Ray already initialised (``ray.init(address=...)`` by the user) the env uses that cluster;
+    otherwise it calls ``ray.init(address=address)`` when ``address`` is given, else starts a local cluster
+    of ``num_cpus`` CPUs (default: all) without dashboard. :meth:`close` kills the env's actors and shuts
+    Ray down only if the env started it. Every actor reserves ``num_cpus_per_worker`` CPUs (its torch
+    thread count) and ``num_gpus_per_worker`` GPUs; by default the workers share the cluster's GPUs
+    (``min(1, GPUs / workers)`` each, fractions pack several workers on one GPU) unless the env's
+    ``device`` is ``"cpu"``. Ray gives each actor its GPU as ``cuda``. Actors import ``ala_gym`` on their
+    node: install it there or ship it with ``runtime_env={"py_modules": [...]}`` (passed to every actor,
+    as are its ``env_vars``, such as ``ALA_GYM_DATA``).
+
+    ## Lost Workers
+    When an actor dies (killed process, lost node), the env goes on with the others. Each child of the
+    lost actor ends its episode in the next :meth:`step`: terminated, reward ``worker_lost_reward``
+    (default: the task's ``divergence_penalty``, -10, as a run that failed), its last observation, and its
+    last info with ``info["worker_lost"] = True`` (no ``test_metric``: the run was not finished). Until
+    the next :meth:`reset`, which starts a new actor for the group, those children return their last
+    observation, reward 0, neither terminated nor truncated, and no info.
+
+    ## Arguments
+    ``RayVectorEnv(env_id, num_envs, *, children_per_worker=1, num_cpus_per_worker=1.0,
+    num_gpus_per_worker=None, address=None, num_cpus=None, runtime_env=None, worker_lost_reward=None,
+    max_episode_steps=None, autoreset_mode=NEXT_STEP, train_mode="auto", **env_kwargs)``; the last four
+    and ``env_kwargs`` are those of :class:`ALAVectorEnv`.
+
+    ## Version History
+    * v0: initial version.
+    """
+
+    def __init__(
+        self,
+        env_id: str,
+        num_envs: int,
+        *,
+        children_per_worker: int = 1,
+        num_cpus_per_worker: float = 1.0,
+        num_gpus_per_worker: float | None = None,
+        address: str | None = None,
+        num_cpus: int | None = None,
+        runtime_env: dict[str, Any] | None = None,
+        worker_lost_reward: float | None = None,
+        max_episode_steps: int | None = None,
+        autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
+        train_mode: str = "auto",
+        **env_kwargs: Any,
+    ) -> None:
+        autoreset_mode = check_vector_args(num_envs, max_episode_steps, autoreset_mode, train_mode)
+        if children_per_worker < 1:
+            raise ValueError(f"children_per_worker must be positive, got {children_per_worker}")
+        if num_cpus_per_worker <= 0:
+            raise ValueError(f"num_cpus_per_worker must be positive, got {num_cpus_per_worker}")
+        self.num_envs = num_envs
+        self.groups = [range(a, min(a + children_per_worker, num_envs)) for a in range(0, num_envs, children_per_worker)]
+        self.started_ray = not ray.is_initialized()
+        if self.started_ray:
+            quiet = dict(include_dashboard=False, logging_level=logging.ERROR, configure_logging=True)
+            ray.init(address=address, **quiet) if address else ray.init(num_cpus=num_cpus, **quiet)
+        self.num_gpus_per_worker = self._gpus_per_worker(num_gpus_per_worker, str(env_kwargs.get("device", "auto")))
+        self.num_cpus_per_worker = num_cpus_per_worker
+        self._check_capacity()
+        self._worker_args = (
+            env_id,
+            dict(env_kwargs, max_episode_steps=max_episode_steps, autoreset_mode=autoreset_mode, train_mode=train_mode),
+        )
+        self._runtime_env = runtime_env
+        self.workers: list[Any] = []
+        try:
+            description = self._start_workers(range(len(self.groups)))
+        except RayTaskError as error:  # a bad task keyword: its own exception, not Ray's wrapper
+            self.close()
+            raise error.cause from None
+        self.num_classes: int = description["num_classes"]
+        self.worker_lost_reward = (
+            float(description["divergence_penalty"]) if worker_lost_reward is None else float(worker_lost_reward)
+        )
+        set_vector_spaces(self, description["single_observation_space"], description["single_action_space"], autoreset_mode)
+        self._lost = np.zeros(len(self.groups), dtype=bool)  # per worker: its actor died
+        self._reported = np.zeros(num_envs, dtype=bool)  # per child: its lost-worker step was returned
+        self._observations = np.zeros(self.observation_space.shape, dtype=np.float32)
+        self._last_info: list[dict[str, Any]] = [{} for _ in range(num_envs)]
+        self._needs_reset = np.zeros(num_envs, dtype=bool)
+        self._started = False
+
+    # ---------------------------------------------------------------- gymnasium API
+    def reset(self, *, seed: int | list[int] | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        seeds = seed_children(self, seed)
+        self._start_workers(np.flatnonzero(self._lost))
+        self._lost[:] = False
+        self._reported[:] = False
+        results = []
+        for g, group in enumerate(self.groups):
+            group_seeds = None if seed is None else [seeds[i] for i in group]
+            try:
+                results.append(ray.get(self.workers[g].reset.remote(group_seeds)))
+            except RayActorError as error:
+                raise RuntimeError(
+                    f"the Ray worker of children {group.start}..{group.stop - 1} died while resetting; "
+                    "check the cluster's logs (memory, GPUs) and call reset() again"
+                ) from error
+        infos: dict[str, Any] = {}
+        for group, (observations, group_infos) in zip(self.groups, results):
+            self._observations[group.start : group.stop] = observations
+            for local, child in enumerate(group):
+                infos = self._record_info(infos, _child_info(group_infos, local), child)
+        self._needs_reset[:] = False
+        self._started = True
+        return self._observations.copy(), infos
+
+    def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
+        if not self._started:
+            raise RuntimeError("call reset() before step()")
+        actions = check_actions(actions, self.action_space, ~self._needs_reset & ~self._reported)
+        # Every live worker steps at once; the driver then collects their results in order.
+        pending = {g: self.workers[g].step.remote(actions[group.start : group.stop])
+                   for g, group in enumerate(self.groups) if not self._lost[g]}  # fmt: skip
+        rewards = np.zeros(self.num_envs, dtype=np.float64)
+        terminations = np.zeros(self.num_envs, dtype=bool)
+        truncations = np.zeros(self.num_envs, dtype=bool)
+        infos: dict[str, Any] = {}
+        for g, group in enumerate(self.groups):
+            result = self._get(g, pending[g]) if g in pending else None
+            if result is None:
+                infos = self._lost_step(group, rewards, terminations, infos)
+                continue
+            observations, group_rewards, group_terminations, group_truncations, group_infos = result
+            span = slice(group.start, group.stop)
+            self._observations[span] = observations
+            rewards[span], terminations[span], truncations[span] = group_rewards, group_terminations, group_truncations
+            for local, child in enumerate(group):
+                infos = self._record_info(infos, _child_info(group_infos, local), child)
+        ended = terminations | truncations
+        self._needs_reset = ended & (self.metadata["autoreset_mode"] == AutoresetMode.NEXT_STEP)
+        return self._observations.copy(), rewards, terminations, truncations, infos
+
+    def close_extras(self, **kwargs: Any) -> None:
+        for worker in self.workers:
+            ray.kill(worker)
+        self.workers = []
+        if self.started_ray and ray.is_initialized():
+            ray.shutdown()
+
+    # ---------------------------------------------------------------- attributes (``set_attr("phi", ...)``)
+    def get_attr(self, name: str) -> tuple[Any, ...]:
+        """Per child: ``"phi"`` (``C x C``; a lost worker's children keep their last one) or any attribute of
+        the single-env template (asked of one live worker)."""
+        live = [g for g in range(len(self.groups)) if not self._lost[g]]
+        if name != "phi":
+            for g in live:
+                values = self._get(g, self.workers[g].get_attr.remote(name))
+                if values is not None:
+                    return tuple(values[0] for _ in range(self.num_envs))
+            raise RuntimeError("every Ray worker of this env is lost: call reset() to start new ones")
+        phis = [self._last_info[i].get("phi") for i in range(self.num_envs)]
+        for g in live:
+            values = self._get(g, self.workers[g].get_attr.remote("phi"))
+            if values is not None:
+                phis[self.groups[g].start : self.groups[g].stop] = values
+        return tuple(phis)
+
+    def set_attr(self, name: str, values: list[Any] | tuple[Any, ...] | Any) -> None:
+        """Set ``"phi"`` per child: a list of ``num_envs`` matrices, or one matrix for every child."""
+        values = [check_phi(value, self.num_classes) for value in phi_values(name, values, self.num_envs)]  # all checks before any worker changes
+        pending = {g: self.workers[g].set_attr.remote("phi", values[group.start : group.stop])
+                   for g, group in enumerate(self.groups) if not self._lost[g]}  # fmt: skip
+        for g, ref in pending.items():
+            self._get(g, ref)
+
+    # ---------------------------------------------------------------- helpers
+    def _gpus_per_worker(self, requested: float | None, device: str) -> float:
+        gpus = float(ray.cluster_resources().get("GPU", 0.0))
+        if requested is not None:
+            if requested < 0:
+                raise ValueError(f"num_gpus_per_worker must be >= 0, got {requested}")
+            return float(requested)
+        if device == "cpu":
+            return 0.0
+        if device.startswith("cuda") and gpus == 0:
+            raise ValueError(f"device={device!r} but the Ray cluster has no GPU: use device='cpu' or a cluster with GPUs")
+        return min(1.0, gpus / len(self.groups))
+
+    def _check_capacity(self) -> None:
+        """Refuse at once what the cluster can never place (Ray would leave the actors pending forever)."""
+        resources = ray.cluster_resources()
+        for kind, per_worker in (("CPU", self.num_cpus_per_worker), ("GPU", self.num_gpus_per_worker)):
+            needed, total = per_worker * len(self.groups), float(resources.get(kind, 0.0))
+            if needed > total + 1e-9:
+                raise ValueError(
+                    f"{len(self.groups)} Ray workers x {per_worker:g} {kind} need {needed:g} {kind}s but the cluster has "
+                    f"{total:g}: raise children_per_worker or lower num_{kind.lower()}s_per_worker"
+                )
+
+    def _start_workers(self, groups: Any) -> dict[str, Any] | None:
+        """New actors for ``groups`` (all at once, each loading the data); the first one's description."""
+        env_id, kwargs = self._worker_args
+        actor = ray.remote(ChildGroup).options(
+            num_cpus=self.num_cpus_per_worker, num_gpus=self.num_gpus_per_worker, max_restarts=0,
+            runtime_env=self._runtime_env,
+        )  # fmt: skip
+        started = []
+        for g in groups:
+            worker = actor.remote(max(1, math.floor(self.num_cpus_per_worker)))
+            if g < len(self.workers):
+                self.workers[g] = worker
+            else:
+                self.workers.append(worker)
+            started.append(worker.start.remote(env_id, len(self.groups[g]), kwargs))
+        descriptions = ray.get(started)
+        return descriptions[0] if descriptions else None
+
+    def _get(self, group: int, ref: Any) -> Any | None:
+        """The worker's result, or None (and the worker marked lost) if its actor died."""
+        try:
+            return ray.get(ref)
+        except RayActorError:
+            self._lost[group] = True
+            return None
+
+    def _record_info(self, infos: dict[str, Any], info: dict[str, Any], child: int) -> dict[str, Any]:
+        if info:
+            self._last_info[child] = {k: v for k, v in info.items() if k not in _EPISODE_END_KEYS}
+        return self._add_info(infos, info, child)
+
+    def _lost_step(self, group: range, rewards: np.ndarray, terminations: np.ndarray, infos: dict) -> dict:
+        """A lost worker's children: each ends its episode once (see "Lost Workers"), then idles."""
+        for child in group:
+            if self._reported[child]:
+                continue
+            last = self._last_info[child]
+            info = dict(last, worker_lost=True, pair_improvement=np.zeros_like(last["pair_improvement"]))
+            rewards[child], terminations[child] = self.worker_lost_reward, True
+            self._reported[child] = True
+            infos = self._add_info(infos, info, child)
+        return infos
+
+
+def _child_info(infos: dict[str, Any], child: int) -> dict[str, Any]:
+    """One child's entries of a vector env's ``infos`` (arrays with ``_key`` masks, nested dicts alike)."""
+    info = {}
+    for key, values in infos.items():
+        if key.startswith("_") or not infos.get(f"_{key}", np.ones(child + 1, dtype=bool))[child]:
+            continue
+        value = _child_info(values, child) if isinstance(values, dict) else values[child]
+        # numpy scalars back to Python ones, so that ``_add_info`` batches them with the native dtypes
+        info[key] = value.item() if isinstance(value, np.generic) else value
+    return info

@@ -1,0 +1,161 @@
+"""The Ray vector env beyond the shared contract: equivalence with the native env, lost workers, the cluster.
+
+One local cluster of 2 CPUs for the module (``ray_cluster``); children run on two actors of half a CPU.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import ray
+import torch
+
+from agents.baselines import FixedPhi
+from ala_gym.wrappers.ray import RayVectorEnv
+
+ENV_ID = "ALA-Digits-v0"
+TINY = dict(total_iterations=40, steps_per_action=10, eval_points=2, eval_stride=2, device="cpu", reward="raw")
+N_PAIRS, STEPS = 55, 4
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def make_ray(ray_cluster, isolated_cache):
+    made = []
+
+    def factory(num_envs: int, **kwargs) -> RayVectorEnv:
+        kwargs = {"children_per_worker": 2, "num_cpus_per_worker": 0.5, **TINY, **kwargs}
+        env_vars = {"ALA_GYM_CACHE": str(isolated_cache)}
+        envs = gym.make_vec(ENV_ID, num_envs=num_envs, backend="ray", runtime_env={"env_vars": env_vars}, **kwargs)
+        made.append(envs)
+        return envs.unwrapped
+
+    yield factory
+    for envs in made:
+        envs.close()
+
+
+def _run(envs, actions: np.ndarray, seed: int) -> list:
+    trace = list(envs.reset(seed=seed))
+    for action in actions:
+        trace += list(envs.step(action))
+    return trace
+
+
+def _assert_same(a, b) -> None:
+    """Equal bit for bit, info dicts included (same keys, masks and dtypes)."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for key in a:
+            _assert_same(a[key], b[key])
+    elif isinstance(a, np.ndarray) and a.dtype != object:
+        assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_array_equal(a, b)
+    elif isinstance(a, np.ndarray):
+        for x, y in zip(a, b):
+            _assert_same(x, y)
+    else:
+        assert a == b
+
+
+@pytest.mark.parametrize("autoreset_mode", ["NextStep", "SameStep"])
+def test_ray_children_equal_the_native_env_bit_for_bit(make_ray, autoreset_mode: str) -> None:
+    """Sequential path on CPUs: 3 children on 2 actors give the in-process env's trajectories and infos."""
+    actions = np.random.default_rng(5).integers(0, 3, size=(STEPS + 2, 3, N_PAIRS))
+    kwargs = dict(train_mode="sequential", autoreset_mode=autoreset_mode)
+    on_ray = make_ray(3, **kwargs)
+    assert len(on_ray.workers) == 2
+    native = gym.make_vec(ENV_ID, num_envs=3, **kwargs, **TINY)
+    for got, want in zip(_run(on_ray, actions, 9), _run(native, actions, 9), strict=True):
+        _assert_same(got, want)
+    np.testing.assert_array_equal(np.array(on_ray.get_attr("phi")), np.array(native.get_attr("phi")))
+
+
+def test_killed_worker_ends_its_children_and_the_controller_run_completes(make_ray) -> None:
+    """Kill one of two actors mid-run: its child ends with worker_lost, the others' records are kept."""
+    controller = FixedPhi(num_envs=3)
+    reference = controller.run(gym.make_vec(ENV_ID, num_envs=3, train_mode="sequential", **TINY), seed=3)
+    envs = make_ray(3, train_mode="sequential")
+
+    def kill_second_worker(step: int, logs: dict) -> None:
+        if step == 1:
+            ray.kill(envs.workers[1])  # children 0, 1 live on worker 0, child 2 on worker 1
+
+    records = controller.run(envs, seed=3, on_step=kill_second_worker)
+    lost = records[2]
+    assert lost.worker_lost and np.isnan(lost.test_metric) and not lost.diverged
+    assert lost.rewards[:1] == reference[2].rewards[:1] and lost.rewards[1] == -10.0 and len(lost.rewards) == 2
+    for got, want in zip(records[:2], reference[:2]):
+        assert got == want  # every other result kept, bit for bit
+
+    # The lost child idles until reset(), which starts a new actor: the full run works again.
+    assert envs._lost.tolist() == [False, True]
+    records = controller.run(envs, seed=3)
+    assert records == reference
+
+
+def test_lost_worker_step_contract(make_ray) -> None:
+    envs = make_ray(2, children_per_worker=1, worker_lost_reward=-1.0)
+    envs.reset(seed=0)
+    actions = np.ones((2, N_PAIRS), dtype=np.int64)
+    _, _, _, _, before = envs.step(actions)
+    ray.kill(envs.workers[0])
+    observation, reward, terminated, truncated, info = envs.step(actions)
+    assert terminated.tolist() == [True, False] and not truncated.any() and reward[0] == -1.0
+    assert info["_worker_lost"].tolist() == [True, False] and info["worker_lost"][0]
+    assert "_test_metric" not in info  # not finished: no test metric
+    assert info["val_metric"][0] == before["val_metric"][0] and info["iteration"].tolist() == [10, 20]
+    # Afterwards the lost child idles: its last observation, reward 0, no info; set_attr and get_attr go on.
+    envs.set_attr("phi", 0.5 * np.eye(10))
+    np.testing.assert_array_equal(envs.get_attr("phi")[1], 0.5 * np.eye(10))
+    np.testing.assert_array_equal(envs.get_attr("phi")[0], before["phi"][0])
+    later, reward, terminated, truncated, info = envs.step(actions)
+    np.testing.assert_array_equal(later[0], observation[0])
+    assert reward[0] == 0.0 and not terminated[0] and not truncated[0] and not info["_val_metric"][0]
+    ray.kill(envs.workers[1])
+    _, _, terminated, _, _ = envs.step(actions)
+    assert terminated.tolist() == [False, True]
+    with pytest.raises(RuntimeError, match="reset"):
+        envs.get_attr("num_classes")
+
+
+def test_refuses_what_the_cluster_cannot_place_and_leaves_a_cluster_it_did_not_start(make_ray) -> None:
+    with pytest.raises(ValueError, match="GPU"):
+        make_ray(2, num_gpus_per_worker=1.0)
+    with pytest.raises(ValueError, match="children_per_worker"):
+        make_ray(3, children_per_worker=1, num_cpus_per_worker=1.0)  # 3 CPUs asked of 2
+    with pytest.raises(ValueError, match="no GPU"):
+        make_ray(2, device="cuda")
+    envs = make_ray(2)
+    envs.close()
+    assert ray.is_initialized() and not envs.started_ray
+
+
+def test_starts_and_stops_a_local_cluster_when_none_runs(tmp_path: Path) -> None:
+    code = (
+        "import gymnasium as gym, numpy as np, ray, ala_gym\n"
+        f"kwargs = {TINY!r}\n"
+        "envs = gym.make_vec('ALA-Digits-v0', num_envs=2, backend='ray', num_cpus=1, children_per_worker=2, **kwargs)\n"
+        "assert ray.is_initialized() and envs.unwrapped.started_ray\n"
+        "observation, _ = envs.reset(seed=0)\n"
+        "envs.step(np.ones((2, 55), dtype=np.int64))\n"
+        "envs.close()\n"
+        "print(observation.shape, ray.is_initialized())\n"
+    )
+    env = {**__import__("os").environ, "ALA_GYM_CACHE": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "(2, 55, 24) False"
