@@ -30,6 +30,16 @@ FMNIST_FILES = {
 }
 
 
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread for the test, restored after: bitwise comparisons need the same reduction order
+    in every path, and tiny networks only lose to the spin-waiting of threads on a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Point ``ALA_GYM_CACHE`` at a per-test folder so no test reads or writes the user's cache."""

@@ -23,14 +23,7 @@ TINY = dict(total_iterations=10, steps_per_action=5, eval_points=2, eval_stride=
 STEPS = 2  # TINY's controller steps per episode
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """These tiny networks gain nothing from threads, and on a shared CPU the threads' spin-waiting made
-    this file ten times slower; restore the setting for other test files."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def run(controller: agents.Controller, seed: int = 0, envs: gym.vector.VectorEnv | None = None):

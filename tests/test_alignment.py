@@ -19,12 +19,7 @@ PAIRS = class_pairs(10)
 DIAGONAL = PAIRS[:, 0] == PAIRS[:, 1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_default_diagonal_stays_one_and_off_diagonal_moves_beta_over_c_minus_one():

@@ -38,13 +38,7 @@ ATOL = 1e-4
 ONE_IMAGE = 1 / 360 + 1e-9  # digits' validation and test splits hold 360 images
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Bitwise comparisons need the same reduction order in every path; one thread also keeps tests polite.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def action_plan(num_envs: int, steps: int, seed: int = 0) -> np.ndarray:
