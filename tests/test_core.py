@@ -9,7 +9,7 @@ from torch.nn import functional as F
 
 from ala_gym.core.functional import FunctionalChild
 from ala_gym.core.sgd import sgd_step
-from ala_gym.core.models import build_model
+from ala_gym.core.models import build_model, max_pool_2x2
 
 def tiny_regression(dtype: torch.dtype = torch.float32) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(0)
@@ -144,3 +144,10 @@ def test_functional_child_batchnorm_statistics() -> None:
     child(inputs, update_stats=True)
     for name, value in model.named_buffers():
         torch.testing.assert_close(value, after_module[name])
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 8, 8), (2, 3, 7, 9)])
+def test_max_pool_without_autograd_equals_the_kernel(shape: tuple[int, ...]) -> None:
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).relu()
+    with torch.no_grad():
+        assert torch.equal(max_pool_2x2(x), torch.nn.functional.max_pool2d(x, 2))
