@@ -323,20 +323,35 @@ class ReinforceController(Controller):
         checkpoints.save_checkpoint(path, "reinforce", config, self.policy.state_dict())
 
     @classmethod
-    def load(cls, path: str | Path, train: bool = False, num_envs: int = 1) -> ReinforceController:
+    def load(
+        cls, path: str | Path, train: bool = False, num_envs: int = 1, temperature: float = 1.0
+    ) -> ReinforceController:
         """A controller that starts every run from the saved policy: frozen (``train=False``, Table 5's
-        "policy from 1st run") or fine-tuned (``train=True``)."""
+        "policy from 1st run") or fine-tuned (``train=True``).
+
+        ``temperature`` divides the loaded policy's logits (its output layer is scaled by ``1 / temperature``).
+        A policy that became deterministic has a vanishing REINFORCE gradient (the probability of the action
+        it takes is 1), so fine-tuning it at 1 changes nothing: the shipped digits policy's logits differ by
+        15 to 100 between its chosen action and the others. A higher temperature makes it explore, and so
+        learn, again.
+        """
+        if not temperature > 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
         checkpoint = checkpoints.load_checkpoint(path, "reinforce")
         saved = dict(checkpoint["config"])
         try:
             n_features = int(saved.pop("n_features"))
             config = ReinforceConfig(**{f.name: saved[f.name] for f in fields(ReinforceConfig) if f.name in saved})
             # Build the policy now, so that weights that do not fit its config fail here, not in run().
-            PairPolicy(n_features, config.hidden, torch.Generator()).load_state_dict(checkpoint["state_dict"])
+            policy = PairPolicy(n_features, config.hidden, torch.Generator())
+            policy.load_state_dict(checkpoint["state_dict"])
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             message = " ".join(str(exc).split())[:200]
             raise checkpoints.CheckpointError(f"{path} holds a damaged reinforce policy ({type(exc).__name__}: {message})") from None
-        state = checkpoint["state_dict"]
+        with torch.no_grad():
+            for parameter in policy.net[-1].parameters():
+                parameter.div_(temperature)
+        state = policy.state_dict()
         return cls(config, num_envs=num_envs, train=train, initial_state=state, n_features=n_features)
 
 
@@ -360,10 +375,12 @@ def paper_controller(num_envs: int = 10, train: bool = True) -> ReinforceControl
     return ReinforceController(ReinforceConfig.paper(), num_envs=num_envs, train=train, env_overrides=PAPER_ENV_KWARGS)
 
 
-def transfer_controller(policy: str = "digits", train: bool = True, num_envs: int = 10) -> ReinforceController:
+def transfer_controller(
+    policy: str = "digits", train: bool = True, num_envs: int = 10, temperature: float = 1.0
+) -> ReinforceController:
     """A controller that starts from the shipped ``policy`` (section 6.3's policy transfer): fine-tuned
-    online (``train=True``) or run frozen."""
-    return ReinforceController.load(library_policy(policy), train=train, num_envs=num_envs)
+    online (``train=True``) or run frozen; ``temperature`` as in :meth:`ReinforceController.load`."""
+    return ReinforceController.load(library_policy(policy), train=train, num_envs=num_envs, temperature=temperature)
 
 
 # ---------------------------------------------------------------------- command line
@@ -372,12 +389,18 @@ def main(argv: list[str] | None = None) -> None:
     cli.add_run_args(parser, default_num_envs=10)
     cli.add_dataclass_args(parser, ReinforceConfig)
     parser.add_argument("--freeze", action="store_true", help="with --load: run the saved policy without learning")
+    parser.add_argument(
+        "--temperature", type=float, default=1.0,
+        help="with --load: divide the saved policy's logits by this (above 1 a deterministic policy explores again)",
+    )
     args = parser.parse_args(argv)
     cli.check_load_args(parser, ReinforceConfig, args)
     if args.load:
         try:
-            controller = ReinforceController.load(args.load, train=not args.freeze, num_envs=args.num_envs)
-        except checkpoints.CheckpointError as exc:
+            controller = ReinforceController.load(
+                args.load, train=not args.freeze, num_envs=args.num_envs, temperature=args.temperature
+            )
+        except (checkpoints.CheckpointError, ValueError) as exc:
             cli.fail(str(exc))
     else:
         controller = ReinforceController(cli.dataclass_from_args(ReinforceConfig, args), num_envs=args.num_envs)

@@ -106,7 +106,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         controllers=FIXED_ROWS + ",phi-identity-sigmoid,reinforce-paper,reinforce-paper-multi,"
         "reinforce-paper@beta=0.01,reinforce-paper-multi@beta=0.01,ppo@fixed_diagonal=false;step_scaling=entry,"
         "reinforce-frozen,reinforce-multi,reinforce-transfer-frozen,reinforce-transfer,ce(num_envs=2),"
-        "adalfl@offline_steps=50,learnloss",
+        "adalfl@offline_steps=50,learnloss,"
+        # Ablation of the transferred policy: it lowers every off-diagonal entry by one step per step, to
+        # -0.444 after 40 steps; these hold such a Phi fixed from the start, on the same 2 children.
+        "phi-uniform(off_diagonal=-0.444;num_envs=2),phi-uniform(off_diagonal=-0.1;num_envs=2),"
+        # Fine-tuning that can learn: the shipped policy's logits divided by 10 (at 1 it is deterministic).
+        "reinforce-transfer(temperature=10)",
         seeds=5,
         children=2,
         # 1200 iterations of batch 128 are about 3 epochs of the 50k training images; K = 30 gives 40 steps.
@@ -117,7 +122,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         env="ALA-CIFAR10-v0",
         controllers=FIXED_ROWS + ",phi-identity-sigmoid,reinforce-paper,reinforce-paper-multi,"
         "reinforce-paper@beta=0.01,reinforce-paper-multi@beta=0.01,ppo@fixed_diagonal=false;step_scaling=entry,"
-        "reinforce-frozen,reinforce-multi,reinforce-transfer-frozen,reinforce-transfer,ce(num_envs=2)",
+        "reinforce-frozen,reinforce-multi,reinforce-transfer-frozen,reinforce-transfer,ce(num_envs=2),"
+        "reinforce-transfer(temperature=10)",
         seeds=5,
         children=2,
         env_kwargs=dict(

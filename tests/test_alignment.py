@@ -180,6 +180,28 @@ def test_shipped_policy_loads_weights_only_and_runs_frozen_and_fine_tuned():
         library_policy("imagenet")
 
 
+def test_a_temperature_makes_the_deterministic_shipped_policy_explore_again():
+    from agents.reinforce import PairPolicy, library_policy, transfer_controller
+
+    shipped = ReinforceController.load(library_policy("digits"))
+    warm = transfer_controller(train=True, num_envs=2, temperature=10.0)
+    policies = []
+    for controller in (shipped, warm):
+        policy = PairPolicy(24, controller.config.hidden, torch.Generator())
+        policy.load_state_dict(controller.initial_state)
+        policies.append(policy)
+    observations = torch.rand(5, 55, 24, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(policies[1](observations), policies[0](observations) / 10.0)
+    entropies = []
+    for temperature in (1.0, 10.0):
+        _, logs = run_digits(transfer_controller(train=True, num_envs=2, temperature=temperature))
+        entropies.append(logs[0]["entropy"])
+    assert entropies[0] < 0.01 < 0.05 < entropies[1]  # at 1 the policy acts deterministically: nothing to learn
+    with pytest.raises(ValueError, match="temperature must be positive"):
+        transfer_controller(temperature=0.0)
+
+
 def test_reward_agreement_script_compares_two_disjoint_validation_subsets(tmp_path, monkeypatch):
     from benchmarks import reward_agreement
 
