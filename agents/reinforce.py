@@ -67,7 +67,7 @@ class ReinforceConfig:
     pair_credit: bool = True
     """Per-pair rewards: the decision on pair ``(i, j)`` is credited with the sign of the improvement of the
     discounted validation metric on the samples of classes ``i`` and ``j`` (the env's
-    ``info["pair_improvement"]``), not with one reward shared by all pairs. False is the paper."""
+    ``info["row_improvement"]``), not with one reward shared by all pairs. False is the paper."""
     init_no_change: float = 0.0
     """Probability of "no change" for every pair at initialisation (the output layer is scaled by 0.01 and
     its bias set accordingly), so that an untrained policy explores less; 0 keeps PyTorch's default
@@ -158,12 +158,12 @@ def mean_entropy(logits: torch.Tensor) -> torch.Tensor:
 
 def pair_rewards(rewards: np.ndarray, infos: dict, pair_credit: bool, n_pairs: int) -> np.ndarray:
     """``[num_envs, n_pairs]`` rewards per decision: each pair's sign of improvement on its two classes
-    (``info["pair_improvement"]``) under ``pair_credit``, else the child's reward for every pair. A diverged
+    (``info["row_improvement"]``) under ``pair_credit``, else the child's reward for every pair. A diverged
     child's pairs all get its (penalty) reward."""
     shared = np.repeat(np.asarray(rewards, dtype=np.float64)[:, None], n_pairs, axis=1)
     if not pair_credit:
         return shared
-    own = np.sign(np.asarray(infos["pair_improvement"], dtype=np.float64))
+    own = np.sign(np.asarray(infos["row_improvement"], dtype=np.float64))
     return np.where(np.asarray(infos["diverged"], dtype=bool)[:, None], shared, own)
 
 
@@ -217,7 +217,7 @@ class ReinforceController(Controller):
         n_pairs = int(envs.single_action_space.shape[0])
         self.baseline = np.zeros(n_pairs)
         # Pairs whose action the env ignores (a held diagonal) carry no information: no gradient from them.
-        self.movable = torch.as_tensor(np.asarray(envs.get_attr("movable_pairs")[0], dtype=bool))
+        self.movable = torch.as_tensor(np.asarray(envs.get_attr("movable_rows")[0], dtype=bool))
         self.running = np.ones(envs.num_envs, dtype=bool)
         self._started = False
 

@@ -133,7 +133,7 @@ def _plain_loop(env: ALAClassificationEnv, seed: int) -> Callable[[int], None]:
 def _trainer_loop(env: ALAClassificationEnv, seed: int, phi: np.ndarray) -> Callable[[int], None]:
     """The package's trainer under Eq. 6 (the env's loss settings) at ``phi``; reads the mean loss back."""
     trainer = ChildTrainer(env.data, env.train_config, seed)
-    settings = env.settings
+    settings = env.task_settings
     loss = PhiLoss(
         torch.zeros(phi.shape, device=env.data.device), settings.loss_form, settings.sigmoid_temperature, settings.negative_floor
     )
@@ -204,8 +204,8 @@ def measure(name: str, device: torch.device, repeats: int, steps_per_action: int
         "model": env.train_config.model,
         "steps_per_action": k,
         "batch_size": env.train_config.batch_size,
-        "eval_points": env.eval_points,
-        "eval_stride": env.eval_stride,
+        "eval_points": env.settings.eval_points,
+        "eval_stride": env.settings.eval_stride,
         "val_eval_images": len(env.val_eval),
         "eval_batch_size": env.train_config.eval_batch_size,
         "train_images": len(env.data.train),
@@ -219,7 +219,7 @@ def measure(name: str, device: torch.device, repeats: int, steps_per_action: int
         "env_vs_trainer_cpu_pct": 100.0 * (median_cpu["env"] / median_cpu["trainer"] - 1),
         "load_average_after": os.getloadavg(),
         "validation_pass_s": eval_pass,
-        "validation_share_of_step_pct": 100.0 * env.eval_points * eval_pass / median_wall["env"],
+        "validation_share_of_step_pct": 100.0 * env.settings.eval_points * eval_pass / median_wall["env"],
         **costs,
     }
 

@@ -102,7 +102,7 @@ def test_identity_baselines_keep_phi_and_linear_identity_equals_cross_entropy():
         controller = agents.CONTROLLERS[name]()
         # The controller's env keywords win over the caller's.
         envs = controller.make_envs("ALA-Digits-v0", **{**TINY, "loss_form": "linear" if name == "ce" else "cross_entropy"})
-        assert envs.get_attr("loss_form")[0] == loss_form
+        assert envs.get_attr("task_settings")[0].loss_form == loss_form
         (records[name],), logs = run(controller, envs=envs)
         check_records([records[name]], 1)
         check_logs(logs, learner=False)

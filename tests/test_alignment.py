@@ -25,7 +25,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def test_default_diagonal_stays_one_and_off_diagonal_moves_beta_over_c_minus_one():
     env = gym.make("ALA-Digits-v0", beta=0.1, **TINY).unwrapped
     env.reset(seed=0)
-    assert not env.movable_pairs[DIAGONAL].any() and env.movable_pairs[~DIAGONAL].all()
+    assert not env.movable_rows[DIAGONAL].any() and env.movable_rows[~DIAGONAL].all()
     actions = [np.full(55, 2), np.full(55, 0), np.full(55, 0)]  # +, -, -
     expected_off = [0.1 / 9, 0.0, -0.1 / 9]
     for action, off in zip(actions, expected_off):
@@ -40,7 +40,7 @@ def test_default_diagonal_stays_one_and_off_diagonal_moves_beta_over_c_minus_one
 def test_paper_step_rules_stay_selectable():
     env = gym.make("ALA-Digits-v0", beta=0.1, **PAPER_ENV_KWARGS, **TINY).unwrapped
     env.reset(seed=0)
-    assert env.movable_pairs.all()
+    assert env.movable_rows.all()
     *_, info = env.step(np.full(55, 0))
     np.testing.assert_allclose(info["phi"], np.eye(10) * 0.9 - 0.1 * (1 - np.eye(10)), atol=1e-12)
     with pytest.raises(ValueError, match="step_scaling"):
@@ -54,7 +54,7 @@ def pair_values(class_values: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return np.where(i == j, class_values[i], pooled)
 
 
-def test_pair_improvement_matches_the_confusion_statistics_under_nll():
+def test_row_improvement_matches_the_confusion_statistics_under_nll():
     # With one evaluation per step the discounted metric is the step's last evaluation; under metric="nll"
     # a class's metric is its diagonal Eq. 7 statistic, so the per-pair credit follows from info["confusion"].
     env = gym.make("ALA-Digits-v0", metric="nll", **TINY).unwrapped
@@ -62,25 +62,25 @@ def test_pair_improvement_matches_the_confusion_statistics_under_nll():
     counts = env.val_class_counts.astype(float)
     assert counts.sum() == len(env.val_eval.labels)
     previous = pair_values(np.diag(info["confusion"]), counts)
-    np.testing.assert_array_equal(info["pair_improvement"], np.zeros(55))
+    np.testing.assert_array_equal(info["row_improvement"], np.zeros(55))
     rng = np.random.default_rng(0)
     for _ in range(3):
         *_, info = env.step(rng.integers(0, 3, 55))
         now = pair_values(np.diag(info["confusion"]), counts)
-        np.testing.assert_allclose(info["pair_improvement"], previous - now, atol=1e-9)
+        np.testing.assert_allclose(info["row_improvement"], previous - now, atol=1e-9)
         # Pooled over all classes the per-class NLL is the validation NLL.
         assert np.dot(counts, np.diag(info["confusion"])) / counts.sum() == pytest.approx(info["val_metric"], abs=1e-6)
         previous = now
 
 
-def test_pair_improvement_under_error_counts_the_pair_samples_mistakes():
+def test_row_improvement_under_error_counts_the_pair_samples_mistakes():
     env = gym.make("ALA-Digits-v0", **TINY).unwrapped
     env.reset(seed=2)
     before = class_errors(env)
     *_, info = env.step(np.full(55, 1))
     after = class_errors(env)
     counts = env.val_class_counts.astype(float)
-    np.testing.assert_allclose(info["pair_improvement"], pair_values(before, counts) - pair_values(after, counts), atol=1e-6)
+    np.testing.assert_allclose(info["row_improvement"], pair_values(before, counts) - pair_values(after, counts), atol=1e-6)
     assert np.dot(counts, after) / counts.sum() == pytest.approx(info["val_metric"], abs=1e-6)
 
 
@@ -91,7 +91,7 @@ def class_errors(env) -> np.ndarray:
 
 
 def test_pair_rewards_use_each_pairs_sign_and_the_penalty_on_divergence():
-    infos = {"pair_improvement": np.array([[0.2, -0.1, 0.0], [0.5, 0.5, 0.5]]), "diverged": np.array([False, True])}
+    infos = {"row_improvement": np.array([[0.2, -0.1, 0.0], [0.5, 0.5, 0.5]]), "diverged": np.array([False, True])}
     rewards = np.array([1.0, -10.0])
     np.testing.assert_array_equal(pair_rewards(rewards, infos, True, 3), [[1, -1, 0], [-10, -10, -10]])
     np.testing.assert_array_equal(pair_rewards(rewards, infos, False, 3), [[1, 1, 1], [-10, -10, -10]])

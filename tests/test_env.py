@@ -234,7 +234,7 @@ def test_accuracy_rewards_have_the_signs_of_error_rewards(make) -> None:
         for metric, step in steps.items():
             rewards[metric].append(step[1])
         # the metrics are float32 on the device: equal up to its rounding, so the credit up to that too
-        credit = {metric: step[4]["pair_improvement"] for metric, step in steps.items()}
+        credit = {metric: step[4]["row_improvement"] for metric, step in steps.items()}
         np.testing.assert_allclose(credit["accuracy"], credit["error"], atol=1e-6)
         assert steps["accuracy"][4]["val_metric"] == pytest.approx(1.0 - steps["error"][4]["val_metric"], abs=1e-6)
         if steps["error"][2]:

@@ -15,6 +15,7 @@ from ala_gym.core.metrics import (
     confusion_statistics,
     discounted_metric,
     error_rate,
+    improvement,
     mean_nll,
 )
 
@@ -80,9 +81,9 @@ def test_class_metric_of_accuracy_complements_error() -> None:
 
 
 def test_improvement_follows_the_direction() -> None:
-    assert METRICS["error"].improvement(0.3, 0.2) == pytest.approx(0.1)
-    assert METRICS["accuracy"].improvement(0.7, 0.8) == pytest.approx(0.1)
-    assert METRICS["nll"].improvement(1.0, 2.0) == -1.0
+    assert improvement(0.3, 0.2, METRICS["error"].higher_is_better) == pytest.approx(0.1)
+    assert improvement(0.7, 0.8, METRICS["accuracy"].higher_is_better) == pytest.approx(0.1)
+    assert improvement(1.0, 2.0, METRICS["nll"].higher_is_better) == -1.0
     assert METRICS["accuracy"].worst == 0.0 and METRICS["error"].worst == 1.0
 
 

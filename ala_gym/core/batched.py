@@ -23,10 +23,10 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from ala_gym.core.data import BatchSampler, ClassificationData, Split
 from ala_gym.core.losses import ParamLoss
-from ala_gym.core.metrics import ClassificationEvaluator, Evaluation
+from ala_gym.core.metrics import Evaluation, Evaluator
 from ala_gym.core.models import build_model
 from ala_gym.core.sgd import Tensors, sgd_step
-from ala_gym.core.trainer import ChildRecord, SequentialChildren, TrainConfig, seed_streams
+from ala_gym.core.trainer import ChildRecord, SequentialChildren, TrainConfig, resolve_evaluator, seed_streams
 
 TRAIN_MODES = ("auto", "batched", "sequential")
 
@@ -127,8 +127,9 @@ class BatchedTrainer:
         return masked.detach()
 
     def train_chunks(
-        self, plans: dict[int, list[int]], losses: list[ParamLoss], split: Split, metric: str, record: ChildRecord
-    ) -> None:
+        self, plans: dict[int, list[int]], losses: list[ParamLoss], split: Split, evaluator: Evaluator | str,
+        record: ChildRecord,
+    ) -> None:  # fmt: skip
         """Every planned child's chunks in lockstep: one vmapped SGD iteration per tick, each child
         evaluated on ``split`` after each of its chunks (``record(child, chunk_index, loss_sum, evaluation)``)
         and dropped from the batch once its plan is done or ``record`` returned False (diverged).
@@ -150,7 +151,7 @@ class BatchedTrainer:
                     ready.append(int(i))
             if not ready:
                 continue
-            evaluations = self.evaluate(split, ready, metric)
+            evaluations = self.evaluate(split, ready, evaluator)
             loss_sums = chunk_loss[ready].double().cpu().numpy()  # one host copy for all ready children
             for i, evaluation, loss_sum in zip(ready, evaluations, loss_sums):
                 keep_going = record(i, next_chunk[i], float(loss_sum), evaluation)
@@ -175,9 +176,9 @@ class BatchedTrainer:
             outputs.append(self._forward(params, buffers, inputs.expand(len(children), *inputs.shape)))
         return torch.cat(outputs, dim=1)
 
-    def evaluate(self, split: Split, children: list[int], metric: str = "error") -> list[Evaluation]:
-        """Per listed child: its outputs on ``split`` under :class:`ClassificationEvaluator` with ``metric``."""
-        evaluator = ClassificationEvaluator(self.data.num_classes, metric)
+    def evaluate(self, split: Split, children: list[int], evaluator: Evaluator | str = "error") -> list[Evaluation]:
+        """Per listed child: its outputs on ``split`` under ``evaluator`` (a metric name: classification)."""
+        evaluator = resolve_evaluator(evaluator, self.data.num_classes)
         return [evaluator(child_logits, split.labels) for child_logits in self.logits(split, children)]
 
 

@@ -50,9 +50,11 @@ class Metric:
     worst: float
     """The value a diverged child scores (its test and final validation metric)."""
 
-    def improvement(self, old: Any, new: Any) -> Any:
-        """How much ``new`` is better than ``old`` (positive = better), for scalars or arrays alike."""
-        return new - old if self.higher_is_better else old - new
+
+def improvement(old: Any, new: Any, higher_is_better: bool) -> Any:
+    """How much ``new`` is better than ``old`` under a metric's direction (positive = better), for scalars
+    or arrays alike."""
+    return new - old if higher_is_better else old - new
 
 
 METRICS = {
@@ -105,8 +107,8 @@ class Evaluation:
 
     @property
     def loss(self) -> float:
-        """Cross-entropy on the split (``statistics["nll"]``)."""
-        return self.statistics["nll"]
+        """Cross-entropy on the split (``statistics["nll"]``); NaN where the evaluator computes none."""
+        return self.statistics.get("nll", float("nan"))
 
     @property
     def confusion(self) -> np.ndarray:
@@ -122,6 +124,8 @@ class Evaluator(Protocol):
     """Outputs and labels of a split in, :class:`Evaluation` out."""
 
     higher_is_better: bool
+    worst: float
+    """The metric's worst value: what a diverged child scores."""
 
     def __call__(self, outputs: torch.Tensor, labels: torch.Tensor) -> Evaluation: ...
 
@@ -132,7 +136,7 @@ class ClassificationEvaluator:
 
     def __init__(self, num_classes: int, metric: str = "error") -> None:
         self.num_classes, self.name, self.metric = num_classes, metric, get_metric(metric)
-        self.higher_is_better = self.metric.higher_is_better
+        self.higher_is_better, self.worst = self.metric.higher_is_better, self.metric.worst
 
     def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> Evaluation:
         num_classes = self.num_classes

@@ -19,7 +19,7 @@ from torch import nn
 
 from ala_gym.core.data import BatchSampler, ClassificationData, Split
 from ala_gym.core.losses import LossFn
-from ala_gym.core.metrics import ClassificationEvaluator, Evaluation
+from ala_gym.core.metrics import ClassificationEvaluator, Evaluation, Evaluator
 from ala_gym.core.models import build_model
 from ala_gym.core.sgd import Tensors, sgd_step
 
@@ -139,16 +139,17 @@ class ChildTrainer:
         return float(total) / iterations
 
     def train_chunks(
-        self, chunks: Sequence[int], loss_fn: LossFn, split: Split, metric: str, record: Record,
+        self, chunks: Sequence[int], loss_fn: LossFn, split: Split, evaluator: Evaluator | str, record: Record,
         on_batch: BatchHook | None = None,
     ) -> None:  # fmt: skip
         """Train ``chunks[0]`` iterations, evaluate on ``split``, ``record`` it; then the next chunk.
 
         Stops early when ``record`` returns False (no compute spent on a diverged child).
         """
+        evaluator = resolve_evaluator(evaluator, self.data.num_classes)
         for index, chunk in enumerate(chunks):
             loss_sum = self.train(chunk, loss_fn, on_batch) * chunk
-            if not record(index, loss_sum, self.evaluate(split, metric)):
+            if not record(index, loss_sum, self.evaluate(split, evaluator)):
                 break
 
     @torch.no_grad()
@@ -159,9 +160,14 @@ class ChildTrainer:
         outputs = [self.model(self.data.normalize(split.images[i : i + step])) for i in range(0, len(split), step)]
         return torch.cat(outputs)
 
-    def evaluate(self, split: Split, metric: str = "error") -> Evaluation:
-        """The current model on ``split`` under :class:`ClassificationEvaluator` with ``metric``."""
-        return ClassificationEvaluator(self.data.num_classes, metric)(self.logits(split), split.labels)
+    def evaluate(self, split: Split, evaluator: Evaluator | str = "error") -> Evaluation:
+        """The current model on ``split`` under ``evaluator`` (a metric name: :class:`ClassificationEvaluator`)."""
+        return resolve_evaluator(evaluator, self.data.num_classes)(self.logits(split), split.labels)
+
+
+def resolve_evaluator(evaluator: Evaluator | str, num_classes: int) -> Evaluator:
+    """``evaluator`` itself, or for a metric name the :class:`ClassificationEvaluator` of ``num_classes`` classes."""
+    return ClassificationEvaluator(num_classes, evaluator) if isinstance(evaluator, str) else evaluator
 
 
 class SequentialChildren:
@@ -179,12 +185,13 @@ class SequentialChildren:
     def reset_child(self, child: int, seed: int) -> None:
         self.trainers[child] = ChildTrainer(self.data, self.config, seed)
 
-    def evaluate(self, split: Split, children: list[int], metric: str = "error") -> list[Evaluation]:
-        return [self.trainers[i].evaluate(split, metric) for i in children]
+    def evaluate(self, split: Split, children: list[int], evaluator: Evaluator | str = "error") -> list[Evaluation]:
+        return [self.trainers[i].evaluate(split, evaluator) for i in children]
 
     def train_chunks(
-        self, plans: dict[int, list[int]], losses: Sequence[LossFn], split: Split, metric: str, record: ChildRecord
-    ) -> None:
+        self, plans: dict[int, list[int]], losses: Sequence[LossFn], split: Split, evaluator: Evaluator | str,
+        record: ChildRecord,
+    ) -> None:  # fmt: skip
         """Child after child: ``plans[i]``'s chunks under ``losses[i]`` (see :meth:`ChildTrainer.train_chunks`)."""
         for i, chunks in plans.items():
-            self.trainers[i].train_chunks(chunks, losses[i], split, metric, partial(record, i))
+            self.trainers[i].train_chunks(chunks, losses[i], split, evaluator, partial(record, i))

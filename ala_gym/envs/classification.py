@@ -1,35 +1,24 @@
-"""The base ALA classification environment; the registered tasks are small subclasses of it."""
+"""The ALA classification environment; the registered tasks are small subclasses of it."""
 
 from __future__ import annotations
 
-import multiprocessing
 import numbers
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import torch
-from gymnasium import spaces
 
 from ala_gym.core.data import ClassificationData, load_dataset, resolve_device
-from ala_gym.envs.episode import (
-    CHANGE_CLIP,
-    CONFUSION_CLIP,
-    MOVING_AVERAGE_RATE,
-    N_ACTIONS,
-    ChildEpisode,
-    EpisodeSettings,
-)
-from ala_gym.core.losses import LOSS_FORMS, check_phi, class_pairs
-from ala_gym.core.metrics import METRICS, Evaluation
-from ala_gym.core.trainer import ChildTrainer, TrainConfig
+from ala_gym.core.losses import LOSS_FORMS, check_phi
+from ala_gym.core.metrics import METRICS, ClassificationEvaluator
+from ala_gym.core.trainer import TrainConfig
+from ala_gym.envs.base import ALAEnv, episode_settings, set_threads, validation_subsample
+from ala_gym.envs.class_pairs import STEP_SCALINGS, ClassPairSettings, ClassPairTask
 
-STEP_SCALINGS = ("row", "entry")
-
-__all__ = ["ALAClassificationEnv", "CHANGE_CLIP", "CONFUSION_CLIP", "MOVING_AVERAGE_RATE", "N_ACTIONS"]
+__all__ = ["ALAClassificationEnv"]
 
 
-class ALAClassificationEnv(gym.Env):
+class ALAClassificationEnv(ALAEnv):
     """
     ## Description
     One child model trained under the adaptive loss of Adaptive Loss Alignment (Huang et al., ICML 2019,
@@ -46,7 +35,7 @@ class ALAClassificationEnv(gym.Env):
     ``step`` is, by default (``fixed_diagonal=True``, ``step_scaling="row"``):
 
     * ``0`` on the diagonal: ``Phi(i, i)`` stays at its initial value (1), and diagonal actions are
-      ignored (``movable_pairs`` marks the pairs an action can move);
+      ignored (``movable_rows`` marks the pairs an action can move);
     * ``beta / (C - 1)`` off the diagonal, so that one step changes a row's off-diagonal mass by at most
       ``beta`` whatever the class count (for 100 classes this is the 0.001 step that a public CIFAR-100
       re-implementation found by hand).
@@ -106,7 +95,7 @@ class ALAClassificationEnv(gym.Env):
 
     ``info`` always carries ``val_metric`` and ``val_loss`` (subsample, at the step's last iteration),
     ``val_metric_discounted`` (``M_t``), ``train_loss`` (mean loss under Phi over the step), ``iteration``,
-    ``phi`` (``C x C``), ``confusion`` (the raw Eq. 7 statistics), ``diverged`` and ``pair_improvement``:
+    ``phi`` (``C x C``), ``confusion`` (the raw Eq. 7 statistics), ``diverged`` and ``row_improvement``:
     per class pair ``(i, j)``, the improvement of the discounted validation metric (Eq. 4) restricted to the
     validation samples of classes ``i`` and ``j`` (``i`` alone on the diagonal), from the last step to this
     one: the credit of each pair's own decision, for controllers that want it (zero at reset and on
@@ -137,7 +126,7 @@ class ALAClassificationEnv(gym.Env):
 
     ## Version History
     * v0: initial version; later made ``fixed_diagonal=True`` and ``step_scaling="row"`` the defaults
-      and added ``info["pair_improvement"]`` (the paper's step rule stays selectable by keyword).
+      and added ``info["row_improvement"]`` (the paper's step rule stays selectable by keyword).
     """
 
     metadata = {"render_modes": ["rgb_array", "ansi"], "render_fps": 4}
@@ -178,22 +167,13 @@ class ALAClassificationEnv(gym.Env):
         device: str = "auto",
         num_threads: int | None = None,
     ) -> None:
-        for name, value in (("beta", beta), ("lr", lr), ("divergence_penalty", divergence_penalty)):
+        for name, value in (("beta", beta), ("lr", lr)):
             if not isinstance(value, numbers.Real) or not np.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value!r}")
-        if val_subsample is not None and (not isinstance(val_subsample, (int, np.integer)) or val_subsample < 1):
-            raise ValueError(f"val_subsample must be a positive number of images or None (all), got {val_subsample!r}")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
         self.render_mode = render_mode
-        if num_threads is None and multiprocessing.parent_process() is not None:
-            num_threads = 1
-        if num_threads is not None:
-            if num_threads < 1:
-                raise ValueError(f"num_threads must be positive, got {num_threads}")
-            torch.set_num_threads(num_threads)
-        if steps_per_action < 1:
-            raise ValueError(f"steps_per_action must be positive, got {steps_per_action}")
+        set_threads(num_threads)
         if beta <= 0:
             raise ValueError(f"beta must be positive, got {beta}")
         if step_scaling not in STEP_SCALINGS:
@@ -202,10 +182,10 @@ class ALAClassificationEnv(gym.Env):
             raise ValueError(f"unknown loss_form {loss_form!r}; choose one of {LOSS_FORMS}")
         if metric not in METRICS:
             raise ValueError(f"unknown metric {metric!r}; choose one of {sorted(METRICS)}")
-        if reward not in ("sign", "raw"):
-            raise ValueError(f"reward must be 'sign' or 'raw', got {reward!r}")
-        if not 0 < gamma <= 1 or eval_points < 1 or eval_stride < 1 or history < 1:
-            raise ValueError("need 0 < gamma <= 1 and positive eval_points, eval_stride, history")
+        settings = episode_settings(
+            total_iterations=total_iterations, steps_per_action=steps_per_action, reward=reward, gamma=gamma,
+            eval_points=eval_points, eval_stride=eval_stride, history=history, divergence_penalty=divergence_penalty,
+        )  # fmt: skip
         self.train_config = TrainConfig(
             model=model,
             total_iterations=total_iterations,
@@ -225,82 +205,26 @@ class ALAClassificationEnv(gym.Env):
             loader_kwargs["val_size"] = val_size
         self.data: ClassificationData = load_dataset(dataset, device=resolve_device(device), **loader_kwargs)
         self.num_classes = self.data.num_classes
-        self.pairs = class_pairs(self.num_classes)
         self.steps_per_action = steps_per_action
         self.beta = beta
         self.phi_init = check_phi(np.eye(self.num_classes) if phi_init is None else phi_init, self.num_classes)
-        self.loss_form, self.sigmoid_temperature = loss_form, sigmoid_temperature
-        self.metric, self.reward_type, self.gamma = metric, reward, gamma
-        self.eval_points, self.eval_stride, self.history = eval_points, eval_stride, history
-        self.divergence_penalty = float(divergence_penalty)
-        self.val_eval = self._subsample(self.data.val, val_subsample, split_seed)
-
-        self.settings = EpisodeSettings(
+        self.metric = metric
+        self.evaluator = ClassificationEvaluator(self.num_classes, metric)
+        self.val_eval = validation_subsample(self.data.val, val_subsample, split_seed)
+        self.val_class_counts = torch.bincount(self.val_eval.labels, minlength=self.num_classes).cpu().numpy()
+        self.task_settings = ClassPairSettings(
             num_classes=self.num_classes,
-            total_iterations=total_iterations,
-            steps_per_action=steps_per_action,
             beta=beta,
             loss_form=loss_form,
             sigmoid_temperature=sigmoid_temperature,
             negative_floor=negative_floor,
-            metric=metric,
-            reward=reward,
-            gamma=gamma,
-            eval_points=eval_points,
-            eval_stride=eval_stride,
-            history=history,
-            divergence_penalty=self.divergence_penalty,
             fixed_diagonal=bool(fixed_diagonal),
             step_scaling=step_scaling,
         )
-        # Which pairs an action can move (all but the diagonal under ``fixed_diagonal``): learned
-        # controllers leave the others out of their policy gradient.
-        self.movable_pairs = self.settings.step_sizes() > 0
-        self.val_class_counts = torch.bincount(self.val_eval.labels, minlength=self.num_classes).cpu().numpy()
+        self._setup(settings)
 
-        n_pairs = len(self.pairs)
-        self.n_features = 2 * history + 4
-        low = np.concatenate([np.zeros(2 * history), [-CHANGE_CLIP] * 2, [-1.0, 0.0]]).astype(np.float32)
-        high = np.concatenate([np.full(2 * history, CONFUSION_CLIP), [CHANGE_CLIP] * 2, [1.0, 1.0]]).astype(np.float32)
-        self.observation_space = spaces.Box(np.tile(low, (n_pairs, 1)), np.tile(high, (n_pairs, 1)), dtype=np.float32)
-        self.action_space = spaces.MultiDiscrete(np.full(n_pairs, N_ACTIONS, dtype=np.int64))
-
-        self.trainer: ChildTrainer | None = None
-        self.episode = ChildEpisode(self.settings, self.phi_init, self.data.device, self.val_class_counts)
-
-    @staticmethod
-    def _subsample(split, size: int | None, seed: int):
-        if size is None or size >= len(split):
-            return split
-        order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed + 2))[:size]
-        return split.subset(order.to(split.labels.device))
-
-    # ---------------------------------------------------------------- gymnasium API
-    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
-        super().reset(seed=seed)
-        self.trainer = ChildTrainer(self.data, self.train_config, int(self.np_random.integers(2**63 - 1)))
-        observation, self._last_info = self.episode.begin(
-            self.trainer.evaluate(self.val_eval, self.metric), self.trainer.iteration
-        )
-        return observation, self._last_info
-
-    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
-        if self.trainer is None or not self.episode.running:
-            raise RuntimeError("the episode has ended (or never started): call reset() before step()")
-        self.episode.apply_action(action)
-        self.trainer.train_chunks(
-            self.episode.plan(self.trainer.iteration), self.episode.loss, self.val_eval, self.metric, self.episode.record_chunk
-        )
-        observation, reward, terminated, info = self.episode.finish(self.trainer.iteration)
-        if terminated:
-            info.update(self.episode.final_metrics(self.evaluate_split))
-        self._last_info = info
-        return observation, reward, terminated, False, info
-
-    def evaluate_split(self, split: str) -> Evaluation:
-        """The current child's :class:`ala_gym.core.metrics.Evaluation` on the full ``"val"`` or ``"test"`` split."""
-        assert self.trainer is not None
-        return self.trainer.evaluate({"val": self.data.val, "test": self.data.test}[split], self.metric)
+    def make_task(self) -> ClassPairTask:
+        return ClassPairTask(self.task_settings, self.phi_init, self.data.device, self.val_class_counts)
 
     # ---------------------------------------------------------------- rendering
     def render(self) -> np.ndarray | str | None:
@@ -346,18 +270,7 @@ class ALAClassificationEnv(gym.Env):
         canvas.draw()
         return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
-    # ---------------------------------------------------------------- Phi, readable and settable
-    @property
-    def phi(self) -> np.ndarray:
-        """The current ``C x C`` Phi. Assigning it (symmetric, entries in [-1, 1]) lets fixed baselines
-        prescribe Phi; through a vector env: ``envs.set_attr("phi", [phi_0, phi_1, ...])``."""
-        return self.episode.phi
-
-    @phi.setter
-    def phi(self, value: np.ndarray) -> None:
-        self.episode.phi = value
-
     @property
     def phi_pairs(self) -> np.ndarray:
         """Phi as one value per class pair (the order of ``ala_gym.core.losses.class_pairs``)."""
-        return self.episode.phi_pairs
+        return self.episode.task.values

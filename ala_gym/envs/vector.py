@@ -12,10 +12,11 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from ala_gym.core.batched import TRAIN_MODES, BatchedTrainer, build_children, default_train_mode
-from ala_gym.envs.classification import ALAClassificationEnv
-from ala_gym.envs.episode import ChildEpisode, check_action
 from ala_gym.core.metrics import Evaluation
 from ala_gym.core.trainer import SequentialChildren
+from ala_gym.envs.base import ALAEnv
+from ala_gym.envs.episode import Episode
+from ala_gym.envs.task import check_action
 
 class ALAVectorEnv(VectorEnv):
     """
@@ -71,7 +72,7 @@ class ALAVectorEnv(VectorEnv):
 
     def __init__(
         self,
-        env_id: str | type[ALAClassificationEnv],
+        env_id: str | type[ALAEnv],
         num_envs: int,
         *,
         max_episode_steps: int | None = None,
@@ -85,7 +86,7 @@ class ALAVectorEnv(VectorEnv):
             env_class = gym.envs.registration.load_env_creator(env_class)
         # The template validates the kwargs, applies the task's defaults, loads the data (once per
         # process: load_dataset caches) and carries the spaces and settings every child shares.
-        self.template: ALAClassificationEnv = env_class(**env_kwargs)
+        self.template: ALAEnv = env_class(**env_kwargs)
         self.data = self.template.data
         self.settings = self.template.settings
         self.num_envs = num_envs
@@ -97,8 +98,9 @@ class ALAVectorEnv(VectorEnv):
         )
         set_vector_spaces(self, self.template.observation_space, self.template.action_space, autoreset_mode)
 
+        evaluator = self.evaluator = self.template.evaluator
         self.episodes = [
-            ChildEpisode(self.settings, self.template.phi_init, self.data.device, self.template.val_class_counts)
+            Episode(self.settings, self.template.make_task(), evaluator.higher_is_better, evaluator.worst)
             for _ in range(num_envs)
         ]
         self._child_rngs: list[np.random.Generator] = [seeding.np_random(None)[0] for _ in range(num_envs)]
@@ -113,7 +115,7 @@ class ALAVectorEnv(VectorEnv):
         self._child_rngs = [seeding.np_random(s)[0] for s in seeds]
         trainer_seeds = [self._draw_trainer_seed(i) for i in range(self.num_envs)]
         self._children = build_children(self.train_mode, self.data, self.template.train_config, trainer_seeds)
-        evaluations = self._children.evaluate(self.template.val_eval, list(range(self.num_envs)), self.settings.metric)
+        evaluations = self._children.evaluate(self.template.val_eval, list(range(self.num_envs)), self.evaluator)
         infos: dict[str, Any] = {}
         observations = []
         for i, (episode, evaluation) in enumerate(zip(self.episodes, evaluations)):
@@ -138,7 +140,7 @@ class ALAVectorEnv(VectorEnv):
             iterations = self._children.iterations
             plans = {int(i): self.episodes[i].plan(int(iterations[i])) for i in np.flatnonzero(stepping)}
             self._children.train_chunks(
-                plans, [episode.loss for episode in self.episodes], self.template.val_eval, self.settings.metric,
+                plans, [episode.loss for episode in self.episodes], self.template.val_eval, self.evaluator,
                 lambda child, index, loss_sum, evaluation: self.episodes[child].record_chunk(index, loss_sum, evaluation),
             )  # fmt: skip
 
@@ -170,15 +172,18 @@ class ALAVectorEnv(VectorEnv):
 
     # ---------------------------------------------------------------- attributes (``set_attr("phi", ...)``)
     def get_attr(self, name: str) -> tuple[Any, ...]:
-        """Per child: ``"phi"`` (``C x C``) or any attribute of the single-env template."""
+        """Per child: ``"phi"`` (the task's loss parameters, ``C x C`` in classification) or any attribute of
+        the single-env template."""
         if name == "phi":
-            return tuple(episode.phi for episode in self.episodes)
+            return tuple(episode.task.phi for episode in self.episodes)
         return tuple(getattr(self.template, name) for _ in range(self.num_envs))
 
     def set_attr(self, name: str, values: list[Any] | tuple[Any, ...] | Any) -> None:
         """Set ``"phi"`` per child: a list of ``num_envs`` matrices, or one matrix for every child."""
-        for episode, value in zip(self.episodes, phi_values(name, values, self.num_envs)):
-            episode.phi = value
+        values = phi_values(name, values, self.num_envs)
+        checked = [episode.task.phi_checker()(value) for episode, value in zip(self.episodes, values)]
+        for episode, value in zip(self.episodes, checked):  # all checked before any child changes
+            episode.task.set_values(value)
 
     # ---------------------------------------------------------------- helpers
     def _draw_trainer_seed(self, child: int) -> int:
@@ -193,7 +198,7 @@ class ALAVectorEnv(VectorEnv):
         seed = self._draw_trainer_seed(child)
         assert self._children is not None
         self._children.reset_child(child, seed)
-        evaluation = self._children.evaluate(self.template.val_eval, [child], self.settings.metric)[0]
+        evaluation = self._children.evaluate(self.template.val_eval, [child], self.evaluator)[0]
         self._steps[child] = 0
         observation, info = self.episodes[child].begin(evaluation, 0)
         return observation, info | {"episode_step": 0}
@@ -201,7 +206,7 @@ class ALAVectorEnv(VectorEnv):
     def _evaluate_full(self, child: int, split: str) -> Evaluation:
         data = {"val": self.data.val, "test": self.data.test}[split]
         assert self._children is not None
-        return self._children.evaluate(data, [child], self.settings.metric)[0]
+        return self._children.evaluate(data, [child], self.evaluator)[0]
 
 
 
@@ -226,7 +231,7 @@ def check_actions(actions: Any, action_space: gym.Space, stepping: np.ndarray) -
     """The vector action as an array, every ``stepping`` child's action checked before any child changes."""
     actions = np.asarray(actions)
     if actions.shape != action_space.shape:
-        raise ValueError(f"actions must have shape {action_space.shape} (children x class pairs), got {actions.shape}")
+        raise ValueError(f"actions must have shape {action_space.shape} (children x rows), got {actions.shape}")
     for i in np.flatnonzero(stepping):
         check_action(actions[i], actions.shape[1])
     return actions

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -24,7 +24,6 @@ try:
 except ImportError as error:  # Ray is an optional extra
     raise ImportError("the Ray vector env needs Ray: pip install 'ala-gym[ray]'") from error
 
-from ala_gym.core.losses import check_phi
 from ala_gym.envs.vector import ALAVectorEnv, check_actions, check_vector_args, phi_values, seed_children, set_vector_spaces
 
 # Keys that belong to the step that ended an episode; a lost worker's children do not repeat them.
@@ -47,8 +46,8 @@ class ChildGroup:
         return {
             "single_observation_space": self.env.single_observation_space,
             "single_action_space": self.env.single_action_space,
-            "num_classes": template.num_classes,
-            "divergence_penalty": template.divergence_penalty,
+            "phi_checker": template.episode.task.phi_checker(),
+            "divergence_penalty": template.settings.divergence_penalty,
             "device": str(self.env.data.device),
             "train_mode": self.env.train_mode,
         }
@@ -147,7 +146,7 @@ class RayVectorEnv(VectorEnv):
         except RayTaskError as error:  # a bad task keyword: its own exception, not Ray's wrapper
             self.close()
             raise error.cause from None
-        self.num_classes: int = description["num_classes"]
+        self.phi_checker: Callable[[Any], np.ndarray] = description["phi_checker"]
         self.worker_lost_reward = (
             float(description["divergence_penalty"]) if worker_lost_reward is None else float(worker_lost_reward)
         )
@@ -237,7 +236,9 @@ class RayVectorEnv(VectorEnv):
 
     def set_attr(self, name: str, values: list[Any] | tuple[Any, ...] | Any) -> None:
         """Set ``"phi"`` per child: a list of ``num_envs`` matrices, or one matrix for every child."""
-        values = [check_phi(value, self.num_classes) for value in phi_values(name, values, self.num_envs)]  # all checks before any worker changes
+        values = list(phi_values(name, values, self.num_envs))
+        for value in values:  # all checks before any worker changes
+            self.phi_checker(value)
         pending = {g: self.workers[g].set_attr.remote("phi", values[group.start : group.stop])
                    for g, group in enumerate(self.groups) if not self._lost[g]}  # fmt: skip
         for g, ref in pending.items():
@@ -304,7 +305,7 @@ class RayVectorEnv(VectorEnv):
             if self._reported[child]:
                 continue
             last = self._last_info[child]
-            info = dict(last, worker_lost=True, pair_improvement=np.zeros_like(last["pair_improvement"]))
+            info = dict(last, worker_lost=True, row_improvement=np.zeros_like(last["row_improvement"]))
             rewards[child], terminations[child] = self.worker_lost_reward, True
             self._reported[child] = True
             infos = self._add_info(infos, info, child)

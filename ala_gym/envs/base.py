@@ -1,0 +1,144 @@
+"""The base of every ALA environment: one child trained by the core under a task's loss.
+
+:class:`ALAEnv` is generic: it trains the child with :class:`ala_gym.core.trainer.ChildTrainer`, evaluates it
+with the task's evaluator and delegates actions, rewards and observations to an
+:class:`ala_gym.envs.episode.Episode` over a :class:`ala_gym.envs.task.LossTask`. A task env (classification,
+metric learning) loads its data, builds its evaluator and names its task (:meth:`ALAEnv.make_task`);
+:class:`ala_gym.envs.vector.ALAVectorEnv` uses the same pieces for N children.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import numbers
+from abc import abstractmethod
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from ala_gym.core.data import ClassificationData, Split
+from ala_gym.core.metrics import Evaluation, Evaluator
+from ala_gym.core.trainer import ChildTrainer, TrainConfig
+from ala_gym.envs.episode import CHANGE_CLIP, Episode, EpisodeSettings
+from ala_gym.envs.task import N_ACTIONS, LossTask
+
+REWARDS = ("sign", "raw")
+
+
+class ALAEnv(gym.Env):
+    """A child's training run as an episode; subclasses set the data, the evaluator and the task.
+
+    A subclass's ``__init__`` sets ``data``, ``train_config``, ``evaluator`` and ``val_eval`` (the validation
+    split the reward is computed on), then calls :meth:`_setup` with the episode's rules.
+    """
+
+    metadata = {"render_modes": [], "render_fps": 4}
+    data: ClassificationData
+    train_config: TrainConfig
+    evaluator: Evaluator
+    val_eval: Split
+
+    @abstractmethod
+    def make_task(self) -> LossTask:
+        """A fresh task for one child (each child of a vector env gets its own)."""
+
+    def _setup(self, settings: EpisodeSettings) -> None:
+        """Build the task, the episode and the spaces (after ``data``, ``train_config`` and ``evaluator``)."""
+        self.settings = settings
+        self.trainer: ChildTrainer | None = None
+        task = self.make_task()
+        self.episode = Episode(settings, task, self.evaluator.higher_is_better, self.evaluator.worst)
+        # Which rows an action can move: learned controllers leave the others out of their policy gradient.
+        self.movable_rows = task.movable_rows
+        self.n_features = settings.n_features
+        history = settings.history
+        low = np.concatenate([np.zeros(2 * history), [-CHANGE_CLIP] * 2, [task.bounds[0], 0.0]]).astype(np.float32)
+        high = np.concatenate(
+            [np.full(2 * history, task.statistics_bound), [CHANGE_CLIP] * 2, [task.bounds[1], 1.0]]
+        ).astype(np.float32)
+        self.observation_space = spaces.Box(np.tile(low, (task.rows, 1)), np.tile(high, (task.rows, 1)), dtype=np.float32)
+        self.action_space = spaces.MultiDiscrete(np.full(task.rows, N_ACTIONS, dtype=np.int64))
+
+    # ---------------------------------------------------------------- gymnasium API
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self.trainer = ChildTrainer(self.data, self.train_config, int(self.np_random.integers(2**63 - 1)))
+        observation, self._last_info = self.episode.begin(
+            self.trainer.evaluate(self.val_eval, self.evaluator), self.trainer.iteration
+        )
+        return observation, self._last_info
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        if self.trainer is None or not self.episode.running:
+            raise RuntimeError("the episode has ended (or never started): call reset() before step()")
+        self.episode.apply_action(action)
+        self.trainer.train_chunks(
+            self.episode.plan(self.trainer.iteration), self.episode.loss, self.val_eval, self.evaluator,
+            self.episode.record_chunk,
+        )  # fmt: skip
+        observation, reward, terminated, info = self.episode.finish(self.trainer.iteration)
+        if terminated:
+            info.update(self.episode.final_metrics(self.evaluate_split))
+        self._last_info = info
+        return observation, reward, terminated, False, info
+
+    def evaluate_split(self, split: str) -> Evaluation:
+        """The current child's :class:`ala_gym.core.metrics.Evaluation` on the full ``"val"`` or ``"test"`` split."""
+        assert self.trainer is not None
+        return self.trainer.evaluate({"val": self.data.val, "test": self.data.test}[split], self.evaluator)
+
+    # ---------------------------------------------------------------- the loss parameters, readable and settable
+    @property
+    def phi(self) -> np.ndarray:
+        """The current loss parameters (the task's ``phi``: Phi's ``C x C`` matrix in classification).
+        Assigning them lets fixed baselines prescribe them; through a vector env:
+        ``envs.set_attr("phi", [phi_0, phi_1, ...])``."""
+        return self.episode.task.phi
+
+    @phi.setter
+    def phi(self, value: np.ndarray) -> None:
+        self.episode.task.phi = value
+
+
+def episode_settings(
+    *, total_iterations: int, steps_per_action: int, reward: str, gamma: float, eval_points: int, eval_stride: int,
+    history: int, divergence_penalty: float,
+) -> EpisodeSettings:  # fmt: skip
+    """The episode's rules, each checked with a message that names it."""
+    if not isinstance(divergence_penalty, numbers.Real) or not np.isfinite(divergence_penalty):
+        raise ValueError(f"divergence_penalty must be a finite number, got {divergence_penalty!r}")
+    if steps_per_action < 1:
+        raise ValueError(f"steps_per_action must be positive, got {steps_per_action}")
+    if reward not in REWARDS:
+        raise ValueError(f"reward must be one of {REWARDS}, got {reward!r}")
+    if not 0 < gamma <= 1 or eval_points < 1 or eval_stride < 1 or history < 1:
+        raise ValueError("need 0 < gamma <= 1 and positive eval_points, eval_stride, history")
+    return EpisodeSettings(
+        total_iterations=total_iterations, steps_per_action=steps_per_action, reward=reward, gamma=gamma,
+        eval_points=eval_points, eval_stride=eval_stride, history=history, divergence_penalty=float(divergence_penalty),
+    )  # fmt: skip
+
+
+def set_threads(num_threads: int | None) -> None:
+    """torch's intra-op threads of this process. ``None`` leaves the setting alone, except in a
+    multiprocessing worker, where it means 1: forked workers then neither oversubscribe the cores nor hang
+    on the parent's OpenMP pool."""
+    if num_threads is None and multiprocessing.parent_process() is not None:
+        num_threads = 1
+    if num_threads is not None:
+        if num_threads < 1:
+            raise ValueError(f"num_threads must be positive, got {num_threads}")
+        torch.set_num_threads(num_threads)
+
+
+def validation_subsample(split: Split, size: int | None, seed: int) -> Split:
+    """A fixed subsample of ``size`` samples of ``split`` (all of it for ``None``), drawn from ``seed``."""
+    if size is not None and (not isinstance(size, (int, np.integer)) or size < 1):
+        raise ValueError(f"val_subsample must be a positive number of images or None (all), got {size!r}")
+    if size is None or size >= len(split):
+        return split
+    order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed + 2))[:size]
+    return split.subset(order.to(split.labels.device))

@@ -1,0 +1,90 @@
+"""A new task is a small addition: a one-row task written here runs through the generic episode, the single
+env, the vector env and the environment checkers without any change to them."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium.utils.env_checker import check_env
+
+from ala_gym.core.losses import PhiLoss
+from ala_gym.core.metrics import Evaluation
+from ala_gym.envs.classification import ALAClassificationEnv
+from ala_gym.envs.task import LossTask, check_action
+from ala_gym.envs.vector import ALAVectorEnv
+
+TINY = dict(total_iterations=8, steps_per_action=2, batch_size=16, eval_points=1, val_subsample=100, device="cpu")
+
+
+class SmoothingTask(LossTask):
+    """One row: the off-diagonal value ``s`` of Phi = I + s (11^T - I), a label-smoothing schedule."""
+
+    bounds = (0.0, 0.5)
+    statistics_bound = 10.0
+
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.initial_values = np.zeros(1)
+        self.step_sizes = np.array([0.05])
+        self.values = self.initial_values.copy()
+        self.loss = PhiLoss(torch.eye(num_classes))
+
+    def set_values(self, values: np.ndarray) -> None:
+        self.values = np.asarray(values, dtype=np.float64)
+        off = np.ones((self.num_classes, self.num_classes)) - np.eye(self.num_classes)
+        self.loss.set_phi(np.eye(self.num_classes) + self.values[0] * off)
+
+    def row_statistics(self, evaluation: Evaluation) -> np.ndarray:
+        confusion = evaluation.confusion / np.log(self.num_classes)
+        off = ~np.eye(self.num_classes, dtype=bool)
+        return np.clip([[np.diag(confusion).mean(), confusion[off].mean()]], 0.0, self.statistics_bound)
+
+    def row_metric(self, evaluation: Evaluation) -> np.ndarray:
+        return np.array([evaluation.metric])
+
+    def info(self, evaluation: Evaluation) -> dict[str, Any]:
+        return {"smoothing": float(self.values[0])}
+
+
+class SmoothingEnv(ALAClassificationEnv):
+    def make_task(self) -> SmoothingTask:
+        return SmoothingTask(self.num_classes)
+
+
+def test_a_one_row_task_passes_the_env_checker_and_moves_its_value():
+    env = SmoothingEnv(**TINY)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_env(env, skip_render_check=True)
+    assert env.observation_space.shape == (1, env.settings.n_features) and env.action_space.shape == (1,)
+    observation, info = env.reset(seed=0)
+    assert info["smoothing"] == 0.0 and observation[0, -2] == 0.0
+    observation, _, _, _, info = env.step(np.array([2]))
+    assert info["smoothing"] == pytest.approx(0.05) and observation[0, -2] == pytest.approx(0.05)
+    assert env.episode.loss.kernel == "soft"  # the loss reads the task's value
+    env.step(np.array([0]))
+    env.step(np.array([0]))  # clipped at the lower bound
+    assert env.phi == pytest.approx([0.0])
+
+
+def test_a_one_row_task_runs_as_a_vector_env_with_a_task_per_child():
+    envs = ALAVectorEnv(SmoothingEnv, 2, train_mode="sequential", **TINY)
+    envs.reset(seed=0)
+    envs.set_attr("phi", [np.array([0.1]), np.array([0.2])])
+    _, rewards, terminated, _, infos = envs.step(np.array([[1], [2]]))
+    assert infos["smoothing"] == pytest.approx([0.1, 0.25]) and rewards.shape == (2,)
+    with pytest.raises(ValueError, match="1 finite values in"):
+        envs.set_attr("phi", np.array([0.9]))  # outside the task's bounds
+    assert envs.get_attr("phi")[1] == pytest.approx([0.25])  # a refused value changes no child
+
+
+def test_actions_are_checked_against_the_task_rows():
+    with pytest.raises(ValueError, match="one entry per row"):
+        check_action(np.array([1, 1]), 1)
+    with pytest.raises(ValueError, match="integer dtype"):
+        check_action(np.array([1.0]), 1)
