@@ -72,11 +72,15 @@ def test_retrieval_evaluator_statistics_and_divergence() -> None:
     labels = labels + 2  # classes 2-4 of a 6-class dataset, as a class-disjoint validation split holds
     evaluation = RetrievalEvaluator(6, k=2, loss=DistanceMixtureLoss())(embeddings.float(), labels)
     assert evaluation.higher_is_better and evaluation.metric == evaluation.statistics["recall@2"]
-    assert {"recall@1", "recall@2", "recall@4", "recall@8", "embedding_norm", "terms"} <= evaluation.statistics.keys()
+    assert {"recall@1", "recall@2", "recall@4", "recall@8", "embedding_norm", "loss", "terms"} <= evaluation.statistics.keys()
     assert evaluation.statistics["terms"].shape == (10, 2)
     assert evaluation.class_metric.shape == (6,) and np.all(evaluation.class_metric[:2] == 0)
     assert evaluation.class_metric[2:5] @ np.full(3, 1 / 3) == pytest.approx(evaluation.metric)
     assert evaluation.finite
+    d, y = _distances(embeddings), labels.numpy()
+    positive_pairs = (y[:, None] == y[None, :]) & ~np.eye(len(y), dtype=bool)
+    yardstick = np.mean(d[positive_pairs] ** 2) + np.mean(0.5 / (d[y[:, None] != y[None, :]] + MIXTURE_EPS))
+    assert evaluation.loss == evaluation.statistics["loss"] == pytest.approx(yardstick, rel=1e-4)
     broken = embeddings.float().clone()
     broken[0, 0] = float("nan")
     diverged = RetrievalEvaluator(6)(broken, labels)
@@ -138,9 +142,9 @@ def test_focal_weighting_at_init_matches_eq_10() -> None:
     loss.params = loss.params.double()
     assert float(loss(embeddings, labels)) == pytest.approx(np.mean(per_anchor), rel=1e-9)
     terms = loss.terms(embeddings.float(), labels).numpy()
-    np.testing.assert_allclose(terms[0], -terms[1])
     positive_pairs = (y[:, None] == y[None, :]) & ~np.eye(len(y), dtype=bool)
-    assert terms[0, 0] == pytest.approx(np.mean(d[positive_pairs]) - 1.0, rel=1e-4)
+    means = [np.mean(d[positive_pairs]), np.mean(d[y[:, None] != y[None, :]])]
+    np.testing.assert_allclose(terms, [means, means[::-1]], rtol=1e-5)
 
 
 def test_phi_moves_in_place_and_is_validated() -> None:

@@ -32,9 +32,10 @@ printed.
 **Focal weighting** (Eq. 10): per anchor, ``1/Phi(1) log[1 + sum_{i+} exp(Phi(1) (d+ - alpha))] +
 1/Phi(2) log[1 + sum_{i-} exp(-Phi(2) (d- - alpha))]`` over every positive and negative of the anchor in
 the batch, averaged over anchors, ``alpha = 1`` (the paper's value). Phi is in ``R^2`` and must stay
-positive (it divides); larger values focus the loss on the hardest pairs. The paper gives no initial value:
-``FOCAL_PHI_INIT`` is documented beside it. Its statistics are the signed offsets it scales: row 1 holds
-``d - alpha`` and row 2 ``alpha - d``, each as ``[mean over positive pairs, mean over negative pairs]``.
+positive (it divides); larger values focus the loss on the hardest pairs. The paper gives no initial value
+or range: ``FOCAL_PHI_INIT`` and ``FOCAL_PHI_RANGE`` are documented beside them. Its statistics are the
+distances each parameter acts on, beside the others (as a class pair's ``[C_ij, C_ji]``): row 1
+(positives) ``[mean d over positive pairs, mean d over negative pairs]``, row 2 (negatives) the reverse.
 
 Which triplets the mixture averages over is the framework's data sampling: every valid triplet of the
 batch (the triplet framework; pytorch-metric-learning's default ``triplets_per_anchor="all"``) or those
@@ -78,6 +79,9 @@ MIXTURE_PHI_INIT = np.array([1.0, 0, 0, 0, 0, 1.0, 0, 0, 0, 0])
 FOCAL_PHI_INIT = np.array([4.0, 4.0])
 """Eq. 10's initial Phi (not given in the paper): with ``alpha = 1`` and distances in ``[0, 2]``, a pair's
 weight then spans ``exp(-4)`` to ``exp(4)`` between the easiest and the hardest pair, a moderate focus."""
+FOCAL_PHI_RANGE = 16.0
+"""Eq. 10's Phi lies in ``[1 / FOCAL_PHI_RANGE, FOCAL_PHI_RANGE]``: from a near-mean over the anchor's pairs
+to a near-maximum (at 16 a pair 0.2 farther from the offset weighs ``exp(3.2) = 25`` times more)."""
 FOCAL_ALPHA = 1.0
 """Eq. 10's distance offset (the paper's value)."""
 MIXTURE_EPS = 0.1
@@ -289,7 +293,8 @@ class FocalDistanceLoss(_AdaptiveLoss):
     n_params = 2
 
     def __init__(
-        self, phi: np.ndarray | None = None, alpha: float = FOCAL_ALPHA, phi_min: float = 0.1, phi_max: float = 64.0,
+        self, phi: np.ndarray | None = None, alpha: float = FOCAL_ALPHA, phi_min: float = 1 / FOCAL_PHI_RANGE,
+        phi_max: float = FOCAL_PHI_RANGE,
         device: torch.device | str = "cpu",
     ) -> None:  # fmt: skip
         if not 0 < phi_min < phi_max:
@@ -317,7 +322,8 @@ class FocalDistanceLoss(_AdaptiveLoss):
         return (pull + push).mean()
 
     def terms(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return pair_means(embeddings, labels, lambda d: torch.stack([d - self.alpha, self.alpha - d]))
+        own_first = pair_means(embeddings, labels, lambda d: d[None])  # [[positive mean, negative mean]]
+        return torch.cat([own_first, own_first.flip(1)])
 
 
 # ---------------------------------------------------------------- retrieval
@@ -360,12 +366,15 @@ class RetrievalEvaluator:
     """Recall@``k`` of embeddings as the metric (higher is better), with named statistics.
 
     Statistics: ``"recall@k"`` for every ``k`` of ``ks``; ``"embedding_norm"``, the mean norm of the raw
-    embeddings (non-finite when the model diverged); ``"terms"``, ``loss.terms(...)`` (``[n_params, 2]``)
+    embeddings (non-finite when the model diverged); ``"loss"``, a fixed yardstick of the embedding whatever
+    loss trains it: Eq. 9 at its initial Phi averaged over pairs (mean ``d^2`` over positive pairs plus mean
+    ``0.5 / (d + eps)`` over negative pairs); ``"terms"``, ``loss.terms(...)`` (``[n_params, 2]``)
     when an adaptive ``loss`` is given. ``class_metric`` is Recall@``k`` per query class (``num_classes``
     entries; classes absent from the split get 0). One device-to-host copy per call.
     """
 
     higher_is_better = True
+    worst = 0.0
 
     def __init__(
         self, num_classes: int, k: int = 1, ks: Sequence[int] = RECALL_KS, loss: _AdaptiveLoss | None = None,
@@ -381,19 +390,20 @@ class RetrievalEvaluator:
         sums = torch.zeros(self.num_classes, device=hits.device).index_add_(0, labels, hits[:, self.metric_column])
         per_class = sums / torch.bincount(labels, minlength=self.num_classes).clamp_min(1).float()
         norm = embeddings.detach().float().norm(dim=1).mean()
-        parts = [recalls, norm[None], per_class]
+        yardstick = pair_means(embeddings, labels, lambda d: mixture_terms(d)[[0, 5]], self.block)
+        parts = [recalls, norm[None], (yardstick[0, 0] + yardstick[1, 1])[None], per_class]
         if self.loss is not None:
             parts.append(self.loss.terms(embeddings, labels).flatten())
         packed = torch.cat([part.float() for part in parts]).double().cpu().numpy()
         n_ks = len(self.ks)
         statistics: dict[str, Any] = {f"recall@{k}": float(packed[i]) for i, k in enumerate(self.ks)}
-        statistics["embedding_norm"] = float(packed[n_ks])
-        class_end = n_ks + 1 + self.num_classes
+        statistics["embedding_norm"], statistics["loss"] = float(packed[n_ks]), float(packed[n_ks + 1])
+        class_end = n_ks + 2 + self.num_classes
         if self.loss is not None:
             statistics["terms"] = packed[class_end:].reshape(-1, 2)
         return Evaluation(
             metric=float(packed[self.metric_column]),
             higher_is_better=True,
             statistics=statistics,
-            class_metric=packed[n_ks + 1 : class_end],
+            class_metric=packed[n_ks + 2 : class_end],
         )

@@ -73,6 +73,10 @@ class LossTask(ABC):
         driver checks values with it before any worker changes)."""
         return partial(check_values, rows=self.rows, bounds=self.bounds)
 
+    def seed(self, seed: int) -> None:
+        """Seed the task's own randomness (a loss that samples, such as a triplet miner) from the child's
+        trainer seed; called whenever a child starts. Most tasks have none."""
+
     def reset(self) -> None:
         """Back to the initial values (the start of an episode)."""
         self.set_values(self.initial_values)
