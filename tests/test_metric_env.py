@@ -113,3 +113,19 @@ def test_vector_env_trains_children_one_after_another(make, tiny_fashion_mnist_d
     assert single.step(actions[1])[4]["train_loss"] == infos["train_loss"][1]
     with pytest.raises(ValueError, match="one after another"):
         gym.make_vec("ALA-FashionMNIST-Margin-v0", num_envs=2, train_mode="batched", **kwargs)
+
+
+def test_fixed_loss_controller_records_test_recalls_and_the_table_shows_them(make, tiny_fashion_mnist_dir: Path) -> None:
+    from agents import CONTROLLERS
+    from benchmarks.compare import retrieval_table
+
+    controller = CONTROLLERS["fixed-loss"]()
+    envs = controller.make_envs("ALA-FashionMNIST-Triplet-v0", data_root=str(tiny_fashion_mnist_dir), val_size=40, **TINY)
+    assert envs.episodes[0].task.loss.__class__ is PMLLoss
+    (record,) = controller.run(envs, seed=0)
+    assert set(record.test_statistics) == {"test_recall@1", "test_recall@2", "test_recall@4", "test_recall@8"}
+    assert record.test_statistics["test_recall@1"] == record.test_metric <= record.test_statistics["test_recall@8"]
+    runs = [{"children": [vars(record)]}, {"children": [vars(record)]}]
+    table = "\n".join(retrieval_table({"fixed-loss": runs}))
+    assert f"| fixed-loss | {100 * record.test_metric:.2f} +- 0.00 |" in table and "Margin + ALA (focal weighting)" in table
+    assert retrieval_table({"ce": [{"children": [{"test_statistics": {}}]}]}) == []  # classification: no section

@@ -15,6 +15,7 @@ from ala_gym.core.metric_learning import (
     FOCAL_PHI_INIT,
     FOCAL_PHI_RANGE,
     MIXTURE_PHI_INIT,
+    RECALL_KS,
     DistanceMixtureLoss,
     FocalDistanceLoss,
     RetrievalEvaluator,
@@ -97,6 +98,10 @@ class EmbeddingLossTask(LossTask):
     def row_metric(self, evaluation: Evaluation) -> np.ndarray:
         return np.full(self.rows, evaluation.metric)  # retrieval has no finer per-parameter credit
 
+    def final_info(self, test: Evaluation | None) -> dict[str, float]:
+        """``test_recall@k`` for k = 1, 2, 4, 8 on the test split (0 for a diverged child)."""
+        return {f"test_recall@{k}": 0.0 if test is None else test.statistics[f"recall@{k}"] for k in RECALL_KS}
+
     def info(self, evaluation: Evaluation) -> dict[str, Any]:
         recalls = {key: value for key, value in evaluation.statistics.items() if key.startswith("recall@")}
         return {"phi": self.phi, "terms": evaluation.statistics["terms"], **recalls}
@@ -173,8 +178,8 @@ class ALAMetricLearningEnv(ALAEnv):
 
     ## Episode End
     When the child has used ``total_iterations`` SGD iterations, or on divergence. On termination ``info``
-    carries ``test_metric`` (Recall@``recall_k`` within the full test split) and ``final_val_metric``; a
-    diverged child scores 0 there. ``env.unwrapped.evaluate_split("test").statistics`` has Recall@1, 2, 4, 8.
+    carries ``test_metric`` (Recall@``recall_k`` within the full test split), ``test_recall@1`` to
+    ``test_recall@8`` and ``final_val_metric``; a diverged child scores 0 there.
 
     ``info`` always carries ``val_metric``, ``val_metric_discounted``, ``train_loss``, ``iteration``,
     ``phi`` (the loss parameters), ``terms`` (the raw statistics, ``[rows, 2]``), ``recall@1`` to
@@ -272,6 +277,7 @@ class ALAMetricLearningEnv(ALAEnv):
         self.framework, self.loss_form = framework, loss_form
         self.row_form = DEFAULT_FORM[framework] if loss_form == "fixed" else loss_form
         self.beta, self.phi_init = beta, phi_init
+        self.steps_per_action, self.metric = steps_per_action, f"recall@{recall_k}"
         self.val_eval = validation_subsample(self.data.val, val_subsample, split_seed)
         # The statistics depend on the loss's shape functions only, never on Phi: one evaluator serves every child.
         self.evaluator = RetrievalEvaluator(self.num_classes, recall_k, loss=self._task(phi_init).adaptive)

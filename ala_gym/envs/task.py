@@ -99,6 +99,11 @@ class LossTask(ABC):
         """``[rows]``: the metric restricted to what each row acts on (the per-row credit of
         ``info["row_improvement"]``); the whole metric for every row where nothing finer is defined."""
 
+    def final_info(self, test: Evaluation | None) -> dict[str, float]:
+        """Extra ``test_*`` keys of the terminal ``info`` from the test split's evaluation (None: the child
+        diverged, and each key scores its worst value); none by default."""
+        return {}
+
     @abstractmethod
     def info(self, evaluation: Evaluation) -> dict[str, Any]:
         """The task's own keys of a step's ``info`` (for example ``phi`` and ``confusion``)."""
