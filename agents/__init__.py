@@ -58,6 +58,10 @@ CONTROLLERS: dict[str, Callable[..., Controller]] = {
     "label-smoothing": _factory("agents.baselines:UniformPhi", "label-smoothing", label_smoothing=0.1),
     "phi-uniform": _factory("agents.baselines:UniformPhi", "phi-uniform"),
     "random": _factory("agents.baselines:RandomPhi", "random"),
+    # Metric learning: the framework's fixed pytorch-metric-learning loss, and the adaptive loss held at its
+    # initial Phi (the env's default loss_form).
+    "fixed-loss": _factory("agents.baselines:FixedPhi", "fixed-loss", loss_form="fixed"),
+    "phi-init": _factory("agents.baselines:FixedPhi", "phi-init", loss_form=None),
     "confusion": _factory("agents.baselines:ConfusionPhi", "confusion"),
     "reinforce": _factory("agents.reinforce:ReinforceController", "reinforce", num_envs=1),
     "reinforce-multi": _factory("agents.reinforce:ReinforceController", "reinforce-multi", num_envs=10),

@@ -36,6 +36,8 @@ class EpisodeRecord:
     final_val_metric: float = float("nan")
     diverged: bool = False
     iterations: int = 0
+    test_statistics: dict[str, float] = field(default_factory=dict)
+    """The env's other terminal ``test_*`` keys (``test_recall@k`` in metric learning)."""
     worker_lost: bool = False
     """The child's Ray worker died before its run ended (``info["worker_lost"]``); its test metric is NaN."""
 
@@ -72,6 +74,9 @@ class EpisodeRecorder:
             # Absent after a truncation (max_episode_steps): the record keeps NaN, "not measured".
             record.test_metric = float(info.get("test_metric", np.nan))
             record.final_val_metric = float(info.get("final_val_metric", np.nan))
+            record.test_statistics = {
+                key: float(value) for key, value in info.items() if key.startswith("test_") and key != "test_metric"
+            }
             self.finished[child] = True
 
     @property
@@ -171,11 +176,14 @@ def step_logs(rewards: np.ndarray, phi: np.ndarray, val_metric: np.ndarray) -> d
 
 
 def phi_stats(phi: np.ndarray) -> dict[str, float]:
-    """Drift of Phi (``[..., C, C]``, averaged over leading axes) from identity.
+    """Drift of Phi (``[children, C, C]``) from identity; for loss parameters that are a vector per child
+    (``[children, rows]``, metric learning) their mean and largest absolute value instead.
 
     ``phi_drift = ||Phi - I||_F / C`` and ``phi_max_offdiag = max |Phi(i, j)|, i != j``: the two numbers
     that showed Phi blowing up at the paper's beta on 100 classes in the public re-implementation.
     """
+    if np.ndim(phi) == 2:
+        return {"phi_mean": float(np.mean(phi)), "phi_max_abs": float(np.max(np.abs(phi)))}
     phi = np.asarray(phi, dtype=np.float64).reshape(-1, *np.shape(phi)[-2:])
     num_classes = phi.shape[-1]
     identity = np.eye(num_classes)

@@ -27,11 +27,11 @@ NO_CHANGE = 1  # the action that moves a Phi entry by 0
 
 
 class FixedPhi(Controller):
-    """Leaves Phi where the env starts it (identity) under ``loss_form``."""
+    """Leaves Phi where the env starts it (identity) under ``loss_form`` (None: the env's default form)."""
 
     name = "phi-identity"
 
-    def __init__(self, loss_form: str = "linear", num_envs: int = 1) -> None:
+    def __init__(self, loss_form: str | None = "linear", num_envs: int = 1) -> None:
         self.loss_form = loss_form
         self.num_envs = num_envs
 

@@ -139,6 +139,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         ),
         name="cifar10-subset",
     ),
+    # Metric learning (Table 3's triplet framework) on Fashion-MNIST: train on classes 0-4, retrieve 5-9.
+    # 1000 iterations of 5 x 20 batches (4 epochs of the 25k training images), K = 50: 20 steps a child.
+    "fashion-mnist-metric": dict(
+        env="ALA-FashionMNIST-Triplet-v0",
+        controllers="fixed-loss,phi-init,reinforce,ppo",
+        seeds=3,
+        children=2,
+        env_kwargs=dict(total_iterations=1000, steps_per_action=50, eval_points=2, eval_stride=5, val_subsample=1000),
+        name="fashion-mnist-metric",
+    ),
     # The paper's setting at a reduced budget, for a GPU: python -m benchmarks.compare --preset cifar10-gpu
     "cifar10-gpu": dict(
         env="ALA-CIFAR10-v0",
@@ -328,7 +338,7 @@ def summarize(runs: list[dict], controllers: list[str]) -> list[dict]:
     return rows
 
 
-def markdown_table(rows: list[dict], header: dict[str, Any]) -> str:
+def markdown_table(rows: list[dict], header: dict[str, Any], runs_by_controller: dict[str, list[dict]] | None = None) -> str:
     lines = [
         f"# {header['env']}: controller comparison",
         "",
@@ -337,12 +347,12 @@ def markdown_table(rows: list[dict], header: dict[str, Any]) -> str:
         f"- Budget per child: {header['total_iterations']} SGD iterations, K = {header['steps_per_action']} "
         f"-> {header['steps_per_child']} controller steps; env kwargs `{json.dumps(header['env_kwargs'])}`",
         f"- Seeds: {header['seeds']}; versions: {json.dumps(header['versions'])}",
-        "- Test metric: error (%) on the test split; mean +- sample std over seeds (a multi-child run's seed value is",
+        f"- Test metric: {header.get('metric', 'error')} (%) on the test split; mean +- sample std over seeds (a multi-child run's seed value is",
         "  the mean over its children). Wall time per child relative to cross-entropy (`ce`); for a multi-child run",
         "  that is the run's wall time divided by its children, who train together (amortised). Phi at the end: mean",
         "  |Phi - I| over all entries and mean diagonal entry, averaged over children (Phi starts at I; `ce` ignores it).",
         "",
-        "| controller | children/run | test error % (mean +- std) | per seed | wall s/run | wall s/child | vs ce "
+        f"| controller | children/run | test {header.get('metric', 'error')} % (mean +- std) | per seed | wall s/run | wall s/child | vs ce "
         "| final mean abs(Phi - I) | final diag | diverged |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -356,10 +366,57 @@ def markdown_table(rows: list[dict], header: dict[str, Any]) -> str:
             f"{row['wall_s_per_child']:.1f} | {ratio} | {row['final_phi_offset']:.3f} | {row['final_phi_diagonal']:.2f} | "
             f"{row['diverged_children']} |"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + retrieval_table(runs_by_controller or {})) + "\n"
 
 
-def plot(runs: list[dict], controllers: list[str], out: Path) -> None:
+PAPER_TABLE_3 = [
+    "Triplet (Schroff et al., 2015) | 66.7 | 82.4 | 91.9 | -",
+    "Margin (Wu et al., 2017) | 72.7 | 86.2 | 93.8 | 98.0",
+    "Triplet + ALA (distance mixture) | 75.7 | 89.4 | 95.3 | 98.6",
+    "Margin + ALA (distance mixture) | 78.9 | 90.7 | 96.5 | 98.9",
+    "Margin + ALA (focal weighting) | 77.9 | 90.1 | 95.8 | 98.7",
+]
+"""The paper's Table 3: Recall@1/10/100/1000 (%) on Stanford Online Products (22,634 classes)."""
+
+
+def retrieval_table(runs_by_controller: dict[str, list[dict]]) -> list[str]:
+    """Recall@1/2/4/8 on the test split per controller (mean +- std over seeds, then every seed), and the paper's
+    Table 3 beside it; nothing for an env without ``test_recall@k`` (classification)."""
+    ks = (1, 2, 4, 8)
+    if not any(c.get("test_statistics", {}).get("test_recall@1") is not None
+               for runs in runs_by_controller.values() for r in runs for c in r["children"]):  # fmt: skip
+        return []
+    lines = [
+        "",
+        "## Retrieval on the test split (classes never trained on)",
+        "",
+        "Recall@k (%): a query counts if any of its k nearest test items (itself excluded) shares its class.",
+        "Mean +- sample std over seeds (a multi-child run's seed value is the mean over its children), then each seed.",
+        "",
+        "| controller | " + " | ".join(f"R@{k}" for k in ks) + " | " + " | ".join(f"R@{k} per seed" for k in ks) + " |",
+        "|---|" + "---|" * (2 * len(ks)),
+    ]
+    for name, runs in runs_by_controller.items():
+        per_seed = np.array(
+            [[np.mean([c["test_statistics"][f"test_recall@{k}"] for c in r["children"]]) for k in ks] for r in runs]
+        ) * 100
+        std = per_seed.std(axis=0, ddof=1) if len(per_seed) > 1 else np.zeros(len(ks))
+        cells = [f"{m:.2f} +- {s:.2f}" for m, s in zip(per_seed.mean(axis=0), std)]
+        seeds = [", ".join(f"{v:.2f}" for v in per_seed[:, column]) for column in range(len(ks))]
+        lines.append(f"| {name} | " + " | ".join(cells) + " | " + " | ".join(seeds) + " |")
+    lines += [
+        "",
+        "The paper's Table 3 (its numbers, not measured here): Recall@1/10/100/1000 (%) on Stanford Online Products,",
+        "22,634 classes of 120k images with large networks; another dataset and other k, so not comparable in value.",
+        "",
+        "| method (paper) | R@1 | R@10 | R@100 | R@1000 |",
+        "|---|---|---|---|---|",
+        *[f"| {row} |" for row in PAPER_TABLE_3],
+    ]
+    return lines
+
+
+def plot(runs: list[dict], controllers: list[str], out: Path, metric: str = "error") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -377,8 +434,9 @@ def plot(runs: list[dict], controllers: list[str], out: Path) -> None:
         ax.plot(steps, mean, label=name)
         ax.fill_between(steps, mean - std, mean + std, alpha=0.15)
     ax.set_xlabel("controller step")
-    ax.set_ylabel("validation error % (env subsample)")
-    ax.set_yscale("log")
+    ax.set_ylabel(f"validation {metric} % (env subsample)")
+    if not metric.startswith("recall"):
+        ax.set_yscale("log")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -391,6 +449,16 @@ def plot(runs: list[dict], controllers: list[str], out: Path) -> None:
         if not mine:
             continue
         phis = np.array(sorted(mine, key=lambda r: r["seed"])[0]["children"][0]["phi"])
+        if phis.ndim == 2:  # one vector of loss parameters per step (metric learning): one panel, steps across
+            fig, ax = plt.subplots(figsize=(7, 3))
+            image = ax.imshow(phis.T, aspect="auto", cmap="viridis")
+            ax.set_xlabel("controller step")
+            ax.set_ylabel("loss parameter")
+            fig.colorbar(image, ax=ax)
+            fig.suptitle(f"Phi over training: {name} (first seed, child 0)")
+            fig.savefig(out / f"phi_{name}.png", dpi=100)
+            plt.close(fig)
+            continue
         picks = np.unique(np.linspace(0, len(phis) - 1, 4).round().astype(int))
         fig, axes = plt.subplots(1, len(picks), figsize=(3.2 * len(picks), 3))
         for ax, index in zip(np.atleast_1d(axes), picks):
@@ -565,6 +633,7 @@ def compare(
         "total_iterations": total,
         "steps_per_action": k,
         "steps_per_child": -(-total // k),
+        "metric": getattr(probe, "metric", "error"),
         "seeds": seeds,
         "device": runs[0]["device"],
         # Where the runs ran (a rebuilt table may be written elsewhere).
@@ -572,9 +641,9 @@ def compare(
         "versions": runs[0]["versions"],
     }
     write_json(out / "results.json", {"header": header, "summary": rows, "runs": runs})
-    table = markdown_table(rows, header)
+    table = markdown_table(rows, header, {c: [r for r in runs if r["controller"] == c] for c in controllers if any(r["controller"] == c for r in runs)})
     (out / "table.md").write_text(table)
-    plot(runs, controllers, out)
+    plot(runs, controllers, out, header["metric"])
     print(table)
     return rows
 

@@ -15,7 +15,7 @@ from gymnasium.vector import AutoresetMode
 import agents
 from agents.base import phi_stats
 from agents.reinforce import ReinforceConfig, ReinforceController
-from ala_gym.envs import classification
+from ala_gym.envs import base
 from ala_gym.envs.digits import ALADigitsEnv
 from ala_gym.envs.vector import ALAVectorEnv
 
@@ -61,7 +61,7 @@ def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool
 @pytest.fixture
 def five_class_envs(monkeypatch):
     """ALA-Digits restricted to digits 0-4: a 5-class env (15 pairs), built natively or for SB3."""
-    load = classification.load_dataset
+    load = base.load_dataset
 
     def load_five(*args, **kwargs):
         data = load(*args, **kwargs)
@@ -69,7 +69,7 @@ def five_class_envs(monkeypatch):
                 for split in ("train", "val", "test")}
         return dataclasses.replace(data, num_classes=5, **keep)
 
-    monkeypatch.setattr(classification, "load_dataset", load_five)
+    monkeypatch.setattr(base, "load_dataset", load_five)
     return lambda num_envs, **kwargs: ALAVectorEnv(ALADigitsEnv, num_envs, **TINY, **kwargs)
 
 
@@ -88,7 +88,7 @@ def test_registry_names_and_interface():
     assert set(agents.CONTROLLERS) == {
         "ce", "phi-identity", "phi-identity-sigmoid", "label-smoothing", "phi-uniform", "random", "confusion",
         "reinforce", "reinforce-multi", "reinforce-frozen", "reinforce-paper", "reinforce-paper-multi",
-        "reinforce-transfer", "reinforce-transfer-frozen", "ppo", "a2c", "adalfl", "learnloss",
+        "reinforce-transfer", "reinforce-transfer-frozen", "ppo", "a2c", "adalfl", "learnloss", "fixed-loss", "phi-init",
     }
     for name, factory in agents.CONTROLLERS.items():
         controller = factory()

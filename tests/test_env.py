@@ -16,22 +16,35 @@ from gymnasium.wrappers import FlattenObservation
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import ala_gym
+import ala_gym.envs  # noqa: F401  (registers the ids even if an earlier test imported ala_gym before gymnasium)
 
 ENV_IDS = sorted(ala_gym.ENV_IDS)
 TINY = dict(total_iterations=6, steps_per_action=3, batch_size=16, eval_points=2, eval_stride=1, val_subsample=None, device="cpu")
+METRIC_TINY = dict(samples_per_class=4)  # 4 classes x 4 samples: the tiny datasets hold 8-16 images a class
+
+
+def _is_metric_learning(env_id: str) -> bool:
+    return "-Triplet-" in env_id or "-Margin-" in env_id
+
+
+def _expected_phi_shape(env_id: str) -> tuple[int, ...]:
+    """Eq. 6's C x C Phi, Eq. 9's 10 mixture weights (triplet framework), Eq. 10's 2 focal scales (margin)."""
+    return (10,) if "-Triplet-" in env_id else (2,) if "-Margin-" in env_id else (10, 10)
 
 
 @pytest.fixture
 def make(tiny_cifar_dir: Path, tiny_fashion_mnist_dir: Path):
     """``make(env_id, **overrides)``: the registered env on tiny data with a tiny budget."""
     data = {
-        "ALA-CIFAR10-v0": dict(data_root=str(tiny_cifar_dir), val_size=20),
-        "ALA-FashionMNIST-v0": dict(data_root=str(tiny_fashion_mnist_dir), val_size=40),
-        "ALA-Digits-v0": {},
+        "ALA-CIFAR10": dict(data_root=str(tiny_cifar_dir), val_size=20),
+        "ALA-FashionMNIST": dict(data_root=str(tiny_fashion_mnist_dir), val_size=40),
+        "ALA-Digits": {},
     }
 
     def factory(env_id: str, **overrides) -> gym.Env:
-        return gym.make(env_id, disable_env_checker=True, **{**TINY, **data[env_id], **overrides})
+        dataset = data[env_id.split("-")[0] + "-" + env_id.split("-")[1]]
+        metric = METRIC_TINY if _is_metric_learning(env_id) else {}
+        return gym.make(env_id, disable_env_checker=True, **{**TINY, **dataset, **metric, **overrides})
 
     return factory
 
@@ -95,8 +108,10 @@ def test_sb3_check_env(make, env_id: str) -> None:
 def test_rollout_contract(make, env_id: str) -> None:
     env = make(env_id, total_iterations=7, steps_per_action=3)
     n_classes = env.unwrapped.num_classes
-    assert env.action_space.shape == (n_classes * (n_classes + 1) // 2,) and n_classes == 10
-    assert env.observation_space.shape == (55, 24)
+    phi_shape = _expected_phi_shape(env_id)
+    rows = phi_shape[0] if len(phi_shape) == 1 else n_classes * (n_classes + 1) // 2  # a parameter or a class pair
+    assert env.action_space.shape == (rows,) and n_classes == 10
+    assert env.observation_space.shape == (rows, 24)
     assert np.all(np.isfinite(env.observation_space.low)) and np.all(np.isfinite(env.observation_space.high))
     obs, info = env.reset(seed=0)
     observations, infos = [obs], [info]
@@ -111,7 +126,7 @@ def test_rollout_contract(make, env_id: str) -> None:
         assert obs.dtype == np.float32 and env.observation_space.contains(obs)
     for info in infos:
         assert {"val_metric", "val_loss", "train_loss", "iteration", "phi", "diverged"} <= info.keys()
-        assert info["phi"].shape == (10, 10) and not info["diverged"]
+        assert info["phi"].shape == phi_shape and not info["diverged"]
     assert [info["iteration"] for info in infos] == [0, 3, 6, 7]
     assert "test_metric" in infos[-1] and 0.0 <= infos[-1]["test_metric"] <= 1.0
     assert all("test_metric" not in info for info in infos[:-1])

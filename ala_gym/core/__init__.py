@@ -8,6 +8,8 @@ of gymnasium, stable-baselines3, ``ala_gym.envs``, ``agents`` and ``benchmarks``
 * :mod:`ala_gym.core.models`: child models built from a name, an input shape and an output size.
 * :mod:`ala_gym.core.losses`: the Eq. 6 loss of ALA and its class-pair parameterisation.
 * :mod:`ala_gym.core.metrics`: evaluators (a metric with its direction, named statistics) and Eq. 4.
+* :mod:`ala_gym.core.metric_learning`: the adaptive embedding losses of Eqs. 9 and 10, pytorch-metric-learning's
+  fixed ones, and Recall@k retrieval evaluation.
 * :mod:`ala_gym.core.functional`: a child model as parameter and buffer dicts, run through
   ``torch.func.functional_call``.
 * :mod:`ala_gym.core.sgd`: one pure (and differentiable) momentum-SGD step, the only SGD update of

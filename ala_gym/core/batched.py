@@ -21,10 +21,9 @@ import numpy as np
 import torch
 from torch.func import functional_call, stack_module_state, vmap
 
-from ala_gym.core.data import BatchSampler, ClassificationData, Split
+from ala_gym.core.data import BatchSampler, ClassBalancedSampler, ClassificationData, Split
 from ala_gym.core.losses import ParamLoss
 from ala_gym.core.metrics import Evaluation, Evaluator
-from ala_gym.core.models import build_model
 from ala_gym.core.sgd import Tensors, sgd_step
 from ala_gym.core.trainer import ChildRecord, SequentialChildren, TrainConfig, resolve_evaluator, seed_streams
 
@@ -57,13 +56,11 @@ class BatchedTrainer:
 
     def _build(self, seed: int) -> torch.nn.Module:
         init_seed, _ = seed_streams(seed, 2)
-        generator = torch.Generator().manual_seed(init_seed)
-        return build_model(self.config.model, self.data.image_shape, self.data.num_classes, generator, self.data.device)
+        return self.config.build_model(self.data, init_seed)
 
-    def _sampler(self, seed: int) -> BatchSampler:
+    def _sampler(self, seed: int) -> BatchSampler | ClassBalancedSampler:
         _, batch_seed = seed_streams(seed, 2)
-        generator = torch.Generator(self.data.device).manual_seed(batch_seed)
-        return BatchSampler(self.data, self.config.batch_size, generator)
+        return self.config.sampler(self.data, batch_seed)
 
     @property
     def device(self) -> torch.device:

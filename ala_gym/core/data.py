@@ -12,7 +12,8 @@ One loader per dataset, each going through the dataset's own reader:
 
 Every loader returns a :class:`ClassificationData` whose three splits live on ``device``; batches are
 drawn there with an explicit ``torch.Generator``, uniformly by :class:`BatchSampler` or class-balanced
-(P classes x K samples, for metric learning) by :class:`ClassBalancedSampler`, and CIFAR's augmentation
+(P classes x K samples, for metric learning) by :class:`ClassBalancedSampler`; :func:`class_disjoint`
+splits any of them by class for retrieval (train on some classes, evaluate on others). CIFAR's augmentation
 (4-pixel zero padding, random 32x32 crop, horizontal flip) runs batched on the device too.
 """
 
@@ -24,7 +25,8 @@ import os
 import pickle
 import shutil
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -429,6 +431,47 @@ def load_dataset(name: str, *, device: torch.device | str = "cpu", **kwargs) -> 
     if key not in _CACHE:
         _CACHE[key] = LOADERS[name](device=device, **kwargs)
     return _CACHE[key]
+
+
+def class_disjoint(
+    data: ClassificationData,
+    train_classes: Sequence[int] | None = None,
+    val_classes: Sequence[int] | None = None,
+    test_classes: Sequence[int] | None = None,
+) -> ClassificationData:
+    """The retrieval protocol of metric learning: train on some classes, validate and test on others.
+
+    Each split keeps only its own images of its classes: training images of ``train_classes`` (default:
+    the first half of the classes, ``0 .. C//2 - 1``, so 0-4 of Fashion-MNIST's and CIFAR-10's ten),
+    validation images of ``val_classes`` and test images of ``test_classes`` (both default to the
+    classes not trained on: 5-9). Labels keep their original values (retrieval compares them only for
+    equality) and ``num_classes`` stays that of ``data``. Normalisation statistics are ``data``'s (of its
+    whole training split). Works for any :class:`ClassificationData`, so any labelled image dataset with
+    a loader gets the protocol. The tensors stay on ``data``'s device.
+    """
+    num_classes = data.num_classes
+    train_classes = range(num_classes // 2) if train_classes is None else train_classes
+    held_out = [c for c in range(num_classes) if c not in set(train_classes)]
+    val_classes = held_out if val_classes is None else val_classes
+    test_classes = held_out if test_classes is None else test_classes
+    for name, classes in (("train_classes", train_classes), ("val_classes", val_classes), ("test_classes", test_classes)):
+        if len(classes) < 2 or any(not 0 <= int(c) < num_classes for c in classes):
+            raise ValueError(f"{name} must hold at least 2 classes in [0, {num_classes}), got {list(classes)}")
+    shared = set(map(int, train_classes)) & (set(map(int, val_classes)) | set(map(int, test_classes)))
+    if shared:
+        raise ValueError(f"classes {sorted(shared)} are both trained on and evaluated on; the splits must be class-disjoint")
+
+    def keep(split: Split, classes: Sequence[int]) -> Split:
+        wanted = torch.tensor([int(c) for c in classes], device=split.labels.device)
+        return split.subset(torch.nonzero(torch.isin(split.labels, wanted)).flatten())
+
+    return replace(
+        data,
+        name=f"{data.name}-disjoint",
+        train=keep(data.train, train_classes),
+        val=keep(data.val, val_classes),
+        test=keep(data.test, test_classes),
+    )
 
 
 class BatchSampler:

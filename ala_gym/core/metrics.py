@@ -107,8 +107,9 @@ class Evaluation:
 
     @property
     def loss(self) -> float:
-        """Cross-entropy on the split (``statistics["nll"]``); NaN where the evaluator computes none."""
-        return self.statistics.get("nll", float("nan"))
+        """The loss on the split: cross-entropy (``statistics["nll"]``) in classification, ``statistics["loss"]``
+        where an evaluator names its own; NaN where the evaluator computes none."""
+        return self.statistics.get("nll", self.statistics.get("loss", float("nan")))
 
     @property
     def confusion(self) -> np.ndarray:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ala_gym.core.data import BatchSampler, ClassificationData, Split
+from ala_gym.core.data import BatchSampler, ClassBalancedSampler, ClassificationData, Split
 from ala_gym.core.losses import LossFn
 from ala_gym.core.metrics import ClassificationEvaluator, Evaluation, Evaluator
 from ala_gym.core.models import build_model
@@ -51,8 +51,19 @@ class TrainConfig:
     eval_batch_size: int = 128
     """Batch size of evaluation passes (results do not depend on it). On a CPU, 128 evaluates an image
     1.8-2.3x faster than 1000, whose activations overflow the caches (``benchmarks/overhead.py``)."""
+    samples_per_class: int | None = None
+    """K of class-balanced batches (metric learning): ``batch_size // K`` classes of K samples each
+    (:class:`ala_gym.core.data.ClassBalancedSampler`); None draws uniform batches."""
+    output_size: int | None = None
+    """Width of the model's output: None for one logit per class, an embedding width for metric learning."""
 
     def __post_init__(self) -> None:
+        if self.samples_per_class is not None and not 1 <= self.samples_per_class <= self.batch_size // 2:
+            raise ValueError(
+                f"samples_per_class must be in [1, batch_size / 2] (at least 2 classes a batch), got {self.samples_per_class}"
+            )
+        if self.output_size is not None and self.output_size < 1:
+            raise ValueError(f"output_size must be positive, got {self.output_size}")
         if self.total_iterations < 1:
             raise ValueError(f"total_iterations must be positive, got {self.total_iterations}")
         if self.lr <= 0 or not 0 <= self.momentum < 1 or self.weight_decay < 0:
@@ -63,6 +74,18 @@ class TrainConfig:
     @cached_property
     def _milestone_iterations(self) -> list[float]:
         return [m * self.total_iterations for m in self.lr_milestones]
+
+    def build_model(self, data: ClassificationData, seed: int) -> nn.Module:
+        """This config's model for ``data``, its weights drawn from ``seed`` on the CPU."""
+        outputs = data.num_classes if self.output_size is None else self.output_size
+        return build_model(self.model, data.image_shape, outputs, torch.Generator().manual_seed(seed), data.device)
+
+    def sampler(self, data: ClassificationData, seed: int) -> BatchSampler | ClassBalancedSampler:
+        """This config's batch sampler for ``data``, drawing on the data's device from ``seed``."""
+        generator = torch.Generator(data.device).manual_seed(seed)
+        if self.samples_per_class is None:
+            return BatchSampler(data, self.batch_size, generator)
+        return ClassBalancedSampler(data, self.batch_size // self.samples_per_class, self.samples_per_class, generator)
 
     def lr_at(self, iteration: int) -> float:
         """Step schedule: ``lr * lr_decay ** (number of milestones passed)``."""
@@ -86,16 +109,14 @@ class ChildTrainer:
         self.data = data
         self.config = config
         init_seed, batch_seed = seed_streams(seed, 2)
-        self.model: nn.Module = build_model(
-            config.model, data.image_shape, data.num_classes, torch.Generator().manual_seed(init_seed), data.device
-        )
+        self.model: nn.Module = config.build_model(data, init_seed)
         # The parameters as a dict of the module's own tensors: sgd_step updates them in place.
         self.params: Tensors = dict(self.model.named_parameters())
         self._param_list = list(self.params.values())
         self.velocity: Tensors | None = None  # momentum buffers; None before the first step (as torch.optim.SGD)
         self.lr = config.lr
         """The learning rate of the last iteration (the schedule's value there)."""
-        self.sampler = BatchSampler(data, config.batch_size, torch.Generator(data.device).manual_seed(batch_seed))
+        self.sampler = config.sampler(data, batch_seed)
         self.iteration = 0
 
     @property

@@ -10,8 +10,9 @@ from ala_gym.envs.cifar10 import ALACIFAR10Env
 from ala_gym.envs.classification import ALAClassificationEnv
 from ala_gym.envs.digits import ALADigitsEnv
 from ala_gym.envs.fashion_mnist import ALAFashionMNISTEnv
+from ala_gym.envs.metric_learning import ALAMetricLearningEnv
 
-__all__ = ["ALAClassificationEnv", "ALACIFAR10Env", "ALADigitsEnv", "ALAFashionMNISTEnv", "make_vector_env"]
+__all__ = ["ALAClassificationEnv", "ALACIFAR10Env", "ALADigitsEnv", "ALAFashionMNISTEnv", "ALAMetricLearningEnv", "make_vector_env"]
 
 
 # Where each vector backend lives, named by entry-point string (as gymnasium's registry names env classes):

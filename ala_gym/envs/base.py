@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from ala_gym.core.data import ClassificationData, Split
+from ala_gym.core.data import ClassificationData, Split, load_dataset, resolve_device
 from ala_gym.core.metrics import Evaluation, Evaluator
 from ala_gym.core.trainer import ChildTrainer, TrainConfig
 from ala_gym.envs.episode import CHANGE_CLIP, Episode, EpisodeSettings
@@ -36,6 +36,8 @@ class ALAEnv(gym.Env):
     """
 
     metadata = {"render_modes": [], "render_fps": 4}
+    batchable = True
+    """Whether the vector env may train this env's children in one ``vmap`` (``train_mode="batched"``)."""
     data: ClassificationData
     train_config: TrainConfig
     evaluator: Evaluator
@@ -65,7 +67,9 @@ class ALAEnv(gym.Env):
     # ---------------------------------------------------------------- gymnasium API
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
-        self.trainer = ChildTrainer(self.data, self.train_config, int(self.np_random.integers(2**63 - 1)))
+        trainer_seed = int(self.np_random.integers(2**63 - 1))
+        self.trainer = ChildTrainer(self.data, self.train_config, trainer_seed)
+        self.episode.task.seed(trainer_seed)
         observation, self._last_info = self.episode.begin(
             self.trainer.evaluate(self.val_eval, self.evaluator), self.trainer.iteration
         )
@@ -120,6 +124,21 @@ def episode_settings(
         total_iterations=total_iterations, steps_per_action=steps_per_action, reward=reward, gamma=gamma,
         eval_points=eval_points, eval_stride=eval_stride, history=history, divergence_penalty=float(divergence_penalty),
     )  # fmt: skip
+
+
+def load_env_dataset(
+    dataset: str, *, data_root: str | None, download: bool, val_size: int | None, split_seed: int, device: str
+) -> ClassificationData:
+    """An env's dataset (loaded once per process by :func:`ala_gym.core.data.load_dataset`), given only the
+    keywords its loader takes: ``data_root`` (not for digits), ``download`` (CIFAR-10), ``val_size`` when set."""
+    loader_kwargs: dict[str, Any] = {"split_seed": split_seed}
+    if dataset != "digits" and data_root is not None:
+        loader_kwargs["data_root"] = data_root
+    if dataset == "cifar10":
+        loader_kwargs["download"] = download
+    if val_size is not None:
+        loader_kwargs["val_size"] = val_size
+    return load_dataset(dataset, device=resolve_device(device), **loader_kwargs)
 
 
 def set_threads(num_threads: int | None) -> None:

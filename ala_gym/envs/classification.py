@@ -8,11 +8,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ala_gym.core.data import ClassificationData, load_dataset, resolve_device
+from ala_gym.core.data import ClassificationData
 from ala_gym.core.losses import LOSS_FORMS, check_phi
 from ala_gym.core.metrics import METRICS, ClassificationEvaluator
 from ala_gym.core.trainer import TrainConfig
-from ala_gym.envs.base import ALAEnv, episode_settings, set_threads, validation_subsample
+from ala_gym.envs.base import ALAEnv, episode_settings, load_env_dataset, set_threads, validation_subsample
 from ala_gym.envs.class_pairs import STEP_SCALINGS, ClassPairSettings, ClassPairTask
 
 __all__ = ["ALAClassificationEnv"]
@@ -196,14 +196,9 @@ class ALAClassificationEnv(ALAEnv):
             lr_milestones=tuple(lr_milestones),
             lr_decay=lr_decay,
         )
-        loader_kwargs: dict[str, Any] = {"split_seed": split_seed}
-        if dataset != "digits" and data_root is not None:
-            loader_kwargs["data_root"] = data_root
-        if dataset == "cifar10":
-            loader_kwargs["download"] = download
-        if val_size is not None:
-            loader_kwargs["val_size"] = val_size
-        self.data: ClassificationData = load_dataset(dataset, device=resolve_device(device), **loader_kwargs)
+        self.data: ClassificationData = load_env_dataset(
+            dataset, data_root=data_root, download=download, val_size=val_size, split_seed=split_seed, device=device
+        )
         self.num_classes = self.data.num_classes
         self.steps_per_action = steps_per_action
         self.beta = beta

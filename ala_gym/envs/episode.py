@@ -162,17 +162,22 @@ class Episode:
         return observation, float(reward), bool(terminated), info
 
     def final_metrics(self, evaluate: Callable[[str], Evaluation]) -> dict[str, float]:
-        """``test_metric`` and ``final_val_metric`` for a finished child; ``evaluate("test" | "val")``.
+        """``test_metric`` and ``final_val_metric`` for a finished child, and the task's own test keys
+        (:meth:`ala_gym.envs.task.LossTask.final_info`); ``evaluate("test" | "val")``.
 
         A diverged child (or a non-finite value) scores the metric's worst value (the error rate of a broken
         model is 1 by itself, its NLL would be NaN).
         """
 
+        evaluations = {split: None if self.diverged else evaluate(split) for split in ("test", "val")}
+
         def final(split: str) -> float:
-            value = self.worst if self.diverged else evaluate(split).metric
+            evaluation = evaluations[split]
+            value = self.worst if evaluation is None else evaluation.metric
             return value if np.isfinite(value) else self.worst
 
-        return {"test_metric": final("test"), "final_val_metric": final("val")}
+        extra = self.task.final_info(evaluations["test"])
+        return {"test_metric": final("test"), "final_val_metric": final("val"), **extra}
 
     # ---------------------------------------------------------------- observation and info
     def _observation(self, iteration: int, change: np.ndarray | None = None) -> np.ndarray:

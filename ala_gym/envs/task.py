@@ -73,6 +73,10 @@ class LossTask(ABC):
         driver checks values with it before any worker changes)."""
         return partial(check_values, rows=self.rows, bounds=self.bounds)
 
+    def seed(self, seed: int) -> None:
+        """Seed the task's own randomness (a loss that samples, such as a triplet miner) from the child's
+        trainer seed; called whenever a child starts. Most tasks have none."""
+
     def reset(self) -> None:
         """Back to the initial values (the start of an episode)."""
         self.set_values(self.initial_values)
@@ -94,6 +98,11 @@ class LossTask(ABC):
     def row_metric(self, evaluation: Evaluation) -> np.ndarray:
         """``[rows]``: the metric restricted to what each row acts on (the per-row credit of
         ``info["row_improvement"]``); the whole metric for every row where nothing finer is defined."""
+
+    def final_info(self, test: Evaluation | None) -> dict[str, float]:
+        """Extra ``test_*`` keys of the terminal ``info`` from the test split's evaluation (None: the child
+        diverged, and each key scores its worst value); none by default."""
+        return {}
 
     @abstractmethod
     def info(self, evaluation: Evaluation) -> dict[str, Any]:

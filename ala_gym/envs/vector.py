@@ -96,6 +96,10 @@ class ALAVectorEnv(VectorEnv):
             if train_mode == "auto"
             else train_mode
         )
+        if not self.template.batchable:  # a loss that cannot be vmapped over children (a sampling miner)
+            if train_mode == "batched":
+                raise ValueError(f"{type(self.template).__name__} trains its children one after another: use train_mode='sequential' or 'auto'")
+            self.train_mode = "sequential"
         set_vector_spaces(self, self.template.observation_space, self.template.action_space, autoreset_mode)
 
         evaluator = self.evaluator = self.template.evaluator
@@ -115,6 +119,8 @@ class ALAVectorEnv(VectorEnv):
         self._child_rngs = [seeding.np_random(s)[0] for s in seeds]
         trainer_seeds = [self._draw_trainer_seed(i) for i in range(self.num_envs)]
         self._children = build_children(self.train_mode, self.data, self.template.train_config, trainer_seeds)
+        for episode, trainer_seed in zip(self.episodes, trainer_seeds):
+            episode.task.seed(trainer_seed)
         evaluations = self._children.evaluate(self.template.val_eval, list(range(self.num_envs)), self.evaluator)
         infos: dict[str, Any] = {}
         observations = []
@@ -198,6 +204,7 @@ class ALAVectorEnv(VectorEnv):
         seed = self._draw_trainer_seed(child)
         assert self._children is not None
         self._children.reset_child(child, seed)
+        self.episodes[child].task.seed(seed)
         evaluation = self._children.evaluate(self.template.val_eval, [child], self.evaluator)[0]
         self._steps[child] = 0
         observation, info = self.episodes[child].begin(evaluation, 0)

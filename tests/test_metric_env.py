@@ -1,0 +1,131 @@
+"""The metric-learning envs beyond the registry-wide contract: loss forms, Phi, divergence, the vector env."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+import ala_gym.envs  # noqa: F401  (registers the ids)
+from ala_gym.core.metric_learning import DistanceMixtureLoss, FocalDistanceLoss, PMLLoss
+from ala_gym.envs.metric_learning import ALAMetricLearningEnv
+
+TINY = dict(total_iterations=6, steps_per_action=3, batch_size=16, samples_per_class=4, eval_points=1, device="cpu")
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture
+def make(tiny_fashion_mnist_dir: Path):
+    def factory(env_id: str = "ALA-FashionMNIST-Margin-v0", **overrides) -> gym.Env:
+        kwargs = dict(data_root=str(tiny_fashion_mnist_dir), val_size=40, **TINY)
+        return gym.make(env_id, disable_env_checker=True, **{**kwargs, **overrides}).unwrapped
+
+    return factory
+
+
+@pytest.mark.parametrize(
+    ("env_id", "loss_form", "loss_type", "rows"),
+    [
+        ("ALA-FashionMNIST-Triplet-v0", None, DistanceMixtureLoss, 10),
+        ("ALA-FashionMNIST-Margin-v0", None, FocalDistanceLoss, 2),
+        ("ALA-FashionMNIST-Margin-v0", "mixture", DistanceMixtureLoss, 10),
+        ("ALA-FashionMNIST-Triplet-v0", "fixed", PMLLoss, 10),
+        ("ALA-FashionMNIST-Margin-v0", "fixed", PMLLoss, 2),
+    ],
+)
+def test_loss_forms_and_frameworks(make, env_id: str, loss_form: str | None, loss_type: type, rows: int) -> None:
+    env = make(env_id, **({} if loss_form is None else {"loss_form": loss_form}))
+    task = env.episode.task
+    assert isinstance(task.loss, loss_type) and env.action_space.shape == (rows,)
+    mined = env_id.endswith("Margin-v0") and loss_form != "focal" and loss_type is not FocalDistanceLoss
+    assert (getattr(task.loss, "miner", None) is not None) == mined  # the margin framework samples by distance
+    _, info = env.reset(seed=0)
+    assert {"recall@1", "recall@2", "recall@4", "recall@8", "terms"} <= info.keys()
+    assert info["terms"].shape == (rows, 2) and np.isfinite(info["val_loss"])
+
+
+def test_focal_phi_moves_on_a_log_scale_and_is_prescribable(make) -> None:
+    env = make()
+    _, info = env.reset(seed=0)
+    np.testing.assert_allclose(info["phi"], [4.0, 4.0])
+    _, _, _, _, info = env.step(np.array([2, 0]))
+    np.testing.assert_allclose(info["phi"], [4.0 * 16**0.1, 4.0 / 16**0.1])
+    np.testing.assert_allclose(env.episode.task.adaptive.phi, info["phi"], rtol=1e-6)  # the loss reads it
+    env.phi = np.array([2.0, 8.0])
+    np.testing.assert_allclose(env.episode.task.values, [0.25, 0.75])
+    with pytest.raises(ValueError, match="focal loss parameters must be 2 finite values"):
+        env.phi = np.array([0.0, 8.0])
+    mixture = make("ALA-FashionMNIST-Triplet-v0", phi_init=np.full(10, 0.5))
+    _, info = mixture.reset(seed=0)
+    np.testing.assert_allclose(info["phi"], np.full(10, 0.5))
+    with pytest.raises(ValueError, match="10 finite values in"):
+        make("ALA-FashionMNIST-Triplet-v0", phi_init=np.full(10, 2.0))
+
+
+@pytest.mark.parametrize("env_id", ["ALA-FashionMNIST-Triplet-v0", "ALA-FashionMNIST-Margin-v0"])
+def test_divergence_terminates_with_penalty_and_scores_zero(make, env_id: str) -> None:
+    env = make(env_id, lr=1e6, total_iterations=60, steps_per_action=10, divergence_penalty=-7.0)
+    env.reset(seed=0)
+    terminated, steps = False, 0
+    while not terminated:
+        _, reward, terminated, _, info = env.step(np.ones(env.action_space.shape, dtype=np.int64))
+        steps += 1
+    assert info["diverged"] and reward == -7.0 and steps < 6
+    assert info["test_metric"] == 0.0 and info["final_val_metric"] == 0.0
+
+
+def test_bad_arguments_raise_one_clear_error(make) -> None:
+    with pytest.raises(ValueError, match="framework must be one of"):
+        ALAMetricLearningEnv("fashion-mnist", "contrastive")
+    with pytest.raises(ValueError, match="loss_form must be one of"):
+        make(loss_form="softmax")
+    with pytest.raises(ValueError, match="samples_per_class"):
+        make(samples_per_class=16)  # one class a batch: no negatives
+    with pytest.raises(ValueError, match="class-disjoint"):
+        make(train_classes=[0, 1, 5], test_classes=[5, 6])
+
+
+def test_mining_is_seeded_by_the_child_and_leaves_the_global_rng_alone(make, global_rng_unchanged) -> None:
+    def rollout(seed: int) -> list[float]:
+        env = make("ALA-FashionMNIST-Margin-v0", loss_form="mixture")
+        env.reset(seed=seed)
+        return [env.step(np.ones(10, dtype=np.int64))[4]["train_loss"] for _ in range(2)]
+
+    with global_rng_unchanged():
+        first, again, other = rollout(1), rollout(1), rollout(2)
+    assert first == again and first != other
+
+
+def test_vector_env_trains_children_one_after_another(make, tiny_fashion_mnist_dir: Path) -> None:
+    kwargs = dict(data_root=str(tiny_fashion_mnist_dir), val_size=40, **TINY)
+    envs = gym.make_vec("ALA-FashionMNIST-Margin-v0", num_envs=2, loss_form="mixture", **kwargs)
+    assert envs.train_mode == "sequential"
+    observations, _ = envs.reset(seed=[3, 4])
+    actions = np.ones((2, 10), dtype=np.int64)
+    _, _, _, _, infos = envs.step(actions)
+    # Child i is the single env seeded alike: same model, batches and mined triplets.
+    single = make(loss_form="mixture")
+    single_obs, _ = single.reset(seed=4)
+    np.testing.assert_array_equal(observations[1], single_obs)
+    assert single.step(actions[1])[4]["train_loss"] == infos["train_loss"][1]
+    with pytest.raises(ValueError, match="one after another"):
+        gym.make_vec("ALA-FashionMNIST-Margin-v0", num_envs=2, train_mode="batched", **kwargs)
+
+
+def test_fixed_loss_controller_records_test_recalls_and_the_table_shows_them(make, tiny_fashion_mnist_dir: Path) -> None:
+    from agents import CONTROLLERS
+    from benchmarks.compare import retrieval_table
+
+    controller = CONTROLLERS["fixed-loss"]()
+    envs = controller.make_envs("ALA-FashionMNIST-Triplet-v0", data_root=str(tiny_fashion_mnist_dir), val_size=40, **TINY)
+    assert envs.episodes[0].task.loss.__class__ is PMLLoss
+    (record,) = controller.run(envs, seed=0)
+    assert set(record.test_statistics) == {"test_recall@1", "test_recall@2", "test_recall@4", "test_recall@8"}
+    assert record.test_statistics["test_recall@1"] == record.test_metric <= record.test_statistics["test_recall@8"]
+    runs = [{"children": [vars(record)]}, {"children": [vars(record)]}]
+    table = "\n".join(retrieval_table({"fixed-loss": runs}))
+    assert f"| fixed-loss | {100 * record.test_metric:.2f} +- 0.00 |" in table and "Margin + ALA (focal weighting)" in table
+    assert retrieval_table({"ce": [{"children": [{"test_statistics": {}}]}]}) == []  # classification: no section
