@@ -141,13 +141,28 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     # Metric learning (Table 3's triplet framework) on Fashion-MNIST: train on classes 0-4, retrieve 5-9.
     # 1000 iterations of 5 x 20 batches (4 epochs of the 25k training images), K = 50: 20 steps a child.
-    "fashion-mnist-metric": dict(
+    # Metric learning (train on classes 0-4, retrieve on 5-9): the framework's fixed loss, the adaptive loss
+    # held at its initial Phi, ALA learned online and frozen at its initial policy, and PPO; every row on the
+    # same 2 children per seed.
+    "fashion-mnist-triplet": dict(
         env="ALA-FashionMNIST-Triplet-v0",
-        controllers="fixed-loss,phi-init,reinforce,ppo",
+        controllers="fixed-loss,phi-init,reinforce-multi,reinforce-frozen,ppo",
         seeds=3,
         children=2,
+        baseline_children=2,
+        seed_stride=2,
         env_kwargs=dict(total_iterations=1000, steps_per_action=50, eval_points=2, eval_stride=5, val_subsample=1000),
-        name="fashion-mnist-metric",
+        name="fashion-mnist-triplet",
+    ),
+    "fashion-mnist-margin": dict(
+        env="ALA-FashionMNIST-Margin-v0",
+        controllers="fixed-loss,phi-init,reinforce-multi,reinforce-frozen,ppo",
+        seeds=3,
+        children=2,
+        baseline_children=2,
+        seed_stride=2,
+        env_kwargs=dict(total_iterations=1000, steps_per_action=50, eval_points=2, eval_stride=5, val_subsample=1000),
+        name="fashion-mnist-margin",
     ),
     # The paper's setting at a reduced budget, for a GPU: python -m benchmarks.compare --preset cifar10-gpu
     "cifar10-gpu": dict(
