@@ -39,7 +39,7 @@ import platform
 import sys
 import tempfile
 import time
-from dataclasses import is_dataclass, replace
+from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -252,15 +252,18 @@ def build_controller(spec: str, children: int | None = None, baseline_children: 
         raise ComparisonError(f"unknown controller {base!r} in {spec!r}; choose from {sorted(CONTROLLERS)}")
     try:
         controller = CONTROLLERS[base]()
-        # Keywords go to the config dataclass of a controller that has one, else to its factory.
-        factory_kwargs = {} if is_dataclass(getattr(controller, "config", None)) else dict(config_overrides)
+        # Keywords that name a field of the controller's config dataclass go to it, the others to its factory.
+        config = getattr(controller, "config", None)
+        config_fields = {f.name for f in fields(config)} if is_dataclass(config) else set()
+        config_kwargs = {k: v for k, v in config_overrides.items() if k in config_fields}
+        factory_kwargs = {k: v for k, v in config_overrides.items() if k not in config_fields}
         count = children if controller.multi_child else baseline_children if not controller.learned else None
         if count is not None:
             factory_kwargs["num_envs"] = count
         if factory_kwargs:
             controller = CONTROLLERS[base](**factory_kwargs)
-        if config_overrides and not factory_kwargs.keys() & config_overrides.keys():
-            controller.config = replace(controller.config, **config_overrides)
+        if config_kwargs:
+            controller.config = replace(controller.config, **config_kwargs)
     except (TypeError, ValueError) as error:
         raise ComparisonError(f"controller {spec!r}: {error}") from None
     return controller

@@ -42,3 +42,11 @@ def test_seed_stride_gives_each_run_its_own_children():
     assert record["test_metric"] == pytest.approx(
         (record["children"][0]["test_metric"] + record["children"][1]["test_metric"]) / 2
     )
+
+
+def test_spec_keywords_go_to_the_config_or_to_the_factory():
+    from benchmarks.compare import build_controller
+
+    tuned = build_controller("reinforce-transfer(temperature=10;lr=0.03)", children=2)
+    assert tuned.config.lr == 0.03 and tuned.train and len(tuned.initial_state) > 0
+    assert build_controller("phi-uniform(off_diagonal=-0.1;num_envs=2)").off_diagonal == -0.1
