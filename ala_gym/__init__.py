@@ -4,7 +4,8 @@ Layout (imports flow one way, left to right): :mod:`ala_gym.core` (torch only) -
 (gymnasium) -> :mod:`ala_gym.wrappers` (adapters for RL libraries) -> ``agents`` -> ``benchmarks``.
 
 Registration. ``import ala_gym.envs`` registers ``ALA-CIFAR10-v0``, ``ALA-FashionMNIST-v0`` and
-``ALA-Digits-v0`` with gymnasium; ``gym.make("ala_gym.envs:ALA-Digits-v0")`` imports it by itself.
+``ALA-Digits-v0`` (rewarded by the validation error) and their AUCPR twins ``ALA-CIFAR10-AUCPR-v0``,
+``ALA-FashionMNIST-AUCPR-v0`` and ``ALA-Digits-AUCPR-v0`` with gymnasium; ``gym.make("ala_gym.envs:ALA-Digits-v0")`` imports it by itself.
 ``import ala_gym`` registers them too, but only when gymnasium has already been imported
 (``import gymnasium as gym; import ala_gym``, the usual order): the package root must not load
 gymnasium itself, so that ``import ala_gym.core`` stays free of it for loss learners without RL.
@@ -19,6 +20,9 @@ ENV_IDS = {
     "ALA-CIFAR10-v0": "ala_gym.envs.cifar10:ALACIFAR10Env",
     "ALA-FashionMNIST-v0": "ala_gym.envs.fashion_mnist:ALAFashionMNISTEnv",
     "ALA-Digits-v0": "ala_gym.envs.digits:ALADigitsEnv",
+    "ALA-CIFAR10-AUCPR-v0": "ala_gym.envs.aucpr:ALACIFAR10AUCPREnv",
+    "ALA-FashionMNIST-AUCPR-v0": "ala_gym.envs.aucpr:ALAFashionMNISTAUCPREnv",
+    "ALA-Digits-AUCPR-v0": "ala_gym.envs.aucpr:ALADigitsAUCPREnv",
 }
 """The registered ids and their entry points (registered by :mod:`ala_gym.envs`)."""
 

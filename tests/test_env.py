@@ -24,14 +24,15 @@ TINY = dict(total_iterations=6, steps_per_action=3, batch_size=16, eval_points=2
 @pytest.fixture
 def make(tiny_cifar_dir: Path, tiny_fashion_mnist_dir: Path):
     """``make(env_id, **overrides)``: the registered env on tiny data with a tiny budget."""
-    data = {
-        "ALA-CIFAR10-v0": dict(data_root=str(tiny_cifar_dir), val_size=20),
-        "ALA-FashionMNIST-v0": dict(data_root=str(tiny_fashion_mnist_dir), val_size=40),
-        "ALA-Digits-v0": {},
+    data = {  # by id prefix: every metric's twin of a task reads the same data
+        "ALA-CIFAR10-": dict(data_root=str(tiny_cifar_dir), val_size=20),
+        "ALA-FashionMNIST-": dict(data_root=str(tiny_fashion_mnist_dir), val_size=40),
+        "ALA-Digits-": {},
     }
 
     def factory(env_id: str, **overrides) -> gym.Env:
-        return gym.make(env_id, disable_env_checker=True, **{**TINY, **data[env_id], **overrides})
+        (task,) = (kwargs for prefix, kwargs in data.items() if env_id.startswith(prefix))
+        return gym.make(env_id, disable_env_checker=True, **{**TINY, **task, **overrides})
 
     return factory
 
@@ -241,6 +242,22 @@ def test_accuracy_rewards_have_the_signs_of_error_rewards(make) -> None:
             break
     assert rewards["accuracy"] == rewards["error"]
     assert any(reward != 0.0 for reward in rewards["error"])
+
+
+def test_aucpr_rewards_are_increases_of_the_discounted_aucpr(make) -> None:
+    # Higher AUCPR is better: the raw reward is M_{t+1} - M_t (the sign of Eq. 5 flipped), and training from
+    # a random initialisation raises the AUCPR, so the first rewards are positive.
+    env = make("ALA-Digits-AUCPR-v0", reward="raw", total_iterations=40, steps_per_action=10, lr=0.1).unwrapped
+    assert env.metric == "aucpr"
+    _, info = env.reset(seed=1)
+    previous, rewards, terminated = info["val_metric_discounted"], [], False
+    while not terminated:
+        _, reward, terminated, _, info = env.step(np.ones(55, dtype=np.int64))
+        assert reward == pytest.approx(info["val_metric_discounted"] - previous, abs=1e-12)
+        previous = info["val_metric_discounted"]
+        rewards.append(reward)
+    assert rewards[0] > 0 and sum(rewards) > 0
+    assert info["val_metric"] > 0.5 and 0.5 < info["test_metric"] <= 1.0
 
 
 @pytest.mark.parametrize("loss_form", ["linear", "sigmoid", "cross_entropy"])
