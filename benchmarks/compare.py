@@ -119,7 +119,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "fashion-mnist-aucpr": dict(
         env="ALA-FashionMNIST-AUCPR-v0",
         controllers="ce,auc-pairwise,reinforce,ppo",
-        seeds=3,
+        seeds=5,
         children=2,
         env_kwargs=dict(total_iterations=1200, steps_per_action=30, eval_points=2, eval_stride=5, val_subsample=1000),
         name="fashion-mnist-aucpr",
