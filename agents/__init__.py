@@ -53,6 +53,7 @@ def _factory(path: str, name: str, **defaults: Any) -> Callable[..., Controller]
 
 CONTROLLERS: dict[str, Callable[..., Controller]] = {
     "ce": _factory("agents.baselines:FixedPhi", "ce", loss_form="cross_entropy"),
+    "auc-pairwise": _factory("agents.baselines:FixedPhi", "auc-pairwise", loss_form="auc_pairwise"),
     "phi-identity": _factory("agents.baselines:FixedPhi", "phi-identity", loss_form="linear"),
     "phi-identity-sigmoid": _factory("agents.baselines:FixedPhi", "phi-identity-sigmoid", loss_form="sigmoid"),
     "label-smoothing": _factory("agents.baselines:UniformPhi", "label-smoothing", label_smoothing=0.1),

@@ -1,6 +1,8 @@
 """The fixed controllers of the paper's Table 1: rows that change Phi by no learned rule.
 
 * ``ce``: plain cross-entropy (the env's ``loss_form="cross_entropy"``, Phi ignored).
+* ``auc-pairwise``: the pairwise AUC-ROC surrogate of the paper's AUCPR comparison (Table 2; the env's
+  ``loss_form="auc_pairwise"``, ``ala_gym.core.losses.pairwise_auc_loss``, Phi ignored).
 * ``phi-identity`` / ``phi-identity-sigmoid``: Phi held at identity under Eq. 6, in the linear form
   (equal to cross-entropy, a check of the machinery) or the printed sigmoid form.
 * ``random``: "random loss parameters Phi_t (identity matrix perturbed by 10% noise)".
@@ -8,7 +10,7 @@
 * ``label-smoothing``: cross-entropy with label smoothing 0.1, written as a fixed Phi.
 * ``phi-uniform``: Phi = I plus one small positive value on every off-diagonal entry, held fixed.
 
-All act "no change" (action 1 on every pair); all but the first three impose Phi through
+All act "no change" (action 1 on every pair); all but the first four impose Phi through
 :meth:`Controller.prescribe_phi` before every step. Each child is independent: ``num_envs`` children are
 just that many training runs under the same rule.
 """

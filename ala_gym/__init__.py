@@ -4,7 +4,8 @@ Layout (imports flow one way, left to right): :mod:`ala_gym.core` (torch only) -
 (gymnasium) -> :mod:`ala_gym.wrappers` (adapters for RL libraries) -> ``agents`` -> ``benchmarks``.
 
 Registration. ``import ala_gym.envs`` registers ``ALA-CIFAR10-v0``, ``ALA-FashionMNIST-v0`` and
-``ALA-Digits-v0`` (classification) and the metric-learning ids ``ALA-FashionMNIST-Triplet-v0``,
+``ALA-Digits-v0`` (classification, rewarded by the validation error), their AUCPR twins
+``ALA-CIFAR10-AUCPR-v0``, ``ALA-FashionMNIST-AUCPR-v0`` and ``ALA-Digits-AUCPR-v0``, and the metric-learning ids ``ALA-FashionMNIST-Triplet-v0``,
 ``ALA-FashionMNIST-Margin-v0``, ``ALA-CIFAR10-Triplet-v0`` and ``ALA-CIFAR10-Margin-v0`` with gymnasium;
 ``gym.make("ala_gym.envs:ALA-Digits-v0")`` imports it by itself.
 ``import ala_gym`` registers them too, but only when gymnasium has already been imported
@@ -25,6 +26,9 @@ ENV_IDS = {
     "ALA-FashionMNIST-Margin-v0": "ala_gym.envs.metric_learning:ALAFashionMNISTMarginEnv",
     "ALA-CIFAR10-Triplet-v0": "ala_gym.envs.metric_learning:ALACIFAR10TripletEnv",
     "ALA-CIFAR10-Margin-v0": "ala_gym.envs.metric_learning:ALACIFAR10MarginEnv",
+    "ALA-CIFAR10-AUCPR-v0": "ala_gym.envs.aucpr:ALACIFAR10AUCPREnv",
+    "ALA-FashionMNIST-AUCPR-v0": "ala_gym.envs.aucpr:ALAFashionMNISTAUCPREnv",
+    "ALA-Digits-AUCPR-v0": "ala_gym.envs.aucpr:ALADigitsAUCPREnv",
 }
 """The registered ids and their entry points (registered by :mod:`ala_gym.envs`)."""
 

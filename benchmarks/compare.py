@@ -118,6 +118,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         env_kwargs=dict(total_iterations=1200, steps_per_action=30, eval_points=2, eval_stride=5, val_subsample=1000),
         name="fashion-mnist",
     ),
+    # AUCPR as the reward (Table 2 of the paper) at the fashion-mnist preset's budget: cross-entropy, the
+    # pairwise AUC-ROC surrogate, ALA with the bundled REINFORCE on one child, and PPO on two.
+    "fashion-mnist-aucpr": dict(
+        env="ALA-FashionMNIST-AUCPR-v0",
+        controllers="ce,auc-pairwise,reinforce,ppo",
+        seeds=5,
+        children=2,
+        env_kwargs=dict(total_iterations=1200, steps_per_action=30, eval_points=2, eval_stride=5, val_subsample=1000),
+        name="fashion-mnist-aucpr",
+    ),
     "cifar10-subset": dict(
         env="ALA-CIFAR10-v0",
         controllers=FIXED_ROWS + ",phi-identity-sigmoid,reinforce-paper,reinforce-paper-multi,"
@@ -357,6 +367,8 @@ def summarize(runs: list[dict], controllers: list[str]) -> list[dict]:
 
 
 def markdown_table(rows: list[dict], header: dict[str, Any], runs_by_controller: dict[str, list[dict]] | None = None) -> str:
+    # Error-rate tables (the envs' default metric) read as they always have; a metric to raise says so.
+    direction = " (higher is better)" if header.get("higher_is_better") else ""
     lines = [
         f"# {header['env']}: controller comparison",
         "",
@@ -365,7 +377,7 @@ def markdown_table(rows: list[dict], header: dict[str, Any], runs_by_controller:
         f"- Budget per child: {header['total_iterations']} SGD iterations, K = {header['steps_per_action']} "
         f"-> {header['steps_per_child']} controller steps; env kwargs `{json.dumps(header['env_kwargs'])}`",
         f"- Seeds: {header['seeds']}; versions: {json.dumps(header['versions'])}",
-        f"- Test metric: {header.get('metric', 'error')} (%) on the test split; mean +- sample std over seeds (a multi-child run's seed value is",
+        f"- Test metric: {header.get('metric', 'error')} (%) on the test split{direction}; mean +- sample std over seeds (a multi-child run's seed value is",
         "  the mean over its children). Wall time per child relative to cross-entropy (`ce`); for a multi-child run",
         "  that is the run's wall time divided by its children, who train together (amortised). Phi at the end: mean",
         "  |Phi - I| over all entries and mean diagonal entry, averaged over children (Phi starts at I; `ce` ignores it).",
@@ -434,7 +446,7 @@ def retrieval_table(runs_by_controller: dict[str, list[dict]]) -> list[str]:
     return lines
 
 
-def plot(runs: list[dict], controllers: list[str], out: Path, metric: str = "error") -> None:
+def plot(runs: list[dict], controllers: list[str], out: Path, metric: str = "error", higher_is_better: bool = False) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -452,8 +464,8 @@ def plot(runs: list[dict], controllers: list[str], out: Path, metric: str = "err
         ax.plot(steps, mean, label=name)
         ax.fill_between(steps, mean - std, mean + std, alpha=0.15)
     ax.set_xlabel("controller step")
-    ax.set_ylabel(f"validation {metric} % (env subsample)")
-    if not metric.startswith("recall"):
+    ax.set_ylabel(f"validation {metric} % (env subsample)" + (", higher is better" if higher_is_better else ""))
+    if not higher_is_better:  # an error rate falls over decades; a score to raise approaches 100% from below
         ax.set_yscale("log")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
@@ -646,12 +658,13 @@ def compare(
     total, k = probe.train_config.total_iterations, probe.steps_per_action
     header = {
         "env": env_id,
+        "metric": probe.metric,
+        "higher_is_better": probe.evaluator.higher_is_better,
         "env_kwargs": without_locations(env_kwargs),
         "controllers": controllers,
         "total_iterations": total,
         "steps_per_action": k,
         "steps_per_child": -(-total // k),
-        "metric": getattr(probe, "metric", "error"),
         "seeds": seeds,
         "device": runs[0]["device"],
         # Where the runs ran (a rebuilt table may be written elsewhere).
@@ -661,7 +674,7 @@ def compare(
     write_json(out / "results.json", {"header": header, "summary": rows, "runs": runs})
     table = markdown_table(rows, header, {c: [r for r in runs if r["controller"] == c] for c in controllers if any(r["controller"] == c for r in runs)})
     (out / "table.md").write_text(table)
-    plot(runs, controllers, out, header["metric"])
+    plot(runs, controllers, out, header["metric"], header["higher_is_better"])
     print(table)
     return rows
 

@@ -35,14 +35,14 @@ def _expected_phi_shape(env_id: str) -> tuple[int, ...]:
 @pytest.fixture
 def make(tiny_cifar_dir: Path, tiny_fashion_mnist_dir: Path):
     """``make(env_id, **overrides)``: the registered env on tiny data with a tiny budget."""
-    data = {
-        "ALA-CIFAR10": dict(data_root=str(tiny_cifar_dir), val_size=20),
-        "ALA-FashionMNIST": dict(data_root=str(tiny_fashion_mnist_dir), val_size=40),
-        "ALA-Digits": {},
+    data = {  # by id prefix: every twin of a dataset (AUCPR, metric learning) reads the same data
+        "ALA-CIFAR10-": dict(data_root=str(tiny_cifar_dir), val_size=20),
+        "ALA-FashionMNIST-": dict(data_root=str(tiny_fashion_mnist_dir), val_size=40),
+        "ALA-Digits-": {},
     }
 
     def factory(env_id: str, **overrides) -> gym.Env:
-        dataset = data[env_id.split("-")[0] + "-" + env_id.split("-")[1]]
+        (dataset,) = (kwargs for prefix, kwargs in data.items() if env_id.startswith(prefix))
         metric = METRIC_TINY if _is_metric_learning(env_id) else {}
         return gym.make(env_id, disable_env_checker=True, **{**TINY, **dataset, **metric, **overrides})
 
@@ -256,6 +256,22 @@ def test_accuracy_rewards_have_the_signs_of_error_rewards(make) -> None:
             break
     assert rewards["accuracy"] == rewards["error"]
     assert any(reward != 0.0 for reward in rewards["error"])
+
+
+def test_aucpr_rewards_are_increases_of_the_discounted_aucpr(make) -> None:
+    # Higher AUCPR is better: the raw reward is M_{t+1} - M_t (the sign of Eq. 5 flipped), and training from
+    # a random initialisation raises the AUCPR, so the first rewards are positive.
+    env = make("ALA-Digits-AUCPR-v0", reward="raw", total_iterations=40, steps_per_action=10, lr=0.1).unwrapped
+    assert env.metric == "aucpr"
+    _, info = env.reset(seed=1)
+    previous, rewards, terminated = info["val_metric_discounted"], [], False
+    while not terminated:
+        _, reward, terminated, _, info = env.step(np.ones(55, dtype=np.int64))
+        assert reward == pytest.approx(info["val_metric_discounted"] - previous, abs=1e-12)
+        previous = info["val_metric_discounted"]
+        rewards.append(reward)
+    assert rewards[0] > 0 and sum(rewards) > 0
+    assert info["val_metric"] > 0.5 and 0.5 < info["test_metric"] <= 1.0
 
 
 @pytest.mark.parametrize("loss_form", ["linear", "sigmoid", "cross_entropy"])

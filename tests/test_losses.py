@@ -7,7 +7,15 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from ala_gym.core.losses import PhiLoss, check_phi, class_pairs, matrix_to_pairs, pairs_to_matrix, phi_loss
+from ala_gym.core.losses import (
+    PhiLoss,
+    check_phi,
+    class_pairs,
+    matrix_to_pairs,
+    pairs_to_matrix,
+    pairwise_auc_loss,
+    phi_loss,
+)
 
 
 @pytest.fixture
@@ -54,6 +62,28 @@ def test_sigmoid_form_at_identity_is_minus_p_over_one_plus_p(batch) -> None:
 def test_cross_entropy_form_ignores_phi(batch) -> None:
     logits, labels = batch
     torch.testing.assert_close(phi_loss(logits, labels, _random_phi(), "cross_entropy"), F.cross_entropy(logits, labels))
+
+
+def test_pairwise_auc_loss_by_hand(batch) -> None:
+    logits, labels = batch
+    labels = labels.where(labels != 9, 8)  # class 9 absent: it has no pair and is left out of the mean
+    scores = F.softmax(logits, dim=1)
+    per_class = []
+    for c in range(9):
+        positives, negatives = scores[labels == c, c], scores[labels != c, c]
+        per_class.append(torch.stack([(1.0 - (p - n)).clamp_min(0) ** 2 for p in positives for n in negatives]).mean())
+    torch.testing.assert_close(pairwise_auc_loss(logits, labels), torch.stack(per_class).mean())
+    torch.testing.assert_close(phi_loss(logits, labels, _random_phi(), "auc_pairwise"), torch.stack(per_class).mean())
+    # A margin the score gaps exceed: the hinge is zero wherever positives outrank negatives by it.
+    ranked = torch.where(F.one_hot(labels, 10) > 0, 20.0, 0.0)
+    assert float(pairwise_auc_loss(ranked, labels, margin=0.5)) == 0.0
+
+
+def test_pairwise_auc_loss_runs_under_vmap(batch) -> None:
+    logits, labels = batch
+    stacked = torch.stack([logits, 2 * logits])
+    expected = torch.stack([pairwise_auc_loss(logits, labels), pairwise_auc_loss(2 * logits, labels)])
+    torch.testing.assert_close(torch.vmap(pairwise_auc_loss, in_dims=(0, None))(stacked, labels), expected)
 
 
 def test_phi_loss_object_follows_set_phi(batch) -> None:

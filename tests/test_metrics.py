@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -12,6 +13,9 @@ from ala_gym.core.metrics import (
     METRICS,
     ClassificationEvaluator,
     accuracy,
+    aucpr,
+    average_precision_per_class,
+    class_metric,
     confusion_statistics,
     discounted_metric,
     error_rate,
@@ -80,11 +84,55 @@ def test_class_metric_of_accuracy_complements_error() -> None:
     assert right.metric == pytest.approx(1.0 - error.metric, abs=1e-7)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_aucpr_agrees_with_scikit_learn(seed: int) -> None:
+    from sklearn.metrics import average_precision_score
+
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(400, 10, generator=generator) * 3
+    logits[:100] = logits[:100].round()  # tied scores: every distinct score is one threshold in both
+    labels = torch.randint(0, 10, (400,), generator=generator)
+    scores = torch.softmax(logits.double(), dim=1).numpy()
+    expected = [average_precision_score(labels.numpy() == c, scores[:, c]) for c in range(10)]
+    np.testing.assert_allclose(average_precision_per_class(logits, labels).numpy(), expected, atol=1e-6)
+    assert float(aucpr(logits, labels)) == pytest.approx(float(np.mean(expected)), abs=1e-6)
+    result = ClassificationEvaluator(10, "aucpr")(logits, labels)
+    assert result.higher_is_better and result.metric == pytest.approx(float(np.mean(expected)), abs=1e-6)
+    np.testing.assert_allclose(result.class_metric, expected, atol=1e-6)
+
+
+def test_aucpr_ranks_probabilities_even_when_logits_lie_in_unit_range() -> None:
+    # Logits within [0, 1] must not be ranked as if they were probabilities: the softmax reorders them.
+    logits = torch.tensor([[0.9, 0.0, 0.8], [0.5, 0.0, 0.0], [0.1, 0.9, 0.0], [0.0, 0.0, 0.9]])
+    labels = torch.tensor([1, 0, 1, 2])
+    probabilities = torch.softmax(logits, dim=1)
+    assert logits[:, 0].argsort().tolist() != probabilities[:, 0].argsort().tolist()
+    torch.testing.assert_close(
+        average_precision_per_class(logits, labels), average_precision_per_class(probabilities.log(), labels)
+    )
+
+
+def test_aucpr_of_non_finite_logits_is_the_worst_value_and_an_absent_class_is_left_out() -> None:
+    generator = torch.Generator().manual_seed(7)
+    logits, labels = torch.randn(60, 4, generator=generator), torch.randint(0, 3, (60,), generator=generator)
+    per_class = average_precision_per_class(logits, labels)
+    assert torch.isnan(per_class[3]) and torch.isfinite(per_class[:3]).all()  # class 3 has no sample
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torchmetrics' own macro average warns about the absent class
+        assert float(aucpr(logits, labels)) == pytest.approx(float(per_class[:3].mean()), abs=1e-7)
+        assert class_metric(logits, labels, confusion_statistics(logits, labels, 4), "aucpr")[3] == 0.0
+    broken = logits.where(torch.arange(60)[:, None] != 5, torch.inf)
+    assert float(aucpr(broken, labels)) == METRICS["aucpr"].worst == 0.0
+    assert float(aucpr(torch.full((60, 4), torch.nan), labels)) == 0.0
+    assert not ClassificationEvaluator(4, "aucpr")(broken, labels).finite  # the envs' divergence check
+
+
 def test_improvement_follows_the_direction() -> None:
     assert improvement(0.3, 0.2, METRICS["error"].higher_is_better) == pytest.approx(0.1)
     assert improvement(0.7, 0.8, METRICS["accuracy"].higher_is_better) == pytest.approx(0.1)
     assert improvement(1.0, 2.0, METRICS["nll"].higher_is_better) == -1.0
     assert METRICS["accuracy"].worst == 0.0 and METRICS["error"].worst == 1.0
+    assert METRICS["aucpr"].higher_is_better and METRICS["aucpr"].improvement(0.6, 0.7) == pytest.approx(0.1)
 
 
 def test_discounted_metric() -> None:

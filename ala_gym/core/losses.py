@@ -8,6 +8,8 @@ cross-entropy baseline, so the default form is
 ``"linear"``; ``"sigmoid"`` keeps the printed form, with an optional temperature dividing its
 argument (one public re-implementation divided by sqrt(C) against saturation). ``"cross_entropy"``
 ignores Phi and calls ``F.cross_entropy``: the plain baseline, run through the same machinery.
+``"auc_pairwise"`` ignores Phi too: :func:`pairwise_auc_loss`, the pairwise AUC-ROC surrogate that the
+paper's AUCPR comparison (Table 2) sets beside cross-entropy.
 
 A negative entry ``Phi(y, j)`` rewards pushing ``log f_j`` towards minus infinity: Eq. 6 is then
 unbounded below (linear form) or saturates once that term dominates (sigmoid form), and training
@@ -32,7 +34,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-LOSS_FORMS = ("linear", "sigmoid", "cross_entropy")
+LOSS_FORMS = ("linear", "sigmoid", "cross_entropy", "auc_pairwise")
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -61,6 +63,8 @@ def phi_loss(
     """Mean Eq. 6 loss over a batch: rows ``Phi[y]`` weight the log-probabilities of every class."""
     if form == "cross_entropy":
         return F.cross_entropy(logits, labels)
+    if form == "auc_pairwise":
+        return pairwise_auc_loss(logits, labels)
     weights, log_probs = phi[labels], F.log_softmax(logits, dim=1)
     if negative_floor is not None:
         log_probs = torch.where(weights < 0, log_probs.clamp_min(float(np.log(negative_floor))), log_probs)
@@ -70,6 +74,26 @@ def phi_loss(
     if form == "sigmoid":
         return -torch.sigmoid(weighted / temperature).mean()
     raise ValueError(f"unknown loss form {form!r}; choose one of {LOSS_FORMS}")
+
+
+def pairwise_auc_loss(logits: torch.Tensor, labels: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
+    """Pairwise AUC-ROC surrogate (Rakotomamonjy 2004, the paper's Table 2 baseline), one-vs-rest per class.
+
+    For class ``c`` every (positive ``i``, negative ``j``) pair of the batch, ``y_i = c != y_j``, pays the
+    squared hinge ``max(0, margin - (s_ic - s_jc))^2`` on the softmax scores ``s``, the scores that the
+    AUCPR metric ranks (``ala_gym.core.metrics.aucpr``); the loss is the mean over a class's pairs, averaged
+    over the classes that have a pair in the batch. With scores in [0, 1] and ``margin = 1`` every pair
+    stays active (the squared-hinge default of LibAUC's pairwise losses). Masks instead of indexing, so
+    that it runs under ``torch.vmap`` (the N-children trainer) and never waits on the device.
+    """
+    scores = F.softmax(logits, dim=1)
+    positive = labels[:, None] == torch.arange(logits.shape[1], device=logits.device)  # [B, C]
+    pairs = (positive[:, None, :] & ~positive[None, :, :]).to(scores.dtype)  # [B (positive), B (negative), C]
+    hinge = (margin - (scores[:, None, :] - scores[None, :, :])).clamp_min(0.0).square()
+    counts = pairs.sum(dim=(0, 1))
+    per_class = (hinge * pairs).sum(dim=(0, 1)) / counts.clamp_min(1.0)
+    present = (counts > 0).to(scores.dtype)
+    return (per_class * present).sum() / present.sum().clamp_min(1.0)
 
 
 class PhiLoss:

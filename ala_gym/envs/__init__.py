@@ -6,13 +6,24 @@ from typing import Any
 from gymnasium.envs.registration import load_env_creator, register, registry
 
 from ala_gym import ENV_IDS
+from ala_gym.envs.aucpr import ALACIFAR10AUCPREnv, ALADigitsAUCPREnv, ALAFashionMNISTAUCPREnv
 from ala_gym.envs.cifar10 import ALACIFAR10Env
 from ala_gym.envs.classification import ALAClassificationEnv
 from ala_gym.envs.digits import ALADigitsEnv
 from ala_gym.envs.fashion_mnist import ALAFashionMNISTEnv
 from ala_gym.envs.metric_learning import ALAMetricLearningEnv
 
-__all__ = ["ALAClassificationEnv", "ALACIFAR10Env", "ALADigitsEnv", "ALAFashionMNISTEnv", "ALAMetricLearningEnv", "make_vector_env"]
+__all__ = [
+    "ALAClassificationEnv",
+    "ALACIFAR10Env",
+    "ALADigitsEnv",
+    "ALAFashionMNISTEnv",
+    "ALACIFAR10AUCPREnv",
+    "ALADigitsAUCPREnv",
+    "ALAFashionMNISTAUCPREnv",
+    "ALAMetricLearningEnv",
+    "make_vector_env",
+]
 
 
 # Where each vector backend lives, named by entry-point string (as gymnasium's registry names env classes):

@@ -71,7 +71,7 @@ class ALAClassificationEnv(ALAEnv):
     step's end carry under 5% of Eq. 4's weight, so three points 10 apart cover the part of the sum
     that matters. ``reward="sign"`` (default) gives Eq. 5's ``sign(M_t - M_{t+1})`` in {-1, 0, 1};
     ``reward="raw"`` gives the unquantised ``M_t - M_{t+1}``. ``M_0`` is the initial model's metric.
-    For a metric where higher is better (``"accuracy"``) the difference is ``M_{t+1} - M_t``: a positive
+    For a metric where higher is better (``"accuracy"``, ``"aucpr"``) the difference is ``M_{t+1} - M_t``: a positive
     reward always means the child got better.
 
     If training diverges (a non-finite training or validation loss), the episode terminates with
@@ -85,7 +85,7 @@ class ALAClassificationEnv(ALAEnv):
     outside (``gym.make(..., max_episode_steps=N)``, or the vector env's ``max_episode_steps``) does not:
     the training run has not finished; ``env.unwrapped.evaluate_split("test")`` measures it if wanted.
     A diverged child scores the metric's worst value there (``ala_gym.core.metrics.Metric.worst``:
-    1.0 for ``"error"``, ``inf`` for ``"nll"``, 0.0 for ``"accuracy"``), never NaN.
+    1.0 for ``"error"``, ``inf`` for ``"nll"``, 0.0 for ``"accuracy"`` and ``"aucpr"``), never NaN.
 
     ## Rendering
     ``render_mode="rgb_array"``: ``render()`` returns an ``H x W x 3`` uint8 picture of the current Phi
@@ -114,7 +114,8 @@ class ALAClassificationEnv(ALAEnv):
       ``step_scaling`` (``"row"`` or ``"entry"``) as under Action Space, ``phi_init`` (identity), ``loss_form``,
       ``sigmoid_temperature``, ``negative_floor`` (1e-3: a negative entry stops rewarding ``log f_j`` once
       ``f_j`` is below it, which keeps Eq. 6 bounded; ``None`` for Eq. 6 as printed; see ``ala_gym.core.losses``).
-    * ``metric`` (``"error"`` or ``"nll"``, lower is better; ``"accuracy"``, higher is better), ``reward``, ``gamma`` (0.9), ``eval_points``,
+    * ``metric`` (``"error"`` or ``"nll"``, lower is better; ``"accuracy"`` or ``"aucpr"``, macro one-vs-rest
+      average precision, higher is better), ``reward``, ``gamma`` (0.9), ``eval_points``,
       ``eval_stride``, ``val_subsample`` (1000: at 2000 the validation passes took 11.5% of a Fashion-MNIST step, at 1000 3.5%, see benchmarks/results/overhead.md), ``history`` (10), ``divergence_penalty``.
     * ``device``: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
     * ``num_threads``: torch intra-op threads of this process. ``None`` leaves the setting alone, except
