@@ -132,7 +132,7 @@ def test_improvement_follows_the_direction() -> None:
     assert improvement(0.7, 0.8, METRICS["accuracy"].higher_is_better) == pytest.approx(0.1)
     assert improvement(1.0, 2.0, METRICS["nll"].higher_is_better) == -1.0
     assert METRICS["accuracy"].worst == 0.0 and METRICS["error"].worst == 1.0
-    assert METRICS["aucpr"].higher_is_better and METRICS["aucpr"].improvement(0.6, 0.7) == pytest.approx(0.1)
+    assert METRICS["aucpr"].higher_is_better and improvement(0.6, 0.7, METRICS["aucpr"].higher_is_better) == pytest.approx(0.1)
 
 
 def test_discounted_metric() -> None:
