@@ -60,6 +60,25 @@ RESULTS = Path(__file__).resolve().parent / "results"
 # seeds k and k + 1), for a paired comparison.
 FIXED_ROWS = "ce,phi-identity,label-smoothing,phi-uniform,random,confusion"
 
+
+
+def metric_learning_preset(env: str, name: str) -> dict[str, Any]:
+    """A Fashion-MNIST metric-learning comparison (train on classes 0-4, retrieve on 5-9): the framework's
+    fixed loss, the adaptive loss held at its initial Phi, ALA learned online and frozen at its initial
+    policy, and PPO, every row on the same 2 children per seed. 1000 iterations of 5 x 20 batches (4 epochs
+    of the 25k training images), K = 50: 20 steps a child."""
+    return dict(
+        env=env,
+        controllers="fixed-loss,phi-init,reinforce-multi,reinforce-frozen,ppo",
+        seeds=3,
+        children=2,
+        baseline_children=2,
+        seed_stride=2,
+        env_kwargs=dict(total_iterations=1000, steps_per_action=50, eval_points=2, eval_stride=5, val_subsample=1000),
+        name=name,
+    )
+
+
 # Budgets chosen so a CPU can finish; each gives every child tens of controller steps.
 PRESETS: dict[str, dict[str, Any]] = {
     "demo": dict(
@@ -149,31 +168,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         ),
         name="cifar10-subset",
     ),
-    # Metric learning (Table 3's triplet framework) on Fashion-MNIST: train on classes 0-4, retrieve 5-9.
-    # 1000 iterations of 5 x 20 batches (4 epochs of the 25k training images), K = 50: 20 steps a child.
-    # Metric learning (train on classes 0-4, retrieve on 5-9): the framework's fixed loss, the adaptive loss
-    # held at its initial Phi, ALA learned online and frozen at its initial policy, and PPO; every row on the
-    # same 2 children per seed.
-    "fashion-mnist-triplet": dict(
-        env="ALA-FashionMNIST-Triplet-v0",
-        controllers="fixed-loss,phi-init,reinforce-multi,reinforce-frozen,ppo",
-        seeds=3,
-        children=2,
-        baseline_children=2,
-        seed_stride=2,
-        env_kwargs=dict(total_iterations=1000, steps_per_action=50, eval_points=2, eval_stride=5, val_subsample=1000),
-        name="fashion-mnist-triplet",
-    ),
-    "fashion-mnist-margin": dict(
-        env="ALA-FashionMNIST-Margin-v0",
-        controllers="fixed-loss,phi-init,reinforce-multi,reinforce-frozen,ppo",
-        seeds=3,
-        children=2,
-        baseline_children=2,
-        seed_stride=2,
-        env_kwargs=dict(total_iterations=1000, steps_per_action=50, eval_points=2, eval_stride=5, val_subsample=1000),
-        name="fashion-mnist-margin",
-    ),
+    # Metric learning: Table 3's triplet framework (Eq. 9 mixture) and margin framework (Eq. 10 focal weights).
+    "fashion-mnist-triplet": metric_learning_preset("ALA-FashionMNIST-Triplet-v0", "fashion-mnist-triplet"),
+    "fashion-mnist-margin": metric_learning_preset("ALA-FashionMNIST-Margin-v0", "fashion-mnist-margin"),
     # The paper's setting at a reduced budget, for a GPU: python -m benchmarks.compare --preset cifar10-gpu
     "cifar10-gpu": dict(
         env="ALA-CIFAR10-v0",
