@@ -341,8 +341,11 @@ def summarize(runs: list[dict], controllers: list[str]) -> list[dict]:
             continue
         tests = np.array([r["test_metric"] for r in mine]) * 100
         per_child = np.array([r["wall_s"] / r["num_children"] for r in mine])
-        # Controllers without Phi (adalfl) record none: their Phi columns read nan.
-        final_phis = [np.array(c["phi"][-1]) for r in mine for c in r["children"] if c["phi"]] or [np.full((1, 1), np.nan)]
+        # The Phi columns describe Eq. 6's matrix; they read nan for controllers without one (adalfl records no
+        # Phi) and for the metric-learning envs, whose loss weights are a vector with no identity to drift from.
+        final_phis = [
+            np.array(c["phi"][-1]) for r in mine for c in r["children"] if c["phi"] and np.ndim(c["phi"][-1]) == 2
+        ] or [np.full((1, 1), np.nan)]
         rows.append(
             {
                 "controller": name,
