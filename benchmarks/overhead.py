@@ -36,6 +36,7 @@ Writes ``benchmarks/results/overhead.json`` and ``benchmarks/results/overhead.md
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -48,6 +49,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import gymnasium as gym
+from gymnasium.utils import seeding
 import numpy as np
 import torch
 import ala_gym.envs  # noqa: F401  (registers the env ids)
@@ -55,7 +57,6 @@ from torch.nn import functional as F
 
 from ala_gym.core.data import cifar10_subset_dir, data_home
 from ala_gym.core.losses import PhiLoss
-from ala_gym.core.models import build_model
 from ala_gym.core.trainer import ChildTrainer
 from ala_gym.envs.classification import ALAClassificationEnv
 from benchmarks.machine import cpu_model
@@ -82,7 +83,9 @@ DEFAULT_CONFIGS = {"cpu": ["digits", "fashion-mnist"], "cuda": list(CONFIGS)}
 LOOPS = ("plain", "trainer", "trainer-soft", "trainer-general", "env")
 PROJECTED_K = 200  # the paper's K, at which the per-image costs are also projected
 EVAL_BATCH_SIZES = (128, 256, 512, 1000)
-ENV_SEED, CHILD_SEED = 0, 1  # the env's child; the plain loop's and the trainers' children
+ENV_SEED = 0  # the env's reset seed; every loop starts from the weights of the env's child
+# One child for all loops: the kernels' speed depends on the data they see (measured: max pooling took 17%
+# longer on one seed's child than on another's), so loops on different children would compare children.
 
 
 def _sync(device: torch.device) -> None:
@@ -108,9 +111,10 @@ def _timed_both(fn: Callable[[], Any], device: torch.device) -> tuple[float, flo
 
 
 def _plain_loop(env: ALAClassificationEnv, seed: int) -> Callable[[int], None]:
-    """A plain, well-written cross-entropy loop of the env's child model (see the module docstring)."""
+    """A plain, well-written cross-entropy loop (see the module docstring) of the child that
+    ``ChildTrainer(..., seed)`` starts from."""
     config, data = env.train_config, env.data
-    model = build_model(config.model, data.image_shape, data.num_classes, torch.Generator().manual_seed(seed), data.device)
+    model = copy.deepcopy(ChildTrainer(data, config, seed).model)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     generator = torch.Generator(data.device).manual_seed(seed)
     inputs_all, labels_all = data.normalize(data.train.images), data.train.labels
@@ -139,6 +143,11 @@ def _trainer_loop(env: ALAClassificationEnv, seed: int, phi: np.ndarray) -> Call
     )
     loss.set_phi(phi.astype(np.float32))
     return lambda iterations: trainer.train(iterations, loss)
+
+
+def env_child_seed(reset_seed: int) -> int:
+    """The trainer seed of the child that ``env.reset(seed=reset_seed)`` builds (its first draw from ``np_random``)."""
+    return int(seeding.np_random(reset_seed)[0].integers(2**63 - 1))
 
 
 def _phis(num_classes: int) -> dict[str, np.ndarray]:
@@ -179,8 +188,9 @@ def measure(name: str, device: torch.device, repeats: int, steps_per_action: int
     def env_step(iterations: int) -> None:
         env.step(keep)
 
-    loops: dict[str, Callable[[int], None]] = {"plain": _plain_loop(env, CHILD_SEED)}
-    loops |= {name: _trainer_loop(env, CHILD_SEED, phi) for name, phi in _phis(env.data.num_classes).items()}
+    child_seed = env_child_seed(ENV_SEED)
+    loops: dict[str, Callable[[int], None]] = {"plain": _plain_loop(env, child_seed)}
+    loops |= {name: _trainer_loop(env, child_seed, phi) for name, phi in _phis(env.data.num_classes).items()}
     loops["env"] = env_step
     env.reset(seed=ENV_SEED)
     for loop in loops.values():  # warm-up: allocator, kernels, first touch of the data
@@ -234,7 +244,7 @@ def machine_info(device: torch.device, threads: int) -> dict[str, Any]:
         "python": platform.python_version(),
         "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "seeds": {"env_reset": ENV_SEED, "plain_and_trainers": CHILD_SEED},
+        "seeds": {"env_reset": ENV_SEED},
         "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "load_average_start": [round(v, 2) for v in os.getloadavg()],
     }
@@ -255,8 +265,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"`torch.get_num_threads()` = {machine['torch_num_threads']} (set explicitly); torch {machine['torch_version']}, "
         f"Python {machine['python']}.",
         f"* Device: `{machine['device']}`" + (f" ({machine['gpu']})" if machine["gpu"] else "") + ".",
-        f"* Seeds: env reset {machine['seeds']['env_reset']}, plain loop and trainers {machine['seeds']['plain_and_trainers']}; "
-        "the env keeps Phi at identity (action 1 everywhere).",
+        f"* Seeds: env reset {machine['seeds']['env_reset']}; every loop starts from the env child's initial weights "
+        "(the trainers also draw its batches); the env keeps Phi at identity (action 1 everywhere).",
         "* Rows (module docstring of `benchmarks/overhead.py`): `plain` = plain cross-entropy loop (training set resident "
         "and normalised once, random batch per iteration, `torch.optim.SGD`); `trainer` = `ChildTrainer` under Eq. 6 at "
         "Phi = I; `trainer-soft` = at a non-negative Phi off identity; `trainer-general` = at a Phi with negative "
