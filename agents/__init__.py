@@ -16,14 +16,14 @@ itself must apply both the same way. ``on_step(step, logs)`` receives per-step s
 ``val_metric``, ``phi_drift``, ``phi_max_offdiag``, and for learners ``entropy`` and losses) plus
 ``logs["phi"]``, the running children's Phi as a ``[children, C, C]`` array.
 
-Registry (``CONTROLLERS``, keyed by the benchmark's names):
+Registry (``CONTROLLERS``, keyed by the benchmark's names; the README's Controllers table says what each is).
 
-============================  ====================================================================  =
 Factory keywords: the baselines take ``num_envs`` and ``loss_form`` (``random`` also ``noise``,
 ``phi-uniform``/``label-smoothing`` ``off_diagonal`` and ``label_smoothing``); ``reinforce*`` take
 ``config`` (:class:`agents.reinforce.ReinforceConfig`), ``num_envs``, ``train``; ``ppo``/``a2c`` take
 ``config`` (:class:`agents.sb3.SB3Config`), ``num_envs``, ``policy`` (``"pair"`` or ``"mlp"``). Saved
-policies: ``agents.reinforce.ReinforceController.load(path, train=False)`` (``train=True`` fine-tunes) and
+policies: ``agents.reinforce.ReinforceController.load(path, train=False)`` (``train=True`` fine-tunes;
+``temperature`` divides the loaded logits) and
 ``agents.sb3.SB3Controller.load(path, algo)``.
 """
 
