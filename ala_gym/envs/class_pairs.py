@@ -67,14 +67,9 @@ class ClassPairTask(LossTask):
         phi = torch.tensor(phi_init, dtype=torch.float32, device=device)
         self.loss = PhiLoss(phi, settings.loss_form, settings.sigmoid_temperature, settings.negative_floor)
 
-    @property
-    def phi(self) -> np.ndarray:
-        """The current ``C x C`` Phi; assigning one (symmetric, entries in [-1, 1]) prescribes it."""
-        return pairs_to_matrix(self.values, self.num_classes)
-
-    @phi.setter
-    def phi(self, value: np.ndarray) -> None:
-        self.set_values(self.phi_checker()(value))
+    def phi_of_values(self, values: np.ndarray) -> np.ndarray:
+        """The ``C x C`` Phi (symmetric, entries in [-1, 1])."""
+        return pairs_to_matrix(values, self.num_classes)
 
     def phi_checker(self) -> Callable[[Any], np.ndarray]:
         return partial(check_pair_phi, num_classes=self.num_classes)

@@ -73,14 +73,9 @@ class EmbeddingLossTask(LossTask):
             self.loss = self.adaptive
         self.set_values(self.initial_values)
 
-    @property
-    def phi(self) -> np.ndarray:
-        """The loss parameters: Eq. 9's 10 weights or Eq. 10's 2 scales; assigning them prescribes them."""
-        return phi_of_values(self.values, self.form)
-
-    @phi.setter
-    def phi(self, value: np.ndarray) -> None:
-        self.set_values(self.phi_checker()(value))
+    def phi_of_values(self, values: np.ndarray) -> np.ndarray:
+        """Eq. 9's 10 weights or Eq. 10's 2 scales."""
+        return phi_of_values(values, self.form)
 
     def phi_checker(self) -> Callable[[Any], np.ndarray]:
         return partial(values_of_phi, form=self.form)

@@ -61,12 +61,18 @@ class LossTask(ABC):
 
     @property
     def phi(self) -> np.ndarray:
-        """The loss parameters in their natural shape (here the rows' values); assigning them prescribes them."""
-        return self.values.copy()
+        """The loss parameters in their natural shape (:meth:`phi_of_values`); assigning them prescribes them
+        (validated by :meth:`phi_checker`)."""
+        return self.phi_of_values(self.values)
 
     @phi.setter
     def phi(self, value: np.ndarray) -> None:
         self.set_values(self.phi_checker()(value))
+
+    def phi_of_values(self, values: np.ndarray) -> np.ndarray:
+        """The loss parameters that the rows' ``values`` stand for (the values themselves unless a task says
+        otherwise)."""
+        return values.copy()
 
     def phi_checker(self) -> Callable[[Any], np.ndarray]:
         """A picklable function that validates a ``phi`` for this task and returns its rows' values (a Ray
