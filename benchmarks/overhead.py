@@ -4,8 +4,9 @@ Per config, these run the same K SGD iterations of the same child model, interle
 env, plain, ...; interleaving spreads the load of a shared machine over all of them):
 
 * ``plain``: a plain, well-written cross-entropy loop: the training set resident on the device and
-  normalised once, a random batch drawn each iteration (``torch.randint``), ``F.cross_entropy``,
-  ``torch.optim.SGD`` with the child's momentum and weight decay. No schedule, no augmentation.
+  normalised once, a random batch drawn each iteration (``torch.randint``; CIFAR batches get the same
+  pad-crop-flip augmentation as the trainer's), ``F.cross_entropy``, ``torch.optim.SGD`` with the
+  child's momentum and weight decay. No schedule.
 * ``trainer``: the package's :class:`ala_gym.core.trainer.ChildTrainer` under Eq. 6 at Phi = I (the env's
   loss at identity, computed by the hard-label cross-entropy kernel); ``trainer-soft`` at a non-negative
   Phi off identity (the soft-target kernel); ``trainer-general`` at a Phi with negative entries (the
@@ -18,13 +19,19 @@ processes share the cores) and in wall time. It also breaks the env's extra cost
 (the env runs ``eval_points`` of them a step) and the per-image cost of evaluation at several eval batch
 sizes against the per-image cost of training.
 
+Before measuring, :func:`ala_gym.core.allocator.retain_freed_memory` fixes glibc's malloc thresholds
+(``--system-malloc`` leaves them alone). Without it, how often freed activations are handed back to the
+kernel and page-faulted in again depends on each loop's order of allocations: on ResNet-32 two loops
+with the same arithmetic differed by 3-7%, all of it page faults, and such differences swamped what
+the rows are meant to compare.
+
 Every config pins all the env keywords it depends on (K, evaluation schedule, validation subsample),
 so a later change of an env default does not change what a row measures.
 
 Usage::
 
     python -m benchmarks.overhead                 # CPU: digits (MLP, K = 50), Fashion-MNIST (small CNN, K = 100)
-    python -m benchmarks.overhead --configs cifar10-subset --merge   # add ResNet-32 (slow on a CPU)
+    python -m benchmarks.overhead --configs cifar10-subset --merge   # add ResNet-32, K = 200 (40 minutes on a CPU)
     python -m benchmarks.overhead --device cuda   # every config, on the GPU
 
 The CIFAR-10 subset is read from ``--data-root`` (default ``$ALA_GYM_DATA`` or ``<repo>/../shared/data``).
@@ -55,7 +62,8 @@ import torch
 import ala_gym.envs  # noqa: F401  (registers the env ids)
 from torch.nn import functional as F
 
-from ala_gym.core.data import cifar10_subset_dir, data_home
+from ala_gym.core.allocator import retain_freed_memory
+from ala_gym.core.data import cifar10_subset_dir, data_home, training_batch
 from ala_gym.core.losses import PhiLoss
 from ala_gym.core.trainer import ChildTrainer
 from ala_gym.envs.classification import ALAClassificationEnv
@@ -72,11 +80,11 @@ CONFIGS: dict[str, dict[str, Any]] = {
     },
     "fashion-mnist": {
         "env_id": "ALA-FashionMNIST-v0", "kwargs": {"steps_per_action": 100, "val_subsample": 1000, **SCHEDULE},
-        "repeats": (5, 10),
+        "repeats": (15, 10),
     },
     "cifar10-subset": {
-        "env_id": "ALA-CIFAR10-v0", "kwargs": {"steps_per_action": 20, "val_subsample": None, **SCHEDULE},
-        "cifar10_subset": True, "repeats": (1, 5),
+        "env_id": "ALA-CIFAR10-v0", "kwargs": {"steps_per_action": 200, "val_subsample": None, **SCHEDULE},
+        "cifar10_subset": True, "repeats": (2, 5),
     },
 }
 DEFAULT_CONFIGS = {"cpu": ["digits", "fashion-mnist"], "cuda": list(CONFIGS)}
@@ -117,14 +125,14 @@ def _plain_loop(env: ALAClassificationEnv, seed: int) -> Callable[[int], None]:
     model = copy.deepcopy(ChildTrainer(data, config, seed).model)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     generator = torch.Generator(data.device).manual_seed(seed)
-    inputs_all, labels_all = data.normalize(data.train.images), data.train.labels
     model.train()
 
     def run(iterations: int) -> None:
         total = torch.zeros((), device=data.device)
         for _ in range(iterations):
-            index = torch.randint(len(labels_all), (config.batch_size,), generator=generator, device=data.device)
-            loss = F.cross_entropy(model(inputs_all[index]), labels_all[index])
+            index = torch.randint(len(data.train), (config.batch_size,), generator=generator, device=data.device)
+            inputs, labels = training_batch(data, index, generator)
+            loss = F.cross_entropy(model(inputs), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -271,6 +279,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         "and normalised once, random batch per iteration, `torch.optim.SGD`); `trainer` = `ChildTrainer` under Eq. 6 at "
         "Phi = I; `trainer-soft` = at a non-negative Phi off identity; `trainer-general` = at a Phi with negative "
         "entries; `env` = `env.step` at Phi = I (the trainer's K iterations plus the step's validation passes).",
+        "* malloc (`ala_gym.core.allocator.retain_freed_memory`, see the module docstring): "
+        + "; ".join(f"{name} {row.get('malloc', 'system default')}" for name, row in report["results"].items()) + ".",
         "* Times are medians over interleaved repetitions (plain, trainers, env, plain, ...), after one warm-up of each.",
         f"* Load average (1, 5, 15 min) at the start: {machine['load_average_start']}. Overheads are ratios of medians "
         "minus one; CPU time is this process's CPU seconds, the steadier figure on a shared machine.",
@@ -326,6 +336,9 @@ def main(argv: list[str] | None = None) -> None:
     # One thread by default: on a shared CPU, several intra-op threads per process oversubscribe the cores
     # and their synchronisation dominates small kernels.
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
+    parser.add_argument(
+        "--system-malloc", action="store_true", help="leave glibc's malloc thresholds alone (see the module docstring)"
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--note", action="append", default=[], help="a line for the notes section of the md")
     parser.add_argument(
@@ -339,6 +352,9 @@ def main(argv: list[str] | None = None) -> None:
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda asked for, but torch.cuda.is_available() is False on this machine")
     torch.set_num_threads(args.threads)
+    malloc = "system default" if args.system_malloc else (
+        "glibc thresholds fixed" if retain_freed_memory() else "system default (not glibc)"
+    )
     report: dict[str, Any] = {
         "argv": [a for a in (sys.argv[1:] if argv is None else argv)],
         "machine": machine_info(device, args.threads),
@@ -348,7 +364,8 @@ def main(argv: list[str] | None = None) -> None:
     json_path = args.out / "overhead.json"
     if args.merge and json_path.exists():
         previous = json.loads(json_path.read_text())
-        report["results"], report["notes"] = previous["results"], previous["notes"] + report["notes"]
+        report["results"] = previous["results"]
+        report["notes"] = list(dict.fromkeys(previous["notes"] + report["notes"]))  # once each, in order
     if not torch.cuda.is_available() and not args.merge:
         report["notes"].append("No GPU on this machine: CUDA numbers not measured (run with `--device cuda` where one is).")
     for name in args.configs or DEFAULT_CONFIGS[device.type]:
@@ -359,7 +376,7 @@ def main(argv: list[str] | None = None) -> None:
         repeats = args.repeats or CONFIGS[name]["repeats"][device.type == "cuda"]
         started = time.perf_counter()
         report["results"][name] = row = measure(name, device, repeats, args.steps_per_action)
-        row["device"], row["torch_num_threads"] = str(device), torch.get_num_threads()
+        row["device"], row["torch_num_threads"], row["malloc"] = str(device), torch.get_num_threads(), malloc
         row["benchmark_wall_s"] = time.perf_counter() - started
         print(f"{name}: plain {_ms(row['median_cpu_s']['plain'])} ms CPU, "
               + ", ".join(f"{loop} {row['vs_plain_cpu_pct'][loop]:+.1f}%" for loop in LOOPS[1:])
