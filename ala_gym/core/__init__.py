@@ -16,4 +16,5 @@ of gymnasium, stable-baselines3, ``ala_gym.envs``, ``agents`` and ``benchmarks``
   the package.
 * :mod:`ala_gym.core.trainer`: one child trained K iterations at a time under any loss.
 * :mod:`ala_gym.core.batched`: N children of one architecture trained together (``torch.func.vmap``).
+* :mod:`ala_gym.core.allocator`: keeps freed CPU memory in the process (steadier CPU timings under glibc).
 """
