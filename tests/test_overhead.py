@@ -1,0 +1,30 @@
+"""The overhead benchmark: its loops train the env's own child, and a tiny run writes both reports."""
+
+from __future__ import annotations
+
+import json
+
+import gymnasium as gym
+import torch
+
+from ala_gym.core.trainer import ChildTrainer
+from benchmarks import overhead
+
+
+def test_env_child_seed_gives_the_weights_every_loop_starts_from():
+    env = gym.make("ALA-Digits-v0", disable_env_checker=True, total_iterations=20, steps_per_action=5).unwrapped
+    env.reset(seed=overhead.ENV_SEED)
+    loop_child = ChildTrainer(env.data, env.train_config, overhead.env_child_seed(overhead.ENV_SEED)).model
+    pairs = list(zip(loop_child.parameters(), env.trainer.model.parameters(), strict=True))
+    assert all(torch.equal(a, b) for a, b in pairs)
+
+
+def test_tiny_run_writes_json_and_markdown(tmp_path):
+    overhead.main(["--configs", "digits", "--repeats", "1", "--steps-per-action", "2", "--out", str(tmp_path)])
+    report = json.loads((tmp_path / "overhead.json").read_text())
+    row = report["results"]["digits"]
+    assert row["steps_per_action"] == 2 and row["repeats"] == 1
+    assert row["malloc"] in ("glibc thresholds fixed", "system default (not glibc)")
+    assert set(row["median_cpu_s"]) == set(overhead.LOOPS) and all(v > 0 for v in row["median_cpu_s"].values())
+    table = (tmp_path / "overhead.md").read_text()
+    assert "| digits | mlp | 2 | 1 |" in table and "malloc" in table
