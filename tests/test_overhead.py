@@ -1,4 +1,4 @@
-"""The overhead benchmark: its loops train the env's own child, and a tiny run writes both reports."""
+"""The overhead and malloc benchmarks: the loops train the env's own child, and tiny runs write their reports."""
 
 from __future__ import annotations
 
@@ -28,3 +28,13 @@ def test_tiny_run_writes_json_and_markdown(tmp_path):
     assert set(row["median_cpu_s"]) == set(overhead.LOOPS) and all(v > 0 for v in row["median_cpu_s"].values())
     table = (tmp_path / "overhead.md").read_text()
     assert "| digits | mlp | 2 | 1 |" in table and "malloc" in table
+
+
+def test_malloc_benchmark_times_both_loops_under_both_thresholds(tmp_path):
+    from benchmarks import malloc
+
+    malloc.main(["--config", "digits", "--rounds", "2", "--out", str(tmp_path)])
+    report = json.loads((tmp_path / "malloc.json").read_text())
+    assert [row["mode"] for row in report["results"]] == list(malloc.MODES)
+    assert all(len(row["cpu_s"][loop]) == 2 for row in report["results"] for loop in malloc.LOOP_NAMES)
+    assert "| retained |" in (tmp_path / "malloc.md").read_text()
