@@ -139,10 +139,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         name="fashion-mnist",
     ),
     # The online learner at its own child count (10, as in the paper and the digits sweep) instead of the
-    # fashion-mnist preset's 2, at that preset's budget: every row on the same 10 children per seed.
+    # fashion-mnist preset's 2, at that preset's budget: every row on the same 10 children per seed. Then
+    # the shipped digits policy, and one reward for all pairs (per-pair credit can move pairs apart).
     "fashion-mnist-10": dict(
         env="ALA-FashionMNIST-v0",
-        controllers="ce,reinforce-multi,reinforce-frozen",
+        controllers="ce,reinforce-multi,reinforce-frozen,reinforce-transfer-frozen,reinforce-multi(pair_credit=false)",
         seeds=5,
         children=10,
         baseline_children=10,
