@@ -25,13 +25,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +40,7 @@ import torch
 import ala_gym.envs  # noqa: F401  (registers the env ids)
 from ala_gym.core.allocator import retain_freed_memory
 from ala_gym.core.data import cifar10_subset_dir
-from benchmarks.machine import cpu_model
-from benchmarks.overhead import CONFIGS, ENV_SEED, _plain_loop, _trainer_loop, env_child_seed
+from benchmarks.overhead import CONFIGS, ENV_SEED, _plain_loop, _trainer_loop, env_child_seed, machine_info
 
 MODES = ("default", "retained")
 LOOP_NAMES = ("plain", "trainer")
@@ -129,13 +126,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker:
         worker(args.worker, args.config, args.rounds)
         return
-    machine = {
-        "cpu_model": cpu_model(),
-        "cpu_cores_visible": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "torch_version": torch.__version__,
-        "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "load_average_start": [round(v, 2) for v in os.getloadavg()],
-    }
+    torch.set_num_threads(1)  # as in the workers, so that the recorded machine says what they ran with
+    machine = machine_info(torch.device("cpu"), 1)
     results = []
     for mode in MODES:
         command = [sys.executable, "-m", "benchmarks.malloc", "--worker", mode, "--config", args.config,
