@@ -21,9 +21,9 @@ sizes against the per-image cost of training.
 
 Before measuring, :func:`ala_gym.core.allocator.retain_freed_memory` fixes glibc's malloc thresholds
 (``--system-malloc`` leaves them alone). Without it, how often freed activations are handed back to the
-kernel and page-faulted in again depends on each loop's order of allocations: on ResNet-32 two loops
-with the same arithmetic differed by 3-7%, all of it page faults, and such differences swamped what
-the rows are meant to compare.
+kernel and page-faulted in again depends on each loop's order of allocations, so two loops with the
+same arithmetic can differ by their page faults alone (``benchmarks/malloc.py`` measures it on
+ResNet-32), by as much as the rows are meant to compare.
 
 Every config pins all the env keywords it depends on (K, evaluation schedule, validation subsample),
 so a later change of an env default does not change what a row measures.

@@ -3,10 +3,10 @@
 PyTorch allocates CPU tensors with the C library's ``malloc``. Under glibc, an activation of a few MB
 (ResNet-32's are 8 MB at batch 128) is either mapped fresh from the kernel or taken from the heap, and
 freed memory at the heap's top is handed back, depending on thresholds that glibc adjusts as the
-program runs. Memory handed back and taken again is page-faulted in anew on first touch. Measured on
-ResNet-32 (`benchmarks/overhead.py`, CPU): two loops running the same arithmetic differed by 3-7% in
-forward and backward time, and only by their page faults. After :func:`retain_freed_memory` neither
-loop faulted and both ran at the faster time.
+program runs. Memory handed back and taken again is page-faulted in anew on first touch, so two loops
+running the same arithmetic can differ in speed by their page faults alone: ``benchmarks/malloc.py``
+measures it on ResNet-32 (``benchmarks/results/malloc.md``). After :func:`retain_freed_memory` neither
+loop faults.
 
 This is what PyTorch's CPU performance guide gets from swapping in jemalloc or tcmalloc, without
 ``LD_PRELOAD``. The price is the same as a caching allocator's: the process keeps its peak heap.
