@@ -577,7 +577,8 @@ def claim(result: Path, wait: bool = False) -> int | None:
     except BlockingIOError:
         os.close(fd)
         return None
-    if result.exists():
+    if result.exists():  # finished by another process while this one waited: its lock is no longer needed
+        lock.unlink(missing_ok=True)
         os.close(fd)
         return None
     return fd

@@ -122,6 +122,7 @@ def test_claim_uses_locks_that_die_with_their_process(tmp_path):
     compare.release(result, fd)
     assert not result.with_suffix(".lock").exists()
     assert compare.claim(result) is None  # already done
+    assert not result.with_suffix(".lock").exists()  # and looking left no lock file behind
 
 
 def test_compare_waits_for_runs_held_elsewhere_and_never_ends_with_one_missing(results_dir, capsys):
