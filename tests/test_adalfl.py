@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-import ala_gym.envs  # noqa: F401  (registers the env ids)
+import ala_gym  # noqa: F401  (registers the env ids)
 from agents import CONTROLLERS
 from agents.adalfl import (
     AdaLFLConfig,

@@ -16,7 +16,6 @@ from gymnasium.wrappers import FlattenObservation
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import ala_gym
-import ala_gym.envs  # noqa: F401  (registers the ids even if an earlier test imported ala_gym before gymnasium)
 
 ENV_IDS = sorted(ala_gym.ENV_IDS)
 TINY = dict(total_iterations=6, steps_per_action=3, batch_size=16, eval_points=2, eval_stride=1, val_subsample=None, device="cpu")

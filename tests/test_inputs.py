@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env as gym_check_env
 
-import ala_gym.envs  # noqa: F401  (registers the ids)
+import ala_gym  # noqa: F401  (registers the ids)
 from ala_gym.core.data import DataError, data_home, load_cifar10, load_fashion_mnist
 
 TINY = dict(total_iterations=6, steps_per_action=3, batch_size=16, eval_points=2, eval_stride=1, device="cpu")

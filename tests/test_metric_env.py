@@ -8,7 +8,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-import ala_gym.envs  # noqa: F401  (registers the ids)
+import ala_gym  # noqa: F401  (registers the ids)
 from ala_gym.core.metric_learning import DistanceMixtureLoss, FocalDistanceLoss, PMLLoss
 from ala_gym.envs.metric_learning import ALAMetricLearningEnv
 

@@ -1,0 +1,38 @@
+"""The tests that compare floats hold on any CPU: run here under each SIMD dispatch level torch knows.
+
+torch picks its CPU kernels by the processor's instruction set (AVX-512, AVX2 or none), and kernels of
+different levels sum in different orders. ``ATEN_CPU_CAPABILITY`` forces a level for a whole process, so
+these subprocesses see what a machine of each kind would compute: the recorded golden trajectories must
+match within their float32 room, and the within-process determinism tests (same seed twice, single env
+against the vector env) must stay bit for bit, at every level.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FLOAT_COMPARING_TESTS = [
+    "tests/test_golden.py",
+    "tests/test_env.py::test_determinism",
+    "tests/test_vector.py::test_sequential_vector_env_equals_single_envs_bit_for_bit",
+    "tests/test_trainer.py",
+]
+
+
+@pytest.mark.parametrize("capability", ["default", "avx2"])
+def test_float_comparisons_hold_under_each_dispatch_level(capability: str) -> None:
+    probe = "import torch; print(torch.backends.cpu.get_cpu_capability())"
+    environment = {**os.environ, "ATEN_CPU_CAPABILITY": capability, "OMP_NUM_THREADS": "1"}
+    # A CPU without AVX2 runs its best level instead: the forced level is what we check.
+    level = subprocess.run([sys.executable, "-c", probe], env=environment, capture_output=True, text=True, check=True)
+    if level.stdout.strip().lower() != capability:
+        pytest.skip(f"this CPU cannot run torch's {capability} kernels (it runs {level.stdout.strip()})")
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "not ray", *FLOAT_COMPARING_TESTS]
+    result = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True)
+    assert result.returncode == 0, f"under ATEN_CPU_CAPABILITY={capability}:\n{result.stdout[-4000:]}{result.stderr[-2000:]}"
