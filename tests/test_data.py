@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import pickle
 import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,6 +20,7 @@ from ala_gym.core.data import (
     BatchSampler,
     ClassBalancedSampler,
     DataError,
+    default_cache_dir,
     load_cifar10,
     load_digits,
     load_fashion_mnist,
@@ -233,3 +238,156 @@ def test_class_balanced_sampler_rejects_too_few_classes() -> None:
         ClassBalancedSampler(data, 2, 10**4, torch.Generator())
     with pytest.raises(ValueError, match="positive"):
         ClassBalancedSampler(data, 0, 2, torch.Generator())
+
+
+def _rewrite_cifar_md5sums(folder: Path) -> None:
+    """Checksums that match the files as they are now, so only the content checks can catch damage."""
+    names = ["batches.meta", "data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"]
+    lines = [f"{hashlib.md5((folder / n).read_bytes()).hexdigest()}  {n}" for n in names]
+    (folder / "MD5SUMS").write_text("\n".join(lines) + "\n")
+
+
+def _rewrite_idx(path: Path, edit: Callable[[bytearray], None]) -> None:
+    """Apply ``edit`` to the unpacked bytes of the gzip-compressed idx file ``path``."""
+    raw = bytearray(gzip.decompress(path.read_bytes()))
+    edit(raw)
+    path.write_bytes(gzip.compress(bytes(raw)))
+
+
+def test_fashion_mnist_label_outside_ten_classes_is_named(tiny_fashion_mnist_dir: Path, tmp_path: Path) -> None:
+    folder = shutil.copytree(tiny_fashion_mnist_dir, tmp_path / "fmnist")
+    victim = folder / "train-labels-idx1-ubyte.gz"
+    _rewrite_idx(victim, lambda raw: raw.__setitem__(8 + 17, 10))  # the 18th label becomes an eleventh class
+    with pytest.raises(DataError, match=rf"{victim} holds label 10 .*reinstall dataset-fashion-mnist"):
+        load_fashion_mnist(data_root=folder, val_size=40)
+
+
+def test_cifar_label_outside_ten_classes_is_named(tiny_cifar_dir: Path, tmp_path: Path) -> None:
+    folder = shutil.copytree(tiny_cifar_dir, tmp_path / "cifar")
+    victim = folder / "data_batch_2"
+    batch = pickle.loads(victim.read_bytes())
+    batch["labels"][3] = 50
+    victim.write_bytes(pickle.dumps(batch))
+    _rewrite_cifar_md5sums(folder)
+    with pytest.raises(DataError, match=rf"{victim} .*label 50 .*restore the folder"):
+        load_cifar10(data_root=folder)
+
+
+def test_class_count_is_the_datasets_not_the_largest_label(tiny_fashion_mnist_dir: Path, tmp_path: Path) -> None:
+    # The class count is the dataset's, not the largest label seen: a set lacking class 9 still has ten.
+    folder = shutil.copytree(tiny_fashion_mnist_dir, tmp_path / "fmnist")
+    _rewrite_idx(folder / "t10k-labels-idx1-ubyte.gz", lambda raw: raw.__setitem__(slice(8, None), bytes(len(raw) - 8)))
+    _rewrite_idx(folder / "train-labels-idx1-ubyte.gz", lambda raw: raw.__setitem__(slice(8, None), bytes(len(raw) - 8)))
+    assert load_fashion_mnist(data_root=folder, val_size=40).num_classes == 10
+
+
+def test_same_size_corrupt_fashion_mnist_cache_is_unpacked_again(tiny_fashion_mnist_dir: Path, isolated_cache: Path) -> None:
+    first = load_fashion_mnist(data_root=tiny_fashion_mnist_dir, val_size=40)
+    for name, offset in (("train-images-idx3-ubyte", 16 + 5000), ("t10k-labels-idx1-ubyte", 8 + 3)):
+        (cached,) = isolated_cache.rglob(name)
+        raw = bytearray(cached.read_bytes())
+        raw[offset] = 10 if "labels" in name else raw[offset] ^ 0xFF  # same size, different content
+        cached.write_bytes(bytes(raw))
+    again = load_fashion_mnist(data_root=tiny_fashion_mnist_dir, val_size=40)
+    for split in ("train", "val", "test"):
+        assert torch.equal(getattr(again, split).images, getattr(first, split).images)
+        assert torch.equal(getattr(again, split).labels, getattr(first, split).labels)
+    assert again.num_classes == 10
+
+
+def _swap_images_and_labels(folder: Path) -> Path:
+    images, labels = folder / "train-images-idx3-ubyte.gz", folder / "train-labels-idx1-ubyte.gz"
+    packed = images.read_bytes()
+    images.write_bytes(labels.read_bytes())
+    labels.write_bytes(packed)
+    return images
+
+
+def _set_dtype_byte(folder: Path) -> Path:
+    victim = folder / "t10k-labels-idx1-ubyte.gz"
+    _rewrite_idx(victim, lambda raw: raw.__setitem__(2, 0x09))  # signed bytes
+    return victim
+
+
+def _reshape_images(folder: Path) -> Path:
+    victim = folder / "train-images-idx3-ubyte.gz"  # 14x56: the same 784 bytes an image, another shape
+    _rewrite_idx(victim, lambda raw: raw.__setitem__(slice(8, 16), (14).to_bytes(4, "big") + (56).to_bytes(4, "big")))
+    return victim
+
+
+@pytest.mark.parametrize("damage", [_swap_images_and_labels, _set_dtype_byte, _reshape_images])
+def test_fashion_mnist_file_with_wrong_idx_header_is_named(
+    tiny_fashion_mnist_dir: Path, tmp_path: Path, damage: Callable[[Path], Path]
+) -> None:
+    folder = shutil.copytree(tiny_fashion_mnist_dir, tmp_path / "fmnist")
+    victim = damage(folder)
+    with pytest.raises(DataError, match=rf"{victim} .*reinstall dataset-fashion-mnist"):
+        load_fashion_mnist(data_root=folder, val_size=40)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda batch: batch.__setitem__("data", batch["data"][:, :3000]),
+        lambda batch: batch.__setitem__("data", batch["data"].reshape(10, 6144)),
+        lambda batch: batch.__setitem__("data", batch["data"].astype(np.float64)),  # read silently as float images
+        lambda batch: batch.__setitem__("labels", batch["labels"][:-1]),  # read silently, images and labels misaligned
+    ],
+    ids=["narrow_rows", "wide_rows", "float_data", "short_labels"],
+)
+def test_cifar_batch_of_another_shape_is_named(tiny_cifar_dir: Path, tmp_path: Path, damage: Callable[[dict], None]) -> None:
+    folder = shutil.copytree(tiny_cifar_dir, tmp_path / "cifar")
+    victim = folder / "data_batch_4"
+    batch = pickle.loads(victim.read_bytes())
+    damage(batch)
+    victim.write_bytes(pickle.dumps(batch))
+    _rewrite_cifar_md5sums(folder)
+    with pytest.raises(DataError, match=rf"{victim} is truncated or not a CIFAR-10 python batch .*restore the folder"):
+        load_cifar10(data_root=folder)
+
+
+def test_empty_cache_setting_means_the_default(
+    tiny_fashion_mnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ALA_GYM_CACHE", "")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "ala_gym"
+    load_fashion_mnist(data_root=tiny_fashion_mnist_dir, val_size=40)
+    assert not any(work.iterdir()), "nothing is unpacked into the working directory"
+    assert any((tmp_path / "home" / ".cache" / "ala_gym").rglob("train-images-idx3-ubyte"))
+
+
+@pytest.mark.parametrize("where", ["is_a_file", "under_a_file"])
+def test_unusable_cache_setting_is_named(
+    tiny_fashion_mnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a regular file")
+    cache = blocker if where == "is_a_file" else blocker / "cache"
+    monkeypatch.setenv("ALA_GYM_CACHE", str(cache))
+    with pytest.raises(DataError, match=rf"{cache}.*set ALA_GYM_CACHE \(or pass cache_dir=\) to a writable folder"):
+        load_fashion_mnist(data_root=tiny_fashion_mnist_dir, val_size=40)
+
+
+def test_unusable_cache_setting_is_named_before_a_cifar_download(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a regular file")
+    cache = blocker / "cache"
+    monkeypatch.setenv("ALA_GYM_CACHE", str(cache))
+    with pytest.raises(DataError, match=rf"{cache}.*set ALA_GYM_CACHE \(or pass data_root=\) to a writable folder"):
+        load_cifar10(download=True)
+
+
+def test_read_only_cache_folder_is_named(
+    tiny_fashion_mnist_dir: Path, isolated_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Root writes to read-only folders anyway, so the refusal a user would meet is simulated.
+    def refuse(*args, dir: str, **kwargs):
+        raise PermissionError(13, "Permission denied", dir)
+
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", refuse)
+    with pytest.raises(DataError, match=rf"{isolated_cache}.*Permission denied.*set ALA_GYM_CACHE .*writable folder"):
+        load_fashion_mnist(data_root=tiny_fashion_mnist_dir, val_size=40)

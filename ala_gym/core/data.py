@@ -23,9 +23,8 @@ import gzip
 import hashlib
 import os
 import pickle
-import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
@@ -66,8 +65,28 @@ def cifar10_subset_dir() -> Path:
 
 
 def default_cache_dir() -> Path:
-    """Where derived files (unpacked idx files, downloads) go: ``$ALA_GYM_CACHE`` or ``~/.cache/ala_gym``."""
-    return Path(os.environ.get("ALA_GYM_CACHE", Path.home() / ".cache" / "ala_gym"))
+    """Where derived files (unpacked idx files, downloads) go: ``$ALA_GYM_CACHE`` or ``~/.cache/ala_gym``.
+
+    An empty ``ALA_GYM_CACHE`` counts as unset (``Path("")`` would be the current working directory).
+    """
+    configured = os.environ.get("ALA_GYM_CACHE")
+    return Path(configured) if configured else Path.home() / ".cache" / "ala_gym"
+
+
+def _unwritable_cache(folder: Path, exc: OSError, fix: str) -> DataError:
+    """A read-only cache folder, or a regular file in its path, named with the setting that moves it."""
+    return DataError(f"cannot write to the data cache folder {folder} ({type(exc).__name__}: {exc}); {fix}")
+
+
+def _check_labels(labels: torch.Tensor, num_classes: int, source: Path | str, fix: str) -> None:
+    """Refuse labels outside ``[0, num_classes)``: one stray value would silently add a class to the task."""
+    bad = torch.nonzero((labels < 0) | (labels >= num_classes)).flatten()
+    if len(bad):
+        first = int(bad[0])
+        raise DataError(
+            f"{source} holds label {int(labels[first])} at position {first} ({len(bad)} of its {len(labels)} labels "
+            f"lie outside the {num_classes} classes 0..{num_classes - 1}); {fix}"
+        )
 
 
 @dataclass
@@ -133,18 +152,20 @@ def _assemble(
     test_images: torch.Tensor,
     test_labels: torch.Tensor,
     *,
+    num_classes: int,
     val_size: int,
     split_seed: int,
     augment: bool,
     device: torch.device | str,
 ) -> ClassificationData:
+    """Split off validation, compute normalisation and move to ``device``; labels lie in ``[0, num_classes)``
+    (checked by the loader, which knows the file to name)."""
     train, val = _split_train_val(train_images, train_labels, val_size, split_seed)
     # Normalisation statistics come from the training split only.
     pixels = train.images.float().div(255.0)
     mean = pixels.mean(dim=(0, 2, 3))
     std = pixels.std(dim=(0, 2, 3)).clamp_min(1e-3)
     test = Split(test_images, test_labels)
-    num_classes = int(torch.cat([train.labels, val.labels, test.labels]).max()) + 1
     device = torch.device(device)
 
     def to_device(split: Split) -> Split:
@@ -166,12 +187,15 @@ def load_digits(
     *, val_size: int = 360, test_size: int = 360, split_seed: int = 0, device: torch.device | str = "cpu"
 ) -> ClassificationData:
     """scikit-learn's bundled 8x8 digits: 1,797 images, here 1,077 train / 360 val / 360 test by default."""
+    from importlib.resources import files
+
     from sklearn.datasets import load_digits as sklearn_digits
 
     bunch = sklearn_digits()
     # Pixel values are 0..16; scale to the uint8 range so every dataset shares one normalisation path.
     images = torch.from_numpy(np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)).unsqueeze(1)
     labels = torch.from_numpy(bunch.target.astype(np.int64))
+    _check_labels(labels, 10, files("sklearn.datasets.data") / "digits.csv.gz", "reinstall scikit-learn")
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(split_seed + 1))
     test_idx, rest_idx = order[:test_size], order[test_size:]
     return _assemble(
@@ -180,6 +204,7 @@ def load_digits(
         labels[rest_idx],
         images[test_idx],
         labels[test_idx],
+        num_classes=10,
         val_size=val_size,
         split_seed=split_seed,
         augment=False,
@@ -187,27 +212,100 @@ def load_digits(
     )
 
 
-def _idx_size(header: bytes) -> int:
-    """Size in bytes that an idx file's header promises (magic: 0, 0, dtype code, number of dims)."""
-    if len(header) < 4 or header[:2] != b"\0\0":
-        return -1
-    dims = header[3]
-    if len(header) < 4 + 4 * dims:
-        return -1
+_REINSTALL_FASHION_MNIST = "reinstall dataset-fashion-mnist (`apt-get install --reinstall dataset-fashion-mnist`)"
+
+
+def _check_idx(unpacked: Path, source: Path) -> None:
+    """Refuse an unpacked idx file that is not what its name says, naming ``source``, the file it came from.
+
+    torchvision's reader takes the header on trust: it fails with a bare assertion or type error, or
+    reads a swapped or reshaped file without complaint. Fashion-MNIST's images are ``0 0 0x08 3``
+    (unsigned bytes, 3 dims) of 28x28 pixels; its labels ``0 0 0x08 1``.
+    """
+    images = "-images-" in source.name
+    dims = 3 if images else 1
+    with open(unpacked, "rb") as handle:
+        header = handle.read(4 + 4 * dims)
+    size = os.path.getsize(unpacked)
+    if len(header) < 4 or header[:2] != b"\0\0" or header[2] != 0x08 or header[3] != dims:
+        raise DataError(
+            f"Fashion-MNIST file {source} does not hold {'images' if images else 'labels'} (idx magic 0000080{dims}, "
+            f"a {dims}-dimensional array of unsigned bytes) but magic {header[:4].hex()}: another file of the set "
+            f"under this name, or damaged; {_REINSTALL_FASHION_MNIST}"
+        )
     shape = [int.from_bytes(header[4 + 4 * k : 8 + 4 * k], "big") for k in range(dims)]
-    return 4 + 4 * dims + int(np.prod(shape))
+    promised = 4 + 4 * dims + int(np.prod(shape))
+    if len(header) < 4 + 4 * dims or size != promised:
+        raise DataError(
+            f"Fashion-MNIST file {source} unpacks to {size} bytes but its idx header promises {promised}: "
+            f"it is truncated or not an idx file; {_REINSTALL_FASHION_MNIST}"
+        )
+    if images and shape[1:] != [28, 28]:
+        raise DataError(
+            f"Fashion-MNIST file {source} holds {shape[1]}x{shape[2]} images, not 28x28; {_REINSTALL_FASHION_MNIST}"
+        )
 
 
-def _idx_complete(path: Path) -> bool:
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        return os.path.getsize(path) == _idx_size(handle.read(16))
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _checksum_file(target: Path) -> Path:
+    return target.with_name(f"{target.name}.sha256")
+
+
+def _cached_intact(target: Path) -> bool:
+    """Whether ``target`` still holds what was unpacked there: its sha256 matches the one written then.
+
+    A size check alone would reuse a same-size damaged copy for ever; hashing Fashion-MNIST's 55 MB
+    costs a fraction of a second.
+    """
+    try:
+        return _checksum_file(target).read_text().strip() == _sha256(target)
+    except OSError:  # not unpacked yet, or unpacked by a version that wrote no checksum
+        return False
+
+
+def _gunzip_chunks(source: Path) -> Iterator[bytes]:
+    """The unpacked bytes of ``source``; a damaged gzip file is named (write errors stay the caller's)."""
+    try:
+        with gzip.open(source, "rb") as packed:
+            while chunk := packed.read(1 << 20):
+                yield chunk
+    except (OSError, EOFError) as exc:
+        raise DataError(f"Fashion-MNIST file {source} is corrupt ({exc}); {_REINSTALL_FASHION_MNIST}") from exc
+
+
+def _unpack_idx(source: Path, target: Path) -> None:
+    """Unpack ``source`` to ``target`` with its sha256 beside it; OSErrors are the cache folder's."""
+    digest = hashlib.sha256()
+    # Write to a temporary file and rename, so an interrupted unpack never leaves a half file behind.
+    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as tmp:
+        unpacked = Path(tmp.name)
+        try:
+            for chunk in _gunzip_chunks(source):
+                digest.update(chunk)
+                tmp.write(chunk)
+            tmp.close()
+            _check_idx(unpacked, source)
+        except BaseException:
+            unpacked.unlink(missing_ok=True)
+            raise
+    os.replace(unpacked, target)
+    # Written after the file: an interruption in between leaves a stale or missing checksum, so a re-unpack.
+    _checksum_file(target).write_text(digest.hexdigest() + "\n")
 
 
 def _unpack_fashion_mnist(source_dir: Path, cache_root: Path) -> Path:
     """Unpack the ``*.gz`` idx files of ``source_dir`` once into ``cache_root/<key>/FashionMNIST/raw``.
 
     The key depends on the source folder and its files' sizes and times, so another source (or an
-    updated package) never reuses a stale unpack. Returns the root to give torchvision's reader.
+    updated package) never reuses a stale unpack. Each unpacked file is checked against the sha256
+    recorded beside it and unpacked again when it differs. Returns the root to give torchvision's reader.
     """
     sources = [source_dir / f"{name}.gz" for name in _FASHION_MNIST_FILES]
     for source in sources:
@@ -220,30 +318,14 @@ def _unpack_fashion_mnist(source_dir: Path, cache_root: Path) -> Path:
     stamp = "|".join(f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sources)
     root = cache_root / hashlib.sha1(stamp.encode()).hexdigest()[:16]
     raw = root / "FashionMNIST" / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    for name, source in zip(_FASHION_MNIST_FILES, sources):
-        target = raw / name
-        if target.exists() and _idx_complete(target):
-            continue  # a cached file cut short (disk full, a copy interrupted) is unpacked again
-        # Write to a temporary file and rename, so an interrupted unpack never leaves a half file behind.
-        with tempfile.NamedTemporaryFile(dir=raw, delete=False) as tmp:
-            try:
-                with gzip.open(source, "rb") as packed:
-                    shutil.copyfileobj(packed, tmp)
-            except (OSError, EOFError) as exc:
-                tmp.close()
-                os.unlink(tmp.name)
-                raise DataError(f"Fashion-MNIST file {source} is corrupt ({exc}); reinstall dataset-fashion-mnist.") from exc
-        with open(tmp.name, "rb") as unpacked:
-            expected = _idx_size(unpacked.read(16))
-        if os.path.getsize(tmp.name) != expected:
-            got = os.path.getsize(tmp.name)
-            os.unlink(tmp.name)
-            raise DataError(
-                f"Fashion-MNIST file {source} unpacks to {got} bytes but its idx header promises {expected}: "
-                "it is truncated or not an idx file; reinstall dataset-fashion-mnist."
-            )
-        os.replace(tmp.name, target)
+    try:
+        raw.mkdir(parents=True, exist_ok=True)
+        for name, source in zip(_FASHION_MNIST_FILES, sources):
+            if not _cached_intact(raw / name):
+                _unpack_idx(source, raw / name)
+    except OSError as exc:  # the source's read errors are DataErrors already: this is the cache failing
+        fix = "set ALA_GYM_CACHE (or pass cache_dir=) to a writable folder"
+        raise _unwritable_cache(cache_root, exc, fix) from exc
     return root
 
 
@@ -268,18 +350,21 @@ def load_fashion_mnist(
     train = FashionMNIST(str(root), train=True, download=False)
     test = FashionMNIST(str(root), train=False, download=False)
     for split, prefix in ((train, "train"), (test, "t10k")):
+        labels_file = source / f"{prefix}-labels-idx1-ubyte.gz"
         if len(split.data) != len(split.targets):
             raise DataError(
                 f"Fashion-MNIST files {source / f'{prefix}-images-idx3-ubyte.gz'} and "
-                f"{source / f'{prefix}-labels-idx1-ubyte.gz'} disagree ({len(split.data)} images, "
+                f"{labels_file} disagree ({len(split.data)} images, "
                 f"{len(split.targets)} labels); reinstall dataset-fashion-mnist or replace both files."
             )
+        _check_labels(split.targets, 10, labels_file, _REINSTALL_FASHION_MNIST)
     return _assemble(
         "fashion-mnist",
         train.data.unsqueeze(1),
         train.targets,
         test.data.unsqueeze(1),
         test.targets,
+        num_classes=10,
         val_size=val_size,
         split_seed=split_seed,
         augment=False,
@@ -314,14 +399,32 @@ def _read_md5sums(folder: Path) -> dict[str, str]:
     return sums
 
 
+def _check_cifar_batch(entry: object) -> None:
+    """Raise ValueError unless ``entry`` is a CIFAR-10 batch: N x 3072 uint8 rows and N labels in 0..9."""
+    if not isinstance(entry, dict) or not {"data", "labels"} <= entry.keys():
+        raise ValueError("not a CIFAR-10 batch dictionary")
+    data, labels = entry["data"], np.asarray(entry["labels"])
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        shape = getattr(data, "shape", None)
+        raise ValueError(f"its data is {type(data).__name__} {shape} {getattr(data, 'dtype', '')}, not N x 3072 uint8")
+    if labels.shape != (len(data),) or labels.dtype.kind not in "iu":
+        raise ValueError(f"its labels are {labels.dtype} of shape {labels.shape}, not {len(data)} integers (one per image)")
+    bad = np.flatnonzero((labels < 0) | (labels >= 10))
+    if len(bad):
+        raise ValueError(f"label {labels[bad[0]]} at position {bad[0]} is outside the 10 classes 0..9")
+
+
 def _check_cifar_pickles(folder: Path) -> None:
-    """Name the file that does not unpickle as a CIFAR-10 batch (called when torchvision's reader failed)."""
+    """Name the file that is not a CIFAR-10 batch: it does not unpickle, or holds data of another shape or
+    labels outside the ten classes (which torchvision's reader would reshape or pass on without complaint)."""
     for name in _CIFAR10_FILES + ["batches.meta"]:
         try:
             with open(folder / name, "rb") as handle:
                 entry = pickle.load(handle, encoding="latin1")
-            if not isinstance(entry, dict) or not ({"data", "labels"} <= entry.keys() or "label_names" in entry):
-                raise ValueError("not a CIFAR-10 batch dictionary")
+            if name != "batches.meta":
+                _check_cifar_batch(entry)
+            elif not isinstance(entry, dict) or "label_names" not in entry:
+                raise ValueError("not a CIFAR-10 batches.meta dictionary")
         except Exception as exc:  # any unpickling failure means the same thing: the file is damaged
             raise DataError(
                 f"CIFAR-10 file {folder / name} is truncated or not a CIFAR-10 python batch ({type(exc).__name__}: "
@@ -388,7 +491,18 @@ def load_cifar10(
         except Exception:  # torchvision's unpickling of a damaged file: find and name it
             _check_cifar_pickles(root)
             raise
+        # Checksums written by whoever made the folder vouch only for the bytes, not for their shapes or labels.
+        _check_cifar_pickles(root)
     else:
+        if download:  # torchvision's download would fail on an unusable folder with a bare OSError
+            try:
+                root.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                fix = "pass data_root= a writable folder"
+                if data_root is None:
+                    fix = "set ALA_GYM_CACHE (or pass data_root=) to a writable folder"
+                raise _unwritable_cache(root, exc, fix) from exc
+        # torchvision checks these files against the published dataset's md5 sums, which vouch for shapes and labels.
         try:
             train = CIFAR10(str(root), train=True, download=download)
             test = CIFAR10(str(root), train=False, download=download)
@@ -408,6 +522,7 @@ def load_cifar10(
         train_labels,
         test_images,
         torch.tensor(test.targets, dtype=torch.int64),
+        num_classes=10,
         val_size=val_size if val_size is not None else len(train_labels) // 5,
         split_seed=split_seed,
         augment=True,
