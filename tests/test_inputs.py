@@ -21,23 +21,130 @@ KEEP = np.ones(55, dtype=np.int64)
 
 
 # ---------------------------------------------------------------------- env arguments
-@pytest.mark.parametrize(
-    "kwargs, message",
-    [
-        (dict(beta=float("nan")), "beta must be a finite number"),
-        (dict(beta=float("inf")), "beta must be a finite number"),
-        (dict(lr=float("nan")), "lr must be a finite number"),
-        (dict(lr=float("inf")), "lr must be a finite number"),
-        (dict(divergence_penalty=float("nan")), "divergence_penalty must be a finite number"),
-        (dict(divergence_penalty=-float("inf")), "divergence_penalty must be a finite number"),
-        (dict(val_subsample=0), "val_subsample must be a positive number"),
-        (dict(val_subsample=-1), "val_subsample must be a positive number"),
-        (dict(render_mode="video"), "render_mode must be one of"),
-    ],
-)
+NAN, INF = float("nan"), float("inf")
+BAD_ARGUMENTS = [
+    (dict(beta=NAN), "beta must be a finite number"),
+    (dict(beta=INF), "beta must be a finite number"),
+    (dict(beta=True), "beta must be a finite number"),
+    (dict(lr=NAN), "lr must be a finite number"),
+    (dict(lr=INF), "lr must be a finite number"),
+    (dict(lr=3.5e38), "lr must be a finite number in"),  # finite, but beyond float32: children train in float32
+    (dict(lr=1e308), "lr must be a finite number in"),
+    (dict(lr=True), "lr must be a finite number"),
+    (dict(divergence_penalty=NAN), "divergence_penalty must be a finite number"),
+    (dict(divergence_penalty=-INF), "divergence_penalty must be a finite number"),
+    (dict(val_subsample=0), "val_subsample must be an integer >= 1"),
+    (dict(val_subsample=-1), "val_subsample must be an integer >= 1"),
+    (dict(val_subsample=2.5), "val_subsample must be an integer"),
+    (dict(render_mode="video"), "render_mode must be one of"),
+    # A fractional or non-finite step count never brought a step's countdown to zero (a hang).
+    (dict(steps_per_action=10.5), "steps_per_action must be an integer"),
+    (dict(steps_per_action=NAN), "steps_per_action must be an integer"),
+    (dict(steps_per_action=True), "steps_per_action must be an integer"),
+    (dict(total_iterations=NAN), "total_iterations must be an integer"),
+    (dict(total_iterations=INF), "total_iterations must be an integer"),
+    (dict(total_iterations=40.5), "total_iterations must be an integer"),
+    (dict(total_iterations="40"), "total_iterations must be an integer"),
+    (dict(lr_decay=0), "lr_decay must be a finite number in \\(0, 1\\]"),
+    (dict(lr_decay=-1), "lr_decay must be a finite number"),  # ascended the gradient after the first milestone
+    (dict(lr_decay=NAN), "lr_decay must be a finite number"),
+    (dict(lr_decay=INF), "lr_decay must be a finite number"),
+    (dict(lr_decay=1e8), "lr_decay must be a finite number"),
+    (dict(lr_milestones=(0.5, NAN)), "lr_milestones must be a finite number"),
+    (dict(lr_milestones=0.5), "lr_milestones must be a sequence"),
+    (dict(weight_decay=NAN), "weight_decay must be a finite number"),
+    (dict(weight_decay=INF), "weight_decay must be a finite number"),
+    (dict(momentum=1.0), "momentum must be a finite number in \\[0, 1\\)"),
+    (dict(batch_size=INF), "batch_size must be an integer"),
+    (dict(batch_size=2.5), "batch_size must be an integer"),
+    (dict(batch_size=True), "batch_size must be an integer"),
+    (dict(eval_points=2.5), "eval_points must be an integer"),
+    (dict(eval_stride=0), "eval_stride must be an integer >= 1"),
+    (dict(history=1.5), "history must be an integer"),
+    (dict(gamma=0), "gamma must be a finite number in \\(0, 1\\]"),
+    (dict(gamma=NAN), "gamma must be a finite number"),
+    (dict(split_seed=1.5), "split_seed must be an integer"),
+    (dict(split_seed=-1), "split_seed must be an integer >= 0"),
+    (dict(val_size=2.5), "val_size must be an integer"),
+    (dict(num_threads=0), "num_threads must be an integer >= 1"),
+    (dict(sigmoid_temperature=0), "sigmoid_temperature must be a finite number"),
+    (dict(negative_floor=1.0), "negative_floor must be a finite number in \\(0, 1\\)"),
+    (dict(device="gpu"), "device must be 'auto', 'cpu', 'cuda' or 'cuda:N'"),
+    (dict(device="cuda:999"), "use device='cpu'"),  # more GPUs than any machine has: named, not the driver's words
+    (dict(reward="best"), "reward must be one of"),
+]
+
+
+@pytest.mark.parametrize("kwargs, message", BAD_ARGUMENTS)
 def test_bad_env_arguments_are_refused_at_construction(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        gym.make("ALA-Digits-v0", **TINY, **kwargs)
+        gym.make("ALA-Digits-v0", **{**TINY, **kwargs})
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [(dict(steps_per_action=10.5), "steps_per_action"), (dict(total_iterations=NAN), "total_iterations"),
+     (dict(lr_decay=-1), "lr_decay"), (dict(num_envs=2.5), "num_envs"), (dict(max_episode_steps=0), "max_episode_steps")],
+)
+def test_the_vector_env_refuses_them_too(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=f"{message} must be"):
+        gym.make_vec("ALA-Digits-v0", **{"num_envs": 2, **TINY, **kwargs})
+
+
+@pytest.mark.parametrize("kwargs", [dict(lr=True), dict(recall_k=1.5), dict(embedding_size=0), dict(samples_per_class=2.5)])
+def test_the_metric_learning_env_refuses_them_too(kwargs: dict, tiny_fashion_mnist_dir: Path) -> None:
+    name = next(iter(kwargs)).replace("embedding_size", "output_size")
+    with pytest.raises(ValueError, match=f"{name} must be"):
+        gym.make("ALA-FashionMNIST-Triplet-v0", data_root=str(tiny_fashion_mnist_dir), **{**TINY, **kwargs})
+
+
+def test_numpy_numbers_are_accepted_and_stored_as_python_numbers() -> None:
+    env = gym.make("ALA-Digits-v0", **{**TINY, "total_iterations": np.int64(6), "lr": np.float32(0.05)}).unwrapped
+    assert type(env.train_config.total_iterations) is int and type(env.settings.total_iterations) is int
+    assert type(env.train_config.lr) is float
+
+
+def test_seeds_of_numpy_integer_types_work_in_single_and_vector_env() -> None:
+    env = gym.make("ALA-Digits-v0", **TINY)
+    first, _ = env.reset(seed=np.int64(3))
+    again, _ = env.reset(seed=3)
+    np.testing.assert_array_equal(first, again)
+    with pytest.raises(ValueError, match="seed must be an integer"):
+        env.reset(seed=1.5)
+    envs = gym.make_vec("ALA-Digits-v0", num_envs=2, **TINY)
+    zero_d, _ = envs.reset(seed=np.array(3))
+    plain, _ = envs.reset(seed=3)
+    np.testing.assert_array_equal(zero_d, plain)
+
+
+def test_step_after_close_raises_instead_of_training() -> None:
+    env = gym.make("ALA-Digits-v0", **TINY)
+    env.reset(seed=0)
+    env.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        env.step(KEEP)
+    with pytest.raises(RuntimeError, match="closed"):
+        env.reset(seed=0)
+    envs = gym.make_vec("ALA-Digits-v0", num_envs=2, **TINY)
+    envs.reset(seed=0)
+    envs.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        envs.step(np.ones((2, 55), dtype=np.int64))
+
+
+def test_a_learning_rate_near_float32s_limit_diverges_with_the_penalty_in_every_path() -> None:
+    """The largest float32 learning rate is accepted; it ends the episode with the divergence penalty,
+    in the single env and in both vector paths, never with an exception."""
+    lr = float(np.finfo(np.float32).max)
+    env = gym.make("ALA-Digits-v0", **{**TINY, "lr": lr})
+    env.reset(seed=0)
+    _, reward, terminated, _, info = env.step(KEEP)
+    assert terminated and info["diverged"] and reward == -10.0
+    for mode in ("sequential", "batched"):
+        envs = gym.make_vec("ALA-Digits-v0", num_envs=2, train_mode=mode, **{**TINY, "lr": lr})
+        envs.reset(seed=0)
+        _, rewards, terminations, _, infos = envs.step(np.ones((2, 55), dtype=np.int64))
+        assert terminations.all() and infos["diverged"].all() and (rewards == -10.0).all(), mode
 
 
 @pytest.mark.parametrize(

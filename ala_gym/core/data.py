@@ -42,10 +42,24 @@ class DataError(RuntimeError):
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` means CUDA when present, else the CPU."""
+    """``"auto"`` means CUDA when present, else the CPU; ``"cpu"``, ``"cuda"`` and ``"cuda:N"`` are checked
+    against this machine, with a ``ValueError`` that names the fix instead of the driver's message."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
+    if resolved.type == "cuda":
+        available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if resolved.index is not None and resolved.index >= available or available == 0:
+            raise ValueError(
+                f"device={str(device)!r} but this machine has {available} CUDA GPU(s) visible to torch; "
+                "use device='cpu', or 'auto' (CUDA when present)"
+            )
+    elif resolved.type != "cpu":
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    return resolved
 
 
 def data_home() -> Path:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ala_gym.core.checks import FLOAT32_MAX, check_int, check_optional_int, check_real
 from ala_gym.core.data import BatchSampler, ClassBalancedSampler, ClassificationData, Split
 from ala_gym.core.losses import LossFn
 from ala_gym.core.metrics import ClassificationEvaluator, Evaluation, Evaluator
@@ -48,6 +49,7 @@ class TrainConfig:
     lr_milestones: tuple[float, ...] = (0.5, 0.75)
     """Fractions of ``total_iterations`` at which the learning rate is multiplied by ``lr_decay``."""
     lr_decay: float = 0.1
+    """Factor in (0, 1] applied at each milestone."""
     eval_batch_size: int = 128
     """Batch size of evaluation passes (results do not depend on it). On a CPU, 128 evaluates an image
     1.8-2.3x faster than 1000, whose activations overflow the caches (``benchmarks/overhead.py``)."""
@@ -58,18 +60,33 @@ class TrainConfig:
     """Width of the model's output: None for one logit per class, an embedding width for metric learning."""
 
     def __post_init__(self) -> None:
-        if self.samples_per_class is not None and not 1 <= self.samples_per_class <= self.batch_size // 2:
+        # Normalise numpy scalars to Python numbers while checking, so that configs compare and print plainly.
+        checked = {
+            "total_iterations": check_int("total_iterations", self.total_iterations, 1),
+            "batch_size": check_int("batch_size", self.batch_size, 1),
+            "lr": check_real("lr", self.lr, 0.0, FLOAT32_MAX, low_open=True),
+            "momentum": check_real("momentum", self.momentum, 0.0, 1.0, high_open=True),
+            "weight_decay": check_real("weight_decay", self.weight_decay, 0.0),
+            "lr_decay": check_real("lr_decay", self.lr_decay, 0.0, 1.0, low_open=True),
+            "eval_batch_size": check_int("eval_batch_size", self.eval_batch_size, 1),
+            "samples_per_class": check_optional_int("samples_per_class", self.samples_per_class, 1),
+            "output_size": check_optional_int("output_size", self.output_size, 1),
+        }
+        try:
+            milestones = tuple(self.lr_milestones)
+        except TypeError:
+            raise ValueError(f"lr_milestones must be a sequence of fractions in (0, 1), got {self.lr_milestones!r}") from None
+        checked["lr_milestones"] = tuple(
+            check_real("lr_milestones", m, 0.0, 1.0, low_open=True, high_open=True) for m in milestones
+        )
+        if list(checked["lr_milestones"]) != sorted(checked["lr_milestones"]):
+            raise ValueError(f"lr_milestones must be increasing fractions in (0, 1), got {self.lr_milestones}")
+        if self.samples_per_class is not None and self.samples_per_class > self.batch_size // 2:
             raise ValueError(
                 f"samples_per_class must be in [1, batch_size / 2] (at least 2 classes a batch), got {self.samples_per_class}"
             )
-        if self.output_size is not None and self.output_size < 1:
-            raise ValueError(f"output_size must be positive, got {self.output_size}")
-        if self.total_iterations < 1:
-            raise ValueError(f"total_iterations must be positive, got {self.total_iterations}")
-        if self.lr <= 0 or not 0 <= self.momentum < 1 or self.weight_decay < 0:
-            raise ValueError(f"invalid SGD settings lr={self.lr}, momentum={self.momentum}, wd={self.weight_decay}")
-        if any(not 0 < m < 1 for m in self.lr_milestones) or list(self.lr_milestones) != sorted(self.lr_milestones):
-            raise ValueError(f"lr_milestones must be increasing fractions in (0, 1), got {self.lr_milestones}")
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
 
     @cached_property
     def _milestone_iterations(self) -> list[float]:

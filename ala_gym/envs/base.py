@@ -10,7 +10,6 @@ metric learning) loads its data, builds its evaluator and names its task (:meth:
 from __future__ import annotations
 
 import multiprocessing
-import numbers
 from abc import abstractmethod
 from typing import Any
 
@@ -19,14 +18,12 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
+from ala_gym.core.checks import check_int, check_optional_int
 from ala_gym.core.data import ClassificationData, Split, load_dataset, resolve_device
 from ala_gym.core.metrics import Evaluation, Evaluator
 from ala_gym.core.trainer import ChildTrainer, TrainConfig
 from ala_gym.envs.episode import CHANGE_CLIP, Episode, EpisodeSettings
 from ala_gym.envs.task import N_ACTIONS, LossTask
-
-REWARDS = ("sign", "raw")
-
 
 class ALAEnv(gym.Env):
     """A child's training run as an episode; subclasses set the data, the evaluator and the task.
@@ -51,6 +48,7 @@ class ALAEnv(gym.Env):
         """Build the task, the episode and the spaces (after ``data``, ``train_config`` and ``evaluator``)."""
         self.settings = settings
         self.trainer: ChildTrainer | None = None
+        self._closed = False
         task = self.make_task()
         self.episode = Episode(settings, task, self.evaluator.higher_is_better, self.evaluator.worst)
         # Which rows an action can move: learned controllers leave the others out of their policy gradient.
@@ -66,7 +64,10 @@ class ALAEnv(gym.Env):
 
     # ---------------------------------------------------------------- gymnasium API
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
-        super().reset(seed=seed)
+        if self._closed:
+            raise RuntimeError("this env is closed: make a new one with gym.make(...)")
+        # numpy integers (a seed drawn from an array, as the vector env accepts) are seeds too.
+        super().reset(seed=None if seed is None else check_int("seed", seed, 0))
         trainer_seed = int(self.np_random.integers(2**63 - 1))
         self.trainer = ChildTrainer(self.data, self.train_config, trainer_seed)
         self.episode.task.seed(trainer_seed)
@@ -76,6 +77,8 @@ class ALAEnv(gym.Env):
         return observation, self._last_info
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        if self._closed:
+            raise RuntimeError("this env is closed: make a new one with gym.make(...)")
         if self.trainer is None or not self.episode.running:
             raise RuntimeError("the episode has ended (or never started): call reset() before step()")
         self.episode.apply_action(action)
@@ -88,6 +91,12 @@ class ALAEnv(gym.Env):
             info.update(self.episode.final_metrics(self.evaluate_split))
         self._last_info = info
         return observation, reward, terminated, False, info
+
+    def close(self) -> None:
+        """Free the child (its weights and batches); a later ``reset`` or ``step`` raises."""
+        self.trainer = None
+        self._closed = True
+        super().close()
 
     def evaluate_split(self, split: str) -> Evaluation:
         """The current child's :class:`ala_gym.core.metrics.Evaluation` on the full ``"val"`` or ``"test"`` split."""
@@ -107,38 +116,20 @@ class ALAEnv(gym.Env):
         self.episode.task.phi = value
 
 
-def episode_settings(
-    *, total_iterations: int, steps_per_action: int, reward: str, gamma: float, eval_points: int, eval_stride: int,
-    history: int, divergence_penalty: float,
-) -> EpisodeSettings:  # fmt: skip
-    """The episode's rules, each checked with a message that names it."""
-    if not isinstance(divergence_penalty, numbers.Real) or not np.isfinite(divergence_penalty):
-        raise ValueError(f"divergence_penalty must be a finite number, got {divergence_penalty!r}")
-    if steps_per_action < 1:
-        raise ValueError(f"steps_per_action must be positive, got {steps_per_action}")
-    if reward not in REWARDS:
-        raise ValueError(f"reward must be one of {REWARDS}, got {reward!r}")
-    if not 0 < gamma <= 1 or eval_points < 1 or eval_stride < 1 or history < 1:
-        raise ValueError("need 0 < gamma <= 1 and positive eval_points, eval_stride, history")
-    return EpisodeSettings(
-        total_iterations=total_iterations, steps_per_action=steps_per_action, reward=reward, gamma=gamma,
-        eval_points=eval_points, eval_stride=eval_stride, history=history, divergence_penalty=float(divergence_penalty),
-    )  # fmt: skip
-
-
 def load_env_dataset(
     dataset: str, *, data_root: str | None, download: bool, val_size: int | None, split_seed: int, device: str
 ) -> ClassificationData:
     """An env's dataset (loaded once per process by :func:`ala_gym.core.data.load_dataset`), given only the
     keywords its loader takes: ``data_root`` (not for digits), ``download`` (CIFAR-10), ``val_size`` when set."""
-    loader_kwargs: dict[str, Any] = {"split_seed": split_seed}
+    device = resolve_device(device)  # first: a bad device is named before any data is read
+    loader_kwargs: dict[str, Any] = {"split_seed": check_int("split_seed", split_seed, 0)}
     if dataset != "digits" and data_root is not None:
         loader_kwargs["data_root"] = data_root
     if dataset == "cifar10":
         loader_kwargs["download"] = download
     if val_size is not None:
-        loader_kwargs["val_size"] = val_size
-    return load_dataset(dataset, device=resolve_device(device), **loader_kwargs)
+        loader_kwargs["val_size"] = check_int("val_size", val_size, 1)
+    return load_dataset(dataset, device=device, **loader_kwargs)
 
 
 def set_threads(num_threads: int | None) -> None:
@@ -148,15 +139,12 @@ def set_threads(num_threads: int | None) -> None:
     if num_threads is None and multiprocessing.parent_process() is not None:
         num_threads = 1
     if num_threads is not None:
-        if num_threads < 1:
-            raise ValueError(f"num_threads must be positive, got {num_threads}")
-        torch.set_num_threads(num_threads)
+        torch.set_num_threads(check_int("num_threads", num_threads, 1))
 
 
 def validation_subsample(split: Split, size: int | None, seed: int) -> Split:
     """A fixed subsample of ``size`` samples of ``split`` (all of it for ``None``), drawn from ``seed``."""
-    if size is not None and (not isinstance(size, (int, np.integer)) or size < 1):
-        raise ValueError(f"val_subsample must be a positive number of images or None (all), got {size!r}")
+    size = check_optional_int("val_subsample", size, 1)
     if size is None or size >= len(split):
         return split
     order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed + 2))[:size]

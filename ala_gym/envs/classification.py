@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 import numpy as np
 import torch
 
+from ala_gym.core.checks import check_real
 from ala_gym.core.data import ClassificationData
 from ala_gym.core.losses import LOSS_FORMS, check_phi
 from ala_gym.core.metrics import METRICS, ClassificationEvaluator
 from ala_gym.core.trainer import TrainConfig
-from ala_gym.envs.base import ALAEnv, episode_settings, load_env_dataset, set_threads, validation_subsample
+from ala_gym.envs.base import ALAEnv, load_env_dataset, set_threads, validation_subsample
 from ala_gym.envs.class_pairs import STEP_SCALINGS, ClassPairSettings, ClassPairTask
+from ala_gym.envs.episode import EpisodeSettings
 
 __all__ = ["ALAClassificationEnv"]
 
@@ -168,22 +169,21 @@ class ALAClassificationEnv(ALAEnv):
         device: str = "auto",
         num_threads: int | None = None,
     ) -> None:
-        for name, value in (("beta", beta), ("lr", lr)):
-            if not isinstance(value, numbers.Real) or not np.isfinite(value):
-                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        beta = check_real("beta", beta, 0.0, low_open=True)
+        sigmoid_temperature = check_real("sigmoid_temperature", sigmoid_temperature, 0.0, low_open=True)
+        if negative_floor is not None:
+            negative_floor = check_real("negative_floor", negative_floor, 0.0, 1.0, low_open=True, high_open=True)
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
         self.render_mode = render_mode
         set_threads(num_threads)
-        if beta <= 0:
-            raise ValueError(f"beta must be positive, got {beta}")
         if step_scaling not in STEP_SCALINGS:
             raise ValueError(f"step_scaling must be one of {STEP_SCALINGS}, got {step_scaling!r}")
         if loss_form not in LOSS_FORMS:
             raise ValueError(f"unknown loss_form {loss_form!r}; choose one of {LOSS_FORMS}")
         if metric not in METRICS:
             raise ValueError(f"unknown metric {metric!r}; choose one of {sorted(METRICS)}")
-        settings = episode_settings(
+        settings = EpisodeSettings(
             total_iterations=total_iterations, steps_per_action=steps_per_action, reward=reward, gamma=gamma,
             eval_points=eval_points, eval_stride=eval_stride, history=history, divergence_penalty=divergence_penalty,
         )  # fmt: skip
@@ -194,7 +194,7 @@ class ALAClassificationEnv(ALAEnv):
             lr=lr,
             momentum=momentum,
             weight_decay=weight_decay,
-            lr_milestones=tuple(lr_milestones),
+            lr_milestones=lr_milestones,
             lr_decay=lr_decay,
         )
         self.data: ClassificationData = load_env_dataset(

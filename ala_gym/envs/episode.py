@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ala_gym.core.checks import check_int, check_real
 from ala_gym.core.metrics import Evaluation, discounted_metric, improvement
 from ala_gym.envs.task import LossTask
 
@@ -24,9 +25,12 @@ CHANGE_CLIP = 10.0  # bound of the statistics' relative change from the moving a
 MOVING_AVERAGE_RATE = 0.1
 
 
+REWARDS = ("sign", "raw")
+
+
 @dataclass(frozen=True)
 class EpisodeSettings:
-    """The per-step rules of an ALA episode, whatever the task (validated by the env that builds them)."""
+    """The per-step rules of an ALA episode, whatever the task; each checked here, with a message that names it."""
 
     total_iterations: int
     steps_per_action: int
@@ -36,6 +40,22 @@ class EpisodeSettings:
     eval_stride: int
     history: int
     divergence_penalty: float
+
+    def __post_init__(self) -> None:
+        if self.reward not in REWARDS:
+            raise ValueError(f"reward must be one of {REWARDS}, got {self.reward!r}")
+        # A non-integer count would never bring a step's countdown to zero: checked as integers, not numbers.
+        checked = {
+            "total_iterations": check_int("total_iterations", self.total_iterations, 1),
+            "steps_per_action": check_int("steps_per_action", self.steps_per_action, 1),
+            "gamma": check_real("gamma", self.gamma, 0.0, 1.0, low_open=True),
+            "eval_points": check_int("eval_points", self.eval_points, 1),
+            "eval_stride": check_int("eval_stride", self.eval_stride, 1),
+            "history": check_int("history", self.history, 1),
+            "divergence_penalty": check_real("divergence_penalty", self.divergence_penalty),
+        }
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
 
     def schedule(self, iteration: int) -> list[tuple[int, int]]:
         """``(iterations to train, K - j)`` before each evaluation of the step that starts at ``iteration``.

@@ -3,13 +3,13 @@ on some classes, rewarded by Recall@k on others."""
 
 from __future__ import annotations
 
-import numbers
 from functools import partial
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
+from ala_gym.core.checks import check_int, check_real
 from ala_gym.core.data import ClassificationData, class_disjoint
 from ala_gym.core.metric_learning import (
     FOCAL_PHI_INIT,
@@ -25,7 +25,8 @@ from ala_gym.core.metric_learning import (
 )
 from ala_gym.core.metrics import Evaluation
 from ala_gym.core.trainer import TrainConfig, seed_streams
-from ala_gym.envs.base import ALAEnv, episode_settings, load_env_dataset, set_threads, validation_subsample
+from ala_gym.envs.base import ALAEnv, load_env_dataset, set_threads, validation_subsample
+from ala_gym.envs.episode import EpisodeSettings
 from ala_gym.envs.task import LossTask, check_values
 
 FRAMEWORKS = ("triplet", "margin")
@@ -250,18 +251,15 @@ class ALAMetricLearningEnv(ALAEnv):
         loss_form = DEFAULT_FORM[framework] if loss_form is None else loss_form
         if loss_form not in LOSS_FORMS:
             raise ValueError(f"loss_form must be one of {LOSS_FORMS}, got {loss_form!r}")
-        for name, value in (("beta", beta), ("lr", lr)):
-            if not isinstance(value, numbers.Real) or not np.isfinite(value) or value <= 0:
-                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-        if not isinstance(recall_k, numbers.Integral) or recall_k < 1:
-            raise ValueError(f"recall_k must be a positive integer, got {recall_k!r}")
-        settings = episode_settings(
+        beta = check_real("beta", beta, 0.0, low_open=True)
+        recall_k = check_int("recall_k", recall_k, 1)
+        settings = EpisodeSettings(
             total_iterations=total_iterations, steps_per_action=steps_per_action, reward=reward, gamma=gamma,
             eval_points=eval_points, eval_stride=eval_stride, history=history, divergence_penalty=divergence_penalty,
         )  # fmt: skip
         self.train_config = TrainConfig(
             model=model, total_iterations=total_iterations, batch_size=batch_size, lr=lr, momentum=momentum,
-            weight_decay=weight_decay, lr_milestones=tuple(lr_milestones), lr_decay=lr_decay,
+            weight_decay=weight_decay, lr_milestones=lr_milestones, lr_decay=lr_decay,
             samples_per_class=samples_per_class, output_size=embedding_size,
         )  # fmt: skip
         full = load_env_dataset(

@@ -12,6 +12,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from ala_gym.core.batched import TRAIN_MODES, BatchedTrainer, build_children, default_train_mode
+from ala_gym.core.checks import check_int, check_optional_int
 from ala_gym.core.metrics import Evaluation
 from ala_gym.core.trainer import SequentialChildren
 from ala_gym.envs.base import ALAEnv
@@ -115,6 +116,7 @@ class ALAVectorEnv(VectorEnv):
 
     # ---------------------------------------------------------------- gymnasium API
     def reset(self, *, seed: int | list[int] | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        check_open(self)
         seeds = seed_children(self, seed)
         self._child_rngs = [seeding.np_random(s)[0] for s in seeds]
         trainer_seeds = [self._draw_trainer_seed(i) for i in range(self.num_envs)]
@@ -134,6 +136,7 @@ class ALAVectorEnv(VectorEnv):
         return np.stack(observations), infos
 
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
+        check_open(self)
         if not self._started:
             raise RuntimeError("call reset() before step()")
         stepping = ~self._needs_reset
@@ -175,6 +178,9 @@ class ALAVectorEnv(VectorEnv):
             infos = self._add_info(infos, info, i)
         self._needs_reset = (terminations | truncations) & (self.metadata["autoreset_mode"] == AutoresetMode.NEXT_STEP)
         return observations, rewards, terminations, truncations, infos
+
+    def close_extras(self, **kwargs: Any) -> None:
+        self._children = None  # the children's weights and batches; a later reset or step raises
 
     # ---------------------------------------------------------------- attributes (``set_attr("phi", ...)``)
     def get_attr(self, name: str) -> tuple[Any, ...]:
@@ -222,10 +228,8 @@ def check_vector_args(
     num_envs: int, max_episode_steps: int | None, autoreset_mode: AutoresetMode | str, train_mode: str
 ) -> AutoresetMode:
     """The shared arguments of an ALA vector env, checked; returns the autoreset mode as an enum."""
-    if num_envs < 1:
-        raise ValueError(f"num_envs must be positive, got {num_envs}")
-    if max_episode_steps is not None and max_episode_steps < 1:
-        raise ValueError(f"max_episode_steps must be positive or None, got {max_episode_steps}")
+    check_int("num_envs", num_envs, 1)
+    check_optional_int("max_episode_steps", max_episode_steps, 1)
     autoreset_mode = AutoresetMode(autoreset_mode)
     if autoreset_mode not in (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP):
         raise ValueError(f"autoreset_mode must be NEXT_STEP or SAME_STEP, got {autoreset_mode}")
@@ -254,19 +258,28 @@ def set_vector_spaces(envs: VectorEnv, observation_space: gym.Space, action_spac
     envs.action_space = batch_space(action_space, envs.num_envs)
 
 
+def check_open(envs: VectorEnv) -> None:
+    """Refuse to train the children of a closed vector env."""
+    if envs.closed:
+        raise RuntimeError("this vector env is closed: make a new one with gym.make_vec(...)")
+
+
 def seed_children(envs: VectorEnv, seed: int | list[int] | None) -> list[int | None]:
     """Seed the vector env's own ``np_random`` and return the per-child seeds of ``reset(seed=...)``:
-    ``seed + i``, one listed seed each, or all None (fresh entropy)."""
-    if isinstance(seed, np.integer):
+    ``seed + i``, one listed seed each, or all None (fresh entropy). numpy integers and 0-d arrays count
+    as ints."""
+    num_envs = envs.num_envs
+    if isinstance(seed, np.ndarray) and seed.ndim == 0:
+        seed = seed.item()
+    if seed is not None and not isinstance(seed, (list, tuple, np.ndarray)):
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise TypeError(f"seed must be an int, a list of {num_envs} ints or None, got {type(seed).__name__}")
         seed = int(seed)
     VectorEnv.reset(envs, seed=seed if isinstance(seed, int) or seed is None else None)
-    num_envs = envs.num_envs
     if seed is None:
         return [None] * num_envs
     if isinstance(seed, int):
         return [seed + i for i in range(num_envs)]
-    if not isinstance(seed, (list, tuple, np.ndarray)):
-        raise TypeError(f"seed must be an int, a list of {num_envs} ints or None, got {type(seed).__name__}")
     if len(seed) != num_envs:
         raise ValueError(f"need one seed per child ({num_envs}), got {len(seed)}")
     return [int(s) for s in seed]

@@ -1,0 +1,58 @@
+"""Argument checks that name the argument: every numeric setting is checked for type, finiteness and range
+where it is built (the config dataclasses' ``__post_init__``, the envs' constructors), so that a bad value
+fails at once with one line instead of hanging, training on nonsense or failing deep inside torch.
+
+``True`` is refused wherever a number is expected (Python counts it as the integer 1), and so are strings
+that look like numbers; numpy's integer and float scalars are accepted.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import torch
+
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+"""The largest float32: children train in float32, so a larger learning rate cannot even be applied."""
+
+
+def check_int(name: str, value: Any, minimum: int | None = None) -> int:
+    """``value`` as an ``int`` if it is an integer (not a bool, not a float such as 2.5 or 2.0) of at least
+    ``minimum``; otherwise a ``ValueError`` that names ``name``."""
+    bound = "" if minimum is None else f" >= {minimum}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer{bound}, got {value!r} ({type(value).__name__})")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be an integer{bound}, got {value!r}")
+    return int(value)
+
+
+def check_real(
+    name: str,
+    value: Any,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """``value`` as a ``float`` if it is a finite real number (not a bool) in the interval given by ``low``
+    and ``high`` (closed unless ``low_open`` / ``high_open``); otherwise a ``ValueError`` naming ``name``."""
+    left = "" if low is None else f"{'(' if low_open else '['}{low:g}"
+    right = "" if high is None else f"{high:g}{')' if high_open else ']'}"
+    interval = "" if low is None and high is None else f" in {left or '(-inf'}, {right or 'inf)'}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a finite number{interval}, got {value!r} ({type(value).__name__})")
+    number = float(value)
+    too_low = low is not None and (number <= low if low_open else number < low)
+    too_high = high is not None and (number >= high if high_open else number > high)
+    if not math.isfinite(number) or too_low or too_high:
+        raise ValueError(f"{name} must be a finite number{interval}, got {value!r}")
+    return number
+
+
+def check_optional_int(name: str, value: Any, minimum: int | None = None) -> int | None:
+    """:func:`check_int`, letting ``None`` through (the setting's "not set")."""
+    return None if value is None else check_int(name, value, minimum)
