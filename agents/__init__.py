@@ -21,7 +21,8 @@ Registry (``CONTROLLERS``, keyed by the benchmark's names; the README's Controll
 Factory keywords: the baselines take ``num_envs`` and ``loss_form`` (``random`` also ``noise``,
 ``phi-uniform``/``label-smoothing`` ``off_diagonal`` and ``label_smoothing``); ``reinforce*`` take
 ``config`` (:class:`agents.reinforce.ReinforceConfig`), ``num_envs``, ``train``; ``ppo``/``a2c`` take
-``config`` (:class:`agents.sb3.SB3Config`), ``num_envs``, ``policy`` (``"pair"`` or ``"mlp"``). Saved
+``config`` (:class:`agents.sb3.SB3Config`), ``num_envs``, ``policy`` (``"pair"`` or ``"mlp"``) and need the
+``sb3`` extra (without it their factories raise :class:`ala_gym.wrappers.MissingExtraError`, which says so). Saved
 policies: ``agents.reinforce.ReinforceController.load(path, train=False)`` (``train=True`` fine-tunes;
 ``temperature`` divides the loaded logits) and
 ``agents.sb3.SB3Controller.load(path, algo)``.
@@ -39,7 +40,7 @@ from agents.base import Controller, EpisodeRecord, EpisodeRecorder
 def _factory(path: str, name: str, **defaults: Any) -> Callable[..., Controller]:
     """A factory for the class at ``module:Class``, imported on first use: the modules with a command
     line (``python -m agents.reinforce``) must not be imported by the package itself, and
-    Stable-Baselines3 is slow to import."""
+    Stable-Baselines3 is slow to import and an optional extra: ``import agents`` works without it."""
     module, _, class_name = path.partition(":")
 
     def make(**kwargs: Any) -> Controller:

@@ -1,10 +1,14 @@
 """The policy checkpoint format of the learned controllers: plain tensors and primitives, loadable with
-``torch.load(..., weights_only=True)``, versioned, and refused with one clear line when it is not one."""
+``torch.load(..., weights_only=True)``, versioned, and refused with one clear line when it is not one.
+
+A checkpoint loads only in the ala-gym version that wrote it (``ala_gym_version``): a policy's meaning
+depends on the env's observation features and step rules, which any release may change. Its weights
+must be finite: a policy that diverged while training would fail only at its first action.
+"""
 
 from __future__ import annotations
 
-import pickle
-import zipfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +48,15 @@ def load_checkpoint(path: str | Path, kind: str) -> dict[str, Any]:
     if not Path(path).is_file():
         raise CheckpointError(f"{path}: no such checkpoint file; {written_by}")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, EOFError, RuntimeError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        with warnings.catch_warnings():
+            # torch warns about the pickle protocol of a file that is no checkpoint before failing on it.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as exc:
+        raise CheckpointError(f"{path} cannot be read ({exc.strerror or exc}); check its permissions") from None
+    except Exception as exc:
+        # A file that is not a zip archive is read as a legacy pickle, and torch's weights-only unpickler
+        # then fails with whatever error its bytes lead to (KeyError for text, IndexError, EOFError, ...).
         raise CheckpointError(
             f"{path} is not an ala-gym policy checkpoint (it does not load as plain tensors: "
             f"{type(exc).__name__}); {written_by}"
@@ -61,8 +72,23 @@ def load_checkpoint(path: str | Path, kind: str) -> dict[str, Any]:
             f"{path} was written by ala-gym {checkpoint['ala_gym_version']} in checkpoint format {version}; this "
             f"ala-gym {ala_gym.__version__} reads format {FORMAT_VERSION} only: save the policy again with this version"
         )
+    if checkpoint["ala_gym_version"] != ala_gym.__version__:
+        raise CheckpointError(
+            f"{path} was written by ala-gym {checkpoint['ala_gym_version']} and this is ala-gym {ala_gym.__version__}, "
+            f"which loads only its own policies: load it with ala-gym {checkpoint['ala_gym_version']}, or train and "
+            "save the policy again with this version (--save)"
+        )
     if checkpoint["kind"] != kind:
         raise CheckpointError(f"{path} holds a {checkpoint['kind']!r} policy, not a {kind!r} one")
-    if not isinstance(checkpoint["config"], dict) or not isinstance(checkpoint["state_dict"], dict):
+    state_dict = checkpoint["state_dict"]
+    if not isinstance(checkpoint["config"], dict) or not isinstance(state_dict, dict):
         raise CheckpointError(f"{path} is damaged: its config and state_dict must be dictionaries; {written_by}")
+    if not all(isinstance(value, torch.Tensor) for value in state_dict.values()):
+        raise CheckpointError(f"{path} is damaged: its state_dict must hold tensors only; {written_by}")
+    non_finite = [name for name, value in state_dict.items() if not torch.isfinite(value).all()]
+    if non_finite:
+        raise CheckpointError(
+            f"{path} holds non-finite weights (NaN or inf in {', '.join(non_finite)}), as a policy that diverged in "
+            "training does: train it again and save it with --save"
+        )
     return checkpoint

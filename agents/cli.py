@@ -16,12 +16,25 @@ import numpy as np
 
 from agents.checkpoints import CheckpointError
 from agents.progress import RunLogger
+from ala_gym import wrappers
 
 
 def fail(message: str) -> NoReturn:
     """How every command line reports bad input: one line on stderr, exit status 2, no traceback."""
     sys.stderr.write(f"error: {message}\n")
     raise SystemExit(2)
+
+
+def require(extra: str, module: str) -> None:
+    """:func:`ala_gym.wrappers.require` for a module that is also a command line: run as one (``module`` is
+    ``__name__``, ``"__main__"``), a missing extra is bad input (:func:`fail`), even for ``--help``, since the
+    module cannot be imported; imported by other code, the error goes to the importer."""
+    try:
+        wrappers.require(extra)
+    except wrappers.MissingExtraError as error:
+        if module == "__main__":
+            fail(str(error))
+        raise
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

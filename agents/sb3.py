@@ -34,13 +34,16 @@ import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode
+from torch import nn
+
+from agents import checkpoints, cli
+
+cli.require("sb3", __name__)  # before importing it: without the extra, one line saying which to install
 from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.policies import ActorCriticPolicy
-from torch import nn
 
-from agents import checkpoints, cli
 from agents.base import Controller, EpisodeRecord, EpisodeRecorder, OnStep, step_logs
 from ala_gym.wrappers.sb3 import SB3VecEnv
 

@@ -48,8 +48,9 @@ from scipy.special import logsumexp
 
 from agents.learnloss import LearnLossConfig, Trial, learn_loss, random_lambda
 from ala_gym.core.data import DataError, load_cifar10, load_digits, load_fashion_mnist
+from ala_gym.wrappers import MissingExtraError, require
 from benchmarks.compare import write_json
-from benchmarks.machine import cpu_model
+from benchmarks.machine import cpu_model, package_version
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ("learnloss", "random", "tpe")
@@ -167,6 +168,7 @@ def tune(method: str, train: Callable, config: LearnLossConfig, seed: int) -> li
             trials.append(Trial(lam, features, error, "random", 0.0, info))
         return trials
     if method == "tpe":
+        require("learnloss")
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -356,6 +358,8 @@ def run_benchmark(datasets: list[str], methods: list[str], seeds: list[int], bud
                   fashion_mnist_root: str | None = None, cifar10_root: str | None = None,
                   problem_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run what is missing (one file per dataset, method and seed), then rewrite the summary files."""
+    if "tpe" in methods:
+        require("learnloss")  # before any training run, not when the first TPE run starts
     out = RESULTS / name
     config = LearnLossConfig(upper=(0.1, 0.1), budget=budget)
     for dataset in datasets:
@@ -373,12 +377,12 @@ def run_benchmark(datasets: list[str], methods: list[str], seeds: list[int], bud
                   flush=True)
     runs = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
     runs = [r for r in runs if r["dataset"] in datasets and r["method"] in methods and r["seed"] in seeds and r["budget"] == budget]
-    import optuna
     import scipy
 
+    # None where the learnloss extra is not installed: only the TPE runs need Optuna.
     header = {"machine": f"{cpu_model()}, {os.cpu_count()} cores", "budget": budget, "seeds": seeds, "low": config.upper[0] * config.log_low,
               "upper": config.upper[0], "versions": {"torch": torch.__version__, "scipy": scipy.__version__,
-                                                     "optuna": optuna.__version__}}
+                                                     "optuna": package_version("optuna")}}
     fits = [t for r in runs for t in r["trials"]]
     header["fits"] = {
         "count": len(fits),
@@ -416,7 +420,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         run_benchmark(datasets, methods, list(range(args.seeds)), args.budget, args.name,
                       args.fashion_mnist_root, args.cifar10_root)
-    except DataError as exc:
+    except (DataError, MissingExtraError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
 

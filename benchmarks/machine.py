@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+from importlib import metadata
 from pathlib import Path
 
 
@@ -15,3 +16,12 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown"
+
+
+def package_version(distribution: str) -> str | None:
+    """The installed version of ``distribution`` (e.g. an optional extra's package), None if it is not
+    installed; read from its metadata, so the package itself is never imported."""
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None

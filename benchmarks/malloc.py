@@ -37,7 +37,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-import ala_gym.envs  # noqa: F401  (registers the env ids)
+import ala_gym  # noqa: F401  (registers the env ids)
 from ala_gym.core.allocator import retain_freed_memory
 from ala_gym.core.data import cifar10_subset_dir
 from benchmarks.overhead import CONFIGS, ENV_SEED, _plain_loop, _trainer_loop, env_child_seed, machine_info

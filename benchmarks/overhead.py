@@ -59,7 +59,7 @@ import gymnasium as gym
 from gymnasium.utils import seeding
 import numpy as np
 import torch
-import ala_gym.envs  # noqa: F401  (registers the env ids)
+import ala_gym  # noqa: F401  (registers the env ids)
 from torch.nn import functional as F
 
 from ala_gym.core.allocator import retain_freed_memory

@@ -27,7 +27,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-import ala_gym.envs  # noqa: F401  (registers the env ids)
+import ala_gym  # noqa: F401  (registers the env ids)
 from ala_gym.core.metrics import discounted_metric, error_rate
 from benchmarks.compare import machine, versions, with_locations, without_locations
 

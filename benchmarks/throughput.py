@@ -44,6 +44,8 @@ import sys
 import time
 from pathlib import Path
 
+from ala_gym.wrappers import MissingExtraError, require
+
 RESULTS = Path(__file__).resolve().parent / "results"
 MODES = ("native-batched", "native-sequential", "sync", "async", "ray-1", "ray-2", "ray-4")
 DEFAULT_MODES = MODES[:4]
@@ -55,7 +57,7 @@ def measure(config: dict) -> dict:
     import numpy as np
     import torch
 
-    import ala_gym.envs  # noqa: F401  (registers the ids)
+    import ala_gym  # noqa: F401  (registers the ids)
 
     from ala_gym.core.data import cifar10_subset_dir
 
@@ -249,6 +251,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.one:
         print(json.dumps(measure(json.loads(args.one))))
         return
+    if any(mode.startswith("ray") for mode in args.modes):
+        try:
+            require("ray")  # here, not in the measuring processes, where it would only fill rows with errors
+        except MissingExtraError as exc:
+            parser.exit(2, f"{parser.prog}: error: --modes {' '.join(args.modes)}: {exc}\n")
 
     results = []
     for model in args.models:

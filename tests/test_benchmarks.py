@@ -187,7 +187,7 @@ def test_controller_specs_carry_env_keywords_and_bad_input_exits_2(results_dir, 
         (["--env", "ALA-Digits-v0", "--controllers", "ce", "--seeds", "0"], "--seeds must be a positive count"),
         (["--env", "ALA-Digits-v0", "--controllers", "ce", "--seeds", "1", "--env-kwargs", "{beta"], "is not JSON"),
         (["--env", "ALA-Digits-v0", "--controllers", "ce", "--seeds", "1", "--env-kwargs", '{"beta": -1}'],
-         "beta must be positive"),
+         "beta must be a finite number in (0, inf)"),
     ]:
         with pytest.raises(SystemExit) as caught:
             compare.main(argv)

@@ -91,6 +91,11 @@ def test_the_vector_env_refuses_them_too(kwargs: dict, message: str) -> None:
         gym.make_vec("ALA-Digits-v0", **{"num_envs": 2, **TINY, **kwargs})
 
 
+def test_a_learning_rate_beyond_float32_is_refused_on_every_backend(make_vec) -> None:
+    with pytest.raises(ValueError, match="lr must be a finite number in"):
+        make_vec("ALA-Digits-v0", 2, **{**TINY, "lr": 3.5e38}).reset(seed=0)
+
+
 @pytest.mark.parametrize("kwargs", [dict(lr=True), dict(recall_k=1.5), dict(embedding_size=0), dict(samples_per_class=2.5)])
 def test_the_metric_learning_env_refuses_them_too(kwargs: dict, tiny_fashion_mnist_dir: Path) -> None:
     name = next(iter(kwargs)).replace("embedding_size", "output_size")
@@ -117,7 +122,7 @@ def test_seeds_of_numpy_integer_types_work_in_single_and_vector_env() -> None:
     np.testing.assert_array_equal(zero_d, plain)
 
 
-def test_step_after_close_raises_instead_of_training() -> None:
+def test_step_after_close_raises_instead_of_training(make_vec) -> None:
     env = gym.make("ALA-Digits-v0", **TINY)
     env.reset(seed=0)
     env.close()
@@ -125,7 +130,7 @@ def test_step_after_close_raises_instead_of_training() -> None:
         env.step(KEEP)
     with pytest.raises(RuntimeError, match="closed"):
         env.reset(seed=0)
-    envs = gym.make_vec("ALA-Digits-v0", num_envs=2, **TINY)
+    envs = make_vec("ALA-Digits-v0", num_envs=2, **TINY)
     envs.reset(seed=0)
     envs.close()
     with pytest.raises(RuntimeError, match="closed"):

@@ -1,2 +1,27 @@
 """Adapters from the ALA envs to RL libraries and to Ray (each behind its extra: ``pip install ala-gym[sb3]``,
-``ala-gym[ray]``)."""
+``ala-gym[ray]``), and :func:`require`, the check every user of an extra makes before importing it."""
+
+from __future__ import annotations
+
+from importlib.util import find_spec
+
+EXTRAS: dict[str, tuple[str, str]] = {
+    "sb3": ("stable_baselines3", "stable-baselines3"),
+    "ray": ("ray", "ray"),
+    "learnloss": ("optuna", "optuna"),
+}
+"""The extras of ``setup.cfg``: name -> (the module it makes importable, the package that provides it)."""
+
+
+class MissingExtraError(ImportError):
+    """An optional dependency that is not installed; the message names the extra that installs it."""
+
+
+def require(extra: str) -> None:
+    """Raise :class:`MissingExtraError` unless ``extra``'s package is installed; call it before importing
+    that package, so that a base install gets one line saying what to install instead of a
+    ``ModuleNotFoundError`` from deep inside an import. Looks the package up without importing it
+    (Ray and Stable-Baselines3 take seconds to import)."""
+    module, package = EXTRAS[extra]
+    if find_spec(module) is None:
+        raise MissingExtraError(f"{package} is not installed: pip install 'ala-gym[{extra}]'")

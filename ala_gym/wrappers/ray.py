@@ -18,13 +18,15 @@ import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode, VectorEnv
 
-try:
-    import ray
-    from ray.exceptions import RayActorError, RayTaskError
-except ImportError as error:  # Ray is an optional extra
-    raise ImportError("the Ray vector env needs Ray: pip install 'ala-gym[ray]'") from error
+from ala_gym.wrappers import require
 
-from ala_gym.envs.vector import ALAVectorEnv, check_actions, check_vector_args, phi_values, seed_children, set_vector_spaces
+require("ray")  # before importing it: without the extra, one line saying which to install
+import ray
+from ray.exceptions import RayActorError, RayTaskError
+
+from ala_gym.envs.vector import (
+    ALAVectorEnv, check_actions, check_open, check_vector_args, phi_values, seed_children, set_vector_spaces,
+)
 
 # Keys that belong to the step that ended an episode; a lost worker's children do not repeat them.
 _EPISODE_END_KEYS = ("final_obs", "final_info", "test_metric", "final_val_metric")
@@ -160,6 +162,7 @@ class RayVectorEnv(VectorEnv):
 
     # ---------------------------------------------------------------- gymnasium API
     def reset(self, *, seed: int | list[int] | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        check_open(self)
         seeds = seed_children(self, seed)
         self._start_workers(np.flatnonzero(self._lost))
         self._lost[:] = False
@@ -184,6 +187,7 @@ class RayVectorEnv(VectorEnv):
         return self._observations.copy(), infos
 
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
+        check_open(self)
         if not self._started:
             raise RuntimeError("call reset() before step()")
         actions = check_actions(actions, self.action_space, ~self._needs_reset & ~self._reported)

@@ -1,0 +1,98 @@
+"""Policy checkpoints: files that are not one, weights that are not finite, and files of another package
+version are refused at load with one line naming the file; the shipped policies load."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import ala_gym
+from agents import checkpoints
+from agents.reinforce import POLICY_LIBRARY, PairPolicy, ReinforceConfig, ReinforceController
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_RUN = ["--num-envs", "1", "--total-iterations", "4", "--steps-per-action", "2", "--device", "cpu",
+            "--env-kwarg", "eval_points=1", "--no-tensorboard"]
+
+
+def save_reinforce(path: Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+    policy = PairPolicy(24, 8, torch.Generator().manual_seed(0))
+    config = {**vars(ReinforceConfig(hidden=8)), "n_features": 24}
+    checkpoints.save_checkpoint(path, "reinforce", config, state_dict or policy.state_dict())
+    return path
+
+
+def non_finite(path: Path, value: float) -> Path:
+    state = PairPolicy(24, 8, torch.Generator().manual_seed(0)).state_dict()
+    first = next(iter(state))
+    state[first][0, 0] = value
+    return save_reinforce(path, state)
+
+
+def not_checkpoints(folder: Path) -> dict[str, Path]:
+    """Files that are not checkpoints, each failing inside torch's loader in its own way."""
+    files = {
+        "text": b"hello world\n",  # read as a legacy pickle: KeyError 101 (the memo index "e")
+        "json": b'{"format_version": 1, "state_dict": {}}\n',
+        "pickle-protocol-97": b"\x80a",  # torch warns about the protocol before failing
+    }
+    for name, raw in files.items():
+        (folder / f"{name}.pt").write_bytes(raw)
+    return {name: folder / f"{name}.pt" for name in files}
+
+
+def test_files_that_are_not_checkpoints_get_a_checkpoint_error(tmp_path: Path) -> None:
+    for name, path in not_checkpoints(tmp_path).items():
+        with pytest.raises(checkpoints.CheckpointError, match="is not an ala-gym policy checkpoint") as caught:
+            checkpoints.load_checkpoint(path, "reinforce")
+        assert str(path) in str(caught.value), name
+
+
+@pytest.mark.parametrize("module", ["agents.reinforce", "agents.sb3"])
+def test_load_of_a_bad_file_is_one_line_and_exit_2(module: str, tmp_path: Path) -> None:
+    bad = {**not_checkpoints(tmp_path), "nan": non_finite(tmp_path / "nan.pt", float("nan"))}
+    for name, path in bad.items():
+        done = subprocess.run([sys.executable, "-m", module, "--load", str(path), *TINY_RUN], cwd=ROOT,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 2, (name, done.stderr)
+        assert "Traceback" not in done.stderr and done.stderr.strip().count("\n") == 0, (name, done.stderr)
+        assert str(path) in done.stderr, (name, done.stderr)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_weights_are_refused_at_load(value: float, tmp_path: Path) -> None:
+    path = non_finite(tmp_path / "diverged.pt", value)
+    with pytest.raises(checkpoints.CheckpointError, match="non-finite") as caught:
+        ReinforceController.load(path)
+    assert str(path) in str(caught.value) and "net.0.weight" in str(caught.value)
+
+
+def test_checkpoint_of_another_package_version_is_refused(tmp_path: Path, monkeypatch) -> None:
+    with monkeypatch.context() as patch:
+        patch.setattr(ala_gym, "__version__", "0.0.1")
+        path = save_reinforce(tmp_path / "old.pt")
+    with pytest.raises(checkpoints.CheckpointError) as caught:
+        ReinforceController.load(path)
+    message = str(caught.value)
+    assert str(path) in message and "0.0.1" in message and ala_gym.__version__ in message
+    assert "save the policy again" in message and "\n" not in message
+
+
+def test_shipped_policies_are_of_this_version_and_load() -> None:
+    shipped = sorted(POLICY_LIBRARY.glob("*.pt"))
+    assert shipped
+    for path in shipped:
+        assert checkpoints.load_checkpoint(path, "reinforce")["ala_gym_version"] == ala_gym.__version__
+        ReinforceController.load(path)
+
+
+def test_state_dict_of_non_tensors_is_damaged(tmp_path: Path) -> None:
+    path = tmp_path / "lists.pt"
+    checkpoints.save_checkpoint(path, "reinforce", {}, {"net.0.weight": [[0.0]]})
+    with pytest.raises(checkpoints.CheckpointError, match="must hold tensors only") as caught:
+        checkpoints.load_checkpoint(path, "reinforce")
+    assert str(path) in str(caught.value)

@@ -1,0 +1,95 @@
+"""The comparison's result store: a folder it cannot write is refused before any training, a damaged
+``config.json`` or ``results.json`` is named with its fix, and a damaged run file is run again."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import compare
+
+TINY = dict(total_iterations=10, steps_per_action=5, eval_points=2, eval_stride=2, device="cpu")
+ARGS = ["--env", "ALA-Digits-v0", "--controllers", "ce", "--seeds", "1", "--env-kwargs", json.dumps(TINY),
+        "--name", "tiny"]
+
+
+@pytest.fixture()
+def results_dir(tmp_path, monkeypatch):
+    monkeypatch.setattr(compare, "RESULTS", tmp_path)
+    return tmp_path
+
+
+def no_training(monkeypatch) -> None:
+    monkeypatch.setattr(compare, "run_one", lambda *args, **kwargs: pytest.fail("a run was trained"))
+
+
+def refused_in_one_line(capsys) -> str:
+    with pytest.raises(SystemExit) as caught:
+        compare.main(ARGS)
+    error = capsys.readouterr().err
+    assert caught.value.code == 2, error
+    assert "Traceback" not in error and error.strip().count("\n") == 0, error
+    return error
+
+
+@pytest.mark.parametrize("blocked", ["tiny", "tiny/runs"])
+def test_unwritable_results_folder_is_refused_before_any_training(blocked, results_dir, monkeypatch, capsys):
+    no_training(monkeypatch)
+    folder = results_dir / blocked
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    folder.write_text("a file where the folder should be")
+    error = refused_in_one_line(capsys)
+    assert f"cannot write results to {folder}" in error and "--name" in error
+
+
+DAMAGED = [
+    ("config.json", "{\"env\": ", "not valid JSON"),
+    ("config.json", "[]", "a list, not an object"),
+    ("config.json", '{"env": "ALA-Digits-v0", "env_kwargs": []}', "env_kwargs is a list, not an object"),
+    ("results.json", '{"header": {"seeds": [0', "not valid JSON"),
+    ("results.json", "[]", "a list, not an object"),
+    ("results.json", '{"header": {"seeds": [0]}, "summary": [{"controller": "ce"}]}', "has no runs"),
+    ("results.json", '{"header": {"seeds": [0]}, "summary": [], "runs": [{"controller": "ce", "seed": 0}]}',
+     "runs[0] has no env"),
+]
+
+
+@pytest.mark.parametrize(("name", "text", "problem"), DAMAGED, ids=[f"{n}:{p}" for n, _, p in DAMAGED])
+def test_damaged_config_or_results_is_named_with_its_fix(name, text, problem, results_dir, monkeypatch, capsys):
+    no_training(monkeypatch)
+    path = results_dir / "tiny" / name
+    path.parent.mkdir()
+    path.write_text(text)
+    error = refused_in_one_line(capsys)
+    assert f"{path} is damaged" in error and problem in error, error
+    assert "restore it from version control, or delete it" in error
+    assert path.read_text() == text  # left as it was, for the user to restore
+
+
+def test_damaged_run_file_is_run_again_with_a_warning(results_dir, monkeypatch, capsys):
+    rows = compare.compare("ALA-Digits-v0", ["ce"], [0, 1], TINY, "tiny")
+    out = results_dir / "tiny"
+    runs = {seed: out / "runs" / f"ce-seed{seed}.json" for seed in (0, 1)}
+    good = {seed: json.loads(path.read_text()) for seed, path in runs.items()}
+
+    # An interrupted comparison (no results.json yet) whose run files were damaged: run those again.
+    (out / "results.json").unlink()
+    runs[0].write_text(runs[0].read_text()[:100])
+    runs[1].write_text("[]")
+    run_one, ran = compare.run_one, []
+    monkeypatch.setattr(compare, "run_one", lambda *args, **kwargs: ran.append(args[1:3]) or run_one(*args, **kwargs))
+    capsys.readouterr()
+    again = compare.compare("ALA-Digits-v0", ["ce"], [0, 1], TINY, "tiny")
+    warnings = capsys.readouterr().err
+    assert sorted(ran) == [("ce", 0), ("ce", 1)]
+    for seed, path in runs.items():
+        assert f"warning: {path} is damaged" in warnings and "running it again" in warnings
+        assert json.loads(path.read_text())["test_metric"] == good[seed]["test_metric"]  # the same run, rewritten
+    assert [row["test_per_seed"] for row in again] == [row["test_per_seed"] for row in rows]
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["ce-seed0.json", "ce-seed1.json"]  # no lock left
+
+    # With the run in results.json, a damaged run file blocks nothing and nothing is run again.
+    no_training(monkeypatch)
+    runs[0].write_text("{")
+    assert compare.compare("ALA-Digits-v0", ["ce"], [0, 1], TINY, "tiny") == again

@@ -1,0 +1,106 @@
+"""The optional extras (``sb3``, ``ray``, ``learnloss``): the base install runs without them, and what needs
+one says, in one line, which extra to install.
+
+Each test runs Python with the extra's package made unimportable (``sys.modules[name] = None`` from a
+``sitecustomize`` on ``PYTHONPATH``, so the subprocesses a command starts lack it too), as on an install
+without that extra.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(total_iterations=10, steps_per_action=5, eval_points=2, eval_stride=2, device="cpu")
+COMPARE = ("import sys; from pathlib import Path; from benchmarks import compare; "
+           "compare.RESULTS = Path(sys.argv[1]); compare.main(sys.argv[2:])")
+
+
+def run_without(modules: list[str], args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    """``python *args`` in the repository with ``modules`` unimportable."""
+    site = tmp_path / "without"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(f"import sys\nsys.modules.update(dict.fromkeys({modules!r}))\n")
+    path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env={**os.environ, "PYTHONPATH": path},
+                          capture_output=True, text=True, timeout=300)
+
+
+def assert_one_line_naming(done: subprocess.CompletedProcess, extra: str) -> None:
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and done.stderr.strip().count("\n") == 0, done.stderr
+    assert f"pip install 'ala-gym[{extra}]'" in done.stderr, done.stderr
+
+
+def test_sb3_command_without_the_extra_names_it_in_one_line(tmp_path: Path) -> None:
+    assert_one_line_naming(run_without(["stable_baselines3"], ["-m", "agents.sb3", "--help"], tmp_path), "sb3")
+
+
+def test_agents_import_without_sb3_and_its_controllers_name_the_extra(tmp_path: Path) -> None:
+    code = (
+        "import agents\n"
+        "agents.CONTROLLERS['ce']()\n"
+        "for make in (lambda: agents.CONTROLLERS['ppo'](), lambda: __import__('ala_gym.wrappers.sb3')):\n"
+        "    try:\n"
+        "        make()\n"
+        "    except ImportError as error:\n"
+        "        print(error)\n"
+    )
+    done = run_without(["stable_baselines3"], ["-c", code], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["stable-baselines3 is not installed: pip install 'ala-gym[sb3]'"] * 2
+
+
+def test_compare_without_sb3_keeps_its_runs_and_refuses_sb3_controllers(tmp_path: Path) -> None:
+    common = ["--env", "ALA-Digits-v0", "--seeds", "1", "--env-kwargs", json.dumps(TINY)]
+    done = run_without(["stable_baselines3"], ["-c", COMPARE, str(tmp_path), *common, "--controllers", "ce",
+                                               "--name", "ce"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    results = json.loads((tmp_path / "ce" / "results.json").read_text())
+    assert [run["controller"] for run in results["runs"]] == ["ce"]
+    done = run_without(["stable_baselines3"], ["-c", COMPARE, str(tmp_path), *common, "--controllers", "ce,ppo",
+                                               "--name", "ppo"], tmp_path)
+    assert_one_line_naming(done, "sb3")
+    assert "'ppo'" in done.stderr and not (tmp_path / "ppo").exists()
+
+
+def test_ray_backend_and_throughput_without_ray_name_the_extra(tmp_path: Path) -> None:
+    code = (
+        "import gymnasium as gym\n"
+        "import ala_gym\n"
+        "try:\n"
+        "    gym.make_vec('ALA-Digits-v0', num_envs=1, backend='ray', device='cpu')\n"
+        "except ImportError as error:\n"
+        "    print(error)\n"
+    )
+    done = run_without(["ray"], ["-c", code], tmp_path)
+    assert done.returncode == 0 and done.stdout.strip() == "ray is not installed: pip install 'ala-gym[ray]'", done.stderr
+    out = tmp_path / "throughput"
+    args = ["-m", "benchmarks.throughput", "--models", "mlp", "--num-envs", "1", "--modes", "native-sequential", "ray-1",
+            "--steps", "1", "--iterations", "1", "--out", str(out)]
+    assert_one_line_naming(run_without(["ray"], args, tmp_path), "ray")
+    assert not out.exists()  # refused before any measurement
+
+
+def test_tuning_benchmark_without_optuna_keeps_its_runs_and_refuses_tpe(tmp_path: Path) -> None:
+    code = (
+        "import sys; from pathlib import Path; from benchmarks import learnloss\n"
+        "learnloss.RESULTS = Path(sys.argv[1])\n"
+        "learnloss.run_benchmark(['digits'], ['random'], [0], 4, 'tiny', problem_kwargs={'train_size': 300})\n"
+    )
+    done = run_without(["optuna"], ["-c", code, str(tmp_path)], tmp_path)
+    assert done.returncode == 0, done.stderr
+    results = json.loads((tmp_path / "tiny" / "results.json").read_text())
+    assert [run["method"] for run in results["runs"]] == ["random"]
+    code = (
+        "import sys; from pathlib import Path; from benchmarks import learnloss\n"
+        "learnloss.RESULTS = Path(sys.argv[1])\n"
+        "learnloss.main(['--datasets', 'digits', '--methods', 'random,tpe', '--seeds', '1', '--budget', '4', "
+        "'--name', 'tpe'])\n"
+    )
+    assert_one_line_naming(run_without(["optuna"], ["-c", code, str(tmp_path)], tmp_path), "learnloss")
+    assert not (tmp_path / "tpe").exists()  # refused before any training run
