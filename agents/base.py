@@ -16,7 +16,7 @@ from typing import Any, Callable
 import gymnasium as gym
 import numpy as np
 
-import ala_gym.envs  # noqa: F401  (registers the env ids that make_envs names)
+import ala_gym  # noqa: F401  (registers the env ids that make_envs names)
 
 OnStep = Callable[[int, dict[str, Any]], None]
 """``on_step(step, logs)``, called after every vector step of :meth:`Controller.run`."""
@@ -148,6 +148,16 @@ class Controller(ABC):
         :func:`step_logs` plus what :meth:`learn` returned.
         """
         self.begin(envs, seed)
+        return self.run_episode(envs, seed, on_step)
+
+    def begin_episode(self, envs: gym.vector.VectorEnv) -> None:
+        """Called by :meth:`run_episode` before it resets ``envs``: a learner clears what it tracks per run."""
+
+    def run_episode(self, envs: gym.vector.VectorEnv, seed: int, on_step: OnStep | None = None) -> list[EpisodeRecord]:
+        """One training run of every child of ``envs`` from ``reset(seed=seed)``, the controller as it is
+        (:meth:`begin` has been called); one record per child. :meth:`run` is :meth:`begin` and this; a
+        controller that learns across runs calls it once per run."""
+        self.begin_episode(envs)
         observations, infos = envs.reset(seed=seed)
         recorder = EpisodeRecorder(envs.num_envs)
         step = 0

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from agents.base import Controller
+from agents.base import Controller, EpisodeRecord, OnStep
 from agents import checkpoints, cli
 
 N_ACTIONS = 3  # {-beta, 0, +beta}; beta itself is the env's (``beta=`` env keyword)
@@ -85,6 +85,23 @@ class ReinforceConfig:
     """Policy gradient steps per env step; each draws its own replay sample beside the fresh transitions."""
     entropy_coef: float = 0.0
     """Weight of an entropy bonus against entropy collapse; 0 is the paper's plain REINFORCE."""
+    return_horizon: int = 1
+    """Controller steps whose rewards credit a decision: 1 credits it with its own step's reward (the paper's
+    one-step episodes, which favour what pays at once); ``H > 1`` with the discounted return
+    ``sum_{k < H} discount^k r_{t+k}``, cut at the episode's end. Returns are summed as the rewards arrive,
+    so a decision enters an update ``H - 1`` steps after it was taken."""
+    discount: float = 1.0
+    """gamma of the multi-step return (``return_horizon > 1``)."""
+    episodic_weight: float = 0.0
+    """Weight of episodic credit, in [0, 1]: when the children's run ends, every decision of child ``i`` is
+    credited with the sign of its final validation metric against the mean of the other children's
+    (leave-one-out; per pair under ``pair_credit``: the summed improvement on the pair's classes), in one
+    update over the whole run; the per-step updates are weighted ``1 - episodic_weight``. It rewards what
+    pays at the end of training, but reaches the children of later runs only: see ``warmup_runs``."""
+    warmup_runs: int = 0
+    """Training runs of other children (env seeds ``seed + k * WARMUP_SEED_OFFSET``, ``k = 1 .. warmup_runs``)
+    before the recorded run, learning throughout; the recorded run starts from the policy they learned.
+    It multiplies the compute of a run by ``1 + warmup_runs``."""
 
     def __post_init__(self) -> None:
         if self.baseline not in BASELINES:
@@ -95,6 +112,10 @@ class ReinforceConfig:
             raise ValueError(f"init_no_change must be in [0, 1), got {self.init_no_change}")
         if self.updates_per_step < 1 or self.hidden < 1 or self.lr <= 0:
             raise ValueError("hidden, lr and updates_per_step must be positive")
+        if self.return_horizon < 1 or self.warmup_runs < 0:
+            raise ValueError(f"return_horizon must be >= 1 and warmup_runs >= 0, got {self.return_horizon}, {self.warmup_runs}")
+        if not 0 < self.discount <= 1 or not 0 <= self.episodic_weight <= 1:
+            raise ValueError(f"need 0 < discount <= 1 and 0 <= episodic_weight <= 1, got {self.discount}, {self.episodic_weight}")
 
     @classmethod
     def paper(cls) -> ReinforceConfig:
@@ -104,6 +125,8 @@ class ReinforceConfig:
 
 
 PAPER_ENV_KWARGS = {"fixed_diagonal": False, "step_scaling": "entry"}
+WARMUP_SEED_OFFSET = 1_000_003
+"""Env seeds of warm-up runs lie this far apart: beyond any seed (times the child count) a benchmark uses."""
 """The env's literal paper behaviour (diagonal free, ``beta`` per entry), used with :meth:`ReinforceConfig.paper`."""
 
 
@@ -167,6 +190,47 @@ def pair_rewards(rewards: np.ndarray, infos: dict, pair_credit: bool, n_pairs: i
     return np.where(np.asarray(infos["diverged"], dtype=bool)[:, None], shared, own)
 
 
+class PendingReturns:
+    """Discounted multi-step returns of each child's recent decisions, summed as the rewards arrive.
+
+    :meth:`add` takes one step's rewards of the children that stepped (a row each, one value per pair) and
+    gives back the decisions whose return is complete: taken ``horizon - 1`` steps ago, or any of a child
+    whose episode ended, each as ``(child, payload, return)``. With ``horizon=1`` a decision's return is its
+    own reward, unchanged.
+    """
+
+    def __init__(self, num_envs: int, horizon: int, discount: float) -> None:
+        self.horizon, self.discount = horizon, discount
+        # Per child: [payload, return so far, weight of the next reward, rewards seen], oldest first.
+        self.pending: list[list[list[Any]]] = [[] for _ in range(num_envs)]
+
+    def add(
+        self, children: np.ndarray, payloads: list[Any], rewards: np.ndarray, done: np.ndarray
+    ) -> list[tuple[int, Any, np.ndarray]]:
+        complete = []
+        for child, payload, reward, ended in zip(children, payloads, rewards, done):
+            queue = self.pending[child]
+            for entry in queue:
+                entry[1] = entry[1] + entry[2] * reward
+                entry[2] *= self.discount
+                entry[3] += 1
+            queue.append([payload, reward, self.discount, 1])
+            while queue and (ended or queue[0][3] >= self.horizon):
+                entry = queue.pop(0)
+                complete.append((int(child), entry[0], entry[1]))
+        return complete
+
+
+def episodic_signs(scores: np.ndarray) -> np.ndarray:
+    """Leave-one-out credit of a run: the sign of each child's score (``[children, ...]``, higher is better)
+    against the mean of the other children's. One child has no others to compare with: 0."""
+    count = len(scores)
+    if count < 2:
+        return np.zeros_like(scores)
+    others = (scores.sum(axis=0, keepdims=True) - scores) / (count - 1)
+    return np.sign(scores - others)
+
+
 class ReinforceController(Controller):
     """REINFORCE with an EMA baseline and a replay memory, learning online while the children train.
 
@@ -218,8 +282,23 @@ class ReinforceController(Controller):
         self.baseline = np.zeros(n_pairs)
         # Pairs whose action the env ignores (a held diagonal) carry no information: no gradient from them.
         self.movable = torch.as_tensor(np.asarray(envs.get_attr("movable_rows")[0], dtype=bool))
+        self.higher_is_better = bool(envs.get_attr("evaluator")[0].higher_is_better) if self.config.episodic_weight else False
+
+    def begin_episode(self, envs: gym.vector.VectorEnv) -> None:
         self.running = np.ones(envs.num_envs, dtype=bool)
         self._started = False
+        self.returns = PendingReturns(envs.num_envs, self.config.return_horizon, self.config.discount)
+        # Episodic credit: every child's decisions of this run, and its score (higher is better) when it ends.
+        self.decisions: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(envs.num_envs)]
+        self.scores = np.zeros((envs.num_envs, len(self.baseline)))
+        self.diverged = np.zeros(envs.num_envs, dtype=bool)
+
+    def run(self, envs: gym.vector.VectorEnv, seed: int, on_step: OnStep | None = None) -> list[EpisodeRecord]:
+        """:meth:`begin`, ``warmup_runs`` runs of other children (learning, not recorded), then the recorded run."""
+        self.begin(envs, seed)
+        for run in range(1, self.config.warmup_runs + 1):
+            self.run_episode(envs, seed + run * WARMUP_SEED_OFFSET)
+        return self.run_episode(envs, seed, on_step)
 
     def prescribe_phi(self, observations: np.ndarray, infos: dict) -> np.ndarray | None:
         """Before the first step only: the children's starting Phi when ``start_off_diagonal`` is set."""
@@ -247,8 +326,8 @@ class ReinforceController(Controller):
         dones: np.ndarray,
         infos: dict,
     ) -> dict[str, float]:
-        """``updates_per_step`` REINFORCE steps on the fresh transitions of the running children, each
-        with its own replayed sample."""
+        """REINFORCE steps on the running children's decisions whose return is complete (this step's, at the
+        default ``return_horizon=1``), and, with ``episodic_weight``, one update over the whole run when it ends."""
         assert self.policy is not None, "begin() must be called first"
         # A finished child is reset by the vector env; what it does after is no longer this run.
         valid = np.flatnonzero(self.running)
@@ -265,16 +344,32 @@ class ReinforceController(Controller):
             return logs
 
         per_pair = pair_rewards(rewards, infos, self.config.pair_credit, len(self.baseline))[valid]
-        fresh_advantages = self._fresh_advantages(per_pair)
+        ended = np.asarray(dones, dtype=bool)[valid]
+        if self.config.episodic_weight:
+            self._track_run(valid, observations, actions, infos, ended)
+        payloads = [(observations[i], actions[i], next_observations[i]) for i in valid]
+        complete = self.returns.add(valid, payloads, per_pair, ended)
+        step_weight = 1.0 - self.config.episodic_weight
+        if complete and step_weight > 0:
+            logs.update(self._update_on_returns(complete, step_weight))
+        if self.config.episodic_weight and not self.running.any():
+            logs.update(self._update_on_run())
+        return logs
+
+    def _update_on_returns(self, complete: list[tuple[int, Any, np.ndarray]], weight: float) -> dict[str, float]:
+        """``updates_per_step`` REINFORCE steps on the decisions whose return is complete, each with its own
+        replayed sample; the loss is scaled by ``weight``."""
+        returns = np.stack([ret for _, _, ret in complete])
+        fresh_advantages = self._fresh_advantages(returns)
         fresh = [
             Transition(
-                torch.as_tensor(observations[i]),
-                torch.as_tensor(actions[i]),
-                torch.as_tensor(reward),
-                torch.as_tensor(next_observations[i]),
+                torch.as_tensor(state),
+                torch.as_tensor(action),
+                torch.as_tensor(ret),
+                torch.as_tensor(next_state),
                 None if advantage is None else torch.as_tensor(advantage),
             )
-            for i, reward, advantage in zip(valid, per_pair, fresh_advantages)
+            for (_, (state, action, next_state), ret), advantage in zip(complete, fresh_advantages)
         ]
         replays = [self._replay_sample() for _ in range(self.config.updates_per_step)]
         self.memory.extend(fresh)
@@ -286,19 +381,64 @@ class ReinforceController(Controller):
             advantages = torch.stack(
                 [t.advantage if t.advantage is not None else t.reward - torch.as_tensor(self.baseline) for t in batch]
             ).float()
-            logits = self.policy(states)
-            log_probs = F.log_softmax(logits, dim=-1).gather(-1, chosen.unsqueeze(-1)).squeeze(-1)  # [batch, n_pairs]
-            movable = self.movable
-            # Mean over pairs, so that the step size does not grow with the number of classes.
-            loss = -(advantages[:, movable] * log_probs[:, movable]).mean(-1).mean()
-            loss = loss - self.config.entropy_coef * mean_entropy(logits[:, movable])
+            loss = self._policy_loss(states, chosen, advantages)
+            if weight != 1.0:
+                loss = weight * loss
             self.optimizer.zero_grad()
             loss.backward()
             self.optimizer.step()
             losses.append(loss.item())
-        # The moving average follows the fresh rewards (after the update: it is this step's baseline).
-        self.baseline += self.config.baseline_rate * (per_pair.mean(axis=0) - self.baseline)
-        return {**logs, "policy_loss": float(np.mean(losses)), "baseline": float(self.baseline.mean())}
+        # The moving average follows the fresh returns (after the update: it is this step's baseline).
+        self.baseline += self.config.baseline_rate * (returns.mean(axis=0) - self.baseline)
+        return {"policy_loss": float(np.mean(losses)), "baseline": float(self.baseline.mean())}
+
+    def _policy_loss(self, states: torch.Tensor, chosen: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
+        """REINFORCE's loss over the movable pairs, with the entropy bonus."""
+        logits = self.policy(states)
+        log_probs = F.log_softmax(logits, dim=-1).gather(-1, chosen.unsqueeze(-1)).squeeze(-1)  # [batch, n_pairs]
+        movable = self.movable
+        # Mean over pairs, so that the step size does not grow with the number of classes.
+        loss = -(advantages[:, movable] * log_probs[:, movable]).mean(-1).mean()
+        return loss - self.config.entropy_coef * mean_entropy(logits[:, movable])
+
+    def _track_run(
+        self, valid: np.ndarray, observations: np.ndarray, actions: np.ndarray, infos: dict, ended: np.ndarray
+    ) -> None:
+        """Keep each child's decisions and, for episodic credit, its score: the summed improvement on each
+        pair's classes (``pair_credit``), else its final validation metric, signed so that higher is better."""
+        for child, done in zip(valid, ended):
+            self.decisions[child].append((observations[child], actions[child]))
+            if self.config.pair_credit:
+                self.scores[child] += np.asarray(infos["row_improvement"][child], dtype=np.float64)
+            if done:
+                self.diverged[child] = bool(infos["diverged"][child])
+                if not self.config.pair_credit:
+                    # The full validation set's metric at the end; the subsample's where a run was cut short.
+                    measured = infos.get("_final_val_metric")
+                    final = infos["final_val_metric" if measured is not None and measured[child] else "val_metric"][child]
+                    self.scores[child] = final if self.higher_is_better else -final
+
+    def _update_on_run(self) -> dict[str, float]:
+        """Episodic credit: one update (``updates_per_step`` steps) over every decision of the run, each
+        credited with its child's leave-one-out sign, weighted ``episodic_weight``."""
+        scores = self.scores.copy()
+        if self.diverged.any():  # a diverged child ranks below every other, whatever its summed improvement
+            floor = scores[~self.diverged].min(axis=0) - 1.0 if (~self.diverged).any() else 0.0
+            scores[self.diverged] = floor
+        signs = episodic_signs(scores)
+        states = torch.as_tensor(np.stack([s for child in self.decisions for s, _ in child])).float()
+        chosen = torch.as_tensor(np.stack([a for child in self.decisions for _, a in child])).long()
+        advantages = torch.as_tensor(
+            np.concatenate([np.repeat(signs[i][None], len(child), axis=0) for i, child in enumerate(self.decisions)])
+        ).float()
+        losses = []
+        for _ in range(self.config.updates_per_step):
+            loss = self.config.episodic_weight * self._policy_loss(states, chosen, advantages)
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+            losses.append(loss.item())
+        return {"episodic_loss": float(np.mean(losses)), "episodic_credit": float(signs.mean())}
 
     def _fresh_advantages(self, per_pair: np.ndarray) -> list[np.ndarray | None]:
         """Leave-one-out advantages over the fresh children (``"loo"`` with two or more), else None:

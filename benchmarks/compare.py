@@ -8,7 +8,8 @@ writes under ``benchmarks/results/<name>/``:
 * ``runs/<controller>-seed<k>.json``: one file per finished run (config, seed, each child's per-step
   validation metric, Phi, final test metric, wall time, device, versions). A run is written only when
   it has finished, atomically, so an interrupted comparison resumes where it stopped: finished runs
-  are skipped, nothing written is lost.
+  are skipped, nothing written is lost. A run file that is not a whole run (cut short, edited) is a
+  cache miss: a warning says so, and the run is run again.
 * ``results.json``: all runs together; ``table.md``: mean +- std of the test metric over seeds, wall
   time and its ratio to cross-entropy; ``val_metric.png``; ``phi_<controller>.png`` heatmaps.
 
@@ -41,7 +42,7 @@ import tempfile
 import time
 from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import gymnasium as gym
 import numpy as np
@@ -50,8 +51,10 @@ from tqdm import tqdm
 
 import ala_gym
 from ala_gym.core.data import DataError, data_home, resolve_device
+from ala_gym.wrappers import MissingExtraError
 from agents import CONTROLLERS
-from benchmarks.machine import cpu_model
+from benchmarks.machine import cpu_model, package_version
+from benchmarks.oracle import ORACLES, SELECTION_SEEDS, is_oracle, select
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -111,11 +114,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         env_kwargs=dict(total_iterations=600, steps_per_action=20),
         name="digits",
     ),
-    # Horizon: does the policy keep learning over 100 controller steps?
+    # Horizon: does the policy keep learning over 100 controller steps, and does it optimise the end of
+    # training? 2000 iterations of 128 images are ~240 epochs of the 1,077 training images: the regime where a
+    # regularising loss pays. The oracles and every credit of ReinforceConfig on the same 10 children per seed.
     "digits-long": dict(
         env="ALA-Digits-v0",
-        controllers="ce,phi-uniform,reinforce-frozen,reinforce-multi",
-        seeds=3,
+        controllers="ce,phi-uniform,oracle-phi,oracle-smoothing,reinforce-frozen,reinforce-multi,"
+        "reinforce-multi(return_horizon=10),reinforce-multi(return_horizon=25),"
+        "reinforce-multi(episodic_weight=1.0;warmup_runs=2),reinforce-multi(episodic_weight=0.5;warmup_runs=2)",
+        seeds=5,
         children=10,
         baseline_children=10,
         seed_stride=10,
@@ -217,15 +224,13 @@ def with_locations(env_kwargs: dict[str, Any]) -> dict[str, Any]:
     return {**env_kwargs, "data_root": str(data_home() / root)}
 
 
-def versions() -> dict[str, str]:
-    import gymnasium
-    import stable_baselines3
-
+def versions() -> dict[str, str | None]:
+    """The versions a result depends on; Stable-Baselines3's is None where its extra is not installed."""
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "gymnasium": gymnasium.__version__,
-        "stable_baselines3": stable_baselines3.__version__,
+        "gymnasium": gym.__version__,
+        "stable_baselines3": package_version("stable-baselines3"),
         "ala_gym": ala_gym.__version__,
     }
 
@@ -285,7 +290,7 @@ def build_controller(spec: str, children: int | None = None, baseline_children: 
             controller = CONTROLLERS[base](**factory_kwargs)
         if config_kwargs:
             controller.config = replace(controller.config, **config_kwargs)
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, MissingExtraError) as error:
         raise ComparisonError(f"controller {spec!r}: {error}") from None
     return controller
 
@@ -298,6 +303,84 @@ def write_json(path: Path, payload: Any) -> None:
         # default=str: env keywords such as gymnasium's AutoresetMode are recorded by name.
         tmp.write(json.dumps(payload, indent=1, default=str))
     os.replace(tmp.name, path)
+
+
+def check_writable(out: Path) -> None:
+    """Refuse a results folder that cannot be written before any training: a run's file is written only
+    once its compute is spent."""
+    for folder in (out, out / "runs"):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            tempfile.NamedTemporaryFile(dir=folder, suffix=".tmp").close()
+        except OSError as error:
+            reason = "it is a file, not a folder" if isinstance(error, FileExistsError) else error.strerror or error
+            raise ComparisonError(
+                f"cannot write results to {folder}: {reason}; make it a writable folder or pass --name for another one"
+            ) from None
+
+
+# The shapes of the store's files, as far as the comparison reads them: a dict names required keys (``"key?"``
+# an optional one), a one-item list is a list of such items, a type (or tuple of types) a value of it.
+NUMBER = (int, float)
+RUN_SHAPE = {
+    "env": str, "controller": str, "seed": int, "num_children": int, "env_kwargs": dict, "wall_s": NUMBER,
+    "test_metric": NUMBER, "children": [{"val_metric": [NUMBER], "phi": list, "diverged": bool}], "device": str,
+    "machine": dict, "versions": dict,
+}
+RESULTS_SHAPE = {"header": {"seeds": [int], "controllers?": [str]}, "summary": [{"controller": str}], "runs": [RUN_SHAPE]}
+CONFIG_SHAPE = {"env_kwargs?": dict}
+JSON_NAMES = {dict: "an object", list: "a list", str: "a string", bool: "true or false", int: "an integer",
+              float: "a number", type(None): "null"}
+
+
+def shape_problem(value: Any, shape: Any, where: str = "") -> str | None:
+    """What in the JSON ``value`` does not have ``shape`` (see ``RUN_SHAPE``), located by its path; None if all does."""
+    kind = dict if isinstance(shape, dict) else list if isinstance(shape, list) else shape
+    if not isinstance(value, kind):
+        expected = "a number" if kind == NUMBER else JSON_NAMES[kind]
+        return f"{where or 'its top level'} is {JSON_NAMES[type(value)]}, not {expected}"
+    if isinstance(shape, dict):
+        for key, inner in shape.items():
+            name = key.removesuffix("?")
+            if name not in value:
+                if key.endswith("?"):
+                    continue
+                return f"{where or 'it'} has no {name}"
+            if problem := shape_problem(value[name], inner, f"{where}.{name}" if where else name):
+                return problem
+    elif isinstance(shape, list):
+        for index, item in enumerate(value):
+            if problem := shape_problem(item, shape[0], f"{where}[{index}]"):
+                return problem
+    return None
+
+
+def read_json(path: Path, shape: Any, fix: str) -> Any:
+    """``path``'s JSON; a :class:`ComparisonError` naming the file, what is wrong and ``fix`` if it does not
+    parse or lacks ``shape`` (cut short or edited by hand: :func:`write_json` never leaves such a file)."""
+    try:
+        payload = json.loads(path.read_text())
+    except ValueError as error:  # JSONDecodeError, or bytes that are not UTF-8
+        problem = f"not valid JSON ({error})"
+    else:
+        problem = shape_problem(payload, shape)
+        if problem is None:
+            return payload
+    raise ComparisonError(f"{path} is damaged: {problem}; {fix}")
+
+
+def load_run(path: Path) -> dict | None:
+    """The run recorded in ``path``, None if it has none yet; a :class:`ComparisonError` if the file is damaged."""
+    return read_json(path, RUN_SHAPE, "running it again") if path.exists() else None
+
+
+def finished_run(path: Path) -> bool:
+    """Whether ``path`` holds a finished run. A run file is a cache of its run: a damaged one counts as not
+    finished, so that the run is done again and its file replaced (atomically, by :func:`write_json`)."""
+    try:
+        return load_run(path) is not None
+    except ComparisonError:
+        return False
 
 
 def run_one(
@@ -317,6 +400,9 @@ def run_one(
     controller = build_controller(controller_name, children, baseline_children)
     env_kwargs = {**env_kwargs, **parse_controller(controller_name)[1]}
     kwargs = without_locations({**env_kwargs, **controller.env_kwargs()})
+    # What the record says about where it ran is gathered before the training, so that no failure in it
+    # can throw a finished run away.
+    provenance = {"device": str(resolve_device(kwargs.get("device", "auto"))), "machine": machine(), "versions": versions()}
     envs = controller.make_envs(env_id, **with_locations(env_kwargs))
     start = time.perf_counter()
 
@@ -340,9 +426,7 @@ def run_one(
         "wall_s": wall,
         "test_metric": float(np.mean([c["test_metric"] for c in child_records])),
         "children": child_records,
-        "device": str(resolve_device(kwargs.get("device", "auto"))),
-        "machine": machine(),
-        "versions": versions(),
+        **provenance,
     }
 
 
@@ -404,13 +488,64 @@ def markdown_table(rows: list[dict], header: dict[str, Any], runs_by_controller:
         ratio = f"{row['wall_vs_ce']:.2f}x" if row["wall_vs_ce"] is not None else "-"
         if row["wall_vs_ce"] is not None and row["children_per_run"] > 1:
             ratio += f" (amortised over {row['children_per_run']})"
+        label = f"{row['controller']}: {row['selected']}" if "selected" in row else row["controller"]
         lines.append(
-            f"| {row['controller']} | {row['children_per_run']} | {row['test_mean']:.2f} +- {row['test_std']:.2f} | "
+            f"| {label} | {row['children_per_run']} | {row['test_mean']:.2f} +- {row['test_std']:.2f} | "
             f"{', '.join(f'{v:.2f}' for v in row['test_per_seed'])} | {row['wall_s_per_run']:.1f} | "
             f"{row['wall_s_per_child']:.1f} | {ratio} | {row['final_phi_offset']:.3f} | {row['final_phi_diagonal']:.2f} | "
             f"{row['diverged_children']} |"
         )
-    return "\n".join(lines + retrieval_table(runs_by_controller or {})) + "\n"
+    runs_by_controller = runs_by_controller or {}
+    oracles = header.get("oracles", {})
+    extra = oracle_table(oracles, header) + end_of_training_table(runs_by_controller, bool(header.get("higher_is_better"))) if oracles else []
+    return "\n".join(lines + extra + retrieval_table(runs_by_controller)) + "\n"
+
+
+def end_of_training_table(runs_by_controller: dict[str, list[dict]], higher_is_better: bool) -> list[str]:
+    """Where each row's loss ended (the signed mean off-diagonal entry of Phi: negative is sharper than
+    cross-entropy, positive smoother) and whether its validation metric was still improving at the end (how
+    far the last step's value lies behind the best step's, on the env's validation subsample, in points)."""
+    lines = [
+        "",
+        "## End of training",
+        "",
+        "Mean off-diagonal Phi at the end (children's mean; nan where Phi is not Eq. 6's matrix) and how far the",
+        "validation metric's last value lies behind its best over the run (0: still at its best at the end; above 0:",
+        "it fell back from its best, as an overfitting child does), mean over children, in points.",
+        "",
+        "| controller | final mean off-diagonal Phi | validation: last behind best (points) |",
+        "|---|---|---|",
+    ]
+    for name, runs in runs_by_controller.items():
+        children = [child for run in runs for child in run["children"]]
+        phis = [np.array(child["phi"][-1]) for child in children if child["phi"] and np.ndim(child["phi"][-1]) == 2]
+        off = [phi[~np.eye(len(phi), dtype=bool)].mean() for phi in phis if len(phi) > 1]
+        sign = -1.0 if higher_is_better else 1.0
+        rise = [100 * sign * (c["val_metric"][-1] - (max if higher_is_better else min)(c["val_metric"])) for c in children]
+        lines.append(f"| {name} | {np.mean(off) if off else float('nan'):+.4f} | {np.mean(rise):+.2f} |")
+    return lines
+
+
+def oracle_table(selections: dict[str, dict], header: dict[str, Any]) -> list[str]:
+    """Each oracle's grid with its mean final validation metric on the selection seeds; nothing without oracles."""
+    if not selections:
+        return []
+    metric = header.get("metric", "error")
+    lines = [
+        "",
+        "## Oracle selection (on validation, never on test)",
+        "",
+        f"Each grid point's final {metric} % on the full validation split, mean over seeds "
+        f"{next(iter(selections.values()))['selection_seeds']}; the selected point (marked) then ran on every seed.",
+        "",
+        "| oracle | grid point | validation % | |",
+        "|---|---|---|---|",
+    ]
+    for name, selection in selections.items():
+        for spec, value in selection["validation"].items():
+            mark = "selected" if spec == selection["selected"] else ""
+            lines.append(f"| {name} | {spec} | {100 * value:.2f} | {mark} |")
+    return lines
 
 
 PAPER_TABLE_3 = [
@@ -524,7 +659,10 @@ def check_same_config(out: Path, config: dict) -> None:
     path = out / "config.json"
     config = json.loads(json.dumps({**config, "env_kwargs": without_locations(config["env_kwargs"])}))
     if path.exists():
-        saved = json.loads(path.read_text())
+        saved = read_json(
+            path, CONFIG_SHAPE,
+            f"restore it from version control, or delete it if every run in {out} is of this command's configuration",
+        )
         if {**saved, "env_kwargs": without_locations(saved.get("env_kwargs", {}))} != config:
             raise ComparisonError(
                 f"{out} holds runs of another configuration ({saved}); pass --name for a new folder or delete it"
@@ -532,20 +670,26 @@ def check_same_config(out: Path, config: dict) -> None:
     write_json(path, config)  # (re)written without locations
 
 
-def committed_runs(out: Path) -> list[dict]:
-    """The runs of ``out/results.json`` (committed with the table, while ``runs/`` is not)."""
+def read_results(out: Path) -> dict | None:
+    """``out/results.json`` (committed with the table, while ``runs/`` is not), None if there is none."""
     path = out / "results.json"
-    return json.loads(path.read_text())["runs"] if path.exists() else []
+    fix = "restore it from version control, or delete it to rebuild it from runs/ (runs missing there are run again)"
+    return read_json(path, RESULTS_SHAPE, fix) if path.exists() else None
+
+
+def committed_runs(out: Path) -> list[dict]:
+    """The runs of ``out/results.json``."""
+    saved = read_results(out)
+    return saved["runs"] if saved else []
 
 
 def check_same_plan(out: Path, controllers: list[str], seeds: list[int], extend: bool = False) -> None:
     """Refuse to rewrite a finished comparison's table with other controllers or seeds: fewer would shrink
     it (a partial command would overwrite a full table), more would merge new runs into it (allowed
     with ``extend``, which never drops a controller or seed)."""
-    path = out / "results.json"
-    if not path.exists():
+    saved = read_results(out)
+    if saved is None:
         return
-    saved = json.loads(path.read_text())
     saved_controllers = saved["header"].get("controllers") or [row["controller"] for row in saved["summary"]]
     saved_seeds = saved["header"]["seeds"]
     grows = set(saved_controllers) <= set(controllers) and set(saved_seeds) <= set(seeds)
@@ -553,17 +697,18 @@ def check_same_plan(out: Path, controllers: list[str], seeds: list[int], extend:
         return
     if sorted(saved_controllers) != sorted(controllers) or sorted(saved_seeds) != sorted(seeds):
         raise ComparisonError(
-            f"{path} holds the comparison of {len(saved_controllers)} controllers ({','.join(saved_controllers)}) "
+            f"{out / 'results.json'} holds the comparison of {len(saved_controllers)} controllers "
+            f"({','.join(saved_controllers)}) "
             f"on seeds {saved_seeds}; this command asks for {len(controllers)} controllers ({','.join(controllers)}) "
             f"on seeds {seeds}, which would shrink that table or merge into it. Run it with the same controllers "
             "and seeds (its preset as is), add --extend to add runs to it, or pass --name for a new folder"
         )
 
 
-def claim(result: Path, wait: bool = False) -> int | None:
+def claim(result: Path, wait: bool = False, done: Callable[[Path], bool] = Path.exists) -> int | None:
     """Reserve the run that writes ``result`` for this process: an open descriptor holding an exclusive
-    ``fcntl`` lock on ``<result>.lock``, or None if the run is done or another process holds it (with
-    ``wait``, block until it lets go, then look again).
+    ``fcntl`` lock on ``<result>.lock``, or None if the run is done (``done(result)``, by default: the file
+    exists) or another process holds it (with ``wait``, block until it lets go, then look again).
 
     The kernel drops the lock when its process exits, however it exits, so a killed run never blocks
     its successor and no process id is trusted. ``result`` is written before its lock is released, and
@@ -577,16 +722,17 @@ def claim(result: Path, wait: bool = False) -> int | None:
     except BlockingIOError:
         os.close(fd)
         return None
-    if result.exists():  # finished by another process while this one waited: its lock is no longer needed
+    if done(result):  # finished by another process while this one waited: its lock is no longer needed
         lock.unlink(missing_ok=True)
         os.close(fd)
         return None
     return fd
 
 
-def release(result: Path, fd: int) -> None:
-    """Let go of a claimed run; a finished run's lock file is removed (a failed one's stays, unlocked)."""
-    if result.exists():
+def release(result: Path, fd: int, done: Callable[[Path], bool] = Path.exists) -> None:
+    """Let go of a claimed run; a finished run's lock file is removed (a failed one's stays, unlocked, so that
+    a process waiting on it runs the run, and no other process starts it beside that one)."""
+    if done(result):
         result.with_suffix(".lock").unlink(missing_ok=True)
     os.close(fd)
 
@@ -608,68 +754,99 @@ def compare(
     starting it (:func:`claim`), so none is run twice; a process that has nothing left to start waits
     for the runs others hold, and runs any whose process died, so the table it writes is complete.
     """
-    for spec in controllers:
+    oracles = {spec: ORACLES[spec] for spec in controllers if is_oracle(spec)}
+    plain = [spec for spec in controllers if spec not in oracles]
+    for spec in plain + [candidate for grid in oracles.values() for candidate in grid]:
         build_controller(spec)  # unknown names and bad keywords fail before any run
     out = RESULTS / name
+    check_writable(out)
     config = {"env": env_id, "env_kwargs": env_kwargs, "children": children}
     if baseline_children is not None or seed_stride != 1:
         config |= {"baseline_children": baseline_children, "seed_stride": seed_stride}
     check_same_config(out, config)
     check_same_plan(out, controllers, seeds, extend)
     committed = {(r["controller"], r["seed"]): r for r in committed_runs(out)}
+    probe = gym.make(env_id, **with_locations(env_kwargs)).unwrapped
 
     def result_path(controller: str, seed: int) -> Path:
         return out / "runs" / f"{controller}-seed{seed}.json"
 
     def finished(controller: str, seed: int) -> bool:
-        return (controller, seed) in committed or result_path(controller, seed).exists()
+        return (controller, seed) in committed or finished_run(result_path(controller, seed))
 
-    # Seed-major: an interrupted comparison has every controller on the same seeds so far.
-    todo = [(c, s) for s in seeds for c in controllers if not finished(c, s)]
-    print(f"{len(controllers) * len(seeds) - len(todo)} runs already done in {out}; {len(todo)} to run", flush=True)
-    # A bar on a terminal only; otherwise (a log file) one line per finished run.
-    with tqdm(total=len(todo), desc="runs", unit="run", file=sys.stdout, disable=None) as progress:
-
-        def run_claimed(controller: str, seed: int, fd: int) -> None:
-            result = result_path(controller, seed)
+    def run_missing(plan: list[tuple[str, int]]) -> None:
+        """Run the ``(controller, seed)`` pairs of ``plan`` that have not finished; every one has after."""
+        todo = []
+        for controller, seed in plan:
+            if (controller, seed) in committed:
+                continue
             try:
-                progress.set_description(f"{controller} seed {seed}")
-                record = run_one(
-                    env_id, controller, seed, env_kwargs, progress, children, baseline_children, seed_stride
-                )
-                write_json(result, record)
-            finally:
-                release(result, fd)
-            progress.update(1)
-            if progress.disable:
-                print(f"{controller} seed {seed}: test metric {record['test_metric']:.4f}, "
-                      f"{record['wall_s']:.0f} s", flush=True)
+                if load_run(result_path(controller, seed)) is not None:
+                    continue
+            except ComparisonError as error:  # a damaged run file: said once here, then its run is done again
+                print(f"warning: {error}", file=sys.stderr, flush=True)
+            todo.append((controller, seed))
+        print(f"{len(plan) - len(todo)} runs already done in {out}; {len(todo)} to run", flush=True)
+        # A bar on a terminal only; otherwise (a log file) one line per finished run.
+        with tqdm(total=len(todo), desc="runs", unit="run", file=sys.stdout, disable=None) as progress:
 
-        held_elsewhere = []
-        for controller, seed in todo:
-            fd = claim(result_path(controller, seed))
-            if fd is not None:
-                run_claimed(controller, seed, fd)
-            elif not result_path(controller, seed).exists():
-                held_elsewhere.append((controller, seed))
-        for controller, seed in held_elsewhere:
-            print(f"{controller} seed {seed} is being run by another process: waiting for it", flush=True)
-            fd = claim(result_path(controller, seed), wait=True)
-            if fd is not None:  # that process ended without finishing it
-                run_claimed(controller, seed, fd)
+            def run_claimed(controller: str, seed: int, fd: int) -> None:
+                result = result_path(controller, seed)
+                try:
+                    progress.set_description(f"{controller} seed {seed}")
+                    record = run_one(
+                        env_id, controller, seed, env_kwargs, progress, children, baseline_children, seed_stride
+                    )
+                    write_json(result, record)
+                finally:
+                    release(result, fd, finished_run)
+                progress.update(1)
+                if progress.disable:
+                    print(f"{controller} seed {seed}: test metric {record['test_metric']:.4f}, "
+                          f"{record['wall_s']:.0f} s", flush=True)
 
-    missing = [f"{c} seed {s}" for s in seeds for c in controllers if not finished(c, s)]
-    if missing:  # only if a run's file vanished under us; never write a table with holes
-        raise ComparisonError(f"runs missing from {out / 'runs'}: {', '.join(missing)}; run the command again")
-    on_disk = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
-    fresh = {(r["controller"], r["seed"]) for r in on_disk}
-    runs = on_disk + [r for key, r in committed.items() if key not in fresh]
-    runs = [r for r in runs if r["controller"] in controllers and r["seed"] in seeds and r["env"] == env_id]
-    for run in runs:  # runs recorded before locations were left out lose them here
-        run["env_kwargs"] = without_locations(run["env_kwargs"])
-    runs.sort(key=lambda r: f"{r['controller']}-seed{r['seed']}.json")  # the order of the files in runs/
-    rows = summarize(runs, controllers)
-    probe = gym.make(env_id, **with_locations(env_kwargs)).unwrapped
+            held_elsewhere = []
+            for controller, seed in todo:
+                fd = claim(result_path(controller, seed), done=finished_run)
+                if fd is not None:
+                    run_claimed(controller, seed, fd)
+                elif not finished_run(result_path(controller, seed)):
+                    held_elsewhere.append((controller, seed))
+            for controller, seed in held_elsewhere:
+                print(f"{controller} seed {seed} is being run by another process: waiting for it", flush=True)
+                fd = claim(result_path(controller, seed), wait=True, done=finished_run)
+                if fd is not None:  # that process ended without finishing it
+                    run_claimed(controller, seed, fd)
+
+        missing = [f"{c} seed {s}" for c, s in plan if not finished(c, s)]
+        if missing:  # only if a run's file vanished under us; never write a table with holes
+            raise ComparisonError(f"runs missing from {out / 'runs'}: {', '.join(missing)}; run the command again")
+
+    def gather(specs: set[str]) -> list[dict]:
+        """Every finished run of ``specs`` on this comparison's seeds, in the order of the files in runs/."""
+        # Damaged files of runs outside this comparison are left out (its own were run again above).
+        on_disk = [load_run(p) for p in sorted((out / "runs").glob("*.json")) if finished_run(p)]
+        fresh = {(r["controller"], r["seed"]) for r in on_disk}
+        runs = on_disk + [r for key, r in committed.items() if key not in fresh]
+        runs = [r for r in runs if r["controller"] in specs and r["seed"] in seeds and r["env"] == env_id]
+        for run in runs:  # runs recorded before locations were left out lose them here
+            run["env_kwargs"] = without_locations(run["env_kwargs"])
+        return sorted(runs, key=lambda r: f"{r['controller']}-seed{r['seed']}.json")
+
+    # Seed-major: an interrupted comparison has every controller on the same seeds so far. An oracle's grid
+    # runs on the selection seeds first; the point selected on validation then runs on every seed.
+    selection_seeds = seeds[:SELECTION_SEEDS]
+    run_missing([(c, s) for s in seeds for c in plain] + [(c, s) for s in selection_seeds for grid in oracles.values() for c in grid])
+    grid_runs = {(r["controller"], r["seed"]): r for r in gather({c for grid in oracles.values() for c in grid})}
+    selections = {
+        spec: select(grid, grid_runs, selection_seeds, probe.evaluator.higher_is_better) for spec, grid in oracles.items()
+    }
+    run_missing([(selection["selected"], s) for s in seeds for selection in selections.values()])
+    runs = gather(set(plain) | {c for grid in oracles.values() for c in grid})
+    rows = []
+    for spec in controllers:
+        for row in summarize(runs, [selections[spec]["selected"] if spec in oracles else spec]):
+            rows.append(row | {"controller": spec, "selected": selections[spec]["selected"]} if spec in oracles else row)
     total, k = probe.train_config.total_iterations, probe.steps_per_action
     header = {
         "env": env_id,
@@ -686,10 +863,17 @@ def compare(
         "machine": runs[0]["machine"],
         "versions": runs[0]["versions"],
     }
+    if selections:
+        header["oracles"] = selections
     write_json(out / "results.json", {"header": header, "summary": rows, "runs": runs})
-    table = markdown_table(rows, header, {c: [r for r in runs if r["controller"] == c] for c in controllers if any(r["controller"] == c for r in runs)})
+    shown = [row["controller"] for row in rows]
+    table = markdown_table(
+        rows, header,
+        {c: [r for r in runs if r["controller"] == selections.get(c, {}).get("selected", c)] for c in shown},
+    )  # fmt: skip
     (out / "table.md").write_text(table)
-    plot(runs, controllers, out, header["metric"], header["higher_is_better"])
+    plot(runs, [selections[c]["selected"] if c in oracles else c for c in controllers], out, header["metric"],
+         header["higher_is_better"])  # fmt: skip
     print(table)
     return rows
 

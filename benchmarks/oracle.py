@@ -1,0 +1,50 @@
+"""Oracle rows of a comparison: the best fixed loss of a family, selected on validation, reported on test.
+
+A learned loss is worth what it gains over the best simple answer tuned on the same data, not over an
+untuned default. An oracle row names a family of fixed controllers (a grid); the comparison runs every
+grid point on the first ``SELECTION_SEEDS`` seeds, selects the point with the best mean final validation
+metric (the full validation split, never the test split), runs that point on every seed, and reports its
+test metric under the oracle's name with the selected point beside it.
+
+* ``oracle-phi``: Phi = I plus one uniform off-diagonal value (``phi-uniform``), negative (a sharper loss,
+  what the online learner drifts to) through zero (cross-entropy) to positive (label-smoothing-like): the
+  best fixed point of the controller's own action space along its main direction.
+* ``oracle-smoothing``: cross-entropy with tuned label smoothing (``phi-uniform(label_smoothing=eps)``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+SELECTION_SEEDS = 2
+"""Seeds on which every grid point runs; only the selected point runs on the others."""
+
+ORACLES: dict[str, list[str]] = {
+    "oracle-phi": [
+        f"phi-uniform(off_diagonal={value})" for value in (-0.1, -0.03, -0.01, 0.0, 0.01, 0.03, 0.1)
+    ],
+    "oracle-smoothing": [f"phi-uniform(label_smoothing={value})" for value in (0.02, 0.05, 0.1, 0.2)],
+}
+"""Each oracle's grid, as controller specs of the comparison."""
+
+
+def is_oracle(spec: str) -> bool:
+    return spec in ORACLES
+
+
+def final_validation(run: dict) -> float:
+    """A run's final validation metric: the mean over its children (full validation split)."""
+    return float(np.mean([child["final_val_metric"] for child in run["children"]]))
+
+
+def select(
+    candidates: list[str], runs: dict[tuple[str, int], dict], seeds: list[int], higher_is_better: bool
+) -> dict[str, Any]:
+    """The candidate with the best mean final validation metric over ``seeds`` (ties: the first in grid
+    order), with every candidate's mean; ``runs`` maps ``(spec, seed)`` to a finished run."""
+    means = {spec: float(np.mean([final_validation(runs[spec, seed]) for seed in seeds])) for spec in candidates}
+    best = (max if higher_is_better else min)(means.values())
+    selected = next(spec for spec in candidates if means[spec] == best)
+    return {"selected": selected, "selection_seeds": list(seeds), "validation": means}

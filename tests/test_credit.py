@@ -1,0 +1,120 @@
+"""Non-myopic credit of the bundled REINFORCE: multi-step returns, episodic leave-one-out credit, warm-up runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import agents
+from agents.reinforce import WARMUP_SEED_OFFSET, PendingReturns, ReinforceConfig, ReinforceController, episodic_signs
+
+TINY = dict(total_iterations=60, steps_per_action=20, batch_size=32, eval_points=2, eval_stride=5, val_subsample=200,
+            device="cpu")  # fmt: skip
+
+
+def test_returns_on_a_hand_built_reward_sequence() -> None:
+    """horizon 3, gamma 0.5: G_t = r_t + r_{t+1} / 2 + r_{t+2} / 4, complete two steps later, cut at the end."""
+    returns = PendingReturns(num_envs=1, horizon=3, discount=0.5)
+    rewards = [1.0, -1.0, 0.0, 1.0, 1.0]
+    complete = []
+    for step, reward in enumerate(rewards):
+        ended = step == len(rewards) - 1
+        done = returns.add(np.array([0]), [f"a{step}"], np.array([[reward]]), np.array([ended]))
+        complete.append([(payload, float(ret[0])) for _, payload, ret in done])
+    assert complete == [
+        [],
+        [],
+        [("a0", 1.0 - 0.5 + 0.0)],
+        [("a1", -1.0 + 0.0 + 0.25)],
+        [("a2", 0.0 + 0.5 + 0.25), ("a3", 1.0 + 0.5), ("a4", 1.0)],  # the episode ended: the rest, cut short
+    ]
+
+
+def test_a_horizon_of_one_returns_each_reward_as_it_is() -> None:
+    returns = PendingReturns(num_envs=2, horizon=1, discount=0.9)
+    rewards = np.array([[1.0, -1.0], [0.0, 1.0]])
+    done = returns.add(np.array([0, 1]), ["x", "y"], rewards, np.array([False, False]))
+    assert [(child, payload) for child, payload, _ in done] == [(0, "x"), (1, "y")]
+    assert all(np.array_equal(ret, row) for (_, _, ret), row in zip(done, rewards))
+
+
+def test_returns_are_kept_per_child() -> None:
+    returns = PendingReturns(num_envs=2, horizon=2, discount=1.0)
+    assert returns.add(np.array([0, 1]), ["a", "b"], np.array([[1.0], [5.0]]), np.array([False, False])) == []
+    # Child 1 skips a step (it finished elsewhere): child 0's return completes alone.
+    done = returns.add(np.array([0]), ["c"], np.array([[2.0]]), np.array([False]))
+    assert [(child, payload, float(ret[0])) for child, payload, ret in done] == [(0, "a", 3.0)]
+
+
+def test_episodic_credit_is_the_sign_against_the_other_childrens_mean() -> None:
+    scores = np.array([[3.0, 0.0], [1.0, 0.0], [2.0, 0.0]])
+    np.testing.assert_array_equal(episodic_signs(scores), [[1, 0], [-1, 0], [0, 0]])
+    np.testing.assert_array_equal(episodic_signs(np.array([[4.0]])), [[0.0]])  # no other child to compare with
+
+
+def test_episodic_scores_rank_the_better_child_up_and_divergence_last() -> None:
+    """Lower error is better: the child with the lowest final validation error gets +1, a diverged one -1."""
+    controller = ReinforceController(ReinforceConfig(episodic_weight=1.0, pair_credit=False), num_envs=3)
+    envs = controller.make_envs("ALA-Digits-v0", **TINY)
+    controller.begin(envs, seed=0)
+    controller.begin_episode(envs)
+    observations = np.zeros((3, 55, 24), dtype=np.float32)
+    actions = np.ones((3, 55), dtype=np.int64)
+    infos = {"final_val_metric": np.array([0.1, 0.3, 1.0]), "_final_val_metric": np.ones(3, bool),
+             "val_metric": np.array([0.2, 0.4, 1.0]), "diverged": np.array([False, False, True]),
+             "row_improvement": np.zeros((3, 55))}  # fmt: skip
+    controller._track_run(np.arange(3), observations, actions, infos, np.ones(3, bool))
+    scores = controller.scores.copy()
+    scores[controller.diverged] = scores[~controller.diverged].min(axis=0) - 1.0
+    signs = episodic_signs(scores)
+    assert signs[0, 0] == 1 and signs[2, 0] == -1
+    envs.close()
+
+
+@pytest.mark.parametrize(
+    "config",
+    [ReinforceConfig(return_horizon=2, discount=0.9), ReinforceConfig(episodic_weight=1.0),
+     ReinforceConfig(episodic_weight=0.5, pair_credit=False, warmup_runs=1)],
+    ids=["returns", "episodic", "mixed-warmup"],
+)
+def test_each_credit_trains_the_policy_end_to_end(config: ReinforceConfig, global_rng_unchanged) -> None:
+    controller = ReinforceController(config, num_envs=2)
+    envs = controller.make_envs("ALA-Digits-v0", **TINY)
+    logs = []
+    with global_rng_unchanged():
+        records = controller.run(envs, seed=3, on_step=lambda step, entry: logs.append(entry))
+    envs.close()
+    assert len(records) == 2 and all(np.isfinite(r.test_metric) for r in records)
+    start = ReinforceController(config, num_envs=2)
+    start.begin(controller.make_envs("ALA-Digits-v0", **TINY), seed=3)
+    moved = [not torch.equal(a, b) for a, b in zip(controller.policy.parameters(), start.policy.parameters())]
+    assert any(moved), "the policy never changed"
+    if config.episodic_weight:
+        assert "episodic_loss" in logs[-1]
+    if config.episodic_weight == 1.0:
+        assert not any("policy_loss" in entry for entry in logs)  # no per-step update at all
+
+
+def test_warmup_runs_train_on_other_children_before_the_recorded_run(monkeypatch) -> None:
+    seeds = []
+    original = ReinforceController.run_episode
+
+    def spy(self, envs, seed, on_step=None):
+        seeds.append(seed)
+        return original(self, envs, seed, on_step)
+
+    monkeypatch.setattr(ReinforceController, "run_episode", spy)
+    controller = agents.CONTROLLERS["reinforce-multi"](num_envs=2, config=ReinforceConfig(warmup_runs=2))
+    envs = controller.make_envs("ALA-Digits-v0", **TINY)
+    controller.run(envs, seed=7)
+    envs.close()
+    assert seeds == [7 + WARMUP_SEED_OFFSET, 7 + 2 * WARMUP_SEED_OFFSET, 7]
+
+
+@pytest.mark.parametrize(
+    "kwargs", [dict(return_horizon=0), dict(discount=0.0), dict(discount=1.5), dict(episodic_weight=1.5), dict(warmup_runs=-1)]
+)
+def test_bad_credit_settings_are_refused(kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        ReinforceConfig(**kwargs)

@@ -1,0 +1,69 @@
+"""Oracle rows: the best fixed loss of a grid, selected on the validation split only, reported on test."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import compare, oracle
+
+TINY = dict(total_iterations=10, steps_per_action=5, eval_points=2, eval_stride=2, device="cpu")
+
+
+def _run(val: float, test: float) -> dict:
+    return {"children": [{"final_val_metric": val, "test_metric": test}]}
+
+
+def test_selection_reads_validation_never_test() -> None:
+    """The point best on test but worst on validation is not selected; the best on validation is."""
+    grid = ["a", "b", "c"]
+    runs = {
+        ("a", 0): _run(0.30, 0.01), ("a", 1): _run(0.32, 0.01),  # best test, worst validation
+        ("b", 0): _run(0.10, 0.50), ("b", 1): _run(0.12, 0.50),  # best validation, worst test
+        ("c", 0): _run(0.20, 0.20), ("c", 1): _run(0.20, 0.20),
+    }  # fmt: skip
+    chosen = oracle.select(grid, runs, [0, 1], higher_is_better=False)
+    assert chosen["selected"] == "b" and chosen["validation"]["b"] == pytest.approx(0.11)
+    assert oracle.select(grid, runs, [0, 1], higher_is_better=True)["selected"] == "a"  # AUCPR-like: highest
+    tie = {("a", 0): _run(0.1, 0.9), ("b", 0): _run(0.1, 0.0)}
+    assert oracle.select(["a", "b"], tie, [0], higher_is_better=False)["selected"] == "a"  # ties: grid order
+
+
+def test_every_oracle_grid_is_a_buildable_fixed_controller() -> None:
+    for grid in oracle.ORACLES.values():
+        for spec in grid:
+            assert not compare.build_controller(spec).learned, spec
+
+
+@pytest.fixture()
+def results_dir(tmp_path, monkeypatch):
+    monkeypatch.setattr(compare, "RESULTS", tmp_path)
+    return tmp_path
+
+
+def test_comparison_runs_the_grid_on_selection_seeds_and_the_selected_point_on_all(results_dir, monkeypatch) -> None:
+    monkeypatch.setitem(oracle.ORACLES, "oracle-phi", ["phi-uniform(off_diagonal=-0.1)", "phi-uniform(off_diagonal=0.1)"])
+    monkeypatch.setattr(compare, "SELECTION_SEEDS", 1)
+    rows = compare.compare("ALA-Digits-v0", ["ce", "oracle-phi"], [0, 1], TINY, "oracle")
+    out = results_dir / "oracle"
+    results = json.loads((out / "results.json").read_text())
+    selection = results["header"]["oracles"]["oracle-phi"]
+    grid = oracle.ORACLES["oracle-phi"]
+    # Selected by the mean final validation metric of the selection seed, recomputed from the runs.
+    seed0 = {r["controller"]: r for r in results["runs"] if r["seed"] == 0}
+    validation = {spec: oracle.final_validation(seed0[spec]) for spec in grid}
+    assert selection["selected"] == min(grid, key=lambda spec: validation[spec])
+    assert selection["selection_seeds"] == [0]
+    runs = {(r["controller"], r["seed"]) for r in results["runs"]}
+    other = next(spec for spec in grid if spec != selection["selected"])
+    assert {(selection["selected"], 0), (selection["selected"], 1), (other, 0)} <= runs and (other, 1) not in runs
+    row = next(row for row in rows if row["controller"] == "oracle-phi")
+    selected_tests = [r["test_metric"] * 100 for r in results["runs"] if r["controller"] == selection["selected"]]
+    assert row["selected"] == selection["selected"] and row["test_per_seed"] == [round(v, 3) for v in selected_tests]
+    table = (out / "table.md").read_text()
+    assert f"| oracle-phi: {selection['selected']} |" in table and "## Oracle selection" in table
+    # Resuming runs nothing again.
+    monkeypatch.setattr(compare, "run_one", lambda *args, **kwargs: pytest.fail("finished run redone"))
+    again = compare.compare("ALA-Digits-v0", ["ce", "oracle-phi"], [0, 1], TINY, "oracle")
+    assert [r["test_per_seed"] for r in again] == [r["test_per_seed"] for r in rows]
