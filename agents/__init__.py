@@ -30,9 +30,9 @@ policies: ``agents.reinforce.ReinforceController.load(path, train=False)`` (``tr
 
 from __future__ import annotations
 
-from typing import Any, Callable
-
 from importlib import import_module
+from importlib.metadata import entry_points
+from typing import Any, Callable
 
 from agents.base import Controller, EpisodeRecord, EpisodeRecorder
 
@@ -84,4 +84,48 @@ CONTROLLERS: dict[str, Callable[..., Controller]] = {
     "learnloss": _factory("agents.learnloss:LearnLossPhi", "learnloss"),
 }
 
-__all__ = ["CONTROLLERS", "Controller", "EpisodeRecord", "EpisodeRecorder"]
+ENTRY_POINT_GROUP = "ala_gym.controllers"
+"""Installed packages add controllers by name under this entry-point group: in their ``pyproject.toml``,
+``[project.entry-points."ala_gym.controllers"]`` and ``my-controller = "my_package.module:make_controller"``."""
+
+
+def resolve_controller(name: str) -> Callable[..., Controller]:
+    """The factory of controller ``name``: a key of :data:`CONTROLLERS`, a controller an installed package
+    registers under :data:`ENTRY_POINT_GROUP`, or ``"package.module:Factory"`` (any callable, a class
+    included, whose result is a :class:`Controller`). A ``ValueError`` says what could not be found."""
+    if name in CONTROLLERS:
+        return CONTROLLERS[name]
+    plugins = {point.name: point for point in entry_points(group=ENTRY_POINT_GROUP)}
+    if name in plugins:
+        return _checked(plugins[name].load(), name)
+    module, colon, attribute = name.partition(":")
+    if not colon:
+        known = sorted(CONTROLLERS) + sorted(plugins)
+        raise ValueError(f"unknown controller {name!r}; choose from {known}, or name your own as package.module:Factory")
+    try:
+        target: Any = import_module(module)
+    except ImportError as error:
+        raise ValueError(f"controller {name!r}: cannot import {module!r} ({error}); is it installed or on PYTHONPATH?") from None
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            raise ValueError(f"controller {name!r}: module {module!r} has no {attribute!r}")
+        target = getattr(target, part)
+    return _checked(target, name)
+
+
+def _checked(factory: Any, name: str) -> Callable[..., Controller]:
+    """``factory`` wrapped so that what it makes is a :class:`Controller` named ``name``."""
+    if not callable(factory):
+        raise ValueError(f"controller {name!r}: {factory!r} is not callable")
+
+    def make(**kwargs: Any) -> Controller:
+        controller = factory(**kwargs)
+        if not isinstance(controller, Controller):
+            raise ValueError(f"controller {name!r} made a {type(controller).__name__}, not an agents.Controller")
+        controller.name = name
+        return controller
+
+    return make
+
+
+__all__ = ["CONTROLLERS", "ENTRY_POINT_GROUP", "Controller", "EpisodeRecord", "EpisodeRecorder", "resolve_controller"]

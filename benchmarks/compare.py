@@ -52,7 +52,7 @@ from tqdm import tqdm
 import ala_gym
 from ala_gym.core.data import DataError, data_home, resolve_device
 from ala_gym.wrappers import MissingExtraError
-from agents import CONTROLLERS
+from agents import CONTROLLERS, resolve_controller
 from benchmarks.machine import cpu_model, package_version
 from benchmarks.oracle import ORACLES, SELECTION_SEEDS, is_oracle, select
 
@@ -274,10 +274,12 @@ def build_controller(spec: str, children: int | None = None, baseline_children: 
     """The controller a spec names: config keywords applied, ``children`` for a multi-child controller and
     ``baseline_children`` for a fixed one (each None: the controller's own count)."""
     base, config_overrides = parse_config(parse_controller(spec)[0])
-    if base not in CONTROLLERS:
-        raise ComparisonError(f"unknown controller {base!r} in {spec!r}; choose from {sorted(CONTROLLERS)}")
     try:
-        controller = CONTROLLERS[base]()
+        factory = resolve_controller(base)
+    except ValueError as error:
+        raise ComparisonError(f"{error} (in {spec!r})") from None
+    try:
+        controller = factory()
         # Keywords that name a field of the controller's config dataclass go to it, the others to its factory.
         config = getattr(controller, "config", None)
         config_fields = {f.name for f in fields(config)} if is_dataclass(config) else set()
@@ -287,7 +289,7 @@ def build_controller(spec: str, children: int | None = None, baseline_children: 
         if count is not None:
             factory_kwargs["num_envs"] = count
         if factory_kwargs:
-            controller = CONTROLLERS[base](**factory_kwargs)
+            controller = factory(**factory_kwargs)
         if config_kwargs:
             controller.config = replace(controller.config, **config_kwargs)
     except (TypeError, ValueError, MissingExtraError) as error:
@@ -903,7 +905,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--env", help="registered ALA env id, e.g. ALA-Digits-v0")
     parser.add_argument(
         "--controllers",
-        help=f"comma-separated, from {sorted(CONTROLLERS)}, each optionally name(config_key=value;...)@env_key=value;...",
+        help=f"comma-separated, from {sorted(CONTROLLERS)}, a controller of an installed plugin, or your own as "
+        "package.module:Factory; each optionally name(config_key=value;...)@env_key=value;...",
     )
     parser.add_argument("--seeds", type=int, help="how many seeds: runs seeds 0, 1, ..., N-1")
     parser.add_argument("--total-iterations", type=int, help="SGD iterations per child (default: the env's)")

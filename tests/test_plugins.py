@@ -1,0 +1,98 @@
+"""Controllers of one's own in the benchmark: ``package.module:Factory`` specs and installed plugins."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import agents
+from benchmarks import compare
+
+TINY = dict(total_iterations=10, steps_per_action=5, eval_points=2, eval_stride=2, device="cpu")
+PLUGIN = textwrap.dedent(
+    """
+    import numpy as np
+    from agents.base import Controller
+
+
+    class AlwaysUp(Controller):
+        '''Raises every pair's Phi each step: a controller written outside the package.'''
+
+        def __init__(self, num_envs: int = 1) -> None:
+            self.num_envs = num_envs
+
+        def act(self, observations, infos):
+            return np.full(observations.shape[:2], 2, dtype=np.int64)
+
+
+    def make_up(num_envs: int = 1) -> AlwaysUp:
+        return AlwaysUp(num_envs)
+
+
+    NOT_A_CONTROLLER = 3
+
+
+    def make_nothing(**kwargs):
+        return "no controller"
+    """
+)
+
+
+@pytest.fixture()
+def plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    (tmp_path / "my_controllers.py").write_text(PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(compare, "RESULTS", tmp_path / "results")
+    return tmp_path
+
+
+def test_a_module_factory_runs_through_the_comparison(plugin: Path) -> None:
+    rows = compare.compare("ALA-Digits-v0", ["ce", "my_controllers:AlwaysUp(num_envs=2)"], [0], TINY, "own")
+    assert [row["controller"] for row in rows] == ["ce", "my_controllers:AlwaysUp(num_envs=2)"]
+    results = json.loads((plugin / "results" / "own" / "results.json").read_text())
+    mine = next(run for run in results["runs"] if run["controller"].startswith("my_controllers"))
+    assert mine["num_children"] == 2
+    assert mine["children"][0]["phi"][-1][0][1] > 0  # it raised Phi(0, 1)
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("no_such_module_here:Factory", "cannot import 'no_such_module_here'"),
+        ("my_controllers:Missing", "has no 'Missing'"),
+        ("my_controllers:NOT_A_CONTROLLER", "is not callable"),
+        ("my_controllers:make_nothing", "not an agents.Controller"),
+        ("nonsense", "unknown controller 'nonsense'"),
+    ],
+)
+def test_bad_specs_are_refused_in_one_line(plugin: Path, spec: str, message: str) -> None:
+    with pytest.raises(compare.ComparisonError, match=message):
+        compare.build_controller(spec)
+
+
+def test_the_command_line_takes_a_module_factory(plugin: Path) -> None:
+    environment = {**os.environ, "PYTHONPATH": f"{plugin}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    command = [sys.executable, "-m", "benchmarks.compare", "--env", "ALA-Digits-v0", "--controllers",
+               "my_controllers:make_up", "--seeds", "1", "--env-kwargs", json.dumps(TINY), "--name",
+               str(plugin / "cli-results")]  # fmt: skip
+    result = subprocess.run(command, cwd=Path(compare.__file__).parents[1], env=environment, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "| my_controllers:make_up | 1 |" in result.stdout
+    bad = subprocess.run(command[:6] + ["my_controllers:Missing"] + command[7:], cwd=Path(compare.__file__).parents[1],
+                         env=environment, capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode == 2 and "has no 'Missing'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_an_installed_plugin_is_found_by_its_entry_point_name(plugin: Path) -> None:
+    dist = plugin / "my_controllers-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-controllers\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(f"[{agents.ENTRY_POINT_GROUP}]\nalways-up = my_controllers:make_up\n")
+    controller = compare.build_controller("always-up")
+    assert type(controller).__name__ == "AlwaysUp" and controller.name == "always-up"
