@@ -22,6 +22,7 @@ ENV_IDS = {
     "ALA-CIFAR10-AUCPR-v0": "ala_gym.envs.aucpr:ALACIFAR10AUCPREnv",
     "ALA-FashionMNIST-AUCPR-v0": "ala_gym.envs.aucpr:ALAFashionMNISTAUCPREnv",
     "ALA-Digits-AUCPR-v0": "ala_gym.envs.aucpr:ALADigitsAUCPREnv",
+    "ALA-Classification-v0": "ala_gym.envs.generic:ALAGenericClassificationEnv",
 }
 """The registered ids and their entry points."""
 

@@ -38,6 +38,7 @@ def make(tiny_cifar_dir: Path, tiny_fashion_mnist_dir: Path):
         "ALA-CIFAR10-": dict(data_root=str(tiny_cifar_dir), val_size=20),
         "ALA-FashionMNIST-": dict(data_root=str(tiny_fashion_mnist_dir), val_size=40),
         "ALA-Digits-": {},
+        "ALA-Classification-": {},  # the generic id's default data: digits
     }
 
     def factory(env_id: str, **overrides) -> gym.Env:

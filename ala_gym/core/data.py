@@ -15,6 +15,11 @@ drawn there with an explicit ``torch.Generator``, uniformly by :class:`BatchSamp
 (P classes x K samples, for metric learning) by :class:`ClassBalancedSampler`; :func:`class_disjoint`
 splits any of them by class for retrieval (train on some classes, evaluate on others). CIFAR's augmentation
 (4-pixel zero padding, random 32x32 crop, horizontal flip) runs batched on the device too.
+
+Data of one's own: :func:`from_user_data` takes arrays or tensors ``(x_train, y_train, x_test, y_test)`` of any
+input shape (tabular ``[N, F]``, signals ``[N, L]`` or ``[N, C, L]``, images ``[N, C, H, W]``; uint8 or any
+real dtype) or a pair of map-style ``torch.utils.data.Dataset`` s ``(train, test)`` yielding ``(x, y)``, checks
+them and splits them as the loaders do; :func:`register_dataset` gives such data a name.
 """
 
 from __future__ import annotations
@@ -24,13 +29,15 @@ import hashlib
 import os
 import pickle
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
+from typing import Any, Union
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 
 FASHION_MNIST_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 _FASHION_MNIST_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
@@ -105,7 +112,11 @@ def _check_labels(labels: torch.Tensor, num_classes: int, source: Path | str, fi
 
 @dataclass
 class Split:
-    """Images ``uint8 [N, C, H, W]`` and labels ``int64 [N]``, both on the training device."""
+    """Inputs ``[N, *input_shape]`` and labels ``int64 [N]``, both on the training device.
+
+    The inputs are uint8 (images, scaled to [0, 1] by :meth:`ClassificationData.normalize`) or float32
+    (data given as floats or as integers other than uint8); the field keeps the name ``images``.
+    """
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -119,29 +130,35 @@ class Split:
 
 @dataclass
 class ClassificationData:
-    """A dataset split three ways, with what is needed to turn uint8 images into network inputs."""
+    """A dataset split three ways, with what is needed to turn its stored inputs into network inputs."""
 
     name: str
     train: Split
     val: Split
     test: Split
     num_classes: int
-    mean: torch.Tensor  # per-channel, in [0, 1], shape [C]
+    mean: torch.Tensor  # per channel (dim 1 of the inputs; per feature for [N, F]), of the training split
     std: torch.Tensor
     augment: bool  # CIFAR-style pad + crop + flip on training batches
 
     @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.train.images.shape[1:])  # type: ignore[return-value]
+    def image_shape(self) -> tuple[int, ...]:
+        """The shape of one input: ``(C, H, W)`` for images, ``(F,)`` for tabular data, any shape otherwise."""
+        return tuple(self.train.images.shape[1:])
 
     @property
     def device(self) -> torch.device:
         return self.train.images.device
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 images -> float inputs with zero mean and unit variance per channel."""
-        x = images.float().div_(255.0)
-        return (x - self.mean.view(1, -1, 1, 1)) / self.std.view(1, -1, 1, 1)
+        """Stored inputs -> float32 network inputs with zero mean and unit variance per channel (per feature
+        for ``[N, F]`` data), uint8 scaled to [0, 1] first. Always a new tensor: the stored splits are shared
+        (by every child, and by :func:`load_dataset`'s callers) and never written."""
+        x = images.float()
+        if images.dtype == torch.uint8:
+            x = x.div_(255.0)  # in place on the copy that float() just made of the uint8 data
+        shape = (1, -1) + (1,) * (images.dim() - 2)
+        return (x - self.mean.view(shape)) / self.std.view(shape)
 
     @cached_property
     def normalized_train(self) -> torch.Tensor:
@@ -157,6 +174,20 @@ def _split_train_val(images: torch.Tensor, labels: torch.Tensor, val_size: int, 
     order = torch.randperm(len(labels), generator=generator)
     val_idx, train_idx = order[:val_size], order[val_size:]
     return Split(images[train_idx], labels[train_idx]), Split(images[val_idx], labels[val_idx])
+
+
+def _input_statistics(inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation of training inputs per channel (dim 1) over every other dim, so per feature
+    for ``[N, F]`` data; uint8 inputs are scaled to [0, 1] first, as :meth:`ClassificationData.normalize` does."""
+    values = inputs.float()
+    if inputs.dtype == torch.uint8:
+        values = values.div(255.0)
+    dims = (0, *range(2, inputs.dim()))
+    mean, std = values.mean(dim=dims), values.std(dim=dims)
+    if inputs.dtype == torch.uint8:
+        return mean, std.clamp_min(1e-3)  # a floor on the [0, 1] pixel scale: a blank channel stays finite
+    # Float features share no scale a floor could be set on: a constant one is only centred.
+    return mean, torch.where(std > 0, std, torch.ones_like(std))
 
 
 def _assemble(
@@ -176,9 +207,7 @@ def _assemble(
     (checked by the loader, which knows the file to name)."""
     train, val = _split_train_val(train_images, train_labels, val_size, split_seed)
     # Normalisation statistics come from the training split only.
-    pixels = train.images.float().div(255.0)
-    mean = pixels.mean(dim=(0, 2, 3))
-    std = pixels.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    mean, std = _input_statistics(train.images)
     test = Split(test_images, test_labels)
     device = torch.device(device)
 
@@ -544,7 +573,12 @@ def load_cifar10(
     )
 
 
-LOADERS = {"digits": load_digits, "fashion-mnist": load_fashion_mnist, "cifar10": load_cifar10}
+LOADERS: dict[str, Callable[..., ClassificationData]] = {
+    "digits": load_digits, "fashion-mnist": load_fashion_mnist, "cifar10": load_cifar10,
+}  # fmt: skip
+"""Dataset names and their loaders (keywords ``val_size``, ``split_seed``, ``device`` and the loader's own);
+:func:`register_dataset` adds names."""
+_BUILTIN_DATASETS = frozenset(LOADERS)
 
 _CACHE: dict[tuple, ClassificationData] = {}
 
@@ -560,6 +594,188 @@ def load_dataset(name: str, *, device: torch.device | str = "cpu", **kwargs) -> 
     if key not in _CACHE:
         _CACHE[key] = LOADERS[name](device=device, **kwargs)
     return _CACHE[key]
+
+
+UserData = Union[tuple[Any, Any, Any, Any], tuple[Dataset, Dataset]]
+"""Data of one's own: ``(x_train, y_train, x_test, y_test)`` arrays or tensors, or map-style Datasets
+``(train, test)`` yielding ``(x, y)``."""
+
+
+def register_dataset(name: str, loader: Callable[[], UserData]) -> None:
+    """Make ``name`` a dataset name (``dataset=name`` in every classification env, ``load_dataset(name)``).
+
+    ``loader()`` returns :data:`UserData`; it runs once per process and split options (``load_dataset``
+    caches the result), and its data goes through :func:`from_user_data`. Registering a name again replaces
+    its loader and drops what was loaded under it; the package's own names cannot be replaced.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a dataset name must be a non-empty string, got {name!r}")
+    if name in _BUILTIN_DATASETS:
+        raise ValueError(
+            f"{name!r} is one of the package's datasets ({sorted(_BUILTIN_DATASETS)}); choose another name"
+        )
+    if not callable(loader):
+        raise ValueError(f"loader must be a callable returning the data, got {type(loader).__name__}")
+    LOADERS[name] = partial(_load_registered, name, loader)
+    for key in [key for key in _CACHE if key[0] == name]:
+        del _CACHE[key]
+
+
+def _load_registered(
+    name: str, loader: Callable[[], UserData], *, val_size: int | None = None, split_seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> ClassificationData:  # fmt: skip
+    return from_user_data(loader(), name=name, val_size=val_size, split_seed=split_seed, device=device)
+
+
+def from_user_data(
+    data: UserData, *, name: str = "custom", val_size: int | None = None, split_seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> ClassificationData:  # fmt: skip
+    """Data of one's own as a :class:`ClassificationData`, checked, split and normalised like a loader's.
+
+    ``data`` is ``(x_train, y_train, x_test, y_test)`` (numpy arrays, tensors or anything ``np.array``
+    reads) or a pair of map-style ``torch.utils.data.Dataset`` s ``(train, test)`` whose items are ``(x, y)``
+    with ``x`` a tensor or array. Inputs are ``[N, *input_shape]``: uint8 stays uint8 (images, scaled to
+    [0, 1] when normalised), every other real dtype becomes float32. Labels are 1-D integer class indices;
+    the class count is the largest label plus one. ``val_size`` samples (default: a fifth) of the training
+    part, drawn from ``split_seed``, become the validation split; normalisation statistics (per channel,
+    per feature for ``[N, F]``) come from the rest. The splits are copies: the caller's arrays are never
+    written, and changing them later changes nothing here.
+
+    Raises ``ValueError`` naming the problem: inputs that are not numbers or not finite, shapes that do not
+    match, labels that are not non-negative integers, fewer than two classes, or a class without samples
+    in the training or validation split (that class's reward statistics would be undefined).
+    """
+    x_train, y_train, x_test, y_test = _user_tensors(data)
+    if x_test.shape[1:] != x_train.shape[1:] or (x_test.dtype == torch.uint8) != (x_train.dtype == torch.uint8):
+        raise ValueError(
+            f"dataset: x_train is {x_train.dtype} {tuple(x_train.shape)} but x_test is {x_test.dtype} "
+            f"{tuple(x_test.shape)}; both need one input shape and both uint8 or neither"
+        )
+    num_classes = int(torch.cat([y_train, y_test]).max()) + 1
+    if num_classes < 2:
+        raise ValueError("dataset: the labels hold only class 0; classification needs at least two classes")
+    if val_size is None:
+        val_size = len(y_train) // 5
+    result = _assemble(
+        name, x_train, y_train, x_test, y_test, num_classes=num_classes, val_size=val_size, split_seed=split_seed,
+        augment=False, device=device,
+    )  # fmt: skip
+    for split, which in ((result.train, "training"), (result.val, "validation")):
+        missing = torch.nonzero(torch.bincount(split.labels, minlength=num_classes) == 0).flatten().tolist()
+        if missing:
+            raise ValueError(
+                f"dataset: class(es) {missing} of 0..{num_classes - 1} have no sample in the {which} split "
+                f"({len(split)} samples; val_size={val_size}, split_seed={split_seed}); labels must be "
+                "consecutive class indices, and every class needs samples on both sides of the split "
+                "(change val_size or split_seed)"
+            )
+    return result
+
+
+def _user_tensors(data: UserData) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The four checked tensors of :func:`from_user_data`'s ``data``, each a copy of its own."""
+    if isinstance(data, (tuple, list)) and len(data) == 4:
+        arrays = [_as_tensor(value, what) for value, what in zip(data, ("x_train", "y_train", "x_test", "y_test"))]
+    elif isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(d, Dataset) for d in data):
+        arrays = [*_dataset_tensors(data[0], "train"), *_dataset_tensors(data[1], "test")]
+    else:
+        raise ValueError(
+            "dataset must be a registered name, (x_train, y_train, x_test, y_test) arrays or tensors, or two "
+            f"map-style torch Datasets (train, test); got {type(data).__name__}"
+            + (f" of length {len(data)}" if isinstance(data, (tuple, list)) else "")
+        )
+    x_train, y_train, x_test, y_test = arrays
+    return (
+        _user_inputs(x_train, "x_train"), _user_labels(y_train, len(x_train), "y_train", "x_train"),
+        _user_inputs(x_test, "x_test"), _user_labels(y_test, len(x_test), "y_test", "x_test"),
+    )  # fmt: skip
+
+
+def _as_tensor(value: Any, what: str) -> torch.Tensor:
+    """``value`` as a tensor of numbers (a tensor is detached, anything else read by ``np.array``)."""
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach()
+    else:
+        try:
+            array = np.array(value)
+        except (TypeError, ValueError) as exc:  # ragged nesting, unconvertible objects
+            raise ValueError(f"dataset: {what} is not an array of numbers ({exc})") from None
+        if array.dtype.kind not in "biuf":
+            raise ValueError(f"dataset: {what} must hold numbers, got numpy dtype {array.dtype}")
+        tensor = torch.from_numpy(array)
+    if tensor.is_complex():
+        raise ValueError(f"dataset: {what} must hold real numbers, got {tensor.dtype}")
+    return tensor
+
+
+def _user_inputs(inputs: torch.Tensor, what: str) -> torch.Tensor:
+    """A copy of ``inputs``: uint8 kept (images), any other dtype as float32; refused when not ``[N, ...]``
+    or not finite (a NaN would make every child's loss NaN at its first batch)."""
+    if inputs.dim() < 2 or len(inputs) == 0:
+        raise ValueError(
+            f"dataset: {what} has shape {tuple(inputs.shape)}; inputs must be [N, ...] with N > 0, one row per "
+            "sample (a single feature is [N, 1])"
+        )
+    if inputs.dtype == torch.uint8:
+        return inputs.clone()
+    inputs = inputs.to(torch.float32, copy=True)
+    finite = torch.isfinite(inputs.flatten(1)).all(dim=1)
+    if not finite.all():
+        first = int(torch.nonzero(~finite)[0])
+        raise ValueError(f"dataset: {what} holds NaN or infinite values (first in sample {first}); impute or drop them")
+    return inputs
+
+
+def _user_labels(labels: torch.Tensor, count: int, what: str, inputs_what: str) -> torch.Tensor:
+    """``labels`` as an int64 copy, refused unless they are ``count`` non-negative integers in one dimension."""
+    if labels.dim() != 1:
+        raise ValueError(
+            f"dataset: {what} has shape {tuple(labels.shape)}; labels must be 1-D, one class index per sample"
+        )
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise ValueError(
+            f"dataset: {what} is {labels.dtype}; labels must be integer class indices 0..C-1 (convert them first)"
+        )
+    if len(labels) != count:
+        raise ValueError(f"dataset: {inputs_what} holds {count} samples but {what} {len(labels)} labels")
+    if len(labels) and labels.min() < 0:
+        first = int(torch.nonzero(labels < 0)[0])
+        raise ValueError(
+            f"dataset: {what} holds label {int(labels[first])} at position {first}; labels must be class indices 0..C-1"
+        )
+    return labels.to(torch.int64, copy=True)
+
+
+def _dataset_tensors(dataset: Dataset, which: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every ``(x, y)`` item of a map-style Dataset, stacked into inputs and labels."""
+    try:
+        items = [dataset[index] for index in range(len(dataset))]  # type: ignore[arg-type]
+    except (TypeError, NotImplementedError) as exc:  # an iterable-style Dataset has neither len() nor [i]
+        raise ValueError(f"dataset: the {which} Dataset must be map-style, with len() and [i] ({exc})") from None
+    if not items:
+        raise ValueError(f"dataset: the {which} Dataset is empty")
+    inputs, labels = [], []
+    for index, item in enumerate(items):
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            raise ValueError(
+                f"dataset: item {index} of the {which} Dataset is a {type(item).__name__}, not an (x, y) pair"
+            )
+        if not isinstance(item[0], (torch.Tensor, np.ndarray)):  # a PIL image would read as [H, W, C]
+            raise ValueError(
+                f"dataset: x of item {index} of the {which} Dataset is a {type(item[0]).__name__}; items must hold "
+                "tensors or arrays (for torchvision datasets, transform=transforms.PILToTensor())"
+            )
+        inputs.append(_as_tensor(item[0], f"x of item {index} of the {which} Dataset"))
+        labels.append(_as_tensor(item[1], f"y of item {index} of the {which} Dataset"))
+    for values, kind in ((inputs, "x"), (labels, "y")):
+        shapes = sorted({tuple(value.shape) for value in values})
+        if len(shapes) > 1:
+            raise ValueError(
+                f"dataset: the {which} Dataset's {kind} come in several shapes ({shapes[:3]}); they need one"
+            )
+    return torch.stack(inputs), torch.stack(labels)
 
 
 def class_disjoint(

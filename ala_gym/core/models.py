@@ -1,17 +1,25 @@
-"""Child models, chosen by name, built from an input shape and an output size, initialised from an
-explicit ``torch.Generator``.
+"""Child models, chosen by name or given as a factory, built from an input shape and an output size,
+initialised from an explicit ``torch.Generator``.
 
 The output size is the number of classes for a classifier and the embedding width for metric learning:
 an embedding head is the same network with another output size.
 
-Modules are built on the ``meta`` device and then given storage and weights here, so that building a
-model never draws from (or advances) PyTorch's global random state.
+The package's own models (:data:`MODELS` as shipped) are built on the ``meta`` device and then given
+storage and weights here (:func:`init_weights`), so that building one never draws from (or advances)
+PyTorch's global random state. A model of one's own (a factory ``(input_shape, num_outputs) -> nn.Module``,
+passed as ``model=`` or named by :func:`register_model`) may hold any layer, parameter or buffer, initialised
+by its own constructor: it is built on the CPU, with real storage, under :func:`seeded_global_rng` seeded from
+the generator, so its constructor's draws are deterministic per seed and the global state is unchanged after.
+Re-initialising it here instead would override an initialisation its author chose, and leave the layers this
+module does not know (LayerNorm, BatchNorm1d, a bare ``nn.Parameter``) as uninitialised memory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Union
 
 import torch
 from torch import nn
@@ -114,12 +122,97 @@ class MLP(nn.Module):
         return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x.flatten(1))))))
 
 
-MODELS: dict[str, Callable[[tuple[int, int, int], int], nn.Module]] = {
+ModelFactory = Callable[[tuple[int, ...], int], nn.Module]
+"""``factory(input_shape, num_outputs)``: a fresh module for inputs ``[B, *input_shape]`` and outputs
+``[B, num_outputs]``."""
+ModelSpec = Union[str, ModelFactory]
+"""A model name (a key of :data:`MODELS`) or a factory."""
+
+MODELS: dict[str, ModelFactory] = {
     "resnet32": lambda shape, outputs: CifarResNet(5, outputs, in_channels=shape[0]),
     "resnet20": lambda shape, outputs: CifarResNet(3, outputs, in_channels=shape[0]),
     "small_cnn": SmallCNN,
     "mlp": MLP,
 }
+"""Model names and their factories; :func:`register_model` adds names."""
+_BUILTIN_MODELS = dict(MODELS)  # the factories whose every layer init_weights initialises
+
+
+class ModelError(ValueError):
+    """A model that cannot serve as a child (an unknown name, not a factory, a factory that returns no usable
+    module); the message says why."""
+
+
+STOCHASTIC_MODULES = (
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout, nn.RReLU,
+)  # fmt: skip
+"""Layers that draw random numbers in training mode."""
+
+
+def register_model(name: str, factory: ModelFactory) -> None:
+    """Make ``name`` a model name (``model=name`` in every env); registering it again replaces the factory.
+    The package's own names cannot be replaced: their initialisation is :func:`init_weights`'."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a model name must be a non-empty string, got {name!r}")
+    if name in _BUILTIN_MODELS:
+        raise ValueError(f"{name!r} is one of the package's models ({sorted(_BUILTIN_MODELS)}); choose another name")
+    check_model_spec(factory)
+    MODELS[name] = factory
+
+
+def check_model_spec(model: ModelSpec) -> ModelSpec:
+    """``model`` itself if it is a known name or a factory; a ``ValueError`` that says what to pass otherwise."""
+    if isinstance(model, str):
+        if model not in MODELS:
+            raise ModelError(f"unknown model {model!r}; choose one of {sorted(MODELS)} or pass a factory")
+    elif isinstance(model, nn.Module):  # callable too, but one instance cannot give every child its own weights
+        raise ModelError(
+            f"model is an instance of {type(model).__name__}; pass a factory that builds a fresh one per child, "
+            f"such as `lambda input_shape, num_outputs: {type(model).__name__}(...)`"
+        )
+    elif not callable(model):
+        raise ModelError(
+            f"model must be a model name or a factory (input_shape, num_outputs) -> nn.Module, got {model!r}"
+        )
+    return model
+
+
+def model_name(model: ModelSpec) -> str:
+    """How messages name ``model``: its name, or its factory's qualified name."""
+    return repr(model) if isinstance(model, str) else getattr(model, "__qualname__", repr(model))
+
+
+def is_builtin(model: ModelSpec) -> bool:
+    """Whether ``model`` names one of the package's own models: initialised by :func:`init_weights`, and
+    drawing no random numbers in its forward pass."""
+    return isinstance(model, str) and model in _BUILTIN_MODELS and MODELS.get(model) is _BUILTIN_MODELS[model]
+
+
+def draws_randomness(model: nn.Module) -> bool:
+    """Whether ``model`` holds a layer of :data:`STOCHASTIC_MODULES`; randomness a forward draws otherwise
+    (a functional ``F.dropout``, noise of its own) is not detected."""
+    return any(isinstance(module, STOCHASTIC_MODULES) for module in model.modules())
+
+
+@contextlib.contextmanager
+def seeded_global_rng(seed: int, device: torch.device | str = "cpu") -> Iterator[None]:
+    """Run the block with torch's global generators of the CPU and ``device`` seeded with ``seed``, and
+    restored afterwards: code that draws from them (a module's constructor, dropout) is deterministic per
+    seed, and code outside sees no draw. Only those generators are forked and seeded (``torch.manual_seed``
+    would reseed every GPU)."""
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    index = (device.index if device.index is not None else torch.cuda.current_device()) if cuda else None
+    with torch.random.fork_rng(devices=[index] if cuda else [], device_type="cuda"):
+        torch.default_generator.manual_seed(seed)
+        if cuda:
+            torch.cuda.default_generators[index].manual_seed(seed)
+        yield
+
+
+def draw_seed(generator: torch.Generator) -> int:
+    """A 63-bit seed drawn from ``generator``."""
+    return int(torch.randint(0, 2**63 - 1, (), generator=generator, device=generator.device))
 
 
 @torch.no_grad()
@@ -141,19 +234,36 @@ def init_weights(model: nn.Module, generator: torch.Generator) -> None:
 
 
 def build_model(
-    name: str,
-    image_shape: tuple[int, int, int],
+    model: ModelSpec,
+    image_shape: tuple[int, ...],
     output_size: int,
     generator: torch.Generator,
     device: torch.device | str = "cpu",
 ) -> nn.Module:
-    """Build child model ``name`` (a key of ``MODELS``) for inputs ``[B, *image_shape]`` and outputs
-    ``[B, output_size]`` (class logits or an embedding), with weights drawn from ``generator``."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
-    with torch.device("meta"):
-        model = MODELS[name](image_shape, output_size)
-    # Initialise on the generator's device, then move: the same seed gives the same weights on any device.
-    model = model.to_empty(device=generator.device)
-    init_weights(model, generator)
-    return model.to(device)
+    """Build child model ``model`` (a key of ``MODELS`` or a factory) for inputs ``[B, *image_shape]`` and
+    outputs ``[B, output_size]`` (class logits or an embedding), with weights drawn from ``generator``.
+
+    The package's models are initialised by :func:`init_weights`; any other by its own constructor, run on
+    the CPU under :func:`seeded_global_rng` seeded from ``generator`` (see the module's docstring).
+    """
+    check_model_spec(model)
+    factory = MODELS[model] if isinstance(model, str) else model
+    if is_builtin(model):
+        with torch.device("meta"):
+            built = factory(image_shape, output_size)
+        # Initialise on the generator's device, then move: the same seed gives the same weights on any device.
+        built = built.to_empty(device=generator.device)
+        init_weights(built, generator)
+        return built.to(device)
+    with seeded_global_rng(draw_seed(generator)), torch.device("cpu"):
+        built = factory(tuple(image_shape), output_size)
+    if not isinstance(built, nn.Module):
+        raise ModelError(f"model {model_name(model)} returned a {type(built).__name__}, not an nn.Module")
+    for name, tensor in [*built.named_parameters(), *built.named_buffers()]:
+        if tensor.is_meta:
+            raise ModelError(f"model {model_name(model)} has {name} on the meta device; build its tensors with storage")
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ModelError(
+                f"model {model_name(model)} has non-finite values in {name} after construction (left uninitialised?)"
+            )
+    return built.to(device)

@@ -8,9 +8,10 @@ import numpy as np
 import torch
 
 from ala_gym.core.checks import check_real
-from ala_gym.core.data import ClassificationData
+from ala_gym.core.data import ClassificationData, UserData
 from ala_gym.core.losses import LOSS_FORMS, check_phi
 from ala_gym.core.metrics import METRICS, ClassificationEvaluator
+from ala_gym.core.models import ModelSpec, draws_randomness
 from ala_gym.core.trainer import TrainConfig
 from ala_gym.envs.base import ALAEnv, load_env_dataset, set_threads, validation_subsample
 from ala_gym.envs.class_pairs import STEP_SCALINGS, ClassPairSettings, ClassPairTask
@@ -106,11 +107,17 @@ class ALAClassificationEnv(ALAEnv):
     ``gym.make("ALA-Digits-v0", steps_per_action=20, total_iterations=200)``; every argument of
     ``__init__`` can be passed as a keyword:
 
-    * ``dataset``: ``"digits"``, ``"fashion-mnist"`` or ``"cifar10"``; ``data_root``, ``download`` and
-      ``val_size`` go to its loader (``ala_gym.core.data``), ``split_seed`` fixes the train/validation split
-      and the validation subsample (not the child's seed).
-    * ``model``, ``total_iterations``, ``batch_size``, ``lr``, ``momentum``, ``weight_decay``,
-      ``lr_milestones``, ``lr_decay``: the child's training (``ala_gym.core.trainer.TrainConfig``).
+    * ``dataset``: ``"digits"``, ``"fashion-mnist"``, ``"cifar10"`` or a name given to
+      ``ala_gym.core.data.register_dataset``; ``data_root``, ``download`` and ``val_size`` go to its loader
+      (``ala_gym.core.data``), ``split_seed`` fixes the train/validation split and the validation subsample
+      (not the child's seed). Data of one's own as arrays or Datasets: see
+      :class:`ala_gym.envs.generic.ALAGenericClassificationEnv` (``ALA-Classification-v0``).
+    * ``model``: a name (``"mlp"``, ``"small_cnn"``, ``"resnet20"``, ``"resnet32"`` or one given to
+      ``ala_gym.core.models.register_model``) or a factory ``(input_shape, num_outputs) -> nn.Module``;
+      built and run once on two training inputs here, so a model that does not fit the data is refused at
+      ``gym.make``.
+    * ``total_iterations``, ``batch_size``, ``lr``, ``momentum``, ``weight_decay``, ``lr_milestones``,
+      ``lr_decay``: the child's training (``ala_gym.core.trainer.TrainConfig``).
     * ``steps_per_action`` (K, 200 in the paper), ``beta`` (0.1), ``fixed_diagonal`` (True) and
       ``step_scaling`` (``"row"`` or ``"entry"``) as under Action Space, ``phi_init`` (identity), ``loss_form``,
       ``sigmoid_temperature``, ``negative_floor`` (1e-3: a negative entry stops rewarding ``log f_j`` once
@@ -128,21 +135,23 @@ class ALAClassificationEnv(ALAEnv):
 
     ## Version History
     * v0: initial version; later made ``fixed_diagonal=True`` and ``step_scaling="row"`` the defaults
-      and added ``info["row_improvement"]`` (the paper's step rule stays selectable by keyword).
+      and added ``info["row_improvement"]`` (the paper's step rule stays selectable by keyword); later
+      still accepted model factories and registered dataset and model names (the registered models and
+      datasets train exactly as before).
     """
 
     metadata = {"render_modes": ["rgb_array", "ansi"], "render_fps": 4}
 
     def __init__(
         self,
-        dataset: str = "digits",
+        dataset: str | UserData = "digits",
         *,
         render_mode: str | None = None,
         data_root: str | None = None,
         download: bool = True,
         val_size: int | None = None,
         split_seed: int = 0,
-        model: str = "mlp",
+        model: ModelSpec = "mlp",
         total_iterations: int = 2000,
         steps_per_action: int = 50,
         batch_size: int = 128,
@@ -200,6 +209,8 @@ class ALAClassificationEnv(ALAEnv):
         self.data: ClassificationData = load_env_dataset(
             dataset, data_root=data_root, download=download, val_size=val_size, split_seed=split_seed, device=device
         )
+        # Refuse a model that does not fit the data now; vmap cannot batch the random draws of dropout-like layers.
+        self.batchable = not draws_randomness(self.train_config.probe_model(self.data))
         self.num_classes = self.data.num_classes
         self.steps_per_action = steps_per_action
         self.beta = beta

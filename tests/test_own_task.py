@@ -1,0 +1,302 @@
+"""ALA on data and a model of one's own: ``ALA-Classification-v0`` with arrays, Datasets and model factories.
+
+The data is scikit-learn's bundled wine table (178 samples, 13 float features, 3 classes; no download);
+the model holds the layers the package does not initialise itself (LayerNorm, BatchNorm1d, a bare
+``nn.Parameter``) and dropout, whose random draws must follow the env's seed.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium.utils.env_checker import check_env as gym_check_env
+from gymnasium.wrappers import FlattenObservation
+from sklearn.datasets import load_digits, load_wine
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+from torch import nn
+from torch.utils.data import TensorDataset
+
+import ala_gym  # noqa: F401  (registers the ids)
+from ala_gym.core.data import LOADERS, ClassificationData, from_user_data, load_dataset, register_dataset
+from ala_gym.core.models import MODELS, build_model, register_model
+from ala_gym.envs.generic import ALAGenericClassificationEnv
+from ala_gym.envs.vector import ALAVectorEnv
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+ENV_ID = "ALA-Classification-v0"
+TINY = dict(total_iterations=6, steps_per_action=3, batch_size=16, eval_points=2, eval_stride=1, val_subsample=None,
+            val_size=40, device="cpu")  # fmt: skip
+
+
+class OwnNet(nn.Module):
+    """A tabular classifier built of layers the package leaves to the module's own initialisation."""
+
+    def __init__(self, input_shape: tuple[int, ...], num_outputs: int, dropout: float = 0.3) -> None:
+        super().__init__()
+        self.hidden = nn.Linear(input_shape[0], 32)
+        self.norm = nn.LayerNorm(32)
+        self.batch_norm = nn.BatchNorm1d(32)
+        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
+        self.head = nn.Linear(32, num_outputs)
+        self.temperature = nn.Parameter(torch.randn(num_outputs).abs() + 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.dropout(torch.relu(self.batch_norm(self.norm(self.hidden(x)))))
+        return self.head(hidden) * self.temperature
+
+
+def own_net_without_dropout(input_shape: tuple[int, ...], num_outputs: int) -> nn.Module:
+    return OwnNet(input_shape, num_outputs, dropout=0.0)
+
+
+@pytest.fixture(scope="module")
+def wine() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(x_train, y_train, x_test, y_test)``: 138 training and 40 test samples, float64 features."""
+    features, labels = load_wine(return_X_y=True)
+    order = np.random.default_rng(0).permutation(len(labels))
+    test, train = order[:40], order[40:]
+    return features[train], labels[train], features[test], labels[test]
+
+
+def make(dataset, model=OwnNet, **overrides) -> gym.Env:
+    return gym.make(ENV_ID, dataset=dataset, model=model, disable_env_checker=True, **{**TINY, **overrides})
+
+
+def rollout(env: gym.Env, seed: int) -> list:
+    obs, info = env.reset(seed=seed)
+    env.action_space.seed(0)
+    trace, terminated = [obs, info["val_loss"]], False
+    while not terminated:
+        obs, reward, terminated, _, info = env.step(env.action_space.sample())
+        trace += [obs, reward, info["train_loss"], info["val_loss"]]
+    return trace + [info["test_metric"]]
+
+
+def same(a: list, b: list) -> bool:
+    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_both_env_checkers_pass(wine) -> None:
+    env = make(wine)
+    assert isinstance(env.unwrapped, ALAGenericClassificationEnv)
+    assert env.action_space.shape == (6,) and env.observation_space.shape == (6, 24)  # 3 classes: 6 class pairs
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gym_check_env(env.unwrapped, skip_render_check=True)
+        sb3_check_env(FlattenObservation(make(wine)), warn=True)
+        # The (pairs, features) Box draws SB3's flattening advice, as for every id.
+        warnings.filterwarnings("ignore", message=".*unconventional shape.*")
+        sb3_check_env(make(wine).unwrapped, warn=True)
+
+
+def test_episodes_follow_the_seed_alone_and_leave_the_global_rng_alone(wine, global_rng_unchanged) -> None:
+    # Dropout draws in every training forward: the same seed must give the same run whatever the global
+    # generator holds, and the global generator must not move.
+    with global_rng_unchanged():
+        first = rollout(make(wine), seed=3)
+    torch.manual_seed(12345)
+    second = rollout(make(wine), seed=3)
+    other = rollout(make(wine), seed=4)
+    assert same(first, second) and not same(first, other)
+    assert 0.0 <= first[-1] <= 1.0
+
+
+def test_native_vector_env_reproduces_the_single_envs(wine) -> None:
+    envs = gym.make_vec(ENV_ID, num_envs=2, dataset=wine, model=OwnNet, **TINY)
+    assert isinstance(envs, ALAVectorEnv) and envs.train_mode == "sequential"  # a factory's model: sequential
+    observations, _ = envs.reset(seed=7)
+    actions = np.random.default_rng(0).integers(0, 3, size=(2, *envs.single_action_space.shape))
+    vector_step = envs.step(actions)
+    for child in range(2):
+        single = make(wine)
+        obs, _ = single.reset(seed=7 + child)
+        np.testing.assert_array_equal(obs, observations[child])
+        single_step = single.step(actions[child])
+        np.testing.assert_array_equal(single_step[0], vector_step[0][child])
+        assert single_step[1] == vector_step[1][child]
+    envs.close()
+
+
+def test_batched_training_runs_a_model_without_dropout_and_refuses_one_with_it(wine) -> None:
+    envs = gym.make_vec(ENV_ID, num_envs=2, dataset=wine, model=own_net_without_dropout, train_mode="batched", **TINY)
+    envs.reset(seed=0)
+    observations, rewards, *_ = envs.step(np.ones((2, 6), dtype=np.int64))
+    assert np.all(np.isfinite(observations)) and rewards.shape == (2,)
+    envs.close()
+    with pytest.raises(ValueError, match="train_mode='sequential'"):
+        gym.make_vec(ENV_ID, num_envs=2, dataset=wine, model=OwnNet, train_mode="batched", **TINY)
+
+
+def test_every_parameter_is_initialised_from_the_seed(global_rng_unchanged) -> None:
+    def build(seed: int) -> dict[str, torch.Tensor]:
+        model = build_model(OwnNet, (13,), 3, torch.Generator().manual_seed(seed))
+        return {name: tensor.clone() for name, tensor in model.state_dict().items()}
+
+    with global_rng_unchanged():
+        first, again, other = build(1), build(1), build(2)
+    for name, tensor in first.items():
+        assert torch.equal(tensor, again[name]), name
+        if tensor.is_floating_point():
+            assert torch.isfinite(tensor).all(), name
+    random = ["hidden.weight", "hidden.bias", "head.weight", "head.bias", "temperature"]
+    for name in random:
+        assert first[name].abs().sum() > 0 and not torch.equal(first[name], other[name]), name
+    # The constructors' own values, not leftover memory.
+    for name in ("norm.weight", "batch_norm.weight", "batch_norm.running_var"):
+        assert torch.equal(first[name], torch.ones(32)), name
+    for name in ("norm.bias", "batch_norm.bias", "batch_norm.running_mean"):
+        assert torch.equal(first[name], torch.zeros(32)), name
+    assert torch.all(first["temperature"] >= 0.5)
+
+
+def test_the_users_arrays_and_tensors_are_never_written(wine) -> None:
+    as_tensors = tuple(torch.as_tensor(a, dtype=torch.float32 if a.dtype.kind == "f" else torch.int64) for a in wine)
+    for data in (wine, as_tensors):
+        before = [torch.as_tensor(a).clone() for a in data]
+        env = make(data, total_iterations=12)
+        rollout(env, seed=0)
+        stored = env.unwrapped.data
+        for split in (stored.train, stored.val, stored.test):  # normalising, again and again, writes nothing
+            kept = split.images.clone()
+            stored.normalize(split.images)
+            assert torch.equal(split.images, kept)
+        for original, now in zip(before, data):
+            assert torch.equal(torch.as_tensor(now), original)
+    assert stored.test.images.data_ptr() != as_tensors[2].data_ptr()  # a copy, not the caller's tensor
+
+
+def test_float_inputs_are_standardised_per_feature_with_training_statistics(wine) -> None:
+    data = make(wine).unwrapped.data
+    assert data.image_shape == (13,) and data.num_classes == 3 and not data.augment
+    assert (len(data.train), len(data.val), len(data.test)) == (98, 40, 40)
+    inputs = data.normalize(data.train.images)
+    torch.testing.assert_close(inputs.mean(0), torch.zeros(13), atol=1e-5, rtol=0)
+    torch.testing.assert_close(inputs.std(0), torch.ones(13), atol=1e-5, rtol=0)
+
+
+def test_signals_are_standardised_per_channel() -> None:
+    rng = np.random.default_rng(0)
+    signals = rng.normal(loc=[[5.0], [-3.0]], scale=[[2.0], [0.5]], size=(60, 2, 16)).astype(np.float32)
+    labels = np.arange(60) % 3
+    data = from_user_data((signals[:48], labels[:48], signals[48:], labels[48:]), val_size=12)
+    assert data.image_shape == (2, 16) and data.mean.shape == (2,)
+    inputs = data.normalize(data.train.images)
+    torch.testing.assert_close(inputs.mean(dim=(0, 2)), torch.zeros(2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(inputs.std(dim=(0, 2)), torch.ones(2), atol=1e-4, rtol=0)
+
+
+def test_uint8_images_take_the_registered_image_path_bit_for_bit() -> None:
+    # The digits loader's own arrays (8x8 images in uint8, its seeded test split), given as user data.
+    bunch = load_digits()
+    images = torch.from_numpy(np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)).unsqueeze(1)
+    labels = torch.from_numpy(bunch.target.astype(np.int64))
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(1))
+    test, rest = order[:360], order[360:]
+    own = from_user_data((images[rest], labels[rest], images[test], labels[test]), val_size=360)
+    registered = load_dataset("digits")
+    for name in ("mean", "std"):
+        assert torch.equal(getattr(own, name), getattr(registered, name)), name
+    for split in ("train", "val", "test"):
+        assert torch.equal(getattr(own, split).images, getattr(registered, split).images), split
+        assert torch.equal(getattr(own, split).labels, getattr(registered, split).labels), split
+    assert own.train.images.dtype == torch.uint8
+    assert torch.equal(own.normalized_train, registered.normalized_train)
+
+
+def test_a_pair_of_datasets_gives_the_data_the_arrays_give(wine) -> None:
+    x_train, y_train, x_test, y_test = (torch.as_tensor(a) for a in wine)
+    pair = (TensorDataset(x_train, y_train), TensorDataset(x_test, y_test))
+    from_pair, from_arrays = make(pair).unwrapped.data, make(wine).unwrapped.data
+    for split in ("train", "val", "test"):
+        assert torch.equal(getattr(from_pair, split).images, getattr(from_arrays, split).images)
+        assert torch.equal(getattr(from_pair, split).labels, getattr(from_arrays, split).labels)
+    assert torch.equal(from_pair.mean, from_arrays.mean) and torch.equal(from_pair.std, from_arrays.std)
+    rollout(make(pair), seed=0)
+
+
+def test_registered_names_serve_every_env(wine) -> None:
+    try:
+        register_dataset("wine-test", lambda: wine)
+        register_model("own-net-test", OwnNet)
+        named = make("wine-test", model="own-net-test")
+        assert torch.equal(named.unwrapped.data.train.images, make(wine).unwrapped.data.train.images)
+        assert same(rollout(named, seed=1), rollout(make(wine), seed=1))
+        with pytest.raises(ValueError, match="one of the package's datasets"):
+            register_dataset("digits", lambda: wine)
+        with pytest.raises(ValueError, match="one of the package's models"):
+            register_model("mlp", OwnNet)
+    finally:
+        LOADERS.pop("wine-test", None)
+        MODELS.pop("own-net-test", None)
+
+
+def _shifted(wine, index: int, change) -> tuple:
+    arrays = list(wine)
+    arrays[index] = change(arrays[index])
+    return tuple(arrays)
+
+
+def _with_nan(x: np.ndarray) -> np.ndarray:
+    x = x.copy()
+    x[5, 2] = np.nan
+    return x
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda w: dict(dataset=_shifted(w, 1, lambda y: y[:-1])), "x_train holds 138 samples but y_train 137 labels"),
+        (lambda w: dict(dataset=_shifted(w, 1, lambda y: y[:, None])), "labels must be 1-D"),
+        (lambda w: dict(dataset=_shifted(w, 3, lambda y: y.astype(np.float64))),
+         "y_test is torch.float64; labels must be integer"),
+        (lambda w: dict(dataset=_shifted(w, 1, lambda y: y - 1)), "holds label -1 at position"),
+        (lambda w: dict(dataset=_shifted(w, 3, lambda y: np.where(y == 2, 6, y))),
+         r"class\(es\) \[3, 4, 5, 6\] .* training split"),
+        (lambda w: dict(dataset=w, val_size=1), r"no sample in the validation split"),
+        (lambda w: dict(dataset=_shifted(w, 0, _with_nan)), "x_train holds NaN or infinite values .first in sample 5"),
+        (lambda w: dict(dataset=_shifted(w, 2, lambda x: x[:, :5])), "both need one input shape"),
+        (lambda w: dict(dataset=w[:2]), "dataset must be a registered name"),
+        (lambda w: dict(dataset="no-such-data"), "unknown dataset 'no-such-data'"),
+        (lambda w: dict(dataset=w, model=lambda shape, n: nn.Linear(shape[0], n + 2)),
+         r"returns \(2, 5\) for a batch of 2 inputs of shape \(13,\); expected a tensor of shape \(2, 3\)"),
+        (lambda w: dict(dataset=w, model=lambda shape, n: "a network"), "returned a str, not an nn.Module"),
+        (lambda w: dict(dataset=w, model=OwnNet((13,), 3)), "model is an instance of OwnNet; pass a factory"),
+        (lambda w: dict(dataset=w, model="small_cnn"), r"model 'small_cnn' fails on inputs of shape \(13,\)"),
+        (lambda w: dict(dataset=w, model="no-such-model"), "unknown model 'no-such-model'"),
+    ],
+    ids=["lengths", "y-2d", "float-labels", "negative-label", "missing-classes", "class-missing-from-validation", "nan",
+         "feature-count", "not-four-arrays", "unknown-name", "output-size", "not-a-module", "module-instance",
+         "model-does-not-fit", "unknown-model"],  # fmt: skip
+)
+def test_bad_input_gets_one_clear_line(wine, change, message: str) -> None:
+    kwargs = {**TINY, **change(wine)}
+    dataset = kwargs.pop("dataset")
+    with pytest.raises(ValueError, match=message) as raised:
+        gym.make(ENV_ID, dataset=dataset, disable_env_checker=True, **{"model": OwnNet, **kwargs})
+    assert "\n" not in str(raised.value)
+
+
+def test_a_dataset_with_items_that_are_not_tensors_is_refused() -> None:
+    class Pictures(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 4
+
+        def __getitem__(self, index: int) -> tuple[object, int]:
+            return object(), index % 2
+
+    with pytest.raises(ValueError, match="items must hold tensors or arrays") as raised:
+        from_user_data((Pictures(), Pictures()))
+    assert "\n" not in str(raised.value)
+
+
+def test_registered_ids_keep_their_models_and_data() -> None:
+    # The package's own models stay on init_weights' path (no forward fork), and the data are ClassificationData.
+    env = gym.make("ALA-Digits-v0", disable_env_checker=True, **TINY).unwrapped
+    env.reset(seed=0)
+    assert env.trainer._forward_generator is None and env.batchable
+    assert isinstance(env.data, ClassificationData) and env.data.train.images.dtype == torch.uint8
