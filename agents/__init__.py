@@ -22,7 +22,8 @@ Factory keywords: the baselines take ``num_envs`` and ``loss_form`` (``random`` 
 ``phi-uniform``/``label-smoothing`` ``off_diagonal`` and ``label_smoothing``); ``reinforce*`` take
 ``config`` (:class:`agents.reinforce.ReinforceConfig`), ``num_envs``, ``train``; ``ppo``/``a2c`` take
 ``config`` (:class:`agents.sb3.SB3Config`), ``num_envs``, ``policy`` (``"pair"`` or ``"mlp"``) and need the
-``sb3`` extra (without it their factories raise :class:`ala_gym.wrappers.MissingExtraError`, which says so). Saved
+``sb3`` extra (without it their factories raise :class:`ala_gym.wrappers.MissingExtraError`, which says so); ``pbt``
+takes ``config`` (:class:`agents.pbt.PBTConfig`) and ``num_envs`` (the population, 10). Saved
 policies: ``agents.reinforce.ReinforceController.load(path, train=False)`` (``train=True`` fine-tunes;
 ``temperature`` divides the loaded logits) and
 ``agents.sb3.SB3Controller.load(path, algo)``.
@@ -80,6 +81,7 @@ CONTROLLERS: dict[str, Callable[..., Controller]] = {
     ),
     "ppo": _factory("agents.sb3:SB3Controller", "ppo", algo="ppo"),
     "a2c": _factory("agents.sb3:SB3Controller", "a2c", algo="a2c"),
+    "pbt": _factory("agents.pbt:PBTController", "pbt"),
     "adalfl": _factory("agents.adalfl:AdaLFLController", "adalfl"),
     "learnloss": _factory("agents.learnloss:LearnLossPhi", "learnloss"),
 }

@@ -10,7 +10,9 @@ which vmap updates in place per child, so each child keeps its own statistics.
 
 Child ``i`` seeded with ``s`` starts from exactly the weights and batch stream of ``ChildTrainer(data,
 config, s)``; the training arithmetic differs only in kernel choice (batched vs single matmuls), so
-results agree to floating-point tolerance, not bit for bit. It imports no gymnasium.
+results agree to floating-point tolerance, not bit for bit. A model that draws random numbers in its
+forward pass (dropout) cannot run under vmap's default randomness; the envs train such children
+sequentially (``ALAEnv.batchable``). It imports no gymnasium.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from ala_gym.core.data import BatchSampler, ClassBalancedSampler, ClassificationData, Split
 from ala_gym.core.losses import ParamLoss
 from ala_gym.core.metrics import Evaluation, Evaluator
+from ala_gym.core.models import ModelSpec, is_builtin
 from ala_gym.core.sgd import Tensors, sgd_step
 from ala_gym.core.trainer import ChildRecord, SequentialChildren, TrainConfig, resolve_evaluator, seed_streams
 
@@ -77,6 +80,14 @@ class BatchedTrainer:
             value[child].zero_()
         self.samplers[child] = self._sampler(seed)
         self.iterations[child] = 0
+
+    @torch.no_grad()
+    def copy_child(self, source: int, target: int) -> None:
+        """Child ``target`` takes ``source``'s weights, BatchNorm statistics and momentum buffers; its batch
+        stream and iteration count stay its own."""
+        for tensors in (self.params, self.buffers, self.momentum):
+            for value in tensors.values():
+                value[target].copy_(value[source])
 
     def _forward(self, params: dict, buffers: dict, inputs: torch.Tensor) -> torch.Tensor:
         return vmap(lambda p, b, x: functional_call(self._base, (p, b), (x,)))(params, buffers, inputs)
@@ -186,7 +197,7 @@ def _masked_copy(target: Tensors, active: Tensors, inactive: Tensors, mask: torc
         value.copy_(torch.where(mask.view(shape), active[name], inactive[name]))
 
 
-def default_train_mode(device: torch.device, model: str, num_children: int) -> str:
+def default_train_mode(device: torch.device, model: ModelSpec, num_children: int) -> str:
     """The faster path per device, model and number of children.
 
     On the CPU, ``benchmarks/throughput.py`` measured both paths (``benchmarks/results/throughput.md`` for
@@ -194,9 +205,11 @@ def default_train_mode(device: torch.device, model: str, num_children: int) -> s
     grouped ones that run slower than N ordinary convolutions, while the MLP gains from fewer, larger
     matmuls, so batched for the MLP only (``tests/test_vector.py`` checks this choice against those
     results). On a GPU, one vmapped launch for all children replaces N small ones: batched, by design
-    (not measured here). One child has nothing to batch: sequential.
+    (not measured here). One child has nothing to batch: sequential. A model of the user's trains
+    sequentially unless ``train_mode="batched"`` asks otherwise: vmap refuses what some modules do (random
+    draws such as dropout, data-dependent control flow, ``.item()``), and the sequential path runs anything.
     """
-    if num_children == 1:
+    if num_children == 1 or not is_builtin(model):
         return "sequential"
     if device.type == "cuda" or model == "mlp":
         return "batched"

@@ -9,6 +9,7 @@ form), and non-RL loss learners use the model, the batches and a loss hook. The 
 from __future__ import annotations
 
 import bisect
+import contextlib
 from functools import cached_property, partial
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,7 +22,9 @@ from ala_gym.core.checks import FLOAT32_MAX, check_int, check_optional_int, chec
 from ala_gym.core.data import BatchSampler, ClassBalancedSampler, ClassificationData, Split
 from ala_gym.core.losses import LossFn
 from ala_gym.core.metrics import ClassificationEvaluator, Evaluation, Evaluator
-from ala_gym.core.models import build_model
+from ala_gym.core.models import (
+    ModelError, ModelSpec, build_model, check_model_spec, draw_seed, is_builtin, model_name, seeded_global_rng,
+)
 from ala_gym.core.sgd import Tensors, sgd_step
 
 BatchHook = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
@@ -37,8 +40,9 @@ ChildRecord = Callable[[int, int, float, Evaluation], bool]
 class TrainConfig:
     """How a child is trained: model, momentum SGD and its step schedule."""
 
-    model: str = "mlp"
-    """Child model name (a key of ``ala_gym.core.models.MODELS``)."""
+    model: ModelSpec = "mlp"
+    """Child model: a name (a key of ``ala_gym.core.models.MODELS``) or a factory
+    ``(input_shape, num_outputs) -> nn.Module`` (``ala_gym.core.models.build_model``)."""
     total_iterations: int = 2000
     """SGD iterations of one full training run (the episode's budget)."""
     batch_size: int = 128
@@ -62,6 +66,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         # Normalise numpy scalars to Python numbers while checking, so that configs compare and print plainly.
         checked = {
+            "model": check_model_spec(self.model),
             "total_iterations": check_int("total_iterations", self.total_iterations, 1),
             "batch_size": check_int("batch_size", self.batch_size, 1),
             "lr": check_real("lr", self.lr, 0.0, FLOAT32_MAX, low_open=True),
@@ -92,10 +97,42 @@ class TrainConfig:
     def _milestone_iterations(self) -> list[float]:
         return [m * self.total_iterations for m in self.lr_milestones]
 
+    def outputs(self, data: ClassificationData) -> int:
+        """The model's output width on ``data``: one logit per class, or the embedding width."""
+        return data.num_classes if self.output_size is None else self.output_size
+
     def build_model(self, data: ClassificationData, seed: int) -> nn.Module:
         """This config's model for ``data``, its weights drawn from ``seed`` on the CPU."""
-        outputs = data.num_classes if self.output_size is None else self.output_size
-        return build_model(self.model, data.image_shape, outputs, torch.Generator().manual_seed(seed), data.device)
+        generator = torch.Generator().manual_seed(seed)
+        return build_model(self.model, data.image_shape, self.outputs(data), generator, data.device)
+
+    def probe_model(self, data: ClassificationData) -> nn.Module:
+        """This config's model for ``data`` (seed 0), run once in evaluation mode on two training inputs.
+
+        A model that cannot be built or run on ``data``'s inputs, or whose outputs are not ``[2, outputs]``,
+        is refused here with one ``ValueError`` line, not at the first reset or SGD step.
+        """
+        name, shape = model_name(self.model), data.image_shape
+        try:
+            model = self.build_model(data, 0)
+            with torch.no_grad():
+                outputs = model.eval()(data.normalize(data.train.images[:2]))
+        except ModelError:  # build_model's own checks say what is wrong already
+            raise
+        except Exception as exc:  # whatever a model does with inputs it was not made for
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise ValueError(
+                f"model {name} fails on inputs of shape {shape} with {self.outputs(data)} outputs: "
+                f"{type(exc).__name__}: {reason}"
+            ) from exc
+        expected = (2, self.outputs(data))
+        got = tuple(outputs.shape) if isinstance(outputs, torch.Tensor) else type(outputs).__name__
+        if got != expected:
+            raise ValueError(
+                f"model {name} returns {got} for a batch of 2 inputs of shape {shape}; expected a tensor of shape "
+                f"{expected} (one output per {'class' if self.output_size is None else 'embedding dimension'})"
+            )
+        return model
 
     def sampler(self, data: ClassificationData, seed: int) -> BatchSampler | ClassBalancedSampler:
         """This config's batch sampler for ``data``, drawing on the data's device from ``seed``."""
@@ -119,14 +156,20 @@ class ChildTrainer:
 
     All randomness comes from ``seed``: one generator initialises the weights (on the CPU, so a seed
     gives the same initial model on any device), one on the data's device draws batches and
-    augmentation.
+    augmentation. A model of the user's (not one of the package's, which draw nothing in their forward
+    pass) may draw random numbers there: dropout, ``F.dropout``, noise of its own. Its forward passes run
+    under torch's global generators forked and seeded with a seed drawn from a third, per-child generator
+    (:func:`ala_gym.core.models.seeded_global_rng`), so a seed gives the same run, and the global random
+    state is left alone.
     """
 
     def __init__(self, data: ClassificationData, config: TrainConfig, seed: int) -> None:
         self.data = data
         self.config = config
-        init_seed, batch_seed = seed_streams(seed, 2)
+        # The first two streams are those of seed_streams(seed, 2): the package's models train as before.
+        init_seed, batch_seed, forward_seed = seed_streams(seed, 3)
         self.model: nn.Module = config.build_model(data, init_seed)
+        self._forward_generator = None if is_builtin(config.model) else torch.Generator().manual_seed(forward_seed)
         # The parameters as a dict of the module's own tensors: sgd_step updates them in place.
         self.params: Tensors = dict(self.model.named_parameters())
         self._param_list = list(self.params.values())
@@ -151,7 +194,9 @@ class ChildTrainer:
         config = self.config
         self.lr = config.lr_at(self.iteration)
         inputs, labels = self.sampler.next()
-        loss = loss_fn(self.model(inputs), labels)
+        with self._forward_rng():
+            outputs = self.model(inputs)
+        loss = loss_fn(outputs, labels)
         grads = torch.autograd.grad(loss, self._param_list)
         with torch.no_grad():
             _, self.velocity = sgd_step(
@@ -163,6 +208,13 @@ class ChildTrainer:
         if on_batch is not None:
             on_batch(inputs, labels, loss)
         return loss
+
+    def _forward_rng(self) -> contextlib.AbstractContextManager[None]:
+        """Where a forward pass runs: as is for the package's models, under a seeded fork of the global
+        generators (a fresh seed per pass, from the child's own generator) for a user's model."""
+        if self._forward_generator is None:
+            return contextlib.nullcontext()
+        return seeded_global_rng(draw_seed(self._forward_generator), self.device)
 
     def train(self, iterations: int, loss_fn: LossFn, on_batch: BatchHook | None = None) -> float:
         """Run ``iterations`` SGD iterations; return their mean loss (NaN/inf if training diverged).
@@ -195,7 +247,8 @@ class ChildTrainer:
         """Model outputs for every image of ``split``, in evaluation mode."""
         self.model.eval()
         step = self.config.eval_batch_size
-        outputs = [self.model(self.data.normalize(split.images[i : i + step])) for i in range(0, len(split), step)]
+        with self._forward_rng():  # a user's model may draw even in evaluation mode (Monte Carlo dropout)
+            outputs = [self.model(self.data.normalize(split.images[i : i + step])) for i in range(0, len(split), step)]
         return torch.cat(outputs)
 
     def evaluate(self, split: Split, evaluator: Evaluator | str = "error") -> Evaluation:
@@ -222,6 +275,16 @@ class SequentialChildren:
 
     def reset_child(self, child: int, seed: int) -> None:
         self.trainers[child] = ChildTrainer(self.data, self.config, seed)
+
+    @torch.no_grad()
+    def copy_child(self, source: int, target: int) -> None:
+        """Child ``target`` takes ``source``'s weights, BatchNorm statistics and momentum buffers (copied, not
+        shared); its batch stream and iteration count stay its own."""
+        donor, taker = self.trainers[source], self.trainers[target]
+        taken = taker.model.state_dict()
+        for name, value in donor.model.state_dict().items():
+            taken[name].copy_(value)
+        taker.velocity = None if donor.velocity is None else {k: v.clone() for k, v in donor.velocity.items()}
 
     def evaluate(self, split: Split, children: list[int], evaluator: Evaluator | str = "error") -> list[Evaluation]:
         return [self.trainers[i].evaluate(split, evaluator) for i in children]

@@ -9,6 +9,8 @@ metric learning) loads its data, builds its evaluator and names its task (:meth:
 
 from __future__ import annotations
 
+import copy
+import inspect
 import multiprocessing
 from abc import abstractmethod
 from typing import Any
@@ -19,11 +21,14 @@ import torch
 from gymnasium import spaces
 
 from ala_gym.core.checks import check_int, check_optional_int
-from ala_gym.core.data import ClassificationData, Split, load_dataset, resolve_device
+from ala_gym.core.data import LOADERS, ClassificationData, Split, UserData, from_user_data, load_dataset, resolve_device
 from ala_gym.core.metrics import Evaluation, Evaluator
 from ala_gym.core.trainer import ChildTrainer, TrainConfig
 from ala_gym.envs.episode import CHANGE_CLIP, Episode, EpisodeSettings
 from ala_gym.envs.task import N_ACTIONS, LossTask
+
+STATE_KEY = "ala_gym_env_state"  # marks a dict as one of ALAEnv.get_state's
+
 
 class ALAEnv(gym.Env):
     """A child's training run as an episode; subclasses set the data, the evaluator and the task.
@@ -34,7 +39,8 @@ class ALAEnv(gym.Env):
 
     metadata = {"render_modes": [], "render_fps": 4}
     batchable = True
-    """Whether the vector env may train this env's children in one ``vmap`` (``train_mode="batched"``)."""
+    """Whether the vector env may train this env's children in one ``vmap`` (``train_mode="batched"``): not
+    with a loss that samples, nor with a model holding dropout-like layers (an instance then sets it False)."""
     data: ClassificationData
     train_config: TrainConfig
     evaluator: Evaluator
@@ -98,6 +104,26 @@ class ALAEnv(gym.Env):
         self._closed = True
         super().close()
 
+    def get_state(self) -> dict[str, Any]:
+        """A copy of all that the rest of the episode depends on: the child (weights, momentum, BatchNorm
+        statistics, batch stream, iteration), the episode (statistics history, metrics, Phi) and the env's
+        generator. :meth:`set_state` restores it; the run then continues bit for bit as it did after this call,
+        however often it is restored. The dataset is shared, not copied."""
+        if self.trainer is None:
+            raise RuntimeError("nothing to save before reset()")
+        state = (self.trainer, self.episode, self.np_random, self._last_info)
+        return {STATE_KEY: copy.deepcopy(state, memo={id(self.data): self.data})}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restore a state of :meth:`get_state` (the state itself is left as it was, to restore again)."""
+        if not isinstance(state, dict) or STATE_KEY not in state:
+            raise ValueError("state must be a dict returned by this env's get_state()")
+        if self._closed:
+            raise RuntimeError("this env is closed: make a new one with gym.make(...)")
+        self.trainer, self.episode, self.np_random, self._last_info = copy.deepcopy(
+            state[STATE_KEY], memo={id(self.data): self.data}
+        )
+
     def evaluate_split(self, split: str) -> Evaluation:
         """The current child's :class:`ala_gym.core.metrics.Evaluation` on the full ``"val"`` or ``"test"`` split."""
         assert self.trainer is not None
@@ -117,18 +143,30 @@ class ALAEnv(gym.Env):
 
 
 def load_env_dataset(
-    dataset: str, *, data_root: str | None, download: bool, val_size: int | None, split_seed: int, device: str
-) -> ClassificationData:
-    """An env's dataset (loaded once per process by :func:`ala_gym.core.data.load_dataset`), given only the
-    keywords its loader takes: ``data_root`` (not for digits), ``download`` (CIFAR-10), ``val_size`` when set."""
+    dataset: str | UserData, *, data_root: str | None, download: bool, val_size: int | None, split_seed: int,
+    device: str,
+) -> ClassificationData:  # fmt: skip
+    """An env's dataset. A name is loaded once per process by :func:`ala_gym.core.data.load_dataset`, given
+    only the keywords its loader takes: ``data_root`` (not digits'), ``download`` (CIFAR-10's), ``val_size``
+    when set. Data of one's own goes through :func:`ala_gym.core.data.from_user_data`."""
     device = resolve_device(device)  # first: a bad device is named before any data is read
-    loader_kwargs: dict[str, Any] = {"split_seed": check_int("split_seed", split_seed, 0)}
-    if dataset != "digits" and data_root is not None:
+    split_seed = check_int("split_seed", split_seed, 0)
+    val_size = check_optional_int("val_size", val_size, 1)
+    if not isinstance(dataset, str):
+        if data_root is not None:
+            raise ValueError(
+                "data_root names a registered dataset's folder; it does not apply to data given as arrays or Datasets"
+            )
+        return from_user_data(dataset, val_size=val_size, split_seed=split_seed, device=device)
+    # A loader's own keywords; an unknown name is left to load_dataset, which names the choices.
+    accepted = inspect.signature(LOADERS[dataset]).parameters if dataset in LOADERS else {}
+    loader_kwargs: dict[str, Any] = {"split_seed": split_seed}
+    if data_root is not None and "data_root" in accepted:
         loader_kwargs["data_root"] = data_root
-    if dataset == "cifar10":
+    if "download" in accepted:
         loader_kwargs["download"] = download
     if val_size is not None:
-        loader_kwargs["val_size"] = check_int("val_size", val_size, 1)
+        loader_kwargs["val_size"] = val_size
     return load_dataset(dataset, device=device, **loader_kwargs)
 
 

@@ -199,6 +199,15 @@ class Episode:
         extra = self.task.final_info(evaluations["test"])
         return {"test_metric": final("test"), "final_val_metric": final("val"), **extra}
 
+    def adopt(self, other: Episode) -> None:
+        """Take ``other``'s record of the run (statistics history, moving average, last metrics), as when a
+        child takes another's weights (population-based training): its next reward and observation then
+        continue from the state it now has. The task (loss and its values) stays this episode's."""
+        self._history = deque((row.copy() for row in other._history), maxlen=self.settings.history)
+        self._moving_average = other._moving_average.copy()
+        self._last_metric = other._last_metric
+        self._last_row_metric = other._last_row_metric.copy()
+
     # ---------------------------------------------------------------- observation and info
     def _observation(self, iteration: int, change: np.ndarray | None = None) -> np.ndarray:
         rows = self.task.rows

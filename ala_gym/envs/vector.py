@@ -179,6 +179,25 @@ class ALAVectorEnv(VectorEnv):
         self._needs_reset = (terminations | truncations) & (self.metadata["autoreset_mode"] == AutoresetMode.NEXT_STEP)
         return observations, rewards, terminations, truncations, infos
 
+    def copy_child(self, source: int, target: int) -> None:
+        """Give child ``target`` the state of child ``source``: weights, momentum buffers, BatchNorm statistics
+        and its episode's statistics (population-based training's exploit step). ``target`` keeps its own
+        batch order, Phi, generator and step count; both must be running (same iteration)."""
+        check_open(self)
+        if self._children is None:
+            raise RuntimeError("call reset() before copy_child()")
+        for name, child in (("source", source), ("target", target)):
+            if not 0 <= child < self.num_envs:
+                raise ValueError(f"{name} must be a child index in [0, {self.num_envs}), got {child}")
+        iterations = self._children.iterations
+        if iterations[source] != iterations[target]:
+            raise ValueError(
+                f"children {source} and {target} are at iterations {iterations[source]} and {iterations[target]}: "
+                "copy only between children at the same point of training"
+            )
+        self._children.copy_child(source, target)
+        self.episodes[target].adopt(self.episodes[source])
+
     def close_extras(self, **kwargs: Any) -> None:
         self._children = None  # the children's weights and batches; a later reset or step raises
 

@@ -1,0 +1,98 @@
+"""Population-based training over the vector env, and the env capabilities it rests on: copying one child's
+state into another, saving and restoring a single env's state bit for bit."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import agents
+from agents.pbt import PBTConfig, PBTController
+
+TINY = dict(total_iterations=60, steps_per_action=10, batch_size=32, eval_points=2, eval_stride=5, val_subsample=200,
+            device="cpu")  # fmt: skip
+KEEP = np.ones(55, dtype=np.int64)
+
+
+def _trace(env: gym.Env, steps: int) -> list:
+    out = []
+    for k in range(steps):
+        observation, reward, terminated, _, info = env.step((np.arange(55) + k) % 3)
+        out.append((observation, reward, terminated, info["val_metric"], info["train_loss"], info["phi"]))
+    return out
+
+
+def _same(first: list, second: list) -> bool:
+    return all(
+        np.array_equal(a[0], b[0]) and a[1:5] == b[1:5] and np.array_equal(a[5], b[5]) for a, b in zip(first, second)
+    )
+
+
+def test_a_single_env_state_restores_bit_for_bit() -> None:
+    env = gym.make("ALA-Digits-v0", **TINY).unwrapped
+    env.reset(seed=3)
+    env.step(np.full(55, 2))
+    state = env.get_state()
+    ahead = _trace(env, 3)
+    env.set_state(state)
+    again = _trace(env, 3)
+    assert _same(ahead, again)
+    env.set_state(state)  # a state is not consumed: restoring twice gives the same run again
+    assert _same(ahead, _trace(env, 3))
+    with pytest.raises(ValueError, match="get_state"):
+        env.set_state({"something": "else"})
+
+
+@pytest.mark.parametrize("train_mode", ["sequential", "batched"])
+def test_copy_child_gives_the_target_the_sources_weights_and_statistics(train_mode: str) -> None:
+    envs = gym.make_vec("ALA-Digits-v0", num_envs=3, train_mode=train_mode, **TINY)
+    envs.reset(seed=0)
+    envs.step(np.ones((3, 55), dtype=np.int64))
+    envs.unwrapped.copy_child(0, 2)
+    children = envs.unwrapped._children
+    if train_mode == "sequential":
+        source, target = children.trainers[0], children.trainers[2]
+        for name, value in source.model.state_dict().items():
+            assert torch.equal(value, target.model.state_dict()[name]), name
+        assert all(torch.equal(a, b) for a, b in zip(source.velocity.values(), target.velocity.values()))
+    else:
+        for tensors in (children.params, children.buffers, children.momentum):
+            for name, value in tensors.items():
+                assert torch.equal(value[0], value[2]), name
+    # Same weights, but each child keeps its own batch order: the next step trains them apart again.
+    _, _, _, _, infos = envs.step(np.ones((3, 55), dtype=np.int64))
+    assert infos["train_loss"][0] != infos["train_loss"][2]
+    with pytest.raises(ValueError, match="child index"):
+        envs.unwrapped.copy_child(0, 5)
+    envs.close()
+
+
+def test_pbt_runs_exploits_and_explores_on_a_tiny_budget(global_rng_unchanged) -> None:
+    controller = agents.CONTROLLERS["pbt"](num_envs=4, config=PBTConfig(interval=2, quantile=0.25))
+    envs = controller.make_envs("ALA-Digits-v0", **TINY)
+    copies = []
+    original = envs.unwrapped.copy_child
+    envs.unwrapped.copy_child = lambda source, target: (copies.append((source, target)), original(source, target))
+    logs = []
+    with global_rng_unchanged():
+        records = controller.run(envs, seed=1, on_step=lambda step, entry: logs.append(entry))
+    envs.close()
+    assert len(records) == 4 and all(np.isfinite(r.test_metric) for r in records)
+    assert copies and all(source != target for source, target in copies)
+    # Each child trains under Phi = I + u: one value off the diagonal, inside the bounds.
+    for record in records:
+        phi = np.array(record.phi[-1])
+        off = phi[~np.eye(10, dtype=bool)]
+        assert np.allclose(off, off[0]) and -0.2 <= off[0] <= 0.2 and np.allclose(np.diag(phi), 1.0)
+    assert any("pbt_round" in entry for entry in logs)
+
+
+def test_pbt_refuses_a_population_of_one_and_bad_settings() -> None:
+    with pytest.raises(ValueError, match="at least 2 children"):
+        PBTController(num_envs=1)
+    with pytest.raises(ValueError):
+        PBTConfig(quantile=0.75)
+    with pytest.raises(ValueError):
+        PBTConfig(initial_range=(-0.5, 0.1))
