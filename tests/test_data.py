@@ -391,3 +391,22 @@ def test_read_only_cache_folder_is_named(
     monkeypatch.setattr(tempfile, "NamedTemporaryFile", refuse)
     with pytest.raises(DataError, match=rf"{isolated_cache}.*Permission denied.*set ALA_GYM_CACHE .*writable folder"):
         load_fashion_mnist(data_root=tiny_fashion_mnist_dir, val_size=40)
+
+
+def test_training_subset_keeps_a_seeded_part_of_the_training_split() -> None:
+    import gymnasium as gym
+
+    from ala_gym.core.data import training_subset
+
+    data = load_digits()
+    small = training_subset(data, 200, seed=0)
+    assert len(small.train) == 200 and small.val is data.val and small.test is data.test
+    assert torch.equal(small.train.labels, training_subset(data, 200, seed=0).train.labels)
+    assert not torch.equal(small.train.images, training_subset(data, 200, seed=1).train.images)
+    assert training_subset(data, None, seed=0) is data and training_subset(data, 10**6, seed=0) is data
+    with pytest.raises(ValueError, match="no training sample of classes"):
+        training_subset(data, 3, seed=0)
+    with pytest.raises(ValueError, match="train_size must be an integer"):
+        training_subset(data, 2.5, seed=0)
+    env = gym.make("ALA-Digits-v0", train_size=300, total_iterations=4, steps_per_action=2, device="cpu").unwrapped
+    assert len(env.data.train) == 300

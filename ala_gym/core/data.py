@@ -37,6 +37,8 @@ from typing import Any, Union
 
 import numpy as np
 import torch
+
+from ala_gym.core.checks import check_optional_int
 from torch.utils.data import Dataset
 
 FASHION_MNIST_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -776,6 +778,20 @@ def _dataset_tensors(dataset: Dataset, which: str) -> tuple[torch.Tensor, torch.
                 f"dataset: the {which} Dataset's {kind} come in several shapes ({shapes[:3]}); they need one"
             )
     return torch.stack(inputs), torch.stack(labels)
+
+
+def training_subset(data: ClassificationData, size: int | None, seed: int) -> ClassificationData:
+    """``data`` with ``size`` of its training samples, drawn from ``seed`` (all of them for None or a size at
+    least the split's); validation, test and normalisation statistics unchanged. The tensors are shared."""
+    size = check_optional_int("train_size", size, 1)
+    if size is None or size >= len(data.train):
+        return data
+    order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(seed + 3))[:size]
+    train = data.train.subset(order.to(data.train.labels.device))
+    missing = sorted(set(range(data.num_classes)) - set(torch.unique(train.labels).tolist()))
+    if missing:
+        raise ValueError(f"train_size={size} leaves no training sample of classes {missing}; choose a larger train_size")
+    return replace(data, train=train)
 
 
 def class_disjoint(

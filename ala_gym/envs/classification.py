@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ala_gym.core.checks import check_real
-from ala_gym.core.data import ClassificationData, UserData
+from ala_gym.core.data import ClassificationData, training_subset, UserData
 from ala_gym.core.losses import LOSS_FORMS, check_phi
 from ala_gym.core.metrics import METRICS, ClassificationEvaluator
 from ala_gym.core.models import ModelSpec, draws_randomness
@@ -110,7 +110,10 @@ class ALAClassificationEnv(ALAEnv):
     * ``dataset``: ``"digits"``, ``"fashion-mnist"``, ``"cifar10"`` or a name given to
       ``ala_gym.core.data.register_dataset``; ``data_root``, ``download`` and ``val_size`` go to its loader
       (``ala_gym.core.data``), ``split_seed`` fixes the train/validation split and the validation subsample
-      (not the child's seed). Data of one's own as arrays or Datasets: see
+      (not the child's seed). ``train_size`` keeps that many of the training images (a subset drawn from
+      ``split_seed``; None keeps them all): less data to fit, so that a long run overfits, the regime where the
+      loss's regularisation shows; normalisation statistics stay those of the full training split. Data of one's
+      own as arrays or Datasets: see
       :class:`ala_gym.envs.generic.ALAGenericClassificationEnv` (``ALA-Classification-v0``).
     * ``model``: a name (``"mlp"``, ``"small_cnn"``, ``"resnet20"``, ``"resnet32"`` or one given to
       ``ala_gym.core.models.register_model``) or a factory ``(input_shape, num_outputs) -> nn.Module``;
@@ -151,6 +154,7 @@ class ALAClassificationEnv(ALAEnv):
         download: bool = True,
         val_size: int | None = None,
         split_seed: int = 0,
+        train_size: int | None = None,
         model: ModelSpec = "mlp",
         total_iterations: int = 2000,
         steps_per_action: int = 50,
@@ -206,8 +210,12 @@ class ALAClassificationEnv(ALAEnv):
             lr_milestones=lr_milestones,
             lr_decay=lr_decay,
         )
-        self.data: ClassificationData = load_env_dataset(
-            dataset, data_root=data_root, download=download, val_size=val_size, split_seed=split_seed, device=device
+        self.data: ClassificationData = training_subset(
+            load_env_dataset(
+                dataset, data_root=data_root, download=download, val_size=val_size, split_seed=split_seed, device=device
+            ),
+            train_size,
+            split_seed,
         )
         # Refuse a model that does not fit the data now; vmap cannot batch the random draws of dropout-like layers.
         self.batchable = not draws_randomness(self.train_config.probe_model(self.data))
