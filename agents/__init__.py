@@ -66,6 +66,7 @@ CONTROLLERS: dict[str, Callable[..., Controller]] = {
     "fixed-loss": _factory("agents.baselines:FixedPhi", "fixed-loss", loss_form="fixed"),
     "phi-init": _factory("agents.baselines:FixedPhi", "phi-init", loss_form=None),
     "confusion": _factory("agents.baselines:ConfusionPhi", "confusion"),
+    "online-smoothing": _factory("agents.baselines:OnlineSmoothingPhi", "online-smoothing"),
     "reinforce": _factory("agents.reinforce:ReinforceController", "reinforce", num_envs=1),
     "reinforce-multi": _factory("agents.reinforce:ReinforceController", "reinforce-multi", num_envs=10),
     "reinforce-frozen": _factory(

@@ -9,6 +9,8 @@
 * ``confusion``: "the prediction confusion matrix (Equation 7) as Phi_t".
 * ``label-smoothing``: cross-entropy with label smoothing 0.1, written as a fixed Phi.
 * ``phi-uniform``: Phi = I plus one small positive value on every off-diagonal entry, held fixed.
+* ``online-smoothing``: online label smoothing (Zhang et al., IEEE TIP 2021): Phi recomputed before every
+  step from the child's own correct predictions, no controller.
 
 All act "no change" (action 1 on every pair); all but the first four impose Phi through
 :meth:`Controller.prescribe_phi` before every step. Each child is independent: ``num_envs`` children are
@@ -121,3 +123,29 @@ class ConfusionPhi(FixedPhi):
         phi = np.clip((probabilities + np.swapaxes(probabilities, -1, -2)) / 2, -1.0, 1.0)
         phi[..., np.arange(phi.shape[-1]), np.arange(phi.shape[-1])] = 1.0
         return phi
+
+
+class OnlineSmoothingPhi(FixedPhi):
+    """Online label smoothing (Zhang et al., IEEE TIP 2021) as Phi, recomputed before every step.
+
+    The paper keeps, per class ``y``, the mean predicted distribution ``S_y`` over the training samples of
+    ``y`` that the model classified correctly in the last epoch, and trains on ``alpha`` times the hard label
+    plus ``1 - alpha`` times ``S_y``. Here ``S`` is the env's ``infos["soft_labels"]``, from the correctly
+    classified samples of the validation subsample at the last evaluation (the statistics the env reports;
+    an overfitting child's training predictions are near one-hot, which would leave plain cross-entropy), and
+    Phi is ``alpha I + (1 - alpha) (S + S^T) / 2``: symmetrised, because Phi must be symmetric. Under the
+    linear Eq. 6 that is the paper's loss with ``S`` symmetrised. ``alpha = 0.5`` is the paper's default.
+    """
+
+    name = "online-smoothing"
+
+    def __init__(self, alpha: float = 0.5, num_envs: int = 1) -> None:
+        super().__init__("linear", num_envs)
+        if not 0 <= alpha <= 1:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        self.alpha = alpha
+
+    def prescribe_phi(self, observations: np.ndarray, infos: dict) -> np.ndarray:
+        soft = np.asarray(infos["soft_labels"], dtype=np.float64)
+        symmetric = (soft + np.swapaxes(soft, -1, -2)) / 2
+        return np.clip(self.alpha * np.eye(soft.shape[-1]) + (1 - self.alpha) * symmetric, -1.0, 1.0)

@@ -84,10 +84,11 @@ def metric_learning_preset(env: str, name: str) -> dict[str, Any]:
     )
 
 
-# The long-horizon presets' rows and budget: the oracles, the online learner with per-step and with episodic
-# credit, its frozen initial policy and population-based training, all on the same 10 children per seed.
+# The long-horizon presets' rows and budget: the oracles, online label smoothing, the online learner with
+# per-step and with episodic credit, its frozen initial policy and population-based training, all on the same
+# 10 children per seed.
 LONG_HORIZON_ROWS = (
-    "ce,oracle-phi,oracle-smoothing,reinforce-frozen,reinforce-multi,"
+    "ce,oracle-phi,oracle-smoothing,online-smoothing,reinforce-frozen,reinforce-multi,"
     "reinforce-multi(episodic_weight=1.0;warmup_runs=2),pbt"
 )
 LONG_HORIZON_BUDGET = dict(total_iterations=2000, steps_per_action=20, eval_points=2, eval_stride=5, val_subsample=1000)
@@ -128,7 +129,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # regularising loss pays. The oracles and every credit of ReinforceConfig on the same 10 children per seed.
     "digits-long": dict(
         env="ALA-Digits-v0",
-        controllers="ce,phi-uniform,oracle-phi,oracle-smoothing,reinforce-frozen,reinforce-multi,"
+        controllers="ce,phi-uniform,oracle-phi,oracle-smoothing,online-smoothing,reinforce-frozen,reinforce-multi,"
         "reinforce-multi(return_horizon=10),reinforce-multi(return_horizon=25),"
         "reinforce-multi(episodic_weight=1.0;warmup_runs=2),reinforce-multi(episodic_weight=0.5;warmup_runs=2),pbt",
         seeds=5,

@@ -320,3 +320,20 @@ def test_phi_stats():
     phi[0, 1] = phi[1, 0] = -0.5
     stats = phi_stats(phi[None])
     assert stats["phi_max_offdiag"] == 0.5 and np.isclose(stats["phi_drift"], np.sqrt(0.5) / 4)
+
+
+def test_online_smoothing_prescribes_alpha_identity_plus_the_symmetrised_soft_labels() -> None:
+    from agents.baselines import OnlineSmoothingPhi
+
+    soft = np.array([[[0.8, 0.2, 0.0], [0.1, 0.9, 0.0], [0.0, 0.0, 1.0]]])
+    phi = OnlineSmoothingPhi(alpha=0.5).prescribe_phi(np.zeros((1, 6, 24)), {"soft_labels": soft})
+    expected = 0.5 * np.eye(3) + 0.5 * np.array([[0.8, 0.15, 0.0], [0.15, 0.9, 0.0], [0.0, 0.0, 1.0]])
+    np.testing.assert_allclose(phi[0], expected)
+    controller = agents.CONTROLLERS["online-smoothing"](num_envs=2)
+    envs = controller.make_envs("ALA-Digits-v0", total_iterations=40, steps_per_action=20, device="cpu")
+    records = controller.run(envs, seed=0)
+    envs.close()
+    final = np.array(records[0].phi[-1])
+    assert np.allclose(final, final.T) and 0.5 <= np.diag(final).min() <= 1.0 and final[~np.eye(10, dtype=bool)].max() > 0
+    with pytest.raises(ValueError, match="alpha"):
+        OnlineSmoothingPhi(alpha=1.5)

@@ -143,3 +143,16 @@ def test_discounted_metric() -> None:
     assert discounted_metric([0.4], [0], gamma) == pytest.approx(0.4)
     assert discounted_metric([0.2, 0.6], [5, 5], gamma) == pytest.approx(0.4)  # equal offsets: plain mean
     assert discounted_metric([1.0, 0.0], [1, 0], 1.0) == pytest.approx(0.5)
+
+
+def test_correct_soft_labels_average_the_correct_predictions_of_each_class() -> None:
+    from ala_gym.core.metrics import correct_soft_labels
+
+    logits = torch.tensor([[2.0, 0.0, 0.0], [1.0, 0.5, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 1.0]])
+    labels = torch.tensor([0, 0, 0, 1])  # sample 2 (class 0) is wrong, sample 3 (class 1) is wrong, class 2 absent
+    soft = correct_soft_labels(logits, labels, 3)
+    probs = torch.softmax(logits, dim=1)
+    torch.testing.assert_close(soft[0], (probs[0] + probs[1]) / 2)
+    torch.testing.assert_close(soft[1], torch.tensor([0.0, 1.0, 0.0]))  # no correct sample: one-hot
+    torch.testing.assert_close(soft[2], torch.tensor([0.0, 0.0, 1.0]))
+    assert torch.allclose(soft.sum(dim=1), torch.ones(3))

@@ -116,6 +116,18 @@ def confusion_statistics(logits: torch.Tensor, labels: torch.Tensor, num_classes
     return torch.where(counts[:, None] > 0, stats, torch.full_like(stats, float(np.log(num_classes))))
 
 
+def correct_soft_labels(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``S[i]`` = mean predicted distribution over the samples of class ``i`` that the model classifies
+    correctly (the soft labels of online label smoothing, Zhang et al., IEEE TIP 2021); a class with no
+    correct sample gets its one-hot row."""
+    probs = F.softmax(logits.float(), dim=1)
+    correct = (probs.argmax(dim=1) == labels).float()
+    sums = torch.zeros(num_classes, num_classes, device=logits.device).index_add_(0, labels, probs * correct[:, None])
+    counts = torch.zeros(num_classes, device=logits.device).index_add_(0, labels, correct)
+    one_hot = torch.eye(num_classes, device=logits.device)
+    return torch.where(counts[:, None] > 0, sums / counts.clamp_min(1.0)[:, None], one_hot)
+
+
 def class_metric(logits: torch.Tensor, labels: torch.Tensor, confusion: torch.Tensor, metric: str) -> torch.Tensor:
     """The metric restricted to each class (``[C]``): per-class error or accuracy, per-class NLL (the diagonal
     of the Eq. 7 statistics), or for ``"aucpr"`` each class's one-vs-rest average precision, which ranks all
@@ -139,7 +151,8 @@ class Evaluation:
     metric: float
     higher_is_better: bool
     statistics: dict[str, Any] = field(default_factory=dict)
-    """Named statistics; classification: ``"error"``, ``"nll"`` (floats) and ``"confusion"`` (``C x C``, Eq. 7)."""
+    """Named statistics; classification: ``"error"``, ``"nll"`` (floats), ``"confusion"`` (``C x C``, Eq. 7) and
+    ``"soft_labels"`` (``C x C``, :func:`correct_soft_labels`)."""
     class_metric: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     @property
@@ -181,7 +194,8 @@ class ClassificationEvaluator:
         confusion = confusion_statistics(logits, labels, num_classes)
         scalars = torch.stack([self.metric.fn(logits, labels), error_rate(logits, labels), mean_nll(logits, labels)])
         per_class = class_metric(logits, labels, confusion, self.name)
-        packed = torch.cat([scalars, confusion.flatten(), per_class]).double().cpu().numpy()
+        soft_labels = correct_soft_labels(logits, labels, num_classes)
+        packed = torch.cat([scalars, confusion.flatten(), soft_labels.flatten(), per_class]).double().cpu().numpy()
         squared = num_classes * num_classes
         return Evaluation(
             metric=float(packed[0]),
@@ -190,8 +204,9 @@ class ClassificationEvaluator:
                 "error": float(packed[1]),
                 "nll": float(packed[2]),
                 "confusion": packed[3 : 3 + squared].reshape(num_classes, num_classes),
+                "soft_labels": packed[3 + squared : 3 + 2 * squared].reshape(num_classes, num_classes),
             },
-            class_metric=packed[3 + squared :],
+            class_metric=packed[3 + 2 * squared :],
         )
 
 

@@ -88,7 +88,7 @@ class ClassPairTask(LossTask):
         return self.pair_weights @ evaluation.class_metric
 
     def info(self, evaluation: Evaluation) -> dict[str, Any]:
-        return {"phi": self.phi, "confusion": evaluation.confusion}
+        return {"phi": self.phi, "confusion": evaluation.confusion, "soft_labels": evaluation.statistics["soft_labels"]}
 
 
 def check_pair_phi(value: Any, num_classes: int) -> np.ndarray:

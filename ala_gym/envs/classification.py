@@ -97,7 +97,9 @@ class ALAClassificationEnv(ALAEnv):
 
     ``info`` always carries ``val_metric`` and ``val_loss`` (subsample, at the step's last iteration),
     ``val_metric_discounted`` (``M_t``), ``train_loss`` (mean loss under Phi over the step), ``iteration``,
-    ``phi`` (``C x C``), ``confusion`` (the raw Eq. 7 statistics), ``diverged`` and ``row_improvement``:
+    ``phi`` (``C x C``), ``confusion`` (the raw Eq. 7 statistics), ``soft_labels`` (``C x C``: row ``i`` the mean
+    predicted distribution over the correctly classified validation samples of class ``i``, one-hot where none
+    is; the soft labels of online label smoothing), ``diverged`` and ``row_improvement``:
     per class pair ``(i, j)``, the improvement of the discounted validation metric (Eq. 4) restricted to the
     validation samples of classes ``i`` and ``j`` (``i`` alone on the diagonal), from the last step to this
     one: the credit of each pair's own decision, for controllers that want it (zero at reset and on
