@@ -10,7 +10,8 @@ writes under ``benchmarks/results/<name>/``:
   it has finished, atomically, so an interrupted comparison resumes where it stopped: finished runs
   are skipped, nothing written is lost. A run file that is not a whole run (cut short, edited) is a
   cache miss: a warning says so, and the run is run again.
-* ``results.json``: all runs together; ``table.md``: mean +- std of the test metric over seeds, wall
+* ``results.json``: all runs together (each child's Phi at 4 of its steps and every step's mean off-diagonal
+  entry: :func:`compact_run`); ``table.md``: mean +- std of the test metric over seeds, wall
   time and its ratio to cross-entropy; ``val_metric.png``; ``phi_<controller>.png`` heatmaps.
 
 ``runs/`` is not committed; the runs of a committed ``results.json`` count as finished too, so the
@@ -330,13 +331,43 @@ def build_controller(spec: str, children: int | None = None, baseline_children: 
     return controller
 
 
-def write_json(path: Path, payload: Any) -> None:
+PHI_STEPS_KEPT = 4
+"""Steps of a child's Phi matrix that ``results.json`` keeps (the first, the last and two between); ``runs/``
+keeps every step."""
+
+
+def compact_run(run: dict) -> dict:
+    """``run`` as ``results.json`` keeps it: per child, Phi at :data:`PHI_STEPS_KEPT` evenly spaced steps
+    (``phi``, with their indices in ``phi_steps``) and every step's mean off-diagonal entry
+    (``phi_off_diagonal``), validation curves to 6 decimals. Every step of every matrix would take a hundred
+    times the room; the run files under ``runs/``, which the command writes again, keep them."""
+    children = []
+    for child in run["children"]:
+        phi = child["phi"]
+        if "phi_steps" in child or not phi or np.ndim(phi[-1]) != 2:  # compact already, or no Eq. 6 matrix
+            children.append(child)
+            continue
+        picks = sorted({int(i) for i in np.linspace(0, len(phi) - 1, PHI_STEPS_KEPT).round()})
+        matrices = np.asarray(phi, dtype=np.float64)
+        off_diagonal = ~np.eye(matrices.shape[-1], dtype=bool)
+        children.append({
+            **child,
+            "val_metric": np.round(child["val_metric"], 6).tolist(),
+            "phi": [phi[i] for i in picks],
+            "phi_steps": picks,
+            "phi_off_diagonal": matrices[:, off_diagonal].mean(axis=1).round(6).tolist(),
+        })  # fmt: skip
+    return {**run, "children": children}
+
+
+def write_json(path: Path, payload: Any, indent: int | None = 1) -> None:
     """Write atomically: a crash mid-write never leaves a truncated result behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
     # A temporary name of its own: two processes finishing one comparison may write results.json at once.
     with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
         # default=str: env keywords such as gymnasium's AutoresetMode are recorded by name.
-        tmp.write(json.dumps(payload, indent=1, default=str))
+        separators = (",", ":") if indent is None else None
+        tmp.write(json.dumps(payload, indent=indent, separators=separators, default=str))
     os.replace(tmp.name, path)
 
 
@@ -662,7 +693,8 @@ def plot(runs: list[dict], controllers: list[str], out: Path, metric: str = "err
         mine = [r for r in runs if r["controller"] == name and build_controller(name).learned and r["children"][0]["phi"]]
         if not mine:
             continue
-        phis = np.array(sorted(mine, key=lambda r: r["seed"])[0]["children"][0]["phi"])
+        child = sorted(mine, key=lambda r: r["seed"])[0]["children"][0]
+        phis = np.array(child["phi"])
         if phis.ndim == 2:  # one vector of loss parameters per step (metric learning): one panel, steps across
             fig, ax = plt.subplots(figsize=(7, 3))
             image = ax.imshow(phis.T, aspect="auto", cmap="viridis")
@@ -673,15 +705,20 @@ def plot(runs: list[dict], controllers: list[str], out: Path, metric: str = "err
             fig.savefig(out / f"phi_{name}.png", dpi=100)
             plt.close(fig)
             continue
-        picks = np.unique(np.linspace(0, len(phis) - 1, 4).round().astype(int))
+        # A run file has every step, results.json the kept ones (compact_run): draw 4 either way.
+        steps = child.get("phi_steps", list(range(len(phis))))
+        picks = range(len(phis)) if "phi_steps" in child else np.unique(np.linspace(0, len(phis) - 1, 4).round().astype(int))
+        # Phi - I on a symmetric scale fitted to the drawn steps: moves of a few hundredths stay visible.
+        offsets = phis - np.eye(phis.shape[-1])
+        scale = max(float(np.abs(offsets[list(picks)]).max()), 1e-3)
         fig, axes = plt.subplots(1, len(picks), figsize=(3.2 * len(picks), 3))
         for ax, index in zip(np.atleast_1d(axes), picks):
-            image = ax.imshow(phis[index], vmin=-1, vmax=1, cmap="RdBu_r")
-            ax.set_title(f"step {index + 1}")
+            image = ax.imshow(offsets[index], vmin=-scale, vmax=scale, cmap="RdBu_r")
+            ax.set_title(f"step {steps[index] + 1}")
             ax.set_xticks([])
             ax.set_yticks([])
         fig.colorbar(image, ax=axes, shrink=0.8)
-        fig.suptitle(f"Phi over training: {name} (first seed, child 0)")
+        fig.suptitle(f"Phi - I over training: {name} (first seed, child 0)")
         fig.savefig(out / f"phi_{name}.png", dpi=100)
         plt.close(fig)
 
@@ -900,7 +937,8 @@ def compare(
     }
     if selections:
         header["oracles"] = selections
-    write_json(out / "results.json", {"header": header, "summary": rows, "runs": runs})
+    # Without indentation: a list of every step's values would take a line per number.
+    write_json(out / "results.json", {"header": header, "summary": rows, "runs": [compact_run(r) for r in runs]}, indent=None)
     shown = [row["controller"] for row in rows]
     table = markdown_table(
         rows, header,
