@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup demo test fashion-mnist
+.PHONY: setup demo test fashion-mnist chromium docs
 
 setup: $(STAMP)
 
@@ -21,9 +21,17 @@ $(STAMP): setup.cfg pyproject.toml
 fashion-mnist:
 	@test -f $(FASHION_MNIST) || { apt-get update && apt-get install -y dataset-fashion-mnist; }
 
+# Chromium from Debian, for the documentation site's browser test (tests/test_docs_site.py); needs root (or sudo).
+chromium:
+	@command -v chromium >/dev/null || { apt-get update && apt-get install -y chromium; }
+
+# The documentation site, into site/ (not committed); a broken link or reference fails the build.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
 # The main job: compare controllers on the embedded digits data (a few minutes on a CPU).
 demo: $(STAMP)
 	$(PY) -m benchmarks.compare --env ALA-Digits-v0 --preset demo
 
-test: $(STAMP) fashion-mnist
+test: $(STAMP) fashion-mnist chromium
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q
