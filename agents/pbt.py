@@ -12,7 +12,8 @@ statistics: ``ALAVectorEnv.copy_child``; its own batch order stays) and its ``u`
 ``u`` by ``+-explore_step`` or, with probability ``resample_probability``, draws it afresh (explore). So a
 schedule of ``u`` over training is learned within one run, from the same children the other rows train.
 
-A seed's test metric is, as for every multi-child row, the mean over the children at the end; by then
+``frozen=True`` (the ``pbt-frozen`` row) keeps every child at its initial value: the population PBT starts
+from, without its rounds. A seed's test metric is, as for every multi-child row, the mean over the children at the end; by then
 most children descend from the best members. Needs the native vector env (the Ray backend cannot copy
 children between actors).
 """
@@ -64,11 +65,13 @@ class PBTController(Controller):
     learned = True
     multi_child = True
 
-    def __init__(self, config: PBTConfig | None = None, num_envs: int = 10) -> None:
+    def __init__(self, config: PBTConfig | None = None, num_envs: int = 10, frozen: bool = False) -> None:
         if num_envs < 2:
             raise ValueError(f"population-based training needs at least 2 children, got {num_envs}")
         self.config = config or PBTConfig()
         self.num_envs = num_envs
+        self.frozen = frozen
+        """No exploit or explore: each child keeps its initial value (the ``pbt-frozen`` row, what PBT starts from)."""
 
     def env_kwargs(self) -> dict[str, Any]:
         return {"loss_form": "linear"}
@@ -105,7 +108,7 @@ class PBTController(Controller):
         self.running &= ~np.asarray(dones, dtype=bool)
         self.steps += 1
         logs = {"pbt_value_mean": float(self.values.mean()), "pbt_value_std": float(self.values.std())}
-        if self.steps % self.config.interval or not self.running.all():
+        if self.frozen or self.steps % self.config.interval or not self.running.all():
             return logs  # no round at the last step, nor once a child has ended (diverged) or autoreset
         metric = np.asarray(infos["val_metric_discounted"], dtype=np.float64)
         higher_is_better = bool(self.envs.evaluator.higher_is_better)

@@ -90,7 +90,7 @@ def metric_learning_preset(env: str, name: str) -> dict[str, Any]:
 # 10 children per seed.
 LONG_HORIZON_ROWS = (
     "ce,oracle-phi,oracle-smoothing,online-smoothing,reinforce-frozen,reinforce-multi,"
-    "reinforce-multi(episodic_weight=1.0;warmup_runs=2),pbt"
+    "reinforce-multi(episodic_weight=1.0;warmup_runs=2),pbt,pbt-frozen"
 )
 LONG_HORIZON_BUDGET = dict(total_iterations=2000, steps_per_action=20, eval_points=2, eval_stride=5, val_subsample=1000)
 
@@ -132,7 +132,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         env="ALA-Digits-v0",
         controllers="ce,phi-uniform,oracle-phi,oracle-smoothing,online-smoothing,reinforce-frozen,reinforce-multi,"
         "reinforce-multi(return_horizon=10),reinforce-multi(return_horizon=25),"
-        "reinforce-multi(episodic_weight=1.0;warmup_runs=2),reinforce-multi(episodic_weight=0.5;warmup_runs=2),pbt",
+        "reinforce-multi(episodic_weight=1.0;warmup_runs=2),reinforce-multi(episodic_weight=0.5;warmup_runs=2),pbt,"
+        "pbt-frozen",
         seeds=5,
         children=10,
         baseline_children=10,

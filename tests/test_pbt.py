@@ -89,6 +89,17 @@ def test_pbt_runs_exploits_and_explores_on_a_tiny_budget(global_rng_unchanged) -
     assert any("pbt_round" in entry for entry in logs)
 
 
+def test_frozen_pbt_keeps_every_childs_initial_value() -> None:
+    controller = agents.CONTROLLERS["pbt-frozen"](num_envs=3, config=PBTConfig(interval=1))
+    envs = controller.make_envs("ALA-Digits-v0", **TINY)
+    envs.unwrapped.copy_child = lambda source, target: pytest.fail("a frozen population copied a child")
+    records = controller.run(envs, seed=1)
+    envs.close()
+    for record in records:
+        first, last = np.array(record.phi[0]), np.array(record.phi[-1])
+        assert np.array_equal(first, last)
+
+
 def test_pbt_refuses_a_population_of_one_and_bad_settings() -> None:
     with pytest.raises(ValueError, match="at least 2 children"):
         PBTController(num_envs=1)
