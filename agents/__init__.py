@@ -16,7 +16,8 @@ itself must apply both the same way. ``on_step(step, logs)`` receives per-step s
 ``val_metric``, ``phi_drift``, ``phi_max_offdiag``, and for learners ``entropy`` and losses) plus
 ``logs["phi"]``, the running children's Phi as a ``[children, C, C]`` array.
 
-Registry (``CONTROLLERS``, keyed by the benchmark's names; the README's Controllers table says what each is).
+Registry (``CONTROLLERS``, keyed by the benchmark's names; the documentation's Controllers page,
+``docs/controllers.md``, says what each is).
 
 Factory keywords: the baselines take ``num_envs`` and ``loss_form`` (``random`` also ``noise``,
 ``phi-uniform``/``label-smoothing`` ``off_diagonal`` and ``label_smoothing``); ``reinforce*`` take
@@ -83,6 +84,7 @@ CONTROLLERS: dict[str, Callable[..., Controller]] = {
     "ppo": _factory("agents.sb3:SB3Controller", "ppo", algo="ppo"),
     "a2c": _factory("agents.sb3:SB3Controller", "a2c", algo="a2c"),
     "pbt": _factory("agents.pbt:PBTController", "pbt"),
+    "pbt-frozen": _factory("agents.pbt:PBTController", "pbt-frozen", frozen=True),
     "adalfl": _factory("agents.adalfl:AdaLFLController", "adalfl"),
     "learnloss": _factory("agents.learnloss:LearnLossPhi", "learnloss"),
 }

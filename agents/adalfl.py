@@ -71,10 +71,9 @@ class AdaLFLConfig:
     """``S_init``, meta steps of the offline initialisation. The paper uses 2,500; our default is 50, because
     under the envs' child optimiser (lr 0.05, momentum 0.9) long offline phases hurt: the one-step objective
     grows the loss's scale, which the momentum steps of real training then amplify into a collapsed child
-    (digits, 600 iterations, 2 seeds: 4.4-4.7% test error for 0-100 steps, 33% for 300, 90% for 2,500;
-    Fashion-MNIST, 300 steps: 90%; see ``benchmarks/results/digits-adalfl-offline-steps`` and
-    ``fashion-mnist-adalfl-init300``). 0 skips the phase (``phi`` stays at its random initialisation unless
-    ``init_path`` is given)."""
+    (measured on digits for 0 to 2,500 steps in ``benchmarks/results/digits-adalfl-offline-steps``, and on
+    Fashion-MNIST at 300 steps in ``benchmarks/results/fashion-mnist-adalfl-init300``). 0 skips the phase
+    (``phi`` stays at its random initialisation unless ``init_path`` is given)."""
     meta_lr: float = 1e-3
     """Adam learning rate on ``phi``, offline and online (the same author's EvoMAL configurations)."""
     meta_batch: str = "val"

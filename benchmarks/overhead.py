@@ -31,8 +31,11 @@ so a later change of an env default does not change what a row measures.
 Usage::
 
     python -m benchmarks.overhead                 # CPU: digits (MLP, K = 50), Fashion-MNIST (small CNN, K = 100)
-    python -m benchmarks.overhead --configs cifar10-subset --merge   # add ResNet-32, K = 200 (40 minutes on a CPU)
+    python -m benchmarks.overhead --configs cifar10-subset --merge   # add ResNet-32, K = 200
     python -m benchmarks.overhead --device cuda   # every config, on the GPU
+
+ResNet-32 is by far the slowest config on a CPU; how long each took is ``benchmark_wall_s`` in
+``benchmarks/results/overhead.json``.
 
 The CIFAR-10 subset is read from ``--data-root`` (default ``$ALA_GYM_DATA`` or ``<repo>/../shared/data``).
 
@@ -92,8 +95,8 @@ LOOPS = ("plain", "trainer", "trainer-soft", "trainer-general", "env")
 PROJECTED_K = 200  # the paper's K, at which the per-image costs are also projected
 EVAL_BATCH_SIZES = (128, 256, 512, 1000)
 ENV_SEED = 0  # the env's reset seed; every loop starts from the weights of the env's child
-# One child for all loops: the kernels' speed depends on the data they see (measured: max pooling took 17%
-# longer on one seed's child than on another's), so loops on different children would compare children.
+# One child for all loops: the kernels' speed depends on the data they see (measured for max pooling on two
+# seeds' children, see docs/overhead.md), so loops on different children would compare children.
 
 
 def _sync(device: torch.device) -> None:

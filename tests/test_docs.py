@@ -1,32 +1,20 @@
-"""The README's code runs, and no committed file holds a machine's path or words about who made it."""
+"""The README is a landing page whose figures are those of the committed results and whose links resolve;
+no committed file holds a machine's path or words about who made it.
+
+The README's former examples live on the documentation pages, whose Python blocks
+``tests/test_docs_site.py`` runs at a tiny budget."""
 
 from __future__ import annotations
 
 import re
 import subprocess
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# The README's budgets, shrunk: 2 steps of K = 10 iterations per child, 2 steps per child for PPO's 4 children.
-TINY_BUDGET = {r"total_iterations=\d+": "total_iterations=20", r"steps_per_action=\d+": "steps_per_action=10",
-               r"total_timesteps=\d+": "total_timesteps=8"}
-
-
-def readme_python_blocks() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.DOTALL)
-
-
-@pytest.mark.parametrize("index", range(len(readme_python_blocks())))
-def test_readme_code_examples_run_at_a_tiny_budget(index: int, capsys) -> None:
-    code = readme_python_blocks()[index]
-    for pattern, replacement in TINY_BUDGET.items():
-        code, count = re.subn(pattern, replacement, code)
-    assert "total_iterations=20" in code, "every example should state its budget, so that it can be shrunk here"
-    exec(compile(code, f"README.md python block {index}", "exec"), {"__name__": "readme"})
-    if index == 0:
-        assert "test error" in capsys.readouterr().out
+README = ROOT / "README.md"
 
 
 def tracked_files() -> list[Path]:
@@ -56,9 +44,78 @@ def test_no_committed_file_holds_a_machine_path_or_work_process_words() -> None:
     assert not offending, "\n".join(offending)
 
 
-def test_readme_overhead_figures_are_those_of_the_committed_benchmarks() -> None:
-    readme = (ROOT / "README.md").read_text()
-    table = readme[readme.index("What `step` costs") : readme.index("## Several children")]
+# ------------------------------------------------------------------------------------------- quoted figures
+RESULTS = ROOT / "benchmarks" / "results"
+PAIR = re.compile(r"(?<![\w.])\d+\.\d+ \+- \d+\.\d+(?![\w.])")
+"""A mean and its standard deviation, as the tables write them: ``2.97 +- 0.53``."""
+DECIMAL = re.compile(r"(?<![\w.])\d+\.\d+(?![\w.])")
+PERCENT = re.compile(r"(?<![\w.])\d+\.\d+(?=%)")
+
+
+def prose(markdown: str) -> str:
+    """The text a reader sees as figures: without fenced code, link and image targets, whitespace collapsed."""
+    text = re.sub(r"```.*?```", " ", markdown, flags=re.DOTALL)
+    text = re.sub(r"\]\([^)]*\)", "]", text)
+    return re.sub(r"\s+", " ", text)
+
+
+def committed_results_text() -> str:
+    """Every committed Markdown file under benchmarks/results/, whitespace collapsed."""
+    files = [path for path in tracked_files() if path.suffix == ".md" and RESULTS in path.parents]
+    assert files, "no committed results"
+    return re.sub(r"\s+", " ", " ".join(path.read_text() for path in files))
+
+
+def figures_missing(text: str, produced: str, *, every_decimal: bool) -> list[str]:
+    """The quoted figures of ``text`` not found in ``produced``: each "mean +- std" pair whole, then every
+    other decimal (``every_decimal``) or every other decimal percentage."""
+    def found(figure: str) -> bool:  # whole: "3.3" is not found in "13.32"
+        return re.search(rf"(?<![\d.]){re.escape(figure)}(?![\d])", produced) is not None
+
+    rest = PAIR.sub(" ", text)
+    singles = (DECIMAL if every_decimal else PERCENT).findall(rest)
+    return [figure for figure in PAIR.findall(text) + singles if not found(figure)]
+
+
+def test_every_figure_the_readme_quotes_is_in_the_committed_results() -> None:
+    text = prose(README.read_text())
+    assert len(PAIR.findall(text)) >= 10, "the README should quote the headline results"
+    assert figures_missing(text, committed_results_text(), every_decimal=True) == []
+
+
+def test_every_result_the_results_page_quotes_is_in_the_committed_results() -> None:
+    """docs/results.md also reasons with differences ("3.3 points"); its means, deviations and
+    percentages are the tables'."""
+    text = prose((ROOT / "docs" / "results.md").read_text())
+    assert len(PAIR.findall(text)) >= 10
+    assert figures_missing(text, committed_results_text(), every_decimal=False) == []
+
+
+def test_the_overhead_figures_are_those_of_the_committed_benchmarks() -> None:
+    page = (ROOT / "docs" / "overhead.md").read_text()
+    table = page[page.index("What `step` costs") : page.index("## Measured once")]
     figures = re.findall(r"\d+\.\d%", table)
-    produced = "".join((ROOT / "benchmarks" / "results" / name).read_text() for name in ("overhead.md", "malloc.md"))
+    produced = "".join((RESULTS / name).read_text() for name in ("overhead.md", "malloc.md"))
     assert len(figures) >= 10 and all(figure in produced for figure in figures), figures
+
+
+# ------------------------------------------------------------------------------------------- links
+def test_the_readme_links_resolve_and_show_one_committed_plot() -> None:
+    """Relative links work on GitHub as they do here: each names a file of the repository (not of the built
+    site/); the one plot is a committed result."""
+    readme = README.read_text()
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", readme):
+        parts = urlsplit(target)
+        if parts.scheme or parts.netloc or not parts.path:
+            continue
+        path = ROOT / unquote(parts.path)
+        if not path.is_file() or path.relative_to(ROOT).parts[0] == "site":
+            broken.append(target)
+    assert broken == [], f"README links to files the repository does not hold: {broken}"
+    plots = re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", readme)
+    assert len(plots) == 1 and plots[0].startswith("benchmarks/results/") and plots[0].endswith(".png"), plots
+    assert ROOT / plots[0] in set(tracked_files()), f"{plots[0]} is not committed"
+    for page in ("quickstart", "concepts", "controllers", "results", "tutorials/index", "guide/single-env"):
+        assert f"](docs/{page}.md)" in readme, f"the README does not link docs/{page}.md"
+    assert "make docs" in readme

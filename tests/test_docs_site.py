@@ -33,6 +33,17 @@ DOCS = ROOT / "docs"
 TUTORIALS = DOCS / "tutorials"
 # The budget of every command a page shows, shrunk: 2 steps of K = 10 iterations, 1 seed, 2 children.
 SHRINK = {"--total-iterations": "20", "--steps-per-action": "10", "--seeds": "1", "--children": "2"}
+# The budget of every Python block of the pages (and of the README, should it hold one), shrunk: 2 steps of
+# K = 10 iterations per child, 2 steps per child for PPO's 4 children.
+TINY_BUDGET = {r"total_iterations=\d+": "total_iterations=20", r"steps_per_action=\d+": "steps_per_action=10",
+               r"total_timesteps=\d+": "total_timesteps=8"}
+# A line the output of a page's Python block must hold, by label.
+BLOCK_OUTPUT = {
+    "quickstart.md#0": "test error",
+    "guide/single-env.md#0": "test error",
+    "guide/own-task.md#0": "test error",
+    "controllers.md#0": "[",
+}
 # A line each tutorial script's output must hold.
 SCRIPT_OUTPUT = {
     "first_env.py": "test error",
@@ -120,12 +131,14 @@ def site(started: dict[str, Started]) -> Path:
 
 
 def test_the_site_builds_in_strict_mode_with_every_page(site: Path) -> None:
-    expected = ["index.html", "quickstart.html", "concepts.html", "envs/index.html", "envs/classification.html",
-                "envs/aucpr.html", "envs/metric-learning.html", "tutorials/index.html", "tutorials/first-env.html",
-                "tutorials/custom-controller.html", "tutorials/sb3.html", "tutorials/ray.html", "benchmarks/index.html",
+    expected = ["index.html", "quickstart.html", "concepts.html", "guide/single-env.html",
+                "guide/several-children.html", "guide/own-task.html", "guide/design.html", "envs/index.html",
+                "envs/classification.html", "envs/aucpr.html", "envs/metric-learning.html", "controllers.html",
+                "tutorials/index.html", "tutorials/first-env.html", "tutorials/custom-controller.html",
+                "tutorials/sb3.html", "tutorials/ray.html", "benchmarks/index.html", "results.html", "overhead.html",
                 "benchmarks/results/index.html", "benchmarks/results/digits/table.html",
-                "benchmarks/results/digits/val_metric.png", "api/index.html", "api/core.html", "api/envs.html",
-                "api/wrappers.html", "api/agents.html"]  # fmt: skip
+                "benchmarks/results/digits/val_metric.png", "benchmarks/results/digits-long/val_metric.png",
+                "api/index.html", "api/core.html", "api/envs.html", "api/wrappers.html", "api/agents.html"]  # fmt: skip
     assert [page for page in expected if not (site / page).is_file()] == []
     # Each tutorial page shows its whole script, line by line.
     for page, script in (("first-env", "first_env.py"), ("custom-controller", "custom_controller.py"),
@@ -225,7 +238,7 @@ def chromium(*args: str, profile: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (make test installs it: make chromium)")
-@pytest.mark.parametrize("page", ["index.html", "tutorials/first-env.html", "benchmarks/results/digits/table.html"])
+@pytest.mark.parametrize("page", ["index.html", "tutorials/first-env.html", "results.html", "benchmarks/results/digits/table.html"])
 def test_a_browser_renders_the_page_with_every_local_asset(site: Path, page: str, tmp_path: Path) -> None:
     """The DOM after the theme's JavaScript ran, every file it refers to (styles, scripts, plots, links), and
     for the home page a screenshot that is not blank."""
@@ -246,18 +259,31 @@ def test_a_browser_renders_the_page_with_every_local_asset(site: Path, page: str
 
 
 def page_python_blocks() -> list[tuple[str, str]]:
-    """The Python blocks of the hand-written pages (not the tutorials' scripts, which run whole above)."""
+    """The Python blocks of the hand-written pages and of the README (not the tutorials' scripts, which run
+    whole above), ``("page#n", code)``."""
     blocks = []
-    for page in sorted(DOCS.rglob("*.md")):
+    for page in [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]:
+        label = page.relative_to(DOCS if DOCS in page.parents else ROOT)
         for number, code in enumerate(re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.DOTALL)):
             if "--8<--" not in code:
-                blocks.append((f"{page.relative_to(DOCS)}#{number}", code))
+                blocks.append((f"{label}#{number}", code))
     return blocks
 
 
+def shrink(code: str, label: str) -> str:
+    """The block at ``TINY_BUDGET``; every block states its budget, so that it can be shrunk."""
+    for pattern, replacement in TINY_BUDGET.items():
+        code = re.sub(pattern, replacement, code)
+    assert "total_iterations=20" in code, f"{label}: every example should state its budget, so that it can be shrunk here"
+    return code
+
+
+def test_the_blocks_whose_output_is_checked_exist() -> None:
+    assert set(BLOCK_OUTPUT) <= {label for label, _ in page_python_blocks()}
+
+
 @pytest.mark.parametrize("label, code", page_python_blocks(), ids=[label for label, _ in page_python_blocks()])
-def test_each_python_block_of_the_pages_runs_at_a_tiny_budget(label: str, code: str) -> None:
-    code, count = re.subn(r"total_iterations=\d+", "total_iterations=20", code)
-    code = re.sub(r"steps_per_action=\d+", "steps_per_action=10", code)
-    assert count, f"{label}: every example should state its budget, so that it can be shrunk here"
-    exec(compile(code, label, "exec"), {"__name__": "docs_page"})
+def test_each_python_block_of_the_pages_runs_at_a_tiny_budget(label: str, code: str, capsys) -> None:
+    exec(compile(shrink(code, label), label, "exec"), {"__name__": "docs_page"})
+    if label in BLOCK_OUTPUT:
+        assert BLOCK_OUTPUT[label] in capsys.readouterr().out

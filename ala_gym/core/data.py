@@ -165,7 +165,8 @@ class ClassificationData:
     @cached_property
     def normalized_train(self) -> torch.Tensor:
         """The training images normalised once (float32; batches without augmentation index it): the same
-        values as normalising each batch, without paying for it every iteration (8% of a digits MLP step)."""
+        values as normalising each batch, without paying for it every iteration (what that saves on a small
+        model's step is measured on the documentation's "What a step costs" page, ``docs/overhead.md``)."""
         return self.normalize(self.train.images)
 
 

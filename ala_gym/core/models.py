@@ -97,10 +97,10 @@ class SmallCNN(nn.Module):
 def max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
     """``F.max_pool2d(x, 2)``, value for value; without autograd as two element-wise maxima of strided views.
 
-    On one CPU thread torch's max-pool kernel took two thirds of the small CNN's forward pass: the strided
-    form evaluates 128 Fashion-MNIST images 3x faster (26 against 8.5 ms), which is what the validation
-    passes of every env step pay. Its backward is slower than the max-pool kernel's, so training keeps the
-    kernel. A maximum is exact, so both give the same values bit for bit.
+    On a CPU torch's max-pool kernel dominates the small CNN's forward pass, and the strided form
+    evaluates faster, which is what the validation passes of every env step pay (measured on the
+    documentation's "What a step costs" page, ``docs/overhead.md``). Its backward is slower than the max-pool
+    kernel's, so training keeps the kernel. A maximum is exact, so both give the same values bit for bit.
     """
     if torch.is_grad_enabled() and x.requires_grad:
         return F.max_pool2d(x, 2)

@@ -55,8 +55,9 @@ class TrainConfig:
     lr_decay: float = 0.1
     """Factor in (0, 1] applied at each milestone."""
     eval_batch_size: int = 128
-    """Batch size of evaluation passes (results do not depend on it). On a CPU, 128 evaluates an image
-    1.8-2.3x faster than 1000, whose activations overflow the caches (``benchmarks/overhead.py``)."""
+    """Batch size of evaluation passes (results do not depend on it). On a CPU, 128 keeps a convolutional
+    child's activations in the caches, which larger batches overflow: the per-image cost of evaluation at
+    128, 256, 512 and 1000 is measured in ``benchmarks/results/overhead.md`` (``benchmarks/overhead.py``)."""
     samples_per_class: int | None = None
     """K of class-balanced batches (metric learning): ``batch_size // K`` classes of K samples each
     (:class:`ala_gym.core.data.ClassBalancedSampler`); None draws uniform batches."""

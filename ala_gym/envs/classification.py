@@ -46,8 +46,9 @@ class ALAClassificationEnv(ALAEnv):
     ``beta``. Why the defaults differ, measured on digits with 10 children: the diagonal starts at its
     clip bound 1 and can only fall, and a random walk of +-beta per entry leaves rows whose off-diagonal
     entries reach the diagonal, where the loss's minimiser no longer puts the arg-max on the true class;
-    an untrained policy then collapses the child (35% test error against 4.5% for cross-entropy), while
-    with a held diagonal and per-row steps even a random policy does not (``benchmarks/results/digits``).
+    an untrained policy then collapses the child, while with a held diagonal and per-row steps even a
+    random policy does not (the ``reinforce-paper-multi`` and ``reinforce-frozen`` rows against ``ce`` in
+    ``benchmarks/results/digits/table.md``).
 
     ## Observation Space
     ``Box(shape=(n_pairs, 24), float32)``: one row per pair ``(i, j)``, holding the paper's four state
@@ -129,7 +130,9 @@ class ALAClassificationEnv(ALAEnv):
       ``f_j`` is below it, which keeps Eq. 6 bounded; ``None`` for Eq. 6 as printed; see ``ala_gym.core.losses``).
     * ``metric`` (``"error"`` or ``"nll"``, lower is better; ``"accuracy"`` or ``"aucpr"``, macro one-vs-rest
       average precision, higher is better), ``reward``, ``gamma`` (0.9), ``eval_points``,
-      ``eval_stride``, ``val_subsample`` (1000: at 2000 the validation passes took 11.5% of a Fashion-MNIST step, at 1000 3.5%, see benchmarks/results/overhead.md), ``history`` (10), ``divergence_penalty``.
+      ``eval_stride``, ``val_subsample`` (1000; a larger subsample costs validation time, measured in
+      ``benchmarks/results/overhead.md``, and buys little agreement of the sign reward, measured in
+      ``benchmarks/results/reward_agreement.md``), ``history`` (10), ``divergence_penalty``.
     * ``device``: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
     * ``num_threads``: torch intra-op threads of this process. ``None`` leaves the setting alone, except
       in a multiprocessing worker (``gym.make_vec(..., vectorization_mode="async")``), where it means 1:
