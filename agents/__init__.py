@@ -32,9 +32,10 @@ policies: ``agents.reinforce.ReinforceController.load(path, train=False)`` (``tr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib import import_module
 from importlib.metadata import entry_points
-from typing import Any, Callable
+from typing import Any
 
 from agents.base import Controller, EpisodeRecord, EpisodeRecorder
 

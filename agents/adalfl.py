@@ -47,10 +47,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from agents.base import Controller, EpisodeRecord, OnStep
-from ala_gym.core.functional import FunctionalChild
-from ala_gym.core.sgd import Tensors, sgd_step
 from ala_gym.core.data import BatchSampler, ClassificationData
+from ala_gym.core.functional import FunctionalChild
 from ala_gym.core.models import build_model
+from ala_gym.core.sgd import Tensors, sgd_step
 from ala_gym.core.trainer import ChildTrainer, TrainConfig, seed_streams
 
 

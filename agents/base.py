@@ -10,8 +10,9 @@ with their own training loop (Stable-Baselines3) override :meth:`Controller.run`
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -105,7 +106,7 @@ class Controller(ABC):
         """The vector env this controller expects: ``num_envs`` children, :meth:`env_kwargs` applied."""
         return gym.make_vec(env_id, num_envs=self.num_envs, **{**env_kwargs, **self.env_kwargs()})
 
-    def begin(self, envs: gym.vector.VectorEnv, seed: int) -> None:
+    def begin(self, envs: gym.vector.VectorEnv, seed: int) -> None:  # noqa: B027  (a hook: most controllers need none)
         """Called once before :meth:`run` steps ``envs``: learned controllers size themselves to the env
         and every controller seeds its own generators from ``seed`` (never the global RNGs)."""
 
@@ -150,7 +151,7 @@ class Controller(ABC):
         self.begin(envs, seed)
         return self.run_episode(envs, seed, on_step)
 
-    def begin_episode(self, envs: gym.vector.VectorEnv) -> None:
+    def begin_episode(self, envs: gym.vector.VectorEnv) -> None:  # noqa: B027  (a hook: most controllers need none)
         """Called by :meth:`run_episode` before it resets ``envs``: a learner clears what it tracks per run."""
 
     def run_episode(self, envs: gym.vector.VectorEnv, seed: int, on_step: OnStep | None = None) -> list[EpisodeRecord]:

@@ -67,8 +67,9 @@ stay in [0, 0.05] by default), so a run starts as, and stays close to, cross-ent
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 from scipy.optimize import linprog

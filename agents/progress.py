@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+
 class RunLogger:
     """A tqdm progress bar plus, when ``log_dir`` is given, TensorBoard scalars and a Phi heatmap.
 

@@ -40,8 +40,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from agents.base import Controller, EpisodeRecord, OnStep
 from agents import checkpoints, cli
+from agents.base import Controller, EpisodeRecord, OnStep
 
 N_ACTIONS = 3  # {-beta, 0, +beta}; beta itself is the env's (``beta=`` env keyword)
 NO_CHANGE = 1

@@ -41,9 +41,10 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -51,9 +52,9 @@ import torch
 from tqdm import tqdm
 
 import ala_gym
+from agents import CONTROLLERS, resolve_controller
 from ala_gym.core.data import DataError, data_home, resolve_device
 from ala_gym.wrappers import MissingExtraError
-from agents import CONTROLLERS, resolve_controller
 from benchmarks.machine import cpu_model, package_version
 from benchmarks.oracle import ORACLES, SELECTION_SEEDS, is_oracle, select
 

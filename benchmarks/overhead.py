@@ -53,18 +53,20 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import gymnasium as gym
-from gymnasium.utils import seeding
 import numpy as np
 import torch
-import ala_gym  # noqa: F401  (registers the env ids)
+from gymnasium.utils import seeding
 from torch.nn import functional as F
 
+import ala_gym  # noqa: F401  (registers the env ids)
 from ala_gym.core.allocator import retain_freed_memory
 from ala_gym.core.data import cifar10_subset_dir, data_home, training_batch
 from ala_gym.core.losses import PhiLoss
@@ -212,7 +214,7 @@ def measure(name: str, device: torch.device, repeats: int, steps_per_action: int
         if env.trainer.iteration + k > env.train_config.total_iterations:
             env.reset(seed=ENV_SEED)  # outside the timing: a full step every time
         for name in LOOPS:
-            seconds, cpu_seconds = _timed_both(lambda: loops[name](k), device)
+            seconds, cpu_seconds = _timed_both(partial(loops[name], k), device)
             wall[name].append(seconds)
             cpu[name].append(cpu_seconds)
     eval_pass = statistics.median(_timed(lambda: env.trainer.evaluate(env.val_eval, env.metric), device) for _ in range(3))

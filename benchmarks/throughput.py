@@ -58,7 +58,6 @@ def measure(config: dict) -> dict:
     import torch
 
     import ala_gym  # noqa: F401  (registers the ids)
-
     from ala_gym.core.data import cifar10_subset_dir
 
     torch.set_num_threads(config["threads"])

@@ -21,7 +21,7 @@ import math
 import posixpath
 import re
 import subprocess
-from functools import lru_cache
+from functools import cache
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
@@ -32,7 +32,7 @@ NOT_RESULTS = ("runs", "demo-digits")  # folders of results that are not committ
 PLOT_ORDER = ("val_metric.png", "loss_shape.png", "best_val_error.png")
 
 
-@lru_cache(maxsize=None)
+@cache
 def committed_files() -> tuple[str, ...]:
     """Repository paths of the committed Markdown files and PNGs under benchmarks/results/."""
     try:

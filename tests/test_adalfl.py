@@ -23,8 +23,8 @@ from agents.adalfl import (
     meta_step,
     save_loss_network,
 )
-from ala_gym.core.functional import FunctionalChild
 from ala_gym.core.data import load_dataset
+from ala_gym.core.functional import FunctionalChild
 from ala_gym.core.models import build_model
 from ala_gym.core.trainer import TrainConfig
 

@@ -8,8 +8,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from ala_gym.core.functional import FunctionalChild
-from ala_gym.core.sgd import sgd_step
 from ala_gym.core.models import build_model, max_pool_2x2
+from ala_gym.core.sgd import sgd_step
+
 
 def tiny_regression(dtype: torch.dtype = torch.float32) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(0)

@@ -15,11 +15,11 @@ import pytest
 import torch
 
 from ala_gym.core.data import (
-    cifar10_subset_dir,
     FASHION_MNIST_DEBIAN_DIR,
     BatchSampler,
     ClassBalancedSampler,
     DataError,
+    cifar10_subset_dir,
     default_cache_dir,
     load_cifar10,
     load_digits,

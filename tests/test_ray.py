@@ -13,7 +13,6 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import ray
-import torch
 
 from agents.baselines import FixedPhi
 from ala_gym.wrappers.ray import RayVectorEnv

@@ -22,13 +22,12 @@ import torch
 from gymnasium.vector import AutoresetMode
 
 import ala_gym
-from ala_gym.core.batched import BatchedTrainer
+from ala_gym.core.batched import BatchedTrainer, default_train_mode
 from ala_gym.core.data import load_dataset
-from ala_gym.wrappers.sb3 import SB3VecEnv
-from ala_gym.core.batched import default_train_mode
-from ala_gym.envs.vector import ALAVectorEnv
 from ala_gym.core.losses import PhiLoss
 from ala_gym.core.trainer import ChildTrainer, TrainConfig
+from ala_gym.envs.vector import ALAVectorEnv
+from ala_gym.wrappers.sb3 import SB3VecEnv
 
 ENV_ID = "ALA-Digits-v0"
 TINY = dict(total_iterations=40, steps_per_action=10, eval_points=2, eval_stride=2, device="cpu", reward="raw")

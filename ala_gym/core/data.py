@@ -33,13 +33,13 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property, partial
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 
 from ala_gym.core.checks import check_optional_int
-from torch.utils.data import Dataset
 
 FASHION_MNIST_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 _FASHION_MNIST_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
@@ -599,7 +599,7 @@ def load_dataset(name: str, *, device: torch.device | str = "cpu", **kwargs) -> 
     return _CACHE[key]
 
 
-UserData = Union[tuple[Any, Any, Any, Any], tuple[Dataset, Dataset]]
+UserData = tuple[Any, Any, Any, Any] | tuple[Dataset, Dataset]
 """Data of one's own: ``(x_train, y_train, x_test, y_test)`` arrays or tensors, or map-style Datasets
 ``(train, test)`` yielding ``(x, y)``."""
 

@@ -12,8 +12,9 @@ over embeddings) is another :class:`Evaluator` returning its own named statistic
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterator
-from typing import Union
 
 import torch
 from torch import nn
@@ -125,7 +124,7 @@ class MLP(nn.Module):
 ModelFactory = Callable[[tuple[int, ...], int], nn.Module]
 """``factory(input_shape, num_outputs)``: a fresh module for inputs ``[B, *input_shape]`` and outputs
 ``[B, num_outputs]``."""
-ModelSpec = Union[str, ModelFactory]
+ModelSpec = str | ModelFactory
 """A model name (a key of :data:`MODELS`) or a factory."""
 
 MODELS: dict[str, ModelFactory] = {

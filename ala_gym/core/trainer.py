@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-from functools import cached_property, partial
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property, partial
 
 import numpy as np
 import torch
@@ -23,7 +23,14 @@ from ala_gym.core.data import BatchSampler, ClassBalancedSampler, Classification
 from ala_gym.core.losses import LossFn
 from ala_gym.core.metrics import ClassificationEvaluator, Evaluation, Evaluator
 from ala_gym.core.models import (
-    ModelError, ModelSpec, build_model, check_model_spec, draw_seed, is_builtin, model_name, seeded_global_rng,
+    ModelError,
+    ModelSpec,
+    build_model,
+    check_model_spec,
+    draw_seed,
+    is_builtin,
+    model_name,
+    seeded_global_rng,
 )
 from ala_gym.core.sgd import Tensors, sgd_step
 

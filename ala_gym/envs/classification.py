@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ala_gym.core.checks import check_real
-from ala_gym.core.data import ClassificationData, training_subset, UserData
+from ala_gym.core.data import ClassificationData, UserData, training_subset
 from ala_gym.core.losses import LOSS_FORMS, check_phi
 from ala_gym.core.metrics import METRICS, ClassificationEvaluator
 from ala_gym.core.models import ModelSpec, draws_randomness

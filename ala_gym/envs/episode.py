@@ -12,8 +12,9 @@ features. The core's trainers train the model: the env hands them the step's :me
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 

@@ -3,8 +3,9 @@ on some classes, rewarded by Recall@k on others."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -12,9 +13,7 @@ import torch
 from ala_gym.core.checks import check_int, check_real
 from ala_gym.core.data import ClassificationData, class_disjoint
 from ala_gym.core.metric_learning import (
-    FOCAL_PHI_INIT,
     FOCAL_PHI_RANGE,
-    MIXTURE_PHI_INIT,
     RECALL_KS,
     DistanceMixtureLoss,
     FocalDistanceLoss,

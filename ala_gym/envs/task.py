@@ -16,8 +16,9 @@ and :meth:`LossTask.info`, and sets the attributes documented on :class:`LossTas
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -79,7 +80,7 @@ class LossTask(ABC):
         driver checks values with it before any worker changes)."""
         return partial(check_values, rows=self.rows, bounds=self.bounds)
 
-    def seed(self, seed: int) -> None:
+    def seed(self, seed: int) -> None:  # noqa: B027  (a hook: most tasks draw nothing)
         """Seed the task's own randomness (a loss that samples, such as a triplet miner) from the child's
         trainer seed; called whenever a child starts. Most tasks have none."""
 

@@ -6,7 +6,6 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-import torch
 from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
@@ -18,6 +17,7 @@ from ala_gym.core.trainer import SequentialChildren
 from ala_gym.envs.base import ALAEnv
 from ala_gym.envs.episode import Episode
 from ala_gym.envs.task import check_action
+
 
 class ALAVectorEnv(VectorEnv):
     """

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,7 +26,13 @@ import ray
 from ray.exceptions import RayActorError, RayTaskError
 
 from ala_gym.envs.vector import (
-    ALAVectorEnv, check_actions, check_open, check_vector_args, phi_values, seed_children, set_vector_spaces,
+    ALAVectorEnv,
+    check_actions,
+    check_open,
+    check_vector_args,
+    phi_values,
+    seed_children,
+    set_vector_spaces,
 )
 
 # Keys that belong to the step that ended an episode; a lost worker's children do not repeat them.
