@@ -300,3 +300,10 @@ def test_registered_ids_keep_their_models_and_data() -> None:
     env.reset(seed=0)
     assert env.trainer._forward_generator is None and env.batchable
     assert isinstance(env.data, ClassificationData) and env.data.train.images.dtype == torch.uint8
+
+
+def test_every_dataset_id_takes_data_of_ones_own_too(wine) -> None:
+    """``dataset=`` overrides the id's own data (its other defaults, such as the model, stay the id's)."""
+    env = gym.make("ALA-Digits-v0", dataset=wine, disable_env_checker=True, **TINY).unwrapped
+    assert env.num_classes == 3 and env.data.train.images.shape[1:] == (13,)
+    assert env.train_config.model == "mlp" and env.train_config.weight_decay == 5e-4  # the digits id's defaults

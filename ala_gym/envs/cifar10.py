@@ -27,4 +27,4 @@ class ALACIFAR10Env(ALAClassificationEnv):
 
     def __init__(self, **kwargs: Any) -> None:
         defaults = dict(model="resnet32", total_iterations=64000, steps_per_action=200, lr=0.1, weight_decay=1e-4)
-        super().__init__("cifar10", **{**defaults, **kwargs})
+        super().__init__(**{"dataset": "cifar10", **defaults, **kwargs})  # dataset= too may be overridden

@@ -26,4 +26,4 @@ class ALADigitsEnv(ALAClassificationEnv):
 
     def __init__(self, **kwargs: Any) -> None:
         defaults = dict(model="mlp", total_iterations=2000, steps_per_action=50, lr=0.05, weight_decay=5e-4)
-        super().__init__("digits", **{**defaults, **kwargs})
+        super().__init__(**{"dataset": "digits", **defaults, **kwargs})  # dataset= too may be overridden

@@ -27,4 +27,4 @@ class ALAFashionMNISTEnv(ALAClassificationEnv):
 
     def __init__(self, **kwargs: Any) -> None:
         defaults = dict(model="small_cnn", total_iterations=8000, steps_per_action=200, lr=0.05, weight_decay=5e-4)
-        super().__init__("fashion-mnist", **{**defaults, **kwargs})
+        super().__init__(**{"dataset": "fashion-mnist", **defaults, **kwargs})  # dataset= too may be overridden
