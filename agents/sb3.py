@@ -268,9 +268,11 @@ class SB3Controller(Controller):
 
     # ------------------------------------------------------------------ saving and loading
     def save(self, path: str | Path) -> None:
-        """Write the policy's weights and config (same format as the bundled agent's)."""
+        """Write the policy's weights and config (same format as the bundled agent's) and, beside it with the
+        suffix ``.zip``, Stable-Baselines3's own file of the whole model (``PPO.load`` / ``A2C.load`` read it)."""
         assert self.model is not None, "nothing to save before a run"
         checkpoints.save_checkpoint(path, f"sb3-{self.algo}", asdict(self.config), self.model.policy.state_dict())
+        self.model.save(Path(path).with_suffix(".zip"))
 
     @classmethod
     def load(cls, path: str | Path, algo: str = "ppo", train: bool = False, num_envs: int = 10) -> SB3Controller:

@@ -285,6 +285,12 @@ def test_ppo_pair_policy_cli_learns_logs_and_saves(ppo_policy):
     assert loaded.config.policy == "pair" and loaded.config.n_steps == 1
     # Every weight is per pair: none has a dimension of 55 (pairs) or 165 (pairs x actions).
     assert all(55 not in value.shape and 165 not in value.shape for value in loaded.initial_state.values())
+    # Beside it, Stable-Baselines3's own file: PPO.load reads it, and the model acts on an observation.
+    from stable_baselines3 import PPO
+
+    model = PPO.load(ppo_policy / "policy.zip", device="cpu")
+    action, _ = model.predict(np.zeros((55, 24), dtype=np.float32), deterministic=True)
+    assert action.shape == (55,) and set(np.unique(action)) <= {0, 1, 2}
 
 
 @pytest.mark.parametrize("algo, policy", [("a2c", "mlp"), ("a2c", "pair"), ("ppo", "mlp")])

@@ -1,0 +1,28 @@
+"""RL Baselines3 Zoo trains on the ALA envs with the shipped hyperparameter file (hyperparams/ppo.yml)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_rl_zoo_trains_ppo_with_the_shipped_hyperparameters(tmp_path: Path) -> None:
+    from stable_baselines3 import PPO
+
+    command = [
+        sys.executable, "-m", "rl_zoo3.train", "--algo", "ppo", "--env", "ALA-Digits-v0", "--gym-packages", "ala_gym",
+        "--conf-file", str(ROOT / "hyperparams" / "ppo.yml"), "-n", "32", "--seed", "0", "--eval-freq", "-1",
+        "--save-freq", "-1", "--log-folder", str(tmp_path), "--env-kwargs", "total_iterations:40",
+        "steps_per_action:10", "eval_points:2", "eval_stride:2", "device:'cpu'",
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (saved,) = tmp_path.glob("ppo/ALA-Digits-v0_*/ALA-Digits-v0.zip")
+    model = PPO.load(saved, device="cpu")
+    action, _ = model.predict(np.zeros(55 * 24, dtype=np.float32), deterministic=True)  # the flattened observation
+    assert action.shape == (55,)
