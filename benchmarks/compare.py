@@ -653,29 +653,62 @@ def retrieval_table(runs_by_controller: dict[str, list[dict]]) -> list[str]:
     return lines
 
 
-def plot(runs: list[dict], controllers: list[str], out: Path, metric: str = "error", higher_is_better: bool = False) -> None:
+def plot(
+    runs: list[dict], controllers: list[str], out: Path, metric: str = "error", higher_is_better: bool = False,
+    labels: list[str] | None = None,
+) -> None:  # fmt: skip
+    """``test_metric.png``: every row's final test metric as a point (mean) with its std and every seed's value,
+    sorted; ``val_metric.png``: one small panel per row (mean +- std over children and seeds) with the first
+    row (the reference, ``ce``) in grey in each; ``phi_<row>.png``: heatmaps of Phi - I of learned rows.
+    ``labels`` names the rows (default: ``controllers``, the names their runs carry)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name in controllers:
+    labels = labels or controllers
+    present = [(label, name) for label, name in zip(labels, controllers) if any(r["controller"] == name for r in runs)]
+    tests = {label: np.array([r["test_metric"] for r in runs if r["controller"] == name]) * 100 for label, name in present}
+    order = sorted(tests, key=lambda label: tests[label].mean(), reverse=higher_is_better)  # best first, at the top
+    fig, ax = plt.subplots(figsize=(7, 0.4 * len(order) + 1.2))
+    for row, label in enumerate(reversed(order)):
+        values = tests[label]
+        ax.scatter(values, np.full(len(values), row), s=10, color="0.6", zorder=2)
+        ax.errorbar(values.mean(), row, xerr=values.std(ddof=1) if len(values) > 1 else 0, fmt="o", color="C0",
+                    capsize=3, zorder=3)  # fmt: skip
+    ax.set_yticks(range(len(order)), list(reversed(order)), fontsize=8)
+    ax.set_xlabel(f"test {metric} % (mean +- std over seeds; grey: each seed)" + (", higher is better" if higher_is_better else ""))
+    ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    fig.savefig(out / "test_metric.png", dpi=110)
+    plt.close(fig)
+
+    def band(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         curves = [c["val_metric"] for r in runs if r["controller"] == name for c in r["children"]]
-        if not curves:
-            continue
         length = min(len(c) for c in curves)
         stacked = np.array([c[:length] for c in curves]) * 100
-        mean, std = stacked.mean(0), stacked.std(0)
-        steps = np.arange(1, length + 1)
-        ax.plot(steps, mean, label=name)
-        ax.fill_between(steps, mean - std, mean + std, alpha=0.15)
-    ax.set_xlabel("controller step")
-    ax.set_ylabel(f"validation {metric} % (env subsample)" + (", higher is better" if higher_is_better else ""))
-    if not higher_is_better:  # an error rate falls over decades; a score to raise approaches 100% from below
-        ax.set_yscale("log")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+        return np.arange(1, length + 1), stacked.mean(0), stacked.std(0)
+
+    columns = min(4, len(present))
+    rows = -(-len(present) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.4 * rows), sharex=True, sharey=True, squeeze=False)
+    reference_label, reference = present[0]
+    for ax, (label, name) in zip(axes.flat, present):
+        if name != reference:
+            steps, mean, _ = band(reference)
+            ax.plot(steps, mean, color="0.6", lw=1, label=reference_label)
+        steps, mean, std = band(name)
+        ax.plot(steps, mean, color="C0", lw=1.2)
+        ax.fill_between(steps, mean - std, mean + std, color="C0", alpha=0.2)
+        ax.set_title(label if len(label) <= 38 else label[:36] + "...", fontsize=8)
+        ax.grid(alpha=0.3)
+        if not higher_is_better:  # an error rate falls over decades; a score to raise approaches 100% from below
+            ax.set_yscale("log")
+    for ax in list(axes.flat)[len(present):]:
+        ax.set_visible(False)
+    fig.supxlabel("controller step", fontsize=9)
+    fig.supylabel(f"validation {metric} % (env subsample)", fontsize=9)
+    fig.suptitle(f"mean +- std over children and seeds; grey: {reference_label}", fontsize=9)
     fig.tight_layout()
     fig.savefig(out / "val_metric.png", dpi=110)
     plt.close(fig)
@@ -938,7 +971,7 @@ def compare(
     )  # fmt: skip
     (out / "table.md").write_text(table)
     plot(runs, [selections[c]["selected"] if c in oracles else c for c in controllers], out, header["metric"],
-         header["higher_is_better"])  # fmt: skip
+         header["higher_is_better"], labels=controllers)  # fmt: skip
     print(table)
     return rows
 

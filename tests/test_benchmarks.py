@@ -49,7 +49,7 @@ def test_compare_writes_every_run_table_and_plots_then_resumes(results_dir, monk
     ppo_row = next(line for line in table.splitlines() if line.startswith("| ppo |"))
     assert "x (amortised over 2) |" in ppo_row  # a multi-child run's wall time per child is shared
     assert "K = 5 -> 2 controller steps" in table
-    for plot in ("val_metric.png", "phi_reinforce@beta=0.05.png", "phi_ppo.png"):
+    for plot in ("val_metric.png", "test_metric.png", "phi_reinforce@beta=0.05.png", "phi_ppo.png"):
         assert (out / plot).stat().st_size > 0
 
     # Resuming runs nothing again: a run attempt would fail loudly.

@@ -138,6 +138,7 @@ def test_the_site_builds_in_strict_mode_with_every_page(site: Path) -> None:
                 "tutorials/sb3.html", "tutorials/ray.html", "benchmarks/index.html", "results.html", "overhead.html",
                 "benchmarks/results/index.html", "benchmarks/results/digits/table.html",
                 "benchmarks/results/digits/val_metric.png", "benchmarks/results/digits-long/val_metric.png",
+                "benchmarks/results/digits-long/test_metric.png",
                 "api/index.html", "api/core.html", "api/envs.html", "api/wrappers.html", "api/agents.html"]  # fmt: skip
     assert [page for page in expected if not (site / page).is_file()] == []
     # Each tutorial page shows its whole script, line by line.
