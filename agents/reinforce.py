@@ -283,6 +283,7 @@ class ReinforceController(Controller):
         # Pairs whose action the env ignores (a held diagonal) carry no information: no gradient from them.
         self.movable = torch.as_tensor(np.asarray(envs.get_attr("movable_rows")[0], dtype=bool))
         self.higher_is_better = bool(envs.get_attr("evaluator")[0].higher_is_better) if self.config.episodic_weight else False
+        self.begin_episode(envs)  # ready to act and learn at once; run_episode clears it again for each run
 
     def begin_episode(self, envs: gym.vector.VectorEnv) -> None:
         self.running = np.ones(envs.num_envs, dtype=bool)

@@ -89,6 +89,7 @@ def test_registry_names_and_interface():
         "ce", "auc-pairwise", "phi-identity", "phi-identity-sigmoid", "label-smoothing", "phi-uniform", "random", "confusion",
         "reinforce", "reinforce-multi", "reinforce-frozen", "reinforce-paper", "reinforce-paper-multi",
         "reinforce-transfer", "reinforce-transfer-frozen", "ppo", "a2c", "adalfl", "learnloss", "fixed-loss", "phi-init",
+        "online-smoothing", "pbt", "pbt-frozen",
     }
     for name, factory in agents.CONTROLLERS.items():
         controller = factory()
