@@ -48,6 +48,7 @@ BLOCK_OUTPUT = {
 SCRIPT_OUTPUT = {
     "first_env.py": "test error",
     "custom_controller.py": "smooth-then-hold: test error",
+    "meta_training.py": "meta-trained policy: test error",
     "sb3_ppo.py": "ppo controller, test error per child",
     "ray_vector_env.py": "reinforce-multi on Ray, test error per child",
 }
@@ -135,7 +136,7 @@ def test_the_site_builds_in_strict_mode_with_every_page(site: Path) -> None:
                 "guide/several-children.html", "guide/own-task.html", "guide/design.html", "envs/index.html",
                 "envs/classification.html", "envs/aucpr.html", "envs/metric-learning.html", "controllers.html",
                 "tutorials/index.html", "tutorials/first-env.html", "tutorials/custom-controller.html",
-                "tutorials/sb3.html", "tutorials/ray.html", "benchmarks/index.html", "results.html", "overhead.html",
+                "tutorials/sb3.html", "tutorials/ray.html", "tutorials/meta-training.html", "benchmarks/index.html", "results.html", "overhead.html",
                 "benchmarks/results/index.html", "benchmarks/results/digits/table.html",
                 "benchmarks/results/digits/val_metric.png", "benchmarks/results/digits-long/val_metric.png",
                 "benchmarks/results/digits-long/test_metric.png",

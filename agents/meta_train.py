@@ -1,0 +1,316 @@
+"""Meta-training of the pair-shared policy by evolution strategies, on the end-of-training objective.
+
+Read top to bottom: the config, the pieces of one generation (perturbations, children, fitness, the ES
+step), the loop with its checkpoints, the command line.
+
+The online REINFORCE controller credits each decision with the next step's improvement, which favours
+what pays at once (``benchmarks/README.md``). Here the policy of :class:`agents.reinforce.PairPolicy` is
+instead trained across many short training runs, each credited with its child's **final validation
+metric** (never the test split):
+
+* Every generation draws a task from the family (an env id of ``tasks``) and a horizon (``total_iterations``
+  between ``horizon[0]`` and ``horizon[1]``, so that the policy meets every value of the progress feature),
+  and ``population`` perturbations ``epsilon_i`` of the policy's parameters ``theta``.
+* Antithetic pairs with common random numbers: children ``2i`` and ``2i + 1`` run ``theta + sigma epsilon_i``
+  and ``theta - sigma epsilon_i``, share initial weights and batch order (the same env seed) and the uniforms
+  their actions are sampled with, so their difference is the perturbation's.
+* Fitness: the child's final validation metric (signed so that higher is better), rank-normalised over the
+  generation; ``theta`` moves along the antithetic estimate of the fitness gradient with Adam.
+* One checkpoint per generation (plain tensors, ``weights_only`` loadable): an interrupted run resumes where
+  it stopped, bit for bit, because every draw of a generation comes from ``(seed, generation)``.
+
+The result is a ``reinforce`` policy file: ``ReinforceController.load(path)`` runs it frozen or fine-tunes it,
+and the benchmark's ``reinforce-transfer``-style rows can use it.
+``python -m agents.meta_train --tasks ALA-Digits-v0 --generations 20 --save runs/meta.pt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch.func import functional_call
+from torch.nn import functional as F
+
+import ala_gym  # noqa: F401  (registers the env ids)
+from agents import checkpoints
+from agents.reinforce import N_ACTIONS, PairPolicy
+
+CHECKPOINT_KIND = "meta-train-state"
+
+
+@dataclass
+class MetaTrainConfig:
+    """Evolution strategies over the pair-shared policy's parameters."""
+
+    tasks: tuple[str, ...] = ("ALA-Digits-v0",)
+    """The task family: env ids, one drawn per generation."""
+    horizon: tuple[int, int] = (200, 600)
+    """Range of the children's ``total_iterations``, drawn per generation (rounded to a multiple of K)."""
+    steps_per_action: int = 20
+    """K of every child."""
+    population: int = 4
+    """Antithetic pairs per generation: ``2 * population`` children."""
+    sigma: float = 0.05
+    """Standard deviation of the parameter perturbations."""
+    lr: float = 0.02
+    """Adam's learning rate on the fitness gradient estimate."""
+    generations: int = 10
+    """Generations to run (a resumed run stops at the same count)."""
+    hidden: int = 32
+    """Units in each of the policy's hidden layers (as :class:`agents.reinforce.ReinforceConfig.hidden`)."""
+    seed: int = 0
+    """Seeds the policy's initial weights and every draw of every generation."""
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Further env keywords of every child (``device``, ``val_subsample``, ...)."""
+
+    def __post_init__(self) -> None:
+        if not self.tasks or not all(isinstance(task, str) for task in self.tasks):
+            raise ValueError(f"tasks must name at least one env id, got {self.tasks!r}")
+        low, high = self.horizon
+        if not 1 <= low <= high:
+            raise ValueError(f"horizon must be (low, high) with 1 <= low <= high, got {self.horizon}")
+        if self.population < 1 or self.generations < 1 or self.hidden < 1 or self.steps_per_action < 1:
+            raise ValueError("population, generations, hidden and steps_per_action must be positive")
+        if not self.sigma > 0 or not self.lr > 0:
+            raise ValueError(f"sigma and lr must be positive, got {self.sigma}, {self.lr}")
+
+
+# ---------------------------------------------------------------------- one generation
+def centered_ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks mapped to [-0.5, 0.5] (ties broken by position): ES's fitness shaping, blind to the scale."""
+    ranks = np.empty(len(values))
+    ranks[np.argsort(values, kind="stable")] = np.arange(len(values))
+    return ranks / max(len(values) - 1, 1) - 0.5
+
+
+def es_gradient(fitness: np.ndarray, noise: torch.Tensor, sigma: float) -> torch.Tensor:
+    """The antithetic estimate of the gradient of the expected (rank-shaped) fitness: ``fitness`` holds the
+    ``2P`` children's values, ``theta + sigma eps_i`` at ``2i`` and ``theta - sigma eps_i`` at ``2i + 1``;
+    ``noise`` is ``[P, dims]``."""
+    shaped = torch.as_tensor(centered_ranks(np.asarray(fitness, dtype=np.float64)), dtype=noise.dtype)
+    difference = shaped[0::2] - shaped[1::2]
+    return (difference[:, None] * noise).sum(dim=0) / (2 * len(noise) * sigma)
+
+
+def generation_plan(config: MetaTrainConfig, generation: int) -> dict[str, Any]:
+    """Every draw of one generation, from ``(seed, generation)`` alone: task, horizon, env seeds."""
+    rng = np.random.default_rng([config.seed, generation])
+    k = config.steps_per_action
+    low, high = config.horizon
+    iterations = int(rng.integers(low, high + 1))
+    iterations = max(k, iterations // k * k)
+    pair_seeds = rng.integers(0, 2**31 - 1, size=config.population)
+    return {
+        "task": config.tasks[int(rng.integers(len(config.tasks)))],
+        "total_iterations": iterations,
+        "env_seeds": [int(s) for s in np.repeat(pair_seeds, 2)],  # the two children of a pair: one seed
+        "noise_seed": int(rng.integers(2**63 - 1)),
+    }
+
+
+def perturbations(policy: PairPolicy, population: int, seed: int) -> torch.Tensor:
+    """``[population, dims]`` standard normal perturbations of the flattened parameters."""
+    dims = sum(p.numel() for p in policy.parameters())
+    return torch.randn(population, dims, generator=torch.Generator().manual_seed(seed))
+
+
+def unflatten(policy: PairPolicy, vector: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A flat parameter vector as ``policy``'s named parameters."""
+    params, start = {}, 0
+    for name, parameter in policy.named_parameters():
+        params[name] = vector[start : start + parameter.numel()].view_as(parameter)
+        start += parameter.numel()
+    return params
+
+
+def run_children(
+    policy: PairPolicy, vectors: list[torch.Tensor], plan: dict[str, Any], config: MetaTrainConfig
+) -> np.ndarray:
+    """Train ``2P`` children once, child ``c`` under the policy with parameters ``vectors[c]``; return each
+    child's final validation metric, signed so that higher is better (a diverged child scores the worst)."""
+    num_children = len(vectors)
+    kwargs = {**config.env_kwargs, "total_iterations": plan["total_iterations"], "steps_per_action": config.steps_per_action}
+    envs = gym.make_vec(plan["task"], num_envs=num_children, **kwargs)
+    try:
+        higher_is_better = bool(envs.get_attr("evaluator")[0].higher_is_better)
+        observations, _ = envs.reset(seed=plan["env_seeds"])
+        uniforms = torch.Generator().manual_seed(plan["noise_seed"])
+        params = [unflatten(policy, vector) for vector in vectors]
+        fitness = np.full(num_children, np.nan)
+        while np.isnan(fitness).any():
+            # One uniform per pair of classes and pair of children: both children of a pair sample with it.
+            shared = torch.rand(num_children // 2, *observations.shape[1:2], generator=uniforms).repeat_interleave(2, 0)
+            with torch.no_grad():
+                actions = []
+                for child in range(num_children):
+                    logits = functional_call(policy, params[child], (torch.as_tensor(observations[child]),))
+                    cumulative = F.softmax(logits, dim=-1).cumsum(dim=-1)
+                    actions.append((shared[child][:, None] > cumulative).sum(dim=-1).clamp_max(N_ACTIONS - 1))
+            observations, _, terminations, truncations, infos = envs.step(torch.stack(actions).numpy())
+            measured = infos.get("_final_val_metric", np.zeros(num_children, dtype=bool))
+            for child in np.flatnonzero((terminations | truncations) & np.isnan(fitness)):
+                final = float(infos["final_val_metric"][child]) if measured[child] else float("nan")
+                fitness[child] = final if higher_is_better else -final
+            if np.isnan(fitness).any() and (terminations | truncations).all():
+                break
+    finally:
+        envs.close()
+    return np.nan_to_num(fitness, nan=-np.inf)
+
+
+# ---------------------------------------------------------------------- the loop
+class MetaTrainer:
+    """Evolution strategies over :class:`agents.reinforce.PairPolicy`'s parameters; see the module docstring."""
+
+    def __init__(self, config: MetaTrainConfig, n_features: int = 24) -> None:
+        self.config, self.n_features = config, n_features
+        self.policy = PairPolicy(n_features, config.hidden, torch.Generator().manual_seed(config.seed))
+        self.theta = torch.nn.utils.parameters_to_vector(self.policy.parameters()).detach().clone().requires_grad_()
+        self.optimizer = torch.optim.Adam([self.theta], lr=config.lr)
+        self.generation = 0
+        self.history: list[dict[str, float]] = []
+
+    def step(self) -> dict[str, float]:
+        """One generation: draw, run the ``2P`` children, move ``theta``; returns what it logs."""
+        config = self.config
+        plan = generation_plan(config, self.generation)
+        noise = perturbations(self.policy, config.population, plan["noise_seed"])
+        with torch.no_grad():
+            vectors = [self.theta + sign * config.sigma * eps for eps in noise for sign in (1.0, -1.0)]
+        fitness = run_children(self.policy, vectors, plan, config)
+        gradient = es_gradient(fitness, noise, config.sigma)
+        self.optimizer.zero_grad()
+        self.theta.grad = -gradient  # Adam descends: ascend the fitness
+        self.optimizer.step()
+        self.generation += 1
+        finite = fitness[np.isfinite(fitness)]
+        entry = {
+            "generation": self.generation, "task": plan["task"], "total_iterations": plan["total_iterations"],
+            "fitness_mean": float(finite.mean()) if len(finite) else float("nan"),
+            "fitness_best": float(finite.max()) if len(finite) else float("nan"),
+            "diverged": int((~np.isfinite(fitness)).sum()),
+        }  # fmt: skip
+        self.history.append(entry)
+        return entry
+
+    # ------------------------------------------------------------------ checkpoints
+    def state(self) -> dict[str, Any]:
+        return {
+            "theta": self.theta.detach().clone(), "optimizer": self.optimizer.state_dict(),
+            "generation": self.generation, "history": json.dumps(self.history), "n_features": self.n_features,
+        }  # fmt: skip
+
+    def config_record(self) -> dict[str, Any]:
+        """The config as a checkpoint holds it (lists for tuples), to compare on resume."""
+        return {**asdict(self.config), "tasks": list(self.config.tasks), "horizon": list(self.config.horizon)}
+
+    def save_state(self, path: str | Path) -> None:
+        """Everything a resumed run needs (plain tensors and primitives), written atomically: an interruption
+        while writing leaves the previous generation's file."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "format_version": checkpoints.FORMAT_VERSION, "ala_gym_version": ala_gym.__version__,
+            "kind": CHECKPOINT_KIND, "config": self.config_record(), "state_dict": {}, "trainer": self.state(),
+        }  # fmt: skip
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
+            torch.save(payload, tmp)
+        os.replace(tmp.name, path)
+
+    @classmethod
+    def resume(cls, path: str | Path, config: MetaTrainConfig) -> MetaTrainer:
+        """The trainer saved in ``path``; ``config`` must be the one it was saved with."""
+        checkpoint = checkpoints.load_checkpoint(path, CHECKPOINT_KIND)
+        saved = {**asdict(config), "tasks": list(config.tasks), "horizon": list(config.horizon)}
+        # Only the number of generations may differ: a finished run can be extended.
+        if checkpoint["config"] != {**saved, "generations": checkpoint["config"].get("generations")}:
+            raise checkpoints.CheckpointError(f"{path} holds a run of another configuration; pass another --state")
+        state = checkpoint["trainer"]
+        trainer = cls(config, int(state["n_features"]))
+        with torch.no_grad():
+            trainer.theta.copy_(state["theta"])
+        trainer.optimizer.load_state_dict(state["optimizer"])
+        trainer.generation, trainer.history = int(state["generation"]), json.loads(state["history"])
+        return trainer
+
+    def save_policy(self, path: str | Path) -> None:
+        """The current ``theta`` as a ``reinforce`` policy file (``ReinforceController.load`` reads it)."""
+        torch.nn.utils.vector_to_parameters(self.theta.detach(), self.policy.parameters())
+        from agents.reinforce import ReinforceConfig
+
+        config = {**asdict(ReinforceConfig(hidden=self.config.hidden)), "n_features": self.n_features}
+        checkpoints.save_checkpoint(path, "reinforce", config, self.policy.state_dict())
+
+
+def meta_train(config: MetaTrainConfig, state_path: str | Path | None = None, log_dir: str | None = None) -> MetaTrainer:
+    """Run (or resume from ``state_path``) until ``config.generations``; a checkpoint after every generation."""
+    from tqdm.auto import tqdm
+
+    resumable = state_path is not None and Path(state_path).is_file()
+    trainer = MetaTrainer.resume(state_path, config) if resumable else MetaTrainer(config)
+    writer = None
+    if log_dir is not None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(log_dir)
+    # A bar on a terminal; otherwise (a log file) a line per generation.
+    with tqdm(total=config.generations, initial=trainer.generation, unit="gen", disable=None) as bar:
+        while trainer.generation < config.generations:
+            entry = trainer.step()
+            if state_path is not None:
+                trainer.save_state(state_path)
+            if writer is not None:
+                for key in ("fitness_mean", "fitness_best"):
+                    writer.add_scalar(f"meta/{key}", entry[key], entry["generation"])
+            bar.update(1)
+            if bar.disable:
+                print(json.dumps(entry), flush=True)
+    if writer is not None:
+        writer.close()
+    return trainer
+
+
+# ---------------------------------------------------------------------- command line
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    defaults = MetaTrainConfig()
+    parser.add_argument("--tasks", default=",".join(defaults.tasks), help="comma-separated env ids (the task family)")
+    parser.add_argument("--horizon", default=f"{defaults.horizon[0]},{defaults.horizon[1]}",
+                        help="low,high total_iterations of the children, drawn per generation")  # fmt: skip
+    for name in ("steps_per_action", "population", "generations", "hidden", "seed"):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
+    for name in ("sigma", "lr"):
+        parser.add_argument(f"--{name}", type=float, default=getattr(defaults, name))
+    parser.add_argument("--env-kwargs", default="{}", help="JSON dict of further env keywords of every child")
+    parser.add_argument("--state", help="checkpoint written after every generation; an existing one is resumed")
+    parser.add_argument("--log-dir", help="TensorBoard folder for the fitness curves")
+    parser.add_argument("--save", required=True, help="write the meta-trained policy here (a reinforce policy file)")
+    args = parser.parse_args(argv)
+    try:
+        horizon = tuple(int(v) for v in args.horizon.split(","))
+        config = MetaTrainConfig(
+            tasks=tuple(args.tasks.split(",")), horizon=horizon, steps_per_action=args.steps_per_action,  # type: ignore[arg-type]
+            population=args.population, sigma=args.sigma, lr=args.lr, generations=args.generations,
+            hidden=args.hidden, seed=args.seed, env_kwargs=json.loads(args.env_kwargs),
+        )  # fmt: skip
+        for task in config.tasks:
+            gym.spec(task)
+        trainer = meta_train(config, args.state, args.log_dir)
+    except (ValueError, gym.error.Error, checkpoints.CheckpointError) as exc:  # JSONDecodeError is a ValueError
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    trainer.save_policy(args.save)
+    print(f"meta-trained policy after {trainer.generation} generations written to {args.save}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
