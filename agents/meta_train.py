@@ -17,7 +17,9 @@ metric** (never the test split):
 * Fitness: the child's final validation metric (signed so that higher is better), rank-normalised over the
   generation; ``theta`` moves along the antithetic estimate of the fitness gradient with Adam.
 * One checkpoint per generation (plain tensors, ``weights_only`` loadable): an interrupted run resumes where
-  it stopped, bit for bit, because every draw of a generation comes from ``(seed, generation)``.
+  it stopped, bit for bit, because every draw of a generation comes from ``(seed, generation)``. A progress
+  bar on a terminal, a line per generation otherwise; with a log folder, TensorBoard curves of the fitness
+  and of the children's mean off-diagonal Phi at the end of their runs.
 
 The result is a ``reinforce`` policy file: ``ReinforceController.load(path)`` runs it frozen or fine-tunes it,
 and the benchmark's ``reinforce-transfer``-style rows can use it.
@@ -135,9 +137,10 @@ def unflatten(policy: PairPolicy, vector: torch.Tensor) -> dict[str, torch.Tenso
 
 def run_children(
     policy: PairPolicy, vectors: list[torch.Tensor], plan: dict[str, Any], config: MetaTrainConfig
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
     """Train ``2P`` children once, child ``c`` under the policy with parameters ``vectors[c]``; return each
-    child's final validation metric, signed so that higher is better (a diverged child scores the worst)."""
+    child's final validation metric, signed so that higher is better (a diverged child scores the worst), and
+    the mean off-diagonal entry of its final Phi (where Phi is a matrix; NaN otherwise)."""
     num_children = len(vectors)
     kwargs = {**config.env_kwargs, "total_iterations": plan["total_iterations"], "steps_per_action": config.steps_per_action}
     envs = gym.make_vec(plan["task"], num_envs=num_children, **kwargs)
@@ -147,6 +150,7 @@ def run_children(
         uniforms = torch.Generator().manual_seed(plan["noise_seed"])
         params = [unflatten(policy, vector) for vector in vectors]
         fitness = np.full(num_children, np.nan)
+        phi_off_diagonal = np.full(num_children, np.nan)
         while np.isnan(fitness).any():
             # One uniform per pair of classes and pair of children: both children of a pair sample with it.
             shared = torch.rand(num_children // 2, *observations.shape[1:2], generator=uniforms).repeat_interleave(2, 0)
@@ -161,11 +165,14 @@ def run_children(
             for child in np.flatnonzero((terminations | truncations) & np.isnan(fitness)):
                 final = float(infos["final_val_metric"][child]) if measured[child] else float("nan")
                 fitness[child] = final if higher_is_better else -final
+                phi = np.asarray(infos["phi"][child])
+                if phi.ndim == 2 and len(phi) > 1:
+                    phi_off_diagonal[child] = phi[~np.eye(len(phi), dtype=bool)].mean()
             if np.isnan(fitness).any() and (terminations | truncations).all():
                 break
     finally:
         envs.close()
-    return np.nan_to_num(fitness, nan=-np.inf)
+    return np.nan_to_num(fitness, nan=-np.inf), phi_off_diagonal
 
 
 # ---------------------------------------------------------------------- the loop
@@ -187,7 +194,7 @@ class MetaTrainer:
         noise = perturbations(self.policy, config.population, plan["noise_seed"])
         with torch.no_grad():
             vectors = [self.theta + sign * config.sigma * eps for eps in noise for sign in (1.0, -1.0)]
-        fitness = run_children(self.policy, vectors, plan, config)
+        fitness, phi_off_diagonal = run_children(self.policy, vectors, plan, config)
         gradient = es_gradient(fitness, noise, config.sigma)
         self.optimizer.zero_grad()
         self.theta.grad = -gradient  # Adam descends: ascend the fitness
@@ -199,6 +206,7 @@ class MetaTrainer:
             "fitness_mean": float(finite.mean()) if len(finite) else float("nan"),
             "fitness_best": float(finite.max()) if len(finite) else float("nan"),
             "diverged": int((~np.isfinite(fitness)).sum()),
+            "phi_off_diagonal_mean": float(np.nanmean(phi_off_diagonal)) if np.isfinite(phi_off_diagonal).any() else float("nan"),
         }  # fmt: skip
         self.history.append(entry)
         return entry
@@ -270,7 +278,7 @@ def meta_train(config: MetaTrainConfig, state_path: str | Path | None = None, lo
             if state_path is not None:
                 trainer.save_state(state_path)
             if writer is not None:
-                for key in ("fitness_mean", "fitness_best"):
+                for key in ("fitness_mean", "fitness_best", "phi_off_diagonal_mean"):
                     writer.add_scalar(f"meta/{key}", entry[key], entry["generation"])
             bar.update(1)
             if bar.disable:

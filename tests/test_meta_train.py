@@ -58,10 +58,11 @@ def test_antithetic_children_differ_only_by_their_actions() -> None:
     plan = generation_plan(config, 0)
     assert plan["env_seeds"][0] == plan["env_seeds"][1] != plan["env_seeds"][2] == plan["env_seeds"][3]
     theta = trainer.theta.detach()
-    same = run_children(trainer.policy, [theta] * 4, plan, config)
+    same, phi = run_children(trainer.policy, [theta] * 4, plan, config)
+    assert phi[0] == phi[1] and np.isfinite(phi).all()
     assert same[0] == same[1] and same[2] == same[3] and same[0] != same[2]
     noise = perturbations(trainer.policy, 1, 0)[0]
-    apart = run_children(trainer.policy, [theta + 3.0 * noise, theta - 3.0 * noise] * 2, plan, config)
+    apart, _ = run_children(trainer.policy, [theta + 3.0 * noise, theta - 3.0 * noise] * 2, plan, config)
     assert apart[0] != apart[1]
 
 
@@ -78,7 +79,8 @@ def test_an_interrupted_run_resumes_bit_for_bit(tmp_path, global_rng_unchanged) 
     with global_rng_unchanged():
         straight = meta_train(config)
     meta_train(tiny(generations=1), tmp_path / "state.pt")  # stopped after one generation
-    resumed = meta_train(config, tmp_path / "state.pt")
+    resumed = meta_train(config, tmp_path / "state.pt", log_dir=str(tmp_path / "logs"))
+    assert list((tmp_path / "logs").glob("events.out.tfevents.*"))
     assert resumed.generation == 2 and torch.equal(resumed.theta, straight.theta)
     assert [entry["fitness_mean"] for entry in resumed.history] == [entry["fitness_mean"] for entry in straight.history]
 
