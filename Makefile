@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup demo test fashion-mnist chromium docs
+.PHONY: setup demo test fashion-mnist chromium docs gpu-check
 
 setup: $(STAMP)
 
@@ -32,6 +32,10 @@ docs: $(STAMP)
 # The main job: compare controllers on the embedded digits data (a few minutes on a CPU).
 demo: $(STAMP)
 	$(PY) -m benchmarks.compare --env ALA-Digits-v0 --preset demo
+
+# What needs a GPU, in one command, on a machine with one (benchmarks/gpu.py; results in benchmarks/results/gpu/).
+gpu-check: $(STAMP) fashion-mnist
+	$(PY) -m benchmarks.gpu --device cuda
 
 test: $(STAMP) fashion-mnist chromium
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q
