@@ -176,6 +176,11 @@ def run_children(
 
 
 # ---------------------------------------------------------------------- the loop
+def config_record(config: MetaTrainConfig) -> dict[str, Any]:
+    """``config`` as a checkpoint holds it (lists for tuples), to compare on resume."""
+    return {**asdict(config), "tasks": list(config.tasks), "horizon": list(config.horizon)}
+
+
 class MetaTrainer:
     """Evolution strategies over :class:`agents.reinforce.PairPolicy`'s parameters; see the module docstring."""
 
@@ -218,10 +223,6 @@ class MetaTrainer:
             "generation": self.generation, "history": json.dumps(self.history), "n_features": self.n_features,
         }  # fmt: skip
 
-    def config_record(self) -> dict[str, Any]:
-        """The config as a checkpoint holds it (lists for tuples), to compare on resume."""
-        return {**asdict(self.config), "tasks": list(self.config.tasks), "horizon": list(self.config.horizon)}
-
     def save_state(self, path: str | Path) -> None:
         """Everything a resumed run needs (plain tensors and primitives), written atomically: an interruption
         while writing leaves the previous generation's file."""
@@ -229,7 +230,7 @@ class MetaTrainer:
         path.parent.mkdir(parents=True, exist_ok=True)
         payload = {
             "format_version": checkpoints.FORMAT_VERSION, "ala_gym_version": ala_gym.__version__,
-            "kind": CHECKPOINT_KIND, "config": self.config_record(), "state_dict": {}, "trainer": self.state(),
+            "kind": CHECKPOINT_KIND, "config": config_record(self.config), "state_dict": {}, "trainer": self.state(),
         }  # fmt: skip
         with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
             torch.save(payload, tmp)
@@ -239,7 +240,7 @@ class MetaTrainer:
     def resume(cls, path: str | Path, config: MetaTrainConfig) -> MetaTrainer:
         """The trainer saved in ``path``; ``config`` must be the one it was saved with."""
         checkpoint = checkpoints.load_checkpoint(path, CHECKPOINT_KIND)
-        saved = {**asdict(config), "tasks": list(config.tasks), "horizon": list(config.horizon)}
+        saved = config_record(config)
         # Only the number of generations may differ: a finished run can be extended.
         if checkpoint["config"] != {**saved, "generations": checkpoint["config"].get("generations")}:
             raise checkpoints.CheckpointError(f"{path} holds a run of another configuration; pass another --state")
