@@ -4,6 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+# Data that is not downloaded (the CIFAR-10 subset) lies in shared/data beside the checkout, unless set otherwise.
+export ALA_GYM_DATA ?= $(abspath ../shared/data)
 
 .PHONY: setup demo test fashion-mnist chromium docs gpu-check
 
@@ -31,11 +33,11 @@ docs: $(STAMP)
 
 # The main job: compare controllers on the embedded digits data (a few minutes on a CPU).
 demo: $(STAMP)
-	$(PY) -m benchmarks.compare --env ALA-Digits-v0 --preset demo
+	$(PY) -m ala_gym.benchmarks.compare --env ALA-Digits-v0 --preset demo
 
 # What needs a GPU, in one command, on a machine with one (benchmarks/gpu.py; results in benchmarks/results/gpu/).
 gpu-check: $(STAMP) fashion-mnist
-	$(PY) -m benchmarks.gpu --device cuda
+	$(PY) -m ala_gym.benchmarks.gpu --device cuda
 
 test: $(STAMP) fashion-mnist chromium
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q

@@ -1,9 +1,9 @@
-"""Controllers that drive the ALA envs, all behind one interface (:class:`agents.base.Controller`).
+"""Controllers that drive the ALA envs, all behind one interface (:class:`ala_gym.agents.base.Controller`).
 
 How a caller (the benchmark, a notebook) runs any of them::
 
-    import agents
-    controller = agents.CONTROLLERS["reinforce-multi"]()      # factories take optional keywords
+    import ala_gym.agents
+    controller = ala_gym.agents.CONTROLLERS["reinforce-multi"]()      # factories take optional keywords
     envs = controller.make_envs("ALA-Digits-v0", total_iterations=400, steps_per_action=20)
     records = controller.run(envs, seed=0, on_step=None)       # list[EpisodeRecord], one per child
     envs.close()
@@ -21,13 +21,13 @@ Registry (``CONTROLLERS``, keyed by the benchmark's names; the documentation's C
 
 Factory keywords: the baselines take ``num_envs`` and ``loss_form`` (``random`` also ``noise``,
 ``phi-uniform``/``label-smoothing`` ``off_diagonal`` and ``label_smoothing``); ``reinforce*`` take
-``config`` (:class:`agents.reinforce.ReinforceConfig`), ``num_envs``, ``train``; ``ppo``/``a2c`` take
-``config`` (:class:`agents.sb3.SB3Config`), ``num_envs``, ``policy`` (``"pair"`` or ``"mlp"``) and need the
+``config`` (:class:`ala_gym.agents.reinforce.ReinforceConfig`), ``num_envs``, ``train``; ``ppo``/``a2c`` take
+``config`` (:class:`ala_gym.agents.sb3.SB3Config`), ``num_envs``, ``policy`` (``"pair"`` or ``"mlp"``) and need the
 ``sb3`` extra (without it their factories raise :class:`ala_gym.wrappers.MissingExtraError`, which says so); ``pbt``
-takes ``config`` (:class:`agents.pbt.PBTConfig`) and ``num_envs`` (the population, 10). Saved
-policies: ``agents.reinforce.ReinforceController.load(path, train=False)`` (``train=True`` fine-tunes;
+takes ``config`` (:class:`ala_gym.agents.pbt.PBTConfig`) and ``num_envs`` (the population, 10). Saved
+policies: ``ala_gym.agents.reinforce.ReinforceController.load(path, train=False)`` (``train=True`` fine-tunes;
 ``temperature`` divides the loaded logits) and
-``agents.sb3.SB3Controller.load(path, algo)``.
+``ala_gym.agents.sb3.SB3Controller.load(path, algo)``.
 """
 
 from __future__ import annotations
@@ -37,12 +37,12 @@ from importlib import import_module
 from importlib.metadata import entry_points
 from typing import Any
 
-from agents.base import Controller, EpisodeRecord, EpisodeRecorder
+from ala_gym.agents.base import Controller, EpisodeRecord, EpisodeRecorder
 
 
 def _factory(path: str, name: str, **defaults: Any) -> Callable[..., Controller]:
     """A factory for the class at ``module:Class``, imported on first use: the modules with a command
-    line (``python -m agents.reinforce``) must not be imported by the package itself, and
+    line (``python -m ala_gym.agents.reinforce``) must not be imported by the package itself, and
     Stable-Baselines3 is slow to import and an optional extra: ``import agents`` works without it."""
     module, _, class_name = path.partition(":")
 
@@ -56,38 +56,38 @@ def _factory(path: str, name: str, **defaults: Any) -> Callable[..., Controller]
 
 
 CONTROLLERS: dict[str, Callable[..., Controller]] = {
-    "ce": _factory("agents.baselines:FixedPhi", "ce", loss_form="cross_entropy"),
-    "auc-pairwise": _factory("agents.baselines:FixedPhi", "auc-pairwise", loss_form="auc_pairwise"),
-    "phi-identity": _factory("agents.baselines:FixedPhi", "phi-identity", loss_form="linear"),
-    "phi-identity-sigmoid": _factory("agents.baselines:FixedPhi", "phi-identity-sigmoid", loss_form="sigmoid"),
-    "label-smoothing": _factory("agents.baselines:UniformPhi", "label-smoothing", label_smoothing=0.1),
-    "phi-uniform": _factory("agents.baselines:UniformPhi", "phi-uniform"),
-    "random": _factory("agents.baselines:RandomPhi", "random"),
+    "ce": _factory("ala_gym.agents.baselines:FixedPhi", "ce", loss_form="cross_entropy"),
+    "auc-pairwise": _factory("ala_gym.agents.baselines:FixedPhi", "auc-pairwise", loss_form="auc_pairwise"),
+    "phi-identity": _factory("ala_gym.agents.baselines:FixedPhi", "phi-identity", loss_form="linear"),
+    "phi-identity-sigmoid": _factory("ala_gym.agents.baselines:FixedPhi", "phi-identity-sigmoid", loss_form="sigmoid"),
+    "label-smoothing": _factory("ala_gym.agents.baselines:UniformPhi", "label-smoothing", label_smoothing=0.1),
+    "phi-uniform": _factory("ala_gym.agents.baselines:UniformPhi", "phi-uniform"),
+    "random": _factory("ala_gym.agents.baselines:RandomPhi", "random"),
     # Metric learning: the framework's fixed pytorch-metric-learning loss, and the adaptive loss held at its
     # initial Phi (the env's default loss_form).
-    "fixed-loss": _factory("agents.baselines:FixedPhi", "fixed-loss", loss_form="fixed"),
-    "phi-init": _factory("agents.baselines:FixedPhi", "phi-init", loss_form=None),
-    "confusion": _factory("agents.baselines:ConfusionPhi", "confusion"),
-    "online-smoothing": _factory("agents.baselines:OnlineSmoothingPhi", "online-smoothing"),
-    "reinforce": _factory("agents.reinforce:ReinforceController", "reinforce", num_envs=1),
-    "reinforce-multi": _factory("agents.reinforce:ReinforceController", "reinforce-multi", num_envs=10),
+    "fixed-loss": _factory("ala_gym.agents.baselines:FixedPhi", "fixed-loss", loss_form="fixed"),
+    "phi-init": _factory("ala_gym.agents.baselines:FixedPhi", "phi-init", loss_form=None),
+    "confusion": _factory("ala_gym.agents.baselines:ConfusionPhi", "confusion"),
+    "online-smoothing": _factory("ala_gym.agents.baselines:OnlineSmoothingPhi", "online-smoothing"),
+    "reinforce": _factory("ala_gym.agents.reinforce:ReinforceController", "reinforce", num_envs=1),
+    "reinforce-multi": _factory("ala_gym.agents.reinforce:ReinforceController", "reinforce-multi", num_envs=10),
     "reinforce-frozen": _factory(
-        "agents.reinforce:ReinforceController", "reinforce-frozen", num_envs=10, train=False, multi_child=True
+        "ala_gym.agents.reinforce:ReinforceController", "reinforce-frozen", num_envs=10, train=False, multi_child=True
     ),
     "reinforce-paper": _factory(
-        "agents.reinforce:paper_controller", "reinforce-paper", num_envs=1
+        "ala_gym.agents.reinforce:paper_controller", "reinforce-paper", num_envs=1
     ),
-    "reinforce-paper-multi": _factory("agents.reinforce:paper_controller", "reinforce-paper-multi", num_envs=10),
-    "reinforce-transfer": _factory("agents.reinforce:transfer_controller", "reinforce-transfer", train=True),
+    "reinforce-paper-multi": _factory("ala_gym.agents.reinforce:paper_controller", "reinforce-paper-multi", num_envs=10),
+    "reinforce-transfer": _factory("ala_gym.agents.reinforce:transfer_controller", "reinforce-transfer", train=True),
     "reinforce-transfer-frozen": _factory(
-        "agents.reinforce:transfer_controller", "reinforce-transfer-frozen", train=False
+        "ala_gym.agents.reinforce:transfer_controller", "reinforce-transfer-frozen", train=False
     ),
-    "ppo": _factory("agents.sb3:SB3Controller", "ppo", algo="ppo"),
-    "a2c": _factory("agents.sb3:SB3Controller", "a2c", algo="a2c"),
-    "pbt": _factory("agents.pbt:PBTController", "pbt"),
-    "pbt-frozen": _factory("agents.pbt:PBTController", "pbt-frozen", frozen=True),
-    "adalfl": _factory("agents.adalfl:AdaLFLController", "adalfl"),
-    "learnloss": _factory("agents.learnloss:LearnLossPhi", "learnloss"),
+    "ppo": _factory("ala_gym.agents.sb3:SB3Controller", "ppo", algo="ppo"),
+    "a2c": _factory("ala_gym.agents.sb3:SB3Controller", "a2c", algo="a2c"),
+    "pbt": _factory("ala_gym.agents.pbt:PBTController", "pbt"),
+    "pbt-frozen": _factory("ala_gym.agents.pbt:PBTController", "pbt-frozen", frozen=True),
+    "adalfl": _factory("ala_gym.agents.adalfl:AdaLFLController", "adalfl"),
+    "learnloss": _factory("ala_gym.agents.learnloss:LearnLossPhi", "learnloss"),
 }
 
 ENTRY_POINT_GROUP = "ala_gym.controllers"
@@ -127,7 +127,7 @@ def _checked(factory: Any, name: str) -> Callable[..., Controller]:
     def make(**kwargs: Any) -> Controller:
         controller = factory(**kwargs)
         if not isinstance(controller, Controller):
-            raise ValueError(f"controller {name!r} made a {type(controller).__name__}, not an agents.Controller")
+            raise ValueError(f"controller {name!r} made a {type(controller).__name__}, not an ala_gym.agents.Controller")
         controller.name = name
         return controller
 

@@ -18,7 +18,7 @@ How the pieces fit:
   meta-objective on a meta batch, Adam step on ``phi``. Gradients come from
   ``torch.autograd.grad(..., create_graph=True)``; no model copy, no ``higher``.
 * :func:`initialise_offline` is Algorithm 1; :class:`OnlineTrainer` is Algorithm 2.
-* :class:`AdaLFLController` runs both for the benchmark (``python -m benchmarks.compare --controllers
+* :class:`AdaLFLController` runs both for the benchmark (``python -m ala_gym.benchmarks.compare --controllers
   ce,adalfl``).
 
 BatchNorm (ResNets): the base forward runs in training mode and updates the running statistics, as
@@ -46,7 +46,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from agents.base import Controller, EpisodeRecord, OnStep
+from ala_gym.agents.base import Controller, EpisodeRecord, OnStep
 from ala_gym.core.data import BatchSampler, ClassificationData
 from ala_gym.core.functional import FunctionalChild
 from ala_gym.core.models import build_model
@@ -169,7 +169,7 @@ def save_loss_network(network: LossNetwork, path: str | Path) -> None:
 def load_loss_network(path: str | Path, device: torch.device | str = "cpu") -> LossNetwork:
     """A network written by :func:`save_loss_network`, read with ``torch.load(..., weights_only=True)``."""
     if not Path(path).is_file():
-        raise FileNotFoundError(f"no loss network at {path}; write one with agents.adalfl.save_loss_network")
+        raise FileNotFoundError(f"no loss network at {path}; write one with ala_gym.agents.adalfl.save_loss_network")
     saved = torch.load(path, map_location=device, weights_only=True)
     network = LossNetwork(AdaLFLConfig(**saved["hyper"]), torch.Generator(device))
     network.load_state_dict(saved["state_dict"])
@@ -334,11 +334,12 @@ class AdaLFLController(Controller):
         raise TypeError("AdaLFL sets no Phi: it trains the child itself in run()")
 
     def run(self, envs: gym.vector.VectorEnv, seed: int, on_step: OnStep | None = None) -> list[EpisodeRecord]:
-        env = getattr(envs.unwrapped, "template", None)
-        if env is None:
+        spec = getattr(envs.unwrapped, "task_spec", None)
+        if spec is None:
             raise TypeError("AdaLFL needs the ALA vector env that make_envs builds (gym.make_vec of an ALA env id)")
-        # The env's own reset builds the child: the same initial weights and batch order as child 0 of
-        # any other controller's run with this seed. Further draws from its generator seed AdaLFL's streams.
+        # A single env of the vector env's task: its own reset builds the child, with the same initial weights
+        # and batch order as child 0 of any other controller's run with this seed. Further draws from its generator seed AdaLFL's streams.
+        env = spec.make_env()
         env.reset(seed=seed)
         trainer: ChildTrainer = env.trainer
         network_seed, offline_seed, meta_seed = seed_streams(int(env.np_random.integers(2**63 - 1)), 3)

@@ -12,12 +12,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
 
 import ala_gym  # noqa: F401  (registers the env ids that make_envs names)
+from ala_gym.wrappers import ChildAttributes
 
 OnStep = Callable[[int, dict[str, Any]], None]
 """``on_step(step, logs)``, called after every vector step of :meth:`Controller.run`."""
@@ -93,6 +94,9 @@ class Controller(ABC):
     """How many children the benchmark should give this controller (``gym.make_vec(..., num_envs=)``)."""
     learned: bool = False
     """Whether the controller learns (or runs a learned policy): the benchmark draws its Phi trajectories."""
+    config: Any
+    """The controller's configuration dataclass, where it has one (the benchmark's ``name(field=value)``
+    keywords set its fields); declared here, set by the controllers that have one."""
     multi_child: bool = False
     """Whether one controller drives several children as one run (a shared policy): the benchmark's
     ``--children`` sets its ``num_envs``. Fixed controllers treat children independently; the benchmark's
@@ -165,7 +169,7 @@ class Controller(ABC):
         while not recorder.done:
             phi = self.prescribe_phi(observations, infos)
             if phi is not None:
-                envs.set_attr("phi", list(phi))
+                cast(ChildAttributes, envs).set_attr("phi", list(phi))
             actions = self.act(observations, infos)
             next_observations, rewards, terminations, truncations, infos = envs.step(actions)
             running = ~recorder.finished  # children still in their first episode before this step

@@ -24,7 +24,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from agents.base import Controller
+from ala_gym.agents.base import Controller
 from ala_gym.core.losses import class_pairs, pairs_to_matrix
 
 NO_CHANGE = 1  # the action that moves a Phi entry by 0

@@ -14,9 +14,9 @@ from typing import Any, NoReturn
 import gymnasium as gym
 import numpy as np
 
-from agents.checkpoints import CheckpointError
-from agents.progress import RunLogger
 from ala_gym import wrappers
+from ala_gym.agents.checkpoints import CheckpointError
+from ala_gym.agents.progress import RunLogger
 
 
 def fail(message: str) -> NoReturn:

@@ -74,7 +74,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import linprog
 
-from agents.baselines import FixedPhi
+from ala_gym.agents.baselines import FixedPhi
 from ala_gym.core.losses import pairs_to_matrix
 from ala_gym.core.metrics import get_metric
 

@@ -4,7 +4,7 @@ Read top to bottom: the config, the pieces of one generation (perturbations, chi
 step), the loop with its checkpoints, the command line.
 
 The online REINFORCE controller credits each decision with the next step's improvement, which favours
-what pays at once (``benchmarks/README.md``). Here the policy of :class:`agents.reinforce.PairPolicy` is
+what pays at once (``benchmarks/README.md``). Here the policy of :class:`ala_gym.agents.reinforce.PairPolicy` is
 instead trained across many short training runs, each credited with its child's **final validation
 metric** (never the test split):
 
@@ -23,7 +23,7 @@ metric** (never the test split):
 
 The result is a ``reinforce`` policy file: ``ReinforceController.load(path)`` runs it frozen or fine-tunes it,
 and the benchmark's ``reinforce-transfer``-style rows can use it.
-``python -m agents.meta_train --tasks ALA-Digits-v0 --generations 20 --save runs/meta.pt``.
+``python -m ala_gym.agents.meta_train --tasks ALA-Digits-v0 --generations 20 --save runs/meta.pt``.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
@@ -44,8 +44,9 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 import ala_gym  # noqa: F401  (registers the env ids)
-from agents import checkpoints
-from agents.reinforce import N_ACTIONS, PairPolicy
+from ala_gym.agents import checkpoints
+from ala_gym.agents.reinforce import N_ACTIONS, PairPolicy
+from ala_gym.wrappers import ChildAttributes
 
 CHECKPOINT_KIND = "meta-train-state"
 
@@ -69,7 +70,7 @@ class MetaTrainConfig:
     generations: int = 10
     """Generations to run (a resumed run stops at the same count)."""
     hidden: int = 32
-    """Units in each of the policy's hidden layers (as :class:`agents.reinforce.ReinforceConfig.hidden`)."""
+    """Units in each of the policy's hidden layers (as :class:`ala_gym.agents.reinforce.ReinforceConfig.hidden`)."""
     seed: int = 0
     """Seeds the policy's initial weights and every draw of every generation."""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -145,7 +146,7 @@ def run_children(
     kwargs = {**config.env_kwargs, "total_iterations": plan["total_iterations"], "steps_per_action": config.steps_per_action}
     envs = gym.make_vec(plan["task"], num_envs=num_children, **kwargs)
     try:
-        higher_is_better = bool(envs.get_attr("evaluator")[0].higher_is_better)
+        higher_is_better = bool(cast(ChildAttributes, envs).get_attr("evaluator")[0].higher_is_better)
         observations, _ = envs.reset(seed=plan["env_seeds"])
         uniforms = torch.Generator().manual_seed(plan["noise_seed"])
         params = [unflatten(policy, vector) for vector in vectors]
@@ -162,7 +163,7 @@ def run_children(
                     actions.append((shared[child][:, None] > cumulative).sum(dim=-1).clamp_max(N_ACTIONS - 1))
             observations, _, terminations, truncations, infos = envs.step(torch.stack(actions).numpy())
             measured = infos.get("_final_val_metric", np.zeros(num_children, dtype=bool))
-            for child in np.flatnonzero((terminations | truncations) & np.isnan(fitness)):
+            for child in map(int, np.flatnonzero((terminations | truncations) & np.isnan(fitness))):
                 final = float(infos["final_val_metric"][child]) if measured[child] else float("nan")
                 fitness[child] = final if higher_is_better else -final
                 phi = np.asarray(infos["phi"][child])
@@ -182,7 +183,7 @@ def config_record(config: MetaTrainConfig) -> dict[str, Any]:
 
 
 class MetaTrainer:
-    """Evolution strategies over :class:`agents.reinforce.PairPolicy`'s parameters; see the module docstring."""
+    """Evolution strategies over :class:`ala_gym.agents.reinforce.PairPolicy`'s parameters; see the module docstring."""
 
     def __init__(self, config: MetaTrainConfig, n_features: int = 24) -> None:
         self.config, self.n_features = config, n_features
@@ -255,7 +256,7 @@ class MetaTrainer:
     def save_policy(self, path: str | Path) -> None:
         """The current ``theta`` as a ``reinforce`` policy file (``ReinforceController.load`` reads it)."""
         torch.nn.utils.vector_to_parameters(self.theta.detach(), self.policy.parameters())
-        from agents.reinforce import ReinforceConfig
+        from ala_gym.agents.reinforce import ReinforceConfig
 
         config = {**asdict(ReinforceConfig(hidden=self.config.hidden)), "n_features": self.n_features}
         checkpoints.save_checkpoint(path, "reinforce", config, self.policy.state_dict())
@@ -265,8 +266,10 @@ def meta_train(config: MetaTrainConfig, state_path: str | Path | None = None, lo
     """Run (or resume from ``state_path``) until ``config.generations``; a checkpoint after every generation."""
     from tqdm.auto import tqdm
 
-    resumable = state_path is not None and Path(state_path).is_file()
-    trainer = MetaTrainer.resume(state_path, config) if resumable else MetaTrainer(config)
+    if state_path is not None and Path(state_path).is_file():
+        trainer = MetaTrainer.resume(state_path, config)
+    else:
+        trainer = MetaTrainer(config)
     writer = None
     if log_dir is not None:
         from torch.utils.tensorboard import SummaryWriter

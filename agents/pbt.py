@@ -21,12 +21,15 @@ children between actors).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import gymnasium as gym
 import numpy as np
 
-from agents.base import Controller
+from ala_gym.agents.base import Controller
+
+if TYPE_CHECKING:
+    from ala_gym.envs.vector import ALAVectorEnv
 
 NO_CHANGE = 1
 
@@ -82,7 +85,8 @@ class PBTController(Controller):
         self.rng = np.random.default_rng(seed)
 
     def begin_episode(self, envs: gym.vector.VectorEnv) -> None:
-        self.envs = envs.unwrapped
+        # The native vector env, which begin() checked for: the one that can copy a child into another.
+        self.envs = cast("ALAVectorEnv", envs.unwrapped)
         low, high = self.config.initial_range
         self.values = self.rng.uniform(low, high, size=envs.num_envs)
         self.steps = 0

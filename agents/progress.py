@@ -4,7 +4,7 @@ Phi heatmaps."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, SupportsFloat, cast
 
 import numpy as np
 
@@ -12,7 +12,7 @@ import numpy as np
 class RunLogger:
     """A tqdm progress bar plus, when ``log_dir`` is given, TensorBoard scalars and a Phi heatmap.
 
-    Use it as ``on_step`` of :meth:`agents.base.Controller.run`: every numeric entry of ``logs`` becomes
+    Use it as ``on_step`` of :meth:`ala_gym.agents.base.Controller.run`: every numeric entry of ``logs`` becomes
     a scalar; ``logs["phi"]`` (``[num_envs, C, C]``) becomes a heatmap of child 0 every
     ``heatmap_every`` steps.
     """
@@ -30,7 +30,8 @@ class RunLogger:
             self.writer = SummaryWriter(str(log_dir))
 
     def __call__(self, step: int, logs: dict[str, Any]) -> None:
-        scalars = {key: float(value) for key, value in logs.items() if np.isscalar(value)}
+        # np.isscalar admits strings and complex numbers too; the scalars controllers log are real numbers.
+        scalars = {key: float(cast(SupportsFloat, value)) for key, value in logs.items() if np.isscalar(value)}
         self.bar.update(1)
         shown = ("reward", "val_metric", "entropy")
         self.bar.set_postfix({key: f"{scalars[key]:.3g}" for key in shown if key in scalars})

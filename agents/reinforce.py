@@ -18,10 +18,10 @@ Read top to bottom: the config, the policy, the controller (acting, learning, sa
   :meth:`ReinforceConfig.paper` (one shared reward, moving-average baseline, Adam 1e-3), on the env's
   paper step rules ``PAPER_ENV_KWARGS``: the ``reinforce-paper`` controllers.
 * Every update logs the policy's entropy and mean probability of "no change" over the pairs an action can
-  move (collapse to a deterministic policy) and, through :func:`agents.base.step_logs`, Phi's drift from
+  move (collapse to a deterministic policy) and, through :func:`ala_gym.agents.base.step_logs`, Phi's drift from
   identity (blow-up at large beta): the failure modes measured here and in the public re-implementation.
 
-``python -m agents.reinforce --env ALA-Digits-v0 --num-envs 10 --save runs/policy.pt`` trains one run;
+``python -m ala_gym.agents.reinforce --env ALA-Digits-v0 --num-envs 10 --save runs/policy.pt`` trains one run;
 ``--load runs/policy.pt --freeze`` runs a saved policy frozen (Table 5's "policy from 1st run"),
 ``--load`` alone fine-tunes it.
 """
@@ -32,7 +32,7 @@ import argparse
 from collections import deque
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import gymnasium as gym
 import numpy as np
@@ -40,8 +40,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from agents import checkpoints, cli
-from agents.base import Controller, EpisodeRecord, OnStep
+from ala_gym.agents import checkpoints, cli
+from ala_gym.agents.base import Controller, EpisodeRecord, OnStep
+from ala_gym.wrappers import ChildAttributes
 
 N_ACTIONS = 3  # {-beta, 0, +beta}; beta itself is the env's (``beta=`` env keyword)
 NO_CHANGE = 1
@@ -74,7 +75,7 @@ class ReinforceConfig:
     initialisation (about 1/3 per action)."""
     start_off_diagonal: float = 0.0
     """Phi every child starts from: identity plus this value on every off-diagonal entry (a
-    label-smoothing-like loss, see ``agents.baselines.UniformPhi``); 0 starts from identity (cross-entropy)
+    label-smoothing-like loss, see ``ala_gym.agents.baselines.UniformPhi``); 0 starts from identity (cross-entropy)
     as the paper does. The policy then adapts Phi from there."""
     replay_capacity: int = 1000
     """Transitions kept in the replay memory (oldest dropped first)."""
@@ -151,6 +152,7 @@ class PairPolicy(nn.Module):
         if init_no_change > 0:
             # Near-constant output: P(no change) = p when the bias gives it log(2p / (1 - p)) over the others.
             output = self.net[-1]
+            assert isinstance(output, nn.Linear)  # the action head
             with torch.no_grad():
                 output.weight.mul_(0.01)
                 output.bias.zero_()
@@ -264,7 +266,10 @@ class ReinforceController(Controller):
         return dict(self.env_overrides)
 
     def begin(self, envs: gym.vector.VectorEnv, seed: int) -> None:
-        n_features = int(envs.single_observation_space.shape[-1])
+        observation_space, action_space = envs.single_observation_space, envs.single_action_space
+        # Every ALA env's: n_features per class pair in a Box, one of N_ACTIONS per pair.
+        assert isinstance(observation_space, gym.spaces.Box) and isinstance(action_space, gym.spaces.MultiDiscrete)
+        n_features = int(observation_space.shape[-1])
         if self.n_features is not None and n_features != self.n_features:
             raise ValueError(
                 f"the policy reads {self.n_features} features per class pair but the env gives {n_features} "
@@ -278,11 +283,12 @@ class ReinforceController(Controller):
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=self.config.lr)
         self.sampler = torch.Generator().manual_seed(seed + 1)  # actions and replay draws
         self.memory: deque[Transition] = deque(maxlen=self.config.replay_capacity)
-        n_pairs = int(envs.single_action_space.shape[0])
+        n_pairs = int(action_space.shape[0])
         self.baseline = np.zeros(n_pairs)
         # Pairs whose action the env ignores (a held diagonal) carry no information: no gradient from them.
-        self.movable = torch.as_tensor(np.asarray(envs.get_attr("movable_rows")[0], dtype=bool))
-        self.higher_is_better = bool(envs.get_attr("evaluator")[0].higher_is_better) if self.config.episodic_weight else False
+        attributes = cast(ChildAttributes, envs)
+        self.movable = torch.as_tensor(np.asarray(attributes.get_attr("movable_rows")[0], dtype=bool))
+        self.higher_is_better = bool(attributes.get_attr("evaluator")[0].higher_is_better) if self.config.episodic_weight else False
         self.begin_episode(envs)  # ready to act and learn at once; run_episode clears it again for each run
 
     def begin_episode(self, envs: gym.vector.VectorEnv) -> None:
@@ -395,6 +401,7 @@ class ReinforceController(Controller):
 
     def _policy_loss(self, states: torch.Tensor, chosen: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
         """REINFORCE's loss over the movable pairs, with the entropy bonus."""
+        assert self.policy is not None, "begin() must be called first"
         logits = self.policy(states)
         log_probs = F.log_softmax(logits, dim=-1).gather(-1, chosen.unsqueeze(-1)).squeeze(-1)  # [batch, n_pairs]
         movable = self.movable

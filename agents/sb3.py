@@ -17,7 +17,7 @@ Two policies:
 An env step costs seconds (K SGD iterations of every child), so the rollout is short: ``n_steps = 8``
 steps per child between updates (an episode of ``ALA-Digits-v0`` has 40).
 
-``python -m agents.sb3 --algo ppo --env ALA-Digits-v0 --num-envs 10 --save runs/ppo.pt``
+``python -m ala_gym.agents.sb3 --algo ppo --env ALA-Digits-v0 --num-envs 10 --save runs/ppo.pt``
 """
 
 from __future__ import annotations
@@ -37,18 +37,19 @@ import torch
 from gymnasium.vector import AutoresetMode
 from torch import nn
 
-from agents import checkpoints, cli
+from ala_gym.agents import checkpoints, cli
 
 cli.require("sb3", __name__)  # before importing it: without the extra, one line saying which to install
 from stable_baselines3 import A2C, PPO
-from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.distributions import MultiCategoricalDistribution
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import ActorCriticPolicy
 
-from agents.base import Controller, EpisodeRecord, EpisodeRecorder, OnStep, step_logs
+from ala_gym.agents.base import Controller, EpisodeRecord, EpisodeRecorder, OnStep, step_logs
 from ala_gym.wrappers.sb3 import SB3VecEnv
 
-ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "a2c": A2C}
+ALGORITHMS: dict[str, type[OnPolicyAlgorithm]] = {"ppo": PPO, "a2c": A2C}
 N_ACTIONS = 3
 
 
@@ -93,7 +94,10 @@ class PairSharedPolicy(ActorCriticPolicy):
         super().__init__(*args, **kwargs)
 
     def _build_mlp_extractor(self) -> None:
-        self.mlp_extractor = PairExtractor(int(self.observation_space.shape[-1]), self.hidden)
+        assert isinstance(self.observation_space, gym.spaces.Box)  # the ALA env's [n_pairs, n_features] rows
+        # SB3 annotates the slot with its own MlpExtractor, yet reads only what PairExtractor has too (the
+        # latent sizes, forward_actor and forward_critic): its documented way to plug in another network.
+        self.mlp_extractor = PairExtractor(int(self.observation_space.shape[-1]), self.hidden)  # type: ignore[assignment]
 
     def _build(self, lr_schedule: Callable[[float], float]) -> None:
         super()._build(lr_schedule)
@@ -101,7 +105,9 @@ class PairSharedPolicy(ActorCriticPolicy):
         self.action_net = nn.Sequential(nn.Linear(self.hidden, N_ACTIONS), nn.Flatten(start_dim=-2))
         if self.ortho_init:
             self.action_net.apply(partial(self.init_weights, gain=0.01))
-        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+        # SB3 types optimizer_class as torch's Optimizer base, whose constructor takes no lr; every optimizer it
+        # passes (Adam, RMSprop) does, and SB3's own _build makes this same call.
+        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)  # type: ignore[call-arg]
 
 
 # ---------------------------------------------------------------------- the controller
@@ -173,7 +179,7 @@ def isolated_global_rngs() -> Iterator[None]:
 class SB3Controller(Controller):
     """PPO or A2C from Stable-Baselines3, learning online while the children train (one run).
 
-    Like :class:`agents.reinforce.ReinforceController`, every run starts from the same policy (fresh
+    Like :class:`ala_gym.agents.reinforce.ReinforceController`, every run starts from the same policy (fresh
     from the run's seed, or the loaded weights); the trained SB3 model is left in ``self.model``.
     """
 
@@ -200,7 +206,7 @@ class SB3Controller(Controller):
             raise ValueError(f"policy must be 'pair' or 'mlp', got {self.config.policy!r}")
         self.num_envs, self.train, self.initial_state = num_envs, train, initial_state
         self.log_dir = log_dir  # where SB3's own train/* scalars go (TensorBoard), if anywhere
-        self.model: BaseAlgorithm | None = None
+        self.model: OnPolicyAlgorithm | None = None
 
     def env_kwargs(self) -> dict[str, Any]:
         return {"autoreset_mode": AutoresetMode.SAME_STEP}  # what SB3's VecEnv semantics need
@@ -209,7 +215,7 @@ class SB3Controller(Controller):
         assert self.model is not None, "run() builds the model"
         return self.model.predict(observations, deterministic=False)[0]
 
-    def _make_model(self, venv: SB3VecEnv, seed: int) -> BaseAlgorithm:
+    def _make_model(self, venv: SB3VecEnv, seed: int) -> OnPolicyAlgorithm:
         c = self.config
         kwargs: dict[str, Any] = dict(
             learning_rate=c.lr, n_steps=c.n_steps, gamma=c.gamma, gae_lambda=c.gae_lambda, ent_coef=c.ent_coef,
@@ -238,7 +244,9 @@ class SB3Controller(Controller):
         assert self.model is not None
         with torch.no_grad():
             obs = torch.as_tensor(observations, device=self.model.device)
-            distributions = self.model.policy.get_distribution(obs).distribution
+            distribution = self.model.policy.get_distribution(obs)
+            assert isinstance(distribution, MultiCategoricalDistribution)  # one categorical per class pair
+            distributions = distribution.distribution
             return float(torch.stack([d.entropy() for d in distributions], dim=-1).mean())
 
     def run(

@@ -1,7 +1,8 @@
 """ala-gym: Adaptive Loss Alignment as Gymnasium environments, on a torch-only child-training core.
 
 Layout (imports flow one way, left to right): :mod:`ala_gym.core` (torch only) -> :mod:`ala_gym.envs`
-(gymnasium) -> :mod:`ala_gym.wrappers` (adapters for RL libraries) -> ``agents`` -> ``benchmarks``.
+(gymnasium) -> :mod:`ala_gym.wrappers` (adapters for RL libraries) -> ``ala_gym.agents`` ->
+``ala_gym.benchmarks`` (the repository's ``agents/`` and ``benchmarks/`` folders, installed under ``ala_gym``).
 
 Registration. ``import ala_gym`` registers ``ALA-CIFAR10-v0``, ``ALA-FashionMNIST-v0`` and
 ``ALA-Digits-v0`` (classification, rewarded by the validation error), their AUCPR twins

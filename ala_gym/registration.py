@@ -6,25 +6,121 @@ imported; ``gym.make(id)`` imports an env's module only when it is made.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 from gymnasium.envs.registration import load_env_creator, register, registry
 
-ENV_IDS = {
-    "ALA-CIFAR10-v0": "ala_gym.envs.cifar10:ALACIFAR10Env",
-    "ALA-FashionMNIST-v0": "ala_gym.envs.fashion_mnist:ALAFashionMNISTEnv",
-    "ALA-Digits-v0": "ala_gym.envs.digits:ALADigitsEnv",
-    "ALA-FashionMNIST-Triplet-v0": "ala_gym.envs.metric_learning:ALAFashionMNISTTripletEnv",
-    "ALA-FashionMNIST-Margin-v0": "ala_gym.envs.metric_learning:ALAFashionMNISTMarginEnv",
-    "ALA-CIFAR10-Triplet-v0": "ala_gym.envs.metric_learning:ALACIFAR10TripletEnv",
-    "ALA-CIFAR10-Margin-v0": "ala_gym.envs.metric_learning:ALACIFAR10MarginEnv",
-    "ALA-CIFAR10-AUCPR-v0": "ala_gym.envs.aucpr:ALACIFAR10AUCPREnv",
-    "ALA-FashionMNIST-AUCPR-v0": "ala_gym.envs.aucpr:ALAFashionMNISTAUCPREnv",
-    "ALA-Digits-AUCPR-v0": "ala_gym.envs.aucpr:ALADigitsAUCPREnv",
-    "ALA-Classification-v0": "ala_gym.envs.generic:ALAGenericClassificationEnv",
+CLASSIFICATION = "ala_gym.envs.classification:ALAClassificationEnv"
+METRIC_LEARNING = "ala_gym.envs.metric_learning:ALAMetricLearningEnv"
+
+
+@dataclass(frozen=True)
+class EnvVariant:
+    """One registered id: the env class that runs it, the keywords it fixes, and what it is (its page's text)."""
+
+    entry_point: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+
+DIGITS = dict(dataset="digits", model="mlp", total_iterations=2000, steps_per_action=50, lr=0.05, weight_decay=5e-4)
+FASHION_MNIST = dict(
+    dataset="fashion-mnist", model="small_cnn", total_iterations=8000, steps_per_action=200, lr=0.05, weight_decay=5e-4
+)
+CIFAR10 = dict(dataset="cifar10", model="resnet32", total_iterations=64000, steps_per_action=200, lr=0.1, weight_decay=1e-4)
+# ResNet-32 as the paper's CIFAR child; budget and learning rate chosen for a CPU, not tuned.
+CIFAR10_RETRIEVAL = dict(dataset="cifar10", model="resnet32", total_iterations=8000, steps_per_action=200, lr=0.05,
+                         weight_decay=1e-4)  # fmt: skip
+AUCPR_TEXT = (
+    " rewarded by the validation AUCPR instead of the error rate: the setting of the paper's Table 2 (section "
+    "6.2). AUCPR is the average precision of each class one-vs-rest, from the softmax scores, macro-averaged "
+    "over the classes (``ala_gym.core.metrics.aucpr``: torchmetrics' exact ``multiclass_average_precision`` on "
+    "the fixed validation subsample). It is not a sum over samples, so no loss trains it directly: the case ALA "
+    "is made for. Higher is better, so a positive reward, ``sign(M_{t+1} - M_t)``, means it went up; the test "
+    "and final validation metrics are AUCPRs in [0, 1], and a diverged child scores 0."
+)
+
+ENV_IDS: dict[str, EnvVariant] = {
+    "ALA-CIFAR10-v0": EnvVariant(CLASSIFICATION, CIFAR10, (
+        "The paper's CIFAR-10 setting (section 6.1, Table 1): 40,000 training / 10,000 validation (seeded) / "
+        "10,000 test images, ResNet-32 (He et al. 2016) trained with momentum SGD (batch 128, lr 0.1, weight "
+        "decay 1e-4, decayed 10x at 32k and 48k of 64k iterations, pad-crop-flip augmentation), a controller step "
+        "every K = 200 iterations: 320 steps an episode. ``data_root`` is torchvision's root (holding "
+        "``cifar-10-batches-py/``; downloaded there when ``download`` and online) or a CIFAR-format folder with "
+        "its own ``MD5SUMS``, such as the 6,187-image subset of ``shared/data/cifar10-subset``."
+    )),
+    "ALA-FashionMNIST-v0": EnvVariant(CLASSIFICATION, FASHION_MNIST, (
+        "Fashion-MNIST, 10 classes of 28x28 grey images: 50,000 training, 10,000 validation (seeded split of the "
+        "60,000 training images) and 10,000 test images, read from Debian's ``dataset-fashion-mnist`` "
+        "(``/usr/share/datasets/fashion-mnist``) or ``data_root`` (the folder of the four idx ``.gz`` files). The "
+        "child is a small CNN (two conv + pool stages, 16/32 channels, 128 hidden units) trained for 8,000 "
+        "momentum-SGD iterations (about 20 epochs; lr 0.05, weight decay 5e-4, decayed 10x at 50% and 75%), "
+        "with a controller step every K = 200 iterations: 40 steps an episode."
+    )),
+    "ALA-Digits-v0": EnvVariant(CLASSIFICATION, DIGITS, (
+        "scikit-learn's bundled 8x8 digits, 10 classes: 1,077 training, 360 validation and 360 test images. "
+        "The child is a 64-64 ReLU MLP trained for 2,000 momentum-SGD iterations (lr 0.05, decayed 10x at 50% "
+        "and 75%), with a controller step every K = 50 iterations: 40 steps an episode. Embedded in the "
+        "package's dependencies, so it needs no download: the default for demos and tests; shrink "
+        "``total_iterations`` and ``steps_per_action`` for tests."
+    )),
+    "ALA-FashionMNIST-Triplet-v0": EnvVariant(METRIC_LEARNING, dict(dataset="fashion-mnist", framework="triplet"), (
+        "The triplet framework with the distance mixture (Eq. 9) on Fashion-MNIST: training on classes 0-4 "
+        "(T-shirt, trouser, pullover, dress, coat; 25,000 images of the 50,000-image training split), retrieval "
+        "on classes 5-9 (sandal, shirt, sneaker, bag, ankle boot; about 5,000 validation and 5,000 test images). "
+        "Small CNN with a 64-d embedding, 2,000 momentum-SGD iterations of 5 x 20 batches (lr 0.01, decayed 10x "
+        "at 50% and 75%), a controller step every K = 100 iterations: 20 steps an episode."
+    )),
+    "ALA-FashionMNIST-Margin-v0": EnvVariant(METRIC_LEARNING, dict(dataset="fashion-mnist", framework="margin"), (
+        "The margin framework (Wu et al.'s distance-weighted sampling) with focal weighting (Eq. 10) on "
+        "Fashion-MNIST, with the data, child and budget of ``ALA-FashionMNIST-Triplet-v0`` "
+        "(``loss_form=\"mixture\"`` for the distance mixture)."
+    )),
+    "ALA-CIFAR10-Triplet-v0": EnvVariant(METRIC_LEARNING, dict(CIFAR10_RETRIEVAL, framework="triplet"), (
+        "The triplet framework with the distance mixture (Eq. 9) on CIFAR-10: training on classes 0-4 "
+        "(airplane, automobile, bird, cat, deer), retrieval on 5-9 (dog, frog, horse, ship, truck). ResNet-32 "
+        "with a 64-d embedding, 8,000 momentum-SGD iterations of 5 x 20 batches (lr 0.05, weight decay 1e-4, "
+        "decayed 10x at 50% and 75%; pad-crop-flip augmentation), a step every K = 200 iterations: 40 steps an "
+        "episode. ``data_root`` as for ``ALA-CIFAR10-v0``."
+    )),
+    "ALA-CIFAR10-Margin-v0": EnvVariant(METRIC_LEARNING, dict(CIFAR10_RETRIEVAL, framework="margin"), (
+        "The margin framework with focal weighting (Eq. 10) on CIFAR-10, with the data, child and budget of "
+        "``ALA-CIFAR10-Triplet-v0`` (``loss_form=\"mixture\"`` for the distance mixture)."
+    )),
+    "ALA-CIFAR10-AUCPR-v0": EnvVariant(CLASSIFICATION, dict(CIFAR10, metric="aucpr"), (
+        "``ALA-CIFAR10-v0`` (ResNet-32 on CIFAR-10, the paper's training schedule)" + AUCPR_TEXT
+    )),
+    "ALA-FashionMNIST-AUCPR-v0": EnvVariant(CLASSIFICATION, dict(FASHION_MNIST, metric="aucpr"), (
+        "``ALA-FashionMNIST-v0`` (a small CNN on Fashion-MNIST, the AUCPR task on a dataset a CPU can train)"
+        + AUCPR_TEXT
+    )),
+    "ALA-Digits-AUCPR-v0": EnvVariant(CLASSIFICATION, dict(DIGITS, metric="aucpr"), (
+        "``ALA-Digits-v0`` (an MLP on scikit-learn's 8x8 digits, the AUCPR task at the size of tests and demos)"
+        + AUCPR_TEXT
+    )),
+    "ALA-Classification-v0": EnvVariant(CLASSIFICATION, {}, (
+        "Data and a child model of one's own: ``dataset`` takes a registered name, arrays or tensors ``(x_train, "
+        "y_train, x_test, y_test)`` of any input shape (tabular ``[N, F]``, signals, images), or two map-style "
+        "``torch.utils.data.Dataset`` s ``(train, test)``; ``model`` takes a registered name or a factory "
+        "``(input_shape, num_outputs) -> nn.Module``, called once per child. uint8 inputs are images scaled to "
+        "[0, 1]; every input is normalised per channel (per feature for ``[N, F]``) with the training split's "
+        "statistics; ``val_size`` training samples (default a fifth) become the validation split. The env holds "
+        "copies: the caller's arrays are never written (``ala_gym.core.data.from_user_data``). A factory's model "
+        "keeps its own initialisation, for any layer or parameter, built with torch's global generator forked "
+        "and seeded from the child's seed; its forward passes run under the same kind of fork, so dropout is "
+        "reproducible per seed, and the global random state is never changed. ``gym.make`` refuses, in one line "
+        "each, inputs that are not finite numbers, lengths that differ, labels that are not integers ``0..C-1``, "
+        "a class missing from the training or validation split, and a model that fails on, or gives outputs "
+        "other than ``[2, C]`` for, two training inputs. Defaults: ``\"digits\"`` and ``\"mlp\"`` (which flattens "
+        "any input shape). A model with dropout-like layers trains its children one after another in a vector "
+        "env. ``ala_gym.core.data.register_dataset`` and ``ala_gym.core.models.register_model`` give data and "
+        "models names."
+    )),
 }
-"""The registered ids and their entry points."""
+"""The registered ids: each a registration of one env class with keywords (Gymnasium's way of variants)."""
 
 # Where each vector backend lives, named by entry-point string (as gymnasium's registry names env classes):
 # the Ray backend sits in the wrappers layer behind its extra, and is imported only when asked for.
@@ -41,11 +137,16 @@ def make_vector_env(env_id: str, num_envs: int, backend: str = "native", **kwarg
     """
     if backend not in VECTOR_BACKENDS:
         raise ValueError(f"backend must be one of {sorted(VECTOR_BACKENDS)}, got {backend!r}")
-    return load_env_creator(VECTOR_BACKENDS[backend])(env_id, num_envs, **kwargs)
+    # gymnasium types what it loads as a creator called with keywords only; a backend takes the id and size first.
+    backend_class: Callable[..., Any] = load_env_creator(VECTOR_BACKENDS[backend])
+    return backend_class(env_id, num_envs, **kwargs)
 
 
 def register_envs() -> None:
     """Register :data:`ENV_IDS` with gymnasium; ids already registered (a second import, a reload) are kept."""
-    for env_id, entry_point in ENV_IDS.items():
+    for env_id, variant in ENV_IDS.items():
         if env_id not in registry:
-            register(id=env_id, entry_point=entry_point, vector_entry_point=partial(make_vector_env, env_id))
+            register(
+                id=env_id, entry_point=variant.entry_point, kwargs=dict(variant.kwargs),
+                vector_entry_point=partial(make_vector_env, env_id),
+            )  # fmt: skip

@@ -3,7 +3,7 @@
 Per task, two children are built from the same seed (same model, initial weights, batches and SGD
 settings as the env's child): one trains with ``torch.optim.SGD`` under ``F.cross_entropy`` (the
 repository's ``ChildTrainer``, what the ``ce`` controller runs), the other with AdaLFL's online step
-(:class:`agents.adalfl.OnlineTrainer`: base step under the loss network through the differentiable
+(:class:`ala_gym.agents.adalfl.OnlineTrainer`: base step under the loss network through the differentiable
 SGD step, meta forward and backward, Adam step on the loss network). Blocks of ``--iterations``
 iterations of each alternate ``--repeats`` times (interleaving spreads the load of a shared machine
 over both); the table gives the medians per iteration, their ratio, and the cost of one offline
@@ -11,8 +11,8 @@ meta step (Algorithm 1, which also rebuilds the child each step). No evaluation 
 
 Usage::
 
-    python -m benchmarks.adalfl_cost                          # digits (MLP), Fashion-MNIST (small CNN)
-    python -m benchmarks.adalfl_cost --tasks cifar10 --data-root PATH --repeats 2 --iterations 3   # ResNet-32
+    python -m ala_gym.benchmarks.adalfl_cost                          # digits (MLP), Fashion-MNIST (small CNN)
+    python -m ala_gym.benchmarks.adalfl_cost --tasks cifar10 --data-root PATH --repeats 2 --iterations 3   # ResNet-32
 
 Writes ``adalfl_cost.json`` and ``adalfl_cost.md`` under ``benchmarks/results/`` (``--out`` changes it).
 """
@@ -33,10 +33,10 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from agents.adalfl import AdaLFLConfig, LossNetwork, OnlineTrainer, initialise_offline
+from ala_gym.agents.adalfl import AdaLFLConfig, LossNetwork, OnlineTrainer, initialise_offline
+from ala_gym.benchmarks.machine import RESULTS, cpu_model
 from ala_gym.core.data import DataError, load_dataset
 from ala_gym.core.trainer import ChildTrainer, TrainConfig
-from benchmarks.machine import cpu_model
 
 # The registered envs' child settings (ala_gym/envs/*.py).
 TASKS: dict[str, dict[str, Any]] = {
@@ -61,7 +61,7 @@ def median_ms(run: Callable[[], Any], device: torch.device, iterations: int) -> 
 
 def measure(task: str, device: torch.device, iterations: int, repeats: int, data_root: str | None) -> dict[str, Any]:
     spec = TASKS[task]
-    kwargs = {"data_root": data_root} if data_root is not None and spec["dataset"] != "digits" else {}
+    kwargs: dict[str, str | bool] = {"data_root": data_root} if data_root is not None and spec["dataset"] != "digits" else {}
     if spec["dataset"] == "cifar10":
         kwargs["download"] = False
     data = load_dataset(spec["dataset"], device=device, **kwargs)
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--data-root", help="folder of the dataset files (Fashion-MNIST, CIFAR-10); default: the loader's")
     parser.add_argument("--note", default="", help="a line on the machine's state (e.g. cores shared with other work)")
-    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
     tasks = args.tasks.split(",")
     unknown = [t for t in tasks if t not in TASKS]
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
         "torch": torch.__version__,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         "note": args.note or "no note on the machine's load",
-        "command": shlex.join(["python", "-m", "benchmarks.adalfl_cost", *(sys.argv[1:] if argv is None else argv)]),
+        "command": shlex.join(["python", "-m", "ala_gym.benchmarks.adalfl_cost", *(sys.argv[1:] if argv is None else argv)]),
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

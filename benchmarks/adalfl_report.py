@@ -1,6 +1,6 @@
 """AdaLFL's part of a comparison folder: its learned loss's shape, offline time and cost against ``ce``.
 
-Reads the runs that ``benchmarks/compare.py`` wrote for the AdaLFL controllers (``adalfl`` and
+Reads the runs that ``ala_gym.benchmarks.compare`` wrote for the AdaLFL controllers (``adalfl`` and
 ``adalfl@...``) in ``benchmarks/results/<name>/`` and writes beside them:
 
 * ``loss_shape.png``: the learned loss ``M_phi`` against the predicted probability of the true class
@@ -10,7 +10,7 @@ Reads the runs that ``benchmarks/compare.py`` wrote for the AdaLFL controllers (
   time against cross-entropy runs of the same env settings (``--ce``: a ``results.json`` of another
   comparison folder, when the ``ce`` rows were run there).
 
-    python -m benchmarks.adalfl_report --name fashion-mnist-adalfl --ce benchmarks/results/fashion-mnist/results.json
+    python -m ala_gym.benchmarks.adalfl_report --name fashion-mnist-adalfl --ce benchmarks/results/fashion-mnist/results.json
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from agents.adalfl import AdaLFLConfig
-from benchmarks import compare
+from ala_gym.agents.adalfl import AdaLFLConfig
+from ala_gym.benchmarks.machine import RESULTS
 
 
 def load_runs(folder: Path) -> list[dict]:
@@ -105,10 +105,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", required=True, help="comparison folder under benchmarks/results/")
     parser.add_argument("--ce", help="results.json holding ce runs of the same env settings (for the wall-time ratio)")
     args = parser.parse_args(argv)
-    folder = compare.RESULTS / args.name
+    folder = RESULTS / args.name
     runs = load_runs(folder)
     if not runs:
-        parser.exit(2, f"no AdaLFL runs in {folder / 'runs'}; run benchmarks.compare with --controllers adalfl first\n")
+        parser.exit(2, f"no AdaLFL runs in {folder / 'runs'}; run ala_gym.benchmarks.compare with --controllers adalfl first\n")
     ce_runs: list[dict] = []
     if args.ce is not None:
         if not Path(args.ce).is_file():

@@ -1,4 +1,4 @@
-"""The measurements that need a GPU, in one command: ``python -m benchmarks.gpu`` (or ``make gpu-check``).
+"""The measurements that need a GPU, in one command: ``python -m ala_gym.benchmarks.gpu`` (or ``make gpu-check``).
 
 On CUDA it runs, with budgets sized to finish in a few minutes, and writes under ``benchmarks/results/gpu/``:
 
@@ -19,14 +19,15 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 
-from benchmarks import adalfl_cost, overhead, throughput
-from benchmarks.machine import cpu_model
+from ala_gym.benchmarks import adalfl_cost, overhead, throughput
+from ala_gym.benchmarks.machine import RESULTS as DEFAULT_RESULTS
+from ala_gym.benchmarks.machine import cpu_model
 
-RESULTS = Path(__file__).resolve().parent / "results" / "gpu"
+RESULTS = DEFAULT_RESULTS / "gpu"
 
 # Each part's command-line arguments: full (on a GPU) and tiny (a smoke run anywhere).
 PARTS: dict[str, dict[str, list[str]]] = {
@@ -45,12 +46,23 @@ PARTS: dict[str, dict[str, list[str]]] = {
         "tiny": ["--tasks", "digits", "--iterations", "1", "--repeats", "1"],
     },
 }
-META_GENERATION = {"full": dict(population=8, horizon=(400, 400)), "tiny": dict(population=1, horizon=(20, 20))}
+
+
+class MetaGeneration(TypedDict):
+    """The size of the timed meta-training generation."""
+
+    population: int
+    horizon: tuple[int, int]
+
+
+META_GENERATION: dict[str, MetaGeneration] = {
+    "full": {"population": 8, "horizon": (400, 400)}, "tiny": {"population": 1, "horizon": (20, 20)}
+}
 
 
 def meta_generation(device: str, budget: str, out: Path) -> dict[str, Any]:
     """Time one generation of meta-training on digits; write ``meta_generation.json``."""
-    from agents.meta_train import MetaTrainConfig, MetaTrainer
+    from ala_gym.agents.meta_train import MetaTrainConfig, MetaTrainer
 
     settings = META_GENERATION[budget]
     config = MetaTrainConfig(
@@ -96,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
         "# GPU suite",
         "",
         f"- Machine: {cpu_model()}, GPU: {gpu}; device `{args.device}`; budget `{budget}`; torch {torch.__version__}",
-        f"- Command: `python -m benchmarks.gpu --device {args.device}{' --tiny' if args.tiny else ''}`",
+        f"- Command: `python -m ala_gym.benchmarks.gpu --device {args.device}{' --tiny' if args.tiny else ''}`",
         "",
         "| part | report | wall s |",
         "|---|---|---|",

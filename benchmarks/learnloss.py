@@ -1,6 +1,6 @@
 """Tuning the L1 and L2 strengths of softmax regression: LearnLoss against random search and Optuna's TPE.
 
-    python -m benchmarks.learnloss --seeds 5 --budget 20 --name learnloss
+    python -m ala_gym.benchmarks.learnloss --seeds 5 --budget 20 --name learnloss
 
 The loss of every run is ``CE_train(W, b) + lambda_1 ||W||_1 + lambda_2 ||W||_2^2`` (bias not
 penalised); LearnLoss sees the components ``[CE_train, ||W||_1, ||W||_2^2]`` of each trained model with
@@ -47,16 +47,14 @@ import torch
 from scipy.optimize import minimize
 from scipy.special import logsumexp
 
-from agents.learnloss import LearnLossConfig, Trial, learn_loss, random_lambda
-from ala_gym.core.data import DataError, load_cifar10, load_digits, load_fashion_mnist
+from ala_gym.agents.learnloss import LearnLossConfig, Trial, learn_loss, random_lambda
+from ala_gym.benchmarks.compare import write_json
+from ala_gym.benchmarks.machine import RESULTS, cpu_model, package_version
+from ala_gym.core.data import DataError, cifar10_subset_dir, load_cifar10, load_digits, load_fashion_mnist
 from ala_gym.wrappers import MissingExtraError, require
-from benchmarks.compare import write_json
-from benchmarks.machine import cpu_model, package_version
 
-RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ("learnloss", "random", "tpe")
 DATASETS = ("digits", "fashion-mnist", "cifar10")
-DEFAULT_CIFAR10_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-subset"
 
 
 @dataclass
@@ -76,12 +74,13 @@ class Problem:
 def load_problem(name: str, fashion_mnist_root: str | None = None, cifar10_root: str | None = None,
                  train_size: int | None = None, val_size: int | None = None) -> Problem:
     """The features of ``name`` (module docstring); ``train_size``/``val_size`` override the subsample sizes."""
+    sizes: tuple[int | None, int | None]  # train and validation subsample sizes; None keeps the whole split
     if name == "digits":
         data, pool, sizes = load_digits(), 1, (None, None)
     elif name == "fashion-mnist":
         data, pool, sizes = load_fashion_mnist(data_root=fashion_mnist_root), 2, (1000, 2000)
     elif name == "cifar10":
-        data, pool, sizes = load_cifar10(data_root=cifar10_root or DEFAULT_CIFAR10_ROOT, download=False), 4, (1000, None)
+        data, pool, sizes = load_cifar10(data_root=cifar10_root or cifar10_subset_dir(), download=False), 4, (1000, None)
     else:
         raise ValueError(f"unknown dataset {name!r}; choose from {DATASETS}")
     sizes = (train_size or sizes[0], val_size or sizes[1])
@@ -217,7 +216,7 @@ def summarize(runs: list[dict], budget: int) -> dict[str, Any]:
     for dataset in sorted({r["dataset"] for r in runs}):
         mine = {m: sorted((r for r in runs if r["dataset"] == dataset and r["method"] == m), key=lambda r: r["seed"])
                 for m in METHODS}
-        rows = {}
+        rows: dict[str, dict[str, Any]] = {}  # JSON-ready, per method
         for method, group in mine.items():
             if not group:
                 continue
@@ -253,7 +252,7 @@ def markdown(summary: dict[str, Any], header: dict[str, Any]) -> str:
         f"- Machine: {header['machine']} (CPU only), 1 torch thread, shared with other work at the time (wall times are noisy).",
         f"- Budget: {header['budget']} training runs per tuner and seed; seeds {header['seeds']}; search space "
         f"lambda_1, lambda_2 in [{header['low']:g}, {header['upper']:g}] (LearnLoss: box [0, {header['upper']:g}]).",
-        f"- Script: `python -m benchmarks.learnloss --seeds {len(header['seeds'])} --budget {header['budget']}`; "
+        f"- Script: `python -m ala_gym.benchmarks.learnloss --seeds {len(header['seeds'])} --budget {header['budget']}`; "
         f"versions {json.dumps(header['versions'])}.",
         f"- Fits: {header['fits']['count']}, {header['fits']['converged']} within L-BFGS-B's tolerance (the rest stopped at "
         f"its iteration cap); recorded fit seconds {header['fits']['seconds_total']:.0f} in all (a model shared by LearnLoss's "

@@ -6,6 +6,10 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
+RESULTS = Path("benchmarks") / "results"
+"""Where the benchmarks write by default: relative to the current directory (from a clone's root, the committed
+results), never inside the installed package."""
+
 
 def cpu_model() -> str:
     """The CPU's model name from ``/proc/cpuinfo`` (Linux), else what ``platform`` knows."""

@@ -15,8 +15,8 @@ the difference is the allocator's, not the loops'.
 
 Usage::
 
-    python -m benchmarks.malloc                       # ResNet-32 on the CIFAR-10 subset, 16 rounds
-    python -m benchmarks.malloc --config fashion-mnist --rounds 40
+    python -m ala_gym.benchmarks.malloc                       # ResNet-32 on the CIFAR-10 subset, 16 rounds
+    python -m ala_gym.benchmarks.malloc --config fashion-mnist --rounds 40
 
 Writes ``benchmarks/results/malloc.json`` and ``benchmarks/results/malloc.md`` (``--out`` changes the folder).
 """
@@ -38,9 +38,11 @@ import numpy as np
 import torch
 
 import ala_gym  # noqa: F401  (registers the env ids)
+from ala_gym.benchmarks.machine import RESULTS
+from ala_gym.benchmarks.overhead import CONFIGS, ENV_SEED, _plain_loop, _trainer_loop, env_child_seed, machine_info
 from ala_gym.core.allocator import retain_freed_memory
 from ala_gym.core.data import cifar10_subset_dir
-from benchmarks.overhead import CONFIGS, ENV_SEED, _plain_loop, _trainer_loop, env_child_seed, machine_info
+from ala_gym.envs.classification import ALAClassificationEnv
 
 MODES = ("default", "retained")
 LOOP_NAMES = ("plain", "trainer")
@@ -54,8 +56,9 @@ def _minor_faults() -> int:
 def measure(config: str, rounds: int) -> dict[str, Any]:
     """Per-iteration CPU seconds and minor page faults of the two loops, ``rounds`` interleaved rounds."""
     spec = CONFIGS[config]
-    location = {"data_root": str(cifar10_subset_dir())} if spec.get("cifar10_subset") else {}
+    location: dict[str, Any] = {"data_root": str(cifar10_subset_dir())} if spec.get("cifar10_subset") else {}
     env = gym.make(spec["env_id"], disable_env_checker=True, **spec["kwargs"], device="cpu", **location).unwrapped
+    assert isinstance(env, ALAClassificationEnv)  # every config's id
     seed = env_child_seed(ENV_SEED)
     loops = {"plain": _plain_loop(env, seed), "trainer": _trainer_loop(env, seed, np.eye(env.data.num_classes))}
     cpu: dict[str, list[float]] = {name: [] for name in LOOP_NAMES}
@@ -89,7 +92,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines = [
         "# The same arithmetic under glibc's default and fixed malloc thresholds",
         "",
-        f"Produced by `python -m benchmarks.malloc {' '.join(report['argv'])}` on {machine['date_utc']}.",
+        f"Produced by `python -m ala_gym.benchmarks.malloc {' '.join(report['argv'])}` on {machine['date_utc']}.",
         "",
         f"* Machine: {machine['cpu_model']}, {machine['cpu_cores_visible']} cores visible, 1 torch thread per worker "
         f"process; torch {machine['torch_version']}, device `cpu`; load average at the start {machine['load_average_start']}.",
@@ -117,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="cifar10-subset", choices=list(CONFIGS))
     parser.add_argument("--rounds", type=int, default=16, help="timed rounds (one iteration of each loop)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--note", action="append", default=[], help="a line for the notes section of the md")
     parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)  # internal: one measuring process
     args = parser.parse_args(argv)
@@ -130,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     machine = machine_info(torch.device("cpu"), 1)
     results = []
     for mode in MODES:
-        command = [sys.executable, "-m", "benchmarks.malloc", "--worker", mode, "--config", args.config,
+        command = [sys.executable, "-m", "ala_gym.benchmarks.malloc", "--worker", mode, "--config", args.config,
                    "--rounds", str(args.rounds)]  # fmt: skip
         done = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
         if done.returncode != 0:

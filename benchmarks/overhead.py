@@ -30,14 +30,14 @@ so a later change of an env default does not change what a row measures.
 
 Usage::
 
-    python -m benchmarks.overhead                 # CPU: digits (MLP, K = 50), Fashion-MNIST (small CNN, K = 100)
-    python -m benchmarks.overhead --configs cifar10-subset --merge   # add ResNet-32, K = 200
-    python -m benchmarks.overhead --device cuda   # every config, on the GPU
+    python -m ala_gym.benchmarks.overhead                 # CPU: digits (MLP, K = 50), Fashion-MNIST (small CNN, K = 100)
+    python -m ala_gym.benchmarks.overhead --configs cifar10-subset --merge   # add ResNet-32, K = 200
+    python -m ala_gym.benchmarks.overhead --device cuda   # every config, on the GPU
 
 ResNet-32 is by far the slowest config on a CPU; how long each took is ``benchmark_wall_s`` in
 ``benchmarks/results/overhead.json``.
 
-The CIFAR-10 subset is read from ``--data-root`` (default ``$ALA_GYM_DATA`` or ``<repo>/../shared/data``).
+The CIFAR-10 subset is read from ``--data-root`` (default ``$ALA_GYM_DATA``: :func:`ala_gym.core.data.data_home`).
 
 Writes ``benchmarks/results/overhead.json`` and ``benchmarks/results/overhead.md``
 (``--out`` changes the folder).
@@ -67,12 +67,12 @@ from gymnasium.utils import seeding
 from torch.nn import functional as F
 
 import ala_gym  # noqa: F401  (registers the env ids)
+from ala_gym.benchmarks.machine import RESULTS, cpu_model
 from ala_gym.core.allocator import retain_freed_memory
 from ala_gym.core.data import cifar10_subset_dir, data_home, training_batch
 from ala_gym.core.losses import PhiLoss
 from ala_gym.core.trainer import ChildTrainer
 from ala_gym.envs.classification import ALAClassificationEnv
-from benchmarks.machine import cpu_model
 
 # The evaluation schedule every config pins (the env defaults when these rows were first measured).
 SCHEDULE = {"eval_points": 3, "eval_stride": 10}
@@ -147,7 +147,7 @@ def _plain_loop(env: ALAClassificationEnv, seed: int) -> Callable[[int], None]:
     return run
 
 
-def _trainer_loop(env: ALAClassificationEnv, seed: int, phi: np.ndarray) -> Callable[[int], None]:
+def _trainer_loop(env: ALAClassificationEnv, seed: int, phi: np.ndarray) -> Callable[[int], float]:
     """The package's trainer under Eq. 6 (the env's loss settings) at ``phi``; reads the mean loss back."""
     trainer = ChildTrainer(env.data, env.train_config, seed)
     settings = env.task_settings
@@ -193,8 +193,9 @@ def measure(name: str, device: torch.device, repeats: int, steps_per_action: int
     if steps_per_action is not None:
         kwargs["steps_per_action"] = steps_per_action
     # The data location is resolved here and left out of the recorded kwargs: it is the machine's, not the row's.
-    location = {"data_root": str(cifar10_subset_dir())} if spec.get("cifar10_subset") else {}
-    env: ALAClassificationEnv = gym.make(spec["env_id"], disable_env_checker=True, **kwargs, **location).unwrapped
+    location: dict[str, Any] = {"data_root": str(cifar10_subset_dir())} if spec.get("cifar10_subset") else {}
+    env = gym.make(spec["env_id"], disable_env_checker=True, **kwargs, **location).unwrapped
+    assert isinstance(env, ALAClassificationEnv)  # every config's id
     k = env.steps_per_action
     keep = np.ones(env.action_space.shape, dtype=np.int64)  # Phi unchanged: identity, the loss of the trainer row
 
@@ -202,7 +203,7 @@ def measure(name: str, device: torch.device, repeats: int, steps_per_action: int
         env.step(keep)
 
     child_seed = env_child_seed(ENV_SEED)
-    loops: dict[str, Callable[[int], None]] = {"plain": _plain_loop(env, child_seed)}
+    loops: dict[str, Callable[[int], object]] = {"plain": _plain_loop(env, child_seed)}  # results unused
     loops |= {name: _trainer_loop(env, child_seed, phi) for name, phi in _phis(env.data.num_classes).items()}
     loops["env"] = env_step
     env.reset(seed=ENV_SEED)
@@ -211,13 +212,16 @@ def measure(name: str, device: torch.device, repeats: int, steps_per_action: int
     wall: dict[str, list[float]] = {name: [] for name in LOOPS}
     cpu: dict[str, list[float]] = {name: [] for name in LOOPS}
     for _ in range(repeats):
+        assert env.trainer is not None  # built by reset
         if env.trainer.iteration + k > env.train_config.total_iterations:
             env.reset(seed=ENV_SEED)  # outside the timing: a full step every time
         for name in LOOPS:
             seconds, cpu_seconds = _timed_both(partial(loops[name], k), device)
             wall[name].append(seconds)
             cpu[name].append(cpu_seconds)
-    eval_pass = statistics.median(_timed(lambda: env.trainer.evaluate(env.val_eval, env.metric), device) for _ in range(3))
+    trainer = env.trainer
+    assert trainer is not None
+    eval_pass = statistics.median(_timed(lambda: trainer.evaluate(env.val_eval, env.metric), device) for _ in range(3))
     costs = _per_image_costs(env, device)
     median_wall = {name: statistics.median(values) for name, values in wall.items()}
     median_cpu = {name: statistics.median(values) for name, values in cpu.items()}
@@ -272,7 +276,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines = [
         "# ALA's cost: one env step against plain cross-entropy training of the same child",
         "",
-        f"Produced by `python -m benchmarks.overhead {' '.join(report.get('argv', []))}` on {machine['date_utc']}.",
+        f"Produced by `python -m ala_gym.benchmarks.overhead {' '.join(report.get('argv', []))}` on {machine['date_utc']}.",
         "",
         f"* Machine: {machine['cpu_model']}, {machine['cpu_cores_visible']} cores visible, "
         f"`torch.get_num_threads()` = {machine['torch_num_threads']} (set explicitly); torch {machine['torch_version']}, "
@@ -344,10 +348,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--system-malloc", action="store_true", help="leave glibc's malloc thresholds alone (see the module docstring)"
     )
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--note", action="append", default=[], help="a line for the notes section of the md")
     parser.add_argument(
-        "--data-root", type=Path, help="folder holding cifar10-subset/ (default: $ALA_GYM_DATA or <repo>/../shared/data)"
+        "--data-root", type=Path, help="folder holding cifar10-subset/ (default: $ALA_GYM_DATA: ala_gym.core.data.data_home())"
     )
     args = parser.parse_args(argv)
     if args.data_root is not None:

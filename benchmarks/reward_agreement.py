@@ -7,7 +7,7 @@ the same sign (ties included), ``ties`` the fraction of zero rewards. A size who
 steps measures the child rather than which images were drawn; the env's default ``val_subsample`` per
 dataset is chosen from these results (``benchmarks/results/reward_agreement.md``).
 
-    python -m benchmarks.reward_agreement --env ALA-Digits-v0 --sizes 90,180,360 --seeds 3 \\
+    python -m ala_gym.benchmarks.reward_agreement --env ALA-Digits-v0 --sizes 90,180,360 --seeds 3 \\
         --env-kwargs '{"total_iterations": 600, "steps_per_action": 20, "val_size": 720}'
 
 Every logit pass covers the whole validation split once; the subsets are read from it, so each size
@@ -20,7 +20,6 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -28,16 +27,19 @@ import numpy as np
 import torch
 
 import ala_gym  # noqa: F401  (registers the env ids)
+from ala_gym.benchmarks.compare import machine, versions, with_locations, without_locations
+from ala_gym.benchmarks.machine import RESULTS as DEFAULT_RESULTS
 from ala_gym.core.metrics import discounted_metric, error_rate
-from benchmarks.compare import machine, versions, with_locations, without_locations
+from ala_gym.envs.base import ALAEnv
 
-RESULTS = Path(__file__).resolve().parent / "results" / "reward_agreement.json"
+RESULTS = DEFAULT_RESULTS / "reward_agreement.json"
 
 
 def trajectory_rewards(env_id: str, env_kwargs: dict[str, Any], sizes: list[int], seed: int) -> dict[int, np.ndarray]:
     """Per size: ``[steps, 2]`` sign rewards of the two halves along one cross-entropy trajectory."""
     env_kwargs = with_locations({**env_kwargs, "val_subsample": None, "loss_form": "cross_entropy"})
     env = gym.make(env_id, **env_kwargs).unwrapped
+    assert isinstance(env, ALAEnv)  # an ALA id
     env.reset(seed=seed)
     val = env.data.val
     if 2 * max(sizes) > len(val):
@@ -45,8 +47,9 @@ def trajectory_rewards(env_id: str, env_kwargs: dict[str, Any], sizes: list[int]
     order = torch.randperm(len(val), generator=torch.Generator().manual_seed(seed))
     halves = {size: (order[:size], order[size : 2 * size]) for size in sizes}
     settings, trainer = env.settings, env.trainer
+    assert trainer is not None  # built by reset
 
-    def errors() -> dict[int, tuple[float, float]]:
+    def errors() -> dict[int, tuple[float, ...]]:  # per size, the two halves' errors
         logits = trainer.logits(val)
         return {
             size: tuple(float(error_rate(logits[idx], val.labels[idx])) for idx in pair) for size, pair in halves.items()
@@ -74,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=3, help="number of trajectories (seeds 0..N-1)")
     parser.add_argument(
         "--env-kwargs", default="{}",
-        help="JSON dict of env kwargs (budget, ...); a relative data_root is read under $ALA_GYM_DATA or <repo>/../shared/data",
+        help="JSON dict of env kwargs (budget, ...); a relative data_root is read under $ALA_GYM_DATA: ala_gym.core.data.data_home()",
     )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args(argv)
@@ -118,7 +121,7 @@ def write_markdown(results: dict[str, Any]) -> None:
     lines = [
         "# Reward agreement between two disjoint validation subsets of size S",
         "",
-        "`python -m benchmarks.reward_agreement` (command per env below): along cross-entropy trajectories, the",
+        "`python -m ala_gym.benchmarks.reward_agreement` (command per env below): along cross-entropy trajectories, the",
         "sign reward of Eq. 5 (discounted validation error, the env's evaluation schedule) computed on two",
         "disjoint random subsets of S validation images each. agree = same sign (ties included), opposite =",
         "one +1 and one -1, ties = fraction of zero rewards, agree when both non-zero = same sign among the steps",

@@ -1,9 +1,9 @@
 """SGD iterations per second summed over children: native vector env vs Gymnasium ``sync`` vs ``async`` vs Ray.
 
-    python -m benchmarks.throughput                      # CPU, the budget of results/throughput.md
-    python -m benchmarks.throughput --device cuda        # on a GPU machine
-    python -m benchmarks.throughput --models mlp --out benchmarks/results/throughput-mlp   # the MLP on digits
-    python -m benchmarks.throughput --models small_cnn --dataset fashion-mnist --num-envs 4 --iterations 200 \
+    python -m ala_gym.benchmarks.throughput                      # CPU, the budget of results/throughput.md
+    python -m ala_gym.benchmarks.throughput --device cuda        # on a GPU machine
+    python -m ala_gym.benchmarks.throughput --models mlp --out benchmarks/results/throughput-mlp   # the MLP on digits
+    python -m ala_gym.benchmarks.throughput --models small_cnn --dataset fashion-mnist --num-envs 4 --iterations 200 \
         --modes native-sequential ray-1 ray-2 ray-4 --out benchmarks/results/throughput-ray      # Ray vs in-process
 
 For every model (small CNN and ResNet-32 on CIFAR-10-sized 3x32x32 inputs from the CIFAR-10 subset
@@ -44,9 +44,9 @@ import sys
 import time
 from pathlib import Path
 
+from ala_gym.benchmarks.machine import RESULTS
 from ala_gym.wrappers import MissingExtraError, require
 
-RESULTS = Path(__file__).resolve().parent / "results"
 MODES = ("native-batched", "native-sequential", "sync", "async", "ray-1", "ray-2", "ray-4")
 DEFAULT_MODES = MODES[:4]
 
@@ -62,6 +62,7 @@ def measure(config: dict) -> dict:
 
     torch.set_num_threads(config["threads"])
     n, mode = config["num_envs"], config["mode"]
+    data: dict[str, str | bool]  # where the env finds its dataset
     if config["model"] == "mlp":
         env_id, data = "ALA-Digits-v0", {}
     elif config.get("dataset") == "fashion-mnist":
@@ -114,7 +115,7 @@ def measure(config: dict) -> dict:
 
 def run_isolated(config: dict, timeout: float) -> dict:
     """Run :func:`measure` in a fresh interpreter so peak memory is per configuration."""
-    command = [sys.executable, "-m", "benchmarks.throughput", "--one", json.dumps(config)]
+    command = [sys.executable, "-m", "ala_gym.benchmarks.throughput", "--one", json.dumps(config)]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
@@ -145,7 +146,7 @@ def write_markdown(report: dict, path: Path) -> None:
     lines = [
         "# Throughput: native vector env vs `sync` vs `async`",
         "",
-        f"Written by `python -m benchmarks.throughput {' '.join(report['argv'])}` at {report['finished']}.",
+        f"Written by `python -m ala_gym.benchmarks.throughput {' '.join(report['argv'])}` at {report['finished']}.",
         "",
         f"* machine: {report['machine']['platform']}, {report['machine']['cpu_count']} CPU cores"
         + (f", GPU {report['machine']['gpu']}" if "gpu" in report["machine"] else ", no GPU"),
@@ -235,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in each benchmark process")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-root", type=Path,
-                        help="folder holding cifar10-subset/ (default: $ALA_GYM_DATA, else <repo>/../shared/data)")
+                        help="folder holding cifar10-subset/ (default: $ALA_GYM_DATA, else ~/.local/share/ala_gym; make sets it to ../shared/data)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per configuration")
     parser.add_argument("--note", default="", help="free text added to the markdown report")
     parser.add_argument("--out", type=Path, default=RESULTS)

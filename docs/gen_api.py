@@ -3,8 +3,10 @@ table of registered controllers.
 
 Each page is the package's docstring followed by a mkdocstrings directive for every module of the package
 (found with ``pkgutil``, without importing anything), so that a new module is documented without editing
-the site. Names a package re-exports are documented once, in the module that defines them; names its ``__init__.py``
-defines itself (``agents.CONTROLLERS``), under the package.
+the site. The repository's ``agents/`` and ``benchmarks/`` install as ``ala_gym.agents`` and ``ala_gym.benchmarks``;
+mkdocstrings reads sources by folder, so :func:`stage_sources` lays the package out as installed under
+``build/api-src`` (mkdocs.yml's ``paths``) when the build starts. Names a package re-exports are documented once, in the module that defines them; names its ``__init__.py``
+defines itself (``ala_gym.agents.CONTROLLERS``), under the package.
 """
 
 from __future__ import annotations
@@ -14,22 +16,41 @@ import html
 import inspect
 import pkgutil
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
+from mkdocs.plugins import event_priority
+
 ROOT = Path(__file__).resolve().parents[1]
+STAGE = ROOT / "build" / "api-src"
+INSTALLED_AS = {"ala_gym": "ala_gym", "ala_gym/agents": "agents", "ala_gym/benchmarks": "benchmarks"}
+"""Where each folder of the installed package comes from in the repository (setup.cfg's ``package_dir``)."""
 PACKAGES = {
     "api/ala_gym.md": ("ala_gym", "registration of the env ids with Gymnasium"),
     "api/core.md": ("ala_gym.core", "torch only: data, child models, losses, metrics, the SGD step, the trainers"),
     "api/envs.md": ("ala_gym.envs", "the Gymnasium envs: episode, tasks, the single and native vector envs"),
     "api/wrappers.md": ("ala_gym.wrappers", "adapters to Stable-Baselines3 and Ray"),
-    "api/agents.md": ("agents", "the controllers and what their command lines share"),
+    "api/agents.md": ("ala_gym.agents", "the controllers and what their command lines share"),
 }
+
+
+def stage_sources() -> None:
+    """Copy the Python sources into :data:`STAGE` in the installed layout (``agents/`` as ``ala_gym/agents``)."""
+    shutil.rmtree(STAGE, ignore_errors=True)
+    for installed, source in INSTALLED_AS.items():
+        for path in (ROOT / source).rglob("*.py"):
+            relative = path.relative_to(ROOT / source)
+            if relative.parts[0] in INSTALLED_AS.values() or "__pycache__" in relative.parts:
+                continue  # a folder mapped on its own (never nested in the repository) or a cache
+            target = STAGE / installed / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
 
 
 def modules(package: str) -> list[str]:
     """The package's public modules (not its subpackages, which have pages of their own), sorted."""
-    folder = ROOT.joinpath(*package.split("."))
+    folder = STAGE.joinpath(*package.split("."))
     return sorted(
         f"{package}.{info.name}" for info in pkgutil.iter_modules([str(folder)]) if not info.ispkg and not info.name.startswith("_")
     )
@@ -37,7 +58,7 @@ def modules(package: str) -> list[str]:
 
 def own_names(package: str) -> list[str]:
     """The public names the package's ``__init__.py`` defines itself (not those it imports)."""
-    tree = ast.parse(ROOT.joinpath(*package.split("."), "__init__.py").read_text())
+    tree = ast.parse(STAGE.joinpath(*package.split("."), "__init__.py").read_text())
     names = []
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
@@ -73,13 +94,13 @@ def index() -> str:
 
 
 # ------------------------------------------------------------------------------------------- the controllers
-CONTROLLERS_TABLE = "<!-- generated: agents.CONTROLLERS -->"
-"""Where a hand-written page gets the table of :data:`agents.CONTROLLERS`."""
+CONTROLLERS_TABLE = "<!-- generated: ala_gym.agents.CONTROLLERS -->"
+"""Where a hand-written page gets the table of :data:`ala_gym.agents.CONTROLLERS`."""
 ROLE = re.compile(r":(?:class|func|meth|mod|attr|data|exc|obj):`~?([\w.]+)`")
 
 
 def factory_target(factory: Any) -> tuple[str, dict[str, Any]]:
-    """``(path of what the factory builds, the keywords it fixes)``: a factory of ``agents._factory`` names
+    """``(path of what the factory builds, the keywords it fixes)``: a factory of ``ala_gym.agents._factory`` names
     its class by ``module:Class`` (imported on first use, never here); any other callable is itself."""
     try:
         closure = inspect.getclosurevars(factory).nonlocals
@@ -109,14 +130,13 @@ def summary(docstring: str) -> str:
 def controllers_table() -> str:
     import griffe
 
-    import agents
-
-    package = griffe.load("agents", search_paths=[str(ROOT)], resolve_aliases=False)
+    import ala_gym.agents
+    package = griffe.load("ala_gym.agents", search_paths=[str(STAGE)], resolve_aliases=False)
     lines = ["| name | builds | fixed keywords | what |", "|---|---|---|---|"]
-    for name, factory in agents.CONTROLLERS.items():
+    for name, factory in ala_gym.agents.CONTROLLERS.items():
         path, defaults = factory_target(factory)
         try:
-            documented = package[path.removeprefix("agents.")]
+            documented = package[path.removeprefix("ala_gym.agents.")]
             what = summary(documented.docstring.value) if documented.docstring else ""
         except (KeyError, griffe.GriffeError):
             what = ""
@@ -125,6 +145,12 @@ def controllers_table() -> str:
         fixed = ", ".join(f"`{key}={value!r}`" for key, value in defaults.items()) or "-"
         lines.append(f"| `{name}` | {builds} | {fixed} | {what} |")
     return "\n".join(lines)
+
+
+@event_priority(100)  # before mkdocstrings' own on_config, which looks for the folders of its paths
+def on_config(config: Any) -> Any:
+    stage_sources()
+    return config
 
 
 def on_page_markdown(markdown: str, **kwargs: Any) -> str:

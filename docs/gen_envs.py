@@ -2,15 +2,14 @@
 
 For every id of ``ala_gym.ENV_IDS`` it reads:
 
-* the defaults: the keywords the id's class passes to its family's base class (``ALAClassificationEnv``,
-  ``ALAMetricLearningEnv``), caught at that call, before any data is read, and completed with the base's
-  signature;
+* the defaults: the registration's keywords bound to its env class's ``make_spec`` (``ALAClassificationEnv``,
+  ``ALAMetricLearningEnv``) and completed with that signature's defaults, before any data is read;
 * the spaces, render modes and episode settings: from the env itself, built with ``gym.make``. Datasets
   that live in files (Fashion-MNIST, CIFAR-10) are replaced, for this build only, by stand-in data of the
   same input shape and class count (``STAND_INS``), generated in memory: the build reads no file and
   downloads nothing, and the spaces, which depend on the class count and the task, are those of the real
   data (``tests/test_docs_site.py`` compares them where the real data is installed);
-* the description: the ``## Description`` section of the class docstring.
+* the description: the registration's own (``ala_gym.registration.EnvVariant.description``).
 
 Each id lands on the page of its family (``FAMILIES``); an id no family claims fails the build.
 ``python docs/gen_envs.py OUT`` writes the pages to a folder instead, for a look without MkDocs.
@@ -19,7 +18,6 @@ Each id lands on the page of its family (``FAMILIES``); an id no family claims f
 from __future__ import annotations
 
 import contextlib
-import html
 import inspect
 import re
 import sys
@@ -56,8 +54,9 @@ class EnvInfo:
     cls: type
     base: type
     kwargs: dict[str, Any]
-    """Every keyword of the family's base class, as this id sets it by default."""
+    """Every keyword of the env class's ``make_spec``, as this id sets it by default."""
     base_defaults: dict[str, Any]
+    description: str = ""
     observation_space: Any = None
     action_space: Any = None
     render_modes: list[str] = field(default_factory=list)
@@ -117,45 +116,18 @@ FAMILIES = [
 
 
 # ------------------------------------------------------------------------------------------- reading the registry
-class _Captured(Exception):
-    """Raised by the spy in place of the family base's ``__init__``: carries the keywords it was given."""
-
-
-def family_base(cls: type) -> type:
-    """The class right below ``ALAEnv`` in ``cls``'s method resolution order: the family's base."""
-    from ala_gym.envs.base import ALAEnv
-
-    mro = cls.__mro__
-    return mro[mro.index(ALAEnv) - 1]
-
-
-def default_kwargs(cls: type, spec_kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Every keyword of the family base's ``__init__`` as ``cls(**spec_kwargs)`` passes it; reads no data."""
-    base = family_base(cls)
-    signature = inspect.signature(base.__init__)
-    original = base.__init__
-
-    def spy(self: Any, *args: Any, **kwargs: Any) -> None:
-        raise _Captured(signature.bind(self, *args, **kwargs))
-
-    base.__init__ = spy  # type: ignore[method-assign]
-    try:
-        cls(**spec_kwargs)
-    except _Captured as captured:
-        bound = captured.args[0]
-    else:
-        raise RuntimeError(f"{cls.__name__} never called {base.__name__}.__init__")
-    finally:
-        base.__init__ = original  # type: ignore[method-assign]
+def default_kwargs(cls: type, registered: dict[str, Any]) -> dict[str, Any]:
+    """Every keyword of ``cls.make_spec`` as an id registered with ``registered`` sets it; reads no data."""
+    bound = inspect.signature(cls.make_spec).bind(**registered)
     bound.apply_defaults()
-    return {name: value for name, value in bound.arguments.items() if name != "self"}
+    return dict(bound.arguments)
 
 
-def signature_defaults(base: type) -> dict[str, Any]:
+def signature_defaults(cls: type) -> dict[str, Any]:
     return {
         name: parameter.default
-        for name, parameter in inspect.signature(base.__init__).parameters.items()
-        if name != "self" and parameter.default is not inspect.Parameter.empty
+        for name, parameter in inspect.signature(cls.make_spec).parameters.items()
+        if parameter.default is not inspect.Parameter.empty
     }
 
 
@@ -196,10 +168,11 @@ def describe(env_id: str) -> EnvInfo:
 
     spec = gym.spec(env_id)
     entry_point = spec.entry_point if isinstance(spec.entry_point, str) else ""
+    from ala_gym import ENV_IDS
+
     cls = load_env_creator(spec.entry_point) if isinstance(spec.entry_point, str) else spec.entry_point
-    base = family_base(cls)
     kwargs = default_kwargs(cls, dict(spec.kwargs))
-    info = EnvInfo(env_id, entry_point, cls, base, kwargs, signature_defaults(base))
+    info = EnvInfo(env_id, entry_point, cls, cls, kwargs, signature_defaults(cls), ENV_IDS[env_id].description)
     info.stand_in = kwargs.get("dataset") in STAND_INS
     with stand_in_datasets():
         env = gym.make(env_id, disable_env_checker=True, **{**spec.kwargs, "device": "cpu"})
@@ -233,33 +206,10 @@ def family_of(info: EnvInfo) -> Family:
 
 
 # ------------------------------------------------------------------------------------------- writing Markdown
-ROLE = re.compile(r":(?:class|func|meth|mod|attr|data|exc|obj):`(~?)([\w.]+)`")
 
 
 def qualified(obj: Any) -> str:
     return f"{obj.__module__}.{obj.__qualname__}"
-
-
-def docstring_section(cls: type, title: str) -> str:
-    """The text of ``## title`` in ``cls``'s docstring, roles turned into optional cross-references."""
-    doc = inspect.getdoc(cls) or ""
-    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", doc, flags=re.DOTALL | re.MULTILINE)
-    if match is None:
-        return ""
-    namespace = vars(sys.modules[cls.__module__])
-
-    def link(role: re.Match) -> str:
-        short, name = role.groups()
-        head, _, rest = name.partition(".")
-        title = html.escape(name.rsplit(".", 1)[-1] if short else name)
-        target = namespace.get(head)
-        path = f"{qualified(target)}.{rest}".rstrip(".") if hasattr(target, "__qualname__") else name if rest else None
-        if path is None:
-            return f"<code>{title}</code>"
-        return f'<autoref identifier="{html.escape(path)}" optional><code>{title}</code></autoref>'
-
-    text = ROLE.sub(link, match.group(1).strip())
-    return re.sub(r"(\S)::\n(\s*\n)", r"\1:\n\2", text)  # reST's "::" before a literal block
 
 
 def code(value: Any) -> str:
@@ -335,9 +285,8 @@ def env_section(info: EnvInfo, family: Family) -> list[str]:
     base = info.base
     lines = [f"## `{info.env_id}` {{#{info.env_id}}}", ""]
     lines += [f"Class {class_link(info.cls)}, entry point `{info.entry_point}`.", ""]
-    description = docstring_section(info.cls, "Description")
-    if description:
-        lines += [description, ""]
+    if info.description:
+        lines += [info.description, ""]
     lines += [
         "| | |",
         "|---|---|",
@@ -372,12 +321,11 @@ def env_section(info: EnvInfo, family: Family) -> list[str]:
 
 def keywords_table(base: type, family: Family) -> list[str]:
     lines = [f"## Keywords of `{base.__name__}` {{#keywords-{family.slug}}}", "",
-             f"Every id of this page accepts each keyword of {class_link(base)} in `gym.make(id, **keywords)` and "
-             "`gym.make_vec(id, num_envs=N, **keywords)`; the defaults of the base class:", "",
+             f"Every id of this page accepts each keyword of {class_link(base)}'s `make_spec` in "
+             "`gym.make(id, **keywords)` and `gym.make_vec(id, num_envs=N, **keywords)` (and `render_mode`, "
+             "`num_threads`); the defaults of the env class:", "",
              "| keyword | default |", "|---|---|"]  # fmt: skip
-    for name, parameter in inspect.signature(base.__init__).parameters.items():
-        if name == "self" or parameter.kind is inspect.Parameter.VAR_KEYWORD:
-            continue
+    for name, parameter in inspect.signature(base.make_spec).parameters.items():
         default = "(required)" if parameter.default is inspect.Parameter.empty else code(parameter.default)
         lines.append(f"| `{name}` | {default} |")
     lines += ["", f"What each keyword does: the Arguments section of {class_link(base)} in the API reference."]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import os
 import pickle
 import random
 from collections.abc import Callable, Iterator
@@ -17,6 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+# The genuine CIFAR-10 subset lies in shared/data beside the checkout; the package's own default data home is the
+# user's data folder, so the tests (like the Makefile's targets) name this one unless a machine sets its own.
+os.environ.setdefault("ALA_GYM_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 CIFAR_BATCHES = ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"]
 CIFAR_PER_BATCH = 20  # images per batch file: 100 train+val, 20 test

@@ -12,8 +12,8 @@ from torch import nn
 from torch.nn import functional as F
 
 import ala_gym  # noqa: F401  (registers the env ids)
-from agents import CONTROLLERS
-from agents.adalfl import (
+from ala_gym.agents import CONTROLLERS
+from ala_gym.agents.adalfl import (
     AdaLFLConfig,
     AdaLFLController,
     LossNetwork,
@@ -160,7 +160,7 @@ def test_online_run_on_digits_completes_and_adapts_the_loss(tmp_path) -> None:
 def test_same_seed_same_initial_child_and_batches_as_the_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """AdaLFL's child for seed s is the env's child for seed s (what ``ce`` trains): weights and batches."""
     seen = {}
-    import agents.adalfl as adalfl
+    import ala_gym.agents.adalfl as adalfl
 
     original = adalfl.OnlineTrainer.__init__
 
@@ -229,9 +229,11 @@ def test_runs_on_cuda() -> None:
 
 
 def test_benchmark_runs_adalfl_beside_ce(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from benchmarks import compare
+    from ala_gym.benchmarks import adalfl_report, compare
+    from ala_gym.benchmarks.compare import run as compare_run
 
-    monkeypatch.setattr(compare, "RESULTS", tmp_path)
+    monkeypatch.setattr(compare_run, "RESULTS", tmp_path)
+    monkeypatch.setattr(adalfl_report, "RESULTS", tmp_path)
     tiny = dict(total_iterations=10, steps_per_action=5, eval_points=2, eval_stride=2, device="cpu")
     rows = compare.compare("ALA-Digits-v0", ["ce", "adalfl@offline_steps=3"], [0], tiny, "tiny")
     adalfl = next(row for row in rows if row["controller"] == "adalfl@offline_steps=3")
@@ -239,8 +241,6 @@ def test_benchmark_runs_adalfl_beside_ce(tmp_path, monkeypatch: pytest.MonkeyPat
     run = next(r for r in json.loads((tmp_path / "tiny" / "results.json").read_text())["runs"] if r["controller"] != "ce")
     assert run["env_kwargs"]["offline_steps"] == 3 and run["children"][0]["offline_s"] > 0
     assert len(run["children"][0]["val_metric"]) == 2
-    from benchmarks import adalfl_report
-
     adalfl_report.main(["--name", "tiny", "--ce", str(tmp_path / "tiny" / "results.json")])
     report = (tmp_path / "tiny" / "adalfl.md").read_text()
     assert "| adalfl@offline_steps=3 | 0 |" in report and "Cross-entropy reference" in report
@@ -248,7 +248,7 @@ def test_benchmark_runs_adalfl_beside_ce(tmp_path, monkeypatch: pytest.MonkeyPat
 
 
 def test_cost_benchmark_writes_its_table(tmp_path) -> None:
-    from benchmarks import adalfl_cost
+    from ala_gym.benchmarks import adalfl_cost
 
     adalfl_cost.main(["--tasks", "digits", "--iterations", "1", "--repeats", "1", "--out", str(tmp_path)])
     rows = json.loads((tmp_path / "adalfl_cost.json").read_text())["rows"]

@@ -12,11 +12,10 @@ import pytest
 import torch
 from gymnasium.vector import AutoresetMode
 
-import agents
-from agents.base import phi_stats
-from agents.reinforce import ReinforceConfig, ReinforceController
-from ala_gym.envs import base
-from ala_gym.envs.digits import ALADigitsEnv
+import ala_gym.agents
+from ala_gym.agents.base import phi_stats
+from ala_gym.agents.reinforce import ReinforceConfig, ReinforceController
+from ala_gym.envs import spec
 from ala_gym.envs.vector import ALAVectorEnv
 
 TINY = dict(total_iterations=10, steps_per_action=5, eval_points=2, eval_stride=2, device="cpu")
@@ -26,7 +25,7 @@ STEPS = 2  # TINY's controller steps per episode
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def run(controller: agents.Controller, seed: int = 0, envs: gym.vector.VectorEnv | None = None):
+def run(controller: ala_gym.agents.Controller, seed: int = 0, envs: gym.vector.VectorEnv | None = None):
     envs = envs or controller.make_envs("ALA-Digits-v0", **TINY)
     logs: list[dict] = []
     try:
@@ -36,7 +35,7 @@ def run(controller: agents.Controller, seed: int = 0, envs: gym.vector.VectorEnv
     return records, logs
 
 
-def check_records(records: list[agents.EpisodeRecord], num_envs: int, num_classes: int = 10) -> None:
+def check_records(records: list[ala_gym.agents.EpisodeRecord], num_envs: int, num_classes: int = 10) -> None:
     assert len(records) == num_envs
     for record in records:
         assert len(record.rewards) == len(record.val_metric) == len(record.phi) == STEPS
@@ -61,7 +60,7 @@ def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool
 @pytest.fixture
 def five_class_envs(monkeypatch):
     """ALA-Digits restricted to digits 0-4: a 5-class env (15 pairs), built natively or for SB3."""
-    load = base.load_dataset
+    load = spec.load_dataset
 
     def load_five(*args, **kwargs):
         data = load(*args, **kwargs)
@@ -69,8 +68,8 @@ def five_class_envs(monkeypatch):
                 for split in ("train", "val", "test")}
         return dataclasses.replace(data, num_classes=5, **keep)
 
-    monkeypatch.setattr(base, "load_dataset", load_five)
-    return lambda num_envs, **kwargs: ALAVectorEnv(ALADigitsEnv, num_envs, **TINY, **kwargs)
+    monkeypatch.setattr(spec, "load_dataset", load_five)
+    return lambda num_envs, **kwargs: ALAVectorEnv("ALA-Digits-v0", num_envs, **TINY, **kwargs)
 
 
 def fake_envs(num_envs: int, n_features: int = 24, n_pairs: int = 3) -> SimpleNamespace:
@@ -85,22 +84,22 @@ def fake_envs(num_envs: int, n_features: int = 24, n_pairs: int = 3) -> SimpleNa
 
 # ---------------------------------------------------------------------- registry and fixed baselines
 def test_registry_names_and_interface():
-    assert set(agents.CONTROLLERS) == {
+    assert set(ala_gym.agents.CONTROLLERS) == {
         "ce", "auc-pairwise", "phi-identity", "phi-identity-sigmoid", "label-smoothing", "phi-uniform", "random", "confusion",
         "reinforce", "reinforce-multi", "reinforce-frozen", "reinforce-paper", "reinforce-paper-multi",
         "reinforce-transfer", "reinforce-transfer-frozen", "ppo", "a2c", "adalfl", "learnloss", "fixed-loss", "phi-init",
         "online-smoothing", "pbt", "pbt-frozen",
     }
-    for name, factory in agents.CONTROLLERS.items():
+    for name, factory in ala_gym.agents.CONTROLLERS.items():
         controller = factory()
-        assert isinstance(controller, agents.Controller) and controller.name == name
-    assert [agents.CONTROLLERS[name]().num_envs for name in ("ce", "reinforce", "reinforce-multi", "ppo")] == [1, 1, 10, 10]
+        assert isinstance(controller, ala_gym.agents.Controller) and controller.name == name
+    assert [ala_gym.agents.CONTROLLERS[name]().num_envs for name in ("ce", "reinforce", "reinforce-multi", "ppo")] == [1, 1, 10, 10]
 
 
 def test_identity_baselines_keep_phi_and_linear_identity_equals_cross_entropy():
     records = {}
     for name, loss_form in (("ce", "cross_entropy"), ("phi-identity", "linear"), ("phi-identity-sigmoid", "sigmoid")):
-        controller = agents.CONTROLLERS[name]()
+        controller = ala_gym.agents.CONTROLLERS[name]()
         # The controller's env keywords win over the caller's.
         envs = controller.make_envs("ALA-Digits-v0", **{**TINY, "loss_form": "linear" if name == "ce" else "cross_entropy"})
         assert envs.get_attr("task_settings")[0].loss_form == loss_form
@@ -114,7 +113,7 @@ def test_identity_baselines_keep_phi_and_linear_identity_equals_cross_entropy():
 
 
 def test_auc_pairwise_trains_the_child_under_the_pairwise_loss_and_raises_its_aucpr():
-    controller = agents.CONTROLLERS["auc-pairwise"]()
+    controller = ala_gym.agents.CONTROLLERS["auc-pairwise"]()
     assert controller.env_kwargs() == {"loss_form": "auc_pairwise"} and not controller.learned
     budget = dict(TINY, total_iterations=200, steps_per_action=50, lr=0.1)
     (record,), logs = run(controller, envs=controller.make_envs("ALA-Digits-AUCPR-v0", **budget))
@@ -125,12 +124,12 @@ def test_auc_pairwise_trains_the_child_under_the_pairwise_loss_and_raises_its_au
 
 
 def test_random_phi_is_noisy_symmetric_identity_redrawn_and_seeded():
-    records, logs = run(agents.CONTROLLERS["random"]())
+    records, logs = run(ala_gym.agents.CONTROLLERS["random"]())
     check_records(records, 1)
     assert logs[0]["phi_drift"] > 0
 
     def draws(seed: int) -> np.ndarray:
-        controller = agents.CONTROLLERS["random"]()
+        controller = ala_gym.agents.CONTROLLERS["random"]()
         controller.begin(fake_envs(2), seed)
         infos = {"phi": np.zeros((2, 10, 10))}
         return np.stack([controller.prescribe_phi(np.zeros((2, 55, 24)), infos) for _ in range(50)])
@@ -145,7 +144,7 @@ def test_random_phi_is_noisy_symmetric_identity_redrawn_and_seeded():
 
 
 def test_confusion_phi_follows_eq7_statistics():
-    controller = agents.CONTROLLERS["confusion"]()
+    controller = ala_gym.agents.CONTROLLERS["confusion"]()
     # C: class 0 is often read as class 1, everything else is confident.
     confusion = np.full((1, 3, 3), 5.0)
     confusion[0, np.arange(3), np.arange(3)] = 0.1
@@ -198,7 +197,7 @@ def test_reinforce_is_seeded_by_the_run_seed_and_leaves_global_rngs_alone():
 @pytest.fixture(scope="module")
 def reinforce_policy(tmp_path_factory):
     """REINFORCE learned on 10-class ALA-Digits through the command line, saved."""
-    from agents.reinforce import main
+    from ala_gym.agents.reinforce import main
 
     folder = tmp_path_factory.mktemp("reinforce")
     main(["--num-envs", "2", "--total-iterations", "10", "--steps-per-action", "5", "--device", "cpu",
@@ -215,12 +214,12 @@ def test_reinforce_cli_writes_tensorboard_logs_records_and_policy(reinforce_poli
 
 
 def test_reinforce_single_and_multi_run_end_to_end():
-    single = agents.CONTROLLERS["reinforce"]()
+    single = ala_gym.agents.CONTROLLERS["reinforce"]()
     records, logs = run(single)
     check_records(records, 1)
     check_logs(logs)
     assert {"policy_loss", "baseline"} <= set(logs[-1]) and logs[-1]["phi_drift"] > 0  # a random policy moves Phi
-    multi = agents.CONTROLLERS["reinforce-multi"](num_envs=2)
+    multi = ala_gym.agents.CONTROLLERS["reinforce-multi"](num_envs=2)
     records, logs = run(multi)
     check_records(records, 2)
     check_logs(logs)
@@ -268,7 +267,7 @@ def test_reinforce_policy_from_10_classes_runs_frozen_and_finetuned_on_5(reinfor
 def ppo_policy(tmp_path_factory):
     """PPO with the pair-shared policy learned on 10-class ALA-Digits through the command line, saved.
     ``n_steps 1`` makes SB3 update after every step of the tiny budget."""
-    from agents.sb3 import main
+    from ala_gym.agents.sb3 import main
 
     folder = tmp_path_factory.mktemp("ppo")
     main(["--algo", "ppo", "--num-envs", "2", "--total-iterations", "10", "--steps-per-action", "5", "--device", "cpu",
@@ -278,7 +277,7 @@ def ppo_policy(tmp_path_factory):
 
 
 def test_ppo_pair_policy_cli_learns_logs_and_saves(ppo_policy):
-    from agents.sb3 import SB3Controller
+    from ala_gym.agents.sb3 import SB3Controller
 
     assert len(list((ppo_policy / "logs").glob("events.out.tfevents.*"))) == 2  # ours and SB3's train/*
     assert (ppo_policy / "logs" / "records.json").read_text().count("test_metric") == 2
@@ -296,10 +295,10 @@ def test_ppo_pair_policy_cli_learns_logs_and_saves(ppo_policy):
 
 @pytest.mark.parametrize("algo, policy", [("a2c", "mlp"), ("a2c", "pair"), ("ppo", "mlp")])
 def test_sb3_controllers_run_end_to_end(algo, policy):
-    from agents.sb3 import SB3Config, isolated_global_rngs
+    from ala_gym.agents.sb3 import SB3Config, isolated_global_rngs
     from ala_gym.wrappers.sb3 import SB3VecEnv
 
-    controller = agents.CONTROLLERS[algo](num_envs=2, config=SB3Config(policy=policy, n_steps=1, lr=0.01))
+    controller = ala_gym.agents.CONTROLLERS[algo](num_envs=2, config=SB3Config(policy=policy, n_steps=1, lr=0.01))
     envs = controller.make_envs("ALA-Digits-v0", **TINY)
     assert envs.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP
     with isolated_global_rngs():  # the policy the run will start from (SB3 seeds it from the run seed)
@@ -313,7 +312,7 @@ def test_sb3_controllers_run_end_to_end(algo, policy):
 
 
 def test_sb3_pair_policy_transfers_to_5_classes(ppo_policy, five_class_envs):
-    from agents.sb3 import SB3Controller
+    from ala_gym.agents.sb3 import SB3Controller
 
     frozen = SB3Controller.load(ppo_policy / "policy.pt", "ppo", num_envs=2)
     records, logs = run(frozen, envs=five_class_envs(2, autoreset_mode=AutoresetMode.SAME_STEP))
@@ -330,13 +329,13 @@ def test_phi_stats():
 
 
 def test_online_smoothing_prescribes_alpha_identity_plus_the_symmetrised_soft_labels() -> None:
-    from agents.baselines import OnlineSmoothingPhi
+    from ala_gym.agents.baselines import OnlineSmoothingPhi
 
     soft = np.array([[[0.8, 0.2, 0.0], [0.1, 0.9, 0.0], [0.0, 0.0, 1.0]]])
     phi = OnlineSmoothingPhi(alpha=0.5).prescribe_phi(np.zeros((1, 6, 24)), {"soft_labels": soft})
     expected = 0.5 * np.eye(3) + 0.5 * np.array([[0.8, 0.15, 0.0], [0.15, 0.9, 0.0], [0.0, 0.0, 1.0]])
     np.testing.assert_allclose(phi[0], expected)
-    controller = agents.CONTROLLERS["online-smoothing"](num_envs=2)
+    controller = ala_gym.agents.CONTROLLERS["online-smoothing"](num_envs=2)
     envs = controller.make_envs("ALA-Digits-v0", total_iterations=40, steps_per_action=20, device="cpu")
     records = controller.run(envs, seed=0)
     envs.close()

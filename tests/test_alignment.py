@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-import agents
-from agents.baselines import UniformPhi
-from agents.reinforce import PAPER_ENV_KWARGS, PairPolicy, ReinforceConfig, ReinforceController, pair_rewards
+import ala_gym.agents
+from ala_gym.agents.baselines import UniformPhi
+from ala_gym.agents.reinforce import PAPER_ENV_KWARGS, PairPolicy, ReinforceConfig, ReinforceController, pair_rewards
 from ala_gym.core.losses import class_pairs, phi_loss
 
 TINY = dict(total_iterations=12, steps_per_action=4, eval_points=1, device="cpu")
@@ -118,7 +118,7 @@ def test_init_no_change_sets_the_initial_probability(p):
         ReinforceConfig(init_no_change=1.0)
 
 
-def run_digits(controller: agents.Controller, seed: int = 0):
+def run_digits(controller: ala_gym.agents.Controller, seed: int = 0):
     envs = controller.make_envs("ALA-Digits-v0", **TINY)
     logs: list[dict] = []
     try:
@@ -134,18 +134,18 @@ def test_held_diagonal_gets_no_gradient_and_frozen_policy_never_moves():
     assert "policy_loss" in logs[-1] and 0 <= logs[-1]["p_no_change"] <= 1
     assert learner.optimizer.state[learner.policy.net[0].weight]["step"].item() == 3 * len(logs)
 
-    frozen = agents.CONTROLLERS["reinforce-frozen"](num_envs=2)
+    frozen = ala_gym.agents.CONTROLLERS["reinforce-frozen"](num_envs=2)
     initial = PairPolicy(24, frozen.config.hidden, torch.Generator().manual_seed(0)).state_dict()
     run_digits(frozen)
     assert all(torch.equal(initial[k], v) for k, v in frozen.policy.state_dict().items())
 
 
 def test_paper_controller_is_the_papers_configuration_on_the_papers_env_rules():
-    controller = agents.CONTROLLERS["reinforce-paper-multi"]()
+    controller = ala_gym.agents.CONTROLLERS["reinforce-paper-multi"]()
     assert controller.num_envs == 10 and controller.multi_child and controller.learned
     assert controller.config == ReinforceConfig(lr=1e-3, baseline="ema", pair_credit=False)
     assert controller.env_kwargs() == {"fixed_diagonal": False, "step_scaling": "entry"}
-    records, _ = run_digits(agents.CONTROLLERS["reinforce-paper"]())
+    records, _ = run_digits(ala_gym.agents.CONTROLLERS["reinforce-paper"]())
     # Its untrained policy moves the free diagonal down from its bound, by beta per entry.
     diagonals = np.array([np.diag(np.array(phi)) for phi in records[0].phi])
     assert diagonals.min() < 1.0 and np.allclose(diagonals * 10, np.round(diagonals * 10))
@@ -158,22 +158,22 @@ def test_label_smoothing_phi_is_cross_entropy_with_label_smoothing():
     torch.testing.assert_close(phi_loss(logits, labels, phi), F.cross_entropy(logits, labels, label_smoothing=0.1))
     uniform = UniformPhi(off_diagonal=0.02).matrix(4)
     np.testing.assert_allclose(uniform, np.eye(4) + 0.02 * (1 - np.eye(4)))
-    records, _ = run_digits(agents.CONTROLLERS["label-smoothing"](num_envs=2))
+    records, _ = run_digits(ala_gym.agents.CONTROLLERS["label-smoothing"](num_envs=2))
     np.testing.assert_allclose(records[1].phi[-1], UniformPhi(label_smoothing=0.1).matrix(10), atol=1e-6)
 
 
 def test_shipped_policy_loads_weights_only_and_runs_frozen_and_fine_tuned():
-    from agents.reinforce import library_policy
+    from ala_gym.agents.reinforce import library_policy
 
     path = library_policy("digits")
     assert path.stat().st_size < 50_000
     checkpoint = torch.load(path, weights_only=True)
     assert checkpoint["kind"] == "reinforce" and checkpoint["config"]["n_features"] == 24
-    frozen = agents.CONTROLLERS["reinforce-transfer-frozen"](num_envs=2)
+    frozen = ala_gym.agents.CONTROLLERS["reinforce-transfer-frozen"](num_envs=2)
     assert not frozen.train and frozen.learned and frozen.multi_child
     run_digits(frozen)
     assert all(torch.equal(checkpoint["state_dict"][k], v) for k, v in frozen.policy.state_dict().items())
-    tuned = agents.CONTROLLERS["reinforce-transfer"](num_envs=2)
+    tuned = ala_gym.agents.CONTROLLERS["reinforce-transfer"](num_envs=2)
     run_digits(tuned)
     assert not all(torch.equal(checkpoint["state_dict"][k], v) for k, v in tuned.policy.state_dict().items())
     with pytest.raises(ValueError, match="shipped"):
@@ -181,7 +181,7 @@ def test_shipped_policy_loads_weights_only_and_runs_frozen_and_fine_tuned():
 
 
 def test_a_temperature_makes_the_deterministic_shipped_policy_explore_again():
-    from agents.reinforce import PairPolicy, library_policy, transfer_controller
+    from ala_gym.agents.reinforce import PairPolicy, library_policy, transfer_controller
 
     shipped = ReinforceController.load(library_policy("digits"))
     warm = transfer_controller(train=True, num_envs=2, temperature=10.0)
@@ -203,7 +203,7 @@ def test_a_temperature_makes_the_deterministic_shipped_policy_explore_again():
 
 
 def test_reward_agreement_script_compares_two_disjoint_validation_subsets(tmp_path, monkeypatch):
-    from benchmarks import reward_agreement
+    from ala_gym.benchmarks import reward_agreement
 
     monkeypatch.setattr(reward_agreement, "RESULTS", tmp_path / "agreement.json")
     kwargs = '{"total_iterations": 20, "steps_per_action": 10, "eval_points": 1, "device": "cpu"}'

@@ -11,15 +11,16 @@ from pathlib import Path
 
 import pytest
 
+from ala_gym.benchmarks import compare
+from ala_gym.benchmarks.compare import run as compare_run
 from ala_gym.core.data import cifar10_subset_dir
-from benchmarks import compare
 
 TINY = dict(total_iterations=10, steps_per_action=5, eval_points=2, eval_stride=2, device="cpu")
 
 
 @pytest.fixture()
 def results_dir(tmp_path, monkeypatch):
-    monkeypatch.setattr(compare, "RESULTS", tmp_path)
+    monkeypatch.setattr(compare_run, "RESULTS", tmp_path)
     return tmp_path
 
 
@@ -53,8 +54,8 @@ def test_compare_writes_every_run_table_and_plots_then_resumes(results_dir, monk
         assert (out / plot).stat().st_size > 0
 
     # Resuming runs nothing again: a run attempt would fail loudly.
-    run_one = compare.run_one
-    monkeypatch.setattr(compare, "run_one", lambda *args, **kwargs: pytest.fail("finished run redone"))
+    run_one = compare_run.run_one
+    monkeypatch.setattr(compare_run, "run_one", lambda *args, **kwargs: pytest.fail("finished run redone"))
     again = compare.compare("ALA-Digits-v0", controllers, [0, 1], TINY, "tiny", children=2)
     assert [row["test_per_seed"] for row in again] == [row["test_per_seed"] for row in rows]
 
@@ -75,7 +76,7 @@ def test_compare_writes_every_run_table_and_plots_then_resumes(results_dir, monk
     assert json.loads((out / "results.json").read_text())["runs"] == results["runs"]
     with pytest.raises(compare.ComparisonError, match="would shrink"):
         compare.compare("ALA-Digits-v0", ["ce"], [0], TINY, "tiny", children=2, extend=True)  # never shrinks
-    monkeypatch.setattr(compare, "run_one", run_one)  # extending runs the new seed only
+    monkeypatch.setattr(compare_run, "run_one", run_one)  # extending runs the new seed only
     compare.compare("ALA-Digits-v0", controllers, [0, 1, 2], TINY, "tiny", children=2, extend=True)
     assert len(json.loads((out / "results.json").read_text())["runs"]) == 9
 
@@ -83,7 +84,7 @@ def test_compare_writes_every_run_table_and_plots_then_resumes(results_dir, monk
 HOLD_LOCK = """
 import sys, time
 from pathlib import Path
-from benchmarks import compare
+from ala_gym.benchmarks import compare
 fd = compare.claim(Path(sys.argv[1]))
 print("held" if fd is not None else "refused", flush=True)
 time.sleep(float(sys.argv[2]))
@@ -151,7 +152,7 @@ def test_data_locations_are_a_setting_not_part_of_a_result(results_dir, tiny_cif
     elsewhere = tmp_path / "elsewhere"
     shutil.copytree(tiny_cifar_dir, elsewhere / tiny_cifar_dir.name)
     monkeypatch.setenv("ALA_GYM_DATA", str(elsewhere))
-    monkeypatch.setattr(compare, "run_one", lambda *args, **kwargs: pytest.fail("finished run redone"))
+    monkeypatch.setattr(compare_run, "run_one", lambda *args, **kwargs: pytest.fail("finished run redone"))
     compare.compare("ALA-CIFAR10-v0", ["ce"], [0], kwargs, "cifar")
     # A folder written with an absolute data_root in its config (before locations were left out) resumes too.
     config = json.loads((out / "config.json").read_text())
@@ -163,9 +164,9 @@ def test_data_locations_are_a_setting_not_part_of_a_result(results_dir, tiny_cif
 
 @pytest.mark.skipif(not cifar10_subset_dir().exists(), reason="the CIFAR-10 subset is not under ALA_GYM_DATA")
 def test_committed_cifar10_subset_comparison_resumes_in_a_fresh_clone(results_dir, monkeypatch):
-    committed = Path(compare.__file__).parent / "results" / "cifar10-subset"
+    committed = Path(compare.__file__).parents[1] / "results" / "cifar10-subset"
     shutil.copytree(committed, results_dir / "cifar10-subset", ignore=shutil.ignore_patterns("runs", "*.png"))
-    monkeypatch.setattr(compare, "run_one", lambda *args, **kwargs: pytest.fail("finished run redone"))
+    monkeypatch.setattr(compare_run, "run_one", lambda *args, **kwargs: pytest.fail("finished run redone"))
     compare.main(["--preset", "cifar10-subset"])
     rebuilt = json.loads((results_dir / "cifar10-subset" / "results.json").read_text())
     original = json.loads((committed / "results.json").read_text())

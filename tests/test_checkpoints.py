@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import ala_gym
-from agents import checkpoints
-from agents.reinforce import POLICY_LIBRARY, PairPolicy, ReinforceConfig, ReinforceController
+from ala_gym.agents import checkpoints
+from ala_gym.agents.reinforce import POLICY_LIBRARY, PairPolicy, ReinforceConfig, ReinforceController
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_RUN = ["--num-envs", "1", "--total-iterations", "4", "--steps-per-action", "2", "--device", "cpu",
@@ -52,7 +52,7 @@ def test_files_that_are_not_checkpoints_get_a_checkpoint_error(tmp_path: Path) -
         assert str(path) in str(caught.value), name
 
 
-@pytest.mark.parametrize("module", ["agents.reinforce", "agents.sb3"])
+@pytest.mark.parametrize("module", ["ala_gym.agents.reinforce", "ala_gym.agents.sb3"])
 def test_load_of_a_bad_file_is_one_line_and_exit_2(module: str, tmp_path: Path) -> None:
     bad = {**not_checkpoints(tmp_path), "nan": non_finite(tmp_path / "nan.pt", float("nan"))}
     for name, path in bad.items():

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from agents import checkpoints, progress
-from agents.reinforce import PairPolicy, ReinforceConfig, ReinforceController
-from agents.reinforce import main as reinforce_main
-from agents.sb3 import main as sb3_main
+from ala_gym.agents import checkpoints, progress
+from ala_gym.agents.reinforce import PairPolicy, ReinforceConfig, ReinforceController
+from ala_gym.agents.reinforce import main as reinforce_main
+from ala_gym.agents.sb3 import main as sb3_main
 
 TINY_RUN = ["--num-envs", "1", "--total-iterations", "4", "--steps-per-action", "2", "--device", "cpu",
             "--env-kwarg", "eval_points=1", "--no-tensorboard"]
@@ -62,7 +62,7 @@ def test_bad_checkpoints_get_a_checkpoint_error_naming_the_file(tmp_path: Path) 
 def test_reinforce_cli_bad_checkpoint_is_one_line_and_exit_2(tmp_path: Path) -> None:
     path, _ = _bad_checkpoints(tmp_path)["random"]
     done = subprocess.run(
-        [sys.executable, "-m", "agents.reinforce", "--load", str(path), *TINY_RUN],
+        [sys.executable, "-m", "ala_gym.agents.reinforce", "--load", str(path), *TINY_RUN],
         capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 2
@@ -91,7 +91,7 @@ def test_load_with_config_flags_is_refused(main, tmp_path: Path, capsys) -> None
     assert caught.value.code == 2 and "--freeze needs --load" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("module", ["agents.reinforce", "agents.sb3"])
+@pytest.mark.parametrize("module", ["ala_gym.agents.reinforce", "ala_gym.agents.sb3"])
 def test_agent_help_documents_seed_and_shows_no_empty_defaults(module: str) -> None:
     done = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0
@@ -101,7 +101,7 @@ def test_agent_help_documents_seed_and_shows_no_empty_defaults(module: str) -> N
 
 
 def test_compare_help_describes_presets_and_counts() -> None:
-    done = subprocess.run([sys.executable, "-m", "benchmarks.compare", "--help"], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "ala_gym.benchmarks.compare", "--help"], capture_output=True, text=True,
                           timeout=120)
     text = " ".join(done.stdout.split())
     assert "how many seeds: runs seeds 0, 1, ..., N-1" in text and "the Fashion-MNIST and CIFAR presets set 2" in text

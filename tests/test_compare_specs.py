@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from agents.baselines import UniformPhi
-from agents.reinforce import ReinforceController
-from benchmarks.compare import ComparisonError, build_controller, parse_config, parse_controller, run_one
+from ala_gym.agents.baselines import UniformPhi
+from ala_gym.agents.reinforce import ReinforceController
+from ala_gym.benchmarks.compare import ComparisonError, build_controller, parse_config, parse_controller
+from ala_gym.benchmarks.compare.run import run_one
 
 TINY = dict(total_iterations=4, steps_per_action=2, eval_points=1, device="cpu")
 
@@ -45,7 +46,7 @@ def test_seed_stride_gives_each_run_its_own_children():
 
 
 def test_spec_keywords_go_to_the_config_or_to_the_factory():
-    from benchmarks.compare import build_controller
+    from ala_gym.benchmarks.compare import build_controller
 
     tuned = build_controller("reinforce-transfer(temperature=10;lr=0.03)", children=2)
     assert tuned.config.lr == 0.03 and tuned.train and len(tuned.initial_state) > 0

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from benchmarks import compare
+from ala_gym.benchmarks import compare
+from ala_gym.benchmarks.compare import run as compare_run
 
 TINY = dict(total_iterations=10, steps_per_action=5, eval_points=2, eval_stride=2, device="cpu")
 ARGS = ["--env", "ALA-Digits-v0", "--controllers", "ce", "--seeds", "1", "--env-kwargs", json.dumps(TINY),
@@ -16,12 +17,12 @@ ARGS = ["--env", "ALA-Digits-v0", "--controllers", "ce", "--seeds", "1", "--env-
 
 @pytest.fixture()
 def results_dir(tmp_path, monkeypatch):
-    monkeypatch.setattr(compare, "RESULTS", tmp_path)
+    monkeypatch.setattr(compare_run, "RESULTS", tmp_path)
     return tmp_path
 
 
 def no_training(monkeypatch) -> None:
-    monkeypatch.setattr(compare, "run_one", lambda *args, **kwargs: pytest.fail("a run was trained"))
+    monkeypatch.setattr(compare_run, "run_one", lambda *args, **kwargs: pytest.fail("a run was trained"))
 
 
 def refused_in_one_line(capsys) -> str:
@@ -77,8 +78,8 @@ def test_damaged_run_file_is_run_again_with_a_warning(results_dir, monkeypatch, 
     (out / "results.json").unlink()
     runs[0].write_text(runs[0].read_text()[:100])
     runs[1].write_text("[]")
-    run_one, ran = compare.run_one, []
-    monkeypatch.setattr(compare, "run_one", lambda *args, **kwargs: ran.append(args[1:3]) or run_one(*args, **kwargs))
+    run_one, ran = compare_run.run_one, []
+    monkeypatch.setattr(compare_run, "run_one", lambda *args, **kwargs: ran.append(args[1:3]) or run_one(*args, **kwargs))
     capsys.readouterr()
     again = compare.compare("ALA-Digits-v0", ["ce"], [0, 1], TINY, "tiny")
     warnings = capsys.readouterr().err

@@ -6,8 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-import agents
-from agents.reinforce import WARMUP_SEED_OFFSET, PendingReturns, ReinforceConfig, ReinforceController, episodic_signs
+import ala_gym.agents
+from ala_gym.agents.reinforce import (
+    WARMUP_SEED_OFFSET,
+    PendingReturns,
+    ReinforceConfig,
+    ReinforceController,
+    episodic_signs,
+)
 
 TINY = dict(total_iterations=60, steps_per_action=20, batch_size=32, eval_points=2, eval_stride=5, val_subsample=200,
             device="cpu")  # fmt: skip
@@ -105,7 +111,7 @@ def test_warmup_runs_train_on_other_children_before_the_recorded_run(monkeypatch
         return original(self, envs, seed, on_step)
 
     monkeypatch.setattr(ReinforceController, "run_episode", spy)
-    controller = agents.CONTROLLERS["reinforce-multi"](num_envs=2, config=ReinforceConfig(warmup_runs=2))
+    controller = ala_gym.agents.CONTROLLERS["reinforce-multi"](num_envs=2, config=ReinforceConfig(warmup_runs=2))
     envs = controller.make_envs("ALA-Digits-v0", **TINY)
     controller.run(envs, seed=7)
     envs.close()

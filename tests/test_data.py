@@ -27,7 +27,7 @@ from ala_gym.core.data import (
     random_crop_flip,
 )
 
-CIFAR_SUBSET = cifar10_subset_dir()  # $ALA_GYM_DATA/cifar10-subset, else <repo>/../shared/data/cifar10-subset
+CIFAR_SUBSET = cifar10_subset_dir()  # $ALA_GYM_DATA/cifar10-subset (conftest.py: ../shared/data beside the checkout)
 
 
 def _check_split_types(data, device: str = "cpu") -> None:

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from benchmarks import gpu
+from ala_gym.benchmarks import gpu
 
 
 def test_the_tiny_suite_writes_every_report(tmp_path) -> None:

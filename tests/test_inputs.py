@@ -294,5 +294,7 @@ def test_data_home_is_a_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     monkeypatch.setenv("ALA_GYM_DATA", str(tmp_path))
     assert data_home() == tmp_path
     monkeypatch.delenv("ALA_GYM_DATA")
-    repository = Path(ala_gym.__file__).resolve().parents[1]
-    assert data_home() == repository.parent / "shared" / "data"
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert data_home() == tmp_path / "xdg" / "ala_gym"  # the user's data folder, never the package's location
+    monkeypatch.delenv("XDG_DATA_HOME")
+    assert data_home() == Path.home() / ".local" / "share" / "ala_gym"

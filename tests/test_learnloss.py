@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-import agents
-from agents.learnloss import (
+import ala_gym.agents
+from ala_gym.agents.learnloss import (
     LearnLossConfig,
     LearnLossPhi,
     LearnLossPhiConfig,
@@ -25,8 +25,8 @@ from agents.learnloss import (
     select_loss,
     weights_to_phi,
 )
+from ala_gym.benchmarks import learnloss as bench
 from ala_gym.core.losses import phi_loss
-from benchmarks import learnloss as bench
 
 TINY = dict(total_iterations=10, steps_per_action=5, eval_points=2, eval_stride=2, device="cpu")
 
@@ -192,10 +192,10 @@ def test_controller_moves_phi_when_an_earlier_checkpoint_was_better():
 
 
 def test_controller_runs_a_tiny_digits_episode_with_valid_phi_and_is_seeded():
-    assert agents.CONTROLLERS["learnloss"]().env_kwargs() == {"loss_form": "linear"}
+    assert ala_gym.agents.CONTROLLERS["learnloss"]().env_kwargs() == {"loss_form": "linear"}
     runs = []
     for _ in range(2):
-        controller = agents.CONTROLLERS["learnloss"]()
+        controller = ala_gym.agents.CONTROLLERS["learnloss"]()
         envs = controller.make_envs("ALA-Digits-v0", **{**TINY, "total_iterations": 20})
         try:
             records = controller.run(envs, seed=1)
@@ -238,6 +238,6 @@ def test_tuning_benchmark_writes_runs_table_plot_and_resumes(tmp_path, monkeypat
 
 
 def test_tuning_cli_refuses_bad_input_in_one_line():
-    result = subprocess.run([sys.executable, "-m", "benchmarks.learnloss", "--datasets", "mnist"],
+    result = subprocess.run([sys.executable, "-m", "ala_gym.benchmarks.learnloss", "--datasets", "mnist"],
                             capture_output=True, text=True)
     assert result.returncode == 2 and "unknown ['mnist']" in result.stderr and "Traceback" not in result.stderr

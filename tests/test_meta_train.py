@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from agents.meta_train import (
+from ala_gym.agents.meta_train import (
     MetaTrainConfig,
     MetaTrainer,
     centered_ranks,
@@ -18,7 +18,7 @@ from agents.meta_train import (
     perturbations,
     run_children,
 )
-from agents.reinforce import ReinforceController
+from ala_gym.agents.reinforce import ReinforceController
 
 TINY_ENV = dict(device="cpu", batch_size=32, eval_points=2, eval_stride=5, val_subsample=200)
 

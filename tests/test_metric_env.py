@@ -79,7 +79,7 @@ def test_divergence_terminates_with_penalty_and_scores_zero(make, env_id: str) -
 
 def test_bad_arguments_raise_one_clear_error(make) -> None:
     with pytest.raises(ValueError, match="framework must be one of"):
-        ALAMetricLearningEnv("fashion-mnist", "contrastive")
+        ALAMetricLearningEnv(dataset="fashion-mnist", framework="contrastive")
     with pytest.raises(ValueError, match="loss_form must be one of"):
         make(loss_form="softmax")
     with pytest.raises(ValueError, match="samples_per_class"):
@@ -116,8 +116,8 @@ def test_vector_env_trains_children_one_after_another(make, tiny_fashion_mnist_d
 
 
 def test_fixed_loss_controller_records_test_recalls_and_the_table_shows_them(make, tiny_fashion_mnist_dir: Path) -> None:
-    from agents import CONTROLLERS
-    from benchmarks.compare import retrieval_table
+    from ala_gym.agents import CONTROLLERS
+    from ala_gym.benchmarks.compare import retrieval_table
 
     controller = CONTROLLERS["fixed-loss"]()
     envs = controller.make_envs("ALA-FashionMNIST-Triplet-v0", data_root=str(tiny_fashion_mnist_dir), val_size=40, **TINY)

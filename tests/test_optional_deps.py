@@ -16,8 +16,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(total_iterations=10, steps_per_action=5, eval_points=2, eval_stride=2, device="cpu")
-COMPARE = ("import sys; from pathlib import Path; from benchmarks import compare; "
-           "compare.RESULTS = Path(sys.argv[1]); compare.main(sys.argv[2:])")
+COMPARE = ("import sys; from pathlib import Path; from ala_gym.benchmarks.compare import main, run; "
+           "run.RESULTS = Path(sys.argv[1]); main(sys.argv[2:])")
 
 
 def run_without(modules: list[str], args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
@@ -37,14 +37,14 @@ def assert_one_line_naming(done: subprocess.CompletedProcess, extra: str) -> Non
 
 
 def test_sb3_command_without_the_extra_names_it_in_one_line(tmp_path: Path) -> None:
-    assert_one_line_naming(run_without(["stable_baselines3"], ["-m", "agents.sb3", "--help"], tmp_path), "sb3")
+    assert_one_line_naming(run_without(["stable_baselines3"], ["-m", "ala_gym.agents.sb3", "--help"], tmp_path), "sb3")
 
 
 def test_agents_import_without_sb3_and_its_controllers_name_the_extra(tmp_path: Path) -> None:
     code = (
-        "import agents\n"
-        "agents.CONTROLLERS['ce']()\n"
-        "for make in (lambda: agents.CONTROLLERS['ppo'](), lambda: __import__('ala_gym.wrappers.sb3')):\n"
+        "import ala_gym.agents\n"
+        "ala_gym.agents.CONTROLLERS['ce']()\n"
+        "for make in (lambda: ala_gym.agents.CONTROLLERS['ppo'](), lambda: __import__('ala_gym.wrappers.sb3')):\n"
         "    try:\n"
         "        make()\n"
         "    except ImportError as error:\n"
@@ -80,7 +80,7 @@ def test_ray_backend_and_throughput_without_ray_name_the_extra(tmp_path: Path) -
     done = run_without(["ray"], ["-c", code], tmp_path)
     assert done.returncode == 0 and done.stdout.strip() == "ray is not installed: pip install 'ala-gym[ray]'", done.stderr
     out = tmp_path / "throughput"
-    args = ["-m", "benchmarks.throughput", "--models", "mlp", "--num-envs", "1", "--modes", "native-sequential", "ray-1",
+    args = ["-m", "ala_gym.benchmarks.throughput", "--models", "mlp", "--num-envs", "1", "--modes", "native-sequential", "ray-1",
             "--steps", "1", "--iterations", "1", "--out", str(out)]
     assert_one_line_naming(run_without(["ray"], args, tmp_path), "ray")
     assert not out.exists()  # refused before any measurement
@@ -88,7 +88,7 @@ def test_ray_backend_and_throughput_without_ray_name_the_extra(tmp_path: Path) -
 
 def test_tuning_benchmark_without_optuna_keeps_its_runs_and_refuses_tpe(tmp_path: Path) -> None:
     code = (
-        "import sys; from pathlib import Path; from benchmarks import learnloss\n"
+        "import sys; from pathlib import Path; from ala_gym.benchmarks import learnloss\n"
         "learnloss.RESULTS = Path(sys.argv[1])\n"
         "learnloss.run_benchmark(['digits'], ['random'], [0], 4, 'tiny', problem_kwargs={'train_size': 300})\n"
     )
@@ -97,7 +97,7 @@ def test_tuning_benchmark_without_optuna_keeps_its_runs_and_refuses_tpe(tmp_path
     results = json.loads((tmp_path / "tiny" / "results.json").read_text())
     assert [run["method"] for run in results["runs"]] == ["random"]
     code = (
-        "import sys; from pathlib import Path; from benchmarks import learnloss\n"
+        "import sys; from pathlib import Path; from ala_gym.benchmarks import learnloss\n"
         "learnloss.RESULTS = Path(sys.argv[1])\n"
         "learnloss.main(['--datasets', 'digits', '--methods', 'random,tpe', '--seeds', '1', '--budget', '4', "
         "'--name', 'tpe'])\n"

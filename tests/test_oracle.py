@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from benchmarks import compare, oracle
+from ala_gym.benchmarks import compare, oracle
+from ala_gym.benchmarks.compare import run as compare_run
 
 TINY = dict(total_iterations=10, steps_per_action=5, eval_points=2, eval_stride=2, device="cpu")
 
@@ -38,13 +39,13 @@ def test_every_oracle_grid_is_a_buildable_fixed_controller() -> None:
 
 @pytest.fixture()
 def results_dir(tmp_path, monkeypatch):
-    monkeypatch.setattr(compare, "RESULTS", tmp_path)
+    monkeypatch.setattr(compare_run, "RESULTS", tmp_path)
     return tmp_path
 
 
 def test_comparison_runs_the_grid_on_selection_seeds_and_the_selected_point_on_all(results_dir, monkeypatch) -> None:
     monkeypatch.setitem(oracle.ORACLES, "oracle-phi", ["phi-uniform(off_diagonal=-0.1)", "phi-uniform(off_diagonal=0.1)"])
-    monkeypatch.setattr(compare, "SELECTION_SEEDS", 1)
+    monkeypatch.setattr(compare_run, "SELECTION_SEEDS", 1)
     rows = compare.compare("ALA-Digits-v0", ["ce", "oracle-phi"], [0, 1], TINY, "oracle")
     out = results_dir / "oracle"
     results = json.loads((out / "results.json").read_text())
@@ -64,6 +65,6 @@ def test_comparison_runs_the_grid_on_selection_seeds_and_the_selected_point_on_a
     table = (out / "table.md").read_text()
     assert f"| oracle-phi: {selection['selected']} |" in table and "## Oracle selection" in table
     # Resuming runs nothing again.
-    monkeypatch.setattr(compare, "run_one", lambda *args, **kwargs: pytest.fail("finished run redone"))
+    monkeypatch.setattr(compare_run, "run_one", lambda *args, **kwargs: pytest.fail("finished run redone"))
     again = compare.compare("ALA-Digits-v0", ["ce", "oracle-phi"], [0, 1], TINY, "oracle")
     assert [r["test_per_seed"] for r in again] == [r["test_per_seed"] for r in rows]

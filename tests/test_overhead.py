@@ -7,8 +7,8 @@ import json
 import gymnasium as gym
 import torch
 
+from ala_gym.benchmarks import overhead
 from ala_gym.core.trainer import ChildTrainer
-from benchmarks import overhead
 
 
 def test_env_child_seed_gives_the_weights_every_loop_starts_from():
@@ -31,7 +31,7 @@ def test_tiny_run_writes_json_and_markdown(tmp_path):
 
 
 def test_malloc_benchmark_times_both_loops_under_both_thresholds(tmp_path):
-    from benchmarks import malloc
+    from ala_gym.benchmarks import malloc
 
     malloc.main(["--config", "digits", "--rounds", "2", "--out", str(tmp_path)])
     report = json.loads((tmp_path / "malloc.json").read_text())

@@ -23,7 +23,7 @@ from torch.utils.data import TensorDataset
 import ala_gym  # noqa: F401  (registers the ids)
 from ala_gym.core.data import LOADERS, ClassificationData, from_user_data, load_dataset, register_dataset
 from ala_gym.core.models import MODELS, build_model, register_model
-from ala_gym.envs.generic import ALAGenericClassificationEnv
+from ala_gym.envs.classification import ALAClassificationEnv
 from ala_gym.envs.vector import ALAVectorEnv
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -83,7 +83,7 @@ def same(a: list, b: list) -> bool:
 
 def test_both_env_checkers_pass(wine) -> None:
     env = make(wine)
-    assert isinstance(env.unwrapped, ALAGenericClassificationEnv)
+    assert isinstance(env.unwrapped, ALAClassificationEnv)
     assert env.action_space.shape == (6,) and env.observation_space.shape == (6, 24)  # 3 classes: 6 class pairs
     with warnings.catch_warnings():
         warnings.simplefilter("error")

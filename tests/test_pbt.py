@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-import agents
-from agents.pbt import PBTConfig, PBTController
+import ala_gym.agents
+from ala_gym.agents.pbt import PBTConfig, PBTController
 
 TINY = dict(total_iterations=60, steps_per_action=10, batch_size=32, eval_points=2, eval_stride=5, val_subsample=200,
             device="cpu")  # fmt: skip
@@ -70,7 +70,7 @@ def test_copy_child_gives_the_target_the_sources_weights_and_statistics(train_mo
 
 
 def test_pbt_runs_exploits_and_explores_on_a_tiny_budget(global_rng_unchanged) -> None:
-    controller = agents.CONTROLLERS["pbt"](num_envs=4, config=PBTConfig(interval=2, quantile=0.25))
+    controller = ala_gym.agents.CONTROLLERS["pbt"](num_envs=4, config=PBTConfig(interval=2, quantile=0.25))
     envs = controller.make_envs("ALA-Digits-v0", **TINY)
     copies = []
     original = envs.unwrapped.copy_child
@@ -90,7 +90,7 @@ def test_pbt_runs_exploits_and_explores_on_a_tiny_budget(global_rng_unchanged) -
 
 
 def test_frozen_pbt_keeps_every_childs_initial_value() -> None:
-    controller = agents.CONTROLLERS["pbt-frozen"](num_envs=3, config=PBTConfig(interval=1))
+    controller = ala_gym.agents.CONTROLLERS["pbt-frozen"](num_envs=3, config=PBTConfig(interval=1))
     envs = controller.make_envs("ALA-Digits-v0", **TINY)
     envs.unwrapped.copy_child = lambda source, target: pytest.fail("a frozen population copied a child")
     records = controller.run(envs, seed=1)

@@ -11,14 +11,15 @@ from pathlib import Path
 
 import pytest
 
-import agents
-from benchmarks import compare
+import ala_gym.agents
+from ala_gym.benchmarks import compare
+from ala_gym.benchmarks.compare import run as compare_run
 
 TINY = dict(total_iterations=10, steps_per_action=5, eval_points=2, eval_stride=2, device="cpu")
 PLUGIN = textwrap.dedent(
     """
     import numpy as np
-    from agents.base import Controller
+    from ala_gym.agents.base import Controller
 
 
     class AlwaysUp(Controller):
@@ -48,7 +49,7 @@ PLUGIN = textwrap.dedent(
 def plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "my_controllers.py").write_text(PLUGIN)
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(compare, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(compare_run, "RESULTS", tmp_path / "results")
     return tmp_path
 
 
@@ -67,7 +68,7 @@ def test_a_module_factory_runs_through_the_comparison(plugin: Path) -> None:
         ("no_such_module_here:Factory", "cannot import 'no_such_module_here'"),
         ("my_controllers:Missing", "has no 'Missing'"),
         ("my_controllers:NOT_A_CONTROLLER", "is not callable"),
-        ("my_controllers:make_nothing", "not an agents.Controller"),
+        ("my_controllers:make_nothing", "not an ala_gym.agents.Controller"),
         ("nonsense", "unknown controller 'nonsense'"),
     ],
 )
@@ -78,13 +79,13 @@ def test_bad_specs_are_refused_in_one_line(plugin: Path, spec: str, message: str
 
 def test_the_command_line_takes_a_module_factory(plugin: Path) -> None:
     environment = {**os.environ, "PYTHONPATH": f"{plugin}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    command = [sys.executable, "-m", "benchmarks.compare", "--env", "ALA-Digits-v0", "--controllers",
+    command = [sys.executable, "-m", "ala_gym.benchmarks.compare", "--env", "ALA-Digits-v0", "--controllers",
                "my_controllers:make_up", "--seeds", "1", "--env-kwargs", json.dumps(TINY), "--name",
                str(plugin / "cli-results")]  # fmt: skip
-    result = subprocess.run(command, cwd=Path(compare.__file__).parents[1], env=environment, capture_output=True, text=True)
+    result = subprocess.run(command, cwd=Path(compare.__file__).parents[2], env=environment, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "| my_controllers:make_up | 1 |" in result.stdout
-    bad = subprocess.run(command[:6] + ["my_controllers:Missing"] + command[7:], cwd=Path(compare.__file__).parents[1],
+    bad = subprocess.run(command[:6] + ["my_controllers:Missing"] + command[7:], cwd=Path(compare.__file__).parents[2],
                          env=environment, capture_output=True, text=True)  # fmt: skip
     assert bad.returncode == 2 and "has no 'Missing'" in bad.stderr and "Traceback" not in bad.stderr
 
@@ -93,6 +94,6 @@ def test_an_installed_plugin_is_found_by_its_entry_point_name(plugin: Path) -> N
     dist = plugin / "my_controllers-1.0.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-controllers\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text(f"[{agents.ENTRY_POINT_GROUP}]\nalways-up = my_controllers:make_up\n")
+    (dist / "entry_points.txt").write_text(f"[{ala_gym.agents.ENTRY_POINT_GROUP}]\nalways-up = my_controllers:make_up\n")
     controller = compare.build_controller("always-up")
     assert type(controller).__name__ == "AlwaysUp" and controller.name == "always-up"

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import ray
 
-from agents.baselines import FixedPhi
+from ala_gym.agents.baselines import FixedPhi
 from ala_gym.wrappers.ray import RayVectorEnv
 
 ENV_ID = "ALA-Digits-v0"

@@ -3,7 +3,10 @@ env, the vector env and the environment checkers without any change to them."""
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -13,7 +16,8 @@ from gymnasium.utils.env_checker import check_env
 
 from ala_gym.core.losses import PhiLoss
 from ala_gym.core.metrics import Evaluation
-from ala_gym.envs.classification import ALAClassificationEnv
+from ala_gym.envs.classification import ALAClassificationEnv, ClassificationLoss
+from ala_gym.envs.spec import BuiltTask, TaskSpec
 from ala_gym.envs.task import LossTask, check_action
 from ala_gym.envs.vector import ALAVectorEnv
 
@@ -50,9 +54,20 @@ class SmoothingTask(LossTask):
         return {"smoothing": float(self.values[0])}
 
 
+@dataclass(frozen=True, eq=False)
+class SmoothingLoss(ClassificationLoss):
+    """A task of one's own is a loss part of the spec: here the classification data and metric, one row."""
+
+    def build(self, spec: TaskSpec) -> BuiltTask:
+        built = super().build(spec)
+        built.make_task = partial(SmoothingTask, built.attributes["num_classes"])
+        return built
+
+
 class SmoothingEnv(ALAClassificationEnv):
-    def make_task(self) -> SmoothingTask:
-        return SmoothingTask(self.num_classes)
+    @classmethod
+    def make_spec(cls, **keywords: Any) -> TaskSpec:
+        return dataclasses.replace(super().make_spec(**keywords), loss=SmoothingLoss())
 
 
 def test_a_one_row_task_passes_the_env_checker_and_moves_its_value():

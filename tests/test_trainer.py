@@ -111,3 +111,21 @@ def test_evaluation_does_not_depend_on_eval_batch_size(digits) -> None:
     ]
     assert results[0].metric == pytest.approx(results[1].metric, rel=1e-5)
     np.testing.assert_allclose(results[0].confusion, results[1].confusion, rtol=1e-5)
+
+
+def test_batched_trainer_without_momentum_trains_only_the_active_children(digits) -> None:
+    """Plain SGD (momentum 0, no momentum buffers to update) with a child sitting out: the active child takes
+    the single trainer's step, the inactive one keeps its initial weights."""
+    from ala_gym.core.batched import BatchedTrainer
+    from ala_gym.core.losses import PhiLoss
+
+    config = TrainConfig(model="mlp", total_iterations=10, batch_size=16, momentum=0.0)
+    batched = BatchedTrainer(digits, config, [3, 4])
+    singles = [ChildTrainer(digits, config, seed) for seed in (3, 4)]
+    loss = PhiLoss(torch.eye(10))
+    batched.train_step(torch.stack([loss.params, loss.params]), np.array([True, False]), loss)
+    singles[0].train(1, loss)
+    assert batched.iterations.tolist() == [1, 0]
+    for child, single in enumerate(singles):
+        for name, value in single.model.named_parameters():
+            torch.testing.assert_close(batched.params[name][child].detach(), value.detach(), rtol=0, atol=1e-6)

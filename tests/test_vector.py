@@ -69,7 +69,7 @@ def test_every_id_has_a_vector_entry_point_and_reregistering_is_harmless() -> No
 @pytest.mark.parametrize("results", ["throughput.json", "throughput-mlp/throughput.json"])
 def test_auto_train_mode_is_the_faster_path_in_the_committed_cpu_measurements(results: str) -> None:
     """The CPU choice of ``train_mode="auto"`` must agree with what ``benchmarks/throughput.py`` measured."""
-    from benchmarks.throughput import fastest_native_mode
+    from ala_gym.benchmarks.throughput import fastest_native_mode
 
     report = json.loads((Path(__file__).parents[1] / "benchmarks" / "results" / results).read_text())
     assert report["args"]["device"] == "cpu"

@@ -104,7 +104,7 @@ class BatchedTrainer:
         if active.shape != (self.num_children,) or not active.any():
             raise ValueError(f"active must be a boolean mask of {self.num_children} children with one True")
         everyone = bool(active.all())
-        batches = {i: self.samplers[i].next() for i in np.flatnonzero(active)}
+        batches = {i: self.samplers[i].next() for i in map(int, np.flatnonzero(active))}
         filler = next(iter(batches.values()))  # inactive children compute on any batch; their update is discarded
         inputs = torch.stack([batches.get(i, filler)[0] for i in range(self.num_children)])
         labels = torch.stack([batches.get(i, filler)[1] for i in range(self.num_children)])
@@ -120,7 +120,7 @@ class BatchedTrainer:
         lr = torch.tensor([self.config.lr_at(int(i)) for i in self.iterations], device=self.device)
         cfg = self.config
         with torch.no_grad():
-            if everyone:
+            if saved_buffers is None:  # every child trains
                 sgd_step(self.params, grads, self.momentum, lr=lr, momentum=cfg.momentum,
                          weight_decay=cfg.weight_decay, inplace=True)  # fmt: skip
             else:
@@ -128,7 +128,8 @@ class BatchedTrainer:
                     self.params, grads, self.momentum, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
                 )
                 _masked_copy(self.params, new_params, self.params, mask)
-                _masked_copy(self.momentum, new_momentum, self.momentum, mask)
+                if new_momentum is not None:  # None without momentum: the buffers stay unused zeros
+                    _masked_copy(self.momentum, new_momentum, self.momentum, mask)
                 # the forward updated every child's BatchNorm statistics: the inactive ones get theirs back
                 _masked_copy(self.buffers, self.buffers, saved_buffers, mask)
         self.iterations[active] += 1
@@ -153,10 +154,10 @@ class BatchedTrainer:
         while active.any():
             chunk_loss += self.train_step(loss_params, active, losses[0])
             ready = []
-            for i in np.flatnonzero(active):
+            for i in map(int, np.flatnonzero(active)):
                 due[i] -= 1
                 if due[i] == 0:
-                    ready.append(int(i))
+                    ready.append(i)
             if not ready:
                 continue
             evaluations = self.evaluate(split, ready, evaluator)

@@ -73,13 +73,16 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 def data_home() -> Path:
     """Where the datasets that are not downloaded live (such as the CIFAR-10 subset): ``$ALA_GYM_DATA``,
-    else ``shared/data`` beside the repository's checkout (``<repo>/../shared/data``).
+    else ``$XDG_DATA_HOME/ala_gym`` (``~/.local/share/ala_gym``). It never depends on where the package is
+    installed; a clone's ``make`` targets set ``ALA_GYM_DATA`` to ``shared/data`` beside the checkout.
 
     Data locations are a setting of the machine, never part of a result: benchmarks resolve them here
     at run time and record only the dataset's name.
     """
     configured = os.environ.get("ALA_GYM_DATA")
-    return Path(configured) if configured else Path(__file__).resolve().parents[3] / "shared" / "data"
+    if configured:
+        return Path(configured)
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "ala_gym"
 
 
 def cifar10_subset_dir() -> Path:
@@ -241,7 +244,7 @@ def load_digits(
     # Pixel values are 0..16; scale to the uint8 range so every dataset shares one normalisation path.
     images = torch.from_numpy(np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)).unsqueeze(1)
     labels = torch.from_numpy(bunch.target.astype(np.int64))
-    _check_labels(labels, 10, files("sklearn.datasets.data") / "digits.csv.gz", "reinstall scikit-learn")
+    _check_labels(labels, 10, str(files("sklearn.datasets.data") / "digits.csv.gz"), "reinstall scikit-learn")
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(split_seed + 1))
     test_idx, rest_idx = order[:test_size], order[test_size:]
     return _assemble(

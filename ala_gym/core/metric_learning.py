@@ -162,15 +162,18 @@ class SeededMiner:
             raise ValueError(f"SeededMiner needs a CPU generator, got one on {generator.device}")
         self.miner, self.generator = miner, generator
 
-    def __call__(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def __call__(
+        self, embeddings: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # anchor, positive and negative indices
         seed = int(torch.randint(2**62, (), generator=self.generator))
         device = embeddings.device
-        on_gpu = device.type == "cuda"
-        index = (device.index if device.index is not None else torch.cuda.current_device()) if on_gpu else None
+        gpu_indices: list[int] = []  # the embeddings' GPU, none on a CPU
+        if device.type == "cuda":
+            gpu_indices.append(device.index if device.index is not None else torch.cuda.current_device())
         # fork_rng restores the CPU generator (and the listed GPU's) on exit, whatever the miner drew.
-        with torch.random.fork_rng(devices=[index] if on_gpu else []):
+        with torch.random.fork_rng(devices=gpu_indices):
             torch.default_generator.manual_seed(seed)
-            if on_gpu:
+            for index in gpu_indices:
                 torch.cuda.default_generators[index].manual_seed(seed)
             return self.miner(embeddings, labels)
 

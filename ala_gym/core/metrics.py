@@ -179,7 +179,8 @@ class Evaluator(Protocol):
     worst: float
     """The metric's worst value: what a diverged child scores."""
 
-    def __call__(self, outputs: torch.Tensor, labels: torch.Tensor) -> Evaluation: ...
+    # Positional-only: an evaluator names the outputs as it likes (logits, embeddings).
+    def __call__(self, outputs: torch.Tensor, labels: torch.Tensor, /) -> Evaluation: ...
 
 
 class ClassificationEvaluator:

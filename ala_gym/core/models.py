@@ -79,7 +79,7 @@ class CifarResNet(nn.Module):
 class SmallCNN(nn.Module):
     """Two 3x3 conv + max-pool stages (16, 32 channels) and a 128-unit hidden layer; no BatchNorm."""
 
-    def __init__(self, image_shape: tuple[int, int, int], output_size: int) -> None:
+    def __init__(self, image_shape: tuple[int, ...], output_size: int) -> None:
         super().__init__()
         channels, height, width = image_shape
         self.conv1 = nn.Conv2d(channels, 16, 3, padding=1)
@@ -111,7 +111,7 @@ def max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
 class MLP(nn.Module):
     """Flatten, then two hidden ReLU layers."""
 
-    def __init__(self, image_shape: tuple[int, int, int], output_size: int, hidden: int = 64) -> None:
+    def __init__(self, image_shape: tuple[int, ...], output_size: int, hidden: int = 64) -> None:
         super().__init__()
         self.fc1 = nn.Linear(math.prod(image_shape), hidden)
         self.fc2 = nn.Linear(hidden, hidden)
@@ -200,11 +200,12 @@ def seeded_global_rng(seed: int, device: torch.device | str = "cpu") -> Iterator
     seed, and code outside sees no draw. Only those generators are forked and seeded (``torch.manual_seed``
     would reseed every GPU)."""
     device = torch.device(device)
-    cuda = device.type == "cuda"
-    index = (device.index if device.index is not None else torch.cuda.current_device()) if cuda else None
-    with torch.random.fork_rng(devices=[index] if cuda else [], device_type="cuda"):
+    cuda_indices: list[int] = []  # the one GPU of a CUDA device, none otherwise
+    if device.type == "cuda":
+        cuda_indices.append(device.index if device.index is not None else torch.cuda.current_device())
+    with torch.random.fork_rng(devices=cuda_indices, device_type="cuda"):
         torch.default_generator.manual_seed(seed)
-        if cuda:
+        for index in cuda_indices:
             torch.cuda.default_generators[index].manual_seed(seed)
         yield
 

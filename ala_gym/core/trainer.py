@@ -73,7 +73,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         # Normalise numpy scalars to Python numbers while checking, so that configs compare and print plainly.
-        checked = {
+        checked: dict[str, object] = {
             "model": check_model_spec(self.model),
             "total_iterations": check_int("total_iterations", self.total_iterations, 1),
             "batch_size": check_int("batch_size", self.batch_size, 1),
@@ -89,10 +89,10 @@ class TrainConfig:
             milestones = tuple(self.lr_milestones)
         except TypeError:
             raise ValueError(f"lr_milestones must be a sequence of fractions in (0, 1), got {self.lr_milestones!r}") from None
-        checked["lr_milestones"] = tuple(
+        checked["lr_milestones"] = lr_milestones = tuple(
             check_real("lr_milestones", m, 0.0, 1.0, low_open=True, high_open=True) for m in milestones
         )
-        if list(checked["lr_milestones"]) != sorted(checked["lr_milestones"]):
+        if list(lr_milestones) != sorted(lr_milestones):
             raise ValueError(f"lr_milestones must be increasing fractions in (0, 1), got {self.lr_milestones}")
         if self.samples_per_class is not None and self.samples_per_class > self.batch_size // 2:
             raise ValueError(

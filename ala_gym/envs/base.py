@@ -2,57 +2,70 @@
 
 :class:`ALAEnv` is generic: it trains the child with :class:`ala_gym.core.trainer.ChildTrainer`, evaluates it
 with the task's evaluator and delegates actions, rewards and observations to an
-:class:`ala_gym.envs.episode.Episode` over a :class:`ala_gym.envs.task.LossTask`. A task env (classification,
-metric learning) loads its data, builds its evaluator and names its task (:meth:`ALAEnv.make_task`);
-:class:`ala_gym.envs.vector.ALAVectorEnv` uses the same pieces for N children.
+:class:`ala_gym.envs.episode.Episode` over a :class:`ala_gym.envs.task.LossTask`. What it trains comes from a
+:class:`ala_gym.envs.spec.TaskSpec` (a task env turns its keywords into one: ``make_spec``);
+:class:`ala_gym.envs.vector.ALAVectorEnv` builds N children from the same spec.
 """
 
 from __future__ import annotations
 
 import copy
-import inspect
 import multiprocessing
-from abc import abstractmethod
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium import spaces
 
-from ala_gym.core.checks import check_int, check_optional_int
-from ala_gym.core.data import LOADERS, ClassificationData, Split, UserData, from_user_data, load_dataset, resolve_device
+from ala_gym.core.checks import check_int
+from ala_gym.core.data import ClassificationData, Split
 from ala_gym.core.metrics import Evaluation, Evaluator
 from ala_gym.core.trainer import ChildTrainer, TrainConfig
 from ala_gym.envs.episode import CHANGE_CLIP, Episode, EpisodeSettings
 from ala_gym.envs.task import N_ACTIONS, LossTask
 
+if TYPE_CHECKING:
+    from ala_gym.envs.spec import TaskSpec
+
 STATE_KEY = "ala_gym_env_state"  # marks a dict as one of ALAEnv.get_state's
 
 
 class ALAEnv(gym.Env):
-    """A child's training run as an episode; subclasses set the data, the evaluator and the task.
+    """A child's training run as an episode, made from a :class:`ala_gym.envs.spec.TaskSpec`.
 
-    A subclass's ``__init__`` sets ``data``, ``train_config``, ``evaluator`` and ``val_eval`` (the validation
-    split the reward is computed on), then calls :meth:`_setup` with the episode's rules.
+    A task env's ``__init__`` turns its keywords into a spec (its ``make_spec``) and calls this one, which
+    builds the task (:meth:`ala_gym.envs.spec.TaskSpec.build`) and sets its attributes: ``task_spec``,
+    ``data``, ``train_config``, ``settings``, ``evaluator``, ``val_eval`` (the validation split the reward is
+    computed on), ``metric``, ``steps_per_action``, ``batchable`` and the task's own (``num_classes``, ...).
     """
 
     metadata = {"render_modes": [], "render_fps": 4}
-    batchable = True
+    batchable: bool
     """Whether the vector env may train this env's children in one ``vmap`` (``train_mode="batched"``): not
-    with a loss that samples, nor with a model holding dropout-like layers (an instance then sets it False)."""
+    with a loss that samples, nor with a model holding dropout-like layers."""
     data: ClassificationData
     train_config: TrainConfig
+    settings: EpisodeSettings
     evaluator: Evaluator
     val_eval: Split
+    make_task: Callable[[], LossTask]
+    """A fresh task for one child (each child of a vector env gets its own)."""
+    metric: str
+    steps_per_action: int
+    observation_space: spaces.Box
+    action_space: spaces.MultiDiscrete
 
-    @abstractmethod
-    def make_task(self) -> LossTask:
-        """A fresh task for one child (each child of a vector env gets its own)."""
+    def __init__(self, spec: TaskSpec) -> None:
+        built = spec.build()
+        self.task_spec = spec
+        vars(self).update(built.public_attributes())
+        self.make_task = built.make_task
+        self._setup(spec.episode)
 
     def _setup(self, settings: EpisodeSettings) -> None:
-        """Build the task, the episode and the spaces (after ``data``, ``train_config`` and ``evaluator``)."""
-        self.settings = settings
+        """Build the task, the episode and the spaces."""
         self.trainer: ChildTrainer | None = None
         self._closed = False
         task = self.make_task()
@@ -60,13 +73,7 @@ class ALAEnv(gym.Env):
         # Which rows an action can move: learned controllers leave the others out of their policy gradient.
         self.movable_rows = task.movable_rows
         self.n_features = settings.n_features
-        history = settings.history
-        low = np.concatenate([np.zeros(2 * history), [-CHANGE_CLIP] * 2, [task.bounds[0], 0.0]]).astype(np.float32)
-        high = np.concatenate(
-            [np.full(2 * history, task.statistics_bound), [CHANGE_CLIP] * 2, [task.bounds[1], 1.0]]
-        ).astype(np.float32)
-        self.observation_space = spaces.Box(np.tile(low, (task.rows, 1)), np.tile(high, (task.rows, 1)), dtype=np.float32)
-        self.action_space = spaces.MultiDiscrete(np.full(task.rows, N_ACTIONS, dtype=np.int64))
+        self.observation_space, self.action_space = episode_spaces(settings, task)
 
     # ---------------------------------------------------------------- gymnasium API
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
@@ -142,34 +149,6 @@ class ALAEnv(gym.Env):
         self.episode.task.phi = value
 
 
-def load_env_dataset(
-    dataset: str | UserData, *, data_root: str | None, download: bool, val_size: int | None, split_seed: int,
-    device: str,
-) -> ClassificationData:  # fmt: skip
-    """An env's dataset. A name is loaded once per process by :func:`ala_gym.core.data.load_dataset`, given
-    only the keywords its loader takes: ``data_root`` (not digits'), ``download`` (CIFAR-10's), ``val_size``
-    when set. Data of one's own goes through :func:`ala_gym.core.data.from_user_data`."""
-    device = resolve_device(device)  # first: a bad device is named before any data is read
-    split_seed = check_int("split_seed", split_seed, 0)
-    val_size = check_optional_int("val_size", val_size, 1)
-    if not isinstance(dataset, str):
-        if data_root is not None:
-            raise ValueError(
-                "data_root names a registered dataset's folder; it does not apply to data given as arrays or Datasets"
-            )
-        return from_user_data(dataset, val_size=val_size, split_seed=split_seed, device=device)
-    # A loader's own keywords; an unknown name is left to load_dataset, which names the choices.
-    accepted = inspect.signature(LOADERS[dataset]).parameters if dataset in LOADERS else {}
-    loader_kwargs: dict[str, Any] = {"split_seed": split_seed}
-    if data_root is not None and "data_root" in accepted:
-        loader_kwargs["data_root"] = data_root
-    if "download" in accepted:
-        loader_kwargs["download"] = download
-    if val_size is not None:
-        loader_kwargs["val_size"] = val_size
-    return load_dataset(dataset, device=device, **loader_kwargs)
-
-
 def set_threads(num_threads: int | None) -> None:
     """torch's intra-op threads of this process. ``None`` leaves the setting alone, except in a
     multiprocessing worker, where it means 1: forked workers then neither oversubscribe the cores nor hang
@@ -180,10 +159,13 @@ def set_threads(num_threads: int | None) -> None:
         torch.set_num_threads(check_int("num_threads", num_threads, 1))
 
 
-def validation_subsample(split: Split, size: int | None, seed: int) -> Split:
-    """A fixed subsample of ``size`` samples of ``split`` (all of it for ``None``), drawn from ``seed``."""
-    size = check_optional_int("val_subsample", size, 1)
-    if size is None or size >= len(split):
-        return split
-    order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed + 2))[:size]
-    return split.subset(order.to(split.labels.device))
+def episode_spaces(settings: EpisodeSettings, task: LossTask) -> tuple[spaces.Box, spaces.MultiDiscrete]:
+    """One child's observation and action spaces: per row, the statistics' history and change, the row's value
+    and the progress; one of ``N_ACTIONS`` per row."""
+    history = settings.history
+    low = np.concatenate([np.zeros(2 * history), [-CHANGE_CLIP] * 2, [task.bounds[0], 0.0]]).astype(np.float32)
+    high = np.concatenate(
+        [np.full(2 * history, task.statistics_bound), [CHANGE_CLIP] * 2, [task.bounds[1], 1.0]]
+    ).astype(np.float32)
+    observation_space = spaces.Box(np.tile(low, (task.rows, 1)), np.tile(high, (task.rows, 1)), dtype=np.float32)
+    return observation_space, spaces.MultiDiscrete(np.full(task.rows, N_ACTIONS, dtype=np.int64))

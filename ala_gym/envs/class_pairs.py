@@ -66,7 +66,7 @@ class ClassPairTask(LossTask):
         self.values = self.initial_values.copy()
         # Phi changes are copied into the loss's tensor (PhiLoss.set_phi), so the loss is never rebuilt.
         phi = torch.tensor(phi_init, dtype=torch.float32, device=device)
-        self.loss = PhiLoss(phi, settings.loss_form, settings.sigmoid_temperature, settings.negative_floor)
+        self.loss: PhiLoss = PhiLoss(phi, settings.loss_form, settings.sigmoid_temperature, settings.negative_floor)
 
     def phi_of_values(self, values: np.ndarray) -> np.ndarray:
         """The ``C x C`` Phi (symmetric, entries in [-1, 1])."""

@@ -1,23 +1,84 @@
-"""The ALA classification environment; the registered tasks are small subclasses of it."""
+"""The ALA classification environment; the registered classification ids are registrations of it with keywords."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 
 from ala_gym.core.checks import check_real
-from ala_gym.core.data import ClassificationData, UserData, training_subset
+from ala_gym.core.data import UserData
 from ala_gym.core.losses import LOSS_FORMS, check_phi
 from ala_gym.core.metrics import METRICS, ClassificationEvaluator
 from ala_gym.core.models import ModelSpec, draws_randomness
-from ala_gym.core.trainer import TrainConfig
-from ala_gym.envs.base import ALAEnv, load_env_dataset, set_threads, validation_subsample
+from ala_gym.envs.base import ALAEnv, set_threads
 from ala_gym.envs.class_pairs import STEP_SCALINGS, ClassPairSettings, ClassPairTask
-from ala_gym.envs.episode import EpisodeSettings
+from ala_gym.envs.spec import BuiltTask, TaskSpec, assemble, spec_of
 
-__all__ = ["ALAClassificationEnv"]
+__all__ = ["ALAClassificationEnv", "ClassificationLoss"]
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: phi_init may be an array, which has no truth value
+class ClassificationLoss:
+    """The classification part of a :class:`ala_gym.envs.spec.TaskSpec`: Phi's actions, Eq. 6's form and the
+    metric (each field as under :class:`ALAClassificationEnv`'s Arguments)."""
+
+    beta: float = 0.1
+    fixed_diagonal: bool = True
+    step_scaling: str = "row"
+    phi_init: np.ndarray | None = None
+    loss_form: str = "linear"
+    sigmoid_temperature: float = 1.0
+    negative_floor: float | None = 1e-3
+    metric: str = "error"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "beta", check_real("beta", self.beta, 0.0, low_open=True))
+        temperature = check_real("sigmoid_temperature", self.sigmoid_temperature, 0.0, low_open=True)
+        object.__setattr__(self, "sigmoid_temperature", temperature)
+        if self.negative_floor is not None:
+            floor = check_real("negative_floor", self.negative_floor, 0.0, 1.0, low_open=True, high_open=True)
+            object.__setattr__(self, "negative_floor", floor)
+        object.__setattr__(self, "fixed_diagonal", bool(self.fixed_diagonal))
+        if self.step_scaling not in STEP_SCALINGS:
+            raise ValueError(f"step_scaling must be one of {STEP_SCALINGS}, got {self.step_scaling!r}")
+        if self.loss_form not in LOSS_FORMS:
+            raise ValueError(f"unknown loss_form {self.loss_form!r}; choose one of {LOSS_FORMS}")
+        if self.metric not in METRICS:
+            raise ValueError(f"unknown metric {self.metric!r}; choose one of {sorted(METRICS)}")
+
+    @property
+    def higher_is_better(self) -> bool:
+        return METRICS[self.metric].higher_is_better
+
+    def build(self, spec: TaskSpec) -> BuiltTask:
+        data = spec.data.load()
+        # Refuse a model that does not fit the data now; vmap cannot batch the random draws of dropout-like layers.
+        batchable = not draws_randomness(spec.train.probe_model(data))
+        num_classes = data.num_classes
+        phi_init = check_phi(np.eye(num_classes) if self.phi_init is None else self.phi_init, num_classes)
+        val_eval = spec.data.validation(data)
+        val_class_counts = torch.bincount(val_eval.labels, minlength=num_classes).cpu().numpy()
+        task_settings = ClassPairSettings(
+            num_classes=num_classes, beta=self.beta, loss_form=self.loss_form,
+            sigmoid_temperature=self.sigmoid_temperature, negative_floor=self.negative_floor,
+            fixed_diagonal=self.fixed_diagonal, step_scaling=self.step_scaling,
+        )  # fmt: skip
+        return BuiltTask(
+            spec=spec,
+            data=data,
+            evaluator=ClassificationEvaluator(num_classes, self.metric),
+            val_eval=val_eval,
+            make_task=partial(ClassPairTask, task_settings, phi_init, data.device, val_class_counts),
+            batchable=batchable,
+            attributes={
+                "num_classes": num_classes, "beta": self.beta, "phi_init": phi_init, "task_settings": task_settings,
+                "val_class_counts": val_class_counts,
+            },
+        )  # fmt: skip
 
 
 class ALAClassificationEnv(ALAEnv):
@@ -107,8 +168,9 @@ class ALAClassificationEnv(ALAEnv):
     divergence). The reward itself stays Eq. 5's, for the whole child.
 
     ## Arguments
-    ``gym.make("ALA-Digits-v0", steps_per_action=20, total_iterations=200)``; every argument of
-    ``__init__`` can be passed as a keyword:
+    ``gym.make("ALA-Digits-v0", steps_per_action=20, total_iterations=200)``: every keyword of
+    :meth:`make_spec`, which turns them into the env's :class:`ala_gym.envs.spec.TaskSpec` (``spec=`` gives
+    one directly), plus ``render_mode`` and ``num_threads``:
 
     * ``dataset``: ``"digits"``, ``"fashion-mnist"``, ``"cifar10"`` or a name given to
       ``ala_gym.core.data.register_dataset``; ``data_root``, ``download`` and ``val_size`` go to its loader
@@ -116,8 +178,8 @@ class ALAClassificationEnv(ALAEnv):
       (not the child's seed). ``train_size`` keeps that many of the training images (a subset drawn from
       ``split_seed``; None keeps them all): less data to fit, so that a long run overfits, the regime where the
       loss's regularisation shows; normalisation statistics stay those of the full training split. Data of one's
-      own as arrays or Datasets: see
-      :class:`ala_gym.envs.generic.ALAGenericClassificationEnv` (``ALA-Classification-v0``).
+      own as arrays or Datasets (:func:`ala_gym.core.data.from_user_data`): the registration
+      ``ALA-Classification-v0`` says how they are read and checked (``ala_gym.registration.ENV_IDS``).
     * ``model``: a name (``"mlp"``, ``"small_cnn"``, ``"resnet20"``, ``"resnet32"`` or one given to
       ``ala_gym.core.models.register_model``) or a factory ``(input_shape, num_outputs) -> nn.Module``;
       built and run once on two training inputs here, so a model that does not fit the data is refused at
@@ -149,12 +211,24 @@ class ALAClassificationEnv(ALAEnv):
     """
 
     metadata = {"render_modes": ["rgb_array", "ansi"], "render_fps": 4}
+    num_classes: int
+    task_settings: ClassPairSettings
 
     def __init__(
-        self,
+        self, *, spec: TaskSpec | None = None, render_mode: str | None = None, num_threads: int | None = None,
+        **keywords: Any,
+    ) -> None:  # fmt: skip
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
+        self.render_mode = render_mode
+        set_threads(num_threads)
+        super().__init__(spec_of(self, spec, keywords))
+
+    @classmethod
+    def make_spec(
+        cls,
         dataset: str | UserData = "digits",
         *,
-        render_mode: str | None = None,
         data_root: str | None = None,
         download: bool = True,
         val_size: int | None = None,
@@ -185,66 +259,11 @@ class ALAClassificationEnv(ALAEnv):
         history: int = 10,
         divergence_penalty: float = -10.0,
         device: str = "auto",
-        num_threads: int | None = None,
-    ) -> None:
-        beta = check_real("beta", beta, 0.0, low_open=True)
-        sigmoid_temperature = check_real("sigmoid_temperature", sigmoid_temperature, 0.0, low_open=True)
-        if negative_floor is not None:
-            negative_floor = check_real("negative_floor", negative_floor, 0.0, 1.0, low_open=True, high_open=True)
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
-        self.render_mode = render_mode
-        set_threads(num_threads)
-        if step_scaling not in STEP_SCALINGS:
-            raise ValueError(f"step_scaling must be one of {STEP_SCALINGS}, got {step_scaling!r}")
-        if loss_form not in LOSS_FORMS:
-            raise ValueError(f"unknown loss_form {loss_form!r}; choose one of {LOSS_FORMS}")
-        if metric not in METRICS:
-            raise ValueError(f"unknown metric {metric!r}; choose one of {sorted(METRICS)}")
-        settings = EpisodeSettings(
-            total_iterations=total_iterations, steps_per_action=steps_per_action, reward=reward, gamma=gamma,
-            eval_points=eval_points, eval_stride=eval_stride, history=history, divergence_penalty=divergence_penalty,
-        )  # fmt: skip
-        self.train_config = TrainConfig(
-            model=model,
-            total_iterations=total_iterations,
-            batch_size=batch_size,
-            lr=lr,
-            momentum=momentum,
-            weight_decay=weight_decay,
-            lr_milestones=lr_milestones,
-            lr_decay=lr_decay,
-        )
-        self.data: ClassificationData = training_subset(
-            load_env_dataset(
-                dataset, data_root=data_root, download=download, val_size=val_size, split_seed=split_seed, device=device
-            ),
-            train_size,
-            split_seed,
-        )
-        # Refuse a model that does not fit the data now; vmap cannot batch the random draws of dropout-like layers.
-        self.batchable = not draws_randomness(self.train_config.probe_model(self.data))
-        self.num_classes = self.data.num_classes
-        self.steps_per_action = steps_per_action
-        self.beta = beta
-        self.phi_init = check_phi(np.eye(self.num_classes) if phi_init is None else phi_init, self.num_classes)
-        self.metric = metric
-        self.evaluator = ClassificationEvaluator(self.num_classes, metric)
-        self.val_eval = validation_subsample(self.data.val, val_subsample, split_seed)
-        self.val_class_counts = torch.bincount(self.val_eval.labels, minlength=self.num_classes).cpu().numpy()
-        self.task_settings = ClassPairSettings(
-            num_classes=self.num_classes,
-            beta=beta,
-            loss_form=loss_form,
-            sigmoid_temperature=sigmoid_temperature,
-            negative_floor=negative_floor,
-            fixed_diagonal=bool(fixed_diagonal),
-            step_scaling=step_scaling,
-        )
-        self._setup(settings)
-
-    def make_task(self) -> ClassPairTask:
-        return ClassPairTask(self.task_settings, self.phi_init, self.data.device, self.val_class_counts)
+    ) -> TaskSpec:
+        """The :class:`ala_gym.envs.spec.TaskSpec` of these keywords (the env's Arguments), checked part by part."""
+        keywords = dict(locals())  # first: the keywords and nothing else
+        del keywords["cls"]
+        return assemble(cls, keywords, ClassificationLoss)
 
     # ---------------------------------------------------------------- rendering
     def render(self) -> np.ndarray | str | None:

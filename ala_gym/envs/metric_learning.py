@@ -4,6 +4,7 @@ on some classes, rewarded by Recall@k on others."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -11,7 +12,7 @@ import numpy as np
 import torch
 
 from ala_gym.core.checks import check_int, check_real
-from ala_gym.core.data import ClassificationData, class_disjoint
+from ala_gym.core.data import class_disjoint
 from ala_gym.core.metric_learning import (
     FOCAL_PHI_RANGE,
     RECALL_KS,
@@ -23,9 +24,9 @@ from ala_gym.core.metric_learning import (
     triplet_margin_loss,
 )
 from ala_gym.core.metrics import Evaluation
-from ala_gym.core.trainer import TrainConfig, seed_streams
-from ala_gym.envs.base import ALAEnv, load_env_dataset, set_threads, validation_subsample
-from ala_gym.envs.episode import EpisodeSettings
+from ala_gym.core.trainer import seed_streams
+from ala_gym.envs.base import ALAEnv, set_threads
+from ala_gym.envs.spec import BuiltTask, TaskSpec, assemble, spec_of
 from ala_gym.envs.task import LossTask, check_values
 
 FRAMEWORKS = ("triplet", "margin")
@@ -193,6 +194,9 @@ class ALAMetricLearningEnv(ALAEnv):
     * ``recall_k`` (1), ``reward``, ``gamma``, ``eval_points``, ``eval_stride``, ``val_subsample`` (1000),
       ``history``, ``divergence_penalty``, ``device``, ``num_threads``: as in the classification env.
 
+    These are the keywords of :meth:`make_spec`, which turns them into the env's
+    :class:`ala_gym.envs.spec.TaskSpec` (``spec=`` gives one directly).
+
     pytorch-metric-learning's miner loops over the batch's classes on the host and cannot be ``vmap``-ed, so
     ``gym.make_vec`` trains the children of these envs one after another (``train_mode="sequential"``;
     ``"batched"`` is refused).
@@ -201,15 +205,23 @@ class ALAMetricLearningEnv(ALAEnv):
     * v0: initial version.
     """
 
-    batchable = False
-
     def __init__(
-        self,
+        self, *, spec: TaskSpec | None = None, render_mode: str | None = None, num_threads: int | None = None,
+        **keywords: Any,
+    ) -> None:  # fmt: skip
+        if render_mode is not None:
+            raise ValueError(f"render_mode must be None (this env does not render), got {render_mode!r}")
+        self.render_mode = render_mode
+        set_threads(num_threads)
+        super().__init__(spec_of(self, spec, keywords))
+
+    @classmethod
+    def make_spec(
+        cls,
         dataset: str = "fashion-mnist",
         framework: str = "triplet",
         *,
         loss_form: str | None = None,
-        render_mode: str | None = None,
         data_root: str | None = None,
         download: bool = True,
         val_size: int | None = None,
@@ -239,125 +251,71 @@ class ALAMetricLearningEnv(ALAEnv):
         history: int = 10,
         divergence_penalty: float = -10.0,
         device: str = "auto",
-        num_threads: int | None = None,
-    ) -> None:
-        if render_mode is not None:
-            raise ValueError(f"render_mode must be None (this env does not render), got {render_mode!r}")
-        self.render_mode = render_mode
-        set_threads(num_threads)
-        if framework not in FRAMEWORKS:
-            raise ValueError(f"framework must be one of {FRAMEWORKS}, got {framework!r}")
-        loss_form = DEFAULT_FORM[framework] if loss_form is None else loss_form
+    ) -> TaskSpec:
+        """The :class:`ala_gym.envs.spec.TaskSpec` of these keywords (the env's Arguments), checked part by part."""
+        keywords = dict(locals())  # first: the keywords and nothing else
+        del keywords["cls"]
+        return assemble(cls, keywords, RetrievalLoss, renames={"embedding_size": "output_size"})
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: phi_init may be an array, which has no truth value
+class RetrievalLoss:
+    """The metric-learning part of a :class:`ala_gym.envs.spec.TaskSpec`: the framework, the adaptive loss its
+    rows parameterise, Recall@k and the class-disjoint split (each field as under :class:`ALAMetricLearningEnv`'s
+    Arguments)."""
+
+    framework: str = "triplet"
+    loss_form: str | None = None
+    """None: the framework's default form (:data:`DEFAULT_FORM`)."""
+    beta: float = 0.1
+    phi_init: np.ndarray | None = None
+    recall_k: int = 1
+    train_classes: list[int] | None = None
+    val_classes: list[int] | None = None
+    test_classes: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.framework not in FRAMEWORKS:
+            raise ValueError(f"framework must be one of {FRAMEWORKS}, got {self.framework!r}")
+        loss_form = DEFAULT_FORM[self.framework] if self.loss_form is None else self.loss_form
         if loss_form not in LOSS_FORMS:
             raise ValueError(f"loss_form must be one of {LOSS_FORMS}, got {loss_form!r}")
-        beta = check_real("beta", beta, 0.0, low_open=True)
-        recall_k = check_int("recall_k", recall_k, 1)
-        settings = EpisodeSettings(
-            total_iterations=total_iterations, steps_per_action=steps_per_action, reward=reward, gamma=gamma,
-            eval_points=eval_points, eval_stride=eval_stride, history=history, divergence_penalty=divergence_penalty,
-        )  # fmt: skip
-        self.train_config = TrainConfig(
-            model=model, total_iterations=total_iterations, batch_size=batch_size, lr=lr, momentum=momentum,
-            weight_decay=weight_decay, lr_milestones=lr_milestones, lr_decay=lr_decay,
-            samples_per_class=samples_per_class, output_size=embedding_size,
-        )  # fmt: skip
-        full = load_env_dataset(
-            dataset, data_root=data_root, download=download, val_size=val_size, split_seed=split_seed, device=device
+        object.__setattr__(self, "loss_form", loss_form)
+        object.__setattr__(self, "beta", check_real("beta", self.beta, 0.0, low_open=True))
+        object.__setattr__(self, "recall_k", check_int("recall_k", self.recall_k, 1))
+
+    @property
+    def metric(self) -> str:
+        return f"recall@{self.recall_k}"
+
+    @property
+    def higher_is_better(self) -> bool:
+        return True
+
+    @property
+    def row_form(self) -> str:
+        """The adaptive form whose parameters the rows are (the framework's own under ``"fixed"``)."""
+        assert self.loss_form is not None  # set by __post_init__
+        return DEFAULT_FORM[self.framework] if self.loss_form == "fixed" else self.loss_form
+
+    def build(self, spec: TaskSpec) -> BuiltTask:
+        data = class_disjoint(spec.data.load(), self.train_classes, self.val_classes, self.test_classes)
+        assert self.loss_form is not None  # set by __post_init__
+        make_task = partial(
+            EmbeddingLossTask, self.row_form, self.loss_form, self.framework, self.beta, self.phi_init, data.device
         )
-        self.data: ClassificationData = class_disjoint(full, train_classes, val_classes, test_classes)
-        self.num_classes = self.data.num_classes
-        self.framework, self.loss_form = framework, loss_form
-        self.row_form = DEFAULT_FORM[framework] if loss_form == "fixed" else loss_form
-        self.beta, self.phi_init = beta, phi_init
-        self.steps_per_action, self.metric = steps_per_action, f"recall@{recall_k}"
-        self.val_eval = validation_subsample(self.data.val, val_subsample, split_seed)
         # The statistics depend on the loss's shape functions only, never on Phi: one evaluator serves every child.
-        self.evaluator = RetrievalEvaluator(self.num_classes, recall_k, loss=self._task(phi_init).adaptive)
-        self._setup(settings)
-
-    def _task(self, phi_init: np.ndarray | None) -> EmbeddingLossTask:
-        return EmbeddingLossTask(self.row_form, self.loss_form, self.framework, self.beta, phi_init, self.data.device)
-
-    def make_task(self) -> EmbeddingLossTask:
-        return self._task(self.phi_init)
-
-
-def _defaults(dataset: str) -> dict[str, Any]:
-    if dataset == "cifar10":
-        # ResNet-32 as the paper's CIFAR child; budget and learning rate chosen for the CPU, not tuned.
-        return dict(model="resnet32", total_iterations=8000, steps_per_action=200, lr=0.05, weight_decay=1e-4)
-    return {}
-
-
-class ALAFashionMNISTTripletEnv(ALAMetricLearningEnv):
-    """
-    ## Description
-    :class:`ALAMetricLearningEnv` in the triplet framework with the distance mixture (Eq. 9) on Fashion-MNIST:
-    training on classes 0-4 (T-shirt, trouser, pullover, dress, coat; 25,000 images of the 50,000-image
-    training split), retrieval on classes 5-9 (sandal, shirt, sneaker, bag, ankle boot; about 5,000 validation
-    and 5,000 test images). Small CNN with a 64-d embedding, 2,000 momentum-SGD iterations of 5 x 20 batches
-    (lr 0.01, decayed 10x at 50% and 75%), a controller step every K = 100 iterations: 20 steps an episode.
-
-    ## Arguments
-    Every keyword of :class:`ALAMetricLearningEnv`.
-
-    ## Version History
-    * v0: initial version.
-    """
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__("fashion-mnist", "triplet", **{**_defaults("fashion-mnist"), **kwargs})
-
-
-class ALAFashionMNISTMarginEnv(ALAMetricLearningEnv):
-    """
-    ## Description
-    :class:`ALAMetricLearningEnv` in the margin framework (Wu et al.'s distance-weighted sampling) with focal
-    weighting (Eq. 10) on Fashion-MNIST, with the data, child and budget of :class:`ALAFashionMNISTTripletEnv`.
-
-    ## Arguments
-    Every keyword of :class:`ALAMetricLearningEnv` (``loss_form="mixture"`` for the distance mixture).
-
-    ## Version History
-    * v0: initial version.
-    """
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__("fashion-mnist", "margin", **{**_defaults("fashion-mnist"), **kwargs})
-
-
-class ALACIFAR10TripletEnv(ALAMetricLearningEnv):
-    """
-    ## Description
-    :class:`ALAMetricLearningEnv` in the triplet framework with the distance mixture (Eq. 9) on CIFAR-10:
-    training on classes 0-4 (airplane, automobile, bird, cat, deer), retrieval on 5-9 (dog, frog, horse, ship,
-    truck). ResNet-32 with a 64-d embedding, 8,000 momentum-SGD iterations of 5 x 20 batches (lr 0.05,
-    weight decay 1e-4, decayed 10x at 50% and 75%; pad-crop-flip augmentation), a step every K = 200
-    iterations: 40 steps an episode. ``data_root`` as in :class:`ala_gym.envs.cifar10.ALACIFAR10Env`.
-
-    ## Arguments
-    Every keyword of :class:`ALAMetricLearningEnv`.
-
-    ## Version History
-    * v0: initial version.
-    """
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__("cifar10", "triplet", **{**_defaults("cifar10"), **kwargs})
-
-
-class ALACIFAR10MarginEnv(ALAMetricLearningEnv):
-    """
-    ## Description
-    :class:`ALAMetricLearningEnv` in the margin framework with focal weighting (Eq. 10) on CIFAR-10, with the
-    data, child and budget of :class:`ALACIFAR10TripletEnv`.
-
-    ## Arguments
-    Every keyword of :class:`ALAMetricLearningEnv` (``loss_form="mixture"`` for the distance mixture).
-
-    ## Version History
-    * v0: initial version.
-    """
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__("cifar10", "margin", **{**_defaults("cifar10"), **kwargs})
+        adaptive = make_task().adaptive
+        return BuiltTask(
+            spec=spec,
+            data=data,
+            evaluator=RetrievalEvaluator(data.num_classes, self.recall_k, loss=adaptive),
+            val_eval=spec.data.validation(data),
+            make_task=make_task,
+            # pytorch-metric-learning's miner loops over the batch's classes on the host: no vmap over children.
+            batchable=False,
+            attributes={
+                "num_classes": data.num_classes, "framework": self.framework, "loss_form": self.loss_form,
+                "row_form": self.row_form, "beta": self.beta, "phi_init": self.phi_init,
+            },
+        )  # fmt: skip

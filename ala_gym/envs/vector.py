@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import gymnasium as gym
@@ -14,8 +15,9 @@ from ala_gym.core.batched import TRAIN_MODES, BatchedTrainer, build_children, de
 from ala_gym.core.checks import check_int, check_optional_int
 from ala_gym.core.metrics import Evaluation
 from ala_gym.core.trainer import SequentialChildren
-from ala_gym.envs.base import ALAEnv
+from ala_gym.envs.base import ALAEnv, episode_spaces, set_threads
 from ala_gym.envs.episode import Episode
+from ala_gym.envs.spec import task_spec
 from ala_gym.envs.task import check_action
 
 
@@ -65,7 +67,8 @@ class ALAVectorEnv(VectorEnv):
     ## Arguments
     ``ALAVectorEnv(env_id, num_envs, *, max_episode_steps=None, autoreset_mode=NEXT_STEP,
     train_mode="auto", **env_kwargs)``: ``env_id`` is a registered ALA id (or an ALA env class), and
-    ``env_kwargs`` are its keyword arguments (``device``, ``total_iterations``, ...).
+    ``env_kwargs`` are its keyword arguments (``device``, ``total_iterations``, ...), turned into the same
+    :class:`ala_gym.envs.spec.TaskSpec` as the single env's (``envs.task_spec``); no single env is built.
 
     ## Version History
     * v0: initial version.
@@ -82,32 +85,32 @@ class ALAVectorEnv(VectorEnv):
         **env_kwargs: Any,
     ) -> None:
         autoreset_mode = check_vector_args(num_envs, max_episode_steps, autoreset_mode, train_mode)
-        env_class = gym.spec(env_id).entry_point if isinstance(env_id, str) else env_id
-        if isinstance(env_class, str):
-            env_class = gym.envs.registration.load_env_creator(env_class)
-        # The template validates the kwargs, applies the task's defaults, loads the data (once per
-        # process: load_dataset caches) and carries the spaces and settings every child shares.
-        self.template: ALAEnv = env_class(**env_kwargs)
-        self.data = self.template.data
-        self.settings = self.template.settings
+        set_threads(env_kwargs.pop("num_threads", None))
+        env_kwargs.pop("render_mode", None)  # the children do not render
+        # The spec checks the keywords and applies the id's; building it loads the data (once per process for
+        # a registered name: load_dataset caches) and makes what every child shares.
+        self.task_spec = spec = task_spec(env_id, **env_kwargs)
+        self.task = spec.build()
+        self.data = self.task.data
+        self.settings = spec.episode
         self.num_envs = num_envs
         self.max_episode_steps = max_episode_steps
-        self.train_mode = (
-            default_train_mode(self.data.device, self.template.train_config.model, num_envs)
-            if train_mode == "auto"
-            else train_mode
-        )
-        if not self.template.batchable:  # a loss that cannot be vmapped over children (a sampling miner)
+        self.train_mode = default_train_mode(self.data.device, spec.train.model, num_envs) if train_mode == "auto" else train_mode
+        if not self.task.batchable:  # a loss that samples, or a model with dropout-like layers: no vmap
             if train_mode == "batched":
-                raise ValueError(f"{type(self.template).__name__} trains its children one after another: use train_mode='sequential' or 'auto'")
+                raise ValueError(
+                    f"{env_id} trains its children one after another (its loss samples, or its model draws random "
+                    "numbers): use train_mode='sequential' or 'auto'"
+                )
             self.train_mode = "sequential"
-        set_vector_spaces(self, self.template.observation_space, self.template.action_space, autoreset_mode)
-
-        evaluator = self.evaluator = self.template.evaluator
+        evaluator = self.evaluator = self.task.evaluator
         self.episodes = [
-            Episode(self.settings, self.template.make_task(), evaluator.higher_is_better, evaluator.worst)
+            Episode(self.settings, self.task.make_task(), evaluator.higher_is_better, evaluator.worst)
             for _ in range(num_envs)
         ]
+        observation_space, action_space = episode_spaces(self.settings, self.episodes[0].task)
+        self._observation_shape = observation_space.shape
+        set_vector_spaces(self, observation_space, action_space, autoreset_mode)
         self._child_rngs: list[np.random.Generator] = [seeding.np_random(None)[0] for _ in range(num_envs)]
         self._children: BatchedTrainer | SequentialChildren | None = None
         self._steps = np.zeros(num_envs, dtype=np.int64)
@@ -120,10 +123,10 @@ class ALAVectorEnv(VectorEnv):
         seeds = seed_children(self, seed)
         self._child_rngs = [seeding.np_random(s)[0] for s in seeds]
         trainer_seeds = [self._draw_trainer_seed(i) for i in range(self.num_envs)]
-        self._children = build_children(self.train_mode, self.data, self.template.train_config, trainer_seeds)
+        self._children = build_children(self.train_mode, self.data, self.task.train_config, trainer_seeds)
         for episode, trainer_seed in zip(self.episodes, trainer_seeds):
             episode.task.seed(trainer_seed)
-        evaluations = self._children.evaluate(self.template.val_eval, list(range(self.num_envs)), self.evaluator)
+        evaluations = self._children.evaluate(self.task.val_eval, list(range(self.num_envs)), self.evaluator)
         infos: dict[str, Any] = {}
         observations = []
         for i, (episode, evaluation) in enumerate(zip(self.episodes, evaluations)):
@@ -141,19 +144,22 @@ class ALAVectorEnv(VectorEnv):
             raise RuntimeError("call reset() before step()")
         stepping = ~self._needs_reset
         actions = check_actions(actions, self.action_space, stepping)
-        for i in np.flatnonzero(stepping):
-            self.episodes[i].apply_action(actions[i])
+        for child in np.flatnonzero(stepping):
+            self.episodes[child].apply_action(actions[child])
 
         if stepping.any():
             assert self._children is not None
             iterations = self._children.iterations
             plans = {int(i): self.episodes[i].plan(int(iterations[i])) for i in np.flatnonzero(stepping)}
-            self._children.train_chunks(
-                plans, [episode.loss for episode in self.episodes], self.template.val_eval, self.evaluator,
-                lambda child, index, loss_sum, evaluation: self.episodes[child].record_chunk(index, loss_sum, evaluation),
-            )  # fmt: skip
 
-        observations = np.zeros(self.observation_space.shape, dtype=np.float32)
+            def record(child: int, index: int, loss_sum: float, evaluation: Evaluation) -> bool:
+                return self.episodes[child].record_chunk(index, loss_sum, evaluation)
+
+            self._children.train_chunks(
+                plans, [episode.loss for episode in self.episodes], self.task.val_eval, self.evaluator, record
+            )
+
+        observations = np.zeros((self.num_envs, *self._observation_shape), dtype=np.float32)
         rewards = np.zeros(self.num_envs, dtype=np.float64)
         terminations = np.zeros(self.num_envs, dtype=bool)
         truncations = np.zeros(self.num_envs, dtype=bool)
@@ -164,7 +170,7 @@ class ALAVectorEnv(VectorEnv):
                 self._steps[i] += 1
                 truncated = not terminated and self.max_episode_steps is not None and self._steps[i] >= self.max_episode_steps
                 if terminated:  # as in the single env: a truncated child has not finished its training run
-                    info.update(self.episodes[i].final_metrics(lambda split, i=i: self._evaluate_full(i, split)))
+                    info.update(self.episodes[i].final_metrics(partial(self._evaluate_full, i)))
                 if terminated or truncated:
                     self.episodes[i].running = False
                 info["episode_step"] = int(self._steps[i])
@@ -203,11 +209,17 @@ class ALAVectorEnv(VectorEnv):
 
     # ---------------------------------------------------------------- attributes (``set_attr("phi", ...)``)
     def get_attr(self, name: str) -> tuple[Any, ...]:
-        """Per child: ``"phi"`` (the task's loss parameters, ``C x C`` in classification) or any attribute of
-        the single-env template."""
+        """Per child: ``"phi"`` (the task's loss parameters, ``C x C`` in classification), ``"movable_rows"``, or
+        an attribute every child shares, as a single env of the task has it (``"train_config"``, ``"metric"``,
+        ``"num_classes"``, ...: :meth:`ala_gym.envs.spec.BuiltTask.public_attributes`)."""
         if name == "phi":
             return tuple(episode.task.phi for episode in self.episodes)
-        return tuple(getattr(self.template, name) for _ in range(self.num_envs))
+        if name == "movable_rows":
+            return tuple(episode.task.movable_rows for episode in self.episodes)
+        shared = self.task.public_attributes()
+        if name not in shared:
+            raise AttributeError(f"the children have no attribute {name!r}; they have 'phi', 'movable_rows' and {sorted(shared)}")
+        return tuple(shared[name] for _ in range(self.num_envs))
 
     def set_attr(self, name: str, values: list[Any] | tuple[Any, ...] | Any) -> None:
         """Set ``"phi"`` per child: a list of ``num_envs`` matrices, or one matrix for every child."""
@@ -230,7 +242,7 @@ class ALAVectorEnv(VectorEnv):
         assert self._children is not None
         self._children.reset_child(child, seed)
         self.episodes[child].task.seed(seed)
-        evaluation = self._children.evaluate(self.template.val_eval, [child], self.evaluator)[0]
+        evaluation = self._children.evaluate(self.task.val_eval, [child], self.evaluator)[0]
         self._steps[child] = 0
         observation, info = self.episodes[child].begin(evaluation, 0)
         return observation, info | {"episode_step": 0}

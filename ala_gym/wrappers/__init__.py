@@ -1,9 +1,11 @@
 """Adapters from the ALA envs to RL libraries and to Ray (each behind its extra: ``pip install ala-gym[sb3]``,
-``ala-gym[ray]``), and :func:`require`, the check every user of an extra makes before importing it."""
+``ala-gym[ray]``), :func:`require`, the check every user of an extra makes before importing it, and
+:class:`ChildAttributes`, the per-child attribute access every ALA vector env offers."""
 
 from __future__ import annotations
 
 from importlib.util import find_spec
+from typing import Any, Protocol
 
 EXTRAS: dict[str, tuple[str, str]] = {
     "sb3": ("stable_baselines3", "stable-baselines3"),
@@ -25,3 +27,14 @@ def require(extra: str) -> None:
     module, package = EXTRAS[extra]
     if find_spec(module) is None:
         raise MissingExtraError(f"{package} is not installed: pip install 'ala-gym[{extra}]'")
+
+
+class ChildAttributes(Protocol):
+    """The per-child attributes of an ALA vector env (:class:`ala_gym.envs.vector.ALAVectorEnv` and
+    :class:`ala_gym.wrappers.ray.RayVectorEnv` alike), which gymnasium's ``VectorEnv`` base class, the type
+    ``gym.make_vec`` returns, does not declare: what the adapters and controllers read (``get_attr``) and
+    set (``set_attr("phi", ...)``) through it."""
+
+    def get_attr(self, name: str) -> tuple[Any, ...]: ...
+
+    def set_attr(self, name: str, values: list[Any] | tuple[Any, ...] | Any) -> None: ...

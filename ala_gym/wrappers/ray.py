@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from gymnasium.spaces import Box
 from gymnasium.vector import AutoresetMode, VectorEnv
 
 from ala_gym.wrappers import require
@@ -45,18 +46,17 @@ class ChildGroup:
     def __init__(self, num_threads: int) -> None:
         # The actor's process is its own: use as many threads as Ray reserved CPUs for it.
         torch.set_num_threads(num_threads)
-        self.env: ALAVectorEnv | None = None
+        self.env: ALAVectorEnv  # built by start(), which the driver calls first
 
     def start(self, env_id: str, num_envs: int, env_kwargs: dict[str, Any]) -> dict[str, Any]:
         """Build the children (loading the dataset) and describe them. A method, not ``__init__``, so that
         a bad keyword reaches the driver as its own exception rather than as a dead actor."""
         self.env = ALAVectorEnv(env_id, num_envs, **env_kwargs)
-        template = self.env.template
         return {
             "single_observation_space": self.env.single_observation_space,
             "single_action_space": self.env.single_action_space,
-            "phi_checker": template.episode.task.phi_checker(),
-            "divergence_penalty": template.settings.divergence_penalty,
+            "phi_checker": self.env.episodes[0].task.phi_checker(),
+            "divergence_penalty": self.env.settings.divergence_penalty,
             "device": str(self.env.data.device),
             "train_mode": self.env.train_mode,
         }
@@ -113,6 +113,8 @@ class RayVectorEnv(VectorEnv):
     * v0: initial version.
     """
 
+    observation_space: Box  # the batched Box of the children's observations (set_vector_spaces)
+
     def __init__(
         self,
         env_id: str,
@@ -139,7 +141,7 @@ class RayVectorEnv(VectorEnv):
         self.groups = [range(a, min(a + children_per_worker, num_envs)) for a in range(0, num_envs, children_per_worker)]
         self.started_ray = not ray.is_initialized()
         if self.started_ray:
-            quiet = dict(include_dashboard=False, logging_level=logging.ERROR, configure_logging=True)
+            quiet: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.ERROR, configure_logging=True)
             ray.init(address=address, **quiet) if address else ray.init(num_cpus=num_cpus, **quiet)
         self.num_gpus_per_worker = self._gpus_per_worker(num_gpus_per_worker, str(env_kwargs.get("device", "auto")))
         self.num_cpus_per_worker = num_cpus_per_worker
@@ -155,6 +157,7 @@ class RayVectorEnv(VectorEnv):
         except RayTaskError as error:  # a bad task keyword: its own exception, not Ray's wrapper
             self.close()
             raise error.cause from None
+        assert description is not None  # num_envs >= 1: at least one worker started
         self.phi_checker: Callable[[Any], np.ndarray] = description["phi_checker"]
         self.worker_lost_reward = (
             float(description["divergence_penalty"]) if worker_lost_reward is None else float(worker_lost_reward)
@@ -229,8 +232,8 @@ class RayVectorEnv(VectorEnv):
 
     # ---------------------------------------------------------------- attributes (``set_attr("phi", ...)``)
     def get_attr(self, name: str) -> tuple[Any, ...]:
-        """Per child: ``"phi"`` (``C x C``; a lost worker's children keep their last one) or any attribute of
-        the single-env template (asked of one live worker)."""
+        """Per child: ``"phi"`` (``C x C``; a lost worker's children keep their last one) or an attribute
+        every child shares, as a single env of the task has it (asked of one live worker)."""
         live = [g for g in range(len(self.groups)) if not self._lost[g]]
         if name != "phi":
             for g in live:
@@ -288,7 +291,8 @@ class RayVectorEnv(VectorEnv):
         )  # fmt: skip
         started = []
         for g in groups:
-            worker = actor.remote(max(1, math.floor(self.num_cpus_per_worker)))
+            # An actor handle: Ray types its methods as the class's plain functions, without their .remote.
+            worker: Any = actor.remote(max(1, math.floor(self.num_cpus_per_worker)))
             if g < len(self.workers):
                 self.workers[g] = worker
             else:

@@ -11,16 +11,20 @@ episode), ``info["TimeLimit.truncated"]``, and ``info["episode"] = {"r", "l", "t
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode
 
-from ala_gym.wrappers import require
+from ala_gym.wrappers import ChildAttributes, require
 
 require("sb3")  # before importing it: without the extra, one line saying which to install
-from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvObs, VecEnvStepReturn
+from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices
+
+StepReturn = tuple[np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]
+"""SB3's ``VecEnvStepReturn`` as this adapter gives it: observations in one array (``VecEnvObs`` also admits
+dicts and tuples), rewards, dones and one info dict per child."""
 
 
 class SB3VecEnv(VecEnv):
@@ -48,7 +52,7 @@ class SB3VecEnv(VecEnv):
         """Build the vector env for ``env_id`` (``gym.make_vec``) in SAME_STEP mode and wrap it."""
         return cls(gym.make_vec(env_id, num_envs=num_envs, autoreset_mode=AutoresetMode.SAME_STEP, **kwargs).unwrapped)
 
-    def reset(self) -> VecEnvObs:
+    def reset(self) -> np.ndarray:  # SB3's VecEnvObs, as one array
         seed = self._seeds[0]
         # SB3 seeds env i with seed + i; the native env does the same from one integer.
         observations, infos = self.venv.reset(seed=seed)
@@ -59,10 +63,15 @@ class SB3VecEnv(VecEnv):
         self._lengths[:] = 0
         return observations
 
+    def step(self, actions: np.ndarray) -> StepReturn:
+        # VecEnv.step itself, with this adapter's return type.
+        self.step_async(actions)
+        return self.step_wait()
+
     def step_async(self, actions: np.ndarray) -> None:
         self._actions = np.asarray(actions).reshape(self.venv.action_space.shape)
 
-    def step_wait(self) -> VecEnvStepReturn:
+    def step_wait(self) -> StepReturn:
         if self._actions is None:
             raise RuntimeError("step_wait() without step_async()")
         observations, rewards, terminations, truncations, infos = self.venv.step(self._actions)
@@ -99,14 +108,15 @@ class SB3VecEnv(VecEnv):
         self.venv.close()
 
     def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
-        values = self.venv.get_attr(attr_name)
+        values = cast(ChildAttributes, self.venv).get_attr(attr_name)
         return [values[i] for i in self._get_indices(indices)]
 
     def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
-        current = list(self.venv.get_attr(attr_name))
+        venv = cast(ChildAttributes, self.venv)
+        current = list(venv.get_attr(attr_name))
         for i in self._get_indices(indices):
             current[i] = value
-        self.venv.set_attr(attr_name, current)
+        venv.set_attr(attr_name, current)
 
     def env_method(self, method_name: str, *method_args: Any, indices: VecEnvIndices = None, **method_kwargs: Any) -> list[Any]:
         raise NotImplementedError("the children are not separate env objects; use get_attr/set_attr('phi')")

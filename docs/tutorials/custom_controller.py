@@ -11,9 +11,9 @@ import argparse
 
 import numpy as np
 
-import agents
-from agents.base import Controller
-from benchmarks.compare import compare
+import ala_gym.agents
+from ala_gym.agents.base import Controller
+from ala_gym.benchmarks.compare import compare
 
 LOWER, KEEP, RAISE = 0, 1, 2  # the three actions of every row: -step, 0, +step
 
@@ -37,7 +37,7 @@ class SmoothThenHold(Controller):
 
 # The benchmark finds controllers by name: register a factory (keywords in a spec such as
 # "smooth-then-hold(until=0.3)" are passed to it).
-agents.CONTROLLERS["smooth-then-hold"] = SmoothThenHold
+ala_gym.agents.CONTROLLERS["smooth-then-hold"] = SmoothThenHold
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-import agents
-from agents.meta_train import MetaTrainConfig, meta_train
-from agents.reinforce import ReinforceController
+import ala_gym.agents
+from ala_gym.agents.meta_train import MetaTrainConfig, meta_train
+from ala_gym.agents.reinforce import ReinforceController
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 parser.add_argument("--total-iterations", type=int, default=200, help="each child's SGD iterations")
@@ -39,7 +39,7 @@ path = Path(tempfile.mkdtemp()) / "meta.pt"
 trainer.save_policy(path)
 budget = dict(total_iterations=args.total_iterations, steps_per_action=args.steps_per_action, **env_kwargs)
 for name, controller in (("meta-trained policy", ReinforceController.load(path, train=False, num_envs=4)),
-                         ("cross-entropy", agents.CONTROLLERS["ce"](num_envs=4))):
+                         ("cross-entropy", ala_gym.agents.CONTROLLERS["ce"](num_envs=4))):
     envs = controller.make_envs("ALA-Digits-v0", **budget)
     records = controller.run(envs, seed=1000)  # children no generation trained
     envs.close()

@@ -14,8 +14,8 @@ import gymnasium as gym
 import numpy as np
 import ray
 
-import agents
 import ala_gym  # noqa: F401  (registers the ALA-* ids)
+import ala_gym.agents
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--children", type=int, default=4)
@@ -28,7 +28,7 @@ ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR)
 
 # Any controller runs on the Ray backend unchanged: here the bundled REINFORCE, learning on the driver while
 # the children train on the actors (only actions go out, only step results come back).
-controller = agents.CONTROLLERS["reinforce-multi"](num_envs=args.children)
+controller = ala_gym.agents.CONTROLLERS["reinforce-multi"](num_envs=args.children)
 
 # The Ray backend of gym.make_vec: children_per_worker children per actor, each actor loading the data once.
 # A vector env built by hand applies the controller's own env keywords, as controller.make_envs(...) would.

@@ -12,8 +12,8 @@ import gymnasium as gym
 import numpy as np
 from stable_baselines3 import PPO
 
-import agents
-from agents.sb3 import PairSharedPolicy
+import ala_gym.agents
+from ala_gym.agents.sb3 import PairSharedPolicy
 from ala_gym.wrappers.sb3 import SB3VecEnv
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -53,7 +53,7 @@ print("test error, learned policy:", np.round(learned, 4), "mean", round(float(l
 print("test error, cross-entropy: ", np.round(cross_entropy, 4), "mean", round(float(cross_entropy.mean()), 4))
 
 # 3. The same algorithm as a registered controller: what the benchmark runs for its "ppo" rows.
-controller = agents.CONTROLLERS["ppo"](num_envs=args.children)
+controller = ala_gym.agents.CONTROLLERS["ppo"](num_envs=args.children)
 envs = controller.make_envs("ALA-Digits-v0", **budget)
 records = controller.run(envs, seed=0)  # learns online while the children train once; one record per child
 envs.close()

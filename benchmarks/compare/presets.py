@@ -1,0 +1,208 @@
+"""The named configurations of ``--preset`` (data only) and their description for ``--help``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# The fixed rows every comparison has: what a user would compare a learned loss with. Where multi-child
+# controllers run 2 children, ``ce(num_envs=2)`` trains cross-entropy on exactly their children (run k:
+# seeds k and k + 1), for a paired comparison.
+FIXED_ROWS = "ce,phi-identity,label-smoothing,phi-uniform,random,confusion"
+# The Fashion-MNIST presets' budget: 1200 iterations of batch 128 are about 3 epochs of the 50k training
+# images; K = 30 gives 40 steps.
+FASHION_MNIST_BUDGET = dict(total_iterations=1200, steps_per_action=30, eval_points=2, eval_stride=5, val_subsample=1000)
+
+
+def metric_learning_preset(env: str, name: str) -> dict[str, Any]:
+    """A Fashion-MNIST metric-learning comparison (train on classes 0-4, retrieve on 5-9): the framework's
+    fixed loss, the adaptive loss held at its initial Phi, ALA learned online and frozen at its initial
+    policy, and PPO, every row on the same 2 children per seed. 1000 iterations of 5 x 20 batches (4 epochs
+    of the 25k training images), K = 50: 20 steps a child."""
+    return dict(
+        env=env,
+        controllers="fixed-loss,phi-init,reinforce-multi,reinforce-frozen,ppo",
+        seeds=3,
+        children=2,
+        baseline_children=2,
+        seed_stride=2,
+        env_kwargs=dict(total_iterations=1000, steps_per_action=50, eval_points=2, eval_stride=5, val_subsample=1000),
+        name=name,
+    )
+
+
+# Budgets chosen so a CPU can finish; each gives every child tens of controller steps.
+PRESETS: dict[str, dict[str, Any]] = {
+    "demo": dict(
+        env="ALA-Digits-v0",
+        controllers="ce,label-smoothing,reinforce-frozen,reinforce-multi",
+        seeds=2,
+        children=10,
+        baseline_children=10,
+        seed_stride=10,
+        env_kwargs=dict(total_iterations=600, steps_per_action=20),
+        name="demo-digits",
+    ),
+    # Every controller on the same 10 children per seed (seeds 0, 10, ..., 40: no child shared between
+    # seeds), and the sweep that chose the defaults of ReinforceConfig, UniformPhi and the env step rules
+    # (one lever changed per row).
+    "digits": dict(
+        env="ALA-Digits-v0",
+        controllers="ce,label-smoothing,random,ppo,phi-uniform(off_diagonal=0.003),phi-uniform(off_diagonal=0.01),"
+        "phi-uniform(off_diagonal=0.03),phi-uniform(off_diagonal=0.1),confusion,reinforce-paper-multi,"
+        "reinforce-frozen,reinforce-multi,reinforce-multi(lr=0.001),reinforce-multi(lr=0.03),"
+        "reinforce-multi(baseline=ema),reinforce-multi(pair_credit=false),reinforce-multi(init_no_change=0.9),"
+        "reinforce-multi(entropy_coef=0.01),reinforce-multi(updates_per_step=4),"
+        "reinforce-multi@fixed_diagonal=false,reinforce-multi@step_scaling=entry,reinforce-multi@beta=0.3",
+        seeds=5,
+        children=10,
+        baseline_children=10,
+        seed_stride=10,
+        env_kwargs=dict(total_iterations=600, steps_per_action=20),
+        name="digits",
+    ),
+    # Horizon: does the policy keep learning over 100 controller steps, and does it optimise the end of
+    # training? 2000 iterations of 128 images are ~240 epochs of the 1,077 training images: the regime where a
+    # regularising loss pays. The oracles and every credit of ReinforceConfig on the same 10 children per seed.
+    "digits-long": dict(
+        env="ALA-Digits-v0",
+        controllers="ce,phi-uniform,oracle-phi,oracle-smoothing,online-smoothing,reinforce-frozen,reinforce-multi,"
+        "reinforce-multi(return_horizon=10),reinforce-multi(return_horizon=25),"
+        "reinforce-multi(episodic_weight=1.0;warmup_runs=2),reinforce-multi(episodic_weight=0.5;warmup_runs=2),pbt,"
+        "pbt-frozen",
+        seeds=5,
+        children=10,
+        baseline_children=10,
+        seed_stride=10,
+        env_kwargs=dict(total_iterations=2000, steps_per_action=20),
+        name="digits-long",
+    ),
+    # The long-horizon regime on a second dataset, sized for a CPU: the 64-64 MLP child on 5,000 Fashion-MNIST
+    # training images (2000 iterations of 128: 51 epochs), where cross-entropy's validation error is flat or
+    # rising at the end. The oracles, online label smoothing, the online learner with per-step and with episodic
+    # credit, its frozen initial policy, PBT and its initial population, all on the same 10 children per seed.
+    "fashion-mnist-long": dict(
+        env="ALA-FashionMNIST-v0",
+        controllers="ce,oracle-phi,oracle-smoothing,online-smoothing,reinforce-frozen,reinforce-multi,"
+        "reinforce-multi(episodic_weight=1.0;warmup_runs=2),pbt,pbt-frozen",
+        seeds=5,
+        children=10,
+        baseline_children=10,
+        seed_stride=10,
+        env_kwargs=dict(model="mlp", train_size=5000, total_iterations=2000, steps_per_action=20, eval_points=2,
+                        eval_stride=5, val_subsample=1000),
+        name="fashion-mnist-long",
+    ),
+    # The long-horizon regime on the genuine CIFAR-10 subset, sized for a CPU: the small CNN on 1,000 of its
+    # training images (1200 iterations of 64: 77 epochs), where cross-entropy overfits. 4 children per row and
+    # seed (not 10) keep the preset within about an hour and a half on one core; the rows of fashion-mnist-long.
+    "cifar10-subset-long": dict(
+        env="ALA-CIFAR10-v0",
+        controllers="ce,oracle-phi,oracle-smoothing,online-smoothing,reinforce-frozen,reinforce-multi,pbt,pbt-frozen",
+        seeds=5,
+        children=4,
+        baseline_children=4,
+        seed_stride=10,
+        env_kwargs=dict(
+            model="small_cnn",
+            lr=0.05,
+            weight_decay=5e-4,
+            data_root="cifar10-subset",  # relative: under --data-root / $ALA_GYM_DATA (see with_locations)
+            train_size=1000,
+            batch_size=64,
+            total_iterations=1200,
+            steps_per_action=20,
+            eval_points=2,
+            eval_stride=5,
+            val_subsample=500,
+        ),
+        name="cifar10-subset-long",
+    ),
+    "fashion-mnist": dict(
+        env="ALA-FashionMNIST-v0",
+        controllers=FIXED_ROWS + ",phi-identity-sigmoid,reinforce-paper,reinforce-paper-multi,"
+        "reinforce-paper@beta=0.01,reinforce-paper-multi@beta=0.01,ppo@fixed_diagonal=false;step_scaling=entry,"
+        "reinforce-frozen,reinforce-multi,reinforce-transfer-frozen,reinforce-transfer,ce(num_envs=2),"
+        "adalfl@offline_steps=50,learnloss,"
+        # Ablation of the transferred policy: it lowers every off-diagonal entry by one step per step, to
+        # -0.444 after 40 steps; these hold such a Phi fixed from the start, on the same 2 children.
+        "phi-uniform(off_diagonal=-0.444;num_envs=2),phi-uniform(off_diagonal=-0.1;num_envs=2),"
+        # Fine-tuning that can learn: the shipped policy's logits divided by 10 (at 1 it is deterministic).
+        "reinforce-transfer(temperature=10)",
+        seeds=5,
+        children=2,
+        env_kwargs=FASHION_MNIST_BUDGET,
+        name="fashion-mnist",
+    ),
+    # The online learner at its own child count (10, as in the paper and the digits sweep) instead of the
+    # fashion-mnist preset's 2, at that preset's budget: every row on the same 10 children per seed. Then
+    # the shipped digits policy, and one reward for all pairs (per-pair credit can move pairs apart).
+    "fashion-mnist-10": dict(
+        env="ALA-FashionMNIST-v0",
+        controllers="ce,reinforce-multi,reinforce-frozen,reinforce-transfer-frozen,reinforce-multi(pair_credit=false)",
+        seeds=5,
+        children=10,
+        baseline_children=10,
+        seed_stride=10,
+        env_kwargs=FASHION_MNIST_BUDGET,
+        name="fashion-mnist-10",
+    ),
+    # AUCPR as the reward (Table 2 of the paper) at the fashion-mnist preset's budget: cross-entropy, the
+    # pairwise AUC-ROC surrogate, ALA with the bundled REINFORCE on one child, and PPO on two.
+    "fashion-mnist-aucpr": dict(
+        env="ALA-FashionMNIST-AUCPR-v0",
+        controllers="ce,auc-pairwise,reinforce,ppo",
+        seeds=5,
+        children=2,
+        env_kwargs=FASHION_MNIST_BUDGET,
+        name="fashion-mnist-aucpr",
+    ),
+    "cifar10-subset": dict(
+        env="ALA-CIFAR10-v0",
+        controllers=FIXED_ROWS + ",phi-identity-sigmoid,reinforce-paper,reinforce-paper-multi,"
+        "reinforce-paper@beta=0.01,reinforce-paper-multi@beta=0.01,ppo@fixed_diagonal=false;step_scaling=entry,"
+        "reinforce-frozen,reinforce-multi,reinforce-transfer-frozen,reinforce-transfer,ce(num_envs=2),"
+        "reinforce-transfer(temperature=10)",
+        seeds=5,
+        children=2,
+        env_kwargs=dict(
+            model="small_cnn",
+            lr=0.05,
+            weight_decay=5e-4,
+            data_root="cifar10-subset",  # relative: under --data-root / $ALA_GYM_DATA (see with_locations)
+            total_iterations=400,
+            steps_per_action=20,
+            eval_points=2,
+            eval_stride=5,
+            val_subsample=None,
+        ),
+        name="cifar10-subset",
+    ),
+    # Metric learning: Table 3's triplet framework (Eq. 9 mixture) and margin framework (Eq. 10 focal weights).
+    "fashion-mnist-triplet": metric_learning_preset("ALA-FashionMNIST-Triplet-v0", "fashion-mnist-triplet"),
+    "fashion-mnist-margin": metric_learning_preset("ALA-FashionMNIST-Margin-v0", "fashion-mnist-margin"),
+    # The paper's setting at a reduced budget, for a GPU: python -m ala_gym.benchmarks.compare --preset cifar10-gpu
+    "cifar10-gpu": dict(
+        env="ALA-CIFAR10-v0",
+        controllers="ce,phi-identity,random,confusion,reinforce,reinforce-multi",
+        seeds=3,
+        env_kwargs=dict(total_iterations=16000, steps_per_action=200, device="cuda"),
+        name="cifar10-resnet32-gpu",
+    ),
+}
+
+
+def describe_presets() -> str:
+    """What each preset runs, for ``--help``."""
+    lines = ["presets (flags given beside --preset override its values):"]
+    for name, preset in PRESETS.items():
+        kwargs = preset["env_kwargs"]
+        children = preset.get("children")
+        lines.append(
+            f"  {name}: {preset['env']}, {preset['seeds']} seeds, {kwargs.get('total_iterations', 'env default')} "
+            f"iterations, K = {kwargs.get('steps_per_action', 'env default')}, "
+            + (f"--children {children}" if children else "multi-child controllers at their own child count")
+            + (f", --baseline-children {preset['baseline_children']}" if preset.get("baseline_children") else "")
+            + (f", --seed-stride {preset['seed_stride']}" if preset.get("seed_stride") else "")
+            + f", writes results/{preset['name']}/; controllers: {preset['controllers'].replace(',', ', ')}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,239 @@
+"""One run of one controller, and the comparison: run what is missing on every seed, then write the
+aggregate JSON, the table and the figures from every finished run.
+
+:data:`RESULTS`, :data:`SELECTION_SEEDS` and :func:`run_one` are read here when a comparison runs: set them on
+this module (a test's folder, no training) to change what :func:`compare` does."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from ala_gym.benchmarks.compare.errors import ComparisonError
+from ala_gym.benchmarks.compare.provenance import machine, versions, with_locations, without_locations
+from ala_gym.benchmarks.compare.report import markdown_table, plot, summarize
+from ala_gym.benchmarks.compare.specs import build_controller, parse_controller
+from ala_gym.benchmarks.compare.store import (
+    check_same_config,
+    check_same_plan,
+    check_writable,
+    claim,
+    committed_runs,
+    compact_run,
+    finished_run,
+    load_run,
+    release,
+    write_json,
+)
+from ala_gym.benchmarks.machine import RESULTS
+from ala_gym.benchmarks.oracle import ORACLES, SELECTION_SEEDS, is_oracle, select
+from ala_gym.core.data import resolve_device
+from ala_gym.envs.spec import task_spec
+
+
+def run_one(
+    env_id: str,
+    controller_name: str,
+    seed: int,
+    env_kwargs: dict,
+    progress: tqdm | None,
+    children: int | None = None,
+    baseline_children: int | None = None,
+    seed_stride: int = 1,
+) -> dict:
+    """One run of one controller: its children train once; return the JSON-ready record.
+
+    Run ``seed`` seeds the env with ``seed * seed_stride`` (child ``i`` with that plus ``i``), so that a
+    stride of at least the child count gives every run its own children."""
+    controller = build_controller(controller_name, children, baseline_children)
+    env_kwargs = {**env_kwargs, **parse_controller(controller_name)[1]}
+    kwargs = without_locations({**env_kwargs, **controller.env_kwargs()})
+    # What the record says about where it ran is gathered before the training, so that no failure in it
+    # can throw a finished run away.
+    provenance = {"device": str(resolve_device(kwargs.get("device", "auto"))), "machine": machine(), "versions": versions()}
+    envs = controller.make_envs(env_id, **with_locations(env_kwargs))
+    start = time.perf_counter()
+
+    def on_step(step: int, logs: dict[str, Any]) -> None:
+        if progress is not None:
+            progress.set_postfix(step=step, reward=f"{logs.get('reward', 0.0):+.2f}")
+
+    try:
+        records = controller.run(envs, seed=seed * seed_stride, on_step=on_step)
+    finally:
+        envs.close()
+    wall = time.perf_counter() - start
+    child_records = [vars(record) for record in records]
+    return {
+        "env": env_id,
+        "controller": controller_name,
+        "seed": seed,
+        "env_seed": seed * seed_stride,
+        "num_children": len(records),
+        "env_kwargs": kwargs,
+        "wall_s": wall,
+        "test_metric": float(np.mean([c["test_metric"] for c in child_records])),
+        "children": child_records,
+        **provenance,
+    }
+
+
+def env_facts(env_id: str, env_kwargs: dict) -> dict[str, Any]:
+    """What the table's header says about the env, from its task spec: its metric, which way is better, and the
+    budget per child. Making the spec refuses bad env keywords, and loading its data refuses missing data, before
+    any run."""
+    spec = task_spec(env_id, **with_locations(env_kwargs))
+    spec.data.load()
+    return {
+        "metric": spec.metric,
+        "higher_is_better": spec.higher_is_better,
+        "total_iterations": spec.train.total_iterations,
+        "steps_per_action": spec.episode.steps_per_action,
+    }
+
+
+def compare(
+    env_id: str,
+    controllers: list[str],
+    seeds: list[int],
+    env_kwargs: dict,
+    name: str,
+    children: int | None = None,
+    baseline_children: int | None = None,
+    seed_stride: int = 1,
+    extend: bool = False,
+) -> list[dict]:
+    """Run what is missing, then rewrite the aggregate JSON, table and plots from every finished run.
+
+    Several processes may run the same comparison at once (one per core): each claims a run before
+    starting it (:func:`claim`), so none is run twice; a process that has nothing left to start waits
+    for the runs others hold, and runs any whose process died, so the table it writes is complete.
+    """
+    oracles = {spec: ORACLES[spec] for spec in controllers if is_oracle(spec)}
+    plain = [spec for spec in controllers if spec not in oracles]
+    for spec in plain + [candidate for grid in oracles.values() for candidate in grid]:
+        build_controller(spec)  # unknown names and bad keywords fail before any run
+    out = RESULTS / name
+    check_writable(out)
+    config = {"env": env_id, "env_kwargs": env_kwargs, "children": children}
+    if baseline_children is not None or seed_stride != 1:
+        config |= {"baseline_children": baseline_children, "seed_stride": seed_stride}
+    check_same_config(out, config)
+    check_same_plan(out, controllers, seeds, extend)
+    committed = {(r["controller"], r["seed"]): r for r in committed_runs(out)}
+    facts = env_facts(env_id, env_kwargs)
+
+    def result_path(controller: str, seed: int) -> Path:
+        return out / "runs" / f"{controller}-seed{seed}.json"
+
+    def finished(controller: str, seed: int) -> bool:
+        return (controller, seed) in committed or finished_run(result_path(controller, seed))
+
+    def run_missing(plan: list[tuple[str, int]]) -> None:
+        """Run the ``(controller, seed)`` pairs of ``plan`` that have not finished; every one has after."""
+        todo = []
+        for controller, seed in plan:
+            if (controller, seed) in committed:
+                continue
+            try:
+                if load_run(result_path(controller, seed)) is not None:
+                    continue
+            except ComparisonError as error:  # a damaged run file: said once here, then its run is done again
+                print(f"warning: {error}", file=sys.stderr, flush=True)
+            todo.append((controller, seed))
+        print(f"{len(plan) - len(todo)} runs already done in {out}; {len(todo)} to run", flush=True)
+        # A bar on a terminal only; otherwise (a log file) one line per finished run.
+        with tqdm(total=len(todo), desc="runs", unit="run", file=sys.stdout, disable=None) as progress:
+
+            def run_claimed(controller: str, seed: int, fd: int) -> None:
+                result = result_path(controller, seed)
+                try:
+                    progress.set_description(f"{controller} seed {seed}")
+                    record = run_one(
+                        env_id, controller, seed, env_kwargs, progress, children, baseline_children, seed_stride
+                    )
+                    write_json(result, record)
+                finally:
+                    release(result, fd, finished_run)
+                progress.update(1)
+                if progress.disable:
+                    print(f"{controller} seed {seed}: test metric {record['test_metric']:.4f}, "
+                          f"{record['wall_s']:.0f} s", flush=True)
+
+            held_elsewhere = []
+            for controller, seed in todo:
+                fd = claim(result_path(controller, seed), done=finished_run)
+                if fd is not None:
+                    run_claimed(controller, seed, fd)
+                elif not finished_run(result_path(controller, seed)):
+                    held_elsewhere.append((controller, seed))
+            for controller, seed in held_elsewhere:
+                print(f"{controller} seed {seed} is being run by another process: waiting for it", flush=True)
+                fd = claim(result_path(controller, seed), wait=True, done=finished_run)
+                if fd is not None:  # that process ended without finishing it
+                    run_claimed(controller, seed, fd)
+
+        missing = [f"{c} seed {s}" for c, s in plan if not finished(c, s)]
+        if missing:  # only if a run's file vanished under us; never write a table with holes
+            raise ComparisonError(f"runs missing from {out / 'runs'}: {', '.join(missing)}; run the command again")
+
+    def gather(specs: set[str]) -> list[dict]:
+        """Every finished run of ``specs`` on this comparison's seeds, in the order of the files in runs/."""
+        # Damaged files of runs outside this comparison are left out (its own were run again above).
+        on_disk = [run for p in sorted((out / "runs").glob("*.json")) if finished_run(p) and (run := load_run(p))]
+        fresh = {(r["controller"], r["seed"]) for r in on_disk}
+        runs = on_disk + [r for key, r in committed.items() if key not in fresh]
+        runs = [r for r in runs if r["controller"] in specs and r["seed"] in seeds and r["env"] == env_id]
+        for run in runs:  # runs recorded before locations were left out lose them here
+            run["env_kwargs"] = without_locations(run["env_kwargs"])
+        return sorted(runs, key=lambda r: f"{r['controller']}-seed{r['seed']}.json")
+
+    # Seed-major: an interrupted comparison has every controller on the same seeds so far. An oracle's grid
+    # runs on the selection seeds first; the point selected on validation then runs on every seed.
+    selection_seeds = seeds[:SELECTION_SEEDS]
+    run_missing([(c, s) for s in seeds for c in plain] + [(c, s) for s in selection_seeds for grid in oracles.values() for c in grid])
+    grid_runs = {(r["controller"], r["seed"]): r for r in gather({c for grid in oracles.values() for c in grid})}
+    selections = {
+        spec: select(grid, grid_runs, selection_seeds, facts["higher_is_better"]) for spec, grid in oracles.items()
+    }
+    run_missing([(selection["selected"], s) for s in seeds for selection in selections.values()])
+    runs = gather(set(plain) | {c for grid in oracles.values() for c in grid})
+    rows = []
+    for spec in controllers:
+        for row in summarize(runs, [selections[spec]["selected"] if spec in oracles else spec]):
+            rows.append(row | {"controller": spec, "selected": selections[spec]["selected"]} if spec in oracles else row)
+    total, k = facts["total_iterations"], facts["steps_per_action"]
+    header = {
+        "env": env_id,
+        "metric": facts["metric"],
+        "higher_is_better": facts["higher_is_better"],
+        "env_kwargs": without_locations(env_kwargs),
+        "controllers": controllers,
+        "total_iterations": total,
+        "steps_per_action": k,
+        "steps_per_child": -(-total // k),
+        "seeds": seeds,
+        "device": runs[0]["device"],
+        # Where the runs ran (a rebuilt table may be written elsewhere).
+        "machine": runs[0]["machine"],
+        "versions": runs[0]["versions"],
+    }
+    if selections:
+        header["oracles"] = selections
+    # Without indentation: a list of every step's values would take a line per number.
+    write_json(out / "results.json", {"header": header, "summary": rows, "runs": [compact_run(r) for r in runs]}, indent=None)
+    shown = [row["controller"] for row in rows]
+    table = markdown_table(
+        rows, header,
+        {c: [r for r in runs if r["controller"] == selections.get(c, {}).get("selected", c)] for c in shown},
+    )  # fmt: skip
+    (out / "table.md").write_text(table)
+    plot(runs, [selections[c]["selected"] if c in oracles else c for c in controllers], out, header["metric"],
+         header["higher_is_better"], labels=controllers)  # fmt: skip
+    print(table)
+    return rows
