@@ -1,0 +1,89 @@
+"""One task spec behind every env: every id is a registration of one of two env classes with keywords, its spec
+is made without data, checks itself part by part, and builds the single env, the vector env and another env of
+the same task alike."""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+import ala_gym
+from ala_gym.envs import spec as spec_module
+from ala_gym.envs.classification import ALAClassificationEnv, ClassificationLoss
+from ala_gym.envs.metric_learning import ALAMetricLearningEnv
+from ala_gym.envs.spec import DataSpec, TaskSpec, task_spec
+
+TINY = dict(total_iterations=8, steps_per_action=4, batch_size=16, eval_points=1, val_subsample=100, device="cpu")
+ENV_CLASSES = {ALAClassificationEnv, ALAMetricLearningEnv}
+
+
+@pytest.mark.parametrize("env_id", sorted(ala_gym.ENV_IDS))
+def test_every_id_is_a_registration_of_an_env_class_whose_spec_needs_no_data(env_id: str, monkeypatch) -> None:
+    def no_data(*args, **kwargs):
+        raise AssertionError("making a spec must not read data")
+
+    monkeypatch.setattr(spec_module, "load_dataset", no_data)
+    registered = gym.spec(env_id)
+    assert registered.entry_point in {f"{cls.__module__}:{cls.__qualname__}" for cls in ENV_CLASSES}
+    assert dict(registered.kwargs) == ala_gym.ENV_IDS[env_id].kwargs  # variants are keywords, not subclasses
+    spec = task_spec(env_id, **{"beta": 0.3, "device": "cpu"})
+    assert isinstance(spec, TaskSpec) and spec.loss.beta == 0.3
+    assert spec.train.total_iterations == spec.episode.total_iterations
+    assert spec.metric in ("error", "aucpr") or spec.metric.startswith("recall@")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.train = spec.train  # type: ignore[misc]
+    assert pickle.loads(pickle.dumps(spec)).env_class == spec.env_class
+
+
+def test_the_spec_of_an_id_is_the_one_its_env_and_vector_env_train() -> None:
+    env = gym.make("ALA-Digits-v0", **TINY, lr=0.02)
+    expected = task_spec("ALA-Digits-v0", **TINY, lr=0.02)
+    built = env.unwrapped.task_spec
+    assert built.train == expected.train and built.episode == expected.episode and built.data == expected.data
+    assert vars(built.loss).keys() == vars(expected.loss).keys()
+    envs = gym.make_vec("ALA-Digits-v0", num_envs=2, **TINY, lr=0.02)
+    assert not hasattr(envs.unwrapped, "template")  # the vector env builds its children from the spec alone
+    assert envs.unwrapped.task_spec.train == expected.train
+    assert envs.get_attr("train_config")[0].lr == 0.02 and envs.get_attr("metric") == ("error", "error")
+    envs.close()
+
+
+def test_a_spec_makes_another_env_of_the_same_task_that_runs_the_same() -> None:
+    env = gym.make("ALA-Digits-v0", **TINY).unwrapped
+    twin = env.task_spec.make_env()
+    assert type(twin) is ALAClassificationEnv
+    action = np.full(env.action_space.shape, 2, dtype=np.int64)
+    runs = []
+    for candidate in (env, twin):
+        candidate.reset(seed=3)
+        runs.append(candidate.step(action))
+    assert np.array_equal(runs[0][0], runs[1][0]) and runs[0][4]["val_metric"] == runs[1][4]["val_metric"]
+
+
+def test_spec_and_keywords_are_not_combined_and_each_part_checks_itself() -> None:
+    spec = task_spec("ALA-Digits-v0", **TINY)
+    with pytest.raises(TypeError, match="either spec= or the task's keywords"):
+        ALAClassificationEnv(spec=spec, lr=0.1)
+    with pytest.raises(TypeError, match="spec must be a TaskSpec"):
+        ALAClassificationEnv(spec="digits")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="val_subsample must be"):
+        DataSpec(val_subsample=0)
+    with pytest.raises(ValueError, match="unknown metric"):
+        ClassificationLoss(metric="f1")
+    with pytest.raises(ValueError, match="must be the same number of iterations"):
+        dataclasses.replace(spec, train=dataclasses.replace(spec.train, total_iterations=16))
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        task_spec("ALA-Digits-v0", learning_rate=0.1)
+
+
+def test_a_registered_variant_keeps_its_keywords_and_takes_the_callers() -> None:
+    spec = task_spec("ALA-Digits-AUCPR-v0", total_iterations=40, steps_per_action=20)
+    assert spec.metric == "aucpr" and spec.higher_is_better and spec.data.dataset == "digits"
+    assert spec.train.model == "mlp" and spec.train.total_iterations == 40
+    retrieval = task_spec("ALA-CIFAR10-Margin-v0")
+    assert retrieval.loss.framework == "margin" and retrieval.train.model == "resnet32"
+    assert retrieval.train.output_size == 64  # embedding_size, renamed for the training part
