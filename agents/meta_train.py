@@ -16,23 +16,38 @@ metric** (never the test split):
   their actions are sampled with, so their difference is the perturbation's.
 * Fitness: the child's final validation metric (signed so that higher is better), rank-normalised over the
   generation; ``theta`` moves along the antithetic estimate of the fitness gradient with Adam.
+* Evaluations: the children of ``pairs_per_evaluation`` pairs train together in one vector env (by default the
+  whole population, whose children batch on one device). An evaluation depends only on its inputs (the
+  perturbed parameters, the task, the env seeds, its pairs' rows of the action uniforms), so with
+  ``workers`` they run on as many Ray actors, each on whichever actor is free, and a run computes bit for
+  bit what it computes in the process (at one torch thread on the CPU, as every actor runs): ``workers``
+  changes where, never what, and a run resumes with any number of them.
+* Lost actors: an actor that dies (killed process, lost node) costs the evaluation it was running, not the
+  generation. The generation completes with the evaluations that came back; the lost ones' antithetic pairs,
+  both children of each, are dropped from the gradient estimate, so that it stays antithetic. A warning line
+  says so, ``lost_pairs`` counts them in the checkpoint's history and on TensorBoard, and the next generation
+  runs on a replacement actor. A generation that loses every evaluation raises
+  :class:`EvaluationsLostError` and leaves ``theta`` and the checkpoint as they were.
 * One checkpoint per generation (plain tensors, ``weights_only`` loadable): an interrupted run resumes where
   it stopped, bit for bit, because every draw of a generation comes from ``(seed, generation)``. A progress
-  bar on a terminal, a line per generation otherwise; with a log folder, TensorBoard curves of the fitness
-  and of the children's mean off-diagonal Phi at the end of their runs.
+  bar on a terminal, a line per generation otherwise; with a log folder, TensorBoard curves of the fitness,
+  of the lost pairs and of the children's mean off-diagonal Phi at the end of their runs.
 
 The result is a ``reinforce`` policy file: ``ReinforceController.load(path)`` runs it frozen or fine-tunes it,
 and the benchmark's ``reinforce-transfer``-style rows can use it.
-``python -m ala_gym.agents.meta_train --tasks ALA-Digits-v0 --generations 20 --save runs/meta.pt``.
+``python -m ala_gym.agents.meta_train --tasks ALA-Digits-v0 --generations 20 --save runs/meta.pt``; with
+``--workers 4 --pairs-per-evaluation 1`` (and ``--ray-address`` to join a cluster) on Ray actors.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import tempfile
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -46,9 +61,11 @@ from torch.nn import functional as F
 import ala_gym  # noqa: F401  (registers the env ids)
 from ala_gym.agents import checkpoints
 from ala_gym.agents.reinforce import N_ACTIONS, PairPolicy
-from ala_gym.wrappers import ChildAttributes
+from ala_gym.wrappers import ChildAttributes, MissingExtraError, require
 
 CHECKPOINT_KIND = "meta-train-state"
+EXECUTION_FIELDS = ("workers", "ray_address")
+"""The config fields that say where a run computes, not what: the checkpoint does not record them."""
 
 
 @dataclass
@@ -75,6 +92,14 @@ class MetaTrainConfig:
     """Seeds the policy's initial weights and every draw of every generation."""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     """Further env keywords of every child (``device``, ``val_subsample``, ...)."""
+    pairs_per_evaluation: int | None = None
+    """Antithetic pairs whose children train together in one vector env; None: the whole population. Batched
+    children may run in another float order beside other companions (vmap over more children can pick other
+    kernels), so this grouping is part of what a run computes (recorded in the checkpoint), unlike ``workers``."""
+    workers: int = 0
+    """Ray actors that run a generation's evaluations in parallel (one CPU each); 0: in the process."""
+    ray_address: str | None = None
+    """With ``workers``: the Ray cluster to join when Ray is not initialised yet; None: a local one."""
 
     def __post_init__(self) -> None:
         if not self.tasks or not all(isinstance(task, str) for task in self.tasks):
@@ -86,6 +111,13 @@ class MetaTrainConfig:
             raise ValueError("population, generations, hidden and steps_per_action must be positive")
         if not self.sigma > 0 or not self.lr > 0:
             raise ValueError(f"sigma and lr must be positive, got {self.sigma}, {self.lr}")
+        if self.workers < 0 or (self.pairs_per_evaluation is not None and self.pairs_per_evaluation < 1):
+            raise ValueError(f"workers must be >= 0 and pairs_per_evaluation positive, got {self.workers}, {self.pairs_per_evaluation}")
+        if self.workers and self.pairs_per_evaluation is None:
+            raise ValueError(
+                "workers spread a generation's evaluations over Ray actors, but without pairs_per_evaluation the "
+                "population is one evaluation: set it (1: an evaluation per antithetic pair)"
+            )
 
 
 # ---------------------------------------------------------------------- one generation
@@ -121,6 +153,12 @@ def generation_plan(config: MetaTrainConfig, generation: int) -> dict[str, Any]:
     }
 
 
+def evaluation_groups(config: MetaTrainConfig) -> list[range]:
+    """The antithetic pairs of each evaluation of a generation, in order."""
+    size = config.pairs_per_evaluation or config.population
+    return [range(start, min(start + size, config.population)) for start in range(0, config.population, size)]
+
+
 def perturbations(policy: PairPolicy, population: int, seed: int) -> torch.Tensor:
     """``[population, dims]`` standard normal perturbations of the flattened parameters."""
     dims = sum(p.numel() for p in policy.parameters())
@@ -137,24 +175,31 @@ def unflatten(policy: PairPolicy, vector: torch.Tensor) -> dict[str, torch.Tenso
 
 
 def run_children(
-    policy: PairPolicy, vectors: list[torch.Tensor], plan: dict[str, Any], config: MetaTrainConfig
+    policy: PairPolicy, vectors: list[torch.Tensor], plan: dict[str, Any], config: MetaTrainConfig,
+    pairs: range | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Train ``2P`` children once, child ``c`` under the policy with parameters ``vectors[c]``; return each
-    child's final validation metric, signed so that higher is better (a diverged child scores the worst), and
-    the mean off-diagonal entry of its final Phi (where Phi is a matrix; NaN otherwise)."""
+    """One evaluation: train the children of the generation's antithetic ``pairs`` (default: all) once, the
+    ``c``-th under the policy with parameters ``vectors[c]``; return each child's final validation metric,
+    signed so that higher is better (a diverged child scores the worst), and the mean off-diagonal entry of its
+    final Phi (where Phi is a matrix; NaN otherwise)."""
+    num_pairs = len(plan["env_seeds"]) // 2
+    pairs = range(num_pairs) if pairs is None else pairs
     num_children = len(vectors)
     kwargs = {**config.env_kwargs, "total_iterations": plan["total_iterations"], "steps_per_action": config.steps_per_action}
     envs = gym.make_vec(plan["task"], num_envs=num_children, **kwargs)
     try:
         higher_is_better = bool(cast(ChildAttributes, envs).get_attr("evaluator")[0].higher_is_better)
-        observations, _ = envs.reset(seed=plan["env_seeds"])
+        observations, _ = envs.reset(seed=plan["env_seeds"][2 * pairs.start : 2 * pairs.stop])
         uniforms = torch.Generator().manual_seed(plan["noise_seed"])
         params = [unflatten(policy, vector) for vector in vectors]
         fitness = np.full(num_children, np.nan)
         phi_off_diagonal = np.full(num_children, np.nan)
         while np.isnan(fitness).any():
-            # One uniform per pair of classes and pair of children: both children of a pair sample with it.
-            shared = torch.rand(num_children // 2, *observations.shape[1:2], generator=uniforms).repeat_interleave(2, 0)
+            # One uniform per pair of classes and pair of children: both children of a pair sample with it. Every
+            # evaluation draws the whole generation's and keeps its pairs' rows, so that a pair's uniforms do not
+            # depend on how the pairs are grouped.
+            every_pair = torch.rand(num_pairs, *observations.shape[1:2], generator=uniforms)
+            shared = every_pair[pairs.start : pairs.stop].repeat_interleave(2, 0)
             with torch.no_grad():
                 actions = []
                 for child in range(num_children):
@@ -176,14 +221,111 @@ def run_children(
     return np.nan_to_num(fitness, nan=-np.inf), phi_off_diagonal
 
 
+# ---------------------------------------------------------------------- evaluations on Ray actors
+class EvaluationsLostError(RuntimeError):
+    """Every evaluation of a generation was lost with its Ray actor: there is nothing to update on."""
+
+
+class EvaluationActor:
+    """The process of one Ray actor: evaluations (:func:`run_children` calls) one after another."""
+
+    def __init__(self) -> None:
+        torch.set_num_threads(1)  # the one CPU Ray reserved for the actor
+
+    def run(
+        self, policy: PairPolicy, vectors: list[torch.Tensor], plan: dict[str, Any], config: MetaTrainConfig, pairs: range
+    ) -> tuple[np.ndarray, np.ndarray]:
+        return run_children(policy, vectors, plan, config, pairs)
+
+
+class RayEvaluators:
+    """``workers`` Ray actors (:class:`EvaluationActor`, one CPU each) that run a generation's evaluations.
+
+    Uses the Ray session the caller initialised (``ray.init(address=..., runtime_env=...)``, the way to give the
+    actors env vars such as ``ALA_GYM_DATA``), else joins the cluster at ``address``, else starts a local one of
+    ``workers`` CPUs; :meth:`close` kills the actors and shuts Ray down only if it started it. The actors reserve
+    no GPU, and Ray leaves a node's GPUs visible to them: on GPU nodes give the children ``device="cpu"``
+    (``env_kwargs``), or ``"auto"`` children would share the GPUs unreserved. An actor that dies loses the
+    evaluation it was running; :meth:`map` replaces it before it submits anything else.
+    """
+
+    def __init__(self, workers: int, address: str | None = None) -> None:
+        require("ray")  # before importing it: without the extra, one line saying which to install
+        import ray
+
+        self.actors: list[Any] = []
+        self.lost: set[int] = set()  # the slots in ``actors`` whose actor died
+        self.started_ray = not ray.is_initialized()
+        if self.started_ray:
+            quiet: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.ERROR, configure_logging=True)
+            ray.init(address=address, **quiet) if address else ray.init(num_cpus=workers, **quiet)
+        cpus = float(ray.cluster_resources().get("CPU", 0.0))
+        if workers > cpus:  # Ray would leave the extra actors pending forever
+            self.close()
+            raise ValueError(f"{workers} workers need {workers} CPUs but the Ray cluster has {cpus:g}: lower workers")
+        self._actor = ray.remote(EvaluationActor).options(num_cpus=1, max_restarts=0)
+        # Actor handles: Ray types their methods as the class's plain functions, without their .remote.
+        self.actors = [self._actor.remote() for _ in range(workers)]
+
+    def map(self, calls: list[tuple[Any, ...]]) -> list[tuple[np.ndarray, np.ndarray] | None]:
+        """Each call's result (``run_children(*call)``), in the calls' order, or None where its actor died; a call
+        goes to whichever actor is free, so that the survivors of a loss run the calls still waiting."""
+        import ray
+        from ray.exceptions import RayActorError, WorkerCrashedError
+
+        for slot in sorted(self.lost):
+            ray.kill(self.actors[slot])  # dead, or unreachable: killed so that it never comes back
+            self.actors[slot] = self._actor.remote()
+        self.lost.clear()
+        results: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(calls)
+        waiting = deque(range(len(calls)))
+        running: dict[Any, tuple[int, int]] = {}  # object ref -> (actor slot, call)
+
+        def submit(slot: int) -> None:
+            index = waiting.popleft()
+            running[self._submit(slot, calls[index])] = (slot, index)
+
+        for slot in range(min(len(self.actors), len(calls))):
+            submit(slot)
+        while running:
+            [ref], _ = ray.wait(list(running), num_returns=1)
+            slot, index = running.pop(ref)
+            try:
+                results[index] = ray.get(ref)
+            except (RayActorError, WorkerCrashedError):
+                self.lost.add(slot)  # its call stays None; the actor gets no further call
+                continue
+            if waiting:
+                submit(slot)
+        return results
+
+    def _submit(self, slot: int, call: tuple[Any, ...]) -> Any:
+        """The one place a call leaves the driver: ``call`` on the actor in ``slot``; its object ref."""
+        return self.actors[slot].run.remote(*call)
+
+    def close(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []
+        if self.started_ray and ray.is_initialized():
+            ray.shutdown()
+
+
 # ---------------------------------------------------------------------- the loop
 def config_record(config: MetaTrainConfig) -> dict[str, Any]:
-    """``config`` as a checkpoint holds it (lists for tuples), to compare on resume."""
-    return {**asdict(config), "tasks": list(config.tasks), "horizon": list(config.horizon)}
+    """``config`` as a checkpoint holds it (lists for tuples, no :data:`EXECUTION_FIELDS`), to compare on resume."""
+    record = {**asdict(config), "tasks": list(config.tasks), "horizon": list(config.horizon)}
+    return {key: value for key, value in record.items() if key not in EXECUTION_FIELDS}
 
 
 class MetaTrainer:
-    """Evolution strategies over :class:`ala_gym.agents.reinforce.PairPolicy`'s parameters; see the module docstring."""
+    """Evolution strategies over :class:`ala_gym.agents.reinforce.PairPolicy`'s parameters; see the module docstring.
+
+    With ``config.workers`` the trainer starts its :class:`RayEvaluators` at once; :meth:`close` stops them (later
+    generations then run in the process, with the same results).
+    """
 
     def __init__(self, config: MetaTrainConfig, n_features: int = 24) -> None:
         self.config, self.n_features = config, n_features
@@ -192,6 +334,12 @@ class MetaTrainer:
         self.optimizer = torch.optim.Adam([self.theta], lr=config.lr)
         self.generation = 0
         self.history: list[dict[str, float]] = []
+        self.evaluators = RayEvaluators(config.workers, config.ray_address) if config.workers else None
+
+    def close(self) -> None:
+        if self.evaluators is not None:
+            self.evaluators.close()
+            self.evaluators = None
 
     def step(self) -> dict[str, float]:
         """One generation: draw, run the ``2P`` children, move ``theta``; returns what it logs."""
@@ -200,8 +348,23 @@ class MetaTrainer:
         noise = perturbations(self.policy, config.population, plan["noise_seed"])
         with torch.no_grad():
             vectors = [self.theta + sign * config.sigma * eps for eps in noise for sign in (1.0, -1.0)]
-        fitness, phi_off_diagonal = run_children(self.policy, vectors, plan, config)
-        gradient = es_gradient(fitness, noise, config.sigma)
+        groups = evaluation_groups(config)
+        calls = [(self.policy, vectors[2 * group.start : 2 * group.stop], plan, config, group) for group in groups]
+        results = self.evaluators.map(calls) if self.evaluators is not None else [run_children(*call) for call in calls]
+        kept = [(group, result) for group, result in zip(groups, results) if result is not None]
+        if not kept:
+            raise EvaluationsLostError(
+                f"generation {self.generation + 1}: every evaluation was lost with its Ray actor; check the cluster's "
+                "logs (memory, nodes) and run again (the checkpoint holds the previous generation)"
+            )
+        pairs = [pair for group, _ in kept for pair in group]
+        fitness = np.concatenate([result[0] for _, result in kept])
+        phi_off_diagonal = np.concatenate([result[1] for _, result in kept])
+        lost_pairs = config.population - len(pairs)
+        if lost_pairs:
+            print(f"warning: generation {self.generation + 1}: {lost_pairs} of {config.population} antithetic pairs "
+                  "lost with their Ray actor, dropped from the gradient estimate", file=sys.stderr, flush=True)  # fmt: skip
+        gradient = es_gradient(fitness, noise[pairs], config.sigma)  # both children of every pair that came back
         self.optimizer.zero_grad()
         self.theta.grad = -gradient  # Adam descends: ascend the fitness
         self.optimizer.step()
@@ -211,7 +374,7 @@ class MetaTrainer:
             "generation": self.generation, "task": plan["task"], "total_iterations": plan["total_iterations"],
             "fitness_mean": float(finite.mean()) if len(finite) else float("nan"),
             "fitness_best": float(finite.max()) if len(finite) else float("nan"),
-            "diverged": int((~np.isfinite(fitness)).sum()),
+            "diverged": int((~np.isfinite(fitness)).sum()), "lost_pairs": lost_pairs,
             "phi_off_diagonal_mean": float(np.nanmean(phi_off_diagonal)) if np.isfinite(phi_off_diagonal).any() else float("nan"),
         }  # fmt: skip
         self.history.append(entry)
@@ -241,9 +404,10 @@ class MetaTrainer:
     def resume(cls, path: str | Path, config: MetaTrainConfig) -> MetaTrainer:
         """The trainer saved in ``path``; ``config`` must be the one it was saved with."""
         checkpoint = checkpoints.load_checkpoint(path, CHECKPOINT_KIND)
-        saved = config_record(config)
+        # A field added since the checkpoint was written takes its default, which computes what that version did.
+        recorded = {**config_record(MetaTrainConfig()), **checkpoint["config"]}
         # Only the number of generations may differ: a finished run can be extended.
-        if checkpoint["config"] != {**saved, "generations": checkpoint["config"].get("generations")}:
+        if recorded != {**config_record(config), "generations": recorded["generations"]}:
             raise checkpoints.CheckpointError(f"{path} holds a run of another configuration; pass another --state")
         state = checkpoint["trainer"]
         trainer = cls(config, int(state["n_features"]))
@@ -263,7 +427,8 @@ class MetaTrainer:
 
 
 def meta_train(config: MetaTrainConfig, state_path: str | Path | None = None, log_dir: str | None = None) -> MetaTrainer:
-    """Run (or resume from ``state_path``) until ``config.generations``; a checkpoint after every generation."""
+    """Run (or resume from ``state_path``) until ``config.generations``; a checkpoint after every generation.
+    The trainer comes back closed (its Ray actors stopped)."""
     from tqdm.auto import tqdm
 
     if state_path is not None and Path(state_path).is_file():
@@ -271,24 +436,27 @@ def meta_train(config: MetaTrainConfig, state_path: str | Path | None = None, lo
     else:
         trainer = MetaTrainer(config)
     writer = None
-    if log_dir is not None:
-        from torch.utils.tensorboard import SummaryWriter
+    try:
+        if log_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(log_dir)
-    # A bar on a terminal; otherwise (a log file) a line per generation.
-    with tqdm(total=config.generations, initial=trainer.generation, unit="gen", disable=None) as bar:
-        while trainer.generation < config.generations:
-            entry = trainer.step()
-            if state_path is not None:
-                trainer.save_state(state_path)
-            if writer is not None:
-                for key in ("fitness_mean", "fitness_best", "phi_off_diagonal_mean"):
-                    writer.add_scalar(f"meta/{key}", entry[key], entry["generation"])
-            bar.update(1)
-            if bar.disable:
-                print(json.dumps(entry), flush=True)
-    if writer is not None:
-        writer.close()
+            writer = SummaryWriter(log_dir)
+        # A bar on a terminal; otherwise (a log file) a line per generation.
+        with tqdm(total=config.generations, initial=trainer.generation, unit="gen", disable=None) as bar:
+            while trainer.generation < config.generations:
+                entry = trainer.step()
+                if state_path is not None:
+                    trainer.save_state(state_path)
+                if writer is not None:
+                    for key in ("fitness_mean", "fitness_best", "phi_off_diagonal_mean", "lost_pairs"):
+                        writer.add_scalar(f"meta/{key}", entry[key], entry["generation"])
+                bar.update(1)
+                if bar.disable:
+                    print(json.dumps(entry), flush=True)
+    finally:
+        trainer.close()
+        if writer is not None:
+            writer.close()
     return trainer
 
 
@@ -299,8 +467,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tasks", default=",".join(defaults.tasks), help="comma-separated env ids (the task family)")
     parser.add_argument("--horizon", default=f"{defaults.horizon[0]},{defaults.horizon[1]}",
                         help="low,high total_iterations of the children, drawn per generation")  # fmt: skip
-    for name in ("steps_per_action", "population", "generations", "hidden", "seed"):
+    for name in ("steps_per_action", "population", "generations", "hidden", "seed", "pairs_per_evaluation", "workers"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
+    parser.add_argument("--ray-address", help="with --workers: the Ray cluster to join (default: a local one)")
     for name in ("sigma", "lr"):
         parser.add_argument(f"--{name}", type=float, default=getattr(defaults, name))
     parser.add_argument("--env-kwargs", default="{}", help="JSON dict of further env keywords of every child")
@@ -314,11 +483,12 @@ def main(argv: list[str] | None = None) -> None:
             tasks=tuple(args.tasks.split(",")), horizon=horizon, steps_per_action=args.steps_per_action,  # type: ignore[arg-type]
             population=args.population, sigma=args.sigma, lr=args.lr, generations=args.generations,
             hidden=args.hidden, seed=args.seed, env_kwargs=json.loads(args.env_kwargs),
+            pairs_per_evaluation=args.pairs_per_evaluation, workers=args.workers, ray_address=args.ray_address,
         )  # fmt: skip
         for task in config.tasks:
             gym.spec(task)
         trainer = meta_train(config, args.state, args.log_dir)
-    except (ValueError, gym.error.Error, checkpoints.CheckpointError) as exc:  # JSONDecodeError is a ValueError
+    except (ValueError, gym.error.Error, checkpoints.CheckpointError, MissingExtraError, EvaluationsLostError) as exc:  # JSONDecodeError is a ValueError
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
     trainer.save_policy(args.save)
     print(f"meta-trained policy after {trainer.generation} generations written to {args.save}", file=sys.stderr)

@@ -1,15 +1,25 @@
 """Meta-training by evolution strategies: the ES step climbs, antithetic children share everything but their
-actions, a run resumes bit for bit, the command line writes a policy the REINFORCE controller loads."""
+actions, a run resumes bit for bit, the command line writes a policy the REINFORCE controller loads; on Ray
+actors a run computes what it computes in the process, and a lost actor costs its pair, not the generation.
+
+The Ray tests share the module's local cluster of 2 CPUs (``ray_cluster``): two actors of one CPU each.
+"""
 
 from __future__ import annotations
+
+import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
+from ala_gym.agents import meta_train as meta_train_module
 from ala_gym.agents.meta_train import (
+    EvaluationsLostError,
     MetaTrainConfig,
     MetaTrainer,
+    RayEvaluators,
     centered_ranks,
     es_gradient,
     generation_plan,
@@ -79,6 +89,10 @@ def test_an_interrupted_run_resumes_bit_for_bit(tmp_path, global_rng_unchanged) 
     with global_rng_unchanged():
         straight = meta_train(config)
     meta_train(tiny(generations=1), tmp_path / "state.pt")  # stopped after one generation
+    # As an earlier version wrote it, without pairs_per_evaluation: the default, which computes what it did.
+    checkpoint = torch.load(tmp_path / "state.pt", weights_only=True)
+    del checkpoint["config"]["pairs_per_evaluation"]
+    torch.save(checkpoint, tmp_path / "state.pt")
     resumed = meta_train(config, tmp_path / "state.pt", log_dir=str(tmp_path / "logs"))
     assert list((tmp_path / "logs").glob("events.out.tfevents.*"))
     assert resumed.generation == 2 and torch.equal(resumed.theta, straight.theta)
@@ -95,6 +109,77 @@ def test_the_command_line_writes_a_policy_the_controller_loads(tmp_path, capsys)
     records = controller.run(envs, seed=0)
     envs.close()
     assert len(records) == 2 and all(np.isfinite(r.test_metric) for r in records)
-    with pytest.raises(SystemExit) as caught:
-        main(["--tasks", "ALA-Nothing-v0", "--save", str(tmp_path / "x.pt")])
-    assert caught.value.code == 2 and "Traceback" not in capsys.readouterr().err
+    for wrong in (["--tasks", "ALA-Nothing-v0"], ["--workers", "2"]):  # workers without pairs_per_evaluation
+        with pytest.raises(SystemExit) as caught:
+            main([*wrong, "--save", str(tmp_path / "x.pt")])
+        assert caught.value.code == 2 and "Traceback" not in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- on Ray actors
+on_ray = pytest.mark.usefixtures("ray_cluster", "one_torch_thread")  # one thread: the actors' float order
+
+
+@on_ray
+def test_ray_workers_compute_what_the_process_computes_and_resume_bit_for_bit(tmp_path) -> None:
+    """Two actors, one pair per evaluation: the same fitness and theta as in the process, generation by
+    generation; the Ray run's checkpoint resumes, on one actor, to the in-process run's end."""
+    config = tiny(pairs_per_evaluation=1)
+    first = meta_train(replace(config, generations=1))
+    in_process = meta_train(config)
+    ray_first = meta_train(replace(config, generations=1, workers=2), tmp_path / "state.pt")
+    assert ray_first.history == first.history and torch.equal(ray_first.theta, first.theta)
+    resumed = meta_train(replace(config, workers=1), tmp_path / "state.pt")  # workers: not part of the run
+    assert resumed.history == in_process.history and torch.equal(resumed.theta, in_process.theta)
+    assert [entry["lost_pairs"] for entry in resumed.history] == [0, 0]
+
+
+@on_ray
+def test_a_lost_actor_costs_its_pair_not_the_generation(monkeypatch, capsys) -> None:
+    """The actor of pair 1 is killed after its call went out: generation 1 updates on pair 0 alone, exactly as
+    an in-process run that drops pair 1, and generation 2 runs both pairs, pair 1 on a replacement actor. A
+    generation that loses every evaluation raises and leaves theta as it was."""
+    import ray
+
+    config = tiny(pairs_per_evaluation=1)
+    evaluate = run_children
+
+    def pair_1_lost_in_generation_1(policy, vectors, plan, run_config, pairs=None):
+        lost = pairs == range(1, 2) and plan == generation_plan(config, 0)
+        return None if lost else evaluate(policy, vectors, plan, run_config, pairs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(meta_train_module, "run_children", pair_1_lost_in_generation_1)
+        reference = meta_train(config)
+    assert capsys.readouterr().err.count("warning: generation 1: 1 of 2 antithetic pairs lost") == 1
+
+    submit = RayEvaluators._submit
+    used: list[tuple[int, object]] = []  # per call: its pair (one per evaluation) and the actor it went to
+    doomed: set[int] = {1}  # the pairs whose actor is killed after their call went out
+
+    def submit_then_kill(self, slot, call):
+        ref = submit(self, slot, call)
+        used.append((call[-1].start, self.actors[slot]))
+        if call[-1].start in doomed:
+            ray.kill(self.actors[slot])
+        return ref
+
+    monkeypatch.setattr(RayEvaluators, "_submit", submit_then_kill)
+    trainer = MetaTrainer(replace(config, workers=2))
+    try:
+        trainer.step()
+        doomed.clear()
+        trainer.step()
+        assert trainer.history == reference.history and torch.equal(trainer.theta, reference.theta)
+        assert [entry["lost_pairs"] for entry in json.loads(trainer.state()["history"])] == [1, 0]
+        assert "warning: generation 1: 1 of 2 antithetic pairs lost" in capsys.readouterr().err
+        assert [pair for pair, _ in used] == [0, 1, 0, 1]
+        (_, survivor), (_, killed), (_, first), (_, replacement) = used
+        assert first == survivor and replacement != killed
+
+        doomed.update({0, 1})
+        theta = trainer.theta.detach().clone()
+        with pytest.raises(EvaluationsLostError, match="generation 3: every evaluation was lost"):
+            trainer.step()
+        assert trainer.generation == 2 and torch.equal(trainer.theta, theta) and len(trainer.history) == 2
+    finally:
+        trainer.close()
