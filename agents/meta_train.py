@@ -47,6 +47,7 @@ import logging
 import os
 import sys
 import tempfile
+import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -460,6 +461,25 @@ def meta_train(config: MetaTrainConfig, state_path: str | Path | None = None, lo
     return trainer
 
 
+def provenance(trainer: MetaTrainer, argv: list[str], wall_seconds: float | None) -> dict[str, Any]:
+    """What produced a meta-trained policy, written beside it: the command, the configuration (the task family,
+    budgets and seeds), every generation's entry (the fitness curve), the cost in child-iterations, and the
+    versions and threads it ran with. ``wall_seconds`` covers the command that finished the run (None: unknown,
+    e.g. a record made afterwards from a checkpoint)."""
+    pairs = trainer.config.population
+    child_iterations = sum(2 * (pairs - entry.get("lost_pairs", 0)) * entry["total_iterations"] for entry in trainer.history)
+    return {
+        "command": " ".join(["python", "-m", "ala_gym.agents.meta_train", *argv]),
+        "config": config_record(trainer.config),
+        "generations": trainer.generation,
+        "child_iterations": child_iterations,
+        "wall_seconds": wall_seconds,
+        "torch_threads": torch.get_num_threads(),
+        "versions": {"ala_gym": ala_gym.__version__, "torch": torch.__version__},
+        "history": trainer.history,
+    }
+
+
 # ---------------------------------------------------------------------- command line
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -475,8 +495,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--env-kwargs", default="{}", help="JSON dict of further env keywords of every child")
     parser.add_argument("--state", help="checkpoint written after every generation; an existing one is resumed")
     parser.add_argument("--log-dir", help="TensorBoard folder for the fitness curves")
-    parser.add_argument("--save", required=True, help="write the meta-trained policy here (a reinforce policy file)")
+    parser.add_argument("--save", required=True, help="write the meta-trained policy here (a reinforce policy file), "
+                        "and what produced it beside it (the same name, .json)")  # fmt: skip
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    start = time.perf_counter()
     try:
         horizon = tuple(int(v) for v in args.horizon.split(","))
         config = MetaTrainConfig(
@@ -491,6 +514,8 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, gym.error.Error, checkpoints.CheckpointError, MissingExtraError, EvaluationsLostError) as exc:  # JSONDecodeError is a ValueError
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
     trainer.save_policy(args.save)
+    record = provenance(trainer, argv, time.perf_counter() - start)
+    Path(args.save).with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
     print(f"meta-trained policy after {trainer.generation} generations written to {args.save}", file=sys.stderr)
 
 

@@ -104,6 +104,10 @@ def test_the_command_line_writes_a_policy_the_controller_loads(tmp_path, capsys)
 
     main(["--generations", "1", "--population", "1", "--hidden", "8", "--horizon", "40,40",
           "--env-kwargs", json.dumps(TINY_ENV), "--save", str(tmp_path / "meta.pt")])  # fmt: skip
+    record = json.loads((tmp_path / "meta.json").read_text())  # what produced the policy, beside it
+    assert record["command"].startswith("python -m ala_gym.agents.meta_train --generations 1")
+    assert record["generations"] == 1 and len(record["history"]) == 1 and record["config"]["population"] == 1
+    assert record["child_iterations"] == 2 * 40 and record["wall_seconds"] > 0
     controller = ReinforceController.load(tmp_path / "meta.pt", train=False, num_envs=2)
     envs = controller.make_envs("ALA-Digits-v0", total_iterations=40, steps_per_action=20, **TINY_ENV)
     records = controller.run(envs, seed=0)
