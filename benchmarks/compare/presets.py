@@ -94,10 +94,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     # The long-horizon regime on the genuine CIFAR-10 subset, sized for a CPU: the small CNN on 1,000 of its
     # training images (1200 iterations of 64: 77 epochs), where cross-entropy overfits. 4 children per row and
-    # seed (not 10) keep the preset within about an hour and a half on one core; the rows of fashion-mnist-long.
+    # seed (not 10) keep the preset within about an hour and a half on one core; the rows of fashion-mnist-long,
+    # and a policy meta-trained without CIFAR-10, run frozen.
     "cifar10-subset-long": dict(
         env="ALA-CIFAR10-v0",
-        controllers="ce,oracle-phi,oracle-smoothing,online-smoothing,reinforce-frozen,reinforce-multi,pbt,pbt-frozen",
+        controllers="ce,oracle-phi,oracle-smoothing,online-smoothing,reinforce-frozen,reinforce-multi,pbt,pbt-frozen,"
+        # The policy meta-trained on digits and Fashion-MNIST only (agents/policies/without-cifar10.json), run frozen.
+        "reinforce-transfer-frozen(policy=without-cifar10)",
         seeds=5,
         children=4,
         baseline_children=4,
@@ -161,7 +164,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         controllers=FIXED_ROWS + ",phi-identity-sigmoid,reinforce-paper,reinforce-paper-multi,"
         "reinforce-paper@beta=0.01,reinforce-paper-multi@beta=0.01,ppo@fixed_diagonal=false;step_scaling=entry,"
         "reinforce-frozen,reinforce-multi,reinforce-transfer-frozen,reinforce-transfer,ce(num_envs=2),"
-        "reinforce-transfer(temperature=10)",
+        "reinforce-transfer(temperature=10),reinforce-transfer-frozen(policy=without-cifar10)",
         seeds=5,
         children=2,
         env_kwargs=dict(
