@@ -1,8 +1,10 @@
-"""SGD iterations per second summed over children: native vector env vs Gymnasium ``sync`` vs ``async`` vs Ray.
+"""SGD iterations per second summed over children: one child, native vector env, Gymnasium ``sync``/``async``, Ray.
 
     python -m ala_gym.benchmarks.throughput                      # CPU, the budget of results/throughput.md
     python -m ala_gym.benchmarks.throughput --device cuda        # on a GPU machine
-    python -m ala_gym.benchmarks.throughput --models mlp --out benchmarks/results/throughput-mlp   # the MLP on digits
+    python -m ala_gym.benchmarks.throughput --models mlp small_cnn --num-envs 1 4 10 32 \
+        --modes single native-sequential native-batched --steps 2 --iterations 20 --min-seconds 2 --repeats 2 \
+        --threads 1 --out benchmarks/results/throughput-mlp     # against one child, FLOP/s, roofline: ~9 min
     python -m ala_gym.benchmarks.throughput --models small_cnn --dataset fashion-mnist --num-envs 4 --iterations 200 \
         --modes native-sequential ray-1 ray-2 ray-4 --out benchmarks/results/throughput-ray      # Ray vs in-process
 
@@ -10,7 +12,10 @@ For every model (small CNN and ResNet-32 on CIFAR-10-sized 3x32x32 inputs from t
 under ``--data-root``, or on Fashion-MNIST with ``--dataset fashion-mnist``; the MLP on the embedded 8x8
 digits), every N in ``--num-envs`` and every mode:
 
-* ``native-batched``: :class:`ala_gym.envs.vector.ALAVectorEnv`, children vmapped together;
+* ``single``: one child, ``gym.make`` of the single env (measured once per model, N = 1): the reference
+  every other rate is set against (``x one child``);
+* ``native-batched``: :class:`ala_gym.envs.vector.ALAVectorEnv`, children trained together
+  (:class:`ala_gym.core.batched.BatchedTrainer`);
 * ``native-sequential``: the same env, children trained one after another;
 * ``sync`` / ``async``: ``gym.make_vec(..., vectorization_mode=...)`` over N single envs (async
   workers run 1 torch thread each, the single env's default in a worker process);
@@ -20,16 +25,28 @@ digits), every N in ``--num-envs`` and every mode:
   Against ``native-sequential`` at the same N, ``ray-1`` does the same arithmetic on as many threads in
   one actor, so its extra time per step is Ray's per-step overhead (scheduling and transfer).
 
-the script builds the env, resets it (seed ``--seed``), runs one warm-up step, then times ``--steps``
-steps of K = ``--iterations`` SGD iterations each (one validation pass of ``--val-subsample`` images per
-step, as the env requires). Throughput = N * steps * K / seconds. Each configuration runs in its own
-subprocess, so its peak memory is its own: peak RSS of that process plus that of its largest child
-(an async worker; the OS reports only the largest, so async's total is about main + N x worker) and,
-on CUDA, ``torch.cuda.max_memory_allocated`` of the main process.
+the script builds the env, resets it (seed ``--seed``), runs one warm-up step, then times at least
+``--steps`` steps, and at least ``--min-seconds`` seconds, of K = ``--iterations`` SGD iterations each (one
+validation pass of ``--val-subsample`` images per step, as the env requires). Throughput = N * steps * K /
+seconds. Each configuration runs in its own subprocess, so its peak memory is its own: peak RSS of that
+process plus that of its largest child (an async worker; the OS reports only the largest, so async's total
+is about main + N x worker) and, on CUDA, ``torch.cuda.max_memory_allocated`` of the main process. Every
+measuring process first fixes glibc's malloc thresholds (:func:`ala_gym.core.allocator.retain_freed_memory`),
+so that no configuration pays page faults that another does not. ``--repeats`` runs every configuration
+that many times, in rounds that alternate their order (so that a slow spell of a shared machine does not
+fall on one configuration only); a row reports the median.
 
-Writes ``throughput.json`` and ``throughput.md`` under ``--out`` (machine, versions, threads, seeds and
-budget beside every number, and findings computed from the numbers). ``--render`` rewrites the
-markdown from an existing JSON.
+Arithmetic. Before each round a fresh process times a float32 ``torch.mm`` of two ``ROOFLINE_SIZE``-square
+matrices on the device (``--threads`` threads) for ``--roofline-seconds``: the roofline is the best round's GFLOP/s.
+A child's training FLOPs per SGD iteration are counted by ``torch.utils.flop_counter.FlopCounterMode`` over
+one iteration of the env's own child (:meth:`ala_gym.core.trainer.ChildTrainer.train_step`: its data, batch
+and loss): matrix products and convolutions, forward and backward; element-wise work and the validation
+passes are not counted, so a row's GFLOP/s (iterations/s times that count) is a lower bound on the
+arithmetic it did.
+
+Writes ``throughput.json`` and ``throughput.md`` under ``--out`` (machine, load, versions, threads, seeds
+and budget beside every number, and findings and targets computed from the numbers). ``--render``
+rewrites the markdown from an existing JSON.
 """
 
 from __future__ import annotations
@@ -39,29 +56,32 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from ala_gym.benchmarks.machine import RESULTS
+from ala_gym.benchmarks.machine import RESULTS, cpu_model
 from ala_gym.wrappers import MissingExtraError, require
 
-MODES = ("native-batched", "native-sequential", "sync", "async", "ray-1", "ray-2", "ray-4")
-DEFAULT_MODES = MODES[:4]
+MODES = ("single", "native-batched", "native-sequential", "sync", "async", "ray-1", "ray-2", "ray-4")
+DEFAULT_MODES = MODES[:5]
+ROOFLINE_SIZE = {"cpu": 1024, "cuda": 8192}
+"""Per device, the side of the square float32 matrices of the roofline's ``torch.mm``: on a CPU large enough
+to run at one core's full matrix-multiply rate (measured against 256, 512 and 2048 on an AMD EPYC core), on
+a GPU large enough to keep it busy between two synchronisations."""
+BATCHED_TARGET = ("mlp", 32, 8.0)
+"""Model, N and the factor over one child's iterations/s that N batched children are to reach."""
+NO_SLOWER_MODEL, NO_SLOWER_FROM = "small_cnn", 4
+"""The model whose batched path is to run no slower than its sequential path, from this N on."""
 
 
-def measure(config: dict) -> dict:
-    """Time one configuration in this process; returns throughput and peak memory."""
-    import gymnasium as gym
-    import numpy as np
-    import torch
-
-    import ala_gym  # noqa: F401  (registers the ids)
+def env_setup(config: dict) -> tuple[str, dict[str, Any]]:
+    """The env id and keywords of ``config``'s model: never-ending episodes of K iterations a step."""
     from ala_gym.core.data import cifar10_subset_dir
 
-    torch.set_num_threads(config["threads"])
-    n, mode = config["num_envs"], config["mode"]
     data: dict[str, str | bool]  # where the env finds its dataset
     if config["model"] == "mlp":
         env_id, data = "ALA-Digits-v0", {}
@@ -79,7 +99,26 @@ def measure(config: dict) -> dict:
         eval_points=1,
         val_subsample=config["val_subsample"],
     )
-    if mode.startswith("native"):
+    return env_id, kwargs
+
+
+def measure(config: dict) -> dict:
+    """Time one configuration in this process; returns throughput and peak memory."""
+    import gymnasium as gym
+    import numpy as np
+    import torch
+
+    import ala_gym  # noqa: F401  (registers the ids)
+    from ala_gym.core.allocator import retain_freed_memory
+
+    retain_freed_memory()
+    torch.set_num_threads(config["threads"])
+    n, mode = config["num_envs"], config["mode"]
+    env_id, kwargs = env_setup(config)
+    envs: gym.Env | gym.vector.VectorEnv
+    if mode == "single":
+        envs = gym.make(env_id, **kwargs)
+    elif mode.startswith("native"):
         envs = gym.make_vec(env_id, num_envs=n, train_mode=mode.split("-")[1], **kwargs)
     elif mode.startswith("ray"):
         import logging
@@ -93,28 +132,74 @@ def measure(config: dict) -> dict:
     else:
         envs = gym.make_vec(env_id, num_envs=n, vectorization_mode=mode, **kwargs)
     envs.reset(seed=config["seed"])
-    actions = np.ones((n, 55), dtype=np.int64)  # Phi unchanged: pure training cost
+    shape = envs.action_space.shape
+    assert shape is not None  # a MultiDiscrete space, one child's or the children's
+    actions = np.ones(shape, dtype=np.int64)  # Phi unchanged: pure training cost
     envs.step(actions)  # warm-up: allocator, kernels, lazy initialisation
     if config["device"] == "cuda":
         torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(config["steps"]):
-        envs.step(actions)  # every step ends with a host copy of the evaluation, so timing is synchronous
+    steps, start = 0, time.perf_counter()
+    # Every step ends with a host copy of the evaluation, so timing is synchronous.
+    while steps < config["steps"] or time.perf_counter() - start < config.get("min_seconds", 0.0):
+        envs.step(actions)
+        steps += 1
     seconds = time.perf_counter() - start
     envs.close()
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     cuda_peak = torch.cuda.max_memory_allocated() / 2**20 if config["device"] == "cuda" else None
     return {
         **config,
+        "timed_steps": steps,
         "seconds": seconds,
-        "iterations_per_s": n * config["steps"] * config["iterations"] / seconds,
+        "iterations_per_s": n * steps * config["iterations"] / seconds,
         "peak_rss_mib": peak_kib / 1024,
         "peak_cuda_mib": cuda_peak,
     }
 
 
+def roofline(config: dict) -> dict:
+    """GFLOP/s of a float32 ``torch.mm`` of two ``ROOFLINE_SIZE``-square matrices on ``config["device"]`` (a CPU:
+    with ``config["threads"]`` threads): the best of the blocks of multiplications timed in ``config["seconds"]``."""
+    import torch
+
+    torch.set_num_threads(config["threads"])
+    device, size = torch.device(config["device"]), ROOFLINE_SIZE[config["device"]]
+    generator = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(size, size, generator=generator).to(device) for _ in range(2))
+    out = torch.mm(a, b)  # warm-up
+    best, start = 0.0, time.perf_counter()
+    while time.perf_counter() - start < config["seconds"] or best == 0.0:
+        block = time.perf_counter()
+        for _ in range(4):
+            torch.mm(a, b, out=out)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = max(best, 4 * 2 * size**3 / (time.perf_counter() - block) / 1e9)
+    return {**config, "gflops": best}
+
+
+def training_flops(config: dict) -> int:
+    """FLOPs of one SGD iteration of ``config``'s child (matrix products and convolutions, forward and
+    backward), counted by ``FlopCounterMode`` on the single env's own child, data and loss."""
+    import gymnasium as gym
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import ala_gym  # noqa: F401  (registers the ids)
+    from ala_gym.core.trainer import ChildTrainer
+    from ala_gym.envs.base import ALAEnv
+
+    env_id, kwargs = env_setup(config)
+    env = gym.make(env_id, **kwargs).unwrapped
+    assert isinstance(env, ALAEnv)
+    trainer = ChildTrainer(env.data, env.train_config, config["seed"])
+    with FlopCounterMode(display=False) as counter:
+        trainer.train_step(env.episode.loss)
+    return int(counter.get_total_flops())
+
+
 def run_isolated(config: dict, timeout: float) -> dict:
-    """Run :func:`measure` in a fresh interpreter so peak memory is per configuration."""
+    """Run :func:`measure` (:func:`roofline` for ``mode="roofline"``) in a fresh interpreter, so peak memory
+    is per configuration."""
     command = [sys.executable, "-m", "ala_gym.benchmarks.throughput", "--one", json.dumps(config)]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
@@ -131,6 +216,7 @@ def machine() -> dict:
     info = {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -143,41 +229,73 @@ def machine() -> dict:
 
 def write_markdown(report: dict, path: Path) -> None:
     args = report["args"]
+    load = report.get("load_average")
     lines = [
-        "# Throughput: native vector env vs `sync` vs `async`",
+        "# Throughput: one child, native vector env, `sync` and `async`",
         "",
         f"Written by `python -m ala_gym.benchmarks.throughput {' '.join(report['argv'])}` at {report['finished']}.",
         "",
-        f"* machine: {report['machine']['platform']}, {report['machine']['cpu_count']} CPU cores"
+        f"* machine: {report['machine']['platform']}, {report['machine'].get('cpu_model', report['machine']['processor'])}, "
+        f"{report['machine']['cpu_count']} CPU cores"
         + (f", GPU {report['machine']['gpu']}" if "gpu" in report["machine"] else ", no GPU"),
         f"* python {report['machine']['python']}, torch {report['machine']['torch']}, device `{args['device']}`",
         f"* torch threads: `torch.set_num_threads({args['threads']})` in each benchmark process; async workers 1 thread each",
         f"* seed {args['seed']}; data: "
         + ("Fashion-MNIST (1x28x28 inputs)" if args.get("dataset") == "fashion-mnist" else "the CIFAR-10 subset (3x32x32 inputs)")
         + " for the convolutional models, the embedded 8x8 digits for the MLP",
-        f"* budget per measurement: 1 warm-up step, then {args['steps']} timed steps of K = {args['iterations']} "
-        f"SGD iterations per child, batch {args['batch_size']} (ResNet-32: {args['resnet_batch_size'] or args['batch_size']}), one validation pass of {args['val_subsample']} images per step",
-        "* iterations/s is summed over the N children; `x N=1` is against the same mode at N = 1",
+        f"* budget per measurement: 1 warm-up step, then at least {args['steps']} timed steps"
+        + (f" and {args['min_seconds']:g} s" if args.get("min_seconds") else "")
+        + f" of K = {args['iterations']} SGD iterations per child, batch {args['batch_size']} (ResNet-32: "
+        f"{args['resnet_batch_size'] or args['batch_size']}), one validation pass of {args['val_subsample']} images per step"
+        + (f"; {args['repeats']} rounds in alternating order, the median shown" if args.get("repeats", 1) > 1 else ""),
+        "* iterations/s is summed over the N children; `x N=1` is against the same mode at N = 1, `x one child`"
+        " against the single env (`single`)",
         "* peak RSS: the configuration's process plus its largest child process (an async worker; the OS"
         " reports only the largest, so async's total is roughly main + N x worker; Ray actors are the Ray"
         " daemon's children, not counted)",
     ]
+    if load:
+        lines.append(f"* load average (1, 5, 15 min) at the start {load['start']}, at the end {load['end']}")
+    if report.get("roofline"):
+        lines.append(
+            f"* roofline: float32 `torch.mm` of two {report['roofline']['size']}-square matrices on {args['threads']} "
+            f"thread(s), {report['roofline']['gflops']:.1f} GFLOP/s (the best of {len(report['roofline']['rounds'])} "
+            "round(s), timed in a fresh process before each round)"
+        )
+    if report.get("flops_per_iteration"):
+        counted = ", ".join(f"{model} {flops / 1e6:.1f} MFLOP" for model, flops in report["flops_per_iteration"].items())
+        lines.append(
+            f"* training FLOPs per child and SGD iteration ({counted}): `torch.utils.flop_counter.FlopCounterMode` over "
+            "one iteration of the env's child (matrix products and convolutions, forward and backward; element-wise "
+            "work and validation passes not counted, so GFLOP/s is a lower bound)"
+        )
     if report.get("note"):
         lines += ["", report["note"]]
     lines += ["", "Findings (computed from the table below by `findings()`):", ""] + [f"* {f}" for f in findings(report)]
+    roof = report.get("roofline", {}).get("gflops")
     for model in args["models"]:
-        lines += ["", f"## {model}", "", "| N | mode | iterations/s | x N=1 | seconds | peak RSS MiB | peak CUDA MiB |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            "", f"## {model}", "",
+            "| N | mode | iterations/s | x N=1 | x one child | GFLOP/s | % of roofline | seconds | peak RSS MiB | peak CUDA MiB |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]  # fmt: skip
         rows = [r for r in report["results"] if r["model"] == model]
         base = {r["mode"]: r["iterations_per_s"] for r in rows if r["num_envs"] == 1 and "error" not in r}
+        flops = report.get("flops_per_iteration", {}).get(model)
         for r in sorted(rows, key=lambda r: (r["num_envs"], MODES.index(r["mode"]))):
             if "error" in r:
-                lines.append(f"| {r['num_envs']} | {r['mode']} | error: {r['error']} | | | | |")
+                lines.append(f"| {r['num_envs']} | {r['mode']} | error: {r['error']} | | | | | | | |")
                 continue
-            ratio = r["iterations_per_s"] / base[r["mode"]] if r["mode"] in base else float("nan")
+            rate = r["iterations_per_s"]
+            ratio = f"{rate / base[r['mode']]:.2f}" if r["mode"] in base else ""
+            one = f"{rate / base['single']:.2f}" if "single" in base else ""
+            gflops = rate * flops / 1e9 if flops else None
+            achieved = "" if gflops is None else f"{gflops:.2f}"
+            share = "" if gflops is None or not roof else f"{100 * gflops / roof:.1f}"
             cuda = "" if r["peak_cuda_mib"] is None else f"{r['peak_cuda_mib']:.0f}"
             lines.append(
-                f"| {r['num_envs']} | {r['mode']} | {r['iterations_per_s']:.1f} | {ratio:.2f} | {r['seconds']:.2f} "
-                f"| {r['peak_rss_mib']:.0f} | {cuda} |"
+                f"| {r['num_envs']} | {r['mode']} | {rate:.1f} | {ratio} | {one} | {achieved} | {share} "
+                f"| {r['seconds']:.2f} | {r['peak_rss_mib']:.0f} | {cuda} |"
             )
     path.write_text("\n".join(lines) + "\n")
 
@@ -193,12 +311,13 @@ def fastest_native_mode(report: dict, model: str) -> str | None:
 
 
 def findings(report: dict) -> list[str]:
-    """What the numbers say, per model: the faster native path, and the native env against ``sync``."""
+    """What the numbers say, per model: the faster native path, the native env against ``sync``, Ray's
+    overhead; then the targets (:data:`BATCHED_TARGET`, :data:`NO_SLOWER_MODEL`), met or not."""
     lines = []
+    rates = {(r["model"], r["num_envs"], r["mode"]): r["iterations_per_s"] for r in report["results"] if "error" not in r}
     for model in report["args"]["models"]:
-        rows = {(r["num_envs"], r["mode"]): r["iterations_per_s"] for r in report["results"]
-                if r["model"] == model and "error" not in r}
-        sizes = sorted({n for n, _ in rows})
+        rows = {(n, mode): value for (m, n, mode), value in rates.items() if m == model}
+        sizes = sorted({n for n, mode in rows if mode != "single"})
         if not sizes:
             continue
         n = sizes[-1]
@@ -216,7 +335,67 @@ def findings(report: dict) -> list[str]:
         for mode in ("ray-2", "ray-4"):
             if native and rate[mode]:
                 lines.append(f"{model}, N = {n}: {mode} runs {rate[mode] / native:.2f}x the native-sequential rate.")
+    return lines + targets(report, rates)
+
+
+def targets(report: dict, rates: dict[tuple[str, int, str], float]) -> list[str]:
+    """The targets' lines, for the targets whose rows were measured; each says met or not met."""
+    lines = []
+    model, n, factor = BATCHED_TARGET
+    one, batched = rates.get((model, 1, "single")), rates.get((model, n, "native-batched"))
+    if one and batched:
+        lines.append(f"Target: {model}, N = {n} batched at {batched / one:.2f}x one child's iterations/s "
+                     f"(target >= {factor:g}x): {'met' if batched / one >= factor else 'not met'}.")
+        roof, flops = report.get("roofline", {}).get("gflops"), report.get("flops_per_iteration", {}).get(model)
+        if roof and flops:
+            # Training arithmetic alone at the matrix-multiply roofline, nothing else in the step.
+            ceiling = roof * 1e9 / flops
+            lines.append(f"Bound: at the roofline ({roof:.1f} GFLOP/s) and {flops / 1e6:.2f} MFLOP per {model} "
+                         f"iteration, no number of children exceeds {ceiling:.0f} iterations/s, {ceiling / one:.1f}x one "
+                         f"child's; one child runs at {100 * one * flops / 1e9 / roof:.1f}% of the roofline.")
+    pairs = sorted(
+        (size, rates[(m, size, "native-batched")] / rates[(m, size, "native-sequential")])
+        for m, size, mode in rates
+        if m == NO_SLOWER_MODEL and mode == "native-batched" and size >= NO_SLOWER_FROM
+        and (m, size, "native-sequential") in rates
+    )  # fmt: skip
+    if pairs:
+        shown = ", ".join(f"N = {size}: {ratio:.2f}x" for size, ratio in pairs)
+        met = all(ratio >= 1 for _, ratio in pairs)
+        lines.append(f"Target: {NO_SLOWER_MODEL} batched no slower than sequential from N = {NO_SLOWER_FROM} on "
+                     f"(batched / sequential iterations/s: {shown}): {'met' if met else 'not met'}.")
     return lines
+
+
+def configurations(args: argparse.Namespace) -> list[dict]:
+    """Every configuration to measure: the single env once per model (N = 1), each other mode at each N."""
+    configs = []
+    for model in args.models:
+        sizes = [(1, "single")] if "single" in args.modes else []
+        sizes += [(n, mode) for n in args.num_envs for mode in args.modes if mode != "single"]
+        for n, mode in sizes:
+            configs.append({
+                "model": model, "num_envs": n, "mode": mode, "device": args.device, "threads": args.threads,
+                "seed": args.seed, "steps": args.steps, "min_seconds": args.min_seconds, "iterations": args.iterations,
+                "batch_size": (args.resnet_batch_size or args.batch_size) if model == "resnet32" else args.batch_size,
+                "val_subsample": args.val_subsample, "dataset": args.dataset,
+            })  # fmt: skip
+    return configs
+
+
+def median_row(runs: list[dict]) -> dict:
+    """One configuration's rounds as one row: the median rate (every round's rate kept), the first error if any."""
+    failed = [run for run in runs if "error" in run]
+    if failed:
+        return failed[0]
+    rates = [run["iterations_per_s"] for run in runs]
+    return {
+        **runs[0],
+        "iterations_per_s": statistics.median(rates),
+        "round_iterations_per_s": rates,
+        "seconds": statistics.median(run["seconds"] for run in runs),
+        "peak_rss_mib": max(run["peak_rss_mib"] for run in runs),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -228,12 +407,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--modes", nargs="+", default=list(DEFAULT_MODES), choices=MODES)
     parser.add_argument("--dataset", default="cifar10-subset", choices=["cifar10-subset", "fashion-mnist"],
                         help="data of the convolutional models")
-    parser.add_argument("--steps", type=int, default=2, help="timed env steps per configuration")
+    parser.add_argument("--steps", type=int, default=2, help="timed env steps per configuration (at least)")
+    parser.add_argument("--min-seconds", type=float, default=0.0,
+                        help="time steps for at least this long per configuration (more steps for fast configurations)")
     parser.add_argument("--iterations", type=int, default=5, help="K: SGD iterations per step")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--resnet-batch-size", type=int, help="batch size for resnet32 (default: --batch-size)")
     parser.add_argument("--val-subsample", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in each benchmark process")
+    parser.add_argument("--repeats", type=int, default=1, help="rounds over all configurations; rows report the median")
+    parser.add_argument("--roofline-seconds", type=float, default=2.0, help="time of the matrix-multiply roofline per round")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-root", type=Path,
                         help="folder holding cifar10-subset/ (default: $ALA_GYM_DATA, else ~/.local/share/ala_gym; make sets it to ../shared/data)")
@@ -249,7 +432,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.data_root is not None:
         os.environ["ALA_GYM_DATA"] = str(args.data_root)  # inherited by the measuring subprocesses
     if args.one:
-        print(json.dumps(measure(json.loads(args.one))))
+        config = json.loads(args.one)
+        print(json.dumps(roofline(config) if config["mode"] == "roofline" else measure(config)))
         return
     if any(mode.startswith("ray") for mode in args.modes):
         try:
@@ -257,28 +441,35 @@ def main(argv: list[str] | None = None) -> None:
         except MissingExtraError as exc:
             parser.exit(2, f"{parser.prog}: error: --modes {' '.join(args.modes)}: {exc}\n")
 
-    results = []
-    for model in args.models:
-        for n in args.num_envs:
-            for mode in args.modes:
-                config = {
-                    "model": model, "num_envs": n, "mode": mode, "device": args.device, "threads": args.threads,
-                    "seed": args.seed, "steps": args.steps, "iterations": args.iterations,
-                    "batch_size": (args.resnet_batch_size or args.batch_size) if model == "resnet32" else args.batch_size,
-                    "val_subsample": args.val_subsample, "dataset": args.dataset,
-                }
-                result = run_isolated(config, args.timeout)
-                results.append(result)
-                shown = result.get("error") or f"{result['iterations_per_s']:.1f} it/s, {result['peak_rss_mib']:.0f} MiB"
-                print(f"{model:10s} N={n:<3d} {mode:18s} {shown}", flush=True)
+    load_start = os.getloadavg()
+    configs = configurations(args)
+    runs: list[list[dict]] = [[] for _ in configs]
+    roofline_rounds = []
+    for round_index in range(args.repeats):
+        probe = run_isolated({"mode": "roofline", "device": args.device, "threads": args.threads,
+                              "seconds": args.roofline_seconds}, args.timeout)  # fmt: skip
+        roofline_rounds.append(probe.get("gflops"))
+        print(f"round {round_index + 1}: roofline {probe.get('gflops') or probe.get('error')} GFLOP/s", flush=True)
+        order = list(range(len(configs)))
+        for index in order if round_index % 2 == 0 else order[::-1]:
+            config = configs[index]
+            result = run_isolated(config, args.timeout)
+            runs[index].append(result)
+            shown = result.get("error") or f"{result['iterations_per_s']:.1f} it/s, {result['peak_rss_mib']:.0f} MiB"
+            print(f"{config['model']:10s} N={config['num_envs']:<3d} {config['mode']:18s} {shown}", flush=True)
+    measured = [rate for rate in roofline_rounds if rate]
     report = {
         "argv": sys.argv[1:] if argv is None else argv,
         # Where data and results lie is the machine's business, not the measurement's.
         "args": {k: v for k, v in vars(args).items() if k not in ("one", "render", "data_root", "out")},
         "machine": machine(),
+        "load_average": {"start": [round(x, 2) for x in load_start], "end": [round(x, 2) for x in os.getloadavg()]},
         "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "note": args.note,
-        "results": results,
+        "roofline": {"gflops": max(measured), "rounds": roofline_rounds, "size": ROOFLINE_SIZE[args.device]} if measured else {},
+        "flops_per_iteration": {model: training_flops(next(c for c in configs if c["model"] == model))
+                                for model in args.models if any(c["model"] == model for c in configs)},  # fmt: skip
+        "results": [median_row(model_runs) for model_runs in runs],
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "throughput.json").write_text(json.dumps(report, indent=2) + "\n")

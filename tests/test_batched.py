@@ -1,0 +1,154 @@
+"""The batched trainer's fast paths against the general ones: the stacked forwards against the vmapped
+modules, the fused cross-entropy against the vmapped loss, and the batches gathered for all children against
+each child's own :class:`BatchSampler`. Float tolerance where the kernels differ, equality where they do not."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch.func import functional_call, stack_module_state, vmap
+
+from ala_gym.core import batched, models
+from ala_gym.core.batched import STACKED_FORWARDS, BatchedTrainer, fused_kernel, fused_losses
+from ala_gym.core.data import load_dataset
+from ala_gym.core.losses import PhiLoss
+from ala_gym.core.metric_learning import triplet_margin_loss
+from ala_gym.core.models import build_model
+from ala_gym.core.trainer import ChildTrainer, TrainConfig
+
+ATOL = 1e-5
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def stacked_children(name: str, shape: tuple[int, ...], count: int) -> tuple[torch.nn.Module, dict, dict]:
+    models = [build_model(name, shape, 10, torch.Generator().manual_seed(seed)) for seed in range(count)]
+    params, buffers = stack_module_state(models)
+    return copy.deepcopy(models[0]).to("meta"), {k: v.detach().requires_grad_() for k, v in params.items()}, buffers
+
+
+@pytest.mark.parametrize(
+    "name, shape, group_bytes",
+    [("mlp", (1, 8, 8), None), ("small_cnn", (3, 32, 32), None), ("small_cnn", (3, 32, 32), 1),
+     ("small_cnn", (1, 28, 28), "two children")],
+)  # fmt: skip
+def test_stacked_forward_matches_the_vmapped_module(name, shape, group_bytes, monkeypatch) -> None:
+    """Outputs in training and evaluation mode and the gradients of every weight, the small CNN's children
+    also in groups of one and two (``CPU_GROUP_BYTES``), against ``vmap(functional_call)`` of the module."""
+    children, samples = 3, 5
+    if group_bytes == "two children":  # the first convolution's output of two children, 16 channels each
+        group_bytes = 2 * samples * 16 * shape[1] * shape[2] * 4
+    if group_bytes is not None:
+        monkeypatch.setattr(batched, "CPU_GROUP_BYTES", group_bytes)
+    base, params, buffers = stacked_children(name, shape, children)
+    inputs = torch.randn(children, samples, *shape, generator=torch.Generator().manual_seed(1))
+    weights = torch.randn(children, samples, 10, generator=torch.Generator().manual_seed(2))
+
+    def vmapped(mode: str) -> torch.Tensor:
+        getattr(base, mode)()
+        return vmap(lambda p, b, x: functional_call(base, (p, b), (x,)))(params, buffers, inputs)
+
+    stacked = STACKED_FORWARDS[name](base, params, inputs)
+    expected = vmapped("train")
+    torch.testing.assert_close(stacked, expected, rtol=0, atol=ATOL)
+    got_grads = torch.autograd.grad((stacked * weights).sum(), list(params.values()))
+    expected_grads = torch.autograd.grad((expected * weights).sum(), list(params.values()))
+    for param, got, want in zip(params, got_grads, expected_grads):
+        torch.testing.assert_close(got, want, rtol=0, atol=ATOL, msg=param)
+    with torch.no_grad():
+        torch.testing.assert_close(STACKED_FORWARDS[name](base, params, inputs), vmapped("eval"), rtol=0, atol=ATOL)
+
+
+def test_only_the_packages_models_take_the_stacked_forward(digits, monkeypatch) -> None:
+    """A model registered by a user, or given as a factory, keeps the vmap path; so does a package model
+    without a stacked form."""
+    def factory(shape: tuple[int, ...], outputs: int) -> torch.nn.Module:
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, outputs))
+
+    monkeypatch.setitem(models.MODELS, "mlp_of_mine", factory)
+    for model, forward in (("mlp", batched.stacked_mlp), ("mlp_of_mine", None), (factory, None), ("resnet20", None)):
+        config = TrainConfig(model=model, total_iterations=10, batch_size=8)
+        assert BatchedTrainer(digits, config, [0])._stacked is forward, model
+
+
+def test_fused_cross_entropy_matches_the_vmapped_eq6() -> None:
+    """``fused_kernel`` picks the cross-entropy kernel PhiLoss itself would use; ``fused_losses`` then gives
+    the vmapped Eq. 6's per-child losses and gradients. A Phi with a floored negative entry, or a loss of
+    another kind, keeps the vmapped form."""
+    children, samples, classes = 3, 6, 10
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(children, samples, classes, generator=generator, requires_grad=True)
+    labels = torch.randint(0, classes, (children, samples), generator=generator)
+    soft = torch.rand(classes, classes, generator=generator)
+    soft = (soft + soft.T) / 2
+    cases = {"hard": [torch.eye(classes)] * children, "soft": [torch.eye(classes), soft, 0.5 * soft]}
+    for kernel, phis in cases.items():
+        losses = [PhiLoss(phi.clone()) for phi in phis]
+        assert fused_kernel(losses) == kernel
+        params = torch.stack([loss.params for loss in losses])
+        got = fused_losses(logits, labels, params, kernel)
+        want = vmap(losses[0].functional)(logits, labels, params)
+        torch.testing.assert_close(got, want, rtol=0, atol=ATOL)
+        weights = torch.arange(1.0, children + 1)
+        torch.testing.assert_close(
+            torch.autograd.grad((got * weights).sum(), logits)[0], torch.autograd.grad((want * weights).sum(), logits)[0],
+            rtol=0, atol=ATOL,
+        )  # fmt: skip
+    negative = soft - 0.5 * torch.eye(classes)
+    assert fused_kernel([PhiLoss(torch.eye(classes)), PhiLoss(negative)]) is None
+    assert fused_kernel([PhiLoss(torch.eye(classes), form="sigmoid")]) is None
+    assert fused_kernel([triplet_margin_loss()]) is None
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_batches_follow_each_childs_batch_sampler(digits, tiny_cifar_dir, augment: bool) -> None:
+    """Over several epochs, with children sitting out and one reset midway, child i's batches are those of
+    ``ChildTrainer``'s sampler for its seed, bit for bit; a child that sits out draws nothing."""
+    # Two or three batches an epoch: child 0, always active, goes through four epochs or more.
+    if augment:
+        data = load_dataset("cifar10", data_root=tiny_cifar_dir, download=False, val_size=20)
+        config = TrainConfig(model="small_cnn", total_iterations=10, batch_size=24)
+    else:
+        data, config = digits, TrainConfig(model="mlp", total_iterations=10, batch_size=500)
+    seeds = [3, 4, 5]
+    trainer = BatchedTrainer(data, config, seeds)
+    samplers = [ChildTrainer(data, config, seed).sampler for seed in seeds]
+    plan = np.random.default_rng(0).random((12, len(seeds))) < 0.7
+    plan[:, 0] = True
+    for tick, active in enumerate(plan):
+        if tick == 6:  # a reset restarts the child's stream from its new seed
+            trainer.reset_child(2, 9)
+            samplers[2] = ChildTrainer(data, config, 9).sampler
+        inputs, labels = trainer.next_batches(active)
+        for child in np.flatnonzero(active):
+            expected_inputs, expected_labels = samplers[child].next()
+            assert torch.equal(inputs[child], expected_inputs) and torch.equal(labels[child], expected_labels)
+        for child in np.flatnonzero(~active):  # computed on the first active child's batch, drawn by nobody
+            assert torch.equal(inputs[child], inputs[0]) and torch.equal(labels[child], labels[0])
+
+
+def test_batched_mlp_children_follow_single_children_over_an_epoch(digits) -> None:
+    """The whole fast path (stacked forward, fused loss, gathered batches, per-child momentum and learning
+    rate across a milestone) against N single children, to float tolerance."""
+    config = TrainConfig(model="mlp", total_iterations=8, batch_size=256, lr_milestones=(0.5,))
+    seeds = [1, 2]
+    phis = [torch.eye(10), torch.full((10, 10), 0.05) + 0.5 * torch.eye(10)]
+    losses = [PhiLoss(phi) for phi in phis]
+    trainer = BatchedTrainer(digits, config, seeds)
+    singles = [ChildTrainer(digits, config, seed) for seed in seeds]
+    params = torch.stack([loss.params for loss in losses])
+    for _ in range(config.total_iterations):
+        got = trainer.train_step(params, np.array([True, True]), losses[0], fused_kernel(losses))
+        for child, single in enumerate(singles):
+            torch.testing.assert_close(got[child], single.train_step(losses[child]), rtol=0, atol=1e-4)
+    for child, single in enumerate(singles):
+        for name, value in single.model.named_parameters():
+            torch.testing.assert_close(trainer.params[name][child].detach(), value.detach(), rtol=0, atol=1e-4)

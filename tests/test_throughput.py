@@ -1,0 +1,90 @@
+"""The throughput benchmark at a token budget: every configuration measured, the roofline and the FLOP counts
+recorded, and the targets' lines computed from the numbers. No test asserts a speed: the benchmark measures
+that, on the machine it runs on."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from ala_gym.benchmarks import throughput
+
+
+def test_tiny_run_measures_one_child_both_paths_roofline_and_flops(tmp_path, tiny_cifar_dir, monkeypatch) -> None:
+    data_root = tmp_path / "data"
+    data_root.mkdir()
+    (data_root / "cifar10-subset").symlink_to(tiny_cifar_dir)
+    monkeypatch.setenv("ALA_GYM_DATA", str(data_root))  # --data-root sets it for the measuring processes; restored after
+    out = tmp_path / "out"
+    throughput.main([
+        "--models", "mlp", "small_cnn", "--num-envs", "2", "--modes", "single", "native-sequential", "native-batched",
+        "--steps", "1", "--iterations", "1", "--batch-size", "8", "--val-subsample", "16", "--threads", "1",
+        "--roofline-seconds", "0.05", "--data-root", str(data_root), "--out", str(out),
+    ])  # fmt: skip
+    report = json.loads((out / "throughput.json").read_text())
+    rows = {(r["model"], r["num_envs"], r["mode"]): r for r in report["results"]}
+    expected = [(model, n, mode) for model in ("mlp", "small_cnn")
+                for n, mode in ((1, "single"), (2, "native-sequential"), (2, "native-batched"))]  # fmt: skip
+    assert sorted(rows) == sorted(expected)  # the single env once per model, at N = 1
+    for row in rows.values():
+        assert "error" not in row, row
+        assert row["iterations_per_s"] > 0 and row["timed_steps"] >= 1
+    assert report["roofline"]["gflops"] > 0 and report["load_average"]["start"] and report["args"]["threads"] == 1
+    # The MLP's matrix products at batch 8: the forward's, twice over backward but for the input's gradient.
+    forward = 2 * 8 * (64 * 64 + 64 * 64 + 64 * 10)
+    assert report["flops_per_iteration"]["mlp"] == 3 * forward - 2 * 8 * 64 * 64
+    assert report["flops_per_iteration"]["small_cnn"] > 10 * report["flops_per_iteration"]["mlp"]
+    table = (out / "throughput.md").read_text()
+    assert "| 1 | single |" in table and "% of roofline" in table and "FlopCounterMode" in table
+    assert "Target:" not in table  # neither target's N was measured
+
+
+def test_rounds_alternate_their_order_and_rows_keep_the_median(tmp_path, monkeypatch) -> None:
+    """``--repeats 3``: a roofline before each round, the configurations forwards, backwards, forwards; each
+    row the median of its rounds' rates (every rate kept), the roofline the best round's."""
+    calls: list[tuple[str, int]] = []
+
+    def fake_run(config: dict, timeout: float) -> dict:
+        calls.append((config["mode"], config.get("num_envs", 0)))
+        if config["mode"] == "roofline":
+            return {**config, "gflops": 10.0 * len(calls)}
+        rate = {1: 5.0, 2: 1.0, 3: 3.0}[sum(call == calls[-1] for call in calls)]  # by round: 5, 1, 3
+        return {**config, "iterations_per_s": rate * config["num_envs"], "seconds": 1.0, "timed_steps": 1,
+                "peak_rss_mib": 1.0, "peak_cuda_mib": None}  # fmt: skip
+
+    monkeypatch.setattr(throughput, "run_isolated", fake_run)
+    monkeypatch.setattr(throughput, "training_flops", lambda config: 1000)
+    throughput.main(["--models", "mlp", "--num-envs", "1", "4", "--modes", "single", "native-batched", "--repeats", "3",
+                     "--out", str(tmp_path)])  # fmt: skip
+    order, roofline = [("single", 1), ("native-batched", 1), ("native-batched", 4)], [("roofline", 0)]
+    assert calls == roofline + order + roofline + order[::-1] + roofline + order
+    report = json.loads((tmp_path / "throughput.json").read_text())
+    assert report["roofline"]["gflops"] == 90.0 and report["roofline"]["rounds"] == [10.0, 50.0, 90.0]
+    batched = next(r for r in report["results"] if r["num_envs"] == 4)
+    assert batched["round_iterations_per_s"] == [20.0, 4.0, 12.0] and batched["iterations_per_s"] == 12.0
+    assert report["flops_per_iteration"] == {"mlp": 1000}
+
+
+@pytest.mark.parametrize("factor, met", [(9.0, "met"), (7.0, "not met")])
+def test_target_lines_follow_the_numbers(factor: float, met: str) -> None:
+    """The same report with faster or slower batched rows: the verdicts come from the rates."""
+    model, n, target = throughput.BATCHED_TARGET
+    rows = [
+        {"model": model, "num_envs": 1, "mode": "single", "iterations_per_s": 100.0},
+        {"model": model, "num_envs": n, "mode": "native-batched", "iterations_per_s": factor * 100.0},
+        {"model": model, "num_envs": n, "mode": "native-sequential", "iterations_per_s": 100.0},
+    ]
+    cnn = throughput.NO_SLOWER_MODEL
+    for size in (throughput.NO_SLOWER_FROM, 32):
+        rows += [
+            {"model": cnn, "num_envs": size, "mode": "native-sequential", "iterations_per_s": 10.0},
+            {"model": cnn, "num_envs": size, "mode": "native-batched", "iterations_per_s": 10.0 * factor / 8},
+        ]
+    report = {"args": {"models": [model, cnn]}, "results": rows, "roofline": {"gflops": 50.0},
+              "flops_per_iteration": {model: 5e6}}  # fmt: skip
+    lines = throughput.findings(copy.deepcopy(report))
+    assert f"Target: {model}, N = {n} batched at {factor:.2f}x one child's iterations/s (target >= {target:g}x): {met}." in lines
+    assert any(line.startswith("Bound: at the roofline (50.0 GFLOP/s)") and "100.0x one child's" in line for line in lines)
+    assert any(line.startswith(f"Target: {cnn} batched no slower") and line.endswith(f": {met}.") for line in lines)
