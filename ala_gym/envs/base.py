@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import multiprocessing
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -24,10 +24,8 @@ from ala_gym.core.data import ClassificationData, Split
 from ala_gym.core.metrics import Evaluation, Evaluator
 from ala_gym.core.trainer import ChildTrainer, TrainConfig
 from ala_gym.envs.episode import CHANGE_CLIP, Episode, EpisodeSettings
+from ala_gym.envs.spec import TaskSpec, spec_of
 from ala_gym.envs.task import N_ACTIONS, LossTask
-
-if TYPE_CHECKING:
-    from ala_gym.envs.spec import TaskSpec
 
 STATE_KEY = "ala_gym_env_state"  # marks a dict as one of ALAEnv.get_state's
 
@@ -57,7 +55,20 @@ class ALAEnv(gym.Env):
     observation_space: spaces.Box
     action_space: spaces.MultiDiscrete
 
-    def __init__(self, spec: TaskSpec) -> None:
+    def __init__(
+        self, *, spec: TaskSpec | None = None, render_mode: str | None = None, num_threads: int | None = None,
+        **keywords: Any,
+    ) -> None:  # fmt: skip
+        """``spec``, or the task's keywords (those of the class's ``make_spec``) to make it from."""
+        modes = self.metadata["render_modes"]
+        if render_mode is not None and render_mode not in modes:
+            raise ValueError(
+                f"render_mode must be one of {modes} or None, got {render_mode!r}"
+                if modes else f"render_mode must be None (this env does not render), got {render_mode!r}"
+            )  # fmt: skip
+        self.render_mode = render_mode
+        set_threads(num_threads)
+        spec = spec_of(self, spec, keywords)
         built = spec.build()
         self.task_spec = spec
         vars(self).update(built.public_attributes())

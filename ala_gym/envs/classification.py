@@ -14,9 +14,9 @@ from ala_gym.core.data import UserData
 from ala_gym.core.losses import LOSS_FORMS, check_phi
 from ala_gym.core.metrics import METRICS, ClassificationEvaluator
 from ala_gym.core.models import ModelSpec, draws_randomness
-from ala_gym.envs.base import ALAEnv, set_threads
+from ala_gym.envs.base import ALAEnv
 from ala_gym.envs.class_pairs import STEP_SCALINGS, ClassPairSettings, ClassPairTask
-from ala_gym.envs.spec import BuiltTask, TaskSpec, assemble, spec_of
+from ala_gym.envs.spec import BuiltTask, TaskSpec, assemble
 
 __all__ = ["ALAClassificationEnv", "ClassificationLoss"]
 
@@ -213,16 +213,6 @@ class ALAClassificationEnv(ALAEnv):
     metadata = {"render_modes": ["rgb_array", "ansi"], "render_fps": 4}
     num_classes: int
     task_settings: ClassPairSettings
-
-    def __init__(
-        self, *, spec: TaskSpec | None = None, render_mode: str | None = None, num_threads: int | None = None,
-        **keywords: Any,
-    ) -> None:  # fmt: skip
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
-        self.render_mode = render_mode
-        set_threads(num_threads)
-        super().__init__(spec_of(self, spec, keywords))
 
     @classmethod
     def make_spec(

@@ -25,8 +25,8 @@ from ala_gym.core.metric_learning import (
 )
 from ala_gym.core.metrics import Evaluation
 from ala_gym.core.trainer import seed_streams
-from ala_gym.envs.base import ALAEnv, set_threads
-from ala_gym.envs.spec import BuiltTask, TaskSpec, assemble, spec_of
+from ala_gym.envs.base import ALAEnv
+from ala_gym.envs.spec import BuiltTask, TaskSpec, assemble
 from ala_gym.envs.task import LossTask, check_values
 
 FRAMEWORKS = ("triplet", "margin")
@@ -204,16 +204,6 @@ class ALAMetricLearningEnv(ALAEnv):
     ## Version History
     * v0: initial version.
     """
-
-    def __init__(
-        self, *, spec: TaskSpec | None = None, render_mode: str | None = None, num_threads: int | None = None,
-        **keywords: Any,
-    ) -> None:  # fmt: skip
-        if render_mode is not None:
-            raise ValueError(f"render_mode must be None (this env does not render), got {render_mode!r}")
-        self.render_mode = render_mode
-        set_threads(num_threads)
-        super().__init__(spec_of(self, spec, keywords))
 
     @classmethod
     def make_spec(

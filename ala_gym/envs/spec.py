@@ -21,7 +21,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import gymnasium as gym
 import torch
@@ -40,9 +40,11 @@ from ala_gym.core.data import (
 )
 from ala_gym.core.metrics import Evaluator
 from ala_gym.core.trainer import TrainConfig
-from ala_gym.envs.base import ALAEnv
 from ala_gym.envs.episode import EpisodeSettings
 from ala_gym.envs.task import LossTask
+
+if TYPE_CHECKING:  # the envs import this module: the spec names their base class for the type checker only
+    from ala_gym.envs.base import ALAEnv
 
 __all__ = ["BuiltTask", "DataSpec", "LossSpec", "TaskSpec", "assemble", "spec_keywords", "spec_of", "task_spec"]
 
@@ -159,9 +161,7 @@ class TaskSpec:
 
     def make_env(self, **options: Any) -> ALAEnv:
         """A single env of this task (``options``: ``render_mode``, ``num_threads``)."""
-        env = load_env_creator(self.env_class)(spec=self, **options)
-        assert isinstance(env, ALAEnv)
-        return env
+        return cast("ALAEnv", load_env_creator(self.env_class)(spec=self, **options))
 
 
 @dataclass
