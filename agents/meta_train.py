@@ -62,6 +62,8 @@ from torch.nn import functional as F
 import ala_gym  # noqa: F401  (registers the env ids)
 from ala_gym.agents import checkpoints
 from ala_gym.agents.reinforce import N_ACTIONS, PairPolicy
+from ala_gym.core.data import DataError, with_data_home
+from ala_gym.core.machine import cpu_model
 from ala_gym.wrappers import ChildAttributes, MissingExtraError, require
 
 CHECKPOINT_KIND = "meta-train-state"
@@ -93,6 +95,10 @@ class MetaTrainConfig:
     """Seeds the policy's initial weights and every draw of every generation."""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     """Further env keywords of every child (``device``, ``val_subsample``, ...)."""
+    task_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Keywords of one task's children over ``env_kwargs``, by env id of ``tasks`` (where its data lies, a
+    ``train_size`` that suits it). A relative ``data_root`` is a dataset's name, resolved under
+    :func:`ala_gym.core.data.data_home` where the children train, so that no record holds a machine's path."""
     pairs_per_evaluation: int | None = None
     """Antithetic pairs whose children train together in one vector env; None: the whole population. Batched
     children may run in another float order beside other companions (vmap over more children can pick other
@@ -114,6 +120,11 @@ class MetaTrainConfig:
             raise ValueError(f"sigma and lr must be positive, got {self.sigma}, {self.lr}")
         if self.workers < 0 or (self.pairs_per_evaluation is not None and self.pairs_per_evaluation < 1):
             raise ValueError(f"workers must be >= 0 and pairs_per_evaluation positive, got {self.workers}, {self.pairs_per_evaluation}")
+        unknown = sorted(set(self.task_kwargs) - set(self.tasks))
+        if unknown or not all(isinstance(kwargs, dict) for kwargs in self.task_kwargs.values()):
+            raise ValueError(
+                f"task_kwargs must map env ids of tasks {list(self.tasks)} to dicts of keywords, got {self.task_kwargs!r}"
+            )
         if self.workers and self.pairs_per_evaluation is None:
             raise ValueError(
                 "workers spread a generation's evaluations over Ray actors, but without pairs_per_evaluation the "
@@ -186,8 +197,11 @@ def run_children(
     num_pairs = len(plan["env_seeds"]) // 2
     pairs = range(num_pairs) if pairs is None else pairs
     num_children = len(vectors)
-    kwargs = {**config.env_kwargs, "total_iterations": plan["total_iterations"], "steps_per_action": config.steps_per_action}
-    envs = gym.make_vec(plan["task"], num_envs=num_children, **kwargs)
+    kwargs = {
+        **config.env_kwargs, **config.task_kwargs.get(plan["task"], {}),
+        "total_iterations": plan["total_iterations"], "steps_per_action": config.steps_per_action,
+    }  # fmt: skip
+    envs = gym.make_vec(plan["task"], num_envs=num_children, **with_data_home(kwargs))
     try:
         higher_is_better = bool(cast(ChildAttributes, envs).get_attr("evaluator")[0].higher_is_better)
         observations, _ = envs.reset(seed=plan["env_seeds"][2 * pairs.start : 2 * pairs.stop])
@@ -335,6 +349,7 @@ class MetaTrainer:
         self.optimizer = torch.optim.Adam([self.theta], lr=config.lr)
         self.generation = 0
         self.history: list[dict[str, float]] = []
+        self.wall_seconds = 0.0  # summed over the generations run, across resumes: the run's cost
         self.evaluators = RayEvaluators(config.workers, config.ray_address) if config.workers else None
 
     def close(self) -> None:
@@ -345,6 +360,7 @@ class MetaTrainer:
     def step(self) -> dict[str, float]:
         """One generation: draw, run the ``2P`` children, move ``theta``; returns what it logs."""
         config = self.config
+        start = time.perf_counter()
         plan = generation_plan(config, self.generation)
         noise = perturbations(self.policy, config.population, plan["noise_seed"])
         with torch.no_grad():
@@ -379,6 +395,7 @@ class MetaTrainer:
             "phi_off_diagonal_mean": float(np.nanmean(phi_off_diagonal)) if np.isfinite(phi_off_diagonal).any() else float("nan"),
         }  # fmt: skip
         self.history.append(entry)
+        self.wall_seconds += time.perf_counter() - start
         return entry
 
     # ------------------------------------------------------------------ checkpoints
@@ -386,6 +403,7 @@ class MetaTrainer:
         return {
             "theta": self.theta.detach().clone(), "optimizer": self.optimizer.state_dict(),
             "generation": self.generation, "history": json.dumps(self.history), "n_features": self.n_features,
+            "wall_seconds": self.wall_seconds,
         }  # fmt: skip
 
     def save_state(self, path: str | Path) -> None:
@@ -416,6 +434,7 @@ class MetaTrainer:
             trainer.theta.copy_(state["theta"])
         trainer.optimizer.load_state_dict(state["optimizer"])
         trainer.generation, trainer.history = int(state["generation"]), json.loads(state["history"])
+        trainer.wall_seconds = float(state.get("wall_seconds", float("nan")))  # NaN: written before it was kept
         return trainer
 
     def save_policy(self, path: str | Path) -> None:
@@ -461,11 +480,11 @@ def meta_train(config: MetaTrainConfig, state_path: str | Path | None = None, lo
     return trainer
 
 
-def provenance(trainer: MetaTrainer, argv: list[str], wall_seconds: float | None) -> dict[str, Any]:
+def provenance(trainer: MetaTrainer, argv: list[str]) -> dict[str, Any]:
     """What produced a meta-trained policy, written beside it: the command, the configuration (the task family,
-    budgets and seeds), every generation's entry (the fitness curve), the cost in child-iterations, and the
-    versions and threads it ran with. ``wall_seconds`` covers the command that finished the run (None: unknown,
-    e.g. a record made afterwards from a checkpoint)."""
+    budgets and seeds), every generation's entry (the fitness curve), the cost in child-iterations and in wall
+    seconds (the generations' own, summed across resumes; None where a checkpoint predates that count), and
+    the versions, machine and threads it ran with."""
     pairs = trainer.config.population
     child_iterations = sum(2 * (pairs - entry.get("lost_pairs", 0)) * entry["total_iterations"] for entry in trainer.history)
     return {
@@ -473,7 +492,8 @@ def provenance(trainer: MetaTrainer, argv: list[str], wall_seconds: float | None
         "config": config_record(trainer.config),
         "generations": trainer.generation,
         "child_iterations": child_iterations,
-        "wall_seconds": wall_seconds,
+        "wall_seconds": trainer.wall_seconds if np.isfinite(trainer.wall_seconds) else None,
+        "cpu": cpu_model(),
         "torch_threads": torch.get_num_threads(),
         "versions": {"ala_gym": ala_gym.__version__, "torch": torch.__version__},
         "history": trainer.history,
@@ -493,28 +513,30 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("sigma", "lr"):
         parser.add_argument(f"--{name}", type=float, default=getattr(defaults, name))
     parser.add_argument("--env-kwargs", default="{}", help="JSON dict of further env keywords of every child")
+    parser.add_argument("--task-kwargs", default="{}", help="JSON dict: env id -> its children's keywords over "
+                        "--env-kwargs (a relative data_root lies under $ALA_GYM_DATA)")  # fmt: skip
     parser.add_argument("--state", help="checkpoint written after every generation; an existing one is resumed")
     parser.add_argument("--log-dir", help="TensorBoard folder for the fitness curves")
     parser.add_argument("--save", required=True, help="write the meta-trained policy here (a reinforce policy file), "
                         "and what produced it beside it (the same name, .json)")  # fmt: skip
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
-    start = time.perf_counter()
     try:
         horizon = tuple(int(v) for v in args.horizon.split(","))
         config = MetaTrainConfig(
             tasks=tuple(args.tasks.split(",")), horizon=horizon, steps_per_action=args.steps_per_action,  # type: ignore[arg-type]
             population=args.population, sigma=args.sigma, lr=args.lr, generations=args.generations,
             hidden=args.hidden, seed=args.seed, env_kwargs=json.loads(args.env_kwargs),
+            task_kwargs=json.loads(args.task_kwargs),
             pairs_per_evaluation=args.pairs_per_evaluation, workers=args.workers, ray_address=args.ray_address,
         )  # fmt: skip
         for task in config.tasks:
             gym.spec(task)
         trainer = meta_train(config, args.state, args.log_dir)
-    except (ValueError, gym.error.Error, checkpoints.CheckpointError, MissingExtraError, EvaluationsLostError) as exc:  # JSONDecodeError is a ValueError
+    except (ValueError, gym.error.Error, DataError, checkpoints.CheckpointError, MissingExtraError, EvaluationsLostError) as exc:  # JSONDecodeError is a ValueError
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
     trainer.save_policy(args.save)
-    record = provenance(trainer, argv, time.perf_counter() - start)
+    record = provenance(trainer, argv)
     Path(args.save).with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
     print(f"meta-trained policy after {trainer.generation} generations written to {args.save}", file=sys.stderr)
 

@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import platform
 from importlib import metadata
 from pathlib import Path
+
+from ala_gym.core.machine import cpu_model
+
+__all__ = ["RESULTS", "cpu_model", "package_version"]
 
 RESULTS = Path("benchmarks") / "results"
 """Where the benchmarks write by default: relative to the current directory (from a clone's root, the committed
 results), never inside the installed package."""
-
-
-def cpu_model() -> str:
-    """The CPU's model name from ``/proc/cpuinfo`` (Linux), else what ``platform`` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
 
 
 def package_version(distribution: str) -> str | None:

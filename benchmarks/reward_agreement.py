@@ -27,8 +27,9 @@ import numpy as np
 import torch
 
 import ala_gym  # noqa: F401  (registers the env ids)
-from ala_gym.benchmarks.compare import machine, versions, with_locations, without_locations
+from ala_gym.benchmarks.compare import machine, versions, without_locations
 from ala_gym.benchmarks.machine import RESULTS as DEFAULT_RESULTS
+from ala_gym.core.data import with_data_home
 from ala_gym.core.metrics import discounted_metric, error_rate
 from ala_gym.envs.base import ALAEnv
 
@@ -37,7 +38,7 @@ RESULTS = DEFAULT_RESULTS / "reward_agreement.json"
 
 def trajectory_rewards(env_id: str, env_kwargs: dict[str, Any], sizes: list[int], seed: int) -> dict[int, np.ndarray]:
     """Per size: ``[steps, 2]`` sign rewards of the two halves along one cross-entropy trajectory."""
-    env_kwargs = with_locations({**env_kwargs, "val_subsample": None, "loss_form": "cross_entropy"})
+    env_kwargs = with_data_home({**env_kwargs, "val_subsample": None, "loss_form": "cross_entropy"})
     env = gym.make(env_id, **env_kwargs).unwrapped
     assert isinstance(env, ALAEnv)  # an ALA id
     env.reset(seed=seed)

@@ -79,6 +79,16 @@ def test_compare_writes_every_run_table_and_plots_then_resumes(results_dir, monk
     monkeypatch.setattr(compare_run, "run_one", run_one)  # extending runs the new seed only
     compare.compare("ALA-Digits-v0", controllers, [0, 1, 2], TINY, "tiny", children=2, extend=True)
     assert len(json.loads((out / "results.json").read_text())["runs"]) == 9
+    assert "another machine" not in (out / "table.md").read_text()
+    # A row added on another machine is named with it: its wall times compare only within that machine.
+    elsewhere = {"cpu": "Other CPU", "cores": 64, "torch_threads": 1, "gpu": None}
+    monkeypatch.setattr(compare_run, "machine", lambda: elsewhere)
+    compare.compare("ALA-Digits-v0", [*controllers, "random"], [0, 1, 2], TINY, "tiny", children=2, extend=True)
+    header = json.loads((out / "results.json").read_text())["header"]
+    assert header["machine"]["cpu"] != "Other CPU" and header["other_machines"] == {"random": elsewhere}
+    assert "- Rows that ran on another machine (their wall times compare only within it): `random` on Other CPU, 64 cores" in (
+        out / "table.md"
+    ).read_text()
 
 
 HOLD_LOCK = """

@@ -21,6 +21,7 @@ from ala_gym.agents.meta_train import (
     MetaTrainer,
     RayEvaluators,
     centered_ranks,
+    config_record,
     es_gradient,
     generation_plan,
     main,
@@ -88,7 +89,7 @@ def test_an_interrupted_run_resumes_bit_for_bit(tmp_path, global_rng_unchanged) 
     config = tiny()
     with global_rng_unchanged():
         straight = meta_train(config)
-    meta_train(tiny(generations=1), tmp_path / "state.pt")  # stopped after one generation
+    first = meta_train(tiny(generations=1), tmp_path / "state.pt")  # stopped after one generation
     # As an earlier version wrote it, without pairs_per_evaluation: the default, which computes what it did.
     checkpoint = torch.load(tmp_path / "state.pt", weights_only=True)
     del checkpoint["config"]["pairs_per_evaluation"]
@@ -96,6 +97,7 @@ def test_an_interrupted_run_resumes_bit_for_bit(tmp_path, global_rng_unchanged) 
     resumed = meta_train(config, tmp_path / "state.pt", log_dir=str(tmp_path / "logs"))
     assert list((tmp_path / "logs").glob("events.out.tfevents.*"))
     assert resumed.generation == 2 and torch.equal(resumed.theta, straight.theta)
+    assert resumed.wall_seconds > first.wall_seconds > 0  # the run's cost adds up across the resume
     assert [entry["fitness_mean"] for entry in resumed.history] == [entry["fitness_mean"] for entry in straight.history]
 
 
@@ -113,10 +115,19 @@ def test_the_command_line_writes_a_policy_the_controller_loads(tmp_path, capsys)
     records = controller.run(envs, seed=0)
     envs.close()
     assert len(records) == 2 and all(np.isfinite(r.test_metric) for r in records)
-    for wrong in (["--tasks", "ALA-Nothing-v0"], ["--workers", "2"]):  # workers without pairs_per_evaluation
+    missing_data = {"ALA-CIFAR10-v0": {"data_root": str(tmp_path / "absent"), "download": False}}
+    wrongs = {
+        "`ALA-Nothing` doesn't exist": ["--tasks", "ALA-Nothing-v0"],
+        "without pairs_per_evaluation": ["--workers", "2"],
+        "task_kwargs must map env ids": ["--task-kwargs", json.dumps({"ALA-CIFAR10-v0": {}})],
+        "CIFAR-10 not found": ["--tasks", "ALA-CIFAR10-v0", "--horizon", "20,20", "--population", "1",
+                               "--env-kwargs", json.dumps(TINY_ENV), "--task-kwargs", json.dumps(missing_data)],
+    }  # fmt: skip
+    for message, wrong in wrongs.items():
         with pytest.raises(SystemExit) as caught:
             main([*wrong, "--save", str(tmp_path / "x.pt")])
-        assert caught.value.code == 2 and "Traceback" not in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert caught.value.code == 2 and "Traceback" not in err and message in err, err
 
 
 # ---------------------------------------------------------------------- on Ray actors
@@ -187,3 +198,31 @@ def test_a_lost_actor_costs_its_pair_not_the_generation(monkeypatch, capsys) -> 
         assert trainer.generation == 2 and torch.equal(trainer.theta, theta) and len(trainer.history) == 2
     finally:
         trainer.close()
+
+
+def test_task_kwargs_reach_their_task_only_with_data_roots_under_the_data_home(monkeypatch, tmp_path) -> None:
+    """A task's own keywords go over ``env_kwargs`` for its children alone, and a relative ``data_root`` (a
+    dataset's name, as the record keeps it) is resolved under ``$ALA_GYM_DATA`` where the children train."""
+    monkeypatch.setenv("ALA_GYM_DATA", str(tmp_path))
+    config = tiny(tasks=("ALA-Digits-v0", "ALA-CIFAR10-v0"),
+                  task_kwargs={"ALA-CIFAR10-v0": {"data_root": "cifar10-subset", "batch_size": 16}})  # fmt: skip
+    made: dict[str, dict] = {}
+
+    class Stop(Exception):
+        pass
+
+    def make_vec(task, num_envs, **kwargs):
+        made[task] = kwargs
+        raise Stop
+
+    monkeypatch.setattr(meta_train_module.gym, "make_vec", make_vec)
+    trainer = MetaTrainer(config)
+    for task in config.tasks:
+        with pytest.raises(Stop):
+            run_children(trainer.policy, [trainer.theta.detach()] * 2, {**generation_plan(config, 0), "task": task}, config)
+    assert made["ALA-CIFAR10-v0"]["data_root"] == str(tmp_path / "cifar10-subset")
+    assert made["ALA-CIFAR10-v0"]["batch_size"] == 16 and made["ALA-Digits-v0"]["batch_size"] == TINY_ENV["batch_size"]
+    assert "data_root" not in made["ALA-Digits-v0"]
+    assert config_record(config)["task_kwargs"]["ALA-CIFAR10-v0"]["data_root"] == "cifar10-subset"
+    with pytest.raises(ValueError, match="task_kwargs must map env ids of tasks"):
+        tiny(task_kwargs={"ALA-CIFAR10-v0": {}})

@@ -85,6 +85,15 @@ def data_home() -> Path:
     return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "ala_gym"
 
 
+def with_data_home(env_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``env_kwargs`` as given to an env: a relative ``data_root`` (a dataset's name, such as ``"cifar10-subset"``,
+    as results and policies record it) resolved under :func:`data_home`; an absolute one as it is."""
+    root = env_kwargs.get("data_root")
+    if root is None or Path(root).is_absolute():
+        return env_kwargs
+    return {**env_kwargs, "data_root": str(data_home() / root)}
+
+
 def cifar10_subset_dir() -> Path:
     """The 6,187-image CIFAR-10 subset, in CIFAR's python format with its own ``MD5SUMS``."""
     return data_home() / "cifar10-subset"

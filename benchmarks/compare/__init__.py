@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from ala_gym.benchmarks.compare.cli import main
 from ala_gym.benchmarks.compare.errors import ComparisonError
-from ala_gym.benchmarks.compare.provenance import machine, versions, with_locations, without_locations
+from ala_gym.benchmarks.compare.provenance import machine, versions, without_locations
 from ala_gym.benchmarks.compare.report import retrieval_table
 from ala_gym.benchmarks.compare.run import compare
 from ala_gym.benchmarks.compare.specs import build_controller, parse_config, parse_controller
@@ -38,7 +38,6 @@ __all__ = [
     "release",
     "retrieval_table",
     "versions",
-    "with_locations",
     "without_locations",
     "write_json",
 ]

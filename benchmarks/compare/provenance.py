@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import platform
-from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -13,7 +12,6 @@ import torch
 
 import ala_gym
 from ala_gym.benchmarks.machine import cpu_model, package_version
-from ala_gym.core.data import data_home
 
 LOCATION_KEYS = ("data_root",)  # env keywords that say where data lies: the machine's, not part of a result
 
@@ -21,14 +19,6 @@ LOCATION_KEYS = ("data_root",)  # env keywords that say where data lies: the mac
 def without_locations(env_kwargs: dict[str, Any]) -> dict[str, Any]:
     """``env_kwargs`` as recorded and compared: data locations left out."""
     return {key: value for key, value in env_kwargs.items() if key not in LOCATION_KEYS}
-
-
-def with_locations(env_kwargs: dict[str, Any]) -> dict[str, Any]:
-    """``env_kwargs`` as given to the env: a relative ``data_root`` resolved under :func:`ala_gym.core.data.data_home`."""
-    root = env_kwargs.get("data_root")
-    if root is None or Path(root).is_absolute():
-        return env_kwargs
-    return {**env_kwargs, "data_root": str(data_home() / root)}
 
 
 def versions() -> dict[str, str | None]:

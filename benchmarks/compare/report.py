@@ -66,6 +66,10 @@ def markdown_table(rows: list[dict], header: dict[str, Any], runs_by_controller:
         "| final mean abs(Phi - I) | final diag | diverged |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    if header.get("other_machines"):  # rows added later by --extend, elsewhere
+        elsewhere = "; ".join(f"`{spec}` on {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads"
+                              for spec, m in header["other_machines"].items())  # fmt: skip
+        lines.insert(3, f"- Rows that ran on another machine (their wall times compare only within it): {elsewhere}")
     for row in rows:
         ratio = f"{row['wall_vs_ce']:.2f}x" if row["wall_vs_ce"] is not None else "-"
         if row["wall_vs_ce"] is not None and row["children_per_run"] > 1:

@@ -15,7 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ala_gym.benchmarks.compare.errors import ComparisonError
-from ala_gym.benchmarks.compare.provenance import machine, versions, with_locations, without_locations
+from ala_gym.benchmarks.compare.provenance import machine, versions, without_locations
 from ala_gym.benchmarks.compare.report import markdown_table, plot, summarize
 from ala_gym.benchmarks.compare.specs import build_controller, parse_controller
 from ala_gym.benchmarks.compare.store import (
@@ -32,7 +32,7 @@ from ala_gym.benchmarks.compare.store import (
 )
 from ala_gym.benchmarks.machine import RESULTS
 from ala_gym.benchmarks.oracle import ORACLES, SELECTION_SEEDS, is_oracle, select
-from ala_gym.core.data import resolve_device
+from ala_gym.core.data import resolve_device, with_data_home
 from ala_gym.envs.spec import task_spec
 
 
@@ -56,7 +56,7 @@ def run_one(
     # What the record says about where it ran is gathered before the training, so that no failure in it
     # can throw a finished run away.
     provenance = {"device": str(resolve_device(kwargs.get("device", "auto"))), "machine": machine(), "versions": versions()}
-    envs = controller.make_envs(env_id, **with_locations(env_kwargs))
+    envs = controller.make_envs(env_id, **with_data_home(env_kwargs))
     start = time.perf_counter()
 
     def on_step(step: int, logs: dict[str, Any]) -> None:
@@ -87,7 +87,7 @@ def env_facts(env_id: str, env_kwargs: dict) -> dict[str, Any]:
     """What the table's header says about the env, from its task spec: its metric, which way is better, and the
     budget per child. Making the spec refuses bad env keywords, and loading its data refuses missing data, before
     any run."""
-    spec = task_spec(env_id, **with_locations(env_kwargs))
+    spec = task_spec(env_id, **with_data_home(env_kwargs))
     spec.data.load()
     return {
         "metric": spec.metric,
@@ -223,6 +223,13 @@ def compare(
         "machine": runs[0]["machine"],
         "versions": runs[0]["versions"],
     }
+    # Rows added later (--extend) may have run on another machine: their wall times compare only within it.
+    elsewhere = {
+        spec: run["machine"] for spec in controllers for run in runs
+        if run["controller"] == selections.get(spec, {}).get("selected", spec) and run["machine"] != header["machine"]
+    }  # fmt: skip
+    if elsewhere:
+        header["other_machines"] = elsewhere
     if selections:
         header["oracles"] = selections
     # Without indentation: a list of every step's values would take a line per number.
