@@ -373,18 +373,20 @@ def default_train_mode(device: torch.device, model: ModelSpec, num_children: int
     """The faster path per device, model and number of children.
 
     On the CPU, ``benchmarks/throughput.py`` measured both paths (``benchmarks/results/throughput.md`` for
-    the convolutional children, ``results/throughput-mlp/`` for the MLP): the MLP gains from fewer, larger
-    matmuls, so batched for the MLP only; the convolutional children ran faster one after another there,
-    measured when all of them ran under vmap, which turns convolutions into grouped ones slower than N
-    ordinary convolutions (the small CNN has a stacked forward since: :data:`STACKED_FORWARDS`).
-    ``tests/test_vector.py`` checks this choice against the committed results. On a GPU, one vmapped launch for all children replaces N small ones: batched, by design
-    (not measured here). One child has nothing to batch: sequential. A model of the user's trains
-    sequentially unless ``train_mode="batched"`` asks otherwise: vmap refuses what some modules do (random
-    draws such as dropout, data-dependent control flow, ``.item()``), and the sequential path runs anything.
+    the convolutional children, ``results/throughput-mlp/`` for the MLP and the small CNN): the package's
+    models with a stacked forward (:data:`STACKED_FORWARDS`, the MLP and the small CNN) gain from fewer, larger
+    products, so batched; ResNet-32 runs under vmap, which turns its convolutions into grouped ones slower than
+    N ordinary convolutions, so sequential. ``tests/test_vector.py`` checks this choice against the committed
+    results. On a GPU, one vmapped launch for all children replaces N small ones: batched, by design (not
+    measured here). One child has nothing to batch: sequential. A model of the user's trains sequentially
+    unless ``train_mode="batched"`` asks otherwise: vmap refuses what some modules do (random draws such as
+    dropout, data-dependent control flow, ``.item()``), and the sequential path runs anything. The two paths
+    agree to float tolerance, not bit for bit: ``train_mode="sequential"`` recomputes a result made before a
+    model's default changed.
     """
     if num_children == 1 or not is_builtin(model):
         return "sequential"
-    if device.type == "cuda" or model == "mlp":
+    if device.type == "cuda" or (isinstance(model, str) and model in STACKED_FORWARDS):
         return "batched"
     return "sequential"
 
