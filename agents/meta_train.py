@@ -10,7 +10,8 @@ metric** (never the test split):
 
 * Every generation draws a task from the family (an env id of ``tasks``) and a horizon (``total_iterations``
   between ``horizon[0]`` and ``horizon[1]``, so that the policy meets every value of the progress feature),
-  and ``population`` perturbations ``epsilon_i`` of the policy's parameters ``theta``.
+  and ``population`` perturbations ``epsilon_i`` of the policy's parameters ``theta``. The children get
+  ``env_kwargs`` and, over them, the task's own ``task_kwargs`` (where its data lies, a budget that suits it).
 * Antithetic pairs with common random numbers: children ``2i`` and ``2i + 1`` run ``theta + sigma epsilon_i``
   and ``theta - sigma epsilon_i``, share initial weights and batch order (the same env seed) and the uniforms
   their actions are sampled with, so their difference is the perturbation's.
