@@ -46,6 +46,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -489,7 +490,7 @@ def provenance(trainer: MetaTrainer, argv: list[str]) -> dict[str, Any]:
     pairs = trainer.config.population
     child_iterations = sum(2 * (pairs - entry.get("lost_pairs", 0)) * entry["total_iterations"] for entry in trainer.history)
     return {
-        "command": " ".join(["python", "-m", "ala_gym.agents.meta_train", *argv]),
+        "command": shlex.join(["python", "-m", "ala_gym.agents.meta_train", *argv]),  # pastes into a shell as it is
         "config": config_record(trainer.config),
         "generations": trainer.generation,
         "child_iterations": child_iterations,

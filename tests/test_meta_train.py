@@ -8,6 +8,7 @@ The Ray tests share the module's local cluster of 2 CPUs (``ray_cluster``): two 
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import replace
 
 import numpy as np
@@ -108,6 +109,8 @@ def test_the_command_line_writes_a_policy_the_controller_loads(tmp_path, capsys)
           "--env-kwargs", json.dumps(TINY_ENV), "--save", str(tmp_path / "meta.pt")])  # fmt: skip
     record = json.loads((tmp_path / "meta.json").read_text())  # what produced the policy, beside it
     assert record["command"].startswith("python -m ala_gym.agents.meta_train --generations 1")
+    words = shlex.split(record["command"])  # quoted as a shell reads it
+    assert words[-2:] == ["--save", str(tmp_path / "meta.pt")] and json.loads(words[-3]) == TINY_ENV
     assert record["generations"] == 1 and len(record["history"]) == 1 and record["config"]["population"] == 1
     assert record["child_iterations"] == 2 * 40 and record["wall_seconds"] > 0
     controller = ReinforceController.load(tmp_path / "meta.pt", train=False, num_envs=2)
