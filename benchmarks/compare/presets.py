@@ -52,7 +52,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "reinforce-frozen,reinforce-multi,reinforce-multi(lr=0.001),reinforce-multi(lr=0.03),"
         "reinforce-multi(baseline=ema),reinforce-multi(pair_credit=false),reinforce-multi(init_no_change=0.9),"
         "reinforce-multi(entropy_coef=0.01),reinforce-multi(updates_per_step=4),"
-        "reinforce-multi@fixed_diagonal=false,reinforce-multi@step_scaling=entry,reinforce-multi@beta=0.3",
+        "reinforce-multi@fixed_diagonal=false,reinforce-multi@step_scaling=entry,reinforce-multi@beta=0.3,"
+        # The best fixed Phi and label smoothing selected on validation, and the policy meta-trained without
+        # digits (agents/policies/without-digits.json), run frozen.
+        "oracle-phi,oracle-smoothing,reinforce-transfer-frozen(policy=without-digits)",
         seeds=5,
         children=10,
         baseline_children=10,
@@ -68,7 +71,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         controllers="ce,phi-uniform,oracle-phi,oracle-smoothing,online-smoothing,reinforce-frozen,reinforce-multi,"
         "reinforce-multi(return_horizon=10),reinforce-multi(return_horizon=25),"
         "reinforce-multi(episodic_weight=1.0;warmup_runs=2),reinforce-multi(episodic_weight=0.5;warmup_runs=2),pbt,"
-        "pbt-frozen",
+        "pbt-frozen,reinforce-transfer-frozen(policy=without-digits)",
         seeds=5,
         children=10,
         baseline_children=10,
@@ -83,7 +86,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "fashion-mnist-long": dict(
         env="ALA-FashionMNIST-v0",
         controllers="ce,oracle-phi,oracle-smoothing,online-smoothing,reinforce-frozen,reinforce-multi,"
-        "reinforce-multi(episodic_weight=1.0;warmup_runs=2),pbt,pbt-frozen",
+        "reinforce-multi(episodic_weight=1.0;warmup_runs=2),pbt,pbt-frozen,"
+        # The policy meta-trained without Fashion-MNIST (agents/policies/without-fashion-mnist.json), run frozen.
+        "reinforce-transfer-frozen(policy=without-fashion-mnist)",
         seeds=5,
         children=10,
         baseline_children=10,
@@ -109,7 +114,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             model="small_cnn",
             lr=0.05,
             weight_decay=5e-4,
-            data_root="cifar10-subset",  # relative: under --data-root / $ALA_GYM_DATA (see with_locations)
+            data_root="cifar10-subset",  # relative: under --data-root / $ALA_GYM_DATA (see ala_gym.core.data.with_data_home)
             train_size=1000,
             batch_size=64,
             total_iterations=1200,
@@ -130,7 +135,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         # -0.444 after 40 steps; these hold such a Phi fixed from the start, on the same 2 children.
         "phi-uniform(off_diagonal=-0.444;num_envs=2),phi-uniform(off_diagonal=-0.1;num_envs=2),"
         # Fine-tuning that can learn: the shipped policy's logits divided by 10 (at 1 it is deterministic).
-        "reinforce-transfer(temperature=10)",
+        "reinforce-transfer(temperature=10),"
+        # The policy meta-trained without Fashion-MNIST, frozen; sequential like ce(num_envs=2), which ran before
+        # the small CNN's children were batched by default, so that both train the same children the same way.
+        "reinforce-transfer-frozen(policy=without-fashion-mnist)@train_mode=sequential,"
+        # The best fixed Phi and label smoothing selected on validation (one child, as ce).
+        "oracle-phi,oracle-smoothing",
         seeds=5,
         children=2,
         env_kwargs=FASHION_MNIST_BUDGET,
@@ -164,14 +174,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         controllers=FIXED_ROWS + ",phi-identity-sigmoid,reinforce-paper,reinforce-paper-multi,"
         "reinforce-paper@beta=0.01,reinforce-paper-multi@beta=0.01,ppo@fixed_diagonal=false;step_scaling=entry,"
         "reinforce-frozen,reinforce-multi,reinforce-transfer-frozen,reinforce-transfer,ce(num_envs=2),"
-        "reinforce-transfer(temperature=10),reinforce-transfer-frozen(policy=without-cifar10)",
+        "reinforce-transfer(temperature=10),reinforce-transfer-frozen(policy=without-cifar10),"
+        # The best fixed Phi and label smoothing selected on validation (one child, as ce).
+        "oracle-phi,oracle-smoothing",
         seeds=5,
         children=2,
         env_kwargs=dict(
             model="small_cnn",
             lr=0.05,
             weight_decay=5e-4,
-            data_root="cifar10-subset",  # relative: under --data-root / $ALA_GYM_DATA (see with_locations)
+            data_root="cifar10-subset",  # relative: under --data-root / $ALA_GYM_DATA (see ala_gym.core.data.with_data_home)
             total_iterations=400,
             steps_per_action=20,
             eval_points=2,

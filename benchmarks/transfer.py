@@ -1,0 +1,202 @@
+"""Leave-one-dataset-out transfer of the meta-trained policies, from the committed comparisons.
+
+    python -m ala_gym.benchmarks.transfer      # reads results/<preset>/results.json, writes results/transfer/
+
+Each policy of ``agents/policies/without-<dataset>.pt`` was meta-trained (``ala_gym.agents.meta_train``) on the
+other datasets only; the comparisons run it frozen on the held-out one, at the budget of that dataset's preset
+and at its long-horizon preset's. This script runs nothing: it gathers those rows from the committed
+``results.json`` files with the references they are judged against, on the same seeds and, for ``ce``, the same
+children:
+
+* ``ce``: cross-entropy on the same children (``ce(num_envs=2)`` where the transfer row trains 2 children and
+  ``ce`` 1);
+* ``oracle-phi``: the best fixed Phi of the policy's action space (I plus one uniform off-diagonal value),
+  selected on validation; ``oracle-smoothing``: cross-entropy with label smoothing tuned on validation.
+
+and says, per held-out dataset and budget, whether the policy beats cross-entropy by more than the larger of
+the two standard deviations, reaches the best fixed Phi within the larger standard deviation, and beats tuned
+label smoothing (its mean below; and by more than the larger standard deviation, or not). A reference a
+preset does not run is shown as not run. Beside it, each policy's meta-training cost from its provenance file
+(``agents/policies/without-<dataset>.json``): generations, child-iterations, wall seconds and the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ala_gym.agents.reinforce import POLICY_LIBRARY
+from ala_gym.benchmarks.compare import write_json
+from ala_gym.benchmarks.machine import RESULTS
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """One held-out dataset at one budget: the preset, its transfer row and the cross-entropy row on the same
+    children."""
+
+    dataset: str
+    preset: str
+    policy: str
+    row: str
+    ce: str = "ce"
+
+
+HELD_OUT = (
+    HeldOut("digits", "digits", "without-digits", "reinforce-transfer-frozen(policy=without-digits)"),
+    HeldOut("digits", "digits-long", "without-digits", "reinforce-transfer-frozen(policy=without-digits)"),
+    HeldOut("Fashion-MNIST", "fashion-mnist", "without-fashion-mnist",
+            "reinforce-transfer-frozen(policy=without-fashion-mnist)@train_mode=sequential", "ce(num_envs=2)"),
+    HeldOut("Fashion-MNIST", "fashion-mnist-long", "without-fashion-mnist",
+            "reinforce-transfer-frozen(policy=without-fashion-mnist)"),
+    HeldOut("CIFAR-10 subset", "cifar10-subset", "without-cifar10",
+            "reinforce-transfer-frozen(policy=without-cifar10)", "ce(num_envs=2)"),
+    HeldOut("CIFAR-10 subset", "cifar10-subset-long", "without-cifar10",
+            "reinforce-transfer-frozen(policy=without-cifar10)"),
+)  # fmt: skip
+
+
+def verdicts(transfer: dict, ce: dict, oracle_phi: dict | None = None, smoothing: dict | None = None) -> dict[str, Any]:
+    """The three tests of one held-out dataset and budget, on summary rows (``test_mean``, ``test_std``; an error
+    rate in %, lower is better). None where the reference was not run."""
+    mean, std = transfer["test_mean"], transfer["test_std"]
+
+    def margin(reference: dict) -> tuple[float, float]:  # how far the policy is ahead, and the larger spread
+        return reference["test_mean"] - mean, max(std, reference["test_std"])
+
+    ahead, spread = margin(ce)
+    result: dict[str, Any] = {"beats_ce_beyond_std": ahead > spread, "ahead_of_ce": ahead}
+    if oracle_phi is not None:
+        ahead, spread = margin(oracle_phi)
+        result["reaches_best_fixed_phi"] = -ahead <= spread
+    if smoothing is not None:
+        ahead, spread = margin(smoothing)
+        result["beats_tuned_smoothing"] = ahead > 0
+        result["beats_tuned_smoothing_beyond_std"] = ahead > spread
+    return result
+
+
+def read_summary(path: Path, preset: str) -> list[dict]:
+    """The summary rows of a comparison's ``results.json``; a file that is not one gets an error naming it."""
+    try:
+        return json.loads(path.read_text())["summary"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path} is not a comparison's results ({exc!r}); restore it (git checkout) or run "
+                         f"python -m ala_gym.benchmarks.compare --preset {preset} again") from None  # fmt: skip
+
+
+def fitness_by_task(history: list[dict]) -> dict[str, dict[str, float]]:
+    """Per task of a meta-training run: the children's mean final validation metric (the fitness, negated back
+    for an error rate, in %) over its first and its last three generations, which drew horizons anew."""
+    by_task: dict[str, list[float]] = {}
+    for entry in history:
+        by_task.setdefault(entry["task"], []).append(-100 * entry["fitness_mean"])
+    return {task: {"first": float(np.mean(values[:3])), "last": float(np.mean(values[-3:]))} for task, values in by_task.items()}
+
+
+def gather(results: Path, policies: Path) -> dict[str, Any]:
+    """Every held-out row with its references and verdicts, and each policy's meta-training cost."""
+    entries = []
+    for held in HELD_OUT:
+        path = results / held.preset / "results.json"
+        rows = {row["controller"]: row for row in read_summary(path, held.preset)} if path.is_file() else {}
+        if held.row not in rows:
+            entries.append({**held.__dict__, "missing": f"{path} holds no row {held.row!r}; run --preset {held.preset} --extend"})
+            continue
+        if held.ce not in rows:
+            raise ValueError(f"{path} holds {held.row!r} but not its reference {held.ce!r}")
+        named = {"transfer": held.row, "ce_row": held.ce, "oracle_phi": "oracle-phi", "oracle_smoothing": "oracle-smoothing"}
+        keep = ("test_mean", "test_std", "test_per_seed", "children_per_run", "selected")
+        found = {key: {k: v for k, v in rows[name].items() if k in keep} if name in rows else None for key, name in named.items()}
+        entries.append({**held.__dict__, **found, "verdicts": verdicts(*found.values())})  # type: ignore[arg-type]
+    costs = {}
+    for policy in sorted({held.policy for held in HELD_OUT}):
+        path = policies / f"{policy}.json"
+        if path.is_file():
+            record = json.loads(path.read_text())
+            costs[policy] = {key: record.get(key) for key in ("generations", "child_iterations", "wall_seconds", "cpu", "torch_threads")}
+            costs[policy]["tasks"] = record["config"]["tasks"]
+            costs[policy]["fitness_by_task"] = fitness_by_task(record["history"])
+    return {"held_out": entries, "meta_training": costs}
+
+
+def yes_no(value: bool | None) -> str:
+    return "not run" if value is None else ("**yes**" if value else "no")
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [
+        "# Leave-one-dataset-out transfer of the meta-trained policies",
+        "",
+        "Written by `python -m ala_gym.benchmarks.transfer` from the committed comparisons (`results/<preset>/`; their",
+        "tables hold the machine, seeds, budgets and every seed's value). Test error % (mean +- sample std over the",
+        "5 seeds); each policy was meta-trained without the dataset it runs on here, and runs frozen. `ce` is",
+        "cross-entropy on the same children; the oracles are selected on validation. *Beats ce*: the mean is lower by",
+        "more than the larger of the two standard deviations; *reaches best fixed Phi*: within the larger standard",
+        "deviation of `oracle-phi`; *beats tuned LS*: mean below `oracle-smoothing` (beyond the larger standard deviation",
+        "in brackets).",
+        "",
+        "| held out | preset | policy | transfer | ce | oracle-phi | oracle-smoothing | beats ce | reaches best fixed Phi | beats tuned LS |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def cell(row: dict | None) -> str:
+        if row is None:
+            return "not run"
+        chosen = f" ({row['selected'].split('(')[1].rstrip(')')})" if row.get("selected") else ""
+        return f"{row['test_mean']:.2f} +- {row['test_std']:.2f}{chosen}"
+
+    for entry in report["held_out"]:
+        if "missing" in entry:
+            lines.append(f"| {entry['dataset']} | `{entry['preset']}` | `{entry['policy']}` | not run | | | | | | |")
+            continue
+        v = entry["verdicts"]
+        smoothing = yes_no(v.get("beats_tuned_smoothing"))
+        if "beats_tuned_smoothing_beyond_std" in v:
+            smoothing += f" ({yes_no(v['beats_tuned_smoothing_beyond_std']).strip('*')})"
+        lines.append(
+            f"| {entry['dataset']} | `{entry['preset']}` | `{entry['policy']}` | {cell(entry['transfer'])} | "
+            f"{cell(entry['ce_row'])} | {cell(entry['oracle_phi'])} | {cell(entry['oracle_smoothing'])} | "
+            f"{yes_no(v['beats_ce_beyond_std'])} | {yes_no(v.get('reaches_best_fixed_phi'))} | {smoothing} |"
+        )
+    lines += ["", "## Meta-training cost", "",
+              "Validation error: the children's mean final validation error over the first and the last three generations",
+              "of each task (horizons drawn anew each generation), from the policy's provenance file.", "",
+              "| policy | task family | generations | validation error %, first -> last | child-iterations | wall time | "
+              "child-iterations/s | machine |",
+              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for policy, cost in report["meta_training"].items():
+        seconds = cost.get("wall_seconds")
+        wall, rate = (f"{seconds / 60:.1f} min", f"{cost['child_iterations'] / seconds:.0f}") if seconds else ("not recorded", "")
+        machine = f"{cost['cpu']}, {cost['torch_threads']} torch thread(s)" if cost.get("cpu") else "not recorded"
+        trend = "; ".join(f"{task}: {v['first']:.2f} -> {v['last']:.2f}" for task, v in cost["fitness_by_task"].items())
+        lines.append(f"| `{policy}` | {', '.join(cost['tasks'])} | {cost['generations']} | {trend} | {cost['child_iterations']:,} | "
+                     f"{wall} | {rate} | {machine} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results", type=Path, default=RESULTS, help="the comparisons' folder (default: %(default)s)")
+    parser.add_argument("--policies", type=Path, default=POLICY_LIBRARY, help="the policies and their provenance files")
+    args = parser.parse_args(argv)
+    try:
+        report = gather(args.results, args.policies)
+    except (ValueError, OSError) as exc:  # a damaged results.json is a ValueError (JSONDecodeError)
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    out = args.results / "transfer"
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "transfer.json", report)
+    text = markdown(report)
+    (out / "transfer.md").write_text(text)
+    sys.stdout.write(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""The leave-one-dataset-out report: verdicts against cross-entropy, the best fixed Phi and tuned label
+smoothing; rows not run shown as such; the meta-training cost from the policies' provenance; bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ala_gym.benchmarks import transfer
+
+
+def row(controller: str, mean: float, std: float, **extra) -> dict:
+    return {"controller": controller, "test_mean": mean, "test_std": std, "test_per_seed": [mean] * 5,
+            "children_per_run": 10, **extra}  # fmt: skip
+
+
+def test_verdicts_compare_against_the_larger_spread() -> None:
+    ce = row("ce", 4.0, 0.1)
+    assert transfer.verdicts(row("t", 3.5, 0.2), ce)["beats_ce_beyond_std"]  # 0.5 ahead, spread 0.2
+    assert not transfer.verdicts(row("t", 3.85, 0.2), ce)["beats_ce_beyond_std"]  # 0.15 ahead, spread 0.2
+    assert "reaches_best_fixed_phi" not in transfer.verdicts(row("t", 3.5, 0.2), ce)  # oracle not run
+    oracle, smoothing = row("oracle-phi", 3.0, 0.3), row("oracle-smoothing", 3.55, 0.05)
+    near = transfer.verdicts(row("t", 3.25, 0.2), ce, oracle, smoothing)
+    assert near["reaches_best_fixed_phi"] and near["beats_tuned_smoothing"] and near["beats_tuned_smoothing_beyond_std"]
+    far = transfer.verdicts(row("t", 3.5, 0.1), ce, oracle, smoothing)
+    assert not far["reaches_best_fixed_phi"] and far["beats_tuned_smoothing"] and not far["beats_tuned_smoothing_beyond_std"]
+
+
+def write_results(folder: Path, preset: str, rows: list[dict]) -> None:
+    (folder / preset).mkdir(parents=True)
+    (folder / preset / "results.json").write_text(json.dumps({"header": {}, "summary": rows, "runs": []}))
+
+
+def test_report_gathers_the_held_out_rows_and_the_cost(tmp_path: Path, capsys) -> None:
+    results, policies = tmp_path / "results", tmp_path / "policies"
+    digits = transfer.HELD_OUT[0]
+    write_results(results, digits.preset, [
+        row("ce", 4.5, 0.1), row(digits.row, 3.0, 0.2),
+        row("oracle-phi", 2.6, 0.2, selected="phi-uniform(off_diagonal=0.03)"),
+        row("oracle-smoothing", 2.7, 0.1, selected="phi-uniform(label_smoothing=0.1)"),
+    ])  # fmt: skip
+    policies.mkdir()
+    (policies / "without-digits.json").write_text(json.dumps({
+        "config": {"tasks": ["ALA-FashionMNIST-v0", "ALA-CIFAR10-v0"]}, "generations": 30,
+        "child_iterations": 601_920, "wall_seconds": 1800.0, "cpu": "Some CPU", "torch_threads": 1,
+        "history": [{"task": "ALA-CIFAR10-v0", "fitness_mean": -f} for f in (0.62, 0.61, 0.60, 0.59, 0.58, 0.57, 0.56)],
+    }))  # fmt: skip
+    transfer.main(["--results", str(results), "--policies", str(policies)])
+    report = json.loads((results / "transfer" / "transfer.json").read_text())
+    first = report["held_out"][0]
+    assert first["verdicts"] == {"beats_ce_beyond_std": True, "ahead_of_ce": pytest.approx(1.5),
+                                 "reaches_best_fixed_phi": False, "beats_tuned_smoothing": False,
+                                 "beats_tuned_smoothing_beyond_std": False}  # fmt: skip
+    assert all("missing" in entry for entry in report["held_out"][1:])  # the other presets were not run here
+    assert report["meta_training"]["without-digits"]["child_iterations"] == 601_920
+    table = (results / "transfer" / "transfer.md").read_text()
+    assert table == capsys.readouterr().out
+    assert ("| digits | `digits` | `without-digits` | 3.00 +- 0.20 | 4.50 +- 0.10 | 2.60 +- 0.20 (off_diagonal=0.03) | "
+            "2.70 +- 0.10 (label_smoothing=0.1) | **yes** | no | no (no) |") in table  # fmt: skip
+    assert "| `without-digits` | ALA-FashionMNIST-v0, ALA-CIFAR10-v0 | 30 | ALA-CIFAR10-v0: 61.00 -> 57.00 | 601,920 | 30.0 min | 334 | Some CPU, 1 torch thread(s) |" in table
+
+
+def test_a_transfer_row_without_its_reference_or_damaged_results_exit_2(tmp_path: Path, capsys) -> None:
+    digits = transfer.HELD_OUT[0]
+    write_results(tmp_path, digits.preset, [row(digits.row, 3.0, 0.2)])
+    with pytest.raises(SystemExit) as caught:
+        transfer.main(["--results", str(tmp_path), "--policies", str(tmp_path)])
+    assert caught.value.code == 2 and "not its reference 'ce'" in capsys.readouterr().err
+    (tmp_path / digits.preset / "results.json").write_text("{")
+    with pytest.raises(SystemExit) as caught:
+        transfer.main(["--results", str(tmp_path), "--policies", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert caught.value.code == 2 and "Traceback" not in err and "results.json is not a comparison's results" in err
