@@ -17,7 +17,8 @@ and says, per held-out dataset and budget, whether the policy beats cross-entrop
 the two standard deviations, reaches the best fixed Phi within the larger standard deviation, and beats tuned
 label smoothing (its mean below; and by more than the larger standard deviation, or not). A reference a
 preset does not run is shown as not run. Beside it, each policy's meta-training cost from its provenance file
-(``agents/policies/without-<dataset>.json``): generations, child-iterations, wall seconds and the CPU.
+(``agents/policies/without-<dataset>.json``): generations, child-iterations, wall seconds and the CPU, and
+the same for the reruns of a shipped policy's command recorded under ``results/transfer/reruns/``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ import numpy as np
 from ala_gym.agents.reinforce import POLICY_LIBRARY
 from ala_gym.benchmarks.compare import write_json
 from ala_gym.benchmarks.machine import RESULTS
+
+RERUNS = Path("transfer") / "reruns"
+"""Under the results folder: meta-training records (``meta_train``'s JSON) of a shipped policy's command run
+again, named after the policy; their policies are not shipped."""
 
 
 @dataclass(frozen=True)
@@ -115,14 +120,16 @@ def gather(results: Path, policies: Path) -> dict[str, Any]:
         keep = ("test_mean", "test_std", "test_per_seed", "children_per_run", "selected")
         found = {key: {k: v for k, v in rows[name].items() if k in keep} if name in rows else None for key, name in named.items()}
         entries.append({**held.__dict__, **found, "verdicts": verdicts(*found.values())})  # type: ignore[arg-type]
+    records = {policy: policies / f"{policy}.json" for policy in sorted({held.policy for held in HELD_OUT})}
+    # Reruns of a shipped policy's command, kept for their cost: on another CPU they give another policy.
+    records |= {f"{path.stem} (rerun)": path for path in sorted((results / RERUNS).glob("*.json"))}
     costs = {}
-    for policy in sorted({held.policy for held in HELD_OUT}):
-        path = policies / f"{policy}.json"
+    for name, path in records.items():
         if path.is_file():
             record = json.loads(path.read_text())
-            costs[policy] = {key: record.get(key) for key in ("generations", "child_iterations", "wall_seconds", "cpu", "torch_threads")}
-            costs[policy]["tasks"] = record["config"]["tasks"]
-            costs[policy]["fitness_by_task"] = fitness_by_task(record["history"])
+            costs[name] = {key: record.get(key) for key in ("generations", "child_iterations", "wall_seconds", "cpu", "torch_threads")}
+            costs[name]["tasks"] = record["config"]["tasks"]
+            costs[name]["fitness_by_task"] = fitness_by_task(record["history"])
     return {"held_out": entries, "meta_training": costs}
 
 
@@ -167,7 +174,9 @@ def markdown(report: dict[str, Any]) -> str:
         )
     lines += ["", "## Meta-training cost", "",
               "Validation error: the children's mean final validation error over the first and the last three generations",
-              "of each task (horizons drawn anew each generation), from the policy's provenance file.", "",
+              "of each task (horizons drawn anew each generation), from the policy's provenance file. A rerun is the",
+              "command of a shipped policy run again on another machine, kept for its cost (`results/transfer/reruns/`):",
+              "across CPUs the float order differs, so it meta-trains another policy, which is not shipped.", "",
               "| policy | task family | generations | validation error %, first -> last | child-iterations | wall time | "
               "child-iterations/s | machine |",
               "|---|---|---|---|---|---|---|---|"]  # fmt: skip

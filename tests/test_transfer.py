@@ -47,6 +47,9 @@ def test_report_gathers_the_held_out_rows_and_the_cost(tmp_path: Path, capsys) -
         "child_iterations": 601_920, "wall_seconds": 1800.0, "cpu": "Some CPU", "torch_threads": 1,
         "history": [{"task": "ALA-CIFAR10-v0", "fitness_mean": -f} for f in (0.62, 0.61, 0.60, 0.59, 0.58, 0.57, 0.56)],
     }))  # fmt: skip
+    rerun = json.loads((policies / "without-digits.json").read_text()) | {"wall_seconds": 900.0, "cpu": "Other CPU"}
+    (results / transfer.RERUNS).mkdir(parents=True)
+    (results / transfer.RERUNS / "without-digits.json").write_text(json.dumps(rerun))
     transfer.main(["--results", str(results), "--policies", str(policies)])
     report = json.loads((results / "transfer" / "transfer.json").read_text())
     first = report["held_out"][0]
@@ -60,6 +63,7 @@ def test_report_gathers_the_held_out_rows_and_the_cost(tmp_path: Path, capsys) -
     assert ("| digits | `digits` | `without-digits` | 3.00 +- 0.20 | 4.50 +- 0.10 | 2.60 +- 0.20 (off_diagonal=0.03) | "
             "2.70 +- 0.10 (label_smoothing=0.1) | **yes** | no | no (no) |") in table  # fmt: skip
     assert "| `without-digits` | ALA-FashionMNIST-v0, ALA-CIFAR10-v0 | 30 | ALA-CIFAR10-v0: 61.00 -> 57.00 | 601,920 | 30.0 min | 334 | Some CPU, 1 torch thread(s) |" in table
+    assert "| `without-digits (rerun)` | ALA-FashionMNIST-v0, ALA-CIFAR10-v0 | 30 | ALA-CIFAR10-v0: 61.00 -> 57.00 | 601,920 | 15.0 min | 669 | Other CPU, 1 torch thread(s) |" in table
 
 
 def test_a_transfer_row_without_its_reference_or_damaged_results_exit_2(tmp_path: Path, capsys) -> None:
