@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -112,14 +112,15 @@ def gather(results: Path, policies: Path) -> dict[str, Any]:
         path = results / held.preset / "results.json"
         rows = {row["controller"]: row for row in read_summary(path, held.preset)} if path.is_file() else {}
         if held.row not in rows:
-            entries.append({**held.__dict__, "missing": f"{path} holds no row {held.row!r}; run --preset {held.preset} --extend"})
+            entries.append({**asdict(held), "missing": f"{path} holds no row {held.row!r}; run --preset {held.preset} --extend"})
             continue
         if held.ce not in rows:
             raise ValueError(f"{path} holds {held.row!r} but not its reference {held.ce!r}")
         named = {"transfer": held.row, "ce_row": held.ce, "oracle_phi": "oracle-phi", "oracle_smoothing": "oracle-smoothing"}
         keep = ("test_mean", "test_std", "test_per_seed", "children_per_run", "selected")
         found = {key: {k: v for k, v in rows[name].items() if k in keep} if name in rows else None for key, name in named.items()}
-        entries.append({**held.__dict__, **found, "verdicts": verdicts(*found.values())})  # type: ignore[arg-type]
+        judged = verdicts(rows[held.row], rows[held.ce], rows.get("oracle-phi"), rows.get("oracle-smoothing"))
+        entries.append({**asdict(held), **found, "verdicts": judged})
     records = {policy: policies / f"{policy}.json" for policy in sorted({held.policy for held in HELD_OUT})}
     # Reruns of a shipped policy's command, kept for their cost: on another CPU they give another policy.
     records |= {f"{path.stem} (rerun)": path for path in sorted((results / RERUNS).glob("*.json"))}

@@ -203,10 +203,13 @@ def compare(
     }
     run_missing([(selection["selected"], s) for s in seeds for selection in selections.values()])
     runs = gather(set(plain) | {c for grid in oracles.values() for c in grid})
+    # The controller whose runs each row shows: an oracle's selected grid point, else the row itself.
+    ran_as = {spec: selections[spec]["selected"] if spec in oracles else spec for spec in controllers}
+    by_row = {spec: [run for run in runs if run["controller"] == ran_as[spec]] for spec in controllers}
     rows = []
     for spec in controllers:
-        for row in summarize(runs, [selections[spec]["selected"] if spec in oracles else spec]):
-            rows.append(row | {"controller": spec, "selected": selections[spec]["selected"]} if spec in oracles else row)
+        for row in summarize(runs, [ran_as[spec]]):
+            rows.append(row | {"controller": spec, "selected": ran_as[spec]} if spec in oracles else row)
     total, k = facts["total_iterations"], facts["steps_per_action"]
     header = {
         "env": env_id,
@@ -224,23 +227,15 @@ def compare(
         "versions": runs[0]["versions"],
     }
     # Rows added later (--extend) may have run on another machine: their wall times compare only within it.
-    elsewhere = {
-        spec: run["machine"] for spec in controllers for run in runs
-        if run["controller"] == selections.get(spec, {}).get("selected", spec) and run["machine"] != header["machine"]
-    }  # fmt: skip
+    elsewhere = {spec: run["machine"] for spec in controllers for run in by_row[spec] if run["machine"] != header["machine"]}
     if elsewhere:
         header["other_machines"] = elsewhere
     if selections:
         header["oracles"] = selections
     # Without indentation: a list of every step's values would take a line per number.
     write_json(out / "results.json", {"header": header, "summary": rows, "runs": [compact_run(r) for r in runs]}, indent=None)
-    shown = [row["controller"] for row in rows]
-    table = markdown_table(
-        rows, header,
-        {c: [r for r in runs if r["controller"] == selections.get(c, {}).get("selected", c)] for c in shown},
-    )  # fmt: skip
+    table = markdown_table(rows, header, {row["controller"]: by_row[row["controller"]] for row in rows})
     (out / "table.md").write_text(table)
-    plot(runs, [selections[c]["selected"] if c in oracles else c for c in controllers], out, header["metric"],
-         header["higher_is_better"], labels=controllers)  # fmt: skip
+    plot(runs, [ran_as[c] for c in controllers], out, header["metric"], header["higher_is_better"], labels=controllers)
     print(table)
     return rows
