@@ -10,13 +10,16 @@ metric** (never the test split):
 
 * Every generation draws a task from the family (an env id of ``tasks``) and a horizon (``total_iterations``
   between ``horizon[0]`` and ``horizon[1]``, so that the policy meets every value of the progress feature),
-  and ``population`` perturbations ``epsilon_i`` of the policy's parameters ``theta``. The children get
+  and ``population`` perturbations ``epsilon_i`` of the policy's parameters ``theta``. With
+  ``tasks_per_generation`` above one it draws that many distinct tasks, each with its own horizon and children,
+  all under the same perturbations. The children get
   ``env_kwargs`` and, over them, the task's own ``task_kwargs`` (where its data lies, a budget that suits it).
 * Antithetic pairs with common random numbers: children ``2i`` and ``2i + 1`` run ``theta + sigma epsilon_i``
   and ``theta - sigma epsilon_i``, share initial weights and batch order (the same env seed) and the uniforms
   their actions are sampled with, so their difference is the perturbation's.
 * Fitness: the child's final validation metric (signed so that higher is better), rank-normalised over the
-  generation; ``theta`` moves along the antithetic estimate of the fitness gradient with Adam.
+  generation's children of one task; ``theta`` moves along the antithetic estimate of the fitness gradient
+  (averaged over the generation's tasks) with Adam.
 * Evaluations: the children of ``pairs_per_evaluation`` pairs train together in one vector env (by default the
   whole population, whose children batch on one device). An evaluation depends only on its inputs (the
   perturbed parameters, the task, the env seeds, its pairs' rows of the action uniforms), so with
@@ -78,7 +81,7 @@ class MetaTrainConfig:
     """Evolution strategies over the pair-shared policy's parameters."""
 
     tasks: tuple[str, ...] = ("ALA-Digits-v0",)
-    """The task family: env ids, one drawn per generation."""
+    """The task family: env ids, ``tasks_per_generation`` of them drawn per generation."""
     horizon: tuple[int, int] = (200, 600)
     """Range of the children's ``total_iterations``, drawn per generation (rounded to a multiple of K)."""
     steps_per_action: int = 20
@@ -105,6 +108,11 @@ class MetaTrainConfig:
     """Antithetic pairs whose children train together in one vector env; None: the whole population. Batched
     children may run in another float order beside other companions (vmap over more children can pick other
     kernels), so this grouping is part of what a run computes (recorded in the checkpoint), unlike ``workers``."""
+    tasks_per_generation: int = 1
+    """Distinct tasks of the family that each generation runs, each with its own horizon, env seeds and children,
+    under the same perturbations; the ES step averages their gradient estimates, each ranked among its own
+    children, so that the update does not swing with the one task drawn (``len(set(tasks))``: every task, every
+    generation). Each task costs a population's children."""
     workers: int = 0
     """Ray actors that run a generation's evaluations in parallel (one CPU each); 0: in the process."""
     ray_address: str | None = None
@@ -122,6 +130,10 @@ class MetaTrainConfig:
             raise ValueError(f"sigma and lr must be positive, got {self.sigma}, {self.lr}")
         if self.workers < 0 or (self.pairs_per_evaluation is not None and self.pairs_per_evaluation < 1):
             raise ValueError(f"workers must be >= 0 and pairs_per_evaluation positive, got {self.workers}, {self.pairs_per_evaluation}")
+        if not 1 <= self.tasks_per_generation <= len(set(self.tasks)):
+            raise ValueError(
+                f"tasks_per_generation must be between 1 and the {len(set(self.tasks))} distinct tasks, got {self.tasks_per_generation}"
+            )
         unknown = sorted(set(self.task_kwargs) - set(self.tasks))
         if unknown or not all(isinstance(kwargs, dict) for kwargs in self.task_kwargs.values()):
             raise ValueError(
@@ -152,15 +164,31 @@ def es_gradient(fitness: np.ndarray, noise: torch.Tensor, sigma: float) -> torch
 
 
 def generation_plan(config: MetaTrainConfig, generation: int) -> dict[str, Any]:
-    """Every draw of one generation, from ``(seed, generation)`` alone: task, horizon, env seeds."""
-    rng = np.random.default_rng([config.seed, generation])
+    """Every draw of one generation's (first) task, from ``(seed, generation)`` alone: task, horizon, env seeds."""
+    return _draw_plan(np.random.default_rng([config.seed, generation]), config)
+
+
+def generation_plans(config: MetaTrainConfig, generation: int) -> list[dict[str, Any]]:
+    """The plans of a generation's ``tasks_per_generation`` distinct tasks: :func:`generation_plan`'s first, the
+    others drawn from a stream of their own, so that one task per generation draws what it always drew."""
+    first = generation_plan(config, generation)
+    if config.tasks_per_generation == 1:
+        return [first]
+    rng = np.random.default_rng([config.seed, generation, 1])
+    others = sorted(set(config.tasks) - {first["task"]})
+    chosen = rng.choice(len(others), size=config.tasks_per_generation - 1, replace=False)
+    return [first] + [_draw_plan(rng, config, others[int(i)]) for i in chosen]
+
+
+def _draw_plan(rng: np.random.Generator, config: MetaTrainConfig, task: str | None = None) -> dict[str, Any]:
+    """A task's horizon, env seeds and action-uniform seed from ``rng``; the task too unless given."""
     k = config.steps_per_action
     low, high = config.horizon
     iterations = int(rng.integers(low, high + 1))
     iterations = max(k, iterations // k * k)
     pair_seeds = rng.integers(0, 2**31 - 1, size=config.population)
     return {
-        "task": config.tasks[int(rng.integers(len(config.tasks)))],
+        "task": config.tasks[int(rng.integers(len(config.tasks)))] if task is None else task,
         "total_iterations": iterations,
         "env_seeds": [int(s) for s in np.repeat(pair_seeds, 2)],  # the two children of a pair: one seed
         "noise_seed": int(rng.integers(2**63 - 1)),
@@ -359,23 +387,50 @@ class MetaTrainer:
             self.evaluators.close()
             self.evaluators = None
 
-    def step(self) -> dict[str, float]:
-        """One generation: draw, run the ``2P`` children, move ``theta``; returns what it logs."""
+    def step(self) -> list[dict[str, Any]]:
+        """One generation: draw, run the children of each of its tasks, move ``theta``; returns what it logs, an
+        entry per task."""
         config = self.config
         start = time.perf_counter()
-        plan = generation_plan(config, self.generation)
-        noise = perturbations(self.policy, config.population, plan["noise_seed"])
+        plans = generation_plans(config, self.generation)
+        # The first task's seed draws the perturbations: with one task per generation, what it always drew.
+        noise = perturbations(self.policy, config.population, plans[0]["noise_seed"])
         with torch.no_grad():
             vectors = [self.theta + sign * config.sigma * eps for eps in noise for sign in (1.0, -1.0)]
         groups = evaluation_groups(config)
-        calls = [(self.policy, vectors[2 * group.start : 2 * group.stop], plan, config, group) for group in groups]
+        calls = [(self.policy, vectors[2 * group.start : 2 * group.stop], plan, config, group) for plan in plans for group in groups]
         results = self.evaluators.map(calls) if self.evaluators is not None else [run_children(*call) for call in calls]
-        kept = [(group, result) for group, result in zip(groups, results) if result is not None]
-        if not kept:
+        returned = [
+            self._task_outcome(plan, list(zip(groups, results[t * len(groups) : (t + 1) * len(groups)])), noise)
+            for t, plan in enumerate(plans)
+        ]
+        outcomes = [outcome for outcome in returned if outcome is not None]  # a task that lost all: dropped
+        if not outcomes:
             raise EvaluationsLostError(
                 f"generation {self.generation + 1}: every evaluation was lost with its Ray actor; check the cluster's "
                 "logs (memory, nodes) and run again (the checkpoint holds the previous generation)"
             )
+        gradient = torch.stack([g for g, _ in outcomes]).mean(dim=0)
+        self.optimizer.zero_grad()
+        self.theta.grad = -gradient  # Adam descends: ascend the fitness
+        self.optimizer.step()
+        self.generation += 1
+        entries = [{"generation": self.generation, **entry} for _, entry in outcomes]
+        self.history.extend(entries)
+        self.wall_seconds += time.perf_counter() - start
+        return entries
+
+    def _task_outcome(
+        self, plan: dict[str, Any], evaluations: list[tuple[range, tuple[np.ndarray, np.ndarray] | None]], noise: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, Any]] | None:
+        """One task's gradient estimate from the evaluations that came back, and its log entry; None when none came
+        back."""
+        config = self.config
+        kept = [(group, result) for group, result in evaluations if result is not None]
+        if not kept:
+            print(f"warning: generation {self.generation + 1}: every evaluation of {plan['task']} lost with its Ray "
+                  "actor, the task dropped from the generation", file=sys.stderr, flush=True)  # fmt: skip
+            return None
         pairs = [pair for group, _ in kept for pair in group]
         fitness = np.concatenate([result[0] for _, result in kept])
         phi_off_diagonal = np.concatenate([result[1] for _, result in kept])
@@ -384,21 +439,15 @@ class MetaTrainer:
             print(f"warning: generation {self.generation + 1}: {lost_pairs} of {config.population} antithetic pairs "
                   "lost with their Ray actor, dropped from the gradient estimate", file=sys.stderr, flush=True)  # fmt: skip
         gradient = es_gradient(fitness, noise[pairs], config.sigma)  # both children of every pair that came back
-        self.optimizer.zero_grad()
-        self.theta.grad = -gradient  # Adam descends: ascend the fitness
-        self.optimizer.step()
-        self.generation += 1
         finite = fitness[np.isfinite(fitness)]
         entry = {
-            "generation": self.generation, "task": plan["task"], "total_iterations": plan["total_iterations"],
+            "task": plan["task"], "total_iterations": plan["total_iterations"],
             "fitness_mean": float(finite.mean()) if len(finite) else float("nan"),
             "fitness_best": float(finite.max()) if len(finite) else float("nan"),
             "diverged": int((~np.isfinite(fitness)).sum()), "lost_pairs": lost_pairs,
             "phi_off_diagonal_mean": float(np.nanmean(phi_off_diagonal)) if np.isfinite(phi_off_diagonal).any() else float("nan"),
         }  # fmt: skip
-        self.history.append(entry)
-        self.wall_seconds += time.perf_counter() - start
-        return entry
+        return gradient, entry
 
     # ------------------------------------------------------------------ checkpoints
     def state(self) -> dict[str, Any]:
@@ -466,15 +515,18 @@ def meta_train(config: MetaTrainConfig, state_path: str | Path | None = None, lo
         # A bar on a terminal; otherwise (a log file) a line per generation.
         with tqdm(total=config.generations, initial=trainer.generation, unit="gen", disable=None) as bar:
             while trainer.generation < config.generations:
-                entry = trainer.step()
+                entries = trainer.step()
                 if state_path is not None:
                     trainer.save_state(state_path)
-                if writer is not None:
-                    for key in ("fitness_mean", "fitness_best", "phi_off_diagonal_mean", "lost_pairs"):
-                        writer.add_scalar(f"meta/{key}", entry[key], entry["generation"])
+                for entry in entries:
+                    if writer is not None:
+                        # One curve per task when a generation runs several.
+                        prefix = "meta" if len(entries) == 1 else f"meta/{entry['task']}"
+                        for key in ("fitness_mean", "fitness_best", "phi_off_diagonal_mean", "lost_pairs"):
+                            writer.add_scalar(f"{prefix}/{key}", entry[key], entry["generation"])
+                    if bar.disable:
+                        print(json.dumps(entry), flush=True)
                 bar.update(1)
-                if bar.disable:
-                    print(json.dumps(entry), flush=True)
     finally:
         trainer.close()
         if writer is not None:
@@ -509,7 +561,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tasks", default=",".join(defaults.tasks), help="comma-separated env ids (the task family)")
     parser.add_argument("--horizon", default=f"{defaults.horizon[0]},{defaults.horizon[1]}",
                         help="low,high total_iterations of the children, drawn per generation")  # fmt: skip
-    for name in ("steps_per_action", "population", "generations", "hidden", "seed", "pairs_per_evaluation", "workers"):
+    for name in ("steps_per_action", "population", "generations", "hidden", "seed", "tasks_per_generation",
+                 "pairs_per_evaluation", "workers"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
     parser.add_argument("--ray-address", help="with --workers: the Ray cluster to join (default: a local one)")
     for name in ("sigma", "lr"):
@@ -529,7 +582,7 @@ def main(argv: list[str] | None = None) -> None:
             tasks=tuple(args.tasks.split(",")), horizon=horizon, steps_per_action=args.steps_per_action,  # type: ignore[arg-type]
             population=args.population, sigma=args.sigma, lr=args.lr, generations=args.generations,
             hidden=args.hidden, seed=args.seed, env_kwargs=json.loads(args.env_kwargs),
-            task_kwargs=json.loads(args.task_kwargs),
+            task_kwargs=json.loads(args.task_kwargs), tasks_per_generation=args.tasks_per_generation,
             pairs_per_evaluation=args.pairs_per_evaluation, workers=args.workers, ray_address=args.ray_address,
         )  # fmt: skip
         for task in config.tasks:

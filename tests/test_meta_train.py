@@ -25,6 +25,7 @@ from ala_gym.agents.meta_train import (
     config_record,
     es_gradient,
     generation_plan,
+    generation_plans,
     main,
     meta_train,
     perturbations,
@@ -84,6 +85,35 @@ def test_a_generation_draws_from_the_seed_alone() -> None:
     assert plans == [generation_plan(config, g) for g in range(6)]
     assert all(p["total_iterations"] % config.steps_per_action == 0 and 40 <= p["total_iterations"] <= 400 for p in plans)
     assert {p["task"] for p in plans} == set(config.tasks)
+
+
+def test_several_tasks_a_generation_average_their_own_estimates(monkeypatch) -> None:
+    """With two tasks a generation, each runs its own children (its own horizon and seeds) under the same
+    perturbations, and theta moves along the mean of the two tasks' estimates, each ranked among its own children."""
+    config = tiny(tasks=("ALA-Digits-v0", "ALA-Digits-AUCPR-v0"), tasks_per_generation=2, generations=1)
+    plans = generation_plans(config, 0)
+    assert plans[0] == generation_plan(config, 0)  # one task a generation draws what it always drew
+    assert {plan["task"] for plan in plans} == set(config.tasks) and plans[0]["env_seeds"] != plans[1]["env_seeds"]
+    assert [generation_plans(replace(config, tasks_per_generation=1), g) for g in range(3)] == [
+        [generation_plan(config, g)] for g in range(3)
+    ]
+    # Fitness by task, on a scale a thousand times larger for one of them: ranks make the scale irrelevant.
+    fitness = {"ALA-Digits-v0": np.array([3.0, 0.0, 1.0, 2.0]), "ALA-Digits-AUCPR-v0": np.array([0.0, 1e3, 3e3, 2e3])}
+    phi = np.zeros(4)
+    monkeypatch.setattr(meta_train_module, "run_children", lambda policy, vectors, plan, *_: (fitness[plan["task"]], phi))
+    trainer = MetaTrainer(config)
+    theta = trainer.theta.detach().clone()
+    entries = trainer.step()
+    assert [entry["task"] for entry in entries] == [plan["task"] for plan in plans] and trainer.history == entries
+    assert all(entry["generation"] == 1 for entry in entries)
+    noise = perturbations(trainer.policy, config.population, plans[0]["noise_seed"])
+    expected = MetaTrainer(config)
+    expected.theta.grad = -(es_gradient(fitness[plans[0]["task"]], noise, config.sigma)
+                            + es_gradient(fitness[plans[1]["task"]], noise, config.sigma)) / 2  # fmt: skip
+    expected.optimizer.step()
+    assert torch.allclose(trainer.theta, expected.theta) and not torch.equal(trainer.theta, theta)
+    with pytest.raises(ValueError, match="tasks_per_generation must be between 1 and the 2 distinct tasks"):
+        replace(config, tasks_per_generation=3)
 
 
 def test_an_interrupted_run_resumes_bit_for_bit(tmp_path, global_rng_unchanged) -> None:

@@ -26,6 +26,9 @@ def test_verdicts_compare_against_the_larger_spread() -> None:
     assert near["reaches_best_fixed_phi"] and near["beats_tuned_smoothing"] and near["beats_tuned_smoothing_beyond_std"]
     far = transfer.verdicts(row("t", 3.5, 0.1), ce, oracle, smoothing)
     assert not far["reaches_best_fixed_phi"] and far["beats_tuned_smoothing"] and not far["beats_tuned_smoothing_beyond_std"]
+    assert near["best_fixed_phi_beats_ce_beyond_std"]  # 1.0 ahead of ce, spread 0.3
+    out_of_reach = transfer.verdicts(row("t", 3.95, 0.1), ce, row("oracle-phi", 3.8, 0.25))  # 0.2 ahead, spread 0.25
+    assert not out_of_reach["best_fixed_phi_beats_ce_beyond_std"] and not out_of_reach["beats_ce_beyond_std"]
 
 
 def write_results(folder: Path, preset: str, rows: list[dict]) -> None:
@@ -55,13 +58,14 @@ def test_report_gathers_the_held_out_rows_and_the_cost(tmp_path: Path, capsys) -
     first = report["held_out"][0]
     assert first["verdicts"] == {"beats_ce_beyond_std": True, "ahead_of_ce": pytest.approx(1.5),
                                  "reaches_best_fixed_phi": False, "beats_tuned_smoothing": False,
-                                 "beats_tuned_smoothing_beyond_std": False}  # fmt: skip
+                                 "beats_tuned_smoothing_beyond_std": False,
+                                 "best_fixed_phi_beats_ce_beyond_std": True}  # fmt: skip
     assert all("missing" in entry for entry in report["held_out"][1:])  # the other presets were not run here
     assert report["meta_training"]["without-digits"]["child_iterations"] == 601_920
     table = (results / "transfer" / "transfer.md").read_text()
     assert table == capsys.readouterr().out
     assert ("| digits | `digits` | `without-digits` | 3.00 +- 0.20 | 4.50 +- 0.10 | 2.60 +- 0.20 (off_diagonal=0.03) | "
-            "2.70 +- 0.10 (label_smoothing=0.1) | **yes** | no | no (no) |") in table  # fmt: skip
+            "2.70 +- 0.10 (label_smoothing=0.1) | **yes** | no | no (no) | **yes** |") in table  # fmt: skip
     assert "| `without-digits` | ALA-FashionMNIST-v0, ALA-CIFAR10-v0 | 30 | ALA-CIFAR10-v0: 61.00 -> 57.00 | 601,920 | 30.0 min | 334 | Some CPU, 1 torch thread(s) |" in table
     assert "| `without-digits (rerun)` | ALA-FashionMNIST-v0, ALA-CIFAR10-v0 | 30 | ALA-CIFAR10-v0: 61.00 -> 57.00 | 601,920 | 15.0 min | 669 | Other CPU, 1 torch thread(s) |" in table
 
