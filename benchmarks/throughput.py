@@ -178,6 +178,42 @@ def roofline(config: dict) -> dict:
     return {**config, "gflops": best}
 
 
+def kernel_rate(config: dict) -> dict:
+    """Iterations/s summed over ``config["num_envs"]`` children of :meth:`ala_gym.core.batched.BatchedTrainer.gradients`
+    alone (the forward and backward of a batched SGD iteration, with the env's data, batch and loss) for
+    ``config["seconds"]``: the ceiling of the batched path's kernels, with no batch gather, SGD update,
+    validation pass or env step around them."""
+    import gymnasium as gym
+    import numpy as np
+    import torch
+
+    import ala_gym  # noqa: F401  (registers the ids)
+    from ala_gym.core.allocator import retain_freed_memory
+    from ala_gym.core.batched import BatchedTrainer, fused_kernel
+    from ala_gym.envs.base import ALAEnv
+
+    retain_freed_memory()
+    torch.set_num_threads(config["threads"])
+    env_id, kwargs = env_setup(config)
+    env = gym.make(env_id, **kwargs).unwrapped
+    assert isinstance(env, ALAEnv)
+    n = config["num_envs"]
+    trainer = BatchedTrainer(env.data, env.train_config, [config["seed"] + child for child in range(n)])
+    active = np.ones(n, dtype=bool)
+    inputs, labels = trainer.next_batches(active)
+    mask = torch.as_tensor(active, device=trainer.device)
+    loss = env.episode.loss
+    loss_params, kernel = torch.stack([loss.params] * n), fused_kernel([loss] * n)
+    trainer.gradients(inputs, labels, mask, loss_params, loss, kernel)  # warm-up
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < config["seconds"] or count < 3:
+        _, grads = trainer.gradients(inputs, labels, mask, loss_params, loss, kernel)
+        count += 1
+    if config["device"] == "cuda":
+        torch.cuda.synchronize()
+    return {**config, "iterations_per_s": n * count / (time.perf_counter() - start)}
+
+
 def training_flops(config: dict) -> int:
     """FLOPs of one SGD iteration of ``config``'s child (matrix products and convolutions, forward and
     backward), counted by ``FlopCounterMode`` on the single env's own child, data and loss."""
@@ -198,8 +234,8 @@ def training_flops(config: dict) -> int:
 
 
 def run_isolated(config: dict, timeout: float) -> dict:
-    """Run :func:`measure` (:func:`roofline` for ``mode="roofline"``) in a fresh interpreter, so peak memory
-    is per configuration."""
+    """Run :func:`measure` (:func:`roofline` for ``mode="roofline"``, :func:`kernel_rate` for ``"kernels"``) in a
+    fresh interpreter, so peak memory is per configuration."""
     command = [sys.executable, "-m", "ala_gym.benchmarks.throughput", "--one", json.dumps(config)]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
@@ -261,6 +297,13 @@ def write_markdown(report: dict, path: Path) -> None:
             f"* roofline: float32 `torch.mm` of two {report['roofline']['size']}-square matrices on {args['threads']} "
             f"thread(s), {report['roofline']['gflops']:.1f} GFLOP/s (the best of {len(report['roofline']['rounds'])} "
             "round(s), timed in a fresh process before each round)"
+        )
+    if report.get("kernels"):
+        kernels = report["kernels"]
+        lines.append(
+            f"* batched kernels alone: `BatchedTrainer.gradients` (forward and backward of a batched SGD iteration) of "
+            f"N = {kernels['num_envs']} {kernels['model']} children on one batch each, for {args['roofline_seconds']:g} s "
+            f"in a fresh process before each round, the best of {len(kernels['rounds'])} round(s)"
         )
     if report.get("flops_per_iteration"):
         counted = ", ".join(f"{model} {flops / 1e6:.1f} MFLOP" for model, flops in report["flops_per_iteration"].items())
@@ -353,6 +396,14 @@ def targets(report: dict, rates: dict[tuple[str, int, str], float]) -> list[str]
             lines.append(f"Bound: at the roofline ({roof:.1f} GFLOP/s) and {flops / 1e6:.2f} MFLOP per {model} "
                          f"iteration, no number of children exceeds {ceiling:.0f} iterations/s, {ceiling / one:.1f}x one "
                          f"child's; one child runs at {100 * one * flops / 1e9 / roof:.1f}% of the roofline.")
+        kernels = report.get("kernels") or {}
+        if (kernels.get("model"), kernels.get("num_envs")) == (model, n):
+            alone = kernels["iterations_per_s"]
+            reach = "within" if alone / one >= factor else "beyond"
+            lines.append(f"Bound: the batched forward and backward alone of N = {n} {model} children "
+                         f"(`BatchedTrainer.gradients`, without batch gather, SGD update, validation or env step) run at "
+                         f"{alone:.0f} iterations/s, {alone / one:.2f}x one child's: the target is {reach} these kernels' "
+                         f"reach here; the env's batched step runs at {100 * batched / alone:.0f}% of them.")
     pairs = sorted(
         (size, rates[(m, size, "native-batched")] / rates[(m, size, "native-sequential")])
         for m, size, mode in rates
@@ -433,7 +484,8 @@ def main(argv: list[str] | None = None) -> None:
         os.environ["ALA_GYM_DATA"] = str(args.data_root)  # inherited by the measuring subprocesses
     if args.one:
         config = json.loads(args.one)
-        print(json.dumps(roofline(config) if config["mode"] == "roofline" else measure(config)))
+        probes = {"roofline": roofline, "kernels": kernel_rate}
+        print(json.dumps(probes.get(config["mode"], measure)(config)))
         return
     if any(mode.startswith("ray") for mode in args.modes):
         try:
@@ -445,11 +497,20 @@ def main(argv: list[str] | None = None) -> None:
     configs = configurations(args)
     runs: list[list[dict]] = [[] for _ in configs]
     roofline_rounds = []
+    # The batched target's forward and backward alone, timed like the roofline before each round.
+    model, n, _ = BATCHED_TARGET
+    kernel_config = next((c for c in configs if (c["model"], c["num_envs"], c["mode"]) == (model, n, "native-batched")), None)
+    kernel_rounds: list[float | None] = []
     for round_index in range(args.repeats):
         probe = run_isolated({"mode": "roofline", "device": args.device, "threads": args.threads,
                               "seconds": args.roofline_seconds}, args.timeout)  # fmt: skip
         roofline_rounds.append(probe.get("gflops"))
         print(f"round {round_index + 1}: roofline {probe.get('gflops') or probe.get('error')} GFLOP/s", flush=True)
+        if kernel_config is not None:
+            probe = run_isolated({**kernel_config, "mode": "kernels", "seconds": args.roofline_seconds}, args.timeout)
+            kernel_rounds.append(probe.get("iterations_per_s"))
+            print(f"round {round_index + 1}: batched kernels alone {probe.get('iterations_per_s') or probe.get('error')} "
+                  "iterations/s", flush=True)  # fmt: skip
         order = list(range(len(configs)))
         for index in order if round_index % 2 == 0 else order[::-1]:
             config = configs[index]
@@ -467,6 +528,8 @@ def main(argv: list[str] | None = None) -> None:
         "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "note": args.note,
         "roofline": {"gflops": max(measured), "rounds": roofline_rounds, "size": ROOFLINE_SIZE[args.device]} if measured else {},
+        "kernels": {"model": model, "num_envs": n, "iterations_per_s": max(rate for rate in kernel_rounds if rate),
+                    "rounds": kernel_rounds} if any(kernel_rounds) else {},
         "flops_per_iteration": {model: training_flops(next(c for c in configs if c["model"] == model))
                                 for model in args.models if any(c["model"] == model for c in configs)},  # fmt: skip
         "results": [median_row(model_runs) for model_runs in runs],

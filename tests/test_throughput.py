@@ -17,6 +17,7 @@ def test_tiny_run_measures_one_child_both_paths_roofline_and_flops(tmp_path, tin
     data_root.mkdir()
     (data_root / "cifar10-subset").symlink_to(tiny_cifar_dir)
     monkeypatch.setenv("ALA_GYM_DATA", str(data_root))  # --data-root sets it for the measuring processes; restored after
+    monkeypatch.setattr(throughput, "BATCHED_TARGET", ("mlp", 2, 8.0))  # the kernels' probe at a measured N
     out = tmp_path / "out"
     throughput.main([
         "--models", "mlp", "small_cnn", "--num-envs", "2", "--modes", "single", "native-sequential", "native-batched",
@@ -32,13 +33,16 @@ def test_tiny_run_measures_one_child_both_paths_roofline_and_flops(tmp_path, tin
         assert "error" not in row, row
         assert row["iterations_per_s"] > 0 and row["timed_steps"] >= 1
     assert report["roofline"]["gflops"] > 0 and report["load_average"]["start"] and report["args"]["threads"] == 1
+    assert report["kernels"]["model"] == "mlp" and report["kernels"]["num_envs"] == 2
+    assert report["kernels"]["iterations_per_s"] > 0 and len(report["kernels"]["rounds"]) == 1
     # The MLP's matrix products at batch 8: the forward's, twice over backward but for the input's gradient.
     forward = 2 * 8 * (64 * 64 + 64 * 64 + 64 * 10)
     assert report["flops_per_iteration"]["mlp"] == 3 * forward - 2 * 8 * 64 * 64
     assert report["flops_per_iteration"]["small_cnn"] > 10 * report["flops_per_iteration"]["mlp"]
     table = (out / "throughput.md").read_text()
     assert "| 1 | single |" in table and "% of roofline" in table and "FlopCounterMode" in table
-    assert "Target:" not in table  # neither target's N was measured
+    assert "batched kernels alone: `BatchedTrainer.gradients`" in table
+    assert "Target: mlp, N = 2 batched at" in table and "Bound: the batched forward and backward alone of N = 2 mlp" in table
 
 
 def test_rounds_alternate_their_order_and_rows_keep_the_median(tmp_path, monkeypatch) -> None:
@@ -67,7 +71,7 @@ def test_rounds_alternate_their_order_and_rows_keep_the_median(tmp_path, monkeyp
     assert report["flops_per_iteration"] == {"mlp": 1000}
 
 
-@pytest.mark.parametrize("factor, met", [(9.0, "met"), (7.0, "not met")])
+@pytest.mark.parametrize("factor, met", [(9.0, "met"), (7.0, "not met"), (3.0, "not met")])
 def test_target_lines_follow_the_numbers(factor: float, met: str) -> None:
     """The same report with faster or slower batched rows: the verdicts come from the rates."""
     model, n, target = throughput.BATCHED_TARGET
@@ -83,8 +87,13 @@ def test_target_lines_follow_the_numbers(factor: float, met: str) -> None:
             {"model": cnn, "num_envs": size, "mode": "native-batched", "iterations_per_s": 10.0 * factor / 8},
         ]
     report = {"args": {"models": [model, cnn]}, "results": rows, "roofline": {"gflops": 50.0},
-              "flops_per_iteration": {model: 5e6}}  # fmt: skip
+              "flops_per_iteration": {model: 5e6},
+              "kernels": {"model": model, "num_envs": n, "iterations_per_s": 2 * factor * 100.0}}  # fmt: skip
     lines = throughput.findings(copy.deepcopy(report))
+    reach = "within" if 2 * factor >= target else "beyond"
+    assert any(line.startswith(f"Bound: the batched forward and backward alone of N = {n} {model}")
+               and f"{2 * factor:.2f}x one child's: the target is {reach}" in line and "runs at 50% of them" in line
+               for line in lines)  # fmt: skip
     assert f"Target: {model}, N = {n} batched at {factor:.2f}x one child's iterations/s (target >= {target:g}x): {met}." in lines
     assert any(line.startswith("Bound: at the roofline (50.0 GFLOP/s)") and "100.0x one child's" in line for line in lines)
     assert any(line.startswith(f"Target: {cnn} batched no slower") and line.endswith(f": {met}.") for line in lines)

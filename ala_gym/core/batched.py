@@ -277,15 +277,7 @@ class BatchedTrainer:
         mask = torch.as_tensor(active, device=self.device)
         saved_buffers = None if everyone else {k: v.clone() for k, v in self.buffers.items()}
 
-        if not self._base.training:  # only evaluation switches it off: no walk over the modules per iteration
-            self._base.train()
-        logits = self._forward(self.params, self.buffers, inputs)
-        if kernel is None:
-            losses = vmap(loss.functional)(logits, labels, loss_params)
-        else:
-            losses = fused_losses(logits, labels, loss_params, kernel)
-        masked = torch.where(mask, losses, torch.zeros_like(losses))
-        grads = torch.autograd.grad(masked.sum(), list(self.params.values()))
+        masked, grads = self.gradients(inputs, labels, mask, loss_params, loss, kernel)
 
         lr = torch.tensor([self.config.lr_at(int(i)) for i in self.iterations], device=self.device)
         cfg = self.config
@@ -304,6 +296,23 @@ class BatchedTrainer:
                 _masked_copy(self.buffers, self.buffers, saved_buffers, mask)
         self.iterations[active] += 1
         return masked.detach()
+
+    def gradients(
+        self, inputs: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, loss_params: torch.Tensor, loss: ParamLoss,
+        kernel: str | None = None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:  # fmt: skip
+        """The forward and backward of one iteration (:meth:`train_step` without the batches and the update): the
+        per-child losses ``[N]`` (zero where ``mask`` is False) and their gradients, one per stacked parameter.
+        ``benchmarks/throughput.py`` times it alone, as the ceiling of the batched path's kernels."""
+        if not self._base.training:  # only evaluation switches it off: no walk over the modules per iteration
+            self._base.train()
+        logits = self._forward(self.params, self.buffers, inputs)
+        if kernel is None:
+            losses = vmap(loss.functional)(logits, labels, loss_params)
+        else:
+            losses = fused_losses(logits, labels, loss_params, kernel)
+        masked = torch.where(mask, losses, torch.zeros_like(losses))
+        return masked, torch.autograd.grad(masked.sum(), list(self.params.values()))
 
     def train_chunks(
         self, plans: dict[int, list[int]], losses: list[ParamLoss], split: Split, evaluator: Evaluator | str,
