@@ -4,7 +4,8 @@
 
 Each policy of ``agents/policies/without-<dataset>.pt`` was meta-trained (``ala_gym.agents.meta_train``) on the
 other datasets only; the comparisons run it frozen on the held-out one, at the budget of that dataset's preset
-and at its long-horizon preset's. This script runs nothing: it gathers those rows from the committed
+and at its long-horizon preset's. ``without-<dataset>-<variant>.pt`` is another meta-training on the same
+held-out split (its provenance file says how it differs), judged the same way. This script runs nothing: it gathers those rows from the committed
 ``results.json`` files with the references they are judged against, on the same seeds and, for ``ce``, the same
 children:
 
@@ -19,7 +20,7 @@ label smoothing (its mean below; and by more than the larger standard deviation,
 fixed Phi itself beats cross-entropy by the first rule, which says if that test is within the action space's
 reach of a constant. A reference a
 preset does not run is shown as not run. Beside it, each policy's meta-training cost from its provenance file
-(``agents/policies/without-<dataset>.json``): generations, child-iterations, wall seconds and the CPU, and
+(``agents/policies/<policy>.json``): generations, child-iterations, wall seconds and the CPU, and
 the same for the reruns of a shipped policy's command recorded under ``results/transfer/reruns/``.
 """
 
@@ -66,6 +67,15 @@ HELD_OUT = (
             "reinforce-transfer-frozen(policy=without-cifar10)", "ce(num_envs=2)"),
     HeldOut("CIFAR-10 subset", "cifar10-subset-long", "without-cifar10",
             "reinforce-transfer-frozen(policy=without-cifar10)"),
+    # The same held-out dataset, policies meta-trained on all of their family's tasks every generation.
+    HeldOut("CIFAR-10 subset", "cifar10-subset", "without-cifar10-all-tasks",
+            "reinforce-transfer-frozen(policy=without-cifar10-all-tasks)@train_mode=sequential", "ce(num_envs=2)"),
+    HeldOut("CIFAR-10 subset", "cifar10-subset-long", "without-cifar10-all-tasks",
+            "reinforce-transfer-frozen(policy=without-cifar10-all-tasks)@train_mode=sequential"),
+    HeldOut("CIFAR-10 subset", "cifar10-subset", "without-cifar10-small-train",
+            "reinforce-transfer-frozen(policy=without-cifar10-small-train)@train_mode=sequential", "ce(num_envs=2)"),
+    HeldOut("CIFAR-10 subset", "cifar10-subset-long", "without-cifar10-small-train",
+            "reinforce-transfer-frozen(policy=without-cifar10-small-train)@train_mode=sequential"),
 )  # fmt: skip
 
 
@@ -136,9 +146,17 @@ def gather(results: Path, policies: Path) -> dict[str, Any]:
         if path.is_file():
             record = json.loads(path.read_text())
             costs[name] = {key: record.get(key) for key in ("generations", "child_iterations", "wall_seconds", "cpu", "torch_threads")}
-            costs[name]["tasks"] = record["config"]["tasks"]
+            config = record["config"]
+            costs[name]["tasks"] = [task_label(task, config) for task in config["tasks"]]
+            costs[name]["tasks_per_generation"] = config.get("tasks_per_generation", 1)  # older records: one
             costs[name]["fitness_by_task"] = fitness_by_task(record["history"])
     return {"held_out": entries, "meta_training": costs}
+
+
+def task_label(task: str, config: dict[str, Any]) -> str:
+    """A task of a meta-training family with the training set size its children kept, where they kept a subset."""
+    size = {**config.get("env_kwargs", {}), **config.get("task_kwargs", {}).get(task, {})}.get("train_size")
+    return task if size is None else f"{task} ({size:,} training images at most)"
 
 
 def yes_no(value: bool | None) -> str:
@@ -188,15 +206,16 @@ def markdown(report: dict[str, Any]) -> str:
               "of each task (horizons drawn anew each generation), from the policy's provenance file. A rerun is the",
               "command of a shipped policy run again on another machine, kept for its cost (`results/transfer/reruns/`):",
               "across CPUs the float order differs, so it meta-trains another policy, which is not shipped.", "",
-              "| policy | task family | generations | validation error %, first -> last | child-iterations | wall time | "
-              "child-iterations/s | machine |",
-              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+              "| policy | task family | tasks a generation | generations | validation error %, first -> last | "
+              "child-iterations | wall time | child-iterations/s | machine |",
+              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for policy, cost in report["meta_training"].items():
         seconds = cost.get("wall_seconds")
         wall, rate = (f"{seconds / 60:.1f} min", f"{cost['child_iterations'] / seconds:.0f}") if seconds else ("not recorded", "")
         machine = f"{cost['cpu']}, {cost['torch_threads']} torch thread(s)" if cost.get("cpu") else "not recorded"
         trend = "; ".join(f"{task}: {v['first']:.2f} -> {v['last']:.2f}" for task, v in cost["fitness_by_task"].items())
-        lines.append(f"| `{policy}` | {', '.join(cost['tasks'])} | {cost['generations']} | {trend} | {cost['child_iterations']:,} | "
+        lines.append(f"| `{policy}` | {', '.join(cost['tasks'])} | {cost['tasks_per_generation']} | {cost['generations']} | {trend} | "
+                     f"{cost['child_iterations']:,} | "
                      f"{wall} | {rate} | {machine} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 

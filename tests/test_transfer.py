@@ -46,7 +46,8 @@ def test_report_gathers_the_held_out_rows_and_the_cost(tmp_path: Path, capsys) -
     ])  # fmt: skip
     policies.mkdir()
     (policies / "without-digits.json").write_text(json.dumps({
-        "config": {"tasks": ["ALA-FashionMNIST-v0", "ALA-CIFAR10-v0"]}, "generations": 30,
+        "config": {"tasks": ["ALA-FashionMNIST-v0", "ALA-CIFAR10-v0"], "task_kwargs": {"ALA-FashionMNIST-v0": {"train_size": 5000}}},
+        "generations": 30,
         "child_iterations": 601_920, "wall_seconds": 1800.0, "cpu": "Some CPU", "torch_threads": 1,
         "history": [{"task": "ALA-CIFAR10-v0", "fitness_mean": -f} for f in (0.62, 0.61, 0.60, 0.59, 0.58, 0.57, 0.56)],
     }))  # fmt: skip
@@ -66,8 +67,9 @@ def test_report_gathers_the_held_out_rows_and_the_cost(tmp_path: Path, capsys) -
     assert table == capsys.readouterr().out
     assert ("| digits | `digits` | `without-digits` | 3.00 +- 0.20 | 4.50 +- 0.10 | 2.60 +- 0.20 (off_diagonal=0.03) | "
             "2.70 +- 0.10 (label_smoothing=0.1) | **yes** | no | no (no) | **yes** |") in table  # fmt: skip
-    assert "| `without-digits` | ALA-FashionMNIST-v0, ALA-CIFAR10-v0 | 30 | ALA-CIFAR10-v0: 61.00 -> 57.00 | 601,920 | 30.0 min | 334 | Some CPU, 1 torch thread(s) |" in table
-    assert "| `without-digits (rerun)` | ALA-FashionMNIST-v0, ALA-CIFAR10-v0 | 30 | ALA-CIFAR10-v0: 61.00 -> 57.00 | 601,920 | 15.0 min | 669 | Other CPU, 1 torch thread(s) |" in table
+    family = "ALA-FashionMNIST-v0 (5,000 training images at most), ALA-CIFAR10-v0 | 1"  # one task a generation: older records
+    assert f"| `without-digits` | {family} | 30 | ALA-CIFAR10-v0: 61.00 -> 57.00 | 601,920 | 30.0 min | 334 | Some CPU, 1 torch thread(s) |" in table
+    assert f"| `without-digits (rerun)` | {family} | 30 | ALA-CIFAR10-v0: 61.00 -> 57.00 | 601,920 | 15.0 min | 669 | Other CPU, 1 torch thread(s) |" in table
 
 
 def test_a_transfer_row_without_its_reference_or_damaged_results_exit_2(tmp_path: Path, capsys) -> None:

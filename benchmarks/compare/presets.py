@@ -105,7 +105,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         env="ALA-CIFAR10-v0",
         controllers="ce,oracle-phi,oracle-smoothing,online-smoothing,reinforce-frozen,reinforce-multi,pbt,pbt-frozen,"
         # The policy meta-trained on digits and Fashion-MNIST only (agents/policies/without-cifar10.json), run frozen.
-        "reinforce-transfer-frozen(policy=without-cifar10)",
+        "reinforce-transfer-frozen(policy=without-cifar10),"
+        # The same family meta-trained on both tasks every generation; sequential like ce, which ran before the
+        # small CNN's children were batched by default, so that both train the same children the same way.
+        "reinforce-transfer-frozen(policy=without-cifar10-all-tasks)@train_mode=sequential",
         seeds=5,
         children=4,
         baseline_children=4,
@@ -176,7 +179,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "reinforce-frozen,reinforce-multi,reinforce-transfer-frozen,reinforce-transfer,ce(num_envs=2),"
         "reinforce-transfer(temperature=10),reinforce-transfer-frozen(policy=without-cifar10),"
         # The best fixed Phi and label smoothing selected on validation (one child, as ce).
-        "oracle-phi,oracle-smoothing",
+        "oracle-phi,oracle-smoothing,"
+        # Meta-trained on both tasks every generation; sequential like ce(num_envs=2) (see cifar10-subset-long).
+        "reinforce-transfer-frozen(policy=without-cifar10-all-tasks)@train_mode=sequential",
         seeds=5,
         children=2,
         env_kwargs=dict(
