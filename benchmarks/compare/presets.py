@@ -108,7 +108,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "reinforce-transfer-frozen(policy=without-cifar10),"
         # The same family meta-trained on both tasks every generation; sequential like ce, which ran before the
         # small CNN's children were batched by default, so that both train the same children the same way.
-        "reinforce-transfer-frozen(policy=without-cifar10-all-tasks)@train_mode=sequential",
+        "reinforce-transfer-frozen(policy=without-cifar10-all-tasks)@train_mode=sequential,"
+        # Meta-trained on both tasks every generation, Fashion-MNIST on 1,000 training images (a small training
+        # set seen for many epochs, as here), sequential as the row above.
+        "reinforce-transfer-frozen(policy=without-cifar10-small-train)@train_mode=sequential",
         seeds=5,
         children=4,
         baseline_children=4,
@@ -180,8 +183,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "reinforce-transfer(temperature=10),reinforce-transfer-frozen(policy=without-cifar10),"
         # The best fixed Phi and label smoothing selected on validation (one child, as ce).
         "oracle-phi,oracle-smoothing,"
-        # Meta-trained on both tasks every generation; sequential like ce(num_envs=2) (see cifar10-subset-long).
-        "reinforce-transfer-frozen(policy=without-cifar10-all-tasks)@train_mode=sequential",
+        # Meta-trained on both tasks every generation (the second, Fashion-MNIST on 1,000 training images);
+        # sequential like ce(num_envs=2) (see cifar10-subset-long).
+        "reinforce-transfer-frozen(policy=without-cifar10-all-tasks)@train_mode=sequential,"
+        "reinforce-transfer-frozen(policy=without-cifar10-small-train)@train_mode=sequential",
         seeds=5,
         children=2,
         env_kwargs=dict(
