@@ -71,7 +71,7 @@ def meta_generation(device: str, budget: str, out: Path) -> dict[str, Any]:
     )  # fmt: skip
     trainer = MetaTrainer(config)
     start = time.perf_counter()
-    entry = trainer.step()
+    (entry,) = trainer.step()  # one task a generation: one entry
     wall = time.perf_counter() - start
     children = 2 * config.population
     result = {
