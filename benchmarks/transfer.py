@@ -67,7 +67,12 @@ HELD_OUT = (
             "reinforce-transfer-frozen(policy=without-cifar10)", "ce(num_envs=2)"),
     HeldOut("CIFAR-10 subset", "cifar10-subset-long", "without-cifar10",
             "reinforce-transfer-frozen(policy=without-cifar10)"),
-    # The same held-out dataset, policies meta-trained on all of their family's tasks every generation.
+    # Further meta-trainings on the same held-out splits: all of the family's tasks every generation, and
+    # (small-train) Fashion-MNIST on 1,000 images.
+    HeldOut("Fashion-MNIST", "fashion-mnist", "without-fashion-mnist-all-tasks",
+            "reinforce-transfer-frozen(policy=without-fashion-mnist-all-tasks)@train_mode=sequential", "ce(num_envs=2)"),
+    HeldOut("Fashion-MNIST", "fashion-mnist-long", "without-fashion-mnist-all-tasks",
+            "reinforce-transfer-frozen(policy=without-fashion-mnist-all-tasks)"),
     HeldOut("CIFAR-10 subset", "cifar10-subset", "without-cifar10-all-tasks",
             "reinforce-transfer-frozen(policy=without-cifar10-all-tasks)@train_mode=sequential", "ce(num_envs=2)"),
     HeldOut("CIFAR-10 subset", "cifar10-subset-long", "without-cifar10-all-tasks",
