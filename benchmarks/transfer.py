@@ -159,9 +159,13 @@ def gather(results: Path, policies: Path) -> dict[str, Any]:
 
 
 def task_label(task: str, config: dict[str, Any]) -> str:
-    """A task of a meta-training family with the training set size its children kept, where they kept a subset."""
-    size = {**config.get("env_kwargs", {}), **config.get("task_kwargs", {}).get(task, {})}.get("train_size")
-    return task if size is None else f"{task} ({size:,} training images at most)"
+    """A task of a meta-training family with its children's model and the training set size they kept, where
+    the record names them."""
+    kwargs = {**config.get("env_kwargs", {}), **config.get("task_kwargs", {}).get(task, {})}
+    details = [str(kwargs["model"])] if "model" in kwargs else []
+    if "train_size" in kwargs:
+        details.append(f"{kwargs['train_size']:,} training images at most")
+    return f"{task} ({', '.join(details)})" if details else task
 
 
 def yes_no(value: bool | None) -> str:

@@ -72,6 +72,13 @@ def test_report_gathers_the_held_out_rows_and_the_cost(tmp_path: Path, capsys) -
     assert f"| `without-digits (rerun)` | {family} | 30 | ALA-CIFAR10-v0: 61.00 -> 57.00 | 601,920 | 15.0 min | 669 | Other CPU, 1 torch thread(s) |" in table
 
 
+def test_a_family_task_is_labelled_with_its_model_and_training_set() -> None:
+    config = {"env_kwargs": {"model": "small_cnn"}, "task_kwargs": {"ALA-FashionMNIST-v0": {"train_size": 1000}}}
+    assert transfer.task_label("ALA-FashionMNIST-v0", config) == "ALA-FashionMNIST-v0 (small_cnn, 1,000 training images at most)"
+    assert transfer.task_label("ALA-Digits-v0", config) == "ALA-Digits-v0 (small_cnn)"
+    assert transfer.task_label("ALA-Digits-v0", {}) == "ALA-Digits-v0"
+
+
 def test_a_transfer_row_without_its_reference_or_damaged_results_exit_2(tmp_path: Path, capsys) -> None:
     digits = transfer.HELD_OUT[0]
     write_results(tmp_path, digits.preset, [row(digits.row, 3.0, 0.2)])
