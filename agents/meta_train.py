@@ -538,7 +538,7 @@ def provenance(trainer: MetaTrainer, argv: list[str]) -> dict[str, Any]:
     """What produced a meta-trained policy, written beside it: the command, the configuration (the task family,
     budgets and seeds), every generation's entry (the fitness curve), the cost in child-iterations and in wall
     seconds (the generations' own, summed across resumes; None where a checkpoint predates that count), and
-    the versions, machine and threads it ran with."""
+    the versions, machine, threads and Ray workers (0: in the process) of the run that finished it."""
     pairs = trainer.config.population
     child_iterations = sum(2 * (pairs - entry.get("lost_pairs", 0)) * entry["total_iterations"] for entry in trainer.history)
     return {
@@ -549,6 +549,7 @@ def provenance(trainer: MetaTrainer, argv: list[str]) -> dict[str, Any]:
         "wall_seconds": trainer.wall_seconds if np.isfinite(trainer.wall_seconds) else None,
         "cpu": cpu_model(),
         "torch_threads": torch.get_num_threads(),
+        "workers": trainer.config.workers,
         "versions": {"ala_gym": ala_gym.__version__, "torch": torch.__version__},
         "history": trainer.history,
     }

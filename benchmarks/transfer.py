@@ -150,7 +150,7 @@ def gather(results: Path, policies: Path) -> dict[str, Any]:
     for name, path in records.items():
         if path.is_file():
             record = json.loads(path.read_text())
-            costs[name] = {key: record.get(key) for key in ("generations", "child_iterations", "wall_seconds", "cpu", "torch_threads")}
+            costs[name] = {key: record.get(key) for key in ("generations", "child_iterations", "wall_seconds", "cpu", "torch_threads", "workers")}
             config = record["config"]
             costs[name]["tasks"] = [task_label(task, config) for task in config["tasks"]]
             costs[name]["tasks_per_generation"] = config.get("tasks_per_generation", 1)  # older records: one
@@ -222,6 +222,8 @@ def markdown(report: dict[str, Any]) -> str:
         seconds = cost.get("wall_seconds")
         wall, rate = (f"{seconds / 60:.1f} min", f"{cost['child_iterations'] / seconds:.0f}") if seconds else ("not recorded", "")
         machine = f"{cost['cpu']}, {cost['torch_threads']} torch thread(s)" if cost.get("cpu") else "not recorded"
+        if cost.get("workers"):  # older records ran in the process and hold no count
+            machine += f", {cost['workers']} Ray workers of 1 thread each"
         trend = "; ".join(f"{task}: {v['first']:.2f} -> {v['last']:.2f}" for task, v in cost["fitness_by_task"].items())
         lines.append(f"| `{policy}` | {', '.join(cost['tasks'])} | {cost['tasks_per_generation']} | {cost['generations']} | {trend} | "
                      f"{cost['child_iterations']:,} | "

@@ -142,7 +142,7 @@ def test_the_command_line_writes_a_policy_the_controller_loads(tmp_path, capsys)
     words = shlex.split(record["command"])  # quoted as a shell reads it
     assert words[-2:] == ["--save", str(tmp_path / "meta.pt")] and json.loads(words[-3]) == TINY_ENV
     assert record["generations"] == 1 and len(record["history"]) == 1 and record["config"]["population"] == 1
-    assert record["child_iterations"] == 2 * 40 and record["wall_seconds"] > 0
+    assert record["child_iterations"] == 2 * 40 and record["wall_seconds"] > 0 and record["workers"] == 0
     controller = ReinforceController.load(tmp_path / "meta.pt", train=False, num_envs=2)
     envs = controller.make_envs("ALA-Digits-v0", total_iterations=40, steps_per_action=20, **TINY_ENV)
     records = controller.run(envs, seed=0)
