@@ -81,6 +81,11 @@ HELD_OUT = (
             "reinforce-transfer-frozen(policy=without-cifar10-small-train)@train_mode=sequential", "ce(num_envs=2)"),
     HeldOut("CIFAR-10 subset", "cifar10-subset-long", "without-cifar10-small-train",
             "reinforce-transfer-frozen(policy=without-cifar10-small-train)@train_mode=sequential"),
+    # Small CNN children, as on the CIFAR-10 subset, on digits and on Fashion-MNIST's 1,000 images.
+    HeldOut("CIFAR-10 subset", "cifar10-subset", "without-cifar10-cnn",
+            "reinforce-transfer-frozen(policy=without-cifar10-cnn)@train_mode=sequential", "ce(num_envs=2)"),
+    HeldOut("CIFAR-10 subset", "cifar10-subset-long", "without-cifar10-cnn",
+            "reinforce-transfer-frozen(policy=without-cifar10-cnn)@train_mode=sequential"),
 )  # fmt: skip
 
 

@@ -113,7 +113,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "reinforce-transfer-frozen(policy=without-cifar10-all-tasks)@train_mode=sequential,"
         # Meta-trained on both tasks every generation, Fashion-MNIST on 1,000 training images (a small training
         # set seen for many epochs, as here), sequential as the row above.
-        "reinforce-transfer-frozen(policy=without-cifar10-small-train)@train_mode=sequential",
+        "reinforce-transfer-frozen(policy=without-cifar10-small-train)@train_mode=sequential,"
+        # Meta-trained on small CNN children of digits and of Fashion-MNIST on 1,000 training images, at this
+        # preset's learning rate, weight decay and batch size; sequential as the rows above.
+        "reinforce-transfer-frozen(policy=without-cifar10-cnn)@train_mode=sequential",
         seeds=5,
         children=4,
         baseline_children=4,
@@ -190,7 +193,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         # Meta-trained on both tasks every generation (the second, Fashion-MNIST on 1,000 training images);
         # sequential like ce(num_envs=2) (see cifar10-subset-long).
         "reinforce-transfer-frozen(policy=without-cifar10-all-tasks)@train_mode=sequential,"
-        "reinforce-transfer-frozen(policy=without-cifar10-small-train)@train_mode=sequential",
+        "reinforce-transfer-frozen(policy=without-cifar10-small-train)@train_mode=sequential,"
+        # Meta-trained on small CNN children (see cifar10-subset-long); sequential as above.
+        "reinforce-transfer-frozen(policy=without-cifar10-cnn)@train_mode=sequential",
         seeds=5,
         children=2,
         env_kwargs=dict(
