@@ -12,6 +12,10 @@ FIXED_ROWS = "ce,phi-identity,label-smoothing,phi-uniform,random,confusion"
 # images; K = 30 gives 40 steps.
 FASHION_MNIST_BUDGET = dict(total_iterations=1200, steps_per_action=30, eval_points=2, eval_stride=5, val_subsample=1000)
 
+# A small training set seen for many epochs: the small CNN on 1,000 training images, 1200 iterations of 64
+# (77 epochs), where cross-entropy overfits (cifar10-subset-long, and a task of without-cifar10-cnn's family).
+SMALL_TRAIN_CNN = dict(model="small_cnn", lr=0.05, weight_decay=5e-4, train_size=1000, batch_size=64, total_iterations=1200,
+                       steps_per_action=20, eval_points=2, eval_stride=5, val_subsample=500)
 
 def metric_learning_preset(env: str, name: str) -> dict[str, Any]:
     """A Fashion-MNIST metric-learning comparison (train on classes 0-4, retrieve on 5-9): the framework's
@@ -121,19 +125,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         children=4,
         baseline_children=4,
         seed_stride=10,
-        env_kwargs=dict(
-            model="small_cnn",
-            lr=0.05,
-            weight_decay=5e-4,
-            data_root="cifar10-subset",  # relative: under --data-root / $ALA_GYM_DATA (see ala_gym.core.data.with_data_home)
-            train_size=1000,
-            batch_size=64,
-            total_iterations=1200,
-            steps_per_action=20,
-            eval_points=2,
-            eval_stride=5,
-            val_subsample=500,
-        ),
+        # data_root is relative: under --data-root / $ALA_GYM_DATA (see ala_gym.core.data.with_data_home)
+        env_kwargs=dict(SMALL_TRAIN_CNN, data_root="cifar10-subset"),
         name="cifar10-subset-long",
     ),
     # One task of the without-cifar10-cnn meta-training family at its longest horizon: small CNN children on
@@ -147,18 +140,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         children=2,
         baseline_children=2,
         seed_stride=2,
-        env_kwargs=dict(
-            model="small_cnn",
-            lr=0.05,
-            weight_decay=5e-4,
-            train_size=1000,
-            batch_size=64,
-            total_iterations=1200,
-            steps_per_action=20,
-            eval_points=2,
-            eval_stride=5,
-            val_subsample=500,
-        ),
+        env_kwargs=SMALL_TRAIN_CNN,
         name="fashion-mnist-cnn-small-train",
     ),
     "fashion-mnist": dict(
