@@ -17,6 +17,7 @@ FASHION_MNIST_BUDGET = dict(total_iterations=1200, steps_per_action=30, eval_poi
 SMALL_TRAIN_CNN = dict(model="small_cnn", lr=0.05, weight_decay=5e-4, train_size=1000, batch_size=64, total_iterations=1200,
                        steps_per_action=20, eval_points=2, eval_stride=5, val_subsample=500)
 
+
 def metric_learning_preset(env: str, name: str) -> dict[str, Any]:
     """A Fashion-MNIST metric-learning comparison (train on classes 0-4, retrieve on 5-9): the framework's
     fixed loss, the adaptive loss held at its initial Phi, ALA learned online and frozen at its initial
