@@ -86,6 +86,11 @@ HELD_OUT = (
             "reinforce-transfer-frozen(policy=without-cifar10-cnn)@train_mode=sequential", "ce(num_envs=2)"),
     HeldOut("CIFAR-10 subset", "cifar10-subset-long", "without-cifar10-cnn",
             "reinforce-transfer-frozen(policy=without-cifar10-cnn)@train_mode=sequential"),
+    # The same meta-training run on to 60 generations.
+    HeldOut("CIFAR-10 subset", "cifar10-subset", "without-cifar10-cnn-60",
+            "reinforce-transfer-frozen(policy=without-cifar10-cnn-60)@train_mode=sequential", "ce(num_envs=2)"),
+    HeldOut("CIFAR-10 subset", "cifar10-subset-long", "without-cifar10-cnn-60",
+            "reinforce-transfer-frozen(policy=without-cifar10-cnn-60)@train_mode=sequential"),
 )  # fmt: skip
 
 
