@@ -35,6 +35,22 @@ def metric_learning_preset(env: str, name: str) -> dict[str, Any]:
     )
 
 
+def cnn_family_task_preset(total_iterations: int, name: str) -> dict[str, Any]:
+    """The Fashion-MNIST task of the without-cifar10-cnn meta-training family (:data:`SMALL_TRAIN_CNN`) at
+    ``total_iterations``: cross-entropy, the oracles and the family's policies frozen, 2 new children per seed."""
+    return dict(
+        env="ALA-FashionMNIST-v0",
+        controllers="ce,oracle-phi,oracle-smoothing,reinforce-transfer-frozen(policy=without-cifar10-cnn),"
+        "reinforce-transfer-frozen(policy=without-cifar10-cnn-60)",
+        seeds=5,
+        children=2,
+        baseline_children=2,
+        seed_stride=2,
+        env_kwargs=dict(SMALL_TRAIN_CNN, total_iterations=total_iterations),
+        name=name,
+    )
+
+
 # Budgets chosen so a CPU can finish; each gives every child tens of controller steps.
 PRESETS: dict[str, dict[str, Any]] = {
     "demo": dict(
@@ -136,30 +152,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # 1,000 Fashion-MNIST training images (1200 iterations of 64: 77 epochs, cifar10-subset-long's recipe).
     # Does the meta-trained policy beat the best constants on a task it was meta-trained on (children of
     # other seeds)? Where it does not, its loss on CIFAR-10 is the evolution strategies', not the transfer's.
-    "fashion-mnist-cnn-small-train": dict(
-        env="ALA-FashionMNIST-v0",
-        controllers="ce,oracle-phi,oracle-smoothing,reinforce-transfer-frozen(policy=without-cifar10-cnn),"
-        "reinforce-transfer-frozen(policy=without-cifar10-cnn-60)",
-        seeds=5,
-        children=2,
-        baseline_children=2,
-        seed_stride=2,
-        env_kwargs=SMALL_TRAIN_CNN,
-        name="fashion-mnist-cnn-small-train",
-    ),
+    "fashion-mnist-cnn-small-train": cnn_family_task_preset(1200, "fashion-mnist-cnn-small-train"),
     # The same task at the family's shortest horizon (400 iterations of 64: 26 epochs): the meta-training
     # fitness averages horizons in 400-1200, so does a smoother loss pay at both ends?
-    "fashion-mnist-cnn-small-train-short": dict(
-        env="ALA-FashionMNIST-v0",
-        controllers="ce,oracle-phi,oracle-smoothing,reinforce-transfer-frozen(policy=without-cifar10-cnn),"
-        "reinforce-transfer-frozen(policy=without-cifar10-cnn-60)",
-        seeds=5,
-        children=2,
-        baseline_children=2,
-        seed_stride=2,
-        env_kwargs=dict(SMALL_TRAIN_CNN, total_iterations=400),
-        name="fashion-mnist-cnn-small-train-short",
-    ),
+    "fashion-mnist-cnn-small-train-short": cnn_family_task_preset(400, "fashion-mnist-cnn-small-train-short"),
     "fashion-mnist": dict(
         env="ALA-FashionMNIST-v0",
         controllers=FIXED_ROWS + ",phi-identity-sigmoid,reinforce-paper,reinforce-paper-multi,"
