@@ -42,7 +42,10 @@ A child's training FLOPs per SGD iteration are counted by ``torch.utils.flop_cou
 one iteration of the env's own child (:meth:`ala_gym.core.trainer.ChildTrainer.train_step`: its data, batch
 and loss): matrix products and convolutions, forward and backward; element-wise work and the validation
 passes are not counted, so a row's GFLOP/s (iterations/s times that count) is a lower bound on the
-arithmetic it did.
+arithmetic it did. For the batched target (:data:`BATCHED_TARGET`), two more fresh processes a round time
+its forward and backward alone (:func:`kernel_rate`) and the matrix products of that forward and backward
+alone, recorded in one call and replayed in their layouts, in float32 and in bfloat16 (:func:`product_rate`):
+how far the step's own arithmetic, and half-width products, would let the target go.
 
 Writes ``throughput.json`` and ``throughput.md`` under ``--out`` (machine, load, versions, threads, seeds
 and budget beside every number, and findings and targets computed from the numbers). ``--render``
@@ -60,6 +63,7 @@ import statistics
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -214,6 +218,108 @@ def kernel_rate(config: dict) -> dict:
     return {**config, "iterations_per_s": n * count / (time.perf_counter() - start)}
 
 
+MATRIX_PRODUCTS = ("mm", "bmm", "addmm", "baddbmm", "convolution")
+"""The aten operators :func:`product_rate` replays: the matrix products and convolutions that
+``FlopCounterMode`` counts."""
+
+
+def recorded_products(run: Any) -> list[tuple[Any, list[Any], dict[str, Any]]]:
+    """The matrix products (:data:`MATRIX_PRODUCTS`) that ``run()`` dispatches, forward and backward, in order:
+    each operator with its arguments, tensors kept as ``(size, stride)``."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    def layout(value: Any) -> Any:
+        return (tuple(value.shape), value.stride()) if isinstance(value, torch.Tensor) else value
+
+    calls = []
+
+    class Recorder(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            kwargs = kwargs or {}
+            if func.overloadpacket.__name__ in MATRIX_PRODUCTS:
+                calls.append((func, [layout(a) for a in args], {k: layout(v) for k, v in kwargs.items()}))
+            return func(*args, **kwargs)
+
+    with Recorder():
+        run()
+    return calls
+
+
+def replay_products(calls: list, dtype: Any, generator: Any) -> list[tuple[Any, list[Any], dict[str, Any]]]:
+    """The recorded products ``calls`` ready to run again: fresh random tensors of their sizes and strides,
+    in ``dtype`` (float32 as recorded, or bfloat16)."""
+    import torch
+
+    def tensor(value: Any) -> Any:
+        if not (isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], tuple)):
+            return value
+        size, stride = value
+        extent = 1 + sum((n - 1) * step for n, step in zip(size, stride))  # an expanded bias has stride 0
+        return torch.randn(extent, generator=generator).to(dtype).as_strided(size, stride)
+
+    return [(func, [tensor(a) for a in args], {k: tensor(v) for k, v in kwargs.items()}) for func, args, kwargs in calls]
+
+
+def run_products(replays: list) -> None:
+    for func, args, kwargs in replays:
+        func(*args, **kwargs)
+
+
+def seconds_per_run(run: Any, seconds: float) -> float:
+    """Seconds per call of ``run()`` after a warm-up call, timed for at least ``seconds`` and three calls."""
+    run()
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds or count < 3:
+        run()
+        count += 1
+    return (time.perf_counter() - start) / count
+
+
+def product_rate(config: dict) -> dict:
+    """Iterations/s summed over ``config["num_envs"]`` children of the matrix products alone of
+    :meth:`ala_gym.core.batched.BatchedTrainer.gradients` (recorded in one call, forward and backward, then
+    replayed in their layouts), in float32 and in bfloat16: how fast the step's products are, apart from its
+    element-wise work, reductions and autograd, and what half-width products would give (on a CPU with
+    AMX or AVX-512 BF16, the faster kernels for them). ``flops`` is the products' count, for checking."""
+    import gymnasium as gym
+    import numpy as np
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import ala_gym  # noqa: F401  (registers the ids)
+    from ala_gym.core.allocator import retain_freed_memory
+    from ala_gym.core.batched import BatchedTrainer, fused_kernel
+    from ala_gym.envs.base import ALAEnv
+
+    retain_freed_memory()
+    torch.set_num_threads(config["threads"])
+    env_id, kwargs = env_setup(config)
+    env = gym.make(env_id, **kwargs).unwrapped
+    assert isinstance(env, ALAEnv)
+    n = config["num_envs"]
+    trainer = BatchedTrainer(env.data, env.train_config, [config["seed"] + child for child in range(n)])
+    active = np.ones(n, dtype=bool)
+    inputs, labels = trainer.next_batches(active)
+    mask = torch.as_tensor(active, device=trainer.device)
+    loss = env.episode.loss
+    loss_params, kernel = torch.stack([loss.params] * n), fused_kernel([loss] * n)
+    calls = recorded_products(lambda: trainer.gradients(inputs, labels, mask, loss_params, loss, kernel))
+    generator = torch.Generator().manual_seed(config["seed"])
+    replays = {dtype: replay_products(calls, dtype, generator) for dtype in (torch.float32, torch.bfloat16)}
+    with FlopCounterMode(display=False) as counter:
+        run_products(replays[torch.float32])
+    seconds = {dtype: seconds_per_run(partial(run_products, replay), config["seconds"]) for dtype, replay in replays.items()}
+    return {
+        **config,
+        "products": [f"{func.overloadpacket.__name__} " + " ".join("x".join(map(str, a[0])) for a in args if isinstance(a, tuple))
+                     for func, args, _ in calls],  # fmt: skip
+        "flops": int(counter.get_total_flops()),
+        "iterations_per_s": n / seconds[torch.float32],
+        "bfloat16_iterations_per_s": n / seconds[torch.bfloat16],
+    }
+
+
 def training_flops(config: dict) -> int:
     """FLOPs of one SGD iteration of ``config``'s child (matrix products and convolutions, forward and
     backward), counted by ``FlopCounterMode`` on the single env's own child, data and loss."""
@@ -304,6 +410,13 @@ def write_markdown(report: dict, path: Path) -> None:
             f"* batched kernels alone: `BatchedTrainer.gradients` (forward and backward of a batched SGD iteration) of "
             f"N = {kernels['num_envs']} {kernels['model']} children on one batch each, for {args['roofline_seconds']:g} s "
             f"in a fresh process before each round, the best of {len(kernels['rounds'])} round(s)"
+        )
+    if report.get("products"):
+        products = report["products"]
+        lines.append(
+            f"* their matrix products alone: the {len(products['products'])} products that one such call dispatches "
+            f"({'; '.join(products['products'])}: {products['flops'] / 1e6:.1f} MFLOP), recorded and replayed on fresh "
+            f"tensors of the same sizes and strides, in float32 and in bfloat16, the best of {len(products['rounds'])} round(s)"
         )
     if report.get("flops_per_iteration"):
         counted = ", ".join(f"{model} {flops / 1e6:.1f} MFLOP" for model, flops in report["flops_per_iteration"].items())
@@ -404,6 +517,15 @@ def targets(report: dict, rates: dict[tuple[str, int, str], float]) -> list[str]
                          f"(`BatchedTrainer.gradients`, without batch gather, SGD update, validation or env step) run at "
                          f"{alone:.0f} iterations/s, {alone / one:.2f}x one child's: the target is {reach} these kernels' "
                          f"reach here; the env's batched step runs at {100 * batched / alone:.0f}% of them.")
+        products = report.get("products") or {}
+        if (products.get("model"), products.get("num_envs")) == (model, n):
+            full, half = products["iterations_per_s"], products["bfloat16_iterations_per_s"]
+            reach = "within" if full / one >= factor else "beyond"
+            # Per call, the products' time over the whole forward and backward's: the inverse ratio of the rates.
+            share = f"; they take {100 * kernels['iterations_per_s'] / full:.0f}% of `gradients`' time" if kernels else ""
+            lines.append(f"Bound: the matrix products alone of that forward and backward run at {full:.0f} iterations/s, "
+                         f"{full / one:.2f}x one child's: the target is {reach} their reach in float32{share}. In "
+                         f"bfloat16 they run at {half:.0f} iterations/s, {half / one:.2f}x.")
     pairs = sorted(
         (size, rates[(m, size, "native-batched")] / rates[(m, size, "native-sequential")])
         for m, size, mode in rates
@@ -432,6 +554,22 @@ def configurations(args: argparse.Namespace) -> list[dict]:
                 "val_subsample": args.val_subsample, "dataset": args.dataset,
             })  # fmt: skip
     return configs
+
+
+def best_products(rounds: list[dict]) -> dict:
+    """The :func:`product_rate` rounds as one entry: the best round's float32 and bfloat16 rates, every round's
+    kept; empty when no round measured them."""
+    measured = [probe for probe in rounds if "error" not in probe]
+    if not measured:
+        return {}
+    best = max(measured, key=lambda probe: probe["iterations_per_s"])
+    return {
+        "model": best["model"], "num_envs": best["num_envs"], "products": best["products"], "flops": best["flops"],
+        "iterations_per_s": best["iterations_per_s"],
+        "bfloat16_iterations_per_s": max(probe["bfloat16_iterations_per_s"] for probe in measured),
+        "rounds": [probe.get("iterations_per_s") for probe in rounds],
+        "bfloat16_rounds": [probe.get("bfloat16_iterations_per_s") for probe in rounds],
+    }  # fmt: skip
 
 
 def median_row(runs: list[dict]) -> dict:
@@ -484,7 +622,7 @@ def main(argv: list[str] | None = None) -> None:
         os.environ["ALA_GYM_DATA"] = str(args.data_root)  # inherited by the measuring subprocesses
     if args.one:
         config = json.loads(args.one)
-        probes = {"roofline": roofline, "kernels": kernel_rate}
+        probes = {"roofline": roofline, "kernels": kernel_rate, "products": product_rate}
         print(json.dumps(probes.get(config["mode"], measure)(config)))
         return
     if any(mode.startswith("ray") for mode in args.modes):
@@ -501,6 +639,7 @@ def main(argv: list[str] | None = None) -> None:
     model, n, _ = BATCHED_TARGET
     kernel_config = next((c for c in configs if (c["model"], c["num_envs"], c["mode"]) == (model, n, "native-batched")), None)
     kernel_rounds: list[float | None] = []
+    product_rounds: list[dict] = []
     for round_index in range(args.repeats):
         probe = run_isolated({"mode": "roofline", "device": args.device, "threads": args.threads,
                               "seconds": args.roofline_seconds}, args.timeout)  # fmt: skip
@@ -510,6 +649,10 @@ def main(argv: list[str] | None = None) -> None:
             probe = run_isolated({**kernel_config, "mode": "kernels", "seconds": args.roofline_seconds}, args.timeout)
             kernel_rounds.append(probe.get("iterations_per_s"))
             print(f"round {round_index + 1}: batched kernels alone {probe.get('iterations_per_s') or probe.get('error')} "
+                  "iterations/s", flush=True)  # fmt: skip
+            probe = run_isolated({**kernel_config, "mode": "products", "seconds": args.roofline_seconds}, args.timeout)
+            product_rounds.append(probe)
+            print(f"round {round_index + 1}: their matrix products alone {probe.get('iterations_per_s') or probe.get('error')} "
                   "iterations/s", flush=True)  # fmt: skip
         order = list(range(len(configs)))
         for index in order if round_index % 2 == 0 else order[::-1]:
@@ -530,6 +673,7 @@ def main(argv: list[str] | None = None) -> None:
         "roofline": {"gflops": max(measured), "rounds": roofline_rounds, "size": ROOFLINE_SIZE[args.device]} if measured else {},
         "kernels": {"model": model, "num_envs": n, "iterations_per_s": max(rate for rate in kernel_rounds if rate),
                     "rounds": kernel_rounds} if any(kernel_rounds) else {},
+        "products": best_products(product_rounds),
         "flops_per_iteration": {model: training_flops(next(c for c in configs if c["model"] == model))
                                 for model in args.models if any(c["model"] == model for c in configs)},  # fmt: skip
         "results": [median_row(model_runs) for model_runs in runs],

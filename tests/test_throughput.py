@@ -39,10 +39,16 @@ def test_tiny_run_measures_one_child_both_paths_roofline_and_flops(tmp_path, tin
     forward = 2 * 8 * (64 * 64 + 64 * 64 + 64 * 10)
     assert report["flops_per_iteration"]["mlp"] == 3 * forward - 2 * 8 * 64 * 64
     assert report["flops_per_iteration"]["small_cnn"] > 10 * report["flops_per_iteration"]["mlp"]
+    # The replayed products are the batched call's whole arithmetic: the two children's FlopCounterMode count.
+    products = report["products"]
+    assert (products["model"], products["num_envs"], len(products["products"])) == ("mlp", 2, 8)
+    assert products["flops"] == 2 * report["flops_per_iteration"]["mlp"]
+    assert products["iterations_per_s"] > 0 and products["bfloat16_iterations_per_s"] > 0
     table = (out / "throughput.md").read_text()
     assert "| 1 | single |" in table and "% of roofline" in table and "FlopCounterMode" in table
     assert "batched kernels alone: `BatchedTrainer.gradients`" in table
     assert "Target: mlp, N = 2 batched at" in table and "Bound: the batched forward and backward alone of N = 2 mlp" in table
+    assert "their matrix products alone: the 8 products" in table and "Bound: the matrix products alone" in table
 
 
 def test_rounds_alternate_their_order_and_rows_keep_the_median(tmp_path, monkeypatch) -> None:
@@ -88,11 +94,17 @@ def test_target_lines_follow_the_numbers(factor: float, met: str) -> None:
         ]
     report = {"args": {"models": [model, cnn]}, "results": rows, "roofline": {"gflops": 50.0},
               "flops_per_iteration": {model: 5e6},
-              "kernels": {"model": model, "num_envs": n, "iterations_per_s": 2 * factor * 100.0}}  # fmt: skip
+              "kernels": {"model": model, "num_envs": n, "iterations_per_s": 2 * factor * 100.0},
+              "products": {"model": model, "num_envs": n, "iterations_per_s": 4 * factor * 100.0,
+                           "bfloat16_iterations_per_s": 8 * factor * 100.0}}  # fmt: skip
     lines = throughput.findings(copy.deepcopy(report))
     reach = "within" if 2 * factor >= target else "beyond"
     assert any(line.startswith(f"Bound: the batched forward and backward alone of N = {n} {model}")
                and f"{2 * factor:.2f}x one child's: the target is {reach}" in line and "runs at 50% of them" in line
+               for line in lines)  # fmt: skip
+    reach = "within" if 4 * factor >= target else "beyond"
+    assert any(line.startswith("Bound: the matrix products alone") and f"{4 * factor:.2f}x one child's: the target is "
+               f"{reach} their reach in float32; they take 50% of `gradients`' time" in line and f"{8 * factor:.2f}x." in line
                for line in lines)  # fmt: skip
     assert f"Target: {model}, N = {n} batched at {factor:.2f}x one child's iterations/s (target >= {target:g}x): {met}." in lines
     assert any(line.startswith("Bound: at the roofline (50.0 GFLOP/s)") and "100.0x one child's" in line for line in lines)
