@@ -63,6 +63,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -182,11 +183,10 @@ def roofline(config: dict) -> dict:
     return {**config, "gflops": best}
 
 
-def kernel_rate(config: dict) -> dict:
-    """Iterations/s summed over ``config["num_envs"]`` children of :meth:`ala_gym.core.batched.BatchedTrainer.gradients`
-    alone (the forward and backward of a batched SGD iteration, with the env's data, batch and loss) for
-    ``config["seconds"]``: the ceiling of the batched path's kernels, with no batch gather, SGD update,
-    validation pass or env step around them."""
+def batched_gradients(config: dict) -> Callable[[], Any]:
+    """One call of :meth:`ala_gym.core.batched.BatchedTrainer.gradients` for ``config["num_envs"]`` children of
+    ``config``'s env (its data, a batch each and its loss), ready to run again and again; the process set up
+    as a measuring one (malloc thresholds, ``config["threads"]`` torch threads)."""
     import gymnasium as gym
     import numpy as np
     import torch
@@ -208,14 +208,16 @@ def kernel_rate(config: dict) -> dict:
     mask = torch.as_tensor(active, device=trainer.device)
     loss = env.episode.loss
     loss_params, kernel = torch.stack([loss.params] * n), fused_kernel([loss] * n)
-    trainer.gradients(inputs, labels, mask, loss_params, loss, kernel)  # warm-up
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < config["seconds"] or count < 3:
-        trainer.gradients(inputs, labels, mask, loss_params, loss, kernel)
-        count += 1
-    if config["device"] == "cuda":
-        torch.cuda.synchronize()
-    return {**config, "iterations_per_s": n * count / (time.perf_counter() - start)}
+    return partial(trainer.gradients, inputs, labels, mask, loss_params, loss, kernel)
+
+
+def kernel_rate(config: dict) -> dict:
+    """Iterations/s summed over ``config["num_envs"]`` children of :meth:`ala_gym.core.batched.BatchedTrainer.gradients`
+    alone (the forward and backward of a batched SGD iteration, with the env's data, batch and loss) for
+    ``config["seconds"]``: the ceiling of the batched path's kernels, with no batch gather, SGD update,
+    validation pass or env step around them."""
+    seconds = seconds_per_run(batched_gradients(config), config["seconds"], config["device"])
+    return {**config, "iterations_per_s": config["num_envs"] / seconds}
 
 
 MATRIX_PRODUCTS = ("mm", "bmm", "addmm", "baddbmm", "convolution")
@@ -223,7 +225,7 @@ MATRIX_PRODUCTS = ("mm", "bmm", "addmm", "baddbmm", "convolution")
 ``FlopCounterMode`` counts."""
 
 
-def recorded_products(run: Any) -> list[tuple[Any, list[Any], dict[str, Any]]]:
+def recorded_products(run: Callable[[], Any]) -> list[tuple[Any, list[Any], dict[str, Any]]]:
     """The matrix products (:data:`MATRIX_PRODUCTS`) that ``run()`` dispatches, forward and backward, in order:
     each operator with its arguments, tensors kept as ``(size, stride)``."""
     import torch
@@ -246,9 +248,9 @@ def recorded_products(run: Any) -> list[tuple[Any, list[Any], dict[str, Any]]]:
     return calls
 
 
-def replay_products(calls: list, dtype: Any, generator: Any) -> list[tuple[Any, list[Any], dict[str, Any]]]:
+def replay_products(calls: list, dtype: Any, generator: Any, device: str) -> list[tuple[Any, list[Any], dict[str, Any]]]:
     """The recorded products ``calls`` ready to run again: fresh random tensors of their sizes and strides,
-    in ``dtype`` (float32 as recorded, or bfloat16)."""
+    in ``dtype`` (float32 as recorded, or bfloat16), on ``device``."""
     import torch
 
     def tensor(value: Any) -> Any:
@@ -256,7 +258,7 @@ def replay_products(calls: list, dtype: Any, generator: Any) -> list[tuple[Any, 
             return value
         size, stride = value
         extent = 1 + sum((n - 1) * step for n, step in zip(size, stride))  # an expanded bias has stride 0
-        return torch.randn(extent, generator=generator).to(dtype).as_strided(size, stride)
+        return torch.randn(extent, generator=generator).to(device, dtype).as_strided(size, stride)
 
     return [(func, [tensor(a) for a in args], {k: tensor(v) for k, v in kwargs.items()}) for func, args, kwargs in calls]
 
@@ -266,13 +268,18 @@ def run_products(replays: list) -> None:
         func(*args, **kwargs)
 
 
-def seconds_per_run(run: Any, seconds: float) -> float:
-    """Seconds per call of ``run()`` after a warm-up call, timed for at least ``seconds`` and three calls."""
+def seconds_per_run(run: Callable[[], Any], seconds: float, device: str) -> float:
+    """Seconds per call of ``run()`` after a warm-up call, timed for at least ``seconds`` and three calls (on
+    CUDA, until the device has finished them)."""
+    import torch
+
     run()
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds or count < 3:
         run()
         count += 1
+    if device == "cuda":
+        torch.cuda.synchronize()
     return (time.perf_counter() - start) / count
 
 
@@ -282,34 +289,17 @@ def product_rate(config: dict) -> dict:
     replayed in their layouts), in float32 and in bfloat16: how fast the step's products are, apart from its
     element-wise work, reductions and autograd, and what half-width products would give (on a CPU with
     AMX or AVX-512 BF16, the faster kernels for them). ``flops`` is the products' count, for checking."""
-    import gymnasium as gym
-    import numpy as np
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    import ala_gym  # noqa: F401  (registers the ids)
-    from ala_gym.core.allocator import retain_freed_memory
-    from ala_gym.core.batched import BatchedTrainer, fused_kernel
-    from ala_gym.envs.base import ALAEnv
-
-    retain_freed_memory()
-    torch.set_num_threads(config["threads"])
-    env_id, kwargs = env_setup(config)
-    env = gym.make(env_id, **kwargs).unwrapped
-    assert isinstance(env, ALAEnv)
     n = config["num_envs"]
-    trainer = BatchedTrainer(env.data, env.train_config, [config["seed"] + child for child in range(n)])
-    active = np.ones(n, dtype=bool)
-    inputs, labels = trainer.next_batches(active)
-    mask = torch.as_tensor(active, device=trainer.device)
-    loss = env.episode.loss
-    loss_params, kernel = torch.stack([loss.params] * n), fused_kernel([loss] * n)
-    calls = recorded_products(lambda: trainer.gradients(inputs, labels, mask, loss_params, loss, kernel))
+    calls = recorded_products(batched_gradients(config))
     generator = torch.Generator().manual_seed(config["seed"])
-    replays = {dtype: replay_products(calls, dtype, generator) for dtype in (torch.float32, torch.bfloat16)}
+    replays = {dtype: replay_products(calls, dtype, generator, config["device"]) for dtype in (torch.float32, torch.bfloat16)}
     with FlopCounterMode(display=False) as counter:
         run_products(replays[torch.float32])
-    seconds = {dtype: seconds_per_run(partial(run_products, replay), config["seconds"]) for dtype, replay in replays.items()}
+    seconds = {dtype: seconds_per_run(partial(run_products, replay), config["seconds"], config["device"])
+               for dtype, replay in replays.items()}  # fmt: skip
     return {
         **config,
         "products": [f"{func.overloadpacket.__name__} " + " ".join("x".join(map(str, a[0])) for a in args if isinstance(a, tuple))
