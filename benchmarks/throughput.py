@@ -66,7 +66,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ala_gym.benchmarks.machine import RESULTS, cpu_model
 from ala_gym.wrappers import MissingExtraError, require
@@ -220,19 +220,26 @@ def kernel_rate(config: dict) -> dict:
     return {**config, "iterations_per_s": config["num_envs"] / seconds}
 
 
-MATRIX_PRODUCTS = ("mm", "bmm", "addmm", "baddbmm", "convolution")
+MATRIX_PRODUCTS = ("mm", "bmm", "addmm", "baddbmm", "convolution", "convolution_backward")
 """The aten operators :func:`product_rate` replays: the matrix products and convolutions that
 ``FlopCounterMode`` counts."""
 
 
+class TensorLayout(NamedTuple):
+    """A recorded tensor argument: what a replay needs to make one like it."""
+
+    size: tuple[int, ...]
+    stride: tuple[int, ...]
+
+
 def recorded_products(run: Callable[[], Any]) -> list[tuple[Any, list[Any], dict[str, Any]]]:
     """The matrix products (:data:`MATRIX_PRODUCTS`) that ``run()`` dispatches, forward and backward, in order:
-    each operator with its arguments, tensors kept as ``(size, stride)``."""
+    each operator with its arguments, tensors kept as :class:`TensorLayout`."""
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
     def layout(value: Any) -> Any:
-        return (tuple(value.shape), value.stride()) if isinstance(value, torch.Tensor) else value
+        return TensorLayout(tuple(value.shape), value.stride()) if isinstance(value, torch.Tensor) else value
 
     calls = []
 
@@ -254,7 +261,7 @@ def replay_products(calls: list, dtype: Any, generator: Any, device: str) -> lis
     import torch
 
     def tensor(value: Any) -> Any:
-        if not (isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], tuple)):
+        if not isinstance(value, TensorLayout):
             return value
         size, stride = value
         extent = 1 + sum((n - 1) * step for n, step in zip(size, stride))  # an expanded bias has stride 0
@@ -302,7 +309,7 @@ def product_rate(config: dict) -> dict:
                for dtype, replay in replays.items()}  # fmt: skip
     return {
         **config,
-        "products": [f"{func.overloadpacket.__name__} " + " ".join("x".join(map(str, a[0])) for a in args if isinstance(a, tuple))
+        "products": [f"{func.overloadpacket.__name__} " + " ".join("x".join(map(str, a.size)) for a in args if isinstance(a, TensorLayout))
                      for func, args, _ in calls],  # fmt: skip
         "flops": int(counter.get_total_flops()),
         "iterations_per_s": n / seconds[torch.float32],
