@@ -244,7 +244,7 @@ def recorded_products(run: Callable[[], Any]) -> list[tuple[Any, list[Any], dict
     calls = []
 
     class Recorder(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
             if func.overloadpacket.__name__ in MATRIX_PRODUCTS:
                 calls.append((func, [layout(a) for a in args], {k: layout(v) for k, v in kwargs.items()}))
