@@ -17,6 +17,8 @@ metric** (never the test split):
 * Antithetic pairs with common random numbers: children ``2i`` and ``2i + 1`` run ``theta + sigma epsilon_i``
   and ``theta - sigma epsilon_i``, share initial weights and batch order (the same env seed) and the uniforms
   their actions are sampled with, so their difference is the perturbation's.
+* Search space: every parameter of the policy, or (``searched="action-bias"``) the action head's three biases
+  alone, from a near-constant initial policy (``init_no_change``): fewer dimensions, less noise in each step.
 * Fitness: the child's final validation metric (signed so that higher is better), rank-normalised over the
   generation's children of one task; ``theta`` moves along the antithetic estimate of the fitness gradient
   (averaged over the generation's tasks) with Adam.
@@ -72,6 +74,8 @@ from ala_gym.core.machine import cpu_model
 from ala_gym.wrappers import ChildAttributes, MissingExtraError, require
 
 CHECKPOINT_KIND = "meta-train-state"
+SEARCHED = ("all", "action-bias")
+"""The values of :attr:`MetaTrainConfig.searched`."""
 EXECUTION_FIELDS = ("workers", "ray_address")
 """The config fields that say where a run computes, not what: the checkpoint does not record them."""
 
@@ -96,6 +100,15 @@ class MetaTrainConfig:
     """Generations to run (a resumed run stops at the same count)."""
     hidden: int = 32
     """Units in each of the policy's hidden layers (as :class:`ala_gym.agents.reinforce.ReinforceConfig.hidden`)."""
+    init_no_change: float = 0.0
+    """The initial policy's probability of "no change" in every state (as
+    :class:`ala_gym.agents.reinforce.ReinforceConfig.init_no_change`); 0: PyTorch's default initialisation, whose
+    random logits differ from pair to pair and drift Phi one way or the other."""
+    searched: str = "all"
+    """The parameters that evolve: ``"all"`` of the policy's, or ``"action-bias"``, the action head's three biases
+    alone, a policy that keeps its (initial) state dependence and learns which way, and how fast, to move Phi. An
+    antithetic estimate's variance grows with the dimensions searched, so a few pairs a generation find a
+    direction in 3 that they miss in the policy's thousands."""
     seed: int = 0
     """Seeds the policy's initial weights and every draw of every generation."""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -128,6 +141,10 @@ class MetaTrainConfig:
             raise ValueError("population, generations, hidden and steps_per_action must be positive")
         if not self.sigma > 0 or not self.lr > 0:
             raise ValueError(f"sigma and lr must be positive, got {self.sigma}, {self.lr}")
+        if not 0 <= self.init_no_change < 1:
+            raise ValueError(f"init_no_change must be in [0, 1), got {self.init_no_change}")
+        if self.searched not in SEARCHED:
+            raise ValueError(f"searched must be one of {', '.join(SEARCHED)}, got {self.searched!r}")
         if self.workers < 0 or (self.pairs_per_evaluation is not None and self.pairs_per_evaluation < 1):
             raise ValueError(f"workers must be >= 0 and pairs_per_evaluation positive, got {self.workers}, {self.pairs_per_evaluation}")
         if not 1 <= self.tasks_per_generation <= len(set(self.tasks)):
@@ -201,10 +218,22 @@ def evaluation_groups(config: MetaTrainConfig) -> list[range]:
     return [range(start, min(start + size, config.population)) for start in range(0, config.population, size)]
 
 
-def perturbations(policy: PairPolicy, population: int, seed: int) -> torch.Tensor:
-    """``[population, dims]`` standard normal perturbations of the flattened parameters."""
+def perturbations(policy: PairPolicy, population: int, seed: int, searched: str = "all") -> torch.Tensor:
+    """``[population, dims]`` standard normal perturbations of the flattened parameters, zero outside the
+    ``searched`` ones (drawn for every parameter all the same, so that the searched ones get what they would
+    get under ``"all"``)."""
     dims = sum(p.numel() for p in policy.parameters())
-    return torch.randn(population, dims, generator=torch.Generator().manual_seed(seed))
+    noise = torch.randn(population, dims, generator=torch.Generator().manual_seed(seed))
+    return noise if searched == "all" else noise * searched_mask(policy, searched)
+
+
+def searched_mask(policy: PairPolicy, searched: str) -> torch.Tensor:
+    """``[dims]``: 1 at the flattened parameters that ``searched`` names, 0 elsewhere."""
+    head = f"net.{len(policy.net) - 1}.bias"  # the action head's biases
+    return torch.cat([
+        torch.full((parameter.numel(),), float(searched == "all" or name == head))
+        for name, parameter in policy.named_parameters()
+    ])  # fmt: skip
 
 
 def unflatten(policy: PairPolicy, vector: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -374,7 +403,7 @@ class MetaTrainer:
 
     def __init__(self, config: MetaTrainConfig, n_features: int = 24) -> None:
         self.config, self.n_features = config, n_features
-        self.policy = PairPolicy(n_features, config.hidden, torch.Generator().manual_seed(config.seed))
+        self.policy = PairPolicy(n_features, config.hidden, torch.Generator().manual_seed(config.seed), config.init_no_change)
         self.theta = torch.nn.utils.parameters_to_vector(self.policy.parameters()).detach().clone().requires_grad_()
         self.optimizer = torch.optim.Adam([self.theta], lr=config.lr)
         self.generation = 0
@@ -394,7 +423,7 @@ class MetaTrainer:
         start = time.perf_counter()
         plans = generation_plans(config, self.generation)
         # The first task's seed draws the perturbations: with one task per generation, what it always drew.
-        noise = perturbations(self.policy, config.population, plans[0]["noise_seed"])
+        noise = perturbations(self.policy, config.population, plans[0]["noise_seed"], config.searched)
         with torch.no_grad():
             vectors = [self.theta + sign * config.sigma * eps for eps in noise for sign in (1.0, -1.0)]
         groups = evaluation_groups(config)
@@ -493,7 +522,8 @@ class MetaTrainer:
         torch.nn.utils.vector_to_parameters(self.theta.detach(), self.policy.parameters())
         from ala_gym.agents.reinforce import ReinforceConfig
 
-        config = {**asdict(ReinforceConfig(hidden=self.config.hidden)), "n_features": self.n_features}
+        reinforce = ReinforceConfig(hidden=self.config.hidden, init_no_change=self.config.init_no_change)
+        config = {**asdict(reinforce), "n_features": self.n_features}
         checkpoints.save_checkpoint(path, "reinforce", config, self.policy.state_dict())
 
 
@@ -566,8 +596,10 @@ def main(argv: list[str] | None = None) -> None:
                  "pairs_per_evaluation", "workers"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
     parser.add_argument("--ray-address", help="with --workers: the Ray cluster to join (default: a local one)")
-    for name in ("sigma", "lr"):
-        parser.add_argument(f"--{name}", type=float, default=getattr(defaults, name))
+    for name in ("sigma", "lr", "init_no_change"):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
+    parser.add_argument("--searched", choices=SEARCHED, default=defaults.searched,
+                        help="the parameters that evolve: all of the policy's, or the action head's biases alone")  # fmt: skip
     parser.add_argument("--env-kwargs", default="{}", help="JSON dict of further env keywords of every child")
     parser.add_argument("--task-kwargs", default="{}", help="JSON dict: env id -> its children's keywords over "
                         "--env-kwargs (a relative data_root lies under $ALA_GYM_DATA)")  # fmt: skip
@@ -585,6 +617,7 @@ def main(argv: list[str] | None = None) -> None:
             hidden=args.hidden, seed=args.seed, env_kwargs=json.loads(args.env_kwargs),
             task_kwargs=json.loads(args.task_kwargs), tasks_per_generation=args.tasks_per_generation,
             pairs_per_evaluation=args.pairs_per_evaluation, workers=args.workers, ray_address=args.ray_address,
+            init_no_change=args.init_no_change, searched=args.searched,
         )  # fmt: skip
         for task in config.tasks:
             gym.spec(task)
