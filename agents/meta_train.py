@@ -17,8 +17,9 @@ metric** (never the test split):
 * Antithetic pairs with common random numbers: children ``2i`` and ``2i + 1`` run ``theta + sigma epsilon_i``
   and ``theta - sigma epsilon_i``, share initial weights and batch order (the same env seed) and the uniforms
   their actions are sampled with, so their difference is the perturbation's.
-* Search space: every parameter of the policy, or (``searched="action-bias"``) the action head's three biases
-  alone, from a near-constant initial policy (``init_no_change``): fewer dimensions, less noise in each step.
+* Search space: every parameter of the policy, or the action head's alone (``searched="action-head"``), or its
+  three biases alone (``"action-bias"``), from a near-constant initial policy (``init_no_change``): fewer
+  dimensions, less noise in each step.
 * Fitness: the child's final validation metric (signed so that higher is better), rank-normalised over the
   generation's children of one task; ``theta`` moves along the antithetic estimate of the fitness gradient
   (averaged over the generation's tasks) with Adam.
@@ -74,7 +75,7 @@ from ala_gym.core.machine import cpu_model
 from ala_gym.wrappers import ChildAttributes, MissingExtraError, require
 
 CHECKPOINT_KIND = "meta-train-state"
-SEARCHED = ("all", "action-bias")
+SEARCHED = ("all", "action-head", "action-bias")
 """The values of :attr:`MetaTrainConfig.searched`."""
 EXECUTION_FIELDS = ("workers", "ray_address")
 """The config fields that say where a run computes, not what: the checkpoint does not record them."""
@@ -105,10 +106,12 @@ class MetaTrainConfig:
     :class:`ala_gym.agents.reinforce.ReinforceConfig.init_no_change`); 0: PyTorch's default initialisation, whose
     random logits differ from pair to pair and drift Phi one way or the other."""
     searched: str = "all"
-    """The parameters that evolve: ``"all"`` of the policy's, or ``"action-bias"``, the action head's three biases
-    alone, a policy that keeps its (initial) state dependence and learns which way, and how fast, to move Phi. An
-    antithetic estimate's variance grows with the dimensions searched, so a few pairs a generation find a
-    direction in 3 that they miss in the policy's thousands."""
+    """The parameters that evolve: ``"all"`` of the policy's; ``"action-head"``, the last layer's, which reads the
+    (initial, random) hidden features of the pair's state, progress among them; or ``"action-bias"``, the action
+    head's three biases alone, a policy that keeps its (initial) state dependence and learns which way, and how fast, to move Phi: the
+    antithetic estimate's variance grows with the dimensions searched. With ``init_no_change`` the initial state
+    dependence is nearly none, so the policy is a drift of Phi at one rate all run; it cannot smooth early and
+    stop (see ``phi-ramp`` in ``benchmarks/README.md``)."""
     seed: int = 0
     """Seeds the policy's initial weights and every draw of every generation."""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -229,9 +232,10 @@ def perturbations(policy: PairPolicy, population: int, seed: int, searched: str 
 
 def searched_mask(policy: PairPolicy, searched: str) -> torch.Tensor:
     """``[dims]``: 1 at the flattened parameters that ``searched`` names, 0 elsewhere."""
-    head = f"net.{len(policy.net) - 1}.bias"  # the action head's biases
+    head = f"net.{len(policy.net) - 1}."  # the action head's parameters: weight, bias
+    names = {"all": None, "action-head": (head + "weight", head + "bias"), "action-bias": (head + "bias",)}[searched]
     return torch.cat([
-        torch.full((parameter.numel(),), float(searched == "all" or name == head))
+        torch.full((parameter.numel(),), float(names is None or name in names))
         for name, parameter in policy.named_parameters()
     ])  # fmt: skip
 
@@ -599,7 +603,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("sigma", "lr", "init_no_change"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
     parser.add_argument("--searched", choices=SEARCHED, default=defaults.searched,
-                        help="the parameters that evolve: all of the policy's, or the action head's biases alone")  # fmt: skip
+                        help="the parameters that evolve: all of the policy's, the action head's, or its biases alone")  # fmt: skip
     parser.add_argument("--env-kwargs", default="{}", help="JSON dict of further env keywords of every child")
     parser.add_argument("--task-kwargs", default="{}", help="JSON dict: env id -> its children's keywords over "
                         "--env-kwargs (a relative data_root lies under $ALA_GYM_DATA)")  # fmt: skip

@@ -116,23 +116,25 @@ def test_several_tasks_a_generation_average_their_own_estimates(monkeypatch) -> 
         replace(config, tasks_per_generation=3)
 
 
-def test_searching_the_action_bias_moves_only_the_action_head_biases() -> None:
-    """Under ``searched="action-bias"`` the perturbations are those of ``"all"`` at the head's biases and zero
-    elsewhere, and a generation moves those three parameters alone, away from a near-constant initial policy."""
+def test_a_searched_subset_is_perturbed_and_moved_alone() -> None:
+    """Under ``searched="action-head"`` or ``"action-bias"`` the perturbations are those of ``"all"`` at the head's
+    parameters (the last ones) or its biases, and zero elsewhere; a generation moves those alone, away from a
+    near-constant initial policy."""
     config = tiny(searched="action-bias", init_no_change=0.5, generations=1, sigma=0.3)
     trainer = MetaTrainer(config)
     initial = trainer.theta.detach().clone()
-    head = trainer.policy.net[-1]
+    output = trainer.policy.net[-1]
     probabilities = torch.softmax(trainer.policy(torch.randn(5, 24)), dim=-1)
     assert torch.allclose(probabilities[..., 1], torch.full((5,), 0.5), atol=0.02)  # "no change" at 1/2 everywhere
     every = perturbations(trainer.policy, 3, 7)
-    searched = perturbations(trainer.policy, 3, 7, "action-bias")
-    bias = slice(len(initial) - head.bias.numel(), len(initial))  # the head's biases are the last parameters
-    assert torch.equal(searched[:, bias], every[:, bias]) and not searched[:, : bias.start].any()
+    for searched, count in (("action-bias", output.bias.numel()), ("action-head", output.bias.numel() + output.weight.numel())):
+        subset = perturbations(trainer.policy, 3, 7, searched)
+        start = len(initial) - count
+        assert torch.equal(subset[:, start:], every[:, start:]) and not subset[:, :start].any()
     trainer.step()
     moved = torch.nonzero(trainer.theta.detach() != initial).flatten()
-    assert len(moved) > 0 and bool((moved >= bias.start).all())
-    with pytest.raises(ValueError, match="searched must be one of all, action-bias"):
+    assert len(moved) > 0 and bool((moved >= len(initial) - output.bias.numel()).all())
+    with pytest.raises(ValueError, match="searched must be one of all, action-head, action-bias"):
         tiny(searched="head")
 
 
