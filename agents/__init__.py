@@ -62,6 +62,7 @@ CONTROLLERS: dict[str, Callable[..., Controller]] = {
     "phi-identity-sigmoid": _factory("ala_gym.agents.baselines:FixedPhi", "phi-identity-sigmoid", loss_form="sigmoid"),
     "label-smoothing": _factory("ala_gym.agents.baselines:UniformPhi", "label-smoothing", label_smoothing=0.1),
     "phi-uniform": _factory("ala_gym.agents.baselines:UniformPhi", "phi-uniform"),
+    "phi-ramp": _factory("ala_gym.agents.baselines:RampPhi", "phi-ramp"),
     "random": _factory("ala_gym.agents.baselines:RandomPhi", "random"),
     # Metric learning: the framework's fixed pytorch-metric-learning loss, and the adaptive loss held at its
     # initial Phi (the env's default loss_form).

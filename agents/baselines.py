@@ -9,6 +9,8 @@
 * ``confusion``: "the prediction confusion matrix (Equation 7) as Phi_t".
 * ``label-smoothing``: cross-entropy with label smoothing 0.1, written as a fixed Phi.
 * ``phi-uniform``: Phi = I plus one small positive value on every off-diagonal entry, held fixed.
+* ``phi-ramp``: Phi = I plus one off-diagonal value that moves linearly with the child's progress, from
+  ``start`` at the first iteration to ``end`` at the last: when in a run a smoother loss pays.
 * ``online-smoothing``: online label smoothing (Zhang et al., IEEE TIP 2021): Phi recomputed before every
   step from the child's own correct predictions, no controller.
 
@@ -89,15 +91,42 @@ class UniformPhi(FixedPhi):
 
     def matrix(self, num_classes: int) -> np.ndarray:
         if self.label_smoothing is None:
-            diagonal, off = 1.0, self.off_diagonal
-        else:
-            off = self.label_smoothing / num_classes
-            diagonal = 1.0 - self.label_smoothing + off
-        return np.full((num_classes, num_classes), off) + (diagonal - off) * np.eye(num_classes)
+            return off_diagonal_matrix(num_classes, self.off_diagonal)
+        off = self.label_smoothing / num_classes
+        return off_diagonal_matrix(num_classes, off, diagonal=1.0 - self.label_smoothing + off)
 
     def prescribe_phi(self, observations: np.ndarray, infos: dict) -> np.ndarray:
         num_envs, num_classes = len(observations), np.shape(infos["phi"])[-1]
         return np.repeat(self.matrix(num_classes)[None], num_envs, axis=0)
+
+
+def off_diagonal_matrix(num_classes: int, off_diagonal: float, diagonal: float = 1.0) -> np.ndarray:
+    """``[C, C]``: ``diagonal`` on the diagonal, ``off_diagonal`` everywhere else."""
+    return np.full((num_classes, num_classes), off_diagonal) + (diagonal - off_diagonal) * np.eye(num_classes)
+
+
+class RampPhi(FixedPhi):
+    """Phi = I plus ``start + (end - start) * progress`` off the diagonal, imposed before every step, where
+    ``progress`` is the child's iterations done over its ``total_iterations`` (the observation's last column).
+
+    A policy of the ALA action space starts at identity and moves an entry by ``beta / (C - 1)`` a step, so
+    it reaches a smoothing value only gradually; ``phi-ramp(start=0, end=u)`` is the straight line such a
+    policy follows when it drifts one way all run, and ``phi-ramp(start=u, end=0)`` smooths early and ends at
+    cross-entropy. Beside ``phi-uniform(off_diagonal=u)`` they say when in a run a smoother loss pays.
+    """
+
+    name = "phi-ramp"
+
+    def __init__(self, start: float = 0.0, end: float = 0.1, num_envs: int = 1) -> None:
+        super().__init__("linear", num_envs)
+        if not (-1 <= start <= 1 and -1 <= end <= 1):
+            raise ValueError(f"start and end must be in [-1, 1], got {start}, {end}")
+        self.start, self.end = start, end
+
+    def prescribe_phi(self, observations: np.ndarray, infos: dict) -> np.ndarray:
+        num_classes = np.shape(infos["phi"])[-1]
+        progress = np.asarray(observations)[:, 0, -1]  # every pair's row carries the child's progress
+        return np.stack([off_diagonal_matrix(num_classes, self.start + (self.end - self.start) * float(p)) for p in progress])
 
 
 class ConfusionPhi(FixedPhi):

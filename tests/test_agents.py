@@ -328,6 +328,25 @@ def test_phi_stats():
     assert stats["phi_max_offdiag"] == 0.5 and np.isclose(stats["phi_drift"], np.sqrt(0.5) / 4)
 
 
+def test_phi_ramp_moves_the_off_diagonal_with_each_childs_progress() -> None:
+    from ala_gym.agents.baselines import RampPhi
+
+    observations = np.zeros((2, 6, 24))
+    observations[1, :, -1] = 0.5
+    phi = RampPhi(start=0.1, end=-0.1).prescribe_phi(observations, {"phi": np.eye(3)[None].repeat(2, 0)})
+    np.testing.assert_allclose(phi[0], np.eye(3) + 0.1 * (1 - np.eye(3)))  # at the start
+    np.testing.assert_allclose(phi[1], np.eye(3), atol=1e-12)  # half way: the mean of 0.1 and -0.1
+    controller = ala_gym.agents.CONTROLLERS["phi-ramp"](start=0.0, end=0.2, num_envs=1)
+    envs = controller.make_envs("ALA-Digits-v0", total_iterations=80, steps_per_action=20, device="cpu")
+    records = controller.run(envs, seed=0)
+    envs.close()
+    # Four steps of 20 iterations: Phi before each is set at progress 0, 1/4, 1/2, 3/4.
+    off = [float(np.array(phi)[0, 1]) for phi in records[0].phi]
+    np.testing.assert_allclose(off, [0.0, 0.05, 0.1, 0.15], atol=1e-6)
+    with pytest.raises(ValueError, match="start and end must be in"):
+        RampPhi(end=1.5)
+
+
 def test_online_smoothing_prescribes_alpha_identity_plus_the_symmetrised_soft_labels() -> None:
     from ala_gym.agents.baselines import OnlineSmoothingPhi
 

@@ -35,13 +35,20 @@ def metric_learning_preset(env: str, name: str) -> dict[str, Any]:
     )
 
 
+RAMPS = ("phi-ramp(start=0.0;end=0.1)", "phi-ramp(start=0.1;end=0.0)", "phi-ramp(start=0.0;end=-0.1)")
+"""When a smoother loss pays: Phi drifting from identity to the selected +0.1 over the run (the path of a
+policy of the action space that moves one way all run), +0.1 early decaying to cross-entropy, and the
+sharpening drift to -0.1."""
+
+
 def cnn_family_task_preset(total_iterations: int, name: str) -> dict[str, Any]:
     """The Fashion-MNIST task of the without-cifar10-cnn meta-training family (:data:`SMALL_TRAIN_CNN`) at
-    ``total_iterations``: cross-entropy, the oracles and the family's policies frozen, 2 new children per seed."""
+    ``total_iterations``: cross-entropy, the oracles, the family's policies frozen and the ramps of
+    :data:`RAMPS`, 2 new children per seed."""
     return dict(
         env="ALA-FashionMNIST-v0",
         controllers="ce,oracle-phi,oracle-smoothing,reinforce-transfer-frozen(policy=without-cifar10-cnn),"
-        "reinforce-transfer-frozen(policy=without-cifar10-cnn-60)",
+        "reinforce-transfer-frozen(policy=without-cifar10-cnn-60)," + ",".join(RAMPS),
         seeds=5,
         children=2,
         baseline_children=2,
@@ -139,7 +146,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         # preset's learning rate, weight decay and batch size; sequential as the rows above.
         "reinforce-transfer-frozen(policy=without-cifar10-cnn)@train_mode=sequential,"
         # The same meta-training run on to 60 generations.
-        "reinforce-transfer-frozen(policy=without-cifar10-cnn-60)@train_mode=sequential",
+        "reinforce-transfer-frozen(policy=without-cifar10-cnn-60)@train_mode=sequential,"
+        # When in the run a smoother loss pays (sequential as the rows above).
+        + ",".join(f"{ramp}@train_mode=sequential" for ramp in RAMPS),
         seeds=5,
         children=4,
         baseline_children=4,
@@ -217,7 +226,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         # Meta-trained on small CNN children (see cifar10-subset-long), for 30 and for 60 generations;
         # sequential as above.
         "reinforce-transfer-frozen(policy=without-cifar10-cnn)@train_mode=sequential,"
-        "reinforce-transfer-frozen(policy=without-cifar10-cnn-60)@train_mode=sequential",
+        "reinforce-transfer-frozen(policy=without-cifar10-cnn-60)@train_mode=sequential,"
+        # When in the run a smoother loss pays (sequential as above).
+        + ",".join(f"{ramp}@train_mode=sequential" for ramp in RAMPS),
         seeds=5,
         children=2,
         env_kwargs=dict(
