@@ -106,12 +106,12 @@ class MetaTrainConfig:
     :class:`ala_gym.agents.reinforce.ReinforceConfig.init_no_change`); 0: PyTorch's default initialisation, whose
     random logits differ from pair to pair and drift Phi one way or the other."""
     searched: str = "all"
-    """The parameters that evolve: ``"all"`` of the policy's; ``"action-head"``, the last layer's, which reads the
-    (initial, random) hidden features of the pair's state, progress among them; or ``"action-bias"``, the action
-    head's three biases alone, a policy that keeps its (initial) state dependence and learns which way, and how fast, to move Phi: the
-    antithetic estimate's variance grows with the dimensions searched. With ``init_no_change`` the initial state
-    dependence is nearly none, so the policy is a drift of Phi at one rate all run; it cannot smooth early and
-    stop (see ``phi-ramp`` in ``benchmarks/README.md``)."""
+    """The parameters that evolve, fewer for a less noisy estimate (its variance grows with the dimensions
+    searched): ``"all"`` of the policy's; ``"action-head"``, the last layer's, which reads the initial (random)
+    hidden features of the pair's state, progress among them; or ``"action-bias"``, that layer's three biases
+    alone, which set which way and how fast Phi moves. With ``init_no_change`` the initial policy barely depends
+    on the state, so a bias-only policy drifts Phi at one rate all run: it cannot smooth early and stop (see
+    ``phi-ramp`` in ``benchmarks/README.md``)."""
     seed: int = 0
     """Seeds the policy's initial weights and every draw of every generation."""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
