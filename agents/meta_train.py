@@ -19,7 +19,7 @@ metric** (never the test split):
   their actions are sampled with, so their difference is the perturbation's.
 * Search space: every parameter of the policy, or the action head's alone (``searched="action-head"``), or its
   three biases alone (``"action-bias"``), from a near-constant initial policy (``init_no_change``): fewer
-  dimensions, less noise in each step.
+  dimensions, less noise in each step. ``init_policy`` starts the search from a saved policy instead of a new one.
 * Fitness: the child's final validation metric (signed so that higher is better), rank-normalised over the
   generation's children of one task; ``theta`` moves along the antithetic estimate of the fitness gradient
   (averaged over the generation's tasks) with Adam.
@@ -105,6 +105,9 @@ class MetaTrainConfig:
     """The initial policy's probability of "no change" in every state (as
     :class:`ala_gym.agents.reinforce.ReinforceConfig.init_no_change`); 0: PyTorch's default initialisation, whose
     random logits differ from pair to pair and drift Phi one way or the other."""
+    init_policy: str | None = None
+    """Where the search starts: a ``reinforce`` policy file, or the name of a policy shipped in
+    ``agents/policies/`` (its ``hidden`` must match); None: a new policy (``seed``, ``init_no_change``)."""
     searched: str = "all"
     """The parameters that evolve, fewer for a less noisy estimate (its variance grows with the dimensions
     searched): ``"all"`` of the policy's; ``"action-head"``, the last layer's, which reads the initial (random)
@@ -146,6 +149,8 @@ class MetaTrainConfig:
             raise ValueError(f"sigma and lr must be positive, got {self.sigma}, {self.lr}")
         if not 0 <= self.init_no_change < 1:
             raise ValueError(f"init_no_change must be in [0, 1), got {self.init_no_change}")
+        if self.init_policy is not None and self.init_no_change > 0:
+            raise ValueError("init_policy and init_no_change both set the initial policy; pass one of them")
         if self.searched not in SEARCHED:
             raise ValueError(f"searched must be one of {', '.join(SEARCHED)}, got {self.searched!r}")
         if self.workers < 0 or (self.pairs_per_evaluation is not None and self.pairs_per_evaluation < 1):
@@ -392,6 +397,22 @@ class RayEvaluators:
 
 
 # ---------------------------------------------------------------------- the loop
+def initial_policy_state(name: str, n_features: int, hidden: int) -> dict[str, torch.Tensor]:
+    """The weights of ``name`` (a policy file, or a shipped policy's name) for a policy of ``n_features`` and
+    ``hidden``; a one-line error when it is no policy or another size."""
+    from ala_gym.agents.reinforce import library_policy
+
+    path = Path(name) if name.endswith(".pt") else library_policy(name)
+    checkpoint = checkpoints.load_checkpoint(path, "reinforce")
+    saved = checkpoint["config"]
+    if (saved.get("n_features"), saved.get("hidden")) != (n_features, hidden):
+        raise ValueError(
+            f"{name}: a policy of {saved.get('n_features')} features and {saved.get('hidden')} hidden units, not "
+            f"{n_features} and {hidden}; pass --hidden {saved.get('hidden')}"
+        )
+    return checkpoint["state_dict"]
+
+
 def config_record(config: MetaTrainConfig) -> dict[str, Any]:
     """``config`` as a checkpoint holds it (lists for tuples, no :data:`EXECUTION_FIELDS`), to compare on resume."""
     record = {**asdict(config), "tasks": list(config.tasks), "horizon": list(config.horizon)}
@@ -408,6 +429,8 @@ class MetaTrainer:
     def __init__(self, config: MetaTrainConfig, n_features: int = 24) -> None:
         self.config, self.n_features = config, n_features
         self.policy = PairPolicy(n_features, config.hidden, torch.Generator().manual_seed(config.seed), config.init_no_change)
+        if config.init_policy is not None:
+            self.policy.load_state_dict(initial_policy_state(config.init_policy, n_features, config.hidden))
         self.theta = torch.nn.utils.parameters_to_vector(self.policy.parameters()).detach().clone().requires_grad_()
         self.optimizer = torch.optim.Adam([self.theta], lr=config.lr)
         self.generation = 0
@@ -602,6 +625,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ray-address", help="with --workers: the Ray cluster to join (default: a local one)")
     for name in ("sigma", "lr", "init_no_change"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
+    parser.add_argument("--init-policy", help="start from this policy: a reinforce policy file, or a shipped policy's name")
     parser.add_argument("--searched", choices=SEARCHED, default=defaults.searched,
                         help="the parameters that evolve: all of the policy's, the action head's, or its biases alone")  # fmt: skip
     parser.add_argument("--env-kwargs", default="{}", help="JSON dict of further env keywords of every child")
@@ -621,7 +645,7 @@ def main(argv: list[str] | None = None) -> None:
             hidden=args.hidden, seed=args.seed, env_kwargs=json.loads(args.env_kwargs),
             task_kwargs=json.loads(args.task_kwargs), tasks_per_generation=args.tasks_per_generation,
             pairs_per_evaluation=args.pairs_per_evaluation, workers=args.workers, ray_address=args.ray_address,
-            init_no_change=args.init_no_change, searched=args.searched,
+            init_no_change=args.init_no_change, init_policy=args.init_policy, searched=args.searched,
         )  # fmt: skip
         for task in config.tasks:
             gym.spec(task)

@@ -138,6 +138,31 @@ def test_a_searched_subset_is_perturbed_and_moved_alone() -> None:
         tiny(searched="head")
 
 
+def test_a_search_starts_from_a_saved_policy_of_its_size(tmp_path) -> None:
+    """``init_policy`` names a shipped policy or a policy file: theta starts at its weights; another size, a missing
+    name or a second initial policy is a one-line error."""
+    from ala_gym.agents.reinforce import library_policy
+
+    trainer = MetaTrainer(tiny(init_policy="without-digits", hidden=32))
+    saved = torch.load(library_policy("without-digits"), weights_only=True)["state_dict"]
+    expected = torch.nn.utils.parameters_to_vector([saved[name] for name, _ in trainer.policy.named_parameters()])
+    assert torch.equal(trainer.theta.detach(), expected)
+    fresh = MetaTrainer(tiny(hidden=32))
+    assert not torch.equal(fresh.theta.detach(), expected)
+    trainer.save_policy(tmp_path / "start.pt")
+    from_file = MetaTrainer(tiny(init_policy=str(tmp_path / "start.pt"), hidden=32))
+    assert torch.equal(from_file.theta.detach(), expected)
+    with pytest.raises(ValueError, match="not 24 and 8; pass --hidden 32"):
+        MetaTrainer(tiny(init_policy="without-digits"))
+    with pytest.raises(ValueError, match="no shipped policy 'nonesuch'"):
+        MetaTrainer(tiny(init_policy="nonesuch", hidden=32))
+    with pytest.raises(ValueError, match="pass one of them"):
+        tiny(init_policy="without-digits", init_no_change=0.5)
+    with pytest.raises(SystemExit) as exited:
+        main(["--init-policy", "nonesuch", "--save", str(tmp_path / "never.pt")])
+    assert exited.value.code == 2 and not (tmp_path / "never.pt").exists()
+
+
 def test_an_interrupted_run_resumes_bit_for_bit(tmp_path, global_rng_unchanged) -> None:
     config = tiny()
     with global_rng_unchanged():
