@@ -85,7 +85,7 @@ def fake_envs(num_envs: int, n_features: int = 24, n_pairs: int = 3) -> SimpleNa
 # ---------------------------------------------------------------------- registry and fixed baselines
 def test_registry_names_and_interface():
     assert set(ala_gym.agents.CONTROLLERS) == {
-        "ce", "auc-pairwise", "phi-identity", "phi-identity-sigmoid", "label-smoothing", "phi-uniform", "random", "confusion",
+        "ce", "auc-pairwise", "phi-identity", "phi-identity-sigmoid", "label-smoothing", "phi-uniform", "phi-ramp", "random", "confusion",
         "reinforce", "reinforce-multi", "reinforce-frozen", "reinforce-paper", "reinforce-paper-multi",
         "reinforce-transfer", "reinforce-transfer-frozen", "ppo", "a2c", "adalfl", "learnloss", "fixed-loss", "phi-init",
         "online-smoothing", "pbt", "pbt-frozen",
