@@ -113,20 +113,42 @@ class RampPhi(FixedPhi):
     it reaches a smoothing value only gradually; ``phi-ramp(start=0, end=u)`` is the straight line such a
     policy follows when it drifts one way all run, and ``phi-ramp(start=u, end=0)`` smooths early and ends at
     cross-entropy. Beside ``phi-uniform(off_diagonal=u)`` they say when in a run a smoother loss pays.
+
+    With ``follow=True`` the ramp is not imposed but followed by actions of the action space, from the two
+    features a policy sees in each pair's row (the entry's value, second to last, and progress): every
+    off-diagonal entry steps up while it is below the ramp and down while above it (so it stays within a
+    step of it once it has caught up), the diagonal is left alone. That is a policy the pair-shared policy
+    could be.
     """
 
     name = "phi-ramp"
 
-    def __init__(self, start: float = 0.0, end: float = 0.1, num_envs: int = 1) -> None:
+    def __init__(self, start: float = 0.0, end: float = 0.1, follow: bool = False, num_envs: int = 1) -> None:
         super().__init__("linear", num_envs)
         if not (-1 <= start <= 1 and -1 <= end <= 1):
             raise ValueError(f"start and end must be in [-1, 1], got {start}, {end}")
-        self.start, self.end = start, end
+        self.start, self.end, self.follow = start, end, follow
 
-    def prescribe_phi(self, observations: np.ndarray, infos: dict) -> np.ndarray:
+    def target(self, progress: np.ndarray) -> np.ndarray:
+        return self.start + (self.end - self.start) * progress
+
+    def act(self, observations: np.ndarray, infos: dict) -> np.ndarray:
+        if not self.follow:
+            return super().act(observations, infos)
+        observations = np.asarray(observations)
+        value, target = observations[..., -2], self.target(observations[..., -1])
+        actions = np.where(value < target, NO_CHANGE + 1, NO_CHANGE - 1)
+        num_classes = np.shape(infos["phi"])[-1]
+        diagonal = np.diff(class_pairs(num_classes), axis=1)[:, 0] == 0
+        actions[:, diagonal] = NO_CHANGE
+        return actions.astype(np.int64)
+
+    def prescribe_phi(self, observations: np.ndarray, infos: dict) -> np.ndarray | None:
+        if self.follow:
+            return None
         num_classes = np.shape(infos["phi"])[-1]
         progress = np.asarray(observations)[:, 0, -1]  # every pair's row carries the child's progress
-        return np.stack([off_diagonal_matrix(num_classes, self.start + (self.end - self.start) * float(p)) for p in progress])
+        return np.stack([off_diagonal_matrix(num_classes, float(self.target(p))) for p in progress])
 
 
 class ConfusionPhi(FixedPhi):

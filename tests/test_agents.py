@@ -343,6 +343,17 @@ def test_phi_ramp_moves_the_off_diagonal_with_each_childs_progress() -> None:
     # Four steps of 20 iterations: Phi before each is set at progress 0, 1/4, 1/2, 3/4.
     off = [float(np.array(phi)[0, 1]) for phi in records[0].phi]
     np.testing.assert_allclose(off, [0.0, 0.05, 0.1, 0.15], atol=1e-6)
+    # Followed by actions: one step of 0.1 / 9 a decision from identity towards the ramp, then within a step of it.
+    follower = ala_gym.agents.CONTROLLERS["phi-ramp"](start=0.1, end=0.0, follow=True, num_envs=1)
+    envs = follower.make_envs("ALA-Digits-v0", total_iterations=400, steps_per_action=20, device="cpu")
+    records = follower.run(envs, seed=0)
+    envs.close()
+    path = np.array([np.array(phi)[~np.eye(10, dtype=bool)] for phi in records[0].phi])
+    assert np.ptp(path, axis=1).max() < 1e-9 and all(np.diag(np.array(phi)).min() == 1.0 for phi in records[0].phi)
+    step = 0.1 / 9
+    np.testing.assert_allclose(path[:5, 0], step * np.arange(1, 6), atol=1e-6)  # climbing
+    ramp = 0.1 * (1 - np.arange(20) / 20)  # the ramp at each decision's progress
+    assert np.abs(path[8:, 0] - ramp[8:]).max() <= step + 1e-6  # caught up: within a step
     with pytest.raises(ValueError, match="start and end must be in"):
         RampPhi(end=1.5)
 

@@ -35,10 +35,13 @@ def metric_learning_preset(env: str, name: str) -> dict[str, Any]:
     )
 
 
-RAMPS = ("phi-ramp(start=0.0;end=0.1)", "phi-ramp(start=0.1;end=0.0)", "phi-ramp(start=0.0;end=-0.1)")
+RAMPS = (
+    "phi-ramp(start=0.0;end=0.1)", "phi-ramp(start=0.1;end=0.0)", "phi-ramp(start=0.0;end=-0.1)",
+    "phi-ramp(start=0.1;end=0.0;follow=true)",
+)  # fmt: skip
 """When a smoother loss pays: Phi drifting from identity to the selected +0.1 over the run (the path of a
-policy of the action space that moves one way all run), +0.1 early decaying to cross-entropy, and the
-sharpening drift to -0.1."""
+policy of the action space that moves one way all run), +0.1 early decaying to cross-entropy, the
+sharpening drift to -0.1, and the early ramp followed by actions of the action space from identity."""
 
 
 def cnn_family_task_preset(total_iterations: int, name: str) -> dict[str, Any]:
