@@ -1,0 +1,196 @@
+"""Behaviour cloning: fit the pair-shared policy to another controller's actions.
+
+Evolution strategies (:mod:`ala_gym.agents.meta_train`) search the policy's parameters from wherever they
+start; from a random or near-constant policy the search has not found a policy that uses the progress
+feature (``benchmarks/README.md``). A schedule written by hand can: ``phi-ramp(follow=true)`` steps every
+off-diagonal entry towards a ramp from the entry's value and progress alone, which is what the pair-shared
+policy sees. This module turns such a controller into a policy file, so that the search can start from it
+(``meta_train --init-policy``) or the benchmark can run it frozen (``reinforce-transfer-frozen(policy=...)``).
+The teacher is a declared prior, not something learned: its provenance, written beside the policy, names it.
+
+Read top to bottom: the config, the rollouts that gather the teacher's labels, the fit, the command line.
+
+* Rollouts: ``num_envs`` children of ``env`` train once at each horizon of ``horizons`` (so that the policy
+  meets progress at several rates), the teacher choosing the actions. With ``explore`` a fraction of the
+  executed actions is drawn uniformly instead, while the teacher's label is kept for every state, so that the
+  data covers the states a clone's own mistakes lead to (the idea of DAgger, in one round). Only the rows an
+  action can move are kept (``movable_rows``; the env ignores the others).
+* Fit: full-batch cross-entropy of :class:`ala_gym.agents.reinforce.PairPolicy`'s logits on the labels, with
+  Adam; the agreement (the fraction of rows whose most likely action is the teacher's) is reported.
+* Draws: the env seeds, the exploration and the policy's initial weights all come from ``seed`` through
+  their own generators.
+
+``python -m ala_gym.agents.imitate --teacher phi-ramp --teacher-kwargs '{"start": 0.1, "end": 0.0, "follow":
+true}' --env ALA-Digits-v0 --save runs/ramp.pt``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+import ala_gym  # noqa: F401  (registers the env ids)
+from ala_gym.agents import checkpoints, resolve_controller
+from ala_gym.agents.reinforce import N_ACTIONS, PairPolicy, ReinforceConfig
+from ala_gym.core.data import DataError, with_data_home
+from ala_gym.core.machine import cpu_model
+from ala_gym.wrappers import ChildAttributes
+
+
+@dataclass(frozen=True)
+class ImitateConfig:
+    """What to clone, on which children, and how to fit."""
+
+    teacher: str = "phi-ramp"
+    """The controller to clone: a registered name (``ala_gym.agents.CONTROLLERS``) whose :meth:`act` chooses
+    the actions (one that imposes Phi has no actions to clone)."""
+    teacher_kwargs: dict[str, Any] = field(default_factory=lambda: {"start": 0.1, "end": 0.0, "follow": True})
+    """Keywords of the teacher's factory."""
+    env: str = "ALA-Digits-v0"
+    """The env id whose children the teacher drives."""
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Further env keywords of every child (``model``, ``train_size``, ...; a relative ``data_root`` lies under
+    :func:`ala_gym.core.data.data_home`)."""
+    horizons: tuple[int, ...] = (400, 1200)
+    """The children's ``total_iterations``: one run of every child at each."""
+    steps_per_action: int = 20
+    """K of every child."""
+    num_envs: int = 2
+    """Children per run."""
+    explore: float = 0.2
+    """Fraction of the executed actions drawn uniformly instead of the teacher's (its label is kept)."""
+    hidden: int = 32
+    """Units in each of the policy's hidden layers (as :class:`ala_gym.agents.reinforce.ReinforceConfig.hidden`)."""
+    epochs: int = 2000
+    """Full-batch Adam steps of the fit."""
+    lr: float = 0.01
+    """Adam's learning rate."""
+    seed: int = 0
+    """Seeds the env seeds, the exploration and the policy's initial weights."""
+
+    def __post_init__(self) -> None:
+        if not self.horizons or min(self.horizons) < 1 or self.steps_per_action < 1 or self.num_envs < 1:
+            raise ValueError("horizons, steps_per_action and num_envs must be positive")
+        if not 0 <= self.explore < 1:
+            raise ValueError(f"explore must be in [0, 1), got {self.explore}")
+        if self.hidden < 1 or self.epochs < 1 or not self.lr > 0:
+            raise ValueError(f"hidden, epochs and lr must be positive, got {self.hidden}, {self.epochs}, {self.lr}")
+
+
+# ---------------------------------------------------------------------- rollouts
+def teacher_rows(config: ImitateConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The observation rows ``[rows, n_features]`` of the movable pairs of every child at every step of every
+    run, and the teacher's action for each ``[rows]``."""
+    teacher = resolve_controller(config.teacher)(**config.teacher_kwargs, num_envs=config.num_envs)
+    rng = np.random.default_rng(config.seed)
+    states, labels = [], []
+    for horizon in config.horizons:
+        kwargs = {**config.env_kwargs, "total_iterations": horizon, "steps_per_action": config.steps_per_action}
+        envs = gym.make_vec(config.env, num_envs=config.num_envs, **with_data_home({**kwargs, **teacher.env_kwargs()}))
+        try:
+            movable = np.asarray(cast(ChildAttributes, envs).get_attr("movable_rows")[0], dtype=bool)
+            seed = int(rng.integers(2**31))
+            teacher.begin(envs, seed)
+            observations, infos = envs.reset(seed=seed)
+            running = np.ones(config.num_envs, dtype=bool)  # children in their first run (the vector env autoresets)
+            while running.any():
+                if teacher.prescribe_phi(observations, infos) is not None:
+                    raise ValueError(f"{config.teacher} imposes Phi instead of acting; clone a controller that acts")
+                chosen = np.asarray(teacher.act(observations, infos))
+                states.append(np.asarray(observations)[running][:, movable])
+                labels.append(chosen[running][:, movable])
+                random = rng.random(chosen.shape) < config.explore
+                executed = np.where(random, rng.integers(N_ACTIONS, size=chosen.shape), chosen)
+                observations, _, terminations, truncations, infos = envs.step(executed)
+                running &= ~(terminations | truncations)
+        finally:
+            envs.close()
+    rows = torch.as_tensor(np.concatenate(states), dtype=torch.float32)
+    return rows.reshape(-1, rows.shape[-1]), torch.as_tensor(np.concatenate(labels)).reshape(-1).long()
+
+
+# ---------------------------------------------------------------------- the fit
+def fit_policy(states: torch.Tensor, labels: torch.Tensor, config: ImitateConfig) -> tuple[PairPolicy, float]:
+    """A :class:`PairPolicy` fitted to ``labels`` on ``states``, and its agreement with them."""
+    policy = PairPolicy(states.shape[-1], config.hidden, torch.Generator().manual_seed(config.seed))
+    optimizer = torch.optim.Adam(policy.parameters(), lr=config.lr)
+    for _ in range(config.epochs):
+        optimizer.zero_grad()
+        F.cross_entropy(policy(states), labels).backward()
+        optimizer.step()
+    with torch.no_grad():
+        agreement = float((policy(states).argmax(-1) == labels).float().mean())
+    return policy, agreement
+
+
+def imitate(config: ImitateConfig) -> tuple[PairPolicy, dict[str, Any]]:
+    """Gather the teacher's actions and fit the policy to them; the policy and what the fit gave."""
+    start = time.perf_counter()
+    states, labels = teacher_rows(config)
+    policy, agreement = fit_policy(states, labels, config)
+    counts = torch.bincount(labels, minlength=N_ACTIONS).tolist()
+    return policy, {"rows": len(labels), "label_counts": counts, "agreement": agreement, "wall_seconds": time.perf_counter() - start}
+
+
+def save_policy(policy: PairPolicy, path: str | Path, hidden: int) -> None:
+    """``policy`` as a ``reinforce`` policy file (``ReinforceController.load`` and ``meta_train --init-policy`` read it)."""
+    first = policy.net[0]
+    assert isinstance(first, torch.nn.Linear)
+    config = {**asdict(ReinforceConfig(hidden=hidden)), "n_features": first.in_features}
+    checkpoints.save_checkpoint(path, "reinforce", config, policy.state_dict())
+
+
+# ---------------------------------------------------------------------- command line
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    defaults = ImitateConfig()
+    parser.add_argument("--teacher", default=defaults.teacher, help="a registered controller name")
+    parser.add_argument("--teacher-kwargs", default=json.dumps(defaults.teacher_kwargs), help="JSON dict of its keywords")
+    parser.add_argument("--env", default=defaults.env, help="env id of the children")
+    parser.add_argument("--env-kwargs", default="{}", help="JSON dict of further env keywords of every child")
+    parser.add_argument("--horizons", default=",".join(map(str, defaults.horizons)), help="comma-separated total_iterations")
+    for name in ("steps_per_action", "num_envs", "hidden", "epochs", "seed"):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
+    for name in ("explore", "lr"):
+        parser.add_argument(f"--{name}", type=float, default=getattr(defaults, name))
+    parser.add_argument("--save", required=True, help="write the policy here (a reinforce policy file), and what "
+                        "produced it beside it (the same name, .json)")  # fmt: skip
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(argv)
+    try:
+        config = ImitateConfig(
+            teacher=args.teacher, teacher_kwargs=json.loads(args.teacher_kwargs), env=args.env,
+            env_kwargs=json.loads(args.env_kwargs), horizons=tuple(int(v) for v in args.horizons.split(",")),
+            steps_per_action=args.steps_per_action, num_envs=args.num_envs, explore=args.explore,
+            hidden=args.hidden, epochs=args.epochs, lr=args.lr, seed=args.seed,
+        )  # fmt: skip
+        gym.spec(config.env)
+        policy, outcome = imitate(config)
+    except (ValueError, TypeError, gym.error.Error, DataError) as exc:  # JSONDecodeError is a ValueError
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    save_policy(policy, args.save, config.hidden)
+    record = {
+        "command": shlex.join(["python", "-m", "ala_gym.agents.imitate", *argv]),
+        "config": {**asdict(config), "horizons": list(config.horizons)},
+        **outcome,
+        "cpu": cpu_model(),
+        "torch_threads": torch.get_num_threads(),
+        "versions": {"ala_gym": ala_gym.__version__, "torch": torch.__version__},
+    }
+    Path(args.save).with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
+    print(f"policy cloned from {config.teacher} (agreement {outcome['agreement']:.3f}) written to {args.save}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""Behaviour cloning of a controller into the pair-shared policy (``agents/imitate.py``)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ala_gym.agents.imitate import ImitateConfig, fit_policy, imitate, main, save_policy, teacher_rows
+from ala_gym.agents.meta_train import initial_policy_state
+from ala_gym.agents.reinforce import NO_CHANGE, ReinforceController
+
+TINY_ENV = dict(device="cpu", batch_size=32, eval_points=2, eval_stride=5, val_subsample=200)
+RAMP = {"start": 0.1, "end": 0.0, "follow": True}
+
+
+def tiny(**overrides) -> ImitateConfig:
+    return ImitateConfig(**{"teacher_kwargs": RAMP, "env_kwargs": TINY_ENV, "horizons": (60, 120),
+                            "steps_per_action": 10, "num_envs": 1, "hidden": 16, "epochs": 400, **overrides})  # fmt: skip
+
+
+def test_a_cloned_ramp_follower_follows_the_ramp_and_loads_as_a_policy(tmp_path, global_rng_unchanged) -> None:
+    """The clone agrees with the teacher on its rows, and on rows it never saw it steps an entry up below the
+    ramp and down above it; it loads frozen and as the start of a meta-training; its rows are reproducible."""
+    config = tiny()
+    states, labels = teacher_rows(config)
+    again, same_labels = teacher_rows(config)
+    assert torch.equal(states, again) and torch.equal(labels, same_labels)
+    # 45 off-diagonal pairs of 10 classes; steps of both runs (the first action is taken before step 1).
+    assert len(labels) == 45 * (60 // 10 + 120 // 10)
+    assert set(labels.tolist()) == {NO_CHANGE - 1, NO_CHANGE + 1}  # the follower never keeps an entry off the ramp
+    policy, agreement = fit_policy(states, labels, config)
+    assert agreement > 0.9
+    # New rows: a seen row with the entry's value moved 0.05 under and over the ramp, at progress values where
+    # the runs visited both sides (Phi starts at identity, below the ramp, and catches up within the first half).
+    row = states[0].clone()
+    progress = torch.tensor([0.5, 0.7, 0.9])
+    ramp = 0.1 * (1 - progress)
+    below, above = row.repeat(3, 1), row.repeat(3, 1)
+    below[:, -1] = above[:, -1] = progress
+    below[:, -2], above[:, -2] = ramp - 0.05, ramp + 0.05
+    with torch.no_grad():
+        assert (policy(below).argmax(-1) == NO_CHANGE + 1).all()
+        assert (policy(above).argmax(-1) == NO_CHANGE - 1).all()
+    save_policy(policy, tmp_path / "clone.pt", config.hidden)
+    controller = ReinforceController.load(tmp_path / "clone.pt", train=False)
+    assert controller.config.hidden == 16
+    start = initial_policy_state(str(tmp_path / "clone.pt"), states.shape[-1], 16)
+    assert all(torch.equal(start[name], value) for name, value in policy.state_dict().items())
+
+
+def test_exploration_moves_the_states_but_keeps_the_teachers_labels() -> None:
+    """With ``explore`` the executed actions are partly random, so Phi leaves the ramp; every label is still the
+    teacher's action in the state it saw."""
+    states, labels = teacher_rows(tiny(explore=0.5, horizons=(60,)))
+    value, progress = states[:, -2], states[:, -1]
+    ramp = 0.1 * (1 - progress)
+    expected = torch.where(value < ramp, NO_CHANGE + 1, NO_CHANGE - 1)
+    assert torch.equal(labels, expected)
+    plain, _ = teacher_rows(tiny(horizons=(60,)))
+    assert (states[:, -2] - plain[:, -2]).abs().max() > 0.01
+
+
+def test_a_teacher_that_imposes_phi_or_bad_input_is_a_clear_error(tmp_path, capsys) -> None:
+    with pytest.raises(ValueError, match="phi-uniform imposes Phi instead of acting"):
+        imitate(tiny(teacher="phi-uniform", teacher_kwargs={"off_diagonal": 0.1}))
+    with pytest.raises(ValueError, match="explore must be in"):
+        tiny(explore=1.0)
+    for argv in (["--teacher", "nonesuch"], ["--teacher-kwargs", "{not json"], ["--env", "ALA-Nonesuch-v0"]):
+        with pytest.raises(SystemExit) as exited:
+            main([*argv, "--save", str(tmp_path / "never.pt")])
+        assert exited.value.code == 2 and not (tmp_path / "never.pt").exists()
+        assert "Traceback" not in capsys.readouterr().err
+
+
+def test_the_command_line_writes_the_policy_and_its_provenance(tmp_path) -> None:
+    main(["--teacher-kwargs", json.dumps(RAMP), "--env-kwargs", json.dumps(TINY_ENV), "--horizons", "60",
+          "--steps-per-action", "10", "--num-envs", "1", "--hidden", "16", "--epochs", "50",
+          "--save", str(tmp_path / "clone.pt")])  # fmt: skip
+    record = json.loads((tmp_path / "clone.json").read_text())
+    assert record["command"].startswith("python -m ala_gym.agents.imitate --teacher-kwargs")
+    assert record["config"]["teacher"] == "phi-ramp" and record["config"]["horizons"] == [60]
+    assert record["rows"] == 45 * 6 and sum(record["label_counts"]) == record["rows"]
+    assert 0 <= record["agreement"] <= 1 and np.isfinite(record["wall_seconds"])
+    ReinforceController.load(tmp_path / "clone.pt", train=False)
