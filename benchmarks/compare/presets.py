@@ -43,6 +43,11 @@ RAMPS = (
 policy of the action space that moves one way all run), +0.1 early decaying to cross-entropy, the
 sharpening drift to -0.1, and the early ramp followed by actions of the action space from identity."""
 
+RAMP_POLICIES = ("reinforce-transfer-frozen(policy=ramp-clone)",)
+"""The followed early ramp as a policy file (``agents/policies/ramp-clone.json``: the pair-shared policy
+fitted to ``phi-ramp(start=0.1;end=0.0;follow=true)``'s actions on the Fashion-MNIST task of the CNN family),
+run frozen: whether the policy class holds the schedule."""
+
 
 def cnn_family_task_preset(total_iterations: int, name: str) -> dict[str, Any]:
     """The Fashion-MNIST task of the without-cifar10-cnn meta-training family (:data:`SMALL_TRAIN_CNN`) at
@@ -51,7 +56,7 @@ def cnn_family_task_preset(total_iterations: int, name: str) -> dict[str, Any]:
     return dict(
         env="ALA-FashionMNIST-v0",
         controllers="ce,oracle-phi,oracle-smoothing,reinforce-transfer-frozen(policy=without-cifar10-cnn),"
-        "reinforce-transfer-frozen(policy=without-cifar10-cnn-60)," + ",".join(RAMPS),
+        "reinforce-transfer-frozen(policy=without-cifar10-cnn-60)," + ",".join(RAMPS + RAMP_POLICIES),
         seeds=5,
         children=2,
         baseline_children=2,
@@ -151,7 +156,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         # The same meta-training run on to 60 generations.
         "reinforce-transfer-frozen(policy=without-cifar10-cnn-60)@train_mode=sequential,"
         # When in the run a smoother loss pays (sequential as the rows above).
-        + ",".join(f"{ramp}@train_mode=sequential" for ramp in RAMPS),
+        + ",".join(f"{ramp}@train_mode=sequential" for ramp in RAMPS + RAMP_POLICIES),
         seeds=5,
         children=4,
         baseline_children=4,
@@ -231,7 +236,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "reinforce-transfer-frozen(policy=without-cifar10-cnn)@train_mode=sequential,"
         "reinforce-transfer-frozen(policy=without-cifar10-cnn-60)@train_mode=sequential,"
         # When in the run a smoother loss pays (sequential as above).
-        + ",".join(f"{ramp}@train_mode=sequential" for ramp in RAMPS),
+        + ",".join(f"{ramp}@train_mode=sequential" for ramp in RAMPS + RAMP_POLICIES),
         seeds=5,
         children=2,
         env_kwargs=dict(
