@@ -41,8 +41,8 @@ import torch
 from torch.nn import functional as F
 
 import ala_gym  # noqa: F401  (registers the env ids)
-from ala_gym.agents import checkpoints, resolve_controller
-from ala_gym.agents.reinforce import N_ACTIONS, PairPolicy, ReinforceConfig
+from ala_gym.agents import resolve_controller
+from ala_gym.agents.reinforce import N_ACTIONS, PairPolicy, ReinforceConfig, save_policy
 from ala_gym.core.data import DataError, with_data_home
 from ala_gym.core.machine import cpu_model
 from ala_gym.wrappers import ChildAttributes
@@ -143,14 +143,6 @@ def imitate(config: ImitateConfig) -> tuple[PairPolicy, dict[str, Any]]:
     return policy, {"rows": len(labels), "label_counts": counts, "agreement": agreement, "wall_seconds": time.perf_counter() - start}
 
 
-def save_policy(policy: PairPolicy, path: str | Path, hidden: int) -> None:
-    """``policy`` as a ``reinforce`` policy file (``ReinforceController.load`` and ``meta_train --init-policy`` read it)."""
-    first = policy.net[0]
-    assert isinstance(first, torch.nn.Linear)
-    config = {**asdict(ReinforceConfig(hidden=hidden)), "n_features": first.in_features}
-    checkpoints.save_checkpoint(path, "reinforce", config, policy.state_dict())
-
-
 # ---------------------------------------------------------------------- command line
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -179,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
         policy, outcome = imitate(config)
     except (ValueError, TypeError, gym.error.Error, DataError) as exc:  # JSONDecodeError is a ValueError
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
-    save_policy(policy, args.save, config.hidden)
+    save_policy(args.save, policy, ReinforceConfig(hidden=config.hidden))
     record = {
         "command": shlex.join(["python", "-m", "ala_gym.agents.imitate", *argv]),
         "config": {**asdict(config), "horizons": list(config.horizons)},

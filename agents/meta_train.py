@@ -547,11 +547,9 @@ class MetaTrainer:
     def save_policy(self, path: str | Path) -> None:
         """The current ``theta`` as a ``reinforce`` policy file (``ReinforceController.load`` reads it)."""
         torch.nn.utils.vector_to_parameters(self.theta.detach(), self.policy.parameters())
-        from ala_gym.agents.reinforce import ReinforceConfig
+        from ala_gym.agents.reinforce import ReinforceConfig, save_policy
 
-        reinforce = ReinforceConfig(hidden=self.config.hidden, init_no_change=self.config.init_no_change)
-        config = {**asdict(reinforce), "n_features": self.n_features}
-        checkpoints.save_checkpoint(path, "reinforce", config, self.policy.state_dict())
+        save_policy(path, self.policy, ReinforceConfig(hidden=self.config.hidden, init_no_change=self.config.init_no_change))
 
 
 def meta_train(config: MetaTrainConfig, state_path: str | Path | None = None, log_dir: str | None = None) -> MetaTrainer:

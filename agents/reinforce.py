@@ -467,8 +467,7 @@ class ReinforceController(Controller):
     def save(self, path: str | Path) -> None:
         """Write the policy (weights, config, versions); :meth:`load` reads it back."""
         assert self.policy is not None, "nothing to save before a run"
-        config = {**asdict(self.config), "n_features": self.n_features}
-        checkpoints.save_checkpoint(path, "reinforce", config, self.policy.state_dict())
+        save_policy(path, self.policy, self.config)
 
     @classmethod
     def load(
@@ -507,6 +506,14 @@ class ReinforceController(Controller):
 POLICY_LIBRARY = Path(__file__).resolve().parent / "policies"
 """Policies learned on a cheap task, to run (frozen or fine-tuned) on a new one; ``policies/README.md``
 says how each was trained."""
+
+
+def save_policy(path: str | Path, policy: PairPolicy, config: ReinforceConfig) -> None:
+    """``policy`` as a ``reinforce`` policy file, under ``config`` (its ``hidden`` the policy's), with its input
+    size: what :meth:`ReinforceController.load` and ``meta_train --init-policy`` read."""
+    first = policy.net[0]
+    assert isinstance(first, nn.Linear)  # the input layer
+    checkpoints.save_checkpoint(path, "reinforce", {**asdict(config), "n_features": first.in_features}, policy.state_dict())
 
 
 def library_policy(name: str) -> Path:

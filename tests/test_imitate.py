@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from ala_gym.agents.imitate import ImitateConfig, fit_policy, imitate, main, save_policy, teacher_rows
+from ala_gym.agents.imitate import ImitateConfig, fit_policy, imitate, main, teacher_rows
 from ala_gym.agents.meta_train import initial_policy_state
-from ala_gym.agents.reinforce import NO_CHANGE, ReinforceController
+from ala_gym.agents.reinforce import NO_CHANGE, ReinforceConfig, ReinforceController, save_policy
 
 TINY_ENV = dict(device="cpu", batch_size=32, eval_points=2, eval_stride=5, val_subsample=200)
 RAMP = {"start": 0.1, "end": 0.0, "follow": True}
@@ -44,7 +44,7 @@ def test_a_cloned_ramp_follower_follows_the_ramp_and_loads_as_a_policy(tmp_path,
     with torch.no_grad():
         assert (policy(below).argmax(-1) == NO_CHANGE + 1).all()
         assert (policy(above).argmax(-1) == NO_CHANGE - 1).all()
-    save_policy(policy, tmp_path / "clone.pt", config.hidden)
+    save_policy(tmp_path / "clone.pt", policy, ReinforceConfig(hidden=config.hidden))
     controller = ReinforceController.load(tmp_path / "clone.pt", train=False)
     assert controller.config.hidden == 16
     start = initial_policy_state(str(tmp_path / "clone.pt"), states.shape[-1], 16)
