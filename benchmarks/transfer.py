@@ -20,7 +20,8 @@ label smoothing (its mean below; and by more than the larger standard deviation,
 fixed Phi itself beats cross-entropy by the first rule, which says if that test is within the action space's
 reach of a constant. A reference a
 preset does not run is shown as not run. Beside it, each policy's meta-training cost from its provenance file
-(``agents/policies/<policy>.json``): generations, child-iterations, wall seconds and the CPU, and
+(``agents/policies/<policy>.json``): generations, child-iterations, wall seconds and the CPU, the policy the
+search started from where it did not start from a new one (a declared prior, such as a clone of a schedule), and
 the same for the reruns of a shipped policy's command recorded under ``results/transfer/reruns/``.
 """
 
@@ -91,6 +92,11 @@ HELD_OUT = (
             "reinforce-transfer-frozen(policy=without-cifar10-cnn-60)@train_mode=sequential", "ce(num_envs=2)"),
     HeldOut("CIFAR-10 subset", "cifar10-subset-long", "without-cifar10-cnn-60",
             "reinforce-transfer-frozen(policy=without-cifar10-cnn-60)@train_mode=sequential"),
+    # The small CNN family's meta-training started from ramp-clone, a declared prior (the followed early ramp).
+    HeldOut("CIFAR-10 subset", "cifar10-subset", "without-cifar10-ramp",
+            "reinforce-transfer-frozen(policy=without-cifar10-ramp)@train_mode=sequential", "ce(num_envs=2)"),
+    HeldOut("CIFAR-10 subset", "cifar10-subset-long", "without-cifar10-ramp",
+            "reinforce-transfer-frozen(policy=without-cifar10-ramp)@train_mode=sequential"),
 )  # fmt: skip
 
 
@@ -165,6 +171,7 @@ def gather(results: Path, policies: Path) -> dict[str, Any]:
             costs[name]["tasks"] = [task_label(task, config) for task in config["tasks"]]
             costs[name]["tasks_per_generation"] = config.get("tasks_per_generation", 1)  # older records: one
             costs[name]["fitness_by_task"] = fitness_by_task(record["history"])
+            costs[name]["init_policy"] = config.get("init_policy")  # the policy the search started from, if any
     return {"held_out": entries, "meta_training": costs}
 
 
@@ -235,7 +242,8 @@ def markdown(report: dict[str, Any]) -> str:
         if cost.get("workers"):  # older records ran in the process and hold no count
             machine += f", {cost['workers']} Ray workers of 1 thread each"
         trend = "; ".join(f"{task}: {v['first']:.2f} -> {v['last']:.2f}" for task, v in cost["fitness_by_task"].items())
-        lines.append(f"| `{policy}` | {', '.join(cost['tasks'])} | {cost['tasks_per_generation']} | {cost['generations']} | {trend} | "
+        family = ", ".join(cost["tasks"]) + (f"; the search started from `{cost['init_policy']}`" if cost.get("init_policy") else "")
+        lines.append(f"| `{policy}` | {family} | {cost['tasks_per_generation']} | {cost['generations']} | {trend} | "
                      f"{cost['child_iterations']:,} | "
                      f"{wall} | {rate} | {machine} |")  # fmt: skip
     return "\n".join(lines) + "\n"

@@ -52,6 +52,7 @@ def test_report_gathers_the_held_out_rows_and_the_cost(tmp_path: Path, capsys) -
         "history": [{"task": "ALA-CIFAR10-v0", "fitness_mean": -f} for f in (0.62, 0.61, 0.60, 0.59, 0.58, 0.57, 0.56)],
     }))  # fmt: skip
     rerun = json.loads((policies / "without-digits.json").read_text()) | {"wall_seconds": 900.0, "cpu": "Other CPU", "workers": 2}
+    rerun["config"] |= {"init_policy": "ramp-clone"}
     (results / transfer.RERUNS).mkdir(parents=True)
     (results / transfer.RERUNS / "without-digits.json").write_text(json.dumps(rerun))
     transfer.main(["--results", str(results), "--policies", str(policies)])
@@ -69,7 +70,7 @@ def test_report_gathers_the_held_out_rows_and_the_cost(tmp_path: Path, capsys) -
             "2.70 +- 0.10 (label_smoothing=0.1) | **yes** | no | no (no) | **yes** |") in table  # fmt: skip
     family = "ALA-FashionMNIST-v0 (5,000 training images at most), ALA-CIFAR10-v0 | 1"  # one task a generation: older records
     assert f"| `without-digits` | {family} | 30 | ALA-CIFAR10-v0: 61.00 -> 57.00 | 601,920 | 30.0 min | 334 | Some CPU, 1 torch thread(s) |" in table
-    assert f"| `without-digits (rerun)` | {family} | 30 | ALA-CIFAR10-v0: 61.00 -> 57.00 | 601,920 | 15.0 min | 669 | Other CPU, 1 torch thread(s), 2 Ray workers of 1 thread each |" in table
+    assert f"| `without-digits (rerun)` | {family.replace(' | 1', '; the search started from `ramp-clone` | 1')} | 30 | ALA-CIFAR10-v0: 61.00 -> 57.00 | 601,920 | 15.0 min | 669 | Other CPU, 1 torch thread(s), 2 Ray workers of 1 thread each |" in table
 
 
 def test_a_family_task_is_labelled_with_its_model_and_training_set() -> None:

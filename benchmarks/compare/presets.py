@@ -43,10 +43,11 @@ RAMPS = (
 policy of the action space that moves one way all run), +0.1 early decaying to cross-entropy, the
 sharpening drift to -0.1, and the early ramp followed by actions of the action space from identity."""
 
-RAMP_POLICIES = ("reinforce-transfer-frozen(policy=ramp-clone)",)
+RAMP_POLICIES = ("reinforce-transfer-frozen(policy=ramp-clone)", "reinforce-transfer-frozen(policy=without-cifar10-ramp)")
 """The followed early ramp as a policy file (``agents/policies/ramp-clone.json``: the pair-shared policy
 fitted to ``phi-ramp(start=0.1;end=0.0;follow=true)``'s actions on the Fashion-MNIST task of the CNN family),
-run frozen: whether the policy class holds the schedule."""
+and the CNN family's meta-training started from it, run frozen: whether the policy class holds the schedule,
+and what the search added to it."""
 
 
 def cnn_family_task_preset(total_iterations: int, name: str) -> dict[str, Any]:
