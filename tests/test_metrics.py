@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 import warnings
+from functools import partial
 
 import numpy as np
 import pytest
 import torch
+from torch.nn import functional as F
 
 from ala_gym.core.metrics import (
     METRICS,
@@ -74,6 +76,32 @@ def test_classification_evaluator_packs_metric_direction_and_statistics() -> Non
     assert not ClassificationEvaluator(5)(nan_row, labels).finite
     with pytest.raises(ValueError, match="accuracy"):
         ClassificationEvaluator(5, "auc")
+
+
+@pytest.mark.parametrize("metric", sorted(METRICS))
+def test_evaluate_many_gives_each_models_own_evaluation(metric: str) -> None:
+    """The batched children's validation pass: N models at once give what N calls give, bit for bit on the
+    same layout (the stacked forwards' class-major view) and to float rounding on a contiguous copy; a
+    diverged model and a class absent from the split included."""
+    generator = torch.Generator().manual_seed(3)
+    class_major = 3 * torch.randn(4, 6, 300, generator=generator)  # [N, C, S], as the stacked forwards give
+    class_major[2, :, 7] = torch.nan  # one sample of model 2 diverged
+    labels = torch.randint(0, 5, (300,), generator=generator)  # class 5 never occurs
+    logits = class_major.transpose(1, 2)
+    evaluator = ClassificationEvaluator(6, metric)
+    together = evaluator.evaluate_many(logits, labels)
+    assert len(together) == 4
+    for index, (model, evaluation) in enumerate(zip(logits, together)):
+        for alone, exact in ((evaluator(model, labels), True), (evaluator(model.contiguous(), labels), False)):
+            check = np.testing.assert_array_equal if exact else partial(np.testing.assert_allclose, rtol=1e-6)
+            check(alone.metric, evaluation.metric)
+            check(alone.class_metric, evaluation.class_metric)
+            for name, value in alone.statistics.items():
+                check(value, evaluation.statistics[name])
+        assert evaluation.finite is (index != 2)
+        if index != 2:
+            assert evaluation.loss == pytest.approx(float(F.cross_entropy(model, labels)), rel=1e-6)
+            assert evaluation.statistics["error"] == pytest.approx(float((model.argmax(1) != labels).float().mean()))
 
 
 def test_class_metric_of_accuracy_complements_error() -> None:

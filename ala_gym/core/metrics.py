@@ -4,6 +4,10 @@ An evaluator turns a model's outputs on a split into an :class:`Evaluation`: the
 reward (Eqs. 4-5) is built on, whether higher is better, and named statistics for observations and
 logs. Only scalars and small ``C x C`` arrays go back to the host.
 
+The classification functions take logits ``[..., S, C]`` and the split's labels ``[S]``: leading dimensions
+are models evaluated on the same split (the batched children), and every result keeps them, so N children
+cost one pass of each kernel and one host copy (:meth:`ClassificationEvaluator.evaluate_many`) instead of N.
+
 :class:`ClassificationEvaluator` serves the classification tasks (metrics ``"error"``, ``"nll"``,
 ``"accuracy"``, ``"aucpr"``; statistics ``"error"``, ``"nll"``, ``"confusion"`` (Eq. 7)) and the per-class
 metric the per-pair credit is computed from. A metric that needs more than logits and labels (Recall@k
@@ -21,25 +25,47 @@ import torch
 from torch.nn import functional as F
 
 
+def _class_major(logits: torch.Tensor) -> torch.Tensor:
+    """Logits ``[..., S, C]`` as a view ``[..., C, S]``: reductions over ten classes run many times faster on a
+    CPU along a middle dimension than along the last one, and the stacked forwards of the batched children
+    give their outputs in this layout (:mod:`ala_gym.core.batched`), so the view is contiguous there."""
+    return logits.transpose(-1, -2)
+
+
+def _predicted(logits: torch.Tensor) -> torch.Tensor:
+    """The top-1 class ``[..., S]``, the first of tied maxima (as ``argmax``)."""
+    return _class_major(logits).max(dim=-2).indices
+
+
 def _correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Right top-1 predictions. A row with a non-finite logit counts as wrong (a diverged model is not right
-    by accident)."""
-    return (logits.argmax(dim=1) == labels) & torch.isfinite(logits).all(dim=1)
+    """Right top-1 predictions ``[..., S]``. A row with a non-finite logit counts as wrong (a diverged model is
+    not right by accident)."""
+    return (_predicted(logits) == labels) & torch.isfinite(_class_major(logits)).all(dim=-2)
 
 
 def error_rate(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Top-1 error (non-finite rows count as wrong)."""
-    return 1.0 - _correct(logits, labels).float().mean()
+    return 1.0 - _correct(logits, labels).float().mean(-1)
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Top-1 accuracy (non-finite rows count as wrong)."""
-    return _correct(logits, labels).float().mean()
+    return _correct(logits, labels).float().mean(-1)
+
+
+def _neg_log_probs(logits: torch.Tensor) -> torch.Tensor:
+    """``-log_softmax`` over the classes, ``[..., S, C]``."""
+    return -F.log_softmax(_class_major(logits.float()), dim=-2).transpose(-1, -2)
+
+
+def _nll(neg_log_probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean of each sample's ``-log p_y`` over the samples: ``[...]``."""
+    return neg_log_probs.gather(-1, labels.expand(neg_log_probs.shape[:-1]).unsqueeze(-1)).mean((-2, -1))
 
 
 def mean_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of the predictions (the usual "validation loss")."""
-    return F.cross_entropy(logits, labels)
+    return _nll(_neg_log_probs(logits), labels)
 
 
 def average_precision_per_class(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -57,6 +83,8 @@ def average_precision_per_class(logits: torch.Tensor, labels: torch.Tensor) -> t
     # Imported here: torchmetrics takes seconds to import, and only the AUCPR metric needs it.
     from torchmetrics.functional.classification import multiclass_average_precision
 
+    if logits.dim() > 2:  # torchmetrics ranks one model's scores at a time
+        return torch.stack([average_precision_per_class(model_logits, labels) for model_logits in logits])
     finite = torch.isfinite(logits).all()
     scores = torch.softmax(torch.where(finite, logits, torch.zeros_like(logits)).double(), dim=1)
     per_class = multiclass_average_precision(scores, labels, logits.shape[1], average="none", validate_args=False)
@@ -71,8 +99,8 @@ def aucpr(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     as errors). 0 (the worst value) for non-finite logits.
     """
     per_class = average_precision_per_class(logits, labels)
-    present = torch.bincount(labels, minlength=logits.shape[1]) > 0
-    return torch.where(present, per_class, torch.zeros_like(per_class)).sum() / present.sum().clamp_min(1)
+    present = torch.bincount(labels, minlength=logits.shape[-1]) > 0
+    return torch.where(present, per_class, torch.zeros_like(per_class)).sum(-1) / present.sum().clamp_min(1)
 
 
 @dataclass(frozen=True)
@@ -105,13 +133,18 @@ def get_metric(name: str) -> Metric:
     return METRICS[name]
 
 
-def confusion_statistics(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Eq. 7: ``C[i, j]`` = mean over validation samples of class ``i`` of ``-log f_j(x)``.
+def confusion_statistics(
+    logits: torch.Tensor, labels: torch.Tensor, num_classes: int, neg_log_probs: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Eq. 7: ``C[i, j]`` = mean over validation samples of class ``i`` of ``-log f_j(x)`` (``[..., C, C]``).
 
     Classes absent from ``labels`` get a row of ``log(num_classes)`` (the uniform prediction's value).
+    ``neg_log_probs``, ``-log_softmax(logits)`` where the caller has it already, saves computing it again.
     """
-    neg_log_probs = -F.log_softmax(logits.float(), dim=1)
-    sums = torch.zeros(num_classes, num_classes, device=logits.device).index_add_(0, labels, neg_log_probs)
+    if neg_log_probs is None:
+        neg_log_probs = _neg_log_probs(logits)
+    sums = neg_log_probs.new_zeros(*neg_log_probs.shape[:-2], num_classes, num_classes)
+    sums.index_add_(-2, labels, neg_log_probs)
     counts = torch.bincount(labels, minlength=num_classes).float()
     stats = sums / counts.clamp_min(1.0)[:, None]
     return torch.where(counts[:, None] > 0, stats, torch.full_like(stats, float(np.log(num_classes))))
@@ -120,27 +153,30 @@ def confusion_statistics(logits: torch.Tensor, labels: torch.Tensor, num_classes
 def correct_soft_labels(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """``S[i]`` = mean predicted distribution over the samples of class ``i`` that the model classifies
     correctly (the soft labels of online label smoothing, Zhang et al., IEEE TIP 2021); a class with no
-    correct sample gets its one-hot row."""
-    probs = F.softmax(logits.float(), dim=1)
-    correct = (probs.argmax(dim=1) == labels).float()
-    sums = torch.zeros(num_classes, num_classes, device=logits.device).index_add_(0, labels, probs * correct[:, None])
-    counts = torch.zeros(num_classes, device=logits.device).index_add_(0, labels, correct)
+    correct sample gets its one-hot row. ``[..., C, C]``."""
+    probs = F.softmax(_class_major(logits.float()), dim=-2).transpose(-1, -2)
+    correct = (_predicted(probs) == labels).float()
+    sums = probs.new_zeros(*probs.shape[:-2], num_classes, num_classes).index_add_(-2, labels, probs * correct[..., None])
+    counts = correct.new_zeros(*correct.shape[:-1], num_classes).index_add_(-1, labels, correct)
     one_hot = torch.eye(num_classes, device=logits.device)
-    return torch.where(counts[:, None] > 0, sums / counts.clamp_min(1.0)[:, None], one_hot)
+    return torch.where(counts[..., None] > 0, sums / counts.clamp_min(1.0)[..., None], one_hot)
 
 
-def class_metric(logits: torch.Tensor, labels: torch.Tensor, confusion: torch.Tensor, metric: str) -> torch.Tensor:
+def class_metric(
+    logits: torch.Tensor, labels: torch.Tensor, confusion: torch.Tensor, metric: str, correct: torch.Tensor | None = None
+) -> torch.Tensor:
     """The metric restricted to each class (``[C]``): per-class error or accuracy, per-class NLL (the diagonal
     of the Eq. 7 statistics), or for ``"aucpr"`` each class's one-vs-rest average precision, which ranks all
-    samples. Classes absent from ``labels`` get 0 (NLL: ``log C``)."""
+    samples. Classes absent from ``labels`` get 0 (NLL: ``log C``). ``[..., C]``. ``correct``, the caller's
+    ``_correct(logits, labels)``, saves computing it again."""
     if metric == "nll":
-        return torch.diagonal(confusion)
-    num_classes = confusion.shape[0]
+        return torch.diagonal(confusion, dim1=-2, dim2=-1)
+    num_classes = confusion.shape[-1]
     if metric == "aucpr":
         return torch.nan_to_num(average_precision_per_class(logits, labels), nan=0.0)
-    hits = _correct(logits, labels).float()
+    hits = (_correct(logits, labels) if correct is None else correct).float()
     hits = hits if metric == "accuracy" else 1.0 - hits
-    sums = torch.zeros(num_classes, device=logits.device).index_add_(0, labels, hits)
+    sums = hits.new_zeros(*hits.shape[:-1], num_classes).index_add_(-1, labels, hits)
     return sums / torch.bincount(labels, minlength=num_classes).clamp_min(1).float()
 
 
@@ -185,19 +221,35 @@ class Evaluator(Protocol):
 
 class ClassificationEvaluator:
     """Metric ``metric`` (a key of :data:`METRICS`), error, cross-entropy, Eq. 7 statistics and the per-class
-    metric of ``num_classes``-way logits, with a single device-to-host copy."""
+    metric of ``num_classes``-way logits, with a single device-to-host copy (one for several models, too:
+    :meth:`evaluate_many`)."""
 
     def __init__(self, num_classes: int, metric: str = "error") -> None:
         self.num_classes, self.name, self.metric = num_classes, metric, get_metric(metric)
         self.higher_is_better, self.worst = self.metric.higher_is_better, self.metric.worst
 
     def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> Evaluation:
+        return self.evaluate_many(logits.unsqueeze(0), labels)[0]
+
+    def evaluate_many(self, logits: torch.Tensor, labels: torch.Tensor) -> list[Evaluation]:
+        """One :class:`Evaluation` per model of logits ``[N, S, C]`` on the same split (labels ``[S]``): what N
+        calls compute, by N-wide kernels and one device-to-host copy."""
         num_classes = self.num_classes
-        confusion = confusion_statistics(logits, labels, num_classes)
-        scalars = torch.stack([self.metric.fn(logits, labels), error_rate(logits, labels), mean_nll(logits, labels)])
-        per_class = class_metric(logits, labels, confusion, self.name)
+        neg_log_probs = _neg_log_probs(logits)
+        confusion = confusion_statistics(logits, labels, num_classes, neg_log_probs)
+        correct = _correct(logits, labels)
+        # What error_rate, accuracy and mean_nll compute, from the predictions and log-probabilities in hand.
+        hit_rate, nll = correct.float().mean(-1), _nll(neg_log_probs, labels)
+        known = {"error": 1.0 - hit_rate, "accuracy": hit_rate, "nll": nll}
+        metric = known[self.name] if self.name in known else self.metric.fn(logits, labels)
+        scalars = torch.stack([metric, known["error"], nll], dim=1)
+        per_class = class_metric(logits, labels, confusion, self.name, correct)
         soft_labels = correct_soft_labels(logits, labels, num_classes)
-        packed = torch.cat([scalars, confusion.flatten(), soft_labels.flatten(), per_class]).double().cpu().numpy()
+        packed = torch.cat([scalars, confusion.flatten(1), soft_labels.flatten(1), per_class], dim=1)
+        return [self._unpack(row) for row in packed.double().cpu().numpy()]
+
+    def _unpack(self, packed: np.ndarray) -> Evaluation:
+        num_classes = self.num_classes
         squared = num_classes * num_classes
         return Evaluation(
             metric=float(packed[0]),
