@@ -97,6 +97,10 @@ HELD_OUT = (
             "reinforce-transfer-frozen(policy=without-cifar10-ramp)@train_mode=sequential", "ce(num_envs=2)"),
     HeldOut("CIFAR-10 subset", "cifar10-subset-long", "without-cifar10-ramp",
             "reinforce-transfer-frozen(policy=without-cifar10-ramp)@train_mode=sequential"),
+    HeldOut("CIFAR-10 subset", "cifar10-subset", "without-cifar10-ramp-seed1",
+            "reinforce-transfer-frozen(policy=without-cifar10-ramp-seed1)@train_mode=sequential", "ce(num_envs=2)"),
+    HeldOut("CIFAR-10 subset", "cifar10-subset-long", "without-cifar10-ramp-seed1",
+            "reinforce-transfer-frozen(policy=without-cifar10-ramp-seed1)@train_mode=sequential"),
 )  # fmt: skip
 
 

@@ -43,11 +43,15 @@ RAMPS = (
 policy of the action space that moves one way all run), +0.1 early decaying to cross-entropy, the
 sharpening drift to -0.1, and the early ramp followed by actions of the action space from identity."""
 
-RAMP_POLICIES = ("reinforce-transfer-frozen(policy=ramp-clone)", "reinforce-transfer-frozen(policy=without-cifar10-ramp)")
+RAMP_POLICIES = (
+    "reinforce-transfer-frozen(policy=ramp-clone)",
+    "reinforce-transfer-frozen(policy=without-cifar10-ramp)",
+    "reinforce-transfer-frozen(policy=without-cifar10-ramp-seed1)",
+)  # fmt: skip
 """The followed early ramp as a policy file (``agents/policies/ramp-clone.json``: the pair-shared policy
 fitted to ``phi-ramp(start=0.1;end=0.0;follow=true)``'s actions on the Fashion-MNIST task of the CNN family),
-and the CNN family's meta-training started from it, run frozen: whether the policy class holds the schedule,
-and what the search added to it."""
+and the CNN family's meta-training started from it (seeds 0 and 1), run frozen: whether the policy class
+holds the schedule, and what the search added to it."""
 
 
 def cnn_family_task_preset(total_iterations: int, name: str) -> dict[str, Any]:
