@@ -923,10 +923,18 @@ class ClassBalancedSampler:
 def training_batch(
     data: ClassificationData, index: torch.Tensor, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Training samples ``index``, normalised (and, for CIFAR, augmented with ``generator``), with their labels."""
+    """Training samples ``index`` (any shape; the batched children's is ``[N, B]``), normalised (and, for CIFAR,
+    augmented with ``generator``), with their labels."""
     if data.augment:
-        return data.normalize(random_crop_flip(data.train.images[index], generator)), data.train.labels[index]
-    return data.normalized_train[index], data.train.labels[index]
+        images = random_crop_flip(take_rows(data.train.images, index), generator)
+        return data.normalize(images), take_rows(data.train.labels, index)
+    return take_rows(data.normalized_train, index), take_rows(data.train.labels, index)
+
+
+def take_rows(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``tensor[index]`` for an integer ``index`` of any shape, by ``index_select``: the same values, several
+    times faster on a CPU than advanced indexing for the batched children's ``[N, B]`` batches."""
+    return tensor.index_select(0, index.flatten()).view(*index.shape, *tensor.shape[1:])
 
 
 def random_crop_flip(images: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
