@@ -14,6 +14,7 @@ from torch.nn import functional as F
 from ala_gym.core.metrics import (
     METRICS,
     ClassificationEvaluator,
+    Evaluation,
     accuracy,
     aucpr,
     average_precision_per_class,
@@ -21,6 +22,7 @@ from ala_gym.core.metrics import (
     confusion_statistics,
     discounted_metric,
     error_rate,
+    evaluate_models,
     improvement,
     mean_nll,
 )
@@ -102,6 +104,33 @@ def test_evaluate_many_gives_each_models_own_evaluation(metric: str) -> None:
         if index != 2:
             assert evaluation.loss == pytest.approx(float(F.cross_entropy(model, labels)), rel=1e-6)
             assert evaluation.statistics["error"] == pytest.approx(float((model.argmax(1) != labels).float().mean()))
+
+
+def test_evaluate_models_calls_evaluate_many_where_an_evaluator_has_it() -> None:
+    """Stacked outputs go to an evaluator's ``evaluate_many`` in one call; one without it is called per model."""
+    generator = torch.Generator().manual_seed(4)
+    outputs, labels = torch.randn(3, 40, 5, generator=generator), torch.randint(0, 5, (40,), generator=generator)
+    calls = []
+
+    class PerModel:
+        higher_is_better, worst = False, 1.0
+
+        def __call__(self, model_outputs: torch.Tensor, split_labels: torch.Tensor, /) -> Evaluation:
+            calls.append(model_outputs.shape)
+            return ClassificationEvaluator(5)(model_outputs, split_labels)
+
+    class Together(PerModel):
+        def evaluate_many(self, stacked: torch.Tensor, split_labels: torch.Tensor) -> list[Evaluation]:
+            calls.append(stacked.shape)
+            return ClassificationEvaluator(5).evaluate_many(stacked, split_labels)
+
+    per_model = evaluate_models(PerModel(), outputs, labels)
+    assert calls == [torch.Size([40, 5])] * 3
+    calls.clear()
+    together = evaluate_models(Together(), outputs, labels)
+    assert calls == [torch.Size([3, 40, 5])]
+    assert [e.metric for e in together] == [e.metric for e in per_model]
+    assert [e.metric for e in together] == [float(error_rate(model, labels)) for model in outputs]
 
 
 def test_class_metric_of_accuracy_complements_error() -> None:

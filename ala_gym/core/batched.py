@@ -38,7 +38,7 @@ from torch.nn import functional as F
 
 from ala_gym.core.data import BatchSampler, ClassBalancedSampler, ClassificationData, Split, training_batch
 from ala_gym.core.losses import ParamLoss, PhiLoss
-from ala_gym.core.metrics import ClassificationEvaluator, Evaluation, Evaluator
+from ala_gym.core.metrics import Evaluation, Evaluator, evaluate_models
 from ala_gym.core.models import ModelSpec, is_builtin
 from ala_gym.core.sgd import Tensors, sgd_step
 from ala_gym.core.trainer import ChildRecord, SequentialChildren, TrainConfig, resolve_evaluator, seed_streams
@@ -368,10 +368,7 @@ class BatchedTrainer:
     def evaluate(self, split: Split, children: list[int], evaluator: Evaluator | str = "error") -> list[Evaluation]:
         """Per listed child: its outputs on ``split`` under ``evaluator`` (a metric name: classification)."""
         evaluator = resolve_evaluator(evaluator, self.data.num_classes)
-        outputs = self.logits(split, children)
-        if isinstance(evaluator, ClassificationEvaluator):  # all children's metrics in one pass
-            return evaluator.evaluate_many(outputs, split.labels)
-        return [evaluator(child_outputs, split.labels) for child_outputs in outputs]
+        return evaluate_models(evaluator, self.logits(split, children), split.labels)
 
 
 def _masked_copy(target: Tensors, active: Tensors, inactive: Tensors, mask: torch.Tensor) -> None:

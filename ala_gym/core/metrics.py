@@ -209,7 +209,12 @@ class Evaluation:
 
 
 class Evaluator(Protocol):
-    """Outputs and labels of a split in, :class:`Evaluation` out."""
+    """Outputs and labels of a split in, :class:`Evaluation` out.
+
+    An evaluator may also define ``evaluate_many(outputs, labels)``, the outputs of N models stacked along a
+    first dimension in, N evaluations out (as :meth:`ClassificationEvaluator.evaluate_many`); the batched
+    children are then evaluated by one call (:func:`evaluate_models`) instead of one per child.
+    """
 
     higher_is_better: bool
     worst: float
@@ -217,6 +222,15 @@ class Evaluator(Protocol):
 
     # Positional-only: an evaluator names the outputs as it likes (logits, embeddings).
     def __call__(self, outputs: torch.Tensor, labels: torch.Tensor, /) -> Evaluation: ...
+
+
+def evaluate_models(evaluator: Evaluator, outputs: torch.Tensor, labels: torch.Tensor) -> list[Evaluation]:
+    """One :class:`Evaluation` per model of ``outputs`` (stacked along the first dimension) on one split: by the
+    evaluator's ``evaluate_many`` where it has one, else one call per model."""
+    many = getattr(evaluator, "evaluate_many", None)
+    if many is not None:
+        return many(outputs, labels)
+    return [evaluator(model_outputs, labels) for model_outputs in outputs]
 
 
 class ClassificationEvaluator:
