@@ -165,9 +165,9 @@ def correct_soft_labels(logits: torch.Tensor, labels: torch.Tensor, num_classes:
 def class_metric(
     logits: torch.Tensor, labels: torch.Tensor, confusion: torch.Tensor, metric: str, correct: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """The metric restricted to each class (``[C]``): per-class error or accuracy, per-class NLL (the diagonal
-    of the Eq. 7 statistics), or for ``"aucpr"`` each class's one-vs-rest average precision, which ranks all
-    samples. Classes absent from ``labels`` get 0 (NLL: ``log C``). ``[..., C]``. ``correct``, the caller's
+    """The metric restricted to each class (``[..., C]``): per-class error or accuracy, per-class NLL (the
+    diagonal of the Eq. 7 statistics), or for ``"aucpr"`` each class's one-vs-rest average precision, which
+    ranks all samples. Classes absent from ``labels`` get 0 (NLL: ``log C``). ``correct``, the caller's
     ``_correct(logits, labels)``, saves computing it again."""
     if metric == "nll":
         return torch.diagonal(confusion, dim1=-2, dim2=-1)
