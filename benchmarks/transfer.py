@@ -60,6 +60,8 @@ class HeldOut:
 HELD_OUT = (
     HeldOut("digits", "digits", "without-digits", "reinforce-transfer-frozen(policy=without-digits)"),
     HeldOut("digits", "digits-long", "without-digits", "reinforce-transfer-frozen(policy=without-digits)"),
+    HeldOut("digits", "digits", "without-digits-seed1", "reinforce-transfer-frozen(policy=without-digits-seed1)"),
+    HeldOut("digits", "digits-long", "without-digits-seed1", "reinforce-transfer-frozen(policy=without-digits-seed1)"),
     HeldOut("Fashion-MNIST", "fashion-mnist", "without-fashion-mnist",
             "reinforce-transfer-frozen(policy=without-fashion-mnist)@train_mode=sequential", "ce(num_envs=2)"),
     HeldOut("Fashion-MNIST", "fashion-mnist-long", "without-fashion-mnist",

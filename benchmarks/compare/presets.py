@@ -94,9 +94,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "reinforce-multi(baseline=ema),reinforce-multi(pair_credit=false),reinforce-multi(init_no_change=0.9),"
         "reinforce-multi(entropy_coef=0.01),reinforce-multi(updates_per_step=4),"
         "reinforce-multi@fixed_diagonal=false,reinforce-multi@step_scaling=entry,reinforce-multi@beta=0.3,"
-        # The best fixed Phi and label smoothing selected on validation, and the policy meta-trained without
-        # digits (agents/policies/without-digits.json), run frozen.
-        "oracle-phi,oracle-smoothing,reinforce-transfer-frozen(policy=without-digits)",
+        # The best fixed Phi and label smoothing selected on validation, and the policies meta-trained without
+        # digits (agents/policies/without-digits.json and its second seed), run frozen.
+        "oracle-phi,oracle-smoothing,reinforce-transfer-frozen(policy=without-digits),"
+        "reinforce-transfer-frozen(policy=without-digits-seed1)",
         seeds=5,
         children=10,
         baseline_children=10,
@@ -112,7 +113,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         controllers="ce,phi-uniform,oracle-phi,oracle-smoothing,online-smoothing,reinforce-frozen,reinforce-multi,"
         "reinforce-multi(return_horizon=10),reinforce-multi(return_horizon=25),"
         "reinforce-multi(episodic_weight=1.0;warmup_runs=2),reinforce-multi(episodic_weight=0.5;warmup_runs=2),pbt,"
-        "pbt-frozen,reinforce-transfer-frozen(policy=without-digits)",
+        "pbt-frozen,reinforce-transfer-frozen(policy=without-digits),reinforce-transfer-frozen(policy=without-digits-seed1)",
         seeds=5,
         children=10,
         baseline_children=10,
