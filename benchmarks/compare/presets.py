@@ -130,9 +130,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         controllers="ce,oracle-phi,oracle-smoothing,online-smoothing,reinforce-frozen,reinforce-multi,"
         "reinforce-multi(episodic_weight=1.0;warmup_runs=2),pbt,pbt-frozen,"
         # The policy meta-trained without Fashion-MNIST (agents/policies/without-fashion-mnist.json), run frozen;
-        # then the same family meta-trained on both tasks every generation.
+        # then the same family meta-trained on both tasks every generation (two meta-training seeds).
         "reinforce-transfer-frozen(policy=without-fashion-mnist),"
-        "reinforce-transfer-frozen(policy=without-fashion-mnist-all-tasks)",
+        "reinforce-transfer-frozen(policy=without-fashion-mnist-all-tasks),"
+        "reinforce-transfer-frozen(policy=without-fashion-mnist-all-tasks-seed1)",
         seeds=5,
         children=10,
         baseline_children=10,
@@ -195,8 +196,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "reinforce-transfer-frozen(policy=without-fashion-mnist)@train_mode=sequential,"
         # The best fixed Phi and label smoothing selected on validation (one child, as ce).
         "oracle-phi,oracle-smoothing,"
-        # The family of without-fashion-mnist meta-trained on both tasks every generation; sequential as above.
-        "reinforce-transfer-frozen(policy=without-fashion-mnist-all-tasks)@train_mode=sequential",
+        # The family of without-fashion-mnist meta-trained on both tasks every generation (two meta-training
+        # seeds); sequential as above.
+        "reinforce-transfer-frozen(policy=without-fashion-mnist-all-tasks)@train_mode=sequential,"
+        "reinforce-transfer-frozen(policy=without-fashion-mnist-all-tasks-seed1)@train_mode=sequential",
         seeds=5,
         children=2,
         env_kwargs=FASHION_MNIST_BUDGET,
