@@ -53,61 +53,47 @@ class HeldOut:
     dataset: str
     preset: str
     policy: str
-    row: str
+    sequential: bool = False
+    """The row trains the children one after the other, as its cross-entropy reference did."""
     ce: str = "ce"
+
+    @property
+    def row(self) -> str:
+        """The comparison row of :attr:`policy` run frozen."""
+        suffix = "@train_mode=sequential" if self.sequential else ""
+        return f"reinforce-transfer-frozen(policy={self.policy}){suffix}"
 
 
 HELD_OUT = (
-    HeldOut("digits", "digits", "without-digits", "reinforce-transfer-frozen(policy=without-digits)"),
-    HeldOut("digits", "digits-long", "without-digits", "reinforce-transfer-frozen(policy=without-digits)"),
-    HeldOut("digits", "digits", "without-digits-seed1", "reinforce-transfer-frozen(policy=without-digits-seed1)"),
-    HeldOut("digits", "digits-long", "without-digits-seed1", "reinforce-transfer-frozen(policy=without-digits-seed1)"),
-    HeldOut("Fashion-MNIST", "fashion-mnist", "without-fashion-mnist",
-            "reinforce-transfer-frozen(policy=without-fashion-mnist)@train_mode=sequential", "ce(num_envs=2)"),
-    HeldOut("Fashion-MNIST", "fashion-mnist-long", "without-fashion-mnist",
-            "reinforce-transfer-frozen(policy=without-fashion-mnist)"),
-    HeldOut("CIFAR-10 subset", "cifar10-subset", "without-cifar10",
-            "reinforce-transfer-frozen(policy=without-cifar10)", "ce(num_envs=2)"),
-    HeldOut("CIFAR-10 subset", "cifar10-subset-long", "without-cifar10",
-            "reinforce-transfer-frozen(policy=without-cifar10)"),
+    HeldOut("digits", "digits", "without-digits"),
+    HeldOut("digits", "digits-long", "without-digits"),
+    HeldOut("digits", "digits", "without-digits-seed1"),
+    HeldOut("digits", "digits-long", "without-digits-seed1"),
+    HeldOut("Fashion-MNIST", "fashion-mnist", "without-fashion-mnist", sequential=True, ce="ce(num_envs=2)"),
+    HeldOut("Fashion-MNIST", "fashion-mnist-long", "without-fashion-mnist"),
+    HeldOut("CIFAR-10 subset", "cifar10-subset", "without-cifar10", ce="ce(num_envs=2)"),
+    HeldOut("CIFAR-10 subset", "cifar10-subset-long", "without-cifar10"),
     # Further meta-trainings on the same held-out splits: all of the family's tasks every generation, and
     # (small-train) Fashion-MNIST on 1,000 images.
-    HeldOut("Fashion-MNIST", "fashion-mnist", "without-fashion-mnist-all-tasks",
-            "reinforce-transfer-frozen(policy=without-fashion-mnist-all-tasks)@train_mode=sequential", "ce(num_envs=2)"),
-    HeldOut("Fashion-MNIST", "fashion-mnist-long", "without-fashion-mnist-all-tasks",
-            "reinforce-transfer-frozen(policy=without-fashion-mnist-all-tasks)"),
-    HeldOut("Fashion-MNIST", "fashion-mnist", "without-fashion-mnist-all-tasks-seed1",
-            "reinforce-transfer-frozen(policy=without-fashion-mnist-all-tasks-seed1)@train_mode=sequential",
-            "ce(num_envs=2)"),
-    HeldOut("Fashion-MNIST", "fashion-mnist-long", "without-fashion-mnist-all-tasks-seed1",
-            "reinforce-transfer-frozen(policy=without-fashion-mnist-all-tasks-seed1)"),
-    HeldOut("CIFAR-10 subset", "cifar10-subset", "without-cifar10-all-tasks",
-            "reinforce-transfer-frozen(policy=without-cifar10-all-tasks)@train_mode=sequential", "ce(num_envs=2)"),
-    HeldOut("CIFAR-10 subset", "cifar10-subset-long", "without-cifar10-all-tasks",
-            "reinforce-transfer-frozen(policy=without-cifar10-all-tasks)@train_mode=sequential"),
-    HeldOut("CIFAR-10 subset", "cifar10-subset", "without-cifar10-small-train",
-            "reinforce-transfer-frozen(policy=without-cifar10-small-train)@train_mode=sequential", "ce(num_envs=2)"),
-    HeldOut("CIFAR-10 subset", "cifar10-subset-long", "without-cifar10-small-train",
-            "reinforce-transfer-frozen(policy=without-cifar10-small-train)@train_mode=sequential"),
+    HeldOut("Fashion-MNIST", "fashion-mnist", "without-fashion-mnist-all-tasks", sequential=True, ce="ce(num_envs=2)"),
+    HeldOut("Fashion-MNIST", "fashion-mnist-long", "without-fashion-mnist-all-tasks"),
+    HeldOut("Fashion-MNIST", "fashion-mnist", "without-fashion-mnist-all-tasks-seed1", sequential=True, ce="ce(num_envs=2)"),
+    HeldOut("Fashion-MNIST", "fashion-mnist-long", "without-fashion-mnist-all-tasks-seed1"),
+    HeldOut("CIFAR-10 subset", "cifar10-subset", "without-cifar10-all-tasks", sequential=True, ce="ce(num_envs=2)"),
+    HeldOut("CIFAR-10 subset", "cifar10-subset-long", "without-cifar10-all-tasks", sequential=True),
+    HeldOut("CIFAR-10 subset", "cifar10-subset", "without-cifar10-small-train", sequential=True, ce="ce(num_envs=2)"),
+    HeldOut("CIFAR-10 subset", "cifar10-subset-long", "without-cifar10-small-train", sequential=True),
     # Small CNN children, as on the CIFAR-10 subset, on digits and on Fashion-MNIST's 1,000 images.
-    HeldOut("CIFAR-10 subset", "cifar10-subset", "without-cifar10-cnn",
-            "reinforce-transfer-frozen(policy=without-cifar10-cnn)@train_mode=sequential", "ce(num_envs=2)"),
-    HeldOut("CIFAR-10 subset", "cifar10-subset-long", "without-cifar10-cnn",
-            "reinforce-transfer-frozen(policy=without-cifar10-cnn)@train_mode=sequential"),
+    HeldOut("CIFAR-10 subset", "cifar10-subset", "without-cifar10-cnn", sequential=True, ce="ce(num_envs=2)"),
+    HeldOut("CIFAR-10 subset", "cifar10-subset-long", "without-cifar10-cnn", sequential=True),
     # The same meta-training run on to 60 generations.
-    HeldOut("CIFAR-10 subset", "cifar10-subset", "without-cifar10-cnn-60",
-            "reinforce-transfer-frozen(policy=without-cifar10-cnn-60)@train_mode=sequential", "ce(num_envs=2)"),
-    HeldOut("CIFAR-10 subset", "cifar10-subset-long", "without-cifar10-cnn-60",
-            "reinforce-transfer-frozen(policy=without-cifar10-cnn-60)@train_mode=sequential"),
+    HeldOut("CIFAR-10 subset", "cifar10-subset", "without-cifar10-cnn-60", sequential=True, ce="ce(num_envs=2)"),
+    HeldOut("CIFAR-10 subset", "cifar10-subset-long", "without-cifar10-cnn-60", sequential=True),
     # The small CNN family's meta-training started from ramp-clone, a declared prior (the followed early ramp).
-    HeldOut("CIFAR-10 subset", "cifar10-subset", "without-cifar10-ramp",
-            "reinforce-transfer-frozen(policy=without-cifar10-ramp)@train_mode=sequential", "ce(num_envs=2)"),
-    HeldOut("CIFAR-10 subset", "cifar10-subset-long", "without-cifar10-ramp",
-            "reinforce-transfer-frozen(policy=without-cifar10-ramp)@train_mode=sequential"),
-    HeldOut("CIFAR-10 subset", "cifar10-subset", "without-cifar10-ramp-seed1",
-            "reinforce-transfer-frozen(policy=without-cifar10-ramp-seed1)@train_mode=sequential", "ce(num_envs=2)"),
-    HeldOut("CIFAR-10 subset", "cifar10-subset-long", "without-cifar10-ramp-seed1",
-            "reinforce-transfer-frozen(policy=without-cifar10-ramp-seed1)@train_mode=sequential"),
+    HeldOut("CIFAR-10 subset", "cifar10-subset", "without-cifar10-ramp", sequential=True, ce="ce(num_envs=2)"),
+    HeldOut("CIFAR-10 subset", "cifar10-subset-long", "without-cifar10-ramp", sequential=True),
+    HeldOut("CIFAR-10 subset", "cifar10-subset", "without-cifar10-ramp-seed1", sequential=True, ce="ce(num_envs=2)"),
+    HeldOut("CIFAR-10 subset", "cifar10-subset-long", "without-cifar10-ramp-seed1", sequential=True),
 )  # fmt: skip
 
 
@@ -161,7 +147,7 @@ def gather(results: Path, policies: Path) -> dict[str, Any]:
         path = results / held.preset / "results.json"
         rows = {row["controller"]: row for row in read_summary(path, held.preset)} if path.is_file() else {}
         if held.row not in rows:
-            entries.append({**asdict(held), "missing": f"{path} holds no row {held.row!r}; run --preset {held.preset} --extend"})
+            entries.append({**asdict(held), "row": held.row, "missing": f"{path} holds no row {held.row!r}; run --preset {held.preset} --extend"})
             continue
         if held.ce not in rows:
             raise ValueError(f"{path} holds {held.row!r} but not its reference {held.ce!r}")
@@ -169,7 +155,7 @@ def gather(results: Path, policies: Path) -> dict[str, Any]:
         keep = ("test_mean", "test_std", "test_per_seed", "children_per_run", "selected")
         found = {key: {k: v for k, v in rows[name].items() if k in keep} if name in rows else None for key, name in named.items()}
         judged = verdicts(rows[held.row], rows[held.ce], rows.get("oracle-phi"), rows.get("oracle-smoothing"))
-        entries.append({**asdict(held), **found, "verdicts": judged})
+        entries.append({**asdict(held), "row": held.row, **found, "verdicts": judged})
     records = {policy: policies / f"{policy}.json" for policy in sorted({held.policy for held in HELD_OUT})}
     # Reruns of a shipped policy's command, kept for their cost: on another CPU they give another policy.
     records |= {f"{path.stem} (rerun)": path for path in sorted((results / RERUNS).glob("*.json"))}
