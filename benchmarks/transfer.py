@@ -38,6 +38,7 @@ import numpy as np
 
 from ala_gym.agents.reinforce import POLICY_LIBRARY
 from ala_gym.benchmarks.compare import write_json
+from ala_gym.benchmarks.compare.presets import META_DIGITS_CNN
 from ala_gym.benchmarks.machine import RESULTS
 
 RERUNS = Path("transfer") / "reruns"
@@ -94,6 +95,8 @@ HELD_OUT = (
     HeldOut("CIFAR-10 subset", "cifar10-subset-long", "without-cifar10-ramp", sequential=True),
     HeldOut("CIFAR-10 subset", "cifar10-subset", "without-cifar10-ramp-seed1", sequential=True, ce="ce(num_envs=2)"),
     HeldOut("CIFAR-10 subset", "cifar10-subset-long", "without-cifar10-ramp-seed1", sequential=True),
+    # Digits alone with the short Fashion-MNIST preset's small CNN child and budget, four settings of the search.
+    *(HeldOut("Fashion-MNIST", "fashion-mnist", name, sequential=True, ce="ce(num_envs=2)") for name in META_DIGITS_CNN),
 )  # fmt: skip
 
 

@@ -35,6 +35,13 @@ def metric_learning_preset(env: str, name: str) -> dict[str, Any]:
     )
 
 
+META_DIGITS_CNN = ("meta-digits-cnn", "meta-digits-cnn-bias", "meta-digits-cnn-sigma", "meta-digits-cnn-head")
+"""Policies meta-trained on digits alone, with the fashion-mnist preset's small CNN child, learning rate, batch
+size and K at horizons of 400-1200 iterations (``agents/policies/meta-digits-cnn*.json``), under four settings
+of the evolution strategies: their defaults; the action head's biases alone from a near-constant policy; all
+parameters at six times the default perturbation (sigma 0.3); the action head alone at sigma 0.3 from a
+near-constant policy. A family of one dataset, chosen for the held-out preset's child and budget."""
+
 RAMPS = (
     "phi-ramp(start=0.0;end=0.1)", "phi-ramp(start=0.1;end=0.0)", "phi-ramp(start=0.0;end=-0.1)",
     "phi-ramp(start=0.1;end=0.0;follow=true)",
@@ -199,7 +206,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         # The family of without-fashion-mnist meta-trained on both tasks every generation (two meta-training
         # seeds); sequential as above.
         "reinforce-transfer-frozen(policy=without-fashion-mnist-all-tasks)@train_mode=sequential,"
-        "reinforce-transfer-frozen(policy=without-fashion-mnist-all-tasks-seed1)@train_mode=sequential",
+        "reinforce-transfer-frozen(policy=without-fashion-mnist-all-tasks-seed1)@train_mode=sequential,"
+        # Meta-trained on digits alone with this preset's child and budget (the digits-cnn preset), under four
+        # settings of the evolution strategies; sequential as above.
+        + ",".join(f"reinforce-transfer-frozen(policy={name})@train_mode=sequential" for name in META_DIGITS_CNN),
         seeds=5,
         children=2,
         env_kwargs=FASHION_MNIST_BUDGET,
@@ -208,10 +218,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The fashion-mnist preset's child and budget (small CNN, batch 128, 1200 iterations, K = 30) on digits, a
     # dataset of the family meta-trained without Fashion-MNIST: which side of cross-entropy does the best fixed
     # Phi, selected on validation, take there? (1200 iterations of 128 are about 140 epochs of digits' 1,077
-    # training images, against 3 of Fashion-MNIST's 50,000.)
+    # training images, against 3 of Fashion-MNIST's 50,000.) Then the policies meta-trained on this task
+    # (META_DIGITS_CNN), run frozen on one child per seed, the child of ce's run: what the evolution strategies
+    # achieve on their own task.
     "digits-cnn": dict(
         env="ALA-Digits-v0",
-        controllers="ce,oracle-phi,oracle-smoothing,phi-uniform(off_diagonal=-0.1)",
+        controllers="ce,oracle-phi,oracle-smoothing,phi-uniform(off_diagonal=-0.1),"
+        + ",".join(f"reinforce-transfer-frozen(policy={name};num_envs=1)" for name in META_DIGITS_CNN),
         seeds=5,
         env_kwargs=dict(FASHION_MNIST_BUDGET, model="small_cnn", val_subsample=None),
         name="digits-cnn",
