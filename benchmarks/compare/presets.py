@@ -35,12 +35,16 @@ def metric_learning_preset(env: str, name: str) -> dict[str, Any]:
     )
 
 
-META_DIGITS_CNN = ("meta-digits-cnn", "meta-digits-cnn-bias", "meta-digits-cnn-sigma", "meta-digits-cnn-head")
+META_DIGITS_CNN = (
+    "meta-digits-cnn", "meta-digits-cnn-bias", "meta-digits-cnn-sigma", "meta-digits-cnn-head", "meta-digits-cnn-seed1",
+    "meta-digits-cnn-sigma-seed1",
+)  # fmt: skip
 """Policies meta-trained on digits alone, with the fashion-mnist preset's small CNN child, learning rate, batch
 size and K at horizons of 400-1200 iterations (``agents/policies/meta-digits-cnn*.json``), under four settings
 of the evolution strategies: their defaults; the action head's biases alone from a near-constant policy; all
 parameters at six times the default perturbation (sigma 0.3); the action head alone at sigma 0.3 from a
-near-constant policy. A family of one dataset, chosen for the held-out preset's child and budget."""
+near-constant policy; the first and the third again with a second meta-training seed (``-seed1``). A family of
+one dataset, chosen for the held-out preset's child and budget."""
 
 RAMPS = (
     "phi-ramp(start=0.0;end=0.1)", "phi-ramp(start=0.1;end=0.0)", "phi-ramp(start=0.0;end=-0.1)",
@@ -207,8 +211,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         # seeds); sequential as above.
         "reinforce-transfer-frozen(policy=without-fashion-mnist-all-tasks)@train_mode=sequential,"
         "reinforce-transfer-frozen(policy=without-fashion-mnist-all-tasks-seed1)@train_mode=sequential,"
-        # Meta-trained on digits alone with this preset's child and budget (the digits-cnn preset), under four
-        # settings of the evolution strategies; sequential as above.
+        # Meta-trained on digits alone with this preset's child and budget (the digits-cnn preset) under four
+        # settings of the evolution strategies, two of them with two meta-training seeds; sequential as above.
         + ",".join(f"reinforce-transfer-frozen(policy={name})@train_mode=sequential" for name in META_DIGITS_CNN),
         seeds=5,
         children=2,
