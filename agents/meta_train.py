@@ -21,7 +21,7 @@ metric** (never the test split):
   three biases alone (``"action-bias"``), from a near-constant initial policy (``init_no_change``): fewer
   dimensions, less noise in each step. ``init_policy`` starts the search from a saved policy instead of a new one.
 * Fitness: the child's final validation metric (signed so that higher is better), rank-normalised over the
-  generation's children of one task; ``theta`` moves along the antithetic estimate of the fitness gradient
+  generation's children of one task (equal values by position or by their mean rank: ``rank_ties``); ``theta`` moves along the antithetic estimate of the fitness gradient
   (averaged over the generation's tasks) with Adam.
 * Evaluations: the children of ``pairs_per_evaluation`` pairs train together in one vector env (by default the
   whole population, whose children batch on one device). An evaluation depends only on its inputs (the
@@ -38,7 +38,8 @@ metric** (never the test split):
 * One checkpoint per generation (plain tensors, ``weights_only`` loadable): an interrupted run resumes where
   it stopped, bit for bit, because every draw of a generation comes from ``(seed, generation)``. A progress
   bar on a terminal, a line per generation otherwise; with a log folder, TensorBoard curves of the fitness,
-  of the lost pairs and of the children's mean off-diagonal Phi at the end of their runs.
+  of the lost and tied pairs (both children of equal fitness) and of the children's mean off-diagonal Phi at the
+  end of their runs.
 
 The result is a ``reinforce`` policy file: ``ReinforceController.load(path)`` runs it frozen or fine-tunes it,
 and the benchmark's ``reinforce-transfer``-style rows can use it.
@@ -63,6 +64,7 @@ from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
+import scipy.stats
 import torch
 from torch.func import functional_call
 from torch.nn import functional as F
@@ -77,6 +79,8 @@ from ala_gym.wrappers import ChildAttributes, MissingExtraError, require
 CHECKPOINT_KIND = "meta-train-state"
 SEARCHED = ("all", "action-head", "action-bias")
 """The values of :attr:`MetaTrainConfig.searched`."""
+RANK_TIES = ("position", "average")
+"""The values of :attr:`MetaTrainConfig.rank_ties`."""
 EXECUTION_FIELDS = ("workers", "ray_address")
 """The config fields that say where a run computes, not what: the checkpoint does not record them."""
 
@@ -115,6 +119,13 @@ class MetaTrainConfig:
     alone, which set which way and how fast Phi moves. With ``init_no_change`` the initial policy barely depends
     on the state, so a bias-only policy drifts Phi at one rate all run: it cannot smooth early and stop (see
     ``phi-ramp`` in ``benchmarks/README.md``)."""
+    rank_ties: str = "position"
+    """How children of equal fitness rank (:func:`centered_ranks`). ``"position"``: by their place in the
+    generation, as the argsort of common ES implementations ranks them; ``"average"``: they share their mean
+    rank. The two children of a pair share weights, batches and action uniforms, so on a validation split of a
+    few hundred images they often end with the same error; by position such a pair still adds
+    ``-eps_i / (2P - 1)`` to the estimate (noise along its own perturbation), with average ranks nothing. The
+    default computes what the shipped policies' commands computed."""
     seed: int = 0
     """Seeds the policy's initial weights and every draw of every generation."""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -153,6 +164,8 @@ class MetaTrainConfig:
             raise ValueError("init_policy and init_no_change both set the initial policy; pass one of them")
         if self.searched not in SEARCHED:
             raise ValueError(f"searched must be one of {', '.join(SEARCHED)}, got {self.searched!r}")
+        if self.rank_ties not in RANK_TIES:
+            raise ValueError(f"rank_ties must be one of {', '.join(RANK_TIES)}, got {self.rank_ties!r}")
         if self.workers < 0 or (self.pairs_per_evaluation is not None and self.pairs_per_evaluation < 1):
             raise ValueError(f"workers must be >= 0 and pairs_per_evaluation positive, got {self.workers}, {self.pairs_per_evaluation}")
         if not 1 <= self.tasks_per_generation <= len(set(self.tasks)):
@@ -172,18 +185,22 @@ class MetaTrainConfig:
 
 
 # ---------------------------------------------------------------------- one generation
-def centered_ranks(values: np.ndarray) -> np.ndarray:
-    """Ranks mapped to [-0.5, 0.5] (ties broken by position): ES's fitness shaping, blind to the scale."""
-    ranks = np.empty(len(values))
-    ranks[np.argsort(values, kind="stable")] = np.arange(len(values))
+def centered_ranks(values: np.ndarray, ties: str = "position") -> np.ndarray:
+    """Ranks mapped to [-0.5, 0.5]: ES's fitness shaping, blind to the scale. Equal values rank by their position
+    (``ties="position"``) or share their mean rank (``"average"``); see :attr:`MetaTrainConfig.rank_ties`."""
+    if ties == "average":
+        ranks = scipy.stats.rankdata(values, method="average") - 1.0
+    else:
+        ranks = np.empty(len(values))
+        ranks[np.argsort(values, kind="stable")] = np.arange(len(values))
     return ranks / max(len(values) - 1, 1) - 0.5
 
 
-def es_gradient(fitness: np.ndarray, noise: torch.Tensor, sigma: float) -> torch.Tensor:
+def es_gradient(fitness: np.ndarray, noise: torch.Tensor, sigma: float, ties: str = "position") -> torch.Tensor:
     """The antithetic estimate of the gradient of the expected (rank-shaped) fitness: ``fitness`` holds the
     ``2P`` children's values, ``theta + sigma eps_i`` at ``2i`` and ``theta - sigma eps_i`` at ``2i + 1``;
-    ``noise`` is ``[P, dims]``."""
-    shaped = torch.as_tensor(centered_ranks(np.asarray(fitness, dtype=np.float64)), dtype=noise.dtype)
+    ``noise`` is ``[P, dims]``; ``ties`` as :func:`centered_ranks`."""
+    shaped = torch.as_tensor(centered_ranks(np.asarray(fitness, dtype=np.float64), ties), dtype=noise.dtype)
     difference = shaped[0::2] - shaped[1::2]
     return (difference[:, None] * noise).sum(dim=0) / (2 * len(noise) * sigma)
 
@@ -494,13 +511,14 @@ class MetaTrainer:
         if lost_pairs:
             print(f"warning: generation {self.generation + 1}: {lost_pairs} of {config.population} antithetic pairs "
                   "lost with their Ray actor, dropped from the gradient estimate", file=sys.stderr, flush=True)  # fmt: skip
-        gradient = es_gradient(fitness, noise[pairs], config.sigma)  # both children of every pair that came back
+        gradient = es_gradient(fitness, noise[pairs], config.sigma, config.rank_ties)  # both children of every pair that came back
         finite = fitness[np.isfinite(fitness)]
         entry = {
             "task": plan["task"], "total_iterations": plan["total_iterations"],
             "fitness_mean": float(finite.mean()) if len(finite) else float("nan"),
             "fitness_best": float(finite.max()) if len(finite) else float("nan"),
             "diverged": int((~np.isfinite(fitness)).sum()), "lost_pairs": lost_pairs,
+            "tied_pairs": int((fitness[0::2] == fitness[1::2]).sum()),
             "phi_off_diagonal_mean": float(np.nanmean(phi_off_diagonal)) if np.isfinite(phi_off_diagonal).any() else float("nan"),
         }  # fmt: skip
         return gradient, entry
@@ -577,7 +595,7 @@ def meta_train(config: MetaTrainConfig, state_path: str | Path | None = None, lo
                     if writer is not None:
                         # One curve per task when a generation runs several.
                         prefix = "meta" if len(entries) == 1 else f"meta/{entry['task']}"
-                        for key in ("fitness_mean", "fitness_best", "phi_off_diagonal_mean", "lost_pairs"):
+                        for key in ("fitness_mean", "fitness_best", "phi_off_diagonal_mean", "lost_pairs", "tied_pairs"):
                             writer.add_scalar(f"{prefix}/{key}", entry[key], entry["generation"])
                     if bar.disable:
                         print(json.dumps(entry), flush=True)
@@ -626,6 +644,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--init-policy", help="start from this policy: a reinforce policy file, or a shipped policy's name")
     parser.add_argument("--searched", choices=SEARCHED, default=defaults.searched,
                         help="the parameters that evolve: all of the policy's, the action head's, or its biases alone")  # fmt: skip
+    parser.add_argument("--rank-ties", choices=RANK_TIES, default=defaults.rank_ties,
+                        help="children of equal fitness rank by position or share their mean rank")  # fmt: skip
     parser.add_argument("--env-kwargs", default="{}", help="JSON dict of further env keywords of every child")
     parser.add_argument("--task-kwargs", default="{}", help="JSON dict: env id -> its children's keywords over "
                         "--env-kwargs (a relative data_root lies under $ALA_GYM_DATA)")  # fmt: skip
@@ -644,6 +664,7 @@ def main(argv: list[str] | None = None) -> None:
             task_kwargs=json.loads(args.task_kwargs), tasks_per_generation=args.tasks_per_generation,
             pairs_per_evaluation=args.pairs_per_evaluation, workers=args.workers, ray_address=args.ray_address,
             init_no_change=args.init_no_change, init_policy=args.init_policy, searched=args.searched,
+            rank_ties=args.rank_ties,
         )  # fmt: skip
         for task in config.tasks:
             gym.spec(task)

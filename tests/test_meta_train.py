@@ -63,6 +63,20 @@ def test_centered_ranks_ignore_the_scale() -> None:
     np.testing.assert_allclose(centered_ranks(np.array([-np.inf, 1.0])), [-0.5, 0.5])  # a diverged child ranks last
 
 
+def test_a_tied_pair_adds_nothing_with_average_ranks() -> None:
+    """Pair 0's children tie (pair 1's diverged both): by position each such pair adds ``-eps_i / (2P - 1)`` in
+    rank units, with average ranks nothing; the untied pair 2 counts the same either way."""
+    fitness = np.array([0.9, 0.9, -np.inf, -np.inf, 0.5, 0.8])
+    noise = torch.eye(3)
+    np.testing.assert_allclose(centered_ranks(fitness, "average"), [0.4, 0.4, -0.4, -0.4, -0.1, 0.1])
+    average = es_gradient(fitness, noise, sigma=1.0, ties="average")
+    by_position = es_gradient(fitness, noise, sigma=1.0)
+    np.testing.assert_allclose(average.numpy(), [0.0, 0.0, -0.2 / 6], atol=1e-7)
+    np.testing.assert_allclose(by_position.numpy(), [-0.2 / 6] * 3, atol=1e-7)
+    with pytest.raises(ValueError, match="rank_ties must be one of position, average"):
+        tiny(rank_ties="mean")
+
+
 def test_antithetic_children_differ_only_by_their_actions() -> None:
     """With no perturbation the two children of a pair are the same run, bit for bit (same weights, batches and
     action uniforms); different pairs differ; with a perturbation the pair's children differ."""
@@ -98,7 +112,7 @@ def test_several_tasks_a_generation_average_their_own_estimates(monkeypatch) -> 
         [generation_plan(config, g)] for g in range(3)
     ]
     # Fitness by task, on a scale a thousand times larger for one of them: ranks make the scale irrelevant.
-    fitness = {"ALA-Digits-v0": np.array([3.0, 0.0, 1.0, 2.0]), "ALA-Digits-AUCPR-v0": np.array([0.0, 1e3, 3e3, 2e3])}
+    fitness = {"ALA-Digits-v0": np.array([3.0, 3.0, 1.0, 2.0]), "ALA-Digits-AUCPR-v0": np.array([0.0, 1e3, 3e3, 2e3])}
     phi = np.zeros(4)
     monkeypatch.setattr(meta_train_module, "run_children", lambda policy, vectors, plan, *_: (fitness[plan["task"]], phi))
     trainer = MetaTrainer(config)
@@ -106,6 +120,7 @@ def test_several_tasks_a_generation_average_their_own_estimates(monkeypatch) -> 
     entries = trainer.step()
     assert [entry["task"] for entry in entries] == [plan["task"] for plan in plans] and trainer.history == entries
     assert all(entry["generation"] == 1 for entry in entries)
+    assert [entry["tied_pairs"] for entry in entries] == [1, 0]  # the digits task's first pair tied
     noise = perturbations(trainer.policy, config.population, plans[0]["noise_seed"])
     expected = MetaTrainer(config)
     expected.theta.grad = -(es_gradient(fitness[plans[0]["task"]], noise, config.sigma)
@@ -182,13 +197,14 @@ def test_an_interrupted_run_resumes_bit_for_bit(tmp_path, global_rng_unchanged) 
 def test_the_command_line_writes_a_policy_the_controller_loads(tmp_path, capsys) -> None:
     import json
 
-    main(["--generations", "1", "--population", "1", "--hidden", "8", "--horizon", "40,40",
+    main(["--generations", "1", "--population", "1", "--hidden", "8", "--horizon", "40,40", "--rank-ties", "average",
           "--env-kwargs", json.dumps(TINY_ENV), "--save", str(tmp_path / "meta.pt")])  # fmt: skip
     record = json.loads((tmp_path / "meta.json").read_text())  # what produced the policy, beside it
     assert record["command"].startswith("python -m ala_gym.agents.meta_train --generations 1")
     words = shlex.split(record["command"])  # quoted as a shell reads it
     assert words[-2:] == ["--save", str(tmp_path / "meta.pt")] and json.loads(words[-3]) == TINY_ENV
     assert record["generations"] == 1 and len(record["history"]) == 1 and record["config"]["population"] == 1
+    assert record["config"]["rank_ties"] == "average"
     assert record["child_iterations"] == 2 * 40 and record["wall_seconds"] > 0 and record["workers"] == 0
     controller = ReinforceController.load(tmp_path / "meta.pt", train=False, num_envs=2)
     envs = controller.make_envs("ALA-Digits-v0", total_iterations=40, steps_per_action=20, **TINY_ENV)
@@ -199,6 +215,7 @@ def test_the_command_line_writes_a_policy_the_controller_loads(tmp_path, capsys)
     wrongs = {
         "`ALA-Nothing` doesn't exist": ["--tasks", "ALA-Nothing-v0"],
         "without pairs_per_evaluation": ["--workers", "2"],
+        "invalid choice: 'mean'": ["--rank-ties", "mean"],
         "task_kwargs must map env ids": ["--task-kwargs", json.dumps({"ALA-CIFAR10-v0": {}})],
         "CIFAR-10 not found": ["--tasks", "ALA-CIFAR10-v0", "--horizon", "20,20", "--population", "1",
                                "--env-kwargs", json.dumps(TINY_ENV), "--task-kwargs", json.dumps(missing_data)],
