@@ -215,9 +215,21 @@ def kernel_rate(config: dict) -> dict:
     """Iterations/s summed over ``config["num_envs"]`` children of :meth:`ala_gym.core.batched.BatchedTrainer.gradients`
     alone (the forward and backward of a batched SGD iteration, with the env's data, batch and loss) for
     ``config["seconds"]``: the ceiling of the batched path's kernels, with no batch gather, SGD update,
-    validation pass or env step around them."""
-    seconds = seconds_per_run(batched_gradients(config), config["seconds"], config["device"])
-    return {**config, "iterations_per_s": config["num_envs"] / seconds}
+    validation pass or env step around them. Then the same call under bfloat16 autocast (products in bfloat16,
+    weights, gradients and element-wise work as autocast keeps them): what mixed precision would give the
+    whole forward and backward, beside what it gives their products alone (:func:`product_rate`)."""
+    import torch
+
+    run = batched_gradients(config)
+    seconds = seconds_per_run(run, config["seconds"], config["device"])
+
+    def autocast_run() -> Any:
+        with torch.autocast(config["device"], dtype=torch.bfloat16):
+            return run()
+
+    autocast_seconds = seconds_per_run(autocast_run, config["seconds"], config["device"])
+    n = config["num_envs"]
+    return {**config, "iterations_per_s": n / seconds, "bfloat16_autocast_iterations_per_s": n / autocast_seconds}
 
 
 MATRIX_PRODUCTS = ("mm", "bmm", "addmm", "baddbmm", "convolution", "convolution_backward")
@@ -407,6 +419,7 @@ def write_markdown(report: dict, path: Path) -> None:
             f"* batched kernels alone: `BatchedTrainer.gradients` (forward and backward of a batched SGD iteration) of "
             f"N = {kernels['num_envs']} {kernels['model']} children on one batch each, for {args['roofline_seconds']:g} s "
             f"in a fresh process before each round, the best of {len(kernels['rounds'])} round(s)"
+            + ("; then the same under `torch.autocast` to bfloat16" if "bfloat16_autocast_iterations_per_s" in kernels else "")
         )
     if report.get("products"):
         products = report["products"]
@@ -514,6 +527,10 @@ def targets(report: dict, rates: dict[tuple[str, int, str], float]) -> list[str]
                          f"(`BatchedTrainer.gradients`, without batch gather, SGD update, validation or env step) run at "
                          f"{alone:.0f} iterations/s, {alone / one:.2f}x one child's: the target is {reach} these kernels' "
                          f"reach here; the env's batched step runs at {100 * batched / alone:.0f}% of them.")
+            autocast = kernels.get("bfloat16_autocast_iterations_per_s")
+            if autocast:
+                lines.append(f"Bound: under bfloat16 autocast the same forward and backward run at {autocast:.0f} "
+                             f"iterations/s, {autocast / one:.2f}x one child's ({autocast / alone:.2f}x float32).")
         products = report.get("products") or {}
         if (products.get("model"), products.get("num_envs")) == (model, n):
             full, half = products["iterations_per_s"], products["bfloat16_iterations_per_s"]
@@ -551,6 +568,21 @@ def configurations(args: argparse.Namespace) -> list[dict]:
                 "val_subsample": args.val_subsample, "dataset": args.dataset,
             })  # fmt: skip
     return configs
+
+
+def best_kernels(rounds: list[dict]) -> dict:
+    """The :func:`kernel_rate` rounds as one entry: the best float32 and bfloat16-autocast rates, every round's
+    kept; empty when no round measured them."""
+    measured = [probe for probe in rounds if "error" not in probe]
+    if not measured:
+        return {}
+    return {
+        "model": measured[0]["model"], "num_envs": measured[0]["num_envs"],
+        "iterations_per_s": max(probe["iterations_per_s"] for probe in measured),
+        "bfloat16_autocast_iterations_per_s": max(probe["bfloat16_autocast_iterations_per_s"] for probe in measured),
+        "rounds": [probe.get("iterations_per_s") for probe in rounds],
+        "bfloat16_autocast_rounds": [probe.get("bfloat16_autocast_iterations_per_s") for probe in rounds],
+    }  # fmt: skip
 
 
 def best_products(rounds: list[dict]) -> dict:
@@ -635,7 +667,7 @@ def main(argv: list[str] | None = None) -> None:
     # The batched target's forward and backward alone, timed like the roofline before each round.
     model, n, _ = BATCHED_TARGET
     kernel_config = next((c for c in configs if (c["model"], c["num_envs"], c["mode"]) == (model, n, "native-batched")), None)
-    kernel_rounds: list[float | None] = []
+    kernel_rounds: list[dict] = []
     product_rounds: list[dict] = []
     for round_index in range(args.repeats):
         probe = run_isolated({"mode": "roofline", "device": args.device, "threads": args.threads,
@@ -644,7 +676,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"round {round_index + 1}: roofline {probe.get('gflops') or probe.get('error')} GFLOP/s", flush=True)
         if kernel_config is not None:
             probe = run_isolated({**kernel_config, "mode": "kernels", "seconds": args.roofline_seconds}, args.timeout)
-            kernel_rounds.append(probe.get("iterations_per_s"))
+            kernel_rounds.append(probe)
             print(f"round {round_index + 1}: batched kernels alone {probe.get('iterations_per_s') or probe.get('error')} "
                   "iterations/s", flush=True)  # fmt: skip
             probe = run_isolated({**kernel_config, "mode": "products", "seconds": args.roofline_seconds}, args.timeout)
@@ -668,8 +700,7 @@ def main(argv: list[str] | None = None) -> None:
         "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "note": args.note,
         "roofline": {"gflops": max(measured), "rounds": roofline_rounds, "size": ROOFLINE_SIZE[args.device]} if measured else {},
-        "kernels": {"model": model, "num_envs": n, "iterations_per_s": max(rate for rate in kernel_rounds if rate),
-                    "rounds": kernel_rounds} if any(kernel_rounds) else {},
+        "kernels": best_kernels(kernel_rounds),
         "products": best_products(product_rounds),
         "flops_per_iteration": {model: training_flops(next(c for c in configs if c["model"] == model))
                                 for model in args.models if any(c["model"] == model for c in configs)},  # fmt: skip

@@ -35,6 +35,7 @@ def test_tiny_run_measures_one_child_both_paths_roofline_and_flops(tmp_path, tin
     assert report["roofline"]["gflops"] > 0 and report["load_average"]["start"] and report["args"]["threads"] == 1
     assert report["kernels"]["model"] == "mlp" and report["kernels"]["num_envs"] == 2
     assert report["kernels"]["iterations_per_s"] > 0 and len(report["kernels"]["rounds"]) == 1
+    assert report["kernels"]["bfloat16_autocast_iterations_per_s"] > 0
     # The MLP's matrix products at batch 8: the forward's, twice over backward but for the input's gradient.
     forward = 2 * 8 * (64 * 64 + 64 * 64 + 64 * 10)
     assert report["flops_per_iteration"]["mlp"] == 3 * forward - 2 * 8 * 64 * 64
@@ -48,6 +49,7 @@ def test_tiny_run_measures_one_child_both_paths_roofline_and_flops(tmp_path, tin
     assert "| 1 | single |" in table and "% of roofline" in table and "FlopCounterMode" in table
     assert "batched kernels alone: `BatchedTrainer.gradients`" in table
     assert "Target: mlp, N = 2 batched at" in table and "Bound: the batched forward and backward alone of N = 2 mlp" in table
+    assert "Bound: under bfloat16 autocast the same forward and backward run at" in table
     assert "their matrix products alone: the 8 products" in table and "Bound: the matrix products alone" in table
 
 
@@ -94,7 +96,8 @@ def test_target_lines_follow_the_numbers(factor: float, met: str) -> None:
         ]
     report = {"args": {"models": [model, cnn]}, "results": rows, "roofline": {"gflops": 50.0},
               "flops_per_iteration": {model: 5e6},
-              "kernels": {"model": model, "num_envs": n, "iterations_per_s": 2 * factor * 100.0},
+              "kernels": {"model": model, "num_envs": n, "iterations_per_s": 2 * factor * 100.0,
+                          "bfloat16_autocast_iterations_per_s": 3 * factor * 100.0},
               "products": {"model": model, "num_envs": n, "iterations_per_s": 4 * factor * 100.0,
                            "bfloat16_iterations_per_s": 8 * factor * 100.0}}  # fmt: skip
     lines = throughput.findings(copy.deepcopy(report))
@@ -102,6 +105,8 @@ def test_target_lines_follow_the_numbers(factor: float, met: str) -> None:
     assert any(line.startswith(f"Bound: the batched forward and backward alone of N = {n} {model}")
                and f"{2 * factor:.2f}x one child's: the target is {reach}" in line and "runs at 50% of them" in line
                for line in lines)  # fmt: skip
+    assert f"Bound: under bfloat16 autocast the same forward and backward run at {300 * factor:.0f} iterations/s, " \
+        f"{3 * factor:.2f}x one child's (1.50x float32)." in lines
     reach = "within" if 4 * factor >= target else "beyond"
     assert any(line.startswith("Bound: the matrix products alone") and f"{4 * factor:.2f}x one child's: the target is "
                f"{reach} their reach in float32; they take 50% of `gradients`' time" in line and f"{8 * factor:.2f}x." in line
