@@ -15,9 +15,14 @@ import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import numpy as np
-import pytest
-import torch
+# One OpenMP thread, as `make test` runs the suite, set before torch starts its thread pool: a process whose pool
+# once ran wider can compute a child in another float order than a fresh one-thread process, such as a Ray actor,
+# and the bit-for-bit comparisons between the two would fail under a bare `pytest`.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 # The genuine CIFAR-10 subset lies in shared/data beside the checkout; the package's own default data home is the
 # user's data folder, so the tests (like the Makefile's targets) name this one unless a machine sets its own.
