@@ -21,7 +21,8 @@ metric** (never the test split):
   three biases alone (``"action-bias"``), from a near-constant initial policy (``init_no_change``): fewer
   dimensions, less noise in each step. ``init_policy`` starts the search from a saved policy instead of a new one.
 * Fitness: the child's final validation metric (signed so that higher is better), rank-normalised over the
-  generation's children of one task (equal values by position or by their mean rank: ``rank_ties``); ``theta``
+  generation's children of one task (equal values by position, by their mean rank, or by their final validation
+  loss: ``rank_ties``); ``theta``
   moves along the antithetic estimate of the fitness gradient (averaged over the generation's tasks) with Adam.
 * Evaluations: the children of ``pairs_per_evaluation`` pairs train together in one vector env (by default the
   whole population, whose children batch on one device). An evaluation depends only on its inputs (the
@@ -60,7 +61,7 @@ import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import gymnasium as gym
 import numpy as np
@@ -79,7 +80,7 @@ from ala_gym.wrappers import ChildAttributes, MissingExtraError, require
 CHECKPOINT_KIND = "meta-train-state"
 SEARCHED = ("all", "action-head", "action-bias")
 """The values of :attr:`MetaTrainConfig.searched`."""
-RANK_TIES = ("position", "average")
+RANK_TIES = ("position", "average", "loss")
 """The values of :attr:`MetaTrainConfig.rank_ties`."""
 EXECUTION_FIELDS = ("workers", "ray_address")
 """The config fields that say where a run computes, not what: the checkpoint does not record them."""
@@ -124,8 +125,12 @@ class MetaTrainConfig:
     generation, as the argsort of common ES implementations ranks them; ``"average"``: they share their mean
     rank. The two children of a pair share weights, batches and action uniforms, so on a validation split of a
     few hundred images they often end with the same error; by position such a pair still adds
-    ``-eps_i / (2P - 1)`` to the estimate (noise along its own perturbation), with average ranks nothing. The
-    default computes what the shipped policies' commands computed."""
+    ``-eps_i / (2P - 1)`` to the estimate (noise along its own perturbation), with average ranks nothing.
+    ``"loss"``: children of equal metric rank by their final validation loss (``final_val_loss``: the NLL in
+    classification; lower ranks higher), and those equal in both share their mean rank. The fitness stays the
+    metric; the loss only orders what the metric cannot tell apart, so that a tied pair still says which of its
+    two perturbations trained the better-calibrated child. The default computes what the shipped policies'
+    commands computed."""
     seed: int = 0
     """Seeds the policy's initial weights and every draw of every generation."""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -185,9 +190,18 @@ class MetaTrainConfig:
 
 
 # ---------------------------------------------------------------------- one generation
-def centered_ranks(values: np.ndarray, ties: str = "position") -> np.ndarray:
+def centered_ranks(values: np.ndarray, ties: str = "position", losses: np.ndarray | None = None) -> np.ndarray:
     """Ranks mapped to [-0.5, 0.5]: ES's fitness shaping, blind to the scale. Equal values rank by their position
-    (``ties="position"``) or share their mean rank (``"average"``); see :attr:`MetaTrainConfig.rank_ties`."""
+    (``ties="position"``), share their mean rank (``"average"``), or rank by ``losses`` (``"loss"``: lower
+    higher; NaN, no loss, ties with NaN), sharing the mean rank where those are equal too; see
+    :attr:`MetaTrainConfig.rank_ties`."""
+    if ties == "loss":
+        if losses is None or len(losses) != len(values):
+            raise ValueError("ties='loss' ranks equal values by their losses: pass one loss per value")
+        # Dense ranks of the (value, -loss) pairs, in lexicographic order: the metric first, the loss among equals.
+        pairs = np.column_stack([values, -np.nan_to_num(np.asarray(losses, dtype=np.float64), nan=np.inf)])
+        _, tiers = np.unique(pairs, axis=0, return_inverse=True)
+        values, ties = tiers.ravel(), "average"
     if ties == "average":
         ranks = scipy.stats.rankdata(values, method="average") - 1.0
     else:
@@ -196,11 +210,14 @@ def centered_ranks(values: np.ndarray, ties: str = "position") -> np.ndarray:
     return ranks / max(len(values) - 1, 1) - 0.5
 
 
-def es_gradient(fitness: np.ndarray, noise: torch.Tensor, sigma: float, ties: str = "position") -> torch.Tensor:
+def es_gradient(
+    fitness: np.ndarray, noise: torch.Tensor, sigma: float, ties: str = "position", losses: np.ndarray | None = None
+) -> torch.Tensor:
     """The antithetic estimate of the gradient of the expected (rank-shaped) fitness: ``fitness`` holds the
     ``2P`` children's values, ``theta + sigma eps_i`` at ``2i`` and ``theta - sigma eps_i`` at ``2i + 1``;
-    ``noise`` is ``[P, dims]``; ``ties`` as :func:`centered_ranks`."""
-    shaped = torch.as_tensor(centered_ranks(np.asarray(fitness, dtype=np.float64), ties), dtype=noise.dtype)
+    ``noise`` is ``[P, dims]``; ``ties`` and ``losses`` (the children's, in the same order) as
+    :func:`centered_ranks`."""
+    shaped = torch.as_tensor(centered_ranks(np.asarray(fitness, dtype=np.float64), ties, losses), dtype=noise.dtype)
     difference = shaped[0::2] - shaped[1::2]
     return (difference[:, None] * noise).sum(dim=0) / (2 * len(noise) * sigma)
 
@@ -271,14 +288,23 @@ def unflatten(policy: PairPolicy, vector: torch.Tensor) -> dict[str, torch.Tenso
     return params
 
 
+class ChildOutcomes(NamedTuple):
+    """The end of one evaluation's children (:func:`run_children`), one entry each, in their vectors' order."""
+
+    fitness: np.ndarray
+    """The final validation metric, signed so that higher is better; ``-inf`` for a diverged child."""
+    phi_off_diagonal: np.ndarray
+    """The mean off-diagonal entry of the final Phi (where Phi is a matrix; NaN otherwise)."""
+    val_loss: np.ndarray
+    """The final validation loss (the env's ``final_val_loss``); ``inf`` for a diverged child."""
+
+
 def run_children(
     policy: PairPolicy, vectors: list[torch.Tensor], plan: dict[str, Any], config: MetaTrainConfig,
     pairs: range | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> ChildOutcomes:
     """One evaluation: train the children of the generation's antithetic ``pairs`` (default: all) once, the
-    ``c``-th under the policy with parameters ``vectors[c]``; return each child's final validation metric,
-    signed so that higher is better (a diverged child scores the worst), and the mean off-diagonal entry of its
-    final Phi (where Phi is a matrix; NaN otherwise)."""
+    ``c``-th under the policy with parameters ``vectors[c]``."""
     num_pairs = len(plan["env_seeds"]) // 2
     pairs = range(num_pairs) if pairs is None else pairs
     num_children = len(vectors)
@@ -294,6 +320,7 @@ def run_children(
         params = [unflatten(policy, vector) for vector in vectors]
         fitness = np.full(num_children, np.nan)
         phi_off_diagonal = np.full(num_children, np.nan)
+        val_loss = np.full(num_children, np.inf)
         while np.isnan(fitness).any():
             # One uniform per pair of classes and pair of children: both children of a pair sample with it. Every
             # evaluation draws the whole generation's and keeps its pairs' rows, so that a pair's uniforms do not
@@ -311,6 +338,8 @@ def run_children(
             for child in map(int, np.flatnonzero((terminations | truncations) & np.isnan(fitness))):
                 final = float(infos["final_val_metric"][child]) if measured[child] else float("nan")
                 fitness[child] = final if higher_is_better else -final
+                if measured[child]:
+                    val_loss[child] = float(infos["final_val_loss"][child])
                 phi = np.asarray(infos["phi"][child])
                 if phi.ndim == 2 and len(phi) > 1:
                     phi_off_diagonal[child] = phi[~np.eye(len(phi), dtype=bool)].mean()
@@ -318,7 +347,7 @@ def run_children(
                 break
     finally:
         envs.close()
-    return np.nan_to_num(fitness, nan=-np.inf), phi_off_diagonal
+    return ChildOutcomes(np.nan_to_num(fitness, nan=-np.inf), phi_off_diagonal, val_loss)
 
 
 # ---------------------------------------------------------------------- evaluations on Ray actors
@@ -334,7 +363,7 @@ class EvaluationActor:
 
     def run(
         self, policy: PairPolicy, vectors: list[torch.Tensor], plan: dict[str, Any], config: MetaTrainConfig, pairs: range
-    ) -> tuple[np.ndarray, np.ndarray]:
+    ) -> ChildOutcomes:
         return run_children(policy, vectors, plan, config, pairs)
 
 
@@ -367,7 +396,7 @@ class RayEvaluators:
         # Actor handles: Ray types their methods as the class's plain functions, without their .remote.
         self.actors = [self._actor.remote() for _ in range(workers)]
 
-    def map(self, calls: list[tuple[Any, ...]]) -> list[tuple[np.ndarray, np.ndarray] | None]:
+    def map(self, calls: list[tuple[Any, ...]]) -> list[ChildOutcomes | None]:
         """Each call's result (``run_children(*call)``), in the calls' order, or None where its actor died; a call
         goes to whichever actor is free, so that the survivors of a loss run the calls still waiting."""
         import ray
@@ -377,7 +406,7 @@ class RayEvaluators:
             ray.kill(self.actors[slot])  # dead, or unreachable: killed so that it never comes back
             self.actors[slot] = self._actor.remote()
         self.lost.clear()
-        results: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(calls)
+        results: list[ChildOutcomes | None] = [None] * len(calls)
         waiting = deque(range(len(calls)))
         running: dict[Any, tuple[int, int]] = {}  # object ref -> (actor slot, call)
 
@@ -494,7 +523,7 @@ class MetaTrainer:
         return entries
 
     def _task_outcome(
-        self, plan: dict[str, Any], evaluations: list[tuple[range, tuple[np.ndarray, np.ndarray] | None]], noise: torch.Tensor
+        self, plan: dict[str, Any], evaluations: list[tuple[range, ChildOutcomes | None]], noise: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, Any]] | None:
         """One task's gradient estimate from the evaluations that came back, and its log entry; None when none came
         back."""
@@ -505,13 +534,15 @@ class MetaTrainer:
                   "actor, the task dropped from the generation", file=sys.stderr, flush=True)  # fmt: skip
             return None
         pairs = [pair for group, _ in kept for pair in group]
-        fitness = np.concatenate([result[0] for _, result in kept])
-        phi_off_diagonal = np.concatenate([result[1] for _, result in kept])
+        fitness = np.concatenate([result.fitness for _, result in kept])
+        phi_off_diagonal = np.concatenate([result.phi_off_diagonal for _, result in kept])
+        val_loss = np.concatenate([result.val_loss for _, result in kept])
         lost_pairs = config.population - len(pairs)
         if lost_pairs:
             print(f"warning: generation {self.generation + 1}: {lost_pairs} of {config.population} antithetic pairs "
                   "lost with their Ray actor, dropped from the gradient estimate", file=sys.stderr, flush=True)  # fmt: skip
-        gradient = es_gradient(fitness, noise[pairs], config.sigma, config.rank_ties)  # both children of every pair that came back
+        # both children of every pair that came back
+        gradient = es_gradient(fitness, noise[pairs], config.sigma, config.rank_ties, val_loss)
         finite = fitness[np.isfinite(fitness)]
         entry = {
             "task": plan["task"], "total_iterations": plan["total_iterations"],
@@ -645,7 +676,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--searched", choices=SEARCHED, default=defaults.searched,
                         help="the parameters that evolve: all of the policy's, the action head's, or its biases alone")  # fmt: skip
     parser.add_argument("--rank-ties", choices=RANK_TIES, default=defaults.rank_ties,
-                        help="children of equal fitness rank by position or share their mean rank")  # fmt: skip
+                        help="children of equal fitness rank by position, share their mean rank, or rank by their "
+                        "final validation loss")  # fmt: skip
     parser.add_argument("--env-kwargs", default="{}", help="JSON dict of further env keywords of every child")
     parser.add_argument("--task-kwargs", default="{}", help="JSON dict: env id -> its children's keywords over "
                         "--env-kwargs (a relative data_root lies under $ALA_GYM_DATA)")  # fmt: skip

@@ -129,7 +129,9 @@ def test_rollout_contract(make, env_id: str) -> None:
         assert info["phi"].shape == phi_shape and not info["diverged"]
     assert [info["iteration"] for info in infos] == [0, 3, 6, 7]
     assert "test_metric" in infos[-1] and 0.0 <= infos[-1]["test_metric"] <= 1.0
-    assert all("test_metric" not in info for info in infos[:-1])
+    # The NLL on the full validation split, measured once more by the env: the same model, the same number.
+    assert infos[-1]["final_val_loss"] == env.unwrapped.evaluate_split("val").loss > 0
+    assert all("test_metric" not in info and "final_val_loss" not in info for info in infos[:-1])
     with pytest.raises(RuntimeError, match="reset"):
         env.step(env.action_space.sample())
 

@@ -194,14 +194,14 @@ def test_a_diverged_child_scores_the_metrics_worst_value(metric: str, worst: flo
     while not terminated:
         _, _, terminated, _, info = env.step(KEEP)
     assert info["diverged"]
-    assert info["test_metric"] == worst and info["final_val_metric"] == worst
+    assert info["test_metric"] == worst and info["final_val_metric"] == worst and info["final_val_loss"] == float("inf")
 
 
 def test_truncation_reports_no_final_metrics_in_the_single_and_the_vector_env() -> None:
     env = gym.make("ALA-Digits-v0", max_episode_steps=1, **{**TINY, "total_iterations": 30})
     env.reset(seed=0)
     _, _, terminated, truncated, info = env.step(KEEP)
-    assert truncated and not terminated and "test_metric" not in info and "final_val_metric" not in info
+    assert truncated and not terminated and not {"test_metric", "final_val_metric", "final_val_loss"} & info.keys()
     envs = gym.make_vec("ALA-Digits-v0", num_envs=1, max_episode_steps=1, **{**TINY, "total_iterations": 30})
     envs.reset(seed=0)
     *_, vector_truncated, vector_info = envs.step(KEEP[None])

@@ -17,6 +17,7 @@ import torch
 
 from ala_gym.agents import meta_train as meta_train_module
 from ala_gym.agents.meta_train import (
+    ChildOutcomes,
     EvaluationsLostError,
     MetaTrainConfig,
     MetaTrainer,
@@ -73,8 +74,23 @@ def test_a_tied_pair_adds_nothing_with_average_ranks() -> None:
     by_position = es_gradient(fitness, noise, sigma=1.0)
     np.testing.assert_allclose(average.numpy(), [0.0, 0.0, -0.2 / 6], atol=1e-7)
     np.testing.assert_allclose(by_position.numpy(), [-0.2 / 6] * 3, atol=1e-7)
-    with pytest.raises(ValueError, match="rank_ties must be one of position, average"):
+    with pytest.raises(ValueError, match="rank_ties must be one of position, average, loss"):
         tiny(rank_ties="mean")
+
+
+def test_the_loss_orders_equal_metrics_alone() -> None:
+    """With ``ties="loss"`` the metric ranks first: a child of better metric ranks higher whatever its loss.
+    Among equal metrics the lower validation loss ranks higher; equal in both (the diverged pair, or two
+    children without a loss) they share their mean rank."""
+    fitness = np.array([0.9, 0.9, -np.inf, -np.inf, 0.5, 0.8])
+    losses = np.array([0.30, 0.20, np.inf, np.inf, 0.01, 9.0])
+    np.testing.assert_allclose(centered_ranks(fitness, "loss", losses), [0.3, 0.5, -0.4, -0.4, -0.1, 0.1])
+    np.testing.assert_allclose(centered_ranks(np.array([1.0, 1.0]), "loss", np.array([np.nan, np.nan])), [0.0, 0.0])
+    # Pair 0's minus child (0.20) trained the better-calibrated model: the estimate moves against eps_0.
+    gradient = es_gradient(fitness, torch.eye(3), sigma=1.0, ties="loss", losses=losses)
+    np.testing.assert_allclose(gradient.numpy(), [-0.2 / 6, 0.0, -0.2 / 6], atol=1e-7)
+    with pytest.raises(ValueError, match="pass one loss per value"):
+        centered_ranks(fitness, "loss")
 
 
 def test_antithetic_children_differ_only_by_their_actions() -> None:
@@ -85,12 +101,13 @@ def test_antithetic_children_differ_only_by_their_actions() -> None:
     plan = generation_plan(config, 0)
     assert plan["env_seeds"][0] == plan["env_seeds"][1] != plan["env_seeds"][2] == plan["env_seeds"][3]
     theta = trainer.theta.detach()
-    same, phi = run_children(trainer.policy, [theta] * 4, plan, config)
+    same, phi, loss = run_children(trainer.policy, [theta] * 4, plan, config)
     assert phi[0] == phi[1] and np.isfinite(phi).all()
     assert same[0] == same[1] and same[2] == same[3] and same[0] != same[2]
+    assert loss[0] == loss[1] and loss[2] == loss[3] and loss[0] != loss[2] and np.all((loss > 0) & np.isfinite(loss))
     noise = perturbations(trainer.policy, 1, 0)[0]
-    apart, _ = run_children(trainer.policy, [theta + 3.0 * noise, theta - 3.0 * noise] * 2, plan, config)
-    assert apart[0] != apart[1]
+    apart = run_children(trainer.policy, [theta + 3.0 * noise, theta - 3.0 * noise] * 2, plan, config)
+    assert apart.fitness[0] != apart.fitness[1]
 
 
 def test_a_generation_draws_from_the_seed_alone() -> None:
@@ -113,8 +130,9 @@ def test_several_tasks_a_generation_average_their_own_estimates(monkeypatch) -> 
     ]
     # Fitness by task, on a scale a thousand times larger for one of them: ranks make the scale irrelevant.
     fitness = {"ALA-Digits-v0": np.array([3.0, 3.0, 1.0, 2.0]), "ALA-Digits-AUCPR-v0": np.array([0.0, 1e3, 3e3, 2e3])}
-    phi = np.zeros(4)
-    monkeypatch.setattr(meta_train_module, "run_children", lambda policy, vectors, plan, *_: (fitness[plan["task"]], phi))
+    phi, loss = np.zeros(4), np.ones(4)
+    monkeypatch.setattr(meta_train_module, "run_children",
+                        lambda policy, vectors, plan, *_: ChildOutcomes(fitness[plan["task"]], phi, loss))  # fmt: skip
     trainer = MetaTrainer(config)
     theta = trainer.theta.detach().clone()
     entries = trainer.step()

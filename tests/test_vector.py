@@ -99,6 +99,7 @@ def test_sequential_vector_env_equals_single_envs_bit_for_bit(make_vec) -> None:
         assert terminated
         assert vector["infos"][STEPS]["test_metric"][child] == info["test_metric"]
         assert vector["infos"][STEPS]["final_val_metric"][child] == info["final_val_metric"]
+        assert vector["infos"][STEPS]["final_val_loss"][child] == info["final_val_loss"]
         # NEXT_STEP: the vector's step after the end is the child's reset (no seed: its generator goes on).
         observation, _ = env.reset()
         np.testing.assert_array_equal(vector["obs"][STEPS + 1][child], observation)

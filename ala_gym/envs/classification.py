@@ -145,11 +145,13 @@ class ALAClassificationEnv(ALAEnv):
     The episode terminates when the child has used its budget of ``total_iterations`` SGD iterations
     (``ceil(total_iterations / K)`` steps; the last step may be shorter) or when training diverges.
     There is no truncation of its own: progress is part of the observation. On termination ``info`` also
-    carries ``test_metric`` and ``final_val_metric`` (on the full validation set). A step truncated from
+    carries ``test_metric``, and ``final_val_metric`` and ``final_val_loss`` (the NLL) on the full validation
+    set. A step truncated from
     outside (``gym.make(..., max_episode_steps=N)``, or the vector env's ``max_episode_steps``) does not:
     the training run has not finished; ``env.unwrapped.evaluate_split("test")`` measures it if wanted.
     A diverged child scores the metric's worst value there (``ala_gym.core.metrics.Metric.worst``:
-    1.0 for ``"error"``, ``inf`` for ``"nll"``, 0.0 for ``"accuracy"`` and ``"aucpr"``), never NaN.
+    1.0 for ``"error"``, ``inf`` for ``"nll"``, 0.0 for ``"accuracy"`` and ``"aucpr"``), never NaN, and a
+    ``final_val_loss`` of ``inf``.
 
     ## Rendering
     ``render_mode="rgb_array"``: ``render()`` returns an ``H x W x 3`` uint8 picture of the current Phi

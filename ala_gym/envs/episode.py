@@ -183,11 +183,14 @@ class Episode:
         return observation, float(reward), bool(terminated), info
 
     def final_metrics(self, evaluate: Callable[[str], Evaluation]) -> dict[str, float]:
-        """``test_metric`` and ``final_val_metric`` for a finished child, and the task's own test keys
-        (:meth:`ala_gym.envs.task.LossTask.final_info`); ``evaluate("test" | "val")``.
+        """``test_metric``, ``final_val_metric`` and ``final_val_loss`` for a finished child, and the task's own
+        test keys (:meth:`ala_gym.envs.task.LossTask.final_info`); ``evaluate("test" | "val")``.
 
         A diverged child (or a non-finite value) scores the metric's worst value (the error rate of a broken
-        model is 1 by itself, its NLL would be NaN).
+        model is 1 by itself, its NLL would be NaN), and a validation loss of ``inf``. ``final_val_loss`` is
+        :attr:`ala_gym.core.metrics.Evaluation.loss` on the full validation split (classification: the NLL), a
+        continuous companion of a coarse metric (an error rate on a few hundred images); NaN where the
+        evaluator computes no loss.
         """
 
         evaluations = {split: None if self.diverged else evaluate(split) for split in ("test", "val")}
@@ -197,8 +200,9 @@ class Episode:
             value = self.worst if evaluation is None else evaluation.metric
             return value if np.isfinite(value) else self.worst
 
+        val_loss = float("inf") if evaluations["val"] is None else evaluations["val"].loss
         extra = self.task.final_info(evaluations["test"])
-        return {"test_metric": final("test"), "final_val_metric": final("val"), **extra}
+        return {"test_metric": final("test"), "final_val_metric": final("val"), "final_val_loss": val_loss, **extra}
 
     def adopt(self, other: Episode) -> None:
         """Take ``other``'s record of the run (statistics history, moving average, last metrics), as when a

@@ -175,7 +175,8 @@ class ALAMetricLearningEnv(ALAEnv):
     ## Episode End
     When the child has used ``total_iterations`` SGD iterations, or on divergence. On termination ``info``
     carries ``test_metric`` (Recall@``recall_k`` within the full test split), ``test_recall@1`` to
-    ``test_recall@8`` and ``final_val_metric``; a diverged child scores 0 there.
+    ``test_recall@8``, ``final_val_metric`` and ``final_val_loss`` (the evaluator's fixed yardstick loss on the
+    full validation split); a diverged child scores 0 there (``inf`` for the loss).
 
     ``info`` always carries ``val_metric``, ``val_metric_discounted``, ``train_loss``, ``iteration``,
     ``phi`` (the loss parameters), ``terms`` (the raw statistics, ``[rows, 2]``), ``recall@1`` to

@@ -60,9 +60,9 @@ class ALAVectorEnv(VectorEnv):
 
     ## Info
     A dict of arrays with boolean masks ``info["_key"]`` (Gymnasium's vector convention) holding the
-    single env's keys per child; ``test_metric`` and ``final_val_metric`` are present (masked True) for
-    each child whose episode terminated this step (not for one truncated by ``max_episode_steps``, as in
-    the single env). ``info["episode_step"]`` counts each child's steps.
+    single env's keys per child; ``test_metric``, ``final_val_metric`` and ``final_val_loss`` are present
+    (masked True) for each child whose episode terminated this step (not for one truncated by
+    ``max_episode_steps``, as in the single env). ``info["episode_step"]`` counts each child's steps.
 
     ## Arguments
     ``ALAVectorEnv(env_id, num_envs, *, max_episode_steps=None, autoreset_mode=NEXT_STEP,

@@ -37,7 +37,7 @@ from ala_gym.envs.vector import (
 )
 
 # Keys that belong to the step that ended an episode; a lost worker's children do not repeat them.
-_EPISODE_END_KEYS = ("final_obs", "final_info", "test_metric", "final_val_metric")
+_EPISODE_END_KEYS = ("final_obs", "final_info", "test_metric", "final_val_metric", "final_val_loss")
 
 
 class ChildGroup:
