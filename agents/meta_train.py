@@ -22,8 +22,8 @@ metric** (never the test split):
   dimensions, less noise in each step. ``init_policy`` starts the search from a saved policy instead of a new one.
 * Fitness: the child's final validation metric (signed so that higher is better), rank-normalised over the
   generation's children of one task (equal values by position, by their mean rank, or by their final validation
-  loss: ``rank_ties``); ``theta``
-  moves along the antithetic estimate of the fitness gradient (averaged over the generation's tasks) with Adam.
+  loss: ``rank_ties``); ``theta`` moves along the antithetic estimate of the fitness gradient (averaged over the
+  generation's tasks) with Adam.
 * Evaluations: the children of ``pairs_per_evaluation`` pairs train together in one vector env (by default the
   whole population, whose children batch on one device). An evaluation depends only on its inputs (the
   perturbed parameters, the task, the env seeds, its pairs' rows of the action uniforms), so with
