@@ -38,7 +38,8 @@ def metric_learning_preset(env: str, name: str) -> dict[str, Any]:
 META_DIGITS_CNN = (
     "meta-digits-cnn", "meta-digits-cnn-bias", "meta-digits-cnn-sigma", "meta-digits-cnn-head", "meta-digits-cnn-seed1",
     "meta-digits-cnn-sigma-seed1", "meta-digits-cnn-average", "meta-digits-cnn-average-seed1", "meta-digits-cnn-pop32",
-    "meta-digits-cnn-pop32-seed1", "meta-digits-cnn-loss", "meta-digits-cnn-loss-seed1",
+    "meta-digits-cnn-pop32-seed1", "meta-digits-cnn-loss", "meta-digits-cnn-loss-seed1", "meta-digits-cnn-still",
+    "meta-digits-cnn-still-seed1",
 )  # fmt: skip
 """Policies meta-trained on digits alone, with the fashion-mnist preset's small CNN child, learning rate, batch
 size and K at horizons of 400-1200 iterations (``agents/policies/meta-digits-cnn*.json``), under four settings
@@ -46,8 +47,9 @@ of the evolution strategies: their defaults; the action head's biases alone from
 parameters at six times the default perturbation (sigma 0.3); the action head alone at sigma 0.3 from a
 near-constant policy; the first and the third again with a second meta-training seed (``-seed1``); the first,
 with both seeds, ranking tied children by their mean rank (``-average``, ``rank_ties="average"``) or by their
-final validation loss (``-loss``, ``rank_ties="loss"``), and with 32 antithetic pairs instead of 8 (``-pop32``). A
-family of one dataset, chosen for the held-out preset's child and budget."""
+final validation loss (``-loss``, ``rank_ties="loss"``), with 32 antithetic pairs instead of 8 (``-pop32``), and
+from a near-constant policy (``-still``, ``init_no_change=0.9``). A family of one dataset, chosen for the held-out
+preset's child and budget."""
 
 RAMPS = (
     "phi-ramp(start=0.0;end=0.1)", "phi-ramp(start=0.1;end=0.0)", "phi-ramp(start=0.0;end=-0.1)",
