@@ -36,6 +36,8 @@ class EpisodeRecord:
     test_metric: float = float("nan")
     """Test metric at the end of the training run; NaN if the episode was truncated before it ended."""
     final_val_metric: float = float("nan")
+    final_val_loss: float = float("nan")
+    """The loss on the full validation split at the end (the env's ``final_val_loss``: NLL in classification)."""
     diverged: bool = False
     iterations: int = 0
     test_statistics: dict[str, float] = field(default_factory=dict)
@@ -76,6 +78,7 @@ class EpisodeRecorder:
             # Absent after a truncation (max_episode_steps): the record keeps NaN, "not measured".
             record.test_metric = float(info.get("test_metric", np.nan))
             record.final_val_metric = float(info.get("final_val_metric", np.nan))
+            record.final_val_loss = float(info.get("final_val_loss", np.nan))
             record.test_statistics = {
                 key: float(value) for key, value in info.items() if key.startswith("test_") and key != "test_metric"
             }

@@ -3,8 +3,9 @@
 A learned loss is worth what it gains over the best simple answer tuned on the same data, not over an
 untuned default. An oracle row names a family of fixed controllers (a grid); the comparison runs every
 grid point on the first ``SELECTION_SEEDS`` seeds, selects the point with the best mean final validation
-metric (the full validation split, never the test split), runs that point on every seed, and reports its
-test metric under the oracle's name with the selected point beside it.
+metric (the full validation split, never the test split; among equal means, the lowest mean final validation
+loss), runs that point on every seed, and reports its test metric under the oracle's name with the selected
+point beside it.
 
 * ``oracle-phi``: Phi = I plus one uniform off-diagonal value (``phi-uniform``), negative (a sharper loss,
   what the online learner drifts to) through zero (cross-entropy) to positive (label-smoothing-like): the
@@ -39,12 +40,29 @@ def final_validation(run: dict) -> float:
     return float(np.mean([child["final_val_metric"] for child in run["children"]]))
 
 
+def final_validation_loss(run: dict) -> float:
+    """A run's final validation loss (the NLL in classification): the mean over its children; NaN for a run
+    recorded before runs kept it."""
+    return float(np.mean([child.get("final_val_loss", np.nan) for child in run["children"]]))
+
+
 def select(
     candidates: list[str], runs: dict[tuple[str, int], dict], seeds: list[int], higher_is_better: bool
 ) -> dict[str, Any]:
-    """The candidate with the best mean final validation metric over ``seeds`` (ties: the first in grid
-    order), with every candidate's mean; ``runs`` maps ``(spec, seed)`` to a finished run."""
+    """The candidate with the best mean final validation metric over ``seeds``, with every candidate's mean;
+    ``runs`` maps ``(spec, seed)`` to a finished run.
+
+    An error rate on a few hundred validation images moves in steps of one image, so grid points tie. Tied
+    points are told apart by their mean final validation loss (lowest first; recorded in ``tie_break``), and by
+    grid order where that cannot: equal losses, or a tied point whose runs predate the loss.
+    """
     means = {spec: float(np.mean([final_validation(runs[spec, seed]) for seed in seeds])) for spec in candidates}
     best = (max if higher_is_better else min)(means.values())
-    selected = next(spec for spec in candidates if means[spec] == best)
-    return {"selected": selected, "selection_seeds": list(seeds), "validation": means}
+    tied = [spec for spec in candidates if means[spec] == best]
+    selection: dict[str, Any] = {"selected": tied[0], "selection_seeds": list(seeds), "validation": means}
+    if len(tied) > 1:
+        losses = {spec: float(np.mean([final_validation_loss(runs[spec, seed]) for seed in seeds])) for spec in tied}
+        if not any(np.isnan(loss) for loss in losses.values()):
+            selection["selected"] = min(tied, key=losses.__getitem__)  # min keeps grid order among equal losses
+        selection["tie_break"] = losses
+    return selection

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from ala_gym.benchmarks import compare, oracle
@@ -12,8 +13,9 @@ from ala_gym.benchmarks.compare import run as compare_run
 TINY = dict(total_iterations=10, steps_per_action=5, eval_points=2, eval_stride=2, device="cpu")
 
 
-def _run(val: float, test: float) -> dict:
-    return {"children": [{"final_val_metric": val, "test_metric": test}]}
+def _run(val: float, test: float, val_loss: float | None = None) -> dict:
+    child = {"final_val_metric": val, "test_metric": test}
+    return {"children": [child if val_loss is None else {**child, "final_val_loss": val_loss}]}
 
 
 def test_selection_reads_validation_never_test() -> None:
@@ -28,7 +30,26 @@ def test_selection_reads_validation_never_test() -> None:
     assert chosen["selected"] == "b" and chosen["validation"]["b"] == pytest.approx(0.11)
     assert oracle.select(grid, runs, [0, 1], higher_is_better=True)["selected"] == "a"  # AUCPR-like: highest
     tie = {("a", 0): _run(0.1, 0.9), ("b", 0): _run(0.1, 0.0)}
-    assert oracle.select(["a", "b"], tie, [0], higher_is_better=False)["selected"] == "a"  # ties: grid order
+    assert oracle.select(["a", "b"], tie, [0], higher_is_better=False)["selected"] == "a"  # no losses: grid order
+
+
+def test_a_tie_on_validation_goes_to_the_lower_validation_loss_never_to_test() -> None:
+    """Equal mean validation metrics: the lower mean validation loss wins, whatever the test metric; equal
+    losses, or a tied point recorded without one, fall back to grid order. Untied points are not asked."""
+    runs = {
+        ("a", 0): _run(0.10, 0.0, 0.40), ("a", 1): _run(0.12, 0.0, 0.40),
+        ("b", 0): _run(0.12, 0.9, 0.30), ("b", 1): _run(0.10, 0.9, 0.34),  # same mean error, lower loss
+        ("c", 0): _run(0.30, 0.0), ("c", 1): _run(0.30, 0.0),  # no loss, but not tied
+    }  # fmt: skip
+    chosen = oracle.select(["a", "b", "c"], runs, [0, 1], higher_is_better=False)
+    assert chosen["selected"] == "b" and chosen["tie_break"] == {"a": pytest.approx(0.40), "b": pytest.approx(0.32)}
+    highest = oracle.select(["b", "a", "c"], runs, [0, 1], higher_is_better=True)
+    assert highest["selected"] == "c" and "tie_break" not in highest  # untied: no loss asked
+    same = {**runs, ("b", 0): _run(0.12, 0.9, 0.40), ("b", 1): _run(0.10, 0.9, 0.40)}
+    assert oracle.select(["a", "b"], same, [0, 1], higher_is_better=False)["selected"] == "a"
+    unmeasured = {**runs, ("a", 1): _run(0.12, 0.0)}  # a run recorded before runs kept the loss
+    chosen = oracle.select(["a", "b"], unmeasured, [0, 1], higher_is_better=False)
+    assert chosen["selected"] == "a" and np.isnan(chosen["tie_break"]["a"])
 
 
 def test_every_oracle_grid_is_a_buildable_fixed_controller() -> None:
@@ -56,6 +77,8 @@ def test_comparison_runs_the_grid_on_selection_seeds_and_the_selected_point_on_a
     validation = {spec: oracle.final_validation(seed0[spec]) for spec in grid}
     assert selection["selected"] == min(grid, key=lambda spec: validation[spec])
     assert selection["selection_seeds"] == [0]
+    # Every child records its final validation loss, what a tie on the validation metric is decided by.
+    assert all(child["final_val_loss"] > 0 for run in results["runs"] for child in run["children"])
     runs = {(r["controller"], r["seed"]) for r in results["runs"]}
     other = next(spec for spec in grid if spec != selection["selected"])
     assert {(selection["selected"], 0), (selection["selected"], 1), (other, 0)} <= runs and (other, 1) not in runs

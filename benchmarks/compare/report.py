@@ -122,15 +122,18 @@ def oracle_table(selections: dict[str, dict], header: dict[str, Any]) -> list[st
         "## Oracle selection (on validation, never on test)",
         "",
         f"Each grid point's final {metric} % on the full validation split, mean over seeds "
-        f"{next(iter(selections.values()))['selection_seeds']}; the selected point (marked) then ran on every seed.",
+        f"{next(iter(selections.values()))['selection_seeds']}; the selected point (marked) then ran on every seed. "
+        "Points tied on it are told apart by their mean final validation loss (shown), else by grid order.",
         "",
         "| oracle | grid point | validation % | |",
         "|---|---|---|---|",
     ]
     for name, selection in selections.items():
         for spec, value in selection["validation"].items():
-            mark = "selected" if spec == selection["selected"] else ""
-            lines.append(f"| {name} | {spec} | {100 * value:.2f} | {mark} |")
+            marks = ["selected"] if spec == selection["selected"] else []
+            if spec in selection.get("tie_break", {}):
+                marks.append(f"tied; validation loss {selection['tie_break'][spec]:.4f}")
+            lines.append(f"| {name} | {spec} | {100 * value:.2f} | {', '.join(marks)} |")
     return lines
 
 
