@@ -376,5 +376,6 @@ class AdaLFLController(Controller):
         record.loss_shape_end = loss_shape(network, trainer.data.num_classes, self.config.shape_points)
         final = env.episode.final_metrics(env.evaluate_split)
         record.test_metric, record.final_val_metric = final["test_metric"], final["final_val_metric"]
+        record.final_val_loss = final["final_val_loss"]
         self.loss_network = network
         return [record]
