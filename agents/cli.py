@@ -6,8 +6,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
-from dataclasses import asdict, fields
+import types
+import typing
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -17,6 +20,7 @@ import numpy as np
 from ala_gym import wrappers
 from ala_gym.agents.checkpoints import CheckpointError
 from ala_gym.agents.progress import RunLogger
+from ala_gym.registration import env_spec
 
 
 def fail(message: str) -> NoReturn:
@@ -61,26 +65,84 @@ def field_docs(cls: type) -> dict[str, str]:
             and isinstance(doc_node, ast.Expr)
             and isinstance(doc_node.value, ast.Constant)
         ):
-            docs[field_node.target.id] = " ".join(str(doc_node.value.value).split())
+            text = " ".join(str(doc_node.value.value).split())
+            # reStructuredText roles and literals read as plain text in a terminal: :class:`a.b.C` as a.b.C
+            docs[field_node.target.id] = re.sub(r":\w+:`~?([^`]+)`", r"\1", text).replace("``", "")
     return docs
 
 
-def add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One ``--option`` per field of the config dataclass ``cls``, its docstring as help.
+def add_dataclass_args(
+    parser: argparse.ArgumentParser, cls: type, title: str | None = None, choices: dict[str, tuple] | None = None
+) -> None:
+    """One ``--option`` per field of the config dataclass ``cls``, its docstring and default as help, in a group
+    titled ``title`` (default: the hyperparameters of a new policy); ``choices`` lists a field's allowed values.
 
-    An option not given stays absent from the parsed namespace (``default=SUPPRESS``), so that
-    :func:`given_fields` can tell which ones the user set.
+    Options parse as their fields are typed: a tuple is given comma-separated (``--horizon 200,600``), a dict
+    as a JSON object, a bool as ``--flag`` / ``--no-flag``, an optional field as its type. An option not given
+    stays absent from the parsed namespace (``default=SUPPRESS``), so that :func:`given_fields` can tell which
+    ones the user set and :func:`dataclass_from_args` leaves the field's default alone.
     """
     docs = field_docs(cls)
-    group = parser.add_argument_group(f"{cls.__name__} (hyperparameters of a new policy)")
+    hints = typing.get_type_hints(cls)
+    group = parser.add_argument_group(title or f"{cls.__name__} (hyperparameters of a new policy)")
     for item in fields(cls):
-        kind = type(item.default)
+        default = item.default if item.default is not MISSING else item.default_factory()  # type: ignore[misc]
         option = f"--{item.name.replace('_', '-')}"
-        help_text = f"{docs.get(item.name, '')} (default: {item.default})".strip()
-        if kind is bool:
+        shown = "" if default is None or default == {} else f" (default: {_option_text(default)})"
+        help_text = f"{docs.get(item.name, '')}{shown}".strip()
+        parse = _option_parser(hints[item.name])
+        if parse is bool:
             group.add_argument(option, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
         else:
-            group.add_argument(option, type=kind, default=argparse.SUPPRESS, help=help_text)
+            group.add_argument(option, type=parse, default=argparse.SUPPRESS, help=help_text,
+                               metavar=_metavar(hints[item.name]), choices=(choices or {}).get(item.name))  # fmt: skip
+
+
+def _metavar(hint: Any) -> str | None:
+    """How a tuple option is written (argparse's own for the others)."""
+    if typing.get_origin(hint) is not tuple:
+        return None
+    arguments = typing.get_args(hint)
+    return "A,B,..." if arguments[-1] is Ellipsis else ",".join("ABCDEFGH"[: len(arguments)])
+
+
+def _option_text(value: Any) -> str:
+    """A default as its option would be written."""
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return json.dumps(value) if isinstance(value, dict) else str(value)
+
+
+def _option_parser(hint: Any) -> Any:
+    """What turns an option's text into a value of the field's type ``hint``. argparse names the parser's
+    ``__name__`` in its message for a value that does not parse."""
+    origin, arguments = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):  # ``X | None``: an optional field takes an X
+        (hint,) = [argument for argument in arguments if argument is not type(None)]
+        return _option_parser(hint)
+    if origin is tuple:
+        item_parser = _option_parser(arguments[0])
+        length = None if arguments[-1] is Ellipsis else len(arguments)
+
+        def comma_separated(text: str) -> tuple:
+            values = tuple(item_parser(part.strip()) for part in text.split(","))
+            if length is not None and len(values) != length:
+                raise ValueError(f"{length} values needed")
+            return values
+
+        comma_separated.__name__ = f"comma-separated {item_parser.__name__}"
+        return comma_separated
+    if origin is dict or hint is dict:
+
+        def json_object(text: str) -> dict:
+            value = json.loads(text)
+            if not isinstance(value, dict):
+                raise ValueError("not a JSON object")
+            return value
+
+        json_object.__name__ = "JSON object"
+        return json_object
+    return hint
 
 
 def given_fields(cls: type, args: argparse.Namespace) -> list[str]:
@@ -160,6 +222,7 @@ def run_cli(controller: Any, args: argparse.Namespace) -> list[Any]:
     from ala_gym.core.data import DataError
 
     try:
+        env_spec(args.env)  # an unknown id named with the package's ids, not gymnasium's nearest of any env
         envs = controller.make_envs(args.env, **env_kwargs_from_args(args))
     except (ValueError, TypeError, DataError, gym.error.Error) as exc:
         fail(f"cannot make {args.env}: {exc}")

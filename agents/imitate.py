@@ -41,10 +41,11 @@ import torch
 from torch.nn import functional as F
 
 import ala_gym  # noqa: F401  (registers the env ids)
-from ala_gym.agents import resolve_controller
+from ala_gym.agents import cli, resolve_controller
 from ala_gym.agents.reinforce import N_ACTIONS, PairPolicy, ReinforceConfig, save_policy
 from ala_gym.core.data import DataError, with_data_home
 from ala_gym.core.machine import cpu_model
+from ala_gym.registration import env_spec
 from ala_gym.wrappers import ChildAttributes
 
 
@@ -144,30 +145,22 @@ def imitate(config: ImitateConfig) -> tuple[PairPolicy, dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------- command line
-def main(argv: list[str] | None = None) -> None:
+def argument_parser() -> argparse.ArgumentParser:
+    """The command line: one option per :class:`ImitateConfig` field, and where the policy goes."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    defaults = ImitateConfig()
-    parser.add_argument("--teacher", default=defaults.teacher, help="a registered controller name")
-    parser.add_argument("--teacher-kwargs", default=json.dumps(defaults.teacher_kwargs), help="JSON dict of its keywords")
-    parser.add_argument("--env", default=defaults.env, help="env id of the children")
-    parser.add_argument("--env-kwargs", default="{}", help="JSON dict of further env keywords of every child")
-    parser.add_argument("--horizons", default=",".join(map(str, defaults.horizons)), help="comma-separated total_iterations")
-    for name in ("steps_per_action", "num_envs", "hidden", "epochs", "seed"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
-    for name in ("explore", "lr"):
-        parser.add_argument(f"--{name}", type=float, default=getattr(defaults, name))
+    cli.add_dataclass_args(parser, ImitateConfig, title="ImitateConfig (what to clone, and how)")
     parser.add_argument("--save", required=True, help="write the policy here (a reinforce policy file), and what "
                         "produced it beside it (the same name, .json)")  # fmt: skip
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argument_parser()
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     try:
-        config = ImitateConfig(
-            teacher=args.teacher, teacher_kwargs=json.loads(args.teacher_kwargs), env=args.env,
-            env_kwargs=json.loads(args.env_kwargs), horizons=tuple(int(v) for v in args.horizons.split(",")),
-            steps_per_action=args.steps_per_action, num_envs=args.num_envs, explore=args.explore,
-            hidden=args.hidden, epochs=args.epochs, lr=args.lr, seed=args.seed,
-        )  # fmt: skip
-        gym.spec(config.env)
+        config = cli.dataclass_from_args(ImitateConfig, args)
+        env_spec(config.env)
         policy, outcome = imitate(config)
     except (ValueError, TypeError, gym.error.Error, DataError) as exc:  # JSONDecodeError is a ValueError
         parser.exit(2, f"{parser.prog}: error: {exc}\n")

@@ -71,10 +71,11 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 import ala_gym  # noqa: F401  (registers the env ids)
-from ala_gym.agents import checkpoints
+from ala_gym.agents import checkpoints, cli
 from ala_gym.agents.reinforce import N_ACTIONS, PairPolicy
 from ala_gym.core.data import DataError, with_data_home
 from ala_gym.core.machine import cpu_model
+from ala_gym.registration import env_spec
 from ala_gym.wrappers import ChildAttributes, MissingExtraError, require
 
 CHECKPOINT_KIND = "meta-train-state"
@@ -660,46 +661,26 @@ def provenance(trainer: MetaTrainer, argv: list[str]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- command line
-def main(argv: list[str] | None = None) -> None:
+def argument_parser() -> argparse.ArgumentParser:
+    """The command line: one option per :class:`MetaTrainConfig` field, and where the run writes."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    defaults = MetaTrainConfig()
-    parser.add_argument("--tasks", default=",".join(defaults.tasks), help="comma-separated env ids (the task family)")
-    parser.add_argument("--horizon", default=f"{defaults.horizon[0]},{defaults.horizon[1]}",
-                        help="low,high total_iterations of the children, drawn per generation")  # fmt: skip
-    for name in ("steps_per_action", "population", "generations", "hidden", "seed", "tasks_per_generation",
-                 "pairs_per_evaluation", "workers"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
-    parser.add_argument("--ray-address", help="with --workers: the Ray cluster to join (default: a local one)")
-    for name in ("sigma", "lr", "init_no_change"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
-    parser.add_argument("--init-policy", help="start from this policy: a reinforce policy file, or a shipped policy's name")
-    parser.add_argument("--searched", choices=SEARCHED, default=defaults.searched,
-                        help="the parameters that evolve: all of the policy's, the action head's, or its biases alone")  # fmt: skip
-    parser.add_argument("--rank-ties", choices=RANK_TIES, default=defaults.rank_ties,
-                        help="children of equal fitness rank by position, share their mean rank, or rank by their "
-                        "final validation loss")  # fmt: skip
-    parser.add_argument("--env-kwargs", default="{}", help="JSON dict of further env keywords of every child")
-    parser.add_argument("--task-kwargs", default="{}", help="JSON dict: env id -> its children's keywords over "
-                        "--env-kwargs (a relative data_root lies under $ALA_GYM_DATA)")  # fmt: skip
+    cli.add_dataclass_args(parser, MetaTrainConfig, title="MetaTrainConfig (the search)",
+                           choices={"searched": SEARCHED, "rank_ties": RANK_TIES})  # fmt: skip
     parser.add_argument("--state", help="checkpoint written after every generation; an existing one is resumed")
     parser.add_argument("--log-dir", help="TensorBoard folder for the fitness curves")
     parser.add_argument("--save", required=True, help="write the meta-trained policy here (a reinforce policy file), "
                         "and what produced it beside it (the same name, .json)")  # fmt: skip
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argument_parser()
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     try:
-        horizon = tuple(int(v) for v in args.horizon.split(","))
-        config = MetaTrainConfig(
-            tasks=tuple(args.tasks.split(",")), horizon=horizon, steps_per_action=args.steps_per_action,  # type: ignore[arg-type]
-            population=args.population, sigma=args.sigma, lr=args.lr, generations=args.generations,
-            hidden=args.hidden, seed=args.seed, env_kwargs=json.loads(args.env_kwargs),
-            task_kwargs=json.loads(args.task_kwargs), tasks_per_generation=args.tasks_per_generation,
-            pairs_per_evaluation=args.pairs_per_evaluation, workers=args.workers, ray_address=args.ray_address,
-            init_no_change=args.init_no_change, init_policy=args.init_policy, searched=args.searched,
-            rank_ties=args.rank_ties,
-        )  # fmt: skip
+        config = cli.dataclass_from_args(MetaTrainConfig, args)
         for task in config.tasks:
-            gym.spec(task)
+            env_spec(task)
         trainer = meta_train(config, args.state, args.log_dir)
     except (ValueError, gym.error.Error, DataError, checkpoints.CheckpointError, MissingExtraError, EvaluationsLostError) as exc:  # JSONDecodeError is a ValueError
         parser.exit(2, f"{parser.prog}: error: {exc}\n")

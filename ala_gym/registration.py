@@ -6,12 +6,15 @@ imported; ``gym.make(id)`` imports an env's module only when it is made.
 
 from __future__ import annotations
 
+import difflib
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from gymnasium.envs.registration import load_env_creator, register, registry
+from gymnasium import error
+from gymnasium.envs.registration import EnvSpec, load_env_creator, register, registry, spec
 
 CLASSIFICATION = "ala_gym.envs.classification:ALAClassificationEnv"
 METRIC_LEARNING = "ala_gym.envs.metric_learning:ALAMetricLearningEnv"
@@ -150,3 +153,30 @@ def register_envs() -> None:
                 id=env_id, entry_point=variant.entry_point, kwargs=dict(variant.kwargs),
                 vector_entry_point=partial(make_vector_env, env_id),
             )  # fmt: skip
+
+
+class UnknownEnvError(ValueError):
+    """An env id that gymnasium does not know (:func:`env_spec`)."""
+
+
+def env_spec(env_id: str) -> EnvSpec:
+    """gymnasium's spec of ``env_id``, read as ``gym.make`` reads it: ``"module:EnvId"`` imports ``module``
+    first (where an env of one's own registers itself). An id that is not registered raises
+    :class:`UnknownEnvError`, which names the closest ala-gym ids rather than gymnasium's closest name of any
+    installed env."""
+    module, _, name = env_id.rpartition(":")
+    if module:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise UnknownEnvError(f"env id {env_id!r}: cannot import {module!r} ({exc})") from None
+    try:
+        return spec(name)
+    except error.Error:
+        by_lower = {known_id.lower(): known_id for known_id in ENV_IDS}
+        close = [by_lower[match] for match in difflib.get_close_matches(name.lower(), by_lower, n=1, cutoff=0.75)]
+        known = f"did you mean {close[0]!r}?" if close else f"the package registers {', '.join(ENV_IDS)};"
+        raise UnknownEnvError(
+            f"unknown env id {name!r}: {known} an env of your own is named 'module:EnvId', the module registering "
+            "it with gymnasium when imported"
+        ) from None

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import pickle
+import shlex
 import subprocess
 import sys
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
-from ala_gym.agents import checkpoints, progress
+from ala_gym.agents import checkpoints, cli, imitate, meta_train, progress
 from ala_gym.agents.reinforce import PairPolicy, ReinforceConfig, ReinforceController
 from ala_gym.agents.reinforce import main as reinforce_main
 from ala_gym.agents.sb3 import main as sb3_main
+from ala_gym.registration import UnknownEnvError, env_spec
 
 TINY_RUN = ["--num-envs", "1", "--total-iterations", "4", "--steps-per-action", "2", "--device", "cpu",
             "--env-kwarg", "eval_points=1", "--no-tensorboard"]
@@ -116,3 +122,89 @@ def test_agent_progress_bar_only_on_a_terminal() -> None:
         logger(1, {"reward": 1.0})  # still usable as on_step
     finally:
         logger.close()
+
+
+# ---------------------------------------------------------------------- options from config dataclasses
+POLICIES = Path(__file__).resolve().parents[1] / "agents" / "policies"
+CONFIG_COMMANDS = {"ala_gym.agents.meta_train": meta_train, "ala_gym.agents.imitate": imitate}
+
+
+@pytest.mark.parametrize("record_path", sorted(POLICIES.glob("*.json")), ids=lambda path: path.stem)
+def test_every_shipped_policy_command_parses_to_the_config_it_recorded(record_path: Path) -> None:
+    # The command beside a policy is how it is reproduced: the command line must still read it as it was run.
+    record = json.loads(record_path.read_text())
+    words = shlex.split(record["command"])
+    module = CONFIG_COMMANDS[words[2]]
+    config_class = module.MetaTrainConfig if module is meta_train else module.ImitateConfig
+    args = module.argument_parser().parse_args(words[3:])
+    parsed = json.loads(json.dumps(asdict(cli.dataclass_from_args(config_class, args))))  # tuples as lists
+    defaults = json.loads(json.dumps(asdict(config_class())))
+    for name, value in parsed.items():
+        if name in getattr(module, "EXECUTION_FIELDS", ()):
+            continue  # where a run computes is not recorded
+        # A field added after the record was written must be at its default, which computes what it computed.
+        assert value == record["config"].get(name, defaults[name]), name
+
+
+@pytest.mark.parametrize("module", CONFIG_COMMANDS.values(), ids=CONFIG_COMMANDS)
+def test_config_command_lines_document_every_option_with_its_default(module) -> None:
+    parser = module.argument_parser()
+    undocumented = [action.option_strings for action in parser._actions if not action.help]
+    assert not undocumented
+    text = " ".join(parser.format_help().split())
+    assert "(default: 0.01)" in text or "(default: 0.02)" in text  # the learning rate's
+    assert "``" not in text and ":class:" not in text  # docstring markup reads as plain text
+
+
+def test_config_options_parse_as_their_fields_are_typed(capsys) -> None:
+    @dataclass
+    class Config:
+        names: tuple[str, ...] = ("a",)
+        """Names."""
+        span: tuple[int, int] = (1, 2)
+        """A span."""
+        extra: dict[str, Any] = field(default_factory=dict)
+        """Keywords."""
+        size: int | None = None
+        """A size."""
+        flag: bool = True
+        """A flag."""
+
+    parser = argparse.ArgumentParser()
+    cli.add_dataclass_args(parser, Config, "Config")
+    given = ["--names", "x,y", "--span", "3,4", "--extra", '{"k": 1}', "--size", "5", "--no-flag"]
+    assert cli.dataclass_from_args(Config, parser.parse_args(given)) == Config(("x", "y"), (3, 4), {"k": 1}, 5, False)
+    assert cli.dataclass_from_args(Config, parser.parse_args([])) == Config()
+    for wrong, message in ((["--span", "3,4,5"], "invalid comma-separated int value: '3,4,5'"),
+                           (["--span", "3,x"], "invalid comma-separated int value"),
+                           (["--extra", "[1]"], "invalid JSON object value: '[1]'"),
+                           (["--extra", "{no"], "invalid JSON object value")):  # fmt: skip
+        with pytest.raises(SystemExit) as caught:
+            parser.parse_args(wrong)
+        assert caught.value.code == 2 and message in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- unknown env ids
+def test_an_unknown_env_id_is_named_with_the_package_ids() -> None:
+    with pytest.raises(UnknownEnvError, match="unknown env id 'ALA-Digits-v5': did you mean 'ALA-Digits-v0'?"):
+        env_spec("ALA-Digits-v5")
+    with pytest.raises(UnknownEnvError, match="did you mean 'ALA-CIFAR10-v0'"):
+        env_spec("ala-cifar10-v0")
+    with pytest.raises(UnknownEnvError, match="the package registers ALA-CIFAR10-v0, .*ALA-Classification-v0;"):
+        env_spec("CartPol")  # nothing close: every id listed, none of gymnasium's other envs suggested
+    with pytest.raises(UnknownEnvError, match="cannot import 'no_such_module_here'"):
+        env_spec("no_such_module_here:Env-v0")
+    assert env_spec("ala_gym.envs:ALA-Digits-v0").id == "ALA-Digits-v0"  # gym.make's 'module:EnvId' form
+
+
+@pytest.mark.parametrize("command", [
+    ["ala_gym.agents.reinforce", "--env", "ALA-Digit-v0", *TINY_RUN],
+    ["ala_gym.benchmarks.compare", "--env", "ALA-Digit-v0", "--controllers", "ce", "--seeds", "1"],
+    ["ala_gym.agents.meta_train", "--tasks", "ALA-Digit-v0", "--save", "never.pt"],
+    ["ala_gym.agents.imitate", "--env", "ALA-Digit-v0", "--save", "never.pt"],
+], ids=lambda command: command[0].rsplit(".", 1)[1])  # fmt: skip
+def test_command_lines_name_an_unknown_env_id_in_one_line(command: list[str], tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", *command], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().count("\n") == 0 and "did you mean 'ALA-Digits-v0'?" in done.stderr
+    assert not list(tmp_path.iterdir())  # nothing written

@@ -231,7 +231,7 @@ def test_the_command_line_writes_a_policy_the_controller_loads(tmp_path, capsys)
     assert len(records) == 2 and all(np.isfinite(r.test_metric) for r in records)
     missing_data = {"ALA-CIFAR10-v0": {"data_root": str(tmp_path / "absent"), "download": False}}
     wrongs = {
-        "`ALA-Nothing` doesn't exist": ["--tasks", "ALA-Nothing-v0"],
+        "unknown env id 'ALA-Nothing-v0'": ["--tasks", "ALA-Nothing-v0"],
         "without pairs_per_evaluation": ["--workers", "2"],
         "invalid choice: 'mean'": ["--rank-ties", "mean"],
         "task_kwargs must map env ids": ["--task-kwargs", json.dumps({"ALA-CIFAR10-v0": {}})],

@@ -23,7 +23,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
-import gymnasium as gym
 import torch
 from gymnasium.envs.registration import load_env_creator
 
@@ -42,6 +41,7 @@ from ala_gym.core.metrics import Evaluator
 from ala_gym.core.trainer import TrainConfig
 from ala_gym.envs.episode import EpisodeSettings
 from ala_gym.envs.task import LossTask
+from ala_gym.registration import env_spec
 
 if TYPE_CHECKING:  # the envs import this module: the spec names their base class for the type checker only
     from ala_gym.envs.base import ALAEnv
@@ -227,7 +227,7 @@ def spec_keywords(env_id: str | type, **keywords: Any) -> tuple[Callable[..., Ta
     registration's ``kwargs`` overridden by the caller's, without the env options."""
     env_class: Any
     if isinstance(env_id, str):
-        registered = gym.spec(env_id)
+        registered = env_spec(env_id)
         env_class = registered.entry_point
         keywords = {**registered.kwargs, **keywords}
         if isinstance(env_class, str):

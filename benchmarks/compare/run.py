@@ -118,6 +118,8 @@ def compare(
     plain = [spec for spec in controllers if spec not in oracles]
     for spec in plain + [candidate for grid in oracles.values() for candidate in grid]:
         build_controller(spec)  # unknown names and bad keywords fail before any run
+    # An unknown env id, a bad env keyword or missing data fails before the results folder is made or claimed.
+    facts = env_facts(env_id, env_kwargs)
     out = RESULTS / name
     check_writable(out)
     config = {"env": env_id, "env_kwargs": env_kwargs, "children": children}
@@ -126,7 +128,6 @@ def compare(
     check_same_config(out, config)
     check_same_plan(out, controllers, seeds, extend)
     committed = {(r["controller"], r["seed"]): r for r in committed_runs(out)}
-    facts = env_facts(env_id, env_kwargs)
 
     def result_path(controller: str, seed: int) -> Path:
         return out / "runs" / f"{controller}-seed{seed}.json"
