@@ -29,9 +29,10 @@ import torch
 import ala_gym  # noqa: F401  (registers the env ids)
 from ala_gym.benchmarks.compare import machine, versions, without_locations
 from ala_gym.benchmarks.machine import RESULTS as DEFAULT_RESULTS
-from ala_gym.core.data import with_data_home
+from ala_gym.core.data import DataError, with_data_home
 from ala_gym.core.metrics import discounted_metric, error_rate
 from ala_gym.envs.base import ALAEnv
+from ala_gym.registration import env_spec
 
 RESULTS = DEFAULT_RESULTS / "reward_agreement.json"
 
@@ -44,7 +45,7 @@ def trajectory_rewards(env_id: str, env_kwargs: dict[str, Any], sizes: list[int]
     env.reset(seed=seed)
     val = env.data.val
     if 2 * max(sizes) > len(val):
-        raise SystemExit(f"the validation split has {len(val)} images: sizes up to {len(val) // 2} fit two halves")
+        raise ValueError(f"the validation split has {len(val)} images: --sizes up to {len(val) // 2} fit two halves")
     order = torch.randperm(len(val), generator=torch.Generator().manual_seed(seed))
     halves = {size: (order[:size], order[size : 2 * size]) for size in sizes}
     settings, trainer = env.settings, env.trainer
@@ -87,9 +88,15 @@ def main(argv: list[str] | None = None) -> None:
         env_kwargs = json.loads(args.env_kwargs)
     except ValueError as error:
         parser.exit(2, f"reward_agreement: bad --sizes or --env-kwargs ({error})\n")
+    if min(sizes) < 1 or args.seeds < 1 or not isinstance(env_kwargs, dict):
+        parser.exit(2, "reward_agreement: --sizes and --seeds must be positive, --env-kwargs a JSON object\n")
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    per_seed = [trajectory_rewards(args.env, env_kwargs, sizes, seed) for seed in range(args.seeds)]
+    try:
+        env_spec(args.env)
+        per_seed = [trajectory_rewards(args.env, env_kwargs, sizes, seed) for seed in range(args.seeds)]
+    except (ValueError, TypeError, DataError, gym.error.Error) as error:  # an unknown id, a bad keyword, no data
+        parser.exit(2, f"reward_agreement: {error}\n")
     rows = []
     for size in sizes:
         pairs = np.concatenate([r[size] for r in per_seed])

@@ -570,6 +570,27 @@ def configurations(args: argparse.Namespace) -> list[dict]:
     return configs
 
 
+def check_inputs(args: argparse.Namespace, configs: list[dict]) -> str | None:
+    """What is wrong with the command, in one line, before any measuring process starts (which would only
+    fill every row with the same error): a count that is not positive, or a model's data that is missing."""
+    from ala_gym.core.data import DataError
+    from ala_gym.envs.spec import task_spec
+
+    counts = {"--num-envs": min(args.num_envs), "--steps": args.steps, "--iterations": args.iterations,
+              "--batch-size": args.batch_size, "--val-subsample": args.val_subsample, "--threads": args.threads,
+              "--repeats": args.repeats}  # fmt: skip
+    not_positive = [option for option, value in counts.items() if value < 1]
+    if not_positive:
+        return f"{', '.join(not_positive)} must be positive"
+    for config in {config["model"]: config for config in configs}.values():  # one per model: its data
+        env_id, kwargs = env_setup(config)
+        try:
+            task_spec(env_id, **kwargs).data.load()
+        except DataError as error:
+            return str(error)
+    return None
+
+
 def best_kernels(rounds: list[dict]) -> dict:
     """The :func:`kernel_rate` rounds as one entry: the best float32 and bfloat16-autocast rates, every round's
     kept; empty when no round measured them."""
@@ -660,8 +681,12 @@ def main(argv: list[str] | None = None) -> None:
         except MissingExtraError as exc:
             parser.exit(2, f"{parser.prog}: error: --modes {' '.join(args.modes)}: {exc}\n")
 
-    load_start = os.getloadavg()
     configs = configurations(args)
+    refused = check_inputs(args, configs)
+    if refused:
+        parser.exit(2, f"{parser.prog}: error: {refused}\n")
+
+    load_start = os.getloadavg()
     runs: list[list[dict]] = [[] for _ in configs]
     roofline_rounds = []
     # The batched target's forward and backward alone, timed like the roofline before each round.

@@ -202,7 +202,7 @@ def test_a_temperature_makes_the_deterministic_shipped_policy_explore_again():
         transfer_controller(temperature=0.0)
 
 
-def test_reward_agreement_script_compares_two_disjoint_validation_subsets(tmp_path, monkeypatch):
+def test_reward_agreement_script_compares_two_disjoint_validation_subsets(tmp_path, monkeypatch, capsys):
     from ala_gym.benchmarks import reward_agreement
 
     monkeypatch.setattr(reward_agreement, "RESULTS", tmp_path / "agreement.json")
@@ -213,8 +213,19 @@ def test_reward_agreement_script_compares_two_disjoint_validation_subsets(tmp_pa
     for row in rows.values():
         assert row["agree"] + row["opposite"] <= 1 and 0 <= row["ties"] <= 1
     assert "| ALA-Digits-v0 |" in (tmp_path / "agreement.md").read_text()
-    with pytest.raises(SystemExit):  # two halves of 200 do not fit the 360-image validation split
-        reward_agreement.main(["--env", "ALA-Digits-v0", "--sizes", "200", "--seeds", "1", "--env-kwargs", kwargs])
+    results = (tmp_path / "agreement.json").read_text()
+    wrongs = {  # each refused in one line with exit status 2, the results left as they were
+        "--sizes up to 180 fit two halves": ["--env", "ALA-Digits-v0", "--sizes", "200"],  # a 360-image split
+        "did you mean 'ALA-Digits-v0'?": ["--env", "ALA-Digit-v0", "--sizes", "20"],
+        "lr must be a finite number": ["--env", "ALA-Digits-v0", "--sizes", "20", "--env-kwargs", '{"lr": -1}'],
+        "--sizes and --seeds must be positive": ["--env", "ALA-Digits-v0", "--sizes", "0"],
+    }
+    for message, wrong in wrongs.items():
+        with pytest.raises(SystemExit) as caught:
+            reward_agreement.main([*wrong, "--seeds", "1"] if "--env-kwargs" in wrong else [*wrong, "--seeds", "1", "--env-kwargs", kwargs])
+        err = capsys.readouterr().err
+        assert caught.value.code == 2 and message in err and err.strip().count("\n") == 0
+    assert (tmp_path / "agreement.json").read_text() == results
 
 
 def json_load(path):

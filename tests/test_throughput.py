@@ -79,6 +79,21 @@ def test_rounds_alternate_their_order_and_rows_keep_the_median(tmp_path, monkeyp
     assert report["flops_per_iteration"] == {"mlp": 1000}
 
 
+def test_bad_input_is_refused_before_any_measuring_process(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(throughput, "run_isolated", lambda config, timeout: pytest.fail("measured despite bad input"))
+    monkeypatch.setenv("ALA_GYM_DATA", str(tmp_path / "no-data"))
+    wrongs = {
+        "--num-envs, --steps must be positive": ["--models", "mlp", "--num-envs", "0", "--steps", "0"],
+        "CIFAR-10 not found": ["--models", "small_cnn"],  # the CIFAR-10 subset is not under $ALA_GYM_DATA
+    }
+    for message, wrong in wrongs.items():
+        with pytest.raises(SystemExit) as caught:
+            throughput.main([*wrong, "--out", str(tmp_path / "out")])
+        err = capsys.readouterr().err
+        assert caught.value.code == 2 and message in err and err.strip().count("\n") == 0
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("factor, met", [(9.0, "met"), (7.0, "not met"), (3.0, "not met")])
 def test_target_lines_follow_the_numbers(factor: float, met: str) -> None:
     """The same report with faster or slower batched rows: the verdicts come from the rates."""
