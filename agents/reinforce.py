@@ -558,7 +558,10 @@ def main(argv: list[str] | None = None) -> None:
         except (checkpoints.CheckpointError, ValueError) as exc:
             cli.fail(str(exc))
     else:
-        controller = ReinforceController(cli.dataclass_from_args(ReinforceConfig, args), num_envs=args.num_envs)
+        try:
+            controller = ReinforceController(cli.dataclass_from_args(ReinforceConfig, args), num_envs=args.num_envs)
+        except ValueError as exc:
+            cli.fail(str(exc))
     cli.run_cli(controller, args)
 
 

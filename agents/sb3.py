@@ -136,6 +136,18 @@ class SB3Config:
     policy_device: str = "cpu"
     """Device of the (small) policy network; the children's is the env's ``device`` keyword."""
 
+    def __post_init__(self) -> None:
+        if self.hidden < 1 or self.n_steps < 1 or self.n_epochs < 1 or self.batch_size < 0:
+            raise ValueError(
+                f"hidden, n_steps and n_epochs must be positive and batch_size >= 0, got {self.hidden}, "
+                f"{self.n_steps}, {self.n_epochs}, {self.batch_size}"
+            )
+        if not (self.lr > 0 and 0 <= self.gamma <= 1 and 0 <= self.gae_lambda <= 1 and self.ent_coef >= 0):
+            raise ValueError(
+                f"lr must be positive, gamma and gae_lambda in [0, 1], ent_coef >= 0; got {self.lr}, {self.gamma}, "
+                f"{self.gae_lambda}, {self.ent_coef}"
+            )
+
 
 class _RecordingCallback(BaseCallback):
     """Records every child's first episode from SB3's per-step infos; stops learning once all are done."""
@@ -204,6 +216,12 @@ class SB3Controller(Controller):
             self.config.policy = policy
         if self.config.policy not in ("pair", "mlp"):
             raise ValueError(f"policy must be 'pair' or 'mlp', got {self.config.policy!r}")
+        minibatch = self.config.batch_size or self.config.n_steps * num_envs
+        if algo == "ppo" and minibatch < 2:  # PPO normalises the advantages over each minibatch
+            raise ValueError(
+                f"PPO needs minibatches of at least 2 transitions, got {minibatch}: set batch_size >= 2, or n_steps x "
+                "num_envs >= 2 with batch_size 0"
+            )
         self.num_envs, self.train, self.initial_state = num_envs, train, initial_state
         self.log_dir = log_dir  # where SB3's own train/* scalars go (TensorBoard), if anywhere
         self.model: OnPolicyAlgorithm | None = None
@@ -309,7 +327,10 @@ def main(argv: list[str] | None = None) -> None:
         except checkpoints.CheckpointError as exc:
             cli.fail(str(exc))
     else:
-        controller = SB3Controller(args.algo, cli.dataclass_from_args(SB3Config, args), num_envs=args.num_envs)
+        try:
+            controller = SB3Controller(args.algo, cli.dataclass_from_args(SB3Config, args), num_envs=args.num_envs)
+        except ValueError as exc:
+            cli.fail(str(exc))
     if not args.no_tensorboard:
         controller.log_dir = args.log_dir or cli.default_log_dir(controller.name, args)
     cli.run_cli(controller, args)

@@ -354,6 +354,10 @@ def main(argv: list[str] | None = None) -> None:
         "--data-root", type=Path, help="folder holding cifar10-subset/ (default: $ALA_GYM_DATA: ala_gym.core.data.data_home())"
     )
     args = parser.parse_args(argv)
+    not_positive = [f"--{name.replace('_', '-')}" for name in ("repeats", "steps_per_action", "threads")
+                    if getattr(args, name) is not None and getattr(args, name) < 1]  # fmt: skip
+    if not_positive:
+        parser.error(f"{', '.join(not_positive)} must be positive")
     if args.data_root is not None:
         os.environ["ALA_GYM_DATA"] = str(args.data_root)
 

@@ -252,6 +252,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results", type=Path, default=RESULTS, help="the comparisons' folder (default: %(default)s)")
     parser.add_argument("--policies", type=Path, default=POLICY_LIBRARY, help="the policies and their provenance files")
     args = parser.parse_args(argv)
+    for option, folder in (("--results", args.results), ("--policies", args.policies)):
+        if not folder.is_dir():  # a report gathered from nothing would still be written, and read as one
+            parser.exit(2, f"{parser.prog}: error: {option} {folder} is not a folder; name the one that holds them\n")
     try:
         report = gather(args.results, args.policies)
     except (ValueError, OSError) as exc:  # a damaged results.json is a ValueError (JSONDecodeError)

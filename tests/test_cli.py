@@ -86,6 +86,19 @@ def test_cli_bad_env_value_and_missing_checkpoint_exit_2(main, tmp_path: Path, c
     assert caught.value.code == 2 and "no such checkpoint file" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("main, wrong, message", [
+    (reinforce_main, ["--hidden", "0"], "hidden, lr and updates_per_step must be positive"),
+    (sb3_main, ["--n-steps", "0"], "n_steps and n_epochs must be positive"),
+    (sb3_main, ["--gamma", "1.5"], "gamma and gae_lambda in [0, 1]"),
+    (sb3_main, ["--n-steps", "1"], "PPO needs minibatches of at least 2 transitions, got 1"),  # one child, one step
+], ids=["reinforce-hidden", "sb3-n-steps", "sb3-gamma", "ppo-minibatch"])  # fmt: skip
+def test_cli_bad_hyperparameter_is_one_line_and_exit_2(main, wrong: list[str], message: str, capsys) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main([*TINY_RUN, *wrong])
+    err = capsys.readouterr().err
+    assert caught.value.code == 2 and message in err and err.strip().count("\n") == 0
+
+
 @pytest.mark.parametrize("main", [reinforce_main, sb3_main], ids=["reinforce", "sb3"])
 def test_load_with_config_flags_is_refused(main, tmp_path: Path, capsys) -> None:
     _good_checkpoint(tmp_path / "policy.pt")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import gymnasium as gym
+import pytest
 import torch
 
 from ala_gym.benchmarks import overhead
@@ -28,6 +29,14 @@ def test_tiny_run_writes_json_and_markdown(tmp_path):
     assert set(row["median_cpu_s"]) == set(overhead.LOOPS) and all(v > 0 for v in row["median_cpu_s"].values())
     table = (tmp_path / "overhead.md").read_text()
     assert "| digits | mlp | 2 | 1 |" in table and "malloc" in table
+
+
+def test_counts_that_are_not_positive_are_refused(tmp_path, capsys):
+    # --repeats 0 used to fall back to each config's default count and run for minutes.
+    with pytest.raises(SystemExit) as caught:
+        overhead.main(["--configs", "digits", "--repeats", "0", "--threads", "0", "--out", str(tmp_path / "out")])
+    assert caught.value.code == 2 and "--repeats, --threads must be positive" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_malloc_benchmark_times_both_loops_under_both_thresholds(tmp_path):

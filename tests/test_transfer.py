@@ -91,3 +91,10 @@ def test_a_transfer_row_without_its_reference_or_damaged_results_exit_2(tmp_path
         transfer.main(["--results", str(tmp_path), "--policies", str(tmp_path)])
     err = capsys.readouterr().err
     assert caught.value.code == 2 and "Traceback" not in err and "results.json is not a comparison's results" in err
+    for option in ("--results", "--policies"):  # a folder that is not there: refused, nothing written beside it
+        paths = {"--results": tmp_path, "--policies": tmp_path, option: tmp_path / "absent"}
+        with pytest.raises(SystemExit) as caught:
+            transfer.main([str(item) for pair in paths.items() for item in pair])
+        err = capsys.readouterr().err
+        assert caught.value.code == 2 and f"{option} {tmp_path / 'absent'} is not a folder" in err
+        assert not (tmp_path / "absent").exists()
