@@ -187,7 +187,8 @@ def add_run_args(parser: argparse.ArgumentParser, default_num_envs: int) -> None
     group.add_argument("--save", help="write the learned policy here after the run")
     group.add_argument(
         "--load",
-        help="start from this saved policy with its saved hyperparameters (giving any of them as well is refused)",
+        help="start from this saved policy (a .pt file; reinforce also takes a shipped policy's name, such as digits) "
+        "with its saved hyperparameters (giving any of them as well is refused)",
     )
 
 

@@ -57,7 +57,8 @@ class ImitateConfig:
     """The controller to clone: a registered name (``ala_gym.agents.CONTROLLERS``) whose :meth:`act` chooses
     the actions (one that imposes Phi has no actions to clone)."""
     teacher_kwargs: dict[str, Any] = field(default_factory=lambda: {"start": 0.1, "end": 0.0, "follow": True})
-    """Keywords of the teacher's factory."""
+    """Keywords of the teacher's factory (these are the default teacher's; on the command line, another
+    ``--teacher`` without ``--teacher-kwargs`` gets none)."""
     env: str = "ALA-Digits-v0"
     """The env id whose children the teacher drives."""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -154,12 +155,20 @@ def argument_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def config_from_args(args: argparse.Namespace) -> ImitateConfig:
+    """The config the parsed options give: a ``--teacher`` other than the default's without ``--teacher-kwargs``
+    gets no keywords (the default ones are phi-ramp's)."""
+    if hasattr(args, "teacher") and not hasattr(args, "teacher_kwargs"):
+        args.teacher_kwargs = {}
+    return cast(ImitateConfig, cli.dataclass_from_args(ImitateConfig, args))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argument_parser()
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     try:
-        config = cli.dataclass_from_args(ImitateConfig, args)
+        config = config_from_args(args)
         env_spec(config.env)
         policy, outcome = imitate(config)
     except (ValueError, TypeError, gym.error.Error, DataError) as exc:  # JSONDecodeError is a ValueError

@@ -75,7 +75,7 @@ from ala_gym.agents import checkpoints, cli
 from ala_gym.agents.reinforce import N_ACTIONS, PairPolicy
 from ala_gym.core.data import DataError, with_data_home
 from ala_gym.core.machine import cpu_model
-from ala_gym.registration import env_spec
+from ala_gym.envs.spec import task_spec
 from ala_gym.wrappers import ChildAttributes, MissingExtraError, require
 
 CHECKPOINT_KIND = "meta-train-state"
@@ -300,6 +300,17 @@ class ChildOutcomes(NamedTuple):
     """The final validation loss (the env's ``final_val_loss``); ``inf`` for a diverged child."""
 
 
+def check_tasks(config: MetaTrainConfig) -> None:
+    """Every task's id and keywords as its children would get them (an unknown id or keyword, a value out of
+    range), checked on the task's spec before any child trains; its data is read when its children are made."""
+    for task in config.tasks:
+        kwargs = {
+            **config.env_kwargs, **config.task_kwargs.get(task, {}),
+            "total_iterations": config.horizon[1], "steps_per_action": config.steps_per_action,
+        }  # fmt: skip
+        task_spec(task, **with_data_home(kwargs))
+
+
 def run_children(
     policy: PairPolicy, vectors: list[torch.Tensor], plan: dict[str, Any], config: MetaTrainConfig,
     pairs: range | None = None,
@@ -447,9 +458,9 @@ class RayEvaluators:
 def initial_policy_state(name: str, n_features: int, hidden: int) -> dict[str, torch.Tensor]:
     """The weights of ``name`` (a policy file, or a shipped policy's name) for a policy of ``n_features`` and
     ``hidden``; a one-line error when it is no policy or another size."""
-    from ala_gym.agents.reinforce import library_policy
+    from ala_gym.agents.reinforce import policy_path
 
-    path = Path(name) if name.endswith(".pt") else library_policy(name)
+    path = policy_path(name)
     checkpoint = checkpoints.load_checkpoint(path, "reinforce")
     saved = checkpoint["config"]
     if (saved.get("n_features"), saved.get("hidden")) != (n_features, hidden):
@@ -474,6 +485,7 @@ class MetaTrainer:
     """
 
     def __init__(self, config: MetaTrainConfig, n_features: int = 24) -> None:
+        check_tasks(config)
         self.config, self.n_features = config, n_features
         self.policy = PairPolicy(n_features, config.hidden, torch.Generator().manual_seed(config.seed), config.init_no_change)
         if config.init_policy is not None:
@@ -679,10 +691,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         config = cli.dataclass_from_args(MetaTrainConfig, args)
-        for task in config.tasks:
-            env_spec(task)
         trainer = meta_train(config, args.state, args.log_dir)
-    except (ValueError, gym.error.Error, DataError, checkpoints.CheckpointError, MissingExtraError, EvaluationsLostError) as exc:  # JSONDecodeError is a ValueError
+    except (ValueError, TypeError, gym.error.Error, DataError, checkpoints.CheckpointError, MissingExtraError, EvaluationsLostError) as exc:  # JSONDecodeError is a ValueError
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
     trainer.save_policy(args.save)
     record = provenance(trainer, argv)

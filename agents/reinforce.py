@@ -287,7 +287,8 @@ class ReinforceController(Controller):
         self.baseline = np.zeros(n_pairs)
         # Pairs whose action the env ignores (a held diagonal) carry no information: no gradient from them.
         attributes = cast(ChildAttributes, envs)
-        self.movable = torch.as_tensor(np.asarray(attributes.get_attr("movable_rows")[0], dtype=bool))
+        # A copy: an array that came back from a Ray actor is read-only, which torch warns about.
+        self.movable = torch.as_tensor(np.array(attributes.get_attr("movable_rows")[0], dtype=bool))
         self.higher_is_better = bool(attributes.get_attr("evaluator")[0].higher_is_better) if self.config.episodic_weight else False
         self.begin_episode(envs)  # ready to act and learn at once; run_episode clears it again for each run
 
@@ -525,6 +526,12 @@ def library_policy(name: str) -> Path:
     return path
 
 
+def policy_path(name: str) -> Path:
+    """A policy file (a name ending in ``.pt``) or a shipped policy's name (:func:`library_policy`), which
+    reads the same from any folder and in an installed package."""
+    return Path(name) if name.endswith(".pt") else library_policy(name)
+
+
 def paper_controller(num_envs: int = 10, train: bool = True) -> ReinforceController:
     """The paper's controller on the paper's env rules (:meth:`ReinforceConfig.paper`, ``PAPER_ENV_KWARGS``)."""
     return ReinforceController(ReinforceConfig.paper(), num_envs=num_envs, train=train, env_overrides=PAPER_ENV_KWARGS)
@@ -553,7 +560,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.load:
         try:
             controller = ReinforceController.load(
-                args.load, train=not args.freeze, num_envs=args.num_envs, temperature=args.temperature
+                policy_path(args.load), train=not args.freeze, num_envs=args.num_envs, temperature=args.temperature
             )
         except (checkpoints.CheckpointError, ValueError) as exc:
             cli.fail(str(exc))

@@ -147,6 +147,10 @@ class SB3Config:
                 f"lr must be positive, gamma and gae_lambda in [0, 1], ent_coef >= 0; got {self.lr}, {self.gamma}, "
                 f"{self.gae_lambda}, {self.ent_coef}"
             )
+        try:
+            torch.device(self.policy_device)
+        except RuntimeError:
+            raise ValueError(f"policy_device must name a torch device (cpu, cuda, cuda:1, ...), got {self.policy_device!r}") from None
 
 
 class _RecordingCallback(BaseCallback):

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from ala_gym.agents import checkpoints, cli, imitate, meta_train, progress
-from ala_gym.agents.reinforce import PairPolicy, ReinforceConfig, ReinforceController
+from ala_gym.agents.reinforce import PairPolicy, ReinforceConfig, ReinforceController, library_policy, policy_path
 from ala_gym.agents.reinforce import main as reinforce_main
 from ala_gym.agents.sb3 import main as sb3_main
 from ala_gym.registration import UnknownEnvError, env_spec
@@ -91,12 +91,23 @@ def test_cli_bad_env_value_and_missing_checkpoint_exit_2(main, tmp_path: Path, c
     (sb3_main, ["--n-steps", "0"], "n_steps and n_epochs must be positive"),
     (sb3_main, ["--gamma", "1.5"], "gamma and gae_lambda in [0, 1]"),
     (sb3_main, ["--n-steps", "1"], "PPO needs minibatches of at least 2 transitions, got 1"),  # one child, one step
-], ids=["reinforce-hidden", "sb3-n-steps", "sb3-gamma", "ppo-minibatch"])  # fmt: skip
+    (sb3_main, ["--policy-device", "tpu"], "policy_device must name a torch device"),
+], ids=["reinforce-hidden", "sb3-n-steps", "sb3-gamma", "ppo-minibatch", "sb3-device"])  # fmt: skip
 def test_cli_bad_hyperparameter_is_one_line_and_exit_2(main, wrong: list[str], message: str, capsys) -> None:
     with pytest.raises(SystemExit) as caught:
         main([*TINY_RUN, *wrong])
     err = capsys.readouterr().err
     assert caught.value.code == 2 and message in err and err.strip().count("\n") == 0
+
+
+def test_reinforce_loads_a_shipped_policy_by_name_from_any_folder(tmp_path, monkeypatch, capsys) -> None:
+    assert policy_path("digits") == library_policy("digits") and policy_path("runs/x.pt") == Path("runs/x.pt")
+    monkeypatch.chdir(tmp_path)  # not the repository's root: a path to agents/policies/ would not resolve
+    reinforce_main(["--load", "digits", "--freeze", *TINY_RUN])
+    assert "reinforce on ALA-Digits-v0: test metric" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as caught:
+        reinforce_main(["--load", "no-such-policy", "--freeze", *TINY_RUN])
+    assert caught.value.code == 2 and "no shipped policy 'no-such-policy'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("main", [reinforce_main, sb3_main], ids=["reinforce", "sb3"])

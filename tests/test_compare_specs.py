@@ -9,6 +9,7 @@ from ala_gym.agents.baselines import UniformPhi
 from ala_gym.agents.reinforce import ReinforceController
 from ala_gym.benchmarks.compare import ComparisonError, build_controller, parse_config, parse_controller
 from ala_gym.benchmarks.compare.run import run_one
+from ala_gym.benchmarks.compare.specs import check_env_overrides
 
 TINY = dict(total_iterations=4, steps_per_action=2, eval_points=1, device="cpu")
 
@@ -51,3 +52,20 @@ def test_spec_keywords_go_to_the_config_or_to_the_factory():
     tuned = build_controller("reinforce-transfer(temperature=10;lr=0.03)", children=2)
     assert tuned.config.lr == 0.03 and tuned.train and len(tuned.initial_state) > 0
     assert build_controller("phi-uniform(off_diagonal=-0.1;num_envs=2)").off_diagonal == -0.1
+
+
+def test_a_bad_env_keyword_after_at_fails_before_any_run(tmp_path, monkeypatch):
+    from ala_gym.benchmarks.compare import run
+
+    monkeypatch.setattr(run, "RESULTS", tmp_path)
+    monkeypatch.setattr(run, "run_one", lambda *args, **kwargs: pytest.fail("a run started"))
+    wrongs = {
+        "label-smoothing@bta=0.3": "unexpected keyword argument 'bta'",
+        "ce@beta=-1": "beta must be a finite number",
+        "ce@train_mode=sequental": "train_mode must be one of",
+    }
+    for spec, message in wrongs.items():
+        with pytest.raises(ComparisonError, match=message):
+            run.compare("ALA-Digits-v0", ["ce", spec], [0], {"total_iterations": 20, "steps_per_action": 10}, "x")
+    assert not list(tmp_path.iterdir())  # no folder made, nothing claimed
+    check_env_overrides("ce@train_mode=sequential;beta=0.05", "ALA-Digits-v0", {})  # good keywords pass

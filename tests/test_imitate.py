@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from ala_gym.agents.imitate import ImitateConfig, fit_policy, imitate, main, teacher_rows
+from ala_gym.agents.imitate import (
+    ImitateConfig,
+    argument_parser,
+    config_from_args,
+    fit_policy,
+    imitate,
+    main,
+    teacher_rows,
+)
 from ala_gym.agents.meta_train import initial_policy_state
 from ala_gym.agents.reinforce import NO_CHANGE, ReinforceConfig, ReinforceController, save_policy
 
@@ -73,6 +81,15 @@ def test_a_teacher_that_imposes_phi_or_bad_input_is_a_clear_error(tmp_path, caps
             main([*argv, "--save", str(tmp_path / "never.pt")])
         assert exited.value.code == 2 and not (tmp_path / "never.pt").exists()
         assert "Traceback" not in capsys.readouterr().err
+
+
+def test_another_teacher_on_the_command_line_does_not_get_the_ramps_keywords() -> None:
+    def parsed(*argv: str) -> ImitateConfig:
+        return config_from_args(argument_parser().parse_args([*argv, "--save", "x.pt"]))
+
+    assert parsed() == ImitateConfig()  # the default teacher with its keywords
+    assert parsed("--teacher", "ce").teacher_kwargs == {}
+    assert parsed("--teacher", "phi-ramp", "--teacher-kwargs", '{"end": 0.2}').teacher_kwargs == {"end": 0.2}
 
 
 def test_the_command_line_writes_the_policy_and_its_provenance(tmp_path) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import warnings
 from pathlib import Path
 
 import gymnasium as gym
@@ -273,7 +274,10 @@ def test_sync_and_async_make_vec_on_the_single_env_match_the_native_env() -> Non
 
 
 def test_sb3_adapter_seeding_terminal_observation_and_episode_stats(make_vec) -> None:
-    env = SB3VecEnv(make_vec(ENV_ID, 2, autoreset_mode=AutoresetMode.SAME_STEP, **TINY))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # SB3 warns when a VecEnv cannot say its render mode
+        env = SB3VecEnv(make_vec(ENV_ID, 2, autoreset_mode=AutoresetMode.SAME_STEP, **TINY))
+    assert env.render_mode is None and env.get_attr("render_mode") == [None, None]
     env.seed(7)
     first = env.reset()
     native_first, _ = gym.make_vec(ENV_ID, num_envs=2, **TINY).reset(seed=7)

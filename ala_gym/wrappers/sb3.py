@@ -108,6 +108,8 @@ class SB3VecEnv(VecEnv):
         self.venv.close()
 
     def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
+        if attr_name == "render_mode":  # what SB3 asks of every VecEnv; the children do not render
+            return [self.venv.render_mode for _ in self._get_indices(indices)]
         values = cast(ChildAttributes, self.venv).get_attr(attr_name)
         return [values[i] for i in self._get_indices(indices)]
 

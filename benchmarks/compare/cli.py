@@ -46,6 +46,7 @@ from ala_gym.agents import CONTROLLERS
 from ala_gym.benchmarks.compare.errors import ComparisonError
 from ala_gym.benchmarks.compare.presets import PRESETS, describe_presets
 from ala_gym.benchmarks.compare.run import compare
+from ala_gym.benchmarks.oracle import ORACLES
 from ala_gym.core.data import DataError
 
 
@@ -60,7 +61,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     parser.add_argument(
         "--controllers",
         help=f"comma-separated, from {sorted(CONTROLLERS)}, a controller of an installed plugin, or your own as "
-        "package.module:Factory; each optionally name(config_key=value;...)@env_key=value;...",
+        f"package.module:Factory; each optionally name(config_key=value;...)@env_key=value;...; and the rows "
+        f"{', '.join(ORACLES)} (the best fixed loss of a grid, selected on validation)",
     )
     parser.add_argument("--seeds", type=int, help="how many seeds: runs seeds 0, 1, ..., N-1")
     parser.add_argument("--total-iterations", type=int, help="SGD iterations per child (default: the env's)")

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from ala_gym.benchmarks.compare.errors import ComparisonError
 from ala_gym.benchmarks.compare.provenance import machine, versions, without_locations
 from ala_gym.benchmarks.compare.report import markdown_table, plot, summarize
-from ala_gym.benchmarks.compare.specs import build_controller, parse_controller
+from ala_gym.benchmarks.compare.specs import build_controller, check_env_overrides, parse_controller
 from ala_gym.benchmarks.compare.store import (
     check_same_config,
     check_same_plan,
@@ -120,6 +120,8 @@ def compare(
         build_controller(spec)  # unknown names and bad keywords fail before any run
     # An unknown env id, a bad env keyword or missing data fails before the results folder is made or claimed.
     facts = env_facts(env_id, env_kwargs)
+    for spec in plain:
+        check_env_overrides(spec, env_id, env_kwargs)
     out = RESULTS / name
     check_writable(out)
     config = {"env": env_id, "env_kwargs": env_kwargs, "children": children}
@@ -202,7 +204,8 @@ def compare(
     selections = {
         spec: select(grid, grid_runs, selection_seeds, facts["higher_is_better"]) for spec, grid in oracles.items()
     }
-    run_missing([(selection["selected"], s) for s in seeds for selection in selections.values()])
+    if selections:  # the selected points on every seed; a comparison without oracles has nothing more to run
+        run_missing([(selection["selected"], s) for s in seeds for selection in selections.values()])
     runs = gather(set(plain) | {c for grid in oracles.values() for c in grid})
     # The controller whose runs each row shows: an oracle's selected grid point, else the row itself.
     ran_as = {spec: selections[spec]["selected"] if spec in oracles else spec for spec in controllers}

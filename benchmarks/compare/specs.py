@@ -7,9 +7,18 @@ import json
 from dataclasses import fields, is_dataclass, replace
 from typing import Any
 
+from gymnasium.vector import AutoresetMode
+
 from ala_gym.agents import resolve_controller
 from ala_gym.benchmarks.compare.errors import ComparisonError
+from ala_gym.benchmarks.oracle import ORACLES
+from ala_gym.core.data import with_data_home
+from ala_gym.envs.spec import task_spec
+from ala_gym.envs.vector import check_vector_args
 from ala_gym.wrappers import MissingExtraError
+
+VECTOR_OPTIONS = ("max_episode_steps", "autoreset_mode", "train_mode")
+"""Keywords after ``@`` that go to the vector env, not to its children's task."""
 
 
 def parse_controller(spec: str) -> tuple[str, dict[str, Any]]:
@@ -48,8 +57,8 @@ def build_controller(spec: str, children: int | None = None, baseline_children: 
     base, config_overrides = parse_config(parse_controller(spec)[0])
     try:
         factory = resolve_controller(base)
-    except ValueError as error:
-        raise ComparisonError(f"{error} (in {spec!r})") from None
+    except ValueError as error:  # the comparison's own rows are no controllers: named beside them
+        raise ComparisonError(f"{error}, or a row {' or '.join(ORACLES)} (in {spec!r})") from None
     try:
         controller = factory()
         # Keywords that name a field of the controller's config dataclass go to it, the others to its factory.
@@ -67,3 +76,18 @@ def build_controller(spec: str, children: int | None = None, baseline_children: 
     except (TypeError, ValueError, MissingExtraError) as error:
         raise ComparisonError(f"controller {spec!r}: {error}") from None
     return controller
+
+
+def check_env_overrides(spec: str, env_id: str, env_kwargs: dict[str, Any]) -> None:
+    """The env keywords of ``spec`` (after ``@``) over the comparison's, checked as its runs will use them (an
+    unknown keyword, a value out of range), so that a typo fails before any run rather than when its own starts."""
+    overrides = parse_controller(spec)[1]
+    if not overrides:
+        return  # the comparison's own keywords: checked once for all
+    kwargs = {**env_kwargs, **overrides}
+    try:
+        check_vector_args(1, kwargs.get("max_episode_steps"), kwargs.get("autoreset_mode", AutoresetMode.NEXT_STEP),
+                          kwargs.get("train_mode", "auto"))  # fmt: skip
+        task_spec(env_id, **with_data_home({k: v for k, v in kwargs.items() if k not in VECTOR_OPTIONS}))
+    except (TypeError, ValueError) as error:
+        raise ComparisonError(f"controller {spec!r}: {error}") from None
