@@ -175,6 +175,29 @@ def test_vector_reset_takes_numpy_integer_seeds() -> None:
     np.testing.assert_array_equal(first, listed)
     with pytest.raises(TypeError, match="seed must be an int"):
         envs.reset(seed="3")
+    for listed, message in (([1.7, 2], r"seed\[0\] must be an int, got 1.7"), ([True, 1], r"seed\[0\] must be an int"),
+                            ([None, 1], r"seed\[0\] must be an int"), (np.array([1.5, 2.5]), r"seed\[0\] must be an int")):  # fmt: skip
+        with pytest.raises(TypeError, match=message):
+            envs.reset(seed=listed)
+    for negative, message in ((-1, "seed must be an integer >= 0"), ([1, -2], r"seed\[1\] must be an integer >= 0")):
+        with pytest.raises(ValueError, match=message):  # as the single env refuses a negative seed
+            envs.reset(seed=negative)
+
+
+def test_a_reset_without_a_seed_goes_on_from_the_last_seed_as_the_single_env_does() -> None:
+    def two_resets(env):
+        first, _ = env.reset(seed=5)
+        second, _ = env.reset()
+        return first, second
+
+    first, second = two_resets(gym.make_vec("ALA-Digits-v0", num_envs=2, train_mode="sequential", **TINY))
+    again = two_resets(gym.make_vec("ALA-Digits-v0", num_envs=2, train_mode="sequential", **TINY))
+    np.testing.assert_array_equal(second, again[1])  # reproducible from the one seed
+    assert not np.array_equal(first, second)  # a new draw, not the seeded start again
+    for child in range(2):  # child i: the single env seeded 5 + i, then reset without a seed
+        single = gym.make("ALA-Digits-v0", **TINY)
+        single.reset(seed=5 + child)
+        np.testing.assert_array_equal(single.reset()[0], second[child])
 
 
 # ---------------------------------------------------------------------- final metrics

@@ -42,8 +42,9 @@ class ALAVectorEnv(VectorEnv):
     in sequential mode. In batched mode the same computation runs in another float order: the reset
     observation and the first step agree to float tolerance, but training is chaotic and the two drift
     apart as steps accumulate, so a batched child is an equally distributed run, not the same run. Autoresets draw the next trainer seed from
-    the child's own generator, as a second ``reset()`` of the single env does. ``reset(seed=None)`` seeds
-    the children from fresh entropy; ``reset(seed=[s_0, ..., s_{N-1}])`` gives each child its own seed.
+    the child's own generator, as a second ``reset()`` of the single env does, and so does ``reset(seed=None)``
+    (fresh entropy only before any seed was given); ``reset(seed=[s_0, ..., s_{N-1}])`` gives each child its own
+    seed.
 
     ## Action Space
     ``MultiDiscrete`` of shape ``(num_envs, n_pairs)``: one single-env action per child.
@@ -121,7 +122,8 @@ class ALAVectorEnv(VectorEnv):
     def reset(self, *, seed: int | list[int] | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
         check_open(self)
         seeds = seed_children(self, seed)
-        self._child_rngs = [seeding.np_random(s)[0] for s in seeds]
+        if seeds is not None:  # without a seed each child's generator goes on, as the single env's np_random
+            self._child_rngs = [seeding.np_random(s)[0] for s in seeds]
         trainer_seeds = [self._draw_trainer_seed(i) for i in range(self.num_envs)]
         self._children = build_children(self.train_mode, self.data, self.task.train_config, trainer_seeds)
         for episode, trainer_seed in zip(self.episodes, trainer_seeds):
@@ -295,25 +297,34 @@ def check_open(envs: VectorEnv) -> None:
         raise RuntimeError("this vector env is closed: make a new one with gym.make_vec(...)")
 
 
-def seed_children(envs: VectorEnv, seed: int | list[int] | None) -> list[int | None]:
+def seed_children(envs: VectorEnv, seed: int | list[int] | None) -> list[int] | None:
     """Seed the vector env's own ``np_random`` and return the per-child seeds of ``reset(seed=...)``:
-    ``seed + i``, one listed seed each, or all None (fresh entropy). numpy integers and 0-d arrays count
-    as ints."""
+    ``seed + i``, or one listed seed each; None for ``seed=None`` (the children's generators go on). numpy
+    integers and 0-d arrays count as ints; a seed that is no integer is a ``TypeError``, a negative one a
+    ``ValueError`` (as the single env's), each naming the seed."""
     num_envs = envs.num_envs
     if isinstance(seed, np.ndarray) and seed.ndim == 0:
         seed = seed.item()
-    if seed is not None and not isinstance(seed, (list, tuple, np.ndarray)):
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-            raise TypeError(f"seed must be an int, a list of {num_envs} ints or None, got {type(seed).__name__}")
-        seed = int(seed)
-    VectorEnv.reset(envs, seed=seed if isinstance(seed, int) or seed is None else None)
     if seed is None:
-        return [None] * num_envs
-    if isinstance(seed, int):
-        return [seed + i for i in range(num_envs)]
-    if len(seed) != num_envs:
-        raise ValueError(f"need one seed per child ({num_envs}), got {len(seed)}")
-    return [int(s) for s in seed]
+        VectorEnv.reset(envs, seed=None)
+        return None
+    if isinstance(seed, (list, tuple, np.ndarray)):
+        if len(seed) != num_envs:
+            raise ValueError(f"need one seed per child ({num_envs}), got {len(seed)}")
+        seeds = [_seed(f"seed[{i}]", value, "an int") for i, value in enumerate(seed)]
+        VectorEnv.reset(envs, seed=None)
+        return seeds
+    first = _seed("seed", seed, f"an int, a list of {num_envs} ints or None")
+    VectorEnv.reset(envs, seed=first)
+    return [first + i for i in range(num_envs)]
+
+
+def _seed(name: str, value: Any, expected: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be {expected}, got {value!r} ({type(value).__name__})")
+    if value < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {value}")
+    return int(value)
 
 
 def phi_values(name: str, values: Any, num_envs: int) -> list[Any]:

@@ -179,7 +179,7 @@ class RayVectorEnv(VectorEnv):
         self._reported[:] = False
         results = []
         for g, group in enumerate(self.groups):
-            group_seeds = None if seed is None else [seeds[i] for i in group]
+            group_seeds = None if seeds is None else [seeds[i] for i in group]
             try:
                 results.append(ray.get(self.workers[g].reset.remote(group_seeds)))
             except RayActorError as error:
