@@ -16,6 +16,7 @@ from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
+from gymnasium.vector import AutoresetMode
 
 import ala_gym  # noqa: F401  (registers the env ids that make_envs names)
 from ala_gym.wrappers import ChildAttributes
@@ -165,6 +166,9 @@ class Controller(ABC):
         """One training run of every child of ``envs`` from ``reset(seed=seed)``, the controller as it is
         (:meth:`begin` has been called); one record per child. :meth:`run` is :meth:`begin` and this; a
         controller that learns across runs calls it once per run."""
+        mode = envs.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
+        if mode != AutoresetMode.NEXT_STEP:  # under SAME_STEP a finished child's last info is in final_info
+            raise ValueError(f"a controller runs a vector env that autoresets NEXT_STEP (gym.make_vec's default), not {mode}")
         self.begin_episode(envs)
         observations, infos = envs.reset(seed=seed)
         recorder = EpisodeRecorder(envs.num_envs)

@@ -82,6 +82,15 @@ def fake_envs(num_envs: int, n_features: int = 24, n_pairs: int = 3) -> SimpleNa
     )
 
 
+def test_a_controller_refuses_a_vector_env_that_resets_on_the_same_step():
+    # Under SAME_STEP the step that ends a child's episode returns the next episode's info: the run's record
+    # would hold NaN test metrics and no iterations, silently.
+    envs = gym.make_vec("ALA-Digits-v0", num_envs=2, autoreset_mode=AutoresetMode.SAME_STEP, **TINY)
+    with pytest.raises(ValueError, match="autoresets NEXT_STEP"):
+        ala_gym.agents.CONTROLLERS["ce"]().run(envs, seed=0)
+    envs.close()
+
+
 # ---------------------------------------------------------------------- registry and fixed baselines
 def test_registry_names_and_interface():
     assert set(ala_gym.agents.CONTROLLERS) == {
