@@ -247,6 +247,23 @@ def _with_nan(x: np.ndarray) -> np.ndarray:
     return x
 
 
+def _channels_last_images(wine) -> tuple:
+    """Wine's labels with random 8 x 8 RGB uint8 images laid out [N, H, W, C], as many image libraries give them."""
+    rng = np.random.default_rng(0)
+    _, y_train, _, y_test = wine
+    return (rng.integers(0, 256, (len(y_train), 8, 8, 3), dtype=np.uint8), y_train,
+            rng.integers(0, 256, (len(y_test), 8, 8, 3), dtype=np.uint8), y_test)  # fmt: skip
+
+
+class Scale(nn.Module):
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -268,10 +285,17 @@ def _with_nan(x: np.ndarray) -> np.ndarray:
         (lambda w: dict(dataset=w, model=OwnNet((13,), 3)), "model is an instance of OwnNet; pass a factory"),
         (lambda w: dict(dataset=w, model="small_cnn"), r"model 'small_cnn' fails on inputs of shape \(13,\)"),
         (lambda w: dict(dataset=w, model="no-such-model"), "unknown model 'no-such-model'"),
+        (lambda w: dict(dataset=w, model=lambda shape, n: nn.Sequential(nn.Linear(shape[0], n), Scale(1e60))),
+         "returns non-finite outputs .inf or NaN. at initialisation"),  # beyond float32: inf
+        (lambda w: dict(dataset=tuple(part[:4] for part in w), val_size=None), "4 training samples leave none for validation"),
+        (lambda w: dict(dataset=w, val_size=137), r"val_size must be in \(0, 137\) for 138 training samples"),
+        (lambda w: dict(dataset=_channels_last_images(w), model="small_cnn"),
+         r"images go channels first, \[N, C, H, W\]"),
     ],
     ids=["lengths", "y-2d", "float-labels", "negative-label", "missing-classes", "class-missing-from-validation", "nan",
          "feature-count", "not-four-arrays", "unknown-name", "output-size", "not-a-module", "module-instance",
-         "model-does-not-fit", "unknown-model"],  # fmt: skip
+         "model-does-not-fit", "unknown-model", "non-finite-outputs", "too-few-samples", "no-training-spread",
+         "channels-last-images"],  # fmt: skip
 )
 def test_bad_input_gets_one_clear_line(wine, change, message: str) -> None:
     kwargs = {**TINY, **change(wine)}

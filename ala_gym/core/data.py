@@ -183,8 +183,8 @@ class ClassificationData:
 
 
 def _split_train_val(images: torch.Tensor, labels: torch.Tensor, val_size: int, split_seed: int) -> tuple[Split, Split]:
-    if not 0 < val_size < len(labels):
-        raise ValueError(f"val_size must be in (0, {len(labels)}), got {val_size}")
+    if not 0 < val_size < len(labels) - 1:  # the training split keeps two samples: a spread to normalise by
+        raise ValueError(f"val_size must be in (0, {len(labels) - 1}) for {len(labels)} training samples, got {val_size}")
     generator = torch.Generator().manual_seed(split_seed)
     order = torch.randperm(len(labels), generator=generator)
     val_idx, train_idx = order[:val_size], order[val_size:]
@@ -673,6 +673,11 @@ def from_user_data(
         raise ValueError("dataset: the labels hold only class 0; classification needs at least two classes")
     if val_size is None:
         val_size = len(y_train) // 5
+        if val_size < 1:
+            raise ValueError(
+                f"dataset: {len(y_train)} training samples leave none for validation at the default val_size (a "
+                f"fifth); pass val_size=k with 0 < k < {len(y_train) - 1}, or give more samples"
+            )
     result = _assemble(
         name, x_train, y_train, x_test, y_test, num_classes=num_classes, val_size=val_size, split_seed=split_seed,
         augment=False, device=device,

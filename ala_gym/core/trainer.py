@@ -117,8 +117,8 @@ class TrainConfig:
     def probe_model(self, data: ClassificationData) -> nn.Module:
         """This config's model for ``data`` (seed 0), run once in evaluation mode on two training inputs.
 
-        A model that cannot be built or run on ``data``'s inputs, or whose outputs are not ``[2, outputs]``,
-        is refused here with one ``ValueError`` line, not at the first reset or SGD step.
+        A model that cannot be built or run on ``data``'s inputs, or whose outputs are not ``[2, outputs]`` of
+        finite numbers, is refused here with one ``ValueError`` line, not at the first reset or SGD step.
         """
         name, shape = model_name(self.model), data.image_shape
         try:
@@ -131,7 +131,7 @@ class TrainConfig:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise ValueError(
                 f"model {name} fails on inputs of shape {shape} with {self.outputs(data)} outputs: "
-                f"{type(exc).__name__}: {reason}"
+                f"{type(exc).__name__}: {reason}{_image_layout_hint(data)}"
             ) from exc
         expected = (2, self.outputs(data))
         got = tuple(outputs.shape) if isinstance(outputs, torch.Tensor) else type(outputs).__name__
@@ -139,6 +139,11 @@ class TrainConfig:
             raise ValueError(
                 f"model {name} returns {got} for a batch of 2 inputs of shape {shape}; expected a tensor of shape "
                 f"{expected} (one output per {'class' if self.output_size is None else 'embedding dimension'})"
+            )
+        if not bool(torch.isfinite(outputs).all()):  # the first observation would hold NaN, outside its space
+            raise ValueError(
+                f"model {name} returns non-finite outputs (inf or NaN) at initialisation for two training inputs of "
+                f"shape {shape}; check its initial weights and any scaling in its forward"
             )
         return model
 
@@ -152,6 +157,18 @@ class TrainConfig:
     def lr_at(self, iteration: int) -> float:
         """Step schedule: ``lr * lr_decay ** (number of milestones passed)``."""
         return self.lr * self.lr_decay ** bisect.bisect_right(self._milestone_iterations, iteration)
+
+
+def _image_layout_hint(data: ClassificationData) -> str:
+    """For uint8 images that a model fails on: how the package lays images out, where theirs looks otherwise."""
+    shape = data.image_shape
+    if data.train.images.dtype != torch.uint8:
+        return ""
+    if len(shape) == 2:
+        return "; images go [N, C, H, W] (x[:, None] for grey [N, H, W])"
+    if len(shape) == 3 and shape[-1] in (1, 3, 4) and shape[0] not in (1, 3, 4):
+        return "; images go channels first, [N, C, H, W] (x.transpose(0, 3, 1, 2) for [N, H, W, C])"
+    return ""
 
 
 def seed_streams(seed: int, count: int) -> list[int]:
