@@ -213,8 +213,12 @@ def test_phi_setter_validates(make) -> None:
     target = np.full((10, 10), -0.3)
     env.phi = target
     np.testing.assert_allclose(env.phi, target)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"Phi entries must lie in \[-1.0, 1.0\]"):
         env.phi = np.full((10, 10), 2.0)
+    for not_numbers in ("eye", [[1.0, 0.0], [0.0]]):  # a string, a ragged list: named, not numpy's message
+        with pytest.raises(ValueError, match="Phi must be a 10 x 10 array of numbers"):
+            env.phi = not_numbers
+    np.testing.assert_allclose(env.phi, target)  # a refused value changes nothing
 
 
 def test_raw_reward_is_metric_difference(make) -> None:

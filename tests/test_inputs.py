@@ -184,6 +184,16 @@ def test_vector_reset_takes_numpy_integer_seeds() -> None:
             envs.reset(seed=negative)
 
 
+@pytest.mark.parametrize("vector", [False, True], ids=["single", "vector"])
+def test_reset_refuses_options_it_would_ignore(vector: bool) -> None:
+    # gymnasium's vector API names partial resets reset_mask; ignoring it would still reset every child.
+    env = gym.make_vec("ALA-Digits-v0", num_envs=2, **TINY) if vector else gym.make("ALA-Digits-v0", **TINY)
+    env.reset(seed=0, options={})  # none given: fine
+    option = {"reset_mask": np.array([True, False])} if vector else {"foo": 1}
+    with pytest.raises(ValueError, match=f"reset takes no options, got \\['{next(iter(option))}'\\]"):
+        env.reset(seed=0, options=option)
+
+
 def test_a_reset_without_a_seed_goes_on_from_the_last_seed_as_the_single_env_does() -> None:
     def two_resets(env):
         first, _ = env.reset(seed=5)

@@ -12,6 +12,7 @@ import math
 import numbers
 from typing import Any
 
+import numpy as np
 import torch
 
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
@@ -51,6 +52,22 @@ def check_real(
     if not math.isfinite(number) or too_low or too_high:
         raise ValueError(f"{name} must be a finite number{interval}, got {value!r}")
     return number
+
+
+def check_no_options(options: dict | None) -> None:
+    """An ALA env's ``reset`` takes no options: one it would ignore (a vector env's ``reset_mask`` among them,
+    which would still reset every child) is a ``ValueError`` naming it."""
+    if options:
+        raise ValueError(f"reset takes no options, got {sorted(map(str, options))}: it starts every child's run afresh")
+
+
+def as_numbers(name: str, value: Any, shape: str) -> np.ndarray:
+    """``value`` as a float64 array, or a ``ValueError`` naming ``name`` and the ``shape`` it must have when it
+    holds something other than numbers (a string, a ragged list)."""
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be {shape} of numbers, got {value!r:.80}") from None
 
 
 def check_optional_int(name: str, value: Any, minimum: int | None = None) -> int | None:

@@ -35,6 +35,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from ala_gym.core.checks import as_numbers
+
 LOSS_FORMS = ("linear", "sigmoid", "cross_entropy", "auc_pairwise")
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -166,7 +168,7 @@ def matrix_to_pairs(matrix: np.ndarray) -> np.ndarray:
 
 def check_phi(matrix: np.ndarray, num_classes: int, bound: float = 1.0) -> np.ndarray:
     """Validate a user-given Phi: ``C x C``, finite, symmetric, entries within ``[-bound, bound]``."""
-    matrix = np.asarray(matrix, dtype=np.float64)
+    matrix = as_numbers("Phi", matrix, f"a {num_classes} x {num_classes} array")
     if matrix.shape != (num_classes, num_classes):
         raise ValueError(f"Phi must have shape ({num_classes}, {num_classes}), got {matrix.shape}")
     if not np.all(np.isfinite(matrix)):

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from ala_gym.core.checks import check_int
+from ala_gym.core.checks import check_int, check_no_options
 from ala_gym.core.data import ClassificationData, Split
 from ala_gym.core.metrics import Evaluation, Evaluator
 from ala_gym.core.trainer import ChildTrainer, TrainConfig
@@ -90,6 +90,7 @@ class ALAEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
         if self._closed:
             raise RuntimeError("this env is closed: make a new one with gym.make(...)")
+        check_no_options(options)
         # numpy integers (a seed drawn from an array, as the vector env accepts) are seeds too.
         super().reset(seed=None if seed is None else check_int("seed", seed, 0))
         trainer_seed = int(self.np_random.integers(2**63 - 1))

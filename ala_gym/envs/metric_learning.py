@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ala_gym.core.checks import check_int, check_real
+from ala_gym.core.checks import as_numbers, check_int, check_real
 from ala_gym.core.data import class_disjoint
 from ala_gym.core.metric_learning import (
     FOCAL_PHI_RANGE,
@@ -112,7 +112,7 @@ def values_of_phi(phi: Any, form: str) -> np.ndarray:
     """The rows' values of user-given loss parameters, or a ``ValueError`` saying what they must be."""
     if form == "mixture":
         return check_values(phi, rows=10, bounds=(0.0, 1.0))
-    phi = np.asarray(phi, dtype=np.float64)
+    phi = as_numbers("the focal loss parameters", phi, "2 values")
     low, high = 1 / FOCAL_PHI_RANGE, FOCAL_PHI_RANGE
     if phi.shape != (2,) or not np.all(np.isfinite(phi)) or np.any((phi < low) | (phi > high)):
         raise ValueError(f"the focal loss parameters must be 2 finite values in [{low}, {high}], got {phi!r}")

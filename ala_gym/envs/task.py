@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ala_gym.core.checks import as_numbers
 from ala_gym.core.losses import LossFn
 from ala_gym.core.metrics import Evaluation
 
@@ -118,7 +119,7 @@ class LossTask(ABC):
 
 def check_values(value: Any, rows: int, bounds: tuple[float, float]) -> np.ndarray:
     """``rows`` finite values within ``bounds``, or a ``ValueError`` that says what they must be."""
-    value = np.asarray(value, dtype=np.float64)
+    value = as_numbers("the loss parameters", value, f"{rows} values")
     low, high = bounds
     if value.shape != (rows,) or not np.all(np.isfinite(value)) or np.any((value < low) | (value > high)):
         raise ValueError(f"the loss parameters must be {rows} finite values in [{low}, {high}], got {value!r}")

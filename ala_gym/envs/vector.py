@@ -12,7 +12,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from ala_gym.core.batched import TRAIN_MODES, BatchedTrainer, build_children, default_train_mode
-from ala_gym.core.checks import check_int, check_optional_int
+from ala_gym.core.checks import check_int, check_no_options, check_optional_int
 from ala_gym.core.metrics import Evaluation
 from ala_gym.core.trainer import SequentialChildren
 from ala_gym.envs.base import ALAEnv, episode_spaces, set_threads
@@ -121,6 +121,7 @@ class ALAVectorEnv(VectorEnv):
     # ---------------------------------------------------------------- gymnasium API
     def reset(self, *, seed: int | list[int] | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
         check_open(self)
+        check_no_options(options)
         seeds = seed_children(self, seed)
         if seeds is not None:  # without a seed each child's generator goes on, as the single env's np_random
             self._child_rngs = [seeding.np_random(s)[0] for s in seeds]

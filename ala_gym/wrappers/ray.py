@@ -26,6 +26,7 @@ require("ray")  # before importing it: without the extra, one line saying which 
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
+from ala_gym.core.checks import check_no_options
 from ala_gym.envs.vector import (
     ALAVectorEnv,
     check_actions,
@@ -173,6 +174,7 @@ class RayVectorEnv(VectorEnv):
     # ---------------------------------------------------------------- gymnasium API
     def reset(self, *, seed: int | list[int] | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
         check_open(self)
+        check_no_options(options)
         seeds = seed_children(self, seed)
         self._start_workers(np.flatnonzero(self._lost))
         self._lost[:] = False
