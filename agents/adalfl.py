@@ -316,6 +316,7 @@ class AdaLFLController(Controller):
 
     name = "adalfl"
     learned = True
+    own_keywords = frozenset(field.name for field in dataclasses.fields(AdaLFLConfig))
 
     def __init__(self, config: AdaLFLConfig | None = None) -> None:
         self.config = config or AdaLFLConfig()
@@ -325,10 +326,9 @@ class AdaLFLController(Controller):
     def make_envs(self, env_id: str, **env_kwargs: Any) -> gym.vector.VectorEnv:
         """The env of the task. Keywords naming :class:`AdaLFLConfig` fields set this controller's config
         instead (so the benchmark's ``adalfl@offline_steps=300`` works, and records them with the run)."""
-        names = {f.name for f in dataclasses.fields(AdaLFLConfig)}
-        mine = {key: value for key, value in env_kwargs.items() if key in names}
+        mine = {key: value for key, value in env_kwargs.items() if key in self.own_keywords}
         self.config = dataclasses.replace(self.config, **mine)
-        return super().make_envs(env_id, **{key: value for key, value in env_kwargs.items() if key not in names})
+        return super().make_envs(env_id, **{key: value for key, value in env_kwargs.items() if key not in self.own_keywords})
 
     def act(self, observations: np.ndarray, infos: dict) -> np.ndarray:
         raise TypeError("AdaLFL sets no Phi: it trains the child itself in run()")

@@ -105,6 +105,10 @@ class Controller(ABC):
     """Whether one controller drives several children as one run (a shared policy): the benchmark's
     ``--children`` sets its ``num_envs``. Fixed controllers treat children independently; the benchmark's
     ``--baseline-children`` sets theirs."""
+    own_keywords: frozenset[str] = frozenset()
+    """Keywords that :meth:`make_envs` takes for this controller rather than for the env (AdaLFL's config
+    fields, so that the benchmark's ``adalfl@offline_steps=300`` sets them); the benchmark checks the others
+    as the env's before any run."""
 
     def env_kwargs(self) -> dict[str, Any]:
         """Env keywords this controller needs (e.g. ``loss_form``); they override the caller's."""

@@ -69,3 +69,15 @@ def test_a_bad_env_keyword_after_at_fails_before_any_run(tmp_path, monkeypatch):
             run.compare("ALA-Digits-v0", ["ce", spec], [0], {"total_iterations": 20, "steps_per_action": 10}, "x")
     assert not list(tmp_path.iterdir())  # no folder made, nothing claimed
     check_env_overrides("ce@train_mode=sequential;beta=0.05", "ALA-Digits-v0", {})  # good keywords pass
+
+
+def test_every_preset_row_passes_the_early_env_keyword_check():
+    # The check must not refuse what a row's run accepts: a controller's own keywords after @ (AdaLFL's
+    # offline_steps) and the vector env's (train_mode) included.
+    from ala_gym.benchmarks.compare.presets import PRESETS
+    from ala_gym.benchmarks.oracle import is_oracle
+
+    for preset in PRESETS.values():
+        for spec in preset["controllers"].split(","):
+            if not is_oracle(spec):
+                check_env_overrides(spec, preset["env"], preset.get("env_kwargs", {}))

@@ -82,6 +82,7 @@ def check_env_overrides(spec: str, env_id: str, env_kwargs: dict[str, Any]) -> N
     """The env keywords of ``spec`` (after ``@``) over the comparison's, checked as its runs will use them (an
     unknown keyword, a value out of range), so that a typo fails before any run rather than when its own starts."""
     overrides = parse_controller(spec)[1]
+    overrides = {key: value for key, value in overrides.items() if key not in build_controller(spec).own_keywords}
     if not overrides:
         return  # the comparison's own keywords: checked once for all
     kwargs = {**env_kwargs, **overrides}
