@@ -40,11 +40,11 @@ def save_checkpoint(path: str | Path, kind: str, config: dict[str, Any], state_d
     )
 
 
-def load_checkpoint(path: str | Path, kind: str) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, kind: str, written_by: str | None = None) -> dict[str, Any]:
     """Read a checkpoint of ``kind`` written by :func:`save_checkpoint`; :class:`CheckpointError` if it is
     not one (never torch's own message, whose advice to load with ``weights_only=False`` would run
-    whatever code the file holds)."""
-    written_by = "write one with --save (python -m ala_gym.agents.reinforce / ala_gym.agents.sb3)"
+    whatever code the file holds). ``written_by`` is the fix an error names (default: how a policy is saved)."""
+    written_by = written_by or "write one with --save (python -m ala_gym.agents.reinforce / ala_gym.agents.sb3)"
     if not Path(path).is_file():
         raise CheckpointError(f"{path}: no such checkpoint file; {written_by}")
     try:

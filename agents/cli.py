@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import sys
 import types
@@ -27,6 +28,25 @@ def fail(message: str) -> NoReturn:
     """How every command line reports bad input: one line on stderr, exit status 2, no traceback."""
     sys.stderr.write(f"error: {message}\n")
     raise SystemExit(2)
+
+
+def check_output_file(option: str, path: str | Path, suffix: str | None = None) -> None:
+    """Refuse, before any work, an output file that could not be written at the end: a folder, a name without
+    ``suffix``, or a place under a file or an unwritable folder. ``ValueError`` naming ``option``."""
+    path = Path(path)
+    if suffix is not None and path.suffix != suffix:
+        raise ValueError(f"{option} {path}: name a {suffix} file (what produced it goes beside it, as .json)")
+    if path.is_dir():
+        raise ValueError(f"{option} {path} is a folder; name a file in it")
+    existing = next(folder for folder in (path.parent, *path.parent.parents) if folder.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {path}: {existing} is no writable folder; name a file in one")
+
+
+def interrupted(prog: str, resume: str) -> NoReturn:
+    """Ctrl-C: one line on what was kept and how to go on (exit status 130), not a traceback."""
+    sys.stderr.write(f"{prog}: interrupted; {resume}\n")
+    raise SystemExit(130)
 
 
 def require(extra: str, module: str) -> None:

@@ -169,6 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         config = config_from_args(args)
+        cli.check_output_file("--save", args.save, ".pt")
         env_spec(config.env)
         policy, outcome = imitate(config)
     except (ValueError, TypeError, gym.error.Error, DataError) as exc:  # JSONDecodeError is a ValueError

@@ -591,13 +591,25 @@ class MetaTrainer:
     @classmethod
     def resume(cls, path: str | Path, config: MetaTrainConfig) -> MetaTrainer:
         """The trainer saved in ``path``; ``config`` must be the one it was saved with."""
-        checkpoint = checkpoints.load_checkpoint(path, CHECKPOINT_KIND)
+        checkpoint = checkpoints.load_checkpoint(
+            path, CHECKPOINT_KIND, "it is no meta-training state: delete it to start the search over, or pass another --state"
+        )
         # A field added since the checkpoint was written takes its default, which computes what that version did.
         recorded = {**config_record(MetaTrainConfig()), **checkpoint["config"]}
         # Only the number of generations may differ: a finished run can be extended.
-        if recorded != {**config_record(config), "generations": recorded["generations"]}:
-            raise checkpoints.CheckpointError(f"{path} holds a run of another configuration; pass another --state")
+        given = {**config_record(config), "generations": recorded["generations"]}
+        changed = [f"{key} {recorded[key]!r} -> {given[key]!r}" for key in recorded if recorded[key] != given.get(key)]
+        if changed:
+            raise checkpoints.CheckpointError(
+                f"{path} holds a run of another configuration ({'; '.join(changed)}); give its settings to resume it, "
+                "or pass another --state"
+            )
         state = checkpoint["trainer"]
+        if int(state["generation"]) > config.generations:
+            raise checkpoints.CheckpointError(
+                f"{path} has run {int(state['generation'])} generations, more than --generations {config.generations}: "
+                f"pass at least {int(state['generation'])} to resume it, or another --state"
+            )
         trainer = cls(config, int(state["n_features"]))
         with torch.no_grad():
             trainer.theta.copy_(state["theta"])
@@ -691,9 +703,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         config = cli.dataclass_from_args(MetaTrainConfig, args)
+        cli.check_output_file("--save", args.save, ".pt")  # before the search, not after it
+        if args.state is not None:
+            cli.check_output_file("--state", args.state)
         trainer = meta_train(config, args.state, args.log_dir)
     except (ValueError, TypeError, gym.error.Error, DataError, checkpoints.CheckpointError, MissingExtraError, EvaluationsLostError) as exc:  # JSONDecodeError is a ValueError
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    except KeyboardInterrupt:
+        cli.interrupted(parser.prog, "the same command resumes from the last finished generation in --state"
+                        if args.state else "without --state the search starts over")  # fmt: skip
     trainer.save_policy(args.save)
     record = provenance(trainer, argv)
     Path(args.save).with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")

@@ -59,8 +59,13 @@ def test_compare_writes_every_run_table_and_plots_then_resumes(results_dir, monk
     again = compare.compare("ALA-Digits-v0", controllers, [0, 1], TINY, "tiny", children=2)
     assert [row["test_per_seed"] for row in again] == [row["test_per_seed"] for row in rows]
 
-    with pytest.raises(compare.ComparisonError, match="another configuration"):
+    with pytest.raises(compare.ComparisonError, match=r"another configuration \(env_kwargs.total_iterations 10 -> 20\)"):
         compare.compare("ALA-Digits-v0", ["ce"], [0], {**TINY, "total_iterations": 20}, "tiny", children=2)
+    saved = (out / "config.json").read_text()
+    # A keyword given at the env id's registered value is the same comparison, and the record keeps its form.
+    again = compare.compare("ALA-Digits-v0", controllers, [0, 1], {**TINY, "lr": 0.05}, "tiny", children=2)
+    assert [row["test_per_seed"] for row in again] == [row["test_per_seed"] for row in rows]
+    assert (out / "config.json").read_text() == saved
 
     # runs/ is not committed: a clone holds results.json only, and resumes from it without running.
     shutil.rmtree(out / "runs")

@@ -6,6 +6,8 @@ import gzip
 import hashlib
 import pickle
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -410,3 +412,19 @@ def test_training_subset_keeps_a_seeded_part_of_the_training_split() -> None:
         training_subset(data, 2.5, seed=0)
     env = gym.make("ALA-Digits-v0", train_size=300, total_iterations=4, steps_per_action=2, device="cpu").unwrapped
     assert len(env.data.train) == 300
+
+
+def test_loading_digits_in_a_fresh_process_leaves_the_global_rngs_alone() -> None:
+    # The first import of scikit-learn's datasets module draws from Python's global RNG (through rich); only a
+    # fresh interpreter imports it for the first time.
+    script = (
+        "import random, numpy as np, torch\n"
+        "states = random.getstate(), np.random.get_state()[1].copy(), torch.get_rng_state()\n"
+        "from ala_gym.core.data import load_digits\n"
+        "load_digits()\n"
+        "assert random.getstate() == states[0], 'random'\n"
+        "assert (np.random.get_state()[1] == states[1]).all(), 'numpy'\n"
+        "assert torch.equal(torch.get_rng_state(), states[2]), 'torch'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from ala_gym.agents import checkpoints
 from ala_gym.agents import meta_train as meta_train_module
 from ala_gym.agents.meta_train import (
     ChildOutcomes,
@@ -210,6 +211,39 @@ def test_an_interrupted_run_resumes_bit_for_bit(tmp_path, global_rng_unchanged) 
     assert resumed.generation == 2 and torch.equal(resumed.theta, straight.theta)
     assert resumed.wall_seconds > first.wall_seconds > 0  # the run's cost adds up across the resume
     assert [entry["fitness_mean"] for entry in resumed.history] == [entry["fitness_mean"] for entry in straight.history]
+    # What a resume refuses names its fix: the settings that differ, a count below the generations run.
+    with pytest.raises(checkpoints.CheckpointError, match=r"another configuration \(sigma 0.05 -> 0.1\)"):
+        meta_train(tiny(sigma=0.1), tmp_path / "state.pt")
+    with pytest.raises(checkpoints.CheckpointError, match="has run 2 generations, more than --generations 1"):
+        meta_train(tiny(generations=1), tmp_path / "state.pt")
+    (tmp_path / "damaged.pt").write_bytes((tmp_path / "state.pt").read_bytes()[:100])
+    with pytest.raises(checkpoints.CheckpointError, match="delete it to start the search over, or pass another --state"):
+        meta_train(config, tmp_path / "damaged.pt")
+
+
+def test_the_command_line_checks_where_it_writes_before_the_search_and_stops_cleanly(tmp_path, monkeypatch, capsys) -> None:
+    (tmp_path / "a-file").write_text("")
+    wrongs = {
+        "--save policy.json: name a .pt file": ["--save", str(tmp_path / "policy.json")],
+        "is no writable folder": ["--save", str(tmp_path / "a-file" / "policy.pt")],
+        "--state": ["--save", str(tmp_path / "p.pt"), "--state", str(tmp_path / "a-file" / "state.pt")],
+    }
+    monkeypatch.setattr(meta_train_module, "meta_train", lambda *args: pytest.fail("searched despite bad input"))
+    for message, wrong in wrongs.items():
+        with pytest.raises(SystemExit) as caught:
+            main(wrong)
+        err = capsys.readouterr().err
+        assert caught.value.code == 2 and message.replace(str(tmp_path) + "/", "") in err.replace(str(tmp_path) + "/", "")
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(meta_train_module, "meta_train", interrupted)  # Ctrl-C during a generation
+    with pytest.raises(SystemExit) as caught:
+        main(["--save", str(tmp_path / "p.pt"), "--state", str(tmp_path / "s.pt")])
+    err = capsys.readouterr().err
+    assert caught.value.code == 130 and "Traceback" not in err
+    assert "interrupted; the same command resumes from the last finished generation in --state" in err
 
 
 def test_the_command_line_writes_a_policy_the_controller_loads(tmp_path, capsys) -> None:

@@ -28,6 +28,7 @@ import gzip
 import hashlib
 import os
 import pickle
+import random
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -247,7 +248,13 @@ def load_digits(
     """scikit-learn's bundled 8x8 digits: 1,797 images, here 1,077 train / 360 val / 360 test by default."""
     from importlib.resources import files
 
-    from sklearn.datasets import load_digits as sklearn_digits
+    state = random.getstate()
+    try:
+        from sklearn.datasets import load_digits as sklearn_digits
+    finally:
+        # The first import of scikit-learn's datasets module draws from Python's global RNG (rich, which it
+        # imports for its progress bars, does at import time); the package leaves the global RNGs as they were.
+        random.setstate(state)
 
     bunch = sklearn_digits()
     # Pixel values are 0..16; scale to the uint8 range so every dataset shares one normalisation path.

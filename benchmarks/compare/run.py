@@ -6,6 +6,7 @@ this module (a test's folder, no training) to change what :func:`compare` does."
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -34,6 +35,7 @@ from ala_gym.benchmarks.machine import RESULTS
 from ala_gym.benchmarks.oracle import ORACLES, SELECTION_SEEDS, is_oracle, select
 from ala_gym.core.data import resolve_device, with_data_home
 from ala_gym.envs.spec import task_spec
+from ala_gym.registration import env_spec
 
 
 def run_one(
@@ -127,7 +129,7 @@ def compare(
     config = {"env": env_id, "env_kwargs": env_kwargs, "children": children}
     if baseline_children is not None or seed_stride != 1:
         config |= {"baseline_children": baseline_children, "seed_stride": seed_stride}
-    check_same_config(out, config)
+    check_same_config(out, config, json.loads(json.dumps(env_spec(env_id).kwargs, default=str)))
     check_same_plan(out, controllers, seeds, extend)
     committed = {(r["controller"], r["seed"]): r for r in committed_runs(out)}
 

@@ -136,10 +136,12 @@ def finished_run(path: Path) -> bool:
         return False
 
 
-def check_same_config(out: Path, config: dict) -> None:
+def check_same_config(out: Path, config: dict, defaults: dict[str, Any] | None = None) -> None:
     """Refuse to mix runs of different budgets in one folder (resuming must continue the same comparison).
 
     Data locations are no part of the identity: the same comparison resumes on a machine whose data lie elsewhere.
+    Env keywords at the values of ``defaults`` (the env id's registered keywords) count as left out, so that
+    giving a default explicitly continues the comparison that left it out; a refusal names what differs.
     """
     path = out / "config.json"
     config = json.loads(json.dumps({**config, "env_kwargs": without_locations(config["env_kwargs"])}))
@@ -148,11 +150,32 @@ def check_same_config(out: Path, config: dict) -> None:
             path, CONFIG_SHAPE,
             f"restore it from version control, or delete it if every run in {out} is of this command's configuration",
         )
-        if {**saved, "env_kwargs": without_locations(saved.get("env_kwargs", {}))} != config:
+        saved = {**saved, "env_kwargs": without_locations(saved.get("env_kwargs", {}))}
+        changed = config_changes(saved, config, defaults or {})
+        if changed:
             raise ComparisonError(
-                f"{out} holds runs of another configuration ({saved}); pass --name for a new folder or delete it"
+                f"{out} holds runs of another configuration ({'; '.join(changed)}); pass --name for a new folder, "
+                "or delete it"
             )
+        config = saved  # the same comparison: its record keeps the form it was written in
     write_json(path, config)  # (re)written without locations
+
+
+def config_changes(saved: dict, given: dict, defaults: dict[str, Any]) -> list[str]:
+    """What differs between two comparisons' configs, as ``key saved -> given`` (``env_kwargs.key`` for an env
+    keyword; an env keyword missing on one side counts at its value in ``defaults``, a missing seed stride as 1)."""
+    def flat(config: dict) -> dict[str, Any]:
+        env_kwargs = {**defaults, **config.get("env_kwargs", {})}
+        rest = {key: value for key, value in config.items() if key != "env_kwargs"}
+        rest.setdefault("seed_stride", 1)
+        return {**rest, **{f"env_kwargs.{key}": value for key, value in env_kwargs.items()}}
+
+    def shown(config: dict[str, Any], key: str) -> str:
+        return repr(config[key]) if key in config else "(not given)"
+
+    old, new = flat(saved), flat(given)
+    return [f"{key} {shown(old, key)} -> {shown(new, key)}" for key in sorted(old.keys() | new.keys())
+            if shown(old, key) != shown(new, key)]  # fmt: skip
 
 
 def read_results(out: Path) -> dict | None:
