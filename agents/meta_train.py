@@ -53,7 +53,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shlex
 import sys
 import tempfile
@@ -74,6 +73,7 @@ import ala_gym  # noqa: F401  (registers the env ids)
 from ala_gym.agents import checkpoints, cli
 from ala_gym.agents.reinforce import N_ACTIONS, PairPolicy
 from ala_gym.core.data import DataError, with_data_home
+from ala_gym.core.files import publish
 from ala_gym.core.machine import cpu_model
 from ala_gym.envs.spec import task_spec
 from ala_gym.wrappers import ChildAttributes, MissingExtraError, require
@@ -586,7 +586,7 @@ class MetaTrainer:
         }  # fmt: skip
         with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
             torch.save(payload, tmp)
-        os.replace(tmp.name, path)
+        publish(tmp.name, path)
 
     @classmethod
     def resume(cls, path: str | Path, config: MetaTrainConfig) -> MetaTrainer:

@@ -540,9 +540,10 @@ def paper_controller(num_envs: int = 10, train: bool = True) -> ReinforceControl
 def transfer_controller(
     policy: str = "digits", train: bool = True, num_envs: int = 10, temperature: float = 1.0
 ) -> ReinforceController:
-    """A controller that starts from the shipped ``policy`` (section 6.3's policy transfer): fine-tuned
-    online (``train=True``) or run frozen; ``temperature`` as in :meth:`ReinforceController.load`."""
-    return ReinforceController.load(library_policy(policy), train=train, num_envs=num_envs, temperature=temperature)
+    """A controller that starts from ``policy`` (section 6.3's policy transfer), a shipped policy's name or a
+    policy file (:func:`policy_path`: one's own meta-trained policy in the benchmark), fine-tuned online
+    (``train=True``) or run frozen; ``temperature`` as in :meth:`ReinforceController.load`."""
+    return ReinforceController.load(policy_path(policy), train=train, num_envs=num_envs, temperature=temperature)
 
 
 # ---------------------------------------------------------------------- command line

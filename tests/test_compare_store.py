@@ -4,9 +4,13 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import stat
 
 import pytest
 
+from ala_gym.agents.reinforce import library_policy
 from ala_gym.benchmarks import compare
 from ala_gym.benchmarks.compare import run as compare_run
 
@@ -94,3 +98,53 @@ def test_damaged_run_file_is_run_again_with_a_warning(results_dir, monkeypatch, 
     no_training(monkeypatch)
     runs[0].write_text("{")
     assert compare.compare("ALA-Digits-v0", ["ce"], [0, 1], TINY, "tiny") == again
+
+
+def test_results_are_readable_by_whoever_could_read_a_file_written_there(results_dir):
+    compare.compare("ALA-Digits-v0", ["ce"], [0], TINY, "tiny")
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (results_dir / "tiny" / "results.json", results_dir / "tiny" / "config.json",
+                 results_dir / "tiny" / "runs" / "ce-seed0.json"):  # fmt: skip
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path  # not tempfile's owner-only 0600
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--controllers", "ce,label-smoothing,ce"], "controllers named more than once: ce"),
+    (["--name", "."], "holds other comparisons; name a folder of its own"),
+], ids=["repeated-row", "results-root"])  # fmt: skip
+def test_a_repeated_row_or_the_results_root_is_refused(args, message, results_dir, monkeypatch, capsys):
+    no_training(monkeypatch)
+    with pytest.raises(SystemExit) as caught:
+        compare.main([*ARGS, *args])
+    err = capsys.readouterr().err
+    assert caught.value.code == 2 and message in err and err.strip().count("\n") == 0
+    assert not (results_dir / "config.json").exists()
+
+
+def test_ctrl_c_ends_in_one_line_and_the_finished_runs_stay(results_dir, monkeypatch, capsys):
+    run_one = compare_run.run_one
+
+    def interrupted_at_seed_1(*args, **kwargs):
+        if args[2] == 1:
+            raise KeyboardInterrupt
+        return run_one(*args, **kwargs)
+
+    monkeypatch.setattr(compare_run, "run_one", interrupted_at_seed_1)
+    with pytest.raises(SystemExit) as caught:
+        compare.main([*ARGS[:5], "2", *ARGS[6:]])  # --seeds 2
+    err = capsys.readouterr().err
+    assert caught.value.code == 130 and "Traceback" not in err
+    assert "interrupted; the finished runs are kept, and the same command runs the rest" in err
+    assert (results_dir / "tiny" / "runs" / "ce-seed0.json").exists()
+
+
+def test_a_policy_file_of_ones_own_runs_as_a_row(results_dir, tmp_path):
+    policy = tmp_path / "mine" / "policy.pt"
+    policy.parent.mkdir()
+    shutil.copy(library_policy("digits"), policy)
+    row = f"reinforce-transfer-frozen(policy={policy})"
+    rows = compare.compare("ALA-Digits-v0", ["ce", row], [0], TINY, "tiny", children=1)
+    assert [r["controller"] for r in rows] == ["ce", row]
+    # The path's slashes stay inside the file name: the run lies in runs/, where a later command finds it.
+    assert (results_dir / "tiny" / "runs" / f"{row.replace('/', '%2F')}-seed0.json").is_file()

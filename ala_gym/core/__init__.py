@@ -17,4 +17,5 @@ of gymnasium, stable-baselines3, ``ala_gym.envs``, ``agents`` and ``benchmarks``
 * :mod:`ala_gym.core.trainer`: one child trained K iterations at a time under any loss.
 * :mod:`ala_gym.core.batched`: N children of one architecture trained together (``torch.func.vmap``).
 * :mod:`ala_gym.core.allocator`: keeps freed CPU memory in the process (steadier CPU timings under glibc).
+* :mod:`ala_gym.core.files`: files written whole or not at all, with the permissions of any other file.
 """

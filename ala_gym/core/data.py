@@ -41,6 +41,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ala_gym.core.checks import check_optional_int
+from ala_gym.core.files import publish
 
 FASHION_MNIST_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 _FASHION_MNIST_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
@@ -360,7 +361,7 @@ def _unpack_idx(source: Path, target: Path) -> None:
         except BaseException:
             unpacked.unlink(missing_ok=True)
             raise
-    os.replace(unpacked, target)
+    publish(unpacked, target)
     # Written after the file: an interruption in between leaves a stale or missing checksum, so a re-unpack.
     _checksum_file(target).write_text(digest.hexdigest() + "\n")
 

@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     parser.add_argument("--total-iterations", type=int, help="SGD iterations per child (default: the env's)")
     parser.add_argument("--steps-per-action", type=int, help="K, SGD iterations per controller step (default: the env's)")
     parser.add_argument("--env-kwargs", default="{}", help="JSON dict of further env keywords")
-    parser.add_argument("--name", help="results folder under benchmarks/results/ (default: the preset's, else the env id)")
+    parser.add_argument("--name", help="results folder under benchmarks/results/, or an absolute path (a folder of its "
+                        "own); default: the preset's, else the env id")  # fmt: skip
     parser.add_argument(
         "--children", type=int,
         help="children per run of the multi-child controllers (those sharing one policy, such as reinforce-multi "
@@ -138,3 +139,5 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     except (ComparisonError, DataError, ValueError, TypeError, gym.error.Error) as exc:
         # Bad input (a refused folder, an unknown id, an env keyword out of range, missing data): one line.
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    except KeyboardInterrupt:  # every finished run is on disk already; the one in progress starts over
+        parser.exit(130, f"{parser.prog}: interrupted; the finished runs are kept, and the same command runs the rest\n")

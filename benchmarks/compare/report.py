@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ala_gym.benchmarks.compare.specs import build_controller
+from ala_gym.benchmarks.compare.specs import build_controller, file_stem
 
 
 def summarize(runs: list[dict], controllers: list[str]) -> list[dict]:
@@ -258,7 +258,7 @@ def plot(
             ax.set_ylabel("loss parameter")
             fig.colorbar(image, ax=ax)
             fig.suptitle(f"Phi over training: {name} (first seed, child 0)")
-            fig.savefig(out / f"phi_{name}.png", dpi=100)
+            fig.savefig(out / f"phi_{file_stem(name)}.png", dpi=100)
             plt.close(fig)
             continue
         # A run file has every step, results.json the kept ones (compact_run): draw 4 either way.
@@ -275,5 +275,5 @@ def plot(
             ax.set_yticks([])
         fig.colorbar(image, ax=axes, shrink=0.8)
         fig.suptitle(f"Phi - I over training: {name} (first seed, child 0)")
-        fig.savefig(out / f"phi_{name}.png", dpi=100)
+        fig.savefig(out / f"phi_{file_stem(name)}.png", dpi=100)
         plt.close(fig)

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from ala_gym.benchmarks.compare.errors import ComparisonError
 from ala_gym.benchmarks.compare.provenance import machine, versions, without_locations
 from ala_gym.benchmarks.compare.report import markdown_table, plot, summarize
-from ala_gym.benchmarks.compare.specs import build_controller, check_env_overrides, parse_controller
+from ala_gym.benchmarks.compare.specs import build_controller, check_env_overrides, file_stem, parse_controller
 from ala_gym.benchmarks.compare.store import (
     check_same_config,
     check_same_plan,
@@ -116,6 +116,9 @@ def compare(
     starting it (:func:`claim`), so none is run twice; a process that has nothing left to start waits
     for the runs others hold, and runs any whose process died, so the table it writes is complete.
     """
+    repeated = sorted({spec for spec in controllers if controllers.count(spec) > 1})
+    if repeated:  # one row each: a second would repeat the first's runs in the table
+        raise ComparisonError(f"controllers named more than once: {', '.join(repeated)}; name each row once")
     oracles = {spec: ORACLES[spec] for spec in controllers if is_oracle(spec)}
     plain = [spec for spec in controllers if spec not in oracles]
     for spec in plain + [candidate for grid in oracles.values() for candidate in grid]:
@@ -125,6 +128,8 @@ def compare(
     for spec in plain:
         check_env_overrides(spec, env_id, env_kwargs)
     out = RESULTS / name
+    if out.resolve() in (RESULTS.resolve(), *RESULTS.resolve().parents):  # "." or "..": the other folders' home
+        raise ComparisonError(f"--name {name!r} names {out.resolve()}, which holds other comparisons; name a folder of its own")
     check_writable(out)
     config = {"env": env_id, "env_kwargs": env_kwargs, "children": children}
     if baseline_children is not None or seed_stride != 1:
@@ -134,7 +139,7 @@ def compare(
     committed = {(r["controller"], r["seed"]): r for r in committed_runs(out)}
 
     def result_path(controller: str, seed: int) -> Path:
-        return out / "runs" / f"{controller}-seed{seed}.json"
+        return out / "runs" / f"{file_stem(controller)}-seed{seed}.json"
 
     def finished(controller: str, seed: int) -> bool:
         return (controller, seed) in committed or finished_run(result_path(controller, seed))
@@ -196,7 +201,7 @@ def compare(
         runs = [r for r in runs if r["controller"] in specs and r["seed"] in seeds and r["env"] == env_id]
         for run in runs:  # runs recorded before locations were left out lose them here
             run["env_kwargs"] = without_locations(run["env_kwargs"])
-        return sorted(runs, key=lambda r: f"{r['controller']}-seed{r['seed']}.json")
+        return sorted(runs, key=lambda r: f"{file_stem(r['controller'])}-seed{r['seed']}.json")
 
     # Seed-major: an interrupted comparison has every controller on the same seeds so far. An oracle's grid
     # runs on the selection seeds first; the point selected on validation then runs on every seed.

@@ -16,6 +16,7 @@ import numpy as np
 
 from ala_gym.benchmarks.compare.errors import ComparisonError
 from ala_gym.benchmarks.compare.provenance import without_locations
+from ala_gym.core.files import publish
 
 PHI_STEPS_KEPT = 4
 """Steps of a child's Phi matrix that ``results.json`` keeps (the first, the last and two between); ``runs/``
@@ -54,7 +55,7 @@ def write_json(path: Path, payload: Any, indent: int | None = 1) -> None:
         # default=str: env keywords such as gymnasium's AutoresetMode are recorded by name.
         separators = (",", ":") if indent is None else None
         tmp.write(json.dumps(payload, indent=indent, separators=separators, default=str))
-    os.replace(tmp.name, path)
+    publish(tmp.name, path)
 
 
 def check_writable(out: Path) -> None:
