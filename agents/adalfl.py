@@ -49,6 +49,7 @@ from torch.nn import functional as F
 from ala_gym.agents.base import Controller, EpisodeRecord, OnStep
 from ala_gym.core.data import BatchSampler, ClassificationData
 from ala_gym.core.functional import FunctionalChild
+from ala_gym.core.metrics import METRICS
 from ala_gym.core.models import build_model
 from ala_gym.core.sgd import Tensors, sgd_step
 from ala_gym.core.trainer import ChildTrainer, TrainConfig, seed_streams
@@ -94,6 +95,8 @@ class AdaLFLConfig:
             raise ValueError(f"need offline_steps >= 0 and meta_lr > 0; got {self.offline_steps}, {self.meta_lr}")
         if self.meta_batch not in ("val", "train"):
             raise ValueError(f"meta_batch must be 'val' or 'train', got {self.meta_batch!r}")
+        if self.init_path is not None and not Path(self.init_path).is_file():
+            raise ValueError(f"init_path {self.init_path}: no such file; write one with save_loss_network")
 
 
 # ---------------------------------------------------------------------------------------------- M_phi
@@ -330,6 +333,13 @@ class AdaLFLController(Controller):
         self.config = dataclasses.replace(self.config, **mine)
         return super().make_envs(env_id, **{key: value for key, value in env_kwargs.items() if key not in self.own_keywords})
 
+    def check_task(self, spec: Any) -> None:
+        if spec.metric not in METRICS:
+            raise ValueError(
+                f"AdaLFL learns a loss of class probabilities: it trains classification children, not a task scored "
+                f"by {spec.metric!r}"
+            )
+
     def act(self, observations: np.ndarray, infos: dict) -> np.ndarray:
         raise TypeError("AdaLFL sets no Phi: it trains the child itself in run()")
 
@@ -337,6 +347,7 @@ class AdaLFLController(Controller):
         spec = getattr(envs.unwrapped, "task_spec", None)
         if spec is None:
             raise TypeError("AdaLFL needs the ALA vector env that make_envs builds (gym.make_vec of an ALA env id)")
+        self.check_task(spec)
         # A single env of the vector env's task: its own reset builds the child, with the same initial weights
         # and batch order as child 0 of any other controller's run with this seed. Further draws from its generator seed AdaLFL's streams.
         env = spec.make_env()

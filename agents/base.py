@@ -110,6 +110,14 @@ class Controller(ABC):
     fields, so that the benchmark's ``adalfl@offline_steps=300`` sets them); the benchmark checks the others
     as the env's before any run."""
 
+    def check_settings(self) -> None:  # noqa: B027  (a hook: most controllers check their config when it is made)
+        """Refuse, with a ``ValueError``, settings that do not fit together (a config set after construction, as
+        the benchmark's ``name(field=value)`` sets it, against the child count)."""
+
+    def check_task(self, spec: Any) -> None:  # noqa: B027  (a hook: most controllers drive any ALA task)
+        """Refuse, with a ``ValueError``, a task (its :class:`ala_gym.envs.spec.TaskSpec`) this controller cannot
+        drive; the benchmark asks before any run."""
+
     def env_kwargs(self) -> dict[str, Any]:
         """Env keywords this controller needs (e.g. ``loss_form``); they override the caller's."""
         return {}

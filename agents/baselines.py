@@ -56,6 +56,8 @@ class RandomPhi(FixedPhi):
 
     def __init__(self, noise: float = 0.1, loss_form: str = "linear", num_envs: int = 1) -> None:
         super().__init__(loss_form, num_envs)
+        if not noise >= 0:
+            raise ValueError(f"noise must be a standard deviation >= 0, got {noise}")
         self.noise = noise
         self.rng = np.random.default_rng(0)
 

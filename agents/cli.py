@@ -32,10 +32,11 @@ def fail(message: str) -> NoReturn:
 
 def check_output_file(option: str, path: str | Path, suffix: str | None = None) -> None:
     """Refuse, before any work, an output file that could not be written at the end: a folder, a name without
-    ``suffix``, or a place under a file or an unwritable folder. ``ValueError`` naming ``option``."""
+    ``suffix`` (beside a policy file go files of other suffixes: its provenance ``.json``, SB3's ``.zip``), or
+    a place under a file or an unwritable folder. ``ValueError`` naming ``option``."""
     path = Path(path)
     if suffix is not None and path.suffix != suffix:
-        raise ValueError(f"{option} {path}: name a {suffix} file (what produced it goes beside it, as .json)")
+        raise ValueError(f"{option} {path}: name a {suffix} file (files of other suffixes are written beside it)")
     if path.is_dir():
         raise ValueError(f"{option} {path} is a folder; name a file in it")
     existing = next(folder for folder in (path.parent, *path.parent.parents) if folder.exists())
@@ -242,6 +243,11 @@ def run_cli(controller: Any, args: argparse.Namespace) -> list[Any]:
     """
     from ala_gym.core.data import DataError
 
+    if args.save:  # before the run, not after it
+        try:
+            check_output_file("--save", args.save, ".pt")
+        except ValueError as exc:
+            fail(str(exc))
     try:
         env_spec(args.env)  # an unknown id named with the package's ids, not gymnasium's nearest of any env
         envs = controller.make_envs(args.env, **env_kwargs_from_args(args))

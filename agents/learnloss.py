@@ -266,6 +266,17 @@ class LearnLossPhiConfig:
     window: int | None = None
     """Checkpoints the LP sees: the last ``window`` steps of the run (None: every step so far)."""
 
+    def __post_init__(self) -> None:
+        if not (self.smoothing_max > 0 and self.pair_max > 0 and 0 < self.rate <= 1):
+            raise ValueError(
+                f"need smoothing_max > 0, pair_max > 0 and 0 < rate <= 1, got {self.smoothing_max}, {self.pair_max}, "
+                f"{self.rate}"
+            )
+        if self.smoothing_max + self.pair_max > 1:  # Phi's off-diagonal entries stay within [0, 1]
+            raise ValueError(f"smoothing_max + pair_max must be at most 1, got {self.smoothing_max + self.pair_max}")
+        if self.window is not None and self.window < 2:  # the LP compares checkpoints: two at least
+            raise ValueError(f"window must be None (every step) or at least 2, got {self.window}")
+
 
 def confusion_features(confusion: np.ndarray) -> np.ndarray:
     """Loss components of one checkpoint from the env's statistics ``C_ij`` (mean ``-log p_j`` on class-i samples).

@@ -26,7 +26,7 @@ import argparse
 import random
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -137,6 +137,8 @@ class SB3Config:
     """Device of the (small) policy network; the children's is the env's ``device`` keyword."""
 
     def __post_init__(self) -> None:
+        if self.policy not in ("pair", "mlp"):
+            raise ValueError(f"policy must be 'pair' or 'mlp', got {self.policy!r}")
         if self.hidden < 1 or self.n_steps < 1 or self.n_epochs < 1 or self.batch_size < 0:
             raise ValueError(
                 f"hidden, n_steps and n_epochs must be positive and batch_size >= 0, got {self.hidden}, "
@@ -215,20 +217,20 @@ class SB3Controller(Controller):
         if algo not in ALGORITHMS:
             raise ValueError(f"unknown algo {algo!r}; choose one of {sorted(ALGORITHMS)}")
         self.algo, self.name = algo, algo
-        self.config = config or SB3Config()
-        if policy is not None:
-            self.config.policy = policy
-        if self.config.policy not in ("pair", "mlp"):
-            raise ValueError(f"policy must be 'pair' or 'mlp', got {self.config.policy!r}")
-        minibatch = self.config.batch_size or self.config.n_steps * num_envs
-        if algo == "ppo" and minibatch < 2:  # PPO normalises the advantages over each minibatch
+        config = config or SB3Config()
+        self.config = config if policy is None else replace(config, policy=policy)  # the caller's config unchanged
+        self.num_envs, self.train, self.initial_state = num_envs, train, initial_state
+        self.check_settings()
+        self.log_dir = log_dir  # where SB3's own train/* scalars go (TensorBoard), if anywhere
+        self.model: OnPolicyAlgorithm | None = None
+
+    def check_settings(self) -> None:
+        minibatch = self.config.batch_size or self.config.n_steps * self.num_envs
+        if self.algo == "ppo" and minibatch < 2:  # PPO normalises the advantages over each minibatch
             raise ValueError(
                 f"PPO needs minibatches of at least 2 transitions, got {minibatch}: set batch_size >= 2, or n_steps x "
                 "num_envs >= 2 with batch_size 0"
             )
-        self.num_envs, self.train, self.initial_state = num_envs, train, initial_state
-        self.log_dir = log_dir  # where SB3's own train/* scalars go (TensorBoard), if anywhere
-        self.model: OnPolicyAlgorithm | None = None
 
     def env_kwargs(self) -> dict[str, Any]:
         return {"autoreset_mode": AutoresetMode.SAME_STEP}  # what SB3's VecEnv semantics need

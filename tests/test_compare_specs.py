@@ -4,12 +4,13 @@ from what each controller declares, and seed strides that keep the children of d
 from __future__ import annotations
 
 import pytest
+import torch
 
 from ala_gym.agents.baselines import UniformPhi
 from ala_gym.agents.reinforce import ReinforceController
 from ala_gym.benchmarks.compare import ComparisonError, build_controller, parse_config, parse_controller
 from ala_gym.benchmarks.compare.run import run_one
-from ala_gym.benchmarks.compare.specs import check_env_overrides
+from ala_gym.benchmarks.compare.specs import check_env_overrides, split_controllers
 
 TINY = dict(total_iterations=4, steps_per_action=2, eval_points=1, device="cpu")
 
@@ -78,6 +79,63 @@ def test_every_preset_row_passes_the_early_env_keyword_check():
     from ala_gym.benchmarks.oracle import is_oracle
 
     for preset in PRESETS.values():
+        if preset.get("env_kwargs", {}).get("device") == "cuda" and not torch.cuda.is_available():
+            continue  # its env refuses a machine without CUDA, before any row (tests/test_gpu_suite.py)
         for spec in preset["controllers"].split(","):
             if not is_oracle(spec):
                 check_env_overrides(spec, preset["env"], preset.get("env_kwargs", {}))
+
+
+def test_keyword_values_are_typed_as_their_settings():
+    # Python's spelling of a bool must not reach a flag as the text "False", which is true.
+    assert build_controller("phi-ramp(follow=False)").follow is False
+    assert build_controller("phi-ramp(follow=false)").follow is False
+    assert build_controller("learnloss(centre=True;window=None)").config.centre is True
+    assert build_controller("pbt(initial_range=[-0.05,0.05])").config.initial_range == (-0.05, 0.05)  # a tuple field
+    assert split_controllers("ce,pbt(initial_range=[-0.05,0.05]),phi-ramp(start=0.1;end=0.0)") == [
+        "ce", "pbt(initial_range=[-0.05,0.05])", "phi-ramp(start=0.1;end=0.0)"]  # fmt: skip
+    for spec, message in {
+        "adalfl(offline_steps=0.5)": "offline_steps must be int, got 0.5",
+        "pbt(interval=1.5)": "interval must be int, got 1.5",
+        "random(noise=\"x\")": "noise must be float, got 'x'",
+        "phi-ramp(follow=\"yes\")": "follow must be bool, got 'yes'",
+    }.items():
+        with pytest.raises(ComparisonError, match=message):
+            build_controller(spec)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("learnloss(rate=-1)", "0 < rate <= 1"),
+    ("learnloss(window=0)", "window must be None"),
+    ("random(noise=-1)", "noise must be a standard deviation >= 0"),
+    ("ppo(policy=\"foo\")", "policy must be 'pair' or 'mlp'"),
+    ("ppo(batch_size=1)", "PPO needs minibatches of at least 2 transitions"),
+    ("adalfl(init_path=\"/no/such/loss.pt\")", "init_path /no/such/loss.pt: no such file"),
+    ("adalfl@offline_steps=-1", "need offline_steps >= 0"),  # a controller's own keyword after @
+    ("fixed-loss", "unknown loss_form 'fixed'"),  # a metric-learning loss on a classification task
+], ids=["learnloss-rate", "learnloss-window", "random-noise", "ppo-policy", "ppo-minibatch", "adalfl-init-path",
+        "adalfl-own-keyword", "controller-does-not-fit"])  # fmt: skip
+def test_a_bad_row_fails_before_any_run(spec, message, tmp_path, monkeypatch):
+    from ala_gym.benchmarks.compare import run
+
+    monkeypatch.setattr(run, "RESULTS", tmp_path)
+    monkeypatch.setattr(run, "run_one", lambda *args, **kwargs: pytest.fail("a run started"))
+    with pytest.raises(ComparisonError, match=message):
+        run.compare("ALA-Digits-v0", ["ce", spec], [0], {"total_iterations": 20, "steps_per_action": 10}, "x")
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_policy_given_beside_a_config_leaves_the_callers_config_alone():
+    from ala_gym.agents.sb3 import SB3Config, SB3Controller
+
+    config = SB3Config()
+    assert SB3Controller("ppo", config, num_envs=2, policy="mlp").config.policy == "mlp" and config.policy == "pair"
+
+
+def test_a_controller_refuses_a_task_it_cannot_drive_before_any_run():
+    # Checked on the task's spec, which reads no data: AdaLFL's loss network scores class probabilities.
+    with pytest.raises(ComparisonError, match="AdaLFL learns a loss of class probabilities"):
+        check_env_overrides("adalfl", "ALA-FashionMNIST-Triplet-v0", {})
+    with pytest.raises(ComparisonError, match="loss_form must be one of"):  # a Phi controller on a metric task
+        check_env_overrides("pbt", "ALA-FashionMNIST-Triplet-v0", {})
+    check_env_overrides("adalfl", "ALA-Digits-AUCPR-v0", {})  # a classification task scored by AUCPR: fine

@@ -46,6 +46,7 @@ from ala_gym.agents import CONTROLLERS
 from ala_gym.benchmarks.compare.errors import ComparisonError
 from ala_gym.benchmarks.compare.presets import PRESETS, describe_presets
 from ala_gym.benchmarks.compare.run import compare
+from ala_gym.benchmarks.compare.specs import split_controllers
 from ala_gym.benchmarks.oracle import ORACLES
 from ala_gym.core.data import DataError
 
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     try:
         compare(
             config["env"],
-            config["controllers"].split(","),
+            split_controllers(config["controllers"]),
             seeds,
             config["env_kwargs"],
             name,

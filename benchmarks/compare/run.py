@@ -125,7 +125,7 @@ def compare(
         build_controller(spec)  # unknown names and bad keywords fail before any run
     # An unknown env id, a bad env keyword or missing data fails before the results folder is made or claimed.
     facts = env_facts(env_id, env_kwargs)
-    for spec in plain:
+    for spec in plain:  # each row as its runs will make its env: a row that does not fit fails before any run
         check_env_overrides(spec, env_id, env_kwargs)
     out = RESULTS / name
     if out.resolve() in (RESULTS.resolve(), *RESULTS.resolve().parents):  # "." or "..": the other folders' home

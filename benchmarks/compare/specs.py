@@ -3,7 +3,10 @@ spec names."""
 
 from __future__ import annotations
 
+import ast
 import json
+import types
+import typing
 from dataclasses import fields, is_dataclass, replace
 from typing import Any
 
@@ -45,6 +48,8 @@ def parse_config(name: str) -> tuple[str, dict[str, Any]]:
 
 
 def _parse_keywords(spec: str, text: str) -> dict[str, Any]:
+    """Values as JSON (``true``, ``0.1``, ``[1, 2]``), else as Python literals (``False``, ``None``, ``(1, 2)``),
+    else as the text itself (a name or a path)."""
     keywords: dict[str, Any] = {}
     for item in filter(None, text.split(";")):
         key, sep, value = item.partition("=")
@@ -53,8 +58,66 @@ def _parse_keywords(spec: str, text: str) -> dict[str, Any]:
         try:
             keywords[key] = json.loads(value)
         except json.JSONDecodeError:
-            keywords[key] = value
+            try:
+                keywords[key] = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                keywords[key] = value
     return keywords
+
+
+def split_controllers(text: str) -> list[str]:
+    """``--controllers``' rows: split at the commas outside parentheses and brackets, so that a keyword's value
+    may hold commas (``pbt(initial_range=[-0.05,0.05])``)."""
+    rows, depth, start = [], 0, 0
+    for index, char in enumerate(text):
+        depth += (char in "([") - (char in ")]")
+        if char == "," and depth == 0:
+            rows.append(text[start:index])
+            start = index + 1
+    return [*rows, text[start:]]
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether ``value`` (as parsed from a spec) has the type ``hint`` asks for; types it cannot tell: yes."""
+    origin, arguments = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        return any(_fits(value, argument) for argument in arguments)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is tuple or hint is tuple:
+        return isinstance(value, (list, tuple))
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    return True
+
+
+def _check_types(spec: str, keywords: dict[str, Any], hints: dict[str, Any]) -> dict[str, Any]:
+    """``keywords`` checked against the types they set (a bool written ``False`` must not reach a flag as the
+    text "False", which is true), lists turned into the tuples a tuple field holds."""
+    checked = {}
+    for key, value in keywords.items():
+        hint = hints.get(key, Any)
+        if not _fits(value, hint):
+            shown = getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+            raise ComparisonError(f"controller {spec!r}: {key} must be {shown}, got {value!r}")
+        tuple_field = typing.get_origin(hint) is tuple or any(typing.get_origin(a) is tuple for a in typing.get_args(hint))
+        checked[key] = tuple(value) if tuple_field and isinstance(value, list) else value
+    return checked
+
+
+def _hints(target: Any) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(target)
+    except Exception:  # annotations this module cannot resolve: no check
+        return {}
 
 
 def build_controller(spec: str, children: int | None = None, baseline_children: int | None = None) -> Any:
@@ -72,6 +135,8 @@ def build_controller(spec: str, children: int | None = None, baseline_children: 
         config_fields = {f.name for f in fields(config)} if is_dataclass(config) else set()
         config_kwargs = {k: v for k, v in config_overrides.items() if k in config_fields}
         factory_kwargs = {k: v for k, v in config_overrides.items() if k not in config_fields}
+        config_kwargs = _check_types(spec, config_kwargs, _hints(type(config)))
+        factory_kwargs = _check_types(spec, factory_kwargs, _hints(type(controller).__init__))
         count = children if controller.multi_child else baseline_children if not controller.learned else None
         if count is not None:
             factory_kwargs["num_envs"] = count
@@ -79,22 +144,31 @@ def build_controller(spec: str, children: int | None = None, baseline_children: 
             controller = factory(**factory_kwargs)
         if config_kwargs:
             controller.config = replace(controller.config, **config_kwargs)
-    except (TypeError, ValueError, MissingExtraError) as error:
+            controller.check_settings()  # what the controller checks of its config and child count together
+    except ComparisonError:
+        raise
+    except (TypeError, ValueError, OSError, MissingExtraError) as error:
         raise ComparisonError(f"controller {spec!r}: {error}") from None
     return controller
 
 
 def check_env_overrides(spec: str, env_id: str, env_kwargs: dict[str, Any]) -> None:
-    """The env keywords of ``spec`` (after ``@``) over the comparison's, checked as its runs will use them (an
-    unknown keyword, a value out of range), so that a typo fails before any run rather than when its own starts."""
+    """The row ``spec`` on the env as its runs will make it: the comparison's keywords, the row's own after
+    ``@`` and what the controller asks of the env (``loss_form``, ...), checked on the task's spec (an unknown
+    keyword, a value out of range, a controller that does not fit the task), and the keywords after ``@`` that
+    set the controller (:attr:`Controller.own_keywords`) on its config; so that a bad row fails before any run
+    rather than when its own starts."""
+    controller = build_controller(spec)
     overrides = parse_controller(spec)[1]
-    overrides = {key: value for key, value in overrides.items() if key not in build_controller(spec).own_keywords}
-    if not overrides:
-        return  # the comparison's own keywords: checked once for all
-    kwargs = {**env_kwargs, **overrides}
+    own = {key: value for key, value in overrides.items() if key in controller.own_keywords}
+    kwargs = {**env_kwargs, **{k: v for k, v in overrides.items() if k not in own}, **controller.env_kwargs()}
     try:
+        if own and is_dataclass(controller.config):
+            replace(controller.config, **_check_types(spec, own, _hints(type(controller.config))))
         check_vector_args(1, kwargs.get("max_episode_steps"), kwargs.get("autoreset_mode", AutoresetMode.NEXT_STEP),
                           kwargs.get("train_mode", "auto"))  # fmt: skip
-        task_spec(env_id, **with_data_home({k: v for k, v in kwargs.items() if k not in VECTOR_OPTIONS}))
-    except (TypeError, ValueError) as error:
+        controller.check_task(task_spec(env_id, **with_data_home({k: v for k, v in kwargs.items() if k not in VECTOR_OPTIONS})))
+    except ComparisonError:
+        raise
+    except (TypeError, ValueError, OSError) as error:
         raise ComparisonError(f"controller {spec!r}: {error}") from None
