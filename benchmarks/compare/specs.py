@@ -163,8 +163,9 @@ def check_env_overrides(spec: str, env_id: str, env_kwargs: dict[str, Any]) -> N
     own = {key: value for key, value in overrides.items() if key in controller.own_keywords}
     kwargs = {**env_kwargs, **{k: v for k, v in overrides.items() if k not in own}, **controller.env_kwargs()}
     try:
-        if own and is_dataclass(controller.config):
-            replace(controller.config, **_check_types(spec, own, _hints(type(controller.config))))
+        config = getattr(controller, "config", None)
+        if own and is_dataclass(config) and not isinstance(config, type):
+            replace(config, **_check_types(spec, own, _hints(type(config))))
         check_vector_args(1, kwargs.get("max_episode_steps"), kwargs.get("autoreset_mode", AutoresetMode.NEXT_STEP),
                           kwargs.get("train_mode", "auto"))  # fmt: skip
         controller.check_task(task_spec(env_id, **with_data_home({k: v for k, v in kwargs.items() if k not in VECTOR_OPTIONS})))
