@@ -104,7 +104,14 @@ def resolve_controller(name: str) -> Callable[..., Controller]:
         return CONTROLLERS[name]
     plugins = {point.name: point for point in entry_points(group=ENTRY_POINT_GROUP)}
     if name in plugins:
-        return _checked(plugins[name].load(), name)
+        try:
+            loaded = plugins[name].load()
+        except Exception as error:  # whatever the plugin's module raises on import
+            raise ValueError(
+                f"controller {name!r}: the entry point {plugins[name].value!r} of group {ENTRY_POINT_GROUP!r} does not "
+                f"load ({type(error).__name__}: {error}); fix or uninstall the package that declares it"
+            ) from None
+        return _checked(loaded, name)
     module, colon, attribute = name.partition(":")
     if not colon:
         known = sorted(CONTROLLERS) + sorted(plugins)

@@ -17,8 +17,8 @@ gymnasium, though importing it runs this registration.
 
 __version__ = "0.1.0"
 
-from ala_gym.registration import ENV_IDS, register_envs  # noqa: E402  (after the version, which setup.cfg reads)
+from ala_gym.registration import ENV_IDS, register_env, register_envs  # noqa: E402  (after the version, which setup.cfg reads)
 
 register_envs()
 
-__all__ = ["ENV_IDS", "__version__"]
+__all__ = ["ENV_IDS", "__version__", "register_env"]

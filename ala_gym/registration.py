@@ -149,10 +149,20 @@ def register_envs() -> None:
     """Register :data:`ENV_IDS` with gymnasium; ids already registered (a second import, a reload) are kept."""
     for env_id, variant in ENV_IDS.items():
         if env_id not in registry:
-            register(
-                id=env_id, entry_point=variant.entry_point, kwargs=dict(variant.kwargs),
-                vector_entry_point=partial(make_vector_env, env_id),
-            )  # fmt: skip
+            register_env(env_id, variant.kwargs, variant.entry_point)
+
+
+def register_env(env_id: str, kwargs: dict[str, Any], entry_point: str = CLASSIFICATION) -> None:
+    """Register an env id of one's own with gymnasium, as the package registers its own: ``entry_point``'s env
+    class (classification by default, or ``METRIC_LEARNING``) with ``kwargs`` (a registered dataset and model
+    name, a budget, ...), and the package's vector env behind ``gym.make_vec`` (gymnasium's own would run
+    the children one env each, which the controllers, meta-training and AdaLFL cannot drive).
+
+    Called in the module that also registers the id's data and model names, the id works in every command
+    line as ``"module:EnvId"``: naming it imports the module, which registers all three in that process."""
+    register(
+        id=env_id, entry_point=entry_point, kwargs=dict(kwargs), vector_entry_point=partial(make_vector_env, env_id)
+    )
 
 
 class UnknownEnvError(ValueError):

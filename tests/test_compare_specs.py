@@ -113,8 +113,9 @@ def test_keyword_values_are_typed_as_their_settings():
     ("adalfl(init_path=\"/no/such/loss.pt\")", "init_path /no/such/loss.pt: no such file"),
     ("adalfl@offline_steps=-1", "need offline_steps >= 0"),  # a controller's own keyword after @
     ("fixed-loss", "unknown loss_form 'fixed'"),  # a metric-learning loss on a classification task
+    ("ce@metric=accuracy", "scored by 'accuracy' and the comparison by 'error'"),  # one metric column per table
 ], ids=["learnloss-rate", "learnloss-window", "random-noise", "ppo-policy", "ppo-minibatch", "adalfl-init-path",
-        "adalfl-own-keyword", "controller-does-not-fit"])  # fmt: skip
+        "adalfl-own-keyword", "controller-does-not-fit", "another-metric"])  # fmt: skip
 def test_a_bad_row_fails_before_any_run(spec, message, tmp_path, monkeypatch):
     from ala_gym.benchmarks.compare import run
 

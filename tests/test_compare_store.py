@@ -148,3 +148,15 @@ def test_a_policy_file_of_ones_own_runs_as_a_row(results_dir, tmp_path):
     assert [r["controller"] for r in rows] == ["ce", row]
     # The path's slashes stay inside the file name: the run lies in runs/, where a later command finds it.
     assert (results_dir / "tiny" / "runs" / f"{row.replace('/', '%2F')}-seed0.json").is_file()
+
+
+def test_a_run_that_fails_after_the_checks_keeps_its_traceback_and_names_its_row(results_dir, monkeypatch, capsys):
+    # Every input is checked before the first run: what fails inside one (a controller's act, say) is a fault
+    # to debug, not bad input to report in one line.
+    def failing(*args, **kwargs):
+        raise ValueError("operands could not be broadcast together")
+
+    monkeypatch.setattr(compare_run, "run_one", failing)
+    with pytest.raises(compare_run.RunError, match="the run of ce on seed 0 failed: ValueError: operands") as raised:
+        compare.main(ARGS)
+    assert isinstance(raised.value.__cause__, ValueError)

@@ -162,6 +162,8 @@ def test_actions_must_have_an_integer_dtype(action: np.ndarray) -> None:
     env.reset(seed=0)
     with pytest.raises(ValueError, match=r"integers \(an integer dtype"):
         env.step(action)
+    with pytest.raises(ValueError, match=r"must lie in \{0, 1, 2\} \(-step, 0, \+step\), got 7"):
+        env.step(np.array([1] * 54 + [7]))  # the value named, not the dtype, which is fine
     env.step(np.ones(55, dtype=np.int32))  # any integer dtype is fine
     env.step([1] * 55)  # so is a list of Python ints
 

@@ -94,6 +94,38 @@ def test_an_installed_plugin_is_found_by_its_entry_point_name(plugin: Path) -> N
     dist = plugin / "my_controllers-1.0.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-controllers\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text(f"[{ala_gym.agents.ENTRY_POINT_GROUP}]\nalways-up = my_controllers:make_up\n")
+    (dist / "entry_points.txt").write_text(f"[{ala_gym.agents.ENTRY_POINT_GROUP}]\nalways-up = my_controllers:make_up\n"
+                                           "broken = my_controllers_gone:make\n")  # fmt: skip
     controller = compare.build_controller("always-up")
     assert type(controller).__name__ == "AlwaysUp" and controller.name == "always-up"
+    with pytest.raises(compare.ComparisonError, match="entry point 'my_controllers_gone:make' .* does not load"):
+        compare.build_controller("broken")  # a plugin whose module is gone: named, not a traceback
+
+
+def test_an_env_id_of_ones_own_works_in_the_command_lines_by_its_module(tmp_path: Path) -> None:
+    # The module registers a dataset name and the id; each command line imports it by the "module:EnvId" name.
+    (tmp_path / "my_tasks.py").write_text(
+        "import ala_gym\n"
+        "from sklearn.datasets import load_digits\n"
+        "from ala_gym.envs import register_dataset\n"
+        "def load():\n"
+        "    x, y = load_digits(return_X_y=True)\n"
+        "    return x[:1400], y[:1400], x[1400:], y[1400:]\n"
+        "register_dataset('digits-again', load)\n"
+        "ala_gym.register_env('Again-v0', dict(dataset='digits-again', model='mlp', total_iterations=20,\n"
+        "                                      steps_per_action=10, eval_points=1, device='cpu'))\n"
+    )
+    environment = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    commands = [
+        ["ala_gym.benchmarks.compare", "--env", "my_tasks:Again-v0", "--controllers", "ce,pbt", "--seeds", "1",
+         "--name", str(tmp_path / "results")],
+        ["ala_gym.agents.meta_train", "--tasks", "my_tasks:Again-v0", "--horizon", "20,20", "--steps-per-action", "10",
+         "--population", "1", "--generations", "1", "--hidden", "8", "--save", str(tmp_path / "meta.pt")],
+    ]  # fmt: skip
+    for command in commands:
+        done = subprocess.run([sys.executable, "-m", *command], env=environment, capture_output=True, text=True,
+                              timeout=300, cwd=tmp_path)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+    table = (tmp_path / "results" / "table.md").read_text()
+    assert "| pbt | 10 |" in table  # the package's vector env: PBT drives its population of children
+    assert (tmp_path / "meta.pt").is_file()

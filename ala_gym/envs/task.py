@@ -133,9 +133,9 @@ def check_action(action: Any, rows: int) -> np.ndarray:
         raise ValueError(f"action must have shape {(rows,)} (one entry per row: class pair or loss parameter), got {array.shape}")
     # An integer dtype is required: a float action (even 1.0) is more likely a policy's output passed
     # unsampled than a choice, and MultiDiscrete.contains refuses it too.
-    if not np.issubdtype(array.dtype, np.integer) or not np.all(np.isin(array, (0, 1, 2))):
-        raise ValueError(
-            f"action entries must be integers (an integer dtype, got {array.dtype}) in {{0, 1, 2}} "
-            "(meaning -step, 0, +step)"
-        )
+    if not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"action entries must be integers (an integer dtype, got {array.dtype}) in {{0, 1, 2}} (-step, 0, +step)")
+    outside = array[~np.isin(array, (0, 1, 2))]
+    if outside.size:
+        raise ValueError(f"action entries must lie in {{0, 1, 2}} (-step, 0, +step), got {outside[0]}")
     return array.astype(np.int64)

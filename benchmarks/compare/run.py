@@ -38,6 +38,11 @@ from ala_gym.envs.spec import task_spec
 from ala_gym.registration import env_spec
 
 
+class RunError(RuntimeError):
+    """A run that failed after every input was checked: a controller's or the package's own fault, reported with
+    its row and its traceback."""
+
+
 def run_one(
     env_id: str,
     controller_name: str,
@@ -164,9 +169,14 @@ def compare(
                 result = result_path(controller, seed)
                 try:
                     progress.set_description(f"{controller} seed {seed}")
-                    record = run_one(
-                        env_id, controller, seed, env_kwargs, progress, children, baseline_children, seed_stride
-                    )
+                    try:
+                        record = run_one(
+                            env_id, controller, seed, env_kwargs, progress, children, baseline_children, seed_stride
+                        )
+                    except (ValueError, TypeError) as error:
+                        # Every input was checked before the first run: what fails in one is the controller's or
+                        # the package's own fault, and keeps its traceback (not the one line of bad input).
+                        raise RunError(f"the run of {controller} on seed {seed} failed: {type(error).__name__}: {error}") from error
                     write_json(result, record)
                 finally:
                     release(result, fd, finished_run)

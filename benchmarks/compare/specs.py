@@ -168,7 +168,14 @@ def check_env_overrides(spec: str, env_id: str, env_kwargs: dict[str, Any]) -> N
             replace(config, **_check_types(spec, own, _hints(type(config))))
         check_vector_args(1, kwargs.get("max_episode_steps"), kwargs.get("autoreset_mode", AutoresetMode.NEXT_STEP),
                           kwargs.get("train_mode", "auto"))  # fmt: skip
-        controller.check_task(task_spec(env_id, **with_data_home({k: v for k, v in kwargs.items() if k not in VECTOR_OPTIONS})))
+        row_task = task_spec(env_id, **with_data_home({k: v for k, v in kwargs.items() if k not in VECTOR_OPTIONS}))
+        controller.check_task(row_task)
+        metric = task_spec(env_id, **with_data_home(env_kwargs)).metric
+        if row_task.metric != metric:  # the table has one metric column
+            raise ComparisonError(
+                f"controller {spec!r} is scored by {row_task.metric!r} and the comparison by {metric!r}; give the "
+                "metric to the whole comparison (--env-kwargs) instead"
+            )
     except ComparisonError:
         raise
     except (TypeError, ValueError, OSError) as error:
