@@ -171,8 +171,10 @@ class ALAClassificationEnv(ALAEnv):
 
     ## Arguments
     ``gym.make("ALA-Digits-v0", steps_per_action=20, total_iterations=200)``: every keyword of
-    :meth:`make_spec`, which turns them into the env's :class:`ala_gym.envs.spec.TaskSpec` (``spec=`` gives
-    one directly), plus ``render_mode`` and ``num_threads``:
+    :meth:`make_spec`, which turns them into the env's :class:`ala_gym.envs.spec.TaskSpec` (a spec of one's own
+    makes its env with ``spec.make_env()``, or ``ALAClassificationEnv(spec=spec)``: through ``gym.make``, only
+    with ``ALA-Classification-v0``, whose registration adds no keyword beside it), plus ``render_mode`` and
+    ``num_threads``:
 
     * ``dataset``: ``"digits"``, ``"fashion-mnist"``, ``"cifar10"`` or a name given to
       ``ala_gym.core.data.register_dataset``; ``data_root``, ``download`` and ``val_size`` go to its loader

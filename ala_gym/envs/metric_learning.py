@@ -196,7 +196,7 @@ class ALAMetricLearningEnv(ALAEnv):
       ``history``, ``divergence_penalty``, ``device``, ``num_threads``: as in the classification env.
 
     These are the keywords of :meth:`make_spec`, which turns them into the env's
-    :class:`ala_gym.envs.spec.TaskSpec` (``spec=`` gives one directly).
+    :class:`ala_gym.envs.spec.TaskSpec` (a spec of one's own makes its env with ``spec.make_env()``).
 
     pytorch-metric-learning's miner loops over the batch's classes on the host and cannot be ``vmap``-ed, so
     ``gym.make_vec`` trains the children of these envs one after another (``train_mode="sequential"``;
