@@ -10,7 +10,7 @@ from ala_gym.agents.baselines import UniformPhi
 from ala_gym.agents.reinforce import ReinforceController
 from ala_gym.benchmarks.compare import ComparisonError, build_controller, parse_config, parse_controller
 from ala_gym.benchmarks.compare.run import run_one
-from ala_gym.benchmarks.compare.specs import check_env_overrides, split_controllers
+from ala_gym.benchmarks.compare.specs import check_row, split_controllers
 
 TINY = dict(total_iterations=4, steps_per_action=2, eval_points=1, device="cpu")
 
@@ -69,7 +69,7 @@ def test_a_bad_env_keyword_after_at_fails_before_any_run(tmp_path, monkeypatch):
         with pytest.raises(ComparisonError, match=message):
             run.compare("ALA-Digits-v0", ["ce", spec], [0], {"total_iterations": 20, "steps_per_action": 10}, "x")
     assert not list(tmp_path.iterdir())  # no folder made, nothing claimed
-    check_env_overrides("ce@train_mode=sequential;beta=0.05", "ALA-Digits-v0", {})  # good keywords pass
+    check_row("ce@train_mode=sequential;beta=0.05", "ALA-Digits-v0", {})  # good keywords pass
 
 
 def test_every_preset_row_passes_the_early_env_keyword_check():
@@ -83,7 +83,7 @@ def test_every_preset_row_passes_the_early_env_keyword_check():
             continue  # its env refuses a machine without CUDA, before any row (tests/test_gpu_suite.py)
         for spec in preset["controllers"].split(","):
             if not is_oracle(spec):
-                check_env_overrides(spec, preset["env"], preset.get("env_kwargs", {}))
+                check_row(spec, preset["env"], preset.get("env_kwargs", {}))
 
 
 def test_keyword_values_are_typed_as_their_settings():
@@ -136,7 +136,7 @@ def test_a_policy_given_beside_a_config_leaves_the_callers_config_alone():
 def test_a_controller_refuses_a_task_it_cannot_drive_before_any_run():
     # Checked on the task's spec, which reads no data: AdaLFL's loss network scores class probabilities.
     with pytest.raises(ComparisonError, match="AdaLFL learns a loss of class probabilities"):
-        check_env_overrides("adalfl", "ALA-FashionMNIST-Triplet-v0", {})
+        check_row("adalfl", "ALA-FashionMNIST-Triplet-v0", {})
     with pytest.raises(ComparisonError, match="loss_form must be one of"):  # a Phi controller on a metric task
-        check_env_overrides("pbt", "ALA-FashionMNIST-Triplet-v0", {})
-    check_env_overrides("adalfl", "ALA-Digits-AUCPR-v0", {})  # a classification task scored by AUCPR: fine
+        check_row("pbt", "ALA-FashionMNIST-Triplet-v0", {})
+    check_row("adalfl", "ALA-Digits-AUCPR-v0", {})  # a classification task scored by AUCPR: fine

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from ala_gym.benchmarks.compare.errors import ComparisonError
 from ala_gym.benchmarks.compare.provenance import machine, versions, without_locations
 from ala_gym.benchmarks.compare.report import markdown_table, plot, summarize
-from ala_gym.benchmarks.compare.specs import build_controller, check_env_overrides, file_stem, parse_controller
+from ala_gym.benchmarks.compare.specs import build_controller, check_row, file_stem, parse_controller
 from ala_gym.benchmarks.compare.store import (
     check_same_config,
     check_same_plan,
@@ -131,7 +131,7 @@ def compare(
     # An unknown env id, a bad env keyword or missing data fails before the results folder is made or claimed.
     facts = env_facts(env_id, env_kwargs)
     for spec in plain:  # each row as its runs will make its env: a row that does not fit fails before any run
-        check_env_overrides(spec, env_id, env_kwargs)
+        check_row(spec, env_id, env_kwargs)
     out = RESULTS / name
     if out.resolve() in (RESULTS.resolve(), *RESULTS.resolve().parents):  # "." or "..": the other folders' home
         raise ComparisonError(f"--name {name!r} names {out.resolve()}, which holds other comparisons; name a folder of its own")

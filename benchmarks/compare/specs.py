@@ -152,7 +152,7 @@ def build_controller(spec: str, children: int | None = None, baseline_children: 
     return controller
 
 
-def check_env_overrides(spec: str, env_id: str, env_kwargs: dict[str, Any]) -> None:
+def check_row(spec: str, env_id: str, env_kwargs: dict[str, Any]) -> None:
     """The row ``spec`` on the env as its runs will make it: the comparison's keywords, the row's own after
     ``@`` and what the controller asks of the env (``loss_form``, ...), checked on the task's spec (an unknown
     keyword, a value out of range, a controller that does not fit the task), and the keywords after ``@`` that
