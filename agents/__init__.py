@@ -132,6 +132,7 @@ def _checked(factory: Any, name: str) -> Callable[..., Controller]:
     if not callable(factory):
         raise ValueError(f"controller {name!r}: {factory!r} is not callable")
 
+    # make.__wrapped__ (below): inspect.unwrap finds the factory, whose signature types a comparison's keywords.
     def make(**kwargs: Any) -> Controller:
         controller = factory(**kwargs)
         if not isinstance(controller, Controller):
@@ -139,6 +140,7 @@ def _checked(factory: Any, name: str) -> Callable[..., Controller]:
         controller.name = name
         return controller
 
+    make.__wrapped__ = factory  # type: ignore[attr-defined]
     return make
 
 

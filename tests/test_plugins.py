@@ -36,6 +36,12 @@ PLUGIN = textwrap.dedent(
         return AlwaysUp(num_envs)
 
 
+    def make_named(label: str, num_envs: int = 1) -> AlwaysUp:
+        controller = AlwaysUp(num_envs)
+        controller.label = label
+        return controller
+
+
     NOT_A_CONTROLLER = 3
 
 
@@ -129,3 +135,9 @@ def test_an_env_id_of_ones_own_works_in_the_command_lines_by_its_module(tmp_path
     table = (tmp_path / "results" / "table.md").read_text()
     assert "| pbt | 10 |" in table  # the package's vector env: PBT drives its population of children
     assert (tmp_path / "meta.pt").is_file()
+
+
+def test_a_factory_with_a_required_keyword_is_a_row_and_its_keywords_are_typed(plugin: Path) -> None:
+    assert compare.build_controller("my_controllers:make_named(label=mine)").label == "mine"
+    with pytest.raises(compare.ComparisonError, match="label must be str, got 7"):
+        compare.build_controller("my_controllers:make_named(label=7)")  # the factory function's own hint

@@ -4,6 +4,7 @@ spec names."""
 from __future__ import annotations
 
 import ast
+import inspect
 import json
 import types
 import typing
@@ -129,14 +130,19 @@ def build_controller(spec: str, children: int | None = None, baseline_children: 
     except ValueError as error:  # the comparison's own rows are no controllers: named beside them
         raise ComparisonError(f"{error}, or a row {' or '.join(ORACLES)} (in {spec!r})") from None
     try:
-        controller = factory()
+        try:
+            controller = factory()  # to learn its config's fields
+        except TypeError:
+            if not config_overrides:
+                raise
+            controller = factory(**config_overrides)  # a factory whose keywords are required
         # Keywords that name a field of the controller's config dataclass go to it, the others to its factory.
         config = getattr(controller, "config", None)
         config_fields = {f.name for f in fields(config)} if is_dataclass(config) else set()
         config_kwargs = {k: v for k, v in config_overrides.items() if k in config_fields}
         factory_kwargs = {k: v for k, v in config_overrides.items() if k not in config_fields}
         config_kwargs = _check_types(spec, config_kwargs, _hints(type(config)))
-        factory_kwargs = _check_types(spec, factory_kwargs, _hints(type(controller).__init__))
+        factory_kwargs = _check_types(spec, factory_kwargs, {**_hints(type(controller).__init__), **_hints(inspect.unwrap(factory))})
         count = children if controller.multi_child else baseline_children if not controller.learned else None
         if count is not None:
             factory_kwargs["num_envs"] = count
