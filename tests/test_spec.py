@@ -72,6 +72,8 @@ def test_spec_and_keywords_are_not_combined_and_each_part_checks_itself() -> Non
         ALAClassificationEnv(spec="digits")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="val_subsample must be"):
         DataSpec(val_subsample=0)
+    with pytest.raises(ValueError, match="unknown dataset 'nosuch'"):  # named with the spec, as a model is
+        task_spec("ALA-Classification-v0", dataset="nosuch")
     with pytest.raises(ValueError, match="unknown metric"):
         ClassificationLoss(metric="f1")
     with pytest.raises(ValueError, match="must be the same number of iterations"):

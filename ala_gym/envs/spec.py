@@ -76,6 +76,8 @@ class DataSpec:
         object.__setattr__(self, "split_seed", check_int("split_seed", self.split_seed, 0))
         for name in ("val_size", "train_size", "val_subsample"):
             object.__setattr__(self, name, check_optional_int(name, getattr(self, name), 1))
+        if isinstance(self.dataset, str) and self.dataset not in LOADERS:  # named with the spec, as a model is
+            raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {sorted(LOADERS)}, or register_dataset it")
         if not isinstance(self.dataset, str) and self.data_root is not None:
             raise ValueError(
                 "data_root names a registered dataset's folder; it does not apply to data given as arrays or Datasets"
@@ -90,7 +92,7 @@ class DataSpec:
         if not isinstance(self.dataset, str):
             data = from_user_data(self.dataset, val_size=self.val_size, split_seed=self.split_seed, device=device)
         else:
-            # A loader's own keywords; an unknown name is left to load_dataset, which names the choices.
+            # A loader's own keywords (a name unregistered since the spec was made: load_dataset names the choices).
             accepted = inspect.signature(LOADERS[self.dataset]).parameters if self.dataset in LOADERS else {}
             loader_kwargs: dict[str, Any] = {"split_seed": self.split_seed}
             if self.data_root is not None and "data_root" in accepted:
