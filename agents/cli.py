@@ -205,7 +205,7 @@ def add_run_args(parser: argparse.ArgumentParser, default_num_envs: int) -> None
     )
     group.add_argument("--log-dir", help="TensorBoard folder (default runs/<controller>-<env>-s<seed>)")
     group.add_argument("--no-tensorboard", action="store_true", help="progress bar only")
-    group.add_argument("--save", help="write the learned policy here after the run")
+    group.add_argument("--save", help="write the learned policy here after the run (a .pt file)")
     group.add_argument(
         "--load",
         help="start from this saved policy (a .pt file; reinforce also takes a shipped policy's name, such as digits) "
