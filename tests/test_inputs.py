@@ -135,6 +135,8 @@ def test_step_after_close_raises_instead_of_training(make_vec) -> None:
     envs.close()
     with pytest.raises(RuntimeError, match="closed"):
         envs.step(np.ones((2, 55), dtype=np.int64))
+    with pytest.raises(RuntimeError, match="closed"):  # a Phi set on closed children would set nothing
+        envs.set_attr("phi", np.eye(10))
 
 
 def test_a_learning_rate_near_float32s_limit_diverges_with_the_penalty_in_every_path() -> None:

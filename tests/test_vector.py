@@ -246,6 +246,10 @@ def test_bad_input_raises_value_error(make_vec) -> None:
         envs.set_attr("phi", [np.eye(10)])
     with pytest.raises(ValueError, match="symmetric"):
         envs.set_attr("phi", [np.eye(10), np.triu(np.ones((10, 10)))])
+    envs.set_attr("phi", np.stack([np.eye(10), 0.5 * np.eye(10)]))  # one stacked array: a Phi per child
+    np.testing.assert_array_equal(envs.get_attr("phi")[1], 0.5 * np.eye(10))
+    with pytest.raises(ValueError, match="one value per child"):
+        envs.set_attr("phi", np.stack([np.eye(10)] * 3))
     with pytest.raises(ValueError, match="train_mode"):
         make_vec(ENV_ID, 2, train_mode="fast", **TINY)
     with pytest.raises(ValueError, match="beta"):  # a task keyword, checked where the children live

@@ -225,8 +225,10 @@ class ALAVectorEnv(VectorEnv):
         return tuple(shared[name] for _ in range(self.num_envs))
 
     def set_attr(self, name: str, values: list[Any] | tuple[Any, ...] | Any) -> None:
-        """Set ``"phi"`` per child: a list of ``num_envs`` matrices, or one matrix for every child."""
-        values = phi_values(name, values, self.num_envs)
+        """Set ``"phi"`` per child: a list (or a stacked array) of ``num_envs`` matrices, or one matrix for every
+        child."""
+        check_open(self)
+        values = phi_values(name, values, self.num_envs, np.ndim(self.episodes[0].task.phi))
         checked = [episode.task.phi_checker()(value) for episode, value in zip(self.episodes, values)]
         for episode, value in zip(self.episodes, checked):  # all checked before any child changes
             episode.task.set_values(value)
@@ -328,12 +330,15 @@ def _seed(name: str, value: Any, expected: str) -> int:
     return int(value)
 
 
-def phi_values(name: str, values: Any, num_envs: int) -> list[Any]:
+def phi_values(name: str, values: Any, num_envs: int, phi_ndim: int) -> list[Any]:
     """``set_attr(name, values)``'s per-child Phi matrices: ``name`` must be ``"phi"``, ``values`` one
-    matrix per child or one for all."""
+    matrix per child (a list, or one array stacked along a first axis: one more than a Phi's ``phi_ndim``) or
+    one for all."""
     if name != "phi":
         raise ValueError(f"only 'phi' can be set on the children, not {name!r}")
-    if not isinstance(values, (list, tuple)):
+    if isinstance(values, np.ndarray) and values.ndim == phi_ndim + 1:
+        values = list(values)
+    elif not isinstance(values, (list, tuple)):
         values = [values] * num_envs
     if len(values) != num_envs:
         raise ValueError(f"need one value per child ({num_envs}), got {len(values)}")

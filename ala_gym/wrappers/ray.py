@@ -57,6 +57,7 @@ class ChildGroup:
             "single_observation_space": self.env.single_observation_space,
             "single_action_space": self.env.single_action_space,
             "phi_checker": self.env.episodes[0].task.phi_checker(),
+            "phi_ndim": int(np.ndim(self.env.episodes[0].task.phi)),
             "divergence_penalty": self.env.settings.divergence_penalty,
             "device": str(self.env.data.device),
             "train_mode": self.env.train_mode,
@@ -160,6 +161,7 @@ class RayVectorEnv(VectorEnv):
             raise error.cause from None
         assert description is not None  # num_envs >= 1: at least one worker started
         self.phi_checker: Callable[[Any], np.ndarray] = description["phi_checker"]
+        self.phi_ndim: int = description["phi_ndim"]
         self.worker_lost_reward = (
             float(description["divergence_penalty"]) if worker_lost_reward is None else float(worker_lost_reward)
         )
@@ -251,8 +253,10 @@ class RayVectorEnv(VectorEnv):
         return tuple(phis)
 
     def set_attr(self, name: str, values: list[Any] | tuple[Any, ...] | Any) -> None:
-        """Set ``"phi"`` per child: a list of ``num_envs`` matrices, or one matrix for every child."""
-        values = list(phi_values(name, values, self.num_envs))
+        """Set ``"phi"`` per child: a list (or a stacked array) of ``num_envs`` matrices, or one matrix for every
+        child."""
+        check_open(self)
+        values = list(phi_values(name, values, self.num_envs, self.phi_ndim))
         for value in values:  # all checks before any worker changes
             self.phi_checker(value)
         pending = {g: self.workers[g].set_attr.remote("phi", values[group.start : group.stop])
