@@ -126,12 +126,12 @@ def compare(
         raise ComparisonError(f"controllers named more than once: {', '.join(repeated)}; name each row once")
     oracles = {spec: ORACLES[spec] for spec in controllers if is_oracle(spec)}
     plain = [spec for spec in controllers if spec not in oracles]
-    for spec in plain + [candidate for grid in oracles.values() for candidate in grid]:
-        build_controller(spec)  # unknown names and bad keywords fail before any run
+    # Unknown names and bad keywords fail before any run (and before any data is read).
+    built = {spec: build_controller(spec) for spec in plain + [c for grid in oracles.values() for c in grid]}
     # An unknown env id, a bad env keyword or missing data fails before the results folder is made or claimed.
     facts = env_facts(env_id, env_kwargs)
     for spec in plain:  # each row as its runs will make its env: a row that does not fit fails before any run
-        check_row(spec, env_id, env_kwargs)
+        check_row(spec, env_id, env_kwargs, built[spec], facts["metric"])
     out = RESULTS / name
     if out.resolve() in (RESULTS.resolve(), *RESULTS.resolve().parents):  # "." or "..": the other folders' home
         raise ComparisonError(f"--name {name!r} names {out.resolve()}, which holds other comparisons; name a folder of its own")

@@ -158,13 +158,16 @@ def build_controller(spec: str, children: int | None = None, baseline_children: 
     return controller
 
 
-def check_row(spec: str, env_id: str, env_kwargs: dict[str, Any]) -> None:
+def check_row(
+    spec: str, env_id: str, env_kwargs: dict[str, Any], controller: Any = None, metric: str | None = None
+) -> None:
     """The row ``spec`` on the env as its runs will make it: the comparison's keywords, the row's own after
     ``@`` and what the controller asks of the env (``loss_form``, ...), checked on the task's spec (an unknown
     keyword, a value out of range, a controller that does not fit the task), and the keywords after ``@`` that
     set the controller (:attr:`Controller.own_keywords`) on its config; so that a bad row fails before any run
-    rather than when its own starts."""
-    controller = build_controller(spec)
+    rather than when its own starts. ``controller`` (the row's, already built) and ``metric`` (the comparison's)
+    are made here when not given."""
+    controller = build_controller(spec) if controller is None else controller
     overrides = parse_controller(spec)[1]
     own = {key: value for key, value in overrides.items() if key in controller.own_keywords}
     kwargs = {**env_kwargs, **{k: v for k, v in overrides.items() if k not in own}, **controller.env_kwargs()}
@@ -176,7 +179,7 @@ def check_row(spec: str, env_id: str, env_kwargs: dict[str, Any]) -> None:
                           kwargs.get("train_mode", "auto"))  # fmt: skip
         row_task = task_spec(env_id, **with_data_home({k: v for k, v in kwargs.items() if k not in VECTOR_OPTIONS}))
         controller.check_task(row_task)
-        metric = task_spec(env_id, **with_data_home(env_kwargs)).metric
+        metric = task_spec(env_id, **with_data_home(env_kwargs)).metric if metric is None else metric
         if row_task.metric != metric:  # the table has one metric column
             raise ComparisonError(
                 f"controller {spec!r} is scored by {row_task.metric!r} and the comparison by {metric!r}; give the "
