@@ -102,3 +102,7 @@ def test_actions_are_checked_against_the_task_rows():
         check_action(np.array([1, 1]), 1)
     with pytest.raises(ValueError, match="integer dtype"):
         check_action(np.array([1.0]), 1)
+    for outside in (-1, 3):
+        with pytest.raises(ValueError, match=rf"in \{{0, 1, 2\}}.*got {outside}$"):
+            check_action(np.array([1, outside, 2], dtype=np.int8), 3)
+    assert check_action(np.array([0, 1, 2], dtype=np.uint8), 3).dtype == np.int64

@@ -28,6 +28,7 @@ on the device.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Protocol
 
@@ -146,16 +147,24 @@ class PhiLoss:
         return phi_loss(logits, labels, params, self.form, self.temperature, self.negative_floor)
 
 
+@functools.cache
+def _upper_triangle(num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """``np.triu_indices(num_classes)``, read-only and computed once per size: the envs convert Phi between its
+    pairs and its matrix at every step of every child, where numpy's version costs more than the conversion."""
+    rows, cols = np.triu_indices(num_classes)
+    rows.flags.writeable = cols.flags.writeable = False
+    return rows, cols
+
+
 def class_pairs(num_classes: int) -> np.ndarray:
     """The unordered class pairs ``(i, j)`` with ``i <= j``, diagonal included: ``C(C+1)/2`` rows."""
-    rows, cols = np.triu_indices(num_classes)
-    return np.stack([rows, cols], axis=1)
+    return np.stack(_upper_triangle(num_classes), axis=1)
 
 
 def pairs_to_matrix(values: np.ndarray, num_classes: int) -> np.ndarray:
     """Symmetric ``C x C`` matrix from one value per unordered pair (the order of :func:`class_pairs`)."""
     matrix = np.zeros((num_classes, num_classes), dtype=np.float64)
-    rows, cols = np.triu_indices(num_classes)
+    rows, cols = _upper_triangle(num_classes)
     matrix[rows, cols] = values
     matrix[cols, rows] = values
     return matrix
@@ -163,7 +172,7 @@ def pairs_to_matrix(values: np.ndarray, num_classes: int) -> np.ndarray:
 
 def matrix_to_pairs(matrix: np.ndarray) -> np.ndarray:
     """One value per unordered pair, read from the upper triangle of ``matrix``."""
-    return np.asarray(matrix)[np.triu_indices(len(matrix))]
+    return np.asarray(matrix)[_upper_triangle(len(matrix))]
 
 
 def check_phi(matrix: np.ndarray, num_classes: int, bound: float = 1.0) -> np.ndarray:
