@@ -75,8 +75,7 @@ MODES = ("single", "native-batched", "native-sequential", "sync", "async", "ray-
 DEFAULT_MODES = MODES[:5]
 ROOFLINE_SIZE = {"cpu": 1024, "cuda": 8192}
 """Per device, the side of the square float32 matrices of the roofline's ``torch.mm``: on a CPU large enough
-to run at one core's full matrix-multiply rate (measured against 256, 512 and 2048 on an AMD EPYC core), on
-a GPU large enough to keep it busy between two synchronisations."""
+to run near one core's full matrix-multiply rate, on a GPU large enough to keep it busy between two synchronisations."""
 BATCHED_TARGET = ("mlp", 32, 8.0)
 """Model, N and the factor over one child's iterations/s that N batched children are to reach."""
 NO_SLOWER_MODEL, NO_SLOWER_FROM = "small_cnn", 4

@@ -93,10 +93,12 @@ def test_every_result_the_results_page_quotes_is_in_the_committed_results() -> N
 
 def test_the_overhead_figures_are_those_of_the_committed_benchmarks() -> None:
     page = (ROOT / "docs" / "overhead.md").read_text()
-    table = page[page.index("What `step` costs") : page.index("## Measured once")]
-    figures = re.findall(r"\d+\.\d%", table)
+    # The whole page from the table on: the design choices timed by uncommitted probes quote no figure of their own.
+    text = page[page.index("What `step` costs") :]
+    figures = re.findall(r"\d+\.\d+%|\d+\.\d+(?= µs)", text)  # the tables give times without their unit
     produced = "".join((RESULTS / name).read_text() for name in ("overhead.md", "malloc.md"))
-    assert len(figures) >= 10 and all(figure in produced for figure in figures), figures
+    missing = [figure for figure in figures if figure not in produced]
+    assert len(figures) >= 10 and missing == [], missing
 
 
 # ------------------------------------------------------------------------------------------- links

@@ -74,9 +74,9 @@ CPU_GROUP_BYTES = 16 * 2**20
 
 Larger groups run slower there: their activations fall out of the caches, and past glibc's largest
 mmap threshold (32 MiB) every one is mapped and page-faulted anew each iteration. For the small CNN at
-batch 128 on CIFAR-sized images (8 MiB a child) this makes groups of two. Measured on one shared AMD EPYC
-core, ten children's ``train_step`` in groups of one, two, three, five and ten took 31, 27, 31, 35 and 40 ms
-a child-iteration, ten ``ChildTrainer`` s one after another 35."""
+batch 128 on CIFAR-sized images (8 MiB a child) this makes groups of two, the fastest of the group sizes
+tried when the value was chosen. ``benchmarks/results/throughput-mlp/`` measures the outcome: the small CNN's
+batched path against its sequential one, from one to 32 children."""
 
 
 def stacked_small_cnn(module: nn.Module, params: Tensors, inputs: torch.Tensor) -> torch.Tensor:
