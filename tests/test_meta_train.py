@@ -105,10 +105,33 @@ def test_antithetic_children_differ_only_by_their_actions() -> None:
     same, phi, loss = run_children(trainer.policy, [theta] * 4, plan, config)
     assert phi[0] == phi[1] and np.isfinite(phi).all()
     assert same[0] == same[1] and same[2] == same[3] and same[0] != same[2]
+    # The fitness of an error-rate task is the negated error: higher is better for the search.
+    assert np.all((-1.0 <= same) & (same <= 0.0)) and same.min() < 0.0
     assert loss[0] == loss[1] and loss[2] == loss[3] and loss[0] != loss[2] and np.all((loss > 0) & np.isfinite(loss))
     noise = perturbations(trainer.policy, 1, 0)[0]
     apart = run_children(trainer.policy, [theta + 3.0 * noise, theta - 3.0 * noise] * 2, plan, config)
     assert apart.fitness[0] != apart.fitness[1]
+
+
+def test_the_trainer_climbs_the_fitness_of_the_children_it_runs(monkeypatch) -> None:
+    """The whole generation loop moves theta uphill: with each child's fitness a known quadratic of the parameter
+    vector it ran (``run_children`` patched), the first generation moves theta along the true gradient's direction
+    and ten bring it nearer the optimum (in some hundred dimensions, by Adam steps of ``lr`` at most)."""
+    config = tiny(population=8, sigma=0.05, lr=0.05, generations=10)
+    trainer = MetaTrainer(config)
+    target = trainer.theta.detach() + 1.0
+
+    def quadratic(policy, vectors, plan, *_):
+        fitness = np.array([-float(((vector - target) ** 2).sum()) for vector in vectors])
+        return ChildOutcomes(fitness, np.zeros(len(vectors)), np.ones(len(vectors)))
+
+    monkeypatch.setattr(meta_train_module, "run_children", quadratic)
+    start = trainer.theta.detach().clone()
+    trainer.step()
+    assert float(torch.dot(trainer.theta.detach() - start, target - start)) > 0
+    for _ in range(9):
+        trainer.step()
+    assert float((trainer.theta.detach() - target).norm()) < 0.97 * float((start - target).norm())
 
 
 def test_a_generation_draws_from_the_seed_alone() -> None:

@@ -1,0 +1,95 @@
+"""The episode rules on made-up evaluations, without training: Eq. 4's discounting over a step's evaluations,
+Eq. 5's sign reward of its improvement, the evaluation schedule's offsets and divergence through a non-finite
+evaluation alone. The env tests meet these rules through real children, where ``eval_points=1`` or an
+improvement's sign alone would hide a wrong weight."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ala_gym.core.metrics import Evaluation
+from ala_gym.envs.episode import Episode, EpisodeSettings
+from ala_gym.envs.task import LossTask
+
+
+class OneRowTask(LossTask):
+    """One loss parameter in [-1, 1]; its statistics are the evaluation's metric twice."""
+
+    statistics_bound = 1.0
+
+    def __init__(self) -> None:
+        self.initial_values = np.zeros(1)
+        self.step_sizes = np.full(1, 0.1)
+        self.bounds = (-1.0, 1.0)
+        self.loss = lambda outputs, labels: outputs.sum()
+        self.values = self.initial_values.copy()
+
+    def set_values(self, values: np.ndarray) -> None:
+        self.values = np.asarray(values, dtype=np.float64)
+
+    def row_statistics(self, evaluation: Evaluation) -> np.ndarray:
+        return np.full((1, 2), evaluation.metric)
+
+    def row_metric(self, evaluation: Evaluation) -> np.ndarray:
+        return np.full(1, evaluation.metric)
+
+    def info(self, evaluation: Evaluation) -> dict:
+        return {}
+
+
+def error(value: float, loss: float = 0.5) -> Evaluation:
+    return Evaluation(metric=value, higher_is_better=False, statistics={"nll": loss})
+
+
+def episode(**rules) -> Episode:
+    settings = dict(total_iterations=100, steps_per_action=10, reward="sign", gamma=0.9, eval_points=2,
+                    eval_stride=5, history=2, divergence_penalty=-5.0)  # fmt: skip
+    return Episode(EpisodeSettings(**{**settings, **rules}), OneRowTask(), higher_is_better=False, worst=1.0)
+
+
+def test_the_schedule_weights_the_step_end_most() -> None:
+    """Two evaluations 5 iterations apart ending at the step's last iteration: offsets K - j of 5, then 0."""
+    assert episode().settings.schedule(0) == [(5, 5), (5, 0)]
+    assert episode(eval_points=3, eval_stride=3).settings.schedule(0) == [(4, 6), (3, 3), (3, 0)]
+    assert episode().settings.schedule(95) == [(5, 0)]  # the last step is cut to the budget: one evaluation left
+
+
+def test_the_reward_is_the_sign_of_the_discounted_metric_improvement() -> None:
+    """Eq. 4: M = (0.9^5 * 0.5 + 0.9^0 * 0.3) / (0.9^5 + 1); the step's reward is the sign of M_prev - M (an error
+    rate), and ``val_metric_discounted`` reports M."""
+    run = episode(reward="raw")
+    run.begin(error(0.6), 0)
+    run.apply_action(np.array([1]))
+    assert run.plan(0) == [5, 5]
+    for index, value in enumerate((0.5, 0.3)):
+        assert run.record_chunk(index, 1.0, error(value))
+    _, reward, terminated, info = run.finish(10)
+    discounted = (0.9**5 * 0.5 + 0.3) / (0.9**5 + 1)
+    assert info["val_metric_discounted"] == pytest.approx(discounted)
+    assert reward == pytest.approx(0.6 - discounted) and not terminated
+    # The next step improves on M, not on the last evaluation (0.3): an error of 0.33 both times is still a gain.
+    signed = episode()
+    signed.begin(error(0.6), 0)
+    for step, values in enumerate(((0.5, 0.3), (0.33, 0.33), (0.4, 0.4))):
+        signed.apply_action(np.array([1]))
+        signed.plan(10 * step)
+        for index, value in enumerate(values):
+            signed.record_chunk(index, 1.0, error(value))
+        _, reward, _, _ = signed.finish(10 * (step + 1))
+        assert reward == [1.0, 1.0, -1.0][step]
+
+
+def test_a_non_finite_evaluation_alone_ends_the_episode_with_the_penalty() -> None:
+    """A finite training loss with a NaN validation statistic is divergence: the penalty, the episode ends, and
+    the final metrics are the worst values without evaluating."""
+    run = episode()
+    run.begin(error(0.6), 0)
+    run.apply_action(np.array([1]))
+    run.plan(0)
+    assert run.record_chunk(0, 1.0, error(0.5)) is True
+    assert run.record_chunk(1, 1.0, error(0.4, loss=float("nan"))) is False
+    _, reward, terminated, info = run.finish(10)
+    assert reward == -5.0 and terminated and info["diverged"]
+    final = run.final_metrics(lambda split: pytest.fail(f"a diverged child was evaluated on {split}"))
+    assert final["test_metric"] == final["final_val_metric"] == 1.0 and final["final_val_loss"] == float("inf")
