@@ -72,15 +72,24 @@ def test_copy_child_gives_the_target_the_sources_weights_and_statistics(train_mo
 def test_pbt_runs_exploits_and_explores_on_a_tiny_budget(global_rng_unchanged) -> None:
     controller = ala_gym.agents.CONTROLLERS["pbt"](num_envs=4, config=PBTConfig(interval=2, quantile=0.25))
     envs = controller.make_envs("ALA-Digits-v0", **TINY)
-    copies = []
+    copies, metrics = [], []
     original = envs.unwrapped.copy_child
-    envs.unwrapped.copy_child = lambda source, target: (copies.append((source, target)), original(source, target))
+    envs.unwrapped.copy_child = lambda source, target: (copies.append((source, target, metrics[-1])), original(source, target))
+    learn = controller.learn
+
+    def learn_noting_the_metric(*args, **kwargs):
+        metrics.append(np.array(args[-1]["val_metric_discounted"]))  # what the round ranks by (infos)
+        return learn(*args, **kwargs)
+
+    controller.learn = learn_noting_the_metric
     logs = []
     with global_rng_unchanged():
         records = controller.run(envs, seed=1, on_step=lambda step, entry: logs.append(entry))
     envs.close()
     assert len(records) == 4 and all(np.isfinite(r.test_metric) for r in records)
-    assert copies and all(source != target for source, target in copies)
+    assert copies and all(source != target for source, target, _ in copies)
+    # A quarter of 4 children: the lowest discounted validation error is copied over the highest.
+    assert all(metric[source] == metric.min() and metric[target] == metric.max() for source, target, metric in copies)
     # Each child trains under Phi = I + u: one value off the diagonal, inside the bounds.
     for record in records:
         phi = np.array(record.phi[-1])
