@@ -11,7 +11,7 @@ export ALA_GYM_DATA ?= $(abspath ../shared/data)
 
 setup: $(STAMP)
 
-# torch and torchvision first, at the versions this machine holds on disk; setup.cfg only declares ranges.
+# torch and torchvision first, at pinned versions (pip takes them from a local wheel source where one is configured); setup.cfg only declares ranges.
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip

@@ -19,12 +19,14 @@ itself must apply both the same way. ``on_step(step, logs)`` receives per-step s
 Registry (``CONTROLLERS``, keyed by the benchmark's names; the documentation's Controllers page,
 ``docs/controllers.md``, says what each is).
 
-Factory keywords: the baselines take ``num_envs`` and ``loss_form`` (``random`` also ``noise``,
-``phi-uniform``/``label-smoothing`` ``off_diagonal`` and ``label_smoothing``); ``reinforce*`` take
+Factory keywords: every baseline takes ``num_envs``; the fixed-loss rows (``ce``, ``phi-identity*``,
+``auc-pairwise``, ``fixed-loss``, ``phi-init``) and ``random`` also ``loss_form``, ``random`` ``noise``,
+``phi-uniform``/``label-smoothing`` ``off_diagonal`` and ``label_smoothing``, ``phi-ramp`` ``start``, ``end``
+and ``follow``, ``online-smoothing`` ``alpha``; ``reinforce*`` take
 ``config`` (:class:`ala_gym.agents.reinforce.ReinforceConfig`), ``num_envs``, ``train``; ``ppo``/``a2c`` take
 ``config`` (:class:`ala_gym.agents.sb3.SB3Config`), ``num_envs``, ``policy`` (``"pair"`` or ``"mlp"``) and need the
 ``sb3`` extra (without it their factories raise :class:`ala_gym.wrappers.MissingExtraError`, which says so); ``pbt``
-takes ``config`` (:class:`ala_gym.agents.pbt.PBTConfig`) and ``num_envs`` (the population, 10). Saved
+takes ``config`` (:class:`ala_gym.agents.pbt.PBTConfig`), ``num_envs`` (the population, 10) and ``frozen``. Saved
 policies: ``ala_gym.agents.reinforce.ReinforceController.load(path, train=False)`` (``train=True`` fine-tunes;
 ``temperature`` divides the loaded logits) and
 ``ala_gym.agents.sb3.SB3Controller.load(path, algo)``.
@@ -43,7 +45,7 @@ from ala_gym.agents.base import Controller, EpisodeRecord, EpisodeRecorder
 def _factory(path: str, name: str, **defaults: Any) -> Callable[..., Controller]:
     """A factory for the class at ``module:Class``, imported on first use: the modules with a command
     line (``python -m ala_gym.agents.reinforce``) must not be imported by the package itself, and
-    Stable-Baselines3 is slow to import and an optional extra: ``import agents`` works without it."""
+    Stable-Baselines3 is slow to import and an optional extra: ``import ala_gym.agents`` works without it."""
     module, _, class_name = path.partition(":")
 
     def make(**kwargs: Any) -> Controller:

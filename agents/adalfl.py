@@ -24,12 +24,13 @@ How the pieces fit:
 BatchNorm (ResNets): the base forward runs in training mode and updates the running statistics, as
 an ordinary training step does. The meta forward on the validation batch also runs in training mode
 (it normalises with that batch's statistics, as the authors' ``higher`` code does) but does not update
-the running statistics (our choice), so the statistics evaluation uses come from training batches
+the running statistics (this implementation's choice), so the statistics evaluation uses come from training batches
 only, exactly as for a cross-entropy child.
 
 Divergence: a non-finite training or meta loss is noted on the device (no host sync in the loop) and
-read back at each evaluation, every K iterations; the run then stops, is recorded as diverged, and
-its test metric is that of the broken child (non-finite outputs count as errors), as in the envs.
+read back at each evaluation, every K iterations; the run then stops, is recorded as diverged, and is
+scored as the envs score a diverged child: the metric's worst value on test and validation, a validation
+loss of ``inf``.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class AdaLFLConfig:
     bias: bool = False
     """Biases in ``l_phi``'s layers (the same author's loss networks, EvoMAL and NPBML, have none)."""
     offline_steps: int = 50
-    """``S_init``, meta steps of the offline initialisation. The paper uses 2,500; our default is 50, because
+    """``S_init``, meta steps of the offline initialisation. The paper uses 2,500; the default here is 50, because
     under the envs' child optimiser (lr 0.05, momentum 0.9) long offline phases hurt: the one-step objective
     grows the loss's scale, which the momentum steps of real training then amplify into a collapsed child
     (measured on digits for 0 to 2,500 steps in ``benchmarks/results/digits-adalfl-offline-steps``, and on
@@ -81,7 +82,7 @@ class AdaLFLConfig:
     """Where the meta-objective's batches come from: ``"val"`` (Algorithm 2) or ``"train"`` (the text's
     alternative: a second, independently drawn training batch)."""
     nesterov: bool = False
-    """Nesterov momentum in the child's SGD steps. Our choice: off, as in the envs' children (plain
+    """Nesterov momentum in the child's SGD steps. Off by default, as in the envs' children (plain
     ``torch.optim.SGD``), so that ``adalfl`` and ``ce`` differ only in the loss."""
     init_path: str | None = None
     """A loss network saved by :func:`save_loss_network`; when given, it replaces the offline phase."""
@@ -385,6 +386,7 @@ class AdaLFLController(Controller):
                 record.diverged = True
                 break
         record.loss_shape_end = loss_shape(network, trainer.data.num_classes, self.config.shape_points)
+        env.episode.diverged = record.diverged  # scored as the envs score a diverged child, without evaluating it
         final = env.episode.final_metrics(env.evaluate_split)
         record.test_metric, record.final_val_metric = final["test_metric"], final["final_val_metric"]
         record.final_val_loss = final["final_val_loss"]

@@ -137,7 +137,8 @@ class Controller(ABC):
     def prescribe_phi(self, observations: np.ndarray, infos: dict) -> np.ndarray | None:
         """Phi to impose on each child before the step (``[num_envs, C, C]``), or None to leave Phi alone.
 
-        Fixed baselines that prescribe Phi (random, confusion-matrix) return it and act with 1 (no change).
+        Fixed baselines that prescribe Phi (:mod:`ala_gym.agents.baselines`: random, confusion, uniform, ramp,
+        online smoothing) return it and act with 1 (no change).
         """
         return None
 

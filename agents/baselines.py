@@ -14,9 +14,10 @@
 * ``online-smoothing``: online label smoothing (Zhang et al., IEEE TIP 2021): Phi recomputed before every
   step from the child's own correct predictions, no controller.
 
-All act "no change" (action 1 on every pair); all but the first four impose Phi through
-:meth:`Controller.prescribe_phi` before every step. Each child is independent: ``num_envs`` children are
-just that many training runs under the same rule.
+All act "no change" (action 1 on every pair) except ``phi-ramp(follow=True)``, which follows its ramp by the
+action space's steps and imposes nothing; ``random``, ``confusion``, ``label-smoothing``, ``phi-uniform``,
+``phi-ramp`` and ``online-smoothing`` impose Phi through :meth:`Controller.prescribe_phi` before every step.
+Each child is independent: ``num_envs`` children are just that many training runs under the same rule.
 """
 
 from __future__ import annotations
@@ -157,7 +158,7 @@ class ConfusionPhi(FixedPhi):
     """Phi from the validation confusion statistics of Eq. 7, recomputed before every step.
 
     Eq. 7 gives ``C_ij`` = mean ``-log p_j`` over validation samples of class ``i`` (``infos["confusion"]``,
-    unnormalised), a cost rather than a matrix usable as Phi. Our reading: ``P_ij = exp(-C_ij)`` (the
+    unnormalised), a cost rather than a matrix usable as Phi. Read here as ``P_ij = exp(-C_ij)`` (the
     geometric-mean probability of class ``j`` on class-``i`` samples), each row normalised to sum to 1,
     then symmetrised ``(P + P^T) / 2`` because Phi must be symmetric, and the diagonal set to 1. Without
     that last step an untrained model's near-uniform ``P`` (about 0.1 everywhere) makes the loss pull

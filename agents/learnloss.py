@@ -6,7 +6,7 @@ so that the model minimising it has a low validation error (any metric, differen
 available; what is known is the abstract (an anytime algorithm over a loss linear in lambda), the related
 patent (a convex program over observed models, each described by its vector of loss-component values and
 its validation error) and the companion paper's LearnLinReg/TuneReg (a linear program over observed
-models, re-solved after every training run; k + 1 models suffice in its "easy" case). From these we follow
+models, re-solved after every training run; k + 1 models suffice in its "easy" case). From these this module follows
 a *selection LP* (B1 below), because it needs exactly what the patent
 names (component values and validation errors of observed models) and nothing the paper would have to
 define further, and because it has the property TuneReg states: once a lambda exists that makes the best
@@ -34,7 +34,7 @@ Two margins (``centre``):
 * ``centre=True`` (the tuner's default): in the box rescaled to the unit cube (``u = lambda / U``), rows
   are normalised (``s_j = ||(f_j - f_m)[1:] * U||``) and the box faces are constraints too, so ``t`` is the
   distance from ``u`` to the nearest face of the region where ``m`` is the minimiser: the LP returns that
-  region's Chebyshev centre. This is our exploration step. Each observed model is the exact minimiser
+  region's Chebyshev centre. This is the exploration step here. Each observed model is the exact minimiser
   of the loss it was trained with; training at a lambda inside the best model's region therefore either
   yields a better model, or a model whose loss at that lambda is lower than the best's, which cuts that
   lambda (and a neighbourhood) out of the region. Proposing the centre makes every unsuccessful run cut

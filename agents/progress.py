@@ -4,9 +4,12 @@ Phi heatmaps."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, SupportsFloat, cast
+from typing import TYPE_CHECKING, Any, SupportsFloat, cast
 
 import numpy as np
+
+if TYPE_CHECKING:  # matplotlib is imported only when a figure is drawn
+    from matplotlib.figure import Figure
 
 
 class RunLogger:
@@ -48,7 +51,7 @@ class RunLogger:
             self.writer.close()
 
 
-def phi_figure(phi: np.ndarray, step: int):
+def phi_figure(phi: np.ndarray, step: int) -> Figure:
     """A matplotlib heatmap of one ``C x C`` Phi on the fixed scale [-1, 1] (comparable across steps)."""
     import matplotlib
 

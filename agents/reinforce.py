@@ -8,9 +8,10 @@ Read top to bottom: the config, the policy, the controller (acting, learning, sa
 * Learning is online (Algorithm 1): every env step, each child's transition ``<s_t, a_t, r_t, s_t+1>`` is
   stored in a replay memory, and the policy takes ``updates_per_step`` REINFORCE steps on the fresh
   transitions of all children together with ``replay_batch`` transitions sampled from the memory ("this
-  independent set of episodes, together with replay memory D"). Episodes are one step long (T = 1): the
-  return of a decision is its own reward. Replayed transitions were drawn by older policies; like the
-  paper, no importance weights.
+  independent set of episodes, together with replay memory D"). By default episodes are one step long
+  (T = 1, ``return_horizon=1``): the return of a decision is its own reward; ``return_horizon`` and
+  ``episodic_weight`` credit it with later rewards or with its child's final validation metric instead.
+  Replayed transitions were drawn by older policies; like the paper, no importance weights.
 * Credit and baseline (where the defaults depart from the paper, see :class:`ReinforceConfig`): each
   pair's decision is credited with the sign of the improvement on its own two classes
   (``pair_credit``), and the baseline of a child is the mean of the other children's rewards at the same
@@ -126,9 +127,9 @@ class ReinforceConfig:
 
 
 PAPER_ENV_KWARGS = {"fixed_diagonal": False, "step_scaling": "entry"}
+"""The env's literal paper behaviour (diagonal free, ``beta`` per entry), used with :meth:`ReinforceConfig.paper`."""
 WARMUP_SEED_OFFSET = 1_000_003
 """Env seeds of warm-up runs lie this far apart: beyond any seed (times the child count) a benchmark uses."""
-"""The env's literal paper behaviour (diagonal free, ``beta`` per entry), used with :meth:`ReinforceConfig.paper`."""
 
 
 class PairPolicy(nn.Module):
@@ -223,18 +224,27 @@ class PendingReturns:
         return complete
 
 
-def episodic_signs(scores: np.ndarray) -> np.ndarray:
+def leave_one_out_mean(values: np.ndarray) -> np.ndarray:
+    """Per child (the first dimension, two children at least): the mean of the other children's values."""
+    return (values.sum(axis=0, keepdims=True) - values) / (len(values) - 1)
+
+
+def episodic_signs(scores: np.ndarray, diverged: np.ndarray | None = None) -> np.ndarray:
     """Leave-one-out credit of a run: the sign of each child's score (``[children, ...]``, higher is better)
-    against the mean of the other children's. One child has no others to compare with: 0."""
-    count = len(scores)
-    if count < 2:
+    against the mean of the other children's. A ``diverged`` child (a boolean per child) first gets a score one
+    below every other child's, whatever it summed before it diverged. One child has no others to compare with: 0."""
+    if diverged is not None and np.any(diverged):
+        diverged = np.asarray(diverged, dtype=bool)
+        scores = scores.copy()
+        scores[diverged] = scores[~diverged].min(axis=0) - 1.0 if (~diverged).any() else 0.0
+    if len(scores) < 2:
         return np.zeros_like(scores)
-    others = (scores.sum(axis=0, keepdims=True) - scores) / (count - 1)
-    return np.sign(scores - others)
+    return np.sign(scores - leave_one_out_mean(scores))
 
 
 class ReinforceController(Controller):
-    """REINFORCE with an EMA baseline and a replay memory, learning online while the children train.
+    """REINFORCE with a leave-one-out (or moving-average) baseline and a replay memory, learning online while the
+    children train.
 
     Every :meth:`run` starts from the same policy: a fresh one initialised from the run's seed or, when
     the controller was made by :meth:`load`, the loaded weights. After a run the learned policy is in
@@ -430,11 +440,7 @@ class ReinforceController(Controller):
     def _update_on_run(self) -> dict[str, float]:
         """Episodic credit: one update (``updates_per_step`` steps) over every decision of the run, each
         credited with its child's leave-one-out sign, weighted ``episodic_weight``."""
-        scores = self.scores.copy()
-        if self.diverged.any():  # a diverged child ranks below every other, whatever its summed improvement
-            floor = scores[~self.diverged].min(axis=0) - 1.0 if (~self.diverged).any() else 0.0
-            scores[self.diverged] = floor
-        signs = episodic_signs(scores)
+        signs = episodic_signs(self.scores, self.diverged)
         states = torch.as_tensor(np.stack([s for child in self.decisions for s, _ in child])).float()
         chosen = torch.as_tensor(np.stack([a for child in self.decisions for _, a in child])).long()
         advantages = torch.as_tensor(
@@ -455,8 +461,7 @@ class ReinforceController(Controller):
         count = len(per_pair)
         if self.config.baseline != "loo" or count < 2:
             return [None] * count
-        others = (per_pair.sum(axis=0, keepdims=True) - per_pair) / (count - 1)
-        return list(per_pair - others)
+        return list(per_pair - leave_one_out_mean(per_pair))
 
     def _replay_sample(self) -> list[Transition]:
         if not self.memory:

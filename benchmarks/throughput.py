@@ -2,10 +2,10 @@
 
     python -m ala_gym.benchmarks.throughput                      # CPU, the budget of results/throughput.md
     python -m ala_gym.benchmarks.throughput --device cuda        # on a GPU machine
-    python -m ala_gym.benchmarks.throughput --models mlp small_cnn --num-envs 1 4 10 32 \
-        --modes single native-sequential native-batched --steps 2 --iterations 20 --min-seconds 2 --repeats 2 \
+    python -m ala_gym.benchmarks.throughput --models mlp small_cnn --num-envs 1 4 10 32 \\
+        --modes single native-sequential native-batched --steps 2 --iterations 20 --min-seconds 2 --repeats 2 \\
         --threads 1 --out benchmarks/results/throughput-mlp     # against one child, FLOP/s, roofline: ~9 min
-    python -m ala_gym.benchmarks.throughput --models small_cnn --dataset fashion-mnist --num-envs 4 --iterations 200 \
+    python -m ala_gym.benchmarks.throughput --models small_cnn --dataset fashion-mnist --num-envs 4 --iterations 200 \\
         --modes native-sequential ray-1 ray-2 ray-4 --out benchmarks/results/throughput-ray      # Ray vs in-process
 
 For every model (small CNN and ResNet-32 on CIFAR-10-sized 3x32x32 inputs from the CIFAR-10 subset

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 
 import gymnasium as gym
 import numpy as np
@@ -194,7 +195,8 @@ def test_divergence_is_recorded_not_raised() -> None:
     finally:
         envs.close()
     assert record.diverged and len(record.val_metric) < 3
-    assert record.test_metric >= 0.5  # the broken child's error: non-finite outputs count as wrong
+    # Scored as the envs score a diverged child: the worst error, without evaluating the broken model.
+    assert record.test_metric == record.final_val_metric == 1.0 and record.final_val_loss == float("inf")
 
 
 def test_saved_loss_network_loads_with_weights_only(tmp_path) -> None:
@@ -209,6 +211,15 @@ def test_saved_loss_network_loads_with_weights_only(tmp_path) -> None:
     torch.testing.assert_close(loaded(logits, labels), network(logits, labels))
     with pytest.raises(FileNotFoundError, match="save_loss_network"):
         load_loss_network(tmp_path / "missing.pt")
+    # A file that needs arbitrary unpickling (code that runs on load) is refused before anything is built from it.
+    hostile = tmp_path / "hostile.pt"
+    torch.save({"hyper": NotATensor(), "state_dict": {}}, hostile)
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        load_loss_network(hostile)
+
+
+class NotATensor:
+    """A class that ``weights_only`` unpickling does not allow."""
 
 
 def test_config_rejects_bad_values() -> None:

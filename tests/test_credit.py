@@ -60,21 +60,22 @@ def test_episodic_credit_is_the_sign_against_the_other_childrens_mean() -> None:
 
 
 def test_episodic_scores_rank_the_better_child_up_and_divergence_last() -> None:
-    """Lower error is better: the child with the lowest final validation error gets +1, a diverged one -1."""
+    """Lower error is better: the child with the lowest final validation error gets +1, a diverged one -1 even
+    where its last validation error was the best (it diverged afterwards)."""
     controller = ReinforceController(ReinforceConfig(episodic_weight=1.0, pair_credit=False), num_envs=3)
     envs = controller.make_envs("ALA-Digits-v0", **TINY)
     controller.begin(envs, seed=0)
     controller.begin_episode(envs)
     observations = np.zeros((3, 55, 24), dtype=np.float32)
     actions = np.ones((3, 55), dtype=np.int64)
-    infos = {"final_val_metric": np.array([0.1, 0.3, 1.0]), "_final_val_metric": np.ones(3, bool),
-             "val_metric": np.array([0.2, 0.4, 1.0]), "diverged": np.array([False, False, True]),
+    infos = {"final_val_metric": np.array([0.1, 0.3, 0.05]), "_final_val_metric": np.ones(3, bool),
+             "val_metric": np.array([0.2, 0.4, 0.05]), "diverged": np.array([False, False, True]),
              "row_improvement": np.zeros((3, 55))}  # fmt: skip
     controller._track_run(np.arange(3), observations, actions, infos, np.ones(3, bool))
-    scores = controller.scores.copy()
-    scores[controller.diverged] = scores[~controller.diverged].min(axis=0) - 1.0
-    signs = episodic_signs(scores)
+    assert controller.diverged.tolist() == [False, False, True]
+    signs = episodic_signs(controller.scores, controller.diverged)
     assert signs[0, 0] == 1 and signs[2, 0] == -1
+    assert episodic_signs(controller.scores)[2, 0] == 1  # without the divergence rule its score would win
     envs.close()
 
 

@@ -446,7 +446,7 @@ def _md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-_RESTORE = "restore the folder from where it came (e.g. copy shared/data/cifar10-subset again)"
+_RESTORE = "restore the folder from where it came (for the CIFAR-10 subset: copy it into $ALA_GYM_DATA/cifar10-subset again)"
 
 
 def _read_md5sums(folder: Path) -> dict[str, str]:
@@ -606,7 +606,7 @@ _BUILTIN_DATASETS = frozenset(LOADERS)
 _CACHE: dict[tuple, ClassificationData] = {}
 
 
-def load_dataset(name: str, *, device: torch.device | str = "cpu", **kwargs) -> ClassificationData:
+def load_dataset(name: str, *, device: torch.device | str = "cpu", **kwargs: Any) -> ClassificationData:
     """Load ``name`` (a key of ``LOADERS``) once per process and options; later calls share the tensors.
 
     Sharing is safe because nothing writes to a loaded split: batches are gathered copies.

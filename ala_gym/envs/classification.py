@@ -302,8 +302,3 @@ class ALAClassificationEnv(ALAEnv):
         figure.suptitle(f"iteration {info['iteration']}, validation {self.metric} {info['val_metric']:.3f}", fontsize=10)
         canvas.draw()
         return np.asarray(canvas.buffer_rgba())[..., :3].copy()
-
-    @property
-    def phi_pairs(self) -> np.ndarray:
-        """Phi as one value per class pair (the order of ``ala_gym.core.losses.class_pairs``)."""
-        return self.episode.task.values

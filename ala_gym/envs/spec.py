@@ -92,7 +92,7 @@ class DataSpec:
         if not isinstance(self.dataset, str):
             data = from_user_data(self.dataset, val_size=self.val_size, split_seed=self.split_seed, device=device)
         else:
-            # A loader's own keywords (a name unregistered since the spec was made: load_dataset names the choices).
+            # A loader's own keywords (a name not registered in this process, as on a Ray actor: load_dataset names the choices).
             accepted = inspect.signature(LOADERS[self.dataset]).parameters if self.dataset in LOADERS else {}
             loader_kwargs: dict[str, Any] = {"split_seed": self.split_seed}
             if self.data_root is not None and "data_root" in accepted:

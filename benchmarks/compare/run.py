@@ -199,7 +199,7 @@ def compare(
                     run_claimed(controller, seed, fd)
 
         missing = [f"{c} seed {s}" for c, s in plan if not finished(c, s)]
-        if missing:  # only if a run's file vanished under us; never write a table with holes
+        if missing:  # only if a run's file vanished meanwhile; never write a table with holes
             raise ComparisonError(f"runs missing from {out / 'runs'}: {', '.join(missing)}; run the command again")
 
     def gather(specs: set[str]) -> list[dict]:

@@ -164,7 +164,7 @@ def check_row(
     """The row ``spec`` on the env as its runs will make it: the comparison's keywords, the row's own after
     ``@`` and what the controller asks of the env (``loss_form``, ...), checked on the task's spec (an unknown
     keyword, a value out of range, a controller that does not fit the task), and the keywords after ``@`` that
-    set the controller (:attr:`Controller.own_keywords`) on its config; so that a bad row fails before any run
+    set the controller (:attr:`ala_gym.agents.base.Controller.own_keywords`) on its config; so that a bad row fails before any run
     rather than when its own starts. ``controller`` (the row's, already built) and ``metric`` (the comparison's)
     are made here when not given."""
     controller = build_controller(spec) if controller is None else controller
