@@ -23,6 +23,7 @@ from ala_gym.core.data import (
     DataError,
     cifar10_subset_dir,
     default_cache_dir,
+    from_user_data,
     load_cifar10,
     load_digits,
     load_fashion_mnist,
@@ -52,6 +53,20 @@ def test_split_is_seeded() -> None:
     same = load_digits(split_seed=3), load_digits(split_seed=3)
     assert torch.equal(same[0].val.labels, same[1].val.labels) and torch.equal(same[0].val.images, same[1].val.images)
     assert not torch.equal(load_digits(split_seed=4).val.images, same[0].val.images)
+
+
+def test_the_validation_split_is_carved_out_of_training_without_overlap() -> None:
+    """Every training sample lands in exactly one of train and val, the test samples in test alone: rows told
+    apart by their values (sample ``i`` holds ``i``; test samples negative)."""
+    features = np.arange(100, dtype=np.float32)[:, None].repeat(3, 1)
+    test_features = -np.arange(1, 21, dtype=np.float32)[:, None].repeat(3, 1)
+    data = from_user_data((features, np.arange(100) % 4, test_features, np.arange(20) % 4), val_size=30)
+    train, val = (set(split.images[:, 0].tolist()) for split in (data.train, data.val))
+    assert len(train) == 70 and len(val) == 30 and not train & val and train | val == set(range(100))
+    assert set(data.test.images[:, 0].tolist()) == set((-np.arange(1, 21)).tolist())
+    # Each sample keeps its own label through the split.
+    for split in (data.train, data.val):
+        assert torch.equal(split.labels, split.images[:, 0].long() % 4)
 
 
 def test_tiny_cifar_loads_with_md5sums(tiny_cifar_dir: Path) -> None:
@@ -103,6 +118,7 @@ def test_missing_cifar_defaults_to_cache_folder(isolated_cache: Path) -> None:
 @pytest.mark.skipif(not CIFAR_SUBSET.exists(), reason=f"real CIFAR-10 subset not present at {CIFAR_SUBSET}")
 def test_real_cifar_subset() -> None:
     data = load_cifar10(data_root=CIFAR_SUBSET)
+    # The subset's README: 1,102 + 4 x 1,017 training images, 1,017 test images.
     assert len(data.train) + len(data.val) == 5170 and len(data.test) == 1017
     assert len(data.val) == 5170 // 5
     _check_split_types(data)

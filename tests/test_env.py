@@ -203,6 +203,8 @@ def test_phi_symmetric_and_clipped(make) -> None:
         np.testing.assert_array_equal(phi, phi.T)
         expected_off = min(0.1 * (step + 1), 1.0)
         np.testing.assert_allclose(phi[0, 1], expected_off, atol=1e-9)
+        # The child trains under the Phi the info reports, not merely one recorded beside it.
+        np.testing.assert_array_equal(env.episode.loss.phi.cpu().numpy(), phi.astype(np.float32))
     assert np.all(phi == 1.0) and np.all(obs[:, 22] == 1.0)
     np.testing.assert_array_equal(env.phi, phi)
 

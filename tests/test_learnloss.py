@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from functools import partial
 
 import numpy as np
 import pytest
@@ -211,8 +212,9 @@ def test_controller_runs_a_tiny_digits_episode_with_valid_phi_and_is_seeded():
 
 
 # ---------------------------------------------------------------------- the tuning benchmark
-def test_tuning_benchmark_writes_runs_table_plot_and_resumes(tmp_path, monkeypatch):
+def test_tuning_benchmark_writes_runs_table_plot_and_resumes(tmp_path, monkeypatch, request):
     monkeypatch.setattr(bench, "RESULTS", tmp_path)
+    request.addfinalizer(partial(torch.set_num_threads, torch.get_num_threads()))  # the later tests keep theirs
     torch.set_num_threads(1)
     summary = bench.run_benchmark(["digits"], list(bench.METHODS), [0, 1], 5, "tiny", problem_kwargs={"train_size": 300})
     out = tmp_path / "tiny"

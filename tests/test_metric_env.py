@@ -97,6 +97,13 @@ def test_mining_is_seeded_by_the_child_and_leaves_the_global_rng_alone(make, glo
     with global_rng_unchanged():
         first, again, other = rollout(1), rollout(1), rollout(2)
     assert first == again and first != other
+    # One env reset with the same seed again: the miner starts over with the child, not where the last episode left it.
+    env = make("ALA-FashionMNIST-Margin-v0", loss_form="mixture")
+    episodes = []
+    for _ in range(2):
+        env.reset(seed=1)
+        episodes.append([env.step(np.ones(10, dtype=np.int64))[4]["train_loss"] for _ in range(2)])
+    assert episodes[0] == episodes[1] == first
 
 
 def test_vector_env_trains_children_one_after_another(make, tiny_fashion_mnist_dir: Path) -> None:
