@@ -210,6 +210,13 @@ def step_logs(rewards: np.ndarray, phi: np.ndarray, val_metric: np.ndarray) -> d
     return {"reward": float(np.mean(rewards)), "val_metric": float(np.mean(val_metric)), **phi_stats(phi), "phi": phi}
 
 
+def mean_off_diagonal(phi: np.ndarray) -> np.ndarray:
+    """The mean off-diagonal entry of each ``C x C`` matrix of ``phi`` (``[..., C, C]``): ``[...]``, the one number
+    the results report for how far a Phi smooths (positive) or sharpens (negative) the loss."""
+    phi = np.asarray(phi, dtype=np.float64)
+    return phi[..., ~np.eye(phi.shape[-1], dtype=bool)].mean(axis=-1)
+
+
 def phi_stats(phi: np.ndarray) -> dict[str, float]:
     """Drift of Phi (``[children, C, C]``) from identity; for loss parameters that are a vector per child
     (``[children, rows]``, metric learning) their mean and largest absolute value instead.

@@ -8,6 +8,7 @@ must be finite: a policy that diverged while training would fail only at its fir
 
 from __future__ import annotations
 
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import torch
 
 import ala_gym
+from ala_gym.core.files import publish
 
 FORMAT_VERSION = 1
 """Version of the checkpoint layout; bump it whenever a saved policy can no longer be loaded as is."""
@@ -25,19 +27,18 @@ class CheckpointError(ValueError):
     """A file that is not a loadable ala-gym policy checkpoint; the message says which file and why."""
 
 
-def save_checkpoint(path: str | Path, kind: str, config: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> None:
-    """Write a policy as plain tensors and primitives, so that it loads with ``weights_only=True``."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    torch.save(
-        {
-            "format_version": FORMAT_VERSION,
-            "ala_gym_version": ala_gym.__version__,
-            "kind": kind,
-            "config": config,
-            "state_dict": state_dict,
-        },
-        path,
-    )
+def save_checkpoint(
+    path: str | Path, kind: str, config: dict[str, Any], state_dict: dict[str, torch.Tensor], **extra: Any
+) -> None:
+    """Write a policy as plain tensors and primitives, so that it loads with ``weights_only=True``; ``extra``
+    entries (plain types and tensors too) go beside the header. Written atomically: an interruption while
+    writing leaves the file that was there."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = {"format_version": FORMAT_VERSION, "ala_gym_version": ala_gym.__version__, "kind": kind, "config": config}
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
+        torch.save({**header, "state_dict": state_dict, **extra}, tmp)
+    publish(tmp.name, path)
 
 
 def load_checkpoint(path: str | Path, kind: str, written_by: str | None = None) -> dict[str, Any]:

@@ -52,10 +52,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import shlex
 import sys
-import tempfile
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -71,9 +69,9 @@ from torch.nn import functional as F
 
 import ala_gym  # noqa: F401  (registers the env ids)
 from ala_gym.agents import checkpoints, cli
+from ala_gym.agents.base import mean_off_diagonal
 from ala_gym.agents.reinforce import N_ACTIONS, PairPolicy
 from ala_gym.core.data import DataError, with_data_home
-from ala_gym.core.files import publish
 from ala_gym.core.machine import cpu_model
 from ala_gym.envs.spec import task_spec
 from ala_gym.wrappers import ChildAttributes, MissingExtraError, require
@@ -304,11 +302,17 @@ def check_tasks(config: MetaTrainConfig) -> None:
     """Every task's id and keywords as its children would get them (an unknown id or keyword, a value out of
     range), checked on the task's spec before any child trains; its data is read when its children are made."""
     for task in config.tasks:
-        kwargs = {
-            **config.env_kwargs, **config.task_kwargs.get(task, {}),
-            "total_iterations": config.horizon[1], "steps_per_action": config.steps_per_action,
-        }  # fmt: skip
-        task_spec(task, **with_data_home(kwargs))
+        task_spec(task, **task_kwargs(config, task, config.horizon[1]))
+
+
+def task_kwargs(config: MetaTrainConfig, task: str, total_iterations: int) -> dict[str, Any]:
+    """The keywords of ``task``'s children at horizon ``total_iterations``: ``env_kwargs``, then the task's own
+    ``task_kwargs`` over them, its data roots resolved against the data home."""
+    kwargs = {
+        **config.env_kwargs, **config.task_kwargs.get(task, {}),
+        "total_iterations": total_iterations, "steps_per_action": config.steps_per_action,
+    }  # fmt: skip
+    return with_data_home(kwargs)
 
 
 def run_children(
@@ -320,11 +324,7 @@ def run_children(
     num_pairs = len(plan["env_seeds"]) // 2
     pairs = range(num_pairs) if pairs is None else pairs
     num_children = len(vectors)
-    kwargs = {
-        **config.env_kwargs, **config.task_kwargs.get(plan["task"], {}),
-        "total_iterations": plan["total_iterations"], "steps_per_action": config.steps_per_action,
-    }  # fmt: skip
-    envs = gym.make_vec(plan["task"], num_envs=num_children, **with_data_home(kwargs))
+    envs = gym.make_vec(plan["task"], num_envs=num_children, **task_kwargs(config, plan["task"], plan["total_iterations"]))
     try:
         higher_is_better = bool(cast(ChildAttributes, envs).get_attr("evaluator")[0].higher_is_better)
         observations, _ = envs.reset(seed=plan["env_seeds"][2 * pairs.start : 2 * pairs.stop])
@@ -354,7 +354,7 @@ def run_children(
                     val_loss[child] = float(infos["final_val_loss"][child])
                 phi = np.asarray(infos["phi"][child])
                 if phi.ndim == 2 and len(phi) > 1:
-                    phi_off_diagonal[child] = phi[~np.eye(len(phi), dtype=bool)].mean()
+                    phi_off_diagonal[child] = mean_off_diagonal(phi)
             if np.isnan(fitness).any() and (terminations | truncations).all():
                 break
     finally:
@@ -394,12 +394,11 @@ class RayEvaluators:
         require("ray")  # before importing it: without the extra, one line saying which to install
         import ray
 
+        from ala_gym.wrappers.ray import start_ray
+
         self.actors: list[Any] = []
         self.lost: set[int] = set()  # the slots in ``actors`` whose actor died
-        self.started_ray = not ray.is_initialized()
-        if self.started_ray:
-            quiet: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.ERROR, configure_logging=True)
-            ray.init(address=address, **quiet) if address else ray.init(num_cpus=workers, **quiet)
+        self.started_ray = start_ray(address, workers)
         cpus = float(ray.cluster_resources().get("CPU", 0.0))
         if workers > cpus:  # Ray would leave the extra actors pending forever
             self.close()
@@ -447,11 +446,12 @@ class RayEvaluators:
     def close(self) -> None:
         import ray
 
+        from ala_gym.wrappers.ray import stop_ray
+
         for actor in self.actors:
             ray.kill(actor)
         self.actors = []
-        if self.started_ray and ray.is_initialized():
-            ray.shutdown()
+        stop_ray(self.started_ray)
 
 
 # ---------------------------------------------------------------------- the loop
@@ -578,15 +578,7 @@ class MetaTrainer:
     def save_state(self, path: str | Path) -> None:
         """Everything a resumed run needs (plain tensors and primitives), written atomically: an interruption
         while writing leaves the previous generation's file."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        payload = {
-            "format_version": checkpoints.FORMAT_VERSION, "ala_gym_version": ala_gym.__version__,
-            "kind": CHECKPOINT_KIND, "config": config_record(self.config), "state_dict": {}, "trainer": self.state(),
-        }  # fmt: skip
-        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
-            torch.save(payload, tmp)
-        publish(tmp.name, path)
+        checkpoints.save_checkpoint(path, CHECKPOINT_KIND, config_record(self.config), {}, trainer=self.state())
 
     @classmethod
     def resume(cls, path: str | Path, config: MetaTrainConfig) -> MetaTrainer:

@@ -312,8 +312,9 @@ def _check_idx(unpacked: Path, source: Path) -> None:
         )
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+def _file_digest(path: Path, algorithm: str) -> str:
+    """The hex digest of ``path``'s bytes under ``hashlib``'s ``algorithm``, read a MiB at a time."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
@@ -331,7 +332,7 @@ def _cached_intact(target: Path) -> bool:
     costs a fraction of a second.
     """
     try:
-        return _checksum_file(target).read_text().strip() == _sha256(target)
+        return _checksum_file(target).read_text().strip() == _file_digest(target, "sha256")
     except OSError:  # not unpacked yet, or unpacked by a version that wrote no checksum
         return False
 
@@ -438,14 +439,6 @@ def load_fashion_mnist(
     )
 
 
-def _md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 _RESTORE = "restore the folder from where it came (for the CIFAR-10 subset: copy it into $ALA_GYM_DATA/cifar10-subset again)"
 
 
@@ -514,7 +507,7 @@ def _cifar10_reader_class():
                     raise DataError(f"{folder / 'MD5SUMS'} has no checksum for {name}; {_RESTORE}")
                 if not path.exists():
                     raise DataError(f"CIFAR-10 file {path} is missing (listed in {folder / 'MD5SUMS'}); {_RESTORE}")
-                if _md5(path) != sums[name]:
+                if _file_digest(path, "md5") != sums[name]:
                     raise DataError(
                         f"CIFAR-10 file {path} is corrupt: its md5 does not match {folder / 'MD5SUMS'}; {_RESTORE}"
                     )

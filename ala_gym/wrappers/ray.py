@@ -41,6 +41,22 @@ from ala_gym.envs.vector import (
 _EPISODE_END_KEYS = ("final_obs", "final_info", "test_metric", "final_val_metric", "final_val_loss")
 
 
+def start_ray(address: str | None, num_cpus: int | None) -> bool:
+    """Join the cluster at ``address``, or start a local one of ``num_cpus`` (quiet: no dashboard, errors only),
+    unless Ray is initialised already (a cluster the caller chose); True when this call started it."""
+    if ray.is_initialized():
+        return False
+    quiet: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.ERROR, configure_logging=True)
+    ray.init(address=address, **quiet) if address else ray.init(num_cpus=num_cpus, **quiet)
+    return True
+
+
+def stop_ray(started: bool) -> None:
+    """Shut Ray down if :func:`start_ray` started it; a cluster the caller initialised stays up."""
+    if started and ray.is_initialized():
+        ray.shutdown()
+
+
 class ChildGroup:
     """The children of one Ray actor: an :class:`ALAVectorEnv` over them, run in the actor's process."""
 
@@ -141,10 +157,7 @@ class RayVectorEnv(VectorEnv):
             raise ValueError(f"num_cpus_per_worker must be positive, got {num_cpus_per_worker}")
         self.num_envs = num_envs
         self.groups = [range(a, min(a + children_per_worker, num_envs)) for a in range(0, num_envs, children_per_worker)]
-        self.started_ray = not ray.is_initialized()
-        if self.started_ray:
-            quiet: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.ERROR, configure_logging=True)
-            ray.init(address=address, **quiet) if address else ray.init(num_cpus=num_cpus, **quiet)
+        self.started_ray = start_ray(address, num_cpus)
         self.num_gpus_per_worker = self._gpus_per_worker(num_gpus_per_worker, str(env_kwargs.get("device", "auto")))
         self.num_cpus_per_worker = num_cpus_per_worker
         self._check_capacity()
@@ -231,8 +244,7 @@ class RayVectorEnv(VectorEnv):
         for worker in self.workers:
             ray.kill(worker)
         self.workers = []
-        if self.started_ray and ray.is_initialized():
-            ray.shutdown()
+        stop_ray(self.started_ray)
 
     # ---------------------------------------------------------------- attributes (``set_attr("phi", ...)``)
     def get_attr(self, name: str) -> tuple[Any, ...]:

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from ala_gym.agents.base import mean_off_diagonal
 from ala_gym.benchmarks.compare.specs import build_controller, file_stem
 
 
@@ -105,7 +106,7 @@ def end_of_training_table(runs_by_controller: dict[str, list[dict]], higher_is_b
     for name, runs in runs_by_controller.items():
         children = [child for run in runs for child in run["children"]]
         phis = [np.array(child["phi"][-1]) for child in children if child["phi"] and np.ndim(child["phi"][-1]) == 2]
-        off = [phi[~np.eye(len(phi), dtype=bool)].mean() for phi in phis if len(phi) > 1]
+        off = [float(mean_off_diagonal(phi)) for phi in phis if len(phi) > 1]
         sign = -1.0 if higher_is_better else 1.0
         rise = [100 * sign * (c["val_metric"][-1] - (max if higher_is_better else min)(c["val_metric"])) for c in children]
         lines.append(f"| {name} | {np.mean(off) if off else float('nan'):+.4f} | {np.mean(rise):+.2f} |")

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ala_gym.agents.base import mean_off_diagonal
 from ala_gym.benchmarks.compare.errors import ComparisonError
 from ala_gym.benchmarks.compare.provenance import without_locations
 from ala_gym.core.files import publish
@@ -35,14 +36,12 @@ def compact_run(run: dict) -> dict:
             children.append(child)
             continue
         picks = sorted({int(i) for i in np.linspace(0, len(phi) - 1, PHI_STEPS_KEPT).round()})
-        matrices = np.asarray(phi, dtype=np.float64)
-        off_diagonal = ~np.eye(matrices.shape[-1], dtype=bool)
         children.append({
             **child,
             "val_metric": np.round(child["val_metric"], 6).tolist(),
             "phi": [phi[i] for i in picks],
             "phi_steps": picks,
-            "phi_off_diagonal": matrices[:, off_diagonal].mean(axis=1).round(6).tolist(),
+            "phi_off_diagonal": mean_off_diagonal(phi).round(6).tolist(),
         })  # fmt: skip
     return {**run, "children": children}
 
