@@ -152,3 +152,33 @@ def test_batched_mlp_children_follow_single_children_over_an_epoch(digits) -> No
     for child, single in enumerate(singles):
         for name, value in single.model.named_parameters():
             torch.testing.assert_close(trainer.params[name][child].detach(), value.detach(), rtol=0, atol=1e-4)
+
+
+class NormedMLP(torch.nn.Module):
+    """A user's model with BatchNorm: running statistics as buffers, which the vmapped path carries per child."""
+
+    def __init__(self, input_shape: tuple[int, ...], num_outputs: int) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(int(np.prod(input_shape)), 16),
+                                        torch.nn.BatchNorm1d(16), torch.nn.ReLU(), torch.nn.Linear(16, num_outputs))  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def test_an_inactive_child_keeps_its_weights_momentum_and_batchnorm_statistics(digits) -> None:
+    """A child that sits out an iteration computes on another's batch: its update is discarded, and so are the
+    running statistics that batch moved; the active child's move."""
+    trainer = BatchedTrainer(digits, TrainConfig(model=NormedMLP, total_iterations=4, batch_size=32), [1, 2])
+    loss = PhiLoss(torch.eye(10))
+    params = torch.stack([loss.params] * 2)
+    trainer.train_step(params, np.array([True, True]), loss)  # momentum buffers no longer zero
+    state = {"weights": trainer.params, "statistics": trainer.buffers, "momentum": trainer.momentum}
+    before = {(kind, name): value.detach().clone() for kind, tensors in state.items() for name, value in tensors.items()}
+    assert any("running_mean" in name for name in trainer.buffers)
+    trainer.train_step(params, np.array([True, False]), loss)
+    for (kind, name), old in before.items():
+        new = state[kind][name].detach()
+        assert torch.equal(new[1], old[1]), f"the inactive child's {kind} {name} changed"
+        assert not torch.equal(new[0], old[0]), f"the active child's {kind} {name} did not move"
+    assert trainer.iterations.tolist() == [2, 1]

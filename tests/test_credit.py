@@ -13,6 +13,7 @@ from ala_gym.agents.reinforce import (
     ReinforceConfig,
     ReinforceController,
     episodic_signs,
+    mean_entropy,
 )
 
 TINY = dict(total_iterations=60, steps_per_action=20, batch_size=32, eval_points=2, eval_stride=5, val_subsample=200,
@@ -125,3 +126,21 @@ def test_warmup_runs_train_on_other_children_before_the_recorded_run(monkeypatch
 def test_bad_credit_settings_are_refused(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         ReinforceConfig(**kwargs)
+
+
+def test_the_entropy_bonus_raises_the_policys_entropy() -> None:
+    """With no advantage at all, REINFORCE's loss is the bonus alone: its steps make the policy less certain."""
+    controller = ReinforceController(ReinforceConfig(entropy_coef=1.0, init_no_change=0.9), num_envs=1)
+    envs = controller.make_envs("ALA-Digits-v0", **TINY)
+    controller.begin(envs, seed=0)
+    envs.close()
+    states = torch.rand(8, 55, 24, generator=torch.Generator().manual_seed(0))
+    chosen, advantages = torch.ones(8, 55, dtype=torch.long), torch.zeros(8, 55)
+    with torch.no_grad():
+        before = float(mean_entropy(controller.policy(states)))
+    for _ in range(5):
+        controller.optimizer.zero_grad()
+        controller._policy_loss(states, chosen, advantages).backward()
+        controller.optimizer.step()
+    with torch.no_grad():
+        assert float(mean_entropy(controller.policy(states))) > before
