@@ -223,6 +223,10 @@ def test_batch_sampler_epochs_are_permutations() -> None:
     assert sampler._order is epoch
     sampler.next()
     assert sampler._order is not epoch and not torch.equal(sampler._order, epoch)
+    # An epoch that batches divide exactly (3 x 359 = 1,077) is used to its last batch: every image once.
+    exact = BatchSampler(data, 359, torch.Generator().manual_seed(0))
+    seen = torch.cat([exact.next()[0] for _ in range(3)])
+    assert torch.equal(seen.flatten(1).unique(dim=0), exact.data.normalize(data.train.images).flatten(1).unique(dim=0))
     assert BatchSampler(data, 10**6, torch.Generator()).batch_size == len(data.train)
     with pytest.raises(ValueError):
         BatchSampler(data, 0, torch.Generator())
