@@ -1,14 +1,16 @@
-"""The episode rules on made-up evaluations, without training: Eq. 4's discounting over a step's evaluations,
-Eq. 5's sign reward of its improvement, the evaluation schedule's offsets and divergence through a non-finite
-evaluation alone. The env tests meet these rules through real children, where ``eval_points=1`` or an
+"""The episode rules and the class-pair features on made-up evaluations, without training: Eq. 4's discounting
+over a step's evaluations, Eq. 5's sign reward of its improvement, the evaluation schedule's offsets, divergence
+through a non-finite evaluation alone, and each pair's Eq. 7 features and credit. The env tests meet these rules through real children, where ``eval_points=1`` or an
 improvement's sign alone would hide a wrong weight."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from ala_gym.core.metrics import Evaluation
+from ala_gym.envs.class_pairs import ClassPairSettings, ClassPairTask
 from ala_gym.envs.episode import Episode, EpisodeSettings
 from ala_gym.envs.task import LossTask
 
@@ -93,3 +95,19 @@ def test_a_non_finite_evaluation_alone_ends_the_episode_with_the_penalty() -> No
     assert reward == -5.0 and terminated and info["diverged"]
     final = run.final_metrics(lambda split: pytest.fail(f"a diverged child was evaluated on {split}"))
     assert final["test_metric"] == final["final_val_metric"] == 1.0 and final["final_val_loss"] == float("inf")
+
+
+def test_class_pair_features_are_the_pairs_confusion_statistics_over_log_c() -> None:
+    """Row (i, j) sees ``[C_ij, C_ji] / log C`` of Eq. 7 (clipped at 10), and its credit is the error on the
+    samples of classes i and j, weighted by their counts."""
+    settings = ClassPairSettings(num_classes=3, beta=0.1, loss_form="linear", sigmoid_temperature=1.0, negative_floor=None)
+    task = ClassPairTask(settings, np.eye(3), torch.device("cpu"), val_class_counts=np.array([10.0, 30.0, 60.0]))
+    confusion = np.array([[0.1, 0.5, 0.9], [0.2, 0.3, 40.0], [0.6, 0.7, 0.8]])
+    evaluation = Evaluation(0.3, False, {"confusion": confusion}, class_metric=np.array([0.1, 0.2, 0.4]))
+    log_c = np.log(3)
+    assert task.pairs.tolist() == [[0, 0], [0, 1], [0, 2], [1, 1], [1, 2], [2, 2]]
+    expected = np.array([[0.1, 0.1], [0.5, 0.2], [0.9, 0.6], [0.3, 0.3], [min(40.0 / log_c, 10.0) * log_c, 0.7],
+                         [0.8, 0.8]]) / log_c  # fmt: skip
+    np.testing.assert_allclose(task.row_statistics(evaluation), expected)
+    np.testing.assert_allclose(task.row_metric(evaluation), [0.1, (10 * 0.1 + 30 * 0.2) / 40, (10 * 0.1 + 60 * 0.4) / 70,
+                                                             0.2, (30 * 0.2 + 60 * 0.4) / 90, 0.4])  # fmt: skip
