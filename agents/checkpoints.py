@@ -80,7 +80,7 @@ def load_checkpoint(path: str | Path, kind: str, written_by: str | None = None) 
             "save the policy again with this version (--save)"
         )
     if checkpoint["kind"] != kind:
-        raise CheckpointError(f"{path} holds a {checkpoint['kind']!r} policy, not a {kind!r} one")
+        raise CheckpointError(f"{path} holds a {checkpoint['kind']!r} checkpoint, not a {kind!r} one")
     state_dict = checkpoint["state_dict"]
     if not isinstance(checkpoint["config"], dict) or not isinstance(state_dict, dict):
         raise CheckpointError(f"{path} is damaged: its config and state_dict must be dictionaries; {written_by}")

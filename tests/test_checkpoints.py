@@ -96,3 +96,12 @@ def test_state_dict_of_non_tensors_is_damaged(tmp_path: Path) -> None:
     with pytest.raises(checkpoints.CheckpointError, match="must hold tensors only") as caught:
         checkpoints.load_checkpoint(path, "reinforce")
     assert str(path) in str(caught.value)
+
+
+def test_a_checkpoint_of_another_kind_is_refused(tmp_path: Path) -> None:
+    """A meta-training state is no policy, and a policy no meta-training state: each load names what it holds."""
+    path = tmp_path / "state.pt"
+    checkpoints.save_checkpoint(path, "meta-train-state", {}, {}, trainer={"generation": 1})
+    with pytest.raises(checkpoints.CheckpointError, match="holds a 'meta-train-state' checkpoint, not a 'reinforce' one"):
+        ReinforceController.load(path)
+    assert checkpoints.load_checkpoint(path, "meta-train-state")["trainer"] == {"generation": 1}
