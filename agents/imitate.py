@@ -54,8 +54,8 @@ class ImitateConfig:
     """What to clone, on which children, and how to fit."""
 
     teacher: str = "phi-ramp"
-    """The controller to clone: a registered name (``ala_gym.agents.CONTROLLERS``) whose :meth:`ala_gym.agents.base.Controller.act` chooses
-    the actions (one that imposes Phi has no actions to clone)."""
+    """The controller to clone: a registered name (``ala_gym.agents.CONTROLLERS``) whose
+    :meth:`ala_gym.agents.base.Controller.act` chooses the actions (one that imposes Phi has no actions to clone)."""
     teacher_kwargs: dict[str, Any] = field(default_factory=lambda: {"start": 0.1, "end": 0.0, "follow": True})
     """Keywords of the teacher's factory (these are the default teacher's; on the command line, another
     ``--teacher`` without ``--teacher-kwargs`` gets none)."""
