@@ -76,6 +76,7 @@ BAD_ARGUMENTS = [
 
 
 @pytest.mark.parametrize("kwargs, message", BAD_ARGUMENTS)
+@pytest.mark.filterwarnings("ignore:.*not in the possible render_modes:UserWarning")  # gymnasium's, before the refusal
 def test_bad_env_arguments_are_refused_at_construction(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         gym.make("ALA-Digits-v0", **{**TINY, **kwargs})
