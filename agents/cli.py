@@ -71,6 +71,18 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def plain_text(text: str) -> str:
+    """reStructuredText roles and literals as a terminal reads them: :class:`a.b.C` as a.b.C, ``x`` as x."""
+    return re.sub(r":\w+:`~?([^`]+)`", r"\1", text).replace("``", "")
+
+
+class DescriptionFormatter(argparse.RawDescriptionHelpFormatter):
+    """A module docstring as a command's description: its lines and usage examples kept, its markup plain."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return super()._fill_text(plain_text(text), width, indent)
+
+
 def field_docs(cls: type) -> dict[str, str]:
     """The docstrings written under a dataclass's fields (CleanRL style), read from its source."""
     import ast
@@ -87,8 +99,7 @@ def field_docs(cls: type) -> dict[str, str]:
             and isinstance(doc_node.value, ast.Constant)
         ):
             text = " ".join(str(doc_node.value.value).split())
-            # reStructuredText roles and literals read as plain text in a terminal: :class:`a.b.C` as a.b.C
-            docs[field_node.target.id] = re.sub(r":\w+:`~?([^`]+)`", r"\1", text).replace("``", "")
+            docs[field_node.target.id] = plain_text(text)
     return docs
 
 

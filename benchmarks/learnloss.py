@@ -47,6 +47,7 @@ import torch
 from scipy.optimize import minimize
 from scipy.special import logsumexp
 
+from ala_gym.agents.cli import DescriptionFormatter
 from ala_gym.agents.learnloss import LearnLossConfig, Trial, learn_loss, random_lambda
 from ala_gym.benchmarks.compare import write_json
 from ala_gym.benchmarks.machine import RESULTS, cpu_model, package_version
@@ -401,7 +402,7 @@ def run_benchmark(datasets: list[str], methods: list[str], seeds: list[int], bud
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=DescriptionFormatter)
     parser.add_argument("--datasets", default=",".join(DATASETS), help=f"comma-separated, from {DATASETS}")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {METHODS}")
     parser.add_argument("--seeds", type=int, default=5, help="number of seeds (0..N-1)")

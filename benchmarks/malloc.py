@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 import ala_gym  # noqa: F401  (registers the env ids)
+from ala_gym.agents.cli import DescriptionFormatter
 from ala_gym.benchmarks.machine import RESULTS
 from ala_gym.benchmarks.overhead import CONFIGS, ENV_SEED, _plain_loop, _trainer_loop, env_child_seed, machine_info
 from ala_gym.core.allocator import retain_freed_memory
@@ -117,7 +118,7 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=DescriptionFormatter)
     parser.add_argument("--config", default="cifar10-subset", choices=list(CONFIGS))
     parser.add_argument("--rounds", type=int, default=16, help="timed rounds (one iteration of each loop)")
     parser.add_argument("--out", type=Path, default=RESULTS)

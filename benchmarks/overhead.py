@@ -67,6 +67,7 @@ from gymnasium.utils import seeding
 from torch.nn import functional as F
 
 import ala_gym  # noqa: F401  (registers the env ids)
+from ala_gym.agents.cli import DescriptionFormatter
 from ala_gym.benchmarks.machine import RESULTS, cpu_model
 from ala_gym.core.allocator import retain_freed_memory
 from ala_gym.core.data import cifar10_subset_dir, data_home, training_batch
@@ -336,7 +337,7 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=DescriptionFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), help="default: all on CUDA; all but CIFAR on CPU")
     parser.add_argument("--repeats", type=int, default=None, help="timed repetitions per config (default: per config)")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import pickle
+import re
 import shlex
 import subprocess
 import sys
@@ -137,6 +139,20 @@ def test_compare_help_describes_presets_and_counts() -> None:
     assert "how many seeds: runs seeds 0, 1, ..., N-1" in text and "the Fashion-MNIST and CIFAR presets set 2" in text
     assert "cifar10-subset: ALA-CIFAR10-v0, 5 seeds, 400 iterations, K = 20, --children 2" in text
     assert "--env ALA-Digits-v0" in text  # the example runs on the embedded data, in any clone
+
+
+
+@pytest.mark.parametrize(
+    "module", ["compare.cli", "adalfl_cost", "adalfl_report", "learnloss", "malloc", "overhead", "reward_agreement"]
+)
+def test_benchmark_help_reads_its_docstring_without_markup(module: str, capsys) -> None:
+    """A benchmark's --help is its module docstring, usage lines kept, reStructuredText roles and literals plain."""
+    main = importlib.import_module(f"ala_gym.benchmarks.{module}").main
+    with pytest.raises(SystemExit) as caught:
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert caught.value.code == 0 and "python -m ala_gym.benchmarks." in text
+    assert "``" not in text and not re.search(r":(func|class|meth|mod|attr|data):`", text), text
 
 
 def test_agent_progress_bar_only_on_a_terminal() -> None:

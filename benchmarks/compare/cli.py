@@ -44,6 +44,7 @@ import gymnasium as gym
 import torch
 
 from ala_gym.agents import CONTROLLERS
+from ala_gym.agents.cli import DescriptionFormatter
 from ala_gym.benchmarks.compare.errors import ComparisonError
 from ala_gym.benchmarks.compare.presets import PRESETS, describe_presets
 from ala_gym.benchmarks.compare.run import compare
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     """The command line: ``argv`` (default: the process's arguments) as ``--help`` describes it; bad input exits 2
     with one line. ``prog`` names the command in its usage and error lines (default: argparse's, the script's name)."""
     parser = argparse.ArgumentParser(
-        prog=prog, description=__doc__, epilog=describe_presets(), formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=prog, description=__doc__, epilog=describe_presets(), formatter_class=DescriptionFormatter
     )
     parser.add_argument("--preset", choices=sorted(PRESETS), help="a named configuration (listed below)")
     parser.add_argument("--env", help="registered ALA env id, e.g. ALA-Digits-v0")
