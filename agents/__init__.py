@@ -20,7 +20,7 @@ Registry (``CONTROLLERS``, keyed by the benchmark's names; the documentation's C
 ``docs/controllers.md``, says what each is).
 
 Factory keywords: every baseline takes ``num_envs``; the fixed-loss rows (``ce``, ``phi-identity*``,
-``auc-pairwise``, ``fixed-loss``, ``phi-init``) and ``random`` also ``loss_form``, ``random`` ``noise``,
+``auc-pairwise``, ``fixed-loss``, ``phi-init``), ``confusion`` and ``random`` also ``loss_form``, ``random`` ``noise``,
 ``phi-uniform``/``label-smoothing`` ``off_diagonal`` and ``label_smoothing``, ``phi-ramp`` ``start``, ``end``
 and ``follow``, ``online-smoothing`` ``alpha``; ``reinforce*`` take
 ``config`` (:class:`ala_gym.agents.reinforce.ReinforceConfig`), ``num_envs``, ``train``; ``ppo``/``a2c`` take

@@ -33,11 +33,18 @@ def save_checkpoint(
     """Write a policy as plain tensors and primitives, so that it loads with ``weights_only=True``; ``extra``
     entries (plain types and tensors too) go beside the header. Written atomically: an interruption while
     writing leaves the file that was there."""
+    clashes = sorted(set(extra) & set(CHECKPOINT_KEYS))
+    if clashes:
+        raise ValueError(f"extra entries {clashes} would overwrite the checkpoint's own keys {CHECKPOINT_KEYS}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     header = {"format_version": FORMAT_VERSION, "ala_gym_version": ala_gym.__version__, "kind": kind, "config": config}
     with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
-        torch.save({**header, "state_dict": state_dict, **extra}, tmp)
+        try:
+            torch.save({**header, "state_dict": state_dict, **extra}, tmp)
+        except BaseException:
+            Path(tmp.name).unlink()  # nothing half-written stays beside the target
+            raise
     publish(tmp.name, path)
 
 

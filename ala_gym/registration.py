@@ -53,7 +53,8 @@ ENV_IDS: dict[str, EnvVariant] = {
         "decay 1e-4, decayed 10x at 32k and 48k of 64k iterations, pad-crop-flip augmentation), a controller step "
         "every K = 200 iterations: 320 steps an episode. ``data_root`` is torchvision's root (holding "
         "``cifar-10-batches-py/``; downloaded there when ``download`` and online) or a CIFAR-format folder with "
-        "its own ``MD5SUMS``, such as the 6,187-image subset in the data home's ``cifar10-subset`` folder (``$ALA_GYM_DATA``)."
+        "its own ``MD5SUMS``, such as the 6,187-image subset in the data home's ``cifar10-subset`` folder (``$ALA_GYM_DATA``, else "
+        "``~/.local/share/ala_gym``)."
     )),
     "ALA-FashionMNIST-v0": EnvVariant(CLASSIFICATION, FASHION_MNIST, (
         "Fashion-MNIST, 10 classes of 28x28 grey images: 50,000 training, 10,000 validation (seeded split of the "

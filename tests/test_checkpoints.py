@@ -3,6 +3,7 @@ version are refused at load with one line naming the file; the shipped policies 
 
 from __future__ import annotations
 
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -105,3 +106,20 @@ def test_a_checkpoint_of_another_kind_is_refused(tmp_path: Path) -> None:
     with pytest.raises(checkpoints.CheckpointError, match="holds a 'meta-train-state' checkpoint, not a 'reinforce' one"):
         ReinforceController.load(path)
     assert checkpoints.load_checkpoint(path, "meta-train-state")["trainer"] == {"generation": 1}
+
+
+def test_a_checkpoint_that_cannot_be_written_leaves_nothing_behind(tmp_path: Path) -> None:
+    """A value torch cannot save fails the call and leaves neither the target nor a temporary file; an extra
+    entry may not replace the header's keys."""
+    with pytest.raises(pickle.PicklingError, match="cannot be saved"):
+        checkpoints.save_checkpoint(tmp_path / "policy.pt", "reinforce", {}, {}, trainer=Unsaveable())
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match=r"extra entries \['format_version'\] would overwrite"):
+        checkpoints.save_checkpoint(tmp_path / "policy.pt", "reinforce", {}, {}, format_version=0)
+
+
+class Unsaveable:
+    """A value whose pickling fails, as a write would fail midway."""
+
+    def __reduce__(self):
+        raise pickle.PicklingError("cannot be saved")

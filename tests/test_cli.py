@@ -141,7 +141,6 @@ def test_compare_help_describes_presets_and_counts() -> None:
     assert "--env ALA-Digits-v0" in text  # the example runs on the embedded data, in any clone
 
 
-
 @pytest.mark.parametrize(
     "module", ["compare.cli", "adalfl_cost", "adalfl_report", "learnloss", "malloc", "overhead", "reward_agreement"]
 )

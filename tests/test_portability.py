@@ -29,7 +29,7 @@ FLOAT_COMPARING_TESTS = [
 def test_float_comparisons_hold_under_each_dispatch_level(capability: str) -> None:
     probe = "import torch; print(torch.backends.cpu.get_cpu_capability())"
     environment = {**os.environ, "ATEN_CPU_CAPABILITY": capability, "OMP_NUM_THREADS": "1"}
-    # A CPU without AVX2 runs its best level instead: the forced level is what we check.
+    # A CPU without AVX2 runs its best level instead: the forced level is what this test checks.
     level = subprocess.run([sys.executable, "-c", probe], env=environment, capture_output=True, text=True, check=True)
     if level.stdout.strip().lower() != capability:
         pytest.skip(f"this CPU cannot run torch's {capability} kernels (it runs {level.stdout.strip()})")

@@ -439,7 +439,7 @@ def load_fashion_mnist(
     )
 
 
-_RESTORE = "restore the folder from where it came (for the CIFAR-10 subset: copy it into $ALA_GYM_DATA/cifar10-subset again)"
+_RESTORE = "restore the folder from where it came (for the CIFAR-10 subset: copy it into cifar10-subset of the data home, $ALA_GYM_DATA or else ~/.local/share/ala_gym, again)"
 
 
 def _read_md5sums(folder: Path) -> dict[str, str]:
