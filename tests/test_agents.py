@@ -382,3 +382,20 @@ def test_online_smoothing_prescribes_alpha_identity_plus_the_symmetrised_soft_la
     assert np.allclose(final, final.T) and 0.5 <= np.diag(final).min() <= 1.0 and final[~np.eye(10, dtype=bool)].max() > 0
     with pytest.raises(ValueError, match="alpha"):
         OnlineSmoothingPhi(alpha=1.5)
+
+
+def test_the_recorder_keeps_each_final_metric_under_its_own_name() -> None:
+    """Test metric, final validation metric and loss, and the other test keys come from their own info keys; a
+    child's later (autoreset) episodes are not recorded."""
+    from ala_gym.agents.base import EpisodeRecorder
+
+    recorder = EpisodeRecorder(1)
+    step = {"val_metric": 0.4, "phi": np.eye(2), "iteration": 10, "diverged": False}
+    recorder.add_child(0, 1.0, False, step)
+    final = {**step, "iteration": 20, "test_metric": 0.11, "final_val_metric": 0.22, "final_val_loss": 0.33,
+             "test_recall@1": 0.44}  # fmt: skip
+    recorder.add_child(0, -1.0, True, final)
+    recorder.add_child(0, 1.0, True, {**final, "test_metric": 0.99})
+    (record,) = recorder.records
+    assert (record.test_metric, record.final_val_metric, record.final_val_loss) == (0.11, 0.22, 0.33)
+    assert record.test_statistics == {"test_recall@1": 0.44} and record.rewards == [1.0, -1.0] and recorder.done

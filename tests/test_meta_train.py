@@ -398,3 +398,12 @@ def test_task_kwargs_reach_their_task_only_with_data_roots_under_the_data_home(m
     assert config_record(config)["task_kwargs"]["ALA-CIFAR10-v0"]["data_root"] == "cifar10-subset"
     with pytest.raises(ValueError, match="task_kwargs must map env ids of tasks"):
         tiny(task_kwargs={"ALA-CIFAR10-v0": {}})
+
+
+def test_a_diverged_child_ranks_last() -> None:
+    """A child whose training diverges scores the metric's worst value (an error of 1: fitness -1, the lowest an
+    error task gives) and a validation loss of inf, the last rank under every tie rule."""
+    config = tiny(population=1, env_kwargs={**TINY_ENV, "lr": 1e6})
+    trainer = MetaTrainer(config)
+    outcomes = run_children(trainer.policy, [trainer.theta.detach()] * 2, generation_plan(config, 0), config)
+    assert np.all(outcomes.fitness == -1.0) and np.all(outcomes.val_loss == np.inf)

@@ -116,3 +116,25 @@ def test_pbt_refuses_a_population_of_one_and_bad_settings() -> None:
         PBTConfig(quantile=0.75)
     with pytest.raises(ValueError):
         PBTConfig(initial_range=(-0.5, 0.1))
+
+
+def test_an_exploited_child_explores_from_its_sources_value() -> None:
+    """Without resampling, the bottom child takes the top child's weights and its loss value, moved by one
+    explore step; the others keep theirs. A round waits while any child has ended."""
+    from types import SimpleNamespace
+
+    config = PBTConfig(interval=1, quantile=0.25, explore_step=0.01, resample_probability=0.0)
+    controller = PBTController(config=config, num_envs=4)
+    copies = []
+    controller.envs = SimpleNamespace(evaluator=SimpleNamespace(higher_is_better=False),
+                                      copy_child=lambda source, target: copies.append((source, target)))  # fmt: skip
+    controller.rng, controller.steps = np.random.default_rng(0), 0
+    controller.values = np.array([0.05, -0.05, 0.1, 0.0])
+    controller.running = np.ones(4, dtype=bool)
+    errors = {"val_metric_discounted": np.array([0.3, 0.1, 0.5, 0.2])}  # child 1 is best, child 2 worst
+    none = np.zeros(4, dtype=bool)
+    assert controller.learn(None, None, None, None, none, errors)["pbt_round"] == 1.0
+    assert copies == [(1, 2)] and abs(controller.values[2] - (-0.05)) == pytest.approx(0.01)
+    np.testing.assert_array_equal(controller.values[[0, 1, 3]], [0.05, -0.05, 0.0])
+    assert "pbt_round" not in controller.learn(None, None, None, None, np.array([True, False, False, False]), errors)
+    assert copies == [(1, 2)]
