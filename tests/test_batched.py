@@ -183,3 +183,18 @@ def test_an_inactive_child_keeps_its_weights_momentum_and_batchnorm_statistics(d
         assert torch.equal(new[1], old[1]), f"the inactive child's {kind} {name} changed"
         assert not torch.equal(new[0], old[0]), f"the active child's {kind} {name} did not move"
     assert trainer.iterations.tolist() == [2, 1]
+
+
+def test_a_copied_sequential_child_owns_its_momentum(digits) -> None:
+    """After ``copy_child`` the target's momentum buffers equal the source's but are its own: training the source
+    on leaves them as they were."""
+    from ala_gym.core.trainer import SequentialChildren
+
+    children = SequentialChildren(digits, TrainConfig(model="mlp", total_iterations=4, batch_size=32), [1, 2])
+    loss = PhiLoss(torch.eye(10))
+    children.trainers[0].train_step(loss)
+    children.copy_child(0, 1)
+    copied = {name: value.clone() for name, value in children.trainers[1].velocity.items()}
+    children.trainers[0].train_step(loss)
+    for name, value in children.trainers[1].velocity.items():
+        assert torch.equal(value, copied[name]), name

@@ -111,3 +111,23 @@ def test_class_pair_features_are_the_pairs_confusion_statistics_over_log_c() -> 
     np.testing.assert_allclose(task.row_statistics(evaluation), expected)
     np.testing.assert_allclose(task.row_metric(evaluation), [0.1, (10 * 0.1 + 30 * 0.2) / 40, (10 * 0.1 + 60 * 0.4) / 70,
                                                              0.2, (30 * 0.2 + 60 * 0.4) / 90, 0.4])  # fmt: skip
+
+
+def test_an_adopted_record_gives_the_sources_next_reward() -> None:
+    """A child that takes another's weights takes its record of the run too: the next step's reward and observation
+    are those the source would get."""
+    source, target = episode(), episode()
+    source.begin(error(0.2), 0)
+    target.begin(error(0.9), 0)
+    target.adopt(source)
+    results = []
+    for run in (source, target):
+        run.apply_action(np.array([1]))
+        run.plan(0)
+        for index, value in enumerate((0.5, 0.25)):
+            run.record_chunk(index, 1.0, error(value))
+        results.append(run.finish(10))
+    (obs_a, reward_a, _, info_a), (obs_b, reward_b, _, info_b) = results
+    assert reward_a == reward_b == -1.0  # worse than the source's 0.2; the target's own 0.9 would give +1
+    np.testing.assert_array_equal(obs_a[:, :-2], obs_b[:, :-2])  # history and change; the row's value is each task's
+    assert info_a["val_metric_discounted"] == info_b["val_metric_discounted"]
