@@ -38,6 +38,13 @@ from ala_gym.registration import env_spec
 RESULTS = DEFAULT_RESULTS / "reward_agreement.json"
 
 
+def disjoint_halves(count: int, sizes: list[int], seed: int) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Per size ``S``: two disjoint random sets of ``S`` indices into ``count`` images, drawn from ``seed``; the
+    smaller sizes' sets are the first images of the larger ones'."""
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
+    return {size: (order[:size], order[size : 2 * size]) for size in sizes}
+
+
 def trajectory_rewards(env_id: str, env_kwargs: dict[str, Any], sizes: list[int], seed: int) -> dict[int, np.ndarray]:
     """Per size: ``[steps, 2]`` sign rewards of the two halves along one cross-entropy trajectory."""
     env_kwargs = with_data_home({**env_kwargs, "val_subsample": None, "loss_form": "cross_entropy"})
@@ -47,8 +54,7 @@ def trajectory_rewards(env_id: str, env_kwargs: dict[str, Any], sizes: list[int]
     val = env.data.val
     if 2 * max(sizes) > len(val):
         raise ValueError(f"the validation split has {len(val)} images: --sizes up to {len(val) // 2} fit two halves")
-    order = torch.randperm(len(val), generator=torch.Generator().manual_seed(seed))
-    halves = {size: (order[:size], order[size : 2 * size]) for size in sizes}
+    halves = disjoint_halves(len(val), sizes, seed)
     settings, trainer = env.settings, env.trainer
     assert trainer is not None  # built by reset
 

@@ -21,6 +21,7 @@ from ala_gym.agents.adalfl import (
     initialise_offline,
     load_loss_network,
     loss_shape,
+    meta_sampler,
     meta_step,
     save_loss_network,
 )
@@ -107,6 +108,26 @@ def test_meta_step_on_conv_models_keeps_running_statistics_to_the_training_batch
     assert torch.isfinite(result.meta_loss)
     for (name, value), (_, expected) in zip(module.named_buffers(), reference.named_buffers()):
         torch.testing.assert_close(value, expected, msg=name)
+
+
+def test_the_meta_objectives_batches_come_from_the_split_it_names() -> None:
+    """``meta_batch="val"`` draws its batches from the validation split (normalised as the training ones, with
+    their own labels), ``"train"`` from the training split."""
+    data = load_dataset("digits")
+
+    def found_in(images: torch.Tensor, split) -> torch.Tensor:  # per image: is it a row of the split, label too
+        rows = data.normalize(split.images)
+        same = (images[:, None] == rows[None]).flatten(2).all(-1)
+        return same.any(-1), same
+
+    for source, split, other in (("val", data.val, data.train), ("train", data.train, data.val)):
+        sampler = meta_sampler(data, source, 64, torch.Generator().manual_seed(0))
+        for _ in range(4):
+            images, labels = sampler.next()
+            inside, same = found_in(images, split)
+            assert inside.all()
+            assert all(int(labels[i]) in split.labels[same[i]].tolist() for i in range(len(labels)))
+            assert not found_in(images, other)[0].all()
 
 
 def test_offline_initialisation_ranks_the_true_class_lower() -> None:

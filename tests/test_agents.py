@@ -330,6 +330,19 @@ def test_sb3_pair_policy_transfers_to_5_classes(ppo_policy, five_class_envs):
     assert same_weights(frozen.model.policy.state_dict(), frozen.initial_state)
 
 
+def test_the_sb3_pair_extractor_reads_each_pairs_row_from_the_flattened_observation() -> None:
+    """SB3 flattens the ``[n_pairs, n_features]`` observation; the extractor restores the rows, so pair ``k``'s
+    actor latent is the shared MLP of row ``k`` alone and the critic's is the mean over the rows."""
+    from ala_gym.agents.sb3 import PairExtractor
+
+    extractor = PairExtractor(n_features=4, hidden=8)
+    observation = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(0))
+    actor, critic = extractor(observation.flatten(start_dim=1))
+    for pair in range(3):
+        torch.testing.assert_close(actor[:, pair], extractor.policy_net(observation[:, pair]))
+    torch.testing.assert_close(critic, torch.stack([extractor.value_net(observation[:, k]) for k in range(3)]).mean(0))
+
+
 def test_phi_stats():
     phi = np.eye(4)
     phi[0, 1] = phi[1, 0] = -0.5

@@ -202,6 +202,17 @@ def test_a_temperature_makes_the_deterministic_shipped_policy_explore_again():
         transfer_controller(temperature=0.0)
 
 
+def test_reward_agreement_draws_two_disjoint_subsets_of_each_size() -> None:
+    from ala_gym.benchmarks.reward_agreement import disjoint_halves
+
+    halves = disjoint_halves(50, [5, 25], seed=3)
+    for size, (first, second) in halves.items():
+        assert len(first) == len(second) == size and len(set(first.tolist()) | set(second.tolist())) == 2 * size
+    assert set(halves[25][0].tolist()) | set(halves[25][1].tolist()) == set(range(50))
+    assert torch.equal(halves[5][0], disjoint_halves(50, [5], seed=3)[5][0])  # drawn from the seed alone
+    assert not torch.equal(halves[25][0], disjoint_halves(50, [25], seed=4)[25][0])
+
+
 def test_reward_agreement_script_compares_two_disjoint_validation_subsets(tmp_path, monkeypatch, capsys):
     from ala_gym.benchmarks import reward_agreement
 

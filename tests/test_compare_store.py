@@ -160,3 +160,37 @@ def test_a_run_that_fails_after_the_checks_keeps_its_traceback_and_names_its_row
     with pytest.raises(compare_run.RunError, match="the run of ce on seed 0 failed: ValueError: operands") as raised:
         compare.main(ARGS)
     assert isinstance(raised.value.__cause__, ValueError)
+
+
+@pytest.mark.parametrize(
+    "controllers, seeds, extend, allowed",
+    [
+        (["ce", "random"], [0, 1], False, True),  # the same plan, in another order
+        (["ce", "random", "ls"], [0, 1, 2], True, True),  # --extend grows both
+        (["ce", "random"], [0, 1, 2], True, True),
+        (["ce", "random", "ls"], [0, 1], False, False),  # growing needs --extend
+        (["ce"], [0, 1, 2], True, False),  # more seeds do not excuse a dropped controller
+        (["ce", "random", "ls"], [0], True, False),  # nor more controllers a dropped seed
+    ],
+)
+def test_a_saved_table_only_grows_and_only_with_extend(tmp_path, controllers, seeds, extend, allowed) -> None:
+    from ala_gym.benchmarks.compare.store import check_same_plan
+
+    (tmp_path / "results.json").write_text(json.dumps(
+        {"header": {"seeds": [1, 0], "controllers": ["random", "ce"]}, "summary": [], "runs": []}))  # fmt: skip
+    if allowed:
+        check_same_plan(tmp_path, controllers, seeds, extend)
+    else:
+        with pytest.raises(compare.ComparisonError, match="would shrink that table or merge into it"):
+            check_same_plan(tmp_path, controllers, seeds, extend)
+
+
+def test_the_table_holds_the_runs_of_its_own_seeds_only(results_dir, monkeypatch) -> None:
+    """Runs of other seeds left in ``runs/`` (here by a wider comparison whose table was removed) stay out of a
+    comparison's table and summary."""
+    compare.compare("ALA-Digits-v0", ["ce"], [0, 1], TINY, "tiny", children=2)
+    (results_dir / "tiny" / "results.json").unlink()
+    no_training(monkeypatch)
+    rows = compare.compare("ALA-Digits-v0", ["ce"], [1], TINY, "tiny", children=2)
+    assert len(rows[0]["test_per_seed"]) == 1
+    assert [run["seed"] for run in json.loads((results_dir / "tiny" / "results.json").read_text())["runs"]] == [1]

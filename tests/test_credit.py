@@ -70,13 +70,19 @@ def test_episodic_scores_rank_the_better_child_up_and_divergence_last() -> None:
     observations = np.zeros((3, 55, 24), dtype=np.float32)
     actions = np.ones((3, 55), dtype=np.int64)
     infos = {"final_val_metric": np.array([0.1, 0.3, 0.05]), "_final_val_metric": np.ones(3, bool),
-             "val_metric": np.array([0.2, 0.4, 0.05]), "diverged": np.array([False, False, True]),
+             "val_metric": np.array([0.4, 0.2, 0.05]), "diverged": np.array([False, False, True]),
              "row_improvement": np.zeros((3, 55))}  # fmt: skip
     controller._track_run(np.arange(3), observations, actions, infos, np.ones(3, bool))
     assert controller.diverged.tolist() == [False, False, True]
+    # The score is the full split's final metric, not the last subsample's (which orders 0 and 1 the other way).
+    np.testing.assert_allclose(controller.scores[:, 0], [-0.1, -0.3, -0.05])
     signs = episodic_signs(controller.scores, controller.diverged)
     assert signs[0, 0] == 1 and signs[2, 0] == -1
     assert episodic_signs(controller.scores)[2, 0] == 1  # without the divergence rule its score would win
+    # A child whose run was cut short has no final metric: its last subsample's stands in.
+    controller._track_run(np.arange(3), observations, actions, {**infos, "_final_val_metric": np.array([True, False, True])},
+                          np.ones(3, bool))  # fmt: skip
+    np.testing.assert_allclose(controller.scores[:, 0], [-0.1, -0.2, -0.05])
     envs.close()
 
 
@@ -144,3 +150,21 @@ def test_the_entropy_bonus_raises_the_policys_entropy() -> None:
         controller.optimizer.step()
     with torch.no_grad():
         assert float(mean_entropy(controller.policy(states))) > before
+
+
+def test_the_moving_average_baseline_is_subtracted_then_follows_the_returns() -> None:
+    """Under ``"ema"`` each update's advantage is the return minus the baseline as it stood (replayed transitions
+    included), and afterwards the baseline moves ``baseline_rate`` of the way to the fresh returns' mean."""
+    controller = ReinforceController(ReinforceConfig(baseline="ema", baseline_rate=0.5, replay_batch=1), num_envs=1)
+    envs = controller.make_envs("ALA-Digits-v0", **TINY)
+    controller.begin(envs, seed=0)
+    envs.close()
+    seen, policy_loss = [], controller._policy_loss
+    controller._policy_loss = lambda states, chosen, advantages: seen.append(advantages) or policy_loss(states, chosen, advantages)
+    state, action = np.zeros((55, 24), dtype=np.float32), np.ones(55, dtype=np.int64)
+    controller._update_on_returns([(0, (state, action, state), np.full(55, 1.0))], weight=1.0)
+    torch.testing.assert_close(seen[-1], torch.ones(1, 55))  # the baseline starts at 0
+    np.testing.assert_allclose(controller.baseline, 0.5)
+    controller._update_on_returns([(0, (state, action, state), np.full(55, -1.0))], weight=1.0)
+    torch.testing.assert_close(seen[-1], torch.stack([torch.full((55,), -1.5), torch.full((55,), 0.5)]))  # fresh, replayed
+    np.testing.assert_allclose(controller.baseline, -0.25)

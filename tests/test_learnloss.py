@@ -212,6 +212,18 @@ def test_controller_runs_a_tiny_digits_episode_with_valid_phi_and_is_seeded():
 
 
 # ---------------------------------------------------------------------- the tuning benchmark
+def test_tuning_curves_report_the_test_error_of_the_best_validation_model_so_far() -> None:
+    """After each training run: the lowest validation error yet, the test error of that run's model (the first
+    on ties, never a later or a test-selected one), the seconds spent; and the runs needed to reach a target."""
+    trials = [{"val_error": v, "test_error": t, "fit_s": 1.0, "propose_s": 0.5}
+              for v, t in [(0.3, 0.31), (0.2, 0.25), (0.4, 0.10), (0.2, 0.05), (0.1, 0.12)]]  # fmt: skip
+    val, test, seconds = bench.curves({"trials": trials})
+    np.testing.assert_allclose(val, [0.3, 0.2, 0.2, 0.2, 0.1])
+    np.testing.assert_allclose(test, [0.31, 0.25, 0.25, 0.25, 0.12])
+    np.testing.assert_allclose(seconds, [1.5, 3.0, 4.5, 6.0, 7.5])
+    assert bench.runs_to_reach({"trials": trials}, 0.2) == 2 and bench.runs_to_reach({"trials": trials}, 0.05) is None
+
+
 def test_tuning_benchmark_writes_runs_table_plot_and_resumes(tmp_path, monkeypatch, request):
     monkeypatch.setattr(bench, "RESULTS", tmp_path)
     request.addfinalizer(partial(torch.set_num_threads, torch.get_num_threads()))  # the later tests keep theirs

@@ -407,3 +407,30 @@ def test_a_diverged_child_ranks_last() -> None:
     trainer = MetaTrainer(config)
     outcomes = run_children(trainer.policy, [trainer.theta.detach()] * 2, generation_plan(config, 0), config)
     assert np.all(outcomes.fitness == -1.0) and np.all(outcomes.val_loss == np.inf)
+
+
+def test_a_child_that_ends_unmeasured_ranks_last(monkeypatch) -> None:
+    """A child whose episode ends with no final validation metric in its info (ended by something other than its
+    own schedule) has no fitness to rank: it scores -inf, the last rank, never a value that would win."""
+    make_vec = meta_train_module.gym.make_vec
+
+    class SecondChildUnmeasured:
+        def __init__(self, envs) -> None:
+            self.envs = envs
+
+        def __getattr__(self, name: str):
+            return getattr(self.envs, name)
+
+        def step(self, actions):
+            *outcome, infos = self.envs.step(actions)
+            if "_final_val_metric" in infos:
+                infos["_final_val_metric"] = infos["_final_val_metric"].copy()
+                infos["_final_val_metric"][1] = False
+            return *outcome, infos
+
+    monkeypatch.setattr(meta_train_module.gym, "make_vec", lambda *args, **kwargs: SecondChildUnmeasured(make_vec(*args, **kwargs)))
+    config = tiny(population=1)
+    trainer = MetaTrainer(config)
+    outcomes = run_children(trainer.policy, [trainer.theta.detach()] * 2, generation_plan(config, 0), config)
+    assert -1.0 <= outcomes.fitness[0] <= 0.0 and outcomes.fitness[1] == -np.inf
+    assert np.isfinite(outcomes.val_loss[0]) and outcomes.val_loss[1] == np.inf

@@ -98,3 +98,13 @@ def test_a_transfer_row_without_its_reference_or_damaged_results_exit_2(tmp_path
         err = capsys.readouterr().err
         assert caught.value.code == 2 and f"{option} {tmp_path / 'absent'} is not a folder" in err
         assert not (tmp_path / "absent").exists()
+
+
+def test_a_row_of_two_children_is_judged_against_cross_entropy_on_two_children(tmp_path: Path) -> None:
+    """A row whose children train two at a time is judged against ``ce(num_envs=2)``, its own reference, not the
+    one-child ``ce`` of the same table: here it beats the latter beyond the spread and the former not at all."""
+    held = next(held for held in transfer.HELD_OUT if held.ce == "ce(num_envs=2)")
+    write_results(tmp_path, held.preset, [row("ce", 12.0, 0.1), row(held.ce, 10.0, 0.1), row(held.row, 10.5, 0.1)])
+    entry = next(entry for entry in transfer.gather(tmp_path, tmp_path)["held_out"] if entry["row"] == held.row)
+    assert entry["ce_row"]["test_mean"] == 10.0
+    assert entry["verdicts"]["ahead_of_ce"] == pytest.approx(-0.5) and not entry["verdicts"]["beats_ce_beyond_std"]
