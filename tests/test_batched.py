@@ -198,3 +198,37 @@ def test_a_copied_sequential_child_owns_its_momentum(digits) -> None:
     children.trainers[0].train_step(loss)
     for name, value in children.trainers[1].velocity.items():
         assert torch.equal(value, copied[name]), name
+
+
+def test_a_reset_child_starts_again_at_the_first_learning_rate(digits) -> None:
+    """Each child's learning rate follows its own iteration count: a child reset after the other passed a
+    milestone takes its first step at the initial rate, as a fresh single child does."""
+    config = TrainConfig(model="mlp", total_iterations=8, batch_size=64, lr_milestones=(0.5,), lr_decay=0.1)
+    loss = PhiLoss(torch.eye(10))
+    params = torch.stack([loss.params] * 2)
+    trainer = BatchedTrainer(digits, config, [1, 2])
+    for _ in range(5):  # both past the milestone at iteration 4
+        trainer.train_step(params, np.array([True, True]), loss)
+    trainer.reset_child(1, seed=3)
+    trainer.train_step(params, np.array([True, True]), loss)
+    single = ChildTrainer(digits, config, 3)
+    single.train_step(loss)
+    for name, value in single.model.named_parameters():
+        torch.testing.assert_close(trainer.params[name][1].detach(), value.detach(), rtol=0, atol=1e-5)
+    assert trainer.iterations.tolist() == [6, 1]
+
+
+def test_a_copied_batched_child_takes_weights_statistics_and_momentum_not_its_stream(digits) -> None:
+    """``copy_child`` gives the target the source's weights, BatchNorm statistics and momentum (its own copies);
+    the target keeps its iteration count and batch stream."""
+    trainer = BatchedTrainer(digits, TrainConfig(model=NormedMLP, total_iterations=6, batch_size=32), [1, 2])
+    loss = PhiLoss(torch.eye(10))
+    params = torch.stack([loss.params] * 2)
+    trainer.train_step(params, np.array([True, False]), loss)
+    trainer.copy_child(0, 1)
+    assert trainer.iterations.tolist() == [1, 0]
+    for kind, tensors in {"weights": trainer.params, "statistics": trainer.buffers, "momentum": trainer.momentum}.items():
+        for name, value in tensors.items():
+            assert torch.equal(value[1], value[0]), f"{kind} {name} not copied"
+    inputs, _ = trainer.next_batches(np.array([True, True]))
+    assert not torch.equal(inputs[0], inputs[1])  # each child still draws its own batches

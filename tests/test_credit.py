@@ -12,6 +12,7 @@ from ala_gym.agents.reinforce import (
     PendingReturns,
     ReinforceConfig,
     ReinforceController,
+    Transition,
     episodic_signs,
     mean_entropy,
 )
@@ -168,3 +169,41 @@ def test_the_moving_average_baseline_is_subtracted_then_follows_the_returns() ->
     controller._update_on_returns([(0, (state, action, state), np.full(55, -1.0))], weight=1.0)
     torch.testing.assert_close(seen[-1], torch.stack([torch.full((55,), -1.5), torch.full((55,), 0.5)]))  # fresh, replayed
     np.testing.assert_allclose(controller.baseline, -0.25)
+
+
+def test_replay_draws_uniformly_from_the_whole_memory_with_the_runs_generator() -> None:
+    """Replayed transitions come from anywhere in the memory (not its oldest entries), drawn by the controller's
+    own generator: the same seed replays the same transitions."""
+
+    def draws(seed: int) -> list[int]:
+        controller = ReinforceController(ReinforceConfig(replay_batch=4), num_envs=1)
+        envs = controller.make_envs("ALA-Digits-v0", **TINY)
+        controller.begin(envs, seed=seed)
+        envs.close()
+        assert controller._replay_sample() == []  # nothing to replay yet
+        controller.memory.extend(Transition(torch.tensor(i), torch.tensor(0), torch.tensor(0.0), torch.tensor(i), None) for i in range(100))
+        return [int(t.state) for _ in range(25) for t in controller._replay_sample()]
+
+    drawn = draws(0)
+    assert len(drawn) == 100 and len(set(drawn)) > 40 and max(drawn) >= 90 and min(drawn) < 10
+    assert draws(0) == drawn and draws(1) != drawn
+
+
+def test_a_child_that_finished_adds_nothing_until_the_next_run() -> None:
+    """Once a child's episode ended, its later steps (the vector env's reset child) are not this run's: they add
+    no transition to learn from; when every child has ended, learning stops until :meth:`begin_episode`."""
+    controller = ReinforceController(ReinforceConfig(pair_credit=False), num_envs=2)
+    envs = controller.make_envs("ALA-Digits-v0", **TINY)
+    controller.begin(envs, seed=0)
+    envs.close()
+    observations, actions = np.zeros((2, 55, 24), dtype=np.float32), np.ones((2, 55), dtype=np.int64)
+    infos = {"diverged": np.zeros(2, bool)}
+
+    def step(dones: list[bool]) -> int:
+        before = len(controller.memory)
+        controller.learn(observations, actions, np.ones(2), observations, np.array(dones), infos)
+        return len(controller.memory) - before
+
+    assert [step([True, False]), step([False, False]), step([False, True]), step([False, False])] == [2, 1, 1, 0]
+    controller.begin_episode(envs)
+    assert step([False, False]) == 2

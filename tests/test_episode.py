@@ -131,3 +131,19 @@ def test_an_adopted_record_gives_the_sources_next_reward() -> None:
     assert reward_a == reward_b == -1.0  # worse than the source's 0.2; the target's own 0.9 would give +1
     np.testing.assert_array_equal(obs_a[:, :-2], obs_b[:, :-2])  # history and change; the row's value is each task's
     assert info_a["val_metric_discounted"] == info_b["val_metric_discounted"]
+
+
+def test_a_pairs_credit_weighs_its_classes_by_their_counts_in_the_validation_subsample() -> None:
+    """The per-pair credit weighs the two classes of a pair by how many of the images the reward is measured on
+    (the validation subsample, not the whole split) belong to each."""
+    import gymnasium as gym
+
+    from ala_gym.envs.class_pairs import pair_weights
+
+    env = gym.make("ALA-Digits-v0", val_subsample=50, device="cpu").unwrapped
+    env.reset(seed=0)
+    counts = np.bincount(env.val_eval.labels.numpy(), minlength=10)
+    assert counts.sum() == 50 and not np.allclose(counts / 50, np.bincount(env.data.val.labels.numpy()) / len(env.data.val))
+    np.testing.assert_array_equal(env.val_class_counts, counts)
+    np.testing.assert_allclose(env.episode.task.pair_weights, pair_weights(env.episode.task.pairs, counts.astype(np.float64)))
+    env.close()

@@ -24,3 +24,40 @@ def test_cuda_without_a_gpu_is_refused_in_one_line(capsys) -> None:
     with pytest.raises(SystemExit) as caught:
         gpu.main(["--device", "cuda"])
     assert caught.value.code == 2 and "no CUDA GPU" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("tiny", [False, True])
+def test_every_part_runs_on_the_device_asked_for_at_its_budget(tmp_path, monkeypatch, tiny: bool) -> None:
+    """On a GPU machine (faked here: the parts are replaced by recorders) each part gets ``--device cuda`` and the
+    arguments of the budget asked for, and the meta-training generation runs its children on CUDA too."""
+    calls: dict[str, list[str]] = {}
+    monkeypatch.setattr(gpu.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(gpu.torch.cuda, "get_device_name", lambda index: "Some GPU")
+    for name, module in (("overhead", gpu.overhead), ("throughput", gpu.throughput), ("adalfl", gpu.adalfl_cost)):
+        monkeypatch.setattr(module, "main", lambda argv, name=name: calls.setdefault(name, argv))
+    meta = {"children": 16, "total_iterations": 400, "child_iterations_per_s": 1.0}
+    monkeypatch.setattr(gpu, "meta_generation", lambda device, budget, out: calls.setdefault("meta", [device, budget]) and meta)
+    gpu.main(["--device", "cuda", "--out", str(tmp_path), *(["--tiny"] if tiny else [])])
+    budget = "tiny" if tiny else "full"
+    for name in ("overhead", "throughput", "adalfl"):
+        assert calls[name] == ["--device", "cuda", *gpu.PARTS[name][budget], "--out", str(tmp_path)]
+    assert calls["meta"] == ["cuda", budget]
+    assert "GPU: Some GPU; device `cuda`" in (tmp_path / "gpu.md").read_text()
+
+
+def test_the_timed_generation_trains_its_children_on_the_device_given(tmp_path, monkeypatch) -> None:
+    from ala_gym.agents import meta_train
+
+    made = []
+
+    class Recorder:
+        def __init__(self, config) -> None:
+            made.append(config)
+
+        def step(self) -> list[dict]:
+            return [{"total_iterations": 400, "fitness_mean": -0.1}]
+
+    monkeypatch.setattr(meta_train, "MetaTrainer", Recorder)
+    result = gpu.meta_generation("cuda", "full", tmp_path)
+    assert made[0].env_kwargs["device"] == "cuda" and made[0].population == gpu.META_GENERATION["full"]["population"]
+    assert result["device"] == "cuda" and result["children"] == 2 * made[0].population

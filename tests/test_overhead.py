@@ -27,6 +27,13 @@ def test_tiny_run_writes_json_and_markdown(tmp_path):
     assert row["steps_per_action"] == 2 and row["repeats"] == 1
     assert row["malloc"] in ("glibc thresholds fixed", "system default (not glibc)")
     assert set(row["median_cpu_s"]) == set(overhead.LOOPS) and all(v > 0 for v in row["median_cpu_s"].values())
+    # A loop's overhead is its extra time over plain training, in % of plain's (positive: slower than plain).
+    for kind in ("cpu", "wall"):
+        medians = row[f"median_{kind}_s"]
+        expected = {loop: 100 * (medians[loop] - medians["plain"]) / medians["plain"] for loop in overhead.LOOPS}
+        assert row[f"vs_plain_{kind}_pct"] == pytest.approx(expected)
+    cpu = row["median_cpu_s"]
+    assert row["env_vs_trainer_cpu_pct"] == pytest.approx(100 * (cpu["env"] - cpu["trainer"]) / cpu["trainer"])
     table = (tmp_path / "overhead.md").read_text()
     assert "| digits | mlp | 2 | 1 |" in table and "malloc" in table
 

@@ -46,11 +46,15 @@ def test_a_single_env_state_restores_bit_for_bit() -> None:
 
 
 @pytest.mark.parametrize("train_mode", ["sequential", "batched"])
-def test_copy_child_gives_the_target_the_sources_weights_and_statistics(train_mode: str) -> None:
+def test_copy_child_gives_the_target_the_sources_weights_statistics_and_record(train_mode: str) -> None:
     envs = gym.make_vec("ALA-Digits-v0", num_envs=3, train_mode=train_mode, **TINY)
     envs.reset(seed=0)
     envs.step(np.ones((3, 55), dtype=np.int64))
+    episodes = envs.unwrapped.episodes
+    assert episodes[2]._last_metric != episodes[0]._last_metric
     envs.unwrapped.copy_child(0, 2)
+    # The target's record of the run goes with the weights: its next reward continues from the source's metric.
+    assert episodes[2]._last_metric == episodes[0]._last_metric and episodes[2] is not episodes[0]
     children = envs.unwrapped._children
     if train_mode == "sequential":
         source, target = children.trainers[0], children.trainers[2]

@@ -288,15 +288,19 @@ def test_sb3_adapter_seeding_terminal_observation_and_episode_stats(make_vec) ->
     np.testing.assert_array_equal(first, native_first)  # SB3's seed + i is the native convention
     env.seed(7)
     np.testing.assert_array_equal(env.reset(), first)
-    for step in range(STEPS):
-        observation, reward, done, infos = env.step(np.ones((2, N_PAIRS), dtype=np.int64))
-        assert reward.shape == (2,) and len(infos) == 2
-        assert done.all() == (step == STEPS - 1)
-    for info in infos:
-        assert info["terminal_observation"].shape == (N_PAIRS, 24)
-        assert np.all(info["terminal_observation"][:, -1] == 1.0)  # the finished episode's last observation
-        assert info["TimeLimit.truncated"] is False and 0 <= info["test_metric"] <= 1
-        assert info["episode"]["l"] == STEPS
+    for _ in range(2):  # each episode's statistics are its own: the second does not add the first's
+        rewards = []
+        for step in range(STEPS):
+            observation, reward, done, infos = env.step(np.ones((2, N_PAIRS), dtype=np.int64))
+            assert reward.shape == (2,) and len(infos) == 2
+            assert done.all() == (step == STEPS - 1)
+            rewards.append(reward)
+        for child, info in enumerate(infos):
+            assert info["terminal_observation"].shape == (N_PAIRS, 24)
+            assert np.all(info["terminal_observation"][:, -1] == 1.0)  # the finished episode's last observation
+            assert info["TimeLimit.truncated"] is False and 0 <= info["test_metric"] <= 1
+            assert info["episode"]["l"] == STEPS
+            assert info["episode"]["r"] == pytest.approx(float(np.sum(np.array(rewards)[:, child], dtype=np.float64)), rel=1e-6)
     assert np.all(observation[:, :, -1] == 0.0)  # SAME_STEP: the returned observation is the reset one
     with pytest.raises(ValueError, match="SAME_STEP"):
         SB3VecEnv(gym.make_vec(ENV_ID, num_envs=2, **TINY))
