@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 
@@ -218,6 +219,31 @@ def test_divergence_is_recorded_not_raised() -> None:
     assert record.diverged and len(record.val_metric) < 3
     # Scored as the envs score a diverged child: the worst error, without evaluating the broken model.
     assert record.test_metric == record.final_val_metric == 1.0 and record.final_val_loss == float("inf")
+
+
+@pytest.mark.parametrize("which", ["loss", "meta_loss"])
+def test_a_non_finite_loss_ends_the_run_even_where_the_child_still_evaluates(monkeypatch, which: str) -> None:
+    """A NaN learned loss or meta-objective is divergence by itself: the run ends after that step and scores as
+    diverged, though here the child's weights (and so its evaluation) stayed finite."""
+    import ala_gym.agents.adalfl as adalfl
+
+    real = adalfl.meta_step
+    calls = []
+
+    def nan_on_the_second_call(*args, **kwargs):
+        result = real(*args, **kwargs)
+        calls.append(which)
+        return dataclasses.replace(result, **{which: torch.tensor(float("nan"))}) if len(calls) == 2 else result
+
+    monkeypatch.setattr(adalfl, "meta_step", nan_on_the_second_call)
+    controller = AdaLFLController(AdaLFLConfig(offline_steps=0))
+    envs = controller.make_envs("ALA-Digits-v0", **DIGITS)
+    try:
+        (record,) = controller.run(envs, seed=0)
+    finally:
+        envs.close()
+    assert record.diverged and len(record.val_metric) == 1 and np.isfinite(record.val_metric[0])
+    assert record.test_metric == record.final_val_metric == 1.0
 
 
 def test_saved_loss_network_loads_with_weights_only(tmp_path) -> None:

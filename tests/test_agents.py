@@ -387,6 +387,9 @@ def test_online_smoothing_prescribes_alpha_identity_plus_the_symmetrised_soft_la
     phi = OnlineSmoothingPhi(alpha=0.5).prescribe_phi(np.zeros((1, 6, 24)), {"soft_labels": soft})
     expected = 0.5 * np.eye(3) + 0.5 * np.array([[0.8, 0.15, 0.0], [0.15, 0.9, 0.0], [0.0, 0.0, 1.0]])
     np.testing.assert_allclose(phi[0], expected)
+    # alpha weighs the hard label: at 0.75 a quarter of the soft labels' off-diagonal mass remains.
+    phi = OnlineSmoothingPhi(alpha=0.75).prescribe_phi(np.zeros((1, 6, 24)), {"soft_labels": soft})
+    np.testing.assert_allclose(phi[0][0], [0.75 + 0.25 * 0.8, 0.25 * 0.15, 0.0])
     controller = ala_gym.agents.CONTROLLERS["online-smoothing"](num_envs=2)
     envs = controller.make_envs("ALA-Digits-v0", total_iterations=40, steps_per_action=20, device="cpu")
     records = controller.run(envs, seed=0)
