@@ -378,6 +378,9 @@ def test_phi_ramp_moves_the_off_diagonal_with_each_childs_progress() -> None:
     assert np.abs(path[8:, 0] - ramp[8:]).max() <= step + 1e-6  # caught up: within a step
     with pytest.raises(ValueError, match="start and end must be in"):
         RampPhi(end=1.5)
+    # The follower leaves the diagonal alone even where the env would let it move (fixed_diagonal=False).
+    actions = RampPhi(start=0.1, end=0.0, follow=True).act(np.zeros((1, 6, 24)), {"phi": np.eye(3)[None]})
+    np.testing.assert_array_equal(actions[0], [1, 2, 2, 1, 2, 1])  # pairs (0,0) (0,1) (0,2) (1,1) (1,2) (2,2)
 
 
 def test_online_smoothing_prescribes_alpha_identity_plus_the_symmetrised_soft_labels() -> None:

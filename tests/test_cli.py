@@ -53,6 +53,7 @@ def _bad_checkpoints(folder: Path) -> dict[str, tuple[Path, str]]:
     case("empty", "does not load as plain tensors", raw=b"")
     case("missing-keys", "no state_dict", {k: v for k, v in good.items() if k != "state_dict"})
     case("string-version", "invalid format_version '1'", {**good, "format_version": "1"})
+    case("bool-version", "invalid format_version True", {**good, "format_version": True})  # True == 1 in Python
     shapes = {key: torch.zeros(3, 3) for key in good["state_dict"]}
     case("wrong-shapes", "damaged reinforce policy", {**good, "state_dict": shapes})
     cases["absent"] = (folder / "absent.pt", "no such checkpoint file")
@@ -247,3 +248,16 @@ def test_command_lines_name_an_unknown_env_id_in_one_line(command: list[str], tm
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().count("\n") == 0 and "did you mean 'ALA-Digits-v0'?" in done.stderr
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_the_run_summary_counts_diverged_and_lost_children_and_leaves_lost_ones_out_of_the_mean(monkeypatch, capsys) -> None:
+    """The closing line: the mean test metric over the children that finished (a lost Ray worker's NaN left out),
+    every child's value, and how many diverged and how many were lost."""
+    from ala_gym.agents.base import EpisodeRecord
+
+    records = [EpisodeRecord(test_metric=0.2, diverged=True), EpisodeRecord(worker_lost=True),
+               EpisodeRecord(test_metric=0.4), EpisodeRecord(test_metric=0.6, diverged=True)]  # fmt: skip
+    monkeypatch.setattr(ReinforceController, "run", lambda self, envs, seed, on_step=None: records)
+    reinforce_main([*TINY_RUN, "--num-envs", "4"])
+    assert ("test metric 0.4000 (children: 0.2000, nan, 0.4000, 0.6000), diverged 2/4, worker lost 1/4"
+            in capsys.readouterr().out)  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -102,3 +103,47 @@ def test_the_command_line_writes_the_policy_and_its_provenance(tmp_path) -> None
     assert record["rows"] == 45 * 6 and sum(record["label_counts"]) == record["rows"]
     assert 0 <= record["agreement"] <= 1 and np.isfinite(record["wall_seconds"])
     ReinforceController.load(tmp_path / "clone.pt", train=False)
+
+
+def test_each_run_draws_its_seed_and_explores_the_fraction_asked_for(monkeypatch) -> None:
+    """Every horizon's children start from their own seed (drawn from ``seed``), and about ``explore`` of the
+    executed actions are uniform draws: two thirds of those differ from the teacher's label."""
+    from ala_gym.agents import imitate as imitate_module
+
+    make_vec, seeds, executed = imitate_module.gym.make_vec, [], []
+
+    class Recorder:
+        def __init__(self, envs) -> None:
+            self.envs = envs
+
+        def __getattr__(self, name: str):
+            return getattr(self.envs, name)
+
+        def reset(self, seed=None, **kwargs):
+            seeds.append(seed)
+            return self.envs.reset(seed=seed, **kwargs)
+
+        def step(self, actions):
+            executed.append(np.array(actions))
+            return self.envs.step(actions)
+
+    monkeypatch.setattr(imitate_module.gym, "make_vec", lambda *args, **kwargs: Recorder(make_vec(*args, **kwargs)))
+    config = tiny(explore=0.2, horizons=(60, 60, 60))
+    movable = ~np.eye(10, dtype=bool)[np.triu_indices(10)]
+    _, labels = teacher_rows(config)
+    assert len(set(seeds)) == 3
+    chosen = np.concatenate([actions[:, movable].reshape(-1) for actions in executed])
+    changed = float(np.mean(chosen != labels.numpy()))
+    assert 0.2 * 2 / 3 - 0.07 < changed < 0.2 * 2 / 3 + 0.07  # 810 actions: inverted, it would be near 0.53
+    first_seeds = list(seeds)
+    seeds.clear()
+    teacher_rows(replace(config, seed=1))
+    assert len(set(seeds)) == 3 and seeds != first_seeds
+
+
+def test_the_fit_starts_from_weights_drawn_from_its_seed() -> None:
+    states, labels = torch.rand(20, 24, generator=torch.Generator().manual_seed(0)), torch.arange(20) % 3
+    first = fit_policy(states, labels, tiny(epochs=1))[0].state_dict()
+    assert all(torch.equal(value, fit_policy(states, labels, tiny(epochs=1))[0].state_dict()[name]) for name, value in first.items())
+    other = fit_policy(states, labels, tiny(epochs=1, seed=1))[0].state_dict()
+    assert not all(torch.equal(value, other[name]) for name, value in first.items())

@@ -31,6 +31,7 @@ from ala_gym.agents.meta_train import (
     main,
     meta_train,
     perturbations,
+    provenance,
     run_children,
 )
 from ala_gym.agents.reinforce import ReinforceController
@@ -87,6 +88,8 @@ def test_the_loss_orders_equal_metrics_alone() -> None:
     losses = np.array([0.30, 0.20, np.inf, np.inf, 0.01, 9.0])
     np.testing.assert_allclose(centered_ranks(fitness, "loss", losses), [0.3, 0.5, -0.4, -0.4, -0.1, 0.1])
     np.testing.assert_allclose(centered_ranks(np.array([1.0, 1.0]), "loss", np.array([np.nan, np.nan])), [0.0, 0.0])
+    # A child without a loss (none was measured) ranks below an equal one with a loss, however high that loss.
+    np.testing.assert_allclose(centered_ranks(np.array([1.0, 1.0]), "loss", np.array([np.nan, 50.0])), [-0.5, 0.5])
     # Pair 0's minus child (0.20) trained the better-calibrated model: the estimate moves against eps_0.
     gradient = es_gradient(fitness, torch.eye(3), sigma=1.0, ties="loss", losses=losses)
     np.testing.assert_allclose(gradient.numpy(), [-0.2 / 6, 0.0, -0.2 / 6], atol=1e-7)
@@ -338,6 +341,9 @@ def test_a_lost_actor_costs_its_pair_not_the_generation(monkeypatch, capsys) -> 
         patch.setattr(meta_train_module, "run_children", pair_1_lost_in_generation_1)
         reference = meta_train(config)
     assert capsys.readouterr().err.count("warning: generation 1: 1 of 2 antithetic pairs lost") == 1
+    # The cost counts the children that trained: the lost pair's two did not finish generation 1.
+    horizons = [entry["total_iterations"] for entry in reference.history]
+    assert provenance(reference, [])["child_iterations"] == 2 * horizons[0] + 4 * horizons[1]
 
     submit = RayEvaluators._submit
     used: list[tuple[int, object]] = []  # per call: its pair (one per evaluation) and the actor it went to

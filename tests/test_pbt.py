@@ -120,6 +120,8 @@ def test_pbt_refuses_a_population_of_one_and_bad_settings() -> None:
         PBTConfig(quantile=0.75)
     with pytest.raises(ValueError):
         PBTConfig(initial_range=(-0.5, 0.1))
+    with pytest.raises(ValueError, match="interval >= 1"):
+        PBTConfig(interval=0)
 
 
 def test_an_exploited_child_explores_from_its_sources_value() -> None:
@@ -142,3 +144,37 @@ def test_an_exploited_child_explores_from_its_sources_value() -> None:
     np.testing.assert_array_equal(controller.values[[0, 1, 3]], [0.05, -0.05, 0.0])
     assert "pbt_round" not in controller.learn(None, None, None, None, np.array([True, False, False, False]), errors)
     assert copies == [(1, 2)]
+
+
+def test_rounds_replace_the_rounded_quantile_and_explore_within_the_bounds() -> None:
+    """A quarter of 6 children is 1.5: two are replaced, by two of the top ones. An explore step that would
+    leave ``bounds`` stops at the bound; a higher-is-better metric ranks the other way round."""
+    from types import SimpleNamespace
+
+    config = PBTConfig(interval=1, quantile=0.25, explore_step=0.5, resample_probability=0.0, bounds=(-0.2, 0.2))
+    controller = PBTController(config=config, num_envs=6)
+    copies = []
+    evaluator = SimpleNamespace(higher_is_better=True)
+    controller.envs = SimpleNamespace(evaluator=evaluator, copy_child=lambda source, target: copies.append((source, target)))
+    controller.rng, controller.steps = np.random.default_rng(0), 0
+    controller.values = np.full(6, 0.15)
+    controller.running = np.ones(6, dtype=bool)
+    recall = {"val_metric_discounted": np.array([0.9, 0.1, 0.8, 0.2, 0.5, 0.4])}
+    controller.learn(None, None, None, None, np.zeros(6, dtype=bool), recall)
+    assert sorted(target for _, target in copies) == [1, 3] and {source for source, _ in copies} <= {0, 2}
+    assert set(controller.values[[1, 3]]) <= {-0.2, 0.2}  # 0.15 -+ 0.5, kept in the bounds
+
+
+def test_the_initial_values_are_drawn_from_the_run_seed() -> None:
+    from types import SimpleNamespace
+
+    def initial_values(seed: int) -> np.ndarray:
+        controller = PBTController(num_envs=4)
+        envs = SimpleNamespace(num_envs=4, unwrapped=SimpleNamespace(copy_child=None))
+        controller.begin(envs, seed)
+        controller.begin_episode(envs)
+        return controller.values
+
+    np.testing.assert_array_equal(initial_values(3), initial_values(3))
+    assert not np.array_equal(initial_values(3), initial_values(4))
+    assert np.all((-0.1 <= initial_values(3)) & (initial_values(3) <= 0.1))
