@@ -94,11 +94,14 @@ def test_keyword_values_are_typed_as_their_settings():
     assert build_controller("pbt(initial_range=[-0.05,0.05])").config.initial_range == (-0.05, 0.05)  # a tuple field
     assert split_controllers("ce,pbt(initial_range=[-0.05,0.05]),phi-ramp(start=0.1;end=0.0)") == [
         "ce", "pbt(initial_range=[-0.05,0.05])", "phi-ramp(start=0.1;end=0.0)"]  # fmt: skip
+    assert split_controllers("ce@x=[1,2],ppo") == ["ce@x=[1,2]", "ppo"]  # brackets alone hold commas too
     for spec, message in {
         "adalfl(offline_steps=0.5)": "offline_steps must be int, got 0.5",
         "pbt(interval=1.5)": "interval must be int, got 1.5",
         "random(noise=\"x\")": "noise must be float, got 'x'",
         "phi-ramp(follow=\"yes\")": "follow must be bool, got 'yes'",
+        "pbt(interval=True)": "interval must be int, got True",  # a bool is an int to Python, not to a setting
+        "random(noise=True)": "noise must be float, got True",
     }.items():
         with pytest.raises(ComparisonError, match=message):
             build_controller(spec)

@@ -194,3 +194,37 @@ def test_the_table_holds_the_runs_of_its_own_seeds_only(results_dir, monkeypatch
     rows = compare.compare("ALA-Digits-v0", ["ce"], [1], TINY, "tiny", children=2)
     assert len(rows[0]["test_per_seed"]) == 1
     assert [run["seed"] for run in json.loads((results_dir / "tiny" / "results.json").read_text())["runs"]] == [1]
+
+
+def test_the_command_line_hands_its_options_to_the_comparison(monkeypatch) -> None:
+    """Budget flags land in the env keywords, the folder is named after the env unless --name says otherwise,
+    and the seeds count from 0."""
+    from ala_gym.benchmarks.compare import cli
+
+    calls = []
+    monkeypatch.setattr(cli, "compare", lambda *args: calls.append(args))
+    compare.main(["--env", "ALA-Digits-v0", "--controllers", "ce,ppo", "--seeds", "2", "--total-iterations", "30",
+                  "--steps-per-action", "5", "--env-kwargs", '{"beta": 0.01}'])  # fmt: skip
+    env, controllers, seeds, env_kwargs, name, *_ = calls[-1]
+    assert (env, controllers, seeds, name) == ("ALA-Digits-v0", ["ce", "ppo"], [0, 1], "ala-digits-v0")
+    assert env_kwargs == {"beta": 0.01, "total_iterations": 30, "steps_per_action": 5}
+
+
+@pytest.mark.parametrize("kwargs, message", [("[1, 2]", "--env-kwargs must be a JSON object"), ("{", "--env-kwargs is not JSON")])
+def test_env_keywords_that_are_not_a_json_object_exit_2(kwargs: str, message: str, monkeypatch, capsys) -> None:
+    no_training(monkeypatch)
+    with pytest.raises(SystemExit) as caught:
+        compare.main([*ARGS, "--env-kwargs", kwargs])
+    assert caught.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_missing_data_exits_2_in_one_line(results_dir, monkeypatch, tmp_path, capsys) -> None:
+    """A dataset that is not on disk (Fashion-MNIST in an empty folder) ends the command with the loader's one
+    line, which names the missing file and how to get it."""
+    no_training(monkeypatch)
+    kwargs = json.dumps({**TINY, "data_root": str(tmp_path / "empty")})
+    with pytest.raises(SystemExit) as caught:
+        compare.main(["--env", "ALA-FashionMNIST-v0", "--controllers", "ce", "--seeds", "1", "--env-kwargs", kwargs])
+    error = capsys.readouterr().err
+    assert caught.value.code == 2 and "Traceback" not in error and error.strip().count("\n") == 0, error
+    assert "train-images-idx3-ubyte.gz is missing" in error and "apt-get install -y dataset-fashion-mnist" in error

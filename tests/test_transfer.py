@@ -29,6 +29,11 @@ def test_verdicts_compare_against_the_larger_spread() -> None:
     assert near["best_fixed_phi_beats_ce_beyond_std"]  # 1.0 ahead of ce, spread 0.3
     out_of_reach = transfer.verdicts(row("t", 3.95, 0.1), ce, row("oracle-phi", 3.8, 0.25))  # 0.2 ahead, spread 0.25
     assert not out_of_reach["best_fixed_phi_beats_ce_beyond_std"] and not out_of_reach["beats_ce_beyond_std"]
+    # On the boundary (exact in binary): a margin equal to the spread beats nothing, a gap equal to it still
+    # reaches the oracle, and an equal mean does not beat tuned smoothing.
+    edge = transfer.verdicts(row("t", 3.5, 0.25), row("ce", 4.0, 0.5), row("oracle-phi", 3.0, 0.5), row("oracle-smoothing", 3.5, 0.25))
+    assert not edge["beats_ce_beyond_std"] and edge["reaches_best_fixed_phi"] and not edge["beats_tuned_smoothing"]
+    assert not transfer.verdicts(row("t", 3.5, 0.25), row("ce", 4.0, 0.5), row("oracle-phi", 3.5, 0.5))["best_fixed_phi_beats_ce_beyond_std"]
 
 
 def write_results(folder: Path, preset: str, rows: list[dict]) -> None:
