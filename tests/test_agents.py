@@ -418,3 +418,41 @@ def test_the_recorder_keeps_each_final_metric_under_its_own_name() -> None:
     (record,) = recorder.records
     assert (record.test_metric, record.final_val_metric, record.final_val_loss) == (0.11, 0.22, 0.33)
     assert record.test_statistics == {"test_recall@1": 0.44} and record.rewards == [1.0, -1.0] and recorder.done
+
+
+class ChildEndsEarly:
+    """A made-up two-child vector env: child 1 ends after the first step (diverged), child 0 after the third; the
+    vector env then restarts child 1, whose values (a reward of 100 and a validation metric of 1) are not the
+    run's."""
+
+    num_envs = 2
+    metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP}
+
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def infos(self, val_metric: list[float]) -> dict:
+        return {"phi": np.stack([np.eye(3)] * 2), "val_metric": np.array(val_metric), "iteration": np.array([self.steps] * 2),
+                "diverged": np.array([False, self.steps == 1])}  # fmt: skip
+
+    def reset(self, seed=None):
+        self.steps = 0
+        return np.zeros((2, 6, 24)), self.infos([0.5, 0.5])
+
+    def step(self, actions):
+        self.steps += 1
+        restarted = self.steps > 1  # child 1's later steps belong to its next episode
+        rewards = np.array([1.0, 100.0 if restarted else -1.0])
+        ended = np.array([self.steps == 3, self.steps == 1])
+        return np.zeros((2, 6, 24)), rewards, ended, np.zeros(2, bool), self.infos([0.4, 1.0 if restarted else 0.6])
+
+
+def test_step_logs_cover_the_children_still_in_the_recorded_run() -> None:
+    from ala_gym.agents.baselines import FixedPhi
+
+    logs = []
+    records = FixedPhi().run_episode(ChildEndsEarly(), seed=0, on_step=lambda step, entry: logs.append(entry))
+    assert [entry["reward"] for entry in logs] == [0.0, 1.0, 1.0]
+    assert [entry["val_metric"] for entry in logs] == [0.5, 0.4, 0.4]
+    assert [len(entry["phi"]) for entry in logs] == [2, 1, 1]
+    assert records[1].diverged and records[1].rewards == [-1.0] and records[0].rewards == [1.0] * 3

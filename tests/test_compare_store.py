@@ -8,6 +8,7 @@ import os
 import shutil
 import stat
 
+import numpy as np
 import pytest
 
 from ala_gym.agents.reinforce import library_policy
@@ -228,3 +229,29 @@ def test_missing_data_exits_2_in_one_line(results_dir, monkeypatch, tmp_path, ca
     error = capsys.readouterr().err
     assert caught.value.code == 2 and "Traceback" not in error and error.strip().count("\n") == 0, error
     assert "train-images-idx3-ubyte.gz is missing" in error and "apt-get install -y dataset-fashion-mnist" in error
+
+
+def test_results_json_keeps_four_matrices_every_steps_mean_and_rounded_curves() -> None:
+    """``results.json`` keeps a child's Phi at the first, the last and two evenly spaced steps between, the mean
+    off-diagonal entry of every step, and validation curves to 6 decimals; a compact run stays as it is."""
+    from ala_gym.benchmarks.compare.store import compact_run
+
+    phi = [(np.eye(3) + step * 0.01 * (1 - np.eye(3))).tolist() for step in range(10)]
+    run = {"controller": "x", "children": [{"phi": phi, "val_metric": [0.123456789] * 10}]}
+    (child,) = compact_run(run)["children"]
+    assert child["phi_steps"] == [0, 3, 6, 9] and child["phi"] == [phi[i] for i in (0, 3, 6, 9)]
+    np.testing.assert_allclose(child["phi_off_diagonal"], 0.01 * np.arange(10))
+    assert child["val_metric"] == [0.123457] * 10
+    assert compact_run(compact_run(run)) == compact_run(run)
+
+
+def test_another_seed_stride_is_another_comparison(results_dir) -> None:
+    """The seed stride decides which children a run trains: a folder of stride 1 refuses stride 2, and a record
+    written before strides were kept counts as stride 1."""
+    from ala_gym.benchmarks.compare.store import config_changes
+
+    compare.compare("ALA-Digits-v0", ["ce"], [0], TINY, "tiny")
+    with pytest.raises(compare.ComparisonError, match=r"seed_stride 1 -> 2"):
+        compare.compare("ALA-Digits-v0", ["ce"], [0], TINY, "tiny", seed_stride=2)
+    saved = {"env": "ALA-Digits-v0", "env_kwargs": {}, "children": None}
+    assert config_changes(saved, {**saved, "seed_stride": 2}, {}) == ["seed_stride 1 -> 2"]
