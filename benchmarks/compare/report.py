@@ -17,7 +17,7 @@ def summarize(runs: list[dict], controllers: list[str]) -> list[dict]:
     ce_wall = [r["wall_s"] / r["num_children"] for r in runs if r["controller"] == "ce"]
     rows = []
     for name in controllers:
-        mine = [r for r in runs if r["controller"] == name]
+        mine = sorted((r for r in runs if r["controller"] == name), key=lambda r: r["seed"])  # values in seed order
         if not mine:
             continue
         tests = np.array([r["test_metric"] for r in mine]) * 100
@@ -30,7 +30,7 @@ def summarize(runs: list[dict], controllers: list[str]) -> list[dict]:
         rows.append(
             {
                 "controller": name,
-                "seeds": sorted(r["seed"] for r in mine),
+                "seeds": [r["seed"] for r in mine],
                 "children_per_run": mine[0]["num_children"],
                 "test_mean": float(tests.mean()),
                 "test_std": float(tests.std(ddof=1)) if len(tests) > 1 else 0.0,

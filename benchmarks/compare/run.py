@@ -203,7 +203,8 @@ def compare(
             raise ComparisonError(f"runs missing from {out / 'runs'}: {', '.join(missing)}; run the command again")
 
     def gather(specs: set[str]) -> list[dict]:
-        """Every finished run of ``specs`` on this comparison's seeds, in the order of the files in runs/."""
+        """Every finished run of ``specs`` on this comparison's seeds, in the order of their files in runs/ but
+        with seeds as numbers (seed 10 after seed 2), the order in which the summary lists per-seed values."""
         # Damaged files of runs outside this comparison are left out (its own were run again above).
         on_disk = [run for p in sorted((out / "runs").glob("*.json")) if finished_run(p) and (run := load_run(p))]
         fresh = {(r["controller"], r["seed"]) for r in on_disk}
@@ -211,7 +212,7 @@ def compare(
         runs = [r for r in runs if r["controller"] in specs and r["seed"] in seeds and r["env"] == env_id]
         for run in runs:  # runs recorded before locations were left out lose them here
             run["env_kwargs"] = without_locations(run["env_kwargs"])
-        return sorted(runs, key=lambda r: f"{file_stem(r['controller'])}-seed{r['seed']}.json")
+        return sorted(runs, key=lambda r: (f"{file_stem(r['controller'])}-seed", r["seed"]))
 
     # Seed-major: an interrupted comparison has every controller on the same seeds so far. An oracle's grid
     # runs on the selection seeds first; the point selected on validation then runs on every seed.
