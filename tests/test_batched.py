@@ -232,3 +232,15 @@ def test_a_copied_batched_child_takes_weights_statistics_and_momentum_not_its_st
             assert torch.equal(value[1], value[0]), f"{kind} {name} not copied"
     inputs, _ = trainer.next_batches(np.array([True, True]))
     assert not torch.equal(inputs[0], inputs[1])  # each child still draws its own batches
+
+
+def test_a_batched_trainer_refuses_no_children_and_a_step_with_none_active(digits) -> None:
+    config = TrainConfig(model="mlp", total_iterations=4, batch_size=32)
+    with pytest.raises(ValueError, match="need at least one child seed"):
+        BatchedTrainer(digits, config, [])
+    trainer = BatchedTrainer(digits, config, [1, 2])
+    loss = PhiLoss(torch.eye(10))
+    for active in (np.array([False, False]), np.array([True])):
+        with pytest.raises(ValueError, match="a boolean mask of 2 children with one True"):
+            trainer.train_step(torch.stack([loss.params] * 2), active, loss)
+    assert trainer.iterations.tolist() == [0, 0]

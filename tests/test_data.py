@@ -448,3 +448,25 @@ def test_loading_digits_in_a_fresh_process_leaves_the_global_rngs_alone() -> Non
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_normalised_inputs_have_zero_mean_and_unit_spread_and_stay_finite_on_constant_channels() -> None:
+    """A uint8 image's channel and a float feature come out with zero mean and unit (sample) spread over the
+    training split, the image on its [0, 1] scale; a blank channel or a constant feature stays finite (centred,
+    not divided by zero)."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (40, 2, 3, 3), generator=generator, dtype=torch.uint8)
+    images[:, 1] = 7  # a blank channel
+    labels = torch.arange(40) % 2
+    data = from_user_data((images, labels, images[:4], labels[:4]), val_size=8)
+    x = data.normalized_train
+    assert torch.isfinite(x).all() and torch.allclose(x[:, 1], torch.zeros(()), atol=1e-4)
+    channel = x[:, 0].flatten()
+    assert abs(float(channel.mean())) < 1e-5 and abs(float(channel.std()) - 1.0) < 1e-5
+    torch.testing.assert_close(data.mean[0], data.train.images[:, 0].float().mean() / 255)
+    features = torch.randn(40, 3, generator=generator)
+    features[:, 2] = 5.0  # a constant feature
+    tabular = from_user_data((features, labels, features[:4], labels[:4]), val_size=8)
+    x = tabular.normalized_train
+    assert torch.isfinite(x).all() and torch.allclose(x[:, 2], torch.zeros(()))
+    assert torch.allclose(x[:, :2].mean(0), torch.zeros(2), atol=1e-5) and torch.allclose(x[:, :2].std(0), torch.ones(2), atol=1e-5)

@@ -97,6 +97,37 @@ def test_a_non_finite_evaluation_alone_ends_the_episode_with_the_penalty() -> No
     assert final["test_metric"] == final["final_val_metric"] == 1.0 and final["final_val_loss"] == float("inf")
 
 
+def test_a_finished_childs_non_finite_final_metric_scores_the_worst_value() -> None:
+    """A child that never diverged can still end with a non-finite metric (an NLL that overflowed on the test
+    split): it scores the worst value, as a diverged child does, not NaN; a finite metric is reported as it is."""
+    run = episode()
+    run.begin(error(0.6), 0)
+    final = run.final_metrics(lambda split: error(float("nan")) if split == "test" else error(0.25, loss=0.7))
+    assert final["test_metric"] == 1.0 and final["final_val_metric"] == 0.25 and final["final_val_loss"] == 0.7
+
+
+def test_the_observation_holds_the_history_oldest_first_and_the_change_from_a_moving_average() -> None:
+    """Each row: the last ``history`` statistics, oldest first; their relative change from a moving average of
+    rate 0.1 (positive when they rose); the task's value; progress. ``train_loss`` is the mean per iteration."""
+    run = episode()
+    run.begin(error(0.6), 0)
+    observations = []
+    for step, (first, last) in enumerate(((0.5, 0.4), (0.35, 0.3))):
+        run.apply_action(np.array([2]))
+        run.plan(10 * step)
+        run.record_chunk(0, 1.0, error(first))
+        run.record_chunk(1, 3.0, error(last))
+        observation, _, _, info = run.finish(10 * (step + 1))
+        observations.append(observation[0])
+        assert info["train_loss"] == pytest.approx(0.4)  # 4.0 over 10 iterations
+    np.testing.assert_allclose(observations[0][:4], [0.6, 0.6, 0.4, 0.4], rtol=1e-6)
+    np.testing.assert_allclose(observations[0][4:6], [(0.4 - 0.6) / 0.6] * 2, rtol=1e-5)
+    average = 0.6 + 0.1 * (0.4 - 0.6)
+    np.testing.assert_allclose(observations[1][:4], [0.4, 0.4, 0.3, 0.3], rtol=1e-6)
+    np.testing.assert_allclose(observations[1][4:6], [(0.3 - average) / average] * 2, rtol=1e-5)
+    np.testing.assert_allclose(observations[1][6:], [0.2, 0.2], rtol=1e-6)  # two steps of 0.1; 20 of 100 iterations
+
+
 def test_class_pair_features_are_the_pairs_confusion_statistics_over_log_c() -> None:
     """Row (i, j) sees ``[C_ij, C_ji] / log C`` of Eq. 7 (clipped at 10), and its credit is the error on the
     samples of classes i and j, weighted by their counts."""

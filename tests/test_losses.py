@@ -167,12 +167,19 @@ def test_ten_classes_have_55_pairs_in_row_major_order() -> None:
         (np.eye(3), "shape"),
         (np.full((4, 4), np.nan), "finite"),
         (np.eye(4) * 1.5, r"\[-1.0, 1.0\]"),
+        (np.eye(4) - 1.5 * (1 - np.eye(4)), r"\[-1.0, 1.0\]"),  # below the bound, not only above it
         (np.triu(np.full((4, 4), 0.5)), "symmetric"),
     ],
 )
 def test_check_phi_errors(matrix: np.ndarray, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         check_phi(matrix, 4)
+
+
+@pytest.mark.parametrize("kwargs", [dict(negative_floor=1.0), dict(negative_floor=0.0), dict(temperature=0.0), dict(form="cubic")])
+def test_a_loss_refuses_settings_out_of_range(kwargs: dict) -> None:
+    with pytest.raises(ValueError, match=next(iter(kwargs)).replace("form", "loss form")):
+        PhiLoss(torch.eye(3), **kwargs)
 
 
 def test_check_phi_accepts_valid() -> None:

@@ -43,6 +43,9 @@ def test_a_single_env_state_restores_bit_for_bit() -> None:
     assert _same(ahead, _trace(env, 3))
     with pytest.raises(ValueError, match="get_state"):
         env.set_state({"something": "else"})
+    env.close()
+    with pytest.raises(RuntimeError, match="this env is closed"):
+        env.set_state(state)
 
 
 @pytest.mark.parametrize("train_mode", ["sequential", "batched"])

@@ -89,3 +89,32 @@ def test_a_registered_variant_keeps_its_keywords_and_takes_the_callers() -> None
     retrieval = task_spec("ALA-CIFAR10-Margin-v0")
     assert retrieval.loss.framework == "margin" and retrieval.train.model == "resnet32"
     assert retrieval.train.output_size == 64  # embedding_size, renamed for the training part
+
+
+def test_the_data_spec_passes_the_download_choice_and_draws_its_subset_from_its_seed(monkeypatch) -> None:
+    """``download=False`` reaches a loader that can download (CIFAR-10's), so a missing folder fails instead of
+    going online; a loader that cannot is not given the keyword. The training subset is drawn from ``split_seed``."""
+    from ala_gym.core.data import load_dataset, training_subset
+
+    class Stop(Exception):
+        """Ends the load once its keywords are seen: no CIFAR-10 is read here."""
+
+    calls = {}
+
+    def recording(name, **kwargs):
+        calls[name] = kwargs
+        if name != "digits":
+            raise Stop
+        return load_dataset(name, **kwargs)
+
+    monkeypatch.setattr(spec_module, "load_dataset", recording)
+    with pytest.raises(Stop):
+        DataSpec(dataset="cifar10", download=False, device="cpu").load()
+    assert calls["cifar10"]["download"] is False
+    subset = DataSpec(dataset="digits", train_size=200, split_seed=1, device="cpu").load().train.labels
+    assert "download" not in calls["digits"]
+    split = load_dataset("digits", split_seed=1)
+    assert np.array_equal(subset, training_subset(split, 200, 1).train.labels)
+    assert not np.array_equal(subset, training_subset(split, 200, 0).train.labels)
+    with pytest.raises(ValueError, match="does not apply to data given as arrays"):
+        DataSpec(dataset=(np.zeros((10, 2)), np.zeros(10, int), np.zeros((4, 2)), np.zeros(4, int)), data_root="x")

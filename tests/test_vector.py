@@ -81,6 +81,13 @@ def test_auto_train_mode_is_the_faster_path_in_the_committed_cpu_measurements(re
         assert default_train_mode(torch.device("cpu"), model, 1) == "sequential"
 
 
+def test_on_a_gpu_every_package_model_batches_and_a_users_model_or_one_child_does_not() -> None:
+    cuda = torch.device("cuda")  # only a device object: nothing runs on it
+    assert [default_train_mode(cuda, model, 4) for model in ("mlp", "small_cnn", "resnet32")] == ["batched"] * 3
+    assert default_train_mode(cuda, "resnet32", 1) == "sequential"
+    assert default_train_mode(cuda, lambda shape, classes: torch.nn.Linear(1, classes), 4) == "sequential"
+
+
 def test_sequential_vector_env_equals_single_envs_bit_for_bit(make_vec) -> None:
     """Child i of reset(seed=s) is the single env reset with s + i, through an episode and its autoreset
     (on Ray: children on two actors)."""
@@ -230,9 +237,13 @@ def test_divergence_terminates_only_that_child(train_mode: str) -> None:
     assert reward[0] == -10.0 and reward[1] != -10.0
     assert info["diverged"].tolist() == [True, False]
     assert info["_test_metric"].tolist() == [True, False] and info["test_metric"][0] == 1.0  # all wrong
+    # The diverged child stopped at the evaluation that found it broken, short of the step's K iterations.
+    assert info["iteration"][0] < info["iteration"][1] == TINY["steps_per_action"]
     _, reward, terminated, _, info = envs.step(np.ones((2, N_PAIRS), dtype=np.int64))
     assert reward[0] == 0.0 and info["episode_step"].tolist() == [0, 2]  # child 0 reset, child 1 went on
     assert not info["diverged"].any()
+    with pytest.raises(ValueError, match="copy only between children at the same point of training"):
+        envs.unwrapped.copy_child(1, 0)
 
 
 def test_bad_input_raises_value_error(make_vec) -> None:
@@ -252,6 +263,11 @@ def test_bad_input_raises_value_error(make_vec) -> None:
         envs.set_attr("phi", np.stack([np.eye(10)] * 3))
     with pytest.raises(ValueError, match="train_mode"):
         make_vec(ENV_ID, 2, train_mode="fast", **TINY)
+    with pytest.raises(ValueError, match=r"need one seed per child \(2\), got 3"):
+        envs.reset(seed=[1, 2, 3])
+    for child in (-1, 2) if hasattr(envs.unwrapped, "copy_child") else ():  # the native env's (Ray's cannot copy)
+        with pytest.raises(ValueError, match=r"target must be a child index in \[0, 2\)"):
+            envs.unwrapped.copy_child(0, child)
     with pytest.raises(ValueError, match="beta"):  # a task keyword, checked where the children live
         make_vec(ENV_ID, 2, **{**TINY, "beta": -1.0})
     # The failed calls changed nothing: the next step is a normal first step.
