@@ -304,6 +304,7 @@ def test_sb3_adapter_seeding_terminal_observation_and_episode_stats(make_vec) ->
     np.testing.assert_array_equal(first, native_first)  # SB3's seed + i is the native convention
     env.seed(7)
     np.testing.assert_array_equal(env.reset(), first)
+    started = [dict(info) for info in env.reset_infos]
     for _ in range(2):  # each episode's statistics are its own: the second does not add the first's
         rewards = []
         for step in range(STEPS):
@@ -317,6 +318,10 @@ def test_sb3_adapter_seeding_terminal_observation_and_episode_stats(make_vec) ->
             assert info["TimeLimit.truncated"] is False and 0 <= info["test_metric"] <= 1
             assert info["episode"]["l"] == STEPS
             assert info["episode"]["r"] == pytest.approx(float(np.sum(np.array(rewards)[:, child], dtype=np.float64)), rel=1e-6)
+            # The info of the episode that starts now (a new child) is kept for SB3; gymnasium's own keys are not.
+            assert env.reset_infos[child]["iteration"] == 0 and "final_obs" not in env.reset_infos[child]
+            assert env.reset_infos[child]["val_metric"] != started[child]["val_metric"]
+        started = [dict(info) for info in env.reset_infos]
     assert np.all(observation[:, :, -1] == 0.0)  # SAME_STEP: the returned observation is the reset one
     with pytest.raises(ValueError, match="SAME_STEP"):
         SB3VecEnv(gym.make_vec(ENV_ID, num_envs=2, **TINY))
