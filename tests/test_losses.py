@@ -185,3 +185,16 @@ def test_a_loss_refuses_settings_out_of_range(kwargs: dict) -> None:
 def test_check_phi_accepts_valid() -> None:
     phi = pairs_to_matrix(np.linspace(-1, 1, 10), 4)
     np.testing.assert_array_equal(check_phi(phi, 4), phi)
+
+
+def test_a_negative_weight_meets_a_floored_log_probability() -> None:
+    """Under a negative weight the loss would fall without bound as that class's probability goes to 0: its
+    log-probability is floored at log(negative_floor), so the loss stops at -w log(floor) there; positive
+    weights see the true log-probability."""
+    logits = torch.tensor([[10.0, -30.0, 0.0]])  # p(1) ~ 1e-18, far below the floor
+    phi = torch.tensor([[1.0, -0.5, 0.2], [-0.5, 1.0, 0.0], [0.2, 0.0, 1.0]])
+    log_probs = F.log_softmax(logits, dim=1)[0]
+    expected = -(log_probs[0] - 0.5 * np.log(1e-3) + 0.2 * log_probs[2])
+    torch.testing.assert_close(phi_loss(logits, torch.tensor([0]), phi, negative_floor=1e-3), expected)
+    unfloored = -(log_probs[0] - 0.5 * log_probs[1] + 0.2 * log_probs[2])
+    torch.testing.assert_close(phi_loss(logits, torch.tensor([0]), phi, negative_floor=None), unfloored)
