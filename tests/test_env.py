@@ -113,6 +113,10 @@ def test_rollout_contract(make, env_id: str) -> None:
     assert env.action_space.shape == (rows,) and n_classes == 10
     assert env.observation_space.shape == (rows, 24)
     assert np.all(np.isfinite(env.observation_space.low)) and np.all(np.isfinite(env.observation_space.high))
+    # The last two columns: the row's value within the task's bounds, then progress in [0, 1].
+    bounds = env.unwrapped.episode.task.bounds
+    np.testing.assert_array_equal(env.observation_space.low[:, -2:], np.tile([bounds[0], 0.0], (rows, 1)).astype(np.float32))
+    np.testing.assert_array_equal(env.observation_space.high[:, -2:], np.tile([bounds[1], 1.0], (rows, 1)).astype(np.float32))
     obs, info = env.reset(seed=0)
     observations, infos = [obs], [info]
     terminated = False
@@ -317,3 +321,36 @@ def test_registration_is_idempotent() -> None:
         import ala_gym as again  # noqa: F401
     for env_id in ENV_IDS:
         assert gym.spec(env_id).entry_point == before[env_id].entry_point
+
+
+def _threads_after_set_threads(queue, num_threads) -> None:
+    import torch
+
+    from ala_gym.envs.base import set_threads
+
+    torch.set_num_threads(2)
+    set_threads(num_threads)
+    queue.put(torch.get_num_threads())
+
+
+def test_a_multiprocessing_worker_trains_on_one_thread_unless_told_otherwise() -> None:
+    """Async vector envs run each child in a worker process: there ``num_threads=None`` means 1 thread (N workers
+    would otherwise each take every core); a number given is kept; in the main process None changes nothing."""
+    import multiprocessing
+
+    import torch
+
+    from ala_gym.envs.base import set_threads
+
+    context = multiprocessing.get_context("spawn")
+    seen = []
+    for num_threads in (None, 2):
+        queue = context.Queue()
+        worker = context.Process(target=_threads_after_set_threads, args=(queue, num_threads))
+        worker.start()
+        seen.append(queue.get(timeout=120))
+        worker.join(30)
+    assert seen == [1, 2]
+    before = torch.get_num_threads()
+    set_threads(None)
+    assert torch.get_num_threads() == before
