@@ -97,6 +97,18 @@ def test_a_non_finite_evaluation_alone_ends_the_episode_with_the_penalty() -> No
     assert final["test_metric"] == final["final_val_metric"] == 1.0 and final["final_val_loss"] == float("inf")
 
 
+def test_a_non_finite_training_loss_alone_stops_the_step() -> None:
+    """A NaN training loss ends the step at that evaluation even where the evaluation still looks finite: the
+    rest of the step's training would be spent on a broken model."""
+    run = episode()
+    run.begin(error(0.6), 0)
+    run.apply_action(np.array([1]))
+    run.plan(0)
+    assert run.record_chunk(0, float("nan"), error(0.5)) is False
+    _, reward, terminated, info = run.finish(5)
+    assert reward == -5.0 and terminated and info["diverged"]
+
+
 def test_a_finished_childs_non_finite_final_metric_scores_the_worst_value() -> None:
     """A child that never diverged can still end with a non-finite metric (an NLL that overflowed on the test
     split): it scores the worst value, as a diverged child does, not NaN; a finite metric is reported as it is."""

@@ -118,3 +118,10 @@ def test_the_data_spec_passes_the_download_choice_and_draws_its_subset_from_its_
     assert not np.array_equal(subset, training_subset(split, 200, 0).train.labels)
     with pytest.raises(ValueError, match="does not apply to data given as arrays"):
         DataSpec(dataset=(np.zeros((10, 2)), np.zeros(10, int), np.zeros((4, 2)), np.zeros(4, int)), data_root="x")
+
+
+def test_the_envs_own_options_are_not_part_of_its_task() -> None:
+    """``render_mode`` and ``num_threads`` are what ``gym.make`` takes for the env, not the task: the spec made
+    with them is the spec made without."""
+    with_options = task_spec("ALA-Digits-v0", render_mode=None, num_threads=1, **TINY)
+    assert repr(with_options) == repr(task_spec("ALA-Digits-v0", **TINY))
