@@ -10,7 +10,7 @@ import pytest
 
 import ala_gym  # noqa: F401  (registers the ids)
 from ala_gym.core.metric_learning import DistanceMixtureLoss, FocalDistanceLoss, PMLLoss
-from ala_gym.envs.metric_learning import ALAMetricLearningEnv
+from ala_gym.envs.metric_learning import ALAMetricLearningEnv, values_of_phi
 
 TINY = dict(total_iterations=6, steps_per_action=3, batch_size=16, samples_per_class=4, eval_points=1, device="cpu")
 
@@ -136,3 +136,32 @@ def test_fixed_loss_controller_records_test_recalls_and_the_table_shows_them(mak
     table = "\n".join(retrieval_table({"fixed-loss": runs}))
     assert f"| fixed-loss | {100 * record.test_metric:.2f} +- 0.00 |" in table and "Margin + ALA (focal weighting)" in table
     assert retrieval_table({"ce": [{"children": [{"test_statistics": {}}]}]}) == []  # classification: no section
+
+
+def test_env_rewards_recall_at_a_k_outside_the_default_levels(make) -> None:
+    env = make(recall_k=3)
+    _, info = env.reset(seed=0)
+    assert "recall@3" in info and info["val_metric"] == info["recall@3"]
+
+
+def test_focal_phi_above_the_range_is_refused_and_changes_nothing(make) -> None:
+    message = "focal loss parameters must be 2 finite values"
+    for bad in ([4.0, 17.0], [1 / 32, 4.0]):
+        with pytest.raises(ValueError, match=message):
+            values_of_phi(np.array(bad), "focal")
+    np.testing.assert_allclose(values_of_phi(np.array([1 / 16, 16.0]), "focal"), [-1.0, 1.0])
+    with pytest.raises(ValueError, match=message):
+        make(phi_init=np.array([4.0, 20.0]))
+    env = make()
+    with pytest.raises(ValueError, match=message):
+        env.phi = np.array([2.0, 20.0])
+    np.testing.assert_allclose(env.phi, [4.0, 4.0])  # a refused Phi leaves the loss as it was
+
+
+def test_vector_env_refuses_a_focal_phi_above_the_range_before_any_child_changes(tiny_fashion_mnist_dir: Path) -> None:
+    kwargs = dict(data_root=str(tiny_fashion_mnist_dir), val_size=40, **TINY)
+    envs = gym.make_vec("ALA-FashionMNIST-Margin-v0", num_envs=2, **kwargs)
+    with pytest.raises(ValueError, match="focal loss parameters must be 2 finite values"):
+        envs.set_attr("phi", [np.array([2.0, 8.0]), np.array([4.0, 20.0])])
+    np.testing.assert_allclose(np.array(envs.get_attr("phi")), [[4.0, 4.0], [4.0, 4.0]])
+    envs.close()

@@ -1,18 +1,14 @@
 """Metric learning on small hand-made embeddings with known answers: distances and gradients at coinciding
 points, pair means in row blocks and on sets without positive or negative pairs, the mixture on a miner that
-draws nothing, Recall@k with non-finite embeddings and at a k outside the default levels, and the Phi bounds,
-clipped statistics and diverged-child scores of the metric-learning env."""
+draws nothing, Recall@k with non-finite embeddings and at a k outside the default levels, the focal Phi's range,
+and the metric-learning task's clipped statistics and diverged-child scores (the env itself: test_metric_env.py)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 
-import ala_gym  # noqa: F401  (registers the ids)
 from ala_gym.core.metric_learning import (
     MIXTURE_EPS,
     DistanceMixtureLoss,
@@ -24,21 +20,11 @@ from ala_gym.core.metric_learning import (
     retrieval_hits,
 )
 from ala_gym.core.metrics import Evaluation
-from ala_gym.envs.metric_learning import TERMS_CLIP, EmbeddingLossTask, values_of_phi
+from ala_gym.envs.metric_learning import TERMS_CLIP, EmbeddingLossTask
 
-TINY = dict(total_iterations=6, steps_per_action=3, batch_size=16, samples_per_class=4, eval_points=1, device="cpu")
 SQRT2 = float(np.sqrt(2.0))
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture
-def make(tiny_fashion_mnist_dir: Path):
-    def factory(env_id: str = "ALA-FashionMNIST-Margin-v0", **overrides) -> gym.Env:
-        kwargs = dict(data_root=str(tiny_fashion_mnist_dir), val_size=40, **TINY)
-        return gym.make(env_id, disable_env_checker=True, **{**kwargs, **overrides}).unwrapped
-
-    return factory
 
 
 def _square() -> torch.Tensor:
@@ -134,12 +120,6 @@ def test_evaluator_at_a_k_outside_the_default_levels_reports_it() -> None:
     np.testing.assert_allclose(evaluation.class_metric, [0.5, 1.0, 0.0])  # Recall@3 per class; class 2 absent
 
 
-def test_env_rewards_recall_at_a_k_outside_the_default_levels(make) -> None:
-    env = make(recall_k=3)
-    _, info = env.reset(seed=0)
-    assert "recall@3" in info and info["val_metric"] == info["recall@3"]
-
-
 # ---------------------------------------------------------------- Phi bounds
 
 
@@ -148,29 +128,6 @@ def test_focal_phi_range_must_start_above_zero() -> None:
         with pytest.raises(ValueError, match="need 0 < phi_min < phi_max"):
             FocalDistanceLoss(phi_min=phi_min, phi_max=phi_max)
     assert FocalDistanceLoss(phi_min=0.5, phi_max=8.0).phi.tolist() == [4.0, 4.0]
-
-
-def test_focal_phi_above_the_range_is_refused_and_changes_nothing(make) -> None:
-    message = "focal loss parameters must be 2 finite values"
-    for bad in ([4.0, 17.0], [1 / 32, 4.0]):
-        with pytest.raises(ValueError, match=message):
-            values_of_phi(np.array(bad), "focal")
-    np.testing.assert_allclose(values_of_phi(np.array([1 / 16, 16.0]), "focal"), [-1.0, 1.0])
-    with pytest.raises(ValueError, match=message):
-        make(phi_init=np.array([4.0, 20.0]))
-    env = make()
-    with pytest.raises(ValueError, match=message):
-        env.phi = np.array([2.0, 20.0])
-    np.testing.assert_allclose(env.phi, [4.0, 4.0])  # a refused Phi leaves the loss as it was
-
-
-def test_vector_env_refuses_a_focal_phi_above_the_range_before_any_child_changes(tiny_fashion_mnist_dir: Path) -> None:
-    kwargs = dict(data_root=str(tiny_fashion_mnist_dir), val_size=40, **TINY)
-    envs = gym.make_vec("ALA-FashionMNIST-Margin-v0", num_envs=2, **kwargs)
-    with pytest.raises(ValueError, match="focal loss parameters must be 2 finite values"):
-        envs.set_attr("phi", [np.array([2.0, 8.0]), np.array([4.0, 20.0])])
-    np.testing.assert_allclose(np.array(envs.get_attr("phi")), [[4.0, 4.0], [4.0, 4.0]])
-    envs.close()
 
 
 # ---------------------------------------------------------------- the env task's statistics and scores
