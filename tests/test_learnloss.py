@@ -192,6 +192,46 @@ def test_controller_moves_phi_when_an_earlier_checkpoint_was_better():
     assert np.all(phi[~np.eye(3, dtype=bool)] <= 0.05 + 1e-12)
 
 
+def test_controller_sees_its_last_window_of_checkpoints_and_forgets_them_when_a_run_restarts(monkeypatch):
+    """With ``window`` the LP gets the last checkpoints' components beside their own errors; a child back at
+    iteration 0 (the vector env restarted it) starts from cross-entropy with no checkpoints."""
+    from ala_gym.agents import learnloss as learnloss_module
+
+    seen = []
+    select = learnloss_module.select_loss
+    monkeypatch.setattr(learnloss_module, "select_loss", lambda features, errors, *rest: seen.append((features, errors)) or select(features, errors, *rest))
+    controller = LearnLossPhi(LearnLossPhiConfig(window=2, rate=1.0))
+    controller.begin(fake_envs("error"), seed=0)
+    confusions = [np.full((3, 3), value) + np.eye(3) for value in (1.0, 2.0, 3.0)]
+    for step, (confusion, error) in enumerate(zip(confusions, (0.5, 0.4, 0.3))):
+        controller.prescribe_phi(np.zeros((1, 3, 24)), infos_for(confusion, error, 5 * step))
+    features, errors = seen[-1]
+    np.testing.assert_array_equal(errors, [0.4, 0.3])
+    np.testing.assert_array_equal(features, [confusion_features(confusions[1]), confusion_features(confusions[2])])
+    phi = controller.prescribe_phi(np.zeros((1, 3, 24)), infos_for(confusions[0], 0.9, 0))  # a restarted child
+    assert controller.errors == [[0.9]] and np.array_equal(phi[0], np.eye(3))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(smoothing_max=0.6, pair_max=0.5), "smoothing_max \\+ pair_max must be at most 1"),
+    (dict(window=1), "window must be None \\(every step\\) or at least 2"),
+    (dict(rate=0.0), "0 < rate <= 1"),
+])  # fmt: skip
+def test_controller_settings_out_of_range_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        LearnLossPhiConfig(**kwargs)
+
+
+def test_a_model_on_the_hulls_edge_is_no_choice_and_a_diverged_run_is_never_the_best():
+    """A model that is a minimiser only on the boundary of the box (margin 0) does not count: the LP moves on
+    to the next model it can make the strict minimiser. A run with a NaN error never counts as the best."""
+    features = np.array([[0.0, 0.0], [0.0, 1.0], [0.0, -1.0]])  # the best model lies between the other two
+    selection = select_loss(features, np.array([0.1, 0.2, 0.3]), np.array([1.0]), centre=False)
+    assert selection.model == 2 and selection.lam == pytest.approx([1.0]) and selection.margin == pytest.approx(1.0)
+    trials = [Trial(np.ones(1), np.zeros(2), error, "lp", 0.0) for error in (float("nan"), 0.3, 0.2)]
+    assert best_trial(trials).error == 0.2
+
+
 def test_controller_runs_a_tiny_digits_episode_with_valid_phi_and_is_seeded():
     assert ala_gym.agents.CONTROLLERS["learnloss"]().env_kwargs() == {"loss_form": "linear"}
     runs = []
