@@ -131,6 +131,27 @@ def test_the_meta_objectives_batches_come_from_the_split_it_names() -> None:
             assert not found_in(images, other)[0].all()
 
 
+def test_the_activation_is_a_leaky_softplus() -> None:
+    """``(1 - leak) softplus_beta(x) + leak x``: log(2) / beta at 0, the line of slope ``leak`` far below 0."""
+    from ala_gym.agents.adalfl import SmoothLeakyReLU
+
+    act = SmoothLeakyReLU(smoothness=2.0, leak=0.1)
+    values = act(torch.tensor([0.0, -100.0, 100.0], dtype=torch.float64))
+    torch.testing.assert_close(values, torch.tensor([0.9 * np.log(2) / 2, -10.0, 100.0], dtype=torch.float64))
+
+
+def test_the_offline_phase_reports_its_mean_meta_loss(monkeypatch) -> None:
+    import ala_gym.agents.adalfl as adalfl
+
+    losses = iter([1.0, 3.0])
+    real = adalfl.meta_step
+    monkeypatch.setattr(adalfl, "meta_step", lambda *args: dataclasses.replace(real(*args), meta_loss=torch.tensor(next(losses))))
+    config = AdaLFLConfig(offline_steps=2)
+    network = LossNetwork(config, torch.Generator().manual_seed(0))
+    mean = initialise_offline(network, load_dataset("digits"), TrainConfig(model="mlp"), config, 0)
+    assert float(mean) == 2.0
+
+
 def test_offline_initialisation_ranks_the_true_class_lower() -> None:
     """After a short Algorithm 1 on digits, for any prediction the loss is lower when the label is the
     predicted class than when it is another class (as for cross-entropy); the loss shape falls with p_true."""
@@ -269,11 +290,16 @@ class NotATensor:
     """A class that ``weights_only`` unpickling does not allow."""
 
 
-def test_config_rejects_bad_values() -> None:
-    with pytest.raises(ValueError, match="meta_batch"):
-        AdaLFLConfig(meta_batch="test")
-    with pytest.raises(ValueError, match="offline_steps"):
-        AdaLFLConfig(offline_steps=-1)
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(meta_batch="test"), "meta_batch must be 'val' or 'train'"),
+    (dict(offline_steps=-1), "need offline_steps >= 0"), (dict(meta_lr=0.0), "meta_lr > 0"),
+    (dict(hidden=0), "need hidden >= 1"), (dict(smoothness=0.0), "smoothness > 0"),
+    (dict(leak=1.0), "0 <= leak < 1"), (dict(leak=-0.1), "0 <= leak < 1"),
+    (dict(init_path="/no/such/loss.pt"), "init_path /no/such/loss.pt: no such file"),
+])  # fmt: skip
+def test_config_rejects_bad_values(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        AdaLFLConfig(**kwargs)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
