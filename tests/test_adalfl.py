@@ -338,7 +338,14 @@ def test_cost_benchmark_writes_its_table(tmp_path) -> None:
     adalfl_cost.main(["--tasks", "digits", "--iterations", "1", "--repeats", "1", "--out", str(tmp_path)])
     rows = json.loads((tmp_path / "adalfl_cost.json").read_text())["rows"]
     assert rows[0]["task"] == "digits" and rows[0]["adalfl_vs_ce"] > 0
-    assert "| digits | mlp | cpu |" in (tmp_path / "adalfl_cost.md").read_text()
+    # Each ratio is the medians' (of every sample kept), the table shows them as recorded.
+    medians = {name: float(np.median(values)) for name, values in rows[0]["samples_ms"].items()}
+    assert rows[0]["ms_per_iteration"] == pytest.approx(medians)
+    assert rows[0]["adalfl_vs_ce"] == pytest.approx(medians["adalfl"] / medians["ce"])
+    assert rows[0]["offline_step_vs_ce"] == pytest.approx(medians["offline"] / medians["ce"])
+    ms = rows[0]["ms_per_iteration"]
+    assert (f"| digits | mlp | cpu | {ms['ce']:.2f} | {ms['adalfl']:.2f} | {rows[0]['adalfl_vs_ce']:.2f}x | "
+            f"{ms['offline']:.2f} | {rows[0]['offline_step_vs_ce']:.2f}x |") in (tmp_path / "adalfl_cost.md").read_text()
     with pytest.raises(SystemExit) as exit_info:
         adalfl_cost.main(["--tasks", "imagenet", "--out", str(tmp_path)])
     assert exit_info.value.code == 2
@@ -356,3 +363,17 @@ def test_resnet32_child_on_cifar_runs(tiny_cifar_dir) -> None:
     finally:
         envs.close()
     assert not record.diverged and len(record.val_metric) == 2 and np.isfinite(record.meta_loss).all()
+
+
+def test_a_cost_block_reports_milliseconds_per_iteration(monkeypatch) -> None:
+    """A block of 4 iterations timed at one second (a clock that ticks a second per reading): 250 ms each."""
+    from itertools import count
+    from types import SimpleNamespace
+
+    from ala_gym.benchmarks import adalfl_cost
+
+    clock = count()
+    monkeypatch.setattr(adalfl_cost, "time", SimpleNamespace(perf_counter=lambda: float(next(clock))))
+    ran = []
+    timer = adalfl_cost.median_ms(lambda: ran.append(1), torch.device("cpu"), iterations=4)
+    assert timer() == 250.0 and ran == [1]
