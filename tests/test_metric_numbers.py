@@ -43,11 +43,12 @@ def _on_circle(degrees: list[float]) -> torch.Tensor:
 @pytest.mark.parametrize("loss", [DistanceMixtureLoss, FocalDistanceLoss])
 def test_exactly_coinciding_embeddings_have_finite_gradients(loss: type) -> None:
     # Basis vectors normalise exactly, so 2 - 2 <q, q> is exactly 0 on the diagonal and within each class,
-    # where the square root has no finite derivative.
+    # where the square root has no finite derivative. The floor's square root, 1e-4, rounds to either float32
+    # neighbour of 1e-4 depending on the CPU's sqrt, so the bound leaves room beyond it.
     embeddings = torch.eye(3).repeat_interleave(2, dim=0).requires_grad_(True)
     labels = torch.arange(3).repeat_interleave(2)
     distances = pairwise_distances(embeddings.detach())
-    assert float(distances[0, 1]) <= 1e-4 and float(distances[0, 2]) == pytest.approx(SQRT2)
+    assert float(distances[0, 1]) < 1e-3 and float(distances[0, 2]) == pytest.approx(SQRT2)
     value = loss()(embeddings, labels)
     (gradient,) = torch.autograd.grad(value, embeddings)
     assert torch.isfinite(value) and torch.all(torch.isfinite(gradient))
