@@ -1,23 +1,26 @@
 """The numbers a comparison reports, computed from hand-built runs: the summary rows (sample std over seeds,
 wall times, the ratio to ``ce``, diverged children, Phi at the end), the end-of-training, oracle and retrieval
 sections, the oracle's choice for a metric to raise, the budget in the header, AdaLFL's report, and the result
-store's handling of a damaged run file and of a failed run's lock. No network is trained: runs are dicts of the
-shape ``run_one`` returns."""
+store's handling of a damaged run file and of a failed run's lock, and the plots of a row with a long name. No
+network is trained: runs are dicts of the shape ``run_one`` returns."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from ala_gym.agents.reinforce import library_policy
 from ala_gym.benchmarks import adalfl_report, compare, oracle
 from ala_gym.benchmarks.compare import run as compare_run
-from ala_gym.benchmarks.compare.report import end_of_training_table, markdown_table, oracle_table, summarize
+from ala_gym.benchmarks.compare.report import end_of_training_table, markdown_table, oracle_table, plot, summarize
 from ala_gym.benchmarks.compare.store import finished_run
 
 MACHINE = {"cpu": "test cpu", "cores": 2, "torch_threads": 1, "gpu": None}
@@ -84,6 +87,19 @@ def test_end_of_training_measures_how_far_validation_fell_back_from_its_best_eit
     recall = {"margin": [{"children": [_child(0.7, val=[0.5, 0.8, 0.7]), _child(0.8, val=[0.6, 0.7, 0.8])]}]}
     # 10 points behind the best in one child, still at its best in the other: 5 on average.
     assert end_of_training_table(recall, higher_is_better=True)[-1] == "| margin | +nan | +5.00 |"
+
+
+def test_a_row_named_by_a_long_file_path_keeps_the_plots_inside_their_figures(tmp_path: Path) -> None:
+    # A policy of one's own is named by its path; drawn in full, the label pushed the axes out of the picture.
+    policy = tmp_path.joinpath(*["a-long-folder-name"] * 6, "policy.pt")
+    policy.parent.mkdir(parents=True)
+    shutil.copy(library_policy("digits"), policy)
+    mine = f"reinforce-transfer-frozen(policy={policy})"
+    runs = [_run(name, seed, 1.0, [_child(0.1 + seed / 100)]) for name in ("ce", mine) for seed in (0, 1)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warns when tight_layout cannot fit the labels
+        plot(runs, ["ce", mine], tmp_path)
+    assert {path.name for path in tmp_path.glob("*.png")} == {"test_metric.png", "val_metric.png"}
 
 
 def test_the_oracle_table_marks_the_selected_point_and_shows_tie_breaks() -> None:

@@ -185,6 +185,12 @@ def retrieval_table(runs_by_controller: dict[str, list[dict]]) -> list[str]:
     return lines
 
 
+def shorten(label: str, width: int) -> str:
+    """``label`` cut to ``width`` characters with "..." at the end where longer: a row named with a file path
+    would otherwise push its figure's axes out of the picture."""
+    return label if len(label) <= width else label[: width - 3] + "..."
+
+
 def plot(
     runs: list[dict], controllers: list[str], out: Path, metric: str = "error", higher_is_better: bool = False,
     labels: list[str] | None = None,
@@ -208,7 +214,7 @@ def plot(
         ax.scatter(values, np.full(len(values), row), s=10, color="0.6", zorder=2)
         ax.errorbar(values.mean(), row, xerr=values.std(ddof=1) if len(values) > 1 else 0, fmt="o", color="C0",
                     capsize=3, zorder=3)  # fmt: skip
-    ax.set_yticks(range(len(order)), list(reversed(order)), fontsize=8)
+    ax.set_yticks(range(len(order)), [shorten(label, 60) for label in reversed(order)], fontsize=8)
     ax.set_xlabel(f"test {metric} % (mean +- std over seeds; grey: each seed)" + (", higher is better" if higher_is_better else ""))
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
@@ -232,7 +238,7 @@ def plot(
         steps, mean, std = band(name)
         ax.plot(steps, mean, color="C0", lw=1.2)
         ax.fill_between(steps, mean - std, mean + std, color="C0", alpha=0.2)
-        ax.set_title(label if len(label) <= 38 else label[:36] + "...", fontsize=8)
+        ax.set_title(shorten(label, 38), fontsize=8)
         ax.grid(alpha=0.3)
         if not higher_is_better:  # an error rate falls over decades; a score to raise approaches 100% from below
             ax.set_yscale("log")
