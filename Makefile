@@ -39,5 +39,8 @@ demo: $(STAMP)
 gpu-check: $(STAMP) fashion-mnist
 	$(PY) -m ala_gym.benchmarks.gpu --device cuda
 
+# Two pytest-xdist workers of one torch thread each: the 2 cores the suite is sized for.
+TEST_WORKERS ?= 2
+
 test: $(STAMP) fashion-mnist chromium
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
