@@ -67,7 +67,9 @@ def test_every_id_has_a_vector_entry_point_and_reregistering_is_harmless() -> No
     assert envs.observation_space.shape == (2, N_PAIRS, 24) and envs.action_space.shape == (2, N_PAIRS)
 
 
-@pytest.mark.parametrize("results", ["throughput.json", "throughput-mlp/throughput.json"])
+@pytest.mark.parametrize(
+    "results", ["throughput.json", "throughput-mlp/throughput.json", "throughput-mlp-epyc/throughput.json"]
+)
 def test_auto_train_mode_is_the_faster_path_in_the_committed_cpu_measurements(results: str) -> None:
     """The CPU choice of ``train_mode="auto"`` must agree with what ``benchmarks/throughput.py`` measured."""
     from ala_gym.benchmarks.throughput import fastest_native_mode
