@@ -43,14 +43,15 @@ FMNIST_FILES = {
 
 RAY_TEST = re.compile(r"(^|[^a-z])ray", re.IGNORECASE)
 """Node ids of tests that start Ray: ``test_ray.py``, a ``[ray]`` backend, a Ray tutorial (not "array")."""
-WHOLE_MODULES = {"test_docs_site", "test_wheel", "test_agents"}
-"""Modules whose module-scoped fixtures are expensive (every page's commands, a built wheel, trained policies)."""
+WHOLE_MODULES = {"test_wheel", "test_agents"}
+"""Modules whose module-scoped fixtures are expensive (a built wheel, trained policies)."""
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Groups for pytest-xdist's ``--dist loadgroup`` (``make test`` runs two workers): every test that starts Ray
-    runs on one worker, one at a time, as in a serial run, and so do the docs site's tests, whose commands include
-    a Ray tutorial; a module of :data:`WHOLE_MODULES` stays on one worker, so that its fixtures are made once."""
+    runs on one worker, one at a time, as in a serial run, and so do the docs site's tests, whose fixture starts
+    every page's commands, a Ray tutorial among them; a module of :data:`WHOLE_MODULES` stays on one worker too,
+    so that its fixtures are made once."""
     for item in items:
         module = item.module.__name__ if isinstance(item, pytest.Function) else ""
         if RAY_TEST.search(item.nodeid) or "ray_cluster" in getattr(item, "fixturenames", ()) or module == "test_docs_site":
