@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from ala_gym.benchmarks import overhead
+from ala_gym.core.data import training_batch
 from ala_gym.core.trainer import ChildTrainer
 
 
@@ -18,6 +19,30 @@ def test_env_child_seed_gives_the_weights_every_loop_starts_from():
     loop_child = ChildTrainer(env.data, env.train_config, overhead.env_child_seed(overhead.ENV_SEED)).model
     pairs = list(zip(loop_child.parameters(), env.trainer.model.parameters(), strict=True))
     assert all(torch.equal(a, b) for a, b in pairs)
+
+
+def test_a_timed_call_reports_its_wall_then_its_cpu_seconds(monkeypatch):
+    # Fake clocks: 2.5 s of wall and 0.5 s of CPU pass during the call.
+    walls, cpus = iter([10.0, 12.5]), iter([3.0, 3.5])
+    monkeypatch.setattr(overhead.time, "perf_counter", lambda: next(walls))
+    monkeypatch.setattr(overhead.time, "process_time", lambda: next(cpus))
+    calls = []
+    assert overhead._timed_both(lambda: calls.append(1), torch.device("cpu")) == (2.5, 0.5)
+    assert calls == [1]
+
+
+def test_the_plain_loop_takes_one_fresh_batch_per_iteration(monkeypatch):
+    env = gym.make("ALA-Digits-v0", disable_env_checker=True, total_iterations=20, steps_per_action=5).unwrapped
+    batches = []
+
+    def counted(data, index, generator):
+        batches.append(index.clone())
+        return training_batch(data, index, generator)
+
+    monkeypatch.setattr(overhead, "training_batch", counted)
+    overhead._plain_loop(env, overhead.env_child_seed(overhead.ENV_SEED))(3)
+    assert len(batches) == 3 and not torch.equal(batches[0], batches[1])
+    assert all(len(index) == env.train_config.batch_size for index in batches)
 
 
 def test_tiny_run_writes_json_and_markdown(tmp_path):
@@ -34,6 +59,9 @@ def test_tiny_run_writes_json_and_markdown(tmp_path):
         assert row[f"vs_plain_{kind}_pct"] == pytest.approx(expected)
     cpu = row["median_cpu_s"]
     assert row["env_vs_trainer_cpu_pct"] == pytest.approx(100 * (cpu["env"] - cpu["trainer"]) / cpu["trainer"])
+    # The validation passes of one step (eval_points of them) against the env step's wall time.
+    share = 100 * row["eval_points"] * row["validation_pass_s"] / row["median_wall_s"]["env"]
+    assert row["validation_share_of_step_pct"] == pytest.approx(share)
     table = (tmp_path / "overhead.md").read_text()
     assert "| digits | mlp | 2 | 1 |" in table and "malloc" in table
 
