@@ -5,17 +5,24 @@ from __future__ import annotations
 import json
 
 import gymnasium as gym
+import numpy as np
 import pytest
 import torch
 
 from ala_gym.benchmarks import overhead
 from ala_gym.core.data import training_batch
+from ala_gym.core.losses import PhiLoss
 from ala_gym.core.trainer import ChildTrainer
 
 
-def test_env_child_seed_gives_the_weights_every_loop_starts_from():
+def _digits_env():
     env = gym.make("ALA-Digits-v0", disable_env_checker=True, total_iterations=20, steps_per_action=5).unwrapped
     env.reset(seed=overhead.ENV_SEED)
+    return env
+
+
+def test_env_child_seed_gives_the_weights_every_loop_starts_from():
+    env = _digits_env()
     loop_child = ChildTrainer(env.data, env.train_config, overhead.env_child_seed(overhead.ENV_SEED)).model
     pairs = list(zip(loop_child.parameters(), env.trainer.model.parameters(), strict=True))
     assert all(torch.equal(a, b) for a, b in pairs)
@@ -32,7 +39,7 @@ def test_a_timed_call_reports_its_wall_then_its_cpu_seconds(monkeypatch):
 
 
 def test_the_plain_loop_takes_one_fresh_batch_per_iteration(monkeypatch):
-    env = gym.make("ALA-Digits-v0", disable_env_checker=True, total_iterations=20, steps_per_action=5).unwrapped
+    env = _digits_env()
     batches = []
 
     def counted(data, index, generator):
@@ -43,6 +50,31 @@ def test_the_plain_loop_takes_one_fresh_batch_per_iteration(monkeypatch):
     overhead._plain_loop(env, overhead.env_child_seed(overhead.ENV_SEED))(3)
     assert len(batches) == 3 and not torch.equal(batches[0], batches[1])
     assert all(len(index) == env.train_config.batch_size for index in batches)
+
+
+def test_the_trainer_rows_take_the_three_kernels_of_eq_6_at_their_phi():
+    env = _digits_env()
+    phis = overhead._phis(env.data.num_classes)
+    settings = env.task_settings
+    kernels = {}
+    for name, phi in phis.items():
+        loss = PhiLoss(torch.zeros(phi.shape), settings.loss_form, settings.sigmoid_temperature, settings.negative_floor)
+        loss.set_phi(phi.astype(np.float32))
+        kernels[name] = loss.kernel
+        # The loop trains the env's child under that Phi: its first iteration's loss is the one computed here.
+        expected = ChildTrainer(env.data, env.train_config, 7).train(1, loss)
+        assert overhead._trainer_loop(env, 7, phi)(1) == expected, name
+    assert kernels == {"trainer": "hard", "trainer-soft": "soft", "trainer-general": "general"}
+
+
+def test_per_image_costs_divide_each_timing_by_the_images_it_covered(monkeypatch):
+    env = _digits_env()
+    monkeypatch.setattr(overhead, "_timed", lambda fn, device: (fn(), 1.0)[1])  # every timed call: 1 s
+    costs = overhead._per_image_costs(env, torch.device("cpu"))
+    # 5 training iterations of a batch each; one evaluation of the validation split per batch size.
+    assert costs["train_s_per_image"] == pytest.approx(1 / (5 * env.train_config.batch_size))
+    sizes = {str(size) for size in (*overhead.EVAL_BATCH_SIZES, env.train_config.eval_batch_size)}
+    assert costs["eval_s_per_image"] == pytest.approx(dict.fromkeys(sizes, 1 / len(env.val_eval)))
 
 
 def test_tiny_run_writes_json_and_markdown(tmp_path):
