@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 
 import gymnasium as gym
 import numpy as np
@@ -112,5 +113,8 @@ def test_malloc_benchmark_times_both_loops_under_both_thresholds(tmp_path):
     malloc.main(["--config", "digits", "--rounds", "2", "--out", str(tmp_path)])
     report = json.loads((tmp_path / "malloc.json").read_text())
     assert [row["mode"] for row in report["results"]] == list(malloc.MODES)
+    # Only the second worker fixes the thresholds (None: not asked; a bool: whether glibc took them).
+    assert [row["retain_freed_memory"] for row in report["results"]] == [None, platform.libc_ver()[0] == "glibc"]
     assert all(len(row["cpu_s"][loop]) == 2 for row in report["results"] for loop in malloc.LOOP_NAMES)
+    assert all(count >= 0 for row in report["results"] for loop in malloc.LOOP_NAMES for count in row["faults"][loop])
     assert "| retained |" in (tmp_path / "malloc.md").read_text()
