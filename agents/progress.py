@@ -3,6 +3,7 @@ Phi heatmaps."""
 
 from __future__ import annotations
 
+from numbers import Real
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, SupportsFloat, cast
 
@@ -33,8 +34,11 @@ class RunLogger:
             self.writer = SummaryWriter(str(log_dir))
 
     def __call__(self, step: int, logs: dict[str, Any]) -> None:
-        # np.isscalar admits strings and complex numbers too; the scalars controllers log are real numbers.
-        scalars = {key: float(cast(SupportsFloat, value)) for key, value in logs.items() if np.isscalar(value)}
+        # Real numbers only (numpy's register as numbers.Real, but for its bool): a controller of one's own may
+        # log a string or a complex number beside them, which no scalar plot can show.
+        scalars = {
+            key: float(cast(SupportsFloat, value)) for key, value in logs.items() if isinstance(value, (Real, np.bool_))
+        }
         self.bar.update(1)
         shown = ("reward", "val_metric", "entropy")
         self.bar.set_postfix({key: f"{scalars[key]:.3g}" for key in shown if key in scalars})

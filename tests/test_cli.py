@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -162,6 +163,24 @@ def test_agent_progress_bar_only_on_a_terminal() -> None:
         logger(1, {"reward": 1.0})  # still usable as on_step
     finally:
         logger.close()
+
+
+def test_agent_progress_logs_each_numeric_entry_and_a_phi_heatmap_at_step_1_and_every_interval(tmp_path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logger = progress.RunLogger(10, tmp_path, heatmap_every=4)
+    phi = np.stack([np.eye(3), -np.eye(3)])  # [num_envs, C, C]
+    try:
+        for step in range(1, 11):
+            logs = {"reward": float(step), "steps": step, "last": np.bool_(step == 10), "name": "ce", "z": 1j, "phi": phi}
+            logger(step, logs)  # a controller of one's own may log a string or a complex number beside the reals
+    finally:
+        logger.close()
+    events = EventAccumulator(str(tmp_path), size_guidance={"images": 0})
+    events.Reload()
+    assert sorted(events.Tags()["scalars"]) == ["ala/last", "ala/reward", "ala/steps"]
+    assert [(e.step, e.value) for e in events.Scalars("ala/reward")] == [(s, float(s)) for s in range(1, 11)]
+    assert [e.step for e in events.Images("ala/phi")] == [1, 4, 8]
 
 
 # ---------------------------------------------------------------------- options from config dataclasses
