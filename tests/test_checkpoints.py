@@ -99,6 +99,15 @@ def test_state_dict_of_non_tensors_is_damaged(tmp_path: Path) -> None:
     assert str(path) in str(caught.value)
 
 
+@pytest.mark.parametrize("config, state_dict", [(["hidden", 16], {}), ({}, [torch.zeros(1)])], ids=["config", "state_dict"])
+def test_a_config_or_state_dict_that_is_no_dictionary_is_damaged(tmp_path: Path, config, state_dict) -> None:
+    path = tmp_path / "listed.pt"
+    checkpoints.save_checkpoint(path, "reinforce", config, state_dict)
+    with pytest.raises(checkpoints.CheckpointError, match="config and state_dict must be dictionaries") as caught:
+        checkpoints.load_checkpoint(path, "reinforce")
+    assert str(path) in str(caught.value)
+
+
 def test_a_checkpoint_of_another_kind_is_refused(tmp_path: Path) -> None:
     """A meta-training state is no policy, and a policy no meta-training state: each load names what it holds."""
     path = tmp_path / "state.pt"
