@@ -119,8 +119,9 @@ ENV_IDS: dict[str, EnvVariant] = {
         "each, inputs that are not finite numbers, lengths that differ, labels that are not integers ``0..C-1``, "
         "a class missing from the training or validation split, and a model that fails on, or gives outputs "
         "other than ``[2, C]`` for, two training inputs. Defaults: ``\"digits\"`` and ``\"mlp\"`` (which flattens "
-        "any input shape). A model with dropout-like layers trains its children one after another in a vector "
-        "env. ``ala_gym.core.data.register_dataset`` and ``ala_gym.core.models.register_model`` give data and "
+        "any input shape). A vector env trains a factory's children one after another unless "
+        "``train_mode=\"batched\"`` asks for vmap (refused for a model with dropout-like layers). "
+        "``ala_gym.core.data.register_dataset`` and ``ala_gym.core.models.register_model`` give data and "
         "models names."
     )),
 }
@@ -136,7 +137,7 @@ def make_vector_env(env_id: str, num_envs: int, backend: str = "native", **kwarg
 
     ``backend="native"`` (default): :class:`ala_gym.envs.vector.ALAVectorEnv`, every child in this process.
     ``backend="ray"``: :class:`ala_gym.wrappers.ray.RayVectorEnv`, the children on Ray actors
-    (``pip install ala-gym[ray]``; keywords such as ``children_per_worker`` and ``address`` are its own).
+    (``pip install -e '.[ray]'``; keywords such as ``children_per_worker`` and ``address`` are its own).
     Module-level (bound to an id with ``functools.partial``) so that env specs stay picklable.
     """
     if backend not in VECTOR_BACKENDS:

@@ -1,5 +1,5 @@
-"""Adapters from the ALA envs to RL libraries and to Ray (each behind its extra: ``pip install ala-gym[sb3]``,
-``ala-gym[ray]``), :func:`require`, the check every user of an extra makes before importing it, and
+"""Adapters from the ALA envs to RL libraries and to Ray (each behind its extra: ``pip install -e '.[sb3]'``,
+``'.[ray]'`` from the clone), :func:`require`, the check every user of an extra makes before importing it, and
 :class:`ChildAttributes`, the per-child attribute access every ALA vector env offers."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def require(extra: str) -> None:
     (Ray and Stable-Baselines3 take seconds to import)."""
     module, package = EXTRAS[extra]
     if find_spec(module) is None:
-        raise MissingExtraError(f"{package} is not installed: pip install 'ala-gym[{extra}]'")
+        raise MissingExtraError(f"{package} is not installed: pip install -e '.[{extra}]' in the ala-gym clone")
 
 
 class ChildAttributes(Protocol):

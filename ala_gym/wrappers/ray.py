@@ -5,7 +5,7 @@
 :class:`ala_gym.envs.vector.ALAVectorEnv` of its own (the core's trainers inside, the dataset loaded once
 per actor), and the controller on the driver. Per step only the actions go out and each child's step
 result (observation, reward, the info's scalars and ``C x C`` Phi and confusion statistics) comes back.
-Needs ``pip install ala-gym[ray]``.
+Needs ``pip install -e '.[ray]'``.
 """
 
 from __future__ import annotations

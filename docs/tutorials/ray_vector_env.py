@@ -3,7 +3,7 @@
     python docs/tutorials/ray_vector_env.py                 # 4 children on 2 actors, 400 iterations, K = 20
     python docs/tutorials/ray_vector_env.py --children 2 --total-iterations 20 --steps-per-action 10
 
-Needs the ray extra: pip install 'ala-gym[ray]'. Without an address, this starts a local cluster; on a
+Needs the ray extra: pip install -e '.[ray]'. Without an address, this starts a local cluster; on a
 cluster, ray.init(address="auto") on its head node (or address=... to gym.make_vec).
 """
 

@@ -3,7 +3,7 @@
     python docs/tutorials/sb3_ppo.py                        # 4 children x 400 iterations, K = 20, a few minutes
     python docs/tutorials/sb3_ppo.py --children 2 --total-iterations 20 --steps-per-action 10
 
-Needs the sb3 extra: pip install 'ala-gym[sb3]'.
+Needs the sb3 extra: pip install -e '.[sb3]'.
 """
 
 import argparse
