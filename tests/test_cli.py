@@ -144,7 +144,8 @@ def test_compare_help_describes_presets_and_counts() -> None:
 
 
 @pytest.mark.parametrize(
-    "module", ["compare.cli", "adalfl_cost", "adalfl_report", "learnloss", "malloc", "overhead", "reward_agreement"]
+    "module",
+    ["compare.cli", "adalfl_cost", "adalfl_report", "learnloss", "malloc", "overhead", "reward_agreement", "cifar10_subset"],
 )
 def test_benchmark_help_reads_its_docstring_without_markup(module: str, capsys) -> None:
     """A benchmark's --help is its module docstring, usage lines kept, reStructuredText roles and literals plain."""
@@ -154,6 +155,34 @@ def test_benchmark_help_reads_its_docstring_without_markup(module: str, capsys) 
     text = capsys.readouterr().out
     assert caught.value.code == 0 and "python -m ala_gym.benchmarks." in text
     assert "``" not in text and not re.search(r":(func|class|meth|mod|attr|data):`", text), text
+
+
+def test_the_subset_builder_refuses_in_one_line_what_it_cannot_build_from(tmp_path: Path, monkeypatch, capsys) -> None:
+    from torchvision import datasets
+
+    from ala_gym.benchmarks import cifar10_subset
+
+    (tmp_path / "cifar10-subset").mkdir()
+    monkeypatch.setenv("ALA_GYM_DATA", str(tmp_path))
+    for argv, message in [
+        (["--cifar10", str(tmp_path / "nowhere")], f"cifar10_subset: {tmp_path / 'cifar10-subset'} already exists"),
+        (["--cifar10", str(tmp_path / "nowhere"), "--out", str(tmp_path / "new")],
+         f"cannot read the full CIFAR-10 batch {tmp_path / 'nowhere' / 'data_batch_1'}"),
+    ]:  # fmt: skip
+        with pytest.raises(SystemExit) as caught:
+            cifar10_subset.main(argv)
+        err = capsys.readouterr().err
+        assert caught.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+    def offline(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("no network")
+
+    monkeypatch.setattr(datasets, "CIFAR10", offline)
+    with pytest.raises(SystemExit) as caught:
+        cifar10_subset.main(["--cifar10", str(tmp_path / "full"), "--download", "--out", str(tmp_path / "new")])
+    err = capsys.readouterr().err
+    assert caught.value.code == 2 and f"torchvision could not download CIFAR-10 into {tmp_path / 'full'} (no network)" in err
+    assert not (tmp_path / "new").exists()
 
 
 def test_agent_progress_bar_only_on_a_terminal() -> None:
@@ -203,6 +232,15 @@ def test_every_shipped_policy_command_parses_to_the_config_it_recorded(record_pa
             continue  # where a run computes is not recorded
         # A field added after the record was written must be at its default, which computes what it computed.
         assert value == record["config"].get(name, defaults[name]), name
+
+
+def test_the_tutorials_command_for_the_ramp_clone_is_the_one_its_provenance_records() -> None:
+    # The meta-training tutorial shows how the shipped ramp-clone was made: the same options, not a look-alike.
+    page = (POLICIES.parents[1] / "docs" / "tutorials" / "meta-training.md").read_text()
+    (command,) = re.findall(r"^python -m ala_gym\.agents\.imitate .*?--save \S+$", page, flags=re.M | re.S)
+    args = imitate.argument_parser().parse_args(shlex.split(command.replace("\\\n", " "))[3:])
+    shown = json.loads(json.dumps(asdict(cli.dataclass_from_args(imitate.ImitateConfig, args))))
+    assert shown == json.loads((POLICIES / "ramp-clone.json").read_text())["config"]
 
 
 @pytest.mark.parametrize("module", CONFIG_COMMANDS.values(), ids=CONFIG_COMMANDS)

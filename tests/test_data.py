@@ -17,10 +17,12 @@ import pytest
 import torch
 
 from ala_gym.core.data import (
+    CIFAR10_SUBSET_SIZES,
     FASHION_MNIST_DEBIAN_DIR,
     BatchSampler,
     ClassBalancedSampler,
     DataError,
+    build_cifar10_subset,
     cifar10_subset_dir,
     default_cache_dir,
     from_user_data,
@@ -28,6 +30,7 @@ from ala_gym.core.data import (
     load_digits,
     load_fashion_mnist,
     random_crop_flip,
+    with_data_home,
 )
 
 CIFAR_SUBSET = cifar10_subset_dir()  # $ALA_GYM_DATA/cifar10-subset (conftest.py: ../shared/data beside the checkout)
@@ -135,6 +138,84 @@ def test_real_cifar_subset_corrupted_copy(tmp_path: Path) -> None:
     victim.write_bytes(bytes(raw))
     with pytest.raises(DataError, match=str(victim)):
         load_cifar10(data_root=folder)
+
+
+def _full_cifar_batches(folder: Path, batches: dict[str, dict], extra: int, rng: np.random.Generator) -> Path:
+    """A stand-in for the full dataset's ``cifar-10-batches-py``: each batch's images, then ``extra`` other ones,
+    with the published files' keys (``filenames`` among them) and batch labels."""
+    full = folder / "cifar-10-batches-py"
+    full.mkdir(parents=True)
+    for name, batch in batches.items():
+        data = np.concatenate([batch["data"], rng.integers(0, 256, (extra, 3072), dtype=np.uint8)])
+        labels = list(batch["labels"]) + [int(v) for v in rng.integers(0, 10, extra)]
+        label = "testing batch 1 of 1" if name == "test_batch" else f"training batch {name[-1]} of 5"
+        entry = {"batch_label": label, "labels": labels, "data": data, "filenames": [f"{i}.png" for i in range(len(data))]}
+        (full / name).write_bytes(pickle.dumps(entry))
+    return full
+
+
+def _batches(folder: Path) -> dict[str, dict]:
+    return {name: pickle.loads((folder / name).read_bytes(), encoding="latin1") for name in CIFAR10_SUBSET_SIZES}
+
+
+def test_the_subset_is_built_from_the_first_images_of_each_full_batch(tiny_cifar_dir: Path, tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    full = _full_cifar_batches(tmp_path / "cifar10", _batches(tiny_cifar_dir), extra=7, rng=rng)
+    (full / "batches.meta").write_bytes((tiny_cifar_dir / "batches.meta").read_bytes())
+    sizes = dict.fromkeys(CIFAR10_SUBSET_SIZES, 12)
+    build_cifar10_subset(tmp_path / "cifar10", tmp_path / "data" / "subset", sizes)
+    built, source = _batches(tmp_path / "data" / "subset"), _batches(full)
+    for name in CIFAR10_SUBSET_SIZES:
+        assert np.array_equal(built[name]["data"], source[name]["data"][:12]), name
+        assert built[name]["labels"] == source[name]["labels"][:12], name
+    assert (tmp_path / "data" / "subset" / "batches.meta").read_bytes() == (full / "batches.meta").read_bytes()
+    data = load_cifar10(data_root=tmp_path / "data" / "subset", val_size=10)  # its MD5SUMS checked on the way
+    assert (len(data.train), len(data.val), len(data.test)) == (50, 10, 12)
+    with pytest.raises(DataError, match="already exists"):  # nothing is overwritten
+        build_cifar10_subset(full, tmp_path / "data" / "subset", sizes)
+    assert [p.name for p in (tmp_path / "data").iterdir()] == ["subset"]  # no half-written folder left beside it
+
+
+def test_a_subset_of_other_images_is_refused_and_leaves_nothing(tiny_cifar_dir: Path, tmp_path: Path) -> None:
+    full = _full_cifar_batches(tmp_path / "cifar10", _batches(tiny_cifar_dir), extra=2000, rng=np.random.default_rng(5))
+    (full / "batches.meta").write_bytes((tiny_cifar_dir / "batches.meta").read_bytes())
+    # At the subset's own sizes the images are checked against those of the committed results: these differ.
+    with pytest.raises(DataError, match=f"first 1102 images of {full / 'data_batch_1'} are not those"):
+        build_cifar10_subset(full, tmp_path / "data" / "cifar10-subset")
+    (full / "test_batch").unlink()
+    with pytest.raises(DataError, match=f"cannot read the full CIFAR-10 batch {full / 'test_batch'}"):
+        build_cifar10_subset(full, tmp_path / "data" / "cifar10-subset", dict.fromkeys(CIFAR10_SUBSET_SIZES, 5))
+    with pytest.raises(DataError, match="holds 2020 images, fewer than the subset's 5000"):
+        build_cifar10_subset(full, tmp_path / "data" / "cifar10-subset", {"data_batch_1": 5000})
+    assert list((tmp_path / "data").iterdir()) == []
+
+
+@pytest.mark.skipif(not CIFAR_SUBSET.exists(), reason=f"real CIFAR-10 subset not present at {CIFAR_SUBSET}")
+def test_the_subset_built_anew_holds_the_committed_results_images(tmp_path: Path) -> None:
+    # A full dataset whose batches begin with the subset's images, as the real one does: the build passes its
+    # check against CIFAR10_SUBSET_SHA256 and loads to the same splits as the subset itself.
+    source = _batches(CIFAR_SUBSET)
+    for batch in source.values():
+        batch["data"] = np.asarray(batch["data"])
+    full = _full_cifar_batches(tmp_path / "cifar10", source, extra=3, rng=np.random.default_rng(0))
+    (full / "batches.meta").write_bytes((CIFAR_SUBSET / "batches.meta").read_bytes())
+    build_cifar10_subset(tmp_path / "cifar10", tmp_path / "built")
+    built, shared = load_cifar10(data_root=tmp_path / "built"), load_cifar10(data_root=CIFAR_SUBSET)
+    for split in ("train", "val", "test"):
+        assert torch.equal(getattr(built, split).images, getattr(shared, split).images), split
+        assert torch.equal(getattr(built, split).labels, getattr(shared, split).labels), split
+
+
+def test_a_dataset_of_the_data_home_is_resolved_there_never_downloaded(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("ALA_GYM_DATA", str(tmp_path))
+    with pytest.raises(DataError, match=f"no dataset folder {tmp_path / 'cifar10-subset'} .*ala_gym.benchmarks.cifar10_subset"):
+        with_data_home({"data_root": "cifar10-subset"})
+    (tmp_path / "cifar10-subset").mkdir()
+    assert with_data_home({"data_root": "cifar10-subset", "lr": 0.1}) == {
+        "download": False, "data_root": str(tmp_path / "cifar10-subset"), "lr": 0.1
+    }
+    assert with_data_home({"data_root": str(tmp_path), "lr": 0.1}) == {"data_root": str(tmp_path), "lr": 0.1}
+    assert with_data_home({"lr": 0.1}) == {"lr": 0.1}
 
 
 def test_tiny_fashion_mnist_loads(tiny_fashion_mnist_dir: Path, isolated_cache: Path) -> None:

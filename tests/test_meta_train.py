@@ -382,6 +382,7 @@ def test_task_kwargs_reach_their_task_only_with_data_roots_under_the_data_home(m
     """A task's own keywords go over ``env_kwargs`` for its children alone, and a relative ``data_root`` (a
     dataset's name, as the record keeps it) is resolved under ``$ALA_GYM_DATA`` where the children train."""
     monkeypatch.setenv("ALA_GYM_DATA", str(tmp_path))
+    (tmp_path / "cifar10-subset").mkdir()
     config = tiny(tasks=("ALA-Digits-v0", "ALA-CIFAR10-v0"),
                   task_kwargs={"ALA-CIFAR10-v0": {"data_root": "cifar10-subset", "batch_size": 16}})  # fmt: skip
     made: dict[str, dict] = {}
@@ -399,6 +400,7 @@ def test_task_kwargs_reach_their_task_only_with_data_roots_under_the_data_home(m
         with pytest.raises(Stop):
             run_children(trainer.policy, [trainer.theta.detach()] * 2, {**generation_plan(config, 0), "task": task}, config)
     assert made["ALA-CIFAR10-v0"]["data_root"] == str(tmp_path / "cifar10-subset")
+    assert made["ALA-CIFAR10-v0"]["download"] is False  # a dataset of the data home is never downloaded
     assert made["ALA-CIFAR10-v0"]["batch_size"] == 16 and made["ALA-Digits-v0"]["batch_size"] == TINY_ENV["batch_size"]
     assert "data_root" not in made["ALA-Digits-v0"]
     assert config_record(config)["task_kwargs"]["ALA-CIFAR10-v0"]["data_root"] == "cifar10-subset"

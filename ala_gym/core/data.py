@@ -29,6 +29,7 @@ import hashlib
 import os
 import pickle
 import random
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -41,7 +42,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ala_gym.core.checks import check_optional_int
-from ala_gym.core.files import publish
+from ala_gym.core.files import publish, publish_folder
 
 FASHION_MNIST_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 _FASHION_MNIST_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
@@ -89,16 +90,32 @@ def data_home() -> Path:
 
 def with_data_home(env_kwargs: dict[str, Any]) -> dict[str, Any]:
     """``env_kwargs`` as given to an env: a relative ``data_root`` (a dataset's name, such as ``"cifar10-subset"``,
-    as results and policies record it) resolved under :func:`data_home`; an absolute one as it is."""
+    as results and policies record it) resolved under :func:`data_home`; an absolute one as it is.
+
+    A dataset of the data home is never downloaded (``download=False`` unless the keywords say otherwise): where
+    its folder is missing, :class:`DataError` says so at once, rather than a download putting another dataset
+    (the full CIFAR-10) under its name."""
     root = env_kwargs.get("data_root")
     if root is None or Path(root).is_absolute():
         return env_kwargs
-    return {**env_kwargs, "data_root": str(data_home() / root)}
+    folder = data_home() / root
+    if not folder.is_dir():
+        fix = f"set ALA_GYM_DATA (or --data-root) to the folder that holds {root}/"
+        if root == CIFAR10_SUBSET:
+            fix += f", or build it from the full CIFAR-10 with {CIFAR10_SUBSET_COMMAND}"
+        raise DataError(f"no dataset folder {folder} (the data home is {data_home()}): {fix}")
+    return {"download": False, **env_kwargs, "data_root": str(folder)}
+
+
+CIFAR10_SUBSET = "cifar10-subset"
+"""The name of the 6,187-image CIFAR-10 subset's folder in the data home (as results record its ``data_root``)."""
+CIFAR10_SUBSET_COMMAND = "python -m ala_gym.benchmarks.cifar10_subset"
+"""The command that builds that folder from the full CIFAR-10 (``benchmarks/cifar10_subset.py``)."""
 
 
 def cifar10_subset_dir() -> Path:
     """The 6,187-image CIFAR-10 subset, in CIFAR's python format with its own ``MD5SUMS``."""
-    return data_home() / "cifar10-subset"
+    return data_home() / CIFAR10_SUBSET
 
 
 def default_cache_dir() -> Path:
@@ -521,6 +538,88 @@ def _cifar10_reader_class():
             self.class_to_idx = {name: index for index, name in enumerate(self.classes)}
 
     return CIFAR10WithMD5SUMS
+
+
+CIFAR10_SUBSET_SIZES = {
+    "data_batch_1": 1102, "data_batch_2": 1017, "data_batch_3": 1017, "data_batch_4": 1017, "data_batch_5": 1017,
+    "test_batch": 1017,
+}  # fmt: skip
+"""The CIFAR-10 subset: how many images, from the start of each batch file of the full dataset (in its order),
+its file of the same name holds: 5,170 training and 1,017 test images."""
+CIFAR10_SUBSET_SHA256 = {
+    "data_batch_1": "16e3e5d9520f7c418549650073ed7b307c8553e3576cc639062960eeb44b517c",
+    "data_batch_2": "b9d8c9cfd75775a4efac917c8624fd456880eaaa61790ebc452e274ebf6aa79e",
+    "data_batch_3": "858c89d41d6d0bf9bf8dde75e9995c12dd145cba77cf7cbc5b8f5b458ecd4be1",
+    "data_batch_4": "d96b8f9704fb969af1bc166d828f8396520be13808737177389ffe1cc1746a96",
+    "data_batch_5": "9babe3997b4524dd003e864b06d5f20140013cd7186d5841879eaf6949dc8fcc",
+    "test_batch": "1b3ad6760dd7eb4d6340dedbdb7cd5c2c2a492573606e660f1d76278cd3a51de",
+}
+"""Per file of the subset that the committed results trained and tested on: the sha256 of its images and labels
+(:func:`cifar_batch_sha256`), which a subset built anew must match, whatever bytes its pickles hold."""
+
+
+def cifar_batch_sha256(entry: dict) -> str:
+    """The sha256 of a CIFAR-10 batch's contents: its ``N x 3072`` uint8 rows, then its labels as little-endian int64."""
+    data = np.ascontiguousarray(entry["data"], dtype=np.uint8)
+    return hashlib.sha256(data.tobytes() + np.asarray(entry["labels"], dtype="<i8").tobytes()).hexdigest()
+
+
+def build_cifar10_subset(source: str | Path, out: str | Path, sizes: dict[str, int] | None = None) -> None:
+    """Write the CIFAR-10 subset into the new folder ``out`` from the full dataset's python batches in ``source``.
+
+    ``source`` is the extracted ``cifar-10-batches-py`` folder (or torchvision's root that holds it). Each batch
+    file of ``out`` holds the first ``sizes[name]`` images of the full file of that name, in their order (default
+    :data:`CIFAR10_SUBSET_SIZES`, then checked against :data:`CIFAR10_SUBSET_SHA256`: the same images and labels
+    as the subset of the committed results); ``batches.meta`` is copied as it is, and an ``MD5SUMS`` file lists
+    every file, which :func:`load_cifar10` checks. The folder is written beside ``out`` and moved there when
+    complete; an existing ``out`` is refused, never overwritten.
+    """
+    source, out = Path(source), Path(out)
+    if (source / "cifar-10-batches-py").is_dir():
+        source = source / "cifar-10-batches-py"
+    if out.exists():
+        raise DataError(f"{out} already exists: move it away, or pass another folder to build the subset in")
+    expected = CIFAR10_SUBSET_SHA256 if sizes is None else {}
+    sizes = CIFAR10_SUBSET_SIZES if sizes is None else sizes
+    how = "extract cifar-10-python.tar.gz (md5 c58f30108f718f92721af3b95e74349a) there, or let torchvision download it"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        for name, size in sizes.items():
+            entry = _subset_batch(source / name, size, how)
+            if name in expected and cifar_batch_sha256(entry) != expected[name]:
+                raise DataError(
+                    f"the first {size} images of {source / name} are not those of the CIFAR-10 subset that the committed "
+                    f"results used (sha256 of images and labels differs); {how}"
+                )
+            (folder / name).write_bytes(pickle.dumps(entry, protocol=2))
+        try:
+            (folder / "batches.meta").write_bytes((source / "batches.meta").read_bytes())
+        except OSError as exc:
+            raise DataError(f"cannot read {source / 'batches.meta'} ({exc}); {how}") from exc
+        names = ["batches.meta", *sizes]
+        (folder / "MD5SUMS").write_text("".join(f"{_file_digest(folder / n, 'md5')}  {n}\n" for n in names))
+        publish_folder(folder, out)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def _subset_batch(path: Path, size: int, how: str) -> dict[str, Any]:
+    """The first ``size`` images of the full CIFAR-10 batch file ``path``, as a batch of the subset."""
+    try:
+        with open(path, "rb") as handle:
+            full = pickle.load(handle, encoding="latin1")
+        _check_cifar_batch(full)
+    except Exception as exc:  # missing, or not a CIFAR-10 batch
+        raise DataError(f"cannot read the full CIFAR-10 batch {path} ({type(exc).__name__}: {exc}); {how}") from exc
+    if len(full["data"]) < size:
+        raise DataError(f"{path} holds {len(full['data'])} images, fewer than the subset's {size}; {how}")
+    return {
+        "batch_label": f"{full.get('batch_label', path.name)} (first {size} images only)",
+        "labels": [int(label) for label in full["labels"][:size]],
+        "data": np.ascontiguousarray(full["data"][:size]),
+    }
 
 
 def load_cifar10(
