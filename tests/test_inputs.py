@@ -37,6 +37,10 @@ BAD_ARGUMENTS = [
     (dict(val_subsample=-1), "val_subsample must be an integer >= 1"),
     (dict(val_subsample=2.5), "val_subsample must be an integer"),
     (dict(render_mode="video"), "render_mode must be one of"),
+    # A string's truth value is not its meaning: "False" would have kept the diagonal fixed, or downloaded.
+    (dict(fixed_diagonal="False"), "fixed_diagonal must be True or False"),
+    (dict(fixed_diagonal=0), "fixed_diagonal must be True or False"),
+    (dict(download="False"), "download must be True or False"),
     # A fractional or non-finite step count never brought a step's countdown to zero (a hang).
     (dict(steps_per_action=10.5), "steps_per_action must be an integer"),
     (dict(steps_per_action=NAN), "steps_per_action must be an integer"),
@@ -99,8 +103,8 @@ def test_a_learning_rate_beyond_float32_is_refused_on_every_backend(make_vec) ->
 
 @pytest.mark.parametrize("kwargs", [dict(lr=True), dict(recall_k=1.5), dict(embedding_size=0), dict(samples_per_class=2.5)])
 def test_the_metric_learning_env_refuses_them_too(kwargs: dict, tiny_fashion_mnist_dir: Path) -> None:
-    name = next(iter(kwargs)).replace("embedding_size", "output_size")
-    with pytest.raises(ValueError, match=f"{name} must be"):
+    name = next(iter(kwargs))  # by the keyword's own name (embedding_size is the training's output_size)
+    with pytest.raises(ValueError, match=f"^{name} must be"):
         gym.make("ALA-FashionMNIST-Triplet-v0", data_root=str(tiny_fashion_mnist_dir), **{**TINY, **kwargs})
 
 
@@ -178,11 +182,11 @@ def test_vector_reset_takes_numpy_integer_seeds() -> None:
     listed, _ = envs.reset(seed=[np.int32(3), np.int64(4)])
     np.testing.assert_array_equal(first, again)
     np.testing.assert_array_equal(first, listed)
-    with pytest.raises(TypeError, match="seed must be an int"):
+    with pytest.raises(ValueError, match="seed must be an int"):
         envs.reset(seed="3")
     for listed, message in (([1.7, 2], r"seed\[0\] must be an int, got 1.7"), ([True, 1], r"seed\[0\] must be an int"),
                             ([None, 1], r"seed\[0\] must be an int"), (np.array([1.5, 2.5]), r"seed\[0\] must be an int")):  # fmt: skip
-        with pytest.raises(TypeError, match=message):
+        with pytest.raises(ValueError, match=message):
             envs.reset(seed=listed)
     for negative, message in ((-1, "seed must be an integer >= 0"), ([1, -2], r"seed\[1\] must be an integer >= 0")):
         with pytest.raises(ValueError, match=message):  # as the single env refuses a negative seed

@@ -84,8 +84,14 @@ def test_bad_arguments_raise_one_clear_error(make) -> None:
         make(loss_form="softmax")
     with pytest.raises(ValueError, match="samples_per_class"):
         make(samples_per_class=16)  # one class a batch: no negatives
+    with pytest.raises(ValueError, match="samples_per_class must divide batch_size .* use batch_size=15 or 20"):
+        make(samples_per_class=5)  # 3 classes of 5 would have made a batch of 15, not the 16 asked for
     with pytest.raises(ValueError, match="class-disjoint"):
         make(train_classes=[0, 1, 5], test_classes=[5, 6])
+    # The validation classes' 20 items, 2 in the smallest class: past 18 neighbours every query finds its class.
+    with pytest.raises(ValueError, match=r"recall_k=19 .* validation subsample \(20 items, 18 outside the smallest class's\)"):
+        make(recall_k=19, val_subsample=None)
+    make(recall_k=18, val_subsample=None)
 
 
 def test_mining_is_seeded_by_the_child_and_leaves_the_global_rng_alone(make, global_rng_unchanged) -> None:

@@ -43,9 +43,17 @@ def test_a_single_env_state_restores_bit_for_bit() -> None:
     assert _same(ahead, _trace(env, 3))
     with pytest.raises(ValueError, match="get_state"):
         env.set_state({"something": "else"})
+    twin = gym.make("ALA-Digits-v0", **TINY).unwrapped  # the same keywords: the run moves over whole
+    twin.set_state(state)
+    assert _same(ahead, _trace(twin, 3))
+    for other in ({"history": 5}, {"total_iterations": 2 * TINY["total_iterations"]}, {"lr": 0.01}):
+        with pytest.raises(ValueError, match="state was saved by an env of another training, episode or spaces"):
+            gym.make("ALA-Digits-v0", **{**TINY, **other}).unwrapped.set_state(state)
     env.close()
     with pytest.raises(RuntimeError, match="this env is closed"):
         env.set_state(state)
+    with pytest.raises(RuntimeError, match="this env is closed"):
+        env.get_state()
 
 
 @pytest.mark.parametrize("train_mode", ["sequential", "batched"])
@@ -71,8 +79,9 @@ def test_copy_child_gives_the_target_the_sources_weights_statistics_and_record(t
     # Same weights, but each child keeps its own batch order: the next step trains them apart again.
     _, _, _, _, infos = envs.step(np.ones((3, 55), dtype=np.int64))
     assert infos["train_loss"][0] != infos["train_loss"][2]
-    with pytest.raises(ValueError, match="child index"):
-        envs.unwrapped.copy_child(0, 5)
+    for source, target in ((0, 5), (1.0, 2), (True, 2)):  # past the end, or no index at all
+        with pytest.raises(ValueError, match="must be a child index"):
+            envs.unwrapped.copy_child(source, target)
     envs.close()
 
 

@@ -54,6 +54,14 @@ def check_real(
     return number
 
 
+def check_bool(name: str, value: Any) -> bool:
+    """``value`` as a ``bool`` if it is one (numpy's too); otherwise a ``ValueError`` naming ``name``: the string
+    ``"False"`` and the number 0 would otherwise pass for a choice by their truth value."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+    return bool(value)
+
+
 def check_no_options(options: dict | None) -> None:
     """An ALA env's ``reset`` takes no options: one it would ignore (a vector env's ``reset_mask`` among them,
     which would still reset every child) is a ``ValueError`` naming it."""

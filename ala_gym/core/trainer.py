@@ -66,8 +66,8 @@ class TrainConfig:
     child's activations in the caches, which larger batches overflow: the per-image cost of evaluation at
     128, 256, 512 and 1000 is measured in ``benchmarks/results/overhead.md`` (``benchmarks/overhead.py``)."""
     samples_per_class: int | None = None
-    """K of class-balanced batches (metric learning): ``batch_size // K`` classes of K samples each
-    (:class:`ala_gym.core.data.ClassBalancedSampler`); None draws uniform batches."""
+    """K of class-balanced batches (metric learning): ``batch_size / K`` classes of K samples each (K must divide
+    ``batch_size``; :class:`ala_gym.core.data.ClassBalancedSampler`); None draws uniform batches."""
     output_size: int | None = None
     """Width of the model's output: None for one logit per class, an embedding width for metric learning."""
 
@@ -97,6 +97,12 @@ class TrainConfig:
         if self.samples_per_class is not None and self.samples_per_class > self.batch_size // 2:
             raise ValueError(
                 f"samples_per_class must be in [1, batch_size / 2] (at least 2 classes a batch), got {self.samples_per_class}"
+            )
+        if self.samples_per_class is not None and self.batch_size % self.samples_per_class:
+            k, p = self.samples_per_class, self.batch_size // self.samples_per_class
+            raise ValueError(
+                f"samples_per_class must divide batch_size (P classes of K samples a batch), got batch_size="
+                f"{self.batch_size} and samples_per_class={k}: use batch_size={p * k} or {(p + 1) * k}"
             )
         for name, value in checked.items():
             object.__setattr__(self, name, value)

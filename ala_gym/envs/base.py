@@ -28,6 +28,7 @@ from ala_gym.envs.spec import TaskSpec, spec_of
 from ala_gym.envs.task import N_ACTIONS, LossTask
 
 STATE_KEY = "ala_gym_env_state"  # marks a dict as one of ALAEnv.get_state's
+SETTINGS_KEY = "ala_gym_env_settings"  # what the state fits: an env of other settings refuses it
 
 
 class ALAEnv(gym.Env):
@@ -128,20 +129,32 @@ class ALAEnv(gym.Env):
         statistics, batch stream, iteration), the episode (statistics history, metrics, Phi) and the env's
         generator. :meth:`set_state` restores it; the run then continues bit for bit as it did after this call,
         however often it is restored. The dataset is shared, not copied."""
+        if self._closed:
+            raise RuntimeError("this env is closed: make a new one with gym.make(...)")
         if self.trainer is None:
             raise RuntimeError("nothing to save before reset()")
         state = (self.trainer, self.episode, self.np_random, self._last_info)
-        return {STATE_KEY: copy.deepcopy(state, memo={id(self.data): self.data})}
+        return {STATE_KEY: copy.deepcopy(state, memo={id(self.data): self.data}), SETTINGS_KEY: self._settings()}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        """Restore a state of :meth:`get_state` (the state itself is left as it was, to restore again)."""
+        """Restore a state of :meth:`get_state` (the state itself is left as it was, to restore again) into this
+        env or another made with the same training, episode and spaces."""
         if not isinstance(state, dict) or STATE_KEY not in state:
             raise ValueError("state must be a dict returned by this env's get_state()")
         if self._closed:
             raise RuntimeError("this env is closed: make a new one with gym.make(...)")
+        if state.get(SETTINGS_KEY) != self._settings():
+            raise ValueError(
+                "state was saved by an env of another training, episode or spaces: restore it into an env made with "
+                "the same keywords"
+            )
         self.trainer, self.episode, self.np_random, self._last_info = copy.deepcopy(
             state[STATE_KEY], memo={id(self.data): self.data}
         )
+
+    def _settings(self) -> tuple:
+        """What a saved state must fit: the child's training, the episode's rules and the spaces."""
+        return self.task_spec.train, self.task_spec.episode, self.observation_space, self.action_space
 
     def evaluate_split(self, split: str) -> Evaluation:
         """The current child's :class:`ala_gym.core.metrics.Evaluation` on the full ``"val"`` or ``"test"`` split."""

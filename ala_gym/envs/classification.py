@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ala_gym.core.checks import check_real
+from ala_gym.core.checks import check_bool, check_real
 from ala_gym.core.data import UserData
 from ala_gym.core.losses import LOSS_FORMS, check_phi
 from ala_gym.core.metrics import METRICS, ClassificationEvaluator
@@ -42,7 +42,7 @@ class ClassificationLoss:
         if self.negative_floor is not None:
             floor = check_real("negative_floor", self.negative_floor, 0.0, 1.0, low_open=True, high_open=True)
             object.__setattr__(self, "negative_floor", floor)
-        object.__setattr__(self, "fixed_diagonal", bool(self.fixed_diagonal))
+        object.__setattr__(self, "fixed_diagonal", check_bool("fixed_diagonal", self.fixed_diagonal))
         if self.step_scaling not in STEP_SCALINGS:
             raise ValueError(f"step_scaling must be one of {STEP_SCALINGS}, got {self.step_scaling!r}")
         if self.loss_form not in LOSS_FORMS:

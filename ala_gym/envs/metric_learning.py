@@ -181,7 +181,8 @@ class ALAMetricLearningEnv(ALAEnv):
     ``info`` always carries ``val_metric``, ``val_metric_discounted``, ``train_loss``, ``iteration``,
     ``phi`` (the loss parameters), ``terms`` (the raw statistics, ``[rows, 2]``), ``recall@1`` to
     ``recall@8`` (validation subsample), ``diverged`` and ``row_improvement`` (the whole metric's improvement
-    for every row: retrieval has no finer credit); ``val_loss`` is NaN (no cross-entropy here).
+    for every row: retrieval has no finer credit); ``val_loss`` is the evaluator's fixed yardstick loss (as
+    ``final_val_loss``) on the validation subsample, whatever loss the child trains under.
 
     ## Arguments
     * ``dataset`` (``"fashion-mnist"``, ``"cifar10"``, ``"digits"``), ``data_root``, ``download``,
@@ -289,6 +290,16 @@ class RetrievalLoss:
         assert self.loss_form is not None  # set by __post_init__
         return DEFAULT_FORM[self.framework] if self.loss_form == "fixed" else self.loss_form
 
+    def _check_recall_k(self, name: str, labels: torch.Tensor) -> None:
+        """Refuse a ``recall_k`` at which every query of ``labels``' items finds an item of its class whatever the
+        embedding: more neighbours than the items of other classes than the query's (its class the smallest)."""
+        others = len(labels) - int(torch.bincount(labels)[labels.unique()].min())
+        if self.recall_k > others:
+            raise ValueError(
+                f"recall_k={self.recall_k} makes Recall@k 1 whatever the embedding on the {name} ({len(labels)} items, "
+                f"{others} outside the smallest class's): choose recall_k <= {others}, or evaluate on more items"
+            )
+
     def build(self, spec: TaskSpec) -> BuiltTask:
         data = class_disjoint(spec.data.load(), self.train_classes, self.val_classes, self.test_classes)
         assert self.loss_form is not None  # set by __post_init__
@@ -297,11 +308,14 @@ class RetrievalLoss:
         )
         # The statistics depend on the loss's shape functions only, never on Phi: one evaluator serves every child.
         adaptive = make_task().adaptive
+        val_eval = spec.data.validation(data)
+        for name, split in (("validation subsample", val_eval), ("test split", data.test)):
+            self._check_recall_k(name, split.labels)
         return BuiltTask(
             spec=spec,
             data=data,
             evaluator=RetrievalEvaluator(data.num_classes, self.recall_k, loss=adaptive),
-            val_eval=spec.data.validation(data),
+            val_eval=val_eval,
             make_task=make_task,
             # pytorch-metric-learning's miner loops over the batch's classes on the host: no vmap over children.
             batchable=False,

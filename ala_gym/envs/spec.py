@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 import torch
 from gymnasium.envs.registration import load_env_creator
 
-from ala_gym.core.checks import check_int, check_optional_int
+from ala_gym.core.checks import check_bool, check_int, check_optional_int
 from ala_gym.core.data import (
     LOADERS,
     ClassificationData,
@@ -74,6 +74,7 @@ class DataSpec:
     def __post_init__(self) -> None:
         resolve_device(self.device)  # first: a device that is absent is named before any data is read
         object.__setattr__(self, "split_seed", check_int("split_seed", self.split_seed, 0))
+        object.__setattr__(self, "download", check_bool("download", self.download))
         for name in ("val_size", "train_size", "val_subsample"):
             object.__setattr__(self, name, check_optional_int(name, getattr(self, name), 1))
         if isinstance(self.dataset, str) and self.dataset not in LOADERS:  # named with the spec, as a model is
@@ -204,10 +205,18 @@ def assemble(env_class: type, keywords: dict[str, Any], loss: type, renames: dic
     """The spec of an env class's flat keywords (its ``make_spec``'s), each given to every part that has a field
     of its name (``total_iterations`` to the training and the episode); ``renames`` maps a keyword to a field's
     name. The task's loss part is made, and so checked, first."""
-    renamed = {(renames or {}).get(key, key): value for key, value in keywords.items()}
+    renames = renames or {}
+    renamed = {renames.get(key, key): value for key, value in keywords.items()}
 
     def part(kind: type) -> Any:
-        return kind(**{f.name: renamed[f.name] for f in fields(kind) if f.name in renamed})
+        try:
+            return kind(**{f.name: renamed[f.name] for f in fields(kind) if f.name in renamed})
+        except (ValueError, TypeError) as exc:
+            # A part's check names its own field first: name the keyword the caller gave instead.
+            for keyword, name in renames.items():
+                if str(exc).startswith(f"{name} "):
+                    raise type(exc)(keyword + str(exc)[len(name) :]) from exc
+            raise
 
     kinds = (loss, DataSpec, TrainConfig, EpisodeSettings)
     unused = set(renamed) - {f.name for kind in kinds for f in fields(kind)}

@@ -47,7 +47,9 @@ class ALAVectorEnv(VectorEnv):
     seed.
 
     ## Action Space
-    ``MultiDiscrete`` of shape ``(num_envs, n_pairs)``: one single-env action per child.
+    One single-env action per child: ``single_action_space`` is the single env's ``MultiDiscrete``, and
+    ``action_space`` its batch, which Gymnasium's ``batch_space`` makes an integer ``Box`` of shape
+    ``(num_envs, n_pairs)`` with the same bounds (as in ``SyncVectorEnv``).
 
     ## Observation Space
     ``Box`` of shape ``(num_envs, n_pairs, 2 * history + 4)``: one single-env observation per child.
@@ -196,8 +198,8 @@ class ALAVectorEnv(VectorEnv):
         if self._children is None:
             raise RuntimeError("call reset() before copy_child()")
         for name, child in (("source", source), ("target", target)):
-            if not 0 <= child < self.num_envs:
-                raise ValueError(f"{name} must be a child index in [0, {self.num_envs}), got {child}")
+            if isinstance(child, bool) or not isinstance(child, (int, np.integer)) or not 0 <= child < self.num_envs:
+                raise ValueError(f"{name} must be a child index in [0, {self.num_envs}), got {child!r}")
         iterations = self._children.iterations
         if iterations[source] != iterations[target]:
             raise ValueError(
@@ -303,8 +305,8 @@ def check_open(envs: VectorEnv) -> None:
 def seed_children(envs: VectorEnv, seed: int | list[int] | None) -> list[int] | None:
     """Seed the vector env's own ``np_random`` and return the per-child seeds of ``reset(seed=...)``:
     ``seed + i``, or one listed seed each; None for ``seed=None`` (the children's generators go on). numpy
-    integers and 0-d arrays count as ints; a seed that is no integer is a ``TypeError``, a negative one a
-    ``ValueError`` (as the single env's), each naming the seed."""
+    integers and 0-d arrays count as ints; a seed that is no integer, or a negative one, is a ``ValueError`` (as
+    the single env's), naming the seed."""
     num_envs = envs.num_envs
     if isinstance(seed, np.ndarray) and seed.ndim == 0:
         seed = seed.item()
@@ -324,7 +326,7 @@ def seed_children(envs: VectorEnv, seed: int | list[int] | None) -> list[int] | 
 
 def _seed(name: str, value: Any, expected: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be {expected}, got {value!r} ({type(value).__name__})")
+        raise ValueError(f"{name} must be {expected}, got {value!r} ({type(value).__name__})")
     if value < 0:
         raise ValueError(f"{name} must be an integer >= 0, got {value}")
     return int(value)
