@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ import pytest
 from ala_gym.agents.reinforce import library_policy
 from ala_gym.benchmarks import compare
 from ala_gym.benchmarks.compare import run as compare_run
+from ala_gym.benchmarks.compare.store import ComparisonError, read_json
 
 TINY = dict(total_iterations=10, steps_per_action=5, eval_points=2, eval_stride=2, device="cpu")
 ARGS = ["--env", "ALA-Digits-v0", "--controllers", "ce", "--seeds", "1", "--env-kwargs", json.dumps(TINY),
@@ -47,6 +49,23 @@ def test_unwritable_results_folder_is_refused_before_any_training(blocked, resul
     folder.write_text("a file where the folder should be")
     error = refused_in_one_line(capsys)
     assert f"cannot write results to {folder}" in error and "--name" in error
+
+
+@pytest.mark.parametrize("name", ["config.json", "results.json", "table.md", "test_metric.png", "runs/ce-seed0.json"])
+def test_a_folder_where_the_comparison_keeps_a_file_is_refused_before_any_training(name, results_dir, monkeypatch, capsys):
+    no_training(monkeypatch)
+    (results_dir / "tiny" / name).mkdir(parents=True)
+    error = refused_in_one_line(capsys)
+    assert f"{results_dir / 'tiny' / name} is a folder where the comparison keeps a file: move it away" in error, error
+
+
+def test_a_store_file_this_user_may_not_read_is_named(tmp_path, monkeypatch):
+    def forbidden(self: Path, *args, **kwargs) -> str:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_text", forbidden)  # as root, a file's mode bits would not stop the read
+    with pytest.raises(ComparisonError, match=f"cannot read {tmp_path / 'config.json'} \\(PermissionError: Permission denied\\)"):
+        read_json(tmp_path / "config.json", {}, "delete it")
 
 
 DAMAGED = [

@@ -57,6 +57,10 @@ def write_json(path: Path, payload: Any, indent: int | None = 1) -> None:
     publish(tmp.name, path)
 
 
+STORE_FILES = ("config.json", "results.json", "table.md", "val_metric.png", "test_metric.png")
+"""The files a comparison writes into its folder, beside ``runs/`` and its ``phi_<row>.png`` heatmaps."""
+
+
 def check_writable(out: Path) -> None:
     """Refuse a results folder that cannot be written before any training: a run's file is written only
     once its compute is spent."""
@@ -69,6 +73,10 @@ def check_writable(out: Path) -> None:
             raise ComparisonError(
                 f"cannot write results to {folder}: {reason}; make it a writable folder or pass --name for another one"
             ) from None
+    # A file of the store is replaced in one step when written, which a folder of its name would refuse late.
+    for path in [*(out / name for name in STORE_FILES), *(out / "runs").glob("*.json")]:
+        if path.is_dir():
+            raise ComparisonError(f"{path} is a folder where the comparison keeps a file: move it away")
 
 
 # The shapes of the store's files, as far as the comparison reads them: a dict names required keys (``"key?"``
@@ -113,6 +121,8 @@ def read_json(path: Path, shape: Any, fix: str) -> Any:
     problem: str | None
     try:
         payload = json.loads(path.read_text())
+    except OSError as error:  # a folder, or a file this user may not read
+        raise ComparisonError(f"cannot read {path} ({type(error).__name__}: {error.strerror}); move it away") from None
     except ValueError as error:  # JSONDecodeError, or bytes that are not UTF-8
         problem = f"not valid JSON ({error})"
     else:
