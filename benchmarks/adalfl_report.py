@@ -24,11 +24,23 @@ import numpy as np
 
 from ala_gym.agents.adalfl import AdaLFLConfig
 from ala_gym.agents.cli import DescriptionFormatter
+from ala_gym.benchmarks.compare import ComparisonError
+from ala_gym.benchmarks.compare.store import NUMBER, RESULTS_SHAPE, RUN_SHAPE, read_json
 from ala_gym.benchmarks.machine import RESULTS
+
+LOSS_SHAPE = {"p_true": [NUMBER], "loss": [NUMBER]}
+ADALFL_RUN_SHAPE = {
+    **RUN_SHAPE, "machine": {"cpu": str, "cores": int, "torch_threads": int},
+    "children": [{"test_metric": NUMBER, "offline_s": NUMBER, "offline_meta_loss": NUMBER, "diverged": bool,
+                  "loss_shape_start": LOSS_SHAPE, "loss_shape_end": LOSS_SHAPE}],
+}  # fmt: skip
+"""What the report reads of an AdaLFL run file: a comparison's run, with the children's AdaLFL entries."""
 
 
 def load_runs(folder: Path) -> list[dict]:
-    runs = [json.loads(p.read_text()) for p in sorted((folder / "runs").glob("adalfl*.json"))]
+    """The AdaLFL runs under ``folder/runs``; a :class:`ComparisonError` naming a damaged one."""
+    fix = "delete it and run ala_gym.benchmarks.compare again to redo that run"
+    runs = [read_json(p, ADALFL_RUN_SHAPE, fix) for p in sorted((folder / "runs").glob("adalfl*.json"))]
     return sorted(runs, key=lambda r: (r["controller"], r["seed"]))
 
 
@@ -107,16 +119,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ce", help="results.json holding ce runs of the same env settings (for the wall-time ratio)")
     args = parser.parse_args(argv)
     folder = RESULTS / args.name
-    runs = load_runs(folder)
+    try:
+        runs = load_runs(folder)
+    except ComparisonError as error:
+        parser.exit(2, f"{error}\n")
     if not runs:
         parser.exit(2, f"no AdaLFL runs in {folder / 'runs'}; run ala_gym.benchmarks.compare with --controllers adalfl first\n")
     ce_runs: list[dict] = []
     if args.ce is not None:
+        fix = "give the results.json of a comparison that ran ce"
         if not Path(args.ce).is_file():
-            parser.exit(2, f"{args.ce} does not exist; give the results.json of a comparison that ran ce\n")
+            parser.exit(2, f"{args.ce} does not exist; {fix}\n")
+        try:
+            candidates = read_json(Path(args.ce), {"runs": RESULTS_SHAPE["runs"]}, fix)["runs"]  # all it reads
+        except ComparisonError as error:
+            parser.exit(2, f"{error}\n")
         own = {f.name for f in dataclasses.fields(AdaLFLConfig)}
         keys = {k: v for k, v in runs[0]["env_kwargs"].items() if k not in own}
-        candidates = json.loads(Path(args.ce).read_text())["runs"]
         seeds = {r["seed"] for r in runs}
         ce_runs = [
             r for r in candidates

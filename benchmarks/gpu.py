@@ -25,7 +25,7 @@ import torch
 
 from ala_gym.benchmarks import adalfl_cost, overhead, throughput
 from ala_gym.benchmarks.machine import RESULTS as DEFAULT_RESULTS
-from ala_gym.benchmarks.machine import cpu_model
+from ala_gym.benchmarks.machine import check_out_folder, cpu_model
 
 RESULTS = DEFAULT_RESULTS / "gpu"
 
@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.exit(2, f"{parser.prog}: error: --device cuda but torch sees no CUDA GPU; run on a GPU machine, or --device cpu --tiny\n")
     budget = "tiny" if args.tiny else "full"
     out = args.out or RESULTS
+    check_out_folder(parser, out)
     out.mkdir(parents=True, exist_ok=True)
     runs = {"overhead": overhead.main, "throughput": throughput.main, "adalfl": adalfl_cost.main}
     walls: dict[str, float] = {}

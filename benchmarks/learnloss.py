@@ -49,7 +49,8 @@ from scipy.special import logsumexp
 
 from ala_gym.agents.cli import DescriptionFormatter
 from ala_gym.agents.learnloss import LearnLossConfig, Trial, learn_loss, random_lambda
-from ala_gym.benchmarks.compare import write_json
+from ala_gym.benchmarks.compare import ComparisonError, write_json
+from ala_gym.benchmarks.compare.store import NUMBER, check_writable, read_json
 from ala_gym.benchmarks.machine import RESULTS, cpu_model, package_version
 from ala_gym.core.data import DataError, cifar10_subset_dir, load_cifar10, load_digits, load_fashion_mnist
 from ala_gym.wrappers import MissingExtraError, require
@@ -355,6 +356,26 @@ def plot(runs: list[dict], out: Path) -> None:
     plt.close(fig)
 
 
+RUN_SHAPE = {
+    "dataset": str, "method": str, "seed": int, "budget": int,
+    "trials": [{"val_error": NUMBER, "test_error": NUMBER, "fit_s": NUMBER, "propose_s": NUMBER, "converged": bool,
+                "source": str}],
+}  # fmt: skip
+"""What the summary reads of a run file (``runs/<dataset>-<method>-seed<k>.json``)."""
+
+
+def saved_runs(out: Path, budget: int) -> dict[Path, dict]:
+    """The run files under ``out/runs``, read and checked before any training; a :class:`ComparisonError` for a
+    damaged one, or for runs of another budget: a folder holds one budget, so that a run file, which marks its
+    run as done, is never one the summary leaves out."""
+    runs = {path: read_json(path, RUN_SHAPE, "delete it to run it again") for path in sorted((out / "runs").glob("*.json"))}
+    other = sorted({run["budget"] for run in runs.values()} - {budget})
+    if other:
+        raise ComparisonError(f"{out / 'runs'} holds runs of budget {', '.join(map(str, other))}, not {budget}; pass "
+                              f"--budget {other[0]} to resume them, or --name a folder of its own for budget {budget}")  # fmt: skip
+    return runs
+
+
 def run_benchmark(datasets: list[str], methods: list[str], seeds: list[int], budget: int, name: str,
                   fashion_mnist_root: str | None = None, cifar10_root: str | None = None,
                   problem_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -362,9 +383,11 @@ def run_benchmark(datasets: list[str], methods: list[str], seeds: list[int], bud
     if "tpe" in methods:
         require("learnloss")  # before any training run, not when the first TPE run starts
     out = RESULTS / name
+    check_writable(out)  # a folder that cannot take the run files is refused before they are trained
+    saved = saved_runs(out, budget)
     config = LearnLossConfig(upper=(0.1, 0.1), budget=budget)
     for dataset in datasets:
-        todo = [(m, s) for s in seeds for m in methods if not (out / "runs" / f"{dataset}-{m}-seed{s}.json").exists()]
+        todo = [(m, s) for s in seeds for m in methods if out / "runs" / f"{dataset}-{m}-seed{s}.json" not in saved]
         if not todo:
             continue
         train = CachedFit(load_problem(dataset, fashion_mnist_root, cifar10_root, **(problem_kwargs or {})))
@@ -372,12 +395,14 @@ def run_benchmark(datasets: list[str], methods: list[str], seeds: list[int], bud
             trials = tune(method, train, config, seed)
             record = {"dataset": dataset, "method": method, "seed": seed, "budget": budget,
                       "trials": [trial_record(t) for t in trials]}
-            write_json(out / "runs" / f"{dataset}-{method}-seed{seed}.json", record)
+            path = out / "runs" / f"{dataset}-{method}-seed{seed}.json"
+            write_json(path, record)
+            saved[path] = record
             val, test, seconds = curves(record)
             print(f"{dataset} {method} seed {seed}: best val {val[-1]:.4f} test {test[-1]:.4f} in {seconds[-1]:.1f} s",
                   flush=True)
-    runs = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
-    runs = [r for r in runs if r["dataset"] in datasets and r["method"] in methods and r["seed"] in seeds and r["budget"] == budget]
+    runs = [saved[path] for path in sorted(saved)]
+    runs = [r for r in runs if r["dataset"] in datasets and r["method"] in methods and r["seed"] in seeds]
     import scipy
 
     # None where the learnloss extra is not installed: only the TPE runs need Optuna.
@@ -421,7 +446,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         run_benchmark(datasets, methods, list(range(args.seeds)), args.budget, args.name,
                       args.fashion_mnist_root, args.cifar10_root)
-    except (DataError, MissingExtraError) as exc:
+    except (DataError, MissingExtraError, ComparisonError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
 

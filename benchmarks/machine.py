@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 from importlib import metadata
 from pathlib import Path
 
 from ala_gym.core.machine import cpu_model
 
-__all__ = ["RESULTS", "cpu_model", "package_version"]
+__all__ = ["RESULTS", "check_out_folder", "cpu_model", "package_version"]
 
 RESULTS = Path("benchmarks") / "results"
 """Where the benchmarks write by default: relative to the current directory (from a clone's root, the committed
@@ -21,3 +22,14 @@ def package_version(distribution: str) -> str | None:
         return metadata.version(distribution)
     except metadata.PackageNotFoundError:
         return None
+
+
+def check_out_folder(parser: argparse.ArgumentParser, out: Path) -> None:
+    """Exit 2 in one line if ``out`` cannot become the folder a report is written to (it, or a folder above it,
+    is a file). Asked before measuring: a report is written only once its measuring is done."""
+    for path in (out, *out.parents):
+        if path.exists():
+            if not path.is_dir():
+                fix = "name a folder (it is created if missing)"
+                parser.exit(2, f"{parser.prog}: error: --out {out}: {path} is a file, not a folder; {fix}\n")
+            return

@@ -18,6 +18,7 @@ Usage::
     python -m ala_gym.benchmarks.malloc                       # ResNet-32 on the CIFAR-10 subset, 16 rounds
     python -m ala_gym.benchmarks.malloc --config fashion-mnist --rounds 40
 
+The CIFAR-10 subset is read from ``--data-root`` (default ``$ALA_GYM_DATA``: :func:`ala_gym.core.data.data_home`).
 Writes ``benchmarks/results/malloc.json`` and ``benchmarks/results/malloc.md`` (``--out`` changes the folder).
 """
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -39,10 +41,18 @@ import torch
 
 import ala_gym  # noqa: F401  (registers the env ids)
 from ala_gym.agents.cli import DescriptionFormatter
-from ala_gym.benchmarks.machine import RESULTS
-from ala_gym.benchmarks.overhead import CONFIGS, ENV_SEED, _plain_loop, _trainer_loop, env_child_seed, machine_info
+from ala_gym.benchmarks.machine import RESULTS, check_out_folder
+from ala_gym.benchmarks.overhead import (
+    CONFIGS,
+    ENV_SEED,
+    _plain_loop,
+    _trainer_loop,
+    data_location,
+    data_problem,
+    env_child_seed,
+    machine_info,
+)
 from ala_gym.core.allocator import retain_freed_memory
-from ala_gym.core.data import cifar10_subset_dir
 from ala_gym.envs.classification import ALAClassificationEnv
 
 MODES = ("default", "retained")
@@ -57,8 +67,7 @@ def _minor_faults() -> int:
 def measure(config: str, rounds: int) -> dict[str, Any]:
     """Per-iteration CPU seconds and minor page faults of the two loops, ``rounds`` interleaved rounds."""
     spec = CONFIGS[config]
-    location: dict[str, Any] = {"data_root": str(cifar10_subset_dir())} if spec.get("cifar10_subset") else {}
-    env = gym.make(spec["env_id"], disable_env_checker=True, **spec["kwargs"], device="cpu", **location).unwrapped
+    env = gym.make(spec["env_id"], disable_env_checker=True, **spec["kwargs"], device="cpu", **data_location(config)).unwrapped
     assert isinstance(env, ALAClassificationEnv)  # every config's id
     seed = env_child_seed(ENV_SEED)
     loops = {"plain": _plain_loop(env, seed), "trainer": _trainer_loop(env, seed, np.eye(env.data.num_classes))}
@@ -123,13 +132,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=16, help="timed rounds (one iteration of each loop)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--note", action="append", default=[], help="a line for the notes section of the md")
+    parser.add_argument(
+        "--data-root", type=Path, help="folder holding cifar10-subset/ (default: $ALA_GYM_DATA: ala_gym.core.data.data_home())"
+    )
     parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)  # internal: one measuring process
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error(f"--rounds must be positive, got {args.rounds}")
+    if args.data_root is not None:
+        os.environ["ALA_GYM_DATA"] = str(args.data_root)  # inherited by the workers
     if args.worker:
         worker(args.worker, args.config, args.rounds)
         return
+    check_out_folder(parser, args.out)
+    # Here, before the workers start: a worker that fails on its data would only end the run with its traceback.
+    if problem := data_problem(args.config, torch.device("cpu")):
+        parser.exit(2, f"{parser.prog}: error: {problem}\n")
     torch.set_num_threads(1)  # as in the workers, so that the recorded machine says what they ran with
     machine = machine_info(torch.device("cpu"), 1)
     results = []

@@ -68,12 +68,15 @@ from torch.nn import functional as F
 
 import ala_gym  # noqa: F401  (registers the env ids)
 from ala_gym.agents.cli import DescriptionFormatter
-from ala_gym.benchmarks.machine import RESULTS, cpu_model
+from ala_gym.benchmarks.compare import ComparisonError
+from ala_gym.benchmarks.compare.store import read_json
+from ala_gym.benchmarks.machine import RESULTS, check_out_folder, cpu_model
 from ala_gym.core.allocator import retain_freed_memory
-from ala_gym.core.data import cifar10_subset_dir, data_home, training_batch
+from ala_gym.core.data import DataError, cifar10_subset_dir, data_home, training_batch
 from ala_gym.core.losses import PhiLoss
 from ala_gym.core.trainer import ChildTrainer
 from ala_gym.envs.classification import ALAClassificationEnv
+from ala_gym.envs.spec import task_spec
 
 # The evaluation schedule every config pins (the env defaults when these rows were first measured).
 SCHEDULE = {"eval_points": 3, "eval_stride": 10}
@@ -100,6 +103,29 @@ EVAL_BATCH_SIZES = (128, 256, 512, 1000)
 ENV_SEED = 0  # the env's reset seed; every loop starts from the weights of the env's child
 # One child for all loops: the kernels' speed depends on the data they see (measured for max pooling on two
 # seeds' children, see docs/overhead.md), so loops on different children would compare children.
+
+
+def data_location(name: str) -> dict[str, Any]:
+    """The env keywords that say where config ``name``'s dataset lies: the CIFAR-10 subset's folder, never
+    downloaded (torchvision would otherwise try to fetch the full dataset into it); none for the datasets
+    the packages ship. Left out of a row's recorded keywords: the location is the machine's, not the row's."""
+    return {"data_root": str(cifar10_subset_dir()), "download": False} if CONFIGS[name].get("cifar10_subset") else {}
+
+
+def data_problem(name: str, device: torch.device) -> str | None:
+    """What keeps config ``name`` from being measured (its dataset missing or damaged), in one line; None if
+    nothing. Asked of every config before the first is measured, so that no measuring is spent on a report
+    that could not be written whole; the dataset read stays in the process's cache for the env."""
+    spec = CONFIGS[name]
+    if spec.get("cifar10_subset") and not cifar10_subset_dir().exists():
+        fix = "python -m ala_gym.benchmarks.cifar10_subset builds it"
+        return (f"{name}: no cifar10-subset/ under {data_home()}; set --data-root (or ALA_GYM_DATA) to the folder "
+                f"that holds it ({fix}), or measure another config")  # fmt: skip
+    try:
+        task_spec(spec["env_id"], **spec["kwargs"], device=str(device), **data_location(name)).data.load()
+    except DataError as error:
+        return f"{name}: {error}"
+    return None
 
 
 def _sync(device: torch.device) -> None:
@@ -193,9 +219,7 @@ def measure(name: str, device: torch.device, repeats: int, steps_per_action: int
     kwargs = {**spec["kwargs"], "device": str(device)}
     if steps_per_action is not None:
         kwargs["steps_per_action"] = steps_per_action
-    # The data location is resolved here and left out of the recorded kwargs: it is the machine's, not the row's.
-    location: dict[str, Any] = {"data_root": str(cifar10_subset_dir())} if spec.get("cifar10_subset") else {}
-    env = gym.make(spec["env_id"], disable_env_checker=True, **kwargs, **location).unwrapped
+    env = gym.make(spec["env_id"], disable_env_checker=True, **kwargs, **data_location(name)).unwrapped
     assert isinstance(env, ALAClassificationEnv)  # every config's id
     k = env.steps_per_action
     keep = np.ones(env.action_space.shape, dtype=np.int64)  # Phi unchanged: identity, the loss of the trainer row
@@ -359,12 +383,25 @@ def main(argv: list[str] | None = None) -> None:
                     if getattr(args, name) is not None and getattr(args, name) < 1]  # fmt: skip
     if not_positive:
         parser.error(f"{', '.join(not_positive)} must be positive")
+    check_out_folder(parser, args.out)
     if args.data_root is not None:
         os.environ["ALA_GYM_DATA"] = str(args.data_root)
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda asked for, but torch.cuda.is_available() is False on this machine")
+    names = args.configs or DEFAULT_CONFIGS[device.type]
+    for name in names:
+        if problem := data_problem(name, device):
+            parser.exit(2, f"{parser.prog}: error: {problem}\n")
+    json_path = args.out / "overhead.json"
+    previous = None
+    if args.merge and json_path.exists():
+        fix = "restore it (git checkout), or run without --merge to write a new one"
+        try:
+            previous = read_json(json_path, {"results": dict, "notes": [str]}, fix)
+        except ComparisonError as error:  # damaged, or no file to read (a folder)
+            parser.exit(2, f"{parser.prog}: error: {error}\n")
     torch.set_num_threads(args.threads)
     malloc = "system default" if args.system_malloc else (
         "glibc thresholds fixed" if retain_freed_memory() else "system default (not glibc)"
@@ -375,18 +412,12 @@ def main(argv: list[str] | None = None) -> None:
         "results": {},
         "notes": list(args.note),
     }
-    json_path = args.out / "overhead.json"
-    if args.merge and json_path.exists():
-        previous = json.loads(json_path.read_text())
+    if previous is not None:
         report["results"] = previous["results"]
         report["notes"] = list(dict.fromkeys(previous["notes"] + report["notes"]))  # once each, in order
     if not torch.cuda.is_available() and not args.merge:
         report["notes"].append("No GPU on this machine: CUDA numbers not measured (run with `--device cuda` where one is).")
-    for name in args.configs or DEFAULT_CONFIGS[device.type]:
-        if CONFIGS[name].get("cifar10_subset") and not cifar10_subset_dir().exists():
-            print(f"{name} skipped: no cifar10-subset/ under {data_home()} (set ALA_GYM_DATA or --data-root)")
-            report["notes"].append(f"{name} skipped: the CIFAR-10 subset was not found.")
-            continue
+    for name in names:
         repeats = args.repeats or CONFIGS[name]["repeats"][device.type == "cuda"]
         started = time.perf_counter()
         report["results"][name] = row = measure(name, device, repeats, args.steps_per_action)

@@ -28,7 +28,8 @@ import torch
 
 import ala_gym  # noqa: F401  (registers the env ids)
 from ala_gym.agents.cli import DescriptionFormatter
-from ala_gym.benchmarks.compare import machine, versions, without_locations
+from ala_gym.benchmarks.compare import ComparisonError, machine, versions, without_locations, write_json
+from ala_gym.benchmarks.compare.store import read_json
 from ala_gym.benchmarks.machine import RESULTS as DEFAULT_RESULTS
 from ala_gym.core.data import DataError, with_data_home
 from ala_gym.core.metrics import discounted_metric, error_rate
@@ -95,8 +96,16 @@ def main(argv: list[str] | None = None) -> None:
         env_kwargs = json.loads(args.env_kwargs)
     except ValueError as error:
         parser.exit(2, f"reward_agreement: bad --sizes or --env-kwargs ({error})\n")
-    if min(sizes) < 1 or args.seeds < 1 or not isinstance(env_kwargs, dict):
-        parser.exit(2, "reward_agreement: --sizes and --seeds must be positive, --env-kwargs a JSON object\n")
+    if min(sizes) < 1 or args.seeds < 1 or args.threads < 1 or not isinstance(env_kwargs, dict):
+        parser.exit(2, "reward_agreement: --sizes, --seeds and --threads must be positive, --env-kwargs a JSON object\n")
+    # The other envs' records are read before any computing: the new record is written beside them.
+    fix = "restore it (git checkout), or move it away to start a new one"
+    results: dict[str, Any] = {}
+    try:
+        if RESULTS.exists():
+            results = read_json(RESULTS, {}, fix)
+    except ComparisonError as error:  # damaged, or no file to read (a folder)
+        parser.exit(2, f"reward_agreement: {error}\n")
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     try:
@@ -122,10 +131,8 @@ def main(argv: list[str] | None = None) -> None:
     shown = without_locations(env_kwargs)  # where data lives is not a result's identity
     record = {"env": args.env, "env_kwargs": shown, "seeds": list(range(args.seeds)), "rows": rows,
               "wall_s": time.perf_counter() - start, "machine": machine(), "versions": versions()}
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     results[args.env] = record
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=1))
+    write_json(RESULTS, results)
     write_markdown(results)
     for row in rows:
         print(f"{args.env} S={row['size']}: agree {row['agree']:.2f}, opposite {row['opposite']:.2f}, "

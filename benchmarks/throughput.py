@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -68,7 +69,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ala_gym.benchmarks.machine import RESULTS, cpu_model
+from ala_gym.benchmarks.machine import RESULTS, check_out_folder, cpu_model
 from ala_gym.wrappers import MissingExtraError, require
 
 MODES = ("single", "native-batched", "native-sequential", "sync", "async", "ray-1", "ray-2", "ray-4")
@@ -575,21 +576,30 @@ def configurations(args: argparse.Namespace) -> list[dict]:
 
 def check_inputs(args: argparse.Namespace, configs: list[dict]) -> str | None:
     """What is wrong with the command, in one line, before any measuring process starts (which would only
-    fill every row with the same error): a count that is not positive, or a model's data that is missing."""
+    fill every row with the same error): a count or a time that is not positive (a timeout of 0 s times out
+    every row), or a model's data that is missing."""
     from ala_gym.core.data import DataError
     from ala_gym.envs.spec import task_spec
 
     counts = {"--num-envs": min(args.num_envs), "--steps": args.steps, "--iterations": args.iterations,
               "--batch-size": args.batch_size, "--val-subsample": args.val_subsample, "--threads": args.threads,
-              "--repeats": args.repeats}  # fmt: skip
+              "--repeats": args.repeats,
+              # Not given: --batch-size's; 0 would fall back to it unnoticed.
+              "--resnet-batch-size": 1 if args.resnet_batch_size is None else args.resnet_batch_size}  # fmt: skip
     not_positive = [option for option, value in counts.items() if value < 1]
     if not_positive:
         return f"{', '.join(not_positive)} must be positive"
+    seconds = {"--timeout": args.timeout, "--roofline-seconds": args.roofline_seconds}
+    not_timed = [option for option, value in seconds.items() if not (math.isfinite(value) and value > 0)]
+    if not_timed:
+        return f"{', '.join(not_timed)} must be a positive, finite number of seconds"
+    if not (math.isfinite(args.min_seconds) and args.min_seconds >= 0):  # 0, the default: no minimum
+        return "--min-seconds must be a finite number of seconds, 0 or more (0: --steps alone counts)"
     for config in {config["model"]: config for config in configs}.values():  # one per model: its data
         env_id, kwargs = env_setup(config)
         try:
             task_spec(env_id, **kwargs).data.load()
-        except DataError as error:
+        except (DataError, ValueError) as error:  # ValueError: a setting the task's spec or the machine refuses
             return str(error)
     return None
 
@@ -669,7 +679,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one JSON config and print it
     args = parser.parse_args(argv)
     if args.render:
-        write_markdown(json.loads((args.out / "throughput.json").read_text()), args.out / "throughput.md")
+        from ala_gym.benchmarks.compare import ComparisonError
+        from ala_gym.benchmarks.compare.store import read_json
+
+        path = args.out / "throughput.json"
+        if not path.is_file():
+            parser.exit(2, f"{parser.prog}: error: --render: no {path}; name the --out folder of a measured run\n")
+        shape = {"argv": list, "args": dict, "machine": dict, "finished": str, "results": [dict]}
+        try:
+            report = read_json(path, shape, "restore it (git checkout), or measure again without --render")
+        except ComparisonError as error:
+            parser.exit(2, f"{parser.prog}: error: {error}\n")
+        write_markdown(report, args.out / "throughput.md")
         return
     if args.data_root is not None:
         os.environ["ALA_GYM_DATA"] = str(args.data_root)  # inherited by the measuring subprocesses
@@ -684,6 +705,7 @@ def main(argv: list[str] | None = None) -> None:
         except MissingExtraError as exc:
             parser.exit(2, f"{parser.prog}: error: --modes {' '.join(args.modes)}: {exc}\n")
 
+    check_out_folder(parser, args.out)
     configs = configurations(args)
     refused = check_inputs(args, configs)
     if refused:
@@ -718,6 +740,10 @@ def main(argv: list[str] | None = None) -> None:
             runs[index].append(result)
             shown = result.get("error") or f"{result['iterations_per_s']:.1f} it/s, {result['peak_rss_mib']:.0f} MiB"
             print(f"{config['model']:10s} N={config['num_envs']:<3d} {config['mode']:18s} {shown}", flush=True)
+    rows = [median_row(model_runs) for model_runs in runs]
+    if all("error" in row for row in rows):  # a report of errors alone would replace the one already in --out
+        parser.exit(2, f"{parser.prog}: error: no configuration was measured (first error: {rows[0]['error']}); "
+                       f"{args.out} left as it was\n")  # fmt: skip
     measured = [rate for rate in roofline_rounds if rate]
     report = {
         "argv": sys.argv[1:] if argv is None else argv,
@@ -732,7 +758,7 @@ def main(argv: list[str] | None = None) -> None:
         "products": best_products(product_rounds),
         "flops_per_iteration": {model: training_flops(next(c for c in configs if c["model"] == model))
                                 for model in args.models if any(c["model"] == model for c in configs)},  # fmt: skip
-        "results": [median_row(model_runs) for model_runs in runs],
+        "results": rows,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "throughput.json").write_text(json.dumps(report, indent=2) + "\n")

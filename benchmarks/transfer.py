@@ -39,6 +39,7 @@ import numpy as np
 from ala_gym.agents.reinforce import POLICY_LIBRARY
 from ala_gym.benchmarks.compare import write_json
 from ala_gym.benchmarks.compare.presets import META_DIGITS_CNN
+from ala_gym.benchmarks.compare.store import NUMBER, read_json
 from ala_gym.benchmarks.machine import RESULTS
 
 RERUNS = Path("transfer") / "reruns"
@@ -96,6 +97,13 @@ HELD_OUT = (
     # Digits alone with the short Fashion-MNIST preset's small CNN child and budget (several searches).
     *(HeldOut("Fashion-MNIST", "fashion-mnist", name, sequential=True, ce="ce(num_envs=2)") for name in META_DIGITS_CNN),
 )  # fmt: skip
+POLICIES = sorted({held.policy for held in HELD_OUT})
+"""The policies judged, each with its provenance file ``<policy>.json`` in the policy folder."""
+RECORD_SHAPE = {
+    "config": {"tasks": [str]}, "generations": int, "child_iterations": int,
+    "history": [{"task": str, "fitness_mean": NUMBER}],
+}  # fmt: skip
+"""What the cost table reads of a meta-training record (``meta_train``'s JSON)."""
 
 
 def verdicts(transfer: dict, ce: dict, oracle_phi: dict | None = None, smoothing: dict | None = None) -> dict[str, Any]:
@@ -157,13 +165,13 @@ def gather(results: Path, policies: Path) -> dict[str, Any]:
         found = {key: {k: v for k, v in rows[name].items() if k in keep} if name in rows else None for key, name in named.items()}
         judged = verdicts(rows[held.row], rows[held.ce], rows.get("oracle-phi"), rows.get("oracle-smoothing"))
         entries.append({**asdict(held), "row": held.row, **found, "verdicts": judged})
-    records = {policy: policies / f"{policy}.json" for policy in sorted({held.policy for held in HELD_OUT})}
+    records = {policy: policies / f"{policy}.json" for policy in POLICIES}
     # Reruns of a shipped policy's command, kept for their cost: on another CPU they give another policy.
     records |= {f"{path.stem} (rerun)": path for path in sorted((results / RERUNS).glob("*.json"))}
     costs = {}
     for name, path in records.items():
         if path.is_file():
-            record = json.loads(path.read_text())
+            record = read_json(path, RECORD_SHAPE, "restore it (git checkout), or move it away to leave it out")
             costs[name] = {key: record.get(key) for key in ("generations", "child_iterations", "wall_seconds", "cpu", "torch_threads", "workers")}
             config = record["config"]
             costs[name]["tasks"] = [task_label(task, config) for task in config["tasks"]]
@@ -255,6 +263,10 @@ def main(argv: list[str] | None = None) -> None:
     for option, folder in (("--results", args.results), ("--policies", args.policies)):
         if not folder.is_dir():  # a report gathered from nothing would still be written, and read as one
             parser.exit(2, f"{parser.prog}: error: {option} {folder} is not a folder; name the one that holds them\n")
+    if not any((args.policies / f"{policy}.json").is_file() for policy in POLICIES):
+        # The cost table would be empty, and the report written over one that has it.
+        parser.exit(2, f"{parser.prog}: error: --policies {args.policies} holds no provenance file of the policies "
+                       f"judged (such as {POLICIES[0]}.json); name the folder that holds them\n")  # fmt: skip
     try:
         report = gather(args.results, args.policies)
     except (ValueError, OSError) as exc:  # a damaged results.json is a ValueError (JSONDecodeError)

@@ -232,7 +232,7 @@ def test_reward_agreement_script_compares_two_disjoint_validation_subsets(tmp_pa
         "--sizes up to 180 fit two halves": ["--env", "ALA-Digits-v0", "--sizes", "200"],  # a 360-image split
         "did you mean 'ALA-Digits-v0'?": ["--env", "ALA-Digit-v0", "--sizes", "20"],
         "lr must be a finite number": ["--env", "ALA-Digits-v0", "--sizes", "20", "--env-kwargs", '{"lr": -1}'],
-        "--sizes and --seeds must be positive": ["--env", "ALA-Digits-v0", "--sizes", "0"],
+        "--sizes, --seeds and --threads must be positive": ["--env", "ALA-Digits-v0", "--sizes", "0"],
     }
     for message, wrong in wrongs.items():
         with pytest.raises(SystemExit) as caught:

@@ -92,16 +92,49 @@ def test_rounds_alternate_their_order_and_rows_keep_the_median(tmp_path, monkeyp
 def test_bad_input_is_refused_before_any_measuring_process(tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.setattr(throughput, "run_isolated", lambda config, timeout: pytest.fail("measured despite bad input"))
     monkeypatch.setenv("ALA_GYM_DATA", str(tmp_path / "no-data"))
-    wrongs = {
-        "--num-envs, --steps must be positive": ["--models", "mlp", "--num-envs", "0", "--steps", "0"],
-        "CIFAR-10 not found": ["--models", "small_cnn"],  # the CIFAR-10 subset is not under $ALA_GYM_DATA
-    }
-    for message, wrong in wrongs.items():
+    (tmp_path / "file").write_text("kept\n")
+    wrongs = [
+        ("--num-envs, --steps must be positive", ["--models", "mlp", "--num-envs", "0", "--steps", "0"]),
+        ("CIFAR-10 not found", ["--models", "small_cnn"]),  # the CIFAR-10 subset is not under $ALA_GYM_DATA
+        # 0 would fall back to --batch-size; a negative one failed in the model's check with a traceback.
+        *(("--resnet-batch-size must be positive", ["--models", "resnet32", "--resnet-batch-size", n]) for n in ("0", "-5")),
+        # A timeout of 0 s timed out every row and wrote the report of errors over the saved one.
+        *(("--timeout must be a positive, finite number", ["--models", "mlp", "--timeout", t]) for t in ("0", "nan", "inf")),
+        ("--roofline-seconds must be a positive, finite number", ["--models", "mlp", "--roofline-seconds", "-1"]),
+        *(("--min-seconds must be a finite number of seconds, 0 or more", ["--models", "mlp", "--min-seconds", t])
+          for t in ("-1", "nan")),
+        (f"{tmp_path / 'file'} is a file, not a folder", ["--models", "mlp", "--out", str(tmp_path / "file" / "out")]),
+    ]  # fmt: skip
+    for message, wrong in wrongs:
         with pytest.raises(SystemExit) as caught:
-            throughput.main([*wrong, "--out", str(tmp_path / "out")])
+            throughput.main(["--out", str(tmp_path / "out"), *wrong])
         err = capsys.readouterr().err
-        assert caught.value.code == 2 and message in err and err.strip().count("\n") == 0
-    assert not (tmp_path / "out").exists()
+        assert caught.value.code == 2 and message in err and err.strip().count("\n") == 0, (wrong, err)
+    assert not (tmp_path / "out").exists() and (tmp_path / "file").read_text() == "kept\n"
+
+
+def test_a_run_that_measured_nothing_leaves_the_saved_report(tmp_path, monkeypatch, capsys) -> None:
+    saved = {name: f"the saved {name}\n" for name in ("throughput.json", "throughput.md")}
+    for name, text in saved.items():
+        (tmp_path / name).write_text(text)
+    monkeypatch.setattr(throughput, "run_isolated", lambda config, timeout: {**config, "error": "timed out after 1 s"})
+    with pytest.raises(SystemExit) as caught:
+        throughput.main(["--models", "mlp", "--num-envs", "1", "--modes", "single", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert caught.value.code == 2 and "no configuration was measured (first error: timed out after 1 s)" in err
+    assert {name: (tmp_path / name).read_text() for name in saved} == saved
+
+
+@pytest.mark.parametrize("content", [None, "{", "[]", '{"args": {}}'])
+def test_render_refuses_a_missing_or_damaged_report_in_one_line(tmp_path, capsys, content: str | None) -> None:
+    if content is not None:
+        (tmp_path / "throughput.json").write_text(content)
+    with pytest.raises(SystemExit) as caught:
+        throughput.main(["--render", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    expected = f"no {tmp_path / 'throughput.json'}" if content is None else f"{tmp_path / 'throughput.json'} is damaged"
+    assert caught.value.code == 2 and expected in err and err.strip().count("\n") == 0
+    assert not (tmp_path / "throughput.md").exists()
 
 
 @pytest.mark.parametrize("factor, met", [(9.0, "met"), (8.0, "met"), (7.0, "not met"), (3.0, "not met")])

@@ -41,6 +41,16 @@ def write_results(folder: Path, preset: str, rows: list[dict]) -> None:
     (folder / preset / "results.json").write_text(json.dumps({"header": {}, "summary": rows, "runs": []}))
 
 
+def write_policy(folder: Path, name: str = "without-digits", **changes) -> Path:
+    """A meta-training record of ``name`` in ``folder`` (``changes`` replace its entries; None removes one)."""
+    record = {"config": {"tasks": ["ALA-FashionMNIST-v0"]}, "generations": 1, "child_iterations": 100,
+              "history": [{"task": "ALA-FashionMNIST-v0", "fitness_mean": -0.2}]}  # fmt: skip
+    record = {key: value for key, value in (record | changes).items() if value is not None}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps(record))
+    return folder / f"{name}.json"
+
+
 def test_report_gathers_the_held_out_rows_and_the_cost(tmp_path: Path, capsys) -> None:
     results, policies = tmp_path / "results", tmp_path / "policies"
     digits = transfer.HELD_OUT[0]
@@ -88,6 +98,7 @@ def test_a_family_task_is_labelled_with_its_model_and_training_set() -> None:
 def test_a_transfer_row_without_its_reference_or_damaged_results_exit_2(tmp_path: Path, capsys) -> None:
     digits = transfer.HELD_OUT[0]
     write_results(tmp_path, digits.preset, [row(digits.row, 3.0, 0.2)])
+    write_policy(tmp_path)
     with pytest.raises(SystemExit) as caught:
         transfer.main(["--results", str(tmp_path), "--policies", str(tmp_path)])
     assert caught.value.code == 2 and "not its reference 'ce'" in capsys.readouterr().err
@@ -113,3 +124,26 @@ def test_a_row_of_two_children_is_judged_against_cross_entropy_on_two_children(t
     entry = next(entry for entry in transfer.gather(tmp_path, tmp_path)["held_out"] if entry["row"] == held.row)
     assert entry["ce_row"]["test_mean"] == 10.0
     assert entry["verdicts"]["ahead_of_ce"] == pytest.approx(-0.5) and not entry["verdicts"]["beats_ce_beyond_std"]
+
+
+def test_a_policy_folder_without_the_policies_records_leaves_the_report_as_it_was(tmp_path: Path, capsys) -> None:
+    results, saved = tmp_path / "results", '{"held_out": [], "meta_training": {"without-digits": {}}}'
+    (results / "transfer").mkdir(parents=True)
+    (results / "transfer" / "transfer.json").write_text(saved)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit) as caught:
+        transfer.main(["--results", str(results), "--policies", str(tmp_path / "empty")])
+    err = capsys.readouterr().err
+    assert caught.value.code == 2 and err.count("\n") == 1 and "holds no provenance file of the policies judged" in err
+    assert (results / "transfer" / "transfer.json").read_text() == saved
+
+
+@pytest.mark.parametrize("changes, problem", [({"config": None}, "it has no config"), ({"history": {}}, "history is an object")])
+def test_a_damaged_policy_record_is_named_in_one_line(tmp_path: Path, capsys, changes: dict, problem: str) -> None:
+    path = write_policy(tmp_path / "policies", **changes)
+    (tmp_path / "results").mkdir()
+    with pytest.raises(SystemExit) as caught:
+        transfer.main(["--results", str(tmp_path / "results"), "--policies", str(tmp_path / "policies")])
+    err = capsys.readouterr().err
+    assert caught.value.code == 2 and err.count("\n") == 1 and f"{path} is damaged: {problem}" in err
+    assert not (tmp_path / "results" / "transfer").exists()
