@@ -39,9 +39,44 @@ def check_output_file(option: str, path: str | Path, suffix: str | None = None) 
         raise ValueError(f"{option} {path}: name a {suffix} file (files of other suffixes are written beside it)")
     if path.is_dir():
         raise ValueError(f"{option} {path} is a folder; name a file in it")
-    existing = next(folder for folder in (path.parent, *path.parent.parents) if folder.exists())
+    _check_writable_place(option, path, path.parent, "file")
+
+
+def check_output_folder(option: str, path: str | Path) -> None:
+    """Refuse, before any work, an output folder that could not be made or written: an existing file, or a place
+    under a file or an unwritable folder. ``ValueError`` naming ``option``."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{option} {path} is a file; name a folder")
+    _check_writable_place(option, path, path, "folder")
+
+
+def _check_writable_place(option: str, path: Path, folder: Path, kind: str) -> None:
+    """``path`` (a ``kind``, file or folder) is made in ``folder``, or under the nearest of its parents that
+    exists: that one must be a writable folder."""
+    existing = next(place for place in (folder, *folder.parents) if place.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"{option} {path}: {existing} is no writable folder; name a file in one")
+        raise ValueError(f"{option} {path}: {existing} is no writable folder; name a {kind} in one")
+
+
+PROVENANCE_SUFFIX = ".json"
+"""Suffix of the record of what produced a policy (:func:`write_provenance`), beside the policy file."""
+
+
+def write_provenance(save: str | Path, record: dict[str, Any]) -> None:
+    """Write ``record``, what produced the policy file ``save``, beside it (the same name, :data:`PROVENANCE_SUFFIX`)."""
+    Path(save).with_suffix(PROVENANCE_SUFFIX).write_text(json.dumps(record, indent=1) + "\n")
+
+
+def check_save_file(save: str | Path, beside: tuple[str, ...] = ()) -> None:
+    """:func:`check_output_file` for ``--save`` (a .pt file), and the files of the suffixes ``beside`` that go
+    beside it under the same name (SB3's model, the provenance ``.json``): a folder of that name would fail the
+    write only after the run. ``ValueError`` naming ``--save``."""
+    check_output_file("--save", save, ".pt")
+    for suffix in beside:
+        side = Path(save).with_suffix(suffix)
+        if side.is_dir():
+            raise ValueError(f"--save {save}: {side}, written beside it, is a folder; move it away or name another --save")
 
 
 def interrupted(prog: str, resume: str) -> NoReturn:
@@ -246,19 +281,23 @@ def default_log_dir(name: str, args: argparse.Namespace) -> str:
     return f"runs/{name}-{args.env}-s{args.seed}"
 
 
-def run_cli(controller: Any, args: argparse.Namespace) -> list[Any]:
-    """Make the envs, run ``controller`` once with a progress bar and logs, print a summary, save.
+def run_cli(controller: Any, args: argparse.Namespace, beside: tuple[str, ...] = ()) -> list[Any]:
+    """Make the envs, run ``controller`` once with a progress bar and logs, print a summary, save (``--save``, and
+    what the controller writes beside it: the suffixes ``beside``).
 
-    Bad input (env keywords out of range, missing data, a policy that does not fit the env) ends the
-    command through :func:`fail`.
+    Bad input (env keywords out of range, missing data, a policy that does not fit the env, where the run
+    could not write) ends the command through :func:`fail`.
     """
     from ala_gym.core.data import DataError
 
-    if args.save:  # before the run, not after it
-        try:
-            check_output_file("--save", args.save, ".pt")
-        except ValueError as exc:
-            fail(str(exc))
+    log_dir = None if args.no_tensorboard else (args.log_dir or default_log_dir(controller.name, args))
+    try:  # where the run writes, before the run, not after it
+        if args.save:
+            check_save_file(args.save, beside)
+        if log_dir is not None:
+            check_output_folder("--log-dir", log_dir)
+    except ValueError as exc:
+        fail(str(exc))
     try:
         env_spec(args.env)  # an unknown id named with the package's ids, not gymnasium's nearest of any env
         envs = controller.make_envs(args.env, **env_kwargs_from_args(args))
@@ -266,7 +305,6 @@ def run_cli(controller: Any, args: argparse.Namespace) -> list[Any]:
         fail(f"cannot make {args.env}: {exc}")
     total_iterations = envs.get_attr("train_config")[0].total_iterations
     steps = math.ceil(total_iterations / envs.get_attr("steps_per_action")[0])
-    log_dir = None if args.no_tensorboard else (args.log_dir or default_log_dir(controller.name, args))
     logger = RunLogger(steps, log_dir)
     try:
         records = controller.run(envs, args.seed, logger)

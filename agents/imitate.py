@@ -27,12 +27,10 @@ true}' --env ALA-Digits-v0 --save runs/ramp.pt``
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, cast
 
 import gymnasium as gym
@@ -43,10 +41,15 @@ from torch.nn import functional as F
 import ala_gym  # noqa: F401  (registers the env ids)
 from ala_gym.agents import cli, resolve_controller
 from ala_gym.agents.reinforce import N_ACTIONS, PairPolicy, ReinforceConfig, save_policy
+from ala_gym.core.checks import FLOAT32_MAX, check_real
 from ala_gym.core.data import DataError, with_data_home
 from ala_gym.core.machine import cpu_model
 from ala_gym.registration import env_spec
 from ala_gym.wrappers import ChildAttributes
+
+RUN_ONLY_TEACHERS = ("ppo", "a2c", "adalfl")
+"""Registered controllers that act only inside their own ``run`` (Stable-Baselines3 builds its model there, AdaLFL
+trains the child itself), whereas :func:`teacher_rows` steps the children itself: no teachers."""
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,8 @@ class ImitateConfig:
 
     teacher: str = "phi-ramp"
     """The controller to clone: a registered name (``ala_gym.agents.CONTROLLERS``) whose
-    :meth:`ala_gym.agents.base.Controller.act` chooses the actions (one that imposes Phi has no actions to clone)."""
+    :meth:`ala_gym.agents.base.Controller.act` chooses the actions (one that imposes Phi has no actions to clone; ppo,
+    a2c and adalfl, :data:`RUN_ONLY_TEACHERS`, act only inside their own run)."""
     teacher_kwargs: dict[str, Any] = field(default_factory=lambda: {"start": 0.1, "end": 0.0, "follow": True})
     """Keywords of the teacher's factory (these are the default teacher's; on the command line, another
     ``--teacher`` without ``--teacher-kwargs`` gets none)."""
@@ -88,6 +92,13 @@ class ImitateConfig:
             raise ValueError(f"explore must be in [0, 1), got {self.explore}")
         if self.hidden < 1 or self.epochs < 1 or not self.lr > 0:
             raise ValueError(f"hidden, epochs and lr must be positive, got {self.hidden}, {self.epochs}, {self.lr}")
+        # An infinite lr passes the comparison above and fits a policy of NaN weights.
+        check_real("lr", self.lr, 0.0, FLOAT32_MAX, low_open=True)  # the policy is float32: no larger step applies
+        if self.teacher in RUN_ONLY_TEACHERS:
+            raise ValueError(
+                f"{self.teacher} chooses its actions only inside its own run, which cloning does not call; clone a "
+                "controller that acts in any state it is shown, such as phi-ramp"
+            )
 
 
 # ---------------------------------------------------------------------- rollouts
@@ -169,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         config = config_from_args(args)
-        cli.check_output_file("--save", args.save, ".pt")
+        cli.check_save_file(args.save, beside=(cli.PROVENANCE_SUFFIX,))
         env_spec(config.env)
         policy, outcome = imitate(config)
     except (ValueError, TypeError, gym.error.Error, DataError) as exc:  # JSONDecodeError is a ValueError
@@ -183,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
         "torch_threads": torch.get_num_threads(),
         "versions": {"ala_gym": ala_gym.__version__, "torch": torch.__version__},
     }
-    Path(args.save).with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
+    cli.write_provenance(args.save, record)
     print(f"policy cloned from {config.teacher} (agreement {outcome['agreement']:.3f}) written to {args.save}", file=sys.stderr)
 
 

@@ -71,6 +71,7 @@ import ala_gym  # noqa: F401  (registers the env ids)
 from ala_gym.agents import checkpoints, cli
 from ala_gym.agents.base import mean_off_diagonal
 from ala_gym.agents.reinforce import N_ACTIONS, PairPolicy
+from ala_gym.core.checks import FLOAT32_MAX, check_real
 from ala_gym.core.data import DataError, with_data_home
 from ala_gym.core.machine import cpu_model
 from ala_gym.envs.spec import task_spec
@@ -162,6 +163,9 @@ class MetaTrainConfig:
             raise ValueError("population, generations, hidden and steps_per_action must be positive")
         if not self.sigma > 0 or not self.lr > 0:
             raise ValueError(f"sigma and lr must be positive, got {self.sigma}, {self.lr}")
+        # Infinite ones pass the comparison above and make theta NaN; theta is float32: no larger value applies.
+        check_real("sigma", self.sigma, 0.0, FLOAT32_MAX, low_open=True)
+        check_real("lr", self.lr, 0.0, FLOAT32_MAX, low_open=True)
         if not 0 <= self.init_no_change < 1:
             raise ValueError(f"init_no_change must be in [0, 1), got {self.init_no_change}")
         if self.init_policy is not None and self.init_no_change > 0:
@@ -695,9 +699,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         config = cli.dataclass_from_args(MetaTrainConfig, args)
-        cli.check_output_file("--save", args.save, ".pt")  # before the search, not after it
+        # Where the run writes, before the search, not after it.
+        cli.check_save_file(args.save, beside=(cli.PROVENANCE_SUFFIX,))
         if args.state is not None:
             cli.check_output_file("--state", args.state)
+        if args.log_dir is not None:
+            cli.check_output_folder("--log-dir", args.log_dir)
         trainer = meta_train(config, args.state, args.log_dir)
     except (ValueError, TypeError, gym.error.Error, DataError, checkpoints.CheckpointError, MissingExtraError, EvaluationsLostError) as exc:  # JSONDecodeError is a ValueError
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
@@ -706,7 +713,7 @@ def main(argv: list[str] | None = None) -> None:
                         if args.state else "without --state the search starts over")  # fmt: skip
     trainer.save_policy(args.save)
     record = provenance(trainer, argv)
-    Path(args.save).with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
+    cli.write_provenance(args.save, record)
     print(f"meta-trained policy after {trainer.generation} generations written to {args.save}", file=sys.stderr)
 
 

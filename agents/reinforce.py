@@ -43,6 +43,7 @@ from torch.nn import functional as F
 
 from ala_gym.agents import checkpoints, cli
 from ala_gym.agents.base import Controller, EpisodeRecord, OnStep
+from ala_gym.core.checks import FLOAT32_MAX, check_int, check_real
 from ala_gym.wrappers import ChildAttributes
 
 N_ACTIONS = 3  # {-beta, 0, +beta}; beta itself is the env's (``beta=`` env keyword)
@@ -118,6 +119,13 @@ class ReinforceConfig:
             raise ValueError(f"return_horizon must be >= 1 and warmup_runs >= 0, got {self.return_horizon}, {self.warmup_runs}")
         if not 0 < self.discount <= 1 or not 0 <= self.episodic_weight <= 1:
             raise ValueError(f"need 0 < discount <= 1 and 0 <= episodic_weight <= 1, got {self.discount}, {self.episodic_weight}")
+        # What the comparisons above let through (NaN, as ``nan <= 0`` is False; an infinite lr, which makes the policy
+        # NaN at its first update) and the settings they leave out, checked as the env's are.
+        check_real("lr", self.lr, 0.0, FLOAT32_MAX, low_open=True)  # the policy is float32: no larger step applies
+        check_real("baseline_rate", self.baseline_rate, 0.0, 1.0)
+        check_real("entropy_coef", self.entropy_coef, 0.0)
+        check_int("replay_capacity", self.replay_capacity, 0)
+        check_int("replay_batch", self.replay_batch, 0)
 
     @classmethod
     def paper(cls) -> ReinforceConfig:

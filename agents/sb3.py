@@ -47,10 +47,13 @@ from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import ActorCriticPolicy
 
 from ala_gym.agents.base import Controller, EpisodeRecord, EpisodeRecorder, OnStep, step_logs
+from ala_gym.core.checks import FLOAT32_MAX, check_real
 from ala_gym.wrappers.sb3 import SB3VecEnv
 
 ALGORITHMS: dict[str, type[OnPolicyAlgorithm]] = {"ppo": PPO, "a2c": A2C}
 N_ACTIONS = 3
+MODEL_SUFFIX = ".zip"
+"""Suffix of Stable-Baselines3's own file of the model, written beside the policy file (:meth:`SB3Controller.save`)."""
 
 
 # ---------------------------------------------------------------------- the pair-shared policy
@@ -149,6 +152,9 @@ class SB3Config:
                 f"lr must be positive, gamma and gae_lambda in [0, 1], ent_coef >= 0; got {self.lr}, {self.gamma}, "
                 f"{self.gae_lambda}, {self.ent_coef}"
             )
+        # An infinite lr or ent_coef passes the comparisons above and makes the first update's logits NaN.
+        check_real("lr", self.lr, 0.0, FLOAT32_MAX, low_open=True)  # the policy is float32: no larger step applies
+        check_real("ent_coef", self.ent_coef, 0.0)
         try:
             torch.device(self.policy_device)
         except RuntimeError:
@@ -227,9 +233,11 @@ class SB3Controller(Controller):
     def check_settings(self) -> None:
         minibatch = self.config.batch_size or self.config.n_steps * self.num_envs
         if self.algo == "ppo" and minibatch < 2:  # PPO normalises the advantages over each minibatch
+            # A loaded policy keeps its saved settings, which passed here on more children (so batch_size 0, n_steps 1).
+            fix = "num_envs >= 2" if self.initial_state is not None else "batch_size >= 2, or n_steps x num_envs >= 2 with batch_size 0"
             raise ValueError(
-                f"PPO needs minibatches of at least 2 transitions, got {minibatch}: set batch_size >= 2, or n_steps x "
-                "num_envs >= 2 with batch_size 0"
+                f"PPO needs minibatches of at least 2 transitions, got {minibatch} (batch_size {self.config.batch_size}, "
+                f"n_steps {self.config.n_steps}, num_envs {self.num_envs}): set {fix}"
             )
 
     def env_kwargs(self) -> dict[str, Any]:
@@ -304,7 +312,7 @@ class SB3Controller(Controller):
         suffix ``.zip``, Stable-Baselines3's own file of the whole model (``PPO.load`` / ``A2C.load`` read it)."""
         assert self.model is not None, "nothing to save before a run"
         checkpoints.save_checkpoint(path, f"sb3-{self.algo}", asdict(self.config), self.model.policy.state_dict())
-        self.model.save(Path(path).with_suffix(".zip"))
+        self.model.save(Path(path).with_suffix(MODEL_SUFFIX))
 
     @classmethod
     def load(cls, path: str | Path, algo: str = "ppo", train: bool = False, num_envs: int = 10) -> SB3Controller:
@@ -330,7 +338,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.load:
         try:
             controller = SB3Controller.load(args.load, args.algo, train=not args.freeze, num_envs=args.num_envs)
-        except checkpoints.CheckpointError as exc:
+        except ValueError as exc:  # a damaged file (CheckpointError), or a child count its saved settings cannot use
             cli.fail(str(exc))
     else:
         try:
@@ -339,7 +347,7 @@ def main(argv: list[str] | None = None) -> None:
             cli.fail(str(exc))
     if not args.no_tensorboard:
         controller.log_dir = args.log_dir or cli.default_log_dir(controller.name, args)
-    cli.run_cli(controller, args)
+    cli.run_cli(controller, args, beside=(MODEL_SUFFIX,))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,155 @@
+"""Bad input to the learned controllers' configs and command lines is refused before any training, in one line
+with exit status 2: numbers that are not finite or out of range, a teacher that cannot be cloned, output paths
+(the log folder, the files written beside ``--save``) that could be written only after the run, if at all."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ala_gym.agents import checkpoints, imitate, meta_train
+from ala_gym.agents.imitate import ImitateConfig
+from ala_gym.agents.meta_train import MetaTrainConfig
+from ala_gym.agents.reinforce import ReinforceConfig, ReinforceController
+from ala_gym.agents.reinforce import main as reinforce_main
+from ala_gym.agents.sb3 import SB3Config, SB3Controller
+from ala_gym.agents.sb3 import main as sb3_main
+
+NAN, INF = math.nan, math.inf
+TINY_RUN = ["--num-envs", "2", "--total-iterations", "4", "--steps-per-action", "2", "--device", "cpu",
+            "--env-kwarg", "eval_points=1"]  # fmt: skip
+
+
+@pytest.mark.parametrize("config, kwargs, message", [
+    (ReinforceConfig, dict(lr=NAN), "lr must be a finite number"),
+    (ReinforceConfig, dict(lr=INF), "lr must be a finite number"),
+    (ReinforceConfig, dict(lr=1e39), "lr must be a finite number in"),  # beyond float32: the policy's steps
+    (ReinforceConfig, dict(entropy_coef=NAN), "entropy_coef must be a finite number"),
+    (ReinforceConfig, dict(entropy_coef=-0.1), "entropy_coef must be a finite number in \\[0, inf\\)"),
+    (ReinforceConfig, dict(baseline_rate=NAN), "baseline_rate must be a finite number in \\[0, 1\\]"),
+    (ReinforceConfig, dict(baseline_rate=1.5), "baseline_rate must be a finite number in \\[0, 1\\]"),
+    (ReinforceConfig, dict(replay_capacity=-1), "replay_capacity must be an integer >= 0"),
+    (ReinforceConfig, dict(replay_batch=-1), "replay_batch must be an integer >= 0"),
+    (ReinforceConfig, dict(replay_batch=2.5), "replay_batch must be an integer"),
+    (SB3Config, dict(lr=INF), "lr must be a finite number"),
+    (SB3Config, dict(ent_coef=INF), "ent_coef must be a finite number"),
+    (MetaTrainConfig, dict(lr=INF), "lr must be a finite number"),
+    (MetaTrainConfig, dict(sigma=INF), "sigma must be a finite number"),
+    (ImitateConfig, dict(lr=INF), "lr must be a finite number"),
+], ids=lambda value: value.__name__ if isinstance(value, type) else None)  # fmt: skip
+def test_a_config_refuses_a_number_that_is_not_finite_or_out_of_range(config: type, kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        config(**kwargs)
+
+
+def test_the_settings_at_the_ends_of_their_ranges_are_accepted() -> None:
+    ReinforceConfig(replay_capacity=0, replay_batch=0, baseline_rate=1.0, entropy_coef=0.0)
+    ReinforceConfig(baseline_rate=0.0)
+
+
+@pytest.mark.parametrize("teacher", ["ppo", "a2c", "adalfl"])
+def test_a_teacher_that_acts_only_inside_its_own_run_is_refused_before_any_rollout(teacher: str, tmp_path, capsys) -> None:
+    with pytest.raises(ValueError, match=f"{teacher} chooses its actions only inside its own run"):
+        ImitateConfig(teacher=teacher)
+    with pytest.raises(SystemExit) as caught:
+        imitate.main(["--teacher", teacher, "--save", str(tmp_path / "clone.pt")])
+    check_one_line(caught, capsys.readouterr().err, f"{teacher} chooses its actions only inside its own run")
+    assert not list(tmp_path.iterdir())
+
+
+def check_one_line(caught: pytest.ExceptionInfo[SystemExit], err: str, message: str) -> None:
+    assert caught.value.code == 2 and message in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def no_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every command line's training fails the test: a refusal must come first."""
+
+    def trained(*args: Any, **kwargs: Any) -> None:
+        pytest.fail("trained despite bad input")
+
+    for owner, name in [(ReinforceController, "run"), (SB3Controller, "run"), (meta_train, "meta_train"), (imitate, "imitate")]:
+        monkeypatch.setattr(owner, name, trained)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--lr", "nan"], "lr must be a finite number"),
+    (["--entropy-coef", "nan"], "entropy_coef must be a finite number"),
+    (["--replay-capacity", "-1"], "replay_capacity must be an integer >= 0"),
+    (["--replay-batch", "-1"], "replay_batch must be an integer >= 0"),
+    (["--baseline-rate", "nan"], "baseline_rate must be a finite number"),
+])  # fmt: skip
+def test_the_reinforce_command_line_refuses_a_bad_number_in_one_line(argv, message, monkeypatch, capsys) -> None:
+    no_training(monkeypatch)
+    with pytest.raises(SystemExit) as caught:
+        reinforce_main([*TINY_RUN, "--no-tensorboard", *argv])
+    check_one_line(caught, capsys.readouterr().err, message)
+
+
+def test_the_sb3_command_line_refuses_an_infinite_learning_rate_in_one_line(monkeypatch, capsys) -> None:
+    no_training(monkeypatch)
+    with pytest.raises(SystemExit) as caught:
+        sb3_main([*TINY_RUN, "--no-tensorboard", "--n-steps", "1", "--lr", "inf"])
+    check_one_line(caught, capsys.readouterr().err, "lr must be a finite number")
+
+
+def test_a_saved_ppo_policy_run_with_too_few_children_for_its_minibatch_is_one_line(tmp_path, monkeypatch, capsys) -> None:
+    # Trained with n_steps 1 on two children: on one child a rollout holds a single transition.
+    checkpoints.save_checkpoint(tmp_path / "ppo.pt", "sb3-ppo", asdict(SB3Config(n_steps=1)), {})
+    no_training(monkeypatch)
+    with pytest.raises(SystemExit) as caught:
+        sb3_main([*TINY_RUN, "--no-tensorboard", "--load", str(tmp_path / "ppo.pt"), "--num-envs", "1"])
+    check_one_line(caught, capsys.readouterr().err, "PPO needs minibatches of at least 2 transitions, got 1")
+    assert SB3Controller.load(tmp_path / "ppo.pt", "ppo", num_envs=2).num_envs == 2  # two children suffice
+
+
+COMMANDS: dict[str, Callable[[list[str]], Any]] = {
+    "reinforce": lambda argv: reinforce_main([*TINY_RUN, *argv]),
+    "sb3": lambda argv: sb3_main([*TINY_RUN, "--n-steps", "1", *argv]),
+    "meta_train": meta_train.main,
+    "imitate": imitate.main,
+}
+
+
+@pytest.mark.parametrize("command", ["reinforce", "sb3", "meta_train"])
+def test_a_log_dir_that_cannot_be_a_folder_is_refused_before_training(command: str, tmp_path: Path, monkeypatch, capsys) -> None:
+    no_training(monkeypatch)
+    (tmp_path / "a-file").write_text("")
+    save = ["--save", str(tmp_path / "policy.pt")]
+    for log_dir, message in [(tmp_path / "a-file", "is a file; name a folder"),
+                             (tmp_path / "a-file" / "logs", "a-file is no writable folder; name a folder in one")]:  # fmt: skip
+        with pytest.raises(SystemExit) as caught:
+            COMMANDS[command](["--log-dir", str(log_dir), *save])
+        err = capsys.readouterr().err
+        check_one_line(caught, err, f"--log-dir {log_dir}")
+        assert message in err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a-file"]
+
+
+@pytest.mark.parametrize("command, beside", [("sb3", ".zip"), ("meta_train", ".json"), ("imitate", ".json")])
+def test_a_folder_where_a_file_goes_beside_the_policy_is_refused_before_training(
+    command: str, beside: str, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    no_training(monkeypatch)
+    (tmp_path / f"policy{beside}").mkdir()
+    extra = ["--no-tensorboard"] if command == "sb3" else []
+    with pytest.raises(SystemExit) as caught:
+        COMMANDS[command]([*extra, "--save", str(tmp_path / "policy.pt")])
+    check_one_line(caught, capsys.readouterr().err, f"{tmp_path / f'policy{beside}'}, written beside it, is a folder")
+    assert sorted(path.name for path in tmp_path.iterdir()) == [f"policy{beside}"]
+
+
+def test_a_comparison_row_with_a_nan_learning_rate_fails_before_any_run(tmp_path, monkeypatch) -> None:
+    from ala_gym.benchmarks.compare import run
+    from ala_gym.benchmarks.compare.errors import ComparisonError
+
+    monkeypatch.setattr(run, "RESULTS", tmp_path)
+    monkeypatch.setattr(run, "run_one", lambda *args, **kwargs: pytest.fail("a run started"))
+    with pytest.raises(ComparisonError, match="controller 'reinforce\\(lr=NaN\\)': lr must be a finite number"):
+        run.compare("ALA-Digits-v0", ["reinforce(lr=NaN)"], [0], {"total_iterations": 20, "steps_per_action": 10}, "x")
+    assert not list(tmp_path.iterdir())
