@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as error:
         parser.exit(2, f"--device: {error}\n")
     out = Path(args.out)
-    check_out_folder(parser, out)
+    check_out_folder(parser, out, ("adalfl_cost.json", "adalfl_cost.md"))
     torch.set_num_threads(args.threads)
     for task in tasks:  # every task's data before the first is measured
         try:

@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.exit(2, f"{parser.prog}: error: --device cuda but torch sees no CUDA GPU; run on a GPU machine, or --device cpu --tiny\n")
     budget = "tiny" if args.tiny else "full"
     out = args.out or RESULTS
-    check_out_folder(parser, out)
+    check_out_folder(parser, out, ("meta_generation.json", "gpu.md"))
     out.mkdir(parents=True, exist_ok=True)
     runs = {"overhead": overhead.main, "throughput": throughput.main, "adalfl": adalfl_cost.main}
     walls: dict[str, float] = {}

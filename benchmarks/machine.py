@@ -24,12 +24,16 @@ def package_version(distribution: str) -> str | None:
         return None
 
 
-def check_out_folder(parser: argparse.ArgumentParser, out: Path) -> None:
+def check_out_folder(parser: argparse.ArgumentParser, out: Path, files: tuple[str, ...] = ()) -> None:
     """Exit 2 in one line if ``out`` cannot become the folder a report is written to (it, or a folder above it,
-    is a file). Asked before measuring: a report is written only once its measuring is done."""
+    is a file), or holds a folder where the report's ``files`` go. Asked before measuring: a report is written
+    only once its measuring is done."""
     for path in (out, *out.parents):
         if path.exists():
             if not path.is_dir():
                 fix = "name a folder (it is created if missing)"
                 parser.exit(2, f"{parser.prog}: error: --out {out}: {path} is a file, not a folder; {fix}\n")
-            return
+            break
+    for name in files:
+        if (out / name).is_dir():
+            parser.exit(2, f"{parser.prog}: error: --out {out}: {out / name} is a folder where the report goes; move it away\n")

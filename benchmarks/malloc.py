@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker:
         worker(args.worker, args.config, args.rounds)
         return
-    check_out_folder(parser, args.out)
+    check_out_folder(parser, args.out, ("malloc.json", "malloc.md"))
     # Here, before the workers start: a worker that fails on its data would only end the run with its traceback.
     if problem := data_problem(args.config, torch.device("cpu")):
         parser.exit(2, f"{parser.prog}: error: {problem}\n")

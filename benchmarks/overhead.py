@@ -383,7 +383,7 @@ def main(argv: list[str] | None = None) -> None:
                     if getattr(args, name) is not None and getattr(args, name) < 1]  # fmt: skip
     if not_positive:
         parser.error(f"{', '.join(not_positive)} must be positive")
-    check_out_folder(parser, args.out)
+    check_out_folder(parser, args.out, ("overhead.json", "overhead.md"))
     if args.data_root is not None:
         os.environ["ALA_GYM_DATA"] = str(args.data_root)
 

@@ -705,7 +705,7 @@ def main(argv: list[str] | None = None) -> None:
         except MissingExtraError as exc:
             parser.exit(2, f"{parser.prog}: error: --modes {' '.join(args.modes)}: {exc}\n")
 
-    check_out_folder(parser, args.out)
+    check_out_folder(parser, args.out, ("throughput.json", "throughput.md"))
     configs = configurations(args)
     refused = check_inputs(args, configs)
     if refused:

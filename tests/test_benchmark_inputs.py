@@ -94,6 +94,10 @@ def test_an_output_folder_that_is_a_file_is_refused_before_measuring(command, tm
         err = refused(main, [*argv, "--out", str(out)], capsys)
         assert f"{tmp_path / 'file'} is a file, not a folder" in err
     assert (tmp_path / "file").read_text() == "kept\n"
+    report = {"overhead": "overhead.md", "malloc": "malloc.json", "adalfl_cost": "adalfl_cost.json", "gpu": "gpu.md"}[command]
+    (tmp_path / "out" / report).mkdir(parents=True)  # a folder where the report goes: it would fail only when written
+    err = refused(main, [*argv, "--out", str(tmp_path / "out")], capsys)
+    assert f"{tmp_path / 'out' / report} is a folder where the report goes" in err
 
 
 @pytest.mark.parametrize(

@@ -93,6 +93,7 @@ def test_bad_input_is_refused_before_any_measuring_process(tmp_path, monkeypatch
     monkeypatch.setattr(throughput, "run_isolated", lambda config, timeout: pytest.fail("measured despite bad input"))
     monkeypatch.setenv("ALA_GYM_DATA", str(tmp_path / "no-data"))
     (tmp_path / "file").write_text("kept\n")
+    (tmp_path / "busy" / "throughput.json").mkdir(parents=True)
     wrongs = [
         ("--num-envs, --steps must be positive", ["--models", "mlp", "--num-envs", "0", "--steps", "0"]),
         ("CIFAR-10 not found", ["--models", "small_cnn"]),  # the CIFAR-10 subset is not under $ALA_GYM_DATA
@@ -104,6 +105,8 @@ def test_bad_input_is_refused_before_any_measuring_process(tmp_path, monkeypatch
         *(("--min-seconds must be a finite number of seconds, 0 or more", ["--models", "mlp", "--min-seconds", t])
           for t in ("-1", "nan")),
         (f"{tmp_path / 'file'} is a file, not a folder", ["--models", "mlp", "--out", str(tmp_path / "file" / "out")]),
+        (f"{tmp_path / 'busy' / 'throughput.json'} is a folder where the report goes",
+         ["--models", "mlp", "--out", str(tmp_path / "busy")]),
     ]  # fmt: skip
     for message, wrong in wrongs:
         with pytest.raises(SystemExit) as caught:
