@@ -82,6 +82,11 @@ SEARCHED = ("all", "action-head", "action-bias")
 """The values of :attr:`MetaTrainConfig.searched`."""
 RANK_TIES = ("position", "average", "loss")
 """The values of :attr:`MetaTrainConfig.rank_ties`."""
+ACTION_UNIFORMS = ("own", "perturbations")
+"""The values of :attr:`MetaTrainConfig.action_uniforms`."""
+PRIOR_DEFAULTS = {"action_uniforms": "perturbations"}
+"""Fields whose default computes otherwise than the runs made before they existed, with the value those runs
+had: what a checkpoint or a policy's record without the field ran with."""
 EXECUTION_FIELDS = ("workers", "ray_address")
 """The config fields that say where a run computes, not what: the checkpoint does not record them."""
 
@@ -133,6 +138,12 @@ class MetaTrainConfig:
     commands computed."""
     seed: int = 0
     """Seeds the policy's initial weights and every draw of every generation."""
+    action_uniforms: str = "own"
+    """Where the uniforms the children sample their actions with come from: ``"own"``, a stream of their own;
+    ``"perturbations"``, the perturbations' stream, as before this setting existed. There the first pairs'
+    perturbations are made of the very uniforms the children act with (``torch.randn`` transforms the stream's
+    uniforms), so the fitness differences correlate with the perturbations through the actions and bias the
+    gradient estimate; kept so that the shipped policies' commands compute what they computed."""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     """Further env keywords of every child (``device``, ``val_subsample``, ...)."""
     task_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -174,6 +185,8 @@ class MetaTrainConfig:
             raise ValueError(f"searched must be one of {', '.join(SEARCHED)}, got {self.searched!r}")
         if self.rank_ties not in RANK_TIES:
             raise ValueError(f"rank_ties must be one of {', '.join(RANK_TIES)}, got {self.rank_ties!r}")
+        if self.action_uniforms not in ACTION_UNIFORMS:
+            raise ValueError(f"action_uniforms must be one of {', '.join(ACTION_UNIFORMS)}, got {self.action_uniforms!r}")
         if self.workers < 0 or (self.pairs_per_evaluation is not None and self.pairs_per_evaluation < 1):
             raise ValueError(f"workers must be >= 0 and pairs_per_evaluation positive, got {self.workers}, {self.pairs_per_evaluation}")
         if not 1 <= self.tasks_per_generation <= len(set(self.tasks)):
@@ -272,6 +285,17 @@ def perturbations(policy: PairPolicy, population: int, seed: int, searched: str 
     return noise if searched == "all" else noise * searched_mask(policy, searched)
 
 
+def action_uniform_generator(noise_seed: int, source: str = "own") -> torch.Generator:
+    """The generator of the children's action uniforms of a task whose perturbations are drawn from
+    ``noise_seed`` (:func:`perturbations`): a stream of its own (``source="own"``: seeded from
+    ``[noise_seed, 1]`` through numpy's ``SeedSequence``), or the perturbations' own (``"perturbations"``; see
+    :attr:`MetaTrainConfig.action_uniforms`)."""
+    if source == "perturbations":
+        return torch.Generator().manual_seed(noise_seed)
+    (seed,) = np.random.SeedSequence([noise_seed, 1]).generate_state(1, np.uint64)
+    return torch.Generator().manual_seed(int(seed))
+
+
 def searched_mask(policy: PairPolicy, searched: str) -> torch.Tensor:
     """``[dims]``: 1 at the flattened parameters that ``searched`` names, 0 elsewhere."""
     head = f"net.{len(policy.net) - 1}."  # the action head's parameters: weight, bias
@@ -332,7 +356,7 @@ def run_children(
     try:
         higher_is_better = bool(cast(ChildAttributes, envs).get_attr("evaluator")[0].higher_is_better)
         observations, _ = envs.reset(seed=plan["env_seeds"][2 * pairs.start : 2 * pairs.stop])
-        uniforms = torch.Generator().manual_seed(plan["noise_seed"])
+        uniforms = action_uniform_generator(plan["noise_seed"], config.action_uniforms)
         params = [unflatten(policy, vector) for vector in vectors]
         fitness = np.full(num_children, np.nan)
         phi_off_diagonal = np.full(num_children, np.nan)
@@ -590,8 +614,9 @@ class MetaTrainer:
         checkpoint = checkpoints.load_checkpoint(
             path, CHECKPOINT_KIND, "it is no meta-training state: delete it to start the search over, or pass another --state"
         )
-        # A field added since the checkpoint was written takes its default, which computes what that version did.
-        recorded = {**config_record(MetaTrainConfig()), **checkpoint["config"]}
+        # A field added since the checkpoint was written takes its default, which computes what that version did,
+        # or, where the default computes otherwise, the value that version ran with (PRIOR_DEFAULTS).
+        recorded = {**config_record(MetaTrainConfig()), **PRIOR_DEFAULTS, **checkpoint["config"]}
         # Only the number of generations may differ: a finished run can be extended.
         given = {**config_record(config), "generations": recorded["generations"]}
         changed = [f"{key} {recorded[key]!r} -> {given[key]!r}" for key in recorded if recorded[key] != given.get(key)]

@@ -230,8 +230,10 @@ def test_every_shipped_policy_command_parses_to_the_config_it_recorded(record_pa
     for name, value in parsed.items():
         if name in getattr(module, "EXECUTION_FIELDS", ()):
             continue  # where a run computes is not recorded
-        # A field added after the record was written must be at its default, which computes what it computed.
-        assert value == record["config"].get(name, defaults[name]), name
+        # A field added after the record was written must be at the value it ran with: its default, or, where the
+        # default computes otherwise, the earlier behaviour's value (PRIOR_DEFAULTS).
+        ran_with = getattr(module, "PRIOR_DEFAULTS", {}).get(name, defaults[name])
+        assert value == record["config"].get(name, ran_with), name
 
 
 def test_the_tutorials_command_for_the_ramp_clone_is_the_one_its_provenance_records() -> None:

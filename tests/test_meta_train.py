@@ -23,6 +23,7 @@ from ala_gym.agents.meta_train import (
     MetaTrainConfig,
     MetaTrainer,
     RayEvaluators,
+    action_uniform_generator,
     centered_ranks,
     config_record,
     es_gradient,
@@ -245,6 +246,33 @@ def test_an_interrupted_run_resumes_bit_for_bit(tmp_path, global_rng_unchanged) 
     (tmp_path / "damaged.pt").write_bytes((tmp_path / "state.pt").read_bytes()[:100])
     with pytest.raises(checkpoints.CheckpointError, match="delete it to start the search over, or pass another --state"):
         meta_train(config, tmp_path / "damaged.pt")
+
+
+def test_the_children_act_on_uniforms_of_their_own_not_the_perturbations(tmp_path) -> None:
+    # torch.randn transforms its stream's uniforms: the perturbations' stream would hand the children the very
+    # uniforms the first pairs' perturbations are made of, so that the fitness differences correlate with them.
+    policy = MetaTrainer(tiny()).policy
+    noise_seed = 12345
+    uniforms = torch.rand(64, generator=torch.Generator().manual_seed(noise_seed))
+    own = torch.rand(64, generator=action_uniform_generator(noise_seed))
+    shared = torch.rand(64, generator=action_uniform_generator(noise_seed, "perturbations"))
+    assert torch.equal(shared, uniforms) and not torch.isclose(own, uniforms).any()
+    # Box-Muller on the shared stream's first 16 uniforms gives the first perturbation's first coordinates.
+    first = perturbations(policy, 1, noise_seed)[0, :8]
+    u1, u2 = 1 - uniforms[:8], uniforms[8:16]
+    assert torch.allclose(first, torch.sqrt(-2 * torch.log(u1)) * torch.cos(2 * torch.pi * u2), atol=1e-5)
+    # A run of the perturbations' stream, as the shipped policies ran, computes otherwise than one of its own.
+    assert not torch.equal(meta_train(tiny()).theta, meta_train(tiny(action_uniforms="perturbations")).theta)
+    # A checkpoint written before the setting existed ran with the perturbations' stream: resumed as such only.
+    meta_train(tiny(generations=1, action_uniforms="perturbations"), tmp_path / "state.pt")
+    checkpoint = torch.load(tmp_path / "state.pt", weights_only=True)
+    del checkpoint["config"]["action_uniforms"]
+    torch.save(checkpoint, tmp_path / "state.pt")
+    with pytest.raises(checkpoints.CheckpointError, match=r"another configuration \(action_uniforms 'perturbations' -> 'own'\)"):
+        meta_train(tiny(), tmp_path / "state.pt")
+    assert meta_train(tiny(action_uniforms="perturbations"), tmp_path / "state.pt").generation == 2
+    with pytest.raises(ValueError, match="action_uniforms must be one of own, perturbations"):
+        tiny(action_uniforms="shared")
 
 
 def test_the_command_line_checks_where_it_writes_before_the_search_and_stops_cleanly(tmp_path, monkeypatch, capsys) -> None:
