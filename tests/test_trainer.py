@@ -69,6 +69,13 @@ def test_global_rng_untouched(digits, global_rng_unchanged) -> None:
 def test_lr_schedule() -> None:
     config = TrainConfig(total_iterations=100, lr=0.1, lr_milestones=(0.5, 0.75), lr_decay=0.1)
     assert [config.lr_at(i) for i in (0, 49, 50, 74, 75, 99)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+    # A milestone whose product with the budget lands just above a whole number in floating point
+    # (0.55 * 100 = 55.00000000000001, 0.14 * 50 = 7.000000000000001) decays at that iteration, not the next.
+    for milestone, total, at in ((0.55, 100, 55), (0.14, 50, 7)):
+        rates = TrainConfig(total_iterations=total, lr=0.1, lr_milestones=(milestone,), lr_decay=0.1).lr_at
+        assert [rates(at - 1), rates(at)] == pytest.approx([0.1, 0.01]), milestone
+    # Between whole iterations it decays at the first one past the milestone: 0.3 * 35 = 10.5.
+    assert [TrainConfig(total_iterations=35, lr=0.1, lr_milestones=(0.3,)).lr_at(i) for i in (10, 11)] == pytest.approx([0.1, 0.01])
 
 
 def test_optimizer_follows_schedule(digits) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property, partial
@@ -108,8 +109,10 @@ class TrainConfig:
             object.__setattr__(self, name, value)
 
     @cached_property
-    def _milestone_iterations(self) -> list[float]:
-        return [m * self.total_iterations for m in self.lr_milestones]
+    def _milestone_iterations(self) -> list[int]:
+        # The first iteration at or past each milestone. Rounded first: 0.55 * 100 is 55.00000000000001 in
+        # floating point, whose ceiling would decay the rate one iteration after the 55th.
+        return [math.ceil(round(m * self.total_iterations, 9)) for m in self.lr_milestones]
 
     def outputs(self, data: ClassificationData) -> int:
         """The model's output width on ``data``: one logit per class, or the embedding width."""
