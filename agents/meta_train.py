@@ -319,11 +319,14 @@ class ChildOutcomes(NamedTuple):
     """The end of one evaluation's children (:func:`run_children`), one entry each, in their vectors' order."""
 
     fitness: np.ndarray
-    """The final validation metric, signed so that higher is better; ``-inf`` for a diverged child."""
+    """The final validation metric, signed so that higher is better: the metric's worst value for a diverged
+    child (the env scores it so), ``-inf`` for one whose run ended unmeasured."""
     phi_off_diagonal: np.ndarray
     """The mean off-diagonal entry of the final Phi (where Phi is a matrix; NaN otherwise)."""
     val_loss: np.ndarray
     """The final validation loss (the env's ``final_val_loss``); ``inf`` for a diverged child."""
+    diverged: np.ndarray
+    """Whether the child's training diverged (the env's ``diverged`` at the end of its run)."""
 
 
 def check_tasks(config: MetaTrainConfig) -> None:
@@ -361,6 +364,7 @@ def run_children(
         fitness = np.full(num_children, np.nan)
         phi_off_diagonal = np.full(num_children, np.nan)
         val_loss = np.full(num_children, np.inf)
+        diverged = np.zeros(num_children, dtype=bool)
         while np.isnan(fitness).any():
             # One uniform per pair of classes and pair of children: both children of a pair sample with it. Every
             # evaluation draws the whole generation's and keeps its pairs' rows, so that a pair's uniforms do not
@@ -380,6 +384,7 @@ def run_children(
                 fitness[child] = final if higher_is_better else -final
                 if measured[child]:
                     val_loss[child] = float(infos["final_val_loss"][child])
+                diverged[child] = bool(infos["diverged"][child])
                 phi = np.asarray(infos["phi"][child])
                 if phi.ndim == 2 and len(phi) > 1:
                     phi_off_diagonal[child] = mean_off_diagonal(phi)
@@ -387,7 +392,7 @@ def run_children(
                 break
     finally:
         envs.close()
-    return ChildOutcomes(np.nan_to_num(fitness, nan=-np.inf), phi_off_diagonal, val_loss)
+    return ChildOutcomes(np.nan_to_num(fitness, nan=-np.inf), phi_off_diagonal, val_loss, diverged)
 
 
 # ---------------------------------------------------------------------- evaluations on Ray actors
@@ -578,6 +583,7 @@ class MetaTrainer:
         fitness = np.concatenate([result.fitness for _, result in kept])
         phi_off_diagonal = np.concatenate([result.phi_off_diagonal for _, result in kept])
         val_loss = np.concatenate([result.val_loss for _, result in kept])
+        diverged = np.concatenate([result.diverged for _, result in kept])
         lost_pairs = config.population - len(pairs)
         if lost_pairs:
             print(f"warning: generation {self.generation + 1}: {lost_pairs} of {config.population} antithetic pairs "
@@ -589,7 +595,7 @@ class MetaTrainer:
             "task": plan["task"], "total_iterations": plan["total_iterations"],
             "fitness_mean": float(finite.mean()) if len(finite) else float("nan"),
             "fitness_best": float(finite.max()) if len(finite) else float("nan"),
-            "diverged": int((~np.isfinite(fitness)).sum()), "lost_pairs": lost_pairs,
+            "diverged": int(diverged.sum()), "lost_pairs": lost_pairs,
             "tied_pairs": int((fitness[0::2] == fitness[1::2]).sum()),
             "phi_off_diagonal_mean": float(np.nanmean(phi_off_diagonal)) if np.isfinite(phi_off_diagonal).any() else float("nan"),
         }  # fmt: skip

@@ -41,7 +41,8 @@ class PBTConfig:
     interval: int = 10
     """Controller steps between two rounds of exploit and explore."""
     quantile: float = 0.25
-    """Fraction of the population replaced each round (the bottom) and copied from (the top)."""
+    """Fraction of the population replaced each round (the bottom) and copied from (the top): rounded, at least one
+    child, at most half, so that the two groups never share a child."""
     initial_range: tuple[float, float] = (-0.1, 0.1)
     """Range of the children's initial off-diagonal values (uniform draws)."""
     explore_step: float = 0.01
@@ -117,7 +118,9 @@ class PBTController(Controller):
         metric = np.asarray(infos["val_metric_discounted"], dtype=np.float64)
         higher_is_better = bool(self.envs.evaluator.higher_is_better)
         order = np.argsort(-metric if higher_is_better else metric, kind="stable")  # best first
-        count = max(1, int(round(self.config.quantile * len(order))))
+        # At most half: with an odd population and quantile 0.5 the rounded share would put the median child in both
+        # groups, a top child to be replaced, or to copy a bottom one that another copy had just overwritten.
+        count = min(max(1, int(round(self.config.quantile * len(order)))), len(order) // 2)
         top, bottom = order[:count], order[-count:]
         for target in bottom:
             source = int(self.rng.choice(top))

@@ -127,7 +127,7 @@ def test_the_trainer_climbs_the_fitness_of_the_children_it_runs(monkeypatch) -> 
 
     def quadratic(policy, vectors, plan, *_):
         fitness = np.array([-float(((vector - target) ** 2).sum()) for vector in vectors])
-        return ChildOutcomes(fitness, np.zeros(len(vectors)), np.ones(len(vectors)))
+        return ChildOutcomes(fitness, np.zeros(len(vectors)), np.ones(len(vectors)), np.zeros(len(vectors), dtype=bool))
 
     monkeypatch.setattr(meta_train_module, "run_children", quadratic)
     start = trainer.theta.detach().clone()
@@ -160,7 +160,7 @@ def test_several_tasks_a_generation_average_their_own_estimates(monkeypatch) -> 
     fitness = {"ALA-Digits-v0": np.array([3.0, 3.0, 1.0, 2.0]), "ALA-Digits-AUCPR-v0": np.array([0.0, 1e3, 3e3, 2e3])}
     phi, loss = np.zeros(4), np.ones(4)
     monkeypatch.setattr(meta_train_module, "run_children",
-                        lambda policy, vectors, plan, *_: ChildOutcomes(fitness[plan["task"]], phi, loss))  # fmt: skip
+                        lambda policy, vectors, plan, *_: ChildOutcomes(fitness[plan["task"]], phi, loss, phi > 0))  # fmt: skip
     trainer = MetaTrainer(config)
     theta = trainer.theta.detach().clone()
     entries = trainer.step()
@@ -442,7 +442,9 @@ def test_a_diverged_child_ranks_last() -> None:
     config = tiny(population=1, env_kwargs={**TINY_ENV, "lr": 1e6})
     trainer = MetaTrainer(config)
     outcomes = run_children(trainer.policy, [trainer.theta.detach()] * 2, generation_plan(config, 0), config)
-    assert np.all(outcomes.fitness == -1.0) and np.all(outcomes.val_loss == np.inf)
+    assert np.all(outcomes.fitness == -1.0) and np.all(outcomes.val_loss == np.inf) and outcomes.diverged.all()
+    (entry,) = MetaTrainer(config).step()  # the generation's log counts them
+    assert entry["diverged"] == 2 and entry["fitness_mean"] == -1.0
 
 
 def test_a_child_that_ends_unmeasured_ranks_last(monkeypatch) -> None:

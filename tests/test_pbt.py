@@ -3,6 +3,8 @@ state into another, saving and restoring a single env's state bit for bit."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -167,14 +169,21 @@ def test_rounds_replace_the_rounded_quantile_and_explore_within_the_bounds() -> 
     controller = PBTController(config=config, num_envs=6)
     copies = []
     evaluator = SimpleNamespace(higher_is_better=True)
-    controller.envs = SimpleNamespace(evaluator=evaluator, copy_child=lambda source, target: copies.append((source, target)))
-    controller.rng, controller.steps = np.random.default_rng(0), 0
+    controller_envs = SimpleNamespace(evaluator=evaluator, copy_child=lambda source, target: copies.append((source, target)))
+    controller.envs, controller.rng, controller.steps = controller_envs, np.random.default_rng(0), 0
     controller.values = np.full(6, 0.15)
     controller.running = np.ones(6, dtype=bool)
     recall = {"val_metric_discounted": np.array([0.9, 0.1, 0.8, 0.2, 0.5, 0.4])}
     controller.learn(None, None, None, None, np.zeros(6, dtype=bool), recall)
     assert sorted(target for _, target in copies) == [1, 3] and {source for source, _ in copies} <= {0, 2}
     assert set(controller.values[[1, 3]]) <= {-0.2, 0.2}  # 0.15 -+ 0.5, kept in the bounds
+    # Half of 3 children rounds to 2, which would put the median child in both groups: one is replaced, by the best.
+    controller = PBTController(config=replace(config, quantile=0.5), num_envs=3)
+    copies.clear()
+    controller.envs, controller.rng, controller.steps = controller_envs, np.random.default_rng(6), 0
+    controller.values, controller.running = np.full(3, 0.15), np.ones(3, dtype=bool)
+    controller.learn(None, None, None, None, np.zeros(3, dtype=bool), {"val_metric_discounted": np.array([0.9, 0.5, 0.1])})
+    assert copies == [(0, 2)]
 
 
 def test_the_initial_values_are_drawn_from_the_run_seed() -> None:
