@@ -314,6 +314,7 @@ class ReinforceController(Controller):
         self.running = np.ones(envs.num_envs, dtype=bool)
         self._started = False
         self.returns = PendingReturns(envs.num_envs, self.config.return_horizon, self.config.discount)
+        self.step_index = 0  # which step of the run a decision was taken at: its leave-one-out group
         # Episodic credit: every child's decisions of this run, and its score (higher is better) when it ends.
         self.decisions: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(envs.num_envs)]
         self.scores = np.zeros((envs.num_envs, len(self.baseline)))
@@ -373,7 +374,8 @@ class ReinforceController(Controller):
         ended = np.asarray(dones, dtype=bool)[valid]
         if self.config.episodic_weight:
             self._track_run(valid, observations, actions, infos, ended)
-        payloads = [(observations[i], actions[i], next_observations[i]) for i in valid]
+        payloads = [(observations[i], actions[i], next_observations[i], self.step_index) for i in valid]
+        self.step_index += 1
         complete = self.returns.add(valid, payloads, per_pair, ended)
         step_weight = 1.0 - self.config.episodic_weight
         if complete and step_weight > 0:
@@ -386,7 +388,7 @@ class ReinforceController(Controller):
         """``updates_per_step`` REINFORCE steps on the decisions whose return is complete, each with its own
         replayed sample; the loss is scaled by ``weight``."""
         returns = np.stack([ret for _, _, ret in complete])
-        fresh_advantages = self._fresh_advantages(returns)
+        fresh_advantages = self._fresh_advantages(returns, [payload[3] for _, payload, _ in complete])
         fresh = [
             Transition(
                 torch.as_tensor(state),
@@ -395,7 +397,7 @@ class ReinforceController(Controller):
                 torch.as_tensor(next_state),
                 None if advantage is None else torch.as_tensor(advantage),
             )
-            for (_, (state, action, next_state), ret), advantage in zip(complete, fresh_advantages)
+            for (_, (state, action, next_state, _), ret), advantage in zip(complete, fresh_advantages)
         ]
         replays = [self._replay_sample() for _ in range(self.config.updates_per_step)]
         self.memory.extend(fresh)
@@ -463,13 +465,22 @@ class ReinforceController(Controller):
             losses.append(loss.item())
         return {"episodic_loss": float(np.mean(losses)), "episodic_credit": float(signs.mean())}
 
-    def _fresh_advantages(self, per_pair: np.ndarray) -> list[np.ndarray | None]:
-        """Leave-one-out advantages over the fresh children (``"loo"`` with two or more), else None:
-        the advantage is then the reward minus the moving average at update time."""
-        count = len(per_pair)
-        if self.config.baseline != "loo" or count < 2:
-            return [None] * count
-        return list(per_pair - leave_one_out_mean(per_pair))
+    def _fresh_advantages(self, per_pair: np.ndarray, steps: list[int]) -> list[np.ndarray | None]:
+        """Leave-one-out advantages (``"loo"``) among the fresh decisions taken at the same step (``steps``), where
+        two or more children took one; else None: the advantage is then the return minus the moving average at
+        update time. A step's decisions complete together, except at a run's end, where each child's last
+        ``return_horizon`` decisions complete at once: grouped by step, a decision's baseline is never its own
+        child's later return."""
+        advantages: list[np.ndarray | None] = [None] * len(per_pair)
+        if self.config.baseline != "loo":
+            return advantages
+        steps_array = np.asarray(steps)
+        for step in np.unique(steps_array):
+            members = np.flatnonzero(steps_array == step)
+            if len(members) >= 2:
+                for index, advantage in zip(members, per_pair[members] - leave_one_out_mean(per_pair[members])):
+                    advantages[index] = advantage
+        return advantages
 
     def _replay_sample(self) -> list[Transition]:
         if not self.memory:
