@@ -174,6 +174,10 @@ def test_aucpr_of_non_finite_logits_is_the_worst_value_and_an_absent_class_is_le
     logits, labels = torch.randn(60, 4, generator=generator), torch.randint(0, 3, (60,), generator=generator)
     per_class = average_precision_per_class(logits, labels)
     assert torch.isnan(per_class[3]) and torch.isfinite(per_class[:3]).all()  # class 3 has no sample
+    # Two classes, the second absent: torchmetrics alone gives -0.0 there (with a warning), not NaN.
+    with pytest.warns(UserWarning, match="No positive samples"):
+        assert torch.isnan(average_precision_per_class(logits[:, :2], torch.zeros(60, dtype=torch.int64))[1])
+    assert torch.isnan(average_precision_per_class(torch.full((60, 4), torch.nan), labels)[3])
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # torchmetrics' own macro average warns about the absent class
         assert float(aucpr(logits, labels)) == pytest.approx(float(per_class[:3].mean()), abs=1e-7)

@@ -70,7 +70,7 @@ def mean_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def average_precision_per_class(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """One-vs-rest average precision of each class (``[C]``), exact, from the softmax scores; NaN for a class
-    absent from ``labels``. All zeros if any logit is non-finite (a diverged child ranks nothing).
+    absent from ``labels``. Zero for every other class if any logit is non-finite (a diverged child ranks nothing).
 
     torchmetrics' ``multiclass_average_precision`` (``thresholds=None``: every distinct score is a threshold,
     as scikit-learn's ``average_precision_score``). The scores are passed as probabilities, always: given
@@ -88,7 +88,10 @@ def average_precision_per_class(logits: torch.Tensor, labels: torch.Tensor) -> t
     finite = torch.isfinite(logits).all()
     scores = torch.softmax(torch.where(finite, logits, torch.zeros_like(logits)).double(), dim=1)
     per_class = multiclass_average_precision(scores, labels, logits.shape[1], average="none", validate_args=False)
-    return torch.where(finite, per_class, torch.zeros_like(per_class)).float()
+    per_class = torch.where(finite, per_class, torch.zeros_like(per_class))
+    # torchmetrics gives NaN for an absent class, but -0.0 for the second of two: set here, whatever it gives.
+    present = torch.bincount(labels, minlength=logits.shape[1]) > 0
+    return torch.where(present, per_class, torch.full_like(per_class, float("nan"))).float()
 
 
 def aucpr(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
