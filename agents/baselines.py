@@ -10,7 +10,8 @@
 * ``label-smoothing``: cross-entropy with label smoothing 0.1, written as a fixed Phi.
 * ``phi-uniform``: Phi = I plus one small positive value on every off-diagonal entry, held fixed.
 * ``phi-ramp``: Phi = I plus one off-diagonal value that moves linearly with the child's progress, from
-  ``start`` at the first iteration to ``end`` at the last: when in a run a smoother loss pays.
+  ``start`` at the first iteration towards ``end``, set at the start of each step (so the last step trains at
+  ``start + (end - start) (T - K) / T``): when in a run a smoother loss pays.
 * ``online-smoothing``: online label smoothing (Zhang et al., IEEE TIP 2021): Phi recomputed before every
   step from the child's own correct predictions, no controller.
 
