@@ -126,6 +126,38 @@ def test_lost_worker_step_contract(make_ray) -> None:
         envs.get_attr("num_classes")
 
 
+def test_a_lost_worker_under_same_step_autoreset_ends_its_children_as_episodes_end(make_ray) -> None:
+    from ala_gym.wrappers.sb3 import SB3VecEnv
+
+    envs = make_ray(2, children_per_worker=1, autoreset_mode="SameStep")
+    venv = SB3VecEnv(envs)
+    venv.seed(0)
+    venv.reset()
+    actions = np.ones((2, N_PAIRS), dtype=np.int64)
+    venv.step(actions)
+    ray.kill(envs.workers[0])
+    observations, _, dones, infos = venv.step(actions)
+    # Stable-Baselines3 reads the ended episode's last observation from final_obs: there, and the same as returned.
+    assert dones.tolist() == [True, False] and infos[0]["worker_lost"]
+    np.testing.assert_array_equal(infos[0]["terminal_observation"], observations[0])
+
+
+def test_a_worker_that_died_between_steps_is_replaced_by_the_next_reset(make_ray) -> None:
+    envs = make_ray(2, children_per_worker=1)
+    envs.reset(seed=0)
+    envs.step(np.ones((2, N_PAIRS), dtype=np.int64))
+    ray.kill(envs.workers[1])
+    with pytest.raises(RuntimeError, match="died while resetting; .* call reset\\(\\) again"):
+        envs.reset(seed=0)
+    observations, _ = envs.reset(seed=0)  # as the message says: a new actor for the group
+    assert observations.shape == (2, N_PAIRS, 24) and not envs._lost.any()
+    envs.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        envs.get_attr("num_classes")
+    with pytest.raises(ValueError, match="children_per_worker must be an integer >= 1, got 2.0"):
+        make_ray(2, children_per_worker=2.0)
+
+
 def test_refuses_what_the_cluster_cannot_place_and_leaves_a_cluster_it_did_not_start(make_ray) -> None:
     with pytest.raises(ValueError, match="GPU"):
         make_ray(2, num_gpus_per_worker=1.0)
@@ -153,3 +185,19 @@ def test_starts_and_stops_a_local_cluster_when_none_runs(tmp_path: Path) -> None
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "(2, 55, 24) False"
+
+
+def test_a_refusal_stops_the_local_cluster_the_env_started(tmp_path: Path) -> None:
+    code = (
+        "import gymnasium as gym, ray, ala_gym\n"
+        f"kwargs = {TINY!r}\n"
+        "try:\n"
+        "    gym.make_vec('ALA-Digits-v0', num_envs=2, backend='ray', num_cpus=1, children_per_worker=1,\n"
+        "                 num_cpus_per_worker=1.0, **kwargs)\n"
+        "except ValueError as error:\n"
+        "    print('refused:', 'need 2 CPUs' in str(error), ray.is_initialized())\n"
+    )
+    env = {**__import__("os").environ, "ALA_GYM_CACHE": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "refused: True False"

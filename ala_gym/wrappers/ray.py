@@ -26,7 +26,7 @@ require("ray")  # before importing it: without the extra, one line saying which 
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
-from ala_gym.core.checks import check_no_options
+from ala_gym.core.checks import check_int, check_no_options, check_real
 from ala_gym.envs.vector import (
     ALAVectorEnv,
     check_actions,
@@ -117,7 +117,8 @@ class RayVectorEnv(VectorEnv):
     When an actor dies (killed process, lost node), the env goes on with the others. Each child of the
     lost actor ends its episode in the next :meth:`step`: terminated, reward ``worker_lost_reward``
     (default: the task's ``divergence_penalty``, -10, as a run that failed), its last observation, and its
-    last info with ``info["worker_lost"] = True`` (no ``test_metric``: the run was not finished). Until
+    last info with ``info["worker_lost"] = True`` (no ``test_metric``: the run was not finished; under
+    ``autoreset_mode=SAME_STEP`` also as ``final_obs`` and ``final_info``, as an ended episode's). Until
     the next :meth:`reset`, which starts a new actor for the group, those children return their last
     observation, reward 0, neither terminated nor truncated, and no info.
 
@@ -151,16 +152,18 @@ class RayVectorEnv(VectorEnv):
         **env_kwargs: Any,
     ) -> None:
         autoreset_mode = check_vector_args(num_envs, max_episode_steps, autoreset_mode, train_mode)
-        if children_per_worker < 1:
-            raise ValueError(f"children_per_worker must be positive, got {children_per_worker}")
-        if num_cpus_per_worker <= 0:
-            raise ValueError(f"num_cpus_per_worker must be positive, got {num_cpus_per_worker}")
+        children_per_worker = check_int("children_per_worker", children_per_worker, 1)
+        num_cpus_per_worker = check_real("num_cpus_per_worker", num_cpus_per_worker, 0.0, low_open=True)
         self.num_envs = num_envs
         self.groups = [range(a, min(a + children_per_worker, num_envs)) for a in range(0, num_envs, children_per_worker)]
         self.started_ray = start_ray(address, num_cpus)
-        self.num_gpus_per_worker = self._gpus_per_worker(num_gpus_per_worker, str(env_kwargs.get("device", "auto")))
-        self.num_cpus_per_worker = num_cpus_per_worker
-        self._check_capacity()
+        try:  # what the cluster cannot give is asked of it, so once it runs; a refusal stops a cluster started here
+            self.num_gpus_per_worker = self._gpus_per_worker(num_gpus_per_worker, str(env_kwargs.get("device", "auto")))
+            self.num_cpus_per_worker = num_cpus_per_worker
+            self._check_capacity()
+        except BaseException:
+            stop_ray(self.started_ray)
+            raise
         self._worker_args = (
             env_id,
             dict(env_kwargs, max_episode_steps=max_episode_steps, autoreset_mode=autoreset_mode, train_mode=train_mode),
@@ -200,6 +203,7 @@ class RayVectorEnv(VectorEnv):
             try:
                 results.append(ray.get(self.workers[g].reset.remote(group_seeds)))
             except RayActorError as error:
+                self._lost[g] = True  # the next reset() starts a new actor for it
                 raise RuntimeError(
                     f"the Ray worker of children {group.start}..{group.stop - 1} died while resetting; "
                     "check the cluster's logs (memory, GPUs) and call reset() again"
@@ -250,6 +254,7 @@ class RayVectorEnv(VectorEnv):
     def get_attr(self, name: str) -> tuple[Any, ...]:
         """Per child: ``"phi"`` (``C x C``; a lost worker's children keep their last one) or an attribute
         every child shares, as a single env of the task has it (asked of one live worker)."""
+        check_open(self)
         live = [g for g in range(len(self.groups)) if not self._lost[g]]
         if name != "phi":
             for g in live:
@@ -339,6 +344,10 @@ class RayVectorEnv(VectorEnv):
                 continue
             last = self._last_info[child]
             info = dict(last, worker_lost=True, row_improvement=np.zeros_like(last["row_improvement"]))
+            if self.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP:
+                # The same-step contract of an episode's end: its last observation and info beside the step's (the
+                # child cannot be reset without an actor, so the step's observation is that same last one).
+                info = dict(info, final_obs=self._observations[child].copy(), final_info=dict(info))
             rewards[child], terminations[child] = self.worker_lost_reward, True
             self._reported[child] = True
             infos = self._add_info(infos, info, child)
