@@ -106,6 +106,19 @@ def test_episodes_follow_the_seed_alone_and_leave_the_global_rng_alone(wine, glo
     assert 0.0 <= first[-1] <= 1.0
 
 
+class NoisyNet(OwnNet):
+    """Draws from torch's global generator in every forward, evaluation included (input noise)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x + 0.01 * torch.randn_like(x))
+
+
+def test_a_model_that_draws_in_every_forward_leaves_the_global_rng_alone(wine, global_rng_unchanged) -> None:
+    with global_rng_unchanged():  # the model's check at gym.make included, which runs it in evaluation mode
+        first = rollout(make(wine, model=NoisyNet), seed=3)
+    assert same(first, rollout(make(wine, model=NoisyNet), seed=3))
+
+
 def test_native_vector_env_reproduces_the_single_envs(wine) -> None:
     envs = gym.make_vec(ENV_ID, num_envs=2, dataset=wine, model=OwnNet, **TINY)
     assert isinstance(envs, ALAVectorEnv) and envs.train_mode == "sequential"  # a factory's model: sequential
@@ -119,6 +132,39 @@ def test_native_vector_env_reproduces_the_single_envs(wine) -> None:
         single_step = single.step(actions[child])
         np.testing.assert_array_equal(single_step[0], vector_step[0][child])
         assert single_step[1] == vector_step[1][child]
+    envs.close()
+
+
+class PartlyFrozenNet(nn.Module):
+    """A fixed feature layer (requires_grad False), a trained head, and a parameter the forward never uses."""
+
+    def __init__(self, input_shape: tuple[int, ...], num_outputs: int) -> None:
+        super().__init__()
+        self.features = nn.Linear(input_shape[0], 16).requires_grad_(False)
+        self.head = nn.Linear(16, num_outputs)
+        self.spare = nn.Parameter(torch.ones(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.features(x)))
+
+
+@pytest.mark.parametrize("train_mode", ["sequential", "batched"])
+def test_a_frozen_layer_keeps_its_weights_and_an_unused_parameter_trains_nothing(wine, train_mode: str) -> None:
+    envs = gym.make_vec(ENV_ID, num_envs=2, dataset=wine, model=PartlyFrozenNet, train_mode=train_mode, **TINY)
+    envs.reset(seed=0)
+
+    def weights(name: str) -> list[torch.Tensor]:
+        children = envs.unwrapped._children
+        if train_mode == "batched":
+            return [children.params[name][i].detach().clone() for i in range(2)]
+        return [trainer.model.get_parameter(name).detach().clone() for trainer in children.trainers]
+
+    before = {name: weights(name) for name in ("features.weight", "head.weight", "spare")}
+    envs.step(np.ones((2, *envs.single_action_space.shape), dtype=np.int64))
+    after = {name: weights(name) for name in before}
+    assert all(torch.equal(a, b) for a, b in zip(before["features.weight"], after["features.weight"]))
+    assert not any(torch.equal(a, b) for a, b in zip(before["head.weight"], after["head.weight"]))
+    assert all(torch.allclose(value, torch.ones(3), atol=0.01) for value in after["spare"])  # weight decay alone
     envs.close()
 
 

@@ -97,6 +97,15 @@ def test_a_one_row_task_runs_as_a_vector_env_with_a_task_per_child():
     assert envs.get_attr("phi")[1] == pytest.approx([0.25])  # a refused value changes no child
 
 
+def test_a_controller_runs_a_task_whose_info_names_no_phi():
+    # Every step's info carries the task's phi, which the controllers' records read: a task need not add it.
+    from ala_gym.agents.baselines import FixedPhi
+
+    envs = ALAVectorEnv(SmoothingEnv, 2, train_mode="sequential", **TINY)
+    records = FixedPhi(loss_form=None, num_envs=2).run(envs, seed=0)
+    assert [record.phi[-1] for record in records] == [[0.0], [0.0]] and all(np.isfinite(r.test_metric) for r in records)
+
+
 def test_actions_are_checked_against_the_task_rows():
     with pytest.raises(ValueError, match="one entry per row"):
         check_action(np.array([1, 1]), 1)

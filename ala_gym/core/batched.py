@@ -41,7 +41,14 @@ from ala_gym.core.losses import ParamLoss, PhiLoss
 from ala_gym.core.metrics import Evaluation, Evaluator, evaluate_models
 from ala_gym.core.models import ModelSpec, is_builtin
 from ala_gym.core.sgd import Tensors, sgd_step
-from ala_gym.core.trainer import ChildRecord, SequentialChildren, TrainConfig, resolve_evaluator, seed_streams
+from ala_gym.core.trainer import (
+    ChildRecord,
+    SequentialChildren,
+    TrainConfig,
+    resolve_evaluator,
+    seed_streams,
+    trained_gradients,
+)
 
 TRAIN_MODES = ("auto", "batched", "sequential")
 
@@ -169,9 +176,13 @@ class BatchedTrainer:
         self.num_children = len(seeds)
         models = [self._build(seed) for seed in seeds]
         params, buffers = stack_module_state(models)
-        self.params = {name: value.detach().requires_grad_() for name, value in params.items()}
+        trainable = {name for name, parameter in models[0].named_parameters() if parameter.requires_grad}
+        # Every parameter goes into the forward; the trainable ones alone are differentiated and updated (a frozen
+        # layer of one's own model keeps its values, as in ChildTrainer).
+        self.params = {name: value.detach().requires_grad_(name in trainable) for name, value in params.items()}
+        self.trained = {name: value for name, value in self.params.items() if name in trainable}
         self.buffers = buffers
-        self.momentum = {name: torch.zeros_like(value) for name, value in self.params.items()}
+        self.momentum = {name: torch.zeros_like(value) for name, value in self.trained.items()}
         # A stateless copy on the meta device: functional_call swaps the stacked tensors in.
         self._base = copy.deepcopy(models[0]).to("meta")
         self._stacked = (
@@ -283,13 +294,13 @@ class BatchedTrainer:
         cfg = self.config
         with torch.no_grad():
             if saved_buffers is None:  # every child trains
-                sgd_step(self.params, grads, self.momentum, lr=lr, momentum=cfg.momentum,
+                sgd_step(self.trained, grads, self.momentum, lr=lr, momentum=cfg.momentum,
                          weight_decay=cfg.weight_decay, inplace=True)  # fmt: skip
             else:
                 new_params, new_momentum = sgd_step(
-                    self.params, grads, self.momentum, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+                    self.trained, grads, self.momentum, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
                 )
-                _masked_copy(self.params, new_params, self.params, mask)
+                _masked_copy(self.trained, new_params, self.trained, mask)
                 if new_momentum is not None:  # None without momentum: the buffers stay unused zeros
                     _masked_copy(self.momentum, new_momentum, self.momentum, mask)
                 # the forward updated every child's BatchNorm statistics: the inactive ones get theirs back
@@ -302,7 +313,8 @@ class BatchedTrainer:
         kernel: str | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:  # fmt: skip
         """The forward and backward of one iteration (:meth:`train_step` without the batches and the update): the
-        per-child losses ``[N]`` (zero where ``mask`` is False) and their gradients, one per stacked parameter.
+        per-child losses ``[N]`` (zero where ``mask`` is False) and their gradients, one per trainable stacked
+        parameter (:attr:`trained`; zero for one the forward leaves out).
         ``benchmarks/throughput.py`` times it alone, as the ceiling of the batched path's kernels."""
         if not self._base.training:  # only evaluation switches it off: no walk over the modules per iteration
             self._base.train()
@@ -312,7 +324,7 @@ class BatchedTrainer:
         else:
             losses = fused_losses(logits, labels, loss_params, kernel)
         masked = torch.where(mask, losses, torch.zeros_like(losses))
-        return masked, torch.autograd.grad(masked.sum(), list(self.params.values()))
+        return masked, trained_gradients(masked.sum(), list(self.trained.values()))
 
     def train_chunks(
         self, plans: dict[int, list[int]], losses: list[ParamLoss], split: Split, evaluator: Evaluator | str,

@@ -132,7 +132,8 @@ class TrainConfig:
         name, shape = model_name(self.model), data.image_shape
         try:
             model = self.build_model(data, 0)
-            with torch.no_grad():
+            # Forked: a forward that draws random numbers (noise, dropout kept on) leaves the global state alone.
+            with torch.no_grad(), seeded_global_rng(0, data.device):
                 outputs = model.eval()(data.normalize(data.train.images[:2]))
         except ModelError:  # build_model's own checks say what is wrong already
             raise
@@ -185,6 +186,13 @@ def seed_streams(seed: int, count: int) -> list[int]:
     return [int(s) for s in np.random.SeedSequence(seed).generate_state(count, dtype=np.uint64) >> np.uint64(1)]
 
 
+def trained_gradients(loss: torch.Tensor, params: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """``loss``'s gradients with respect to ``params``, zero for one the loss does not depend on (a layer of one's
+    own model that this forward leaves out), where ``torch.autograd.grad`` would fail."""
+    grads = torch.autograd.grad(loss, list(params), allow_unused=True)
+    return tuple(torch.zeros_like(p) if g is None else g for p, g in zip(params, grads))
+
+
 class ChildTrainer:
     """Trains one child model with momentum SGD under a loss given per call.
 
@@ -204,8 +212,9 @@ class ChildTrainer:
         init_seed, batch_seed, forward_seed = seed_streams(seed, 3)
         self.model: nn.Module = config.build_model(data, init_seed)
         self._forward_generator = None if is_builtin(config.model) else torch.Generator().manual_seed(forward_seed)
-        # The parameters as a dict of the module's own tensors: sgd_step updates them in place.
-        self.params: Tensors = dict(self.model.named_parameters())
+        # The trainable parameters as a dict of the module's own tensors: sgd_step updates them in place. A frozen
+        # one (requires_grad False: a fixed feature extractor of one's own model) keeps its values.
+        self.params: Tensors = {name: p for name, p in self.model.named_parameters() if p.requires_grad}
         self._param_list = list(self.params.values())
         self.velocity: Tensors | None = None  # momentum buffers; None before the first step (as torch.optim.SGD)
         self.lr = config.lr
@@ -231,7 +240,7 @@ class ChildTrainer:
         with self._forward_rng():
             outputs = self.model(inputs)
         loss = loss_fn(outputs, labels)
-        grads = torch.autograd.grad(loss, self._param_list)
+        grads = trained_gradients(loss, self._param_list)
         with torch.no_grad():
             _, self.velocity = sgd_step(
                 self.params, grads, self.velocity, lr=self.lr, momentum=config.momentum,

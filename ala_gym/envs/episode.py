@@ -228,6 +228,7 @@ class Episode:
             "val_metric_discounted": self._last_metric,
             "train_loss": train_loss,
             "iteration": iteration,
+            "phi": self.task.phi,  # every task's: the controllers and the benchmark read it
             **self.task.info(evaluation),
             "diverged": diverged,
         }

@@ -114,7 +114,8 @@ class LossTask(ABC):
 
     @abstractmethod
     def info(self, evaluation: Evaluation) -> dict[str, Any]:
-        """The task's own keys of a step's ``info`` (for example ``phi`` and ``confusion``)."""
+        """The task's own keys of a step's ``info`` (for example ``confusion``), beside the keys every task's info
+        has: ``phi`` among them (:attr:`phi`, unless given here)."""
 
 
 def check_values(value: Any, rows: int, bounds: tuple[float, float]) -> np.ndarray:
