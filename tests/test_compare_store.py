@@ -68,6 +68,14 @@ def test_a_store_file_this_user_may_not_read_is_named(tmp_path, monkeypatch):
         read_json(tmp_path / "config.json", {}, "delete it")
 
 
+def test_env_keywords_that_no_json_holds_are_refused_before_the_folder_is_made(results_dir, monkeypatch):
+    no_training(monkeypatch)
+    data = (np.zeros((8, 3)), np.arange(8) % 2, np.zeros((4, 3)), np.arange(4) % 2)
+    with pytest.raises(ComparisonError, match="env keywords must be JSON values.*register_dataset"):
+        compare_run.compare("ALA-Classification-v0", ["ce"], [0], {"dataset": data}, "arrays")
+    assert not (results_dir / "arrays").exists()
+
+
 DAMAGED = [
     ("config.json", "{\"env\": ", "not valid JSON"),
     ("config.json", "[]", "a list, not an object"),

@@ -301,6 +301,24 @@ def _channels_last_images(wine) -> tuple:
             rng.integers(0, 256, (len(y_test), 8, 8, 3), dtype=np.uint8), y_test)  # fmt: skip
 
 
+class Squeezed(nn.Linear):
+    """Drops the batch dimension of a single input: fine for two, wrong for evaluation's last batch of one."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x).squeeze()
+
+
+class TrainingExtra(nn.Linear):
+    """One more output in training mode than in evaluation mode."""
+
+    def __init__(self, features: int, outputs: int) -> None:
+        super().__init__(features, outputs + 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        return out if self.training else out[:, :-1]
+
+
 class Scale(nn.Module):
     def __init__(self, factor: float) -> None:
         super().__init__()
@@ -321,12 +339,19 @@ class Scale(nn.Module):
         (lambda w: dict(dataset=_shifted(w, 3, lambda y: np.where(y == 2, 6, y))),
          r"class\(es\) \[3, 4, 5, 6\] .* training split"),
         (lambda w: dict(dataset=w, val_size=1), r"no sample in the validation split"),
-        (lambda w: dict(dataset=_shifted(w, 0, _with_nan)), "x_train holds NaN or infinite values .first in sample 5"),
+        (lambda w: dict(dataset=w, val_subsample=2), r"validation subsample of 2 samples .* has no sample of class"),
+        (lambda w: dict(dataset=_shifted(w, 0, _with_nan)), "x_train holds NaN or infinite values.*first in sample 5"),
+        (lambda w: dict(dataset=_shifted(w, 2, lambda x: np.where(np.arange(len(x))[:, None] == 3, 1e300, x))),
+         "x_test holds NaN or infinite values, or values beyond float32's range.*first in sample 3"),
         (lambda w: dict(dataset=_shifted(w, 2, lambda x: x[:, :5])), "both need one input shape"),
         (lambda w: dict(dataset=w[:2]), "dataset must be a registered name"),
         (lambda w: dict(dataset="no-such-data"), "unknown dataset 'no-such-data'"),
         (lambda w: dict(dataset=w, model=lambda shape, n: nn.Linear(shape[0], n + 2)),
-         r"returns \(2, 5\) for a batch of 2 inputs of shape \(13,\); expected a tensor of shape \(2, 3\)"),
+         r"returns \(2, 5\) for a batch of 2 inputs of shape \(13,\) in evaluation mode; expected a tensor of shape \(2, 3\)"),
+        (lambda w: dict(dataset=w, model=lambda shape, n: Squeezed(shape[0], n)),
+         r"returns \(3,\) for a batch of 1 input of shape \(13,\) in evaluation mode; expected .* \(1, 3\)"),
+        (lambda w: dict(dataset=w, model=lambda shape, n: TrainingExtra(shape[0], n)),
+         r"returns \(2, 4\) for a batch of 2 inputs of shape \(13,\) in training mode; expected .* \(2, 3\)"),
         (lambda w: dict(dataset=w, model=lambda shape, n: "a network"), "returned a str, not an nn.Module"),
         (lambda w: dict(dataset=w, model=OwnNet((13,), 3)), "model is an instance of OwnNet; pass a factory"),
         (lambda w: dict(dataset=w, model="small_cnn"), r"model 'small_cnn' fails on inputs of shape \(13,\)"),
@@ -338,8 +363,10 @@ class Scale(nn.Module):
         (lambda w: dict(dataset=_channels_last_images(w), model="small_cnn"),
          r"images go channels first, \[N, C, H, W\]"),
     ],
-    ids=["lengths", "y-2d", "float-labels", "negative-label", "missing-classes", "class-missing-from-validation", "nan",
-         "feature-count", "not-four-arrays", "unknown-name", "output-size", "not-a-module", "module-instance",
+    ids=["lengths", "y-2d", "float-labels", "negative-label", "missing-classes", "class-missing-from-validation",
+         "class-missing-from-the-subsample", "nan", "beyond-float32",
+         "feature-count", "not-four-arrays", "unknown-name", "output-size", "squeezed-single-input",
+         "other-width-in-training", "not-a-module", "module-instance",
          "model-does-not-fit", "unknown-model", "non-finite-outputs", "too-few-samples", "no-training-spread",
          "channels-last-images"],  # fmt: skip
 )

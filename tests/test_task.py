@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 from ala_gym.core.losses import PhiLoss
 from ala_gym.core.metrics import Evaluation
@@ -70,11 +71,14 @@ class SmoothingEnv(ALAClassificationEnv):
         return dataclasses.replace(super().make_spec(**keywords), loss=SmoothingLoss())
 
 
-def test_a_one_row_task_passes_the_env_checker_and_moves_its_value():
+def test_a_one_row_task_passes_both_env_checkers_and_moves_its_value():
     env = SmoothingEnv(**TINY)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         check_env(env, skip_render_check=True)
+        # The (rows, features) Box draws SB3's flattening advice, as for every id.
+        warnings.filterwarnings("ignore", message=".*unconventional shape.*")
+        sb3_check_env(SmoothingEnv(**TINY), warn=True)
     assert env.observation_space.shape == (1, env.settings.n_features) and env.action_space.shape == (1,)
     observation, info = env.reset(seed=0)
     assert info["smoothing"] == 0.0 and observation[0, -2] == 0.0

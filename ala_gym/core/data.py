@@ -844,7 +844,10 @@ def _user_inputs(inputs: torch.Tensor, what: str) -> torch.Tensor:
     finite = torch.isfinite(inputs.flatten(1)).all(dim=1)
     if not finite.all():
         first = int(torch.nonzero(~finite)[0])
-        raise ValueError(f"dataset: {what} holds NaN or infinite values (first in sample {first}); impute or drop them")
+        raise ValueError(
+            f"dataset: {what} holds NaN or infinite values, or values beyond float32's range (about 3.4e38), in which "
+            f"the children train (first in sample {first}); impute, drop or rescale them"
+        )
     return inputs
 
 

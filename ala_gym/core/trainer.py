@@ -124,17 +124,24 @@ class TrainConfig:
         return build_model(self.model, data.image_shape, self.outputs(data), generator, data.device)
 
     def probe_model(self, data: ClassificationData) -> nn.Module:
-        """This config's model for ``data`` (seed 0), run once in evaluation mode on two training inputs.
+        """This config's model for ``data`` (seed 0), run on two training inputs and on one in evaluation mode
+        (evaluation's last batch may hold one), and on two in training mode.
 
-        A model that cannot be built or run on ``data``'s inputs, or whose outputs are not ``[2, outputs]`` of
-        finite numbers, is refused here with one ``ValueError`` line, not at the first reset or SGD step.
+        A model that cannot be built or run on ``data``'s inputs, or whose outputs are not ``[batch, outputs]``
+        of finite numbers, is refused here with one ``ValueError`` line, not at the first reset, SGD step or
+        evaluation (a ``squeeze`` in the forward passes a batch of two and fails on one, after the training).
         """
         name, shape = model_name(self.model), data.image_shape
+        probes = (("evaluation", 2), ("evaluation", 1), ("training", 2))
         try:
             model = self.build_model(data, 0)
-            # Forked: a forward that draws random numbers (noise, dropout kept on) leaves the global state alone.
+            outputs = []
+            # Forked: a forward that draws random numbers (noise, dropout) leaves the global state alone.
             with torch.no_grad(), seeded_global_rng(0, data.device):
-                outputs = model.eval()(data.normalize(data.train.images[:2]))
+                for mode, count in probes:
+                    model.train(mode == "training")
+                    outputs.append(model(data.normalize(data.train.images[:count])))
+            model.eval()
         except ModelError:  # build_model's own checks say what is wrong already
             raise
         except Exception as exc:  # whatever a model does with inputs it was not made for
@@ -143,14 +150,16 @@ class TrainConfig:
                 f"model {name} fails on inputs of shape {shape} with {self.outputs(data)} outputs: "
                 f"{type(exc).__name__}: {reason}{_image_layout_hint(data)}"
             ) from exc
-        expected = (2, self.outputs(data))
-        got = tuple(outputs.shape) if isinstance(outputs, torch.Tensor) else type(outputs).__name__
-        if got != expected:
-            raise ValueError(
-                f"model {name} returns {got} for a batch of 2 inputs of shape {shape}; expected a tensor of shape "
-                f"{expected} (one output per {'class' if self.output_size is None else 'embedding dimension'})"
-            )
-        if not bool(torch.isfinite(outputs).all()):  # the first observation would hold NaN, outside its space
+        for (mode, count), output in zip(probes, outputs):
+            expected = (count, self.outputs(data))
+            got = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+            if got != expected:
+                raise ValueError(
+                    f"model {name} returns {got} for a batch of {count} input{'s' if count > 1 else ''} of shape "
+                    f"{shape} in {mode} mode; expected a tensor of shape {expected} (one output per "
+                    f"{'class' if self.output_size is None else 'embedding dimension'} and input)"
+                )
+        if not all(bool(torch.isfinite(output).all()) for output in outputs):  # the first observation would hold NaN
             raise ValueError(
                 f"model {name} returns non-finite outputs (inf or NaN) at initialisation for two training inputs of "
                 f"shape {shape}; check its initial weights and any scaling in its forward"

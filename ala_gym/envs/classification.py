@@ -62,6 +62,15 @@ class ClassificationLoss:
         phi_init = check_phi(np.eye(num_classes) if self.phi_init is None else self.phi_init, num_classes)
         val_eval = spec.data.validation(data)
         val_class_counts = torch.bincount(val_eval.labels, minlength=num_classes).cpu().numpy()
+        # The rows of a class the reward's subsample lacks would read placeholder statistics all run.
+        held = torch.bincount(data.val.labels, minlength=num_classes).cpu().numpy() > 0
+        missing = np.flatnonzero(held & (val_class_counts == 0)).tolist()
+        if missing:
+            raise ValueError(
+                f"the validation subsample of {len(val_eval)} samples (val_subsample, drawn from split_seed="
+                f"{spec.data.split_seed}) has no sample of class(es) {missing}, which the validation split holds: "
+                "raise val_subsample, or pass val_subsample=None to measure on the whole split"
+            )
         task_settings = ClassPairSettings(
             num_classes=num_classes, beta=self.beta, loss_form=self.loss_form,
             sigmoid_temperature=self.sigmoid_temperature, negative_floor=self.negative_floor,

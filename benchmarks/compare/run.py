@@ -121,6 +121,14 @@ def compare(
     starting it (:func:`claim`), so none is run twice; a process that has nothing left to start waits
     for the runs others hold, and runs any whose process died, so the table it writes is complete.
     """
+    try:  # the folder's config.json records them: arrays or a model factory cannot be, nor compared on resume
+        json.dumps(env_kwargs)
+    except (TypeError, ValueError) as error:
+        raise ComparisonError(
+            f"env keywords must be JSON values, which the results record ({error}); give data and models of one's own "
+            "by name (ala_gym.core.data.register_dataset, ala_gym.core.models.register_model, in an env id's module "
+            "passed as --env module:EnvId)"
+        ) from None
     repeated = sorted({spec for spec in controllers if controllers.count(spec) > 1})
     if repeated:  # one row each: a second would repeat the first's runs in the table
         raise ComparisonError(f"controllers named more than once: {', '.join(repeated)}; name each row once")
