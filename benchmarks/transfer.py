@@ -237,7 +237,8 @@ def markdown(report: dict[str, Any]) -> str:
               "Validation error: the children's mean final validation error over the first and the last three generations",
               "of each task (horizons drawn anew each generation), from the policy's provenance file. A rerun is the",
               "command of a shipped policy run again on another machine, kept for its cost (`results/transfer/reruns/`):",
-              "across CPUs the float order differs, so it meta-trains another policy, which is not shipped.", "",
+              "across CPUs the float order differs, so it meta-trains another policy, which is not shipped. A rerun",
+              "named `-own-uniforms` ran the command with `--action-uniforms own` (its provenance file holds it).", "",
               "| policy | task family | tasks a generation | generations | validation error %, first -> last | "
               "child-iterations | wall time | child-iterations/s | machine |",
               "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
