@@ -99,13 +99,13 @@ def test_pair_rewards_use_each_pairs_sign_and_the_penalty_on_divergence():
 
 def test_leave_one_out_advantages_cancel_what_children_share():
     controller = ReinforceController(ReinforceConfig(baseline="loo"), num_envs=3)
-    per_pair = np.array([[1.0, 0.0], [1.0, 1.0], [-1.0, 1.0]])
-    advantages = np.stack(controller._fresh_advantages(per_pair))
+    per_pair, step = np.array([[1.0, 0.0], [1.0, 1.0], [-1.0, 1.0]]), [7, 7, 7]  # three children's decisions of a step
+    advantages = np.stack(controller._fresh_advantages(per_pair, step))
     np.testing.assert_allclose(advantages[:, 0], [1.0, 1.0, -2.0])
     np.testing.assert_allclose(advantages[:, 1], [-1.0, 0.5, 0.5])
-    np.testing.assert_allclose(controller._fresh_advantages(per_pair + 5.0), advantages)  # a shared shift cancels
-    assert controller._fresh_advantages(per_pair[:1]) == [None]  # one child: moving average instead
-    assert ReinforceController(ReinforceConfig(baseline="ema"))._fresh_advantages(per_pair) == [None] * 3
+    np.testing.assert_allclose(controller._fresh_advantages(per_pair + 5.0, step), advantages)  # a shared shift cancels
+    assert controller._fresh_advantages(per_pair[:1], step[:1]) == [None]  # one child: moving average instead
+    assert ReinforceController(ReinforceConfig(baseline="ema"))._fresh_advantages(per_pair, step) == [None] * 3
 
 
 @pytest.mark.parametrize("p", [0.5, 0.9])

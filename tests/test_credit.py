@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 import torch
@@ -157,40 +159,44 @@ def test_the_entropy_bonus_raises_the_policys_entropy() -> None:
         assert float(mean_entropy(controller.policy(states))) > before
 
 
-def test_the_leave_one_out_baseline_compares_decisions_of_the_same_step() -> None:
-    """At a run's end each child's last ``return_horizon`` decisions complete at once: each is compared with the
-    other children's decision of its own step, never with its own child's later return or another step's."""
-    controller = ReinforceController(ReinforceConfig(baseline="loo", return_horizon=2, replay_batch=0), num_envs=2)
+def _advantages_seen(config: ReinforceConfig, num_envs: int) -> tuple[ReinforceController, list, Callable]:
+    """A controller ready to update, the advantages of each of its policy updates, and a decision
+    ``(child, payload, return)`` of one state and action taken at a given step with a return on every pair."""
+    controller = ReinforceController(config, num_envs=num_envs)
     envs = controller.make_envs("ALA-Digits-v0", **TINY)
     controller.begin(envs, seed=0)
     envs.close()
     seen, policy_loss = [], controller._policy_loss
     controller._policy_loss = lambda states, chosen, advantages: seen.append(advantages) or policy_loss(states, chosen, advantages)
     state, action = np.zeros((55, 24), dtype=np.float32), np.ones(55, dtype=np.int64)
-    complete = [(child, (state, action, state, step), np.full(55, ret))
-                for child, step, ret in ((0, 2, 0.0), (0, 3, -1.0), (1, 2, 2.0), (1, 3, 1.0))]  # fmt: skip
+
+    def decision(child: int, step: int, ret: float) -> tuple:
+        return child, (state, action, state, step), np.full(55, ret)
+
+    return controller, seen, decision
+
+
+def test_the_leave_one_out_baseline_compares_decisions_of_the_same_step() -> None:
+    """At a run's end each child's last ``return_horizon`` decisions complete at once: each is compared with the
+    other children's decision of its own step, never with its own child's later return or another step's."""
+    controller, seen, decision = _advantages_seen(ReinforceConfig(baseline="loo", return_horizon=2, replay_batch=0), 2)
+    complete = [decision(0, 2, 0.0), decision(0, 3, -1.0), decision(1, 2, 2.0), decision(1, 3, 1.0)]
     controller._update_on_returns(complete, weight=1.0)
     torch.testing.assert_close(seen[-1][:, 0], torch.tensor([0.0 - 2.0, -1.0 - 1.0, 2.0 - 0.0, 1.0 + 1.0]))
     # A step that only one child took (the other had stopped) has no other child to compare with: the moving average.
     before = float(controller.baseline[0])
-    controller._update_on_returns([(0, (state, action, state, 4), np.full(55, 3.0))], weight=1.0)
+    controller._update_on_returns([decision(0, 4, 3.0)], weight=1.0)
     torch.testing.assert_close(seen[-1][:, 0], torch.tensor([3.0 - before]))
 
 
 def test_the_moving_average_baseline_is_subtracted_then_follows_the_returns() -> None:
     """Under ``"ema"`` each update's advantage is the return minus the baseline as it stood (replayed transitions
     included), and afterwards the baseline moves ``baseline_rate`` of the way to the fresh returns' mean."""
-    controller = ReinforceController(ReinforceConfig(baseline="ema", baseline_rate=0.5, replay_batch=1), num_envs=1)
-    envs = controller.make_envs("ALA-Digits-v0", **TINY)
-    controller.begin(envs, seed=0)
-    envs.close()
-    seen, policy_loss = [], controller._policy_loss
-    controller._policy_loss = lambda states, chosen, advantages: seen.append(advantages) or policy_loss(states, chosen, advantages)
-    state, action = np.zeros((55, 24), dtype=np.float32), np.ones(55, dtype=np.int64)
-    controller._update_on_returns([(0, (state, action, state, 0), np.full(55, 1.0))], weight=1.0)
+    controller, seen, decision = _advantages_seen(ReinforceConfig(baseline="ema", baseline_rate=0.5, replay_batch=1), 1)
+    controller._update_on_returns([decision(0, 0, 1.0)], weight=1.0)
     torch.testing.assert_close(seen[-1], torch.ones(1, 55))  # the baseline starts at 0
     np.testing.assert_allclose(controller.baseline, 0.5)
-    controller._update_on_returns([(0, (state, action, state, 1), np.full(55, -1.0))], weight=1.0)
+    controller._update_on_returns([decision(0, 1, -1.0)], weight=1.0)
     torch.testing.assert_close(seen[-1], torch.stack([torch.full((55,), -1.5), torch.full((55,), 0.5)]))  # fresh, replayed
     np.testing.assert_allclose(controller.baseline, -0.25)
 

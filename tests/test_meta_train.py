@@ -106,8 +106,8 @@ def test_antithetic_children_differ_only_by_their_actions() -> None:
     plan = generation_plan(config, 0)
     assert plan["env_seeds"][0] == plan["env_seeds"][1] != plan["env_seeds"][2] == plan["env_seeds"][3]
     theta = trainer.theta.detach()
-    same, phi, loss = run_children(trainer.policy, [theta] * 4, plan, config)
-    assert phi[0] == phi[1] and np.isfinite(phi).all()
+    same, phi, loss, diverged = run_children(trainer.policy, [theta] * 4, plan, config)
+    assert phi[0] == phi[1] and np.isfinite(phi).all() and not diverged.any()
     assert same[0] == same[1] and same[2] == same[3] and same[0] != same[2]
     # The fitness of an error-rate task is the negated error: higher is better for the search.
     assert np.all((-1.0 <= same) & (same <= 0.0)) and same.min() < 0.0

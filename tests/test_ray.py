@@ -170,6 +170,14 @@ def test_refuses_what_the_cluster_cannot_place_and_leaves_a_cluster_it_did_not_s
     assert ray.is_initialized() and not envs.started_ray
 
 
+def _last_line_of_a_fresh_process(code: str, tmp_path: Path) -> str:
+    """Run ``code`` in a new Python process (no Ray cluster yet) and return the last line it printed."""
+    env = {**__import__("os").environ, "ALA_GYM_CACHE": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout.strip().splitlines()[-1]
+
+
 def test_starts_and_stops_a_local_cluster_when_none_runs(tmp_path: Path) -> None:
     code = (
         "import gymnasium as gym, numpy as np, ray, ala_gym\n"
@@ -181,10 +189,7 @@ def test_starts_and_stops_a_local_cluster_when_none_runs(tmp_path: Path) -> None
         "envs.close()\n"
         "print(observation.shape, ray.is_initialized())\n"
     )
-    env = {**__import__("os").environ, "ALA_GYM_CACHE": str(tmp_path), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip().splitlines()[-1] == "(2, 55, 24) False"
+    assert _last_line_of_a_fresh_process(code, tmp_path) == "(2, 55, 24) False"
 
 
 def test_a_refusal_stops_the_local_cluster_the_env_started(tmp_path: Path) -> None:
@@ -197,7 +202,4 @@ def test_a_refusal_stops_the_local_cluster_the_env_started(tmp_path: Path) -> No
         "except ValueError as error:\n"
         "    print('refused:', 'need 2 CPUs' in str(error), ray.is_initialized())\n"
     )
-    env = {**__import__("os").environ, "ALA_GYM_CACHE": str(tmp_path), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip().splitlines()[-1] == "refused: True False"
+    assert _last_line_of_a_fresh_process(code, tmp_path) == "refused: True False"

@@ -21,7 +21,7 @@ def test_tiny_run_measures_one_child_both_paths_roofline_and_flops(tmp_path, tin
     out = tmp_path / "out"
     throughput.main([
         "--models", "mlp", "small_cnn", "--num-envs", "2", "--modes", "single", "native-sequential", "native-batched",
-        "--steps", "1", "--iterations", "1", "--batch-size", "8", "--val-subsample", "16", "--threads", "1",
+        "--steps", "1", "--iterations", "1", "--batch-size", "8", "--val-subsample", "64", "--threads", "1",
         "--roofline-seconds", "0.05", "--data-root", str(data_root), "--out", str(out),
     ])  # fmt: skip
     report = json.loads((out / "throughput.json").read_text())
