@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import numbers
 import os
 import pickle
 import random
@@ -937,8 +938,9 @@ def class_disjoint(
     val_classes = held_out if val_classes is None else val_classes
     test_classes = held_out if test_classes is None else test_classes
     for name, classes in (("train_classes", train_classes), ("val_classes", val_classes), ("test_classes", test_classes)):
-        if len(classes) < 2 or any(not 0 <= int(c) < num_classes for c in classes):
-            raise ValueError(f"{name} must hold at least 2 classes in [0, {num_classes}), got {list(classes)}")
+        integers = all(isinstance(c, numbers.Integral) and not isinstance(c, bool) for c in classes)
+        if not integers or len(set(classes)) < 2 or any(not 0 <= c < num_classes for c in classes):
+            raise ValueError(f"{name} must hold at least 2 distinct classes in [0, {num_classes}), got {list(classes)}")
     shared = set(map(int, train_classes)) & (set(map(int, val_classes)) | set(map(int, test_classes)))
     if shared:
         raise ValueError(f"classes {sorted(shared)} are both trained on and evaluated on; the splits must be class-disjoint")

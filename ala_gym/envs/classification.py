@@ -138,7 +138,8 @@ class ALAClassificationEnv(ALAEnv):
     Eq. 4 discounts the validation metric over the step's ``K`` iterations, ``M_{t+1} = sum_j
     gamma^(K-j) M(w^j)``. Evaluating the validation set after each of the ``K`` iterations would cost
     more than the training itself, so the metric is measured at ``eval_points`` iterations spaced
-    ``eval_stride`` apart and ending at the step's last iteration, on a fixed validation subsample of
+    ``eval_stride`` apart and ending at the step's last iteration (those that would fall before the step's
+    first are left out: ``min(eval_points, ceil(K / eval_stride))`` points), on a fixed validation subsample of
     ``val_subsample`` images (drawn once from ``split_seed``), and averaged with the weights
     ``gamma^(K-j)`` normalised to one. With ``gamma = 0.9`` the iterations more than 30 before the
     step's end carry under 5% of Eq. 4's weight, so three points 10 apart cover the part of the sum
