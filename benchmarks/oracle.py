@@ -46,6 +46,10 @@ def final_validation_loss(run: dict) -> float:
     return float(np.mean([child.get("final_val_loss", np.nan) for child in run["children"]]))
 
 
+TIE_TOLERANCE = 1e-9
+"""Validation means this close are tied: far below one image of any validation split, far above float rounding."""
+
+
 def select(
     candidates: list[str], runs: dict[tuple[str, int], dict], seeds: list[int], higher_is_better: bool
 ) -> dict[str, Any]:
@@ -58,7 +62,8 @@ def select(
     """
     means = {spec: float(np.mean([final_validation(runs[spec, seed]) for seed in seeds])) for spec in candidates}
     best = (max if higher_is_better else min)(means.values())
-    tied = [spec for spec in candidates if means[spec] == best]
+    # Equal image counts can average to floats a last bit apart (0.15 and 0.15000000000000002): a tie all the same.
+    tied = [spec for spec in candidates if abs(means[spec] - best) <= TIE_TOLERANCE]
     selection: dict[str, Any] = {"selected": tied[0], "selection_seeds": list(seeds), "validation": means}
     if len(tied) > 1:
         losses = {spec: float(np.mean([final_validation_loss(runs[spec, seed]) for seed in seeds])) for spec in tied}

@@ -21,6 +21,12 @@ def test_specs_split_into_controller_config_and_env_keywords():
     assert parse_config(name) == ("reinforce-multi", {"lr": 0.03, "pair_credit": False})
     with pytest.raises(ComparisonError, match="key=value"):
         parse_config("reinforce(lr)")
+    # Spaces around names, keys and values are the writer's layout, not part of them.
+    assert parse_config(" reinforce-multi( lr = 0.03; pair_credit=false )") == ("reinforce-multi", {"lr": 0.03, "pair_credit": False})
+    assert split_controllers("ce, random ,phi-uniform(off_diagonal=0.03)") == ["ce", "random", "phi-uniform(off_diagonal=0.03)"]
+    # An "@" inside the parentheses belongs to a value (a policy path), not to the env keywords.
+    name, env_kwargs = parse_controller("reinforce-transfer(policy=runs/a@b.pt)@beta=0.3")
+    assert parse_config(name) == ("reinforce-transfer", {"policy": "runs/a@b.pt"}) and env_kwargs == {"beta": 0.3}
 
 
 def test_build_controller_applies_keywords_and_child_counts():

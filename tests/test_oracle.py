@@ -47,6 +47,11 @@ def test_a_tie_on_validation_goes_to_the_lower_validation_loss_never_to_test() -
     assert highest["selected"] == "c" and "tie_break" not in highest  # untied: no loss asked
     same = {**runs, ("b", 0): _run(0.12, 0.9, 0.40), ("b", 1): _run(0.10, 0.9, 0.40)}
     assert oracle.select(["a", "b"], same, [0, 1], higher_is_better=False)["selected"] == "a"
+    # The same counts split otherwise over two seeds: means a last bit apart (0.15000000000000002 and 0.15) still tie.
+    rounded = {("a", 0): _run(0.1, 0.0, 0.5), ("a", 1): _run(0.2, 0.0, 0.5),
+               ("b", 0): _run(0.15, 0.0, 0.9), ("b", 1): _run(0.15, 0.0, 0.9)}  # fmt: skip
+    chosen = oracle.select(["a", "b"], rounded, [0, 1], higher_is_better=False)
+    assert chosen["validation"]["a"] != chosen["validation"]["b"] and chosen["selected"] == "a" and "tie_break" in chosen
     unmeasured = {**runs, ("a", 1): _run(0.12, 0.0)}  # a run recorded before runs kept the loss
     chosen = oracle.select(["a", "b"], unmeasured, [0, 1], higher_is_better=False)
     assert chosen["selected"] == "a" and np.isnan(chosen["tie_break"]["a"])

@@ -34,8 +34,8 @@ def file_stem(spec: str) -> str:
 def parse_controller(spec: str) -> tuple[str, dict[str, Any]]:
     """``"reinforce@beta=0.01"`` -> ``("reinforce", {"beta": 0.01})``: the controller (with any config
     keywords in parentheses, see :func:`parse_config`) and env keywords."""
-    name, _, overrides = spec.partition("@")
-    return name, _parse_keywords(spec, overrides)
+    at = next((i for i, depth in enumerate(_depths(spec)) if spec[i] == "@" and depth == 0), len(spec))
+    return spec[:at].strip(), _parse_keywords(spec, spec[at + 1 :])  # an "@" in parentheses is a value's (a path)
 
 
 def parse_config(name: str) -> tuple[str, dict[str, Any]]:
@@ -43,6 +43,7 @@ def parse_config(name: str) -> tuple[str, dict[str, Any]]:
     registered name and fields of the controller's config dataclass (or, for a controller without one, its
     factory's keywords: ``phi-uniform(off_diagonal=0.03)``)."""
     base, _, rest = name.partition("(")
+    base = base.strip()
     if rest and not rest.endswith(")"):
         raise ComparisonError(f"controller {name!r}: write config keywords as name(key=value;key=value)")
     return base, _parse_keywords(name, rest[:-1])
@@ -53,7 +54,7 @@ def _parse_keywords(spec: str, text: str) -> dict[str, Any]:
     else as the text itself (a name or a path)."""
     keywords: dict[str, Any] = {}
     for item in filter(None, text.split(";")):
-        key, sep, value = item.partition("=")
+        key, sep, value = (part.strip() for part in item.partition("="))
         if not sep:
             raise ComparisonError(f"controller {spec!r}: write keywords as key=value;key=value")
         try:
@@ -69,13 +70,21 @@ def _parse_keywords(spec: str, text: str) -> dict[str, Any]:
 def split_controllers(text: str) -> list[str]:
     """``--controllers``' rows: split at the commas outside parentheses and brackets, so that a keyword's value
     may hold commas (``pbt(initial_range=[-0.05,0.05])``)."""
-    rows, depth, start = [], 0, 0
-    for index, char in enumerate(text):
-        depth += (char in "([") - (char in ")]")
-        if char == "," and depth == 0:
-            rows.append(text[start:index])
+    rows, start = [], 0
+    for index, depth in enumerate(_depths(text)):
+        if text[index] == "," and depth == 0:
+            rows.append(text[start:index].strip())
             start = index + 1
-    return [*rows, text[start:]]
+    return [*rows, text[start:].strip()]
+
+
+def _depths(text: str) -> list[int]:
+    """Per character of ``text``: how many parentheses and brackets are open after it."""
+    depths, depth = [], 0
+    for char in text:
+        depth += (char in "([") - (char in ")]")
+        depths.append(depth)
+    return depths
 
 
 def _fits(value: Any, hint: Any) -> bool:
