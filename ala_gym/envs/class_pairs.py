@@ -89,7 +89,7 @@ class ClassPairTask(LossTask):
         return self.pair_weights @ evaluation.class_metric
 
     def info(self, evaluation: Evaluation) -> dict[str, Any]:
-        return {"phi": self.phi, "confusion": evaluation.confusion, "soft_labels": evaluation.statistics["soft_labels"]}
+        return {"confusion": evaluation.confusion, "soft_labels": evaluation.statistics["soft_labels"]}  # phi: the episode's
 
 
 def check_pair_phi(value: Any, num_classes: int) -> np.ndarray:

@@ -100,7 +100,7 @@ class EmbeddingLossTask(LossTask):
 
     def info(self, evaluation: Evaluation) -> dict[str, Any]:
         recalls = {key: value for key, value in evaluation.statistics.items() if key.startswith("recall@")}
-        return {"phi": self.phi, "terms": evaluation.statistics["terms"], **recalls}
+        return {"terms": evaluation.statistics["terms"], **recalls}  # phi: the episode adds it to every info
 
 
 def phi_of_values(values: np.ndarray, form: str) -> np.ndarray:
