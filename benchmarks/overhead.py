@@ -72,7 +72,7 @@ from ala_gym.benchmarks.compare import ComparisonError
 from ala_gym.benchmarks.compare.store import read_json
 from ala_gym.benchmarks.machine import RESULTS, check_out_folder, cpu_model
 from ala_gym.core.allocator import retain_freed_memory
-from ala_gym.core.data import DataError, cifar10_subset_dir, data_home, training_batch
+from ala_gym.core.data import CIFAR10_SUBSET, DataError, training_batch, with_data_home
 from ala_gym.core.losses import PhiLoss
 from ala_gym.core.trainer import ChildTrainer
 from ala_gym.envs.classification import ALAClassificationEnv
@@ -109,7 +109,7 @@ def data_location(name: str) -> dict[str, Any]:
     """The env keywords that say where config ``name``'s dataset lies: the CIFAR-10 subset's folder, never
     downloaded (torchvision would otherwise try to fetch the full dataset into it); none for the datasets
     the packages ship. Left out of a row's recorded keywords: the location is the machine's, not the row's."""
-    return {"data_root": str(cifar10_subset_dir()), "download": False} if CONFIGS[name].get("cifar10_subset") else {}
+    return with_data_home({"data_root": CIFAR10_SUBSET}) if CONFIGS[name].get("cifar10_subset") else {}
 
 
 def data_problem(name: str, device: torch.device) -> str | None:
@@ -117,11 +117,7 @@ def data_problem(name: str, device: torch.device) -> str | None:
     nothing. Asked of every config before the first is measured, so that no measuring is spent on a report
     that could not be written whole; the dataset read stays in the process's cache for the env."""
     spec = CONFIGS[name]
-    if spec.get("cifar10_subset") and not cifar10_subset_dir().exists():
-        fix = "python -m ala_gym.benchmarks.cifar10_subset builds it"
-        return (f"{name}: no cifar10-subset/ under {data_home()}; set --data-root (or ALA_GYM_DATA) to the folder "
-                f"that holds it ({fix}), or measure another config")  # fmt: skip
-    try:
+    try:  # a missing subset folder is named by data_location, a damaged one by the load
         task_spec(spec["env_id"], **spec["kwargs"], device=str(device), **data_location(name)).data.load()
     except DataError as error:
         return f"{name}: {error}"

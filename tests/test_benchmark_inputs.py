@@ -54,7 +54,7 @@ def test_overhead_refuses_missing_data_and_keeps_the_saved_report(saved_overhead
     before = {path.name: path.read_text() for path in saved_overhead.iterdir()}
     argv = ["--configs", "cifar10-subset", "--data-root", str(tmp_path / "no-data"), "--repeats", "1"]
     err = refused(overhead.main, [*argv, "--out", str(saved_overhead)], capsys)
-    assert "cifar10-subset: no cifar10-subset/ under" in err and "--data-root" in err
+    assert f"cifar10-subset: no dataset folder {tmp_path / 'no-data' / 'cifar10-subset'}" in err and "--data-root" in err
     assert {path.name: path.read_text() for path in saved_overhead.iterdir()} == before
     assert not (tmp_path / "no-data").exists()  # nothing was downloaded there
 
