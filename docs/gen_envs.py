@@ -322,8 +322,8 @@ def env_section(info: EnvInfo, family: Family) -> list[str]:
 def keywords_table(base: type, family: Family) -> list[str]:
     lines = [f"## Keywords of `{base.__name__}` {{#keywords-{family.slug}}}", "",
              f"Every id of this page accepts each keyword of {class_link(base)}'s `make_spec` in "
-             "`gym.make(id, **keywords)` and `gym.make_vec(id, num_envs=N, **keywords)` (and `render_mode`, "
-             "`num_threads`); the defaults of the env class:", "",
+             "`gym.make(id, **keywords)` and `gym.make_vec(id, num_envs=N, **keywords)` (and `num_threads`; "
+             "`render_mode` in `gym.make`: the vector env does not render); the defaults of the env class:", "",
              "| keyword | default |", "|---|---|"]  # fmt: skip
     for name, parameter in inspect.signature(base.make_spec).parameters.items():
         default = "(required)" if parameter.default is inspect.Parameter.empty else code(parameter.default)

@@ -265,6 +265,9 @@ def test_bad_input_raises_value_error(make_vec) -> None:
         envs.set_attr("phi", np.stack([np.eye(10)] * 3))
     with pytest.raises(ValueError, match="train_mode"):
         make_vec(ENV_ID, 2, train_mode="fast", **TINY)
+    with pytest.raises(ValueError, match=r"the vector env does not render \(render_mode must be None, got 'rgb_array'\)"):
+        make_vec(ENV_ID, 2, render_mode="rgb_array", **TINY)
+    make_vec(ENV_ID, 2, render_mode=None, **TINY).close()  # what gymnasium passes when nothing is asked
     with pytest.raises(ValueError, match=r"need one seed per child \(2\), got 3"):
         envs.reset(seed=[1, 2, 3])
     for child in (-1, 2) if hasattr(envs.unwrapped, "copy_child") else ():  # the native env's (Ray's cannot copy)

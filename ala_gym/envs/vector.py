@@ -72,6 +72,8 @@ class ALAVectorEnv(VectorEnv):
     train_mode="auto", **env_kwargs)``: ``env_id`` is a registered ALA id (or an ALA env class), and
     ``env_kwargs`` are its keyword arguments (``device``, ``total_iterations``, ...), turned into the same
     :class:`ala_gym.envs.spec.TaskSpec` as the single env's (``envs.task_spec``); no single env is built.
+    ``num_threads`` sets torch's threads; ``render_mode`` may only be None (the vector env does not render;
+    ``gym.make(id, render_mode=...)`` renders one child).
 
     ## Version History
     * v0: initial version.
@@ -87,9 +89,10 @@ class ALAVectorEnv(VectorEnv):
         train_mode: str = "auto",
         **env_kwargs: Any,
     ) -> None:
-        autoreset_mode = check_vector_args(num_envs, max_episode_steps, autoreset_mode, train_mode)
+        autoreset_mode = check_vector_args(
+            num_envs, max_episode_steps, autoreset_mode, train_mode, env_kwargs.pop("render_mode", None)
+        )
         set_threads(env_kwargs.pop("num_threads", None))
-        env_kwargs.pop("render_mode", None)  # the children do not render
         # The spec checks the keywords and applies the id's; building it loads the data (once per process for
         # a registered name: load_dataset caches) and makes what every child shares.
         self.task_spec = spec = task_spec(env_id, **env_kwargs)
@@ -263,9 +266,15 @@ class ALAVectorEnv(VectorEnv):
 
 # ---------------------------------------------------------------- shared by every ALA vector env
 def check_vector_args(
-    num_envs: int, max_episode_steps: int | None, autoreset_mode: AutoresetMode | str, train_mode: str
+    num_envs: int, max_episode_steps: int | None, autoreset_mode: AutoresetMode | str, train_mode: str,
+    render_mode: str | None = None,
 ) -> AutoresetMode:
     """The shared arguments of an ALA vector env, checked; returns the autoreset mode as an enum."""
+    if render_mode is not None:  # a picture asked for must not silently never come
+        raise ValueError(
+            f"the vector env does not render (render_mode must be None, got {render_mode!r}): render one child "
+            "with gym.make(id, render_mode='rgb_array' or 'ansi')"
+        )
     check_int("num_envs", num_envs, 1)
     check_optional_int("max_episode_steps", max_episode_steps, 1)
     autoreset_mode = AutoresetMode(autoreset_mode)

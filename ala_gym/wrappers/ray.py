@@ -151,7 +151,9 @@ class RayVectorEnv(VectorEnv):
         train_mode: str = "auto",
         **env_kwargs: Any,
     ) -> None:
-        autoreset_mode = check_vector_args(num_envs, max_episode_steps, autoreset_mode, train_mode)
+        autoreset_mode = check_vector_args(
+            num_envs, max_episode_steps, autoreset_mode, train_mode, env_kwargs.pop("render_mode", None)
+        )
         children_per_worker = check_int("children_per_worker", children_per_worker, 1)
         num_cpus_per_worker = check_real("num_cpus_per_worker", num_cpus_per_worker, 0.0, low_open=True)
         self.num_envs = num_envs
