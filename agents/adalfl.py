@@ -320,6 +320,7 @@ class AdaLFLController(Controller):
 
     name = "adalfl"
     learned = True
+    acts_in_any_state = False  # it sets no Phi: run() trains the child itself
     own_keywords = frozenset(field.name for field in dataclasses.fields(AdaLFLConfig))
 
     def __init__(self, config: AdaLFLConfig | None = None) -> None:

@@ -105,6 +105,10 @@ class Controller(ABC):
     """Whether one controller drives several children as one run (a shared policy): the benchmark's
     ``--children`` sets its ``num_envs``. Fixed controllers treat children independently; the benchmark's
     ``--baseline-children`` sets theirs."""
+    acts_in_any_state: bool = True
+    """Whether :meth:`act` chooses actions for any observations it is shown once :meth:`begin` has run (what
+    ``ala_gym.agents.imitate`` needs of a teacher); False for a controller that acts only inside its own
+    :meth:`run` (Stable-Baselines3's builds its model there, AdaLFL trains the child itself)."""
     own_keywords: frozenset[str] = frozenset()
     """Keywords that :meth:`make_envs` takes for this controller rather than for the env (AdaLFL's config
     fields, so that the benchmark's ``adalfl@offline_steps=300`` sets them); the benchmark checks the others

@@ -48,8 +48,11 @@ from ala_gym.registration import env_spec
 from ala_gym.wrappers import ChildAttributes
 
 RUN_ONLY_TEACHERS = ("ppo", "a2c", "adalfl")
-"""Registered controllers that act only inside their own ``run`` (Stable-Baselines3 builds its model there, AdaLFL
-trains the child itself), whereas :func:`teacher_rows` steps the children itself: no teachers."""
+"""The registered controllers that act only inside their own ``run`` (their classes set
+:attr:`ala_gym.agents.base.Controller.acts_in_any_state` False: Stable-Baselines3 builds its model there, AdaLFL
+trains the child itself), whereas :func:`teacher_rows` steps the children itself: no teachers. Named here so that
+the config refuses them before anything is imported or built; a controller of one's own is asked its attribute
+once it is built, before any rollout."""
 
 
 @dataclass(frozen=True)
@@ -57,9 +60,10 @@ class ImitateConfig:
     """What to clone, on which children, and how to fit."""
 
     teacher: str = "phi-ramp"
-    """The controller to clone: a registered name (``ala_gym.agents.CONTROLLERS``) whose
-    :meth:`ala_gym.agents.base.Controller.act` chooses the actions (one that imposes Phi has no actions to clone; ppo,
-    a2c and adalfl, :data:`RUN_ONLY_TEACHERS`, act only inside their own run)."""
+    """The controller to clone, as :func:`ala_gym.agents.resolve_controller` names it (registered, or
+    ``package.module:Factory``), whose :meth:`ala_gym.agents.base.Controller.act` chooses the actions. One that
+    imposes Phi has no actions to clone; one that acts only inside its own run (``acts_in_any_state`` False:
+    ppo, a2c and adalfl, :data:`RUN_ONLY_TEACHERS`) cannot be cloned either."""
     teacher_kwargs: dict[str, Any] = field(default_factory=lambda: {"start": 0.1, "end": 0.0, "follow": True})
     """Keywords of the teacher's factory (these are the default teacher's; on the command line, another
     ``--teacher`` without ``--teacher-kwargs`` gets none)."""
@@ -95,10 +99,15 @@ class ImitateConfig:
         # An infinite lr passes the comparison above and fits a policy of NaN weights.
         check_real("lr", self.lr, 0.0, FLOAT32_MAX, low_open=True)  # the policy is float32: no larger step applies
         if self.teacher in RUN_ONLY_TEACHERS:
-            raise ValueError(
-                f"{self.teacher} chooses its actions only inside its own run, which cloning does not call; clone a "
-                "controller that acts in any state it is shown, such as phi-ramp"
-            )
+            raise ValueError(run_only_refusal(self.teacher))
+
+
+def run_only_refusal(teacher: str) -> str:
+    """Why ``teacher``, a controller that acts only inside its own run, cannot be cloned."""
+    return (
+        f"{teacher} chooses its actions only inside its own run, which cloning does not call; clone a controller "
+        "that acts in any state it is shown, such as phi-ramp"
+    )
 
 
 # ---------------------------------------------------------------------- rollouts
@@ -106,6 +115,8 @@ def teacher_rows(config: ImitateConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """The observation rows ``[rows, n_features]`` of the movable pairs of every child at every step of every
     run, and the teacher's action for each ``[rows]``."""
     teacher = resolve_controller(config.teacher)(**config.teacher_kwargs, num_envs=config.num_envs)
+    if not teacher.acts_in_any_state:
+        raise ValueError(run_only_refusal(config.teacher))
     rng = np.random.default_rng(config.seed)
     states, labels = [], []
     for horizon in config.horizons:

@@ -209,6 +209,7 @@ class SB3Controller(Controller):
 
     learned = True
     multi_child = True
+    acts_in_any_state = False  # the model that acts is built inside run()
 
     def __init__(
         self,

@@ -62,6 +62,37 @@ def test_a_teacher_that_acts_only_inside_its_own_run_is_refused_before_any_rollo
     assert not list(tmp_path.iterdir())
 
 
+def test_the_named_run_only_teachers_are_the_registered_controllers_that_act_only_in_their_run() -> None:
+    """:data:`RUN_ONLY_TEACHERS` (refused by name, before anything is built) is what the classes declare."""
+    from ala_gym.agents import CONTROLLERS
+    from ala_gym.agents.adalfl import AdaLFLController
+
+    classes = {name: SB3Controller if name in ("ppo", "a2c") else AdaLFLController for name in imitate.RUN_ONLY_TEACHERS}
+    assert all(not cls.acts_in_any_state for cls in classes.values())
+    acting = [CONTROLLERS[name]() for name in CONTROLLERS if name not in classes]
+    assert acting and all(controller.acts_in_any_state for controller in acting)
+
+
+RUN_ONLY = """
+from ala_gym.agents.baselines import RampPhi
+
+
+class RunOnly(RampPhi):
+    acts_in_any_state = False
+"""
+
+
+def test_a_teacher_of_ones_own_that_acts_only_in_its_run_is_refused_before_any_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    (tmp_path / "my_teachers.py").write_text(RUN_ONLY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(imitate.gym, "make_vec", lambda *args, **kwargs: pytest.fail("an env was made"))
+    with pytest.raises(SystemExit) as caught:
+        imitate.main(["--teacher", "my_teachers:RunOnly", "--save", str(tmp_path / "out" / "clone.pt")])
+    check_one_line(caught, capsys.readouterr().err, "my_teachers:RunOnly chooses its actions only inside its own run")
+
+
 def check_one_line(caught: pytest.ExceptionInfo[SystemExit], err: str, message: str) -> None:
     assert caught.value.code == 2 and message in err, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
