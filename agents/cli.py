@@ -42,13 +42,17 @@ def check_output_file(option: str, path: str | Path, suffix: str | None = None) 
     _check_writable_place(option, path, path.parent, "file")
 
 
-def check_output_folder(option: str, path: str | Path) -> None:
-    """Refuse, before any work, an output folder that could not be made or written: an existing file, or a place
-    under a file or an unwritable folder. ``ValueError`` naming ``option``."""
+def check_output_folder(option: str, path: str | Path, files: tuple[str, ...] = ()) -> None:
+    """Refuse, before any work, an output folder that could not be made or written: an existing file, a place
+    under a file or an unwritable folder, or one holding a folder where one of the ``files`` the run writes
+    into it goes. ``ValueError`` naming ``option``."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ValueError(f"{option} {path} is a file; name a folder")
     _check_writable_place(option, path, path, "folder")
+    for name in files:
+        if (path / name).is_dir():
+            raise ValueError(f"{option} {path}: {path / name}, written there after the run, is a folder; move it away")
 
 
 def _check_writable_place(option: str, path: Path, folder: Path, kind: str) -> None:
@@ -277,6 +281,10 @@ def env_kwargs_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return kwargs
 
 
+RECORDS_FILE = "records.json"
+"""The children's episode records, written into ``--log-dir`` after a run."""
+
+
 def default_log_dir(name: str, args: argparse.Namespace) -> str:
     return f"runs/{name}-{args.env}-s{args.seed}"
 
@@ -295,7 +303,7 @@ def run_cli(controller: Any, args: argparse.Namespace, beside: tuple[str, ...] =
         if args.save:
             check_save_file(args.save, beside)
         if log_dir is not None:
-            check_output_folder("--log-dir", log_dir)
+            check_output_folder("--log-dir", log_dir, (RECORDS_FILE,))
     except ValueError as exc:
         fail(str(exc))
     try:
@@ -321,7 +329,7 @@ def run_cli(controller: Any, args: argparse.Namespace, beside: tuple[str, ...] =
     print(f"{controller.name} on {args.env}: test metric {mean:.4f} (children: {children}), "
           f"diverged {diverged}/{len(records)}" + (f", worker lost {lost}/{len(records)}" if lost else ""))
     if log_dir is not None:
-        Path(log_dir, "records.json").write_text(json.dumps([asdict(record) for record in records]))
+        Path(log_dir, RECORDS_FILE).write_text(json.dumps([asdict(record) for record in records]))
         print(f"logs: tensorboard --logdir {log_dir}")
     if args.save:
         controller.save(args.save)

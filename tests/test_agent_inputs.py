@@ -162,6 +162,15 @@ def test_a_log_dir_that_cannot_be_a_folder_is_refused_before_training(command: s
     assert sorted(path.name for path in tmp_path.iterdir()) == ["a-file"]
 
 
+@pytest.mark.parametrize("command", ["reinforce", "sb3"])
+def test_a_folder_where_the_run_writes_its_records_is_refused_before_training(command: str, tmp_path: Path, monkeypatch, capsys) -> None:
+    no_training(monkeypatch)
+    (tmp_path / "logs" / "records.json").mkdir(parents=True)
+    with pytest.raises(SystemExit) as caught:
+        COMMANDS[command](["--log-dir", str(tmp_path / "logs")])
+    check_one_line(caught, capsys.readouterr().err, f"{tmp_path / 'logs' / 'records.json'}, written there after the run, is a folder")
+
+
 @pytest.mark.parametrize("command, beside", [("sb3", ".zip"), ("meta_train", ".json"), ("imitate", ".json")])
 def test_a_folder_where_a_file_goes_beside_the_policy_is_refused_before_training(
     command: str, beside: str, tmp_path: Path, monkeypatch, capsys
