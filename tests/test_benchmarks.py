@@ -7,6 +7,8 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -106,12 +108,14 @@ time.sleep(float(sys.argv[2]))
 """
 
 
-def _holder(result: Path, seconds: float) -> subprocess.Popen:
-    """Another process that claims ``result`` and exits after ``seconds`` without writing it."""
-    process = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(result), str(seconds)], stdout=subprocess.PIPE,
-                               text=True)
-    assert process.stdout.readline().strip() == "held"
-    return process
+@contextmanager
+def _holder(result: Path, seconds: float) -> Iterator[subprocess.Popen]:
+    """Another process that claims ``result`` and exits after ``seconds`` without writing it; on leaving, its
+    exit is awaited and its pipe closed (``Popen``'s own context)."""
+    with subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(result), str(seconds)], stdout=subprocess.PIPE,
+                          text=True) as process:  # fmt: skip
+        assert process.stdout is not None and process.stdout.readline().strip() == "held"
+        yield process
 
 
 def test_claim_uses_locks_that_die_with_their_process(tmp_path):
@@ -127,10 +131,10 @@ def test_claim_uses_locks_that_die_with_their_process(tmp_path):
     assert fd is not None
     compare.release(result, fd)
 
-    holder = _holder(result, 60)
-    assert compare.claim(result) is None
-    holder.kill()  # SIGKILL: no clean-up runs, yet the kernel drops the lock
-    holder.wait()
+    with _holder(result, 60) as holder:
+        assert compare.claim(result) is None
+        holder.kill()  # SIGKILL: no clean-up runs, yet the kernel drops the lock
+        holder.wait()
     fd = compare.claim(result)
     assert fd is not None
     result.write_text("{}")
@@ -142,11 +146,8 @@ def test_claim_uses_locks_that_die_with_their_process(tmp_path):
 
 def test_compare_waits_for_runs_held_elsewhere_and_never_ends_with_one_missing(results_dir, capsys):
     held = results_dir / "wait" / "runs" / "ce-seed1.json"
-    holder = _holder(held, 2)  # exits without writing its run, as a crashed comparison would
-    try:
+    with _holder(held, 2):  # exits without writing its run, as a crashed comparison would
         compare.compare("ALA-Digits-v0", ["ce"], [0, 1], TINY, "wait")
-    finally:
-        holder.wait()
     output = capsys.readouterr().out
     assert "ce seed 1 is being run by another process: waiting for it" in output
     results = json.loads((results_dir / "wait" / "results.json").read_text())
