@@ -3,6 +3,8 @@ credit consistent with the validation statistics, and the controller options tha
 
 from __future__ import annotations
 
+import json
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -220,8 +222,18 @@ def test_reward_agreement_script_compares_two_disjoint_validation_subsets(tmp_pa
     from ala_gym.benchmarks import reward_agreement
 
     monkeypatch.setattr(reward_agreement, "RESULTS", tmp_path / "agreement.json")
+    halves, scored = [], []  # the halves drawn, and the labels of every scored set, in order
+    draw, score = reward_agreement.disjoint_halves, reward_agreement.error_rate
+    monkeypatch.setattr(reward_agreement, "disjoint_halves", lambda *args: halves.append(draw(*args)) or halves[-1])
+    monkeypatch.setattr(reward_agreement, "error_rate", lambda logits, labels: scored.append(labels) or score(logits, labels))
     kwargs = '{"total_iterations": 20, "steps_per_action": 10, "eval_points": 1, "device": "cpu"}'
     reward_agreement.main(["--env", "ALA-Digits-v0", "--sizes", "20,100", "--seeds", "2", "--env-kwargs", kwargs])
+    # Each size's two halves are scored on their own images: the first evaluation of the first seed reads, per
+    # size, the labels of half 0 and then of half 1, which differ.
+    labels = gym.make("ALA-Digits-v0", **json.loads(kwargs)).unwrapped.data.val.labels
+    first = [labels[index] for size in (20, 100) for index in halves[0][size]]
+    assert not torch.equal(first[0], first[1])
+    assert len(scored) > len(first) and all(torch.equal(got, expected) for got, expected in zip(scored, first, strict=False))
     rows = {row["size"]: row for row in json_load(tmp_path / "agreement.json")["ALA-Digits-v0"]["rows"]}
     assert rows[20]["steps"] == rows[100]["steps"] == 4  # 2 seeds x 2 steps
     for row in rows.values():

@@ -195,6 +195,8 @@ def test_a_copied_sequential_child_owns_its_momentum(digits) -> None:
     children.trainers[0].train_step(loss)
     children.copy_child(0, 1)
     copied = {name: value.clone() for name, value in children.trainers[1].velocity.items()}
+    source = children.trainers[0].velocity
+    assert copied.keys() == source.keys() and all(torch.equal(copied[name], source[name]) for name in copied)
     children.trainers[0].train_step(loss)
     for name, value in children.trainers[1].velocity.items():
         assert torch.equal(value, copied[name]), name

@@ -312,6 +312,14 @@ def test_the_command_line_writes_a_policy_the_controller_loads(tmp_path, capsys)
     assert record["generations"] == 1 and len(record["history"]) == 1 and record["config"]["population"] == 1
     assert record["config"]["rank_ties"] == "average"
     assert record["child_iterations"] == 2 * 40 and record["wall_seconds"] > 0 and record["workers"] == 0
+    # The file holds the searched weights: those the same search reaches in the process, not its start.
+    config = MetaTrainConfig(generations=1, population=1, hidden=8, horizon=(40, 40), rank_ties="average", env_kwargs=TINY_ENV)
+    assert {key: record["config"][key] for key in config_record(config)} == config_record(config)
+    saved = torch.load(tmp_path / "meta.pt", weights_only=True)["state_dict"]
+    searched = meta_train(config)
+    weights = torch.nn.utils.parameters_to_vector([saved[name] for name, _ in searched.policy.named_parameters()])
+    assert torch.equal(weights, searched.theta.detach())
+    assert not torch.equal(weights, MetaTrainer(config).theta.detach())
     controller = ReinforceController.load(tmp_path / "meta.pt", train=False, num_envs=2)
     envs = controller.make_envs("ALA-Digits-v0", total_iterations=40, steps_per_action=20, **TINY_ENV)
     records = controller.run(envs, seed=0)
