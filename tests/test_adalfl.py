@@ -92,7 +92,7 @@ def test_meta_step_leaves_the_child_and_steps_phi() -> None:
     assert all(not torch.equal(p, q) for p, q in zip(network.parameters(), before_phi))
 
 
-@pytest.mark.parametrize("model", ["small_cnn", "resnet32"])
+@pytest.mark.parametrize("model", ["resnet32"])  # the package's model with BatchNorm (the small CNN holds none)
 def test_meta_step_on_conv_models_keeps_running_statistics_to_the_training_batch(model: str) -> None:
     """Only the base forward (training batch) moves the BatchNorm running statistics; the meta forward
     on the validation batch does not."""
@@ -107,7 +107,8 @@ def test_meta_step_on_conv_models_keeps_running_statistics_to_the_training_batch
     optimizer = torch.optim.Adam(network.parameters(), lr=1e-3)
     result = meta_step(network, optimizer, child, None, batch, meta_batch, 0.05, TrainConfig(model=model), False)
     assert torch.isfinite(result.meta_loss)
-    for (name, value), (_, expected) in zip(module.named_buffers(), reference.named_buffers()):
+    assert any(name.endswith("running_mean") for name, _ in module.named_buffers())
+    for (name, value), (_, expected) in zip(module.named_buffers(), reference.named_buffers(), strict=True):
         torch.testing.assert_close(value, expected, msg=name)
 
 
@@ -195,10 +196,11 @@ def test_online_run_on_digits_completes_and_adapts_the_loss(tmp_path) -> None:
     again = AdaLFLController(AdaLFLConfig(init_path=str(saved)))
     envs = again.make_envs("ALA-Digits-v0", **DIGITS)
     try:
-        (record,) = again.run(envs, seed=1)
+        (resumed,) = again.run(envs, seed=1)
     finally:
         envs.close()
-    assert record.offline_meta_loss != record.offline_meta_loss  # nan: no offline phase ran
+    assert resumed.offline_meta_loss != resumed.offline_meta_loss  # nan: no offline phase ran
+    assert resumed.loss_shape_start == record.loss_shape_end  # it starts from the saved network, not a fresh one
     assert any(not torch.equal(v, start[k]) for k, v in again.loss_network.state_dict().items())
 
 
@@ -349,6 +351,19 @@ def test_cost_benchmark_writes_its_table(tmp_path) -> None:
     with pytest.raises(SystemExit) as exit_info:
         adalfl_cost.main(["--tasks", "imagenet", "--out", str(tmp_path)])
     assert exit_info.value.code == 2
+
+
+def test_the_cost_benchmark_reports_the_median_of_its_samples(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Per timer: a warm-up, then one sample a repeat; the row holds every sample, the medians and their ratios."""
+    from ala_gym.benchmarks import adalfl_cost
+
+    # In call order: the warm-ups of ce, adalfl and offline, then one of each per repeat.
+    scripted = iter([9.0, 9.0, 9.0, 1.0, 4.0, 8.0, 5.0, 6.0, 2.0, 2.0, 5.0, 3.0])
+    monkeypatch.setattr(adalfl_cost, "median_ms", lambda *args: lambda: next(scripted))
+    row = adalfl_cost.measure("digits", torch.device("cpu"), 1, 3, None)
+    assert row["samples_ms"] == {"ce": [1.0, 5.0, 2.0], "adalfl": [4.0, 6.0, 5.0], "offline": [8.0, 2.0, 3.0]}
+    assert row["ms_per_iteration"] == {"ce": 2.0, "adalfl": 5.0, "offline": 3.0}
+    assert row["adalfl_vs_ce"] == 2.5 and row["offline_step_vs_ce"] == 1.5
 
 
 def test_resnet32_child_on_cifar_runs(tiny_cifar_dir) -> None:

@@ -239,6 +239,7 @@ def test_reinforce_save_load_round_trip_and_version_check(reinforce_policy, tmp_
     path = reinforce_policy / "policy.pt"
     loaded = ReinforceController.load(path)
     assert loaded.config == ReinforceConfig(hidden=16, lr=0.01) and not loaded.train and loaded.n_features == 24
+    assert same_weights(loaded.initial_state, torch.load(path, weights_only=True)["state_dict"])  # the file's weights
     loaded.begin(fake_envs(1), seed=0)
     assert same_weights(loaded.policy.state_dict(), loaded.initial_state)
     loaded.save(tmp_path / "again.pt")
