@@ -196,7 +196,13 @@ class BatchedTrainer:
             self.num_children, len(data.train), dtype=torch.int64, device=data.device
         )
         self._positions = np.full(self.num_children, len(data.train), dtype=np.int64)
+        # Where a uniform batch lies in a child's permutation, from the child's position.
+        self._batch_offsets = torch.arange(config.batch_size, device=data.device)
         self.iterations = np.zeros(self.num_children, dtype=np.int64)
+        # Per-iteration constants, built once: the all-True mask, and the children's learning rates with the
+        # milestones each child had passed when they were built (rebuilt only when one passes another).
+        self._everyone = torch.ones(self.num_children, dtype=torch.bool, device=data.device)
+        self._rates: tuple[bytes, torch.Tensor] | None = None
 
     def _build(self, seed: int) -> torch.nn.Module:
         init_seed, _ = seed_streams(seed, 2)
@@ -252,9 +258,13 @@ class BatchedTrainer:
             generator = self.samplers[i].generator
             self._orders[i] = torch.randperm(total, generator=generator, device=self.device)
             self._positions[i] = 0
-        rows = np.where(active, np.arange(self.num_children), children[0])  # an inactive child: the first one's batch
-        offsets = torch.as_tensor(self._positions[rows], device=self.device)[:, None] + torch.arange(size, device=self.device)
-        index = self._orders[torch.as_tensor(rows, device=self.device)[:, None], offsets]
+        if len(children) == self.num_children:  # every child: row i of the orders, from child i's position on
+            starts = torch.from_numpy(self._positions).to(self.device)
+            index = self._orders.gather(1, starts[:, None] + self._batch_offsets)
+        else:
+            rows = np.where(active, np.arange(self.num_children), children[0])  # an inactive child: the first one's batch
+            starts = torch.as_tensor(self._positions[rows], device=self.device)
+            index = self._orders[torch.as_tensor(rows, device=self.device)[:, None], starts[:, None] + self._batch_offsets]
         self._positions[children] += size
         if not self.data.augment:  # one gather for every child; the generator draws nothing here
             return training_batch(self.data, index, self.samplers[0].generator)
@@ -285,12 +295,12 @@ class BatchedTrainer:
             raise ValueError(f"active must be a boolean mask of {self.num_children} children with one True")
         everyone = bool(active.all())
         inputs, labels = self.next_batches(active)
-        mask = torch.as_tensor(active, device=self.device)
+        mask = self._everyone if everyone else torch.as_tensor(active, device=self.device)
         saved_buffers = None if everyone else {k: v.clone() for k, v in self.buffers.items()}
 
         masked, grads = self.gradients(inputs, labels, mask, loss_params, loss, kernel)
 
-        lr = torch.tensor([self.config.lr_at(int(i)) for i in self.iterations], device=self.device)
+        lr = self._learning_rates()
         cfg = self.config
         with torch.no_grad():
             if saved_buffers is None:  # every child trains
@@ -307,6 +317,15 @@ class BatchedTrainer:
                 _masked_copy(self.buffers, self.buffers, saved_buffers, mask)
         self.iterations[active] += 1
         return masked.detach()
+
+    def _learning_rates(self) -> torch.Tensor:
+        """Each child's learning rate ``[N]`` at its iteration (:meth:`TrainConfig.lr_at`), rebuilt only when a child
+        passed a milestone since the last call (a few times a run, not at every iteration)."""
+        passed = np.searchsorted(self.config.milestone_iterations, self.iterations, side="right").tobytes()
+        if self._rates is None or self._rates[0] != passed:
+            lr = torch.tensor([self.config.lr_at(int(i)) for i in self.iterations], device=self.device)
+            self._rates = (passed, lr)
+        return self._rates[1]
 
     def gradients(
         self, inputs: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, loss_params: torch.Tensor, loss: ParamLoss,
@@ -339,17 +358,15 @@ class BatchedTrainer:
         active = np.zeros(self.num_children, dtype=bool)
         active[list(plans)] = True
         next_chunk = {i: 0 for i in plans}
-        due = {i: plans[i][0] for i in plans}  # ticks until the child's next evaluation
+        due = np.zeros(self.num_children, dtype=np.int64)  # ticks until each planned child's next evaluation
+        due[list(plans)] = [plans[i][0] for i in plans]
         loss_params = torch.stack([loss.params for loss in losses])
         kernel = fused_kernel(losses)  # Phi is set between env steps, never during them
         chunk_loss = torch.zeros(self.num_children, device=self.device)
         while active.any():
             chunk_loss += self.train_step(loss_params, active, losses[0], kernel)
-            ready = []
-            for i in map(int, np.flatnonzero(active)):
-                due[i] -= 1
-                if due[i] == 0:
-                    ready.append(i)
+            due[active] -= 1
+            ready = np.flatnonzero(active & (due == 0)).tolist()
             if not ready:
                 continue
             evaluations = self.evaluate(split, ready, evaluator)
@@ -366,9 +383,12 @@ class BatchedTrainer:
     @torch.no_grad()
     def logits(self, split: Split, children: list[int]) -> torch.Tensor:
         """Outputs ``[len(children), len(split), C]`` of the listed children, in evaluation mode."""
-        index = torch.as_tensor(children, device=self.device)
-        params = {k: v.detach()[index] for k, v in self.params.items()}
-        buffers = {k: v[index] for k, v in self.buffers.items()}
+        if list(children) == list(range(self.num_children)):  # every child, in order: no copy of the weights
+            params, buffers = {k: v.detach() for k, v in self.params.items()}, self.buffers
+        else:
+            index = torch.as_tensor(children, device=self.device)
+            params = {k: v.detach()[index] for k, v in self.params.items()}
+            buffers = {k: v[index] for k, v in self.buffers.items()}
         self._base.eval()
         step = self.config.eval_batch_size
         outputs = []

@@ -109,9 +109,10 @@ class TrainConfig:
             object.__setattr__(self, name, value)
 
     @cached_property
-    def _milestone_iterations(self) -> list[int]:
-        # The first iteration at or past each milestone. Rounded first: 0.55 * 100 is 55.00000000000001 in
-        # floating point, whose ceiling would decay the rate one iteration after the 55th.
+    def milestone_iterations(self) -> list[int]:
+        """The first iteration at or past each of :attr:`lr_milestones`: where :meth:`lr_at` decays the rate."""
+        # Rounded first: 0.55 * 100 is 55.00000000000001 in floating point, whose ceiling would decay the rate one
+        # iteration after the 55th.
         return [math.ceil(round(m * self.total_iterations, 9)) for m in self.lr_milestones]
 
     def outputs(self, data: ClassificationData) -> int:
@@ -175,7 +176,7 @@ class TrainConfig:
 
     def lr_at(self, iteration: int) -> float:
         """Step schedule: ``lr * lr_decay ** (number of milestones passed)``."""
-        return self.lr * self.lr_decay ** bisect.bisect_right(self._milestone_iterations, iteration)
+        return self.lr * self.lr_decay ** bisect.bisect_right(self.milestone_iterations, iteration)
 
 
 def _image_layout_hint(data: ClassificationData) -> str:
