@@ -7,6 +7,7 @@ A static check reads every module's imports (also those inside functions); a sub
 from __future__ import annotations
 
 import ast
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -30,14 +31,27 @@ RULES = {
 FOLDER_NAMES = ("agents", "benchmarks")
 
 
-def _imports(path: Path) -> list[str]:
+def _imports(path: Path, source: str | None = None) -> list[str]:
+    """Every module ``path`` (or ``source`` as if it were that file) imports, by its full name: relative imports
+    resolved against the module's package as installed (``agents/`` is ``ala_gym.agents``)."""
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    package = ".".join((("ala_gym",) if parts[0] in FOLDER_NAMES else ()) + parts[:-1])
     names = []
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(path.read_text() if source is None else source)):
         if isinstance(node, ast.Import):
             names += [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names += [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            module = importlib.util.resolve_name("." * node.level + (node.module or ""), package) if node.level else node.module
+            assert module, f"{path}: an import from nowhere"
+            names += [module] + [f"{module}.{alias.name}" for alias in node.names]
     return names
+
+
+def test_a_relative_import_is_read_by_its_full_name() -> None:
+    module = ROOT / "ala_gym" / "core" / "trainer.py"
+    assert "ala_gym.envs.base" in _imports(module, "def f():\n    from ..envs import base\n")
+    assert "ala_gym.core.losses.PhiLoss" in _imports(module, "from .losses import PhiLoss\n")
+    assert "ala_gym.benchmarks.compare" in _imports(ROOT / "agents" / "cli.py", "from ..benchmarks import compare\n")
 
 
 @pytest.mark.parametrize("package", sorted(RULES))

@@ -91,6 +91,8 @@ def test_end_of_training_measures_how_far_validation_fell_back_from_its_best_eit
 
 def test_a_row_named_by_a_long_file_path_keeps_the_plots_inside_their_figures(tmp_path: Path) -> None:
     # A policy of one's own is named by its path; drawn in full, the label pushed the axes out of the picture.
+    from matplotlib.image import imread
+
     policy = tmp_path.joinpath(*["a-long-folder-name"] * 6, "policy.pt")
     policy.parent.mkdir(parents=True)
     shutil.copy(library_policy("digits"), policy)
@@ -100,6 +102,11 @@ def test_a_row_named_by_a_long_file_path_keeps_the_plots_inside_their_figures(tm
         warnings.simplefilter("error")  # matplotlib warns when tight_layout cannot fit the labels
         plot(runs, ["ce", mine], tmp_path)
     assert {path.name for path in tmp_path.glob("*.png")} == {"test_metric.png", "val_metric.png"}
+    # Saved with every text inside (bbox_inches="tight"), each picture keeps about its figure's width at 110 dpi
+    # (7 inches; 3.2 a panel): the long name is shortened in the labels and titles, not drawn across the page.
+    for name, inches in (("test_metric.png", 7.0), ("val_metric.png", 6.4)):
+        width = imread(tmp_path / name).shape[1]
+        assert width <= 1.05 * 110 * inches, (name, width)
 
 
 def test_the_oracle_table_marks_the_selected_point_and_shows_tie_breaks() -> None:

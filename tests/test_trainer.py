@@ -78,14 +78,24 @@ def test_lr_schedule() -> None:
     assert [TrainConfig(total_iterations=35, lr=0.1, lr_milestones=(0.3,)).lr_at(i) for i in (10, 11)] == pytest.approx([0.1, 0.01])
 
 
-def test_optimizer_follows_schedule(digits) -> None:
+def test_optimizer_follows_schedule(digits, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rate the SGD step applies (not only the one the trainer reports) halves at the milestone."""
+    import ala_gym.core.trainer as trainer_module
+
+    applied, step = [], trainer_module.sgd_step
+
+    def recording(*args, **kwargs):
+        applied.append(kwargs["lr"])
+        return step(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "sgd_step", recording)
     config = TrainConfig(total_iterations=4, batch_size=16, lr=0.2, lr_milestones=(0.5,), lr_decay=0.5, momentum=0.5)
     trainer = ChildTrainer(digits, config, seed=0)
     seen = []
     for _ in range(4):
         trainer.train_step(F.cross_entropy)
         seen.append(trainer.lr)
-    assert seen == pytest.approx([0.2, 0.2, 0.1, 0.1])
+    assert seen == pytest.approx([0.2, 0.2, 0.1, 0.1]) and applied == pytest.approx(seen)
     assert trainer.velocity is not None and trainer.done
 
 

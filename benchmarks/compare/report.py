@@ -218,7 +218,7 @@ def plot(
     ax.set_xlabel(f"test {metric} % (mean +- std over seeds; grey: each seed)" + (", higher is better" if higher_is_better else ""))
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
-    fig.savefig(out / "test_metric.png", dpi=110)
+    fig.savefig(out / "test_metric.png", dpi=110, bbox_inches="tight")  # no text cut at the edges
     plt.close(fig)
 
     def band(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -248,7 +248,7 @@ def plot(
     fig.supylabel(f"validation {metric} % (env subsample)", fontsize=9)
     fig.suptitle(f"mean +- std over children and seeds; grey: {reference_label}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(out / "val_metric.png", dpi=110)
+    fig.savefig(out / "val_metric.png", dpi=110, bbox_inches="tight")  # no text cut at the edges
     plt.close(fig)
 
     for name in controllers:
