@@ -75,6 +75,16 @@ def test_sgd_step_per_child_learning_rates() -> None:
     grads = {"w": torch.ones(2, 3), "b": torch.ones(2)}
     new, _ = sgd_step(params, grads, None, lr=torch.tensor([0.1, 0.5]))
     assert torch.equal(new["w"], torch.tensor([[0.9] * 3, [0.5] * 3])) and torch.equal(new["b"], torch.tensor([0.9, 0.5]))
+    # In place, with momentum and weight decay: the pure path's numbers, step after step.
+    generator = torch.Generator().manual_seed(0)
+    stacked = {"w": torch.randn(2, 4, 3, generator=generator), "b": torch.randn(2, 4, generator=generator)}
+    pure, pure_velocity, velocity = dict(stacked), None, None
+    settings = dict(lr=torch.tensor([0.1, 0.02]), momentum=0.9, weight_decay=5e-4)
+    for _ in range(3):
+        grads = {name: torch.randn(value.shape, generator=generator) for name, value in stacked.items()}
+        pure, pure_velocity = sgd_step(pure, grads, pure_velocity, **settings)
+        _, velocity = sgd_step(stacked, grads, velocity, inplace=True, **settings)
+        assert all(torch.equal(stacked[name], pure[name]) and torch.equal(velocity[name], pure_velocity[name]) for name in pure)
 
 
 def test_sgd_step_without_momentum_is_plain_gradient_descent() -> None:
