@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import io
 import json
 import pickle
 import re
@@ -185,13 +186,26 @@ def test_the_subset_builder_refuses_in_one_line_what_it_cannot_build_from(tmp_pa
     assert not (tmp_path / "new").exists()
 
 
-def test_agent_progress_bar_only_on_a_terminal() -> None:
+def test_agent_progress_bar_only_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     logger = progress.RunLogger(3, None)  # under pytest, stderr is captured: not a terminal
     try:
         assert logger.bar.disable
         logger(1, {"reward": 1.0})  # still usable as on_step
     finally:
         logger.close()
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    logger = progress.RunLogger(3, None)
+    try:
+        assert not logger.bar.disable
+        logger(1, {"reward": 1.0})
+    finally:
+        logger.close()
+    assert "1/3" in sys.stderr.getvalue()  # the bar was drawn on the terminal
 
 
 def test_agent_progress_logs_each_numeric_entry_and_a_phi_heatmap_at_step_1_and_every_interval(tmp_path) -> None:

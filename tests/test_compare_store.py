@@ -147,7 +147,7 @@ def test_a_repeated_row_or_the_results_root_is_refused(args, message, results_di
         compare.main([*ARGS, *args])
     err = capsys.readouterr().err
     assert caught.value.code == 2 and message in err and err.strip().count("\n") == 0
-    assert not (results_dir / "config.json").exists()
+    assert list(results_dir.iterdir()) == []  # refused before any folder or file of the comparison was made
 
 
 def test_ctrl_c_ends_in_one_line_and_the_finished_runs_stay(results_dir, monkeypatch, capsys):

@@ -11,10 +11,11 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 from gymnasium.utils.env_checker import check_env as gym_check_env
 
 import ala_gym  # noqa: F401  (registers the ids)
-from ala_gym.core.data import DataError, data_home, load_cifar10, load_fashion_mnist
+from ala_gym.core.data import DataError, data_home, load_cifar10, load_fashion_mnist, resolve_device
 
 TINY = dict(total_iterations=6, steps_per_action=3, batch_size=16, eval_points=2, eval_stride=1, device="cpu")
 KEEP = np.ones(55, dtype=np.int64)
@@ -106,6 +107,20 @@ def test_the_metric_learning_env_refuses_them_too(kwargs: dict, tiny_fashion_mni
     name = next(iter(kwargs))  # by the keyword's own name (embedding_size is the training's output_size)
     with pytest.raises(ValueError, match=f"^{name} must be"):
         gym.make("ALA-FashionMNIST-Triplet-v0", data_root=str(tiny_fashion_mnist_dir), **{**TINY, **kwargs})
+
+
+@pytest.mark.parametrize("gpus", [0, 1, 2])
+def test_a_gpu_index_beyond_the_machines_gpus_is_refused_by_name(gpus: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Against the GPUs torch sees (faked here: this check must hold on a machine with some, not only with none)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    for index in range(gpus):
+        assert resolve_device(f"cuda:{index}") == torch.device("cuda", index)
+    if gpus:
+        assert resolve_device("cuda") == torch.device("cuda")
+    for device in (f"cuda:{gpus}", "cuda") if not gpus else (f"cuda:{gpus}",):
+        with pytest.raises(ValueError, match=rf"device='{device}' but this machine has {gpus} CUDA GPU\(s\)"):
+            resolve_device(device)
 
 
 def test_numpy_numbers_are_accepted_and_stored_as_python_numbers() -> None:

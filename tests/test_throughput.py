@@ -21,7 +21,7 @@ def test_tiny_run_measures_one_child_both_paths_roofline_and_flops(tmp_path, tin
     out = tmp_path / "out"
     throughput.main([
         "--models", "mlp", "small_cnn", "--num-envs", "2", "--modes", "single", "native-sequential", "native-batched",
-        "--steps", "1", "--iterations", "1", "--batch-size", "8", "--val-subsample", "64", "--threads", "1",
+        "--steps", "1", "--iterations", "2", "--batch-size", "8", "--val-subsample", "64", "--threads", "1",
         "--roofline-seconds", "0.05", "--data-root", str(data_root), "--out", str(out),
     ])  # fmt: skip
     report = json.loads((out / "throughput.json").read_text())
@@ -33,7 +33,7 @@ def test_tiny_run_measures_one_child_both_paths_roofline_and_flops(tmp_path, tin
         assert "error" not in row, row
         assert row["iterations_per_s"] > 0 and row["timed_steps"] >= 1
         # Summed over the children: N children x timed steps x K iterations, over the timed seconds.
-        assert row["iterations_per_s"] == pytest.approx(row["num_envs"] * row["timed_steps"] * 1 / row["seconds"])
+        assert row["iterations_per_s"] == pytest.approx(row["num_envs"] * row["timed_steps"] * 2 / row["seconds"])
     assert report["roofline"]["gflops"] > 0 and report["load_average"]["start"] and report["args"]["threads"] == 1
     assert report["kernels"]["model"] == "mlp" and report["kernels"]["num_envs"] == 2
     assert report["kernels"]["iterations_per_s"] > 0 and len(report["kernels"]["rounds"]) == 1
@@ -70,9 +70,10 @@ def test_rounds_alternate_their_order_and_rows_keep_the_median(tmp_path, monkeyp
 
     def fake_run(config: dict, timeout: float) -> dict:
         calls.append((config["mode"], config.get("num_envs", 0)))
-        if config["mode"] == "roofline":
-            return {**config, "gflops": 10.0 * len(calls)}
-        rate = {1: 5.0, 2: 1.0, 3: 3.0}[sum(call == calls[-1] for call in calls)]  # by round: 5, 1, 3
+        round_ = sum(call == calls[-1] for call in calls)  # this configuration's round: 1, 2, 3
+        if config["mode"] == "roofline":  # the best round is the middle one
+            return {**config, "gflops": {1: 50.0, 2: 90.0, 3: 10.0}[round_]}
+        rate = {1: 5.0, 2: 1.0, 3: 4.0}[round_]  # by round: 5, 1, 4 (median 4, mean 3.33)
         return {**config, "iterations_per_s": rate * config["num_envs"], "seconds": 1.0, "timed_steps": 1,
                 "peak_rss_mib": 1.0, "peak_cuda_mib": None}  # fmt: skip
 
@@ -83,9 +84,9 @@ def test_rounds_alternate_their_order_and_rows_keep_the_median(tmp_path, monkeyp
     order, roofline = [("single", 1), ("native-batched", 1), ("native-batched", 4)], [("roofline", 0)]
     assert calls == roofline + order + roofline + order[::-1] + roofline + order
     report = json.loads((tmp_path / "throughput.json").read_text())
-    assert report["roofline"]["gflops"] == 90.0 and report["roofline"]["rounds"] == [10.0, 50.0, 90.0]
+    assert report["roofline"]["gflops"] == 90.0 and report["roofline"]["rounds"] == [50.0, 90.0, 10.0]
     batched = next(r for r in report["results"] if r["num_envs"] == 4)
-    assert batched["round_iterations_per_s"] == [20.0, 4.0, 12.0] and batched["iterations_per_s"] == 12.0
+    assert batched["round_iterations_per_s"] == [20.0, 4.0, 16.0] and batched["iterations_per_s"] == 16.0
     assert report["flops_per_iteration"] == {"mlp": 1000}
 
 
