@@ -13,6 +13,7 @@ Usage::
 
     python -m ala_gym.benchmarks.adalfl_cost                          # digits (MLP), Fashion-MNIST (small CNN)
     python -m ala_gym.benchmarks.adalfl_cost --tasks cifar10 --data-root PATH --repeats 2 --iterations 3   # ResNet-32
+    python -m ala_gym.benchmarks.adalfl_cost --tasks cifar10-subset   # ResNet-32 on the subset under $ALA_GYM_DATA
 
 Writes ``adalfl_cost.json`` and ``adalfl_cost.md`` under ``benchmarks/results/`` (``--out`` changes it).
 """
@@ -36,7 +37,14 @@ from torch.nn import functional as F
 from ala_gym.agents.adalfl import AdaLFLConfig, LossNetwork, OnlineTrainer, initialise_offline
 from ala_gym.agents.cli import DescriptionFormatter
 from ala_gym.benchmarks.machine import RESULTS, check_out_folder, cpu_model
-from ala_gym.core.data import ClassificationData, DataError, load_dataset, resolve_device
+from ala_gym.core.data import (
+    CIFAR10_SUBSET,
+    ClassificationData,
+    DataError,
+    load_dataset,
+    resolve_device,
+    with_data_home,
+)
 from ala_gym.core.trainer import ChildTrainer, TrainConfig
 
 # The registered envs' child settings (ala_gym/envs/*.py).
@@ -44,6 +52,8 @@ TASKS: dict[str, dict[str, Any]] = {
     "digits": {"dataset": "digits", "model": "mlp"},
     "fashion-mnist": {"dataset": "fashion-mnist", "model": "small_cnn"},
     "cifar10": {"dataset": "cifar10", "model": "resnet32"},
+    # The 6,187-image subset in the data home ($ALA_GYM_DATA), as the CIFAR-10 presets and the other benchmarks read it.
+    "cifar10-subset": {"dataset": "cifar10", "model": "resnet32", "data_root": CIFAR10_SUBSET},
 }
 
 
@@ -63,9 +73,13 @@ def median_ms(run: Callable[[], Any], device: torch.device, iterations: int) -> 
 def task_data(task: str, device: torch.device, data_root: str | None) -> ClassificationData:
     """The dataset of ``task`` on ``device`` (read once per process: a second call takes it from the cache)."""
     spec = TASKS[task]
-    kwargs: dict[str, str | bool] = {"data_root": data_root} if data_root is not None and spec["dataset"] != "digits" else {}
-    if spec["dataset"] == "cifar10":
-        kwargs["download"] = False
+    kwargs: dict[str, Any]
+    if "data_root" in spec:  # a folder of the data home, never --data-root's
+        kwargs = with_data_home({"data_root": spec["data_root"]})
+    else:
+        kwargs = {"data_root": data_root} if data_root is not None and spec["dataset"] != "digits" else {}
+        if spec["dataset"] == "cifar10":
+            kwargs["download"] = False
     return load_dataset(spec["dataset"], device=device, **kwargs)
 
 
@@ -134,7 +148,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--iterations", type=int, default=20, help="iterations per timed block")
     parser.add_argument("--repeats", type=int, default=7, help="interleaved blocks per method")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--data-root", help="folder of the dataset files (Fashion-MNIST, CIFAR-10); default: the loader's")
+    parser.add_argument("--data-root", help="folder of the dataset files (Fashion-MNIST, CIFAR-10); default: the loader's "
+                        "(cifar10-subset is the data home's: $ALA_GYM_DATA)")
     parser.add_argument("--note", default="", help="a line on the machine's state (e.g. cores shared with other work)")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)

@@ -42,7 +42,7 @@ PARTS: dict[str, dict[str, list[str]]] = {
                  "--steps", "1", "--iterations", "2", "--threads", "1"],
     },  # fmt: skip
     "adalfl": {
-        "full": ["--tasks", "digits,fashion-mnist,cifar10", "--iterations", "20", "--repeats", "5"],
+        "full": ["--tasks", "digits,fashion-mnist,cifar10-subset", "--iterations", "20", "--repeats", "5"],
         "tiny": ["--tasks", "digits", "--iterations", "1", "--repeats", "1"],
     },
 }

@@ -45,6 +45,22 @@ def test_every_part_runs_on_the_device_asked_for_at_its_budget(tmp_path, monkeyp
     assert "GPU: Some GPU; device `cuda`" in (tmp_path / "gpu.md").read_text()
 
 
+def test_the_full_adalfl_part_finds_the_data_of_every_task(tmp_path, tiny_cifar_dir, monkeypatch) -> None:
+    """The full budget's AdaLFL tasks read their data where the other parts do (the CIFAR-10 subset from the data
+    home): every task's data is checked before the first is measured, so reaching the measuring means all were found."""
+
+    class Measured(Exception):
+        pass
+
+    (tmp_path / "cifar10-subset").symlink_to(tiny_cifar_dir)
+    monkeypatch.setenv("ALA_GYM_DATA", str(tmp_path))
+    monkeypatch.setattr(gpu.adalfl_cost, "measure", lambda *args: (_ for _ in ()).throw(Measured()))
+    argv = gpu.PARTS["adalfl"]["full"]
+    assert argv[argv.index("--tasks") + 1].split(",") == ["digits", "fashion-mnist", "cifar10-subset"]
+    with pytest.raises(Measured):
+        gpu.adalfl_cost.main(["--device", "cpu", *argv, "--out", str(tmp_path / "out")])
+
+
 def test_the_timed_generation_trains_its_children_on_the_device_given(tmp_path, monkeypatch) -> None:
     from ala_gym.agents import meta_train
 
