@@ -196,6 +196,9 @@ class BatchedTrainer:
             self.num_children, len(data.train), dtype=torch.int64, device=data.device
         )
         self._positions = np.full(self.num_children, len(data.train), dtype=np.int64)
+        # The same positions on the device, kept in step: a batch of every child is gathered without a copy from
+        # the host (on a GPU, a copy from pageable host memory would wait for the queued work at every iteration).
+        self._device_positions = torch.from_numpy(self._positions).to(data.device, copy=True)
         # Where a uniform batch lies in a child's permutation, from the child's position.
         self._batch_offsets = torch.arange(config.batch_size, device=data.device)
         self.iterations = np.zeros(self.num_children, dtype=np.int64)
@@ -226,7 +229,7 @@ class BatchedTrainer:
         for value in self.momentum.values():
             value[child].zero_()
         self.samplers[child] = self._sampler(seed)
-        self._positions[child] = len(self.data.train)  # a fresh stream: its first draw takes a permutation
+        self._positions[child] = self._device_positions[child] = len(self.data.train)  # a fresh stream: its first draw takes a permutation
         self.iterations[child] = 0
 
     @torch.no_grad()
@@ -257,14 +260,15 @@ class BatchedTrainer:
         for i in children[self._positions[children] + size > total]:
             generator = self.samplers[i].generator
             self._orders[i] = torch.randperm(total, generator=generator, device=self.device)
-            self._positions[i] = 0
+            self._positions[i] = self._device_positions[i] = 0
         if len(children) == self.num_children:  # every child: row i of the orders, from child i's position on
-            starts = torch.from_numpy(self._positions).to(self.device)
-            index = self._orders.gather(1, starts[:, None] + self._batch_offsets)
+            index = self._orders.gather(1, self._device_positions[:, None] + self._batch_offsets)
+            self._device_positions += size
         else:
-            rows = np.where(active, np.arange(self.num_children), children[0])  # an inactive child: the first one's batch
-            starts = torch.as_tensor(self._positions[rows], device=self.device)
-            index = self._orders[torch.as_tensor(rows, device=self.device)[:, None], starts[:, None] + self._batch_offsets]
+            # An inactive child computes on the first active one's batch (and its position stays).
+            rows = torch.as_tensor(np.where(active, np.arange(self.num_children), children[0]), device=self.device)
+            index = self._orders[rows[:, None], self._device_positions[rows, None] + self._batch_offsets]
+            self._device_positions[torch.as_tensor(children, device=self.device)] += size
         self._positions[children] += size
         if not self.data.augment:  # one gather for every child; the generator draws nothing here
             return training_batch(self.data, index, self.samplers[0].generator)
