@@ -135,7 +135,9 @@ def measure(config: dict) -> dict:
         envs = gym.make_vec(env_id, num_envs=n, backend="ray", train_mode="sequential", children_per_worker=-(-n // actors),
                             num_cpus_per_worker=config["threads"] / actors, **kwargs)  # fmt: skip
     else:
-        envs = gym.make_vec(env_id, num_envs=n, vectorization_mode=mode, **kwargs)
+        # Forked workers cannot use CUDA once the parent has (gymnasium builds one env in the parent first).
+        spawn = {"context": "spawn"} if mode == "async" and config["device"] == "cuda" else {}
+        envs = gym.make_vec(env_id, num_envs=n, vectorization_mode=mode, vector_kwargs=spawn, **kwargs)
     envs.reset(seed=config["seed"])
     shape = envs.action_space.shape
     assert shape is not None  # a MultiDiscrete space, one child's or the children's

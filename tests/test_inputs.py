@@ -123,6 +123,17 @@ def test_a_gpu_index_beyond_the_machines_gpus_is_refused_by_name(gpus: int, monk
             resolve_device(device)
 
 
+@pytest.mark.parametrize("device", ["auto", "cuda"])
+def test_cuda_in_a_worker_forked_after_its_parent_used_cuda_is_refused_by_name(device: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What gymnasium's async vector env does on a GPU machine (faked here): the fix named, not torch's error later."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "_is_in_bad_fork", lambda: True)
+    with pytest.raises(ValueError, match=r"forked after its parent used CUDA.*vector_kwargs=\{'context': 'spawn'\}"):
+        resolve_device(device)
+    assert resolve_device("cpu") == torch.device("cpu")
+
+
 def test_numpy_numbers_are_accepted_and_stored_as_python_numbers() -> None:
     env = gym.make("ALA-Digits-v0", **{**TINY, "total_iterations": np.int64(6), "lr": np.float32(0.05)}).unwrapped
     assert type(env.train_config.total_iterations) is int and type(env.settings.total_iterations) is int

@@ -58,11 +58,22 @@ def resolve_device(device: str | torch.device) -> torch.device:
     """``"auto"`` means CUDA when present, else the CPU; ``"cpu"``, ``"cuda"`` and ``"cuda:N"`` are checked
     against this machine, with a ``ValueError`` that names the fix instead of the driver's message."""
     if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
+        resolved = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            resolved = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
+    # A process forked after its parent used CUDA cannot use it (torch's "Cannot re-initialize CUDA in forked
+    # subprocess", at the first CUDA call): gymnasium's async vector env forks its workers after building one env.
+    if resolved.type == "cuda" and getattr(torch.cuda, "_is_in_bad_fork", lambda: False)():
+        raise ValueError(
+            f"device={str(device)!r} in a process forked after its parent used CUDA, where CUDA cannot run: start the "
+            "workers with spawn (gym.make_vec(..., vectorization_mode='async', vector_kwargs={'context': 'spawn'})), "
+            "or use device='cpu'"
+        )
+    if str(device) == "auto":
+        return resolved
     if resolved.type == "cuda":
         available = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if resolved.index is not None and resolved.index >= available or available == 0:
