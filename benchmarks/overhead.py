@@ -265,6 +265,7 @@ def measure(name: str, device: torch.device, repeats: int, steps_per_action: int
         "vs_plain_cpu_pct": {name: 100.0 * (median_cpu[name] / median_cpu["plain"] - 1) for name in LOOPS},
         "vs_plain_wall_pct": {name: 100.0 * (median_wall[name] / median_wall["plain"] - 1) for name in LOOPS},
         "env_vs_trainer_cpu_pct": 100.0 * (median_cpu["env"] / median_cpu["trainer"] - 1),
+        "env_vs_trainer_wall_pct": 100.0 * (median_wall["env"] / median_wall["trainer"] - 1),
         "load_average_after": os.getloadavg(),
         "validation_pass_s": eval_pass,
         "validation_share_of_step_pct": 100.0 * env.settings.eval_points * eval_pass / median_wall["env"],
@@ -292,8 +293,16 @@ def _ms(seconds: float) -> str:
     return f"{1000 * seconds:.1f}"
 
 
+def headline_clock(device: str) -> tuple[str, str]:
+    """The clock the report's ratios read and the other one, as (key, label): this process's CPU time on a CPU
+    (steadier on a shared machine); wall time on a GPU, where CPU time counts launches and waits, not the work."""
+    return ("wall", "wall") if device.startswith("cuda") else ("cpu", "CPU")
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     machine = report["machine"]
+    clock, label = headline_clock(machine["device"])
+    other, other_label = ("cpu", "CPU") if clock == "wall" else ("wall", "wall")
     lines = [
         "# ALA's cost: one env step against plain cross-entropy training of the same child",
         "",
@@ -313,19 +322,20 @@ def render_markdown(report: dict[str, Any]) -> str:
         + "; ".join(f"{name} {row.get('malloc', 'system default')}" for name, row in report["results"].items()) + ".",
         "* Times are medians over interleaved repetitions (plain, trainers, env, plain, ...), after one warm-up of each.",
         f"* Load average (1, 5, 15 min) at the start: {machine['load_average_start']}. Overheads are ratios of medians "
-        "minus one; CPU time is this process's CPU seconds, the steadier figure on a shared machine.",
+        "minus one; " + ("CPU time is this process's CPU seconds, the steadier figure on a shared machine."
+                         if clock == "cpu" else "wall time, synchronised with the GPU: its CPU time counts launches and waits."),
         "* Env keywords of each row (pinned in `CONFIGS`): "
         + "; ".join(f"{name} `{json.dumps(row['env_kwargs'])}`" for name, row in report["results"].items()) + ".",
         "",
-        "| config | model | K | repeats | plain CE (ms, CPU) | " + " | ".join(f"{name} vs plain (CPU)" for name in LOOPS[1:])
-        + " | env vs plain (wall) | env vs trainer (CPU) | validation passes / step |",
+        f"| config | model | K | repeats | plain CE (ms, {label}) | " + " | ".join(f"{name} vs plain ({label})" for name in LOOPS[1:])
+        + f" | env vs plain ({other_label}) | env vs trainer ({label}) | validation passes / step |",
         "|---|---|---|---|---|" + "---|" * (len(LOOPS) - 1) + "---|---|---|",
     ]
     for name, row in report["results"].items():
         lines.append(
-            f"| {name} | {row['model']} | {row['steps_per_action']} | {row['repeats']} | {_ms(row['median_cpu_s']['plain'])} | "
-            + " | ".join(f"{row['vs_plain_cpu_pct'][loop]:+.1f}%" for loop in LOOPS[1:])
-            + f" | {row['vs_plain_wall_pct']['env']:+.1f}% | {row['env_vs_trainer_cpu_pct']:+.1f}% "
+            f"| {name} | {row['model']} | {row['steps_per_action']} | {row['repeats']} | {_ms(row[f'median_{clock}_s']['plain'])} | "
+            + " | ".join(f"{row[f'vs_plain_{clock}_pct'][loop]:+.1f}%" for loop in LOOPS[1:])
+            + f" | {row[f'vs_plain_{other}_pct']['env']:+.1f}% | {row[f'env_vs_trainer_{clock}_pct']:+.1f}% "
             f"| {row['validation_share_of_step_pct']:.1f}% ({row['val_eval_images']} images x {row['eval_points']}) |"
         )
     lines += [
@@ -419,8 +429,9 @@ def main(argv: list[str] | None = None) -> None:
         report["results"][name] = row = measure(name, device, repeats, args.steps_per_action)
         row["device"], row["torch_num_threads"], row["malloc"] = str(device), torch.get_num_threads(), malloc
         row["benchmark_wall_s"] = time.perf_counter() - started
-        print(f"{name}: plain {_ms(row['median_cpu_s']['plain'])} ms CPU, "
-              + ", ".join(f"{loop} {row['vs_plain_cpu_pct'][loop]:+.1f}%" for loop in LOOPS[1:])
+        clock, label = headline_clock(str(device))
+        print(f"{name}: plain {_ms(row[f'median_{clock}_s']['plain'])} ms {label}, "
+              + ", ".join(f"{loop} {row[f'vs_plain_{clock}_pct'][loop]:+.1f}%" for loop in LOOPS[1:])
               + f" ({row['benchmark_wall_s']:.0f} s)", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")

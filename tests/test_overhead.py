@@ -95,8 +95,18 @@ def test_tiny_run_writes_json_and_markdown(tmp_path):
     # The validation passes of one step (eval_points of them) against the env step's wall time.
     share = 100 * row["eval_points"] * row["validation_pass_s"] / row["median_wall_s"]["env"]
     assert row["validation_share_of_step_pct"] == pytest.approx(share)
+    wall = row["median_wall_s"]
+    assert row["env_vs_trainer_wall_pct"] == pytest.approx(100 * (wall["env"] - wall["trainer"]) / wall["trainer"])
     table = (tmp_path / "overhead.md").read_text()
     assert "| digits | mlp | 2 | 1 |" in table and "malloc" in table
+    # On a CPU the ratios read this process's CPU time; on a GPU, where CPU time counts launches and waits, wall time.
+    env = f"{row['vs_plain_cpu_pct']['env']:+.1f}% | {row['vs_plain_wall_pct']['env']:+.1f}% | {row['env_vs_trainer_cpu_pct']:+.1f}%"
+    assert "env vs plain (CPU) | env vs plain (wall) | env vs trainer (CPU)" in table and env in table
+    report["machine"]["device"] = "cuda"
+    on_gpu = overhead.render_markdown(report)
+    env = f"{row['vs_plain_wall_pct']['env']:+.1f}% | {row['vs_plain_cpu_pct']['env']:+.1f}% | {row['env_vs_trainer_wall_pct']:+.1f}%"
+    assert "env vs plain (wall) | env vs plain (CPU) | env vs trainer (wall)" in on_gpu and env in on_gpu
+    assert f"| {overhead._ms(wall['plain'])} |" in on_gpu
 
 
 def test_counts_that_are_not_positive_are_refused(tmp_path, capsys):
