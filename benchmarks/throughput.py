@@ -174,6 +174,8 @@ def roofline(config: dict) -> dict:
     generator = torch.Generator().manual_seed(0)
     a, b = (torch.randn(size, size, generator=generator).to(device) for _ in range(2))
     out = torch.mm(a, b)  # warm-up
+    if device.type == "cuda":  # the warm-up (and the copies) finished before the clock starts
+        torch.cuda.synchronize()
     best, start = 0.0, time.perf_counter()
     while time.perf_counter() - start < config["seconds"] or best == 0.0:
         block = time.perf_counter()
@@ -295,6 +297,8 @@ def seconds_per_run(run: Callable[[], Any], seconds: float, device: str) -> floa
     import torch
 
     run()
+    if device == "cuda":  # the warm-up call finished before the clock starts
+        torch.cuda.synchronize()
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds or count < 3:
         run()
