@@ -346,6 +346,12 @@ on_ray = pytest.mark.usefixtures("ray_cluster", "one_torch_thread")  # one threa
 
 
 @on_ray
+def test_more_workers_than_the_cluster_has_cpus_are_refused_not_left_pending() -> None:
+    with pytest.raises(ValueError, match="3 workers need 3 CPUs but the Ray cluster has 2: lower workers"):
+        RayEvaluators(3)
+
+
+@on_ray
 def test_ray_workers_compute_what_the_process_computes_and_resume_bit_for_bit(tmp_path) -> None:
     """Two actors, one pair per evaluation: the same fitness and theta as in the process, generation by
     generation; the Ray run's checkpoint resumes, on one actor, to the in-process run's end."""
@@ -361,29 +367,30 @@ def test_ray_workers_compute_what_the_process_computes_and_resume_bit_for_bit(tm
 
 @on_ray
 def test_a_lost_actor_costs_its_pair_not_the_generation(monkeypatch, capsys) -> None:
-    """The actor of pair 1 is killed after its call went out: generation 1 updates on pair 0 alone, exactly as
-    an in-process run that drops pair 1, and generation 2 runs both pairs, pair 1 on a replacement actor. A
-    generation that loses every evaluation raises and leaves theta as it was."""
+    """Four pairs on two actors, the actor of pair 0 killed after its call went out: generation 1 updates on pairs
+    1-3, exactly as an in-process run that drops pair 0, the calls that waited (pairs 2 and 3) run on the surviving
+    actor, and generation 2 runs every pair, on a replacement actor beside the survivor; generation 3 keeps those
+    two. A generation that loses every evaluation raises and leaves theta as it was."""
     import ray
 
-    config = tiny(pairs_per_evaluation=1)
+    config = tiny(pairs_per_evaluation=1, population=4)
     evaluate = run_children
 
-    def pair_1_lost_in_generation_1(policy, vectors, plan, run_config, pairs=None):
-        lost = pairs == range(1, 2) and plan == generation_plan(config, 0)
+    def pair_0_lost_in_generation_1(policy, vectors, plan, run_config, pairs=None):
+        lost = pairs == range(0, 1) and plan == generation_plan(config, 0)
         return None if lost else evaluate(policy, vectors, plan, run_config, pairs)
 
     with monkeypatch.context() as patch:
-        patch.setattr(meta_train_module, "run_children", pair_1_lost_in_generation_1)
+        patch.setattr(meta_train_module, "run_children", pair_0_lost_in_generation_1)
         reference = meta_train(config)
-    assert capsys.readouterr().err.count("warning: generation 1: 1 of 2 antithetic pairs lost") == 1
+    assert capsys.readouterr().err.count("warning: generation 1: 1 of 4 antithetic pairs lost") == 1
     # The cost counts the children that trained: the lost pair's two did not finish generation 1.
     horizons = [entry["total_iterations"] for entry in reference.history]
-    assert provenance(reference, [])["child_iterations"] == 2 * horizons[0] + 4 * horizons[1]
+    assert provenance(reference, [])["child_iterations"] == 6 * horizons[0] + 8 * horizons[1]
 
     submit = RayEvaluators._submit
     used: list[tuple[int, object]] = []  # per call: its pair (one per evaluation) and the actor it went to
-    doomed: set[int] = {1}  # the pairs whose actor is killed after their call went out
+    doomed: set[int] = {0}  # the pairs whose actor is killed after their call went out
 
     def submit_then_kill(self, slot, call):
         ref = submit(self, slot, call)
@@ -396,22 +403,44 @@ def test_a_lost_actor_costs_its_pair_not_the_generation(monkeypatch, capsys) -> 
     trainer = MetaTrainer(replace(config, workers=2))
     try:
         trainer.step()
+        first = list(used)
         doomed.clear()
         trainer.step()
         assert trainer.history == reference.history and torch.equal(trainer.theta, reference.theta)
         assert [entry["lost_pairs"] for entry in json.loads(trainer.state()["history"])] == [1, 0]
-        assert "warning: generation 1: 1 of 2 antithetic pairs lost" in capsys.readouterr().err
-        assert [pair for pair, _ in used] == [0, 1, 0, 1]
-        (_, survivor), (_, killed), (_, first), (_, replacement) = used
-        assert first == survivor and replacement != killed
+        assert "warning: generation 1: 1 of 4 antithetic pairs lost" in capsys.readouterr().err
+        assert sorted(pair for pair, _ in first) == [0, 1, 2, 3]
+        actor = dict(first)
+        killed, survivor = actor[0], actor[1]
+        assert killed != survivor and actor[2] == actor[3] == survivor  # the waiting calls went to the survivor
+        second = {handle for _, handle in used[len(first) :]}
+        assert survivor in second and killed not in second and len(second) == 2  # a replacement beside the survivor
+        used.clear()
+        trainer.step()
+        assert {handle for _, handle in used} == second  # a replaced actor is kept, not replaced again
 
-        doomed.update({0, 1})
+        doomed.update(range(config.population))
         theta = trainer.theta.detach().clone()
-        with pytest.raises(EvaluationsLostError, match="generation 3: every evaluation was lost"):
+        with pytest.raises(EvaluationsLostError, match="generation 4: every evaluation was lost"):
             trainer.step()
-        assert trainer.generation == 2 and torch.equal(trainer.theta, theta) and len(trainer.history) == 2
+        assert trainer.generation == 3 and torch.equal(trainer.theta, theta) and len(trainer.history) == 3
     finally:
         trainer.close()
+
+
+def test_a_task_whose_evaluations_are_all_lost_is_dropped_from_its_generation(monkeypatch, capsys) -> None:
+    """Two tasks a generation, every evaluation of the second lost: the generation updates on the first alone, and
+    says so; only a generation with nothing left raises."""
+    config = tiny(tasks=("ALA-Digits-v0", "ALA-Digits-AUCPR-v0"), tasks_per_generation=2, generations=1)
+    fitness, phi, loss = np.array([3.0, 1.0, 2.0, 0.0]), np.zeros(4), np.ones(4)
+    monkeypatch.setattr(meta_train_module, "run_children", lambda policy, vectors, plan, *_: (
+        None if plan["task"] == "ALA-Digits-AUCPR-v0" else ChildOutcomes(fitness, phi, loss, phi > 0)))  # fmt: skip
+    trainer, alone = MetaTrainer(config), MetaTrainer(replace(config, tasks=("ALA-Digits-v0",), tasks_per_generation=1))
+    entries = trainer.step()
+    assert [entry["task"] for entry in entries] == ["ALA-Digits-v0"] and trainer.generation == 1
+    assert "every evaluation of ALA-Digits-AUCPR-v0 lost with its Ray actor, the task dropped" in capsys.readouterr().err
+    alone.step()  # the first task's estimate alone: the step of a run of that task only
+    assert torch.equal(trainer.theta, alone.theta)
 
 
 def test_task_kwargs_reach_their_task_only_with_data_roots_under_the_data_home(monkeypatch, tmp_path) -> None:

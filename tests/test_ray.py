@@ -112,6 +112,7 @@ def test_lost_worker_step_contract(make_ray) -> None:
     assert info["_worker_lost"].tolist() == [True, False] and info["worker_lost"][0]
     assert "_test_metric" not in info  # not finished: no test metric
     assert info["val_metric"][0] == before["val_metric"][0] and info["iteration"].tolist() == [10, 20]
+    assert before["row_improvement"][0].any() and not info["row_improvement"][0].any()  # no credit for the lost step
     # Afterwards the lost child idles: its last observation, reward 0, no info; set_attr and get_attr go on.
     envs.set_attr("phi", 0.5 * np.eye(10))
     np.testing.assert_array_equal(envs.get_attr("phi")[1], 0.5 * np.eye(10))
@@ -124,6 +125,22 @@ def test_lost_worker_step_contract(make_ray) -> None:
     assert terminated.tolist() == [False, True]
     with pytest.raises(RuntimeError, match="reset"):
         envs.get_attr("num_classes")
+
+
+def test_a_worker_lost_just_after_an_episode_ended_reports_no_end_of_that_episode_again(make_ray) -> None:
+    """The lost step carries the child's last info but not its finished episode's scores: a lost run must not
+    look finished with the previous episode's test metric."""
+    envs = make_ray(2, children_per_worker=1)
+    envs.reset(seed=0)
+    actions = np.ones((2, N_PAIRS), dtype=np.int64)
+    for _ in range(STEPS):
+        _, _, terminated, _, ended = envs.step(actions)
+    assert terminated.all() and ended["_test_metric"].all() and ended["_final_val_metric"].all()
+    ray.kill(envs.workers[0])
+    _, _, terminated, _, info = envs.step(actions)  # the others reset (NEXT_STEP); child 0 is lost
+    assert terminated[0] and info["worker_lost"][0]
+    for key in ("test_metric", "final_val_metric", "final_val_loss"):
+        assert key not in info or not info[f"_{key}"][0], key
 
 
 def test_a_lost_worker_under_same_step_autoreset_ends_its_children_as_episodes_end(make_ray) -> None:
@@ -151,7 +168,10 @@ def test_a_worker_that_died_between_steps_is_replaced_by_the_next_reset(make_ray
         envs.reset(seed=0)
     observations, _ = envs.reset(seed=0)  # as the message says: a new actor for the group
     assert observations.shape == (2, N_PAIRS, 24) and not envs._lost.any()
-    envs.close()
+    handle = envs.workers[0]
+    envs.close()  # its actors go with it, also on a cluster the caller started
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(handle.get_attr.remote("num_classes"), timeout=60)
     with pytest.raises(RuntimeError, match="closed"):
         envs.get_attr("num_classes")
     with pytest.raises(ValueError, match="children_per_worker must be an integer >= 1, got 2.0"):

@@ -273,8 +273,9 @@ def test_bad_input_raises_value_error(make_vec) -> None:
     for child in (-1, 2) if hasattr(envs.unwrapped, "copy_child") else ():  # the native env's (Ray's cannot copy)
         with pytest.raises(ValueError, match=r"target must be a child index in \[0, 2\)"):
             envs.unwrapped.copy_child(0, child)
-    with pytest.raises(ValueError, match="beta"):  # a task keyword, checked where the children live
+    with pytest.raises(ValueError, match="beta") as caught:  # a task keyword, checked where the children live
         make_vec(ENV_ID, 2, **{**TINY, "beta": -1.0})
+    assert type(caught.value) is ValueError  # the task's own error, not a backend's wrapper of it
     # The failed calls changed nothing: the next step is a normal first step.
     _, _, _, _, info = envs.step(np.ones((2, N_PAIRS), dtype=np.int64))
     assert info["episode_step"].tolist() == [1, 1]
