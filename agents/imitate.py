@@ -91,7 +91,10 @@ class ImitateConfig:
 
     def __post_init__(self) -> None:
         if not self.horizons or min(self.horizons) < 1 or self.steps_per_action < 1 or self.num_envs < 1:
-            raise ValueError("horizons, steps_per_action and num_envs must be positive")
+            raise ValueError(
+                f"horizons, steps_per_action and num_envs must be positive, got {self.horizons}, {self.steps_per_action}, "
+                f"{self.num_envs}"
+            )
         if not 0 <= self.explore < 1:
             raise ValueError(f"explore must be in [0, 1), got {self.explore}")
         if self.hidden < 1 or self.epochs < 1 or not self.lr > 0:

@@ -171,7 +171,10 @@ class MetaTrainConfig:
         if not 1 <= low <= high:
             raise ValueError(f"horizon must be (low, high) with 1 <= low <= high, got {self.horizon}")
         if self.population < 1 or self.generations < 1 or self.hidden < 1 or self.steps_per_action < 1:
-            raise ValueError("population, generations, hidden and steps_per_action must be positive")
+            raise ValueError(
+                f"population, generations, hidden and steps_per_action must be positive, got {self.population}, "
+                f"{self.generations}, {self.hidden}, {self.steps_per_action}"
+            )
         if not self.sigma > 0 or not self.lr > 0:
             raise ValueError(f"sigma and lr must be positive, got {self.sigma}, {self.lr}")
         # Infinite ones pass the comparison above and make theta NaN; theta is float32: no larger value applies.

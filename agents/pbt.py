@@ -59,7 +59,10 @@ class PBTConfig:
         if not -1 <= low <= self.initial_range[0] <= self.initial_range[1] <= high <= 1:
             raise ValueError(f"need -1 <= bounds[0] <= initial_range <= bounds[1] <= 1, got {self.initial_range}, {self.bounds}")
         if self.explore_step < 0 or not 0 <= self.resample_probability <= 1:
-            raise ValueError("explore_step must be >= 0 and resample_probability in [0, 1]")
+            raise ValueError(
+                f"explore_step must be >= 0 and resample_probability in [0, 1], got {self.explore_step}, "
+                f"{self.resample_probability}"
+            )
 
 
 class PBTController(Controller):

@@ -15,6 +15,7 @@ import pytest
 from ala_gym.agents import checkpoints, imitate, meta_train
 from ala_gym.agents.imitate import ImitateConfig
 from ala_gym.agents.meta_train import MetaTrainConfig
+from ala_gym.agents.pbt import PBTConfig
 from ala_gym.agents.reinforce import ReinforceConfig, ReinforceController
 from ala_gym.agents.reinforce import main as reinforce_main
 from ala_gym.agents.sb3 import SB3Config, SB3Controller
@@ -43,6 +44,28 @@ TINY_RUN = ["--num-envs", "2", "--total-iterations", "4", "--steps-per-action", 
     (ImitateConfig, dict(lr=INF), "lr must be a finite number"),
 ], ids=lambda value: value.__name__ if isinstance(value, type) else None)  # fmt: skip
 def test_a_config_refuses_a_number_that_is_not_finite_or_out_of_range(config: type, kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        config(**kwargs)
+
+
+@pytest.mark.parametrize("config, kwargs, message", [
+    (MetaTrainConfig, dict(tasks=()), "tasks must name at least one env id, got \\(\\)"),
+    (MetaTrainConfig, dict(tasks=("ALA-Digits-v0", 3)), "tasks must name at least one env id, got \\('ALA-Digits-v0', 3\\)"),
+    (MetaTrainConfig, dict(horizon=(600, 200)), "horizon must be \\(low, high\\) with 1 <= low <= high, got \\(600, 200\\)"),
+    (MetaTrainConfig, dict(population=0), "population, generations, hidden and steps_per_action must be positive, got 0, 10, 32, 20"),
+    (MetaTrainConfig, dict(sigma=0.0), "sigma and lr must be positive, got 0.0, 0.02"),
+    (MetaTrainConfig, dict(lr=NAN), "sigma and lr must be positive, got 0.05, nan"),
+    (MetaTrainConfig, dict(init_no_change=1.0), "init_no_change must be in \\[0, 1\\), got 1.0"),
+    (MetaTrainConfig, dict(workers=-1), "workers must be >= 0 and pairs_per_evaluation positive, got -1, None"),
+    (MetaTrainConfig, dict(pairs_per_evaluation=0), "workers must be >= 0 and pairs_per_evaluation positive, got 0, 0"),
+    (ImitateConfig, dict(horizons=()), "horizons, steps_per_action and num_envs must be positive, got \\(\\), 20, 2"),
+    (ImitateConfig, dict(num_envs=0), "horizons, steps_per_action and num_envs must be positive, got \\(400, 1200\\), 20, 0"),
+    (ImitateConfig, dict(epochs=0), "hidden, epochs and lr must be positive, got 32, 0, 0.01"),
+    (PBTConfig, dict(explore_step=-0.01), "explore_step must be >= 0 and resample_probability in \\[0, 1\\], got -0.01, 0.25"),
+    (PBTConfig, dict(resample_probability=1.5), "explore_step must be >= 0 and resample_probability in \\[0, 1\\], got 0.01, 1.5"),
+], ids=lambda value: value.__name__ if isinstance(value, type) else None)  # fmt: skip
+def test_a_config_refuses_a_setting_out_of_its_range_with_the_values_given(config: type, kwargs: dict, message: str) -> None:
+    """Each refusal names the settings it checks, the range they must lie in and what was given."""
     with pytest.raises(ValueError, match=message):
         config(**kwargs)
 
