@@ -160,6 +160,34 @@ def test_an_exploited_child_explores_from_its_sources_value() -> None:
     assert copies == [(1, 2)]
 
 
+def test_a_resampled_child_draws_a_fresh_value_from_the_initial_range() -> None:
+    """With ``resample_probability`` 1 the bottom child takes the top child's weights but not its loss value:
+    it draws one from ``initial_range``, far here from the source's value and from one explore step around it."""
+    from types import SimpleNamespace
+
+    config = PBTConfig(interval=1, quantile=0.25, resample_probability=1.0, initial_range=(0.05, 0.06))
+    controller = PBTController(config=config, num_envs=4)
+    copies = []
+    controller.envs = SimpleNamespace(evaluator=SimpleNamespace(higher_is_better=False),
+                                      copy_child=lambda source, target: copies.append((source, target)))  # fmt: skip
+    controller.rng, controller.steps = np.random.default_rng(0), 0
+    controller.values = np.array([0.0, -0.15, 0.1, -0.1])
+    controller.running = np.ones(4, dtype=bool)
+    controller.learn(None, None, None, None, np.zeros(4, dtype=bool), {"val_metric_discounted": np.array([0.3, 0.1, 0.5, 0.2])})
+    assert copies == [(1, 2)] and 0.05 <= controller.values[2] <= 0.06
+    np.testing.assert_array_equal(controller.values[[0, 1, 3]], [0.0, -0.15, -0.1])
+
+
+def test_pbt_refuses_a_vector_env_that_cannot_copy_a_child_before_any_step() -> None:
+    """Only the native vector env copies one child into another (the Ray backend's cannot): another one is
+    refused by name at the start of the run, with the env to use."""
+    envs = gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1")] * 2)
+    envs.step = lambda actions: pytest.fail("stepped an env PBT cannot run")
+    with pytest.raises(ValueError, match="SyncVectorEnv cannot copy one child's state into another: use the native vector env"):
+        PBTController(num_envs=2).run(envs, seed=0)
+    envs.close()
+
+
 def test_rounds_replace_the_rounded_quantile_and_explore_within_the_bounds() -> None:
     """A quarter of 6 children is 1.5: two are replaced, by two of the top ones. An explore step that would
     leave ``bounds`` stops at the bound; a higher-is-better metric ranks the other way round."""
