@@ -348,7 +348,10 @@ class AdaLFLController(Controller):
     def run(self, envs: gym.vector.VectorEnv, seed: int, on_step: OnStep | None = None) -> list[EpisodeRecord]:
         spec = getattr(envs.unwrapped, "task_spec", None)
         if spec is None:
-            raise TypeError("AdaLFL needs the ALA vector env that make_envs builds (gym.make_vec of an ALA env id)")
+            raise TypeError(
+                f"AdaLFL needs the native ALA vector env that make_envs builds (gym.make_vec of an ALA env id), not a "
+                f"{type(envs.unwrapped).__name__}"
+            )
         self.check_task(spec)
         # A single env of the vector env's task: its own reset builds the child, with the same initial weights
         # and batch order as child 0 of any other controller's run with this seed. Further draws from its generator seed AdaLFL's streams.

@@ -304,6 +304,18 @@ def test_config_rejects_bad_values(kwargs: dict, message: str) -> None:
         AdaLFLConfig(**kwargs)
 
 
+def test_adalfl_refuses_to_act_outside_its_run_and_a_vector_env_without_an_ala_task() -> None:
+    """AdaLFL trains the child itself in ``run()``: ``act`` is refused with where it acts, and so is a vector env
+    that carries no ALA task (any but the native one), by its class, before any child is built."""
+    controller = AdaLFLController()
+    with pytest.raises(TypeError, match=r"AdaLFL sets no Phi: it trains the child itself in run\(\)"):
+        controller.act(np.zeros((1, 45, 24)), {})
+    envs = gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1")])
+    with pytest.raises(TypeError, match="needs the native ALA vector env that make_envs builds .*, not a SyncVectorEnv"):
+        controller.run(envs, seed=0)
+    envs.close()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_runs_on_cuda() -> None:
     controller = AdaLFLController(AdaLFLConfig(offline_steps=5))
