@@ -66,6 +66,7 @@ stay in [0, 0.05] by default), so a run starts as, and stays close to, cross-ent
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -104,7 +105,8 @@ def hull_selections(
     margin_tol: float = 1e-9,
 ) -> Iterator[Selection]:
     """The selection LP's answer for every observed model on the lower hull, best model first (module
-    docstring); ends with one ``Selection`` without a model. :func:`select_loss` takes the first; the
+    docstring); ends with one ``Selection`` without a lambda: without a model, or, where every lambda in the box
+    makes the model reached a minimiser (the models left give no preference), that model. :func:`select_loss` takes the first; the
     anytime loop walks further down when the best model's lambda has been tried already.
 
     ``features`` is ``[n, 1 + k]`` (column 0 the data term), ``errors`` ``[n]``, ``upper`` ``[k]`` the box
@@ -177,6 +179,11 @@ class LearnLossConfig:
     repeat_rtol: float = 1e-2
     """A proposal within this relative distance of a tried lambda (every component) is replaced by a random one:
     relative, because good weights are often orders of magnitude below the box bound."""
+
+    def __post_init__(self) -> None:
+        # The selection LP needs a box: refused before the first training run, not once the LP first runs.
+        if not self.upper or not all(0 < bound < math.inf for bound in self.upper):
+            raise ValueError(f"upper must hold a positive, finite box bound per tuned weight, got {self.upper}")
 
 
 @dataclass

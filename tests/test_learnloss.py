@@ -4,6 +4,7 @@ loop, the on-the-fly controller on a tiny digits episode, and the tuning benchma
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from functools import partial
@@ -20,6 +21,7 @@ from ala_gym.agents.learnloss import (
     Trial,
     best_trial,
     confusion_features,
+    hull_selections,
     learn_loss,
     propose,
     random_lambda,
@@ -77,6 +79,8 @@ def test_degenerate_cases_give_a_defined_result():
     upper = np.array([1.0, 1.0])
     equal = select_loss(np.ones((4, 3)), np.array([0.3, 0.1, 0.2, 0.4]), upper)
     assert equal.lam is None and equal.model == 1 and equal.margin == np.inf
+    # No preference is the last answer: the models further down are the same, walking on would find nothing.
+    assert list(hull_selections(np.ones((4, 3)), np.array([0.3, 0.1, 0.2, 0.4]), upper)) == [equal]
     nothing = select_loss(np.full((3, 3), np.nan), np.array([0.1, 0.2, 0.3]), upper)
     assert nothing.lam is None and nothing.model is None and nothing.rank == -1
     # The best model has the same regulariser values as another model but a higher data term: dominated.
@@ -91,6 +95,17 @@ def test_degenerate_cases_give_a_defined_result():
     assert all(np.all((t.lam > 0) & (t.lam <= 1)) for t in trials)
     with pytest.raises(ValueError, match="features must be"):
         select_loss(np.ones((3, 2)), np.ones(3), upper)
+
+
+@pytest.mark.parametrize("upper", [(1.0, 0.0), (1.0, -0.5)])
+def test_box_bounds_that_are_not_positive_are_refused(upper: tuple[float, float]) -> None:
+    """The LP's box is ``[0, U]``: a bound that is not positive is refused by the LP, and by the loop's config
+    before any training run (alike an infinite or NaN one, which no random lambda can be drawn under)."""
+    with pytest.raises(ValueError, match=f"box bounds must be positive, got {re.escape(str(np.array(upper)))}"):
+        select_loss(np.ones((3, 3)), np.array([0.1, 0.2, 0.3]), np.array(upper))
+    for bounds in (upper, (1.0, np.inf), (np.nan,), ()):
+        with pytest.raises(ValueError, match="upper must hold a positive, finite box bound per tuned weight, got"):
+            LearnLossConfig(upper=bounds)
 
 
 def grid_family() -> tuple[np.ndarray, np.ndarray]:
