@@ -203,6 +203,22 @@ def test_reinforce_is_seeded_by_the_run_seed_and_leaves_global_rngs_alone():
     assert np.array_equal(np.random.get_state()[1], numpy_state[1])
 
 
+def test_reinforce_imposes_its_starting_phi_once_at_the_start_of_each_run() -> None:
+    """``start_off_diagonal`` s: before a run's first step every child gets ``Phi = I + s`` off the diagonal; later
+    steps leave Phi to the actions, until the next run starts from it again. 0 (the paper) imposes nothing."""
+    observations, infos = np.zeros((2, 3, 24)), {"phi": np.stack([np.eye(3)] * 2)}
+    controller = ReinforceController(ReinforceConfig(start_off_diagonal=0.05), num_envs=2)
+    controller.begin(fake_envs(2), seed=0)
+    start = controller.prescribe_phi(observations, infos)
+    np.testing.assert_allclose(start, np.stack([np.eye(3) + 0.05 * (1 - np.eye(3))] * 2))
+    assert controller.prescribe_phi(observations, infos) is None
+    controller.begin_episode(fake_envs(2))
+    np.testing.assert_array_equal(controller.prescribe_phi(observations, infos), start)
+    identity = ReinforceController(num_envs=2)
+    identity.begin(fake_envs(2), seed=0)
+    assert identity.prescribe_phi(observations, infos) is None
+
+
 @pytest.fixture(scope="module")
 def reinforce_policy(tmp_path_factory):
     """REINFORCE learned on 10-class ALA-Digits through the command line, saved."""
@@ -345,10 +361,13 @@ def test_the_sb3_pair_extractor_reads_each_pairs_row_from_the_flattened_observat
 
 
 def test_phi_stats():
+    """Matrices ``[children, C, C]``: drift from identity and the largest off-diagonal entry; loss parameters that
+    are a vector per child (``[children, rows]``, metric learning): their mean and largest absolute value."""
     phi = np.eye(4)
     phi[0, 1] = phi[1, 0] = -0.5
     stats = phi_stats(phi[None])
     assert stats["phi_max_offdiag"] == 0.5 and np.isclose(stats["phi_drift"], np.sqrt(0.5) / 4)
+    assert phi_stats(np.array([[0.2, -0.6], [0.5, 0.3]])) == pytest.approx({"phi_mean": 0.1, "phi_max_abs": 0.6})
 
 
 def test_phi_ramp_moves_the_off_diagonal_with_each_childs_progress() -> None:
