@@ -105,6 +105,51 @@ def test_cli_bad_hyperparameter_is_one_line_and_exit_2(main, wrong: list[str], m
     assert caught.value.code == 2 and message in err and err.strip().count("\n") == 0
 
 
+@pytest.mark.parametrize("config, state_dict, message", [
+    ({}, {"weight": torch.zeros(1)}, "the loaded ppo policy does not fit this env: Error(s) in loading state_dict"),
+    ({"hidden": "32"}, {}, "holds a damaged ppo policy config ('<' not supported between instances of 'str' and 'int')"),
+], ids=["weights", "config"])  # fmt: skip
+def test_an_sb3_policy_that_does_not_fit_the_env_or_is_damaged_is_one_line_and_exit_2(
+    config: dict, state_dict: dict, message: str, tmp_path: Path, capsys
+) -> None:
+    """A saved SB3 policy whose weights the env's model cannot take (refused when the run builds the model), or
+    whose saved config does not build one (refused at load): one line, exit status 2, before any training."""
+    checkpoints.save_checkpoint(tmp_path / "ppo.pt", "sb3-ppo", config, state_dict)
+    with pytest.raises(SystemExit) as caught:
+        sb3_main(["--load", str(tmp_path / "ppo.pt"), *TINY_RUN])
+    err = capsys.readouterr().err
+    assert caught.value.code == 2 and message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_sb3_names_the_algorithms_it_has_when_given_another() -> None:
+    from ala_gym.agents.sb3 import SB3Controller
+
+    with pytest.raises(ValueError, match=r"unknown algo 'dqn'; choose one of \['a2c', 'ppo'\]"):
+        SB3Controller("dqn")
+
+
+def test_env_kwarg_values_are_python_literals_else_the_text_and_need_a_key(capsys) -> None:
+    """``--env-kwarg KEY=VALUE``: VALUE is a Python literal where it parses as one, else the text itself (a model's
+    name, a dataset's path); an item without ``=`` is refused in one line before any env is made."""
+    items = ["eval_points=2", "phi_init=[0.5, 1]", "model=mlp", "data_root=data/my digits"]
+    args = argparse.Namespace(total_iterations=4, steps_per_action=None, beta=None, loss_form=None, device=None, env_kwarg=items)
+    assert cli.env_kwargs_from_args(args) == {"total_iterations": 4, "eval_points": 2, "phi_init": [0.5, 1], "model": "mlp",
+                                              "data_root": "data/my digits"}  # fmt: skip
+    with pytest.raises(SystemExit) as caught:
+        reinforce_main([*TINY_RUN, "--env-kwarg", "eval_points"])
+    assert caught.value.code == 2 and capsys.readouterr().err == "error: --env-kwarg expects KEY=VALUE, got 'eval_points'\n"
+
+
+def test_the_logs_go_to_runs_controller_env_seed_without_a_log_dir(tmp_path, monkeypatch, capsys) -> None:
+    """Without ``--log-dir`` (and without ``--no-tensorboard``) the TensorBoard logs and the children's records
+    go to ``runs/<controller>-<env>-s<seed>`` under the working folder."""
+    monkeypatch.chdir(tmp_path)
+    reinforce_main([*(arg for arg in TINY_RUN if arg != "--no-tensorboard"), "--seed", "3"])
+    folder = Path("runs", "reinforce-ALA-Digits-v0-s3")
+    assert f"logs: tensorboard --logdir {folder}" in capsys.readouterr().out
+    assert len(json.loads((folder / cli.RECORDS_FILE).read_text())) == 1 and list(folder.glob("events.out.tfevents.*"))
+
+
 def test_reinforce_loads_a_shipped_policy_by_name_from_any_folder(tmp_path, monkeypatch, capsys) -> None:
     assert policy_path("digits") == library_policy("digits") and policy_path("runs/x.pt") == Path("runs/x.pt")
     monkeypatch.chdir(tmp_path)  # not the repository's root: a path to agents/policies/ would not resolve
