@@ -185,6 +185,21 @@ def test_a_log_dir_that_cannot_be_a_folder_is_refused_before_training(command: s
     assert sorted(path.name for path in tmp_path.iterdir()) == ["a-file"]
 
 
+@pytest.mark.parametrize("command, argv", [
+    ("reinforce", ["--no-tensorboard", "--save", "policy.pt"]),
+    ("meta_train", ["--state", "policy.pt", "--save", "meta.pt"]),
+])  # fmt: skip
+def test_an_output_file_that_is_a_folder_is_refused_before_training(command: str, argv: list[str], tmp_path: Path, monkeypatch, capsys) -> None:
+    """A policy or state file named where a folder stands is refused in one line, with the fix, before the run."""
+    no_training(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    Path("policy.pt").mkdir()
+    with pytest.raises(SystemExit) as caught:
+        COMMANDS[command](argv)
+    option = argv[argv.index("policy.pt") - 1]
+    check_one_line(caught, capsys.readouterr().err, f"{option} policy.pt is a folder; name a file in it")
+
+
 @pytest.mark.parametrize("command", ["reinforce", "sb3"])
 def test_a_folder_where_the_run_writes_its_records_is_refused_before_training(command: str, tmp_path: Path, monkeypatch, capsys) -> None:
     no_training(monkeypatch)
