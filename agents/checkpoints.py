@@ -61,7 +61,9 @@ def load_checkpoint(path: str | Path, kind: str, written_by: str | None = None) 
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except OSError as exc:
-        raise CheckpointError(f"{path} cannot be read ({exc.strerror or exc}); check its permissions") from None
+        # Only a refused read has a fix to name; another OS error (a device's I/O error) is named as it is.
+        fix = "; check its permissions" if isinstance(exc, PermissionError) else ""
+        raise CheckpointError(f"{path} cannot be read ({exc.strerror or exc}){fix}") from None
     except Exception as exc:
         # A file that is not a zip archive is read as a legacy pickle, and torch's weights-only unpickler
         # then fails with whatever error its bytes lead to (KeyError for text, IndexError, EOFError, ...).

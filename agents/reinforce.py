@@ -114,7 +114,9 @@ class ReinforceConfig:
         if not 0 <= self.init_no_change < 1:
             raise ValueError(f"init_no_change must be in [0, 1), got {self.init_no_change}")
         if self.updates_per_step < 1 or self.hidden < 1 or self.lr <= 0:
-            raise ValueError("hidden, lr and updates_per_step must be positive")
+            raise ValueError(
+                f"hidden, lr and updates_per_step must be positive, got {self.hidden}, {self.lr}, {self.updates_per_step}"
+            )
         if self.return_horizon < 1 or self.warmup_runs < 0:
             raise ValueError(f"return_horizon must be >= 1 and warmup_runs >= 0, got {self.return_horizon}, {self.warmup_runs}")
         if not 0 < self.discount <= 1 or not 0 <= self.episodic_weight <= 1:

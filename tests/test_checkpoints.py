@@ -64,18 +64,28 @@ def test_load_of_a_bad_file_is_one_line_and_exit_2(module: str, tmp_path: Path) 
         assert str(path) in done.stderr, (name, done.stderr)
 
 
-def test_a_checkpoint_the_os_refuses_to_read_names_the_file_and_the_reason(tmp_path: Path, monkeypatch) -> None:
-    """A file that exists but cannot be read (its permissions; here torch's read fails as the OS would, since root
-    reads any file): a CheckpointError naming the file, the OS's reason and what to check, not an OSError."""
+@pytest.mark.parametrize(
+    "error, message",
+    [
+        (PermissionError(13, "Permission denied"), "cannot be read (Permission denied); check its permissions"),
+        (OSError(5, "Input/output error"), "cannot be read (Input/output error)"),
+    ],
+)
+def test_a_checkpoint_the_os_refuses_to_read_names_the_file_and_the_reason(
+    error: OSError, message: str, tmp_path: Path, monkeypatch
+) -> None:
+    """A file that exists but cannot be read: a CheckpointError naming the file and the OS's reason, not an OSError
+    (torch's read fails here as the OS would, since root reads any file). Only a refused read names permissions
+    as the fix; a device's I/O error is no matter of permissions."""
     path = save_reinforce(tmp_path / "policy.pt")
 
     def refused(file, *args, **kwargs):
-        raise PermissionError(13, "Permission denied", str(file))
+        raise error
 
     monkeypatch.setattr(checkpoints.torch, "load", refused)
     with pytest.raises(checkpoints.CheckpointError) as caught:
         checkpoints.load_checkpoint(path, "reinforce")
-    assert str(caught.value) == f"{path} cannot be read (Permission denied); check its permissions"
+    assert str(caught.value) == f"{path} {message}"
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
