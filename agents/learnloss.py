@@ -76,6 +76,7 @@ import numpy as np
 from scipy.optimize import linprog
 
 from ala_gym.agents.baselines import FixedPhi
+from ala_gym.core.checks import check_int, check_optional_int, check_real
 from ala_gym.core.losses import pairs_to_matrix
 from ala_gym.core.metrics import get_metric
 
@@ -184,6 +185,11 @@ class LearnLossConfig:
         # The selection LP needs a box: refused before the first training run, not once the LP first runs.
         if not self.upper or not all(0 < bound < math.inf for bound in self.upper):
             raise ValueError(f"upper must hold a positive, finite box bound per tuned weight, got {self.upper}")
+        check_int("budget", self.budget, 1)
+        check_optional_int("initial_runs", self.initial_runs, 1)
+        check_real("log_low", self.log_low, 0.0, 1.0, low_open=True)  # log-uniform: 0 has no logarithm
+        check_real("margin_tol", self.margin_tol, 0.0)
+        check_real("repeat_rtol", self.repeat_rtol, 0.0)
 
 
 @dataclass

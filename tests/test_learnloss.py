@@ -108,6 +108,26 @@ def test_box_bounds_that_are_not_positive_are_refused(upper: tuple[float, float]
             LearnLossConfig(upper=bounds)
 
 
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("budget", 0, "budget must be an integer >= 1, got 0"),
+        ("budget", 2.5, "budget must be an integer >= 1, got 2.5 (float)"),
+        ("initial_runs", 0, "initial_runs must be an integer >= 1, got 0"),
+        ("log_low", 0.0, "log_low must be a finite number in (0, 1], got 0.0"),
+        ("log_low", 2.0, "log_low must be a finite number in (0, 1], got 2.0"),
+        ("margin_tol", float("nan"), "margin_tol must be a finite number in [0, inf), got nan"),
+        ("repeat_rtol", -0.1, "repeat_rtol must be a finite number in [0, inf), got -0.1"),
+    ],
+)
+def test_the_loops_other_settings_are_refused_by_name(field: str, value: float, message: str) -> None:
+    """A budget of no run, no initial run, a log-uniform range from 0 and tolerances that are not non-negative
+    numbers fail at the config with one line naming the setting, before any training run."""
+    with pytest.raises(ValueError) as caught:
+        LearnLossConfig(**{field: value})
+    assert str(caught.value) == message
+
+
 def grid_family() -> tuple[np.ndarray, np.ndarray]:
     """An idealised "easy" case: models theta on a 101 x 101 grid in [0, 1]^2 with components
     ``[||theta - 1||^2, theta_1^2, theta_2^2]``; "training" with lambda returns the grid point minimising the
