@@ -265,7 +265,10 @@ class SB3Controller(Controller):
                 model.policy.load_state_dict(self.initial_state)
             except (RuntimeError, KeyError) as exc:  # weights of another shape: another policy or class count
                 message = " ".join(str(exc).split())[:200]
-                raise checkpoints.CheckpointError(f"the loaded {self.algo} policy does not fit this env: {message}") from None
+                raise checkpoints.CheckpointError(
+                    f"the loaded {self.algo} policy does not fit this env ({message}); run it on an env like the one it was "
+                    "saved from (the same number of classes and observation features)"
+                ) from None
         if self.log_dir is not None:
             from stable_baselines3.common.logger import configure
 

@@ -106,7 +106,7 @@ def test_cli_bad_hyperparameter_is_one_line_and_exit_2(main, wrong: list[str], m
 
 
 @pytest.mark.parametrize("config, state_dict, message", [
-    ({}, {"weight": torch.zeros(1)}, "the loaded ppo policy does not fit this env: Error(s) in loading state_dict"),
+    ({}, {"weight": torch.zeros(1)}, "the loaded ppo policy does not fit this env (Error(s) in loading state_dict"),
     ({"hidden": "32"}, {}, "holds a damaged ppo policy config ('<' not supported between instances of 'str' and 'int')"),
 ], ids=["weights", "config"])  # fmt: skip
 def test_an_sb3_policy_that_does_not_fit_the_env_or_is_damaged_is_one_line_and_exit_2(
@@ -119,6 +119,7 @@ def test_an_sb3_policy_that_does_not_fit_the_env_or_is_damaged_is_one_line_and_e
         sb3_main(["--load", str(tmp_path / "ppo.pt"), *TINY_RUN])
     err = capsys.readouterr().err
     assert caught.value.code == 2 and message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert "damaged" in message or err.rstrip().endswith("run it on an env like the one it was saved from (the same number of classes and observation features)")
 
 
 def test_sb3_names_the_algorithms_it_has_when_given_another() -> None:
