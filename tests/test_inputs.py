@@ -302,6 +302,17 @@ def test_check_env_passes_with_rendering(render_mode: str) -> None:
     gym_check_env(env.unwrapped)
 
 
+@pytest.mark.parametrize("method, verb", [("get_state", "save"), ("render", "render")])
+def test_saving_or_rendering_before_the_first_reset_names_the_missing_call(method: str, verb: str) -> None:
+    """The env itself (a spec's ``make_env()``, ``.unwrapped``: no order-enforcing wrapper) has no child to save or
+    picture before ``reset()``, and says so; after it, both work."""
+    env = gym.make("ALA-Digits-v0", render_mode="ansi", **TINY).unwrapped
+    with pytest.raises(RuntimeError, match=rf"^nothing to {verb} before reset\(\): call reset\(\) first$"):
+        getattr(env, method)()
+    env.reset(seed=0)
+    assert getattr(env, method)()
+
+
 # ---------------------------------------------------------------------- data files
 def _copy(folder: Path, tmp_path: Path) -> Path:
     target = tmp_path / "cifar"

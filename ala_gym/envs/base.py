@@ -132,7 +132,7 @@ class ALAEnv(gym.Env):
         if self._closed:
             raise RuntimeError("this env is closed: make a new one with gym.make(...)")
         if self.trainer is None:
-            raise RuntimeError("nothing to save before reset()")
+            raise RuntimeError("nothing to save before reset(): call reset() first")
         state = (self.trainer, self.episode, self.np_random, self._last_info)
         return {STATE_KEY: copy.deepcopy(state, memo={id(self.data): self.data}), SETTINGS_KEY: self._settings()}
 

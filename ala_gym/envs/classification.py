@@ -275,7 +275,7 @@ class ALAClassificationEnv(ALAEnv):
         if self.render_mode is None:
             return None
         if self.trainer is None:
-            raise RuntimeError("nothing to render before reset()")
+            raise RuntimeError("nothing to render before reset(): call reset() first")
         info = self._last_info
         confusion = np.exp(-np.asarray(info["confusion"]))
         if self.render_mode == "ansi":
