@@ -109,6 +109,24 @@ def test_a_non_finite_training_loss_alone_stops_the_step() -> None:
     assert reward == -5.0 and terminated and info["diverged"]
 
 
+def test_a_step_out_of_order_is_refused_by_name() -> None:
+    """An action before ``begin()`` or after the episode ended, and ``finish()`` with no evaluation recorded since
+    the action (whose training loss would be 0 / 0), each name the call that was missing."""
+    run = episode()
+    ended = r"^the episode has ended \(or never started\): begin\(\) one before apply_action\(\)$"
+    with pytest.raises(RuntimeError, match=ended):
+        run.apply_action(np.array([1]))
+    run.begin(error(0.6), 0)
+    run.apply_action(np.array([1]))
+    with pytest.raises(RuntimeError, match=r"^finish\(\) needs at least one record\(\) since apply_action\(\)$"):
+        run.finish(0)
+    run.plan(0)
+    run.record_chunk(0, float("nan"), error(0.5))
+    assert run.finish(5)[2]  # diverged: the episode ended
+    with pytest.raises(RuntimeError, match=ended):
+        run.apply_action(np.array([1]))
+
+
 def test_a_finished_childs_non_finite_final_metric_scores_the_worst_value() -> None:
     """A child that never diverged can still end with a non-finite metric (an NLL that overflowed on the test
     split): it scores the worst value, as a diverged child does, not NaN; a finite metric is reported as it is."""

@@ -123,7 +123,7 @@ class Episode:
     def apply_action(self, action: Any) -> None:
         """Move the task's values by the action (validated) and open a new step."""
         if not self.running:
-            raise RuntimeError("the episode has ended (or never started): call reset() before step()")
+            raise RuntimeError("the episode has ended (or never started): begin() one before apply_action()")
         self.task.apply_action(action)
         self._values, self._row_values, self._offsets, self._loss_sums, self._trained = [], [], [], [], 0
         self._evaluation = None
