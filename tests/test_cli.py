@@ -369,6 +369,23 @@ def test_command_lines_name_an_unknown_env_id_in_one_line(command: list[str], tm
     assert not list(tmp_path.iterdir())  # nothing written
 
 
+@pytest.mark.parametrize("module, argv", [
+    ("ala_gym.benchmarks.compare.cli", ["--env", "CartPole-v1", "--controllers", "ce", "--seeds", "1"]),
+    ("ala_gym.agents.meta_train", ["--tasks", "CartPole-v1", "--save", "never.pt"]),
+], ids=["compare", "meta_train"])  # fmt: skip
+def test_command_lines_refuse_an_env_that_is_not_an_ala_env_in_one_line(
+    module: str, argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A gymnasium id without an ALA task (its class has no ``make_spec``): exit 2, one line naming an id to use."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as caught:
+        importlib.import_module(module).main(argv)
+    err = capsys.readouterr().err
+    assert caught.value.code == 2 and err.strip().count("\n") == 0
+    assert "error: 'CartPole-v1' is not an ALA env" in err and "such as 'ALA-Digits-v0'" in err
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
 def test_the_run_summary_counts_diverged_and_lost_children_and_leaves_lost_ones_out_of_the_mean(monkeypatch, capsys) -> None:
     """The closing line: the mean test metric over the children that finished (a lost Ray worker's NaN left out),
     every child's value, and how many diverged and how many were lost."""

@@ -5,7 +5,10 @@ the same task alike."""
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import pickle
+import re
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -15,7 +18,7 @@ import ala_gym
 from ala_gym.envs import spec as spec_module
 from ala_gym.envs.classification import ALAClassificationEnv, ClassificationLoss
 from ala_gym.envs.metric_learning import ALAMetricLearningEnv
-from ala_gym.envs.spec import DataSpec, TaskSpec, task_spec
+from ala_gym.envs.spec import DataSpec, TaskSpec, assemble, task_spec
 
 TINY = dict(total_iterations=8, steps_per_action=4, batch_size=16, eval_points=1, val_subsample=100, device="cpu")
 ENV_CLASSES = {ALAClassificationEnv, ALAMetricLearningEnv}
@@ -80,6 +83,36 @@ def test_spec_and_keywords_are_not_combined_and_each_part_checks_itself() -> Non
         dataclasses.replace(spec, train=dataclasses.replace(spec.train, total_iterations=16))
     with pytest.raises(TypeError, match="unexpected keyword"):
         task_spec("ALA-Digits-v0", learning_rate=0.1)
+
+
+def test_a_make_spec_keyword_that_no_part_takes_is_refused_not_ignored() -> None:
+    """An env class of one's own whose ``make_spec`` passes a keyword that no part of the spec has a field for
+    would train without it: the keyword is named, with where it has to go."""
+
+    class SmoothedEnv(ALAClassificationEnv):
+        @classmethod
+        def make_spec(cls, smoothing: float = 0.1, **keywords: Any) -> TaskSpec:
+            bound = inspect.signature(ALAClassificationEnv.make_spec).bind(**keywords)
+            bound.apply_defaults()
+            return assemble(cls, {**bound.arguments, "smoothing": smoothing}, ClassificationLoss)
+
+    expected = (
+        "SmoothedEnv.make_spec's keywords ['smoothing'] belong to no part of the spec: give a part (the task's loss "
+        "part) a field of that name, or map it to one with renames"
+    )
+    with pytest.raises(TypeError, match=f"^{re.escape(expected)}$"):
+        SmoothedEnv.make_spec(**TINY)
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", gym.Env], ids=["id", "class"])
+def test_an_env_that_is_not_an_ala_env_has_no_task_spec(env_id: Any) -> None:
+    """gymnasium's own ids (and classes) are found, but have no task to make a spec of: named, with the ids to use."""
+    expected = (
+        f"{env_id!r} is not an ALA env (its class has no make_spec): name an id that ala_gym registers, such as "
+        "'ALA-Digits-v0', or one of your own registered with ala_gym.register_env"
+    )
+    with pytest.raises(TypeError, match=f"^{re.escape(expected)}$"):
+        task_spec(env_id)
 
 
 def test_a_registered_variant_keeps_its_keywords_and_takes_the_callers() -> None:

@@ -221,7 +221,10 @@ def assemble(env_class: type, keywords: dict[str, Any], loss: type, renames: dic
     kinds = (loss, DataSpec, TrainConfig, EpisodeSettings)
     unused = set(renamed) - {f.name for kind in kinds for f in fields(kind)}
     if unused:  # a keyword of make_spec that no part takes would be silently ignored
-        raise TypeError(f"{env_class.__name__}.make_spec's keywords {sorted(unused)} belong to no part of the spec")
+        raise TypeError(
+            f"{env_class.__name__}.make_spec's keywords {sorted(unused)} belong to no part of the spec: give a part (the "
+            "task's loss part) a field of that name, or map it to one with renames"
+        )
     loss_part = part(loss)
     return TaskSpec(
         data=part(DataSpec), train=part(TrainConfig), episode=part(EpisodeSettings), loss=loss_part,
@@ -247,7 +250,10 @@ def spec_keywords(env_id: str | type, **keywords: Any) -> tuple[Callable[..., Ta
         env_class = env_id
     builder = getattr(env_class, "make_spec", None)
     if builder is None:
-        raise TypeError(f"{env_id!r} is not an ALA env (its class has no make_spec)")
+        raise TypeError(
+            f"{env_id!r} is not an ALA env (its class has no make_spec): name an id that ala_gym registers, such as "
+            "'ALA-Digits-v0', or one of your own registered with ala_gym.register_env"
+        )
     return builder, {key: value for key, value in keywords.items() if key not in ENV_OPTIONS}
 
 
