@@ -37,6 +37,7 @@ def test_every_id_is_a_registration_of_an_env_class_whose_spec_needs_no_data(env
     assert isinstance(spec, TaskSpec) and spec.loss.beta == 0.3
     assert spec.train.total_iterations == spec.episode.total_iterations
     assert spec.metric in ("error", "aucpr") or spec.metric.startswith("recall@")
+    assert spec.higher_is_better is (spec.metric != "error")  # which way a comparison ranks: AUCPR, Recall@k rise
     with pytest.raises(dataclasses.FrozenInstanceError):
         spec.train = spec.train  # type: ignore[misc]
     assert pickle.loads(pickle.dumps(spec)).env_class == spec.env_class
