@@ -248,8 +248,23 @@ def test_divergence_terminates_only_that_child(train_mode: str) -> None:
         envs.unwrapped.copy_child(1, 0)
 
 
-def test_bad_input_raises_value_error(make_vec) -> None:
+def test_bad_input_and_calls_out_of_order_are_refused(make_vec) -> None:
+    """Each refusal is the env's own error (not a backend's wrapper of it), names what was wrong, and leaves the env
+    as it was: no child to step or copy before the first ``reset()``, only ``"phi"`` to set, an attribute the
+    children lack named beside those they have, actions, Phi, seeds and arguments out of range."""
     envs = make_vec(ENV_ID, 2, **TINY)
+    with pytest.raises(RuntimeError, match=r"^call reset\(\) before step\(\)$"):
+        envs.step(np.ones((2, N_PAIRS), dtype=np.int64))
+    if hasattr(envs.unwrapped, "copy_child"):  # the native env's (Ray's cannot copy)
+        with pytest.raises(RuntimeError, match=r"^call reset\(\) before copy_child\(\)$"):
+            envs.unwrapped.copy_child(0, 1)
+    with pytest.raises(ValueError, match=r"^only 'phi' can be set on the children, not 'lr'$"):
+        envs.set_attr("lr", [0.1, 0.1])
+    with pytest.raises(AttributeError) as missing:
+        envs.get_attr("nosuch")
+    message = str(missing.value)
+    assert type(missing.value) is AttributeError and "'train_config'" in message
+    assert message.startswith("the children have no attribute 'nosuch'; they have 'phi', 'movable_rows' and [")
     envs.reset(seed=0)
     with pytest.raises(ValueError, match="shape"):
         envs.step(np.ones((3, N_PAIRS), dtype=np.int64))
@@ -265,6 +280,9 @@ def test_bad_input_raises_value_error(make_vec) -> None:
         envs.set_attr("phi", np.stack([np.eye(10)] * 3))
     with pytest.raises(ValueError, match="train_mode"):
         make_vec(ENV_ID, 2, train_mode="fast", **TINY)
+    disabled = r"^autoreset_mode must be NEXT_STEP or SAME_STEP, got AutoresetMode\.DISABLED$"
+    with pytest.raises(ValueError, match=disabled):
+        make_vec(ENV_ID, 2, autoreset_mode=AutoresetMode.DISABLED, **TINY)
     with pytest.raises(ValueError, match=r"the vector env does not render \(render_mode must be None, got 'rgb_array'\)"):
         make_vec(ENV_ID, 2, render_mode="rgb_array", **TINY)
     make_vec(ENV_ID, 2, render_mode=None, **TINY).close()  # what gymnasium passes when nothing is asked
@@ -279,6 +297,12 @@ def test_bad_input_raises_value_error(make_vec) -> None:
     # The failed calls changed nothing: the next step is a normal first step.
     _, _, _, _, info = envs.step(np.ones((2, N_PAIRS), dtype=np.int64))
     assert info["episode_step"].tolist() == [1, 1]
+
+
+def test_make_vec_refuses_an_unknown_backend_by_naming_the_backends() -> None:
+    """A backend that is neither the native env nor Ray's is refused with the two there are, before any env is made."""
+    with pytest.raises(ValueError, match=r"^backend must be one of \['native', 'ray'\], got 'dask'$"):
+        gym.make_vec(ENV_ID, num_envs=2, backend="dask", **TINY)
 
 
 def test_sync_and_async_make_vec_on_the_single_env_match_the_native_env() -> None:

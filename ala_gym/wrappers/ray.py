@@ -260,7 +260,10 @@ class RayVectorEnv(VectorEnv):
         live = [g for g in range(len(self.groups)) if not self._lost[g]]
         if name != "phi":
             for g in live:
-                values = self._get(g, self.workers[g].get_attr.remote(name))
+                try:
+                    values = self._get(g, self.workers[g].get_attr.remote(name))
+                except RayTaskError as error:  # a name the children lack: their own AttributeError, not Ray's wrapper
+                    raise error.cause from None
                 if values is not None:
                     return tuple(values[0] for _ in range(self.num_envs))
             raise RuntimeError("every Ray worker of this env is lost: call reset() to start new ones")
