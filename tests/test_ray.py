@@ -190,6 +190,13 @@ def test_refuses_what_the_cluster_cannot_place_and_leaves_a_cluster_it_did_not_s
     assert ray.is_initialized() and not envs.started_ray
 
 
+@pytest.mark.parametrize("gpus", [-1, float("nan"), "1"])
+def test_a_gpu_share_that_is_not_a_number_of_at_least_0_is_refused_by_name(make_ray, gpus: object) -> None:
+    """Before anything is asked of the cluster: not Ray's or Python's error about a NaN or a string later."""
+    with pytest.raises(ValueError, match=r"^num_gpus_per_worker must be a finite number in \[0, inf\), got "):
+        make_ray(2, num_gpus_per_worker=gpus)
+
+
 def _last_line_of_a_fresh_process(code: str, tmp_path: Path) -> str:
     """Run ``code`` in a new Python process (no Ray cluster yet) and return the last line it printed."""
     env = {**__import__("os").environ, "ALA_GYM_CACHE": str(tmp_path), "OMP_NUM_THREADS": "1"}

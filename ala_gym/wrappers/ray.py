@@ -156,6 +156,8 @@ class RayVectorEnv(VectorEnv):
         )
         children_per_worker = check_int("children_per_worker", children_per_worker, 1)
         num_cpus_per_worker = check_real("num_cpus_per_worker", num_cpus_per_worker, 0.0, low_open=True)
+        if num_gpus_per_worker is not None:
+            num_gpus_per_worker = check_real("num_gpus_per_worker", num_gpus_per_worker, 0.0)
         self.num_envs = num_envs
         self.groups = [range(a, min(a + children_per_worker, num_envs)) for a in range(0, num_envs, children_per_worker)]
         self.started_ray = start_ray(address, num_cpus)
@@ -289,10 +291,8 @@ class RayVectorEnv(VectorEnv):
     # ---------------------------------------------------------------- helpers
     def _gpus_per_worker(self, requested: float | None, device: str) -> float:
         gpus = float(ray.cluster_resources().get("GPU", 0.0))
-        if requested is not None:
-            if requested < 0:
-                raise ValueError(f"num_gpus_per_worker must be >= 0, got {requested}")
-            return float(requested)
+        if requested is not None:  # checked by __init__
+            return requested
         if device == "cpu":
             return 0.0
         if device.startswith("cuda") and gpus == 0:
