@@ -362,6 +362,29 @@ def test_sb3_adapter_seeding_terminal_observation_and_episode_stats(make_vec) ->
     assert done[0] and infos[0]["TimeLimit.truncated"] is True
 
 
+def test_sb3_adapter_reads_and_sets_phi_per_child_and_refuses_what_it_cannot_do() -> None:
+    """SB3's ``VecEnv`` calls: ``get_attr`` and ``set_attr`` with ``indices`` reach the children named (the others'
+    Phi unchanged), ``env_is_wrapped`` is False for each child (no SB3 wrapper inside; ``evaluate_policy`` asks);
+    a single env, ``step_wait()`` without ``step_async()`` and ``env_method`` are refused by name."""
+    single = gym.make(ENV_ID, **TINY)
+    with pytest.raises(TypeError, match=r"^SB3VecEnv wraps an ALA vector env \(gym.make_vec of an ALA id\), got Order"):
+        SB3VecEnv(single)
+    env = SB3VecEnv.make(ENV_ID, num_envs=2, **TINY)
+    env.reset()
+    with pytest.raises(RuntimeError, match=r"^step_wait\(\) without step_async\(\): call step_async\(actions\) first$"):
+        env.step_wait()
+    initial = env.get_attr("phi")[0]
+    env.set_attr("phi", 0.5 * initial, indices=[1])
+    first, second = env.get_attr("phi")
+    np.testing.assert_array_equal(first, initial)
+    np.testing.assert_array_equal(second, 0.5 * initial)
+    np.testing.assert_array_equal(env.get_attr("phi", indices=1)[0], 0.5 * initial)
+    assert env.get_attr("metric") == ["error", "error"]
+    assert env.env_is_wrapped(gym.Wrapper) == [False, False] and env.env_is_wrapped(gym.Wrapper, indices=[0]) == [False]
+    with pytest.raises(NotImplementedError, match=r"^the children are not separate env objects; use get_attr/set_attr"):
+        env.env_method("reset")
+
+
 @pytest.mark.parametrize("algorithm", ["PPO", "A2C"])
 def test_sb3_trains_end_to_end(make_vec, algorithm: str) -> None:
     import stable_baselines3

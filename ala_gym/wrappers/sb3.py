@@ -37,7 +37,7 @@ class SB3VecEnv(VecEnv):
 
     def __init__(self, venv: gym.vector.VectorEnv) -> None:
         if not isinstance(venv, gym.vector.VectorEnv):
-            raise ValueError(f"SB3VecEnv wraps an ALA vector env (gym.make_vec of an ALA id), got {type(venv).__name__}")
+            raise TypeError(f"SB3VecEnv wraps an ALA vector env (gym.make_vec of an ALA id), got {type(venv).__name__}")
         if venv.metadata["autoreset_mode"] != AutoresetMode.SAME_STEP:
             raise ValueError("SB3VecEnv needs an ALA vector env built with autoreset_mode=AutoresetMode.SAME_STEP")
         self.venv = venv
@@ -73,7 +73,7 @@ class SB3VecEnv(VecEnv):
 
     def step_wait(self) -> StepReturn:
         if self._actions is None:
-            raise RuntimeError("step_wait() without step_async()")
+            raise RuntimeError("step_wait() without step_async(): call step_async(actions) first")
         observations, rewards, terminations, truncations, infos = self.venv.step(self._actions)
         self._actions = None
         self._returns += rewards
