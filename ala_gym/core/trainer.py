@@ -35,8 +35,6 @@ from ala_gym.core.models import (
 )
 from ala_gym.core.sgd import Tensors, sgd_step
 
-BatchHook = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
-"""``on_batch(inputs, labels, loss)``, called after each SGD iteration (the loss still on the device)."""
 Record = Callable[[int, float, Evaluation], bool]
 """``record(chunk_index, loss_sum, evaluation)`` after each chunk of :meth:`ChildTrainer.train_chunks`;
 False stops training (a diverged child)."""
@@ -240,7 +238,7 @@ class ChildTrainer:
     def done(self) -> bool:
         return self.iteration >= self.config.total_iterations
 
-    def train_step(self, loss_fn: LossFn, on_batch: BatchHook | None = None) -> torch.Tensor:
+    def train_step(self, loss_fn: LossFn) -> torch.Tensor:
         """One SGD iteration on the next batch under ``loss_fn(logits, labels)``; returns the loss (on device)."""
         if not self.model.training:  # only evaluation switches it off: no walk over the modules per iteration
             self.model.train()
@@ -257,10 +255,7 @@ class ChildTrainer:
                 weight_decay=config.weight_decay, inplace=True,
             )  # fmt: skip
         self.iteration += 1
-        loss = loss.detach()
-        if on_batch is not None:
-            on_batch(inputs, labels, loss)
-        return loss
+        return loss.detach()
 
     def _forward_rng(self) -> contextlib.AbstractContextManager[None]:
         """Where a forward pass runs: as is for the package's models, under a seeded fork of the global
@@ -269,7 +264,7 @@ class ChildTrainer:
             return contextlib.nullcontext()
         return seeded_global_rng(draw_seed(self._forward_generator), self.device)
 
-    def train(self, iterations: int, loss_fn: LossFn, on_batch: BatchHook | None = None) -> float:
+    def train(self, iterations: int, loss_fn: LossFn) -> float:
         """Run ``iterations`` SGD iterations; return their mean loss (NaN/inf if training diverged).
 
         The loss stays on the device until the end, so the loop never waits on the host.
@@ -278,20 +273,19 @@ class ChildTrainer:
             raise ValueError(f"iterations must be positive, got {iterations}")
         total = torch.zeros((), device=self.device)
         for _ in range(iterations):
-            total += self.train_step(loss_fn, on_batch)
+            total += self.train_step(loss_fn)
         return float(total) / iterations
 
     def train_chunks(
-        self, chunks: Sequence[int], loss_fn: LossFn, split: Split, evaluator: Evaluator | str, record: Record,
-        on_batch: BatchHook | None = None,
-    ) -> None:  # fmt: skip
+        self, chunks: Sequence[int], loss_fn: LossFn, split: Split, evaluator: Evaluator | str, record: Record
+    ) -> None:
         """Train ``chunks[0]`` iterations, evaluate on ``split``, ``record`` it; then the next chunk.
 
         Stops early when ``record`` returns False (no compute spent on a diverged child).
         """
         evaluator = resolve_evaluator(evaluator, self.data.num_classes)
         for index, chunk in enumerate(chunks):
-            loss_sum = self.train(chunk, loss_fn, on_batch) * chunk
+            loss_sum = self.train(chunk, loss_fn) * chunk
             if not record(index, loss_sum, self.evaluate(split, evaluator)):
                 break
 
