@@ -62,6 +62,7 @@ small arrays go back to the host.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -212,7 +213,7 @@ def margin_loss(generator: torch.Generator) -> PMLLoss:
     return PMLLoss(losses.MarginLoss(), distance_weighted_miner(generator))
 
 
-class _AdaptiveLoss:
+class _AdaptiveLoss(ABC):
     """Phi in a tensor (moved in place), called as ``loss(embeddings, labels)``; subclasses define the loss."""
 
     params: torch.Tensor
@@ -228,13 +229,14 @@ class _AdaptiveLoss:
     def __call__(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.functional(embeddings, labels, self.params)
 
+    @abstractmethod
     def functional(self, embeddings: torch.Tensor, labels: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The loss of ``embeddings`` and ``labels`` under the loss parameters ``params``."""
 
+    @abstractmethod
     def terms(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """``[n_params, 2]`` on the embeddings' device: per loss parameter, the mean of the term it weights over
         all positive pairs and over all negative pairs of ``embeddings`` (a validation set)."""
-        raise NotImplementedError
 
 
 def _check_phi(values: np.ndarray, size: int, low: float, high: float, name: str) -> np.ndarray:
