@@ -4,6 +4,8 @@ pytorch-metric-learning losses, and the class-disjoint split."""
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ from ala_gym.core.metric_learning import (
     DistanceMixtureLoss,
     FocalDistanceLoss,
     RetrievalEvaluator,
+    SeededMiner,
     distance_weighted_miner,
     margin_loss,
     retrieval_hits,
@@ -161,6 +164,26 @@ def test_phi_moves_in_place_and_is_validated() -> None:
     before = float(focal(embeddings.float(), labels))
     focal.set_phi(np.array([16.0, 16.0]))
     assert float(focal(embeddings.float(), labels)) != pytest.approx(before)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: DistanceMixtureLoss(eps=0.0), r"^eps must be positive, got 0.0$"),
+        (lambda: retrieval_hits(torch.ones(1, 4), torch.zeros(1, dtype=torch.int64)), r"^retrieval needs at least 2 items, got 1$"),
+        (lambda: retrieval_hits(*_batch(), ks=(1, 0)), r"^ks must be positive integers, got \(1, 0\)$"),
+        (lambda: retrieval_hits(*_batch(), ks=()), r"^ks must be positive integers, got \(\)$"),
+        # A stand-in for a CUDA generator (only its device is read): the refusal holds on a machine without a GPU.
+        (lambda: SeededMiner(None, SimpleNamespace(device=torch.device("cuda", 0))),
+         r"^SeededMiner needs a CPU generator, got one on cuda:0$"),
+    ],
+    ids=["mixture-eps", "one-item", "k-zero", "no-k", "gpu-generator"],
+)  # fmt: skip
+def test_bad_arguments_are_refused_by_name(call: Callable[[], object], message: str) -> None:
+    """Each refusal is a ValueError naming the argument, what it must be and the value it got, raised before
+    anything is computed (an eps of 0 would divide by zero distances; a k of 0 would count no neighbour)."""
+    with pytest.raises(ValueError, match=message):
+        call()
 
 
 @pytest.mark.parametrize("name", ["mixture", "mixture-mined", "focal", "triplet", "margin"])
