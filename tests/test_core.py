@@ -94,9 +94,20 @@ def test_sgd_step_without_momentum_is_plain_gradient_descent() -> None:
     assert velocity is None and torch.equal(params["w"], torch.tensor([1.0, -2.0]))  # input untouched
 
 
-def test_sgd_step_rejects_mismatched_gradients() -> None:
-    with pytest.raises(ValueError, match="2 gradients for 1 parameters"):
-        sgd_step({"w": torch.zeros(1)}, [torch.zeros(1), torch.zeros(1)], None, lr=0.1)
+@pytest.mark.parametrize(
+    ("grads", "settings", "message"),
+    [
+        ([torch.zeros(1), torch.zeros(1)], dict(momentum=0.9), "^got 2 gradients for 1 parameters$"),
+        ([torch.zeros(1)], dict(nesterov=True), r"^Nesterov momentum needs momentum > 0$"),  # as in torch.optim.SGD
+    ],
+    ids=["mismatched-gradients", "nesterov-without-momentum"],
+)
+def test_sgd_step_rejects_what_it_cannot_compute(grads: list[torch.Tensor], settings: dict, message: str) -> None:
+    """A ValueError that names the mismatch, before any tensor changes."""
+    params = {"w": torch.ones(1)}
+    with pytest.raises(ValueError, match=message):
+        sgd_step(params, grads, None, lr=0.1, inplace=True, **settings)
+    assert torch.equal(params["w"], torch.ones(1))
 
 
 def test_sgd_step_is_differentiable() -> None:
