@@ -8,6 +8,7 @@ the model holds the layers the package does not initialise itself (LayerNorm, Ba
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import gymnasium as gym
 import numpy as np
@@ -18,7 +19,7 @@ from gymnasium.wrappers import FlattenObservation
 from sklearn.datasets import load_digits, load_wine
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 from torch import nn
-from torch.utils.data import TensorDataset
+from torch.utils.data import Dataset, IterableDataset, TensorDataset
 
 import ala_gym  # noqa: F401  (registers the ids)
 from ala_gym.core.data import LOADERS, ClassificationData, from_user_data, load_dataset, register_dataset
@@ -293,12 +294,45 @@ def _with_nan(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def _channels_last_images(wine) -> tuple:
-    """Wine's labels with random 8 x 8 RGB uint8 images laid out [N, H, W, C], as many image libraries give them."""
+def _uint8_images(wine, shape: tuple[int, ...]) -> tuple:
+    """Wine's labels with random uint8 images of ``shape`` each."""
     rng = np.random.default_rng(0)
     _, y_train, _, y_test = wine
-    return (rng.integers(0, 256, (len(y_train), 8, 8, 3), dtype=np.uint8), y_train,
-            rng.integers(0, 256, (len(y_test), 8, 8, 3), dtype=np.uint8), y_test)  # fmt: skip
+    return (rng.integers(0, 256, (len(y_train), *shape), dtype=np.uint8), y_train,
+            rng.integers(0, 256, (len(y_test), *shape), dtype=np.uint8), y_test)  # fmt: skip
+
+
+def _channels_last_images(wine) -> tuple:
+    """8 x 8 RGB images laid out [N, H, W, C], as many image libraries give them."""
+    return _uint8_images(wine, (8, 8, 3))
+
+
+class _Items(Dataset):
+    """A map-style Dataset of the given items, whatever they are."""
+
+    def __init__(self, items: list) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> object:
+        return self.items[index]
+
+
+class _Stream(IterableDataset):
+    """An iterable-style Dataset: no len(), no [i]."""
+
+    def __iter__(self):
+        return iter([(torch.zeros(13), 0), (torch.zeros(13), 1)])
+
+
+def _uninitialised(shape: tuple[int, ...], outputs: int) -> nn.Module:
+    """A factory that leaves a weight as torch.empty might: NaN."""
+    layer = nn.Linear(shape[0], outputs)
+    with torch.no_grad():
+        layer.weight[0, 0] = float("nan")
+    return layer
 
 
 class Squeezed(nn.Linear):
@@ -362,13 +396,41 @@ class Scale(nn.Module):
         (lambda w: dict(dataset=w, val_size=137), r"val_size must be in \(0, 137\) for 138 training samples"),
         (lambda w: dict(dataset=_channels_last_images(w), model="small_cnn"),
          r"images go channels first, \[N, C, H, W\]"),
+        (lambda w: dict(dataset=(w[0], 0 * w[1], w[2], 0 * w[3])),
+         "the labels hold only class 0; classification needs at least two classes"),
+        (lambda w: dict(dataset=([[0.0, 1.0], [2.0]], *w[1:])),
+         r"x_train is not an array of numbers \(setting an array element with a sequence"),
+        (lambda w: dict(dataset=_shifted(w, 2, lambda x: x.astype(str))),
+         "x_test must hold numbers, got numpy dtype <U"),
+        (lambda w: dict(dataset=_shifted(w, 0, lambda x: x + 0j)),
+         "x_train must hold real numbers, got torch.complex128"),
+        (lambda w: dict(dataset=_shifted(w, 2, lambda x: torch.from_numpy(x).to(torch.complex64))),
+         "x_test must hold real numbers, got torch.complex64"),
+        (lambda w: dict(dataset=_shifted(w, 0, lambda x: x[:, 0])),
+         r"x_train has shape \(138,\); inputs must be \[N, ...\] with N > 0, .*\(a single feature is \[N, 1\]\)"),
+        (lambda w: dict(dataset=(_Stream(), _Stream())),
+         r"the train Dataset must be map-style, with len\(\) and \[i\]"),
+        (lambda w: dict(dataset=(TensorDataset(torch.zeros(0, 13), torch.zeros(0, dtype=torch.int64)),) * 2),
+         "the train Dataset is empty"),
+        (lambda w: dict(dataset=(TensorDataset(torch.zeros(4, 13)),) * 2),
+         r"item 0 of the train Dataset is a tuple, not an \(x, y\) pair"),
+        (lambda w: dict(dataset=(_Items([(torch.zeros(13), 0), (torch.zeros(12), 1)]),) * 2),
+         r"the train Dataset's x come in several shapes \(\[\(12,\), \(13,\)\]\); they need one"),
+        (lambda w: dict(dataset=w, model=42),
+         r"model must be a model name or a factory \(input_shape, num_outputs\) -> nn.Module, got 42"),
+        (lambda w: dict(dataset=w, model=lambda shape, n: nn.Linear(shape[0], n, device="meta")),
+         "model <lambda>.* has weight on the meta device; build its tensors with storage"),
+        (lambda w: dict(dataset=w, model=_uninitialised),
+         r"model _uninitialised has non-finite values in weight after construction \(left uninitialised\?\)"),
     ],
     ids=["lengths", "y-2d", "float-labels", "negative-label", "missing-classes", "class-missing-from-validation",
          "class-missing-from-the-subsample", "nan", "beyond-float32",
          "feature-count", "not-four-arrays", "unknown-name", "output-size", "squeezed-single-input",
          "other-width-in-training", "not-a-module", "module-instance",
          "model-does-not-fit", "unknown-model", "non-finite-outputs", "too-few-samples", "no-training-spread",
-         "channels-last-images"],  # fmt: skip
+         "channels-last-images", "one-class", "ragged", "strings", "complex-array", "complex-tensor", "one-dimensional",
+         "iterable-dataset", "empty-dataset", "items-not-pairs", "items-of-several-shapes", "model-not-callable",
+         "meta-tensors", "uninitialised-weight"],  # fmt: skip
 )
 @pytest.mark.filterwarnings("ignore:Initializing zero-element tensors is a no-op:UserWarning")  # a CNN on [N, H, W, C]
 def test_bad_input_gets_one_clear_line(wine, change, message: str) -> None:
@@ -377,6 +439,60 @@ def test_bad_input_gets_one_clear_line(wine, change, message: str) -> None:
     with pytest.raises(ValueError, match=message) as raised:
         gym.make(ENV_ID, dataset=dataset, disable_env_checker=True, **{"model": OwnNet, **kwargs})
     assert "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("shape", "hint"),
+    [((8, 8), "; images go [N, C, H, W] (x[:, None] for grey [N, H, W])"),
+     ((8, 8, 3), "; images go channels first, [N, C, H, W] (x.transpose(0, 3, 1, 2) for [N, H, W, C])"),
+     ((3, 8, 8), "")],
+    ids=["grey", "channels-last", "channels-first"],
+)  # fmt: skip
+def test_a_model_failing_on_uint8_images_is_told_their_layout_only_where_it_looks_wrong(
+    wine, shape: tuple[int, ...], hint: str
+) -> None:
+    """After the model's own error: how the package lays images out, for grey images without a channel axis and
+    for channels last; nothing for images already [N, C, H, W], whose model fails for another reason."""
+    with pytest.raises(ValueError, match=rf"fails on inputs of shape \({shape[0]}, 8") as raised:
+        make(_uint8_images(wine, shape), model=lambda input_shape, n: nn.Linear(5, n))
+    assert str(raised.value).partition(" and 5x3)")[2] == hint  # torch's words on the mismatch, then the hint
+
+
+@pytest.mark.parametrize(
+    ("register", "name", "value", "message"),
+    [(register_dataset, "", lambda: None, "^a dataset name must be a non-empty string, got ''$"),
+     (register_dataset, 7, lambda: None, "^a dataset name must be a non-empty string, got 7$"),
+     (register_dataset, "wine-test", "wine.csv", "^loader must be a callable returning the data, got str$"),
+     (register_model, "", OwnNet, "^a model name must be a non-empty string, got ''$"),
+     (register_model, None, OwnNet, "^a model name must be a non-empty string, got None$")],
+    ids=["empty-dataset-name", "dataset-name-not-a-string", "loader-not-callable", "empty-model-name",
+         "model-name-not-a-string"],
+)  # fmt: skip
+def test_registering_a_bad_name_or_loader_is_refused_and_registers_nothing(
+    register: Callable[[object, object], None], name: object, value: object, message: str
+) -> None:
+    """An env's dataset= and model= names are strings, and a loader is called: anything else is refused at once,
+    not at the first gym.make."""
+    registered = (dict(LOADERS), dict(MODELS))
+    with pytest.raises(ValueError, match=message):
+        register(name, value)
+    assert (LOADERS, MODELS) == registered
+
+
+def test_registering_a_name_again_drops_what_was_loaded_under_it(wine) -> None:
+    """The data loaded under a name is cached until the name is registered again; the next load then runs the new
+    loader. A name this process never registered (or no longer has) is named with the choices and the fix."""
+    try:
+        register_dataset("wine-test", lambda: wine)
+        first = load_dataset("wine-test", val_size=30)
+        assert load_dataset("wine-test", val_size=30) is first and len(first.train) + len(first.val) == 138
+        register_dataset("wine-test", lambda: (wine[0][:100], wine[1][:100], wine[2], wine[3]))
+        assert len(load_dataset("wine-test", val_size=30).train) == 70
+    finally:
+        LOADERS.pop("wine-test", None)
+    unknown = r"^unknown dataset 'wine-test'; choose one of \[.*'digits'.*\], or register_dataset it in this process$"
+    with pytest.raises(ValueError, match=unknown):
+        load_dataset("wine-test", val_size=30)
 
 
 def test_a_dataset_with_items_that_are_not_tensors_is_refused() -> None:

@@ -716,7 +716,9 @@ def load_dataset(name: str, *, device: torch.device | str = "cpu", **kwargs: Any
     Sharing is safe because nothing writes to a loaded split: batches are gathered copies.
     """
     if name not in LOADERS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(LOADERS)}")
+        raise ValueError(
+            f"unknown dataset {name!r}; choose one of {sorted(LOADERS)}, or register_dataset it in this process"
+        )
     key = (name, str(torch.device(device)), tuple(sorted((k, str(v)) for k, v in kwargs.items())))
     if key not in _CACHE:
         _CACHE[key] = LOADERS[name](device=device, **kwargs)
@@ -834,7 +836,7 @@ def _as_tensor(value: Any, what: str) -> torch.Tensor:
             array = np.array(value)
         except (TypeError, ValueError) as exc:  # ragged nesting, unconvertible objects
             raise ValueError(f"dataset: {what} is not an array of numbers ({exc})") from None
-        if array.dtype.kind not in "biuf":
+        if array.dtype.kind not in "biufc":  # complex: refused below, for tensors too
             raise ValueError(f"dataset: {what} must hold numbers, got numpy dtype {array.dtype}")
         tensor = torch.from_numpy(array)
     if tensor.is_complex():
