@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -118,6 +119,49 @@ def test_missing_cifar_defaults_to_cache_folder(isolated_cache: Path) -> None:
         load_cifar10(download=False)
 
 
+def test_md5sums_may_hold_blank_lines_but_must_list_every_file(tiny_cifar_dir: Path, tmp_path: Path) -> None:
+    """Blank lines (a trailing one, or one between entries) are skipped; a file without its checksum is named."""
+    folder = shutil.copytree(tiny_cifar_dir, tmp_path / "cifar")
+    lines = (folder / "MD5SUMS").read_text().splitlines()
+    (folder / "MD5SUMS").write_text("\n\n".join(lines) + "\n\n")
+    assert len(load_cifar10(data_root=folder, val_size=20).train) == 80
+    (folder / "MD5SUMS").write_text("".join(f"{line}\n" for line in lines if not line.endswith("data_batch_2")))
+    with pytest.raises(DataError, match=rf"^{folder / 'MD5SUMS'} has no checksum for data_batch_2; restore the folder"):
+        load_cifar10(data_root=folder)
+
+
+def test_a_reader_failure_on_sound_files_is_passed_on_not_blamed_on_a_file(
+    tiny_cifar_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error of torchvision's reader (a failed read, here) where every file checks out afterwards is raised as
+    it is: the folder is not called damaged."""
+
+    class FailingReader:
+        def __init__(self, root: str, train: bool) -> None:
+            raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr("ala_gym.core.data._cifar10_reader_class", lambda: FailingReader)
+    with pytest.raises(OSError, match=r"^\[Errno 5\] Input/output error$"):
+        load_cifar10(data_root=tiny_cifar_dir)
+
+
+def test_a_standard_cifar_folder_gives_what_its_md5sums_copy_gives(
+    tiny_cifar_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torchvision's own layout (``cifar-10-batches-py`` under the root, no MD5SUMS) is read by torchvision's CIFAR10;
+    its checks against the published dataset's md5 sums are skipped for the tiny stand-in."""
+    from torchvision.datasets import CIFAR10
+
+    shutil.copytree(tiny_cifar_dir, tmp_path / "cifar-10-batches-py", ignore=shutil.ignore_patterns("MD5SUMS"))
+    monkeypatch.setattr(CIFAR10, "_check_integrity", lambda self: True)
+    monkeypatch.setattr(CIFAR10, "_load_meta", lambda self: None)
+    standard = load_cifar10(data_root=tmp_path, download=False, val_size=20)
+    own = load_cifar10(data_root=tiny_cifar_dir, val_size=20)
+    for split in ("train", "val", "test"):
+        assert torch.equal(getattr(standard, split).images, getattr(own, split).images), split
+        assert torch.equal(getattr(standard, split).labels, getattr(own, split).labels), split
+
+
 @pytest.mark.skipif(not CIFAR_SUBSET.exists(), reason=f"real CIFAR-10 subset not present at {CIFAR_SUBSET}")
 def test_real_cifar_subset() -> None:
     data = load_cifar10(data_root=CIFAR_SUBSET)
@@ -182,6 +226,9 @@ def test_a_subset_of_other_images_is_refused_and_leaves_nothing(tiny_cifar_dir: 
     # At the subset's own sizes the images are checked against those of the committed results: these differ.
     with pytest.raises(DataError, match=f"first 1102 images of {full / 'data_batch_1'} are not those"):
         build_cifar10_subset(full, tmp_path / "data" / "cifar10-subset")
+    (full / "batches.meta").unlink()
+    with pytest.raises(DataError, match=rf"^cannot read {full / 'batches.meta'} \(.*No such file.*\); extract "):
+        build_cifar10_subset(full, tmp_path / "data" / "cifar10-subset", dict.fromkeys(CIFAR10_SUBSET_SIZES, 5))
     (full / "test_batch").unlink()
     with pytest.raises(DataError, match=f"cannot read the full CIFAR-10 batch {full / 'test_batch'}"):
         build_cifar10_subset(full, tmp_path / "data" / "cifar10-subset", dict.fromkeys(CIFAR10_SUBSET_SIZES, 5))
@@ -429,24 +476,32 @@ def test_fashion_mnist_file_with_wrong_idx_header_is_named(
 
 
 @pytest.mark.parametrize(
-    "damage",
+    ("name", "damage", "reason"),
     [
-        lambda batch: batch.__setitem__("data", batch["data"][:, :3000]),
-        lambda batch: batch.__setitem__("data", batch["data"].reshape(10, 6144)),
-        lambda batch: batch.__setitem__("data", batch["data"].astype(np.float64)),  # read silently as float images
-        lambda batch: batch.__setitem__("labels", batch["labels"][:-1]),  # read silently, images and labels misaligned
+        ("data_batch_4", lambda batch: batch.__setitem__("data", batch["data"][:, :3000]), r"\(20, 3000\) uint8, not"),
+        ("data_batch_4", lambda batch: batch.__setitem__("data", batch["data"].reshape(10, 6144)), r"\(10, 6144\) u"),
+        # Read silently as float images, or with images and labels misaligned.
+        ("data_batch_4", lambda batch: batch.__setitem__("data", batch["data"].astype(np.float64)), "3072\\) float64"),
+        ("data_batch_4", lambda batch: batch.__setitem__("labels", batch["labels"][:-1]), r"\(19,\), not 20 integers"),
+        ("data_batch_4", lambda batch: batch.pop("labels"), "not a CIFAR-10 batch dictionary"),
+        ("batches.meta", lambda meta: meta.pop("label_names"), "not a CIFAR-10 batches.meta dictionary"),
     ],
-    ids=["narrow_rows", "wide_rows", "float_data", "short_labels"],
-)
-def test_cifar_batch_of_another_shape_is_named(tiny_cifar_dir: Path, tmp_path: Path, damage: Callable[[dict], None]) -> None:
+    ids=["narrow_rows", "wide_rows", "float_data", "short_labels", "no_labels", "meta_without_label_names"],
+)  # fmt: skip
+def test_cifar_batch_of_another_shape_is_named(
+    tiny_cifar_dir: Path, tmp_path: Path, name: str, damage: Callable[[dict], None], reason: str
+) -> None:
+    """The damaged file is named with what is wrong in it, although its checksum matches."""
     folder = shutil.copytree(tiny_cifar_dir, tmp_path / "cifar")
-    victim = folder / "data_batch_4"
+    victim = folder / name
     batch = pickle.loads(victim.read_bytes())
     damage(batch)
     victim.write_bytes(pickle.dumps(batch))
     _rewrite_cifar_md5sums(folder)
-    with pytest.raises(DataError, match=rf"{victim} is truncated or not a CIFAR-10 python batch .*restore the folder"):
+    damaged = rf"{victim} is truncated or not a CIFAR-10 python batch .*restore the folder"
+    with pytest.raises(DataError, match=damaged) as raised:
         load_cifar10(data_root=folder)
+    assert re.search(reason, str(raised.value)), str(raised.value)
 
 
 def test_empty_cache_setting_means_the_default(
