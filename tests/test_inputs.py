@@ -75,6 +75,7 @@ BAD_ARGUMENTS = [
     (dict(sigmoid_temperature=0), "sigmoid_temperature must be a finite number"),
     (dict(negative_floor=1.0), "negative_floor must be a finite number in \\(0, 1\\)"),
     (dict(device="gpu"), "device must be 'auto', 'cpu', 'cuda' or 'cuda:N'"),
+    (dict(device="mps"), "device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'mps'"),  # a device torch knows
     (dict(device="cuda:999"), "use device='cpu'"),  # more GPUs than any machine has: named, not the driver's words
     (dict(reward="best"), "reward must be one of"),
 ]
