@@ -108,17 +108,25 @@ def test_fused_cross_entropy_matches_the_vmapped_eq6() -> None:
     assert fused_kernel([triplet_margin_loss()]) is None
 
 
-@pytest.mark.parametrize("augment, batch_size", [(False, 500), (False, 359), (True, 24)])
-def test_batches_follow_each_childs_batch_sampler(digits, tiny_cifar_dir, augment: bool, batch_size: int) -> None:
+@pytest.mark.parametrize(
+    "augment, batch_size, samples_per_class", [(False, 500, None), (False, 359, None), (True, 24, None), (False, 20, 4)]
+)
+def test_batches_follow_each_childs_batch_sampler(
+    digits, tiny_cifar_dir, augment: bool, batch_size: int, samples_per_class: int | None
+) -> None:
     """Over several epochs, with children sitting out and one reset midway, child i's batches are those of
     ``ChildTrainer``'s sampler for its seed, bit for bit; a child that sits out draws nothing. Batch 359 divides
-    digits' 1,077 training images exactly: the epoch's last batch is taken, not dropped."""
+    digits' 1,077 training images exactly: the epoch's last batch is taken, not dropped. Class-balanced batches
+    (P classes of K samples, as metric learning draws them) come from each child's own sampler too."""
     # Two or three batches an epoch: child 0, always active, goes through four epochs or more.
     if augment:
         data = load_dataset("cifar10", data_root=tiny_cifar_dir, download=False, val_size=20)
         config = TrainConfig(model="small_cnn", total_iterations=10, batch_size=batch_size)
     else:
-        data, config = digits, TrainConfig(model="mlp", total_iterations=10, batch_size=batch_size)
+        data = digits
+        config = TrainConfig(
+            model="mlp", total_iterations=10, batch_size=batch_size, samples_per_class=samples_per_class
+        )
     seeds = [3, 4, 5]
     trainer = BatchedTrainer(data, config, seeds)
     samplers = [ChildTrainer(data, config, seed).sampler for seed in seeds]
@@ -134,6 +142,14 @@ def test_batches_follow_each_childs_batch_sampler(digits, tiny_cifar_dir, augmen
             assert torch.equal(inputs[child], expected_inputs) and torch.equal(labels[child], expected_labels)
         for child in np.flatnonzero(~active):  # computed on the first active child's batch, drawn by nobody
             assert torch.equal(inputs[child], inputs[0]) and torch.equal(labels[child], labels[0])
+
+
+@pytest.mark.parametrize("train_mode", ["auto", "vmap"])
+def test_build_children_takes_a_resolved_train_mode_only(digits, train_mode: str) -> None:
+    """The vector env resolves ``"auto"`` first; a mode that is not ``"batched"`` or ``"sequential"`` is named."""
+    config = TrainConfig(model="mlp", total_iterations=2, batch_size=8)
+    with pytest.raises(ValueError, match=rf"^train_mode must be 'batched' or 'sequential' here, got '{train_mode}'$"):
+        batched.build_children(train_mode, digits, config, [0, 1])
 
 
 def test_batched_mlp_children_follow_single_children_over_an_epoch(digits) -> None:
