@@ -1,12 +1,18 @@
-"""retain_freed_memory: under glibc, the memory of freed activations is reused without page faults."""
+"""The machine under the process: retain_freed_memory (under glibc, the memory of freed activations is reused
+without page faults; elsewhere nothing is touched) and cpu_model, the CPU name results record."""
 
 from __future__ import annotations
 
+import ctypes
 import platform
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+from ala_gym.core import machine
+from ala_gym.core.allocator import retain_freed_memory
 
 # A small convolutional child's forward and backward at batch 128: about 10,000 pages (40 MB) of
 # activations a step. Under glibc's default thresholds part of them goes back to the kernel after
@@ -42,3 +48,29 @@ def test_retained_memory_is_reused_without_page_faults() -> None:
     assert retained == "True"
     # Over 10 steps, fewer faults than two steps' activation pages (the settled heap still moves a little).
     assert int(faults) < 20_000, faults
+
+
+def test_other_c_libraries_are_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where platform names no glibc (macOS, musl), the C library is not even loaded (mallopt is glibc's): False."""
+    monkeypatch.setattr(platform, "libc_ver", lambda: ("", ""))
+    monkeypatch.setattr(ctypes, "CDLL", lambda *args, **kwargs: pytest.fail("the C library was loaded"))
+    assert retain_freed_memory() is False
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "expected"),
+    [(None, "aarch64"), ("processor\t: 0\nBogoMIPS\t: 50.00\nCPU implementer\t: 0x41\n", "aarch64"),
+     ("processor\t: 0\nmodel name\t: Some CPU @ 2.00GHz\n", "Some CPU @ 2.00GHz")],
+    ids=["no-cpuinfo", "cpuinfo-without-model-name", "model-name"],
+)  # fmt: skip
+def test_cpu_model_is_cpuinfos_model_name_else_platforms(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cpuinfo: str | None, expected: str
+) -> None:
+    """macOS has no /proc/cpuinfo and ARM Linux's names no model: what platform knows is recorded instead."""
+    path = tmp_path / "cpuinfo"
+    if cpuinfo is not None:
+        path.write_text(cpuinfo)
+    monkeypatch.setattr(machine, "Path", lambda _: path)
+    monkeypatch.setattr(platform, "processor", lambda: "")
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    assert machine.cpu_model() == expected
