@@ -93,9 +93,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         sizes = [int(s) for s in args.sizes.split(",")]
+    except ValueError:
+        parser.exit(2, f"reward_agreement: --sizes {args.sizes!r}: give whole numbers separated by commas, e.g. 50,200\n")
+    try:
         env_kwargs = json.loads(args.env_kwargs)
     except ValueError as error:
-        parser.exit(2, f"reward_agreement: bad --sizes or --env-kwargs ({error})\n")
+        parser.exit(2, f"reward_agreement: --env-kwargs is not JSON ({error}); write e.g. '{{\"total_iterations\": 500}}'\n")
     if min(sizes) < 1 or args.seeds < 1 or args.threads < 1 or not isinstance(env_kwargs, dict):
         parser.exit(2, "reward_agreement: --sizes, --seeds and --threads must be positive, --env-kwargs a JSON object\n")
     # The other envs' records are read before any computing: the new record is written beside them.

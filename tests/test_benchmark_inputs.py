@@ -213,6 +213,19 @@ def test_reward_agreement_checks_its_saved_results_before_computing(damage, tmp_
     assert str(results) in err and "move it away" in err
 
 
+@pytest.mark.parametrize(
+    "argv, message",
+    [(["--sizes", "10,ten"], "--sizes '10,ten': give whole numbers separated by commas, e.g. 50,200"),
+     (["--sizes", "10", "--env-kwargs", "{beta: 1}"], "--env-kwargs is not JSON (Expecting property name")],
+)  # fmt: skip
+def test_reward_agreement_names_the_option_it_cannot_read(argv, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(reward_agreement, "RESULTS", tmp_path / "reward_agreement.json")
+    monkeypatch.setattr(reward_agreement, "trajectory_rewards", never)
+    err = refused(reward_agreement.main, ["--env", "ALA-Digits-v0", *argv], capsys)
+    assert err.startswith(f"reward_agreement: {message}"), err
+    assert not (tmp_path / "reward_agreement.json").exists()
+
+
 def test_reward_agreement_refuses_a_thread_count_below_one(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(reward_agreement, "RESULTS", tmp_path / "reward_agreement.json")
     monkeypatch.setattr(reward_agreement, "trajectory_rewards", never)
