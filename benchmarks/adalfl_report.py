@@ -129,7 +129,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.ce is not None:
         fix = "give the results.json of a comparison that ran ce"
         if not Path(args.ce).is_file():
-            parser.exit(2, f"{args.ce} does not exist; {fix}\n")
+            problem = "is a folder, not a file" if Path(args.ce).is_dir() else "does not exist"
+            parser.exit(2, f"{args.ce} {problem}; {fix}\n")
         try:
             candidates = read_json(Path(args.ce), {"runs": RESULTS_SHAPE["runs"]}, fix)["runs"]  # all it reads
         except ComparisonError as error:

@@ -199,6 +199,28 @@ def test_adalfl_report_refuses_a_ce_file_that_is_no_comparisons_results(content,
     assert not (tmp_path / "tiny" / "adalfl.md").exists()
 
 
+@pytest.mark.parametrize(
+    "ce, message",
+    [(None, "no AdaLFL runs in {runs}; run ala_gym.benchmarks.compare with --controllers adalfl first"),
+     ("missing", "{ce} does not exist; give the results.json of a comparison that ran ce"),
+     ("folder", "{ce} is a folder, not a file; give the results.json of a comparison that ran ce")],
+)  # fmt: skip
+def test_adalfl_report_refuses_a_folder_without_runs_or_a_ce_path_of_no_file(ce, message, tmp_path, monkeypatch, capsys):
+    """No report from a folder without AdaLFL runs, nor with ``--ce`` naming no file: each says what to give."""
+    monkeypatch.setattr(adalfl_report, "RESULTS", tmp_path)
+    runs = tmp_path / "tiny" / "runs"
+    runs.mkdir(parents=True)
+    argv = ["--name", "tiny"]
+    if ce is not None:
+        (runs / "adalfl-seed0.json").write_text(json.dumps(adalfl_run()))
+        if ce == "folder":
+            (tmp_path / "ce.json").mkdir()
+        argv += ["--ce", str(tmp_path / "ce.json")]
+    err = refused(adalfl_report.main, argv, capsys)
+    assert message.format(runs=runs, ce=tmp_path / "ce.json") in err
+    assert not (tmp_path / "tiny" / "adalfl.md").exists() and not (tmp_path / "tiny" / "loss_shape.png").exists()
+
+
 # ---------------------------------------------------------------------- reward_agreement
 @pytest.mark.parametrize("damage", ["truncated", "list", "folder"])
 def test_reward_agreement_checks_its_saved_results_before_computing(damage, tmp_path, monkeypatch, capsys):
