@@ -1,12 +1,13 @@
 """The benchmark commands refuse bad input in one line with exit status 2, before they measure, and never
 write a report over the one already on disk: an output folder that is a file, data that is missing or
 damaged, saved JSON that is damaged, a device or thread count the machine refuses, a budget the folder's
-runs were not made with."""
+runs were not made with. A measuring worker that fails after these checks is named with its own error."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -78,6 +79,38 @@ def test_overhead_merge_refuses_a_damaged_report(saved_overhead, monkeypatch, ca
     assert (saved_overhead / "overhead.json").read_text() == content
 
 
+def test_overhead_refuses_cuda_on_a_machine_without_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(overhead.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(overhead, "measure", never)
+    with pytest.raises(SystemExit) as caught:
+        overhead.main(["--device", "cuda", "--configs", "digits", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert caught.value.code == 2 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].endswith("error: --device cuda asked for, but torch.cuda.is_available() is False "
+                                                 "on this machine")  # fmt: skip
+    assert not (tmp_path / "out").exists()
+
+
+def test_malloc_refuses_rounds_below_one(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(malloc.subprocess, "run", never)
+    with pytest.raises(SystemExit) as caught:
+        malloc.main(["--config", "digits", "--rounds", "0", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert caught.value.code == 2 and err.strip().splitlines()[-1].endswith("error: --rounds must be positive, got 0"), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_malloc_names_a_failed_worker_with_its_error_and_writes_no_report(tmp_path, monkeypatch):
+    """A worker that fails after the inputs were checked is the package's fault: its mode and its own stderr
+    (the traceback) end the command, and no report is written."""
+    failed = subprocess.CompletedProcess([], 1, stdout="", stderr="Traceback (most recent call last):\nMemoryError\n")
+    monkeypatch.setattr(malloc.subprocess, "run", lambda *args, **kwargs: failed)
+    with pytest.raises(SystemExit) as caught:
+        malloc.main(["--config", "digits", "--out", str(tmp_path / "out")])
+    assert caught.value.code == "the default worker failed:\nTraceback (most recent call last):\nMemoryError"
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("command", ["overhead", "malloc", "adalfl_cost", "gpu"])
 def test_an_output_folder_that_is_a_file_is_refused_before_measuring(command, tmp_path, monkeypatch, capsys):
     for module in (overhead, malloc, adalfl_cost):
@@ -112,6 +145,15 @@ def test_adalfl_cost_refuses_a_device_or_thread_count_the_machine_refuses(argv, 
     monkeypatch.setattr(adalfl_cost, "measure", never)
     assert message in refused(adalfl_cost.main, ["--tasks", "digits", *argv, "--out", str(tmp_path / "out")], capsys)
     assert not (tmp_path / "out").exists()
+
+
+def test_adalfl_cost_refuses_missing_cifar10_before_measuring_and_never_downloads(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(adalfl_cost, "measure", never)
+    argv = ["--tasks", "digits,cifar10", "--data-root", str(tmp_path / "no-data"), "--out", str(tmp_path / "out")]
+    err = refused(adalfl_cost.main, argv, capsys)
+    assert err.startswith(f"cifar10: CIFAR-10 not found or corrupt under {tmp_path / 'no-data'}"), err
+    assert "extracted cifar-10-python.tar.gz" in err  # what to put there
+    assert not (tmp_path / "no-data").exists() and not (tmp_path / "out").exists()  # nothing downloaded or written
 
 
 # ---------------------------------------------------------------------- learnloss
