@@ -8,6 +8,7 @@ import io
 import json
 import pickle
 import re
+import runpy
 import shlex
 import subprocess
 import sys
@@ -202,6 +203,33 @@ def test_benchmark_help_reads_its_docstring_without_markup(module: str, capsys) 
     text = capsys.readouterr().out
     assert caught.value.code == 0 and "python -m ala_gym.benchmarks." in text
     assert "``" not in text and not re.search(r":(func|class|meth|mod|attr|data):`", text), text
+
+
+BENCHMARK_COMMANDS = ["adalfl_cost", "adalfl_report", "cifar10_subset", "compare", "gpu", "learnloss", "malloc",
+                      "overhead", "reward_agreement", "throughput", "transfer"]  # fmt: skip
+
+
+# runpy warns that the module, which other tests import, is imported already.
+@pytest.mark.filterwarnings("ignore:.ala_gym.benchmarks.* found in sys.modules:RuntimeWarning")
+@pytest.mark.parametrize("module", BENCHMARK_COMMANDS)
+def test_python_m_runs_each_benchmarks_main_on_the_command_line(module: str, monkeypatch, capsys) -> None:
+    """``python -m ala_gym.benchmarks.<module>``, every benchmark's documented usage, hands the process's arguments
+    to its ``main``."""
+    monkeypatch.setattr(sys, "argv", ["command", "--help"])
+    with pytest.raises(SystemExit) as caught:
+        runpy.run_module(f"ala_gym.benchmarks.{module}", run_name="__main__")
+    assert caught.value.code == 0 and capsys.readouterr().out.startswith("usage: ")
+
+
+def test_the_subset_builder_says_where_it_wrote_the_subset(tmp_path: Path, monkeypatch, capsys) -> None:
+    from ala_gym.benchmarks import cifar10_subset
+
+    built = []
+    monkeypatch.setattr(cifar10_subset, "build_cifar10_subset", lambda source, out: built.append((source, out)))
+    monkeypatch.setenv("ALA_GYM_DATA", str(tmp_path / "home"))
+    cifar10_subset.main(["--cifar10", str(tmp_path / "full")])  # into the data home by default
+    assert built == [(tmp_path / "full", tmp_path / "home" / "cifar10-subset")]
+    assert capsys.readouterr().err == f"wrote the CIFAR-10 subset to {tmp_path / 'home' / 'cifar10-subset'}\n"
 
 
 def test_the_subset_builder_refuses_in_one_line_what_it_cannot_build_from(tmp_path: Path, monkeypatch, capsys) -> None:
