@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from ala_gym.agents.reinforce import library_policy
 from ala_gym.benchmarks import compare
@@ -224,6 +225,24 @@ def test_the_table_holds_the_runs_of_its_own_seeds_only(results_dir, monkeypatch
     assert [run["seed"] for run in json.loads((results_dir / "tiny" / "results.json").read_text())["runs"]] == [1]
 
 
+def test_a_run_file_removed_during_the_comparison_fails_it_before_any_table(results_dir, monkeypatch) -> None:
+    """A finished run's file that vanishes before the table is written (removed by hand, or by another process)
+    ends the comparison naming that run and how to finish it; no table with a hole is written."""
+
+    def run_one(env_id: str, controller: str, seed: int, *args: object) -> dict:
+        if seed == 1:
+            (results_dir / "tiny" / "runs" / "ce-seed0.json").unlink()
+        child = {"val_metric": [0.1], "phi": [], "diverged": False, "test_metric": 0.1}
+        machine = {"cpu": "test cpu", "cores": 2, "torch_threads": 1, "gpu": None}
+        return {"env": env_id, "controller": controller, "seed": seed, "num_children": 1, "env_kwargs": {}, "wall_s": 1.0,
+                "test_metric": 0.1, "children": [child], "device": "cpu", "machine": machine, "versions": {}}  # fmt: skip
+
+    monkeypatch.setattr(compare_run, "run_one", run_one)
+    with pytest.raises(ComparisonError, match=r"runs missing from .*runs: ce seed 0; run the command again"):
+        compare.compare("ALA-Digits-v0", ["ce"], [0, 1], TINY, "tiny")
+    assert not (results_dir / "tiny" / "results.json").exists() and not (results_dir / "tiny" / "table.md").exists()
+
+
 def test_the_command_line_hands_its_options_to_the_comparison(monkeypatch) -> None:
     """Budget flags land in the env keywords, the folder is named after the env unless --name says otherwise,
     and the seeds count from 0."""
@@ -236,6 +255,28 @@ def test_the_command_line_hands_its_options_to_the_comparison(monkeypatch) -> No
     env, controllers, seeds, env_kwargs, name, *_ = calls[-1]
     assert (env, controllers, seeds, name) == ("ALA-Digits-v0", ["ce", "ppo"], [0, 1], "ala-digits-v0")
     assert env_kwargs == {"beta": 0.01, "total_iterations": 30, "steps_per_action": 5}
+
+
+def test_data_root_and_threads_are_set_before_the_comparison_runs(tmp_path, monkeypatch, one_torch_thread) -> None:
+    """--data-root becomes the data home (``ALA_GYM_DATA``, which the runs and their workers read) and --threads
+    torch's thread count, both in place when the comparison starts."""
+    from ala_gym.benchmarks.compare import cli
+
+    monkeypatch.setenv("ALA_GYM_DATA", "elsewhere")  # restored after the test
+    seen = []
+    monkeypatch.setattr(cli, "compare", lambda *args: seen.append((os.environ["ALA_GYM_DATA"], torch.get_num_threads())))
+    compare.main([*ARGS, "--data-root", str(tmp_path / "data"), "--threads", "2"])
+    assert seen == [(str(tmp_path / "data"), 2)]
+
+
+def test_a_command_without_preset_names_the_options_it_lacks(monkeypatch, capsys) -> None:
+    no_training(monkeypatch)
+    with pytest.raises(SystemExit) as caught:
+        compare.main(["--env", "ALA-Digits-v0", "--controllers", "ce"])
+    error = capsys.readouterr().err
+    assert caught.value.code == 2 and "Traceback" not in error, error
+    message = "error: give --preset or all of --env --controllers --seeds (missing: seeds)"
+    assert error.strip().splitlines()[-1].endswith(message), error
 
 
 @pytest.mark.parametrize("kwargs, message", [("[1, 2]", "--env-kwargs must be a JSON object"), ("{", "--env-kwargs is not JSON")])
