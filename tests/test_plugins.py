@@ -42,6 +42,18 @@ PLUGIN = textwrap.dedent(
         return controller
 
 
+    def make_weighted(weights: dict[str, float] | None = None, num_envs: int = 1) -> AlwaysUp:
+        controller = AlwaysUp(num_envs)
+        controller.weights = weights
+        return controller
+
+
+    def make_unresolved(label: "NotImportedHere", num_envs: int = 1) -> AlwaysUp:  # a name for type checkers only
+        controller = AlwaysUp(num_envs)
+        controller.label = label
+        return controller
+
+
     NOT_A_CONTROLLER = 3
 
 
@@ -141,3 +153,15 @@ def test_a_factory_with_a_required_keyword_is_a_row_and_its_keywords_are_typed(p
     assert compare.build_controller("my_controllers:make_named(label=mine)").label == "mine"
     with pytest.raises(compare.ComparisonError, match="label must be str, got 7"):
         compare.build_controller("my_controllers:make_named(label=7)")  # the factory function's own hint
+    with pytest.raises(compare.ComparisonError, match=r"controller 'my_controllers:make_named': .*missing 1 required "
+                                                      r"positional argument: 'label'"):  # fmt: skip
+        compare.build_controller("my_controllers:make_named")  # the keyword left out
+
+
+def test_a_dict_keyword_takes_an_object_and_hints_that_do_not_resolve_check_nothing(plugin: Path) -> None:
+    """A keyword hinted ``dict`` takes a JSON object and refuses a list; a factory whose hints name what its module
+    cannot resolve (a type imported for type checkers only) still builds, its keywords taken as written."""
+    assert compare.build_controller('my_controllers:make_weighted(weights={"a": 0.5})').weights == {"a": 0.5}
+    with pytest.raises(compare.ComparisonError, match=r"weights must be dict\[str, float\] \| None, got \[0.5\]"):
+        compare.build_controller("my_controllers:make_weighted(weights=[0.5])")
+    assert compare.build_controller("my_controllers:make_unresolved(label=7)").label == 7

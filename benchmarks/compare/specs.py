@@ -141,10 +141,8 @@ def build_controller(spec: str, children: int | None = None, baseline_children: 
     try:
         try:
             controller = factory()  # to learn its config's fields
-        except TypeError:
-            if not config_overrides:
-                raise
-            controller = factory(**config_overrides)  # a factory whose keywords are required
+        except TypeError:  # a factory whose keywords are required (none given: it fails again, named below)
+            controller = factory(**config_overrides)
         # Keywords that name a field of the controller's config dataclass go to it, the others to its factory.
         config = getattr(controller, "config", None)
         config_fields = {f.name for f in fields(config)} if is_dataclass(config) else set()
