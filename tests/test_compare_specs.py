@@ -21,6 +21,8 @@ def test_specs_split_into_controller_config_and_env_keywords():
     assert parse_config(name) == ("reinforce-multi", {"lr": 0.03, "pair_credit": False})
     with pytest.raises(ComparisonError, match="key=value"):
         parse_config("reinforce(lr)")
+    with pytest.raises(ComparisonError, match=r"controller 'reinforce\(lr=0.1': write config keywords as name\(key=value"):
+        parse_config("reinforce(lr=0.1")  # the closing parenthesis left out
     # Spaces around names, keys and values are the writer's layout, not part of them.
     assert parse_config(" reinforce-multi( lr = 0.03; pair_credit=false )") == ("reinforce-multi", {"lr": 0.03, "pair_credit": False})
     assert split_controllers("ce, random ,phi-uniform(off_diagonal=0.03)") == ["ce", "random", "phi-uniform(off_diagonal=0.03)"]
