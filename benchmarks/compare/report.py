@@ -18,8 +18,6 @@ def summarize(runs: list[dict], controllers: list[str]) -> list[dict]:
     rows = []
     for name in controllers:
         mine = sorted((r for r in runs if r["controller"] == name), key=lambda r: r["seed"])  # values in seed order
-        if not mine:
-            continue
         tests = np.array([r["test_metric"] for r in mine]) * 100
         per_child = np.array([r["wall_s"] / r["num_children"] for r in mine])
         # The Phi columns describe Eq. 6's matrix; they read nan for controllers without one (adalfl records no
@@ -114,9 +112,7 @@ def end_of_training_table(runs_by_controller: dict[str, list[dict]], higher_is_b
 
 
 def oracle_table(selections: dict[str, dict], header: dict[str, Any]) -> list[str]:
-    """Each oracle's grid with its mean final validation metric on the selection seeds; nothing without oracles."""
-    if not selections:
-        return []
+    """Each oracle's grid with its mean final validation metric on the selection seeds."""
     metric = header.get("metric", "error")
     lines = [
         "",
