@@ -109,6 +109,38 @@ def test_a_row_named_by_a_long_file_path_keeps_the_plots_inside_their_figures(tm
         assert width <= 1.05 * 110 * inches, (name, width)
 
 
+@pytest.fixture
+def saved_figures(monkeypatch: pytest.MonkeyPatch) -> dict:
+    """Every matplotlib figure saved during the test, by file name."""
+    from matplotlib.figure import Figure
+
+    figures, save = {}, Figure.savefig
+
+    def recorded(self: Figure, path: Path, *args: object, **kwargs: object) -> None:
+        figures[Path(path).name] = self
+        save(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", recorded)
+    return figures
+
+
+def test_the_validation_panels_fill_rows_of_four_and_hide_the_empty_ones(tmp_path: Path, saved_figures: dict) -> None:
+    """Five rows take two rows of four panels: the three left over are hidden, not drawn as empty axes."""
+    names = ["ce", "random", "phi-uniform", "label-smoothing", "phi-ramp"]
+    plot([_run(name, 0, 1.0, [_child(0.1)]) for name in names], names, tmp_path)
+    assert [axes.get_visible() for axes in saved_figures["val_metric.png"].axes] == [True] * 5 + [False] * 3
+
+
+def test_a_learned_row_of_loss_weights_draws_its_steps_in_one_panel(tmp_path: Path, saved_figures: dict) -> None:
+    """On a metric-learning task Phi is a vector of loss weights per step (no matrix to subtract I from): its figure
+    is one heatmap, a row per loss parameter and a column per controller step."""
+    phi = [[1.0, 0.5, 0.2], [1.1, 0.4, 0.3], [1.2, 0.3, 0.4], [1.3, 0.2, 0.5]]
+    plot([_run("ce", 0, 1.0, [_child(0.1)]), _run("reinforce", 0, 1.0, [_child(0.1, phi=phi)])], ["ce", "reinforce"], tmp_path)
+    heatmap = saved_figures["phi_reinforce.png"].axes[0]
+    assert heatmap.get_xlabel() == "controller step" and heatmap.get_ylabel() == "loss parameter"
+    assert np.array_equal(heatmap.images[0].get_array(), np.array(phi).T)
+
+
 def test_the_oracle_table_marks_the_selected_point_and_shows_tie_breaks() -> None:
     selections = {"oracle-phi": {
         "selected": "b", "selection_seeds": [0, 1], "validation": {"a": 0.2, "b": 0.1, "c": 0.1},
