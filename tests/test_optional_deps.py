@@ -104,3 +104,21 @@ def test_tuning_benchmark_without_optuna_keeps_its_runs_and_refuses_tpe(tmp_path
     )
     assert_one_line_naming(run_without(["optuna"], ["-c", code, str(tmp_path)], tmp_path), "learnloss")
     assert not (tmp_path / "tpe").exists()  # refused before any training run
+
+
+def test_a_result_records_no_version_for_an_extra_that_is_not_installed(monkeypatch) -> None:
+    """Where an extra's distribution is not installed, a run's versions say None for it instead of failing."""
+    from importlib import metadata
+
+    from ala_gym.benchmarks import machine
+    from ala_gym.benchmarks.compare import versions
+
+    installed = metadata.version
+
+    def version(distribution: str) -> str:
+        if distribution == "stable-baselines3":
+            raise metadata.PackageNotFoundError(distribution)
+        return installed(distribution)
+
+    monkeypatch.setattr(machine.metadata, "version", version)
+    assert versions()["stable_baselines3"] is None and versions()["torch"]
