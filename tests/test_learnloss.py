@@ -326,6 +326,36 @@ def test_tuning_benchmark_writes_runs_table_plot_and_resumes(tmp_path, monkeypat
     bench.run_benchmark(["digits"], list(bench.METHODS), [0, 1], 5, "tiny", problem_kwargs={"train_size": 300})
 
 
+@pytest.mark.parametrize("dataset, features, test_images", [("fashion-mnist", 14 * 14, 50), ("cifar10", 3 * 8 * 8, 20)])
+def test_image_datasets_become_pooled_pixels_standardised_on_the_training_subsample(
+    dataset, features, test_images, tiny_fashion_mnist_dir, tiny_cifar_dir, monkeypatch
+) -> None:
+    """Fashion-MNIST's 28x28 images pooled 2x2 (196 features), the CIFAR-10 subset's 3x32x32 pooled 4x4 (192), each
+    read from the folder given (the tiny sets' whole test splits); features standardised with the training
+    subsample's mean and std."""
+    from ala_gym.core.data import load_fashion_mnist
+
+    # The tiny folder holds 200 training images: fewer than the loader's default validation split.
+    monkeypatch.setattr(bench, "load_fashion_mnist", partial(load_fashion_mnist, val_size=50))
+    problem = bench.load_problem(dataset, str(tiny_fashion_mnist_dir), str(tiny_cifar_dir), train_size=60)
+    assert problem.x_train.shape == (60, features) and problem.x_test.shape == (test_images, features)
+    assert problem.x_val.shape[1] == features
+    assert problem.num_classes == 10 and problem.x_train.dtype == torch.float64
+    assert torch.allclose(problem.x_train.mean(0), torch.zeros(features, dtype=torch.float64), atol=1e-9)
+
+
+@pytest.mark.parametrize("argv", [["--seeds", "0"], ["--budget", "3"]])
+def test_tuning_cli_refuses_no_seeds_or_a_budget_below_four(argv, tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(bench, "RESULTS", tmp_path)
+    monkeypatch.setattr(bench, "fit", lambda *args, **kwargs: pytest.fail("trained despite bad input"))
+    with pytest.raises(SystemExit) as caught:
+        bench.main(["--datasets", "digits", "--methods", "random", *argv])
+    err = capsys.readouterr().err
+    assert caught.value.code == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].endswith("--seeds must be >= 1 and --budget >= 4 (LearnLoss starts with 3 random runs)")
+    assert not list(tmp_path.iterdir())
+
+
 def test_tuning_cli_refuses_bad_input_in_one_line():
     result = subprocess.run([sys.executable, "-m", "ala_gym.benchmarks.learnloss", "--datasets", "mnist"],
                             capture_output=True, text=True)
