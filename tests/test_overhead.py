@@ -78,6 +78,40 @@ def test_per_image_costs_divide_each_timing_by_the_images_it_covered(monkeypatch
     assert costs["eval_s_per_image"] == pytest.approx(dict.fromkeys(sizes, 1 / len(env.val_eval)))
 
 
+def test_every_timed_env_step_is_a_full_step_of_a_running_episode(monkeypatch):
+    """Repeats past the child's budget start a new episode outside the timing: every timed step trains K iterations."""
+    from ala_gym.envs.classification import ALAClassificationEnv
+
+    short = {**overhead.CONFIGS["digits"]["kwargs"], "total_iterations": 4}
+    monkeypatch.setitem(overhead.CONFIGS["digits"], "kwargs", short)
+    trained, step = [], ALAClassificationEnv.step
+
+    def counted(self, action):
+        before = self.trainer.iteration
+        result = step(self, action)
+        trained.append(self.trainer.iteration - before)
+        return result
+
+    monkeypatch.setattr(ALAClassificationEnv, "step", counted)
+    overhead.measure("digits", torch.device("cpu"), 4, 2)  # a warm-up step and 4 timed ones: 10 iterations of 4
+    assert trained == [2] * 5
+
+
+def test_merge_keeps_the_other_configs_rows_and_each_note_once(tmp_path, monkeypatch):
+    """--merge writes this run's rows beside the saved report's others, and its notes after the saved ones, each once."""
+    argv = ["--configs", "digits", "--repeats", "1", "--steps-per-action", "2", "--out", str(tmp_path)]
+    overhead.main([*argv, "--note", "first"])
+    saved = json.loads((tmp_path / "overhead.json").read_text())
+    saved["results"]["fashion-mnist"] = saved["results"]["digits"] | {"model": "small_cnn"}  # a row measured before
+    (tmp_path / "overhead.json").write_text(json.dumps(saved))
+    overhead.main([*argv, "--merge", "--note", "second", "--note", "first"])
+    report = json.loads((tmp_path / "overhead.json").read_text())
+    assert list(report["results"]) == ["digits", "fashion-mnist"]
+    assert report["results"]["fashion-mnist"] == saved["results"]["fashion-mnist"]
+    assert report["notes"] == [*saved["notes"], "second"] and saved["notes"][0] == "first"
+    assert "| fashion-mnist | small_cnn |" in (tmp_path / "overhead.md").read_text()
+
+
 def test_tiny_run_writes_json_and_markdown(tmp_path):
     overhead.main(["--configs", "digits", "--repeats", "1", "--steps-per-action", "2", "--out", str(tmp_path)])
     report = json.loads((tmp_path / "overhead.json").read_text())
@@ -128,3 +162,5 @@ def test_malloc_benchmark_times_both_loops_under_both_thresholds(tmp_path):
     assert all(len(row["cpu_s"][loop]) == 2 for row in report["results"] for loop in malloc.LOOP_NAMES)
     assert all(count >= 0 for row in report["results"] for loop in malloc.LOOP_NAMES for count in row["faults"][loop])
     assert "| retained |" in (tmp_path / "malloc.md").read_text()
+    report["notes"] = ["cores shared with another job"]
+    assert malloc.render_markdown(report).endswith("\n## Notes\n\n* cores shared with another job\n")
