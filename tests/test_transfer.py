@@ -88,6 +88,15 @@ def test_report_gathers_the_held_out_rows_and_the_cost(tmp_path: Path, capsys) -
     assert f"| `without-digits (rerun)` | {family.replace(' | 1', '; the search started from `ramp-clone` | 1')} | 30 | ALA-CIFAR10-v0: 61.00 -> 57.00 | 601,920 | 15.0 min | 669 | Other CPU, 1 torch thread(s), 2 Ray workers of 1 thread each |" in table
 
 
+def test_references_a_comparison_did_not_run_read_not_run(tmp_path: Path) -> None:
+    """A comparison without the oracle rows: their cells and the verdicts that need them say so."""
+    digits = transfer.HELD_OUT[0]
+    write_results(tmp_path, digits.preset, [row("ce", 4.5, 0.1), row(digits.row, 3.0, 0.2)])
+    table = transfer.markdown(transfer.gather(tmp_path, tmp_path))
+    assert ("| digits | `digits` | `without-digits` | 3.00 +- 0.20 | 4.50 +- 0.10 | not run | not run | **yes** | not run | "
+            "not run | not run |") in table  # fmt: skip
+
+
 def test_a_family_task_is_labelled_with_its_model_and_training_set() -> None:
     config = {"env_kwargs": {"model": "small_cnn"}, "task_kwargs": {"ALA-FashionMNIST-v0": {"train_size": 1000}}}
     assert transfer.task_label("ALA-FashionMNIST-v0", config) == "ALA-FashionMNIST-v0 (small_cnn, 1,000 training images at most)"
