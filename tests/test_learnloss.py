@@ -360,3 +360,12 @@ def test_tuning_cli_refuses_bad_input_in_one_line():
     result = subprocess.run([sys.executable, "-m", "ala_gym.benchmarks.learnloss", "--datasets", "mnist"],
                             capture_output=True, text=True)
     assert result.returncode == 2 and "unknown ['mnist']" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_tuning_benchmarks_functions_name_a_dataset_or_method_they_do_not_have() -> None:
+    """``load_problem`` and ``tune`` are callable on their own (the command line checks its choices first): an
+    unknown name is a ValueError listing the names they take, not a run of another method."""
+    with pytest.raises(ValueError, match=re.escape(f"unknown dataset 'mnist'; choose from {bench.DATASETS}")):
+        bench.load_problem("mnist")
+    with pytest.raises(ValueError, match=re.escape(f"unknown method 'cma'; choose from {bench.METHODS}")):
+        bench.tune("cma", lambda lam: None, LearnLossConfig(budget=1), seed=0)
