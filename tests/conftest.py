@@ -78,6 +78,29 @@ def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return cache
 
 
+ROOT = Path(__file__).resolve().parents[1]
+COMMITTED_OUTPUTS = [ROOT / "benchmarks" / "results", ROOT / "agents" / "policies"]
+"""Folders of committed results and policies, where the benchmarks and trainers write by default (relative to the
+working directory, the repository's root in the suite): a test must write into a temporary folder instead."""
+
+
+def _committed_files() -> dict[Path, tuple[int, int]]:
+    files = (path for folder in COMMITTED_OUTPUTS for path in folder.rglob("*") if path.is_file())
+    return {path: (path.stat().st_size, path.stat().st_mtime_ns) for path in files}
+
+
+@pytest.fixture(autouse=True)
+def committed_outputs_untouched() -> Iterator[None]:
+    """Fail the test that wrote, replaced or removed a committed result or policy (a command run in the process
+    without ``--out``, say, after its refusal of bad input regressed), naming the files, before a later run of
+    the suite or a commit takes the test's output for a result."""
+    before = _committed_files()
+    yield
+    after = _committed_files()
+    changed = sorted(str(path.relative_to(ROOT)) for path in before.keys() | after.keys() if before.get(path) != after.get(path))
+    assert not changed, f"the test wrote into the committed results: {changed}; give it a temporary folder, and git checkout or remove these"
+
+
 @contextlib.contextmanager
 def _global_rng_unchanged() -> Iterator[None]:
     torch.manual_seed(2024)
