@@ -7,7 +7,7 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 # Data that is not downloaded (the CIFAR-10 subset) lies in shared/data beside the checkout, unless set otherwise.
 export ALA_GYM_DATA ?= $(abspath ../shared/data)
 
-.PHONY: setup demo test fashion-mnist chromium docs gpu-check
+.PHONY: setup demo test coverage fashion-mnist chromium docs gpu-check
 
 setup: $(STAMP)
 
@@ -44,3 +44,10 @@ TEST_WORKERS ?= 2
 
 test: $(STAMP) fashion-mnist chromium
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+
+# The test suite under coverage.py (pyproject.toml's settings): a report of the lines and branches it leaves unrun.
+coverage: $(STAMP) fashion-mnist chromium
+	rm -f .coverage .coverage.*
+	OMP_NUM_THREADS=1 $(PY) -m coverage run -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+	$(PY) -m coverage combine --quiet
+	$(PY) -m coverage report

@@ -98,7 +98,9 @@ def committed_outputs_untouched() -> Iterator[None]:
     yield
     after = _committed_files()
     changed = sorted(str(path.relative_to(ROOT)) for path in before.keys() | after.keys() if before.get(path) != after.get(path))
-    assert not changed, f"the test wrote into the committed results: {changed}; give it a temporary folder, and git checkout or remove these"
+    assert not changed, (
+        f"the test wrote into the committed results: {changed}; give it a temporary folder, and git checkout or remove these"
+    )
 
 
 @contextlib.contextmanager
