@@ -97,10 +97,10 @@ def committed_outputs_untouched() -> Iterator[None]:
     before = _committed_files()
     yield
     after = _committed_files()
-    changed = sorted(str(path.relative_to(ROOT)) for path in before.keys() | after.keys() if before.get(path) != after.get(path))
-    assert not changed, (
-        f"the test wrote into the committed results: {changed}; give it a temporary folder, and git checkout or remove these"
-    )
+    paths = before.keys() | after.keys()
+    changed = sorted(str(path.relative_to(ROOT)) for path in paths if before.get(path) != after.get(path))
+    fix = "give it a temporary folder, and git checkout or remove these"
+    assert not changed, f"the test wrote into the committed results: {changed}; {fix}"
 
 
 @contextlib.contextmanager
