@@ -18,7 +18,9 @@ and says, per held-out dataset and budget, whether the policy beats cross-entrop
 the two standard deviations, reaches the best fixed Phi within the larger standard deviation, and beats tuned
 label smoothing (its mean below; and by more than the larger standard deviation, or not); and whether the best
 fixed Phi itself beats cross-entropy by the first rule, which says if that test is within the action space's
-reach of a constant. A reference a
+reach of a constant. Beside these, the policy against cross-entropy seed by seed: the children of one seed start
+from the same weights and see the same batches under every controller, so the per-seed differences show how
+consistently it gains or loses, which the spread across seeds hides. A reference a
 preset does not run is shown as not run. Beside it, each policy's meta-training cost from its provenance file
 (``agents/policies/<policy>.json``): generations, child-iterations, wall seconds and the CPU, the policy the
 search started from where it did not start from a new one (a declared prior, such as a clone of a schedule), and
@@ -131,6 +133,19 @@ def verdicts(transfer: dict, ce: dict, oracle_phi: dict | None = None, smoothing
     return result
 
 
+def per_seed_difference(transfer: dict, ce: dict) -> dict[str, Any] | None:
+    """The policy's test error minus cross-entropy's, seed by seed (summary rows with ``seeds`` and
+    ``test_per_seed``): the mean and sample standard deviation of the differences, and on how many seeds the
+    policy is lower. None where the two rows did not run the same seeds."""
+    if transfer.get("seeds") is None or transfer.get("seeds") != ce.get("seeds"):
+        return None
+    differences = np.array(transfer["test_per_seed"]) - np.array(ce["test_per_seed"])
+    return {
+        "mean": float(differences.mean()), "std": float(differences.std(ddof=1)) if len(differences) > 1 else float("nan"),
+        "lower": int((differences < 0).sum()), "seeds": len(differences),
+    }  # fmt: skip
+
+
 def read_summary(path: Path, preset: str) -> list[dict]:
     """The summary rows of a comparison's ``results.json``; a file that is not one gets an error naming it."""
     try:
@@ -161,10 +176,11 @@ def gather(results: Path, policies: Path) -> dict[str, Any]:
         if held.ce not in rows:
             raise ValueError(f"{path} holds {held.row!r} but not its reference {held.ce!r}")
         named = {"transfer": held.row, "ce_row": held.ce, "oracle_phi": "oracle-phi", "oracle_smoothing": "oracle-smoothing"}
-        keep = ("test_mean", "test_std", "test_per_seed", "children_per_run", "selected")
+        keep = ("test_mean", "test_std", "test_per_seed", "seeds", "children_per_run", "selected")
         found = {key: {k: v for k, v in rows[name].items() if k in keep} if name in rows else None for key, name in named.items()}
         judged = verdicts(rows[held.row], rows[held.ce], rows.get("oracle-phi"), rows.get("oracle-smoothing"))
-        entries.append({**asdict(held), "row": held.row, **found, "verdicts": judged})
+        paired = per_seed_difference(rows[held.row], rows[held.ce])
+        entries.append({**asdict(held), "row": held.row, **found, "verdicts": judged, "per_seed_vs_ce": paired})
     records = {policy: policies / f"{policy}.json" for policy in POLICIES}
     # Reruns of a shipped policy's command, kept for their cost: on another CPU they give another policy.
     records |= {f"{path.stem} (rerun)": path for path in sorted((results / RERUNS).glob("*.json"))}
@@ -207,10 +223,13 @@ def markdown(report: dict[str, Any]) -> str:
         "deviation of `oracle-phi`; *beats tuned LS*: mean below `oracle-smoothing` (beyond the larger standard deviation",
         "in brackets). *Best fixed Phi beats ce*: `oracle-phi` itself passes the first test; where it does not, no",
         "constant of the action space beats ce beyond the spread, and a policy would have to do better than all of them.",
+        "*Per seed vs ce*: the policy's test error minus ce's on each seed, whose children start from the same weights",
+        "and see the same batches under both (mean +- sample std of the differences; negative: the policy is lower),",
+        "and on how many seeds the policy is lower.",
         "",
-        "| held out | preset | policy | transfer | ce | oracle-phi | oracle-smoothing | beats ce | reaches best fixed Phi | "
-        "beats tuned LS | best fixed Phi beats ce |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| held out | preset | policy | transfer | ce | per seed vs ce | oracle-phi | oracle-smoothing | beats ce | "
+        "reaches best fixed Phi | beats tuned LS | best fixed Phi beats ce |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def cell(row: dict | None) -> str:
@@ -221,15 +240,19 @@ def markdown(report: dict[str, Any]) -> str:
 
     for entry in report["held_out"]:
         if "missing" in entry:
-            lines.append(f"| {entry['dataset']} | `{entry['preset']}` | `{entry['policy']}` | not run | | | | | | | |")
+            lines.append(f"| {entry['dataset']} | `{entry['preset']}` | `{entry['policy']}` | not run | | | | | | | | |")
             continue
         v = entry["verdicts"]
         smoothing = yes_no(v.get("beats_tuned_smoothing"))
         if "beats_tuned_smoothing_beyond_std" in v:
             smoothing += f" ({yes_no(v['beats_tuned_smoothing_beyond_std']).strip('*')})"
+        paired = entry["per_seed_vs_ce"]
+        per_seed = "seeds differ" if paired is None else (
+            f"{paired['mean']:+.2f} +- {paired['std']:.2f} ({paired['lower']}/{paired['seeds']} lower)"
+        )
         lines.append(
             f"| {entry['dataset']} | `{entry['preset']}` | `{entry['policy']}` | {cell(entry['transfer'])} | "
-            f"{cell(entry['ce_row'])} | {cell(entry['oracle_phi'])} | {cell(entry['oracle_smoothing'])} | "
+            f"{cell(entry['ce_row'])} | {per_seed} | {cell(entry['oracle_phi'])} | {cell(entry['oracle_smoothing'])} | "
             f"{yes_no(v['beats_ce_beyond_std'])} | {yes_no(v.get('reaches_best_fixed_phi'))} | {smoothing} | "
             f"{yes_no(v.get('best_fixed_phi_beats_ce_beyond_std'))} |"
         )

@@ -13,7 +13,7 @@ from ala_gym.benchmarks import transfer
 
 def row(controller: str, mean: float, std: float, **extra) -> dict:
     return {"controller": controller, "test_mean": mean, "test_std": std, "test_per_seed": [mean] * 5,
-            "children_per_run": 10, **extra}  # fmt: skip
+            "seeds": [0, 1, 2, 3, 4], "children_per_run": 10, **extra}  # fmt: skip
 
 
 def test_verdicts_compare_against_the_larger_spread() -> None:
@@ -34,6 +34,18 @@ def test_verdicts_compare_against_the_larger_spread() -> None:
     edge = transfer.verdicts(row("t", 3.5, 0.25), row("ce", 4.0, 0.5), row("oracle-phi", 3.0, 0.5), row("oracle-smoothing", 3.5, 0.25))
     assert not edge["beats_ce_beyond_std"] and edge["reaches_best_fixed_phi"] and not edge["beats_tuned_smoothing"]
     assert not transfer.verdicts(row("t", 3.5, 0.25), row("ce", 4.0, 0.5), row("oracle-phi", 3.5, 0.5))["best_fixed_phi_beats_ce_beyond_std"]
+
+
+def test_the_policy_is_compared_with_cross_entropy_seed_by_seed() -> None:
+    """The differences of the two rows' values on each seed (the same children under both): their mean, sample
+    standard deviation and the seeds where the policy is lower; nothing where the rows ran other seeds, whose
+    values do not pair."""
+    ce = row("ce", 4.0, 0.0) | {"test_per_seed": [4.0, 5.0, 3.0, 4.0, 4.0]}
+    policy = row("t", 3.9, 0.0) | {"test_per_seed": [3.5, 4.5, 3.5, 4.0, 4.0]}
+    paired = transfer.per_seed_difference(policy, ce)
+    assert paired == {"mean": pytest.approx(-0.1), "std": pytest.approx(0.41833, abs=1e-5), "lower": 2, "seeds": 5}
+    assert transfer.per_seed_difference(policy | {"seeds": [5, 6, 7, 8, 9]}, ce) is None
+    assert transfer.per_seed_difference({k: v for k, v in policy.items() if k != "seeds"}, ce) is None
 
 
 def write_results(folder: Path, preset: str, rows: list[dict]) -> None:
@@ -81,7 +93,8 @@ def test_report_gathers_the_held_out_rows_and_the_cost(tmp_path: Path, capsys) -
     assert report["meta_training"]["without-digits"]["child_iterations"] == 601_920
     table = (results / "transfer" / "transfer.md").read_text()
     assert table == capsys.readouterr().out
-    assert ("| digits | `digits` | `without-digits` | 3.00 +- 0.20 | 4.50 +- 0.10 | 2.60 +- 0.20 (off_diagonal=0.03) | "
+    assert ("| digits | `digits` | `without-digits` | 3.00 +- 0.20 | 4.50 +- 0.10 | -1.50 +- 0.00 (5/5 lower) | "
+            "2.60 +- 0.20 (off_diagonal=0.03) | "
             "2.70 +- 0.10 (label_smoothing=0.1) | **yes** | no | no (no) | **yes** |") in table  # fmt: skip
     family = "ALA-FashionMNIST-v0 (5,000 training images at most), ALA-CIFAR10-v0 | 1"  # one task a generation: older records
     assert f"| `without-digits` | {family} | 30 | ALA-CIFAR10-v0: 61.00 -> 57.00 | 601,920 | 30.0 min | 334 | Some CPU, 1 torch thread(s) |" in table
@@ -93,7 +106,8 @@ def test_references_a_comparison_did_not_run_read_not_run(tmp_path: Path) -> Non
     digits = transfer.HELD_OUT[0]
     write_results(tmp_path, digits.preset, [row("ce", 4.5, 0.1), row(digits.row, 3.0, 0.2)])
     table = transfer.markdown(transfer.gather(tmp_path, tmp_path))
-    assert ("| digits | `digits` | `without-digits` | 3.00 +- 0.20 | 4.50 +- 0.10 | not run | not run | **yes** | not run | "
+    assert ("| digits | `digits` | `without-digits` | 3.00 +- 0.20 | 4.50 +- 0.10 | -1.50 +- 0.00 (5/5 lower) | not run | "
+            "not run | **yes** | not run | "
             "not run | not run |") in table  # fmt: skip
 
 
