@@ -27,6 +27,7 @@ from ala_gym.agents.meta_train import (
     centered_ranks,
     config_record,
     es_gradient,
+    evaluation_groups,
     generation_plan,
     generation_plans,
     main,
@@ -34,8 +35,9 @@ from ala_gym.agents.meta_train import (
     perturbations,
     provenance,
     run_children,
+    unflatten,
 )
-from ala_gym.agents.reinforce import ReinforceController
+from ala_gym.agents.reinforce import PairPolicy, ReinforceController
 
 TINY_ENV = dict(device="cpu", batch_size=32, eval_points=2, eval_stride=5, val_subsample=200)
 
@@ -98,6 +100,16 @@ def test_the_loss_orders_equal_metrics_alone() -> None:
         centered_ranks(fitness, "loss")
 
 
+@pytest.mark.parametrize("sigma", [0.5, 2.0])
+def test_the_es_gradient_is_the_rank_difference_of_each_pair_over_2_p_sigma(sigma: float) -> None:
+    """``sum_i (R(theta + sigma eps_i) - R(theta - sigma eps_i)) eps_i / (2 P sigma)`` in centred ranks ``R``: a
+    finite difference over the step taken, so that the estimate scales as ``1 / sigma``, not its direction alone."""
+    fitness = np.array([3.0, 0.0, 1.0, 2.0])  # centred ranks 1/2, -1/2, -1/6, 1/6: pair differences 1, -1/3
+    noise = torch.tensor([[1.0, 2.0], [3.0, -1.0]])
+    expected = (1.0 * noise[0] - noise[1] / 3) / (2 * 2 * sigma)
+    torch.testing.assert_close(es_gradient(fitness, noise, sigma), expected)
+
+
 def test_antithetic_children_differ_only_by_their_actions() -> None:
     """With no perturbation the two children of a pair are the same run, bit for bit (same weights, batches and
     action uniforms); different pairs differ; with a perturbation the pair's children differ."""
@@ -115,6 +127,48 @@ def test_antithetic_children_differ_only_by_their_actions() -> None:
     noise = perturbations(trainer.policy, 1, 0)[0]
     apart = run_children(trainer.policy, [theta + 3.0 * noise, theta - 3.0 * noise] * 2, plan, config)
     assert apart.fitness[0] != apart.fitness[1]
+
+
+def test_a_flat_vector_unflattens_into_the_policys_own_parameters() -> None:
+    """``unflatten`` inverts ``parameters_to_vector``: each child runs the policy of the very vector it was given."""
+    policy = PairPolicy(24, 8, torch.Generator().manual_seed(0))
+    params = unflatten(policy, torch.nn.utils.parameters_to_vector(policy.parameters()))
+    assert list(params) == [name for name, _ in policy.named_parameters()]
+    assert all(torch.equal(params[name], parameter) for name, parameter in policy.named_parameters())
+
+
+def test_a_pair_acts_on_the_same_uniforms_whatever_its_evaluation(monkeypatch) -> None:
+    """Pair 1's children take the same first actions beside pair 0 as in an evaluation of their own: an evaluation
+    draws the whole generation's action uniforms and keeps its own pairs' rows, not the first rows."""
+    config = tiny(population=2)
+    trainer = MetaTrainer(config)
+    plan, vectors = generation_plan(config, 0), [trainer.theta.detach()] * 4
+    make_vec = meta_train_module.gym.make_vec
+    first_actions: list[np.ndarray] = []
+
+    class Stop(Exception):
+        pass
+
+    class FirstStepOnly:
+        def __init__(self, envs) -> None:
+            self.envs = envs
+
+        def __getattr__(self, name: str):
+            return getattr(self.envs, name)
+
+        def step(self, actions):
+            first_actions.append(np.asarray(actions))
+            raise Stop
+
+    monkeypatch.setattr(
+        meta_train_module.gym, "make_vec", lambda *args, **kwargs: FirstStepOnly(make_vec(*args, **kwargs))
+    )
+    for pairs in (range(0, 2), range(1, 2)):
+        with pytest.raises(Stop):
+            run_children(trainer.policy, vectors[2 * pairs.start : 2 * pairs.stop], plan, config, pairs)
+    whole, alone = first_actions
+    np.testing.assert_array_equal(alone, whole[2:])
+    assert not np.array_equal(whole[0], whole[2])  # the pairs' uniforms differ
 
 
 def test_the_trainer_climbs_the_fitness_of_the_children_it_runs(monkeypatch) -> None:
@@ -144,6 +198,13 @@ def test_a_generation_draws_from_the_seed_alone() -> None:
     assert plans == [generation_plan(config, g) for g in range(6)]
     assert all(p["total_iterations"] % config.steps_per_action == 0 and 40 <= p["total_iterations"] <= 400 for p in plans)
     assert {p["task"] for p in plans} == set(config.tasks)
+
+
+@pytest.mark.parametrize("horizon, expected", [((59, 59), 40), ((60, 60), 60), ((1, 5), 20)])
+def test_a_drawn_horizon_rounds_down_to_a_multiple_of_k_and_k_at_least(horizon: tuple[int, int], expected: int) -> None:
+    """With K = 20 a horizon of 59 iterations runs 40, and one below K runs K: every child takes a decision."""
+    config = tiny(horizon=horizon, steps_per_action=20)
+    assert {generation_plan(config, g)["total_iterations"] for g in range(4)} == {expected}
 
 
 def test_several_tasks_a_generation_average_their_own_estimates(monkeypatch) -> None:
@@ -257,6 +318,9 @@ def test_the_children_act_on_uniforms_of_their_own_not_the_perturbations(tmp_pat
     own = torch.rand(64, generator=action_uniform_generator(noise_seed))
     shared = torch.rand(64, generator=action_uniform_generator(noise_seed, "perturbations"))
     assert torch.equal(shared, uniforms) and not torch.isclose(own, uniforms).any()
+    # The own stream's seed, as documented: [noise_seed, 1] through numpy's SeedSequence.
+    (derived,) = np.random.SeedSequence([noise_seed, 1]).generate_state(1, np.uint64)
+    assert torch.equal(own, torch.rand(64, generator=torch.Generator().manual_seed(int(derived))))
     # Box-Muller on the shared stream's first 16 uniforms gives the first perturbation's first coordinates.
     first = perturbations(policy, 1, noise_seed)[0, :8]
     u1, u2 = 1 - uniforms[:8], uniforms[8:16]
@@ -441,6 +505,61 @@ def test_a_task_whose_evaluations_are_all_lost_is_dropped_from_its_generation(mo
     assert "every evaluation of ALA-Digits-AUCPR-v0 lost with its Ray actor, the task dropped" in capsys.readouterr().err
     alone.step()  # the first task's estimate alone: the step of a run of that task only
     assert torch.equal(trainer.theta, alone.theta)
+
+
+def _quadratic_children(target: torch.Tensor, calls: list[range]):
+    """A ``run_children`` whose children's fitness is ``-|vector - target|^2``; it records each call's pairs."""
+
+    def evaluate(policy, vectors, plan, run_config, pairs=None) -> ChildOutcomes:
+        pairs = range(run_config.population) if pairs is None else pairs
+        calls.append(pairs)
+        assert len(vectors) == 2 * len(pairs)
+        fitness = np.array([-float(((vector - target) ** 2).sum()) for vector in vectors])
+        return ChildOutcomes(fitness, np.zeros(len(vectors)), np.ones(len(vectors)), np.zeros(len(vectors), dtype=bool))
+
+    return evaluate
+
+
+@pytest.mark.parametrize(
+    "pairs_per_evaluation, groups", [(1, [range(0, 1), range(1, 2), range(2, 3)]), (2, [range(0, 2), range(2, 3)])]
+)
+def test_evaluations_of_a_few_pairs_compute_the_step_of_the_whole_population(
+    monkeypatch, pairs_per_evaluation: int, groups: list[range]
+) -> None:
+    """Three pairs in evaluations of one or two (the last one short): each evaluation gets its own pairs' children,
+    and theta moves exactly as when the whole population is one evaluation."""
+    config = tiny(population=3, generations=1)
+    grouped = replace(config, pairs_per_evaluation=pairs_per_evaluation)
+    assert evaluation_groups(grouped) == groups and evaluation_groups(config) == [range(0, 3)]
+    whole, apart = MetaTrainer(config), MetaTrainer(grouped)
+    calls: list[range] = []
+    monkeypatch.setattr(meta_train_module, "run_children", _quadratic_children(whole.theta.detach() + 1.0, calls))
+    whole.step()
+    apart.step()
+    assert calls == [range(0, 3), *groups]
+    assert torch.equal(apart.theta, whole.theta) and not torch.equal(whole.theta, MetaTrainer(config).theta)
+
+
+def test_a_lost_evaluation_drops_its_own_pair_from_the_estimate(monkeypatch, capsys) -> None:
+    """In the process as on Ray actors, an evaluation that came back empty costs its pair alone: the estimate is
+    that of the other pairs' children with their own perturbations, and the log's fitness summarises the
+    children that finished (an unmeasured child's -inf left out)."""
+    config = tiny(population=3, pairs_per_evaluation=1, generations=1)
+    fitness = {1: [1.0, -np.inf], 2: [3.0, 2.0]}
+
+    def pair_0_lost(policy, vectors, plan, run_config, pairs=None) -> ChildOutcomes | None:
+        if pairs.start == 0:
+            return None
+        return ChildOutcomes(np.array(fitness[pairs.start]), np.zeros(2), np.ones(2), np.zeros(2, dtype=bool))
+
+    monkeypatch.setattr(meta_train_module, "run_children", pair_0_lost)
+    trainer = MetaTrainer(config)
+    (entry,) = trainer.step()
+    noise = perturbations(trainer.policy, config.population, generation_plan(config, 0)["noise_seed"])
+    kept = es_gradient(np.array([1.0, -np.inf, 3.0, 2.0]), noise[1:], config.sigma)  # pairs 1 and 2
+    torch.testing.assert_close(trainer.theta.grad, -kept)
+    assert entry["lost_pairs"] == 1 and entry["fitness_mean"] == 2.0 and entry["fitness_best"] == 3.0
+    assert "generation 1: 1 of 3 antithetic pairs lost" in capsys.readouterr().err
 
 
 def test_task_kwargs_reach_their_task_only_with_data_roots_under_the_data_home(monkeypatch, tmp_path) -> None:
