@@ -199,6 +199,10 @@ def test_reinforce_is_seeded_by_the_run_seed_and_leaves_global_rngs_alone():
         trajectories.append((np.stack(actions), controller.policy.state_dict()))
     assert np.array_equal(trajectories[0][0], trajectories[1][0]) and same_weights(trajectories[0][1], trajectories[1][1])
     assert not np.array_equal(trajectories[0][0], trajectories[2][0])
+    # The actions' generator is not the stream that drew the initial weights (seeded by the run seed itself).
+    controller = ReinforceController(ReinforceConfig(pair_credit=False), num_envs=2)
+    controller.begin(fake_envs(2), 4)
+    assert not torch.equal(controller.sampler.get_state(), torch.Generator().manual_seed(4).get_state())
     assert torch.equal(torch.random.get_rng_state(), torch_state)
     assert np.array_equal(np.random.get_state()[1], numpy_state[1])
 

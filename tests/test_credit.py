@@ -61,6 +61,8 @@ def test_episodic_credit_is_the_sign_against_the_other_childrens_mean() -> None:
     scores = np.array([[3.0, 0.0], [1.0, 0.0], [2.0, 0.0]])
     np.testing.assert_array_equal(episodic_signs(scores), [[1, 0], [-1, 0], [0, 0]])
     np.testing.assert_array_equal(episodic_signs(np.array([[4.0]])), [[0.0]])  # no other child to compare with
+    # A diverged child scores one below the others, not level with the worst: of two, it loses and the other wins.
+    np.testing.assert_array_equal(episodic_signs(np.array([[0.2], [0.5]]), np.array([False, True])), [[1], [-1]])
 
 
 def test_episodic_scores_rank_the_better_child_up_and_divergence_last() -> None:
@@ -87,6 +89,22 @@ def test_episodic_scores_rank_the_better_child_up_and_divergence_last() -> None:
                           np.ones(3, bool))  # fmt: skip
     np.testing.assert_allclose(controller.scores[:, 0], [-0.1, -0.2, -0.05])
     envs.close()
+
+
+def test_pair_credit_scores_sum_each_pairs_improvement_over_the_run() -> None:
+    """Under ``pair_credit`` a child's episodic score on a pair is the sum of that pair's improvements at every step
+    of its run, not the last step's."""
+    controller = ReinforceController(ReinforceConfig(episodic_weight=1.0), num_envs=2)
+    envs = controller.make_envs("ALA-Digits-v0", **TINY)
+    controller.begin(envs, seed=0)
+    envs.close()
+    observations, actions = np.zeros((2, 55, 24), dtype=np.float32), np.ones((2, 55), dtype=np.int64)
+    improvements = [np.full((2, 55), 0.5), np.full((2, 55), -0.2)]
+    for improvement, ended in zip(improvements, (False, True)):
+        infos = {"row_improvement": improvement, "diverged": np.zeros(2, bool)}
+        controller._track_run(np.arange(2), observations, actions, infos, np.full(2, ended))
+    np.testing.assert_allclose(controller.scores, np.full((2, 55), 0.3))
+    assert [len(decisions) for decisions in controller.decisions] == [2, 2]
 
 
 @pytest.mark.parametrize(
@@ -159,6 +177,38 @@ def test_the_entropy_bonus_raises_the_policys_entropy() -> None:
         assert float(mean_entropy(controller.policy(states))) > before
 
 
+def test_mean_entropy_is_ln_3_for_a_uniform_policy_and_0_for_a_deterministic_one() -> None:
+    logits = torch.tensor([[[0.0, 0.0, 0.0], [0.0, 100.0, 0.0]]])  # one uniform pair, one deterministic
+    torch.testing.assert_close(mean_entropy(logits), torch.tensor(np.log(3) / 2, dtype=torch.float32))
+    torch.testing.assert_close(mean_entropy(logits[:, :1]), torch.tensor(np.log(3), dtype=torch.float32))
+
+
+def test_the_policy_loss_is_minus_the_advantage_weighted_log_probability_over_the_movable_pairs() -> None:
+    """REINFORCE's loss, recomputed pair by pair: ``-A log pi(a | s)`` averaged over the movable pairs (the held
+    diagonal's 10 pairs of Digits left out) and the batch, minus ``entropy_coef`` times their mean entropy."""
+    controller = ReinforceController(ReinforceConfig(entropy_coef=0.5), num_envs=1)
+    envs = controller.make_envs("ALA-Digits-v0", **TINY)
+    controller.begin(envs, seed=0)
+    envs.close()
+    generator = torch.Generator().manual_seed(0)
+    states = torch.rand(4, 55, 24, generator=generator)
+    chosen = torch.randint(3, (4, 55), generator=generator)
+    advantages = torch.randn(4, 55, generator=generator)
+    movable = controller.movable.numpy()
+    assert movable.sum() == 45
+    states[:, ~movable] *= 50.0  # the held pairs' distributions far from the others': leaving them out shows
+    with torch.no_grad():
+        loss = float(controller._policy_loss(states, chosen, advantages))
+        probabilities = torch.softmax(controller.policy(states), -1).double().numpy()
+    terms, entropies = [], []
+    for b in range(4):
+        for pair in np.flatnonzero(movable):
+            p = probabilities[b, pair]
+            terms.append(-float(advantages[b, pair]) * np.log(p[int(chosen[b, pair])]))
+            entropies.append(-(p * np.log(p)).sum())
+    assert loss == pytest.approx(np.mean(terms) - 0.5 * np.mean(entropies), rel=1e-5, abs=1e-6)
+
+
 def _advantages_seen(config: ReinforceConfig, num_envs: int) -> tuple[ReinforceController, list, Callable]:
     """A controller ready to update, the advantages of each of its policy updates, and a decision
     ``(child, payload, return)`` of one state and action taken at a given step with a return on every pair."""
@@ -199,6 +249,36 @@ def test_the_moving_average_baseline_is_subtracted_then_follows_the_returns() ->
     controller._update_on_returns([decision(0, 1, -1.0)], weight=1.0)
     torch.testing.assert_close(seen[-1], torch.stack([torch.full((55,), -1.5), torch.full((55,), 0.5)]))  # fresh, replayed
     np.testing.assert_allclose(controller.baseline, -0.25)
+    # Two children's fresh returns: the baseline moves towards their mean.
+    controller, _, decision = _advantages_seen(ReinforceConfig(baseline="ema", baseline_rate=0.5, replay_batch=0), 2)
+    controller._update_on_returns([decision(0, 0, 1.0), decision(1, 0, 3.0)], weight=1.0)
+    np.testing.assert_allclose(controller.baseline, 1.0)
+
+
+def test_each_update_scales_its_loss_by_its_weight_and_credits_each_child_its_own_sign() -> None:
+    """A per-step update weighted ``w`` (``1 - episodic_weight``) takes ``w`` times REINFORCE's loss; the episodic
+    update takes ``episodic_weight`` times the loss of every decision of the run, each credited with its own
+    child's leave-one-out sign."""
+    config = ReinforceConfig(episodic_weight=0.5, pair_credit=False, replay_batch=0)
+    controller, seen, decision = _advantages_seen(config, 2)
+    child, (state, action, _, _), ret = decision(0, 0, 1.0)
+    states, chosen = torch.as_tensor(state[None]).float(), torch.as_tensor(action[None]).long()
+    with torch.no_grad():
+        expected = 0.5 * float(controller._policy_loss(states, chosen, torch.ones(1, 55)))
+    seen.clear()  # the expectation's own call
+    logs = controller._update_on_returns([(child, (state, action, state, 0), ret)], weight=0.5)
+    assert logs["policy_loss"] == pytest.approx(expected, rel=1e-6)
+    # Episodic: child 0 decided twice and ends better than child 1, which decided once.
+    controller.decisions = [[(state, action), (state, action)], [(state, action)]]
+    controller.scores, controller.diverged = np.array([[2.0] * 55, [1.0] * 55]), np.zeros(2, bool)
+    states, chosen = torch.as_tensor(np.stack([state] * 3)).float(), torch.as_tensor(np.stack([action] * 3)).long()
+    credit = torch.tensor([1.0, 1.0, -1.0])[:, None].expand(3, 55)
+    with torch.no_grad():
+        expected = 0.5 * float(controller._policy_loss(states, chosen, credit))
+    seen.clear()
+    logs = controller._update_on_run()
+    torch.testing.assert_close(seen[-1], credit)
+    assert logs["episodic_loss"] == pytest.approx(expected, rel=1e-6)
 
 
 def test_replay_draws_uniformly_from_the_whole_memory_with_the_runs_generator() -> None:
@@ -217,6 +297,16 @@ def test_replay_draws_uniformly_from_the_whole_memory_with_the_runs_generator() 
     drawn = draws(0)
     assert len(drawn) == 100 and len(set(drawn)) > 40 and max(drawn) >= 90 and min(drawn) < 10
     assert draws(0) == drawn and draws(1) != drawn
+    # A memory smaller than the batch: a sample of its size, from every transition, the newest included.
+    controller = ReinforceController(ReinforceConfig(replay_batch=4), num_envs=1)
+    envs = controller.make_envs("ALA-Digits-v0", **TINY)
+    controller.begin(envs, seed=0)
+    envs.close()
+    controller.memory.extend(
+        Transition(torch.tensor(i), torch.tensor(0), torch.tensor(0.0), torch.tensor(i), None) for i in range(3)
+    )
+    samples = [[int(t.state) for t in controller._replay_sample()] for _ in range(20)]
+    assert all(len(sample) == 3 for sample in samples) and {i for sample in samples for i in sample} == {0, 1, 2}
 
 
 def test_a_child_that_finished_adds_nothing_until_the_next_run() -> None:
