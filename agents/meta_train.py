@@ -9,7 +9,8 @@ instead trained across many short training runs, each credited with its child's 
 metric** (never the test split):
 
 * Every generation draws a task from the family (an env id of ``tasks``) and a horizon (``total_iterations``
-  between ``horizon[0]`` and ``horizon[1]``, so that the policy meets every value of the progress feature),
+  drawn between ``horizon[0]`` and ``horizon[1]``, then rounded down to a multiple of K and at least K, so that
+  the policy meets every value of the progress feature),
   and ``population`` perturbations ``epsilon_i`` of the policy's parameters ``theta``. With
   ``tasks_per_generation`` above one it draws that many distinct tasks, each with its own horizon and children,
   all under the same perturbations. The children get
@@ -98,7 +99,8 @@ class MetaTrainConfig:
     tasks: tuple[str, ...] = ("ALA-Digits-v0",)
     """The task family: env ids, ``tasks_per_generation`` of them drawn per generation."""
     horizon: tuple[int, int] = (200, 600)
-    """Range of the children's ``total_iterations``, drawn per generation (rounded to a multiple of K)."""
+    """Range of the children's ``total_iterations``, drawn per generation, then rounded down to a multiple of K
+    (at least K): a ``horizon[0]`` that is no multiple of K can give a horizon below it."""
     steps_per_action: int = 20
     """K of every child."""
     population: int = 4
