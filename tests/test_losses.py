@@ -79,6 +79,20 @@ def test_pairwise_auc_loss_by_hand(batch) -> None:
     assert float(pairwise_auc_loss(ranked, labels, margin=0.5)) == 0.0
 
 
+def test_pairwise_auc_loss_of_a_single_pair_per_class_and_of_no_pair() -> None:
+    """A class with one (positive, negative) pair is that pair's squared hinge, not a fraction of it; a batch of one
+    class has no pair at all and its loss is 0, not 0 / 0."""
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 1.0, 0.0]])
+    labels = torch.tensor([0, 1])  # class 0: pair (0, 1); class 1: pair (1, 0); class 2: no positive
+    scores = F.softmax(logits, dim=1)
+    hinges = [(1.0 - (scores[0, 0] - scores[1, 0])) ** 2, (1.0 - (scores[1, 1] - scores[0, 1])) ** 2]
+    torch.testing.assert_close(pairwise_auc_loss(logits, labels), torch.stack(hinges).mean())
+    alone = logits.clone().requires_grad_()
+    loss = pairwise_auc_loss(alone, torch.tensor([2, 2]))
+    assert float(loss.detach()) == 0.0
+    assert torch.isfinite(torch.autograd.grad(loss, alone)[0]).all()
+
+
 def test_pairwise_auc_loss_runs_under_vmap(batch) -> None:
     logits, labels = batch
     stacked = torch.stack([logits, 2 * logits])
@@ -104,12 +118,20 @@ def _nonnegative_phi() -> np.ndarray:
     return matrix
 
 
+def _identity_and_one_pair() -> np.ndarray:
+    """Phi = I with one off-diagonal pair raised: the first step away from cross-entropy, every other entry 0."""
+    matrix = np.eye(10)
+    matrix[0, 1] = matrix[1, 0] = 0.2
+    return matrix
+
+
 @pytest.mark.parametrize(
     ("matrix", "negative_floor", "kernel"),
     [
         (np.eye(10), 1e-3, "hard"),
         (_nonnegative_phi(), 1e-3, "soft"),
         (_random_phi().numpy(), None, "soft"),  # without a floor Eq. 6 is the soft-target cross-entropy for any sign
+        (_identity_and_one_pair(), 1e-3, "soft"),  # zero entries are not negative ones
         (_random_phi().numpy(), 1e-3, "general"),
     ],
 )
@@ -125,6 +147,25 @@ def test_fused_kernels_equal_the_general_form(batch, matrix: np.ndarray, negativ
     value = loss(fused, labels)
     torch.testing.assert_close(value, expected, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(torch.autograd.grad(value, fused)[0], torch.autograd.grad(expected, general)[0])
+
+
+@pytest.mark.parametrize(
+    ("form", "temperature", "negative_floor"),
+    [("linear", 1.0, 1e-3), ("linear", 1.0, None), ("sigmoid", 3.0, 1e-3), ("sigmoid", 0.5, None)],
+)
+def test_functional_under_the_losss_own_phi_is_the_loss(
+    batch: tuple[torch.Tensor, torch.Tensor], form: str, temperature: float, negative_floor: float | None
+) -> None:
+    """What the N-children trainer vmaps over, ``functional(logits, labels, Phi)``, is the loss called with that Phi:
+    the same form, temperature and floor."""
+    logits, labels = batch
+    logits = logits * 4  # confident rows, so the floor binds where an entry is negative
+    phi = _random_phi(4)
+    loss = PhiLoss(phi.clone(), form=form, temperature=temperature, negative_floor=negative_floor)
+    torch.testing.assert_close(loss.functional(logits, labels, phi), loss(logits, labels))
+    torch.testing.assert_close(
+        loss.functional(logits, labels, phi), phi_loss(logits, labels, phi, form, temperature, negative_floor)
+    )
 
 
 def test_other_forms_keep_the_general_kernel() -> None:
