@@ -20,6 +20,7 @@ from ala_gym.core.metrics import (
     average_precision_per_class,
     class_metric,
     confusion_statistics,
+    correct_soft_labels,
     discounted_metric,
     error_rate,
     evaluate_models,
@@ -73,6 +74,8 @@ def test_classification_evaluator_packs_metric_direction_and_statistics() -> Non
         assert result.statistics["error"] == pytest.approx(float(error_rate(logits, labels)), rel=1e-6)
         assert result.loss == result.statistics["nll"] == pytest.approx(float(mean_nll(logits, labels)), rel=1e-6)
         np.testing.assert_allclose(result.confusion, confusion_statistics(logits, labels, 5).numpy(), rtol=1e-6)
+        soft_labels = correct_soft_labels(logits, labels, 5).numpy()
+        np.testing.assert_allclose(result.statistics["soft_labels"], soft_labels, rtol=1e-6)
         assert result.finite
     nan_row = logits.where(torch.arange(50)[:, None] != 3, torch.nan)
     assert not ClassificationEvaluator(5)(nan_row, labels).finite
@@ -141,6 +144,30 @@ def test_class_metric_of_accuracy_complements_error() -> None:
     assert right.metric == pytest.approx(1.0 - error.metric, abs=1e-7)
 
 
+@pytest.mark.parametrize("metric", ["error", "accuracy", "nll"])
+def test_class_metric_by_hand_with_an_absent_class(metric: str) -> None:
+    """Each class's error or accuracy on its own samples, and its NLL (the Eq. 7 diagonal); a class absent from the
+    split scores 0 (NLL: ``log C``), not NaN."""
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 3.0]])
+    labels = torch.tensor([0, 0, 1, 1])  # predictions 0, 1, 0, 2: class 0 half right, class 1 all wrong, class 2 absent
+    neg_log_probs = -torch.log_softmax(logits, dim=1).numpy()
+    nll = [neg_log_probs[[0, 1], 0].mean(), neg_log_probs[[2, 3], 1].mean(), math.log(3)]
+    expected = {"error": [0.5, 1.0, 0.0], "accuracy": [0.5, 0.0, 0.0], "nll": nll}[metric]
+    np.testing.assert_allclose(ClassificationEvaluator(3, metric)(logits, labels).class_metric, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(METRICS))
+def test_a_metrics_worst_value_is_no_better_than_any_finite_models(name: str) -> None:
+    """``worst``, what a diverged child scores, lies at the bad end of the metric's range: a model guessing at random
+    beats it, and a model confidently wrong on every sample does not do worse."""
+    generator = torch.Generator().manual_seed(5)
+    logits, labels = torch.randn(40, 4, generator=generator), torch.randint(0, 4, (40,), generator=generator)
+    wrong = 30.0 * F.one_hot((labels + 1) % 4, 4).float()
+    metric = METRICS[name]
+    assert improvement(metric.worst, float(metric.fn(logits, labels)), metric.higher_is_better) > 0
+    assert improvement(metric.worst, float(metric.fn(wrong, labels)), metric.higher_is_better) >= 0
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_aucpr_agrees_with_scikit_learn(seed: int) -> None:
     from sklearn.metrics import average_precision_score
@@ -207,8 +234,6 @@ def test_discounted_metric() -> None:
 
 
 def test_correct_soft_labels_average_the_correct_predictions_of_each_class() -> None:
-    from ala_gym.core.metrics import correct_soft_labels
-
     logits = torch.tensor([[2.0, 0.0, 0.0], [1.0, 0.5, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 1.0]])
     labels = torch.tensor([0, 0, 0, 1])  # sample 2 (class 0) is wrong, sample 3 (class 1) is wrong, class 2 absent
     soft = correct_soft_labels(logits, labels, 3)
