@@ -158,6 +158,23 @@ def test_the_observation_holds_the_history_oldest_first_and_the_change_from_a_mo
     np.testing.assert_allclose(observations[1][6:], [0.2, 0.1], rtol=1e-6)  # two steps of 0.1; 20 of 200 iterations
 
 
+def test_the_change_column_is_clipped_at_ten_the_observation_spaces_bound() -> None:
+    """A statistic far above its moving average (0.9 against 0.01: a relative change of 89) is observed as a change
+    of 10, the bound the observation space declares."""
+    from ala_gym.envs.base import episode_spaces
+
+    run = episode()
+    run.begin(error(0.01), 0)
+    run.apply_action(np.array([1]))
+    run.plan(0)
+    for index in range(2):
+        run.record_chunk(index, 1.0, error(0.9))
+    observation, _, _, _ = run.finish(10)
+    np.testing.assert_array_equal(observation[0, 4:6], [10.0, 10.0])
+    observation_space = episode_spaces(run.settings, run.task)[0]
+    assert observation_space.high[0, 4] == 10.0 and observation_space.contains(observation)
+
+
 def test_class_pair_features_are_the_pairs_confusion_statistics_over_log_c() -> None:
     """Row (i, j) sees ``[C_ij, C_ji] / log C`` of Eq. 7 (clipped at 10), and its credit is the error on the
     samples of classes i and j, weighted by their counts."""
@@ -175,8 +192,8 @@ def test_class_pair_features_are_the_pairs_confusion_statistics_over_log_c() -> 
 
 
 def test_an_adopted_record_gives_the_sources_next_reward() -> None:
-    """A child that takes another's weights takes its record of the run too: the next step's reward and observation
-    are those the source would get."""
+    """A child that takes another's weights takes its record of the run too: the next step's reward, per-row credit
+    and observation are those the source would get."""
     source, target = episode(), episode()
     source.begin(error(0.2), 0)
     target.begin(error(0.9), 0)
@@ -192,6 +209,17 @@ def test_an_adopted_record_gives_the_sources_next_reward() -> None:
     assert reward_a == reward_b == -1.0  # worse than the source's 0.2; the target's own 0.9 would give +1
     np.testing.assert_array_equal(obs_a[:, :-2], obs_b[:, :-2])  # history and change; the row's value is each task's
     assert info_a["val_metric_discounted"] == info_b["val_metric_discounted"]
+    np.testing.assert_array_equal(info_a["row_improvement"], info_b["row_improvement"])  # the per-row credit too
+
+
+def test_a_pair_of_two_classes_absent_from_the_validation_subsample_gets_no_credit() -> None:
+    """Pair (0, 1) has no validation sample: its weights are 0, not 0 / 0, so its credit is 0 and finite; a pair with
+    one present class is that class's metric, and a diagonal pair is its class's metric whatever the count."""
+    from ala_gym.envs.class_pairs import pair_weights
+
+    pairs = np.array([[0, 0], [0, 1], [0, 2], [2, 2]])
+    weights = pair_weights(pairs, np.array([0.0, 0.0, 5.0]))
+    np.testing.assert_array_equal(weights, [[1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
 
 
 def test_a_pairs_credit_weighs_its_classes_by_their_counts_in_the_validation_subsample() -> None:
