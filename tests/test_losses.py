@@ -194,6 +194,7 @@ def test_pairs_round_trip(classes: int) -> None:
     np.testing.assert_array_equal(matrix, matrix.T)
     np.testing.assert_array_equal(matrix[pairs[:, 0], pairs[:, 1]], values)
     np.testing.assert_array_equal(matrix_to_pairs(matrix), values)
+    np.testing.assert_array_equal(matrix_to_pairs(np.triu(matrix)), values)  # read from the upper triangle
 
 
 def test_ten_classes_have_55_pairs_in_row_major_order() -> None:
