@@ -404,3 +404,100 @@ def test_a_cost_block_reports_milliseconds_per_iteration(monkeypatch) -> None:
     ran = []
     timer = adalfl_cost.median_ms(lambda: ran.append(1), torch.device("cpu"), iterations=4)
     assert timer() == 250.0 and ran == [1]
+
+
+def test_the_loss_is_the_mean_over_classes_and_batch_of_l_phi_on_target_probability_pairs() -> None:
+    """``M_phi(y, f(x)) = mean_b (1/C) sum_i l_phi(y_bi, p_bi)``, with the one-hot target first in each pair and
+    the softmax probability second, computed here one pair at a time."""
+    network, _, _, _, _ = tiny_setting()
+    logits = torch.randn(5, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    labels = torch.tensor([0, 2, 1, 2, 0])
+    probabilities = F.softmax(logits, dim=1)
+    with torch.no_grad():
+        pairs = [[float(network.net(torch.tensor([float(labels[b] == i), float(probabilities[b, i])], dtype=torch.float64)))
+                  for i in range(3)] for b in range(5)]  # fmt: skip
+        expected = torch.tensor(pairs, dtype=torch.float64).mean(dim=1)
+        torch.testing.assert_close(network.per_sample(probabilities, F.one_hot(labels, 3).double()), expected)
+        torch.testing.assert_close(network(logits, labels), expected.mean())
+
+
+def test_the_loss_shape_is_taken_on_an_open_grid_of_predictions_that_sum_to_one() -> None:
+    """``p_true`` is ``1/(n+1) .. n/(n+1)``; each point's prediction puts ``p`` on the true class and spreads the
+    rest evenly over the ``C - 1`` others: its loss is ``per_sample`` of that prediction."""
+    network, _, _, _, _ = tiny_setting()
+    network = network.float()
+    shape = loss_shape(network, 4, 3)
+    np.testing.assert_allclose(shape["p_true"], [0.25, 0.5, 0.75], rtol=1e-6)
+    p = torch.tensor([0.25, 0.5, 0.75])
+    rows = torch.stack([p, (1 - p) / 3, (1 - p) / 3, (1 - p) / 3], dim=1)
+    with torch.no_grad():
+        expected = network.per_sample(rows, torch.tensor([[1.0, 0.0, 0.0, 0.0]]).repeat(3, 1))
+    np.testing.assert_allclose(shape["loss"], expected.tolist(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_the_childs_step_is_torch_sgd_under_the_learned_loss(nesterov: bool) -> None:
+    """The stepped child is what ``torch.optim.SGD`` (momentum buffer = the given velocity, weight decay, Nesterov
+    as asked) makes of one step on ``M_phi``; the reported losses are ``M_phi`` on the training batch before the
+    step and the cross-entropy of the stepped child on the meta batch, with the meta batch's own labels."""
+    network, child, velocity, batch, meta_batch = tiny_setting()
+    reference = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)).double()
+    reference.load_state_dict(child.params)
+    sgd = torch.optim.SGD(reference.parameters(), lr=0.3, momentum=0.9, weight_decay=1e-2, nesterov=nesterov)
+    for (name, p) in reference.named_parameters():
+        sgd.state[p]["momentum_buffer"] = velocity[name].clone()
+    with torch.no_grad():
+        loss_before = network(reference(batch[0]), batch[1])
+    sgd.zero_grad()
+    network(reference(batch[0]), batch[1]).backward(inputs=list(reference.parameters()))
+    sgd.step()
+    frozen = torch.optim.SGD(network.parameters(), lr=0.0)
+    train = TrainConfig(lr=0.3, momentum=0.9, weight_decay=1e-2)
+    result = meta_step(network, frozen, child, velocity, batch, meta_batch, 0.3, train, nesterov=nesterov)
+    for name, p in reference.named_parameters():
+        torch.testing.assert_close(result.params[name], p.detach(), msg=name)
+        torch.testing.assert_close(result.velocity[name], sgd.state[p]["momentum_buffer"], msg=name)
+    torch.testing.assert_close(result.loss, loss_before)
+    with torch.no_grad():
+        torch.testing.assert_close(result.meta_loss, F.cross_entropy(reference(meta_batch[0]), meta_batch[1]))
+
+
+def test_each_meta_step_takes_the_gradient_of_its_own_meta_loss_only() -> None:
+    """``phi``'s gradient is reset before each meta step: a second, identical step (phi left in place) leaves the
+    same gradient as the first, not their sum."""
+    network, child, velocity, batch, meta_batch = tiny_setting()
+    frozen = torch.optim.SGD(network.parameters(), lr=0.0)
+    train = TrainConfig(lr=0.3, momentum=0.9, weight_decay=1e-2)
+    meta_step(network, frozen, child, velocity, batch, meta_batch, 0.3, train, nesterov=False)
+    first = [p.grad.clone() for p in network.parameters()]
+    meta_step(network, frozen, child, velocity, batch, meta_batch, 0.3, train, nesterov=False)
+    for p, g in zip(network.parameters(), first):
+        torch.testing.assert_close(p.grad, g)
+
+
+def test_the_online_phase_follows_the_schedule_to_the_budget_and_reports_block_means(monkeypatch) -> None:
+    """With a budget that is not a multiple of K, the last block is shorter and the run stops at the budget; each
+    child step takes the schedule's learning rate at its iteration (milestones included); the recorded meta loss
+    of a block is the mean of its steps'."""
+    import ala_gym.agents.adalfl as adalfl
+
+    real, lrs, metas, configs = adalfl.meta_step, [], [], []
+
+    def recording(*args):
+        result = real(*args)
+        lrs.append(args[6])
+        configs.append(args[7])
+        metas.append(float(result.meta_loss))
+        return result
+
+    monkeypatch.setattr(adalfl, "meta_step", recording)
+    controller = AdaLFLController(AdaLFLConfig(offline_steps=0))
+    envs = controller.make_envs("ALA-Digits-v0", total_iterations=25, steps_per_action=10, device="cpu")
+    try:
+        (record,) = controller.run(envs, seed=0)
+    finally:
+        envs.close()
+    schedule = configs[0]  # the env's child configuration, whose lr milestones fall inside the 25 iterations
+    assert record.iterations == 25 and len(lrs) == 25 and len(record.val_metric) == 3 and schedule.total_iterations == 25
+    assert lrs == [schedule.lr_at(i) for i in range(25)] and len(set(lrs)) == 3
+    np.testing.assert_allclose(record.meta_loss, [np.mean(metas[:10]), np.mean(metas[10:20]), np.mean(metas[20:])])
