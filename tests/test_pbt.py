@@ -227,3 +227,46 @@ def test_the_initial_values_are_drawn_from_the_run_seed() -> None:
     np.testing.assert_array_equal(initial_values(3), initial_values(3))
     assert not np.array_equal(initial_values(3), initial_values(4))
     assert np.all((-0.1 <= initial_values(3)) & (initial_values(3) <= 0.1))
+
+
+def _direct_controller(config: PBTConfig, values: list[float]) -> tuple[PBTController, list[tuple[int, int]]]:
+    """A controller with its population's values set and a stand-in env that notes each copy (lower is better)."""
+    from types import SimpleNamespace
+
+    controller = PBTController(config=config, num_envs=len(values))
+    copies: list[tuple[int, int]] = []
+    controller.envs = SimpleNamespace(evaluator=SimpleNamespace(higher_is_better=False),
+                                      copy_child=lambda source, target: copies.append((source, target)))  # fmt: skip
+    controller.rng, controller.steps = np.random.default_rng(0), 0
+    controller.values = np.array(values, dtype=np.float64)
+    controller.running = np.ones(len(values), dtype=bool)
+    return controller, copies
+
+
+def test_a_round_comes_every_interval_steps_and_logs_the_values_mean_and_spread() -> None:
+    """With ``interval`` 3 the rounds fall on steps 3 and 6; every step logs the population's mean and standard
+    deviation of ``u`` (before that step's round)."""
+    controller, copies = _direct_controller(PBTConfig(interval=3, resample_probability=0.0), [0.05, -0.05, 0.1, 0.0])
+    errors = {"val_metric_discounted": np.array([0.3, 0.1, 0.5, 0.2])}
+    rounds = []
+    for _ in range(6):
+        values = controller.values.copy()
+        logs = controller.learn(None, None, None, None, np.zeros(4, dtype=bool), errors)
+        rounds.append("pbt_round" in logs)
+        assert logs["pbt_value_mean"] == pytest.approx(values.mean()) and logs["pbt_value_std"] == pytest.approx(values.std())
+    assert rounds == [False, False, True, False, False, True] and len(copies) == 2
+
+
+def test_a_quantile_that_rounds_to_no_child_still_replaces_one() -> None:
+    """A tenth of 4 children rounds to 0: one child, the worst, is still replaced by the best."""
+    controller, copies = _direct_controller(PBTConfig(interval=1, quantile=0.1), [0.05, -0.05, 0.1, 0.0])
+    controller.learn(None, None, None, None, np.zeros(4, dtype=bool), {"val_metric_discounted": np.array([0.3, 0.1, 0.5, 0.2])})
+    assert copies == [(1, 2)]
+
+
+def test_explore_moves_the_value_up_or_down_by_one_step() -> None:
+    """Without resampling, an explored value is the source's plus or minus ``explore_step``, both directions
+    drawn (each with probability 1/2)."""
+    controller, _ = _direct_controller(PBTConfig(explore_step=0.01, resample_probability=0.0), [0.0, 0.0])
+    moves = {round(controller._explore(0.05) - 0.05, 12) for _ in range(40)}
+    assert moves == {-0.01, 0.01}
