@@ -369,3 +369,45 @@ def test_the_tuning_benchmarks_functions_name_a_dataset_or_method_they_do_not_ha
         bench.load_problem("mnist")
     with pytest.raises(ValueError, match=re.escape(f"unknown method 'cma'; choose from {bench.METHODS}")):
         bench.tune("cma", lambda lam: None, LearnLossConfig(budget=1), seed=0)
+
+
+def test_a_model_that_beats_the_others_everywhere_leaves_no_preference_with_the_centre() -> None:
+    """With the Chebyshev centre, a model whose only rival has the same regulariser values and a higher data term
+    is the minimiser for every lambda: no preference (no lambda, margin inf), not the centre of the box."""
+    selections = list(hull_selections(np.array([[0.0, 1.0, 1.0], [1.0, 1.0, 1.0]]), np.array([0.1, 0.2]), np.array([1.0, 1.0])))
+    assert len(selections) == 1
+    assert selections[0].lam is None and selections[0].model == 0 and selections[0].margin == np.inf
+
+
+def test_a_margin_of_exactly_the_tolerance_does_not_count() -> None:
+    """A model counts as on the hull only with a margin strictly above ``margin_tol``: with a tolerance of 0, the
+    model minimising the loss only at the box's edge (margin 0) is still passed over."""
+    features = np.array([[0.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
+    selection = select_loss(features, np.array([0.1, 0.2, 0.3]), np.array([1.0]), centre=False, margin_tol=0.0)
+    assert selection.model == 2 and selection.rank == 2
+
+
+@pytest.mark.parametrize("shift", [0.00995, 0.0102])
+def test_a_proposal_repeats_a_tried_lambda_within_repeat_rtol_of_the_larger_of_the_two(shift: float) -> None:
+    """The best model's centre (5/6) was tried at ``5/6 * (1 - shift)``. Within 1 % of the larger value (the
+    proposal's) it counts as tried and the next model's centre (1/3) is proposed; beyond it, 5/6 itself."""
+    config = LearnLossConfig(upper=(1.0,), budget=5)
+    lams = [0.0, 1.0, 5 / 6 * (1 - shift)]
+    trials = [Trial(np.array([lam]), f, e, "initial", 0.0) for lam, f, e in zip(lams, LINE, LINE_ERRORS)]
+    lam, chosen = propose(trials, config, np.random.default_rng(0))
+    assert chosen == "lp"
+    np.testing.assert_allclose(lam, [1 / 3 if shift <= config.repeat_rtol else 5 / 6], atol=1e-9)
+
+
+def test_controller_moves_its_weights_the_rate_of_the_way_to_the_lps_answer() -> None:
+    """From cross-entropy, one step at rate 1/2 sets Phi's off-diagonal half way to what rate 1 sets it to."""
+    confident = np.array([[0.3, 4.0, 4.0], [4.0, 0.3, 4.0], [4.0, 4.0, 0.3]])
+    soft = np.array([[0.4, 1.5, 1.5], [1.5, 0.4, 1.5], [1.5, 1.5, 0.4]])
+    off = {}
+    for rate in (1.0, 0.5):
+        controller = LearnLossPhi(LearnLossPhiConfig(rate=rate))
+        controller.begin(fake_envs("error"), seed=0)
+        controller.prescribe_phi(np.zeros((1, 3, 24)), infos_for(soft, 0.2, 0))
+        off[rate] = controller.prescribe_phi(np.zeros((1, 3, 24)), infos_for(confident, 0.3, 5))[0] - np.eye(3)
+    assert np.all(off[1.0][~np.eye(3, dtype=bool)] > 0)
+    np.testing.assert_allclose(off[0.5], 0.5 * off[1.0], rtol=1e-12)
