@@ -20,6 +20,8 @@ from ala_gym.core.metric_learning import (
     SeededMiner,
     distance_weighted_miner,
     margin_loss,
+    pair_means,
+    pairwise_distances,
     retrieval_hits,
     triplet_margin_loss,
 )
@@ -80,6 +82,8 @@ def test_retrieval_evaluator_statistics_and_divergence() -> None:
     assert evaluation.class_metric.shape == (6,) and np.all(evaluation.class_metric[:2] == 0)
     assert evaluation.class_metric[2:5] @ np.full(3, 1 / 3) == pytest.approx(evaluation.metric)
     assert evaluation.finite
+    norms = embeddings.float().norm(dim=1)
+    assert evaluation.statistics["embedding_norm"] == pytest.approx(float(norms.mean()), rel=1e-6)
     d, y = _distances(embeddings), labels.numpy()
     positive_pairs = (y[:, None] == y[None, :]) & ~np.eye(len(y), dtype=bool)
     yardstick = np.mean(d[positive_pairs] ** 2) + np.mean(0.5 / (d[y[:, None] != y[None, :]] + MIXTURE_EPS))
@@ -129,10 +133,12 @@ def test_distance_mixture_on_mined_triplets_and_its_terms() -> None:
     assert np.all(rows[[0, 1, 2, 3], 0] < rows[[0, 1, 2, 3], 1]) and np.all(rows[5:, 0] > rows[5:, 1])
 
 
-def test_focal_weighting_at_init_matches_eq_10() -> None:
+@pytest.mark.parametrize("phi", [None, (2.0, 8.0), (8.0, 0.5)], ids=["init", "pull-softer", "push-softer"])
+def test_focal_weighting_matches_eq_10(phi: tuple[float, float] | None) -> None:
+    """Eq. 10 by hand, at the initial Phi and at unequal ones: Phi(1) scales the positives, Phi(2) the negatives."""
     embeddings, labels = _batch(seed=2)
     d, y = _distances(embeddings), labels.numpy()
-    loss = FocalDistanceLoss()
+    loss = FocalDistanceLoss(None if phi is None else np.array(phi))
     phi1, phi2 = loss.phi
     per_anchor = []
     for a in range(len(y)):
@@ -148,6 +154,95 @@ def test_focal_weighting_at_init_matches_eq_10() -> None:
     positive_pairs = (y[:, None] == y[None, :]) & ~np.eye(len(y), dtype=bool)
     means = [np.mean(d[positive_pairs]), np.mean(d[y[:, None] != y[None, :]])]
     np.testing.assert_allclose(terms, [means, means[::-1]], rtol=1e-5)
+
+
+def _mixture_terms(d: np.ndarray) -> np.ndarray:
+    """Eq. 9's ten terms by hand (the module docstring's table): five increasing, then five decreasing."""
+    return np.stack([
+        d**2, d, np.log1p(d), np.expm1(d), np.maximum(d - 1.0, 0.0),
+        0.5 / (d + MIXTURE_EPS), 2.0 - d, 4.0 - d**2, np.exp(-d), np.maximum(1.4 - d, 0.0),
+    ])  # fmt: skip
+
+
+def test_distance_mixture_at_any_phi_weights_each_of_the_ten_terms_over_all_triplets() -> None:
+    """Every term of the table, each weighted by its own Phi entry: ``Phi(1..5)`` the positives' terms and
+    ``Phi(6..10)`` the negatives', over every valid triplet; ``terms`` gives each term's pair means."""
+    embeddings, labels = _batch(seed=6)
+    d, y = _distances(embeddings), labels.numpy()
+    assert d.min() < 1.0 < 1.4 < d.max()  # both hinges are active on some pairs and not on others
+    phi = np.random.default_rng(0).uniform(size=10).astype(np.float32).astype(np.float64)  # as Phi is held
+    values = _mixture_terms(d)
+    pulled, pushed = np.tensordot(phi[:5], values[:5], axes=1), np.tensordot(phi[5:], values[5:], axes=1)
+    per_triplet = [
+        pulled[a, p] + pushed[a, n]
+        for a, p, n in itertools.product(range(len(y)), repeat=3)
+        if a != p and y[a] == y[p] and y[a] != y[n]
+    ]
+    loss = DistanceMixtureLoss(phi)
+    loss.params = loss.params.double()
+    assert float(loss(embeddings, labels)) == pytest.approx(np.mean(per_triplet), rel=1e-9)
+    positive_pairs = (y[:, None] == y[None, :]) & ~np.eye(len(y), dtype=bool)
+    expected = np.stack([values[:, positive_pairs].mean(axis=1), values[:, y[:, None] != y[None, :]].mean(axis=1)], axis=1)
+    np.testing.assert_allclose(loss.terms(embeddings.float(), labels).numpy(), expected, rtol=1e-4)
+
+
+@pytest.mark.parametrize("block", [3, 512])
+def test_pair_means_in_blocks_and_without_positive_pairs(block: int) -> None:
+    """Rows processed a few at a time give the means of all rows at once (each block masks its own items
+    out of the positives); a set with no positive pair gives 0 there, not NaN."""
+    embeddings, labels = _batch(seed=7, classes=3, per_class=4)
+    d, y = _distances(embeddings), labels.numpy()
+    positive_pairs = (y[:, None] == y[None, :]) & ~np.eye(len(y), dtype=bool)
+    means = pair_means(embeddings.float(), labels, lambda distances: distances[None], block=block).numpy()
+    np.testing.assert_allclose(means, [[d[positive_pairs].mean(), d[y[:, None] != y[None, :]].mean()]], rtol=1e-5)
+    distinct = pair_means(embeddings.float(), torch.arange(len(y)), lambda distances: distances[None], block=block).numpy()
+    assert distinct[0, 0] == 0.0
+    np.testing.assert_allclose(distinct[0, 1], d[~np.eye(len(y), dtype=bool)].mean(), rtol=1e-5)
+
+
+def test_coinciding_embeddings_lie_at_the_distance_floor() -> None:
+    """Two embeddings at the same point are ``1e-4`` apart (the square root of the floor on squared distances),
+    so ``0.5 / (d + eps)`` reads ``0.5 / (1e-4 + eps)`` there, as it does for embeddings closer than the floor."""
+    coinciding = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 3.0]])  # exact unit directions: 2 - 2 cos is exactly 0
+    assert float(pairwise_distances(coinciding)[0, 1]) == pytest.approx(1e-4, rel=1e-6)
+    close = torch.tensor([[1.0, 0.0], [1.0, 1e-6]], dtype=torch.float64)  # 1e-6 apart: below the floor
+    assert float(pairwise_distances(close)[0, 1]) == pytest.approx(1e-4, rel=1e-6)
+
+
+def test_a_miner_drawing_no_triplet_gives_a_zero_loss_that_keeps_the_graph() -> None:
+    """No triplet to average over: the loss is 0 and differentiable (a zero gradient), as the library's losses."""
+    def no_triplet(embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        empty = torch.zeros(0, dtype=torch.int64)
+        return empty, empty, empty
+
+    embeddings, labels = _batch(seed=8)
+    embeddings.requires_grad_(True)
+    value = DistanceMixtureLoss(miner=no_triplet)(embeddings, labels)
+    (gradient,) = torch.autograd.grad(value, embeddings)
+    assert float(value.detach()) == 0.0 and torch.all(gradient == 0)
+
+
+def _brute_force_recall_of_finite(embeddings: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """Recall@k where a non-finite item is no query's neighbour and never retrieves anything itself."""
+    finite = np.isfinite(embeddings).all(axis=1)
+    hits = np.zeros(len(labels), dtype=bool)
+    kept = np.flatnonzero(finite)
+    hits[kept] = _brute_force_recall(embeddings[kept], labels[kept], min(k, len(kept) - 1))  # never itself
+    return hits
+
+
+@pytest.mark.parametrize("block", [1, 4, 512])
+def test_recall_at_k_skips_non_finite_items_as_queries_and_as_neighbours(block: int) -> None:
+    """Diverged embeddings (NaN rows) neither retrieve nor are retrieved; with fewer finite items than k, the
+    query itself (tied with them at -inf) is never counted."""
+    rng = np.random.default_rng(5)
+    embeddings = rng.normal(size=(10, 3)).astype(np.float32)
+    labels = np.array([0, 0, 0, 1, 1, 1, 2, 2, 3, 3])
+    embeddings[[1, 4, 7, 8]] = np.nan  # classes 2 and 3 keep one finite item each: only a NaN one shares its class
+    hits = retrieval_hits(torch.from_numpy(embeddings), torch.from_numpy(labels), (1, 2, 4, 9), block=block).numpy()
+    for column, k in enumerate((1, 2, 4, 9)):
+        np.testing.assert_array_equal(hits[:, column], _brute_force_recall_of_finite(embeddings, labels, k), err_msg=f"k={k}")
+    assert not hits[[1, 4, 6, 7, 8, 9]].any() and hits[[0, 2, 3, 5], -1].all()
 
 
 def test_phi_moves_in_place_and_is_validated() -> None:
