@@ -57,6 +57,24 @@ def test_a_tie_on_validation_goes_to_the_lower_validation_loss_never_to_test() -
     assert chosen["selected"] == "a" and np.isnan(chosen["tie_break"]["a"])
 
 
+def test_selection_averages_every_child_of_every_selection_seed_and_ties_only_last_bits() -> None:
+    """A run's validation value is its children's mean, a point's the mean over the selection seeds (recorded);
+    points one image of 10,000 apart are not tied: the better wins, whatever its validation loss."""
+    def run(vals: list[float], loss: float) -> dict:
+        return {"children": [{"final_val_metric": v, "final_val_loss": loss} for v in vals]}
+
+    runs = {
+        ("a", 0): run([0.10, 0.30], 0.1), ("a", 1): run([0.10, 0.30], 0.1),  # first child best, mean 0.20
+        ("b", 0): run([0.15, 0.15], 0.9), ("b", 1): run([0.15, 0.15], 0.9),
+    }  # fmt: skip
+    chosen = oracle.select(["a", "b"], runs, [0, 1], higher_is_better=False)
+    assert chosen["selected"] == "b" and chosen["validation"]["a"] == pytest.approx(0.20)
+    assert chosen["selection_seeds"] == [0, 1] and "tie_break" not in chosen
+    close = {("a", 0): run([0.1000], 0.9), ("b", 0): run([0.1001], 0.1)}
+    assert oracle.select(["b", "a"], close, [0], higher_is_better=False)["selected"] == "a"
+    assert oracle.select(["a", "b"], close, [0], higher_is_better=True)["selected"] == "b"
+
+
 def test_every_oracle_grid_is_a_buildable_fixed_controller() -> None:
     for grid in oracle.ORACLES.values():
         for spec in grid:
