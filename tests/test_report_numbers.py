@@ -20,7 +20,14 @@ import pytest
 from ala_gym.agents.reinforce import library_policy
 from ala_gym.benchmarks import adalfl_report, compare, oracle
 from ala_gym.benchmarks.compare import run as compare_run
-from ala_gym.benchmarks.compare.report import end_of_training_table, markdown_table, oracle_table, plot, summarize
+from ala_gym.benchmarks.compare.report import (
+    end_of_training_table,
+    markdown_table,
+    oracle_table,
+    plot,
+    shorten,
+    summarize,
+)
 from ala_gym.benchmarks.compare.store import finished_run
 
 MACHINE = {"cpu": "test cpu", "cores": 2, "torch_threads": 1, "gpu": None}
@@ -79,6 +86,23 @@ def test_without_a_ce_row_there_is_no_wall_ratio() -> None:
     assert row["wall_vs_ce"] is None and row["test_std"] == 0.0
 
 
+def test_ce_wall_is_per_child_every_diverged_child_counts_and_a_vector_phi_reads_nan() -> None:
+    """The reference is ``ce``'s wall time per child, a multi-child ``ce`` run's shared by its children; a
+    diverged child counts wherever it sits in its run; loss weights recorded as a vector (metric learning) have
+    no identity to drift from, so the Phi columns read nan."""
+    ce = [_run("ce", 0, 4.0, [_child(0.2), _child(0.2)])]  # 2 s per child
+    vector = [[1.0, 0.5], [0.9, 0.6]]
+    slow = [_run("slow", 0, 6.0, [_child(0.1, phi=vector), _child(0.1, True, phi=vector)])]  # 3 s per child
+    _, row = summarize(ce + slow, ["ce", "slow"])
+    assert row["wall_vs_ce"] == pytest.approx(1.5) and row["diverged_children"] == 1
+    assert np.isnan(row["final_phi_offset"]) and np.isnan(row["final_phi_diagonal"])
+
+
+@pytest.mark.parametrize(("label", "expected"), [("a" * 10, "a" * 10), ("a" * 11, "a" * 7 + "...")])
+def test_a_label_longer_than_its_width_is_cut_to_the_width_with_an_ellipsis(label: str, expected: str) -> None:
+    assert shorten(label, 10) == expected
+
+
 def test_end_of_training_measures_how_far_validation_fell_back_from_its_best_either_way_round() -> None:
     """An error rate's best is its minimum, a recall's its maximum; falling back from the best reads positive
     in both, in points."""
@@ -129,6 +153,27 @@ def test_the_validation_panels_fill_rows_of_four_and_hide_the_empty_ones(tmp_pat
     names = ["ce", "random", "phi-uniform", "label-smoothing", "phi-ramp"]
     plot([_run(name, 0, 1.0, [_child(0.1)]) for name in names], names, tmp_path)
     assert [axes.get_visible() for axes in saved_figures["val_metric.png"].axes] == [True] * 5 + [False] * 3
+
+
+@pytest.mark.parametrize("higher_is_better", [False, True])
+def test_the_test_metric_figure_puts_the_best_row_on_top_with_its_sample_std(
+    tmp_path: Path, saved_figures: dict, higher_is_better: bool
+) -> None:
+    """Rows sorted by mean test metric, the best at the top either way round, each with the sample std over seeds
+    as its error bar; the validation panels show the mean +- std over children and seeds at every step."""
+    tests = {"ce": (0.20, 0.30), "phi-ramp": (0.10, 0.12), "random": (0.40, 0.50)}
+    runs = [_run(name, seed, 1.0, [_child(value, val=[0.6, value])]) for name, values in tests.items()
+            for seed, value in enumerate(values)]  # fmt: skip
+    plot(runs, list(tests), tmp_path, higher_is_better=higher_is_better)
+    axes = saved_figures["test_metric.png"].axes[0]
+    bottom_to_top = [tick.get_text() for tick in axes.get_yticklabels()]
+    assert bottom_to_top == (["phi-ramp", "ce", "random"] if higher_is_better else ["random", "ce", "phi-ramp"])
+    (bar,) = [c for c in axes.containers if bottom_to_top[c.lines[0].get_ydata()[0]] == "ce"]
+    (segment,) = bar.lines[2][0].get_segments()
+    np.testing.assert_allclose(segment[:, 0], [25.0 - np.sqrt(50.0), 25.0 + np.sqrt(50.0)])
+    band = next(ax for ax in saved_figures["val_metric.png"].axes if ax.get_title() == "random").collections[0]
+    # Curves [60, 40] and [60, 50] %: mean [60, 45], std over the two runs [0, 5] (not along each curve).
+    np.testing.assert_allclose(sorted(set(band.get_paths()[0].vertices[:, 1].round(6))), [40.0, 50.0, 60.0])
 
 
 def test_a_learned_row_of_loss_weights_draws_its_steps_in_one_panel(tmp_path: Path, saved_figures: dict) -> None:
