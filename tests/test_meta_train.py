@@ -42,6 +42,16 @@ from ala_gym.agents.reinforce import PairPolicy, ReinforceController
 TINY_ENV = dict(device="cpu", batch_size=32, eval_points=2, eval_stride=5, val_subsample=200)
 
 
+class EnvsProxy:
+    """The vector env a trainer made, passed through but for the methods a test's subclass replaces."""
+
+    def __init__(self, envs) -> None:
+        self.envs = envs
+
+    def __getattr__(self, name: str):
+        return getattr(self.envs, name)
+
+
 def tiny(**overrides) -> MetaTrainConfig:
     return MetaTrainConfig(**{"horizon": (40, 60), "population": 2, "generations": 2, "hidden": 8,
                               "env_kwargs": TINY_ENV, **overrides})  # fmt: skip
@@ -149,13 +159,7 @@ def test_a_pair_acts_on_the_same_uniforms_whatever_its_evaluation(monkeypatch) -
     class Stop(Exception):
         pass
 
-    class FirstStepOnly:
-        def __init__(self, envs) -> None:
-            self.envs = envs
-
-        def __getattr__(self, name: str):
-            return getattr(self.envs, name)
-
+    class FirstStepOnly(EnvsProxy):
         def step(self, actions):
             first_actions.append(np.asarray(actions))
             raise Stop
@@ -608,13 +612,7 @@ def test_a_child_that_ends_unmeasured_ranks_last(monkeypatch) -> None:
     own schedule) has no fitness to rank: it scores -inf, the last rank, never a value that would win."""
     make_vec = meta_train_module.gym.make_vec
 
-    class SecondChildUnmeasured:
-        def __init__(self, envs) -> None:
-            self.envs = envs
-
-        def __getattr__(self, name: str):
-            return getattr(self.envs, name)
-
+    class SecondChildUnmeasured(EnvsProxy):
         def step(self, actions):
             *outcome, infos = self.envs.step(actions)
             if "_final_val_metric" in infos:
