@@ -129,6 +129,25 @@ def test_damaged_run_file_is_run_again_with_a_warning(results_dir, monkeypatch, 
     assert compare.compare("ALA-Digits-v0", ["ce"], [0, 1], TINY, "tiny") == again
 
 
+def test_a_run_file_that_holds_another_run_than_its_name_says_is_run_again(results_dir, monkeypatch, capsys):
+    controllers = ["ce", "phi-uniform"]
+    rows = compare.compare("ALA-Digits-v0", controllers, [0], TINY, "tiny")
+    out = results_dir / "tiny"
+    (out / "results.json").unlink()
+    # A file copied by hand over another: ce's file now holds the run of the fixed row.
+    shutil.copyfile(out / "runs" / "phi-uniform-seed0.json", out / "runs" / "ce-seed0.json")
+    run_one, ran = compare_run.run_one, []
+    monkeypatch.setattr(compare_run, "run_one", lambda *args, **kwargs: ran.append(args[1:3]) or run_one(*args, **kwargs))
+    capsys.readouterr()
+    again = compare.compare("ALA-Digits-v0", controllers, [0], TINY, "tiny")
+    warning = capsys.readouterr().err
+    assert ran == [("ce", 0)]
+    assert f"{out / 'runs' / 'ce-seed0.json'} holds the run of phi-uniform on seed 0" in warning
+    assert "whose file is phi-uniform-seed0.json; running it again" in warning
+    assert json.loads((out / "runs" / "ce-seed0.json").read_text())["controller"] == "ce"
+    assert [row["test_per_seed"] for row in again] == [row["test_per_seed"] for row in rows]
+
+
 def test_results_are_readable_by_whoever_could_read_a_file_written_there(results_dir):
     compare.compare("ALA-Digits-v0", ["ce"], [0], TINY, "tiny")
     umask = os.umask(0)

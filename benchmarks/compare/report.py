@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 
 from ala_gym.agents.base import mean_off_diagonal
-from ala_gym.benchmarks.compare.specs import build_controller, file_stem
+from ala_gym.benchmarks.compare.specs import build_controller
+from ala_gym.benchmarks.compare.store import file_stem
 
 
 def summarize(runs: list[dict], controllers: list[str]) -> list[dict]:

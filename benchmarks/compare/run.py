@@ -18,7 +18,7 @@ from tqdm import tqdm
 from ala_gym.benchmarks.compare.errors import ComparisonError
 from ala_gym.benchmarks.compare.provenance import machine, versions, without_locations
 from ala_gym.benchmarks.compare.report import markdown_table, plot, summarize
-from ala_gym.benchmarks.compare.specs import build_controller, check_row, file_stem, parse_controller
+from ala_gym.benchmarks.compare.specs import build_controller, check_row, parse_controller
 from ala_gym.benchmarks.compare.store import (
     check_same_config,
     check_same_plan,
@@ -26,9 +26,11 @@ from ala_gym.benchmarks.compare.store import (
     claim,
     committed_runs,
     compact_run,
+    file_stem,
     finished_run,
     load_run,
     release,
+    run_file,
     write_json,
 )
 from ala_gym.benchmarks.machine import RESULTS
@@ -152,7 +154,7 @@ def compare(
     committed = {(r["controller"], r["seed"]): r for r in committed_runs(out)}
 
     def result_path(controller: str, seed: int) -> Path:
-        return out / "runs" / f"{file_stem(controller)}-seed{seed}.json"
+        return run_file(out / "runs", controller, seed)
 
     def finished(controller: str, seed: int) -> bool:
         return (controller, seed) in committed or finished_run(result_path(controller, seed))

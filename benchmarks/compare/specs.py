@@ -25,12 +25,6 @@ VECTOR_OPTIONS = ("max_episode_steps", "autoreset_mode", "train_mode")
 """Keywords after ``@`` that go to the vector env, not to its children's task."""
 
 
-def file_stem(spec: str) -> str:
-    """The start of a file name for the row ``spec``: the spec itself, a ``/`` (of a policy file's path,
-    ``reinforce-transfer-frozen(policy=runs/meta.pt)``) written ``%2F`` so that the file stays in its folder."""
-    return spec.replace("/", "%2F")
-
-
 def parse_controller(spec: str) -> tuple[str, dict[str, Any]]:
     """``"reinforce@beta=0.01"`` -> ``("reinforce", {"beta": 0.01})``: the controller (with any config
     keywords in parentheses, see :func:`parse_config`) and env keywords."""

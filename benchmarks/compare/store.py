@@ -132,9 +132,28 @@ def read_json(path: Path, shape: Any, fix: str) -> Any:
     raise ComparisonError(f"{path} is damaged: {problem}; {fix}")
 
 
+def file_stem(spec: str) -> str:
+    """The start of a file name for the row ``spec``: the spec itself, a ``/`` (of a policy file's path,
+    ``reinforce-transfer-frozen(policy=runs/meta.pt)``) written ``%2F`` so that the file stays in its folder."""
+    return spec.replace("/", "%2F")
+
+
+def run_file(runs: Path, controller: str, seed: int) -> Path:
+    """The file in the folder ``runs`` that holds the run of ``controller`` on ``seed``."""
+    return runs / f"{file_stem(controller)}-seed{seed}.json"
+
+
 def load_run(path: Path) -> dict | None:
-    """The run recorded in ``path``, None if it has none yet; a :class:`ComparisonError` if the file is damaged."""
-    return read_json(path, RUN_SHAPE, "running it again") if path.exists() else None
+    """The run recorded in ``path``, None if it has none yet; a :class:`ComparisonError` if the file is damaged
+    or holds another run than its name says (copied or renamed by hand: the run of its name is done again)."""
+    if not path.exists():
+        return None
+    run = read_json(path, RUN_SHAPE, "running it again")
+    if (own := run_file(path.parent, run["controller"], run["seed"])).name != path.name:
+        raise ComparisonError(
+            f"{path} holds the run of {run['controller']} on seed {run['seed']}, whose file is {own.name}; running it again"
+        )
+    return run
 
 
 def finished_run(path: Path) -> bool:
