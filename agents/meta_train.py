@@ -71,7 +71,7 @@ from torch.nn import functional as F
 import ala_gym  # noqa: F401  (registers the env ids)
 from ala_gym.agents import checkpoints, cli
 from ala_gym.agents.base import mean_off_diagonal
-from ala_gym.agents.reinforce import N_ACTIONS, PairPolicy
+from ala_gym.agents.reinforce import PairPolicy
 from ala_gym.core.checks import FLOAT32_MAX, check_real
 from ala_gym.core.data import DataError, with_data_home
 from ala_gym.core.machine import cpu_model
@@ -301,6 +301,16 @@ def action_uniform_generator(noise_seed: int, source: str = "own") -> torch.Gene
     return torch.Generator().manual_seed(int(seed))
 
 
+def inverse_cdf_actions(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """``[pairs]``: for each row of ``logits`` (``[pairs, actions]``), the first action whose cumulative probability
+    exceeds that row's uniform in ``[0, 1)``, so that an action of probability 0 is never taken, even at a
+    uniform of exactly 0. Two children that share the uniforms take the same action wherever their
+    distributions agree, which is what pairs their outcomes (common random numbers)."""
+    cumulative = F.softmax(logits, dim=-1).cumsum(dim=-1)
+    # Rounding can leave the last cumulative probability below 1 and a uniform above it: that is the last action.
+    return (uniforms[:, None] >= cumulative).sum(dim=-1).clamp_max(logits.shape[-1] - 1)
+
+
 def searched_mask(policy: PairPolicy, searched: str) -> torch.Tensor:
     """``[dims]``: 1 at the flattened parameters that ``searched`` names, 0 elsewhere."""
     head = f"net.{len(policy.net) - 1}."  # the action head's parameters: weight, bias
@@ -380,8 +390,7 @@ def run_children(
                 actions = []
                 for child in range(num_children):
                     logits = functional_call(policy, params[child], (torch.as_tensor(observations[child]),))
-                    cumulative = F.softmax(logits, dim=-1).cumsum(dim=-1)
-                    actions.append((shared[child][:, None] > cumulative).sum(dim=-1).clamp_max(N_ACTIONS - 1))
+                    actions.append(inverse_cdf_actions(logits, shared[child]))
             observations, _, terminations, truncations, infos = envs.step(torch.stack(actions).numpy())
             measured = infos.get("_final_val_metric", np.zeros(num_children, dtype=bool))
             for child in map(int, np.flatnonzero((terminations | truncations) & np.isnan(fitness))):

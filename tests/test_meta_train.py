@@ -30,6 +30,7 @@ from ala_gym.agents.meta_train import (
     evaluation_groups,
     generation_plan,
     generation_plans,
+    inverse_cdf_actions,
     main,
     meta_train,
     perturbations,
@@ -145,6 +146,22 @@ def test_a_flat_vector_unflattens_into_the_policys_own_parameters() -> None:
     params = unflatten(policy, torch.nn.utils.parameters_to_vector(policy.parameters()))
     assert list(params) == [name for name, _ in policy.named_parameters()]
     assert all(torch.equal(params[name], parameter) for name, parameter in policy.named_parameters())
+
+
+def test_actions_come_from_the_inverse_cdf_and_never_one_of_probability_zero() -> None:
+    thirds = torch.zeros(5, 3)
+    uniforms = torch.tensor([0.0, 0.3, 1 / 3, 0.5, 0.99])
+    assert inverse_cdf_actions(thirds, uniforms).tolist() == [0, 0, 1, 1, 2]
+    # Action 0 has probability 0 (action 2 too): even a uniform of exactly 0 takes action 1.
+    impossible_ends = torch.tensor([[-torch.inf, 0.0, -torch.inf]]).expand(3, 3)
+    assert inverse_cdf_actions(impossible_ends, torch.tensor([0.0, 0.5, 1 - 2**-24])).tolist() == [1, 1, 1]
+    # A uniform above a last cumulative probability that rounding left below 1 is the last action.
+    assert inverse_cdf_actions(torch.tensor([[0.0, 0.0, 0.0]]), torch.tensor([1.5])).tolist() == [2]
+    # Over many uniforms, each action is taken at its probability.
+    logits = torch.tensor([0.2, -1.0, 1.0]).log_softmax(-1).expand(60_000, 3)
+    drawn = inverse_cdf_actions(logits, torch.rand(60_000, generator=torch.Generator().manual_seed(0)))
+    frequencies = torch.bincount(drawn, minlength=3) / 60_000
+    assert torch.allclose(frequencies, logits[0].exp(), atol=0.01), frequencies
 
 
 def test_a_pair_acts_on_the_same_uniforms_whatever_its_evaluation(monkeypatch) -> None:
