@@ -431,7 +431,7 @@ on_ray = pytest.mark.usefixtures("ray_cluster", "one_torch_thread")  # one threa
 
 
 @on_ray
-def test_more_workers_than_the_cluster_has_cpus_are_refused_not_left_pending() -> None:
+def test_more_ray_workers_than_the_cluster_has_cpus_are_refused_not_left_pending() -> None:
     with pytest.raises(ValueError, match="3 workers need 3 CPUs but the Ray cluster has 2: lower workers"):
         RayEvaluators(3)
 
@@ -451,7 +451,7 @@ def test_ray_workers_compute_what_the_process_computes_and_resume_bit_for_bit(tm
 
 
 @on_ray
-def test_a_lost_actor_costs_its_pair_not_the_generation(monkeypatch, capsys) -> None:
+def test_a_lost_ray_actor_costs_its_pair_not_the_generation(monkeypatch, capsys) -> None:
     """Four pairs on two actors, the actor of pair 0 killed after its call went out: generation 1 updates on pairs
     1-3, exactly as an in-process run that drops pair 0, the calls that waited (pairs 2 and 3) run on the surviving
     actor, and generation 2 runs every pair, on a replacement actor beside the survivor; generation 3 keeps those
