@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 import pickle
 import re
 import shutil
@@ -22,12 +23,15 @@ from ala_gym.core.data import (
     FASHION_MNIST_DEBIAN_DIR,
     BatchSampler,
     ClassBalancedSampler,
+    ClassificationData,
     DataError,
+    Split,
     build_cifar10_subset,
     cifar10_subset_dir,
     default_cache_dir,
     from_user_data,
     load_cifar10,
+    load_dataset,
     load_digits,
     load_fashion_mnist,
     random_crop_flip,
@@ -130,6 +134,25 @@ def test_md5sums_may_hold_blank_lines_but_must_list_every_file(tiny_cifar_dir: P
         load_cifar10(data_root=folder)
 
 
+def test_md5sums_in_binary_mode_or_capital_letters_are_read(tiny_cifar_dir: Path, tmp_path: Path) -> None:
+    """``md5sum -b`` writes ``<md5> *<file name>``, and some tools write the digest in capitals: the same checksums."""
+    folder = shutil.copytree(tiny_cifar_dir, tmp_path / "cifar")
+    lines = [line.split() for line in (folder / "MD5SUMS").read_text().splitlines()]
+    (folder / "MD5SUMS").write_text("".join(f"{digest.upper()} *{name}\n" for digest, name in lines))
+    data = load_cifar10(data_root=folder, val_size=20)
+    assert (len(data.train), len(data.val), len(data.test)) == (80, 20, 20)
+
+
+def test_an_md5sums_digest_of_another_length_is_named_with_its_line(tiny_cifar_dir: Path, tmp_path: Path) -> None:
+    """An md5 is 32 hex digits: a line with 31 is refused as malformed, not read as a checksum that every file fails."""
+    folder = shutil.copytree(tiny_cifar_dir, tmp_path / "cifar")
+    lines = (folder / "MD5SUMS").read_text().splitlines()
+    lines[2] = lines[2][1:]  # the third line's digest loses its first digit
+    (folder / "MD5SUMS").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"MD5SUMS, line 3, is not '<md5>  <file name>'"):
+        load_cifar10(data_root=folder)
+
+
 def test_a_reader_failure_on_sound_files_is_passed_on_not_blamed_on_a_file(
     tiny_cifar_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -220,6 +243,18 @@ def test_the_subset_is_built_from_the_first_images_of_each_full_batch(tiny_cifar
     assert [p.name for p in (tmp_path / "data").iterdir()] == ["subset"]  # no half-written folder left beside it
 
 
+def test_a_full_batch_of_exactly_the_subsets_size_gives_all_its_images(tiny_cifar_dir: Path, tmp_path: Path) -> None:
+    """A source batch exactly as large as the subset's share is enough: the subset then holds every image of it."""
+    source = _batches(tiny_cifar_dir)  # 20 images a batch
+    full = _full_cifar_batches(tmp_path / "cifar10", source, extra=0, rng=np.random.default_rng(0))
+    (full / "batches.meta").write_bytes((tiny_cifar_dir / "batches.meta").read_bytes())
+    build_cifar10_subset(full, tmp_path / "subset", dict.fromkeys(CIFAR10_SUBSET_SIZES, 20))
+    built = _batches(tmp_path / "subset")
+    for name in CIFAR10_SUBSET_SIZES:
+        assert np.array_equal(built[name]["data"], source[name]["data"]), name
+        assert built[name]["labels"] == source[name]["labels"], name
+
+
 def test_a_subset_of_other_images_is_refused_and_leaves_nothing(tiny_cifar_dir: Path, tmp_path: Path) -> None:
     full = _full_cifar_batches(tmp_path / "cifar10", _batches(tiny_cifar_dir), extra=2000, rng=np.random.default_rng(5))
     (full / "batches.meta").write_bytes((tiny_cifar_dir / "batches.meta").read_bytes())
@@ -261,6 +296,8 @@ def test_a_dataset_of_the_data_home_is_resolved_there_never_downloaded(tmp_path:
     assert with_data_home({"data_root": "cifar10-subset", "lr": 0.1}) == {
         "download": False, "data_root": str(tmp_path / "cifar10-subset"), "lr": 0.1
     }
+    # download=False is only the default: a keyword that says otherwise is kept.
+    assert with_data_home({"data_root": "cifar10-subset", "download": True})["download"] is True
     assert with_data_home({"data_root": str(tmp_path), "lr": 0.1}) == {"data_root": str(tmp_path), "lr": 0.1}
     assert with_data_home({"lr": 0.1}) == {"lr": 0.1}
 
@@ -326,6 +363,26 @@ def test_random_crop_flip_is_deterministic_per_generator() -> None:
     assert not torch.equal(first, random_crop_flip(images, torch.Generator().manual_seed(8)))
 
 
+def test_random_crop_flip_takes_every_offset_pair_and_flips_about_half_the_images() -> None:
+    """Each axis's offset into the 4-pixel padded image is drawn from 0..8, the two axes independently, and about
+    half the crops are mirrored. Pixel ``(r, c)`` of the image holds ``1 + 8 r + c``, so each crop tells where it
+    was cut: a visible pixel at crop position ``(y, x)`` lies at padded row ``dy + y`` and column ``dx + x`` (mirrored:
+    ``dx + 7 - x``), the image's own pixel ``(r, c)`` at padded ``(r + 4, c + 4)``."""
+    count = 1000
+    image = (torch.arange(64) + 1).to(torch.uint8).view(1, 1, 8, 8)
+    crops = random_crop_flip(image.expand(count, 1, 8, 8).contiguous(), torch.Generator().manual_seed(3))[:, 0].long()
+    offsets, mirrored = set(), 0
+    for crop in crops:
+        ys, xs = torch.nonzero(crop, as_tuple=True)
+        rows, cols = (crop[ys, xs] - 1) // 8, (crop[ys, xs] - 1) % 8
+        flipped = bool(((cols - cols[0]) * (xs - xs[0]) < 0).any())  # columns run against x: mirrored
+        (dy,), (dx,) = set((rows + 4 - ys).tolist()), set((cols + 4 + xs - 7 if flipped else cols + 4 - xs).tolist())
+        offsets.add((dy, dx))
+        mirrored += flipped
+    assert offsets == {(dy, dx) for dy in range(9) for dx in range(9)}
+    assert 0.45 < mirrored / count < 0.55
+
+
 def test_batch_sampler_determinism_and_epochs(tiny_cifar_dir: Path) -> None:
     data = load_cifar10(data_root=tiny_cifar_dir, val_size=20)
 
@@ -380,6 +437,24 @@ def test_class_balanced_sampler_draws_p_classes_of_k_distinct_samples() -> None:
     assert all(torch.equal(a, b) for a, b in zip(first, again.next()))
 
 
+def test_class_balanced_sampler_draws_a_class_of_exactly_k_samples_whole() -> None:
+    """A class with exactly K training samples is drawn, and each of its draws holds those K samples, never the
+    padding that lines its row up with the larger classes' rows."""
+    labels = torch.tensor([0] * 12 + [1] * 3 + [2] * 9)
+    # Feature 0 of training sample i holds i; with mean 0 and spread 1 it reads back as i from a batch.
+    train = Split(torch.arange(24, dtype=torch.float32)[:, None], labels)
+    data = ClassificationData(
+        "imbalanced", train, train, train, num_classes=3, mean=torch.zeros(1), std=torch.ones(1), augment=False
+    )
+    sampler = ClassBalancedSampler(data, 3, 3, torch.Generator().manual_seed(0))
+    for _ in range(20):
+        inputs, drawn = sampler.next()
+        index, groups = inputs[:, 0].long().view(3, 3), drawn.view(3, 3)
+        assert torch.equal(labels[index], groups) and sorted(groups[:, 0].tolist()) == [0, 1, 2]
+        assert all(len(set(row.tolist())) == 3 for row in index)  # K distinct samples of each class
+        assert sorted(index[groups[:, 0] == 1][0].tolist()) == [12, 13, 14]
+
+
 def test_class_balanced_sampler_rejects_too_few_classes() -> None:
     data = load_digits()
     with pytest.raises(ValueError, match="lower P or K"):
@@ -412,14 +487,15 @@ def test_fashion_mnist_label_outside_ten_classes_is_named(tiny_fashion_mnist_dir
         load_fashion_mnist(data_root=folder, val_size=40)
 
 
-def test_cifar_label_outside_ten_classes_is_named(tiny_cifar_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("label", [50, 10, -1])  # 10 is the first label past the ten classes 0..9
+def test_cifar_label_outside_ten_classes_is_named(tiny_cifar_dir: Path, tmp_path: Path, label: int) -> None:
     folder = shutil.copytree(tiny_cifar_dir, tmp_path / "cifar")
     victim = folder / "data_batch_2"
     batch = pickle.loads(victim.read_bytes())
-    batch["labels"][3] = 50
+    batch["labels"][3] = label
     victim.write_bytes(pickle.dumps(batch))
     _rewrite_cifar_md5sums(folder)
-    with pytest.raises(DataError, match=rf"{victim} .*label 50 .*restore the folder"):
+    with pytest.raises(DataError, match=rf"{victim} .*label {label} at position 3 .*restore the folder"):
         load_cifar10(data_root=folder)
 
 
@@ -445,6 +521,29 @@ def test_same_size_corrupt_fashion_mnist_cache_is_unpacked_again(tiny_fashion_mn
     assert again.num_classes == 10
 
 
+def test_a_fashion_mnist_file_replaced_by_one_of_the_same_size_is_unpacked_anew(
+    tiny_fashion_mnist_dir: Path, tmp_path: Path
+) -> None:
+    """The unpacked copy is keyed by each source file's size and modification time: a file replaced by another of
+    the same size (as an updated package may install) is read anew, not served from the earlier unpack."""
+    folder = shutil.copytree(tiny_fashion_mnist_dir, tmp_path / "fmnist")
+    victim = folder / "t10k-labels-idx1-ubyte.gz"
+
+    def write(labels: list[int], mtime_ns: int) -> None:
+        # Stored without compression, so that both versions have the same size.
+        idx = bytes([0, 0, 0x08, 1]) + len(labels).to_bytes(4, "big") + bytes(labels)
+        victim.write_bytes(gzip.compress(idx, compresslevel=0, mtime=0))
+        os.utime(victim, ns=(mtime_ns, mtime_ns))
+
+    before, after = [k % 10 for k in range(50)], [(k + 3) % 10 for k in range(50)]
+    write(before, 1_600_000_000 * 10**9)
+    size = victim.stat().st_size
+    assert load_fashion_mnist(data_root=folder, val_size=40).test.labels.tolist() == before
+    write(after, 1_700_000_000 * 10**9)
+    assert victim.stat().st_size == size
+    assert load_fashion_mnist(data_root=folder, val_size=40).test.labels.tolist() == after
+
+
 def _swap_images_and_labels(folder: Path) -> Path:
     images, labels = folder / "train-images-idx3-ubyte.gz", folder / "train-labels-idx1-ubyte.gz"
     packed = images.read_bytes()
@@ -465,7 +564,21 @@ def _reshape_images(folder: Path) -> Path:
     return victim
 
 
-@pytest.mark.parametrize("damage", [_swap_images_and_labels, _set_dtype_byte, _reshape_images])
+def _set_leading_magic_bytes(folder: Path) -> Path:
+    victim = folder / "train-images-idx3-ubyte.gz"
+    _rewrite_idx(victim, lambda raw: raw.__setitem__(slice(0, 2), b"\x00\x01"))  # idx magic starts with two zeros
+    return victim
+
+
+def _append_bytes(folder: Path) -> Path:
+    victim = folder / "train-labels-idx1-ubyte.gz"
+    _rewrite_idx(victim, lambda raw: raw.extend(bytes(10)))  # ten bytes more than the header's 200 labels
+    return victim
+
+
+@pytest.mark.parametrize(
+    "damage", [_swap_images_and_labels, _set_dtype_byte, _reshape_images, _set_leading_magic_bytes, _append_bytes]
+)
 def test_fashion_mnist_file_with_wrong_idx_header_is_named(
     tiny_fashion_mnist_dir: Path, tmp_path: Path, damage: Callable[[Path], Path]
 ) -> None:
@@ -483,10 +596,14 @@ def test_fashion_mnist_file_with_wrong_idx_header_is_named(
         # Read silently as float images, or with images and labels misaligned.
         ("data_batch_4", lambda batch: batch.__setitem__("data", batch["data"].astype(np.float64)), "3072\\) float64"),
         ("data_batch_4", lambda batch: batch.__setitem__("labels", batch["labels"][:-1]), r"\(19,\), not 20 integers"),
+        # Labels as floats (2.5 would be read as class 2).
+        ("data_batch_4", lambda batch: batch.__setitem__("labels", [float(v) for v in batch["labels"]]),
+         r"labels are float64 of shape \(20,\), not 20 integers"),
         ("data_batch_4", lambda batch: batch.pop("labels"), "not a CIFAR-10 batch dictionary"),
         ("batches.meta", lambda meta: meta.pop("label_names"), "not a CIFAR-10 batches.meta dictionary"),
     ],
-    ids=["narrow_rows", "wide_rows", "float_data", "short_labels", "no_labels", "meta_without_label_names"],
+    ids=["narrow_rows", "wide_rows", "float_data", "short_labels", "float_labels", "no_labels",
+         "meta_without_label_names"],
 )  # fmt: skip
 def test_cifar_batch_of_another_shape_is_named(
     tiny_cifar_dir: Path, tmp_path: Path, name: str, damage: Callable[[dict], None], reason: str
@@ -562,6 +679,7 @@ def test_training_subset_keeps_a_seeded_part_of_the_training_split() -> None:
     assert torch.equal(small.train.labels, training_subset(data, 200, seed=0).train.labels)
     assert not torch.equal(small.train.images, training_subset(data, 200, seed=1).train.images)
     assert training_subset(data, None, seed=0) is data and training_subset(data, 10**6, seed=0) is data
+    assert training_subset(data, len(data.train), seed=0) is data  # all of them: the split as it is, not reshuffled
     with pytest.raises(ValueError, match="no training sample of classes"):
         training_subset(data, 3, seed=0)
     with pytest.raises(ValueError, match="train_size must be an integer"):
@@ -606,3 +724,26 @@ def test_normalised_inputs_have_zero_mean_and_unit_spread_and_stay_finite_on_con
     x = tabular.normalized_train
     assert torch.isfinite(x).all() and torch.allclose(x[:, 2], torch.zeros(()))
     assert torch.allclose(x[:, :2].mean(0), torch.zeros(2), atol=1e-5) and torch.allclose(x[:, :2].std(0), torch.ones(2), atol=1e-5)
+
+
+def test_uint8_spread_is_floored_at_a_thousandth_and_only_there() -> None:
+    """A uint8 channel's spread (on the [0, 1] scale) is floored at 1e-3: a channel blank but for at most one faint
+    pixel gets exactly the floor, a faint texture (0s and 3s, a spread of about 0.006) keeps its own."""
+    images = torch.zeros(32, 2, 2, 2, dtype=torch.uint8)
+    images[0, 0, 0, 0] = 1
+    images[::2, 1] = 3
+    labels = torch.arange(32) % 2
+    data = from_user_data((images, labels, images[:4], labels[:4]), val_size=8)
+    faint = data.train.images[:, 1].numpy().astype(np.float64) / 255
+    assert 1e-3 < faint.std(ddof=1) < 1e-2
+    assert float(data.std[0]) == pytest.approx(1e-3, rel=1e-6)
+    assert float(data.std[1]) == pytest.approx(faint.std(ddof=1), rel=1e-5)
+
+
+def test_load_dataset_keeps_one_copy_per_set_of_options() -> None:
+    """Loads are shared per name and options: other options load other splits, the same ones the same tensors."""
+    default, smaller = load_dataset("digits"), load_dataset("digits", val_size=300)
+    reseeded = load_dataset("digits", split_seed=1)
+    assert (len(default.val), len(smaller.val), len(reseeded.val)) == (360, 300, 360)
+    assert not torch.equal(reseeded.val.labels, default.val.labels)
+    assert load_dataset("digits") is default and load_dataset("digits", val_size=300) is smaller
