@@ -325,6 +325,8 @@ def test_class_disjoint_split_shares_no_class() -> None:
     assert set(custom.val.labels.tolist()) == {1, 3} and set(custom.test.labels.tolist()) == {5, 7, 9}
     with pytest.raises(ValueError, match="class-disjoint"):
         class_disjoint(data, train_classes=[0, 1, 2], val_classes=[2, 3])
+    with pytest.raises(ValueError, match=r"classes \[2\] are both trained on and evaluated on"):  # a test class too
+        class_disjoint(data, train_classes=[0, 1, 2], val_classes=[5, 6], test_classes=[2, 3])
     # Out of range, one class named twice (a one-class retrieval split), or no class index at all (4.5 was class 4).
     for bad in ({"test_classes": [12, 13]}, {"val_classes": [5, 5]}, {"test_classes": [4.5, 6]}, {"val_classes": [True, 5]}):
         with pytest.raises(ValueError, match="at least 2 distinct classes"):
