@@ -23,7 +23,7 @@ from torch.utils.data import Dataset, IterableDataset, TensorDataset
 
 import ala_gym  # noqa: F401  (registers the ids)
 from ala_gym.core.data import LOADERS, ClassificationData, from_user_data, load_dataset, register_dataset
-from ala_gym.core.models import MODELS, build_model, register_model
+from ala_gym.core.models import MODELS, build_model, draws_randomness, is_builtin, register_model
 from ala_gym.envs.classification import ALAClassificationEnv
 from ala_gym.envs.vector import ALAVectorEnv
 
@@ -201,6 +201,40 @@ def test_every_parameter_is_initialised_from_the_seed(global_rng_unchanged) -> N
     assert torch.all(first["temperature"] >= 0.5)
 
 
+def test_a_model_with_dropout_nested_in_a_container_draws_randomness() -> None:
+    """Dropout inside a Sequential (or any submodule) counts like dropout at the top: the model draws random numbers."""
+    assert draws_randomness(nn.Sequential(nn.Linear(4, 4), nn.Sequential(nn.ReLU(), nn.Dropout(0.2)), nn.Linear(4, 2)))
+    assert not draws_randomness(nn.Sequential(nn.Linear(4, 4), nn.Sequential(nn.ReLU()), nn.Linear(4, 2)))
+
+
+def test_a_package_model_name_given_another_factory_is_built_by_that_factory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``MODELS`` is a plain dict: a package name whose entry was replaced there (not through register_model) is no
+    longer one of the package's models, and is built like any factory, its own layers initialised by itself."""
+    assert is_builtin("mlp")
+    monkeypatch.setitem(MODELS, "mlp", OwnNet)
+    assert not is_builtin("mlp")
+    named = build_model("mlp", (13,), 3, torch.Generator().manual_seed(4)).state_dict()
+    factory = build_model(OwnNet, (13,), 3, torch.Generator().manual_seed(4)).state_dict()
+    assert named.keys() == factory.keys() and all(torch.equal(named[k], factory[k]) for k in named)
+
+
+@pytest.mark.parametrize("as_tensors", [False, True], ids=["arrays", "tensors"])
+def test_uint8_inputs_are_copies_too(as_tensors: bool) -> None:
+    """Images given as uint8 are kept as uint8 but copied like any other inputs: zeroing the caller's arrays or
+    tensors afterwards changes none of the splits."""
+    rng = np.random.default_rng(0)
+    x_train = rng.integers(1, 256, (20, 1, 4, 4), dtype=np.uint8)
+    x_test = rng.integers(1, 256, (6, 1, 4, 4), dtype=np.uint8)
+    expected_test = torch.from_numpy(x_test.copy())
+    if as_tensors:
+        x_train, x_test = torch.from_numpy(x_train), torch.from_numpy(x_test)
+    data = from_user_data((x_train, np.arange(20) % 2, x_test, np.arange(6) % 2), val_size=4)
+    x_train[:] = 0
+    x_test[:] = 0
+    assert torch.equal(data.test.images, expected_test)
+    assert all(int(split.images.min()) > 0 for split in (data.train, data.val))
+
+
 def test_the_users_arrays_and_tensors_are_never_written(wine) -> None:
     as_tensors = tuple(torch.as_tensor(a, dtype=torch.float32 if a.dtype.kind == "f" else torch.int64) for a in wine)
     for data in (wine, as_tensors):
@@ -335,6 +369,13 @@ def _uninitialised(shape: tuple[int, ...], outputs: int) -> nn.Module:
     return layer
 
 
+def _infinite_buffer(shape: tuple[int, ...], outputs: int) -> nn.Module:
+    """A factory whose buffer holds an infinity (which is not NaN): as unusable as an uninitialised weight."""
+    layer = nn.Linear(shape[0], outputs)
+    layer.register_buffer("scale", torch.tensor([1.0, float("inf")]))
+    return layer
+
+
 class Squeezed(nn.Linear):
     """Drops the batch dimension of a single input: fine for two, wrong for evaluation's last batch of one."""
 
@@ -422,6 +463,11 @@ class Scale(nn.Module):
          "model <lambda>.* has weight on the meta device; build its tensors with storage"),
         (lambda w: dict(dataset=w, model=_uninitialised),
          r"model _uninitialised has non-finite values in weight after construction \(left uninitialised\?\)"),
+        (lambda w: dict(dataset=w, model=_infinite_buffer),
+         r"model _infinite_buffer has non-finite values in scale after construction"),
+        (lambda w: dict(dataset=_shifted(w, 2, lambda x: np.clip(x, 0, 255).astype(np.uint8))),
+         r"x_train is torch.float32 \(138, 13\) but x_test is torch.uint8 \(40, 13\); .*both uint8 or neither"),
+        (lambda w: dict(dataset=_shifted(w, 1, lambda y: y > 0)), "y_train is torch.bool; labels must be integer"),
     ],
     ids=["lengths", "y-2d", "float-labels", "negative-label", "missing-classes", "class-missing-from-validation",
          "class-missing-from-the-subsample", "nan", "beyond-float32",
@@ -430,7 +476,8 @@ class Scale(nn.Module):
          "model-does-not-fit", "unknown-model", "non-finite-outputs", "too-few-samples", "no-training-spread",
          "channels-last-images", "one-class", "ragged", "strings", "complex-array", "complex-tensor", "one-dimensional",
          "iterable-dataset", "empty-dataset", "items-not-pairs", "items-of-several-shapes", "model-not-callable",
-         "meta-tensors", "uninitialised-weight"],  # fmt: skip
+         "meta-tensors", "uninitialised-weight", "infinite-buffer", "uint8-test-inputs-for-float-training-inputs",
+         "boolean-labels"],  # fmt: skip
 )
 @pytest.mark.filterwarnings("ignore:Initializing zero-element tensors is a no-op:UserWarning")  # a CNN on [N, H, W, C]
 def test_bad_input_gets_one_clear_line(wine, change, message: str) -> None:
@@ -464,9 +511,10 @@ def test_a_model_failing_on_uint8_images_is_told_their_layout_only_where_it_look
      (register_dataset, 7, lambda: None, "^a dataset name must be a non-empty string, got 7$"),
      (register_dataset, "wine-test", "wine.csv", "^loader must be a callable returning the data, got str$"),
      (register_model, "", OwnNet, "^a model name must be a non-empty string, got ''$"),
-     (register_model, None, OwnNet, "^a model name must be a non-empty string, got None$")],
+     (register_model, None, OwnNet, "^a model name must be a non-empty string, got None$"),
+     (register_model, "own-net-test", 42, r"^model must be a model name or a factory .*got 42$")],
     ids=["empty-dataset-name", "dataset-name-not-a-string", "loader-not-callable", "empty-model-name",
-         "model-name-not-a-string"],
+         "model-name-not-a-string", "model-not-a-factory"],
 )  # fmt: skip
 def test_registering_a_bad_name_or_loader_is_refused_and_registers_nothing(
     register: Callable[[object, object], None], name: object, value: object, message: str
