@@ -8,7 +8,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ala_gym.core.functional import FunctionalChild
-from ala_gym.core.models import build_model, max_pool_2x2
+from ala_gym.core.models import BasicBlock, ShortcutA, build_model, max_pool_2x2
 from ala_gym.core.sgd import sgd_step
 
 
@@ -173,3 +173,42 @@ def test_max_pool_without_autograd_equals_the_kernel(shape: tuple[int, ...]) -> 
     x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).relu()
     with torch.no_grad():
         assert torch.equal(max_pool_2x2(x), torch.nn.functional.max_pool2d(x, 2))
+
+
+def test_the_option_a_shortcut_subsamples_and_pads_the_new_channels_with_zeros() -> None:
+    x = torch.arange(16 * 8 * 8, dtype=torch.float32).view(1, 16, 8, 8)
+    out = ShortcutA(16, 32, stride=2)(x)
+    assert out.shape == (1, 32, 4, 4)
+    assert torch.equal(out[:, 8:24], x[:, :, ::2, ::2])  # the 16 new channels split evenly around the old ones
+    assert not out[:, :8].any() and not out[:, 24:].any()
+
+
+@pytest.mark.parametrize("name, blocks", [("resnet20", 3), ("resnet32", 5)])
+def test_cifar_resnets_have_6n_plus_2_layers_in_three_stages_of_16_32_64_channels(name: str, blocks: int) -> None:
+    """He et al.'s CIFAR ResNets: n blocks a stage, 32x32 -> 16x16 -> 8x8 maps of 16, 32 and 64 channels, then
+    global average pooling into the linear layer."""
+    model = build_model(name, (3, 32, 32), 10, torch.Generator().manual_seed(0)).eval()
+    stacked = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert len(model.layers) == 3 * blocks and len(stacked) == 6 * blocks + 2
+    shapes, pooled = [], []
+    for block in model.layers:
+        block.register_forward_hook(lambda module, args, out: shapes.append(tuple(out.shape[1:])))
+    model.fc.register_forward_hook(lambda module, args, out: pooled.append(args[0]))
+    with torch.no_grad():
+        model(torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)))
+    assert shapes == [(16, 32, 32)] * blocks + [(32, 16, 16)] * blocks + [(64, 8, 8)] * blocks
+    last = model.layers(F.relu(model.bn(model.conv(torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))))))
+    torch.testing.assert_close(pooled[0], last.mean(dim=(2, 3)))
+
+
+def test_a_basic_block_adds_its_input_back_before_the_last_relu() -> None:
+    """With its second convolution silenced, a block of unchanged size passes ``relu(x)`` on: the identity path."""
+    block = BasicBlock(16, 16, stride=1).eval()
+    nn.init.zeros_(block.conv2.weight)
+    x = torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(block(x), F.relu(x))
+        # Downsampling, the shortcut's subsampled and padded input takes its place.
+        down = BasicBlock(16, 32, stride=2).eval()
+        nn.init.zeros_(down.conv2.weight)
+        assert torch.equal(down(x), F.relu(ShortcutA(16, 32, 2)(x)))
