@@ -13,11 +13,12 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 
 import ala_gym
 from ala_gym.envs import spec as spec_module
 from ala_gym.envs.classification import ALAClassificationEnv, ClassificationLoss
-from ala_gym.envs.metric_learning import ALAMetricLearningEnv
+from ala_gym.envs.metric_learning import ALAMetricLearningEnv, RetrievalLoss
 from ala_gym.envs.spec import DataSpec, TaskSpec, assemble, task_spec
 
 TINY = dict(total_iterations=8, steps_per_action=4, batch_size=16, eval_points=1, val_subsample=100, device="cpu")
@@ -159,3 +160,72 @@ def test_the_envs_own_options_are_not_part_of_its_task() -> None:
     with them is the spec made without."""
     with_options = task_spec("ALA-Digits-v0", render_mode=None, num_threads=1, **TINY)
     assert repr(with_options) == repr(task_spec("ALA-Digits-v0", **TINY))
+
+
+def test_a_spec_of_default_parts_is_the_spec_of_the_envs_default_keywords() -> None:
+    """``DataSpec()``, ``ClassificationLoss()`` and ``RetrievalLoss()`` are the parts that ``make_spec`` makes
+    without keywords, and they hold the defaults the envs document: a spec assembled by hand trains what
+    ``gym.make`` would."""
+    spec = task_spec("ALA-Classification-v0")
+    assert spec.data == DataSpec() and repr(spec.loss) == repr(ClassificationLoss())
+    data, loss = spec.data, spec.loss
+    assert (data.dataset, data.val_subsample, data.split_seed, data.download, data.device) == ("digits", 1000, 0, True, "auto")
+    assert (loss.beta, loss.fixed_diagonal, loss.step_scaling, loss.phi_init, loss.loss_form) == (0.1, True, "row", None, "linear")
+    assert (loss.sigmoid_temperature, loss.negative_floor, loss.metric) == (1.0, 1e-3, "error")
+    assert (spec.episode.gamma, spec.episode.eval_points, spec.episode.eval_stride, spec.episode.history) == (0.9, 3, 10, 10)
+    retrieval = task_spec(ALAMetricLearningEnv)
+    assert retrieval.data == DataSpec(dataset="fashion-mnist") and repr(retrieval.loss) == repr(RetrievalLoss())
+    assert (retrieval.loss.framework, retrieval.loss.loss_form, retrieval.loss.beta, retrieval.loss.recall_k) == (
+        "triplet", "mixture", 0.1, 1)  # fmt: skip
+    assert retrieval.train.output_size == 64 and retrieval.episode.steps_per_action == 100  # embedding_size, K
+
+
+def test_the_validation_subsample_is_a_seeded_draw_of_the_split_or_the_split_itself() -> None:
+    """``val_subsample`` samples of the validation split, drawn from ``split_seed`` (the same draw every time, another
+    for another seed, on the same data); a subsample as large as the split, or None, is the split in its order."""
+    data = DataSpec(device="cpu").load()
+    features = data.val.images.reshape(len(data.val), -1)
+
+    def rows(split_seed: int) -> torch.Tensor:
+        subsample = DataSpec(val_subsample=50, split_seed=split_seed, device="cpu").validation(data)
+        assert len(subsample) == 50
+        return subsample.images.reshape(50, -1)
+
+    first = rows(0)
+    # Every drawn sample is one of the split's, none twice.
+    matches = (first[:, None, :] == features[None, :, :]).all(-1)
+    assert matches.any(1).all() and len(torch.unique(matches.float().argmax(1))) == 50
+    assert torch.equal(rows(0), first) and not torch.equal(rows(1), first)
+    for size in (len(data.val), len(data.val) + 1, None):
+        whole = DataSpec(val_subsample=size, device="cpu").validation(data)
+        assert torch.equal(whole.labels, data.val.labels) and torch.equal(whole.images, data.val.images)
+
+
+def test_the_env_and_its_vector_env_expose_the_tasks_attributes() -> None:
+    """What controllers and tools read off an env (``env.steps_per_action``, ``envs.get_attr("metric")``, ...) is
+    the task's, on the single env and on the vector env."""
+    env = gym.make("ALA-Digits-v0", **TINY, beta=0.2).unwrapped
+    assert (env.steps_per_action, env.metric, env.num_classes, env.beta, env.batchable) == (4, "error", 10, 0.2, True)
+    assert env.train_config.total_iterations == 8 and env.settings.steps_per_action == 4 and len(env.val_eval) == 100
+    np.testing.assert_array_equal(env.phi_init, np.eye(10))
+    envs = gym.make_vec("ALA-Digits-v0", num_envs=2, **TINY, beta=0.2)
+    assert envs.get_attr("steps_per_action") == (4, 4) and envs.get_attr("beta") == (0.2, 0.2)
+    assert envs.get_attr("num_classes") == (10, 10) and envs.get_attr("batchable") == (True, True)
+    envs.close()
+
+
+def test_the_loss_keywords_reach_the_loss_the_child_trains_under() -> None:
+    """``loss_form``, ``sigmoid_temperature`` and ``negative_floor`` make the child's loss: here the printed
+    sigmoid form of Eq. 6 at temperature 2 with no floor, computed by hand on a sample whose negatively weighted
+    class has a log-probability far below log(1e-3), where the default floor would have cut it."""
+    phi = np.eye(10)
+    phi[0, 1] = phi[1, 0] = -0.5
+    env = gym.make("ALA-Digits-v0", **TINY, phi_init=phi, loss_form="sigmoid", sigmoid_temperature=2.0,
+                   negative_floor=None).unwrapped  # fmt: skip
+    assert (env.task_settings.sigmoid_temperature, env.task_settings.negative_floor) == (2.0, None)
+    logits = torch.zeros(1, 10)
+    logits[0, 1] = -20.0
+    log_probs = torch.log_softmax(logits, dim=1)[0]
+    weighted = log_probs[0] - 0.5 * log_probs[1]  # y^T Phi log f for y = 0: unfloored, about 10
+    expected = -torch.sigmoid(weighted / 2.0)
+    torch.testing.assert_close(env.episode.task.loss(logits, torch.tensor([0])), expected)
