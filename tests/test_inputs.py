@@ -27,6 +27,7 @@ BAD_ARGUMENTS = [
     (dict(beta=NAN), "beta must be a finite number"),
     (dict(beta=INF), "beta must be a finite number"),
     (dict(beta=True), "beta must be a finite number"),
+    (dict(beta=0), "beta must be a finite number in \\(0, inf\\)"),  # a step of 0: no action would move Phi
     (dict(lr=NAN), "lr must be a finite number"),
     (dict(lr=INF), "lr must be a finite number"),
     (dict(lr=3.5e38), "lr must be a finite number in"),  # finite, but beyond float32: children train in float32
@@ -103,7 +104,10 @@ def test_a_learning_rate_beyond_float32_is_refused_on_every_backend(make_vec) ->
         make_vec("ALA-Digits-v0", 2, **{**TINY, "lr": 3.5e38}).reset(seed=0)
 
 
-@pytest.mark.parametrize("kwargs", [dict(lr=True), dict(recall_k=1.5), dict(embedding_size=0), dict(samples_per_class=2.5)])
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(lr=True), dict(recall_k=1.5), dict(recall_k=0), dict(beta=0), dict(embedding_size=0), dict(samples_per_class=2.5)],
+)
 def test_the_metric_learning_env_refuses_them_too(kwargs: dict, tiny_fashion_mnist_dir: Path) -> None:
     name = next(iter(kwargs))  # by the keyword's own name (embedding_size is the training's output_size)
     with pytest.raises(ValueError, match=f"^{name} must be"):
@@ -295,6 +299,24 @@ def test_render_rgb_array_and_ansi_through_gym_make() -> None:
     plain = gym.make("ALA-Digits-v0", **TINY)
     plain.reset(seed=0)
     assert plain.render() is None
+
+
+def test_the_ansi_frame_is_the_steps_metric_phi_and_the_confusion_as_probabilities() -> None:
+    """The text picture holds the step's info: the iteration of the budget, the validation metric, Phi and the
+    validation confusion read as ``exp(-C_ij)`` (Eq. 7's geometric-mean probability), each grid to two decimals."""
+    env = gym.make("ALA-Digits-v0", render_mode="ansi", **TINY)
+    env.reset(seed=0)
+    *_, info = env.step(np.full(55, 2))
+
+    def grid(matrix: np.ndarray) -> str:
+        return "\n".join(" ".join(f"{value:+.2f}" for value in row) for row in matrix)
+
+    probabilities = np.exp(-np.asarray(info["confusion"]))
+    assert np.all((probabilities > 0) & (probabilities <= 1))
+    assert env.render() == (
+        f"iteration 3/6, validation error {info['val_metric']:.4f}\nPhi:\n{grid(info['phi'])}\n"
+        f"validation confusion exp(-C_ij) (row i: true class):\n{grid(probabilities)}\n"
+    )
 
 
 @pytest.mark.parametrize("render_mode", ["rgb_array", "ansi"])
