@@ -7,10 +7,11 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 
 import ala_gym  # noqa: F401  (registers the ids)
 from ala_gym.core.metric_learning import DistanceMixtureLoss, FocalDistanceLoss, PMLLoss
-from ala_gym.envs.metric_learning import ALAMetricLearningEnv, values_of_phi
+from ala_gym.envs.metric_learning import ALAMetricLearningEnv, EmbeddingLossTask, values_of_phi
 
 TINY = dict(total_iterations=6, steps_per_action=3, batch_size=16, samples_per_class=4, eval_points=1, device="cpu")
 
@@ -61,6 +62,7 @@ def test_focal_phi_moves_on_a_log_scale_and_is_prescribable(make) -> None:
     mixture = make("ALA-FashionMNIST-Triplet-v0", phi_init=np.full(10, 0.5))
     _, info = mixture.reset(seed=0)
     np.testing.assert_allclose(info["phi"], np.full(10, 0.5))
+    np.testing.assert_array_equal(mixture.phi_init, np.full(10, 0.5))  # the attribute tools read, as given
     with pytest.raises(ValueError, match="10 finite values in"):
         make("ALA-FashionMNIST-Triplet-v0", phi_init=np.full(10, 2.0))
 
@@ -171,3 +173,68 @@ def test_vector_env_refuses_a_focal_phi_above_the_range_before_any_child_changes
         envs.set_attr("phi", [np.array([2.0, 8.0]), np.array([4.0, 20.0])])
     np.testing.assert_allclose(np.array(envs.get_attr("phi")), [[4.0, 4.0], [4.0, 4.0]])
     envs.close()
+
+
+def test_rows_move_by_beta_and_stop_at_their_bounds() -> None:
+    """An action moves each row by ``beta`` (0.25 here) within the row's bounds: a mixture weight within [0, 1];
+    a focal value ``v = log16(Phi)`` within [-1, 1], so that one step multiplies ``Phi`` by ``16^beta`` = 2 and
+    ``Phi`` stays within [1/16, 16]. The loss reads every move."""
+    cpu = torch.device("cpu")
+    mixture = EmbeddingLossTask("mixture", "mixture", "triplet", 0.25, np.array([0.0, 0.1, 0.5, 0.9, 1.0] * 2), cpu)
+    mixture.apply_action(np.array([0, 2, 2, 2, 2, 0, 0, 0, 0, 1]))
+    expected = [0.0, 0.35, 0.75, 1.0, 1.0, 0.0, 0.0, 0.25, 0.65, 1.0]
+    np.testing.assert_allclose(mixture.phi, expected)
+    np.testing.assert_allclose(mixture.adaptive.phi, expected, rtol=1e-6)
+    focal = EmbeddingLossTask("focal", "focal", "margin", 0.25, np.array([1.0, 1 / 16]), cpu)
+    focal.apply_action(np.array([0, 0]))
+    np.testing.assert_allclose(focal.values, [-0.25, -1.0])
+    np.testing.assert_allclose(focal.phi, [0.5, 1 / 16])
+    focal.phi = np.array([16.0, 4.0])
+    focal.apply_action(np.array([2, 2]))
+    np.testing.assert_allclose(focal.phi, [16.0, 8.0])
+    np.testing.assert_allclose(focal.adaptive.phi, [16.0, 8.0], rtol=1e-6)
+
+
+def test_a_refused_mixture_phi_changes_no_child(make, tiny_fashion_mnist_dir: Path) -> None:
+    """A mixture Phi outside [0, 1] is refused by the env's own check, before the loss or the row values change;
+    on a vector env, before any child changes."""
+    message = r"the loss parameters must be 10 finite values in \[0.0, 1.0\]"
+    env = make("ALA-FashionMNIST-Triplet-v0")
+    initial = env.phi.copy()
+    with pytest.raises(ValueError, match=message):
+        env.phi = np.full(10, 1.5)
+    np.testing.assert_array_equal(env.phi, initial)
+    np.testing.assert_array_equal(env.episode.task.values, initial)
+    kwargs = dict(data_root=str(tiny_fashion_mnist_dir), val_size=40, **TINY)
+    envs = gym.make_vec("ALA-FashionMNIST-Triplet-v0", num_envs=2, **kwargs)
+    with pytest.raises(ValueError, match=message):
+        envs.set_attr("phi", [np.full(10, 0.5), np.full(10, 1.5)])
+    np.testing.assert_array_equal(np.array(envs.get_attr("phi")), [initial, initial])
+    envs.close()
+
+
+@pytest.mark.parametrize("bad", [[4.0], [4.0, 4.0, 4.0], [np.nan, 4.0], [4.0, np.inf]], ids=["one", "three", "nan", "inf"])
+def test_focal_phi_of_another_length_or_not_finite_is_refused(bad: list[float]) -> None:
+    with pytest.raises(ValueError, match=r"^the focal loss parameters must be 2 finite values in \[0.0625, 16.0\]"):
+        values_of_phi(np.array(bad), "focal")
+
+
+def test_each_split_holds_the_classes_asked_for_it(make) -> None:
+    """``train_classes``, ``val_classes`` and ``test_classes`` each pick their own split's classes (labels kept); the
+    reward's subsample is drawn from the validation classes."""
+    env = make("ALA-FashionMNIST-Triplet-v0", train_classes=[0, 1, 2], val_classes=[3, 4, 5], test_classes=[6, 7, 8, 9],
+               val_subsample=None)  # fmt: skip
+    assert set(env.data.train.labels.tolist()) == {0, 1, 2}
+    assert set(env.data.val.labels.tolist()) == set(env.val_eval.labels.tolist()) == {3, 4, 5}
+    assert set(env.data.test.labels.tolist()) == {6, 7, 8, 9}
+    default = make("ALA-FashionMNIST-Triplet-v0")
+    assert set(default.data.train.labels.tolist()) == {0, 1, 2, 3, 4}
+    assert set(default.data.val.labels.tolist()) == set(default.data.test.labels.tolist()) == {5, 6, 7, 8, 9}
+
+
+def test_a_recall_k_that_every_test_query_meets_is_refused_too(make) -> None:
+    """The test split's 25 items (classes 5-9, 5 each): past 20 neighbours every query finds its class, so a
+    ``recall_k`` that the larger validation split allows is still refused, naming the test split."""
+    with pytest.raises(ValueError, match=r"recall_k=21 .* test split \(25 items, 20 outside the smallest class's\)"):
+        make(recall_k=21, val_size=100, val_subsample=None)
+    make(recall_k=20, val_size=100, val_subsample=None)
