@@ -167,6 +167,75 @@ def test_confusion_phi_follows_eq7_statistics():
     assert not np.allclose(records[0].phi[-1], np.eye(10))
 
 
+def test_confusion_phi_is_the_symmetrised_row_normalised_exp_of_minus_the_statistics():
+    """Phi = (P + P^T) / 2 with the diagonal set to 1, where P is ``exp(-C)`` normalised per row, computed here by
+    hand; statistics so large that ``exp(-C)`` underflows to 0 (an untrained child's, shifted by 1000) give the
+    same Phi, since a row's normalisation cancels any shift of that row."""
+    controller = ala_gym.agents.CONTROLLERS["confusion"]()
+    confusion = np.array([[0.1, 0.5, 5.0], [2.0, 0.2, 1.0], [3.0, 4.0, 0.3]])
+    p = np.exp(-confusion)
+    p /= p.sum(axis=1, keepdims=True)
+    expected = (p + p.T) / 2
+    np.fill_diagonal(expected, 1.0)
+    phi = controller.prescribe_phi(np.zeros((2, 6, 24)), {"confusion": np.stack([confusion, confusion + 1000.0])})
+    np.testing.assert_allclose(phi[0], expected, rtol=1e-12)
+    np.testing.assert_allclose(phi[1], expected, rtol=1e-12)
+
+
+def test_random_phi_draws_each_childs_noise_apart_and_refuses_a_negative_spread():
+    from ala_gym.agents.baselines import RandomPhi
+
+    controller = ala_gym.agents.CONTROLLERS["random"]()
+    controller.begin(fake_envs(2), 0)
+    phi = controller.prescribe_phi(np.zeros((2, 55, 24)), {"phi": np.zeros((2, 10, 10))})
+    assert phi.shape == (2, 10, 10) and not np.array_equal(phi[0], phi[1])  # two children, two draws
+    for noise in (-0.1, float("nan")):
+        with pytest.raises(ValueError, match="noise must be a standard deviation >= 0"):
+            RandomPhi(noise=noise)
+    quiet = RandomPhi(noise=0.0)
+    quiet.begin(fake_envs(1), 0)
+    np.testing.assert_array_equal(quiet.prescribe_phi(np.zeros((1, 6, 24)), {"phi": np.zeros((1, 3, 3))}), np.eye(3)[None])
+
+
+def test_the_registered_fixed_rows_prescribe_their_documented_phi():
+    """The rows of the benchmark tables with their documented defaults, on 3 classes: ``phi-uniform`` I + 0.03 off
+    the diagonal, ``label-smoothing`` eps = 0.1 (1 - 0.1 + 0.1 / 3 on the diagonal, 0.1 / 3 off it),
+    ``phi-ramp`` from 0 to 0.1 (0.05 half way), ``online-smoothing`` alpha = 0.5, ``random`` noise of std 0.1."""
+    observations, infos = np.zeros((1, 6, 24)), {"phi": np.eye(3)[None]}
+    off = 1 - np.eye(3)
+
+    def prescribed(name: str, **extra) -> np.ndarray:
+        return ala_gym.agents.CONTROLLERS[name]().prescribe_phi(observations, {**infos, **extra})[0]
+
+    np.testing.assert_allclose(prescribed("phi-uniform"), np.eye(3) + 0.03 * off)
+    np.testing.assert_allclose(prescribed("label-smoothing"), (0.9 + 0.1 / 3) * np.eye(3) + 0.1 / 3 * off)
+    half_way = np.zeros((1, 6, 24))
+    half_way[..., -1] = 0.5
+    ramp = ala_gym.agents.CONTROLLERS["phi-ramp"]()
+    assert not ramp.follow
+    np.testing.assert_allclose(ramp.prescribe_phi(half_way, infos)[0], np.eye(3) + 0.05 * off)
+    soft = np.array([[[0.6, 0.4, 0.0], [0.0, 1.0, 0.0], [0.2, 0.0, 0.8]]])
+    symmetric = np.array([[0.6, 0.2, 0.1], [0.2, 1.0, 0.0], [0.1, 0.0, 0.8]])
+    np.testing.assert_allclose(prescribed("online-smoothing", soft_labels=soft), 0.5 * np.eye(3) + 0.5 * symmetric)
+    assert ala_gym.agents.CONTROLLERS["random"]().noise == 0.1
+
+
+def test_fixed_rows_take_the_ends_of_their_ranges_and_refuse_what_lies_past_them():
+    """Every setting that keeps Phi in [-1, 1] is taken, ends included (label smoothing 1 is the uniform target);
+    a ramp that would start or end outside is refused, whichever end it is."""
+    from ala_gym.agents.baselines import OnlineSmoothingPhi, RampPhi, RandomPhi, UniformPhi
+
+    np.testing.assert_allclose(UniformPhi(label_smoothing=1.0).matrix(4), np.full((4, 4), 0.25))
+    np.testing.assert_allclose(UniformPhi(label_smoothing=0.0).matrix(4), np.eye(4))
+    np.testing.assert_allclose(UniformPhi(off_diagonal=-1.0).matrix(2), [[1.0, -1.0], [-1.0, 1.0]])
+    assert RampPhi(start=-1.0, end=1.0).target(np.array([0.0, 1.0])).tolist() == [-1.0, 1.0]
+    assert OnlineSmoothingPhi(alpha=0.0).alpha == 0.0 and OnlineSmoothingPhi(alpha=1.0).alpha == 1.0
+    assert RandomPhi(noise=0.0).noise == 0.0
+    for start, end in ((1.5, 0.0), (-1.5, 0.0), (float("nan"), 0.0), (0.0, -1.5)):
+        with pytest.raises(ValueError, match=r"start and end must be in \[-1, 1\]"):
+            RampPhi(start=start, end=end)
+
+
 # ---------------------------------------------------------------------- REINFORCE
 @pytest.mark.parametrize("sign", [1.0, -1.0])
 def test_reinforce_gradient_moves_towards_rewarded_action(sign):
