@@ -61,6 +61,10 @@ def test_a_config_refuses_a_number_that_is_not_finite_or_out_of_range(config: ty
     (ImitateConfig, dict(horizons=()), "horizons, steps_per_action and num_envs must be positive, got \\(\\), 20, 2"),
     (ImitateConfig, dict(num_envs=0), "horizons, steps_per_action and num_envs must be positive, got \\(400, 1200\\), 20, 0"),
     (ImitateConfig, dict(epochs=0), "hidden, epochs and lr must be positive, got 32, 0, 0.01"),
+    (ImitateConfig, dict(horizons=(400, 0)), "horizons, steps_per_action and num_envs must be positive, got \\(400, 0\\), 20, 2"),
+    (ImitateConfig, dict(steps_per_action=0), "horizons, steps_per_action and num_envs must be positive, got \\(400, 1200\\), 0, 2"),
+    (ImitateConfig, dict(hidden=0), "hidden, epochs and lr must be positive, got 0, 2000, 0.01"),
+    (ImitateConfig, dict(lr=0.0), "hidden, epochs and lr must be positive, got 32, 2000, 0.0"),
     (PBTConfig, dict(explore_step=-0.01), "explore_step must be >= 0 and resample_probability in \\[0, 1\\], got -0.01, 0.25"),
     (PBTConfig, dict(resample_probability=1.5), "explore_step must be >= 0 and resample_probability in \\[0, 1\\], got 0.01, 1.5"),
 ], ids=lambda value: value.__name__ if isinstance(value, type) else None)  # fmt: skip

@@ -135,6 +135,10 @@ def test_each_run_draws_its_seed_and_explores_the_fraction_asked_for(monkeypatch
     chosen = np.concatenate([actions[:, movable].reshape(-1) for actions in executed])
     changed = float(np.mean(chosen != labels.numpy()))
     assert 0.2 * 2 / 3 - 0.07 < changed < 0.2 * 2 / 3 + 0.07  # 810 actions: inverted, it would be near 0.53
+    # The draws are uniform over all three actions: each of the teacher's steps is also seen reversed, and the
+    # no-change action the follower never chooses is executed too.
+    labels = labels.numpy()
+    assert np.any((labels == 0) & (chosen == 2)) and np.any((labels == 2) & (chosen == 0)) and np.any(chosen == 1)
     first_seeds = list(seeds)
     seeds.clear()
     teacher_rows(replace(config, seed=1))
@@ -147,3 +151,79 @@ def test_the_fit_starts_from_weights_drawn_from_its_seed() -> None:
     assert all(torch.equal(value, fit_policy(states, labels, tiny(epochs=1))[0].state_dict()[name]) for name, value in first.items())
     other = fit_policy(states, labels, tiny(epochs=1, seed=1))[0].state_dict()
     assert not all(torch.equal(value, other[name]) for name, value in first.items())
+
+
+class TwoChildren:
+    """A made-up vector env of two 3-class children (no training): child 1's first run ends after one step by
+    truncation, child 0's after three by termination; column 0 of every observation says whose state it is and
+    when (``10 * step + child``). It fails a rollout that steps on far past both runs."""
+
+    num_envs = 2
+
+    def __init__(self, **kwargs) -> None:
+        self.kwargs, self.steps, self.seeds = kwargs, 0, []
+
+    def get_attr(self, name: str) -> tuple[np.ndarray, ...]:
+        assert name == "movable_rows"
+        return (np.array([False, True, True, False, True, False]),) * 2  # pairs (0,1) (0,2) (1,2)
+
+    def _observations(self) -> tuple[np.ndarray, dict]:
+        observations = np.zeros((2, 6, 24))
+        observations[..., 0] = 10 * self.steps + np.arange(2)[:, None]
+        return observations, {"phi": np.stack([np.eye(3)] * 2)}
+
+    def reset(self, seed=None):
+        self.seeds.append(seed)
+        self.steps = 0
+        return self._observations()
+
+    def step(self, actions):
+        self.steps += 1
+        if self.steps > 6:
+            pytest.fail("the rollout stepped on past both children's first runs")
+        terminated, truncated = np.array([self.steps == 3, False]), np.array([False, self.steps == 1])
+        observations, infos = self._observations()
+        return observations, np.zeros(2), terminated, truncated, infos
+
+    def close(self) -> None:
+        pass
+
+
+def test_each_run_is_made_with_its_horizon_and_the_teachers_keywords_and_keeps_only_first_runs(monkeypatch) -> None:
+    """Every run's children are made with the run's horizon and the config's K, whatever ``env_kwargs`` holds, and
+    with the teacher's own env keywords over the caller's (phi-ramp trains under the linear form); the teacher
+    begins on the seed the children reset with; a child's rows stop where its first run ends, by termination or
+    by truncation, while the other child runs on."""
+    from ala_gym.agents import imitate as imitate_module
+    from ala_gym.agents.baselines import RampPhi
+
+    made, begun = [], []
+
+    class SeenRamp(RampPhi):
+        def begin(self, envs, seed: int) -> None:
+            begun.append(seed)
+
+    def make_vec(env_id: str, num_envs: int, **kwargs) -> TwoChildren:
+        made.append(TwoChildren(**kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(imitate_module, "resolve_controller", lambda name: SeenRamp)
+    monkeypatch.setattr(imitate_module.gym, "make_vec", make_vec)
+    env_kwargs = {"loss_form": "sigmoid", "total_iterations": 999, "steps_per_action": 7}
+    states, labels = teacher_rows(tiny(env_kwargs=env_kwargs, horizons=(60, 30), num_envs=2))
+    assert [(env.kwargs["total_iterations"], env.kwargs["steps_per_action"], env.kwargs["loss_form"]) for env in made] == [
+        (60, 10, "linear"), (30, 10, "linear")]  # fmt: skip
+    assert begun == [env.seeds[0] for env in made] and len(set(begun)) == 2
+    # Child 0 at steps 0-2, child 1 at step 0 only, three movable rows each, in both runs.
+    assert sorted(states[:, 0].tolist()) == sorted([0.0, 10.0, 20.0, 1.0] * 3 * 2)
+    assert torch.equal(labels, torch.full((24,), NO_CHANGE + 1))  # Phi at 0, below the ramp's 0.1: up
+
+
+def test_the_label_counts_name_every_action_even_one_never_chosen(monkeypatch) -> None:
+    """A teacher that only ever steps down (a ramp at -1) still reports a count for each of the three actions."""
+    from ala_gym.agents import imitate as imitate_module
+
+    monkeypatch.setattr(imitate_module.gym, "make_vec", lambda env_id, num_envs, **kwargs: TwoChildren(**kwargs))
+    _, outcome = imitate(tiny(teacher_kwargs={"start": -1.0, "end": -1.0, "follow": True}, horizons=(60,), num_envs=2,
+                              epochs=1))  # fmt: skip
+    assert outcome["rows"] == 12 and outcome["label_counts"] == [12, 0, 0]
