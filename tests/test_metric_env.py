@@ -238,3 +238,26 @@ def test_a_recall_k_that_every_test_query_meets_is_refused_too(make) -> None:
     with pytest.raises(ValueError, match=r"recall_k=21 .* test split \(25 items, 20 outside the smallest class's\)"):
         make(recall_k=21, val_size=100, val_subsample=None)
     make(recall_k=20, val_size=100, val_subsample=None)
+
+
+class EmbeddingWithDropout(torch.nn.Module):
+    """A model of one's own that draws random numbers in its forward pass."""
+
+    def __init__(self, image_shape: tuple[int, ...], output_size: int) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Dropout(0.1), torch.nn.Linear(int(np.prod(image_shape)), output_size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def test_mining_and_a_models_own_draws_come_from_streams_of_their_own(make) -> None:
+    """The env seeds its task (the miner) with the trainer's seed: the miner and the forward passes of a model that
+    draws (dropout) must not start from the same seed, or their draws would repeat each other's."""
+    env = make("ALA-FashionMNIST-Margin-v0", model=EmbeddingWithDropout)
+    env.reset(seed=0)
+    miner_seed = env.episode.task._miner_generator.initial_seed()
+    forward_seed = env.trainer._forward_generator.initial_seed()
+    assert len({miner_seed, forward_seed}) == 2
+    # Seeds a child's weights and batches were drawn from stay what they were.
+    assert env.trainer.sampler.generator.initial_seed() not in (miner_seed, forward_seed)

@@ -190,7 +190,9 @@ def _image_layout_hint(data: ClassificationData) -> str:
 
 
 def seed_streams(seed: int, count: int) -> list[int]:
-    """``count`` independent 63-bit seeds derived from one integer seed."""
+    """``count`` independent 63-bit seeds derived from one integer seed; those of a smaller ``count`` are the first
+    of a larger one's. A child's seed gives, in this order: its initial weights, its batches, its task's own draws
+    (the metric-learning miner's) and the forward passes of a model of the user's that draws random numbers."""
     return [int(s) for s in np.random.SeedSequence(seed).generate_state(count, dtype=np.uint64) >> np.uint64(1)]
 
 
@@ -216,8 +218,9 @@ class ChildTrainer:
     def __init__(self, data: ClassificationData, config: TrainConfig, seed: int) -> None:
         self.data = data
         self.config = config
-        # The first two streams are those of seed_streams(seed, 2): the package's models train as before.
-        init_seed, batch_seed, forward_seed = seed_streams(seed, 3)
+        # The first two streams are those of seed_streams(seed, 2): the package's models train as before. The third
+        # is the task's (the env seeds its task with the trainer's seed), so that mining and dropout draw apart.
+        init_seed, batch_seed, _, forward_seed = seed_streams(seed, 4)
         self.model: nn.Module = config.build_model(data, init_seed)
         self._forward_generator = None if is_builtin(config.model) else torch.Generator().manual_seed(forward_seed)
         # The trainable parameters as a dict of the module's own tensors: sgd_step updates them in place. A frozen
