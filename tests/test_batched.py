@@ -5,6 +5,7 @@ each child's own :class:`BatchSampler`. Float tolerance where the kernels differ
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -107,6 +108,21 @@ def test_fused_cross_entropy_matches_the_vmapped_eq6() -> None:
     assert fused_kernel([PhiLoss(torch.eye(classes), form="sigmoid")]) is None
     assert fused_kernel([triplet_margin_loss()]) is None
 
+
+
+def test_the_fused_soft_loss_weights_by_row_y_of_a_phi_that_is_not_symmetric() -> None:
+    """Eq. 6 weights the log-probabilities by row ``Phi[y]`` of the label's class, as ``PhiLoss`` computes it. The
+    envs keep Phi symmetric, but a loss of one's own need not: the fused cross-entropy must read the row, not the
+    column. Logits (0, log 3) give the probabilities (1/4, 3/4)."""
+    phi = torch.tensor([[1.0, 0.0], [1.0, 1.0]])  # row 0: (1, 0); row 1: (1, 1); columns differ
+    logits = torch.tensor([0.0, math.log(3.0)]).expand(2, 1, 2)  # [N=2 children, B=1, C=2]
+    labels = torch.tensor([[0], [1]])  # child 0 sees class 0, child 1 class 1
+    assert fused_kernel([PhiLoss(phi.clone()), PhiLoss(phi.clone())]) == "soft"
+    got = fused_losses(logits, labels, torch.stack([phi, phi]), "soft")
+    # -(1 log 1/4 + 0 log 3/4) = log 4; -(1 log 1/4 + 1 log 3/4) = log 4 + log 4/3.
+    want = torch.tensor([math.log(4.0), math.log(4.0) + math.log(4.0 / 3.0)])
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    torch.testing.assert_close(PhiLoss(phi.clone())(logits[1], labels[1]), want[1], rtol=0, atol=1e-6)
 
 @pytest.mark.parametrize(
     "augment, batch_size, samples_per_class", [(False, 500, None), (False, 359, None), (True, 24, None), (False, 20, 4)]
@@ -235,6 +251,28 @@ def test_a_reset_child_starts_again_at_the_first_learning_rate(digits) -> None:
         torch.testing.assert_close(trainer.params[name][1].detach(), value.detach(), rtol=0, atol=1e-5)
     assert trainer.iterations.tolist() == [6, 1]
 
+
+
+def test_a_reset_batched_child_starts_from_a_fresh_models_batchnorm_statistics(digits) -> None:
+    """``reset_child`` gives the child the weights *and* the running statistics of a fresh model of its new seed
+    (BatchNorm's initial mean 0, variance 1, no batch tracked) and zero momentum; the other child keeps what its
+    training gave it."""
+    config = TrainConfig(model=NormedMLP, total_iterations=4, batch_size=32)
+    trainer = BatchedTrainer(digits, config, [1, 2])
+    loss = PhiLoss(torch.eye(10))
+    trainer.train_step(torch.stack([loss.params] * 2), np.array([True, True]), loss)
+    kept = {name: value[0].clone() for name, value in trainer.buffers.items()}
+    trainer.reset_child(1, seed=3)
+    fresh = ChildTrainer(digits, config, 3).model.state_dict()
+    assert torch.equal(trainer.buffers["body.2.running_mean"][1], torch.zeros(16))
+    assert torch.equal(trainer.buffers["body.2.running_var"][1], torch.ones(16))
+    assert int(trainer.buffers["body.2.num_batches_tracked"][1]) == 0
+    for name, value in (trainer.params | trainer.buffers).items():
+        assert torch.equal(value[1].detach(), fresh[name]), f"the reset child's {name} is not its fresh model's"
+    for name, value in trainer.buffers.items():
+        assert torch.equal(value[0], kept[name]), f"the other child's {name} changed"
+    assert int(kept["body.2.num_batches_tracked"]) == 1
+    assert all(not value[1].any() for value in trainer.momentum.values())
 
 def test_a_copied_batched_child_takes_weights_statistics_and_momentum_not_its_stream(digits) -> None:
     """``copy_child`` gives the target the source's weights, BatchNorm statistics and momentum (its own copies);
