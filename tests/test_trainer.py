@@ -101,12 +101,33 @@ def test_optimizer_follows_schedule(digits, monkeypatch: pytest.MonkeyPatch) -> 
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"total_iterations": 0}, {"lr": 0.0}, {"momentum": 1.0}, {"lr_milestones": (0.75, 0.5)}, {"lr_milestones": (1.0,)}],
+    [{"total_iterations": 0}, {"lr": 0.0}, {"momentum": 1.0}, {"lr_milestones": (0.75, 0.5)}, {"lr_milestones": (1.0,)},
+     {"weight_decay": -1e-4}],  # a negative decay would push the weights away from zero
 )
 def test_config_rejects_bad_values(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         TrainConfig(**kwargs)
 
+
+
+def test_an_embedding_width_sets_the_childs_output_width(digits) -> None:
+    """``output_size`` (metric learning's embedding width) replaces the one logit per class, in the config's own
+    model and in every trainer's."""
+    default, embedding = TrainConfig(model="mlp"), TrainConfig(model="mlp", output_size=32)
+    assert default.outputs(digits) == 10 and embedding.outputs(digits) == 32
+    inputs = digits.normalize(digits.train.images[:3])
+    assert embedding.build_model(digits, 0)(inputs).shape == (3, 32)
+    assert ChildTrainer(digits, embedding, seed=0).logits(digits.val).shape == (len(digits.val), 32)
+
+
+def test_class_balanced_batches_hold_batch_size_over_k_classes_of_k_samples(digits) -> None:
+    """``samples_per_class=K`` draws ``batch_size / K`` classes of K samples each: 12 / 4 = 3 classes of 4."""
+    config = TrainConfig(model="mlp", batch_size=12, samples_per_class=4)
+    sampler = config.sampler(digits, seed=0)
+    for _ in range(3):
+        _, labels = sampler.next()
+        classes, counts = np.unique(labels.numpy(), return_counts=True)
+        assert len(classes) == 3 and counts.tolist() == [4, 4, 4]
 
 def test_training_reduces_loss_on_digits(digits) -> None:
     config = TrainConfig(model="mlp", total_iterations=300, batch_size=64, lr=0.05)
