@@ -92,7 +92,8 @@ def test_bad_env_arguments_are_refused_at_construction(kwargs: dict, message: st
 @pytest.mark.parametrize(
     "kwargs, message",
     [(dict(steps_per_action=10.5), "steps_per_action"), (dict(total_iterations=NAN), "total_iterations"),
-     (dict(lr_decay=-1), "lr_decay"), (dict(num_envs=2.5), "num_envs"), (dict(max_episode_steps=0), "max_episode_steps")],
+     (dict(lr_decay=-1), "lr_decay"), (dict(num_envs=2.5), "num_envs"), (dict(max_episode_steps=0), "max_episode_steps"),
+     (dict(num_envs=0), "num_envs")],
 )
 def test_the_vector_env_refuses_them_too(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=f"{message} must be"):

@@ -222,6 +222,56 @@ def test_autoreset_next_step_masks_and_final_metrics(make_vec, train_mode: str) 
     assert info["episode_step"].tolist() == [1, 1]
 
 
+def test_a_reset_after_an_ended_episode_starts_every_child_afresh(make_vec) -> None:
+    """``reset()`` starts every child at step 0 whatever came before: a child whose episode ended (NEXT_STEP: due to
+    reset at the next step) takes the first step of its new episode, not a reset, and the steps counted before the
+    reset bring no early truncation. The same seed then gives the same episode again."""
+    actions = action_plan(2, 2, seed=4)
+    envs = make_vec(ENV_ID, 2, train_mode="sequential", max_episode_steps=2, **TINY)
+    envs.reset(seed=5)
+    first = [envs.step(action) for action in actions]
+    assert first[-1][3].all()  # both truncated, due to reset at the next step
+    envs.reset(seed=5)
+    for t, action in enumerate(actions):
+        observation, reward, terminated, truncated, info = envs.step(action)
+        assert info["episode_step"].tolist() == [t + 1, t + 1] and not terminated.any()
+        assert truncated.tolist() == [t == 1, t == 1]  # the second step of the new episode, not the fourth
+        np.testing.assert_array_equal(observation, first[t][0])
+        np.testing.assert_array_equal(reward, first[t][1])
+
+
+def test_the_ignored_action_of_a_child_due_to_reset_is_not_checked(make_vec) -> None:
+    """NEXT_STEP: the step after a child's episode ended resets it and ignores its action, so whatever a controller
+    passes there is accepted (as Gymnasium's vector envs do); the next step checks every action again."""
+    envs = make_vec(ENV_ID, 2, train_mode="sequential", max_episode_steps=1, **TINY)
+    envs.reset(seed=0)
+    assert envs.step(np.ones((2, N_PAIRS), dtype=np.int64))[3].all()
+    _, reward, _, _, info = envs.step(np.full((2, N_PAIRS), 7))  # out of {0, 1, 2}: ignored
+    assert reward.tolist() == [0.0, 0.0] and info["episode_step"].tolist() == [0, 0]
+    with pytest.raises(ValueError, match="0, 1, 2"):
+        envs.step(np.full((2, N_PAIRS), 7))
+
+
+def test_a_budget_that_ends_at_max_episode_steps_terminates_the_episode_without_truncating_it() -> None:
+    """When the training budget runs out at the very step that ``max_episode_steps`` would cut, the run is finished:
+    terminated, with its final metrics, and not truncated (truncated means an unfinished run)."""
+    envs = gym.make_vec(ENV_ID, num_envs=2, train_mode="sequential", max_episode_steps=STEPS, **TINY)
+    envs.reset(seed=0)
+    for _ in range(STEPS):
+        _, _, terminated, truncated, info = envs.step(np.ones((2, N_PAIRS), dtype=np.int64))
+    assert terminated.tolist() == [True, True] and truncated.tolist() == [False, False]
+    assert info["_test_metric"].tolist() == [True, True] and info["episode_step"].tolist() == [STEPS, STEPS]
+
+
+def test_an_integer_seed_seeds_the_vector_envs_own_generator() -> None:
+    """``reset(seed=s)`` seeds ``envs.np_random`` with ``s`` as well (Gymnasium's ``VectorEnv`` convention), so that a
+    controller drawing from it repeats itself."""
+    envs = gym.make_vec(ENV_ID, num_envs=2, **TINY)
+    envs.reset(seed=3)
+    assert envs.np_random_seed == 3
+    assert envs.np_random.random() == np.random.default_rng(3).random()
+
+
 @pytest.mark.parametrize("train_mode", ["sequential", "batched"])
 def test_divergence_terminates_only_that_child(train_mode: str) -> None:
     envs = gym.make_vec(ENV_ID, num_envs=2, train_mode=train_mode, **TINY)
@@ -246,6 +296,26 @@ def test_divergence_terminates_only_that_child(train_mode: str) -> None:
     assert not info["diverged"].any()
     with pytest.raises(ValueError, match="copy only between children at the same point of training"):
         envs.unwrapped.copy_child(1, 0)
+
+
+@pytest.mark.parametrize("train_mode", ["sequential", "batched"])
+def test_each_childs_last_step_is_cut_to_its_own_remaining_budget(train_mode: str) -> None:
+    """Children out of step (child 0 diverged and started again) each plan their step from their own iteration: with
+    25 iterations and K = 10, child 1's third step trains the 5 left of its budget and ends there, while child 0,
+    at its second step, trains a whole K."""
+    envs = gym.make_vec(ENV_ID, num_envs=2, train_mode=train_mode, **{**TINY, "total_iterations": 25})
+    envs.reset(seed=0)
+    with torch.no_grad():  # child 0 diverges at its first evaluation, as in the test above
+        if train_mode == "batched":
+            envs.unwrapped._children.params["fc1.weight"][0].fill_(float("inf"))
+        else:
+            envs.unwrapped._children.trainers[0].model.fc1.weight.fill_(float("inf"))
+    keep = np.ones((2, N_PAIRS), dtype=np.int64)
+    assert envs.step(keep)[2].tolist() == [True, False]
+    envs.step(keep)  # child 0 starts again at iteration 0; child 1 reaches 20
+    _, _, terminated, truncated, info = envs.step(keep)
+    assert info["iteration"].tolist() == [10, 25]
+    assert terminated.tolist() == [False, True] and not truncated.any()
 
 
 def test_bad_input_and_calls_out_of_order_are_refused(make_vec) -> None:
