@@ -48,7 +48,8 @@ def test_a_single_env_state_restores_bit_for_bit() -> None:
     twin = gym.make("ALA-Digits-v0", **TINY).unwrapped  # the same keywords: the run moves over whole
     twin.set_state(state)
     assert _same(ahead, _trace(twin, 3))
-    for other in ({"history": 5}, {"total_iterations": 2 * TINY["total_iterations"]}, {"lr": 0.01}):
+    # An episode setting alone (same training, same spaces) counts too: gamma weighs the rewards of the rest of the run.
+    for other in ({"history": 5}, {"total_iterations": 2 * TINY["total_iterations"]}, {"lr": 0.01}, {"gamma": 0.5}):
         with pytest.raises(ValueError, match="state was saved by an env of another training, episode or spaces"):
             gym.make("ALA-Digits-v0", **{**TINY, **other}).unwrapped.set_state(state)
     env.close()
@@ -64,10 +65,12 @@ def test_copy_child_gives_the_target_the_sources_weights_statistics_and_record(t
     envs.reset(seed=0)
     envs.step(np.ones((3, 55), dtype=np.int64))
     episodes = envs.unwrapped.episodes
-    assert episodes[2]._last_metric != episodes[0]._last_metric
+    source_metric = episodes[0]._last_metric
+    assert episodes[2]._last_metric != source_metric
     envs.unwrapped.copy_child(0, 2)
     # The target's record of the run goes with the weights: its next reward continues from the source's metric.
-    assert episodes[2]._last_metric == episodes[0]._last_metric and episodes[2] is not episodes[0]
+    # The record goes from source to target, not back: the source's stays what it was.
+    assert episodes[2]._last_metric == episodes[0]._last_metric == source_metric and episodes[2] is not episodes[0]
     children = envs.unwrapped._children
     if train_mode == "sequential":
         source, target = children.trainers[0], children.trainers[2]
