@@ -130,6 +130,24 @@ def test_vector_env_trains_children_one_after_another(make, tiny_fashion_mnist_d
         gym.make_vec("ALA-FashionMNIST-Margin-v0", num_envs=2, train_mode="batched", **kwargs)
 
 
+def test_an_autoreset_child_mines_as_the_single_env_after_a_reset_without_seed(make, tiny_fashion_mnist_dir: Path) -> None:
+    """The miner of an autoreset child restarts from the child's new trainer seed, as the single env's ``reset()``
+    without a seed restarts it: the second episode's first step is the single env's, mined triplets and all."""
+    kwargs = dict(data_root=str(tiny_fashion_mnist_dir), val_size=40, **TINY)
+    envs = gym.make_vec("ALA-FashionMNIST-Margin-v0", num_envs=1, loss_form="mixture", **kwargs)
+    single = make(loss_form="mixture")
+    envs.reset(seed=[4])
+    single.reset(seed=4)
+    actions = np.ones((1, 10), dtype=np.int64)
+    for _ in range(2):  # 6 iterations, 3 a step: the episode ends
+        envs.step(actions)
+        single.step(actions[0])
+    envs.step(actions)  # NEXT_STEP: the child starts its second episode
+    single.reset()
+    _, _, _, _, infos = envs.step(actions)
+    assert infos["train_loss"][0] == single.step(actions[0])[4]["train_loss"]
+
+
 def test_fixed_loss_controller_records_test_recalls_and_the_table_shows_them(make, tiny_fashion_mnist_dir: Path) -> None:
     from ala_gym.agents import CONTROLLERS
     from ala_gym.benchmarks.compare import retrieval_table
