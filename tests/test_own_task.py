@@ -394,6 +394,14 @@ class TrainingExtra(nn.Linear):
         return out if self.training else out[:, :-1]
 
 
+class TrainingOverflow(nn.Linear):
+    """Finite outputs in evaluation mode, infinite ones in training mode (a factor applied only while training)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        return out * 1e60 if self.training else out
+
+
 class Scale(nn.Module):
     def __init__(self, factor: float) -> None:
         super().__init__()
@@ -433,6 +441,8 @@ class Scale(nn.Module):
         (lambda w: dict(dataset=w, model="no-such-model"), "unknown model 'no-such-model'"),
         (lambda w: dict(dataset=w, model=lambda shape, n: nn.Sequential(nn.Linear(shape[0], n), Scale(1e60))),
          "returns non-finite outputs .inf or NaN. at initialisation"),  # beyond float32: inf
+        (lambda w: dict(dataset=w, model=lambda shape, n: TrainingOverflow(shape[0], n)),
+         "returns non-finite outputs .inf or NaN. at initialisation"),  # finite in evaluation mode only
         (lambda w: dict(dataset=tuple(part[:4] for part in w), val_size=None), "4 training samples leave none for validation"),
         (lambda w: dict(dataset=w, val_size=137), r"val_size must be in \(0, 137\) for 138 training samples"),
         (lambda w: dict(dataset=_channels_last_images(w), model="small_cnn"),
@@ -473,7 +483,7 @@ class Scale(nn.Module):
          "class-missing-from-the-subsample", "nan", "beyond-float32",
          "feature-count", "not-four-arrays", "unknown-name", "output-size", "squeezed-single-input",
          "other-width-in-training", "not-a-module", "module-instance",
-         "model-does-not-fit", "unknown-model", "non-finite-outputs", "too-few-samples", "no-training-spread",
+         "model-does-not-fit", "unknown-model", "non-finite-outputs", "non-finite-in-training", "too-few-samples", "no-training-spread",
          "channels-last-images", "one-class", "ragged", "strings", "complex-array", "complex-tensor", "one-dimensional",
          "iterable-dataset", "empty-dataset", "items-not-pairs", "items-of-several-shapes", "model-not-callable",
          "meta-tensors", "uninitialised-weight", "infinite-buffer", "uint8-test-inputs-for-float-training-inputs",
@@ -492,14 +502,15 @@ def test_bad_input_gets_one_clear_line(wine, change, message: str) -> None:
     ("shape", "hint"),
     [((8, 8), "; images go [N, C, H, W] (x[:, None] for grey [N, H, W])"),
      ((8, 8, 3), "; images go channels first, [N, C, H, W] (x.transpose(0, 3, 1, 2) for [N, H, W, C])"),
-     ((3, 8, 8), "")],
-    ids=["grey", "channels-last", "channels-first"],
+     ((3, 8, 8), ""), ((3, 8, 4), "")],
+    ids=["grey", "channels-last", "channels-first", "channels-first-four-wide"],
 )  # fmt: skip
 def test_a_model_failing_on_uint8_images_is_told_their_layout_only_where_it_looks_wrong(
     wine, shape: tuple[int, ...], hint: str
 ) -> None:
     """After the model's own error: how the package lays images out, for grey images without a channel axis and
-    for channels last; nothing for images already [N, C, H, W], whose model fails for another reason."""
+    for channels last; nothing for images already [N, C, H, W], whose model fails for another reason (also where
+    their width happens to be 1, 3 or 4, as a channel count would be)."""
     with pytest.raises(ValueError, match=rf"fails on inputs of shape \({shape[0]}, 8") as raised:
         make(_uint8_images(wine, shape), model=lambda input_shape, n: nn.Linear(5, n))
     assert str(raised.value).partition(" and 5x3)")[2] == hint  # torch's words on the mismatch, then the hint

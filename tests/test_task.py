@@ -110,9 +110,22 @@ def test_a_controller_runs_a_task_whose_info_names_no_phi():
     assert [record.phi[-1] for record in records] == [[0.0], [0.0]] and all(np.isfinite(r.test_metric) for r in records)
 
 
+def test_a_tasks_phi_must_be_one_finite_value_per_row_within_its_bounds():
+    """The default ``phi_checker`` of a task: a value that is NaN, infinite or of another count of rows is refused by
+    name (NaN compares false with both bounds, so it is not caught by the range alone), and the task keeps its value."""
+    env = SmoothingEnv(**TINY)
+    env.reset(seed=0)
+    env.phi = np.array([0.5])  # the upper bound itself is allowed
+    for bad in (np.array([np.nan]), np.array([np.inf]), np.array([0.1, 0.2]), np.array([[0.1]])):
+        with pytest.raises(ValueError, match=r"^the loss parameters must be 1 finite values in \[0.0, 0.5\], got"):
+            env.phi = bad
+    assert env.phi.tolist() == [0.5] and env.episode.loss.phi[0, 1].item() == 0.5
+
+
 def test_actions_are_checked_against_the_task_rows():
-    with pytest.raises(ValueError, match="one entry per row"):
-        check_action(np.array([1, 1]), 1)
+    for wrong_shape in (np.array([1, 1]), np.array([[1]]), np.array(1)):  # one entry, but not as a row vector
+        with pytest.raises(ValueError, match="one entry per row"):
+            check_action(wrong_shape, 1)
     with pytest.raises(ValueError, match="integer dtype"):
         check_action(np.array([1.0]), 1)
     for outside in (-1, 3):
