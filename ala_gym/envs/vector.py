@@ -196,7 +196,7 @@ class ALAVectorEnv(VectorEnv):
     def copy_child(self, source: int, target: int) -> None:
         """Give child ``target`` the state of child ``source``: weights, momentum buffers, BatchNorm statistics
         and its episode's statistics (population-based training's exploit step). ``target`` keeps its own
-        batch order, Phi, generator and step count; both must be running (same iteration)."""
+        batch order, Phi, generator and step count; both must be at the same iteration of training."""
         check_open(self)
         if self._children is None:
             raise RuntimeError("call reset() before copy_child()")
