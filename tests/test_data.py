@@ -21,6 +21,7 @@ import torch
 from ala_gym.core.data import (
     CIFAR10_SUBSET_SIZES,
     FASHION_MNIST_DEBIAN_DIR,
+    LOADERS,
     BatchSampler,
     ClassBalancedSampler,
     ClassificationData,
@@ -35,6 +36,7 @@ from ala_gym.core.data import (
     load_digits,
     load_fashion_mnist,
     random_crop_flip,
+    register_dataset,
     with_data_home,
 )
 
@@ -747,3 +749,25 @@ def test_load_dataset_keeps_one_copy_per_set_of_options() -> None:
     assert (len(default.val), len(smaller.val), len(reseeded.val)) == (360, 300, 360)
     assert not torch.equal(reseeded.val.labels, default.val.labels)
     assert load_dataset("digits") is default and load_dataset("digits", val_size=300) is smaller
+
+
+def test_load_dataset_shares_a_load_whose_defaults_are_written_out() -> None:
+    """A default given by name is the same load as the default left out, for the package's loaders and one's own."""
+    default = load_dataset("digits")
+    assert load_dataset("digits", val_size=360, test_size=360, split_seed=0) is default
+    assert load_dataset("digits", split_seed=0, device="cpu") is default
+    assert load_dataset("digits", split_seed=1) is not default
+    calls = []
+
+    def loader() -> tuple:
+        calls.append(1)
+        return np.arange(40.0).reshape(20, 2), np.arange(20) % 2, np.zeros((4, 2)), np.arange(4) % 2
+
+    register_dataset("cache-defaults", loader)
+    try:
+        own = load_dataset("cache-defaults", val_size=4)
+        assert load_dataset("cache-defaults", val_size=4, split_seed=0) is own and len(calls) == 1
+    finally:
+        LOADERS.pop("cache-defaults", None)
+    with pytest.raises(TypeError, match="no_such_option"):
+        load_dataset("digits", no_such_option=1)

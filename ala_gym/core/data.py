@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import inspect
 import numbers
 import os
 import pickle
@@ -719,10 +720,21 @@ def load_dataset(name: str, *, device: torch.device | str = "cpu", **kwargs: Any
         raise ValueError(
             f"unknown dataset {name!r}; choose one of {sorted(LOADERS)}, or register_dataset it in this process"
         )
-    key = (name, str(torch.device(device)), tuple(sorted((k, str(v)) for k, v in kwargs.items())))
+    key = (name, str(torch.device(device)), _options_key(LOADERS[name], kwargs))
     if key not in _CACHE:
         _CACHE[key] = LOADERS[name](device=device, **kwargs)
     return _CACHE[key]
+
+
+def _options_key(loader: Callable[..., ClassificationData], kwargs: dict[str, Any]) -> tuple:
+    """``kwargs`` with the loader's defaults filled in, so that a default written out shares the load made
+    without it."""
+    try:
+        bound = inspect.signature(loader).bind_partial(**kwargs)
+    except TypeError:  # a keyword the loader does not take: its own call names it
+        return tuple(sorted((k, str(v)) for k, v in kwargs.items()))
+    bound.apply_defaults()
+    return tuple(sorted((k, str(v)) for k, v in bound.arguments.items() if k != "device"))
 
 
 UserData = tuple[Any, Any, Any, Any] | tuple[Dataset, Dataset]
