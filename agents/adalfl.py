@@ -48,6 +48,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ala_gym.agents.base import Controller, EpisodeRecord, OnStep
+from ala_gym.core.checks import FLOAT32_MAX, check_bool, check_int, check_real
 from ala_gym.core.data import BatchSampler, ClassificationData
 from ala_gym.core.functional import FunctionalChild
 from ala_gym.core.metrics import METRICS
@@ -90,10 +91,14 @@ class AdaLFLConfig:
     """Points of the recorded loss shape (loss against the true class's predicted probability)."""
 
     def __post_init__(self) -> None:
-        if self.hidden < 1 or self.smoothness <= 0 or not 0 <= self.leak < 1:
-            raise ValueError(f"need hidden >= 1, smoothness > 0, 0 <= leak < 1; got {self.hidden}, {self.smoothness}, {self.leak}")
-        if self.offline_steps < 0 or self.meta_lr <= 0:
-            raise ValueError(f"need offline_steps >= 0 and meta_lr > 0; got {self.offline_steps}, {self.meta_lr}")
+        check_int("hidden", self.hidden, 1)
+        check_real("smoothness", self.smoothness, 0.0, low_open=True)
+        check_real("leak", self.leak, 0.0, 1.0, high_open=True)
+        check_bool("bias", self.bias)
+        check_int("offline_steps", self.offline_steps, 0)
+        check_real("meta_lr", self.meta_lr, 0.0, FLOAT32_MAX, low_open=True)  # phi is float32: no larger step applies
+        check_bool("nesterov", self.nesterov)
+        check_int("shape_points", self.shape_points, 1)
         if self.meta_batch not in ("val", "train"):
             raise ValueError(f"meta_batch must be 'val' or 'train', got {self.meta_batch!r}")
         if self.init_path is not None and not Path(self.init_path).is_file():

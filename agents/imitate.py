@@ -41,7 +41,7 @@ from torch.nn import functional as F
 import ala_gym  # noqa: F401  (registers the env ids)
 from ala_gym.agents import cli, resolve_controller
 from ala_gym.agents.reinforce import N_ACTIONS, PairPolicy, ReinforceConfig, save_policy
-from ala_gym.core.checks import FLOAT32_MAX, check_real
+from ala_gym.core.checks import FLOAT32_MAX, check_int, check_real
 from ala_gym.core.data import DataError, with_data_home
 from ala_gym.core.machine import cpu_model
 from ala_gym.registration import env_spec
@@ -90,16 +90,15 @@ class ImitateConfig:
     """Seeds the env seeds, the exploration and the policy's initial weights."""
 
     def __post_init__(self) -> None:
-        if not self.horizons or min(self.horizons) < 1 or self.steps_per_action < 1 or self.num_envs < 1:
-            raise ValueError(
-                f"horizons, steps_per_action and num_envs must be positive, got {self.horizons}, {self.steps_per_action}, "
-                f"{self.num_envs}"
-            )
-        if not 0 <= self.explore < 1:
-            raise ValueError(f"explore must be in [0, 1), got {self.explore}")
-        if self.hidden < 1 or self.epochs < 1 or not self.lr > 0:
-            raise ValueError(f"hidden, epochs and lr must be positive, got {self.hidden}, {self.epochs}, {self.lr}")
-        # An infinite lr passes the comparison above and fits a policy of NaN weights.
+        if not self.horizons:
+            raise ValueError("horizons must list at least one run length, got ()")
+        for i, horizon in enumerate(self.horizons):
+            check_int(f"horizons[{i}]", horizon, 1)
+        check_int("steps_per_action", self.steps_per_action, 1)
+        check_int("num_envs", self.num_envs, 1)
+        check_real("explore", self.explore, 0.0, 1.0, high_open=True)
+        check_int("hidden", self.hidden, 1)
+        check_int("epochs", self.epochs, 1)
         check_real("lr", self.lr, 0.0, FLOAT32_MAX, low_open=True)  # the policy is float32: no larger step applies
         if self.teacher in RUN_ONLY_TEACHERS:
             raise ValueError(run_only_refusal(self.teacher))

@@ -72,7 +72,7 @@ import ala_gym  # noqa: F401  (registers the env ids)
 from ala_gym.agents import checkpoints, cli
 from ala_gym.agents.base import mean_off_diagonal
 from ala_gym.agents.reinforce import PairPolicy
-from ala_gym.core.checks import FLOAT32_MAX, check_real
+from ala_gym.core.checks import FLOAT32_MAX, check_int, check_optional_int, check_real
 from ala_gym.core.data import DataError, with_data_home
 from ala_gym.core.machine import cpu_model
 from ala_gym.envs.spec import task_spec
@@ -169,21 +169,17 @@ class MetaTrainConfig:
     def __post_init__(self) -> None:
         if not self.tasks or not all(isinstance(task, str) for task in self.tasks):
             raise ValueError(f"tasks must name at least one env id, got {self.tasks!r}")
-        low, high = self.horizon
-        if not 1 <= low <= high:
+        if len(self.horizon) != 2:
+            raise ValueError(f"horizon must be (low, high), got {self.horizon}")
+        low, high = (check_int(f"horizon[{i}]", value, 1) for i, value in enumerate(self.horizon))
+        if low > high:
             raise ValueError(f"horizon must be (low, high) with 1 <= low <= high, got {self.horizon}")
-        if self.population < 1 or self.generations < 1 or self.hidden < 1 or self.steps_per_action < 1:
-            raise ValueError(
-                f"population, generations, hidden and steps_per_action must be positive, got {self.population}, "
-                f"{self.generations}, {self.hidden}, {self.steps_per_action}"
-            )
-        if not self.sigma > 0 or not self.lr > 0:
-            raise ValueError(f"sigma and lr must be positive, got {self.sigma}, {self.lr}")
-        # Infinite ones pass the comparison above and make theta NaN; theta is float32: no larger value applies.
+        for name in ("population", "generations", "hidden", "steps_per_action"):
+            check_int(name, getattr(self, name), 1)
+        # theta is float32: no larger value applies (an infinite one would make it NaN).
         check_real("sigma", self.sigma, 0.0, FLOAT32_MAX, low_open=True)
         check_real("lr", self.lr, 0.0, FLOAT32_MAX, low_open=True)
-        if not 0 <= self.init_no_change < 1:
-            raise ValueError(f"init_no_change must be in [0, 1), got {self.init_no_change}")
+        check_real("init_no_change", self.init_no_change, 0.0, 1.0, high_open=True)
         if self.init_policy is not None and self.init_no_change > 0:
             raise ValueError("init_policy and init_no_change both set the initial policy; pass one of them")
         if self.searched not in SEARCHED:
@@ -192,9 +188,9 @@ class MetaTrainConfig:
             raise ValueError(f"rank_ties must be one of {', '.join(RANK_TIES)}, got {self.rank_ties!r}")
         if self.action_uniforms not in ACTION_UNIFORMS:
             raise ValueError(f"action_uniforms must be one of {', '.join(ACTION_UNIFORMS)}, got {self.action_uniforms!r}")
-        if self.workers < 0 or (self.pairs_per_evaluation is not None and self.pairs_per_evaluation < 1):
-            raise ValueError(f"workers must be >= 0 and pairs_per_evaluation positive, got {self.workers}, {self.pairs_per_evaluation}")
-        if not 1 <= self.tasks_per_generation <= len(set(self.tasks)):
+        check_int("workers", self.workers, 0)
+        check_optional_int("pairs_per_evaluation", self.pairs_per_evaluation, 1)
+        if not 1 <= check_int("tasks_per_generation", self.tasks_per_generation) <= len(set(self.tasks)):
             raise ValueError(
                 f"tasks_per_generation must be between 1 and the {len(set(self.tasks))} distinct tasks, got {self.tasks_per_generation}"
             )

@@ -27,6 +27,7 @@ import gymnasium as gym
 import numpy as np
 
 from ala_gym.agents.base import Controller
+from ala_gym.core.checks import check_int, check_real
 
 if TYPE_CHECKING:
     from ala_gym.envs.vector import ALAVectorEnv
@@ -53,16 +54,13 @@ class PBTConfig:
     """Values are kept in this interval."""
 
     def __post_init__(self) -> None:
-        if self.interval < 1 or not 0 < self.quantile <= 0.5:
-            raise ValueError(f"need interval >= 1 and 0 < quantile <= 0.5, got {self.interval}, {self.quantile}")
+        check_int("interval", self.interval, 1)
+        check_real("quantile", self.quantile, 0.0, 0.5, low_open=True)
         low, high = self.bounds
         if not -1 <= low <= self.initial_range[0] <= self.initial_range[1] <= high <= 1:
             raise ValueError(f"need -1 <= bounds[0] <= initial_range <= bounds[1] <= 1, got {self.initial_range}, {self.bounds}")
-        if self.explore_step < 0 or not 0 <= self.resample_probability <= 1:
-            raise ValueError(
-                f"explore_step must be >= 0 and resample_probability in [0, 1], got {self.explore_step}, "
-                f"{self.resample_probability}"
-            )
+        check_real("explore_step", self.explore_step, 0.0)
+        check_real("resample_probability", self.resample_probability, 0.0, 1.0)
 
 
 class PBTController(Controller):

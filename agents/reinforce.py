@@ -109,21 +109,15 @@ class ReinforceConfig:
     def __post_init__(self) -> None:
         if self.baseline not in BASELINES:
             raise ValueError(f"baseline must be one of {BASELINES}, got {self.baseline!r}")
-        if not 0 <= self.start_off_diagonal <= 1:
-            raise ValueError(f"start_off_diagonal must be in [0, 1], got {self.start_off_diagonal}")
-        if not 0 <= self.init_no_change < 1:
-            raise ValueError(f"init_no_change must be in [0, 1), got {self.init_no_change}")
-        if self.updates_per_step < 1 or self.hidden < 1 or self.lr <= 0:
-            raise ValueError(
-                f"hidden, lr and updates_per_step must be positive, got {self.hidden}, {self.lr}, {self.updates_per_step}"
-            )
-        if self.return_horizon < 1 or self.warmup_runs < 0:
-            raise ValueError(f"return_horizon must be >= 1 and warmup_runs >= 0, got {self.return_horizon}, {self.warmup_runs}")
-        if not 0 < self.discount <= 1 or not 0 <= self.episodic_weight <= 1:
-            raise ValueError(f"need 0 < discount <= 1 and 0 <= episodic_weight <= 1, got {self.discount}, {self.episodic_weight}")
-        # What the comparisons above let through (NaN, as ``nan <= 0`` is False; an infinite lr, which makes the policy
-        # NaN at its first update) and the settings they leave out, checked as the env's are.
+        check_real("start_off_diagonal", self.start_off_diagonal, 0.0, 1.0)
+        check_real("init_no_change", self.init_no_change, 0.0, 1.0, high_open=True)
+        check_int("hidden", self.hidden, 1)
         check_real("lr", self.lr, 0.0, FLOAT32_MAX, low_open=True)  # the policy is float32: no larger step applies
+        check_int("updates_per_step", self.updates_per_step, 1)
+        check_int("return_horizon", self.return_horizon, 1)
+        check_int("warmup_runs", self.warmup_runs, 0)
+        check_real("discount", self.discount, 0.0, 1.0, low_open=True)
+        check_real("episodic_weight", self.episodic_weight, 0.0, 1.0)
         check_real("baseline_rate", self.baseline_rate, 0.0, 1.0)
         check_real("entropy_coef", self.entropy_coef, 0.0)
         check_int("replay_capacity", self.replay_capacity, 0)

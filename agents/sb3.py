@@ -47,7 +47,7 @@ from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import ActorCriticPolicy
 
 from ala_gym.agents.base import Controller, EpisodeRecord, EpisodeRecorder, OnStep, step_logs
-from ala_gym.core.checks import FLOAT32_MAX, check_real
+from ala_gym.core.checks import FLOAT32_MAX, check_int, check_real
 from ala_gym.wrappers.sb3 import SB3VecEnv
 
 ALGORITHMS: dict[str, type[OnPolicyAlgorithm]] = {"ppo": PPO, "a2c": A2C}
@@ -142,18 +142,12 @@ class SB3Config:
     def __post_init__(self) -> None:
         if self.policy not in ("pair", "mlp"):
             raise ValueError(f"policy must be 'pair' or 'mlp', got {self.policy!r}")
-        if self.hidden < 1 or self.n_steps < 1 or self.n_epochs < 1 or self.batch_size < 0:
-            raise ValueError(
-                f"hidden, n_steps and n_epochs must be positive and batch_size >= 0, got {self.hidden}, "
-                f"{self.n_steps}, {self.n_epochs}, {self.batch_size}"
-            )
-        if not (self.lr > 0 and 0 <= self.gamma <= 1 and 0 <= self.gae_lambda <= 1 and self.ent_coef >= 0):
-            raise ValueError(
-                f"lr must be positive, gamma and gae_lambda in [0, 1], ent_coef >= 0; got {self.lr}, {self.gamma}, "
-                f"{self.gae_lambda}, {self.ent_coef}"
-            )
-        # An infinite lr or ent_coef passes the comparisons above and makes the first update's logits NaN.
+        for name in ("hidden", "n_steps", "n_epochs"):
+            check_int(name, getattr(self, name), 1)
+        check_int("batch_size", self.batch_size, 0)
         check_real("lr", self.lr, 0.0, FLOAT32_MAX, low_open=True)  # the policy is float32: no larger step applies
+        check_real("gamma", self.gamma, 0.0, 1.0)
+        check_real("gae_lambda", self.gae_lambda, 0.0, 1.0)
         check_real("ent_coef", self.ent_coef, 0.0)
         try:
             torch.device(self.policy_device)
@@ -325,7 +319,7 @@ class SB3Controller(Controller):
         saved = checkpoint["config"]
         try:
             config = SB3Config(**{f.name: saved[f.name] for f in fields(SB3Config) if f.name in saved})
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:  # an unknown setting, or a value its config refuses
             raise checkpoints.CheckpointError(f"{path} holds a damaged {algo} policy config ({exc})") from None
         return cls(algo, config, num_envs=num_envs, train=train, initial_state=checkpoint["state_dict"])
 

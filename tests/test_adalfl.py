@@ -294,9 +294,9 @@ class NotATensor:
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(meta_batch="test"), "meta_batch must be 'val' or 'train'"),
-    (dict(offline_steps=-1), "need offline_steps >= 0"), (dict(meta_lr=0.0), "meta_lr > 0"),
-    (dict(hidden=0), "need hidden >= 1"), (dict(smoothness=0.0), "smoothness > 0"),
-    (dict(leak=1.0), "0 <= leak < 1"), (dict(leak=-0.1), "0 <= leak < 1"),
+    (dict(offline_steps=-1), "offline_steps must be an integer >= 0"), (dict(meta_lr=0.0), "meta_lr must be a finite number in \\(0,"),
+    (dict(hidden=0), "hidden must be an integer >= 1"), (dict(smoothness=0.0), "smoothness must be a finite number in \\(0, inf\\)"),
+    (dict(leak=1.0), "leak must be a finite number in \\[0, 1\\)"), (dict(leak=-0.1), "leak must be a finite number in \\[0, 1\\)"),
     (dict(init_path="/no/such/loss.pt"), "init_path /no/such/loss.pt: no such file"),
 ])  # fmt: skip
 def test_config_rejects_bad_values(kwargs: dict, message: str) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from ala_gym.agents import checkpoints, imitate, meta_train
+from ala_gym.agents.adalfl import AdaLFLConfig
 from ala_gym.agents.imitate import ImitateConfig
 from ala_gym.agents.meta_train import MetaTrainConfig
 from ala_gym.agents.pbt import PBTConfig
@@ -51,25 +52,63 @@ def test_a_config_refuses_a_number_that_is_not_finite_or_out_of_range(config: ty
 @pytest.mark.parametrize("config, kwargs, message", [
     (MetaTrainConfig, dict(tasks=()), "tasks must name at least one env id, got \\(\\)"),
     (MetaTrainConfig, dict(tasks=("ALA-Digits-v0", 3)), "tasks must name at least one env id, got \\('ALA-Digits-v0', 3\\)"),
-    (MetaTrainConfig, dict(horizon=(600, 200)), "horizon must be \\(low, high\\) with 1 <= low <= high, got \\(600, 200\\)"),
-    (MetaTrainConfig, dict(population=0), "population, generations, hidden and steps_per_action must be positive, got 0, 10, 32, 20"),
-    (MetaTrainConfig, dict(sigma=0.0), "sigma and lr must be positive, got 0.0, 0.02"),
-    (MetaTrainConfig, dict(lr=NAN), "sigma and lr must be positive, got 0.05, nan"),
-    (MetaTrainConfig, dict(init_no_change=1.0), "init_no_change must be in \\[0, 1\\), got 1.0"),
-    (MetaTrainConfig, dict(workers=-1), "workers must be >= 0 and pairs_per_evaluation positive, got -1, None"),
-    (MetaTrainConfig, dict(pairs_per_evaluation=0), "workers must be >= 0 and pairs_per_evaluation positive, got 0, 0"),
-    (ImitateConfig, dict(horizons=()), "horizons, steps_per_action and num_envs must be positive, got \\(\\), 20, 2"),
-    (ImitateConfig, dict(num_envs=0), "horizons, steps_per_action and num_envs must be positive, got \\(400, 1200\\), 20, 0"),
-    (ImitateConfig, dict(epochs=0), "hidden, epochs and lr must be positive, got 32, 0, 0.01"),
-    (ImitateConfig, dict(horizons=(400, 0)), "horizons, steps_per_action and num_envs must be positive, got \\(400, 0\\), 20, 2"),
-    (ImitateConfig, dict(steps_per_action=0), "horizons, steps_per_action and num_envs must be positive, got \\(400, 1200\\), 0, 2"),
-    (ImitateConfig, dict(hidden=0), "hidden, epochs and lr must be positive, got 0, 2000, 0.01"),
-    (ImitateConfig, dict(lr=0.0), "hidden, epochs and lr must be positive, got 32, 2000, 0.0"),
-    (PBTConfig, dict(explore_step=-0.01), "explore_step must be >= 0 and resample_probability in \\[0, 1\\], got -0.01, 0.25"),
-    (PBTConfig, dict(resample_probability=1.5), "explore_step must be >= 0 and resample_probability in \\[0, 1\\], got 0.01, 1.5"),
+    (MetaTrainConfig, dict(horizon=(600, 200)), "^horizon must be \\(low, high\\) with 1 <= low <= high, got \\(600, 200\\)$"),
+    (MetaTrainConfig, dict(horizon=(200, 400, 600)), "^horizon must be \\(low, high\\), got \\(200, 400, 600\\)$"),
+    (MetaTrainConfig, dict(horizon=(0, 200)), "^horizon\\[0\\] must be an integer >= 1, got 0$"),
+    (MetaTrainConfig, dict(horizon=(200, 400.5)), "^horizon\\[1\\] must be an integer >= 1, got 400.5 \\(float\\)$"),
+    (MetaTrainConfig, dict(population=0), "^population must be an integer >= 1, got 0$"),
+    (MetaTrainConfig, dict(population=2.5), "^population must be an integer >= 1, got 2.5 \\(float\\)$"),
+    (MetaTrainConfig, dict(generations=0), "^generations must be an integer >= 1, got 0$"),
+    (MetaTrainConfig, dict(hidden=0), "^hidden must be an integer >= 1, got 0$"),
+    (MetaTrainConfig, dict(steps_per_action=0), "^steps_per_action must be an integer >= 1, got 0$"),
+    (MetaTrainConfig, dict(sigma=0.0), "^sigma must be a finite number in \\(0, 3.40282e\\+38\\], got 0.0$"),
+    (MetaTrainConfig, dict(lr=NAN), "^lr must be a finite number in \\(0, 3.40282e\\+38\\], got nan$"),
+    (MetaTrainConfig, dict(lr="0.02"), "^lr must be a finite number in \\(0, 3.40282e\\+38\\], got '0.02' \\(str\\)$"),
+    (MetaTrainConfig, dict(init_no_change=1.0), "^init_no_change must be a finite number in \\[0, 1\\), got 1.0$"),
+    (MetaTrainConfig, dict(workers=-1), "^workers must be an integer >= 0, got -1$"),
+    (MetaTrainConfig, dict(pairs_per_evaluation=0), "^pairs_per_evaluation must be an integer >= 1, got 0$"),
+    (MetaTrainConfig, dict(tasks_per_generation=1.0), "^tasks_per_generation must be an integer, got 1.0 \\(float\\)$"),
+    (ImitateConfig, dict(horizons=()), "^horizons must list at least one run length, got \\(\\)$"),
+    (ImitateConfig, dict(horizons=(400, 0)), "^horizons\\[1\\] must be an integer >= 1, got 0$"),
+    (ImitateConfig, dict(num_envs=0), "^num_envs must be an integer >= 1, got 0$"),
+    (ImitateConfig, dict(steps_per_action=0), "^steps_per_action must be an integer >= 1, got 0$"),
+    (ImitateConfig, dict(epochs=0), "^epochs must be an integer >= 1, got 0$"),
+    (ImitateConfig, dict(hidden=0), "^hidden must be an integer >= 1, got 0$"),
+    (ImitateConfig, dict(lr=0.0), "^lr must be a finite number in \\(0, 3.40282e\\+38\\], got 0.0$"),
+    (ImitateConfig, dict(explore=1.0), "^explore must be a finite number in \\[0, 1\\), got 1.0$"),
+    (ReinforceConfig, dict(lr="0.01"), "^lr must be a finite number in \\(0, 3.40282e\\+38\\], got '0.01' \\(str\\)$"),
+    (ReinforceConfig, dict(start_off_diagonal=1.5), "^start_off_diagonal must be a finite number in \\[0, 1\\], got 1.5$"),
+    (ReinforceConfig, dict(init_no_change=NAN), "^init_no_change must be a finite number in \\[0, 1\\), got nan$"),
+    (ReinforceConfig, dict(hidden=0), "^hidden must be an integer >= 1, got 0$"),
+    (ReinforceConfig, dict(updates_per_step=0), "^updates_per_step must be an integer >= 1, got 0$"),
+    (ReinforceConfig, dict(return_horizon=0), "^return_horizon must be an integer >= 1, got 0$"),
+    (ReinforceConfig, dict(warmup_runs=-1), "^warmup_runs must be an integer >= 0, got -1$"),
+    (ReinforceConfig, dict(discount=0.0), "^discount must be a finite number in \\(0, 1\\], got 0.0$"),
+    (ReinforceConfig, dict(episodic_weight=NAN), "^episodic_weight must be a finite number in \\[0, 1\\], got nan$"),
+    (SB3Config, dict(n_steps=0), "^n_steps must be an integer >= 1, got 0$"),
+    (SB3Config, dict(n_epochs=0), "^n_epochs must be an integer >= 1, got 0$"),
+    (SB3Config, dict(hidden=0), "^hidden must be an integer >= 1, got 0$"),
+    (SB3Config, dict(batch_size=-1), "^batch_size must be an integer >= 0, got -1$"),
+    (SB3Config, dict(gamma=NAN), "^gamma must be a finite number in \\[0, 1\\], got nan$"),
+    (SB3Config, dict(gae_lambda=1.5), "^gae_lambda must be a finite number in \\[0, 1\\], got 1.5$"),
+    (SB3Config, dict(lr=0.0), "^lr must be a finite number in \\(0, 3.40282e\\+38\\], got 0.0$"),
+    (PBTConfig, dict(interval=0), "^interval must be an integer >= 1, got 0$"),
+    (PBTConfig, dict(quantile=0.6), "^quantile must be a finite number in \\(0, 0.5\\], got 0.6$"),
+    (PBTConfig, dict(explore_step=-0.01), "^explore_step must be a finite number in \\[0, inf\\), got -0.01$"),
+    (PBTConfig, dict(resample_probability=1.5), "^resample_probability must be a finite number in \\[0, 1\\], got 1.5$"),
+    (AdaLFLConfig, dict(meta_lr=NAN), "^meta_lr must be a finite number in \\(0, 3.40282e\\+38\\], got nan$"),
+    (AdaLFLConfig, dict(meta_lr="0.001"), "^meta_lr must be a finite number in \\(0, 3.40282e\\+38\\], got '0.001' \\(str\\)$"),
+    (AdaLFLConfig, dict(smoothness=INF), "^smoothness must be a finite number in \\(0, inf\\), got inf$"),
+    (AdaLFLConfig, dict(leak=1.0), "^leak must be a finite number in \\[0, 1\\), got 1.0$"),
+    (AdaLFLConfig, dict(hidden=0), "^hidden must be an integer >= 1, got 0$"),
+    (AdaLFLConfig, dict(offline_steps=-1), "^offline_steps must be an integer >= 0, got -1$"),
+    (AdaLFLConfig, dict(shape_points=0), "^shape_points must be an integer >= 1, got 0$"),
+    (AdaLFLConfig, dict(bias="no"), "^bias must be True or False, got 'no' \\(str\\)$"),
+    (AdaLFLConfig, dict(nesterov=1), "^nesterov must be True or False, got 1 \\(int\\)$"),
 ], ids=lambda value: value.__name__ if isinstance(value, type) else None)  # fmt: skip
 def test_a_config_refuses_a_setting_out_of_its_range_with_the_values_given(config: type, kwargs: dict, message: str) -> None:
-    """Each refusal names the settings it checks, the range they must lie in and what was given."""
+    """Each refusal is one line that names the setting, the range it must lie in and what was given: values that a
+    comparison alone would let through (NaN, a string, a float where a count is meant) included."""
     with pytest.raises(ValueError, match=message):
         config(**kwargs)
 

@@ -93,9 +93,9 @@ def test_cli_bad_env_value_and_missing_checkpoint_exit_2(main, tmp_path: Path, c
 
 
 @pytest.mark.parametrize("main, wrong, message", [
-    (reinforce_main, ["--hidden", "0"], "hidden, lr and updates_per_step must be positive"),
-    (sb3_main, ["--n-steps", "0"], "n_steps and n_epochs must be positive"),
-    (sb3_main, ["--gamma", "1.5"], "gamma and gae_lambda in [0, 1]"),
+    (reinforce_main, ["--hidden", "0"], "hidden must be an integer >= 1, got 0"),
+    (sb3_main, ["--n-steps", "0"], "n_steps must be an integer >= 1, got 0"),
+    (sb3_main, ["--gamma", "1.5"], "gamma must be a finite number in [0, 1], got 1.5"),
     (sb3_main, ["--n-steps", "1"], "PPO needs minibatches of at least 2 transitions, got 1"),  # one child, one step
     (sb3_main, ["--policy-device", "tpu"], "policy_device must name a torch device"),
 ], ids=["reinforce-hidden", "sb3-n-steps", "sb3-gamma", "ppo-minibatch", "sb3-device"])  # fmt: skip
@@ -108,8 +108,9 @@ def test_cli_bad_hyperparameter_is_one_line_and_exit_2(main, wrong: list[str], m
 
 @pytest.mark.parametrize("config, state_dict, message", [
     ({}, {"weight": torch.zeros(1)}, "the loaded ppo policy does not fit this env (Error(s) in loading state_dict"),
-    ({"hidden": "32"}, {}, "holds a damaged ppo policy config ('<' not supported between instances of 'str' and 'int')"),
-], ids=["weights", "config"])  # fmt: skip
+    ({"hidden": "32"}, {}, "holds a damaged ppo policy config (hidden must be an integer >= 1, got '32' (str))"),
+    ({"gamma": float("nan")}, {}, "holds a damaged ppo policy config (gamma must be a finite number in [0, 1], got nan)"),
+], ids=["weights", "config", "config-setting"])  # fmt: skip
 def test_an_sb3_policy_that_does_not_fit_the_env_or_is_damaged_is_one_line_and_exit_2(
     config: dict, state_dict: dict, message: str, tmp_path: Path, capsys
 ) -> None:

@@ -124,7 +124,7 @@ def test_keyword_values_are_typed_as_their_settings():
     ("ppo(policy=\"foo\")", "policy must be 'pair' or 'mlp'"),
     ("ppo(batch_size=1)", "PPO needs minibatches of at least 2 transitions"),
     ("adalfl(init_path=\"/no/such/loss.pt\")", "init_path /no/such/loss.pt: no such file"),
-    ("adalfl@offline_steps=-1", "need offline_steps >= 0"),  # a controller's own keyword after @
+    ("adalfl@offline_steps=-1", "offline_steps must be an integer >= 0, got -1"),  # a controller's own keyword after @
     ("fixed-loss", "unknown loss_form 'fixed'"),  # a metric-learning loss on a classification task
     ("ce@metric=accuracy", "scored by 'accuracy' and the comparison by 'error'"),  # one metric column per table
 ], ids=["learnloss-rate", "learnloss-window", "random-noise", "ppo-policy", "ppo-minibatch", "adalfl-init-path",

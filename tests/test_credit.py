@@ -149,10 +149,12 @@ def test_warmup_runs_train_on_other_children_before_the_recorded_run(monkeypatch
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [(dict(return_horizon=0), "return_horizon must be >= 1"), (dict(discount=0.0), "discount"),
+    [(dict(return_horizon=0), "return_horizon must be an integer >= 1"), (dict(discount=0.0), "discount"),
      (dict(discount=1.5), "discount"), (dict(episodic_weight=1.5), "episodic_weight"),
-     (dict(warmup_runs=-1), "warmup_runs >= 0"), (dict(start_off_diagonal=1.5), "start_off_diagonal must be in"),
-     (dict(start_off_diagonal=-0.1), "start_off_diagonal must be in"), (dict(baseline="mean"), "baseline must be one of")],
+     (dict(warmup_runs=-1), "warmup_runs must be an integer >= 0"),
+     (dict(start_off_diagonal=1.5), "start_off_diagonal must be a finite number in \\[0, 1\\]"),
+     (dict(start_off_diagonal=-0.1), "start_off_diagonal must be a finite number in \\[0, 1\\]"),
+     (dict(baseline="mean"), "baseline must be one of")],
 )  # fmt: skip
 def test_bad_credit_settings_are_refused(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):

@@ -75,7 +75,7 @@ def test_exploration_moves_the_states_but_keeps_the_teachers_labels() -> None:
 def test_a_teacher_that_imposes_phi_or_bad_input_is_a_clear_error(tmp_path, capsys) -> None:
     with pytest.raises(ValueError, match="phi-uniform imposes Phi instead of acting"):
         imitate(tiny(teacher="phi-uniform", teacher_kwargs={"off_diagonal": 0.1}))
-    with pytest.raises(ValueError, match="explore must be in"):
+    with pytest.raises(ValueError, match="explore must be a finite number in"):
         tiny(explore=1.0)
     for argv in (["--teacher", "nonesuch"], ["--teacher-kwargs", "{not json"], ["--env", "ALA-Nonesuch-v0"]):
         with pytest.raises(SystemExit) as exited:

@@ -133,11 +133,11 @@ def test_frozen_pbt_keeps_every_childs_initial_value() -> None:
 def test_pbt_refuses_a_population_of_one_and_bad_settings() -> None:
     with pytest.raises(ValueError, match="at least 2 children"):
         PBTController(num_envs=1)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^quantile must be a finite number in \(0, 0.5\], got 0.75$"):
         PBTConfig(quantile=0.75)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="initial_range"):
         PBTConfig(initial_range=(-0.5, 0.1))
-    with pytest.raises(ValueError, match="interval >= 1"):
+    with pytest.raises(ValueError, match="^interval must be an integer >= 1, got 0$"):
         PBTConfig(interval=0)
 
 
