@@ -252,15 +252,21 @@ def test_the_ignored_action_of_a_child_due_to_reset_is_not_checked(make_vec) -> 
         envs.step(np.full((2, N_PAIRS), 7))
 
 
-def test_a_budget_that_ends_at_max_episode_steps_terminates_the_episode_without_truncating_it() -> None:
-    """When the training budget runs out at the very step that ``max_episode_steps`` would cut, the run is finished:
-    terminated, with its final metrics, and not truncated (truncated means an unfinished run)."""
+def test_a_budget_that_ends_at_max_episode_steps_terminates_and_truncates_as_the_single_env_does() -> None:
+    """When the training budget runs out at the very step that ``max_episode_steps`` cuts, the run is finished and
+    cut at once: terminated, with its final metrics, and truncated, as Gymnasium's ``TimeLimit`` reports it for the
+    single env under ``gym.make(..., max_episode_steps=...)``."""
     envs = gym.make_vec(ENV_ID, num_envs=2, train_mode="sequential", max_episode_steps=STEPS, **TINY)
     envs.reset(seed=0)
     for _ in range(STEPS):
         _, _, terminated, truncated, info = envs.step(np.ones((2, N_PAIRS), dtype=np.int64))
-    assert terminated.tolist() == [True, True] and truncated.tolist() == [False, False]
+    assert terminated.tolist() == [True, True] and truncated.tolist() == [True, True]
     assert info["_test_metric"].tolist() == [True, True] and info["episode_step"].tolist() == [STEPS, STEPS]
+    single = gym.make(ENV_ID, max_episode_steps=STEPS, **TINY)
+    single.reset(seed=0)
+    for _ in range(STEPS):
+        *_, single_terminated, single_truncated, single_info = single.step(np.ones(N_PAIRS, dtype=np.int64))
+    assert (single_terminated, single_truncated) == (True, True) and single_info["test_metric"] == info["test_metric"][0]
 
 
 def test_an_integer_seed_seeds_the_vector_envs_own_generator() -> None:

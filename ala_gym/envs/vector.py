@@ -56,7 +56,8 @@ class ALAVectorEnv(VectorEnv):
 
     ## Rewards, Episode End and Autoreset
     Per child, as in the single env, returned as arrays ``[num_envs]``. With ``max_episode_steps`` a
-    child's episode is truncated after that many steps. ``metadata["autoreset_mode"]`` is ``NEXT_STEP``
+    child's episode is truncated after that many steps (Gymnasium's ``TimeLimit`` rule: one whose training
+    run ends at that very step is terminated and truncated). ``metadata["autoreset_mode"]`` is ``NEXT_STEP``
     (default): the step after a child's episode ended resets that child (its action is ignored, its
     reward is 0, terminated and truncated are False). ``autoreset_mode=AutoresetMode.SAME_STEP`` resets
     at once and puts the last observation and info in ``info["final_obs"]`` and ``info["final_info"]``.
@@ -176,7 +177,9 @@ class ALAVectorEnv(VectorEnv):
             if stepping[i]:
                 observation, reward, terminated, info = self.episodes[i].finish(self._iteration(i))
                 self._steps[i] += 1
-                truncated = not terminated and self.max_episode_steps is not None and self._steps[i] >= self.max_episode_steps
+                # Gymnasium's TimeLimit rule, as the single env under gym.make(max_episode_steps=...): a run that ends
+                # at the very step the limit cuts is both terminated and truncated.
+                truncated = self.max_episode_steps is not None and self._steps[i] >= self.max_episode_steps
                 if terminated:  # as in the single env: a truncated child has not finished its training run
                     info.update(self.episodes[i].final_metrics(partial(self._evaluate_full, i)))
                 if terminated or truncated:
