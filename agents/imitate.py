@@ -91,7 +91,7 @@ class ImitateConfig:
 
     def __post_init__(self) -> None:
         if not self.horizons:
-            raise ValueError("horizons must list at least one run length, got ()")
+            raise ValueError(f"horizons must list at least one run length, got {self.horizons!r}")
         for i, horizon in enumerate(self.horizons):
             check_int(f"horizons[{i}]", horizon, 1)
         check_int("steps_per_action", self.steps_per_action, 1)
