@@ -216,8 +216,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         # seeds); sequential as above.
         "reinforce-transfer-frozen(policy=without-fashion-mnist-all-tasks)@train_mode=sequential,"
         "reinforce-transfer-frozen(policy=without-fashion-mnist-all-tasks-seed1)@train_mode=sequential,"
-        # Meta-trained on digits alone with this preset's child and budget (the digits-cnn preset) under four
-        # settings of the evolution strategies, two of them with two meta-training seeds; sequential as above.
+        # The fourteen policies meta-trained on digits alone with this preset's child and budget (the digits-cnn
+        # preset; META_DIGITS_CNN says under which settings of the evolution strategies); sequential as above.
         + ",".join(f"reinforce-transfer-frozen(policy={name})@train_mode=sequential" for name in META_DIGITS_CNN),
         seeds=5,
         children=2,
