@@ -388,7 +388,7 @@ def write_markdown(report: dict, path: Path) -> None:
     args = report["args"]
     load = report.get("load_average")
     lines = [
-        "# Throughput: one child, native vector env, `sync` and `async`",
+        f"# Throughput of {', '.join(args['models'])} children by mode: {', '.join(f'`{mode}`' for mode in args['modes'])}",
         "",
         f"Written by `python -m ala_gym.benchmarks.throughput {' '.join(report['argv'])}` at {report['finished']}.",
         "",
