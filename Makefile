@@ -31,7 +31,7 @@ chromium:
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
-# The main job: compare controllers on the embedded digits data (a few minutes on a CPU).
+# The main job: compare controllers on the embedded digits data (under a minute on a CPU after set-up).
 demo: $(STAMP)
 	$(PY) -m ala_gym.benchmarks.compare --env ALA-Digits-v0 --preset demo
 

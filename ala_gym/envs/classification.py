@@ -167,7 +167,7 @@ class ALAClassificationEnv(ALAEnv):
     ``render_mode="rgb_array"``: ``render()`` returns an ``H x W x 3`` uint8 picture of the current Phi
     (on the fixed scale [-1, 1]) beside the validation confusion of the last evaluation, shown as
     ``exp(-C_ij)`` (Eq. 7: the geometric-mean probability that samples of class ``i`` give class ``j``).
-    ``render_mode="ansi"``: ``render()`` returns the same as text. ``gym.make(id, render_mode=...)``.
+    ``render_mode="ansi"``: ``render()`` returns the same as text, Phi above the confusion. ``gym.make(id, render_mode=...)``.
 
     ``info`` always carries ``val_metric`` and ``val_loss`` (subsample, at the step's last iteration),
     ``val_metric_discounted`` (``M_t``), ``train_loss`` (mean loss under Phi over the step), ``iteration``,

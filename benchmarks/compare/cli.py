@@ -13,7 +13,7 @@ writes under ``benchmarks/results/<name>/``:
 * ``results.json``: all runs together (each child's Phi at 4 of its steps and every step's mean off-diagonal
   entry: :func:`ala_gym.benchmarks.compare.store.compact_run`); ``config.json``: the comparison's configuration,
   which a later command must match; ``table.md``: mean +- std of the test metric over seeds, wall time and its
-  ratio to cross-entropy; ``val_metric.png``; ``test_metric.png``; ``phi_<controller>.png`` heatmaps.
+  ratio to cross-entropy; ``val_metric.png``; ``test_metric.png``; ``phi_<controller>.png`` heatmaps of Phi - I for the learned controllers.
 
 ``runs/`` is not committed; the runs of a committed ``results.json`` count as finished too, so the
 same command in a fresh clone rebuilds the table instead of running again. A folder holds one

@@ -1,6 +1,6 @@
 """Your own controller, compared with cross-entropy by the benchmark on the same seeds and budget.
 
-    python docs/tutorials/custom_controller.py               # 2 seeds x 400 iterations on digits, about a minute
+    python docs/tutorials/custom_controller.py               # 2 seeds x 400 iterations on digits, under a minute
     python docs/tutorials/custom_controller.py --seeds 1 --total-iterations 40 --steps-per-action 10 --name /tmp/mine
 
 The table, the JSON of every run and the plots land in benchmarks/results/<name>/ (an absolute --name is a
