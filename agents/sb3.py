@@ -319,7 +319,7 @@ class SB3Controller(Controller):
         saved = checkpoint["config"]
         try:
             config = SB3Config(**{f.name: saved[f.name] for f in fields(SB3Config) if f.name in saved})
-        except (TypeError, ValueError) as exc:  # an unknown setting, or a value its config refuses
+        except (TypeError, ValueError) as exc:  # a value its config refuses
             raise checkpoints.CheckpointError(f"{path} holds a damaged {algo} policy config ({exc})") from None
         return cls(algo, config, num_envs=num_envs, train=train, initial_state=checkpoint["state_dict"])
 
