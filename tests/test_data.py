@@ -654,7 +654,7 @@ def test_unusable_cache_setting_is_named_before_a_cifar_download(tmp_path: Path,
     blocker.write_text("a regular file")
     cache = blocker / "cache"
     monkeypatch.setenv("ALA_GYM_CACHE", str(cache))
-    with pytest.raises(DataError, match=rf"{cache}.*set ALA_GYM_CACHE \(or pass data_root=\) to a writable folder"):
+    with pytest.raises(DataError, match=rf"{cache}.*set ALA_GYM_CACHE \(or data_root\) to a writable folder"):
         load_cifar10(download=True)
 
 

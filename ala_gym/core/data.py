@@ -409,7 +409,7 @@ def _unpack_fashion_mnist(source_dir: Path, cache_root: Path) -> Path:
         if not source.exists():
             raise DataError(
                 f"Fashion-MNIST file {source} is missing. Install it with "
-                "`apt-get update && apt-get install -y dataset-fashion-mnist`, or pass data_root= a folder "
+                "`apt-get update && apt-get install -y dataset-fashion-mnist`, or set data_root to a folder "
                 f"holding the four idx files {', '.join(p.name for p in sources)}."
             )
     stamp = "|".join(f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sources)
@@ -669,9 +669,9 @@ def load_cifar10(
             try:
                 root.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                fix = "pass data_root= a writable folder"
+                fix = "set data_root to a writable folder"
                 if data_root is None:
-                    fix = "set ALA_GYM_CACHE (or pass data_root=) to a writable folder"
+                    fix = "set ALA_GYM_CACHE (or data_root) to a writable folder"
                 raise _unwritable_cache(root, exc, fix) from exc
         # torchvision checks these files against the published dataset's md5 sums, which vouch for shapes and labels.
         try:
@@ -681,7 +681,7 @@ def load_cifar10(
             raise DataError(
                 f"CIFAR-10 not found or corrupt under {root / 'cifar-10-batches-py'} ({exc}). Fill that folder "
                 "with the extracted cifar-10-python.tar.gz (md5 c58f30108f718f92721af3b95e74349a), run once "
-                "with download=True on a machine with internet access, or pass data_root= a CIFAR-format "
+                "with download on (the default) on a machine with internet access, or set data_root to a CIFAR-format "
                 "folder that carries an MD5SUMS file."
             ) from exc
     train_images = torch.from_numpy(train.data).permute(0, 3, 1, 2).contiguous()
