@@ -1,0 +1,196 @@
+"""How long the README's two commands take: ``make setup``, ``make demo`` and ``make test``, timed in a fresh clone.
+
+The README's first lines say how long ``make demo`` and ``make test`` run; this script is where those figures
+come from. It clones the repository's committed ``HEAD`` into a temporary folder (as CI does: nothing
+uncommitted travels) and runs there, one after the other, each to its end:
+
+* ``make setup``: the virtual environment, torch and the package with its ``dev`` extra (pip's own cache is the
+  machine's, as it is on a fresh clone of a machine that installed them before);
+* ``make demo``: the main job, on the environment ``make setup`` made ("after set-up");
+* ``make test``: the test suite; its set-up targets find everything in place then, so "``make test`` from a clean
+  clone, set-up included" is ``setup`` + ``test``.
+
+``make test`` also installs two Debian packages (Fashion-MNIST and Chromium) where they are missing; the report
+says whether they were there before. The clone reads the data that is not downloaded (the CIFAR-10 subset) from
+``--data-root`` (default ``$ALA_GYM_DATA``: :func:`ala_gym.core.data.data_home`), which the report never records.
+Each finished target prints one line; a target that fails or runs past ``--timeout`` ends the run, and the
+report holds what ran (exit status 1).
+
+Usage::
+
+    python -m ala_gym.benchmarks.commands                      # setup, demo, test, in this order
+    python -m ala_gym.benchmarks.commands --targets setup demo
+
+Writes ``benchmarks/results/commands/commands.json`` and ``commands.md`` (``--out`` changes the folder). Run it with
+nothing else on the machine: the test suite uses both cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ala_gym.agents.cli import DescriptionFormatter
+from ala_gym.benchmarks.machine import RESULTS, check_out_folder, cpu_model
+from ala_gym.core.data import data_home
+
+TARGETS = ("setup", "demo", "test")
+FILES = ("commands.json", "commands.md")
+# What `make test` installs from Debian where it is missing: the folder the Makefile checks (fashion-mnist target).
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+# pytest's closing tally, such as "1242 passed, 2 skipped in 510.31s (0:08:30)".
+PYTEST_TALLY = re.compile(r"^=*\s*(\d+ passed\b.*?)\s*=*$")
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def system_packages() -> dict[str, bool]:
+    """Whether each Debian package ``make test`` would install (its fashion-mnist and chromium targets) is there."""
+    return {"fashion-mnist": FASHION_MNIST.is_dir(), "chromium": shutil.which("chromium") is not None}
+
+
+def pytest_tally(output: str) -> str | None:
+    """The last line of pytest's closing tally in ``output``, None where there is none."""
+    tallies = [match.group(1) for line in output.splitlines() if (match := PYTEST_TALLY.match(line.strip()))]
+    return tallies[-1] if tallies else None
+
+
+def run_target(clone: Path, target: str, timeout: float, data_root: Path) -> dict[str, Any]:
+    """``make TARGET`` in ``clone``: its wall time, exit status (None: cut at ``timeout``) and pytest's tally."""
+    env = {**os.environ, "ALA_GYM_DATA": str(data_root.resolve())}
+    # The clone's make builds and uses its own .venv: none of an activated one may be seen, its python3 included.
+    active = env.pop("VIRTUAL_ENV", None)
+    if active:
+        env["PATH"] = os.pathsep.join(entry for entry in env.get("PATH", "").split(os.pathsep) if not entry.startswith(active))
+    start = time.perf_counter()
+    # A session of its own, so that a target cut at the timeout takes its children (pytest's workers) with it.
+    with subprocess.Popen(["make", target], cwd=clone, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, start_new_session=True) as make:  # fmt: skip
+        try:
+            output, _ = make.communicate(timeout=timeout)
+            returncode: int | None = make.returncode
+        except subprocess.TimeoutExpired:
+            os.killpg(make.pid, signal.SIGKILL)
+            make.communicate()
+            output, returncode = "", None
+    seconds = time.perf_counter() - start
+    return {"target": target, "seconds": round(seconds, 1), "returncode": returncode, "pytest": pytest_tally(output)}
+
+
+def measure(repo: Path, targets: list[str], timeout: float, data_root: Path, log: Any = print) -> dict[str, Any]:
+    """Clone ``repo``'s HEAD into a temporary folder, run ``targets`` there in order, stop at the first that
+    fails; the clone is removed afterwards."""
+    report: dict[str, Any] = {
+        "commit": git(repo, "rev-parse", "HEAD"),
+        "uncommitted_changes_left_out": bool(git(repo, "status", "--porcelain", "--untracked-files=no")),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "platform": platform.platform()},
+        "system_packages_present": system_packages(),
+        "targets": [],
+    }
+    with tempfile.TemporaryDirectory(prefix="ala-gym-commands-") as folder:
+        clone = Path(folder) / "clone"
+        subprocess.run(["git", "clone", "--quiet", str(repo), str(clone)], check=True, capture_output=True)
+        for target in targets:
+            result = run_target(clone, target, timeout, data_root)
+            report["targets"].append(result)
+            status = "timed out" if result["returncode"] is None else f"exit {result['returncode']}"
+            tally = f", {result['pytest']}" if result["pytest"] else ""
+            log(f"make {target}: {result['seconds']:.1f} s, {status}{tally}")
+            if result["returncode"] != 0:
+                break
+    return report
+
+
+def seconds_of(report: dict[str, Any], target: str) -> float | None:
+    """The wall time of ``make TARGET`` in the report, None where it did not run to a clean exit."""
+    for result in report["targets"]:
+        if result["target"] == target and result["returncode"] == 0:
+            return result["seconds"]
+    return None
+
+
+def findings(report: dict[str, Any]) -> list[str]:
+    """What the README quotes, from the table: ``make demo`` after set-up, ``make test`` with set-up."""
+    lines = []
+    setup, demo, test = (seconds_of(report, target) for target in TARGETS)
+    if demo is not None:
+        lines.append(f"`make demo` after set-up: {demo:.0f} s.")
+    if setup is not None and test is not None:
+        lines.append(f"`make test` from a clean clone, set-up included (setup + test): {(setup + test) / 60:.1f} min.")
+    return lines
+
+
+def write_markdown(report: dict[str, Any], path: Path) -> None:
+    machine = report["machine"]
+    present = ", ".join(f"{name} {'present' if there else 'installed by the run'}" for name, there in report["system_packages_present"].items())
+    lines = [
+        "# The README's commands, timed from a fresh clone",
+        "",
+        f"Written by `{report['command']}` at {report['date']}.",
+        "",
+        f"* commit `{report['commit'][:12]}`, cloned fresh"
+        + (" (the work tree had uncommitted changes, which were left out)" if report["uncommitted_changes_left_out"] else ""),
+        f"* machine: {machine['platform']}, {machine['cpu_model']}, {machine['cpu_count']} CPU cores",
+        f"* Debian packages `make test` installs where missing: {present}",
+        "* each target runs to its end in the same clone, in this order; wall seconds; pip's cache is the machine's",
+        "",
+        "Findings (computed from the table below by `findings()`):",
+        "",
+        *(f"* {line}" for line in findings(report) or ["none: a target failed or did not run."]),
+        "",
+        "| target | wall s | exit status | pytest |",
+        "|---|---|---|---|",
+    ]
+    for result in report["targets"]:
+        status = "timed out" if result["returncode"] is None else str(result["returncode"])
+        lines.append(f"| `make {result['target']}` | {result['seconds']:.1f} | {status} | {result['pytest'] or ''} |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m ala_gym.benchmarks.commands", description=__doc__, formatter_class=DescriptionFormatter)
+    parser.add_argument("--repo", type=Path, default=Path("."), help="the clone whose HEAD is timed (default: the current folder)")
+    parser.add_argument("--targets", nargs="+", default=list(TARGETS), choices=TARGETS, help="make targets, run in this order")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per target")
+    parser.add_argument("--data-root", type=Path, help="folder holding cifar10-subset/ (default: $ALA_GYM_DATA: ala_gym.core.data.data_home())")
+    parser.add_argument("--out", type=Path, default=RESULTS / "commands")
+    args = parser.parse_args(argv)
+    for tool in ("git", "make"):
+        if shutil.which(tool) is None:
+            parser.exit(2, f"{parser.prog}: error: {tool} is not on PATH; install it (apt-get install -y {tool})\n")
+    try:
+        repo = Path(git(args.repo, "rev-parse", "--show-toplevel"))
+    except (subprocess.CalledProcessError, OSError):
+        parser.exit(2, f"{parser.prog}: error: --repo {args.repo}: not a git clone; name the folder of a clone of ala-gym\n")
+    if not (repo / "Makefile").is_file():
+        parser.exit(2, f"{parser.prog}: error: --repo {args.repo}: the clone has no Makefile; name a clone of ala-gym\n")
+    if not args.timeout > 0:
+        parser.exit(2, f"{parser.prog}: error: --timeout must be a positive number of seconds, got {args.timeout}\n")
+    check_out_folder(parser, args.out, FILES)
+    report = measure(repo, args.targets, args.timeout, args.data_root or data_home())
+    report["command"] = "python -m ala_gym.benchmarks.commands" + (f" --targets {' '.join(args.targets)}" if args.targets != list(TARGETS) else "")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "commands.json").write_text(json.dumps(report, indent=1) + "\n")
+    write_markdown(report, args.out / "commands.md")
+    print(f"wrote {args.out / 'commands.md'}")
+    if any(result["returncode"] != 0 for result in report["targets"]):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

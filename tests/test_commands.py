@@ -1,0 +1,138 @@
+"""The README's command timer (``benchmarks/commands.py``) on a made-up clone whose make targets take no time:
+what it runs, in which clone, what it records, and how it ends where a target fails, hangs or the input is bad."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from ala_gym.benchmarks import commands
+
+TALLY = "1242 passed, 2 skipped in 510.31s (0:08:30)"
+
+
+def make_repo(path: Path, recipes: dict[str, str]) -> Path:
+    """A git clone whose Makefile runs ``recipes`` (target -> one shell line), committed."""
+    path.mkdir()
+    lines = [".PHONY: " + " ".join(recipes)]
+    for target, recipe in recipes.items():
+        lines += [f"{target}:", f"\t@{recipe}"]
+    (path / "Makefile").write_text("\n".join(lines) + "\n")
+    for args in (["init", "-q"], ["add", "Makefile"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "m"]):
+        subprocess.run(["git", "-C", str(path), *args], check=True)
+    return path
+
+
+def run_main(repo: Path, out: Path, *extra: str) -> int:
+    try:
+        commands.main(["--repo", str(repo), "--out", str(out), "--data-root", str(out.parent / "data"), *extra])
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    return 0
+
+
+def test_each_target_runs_in_a_fresh_clone_of_head_with_the_data_root_and_is_recorded(tmp_path: Path) -> None:
+    data = (tmp_path / "data").resolve()
+    repo = make_repo(tmp_path / "repo", {
+        "setup": "test ! -e marker && touch marker",  # a fresh clone: nothing of the repo's own work tree
+        "demo": f'test -e marker && test "$$ALA_GYM_DATA" = "{data}"',  # the same clone, after set-up
+        "test": f"echo '= {TALLY} ='",
+    })  # fmt: skip
+    (repo / "marker").touch()  # untracked: a clone never sees it
+    out = tmp_path / "out"
+    assert run_main(repo, out) == 0
+    report = json.loads((out / "commands.json").read_text())
+    assert [(t["target"], t["returncode"]) for t in report["targets"]] == [("setup", 0), ("demo", 0), ("test", 0)]
+    assert [t["pytest"] for t in report["targets"]] == [None, None, TALLY]
+    head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert report["commit"] == head and report["uncommitted_changes_left_out"] is False
+    assert report["command"] == "python -m ala_gym.benchmarks.commands"
+    markdown = (out / "commands.md").read_text()
+    assert "`make demo` after set-up:" in markdown and "set-up included (setup + test):" in markdown
+    assert f"| `make test` | {report['targets'][2]['seconds']:.1f} | 0 | {TALLY} |" in markdown
+    for text in (markdown, (out / "commands.json").read_text()):
+        assert str(tmp_path) not in text  # no path of the machine in a result
+
+
+def test_uncommitted_changes_are_left_out_and_said_so(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", {"setup": "true"})
+    (repo / "Makefile").write_text(".PHONY: setup\nsetup:\n\t@exit 5\n")  # not committed: the clone runs HEAD's
+    out = tmp_path / "out"
+    assert run_main(repo, out, "--targets", "setup") == 0
+    report = json.loads((out / "commands.json").read_text())
+    assert report["uncommitted_changes_left_out"] is True and report["targets"][0]["returncode"] == 0
+    assert report["command"] == "python -m ala_gym.benchmarks.commands --targets setup"
+    assert "uncommitted changes, which were left out" in (out / "commands.md").read_text()
+
+
+def test_a_failing_target_ends_the_run_and_its_report_holds_what_ran(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", {"setup": "true", "demo": "exit 3", "test": f"echo '{TALLY}'"})
+    out = tmp_path / "out"
+    assert run_main(repo, out) == 1
+    report = json.loads((out / "commands.json").read_text())
+    assert [(t["target"], t["returncode"]) for t in report["targets"]] == [("setup", 0), ("demo", 2)]  # make's own 2
+    assert commands.findings(report) == []
+    assert "none: a target failed or did not run." in (out / "commands.md").read_text()
+
+
+def test_a_target_past_the_timeout_is_cut_with_its_children(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", {"setup": "sleep 60 & sleep 60"})
+    out = tmp_path / "out"
+    start = time.perf_counter()
+    assert run_main(repo, out, "--targets", "setup", "--timeout", "1") == 1
+    assert time.perf_counter() - start < 30
+    report = json.loads((out / "commands.json").read_text())
+    assert report["targets"][0]["returncode"] is None
+    assert "| `make setup` |" in (out / "commands.md").read_text() and "| timed out |" in (out / "commands.md").read_text()
+
+
+@pytest.mark.parametrize("line", [TALLY, f"========== {TALLY} ==========", "3 passed in 0.01s"])
+def test_pytest_tally_is_read_from_its_closing_line(line: str) -> None:
+    assert commands.pytest_tally(f"collected\n.....\n{line}\n") == line.strip("= ")
+
+
+def test_output_without_a_tally_has_none() -> None:
+    assert commands.pytest_tally("make: Nothing to be done for 'setup'.\n") is None
+
+
+def test_findings_quote_demo_and_setup_plus_test() -> None:
+    report = {"targets": [{"target": "setup", "seconds": 150.0, "returncode": 0},
+                          {"target": "demo", "seconds": 41.4, "returncode": 0},
+                          {"target": "test", "seconds": 510.0, "returncode": 0}]}  # fmt: skip
+    assert commands.findings(report) == [
+        "`make demo` after set-up: 41 s.",
+        "`make test` from a clean clone, set-up included (setup + test): 11.0 min.",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--repo", "{tmp}"], "--repo {tmp}: not a git clone; name the folder of a clone of ala-gym"),
+        (["--repo", "{repo}", "--timeout", "0"], "--timeout must be a positive number of seconds, got 0.0"),
+        (["--repo", "{repo}", "--timeout", "nan"], "--timeout must be a positive number of seconds, got nan"),
+        (["--repo", "{repo}", "--out", "{repo}/Makefile"], "--out {repo}/Makefile: {repo}/Makefile is a file, not a folder"),
+    ],
+)
+def test_bad_input_exits_2_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str) -> None:
+    repo = make_repo(tmp_path / "repo", {"setup": "true"})
+    (tmp_path / "empty").mkdir()
+    paths = {"tmp": str(tmp_path / "empty"), "repo": str(repo)}
+    with pytest.raises(SystemExit) as exit_:
+        commands.main([arg.format(**paths) for arg in args])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message.format(**paths) in err
+
+
+def test_a_clone_without_a_makefile_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "-C", str(repo), "init", "-q"], check=True)
+    with pytest.raises(SystemExit) as exit_:
+        commands.main(["--repo", str(repo)])
+    assert exit_.value.code == 2 and "the clone has no Makefile; name a clone of ala-gym" in capsys.readouterr().err
