@@ -1,25 +1,28 @@
-"""How long the README's two commands take: ``make setup``, ``make demo`` and ``make test``, timed in a fresh clone.
+"""How long the README's commands and example take: ``make setup``, ``make demo``, the own-task example and
+``make test``, timed in a fresh clone.
 
-The README's first lines say how long ``make demo`` and ``make test`` run; this script is where those figures
-come from. It clones the repository's committed ``HEAD`` into a temporary folder (as CI does: nothing
+The README's first lines say how long ``make demo`` and ``make test`` run, and its own-task example how long that
+takes; this script is where those figures come from. It clones the repository's committed ``HEAD`` into a temporary folder (as CI does: nothing
 uncommitted travels) and runs there, one after the other, each to its end:
 
 * ``make setup``: the virtual environment, torch and the package with its ``dev`` extra (pip's own cache is the
   machine's, as it is on a fresh clone of a machine that installed them before);
 * ``make demo``: the main job, on the environment ``make setup`` made ("after set-up");
+* ``own-task``: the README's example of one's own data and model (between its ``own-task`` snippet markers), run by
+  the clone's Python on one torch thread (``OMP_NUM_THREADS=1``): the whole process, imports included;
 * ``make test``: the test suite; its set-up targets find everything in place then, so "``make test`` from a clean
   clone, set-up included" is ``setup`` + ``test``.
 
 ``make test`` also installs two Debian packages (Fashion-MNIST and Chromium) where they are missing; the report
 says whether they were there before. The clone reads the data that is not downloaded (the CIFAR-10 subset) from
 ``--data-root`` (default ``$ALA_GYM_DATA``: :func:`ala_gym.core.data.data_home`), which the report never records.
-Each finished target prints one line; a target that fails or runs past ``--timeout`` ends the run, and the
+Each finished step prints one line; a step that fails or runs past ``--timeout`` ends the run, and the
 report holds what ran (exit status 1).
 
 Usage::
 
-    python -m ala_gym.benchmarks.commands                      # setup, demo, test, in this order
-    python -m ala_gym.benchmarks.commands --targets setup demo
+    python -m ala_gym.benchmarks.commands                      # setup, demo, own-task, test, in this order
+    python -m ala_gym.benchmarks.commands --steps setup demo
 
 Writes ``benchmarks/results/commands/commands.json`` and ``commands.md`` (``--out`` changes the folder). Run it with
 nothing else on the machine: the test suite uses both cores.
@@ -46,7 +49,9 @@ from ala_gym.agents.cli import DescriptionFormatter
 from ala_gym.benchmarks.machine import RESULTS, check_out_folder, cpu_model
 from ala_gym.core.data import data_home
 
-TARGETS = ("setup", "demo", "test")
+STEPS = ("setup", "demo", "own-task", "test")
+"""What can be timed, in the order it runs: make targets, and ``own-task``, the README's example."""
+OWN_TASK = re.compile(r"<!-- --8<-- \[start:own-task\] -->\s*```python\n(.*?)```\s*<!-- --8<-- \[end:own-task\] -->", re.DOTALL)
 FILES = ("commands.json", "commands.md")
 # What `make test` installs from Debian where it is missing: the folder the Makefile checks (fashion-mnist target).
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -69,30 +74,49 @@ def pytest_tally(output: str) -> str | None:
     return tallies[-1] if tallies else None
 
 
-def run_target(clone: Path, target: str, timeout: float, data_root: Path) -> dict[str, Any]:
-    """``make TARGET`` in ``clone``: its wall time, exit status (None: cut at ``timeout``) and pytest's tally."""
+def own_task_example(readme: str) -> str:
+    """The Python of the README's own-task example, between its snippet markers."""
+    match = OWN_TASK.search(readme)
+    if match is None:
+        raise ValueError("README.md has no own-task example between its snippet markers")
+    return match.group(1)
+
+
+def label(step: str) -> str:
+    """How a step is named in the report: ``make TARGET``, or the README's example."""
+    return "the README's own-task example" if step == "own-task" else f"make {step}"
+
+
+def run_step(clone: Path, step: str, timeout: float, data_root: Path) -> dict[str, Any]:
+    """One step in ``clone``: its wall time, exit status (None: cut at ``timeout``) and pytest's tally."""
     env = {**os.environ, "ALA_GYM_DATA": str(data_root.resolve())}
     # The clone's make builds and uses its own .venv: none of an activated one may be seen, its python3 included.
     active = env.pop("VIRTUAL_ENV", None)
     if active:
         env["PATH"] = os.pathsep.join(entry for entry in env.get("PATH", "").split(os.pathsep) if not entry.startswith(active))
+    if step == "own-task":
+        example = clone.parent / "own_task.py"  # beside the clone: its work tree stays as cloned
+        example.write_text(own_task_example((clone / "README.md").read_text()))
+        command, env["OMP_NUM_THREADS"] = [str(clone / ".venv" / "bin" / "python"), str(example)], "1"
+    else:
+        command = ["make", step]
     start = time.perf_counter()
-    # A session of its own, so that a target cut at the timeout takes its children (pytest's workers) with it.
-    with subprocess.Popen(["make", target], cwd=clone, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, start_new_session=True) as make:  # fmt: skip
+    # A session of its own, so that a step cut at the timeout takes its children (pytest's workers) with it.
+    with subprocess.Popen(command, cwd=clone, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, start_new_session=True) as process:  # fmt: skip
         try:
-            output, _ = make.communicate(timeout=timeout)
-            returncode: int | None = make.returncode
+            output, _ = process.communicate(timeout=timeout)
+            returncode: int | None = process.returncode
         except subprocess.TimeoutExpired:
-            os.killpg(make.pid, signal.SIGKILL)
-            make.communicate()
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
             output, returncode = "", None
     seconds = time.perf_counter() - start
-    return {"target": target, "seconds": round(seconds, 1), "returncode": returncode, "pytest": pytest_tally(output)}
+    return {"step": step, "seconds": round(seconds, 1), "returncode": returncode, "pytest": pytest_tally(output)}
 
 
-def measure(repo: Path, targets: list[str], timeout: float, data_root: Path, log: Any = print) -> dict[str, Any]:
-    """Clone ``repo``'s HEAD into a temporary folder, run ``targets`` there in order, stop at the first that
+def measure(repo: Path, steps: list[str], timeout: float, data_root: Path, log: Any = print) -> dict[str, Any]:
+    """Clone ``repo``'s HEAD into a temporary folder, run ``steps`` there in order, stop at the first that
     fails; the clone is removed afterwards."""
     report: dict[str, Any] = {
         "commit": git(repo, "rev-parse", "HEAD"),
@@ -100,36 +124,39 @@ def measure(repo: Path, targets: list[str], timeout: float, data_root: Path, log
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "platform": platform.platform()},
         "system_packages_present": system_packages(),
-        "targets": [],
+        "steps": [],
     }
     with tempfile.TemporaryDirectory(prefix="ala-gym-commands-") as folder:
         clone = Path(folder) / "clone"
         subprocess.run(["git", "clone", "--quiet", str(repo), str(clone)], check=True, capture_output=True)
-        for target in targets:
-            result = run_target(clone, target, timeout, data_root)
-            report["targets"].append(result)
+        for step in steps:
+            result = run_step(clone, step, timeout, data_root)
+            report["steps"].append(result)
             status = "timed out" if result["returncode"] is None else f"exit {result['returncode']}"
             tally = f", {result['pytest']}" if result["pytest"] else ""
-            log(f"make {target}: {result['seconds']:.1f} s, {status}{tally}")
+            log(f"{label(step)}: {result['seconds']:.1f} s, {status}{tally}")
             if result["returncode"] != 0:
                 break
     return report
 
 
-def seconds_of(report: dict[str, Any], target: str) -> float | None:
-    """The wall time of ``make TARGET`` in the report, None where it did not run to a clean exit."""
-    for result in report["targets"]:
-        if result["target"] == target and result["returncode"] == 0:
+def seconds_of(report: dict[str, Any], step: str) -> float | None:
+    """The wall time of ``step`` in the report, None where it did not run to a clean exit."""
+    for result in report["steps"]:
+        if result["step"] == step and result["returncode"] == 0:
             return result["seconds"]
     return None
 
 
 def findings(report: dict[str, Any]) -> list[str]:
-    """What the README quotes, from the table: ``make demo`` after set-up, ``make test`` with set-up."""
+    """What the README quotes, from the table: ``make demo`` after set-up, the own-task example, ``make test``
+    with set-up."""
+    setup, demo, own_task, test = (seconds_of(report, step) for step in STEPS)
     lines = []
-    setup, demo, test = (seconds_of(report, target) for target in TARGETS)
     if demo is not None:
         lines.append(f"`make demo` after set-up: {demo:.0f} s.")
+    if own_task is not None:
+        lines.append(f"The README's own-task example, on one torch thread: {own_task:.0f} s.")
     if setup is not None and test is not None:
         lines.append(f"`make test` from a clean clone, set-up included (setup + test): {(setup + test) / 60:.1f} min.")
     return lines
@@ -139,7 +166,7 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
     machine = report["machine"]
     present = ", ".join(f"{name} {'present' if there else 'installed by the run'}" for name, there in report["system_packages_present"].items())
     lines = [
-        "# The README's commands, timed from a fresh clone",
+        "# The README's commands and example, timed from a fresh clone",
         "",
         f"Written by `{report['command']}` at {report['date']}.",
         "",
@@ -147,26 +174,26 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         + (" (the work tree had uncommitted changes, which were left out)" if report["uncommitted_changes_left_out"] else ""),
         f"* machine: {machine['platform']}, {machine['cpu_model']}, {machine['cpu_count']} CPU cores",
         f"* Debian packages `make test` installs where missing: {present}",
-        "* each target runs to its end in the same clone, in this order; wall seconds; pip's cache is the machine's",
+        "* each step runs to its end in the same clone, in this order; wall seconds; pip's cache is the machine's",
         "",
         "Findings (computed from the table below by `findings()`):",
         "",
-        *(f"* {line}" for line in findings(report) or ["none: a target failed or did not run."]),
+        *(f"* {line}" for line in findings(report) or ["none: a step failed or did not run."]),
         "",
-        "| target | wall s | exit status | pytest |",
+        "| step | wall s | exit status | pytest |",
         "|---|---|---|---|",
     ]
-    for result in report["targets"]:
+    for result in report["steps"]:
         status = "timed out" if result["returncode"] is None else str(result["returncode"])
-        lines.append(f"| `make {result['target']}` | {result['seconds']:.1f} | {status} | {result['pytest'] or ''} |")
+        lines.append(f"| {label(result['step'])} | {result['seconds']:.1f} | {status} | {result['pytest'] or ''} |")
     path.write_text("\n".join(lines) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m ala_gym.benchmarks.commands", description=__doc__, formatter_class=DescriptionFormatter)
     parser.add_argument("--repo", type=Path, default=Path("."), help="the clone whose HEAD is timed (default: the current folder)")
-    parser.add_argument("--targets", nargs="+", default=list(TARGETS), choices=TARGETS, help="make targets, run in this order")
-    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per target")
+    parser.add_argument("--steps", nargs="+", default=list(STEPS), choices=STEPS, help="what to time, run in the order given")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per step")
     parser.add_argument("--data-root", type=Path, help="folder holding cifar10-subset/ (default: $ALA_GYM_DATA: ala_gym.core.data.data_home())")
     parser.add_argument("--out", type=Path, default=RESULTS / "commands")
     args = parser.parse_args(argv)
@@ -179,16 +206,22 @@ def main(argv: list[str] | None = None) -> None:
         parser.exit(2, f"{parser.prog}: error: --repo {args.repo}: not a git clone; name the folder of a clone of ala-gym\n")
     if not (repo / "Makefile").is_file():
         parser.exit(2, f"{parser.prog}: error: --repo {args.repo}: the clone has no Makefile; name a clone of ala-gym\n")
+    if "own-task" in args.steps:
+        if "setup" not in args.steps[: args.steps.index("own-task")]:
+            parser.exit(2, f"{parser.prog}: error: --steps: own-task runs the clone's .venv, which setup makes; put setup before it\n")
+        readme = repo / "README.md"
+        if not readme.is_file() or OWN_TASK.search(readme.read_text()) is None:
+            parser.exit(2, f"{parser.prog}: error: --repo {args.repo}: README.md has no own-task example between its snippet markers; leave own-task out of --steps\n")
     if not args.timeout > 0:
         parser.exit(2, f"{parser.prog}: error: --timeout must be a positive number of seconds, got {args.timeout}\n")
     check_out_folder(parser, args.out, FILES)
-    report = measure(repo, args.targets, args.timeout, args.data_root or data_home())
-    report["command"] = "python -m ala_gym.benchmarks.commands" + (f" --targets {' '.join(args.targets)}" if args.targets != list(TARGETS) else "")
+    report = measure(repo, args.steps, args.timeout, args.data_root or data_home())
+    report["command"] = "python -m ala_gym.benchmarks.commands" + (f" --steps {' '.join(args.steps)}" if args.steps != list(STEPS) else "")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "commands.json").write_text(json.dumps(report, indent=1) + "\n")
     write_markdown(report, args.out / "commands.md")
     print(f"wrote {args.out / 'commands.md'}")
-    if any(result["returncode"] != 0 for result in report["targets"]):
+    if any(result["returncode"] != 0 for result in report["steps"]):
         sys.exit(1)
 
 
