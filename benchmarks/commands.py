@@ -156,7 +156,7 @@ def findings(report: dict[str, Any]) -> list[str]:
     if demo is not None:
         lines.append(f"`make demo` after set-up: {demo:.0f} s.")
     if own_task is not None:
-        lines.append(f"The README's own-task example, on one torch thread: {own_task:.0f} s.")
+        lines.append(f"The README's own-task example, on one torch thread: {own_task:.1f} s.")
     if setup is not None and test is not None:
         lines.append(f"`make test` from a clean clone, set-up included (setup + test): {(setup + test) / 60:.1f} min.")
     return lines

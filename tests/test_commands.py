@@ -139,7 +139,7 @@ def test_findings_quote_demo_the_example_and_setup_plus_test() -> None:
                         {"step": "test", "seconds": 510.0, "returncode": 0}]}  # fmt: skip
     assert commands.findings(report) == [
         "`make demo` after set-up: 41 s.",
-        "The README's own-task example, on one torch thread: 5 s.",
+        "The README's own-task example, on one torch thread: 5.2 s.",
         "`make test` from a clean clone, set-up included (setup + test): 11.0 min.",
     ]
 

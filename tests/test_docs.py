@@ -6,6 +6,7 @@ The README's former examples live on the documentation pages, whose Python block
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -102,6 +103,28 @@ def test_the_overhead_figures_are_those_of_the_committed_benchmarks() -> None:
     # Whole and signed: "5.4" is not found in "15.4", nor "+15.4" in "-15.4".
     missing = [figure for figure in figures if not re.search(rf"(?<![\d.+-]){re.escape(figure)}(?!\d)", produced)]
     assert len(figures) >= 10 and missing == [], missing
+
+
+# ------------------------------------------------------------------------------------------- run times
+COMMANDS = RESULTS / "commands" / "commands.json"
+"""The README's commands and example, timed from a fresh clone by ``python -m ala_gym.benchmarks.commands``."""
+
+
+def test_the_run_times_the_pages_quote_are_those_the_command_timer_measured() -> None:
+    """"under a minute" for ``make demo`` after set-up; "about N min" for ``make test`` from a clean clone (set-up
+    + test) and "about N s" for the own-task example, N the committed timing rounded (on the machine it names)."""
+    report = json.loads(COMMANDS.read_text())
+    seconds = {step["step"]: step["seconds"] for step in report["steps"] if step["returncode"] == 0}
+    assert set(seconds) == {"setup", "demo", "own-task", "test"}, "the committed timing should hold every step"
+    rounded = {"test": int((seconds["setup"] + seconds["test"]) / 60 + 0.5), "own-task": int(seconds["own-task"] + 0.5)}
+    for page in (README, ROOT / "docs" / "quickstart.md"):
+        lines = page.read_text().splitlines()
+        demo = next(line for line in lines if line.startswith("make demo "))
+        test = next(line for line in lines if line.startswith("make test "))
+        assert "under a minute" in demo and seconds["demo"] < 60, (page.name, demo)
+        assert f"about {rounded['test']} min on 2 CPU cores from a clean clone, set-up included" in test, (page.name, test)
+    for page in (README, ROOT / "docs" / "guide" / "own-task.md"):
+        assert re.search(rf"about {rounded['own-task']} s\s+on one CPU core", page.read_text()), page.name
 
 
 # ------------------------------------------------------------------------------------------- links
