@@ -15,7 +15,8 @@ import pytest
 import ray
 
 from ala_gym.agents.baselines import FixedPhi
-from ala_gym.wrappers.ray import RayVectorEnv
+from ala_gym.wrappers.ray import RayVectorEnv, ray_units
+from ala_gym.wrappers.ray import gpu_share as ray_gpu_share
 
 ENV_ID = "ALA-Digits-v0"
 TINY = dict(total_iterations=40, steps_per_action=10, eval_points=2, eval_stride=2, device="cpu", reward="raw")
@@ -188,6 +189,22 @@ def test_refuses_what_the_cluster_cannot_place_and_leaves_a_cluster_it_did_not_s
     envs = make_ray(2)
     envs.close()
     assert ray.is_initialized() and not envs.started_ray
+
+
+def test_shares_are_added_up_as_rays_scheduler_adds_them(make_ray) -> None:
+    """Three thirds of the 2 CPUs: each rounded to Ray's unit of 1/10,000 (0.6667), they need more than the cluster
+    has, and the third worker would wait forever; refused at once instead."""
+    with pytest.raises(ValueError, match=r"^3 Ray workers x 0\.666667 CPU need 2\.0001 CPUs but the cluster has 2"):
+        make_ray(3, children_per_worker=1, num_cpus_per_worker=2 / 3)
+
+
+@pytest.mark.parametrize("gpus", [1.0, 2.0, 3.0, 8.0])
+def test_the_default_gpu_share_fits_the_cluster_in_rays_units(gpus: float) -> None:
+    for workers in range(1, 33):
+        share = ray_gpu_share(gpus, workers)
+        assert 0 < share <= 1.0 and ray_units(share) * workers <= ray_units(gpus), (gpus, workers, share)
+        assert share >= min(1.0, gpus / workers) - 1e-4  # no more than one unit below the even split
+    assert ray_gpu_share(1.0, 6) == 0.1666 and ray_gpu_share(2.0, 3) == 0.6666 and ray_gpu_share(4.0, 2) == 1.0
 
 
 @pytest.mark.parametrize("gpus", [-1, float("nan"), "1"])

@@ -38,6 +38,22 @@ from ala_gym.envs.vector import (
 )
 
 # Keys that belong to the step that ended an episode; a lost worker's children do not repeat them.
+# Ray counts resources in units of 1/10,000, each request rounded to the nearest unit (its scheduler's FixedPoint).
+RAY_RESOURCE_UNITS = 10_000
+
+
+def ray_units(quantity: float) -> int:
+    """``quantity`` of a resource in the units Ray's scheduler counts, rounded as it rounds them."""
+    return int(quantity * RAY_RESOURCE_UNITS + 0.5)
+
+
+def gpu_share(gpus: float, workers: int) -> float:
+    """Each of ``workers`` workers' share of ``gpus`` GPUs (one at most), rounded *down* to Ray's unit: rounded to
+    the nearest, a third or a sixth of a GPU would add up to more than the cluster has, and the last worker would
+    wait for a GPU forever."""
+    return min(1.0, math.floor(gpus * RAY_RESOURCE_UNITS / workers) / RAY_RESOURCE_UNITS)
+
+
 _EPISODE_END_KEYS = ("final_obs", "final_info", "test_metric", "final_val_metric", "final_val_loss")
 
 
@@ -297,14 +313,15 @@ class RayVectorEnv(VectorEnv):
             return 0.0
         if device.startswith("cuda") and gpus == 0:
             raise ValueError(f"device={device!r} but the Ray cluster has no GPU: use device='cpu' or a cluster with GPUs")
-        return min(1.0, gpus / len(self.groups))
+        return gpu_share(gpus, len(self.groups))
 
     def _check_capacity(self) -> None:
         """Refuse at once what the cluster can never place (Ray would leave the actors pending forever)."""
         resources = ray.cluster_resources()
         for kind, per_worker in (("CPU", self.num_cpus_per_worker), ("GPU", self.num_gpus_per_worker)):
-            needed, total = per_worker * len(self.groups), float(resources.get(kind, 0.0))
-            if needed > total + 1e-9:
+            # Added up as Ray's scheduler adds them: each share rounded to its unit first.
+            needed, total = ray_units(per_worker) * len(self.groups) / RAY_RESOURCE_UNITS, float(resources.get(kind, 0.0))
+            if needed > total:
                 raise ValueError(
                     f"{len(self.groups)} Ray workers x {per_worker:g} {kind} need {needed:g} {kind}s but the cluster has "
                     f"{total:g}: raise children_per_worker or lower num_{kind.lower()}s_per_worker"
