@@ -7,25 +7,38 @@ On CUDA it runs, with budgets sized to finish in a few minutes, and writes under
 2. throughput: N children batched (one vmap) against one after another (``benchmarks/throughput.py``), the MLP
    on digits and the small CNN on the CIFAR-10 subset, N = 1, 4, 16, 32;
 3. one generation of meta-training (``agents/meta_train.py``): wall time and child iterations per second;
-4. AdaLFL's step against plain training (``benchmarks/adalfl_cost.py``).
+4. AdaLFL's step against plain training (``benchmarks/adalfl_cost.py``);
+5. the device paths the parts above leave out, each run through one whole episode: a batched vector env of
+   ResNet-32 children (vmap over BatchNorm, the CUDA default for several ResNet children) and a metric-learning
+   env (class-balanced batches, mining). What each ran and its final test metric go to ``device_paths.json``.
 
 ``--tiny`` runs every part at a token budget; the test suite runs it so on the CPU, so the suite cannot rot.
-Each part's own report lands in the output folder; ``gpu.md`` lists what ran, on what machine, and how long.
+Each part's own report lands in the output folder; ``gpu.md`` lists what ran, on what machine (with the float32
+precision of CUDA's matrix products and cuDNN's convolutions: TF32 or IEEE), and how long. Every dataset is
+checked before the first part starts; a part that fails is named in ``gpu.md`` with its error and the others
+run on (exit status 1 at the end).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypedDict
 
+import gymnasium as gym
+import numpy as np
 import torch
 
+import ala_gym  # noqa: F401  (registers the env ids)
 from ala_gym.benchmarks import adalfl_cost, overhead, throughput
 from ala_gym.benchmarks.machine import RESULTS as DEFAULT_RESULTS
 from ala_gym.benchmarks.machine import check_out_folder, cpu_model
+from ala_gym.core.data import DataError, with_data_home
+from ala_gym.envs.spec import task_spec
 
 RESULTS = DEFAULT_RESULTS / "gpu"
 
@@ -37,7 +50,7 @@ PARTS: dict[str, dict[str, list[str]]] = {
     },
     "throughput": {
         "full": ["--models", "mlp", "small_cnn", "--num-envs", "1", "4", "16", "32", "--modes", "native-batched",
-                 "native-sequential", "--steps", "3", "--iterations", "10"],
+                 "native-sequential", "--steps", "3", "--iterations", "10", "--timeout", "120"],
         "tiny": ["--models", "mlp", "--num-envs", "1", "2", "--modes", "native-batched", "native-sequential",
                  "--steps", "1", "--iterations", "2", "--threads", "1"],
     },  # fmt: skip
@@ -82,6 +95,90 @@ def meta_generation(device: str, budget: str, out: Path) -> dict[str, Any]:
     return result
 
 
+# The device paths no other part runs: (env id, vector env keywords) per budget, each run through one episode.
+DEVICE_PATHS: dict[str, list[tuple[str, dict[str, Any]]]] = {
+    "full": [
+        ("ALA-CIFAR10-v0", {"model": "resnet32", "data_root": "cifar10-subset", "num_envs": 4, "train_mode": "batched",
+                            "total_iterations": 20, "steps_per_action": 10, "val_subsample": 256}),
+        ("ALA-FashionMNIST-Margin-v0", {"num_envs": 2, "total_iterations": 20, "steps_per_action": 10}),
+    ],
+    "tiny": [
+        ("ALA-Digits-v0", {"model": "resnet20", "num_envs": 2, "train_mode": "batched", "total_iterations": 2,
+                           "steps_per_action": 1, "batch_size": 8, "eval_points": 1, "val_subsample": 50}),
+        ("ALA-FashionMNIST-Margin-v0", {"num_envs": 2, "total_iterations": 2, "steps_per_action": 1, "batch_size": 16,
+                                        "samples_per_class": 4, "eval_points": 1, "val_size": 40}),
+    ],
+}  # fmt: skip
+
+
+def device_paths(device: str, budget: str, out: Path) -> list[dict[str, Any]]:
+    """Run each of :data:`DEVICE_PATHS` through one whole episode on ``device`` (seed 0, actions sampled from the
+    action space); write ``device_paths.json``."""
+    results = []
+    for env_id, settings in DEVICE_PATHS[budget]:
+        kwargs = with_data_home({**settings, "device": device})
+        start = time.perf_counter()
+        envs = gym.make_vec(env_id, **kwargs)
+        envs.action_space.seed(0)
+        envs.reset(seed=0)
+        done = np.zeros(envs.num_envs, dtype=bool)
+        test_metrics = np.full(envs.num_envs, np.nan)
+        while not done.all():
+            _, _, terminated, truncated, infos = envs.step(envs.action_space.sample())
+            ended = (terminated | truncated) & ~done
+            if ended.any():  # present, masked, for the children whose episode ended this step
+                test_metrics[ended] = np.asarray(infos["test_metric"])[ended]
+            done |= ended
+        train_mode = envs.unwrapped.train_mode
+        envs.close()
+        results.append({"env": env_id, **{k: v for k, v in settings.items() if k != "data_root"}, "device": device,
+                        "train_mode": train_mode, "wall_s": time.perf_counter() - start,
+                        "test_metric": test_metrics.tolist()})  # fmt: skip
+    (out / "device_paths.json").write_text(json.dumps(results, indent=1) + "\n")
+    return results
+
+
+def data_problems(device: str, budget: str) -> list[str]:
+    """What keeps a part from running (a dataset missing or damaged), one line each; asked before the first part,
+    so that no part's minutes are spent before a later part's data turns out to be absent. The overhead part's
+    datasets are those of the overhead, throughput and AdaLFL parts; the device paths' are checked beside them."""
+    configs = PARTS["overhead"][budget][1 : PARTS["overhead"][budget].index("--repeats")]
+    problems = [problem for name in configs if (problem := overhead.data_problem(name, torch.device(device)))]
+    for env_id, settings in DEVICE_PATHS[budget]:
+        keywords = {k: v for k, v in settings.items() if k not in ("num_envs", "train_mode")}
+        try:  # a missing subset folder is named by with_data_home, a damaged one by the load
+            task_spec(env_id, **with_data_home({**keywords, "device": device})).data.load()
+        except DataError as error:
+            problems.append(f"{env_id}: {error}")
+    return problems
+
+
+def run_part(name: str, run: Callable[[], Any]) -> tuple[float, str | None]:
+    """Wall seconds of ``run()`` and its error in one line (None if it finished): a part that fails, or refuses
+    its input, must not lose the parts after it."""
+    start = time.perf_counter()
+    error = None
+    try:
+        run()
+    except SystemExit as stop:  # a part's own refusal; its message is already on stderr
+        if stop.code not in (0, None):
+            error = f"exited with status {stop.code} (its message is in the output)"
+    except Exception as exc:  # noqa: BLE001  (any failure: recorded, and the next part runs)
+        error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    wall = time.perf_counter() - start
+    print(f"{name}: {wall:.0f} s" + (f", failed: {error}" if error else ""), flush=True)
+    return wall, error
+
+
+def float32_precision() -> str:
+    """How CUDA computes float32 matrix products and cuDNN float32 convolutions in this process: TF32 or IEEE."""
+    def mode(tf32: bool) -> str:
+        return "TF32" if tf32 else "IEEE float32"
+
+    return (f"matrix products {mode(torch.backends.cuda.matmul.allow_tf32)}, "
+            f"cuDNN convolutions {mode(torch.backends.cudnn.allow_tf32)}")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda", choices=["cpu", "cuda"])
@@ -92,35 +189,47 @@ def main(argv: list[str] | None = None) -> None:
         parser.exit(2, f"{parser.prog}: error: --device cuda but torch sees no CUDA GPU; run on a GPU machine, or --device cpu --tiny\n")
     budget = "tiny" if args.tiny else "full"
     out = args.out or RESULTS
-    check_out_folder(parser, out, ("meta_generation.json", "gpu.md"))
+    check_out_folder(parser, out, ("meta_generation.json", "device_paths.json", "gpu.md"))
+    if problems := data_problems(args.device, budget):
+        parser.exit(2, f"{parser.prog}: error: {problems[0]}\n")
     out.mkdir(parents=True, exist_ok=True)
-    runs = {"overhead": overhead.main, "throughput": throughput.main, "adalfl": adalfl_cost.main}
-    walls: dict[str, float] = {}
-    for name, run in runs.items():
-        start = time.perf_counter()
-        run(["--device", args.device, *PARTS[name][budget], "--out", str(out)])
-        walls[name] = time.perf_counter() - start
-        print(f"{name}: {walls[name]:.0f} s", flush=True)
-    start = time.perf_counter()
-    meta = meta_generation(args.device, budget, out)
-    walls["meta_generation"] = time.perf_counter() - start
+    parts: dict[str, Callable[[], Any]] = {
+        name: (lambda run=run, name=name: run(["--device", args.device, *PARTS[name][budget], "--out", str(out)]))
+        for name, run in (("overhead", overhead.main), ("throughput", throughput.main), ("adalfl", adalfl_cost.main))
+    }  # fmt: skip
+    meta: dict[str, Any] = {}
+    parts["meta_generation"] = lambda: meta.update(meta_generation(args.device, budget, out))
+    parts["device_paths"] = lambda: device_paths(args.device, budget, out)
+    outcomes = {name: run_part(name, run) for name, run in parts.items()}
     gpu = torch.cuda.get_device_name(0) if args.device == "cuda" else None
+    described = {
+        "overhead": ("overhead", "overhead.md"),
+        "throughput": ("throughput", "throughput.md"),
+        "adalfl": ("AdaLFL step", "adalfl_cost.md"),
+        "meta_generation": (
+            f"one meta-training generation ({meta['children']} children x {meta['total_iterations']} iterations: "
+            f"{meta['child_iterations_per_s']:.0f} child iterations/s)" if meta else "one meta-training generation",
+            "meta_generation.json",
+        ),
+        "device_paths": ("device paths: batched ResNet children, a metric-learning env", "device_paths.json"),
+    }
     lines = [
         "# GPU suite",
         "",
         f"- Machine: {cpu_model()}, GPU: {gpu}; device `{args.device}`; budget `{budget}`; torch {torch.__version__}",
+        f"- float32 on CUDA: {float32_precision()}",
         f"- Command: `python -m ala_gym.benchmarks.gpu --device {args.device}{' --tiny' if args.tiny else ''}`",
         "",
         "| part | report | wall s |",
         "|---|---|---|",
-        f"| overhead | overhead.md | {walls['overhead']:.0f} |",
-        f"| throughput | throughput.md | {walls['throughput']:.0f} |",
-        f"| AdaLFL step | adalfl_cost.md | {walls['adalfl']:.0f} |",
-        f"| one meta-training generation ({meta['children']} children x {meta['total_iterations']} iterations: "
-        f"{meta['child_iterations_per_s']:.0f} child iterations/s) | meta_generation.json | {walls['meta_generation']:.0f} |",
     ]
+    for name, (wall, error) in outcomes.items():
+        part, report = described[name]
+        lines.append(f"| {part} | {'failed: ' + error if error else report} | {wall:.0f} |")
     (out / "gpu.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    if any(error for _, error in outcomes.values()):
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -12,11 +12,19 @@ from ala_gym.benchmarks import gpu
 
 def test_the_tiny_suite_writes_every_report(tmp_path) -> None:
     gpu.main(["--device", "cpu", "--tiny", "--out", str(tmp_path)])
-    for report in ("overhead.md", "throughput.md", "adalfl_cost.md", "meta_generation.json", "gpu.md"):
+    for report in ("overhead.md", "throughput.md", "adalfl_cost.md", "meta_generation.json", "device_paths.json", "gpu.md"):
         assert (tmp_path / report).stat().st_size > 0, report
     meta = json.loads((tmp_path / "meta_generation.json").read_text())
     assert meta["children"] == 2 and meta["child_iterations_per_s"] > 0
-    assert "| one meta-training generation" in (tmp_path / "gpu.md").read_text()
+    paths = json.loads((tmp_path / "device_paths.json").read_text())
+    assert [(p["env"], p.get("model"), p["train_mode"]) for p in paths] == [
+        ("ALA-Digits-v0", "resnet20", "batched"), ("ALA-FashionMNIST-Margin-v0", None, "sequential")
+    ]
+    for path in paths:  # every child ran its whole episode: its test metric was measured
+        assert len(path["test_metric"]) == path["num_envs"] and all(0 <= value <= 1 for value in path["test_metric"])
+    table = (tmp_path / "gpu.md").read_text()
+    assert "| one meta-training generation" in table and "| device paths: batched ResNet children" in table
+    assert "failed" not in table
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
@@ -37,12 +45,56 @@ def test_every_part_runs_on_the_device_asked_for_at_its_budget(tmp_path, monkeyp
         monkeypatch.setattr(module, "main", lambda argv, name=name: calls.setdefault(name, argv))
     meta = {"children": 16, "total_iterations": 400, "child_iterations_per_s": 1.0}
     monkeypatch.setattr(gpu, "meta_generation", lambda device, budget, out: calls.setdefault("meta", [device, budget]) and meta)
+    monkeypatch.setattr(gpu, "device_paths", lambda device, budget, out: calls.setdefault("paths", [device, budget]))
+    monkeypatch.setattr(gpu, "data_problems", lambda device, budget: calls.setdefault("data", [device, budget]) and [])
     gpu.main(["--device", "cuda", "--out", str(tmp_path), *(["--tiny"] if tiny else [])])
     budget = "tiny" if tiny else "full"
     for name in ("overhead", "throughput", "adalfl"):
         assert calls[name] == ["--device", "cuda", *gpu.PARTS[name][budget], "--out", str(tmp_path)]
-    assert calls["meta"] == ["cuda", budget]
+    assert calls["meta"] == calls["paths"] == calls["data"] == ["cuda", budget]
     assert "GPU: Some GPU; device `cuda`" in (tmp_path / "gpu.md").read_text()
+    if not tiny:  # a hung measuring process costs minutes, not the whole suite's time
+        assert gpu.PARTS["throughput"]["full"][-2:] == ["--timeout", "120"]
+
+
+def test_a_part_that_fails_is_named_and_the_others_run_on(tmp_path, monkeypatch, capsys) -> None:
+    ran = []
+
+    def refuses(argv: list[str]) -> None:
+        ran.append("throughput")
+        raise SystemExit(2)
+
+    def breaks(argv: list[str]) -> None:
+        ran.append("overhead")
+        raise RuntimeError("CUDA error: out of memory\nmore lines")
+
+    monkeypatch.setattr(gpu.overhead, "main", breaks)
+    monkeypatch.setattr(gpu.throughput, "main", refuses)
+    monkeypatch.setattr(gpu.adalfl_cost, "main", lambda argv: ran.append("adalfl"))
+    monkeypatch.setattr(gpu, "meta_generation", lambda device, budget, out: ran.append("meta") or {})
+    monkeypatch.setattr(gpu, "device_paths", lambda device, budget, out: ran.append("paths"))
+    monkeypatch.setattr(gpu, "data_problems", lambda device, budget: [])
+    with pytest.raises(SystemExit) as caught:
+        gpu.main(["--device", "cpu", "--out", str(tmp_path)])
+    assert caught.value.code == 1 and ran == ["overhead", "throughput", "adalfl", "meta", "paths"]
+    table = (tmp_path / "gpu.md").read_text()
+    assert "| overhead | failed: RuntimeError: CUDA error: out of memory |" in table
+    assert "| throughput | failed: exited with status 2 (its message is in the output) |" in table
+    assert "| AdaLFL step | adalfl_cost.md |" in table and "| one meta-training generation | meta_generation.json |" in table
+    assert "overhead: 0 s, failed: RuntimeError: CUDA error: out of memory" in capsys.readouterr().out
+
+
+def test_missing_data_is_named_before_any_part_runs(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("ALA_GYM_DATA", str(tmp_path / "empty"))  # no cifar10-subset/ there
+    problems = gpu.data_problems("cpu", "full")
+    assert [problem.split(":")[0] for problem in problems] == ["cifar10-subset", "ALA-CIFAR10-v0"]
+    assert all("cifar10-subset" in problem for problem in problems)
+    monkeypatch.setattr(gpu.overhead, "main", lambda argv: pytest.fail("a part ran"))
+    with pytest.raises(SystemExit) as caught:
+        gpu.main(["--device", "cpu", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert caught.value.code == 2 and err.count("\n") == 1 and problems[0] in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_the_full_adalfl_part_finds_the_data_of_every_task(tmp_path, tiny_cifar_dir, monkeypatch) -> None:
