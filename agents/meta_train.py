@@ -368,7 +368,7 @@ def run_children(
     num_children = len(vectors)
     envs = gym.make_vec(plan["task"], num_envs=num_children, **task_kwargs(config, plan["task"], plan["total_iterations"]))
     try:
-        higher_is_better = bool(cast(ChildAttributes, envs).get_attr("evaluator")[0].higher_is_better)
+        higher_is_better = bool(cast(ChildAttributes, envs).get_attr("higher_is_better")[0])
         observations, _ = envs.reset(seed=plan["env_seeds"][2 * pairs.start : 2 * pairs.stop])
         uniforms = action_uniform_generator(plan["noise_seed"], config.action_uniforms)
         params = [unflatten(policy, vector) for vector in vectors]

@@ -303,7 +303,7 @@ class ReinforceController(Controller):
         attributes = cast(ChildAttributes, envs)
         # A copy: an array that came back from a Ray actor is read-only, which torch warns about.
         self.movable = torch.as_tensor(np.array(attributes.get_attr("movable_rows")[0], dtype=bool))
-        self.higher_is_better = bool(attributes.get_attr("evaluator")[0].higher_is_better) if self.config.episodic_weight else False
+        self.higher_is_better = bool(attributes.get_attr("higher_is_better")[0]) if self.config.episodic_weight else False
         self.begin_episode(envs)  # ready to act and learn at once; run_episode clears it again for each run
 
     def begin_episode(self, envs: gym.vector.VectorEnv) -> None:

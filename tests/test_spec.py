@@ -214,6 +214,16 @@ def test_the_env_and_its_vector_env_expose_the_tasks_attributes() -> None:
     envs.close()
 
 
+@pytest.mark.parametrize(("env_id", "higher"), [("ALA-Digits-v0", False), ("ALA-Digits-AUCPR-v0", True)])
+def test_the_metrics_direction_is_an_attribute_of_its_own(env_id: str, higher: bool) -> None:
+    """A controller reads it without fetching the evaluator (from a Ray actor, the tensors it holds on the
+    actor's device)."""
+    assert gym.make(env_id, **TINY).unwrapped.higher_is_better is higher
+    envs = gym.make_vec(env_id, num_envs=2, **TINY)
+    assert envs.get_attr("higher_is_better") == (higher, higher) == (envs.get_attr("evaluator")[0].higher_is_better,) * 2
+    envs.close()
+
+
 def test_the_loss_keywords_reach_the_loss_the_child_trains_under() -> None:
     """``loss_form``, ``sigmoid_temperature`` and ``negative_floor`` make the child's loss: here the printed
     sigmoid form of Eq. 6 at temperature 2 with no floor, computed by hand on a sample whose negatively weighted

@@ -197,6 +197,9 @@ class BuiltTask:
         return {
             "data": self.data, "train_config": self.train_config, "settings": self.settings,
             "evaluator": self.evaluator, "val_eval": self.val_eval, "metric": self.spec.metric,
+            # The metric's direction on its own, so that a controller need not fetch the evaluator (from a Ray
+            # actor, with the tensors it holds on the actor's device) to learn it.
+            "higher_is_better": self.evaluator.higher_is_better,
             "steps_per_action": self.settings.steps_per_action, "batchable": self.batchable, **self.attributes,
         }  # fmt: skip
 
