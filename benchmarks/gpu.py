@@ -36,7 +36,7 @@ import torch
 import ala_gym  # noqa: F401  (registers the env ids)
 from ala_gym.benchmarks import adalfl_cost, overhead, throughput
 from ala_gym.benchmarks.machine import RESULTS as DEFAULT_RESULTS
-from ala_gym.benchmarks.machine import check_out_folder, cpu_model
+from ala_gym.benchmarks.machine import check_out_folder, cpu_model, float32_precision
 from ala_gym.core.data import DataError, with_data_home
 from ala_gym.envs.spec import task_spec
 
@@ -168,15 +168,6 @@ def run_part(name: str, run: Callable[[], Any]) -> tuple[float, str | None]:
     wall = time.perf_counter() - start
     print(f"{name}: {wall:.0f} s" + (f", failed: {error}" if error else ""), flush=True)
     return wall, error
-
-
-def float32_precision() -> str:
-    """How CUDA computes float32 matrix products and cuDNN float32 convolutions in this process: TF32 or IEEE."""
-    def mode(tf32: bool) -> str:
-        return "TF32" if tf32 else "IEEE float32"
-
-    return (f"matrix products {mode(torch.backends.cuda.matmul.allow_tf32)}, "
-            f"cuDNN convolutions {mode(torch.backends.cudnn.allow_tf32)}")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:

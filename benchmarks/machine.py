@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ala_gym.core.machine import cpu_model
 
-__all__ = ["RESULTS", "check_out_folder", "cpu_model", "package_version"]
+__all__ = ["RESULTS", "check_out_folder", "cpu_model", "float32_precision", "package_version"]
 
 RESULTS = Path("benchmarks") / "results"
 """Where the benchmarks write by default: relative to the current directory (from a clone's root, the committed
@@ -37,3 +37,15 @@ def check_out_folder(parser: argparse.ArgumentParser, out: Path, files: tuple[st
     for name in files:
         if (out / name).is_dir():
             parser.exit(2, f"{parser.prog}: error: --out {out}: {out / name} is a folder where the report goes; move it away\n")
+
+
+def float32_precision() -> str:
+    """How CUDA computes float32 matrix products and cuDNN float32 convolutions in this process: in TF32 or in
+    IEEE float32 (torch's defaults differ between the two), as a report of CUDA timings states beside them."""
+    import torch
+
+    def mode(tf32: bool) -> str:
+        return "TF32" if tf32 else "IEEE float32"
+
+    return (f"matrix products {mode(torch.backends.cuda.matmul.allow_tf32)}, "
+            f"cuDNN convolutions {mode(torch.backends.cudnn.allow_tf32)}")  # fmt: skip

@@ -69,7 +69,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ala_gym.benchmarks.machine import RESULTS, check_out_folder, cpu_model
+from ala_gym.benchmarks.machine import RESULTS, check_out_folder, cpu_model, float32_precision
 from ala_gym.wrappers import MissingExtraError, require
 
 MODES = ("single", "native-batched", "native-sequential", "sync", "async", "ray-1", "ray-2", "ray-4")
@@ -381,6 +381,7 @@ def machine() -> dict:
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
+        info["float32_on_cuda"] = float32_precision()  # the roofline's products and the children's convolutions
     return info
 
 
@@ -394,7 +395,8 @@ def write_markdown(report: dict, path: Path) -> None:
         "",
         f"* machine: {report['machine']['platform']}, {report['machine'].get('cpu_model', report['machine']['processor'])}, "
         f"{report['machine']['cpu_count']} CPU cores"
-        + (f", GPU {report['machine']['gpu']}" if "gpu" in report["machine"] else ", no GPU"),
+        + (f", GPU {report['machine']['gpu']}" if "gpu" in report["machine"] else ", no GPU")
+        + (f" (float32 on CUDA: {report['machine']['float32_on_cuda']})" if "float32_on_cuda" in report["machine"] else ""),
         f"* python {report['machine']['python']}, torch {report['machine']['torch']}, device `{args['device']}`",
         f"* torch threads: `torch.set_num_threads({args['threads']})` in each benchmark process; async workers 1 thread each",
         f"* seed {args['seed']}; data: "

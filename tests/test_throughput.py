@@ -7,12 +7,15 @@ from __future__ import annotations
 import copy
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
 
 from ala_gym.benchmarks import throughput
 from ala_gym.core import allocator
+
+RESULTS_MLP = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "throughput-mlp-epyc"
 
 
 def test_tiny_run_measures_one_child_both_paths_roofline_and_flops(tmp_path, tiny_cifar_dir, monkeypatch) -> None:
@@ -304,3 +307,29 @@ def test_rays_overhead_is_the_extra_time_of_a_step_in_one_actor(ray: float, over
 def test_a_model_measured_as_one_child_only_has_no_findings() -> None:
     rows = [{"model": "mlp", "num_envs": 1, "mode": "single", "iterations_per_s": 100.0}]
     assert throughput.findings({"args": {"models": ["mlp"]}, "results": rows}) == []
+
+
+@pytest.mark.parametrize(("matmul", "conv", "said"), [
+    (False, True, "matrix products IEEE float32, cuDNN convolutions TF32"),
+    (True, False, "matrix products TF32, cuDNN convolutions IEEE float32"),
+])  # fmt: skip
+def test_a_cuda_report_says_how_cuda_computed_float32(tmp_path, monkeypatch, matmul: bool, conv: bool, said: str) -> None:
+    """Beside the GPU: the roofline's products and the children's convolutions may run in TF32 or not (torch's
+    defaults differ between the two), which a percentage of the roofline depends on."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: "Some GPU")
+    # Plain assignments, restored by hand: the flags are computed attributes that monkeypatch cannot restore.
+    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, conv
+        info = throughput.machine()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+    assert info["float32_on_cuda"] == said
+    report = json.loads((RESULTS_MLP / "throughput.json").read_text())
+    report["machine"] = info
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "throughput.json").write_text(json.dumps(report))
+    throughput.main(["--render", "--out", str(out)])
+    assert f"GPU Some GPU (float32 on CUDA: {said})" in (out / "throughput.md").read_text()
