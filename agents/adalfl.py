@@ -37,6 +37,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,7 +56,7 @@ from ala_gym.core.functional import FunctionalChild
 from ala_gym.core.metrics import METRICS
 from ala_gym.core.models import build_model
 from ala_gym.core.sgd import Tensors, sgd_step
-from ala_gym.core.trainer import ChildTrainer, TrainConfig, seed_streams
+from ala_gym.core.trainer import ChildTrainer, ForwardRng, TrainConfig, seed_streams
 
 
 @dataclass(frozen=True)
@@ -204,24 +206,35 @@ def meta_step(
     lr: float,
     train: TrainConfig,
     nesterov: bool,
+    forward_rng: Callable[[], AbstractContextManager[None]] = nullcontext,
 ) -> StepResult:
     """One step of Algorithms 1 and 2: the child's SGD step under ``M_phi`` on ``batch`` (kept in the
     graph), then one ``optimizer`` step on ``phi`` from the cross-entropy of the stepped child on
-    ``meta_batch``. Returns the child's new parameters and momentum (detached) and both losses (on device)."""
-    params = {name: p.detach().requires_grad_() for name, p in child.params.items()}
+    ``meta_batch``. Returns the child's new parameters and momentum (detached) and both losses (on device).
+
+    Only the child's trainable parameters step (a frozen one keeps its values, as under a cross-entropy
+    child's trainer); a forward pass runs under ``forward_rng()`` (:class:`ala_gym.core.trainer.ForwardRng`: the
+    seeded draws of a user's model with dropout)."""
+    trainable = {name: p.detach().requires_grad_() for name, p in child.params.items() if name in child.trainable}
+    frozen = {name: p for name, p in child.params.items() if name not in child.trainable}
     inputs, labels = batch
-    loss = network(child(inputs, params), labels)
-    grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
+    with forward_rng():
+        loss = network(child(inputs, {**frozen, **trainable}), labels)
+    # Zero for a parameter this forward leaves out (a layer of one's own model), where autograd would fail.
+    grads = torch.autograd.grad(loss, list(trainable.values()), create_graph=True, allow_unused=True)
+    grads = tuple(torch.zeros_like(p) if g is None else g for p, g in zip(trainable.values(), grads))
     new_params, new_velocity = sgd_step(
-        params, grads, velocity, lr=lr, momentum=train.momentum, weight_decay=train.weight_decay, nesterov=nesterov
+        trainable, grads, velocity, lr=lr, momentum=train.momentum, weight_decay=train.weight_decay, nesterov=nesterov
     )
     meta_inputs, meta_labels = meta_batch
-    meta_loss = F.cross_entropy(child(meta_inputs, new_params, update_stats=False), meta_labels)
+    with forward_rng():
+        meta_loss = F.cross_entropy(child(meta_inputs, {**frozen, **new_params}, update_stats=False), meta_labels)
     optimizer.zero_grad(set_to_none=True)
     meta_loss.backward(inputs=list(network.parameters()))
     optimizer.step()
     detach = lambda tensors: {k: v.detach() for k, v in tensors.items()}  # noqa: E731
-    return StepResult(detach(new_params), None if new_velocity is None else detach(new_velocity), loss.detach(), meta_loss.detach())
+    return StepResult({**frozen, **detach(new_params)}, None if new_velocity is None else detach(new_velocity),
+                      loss.detach(), meta_loss.detach())  # fmt: skip
 
 
 def meta_sampler(data: ClassificationData, source: str, batch_size: int, generator: torch.Generator) -> BatchSampler:
@@ -241,15 +254,17 @@ def initialise_offline(
     """Algorithm 1: ``config.offline_steps`` meta steps, each from freshly initialised child weights (one
     SGD step at the schedule's initial learning rate). Batches and initial weights come from ``seed``
     alone, never from the online child's streams. Returns the mean meta loss (on device)."""
-    init_seed, batch_seed, meta_seed = seed_streams(seed, 3)
+    init_seed, batch_seed, meta_seed, forward_seed = seed_streams(seed, 4)
     init_generator = torch.Generator().manual_seed(init_seed)
+    forward_rng = ForwardRng(train.model, forward_seed, data.device)
     batches = BatchSampler(data, train.batch_size, torch.Generator(data.device).manual_seed(batch_seed))
     meta_batches = meta_sampler(data, config.meta_batch, train.batch_size, torch.Generator(data.device).manual_seed(meta_seed))
     optimizer = torch.optim.Adam(network.parameters(), lr=config.meta_lr)
     total = torch.zeros((), device=data.device)
     for _ in range(config.offline_steps):
         child = FunctionalChild(build_model(train.model, data.image_shape, data.num_classes, init_generator, data.device))
-        result = meta_step(network, optimizer, child, None, batches.next(), meta_batches.next(), train.lr, train, config.nesterov)
+        result = meta_step(network, optimizer, child, None, batches.next(), meta_batches.next(), train.lr, train,
+                           config.nesterov, forward_rng)  # fmt: skip
         total += result.meta_loss
     return total / max(config.offline_steps, 1)
 
@@ -288,7 +303,7 @@ class OnlineTrainer:
             lr = trainer.config.lr_at(trainer.iteration)
             result = meta_step(
                 self.network, self.optimizer, self.child, self.velocity, trainer.sampler.next(),
-                self.meta_batches.next(), lr, trainer.config, self.config.nesterov,
+                self.meta_batches.next(), lr, trainer.config, self.config.nesterov, trainer.forward_rng,
             )  # fmt: skip
             self.child.set_params(result.params)
             self.velocity = result.velocity

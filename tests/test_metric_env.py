@@ -275,7 +275,7 @@ def test_mining_and_a_models_own_draws_come_from_streams_of_their_own(make) -> N
     env = make("ALA-FashionMNIST-Margin-v0", model=EmbeddingWithDropout)
     env.reset(seed=0)
     miner_seed = env.episode.task._miner_generator.initial_seed()
-    forward_seed = env.trainer._forward_generator.initial_seed()
+    forward_seed = env.trainer.forward_rng.generator.initial_seed()
     assert len({miner_seed, forward_seed}) == 2
     # Seeds a child's weights and batches were drawn from stay what they were.
     assert env.trainer.sampler.generator.initial_seed() not in (miner_seed, forward_seed)

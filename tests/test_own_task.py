@@ -149,6 +149,48 @@ class PartlyFrozenNet(nn.Module):
         return self.head(torch.relu(self.features(x)))
 
 
+def _adalfl_run(wine, model, seed: int, monkeypatch: pytest.MonkeyPatch) -> tuple[list[float], dict[str, torch.Tensor]]:
+    """AdaLFL's validation metrics over a run on the wine table, and its child's weights before and after."""
+    from ala_gym.agents import adalfl
+
+    weights: dict[str, torch.Tensor] = {}
+    original = adalfl.OnlineTrainer.__init__
+
+    def spy(self, trainer, *args, **kwargs) -> None:
+        weights.update({f"before:{k}": v.detach().clone() for k, v in trainer.model.named_parameters()})
+        weights["module"] = trainer.model
+        original(self, trainer, *args, **kwargs)
+
+    monkeypatch.setattr(adalfl.OnlineTrainer, "__init__", spy)
+    controller = adalfl.AdaLFLController(adalfl.AdaLFLConfig(offline_steps=2))
+    envs = controller.make_envs(ENV_ID, dataset=wine, model=model, **TINY)
+    try:
+        (record,) = controller.run(envs, seed=seed)
+    finally:
+        envs.close()
+    module = weights.pop("module")
+    weights.update({f"after:{k}": v.detach().clone() for k, v in module.named_parameters()})
+    return record.val_metric + [record.test_metric], weights
+
+
+def test_adalfl_keeps_a_frozen_layer_as_the_trainer_does(wine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its unrolled step changes the trainable parameters only; a parameter the forward leaves out gets a zero
+    gradient (weight decay alone), not autograd's error."""
+    _, weights = _adalfl_run(wine, PartlyFrozenNet, 0, monkeypatch)
+    assert torch.equal(weights["before:features.weight"], weights["after:features.weight"])
+    assert not torch.equal(weights["before:head.weight"], weights["after:head.weight"])
+    assert torch.allclose(weights["after:spare"], torch.ones(3), atol=0.01)
+
+
+def test_adalfl_with_dropout_follows_its_seed_and_leaves_the_global_rng_alone(wine, monkeypatch, global_rng_unchanged) -> None:
+    with global_rng_unchanged():
+        first, _ = _adalfl_run(wine, OwnNet, 3, monkeypatch)
+    torch.manual_seed(12345)
+    second, _ = _adalfl_run(wine, OwnNet, 3, monkeypatch)
+    other, _ = _adalfl_run(wine, OwnNet, 4, monkeypatch)
+    assert first == second and first != other
+
+
 @pytest.mark.parametrize("train_mode", ["sequential", "batched"])
 def test_a_frozen_layer_keeps_its_weights_and_an_unused_parameter_trains_nothing(wine, train_mode: str) -> None:
     envs = gym.make_vec(ENV_ID, num_envs=2, dataset=wine, model=PartlyFrozenNet, train_mode=train_mode, **TINY)
@@ -571,7 +613,7 @@ def test_registered_ids_keep_their_models_and_data() -> None:
     # The package's own models stay on init_weights' path (no forward fork), and the data are ClassificationData.
     env = gym.make("ALA-Digits-v0", disable_env_checker=True, **TINY).unwrapped
     env.reset(seed=0)
-    assert env.trainer._forward_generator is None and env.batchable
+    assert env.trainer.forward_rng.generator is None and env.batchable
     assert isinstance(env.data, ClassificationData) and env.data.train.images.dtype == torch.uint8
 
 

@@ -33,6 +33,9 @@ class FunctionalChild:
     def __init__(self, module: nn.Module) -> None:
         self.module = module
         self.params: Tensors = {name: p.detach() for name, p in module.named_parameters()}
+        self.trainable = frozenset(name for name, p in module.named_parameters() if p.requires_grad)
+        """The names of the parameters training changes: a frozen one (``requires_grad`` False: a fixed feature
+        extractor of one's own model) keeps its values, as under :class:`ala_gym.core.trainer.ChildTrainer`."""
         self.buffers: Tensors = dict(module.named_buffers())
 
     def __call__(self, inputs: torch.Tensor, params: Tensors | None = None, update_stats: bool = True) -> torch.Tensor:

@@ -203,6 +203,22 @@ def trained_gradients(loss: torch.Tensor, params: Sequence[torch.Tensor]) -> tup
     return tuple(torch.zeros_like(p) if g is None else g for p, g in zip(params, grads))
 
 
+class ForwardRng:
+    """Where a child's forward passes run: as is for the package's models (they draw nothing there), under torch's
+    global generators forked and seeded afresh for each pass (:func:`ala_gym.core.models.seeded_global_rng`, the
+    seed drawn from a generator of its own) for a model of the user's, whose dropout draws from them. So a seed
+    gives the same run, and the global random state is left alone. ``with forward_rng(): ...`` runs one pass."""
+
+    def __init__(self, model: ModelSpec, seed: int, device: torch.device) -> None:
+        self.generator = None if is_builtin(model) else torch.Generator().manual_seed(seed)
+        self.device = device
+
+    def __call__(self) -> contextlib.AbstractContextManager[None]:
+        if self.generator is None:
+            return contextlib.nullcontext()
+        return seeded_global_rng(draw_seed(self.generator), self.device)
+
+
 class ChildTrainer:
     """Trains one child model with momentum SGD under a loss given per call.
 
@@ -222,7 +238,7 @@ class ChildTrainer:
         # is the task's (the env seeds its task with the trainer's seed), so that mining and dropout draw apart.
         init_seed, batch_seed, _, forward_seed = seed_streams(seed, 4)
         self.model: nn.Module = config.build_model(data, init_seed)
-        self._forward_generator = None if is_builtin(config.model) else torch.Generator().manual_seed(forward_seed)
+        self.forward_rng = ForwardRng(config.model, forward_seed, data.device)
         # The trainable parameters as a dict of the module's own tensors: sgd_step updates them in place. A frozen
         # one (requires_grad False: a fixed feature extractor of one's own model) keeps its values.
         self.params: Tensors = {name: p for name, p in self.model.named_parameters() if p.requires_grad}
@@ -248,7 +264,7 @@ class ChildTrainer:
         config = self.config
         self.lr = config.lr_at(self.iteration)
         inputs, labels = self.sampler.next()
-        with self._forward_rng():
+        with self.forward_rng():
             outputs = self.model(inputs)
         loss = loss_fn(outputs, labels)
         grads = trained_gradients(loss, self._param_list)
@@ -259,13 +275,6 @@ class ChildTrainer:
             )  # fmt: skip
         self.iteration += 1
         return loss.detach()
-
-    def _forward_rng(self) -> contextlib.AbstractContextManager[None]:
-        """Where a forward pass runs: as is for the package's models, under a seeded fork of the global
-        generators (a fresh seed per pass, from the child's own generator) for a user's model."""
-        if self._forward_generator is None:
-            return contextlib.nullcontext()
-        return seeded_global_rng(draw_seed(self._forward_generator), self.device)
 
     def train(self, iterations: int, loss_fn: LossFn) -> float:
         """Run ``iterations`` SGD iterations; return their mean loss (NaN/inf if training diverged).
@@ -297,7 +306,7 @@ class ChildTrainer:
         """Model outputs for every image of ``split``, in evaluation mode."""
         self.model.eval()
         step = self.config.eval_batch_size
-        with self._forward_rng():  # a user's model may draw even in evaluation mode (Monte Carlo dropout)
+        with self.forward_rng():  # a user's model may draw even in evaluation mode (Monte Carlo dropout)
             outputs = [self.model(self.data.normalize(split.images[i : i + step])) for i in range(0, len(split), step)]
         return torch.cat(outputs)
 
