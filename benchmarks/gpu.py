@@ -26,6 +26,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -39,6 +40,7 @@ from ala_gym.benchmarks.machine import RESULTS as DEFAULT_RESULTS
 from ala_gym.benchmarks.machine import check_out_folder, cpu_model, float32_precision
 from ala_gym.core.data import DataError, with_data_home
 from ala_gym.envs.spec import task_spec
+from ala_gym.envs.vector import ALAVectorEnv
 
 RESULTS = DEFAULT_RESULTS / "gpu"
 
@@ -129,6 +131,7 @@ def device_paths(device: str, budget: str, out: Path) -> list[dict[str, Any]]:
             if ended.any():  # present, masked, for the children whose episode ended this step
                 test_metrics[ended] = np.asarray(infos["test_metric"])[ended]
             done |= ended
+        assert isinstance(envs.unwrapped, ALAVectorEnv)  # what make_vec builds for an ALA id
         train_mode = envs.unwrapped.train_mode
         envs.close()
         results.append({"env": env_id, **{k: v for k, v in settings.items() if k != "data_root"}, "device": device,
@@ -185,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.exit(2, f"{parser.prog}: error: {problems[0]}\n")
     out.mkdir(parents=True, exist_ok=True)
     parts: dict[str, Callable[[], Any]] = {
-        name: (lambda run=run, name=name: run(["--device", args.device, *PARTS[name][budget], "--out", str(out)]))
+        name: partial(run, ["--device", args.device, *PARTS[name][budget], "--out", str(out)])
         for name, run in (("overhead", overhead.main), ("throughput", throughput.main), ("adalfl", adalfl_cost.main))
     }  # fmt: skip
     meta: dict[str, Any] = {}
