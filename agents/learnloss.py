@@ -50,7 +50,8 @@ runs are also what keeps the loop exploring every region eventually (the paper's
 guarantee suggests some such exploration; how it explores is not known). The best validation model
 seen so far is returned at every point: the loop is anytime.
 
-On the fly (:class:`LearnLossPhi`, the ``learnloss`` controller of the ALA benchmark): the same LP
+On the fly (:class:`LearnLossPhi`, the ``learnloss`` controller of the ALA benchmark; this package's adaptation of
+the LP to one training run, a heuristic baseline, not a method the paper is known to describe): the same LP
 over the checkpoints of one child's training run, one per controller step, with the linear family that
 the env's loss ``-y^T Phi log f`` can express: cross-entropy (Phi's diagonal, weight fixed 1), a uniform
 label-smoothing term (the same weight on every off-diagonal entry) and one confusion term per class
@@ -88,8 +89,9 @@ class Selection:
 
     lam: np.ndarray | None
     """Weights of the tuned components (``lambda_0 = 1`` excluded); None when no observed model is strictly
-    on the lower hull (``model`` None), or when every lambda makes ``model`` a minimiser (the other models
-    equal it, or lose to it everywhere: ``margin`` is inf)."""
+    on the lower hull (``model`` None), or when no other model differs from ``model`` (``margin`` is inf). A
+    model that the others lose to for every lambda in the box still gets the LP's lambda (its centre or a vertex
+    of the box): any lambda is then right."""
     model: int | None
     """Index of the observed model that ``lam`` makes the minimiser."""
     margin: float
@@ -106,8 +108,8 @@ def hull_selections(
     margin_tol: float = 1e-9,
 ) -> Iterator[Selection]:
     """The selection LP's answer for every observed model on the lower hull, best model first (module
-    docstring); ends with one ``Selection`` without a lambda: without a model, or, where every lambda in the box
-    makes the model reached a minimiser (the models left give no preference), that model. :func:`select_loss` takes the first; the
+    docstring); ends with one ``Selection`` without a lambda: without a model, or, where no other model differs
+    from the model reached (nothing to prefer it to), that model. :func:`select_loss` takes the first; the
     anytime loop walks further down when the best model's lambda has been tried already.
 
     ``features`` is ``[n, 1 + k]`` (column 0 the data term), ``errors`` ``[n]``, ``upper`` ``[k]`` the box
@@ -134,7 +136,7 @@ def hull_selections(
                 continue
             distinct &= scale > 0
         if not distinct.any():
-            # Every lambda in the box makes m a minimiser: the observed models give no preference.
+            # No other model differs from m (with centre, none whose regulariser values differ): no preference.
             yield Selection(lam=None, model=int(m), margin=float("inf"), rank=rank)
             return
         # Variables x = [u_1..u_k, t]; linprog minimises -t subject to A_ub x <= b_ub:

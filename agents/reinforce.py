@@ -171,7 +171,7 @@ class Transition(NamedTuple):
     """One child's ``<s_t, a_t, r_t, s_t+1>``: ``state`` ``[n_pairs, n_features]``, ``action`` ``[n_pairs]``,
     ``reward`` ``[n_pairs]`` (one value per pair's decision: the pair's own credit, or the child's reward
     for every pair) and the ``advantage`` fixed when it was fresh (``"loo"``; None under ``"ema"``, whose
-    replayed advantages use the current baseline, as in the paper)."""
+    replayed advantages use the current baseline: the paper's ``b_k`` of Eq. 3 says nothing of replay)."""
 
     state: torch.Tensor
     action: torch.Tensor
@@ -422,7 +422,8 @@ class ReinforceController(Controller):
         logits = self.policy(states)
         log_probs = F.log_softmax(logits, dim=-1).gather(-1, chosen.unsqueeze(-1)).squeeze(-1)  # [batch, n_pairs]
         movable = self.movable
-        # Mean over pairs, so that the step size does not grow with the number of classes.
+        # Mean over pairs, so that the policy-gradient term keeps its scale against entropy_coef's bonus whatever the
+        # number of classes (Adam's step itself would not grow with a sum).
         loss = -(advantages[:, movable] * log_probs[:, movable]).mean(-1).mean()
         return loss - self.config.entropy_coef * mean_entropy(logits[:, movable])
 

@@ -48,10 +48,11 @@ AUCPR_TEXT = (
 
 ENV_IDS: dict[str, EnvVariant] = {
     "ALA-CIFAR10-v0": EnvVariant(CLASSIFICATION, CIFAR10, (
-        "The paper's CIFAR-10 setting (section 6.1, Table 1): 40,000 training / 10,000 validation (seeded) / "
-        "10,000 test images, ResNet-32 (He et al. 2016) trained with momentum SGD (batch 128, lr 0.1, weight "
-        "decay 1e-4, decayed 10x at 32k and 48k of 64k iterations, pad-crop-flip augmentation), a controller step "
-        "every K = 200 iterations: 320 steps an episode. ``data_root`` is torchvision's root (holding "
+        "The paper's CIFAR-10 setting (section 6.1): 40,000 training / 10,000 validation (seeded) / 10,000 test "
+        "images, ResNet-32 trained with momentum SGD, a controller step every K = 200 iterations (section 5). The "
+        "paper does not state the child's schedule; it is He et al. (2016)'s CIFAR-10 recipe for ResNet-32 (batch "
+        "128, lr 0.1, weight decay 1e-4, decayed 10x at 32k and 48k of 64k iterations, pad-crop-flip "
+        "augmentation): 320 steps an episode. ``data_root`` is torchvision's root (holding "
         "``cifar-10-batches-py/``; downloaded there when ``download`` and online) or a CIFAR-format folder with "
         "its own ``MD5SUMS``, such as the 6,187-image subset in the data home's ``cifar10-subset`` folder (``$ALA_GYM_DATA``, else "
         "``~/.local/share/ala_gym``)."

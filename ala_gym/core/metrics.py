@@ -286,7 +286,9 @@ def discounted_metric(values: list, offsets: list[int], gamma: float) -> Any:
 
     ``offsets`` are ``K - j`` for each evaluated iteration ``j``; ``values`` are scalars (a float comes
     back) or equal-shaped arrays, such as per-class metrics (an array comes back). Normalising keeps ``M`` on the metric's
-    scale; the sign reward of Eq. 5 is unchanged by it.
+    scale, so that steps evaluated at different iterations compare: the first step's ``M_0`` (the initial model, one
+    evaluation) against a weighted mean of several, and a shortened last step. Between two steps with the same
+    evaluation offsets the sign reward of Eq. 5 is the same with or without it.
     """
     weights = np.power(gamma, np.asarray(offsets, dtype=np.float64))
     discounted = np.tensordot(weights, np.asarray(values, dtype=np.float64), axes=1) / weights.sum()

@@ -96,9 +96,11 @@ class ALAClassificationEnv(ALAEnv):
     One child model trained under the adaptive loss of Adaptive Loss Alignment (Huang et al., ICML 2019,
     Eq. 6): ``l = -y^T Phi log f(y|x)`` (``loss_form="linear"``, the default, equal to cross-entropy at
     ``Phi = I``) or the printed ``-sigmoid(y^T Phi log f(y|x))`` (``loss_form="sigmoid"``). Each step
-    the agent moves every symmetric entry ``Phi(i, j) = Phi(j, i)`` by ``-beta``, ``0`` or ``+beta``
-    (kept in ``[-1, 1]``), the child then trains ``K`` momentum-SGD iterations under the new loss, and
-    the reward says whether the discounted validation metric improved.
+    the agent moves every symmetric entry ``Phi(i, j) = Phi(j, i)`` one step down, not at all, or one step
+    up (kept in ``[-1, 1]``; by default ``beta / (C - 1)`` off the diagonal with the diagonal held, the
+    paper's ``beta`` on every entry with ``fixed_diagonal=False, step_scaling="entry"``: Action Space), the
+    child then trains ``K`` momentum-SGD iterations under the new loss, and the reward says whether the
+    discounted validation metric improved.
 
     ## Action Space
     ``MultiDiscrete([3] * n_pairs)`` with ``n_pairs = C (C + 1) / 2`` unordered class pairs ``(i, j)``,

@@ -297,10 +297,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Metric learning: Table 3's triplet framework (Eq. 9 mixture) and margin framework (Eq. 10 focal weights).
     "fashion-mnist-triplet": metric_learning_preset("ALA-FashionMNIST-Triplet-v0", "fashion-mnist-triplet"),
     "fashion-mnist-margin": metric_learning_preset("ALA-FashionMNIST-Margin-v0", "fashion-mnist-margin"),
-    # The paper's setting at a reduced budget, for a GPU: python -m ala_gym.benchmarks.compare --preset cifar10-gpu
+    # The paper's task (ResNet-32 on CIFAR-10, K = 200) at a quarter of the schedule, for a GPU, with the paper's
+    # controller on the paper's step rules beside the package's: python -m ala_gym.benchmarks.compare --preset cifar10-gpu
     "cifar10-gpu": dict(
         env="ALA-CIFAR10-v0",
-        controllers="ce,phi-identity,random,confusion,reinforce,reinforce-multi",
+        controllers="ce,phi-identity,random,confusion,reinforce,reinforce-multi,reinforce-paper-multi",
         seeds=3,
         env_kwargs=dict(total_iterations=16000, steps_per_action=200, device="cuda"),
         name="cifar10-resnet32-gpu",
