@@ -114,14 +114,19 @@ class PBTController(Controller):
         self.running &= ~np.asarray(dones, dtype=bool)
         self.steps += 1
         logs = {"pbt_value_mean": float(self.values.mean()), "pbt_value_std": float(self.values.std())}
-        if self.frozen or self.steps % self.config.interval or not self.running.all():
-            return logs  # no round at the last step, nor once a child has ended (diverged) or autoreset
-        metric = np.asarray(infos["val_metric_discounted"], dtype=np.float64)
+        if self.frozen or self.steps % self.config.interval:
+            return logs
+        # Among the children still in their run: one that has ended (diverged; the env resets it) is out of it, and
+        # the others go on with their rounds. At the last step every child has ended: no round.
+        alive = np.flatnonzero(self.running)
+        metric = np.asarray(infos["val_metric_discounted"], dtype=np.float64)[alive]
         higher_is_better = bool(self.envs.evaluator.higher_is_better)
-        order = np.argsort(-metric if higher_is_better else metric, kind="stable")  # best first
+        order = alive[np.argsort(-metric if higher_is_better else metric, kind="stable")]  # best first
         # At most half: with an odd population and quantile 0.5 the rounded share would put the median child in both
         # groups, a top child to be replaced, or to copy a bottom one that another copy had just overwritten.
         count = min(max(1, int(round(self.config.quantile * len(order)))), len(order) // 2)
+        if count == 0:
+            return logs
         top, bottom = order[:count], order[-count:]
         for target in bottom:
             source = int(self.rng.choice(top))

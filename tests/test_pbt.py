@@ -143,7 +143,8 @@ def test_pbt_refuses_a_population_of_one_and_bad_settings() -> None:
 
 def test_an_exploited_child_explores_from_its_sources_value() -> None:
     """Without resampling, the bottom child takes the top child's weights and its loss value, moved by one
-    explore step; the others keep theirs. A round waits while any child has ended."""
+    explore step; the others keep theirs. Once a child has ended (diverged), the rounds go on among the others;
+    with every child ended (the last step) there is none."""
     from types import SimpleNamespace
 
     config = PBTConfig(interval=1, quantile=0.25, explore_step=0.01, resample_probability=0.0)
@@ -159,8 +160,14 @@ def test_an_exploited_child_explores_from_its_sources_value() -> None:
     assert controller.learn(None, None, None, None, none, errors)["pbt_round"] == 1.0
     assert copies == [(1, 2)] and abs(controller.values[2] - (-0.05)) == pytest.approx(0.01)
     np.testing.assert_array_equal(controller.values[[0, 1, 3]], [0.05, -0.05, 0.0])
-    assert "pbt_round" not in controller.learn(None, None, None, None, np.array([True, False, False, False]), errors)
-    assert copies == [(1, 2)]
+    # Child 1, the best, ends: among children 0, 2 and 3 (one each way), 3 is the best and 2 the worst.
+    assert controller.learn(None, None, None, None, np.array([False, True, False, False]), errors)["pbt_round"] == 1.0
+    assert copies == [(1, 2), (3, 2)]
+    errors = {"val_metric_discounted": np.array([0.9, 0.1, 0.0, 0.2])}  # child 2, now the best, copies nobody
+    assert controller.learn(None, None, None, None, none, errors)["pbt_round"] == 1.0
+    assert copies == [(1, 2), (3, 2), (2, 0)]  # the ended child 1, best by its stale metric, takes no part
+    assert "pbt_round" not in controller.learn(None, None, None, None, np.ones(4, dtype=bool), errors)
+    assert copies == [(1, 2), (3, 2), (2, 0)]
 
 
 def test_a_resampled_child_draws_a_fresh_value_from_the_initial_range() -> None:
