@@ -302,9 +302,12 @@ def inverse_cdf_actions(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.T
     exceeds that row's uniform in ``[0, 1)``, so that an action of probability 0 is never taken, even at a
     uniform of exactly 0. Two children that share the uniforms take the same action wherever their
     distributions agree, which is what pairs their outcomes (common random numbers)."""
-    cumulative = F.softmax(logits, dim=-1).cumsum(dim=-1)
-    # Rounding can leave the last cumulative probability below 1 and a uniform above it: that is the last action.
-    return (uniforms[:, None] >= cumulative).sum(dim=-1).clamp_max(logits.shape[-1] - 1)
+    probabilities = F.softmax(logits, dim=-1)
+    cumulative = probabilities.cumsum(dim=-1)
+    # Rounding can leave the last cumulative probability below 1 and a uniform above it: that is the last action of
+    # positive probability (argmax takes the first index where the count of positive ones reaches its total).
+    last_possible = (probabilities > 0).long().cumsum(dim=-1).argmax(dim=-1)
+    return (uniforms[:, None] >= cumulative).sum(dim=-1).minimum(last_possible)
 
 
 def searched_mask(policy: PairPolicy, searched: str) -> torch.Tensor:

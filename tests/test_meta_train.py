@@ -14,6 +14,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from torch.nn import functional as F
 
 from ala_gym.agents import checkpoints
 from ala_gym.agents import meta_train as meta_train_module
@@ -155,8 +156,12 @@ def test_actions_come_from_the_inverse_cdf_and_never_one_of_probability_zero() -
     # Action 0 has probability 0 (action 2 too): even a uniform of exactly 0 takes action 1.
     impossible_ends = torch.tensor([[-torch.inf, 0.0, -torch.inf]]).expand(3, 3)
     assert inverse_cdf_actions(impossible_ends, torch.tensor([0.0, 0.5, 1 - 2**-24])).tolist() == [1, 1, 1]
-    # A uniform above a last cumulative probability that rounding left below 1 is the last action.
+    # A uniform above a last cumulative probability that rounding left below 1 is the last action...
     assert inverse_cdf_actions(torch.tensor([[0.0, 0.0, 0.0]]), torch.tensor([1.5])).tolist() == [2]
+    # ... of positive probability: here action 2's has underflowed to 0 and float32 leaves the sum at 1 - 2**-24.
+    underflow = torch.tensor([[0.0, -9.995, -200.0]])
+    assert F.softmax(underflow, -1)[0, 2] == 0 and F.softmax(underflow, -1).cumsum(-1)[0, 1] < 1 - 2**-25
+    assert inverse_cdf_actions(underflow, torch.tensor([1 - 2**-24])).tolist() == [1]
     # Over many uniforms, each action is taken at its probability.
     logits = torch.tensor([0.2, -1.0, 1.0]).log_softmax(-1).expand(60_000, 3)
     drawn = inverse_cdf_actions(logits, torch.rand(60_000, generator=torch.Generator().manual_seed(0)))
