@@ -141,6 +141,14 @@ def test_antithetic_children_differ_only_by_their_actions() -> None:
     assert apart.fitness[0] != apart.fitness[1]
 
 
+def test_the_fitness_of_a_higher_is_better_task_is_its_metric_as_it_is() -> None:
+    """AUCPR: not negated, so the search raises it."""
+    config = tiny(population=1, tasks=("ALA-Digits-AUCPR-v0",))
+    trainer = MetaTrainer(config)
+    outcomes = run_children(trainer.policy, [trainer.theta.detach()] * 2, generation_plan(config, 0), config)
+    assert np.all((0.0 < outcomes.fitness) & (outcomes.fitness <= 1.0)), outcomes.fitness
+
+
 def test_a_flat_vector_unflattens_into_the_policys_own_parameters() -> None:
     """``unflatten`` inverts ``parameters_to_vector``: each child runs the policy of the very vector it was given."""
     policy = PairPolicy(24, 8, torch.Generator().manual_seed(0))
