@@ -39,7 +39,7 @@ CIFAR10_RETRIEVAL = dict(dataset="cifar10", model="resnet32", total_iterations=8
                          weight_decay=1e-4)  # fmt: skip
 AUCPR_TEXT = (
     " rewarded by the validation AUCPR instead of the error rate: the setting of the paper's Table 2 (section "
-    "6.2). AUCPR is the average precision of each class one-vs-rest, from the softmax scores, macro-averaged "
+    "6.1, \"Optimizing AUCPR\"; the paper's AUCPR is Eban et al.'s, whose exact definition it does not give). AUCPR is the average precision of each class one-vs-rest, from the softmax scores, macro-averaged "
     "over the classes (``ala_gym.core.metrics.aucpr``: torchmetrics' exact ``multiclass_average_precision`` on "
     "the fixed validation subsample). It is not a sum over samples, so no loss trains it directly: the case ALA "
     "is made for. Higher is better, so a positive reward, ``sign(M_{t+1} - M_t)``, means it went up; the test "
@@ -96,7 +96,8 @@ ENV_IDS: dict[str, EnvVariant] = {
         "``ALA-CIFAR10-Triplet-v0`` (``loss_form=\"mixture\"`` for the distance mixture)."
     )),
     "ALA-CIFAR10-AUCPR-v0": EnvVariant(CLASSIFICATION, dict(CIFAR10, metric="aucpr"), (
-        "``ALA-CIFAR10-v0`` (ResNet-32 on CIFAR-10, the paper's training schedule)" + AUCPR_TEXT
+        "``ALA-CIFAR10-v0`` (ResNet-32 on CIFAR-10 on He et al.'s schedule; the paper's Table 2 used Eban et al.'s "
+        "architecture)" + AUCPR_TEXT
     )),
     "ALA-FashionMNIST-AUCPR-v0": EnvVariant(CLASSIFICATION, dict(FASHION_MNIST, metric="aucpr"), (
         "``ALA-FashionMNIST-v0`` (a small CNN on Fashion-MNIST, the AUCPR task on a dataset a CPU can train)"

@@ -199,7 +199,9 @@ class PMLLoss:
 
 
 def triplet_margin_loss() -> PMLLoss:
-    """The triplet framework's fixed loss: ``losses.TripletMarginLoss()`` (margin 0.05, every triplet of the batch)."""
+    """The triplet framework's fixed loss: ``losses.TripletMarginLoss()`` at the library's defaults (unsquared
+    distances, margin 0.05, the mean over the batch's triplets of positive loss), not Eq. 8 as printed (squared
+    distances)."""
     from pytorch_metric_learning import losses
 
     return PMLLoss(losses.TripletMarginLoss())

@@ -177,8 +177,9 @@ class ALAClassificationEnv(ALAEnv):
     predicted distribution over the correctly classified validation samples of class ``i``, one-hot where none
     is; the soft labels of online label smoothing), ``diverged`` and ``row_improvement``:
     per class pair ``(i, j)``, the improvement of the discounted validation metric (Eq. 4) restricted to the
-    validation samples of classes ``i`` and ``j`` (``i`` alone on the diagonal), from the last step to this
-    one: the credit of each pair's own decision, for controllers that want it (zero at reset and on
+    validation samples of classes ``i`` and ``j`` (``i`` alone on the diagonal; for AUCPR, whose per-class
+    average precision ranks every sample, the mean of classes ``i``'s and ``j``'s, weighted by their counts),
+    from the last step to this one: the credit of each pair's own decision, for controllers that want it (zero at reset and on
     divergence). The reward itself stays Eq. 5's, for the whole child.
 
     ## Arguments

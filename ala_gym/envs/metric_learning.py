@@ -130,12 +130,16 @@ class ALAMetricLearningEnv(ALAEnv):
     in :mod:`ala_gym.core.metric_learning`. The child's outputs are L2-normalised embeddings of
     ``embedding_size`` dimensions, trained on class-balanced P x K batches of the **training classes**; the
     validation and test splits hold **other classes** (:func:`ala_gym.core.data.class_disjoint`; by default
-    classes 0-4 train, 5-9 are retrieved), as in the paper's Stanford Online Products protocol.
+    classes 0-4 train, 5-9 are retrieved), as in the paper's Stanford Online Products protocol, with one
+    difference: there the validation and test classes are disjoint too, while here both retrieve the same
+    held-out classes (other images), since a 10-class dataset leaves too few classes to split three ways. The
+    reward is thus measured on the classes the final test reports on.
 
     ``framework`` names the paper's two settings (Table 3), which differ in sampling and fixed loss:
-    ``"triplet"`` (Schroff et al.: every valid triplet of the batch; fixed loss pytorch-metric-learning's
-    ``TripletMarginLoss()``) and ``"margin"`` (Wu et al.: triplets drawn by the distance-weighted miner;
-    fixed loss ``MarginLoss()``). ``loss_form`` picks the adaptive loss: by default the distance mixture
+    ``"triplet"`` (after Schroff et al., but over every valid triplet of the batch rather than their semi-hard
+    negatives; fixed loss pytorch-metric-learning's ``TripletMarginLoss()`` at its defaults: unsquared
+    distances and margin 0.05, not Eq. 8's squared distances) and ``"margin"`` (Wu et al.: triplets drawn by
+    the distance-weighted miner; fixed loss ``MarginLoss()``). ``loss_form`` picks the adaptive loss: by default the distance mixture
     under ``"triplet"`` and focal weighting under ``"margin"``; ``"mixture"`` under ``"margin"`` is the
     paper's best row; ``"fixed"`` trains under the framework's fixed loss (the baseline), with the rows of the
     framework's default adaptive form still observed and moved but not used.
@@ -160,11 +164,13 @@ class ALAMetricLearningEnv(ALAEnv):
     The statistics are computed on the validation subsample at the step's last iteration (the paper's
     "computed distance terms"): for mixture row ``i`` the mean of its function ``F_i`` over all positive and
     over all negative validation pairs; for focal row 1 (positives) the mean distance of positive pairs and
-    of negative pairs, for row 2 (negatives) the reverse. Controllers built for the class-pair rows of the
-    classification env act on these rows unchanged.
+    of negative pairs, for row 2 (negatives) the reverse. Unlike the classification env's, these statistics are
+    not normalised: every term is bounded on the unit sphere (in ``[0, 6.4]``) and clipped at 10. Controllers
+    built for the class-pair rows of the classification env act on these rows unchanged.
 
     ## Rewards
-    Eq. 5 on the validation Recall@``recall_k`` (default 1; higher is better, so the reward is
+    Eq. 5 on the validation Recall@``recall_k`` (one k: the paper's "average Recall@k" is not defined further;
+    default 1; higher is better, so the reward is
     ``sign(M_{t+1} - M_t)``), discounted over the step as Eq. 4 (see the classification env:
     ``eval_points`` evaluations ``eval_stride`` apart). A query's neighbours are the other items of the
     validation subsample, by cosine similarity of the normalised embeddings (``torch.topk`` on the device).
