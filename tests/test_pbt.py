@@ -60,8 +60,9 @@ def test_a_single_env_state_restores_bit_for_bit() -> None:
 
 
 @pytest.mark.parametrize("train_mode", ["sequential", "batched"])
-def test_copy_child_gives_the_target_the_sources_weights_statistics_and_record(train_mode: str) -> None:
-    envs = gym.make_vec("ALA-Digits-v0", num_envs=3, train_mode=train_mode, **TINY)
+@pytest.mark.parametrize("model", ["mlp", "resnet20"])  # the ResNet's BatchNorm statistics go with the weights
+def test_copy_child_gives_the_target_the_sources_weights_statistics_and_record(train_mode: str, model: str) -> None:
+    envs = gym.make_vec("ALA-Digits-v0", num_envs=3, train_mode=train_mode, model=model, **TINY)
     envs.reset(seed=0)
     envs.step(np.ones((3, 55), dtype=np.int64))
     episodes = envs.unwrapped.episodes
@@ -78,6 +79,7 @@ def test_copy_child_gives_the_target_the_sources_weights_statistics_and_record(t
             assert torch.equal(value, target.model.state_dict()[name]), name
         assert all(torch.equal(a, b) for a, b in zip(source.velocity.values(), target.velocity.values()))
     else:
+        assert bool(children.buffers) == (model == "resnet20")
         for tensors in (children.params, children.buffers, children.momentum):
             for name, value in tensors.items():
                 assert torch.equal(value[0], value[2]), name
