@@ -272,6 +272,27 @@ def test_several_tasks_a_generation_average_their_own_estimates(monkeypatch) -> 
         replace(config, tasks_per_generation=3)
 
 
+@pytest.mark.parametrize("rank_ties", ["average", "loss"])
+def test_the_trainer_ranks_ties_as_configured_with_each_childs_own_loss(monkeypatch, rank_ties: str) -> None:
+    """A generation whose first pair ties on fitness: theta moves along the estimate of the configured tie rule,
+    with the validation losses in the children's order, which here differs from the positional rule's."""
+    config = tiny(generations=1, rank_ties=rank_ties)
+    # Child 0 wins the tie on its lower loss, where the positional rule ranks child 1 (the later) above it.
+    fitness, loss = np.array([3.0, 3.0, 1.0, 2.0]), np.array([0.2, 0.5, 1.0, 1.0])
+    monkeypatch.setattr(meta_train_module, "run_children",
+                        lambda *_args, **_kwargs: ChildOutcomes(fitness, np.zeros(4), loss, np.zeros(4, dtype=bool)))  # fmt: skip
+    trainer = MetaTrainer(config)
+    trainer.step()
+    noise = perturbations(trainer.policy, config.population, generation_plan(config, 0)["noise_seed"])
+    moved = {}
+    for rule in ("position", rank_ties):
+        expected = MetaTrainer(config)
+        expected.theta.grad = -es_gradient(fitness, noise, config.sigma, rule, loss)
+        expected.optimizer.step()
+        moved[rule] = expected.theta.detach()
+    assert torch.equal(trainer.theta.detach(), moved[rank_ties]) and not torch.equal(moved[rank_ties], moved["position"])
+
+
 def test_a_searched_subset_is_perturbed_and_moved_alone() -> None:
     """Under ``searched="action-head"`` or ``"action-bias"`` the perturbations are those of ``"all"`` at the head's
     parameters (the last ones) or its biases, and zero elsewhere; a generation moves those alone, away from a
