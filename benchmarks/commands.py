@@ -1,8 +1,8 @@
-"""How long the README's commands and example take: ``make setup``, ``make demo``, the own-task example and
-``make test``, timed in a fresh clone.
+"""How long the README's commands, its example and the tutorials take: ``make setup``, ``make demo``, the own-task
+example, each tutorial script and ``make test``, timed in a fresh clone.
 
-The README's first lines say how long ``make demo`` and ``make test`` run, and its own-task example how long that
-takes; this script is where those figures come from. It clones the repository's committed ``HEAD`` into a temporary folder (as CI does: nothing
+The README's first lines say how long ``make demo`` and ``make test`` run, its own-task example and the tutorials'
+scripts how long they take; this script is where those figures come from. It clones the repository's committed ``HEAD`` into a temporary folder (as CI does: nothing
 uncommitted travels) and runs there, one after the other, each to its end:
 
 * ``make setup``: the virtual environment, torch and the package with its ``dev`` extra (pip's own cache is the
@@ -10,18 +10,20 @@ uncommitted travels) and runs there, one after the other, each to its end:
 * ``make demo``: the main job, on the environment ``make setup`` made ("after set-up");
 * ``own-task``: the README's example of one's own data and model (between its ``own-task`` snippet markers), run by
   the clone's Python on one torch thread (``OMP_NUM_THREADS=1``): the whole process, imports included;
+* ``tutorials``: each script of ``docs/tutorials/`` at its default budget, one after the other, by the clone's Python;
 * ``make test``: the test suite; its set-up targets find everything in place then, so "``make test`` from a clean
   clone, set-up included" is ``setup`` + ``test``.
 
 ``make test`` also installs two Debian packages (Fashion-MNIST and Chromium) where they are missing; the report
 says whether they were there before. The clone reads the data that is not downloaded (the CIFAR-10 subset) from
 ``--data-root`` (default ``$ALA_GYM_DATA``: :func:`ala_gym.core.data.data_home`), which the report never records.
-Each finished step prints one line; a step that fails or runs past ``--timeout`` ends the run, and the
+Every step but ``own-task`` runs with torch's default thread count (``OMP_NUM_THREADS`` unset, as in a fresh
+shell; ``make test`` sets its own). Each finished step (each tutorial script) prints one line; a step that fails or runs past ``--timeout`` ends the run, and the
 report holds what ran (exit status 1).
 
 Usage::
 
-    python -m ala_gym.benchmarks.commands                      # setup, demo, own-task, test, in this order
+    python -m ala_gym.benchmarks.commands                      # setup, demo, own-task, tutorials, test, in this order
     python -m ala_gym.benchmarks.commands --steps setup demo
 
 Writes ``benchmarks/results/commands/commands.json`` and ``commands.md`` (``--out`` changes the folder). Run it with
@@ -49,8 +51,10 @@ from ala_gym.agents.cli import DescriptionFormatter
 from ala_gym.benchmarks.machine import RESULTS, check_out_folder, cpu_model
 from ala_gym.core.data import data_home
 
-STEPS = ("setup", "demo", "own-task", "test")
-"""What can be timed, in the order it runs: make targets, and ``own-task``, the README's example."""
+STEPS = ("setup", "demo", "own-task", "tutorials", "test")
+"""What can be timed, in the order it runs: make targets, ``own-task`` (the README's example) and ``tutorials``."""
+NEEDS_SETUP = ("own-task", "tutorials")
+"""Steps that run the clone's ``.venv`` Python, which ``setup`` makes."""
 OWN_TASK = re.compile(r"<!-- --8<-- \[start:own-task\] -->\s*```python\n(.*?)```\s*<!-- --8<-- \[end:own-task\] -->", re.DOTALL)
 FILES = ("commands.json", "commands.md")
 # What `make test` installs from Debian where it is missing: the folder the Makefile checks (fashion-mnist target).
@@ -82,22 +86,36 @@ def own_task_example(readme: str) -> str:
     return match.group(1)
 
 
-def label(step: str) -> str:
-    """How a step is named in the report: ``make TARGET``, or the README's example."""
-    return "the README's own-task example" if step == "own-task" else f"make {step}"
+def label(result: dict[str, Any]) -> str:
+    """How a step's result is named in the report: ``make TARGET``, the README's example, or a tutorial's script."""
+    if result["step"] == "own-task":
+        return "the README's own-task example"
+    if result["step"] == "tutorials":
+        return f"docs/tutorials/{result['script']}"
+    return f"make {result['step']}"
 
 
-def run_step(clone: Path, step: str, timeout: float, data_root: Path) -> dict[str, Any]:
-    """One step in ``clone``: its wall time, exit status (None: cut at ``timeout``) and pytest's tally."""
+def tutorial_scripts(clone: Path) -> list[str]:
+    """The scripts of the clone's ``docs/tutorials/``, by name."""
+    return sorted(path.name for path in (clone / "docs" / "tutorials").glob("*.py"))
+
+
+def run_step(clone: Path, step: str, timeout: float, data_root: Path, script: str | None = None) -> dict[str, Any]:
+    """One step in ``clone`` (for ``tutorials``, its ``script``): its wall time, exit status (None: cut at
+    ``timeout``) and pytest's tally."""
     env = {**os.environ, "ALA_GYM_DATA": str(data_root.resolve())}
     # The clone's make builds and uses its own .venv: none of an activated one may be seen, its python3 included.
     active = env.pop("VIRTUAL_ENV", None)
     if active:
         env["PATH"] = os.pathsep.join(entry for entry in env.get("PATH", "").split(os.pathsep) if not entry.startswith(active))
+    env.pop("OMP_NUM_THREADS", None)  # torch's default, as in a fresh shell, whatever the caller's
+    python = str(clone / ".venv" / "bin" / "python")
     if step == "own-task":
         example = clone.parent / "own_task.py"  # beside the clone: its work tree stays as cloned
         example.write_text(own_task_example((clone / "README.md").read_text()))
-        command, env["OMP_NUM_THREADS"] = [str(clone / ".venv" / "bin" / "python"), str(example)], "1"
+        command, env["OMP_NUM_THREADS"] = [python, str(example)], "1"
+    elif step == "tutorials":
+        command = [python, str(clone / "docs" / "tutorials" / str(script))]
     else:
         command = ["make", step]
     start = time.perf_counter()
@@ -112,7 +130,8 @@ def run_step(clone: Path, step: str, timeout: float, data_root: Path) -> dict[st
             process.communicate()
             output, returncode = "", None
     seconds = time.perf_counter() - start
-    return {"step": step, "seconds": round(seconds, 1), "returncode": returncode, "pytest": pytest_tally(output)}
+    named = {} if script is None else {"script": script}
+    return {"step": step, **named, "seconds": round(seconds, 1), "returncode": returncode, "pytest": pytest_tally(output)}
 
 
 def measure(repo: Path, steps: list[str], timeout: float, data_root: Path, log: Any = print) -> dict[str, Any]:
@@ -129,12 +148,13 @@ def measure(repo: Path, steps: list[str], timeout: float, data_root: Path, log: 
     with tempfile.TemporaryDirectory(prefix="ala-gym-commands-") as folder:
         clone = Path(folder) / "clone"
         subprocess.run(["git", "clone", "--quiet", str(repo), str(clone)], check=True, capture_output=True)
-        for step in steps:
-            result = run_step(clone, step, timeout, data_root)
+        runs = [(step, script) for step in steps for script in (tutorial_scripts(clone) if step == "tutorials" else [None])]
+        for step, script in runs:
+            result = run_step(clone, step, timeout, data_root, script)
             report["steps"].append(result)
             status = "timed out" if result["returncode"] is None else f"exit {result['returncode']}"
             tally = f", {result['pytest']}" if result["pytest"] else ""
-            log(f"{label(step)}: {result['seconds']:.1f} s, {status}{tally}")
+            log(f"{label(result)}: {result['seconds']:.1f} s, {status}{tally}")
             if result["returncode"] != 0:
                 break
     return report
@@ -149,14 +169,17 @@ def seconds_of(report: dict[str, Any], step: str) -> float | None:
 
 
 def findings(report: dict[str, Any]) -> list[str]:
-    """What the README quotes, from the table: ``make demo`` after set-up, the own-task example, ``make test``
-    with set-up."""
-    setup, demo, own_task, test = (seconds_of(report, step) for step in STEPS)
+    """What the README and the tutorials quote, from the table: ``make demo`` after set-up, the own-task example,
+    each tutorial's script, ``make test`` with set-up."""
+    setup, demo, own_task, test = (seconds_of(report, step) for step in ("setup", "demo", "own-task", "test"))
     lines = []
     if demo is not None:
         lines.append(f"`make demo` after set-up: {demo:.0f} s.")
     if own_task is not None:
         lines.append(f"The README's own-task example, on one torch thread: {own_task:.1f} s.")
+    for result in report["steps"]:
+        if result["step"] == "tutorials" and result["returncode"] == 0:
+            lines.append(f"`{label(result)}` at its default budget: {result['seconds']:.0f} s.")
     if setup is not None and test is not None:
         lines.append(f"`make test` from a clean clone, set-up included (setup + test): {(setup + test) / 60:.1f} min.")
     return lines
@@ -166,7 +189,7 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
     machine = report["machine"]
     present = ", ".join(f"{name} {'present' if there else 'installed by the run'}" for name, there in report["system_packages_present"].items())
     lines = [
-        "# The README's commands and example, timed from a fresh clone",
+        "# The README's commands, its example and the tutorials, timed from a fresh clone",
         "",
         f"Written by `{report['command']}` at {report['date']}.",
         "",
@@ -174,7 +197,8 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         + (" (the work tree had uncommitted changes, which were left out)" if report["uncommitted_changes_left_out"] else ""),
         f"* machine: {machine['platform']}, {machine['cpu_model']}, {machine['cpu_count']} CPU cores",
         f"* Debian packages `make test` installs where missing: {present}",
-        "* each step runs to its end in the same clone, in this order; wall seconds; pip's cache is the machine's",
+        "* each step runs to its end in the same clone, in this order; wall seconds; pip's cache is the machine's; "
+        "torch's default thread count except for the own-task example (one thread)",
         "",
         "Findings (computed from the table below by `findings()`):",
         "",
@@ -185,7 +209,7 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
     ]
     for result in report["steps"]:
         status = "timed out" if result["returncode"] is None else str(result["returncode"])
-        lines.append(f"| {label(result['step'])} | {result['seconds']:.1f} | {status} | {result['pytest'] or ''} |")
+        lines.append(f"| {label(result)} | {result['seconds']:.1f} | {status} | {result['pytest'] or ''} |")
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -206,9 +230,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.exit(2, f"{parser.prog}: error: --repo {args.repo}: not a git clone; name the folder of a clone of ala-gym\n")
     if not (repo / "Makefile").is_file():
         parser.exit(2, f"{parser.prog}: error: --repo {args.repo}: the clone has no Makefile; name a clone of ala-gym\n")
+    for step in NEEDS_SETUP:
+        if step in args.steps and "setup" not in args.steps[: args.steps.index(step)]:
+            parser.exit(2, f"{parser.prog}: error: --steps: {step} runs the clone's .venv, which setup makes; put setup before it\n")
     if "own-task" in args.steps:
-        if "setup" not in args.steps[: args.steps.index("own-task")]:
-            parser.exit(2, f"{parser.prog}: error: --steps: own-task runs the clone's .venv, which setup makes; put setup before it\n")
         readme = repo / "README.md"
         if not readme.is_file() or OWN_TASK.search(readme.read_text()) is None:
             parser.exit(2, f"{parser.prog}: error: --repo {args.repo}: README.md has no own-task example between its snippet markers; leave own-task out of --steps\n")

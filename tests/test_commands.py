@@ -24,15 +24,23 @@ README = f"# x\n\n<!-- --8<-- [start:own-task] -->\n```python\n{EXAMPLE}```\n<!-
 SETUP_VENV = 'mkdir -p .venv/bin && ln -s "$$(command -v python3)" .venv/bin/python'
 
 
-def make_repo(path: Path, recipes: dict[str, str], readme: str = README) -> Path:
-    """A git clone whose Makefile runs ``recipes`` (target -> one shell line) and whose README is ``readme``, committed."""
+# Two tutorial scripts: one checks that it runs with torch's default thread count (no OMP_NUM_THREADS).
+TUTORIALS = {"a_first.py": "import os\nassert 'OMP_NUM_THREADS' not in os.environ\n", "b_second.py": "print('done')\n"}
+
+
+def make_repo(path: Path, recipes: dict[str, str], readme: str = README, tutorials: dict[str, str] | None = None) -> Path:
+    """A git clone whose Makefile runs ``recipes`` (target -> one shell line), whose README is ``readme`` and whose
+    ``docs/tutorials/`` holds ``tutorials`` (name -> source; default :data:`TUTORIALS`), committed."""
     path.mkdir()
+    (path / "docs" / "tutorials").mkdir(parents=True)
+    for name, source in (TUTORIALS if tutorials is None else tutorials).items():
+        (path / "docs" / "tutorials" / name).write_text(source)
     lines = [".PHONY: " + " ".join(recipes)]
     for target, recipe in recipes.items():
         lines += [f"{target}:", f"\t@{recipe}"]
     (path / "Makefile").write_text("\n".join(lines) + "\n")
     (path / "README.md").write_text(readme)
-    for args in (["init", "-q"], ["add", "Makefile", "README.md"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "m"]):
+    for args in (["init", "-q"], ["add", "."], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "m"]):
         subprocess.run(["git", "-C", str(path), *args], check=True)
     return path
 
@@ -67,17 +75,20 @@ def test_each_step_runs_in_a_fresh_clone_of_head_with_the_data_root_and_is_recor
     out = tmp_path / "out"
     assert run_main(repo, out) == 0
     report = json.loads((out / "commands.json").read_text())
-    steps = [("setup", 0), ("demo", 0), ("own-task", 0), ("test", 0)]
+    steps = [("setup", 0), ("demo", 0), ("own-task", 0), ("tutorials", 0), ("tutorials", 0), ("test", 0)]
     assert [(t["step"], t["returncode"]) for t in report["steps"]] == steps
-    assert [t["pytest"] for t in report["steps"]] == [None, None, None, TALLY]
+    assert [t.get("script") for t in report["steps"]] == [None, None, None, "a_first.py", "b_second.py", None]
+    assert [t["pytest"] for t in report["steps"]] == [None] * 5 + [TALLY]
     head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     assert report["commit"] == head and report["uncommitted_changes_left_out"] is False
     assert report["command"] == "python -m ala_gym.benchmarks.commands"
     markdown = (out / "commands.md").read_text()
     assert "`make demo` after set-up:" in markdown and "set-up included (setup + test):" in markdown
     assert "The README's own-task example, on one torch thread:" in markdown
-    assert f"| make test | {report['steps'][3]['seconds']:.1f} | 0 | {TALLY} |" in markdown
+    assert f"| make test | {report['steps'][5]['seconds']:.1f} | 0 | {TALLY} |" in markdown
     assert f"| the README's own-task example | {report['steps'][2]['seconds']:.1f} | 0 |  |" in markdown
+    assert f"| docs/tutorials/b_second.py | {report['steps'][4]['seconds']:.1f} | 0 |  |" in markdown
+    assert "`docs/tutorials/a_first.py` at its default budget:" in markdown
     for text in (markdown, (out / "commands.json").read_text()):
         assert str(tmp_path) not in text  # no path of the machine in a result
 
@@ -101,6 +112,17 @@ def test_a_failing_step_ends_the_run_and_its_report_holds_what_ran(tmp_path: Pat
     assert [(t["step"], t["returncode"]) for t in report["steps"]] == [("setup", 0), ("demo", 2)]  # make's own 2
     assert commands.findings(report) == []
     assert "none: a step failed or did not run." in (out / "commands.md").read_text()
+
+
+def test_a_failing_tutorial_ends_the_run_after_its_own_line(tmp_path: Path) -> None:
+    tutorials = {"a.py": "raise SystemExit(6)\n", "b.py": "print('not run')\n"}
+    repo = make_repo(tmp_path / "repo", {"setup": SETUP_VENV, "test": "true"}, tutorials=tutorials)
+    out = tmp_path / "out"
+    assert run_main(repo, out, "--steps", "setup", "tutorials", "test") == 1
+    report = json.loads((out / "commands.json").read_text())
+    assert [(t["step"], t.get("script"), t["returncode"]) for t in report["steps"]] == [
+        ("setup", None, 0), ("tutorials", "a.py", 6)
+    ]
 
 
 def test_a_failing_example_is_recorded_with_its_exit_status(tmp_path: Path) -> None:
@@ -136,10 +158,12 @@ def test_findings_quote_demo_the_example_and_setup_plus_test() -> None:
     report = {"steps": [{"step": "setup", "seconds": 150.0, "returncode": 0},
                         {"step": "demo", "seconds": 41.4, "returncode": 0},
                         {"step": "own-task", "seconds": 5.2, "returncode": 0},
+                        {"step": "tutorials", "script": "first_env.py", "seconds": 12.6, "returncode": 0},
                         {"step": "test", "seconds": 510.0, "returncode": 0}]}  # fmt: skip
     assert commands.findings(report) == [
         "`make demo` after set-up: 41 s.",
         "The README's own-task example, on one torch thread: 5.2 s.",
+        "`docs/tutorials/first_env.py` at its default budget: 13 s.",
         "`make test` from a clean clone, set-up included (setup + test): 11.0 min.",
     ]
 
@@ -152,6 +176,7 @@ def test_findings_quote_demo_the_example_and_setup_plus_test() -> None:
         (["--repo", "{repo}", "--timeout", "nan"], "--timeout must be a positive number of seconds, got nan"),
         (["--repo", "{repo}", "--out", "{repo}/Makefile"], "--out {repo}/Makefile: {repo}/Makefile is a file, not a folder"),
         (["--repo", "{repo}", "--steps", "own-task", "setup"], "--steps: own-task runs the clone's .venv, which setup makes; put setup before it"),
+        (["--repo", "{repo}", "--steps", "tutorials"], "--steps: tutorials runs the clone's .venv, which setup makes; put setup before it"),
         (["--repo", "{bare}"], "--repo {bare}: README.md has no own-task example between its snippet markers; leave own-task out of --steps"),
     ],
 )
