@@ -59,8 +59,8 @@ OWN_TASK = re.compile(r"<!-- --8<-- \[start:own-task\] -->\s*```python\n(.*?)```
 FILES = ("commands.json", "commands.md")
 # What `make test` installs from Debian where it is missing: the folder the Makefile checks (fashion-mnist target).
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-# pytest's closing tally, such as "1242 passed, 2 skipped in 510.31s (0:08:30)".
-PYTEST_TALLY = re.compile(r"^=*\s*(\d+ passed\b.*?)\s*=*$")
+# pytest's closing tally, such as "1242 passed, 2 skipped in 510.31s (0:08:30)" or "1 failed, 1241 passed in ...".
+PYTEST_TALLY = re.compile(r"^=*\s*(\d+ (?:failed|passed|errors?|skipped)\b.* in \d+(?:\.\d+)?s\b.*?)\s*=*$")
 
 
 def git(repo: Path, *args: str) -> str:

@@ -145,7 +145,8 @@ def test_a_target_past_the_timeout_is_cut_with_its_children(tmp_path: Path) -> N
     assert "| make setup |" in (out / "commands.md").read_text() and "| timed out |" in (out / "commands.md").read_text()
 
 
-@pytest.mark.parametrize("line", [TALLY, f"========== {TALLY} ==========", "3 passed in 0.01s"])
+@pytest.mark.parametrize("line", [TALLY, f"========== {TALLY} ==========", "3 passed in 0.01s",
+                                  "1 failed, 1288 passed, 2 skipped in 527.10s (0:08:47)"])  # fmt: skip
 def test_pytest_tally_is_read_from_its_closing_line(line: str) -> None:
     assert commands.pytest_tally(f"collected\n.....\n{line}\n") == line.strip("= ")
 
