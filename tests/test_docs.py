@@ -139,6 +139,22 @@ def test_the_run_times_the_pages_quote_are_those_the_command_timer_measured() ->
         assert quoted and about(quoted.group(1), "own-task"), (page.name, measured["own-task"])
 
 
+def test_the_tutorials_run_times_are_those_the_command_timer_measured() -> None:
+    """Every tutorial script was timed at its default budget; one whose usage line says "under a minute" or
+    "seconds" ran in under a minute."""
+    report = json.loads(COMMANDS.read_text())
+    timed = {step["script"]: step["seconds"] for step in report["steps"] if step["step"] == "tutorials" and step["returncode"] == 0}
+    scripts = sorted((ROOT / "docs" / "tutorials").glob("*.py"))
+    assert sorted(timed) == [script.name for script in scripts]
+    claims = 0
+    for script in scripts:
+        usage = next(line for line in script.read_text().splitlines() if line.strip().startswith(f"python docs/tutorials/{script.name}"))
+        if re.search(r"under a minute|, seconds$", usage):
+            claims += 1
+            assert timed[script.name] < 60, (script.name, timed[script.name])
+    assert claims >= 3
+
+
 # ------------------------------------------------------------------------------------------- links
 def test_the_readme_links_resolve_and_show_one_committed_plot() -> None:
     """Relative links work on GitHub as they do here: each names a file of the repository (not of the built
