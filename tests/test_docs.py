@@ -111,8 +111,9 @@ COMMANDS = RESULTS / "commands" / "commands.json"
 
 
 ABOUT = 0.15
-"""How far "about N" may lie from the committed timing, relative to it: repeated runs on one machine differ by
-about a tenth, so a figure that holds need not be rewritten after every measurement."""
+"""How far "about N" may lie from the committed timing, relative to it, so that a figure need not be rewritten
+after every measurement; repeated runs on one machine differ (``make test`` by under a tenth, the seconds-long
+example by more), and one that falls outside means updating the text."""
 
 
 def test_the_run_times_the_pages_quote_are_those_the_command_timer_measured() -> None:
