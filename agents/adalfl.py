@@ -56,7 +56,7 @@ from ala_gym.core.functional import FunctionalChild
 from ala_gym.core.metrics import METRICS
 from ala_gym.core.models import build_model
 from ala_gym.core.sgd import Tensors, sgd_step
-from ala_gym.core.trainer import ChildTrainer, ForwardRng, TrainConfig, seed_streams
+from ala_gym.core.trainer import ChildTrainer, ForwardRng, TrainConfig, seed_streams, trained_gradients
 
 
 @dataclass(frozen=True)
@@ -220,9 +220,7 @@ def meta_step(
     inputs, labels = batch
     with forward_rng():
         loss = network(child(inputs, {**frozen, **trainable}), labels)
-    # Zero for a parameter this forward leaves out (a layer of one's own model), where autograd would fail.
-    grads = torch.autograd.grad(loss, list(trainable.values()), create_graph=True, allow_unused=True)
-    grads = tuple(torch.zeros_like(p) if g is None else g for p, g in zip(trainable.values(), grads))
+    grads = trained_gradients(loss, list(trainable.values()), create_graph=True)
     new_params, new_velocity = sgd_step(
         trainable, grads, velocity, lr=lr, momentum=train.momentum, weight_decay=train.weight_decay, nesterov=nesterov
     )

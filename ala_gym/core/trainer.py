@@ -196,10 +196,13 @@ def seed_streams(seed: int, count: int) -> list[int]:
     return [int(s) for s in np.random.SeedSequence(seed).generate_state(count, dtype=np.uint64) >> np.uint64(1)]
 
 
-def trained_gradients(loss: torch.Tensor, params: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+def trained_gradients(
+    loss: torch.Tensor, params: Sequence[torch.Tensor], create_graph: bool = False
+) -> tuple[torch.Tensor, ...]:
     """``loss``'s gradients with respect to ``params``, zero for one the loss does not depend on (a layer of one's
-    own model that this forward leaves out), where ``torch.autograd.grad`` would fail."""
-    grads = torch.autograd.grad(loss, list(params), allow_unused=True)
+    own model that this forward leaves out), where ``torch.autograd.grad`` would fail. ``create_graph`` keeps them
+    differentiable (a step to differentiate through, as AdaLFL's)."""
+    grads = torch.autograd.grad(loss, list(params), create_graph=create_graph, allow_unused=True)
     return tuple(torch.zeros_like(p) if g is None else g for p, g in zip(params, grads))
 
 
