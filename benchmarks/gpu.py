@@ -16,7 +16,8 @@ On CUDA it runs, with budgets sized to finish in a few minutes, and writes under
 Each part's own report lands in the output folder; ``gpu.md`` lists what ran, on what machine (with the float32
 precision of CUDA's matrix products and cuDNN's convolutions: TF32 or IEEE), and how long. Every dataset is
 checked before the first part starts; a part that fails is named in ``gpu.md`` with its error and the others
-run on (exit status 1 at the end).
+run on (exit status 1 at the end). ``--skip fashion-mnist cifar10-subset`` leaves out the runs on datasets that a
+machine lacks (digits is embedded); ``gpu.md`` names them.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, TypedDict
@@ -44,23 +45,31 @@ from ala_gym.envs.vector import ALAVectorEnv
 
 RESULTS = DEFAULT_RESULTS / "gpu"
 
-# Each part's command-line arguments: full (on a GPU) and tiny (a smoke run anywhere).
-PARTS: dict[str, dict[str, list[str]]] = {
-    "overhead": {
-        "full": ["--configs", "digits", "fashion-mnist", "cifar10-subset", "--repeats", "3"],
-        "tiny": ["--configs", "digits", "--repeats", "1", "--steps-per-action", "2"],
-    },
-    "throughput": {
-        "full": ["--models", "mlp", "small_cnn", "--num-envs", "1", "4", "16", "32", "--modes", "native-batched",
-                 "native-sequential", "--steps", "3", "--iterations", "10", "--timeout", "120"],
-        "tiny": ["--models", "mlp", "--num-envs", "1", "2", "--modes", "native-batched", "native-sequential",
-                 "--steps", "1", "--iterations", "2", "--threads", "1"],
-    },  # fmt: skip
-    "adalfl": {
-        "full": ["--tasks", "digits,fashion-mnist,cifar10-subset", "--iterations", "20", "--repeats", "5"],
-        "tiny": ["--tasks", "digits", "--iterations", "1", "--repeats", "1"],
-    },
-}
+DATASETS = ("digits", "fashion-mnist", "cifar10-subset")
+"""The datasets of the full budget. Every one but digits (embedded in scikit-learn) can be left out with ``--skip``
+on a machine that lacks it; the runs on it are then left out of each part, and ``gpu.md`` says so."""
+
+# Each part's command-line arguments at the tiny budget (a smoke run anywhere, on digits).
+TINY_PARTS: dict[str, list[str]] = {
+    "overhead": ["--configs", "digits", "--repeats", "1", "--steps-per-action", "2"],
+    "throughput": ["--models", "mlp", "--num-envs", "1", "2", "--modes", "native-batched", "native-sequential",
+                   "--steps", "1", "--iterations", "2", "--threads", "1"],
+    "adalfl": ["--tasks", "digits", "--iterations", "1", "--repeats", "1"],
+}  # fmt: skip
+
+
+def part_args(name: str, budget: str, datasets: Sequence[str] = DATASETS) -> list[str]:
+    """The command-line arguments of part ``name`` (``overhead``, ``throughput`` or ``adalfl``) at ``budget``, on
+    ``datasets`` (those of :data:`DATASETS` not left out; digits is always among them)."""
+    if budget == "tiny":
+        return TINY_PARTS[name]
+    if name == "overhead":
+        return ["--configs", *datasets, "--repeats", "3"]
+    if name == "throughput":  # the MLP on digits; the small CNN on the CIFAR-10 subset
+        models = ["mlp", *(["small_cnn"] if "cifar10-subset" in datasets else [])]
+        return ["--models", *models, "--num-envs", "1", "4", "16", "32", "--modes", "native-batched",
+                "native-sequential", "--steps", "3", "--iterations", "10", "--timeout", "120"]  # fmt: skip
+    return ["--tasks", ",".join(datasets), "--iterations", "20", "--repeats", "5"]
 
 
 class MetaGeneration(TypedDict):
@@ -97,27 +106,35 @@ def meta_generation(device: str, budget: str, out: Path) -> dict[str, Any]:
     return result
 
 
-# The device paths no other part runs: (env id, vector env keywords) per budget, each run through one episode.
-DEVICE_PATHS: dict[str, list[tuple[str, dict[str, Any]]]] = {
+# The device paths no other part runs: (dataset, env id, vector env keywords) per budget, each run through one episode.
+DEVICE_PATHS: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
     "full": [
-        ("ALA-CIFAR10-v0", {"model": "resnet32", "data_root": "cifar10-subset", "num_envs": 4, "train_mode": "batched",
-                            "total_iterations": 20, "steps_per_action": 10, "val_subsample": 256}),
-        ("ALA-FashionMNIST-Margin-v0", {"num_envs": 2, "total_iterations": 20, "steps_per_action": 10}),
+        ("cifar10-subset", "ALA-CIFAR10-v0", {"model": "resnet32", "data_root": "cifar10-subset", "num_envs": 4,
+                                              "train_mode": "batched", "total_iterations": 20, "steps_per_action": 10,
+                                              "val_subsample": 256}),
+        ("fashion-mnist", "ALA-FashionMNIST-Margin-v0", {"num_envs": 2, "total_iterations": 20, "steps_per_action": 10}),
     ],
     "tiny": [
-        ("ALA-Digits-v0", {"model": "resnet20", "num_envs": 2, "train_mode": "batched", "total_iterations": 2,
-                           "steps_per_action": 1, "batch_size": 8, "eval_points": 1, "val_subsample": 50}),
-        ("ALA-FashionMNIST-Margin-v0", {"num_envs": 2, "total_iterations": 2, "steps_per_action": 1, "batch_size": 16,
-                                        "samples_per_class": 4, "eval_points": 1, "val_size": 40}),
+        ("digits", "ALA-Digits-v0", {"model": "resnet20", "num_envs": 2, "train_mode": "batched",
+                                     "total_iterations": 2, "steps_per_action": 1, "batch_size": 8, "eval_points": 1,
+                                     "val_subsample": 50}),
+        ("fashion-mnist", "ALA-FashionMNIST-Margin-v0", {"num_envs": 2, "total_iterations": 2, "steps_per_action": 1,
+                                                         "batch_size": 16, "samples_per_class": 4, "eval_points": 1,
+                                                         "val_size": 40}),
     ],
 }  # fmt: skip
 
 
-def device_paths(device: str, budget: str, out: Path) -> list[dict[str, Any]]:
-    """Run each of :data:`DEVICE_PATHS` through one whole episode on ``device`` (seed 0, actions sampled from the
-    action space); write ``device_paths.json``."""
+def device_path_runs(budget: str, datasets: Sequence[str] = DATASETS) -> list[tuple[str, dict[str, Any]]]:
+    """The (env id, keywords) of :data:`DEVICE_PATHS` at ``budget`` whose dataset is among ``datasets``."""
+    return [(env_id, settings) for dataset, env_id, settings in DEVICE_PATHS[budget] if dataset in datasets]
+
+
+def device_paths(device: str, budget: str, out: Path, datasets: Sequence[str] = DATASETS) -> list[dict[str, Any]]:
+    """Run each of :func:`device_path_runs` through one whole episode on ``device`` (seed 0, actions sampled from
+    the action space); write ``device_paths.json``."""
     results = []
-    for env_id, settings in DEVICE_PATHS[budget]:
+    for env_id, settings in device_path_runs(budget, datasets):
         kwargs = with_data_home({**settings, "device": device})
         start = time.perf_counter()
         envs = gym.make_vec(env_id, **kwargs)
@@ -141,13 +158,14 @@ def device_paths(device: str, budget: str, out: Path) -> list[dict[str, Any]]:
     return results
 
 
-def data_problems(device: str, budget: str) -> list[str]:
+def data_problems(device: str, budget: str, datasets: Sequence[str] = DATASETS) -> list[str]:
     """What keeps a part from running (a dataset missing or damaged), one line each; asked before the first part,
     so that no part's minutes are spent before a later part's data turns out to be absent. The overhead part's
     datasets are those of the overhead, throughput and AdaLFL parts; the device paths' are checked beside them."""
-    configs = PARTS["overhead"][budget][1 : PARTS["overhead"][budget].index("--repeats")]
+    args = part_args("overhead", budget, datasets)
+    configs = args[1 : args.index("--repeats")]
     problems = [problem for name in configs if (problem := overhead.data_problem(name, torch.device(device)))]
-    for env_id, settings in DEVICE_PATHS[budget]:
+    for env_id, settings in device_path_runs(budget, datasets):
         keywords = {k: v for k, v in settings.items() if k not in ("num_envs", "train_mode")}
         try:  # a missing subset folder is named by with_data_home, a damaged one by the load
             task_spec(env_id, **with_data_home({**keywords, "device": device})).data.load()
@@ -178,22 +196,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda", choices=["cpu", "cuda"])
     parser.add_argument("--tiny", action="store_true", help="every part at a token budget (a smoke run, any device)")
     parser.add_argument("--out", type=Path, help="results folder (default: benchmarks/results/gpu/)")
+    parser.add_argument("--skip", nargs="+", default=[], choices=DATASETS[1:], metavar="DATASET",
+                        help=f"leave out the runs on these datasets ({', '.join(DATASETS[1:])}), on a machine that "
+                             "lacks them; gpu.md names what was left out")  # fmt: skip
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.exit(2, f"{parser.prog}: error: --device cuda but torch sees no CUDA GPU; run on a GPU machine, or --device cpu --tiny\n")
     budget = "tiny" if args.tiny else "full"
+    datasets = tuple(name for name in DATASETS if name not in args.skip)
     out = args.out or RESULTS
     check_out_folder(parser, out, ("meta_generation.json", "device_paths.json", "gpu.md"))
-    if problems := data_problems(args.device, budget):
+    if problems := data_problems(args.device, budget, datasets):
         parser.exit(2, f"{parser.prog}: error: {problems[0]}\n")
     out.mkdir(parents=True, exist_ok=True)
     parts: dict[str, Callable[[], Any]] = {
-        name: partial(run, ["--device", args.device, *PARTS[name][budget], "--out", str(out)])
+        name: partial(run, ["--device", args.device, *part_args(name, budget, datasets), "--out", str(out)])
         for name, run in (("overhead", overhead.main), ("throughput", throughput.main), ("adalfl", adalfl_cost.main))
     }  # fmt: skip
     meta: dict[str, Any] = {}
     parts["meta_generation"] = lambda: meta.update(meta_generation(args.device, budget, out))
-    parts["device_paths"] = lambda: device_paths(args.device, budget, out)
+    if device_path_runs(budget, datasets):
+        parts["device_paths"] = lambda: device_paths(args.device, budget, out, datasets)
     outcomes = {name: run_part(name, run) for name, run in parts.items()}
     gpu = torch.cuda.get_device_name(0) if args.device == "cuda" else None
     described = {
@@ -205,14 +228,19 @@ def main(argv: list[str] | None = None) -> None:
             f"{meta['child_iterations_per_s']:.0f} child iterations/s)" if meta else "one meta-training generation",
             "meta_generation.json",
         ),
-        "device_paths": ("device paths: batched ResNet children, a metric-learning env", "device_paths.json"),
+        "device_paths": (
+            f"device paths: {', '.join(env_id for env_id, _ in device_path_runs(budget, datasets))}",
+            "device_paths.json",
+        ),
     }
     lines = [
         "# GPU suite",
         "",
         f"- Machine: {cpu_model()}, GPU: {gpu}; device `{args.device}`; budget `{budget}`; torch {torch.__version__}",
         f"- float32 on CUDA: {float32_precision()}",
-        f"- Command: `python -m ala_gym.benchmarks.gpu --device {args.device}{' --tiny' if args.tiny else ''}`",
+        f"- Command: `python -m ala_gym.benchmarks.gpu --device {args.device}{' --tiny' if args.tiny else ''}"
+        + (f" --skip {' '.join(args.skip)}`" if args.skip else "`"),
+        *([f"- Left out: the runs on {', '.join(args.skip)}"] if args.skip else []),
         "",
         "| part | report | wall s |",
         "|---|---|---|",

@@ -23,8 +23,9 @@ def test_the_tiny_suite_writes_every_report(tmp_path) -> None:
     for path in paths:  # every child ran its whole episode: its test metric was measured
         assert len(path["test_metric"]) == path["num_envs"] and all(0 <= value <= 1 for value in path["test_metric"])
     table = (tmp_path / "gpu.md").read_text()
-    assert "| one meta-training generation" in table and "| device paths: batched ResNet children" in table
-    assert "failed" not in table
+    assert "| one meta-training generation" in table
+    assert "| device paths: ALA-Digits-v0, ALA-FashionMNIST-Margin-v0 |" in table
+    assert "failed" not in table and "Left out" not in table
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
@@ -45,16 +46,16 @@ def test_every_part_runs_on_the_device_asked_for_at_its_budget(tmp_path, monkeyp
         monkeypatch.setattr(module, "main", lambda argv, name=name: calls.setdefault(name, argv))
     meta = {"children": 16, "total_iterations": 400, "child_iterations_per_s": 1.0}
     monkeypatch.setattr(gpu, "meta_generation", lambda device, budget, out: calls.setdefault("meta", [device, budget]) and meta)
-    monkeypatch.setattr(gpu, "device_paths", lambda device, budget, out: calls.setdefault("paths", [device, budget]))
-    monkeypatch.setattr(gpu, "data_problems", lambda device, budget: calls.setdefault("data", [device, budget]) and [])
+    monkeypatch.setattr(gpu, "device_paths", lambda device, budget, out, datasets: calls.setdefault("paths", [device, budget]))
+    monkeypatch.setattr(gpu, "data_problems", lambda device, budget, datasets: calls.setdefault("data", [device, budget]) and [])
     gpu.main(["--device", "cuda", "--out", str(tmp_path), *(["--tiny"] if tiny else [])])
     budget = "tiny" if tiny else "full"
     for name in ("overhead", "throughput", "adalfl"):
-        assert calls[name] == ["--device", "cuda", *gpu.PARTS[name][budget], "--out", str(tmp_path)]
+        assert calls[name] == ["--device", "cuda", *gpu.part_args(name, budget), "--out", str(tmp_path)]
     assert calls["meta"] == calls["paths"] == calls["data"] == ["cuda", budget]
     assert "GPU: Some GPU; device `cuda`" in (tmp_path / "gpu.md").read_text()
     if not tiny:  # a hung measuring process costs minutes, not the whole suite's time
-        assert gpu.PARTS["throughput"]["full"][-2:] == ["--timeout", "120"]
+        assert gpu.part_args("throughput", "full")[-2:] == ["--timeout", "120"]
 
 
 def test_a_part_that_fails_is_named_and_the_others_run_on(tmp_path, monkeypatch, capsys) -> None:
@@ -72,8 +73,8 @@ def test_a_part_that_fails_is_named_and_the_others_run_on(tmp_path, monkeypatch,
     monkeypatch.setattr(gpu.throughput, "main", refuses)
     monkeypatch.setattr(gpu.adalfl_cost, "main", lambda argv: ran.append("adalfl"))
     monkeypatch.setattr(gpu, "meta_generation", lambda device, budget, out: ran.append("meta") or {})
-    monkeypatch.setattr(gpu, "device_paths", lambda device, budget, out: ran.append("paths"))
-    monkeypatch.setattr(gpu, "data_problems", lambda device, budget: [])
+    monkeypatch.setattr(gpu, "device_paths", lambda device, budget, out, datasets: ran.append("paths"))
+    monkeypatch.setattr(gpu, "data_problems", lambda device, budget, datasets: [])
     with pytest.raises(SystemExit) as caught:
         gpu.main(["--device", "cpu", "--out", str(tmp_path)])
     assert caught.value.code == 1 and ran == ["overhead", "throughput", "adalfl", "meta", "paths"]
@@ -97,6 +98,36 @@ def test_missing_data_is_named_before_any_part_runs(tmp_path, monkeypatch, capsy
     assert not (tmp_path / "out").exists()
 
 
+def test_skipped_datasets_are_left_out_of_every_part_and_named(tmp_path, monkeypatch) -> None:
+    """A machine without the CIFAR-10 subset and Fashion-MNIST still runs every part on digits: their data is not
+    asked for, each part gets only digits' runs, the device paths (none on digits at the full budget) are left out,
+    and gpu.md says what was."""
+    calls: dict[str, list[str]] = {}
+    monkeypatch.setenv("ALA_GYM_DATA", str(tmp_path / "empty"))  # no cifar10-subset/ there
+    monkeypatch.setattr(gpu.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(gpu.torch.cuda, "get_device_name", lambda index: "Some GPU")
+    monkeypatch.setattr(gpu.overhead, "data_problem", lambda name, device: None if name == "digits" else f"{name}: absent")
+    for name, module in (("overhead", gpu.overhead), ("throughput", gpu.throughput), ("adalfl", gpu.adalfl_cost)):
+        monkeypatch.setattr(module, "main", lambda argv, name=name: calls.setdefault(name, argv))
+    monkeypatch.setattr(gpu, "meta_generation", lambda device, budget, out: {})
+    monkeypatch.setattr(gpu, "device_paths", lambda *args: pytest.fail("no device path has its data"))
+    gpu.main(["--device", "cuda", "--out", str(tmp_path / "out"), "--skip", "fashion-mnist", "cifar10-subset"])
+    assert calls["overhead"][2:5] == ["--configs", "digits", "--repeats"]
+    throughput_args = calls["throughput"]
+    assert throughput_args[throughput_args.index("--models") + 1 : throughput_args.index("--num-envs")] == ["mlp"]
+    assert calls["adalfl"][calls["adalfl"].index("--tasks") + 1] == "digits"
+    table = (tmp_path / "out" / "gpu.md").read_text()
+    assert "--skip fashion-mnist cifar10-subset`" in table and "- Left out: the runs on fashion-mnist, cifar10-subset" in table
+    assert "device paths" not in table
+    assert [env_id for env_id, _ in gpu.device_path_runs("full", ("digits", "cifar10-subset"))] == ["ALA-CIFAR10-v0"]
+
+
+def test_digits_cannot_be_skipped(capsys) -> None:
+    with pytest.raises(SystemExit) as caught:
+        gpu.main(["--device", "cpu", "--skip", "digits"])
+    assert caught.value.code == 2 and "invalid choice: 'digits'" in capsys.readouterr().err
+
+
 def test_the_full_adalfl_part_finds_the_data_of_every_task(tmp_path, tiny_cifar_dir, monkeypatch) -> None:
     """The full budget's AdaLFL tasks read their data where the other parts do (the CIFAR-10 subset from the data
     home): every task's data is checked before the first is measured, so reaching the measuring means all were found."""
@@ -107,7 +138,7 @@ def test_the_full_adalfl_part_finds_the_data_of_every_task(tmp_path, tiny_cifar_
     (tmp_path / "cifar10-subset").symlink_to(tiny_cifar_dir)
     monkeypatch.setenv("ALA_GYM_DATA", str(tmp_path))
     monkeypatch.setattr(gpu.adalfl_cost, "measure", lambda *args: (_ for _ in ()).throw(Measured()))
-    argv = gpu.PARTS["adalfl"]["full"]
+    argv = gpu.part_args("adalfl", "full")
     assert argv[argv.index("--tasks") + 1].split(",") == ["digits", "fashion-mnist", "cifar10-subset"]
     with pytest.raises(Measured):
         gpu.adalfl_cost.main(["--device", "cpu", *argv, "--out", str(tmp_path / "out")])
