@@ -97,6 +97,43 @@ def test_a_non_finite_evaluation_alone_ends_the_episode_with_the_penalty() -> No
     assert final["test_metric"] == final["final_val_metric"] == 1.0 and final["final_val_loss"] == float("inf")
 
 
+def test_a_diverged_step_reports_the_worst_metric_and_infinite_losses_never_nan() -> None:
+    """What loggers and records read of a diverged step: a NaN metric (an NLL) as the metric's worst value, NaN
+    losses as inf."""
+    run = episode()
+    run.begin(error(0.6), 0)
+    run.apply_action(np.array([1]))
+    run.plan(0)
+    run.record_chunk(0, float("nan"), error(float("nan"), loss=float("nan")))
+    _, reward, _, info = run.finish(5)
+    assert reward == -5.0 and info["diverged"]
+    assert info["val_metric"] == 1.0 and info["val_loss"] == info["train_loss"] == float("inf")
+
+
+def test_a_model_non_finite_on_validation_from_the_start_observes_the_bound_and_starts_from_the_worst() -> None:
+    """Outputs that are NaN on some validation inputs before any training (a log of an input, say) give NaN
+    statistics: the first observation holds the statistics' bound instead, the metric to improve on is the
+    worst value, and the step that follows (still NaN) ends with the penalty."""
+    run = episode()
+    observation, info = run.begin(error(float("nan"), loss=float("nan")), 0)
+    assert np.isfinite(observation).all() and (observation[:, :4] == OneRowTask.statistics_bound).all()
+    assert info["val_metric"] == 1.0 and info["val_loss"] == float("inf")
+    run.apply_action(np.array([1]))
+    run.plan(0)
+    run.record_chunk(0, 1.0, error(0.5))
+    _, reward, terminated, _ = run.finish(5)  # against the worst value (1.0): an improvement
+    assert reward == 1.0 and not terminated
+
+
+def test_a_non_finite_full_validation_split_gives_an_infinite_final_loss() -> None:
+    """A child whose reward subsample stayed finite but whose full validation split holds a non-finite output ends
+    with a final validation loss of inf, not NaN."""
+    run = episode()
+    run.begin(error(0.6), 0)
+    final = run.final_metrics(lambda split: error(0.25, loss=float("nan")))
+    assert final["final_val_metric"] == 0.25 and final["final_val_loss"] == float("inf")
+
+
 def test_a_non_finite_training_loss_alone_stops_the_step() -> None:
     """A NaN training loss ends the step at that evaluation even where the evaluation still looks finite: the
     rest of the step's training would be spent on a broken model."""

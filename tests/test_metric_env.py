@@ -79,6 +79,18 @@ def test_divergence_terminates_with_penalty_and_scores_zero(make, env_id: str) -
     assert info["test_metric"] == 0.0 and info["final_val_metric"] == 0.0
 
 
+@pytest.mark.parametrize("loss_form", ["fixed", "mixture"])
+def test_a_margin_child_that_diverges_within_a_step_ends_with_the_penalty(loss_form: str) -> None:
+    """Weights that turn NaN partway through a step reach the distance-weighted miner as NaN embeddings at the next
+    iteration; it mines nothing there (its own reductions fail on them), and the step ends with the penalty."""
+    env = gym.make("ALA-FashionMNIST-Margin-v0", dataset="digits", model="mlp", loss_form=loss_form, lr=1e4,
+                   total_iterations=100, steps_per_action=50, batch_size=20, samples_per_class=4, device="cpu")  # fmt: skip
+    env.reset(seed=0)
+    observation, reward, terminated, _, info = env.step(np.ones(env.action_space.shape, dtype=np.int64))
+    assert info["diverged"] and terminated and reward == env.unwrapped.settings.divergence_penalty
+    assert np.isfinite(observation).all() and info["test_metric"] == 0.0
+
+
 def test_bad_arguments_raise_one_clear_error(make) -> None:
     with pytest.raises(ValueError, match="framework must be one of"):
         ALAMetricLearningEnv(dataset="fashion-mnist", framework="contrastive")

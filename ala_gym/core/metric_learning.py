@@ -168,6 +168,11 @@ class SeededMiner:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # anchor, positive and negative indices
         seed = int(torch.randint(2**62, (), generator=self.generator))
         device = embeddings.device
+        if not bool(torch.isfinite(embeddings).all()):
+            # A diverged child: no triplets (the miner's own reductions fail on NaN distances); its evaluation ends
+            # the episode with the divergence penalty. The seed above is drawn all the same, to keep the stream.
+            none = torch.empty(0, dtype=torch.int64, device=device)
+            return none, none, none
         gpu_indices: list[int] = []  # the embeddings' GPU, none on a CPU
         if device.type == "cuda":
             gpu_indices.append(device.index if device.index is not None else torch.cuda.current_device())

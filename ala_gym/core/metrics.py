@@ -116,6 +116,11 @@ class Metric:
     """The value a diverged child scores (its test and final validation metric)."""
 
 
+def finite_or(value: float, fallback: float) -> float:
+    """``value``, or ``fallback`` where it is NaN or infinite: what a diverged child reports in place of NaN."""
+    return float(value) if np.isfinite(value) else fallback
+
+
 def improvement(old: Any, new: Any, higher_is_better: bool) -> Any:
     """How much ``new`` is better than ``old`` under a metric's direction (positive = better), for scalars
     or arrays alike."""

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ala_gym.core.checks import check_int, check_real
-from ala_gym.core.metrics import Evaluation, discounted_metric, improvement
+from ala_gym.core.metrics import Evaluation, discounted_metric, finite_or, improvement
 from ala_gym.envs.task import LossTask
 
 CHANGE_CLIP = 10.0  # bound of the statistics' relative change from the moving average
@@ -109,11 +109,14 @@ class Episode:
     def begin(self, evaluation: Evaluation, iteration: int) -> tuple[np.ndarray, dict[str, Any]]:
         """Start an episode from the initial model's ``evaluation``: the task's initial values, history filled."""
         self.task.reset()
-        statistics = self.task.row_statistics(evaluation)
+        statistics = self._statistics(evaluation)
         self._history = deque([statistics] * self.settings.history, maxlen=self.settings.history)
         self._moving_average = statistics.copy()
-        self._last_metric = evaluation.metric
-        self._last_row_metric = self.task.row_metric(evaluation)
+        # A model that is NaN on some validation inputs from its initialisation on starts from the worst value (its
+        # first step then ends with the divergence penalty): no NaN reaches a reward or an observation.
+        self._last_metric = finite_or(evaluation.metric, self.worst)
+        row_metric = self.task.row_metric(evaluation)
+        self._last_row_metric = np.where(np.isfinite(row_metric), row_metric, self.worst)
         self.running = True
         self.diverged = False
         info = self._info(evaluation, float("nan"), iteration, diverged=False)
@@ -171,7 +174,7 @@ class Episode:
             row_metric = discounted_metric(self._row_values, self._offsets, settings.gamma)
             row_improvement = improvement(self._last_row_metric, row_metric, self.higher_is_better)
             self._last_row_metric = row_metric
-            statistics = self.task.row_statistics(evaluation)
+            statistics = self._statistics(evaluation)
             self._history.append(statistics)
             change = (statistics - self._moving_average) / np.maximum(np.abs(self._moving_average), 1e-8)
             self._moving_average += MOVING_AVERAGE_RATE * (statistics - self._moving_average)
@@ -200,7 +203,8 @@ class Episode:
             value = self.worst if evaluation is None else evaluation.metric
             return value if np.isfinite(value) else self.worst
 
-        val_loss = float("inf") if evaluations["val"] is None else evaluations["val"].loss
+        val = evaluations["val"]
+        val_loss = float("inf") if val is None or not val.finite else val.loss
         extra = self.task.final_info(evaluations["test"])
         return {"test_metric": final("test"), "final_val_metric": final("val"), "final_val_loss": val_loss, **extra}
 
@@ -214,6 +218,12 @@ class Episode:
         self._last_row_metric = other._last_row_metric.copy()
 
     # ---------------------------------------------------------------- observation and info
+    def _statistics(self, evaluation: Evaluation) -> np.ndarray:
+        """The task's row statistics, where a non-finite one (from outputs that are NaN on some validation inputs)
+        reads as the bound: every observation is finite."""
+        bound = self.task.statistics_bound
+        return np.nan_to_num(self.task.row_statistics(evaluation), nan=bound, posinf=bound, neginf=0.0)
+
     def _observation(self, iteration: int, change: np.ndarray | None = None) -> np.ndarray:
         rows = self.task.rows
         history = np.concatenate(list(self._history), axis=1)  # [rows, 2 * history], oldest first
@@ -222,11 +232,12 @@ class Episode:
         return np.concatenate([history, change, self.task.values[:, None], progress], axis=1).astype(np.float32)
 
     def _info(self, evaluation: Evaluation, train_loss: float, iteration: int, diverged: bool) -> dict[str, Any]:
+        finite = evaluation.finite  # else, as on a diverged step: the worst metric and losses of inf, never NaN
         return {
-            "val_metric": evaluation.metric,
-            "val_loss": evaluation.loss,
+            "val_metric": evaluation.metric if finite else finite_or(evaluation.metric, self.worst),
+            "val_loss": evaluation.loss if finite else float("inf"),
             "val_metric_discounted": self._last_metric,
-            "train_loss": train_loss,
+            "train_loss": train_loss if np.isfinite(train_loss) or not diverged else float("inf"),
             "iteration": iteration,
             "phi": self.task.phi,  # every task's: the controllers and the benchmark read it
             **self.task.info(evaluation),
