@@ -50,10 +50,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from ala_gym.agents.base import Controller, EpisodeRecord, OnStep
+from ala_gym.agents.checkpoints import non_finite_weights
 from ala_gym.core.checks import FLOAT32_MAX, check_bool, check_int, check_real
 from ala_gym.core.data import BatchSampler, ClassificationData
 from ala_gym.core.functional import FunctionalChild
-from ala_gym.core.metrics import METRICS
+from ala_gym.core.metrics import METRICS, finite_or
 from ala_gym.core.models import build_model
 from ala_gym.core.sgd import Tensors, sgd_step
 from ala_gym.core.trainer import ChildTrainer, ForwardRng, TrainConfig, seed_streams, trained_gradients
@@ -173,7 +174,10 @@ def loss_shape(network: LossNetwork, num_classes: int, points: int) -> dict[str,
 
 
 def save_loss_network(network: LossNetwork, path: str | Path) -> None:
-    """Its hyperparameters and weights, as plain types and tensors (loadable with ``weights_only=True``)."""
+    """Its hyperparameters and weights, as plain types and tensors (loadable with ``weights_only=True``); a network
+    whose weights are not finite is refused (``ValueError``), and nothing is written."""
+    if non_finite := non_finite_weights(network.state_dict()):
+        raise ValueError(f"{path} not written: the loss network's weights are not finite (NaN or inf in {', '.join(non_finite)})")
     torch.save({"hyper": network.hyper, "state_dict": network.state_dict()}, path)
 
 
@@ -322,9 +326,10 @@ class AdaLFLRecord(EpisodeRecord):
     offline_s: float = 0.0
     """Wall time of the offline initialisation (included in the run's wall time)."""
     offline_meta_loss: float = float("nan")
-    """Mean meta-objective over the offline phase (nan when it did not run)."""
+    """Mean meta-objective over the offline phase (nan when it did not run, inf when it diverged)."""
     meta_loss: list[float] = field(default_factory=list)
-    """Mean meta-objective (cross-entropy of the stepped child on meta batches) over each K iterations."""
+    """Mean meta-objective (cross-entropy of the stepped child on meta batches) over each K iterations (inf over
+    those where the child diverged)."""
     loss_shape_start: dict[str, list[float]] = field(default_factory=dict)
     """:func:`loss_shape` after the offline phase, before the first online step."""
     loss_shape_end: dict[str, list[float]] = field(default_factory=dict)
@@ -386,26 +391,33 @@ class AdaLFLController(Controller):
             network = LossNetwork(self.config, torch.Generator().manual_seed(network_seed)).to(trainer.device)
             if self.config.offline_steps > 0:
                 offline_loss = initialise_offline(network, trainer.data, trainer.config, self.config, offline_seed)
-                record.offline_meta_loss = float(offline_loss)
+                record.offline_meta_loss = finite_or(float(offline_loss), float("inf"))
         record.offline_s = time.perf_counter() - start
         record.loss_shape_start = loss_shape(network, trainer.data.num_classes, self.config.shape_points)
 
         online = OnlineTrainer(trainer, network, self.config, meta_seed)
         total, k = trainer.config.total_iterations, env.steps_per_action
         step = 0
+        worst = env.evaluator.worst
         while not trainer.done:
             iterations = min(k, total - trainer.iteration)
+            # The network as it was: a divergence can reach it through the unrolled step, and the run keeps the
+            # last finite one.
+            network_before = {name: value.clone() for name, value in network.state_dict().items()}
             loss_sum, meta_sum = online.train(iterations)
             evaluation = trainer.evaluate(env.val_eval, env.metric)
             finite = bool(online.finite) and evaluation.finite
-            record.val_metric.append(evaluation.metric)
-            record.meta_loss.append(float(meta_sum) / iterations)
+            # As the envs report a diverged step: the metric's worst value and losses of inf, never NaN.
+            record.val_metric.append(evaluation.metric if finite else finite_or(evaluation.metric, worst))
+            record.meta_loss.append(finite_or(float(meta_sum) / iterations, float("inf")))
             record.iterations = trainer.iteration
             step += 1
             if on_step is not None:
-                on_step(step, {"val_metric": evaluation.metric, "meta_loss": record.meta_loss[-1], "loss": float(loss_sum) / iterations})
+                loss = finite_or(float(loss_sum) / iterations, float("inf"))
+                on_step(step, {"val_metric": record.val_metric[-1], "meta_loss": record.meta_loss[-1], "loss": loss})
             if not finite:
                 record.diverged = True
+                network.load_state_dict(network_before)
                 break
         record.loss_shape_end = loss_shape(network, trainer.data.num_classes, self.config.shape_points)
         env.episode.diverged = record.diverged  # scored as the envs score a diverged child, without evaluating it

@@ -155,6 +155,13 @@ class RampPhi(FixedPhi):
         return np.stack([off_diagonal_matrix(num_classes, float(self.target(p))) for p in progress])
 
 
+def identity_where_not_finite(phi: np.ndarray) -> np.ndarray:
+    """``phi`` (``[..., C, C]``) with the identity in place of each matrix that is not finite: a child that just
+    diverged reports NaN statistics, and it is reset before it trains under a Phi again."""
+    finite = np.isfinite(phi).all(axis=(-2, -1), keepdims=True)
+    return np.where(finite, phi, np.eye(phi.shape[-1]))
+
+
 class ConfusionPhi(FixedPhi):
     """Phi from the validation confusion statistics of Eq. 7, recomputed before every step.
 
@@ -177,7 +184,7 @@ class ConfusionPhi(FixedPhi):
         probabilities /= probabilities.sum(axis=-1, keepdims=True)
         phi = np.clip((probabilities + np.swapaxes(probabilities, -1, -2)) / 2, -1.0, 1.0)
         phi[..., np.arange(phi.shape[-1]), np.arange(phi.shape[-1])] = 1.0
-        return phi
+        return identity_where_not_finite(phi)
 
 
 class OnlineSmoothingPhi(FixedPhi):
@@ -203,4 +210,4 @@ class OnlineSmoothingPhi(FixedPhi):
     def prescribe_phi(self, observations: np.ndarray, infos: dict) -> np.ndarray:
         soft = np.asarray(infos["soft_labels"], dtype=np.float64)
         symmetric = (soft + np.swapaxes(soft, -1, -2)) / 2
-        return np.clip(self.alpha * np.eye(soft.shape[-1]) + (1 - self.alpha) * symmetric, -1.0, 1.0)
+        return identity_where_not_finite(np.clip(self.alpha * np.eye(soft.shape[-1]) + (1 - self.alpha) * symmetric, -1.0, 1.0))

@@ -32,10 +32,16 @@ def save_checkpoint(
 ) -> None:
     """Write a policy as plain tensors and primitives, so that it loads with ``weights_only=True``; ``extra``
     entries (plain types and tensors too) go beside the header. Written atomically: an interruption while
-    writing leaves the file that was there."""
+    writing leaves the file that was there. Weights that are not finite are refused (:class:`CheckpointError`),
+    as :func:`load_checkpoint` would refuse them, and the file that was there stays."""
     clashes = sorted(set(extra) & set(CHECKPOINT_KEYS))
     if clashes:
         raise ValueError(f"extra entries {clashes} would overwrite the checkpoint's own keys {CHECKPOINT_KEYS}")
+    if non_finite := non_finite_weights(state_dict):
+        raise CheckpointError(
+            f"{path} not written: the policy's weights are not finite (NaN or inf in {', '.join(non_finite)}), as "
+            "after a training that diverged; train it again"
+        )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     header = {"format_version": FORMAT_VERSION, "ala_gym_version": ala_gym.__version__, "kind": kind, "config": config}
@@ -46,6 +52,14 @@ def save_checkpoint(
             Path(tmp.name).unlink()  # nothing half-written stays beside the target
             raise
     publish(tmp.name, path)
+
+
+def non_finite_weights(state_dict: dict[str, torch.Tensor]) -> list[str]:
+    """The names of the tensors of ``state_dict`` that hold NaN or inf (none for what is not a dictionary of
+    tensors: a damaged file, named so by :func:`load_checkpoint`)."""
+    if not isinstance(state_dict, dict):
+        return []
+    return [name for name, value in state_dict.items() if isinstance(value, torch.Tensor) and not bool(torch.isfinite(value).all())]
 
 
 def load_checkpoint(path: str | Path, kind: str, written_by: str | None = None) -> dict[str, Any]:
@@ -95,8 +109,7 @@ def load_checkpoint(path: str | Path, kind: str, written_by: str | None = None) 
         raise CheckpointError(f"{path} is damaged: its config and state_dict must be dictionaries; {written_by}")
     if not all(isinstance(value, torch.Tensor) for value in state_dict.values()):
         raise CheckpointError(f"{path} is damaged: its state_dict must hold tensors only; {written_by}")
-    non_finite = [name for name, value in state_dict.items() if not torch.isfinite(value).all()]
-    if non_finite:
+    if non_finite := non_finite_weights(state_dict):
         raise CheckpointError(
             f"{path} holds non-finite weights (NaN or inf in {', '.join(non_finite)}), as a policy that diverged in "
             "training does: train it again and save it with --save"

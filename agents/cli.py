@@ -332,6 +332,9 @@ def run_cli(controller: Any, args: argparse.Namespace, beside: tuple[str, ...] =
         Path(log_dir, RECORDS_FILE).write_text(json.dumps([asdict(record) for record in records]))
         print(f"logs: tensorboard --logdir {log_dir}")
     if args.save:
-        controller.save(args.save)
+        try:
+            controller.save(args.save)
+        except CheckpointError as exc:  # a diverged policy: the run's records and logs above are kept
+            fail(str(exc))
         print(f"policy saved to {args.save}")
     return records

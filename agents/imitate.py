@@ -196,9 +196,9 @@ def main(argv: list[str] | None = None) -> None:
         cli.check_save_file(args.save, beside=(cli.PROVENANCE_SUFFIX,))
         env_spec(config.env)
         policy, outcome = imitate(config)
-    except (ValueError, TypeError, gym.error.Error, DataError) as exc:  # JSONDecodeError is a ValueError
+        save_policy(args.save, policy, ReinforceConfig(hidden=config.hidden))
+    except (ValueError, TypeError, gym.error.Error, DataError) as exc:  # JSONDecodeError and CheckpointError are ValueErrors
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
-    save_policy(args.save, policy, ReinforceConfig(hidden=config.hidden))
     record = {
         "command": shlex.join(["python", "-m", "ala_gym.agents.imitate", *argv]),
         "config": {**asdict(config), "horizons": list(config.horizons)},

@@ -405,7 +405,8 @@ def run_children(
                 break
     finally:
         envs.close()
-    return ChildOutcomes(np.nan_to_num(fitness, nan=-np.inf), phi_off_diagonal, val_loss, diverged)
+    # NaN (unmeasured) to -inf; a diverged child's worst value stays what it is (-inf itself under the NLL).
+    return ChildOutcomes(np.where(np.isnan(fitness), -np.inf, fitness), phi_off_diagonal, val_loss, diverged)
 
 
 # ---------------------------------------------------------------------- evaluations on Ray actors
@@ -603,11 +604,13 @@ class MetaTrainer:
                   "lost with their Ray actor, dropped from the gradient estimate", file=sys.stderr, flush=True)  # fmt: skip
         # both children of every pair that came back
         gradient = es_gradient(fitness, noise[pairs], config.sigma, config.rank_ties, val_loss)
+        # Unmeasured children (-inf) are left out of the mean; where no child has a finite fitness (each diverged
+        # under the NLL, say) both are -inf, never NaN.
         finite = fitness[np.isfinite(fitness)]
         entry = {
             "task": plan["task"], "total_iterations": plan["total_iterations"],
-            "fitness_mean": float(finite.mean()) if len(finite) else float("nan"),
-            "fitness_best": float(finite.max()) if len(finite) else float("nan"),
+            "fitness_mean": float(finite.mean()) if len(finite) else -np.inf,
+            "fitness_best": float(finite.max()) if len(finite) else -np.inf,
             "diverged": int(diverged.sum()), "lost_pairs": lost_pairs,
             "tied_pairs": int((fitness[0::2] == fitness[1::2]).sum()),
             "phi_off_diagonal_mean": float(np.nanmean(phi_off_diagonal)) if np.isfinite(phi_off_diagonal).any() else float("nan"),
@@ -755,7 +758,10 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         cli.interrupted(parser.prog, "the same command resumes from the last finished generation in --state"
                         if args.state else "without --state the search starts over")  # fmt: skip
-    trainer.save_policy(args.save)
+    try:
+        trainer.save_policy(args.save)
+    except checkpoints.CheckpointError as exc:  # weights gone non-finite; --state keeps the search itself
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
     record = provenance(trainer, argv)
     cli.write_provenance(args.save, record)
     print(f"meta-trained policy after {trainer.generation} generations written to {args.save}", file=sys.stderr)

@@ -63,7 +63,8 @@ def select(
     means = {spec: float(np.mean([final_validation(runs[spec, seed]) for seed in seeds])) for spec in candidates}
     best = (max if higher_is_better else min)(means.values())
     # Equal image counts can average to floats a last bit apart (0.15 and 0.15000000000000002): a tie all the same.
-    tied = [spec for spec in candidates if abs(means[spec] - best) <= TIE_TOLERANCE]
+    # Equal infinite means (every run diverged under the NLL) tie too.
+    tied = [spec for spec in candidates if means[spec] == best or abs(means[spec] - best) <= TIE_TOLERANCE]
     selection: dict[str, Any] = {"selected": tied[0], "selection_seeds": list(seeds), "validation": means}
     if len(tied) > 1:
         losses = {spec: float(np.mean([final_validation_loss(runs[spec, seed]) for seed in seeds])) for spec in tied}

@@ -232,16 +232,23 @@ def test_same_seed_same_initial_child_and_batches_as_the_env(monkeypatch: pytest
     assert torch.equal(inputs, seen["batch"][0]) and torch.equal(labels, seen["batch"][1])
 
 
-def test_divergence_is_recorded_not_raised() -> None:
+@pytest.mark.parametrize("metric, worst", [("error", 1.0), ("nll", float("inf"))])
+def test_divergence_is_recorded_not_raised(metric: str, worst: float) -> None:
+    """A diverged run is scored as the envs score a diverged child (the worst metric, without evaluating the
+    broken model); what it logs and records holds no NaN, and it keeps the last finite loss network."""
     controller = AdaLFLController(AdaLFLConfig(offline_steps=0))
-    envs = controller.make_envs("ALA-Digits-v0", lr=1e6, **DIGITS)
+    envs = controller.make_envs("ALA-Digits-v0", lr=1e30, metric=metric, **DIGITS)
+    logged: list[dict] = []
     try:
-        (record,) = controller.run(envs, seed=0)
+        (record,) = controller.run(envs, seed=0, on_step=lambda step, values: logged.append(values))
     finally:
         envs.close()
     assert record.diverged and len(record.val_metric) < 3
-    # Scored as the envs score a diverged child: the worst error, without evaluating the broken model.
-    assert record.test_metric == record.final_val_metric == 1.0 and record.final_val_loss == float("inf")
+    assert record.test_metric == record.final_val_metric == worst and record.final_val_loss == float("inf")
+    assert record.val_metric[-1] == worst and record.meta_loss[-1] == float("inf")
+    assert logged[-1] == {"val_metric": worst, "meta_loss": float("inf"), "loss": float("inf")}
+    assert all(torch.isfinite(value).all() for value in controller.loss_network.state_dict().values())
+    assert np.isfinite(record.loss_shape_end["loss"]).all()
 
 
 @pytest.mark.parametrize("which", ["loss", "meta_loss"])

@@ -496,6 +496,17 @@ def test_online_smoothing_prescribes_alpha_identity_plus_the_symmetrised_soft_la
         OnlineSmoothingPhi(alpha=1.5)
 
 
+@pytest.mark.parametrize("name, key", [("confusion", "confusion"), ("online-smoothing", "soft_labels")])
+def test_statistics_controllers_give_a_child_that_just_diverged_the_identity(name: str, key: str) -> None:
+    """A child that diverged at the last step reports NaN statistics; it is reset before it trains again, and
+    the controller gives it the identity instead of a NaN Phi (which the env refuses), the others theirs."""
+    controller = ala_gym.agents.CONTROLLERS[name](num_envs=2)
+    statistics = np.stack([np.full((3, 3), 0.5), np.full((3, 3), np.nan)])
+    phi = controller.prescribe_phi(np.zeros((2, 6, 24)), {key: statistics})
+    np.testing.assert_array_equal(phi[1], np.eye(3))
+    assert np.isfinite(phi[0]).all() and not np.array_equal(phi[0], np.eye(3))
+
+
 def test_the_recorder_keeps_each_final_metric_under_its_own_name() -> None:
     """Test metric, final validation metric and loss, and the other test keys come from their own info keys; a
     child's later (autoreset) episodes are not recorded."""

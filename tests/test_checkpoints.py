@@ -13,6 +13,7 @@ import torch
 
 import ala_gym
 from ala_gym.agents import checkpoints
+from ala_gym.agents.checkpoints import CheckpointError, save_checkpoint
 from ala_gym.agents.reinforce import POLICY_LIBRARY, PairPolicy, ReinforceConfig, ReinforceController
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,10 +29,15 @@ def save_reinforce(path: Path, state_dict: dict[str, torch.Tensor] | None = None
 
 
 def non_finite(path: Path, value: float) -> Path:
-    state = PairPolicy(24, 8, torch.Generator().manual_seed(0)).state_dict()
-    first = next(iter(state))
-    state[first][0, 0] = value
-    return save_reinforce(path, state)
+    """A reinforce checkpoint with ``value`` in its first weight, as a file written elsewhere (save_checkpoint
+    refuses to write one) would hold it."""
+    finite = save_reinforce(path.with_suffix(".finite.pt"))
+    checkpoint = torch.load(finite, weights_only=True)
+    first = next(iter(checkpoint["state_dict"]))
+    checkpoint["state_dict"][first][0, 0] = value
+    torch.save(checkpoint, path)
+    finite.unlink()
+    return path
 
 
 def not_checkpoints(folder: Path) -> dict[str, Path]:
@@ -94,6 +100,15 @@ def test_non_finite_weights_are_refused_at_load(value: float, tmp_path: Path) ->
     with pytest.raises(checkpoints.CheckpointError, match="non-finite") as caught:
         ReinforceController.load(path)
     assert str(path) in str(caught.value) and "net.0.weight" in str(caught.value)
+
+
+def test_non_finite_weights_are_refused_at_save_and_the_file_there_stays(tmp_path: Path) -> None:
+    path = tmp_path / "policy.pt"
+    save_checkpoint(path, "reinforce", {}, {"w": torch.ones(2)})
+    before = path.read_bytes()
+    with pytest.raises(CheckpointError, match=r"policy.pt not written: the policy's weights are not finite \(NaN or inf in w\)"):
+        save_checkpoint(path, "reinforce", {}, {"w": torch.tensor([1.0, float("nan")])})
+    assert path.read_bytes() == before and [f.name for f in tmp_path.iterdir()] == ["policy.pt"]
 
 
 def test_checkpoint_of_another_package_version_is_refused(tmp_path: Path, monkeypatch) -> None:

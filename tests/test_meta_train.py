@@ -647,15 +647,17 @@ def test_task_kwargs_reach_their_task_only_with_data_roots_under_the_data_home(m
         tiny(task_kwargs={"ALA-CIFAR10-v0": {}})
 
 
-def test_a_diverged_child_ranks_last() -> None:
+@pytest.mark.parametrize("metric, worst", [("error", -1.0), ("nll", -np.inf)])
+def test_a_diverged_child_ranks_last(metric: str, worst: float) -> None:
     """A child whose training diverges scores the metric's worst value (an error of 1: fitness -1, the lowest an
-    error task gives) and a validation loss of inf, the last rank under every tie rule."""
-    config = tiny(population=1, env_kwargs={**TINY_ENV, "lr": 1e6})
+    error task gives; an NLL of inf: -inf) and a validation loss of inf, the last rank under every tie rule; the
+    generation's log holds that value, never NaN or a float's largest finite value."""
+    config = tiny(population=1, env_kwargs={**TINY_ENV, "lr": 1e30, "metric": metric})
     trainer = MetaTrainer(config)
     outcomes = run_children(trainer.policy, [trainer.theta.detach()] * 2, generation_plan(config, 0), config)
-    assert np.all(outcomes.fitness == -1.0) and np.all(outcomes.val_loss == np.inf) and outcomes.diverged.all()
+    assert np.all(outcomes.fitness == worst) and np.all(outcomes.val_loss == np.inf) and outcomes.diverged.all()
     (entry,) = MetaTrainer(config).step()  # the generation's log counts them
-    assert entry["diverged"] == 2 and entry["fitness_mean"] == -1.0
+    assert entry["diverged"] == 2 and entry["fitness_mean"] == entry["fitness_best"] == worst
 
 
 def test_a_child_that_ends_unmeasured_ranks_last(monkeypatch) -> None:

@@ -33,6 +33,14 @@ def test_selection_reads_validation_never_test() -> None:
     assert oracle.select(["a", "b"], tie, [0], higher_is_better=False)["selected"] == "a"  # no losses: grid order
 
 
+def test_points_whose_every_run_diverged_under_the_nll_tie_at_inf() -> None:
+    """Every run of every point diverged under the NLL (worst value inf): the means are all inf and tie, so the
+    first point of the grid is selected, not an empty list of ties."""
+    inf = float("inf")
+    runs = {(spec, 0): _run(inf, inf, inf) for spec in ("a", "b")}
+    assert oracle.select(["a", "b"], runs, [0], higher_is_better=False)["selected"] == "a"
+
+
 def test_a_tie_on_validation_goes_to_the_lower_validation_loss_never_to_test() -> None:
     """Equal mean validation metrics: the lower mean validation loss wins, whatever the test metric; equal
     losses, or a tied point recorded without one, fall back to grid order. Untied points are not asked."""

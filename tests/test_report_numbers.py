@@ -113,6 +113,20 @@ def test_end_of_training_measures_how_far_validation_fell_back_from_its_best_eit
     assert end_of_training_table(recall, higher_is_better=True)[-1] == "| margin | +nan | +5.00 |"
 
 
+def test_the_plots_draw_rows_whose_children_diverged_under_the_nll(tmp_path: Path) -> None:
+    """Under the NLL a diverged step and child score inf: a row where every child diverged at its first step has
+    nothing to draw on a log scale, and a row where one of two did keeps the other's curve (the inf left out)."""
+    inf = float("inf")
+    runs = [
+        _run("ce", 0, 1.0, [_child(inf, diverged=True, val=[inf])]),
+        _run("random", 0, 1.0, [_child(0.3, val=[0.5, 0.4]), _child(inf, diverged=True, val=[inf, inf])]),
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "Mean of empty slice" or invalid-value warnings either
+        plot(runs, ["ce", "random"], tmp_path, metric="nll")
+    assert {path.name for path in tmp_path.glob("*.png")} == {"test_metric.png", "val_metric.png"}
+
+
 def test_a_row_named_by_a_long_file_path_keeps_the_plots_inside_their_figures(tmp_path: Path) -> None:
     # A policy of one's own is named by its path; drawn in full, the label pushed the axes out of the picture.
     from matplotlib.image import imread

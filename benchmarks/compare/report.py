@@ -4,6 +4,7 @@ retrieval sections) and the figures."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -221,8 +222,12 @@ def plot(
     def band(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         curves = [c["val_metric"] for r in runs if r["controller"] == name for c in r["children"]]
         length = min(len(c) for c in curves)
-        stacked = np.array([c[:length] for c in curves]) * 100
-        return np.arange(1, length + 1), stacked.mean(0), stacked.std(0)
+        stacked = np.array([c[:length] for c in curves], dtype=float) * 100
+        # A diverged step's value can be infinite (the NLL's worst): left out of the band, not spread over it.
+        stacked[~np.isfinite(stacked)] = np.nan
+        with warnings.catch_warnings():  # a step where every child diverged has no band: NaN, not drawn
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.arange(1, length + 1), np.nanmean(stacked, 0), np.nanstd(stacked, 0)
 
     columns = min(4, len(present))
     rows = -(-len(present) // columns)
@@ -237,7 +242,9 @@ def plot(
         ax.fill_between(steps, mean - std, mean + std, color="C0", alpha=0.2)
         ax.set_title(shorten(label, 38), fontsize=8)
         ax.grid(alpha=0.3)
-        if not higher_is_better:  # an error rate falls over decades; a score to raise approaches 100% from below
+        # An error rate falls over decades; a score to raise approaches 100% from below. A log scale needs a
+        # positive value to draw (none where every child diverged at its first step).
+        if not higher_is_better and (mean > 0).any():
             ax.set_yscale("log")
     for ax in list(axes.flat)[len(present):]:
         ax.set_visible(False)
