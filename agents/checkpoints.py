@@ -8,7 +8,6 @@ must be finite: a policy that diverged while training would fail only at its fir
 
 from __future__ import annotations
 
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import torch
 
 import ala_gym
-from ala_gym.core.files import publish
+from ala_gym.core.files import atomic_file
 
 FORMAT_VERSION = 1
 """Version of the checkpoint layout; bump it whenever a saved policy can no longer be loaded as is."""
@@ -45,13 +44,8 @@ def save_checkpoint(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     header = {"format_version": FORMAT_VERSION, "ala_gym_version": ala_gym.__version__, "kind": kind, "config": config}
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
-        try:
-            torch.save({**header, "state_dict": state_dict, **extra}, tmp)
-        except BaseException:
-            Path(tmp.name).unlink()  # nothing half-written stays beside the target
-            raise
-    publish(tmp.name, path)
+    with atomic_file(path) as file:
+        torch.save({**header, "state_dict": state_dict, **extra}, file)
 
 
 def non_finite_weights(state_dict: dict[str, torch.Tensor]) -> list[str]:

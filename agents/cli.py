@@ -21,6 +21,7 @@ import numpy as np
 from ala_gym import wrappers
 from ala_gym.agents.checkpoints import CheckpointError
 from ala_gym.agents.progress import RunLogger
+from ala_gym.core.files import write_text_atomic
 from ala_gym.registration import env_spec
 
 
@@ -69,7 +70,7 @@ PROVENANCE_SUFFIX = ".json"
 
 def write_provenance(save: str | Path, record: dict[str, Any]) -> None:
     """Write ``record``, what produced the policy file ``save``, beside it (the same name, :data:`PROVENANCE_SUFFIX`)."""
-    Path(save).with_suffix(PROVENANCE_SUFFIX).write_text(json.dumps(record, indent=1) + "\n")
+    write_text_atomic(Path(save).with_suffix(PROVENANCE_SUFFIX), json.dumps(record, indent=1) + "\n")
 
 
 def check_save_file(save: str | Path, beside: tuple[str, ...] = ()) -> None:
@@ -318,6 +319,9 @@ def run_cli(controller: Any, args: argparse.Namespace, beside: tuple[str, ...] =
         records = controller.run(envs, args.seed, logger)
     except CheckpointError as exc:
         fail(str(exc))
+    except KeyboardInterrupt:
+        logs = f"; the TensorBoard logs so far are in {log_dir}" if log_dir is not None else ""
+        interrupted(Path(sys.argv[0]).name, f"nothing was saved (a run does not resume: the same command starts it again){logs}")
     finally:
         logger.close()
         envs.close()
@@ -329,7 +333,7 @@ def run_cli(controller: Any, args: argparse.Namespace, beside: tuple[str, ...] =
     print(f"{controller.name} on {args.env}: test metric {mean:.4f} (children: {children}), "
           f"diverged {diverged}/{len(records)}" + (f", worker lost {lost}/{len(records)}" if lost else ""))
     if log_dir is not None:
-        Path(log_dir, RECORDS_FILE).write_text(json.dumps([asdict(record) for record in records]))
+        write_text_atomic(Path(log_dir, RECORDS_FILE), json.dumps([asdict(record) for record in records]))
         print(f"logs: tensorboard --logdir {log_dir}")
     if args.save:
         try:

@@ -199,6 +199,8 @@ def main(argv: list[str] | None = None) -> None:
         save_policy(args.save, policy, ReinforceConfig(hidden=config.hidden))
     except (ValueError, TypeError, gym.error.Error, DataError) as exc:  # JSONDecodeError and CheckpointError are ValueErrors
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    except KeyboardInterrupt:
+        cli.interrupted(parser.prog, "nothing was saved; the same command starts again")
     record = {
         "command": shlex.join(["python", "-m", "ala_gym.agents.imitate", *argv]),
         "config": {**asdict(config), "horizons": list(config.horizons)},

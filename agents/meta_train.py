@@ -528,7 +528,7 @@ class MetaTrainer:
     """Evolution strategies over :class:`ala_gym.agents.reinforce.PairPolicy`'s parameters; see the module docstring.
 
     With ``config.workers`` the trainer starts its :class:`RayEvaluators` at once; :meth:`close` stops them (later
-    generations then run in the process, with the same results).
+    generations then run in the process, with the same results at one torch thread on the CPU).
     """
 
     def __init__(self, config: MetaTrainConfig, n_features: int = 24) -> None:
@@ -684,8 +684,9 @@ def meta_train(config: MetaTrainConfig, state_path: str | Path | None = None, lo
             from torch.utils.tensorboard import SummaryWriter
 
             writer = SummaryWriter(log_dir)
-        # A bar on a terminal; otherwise (a log file) a line per generation.
-        with tqdm(total=config.generations, initial=trainer.generation, unit="gen", disable=None) as bar:
+        # A bar on a terminal; otherwise (a log file) a line per generation. Both on stdout, so that whether it is a
+        # terminal decides (a bar on stderr would be drawn while stdout goes to a file, and no line written there).
+        with tqdm(total=config.generations, initial=trainer.generation, unit="gen", file=sys.stdout, disable=None) as bar:
             while trainer.generation < config.generations:
                 entries = trainer.step()
                 if state_path is not None:

@@ -38,16 +38,19 @@ from gymnasium.vector import AutoresetMode
 from torch import nn
 
 from ala_gym.agents import checkpoints, cli
+from ala_gym.core.global_rng import python_random_kept
 
 cli.require("sb3", __name__)  # before importing it: without the extra, one line saying which to install
-from stable_baselines3 import A2C, PPO
-from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.distributions import MultiCategoricalDistribution
-from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
-from stable_baselines3.common.policies import ActorCriticPolicy
+with python_random_kept():  # its first import draws from Python's random
+    from stable_baselines3 import A2C, PPO
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.distributions import MultiCategoricalDistribution
+    from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+    from stable_baselines3.common.policies import ActorCriticPolicy
 
 from ala_gym.agents.base import Controller, EpisodeRecord, EpisodeRecorder, OnStep, step_logs
 from ala_gym.core.checks import FLOAT32_MAX, check_int, check_real
+from ala_gym.core.files import atomic_file
 from ala_gym.wrappers.sb3 import SB3VecEnv
 
 ALGORITHMS: dict[str, type[OnPolicyAlgorithm]] = {"ppo": PPO, "a2c": A2C}
@@ -310,7 +313,10 @@ class SB3Controller(Controller):
         suffix ``.zip``, Stable-Baselines3's own file of the whole model (``PPO.load`` / ``A2C.load`` read it)."""
         assert self.model is not None, "nothing to save before a run"
         checkpoints.save_checkpoint(path, f"sb3-{self.algo}", asdict(self.config), self.model.policy.state_dict())
-        self.model.save(Path(path).with_suffix(MODEL_SUFFIX))
+        # Whole or not at all, as the checkpoint: SB3 writes the temporary file by its name (ending in .zip, else it
+        # would add the suffix), which is then moved onto the model's file.
+        with atomic_file(Path(path).with_suffix(MODEL_SUFFIX), suffix=MODEL_SUFFIX) as file:
+            self.model.save(file.name)
 
     @classmethod
     def load(cls, path: str | Path, algo: str = "ppo", train: bool = False, num_envs: int = 10) -> SB3Controller:
@@ -349,4 +355,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Run as the package's module, not as __main__: SB3 pickles the policy class into its .zip, by reference only
+    # where the class is importable by that name (from __main__ it pickles it whole, with this file's path).
+    from ala_gym.agents import sb3
+
+    sb3.main()

@@ -45,6 +45,7 @@ from ala_gym.core.data import (
     resolve_device,
     with_data_home,
 )
+from ala_gym.core.files import write_text_atomic
 from ala_gym.core.trainer import ChildTrainer, TrainConfig
 
 # The registered envs' child settings (ala_gym/envs/*.py).
@@ -185,9 +186,9 @@ def main(argv: list[str] | None = None) -> None:
         "command": shlex.join(["python", "-m", "ala_gym.benchmarks.adalfl_cost", *(sys.argv[1:] if argv is None else argv)]),
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / "adalfl_cost.json").write_text(json.dumps({"header": header, "rows": rows}, indent=1))
+    write_text_atomic(out / "adalfl_cost.json", json.dumps({"header": header, "rows": rows}, indent=1))
     table = markdown(rows, header)
-    (out / "adalfl_cost.md").write_text(table)
+    write_text_atomic(out / "adalfl_cost.md", table)
     print(table)
 
 

@@ -27,6 +27,7 @@ from ala_gym.agents.cli import DescriptionFormatter
 from ala_gym.benchmarks.compare import ComparisonError
 from ala_gym.benchmarks.compare.store import NUMBER, RESULTS_SHAPE, RUN_SHAPE, read_json
 from ala_gym.benchmarks.machine import RESULTS
+from ala_gym.core.files import write_text_atomic
 
 LOSS_SHAPE = {"p_true": [NUMBER], "loss": [NUMBER]}
 ADALFL_RUN_SHAPE = {
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
         ]  # fmt: skip
     plot_shapes(runs, folder)
     text = summary(runs, ce_runs, args.ce)
-    (folder / "adalfl.md").write_text(text)
+    write_text_atomic(folder / "adalfl.md", text)
     print(text)
 
 

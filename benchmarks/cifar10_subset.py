@@ -19,7 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ala_gym.agents.cli import DescriptionFormatter
+from ala_gym.agents.cli import DescriptionFormatter, interrupted
 from ala_gym.core.data import DataError, build_cifar10_subset, cifar10_subset_dir
 
 
@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> None:
         build_cifar10_subset(args.cifar10, out)
     except DataError as exc:
         parser.exit(2, f"cifar10_subset: {exc}\n")
+    except KeyboardInterrupt:  # the subset is built in a temporary folder, removed on the way out
+        interrupted(parser.prog, f"{out} was not written; the same command starts again")
     print(f"wrote the CIFAR-10 subset to {out}", file=sys.stderr)
 
 

@@ -50,6 +50,7 @@ from typing import Any
 from ala_gym.agents.cli import DescriptionFormatter
 from ala_gym.benchmarks.machine import RESULTS, check_out_folder, cpu_model
 from ala_gym.core.data import data_home
+from ala_gym.core.files import write_text_atomic
 
 STEPS = ("setup", "demo", "own-task", "tutorials", "test")
 """What can be timed, in the order it runs: make targets, ``own-task`` (the README's example) and ``tutorials``."""
@@ -210,7 +211,7 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
     for result in report["steps"]:
         status = "timed out" if result["returncode"] is None else str(result["returncode"])
         lines.append(f"| {label(result)} | {result['seconds']:.1f} | {status} | {result['pytest'] or ''} |")
-    path.write_text("\n".join(lines) + "\n")
+    write_text_atomic(path, "\n".join(lines) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -243,7 +244,7 @@ def main(argv: list[str] | None = None) -> None:
     report = measure(repo, args.steps, args.timeout, args.data_root or data_home())
     report["command"] = "python -m ala_gym.benchmarks.commands" + (f" --steps {' '.join(args.steps)}" if args.steps != list(STEPS) else "")
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "commands.json").write_text(json.dumps(report, indent=1) + "\n")
+    write_text_atomic(args.out / "commands.json", json.dumps(report, indent=1) + "\n")
     write_markdown(report, args.out / "commands.md")
     print(f"wrote {args.out / 'commands.md'}")
     if any(result["returncode"] != 0 for result in report["steps"]):

@@ -40,6 +40,7 @@ from ala_gym.benchmarks import adalfl_cost, overhead, throughput
 from ala_gym.benchmarks.machine import RESULTS as DEFAULT_RESULTS
 from ala_gym.benchmarks.machine import check_out_folder, cpu_model, float32_precision
 from ala_gym.core.data import DataError, with_data_home
+from ala_gym.core.files import write_text_atomic
 from ala_gym.envs.spec import task_spec
 from ala_gym.envs.vector import ALAVectorEnv
 
@@ -102,7 +103,7 @@ def meta_generation(device: str, budget: str, out: Path) -> dict[str, Any]:
         "device": device, "children": children, "total_iterations": entry["total_iterations"], "wall_s": wall,
         "child_iterations_per_s": children * entry["total_iterations"] / wall, "fitness_mean": entry["fitness_mean"],
     }  # fmt: skip
-    (out / "meta_generation.json").write_text(json.dumps(result, indent=1) + "\n")
+    write_text_atomic(out / "meta_generation.json", json.dumps(result, indent=1) + "\n")
     return result
 
 
@@ -154,7 +155,7 @@ def device_paths(device: str, budget: str, out: Path, datasets: Sequence[str] = 
         results.append({"env": env_id, **{k: v for k, v in settings.items() if k != "data_root"}, "device": device,
                         "train_mode": train_mode, "wall_s": time.perf_counter() - start,
                         "test_metric": test_metrics.tolist()})  # fmt: skip
-    (out / "device_paths.json").write_text(json.dumps(results, indent=1) + "\n")
+    write_text_atomic(out / "device_paths.json", json.dumps(results, indent=1) + "\n")
     return results
 
 
@@ -248,7 +249,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, (wall, error) in outcomes.items():
         part, report = described[name]
         lines.append(f"| {part} | {'failed: ' + error if error else report} | {wall:.0f} |")
-    (out / "gpu.md").write_text("\n".join(lines) + "\n")
+    write_text_atomic(out / "gpu.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     if any(error for _, error in outcomes.values()):
         sys.exit(1)

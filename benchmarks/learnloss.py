@@ -47,12 +47,13 @@ import torch
 from scipy.optimize import minimize
 from scipy.special import logsumexp
 
-from ala_gym.agents.cli import DescriptionFormatter
+from ala_gym.agents.cli import DescriptionFormatter, interrupted
 from ala_gym.agents.learnloss import LearnLossConfig, Trial, learn_loss, random_lambda
 from ala_gym.benchmarks.compare import ComparisonError, write_json
 from ala_gym.benchmarks.compare.store import NUMBER, check_writable, read_json
 from ala_gym.benchmarks.machine import RESULTS, cpu_model, package_version
 from ala_gym.core.data import DataError, cifar10_subset_dir, load_cifar10, load_digits, load_fashion_mnist
+from ala_gym.core.files import write_text_atomic
 from ala_gym.wrappers import MissingExtraError, require
 
 METHODS = ("learnloss", "random", "tpe")
@@ -247,6 +248,17 @@ def summarize(runs: list[dict], budget: int) -> dict[str, Any]:
     return summary
 
 
+def script_options(header: dict[str, Any]) -> str:
+    """The run's ``--datasets`` and ``--methods`` where they are not the defaults (a header written before these
+    were recorded: none)."""
+    options = ""
+    for flag, default in (("datasets", DATASETS), ("methods", METHODS)):
+        chosen = header.get(flag)
+        if chosen is not None and list(chosen) != list(default):
+            options += f" --{flag} {','.join(chosen)}"
+    return options
+
+
 def markdown(summary: dict[str, Any], header: dict[str, Any]) -> str:
     lines = [
         "# Tuning L1 + L2 of softmax regression: LearnLoss, random search, Optuna TPE",
@@ -254,7 +266,8 @@ def markdown(summary: dict[str, Any], header: dict[str, Any]) -> str:
         f"- Machine: {header['machine']} (CPU only), 1 torch thread, shared with other work at the time (wall times are noisy).",
         f"- Budget: {header['budget']} training runs per tuner and seed; seeds {header['seeds']}; search space "
         f"lambda_1, lambda_2 in [{header['low']:g}, {header['upper']:g}] (LearnLoss: box [0, {header['upper']:g}]).",
-        f"- Script: `python -m ala_gym.benchmarks.learnloss --seeds {len(header['seeds'])} --budget {header['budget']}`; "
+        f"- Script: `python -m ala_gym.benchmarks.learnloss{script_options(header)} --seeds {len(header['seeds'])} "
+        f"--budget {header['budget']}`; "
         f"versions {json.dumps(header['versions'])}.",
         f"- Fits: {header['fits']['count']}, {header['fits']['converged']} within L-BFGS-B's tolerance (the rest stopped at "
         f"its iteration cap); recorded fit seconds {header['fits']['seconds_total']:.0f} in all (a model shared by LearnLoss's "
@@ -376,6 +389,29 @@ def saved_runs(out: Path, budget: int) -> dict[Path, dict]:
     return runs
 
 
+def check_same_plan(out: Path, datasets: list[str], methods: list[str], seeds: list[int], budget: int) -> None:
+    """Refuse (:class:`ComparisonError`) to rewrite ``out/results.json`` with a plan that leaves out runs it holds or
+    has another budget: its table would shrink without a word (a clone holds the committed table, not its run
+    files). More datasets, methods or seeds add to it."""
+    results = out / "results.json"
+    if not results.is_file():
+        return
+    held = read_json(results, {"header": {"budget": int}, "runs": [{"dataset": str, "method": str, "seed": int}]},
+                     "delete it (the run files under runs/ rebuild it)")  # fmt: skip
+    folder = f"--name a folder of its own (this one holds {results})"
+    if held["header"]["budget"] != budget:
+        raise ComparisonError(f"--budget {budget}, but {results} holds budget {held['header']['budget']}; {folder}")
+    left_out = {(r["dataset"], r["method"], r["seed"]) for r in held["runs"]} - {
+        (d, m, s) for d in datasets for m in methods for s in seeds
+    }
+    if left_out:
+        kept = [sorted({key[i] for key in left_out}) for i in range(3)]
+        raise ComparisonError(
+            f"{results} holds runs this command leaves out (datasets {kept[0]}, methods {kept[1]}, seeds {kept[2]}); "
+            f"ask for them too, or {folder}"
+        )
+
+
 def run_benchmark(datasets: list[str], methods: list[str], seeds: list[int], budget: int, name: str,
                   fashion_mnist_root: str | None = None, cifar10_root: str | None = None,
                   problem_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -384,6 +420,7 @@ def run_benchmark(datasets: list[str], methods: list[str], seeds: list[int], bud
         require("learnloss")  # before any training run, not when the first TPE run starts
     out = RESULTS / name
     check_writable(out)  # a folder that cannot take the run files is refused before they are trained
+    check_same_plan(out, datasets, methods, seeds, budget)
     saved = saved_runs(out, budget)
     config = LearnLossConfig(upper=(0.1, 0.1), budget=budget)
     for dataset in datasets:
@@ -406,7 +443,8 @@ def run_benchmark(datasets: list[str], methods: list[str], seeds: list[int], bud
     import scipy
 
     # None where the learnloss extra is not installed: only the TPE runs need Optuna.
-    header = {"machine": f"{cpu_model()}, {os.cpu_count()} cores", "budget": budget, "seeds": seeds, "low": config.upper[0] * config.log_low,
+    header = {"machine": f"{cpu_model()}, {os.cpu_count()} cores", "budget": budget, "seeds": seeds,
+              "datasets": datasets, "methods": methods, "low": config.upper[0] * config.log_low,
               "upper": config.upper[0], "versions": {"torch": torch.__version__, "scipy": scipy.__version__,
                                                      "optuna": package_version("optuna")}}
     fits = [t for r in runs for t in r["trials"]]
@@ -420,7 +458,7 @@ def run_benchmark(datasets: list[str], methods: list[str], seeds: list[int], bud
     summary = summarize(runs, budget)
     write_json(out / "results.json", {"header": header, "summary": summary, "runs": runs})
     table = markdown(summary, header)
-    (out / "table.md").write_text(table)
+    write_text_atomic(out / "table.md", table)
     plot(runs, out)
     print(table)
     return summary
@@ -449,6 +487,8 @@ def main(argv: list[str] | None = None) -> None:
     except (DataError, MissingExtraError, ComparisonError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # every finished run is on disk already; the one in progress starts over
+        interrupted(parser.prog, f"the finished runs are kept in {RESULTS / args.name / 'runs'}; the same command resumes")
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ from ala_gym.benchmarks.overhead import (
     machine_info,
 )
 from ala_gym.core.allocator import retain_freed_memory
+from ala_gym.core.files import write_text_atomic
 from ala_gym.envs.classification import ALAClassificationEnv
 
 MODES = ("default", "retained")
@@ -169,8 +170,8 @@ def main(argv: list[str] | None = None) -> None:
         "notes": list(args.note),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "malloc.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "malloc.md").write_text(render_markdown(report))
+    write_text_atomic(args.out / "malloc.json", json.dumps(report, indent=2) + "\n")
+    write_text_atomic(args.out / "malloc.md", render_markdown(report))
 
 
 if __name__ == "__main__":

@@ -73,6 +73,7 @@ from ala_gym.benchmarks.compare.store import read_json
 from ala_gym.benchmarks.machine import RESULTS, check_out_folder, cpu_model
 from ala_gym.core.allocator import retain_freed_memory
 from ala_gym.core.data import CIFAR10_SUBSET, DataError, training_batch, with_data_home
+from ala_gym.core.files import write_text_atomic
 from ala_gym.core.losses import PhiLoss
 from ala_gym.core.trainer import ChildTrainer
 from ala_gym.envs.classification import ALAClassificationEnv
@@ -434,8 +435,8 @@ def main(argv: list[str] | None = None) -> None:
               + ", ".join(f"{loop} {row[f'vs_plain_{clock}_pct'][loop]:+.1f}%" for loop in LOOPS[1:])
               + f" ({row['benchmark_wall_s']:.0f} s)", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    (args.out / "overhead.md").write_text(render_markdown(report))
+    write_text_atomic(json_path, json.dumps(report, indent=2, default=str) + "\n")
+    write_text_atomic(args.out / "overhead.md", render_markdown(report))
 
 
 if __name__ == "__main__":

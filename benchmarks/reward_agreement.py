@@ -32,6 +32,7 @@ from ala_gym.benchmarks.compare import ComparisonError, machine, versions, witho
 from ala_gym.benchmarks.compare.store import read_json
 from ala_gym.benchmarks.machine import RESULTS as DEFAULT_RESULTS
 from ala_gym.core.data import DataError, with_data_home
+from ala_gym.core.files import write_text_atomic
 from ala_gym.core.metrics import discounted_metric, error_rate
 from ala_gym.envs.base import ALAEnv
 from ala_gym.registration import env_spec
@@ -163,7 +164,7 @@ def write_markdown(results: dict[str, Any]) -> None:
                 f"{', '.join(f'{a:.2f}' for a in row['agree_per_seed'])} | {record['machine']['cpu']}, "
                 f"{record['machine']['torch_threads']} thread |"
             )
-    RESULTS.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write_text_atomic(RESULTS.with_suffix(".md"), "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

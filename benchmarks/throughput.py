@@ -70,6 +70,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ala_gym.benchmarks.machine import RESULTS, check_out_folder, cpu_model, float32_precision
+from ala_gym.core.files import write_text_atomic
 from ala_gym.wrappers import MissingExtraError, require
 
 MODES = ("single", "native-batched", "native-sequential", "sync", "async", "ray-1", "ray-2", "ray-4")
@@ -471,7 +472,7 @@ def write_markdown(report: dict, path: Path) -> None:
                 f"| {r['num_envs']} | {r['mode']} | {rate:.1f} | {ratio} | {one} | {achieved} | {share} "
                 f"| {r['seconds']:.2f} | {r['peak_rss_mib']:.0f} | {cuda} |"
             )
-    path.write_text("\n".join(lines) + "\n")
+    write_text_atomic(path, "\n".join(lines) + "\n")
 
 
 def fastest_native_mode(report: dict, model: str) -> str | None:
@@ -769,7 +770,7 @@ def main(argv: list[str] | None = None) -> None:
         "results": rows,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "throughput.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_text_atomic(args.out / "throughput.json", json.dumps(report, indent=2) + "\n")
     write_markdown(report, args.out / "throughput.md")
 
 

@@ -43,6 +43,7 @@ from ala_gym.benchmarks.compare import write_json
 from ala_gym.benchmarks.compare.presets import META_DIGITS_CNN
 from ala_gym.benchmarks.compare.store import NUMBER, read_json
 from ala_gym.benchmarks.machine import RESULTS
+from ala_gym.core.files import write_text_atomic
 
 RERUNS = Path("transfer") / "reruns"
 """Under the results folder: meta-training records (``meta_train``'s JSON) of a shipped policy's command run
@@ -171,7 +172,8 @@ def gather(results: Path, policies: Path) -> dict[str, Any]:
         path = results / held.preset / "results.json"
         rows = {row["controller"]: row for row in read_summary(path, held.preset)} if path.is_file() else {}
         if held.row not in rows:
-            entries.append({**asdict(held), "row": held.row, "missing": f"{path} holds no row {held.row!r}; run --preset {held.preset} --extend"})
+            # Named within --results: the report is committed, and holds no path of the machine that wrote it.
+            entries.append({**asdict(held), "row": held.row, "missing": f"{held.preset}/results.json holds no row {held.row!r}; run --preset {held.preset} --extend"})
             continue
         if held.ce not in rows:
             raise ValueError(f"{path} holds {held.row!r} but not its reference {held.ce!r}")
@@ -299,7 +301,7 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "transfer.json", report)
     text = markdown(report)
-    (out / "transfer.md").write_text(text)
+    write_text_atomic(out / "transfer.md", text)
     sys.stdout.write(text)
 
 

@@ -4,6 +4,8 @@ right direction, policies save, load and transfer from the 10-class env to a 5-c
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import gymnasium as gym
@@ -390,6 +392,15 @@ def test_ppo_pair_policy_cli_learns_logs_and_saves(ppo_policy):
     model = PPO.load(ppo_policy / "policy.zip", device="cpu")
     action, _ = model.predict(np.zeros((55, 24), dtype=np.float32), deterministic=True)
     assert action.shape == (55,) and set(np.unique(action)) <= {0, 1, 2}
+
+
+@pytest.mark.parametrize("module", ["ala_gym.wrappers.sb3", "ala_gym.agents.sb3"])
+def test_importing_the_sb3_adapters_in_a_fresh_process_leaves_pythons_random_alone(module: str) -> None:
+    """Stable-Baselines3's first import draws from Python's global RNG (rich seeds a counter from it); only a
+    fresh interpreter imports it for the first time."""
+    script = f"import random\nstate = random.getstate()\nimport {module}\nassert random.getstate() == state\n"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 @pytest.mark.parametrize("algo, policy", [("a2c", "mlp"), ("a2c", "pair"), ("ppo", "mlp")])

@@ -70,6 +70,21 @@ def test_load_of_a_bad_file_is_one_line_and_exit_2(module: str, tmp_path: Path) 
         assert str(path) in done.stderr, (name, done.stderr)
 
 
+def test_the_sb3_command_lines_model_file_names_its_policy_class_by_module_not_by_a_path(tmp_path: Path) -> None:
+    """Run as ``python -m``, the policy class lives in ``__main__``; SB3's .zip must still name it by its module
+    (cloudpickle would otherwise store the class whole, with the path of the file on the machine that ran it)."""
+    import base64
+    import json
+    import zipfile
+
+    done = subprocess.run([sys.executable, "-m", "ala_gym.agents.sb3", *TINY_RUN, "--save", str(tmp_path / "p.pt")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    data = json.loads(zipfile.ZipFile(tmp_path / "p.zip").read("data"))
+    pickled = base64.b64decode(data["policy_class"][":serialized:"])
+    assert b"ala_gym.agents.sb3" in pickled and b"PairSharedPolicy" in pickled and str(ROOT).encode() not in pickled
+
+
 @pytest.mark.parametrize(
     "error, message",
     [

@@ -426,3 +426,39 @@ def test_the_run_summary_counts_diverged_and_lost_children_and_leaves_lost_ones_
     reinforce_main([*TINY_RUN, "--num-envs", "4"])
     assert ("test metric 0.4000 (children: 0.2000, nan, 0.4000, 0.6000), diverged 2/4, worker lost 1/4"
             in capsys.readouterr().out)  # fmt: skip
+
+
+def _interrupt(*args: Any, **kwargs: Any) -> Any:
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("entry", ["reinforce", "sb3", "imitate", "learnloss", "cifar10_subset"])
+def test_ctrl_c_stops_a_command_line_in_one_line_with_status_130(entry: str, tmp_path: Path, monkeypatch, capsys) -> None:
+    """Ctrl-C during the work: one line saying what was kept and how to go on, exit status 130, no traceback."""
+    from ala_gym.agents.sb3 import SB3Controller
+    from ala_gym.benchmarks import cifar10_subset
+    from ala_gym.benchmarks import learnloss as learnloss_benchmark
+
+    monkeypatch.chdir(tmp_path)
+    if entry == "reinforce":
+        monkeypatch.setattr(ReinforceController, "run", _interrupt)
+        argv = [arg for arg in TINY_RUN if arg != "--no-tensorboard"]
+        run, said = lambda: reinforce_main([*argv, "--log-dir", "logs"]), "TensorBoard logs so far are in logs"
+    elif entry == "sb3":
+        monkeypatch.setattr(SB3Controller, "run", _interrupt)
+        run, said = lambda: sb3_main(TINY_RUN), "nothing was saved"
+    elif entry == "imitate":
+        monkeypatch.setattr(imitate, "imitate", _interrupt)
+        run, said = lambda: imitate.main(["--save", "p.pt"]), "nothing was saved"
+    elif entry == "learnloss":
+        monkeypatch.setattr(learnloss_benchmark, "RESULTS", tmp_path)
+        monkeypatch.setattr(learnloss_benchmark, "tune", _interrupt)
+        run = lambda: learnloss_benchmark.main(["--datasets", "digits", "--methods", "random", "--seeds", "1"])  # noqa: E731
+        said = f"the finished runs are kept in {tmp_path / 'learnloss' / 'runs'}; the same command resumes"
+    else:
+        monkeypatch.setattr(cifar10_subset, "build_cifar10_subset", _interrupt)
+        run, said = lambda: cifar10_subset.main(["--cifar10", "absent", "--out", "subset"]), "subset was not written"
+    with pytest.raises(SystemExit) as caught:
+        run()
+    err = capsys.readouterr().err
+    assert caught.value.code == 130 and err.count("\n") == 1 and "interrupted; " in err and said in err, err

@@ -326,6 +326,36 @@ def test_tuning_benchmark_writes_runs_table_plot_and_resumes(tmp_path, monkeypat
     bench.run_benchmark(["digits"], list(bench.METHODS), [0, 1], 5, "tiny", problem_kwargs={"train_size": 300})
 
 
+def test_a_tuning_table_is_never_shrunk_or_rebudgeted_by_another_plan(tmp_path, monkeypatch, capsys) -> None:
+    """A folder's results.json (a clone holds the committed one without its run files) is not rewritten by a plan
+    that leaves out its runs or has another budget: one line, exit 2, before any training; a larger plan adds."""
+    monkeypatch.setattr(bench, "RESULTS", tmp_path)
+    monkeypatch.setattr(bench, "fit", lambda *args, **kwargs: pytest.fail("trained despite the refusal"))
+    out = tmp_path / "learnloss"
+    out.mkdir()
+    held = [{"dataset": d, "method": m, "seed": k} for d in ("digits", "cifar10") for m in ("random", "tpe") for k in (0, 1)]
+    (out / "results.json").write_text(json.dumps({"header": {"budget": 20}, "runs": held}))
+    before = (out / "results.json").read_text()
+    cases = {
+        ("--datasets", "digits", "--methods", "random,tpe", "--seeds", "2", "--budget", "20"): "datasets ['cifar10']",
+        ("--datasets", "digits,cifar10", "--methods", "random,tpe", "--seeds", "1", "--budget", "20"): "seeds [1]",
+        ("--datasets", "digits,cifar10", "--methods", "random,tpe", "--seeds", "2", "--budget", "4"): "--budget 4, but",
+    }
+    for argv, named in cases.items():
+        with pytest.raises(SystemExit) as caught:
+            bench.main(list(argv))
+        err = capsys.readouterr().err
+        assert caught.value.code == 2 and err.count("\n") == 1 and named in err and "--name a folder of its own" in err
+    assert (out / "results.json").read_text() == before
+    bench.check_same_plan(out, ["digits", "cifar10", "fashion-mnist"], ["random", "tpe", "learnloss"], [0, 1, 2], 20)
+
+
+def test_the_tables_script_line_names_datasets_and_methods_other_than_the_defaults() -> None:
+    assert bench.script_options({"datasets": list(bench.DATASETS), "methods": list(bench.METHODS)}) == ""
+    assert bench.script_options({}) == ""  # a header from before they were recorded
+    assert bench.script_options({"datasets": ["digits"], "methods": list(bench.METHODS)}) == " --datasets digits"
+
+
 @pytest.mark.parametrize("dataset, features, test_images", [("fashion-mnist", 14 * 14, 50), ("cifar10", 3 * 8 * 8, 20)])
 def test_image_datasets_become_pooled_pixels_standardised_on_the_training_subsample(
     dataset, features, test_images, tiny_fashion_mnist_dir, tiny_cifar_dir, monkeypatch

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import sys
 from dataclasses import replace
 
 import numpy as np
@@ -419,11 +420,14 @@ def test_the_command_line_checks_where_it_writes_before_the_search_and_stops_cle
     assert "interrupted; the same command resumes from the last finished generation in --state" in err
 
 
-def test_the_command_line_writes_a_policy_the_controller_loads(tmp_path, capsys) -> None:
+def test_the_command_line_writes_a_policy_the_controller_loads(tmp_path, capsys, monkeypatch) -> None:
     import json
 
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # a terminal, while stdout goes to a file
     main(["--generations", "1", "--population", "1", "--hidden", "8", "--horizon", "40,40", "--rank-ties", "average",
           "--env-kwargs", json.dumps(TINY_ENV), "--save", str(tmp_path / "meta.pt")])  # fmt: skip
+    # stdout is no terminal: one line per generation on it, no progress bar (though stderr is a terminal).
+    assert [json.loads(line)["generation"] for line in capsys.readouterr().out.splitlines()] == [1]
     record = json.loads((tmp_path / "meta.json").read_text())  # what produced the policy, beside it
     assert record["command"].startswith("python -m ala_gym.agents.meta_train --generations 1")
     words = shlex.split(record["command"])  # quoted as a shell reads it

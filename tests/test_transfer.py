@@ -90,6 +90,8 @@ def test_report_gathers_the_held_out_rows_and_the_cost(tmp_path: Path, capsys) -
                                  "beats_tuned_smoothing_beyond_std": False,
                                  "best_fixed_phi_beats_ce_beyond_std": True}  # fmt: skip
     assert all("missing" in entry for entry in report["held_out"][1:])  # the other presets were not run here
+    # Named within --results: a committed report holds no path of the machine that wrote it.
+    assert str(tmp_path) not in (results / "transfer" / "transfer.json").read_text()
     assert report["meta_training"]["without-digits"]["child_iterations"] == 601_920
     table = (results / "transfer" / "transfer.md").read_text()
     assert table == capsys.readouterr().out

@@ -30,7 +30,6 @@ import inspect
 import numbers
 import os
 import pickle
-import random
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -44,7 +43,8 @@ import torch
 from torch.utils.data import Dataset
 
 from ala_gym.core.checks import check_optional_int
-from ala_gym.core.files import publish, publish_folder
+from ala_gym.core.files import atomic_file, publish_folder
+from ala_gym.core.global_rng import python_random_kept
 
 FASHION_MNIST_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 _FASHION_MNIST_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
@@ -279,13 +279,8 @@ def load_digits(
     """scikit-learn's bundled 8x8 digits: 1,797 images, here 1,077 train / 360 val / 360 test by default."""
     from importlib.resources import files
 
-    state = random.getstate()
-    try:
+    with python_random_kept():  # the first import of scikit-learn's datasets draws from it
         from sklearn.datasets import load_digits as sklearn_digits
-    finally:
-        # The first import of scikit-learn's datasets module draws from Python's global RNG (rich, which it
-        # imports for its progress bars, does at import time); the package leaves the global RNGs as they were.
-        random.setstate(state)
 
     bunch = sklearn_digits()
     # Pixel values are 0..16; scale to the uint8 range so every dataset shares one normalisation path.
@@ -380,19 +375,12 @@ def _gunzip_chunks(source: Path) -> Iterator[bytes]:
 def _unpack_idx(source: Path, target: Path) -> None:
     """Unpack ``source`` to ``target`` with its sha256 beside it; OSErrors are the cache folder's."""
     digest = hashlib.sha256()
-    # Write to a temporary file and rename, so an interrupted unpack never leaves a half file behind.
-    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as tmp:
-        unpacked = Path(tmp.name)
-        try:
-            for chunk in _gunzip_chunks(source):
-                digest.update(chunk)
-                tmp.write(chunk)
-            tmp.close()
-            _check_idx(unpacked, source)
-        except BaseException:
-            unpacked.unlink(missing_ok=True)
-            raise
-    publish(unpacked, target)
+    with atomic_file(target) as tmp:  # an interrupted unpack never leaves a half file behind
+        for chunk in _gunzip_chunks(source):
+            digest.update(chunk)
+            tmp.write(chunk)
+        tmp.close()
+        _check_idx(Path(tmp.name), source)
     # Written after the file: an interruption in between leaves a stale or missing checksum, so a re-unpack.
     _checksum_file(target).write_text(digest.hexdigest() + "\n")
 

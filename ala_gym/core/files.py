@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 
 def publish(written: str | Path, path: str | Path) -> None:
@@ -12,6 +16,28 @@ def publish(written: str | Path, path: str | Path) -> None:
     owner alone, which would keep a shared results folder or checkpoint from the others who use it."""
     os.chmod(written, _created_mode(0o666))
     os.replace(written, path)
+
+
+@contextmanager
+def atomic_file(path: str | Path, mode: str = "wb", suffix: str = ".tmp", encoding: str | None = None) -> Iterator[IO]:
+    """A file to write ``path`` through, whole or not at all: a temporary file beside it (named with ``suffix``),
+    :func:`publish`-ed onto ``path`` when the block ends, removed when it raises (an interruption leaves the file
+    that was there)."""
+    path = Path(path)
+    tmp = tempfile.NamedTemporaryFile(mode, encoding=encoding, dir=path.parent, suffix=suffix, delete=False)
+    try:
+        with tmp:
+            yield tmp
+    except BaseException:
+        Path(tmp.name).unlink(missing_ok=True)  # nothing half-written stays beside the target
+        raise
+    publish(tmp.name, path)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` through :func:`atomic_file`."""
+    with atomic_file(path, "w", encoding="utf-8") as file:
+        file.write(text)
 
 
 def publish_folder(written: str | Path, path: str | Path) -> None:

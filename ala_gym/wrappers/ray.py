@@ -115,7 +115,8 @@ class RayVectorEnv(VectorEnv):
     controller on the driver. Observations, actions, rewards, seeding, autoreset and info are those of
     :class:`ala_gym.envs.vector.ALAVectorEnv` (child ``i`` of ``reset(seed=s)`` is seeded with ``s + i``),
     so controllers and :class:`ala_gym.wrappers.sb3.SB3VecEnv` run on it unchanged; with
-    ``train_mode="sequential"`` on CPUs its trajectories are bit for bit those of the native env.
+    ``train_mode="sequential"`` on CPUs its trajectories are bit for bit those of the native env run at the
+    actors' torch thread count (one by default; at another count the float sums part in the last bits).
     ``train_mode="auto"`` is chosen per actor, for its own group of children and device.
 
     ## Cluster

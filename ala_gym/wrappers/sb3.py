@@ -17,10 +17,12 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode
 
+from ala_gym.core.global_rng import python_random_kept
 from ala_gym.wrappers import ChildAttributes, require
 
 require("sb3")  # before importing it: without the extra, one line saying which to install
-from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices
+with python_random_kept():  # its first import draws from Python's random
+    from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices
 
 StepReturn = tuple[np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]
 """SB3's ``VecEnvStepReturn`` as this adapter gives it: observations in one array (``VecEnvObs`` also admits

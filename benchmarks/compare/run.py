@@ -36,6 +36,7 @@ from ala_gym.benchmarks.compare.store import (
 from ala_gym.benchmarks.machine import RESULTS
 from ala_gym.benchmarks.oracle import ORACLES, SELECTION_SEEDS, is_oracle, select
 from ala_gym.core.data import resolve_device, with_data_home
+from ala_gym.core.files import write_text_atomic
 from ala_gym.envs.spec import task_spec
 from ala_gym.registration import env_spec
 
@@ -267,7 +268,7 @@ def compare(
     # Without indentation: a list of every step's values would take a line per number.
     write_json(out / "results.json", {"header": header, "summary": rows, "runs": [compact_run(r) for r in runs]}, indent=None)
     table = markdown_table(rows, header, {row["controller"]: by_row[row["controller"]] for row in rows})
-    (out / "table.md").write_text(table)
+    write_text_atomic(out / "table.md", table)
     plot(runs, [ran_as[c] for c in controllers], out, header["metric"], header["higher_is_better"], labels=controllers)
     print(table)
     return rows

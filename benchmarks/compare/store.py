@@ -17,7 +17,7 @@ import numpy as np
 from ala_gym.agents.base import mean_off_diagonal
 from ala_gym.benchmarks.compare.errors import ComparisonError
 from ala_gym.benchmarks.compare.provenance import without_locations
-from ala_gym.core.files import publish
+from ala_gym.core.files import write_text_atomic
 
 PHI_STEPS_KEPT = 4
 """Steps of a child's Phi matrix that ``results.json`` keeps (the first, the last and two between); ``runs/``
@@ -49,12 +49,10 @@ def compact_run(run: dict) -> dict:
 def write_json(path: Path, payload: Any, indent: int | None = 1) -> None:
     """Write atomically: a crash mid-write never leaves a truncated result behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    # A temporary name of its own: two processes finishing one comparison may write results.json at once.
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
-        # default=str: env keywords such as gymnasium's AutoresetMode are recorded by name.
-        separators = (",", ":") if indent is None else None
-        tmp.write(json.dumps(payload, indent=indent, separators=separators, default=str))
-    publish(tmp.name, path)
+    # default=str: env keywords such as gymnasium's AutoresetMode are recorded by name. Each write has a temporary
+    # name of its own: two processes finishing one comparison may write results.json at once.
+    separators = (",", ":") if indent is None else None
+    write_text_atomic(path, json.dumps(payload, indent=indent, separators=separators, default=str))
 
 
 STORE_FILES = ("config.json", "results.json", "table.md", "val_metric.png", "test_metric.png")
