@@ -53,7 +53,12 @@ def _factory(path: str, name: str, **defaults: Any) -> Callable[..., Controller]
         controller.name = name
         return controller
 
+    def target() -> Any:
+        """What ``make`` calls (imported now): the types of ``make``'s keywords are its parameters'."""
+        return getattr(import_module(module), class_name)
+
     make.__name__ = make.__qualname__ = f"make_{name.replace('-', '_')}"
+    make.target = target  # type: ignore[attr-defined]
     return make
 
 

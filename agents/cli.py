@@ -21,8 +21,9 @@ import numpy as np
 from ala_gym import wrappers
 from ala_gym.agents.checkpoints import CheckpointError
 from ala_gym.agents.progress import RunLogger
+from ala_gym.core.checks import check_seed
 from ala_gym.core.files import write_text_atomic
-from ala_gym.registration import env_spec
+from ala_gym.envs.spec import spec_keywords
 
 
 def fail(message: str) -> NoReturn:
@@ -236,14 +237,22 @@ def check_load_args(parser: argparse.ArgumentParser, cls: type, args: argparse.N
         parser.error("--freeze needs --load (a policy to run without learning)")
 
 
+def seed_option(text: str) -> int:
+    """``--seed``'s value: an integer in ``[0, 2**32 - 1]`` (:func:`ala_gym.core.checks.check_seed`)."""
+    try:
+        return check_seed("--seed", int(text))
+    except ValueError:  # argparse names the option: "argument --seed: must be ..."
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**32 - 1], got {text!r}") from None
+
+
 def add_run_args(parser: argparse.ArgumentParser, default_num_envs: int) -> None:
     """The options every controller's command line shares: env, budget, seed, logging, saving."""
     group = parser.add_argument_group("run")
     group.add_argument("--env", default="ALA-Digits-v0", help="a registered ALA env id")
     group.add_argument("--num-envs", type=int, default=default_num_envs, help="child networks trained in parallel")
     group.add_argument(
-        "--seed", type=int, default=0,
-        help="seed of the run: child i is reset with seed + i, the controller's generators start from it",
+        "--seed", type=seed_option, default=0,
+        help="seed of the run, in [0, 2**32 - 1]: child i is reset with seed + i, the controller's generators start from it",
     )
     group.add_argument("--total-iterations", type=int, help="SGD iterations per child (env default if unset)")
     group.add_argument("--steps-per-action", type=int, help="K, SGD iterations per controller step")
@@ -308,7 +317,7 @@ def run_cli(controller: Any, args: argparse.Namespace, beside: tuple[str, ...] =
     except ValueError as exc:
         fail(str(exc))
     try:
-        env_spec(args.env)  # an unknown id named with the package's ids, not gymnasium's nearest of any env
+        spec_keywords(args.env)  # an unknown id, or one of no ALA env, named with the package's ids
         envs = controller.make_envs(args.env, **env_kwargs_from_args(args))
     except (ValueError, TypeError, DataError, gym.error.Error) as exc:
         fail(f"cannot make {args.env}: {exc}")

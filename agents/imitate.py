@@ -41,10 +41,10 @@ from torch.nn import functional as F
 import ala_gym  # noqa: F401  (registers the env ids)
 from ala_gym.agents import cli, resolve_controller
 from ala_gym.agents.reinforce import N_ACTIONS, PairPolicy, ReinforceConfig, save_policy
-from ala_gym.core.checks import FLOAT32_MAX, check_int, check_real
+from ala_gym.core.checks import FLOAT32_MAX, check_int, check_real, check_seed
 from ala_gym.core.data import DataError, with_data_home
 from ala_gym.core.machine import cpu_model
-from ala_gym.registration import env_spec
+from ala_gym.envs.spec import spec_keywords
 from ala_gym.wrappers import ChildAttributes
 
 RUN_ONLY_TEACHERS = ("ppo", "a2c", "adalfl")
@@ -96,6 +96,7 @@ class ImitateConfig:
             check_int(f"horizons[{i}]", horizon, 1)
         check_int("steps_per_action", self.steps_per_action, 1)
         check_int("num_envs", self.num_envs, 1)
+        check_seed("seed", self.seed)
         check_real("explore", self.explore, 0.0, 1.0, high_open=True)
         check_int("hidden", self.hidden, 1)
         check_int("epochs", self.epochs, 1)
@@ -194,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         config = config_from_args(args)
         cli.check_save_file(args.save, beside=(cli.PROVENANCE_SUFFIX,))
-        env_spec(config.env)
+        spec_keywords(config.env)  # an unknown id, or one of no ALA env, named with the package's ids
         policy, outcome = imitate(config)
         save_policy(args.save, policy, ReinforceConfig(hidden=config.hidden))
     except (ValueError, TypeError, gym.error.Error, DataError) as exc:  # JSONDecodeError and CheckpointError are ValueErrors

@@ -72,7 +72,7 @@ import ala_gym  # noqa: F401  (registers the env ids)
 from ala_gym.agents import checkpoints, cli
 from ala_gym.agents.base import mean_off_diagonal
 from ala_gym.agents.reinforce import PairPolicy
-from ala_gym.core.checks import FLOAT32_MAX, check_int, check_optional_int, check_real
+from ala_gym.core.checks import FLOAT32_MAX, check_int, check_optional_int, check_real, check_seed
 from ala_gym.core.data import DataError, with_data_home
 from ala_gym.core.machine import cpu_model
 from ala_gym.envs.spec import task_spec
@@ -188,6 +188,7 @@ class MetaTrainConfig:
             raise ValueError(f"rank_ties must be one of {', '.join(RANK_TIES)}, got {self.rank_ties!r}")
         if self.action_uniforms not in ACTION_UNIFORMS:
             raise ValueError(f"action_uniforms must be one of {', '.join(ACTION_UNIFORMS)}, got {self.action_uniforms!r}")
+        check_seed("seed", self.seed)
         check_int("workers", self.workers, 0)
         check_optional_int("pairs_per_evaluation", self.pairs_per_evaluation, 1)
         if not 1 <= check_int("tasks_per_generation", self.tasks_per_generation) <= len(set(self.tasks)):

@@ -504,8 +504,7 @@ class ReinforceController(Controller):
         and frozen runs on Fashion-MNIST show (``benchmarks/results/fashion-mnist/``). A higher temperature makes
         it explore, and so learn, again.
         """
-        if not temperature > 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
+        check_real("temperature", temperature, 0.0, FLOAT32_MAX, low_open=True)
         checkpoint = checkpoints.load_checkpoint(path, "reinforce")
         saved = dict(checkpoint["config"])
         try:
@@ -520,6 +519,8 @@ class ReinforceController(Controller):
         with torch.no_grad():
             for parameter in policy.net[-1].parameters():
                 parameter.div_(temperature)
+        if checkpoints.non_finite_weights(policy.state_dict()):
+            raise ValueError(f"temperature {temperature} scales the policy's output layer past float32's range; use a larger one")
         state = policy.state_dict()
         return cls(config, num_envs=num_envs, train=train, initial_state=state, n_features=n_features)
 
@@ -579,6 +580,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     cli.check_load_args(parser, ReinforceConfig, args)
+    if args.temperature != 1.0 and not args.load:
+        parser.error("--temperature needs --load (it scales a saved policy's logits)")
     if args.load:
         try:
             controller = ReinforceController.load(

@@ -50,6 +50,7 @@ with python_random_kept():  # its first import draws from Python's random
 
 from ala_gym.agents.base import Controller, EpisodeRecord, EpisodeRecorder, OnStep, step_logs
 from ala_gym.core.checks import FLOAT32_MAX, check_int, check_real
+from ala_gym.core.data import resolve_device
 from ala_gym.core.files import atomic_file
 from ala_gym.wrappers.sb3 import SB3VecEnv
 
@@ -153,9 +154,11 @@ class SB3Config:
         check_real("gae_lambda", self.gae_lambda, 0.0, 1.0)
         check_real("ent_coef", self.ent_coef, 0.0)
         try:
-            torch.device(self.policy_device)
+            device_type = torch.device(self.policy_device).type
         except RuntimeError:
-            raise ValueError(f"policy_device must name a torch device (cpu, cuda, cuda:1, ...), got {self.policy_device!r}") from None
+            device_type = None
+        if device_type not in ("cpu", "cuda"):  # SB3 and the envs run on these
+            raise ValueError(f"policy_device must be 'cpu', 'cuda' or 'cuda:N', got {self.policy_device!r}")
 
 
 class _RecordingCallback(BaseCallback):
@@ -346,9 +349,16 @@ def main(argv: list[str] | None = None) -> None:
             cli.fail(str(exc))
     else:
         try:
-            controller = SB3Controller(args.algo, cli.dataclass_from_args(SB3Config, args), num_envs=args.num_envs)
+            config = cli.dataclass_from_args(SB3Config, args)
+            controller = SB3Controller(args.algo, config, num_envs=args.num_envs)
         except ValueError as exc:
             cli.fail(str(exc))
+        try:  # on this machine: SB3 would fall back to the CPU without a word where the GPU asked for is absent
+            resolve_device(config.policy_device)
+        except ValueError:
+            gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            cli.fail(f"--policy-device {config.policy_device}, but this machine has {gpus} CUDA GPU(s) visible to torch; "
+                     "use --policy-device cpu")  # fmt: skip
     if not args.no_tensorboard:
         controller.log_dir = args.log_dir or cli.default_log_dir(controller.name, args)
     cli.run_cli(controller, args, beside=(MODEL_SUFFIX,))

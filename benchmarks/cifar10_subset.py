@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> None:
         build_cifar10_subset(args.cifar10, out)
     except DataError as exc:
         parser.exit(2, f"cifar10_subset: {exc}\n")
+    except OSError as exc:  # where the subset would go: under a file, or a folder this user may not write
+        parser.exit(2, f"cifar10_subset: cannot write {out} ({exc.strerror or exc}); choose another --out\n")
     except KeyboardInterrupt:  # the subset is built in a temporary folder, removed on the way out
         interrupted(parser.prog, f"{out} was not written; the same command starts again")
     print(f"wrote the CIFAR-10 subset to {out}", file=sys.stderr)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import re
@@ -238,8 +239,8 @@ def main(argv: list[str] | None = None) -> None:
         readme = repo / "README.md"
         if not readme.is_file() or OWN_TASK.search(readme.read_text()) is None:
             parser.exit(2, f"{parser.prog}: error: --repo {args.repo}: README.md has no own-task example between its snippet markers; leave own-task out of --steps\n")
-    if not args.timeout > 0:
-        parser.exit(2, f"{parser.prog}: error: --timeout must be a positive number of seconds, got {args.timeout}\n")
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
+        parser.exit(2, f"{parser.prog}: error: --timeout must be a finite positive number of seconds, got {args.timeout}\n")
     check_out_folder(parser, args.out, FILES)
     report = measure(repo, args.steps, args.timeout, args.data_root or data_home())
     report["command"] = "python -m ala_gym.benchmarks.commands" + (f" --steps {' '.join(args.steps)}" if args.steps != list(STEPS) else "")

@@ -50,6 +50,9 @@ def test_a_config_refuses_a_number_that_is_not_finite_or_out_of_range(config: ty
 
 
 @pytest.mark.parametrize("config, kwargs, message", [
+    (MetaTrainConfig, dict(seed=-1), "^seed must be an integer >= 0, got -1$"),
+    (MetaTrainConfig, dict(seed=2**32), "^seed must be an integer in \\[0, 2\\*\\*32 - 1\\], got 4294967296$"),
+    (ImitateConfig, dict(seed=2**32), "^seed must be an integer in \\[0, 2\\*\\*32 - 1\\], got 4294967296$"),
     (MetaTrainConfig, dict(tasks=()), "tasks must name at least one env id, got \\(\\)"),
     (MetaTrainConfig, dict(tasks=("ALA-Digits-v0", 3)), "tasks must name at least one env id, got \\('ALA-Digits-v0', 3\\)"),
     (MetaTrainConfig, dict(horizon=(600, 200)), "^horizon must be \\(low, high\\) with 1 <= low <= high, got \\(600, 200\\)$"),

@@ -204,8 +204,11 @@ def test_a_temperature_makes_the_deterministic_shipped_policy_explore_again():
         _, logs = run_digits(transfer_controller(train=True, num_envs=2, temperature=temperature))
         entropies.append(logs[0]["entropy"])
     assert entropies[0] < 0.01 < 0.05 < entropies[1]  # at 1 the policy acts deterministically: nothing to learn
-    with pytest.raises(ValueError, match="temperature must be positive"):
-        transfer_controller(temperature=0.0)
+    for refused in (0.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="temperature must be a finite number in \\(0, "):
+            transfer_controller(temperature=refused)
+    with pytest.raises(ValueError, match="temperature 1e-45 scales the policy's output layer past float32's range"):
+        transfer_controller(temperature=1e-45)
 
 
 def test_reward_agreement_draws_two_disjoint_subsets_of_each_size() -> None:

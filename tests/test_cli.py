@@ -401,7 +401,10 @@ def test_command_lines_name_an_unknown_env_id_in_one_line(command: list[str], tm
 @pytest.mark.parametrize("module, argv", [
     ("ala_gym.benchmarks.compare.cli", ["--env", "CartPole-v1", "--controllers", "ce", "--seeds", "1"]),
     ("ala_gym.agents.meta_train", ["--tasks", "CartPole-v1", "--save", "never.pt"]),
-], ids=["compare", "meta_train"])  # fmt: skip
+    ("ala_gym.agents.reinforce", ["--env", "CartPole-v1", "--no-tensorboard"]),
+    ("ala_gym.agents.sb3", ["--env", "CartPole-v1", "--no-tensorboard", "--total-iterations", "4"]),
+    ("ala_gym.agents.imitate", ["--env", "CartPole-v1", "--save", "never.pt"]),
+], ids=["compare", "meta_train", "reinforce", "sb3", "imitate"])  # fmt: skip
 def test_command_lines_refuse_an_env_that_is_not_an_ala_env_in_one_line(
     module: str, argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -411,7 +414,7 @@ def test_command_lines_refuse_an_env_that_is_not_an_ala_env_in_one_line(
         importlib.import_module(module).main(argv)
     err = capsys.readouterr().err
     assert caught.value.code == 2 and err.strip().count("\n") == 0
-    assert "error: 'CartPole-v1' is not an ALA env" in err and "such as 'ALA-Digits-v0'" in err
+    assert "'CartPole-v1' is not an ALA env" in err and "such as 'ALA-Digits-v0'" in err
     assert not list(tmp_path.iterdir())  # nothing written
 
 
@@ -462,3 +465,40 @@ def test_ctrl_c_stops_a_command_line_in_one_line_with_status_130(entry: str, tmp
         run()
     err = capsys.readouterr().err
     assert caught.value.code == 130 and err.count("\n") == 1 and "interrupted; " in err and said in err, err
+
+
+@pytest.mark.parametrize("main", [reinforce_main, sb3_main], ids=["reinforce", "sb3"])
+@pytest.mark.parametrize("seed", ["-1", "4294967296", "1.5"])
+def test_a_seed_outside_what_numpy_and_torch_take_is_refused_before_the_run(main, seed: str, capsys) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main([*TINY_RUN, "--seed", seed])
+    err = capsys.readouterr().err
+    assert caught.value.code == 2 and f"argument --seed: must be an integer in [0, 2**32 - 1], got '{seed}'" in err
+
+
+@pytest.mark.parametrize("device, said", [
+    ("mps", "policy_device must be 'cpu', 'cuda' or 'cuda:N', got 'mps'"),
+    ("cuda:99", "--policy-device cuda:99, but this machine has"),
+])  # fmt: skip
+def test_a_policy_device_sb3_cannot_use_or_this_machine_lacks_is_refused_in_one_line(device: str, said: str, capsys) -> None:
+    """Not a crash in torch at the first step, nor SB3's silent fall-back to the CPU for a GPU that is absent."""
+    with pytest.raises(SystemExit) as caught:
+        sb3_main([*TINY_RUN, "--policy-device", device])
+    err = capsys.readouterr().err
+    assert caught.value.code == 2 and err.count("\n") == 1 and said in err
+
+
+def test_a_temperature_without_a_policy_to_scale_is_refused(capsys) -> None:
+    with pytest.raises(SystemExit) as caught:
+        reinforce_main([*TINY_RUN, "--temperature", "2"])
+    assert caught.value.code == 2 and "--temperature needs --load" in capsys.readouterr().err
+
+
+def test_the_subset_builder_refuses_an_out_folder_it_cannot_create_in_one_line(tmp_path: Path, capsys) -> None:
+    from ala_gym.benchmarks import cifar10_subset
+
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(SystemExit) as caught:
+        cifar10_subset.main(["--cifar10", str(tmp_path / "absent"), "--out", str(tmp_path / "afile" / "subset")])
+    err = capsys.readouterr().err
+    assert caught.value.code == 2 and err.count("\n") == 1 and "choose another --out" in err

@@ -173,8 +173,9 @@ def test_findings_quote_demo_the_example_and_setup_plus_test() -> None:
     ("args", "message"),
     [
         (["--repo", "{tmp}"], "--repo {tmp}: not a git clone; name the folder of a clone of ala-gym"),
-        (["--repo", "{repo}", "--timeout", "0"], "--timeout must be a positive number of seconds, got 0.0"),
-        (["--repo", "{repo}", "--timeout", "nan"], "--timeout must be a positive number of seconds, got nan"),
+        (["--repo", "{repo}", "--timeout", "0"], "--timeout must be a finite positive number of seconds, got 0.0"),
+        (["--repo", "{repo}", "--timeout", "nan"], "--timeout must be a finite positive number of seconds, got nan"),
+        (["--repo", "{repo}", "--timeout", "inf"], "--timeout must be a finite positive number of seconds, got inf"),
         (["--repo", "{repo}", "--out", "{repo}/Makefile"], "--out {repo}/Makefile: {repo}/Makefile is a file, not a folder"),
         (["--repo", "{repo}", "--steps", "own-task", "setup"], "--steps: own-task runs the clone's .venv, which setup makes; put setup before it"),
         (["--repo", "{repo}", "--steps", "tutorials"], "--steps: tutorials runs the clone's .venv, which setup makes; put setup before it"),

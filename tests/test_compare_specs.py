@@ -77,7 +77,8 @@ def test_a_bad_env_keyword_after_at_fails_before_any_run(tmp_path, monkeypatch):
     }
     for spec, message in wrongs.items():
         with pytest.raises(ComparisonError, match=message):
-            run.compare("ALA-Digits-v0", ["ce", spec], [0], {"total_iterations": 20, "steps_per_action": 10}, "x")
+            run.compare("ALA-Digits-v0", ["ce", spec], [0], {"total_iterations": 20, "steps_per_action": 10}, "x",
+                    baseline_children=1)
     assert not list(tmp_path.iterdir())  # no folder made, nothing claimed
     check_row("ce@train_mode=sequential;beta=0.05", "ALA-Digits-v0", {})  # good keywords pass
 
@@ -127,15 +128,20 @@ def test_keyword_values_are_typed_as_their_settings():
     ("adalfl@offline_steps=-1", "offline_steps must be an integer >= 0, got -1"),  # a controller's own keyword after @
     ("fixed-loss", "unknown loss_form 'fixed'"),  # a metric-learning loss on a classification task
     ("ce@metric=accuracy", "scored by 'accuracy' and the comparison by 'error'"),  # one metric column per table
+    ("reinforce-transfer(policy=3)", "policy must be str, got 3"),  # a factory function's own parameters
+    ("ce(num_envs=0)", "num_envs must be an integer >= 1, got 0"),
+    ("ce(num_envs=2)", "num_envs=2 but the comparison runs such rows with 1 children \\(--baseline-children\\)"),
 ], ids=["learnloss-rate", "learnloss-window", "random-noise", "ppo-policy", "ppo-minibatch", "adalfl-init-path",
-        "adalfl-own-keyword", "controller-does-not-fit", "another-metric"])  # fmt: skip
+        "adalfl-own-keyword", "controller-does-not-fit", "another-metric", "transfer-policy-type", "no-children",
+        "children-conflict"])  # fmt: skip
 def test_a_bad_row_fails_before_any_run(spec, message, tmp_path, monkeypatch):
     from ala_gym.benchmarks.compare import run
 
     monkeypatch.setattr(run, "RESULTS", tmp_path)
     monkeypatch.setattr(run, "run_one", lambda *args, **kwargs: pytest.fail("a run started"))
     with pytest.raises(ComparisonError, match=message):
-        run.compare("ALA-Digits-v0", ["ce", spec], [0], {"total_iterations": 20, "steps_per_action": 10}, "x")
+        run.compare("ALA-Digits-v0", ["ce", spec], [0], {"total_iterations": 20, "steps_per_action": 10}, "x",
+                    baseline_children=1)
     assert not list(tmp_path.iterdir())
 
 

@@ -30,6 +30,18 @@ def check_int(name: str, value: Any, minimum: int | None = None) -> int:
     return int(value)
 
 
+SEED_LIMIT = 2**32
+"""Seeds of a run are below it: NumPy's legacy seeding (which Stable-Baselines3 calls) takes no larger one."""
+
+
+def check_seed(name: str, value: Any) -> int:
+    """``value`` as an ``int`` if it is an integer in ``[0, 2**32 - 1]``; otherwise a ``ValueError`` naming ``name``."""
+    seed = check_int(name, value, 0)
+    if seed >= SEED_LIMIT:
+        raise ValueError(f"{name} must be an integer in [0, 2**32 - 1], got {value!r}")
+    return seed
+
+
 def check_real(
     name: str,
     value: Any,

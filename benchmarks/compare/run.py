@@ -137,8 +137,10 @@ def compare(
         raise ComparisonError(f"controllers named more than once: {', '.join(repeated)}; name each row once")
     oracles = {spec: ORACLES[spec] for spec in controllers if is_oracle(spec)}
     plain = [spec for spec in controllers if spec not in oracles]
-    # Unknown names and bad keywords fail before any run (and before any data is read).
-    built = {spec: build_controller(spec) for spec in plain + [c for grid in oracles.values() for c in grid]}
+    # Unknown names, bad keywords and a row's own child count against the comparison's fail before any run (and
+    # before any data is read): each row is built as its runs build it.
+    grids = [c for grid in oracles.values() for c in grid]
+    built = {spec: build_controller(spec, children, baseline_children) for spec in plain + grids}
     # An unknown env id, a bad env keyword or missing data fails before the results folder is made or claimed.
     facts = env_facts(env_id, env_kwargs)
     for spec in plain:  # each row as its runs will make its env: a row that does not fit fails before any run

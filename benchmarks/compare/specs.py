@@ -16,6 +16,7 @@ from gymnasium.vector import AutoresetMode
 from ala_gym.agents import resolve_controller
 from ala_gym.benchmarks.compare.errors import ComparisonError
 from ala_gym.benchmarks.oracle import ORACLES
+from ala_gym.core.checks import check_int
 from ala_gym.core.data import with_data_home
 from ala_gym.envs.spec import task_spec
 from ala_gym.envs.vector import check_vector_args
@@ -124,6 +125,13 @@ def _hints(target: Any) -> dict[str, Any]:
         return {}
 
 
+def _factory_hints(factory: Any) -> dict[str, Any]:
+    """The types of a factory's keywords: those of the function or class ``__init__`` it calls (a factory of
+    :data:`ala_gym.agents.CONTROLLERS` names it as ``factory.target()``), or of the factory itself."""
+    target = factory.target() if callable(getattr(factory, "target", None)) else inspect.unwrap(factory)
+    return _hints(target.__init__ if isinstance(target, type) else target)
+
+
 def build_controller(spec: str, children: int | None = None, baseline_children: int | None = None) -> Any:
     """The controller a spec names: config keywords applied, ``children`` for a multi-child controller and
     ``baseline_children`` for a fixed one (each None: the controller's own count)."""
@@ -143,9 +151,15 @@ def build_controller(spec: str, children: int | None = None, baseline_children: 
         config_kwargs = {k: v for k, v in config_overrides.items() if k in config_fields}
         factory_kwargs = {k: v for k, v in config_overrides.items() if k not in config_fields}
         config_kwargs = _check_types(spec, config_kwargs, _hints(type(config)))
-        factory_kwargs = _check_types(spec, factory_kwargs, {**_hints(type(controller).__init__), **_hints(inspect.unwrap(factory))})
+        factory_kwargs = _check_types(spec, factory_kwargs, {**_hints(type(controller).__init__), **_factory_hints(factory)})
+        if "num_envs" in factory_kwargs:
+            check_int("num_envs", factory_kwargs["num_envs"], 1)
         count = children if controller.multi_child else baseline_children if not controller.learned else None
         if count is not None:
+            if factory_kwargs.get("num_envs", count) != count:  # the comparison's count would replace it unseen
+                option = "--children" if controller.multi_child else "--baseline-children"
+                raise ComparisonError(f"controller {spec!r}: num_envs={factory_kwargs['num_envs']} but the comparison "
+                                      f"runs such rows with {count} children ({option}); set the count there")  # fmt: skip
             factory_kwargs["num_envs"] = count
         if factory_kwargs:
             controller = factory(**factory_kwargs)
