@@ -97,7 +97,7 @@ def test_cli_bad_env_value_and_missing_checkpoint_exit_2(main, tmp_path: Path, c
     (sb3_main, ["--n-steps", "0"], "n_steps must be an integer >= 1, got 0"),
     (sb3_main, ["--gamma", "1.5"], "gamma must be a finite number in [0, 1], got 1.5"),
     (sb3_main, ["--n-steps", "1"], "PPO needs minibatches of at least 2 transitions, got 1"),  # one child, one step
-    (sb3_main, ["--policy-device", "tpu"], "policy_device must name a torch device"),
+    (sb3_main, ["--policy-device", "tpu"], "policy_device must be 'cpu', 'cuda' or 'cuda:N', got 'tpu'"),
 ], ids=["reinforce-hidden", "sb3-n-steps", "sb3-gamma", "ppo-minibatch", "sb3-device"])  # fmt: skip
 def test_cli_bad_hyperparameter_is_one_line_and_exit_2(main, wrong: list[str], message: str, capsys) -> None:
     with pytest.raises(SystemExit) as caught:

@@ -126,10 +126,11 @@ def _hints(target: Any) -> dict[str, Any]:
 
 
 def _factory_hints(factory: Any) -> dict[str, Any]:
-    """The types of a factory's keywords: those of the function or class ``__init__`` it calls (a factory of
-    :data:`ala_gym.agents.CONTROLLERS` names it as ``factory.target()``), or of the factory itself."""
+    """The types of a factory's keywords: those of the function it calls (a factory of
+    :data:`ala_gym.agents.CONTROLLERS` names it as ``factory.target()``), or of the factory itself; none of its own
+    for a class (whose ``__init__`` the caller reads from the controller built)."""
     target = factory.target() if callable(getattr(factory, "target", None)) else inspect.unwrap(factory)
-    return _hints(target.__init__ if isinstance(target, type) else target)
+    return {} if isinstance(target, type) else _hints(target)
 
 
 def build_controller(spec: str, children: int | None = None, baseline_children: int | None = None) -> Any:
