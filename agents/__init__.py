@@ -123,10 +123,14 @@ def resolve_controller(name: str) -> Callable[..., Controller]:
     if not colon:
         known = sorted(CONTROLLERS) + sorted(plugins)
         raise ValueError(f"unknown controller {name!r}; choose from {known}, or name your own as package.module:Factory")
+    if module.startswith("."):  # importlib needs a package to resolve it against
+        raise ValueError(f"controller {name!r}: {module!r} is relative; name the module by its full import path")
     try:
         target: Any = import_module(module)
     except ImportError as error:
         raise ValueError(f"controller {name!r}: cannot import {module!r} ({error}); is it installed or on PYTHONPATH?") from None
+    except Exception as error:  # whatever else the module raises while it is imported
+        raise ValueError(f"controller {name!r}: importing {module!r} fails ({type(error).__name__}: {error})") from None
     for part in attribute.split("."):
         if not hasattr(target, part):
             raise ValueError(f"controller {name!r}: module {module!r} has no {attribute!r}")

@@ -180,10 +180,14 @@ def env_spec(env_id: str) -> EnvSpec:
     installed env."""
     module, _, name = env_id.rpartition(":")
     if module:
+        if module.startswith("."):  # importlib needs a package to resolve it against
+            raise UnknownEnvError(f"env id {env_id!r}: {module!r} is relative; name the module by its full import path")
         try:
             importlib.import_module(module)
         except ImportError as exc:
             raise UnknownEnvError(f"env id {env_id!r}: cannot import {module!r} ({exc})") from None
+        except Exception as exc:  # whatever else the module raises while it is imported
+            raise UnknownEnvError(f"env id {env_id!r}: importing {module!r} fails ({type(exc).__name__}: {exc})") from None
     try:
         return spec(name)
     except error.Error:

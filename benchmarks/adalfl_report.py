@@ -78,7 +78,7 @@ def summary(runs: list[dict], ce_runs: list[dict], ce_source: str | None) -> str
         f"# AdaLFL on {first['env']}",
         "",
         f"- Machine: {first['machine']['cpu']}, {first['machine']['cores']} cores, {first['machine']['torch_threads']} "
-        f"torch thread(s), GPU: {first['machine']['gpu']}; device `{first['device']}`",
+        f"torch thread(s), GPU: {first['machine'].get('gpu')}; device `{first['device']}`",  # older runs: no gpu key
         f"- Env keywords (AdaLFL's own config fields among them): `{json.dumps(first['env_kwargs'])}`",
         "- Wall time includes the offline initialisation; online = wall - offline (training, evaluations every K",
         "  iterations, final test). Test metric: error (%) on the test split.",

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
+from typing import TypeVar
 
 from ala_gym.core.machine import cpu_model
+
+T = TypeVar("T")
 
 __all__ = ["RESULTS", "check_out_folder", "cpu_model", "float32_precision", "package_version"]
 
@@ -37,6 +41,16 @@ def check_out_folder(parser: argparse.ArgumentParser, out: Path, files: tuple[st
     for name in files:
         if (out / name).is_dir():
             parser.exit(2, f"{parser.prog}: error: --out {out}: {out / name} is a folder where the report goes; move it away\n")
+
+
+def render_saved(parser: argparse.ArgumentParser, path: Path, render: Callable[[], T], fix: str) -> T:
+    """``render()``, a report of the saved file ``path``: a file that parses but lacks what the report reads
+    (edited by hand, or cut down) ends the command in one line (exit status 2) that names it and ``fix``."""
+    try:
+        return render()
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
+        parser.exit(2, f"{parser.prog}: error: {path} is damaged: it lacks what the report reads "
+                       f"({type(error).__name__}: {error}); {fix}\n")  # fmt: skip
 
 
 def float32_precision() -> str:

@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.rounds < 1:
         parser.error(f"--rounds must be positive, got {args.rounds}")
     if args.data_root is not None:
-        os.environ["ALA_GYM_DATA"] = str(args.data_root)  # inherited by the workers
+        os.environ["ALA_GYM_DATA"] = str(args.data_root.resolve())  # inherited by the workers, which run elsewhere
     if args.worker:
         worker(args.worker, args.config, args.rounds)
         return

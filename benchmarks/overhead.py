@@ -70,7 +70,7 @@ import ala_gym  # noqa: F401  (registers the env ids)
 from ala_gym.agents.cli import DescriptionFormatter
 from ala_gym.benchmarks.compare import ComparisonError
 from ala_gym.benchmarks.compare.store import read_json
-from ala_gym.benchmarks.machine import RESULTS, check_out_folder, cpu_model
+from ala_gym.benchmarks.machine import RESULTS, check_out_folder, cpu_model, render_saved
 from ala_gym.core.allocator import retain_freed_memory
 from ala_gym.core.data import CIFAR10_SUBSET, DataError, training_batch, with_data_home
 from ala_gym.core.files import write_text_atomic
@@ -392,7 +392,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"{', '.join(not_positive)} must be positive")
     check_out_folder(parser, args.out, ("overhead.json", "overhead.md"))
     if args.data_root is not None:
-        os.environ["ALA_GYM_DATA"] = str(args.data_root)
+        os.environ["ALA_GYM_DATA"] = str(args.data_root.resolve())
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -422,6 +422,8 @@ def main(argv: list[str] | None = None) -> None:
     if previous is not None:
         report["results"] = previous["results"]
         report["notes"] = list(dict.fromkeys(previous["notes"] + report["notes"]))  # once each, in order
+        # Its rows are rendered again at the end: one that lacks what the table reads fails now, before measuring.
+        render_saved(parser, json_path, partial(render_markdown, report), "restore it (git checkout), or run without --merge")
     if not torch.cuda.is_available() and not args.merge:
         report["notes"].append("No GPU on this machine: CUDA numbers not measured (run with `--device cuda` where one is).")
     for name in names:

@@ -20,6 +20,7 @@ import argparse
 import json
 import sys
 import time
+from functools import partial
 from typing import Any
 
 import gymnasium as gym
@@ -31,6 +32,7 @@ from ala_gym.agents.cli import DescriptionFormatter
 from ala_gym.benchmarks.compare import ComparisonError, machine, versions, without_locations, write_json
 from ala_gym.benchmarks.compare.store import read_json
 from ala_gym.benchmarks.machine import RESULTS as DEFAULT_RESULTS
+from ala_gym.benchmarks.machine import render_saved
 from ala_gym.core.data import DataError, with_data_home
 from ala_gym.core.files import write_text_atomic
 from ala_gym.core.metrics import discounted_metric, error_rate
@@ -110,6 +112,7 @@ def main(argv: list[str] | None = None) -> None:
             results = read_json(RESULTS, {}, fix)
     except ComparisonError as error:  # damaged, or no file to read (a folder)
         parser.exit(2, f"reward_agreement: {error}\n")
+    render_saved(parser, RESULTS, partial(markdown, results), fix)  # its records are rendered again at the end
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     try:
@@ -144,6 +147,10 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def write_markdown(results: dict[str, Any]) -> None:
+    write_text_atomic(RESULTS.with_suffix(".md"), markdown(results))
+
+
+def markdown(results: dict[str, Any]) -> str:
     lines = [
         "# Reward agreement between two disjoint validation subsets of size S",
         "",
@@ -164,7 +171,7 @@ def write_markdown(results: dict[str, Any]) -> None:
                 f"{', '.join(f'{a:.2f}' for a in row['agree_per_seed'])} | {record['machine']['cpu']}, "
                 f"{record['machine']['torch_threads']} thread |"
             )
-    write_text_atomic(RESULTS.with_suffix(".md"), "\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -69,7 +69,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ala_gym.benchmarks.machine import RESULTS, check_out_folder, cpu_model, float32_precision
+from ala_gym.benchmarks.machine import RESULTS, check_out_folder, cpu_model, float32_precision, render_saved
 from ala_gym.core.files import write_text_atomic
 from ala_gym.wrappers import MissingExtraError, require
 
@@ -699,10 +699,11 @@ def main(argv: list[str] | None = None) -> None:
             report = read_json(path, shape, "restore it (git checkout), or measure again without --render")
         except ComparisonError as error:
             parser.exit(2, f"{parser.prog}: error: {error}\n")
-        write_markdown(report, args.out / "throughput.md")
+        render_saved(parser, path, partial(write_markdown, report, args.out / "throughput.md"),
+                     "restore it (git checkout), or measure again without --render")  # fmt: skip
         return
     if args.data_root is not None:
-        os.environ["ALA_GYM_DATA"] = str(args.data_root)  # inherited by the measuring subprocesses
+        os.environ["ALA_GYM_DATA"] = str(args.data_root.resolve())  # inherited by the measuring subprocesses
     if args.one:
         config = json.loads(args.one)
         probes = {"roofline": roofline, "kernels": kernel_rate, "products": product_rate}

@@ -30,7 +30,6 @@ the same for the reruns of a shipped policy's command recorded under ``results/t
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -147,13 +146,14 @@ def per_seed_difference(transfer: dict, ce: dict) -> dict[str, Any] | None:
     }  # fmt: skip
 
 
+SUMMARY_SHAPE = {"summary": [{"controller": str, "test_mean": NUMBER, "test_std": NUMBER}]}
+"""What the report reads of a comparison's ``results.json``."""
+
+
 def read_summary(path: Path, preset: str) -> list[dict]:
     """The summary rows of a comparison's ``results.json``; a file that is not one gets an error naming it."""
-    try:
-        return json.loads(path.read_text())["summary"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path} is not a comparison's results ({exc!r}); restore it (git checkout) or run "
-                         f"python -m ala_gym.benchmarks.compare --preset {preset} again") from None  # fmt: skip
+    fix = f"restore it (git checkout) or run python -m ala_gym.benchmarks.compare --preset {preset} again"
+    return read_json(path, SUMMARY_SHAPE, fix)["summary"]
 
 
 def fitness_by_task(history: list[dict]) -> dict[str, dict[str, float]]:

@@ -6,6 +6,7 @@ runs were not made with. A measuring worker that fails after these checks is nam
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -53,8 +54,10 @@ def test_overhead_refuses_missing_data_and_keeps_the_saved_report(saved_overhead
     monkeypatch.setenv("ALA_GYM_DATA", str(tmp_path))  # --data-root sets it; restored after the test
     monkeypatch.setattr(overhead, "measure", never)
     before = {path.name: path.read_text() for path in saved_overhead.iterdir()}
-    argv = ["--configs", "cifar10-subset", "--data-root", str(tmp_path / "no-data"), "--repeats", "1"]
+    monkeypatch.chdir(tmp_path)  # a relative --data-root reaches the measuring processes as an absolute one
+    argv = ["--configs", "cifar10-subset", "--data-root", "no-data", "--repeats", "1"]
     err = refused(overhead.main, [*argv, "--out", str(saved_overhead)], capsys)
+    assert os.environ["ALA_GYM_DATA"] == str(tmp_path / "no-data")
     assert f"cifar10-subset: no dataset folder {tmp_path / 'no-data' / 'cifar10-subset'}" in err and "--data-root" in err
     assert {path.name: path.read_text() for path in saved_overhead.iterdir()} == before
     assert not (tmp_path / "no-data").exists()  # nothing was downloaded there
@@ -264,7 +267,7 @@ def test_adalfl_report_refuses_a_folder_without_runs_or_a_ce_path_of_no_file(ce,
 
 
 # ---------------------------------------------------------------------- reward_agreement
-@pytest.mark.parametrize("damage", ["truncated", "list", "folder"])
+@pytest.mark.parametrize("damage", ["truncated", "list", "folder", "rows"])
 def test_reward_agreement_checks_its_saved_results_before_computing(damage, tmp_path, monkeypatch, capsys):
     results = tmp_path / "reward_agreement.json"
     monkeypatch.setattr(reward_agreement, "RESULTS", results)
@@ -272,7 +275,8 @@ def test_reward_agreement_checks_its_saved_results_before_computing(damage, tmp_
     if damage == "folder":
         results.mkdir()
     else:
-        results.write_text('{"ALA-Digits-v0": {' if damage == "truncated" else "[]")
+        saved = {"truncated": '{"ALA-Digits-v0": {', "list": "[]", "rows": '{"ALA-Foo-v0": {"rows": [{}]}}'}[damage]
+        results.write_text(saved)
     err = refused(reward_agreement.main, ["--env", "ALA-Digits-v0", "--sizes", "10", "--seeds", "1"], capsys)
     assert str(results) in err and "move it away" in err
 

@@ -382,6 +382,8 @@ def test_an_unknown_env_id_is_named_with_the_package_ids() -> None:
         env_spec("CartPol")  # nothing close: every id listed, none of gymnasium's other envs suggested
     with pytest.raises(UnknownEnvError, match="cannot import 'no_such_module_here'"):
         env_spec("no_such_module_here:Env-v0")
+    with pytest.raises(UnknownEnvError, match="'.envs' is relative; name the module by its full import path"):
+        env_spec(".envs:Env-v0")
     assert env_spec("ala_gym.envs:ALA-Digits-v0").id == "ALA-Digits-v0"  # gym.make's 'module:EnvId' form
 
 

@@ -112,6 +112,16 @@ def test_merge_keeps_the_other_configs_rows_and_each_note_once(tmp_path, monkeyp
     assert "| fashion-mnist | small_cnn |" in (tmp_path / "overhead.md").read_text()
 
 
+def test_merge_into_a_report_whose_rows_lack_what_the_table_reads_is_refused_before_measuring(tmp_path, monkeypatch, capsys):
+    (tmp_path / "overhead.json").write_text(json.dumps({"results": {"foo": {"model": 1}}, "notes": []}))
+    monkeypatch.setattr(overhead, "measure", lambda *args: pytest.fail("measured before the refusal"))
+    with pytest.raises(SystemExit) as caught:
+        overhead.main(["--configs", "digits", "--repeats", "1", "--out", str(tmp_path), "--merge"])
+    err = capsys.readouterr().err
+    assert caught.value.code == 2 and err.count("\n") == 1 and "overhead.json is damaged: it lacks what the report reads" in err
+    assert json.loads((tmp_path / "overhead.json").read_text())["results"] == {"foo": {"model": 1}}
+
+
 def test_tiny_run_writes_json_and_markdown(tmp_path):
     overhead.main(["--configs", "digits", "--repeats", "1", "--steps-per-action", "2", "--out", str(tmp_path)])
     report = json.loads((tmp_path / "overhead.json").read_text())

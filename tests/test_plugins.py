@@ -88,9 +88,12 @@ def test_a_module_factory_runs_through_the_comparison(plugin: Path) -> None:
         ("my_controllers:NOT_A_CONTROLLER", "is not callable"),
         ("my_controllers:make_nothing", "not an ala_gym.agents.Controller"),
         ("nonsense", "unknown controller 'nonsense'"),
+        ("broken_on_import:Factory", "importing 'broken_on_import' fails \\(RuntimeError: no GPU here\\)"),
+        (".my_controllers:AlwaysUp", "'.my_controllers' is relative; name the module by its full import path"),
     ],
 )
 def test_bad_specs_are_refused_in_one_line(plugin: Path, spec: str, message: str) -> None:
+    (plugin / "broken_on_import.py").write_text('raise RuntimeError("no GPU here")\n')
     with pytest.raises(compare.ComparisonError, match=message):
         compare.build_controller(spec)
 

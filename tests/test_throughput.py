@@ -225,7 +225,8 @@ def test_a_run_that_measured_nothing_leaves_the_saved_report(tmp_path, monkeypat
     assert {name: (tmp_path / name).read_text() for name in saved} == saved
 
 
-@pytest.mark.parametrize("content", [None, "{", "[]", '{"args": {}}'])
+@pytest.mark.parametrize("content", [None, "{", "[]", '{"args": {}}',
+                                     '{"argv": [], "args": {}, "machine": {}, "finished": "x", "results": [{}]}'])
 def test_render_refuses_a_missing_or_damaged_report_in_one_line(tmp_path, capsys, content: str | None) -> None:
     if content is not None:
         (tmp_path / "throughput.json").write_text(content)

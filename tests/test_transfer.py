@@ -127,11 +127,12 @@ def test_a_transfer_row_without_its_reference_or_damaged_results_exit_2(tmp_path
     with pytest.raises(SystemExit) as caught:
         transfer.main(["--results", str(tmp_path), "--policies", str(tmp_path)])
     assert caught.value.code == 2 and "not its reference 'ce'" in capsys.readouterr().err
-    (tmp_path / digits.preset / "results.json").write_text("{")
-    with pytest.raises(SystemExit) as caught:
-        transfer.main(["--results", str(tmp_path), "--policies", str(tmp_path)])
-    err = capsys.readouterr().err
-    assert caught.value.code == 2 and "Traceback" not in err and "results.json is not a comparison's results" in err
+    for damaged in ("{", '{"summary": [{"x": 1}]}', '{"summary": [{"controller": "ce"}]}'):
+        (tmp_path / digits.preset / "results.json").write_text(damaged)
+        with pytest.raises(SystemExit) as caught:
+            transfer.main(["--results", str(tmp_path), "--policies", str(tmp_path)])
+        err = capsys.readouterr().err
+        assert caught.value.code == 2 and "Traceback" not in err and "results.json is damaged" in err, err
     for option in ("--results", "--policies"):  # a folder that is not there: refused, nothing written beside it
         paths = {"--results": tmp_path, "--policies": tmp_path, option: tmp_path / "absent"}
         with pytest.raises(SystemExit) as caught:

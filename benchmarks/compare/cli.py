@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         if value is not None and value < 1:
             parser.error(f"--{flag} must be a positive count, got {value}")
     if args.data_root is not None:
-        os.environ["ALA_GYM_DATA"] = str(args.data_root)
+        os.environ["ALA_GYM_DATA"] = str(args.data_root.resolve())
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     name = config.get("name") or config["env"].lower()
