@@ -29,6 +29,7 @@ import gymnasium as gym
 import numpy as np
 
 from ala_gym.agents.base import Controller
+from ala_gym.core.checks import check_bool, check_real
 from ala_gym.core.losses import class_pairs, pairs_to_matrix
 
 NO_CHANGE = 1  # the action that moves a Phi entry by 0
@@ -58,9 +59,7 @@ class RandomPhi(FixedPhi):
 
     def __init__(self, noise: float = 0.1, loss_form: str = "linear", num_envs: int = 1) -> None:
         super().__init__(loss_form, num_envs)
-        if not noise >= 0:
-            raise ValueError(f"noise must be a standard deviation >= 0, got {noise}")
-        self.noise = noise
+        self.noise = check_real("noise", noise, 0.0)  # a standard deviation
         self.rng = np.random.default_rng(0)
 
     def begin(self, envs: gym.vector.VectorEnv, seed: int) -> None:
@@ -87,11 +86,9 @@ class UniformPhi(FixedPhi):
 
     def __init__(self, off_diagonal: float = 0.03, label_smoothing: float | None = None, num_envs: int = 1) -> None:
         super().__init__("linear", num_envs)
-        if label_smoothing is not None and not 0 <= label_smoothing <= 1:
-            raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
-        if not -1 <= off_diagonal <= 1:
-            raise ValueError(f"off_diagonal must be in [-1, 1], got {off_diagonal}")
-        self.off_diagonal, self.label_smoothing = off_diagonal, label_smoothing
+        if label_smoothing is not None:
+            label_smoothing = check_real("label_smoothing", label_smoothing, 0.0, 1.0)
+        self.off_diagonal, self.label_smoothing = check_real("off_diagonal", off_diagonal, -1.0, 1.0), label_smoothing
 
     def matrix(self, num_classes: int) -> np.ndarray:
         if self.label_smoothing is None:
@@ -129,9 +126,8 @@ class RampPhi(FixedPhi):
 
     def __init__(self, start: float = 0.0, end: float = 0.1, follow: bool = False, num_envs: int = 1) -> None:
         super().__init__("linear", num_envs)
-        if not (-1 <= start <= 1 and -1 <= end <= 1):
-            raise ValueError(f"start and end must be in [-1, 1], got {start}, {end}")
-        self.start, self.end, self.follow = start, end, follow
+        self.start, self.end = check_real("start", start, -1.0, 1.0), check_real("end", end, -1.0, 1.0)
+        self.follow = check_bool("follow", follow)
 
     def target(self, progress: np.ndarray) -> np.ndarray:
         return self.start + (self.end - self.start) * progress
@@ -203,9 +199,7 @@ class OnlineSmoothingPhi(FixedPhi):
 
     def __init__(self, alpha: float = 0.5, num_envs: int = 1) -> None:
         super().__init__("linear", num_envs)
-        if not 0 <= alpha <= 1:
-            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-        self.alpha = alpha
+        self.alpha = check_real("alpha", alpha, 0.0, 1.0)
 
     def prescribe_phi(self, observations: np.ndarray, infos: dict) -> np.ndarray:
         soft = np.asarray(infos["soft_labels"], dtype=np.float64)

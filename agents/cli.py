@@ -229,12 +229,15 @@ def dataclass_from_args(cls: type, args: argparse.Namespace) -> Any:
 
 
 def check_load_args(parser: argparse.ArgumentParser, cls: type, args: argparse.Namespace) -> None:
-    """``--load`` runs the saved policy with its saved hyperparameters: refuse options that would be ignored."""
+    """Refuse options that would be ignored: hyperparameters beside ``--load`` (the saved policy runs with its
+    saved ones), ``--freeze`` without it, ``--log-dir`` beside ``--no-tensorboard``."""
     given = given_fields(cls, args)
     if args.load and given:
         parser.error(f"--load runs the saved policy with its saved hyperparameters; drop {', '.join(given)}")
     if args.freeze and not args.load:
         parser.error("--freeze needs --load (a policy to run without learning)")
+    if args.log_dir is not None and args.no_tensorboard:
+        parser.error("--log-dir names where TensorBoard writes, but --no-tensorboard turns it off; give one of them")
 
 
 def seed_option(text: str) -> int:
@@ -277,13 +280,18 @@ def env_kwargs_from_args(args: argparse.Namespace) -> dict[str, Any]:
     import ast
 
     kwargs: dict[str, Any] = {}
+    given: dict[str, str] = {}  # each key's option, to name both when a key is given twice
     for key in ("total_iterations", "steps_per_action", "beta", "loss_form", "device"):
         if getattr(args, key) is not None:
             kwargs[key] = getattr(args, key)
+            given[key] = "--" + key.replace("_", "-")
     for item in args.env_kwarg:
         key, separator, value = item.partition("=")
-        if not separator:
+        if not separator or not key:
             fail(f"--env-kwarg expects KEY=VALUE, got {item!r}")
+        if key in given:  # which one would win is no rule a reader should need to know
+            fail(f"{key} is given twice ({given[key]} and --env-kwarg {item}); give it once")
+        given[key] = f"--env-kwarg {item}"
         try:
             kwargs[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):

@@ -40,6 +40,7 @@ from torch.nn import functional as F
 
 import ala_gym  # noqa: F401  (registers the env ids)
 from ala_gym.agents import cli, resolve_controller
+from ala_gym.agents.meta_train import OWN_ENV_KEYWORDS
 from ala_gym.agents.reinforce import N_ACTIONS, PairPolicy, ReinforceConfig, save_policy
 from ala_gym.core.checks import FLOAT32_MAX, check_int, check_real, check_seed
 from ala_gym.core.data import DataError, with_data_home
@@ -95,6 +96,9 @@ class ImitateConfig:
         for i, horizon in enumerate(self.horizons):
             check_int(f"horizons[{i}]", horizon, 1)
         check_int("steps_per_action", self.steps_per_action, 1)
+        if set_here := sorted(OWN_ENV_KEYWORDS & set(self.env_kwargs)):
+            raise ValueError(f"env_kwargs sets {', '.join(set_here)}, which horizons and steps_per_action set here; "
+                             "set those instead")  # fmt: skip
         check_int("num_envs", self.num_envs, 1)
         check_seed("seed", self.seed)
         check_real("explore", self.explore, 0.0, 1.0, high_open=True)
@@ -120,6 +124,10 @@ def teacher_rows(config: ImitateConfig) -> tuple[torch.Tensor, torch.Tensor]:
     teacher = resolve_controller(config.teacher)(**config.teacher_kwargs, num_envs=config.num_envs)
     if not teacher.acts_in_any_state:
         raise ValueError(run_only_refusal(config.teacher))
+    asked = teacher.env_kwargs()  # what the teacher needs of the env (a loss form) goes over env_kwargs: not unseen
+    if clashes := sorted(key for key in asked if key in config.env_kwargs and config.env_kwargs[key] != asked[key]):
+        raise ValueError(f"env_kwargs sets {', '.join(f'{k}={config.env_kwargs[k]!r}' for k in clashes)}, but the teacher "
+                         f"{config.teacher} trains its children with {', '.join(f'{k}={asked[k]!r}' for k in clashes)}")  # fmt: skip
     rng = np.random.default_rng(config.seed)
     states, labels = [], []
     for horizon in config.horizons:

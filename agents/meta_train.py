@@ -200,11 +200,17 @@ class MetaTrainConfig:
             raise ValueError(
                 f"task_kwargs must map env ids of tasks {list(self.tasks)} to dicts of keywords, got {self.task_kwargs!r}"
             )
+        for where, kwargs in (("env_kwargs", self.env_kwargs), *((f"task_kwargs[{t!r}]", k) for t, k in self.task_kwargs.items())):
+            if set_here := sorted(OWN_ENV_KEYWORDS & set(kwargs)):
+                raise ValueError(f"{where} sets {', '.join(set_here)}, which horizon and steps_per_action set here; "
+                                 "set those instead")  # fmt: skip
         if self.workers and self.pairs_per_evaluation is None:
             raise ValueError(
                 "workers spread a generation's evaluations over Ray actors, but without pairs_per_evaluation the "
                 "population is one evaluation: set it (1: an evaluation per antithetic pair)"
             )
+        if self.ray_address is not None and not self.workers:
+            raise ValueError("ray_address names a Ray cluster for the workers, but workers is 0 (in the process): set workers")
 
 
 # ---------------------------------------------------------------------- one generation
@@ -349,6 +355,11 @@ def check_tasks(config: MetaTrainConfig) -> None:
     range), checked on the task's spec before any child trains; its data is read when its children are made."""
     for task in config.tasks:
         task_spec(task, **task_kwargs(config, task, config.horizon[1]))
+
+
+OWN_ENV_KEYWORDS = frozenset({"total_iterations", "steps_per_action"})
+"""Env keywords that meta-training and cloning set from their own settings (the horizon, K): refused in the env
+keywords a user gives them, which would otherwise be replaced without a word."""
 
 
 def task_kwargs(config: MetaTrainConfig, task: str, total_iterations: int) -> dict[str, Any]:

@@ -342,6 +342,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--freeze", action="store_true", help="with --load: run the saved policy without learning")
     args = parser.parse_args(argv)
     cli.check_load_args(parser, SB3Config, args)
+    if args.algo != "ppo" and (ppo_only := [o for o in cli.given_fields(SB3Config, args) if o in ("--n-epochs", "--batch-size")]):
+        parser.error(f"{' and '.join(ppo_only)} set PPO's minibatch updates, which {args.algo} does not make; leave them out")
     if args.load:
         try:
             controller = SB3Controller.load(args.load, args.algo, train=not args.freeze, num_envs=args.num_envs)

@@ -144,6 +144,9 @@ def main(argv: list[str] | None = None) -> None:
             if r["controller"] == "ce" and r["env"] == runs[0]["env"] and r["seed"] in seeds
             and all(r["env_kwargs"].get(k) == v for k, v in keys.items() if k != "loss_form")
         ]  # fmt: skip
+        if not ce_runs:  # the ratio columns would read "-" without a word
+            parser.exit(2, f"{parser.prog}: error: --ce {args.ce} holds no ce run of {runs[0]['env']} on the seeds and "
+                           "env keywords of these AdaLFL runs; name the comparison that ran them\n")  # fmt: skip
     plot_shapes(runs, folder)
     text = summary(runs, ce_runs, args.ce)
     write_text_atomic(folder / "adalfl.md", text)

@@ -419,6 +419,8 @@ def run_benchmark(datasets: list[str], methods: list[str], seeds: list[int], bud
     if "tpe" in methods:
         require("learnloss")  # before any training run, not when the first TPE run starts
     out = RESULTS / name
+    if out.resolve() in (RESULTS.resolve(), *RESULTS.resolve().parents):  # "." or "..": the other results' home
+        raise ComparisonError(f"--name {name!r} names {out.resolve()}, which holds other results; name a folder of its own")
     check_writable(out)  # a folder that cannot take the run files is refused before they are trained
     check_same_plan(out, datasets, methods, seeds, budget)
     saved = saved_runs(out, budget)

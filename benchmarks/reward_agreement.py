@@ -49,6 +49,10 @@ def disjoint_halves(count: int, sizes: list[int], seed: int) -> dict[int, tuple[
     return {size: (order[:size], order[size : 2 * size]) for size in sizes}
 
 
+FIXED_KEYWORDS = frozenset({"val_subsample", "loss_form"})
+"""Env keywords the measurement sets itself (:func:`trajectory_rewards`)."""
+
+
 def trajectory_rewards(env_id: str, env_kwargs: dict[str, Any], sizes: list[int], seed: int) -> dict[int, np.ndarray]:
     """Per size: ``[steps, 2]`` sign rewards of the two halves along one cross-entropy trajectory."""
     env_kwargs = with_data_home({**env_kwargs, "val_subsample": None, "loss_form": "cross_entropy"})
@@ -104,6 +108,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.exit(2, f"reward_agreement: --env-kwargs is not JSON ({error}); write e.g. '{{\"total_iterations\": 500}}'\n")
     if min(sizes) < 1 or args.seeds < 1 or args.threads < 1 or not isinstance(env_kwargs, dict):
         parser.exit(2, "reward_agreement: --sizes, --seeds and --threads must be positive, --env-kwargs a JSON object\n")
+    if set_here := sorted(FIXED_KEYWORDS & set(env_kwargs)):  # the record would name a value the run did not use
+        parser.exit(2, f"reward_agreement: --env-kwargs sets {', '.join(set_here)}, which the measurement fixes "
+                       "(cross-entropy trajectories, scored on the whole validation split); leave them out\n")  # fmt: skip
     # The other envs' records are read before any computing: the new record is written beside them.
     fix = "restore it (git checkout), or move it away to start a new one"
     results: dict[str, Any] = {}

@@ -297,6 +297,9 @@ def main(argv: list[str] | None = None) -> None:
         report = gather(args.results, args.policies)
     except (ValueError, OSError) as exc:  # a damaged results.json is a ValueError (JSONDecodeError)
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    if all("missing" in entry for entry in report["held_out"]):  # a table of "not run" rows only, over a real one
+        parser.exit(2, f"{parser.prog}: error: --results {args.results} holds no held-out row (such as "
+                       f"{HELD_OUT[0].preset}/results.json); name the folder that holds the comparisons\n")  # fmt: skip
     out = args.results / "transfer"
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "transfer.json", report)

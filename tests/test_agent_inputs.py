@@ -51,6 +51,10 @@ def test_a_config_refuses_a_number_that_is_not_finite_or_out_of_range(config: ty
 
 @pytest.mark.parametrize("config, kwargs, message", [
     (MetaTrainConfig, dict(seed=-1), "^seed must be an integer >= 0, got -1$"),
+    (MetaTrainConfig, dict(env_kwargs={"total_iterations": 5000}), "^env_kwargs sets total_iterations, which horizon and steps_per_action set here; set those instead$"),
+    (MetaTrainConfig, dict(task_kwargs={"ALA-Digits-v0": {"steps_per_action": 5}}), "^task_kwargs\\['ALA-Digits-v0'\\] sets steps_per_action"),
+    (MetaTrainConfig, dict(ray_address="auto"), "^ray_address names a Ray cluster for the workers, but workers is 0"),
+    (ImitateConfig, dict(env_kwargs={"steps_per_action": 5}), "^env_kwargs sets steps_per_action, which horizons and steps_per_action set here"),
     (MetaTrainConfig, dict(seed=2**32), "^seed must be an integer in \\[0, 2\\*\\*32 - 1\\], got 4294967296$"),
     (ImitateConfig, dict(seed=2**32), "^seed must be an integer in \\[0, 2\\*\\*32 - 1\\], got 4294967296$"),
     (MetaTrainConfig, dict(tasks=()), "tasks must name at least one env id, got \\(\\)"),

@@ -233,6 +233,16 @@ def test_adalfl_report_refuses_a_damaged_run_file_naming_it(damage, tmp_path, mo
     assert not (tmp_path / "tiny" / "adalfl.md").exists()
 
 
+def test_adalfl_report_refuses_a_ce_file_without_a_matching_ce_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(adalfl_report, "RESULTS", tmp_path)
+    (tmp_path / "tiny" / "runs").mkdir(parents=True)
+    (tmp_path / "tiny" / "runs" / "adalfl-seed0.json").write_text(json.dumps(adalfl_run()))
+    (tmp_path / "ce.json").write_text(json.dumps({"runs": []}))
+    err = refused(adalfl_report.main, ["--name", "tiny", "--ce", str(tmp_path / "ce.json")], capsys)
+    assert f"--ce {tmp_path / 'ce.json'} holds no ce run of ALA-" in err
+    assert not (tmp_path / "tiny" / "adalfl.md").exists()
+
+
 @pytest.mark.parametrize("content, problem", [("{", "not valid JSON"), ("{}", "has no runs"), ("[]", "a list")])
 def test_adalfl_report_refuses_a_ce_file_that_is_no_comparisons_results(content, problem, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(adalfl_report, "RESULTS", tmp_path)
@@ -284,7 +294,8 @@ def test_reward_agreement_checks_its_saved_results_before_computing(damage, tmp_
 @pytest.mark.parametrize(
     "argv, message",
     [(["--sizes", "10,ten"], "--sizes '10,ten': give whole numbers separated by commas, e.g. 50,200"),
-     (["--sizes", "10", "--env-kwargs", "{beta: 1}"], "--env-kwargs is not JSON (Expecting property name")],
+     (["--sizes", "10", "--env-kwargs", "{beta: 1}"], "--env-kwargs is not JSON (Expecting property name"),
+     (["--sizes", "10", "--env-kwargs", '{"loss_form": "sigmoid"}'], "--env-kwargs sets loss_form, which the measurement fixes")],
 )  # fmt: skip
 def test_reward_agreement_names_the_option_it_cannot_read(argv, message, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(reward_agreement, "RESULTS", tmp_path / "reward_agreement.json")

@@ -206,6 +206,8 @@ def test_controller_specs_carry_env_keywords_and_bad_input_exits_2(results_dir, 
         (["--env", "ALA-Digits-v0", "--controllers", "ce", "--seeds", "1", "--env-kwargs", "{beta"], "is not JSON"),
         (["--env", "ALA-Digits-v0", "--controllers", "ce", "--seeds", "1", "--env-kwargs", '{"beta": -1}'],
          "beta must be a finite number in (0, inf)"),
+        (["--env", "ALA-Digits-v0", "--controllers", "ce", "--seeds", "1", "--steps-per-action", "2", "--env-kwargs",
+          '{"steps_per_action": 4}'], "steps_per_action is given twice (--steps-per-action and --env-kwargs)"),
     ]:
         with pytest.raises(SystemExit) as caught:
             compare.main(argv)

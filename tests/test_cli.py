@@ -504,3 +504,25 @@ def test_the_subset_builder_refuses_an_out_folder_it_cannot_create_in_one_line(t
         cifar10_subset.main(["--cifar10", str(tmp_path / "absent"), "--out", str(tmp_path / "afile" / "subset")])
     err = capsys.readouterr().err
     assert caught.value.code == 2 and err.count("\n") == 1 and "choose another --out" in err
+
+
+@pytest.mark.parametrize("extra, said", [
+    (["--total-iterations", "4", "--env-kwarg", "total_iterations=6"], "total_iterations is given twice (--total-iterations and --env-kwarg total_iterations=6)"),
+    (["--env-kwarg", "beta=0.1", "--env-kwarg", "beta=0.2"], "beta is given twice (--env-kwarg beta=0.1 and --env-kwarg beta=0.2)"),
+    (["--env-kwarg", "=3"], "--env-kwarg expects KEY=VALUE, got '=3'"),
+])  # fmt: skip
+def test_an_env_keyword_given_twice_or_without_a_name_is_refused(extra: list[str], said: str, capsys) -> None:
+    with pytest.raises(SystemExit) as caught:
+        reinforce_main(["--num-envs", "1", "--steps-per-action", "2", "--no-tensorboard", *extra])
+    assert caught.value.code == 2 and said in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("main, extra, said", [
+    (sb3_main, ["--algo", "a2c", "--n-epochs", "2"], "--n-epochs set PPO's minibatch updates, which a2c does not make"),
+    (sb3_main, ["--log-dir", "logs"], "--log-dir names where TensorBoard writes, but --no-tensorboard turns it off"),
+    (reinforce_main, ["--log-dir", "logs"], "--log-dir names where TensorBoard writes, but --no-tensorboard turns it off"),
+], ids=["a2c-epochs", "sb3-log-dir", "reinforce-log-dir"])  # fmt: skip
+def test_options_that_would_be_ignored_are_refused(main, extra: list[str], said: str, capsys) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main([*TINY_RUN, *extra])
+    assert caught.value.code == 2 and said in capsys.readouterr().err

@@ -41,7 +41,7 @@ def test_build_controller_applies_keywords_and_child_counts():
     assert build_controller("ce").num_envs == 1
     for bad, message in [("nonsense", "unknown controller 'nonsense'"),
                          ("reinforce(no_such_field=1)", "unexpected keyword argument 'no_such_field'"),
-                         ("phi-uniform(off_diagonal=3)", r"off_diagonal must be in \[-1, 1\], got 3")]:  # fmt: skip
+                         ("phi-uniform(off_diagonal=3)", r"off_diagonal must be a finite number in \[-1, 1\], got 3")]:  # fmt: skip
         with pytest.raises(ComparisonError, match=message):
             build_controller(bad)
 
@@ -121,7 +121,7 @@ def test_keyword_values_are_typed_as_their_settings():
 @pytest.mark.parametrize("spec, message", [
     ("learnloss(rate=-1)", "0 < rate <= 1"),
     ("learnloss(window=0)", "window must be None"),
-    ("random(noise=-1)", "noise must be a standard deviation >= 0"),
+    ("random(noise=-1)", r"noise must be a finite number in \[0, inf\)"),
     ("ppo(policy=\"foo\")", "policy must be 'pair' or 'mlp'"),
     ("ppo(batch_size=1)", "PPO needs minibatches of at least 2 transitions"),
     ("adalfl(init_path=\"/no/such/loss.pt\")", "init_path /no/such/loss.pt: no such file"),

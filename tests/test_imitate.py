@@ -77,6 +77,9 @@ def test_a_teacher_that_imposes_phi_or_bad_input_is_a_clear_error(tmp_path, caps
         imitate(tiny(teacher="phi-uniform", teacher_kwargs={"off_diagonal": 0.1}))
     with pytest.raises(ValueError, match="explore must be a finite number in"):
         tiny(explore=1.0)
+    with pytest.raises(ValueError, match="env_kwargs sets loss_form='sigmoid', but the teacher phi-ramp trains its "
+                                         "children with loss_form='linear'"):  # fmt: skip
+        imitate(tiny(env_kwargs={"loss_form": "sigmoid"}))
     for argv in (["--teacher", "nonesuch"], ["--teacher-kwargs", "{not json"], ["--env", "ALA-Nonesuch-v0"]):
         with pytest.raises(SystemExit) as exited:
             main([*argv, "--save", str(tmp_path / "never.pt")])

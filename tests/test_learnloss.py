@@ -348,6 +348,9 @@ def test_a_tuning_table_is_never_shrunk_or_rebudgeted_by_another_plan(tmp_path, 
         assert caught.value.code == 2 and err.count("\n") == 1 and named in err and "--name a folder of its own" in err
     assert (out / "results.json").read_text() == before
     bench.check_same_plan(out, ["digits", "cifar10", "fashion-mnist"], ["random", "tpe", "learnloss"], [0, 1, 2], 20)
+    with pytest.raises(SystemExit) as caught:  # the folder of every result, not one of its own
+        bench.main(["--datasets", "digits", "--methods", "random", "--seeds", "1", "--budget", "4", "--name", "."])
+    assert caught.value.code == 2 and "which holds other results; name a folder of its own" in capsys.readouterr().err
 
 
 def test_the_tables_script_line_names_datasets_and_methods_other_than_the_defaults() -> None:

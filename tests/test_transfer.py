@@ -133,6 +133,11 @@ def test_a_transfer_row_without_its_reference_or_damaged_results_exit_2(tmp_path
             transfer.main(["--results", str(tmp_path), "--policies", str(tmp_path)])
         err = capsys.readouterr().err
         assert caught.value.code == 2 and "Traceback" not in err and "results.json is damaged" in err, err
+    (tmp_path / digits.preset / "results.json").unlink()  # no held-out row at all: no table of "not run" rows
+    with pytest.raises(SystemExit) as caught:
+        transfer.main(["--results", str(tmp_path), "--policies", str(tmp_path)])
+    assert caught.value.code == 2 and "holds no held-out row" in capsys.readouterr().err
+    assert not (tmp_path / "transfer").exists()
     for option in ("--results", "--policies"):  # a folder that is not there: refused, nothing written beside it
         paths = {"--results": tmp_path, "--policies": tmp_path, option: tmp_path / "absent"}
         with pytest.raises(SystemExit) as caught:

@@ -110,10 +110,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     for flag in ("env", "controllers", "seeds", "name", "children", "baseline_children", "seed_stride"):
         if getattr(args, flag) is not None:
             config[flag] = getattr(args, flag)
-    if args.total_iterations is not None:
-        config["env_kwargs"]["total_iterations"] = args.total_iterations
-    if args.steps_per_action is not None:
-        config["env_kwargs"]["steps_per_action"] = args.steps_per_action
+    for key in ("total_iterations", "steps_per_action"):  # over a preset's value; beside --env-kwargs', refused
+        if getattr(args, key) is not None:
+            if key in extra:
+                parser.error(f"{key} is given twice (--{key.replace('_', '-')} and --env-kwargs); give it once")
+            config["env_kwargs"][key] = getattr(args, key)
     missing = [k for k in ("env", "controllers", "seeds") if k not in config]
     if missing:
         parser.error(f"give --preset or all of --env --controllers --seeds (missing: {', '.join(missing)})")
