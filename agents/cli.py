@@ -103,6 +103,14 @@ def require(extra: str, module: str) -> None:
         raise
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose refusals are one line, ``prog: error: ...`` (exit status 2), without the
+    usage block above it: the package's rule for bad input on every command line (``--help`` shows the usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows an option's default only where it has one worth showing (not None, not a flag's False)."""
 

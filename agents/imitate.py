@@ -181,7 +181,7 @@ def imitate(config: ImitateConfig) -> tuple[PairPolicy, dict[str, Any]]:
 # ---------------------------------------------------------------------- command line
 def argument_parser() -> argparse.ArgumentParser:
     """The command line: one option per :class:`ImitateConfig` field, and where the policy goes."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.OneLineParser(description=__doc__.split("\n\n")[0])
     cli.add_dataclass_args(parser, ImitateConfig, title="ImitateConfig (what to clone, and how)")
     parser.add_argument("--save", required=True, help="write the policy here (a reinforce policy file), and what "
                         "produced it beside it (the same name, .json)")  # fmt: skip

@@ -743,7 +743,7 @@ def provenance(trainer: MetaTrainer, argv: list[str]) -> dict[str, Any]:
 # ---------------------------------------------------------------------- command line
 def argument_parser() -> argparse.ArgumentParser:
     """The command line: one option per :class:`MetaTrainConfig` field, and where the run writes."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.OneLineParser(description=__doc__.split("\n\n")[0])
     cli.add_dataclass_args(parser, MetaTrainConfig, title="MetaTrainConfig (the search)",
                            choices={"searched": SEARCHED, "rank_ties": RANK_TIES})  # fmt: skip
     parser.add_argument("--state", help="checkpoint written after every generation; an existing one is resumed")

@@ -29,7 +29,6 @@ Read top to bottom: the config, the policy, the controller (acting, learning, sa
 
 from __future__ import annotations
 
-import argparse
 from collections import deque
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -570,7 +569,7 @@ def transfer_controller(
 
 # ---------------------------------------------------------------------- command line
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=cli.HelpFormatter)
+    parser = cli.OneLineParser(description=__doc__.split("\n\n")[0], formatter_class=cli.HelpFormatter)
     cli.add_run_args(parser, default_num_envs=10)
     cli.add_dataclass_args(parser, ReinforceConfig)
     parser.add_argument("--freeze", action="store_true", help="with --load: run the saved policy without learning")

@@ -22,7 +22,6 @@ steps per child between updates (an episode of ``ALA-Digits-v0`` has 40).
 
 from __future__ import annotations
 
-import argparse
 import random
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -335,7 +334,7 @@ class SB3Controller(Controller):
 
 # ---------------------------------------------------------------------- command line
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=cli.HelpFormatter)
+    parser = cli.OneLineParser(description=__doc__.split("\n\n")[0], formatter_class=cli.HelpFormatter)
     parser.add_argument("--algo", choices=sorted(ALGORITHMS), default="ppo", help="Stable-Baselines3 algorithm")
     cli.add_run_args(parser, default_num_envs=10)
     cli.add_dataclass_args(parser, SB3Config)

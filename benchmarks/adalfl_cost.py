@@ -20,7 +20,6 @@ Writes ``adalfl_cost.json`` and ``adalfl_cost.md`` under ``benchmarks/results/``
 
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import statistics
@@ -35,7 +34,7 @@ import torch
 from torch.nn import functional as F
 
 from ala_gym.agents.adalfl import AdaLFLConfig, LossNetwork, OnlineTrainer, initialise_offline
-from ala_gym.agents.cli import DescriptionFormatter
+from ala_gym.agents.cli import DescriptionFormatter, OneLineParser
 from ala_gym.benchmarks.machine import RESULTS, check_out_folder, cpu_model
 from ala_gym.core.data import (
     CIFAR10_SUBSET,
@@ -143,7 +142,7 @@ def markdown(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=DescriptionFormatter)
+    parser = OneLineParser(description=__doc__, formatter_class=DescriptionFormatter)
     parser.add_argument("--tasks", default="digits,fashion-mnist", help=f"comma-separated, from {sorted(TASKS)}")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--iterations", type=int, default=20, help="iterations per timed block")

@@ -15,7 +15,6 @@ Reads the runs that ``ala_gym.benchmarks.compare`` wrote for the AdaLFL controll
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ala_gym.agents.adalfl import AdaLFLConfig
-from ala_gym.agents.cli import DescriptionFormatter
+from ala_gym.agents.cli import DescriptionFormatter, OneLineParser
 from ala_gym.benchmarks.compare import ComparisonError
 from ala_gym.benchmarks.compare.store import NUMBER, RESULTS_SHAPE, RUN_SHAPE, read_json
 from ala_gym.benchmarks.machine import RESULTS
@@ -115,7 +114,7 @@ def summary(runs: list[dict], ce_runs: list[dict], ce_source: str | None) -> str
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=DescriptionFormatter)
+    parser = OneLineParser(description=__doc__, formatter_class=DescriptionFormatter)
     parser.add_argument("--name", required=True, help="comparison folder under benchmarks/results/")
     parser.add_argument("--ce", help="results.json holding ce runs of the same env settings (for the wall-time ratio)")
     args = parser.parse_args(argv)

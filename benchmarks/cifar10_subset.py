@@ -15,16 +15,15 @@ published md5 sums) on a machine with internet access.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from ala_gym.agents.cli import DescriptionFormatter, interrupted
+from ala_gym.agents.cli import DescriptionFormatter, OneLineParser, interrupted
 from ala_gym.core.data import DataError, build_cifar10_subset, cifar10_subset_dir
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=DescriptionFormatter)
+    parser = OneLineParser(description=__doc__, formatter_class=DescriptionFormatter)
     parser.add_argument("--cifar10", type=Path, required=True, help="the full CIFAR-10: torchvision's root or cifar-10-batches-py/")
     parser.add_argument("--download", action="store_true", help="let torchvision download the full dataset into --cifar10 first")
     parser.add_argument("--out", type=Path, help="the folder to create (default: cifar10-subset in the data home)")

@@ -32,7 +32,6 @@ nothing else on the machine: the test suite uses both cores.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -48,7 +47,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ala_gym.agents.cli import DescriptionFormatter
+from ala_gym.agents.cli import DescriptionFormatter, OneLineParser
 from ala_gym.benchmarks.machine import RESULTS, check_out_folder, cpu_model
 from ala_gym.core.data import data_home
 from ala_gym.core.files import write_text_atomic
@@ -216,7 +215,7 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m ala_gym.benchmarks.commands", description=__doc__, formatter_class=DescriptionFormatter)
+    parser = OneLineParser(prog="python -m ala_gym.benchmarks.commands", description=__doc__, formatter_class=DescriptionFormatter)
     parser.add_argument("--repo", type=Path, default=Path("."), help="the clone whose HEAD is timed (default: the current folder)")
     parser.add_argument("--steps", nargs="+", default=list(STEPS), choices=STEPS, help="what to time, run in the order given")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per step")

@@ -22,7 +22,6 @@ machine lacks (digits is embedded); ``gpu.md`` names them.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -36,6 +35,7 @@ import numpy as np
 import torch
 
 import ala_gym  # noqa: F401  (registers the env ids)
+from ala_gym.agents.cli import OneLineParser
 from ala_gym.benchmarks import adalfl_cost, overhead, throughput
 from ala_gym.benchmarks.machine import RESULTS as DEFAULT_RESULTS
 from ala_gym.benchmarks.machine import check_out_folder, cpu_model, float32_precision
@@ -193,7 +193,7 @@ def run_part(name: str, run: Callable[[], Any]) -> tuple[float, str | None]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda", choices=["cpu", "cuda"])
     parser.add_argument("--tiny", action="store_true", help="every part at a token budget (a smoke run, any device)")
     parser.add_argument("--out", type=Path, help="results folder (default: benchmarks/results/gpu/)")

@@ -32,7 +32,6 @@ finishes, so an interrupted benchmark resumes), ``results.json``, ``table.md`` a
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -47,7 +46,7 @@ import torch
 from scipy.optimize import minimize
 from scipy.special import logsumexp
 
-from ala_gym.agents.cli import DescriptionFormatter, interrupted
+from ala_gym.agents.cli import DescriptionFormatter, OneLineParser, interrupted
 from ala_gym.agents.learnloss import LearnLossConfig, Trial, learn_loss, random_lambda
 from ala_gym.benchmarks.compare import ComparisonError, write_json
 from ala_gym.benchmarks.compare.store import NUMBER, check_writable, read_json
@@ -467,7 +466,7 @@ def run_benchmark(datasets: list[str], methods: list[str], seeds: list[int], bud
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=DescriptionFormatter)
+    parser = OneLineParser(description=__doc__, formatter_class=DescriptionFormatter)
     parser.add_argument("--datasets", default=",".join(DATASETS), help=f"comma-separated, from {DATASETS}")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {METHODS}")
     parser.add_argument("--seeds", type=int, default=5, help="number of seeds (0..N-1)")

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 import ala_gym  # noqa: F401  (registers the env ids)
-from ala_gym.agents.cli import DescriptionFormatter
+from ala_gym.agents.cli import DescriptionFormatter, OneLineParser
 from ala_gym.benchmarks.machine import RESULTS, check_out_folder
 from ala_gym.benchmarks.overhead import (
     CONFIGS,
@@ -128,7 +128,7 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=DescriptionFormatter)
+    parser = OneLineParser(description=__doc__, formatter_class=DescriptionFormatter)
     parser.add_argument("--config", default="cifar10-subset", choices=list(CONFIGS))
     parser.add_argument("--rounds", type=int, default=16, help="timed rounds (one iteration of each loop)")
     parser.add_argument("--out", type=Path, default=RESULTS)

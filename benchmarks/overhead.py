@@ -45,7 +45,6 @@ Writes ``benchmarks/results/overhead.json`` and ``benchmarks/results/overhead.md
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import os
@@ -67,7 +66,7 @@ from gymnasium.utils import seeding
 from torch.nn import functional as F
 
 import ala_gym  # noqa: F401  (registers the env ids)
-from ala_gym.agents.cli import DescriptionFormatter
+from ala_gym.agents.cli import DescriptionFormatter, OneLineParser
 from ala_gym.benchmarks.compare import ComparisonError
 from ala_gym.benchmarks.compare.store import read_json
 from ala_gym.benchmarks.machine import RESULTS, check_out_folder, cpu_model, render_saved
@@ -368,7 +367,7 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=DescriptionFormatter)
+    parser = OneLineParser(description=__doc__, formatter_class=DescriptionFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), help="default: all on CUDA; all but CIFAR on CPU")
     parser.add_argument("--repeats", type=int, default=None, help="timed repetitions per config (default: per config)")

@@ -16,7 +16,6 @@ costs no extra forward pass.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -28,7 +27,7 @@ import numpy as np
 import torch
 
 import ala_gym  # noqa: F401  (registers the env ids)
-from ala_gym.agents.cli import DescriptionFormatter
+from ala_gym.agents.cli import DescriptionFormatter, OneLineParser
 from ala_gym.benchmarks.compare import ComparisonError, machine, versions, without_locations, write_json
 from ala_gym.benchmarks.compare.store import read_json
 from ala_gym.benchmarks.machine import RESULTS as DEFAULT_RESULTS
@@ -88,7 +87,7 @@ def trajectory_rewards(env_id: str, env_kwargs: dict[str, Any], sizes: list[int]
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=DescriptionFormatter)
+    parser = OneLineParser(description=__doc__, formatter_class=DescriptionFormatter)
     parser.add_argument("--env", required=True, help="registered ALA env id")
     parser.add_argument("--sizes", required=True, help="comma-separated subset sizes S (two disjoint subsets each)")
     parser.add_argument("--seeds", type=int, default=3, help="number of trajectories (seeds 0..N-1)")

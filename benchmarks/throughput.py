@@ -69,6 +69,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from ala_gym.agents.cli import OneLineParser
 from ala_gym.benchmarks.machine import RESULTS, check_out_folder, cpu_model, float32_precision, render_saved
 from ala_gym.core.files import write_text_atomic
 from ala_gym.wrappers import MissingExtraError, require
@@ -660,7 +661,7 @@ def median_row(runs: list[dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--models", nargs="+", default=["small_cnn", "resnet32"], choices=["mlp", "small_cnn", "resnet32"],
                         help="child models (mlp runs on digits, the others on the CIFAR-10 subset)")

@@ -29,7 +29,6 @@ the same for the reruns of a shipped policy's command recorded under ``results/t
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from ala_gym.agents.cli import OneLineParser
 from ala_gym.agents.reinforce import POLICY_LIBRARY
 from ala_gym.benchmarks.compare import write_json
 from ala_gym.benchmarks.compare.presets import META_DIGITS_CNN
@@ -282,7 +282,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", type=Path, default=RESULTS, help="the comparisons' folder (default: %(default)s)")
     parser.add_argument("--policies", type=Path, default=POLICY_LIBRARY, help="the policies and their provenance files")
     args = parser.parse_args(argv)

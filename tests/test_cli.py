@@ -526,3 +526,32 @@ def test_options_that_would_be_ignored_are_refused(main, extra: list[str], said:
     with pytest.raises(SystemExit) as caught:
         main([*TINY_RUN, *extra])
     assert caught.value.code == 2 and said in capsys.readouterr().err
+
+
+COMMAND_LINES = [
+    "ala_gym.agents.meta_train", "ala_gym.agents.sb3", "ala_gym.agents.reinforce", "ala_gym.agents.imitate",
+    "ala_gym.benchmarks.adalfl_report", "ala_gym.benchmarks.learnloss", "ala_gym.benchmarks.overhead",
+    "ala_gym.benchmarks.gpu", "ala_gym.benchmarks.commands", "ala_gym.benchmarks.reward_agreement",
+    "ala_gym.benchmarks.malloc", "ala_gym.benchmarks.compare.cli", "ala_gym.benchmarks.throughput",
+    "ala_gym.benchmarks.transfer", "ala_gym.benchmarks.cifar10_subset", "ala_gym.benchmarks.adalfl_cost",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("module", COMMAND_LINES)
+def test_every_command_line_refuses_in_one_line_without_the_usage_block(module: str, capsys) -> None:
+    with pytest.raises(SystemExit) as caught:
+        importlib.import_module(module).main(["--no-such-option"])
+    err = capsys.readouterr().err
+    # The one error is the unknown option, or a required one missing (argparse names those first).
+    assert caught.value.code == 2 and err.count("\n") == 1 and re.search(r": error: (unrecognized|the following)", err), err
+
+
+def test_the_command_lines_are_every_main_of_the_package() -> None:
+    """The list above holds every module of agents/ and benchmarks/ that defines a main()."""
+    root = Path(__file__).resolve().parents[1]
+    found = set()
+    for path in [*root.glob("agents/*.py"), *root.glob("benchmarks/*.py"), *root.glob("benchmarks/compare/*.py")]:
+        if re.search(r"^def main\(", path.read_text(), re.M):
+            parts = path.relative_to(root).with_suffix("").parts
+            found.add(".".join(("ala_gym", *parts)))
+    assert found == set(COMMAND_LINES)

@@ -34,7 +34,6 @@ controller at the shared settings.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from pathlib import Path
@@ -44,7 +43,7 @@ import gymnasium as gym
 import torch
 
 from ala_gym.agents import CONTROLLERS
-from ala_gym.agents.cli import DescriptionFormatter
+from ala_gym.agents.cli import DescriptionFormatter, OneLineParser
 from ala_gym.benchmarks.compare.errors import ComparisonError
 from ala_gym.benchmarks.compare.presets import PRESETS, describe_presets
 from ala_gym.benchmarks.compare.run import compare
@@ -56,7 +55,7 @@ from ala_gym.core.data import DataError
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     """The command line: ``argv`` (default: the process's arguments) as ``--help`` describes it; bad input exits 2
     with one line. ``prog`` names the command in its usage and error lines (default: argparse's, the script's name)."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog=prog, description=__doc__, epilog=describe_presets(), formatter_class=DescriptionFormatter
     )
     parser.add_argument("--preset", choices=sorted(PRESETS), help="a named configuration (listed below)")
