@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -485,9 +484,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         run_benchmark(datasets, methods, list(range(args.seeds)), args.budget, args.name,
                       args.fashion_mnist_root, args.cifar10_root)
-    except (DataError, MissingExtraError, ComparisonError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    except DataError as exc:  # the loader names its own keyword: this command sets it by option
+        parser.exit(2, f"{parser.prog}: error: {exc} (here data_root is --fashion-mnist-root or --cifar10-root)\n")
+    except (MissingExtraError, ComparisonError) as exc:
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
     except KeyboardInterrupt:  # every finished run is on disk already; the one in progress starts over
         interrupted(parser.prog, f"the finished runs are kept in {RESULTS / args.name / 'runs'}; the same command resumes")
 

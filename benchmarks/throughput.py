@@ -69,7 +69,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ala_gym.agents.cli import OneLineParser
+from ala_gym.agents.cli import OneLineParser, seed_option
 from ala_gym.benchmarks.machine import RESULTS, check_out_folder, cpu_model, float32_precision, render_saved
 from ala_gym.core.files import write_text_atomic
 from ala_gym.wrappers import MissingExtraError, require
@@ -679,7 +679,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in each benchmark process")
     parser.add_argument("--repeats", type=int, default=1, help="rounds over all configurations; rows report the median")
     parser.add_argument("--roofline-seconds", type=float, default=2.0, help="time of the matrix-multiply roofline per round")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_option, default=0, help="seed of the children, in [0, 2**32 - 1]")
     parser.add_argument("--data-root", type=Path,
                         help="folder holding cifar10-subset/ (default: $ALA_GYM_DATA, else ~/.local/share/ala_gym; make sets it to ../shared/data)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per configuration")

@@ -555,3 +555,12 @@ def test_the_command_lines_are_every_main_of_the_package() -> None:
             parts = path.relative_to(root).with_suffix("").parts
             found.add(".".join(("ala_gym", *parts)))
     assert found == set(COMMAND_LINES)
+
+
+def test_the_throughput_benchmark_refuses_a_negative_seed_before_measuring(capsys) -> None:
+    from ala_gym.benchmarks import throughput
+
+    with pytest.raises(SystemExit) as caught:
+        throughput.main(["--seed", "-1"])
+    err = capsys.readouterr().err
+    assert caught.value.code == 2 and "argument --seed: must be an integer in [0, 2**32 - 1], got '-1'" in err
