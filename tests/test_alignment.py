@@ -164,7 +164,7 @@ def test_label_smoothing_phi_is_cross_entropy_with_label_smoothing():
     records, _ = run_digits(ala_gym.agents.CONTROLLERS["label-smoothing"](num_envs=2))
     np.testing.assert_allclose(records[1].phi[-1], UniformPhi(label_smoothing=0.1).matrix(10), atol=1e-6)
     for bad in ({"label_smoothing": 1.5}, {"label_smoothing": -0.1}, {"off_diagonal": 1.5}):
-        with pytest.raises(ValueError, match="must be in"):
+        with pytest.raises(ValueError, match=r"must be a finite number in \[-?[01], 1\]"):
             UniformPhi(**bad)
 
 

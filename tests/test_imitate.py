@@ -193,8 +193,9 @@ class TwoChildren:
 
 
 def test_each_run_is_made_with_its_horizon_and_the_teachers_keywords_and_keeps_only_first_runs(monkeypatch) -> None:
-    """Every run's children are made with the run's horizon and the config's K, whatever ``env_kwargs`` holds, and
-    with the teacher's own env keywords over the caller's (phi-ramp trains under the linear form); the teacher
+    """Every run's children are made with the run's horizon and the config's K, with the caller's env keywords,
+    and with the teacher's own (phi-ramp trains under the linear form; ``env_kwargs`` setting any of these is
+    refused, in the config's test); the teacher
     begins on the seed the children reset with; a child's rows stop where its first run ends, by termination or
     by truncation, while the other child runs on."""
     from ala_gym.agents import imitate as imitate_module
@@ -212,10 +213,9 @@ def test_each_run_is_made_with_its_horizon_and_the_teachers_keywords_and_keeps_o
 
     monkeypatch.setattr(imitate_module, "resolve_controller", lambda name: SeenRamp)
     monkeypatch.setattr(imitate_module.gym, "make_vec", make_vec)
-    env_kwargs = {"loss_form": "sigmoid", "total_iterations": 999, "steps_per_action": 7}
-    states, labels = teacher_rows(tiny(env_kwargs=env_kwargs, horizons=(60, 30), num_envs=2))
-    assert [(env.kwargs["total_iterations"], env.kwargs["steps_per_action"], env.kwargs["loss_form"]) for env in made] == [
-        (60, 10, "linear"), (30, 10, "linear")]  # fmt: skip
+    states, labels = teacher_rows(tiny(env_kwargs={"beta": 0.2}, horizons=(60, 30), num_envs=2))
+    assert [(env.kwargs["total_iterations"], env.kwargs["steps_per_action"], env.kwargs["loss_form"], env.kwargs["beta"])
+            for env in made] == [(60, 10, "linear", 0.2), (30, 10, "linear", 0.2)]  # fmt: skip
     assert begun == [env.seeds[0] for env in made] and len(set(begun)) == 2
     # Child 0 at steps 0-2, child 1 at step 0 only, three movable rows each, in both runs.
     assert sorted(states[:, 0].tolist()) == sorted([0.0, 10.0, 20.0, 1.0] * 3 * 2)
