@@ -216,10 +216,17 @@ def test_vector_reset_takes_numpy_integer_seeds() -> None:
     np.testing.assert_array_equal(first, listed)
     with pytest.raises(ValueError, match="seed must be an int"):
         envs.reset(seed="3")
-    for listed, message in (([1.7, 2], r"seed\[0\] must be an int, got 1.7"), ([True, 1], r"seed\[0\] must be an int"),
-                            ([None, 1], r"seed\[0\] must be an int"), (np.array([1.5, 2.5]), r"seed\[0\] must be an int")):  # fmt: skip
+    for listed, message in (([1.7, 2], r"seed\[0\] must be an int or None, got 1.7"), ([True, 1], r"seed\[0\] must be an int"),
+                            (np.array([1.5, 2.5]), r"seed\[0\] must be an int")):  # fmt: skip
         with pytest.raises(ValueError, match=message):
             envs.reset(seed=listed)
+    # None in a list, as in Gymnasium's vector envs: that child's generator goes on, the others are seeded.
+    seeded, _ = envs.reset(seed=[3, 4])
+    go_on, _ = envs.reset(seed=[None, 4])
+    np.testing.assert_array_equal(go_on[1], seeded[1])
+    assert not np.array_equal(go_on[0], seeded[0])  # child 0 drew its next child from its generator, not seed 3's first
+    again, _ = envs.reset(seed=[3, 4])
+    np.testing.assert_array_equal(again, seeded)
     for negative, message in ((-1, "seed must be an integer >= 0"), ([1, -2], r"seed\[1\] must be an integer >= 0")):
         with pytest.raises(ValueError, match=message):  # as the single env refuses a negative seed
             envs.reset(seed=negative)

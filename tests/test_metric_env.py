@@ -91,6 +91,18 @@ def test_a_margin_child_that_diverges_within_a_step_ends_with_the_penalty(loss_f
     assert np.isfinite(observation).all() and info["test_metric"] == 0.0
 
 
+def test_render_without_a_render_mode_is_none_and_a_closed_env_says_it_is_closed() -> None:
+    """Gymnasium's rule for ``render_mode=None``: no render, None (the metric-learning env has no render mode)."""
+    env = gym.make("ALA-FashionMNIST-Triplet-v0", dataset="digits", model="mlp", **TINY)
+    env.reset(seed=0)
+    assert env.render() is None
+    pictures = gym.make("ALA-Digits-v0", render_mode="ansi", total_iterations=6, steps_per_action=3, device="cpu")
+    pictures.reset(seed=0)
+    pictures.close()
+    with pytest.raises(RuntimeError, match="this env is closed"):
+        pictures.render()
+
+
 def test_bad_arguments_raise_one_clear_error(make) -> None:
     with pytest.raises(ValueError, match="framework must be one of"):
         ALAMetricLearningEnv(dataset="fashion-mnist", framework="contrastive")

@@ -459,6 +459,14 @@ def test_sb3_adapter_reads_and_sets_phi_per_child_and_refuses_what_it_cannot_do(
     assert env.env_is_wrapped(gym.Wrapper) == [False, False] and env.env_is_wrapped(gym.Wrapper, indices=[0]) == [False]
     with pytest.raises(NotImplementedError, match=r"^the children are not separate env objects; use get_attr/set_attr"):
         env.env_method("reset")
+    # Actions of another shape than (num_envs, pairs) are refused, never dealt out among the children by a reshape.
+    actions = np.ones((2, 55), dtype=np.int64)
+    for wrong in (actions.T, actions.reshape(-1)):
+        with pytest.raises(ValueError, match=r"actions must have shape \(2, 55\)"):
+            env.step(wrong)
+    env.set_options({"anything": 1})  # what the native env takes no options for is refused, not dropped
+    with pytest.raises(ValueError, match="reset takes no options"):
+        env.reset()
 
 
 @pytest.mark.parametrize("algorithm", ["PPO", "A2C"])

@@ -89,8 +89,7 @@ class ALAEnv(gym.Env):
 
     # ---------------------------------------------------------------- gymnasium API
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
-        if self._closed:
-            raise RuntimeError("this env is closed: make a new one with gym.make(...)")
+        self._check_open()
         check_no_options(options)
         # numpy integers (a seed drawn from an array, as the vector env accepts) are seeds too.
         super().reset(seed=None if seed is None else check_int("seed", seed, 0))
@@ -103,8 +102,7 @@ class ALAEnv(gym.Env):
         return observation, self._last_info
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
-        if self._closed:
-            raise RuntimeError("this env is closed: make a new one with gym.make(...)")
+        self._check_open()
         if self.trainer is None or not self.episode.running:
             raise RuntimeError("the episode has ended (or never started): call reset() before step()")
         self.episode.apply_action(action)
@@ -118,8 +116,16 @@ class ALAEnv(gym.Env):
         self._last_info = info
         return observation, reward, terminated, False, info
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this env is closed: make a new one with gym.make(...)")
+
+    def render(self) -> Any:
+        """None: this env has no render mode (Gymnasium's rule for ``render_mode=None``)."""
+        return None
+
     def close(self) -> None:
-        """Free the child (its weights and batches); a later ``reset`` or ``step`` raises."""
+        """Free the child (its weights and batches); a later ``reset``, ``step`` or ``render`` raises."""
         self.trainer = None
         self._closed = True
         super().close()
@@ -129,8 +135,7 @@ class ALAEnv(gym.Env):
         statistics, batch stream, iteration), the episode (statistics history, metrics, Phi) and the env's
         generator. :meth:`set_state` restores it; the run then continues bit for bit as it did after this call,
         however often it is restored. The dataset is shared, not copied."""
-        if self._closed:
-            raise RuntimeError("this env is closed: make a new one with gym.make(...)")
+        self._check_open()
         if self.trainer is None:
             raise RuntimeError("nothing to save before reset(): call reset() first")
         state = (self.trainer, self.episode, self.np_random, self._last_info)
@@ -141,8 +146,7 @@ class ALAEnv(gym.Env):
         env or another made with the same training, episode and spaces."""
         if not isinstance(state, dict) or STATE_KEY not in state:
             raise ValueError("state must be a dict returned by this env's get_state()")
-        if self._closed:
-            raise RuntimeError("this env is closed: make a new one with gym.make(...)")
+        self._check_open()
         if state.get(SETTINGS_KEY) != self._settings():
             raise ValueError(
                 "state was saved by an env of another training, episode or spaces: restore it into an env made with "

@@ -277,6 +277,7 @@ class ALAClassificationEnv(ALAEnv):
         """Phi beside the validation confusion (see the class docstring); None without a ``render_mode``."""
         if self.render_mode is None:
             return None
+        self._check_open()
         if self.trainer is None:
             raise RuntimeError("nothing to render before reset(): call reset() first")
         info = self._last_info

@@ -133,7 +133,8 @@ def check_action(action: Any, rows: int) -> np.ndarray:
     if array.shape != (rows,):
         raise ValueError(f"action must have shape {(rows,)} (one entry per row: class pair or loss parameter), got {array.shape}")
     # An integer dtype is required: a float action (even 1.0) is more likely a policy's output passed
-    # unsampled than a choice, and MultiDiscrete.contains refuses it too.
+    # unsampled than a choice, and MultiDiscrete.contains refuses it too. It takes a boolean array, which is refused
+    # here all the same: True and False are likelier a mask passed by mistake than -step and 0.
     if not np.issubdtype(array.dtype, np.integer):
         raise ValueError(f"action entries must be integers (an integer dtype, got {array.dtype}) in {{0, 1, 2}} (-step, 0, +step)")
     outside = array[(array < 0) | (array > 2)]

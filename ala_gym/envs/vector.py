@@ -125,12 +125,12 @@ class ALAVectorEnv(VectorEnv):
         self._started = False
 
     # ---------------------------------------------------------------- gymnasium API
-    def reset(self, *, seed: int | list[int] | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+    def reset(self, *, seed: int | list[int | None] | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
         check_open(self)
         check_no_options(options)
         seeds = seed_children(self, seed)
-        if seeds is not None:  # without a seed each child's generator goes on, as the single env's np_random
-            self._child_rngs = [seeding.np_random(s)[0] for s in seeds]
+        if seeds is not None:  # without a seed a child's generator goes on, as the single env's np_random
+            self._child_rngs = [rng if s is None else seeding.np_random(s)[0] for s, rng in zip(seeds, self._child_rngs)]
         trainer_seeds = [self._draw_trainer_seed(i) for i in range(self.num_envs)]
         self._children = build_children(self.train_mode, self.data, self.task.train_config, trainer_seeds)
         for episode, trainer_seed in zip(self.episodes, trainer_seeds):
@@ -314,11 +314,11 @@ def check_open(envs: VectorEnv) -> None:
         raise RuntimeError("this vector env is closed: make a new one with gym.make_vec(...)")
 
 
-def seed_children(envs: VectorEnv, seed: int | list[int] | None) -> list[int] | None:
+def seed_children(envs: VectorEnv, seed: int | list[int | None] | None) -> list[int | None] | None:
     """Seed the vector env's own ``np_random`` and return the per-child seeds of ``reset(seed=...)``:
-    ``seed + i``, or one listed seed each; None for ``seed=None`` (the children's generators go on). numpy
-    integers and 0-d arrays count as ints; a seed that is no integer, or a negative one, is a ``ValueError`` (as
-    the single env's), naming the seed."""
+    ``seed + i``, or one listed seed each (None in a list: that child's generator goes on, as in Gymnasium's
+    vector envs); None for ``seed=None`` (every child's generator goes on). numpy integers and 0-d arrays count
+    as ints; a seed that is no integer, or a negative one, is a ``ValueError`` (as the single env's), naming it."""
     num_envs = envs.num_envs
     if isinstance(seed, np.ndarray) and seed.ndim == 0:
         seed = seed.item()
@@ -328,7 +328,7 @@ def seed_children(envs: VectorEnv, seed: int | list[int] | None) -> list[int] | 
     if isinstance(seed, (list, tuple, np.ndarray)):
         if len(seed) != num_envs:
             raise ValueError(f"need one seed per child ({num_envs}), got {len(seed)}")
-        seeds = [_seed(f"seed[{i}]", value, "an int") for i, value in enumerate(seed)]
+        seeds = [None if value is None else _seed(f"seed[{i}]", value, "an int or None") for i, value in enumerate(seed)]
         VectorEnv.reset(envs, seed=None)
         return seeds
     first = _seed("seed", seed, f"an int, a list of {num_envs} ints or None")

@@ -95,7 +95,7 @@ class ChildGroup:
             "train_mode": self.env.train_mode,
         }
 
-    def reset(self, seed: list[int] | None) -> tuple[np.ndarray, dict]:
+    def reset(self, seed: list[int | None] | None) -> tuple[np.ndarray, dict]:
         return self.env.reset(seed=seed)
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
@@ -211,7 +211,7 @@ class RayVectorEnv(VectorEnv):
         self._started = False
 
     # ---------------------------------------------------------------- gymnasium API
-    def reset(self, *, seed: int | list[int] | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+    def reset(self, *, seed: int | list[int | None] | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
         check_open(self)
         check_no_options(options)
         seeds = seed_children(self, seed)

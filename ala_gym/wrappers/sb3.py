@@ -57,7 +57,9 @@ class SB3VecEnv(VecEnv):
     def reset(self) -> np.ndarray:  # SB3's VecEnvObs, as one array
         seed = self._seeds[0]
         # SB3 seeds env i with seed + i; the native env does the same from one integer.
-        observations, infos = self.venv.reset(seed=seed)
+        # set_options' options go to the native reset, which refuses any (it takes none) rather than drop them.
+        options = next((options for options in self._options if options), None)
+        observations, infos = self.venv.reset(seed=seed, options=options)
         self.reset_infos = self._split_infos(infos)
         self._reset_seeds()
         self._reset_options()
@@ -71,7 +73,9 @@ class SB3VecEnv(VecEnv):
         return self.step_wait()
 
     def step_async(self, actions: np.ndarray) -> None:
-        self._actions = np.asarray(actions).reshape(self.venv.action_space.shape)
+        # As given: the vector env refuses actions of another shape (a reshape here would deal one child's actions
+        # out among the others without a word).
+        self._actions = np.asarray(actions)
 
     def step_wait(self) -> StepReturn:
         if self._actions is None:
