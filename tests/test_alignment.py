@@ -222,6 +222,21 @@ def test_reward_agreement_draws_two_disjoint_subsets_of_each_size() -> None:
     assert not torch.equal(halves[25][0], disjoint_halves(50, [25], seed=4)[25][0])
 
 
+def test_reward_agreement_counts_agreements_oppositions_and_ties_of_known_rewards(tmp_path, monkeypatch) -> None:
+    """Pooled over seeds: agree = same sign, ties counted (0, 0 agrees); opposite = +1 against -1; ties = the share
+    of zero rewards among both halves'; agree when both non-zero = same sign among the steps without a zero."""
+    from ala_gym.benchmarks import reward_agreement
+
+    monkeypatch.setattr(reward_agreement, "RESULTS", tmp_path / "agreement.json")
+    per_seed = [np.array([[1, 1], [1, -1], [0, 0], [-1, 0]]), np.array([[-1, -1], [0, 1]])]
+    monkeypatch.setattr(reward_agreement, "trajectory_rewards", lambda env, kwargs, sizes, seed: {10: per_seed[seed]})
+    reward_agreement.main(["--env", "ALA-Digits-v0", "--sizes", "10", "--seeds", "2"])
+    (row,) = json_load(tmp_path / "agreement.json")["ALA-Digits-v0"]["rows"]
+    assert row["steps"] == 6 and row["agree"] == pytest.approx(3 / 6) and row["opposite"] == pytest.approx(1 / 6)
+    assert row["ties"] == pytest.approx(4 / 12) and row["agree_nonzero"] == pytest.approx(2 / 3)
+    assert row["agree_per_seed"] == pytest.approx([2 / 4, 1 / 2])
+
+
 def test_reward_agreement_script_compares_two_disjoint_validation_subsets(tmp_path, monkeypatch, capsys):
     from ala_gym.benchmarks import reward_agreement
 

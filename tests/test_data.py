@@ -678,6 +678,15 @@ def test_training_subset_keeps_a_seeded_part_of_the_training_split() -> None:
     data = load_digits()
     small = training_subset(data, 200, seed=0)
     assert len(small.train) == 200 and small.val is data.val and small.test is data.test
+
+    def row_counts(split) -> dict[tuple, int]:  # image and label of each sample, counted
+        rows = torch.cat([split.images.flatten(1).long(), split.labels[:, None]], dim=1)
+        unique, counts = torch.unique(rows, dim=0, return_counts=True)
+        return {tuple(row.tolist()): int(count) for row, count in zip(unique, counts)}
+
+    # A part drawn without replacement: no sample more often than the split holds it.
+    whole = row_counts(data.train)
+    assert all(count <= whole.get(row, 0) for row, count in row_counts(small.train).items())
     assert torch.equal(small.train.labels, training_subset(data, 200, seed=0).train.labels)
     assert not torch.equal(small.train.images, training_subset(data, 200, seed=1).train.images)
     assert training_subset(data, None, seed=0) is data and training_subset(data, 10**6, seed=0) is data

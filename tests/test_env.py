@@ -11,6 +11,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from gymnasium.wrappers import FlattenObservation
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
@@ -298,6 +299,12 @@ def test_loss_forms(make, loss_form: str) -> None:
         assert all(0.0 < loss < 10.0 for loss in losses)  # cross-entropy, Phi = I or ignored
     with pytest.raises(ValueError, match="loss_form"):
         make("ALA-Digits-v0", loss_form="quadratic")
+    # Off the identity the forms part: cross-entropy ignores Phi, the linear form reads it.
+    smoothed = make("ALA-Digits-v0", loss_form=loss_form, phi_init=np.eye(10) + 0.3 * (1 - np.eye(10))).unwrapped
+    smoothed.reset(seed=0)
+    logits, labels = torch.randn(8, 10, generator=torch.Generator().manual_seed(0)), torch.arange(8)
+    plain = torch.nn.functional.cross_entropy(logits, labels)
+    assert torch.isclose(smoothed.episode.loss(logits, labels), plain) == (loss_form == "cross_entropy")
 
 
 def test_divergence_terminates_with_penalty(make) -> None:

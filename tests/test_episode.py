@@ -70,6 +70,8 @@ def test_the_reward_is_the_sign_of_the_discounted_metric_improvement() -> None:
     discounted = (0.9**5 * 0.5 + 0.3) / (0.9**5 + 1)
     assert info["val_metric_discounted"] == pytest.approx(discounted)
     assert reward == pytest.approx(0.6 - discounted) and not terminated
+    # Each row's credit is discounted the same way over the step's evaluations (not the last one alone).
+    np.testing.assert_allclose(info["row_improvement"], [0.6 - discounted])
     # The next step improves on M, not on the last evaluation (0.3): an error of 0.33 both times is still a gain.
     signed = episode()
     signed.begin(error(0.6), 0)

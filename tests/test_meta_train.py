@@ -233,6 +233,11 @@ def test_a_generation_draws_from_the_seed_alone() -> None:
     assert plans == [generation_plan(config, g) for g in range(6)]
     assert all(p["total_iterations"] % config.steps_per_action == 0 and 40 <= p["total_iterations"] <= 400 for p in plans)
     assert {p["task"] for p in plans} == set(config.tasks)
+    # Another seed draws other children and noise, in the first task's plan and the others' alike.
+    other = tiny(tasks=config.tasks, horizon=config.horizon, seed=1, tasks_per_generation=2)
+    for mine, theirs in zip(generation_plans(tiny(tasks=config.tasks, horizon=config.horizon, tasks_per_generation=2), 0),
+                            generation_plans(other, 0)):  # fmt: skip
+        assert mine["env_seeds"] != theirs["env_seeds"] and mine["noise_seed"] != theirs["noise_seed"]
 
 
 @pytest.mark.parametrize("horizon, expected", [((59, 59), 40), ((60, 60), 60), ((1, 5), 20)])

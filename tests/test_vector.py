@@ -346,6 +346,13 @@ def test_bad_input_and_calls_out_of_order_are_refused(make_vec) -> None:
         envs.step(np.ones((3, N_PAIRS), dtype=np.int64))
     with pytest.raises(ValueError, match="0, 1, 2"):
         envs.step(np.full((2, N_PAIRS), 5))
+    phi_before = [np.array(phi) for phi in envs.get_attr("phi")]
+    only_second_wrong = np.full((2, N_PAIRS), 2, dtype=np.int64)
+    only_second_wrong[1, 0] = 5
+    with pytest.raises(ValueError, match="0, 1, 2"):  # child 0's valid action is not applied before the refusal
+        envs.step(only_second_wrong)
+    for before, after in zip(phi_before, envs.get_attr("phi")):
+        np.testing.assert_array_equal(after, before)
     with pytest.raises(ValueError, match="one value per child"):
         envs.set_attr("phi", [np.eye(10)])
     with pytest.raises(ValueError, match="symmetric"):
