@@ -12,7 +12,7 @@ import runpy
 import shlex
 import subprocess
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -342,6 +342,19 @@ def test_config_command_lines_document_every_option_with_its_default(module) -> 
     text = " ".join(parser.format_help().split())
     assert "(default: 0.01)" in text or "(default: 0.02)" in text  # the learning rate's
     assert "``" not in text and ":class:" not in text  # docstring markup reads as plain text
+    # Each config field's option shows its default as the option is written (a tuple comma-separated), but for
+    # None and an empty dict, which mean "not given".
+    config = module.MetaTrainConfig if hasattr(module, "MetaTrainConfig") else module.ImitateConfig
+    by_option = {option: action for action in parser._actions for option in action.option_strings}
+    for item in fields(config):
+        default = item.default if item.default is not MISSING else item.default_factory()
+        help_text = " ".join(by_option[f"--{item.name.replace('_', '-')}"].help.split())
+        if default is None or default == {}:
+            assert "(default:" not in help_text, item.name
+        else:
+            written = ",".join(map(str, default)) if isinstance(default, tuple) else (
+                json.dumps(default) if isinstance(default, dict) else str(default))  # fmt: skip
+            assert help_text.endswith(f"(default: {written})"), (item.name, help_text)
 
 
 def test_config_options_parse_as_their_fields_are_typed(capsys) -> None:

@@ -299,6 +299,27 @@ def test_tuning_curves_report_the_test_error_of_the_best_validation_model_so_far
     assert bench.runs_to_reach({"trials": trials}, 0.2) == 2 and bench.runs_to_reach({"trials": trials}, 0.05) is None
 
 
+def test_the_summary_counts_runs_to_reach_the_comparators_median_with_a_miss_as_budget_plus_one() -> None:
+    """Target: the median over seeds of random search's final best validation error (0.25 here). LearnLoss reaches
+    it at run 2 on one seed and never on the other (counted 5, budget + 1): median 3.5; random search 5 and 4:
+    median 4.5; the ratio is the comparator's median over LearnLoss's."""
+
+    def run(method: str, seed: int, val: list[float]) -> dict:
+        trials = [{"val_error": v, "test_error": v + 0.01, "fit_s": 1.0, "propose_s": 0.0, "source": "random"} for v in val]
+        return {"dataset": "digits", "method": method, "seed": seed, "budget": 4, "trials": trials}
+
+    runs = [run("random", 0, [0.5, 0.4, 0.3, 0.3]), run("random", 1, [0.5, 0.5, 0.5, 0.2]),
+            run("learnloss", 0, [0.5, 0.2, 0.4, 0.4]), run("learnloss", 1, [0.6, 0.6, 0.6, 0.6])]  # fmt: skip
+    summary = bench.summarize(runs, budget=4)["digits"]
+    assert summary["methods"]["random"]["best_val_per_seed"] == [0.3, 0.2]
+    assert summary["methods"]["learnloss"]["test_per_seed"] == pytest.approx([0.21, 0.61])
+    reach = summary["runs_to_reach"]["random"]
+    assert reach["target_val_error"] == pytest.approx(0.25)
+    assert reach["runs_per_seed"] == {"learnloss": [2, None], "random": [None, 4]}
+    assert reach["median_runs"] == {"learnloss": 3.5, "random": 4.5} and reach["ratio"] == pytest.approx(4.5 / 3.5)
+    assert "tpe" not in summary["runs_to_reach"]  # no TPE runs: no comparison with it
+
+
 def test_tuning_benchmark_writes_runs_table_plot_and_resumes(tmp_path, monkeypatch, request):
     monkeypatch.setattr(bench, "RESULTS", tmp_path)
     request.addfinalizer(partial(torch.set_num_threads, torch.get_num_threads()))  # the later tests keep theirs

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import statistics
 
 import gymnasium as gym
 import numpy as np
@@ -93,8 +94,12 @@ def test_every_timed_env_step_is_a_full_step_of_a_running_episode(monkeypatch):
         return result
 
     monkeypatch.setattr(ALAClassificationEnv, "step", counted)
-    overhead.measure("digits", torch.device("cpu"), 4, 2)  # a warm-up step and 4 timed ones: 10 iterations of 4
+    row = overhead.measure("digits", torch.device("cpu"), 4, 2)  # a warm-up step and 4 timed ones: 10 iterations of 4
     assert trained == [2] * 5
+    for kind in ("wall", "cpu"):  # each loop's time is the median of its repetitions, recorded beside it
+        for loop in overhead.LOOPS:
+            assert len(row[f"{kind}_s"][loop]) == 4
+            assert row[f"median_{kind}_s"][loop] == statistics.median(row[f"{kind}_s"][loop])
 
 
 def test_merge_keeps_the_other_configs_rows_and_each_note_once(tmp_path, monkeypatch):
@@ -171,6 +176,11 @@ def test_malloc_benchmark_times_both_loops_under_both_thresholds(tmp_path):
     assert [row["retain_freed_memory"] for row in report["results"]] == [None, platform.libc_ver()[0] == "glibc"]
     assert all(len(row["cpu_s"][loop]) == 2 for row in report["results"] for loop in malloc.LOOP_NAMES)
     assert all(count >= 0 for row in report["results"] for loop in malloc.LOOP_NAMES for count in row["faults"][loop])
+    for row in report["results"]:  # the summaries are those of the rounds recorded beside them
+        for loop in malloc.LOOP_NAMES:
+            assert row["median_cpu_s"][loop] == statistics.median(row["cpu_s"][loop])
+            assert row["median_faults"][loop] == statistics.median(row["faults"][loop])
+            assert row["mean_faults"][loop] == statistics.fmean(row["faults"][loop])
     assert "| retained |" in (tmp_path / "malloc.md").read_text()
     report["notes"] = ["cores shared with another job"]
     assert malloc.render_markdown(report).endswith("\n## Notes\n\n* cores shared with another job\n")

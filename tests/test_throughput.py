@@ -334,3 +334,19 @@ def test_a_cuda_report_says_how_cuda_computed_float32(tmp_path, monkeypatch, mat
     (out / "throughput.json").write_text(json.dumps(report))
     throughput.main(["--render", "--out", str(out)])
     assert f"GPU Some GPU (float32 on CUDA: {said})" in (out / "throughput.md").read_text()
+
+
+def test_the_kernel_and_product_entries_keep_each_rates_best_round_and_every_round() -> None:
+    """Three rounds, one failed: the fastest float32 and bfloat16 rates of those measured (from different rounds
+    where they differ), the products of the fastest float32 round, and every round's rate in order (None: failed)."""
+    base = {"model": "mlp", "num_envs": 32}
+    kernels = [{**base, "iterations_per_s": 10.0, "bfloat16_autocast_iterations_per_s": 7.0}, {"error": "killed"},
+               {**base, "iterations_per_s": 12.0, "bfloat16_autocast_iterations_per_s": 5.0}]  # fmt: skip
+    kept = throughput.best_kernels(kernels)
+    assert kept["iterations_per_s"] == 12.0 and kept["bfloat16_autocast_iterations_per_s"] == 7.0
+    assert kept["rounds"] == [10.0, None, 12.0] and kept["bfloat16_autocast_rounds"] == [7.0, None, 5.0]
+    products = [{**base, "products": ["slow"], "flops": 1.0, "iterations_per_s": 8.0, "bfloat16_iterations_per_s": 20.0},
+                {**base, "products": ["fast"], "flops": 1.0, "iterations_per_s": 9.0, "bfloat16_iterations_per_s": 15.0}]  # fmt: skip
+    best = throughput.best_products(products)
+    assert best["products"] == ["fast"] and best["iterations_per_s"] == 9.0 and best["bfloat16_iterations_per_s"] == 20.0
+    assert throughput.best_kernels([{"error": "killed"}]) == {} == throughput.best_products([])
