@@ -94,7 +94,9 @@ def test_every_preset_row_passes_the_early_env_keyword_check():
             continue  # its env refuses a machine without CUDA, before any row (tests/test_gpu_suite.py)
         for spec in preset["controllers"].split(","):
             if not is_oracle(spec):
-                check_row(spec, preset["env"], preset.get("env_kwargs", {}))
+                # Built as the comparison builds it: a row's own child count agrees with the preset's.
+                built = build_controller(spec, preset.get("children"), preset.get("baseline_children"))
+                check_row(spec, preset["env"], preset.get("env_kwargs", {}), built)
 
 
 def test_keyword_values_are_typed_as_their_settings():
