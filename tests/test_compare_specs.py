@@ -71,7 +71,7 @@ def test_a_bad_env_keyword_after_at_fails_before_any_run(tmp_path, monkeypatch):
     monkeypatch.setattr(run, "RESULTS", tmp_path)
     monkeypatch.setattr(run, "run_one", lambda *args, **kwargs: pytest.fail("a run started"))
     wrongs = {
-        "label-smoothing@bta=0.3": "unexpected keyword argument 'bta'",
+        "label-smoothing@bta=0.3": "ALAClassificationEnv takes no keyword 'bta'; did you mean 'beta'\\?",
         "ce@beta=-1": "beta must be a finite number",
         "ce@train_mode=sequental": "train_mode must be one of",
     }

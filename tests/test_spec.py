@@ -83,8 +83,11 @@ def test_spec_and_keywords_are_not_combined_and_each_part_checks_itself() -> Non
         ClassificationLoss(metric="f1")
     with pytest.raises(ValueError, match="must be the same number of iterations"):
         dataclasses.replace(spec, train=dataclasses.replace(spec.train, total_iterations=16))
-    with pytest.raises(TypeError, match="unexpected keyword"):
+    # Named with the keywords it takes (the closest first where one is close), not Python's bare message.
+    with pytest.raises(TypeError, match=r"^ALAClassificationEnv takes no keyword 'learning_rate'; its keywords are .*\blr\b"):
         task_spec("ALA-Digits-v0", learning_rate=0.1)
+    with pytest.raises(TypeError, match=r"^ALAClassificationEnv takes no keyword 'total_iteration'; did you mean 'total_iterations'\?"):
+        gym.make("ALA-Digits-v0", total_iteration=10)
 
 
 def test_a_make_spec_keyword_that_no_part_takes_is_refused_not_ignored() -> None:

@@ -18,6 +18,7 @@ env built from it reports (``env.unwrapped.task_spec``), so that another env of 
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -257,7 +258,23 @@ def spec_keywords(env_id: str | type, **keywords: Any) -> tuple[Callable[..., Ta
             f"{env_id!r} is not an ALA env (its class has no make_spec): name an id that ala_gym registers, such as "
             "'ALA-Digits-v0', or one of your own registered with ala_gym.register_env"
         )
-    return builder, {key: value for key, value in keywords.items() if key not in ENV_OPTIONS}
+    keywords = {key: value for key, value in keywords.items() if key not in ENV_OPTIONS}
+    check_keywords(builder, keywords, getattr(env_class, "__name__", str(env_class)))
+    return builder, keywords
+
+
+def check_keywords(builder: Callable[..., Any], keywords: dict[str, Any], name: str) -> None:
+    """Refuse a keyword ``builder`` does not take (``TypeError``, as Python's own), naming the closest it takes
+    and where the others are listed, rather than Python's message with the keyword alone."""
+    parameters = inspect.signature(builder).parameters
+    if any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters.values()):
+        return
+    known = sorted(key for key, parameter in parameters.items() if parameter.kind is not inspect.Parameter.VAR_POSITIONAL)
+    for key in keywords:
+        if key not in parameters:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise TypeError(f"{name} takes no keyword {key!r}; {hint}its keywords are {', '.join(known + list(ENV_OPTIONS))}")
 
 
 def task_spec(env_id: str | type, **keywords: Any) -> TaskSpec:
@@ -269,6 +286,7 @@ def task_spec(env_id: str | type, **keywords: Any) -> TaskSpec:
 def spec_of(env: Any, spec: TaskSpec | None, keywords: dict[str, Any]) -> TaskSpec:
     """The spec an ALA env's ``__init__`` trains: ``spec`` as given, or its class's ``make_spec(**keywords)``."""
     if spec is None:
+        check_keywords(type(env).make_spec, keywords, type(env).__name__)
         return type(env).make_spec(**keywords)
     if not isinstance(spec, TaskSpec):
         raise TypeError(f"spec must be a TaskSpec (ala_gym.envs.spec), got {type(spec).__name__}")
