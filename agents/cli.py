@@ -8,6 +8,7 @@ import json
 import math
 import os
 import re
+import shlex
 import sys
 import types
 import typing
@@ -67,6 +68,21 @@ def _check_writable_place(option: str, path: Path, folder: Path, kind: str) -> N
 
 PROVENANCE_SUFFIX = ".json"
 """Suffix of the record of what produced a policy (:func:`write_provenance`), beside the policy file."""
+
+
+def recorded_command(module: str, argv: list[str]) -> str:
+    """``python -m module argv...`` as a shell reads it, with an absolute path inside the working folder written
+    relative to it: a committed record holds no path of the machine that ran it (one outside stays as given)."""
+    here = Path.cwd()
+
+    def portable(word: str) -> str:
+        option, equals, value = word.rpartition("=") if word.startswith("--") and "=" in word else ("", "", word)
+        path = Path(value)
+        if path.is_absolute() and path.is_relative_to(here):
+            value = str(path.relative_to(here))
+        return f"{option}{equals}{value}"
+
+    return shlex.join(["python", "-m", module, *map(portable, argv)])
 
 
 def write_provenance(save: str | Path, record: dict[str, Any]) -> None:

@@ -27,7 +27,6 @@ true}' --env ALA-Digits-v0 --save runs/ramp.pt``
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -211,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         cli.interrupted(parser.prog, "nothing was saved; the same command starts again")
     record = {
-        "command": shlex.join(["python", "-m", "ala_gym.agents.imitate", *argv]),
+        "command": cli.recorded_command("ala_gym.agents.imitate", argv),
         "config": {**asdict(config), "horizons": list(config.horizons)},
         **outcome,
         "cpu": cpu_model(),

@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 import time
 from collections import deque
@@ -727,7 +726,7 @@ def provenance(trainer: MetaTrainer, argv: list[str]) -> dict[str, Any]:
     pairs = trainer.config.population
     child_iterations = sum(2 * (pairs - entry.get("lost_pairs", 0)) * entry["total_iterations"] for entry in trainer.history)
     return {
-        "command": shlex.join(["python", "-m", "ala_gym.agents.meta_train", *argv]),  # pastes into a shell as it is
+        "command": cli.recorded_command("ala_gym.agents.meta_train", argv),  # pastes into a shell as it is
         "config": config_record(trainer.config),
         "generations": trainer.generation,
         "child_iterations": child_iterations,

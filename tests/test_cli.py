@@ -577,3 +577,11 @@ def test_the_throughput_benchmark_refuses_a_negative_seed_before_measuring(capsy
         throughput.main(["--seed", "-1"])
     err = capsys.readouterr().err
     assert caught.value.code == 2 and "argument --seed: must be an integer in [0, 2**32 - 1], got '-1'" in err
+
+
+def test_a_recorded_command_writes_paths_inside_the_working_folder_relative_to_it(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    argv = ["--save", str(tmp_path / "policies" / "p.pt"), f"--state={tmp_path / 's.pt'}", "/elsewhere/x.pt", "--env-kwargs", '{"a": 1}']
+    assert cli.recorded_command("ala_gym.agents.meta_train", argv) == (
+        "python -m ala_gym.agents.meta_train --save policies/p.pt --state=s.pt /elsewhere/x.pt --env-kwargs '{\"a\": 1}'"
+    )
