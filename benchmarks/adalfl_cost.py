@@ -21,7 +21,6 @@ Writes ``adalfl_cost.json`` and ``adalfl_cost.md`` under ``benchmarks/results/``
 from __future__ import annotations
 
 import json
-import shlex
 import statistics
 import sys
 import time
@@ -34,7 +33,7 @@ import torch
 from torch.nn import functional as F
 
 from ala_gym.agents.adalfl import AdaLFLConfig, LossNetwork, OnlineTrainer, initialise_offline
-from ala_gym.agents.cli import DescriptionFormatter, OneLineParser
+from ala_gym.agents.cli import DescriptionFormatter, OneLineParser, recorded_command
 from ala_gym.benchmarks.machine import RESULTS, check_out_folder, cpu_model
 from ala_gym.core.data import (
     CIFAR10_SUBSET,
@@ -182,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
         "torch": torch.__version__,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         "note": args.note or "no note on the machine's load",
-        "command": shlex.join(["python", "-m", "ala_gym.benchmarks.adalfl_cost", *(sys.argv[1:] if argv is None else argv)]),
+        "command": recorded_command("ala_gym.benchmarks.adalfl_cost", sys.argv[1:] if argv is None else argv),
     }
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "adalfl_cost.json", json.dumps({"header": header, "rows": rows}, indent=1))
