@@ -406,7 +406,8 @@ class AdaLFLController(Controller):
             network_before = {name: value.clone() for name, value in network.state_dict().items()}
             loss_sum, meta_sum = online.train(iterations)
             evaluation = trainer.evaluate(env.val_eval, env.metric)
-            finite = bool(online.finite) and evaluation.finite
+            # The network too: a step's last meta-update can break it while the step's losses stayed finite.
+            finite = bool(online.finite) and evaluation.finite and not non_finite_weights(network.state_dict())
             # As the envs report a diverged step: the metric's worst value and losses of inf, never NaN.
             record.val_metric.append(evaluation.metric if finite else finite_or(evaluation.metric, worst))
             record.meta_loss.append(finite_or(float(meta_sum) / iterations, float("inf")))

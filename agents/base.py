@@ -123,11 +123,21 @@ class Controller(ABC):
         drive; the benchmark asks before any run."""
 
     def env_kwargs(self) -> dict[str, Any]:
-        """Env keywords this controller needs (e.g. ``loss_form``); they override the caller's."""
+        """Env keywords this controller needs (e.g. ``loss_form``); the caller may give them only as they are."""
         return {}
+
+    def check_env_kwargs(self, env_kwargs: dict[str, Any]) -> None:
+        """Refuse (``ValueError``) env keywords that ask otherwise than :meth:`env_kwargs` (``ce`` under
+        ``loss_form="sigmoid"``): the run would train under the controller's, against what was asked."""
+        own = self.env_kwargs()
+        if clashes := sorted(key for key in own if key in env_kwargs and env_kwargs[key] != own[key]):
+            asked = ", ".join(f"{key}={env_kwargs[key]!r}" for key in clashes)
+            needs = ", ".join(f"{key}={own[key]!r}" for key in clashes)
+            raise ValueError(f"{self.name} trains its children with {needs}, but the env keywords ask {asked}; leave them out")
 
     def make_envs(self, env_id: str, **env_kwargs: Any) -> gym.vector.VectorEnv:
         """The vector env this controller expects: ``num_envs`` children, :meth:`env_kwargs` applied."""
+        self.check_env_kwargs(env_kwargs)
         return gym.make_vec(env_id, num_envs=self.num_envs, **{**env_kwargs, **self.env_kwargs()})
 
     def begin(self, envs: gym.vector.VectorEnv, seed: int) -> None:  # noqa: B027  (a hook: most controllers need none)

@@ -12,6 +12,7 @@ import shlex
 import sys
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 from typing import Any, NoReturn
@@ -105,6 +106,15 @@ def interrupted(prog: str, resume: str) -> NoReturn:
     """Ctrl-C: one line on what was kept and how to go on (exit status 130), not a traceback."""
     sys.stderr.write(f"{prog}: interrupted; {resume}\n")
     raise SystemExit(130)
+
+
+def run_main(main: Callable[[], None], kept: str) -> None:
+    """Run a command line's ``main`` (``python -m``), Ctrl-C ending it in one line that says ``kept`` (what was
+    kept, and how to go on; :func:`interrupted`)."""
+    try:
+        main()
+    except KeyboardInterrupt:
+        interrupted(Path(sys.argv[0]).name, kept)
 
 
 def require(extra: str, module: str) -> None:

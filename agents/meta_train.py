@@ -615,13 +615,13 @@ class MetaTrainer:
                   "lost with their Ray actor, dropped from the gradient estimate", file=sys.stderr, flush=True)  # fmt: skip
         # both children of every pair that came back
         gradient = es_gradient(fitness, noise[pairs], config.sigma, config.rank_ties, val_loss)
-        # Unmeasured children (-inf) are left out of the mean; where no child has a finite fitness (each diverged
-        # under the NLL, say) both are -inf, never NaN.
-        finite = fitness[np.isfinite(fitness)]
+        # Unmeasured children (-inf, not diverged) are left out of the mean; a diverged one counts at its worst value
+        # (-inf under the NLL: the mean is -inf then, never NaN), as a diverged one under the error rate counts -1.
+        measured = fitness[np.isfinite(fitness) | diverged]
         entry = {
             "task": plan["task"], "total_iterations": plan["total_iterations"],
-            "fitness_mean": float(finite.mean()) if len(finite) else -np.inf,
-            "fitness_best": float(finite.max()) if len(finite) else -np.inf,
+            "fitness_mean": float(measured.mean()) if len(measured) else -np.inf,
+            "fitness_best": float(measured.max()) if len(measured) else -np.inf,
             "diverged": int(diverged.sum()), "lost_pairs": lost_pairs,
             "tied_pairs": int((fitness[0::2] == fitness[1::2]).sum()),
             "phi_off_diagonal_mean": float(np.nanmean(phi_off_diagonal)) if np.isfinite(phi_off_diagonal).any() else float("nan"),

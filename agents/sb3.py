@@ -231,6 +231,19 @@ class SB3Controller(Controller):
         self.model: OnPolicyAlgorithm | None = None
 
     def check_settings(self) -> None:
+        if self.algo != "ppo":  # set for another algorithm, they would be ignored without a word
+            defaults = SB3Config()
+            ppo_only = [f"{name}={getattr(self.config, name)}" for name in ("n_epochs", "batch_size")
+                        if getattr(self.config, name) != getattr(defaults, name)]  # fmt: skip
+            if ppo_only:
+                raise ValueError(f"{' and '.join(ppo_only)} set PPO's minibatch updates, which {self.algo} does not make; leave them out")
+        if self.initial_state is None:  # a new policy: SB3 would fall back to the CPU without a word for an absent GPU
+            try:
+                resolve_device(self.config.policy_device)
+            except ValueError:
+                gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+                raise ValueError(f"policy_device={self.config.policy_device!r}, but this machine has {gpus} CUDA GPU(s) "
+                                 "visible to torch; use policy_device='cpu'") from None  # fmt: skip
         minibatch = self.config.batch_size or self.config.n_steps * self.num_envs
         if self.algo == "ppo" and minibatch < 2:  # PPO normalises the advantages over each minibatch
             # A loaded policy keeps its saved settings, which passed here on more children (so batch_size 0, n_steps 1).
@@ -341,8 +354,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--freeze", action="store_true", help="with --load: run the saved policy without learning")
     args = parser.parse_args(argv)
     cli.check_load_args(parser, SB3Config, args)
-    if args.algo != "ppo" and (ppo_only := [o for o in cli.given_fields(SB3Config, args) if o in ("--n-epochs", "--batch-size")]):
-        parser.error(f"{' and '.join(ppo_only)} set PPO's minibatch updates, which {args.algo} does not make; leave them out")
     if args.load:
         try:
             controller = SB3Controller.load(args.load, args.algo, train=not args.freeze, num_envs=args.num_envs)
@@ -350,16 +361,9 @@ def main(argv: list[str] | None = None) -> None:
             cli.fail(str(exc))
     else:
         try:
-            config = cli.dataclass_from_args(SB3Config, args)
-            controller = SB3Controller(args.algo, config, num_envs=args.num_envs)
+            controller = SB3Controller(args.algo, cli.dataclass_from_args(SB3Config, args), num_envs=args.num_envs)
         except ValueError as exc:
             cli.fail(str(exc))
-        try:  # on this machine: SB3 would fall back to the CPU without a word where the GPU asked for is absent
-            resolve_device(config.policy_device)
-        except ValueError:
-            gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-            cli.fail(f"--policy-device {config.policy_device}, but this machine has {gpus} CUDA GPU(s) visible to torch; "
-                     "use --policy-device cpu")  # fmt: skip
     if not args.no_tensorboard:
         controller.log_dir = args.log_dir or cli.default_log_dir(controller.name, args)
     cli.run_cli(controller, args, beside=(MODEL_SUFFIX,))

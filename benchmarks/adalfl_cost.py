@@ -33,7 +33,7 @@ import torch
 from torch.nn import functional as F
 
 from ala_gym.agents.adalfl import AdaLFLConfig, LossNetwork, OnlineTrainer, initialise_offline
-from ala_gym.agents.cli import DescriptionFormatter, OneLineParser, recorded_command
+from ala_gym.agents.cli import DescriptionFormatter, OneLineParser, recorded_command, run_main
 from ala_gym.benchmarks.machine import RESULTS, check_out_folder, cpu_model
 from ala_gym.core.data import (
     CIFAR10_SUBSET,
@@ -191,4 +191,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "nothing was written (the report is written once every task is measured); the same command measures again")

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ala_gym.agents.adalfl import AdaLFLConfig
-from ala_gym.agents.cli import DescriptionFormatter, OneLineParser
+from ala_gym.agents.cli import DescriptionFormatter, OneLineParser, run_main
 from ala_gym.benchmarks.compare import ComparisonError
 from ala_gym.benchmarks.compare.store import NUMBER, RESULTS_SHAPE, RUN_SHAPE, read_json
 from ala_gym.benchmarks.machine import RESULTS
@@ -153,4 +153,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "nothing was written; the same command writes the report again")

@@ -47,7 +47,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ala_gym.agents.cli import DescriptionFormatter, OneLineParser
+from ala_gym.agents.cli import DescriptionFormatter, OneLineParser, run_main
 from ala_gym.benchmarks.machine import RESULTS, check_out_folder, cpu_model
 from ala_gym.core.data import data_home
 from ala_gym.core.files import write_text_atomic
@@ -252,4 +252,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "nothing was written (the report is written once every step ran); the same command times again")

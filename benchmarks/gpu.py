@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 import ala_gym  # noqa: F401  (registers the env ids)
-from ala_gym.agents.cli import OneLineParser
+from ala_gym.agents.cli import OneLineParser, run_main
 from ala_gym.benchmarks import adalfl_cost, overhead, throughput
 from ala_gym.benchmarks.machine import RESULTS as DEFAULT_RESULTS
 from ala_gym.benchmarks.machine import check_out_folder, cpu_model, float32_precision
@@ -197,13 +197,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda", choices=["cpu", "cuda"])
     parser.add_argument("--tiny", action="store_true", help="every part at a token budget (a smoke run, any device)")
     parser.add_argument("--out", type=Path, help="results folder (default: benchmarks/results/gpu/)")
-    parser.add_argument("--skip", nargs="+", default=[], choices=DATASETS[1:], metavar="DATASET",
+    parser.add_argument("--skip", nargs="+", action="extend", default=[], choices=DATASETS[1:], metavar="DATASET",
                         help=f"leave out the runs on these datasets ({', '.join(DATASETS[1:])}), on a machine that "
                              "lacks them; gpu.md names what was left out")  # fmt: skip
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.exit(2, f"{parser.prog}: error: --device cuda but torch sees no CUDA GPU; run on a GPU machine, or --device cpu --tiny\n")
     budget = "tiny" if args.tiny else "full"
+    args.skip = list(dict.fromkeys(args.skip))  # once each, in the order given (--skip may repeat)
     datasets = tuple(name for name in DATASETS if name not in args.skip)
     out = args.out or RESULTS
     check_out_folder(parser, out, ("meta_generation.json", "device_paths.json", "gpu.md"))
@@ -256,4 +257,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "the parts that finished wrote their reports, gpu.md was not written; the same command runs every part again")

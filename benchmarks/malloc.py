@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 import ala_gym  # noqa: F401  (registers the env ids)
-from ala_gym.agents.cli import DescriptionFormatter, OneLineParser
+from ala_gym.agents.cli import DescriptionFormatter, OneLineParser, run_main
 from ala_gym.benchmarks.machine import RESULTS, check_out_folder
 from ala_gym.benchmarks.overhead import (
     CONFIGS,
@@ -175,4 +175,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "nothing was written (the report is written once both workers finished); the same command measures again")

@@ -66,7 +66,7 @@ from gymnasium.utils import seeding
 from torch.nn import functional as F
 
 import ala_gym  # noqa: F401  (registers the env ids)
-from ala_gym.agents.cli import DescriptionFormatter, OneLineParser
+from ala_gym.agents.cli import DescriptionFormatter, OneLineParser, run_main
 from ala_gym.benchmarks.compare import ComparisonError
 from ala_gym.benchmarks.compare.store import read_json
 from ala_gym.benchmarks.machine import RESULTS, check_out_folder, cpu_model, render_saved
@@ -441,4 +441,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "nothing was written (the report is written once every configuration is measured); the same command measures again")

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 import ala_gym  # noqa: F401  (registers the env ids)
-from ala_gym.agents.cli import DescriptionFormatter, OneLineParser
+from ala_gym.agents.cli import DescriptionFormatter, OneLineParser, run_main
 from ala_gym.benchmarks.compare import ComparisonError, machine, versions, without_locations, write_json
 from ala_gym.benchmarks.compare.store import read_json
 from ala_gym.benchmarks.machine import RESULTS as DEFAULT_RESULTS
@@ -181,4 +181,4 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "nothing was written (the record is written once every seed ran); the same command runs again")

@@ -69,7 +69,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ala_gym.agents.cli import OneLineParser, seed_option
+from ala_gym.agents.cli import OneLineParser, run_main, seed_option
 from ala_gym.benchmarks.machine import RESULTS, check_out_folder, cpu_model, float32_precision, render_saved
 from ala_gym.core.files import write_text_atomic
 from ala_gym.wrappers import MissingExtraError, require
@@ -777,4 +777,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "nothing was written (the report is written once every configuration is measured); the same command measures again")

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from ala_gym.agents.cli import OneLineParser
+from ala_gym.agents.cli import OneLineParser, run_main
 from ala_gym.agents.reinforce import POLICY_LIBRARY
 from ala_gym.benchmarks.compare import write_json
 from ala_gym.benchmarks.compare.presets import META_DIGITS_CNN
@@ -309,4 +309,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "nothing was written; the same command gathers the report again")

@@ -276,6 +276,38 @@ def test_a_non_finite_loss_ends_the_run_even_where_the_child_still_evaluates(mon
     assert record.test_metric == record.final_val_metric == 1.0
 
 
+def test_a_network_broken_by_a_steps_last_meta_update_ends_the_run_and_the_last_finite_one_is_kept(monkeypatch) -> None:
+    """The last meta-update of a step can leave the loss network NaN while that step's losses were finite: the
+    step counts as diverged, and the run keeps the network the step started from."""
+    import ala_gym.agents.adalfl as adalfl
+
+    real, calls, started = adalfl.meta_step, [], {}
+    steps_per_action = DIGITS["steps_per_action"]
+
+    def breaks_the_network_at_the_end_of_step_one(network, *args, **kwargs):
+        if not calls:
+            started.update({name: value.clone() for name, value in network.state_dict().items()})
+        result = real(network, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == steps_per_action:
+            with torch.no_grad():
+                for parameter in network.parameters():
+                    parameter.fill_(float("nan"))
+        return result
+
+    monkeypatch.setattr(adalfl, "meta_step", breaks_the_network_at_the_end_of_step_one)
+    controller = AdaLFLController(AdaLFLConfig(offline_steps=0))
+    envs = controller.make_envs("ALA-Digits-v0", **DIGITS)
+    try:
+        (record,) = controller.run(envs, seed=0)
+    finally:
+        envs.close()
+    assert record.diverged and len(record.val_metric) == 1
+    assert all(torch.isfinite(value).all() for value in controller.loss_network.state_dict().values())
+    for name, value in controller.loss_network.state_dict().items():
+        assert torch.equal(value, started[name]), name
+
+
 def test_saved_loss_network_loads_with_weights_only(tmp_path) -> None:
     config = AdaLFLConfig(hidden=7, smoothness=5.0, leak=0.1, bias=True)
     network = LossNetwork(config, torch.Generator().manual_seed(0))

@@ -111,8 +111,10 @@ def test_identity_baselines_keep_phi_and_linear_identity_equals_cross_entropy():
     records = {}
     for name, loss_form in (("ce", "cross_entropy"), ("phi-identity", "linear"), ("phi-identity-sigmoid", "sigmoid")):
         controller = ala_gym.agents.CONTROLLERS[name]()
-        # The controller's env keywords win over the caller's.
-        envs = controller.make_envs("ALA-Digits-v0", **{**TINY, "loss_form": "linear" if name == "ce" else "cross_entropy"})
+        # The controller's env keywords apply; a caller's that ask otherwise are refused, not replaced unseen.
+        with pytest.raises(ValueError, match=f"{name} trains its children with loss_form='{loss_form}', but the env"):
+            controller.make_envs("ALA-Digits-v0", **{**TINY, "loss_form": "linear" if name == "ce" else "cross_entropy"})
+        envs = controller.make_envs("ALA-Digits-v0", **{**TINY, "loss_form": loss_form})  # the same: fine
         assert envs.get_attr("task_settings")[0].loss_form == loss_form
         (records[name],), logs = run(controller, envs=envs)
         check_records([records[name]], 1)

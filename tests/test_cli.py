@@ -493,7 +493,7 @@ def test_a_seed_outside_what_numpy_and_torch_take_is_refused_before_the_run(main
 
 @pytest.mark.parametrize("device, said", [
     ("mps", "policy_device must be 'cpu', 'cuda' or 'cuda:N', got 'mps'"),
-    ("cuda:99", "--policy-device cuda:99, but this machine has"),
+    ("cuda:99", "policy_device='cuda:99', but this machine has"),
 ])  # fmt: skip
 def test_a_policy_device_sb3_cannot_use_or_this_machine_lacks_is_refused_in_one_line(device: str, said: str, capsys) -> None:
     """Not a crash in torch at the first step, nor SB3's silent fall-back to the CPU for a GPU that is absent."""
@@ -531,7 +531,7 @@ def test_an_env_keyword_given_twice_or_without_a_name_is_refused(extra: list[str
 
 
 @pytest.mark.parametrize("main, extra, said", [
-    (sb3_main, ["--algo", "a2c", "--n-epochs", "2"], "--n-epochs set PPO's minibatch updates, which a2c does not make"),
+    (sb3_main, ["--algo", "a2c", "--n-epochs", "2"], "n_epochs=2 set PPO's minibatch updates, which a2c does not make"),
     (sb3_main, ["--log-dir", "logs"], "--log-dir names where TensorBoard writes, but --no-tensorboard turns it off"),
     (reinforce_main, ["--log-dir", "logs"], "--log-dir names where TensorBoard writes, but --no-tensorboard turns it off"),
 ], ids=["a2c-epochs", "sb3-log-dir", "reinforce-log-dir"])  # fmt: skip
@@ -585,3 +585,26 @@ def test_a_recorded_command_writes_paths_inside_the_working_folder_relative_to_i
     assert cli.recorded_command("ala_gym.agents.meta_train", argv) == (
         "python -m ala_gym.agents.meta_train --save policies/p.pt --state=s.pt /elsewhere/x.pt --env-kwargs '{\"a\": 1}'"
     )
+
+
+def test_an_env_keyword_against_the_controllers_own_is_refused(capsys) -> None:
+    """PPO's children step in SAME_STEP autoreset, which SB3's VecEnv semantics need; asking another is refused."""
+    with pytest.raises(SystemExit) as caught:
+        sb3_main([*TINY_RUN, "--env-kwarg", "autoreset_mode='next_step'"])
+    err = capsys.readouterr().err
+    assert caught.value.code == 2 and "ppo trains its children with autoreset_mode=" in err and "leave them out" in err
+
+
+def test_run_main_ends_a_ctrl_c_in_one_line_with_status_130(capsys, monkeypatch) -> None:
+    """How the benchmarks' command lines run (``python -m``): Ctrl-C in one line saying what was kept."""
+    monkeypatch.setattr(sys, "argv", ["overhead.py"])
+    with pytest.raises(SystemExit) as caught:
+        cli.run_main(_interrupt, "nothing was written; the same command measures again")
+    assert caught.value.code == 130
+    assert capsys.readouterr().err == "overhead.py: interrupted; nothing was written; the same command measures again\n"
+
+
+@pytest.mark.parametrize("module", [m for m in COMMAND_LINES if m.startswith("ala_gym.benchmarks.")])
+def test_every_benchmark_command_line_runs_its_main_through_run_main(module: str) -> None:
+    source = Path(importlib.import_module(module).__file__).read_text()
+    assert re.search(r'^if __name__ == "__main__":\n    (run_main|cli\.run_main)\(main, ', source, re.M) or "KeyboardInterrupt" in source, module

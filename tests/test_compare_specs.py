@@ -131,11 +131,14 @@ def test_keyword_values_are_typed_as_their_settings():
     ("fixed-loss", "unknown loss_form 'fixed'"),  # a metric-learning loss on a classification task
     ("ce@metric=accuracy", "scored by 'accuracy' and the comparison by 'error'"),  # one metric column per table
     ("reinforce-transfer(policy=3)", "policy must be str, got 3"),  # a factory function's own parameters
+    ("a2c(n_epochs=8)", "n_epochs=8 set PPO's minibatch updates, which a2c does not make"),
+    ("ppo(policy_device=\"cuda:99\")", "policy_device='cuda:99', but this machine has"),
     ("ce(num_envs=0)", "num_envs must be an integer >= 1, got 0"),
     ("ce(num_envs=2)", "num_envs=2 but the comparison runs such rows with 1 children \\(--baseline-children\\)"),
+    ("ce@loss_form=sigmoid", "ce trains its children with loss_form='cross_entropy', but the env keywords ask loss_form='sigmoid'"),
 ], ids=["learnloss-rate", "learnloss-window", "random-noise", "ppo-policy", "ppo-minibatch", "adalfl-init-path",
-        "adalfl-own-keyword", "controller-does-not-fit", "another-metric", "transfer-policy-type", "no-children",
-        "children-conflict"])  # fmt: skip
+        "adalfl-own-keyword", "controller-does-not-fit", "another-metric", "transfer-policy-type", "a2c-ppo-only",
+        "absent-gpu", "no-children", "children-conflict", "row-against-controller"])  # fmt: skip
 def test_a_bad_row_fails_before_any_run(spec, message, tmp_path, monkeypatch):
     from ala_gym.benchmarks.compare import run
 

@@ -127,6 +127,22 @@ def test_a_model_non_finite_on_validation_from_the_start_observes_the_bound_and_
     assert reward == 1.0 and not terminated
 
 
+def test_a_step_after_a_start_at_an_infinite_worst_value_gains_nothing() -> None:
+    """Under the NLL the worst value is inf: the first finite step after such a start measures no gain (reward 0,
+    row credit 0) rather than an infinite one; the step after it is measured against the finite value."""
+    run = Episode(episode(reward="raw").settings, OneRowTask(), higher_is_better=False, worst=float("inf"))
+    run.begin(error(float("nan"), loss=float("nan")), 0)
+    rewards = []
+    for step, value in enumerate((0.5, 0.4)):
+        run.apply_action(np.array([1]))
+        run.plan(10 * step)
+        for index in range(2):
+            run.record_chunk(index, 1.0, error(value))
+        _, reward, _, info = run.finish(10 * (step + 1))
+        rewards.append((reward, float(info["row_improvement"][0])))
+    assert rewards[0] == (0.0, 0.0) and rewards[1] == (pytest.approx(0.1), pytest.approx(0.1))
+
+
 def test_a_non_finite_full_validation_split_gives_an_infinite_final_loss() -> None:
     """A child whose reward subsample stayed finite but whose full validation split holds a non-finite output ends
     with a final validation loss of inf, not NaN."""

@@ -39,3 +39,22 @@ def test_the_temporary_file_carries_the_suffix_asked_for(tmp_path: Path) -> None
         assert file.name.endswith(".zip") and Path(file.name).parent == tmp_path
         Path(file.name).write_bytes(b"PK")
     assert (tmp_path / "model.zip").read_bytes() == b"PK"
+
+
+def test_a_rewrite_keeps_the_files_permissions_and_writes_through_a_link(tmp_path: Path) -> None:
+    private = tmp_path / "state.pt"
+    private.write_text("old")
+    private.chmod(0o600)
+    write_text_atomic(private, "new")
+    assert private.read_text() == "new" and private.stat().st_mode & 0o777 == 0o600  # not made readable by others
+    (tmp_path / "target.md").write_text("old")
+    (tmp_path / "link.md").symlink_to(tmp_path / "target.md")
+    write_text_atomic(tmp_path / "link.md", "new")
+    assert (tmp_path / "link.md").is_symlink() and (tmp_path / "target.md").read_text() == "new"
+
+
+def test_a_move_that_fails_leaves_no_temporary_file(tmp_path: Path) -> None:
+    (tmp_path / "report.md").mkdir()  # a folder where the file would go: the final move fails
+    with pytest.raises(OSError):
+        write_text_atomic(tmp_path / "report.md", "x")
+    assert [p.name for p in tmp_path.iterdir()] == ["report.md"]

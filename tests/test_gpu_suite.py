@@ -111,7 +111,7 @@ def test_skipped_datasets_are_left_out_of_every_part_and_named(tmp_path, monkeyp
         monkeypatch.setattr(module, "main", lambda argv, name=name: calls.setdefault(name, argv))
     monkeypatch.setattr(gpu, "meta_generation", lambda device, budget, out: {})
     monkeypatch.setattr(gpu, "device_paths", lambda *args: pytest.fail("no device path has its data"))
-    gpu.main(["--device", "cuda", "--out", str(tmp_path / "out"), "--skip", "fashion-mnist", "cifar10-subset"])
+    gpu.main(["--device", "cuda", "--out", str(tmp_path / "out"), "--skip", "fashion-mnist", "--skip", "cifar10-subset"])
     assert calls["overhead"][2:5] == ["--configs", "digits", "--repeats"]
     throughput_args = calls["throughput"]
     assert throughput_args[throughput_args.index("--models") + 1 : throughput_args.index("--num-envs")] == ["mlp"]

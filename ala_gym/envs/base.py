@@ -125,7 +125,8 @@ class ALAEnv(gym.Env):
         return None
 
     def close(self) -> None:
-        """Free the child (its weights and batches); a later ``reset``, ``step`` or ``render`` raises."""
+        """Free the child (its weights and batches); a later ``reset``, ``step`` or ``render`` (with a render mode)
+        raises."""
         self.trainer = None
         self._closed = True
         super().close()

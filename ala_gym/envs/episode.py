@@ -168,11 +168,14 @@ class Episode:
             observation = self._observation(iteration)
         else:
             metric = discounted_metric(self._values, self._offsets, settings.gamma)
-            gain = improvement(self._last_metric, metric, self.higher_is_better)
+            # From a non-finite start (the NLL's worst, inf) no gain is measured: 0, not an infinite reward.
+            gain = np.nan_to_num(improvement(self._last_metric, metric, self.higher_is_better), nan=0.0, posinf=0.0, neginf=0.0)
             reward = float(np.sign(gain)) if settings.reward == "sign" else float(gain)
             self._last_metric = metric
             row_metric = discounted_metric(self._row_values, self._offsets, settings.gamma)
-            row_improvement = improvement(self._last_row_metric, row_metric, self.higher_is_better)
+            row_improvement = np.nan_to_num(
+                improvement(self._last_row_metric, row_metric, self.higher_is_better), nan=0.0, posinf=0.0, neginf=0.0
+            )
             self._last_row_metric = row_metric
             statistics = self._statistics(evaluation)
             self._history.append(statistics)

@@ -61,7 +61,10 @@ def run_one(
     Run ``seed`` seeds the env with ``seed * seed_stride`` (child ``i`` with that plus ``i``), so that a
     stride of at least the child count gives every run its own children."""
     controller = build_controller(controller_name, children, baseline_children)
-    env_kwargs = {**env_kwargs, **parse_controller(controller_name)[1]}
+    # The comparison's keywords are every row's defaults: a row's controller sets its own (ce its loss form) over
+    # them; a row's own keywords after @ must agree with it (check_row refused them before any run).
+    own = controller.env_kwargs()
+    env_kwargs = {**{k: v for k, v in env_kwargs.items() if k not in own}, **parse_controller(controller_name)[1]}
     kwargs = without_locations({**env_kwargs, **controller.env_kwargs()})
     # What the record says about where it ran is gathered before the training, so that no failure in it
     # can throw a finished run away.

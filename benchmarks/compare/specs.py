@@ -188,6 +188,7 @@ def check_row(
     own = {key: value for key, value in overrides.items() if key in controller.own_keywords}
     kwargs = {**env_kwargs, **{k: v for k, v in overrides.items() if k not in own}, **controller.env_kwargs()}
     try:
+        controller.check_env_kwargs({k: v for k, v in overrides.items() if k not in own})
         config = getattr(controller, "config", None)
         if own and is_dataclass(config) and not isinstance(config, type):
             replace(config, **_check_types(spec, own, _hints(type(config))))
