@@ -34,6 +34,16 @@ from ala_gym.core.trainer import TrainConfig
 DIGITS = dict(total_iterations=60, steps_per_action=20, device="cpu")
 
 
+def run_once(controller: AdaLFLController, on_step=None, **env_kwargs):
+    """The one record of ``controller``'s run on the digits budget (seed 0), its env closed after."""
+    envs = controller.make_envs("ALA-Digits-v0", **{**DIGITS, **env_kwargs})
+    try:
+        (record,) = controller.run(envs, seed=0, on_step=on_step)
+    finally:
+        envs.close()
+    return record
+
+
 def tiny_setting() -> tuple[LossNetwork, FunctionalChild, dict, tuple, tuple]:
     """A float64 loss network and linear-ReLU child, a momentum buffer, and two batches of 3 classes."""
     generator = torch.Generator().manual_seed(0)
@@ -237,12 +247,8 @@ def test_divergence_is_recorded_not_raised(metric: str, worst: float) -> None:
     """A diverged run is scored as the envs score a diverged child (the worst metric, without evaluating the
     broken model); what it logs and records holds no NaN, and it keeps the last finite loss network."""
     controller = AdaLFLController(AdaLFLConfig(offline_steps=0))
-    envs = controller.make_envs("ALA-Digits-v0", lr=1e30, metric=metric, **DIGITS)
     logged: list[dict] = []
-    try:
-        (record,) = controller.run(envs, seed=0, on_step=lambda step, values: logged.append(values))
-    finally:
-        envs.close()
+    record = run_once(controller, lambda step, values: logged.append(values), lr=1e30, metric=metric)
     assert record.diverged and len(record.val_metric) < 3
     assert record.test_metric == record.final_val_metric == worst and record.final_val_loss == float("inf")
     assert record.val_metric[-1] == worst and record.meta_loss[-1] == float("inf")
@@ -267,11 +273,7 @@ def test_a_non_finite_loss_ends_the_run_even_where_the_child_still_evaluates(mon
 
     monkeypatch.setattr(adalfl, "meta_step", nan_on_the_second_call)
     controller = AdaLFLController(AdaLFLConfig(offline_steps=0))
-    envs = controller.make_envs("ALA-Digits-v0", **DIGITS)
-    try:
-        (record,) = controller.run(envs, seed=0)
-    finally:
-        envs.close()
+    record = run_once(controller)
     assert record.diverged and len(record.val_metric) == 1 and np.isfinite(record.val_metric[0])
     assert record.test_metric == record.final_val_metric == 1.0
 
@@ -297,11 +299,7 @@ def test_a_network_broken_by_a_steps_last_meta_update_ends_the_run_and_the_last_
 
     monkeypatch.setattr(adalfl, "meta_step", breaks_the_network_at_the_end_of_step_one)
     controller = AdaLFLController(AdaLFLConfig(offline_steps=0))
-    envs = controller.make_envs("ALA-Digits-v0", **DIGITS)
-    try:
-        (record,) = controller.run(envs, seed=0)
-    finally:
-        envs.close()
+    record = run_once(controller)
     assert record.diverged and len(record.val_metric) == 1
     assert all(torch.isfinite(value).all() for value in controller.loss_network.state_dict().values())
     for name, value in controller.loss_network.state_dict().items():
