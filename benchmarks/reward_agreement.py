@@ -36,7 +36,8 @@ from ala_gym.core.data import DataError, with_data_home
 from ala_gym.core.files import write_text_atomic
 from ala_gym.core.metrics import discounted_metric, error_rate
 from ala_gym.envs.base import ALAEnv
-from ala_gym.registration import env_spec
+from ala_gym.envs.classification import ALAClassificationEnv
+from ala_gym.envs.spec import spec_keywords
 
 RESULTS = DEFAULT_RESULTS / "reward_agreement.json"
 
@@ -122,7 +123,9 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     try:
-        env_spec(args.env)
+        builder, _ = spec_keywords(args.env)  # an unknown id, or one of no ALA env, named with the package's ids
+        if not issubclass(getattr(builder, "__self__", object), ALAClassificationEnv):  # error rates of logits
+            raise ValueError(f"{args.env} is no classification env: the measurement scores error rates of class logits")
         per_seed = [trajectory_rewards(args.env, env_kwargs, sizes, seed) for seed in range(args.seeds)]
     except (ValueError, TypeError, DataError, gym.error.Error) as error:  # an unknown id, a bad keyword, no data
         parser.exit(2, f"reward_agreement: {error}\n")

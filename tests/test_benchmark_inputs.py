@@ -295,7 +295,8 @@ def test_reward_agreement_checks_its_saved_results_before_computing(damage, tmp_
     "argv, message",
     [(["--sizes", "10,ten"], "--sizes '10,ten': give whole numbers separated by commas, e.g. 50,200"),
      (["--sizes", "10", "--env-kwargs", "{beta: 1}"], "--env-kwargs is not JSON (Expecting property name"),
-     (["--sizes", "10", "--env-kwargs", '{"loss_form": "sigmoid"}'], "--env-kwargs sets loss_form, which the measurement fixes")],
+     (["--sizes", "10", "--env-kwargs", '{"loss_form": "sigmoid"}'], "--env-kwargs sets loss_form, which the measurement fixes"),
+     (["--sizes", "10", "--env", "ALA-FashionMNIST-Triplet-v0"], "ALA-FashionMNIST-Triplet-v0 is no classification env")],
 )  # fmt: skip
 def test_reward_agreement_names_the_option_it_cannot_read(argv, message, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(reward_agreement, "RESULTS", tmp_path / "reward_agreement.json")
