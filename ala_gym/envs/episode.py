@@ -168,14 +168,11 @@ class Episode:
             observation = self._observation(iteration)
         else:
             metric = discounted_metric(self._values, self._offsets, settings.gamma)
-            # From a non-finite start (the NLL's worst, inf) no gain is measured: 0, not an infinite reward.
-            gain = np.nan_to_num(improvement(self._last_metric, metric, self.higher_is_better), nan=0.0, posinf=0.0, neginf=0.0)
+            gain = self._gain(self._last_metric, metric)
             reward = float(np.sign(gain)) if settings.reward == "sign" else float(gain)
             self._last_metric = metric
             row_metric = discounted_metric(self._row_values, self._offsets, settings.gamma)
-            row_improvement = np.nan_to_num(
-                improvement(self._last_row_metric, row_metric, self.higher_is_better), nan=0.0, posinf=0.0, neginf=0.0
-            )
+            row_improvement = self._gain(self._last_row_metric, row_metric)
             self._last_row_metric = row_metric
             statistics = self._statistics(evaluation)
             self._history.append(statistics)
@@ -221,6 +218,11 @@ class Episode:
         self._last_row_metric = other._last_row_metric.copy()
 
     # ---------------------------------------------------------------- observation and info
+    def _gain(self, old: Any, new: Any) -> Any:
+        """:func:`improvement` of ``new`` over ``old``; 0 where it is not finite: from a non-finite start (the NLL's
+        worst value, inf) no gain is measured, rather than an infinite reward."""
+        return np.nan_to_num(improvement(old, new, self.higher_is_better), nan=0.0, posinf=0.0, neginf=0.0)
+
     def _statistics(self, evaluation: Evaluation) -> np.ndarray:
         """The task's row statistics, where a non-finite one (from outputs that are NaN on some validation inputs)
         reads as the bound: every observation is finite."""
