@@ -44,6 +44,7 @@ with python_random_kept():  # its first import draws from Python's random
     from stable_baselines3 import A2C, PPO
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.distributions import MultiCategoricalDistribution
+    from stable_baselines3.common.logger import Logger, configure
     from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
     from stable_baselines3.common.policies import ActorCriticPolicy
 
@@ -281,10 +282,9 @@ class SB3Controller(Controller):
                     f"the loaded {self.algo} policy does not fit this env ({message}); run it on an env like the one it was "
                     "saved from (the same number of classes and observation features)"
                 ) from None
-        if self.log_dir is not None:
-            from stable_baselines3.common.logger import configure
-
-            model.set_logger(configure(str(self.log_dir), ["tensorboard"]))
+        # Without a logger of its own, SB3's learn() makes an empty folder in the temp dir on every run.
+        quiet = Logger(folder=None, output_formats=[])
+        model.set_logger(quiet if self.log_dir is None else configure(str(self.log_dir), ["tensorboard"]))
         return model
 
     def _entropy(self, observations: np.ndarray) -> float:

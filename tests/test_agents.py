@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
+import tempfile
 from types import SimpleNamespace
 
 import gymnasium as gym
@@ -407,7 +408,7 @@ def test_importing_the_sb3_adapters_in_a_fresh_process_leaves_pythons_random_alo
 
 
 @pytest.mark.parametrize("algo, policy", [("a2c", "mlp"), ("a2c", "pair"), ("ppo", "mlp")])
-def test_sb3_controllers_run_end_to_end(algo, policy):
+def test_sb3_controllers_run_end_to_end(algo, policy, tmp_path, monkeypatch):
     from ala_gym.agents.sb3 import SB3Config, isolated_global_rngs
     from ala_gym.wrappers.sb3 import SB3VecEnv
 
@@ -422,6 +423,10 @@ def test_sb3_controllers_run_end_to_end(algo, policy):
     check_records(records, 2)
     check_logs(logs)
     assert not same_weights(controller.model.policy.state_dict(), initial)  # it learned online
+    # Without a log folder, SB3's learn() makes none of its own (an empty SB3-<date> folder in the temp dir).
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    run(controller, envs=controller.make_envs("ALA-Digits-v0", **TINY))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_sb3_pair_policy_transfers_to_5_classes(ppo_policy, five_class_envs):
