@@ -13,8 +13,10 @@ How a caller (the benchmark, a notebook) runs any of them::
 (``num_envs``) and which env keywords it needs (``env_kwargs()``, e.g. ``{"loss_form": "cross_entropy"}``
 for the plain cross-entropy row); its keywords win over the caller's. A caller building the vector env
 itself must apply both the same way. ``on_step(step, logs)`` receives per-step scalars (``reward``,
-``val_metric``, ``phi_drift``, ``phi_max_offdiag``, and for learners ``entropy`` and losses) plus
-``logs["phi"]``, the running children's Phi as a ``[children, C, C]`` array.
+``val_metric``, :func:`ala_gym.agents.base.phi_stats`' ``phi_drift`` and ``phi_max_offdiag``, or ``phi_mean``
+and ``phi_max_abs`` where Phi is a vector per child (metric learning), and for learners ``entropy`` and losses)
+plus ``logs["phi"]``, the running children's Phi as a ``[children, C, C]`` array (``[children, rows]`` for a
+vector).
 
 Registry (``CONTROLLERS``, keyed by the benchmark's names; the documentation's Controllers page,
 ``docs/controllers.md``, says what each is).
@@ -22,11 +24,16 @@ Registry (``CONTROLLERS``, keyed by the benchmark's names; the documentation's C
 Factory keywords: every baseline takes ``num_envs``; the fixed-loss rows (``ce``, ``phi-identity*``,
 ``auc-pairwise``, ``fixed-loss``, ``phi-init``), ``confusion`` and ``random`` also ``loss_form``, ``random`` ``noise``,
 ``phi-uniform``/``label-smoothing`` ``off_diagonal`` and ``label_smoothing``, ``phi-ramp`` ``start``, ``end``
-and ``follow``, ``online-smoothing`` ``alpha``; ``reinforce*`` take
-``config`` (:class:`ala_gym.agents.reinforce.ReinforceConfig`), ``num_envs``, ``train``; ``ppo``/``a2c`` take
+and ``follow``, ``online-smoothing`` ``alpha``; ``reinforce``, ``reinforce-multi`` and ``reinforce-frozen`` take
+``config`` (:class:`ala_gym.agents.reinforce.ReinforceConfig`), ``num_envs``, ``train``; ``reinforce-paper*``
+``num_envs`` and ``train`` (:func:`ala_gym.agents.reinforce.paper_controller`: the config is the paper's);
+``reinforce-transfer*`` ``policy`` (a shipped policy's name or a ``.pt`` file), ``num_envs``, ``train`` and
+``temperature`` (:func:`ala_gym.agents.reinforce.transfer_controller`); ``ppo``/``a2c`` take
 ``config`` (:class:`ala_gym.agents.sb3.SB3Config`), ``num_envs``, ``policy`` (``"pair"`` or ``"mlp"``) and need the
 ``sb3`` extra (without it their factories raise :class:`ala_gym.wrappers.MissingExtraError`, which says so); ``pbt``
-takes ``config`` (:class:`ala_gym.agents.pbt.PBTConfig`), ``num_envs`` (the population, 10) and ``frozen``. Saved
+takes ``config`` (:class:`ala_gym.agents.pbt.PBTConfig`), ``num_envs`` (the population, 10) and ``frozen``;
+``adalfl`` and ``learnloss`` take ``config`` (:class:`ala_gym.agents.adalfl.AdaLFLConfig`,
+:class:`ala_gym.agents.learnloss.LearnLossPhiConfig`). Saved
 policies: ``ala_gym.agents.reinforce.ReinforceController.load(path, train=False)`` (``train=True`` fine-tunes;
 ``temperature`` divides the loaded logits) and
 ``ala_gym.agents.sb3.SB3Controller.load(path, algo)``.

@@ -682,7 +682,8 @@ class MetaTrainer:
 
 def meta_train(config: MetaTrainConfig, state_path: str | Path | None = None, log_dir: str | None = None) -> MetaTrainer:
     """Run (or resume from ``state_path``) until ``config.generations``; a checkpoint after every generation.
-    The trainer comes back closed (its Ray actors stopped)."""
+    ``log_dir`` takes TensorBoard curves of the fitness and the mean off-diagonal Phi (none by default). The
+    trainer comes back closed (its Ray actors stopped)."""
     from tqdm.auto import tqdm
 
     if state_path is not None and Path(state_path).is_file():

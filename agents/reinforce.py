@@ -252,6 +252,13 @@ class ReinforceController(Controller):
     Every :meth:`run` starts from the same policy: a fresh one initialised from the run's seed or, when
     the controller was made by :meth:`load`, the loaded weights. After a run the learned policy is in
     ``self.policy`` and :meth:`save` writes it. ``train=False`` runs the policy frozen.
+
+    ``initial_state`` and ``n_features`` are the loaded policy's weights and the observation features per
+    class pair it reads (:meth:`load` sets both; an env with other features is refused). ``env_overrides``
+    are env keywords the controller imposes (:meth:`env_kwargs`; the paper's rules in
+    :func:`paper_controller`). ``multi_child`` (default: more than one child) sets
+    :attr:`ala_gym.agents.base.Controller.multi_child`: whether the comparison's
+    ``--children`` (rather than ``--baseline-children``) sets the child count.
     """
 
     name = "reinforce"

@@ -205,6 +205,9 @@ class SB3Controller(Controller):
 
     Like :class:`ala_gym.agents.reinforce.ReinforceController`, every run starts from the same policy (fresh
     from the run's seed, or the loaded weights); the trained SB3 model is left in ``self.model``.
+
+    ``policy`` (``"pair"`` or ``"mlp"``) replaces ``config.policy``; ``initial_state`` is the loaded policy's
+    weights (:meth:`load`); ``log_dir`` takes SB3's TensorBoard curves (none by default).
     """
 
     learned = True

@@ -276,7 +276,8 @@ def _assemble(
 def load_digits(
     *, val_size: int = 360, test_size: int = 360, split_seed: int = 0, device: torch.device | str = "cpu"
 ) -> ClassificationData:
-    """scikit-learn's bundled 8x8 digits: 1,797 images, here 1,077 train / 360 val / 360 test by default."""
+    """scikit-learn's bundled 8x8 digits: 1,797 images, here 1,077 train / 360 val / 360 test by default
+    (``val_size`` and ``test_size`` images drawn from ``split_seed``), on ``device``."""
     from importlib.resources import files
 
     with python_random_kept():  # the first import of scikit-learn's datasets draws from it
@@ -769,8 +770,8 @@ def from_user_data(
     [0, 1] when normalised), every other real dtype becomes float32. Labels are 1-D integer class indices;
     the class count is the largest label plus one. ``val_size`` samples (default: a fifth) of the training
     part, drawn from ``split_seed``, become the validation split; normalisation statistics (per channel,
-    per feature for ``[N, F]``) come from the rest. The splits are copies: the caller's arrays are never
-    written, and changing them later changes nothing here.
+    per feature for ``[N, F]``) come from the rest. The splits are copies on ``device``: the caller's arrays
+    are never written, and changing them later changes nothing here. ``name`` names the data in messages.
 
     Raises ``ValueError`` naming the problem: inputs that are not numbers or not finite, shapes that do not
     match, labels that are not non-negative integers, fewer than two classes, or a class without samples

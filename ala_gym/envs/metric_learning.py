@@ -197,6 +197,7 @@ class ALAMetricLearningEnv(ALAEnv):
     * ``framework`` (``"triplet"``/``"margin"``), ``loss_form`` (``"mixture"``/``"focal"``/``"fixed"``,
       default per framework), ``phi_init`` (Eq. 9: ``d^2`` and ``0.5/d`` selected; Eq. 10: ``[4, 4]``),
       ``beta`` (0.1).
+    * ``steps_per_action`` (K, 100): SGD iterations between two decisions of the controller.
     * ``model``, ``embedding_size`` (64), ``total_iterations``, ``batch_size`` (P x K), ``samples_per_class``
       (K), ``lr``, ``momentum``, ``weight_decay``, ``lr_milestones``, ``lr_decay``: the child's training.
     * ``recall_k`` (1), ``reward``, ``gamma``, ``eval_points``, ``eval_stride``, ``val_subsample`` (1000),
