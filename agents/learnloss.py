@@ -251,7 +251,8 @@ def learn_loss(
     on_trial: Callable[[Trial], None] | None = None,
 ) -> list[Trial]:
     """Run the anytime loop for ``config.budget`` training runs; return every run (:func:`best_trial`
-    picks the answer, at any prefix of the list)."""
+    picks the answer, at any prefix of the list). ``on_trial``, where given, is called with each run as it
+    ends (to log or save it)."""
     trials: list[Trial] = []
     while len(trials) < config.budget:
         start = time.perf_counter()

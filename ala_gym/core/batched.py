@@ -338,7 +338,9 @@ class BatchedTrainer:
         """The forward and backward of one iteration (:meth:`train_step` without the batches and the update): the
         per-child losses ``[N]`` (zero where ``mask`` is False) and their gradients, one per trainable stacked
         parameter (:attr:`trained`; zero for one the forward leaves out).
-        ``benchmarks/throughput.py`` times it alone, as the ceiling of the batched path's kernels."""
+        ``kernel`` (``"hard"`` or ``"soft"``) computes the losses with :func:`fused_losses` instead of ``loss``'s
+        own per-child function under ``vmap``. ``benchmarks/throughput.py`` times it alone, as the ceiling of the
+        batched path's kernels."""
         if not self._base.training:  # only evaluation switches it off: no walk over the modules per iteration
             self._base.train()
         logits = self._forward(self.params, self.buffers, inputs)
