@@ -15,6 +15,11 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+HINTS = {  # what installs each extra, from the package's installed metadata (setup.cfg's ranges)
+    "sb3": "pip install 'stable-baselines3<3,>=2.4' (the 'sb3' extra; or pip install -e '.[sb3]' in a clone of ala-gym)",
+    "ray": "pip install 'ray<3,>=2.9' (the 'ray' extra; or pip install -e '.[ray]' in a clone of ala-gym)",
+    "learnloss": "pip install 'optuna<6,>=5' (the 'learnloss' extra; or pip install -e '.[learnloss]' in a clone of ala-gym)",
+}
 TINY = dict(total_iterations=10, steps_per_action=5, eval_points=2, eval_stride=2, device="cpu")
 COMPARE = ("import sys; from pathlib import Path; from ala_gym.benchmarks.compare import main, run; "
            "run.RESULTS = Path(sys.argv[1]); main(sys.argv[2:])")
@@ -33,7 +38,7 @@ def run_without(modules: list[str], args: list[str], tmp_path: Path) -> subproce
 def assert_one_line_naming(done: subprocess.CompletedProcess, extra: str) -> None:
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr and done.stderr.strip().count("\n") == 0, done.stderr
-    assert f"pip install -e '.[{extra}]' in the ala-gym clone" in done.stderr, done.stderr
+    assert HINTS[extra] in done.stderr, done.stderr
 
 
 def test_sb3_command_without_the_extra_names_it_in_one_line(tmp_path: Path) -> None:
@@ -52,7 +57,7 @@ def test_agents_import_without_sb3_and_its_controllers_name_the_extra(tmp_path: 
     )
     done = run_without(["stable_baselines3"], ["-c", code], tmp_path)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == ["stable-baselines3 is not installed: pip install -e '.[sb3]' in the ala-gym clone"] * 2
+    assert done.stdout.splitlines() == [f"stable-baselines3 is not installed: {HINTS['sb3']}"] * 2
 
 
 def test_compare_without_sb3_keeps_its_runs_and_refuses_sb3_controllers(tmp_path: Path) -> None:
@@ -78,7 +83,7 @@ def test_ray_backend_and_throughput_without_ray_name_the_extra(tmp_path: Path) -
         "    print(error)\n"
     )
     done = run_without(["ray"], ["-c", code], tmp_path)
-    assert done.returncode == 0 and done.stdout.strip() == "ray is not installed: pip install -e '.[ray]' in the ala-gym clone", done.stderr
+    assert done.returncode == 0 and done.stdout.strip() == f"ray is not installed: {HINTS['ray']}", done.stderr
     out = tmp_path / "throughput"
     args = ["-m", "ala_gym.benchmarks.throughput", "--models", "mlp", "--num-envs", "1", "--modes", "native-sequential", "ray-1",
             "--steps", "1", "--iterations", "1", "--out", str(out)]
@@ -122,3 +127,17 @@ def test_a_result_records_no_version_for_an_extra_that_is_not_installed(monkeypa
 
     monkeypatch.setattr(machine.metadata, "version", version)
     assert versions()["stable_baselines3"] is None and versions()["torch"]
+
+
+def test_the_install_hint_names_each_extras_requirements_as_setup_cfg_declares_them(monkeypatch) -> None:
+    from importlib import metadata
+
+    from ala_gym.wrappers import EXTRAS, install_hint
+
+    assert set(HINTS) == set(EXTRAS) and all(install_hint(extra) == hint for extra, hint in HINTS.items())
+
+    def not_installed(name: str) -> None:
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "requires", not_installed)  # a source tree on sys.path, never installed
+    assert install_hint("sb3") == "pip install -e '.[sb3]' in a clone of ala-gym"

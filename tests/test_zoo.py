@@ -1,4 +1,4 @@
-"""RL Baselines3 Zoo trains on the ALA envs with the shipped hyperparameter file (hyperparams/ppo.yml)."""
+"""RL Baselines3 Zoo trains on the ALA envs with the shipped hyperparameters (the module ala_gym.agents.zoo)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def test_rl_zoo_trains_ppo_with_the_shipped_hyperparameters(tmp_path: Path) -> None:
     from stable_baselines3 import PPO
 
     command = [
         sys.executable, "-m", "rl_zoo3.train", "--algo", "ppo", "--env", "ALA-Digits-v0", "--gym-packages", "ala_gym",
-        "--conf-file", str(ROOT / "hyperparams" / "ppo.yml"), "-n", "32", "--seed", "0", "--eval-freq", "-1",
+        "--conf-file", "ala_gym.agents.zoo", "-n", "32", "--seed", "0", "--eval-freq", "-1",
         "--save-freq", "-1", "--log-folder", str(tmp_path), "--env-kwargs", "total_iterations:40",
         "steps_per_action:10", "eval_points:2", "eval_stride:2", "device:'cpu'",
     ]  # fmt: skip

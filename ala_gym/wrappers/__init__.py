@@ -1,9 +1,10 @@
-"""Adapters from the ALA envs to RL libraries and to Ray (each behind its extra: ``pip install -e '.[sb3]'``,
-``'.[ray]'`` from the clone), :func:`require`, the check every user of an extra makes before importing it, and
-:class:`ChildAttributes`, the per-child attribute access every ALA vector env offers."""
+"""Adapters from the ALA envs to RL libraries and to Ray (each behind its extra: ``pip install 'ala-gym[sb3]'``,
+or ``pip install -e '.[sb3]'`` in a clone; ``ray`` alike), :func:`require`, the check every user of an extra makes
+before importing it, and :class:`ChildAttributes`, the per-child attribute access every ALA vector env offers."""
 
 from __future__ import annotations
 
+from importlib import metadata
 from importlib.util import find_spec
 from typing import Any, Protocol
 
@@ -26,7 +27,22 @@ def require(extra: str) -> None:
     (Ray and Stable-Baselines3 take seconds to import)."""
     module, package = EXTRAS[extra]
     if find_spec(module) is None:
-        raise MissingExtraError(f"{package} is not installed: pip install -e '.[{extra}]' in the ala-gym clone")
+        raise MissingExtraError(f"{package} is not installed: {install_hint(extra)}")
+
+
+def install_hint(extra: str) -> str:
+    """The command that installs ``extra``: its requirements as the installed package declares them (a wheel
+    has no clone to install from), and the clone's editable install beside it."""
+    in_clone = f"pip install -e '.[{extra}]' in a clone of ala-gym"
+    try:
+        requires = metadata.requires("ala-gym") or []
+    except metadata.PackageNotFoundError:  # imported from a source tree that was never installed
+        return in_clone
+    marker = f'extra == "{extra}"'
+    wanted = [requirement.partition(";")[0].strip() for requirement in requires if requirement.partition(";")[2].strip() == marker]
+    if not wanted:
+        return in_clone
+    return "pip install " + " ".join(f"'{requirement}'" for requirement in wanted) + f" (the '{extra}' extra; or {in_clone})"
 
 
 class ChildAttributes(Protocol):
