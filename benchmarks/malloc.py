@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     for mode in MODES:
         command = [sys.executable, "-m", "ala_gym.benchmarks.malloc", "--worker", mode, "--config", args.config,
                    "--rounds", str(args.rounds)]  # fmt: skip
-        done = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+        done = subprocess.run(command, capture_output=True, text=True)  # in this folder, where a relative data home is
         if done.returncode != 0:
             sys.exit(f"the {mode} worker failed:\n{done.stderr.strip()}")
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
