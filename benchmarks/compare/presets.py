@@ -321,6 +321,6 @@ def describe_presets() -> str:
             + (f"--children {children}" if children else "multi-child controllers at their own child count")
             + (f", --baseline-children {preset['baseline_children']}" if preset.get("baseline_children") else "")
             + (f", --seed-stride {preset['seed_stride']}" if preset.get("seed_stride") else "")
-            + f", writes results/{preset['name']}/; controllers: {preset['controllers'].replace(',', ', ')}"
+            + f", writes benchmarks/results/{preset['name']}/; controllers: {preset['controllers'].replace(',', ', ')}"
         )
     return "\n".join(lines)
