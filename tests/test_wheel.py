@@ -15,6 +15,7 @@ installed.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import sysconfig
@@ -163,6 +164,10 @@ def test_wheel_adds_only_ala_gym_and_ships_the_package_files(wheel: Path) -> Non
     expected |= {f"ala_gym/agents/policies/{path.name}" for path in policies}
     missing = sorted(expected - set(names))
     assert not missing, f"not in the wheel (setup.cfg's packages and package_data): {missing}"
+    # The licence the metadata declares, with its text (setup.cfg's license_files).
+    (license_text,) = [name for name in names if re.fullmatch(r"[^/]+\.dist-info/(licenses/)?LICENSE", name)]
+    with zipfile.ZipFile(wheel) as archive:
+        assert archive.read(license_text).decode() == (ROOT / "LICENSE").read_text()
 
     unwanted = [
         name for name in names
