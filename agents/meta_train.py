@@ -118,7 +118,7 @@ class MetaTrainConfig:
     random logits differ from pair to pair and drift Phi one way or the other."""
     init_policy: str | None = None
     """Where the search starts: a ``reinforce`` policy file, or the name of a policy shipped in
-    ``agents/policies/`` (its ``hidden`` must match); None: a new policy (``seed``, ``init_no_change``)."""
+    ``ala_gym.agents.policies`` (``agents/policies/`` in a clone; its ``hidden`` must match); None: a new policy (``seed``, ``init_no_change``)."""
     searched: str = "all"
     """The parameters that evolve, fewer for a less noisy estimate (its variance grows with the dimensions
     searched): ``"all"`` of the policy's; ``"action-head"``, the last layer's, which reads the initial (random)
