@@ -57,12 +57,11 @@ class RunLogger:
 
 def phi_figure(phi: np.ndarray, step: int) -> Figure:
     """A matplotlib heatmap of one ``C x C`` Phi on the fixed scale [-1, 1] (comparable across steps)."""
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")  # headless: figures only go to TensorBoard
-    from matplotlib import pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(4, 3.4))
+    # A figure of its own, not pyplot's: the process's backend (a notebook's, a GUI's) stays as it was.
+    figure = Figure(figsize=(4, 3.4))
+    axis = figure.subplots()
     image = axis.imshow(phi, cmap="RdBu_r", vmin=-1.0, vmax=1.0)
     axis.set_title(f"Phi, step {step}")
     axis.set_xlabel("class j")

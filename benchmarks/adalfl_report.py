@@ -45,12 +45,10 @@ def load_runs(folder: Path) -> list[dict]:
 
 
 def plot_shapes(runs: list[dict], out: Path) -> None:
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
+    fig = Figure(figsize=(10, 4))  # not pyplot's: the process's backend stays as it was
+    axes = fig.subplots(1, 2, sharex=True)
     for ax, key, title in zip(axes, ("loss_shape_start", "loss_shape_end"), ("after offline initialisation", "end of training")):
         for run in runs:
             shape = run["children"][0][key]
@@ -68,7 +66,6 @@ def plot_shapes(runs: list[dict], out: Path) -> None:
     axes[1].legend(handles[0] + extra[0], handles[1] + extra[1], fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "loss_shape.png", dpi=110)
-    plt.close(fig)
 
 
 def summary(runs: list[dict], ce_runs: list[dict], ce_source: str | None) -> str:

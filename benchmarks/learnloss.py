@@ -330,13 +330,11 @@ def reach_sentences(summary: dict[str, Any], budget: int) -> list[str]:
 
 
 def plot(runs: list[dict], out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     datasets = sorted({r["dataset"] for r in runs})
-    fig, axes = plt.subplots(2, len(datasets), figsize=(4.6 * len(datasets), 7), squeeze=False)
+    fig = Figure(figsize=(4.6 * len(datasets), 7))  # not pyplot's: the process's backend stays as it was
+    axes = fig.subplots(2, len(datasets), squeeze=False)
     for column, dataset in enumerate(datasets):
         low, high = np.inf, -np.inf
         for method in METHODS:
@@ -364,7 +362,6 @@ def plot(runs: list[dict], out: Path) -> None:
         axes[0, column].legend(fontsize=8, title="median, min-max over seeds", title_fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "best_val_error.png", dpi=110)
-    plt.close(fig)
 
 
 RUN_SHAPE = {

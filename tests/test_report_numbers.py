@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -401,3 +404,28 @@ def test_adalfl_report_splits_offline_from_online_time_against_ce_of_the_same_se
         "test error 25.00 +- 7.07 %, wall 10.0 s per run."
     ) in lines
     assert (tmp_path / "adl" / "loss_shape.png").stat().st_size > 0
+
+
+def test_drawing_leaves_the_processs_matplotlib_backend_and_pyplot_alone(tmp_path: Path) -> None:
+    """The figures of a run's TensorBoard log and of a comparison are the package's own, not pyplot's: a notebook's
+    or a GUI's backend is the same after them, and no source of the package switches it or draws through pyplot."""
+    script = (
+        "import sys, matplotlib\n"
+        "matplotlib.use('pdf')\n"
+        "import matplotlib.pyplot as plt, numpy as np\n"
+        "from pathlib import Path\n"
+        "from ala_gym.agents.progress import phi_figure\n"
+        "from ala_gym.benchmarks.compare.report import plot\n"
+        "phi_figure(np.eye(3), 1)\n"
+        "child = dict(val_metric=[0.5, 0.4], phi=[np.eye(2).tolist(), [[1.0, 0.1], [0.1, 1.0]]], diverged=False,\n"
+        "             test_metric=0.1, final_val_metric=0.4, final_val_loss=1.0)\n"
+        "runs = [dict(controller=name, seed=0, test_metric=0.1, children=[child]) for name in ('ce', 'reinforce')]\n"
+        "plot(runs, ['ce', 'reinforce'], Path(sys.argv[1]))\n"
+        "print(matplotlib.get_backend(), plt.get_fignums(), sorted(p.name for p in Path(sys.argv[1]).iterdir()))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split("\n")[0] == "pdf [] ['phi_reinforce.png', 'test_metric.png', 'val_metric.png']"
+    root = Path(__file__).resolve().parents[1]
+    sources = [path for folder in ("ala_gym", "agents", "benchmarks") for path in (root / folder).rglob("*.py")]
+    assert [path.name for path in sources if re.search(r"matplotlib\.use\(|import matplotlib\.pyplot|from matplotlib import pyplot", path.read_text())] == []

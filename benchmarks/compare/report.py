@@ -197,16 +197,14 @@ def plot(
     sorted; ``val_metric.png``: one small panel per row (mean +- std over children and seeds) with the first
     row (the reference, ``ce``) in grey in each; ``phi_<row>.png``: heatmaps of Phi - I of learned rows.
     ``labels`` names the rows (default: ``controllers``, the names their runs carry)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # figures of their own, not pyplot's: the process's backend stays as it was
 
     labels = labels or controllers
     present = [(label, name) for label, name in zip(labels, controllers) if any(r["controller"] == name for r in runs)]
     tests = {label: np.array([r["test_metric"] for r in runs if r["controller"] == name]) * 100 for label, name in present}
     order = sorted(tests, key=lambda label: tests[label].mean(), reverse=higher_is_better)  # best first, at the top
-    fig, ax = plt.subplots(figsize=(7, 0.4 * len(order) + 1.2))
+    fig = Figure(figsize=(7, 0.4 * len(order) + 1.2))
+    ax = fig.subplots()
     for row, label in enumerate(reversed(order)):
         values = tests[label]
         ax.scatter(values, np.full(len(values), row), s=10, color="0.6", zorder=2)
@@ -217,7 +215,6 @@ def plot(
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     fig.savefig(out / "test_metric.png", dpi=110, bbox_inches="tight")  # no text cut at the edges
-    plt.close(fig)
 
     def band(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         curves = [c["val_metric"] for r in runs if r["controller"] == name for c in r["children"]]
@@ -231,7 +228,8 @@ def plot(
 
     columns = min(4, len(present))
     rows = -(-len(present) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.4 * rows), sharex=True, sharey=True, squeeze=False)
+    fig = Figure(figsize=(3.2 * columns, 2.4 * rows))
+    axes = fig.subplots(rows, columns, sharex=True, sharey=True, squeeze=False)
     reference_label, reference = present[0]
     for ax, (label, name) in zip(axes.flat, present):
         if name != reference:
@@ -253,7 +251,6 @@ def plot(
     fig.suptitle(f"mean +- std over children and seeds; grey: {reference_label}", fontsize=9)
     fig.tight_layout()
     fig.savefig(out / "val_metric.png", dpi=110, bbox_inches="tight")  # no text cut at the edges
-    plt.close(fig)
 
     for name in controllers:
         # Learned controllers that move Phi (a learned loss network has no Phi to draw).
@@ -263,14 +260,14 @@ def plot(
         child = sorted(mine, key=lambda r: r["seed"])[0]["children"][0]
         phis = np.array(child["phi"])
         if phis.ndim == 2:  # one vector of loss parameters per step (metric learning): one panel, steps across
-            fig, ax = plt.subplots(figsize=(7, 3))
+            fig = Figure(figsize=(7, 3))
+            ax = fig.subplots()
             image = ax.imshow(phis.T, aspect="auto", cmap="viridis")
             ax.set_xlabel("controller step")
             ax.set_ylabel("loss parameter")
             fig.colorbar(image, ax=ax)
             fig.suptitle(f"Phi over training: {name} (first seed, child 0)")
             fig.savefig(out / f"phi_{file_stem(name)}.png", dpi=100)
-            plt.close(fig)
             continue
         # A run file has every step, results.json the kept ones (compact_run): draw 4 either way.
         steps = child.get("phi_steps", list(range(len(phis))))
@@ -278,7 +275,8 @@ def plot(
         # Phi - I on a symmetric scale fitted to the drawn steps: moves of a few hundredths stay visible.
         offsets = phis - np.eye(phis.shape[-1])
         scale = max(float(np.abs(offsets[list(picks)]).max()), 1e-3)
-        fig, axes = plt.subplots(1, len(picks), figsize=(3.2 * len(picks), 3))
+        fig = Figure(figsize=(3.2 * len(picks), 3))
+        axes = fig.subplots(1, len(picks))
         for ax, index in zip(np.atleast_1d(axes), picks):
             image = ax.imshow(offsets[index], vmin=-scale, vmax=scale, cmap="RdBu_r")
             ax.set_title(f"step {steps[index] + 1}")
@@ -287,4 +285,3 @@ def plot(
         fig.colorbar(image, ax=axes, shrink=0.8)
         fig.suptitle(f"Phi - I over training: {name} (first seed, child 0)")
         fig.savefig(out / f"phi_{file_stem(name)}.png", dpi=100)
-        plt.close(fig)
