@@ -311,18 +311,21 @@ class SB3Controller(Controller):
         recorder = EpisodeRecorder(venv.num_envs)
         with isolated_global_rngs():
             self.model = self._make_model(venv, seed)
-            if self.train:
-                # Large budget: the callback stops SB3 once every child's training run has ended.
-                self.model.learn(
-                    total_timesteps=2**62, callback=_RecordingCallback(recorder, self._entropy, on_step), log_interval=1
-                )
-            else:
-                observations, step = venv.reset(), 0
-                while not recorder.done:
-                    next_observations, rewards, dones, infos = venv.step(self.act(observations, {}))
-                    step += 1
-                    record_step(recorder, step, observations, rewards, dones, infos, self._entropy, on_step)
-                    observations = next_observations
+            try:
+                if self.train:
+                    # Large budget: the callback stops SB3 once every child's training run has ended.
+                    self.model.learn(
+                        total_timesteps=2**62, callback=_RecordingCallback(recorder, self._entropy, on_step), log_interval=1
+                    )
+                else:
+                    observations, step = venv.reset(), 0
+                    while not recorder.done:
+                        next_observations, rewards, dones, infos = venv.step(self.act(observations, {}))
+                        step += 1
+                        record_step(recorder, step, observations, rewards, dones, infos, self._entropy, on_step)
+                        observations = next_observations
+            finally:
+                self.model.logger.close()  # its TensorBoard writer's thread, which would outlive the run
         return recorder.records
 
     # ------------------------------------------------------------------ saving and loading

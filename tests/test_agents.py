@@ -7,6 +7,7 @@ import dataclasses
 import subprocess
 import sys
 import tempfile
+import threading
 from types import SimpleNamespace
 
 import gymnasium as gym
@@ -427,6 +428,16 @@ def test_sb3_controllers_run_end_to_end(algo, policy, tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     run(controller, envs=controller.make_envs("ALA-Digits-v0", **TINY))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_sb3_run_with_a_log_folder_writes_its_curves_and_leaves_no_writer_thread_behind(tmp_path):
+    from ala_gym.agents.sb3 import SB3Config, SB3Controller
+
+    controller = SB3Controller("a2c", SB3Config(n_steps=1), num_envs=2, log_dir=tmp_path / "logs")
+    before = set(threading.enumerate())
+    run(controller, envs=controller.make_envs("ALA-Digits-v0", **TINY))
+    assert list((tmp_path / "logs").glob("events.out.tfevents.*"))
+    assert [thread for thread in threading.enumerate() if thread not in before and thread.is_alive()] == []
 
 
 def test_sb3_pair_policy_transfers_to_5_classes(ppo_policy, five_class_envs):
