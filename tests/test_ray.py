@@ -223,17 +223,23 @@ def _last_line_of_a_fresh_process(code: str, tmp_path: Path) -> str:
 
 
 def test_starts_and_stops_a_local_cluster_when_none_runs(tmp_path: Path) -> None:
+    """...and gives the process back what Ray's start changed in it: Python's random state, the environment (Ray
+    points ``breakpoint()`` at its own debugger), the SIGTERM handler and the ``ray`` logger's level."""
     code = (
-        "import gymnasium as gym, numpy as np, ray, ala_gym\n"
+        "import logging, os, random, signal, gymnasium as gym, numpy as np, ray, ala_gym\n"
         f"kwargs = {TINY!r}\n"
+        "def state():\n"
+        "    return random.getstate(), dict(os.environ), signal.getsignal(signal.SIGTERM), logging.getLogger('ray').level\n"
+        "before = state()\n"
         "envs = gym.make_vec('ALA-Digits-v0', num_envs=2, backend='ray', num_cpus=1, children_per_worker=2, **kwargs)\n"
         "assert ray.is_initialized() and envs.unwrapped.started_ray\n"
+        "assert os.environ.get('PYTHONBREAKPOINT') and signal.getsignal(signal.SIGTERM) != before[2]  # what is undone\n"
         "observation, _ = envs.reset(seed=0)\n"
         "envs.step(np.ones((2, 55), dtype=np.int64))\n"
         "envs.close()\n"
-        "print(observation.shape, ray.is_initialized())\n"
+        "print(observation.shape, ray.is_initialized(), [a == b for a, b in zip(before, state())])\n"
     )
-    assert _last_line_of_a_fresh_process(code, tmp_path) == "(2, 55, 24) False"
+    assert _last_line_of_a_fresh_process(code, tmp_path) == "(2, 55, 24) False [True, True, True, True]"
 
 
 def test_a_refusal_stops_the_local_cluster_the_env_started(tmp_path: Path) -> None:

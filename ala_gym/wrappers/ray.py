@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import signal
+import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,6 +31,7 @@ import ray
 from ray.exceptions import RayActorError, RayTaskError
 
 from ala_gym.core.checks import check_int, check_no_options, check_real
+from ala_gym.core.global_rng import python_random_kept
 from ala_gym.envs.vector import (
     ALAVectorEnv,
     check_actions,
@@ -57,20 +62,60 @@ def gpu_share(gpus: float, workers: int) -> float:
 _EPISODE_END_KEYS = ("final_obs", "final_info", "test_metric", "final_val_metric", "final_val_loss")
 
 
+@dataclass(frozen=True)
+class _DriverState:
+    """What ``ray.init`` changes in the driver's process and ``ray.shutdown`` leaves so, as it was before."""
+
+    environ: dict[str, str | None]
+    """The variables init set or changed (``PYTHONBREAKPOINT`` to Ray's debugger among them), with their values
+    before (None: unset)."""
+    sigterm: Any
+    """The SIGTERM handler before (init installs Ray's in the main thread)."""
+    ray_log_level: int
+    """The ``ray`` logger's level before (init sets it to errors only)."""
+
+
+_state_before_ray: _DriverState | None = None
+"""Set while a Ray that :func:`start_ray` started runs in this process."""
+
+
 def start_ray(address: str | None, num_cpus: int | None) -> bool:
     """Join the cluster at ``address``, or start a local one of ``num_cpus`` (quiet: no dashboard, errors only),
-    unless Ray is initialised already (a cluster the caller chose); True when this call started it."""
+    unless Ray is initialised already (a cluster the caller chose); True when this call started it.
+    :func:`stop_ray` gives the process back its environment variables, SIGTERM handler and ``ray`` log level,
+    and Python's ``random`` is left as it was; Ray's own files (its session folder in the temp dir, its token
+    in ``~/.ray``) stay."""
+    global _state_before_ray
     if ray.is_initialized():
         return False
+    environ, sigterm, level = dict(os.environ), signal.getsignal(signal.SIGTERM), logging.getLogger("ray").level
     quiet: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.ERROR, configure_logging=True)
-    ray.init(address=address, **quiet) if address else ray.init(num_cpus=num_cpus, **quiet)
+    with python_random_kept():  # ray.init draws from it
+        ray.init(address=address, **quiet) if address else ray.init(num_cpus=num_cpus, **quiet)
+    changed = {key: environ.get(key) for key in {*environ, *os.environ} if environ.get(key) != os.environ.get(key)}
+    _state_before_ray = _DriverState(changed, sigterm, level)
     return True
 
 
 def stop_ray(started: bool) -> None:
-    """Shut Ray down if :func:`start_ray` started it; a cluster the caller initialised stays up."""
-    if started and ray.is_initialized():
+    """Shut Ray down if :func:`start_ray` started it, and undo what its start changed in this process (where
+    nothing has changed it again since); a cluster the caller initialised stays up."""
+    global _state_before_ray
+    if not (started and ray.is_initialized()):
+        return
+    with python_random_kept():
         ray.shutdown()
+    state, _state_before_ray = _state_before_ray, None
+    if state is None:
+        return
+    for key, value in state.environ.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    if signal.getsignal(signal.SIGTERM) is not state.sigterm and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, state.sigterm)
+    logging.getLogger("ray").setLevel(state.ray_log_level)
 
 
 class ChildGroup:
