@@ -214,8 +214,11 @@ class ALAClassificationEnv(ALAEnv):
       ``benchmarks/results/reward_agreement.md``), ``history`` (10), ``divergence_penalty``.
     * ``device``: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
     * ``num_threads``: torch intra-op threads of this process. ``None`` leaves the setting alone, except
-      in a multiprocessing worker (``gym.make_vec(..., vectorization_mode="async")``), where it means 1:
-      forked workers then neither oversubscribe the cores nor hang on the parent's OpenMP pool.
+      in a multiprocessing worker (``gym.make_vec(..., vectorization_mode="async")``, or any process that
+      ``multiprocessing`` started), where it means 1: forked workers then neither oversubscribe the cores nor
+      hang on the parent's OpenMP pool. The setting is torch's, for the whole process, and stays after
+      ``close()``: restoring it there would change the threads (and so the sums' order) of another env
+      still training in the process.
 
     Several children sharing one controller: ``gym.make_vec(id, num_envs=N)`` builds the native
     :class:`ala_gym.envs.vector.ALAVectorEnv` (one process, children trained together).
