@@ -98,8 +98,8 @@ def start_ray(address: str | None, num_cpus: int | None) -> bool:
 
 
 def stop_ray(started: bool) -> None:
-    """Shut Ray down if :func:`start_ray` started it, and undo what its start changed in this process (where
-    nothing has changed it again since); a cluster the caller initialised stays up."""
+    """Shut Ray down if :func:`start_ray` started it, and undo what that start changed in this process; a cluster
+    the caller initialised stays up."""
     global _state_before_ray
     if not (started and ray.is_initialized()):
         return
