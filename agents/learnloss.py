@@ -280,7 +280,9 @@ class LearnLossPhiConfig:
     centre: bool = False
     """LP margin: the plain loss margin of B1 (False) or the Chebyshev centre (True)."""
     window: int | None = None
-    """Checkpoints the LP sees: the last ``window`` steps of the run (None: every step so far)."""
+    """Checkpoints the LP sees: the last ``window`` steps of the run (None: every step so far). Each step solves
+    LPs with a constraint per checkpoint, falling back to more of them as the run goes on, so without a window
+    a step's cost grows faster than the run's length: set one for runs of many hundreds of controller steps."""
 
     def __post_init__(self) -> None:
         if not (self.smoothing_max > 0 and self.pair_max > 0 and 0 < self.rate <= 1):

@@ -29,6 +29,7 @@ from ala_gym.core.data import (
     Split,
     build_cifar10_subset,
     cifar10_subset_dir,
+    clear_loaded_datasets,
     default_cache_dir,
     from_user_data,
     load_cifar10,
@@ -776,7 +777,14 @@ def test_load_dataset_shares_a_load_whose_defaults_are_written_out() -> None:
     try:
         own = load_dataset("cache-defaults", val_size=4)
         assert load_dataset("cache-defaults", val_size=4, split_seed=0) is own and len(calls) == 1
+        # Clearing one name's splits loads it again and leaves the others' shared.
+        clear_loaded_datasets("cache-defaults")
+        assert load_dataset("cache-defaults", val_size=4) is not own and len(calls) == 2
+        assert load_dataset("digits") is default
+        clear_loaded_datasets()
+        assert load_dataset("digits") is not default
     finally:
         LOADERS.pop("cache-defaults", None)
+        clear_loaded_datasets("cache-defaults")
     with pytest.raises(TypeError, match="no_such_option"):
         load_dataset("digits", no_such_option=1)

@@ -703,7 +703,9 @@ _CACHE: dict[tuple, ClassificationData] = {}
 def load_dataset(name: str, *, device: torch.device | str = "cpu", **kwargs: Any) -> ClassificationData:
     """Load ``name`` (a key of ``LOADERS``) once per process and options; later calls share the tensors.
 
-    Sharing is safe because nothing writes to a loaded split: batches are gathered copies.
+    Sharing is safe because nothing writes to a loaded split: batches are gathered copies. Each distinct set
+    of options (another ``split_seed``, ``val_size`` or device) keeps a copy of its own for the process's life:
+    a sweep over many splits in one process frees them with :func:`clear_loaded_datasets`.
     """
     if name not in LOADERS:
         raise ValueError(
@@ -713,6 +715,13 @@ def load_dataset(name: str, *, device: torch.device | str = "cpu", **kwargs: Any
     if key not in _CACHE:
         _CACHE[key] = LOADERS[name](device=device, **kwargs)
     return _CACHE[key]
+
+
+def clear_loaded_datasets(name: str | None = None) -> None:
+    """Forget what :func:`load_dataset` loaded (only ``name``'s splits, or all): the memory goes once no env
+    holds them, and the next load reads the data again."""
+    for key in [key for key in _CACHE if name is None or key[0] == name]:
+        del _CACHE[key]
 
 
 def _options_key(loader: Callable[..., ClassificationData], kwargs: dict[str, Any]) -> tuple:
@@ -747,8 +756,7 @@ def register_dataset(name: str, loader: Callable[[], UserData]) -> None:
     if not callable(loader):
         raise ValueError(f"loader must be a callable returning the data, got {type(loader).__name__}")
     LOADERS[name] = partial(_load_registered, name, loader)
-    for key in [key for key in _CACHE if key[0] == name]:
-        del _CACHE[key]
+    clear_loaded_datasets(name)
 
 
 def _load_registered(
