@@ -54,6 +54,10 @@ def test_compare_writes_every_run_table_and_plots_then_resumes(results_dir, monk
     assert "K = 5 -> 2 controller steps" in table
     for plot in ("val_metric.png", "test_metric.png", "phi_reinforce@beta=0.05.png", "phi_ppo.png"):
         assert (out / plot).stat().st_size > 0
+    # Every run names the code that ran it; the table counts the runs by it.
+    digest = compare.provenance.source_digest()
+    assert {run["source"] for run in results["runs"]} == {digest} and results["header"]["sources"] == {digest: 6}
+    assert f"a finished run is kept, not recomputed): `{digest}` 6" in table
 
     # Resuming runs nothing again: a run attempt would fail loudly.
     run_one = compare_run.run_one

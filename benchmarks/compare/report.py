@@ -58,6 +58,8 @@ def markdown_table(rows: list[dict], header: dict[str, Any], runs_by_controller:
         f"- Budget per child: {header['total_iterations']} SGD iterations, K = {header['steps_per_action']} "
         f"-> {header['steps_per_child']} controller steps; env kwargs `{json.dumps(header['env_kwargs'])}`",
         f"- Seeds: {header['seeds']}; versions: {json.dumps(header['versions'])}",
+        *(["- Code (runs by `source_digest` of the package that ran them; a finished run is kept, not recomputed): "
+           + ", ".join(f"`{source}` {count}" for source, count in header["sources"].items())] if "sources" in header else []),
         f"- Test metric: {header.get('metric', 'error')} (%) on the test split{direction}; mean +- sample std over seeds (a multi-child run's seed value is",
         "  the mean over its children). Wall time per child relative to cross-entropy (`ce`); for a multi-child run",
         "  that is the run's wall time divided by its children, who train together (amortised). Phi at the end: mean",

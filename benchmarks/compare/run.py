@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ala_gym.benchmarks.compare.errors import ComparisonError
-from ala_gym.benchmarks.compare.provenance import machine, versions, without_locations
+from ala_gym.benchmarks.compare.provenance import machine, source_digest, versions, without_locations
 from ala_gym.benchmarks.compare.report import markdown_table, plot, summarize
 from ala_gym.benchmarks.compare.specs import build_controller, check_row, parse_controller
 from ala_gym.benchmarks.compare.store import (
@@ -68,7 +69,10 @@ def run_one(
     kwargs = without_locations({**env_kwargs, **controller.env_kwargs()})
     # What the record says about where it ran is gathered before the training, so that no failure in it
     # can throw a finished run away.
-    provenance = {"device": str(resolve_device(kwargs.get("device", "auto"))), "machine": machine(), "versions": versions()}
+    provenance = {
+        "device": str(resolve_device(kwargs.get("device", "auto"))), "machine": machine(), "versions": versions(),
+        "source": source_digest(),
+    }
     envs = controller.make_envs(env_id, **with_data_home(env_kwargs))
     start = time.perf_counter()
 
@@ -264,6 +268,10 @@ def compare(
         "machine": runs[0]["machine"],
         "versions": runs[0]["versions"],
     }
+    # The code each run ran (source_digest): a run is kept once finished, so a table can hold runs of several states
+    # of the code. Runs recorded before the digest existed have none; a table of only such runs says nothing.
+    if any("source" in run for run in runs):
+        header["sources"] = dict(Counter(run.get("source", "not recorded") for run in runs).most_common())
     # Rows added later (--extend) may have run on another machine: their wall times compare only within it.
     elsewhere = {spec: run["machine"] for spec in controllers for run in by_row[spec] if run["machine"] != header["machine"]}
     if elsewhere:
