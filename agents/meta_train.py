@@ -73,7 +73,7 @@ from ala_gym.agents.base import mean_off_diagonal
 from ala_gym.agents.reinforce import PairPolicy
 from ala_gym.core.checks import FLOAT32_MAX, check_int, check_optional_int, check_real, check_seed
 from ala_gym.core.data import DataError, with_data_home
-from ala_gym.core.machine import cpu_model
+from ala_gym.core.machine import cpu_model, source_digest
 from ala_gym.envs.spec import task_spec
 from ala_gym.wrappers import ChildAttributes, MissingExtraError, require
 
@@ -723,7 +723,8 @@ def provenance(trainer: MetaTrainer, argv: list[str]) -> dict[str, Any]:
     """What produced a meta-trained policy, written beside it: the command, the configuration (the task family,
     budgets and seeds), every generation's entry (the fitness curve), the cost in child-iterations and in wall
     seconds (the generations' own, summed across resumes; None where a checkpoint predates that count), and
-    the versions, machine, threads and Ray workers (0: in the process) of the run that finished it."""
+    the versions, code (:func:`ala_gym.core.machine.source_digest`), machine, threads and Ray workers (0: in the
+    process) of the run that finished it."""
     pairs = trainer.config.population
     child_iterations = sum(2 * (pairs - entry.get("lost_pairs", 0)) * entry["total_iterations"] for entry in trainer.history)
     return {
@@ -736,6 +737,7 @@ def provenance(trainer: MetaTrainer, argv: list[str]) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "workers": trainer.config.workers,
         "versions": {"ala_gym": ala_gym.__version__, "torch": torch.__version__},
+        "source": source_digest(),
         "history": trainer.history,
     }
 

@@ -52,6 +52,7 @@ from ala_gym.benchmarks.compare.store import NUMBER, check_writable, read_json
 from ala_gym.benchmarks.machine import RESULTS, cpu_model, package_version
 from ala_gym.core.data import DataError, cifar10_subset_dir, load_cifar10, load_digits, load_fashion_mnist
 from ala_gym.core.files import write_text_atomic
+from ala_gym.core.machine import source_digest
 from ala_gym.wrappers import MissingExtraError, require
 
 METHODS = ("learnloss", "random", "tpe")
@@ -427,7 +428,7 @@ def run_benchmark(datasets: list[str], methods: list[str], seeds: list[int], bud
         train = CachedFit(load_problem(dataset, fashion_mnist_root, cifar10_root, **(problem_kwargs or {})))
         for method, seed in todo:
             trials = tune(method, train, config, seed)
-            record = {"dataset": dataset, "method": method, "seed": seed, "budget": budget,
+            record = {"dataset": dataset, "method": method, "seed": seed, "budget": budget, "source": source_digest(),
                       "trials": [trial_record(t) for t in trials]}
             path = out / "runs" / f"{dataset}-{method}-seed{seed}.json"
             write_json(path, record)

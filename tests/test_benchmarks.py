@@ -16,6 +16,7 @@ import pytest
 from ala_gym.benchmarks import compare
 from ala_gym.benchmarks.compare import run as compare_run
 from ala_gym.core.data import cifar10_subset_dir
+from ala_gym.core.machine import source_digest
 
 TINY = dict(total_iterations=10, steps_per_action=5, eval_points=2, eval_stride=2, device="cpu")
 
@@ -55,7 +56,7 @@ def test_compare_writes_every_run_table_and_plots_then_resumes(results_dir, monk
     for plot in ("val_metric.png", "test_metric.png", "phi_reinforce@beta=0.05.png", "phi_ppo.png"):
         assert (out / plot).stat().st_size > 0
     # Every run names the code that ran it; the table counts the runs by it.
-    digest = compare.provenance.source_digest()
+    digest = source_digest()
     assert {run["source"] for run in results["runs"]} == {digest} and results["header"]["sources"] == {digest: 6}
     assert f"a finished run is kept, not recomputed): `{digest}` 6" in table
 

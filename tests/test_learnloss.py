@@ -30,6 +30,7 @@ from ala_gym.agents.learnloss import (
 )
 from ala_gym.benchmarks import learnloss as bench
 from ala_gym.core.losses import phi_loss
+from ala_gym.core.machine import source_digest
 
 TINY = dict(total_iterations=10, steps_per_action=5, eval_points=2, eval_stride=2, device="cpu")
 
@@ -333,7 +334,7 @@ def test_tuning_benchmark_writes_runs_table_plot_and_resumes(tmp_path, monkeypat
     runs = json.loads((out / "results.json").read_text())["runs"]
     by_key = {(r["method"], r["seed"]): r for r in runs}
     for run in runs:
-        assert len(run["trials"]) == 5
+        assert len(run["trials"]) == 5 and run["source"] == source_digest()
         val, test, seconds = bench.curves(run)
         assert np.all(np.diff(val) <= 0) and np.all(np.diff(seconds) >= 0)
         assert val[-1] == min(t["val_error"] for t in run["trials"])

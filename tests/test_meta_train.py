@@ -41,6 +41,7 @@ from ala_gym.agents.meta_train import (
     unflatten,
 )
 from ala_gym.agents.reinforce import PairPolicy, ReinforceController
+from ala_gym.core.machine import source_digest
 
 TINY_ENV = dict(device="cpu", batch_size=32, eval_points=2, eval_stride=5, val_subsample=200)
 
@@ -440,6 +441,7 @@ def test_the_command_line_writes_a_policy_the_controller_loads(tmp_path, capsys,
     assert record["generations"] == 1 and len(record["history"]) == 1 and record["config"]["population"] == 1
     assert record["config"]["rank_ties"] == "average"
     assert record["child_iterations"] == 2 * 40 and record["wall_seconds"] > 0 and record["workers"] == 0
+    assert record["source"] == source_digest()  # the code that trained it
     # The file holds the searched weights: those the same search reaches in the process, not its start.
     config = MetaTrainConfig(generations=1, population=1, hidden=8, horizon=(40, 40), rank_ties="average", env_kwargs=TINY_ENV)
     assert {key: record["config"][key] for key in config_record(config)} == config_record(config)

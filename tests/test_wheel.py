@@ -192,9 +192,9 @@ def test_command_lines_answer_help(installed: tuple[Path, Path], tmp_path: Path,
 
 def test_the_installed_wheel_runs_code_of_the_same_source_digest_as_the_checkout(installed: tuple[Path, Path], tmp_path: Path) -> None:
     """A run's ``source`` names the code, not the layout: the wheel built from this checkout digests as it does."""
-    from ala_gym.benchmarks.compare.provenance import source_digest
+    from ala_gym.core.machine import source_digest
 
     python, _ = installed
-    probe = "from ala_gym.benchmarks.compare.provenance import source_digest; print(source_digest())"
+    probe = "from ala_gym.core.machine import source_digest; print(source_digest())"
     result = run([str(python), "-c", probe], cwd=tmp_path, env=fresh_env())
     assert result.returncode == 0 and result.stdout.strip() == source_digest(), explain(result)

@@ -17,7 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ala_gym.benchmarks.compare.errors import ComparisonError
-from ala_gym.benchmarks.compare.provenance import machine, source_digest, versions, without_locations
+from ala_gym.benchmarks.compare.provenance import machine, versions, without_locations
 from ala_gym.benchmarks.compare.report import markdown_table, plot, summarize
 from ala_gym.benchmarks.compare.specs import build_controller, check_row, parse_controller
 from ala_gym.benchmarks.compare.store import (
@@ -38,6 +38,7 @@ from ala_gym.benchmarks.machine import RESULTS
 from ala_gym.benchmarks.oracle import ORACLES, SELECTION_SEEDS, is_oracle, select
 from ala_gym.core.data import resolve_device, with_data_home
 from ala_gym.core.files import write_text_atomic
+from ala_gym.core.machine import source_digest
 from ala_gym.envs.spec import task_spec
 from ala_gym.registration import env_spec
 
