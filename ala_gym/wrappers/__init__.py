@@ -1,6 +1,7 @@
-"""Adapters from the ALA envs to RL libraries and to Ray (each behind its extra: ``pip install 'ala-gym[sb3]'``,
-or ``pip install -e '.[sb3]'`` in a clone; ``ray`` alike), :func:`require`, the check every user of an extra makes
-before importing it, and :class:`ChildAttributes`, the per-child attribute access every ALA vector env offers."""
+"""Adapters from the ALA envs to RL libraries and to Ray (each behind its extra, ``sb3`` or ``ray``: ``pip install -e
+'.[sb3]'`` in a clone, or the extra's requirements, which :func:`install_hint` names), :func:`require`, the check every
+user of an extra makes before importing it, and :class:`ChildAttributes`, the per-child attribute access every ALA
+vector env offers."""
 
 from __future__ import annotations
 
