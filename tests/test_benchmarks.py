@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -104,20 +105,21 @@ def test_compare_writes_every_run_table_and_plots_then_resumes(results_dir, monk
 
 
 HOLD_LOCK = """
-import sys, time
+import sys
 from pathlib import Path
 from ala_gym.benchmarks import compare
 fd = compare.claim(Path(sys.argv[1]))
 print("held" if fd is not None else "refused", flush=True)
-time.sleep(float(sys.argv[2]))
+sys.stdin.read()
 """
 
 
 @contextmanager
-def _holder(result: Path, seconds: float) -> Iterator[subprocess.Popen]:
-    """Another process that claims ``result`` and exits after ``seconds`` without writing it; on leaving, its
-    exit is awaited and its pipe closed (``Popen``'s own context)."""
-    with subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(result), str(seconds)], stdout=subprocess.PIPE,
+def _holder(result: Path) -> Iterator[subprocess.Popen]:
+    """Another process that claims ``result`` and exits without writing it once its stdin closes (not after a
+    time, which a loaded machine could outlast); on leaving, its exit is awaited and its pipes closed
+    (``Popen``'s own context)."""
+    with subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(result)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                           text=True) as process:  # fmt: skip
         assert process.stdout is not None and process.stdout.readline().strip() == "held"
         yield process
@@ -136,7 +138,7 @@ def test_claim_uses_locks_that_die_with_their_process(tmp_path):
     assert fd is not None
     compare.release(result, fd)
 
-    with _holder(result, 60) as holder:
+    with _holder(result) as holder:
         assert compare.claim(result) is None
         holder.kill()  # SIGKILL: no clean-up runs, yet the kernel drops the lock
         holder.wait()
@@ -149,9 +151,18 @@ def test_claim_uses_locks_that_die_with_their_process(tmp_path):
     assert not result.with_suffix(".lock").exists()  # and looking left no lock file behind
 
 
-def test_compare_waits_for_runs_held_elsewhere_and_never_ends_with_one_missing(results_dir, capsys):
+def test_compare_waits_for_runs_held_elsewhere_and_never_ends_with_one_missing(results_dir, capsys, monkeypatch):
     held = results_dir / "wait" / "runs" / "ce-seed1.json"
-    with _holder(held, 2):  # exits without writing its run, as a crashed comparison would
+    with _holder(held) as holder:
+        claim = compare_run.claim
+
+        def claim_after_letting_go(result: Path, wait: bool = False, **kwargs: Any) -> int | None:
+            if wait and result == held:  # the comparison now waits for the run: the holder exits without writing it,
+                assert holder.stdin is not None  # as a crashed comparison would
+                holder.stdin.close()
+            return claim(result, wait=wait, **kwargs)
+
+        monkeypatch.setattr(compare_run, "claim", claim_after_letting_go)
         compare.compare("ALA-Digits-v0", ["ce"], [0, 1], TINY, "wait")
     output = capsys.readouterr().out
     assert "ce seed 1 is being run by another process: waiting for it" in output

@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from html.parser import HTMLParser
 from pathlib import Path
@@ -93,6 +93,8 @@ class Started:
     folder: Path | None = None
     """What the process writes, where a test reads it."""
     process: subprocess.Popen | None = None
+    after: list[Started] = field(default_factory=list)
+    """Commands that must have ended before this one starts (held back until its test)."""
 
     def start(self) -> None:
         with open(self.log, "w") as out:
@@ -101,6 +103,9 @@ class Started:
     def finish(self) -> str:
         """Wait for the process (started now if it was held back); its output, or a failure that shows its tail."""
         if self.process is None:
+            for other in self.after:
+                if other.process is not None:
+                    other.process.wait(timeout=TIMEOUT_S)
             self.start()
         assert self.process is not None
         try:
@@ -122,10 +127,14 @@ def started(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Star
     for number, (label, argv) in enumerate({"site": site, **COMMANDS}.items()):
         folder = tmp / ("site" if label == "site" else f"out{number}")
         runs[label] = Started([arg.replace("{out}", str(folder)) for arg in argv], env, tmp / f"run{number}.log", folder)
-        # All at once but a command that starts a Ray cluster: its test starts it, once the commands before it
-        # have ended, so that the cluster's start does not time out on cores that all the others hold.
-        if not re.search(r"(^|[^a-z])ray", label):  # ray.md, not "array"
-            runs[label].start()
+    # All at once but a command that starts a Ray cluster: its test starts it once every other command has ended,
+    # so that the cluster's start (which Ray gives a fixed time) does not wait on cores that all the others hold.
+    uses_ray = {label for label in runs if re.search(r"(^|[^a-z])ray", label)}  # ray.md, not "array"
+    for label, run in runs.items():
+        if label in uses_ray:
+            run.after = [other for name, other in runs.items() if name not in uses_ray]
+        else:
+            run.start()
     yield runs
     for run in runs.values():
         if run.process is not None and run.process.poll() is None:
