@@ -8,11 +8,19 @@ from importlib import metadata
 from pathlib import Path
 from typing import TypeVar
 
-from ala_gym.core.machine import cpu_model
+from ala_gym.core.machine import cpu_model, load_average, peak_rss_mib
 
 T = TypeVar("T")
 
-__all__ = ["RESULTS", "check_out_folder", "cpu_model", "float32_precision", "package_version"]
+__all__ = [
+    "RESULTS",
+    "check_out_folder",
+    "cpu_model",
+    "float32_precision",
+    "load_average",
+    "package_version",
+    "peak_rss_mib",
+]
 
 RESULTS = Path("benchmarks") / "results"
 """Where the benchmarks write by default: relative to the current directory (from a clone's root, the committed

@@ -27,7 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
+import platform
 import statistics
 import subprocess
 import sys
@@ -62,6 +62,8 @@ WARMUP_ROUNDS = 3
 
 
 def _minor_faults() -> int:
+    import resource  # POSIX only; main() has refused other systems before any worker starts
+
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
@@ -106,7 +108,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"Produced by `python -m ala_gym.benchmarks.malloc {' '.join(report['argv'])}` on {machine['date_utc']}.",
         "",
         f"* Machine: {machine['cpu_model']}, {machine['cpu_cores_visible']} cores visible, 1 torch thread per worker "
-        f"process; torch {machine['torch_version']}, device `cpu`; load average at the start {machine['load_average_start']}.",
+        f"process; torch {machine['torch_version']}, device `cpu`; load average at the start {machine['load_average_start'] or 'not kept by this OS'}.",
         f"* Config `{report['config']}` of `benchmarks/overhead.py` ({report['results'][0]['model']}), env reset seed "
         f"{ENV_SEED}: both loops start from that env child's weights. {report['rounds']} timed rounds after "
         f"{WARMUP_ROUNDS} warm-up rounds; a round is one SGD iteration of each loop, the order rotating.",
@@ -145,6 +147,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker:
         worker(args.worker, args.config, args.rounds)
         return
+    if platform.libc_ver()[0] != "glibc":  # retain_freed_memory() does nothing there: both modes would be the same
+        parser.exit(2, f"{parser.prog}: error: this benchmark compares glibc's malloc settings, and this Python runs on "
+                       f"{platform.system()} without glibc; run it on Linux with glibc\n")  # fmt: skip
     check_out_folder(parser, args.out, ("malloc.json", "malloc.md"))
     # Here, before the workers start: a worker that fails on its data would only end the run with its traceback.
     if problem := data_problem(args.config, torch.device("cpu")):

@@ -69,7 +69,7 @@ import ala_gym  # noqa: F401  (registers the env ids)
 from ala_gym.agents.cli import DescriptionFormatter, OneLineParser, run_main
 from ala_gym.benchmarks.compare import ComparisonError
 from ala_gym.benchmarks.compare.store import read_json
-from ala_gym.benchmarks.machine import RESULTS, check_out_folder, cpu_model, render_saved
+from ala_gym.benchmarks.machine import RESULTS, check_out_folder, cpu_model, load_average, render_saved
 from ala_gym.core.allocator import retain_freed_memory
 from ala_gym.core.data import CIFAR10_SUBSET, DataError, training_batch, with_data_home
 from ala_gym.core.files import write_text_atomic
@@ -266,7 +266,7 @@ def measure(name: str, device: torch.device, repeats: int, steps_per_action: int
         "vs_plain_wall_pct": {name: 100.0 * (median_wall[name] / median_wall["plain"] - 1) for name in LOOPS},
         "env_vs_trainer_cpu_pct": 100.0 * (median_cpu["env"] / median_cpu["trainer"] - 1),
         "env_vs_trainer_wall_pct": 100.0 * (median_wall["env"] / median_wall["trainer"] - 1),
-        "load_average_after": os.getloadavg(),
+        "load_average_after": load_average(),
         "validation_pass_s": eval_pass,
         "validation_share_of_step_pct": 100.0 * env.settings.eval_points * eval_pass / median_wall["env"],
         **costs,
@@ -285,7 +285,7 @@ def machine_info(device: torch.device, threads: int) -> dict[str, Any]:
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "seeds": {"env_reset": ENV_SEED},
         "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "load_average_start": [round(v, 2) for v in os.getloadavg()],
+        "load_average_start": load_average(),
     }
 
 
@@ -321,7 +321,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "* malloc (`ala_gym.core.allocator.retain_freed_memory`, see the module docstring): "
         + "; ".join(f"{name} {row.get('malloc', 'system default')}" for name, row in report["results"].items()) + ".",
         "* Times are medians over interleaved repetitions (plain, trainers, env, plain, ...), after one warm-up of each.",
-        f"* Load average (1, 5, 15 min) at the start: {machine['load_average_start']}. Overheads are ratios of medians "
+        f"* Load average (1, 5, 15 min) at the start: {machine['load_average_start'] or 'not kept by this OS'}. Overheads are ratios of medians "
         "minus one; " + ("CPU time is this process's CPU seconds, the steadier figure on a shared machine."
                          if clock == "cpu" else "wall time, synchronised with the GPU: its CPU time counts launches and waits."),
         "* Env keywords of each row (pinned in `CONFIGS`): "

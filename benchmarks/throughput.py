@@ -59,7 +59,6 @@ import json
 import math
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -70,7 +69,15 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ala_gym.agents.cli import OneLineParser, run_main, seed_option
-from ala_gym.benchmarks.machine import RESULTS, check_out_folder, cpu_model, float32_precision, render_saved
+from ala_gym.benchmarks.machine import (
+    RESULTS,
+    check_out_folder,
+    cpu_model,
+    float32_precision,
+    load_average,
+    peak_rss_mib,
+    render_saved,
+)
 from ala_gym.core.files import write_text_atomic
 from ala_gym.wrappers import MissingExtraError, require
 
@@ -154,14 +161,13 @@ def measure(config: dict) -> dict:
         steps += 1
     seconds = time.perf_counter() - start
     envs.close()
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     cuda_peak = torch.cuda.max_memory_allocated() / 2**20 if config["device"] == "cuda" else None
     return {
         **config,
         "timed_steps": steps,
         "seconds": seconds,
         "iterations_per_s": n * steps * config["iterations"] / seconds,
-        "peak_rss_mib": peak_kib / 1024,
+        "peak_rss_mib": peak_rss_mib(),
         "peak_cuda_mib": cuda_peak,
     }
 
@@ -415,7 +421,7 @@ def write_markdown(report: dict, path: Path) -> None:
         " reports only the largest, so async's total is roughly main + N x worker; Ray actors are the Ray"
         " daemon's children, not counted)",
     ]
-    if load:
+    if load and load["start"] is not None:  # None where the OS keeps no load average
         lines.append(f"* load average (1, 5, 15 min) at the start {load['start']}, at the end {load['end']}")
     if report.get("roofline"):
         lines.append(
@@ -471,9 +477,14 @@ def write_markdown(report: dict, path: Path) -> None:
             cuda = "" if r["peak_cuda_mib"] is None else f"{r['peak_cuda_mib']:.0f}"
             lines.append(
                 f"| {r['num_envs']} | {r['mode']} | {rate:.1f} | {ratio} | {one} | {achieved} | {share} "
-                f"| {r['seconds']:.2f} | {r['peak_rss_mib']:.0f} | {cuda} |"
+                f"| {r['seconds']:.2f} | {mib(r['peak_rss_mib'])} | {cuda} |"
             )
     write_text_atomic(path, "\n".join(lines) + "\n")
+
+
+def mib(value: float | None) -> str:
+    """A peak memory for the table: whole MiB, or blank where the OS does not report it."""
+    return "" if value is None else f"{value:.0f}"
 
 
 def fastest_native_mode(report: dict, model: str) -> str | None:
@@ -651,12 +662,13 @@ def median_row(runs: list[dict]) -> dict:
     if failed:
         return failed[0]
     rates = [run["iterations_per_s"] for run in runs]
+    peaks = [run["peak_rss_mib"] for run in runs]
     return {
         **runs[0],
         "iterations_per_s": statistics.median(rates),
         "round_iterations_per_s": rates,
         "seconds": statistics.median(run["seconds"] for run in runs),
-        "peak_rss_mib": max(run["peak_rss_mib"] for run in runs),
+        "peak_rss_mib": None if None in peaks else max(peaks),
     }
 
 
@@ -722,7 +734,7 @@ def main(argv: list[str] | None = None) -> None:
     if refused:
         parser.exit(2, f"{parser.prog}: error: {refused}\n")
 
-    load_start = os.getloadavg()
+    load_start = load_average()
     runs: list[list[dict]] = [[] for _ in configs]
     roofline_rounds = []
     # The batched target's forward and backward alone, timed like the roofline before each round.
@@ -749,7 +761,7 @@ def main(argv: list[str] | None = None) -> None:
             config = configs[index]
             result = run_isolated(config, args.timeout)
             runs[index].append(result)
-            shown = result.get("error") or f"{result['iterations_per_s']:.1f} it/s, {result['peak_rss_mib']:.0f} MiB"
+            shown = result.get("error") or f"{result['iterations_per_s']:.1f} it/s, {mib(result['peak_rss_mib'])} MiB"
             print(f"{config['model']:10s} N={config['num_envs']:<3d} {config['mode']:18s} {shown}", flush=True)
     rows = [median_row(model_runs) for model_runs in runs]
     if all("error" in row for row in rows):  # a report of errors alone would replace the one already in --out
@@ -761,7 +773,7 @@ def main(argv: list[str] | None = None) -> None:
         # Where data and results lie is the machine's business, not the measurement's.
         "args": {k: v for k, v in vars(args).items() if k not in ("one", "render", "data_root", "out")},
         "machine": machine(),
-        "load_average": {"start": [round(x, 2) for x in load_start], "end": [round(x, 2) for x in os.getloadavg()]},
+        "load_average": {"start": load_start, "end": load_average()},
         "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "note": args.note,
         "roofline": {"gflops": max(measured), "rounds": roofline_rounds, "size": ROOFLINE_SIZE[args.device]} if measured else {},

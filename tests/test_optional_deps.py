@@ -1,5 +1,6 @@
 """The optional extras (``sb3``, ``ray``, ``learnloss``): the base install runs without them, and what needs
-one says, in one line, which extra to install.
+one says, in one line, which extra to install. Likewise the POSIX-only modules ``fcntl`` and ``resource``, which
+Windows lacks: every module still imports, and what needs one says so in one line.
 
 Each test runs Python with the extra's package made unimportable (``sys.modules[name] = None`` from a
 ``sitecustomize`` on ``PYTHONPATH``, so the subprocesses a command starts lack it too), as on an install
@@ -141,3 +142,75 @@ def test_the_install_hint_names_each_extras_requirements_as_setup_cfg_declares_t
 
     monkeypatch.setattr(metadata, "requires", not_installed)  # a source tree on sys.path, never installed
     assert install_hint("sb3") == "pip install -e '.[sb3]' in a clone of ala-gym"
+
+
+POSIX_ONLY = ["fcntl", "resource"]
+
+
+def test_every_module_imports_without_the_posix_only_modules(tmp_path: Path) -> None:
+    """A module that fails is one of the package's own imports of them; a third-party package's own need (Ray's
+    Linux build of psutil) is not the package's to answer."""
+    code = (
+        "import importlib, pkgutil, sys, traceback\n"
+        "own = tuple(sys.argv[1:])\n"
+        "packages = [importlib.import_module(name) for name in ('ala_gym', 'ala_gym.agents', 'ala_gym.benchmarks')]\n"
+        "names = {m.name for p in packages for m in pkgutil.walk_packages(p.__path__, p.__name__ + '.')}\n"
+        "for name in sorted(names):\n"
+        "    try:\n"
+        "        importlib.import_module(name)\n"
+        "    except ImportError as error:\n"
+        "        innermost = traceback.extract_tb(error.__traceback__)[-1].filename\n"
+        "        print(('own ' if innermost.startswith(own) else 'third-party ') + name, error)\n"
+        "    else:\n"
+        "        print('imported', name)\n"
+    )
+    sources = [str(ROOT / folder) + os.sep for folder in ("ala_gym", "agents", "benchmarks")]
+    done = run_without(POSIX_ONLY, ["-c", code, *sources], tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert not [line for line in lines if line.startswith("own ")], done.stdout
+    imported = {line.split()[1] for line in lines if line.startswith("imported ")}
+    assert len(imported) > 50 and all(line.startswith(("imported ", "third-party ")) for line in lines), done.stdout
+    assert {"ala_gym.benchmarks.compare.store", "ala_gym.benchmarks.throughput", "ala_gym.benchmarks.malloc"} <= imported
+
+
+def test_a_comparison_without_file_locks_says_so_in_one_line(tmp_path: Path) -> None:
+    args = ["--env", "ALA-Digits-v0", "--seeds", "1", "--env-kwargs", json.dumps(TINY), "--controllers", "ce"]
+    done = run_without(POSIX_ONLY, ["-c", COMPARE, str(tmp_path), *args], tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr and done.stderr.strip().count("\n") == 0, done.stderr
+    assert "fcntl file locks, which this OS does not have (Windows)" in done.stderr, done.stderr
+
+
+def test_peak_memory_and_load_read_as_each_os_reports_them(monkeypatch) -> None:
+    import resource
+    from types import SimpleNamespace
+
+    from ala_gym.core import machine
+
+    monkeypatch.setattr(resource, "getrusage", lambda who: SimpleNamespace(ru_maxrss=3 * 2**20))
+    assert machine.peak_rss_mib() == 6 * 2**10  # Linux: kibibytes, the process's and its largest child's
+    monkeypatch.setattr(machine.sys, "platform", "darwin")
+    assert machine.peak_rss_mib() == 6  # macOS: bytes
+    monkeypatch.setitem(sys.modules, "resource", None)
+    assert machine.peak_rss_mib() is None
+    assert len(machine.load_average()) == 3
+    monkeypatch.delattr(os, "getloadavg")
+    assert machine.load_average() is None
+
+
+def test_the_malloc_benchmark_refuses_a_c_library_other_than_glibc(monkeypatch, capsys, tmp_path: Path) -> None:
+    import platform
+
+    import pytest
+
+    from ala_gym.benchmarks import malloc
+
+    monkeypatch.setattr(platform, "libc_ver", lambda: ("", ""))
+    monkeypatch.setattr(platform, "system", lambda: "Darwin")
+    with pytest.raises(SystemExit) as exit_info:
+        malloc.main(["--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2 and not (tmp_path / "out").exists()
+    assert capsys.readouterr().err.strip().endswith(
+        "error: this benchmark compares glibc's malloc settings, and this Python runs on Darwin without glibc; "
+        "run it on Linux with glibc"
+    )

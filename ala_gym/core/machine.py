@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import platform
+import sys
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -39,5 +41,27 @@ def source_digest() -> str:
                 if not nested and not {"__pycache__", "results"} & set(relative.parts):
                     files[f"{prefix}/{relative.as_posix()}"] = path
     for name in sorted(files):
-        digest.update(name.encode() + b"\0" + files[name].read_bytes() + b"\0")
+        # Line ends as in the repository: a checkout that converts them (git's autocrlf on Windows) runs the same code.
+        source = files[name].read_bytes().replace(b"\r\n", b"\n")
+        digest.update(name.encode() + b"\0" + source + b"\0")
     return digest.hexdigest()[:12]
+
+
+def peak_rss_mib() -> float | None:
+    """This process's peak resident memory plus that of its largest finished child process, in MiB (what
+    ``getrusage`` reports: kibibytes on Linux, bytes on macOS), or None where there is no ``resource`` module
+    (Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def load_average() -> list[float] | None:
+    """The system's load average over 1, 5 and 15 minutes, to two decimals, or None where the OS has none (Windows):
+    a benchmark records it beside timings that other work on the machine would slow."""
+    if not hasattr(os, "getloadavg"):
+        return None
+    return [round(value, 2) for value in os.getloadavg()]

@@ -4,7 +4,6 @@ and refused, naming its fix, when it does not have it."""
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import tempfile
@@ -249,6 +248,13 @@ def claim(result: Path, wait: bool = False, done: Callable[[Path], bool] = Path.
     its successor and no process id is trusted. ``result`` is written before its lock is released, and
     looked for only under the lock, so a run is never done twice.
     """
+    try:
+        import fcntl  # POSIX: Linux and macOS
+    except ImportError:
+        raise ComparisonError(
+            "a comparison claims its runs with fcntl file locks, which this OS does not have (Windows); "
+            "run it under Linux or macOS, e.g. in WSL"
+        ) from None
     lock = result.with_suffix(".lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(lock, os.O_CREAT | os.O_RDWR)
