@@ -7,6 +7,7 @@ the model holds the layers the package does not initialise itself (LayerNorm, Ba
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Callable
 
@@ -23,7 +24,7 @@ from torch.utils.data import Dataset, IterableDataset, TensorDataset
 
 import ala_gym  # noqa: F401  (registers the ids)
 from ala_gym.core.data import LOADERS, ClassificationData, from_user_data, load_dataset, register_dataset
-from ala_gym.core.models import MODELS, build_model, draws_randomness, is_builtin, register_model
+from ala_gym.core.models import MODELS, build_model, check_model_spec, draws_randomness, is_builtin, register_model
 from ala_gym.envs.classification import ALAClassificationEnv
 from ala_gym.envs.vector import ALAVectorEnv
 
@@ -594,6 +595,21 @@ def test_registering_a_name_again_drops_what_was_loaded_under_it(wine) -> None:
     unknown = r"^unknown dataset 'wine-test'; choose one of \[.*'digits'.*\], or register_dataset it in this process$"
     with pytest.raises(ValueError, match=unknown):
         load_dataset("wine-test", val_size=30)
+
+
+def test_an_unknown_name_in_a_worker_process_says_where_workers_find_names(monkeypatch) -> None:
+    """In a multiprocessing worker (an async vector env's child; spawned on macOS and Windows), a name registered
+    under the parent's ``if __name__ == "__main__":`` does not exist: the error says where to register it."""
+    import multiprocessing
+
+    hint = "; this worker process knows only the names its modules register when imported"
+    with pytest.raises(ValueError, match=r"register_dataset it in this process$"):
+        load_dataset("no-such-data")
+    monkeypatch.setattr(multiprocessing, "parent_process", lambda: object())
+    with pytest.raises(ValueError, match=re.escape("register_dataset it in this process" + hint)):
+        load_dataset("no-such-data")
+    with pytest.raises(ValueError, match=re.escape("or pass a factory" + hint)):
+        check_model_spec("no-such-model")
 
 
 def test_a_dataset_with_items_that_are_not_tensors_is_refused() -> None:

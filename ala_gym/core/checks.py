@@ -9,6 +9,7 @@ that look like numbers; numpy's integer and float scalars are accepted.
 from __future__ import annotations
 
 import math
+import multiprocessing
 import numbers
 from typing import Any
 
@@ -93,3 +94,16 @@ def as_numbers(name: str, value: Any, shape: str) -> np.ndarray:
 def check_optional_int(name: str, value: Any, minimum: int | None = None) -> int | None:
     """:func:`check_int`, letting ``None`` through (the setting's "not set")."""
     return None if value is None else check_int(name, value, minimum)
+
+
+def worker_registration_hint() -> str:
+    """The end of an "unknown name" error raised in a multiprocessing worker (an async vector env's child):
+    a worker knows only the names that importing its modules registers. A spawned worker (the default on
+    macOS and Windows, and on a GPU) runs nothing under ``if __name__ == "__main__":``, so a name registered
+    there exists in the parent alone. Empty in any other process."""
+    if multiprocessing.parent_process() is None:
+        return ""
+    return (
+        "; this worker process knows only the names its modules register when imported (a spawned worker runs "
+        "nothing under `if __name__ == '__main__':`): register it at a module's top level, or pass it itself"
+    )

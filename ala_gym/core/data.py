@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ala_gym.core.checks import check_optional_int
+from ala_gym.core.checks import check_optional_int, worker_registration_hint
 from ala_gym.core.files import atomic_file, publish_folder
 from ala_gym.core.global_rng import python_random_kept
 
@@ -710,6 +710,7 @@ def load_dataset(name: str, *, device: torch.device | str = "cpu", **kwargs: Any
     if name not in LOADERS:
         raise ValueError(
             f"unknown dataset {name!r}; choose one of {sorted(LOADERS)}, or register_dataset it in this process"
+            + worker_registration_hint()
         )
     key = (name, str(torch.device(device)), _options_key(LOADERS[name], kwargs))
     if key not in _CACHE:

@@ -24,6 +24,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ala_gym.core.checks import worker_registration_hint
+
 
 class ShortcutA(nn.Module):
     """He et al.'s CIFAR "option A" shortcut: subsample by the stride and zero-pad the new channels."""
@@ -163,7 +165,8 @@ def check_model_spec(model: ModelSpec) -> ModelSpec:
     """``model`` itself if it is a known name or a factory; a ``ValueError`` that says what to pass otherwise."""
     if isinstance(model, str):
         if model not in MODELS:
-            raise ModelError(f"unknown model {model!r}; choose one of {sorted(MODELS)} or pass a factory")
+            hint = worker_registration_hint()
+            raise ModelError(f"unknown model {model!r}; choose one of {sorted(MODELS)} or pass a factory{hint}")
     elif isinstance(model, nn.Module):  # callable too, but one instance cannot give every child its own weights
         raise ModelError(
             f"model is an instance of {type(model).__name__}; pass a factory that builds a fresh one per child, "

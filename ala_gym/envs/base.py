@@ -181,8 +181,8 @@ class ALAEnv(gym.Env):
 
 def set_threads(num_threads: int | None) -> None:
     """torch's intra-op threads of this process. ``None`` leaves the setting alone, except in a
-    multiprocessing worker, where it means 1: forked workers then neither oversubscribe the cores nor hang
-    on the parent's OpenMP pool."""
+    multiprocessing worker, where it means 1: workers then neither oversubscribe the cores nor, when forked,
+    hang on the parent's OpenMP pool."""
     if num_threads is None and multiprocessing.parent_process() is not None:
         num_threads = 1
     if num_threads is not None:

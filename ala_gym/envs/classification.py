@@ -215,8 +215,8 @@ class ALAClassificationEnv(ALAEnv):
     * ``device``: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
     * ``num_threads``: torch intra-op threads of this process. ``None`` leaves the setting alone, except
       in a multiprocessing worker (``gym.make_vec(..., vectorization_mode="async")``, or any process that
-      ``multiprocessing`` started), where it means 1: forked workers then neither oversubscribe the cores nor
-      hang on the parent's OpenMP pool. The setting is torch's, for the whole process, and stays after
+      ``multiprocessing`` started), where it means 1: workers then neither oversubscribe the cores nor, when
+      forked, hang on the parent's OpenMP pool. The setting is torch's, for the whole process, and stays after
       ``close()``: restoring it there would change the threads (and so the sums' order) of another env
       still training in the process.
 
