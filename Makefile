@@ -21,11 +21,11 @@ $(STAMP): setup.cfg pyproject.toml
 
 # Real Fashion-MNIST (70k images) from Debian's package; needs root (or sudo).
 fashion-mnist:
-	@test -f $(FASHION_MNIST) || { apt-get update && apt-get install -y dataset-fashion-mnist; }
+	@test -f $(FASHION_MNIST) || { command -v apt-get >/dev/null || { echo "make: $(FASHION_MNIST) is missing and there is no apt-get: put Fashion-MNIST's four idx .gz files in $(dir $(FASHION_MNIST)) (Debian's dataset-fashion-mnist holds them)" >&2; exit 2; }; apt-get update && apt-get install -y dataset-fashion-mnist; }
 
 # Chromium from Debian, for the documentation site's browser test (tests/test_docs_site.py); needs root (or sudo).
 chromium:
-	@command -v chromium >/dev/null || { apt-get update && apt-get install -y chromium; }
+	@command -v chromium >/dev/null || { command -v apt-get >/dev/null || { echo "make: no chromium on PATH and no apt-get to install it: install Chromium so that the command chromium starts it" >&2; exit 2; }; apt-get update && apt-get install -y chromium; }
 
 # The documentation site, into site/ (not committed); a broken link or reference fails the build.
 docs: $(STAMP)
