@@ -206,6 +206,7 @@ class BatchedTrainer:
         # milestones each child had passed when they were built (rebuilt only when one passes another).
         self._everyone = torch.ones(self.num_children, dtype=torch.bool, device=data.device)
         self._rates: tuple[bytes, torch.Tensor] | None = None
+        self._partial: tuple[bytes, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
 
     def _build(self, seed: int) -> torch.nn.Module:
         init_seed, _ = seed_streams(seed, 2)
@@ -266,14 +267,27 @@ class BatchedTrainer:
             self._device_positions += size
         else:
             # An inactive child computes on the first active one's batch (and its position stays).
-            rows = torch.as_tensor(np.where(active, np.arange(self.num_children), children[0]), device=self.device)
+            _, rows, trained = self._partial_indices(active)
             index = self._orders[rows[:, None], self._device_positions[rows, None] + self._batch_offsets]
-            self._device_positions[torch.as_tensor(children, device=self.device)] += size
+            self._device_positions[trained] += size
         self._positions[children] += size
         if not self.data.augment:  # one gather for every child; the generator draws nothing here
             return training_batch(self.data, index, self.samplers[0].generator)
         # Crops and flips come from each active child's own generator, in its sampler's order.
         return self._stack({i: training_batch(self.data, index[i], self.samplers[i].generator) for i in map(int, children)})
+
+    def _partial_indices(self, active: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """For a mask ``active`` with some children inactive, on the device: the mask, the child whose batch each
+        child computes on (an inactive one: the first active one's) and the active children. Copied from the host
+        only when the mask changes (at a chunk's end): on a GPU each copy would wait for the queued work."""
+        active = np.asarray(active, dtype=bool)
+        key = active.tobytes()
+        if self._partial is None or self._partial[0] != key:
+            children = np.flatnonzero(active)
+            rows = np.where(active, np.arange(self.num_children), children[0])
+            mask, rows_on_device, trained = (torch.as_tensor(part, device=self.device) for part in (active, rows, children))
+            self._partial = (key, (mask, rows_on_device, trained))
+        return self._partial[1]
 
     def _stack(self, batches: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
         """The active children's batches stacked ``[N, B, ...]``; an inactive child gets the first one's."""
@@ -299,7 +313,7 @@ class BatchedTrainer:
             raise ValueError(f"active must be a boolean mask of {self.num_children} children with one True")
         everyone = bool(active.all())
         inputs, labels = self.next_batches(active)
-        mask = self._everyone if everyone else torch.as_tensor(active, device=self.device)
+        mask = self._everyone if everyone else self._partial_indices(active)[0]
         saved_buffers = None if everyone else {k: v.clone() for k, v in self.buffers.items()}
 
         masked, grads = self.gradients(inputs, labels, mask, loss_params, loss, kernel)
@@ -376,7 +390,7 @@ class BatchedTrainer:
             if not ready:
                 continue
             evaluations = self.evaluate(split, ready, evaluator)
-            loss_sums = chunk_loss[ready].double().cpu().numpy()  # one host copy for all ready children
+            loss_sums = chunk_loss.double().cpu().numpy()[ready]  # one host copy for all ready children
             for i, evaluation, loss_sum in zip(ready, evaluations, loss_sums):
                 keep_going = record(i, next_chunk[i], float(loss_sum), evaluation)
                 chunk_loss[i] = 0.0

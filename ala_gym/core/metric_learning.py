@@ -70,7 +70,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ala_gym.core.metrics import Evaluation
+from ala_gym.core.metrics import Evaluation, class_counts
 
 RECALL_KS = (1, 2, 4, 8)
 """The Recall@k levels reported as statistics (the paper's SOP table uses 1, 10, 100, 1000 on 22,634
@@ -322,11 +322,10 @@ class FocalDistanceLoss(_AdaptiveLoss):
         distances = pairwise_distances(embeddings)
         positive, negative = _pair_masks(labels, labels, 0)
         zero = torch.zeros(len(labels), 1, device=distances.device, dtype=distances.dtype)
-        minus_inf = torch.tensor(float("-inf"), device=distances.device, dtype=distances.dtype)
 
         def soft_max(scale: torch.Tensor, offsets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
             # 1/Phi log(1 + sum exp(Phi x)) = 1/Phi logsumexp([0, Phi x...]) over the anchor's masked pairs
-            scaled = torch.where(mask, scale * offsets, minus_inf)
+            scaled = torch.where(mask, scale * offsets, float("-inf"))  # a scalar: no tensor built on the host
             return torch.logsumexp(torch.cat([zero, scaled], dim=1), dim=1) / scale
 
         pull = soft_max(params[0], distances - self.alpha, positive)
@@ -358,18 +357,18 @@ def retrieval_hits(
     normalized = F.normalize(embeddings.detach().float(), dim=1)
     finite = torch.isfinite(normalized).all(dim=1)
     normalized = torch.where(finite[:, None], normalized, torch.zeros_like(normalized))
+    columns = torch.tensor([min(k, largest) - 1 for k in ks], device=labels.device)
     hits = []
     for start in range(0, len(labels), block):
         similarity = normalized[start : start + block] @ normalized.T
         rows = torch.arange(similarity.shape[0], device=similarity.device)
         similarity[rows, rows + start] = float("-inf")
-        similarity[:, ~finite] = float("-inf")
+        similarity.masked_fill_(~finite[None, :], float("-inf"))  # a mask index would sync with the host
         neighbours = similarity.topk(largest, dim=1).indices
         # Ties at -inf (fewer finite items than k) may pick the query itself: never a hit.
         others = neighbours != (rows + start)[:, None]
         matches = (labels[neighbours] == labels[start : start + block, None]) & finite[neighbours] & others
         found = matches.cumsum(dim=1) > 0  # found[:, j]: a match within the first j + 1 neighbours
-        columns = torch.tensor([min(k, largest) - 1 for k in ks], device=found.device)
         hits.append(found[:, columns] & finite[start : start + block, None])
     return torch.cat(hits)
 
@@ -400,9 +399,9 @@ class RetrievalEvaluator:
         hits = retrieval_hits(embeddings, labels, self.ks, self.block).float()
         recalls = hits.mean(dim=0)
         sums = torch.zeros(self.num_classes, device=hits.device).index_add_(0, labels, hits[:, self.metric_column])
-        per_class = sums / torch.bincount(labels, minlength=self.num_classes).clamp_min(1).float()
+        per_class = sums / class_counts(labels, self.num_classes).clamp_min(1)
         norm = embeddings.detach().float().norm(dim=1).mean()
-        yardstick = pair_means(embeddings, labels, lambda d: mixture_terms(d)[[0, 5]], self.block)
+        yardstick = pair_means(embeddings, labels, lambda d: mixture_terms(d)[::5], self.block)
         parts = [recalls, norm[None], (yardstick[0, 0] + yardstick[1, 1])[None], per_class]
         if self.loss is not None:
             parts.append(self.loss.terms(embeddings, labels).flatten())

@@ -90,8 +90,22 @@ def average_precision_per_class(logits: torch.Tensor, labels: torch.Tensor) -> t
     per_class = multiclass_average_precision(scores, labels, logits.shape[1], average="none", validate_args=False)
     per_class = torch.where(finite, per_class, torch.zeros_like(per_class))
     # torchmetrics gives NaN for an absent class, but -0.0 for the second of two: set here, whatever it gives.
-    present = torch.bincount(labels, minlength=logits.shape[1]) > 0
+    present = class_counts(labels, logits.shape[1]) > 0
     return torch.where(present, per_class, torch.full_like(per_class, float("nan"))).float()
+
+
+def class_counts(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """How many of ``labels`` fall in each of ``num_classes`` classes, as floats (exact below 2**24), on the labels'
+    device: ``torch.bincount`` would read the labels' range back to the host first, a wait on a GPU at every
+    evaluation."""
+    ones = torch.ones_like(labels, dtype=torch.float32)
+    return torch.zeros(num_classes, device=labels.device).index_add_(0, labels, ones)
+
+
+def macro_over_present(per_class: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The mean of ``per_class`` (``[..., C]``) over the classes present in ``labels``; 0 where none is."""
+    present = class_counts(labels, per_class.shape[-1]) > 0
+    return torch.where(present, per_class, torch.zeros_like(per_class)).sum(-1) / present.sum().clamp_min(1)
 
 
 def aucpr(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -101,9 +115,7 @@ def aucpr(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     same classes, silently (a small validation split may miss a class, and the envs' checks treat warnings
     as errors). 0 (the worst value) for non-finite logits.
     """
-    per_class = average_precision_per_class(logits, labels)
-    present = torch.bincount(labels, minlength=logits.shape[-1]) > 0
-    return torch.where(present, per_class, torch.zeros_like(per_class)).sum(-1) / present.sum().clamp_min(1)
+    return macro_over_present(average_precision_per_class(logits, labels), labels)
 
 
 @dataclass(frozen=True)
@@ -153,7 +165,7 @@ def confusion_statistics(
         neg_log_probs = _neg_log_probs(logits)
     sums = neg_log_probs.new_zeros(*neg_log_probs.shape[:-2], num_classes, num_classes)
     sums.index_add_(-2, labels, neg_log_probs)
-    counts = torch.bincount(labels, minlength=num_classes).float()
+    counts = class_counts(labels, num_classes)
     stats = sums / counts.clamp_min(1.0)[:, None]
     return torch.where(counts[:, None] > 0, stats, torch.full_like(stats, float(np.log(num_classes))))
 
@@ -185,7 +197,7 @@ def class_metric(
     hits = (_correct(logits, labels) if correct is None else correct).float()
     hits = hits if metric == "accuracy" else 1.0 - hits
     sums = hits.new_zeros(*hits.shape[:-1], num_classes).index_add_(-1, labels, hits)
-    return sums / torch.bincount(labels, minlength=num_classes).clamp_min(1).float()
+    return sums / class_counts(labels, num_classes).clamp_min(1)
 
 
 @dataclass
@@ -263,9 +275,13 @@ class ClassificationEvaluator:
         # What error_rate, accuracy and mean_nll compute, from the predictions and log-probabilities in hand.
         hit_rate, nll = correct.float().mean(-1), _nll(neg_log_probs, labels)
         known = {"error": 1.0 - hit_rate, "accuracy": hit_rate, "nll": nll}
-        metric = known[self.name] if self.name in known else self.metric.fn(logits, labels)
+        if self.name == "aucpr":  # one ranking of the scores per class gives both the metric and its per-class values
+            precision = average_precision_per_class(logits, labels)
+            metric, per_class = macro_over_present(precision, labels), torch.nan_to_num(precision, nan=0.0)
+        else:
+            metric = known[self.name] if self.name in known else self.metric.fn(logits, labels)
+            per_class = class_metric(logits, labels, confusion, self.name, correct)
         scalars = torch.stack([metric, known["error"], nll], dim=1)
-        per_class = class_metric(logits, labels, confusion, self.name, correct)
         soft_labels = correct_soft_labels(logits, labels, num_classes)
         packed = torch.cat([scalars, confusion.flatten(1), soft_labels.flatten(1), per_class], dim=1)
         return [self._unpack(row) for row in packed.double().cpu().numpy()]
