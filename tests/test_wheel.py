@@ -198,3 +198,28 @@ def test_the_installed_wheel_runs_code_of_the_same_source_digest_as_the_checkout
     probe = "from ala_gym.core.machine import source_digest; print(source_digest())"
     result = run([str(python), "-c", probe], cwd=tmp_path, env=fresh_env())
     assert result.returncode == 0 and result.stdout.strip() == source_digest(), explain(result)
+
+
+def test_a_checkout_with_windows_line_ends_digests_as_this_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """git's autocrlf writes CRLF line ends into a Windows checkout of the same commit: the same code, the same
+    digest. A change of the code itself changes it."""
+    from importlib.machinery import ModuleSpec
+
+    from ala_gym.core import machine
+
+    for folder, installed_as in SOURCES.items():
+        for path in (ROOT / folder).rglob("*.py"):
+            copy = tmp_path / installed_as / path.relative_to(ROOT / folder)
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            copy.write_bytes(path.read_bytes().replace(b"\n", b"\r\n"))
+
+    def copied_spec(name: str) -> ModuleSpec:
+        spec = ModuleSpec(name, None, is_package=True)
+        spec.submodule_search_locations = [str(tmp_path / name.replace(".", "/"))]
+        return spec
+
+    monkeypatch.setattr(machine, "find_spec", copied_spec)
+    assert machine.source_digest.__wrapped__() == machine.source_digest()
+    edited = tmp_path / "ala_gym" / "core" / "machine.py"
+    edited.write_bytes(edited.read_bytes() + b"# an edit\r\n")
+    assert machine.source_digest.__wrapped__() != machine.source_digest()
