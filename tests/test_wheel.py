@@ -218,8 +218,9 @@ def test_a_checkout_with_windows_line_ends_digests_as_this_one(tmp_path: Path, m
         spec.submodule_search_locations = [str(tmp_path / name.replace(".", "/"))]
         return spec
 
+    checkout = machine.source_digest.__wrapped__()  # uncached: as this checkout's files are now
     monkeypatch.setattr(machine, "find_spec", copied_spec)
-    assert machine.source_digest.__wrapped__() == machine.source_digest()
+    assert machine.source_digest.__wrapped__() == checkout
     edited = tmp_path / "ala_gym" / "core" / "machine.py"
     edited.write_bytes(edited.read_bytes() + b"# an edit\r\n")
-    assert machine.source_digest.__wrapped__() != machine.source_digest()
+    assert machine.source_digest.__wrapped__() != checkout
