@@ -624,6 +624,26 @@ def test_cifar_batch_of_another_shape_is_named(
     assert re.search(reason, str(raised.value)), str(raised.value)
 
 
+@pytest.mark.parametrize(
+    ("module", "reason"),
+    [
+        ("numpy._core.gone", r"was written by NumPy 2, which NumPy \S+ cannot read: pip install 'numpy>=1.26.1'"),
+        ("a_module_of_the_writer", "needs module 'a_module_of_the_writer' to unpickle"),
+    ],
+)
+def test_a_cifar_file_that_needs_a_module_to_unpickle_is_not_called_damaged(
+    tiny_cifar_dir: Path, tmp_path: Path, module: str, reason: str
+) -> None:
+    """Arrays pickled under NumPy 2 name ``numpy._core``, which NumPy before 1.26.1 lacks: the file is sound,
+    and the fix is another NumPy, not restoring the folder."""
+    folder = shutil.copytree(tiny_cifar_dir, tmp_path / "cifar")
+    (folder / "data_batch_3").write_bytes(f"\x80\x02c{module}\n_reconstruct\nq\x00.".encode("latin1"))
+    _rewrite_cifar_md5sums(folder)
+    with pytest.raises(DataError, match=rf"^CIFAR-10 file {re.escape(str(folder / 'data_batch_3'))} {reason}") as raised:
+        load_cifar10(data_root=folder)
+    assert "restore" not in str(raised.value) and "\n" not in str(raised.value)
+
+
 def test_empty_cache_setting_means_the_default(
     tiny_fashion_mnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

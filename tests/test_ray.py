@@ -243,13 +243,25 @@ def test_starts_and_stops_a_local_cluster_when_none_runs(tmp_path: Path) -> None
 
 
 def test_a_refusal_stops_the_local_cluster_the_env_started(tmp_path: Path) -> None:
+    """The refused env closes without error afterwards, as gymnasium 1.1 to 1.2 close it when it is collected."""
     code = (
-        "import gymnasium as gym, ray, ala_gym\n"
+        "import ray, ala_gym\n"
+        "from ala_gym.wrappers.ray import RayVectorEnv\n"
         f"kwargs = {TINY!r}\n"
+        "env = RayVectorEnv.__new__(RayVectorEnv)\n"
         "try:\n"
-        "    gym.make_vec('ALA-Digits-v0', num_envs=2, backend='ray', num_cpus=1, children_per_worker=1,\n"
-        "                 num_cpus_per_worker=1.0, **kwargs)\n"
+        "    env.__init__('ALA-Digits-v0', 2, num_cpus=1, children_per_worker=1, num_cpus_per_worker=1.0, **kwargs)\n"
         "except ValueError as error:\n"
-        "    print('refused:', 'need 2 CPUs' in str(error), ray.is_initialized())\n"
+        "    refused = 'need 2 CPUs' in str(error), ray.is_initialized()\n"
+        "env.close()\n"
+        "print('refused:', *refused, env.closed)\n"
     )
-    assert _last_line_of_a_fresh_process(code, tmp_path) == "refused: True False"
+    assert _last_line_of_a_fresh_process(code, tmp_path) == "refused: True False True"
+
+
+def test_an_env_refused_before_ray_starts_closes_without_error() -> None:
+    env = RayVectorEnv.__new__(RayVectorEnv)
+    with pytest.raises(ValueError, match="num_envs"):
+        env.__init__("ALA-Digits-v0", 0, **TINY)
+    env.close()
+    assert env.closed and not ray.is_initialized()

@@ -503,7 +503,16 @@ def _check_cifar_pickles(folder: Path) -> None:
                 _check_cifar_batch(entry)
             elif not isinstance(entry, dict) or "label_names" not in entry:
                 raise ValueError("not a CIFAR-10 batches.meta dictionary")
-        except Exception as exc:  # any unpickling failure means the same thing: the file is damaged
+        except ModuleNotFoundError as exc:
+            if not (exc.name or "").startswith("numpy._core"):
+                raise DataError(f"CIFAR-10 file {folder / name} needs module {exc.name!r} to unpickle ({exc})") from exc
+            # Arrays pickled under NumPy 2 name numpy._core, which NumPy before 1.26.1 lacks: a sound file.
+            raise DataError(
+                f"CIFAR-10 file {folder / name} was written by NumPy 2, which NumPy {np.__version__} cannot read: "
+                "pip install 'numpy>=1.26.1', or build the folder anew with this NumPy (python -m "
+                "ala_gym.benchmarks.cifar10_subset)"
+            ) from exc
+        except Exception as exc:  # any other unpickling failure means the same thing: the file is damaged
             raise DataError(
                 f"CIFAR-10 file {folder / name} is truncated or not a CIFAR-10 python batch ({type(exc).__name__}: "
                 f"{exc}), although it matches {folder / 'MD5SUMS'} (which was written after the damage); {_RESTORE}"

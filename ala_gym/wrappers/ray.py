@@ -213,6 +213,9 @@ class RayVectorEnv(VectorEnv):
         train_mode: str = "auto",
         **env_kwargs: Any,
     ) -> None:
+        # What close() reads, set first: gymnasium (1.1 to 1.2) closes an env whose __init__ raised when it is collected.
+        self.workers: list[Any] = []
+        self.started_ray = False
         autoreset_mode = check_vector_args(
             num_envs, max_episode_steps, autoreset_mode, train_mode, env_kwargs.pop("render_mode", None)
         )
@@ -229,13 +232,13 @@ class RayVectorEnv(VectorEnv):
             self._check_capacity()
         except BaseException:
             stop_ray(self.started_ray)
+            self.started_ray = False
             raise
         self._worker_args = (
             env_id,
             dict(env_kwargs, max_episode_steps=max_episode_steps, autoreset_mode=autoreset_mode, train_mode=train_mode),
         )
         self._runtime_env = runtime_env
-        self.workers: list[Any] = []
         try:
             description = self._start_workers(range(len(self.groups)))
         except RayTaskError as error:  # a bad task keyword: its own exception, not Ray's wrapper
@@ -315,6 +318,7 @@ class RayVectorEnv(VectorEnv):
             ray.kill(worker)
         self.workers = []
         stop_ray(self.started_ray)
+        self.started_ray = False
 
     # ---------------------------------------------------------------- attributes (``set_attr("phi", ...)``)
     def get_attr(self, name: str) -> tuple[Any, ...]:
