@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 HINTS = {  # what installs each extra, from the package's installed metadata (setup.cfg's ranges)
     "sb3": "pip install 'stable-baselines3<3,>=2.6' (the 'sb3' extra; or pip install -e '.[sb3]' in a clone of ala-gym)",
-    "ray": "pip install 'ray<3,>=2.9' (the 'ray' extra; or pip install -e '.[ray]' in a clone of ala-gym)",
+    "ray": "pip install 'ray<3,>=2.10' (the 'ray' extra; or pip install -e '.[ray]' in a clone of ala-gym)",
     "learnloss": "pip install 'optuna<6,>=5' (the 'learnloss' extra; or pip install -e '.[learnloss]' in a clone of ala-gym)",
 }
 TINY = dict(total_iterations=10, steps_per_action=5, eval_points=2, eval_stride=2, device="cpu")
