@@ -91,7 +91,7 @@ class Episode:
         self._history: deque[np.ndarray] = deque(maxlen=settings.history)
         self._moving_average = np.zeros((task.rows, 2))
         self._last_metric = 0.0
-        self._last_row_metric = np.zeros(task.rows)
+        self._last_row_metric: np.ndarray = np.zeros(task.rows)
         self._values: list[float] = []
         self._row_values: list[np.ndarray] = []
         self._offsets: list[int] = []
