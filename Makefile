@@ -7,7 +7,7 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 # Data that is not downloaded (the CIFAR-10 subset) lies in shared/data beside the checkout, unless set otherwise.
 export ALA_GYM_DATA ?= $(abspath ../shared/data)
 
-.PHONY: setup demo test coverage fashion-mnist chromium docs gpu-check
+.PHONY: setup demo test test-oldest coverage fashion-mnist chromium docs gpu-check
 
 setup: $(STAMP)
 
@@ -44,6 +44,23 @@ TEST_WORKERS ?= 2
 
 test: $(STAMP) fashion-mnist chromium
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+
+# The suite's core on the oldest dependencies setup.cfg admits (requirements-oldest.txt), in a virtual environment of
+# its own; not part of make test (its installs take minutes). torch and torchvision are the pinned builds above.
+OLDEST_VENV ?= .venv-oldest
+OLDEST_TESTS := tests/test_core.py tests/test_data.py tests/test_env.py tests/test_vector.py tests/test_spec.py \
+	tests/test_episode.py tests/test_losses.py tests/test_metrics.py tests/test_trainer.py tests/test_batched.py \
+	tests/test_golden.py tests/test_metric_env.py tests/test_metric_learning.py tests/test_agents.py \
+	tests/test_adalfl.py tests/test_learnloss.py tests/test_meta_train.py tests/test_optional_deps.py \
+	tests/test_zoo.py tests/test_ray.py tests/test_host_syncs.py
+
+test-oldest: fashion-mnist
+	test -x $(OLDEST_VENV)/bin/python || $(PYTHON) -m venv $(OLDEST_VENV)
+	$(OLDEST_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(OLDEST_VENV)/bin/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(OLDEST_VENV)/bin/python -m pip install --quiet -r requirements-oldest.txt pytest pytest-xdist
+	$(OLDEST_VENV)/bin/python -m pip install --quiet --no-deps -e .
+	OMP_NUM_THREADS=1 $(OLDEST_VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup $(OLDEST_TESTS)
 
 # The test suite under coverage.py (pyproject.toml's settings): a report of the lines and branches it leaves unrun.
 coverage: $(STAMP) fashion-mnist chromium
