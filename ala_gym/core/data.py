@@ -505,7 +505,10 @@ def _check_cifar_pickles(folder: Path) -> None:
                 raise ValueError("not a CIFAR-10 batches.meta dictionary")
         except ModuleNotFoundError as exc:
             if not (exc.name or "").startswith("numpy._core"):
-                raise DataError(f"CIFAR-10 file {folder / name} needs module {exc.name!r} to unpickle ({exc})") from exc
+                raise DataError(
+                    f"CIFAR-10 file {folder / name} needs module {exc.name!r} to unpickle ({exc}): install it, or write "
+                    "the file anew holding only lists and NumPy arrays, as CIFAR-10's own batches do"
+                ) from exc
             # Arrays pickled under NumPy 2 name numpy._core, which NumPy before 1.26.1 lacks: a sound file.
             raise DataError(
                 f"CIFAR-10 file {folder / name} was written by NumPy 2, which NumPy {np.__version__} cannot read: "
