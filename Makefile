@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The torch and torchvision builds every environment here installs first (pip takes them from a local wheel source
+# where one is configured); setup.cfg only declares ranges.
+TORCH := torch==2.14.1 torchvision==0.29.1
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 # Data that is not downloaded (the CIFAR-10 subset) lies in shared/data beside the checkout, unless set otherwise.
 export ALA_GYM_DATA ?= $(abspath ../shared/data)
@@ -11,11 +14,11 @@ export ALA_GYM_DATA ?= $(abspath ../shared/data)
 
 setup: $(STAMP)
 
-# torch and torchvision first, at pinned versions (pip takes them from a local wheel source where one is configured); setup.cfg only declares ranges.
+# torch and torchvision first, then the package with every extra and the test tools.
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet $(TORCH)
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
@@ -46,7 +49,8 @@ test: $(STAMP) fashion-mnist chromium
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 # The suite's core on the oldest dependencies setup.cfg admits (requirements-oldest.txt), in a virtual environment of
-# its own; not part of make test (its installs take minutes). torch and torchvision are the pinned builds above.
+# its own, on Python 3.10 or 3.11 (the oldest releases have no wheels for newer ones); not part of make test (its
+# installs take minutes). torch and torchvision are $(TORCH).
 OLDEST_VENV ?= .venv-oldest
 OLDEST_TESTS := tests/test_core.py tests/test_data.py tests/test_env.py tests/test_vector.py tests/test_spec.py \
 	tests/test_episode.py tests/test_losses.py tests/test_metrics.py tests/test_trainer.py tests/test_batched.py \
@@ -57,7 +61,7 @@ OLDEST_TESTS := tests/test_core.py tests/test_data.py tests/test_env.py tests/te
 test-oldest: fashion-mnist
 	test -x $(OLDEST_VENV)/bin/python || $(PYTHON) -m venv $(OLDEST_VENV)
 	$(OLDEST_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(OLDEST_VENV)/bin/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(OLDEST_VENV)/bin/python -m pip install --quiet $(TORCH)
 	$(OLDEST_VENV)/bin/python -m pip install --quiet -r requirements-oldest.txt pytest pytest-xdist
 	$(OLDEST_VENV)/bin/python -m pip install --quiet --no-deps -e .
 	OMP_NUM_THREADS=1 $(OLDEST_VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup $(OLDEST_TESTS)

@@ -61,7 +61,7 @@ def _python_version_to_check() -> list[str]:
     assert configured, "pyproject.toml's [tool.mypy] names no python_version"
     oldest = tuple(int(part) for part in configured.groups())
     numpy_python = SpecifierSet(metadata.metadata("numpy")["Requires-Python"] or "")
-    allowed = [(3, minor) for minor in range(oldest[1], 20) if f"3.{minor}" + ".0" in numpy_python]
+    allowed = [(3, minor) for minor in range(oldest[1], 20) if f"3.{minor}.0" in numpy_python]
     return [] if not allowed or allowed[0] == oldest else ["--python-version", "{}.{}".format(*allowed[0])]
 
 

@@ -242,3 +242,17 @@ def test_correct_soft_labels_average_the_correct_predictions_of_each_class() -> 
     torch.testing.assert_close(soft[1], torch.tensor([0.0, 1.0, 0.0]))  # no correct sample: one-hot
     torch.testing.assert_close(soft[2], torch.tensor([0.0, 0.0, 1.0]))
     assert torch.allclose(soft.sum(dim=1), torch.ones(3))
+
+
+def test_an_evaluation_works_under_a_double_default_dtype() -> None:
+    """A caller's ``torch.set_default_dtype(torch.float64)`` changes no count of labels (float32, as before)."""
+    logits = torch.randn(30, 3, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(30) % 3
+    expected = ClassificationEvaluator(3)(logits, labels)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        evaluation = ClassificationEvaluator(3)(logits, labels)
+    finally:
+        torch.set_default_dtype(default)
+    assert evaluation.metric == expected.metric and np.array_equal(evaluation.confusion, expected.confusion)

@@ -504,16 +504,16 @@ def _check_cifar_pickles(folder: Path) -> None:
             elif not isinstance(entry, dict) or "label_names" not in entry:
                 raise ValueError("not a CIFAR-10 batches.meta dictionary")
         except ModuleNotFoundError as exc:
-            if not (exc.name or "").startswith("numpy._core"):
+            # Arrays pickled under NumPy 2 name its numpy._core modules, which NumPy 1 lacks (1.26.1 on holds a few
+            # aliases, enough for pickle protocol 2, as the CIFAR-10 subset is written): a sound file all the same.
+            if (exc.name or "").startswith("numpy._core") and int(np.__version__.split(".")[0]) < 2:
                 raise DataError(
-                    f"CIFAR-10 file {folder / name} needs module {exc.name!r} to unpickle ({exc}): install it, or write "
-                    "the file anew holding only lists and NumPy arrays, as CIFAR-10's own batches do"
+                    f"CIFAR-10 file {folder / name} was written by NumPy 2, which NumPy {np.__version__} cannot read "
+                    f"(no module {exc.name!r}): pip install 'numpy>=2', or write the folder anew under this NumPy"
                 ) from exc
-            # Arrays pickled under NumPy 2 name numpy._core, which NumPy before 1.26.1 lacks: a sound file.
             raise DataError(
-                f"CIFAR-10 file {folder / name} was written by NumPy 2, which NumPy {np.__version__} cannot read: "
-                "pip install 'numpy>=1.26.1', or build the folder anew with this NumPy (python -m "
-                "ala_gym.benchmarks.cifar10_subset)"
+                f"CIFAR-10 file {folder / name} needs module {exc.name!r} to unpickle ({exc}): install it, or write "
+                "the file anew holding only lists and NumPy arrays, as CIFAR-10's own batches do"
             ) from exc
         except Exception as exc:  # any other unpickling failure means the same thing: the file is damaged
             raise DataError(

@@ -357,7 +357,7 @@ def retrieval_hits(
     normalized = F.normalize(embeddings.detach().float(), dim=1)
     finite = torch.isfinite(normalized).all(dim=1)
     normalized = torch.where(finite[:, None], normalized, torch.zeros_like(normalized))
-    columns = torch.tensor([min(k, largest) - 1 for k in ks], device=labels.device)
+    columns = [min(k, largest) - 1 for k in ks]
     hits = []
     for start in range(0, len(labels), block):
         similarity = normalized[start : start + block] @ normalized.T
@@ -369,7 +369,8 @@ def retrieval_hits(
         others = neighbours != (rows + start)[:, None]
         matches = (labels[neighbours] == labels[start : start + block, None]) & finite[neighbours] & others
         found = matches.cumsum(dim=1) > 0  # found[:, j]: a match within the first j + 1 neighbours
-        hits.append(found[:, columns] & finite[start : start + block, None])
+        # Column by column: an index tensor would be copied from the host for every block.
+        hits.append(torch.stack([found[:, column] for column in columns], dim=1) & finite[start : start + block, None])
     return torch.cat(hits)
 
 
@@ -401,6 +402,7 @@ class RetrievalEvaluator:
         sums = torch.zeros(self.num_classes, device=hits.device).index_add_(0, labels, hits[:, self.metric_column])
         per_class = sums / class_counts(labels, self.num_classes).clamp_min(1)
         norm = embeddings.detach().float().norm(dim=1).mean()
+        # F_1^+ and F_1^-: the first of the five increasing and of the five decreasing terms
         yardstick = pair_means(embeddings, labels, lambda d: mixture_terms(d)[::5], self.block)
         parts = [recalls, norm[None], (yardstick[0, 0] + yardstick[1, 1])[None], per_class]
         if self.loss is not None:

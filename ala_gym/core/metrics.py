@@ -99,7 +99,7 @@ def class_counts(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     device: ``torch.bincount`` would read the labels' range back to the host first, a wait on a GPU at every
     evaluation."""
     ones = torch.ones_like(labels, dtype=torch.float32)
-    return torch.zeros(num_classes, device=labels.device).index_add_(0, labels, ones)
+    return ones.new_zeros(num_classes).index_add_(0, labels, ones)
 
 
 def macro_over_present(per_class: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -275,12 +275,11 @@ class ClassificationEvaluator:
         # What error_rate, accuracy and mean_nll compute, from the predictions and log-probabilities in hand.
         hit_rate, nll = correct.float().mean(-1), _nll(neg_log_probs, labels)
         known = {"error": 1.0 - hit_rate, "accuracy": hit_rate, "nll": nll}
-        if self.name == "aucpr":  # one ranking of the scores per class gives both the metric and its per-class values
-            precision = average_precision_per_class(logits, labels)
-            metric, per_class = macro_over_present(precision, labels), torch.nan_to_num(precision, nan=0.0)
+        per_class = class_metric(logits, labels, confusion, self.name, correct)
+        if self.name == "aucpr":  # the macro mean of the per-class values: the scores are ranked once per class
+            metric = macro_over_present(per_class, labels)
         else:
             metric = known[self.name] if self.name in known else self.metric.fn(logits, labels)
-            per_class = class_metric(logits, labels, confusion, self.name, correct)
         scalars = torch.stack([metric, known["error"], nll], dim=1)
         soft_labels = correct_soft_labels(logits, labels, num_classes)
         packed = torch.cat([scalars, confusion.flatten(1), soft_labels.flatten(1), per_class], dim=1)
