@@ -10,7 +10,7 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 # Data that is not downloaded (the CIFAR-10 subset) lies in shared/data beside the checkout, unless set otherwise.
 export ALA_GYM_DATA ?= $(abspath ../shared/data)
 
-.PHONY: setup demo test test-oldest coverage fashion-mnist chromium docs gpu-check
+.PHONY: setup demo test test-oldest test-cuda coverage fashion-mnist chromium docs gpu-check
 
 setup: $(STAMP)
 
@@ -41,6 +41,12 @@ demo: $(STAMP)
 # What needs a GPU, in one command, on a machine with one (benchmarks/gpu.py; results in benchmarks/results/gpu/).
 gpu-check: $(STAMP) fashion-mnist
 	$(PY) -m ala_gym.benchmarks.gpu --device cuda
+
+# The tests marked cuda on the GPU that make test hides (tests/conftest.py): tests/test_device_placement.py's workflows
+# and AdaLFL's run on CUDA, on a machine with one.
+test-cuda: $(STAMP)
+	@$(PY) -c "import sys, torch; torch.cuda.is_available() or sys.exit(print('make test-cuda: torch sees no CUDA GPU; run it on a machine with one', file=sys.stderr) or 2)"
+	ALA_GYM_TEST_CUDA=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q -m cuda
 
 # Two pytest-xdist workers of one torch thread each: the 2 cores the suite is sized for.
 TEST_WORKERS ?= 2

@@ -20,6 +20,11 @@ from pathlib import Path
 # once ran wider can compute a child in another float order than a fresh one-thread process, such as a Ray actor,
 # and the bit-for-bit comparisons between the two would fail under a bare `pytest`.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# The suite computes on the CPU on every machine, as CI does: its bit-for-bit and recorded-float comparisons are the
+# CPU's, and a GPU sums in other orders (and "auto" would pick it). So a GPU stays hidden, from the command lines the
+# tests start too, unless ALA_GYM_TEST_CUDA=1: `make test-cuda` runs the tests marked `cuda` on it.
+if os.environ.get("ALA_GYM_TEST_CUDA") != "1":
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

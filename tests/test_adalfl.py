@@ -353,7 +353,8 @@ def test_adalfl_refuses_to_act_outside_its_run_and_a_vector_env_without_an_ala_t
     envs.close()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: make test-cuda on a machine with one")
 def test_runs_on_cuda() -> None:
     controller = AdaLFLController(AdaLFLConfig(offline_steps=5))
     envs = controller.make_envs("ALA-Digits-v0", **{**DIGITS, "device": "cuda"})
