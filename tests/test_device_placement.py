@@ -31,7 +31,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 import ala_gym  # noqa: F401  (registers the ids)
 from ala_gym.agents import CONTROLLERS
-from ala_gym.benchmarks import gpu
+from ala_gym.benchmarks import adalfl_cost, gpu, overhead, throughput
 from ala_gym.core.data import clear_loaded_datasets, resolve_device
 
 DEVICE = torch.device("cpu", 0)
@@ -125,7 +125,11 @@ class SecondDevice(TorchFunctionMode):
             if isinstance(indexed, torch.Tensor) and not self.knows(indexed) and index_on_device:
                 self.mixed[f"{name} of a host tensor by device indices at {_caller()}"] += 1
             return
-        host = [t for t in tensors if not self.knows(t) and (t.dim() > 0 or name in ALL_TENSORS_COUNT)]
+        # A CPU scalar passes as a number beside CUDA tensors, but not as the tensor written to.
+        written = args[0] if args and (name.endswith("_") or name.startswith("__i")) else kwargs.get("out")
+        host = [
+            t for t in tensors if not self.knows(t) and (t.dim() > 0 or name in ALL_TENSORS_COUNT or t is written)
+        ]
         if on_device and host and name not in MAY_MIX and named is None:
             shapes = ", ".join(f"{'device' if self.knows(t) else 'host'}{list(t.shape)}" for t in tensors)
             self.mixed[f"{name}({shapes}) at {_caller()}"] += 1
@@ -192,8 +196,11 @@ def test_the_mode_records_a_host_tensor_beside_a_device_one_and_passes_what_a_gp
     _ = torch.ones(3)[on_device.long()]
     _ = torch.randperm(3, generator=torch.Generator().manual_seed(0), device=DEVICE)
     _ = torch.randperm(3, generator=torch.Generator(DEVICE).manual_seed(0))
+    total = torch.zeros(())
+    total += on_device.sum()
     found = list(second_device.mixed)
-    assert [entry.split("(")[0].split(" ")[0] for entry in found] == ["add", "stack", "__getitem__", "randperm", "randperm"]
+    expected = ["add", "stack", "__getitem__", "randperm", "randperm", "add_"]
+    assert [entry.split("(")[0].split(" ")[0] for entry in found] == expected
     assert all("test_device_placement.py" in entry for entry in found), found
 
 
@@ -287,7 +294,19 @@ def test_a_controllers_run_keeps_to_one_device(placement: Placement, name: str, 
     placement.check()
 
 
-def test_the_gpu_suites_generation_and_device_paths_keep_to_one_device(placement: Placement, tmp_path) -> None:
+def test_the_gpu_suites_parts_keep_to_one_device(placement: Placement, tmp_path) -> None:
+    """What ``make gpu-check`` measures in its own process, at token budgets: the env step and the plain loop it
+    is timed against, AdaLFL's step, N children's steps and their batched kernels alone, a meta-training
+    generation, and the device paths."""
+    device = torch.device(placement.device)
+    assert overhead.measure("digits", device, repeats=1, steps_per_action=2)
+    assert adalfl_cost.measure("digits", device, iterations=1, repeats=1, data_root=None)["adalfl_vs_ce"] > 0
+    config = dict(
+        model="mlp", num_envs=2, mode="native-batched", device=placement.device, threads=1, seed=0, steps=1,
+        min_seconds=0.0, iterations=2, batch_size=32, val_subsample=None, dataset=None,
+    )  # fmt: skip
+    assert throughput.measure(config)["iterations_per_s"] > 0
+    throughput.batched_gradients(config)()
     assert gpu.meta_generation(placement.device, "tiny", tmp_path)["children"] > 0
     gpu.device_paths(placement.device, "tiny", tmp_path, datasets=())
     placement.check()
