@@ -185,10 +185,11 @@ def load_loss_network(path: str | Path, device: torch.device | str = "cpu") -> L
     """A network written by :func:`save_loss_network`, read with ``torch.load(..., weights_only=True)``."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"no loss network at {path}; write one with ala_gym.agents.adalfl.save_loss_network")
-    saved = torch.load(path, map_location=device, weights_only=True)
-    network = LossNetwork(AdaLFLConfig(**saved["hyper"]), torch.Generator(device))
+    # Read and built on the CPU, as a new network is (its initial weights are overwritten here), then moved.
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    network = LossNetwork(AdaLFLConfig(**saved["hyper"]), torch.Generator())
     network.load_state_dict(saved["state_dict"])
-    return network
+    return network.to(device)
 
 
 # ---------------------------------------------------------------------------------------------- one unrolled step

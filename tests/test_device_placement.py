@@ -1,14 +1,17 @@
 """Tensors meet on one device: nothing made on the host meets a child's tensors on its device.
 
-On a GPU, an operation that mixes a CUDA tensor with a CPU one (other than a CPU scalar) fails, as does a draw on
-one device from a generator of another; the CPU runs both without a word. No GPU is needed to find them: here the
+On a GPU, an operation that mixes a CUDA tensor with a CPU one (other than a CPU scalar in an element-wise
+operation) fails, as do a draw on one device from a generator of another and ``.numpy()`` of a CUDA tensor; the
+CPU runs them all without a word. No GPU is needed to find them: here the
 children's device is ``cpu:0``, the CPU named with an index, on which torch computes as on the plain CPU but
 which the package passes about as the device it was given (a tensor made on it reports ``cpu``, so a torch
 function mode answers ``cpu:0`` for the tensors it knows to be there). The mode follows every tensor made on that
 device or moved to it, and what is computed from them, and records each operation that mixes one of them with a
 tensor made on the host, as a tensor made without a device would be on a GPU machine. Every workflow below then
 runs as on a GPU, whose errors the records stand for. On a machine with CUDA, ``make test-cuda`` runs the same
-workflows on the GPU itself (the suite hides GPUs otherwise: see ``conftest.py``).
+workflows on the GPU itself (the suite hides GPUs otherwise: see ``conftest.py``). What only a GPU shows: code
+that compares devices (``torch.device("cuda") != torch.device("cuda", 0)``; here every device is ``cpu:0``), and
+CUDA's own branches (its generators' seeding, synchronisation).
 """
 
 from __future__ import annotations
@@ -31,17 +34,32 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 import ala_gym  # noqa: F401  (registers the ids)
 from ala_gym.agents import CONTROLLERS
+from ala_gym.agents.adalfl import AdaLFLConfig, LossNetwork, save_loss_network
+from ala_gym.agents.pbt import PBTConfig
 from ala_gym.benchmarks import adalfl_cost, gpu, overhead, throughput
-from ala_gym.core.data import clear_loaded_datasets, resolve_device
+from ala_gym.core.batched import BatchedTrainer, fused_kernel
+from ala_gym.core.data import clear_loaded_datasets, load_dataset, resolve_device
+from ala_gym.core.losses import PhiLoss
+from ala_gym.core.trainer import TrainConfig
 
 DEVICE = torch.device("cpu", 0)
-MAY_MIX = {"copy_", "to", "__deepcopy__", "_has_compatible_shallow_copy_type"}
+MAY_MIX = {"copy_", "to", "cpu", "__deepcopy__", "_has_compatible_shallow_copy_type"}
 """Operations that take tensors of two devices: copies, a deep copy (its memo holds every tensor copied so far),
 and ``Module.to``'s check of a moved parameter against its old self."""
-ALL_TENSORS_COUNT = {"cat", "stack", "hstack", "vstack"}
-"""Operations that refuse a CPU scalar tensor beside CUDA ones, which others take as a number."""
-INDEXING = {"__getitem__", "__setitem__", "index_put_", "index_put"}
-"""A device tensor may be indexed by host indices (torch copies them over), not a host tensor by device ones."""
+TAKES_CPU_SCALARS = {
+    "add", "sub", "rsub", "mul", "div", "true_divide", "floor_divide", "remainder", "fmod", "pow", "where", "lerp",
+    "addcmul", "addcdiv", "maximum", "minimum", "fmax", "fmin", "eq", "ne", "lt", "le", "gt", "ge", "logical_and",
+    "logical_or", "logical_xor", "bitwise_and", "bitwise_or", "bitwise_xor", "and", "or", "xor", "masked_fill",
+    "copysign", "atan2", "hypot", "fill",
+}  # fmt: skip
+"""Element-wise operations that take a CPU scalar tensor beside CUDA tensors as a number (``device_check: NoCheck``
+in ATen's ``native_functions.yaml``), by their names without underscores (``__radd__``, ``add_``: ``add``).
+Others (``clamp_min``, ``gather``, ``cat``, ``index_add_``, a loss) refuse it like any CPU tensor."""
+HOST_FROM_VALUES = {"tensor", "as_tensor", "asarray"}
+"""Factories that make a tensor from values: on the host unless given a device, even from device scalars (their
+values are read back), but ``as_tensor`` and ``asarray`` of a tensor keep its device."""
+TO_NUMPY = {"numpy", "__array__"}
+"""Reading a tensor as an array, which a CUDA tensor refuses: it is copied to the host (``.cpu()``) first."""
 
 
 def _on_device_named(value: Any) -> bool | None:
@@ -60,6 +78,16 @@ def _caller() -> str:
     package = [f for f in frames if "/ala_gym/" in f.filename or "/agents/" in f.filename or "/benchmarks/" in f.filename]
     chosen = (package or frames)[-2:]
     return " < ".join(f"{Path(frame.filename).name}:{frame.lineno}" for frame in reversed(chosen))
+
+
+def _base_name(name: str) -> str:
+    """``add`` for ``add``, ``add_``, ``__add__``, ``__radd__`` and ``__iadd__``."""
+    bare = name.strip("_")
+    return bare[1:] if name.startswith("__") and bare[:1] in ("r", "i") and bare[1:] in TAKES_CPU_SCALARS else bare
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    return [leaf for leaf in tree_flatten(value)[0] if isinstance(leaf, torch.Tensor)]
 
 
 class SecondDevice(TorchFunctionMode):
@@ -81,9 +109,11 @@ class SecondDevice(TorchFunctionMode):
             tensor = torch._C._functorch.get_unwrapped(tensor)
 
     def place(self, value: Any) -> None:
-        for leaf in tree_flatten(value)[0]:
-            if isinstance(leaf, torch.Tensor):
-                self.on_device[leaf] = True
+        for tensor in _tensors(value):
+            self.on_device[tensor] = True
+
+    def record(self, what: str) -> None:
+        self.mixed[f"{what} at {_caller()}"] += 1
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001  (torch's signature)
         kwargs = kwargs or {}
@@ -97,9 +127,12 @@ class SecondDevice(TorchFunctionMode):
             return func(*args, **kwargs)
 
         inputs = (args[:1], {}) if name == "__deepcopy__" else (args, kwargs)  # its memo holds every tensor copied
-        tensors = [leaf for leaf in tree_flatten(inputs)[0] if isinstance(leaf, torch.Tensor)]
+        tensors = _tensors(inputs)
         on_device = [tensor for tensor in tensors if self.knows(tensor)]
-        named = False if name == "cpu" else _on_device_named(kwargs.get("device"))
+        named = _on_device_named(kwargs.get("device"))
+        made_from_values = name in HOST_FROM_VALUES and not (args and isinstance(args[0], torch.Tensor))
+        if name == "cpu" or (made_from_values and named is None):
+            named = False
         if name == "to":  # to(device), to(other), or to(dtype), which keeps the device
             for arg in (*args[1:], kwargs.get("other")):
                 if isinstance(arg, torch.Tensor):
@@ -108,6 +141,8 @@ class SecondDevice(TorchFunctionMode):
                     named = _on_device_named(arg)
         self._check(name, args, kwargs, tensors, on_device, named)
         result = func(*args, **kwargs)
+        if named is False and any(result is tensor for tensor in on_device):
+            result = result.clone()  # a copy to the host, as on a GPU: the CPU gives back the same tensor
         if named or (named is None and on_device):
             self.place(result)
         return result
@@ -117,30 +152,31 @@ class SecondDevice(TorchFunctionMode):
         if generator is not None and id(generator) in self.generators:
             draws_on_device = named if named is not None else bool(on_device)
             if self.generators[id(generator)] != draws_on_device:
-                where = "device" if draws_on_device else "host"
-                self.mixed[f"{name} on the {where} from a generator of the other at {_caller()}"] += 1
-        if name in INDEXING:
-            indexed, index = args[0], args[1] if len(args) > 1 else None
-            index_on_device = any(isinstance(leaf, torch.Tensor) and self.knows(leaf) for leaf in tree_flatten(index)[0])
-            if isinstance(indexed, torch.Tensor) and not self.knows(indexed) and index_on_device:
-                self.mixed[f"{name} of a host tensor by device indices at {_caller()}"] += 1
+                self.record(f"{name} on the {'device' if draws_on_device else 'host'} from a generator of the other")
+        if name in TO_NUMPY and on_device:
+            self.record(f"{name} of a device tensor")
+        if not on_device or name in MAY_MIX or named is not None:
             return
-        # A CPU scalar passes as a number beside CUDA tensors, but not as the tensor written to.
+        if name == "__getitem__":  # host indices are copied over; a host tensor refuses device indices
+            if not self.knows(args[0]) and args[0].dim() > 0:
+                self.record("__getitem__ of a host tensor by device indices")
+            return
+        if name in ("__setitem__", "index_put_", "index_put"):  # the indices follow the indexed tensor, not the values
+            target, values = args[0], args[2] if len(args) > 2 else None
+            if isinstance(values, torch.Tensor) and values.dim() > 0 and self.knows(values) != self.knows(target):
+                self.record(f"{name} of {'device' if self.knows(values) else 'host'} values into the other")
+            return
+        # A CPU scalar passes as a number in element-wise operations, never as the tensor written to.
         written = args[0] if args and (name.endswith("_") or name.startswith("__i")) else kwargs.get("out")
-        host = [
-            t for t in tensors if not self.knows(t) and (t.dim() > 0 or name in ALL_TENSORS_COUNT or t is written)
-        ]
-        if on_device and host and name not in MAY_MIX and named is None:
+        takes_scalars = _base_name(name) in TAKES_CPU_SCALARS
+        host = [t for t in tensors if not self.knows(t) and (t.dim() > 0 or not takes_scalars or t is written)]
+        if host:
             shapes = ", ".join(f"{'device' if self.knows(t) else 'host'}{list(t.shape)}" for t in tensors)
-            self.mixed[f"{name}({shapes}) at {_caller()}"] += 1
+            self.record(f"{name}({shapes})")
 
 
 ON_DEVICE = WeakIdKeyDictionary()
 """The tensors on the device, known across tests: what a test leaves in a cache is on the device in the next."""
-GENERATORS: dict[int, bool] = {}
-"""Whether each generator made under the mode is on the device, by id."""
-MADE: list[torch.Generator] = []
-"""Those generators, kept alive so that their ids stay theirs."""
 
 
 @pytest.fixture
@@ -149,17 +185,22 @@ def second_device(monkeypatch: pytest.MonkeyPatch) -> Iterator[SecondDevice]:
     generators (their device is not a tensor's), parameters wrapped around a device tensor, and vmap's outputs.
     Datasets are read afresh, under the mode."""
     clear_loaded_datasets()
-    mode = SecondDevice(ON_DEVICE, GENERATORS)
+    mode = SecondDevice(ON_DEVICE, {})
     generator_class = torch.Generator
     parameter_new = torch.nn.Parameter.__new__
     flat_vmap = functorch_vmap._flat_vmap
+    made: list[torch.Generator] = []  # kept alive, so that their ids stay theirs
 
     class FollowedGenerator(generator_class):  # type: ignore[misc, valid-type]
         def __new__(cls, device: Any = "cpu") -> FollowedGenerator:
             generator = super().__new__(cls, device)
             mode.generators[id(generator)] = bool(_on_device_named(device))
-            MADE.append(generator)
+            made.append(generator)
             return generator
+
+        @property
+        def device(self) -> torch.device:
+            return DEVICE if mode.generators.get(id(self)) else super().device
 
     def new_parameter(cls, data=None, requires_grad=True):  # noqa: ANN001, ANN202
         parameter = parameter_new(cls, data, requires_grad)
@@ -169,7 +210,7 @@ def second_device(monkeypatch: pytest.MonkeyPatch) -> Iterator[SecondDevice]:
 
     def followed_vmap(func, batch_size, in_dims, flat_args, *args, **kwargs):  # noqa: ANN001, ANN202
         result = flat_vmap(func, batch_size, in_dims, flat_args, *args, **kwargs)
-        if any(isinstance(arg, torch.Tensor) and mode.knows(arg) for arg in tree_flatten(flat_args)[0]):
+        if any(mode.knows(arg) for arg in _tensors(flat_args)):
             mode.place(result)
         return result
 
@@ -189,19 +230,34 @@ def test_the_mode_records_a_host_tensor_beside_a_device_one_and_passes_what_a_gp
     assert on_device.device == moved.device == DEVICE and (on_device * 2).device == DEVICE
     _ = on_device + moved + torch.tensor(2.0)  # a CPU scalar: a GPU takes it as a number
     _ = on_device[torch.tensor([0, 1])]  # host indices into a device tensor
+    on_device[torch.tensor([0])] = torch.tensor(1.0)  # a host scalar written into it
+    torch.zeros(3)[on_device.long()] = 1.0  # device indices into a host tensor: index_put moves them over
     on_device.copy_(torch.zeros(3))  # a copy between the two
-    assert not second_device.mixed
-    _ = on_device + torch.ones(3)
-    _ = torch.stack([on_device.sum(), torch.tensor(1.0)])
-    _ = torch.ones(3)[on_device.long()]
-    _ = torch.randperm(3, generator=torch.Generator().manual_seed(0), device=DEVICE)
-    _ = torch.randperm(3, generator=torch.Generator(DEVICE).manual_seed(0))
+    host = on_device.cpu()  # a copy to the host, beside host tensors
     total = torch.zeros(())
-    total += on_device.sum()
-    found = list(second_device.mixed)
-    expected = ["add", "stack", "__getitem__", "randperm", "randperm", "add_"]
-    assert [entry.split("(")[0].split(" ")[0] for entry in found] == expected
-    assert all("test_device_placement.py" in entry for entry in found), found
+    total += on_device.sum().cpu()
+    _ = host + torch.ones(3) + torch.ones(3)[on_device.cpu().long()]
+    _ = np.asarray(on_device.cpu())
+    assert host.device == torch.device("cpu") and torch.Generator(DEVICE).device == DEVICE
+    assert not second_device.mixed, dict(second_device.mixed)
+    wrong = [
+        lambda: on_device + torch.ones(3),
+        lambda: on_device.clamp_min(torch.tensor(0.0)),  # not element-wise in the NoCheck sense: refuses a CPU scalar
+        lambda: torch.stack([on_device.sum(), torch.tensor(1.0)]),
+        lambda: torch.ones(3)[on_device.long()],
+        lambda: on_device.__setitem__(torch.tensor([0, 1]), torch.ones(2)),
+        lambda: torch.zeros(()).add_(on_device.sum()),
+        lambda: on_device + on_device.cpu(),
+        lambda: on_device * torch.tensor([on_device.sum(), on_device.sum(), 1.0]),  # values read back to the host
+        lambda: on_device.numpy(),
+        lambda: torch.randperm(3, generator=torch.Generator().manual_seed(0), device=DEVICE),
+        lambda: torch.randperm(3, generator=torch.Generator(DEVICE).manual_seed(0)),
+    ]
+    for index, operation in enumerate(wrong):
+        before = sum(second_device.mixed.values())
+        operation()
+        assert sum(second_device.mixed.values()) == before + 1, index
+    assert all("test_device_placement.py" in entry for entry in second_device.mixed), dict(second_device.mixed)
 
 
 def test_a_module_moved_and_a_vmapped_output_are_on_the_device(second_device) -> None:
@@ -241,14 +297,13 @@ TINY = dict(total_iterations=20, steps_per_action=5, eval_points=1)
 METRIC = dict(dataset="digits", batch_size=20, samples_per_class=4)
 
 
-def _episode(envs: gym.vector.VectorEnv) -> None:
-    """One whole episode of every child, actions sampled from the action space."""
+def _steps(envs: gym.vector.VectorEnv, steps: int = 9) -> None:
+    """``steps`` steps of every child, actions sampled from the action space: past a TINY episode's 4 steps, so
+    that each child is reset (autoreset) and trains on."""
     envs.action_space.seed(0)
     envs.reset(seed=0)
-    done = np.zeros(envs.num_envs, dtype=bool)
-    while not done.all():
-        _, _, terminated, truncated, _ = envs.step(envs.action_space.sample())
-        done |= terminated | truncated
+    for _ in range(steps):
+        envs.step(envs.action_space.sample())
 
 
 @pytest.mark.parametrize(
@@ -256,36 +311,60 @@ def _episode(envs: gym.vector.VectorEnv) -> None:
     [
         ("ALA-Digits-v0", {"train_mode": "sequential"}),
         ("ALA-Digits-v0", {"train_mode": "batched", "loss_form": "sigmoid"}),
-        ("ALA-Digits-v0", {"train_mode": "batched", "model": "small_cnn"}),
+        ("ALA-Digits-v0", {"train_mode": "batched", "model": "small_cnn", "train_size": 200}),
+        ("ALA-CIFAR10-v0", {"model": "small_cnn", "batch_size": 8, "download": False}),  # augmented batches
         ("ALA-Digits-AUCPR-v0", {}),
         ("ALA-FashionMNIST-Margin-v0", METRIC),
         ("ALA-FashionMNIST-Triplet-v0", METRIC),
     ],
 )
-def test_an_episode_of_two_children_keeps_to_one_device(placement: Placement, env_id: str, kwargs: dict) -> None:
-    envs = gym.make_vec(env_id, num_envs=2, **{**TINY, **kwargs, "device": placement.device})
+def test_two_childrens_episodes_and_resets_keep_to_one_device(
+    placement: Placement, env_id: str, kwargs: dict, tiny_cifar_dir: Path
+) -> None:
+    data = {"data_root": str(tiny_cifar_dir)} if env_id == "ALA-CIFAR10-v0" else {}
+    envs = gym.make_vec(env_id, num_envs=2, **{**TINY, **kwargs, **data, "device": placement.device})
     try:
-        _episode(envs)
+        _steps(envs)
     finally:
         envs.close()
     placement.check()
 
 
+def test_batched_children_some_not_training_and_one_copied_keep_to_one_device(placement: Placement) -> None:
+    """A diverged child, or one awaiting its reset, sits out its children's iterations; PBT copies one child
+    over another."""
+    data = load_dataset("digits", device=placement.device)
+    trainer = BatchedTrainer(data, TrainConfig(model="mlp", total_iterations=20, batch_size=32), [0, 1, 2])
+    losses = [PhiLoss(torch.eye(10, device=data.device)) for _ in range(3)]
+    params = torch.stack([loss.params for loss in losses])
+    for active in ([True, True, True], [True, False, True], [False, True, True]):
+        trainer.train_step(params, np.array(active), losses[0], fused_kernel(losses))
+    trainer.copy_child(0, 2)
+    trainer.reset_child(1, 7)
+    trainer.train_step(params, np.ones(3, dtype=bool), losses[0], None)
+    placement.check()
+
+
 @pytest.mark.parametrize(
-    ("name", "kwargs"),
+    ("name", "kwargs", "env_id", "env_kwargs"),
     [
-        ("confusion", {}),
-        ("online-smoothing", {}),
-        ("reinforce-multi", {}),
-        ("reinforce-transfer-frozen", {}),
-        ("pbt", {"num_envs": 2}),
-        ("adalfl", {}),
-        ("learnloss", {}),
+        ("confusion", {}, "ALA-Digits-v0", {}),
+        ("online-smoothing", {}, "ALA-Digits-v0", {}),
+        ("reinforce-multi", {}, "ALA-Digits-v0", {}),
+        ("reinforce-transfer-frozen", {}, "ALA-Digits-v0", {}),
+        ("pbt", {"num_envs": 2, "config": PBTConfig(interval=1)}, "ALA-Digits-v0", {}),  # an exploit every step
+        ("adalfl", {}, "ALA-Digits-v0", {}),
+        ("learnloss", {}, "ALA-Digits-v0", {}),
+        ("auc-pairwise", {}, "ALA-Digits-AUCPR-v0", {}),
+        ("fixed-loss", {}, "ALA-FashionMNIST-Margin-v0", METRIC),
+        ("fixed-loss", {}, "ALA-FashionMNIST-Triplet-v0", METRIC),
     ],
 )
-def test_a_controllers_run_keeps_to_one_device(placement: Placement, name: str, kwargs: dict) -> None:
+def test_a_controllers_run_keeps_to_one_device(
+    placement: Placement, name: str, kwargs: dict, env_id: str, env_kwargs: dict
+) -> None:
     controller = CONTROLLERS[name](**kwargs)
-    envs = controller.make_envs("ALA-Digits-v0", **TINY, device=placement.device)
+    envs = controller.make_envs(env_id, **TINY, **env_kwargs, device=placement.device)
     try:
         records = controller.run(envs, seed=0)
     finally:
@@ -294,10 +373,24 @@ def test_a_controllers_run_keeps_to_one_device(placement: Placement, name: str, 
     placement.check()
 
 
-def test_the_gpu_suites_parts_keep_to_one_device(placement: Placement, tmp_path) -> None:
+def test_adalfl_from_a_saved_loss_network_keeps_to_one_device(placement: Placement, tmp_path: Path) -> None:
+    path = tmp_path / "loss.pt"
+    save_loss_network(LossNetwork(AdaLFLConfig(), torch.Generator().manual_seed(0)), path)
+    controller = CONTROLLERS["adalfl"](config=AdaLFLConfig(init_path=str(path)))
+    envs = controller.make_envs("ALA-Digits-v0", **TINY, device=placement.device)
+    try:
+        (record,) = controller.run(envs, seed=0)
+    finally:
+        envs.close()
+    assert not record.diverged
+    placement.check()
+
+
+def test_the_gpu_suites_parts_keep_to_one_device(placement: Placement, tmp_path: Path) -> None:
     """What ``make gpu-check`` measures in its own process, at token budgets: the env step and the plain loop it
     is timed against, AdaLFL's step, N children's steps and their batched kernels alone, a meta-training
-    generation, and the device paths."""
+    generation, and the device paths (batched ResNet children, whose BatchNorm runs under vmap; a
+    metric-learning env on Fashion-MNIST)."""
     device = torch.device(placement.device)
     assert overhead.measure("digits", device, repeats=1, steps_per_action=2)
     assert adalfl_cost.measure("digits", device, iterations=1, repeats=1, data_root=None)["adalfl_vs_ce"] > 0
@@ -308,12 +401,15 @@ def test_the_gpu_suites_parts_keep_to_one_device(placement: Placement, tmp_path)
     assert throughput.measure(config)["iterations_per_s"] > 0
     throughput.batched_gradients(config)()
     assert gpu.meta_generation(placement.device, "tiny", tmp_path)["children"] > 0
-    gpu.device_paths(placement.device, "tiny", tmp_path, datasets=())
+    paths = gpu.device_paths(placement.device, "tiny", tmp_path, datasets=("digits", "fashion-mnist"))
+    assert [path["env"] for path in paths] == ["ALA-Digits-v0", "ALA-FashionMNIST-Margin-v0"]
     placement.check()
 
 
 def test_the_suite_computes_on_the_cpu_on_a_machine_with_a_gpu() -> None:
     """conftest.py hides any GPU from the suite (and from the command lines it starts), so that ``"auto"`` is the
-    CPU and every recorded float is compared where it was recorded."""
+    CPU and every recorded float is compared where it was recorded (``make test-cuda`` shows it)."""
+    if os.environ.get("ALA_GYM_TEST_CUDA") == "1":
+        pytest.skip("make test-cuda shows the GPU")
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "" and not torch.cuda.is_available()
     assert resolve_device("auto") == torch.device("cpu")
