@@ -388,7 +388,7 @@ def test_adalfl_from_a_saved_loss_network_keeps_to_one_device(placement: Placeme
 
 def test_the_gpu_suites_parts_keep_to_one_device(placement: Placement, tmp_path: Path) -> None:
     """What ``make gpu-check`` measures in its own process, at token budgets: the env step and the plain loop it
-    is timed against, AdaLFL's step, N children's steps and their batched kernels alone, a meta-training
+    is timed against, AdaLFL's step, N children's steps, their batched kernels and their products alone, a meta-training
     generation, and the device paths (batched ResNet children, whose BatchNorm runs under vmap; a
     metric-learning env on Fashion-MNIST)."""
     device = torch.device(placement.device)
@@ -400,6 +400,7 @@ def test_the_gpu_suites_parts_keep_to_one_device(placement: Placement, tmp_path:
     )  # fmt: skip
     assert throughput.measure(config)["iterations_per_s"] > 0
     throughput.batched_gradients(config)()
+    assert throughput.product_rate({**config, "seconds": 0.01})["flops"] > 0  # the products replayed on the device
     assert gpu.meta_generation(placement.device, "tiny", tmp_path)["children"] > 0
     paths = gpu.device_paths(placement.device, "tiny", tmp_path, datasets=("digits", "fashion-mnist"))
     assert [path["env"] for path in paths] == ["ALA-Digits-v0", "ALA-FashionMNIST-Margin-v0"]
