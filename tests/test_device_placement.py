@@ -330,6 +330,36 @@ def test_two_childrens_episodes_and_resets_keep_to_one_device(
     placement.check()
 
 
+class OwnNet(torch.nn.Module):
+    """A model of one's own, with dropout: its forward passes draw under generators the package seeds per child
+    (CUDA's own on a GPU)."""
+
+    def __init__(self, input_shape: tuple[int, ...], num_outputs: int) -> None:
+        super().__init__()
+        self.layers = torch.nn.Sequential(
+            torch.nn.Linear(input_shape[0], 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU(), torch.nn.Dropout(0.2),
+            torch.nn.Linear(16, num_outputs),
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+def test_data_and_a_model_of_ones_own_keep_to_one_device(placement: Placement) -> None:
+    generator = np.random.default_rng(0)
+    features, labels = generator.normal(size=(200, 5)), np.arange(200) % 3
+    dataset = (features[:160], labels[:160], features[160:], labels[160:])
+    envs = gym.make_vec(
+        "ALA-Classification-v0", num_envs=2, dataset=dataset, model=OwnNet, val_size=40, batch_size=16,
+        **TINY, device=placement.device,
+    )  # fmt: skip
+    try:
+        _steps(envs)
+    finally:
+        envs.close()
+    placement.check()
+
+
 def test_batched_children_some_not_training_and_one_copied_keep_to_one_device(placement: Placement) -> None:
     """A diverged child, or one awaiting its reset, sits out its children's iterations; PBT copies one child
     over another."""
