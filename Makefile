@@ -44,7 +44,7 @@ gpu-check: $(STAMP) fashion-mnist
 
 # The tests marked cuda on the GPU that make test hides (tests/conftest.py): tests/test_device_placement.py's workflows
 # and AdaLFL's run on CUDA, on a machine with one.
-test-cuda: $(STAMP)
+test-cuda: $(STAMP) fashion-mnist
 	@$(PY) -c "import sys, torch; torch.cuda.is_available() or sys.exit(print('make test-cuda: torch sees no CUDA GPU; run it on a machine with one', file=sys.stderr) or 2)"
 	ALA_GYM_TEST_CUDA=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q -m cuda
 
