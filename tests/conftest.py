@@ -53,6 +53,7 @@ WHOLE_MODULES = {"test_wheel", "test_agents"}
 """Modules whose module-scoped fixtures are expensive (a built wheel, trained policies)."""
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own, which reads the groups then (else it finds none)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Groups for pytest-xdist's ``--dist loadgroup`` (``make test`` runs two workers): every test that starts Ray
     runs on one worker, one at a time, as in a serial run, and so do the docs site's tests, whose fixture starts
