@@ -56,7 +56,7 @@ test: $(STAMP) fashion-mnist chromium
 
 # The suite's core on the oldest dependencies setup.cfg admits (requirements-oldest.txt), in a virtual environment of
 # its own, on Python 3.10 or 3.11 (the oldest releases have no wheels for newer ones); not part of make test (its
-# installs take minutes). torch and torchvision are $(TORCH); pytest is bounded as setup.cfg's dev extra bounds it.
+# installs take minutes). torch and torchvision are $(TORCH); pytest and pytest-xdist are bounded as setup.cfg's dev extra bounds them.
 OLDEST_VENV ?= .venv-oldest
 OLDEST_TESTS := tests/test_core.py tests/test_data.py tests/test_env.py tests/test_vector.py tests/test_spec.py \
 	tests/test_episode.py tests/test_losses.py tests/test_metrics.py tests/test_trainer.py tests/test_batched.py \
@@ -68,7 +68,7 @@ test-oldest: fashion-mnist
 	test -x $(OLDEST_VENV)/bin/python || $(PYTHON) -m venv $(OLDEST_VENV)
 	$(OLDEST_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(OLDEST_VENV)/bin/python -m pip install --quiet $(TORCH)
-	$(OLDEST_VENV)/bin/python -m pip install --quiet -r requirements-oldest.txt 'pytest<9.2' pytest-xdist
+	$(OLDEST_VENV)/bin/python -m pip install --quiet -r requirements-oldest.txt 'pytest>=7,<9.2' 'pytest-xdist>=3.5,<4'
 	$(OLDEST_VENV)/bin/python -m pip install --quiet --no-deps -e .
 	OMP_NUM_THREADS=1 $(OLDEST_VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup $(OLDEST_TESTS)
 

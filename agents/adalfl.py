@@ -185,7 +185,8 @@ def load_loss_network(path: str | Path, device: torch.device | str = "cpu") -> L
     """A network written by :func:`save_loss_network`, read with ``torch.load(..., weights_only=True)``."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"no loss network at {path}; write one with ala_gym.agents.adalfl.save_loss_network")
-    # Read and built on the CPU, as a new network is (its initial weights are overwritten here), then moved.
+    # Read on the CPU, whatever device it was saved from, and built there as a new network is (load_state_dict
+    # overwrites its initial weights); then moved to the device.
     saved = torch.load(path, map_location="cpu", weights_only=True)
     network = LossNetwork(AdaLFLConfig(**saved["hyper"]), torch.Generator())
     network.load_state_dict(saved["state_dict"])

@@ -97,19 +97,23 @@ def _committed_files() -> dict[Path, tuple[int, int]]:
 
 
 def _not_ignored(paths: list[str]) -> list[str]:
-    """``paths`` but those git ignores: what ``make demo`` or a benchmark's ``runs/`` write beside the committed
-    results while the suite runs is no test's doing. All of them outside a git checkout."""
-    if not paths:
+    """``paths`` but those in a folder of results that git ignores whole: what ``make demo`` writes into its own
+    folder while the suite runs is no test's doing. A run in a committed comparison's ``runs/`` still counts (the
+    comparison would resume from it). All of them outside a git checkout."""
+    folders = {path: "/".join(Path(path).parts[:3]) + "/" for path in paths if Path(path).parts[:2] == ("benchmarks", "results")}
+    if not folders:
         return paths
     try:
-        ignored = subprocess.run(
-            ["git", "check-ignore", "--stdin"], cwd=ROOT, input="\n".join(paths), capture_output=True, text=True, check=False
-        )
+        done = subprocess.run(
+            ["git", "check-ignore", "--stdin"], cwd=ROOT, input="\n".join(sorted(set(folders.values()))),
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
     except OSError:  # no git
         return paths
-    if ignored.returncode not in (0, 1):  # 1: none ignored; anything else: not a checkout
+    if done.returncode not in (0, 1):  # 1: none ignored; anything else: not a checkout
         return paths
-    return [path for path in paths if path not in set(ignored.stdout.splitlines())]
+    ignored = set(done.stdout.splitlines())
+    return [path for path in paths if folders.get(path) not in ignored]
 
 
 @pytest.fixture(autouse=True)

@@ -231,11 +231,14 @@ def test_controller_specs_carry_env_keywords_and_bad_input_exits_2(results_dir, 
         assert caught.value.code == 2 and message in error and "Traceback" not in error, argv
 
 
-def test_the_committed_results_guard_leaves_out_what_git_ignores() -> None:
-    """``make demo``'s folder and a comparison's ``runs/`` may change while the suite runs (a benchmark beside it):
-    no test's doing, so conftest's guard of the committed results does not fail the test then running."""
+def test_the_committed_results_guard_leaves_out_only_what_make_demo_writes() -> None:
+    """``make demo``'s folder may change while the suite runs (a demo beside it): no test's doing, so conftest's
+    guard of the committed results does not fail the test then running. A run file in a committed comparison's
+    ``runs/`` still counts, since the comparison would take it for a finished run."""
+    if shutil.which("git") is None or not (Path(__file__).resolve().parents[1] / ".git").exists():
+        pytest.skip("the guard tells what git ignores only in a git checkout")
     from conftest import _not_ignored
 
     written = ["benchmarks/results/demo-digits/table.md", "benchmarks/results/digits/runs/ce-0.json", "benchmarks/results/digits/table.md"]
-    assert _not_ignored(written) == ["benchmarks/results/digits/table.md"]
+    assert _not_ignored(written) == written[1:]
     assert _not_ignored([]) == []

