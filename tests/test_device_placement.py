@@ -44,7 +44,7 @@ from ala_gym.core.losses import PhiLoss
 from ala_gym.core.trainer import TrainConfig
 
 DEVICE = torch.device("cpu", 0)
-MAY_MIX = {"copy_", "to", "cpu", "__deepcopy__", "_has_compatible_shallow_copy_type"}
+MAY_MIX = {"copy_", "to", "__deepcopy__", "_has_compatible_shallow_copy_type"}
 """Operations that take tensors of two devices: copies, a deep copy (its memo holds every tensor copied so far),
 and ``Module.to``'s check of a moved parameter against its old self."""
 TAKES_CPU_SCALARS = {
