@@ -3,6 +3,7 @@ state into another, saving and restoring a single env's state bit for bit."""
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import replace
 
 import gymnasium as gym
@@ -49,14 +50,43 @@ def test_a_single_env_state_restores_bit_for_bit() -> None:
     twin.set_state(state)
     assert _same(ahead, _trace(twin, 3))
     # An episode setting alone (same training, same spaces) counts too: gamma weighs the rewards of the rest of the run.
-    for other in ({"history": 5}, {"total_iterations": 2 * TINY["total_iterations"]}, {"lr": 0.01}, {"gamma": 0.5}):
-        with pytest.raises(ValueError, match="state was saved by an env of another training, episode or spaces"):
+    # So do the loss (the metric flips the reward's sign; beta sizes the actions) and the data's split (another split
+    # would train on this one's validation samples).
+    others = (
+        {"history": 5}, {"total_iterations": 2 * TINY["total_iterations"]}, {"lr": 0.01}, {"gamma": 0.5},
+        {"metric": "accuracy"}, {"beta": 0.5}, {"split_seed": 1}, {"val_subsample": 100}, {"train_size": 500},
+    )  # fmt: skip
+    for other in others:
+        with pytest.raises(ValueError, match="state was saved by an env of another data split, training, loss, metric"):
             gym.make("ALA-Digits-v0", **{**TINY, **other}).unwrapped.set_state(state)
     env.close()
     with pytest.raises(RuntimeError, match="this env is closed"):
         env.set_state(state)
     with pytest.raises(RuntimeError, match="this env is closed"):
         env.get_state()
+
+
+def test_a_state_moves_to_an_env_of_the_same_samples_and_trains_on_its_data() -> None:
+    """A state pickled (as to another process) restores into an env of the same samples, where the child trains on
+    that env's data, not on a copy; an env of other samples of the same shapes refuses it."""
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(300, 8)).astype(np.float32), rng.integers(0, 3, 300)
+    own = dict(total_iterations=40, steps_per_action=10, batch_size=32, val_subsample=40, val_size=60, device="cpu")
+
+    def make(features: np.ndarray) -> gym.Env:
+        return gym.make("ALA-Classification-v0", dataset=(features, y, features[:50], y[:50]), **own).unwrapped
+
+    env = make(x)
+    env.reset(seed=1)
+    env.step(np.ones(env.action_space.shape, dtype=np.int64))
+    state = pickle.loads(pickle.dumps(env.get_state()))
+    ahead = [env.step(np.full(env.action_space.shape, 2))[0] for _ in range(2)]
+    twin = make(x.copy())
+    twin.set_state(state)
+    assert twin.trainer.data is twin.data
+    assert all(np.array_equal(a, twin.step(np.full(env.action_space.shape, 2))[0]) for a in ahead)
+    with pytest.raises(ValueError, match="state was saved by an env of other data"):
+        make(x + 1.0).set_state(state)
 
 
 @pytest.mark.parametrize("train_mode", ["sequential", "batched"])

@@ -206,6 +206,21 @@ class ClassificationData:
         shape = (1, -1) + (1,) * (images.dim() - 2)
         return (x - self.mean.view(shape)) / self.std.view(shape)
 
+    def same_samples(self, other: ClassificationData) -> bool:
+        """Whether ``other`` holds the same samples, split the same way, on the same device (the same object, or
+        equal tensors: a copy made in another process)."""
+        if other is self:
+            return True
+        def kind(data: ClassificationData) -> tuple:
+            return data.name, data.num_classes, data.augment, data.device
+
+        if kind(self) != kind(other):
+            return False
+        tensors = [(getattr(self, s).images, getattr(other, s).images) for s in ("train", "val", "test")]
+        tensors += [(getattr(self, s).labels, getattr(other, s).labels) for s in ("train", "val", "test")]
+        tensors += [(self.mean, other.mean), (self.std, other.std)]
+        return all(a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b) for a, b in tensors)
+
     @cached_property
     def normalized_train(self) -> torch.Tensor:
         """The training images normalised once (float32; batches without augmentation index it): the same

@@ -10,6 +10,7 @@ with the task's evaluator and delegates actions, rewards and observations to an
 from __future__ import annotations
 
 import copy
+import dataclasses
 import multiprocessing
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +30,8 @@ from ala_gym.envs.task import N_ACTIONS, LossTask
 
 STATE_KEY = "ala_gym_env_state"  # marks a dict as one of ALAEnv.get_state's
 SETTINGS_KEY = "ala_gym_env_settings"  # what the state fits: an env of other settings refuses it
+DATA_KEY = "ala_gym_env_data"  # the dataset the saved child trains on (shared with the env, never copied)
+MACHINE_SETTINGS = ("data_root", "download", "device")  # where the data is read and computed: not what it is
 
 
 class ALAEnv(gym.Env):
@@ -140,26 +143,46 @@ class ALAEnv(gym.Env):
         if self.trainer is None:
             raise RuntimeError("nothing to save before reset(): call reset() first")
         state = (self.trainer, self.episode, self.np_random, self._last_info)
-        return {STATE_KEY: copy.deepcopy(state, memo={id(self.data): self.data}), SETTINGS_KEY: self._settings()}
+        return {
+            STATE_KEY: copy.deepcopy(state, memo={id(self.data): self.data}),
+            SETTINGS_KEY: self._settings(),
+            DATA_KEY: self.data,
+        }
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Restore a state of :meth:`get_state` (the state itself is left as it was, to restore again) into this
-        env or another made with the same training, episode and spaces."""
-        if not isinstance(state, dict) or STATE_KEY not in state:
+        env or another made with the same keywords: the same data and split, training, loss and metric, episode
+        and spaces (where the data is read from may differ)."""
+        if not isinstance(state, dict) or STATE_KEY not in state or DATA_KEY not in state:
             raise ValueError("state must be a dict returned by this env's get_state()")
         self._check_open()
         if state.get(SETTINGS_KEY) != self._settings():
             raise ValueError(
-                "state was saved by an env of another training, episode or spaces: restore it into an env made with "
-                "the same keywords"
+                "state was saved by an env of another data split, training, loss, metric, episode or spaces: restore "
+                "it into an env made with the same keywords"
             )
+        saved_data = state[DATA_KEY]
+        if not (isinstance(saved_data, ClassificationData) and saved_data.same_samples(self.data)):
+            raise ValueError(
+                "state was saved by an env of other data (other samples or device): restore it into an env made "
+                "with the same dataset and keywords"
+            )
+        # The restored child trains on this env's data (the same samples, checked above), never on a copy.
         self.trainer, self.episode, self.np_random, self._last_info = copy.deepcopy(
-            state[STATE_KEY], memo={id(self.data): self.data}
+            state[STATE_KEY], memo={id(saved_data): self.data}
         )
 
     def _settings(self) -> tuple:
-        """What a saved state must fit: the child's training, the episode's rules and the spaces."""
-        return self.task_spec.train, self.task_spec.episode, self.observation_space, self.action_space
+        """What a saved state must fit: the data's split (not where it is read from: the samples themselves are
+        compared by :meth:`set_state`), the child's training, the loss and its metric, the episode's rules and
+        the spaces."""
+        spec = self.task_spec
+        data = tuple(
+            (f.name, value if isinstance(value := getattr(spec.data, f.name), str | int | None) else "own data")
+            for f in dataclasses.fields(spec.data)
+            if f.name not in MACHINE_SETTINGS
+        )
+        return data, spec.train, _comparable(spec.loss), spec.episode, self.observation_space, self.action_space
 
     def evaluate_split(self, split: str) -> Evaluation:
         """The current child's :class:`ala_gym.core.metrics.Evaluation` on the full ``"val"`` or ``"test"`` split."""
@@ -177,6 +200,17 @@ class ALAEnv(gym.Env):
     @phi.setter
     def phi(self, value: np.ndarray) -> None:
         self.episode.task.phi = value
+
+
+def _comparable(loss: Any) -> Any:
+    """A task's loss part as a value ``==`` can compare: its fields, arrays as nested lists (the package's loss
+    dataclasses compare by identity, since an array has no truth value); any other object as it is."""
+    if not dataclasses.is_dataclass(loss):
+        return loss
+    return type(loss).__qualname__, tuple(
+        (f.name, value.tolist() if isinstance(value := getattr(loss, f.name), np.ndarray) else value)
+        for f in dataclasses.fields(loss)
+    )
 
 
 def set_threads(num_threads: int | None) -> None:
