@@ -690,3 +690,27 @@ def test_a_child_that_ends_unmeasured_ranks_last(monkeypatch) -> None:
     outcomes = run_children(trainer.policy, [trainer.theta.detach()] * 2, generation_plan(config, 0), config)
     assert -1.0 <= outcomes.fitness[0] <= 0.0 and outcomes.fitness[1] == -np.inf
     assert np.isfinite(outcomes.val_loss[0]) and outcomes.val_loss[1] == np.inf
+
+
+def test_the_fitness_is_each_childs_final_validation_metric_never_its_test_metric(monkeypatch) -> None:
+    """Each child's fitness is minus its env's ``final_val_metric`` (an error: lower is better) and its validation
+    loss the env's ``final_val_loss``; the test split, which the env reports beside them, plays no part."""
+    make_vec = meta_train_module.gym.make_vec
+    finals: dict[int, dict[str, float]] = {}
+
+    class RecordFinals(EnvsProxy):
+        def step(self, actions):
+            observations, rewards, terminations, truncations, infos = self.envs.step(actions)
+            for child in map(int, np.flatnonzero(infos.get("_final_val_metric", []))):
+                finals[child] = {key: float(infos[key][child]) for key in ("final_val_metric", "final_val_loss", "test_metric")}
+            return observations, rewards, terminations, truncations, infos
+
+    monkeypatch.setattr(meta_train_module.gym, "make_vec", lambda *args, **kwargs: RecordFinals(make_vec(*args, **kwargs)))
+    config = tiny(population=2)
+    trainer = MetaTrainer(config)
+    outcomes = run_children(trainer.policy, [trainer.theta.detach()] * 4, generation_plan(config, 0), config)
+    assert sorted(finals) == [0, 1, 2, 3]
+    np.testing.assert_array_equal(outcomes.fitness, [-finals[c]["final_val_metric"] for c in range(4)])
+    np.testing.assert_array_equal(outcomes.val_loss, [finals[c]["final_val_loss"] for c in range(4)])
+    # The two splits score these children differently, so a fitness read from the test split would fail above.
+    assert any(finals[c]["test_metric"] != finals[c]["final_val_metric"] for c in range(4))
