@@ -120,18 +120,19 @@ def test_sequential_vector_env_equals_single_envs_bit_for_bit(make_vec) -> None:
     assert not np.array_equal(vector["obs"][1][0], vector["obs"][1][1])
 
 
-def test_batched_children_are_what_the_docstring_promises() -> None:
-    """Batched child i vs ``single.reset(seed=s + i)``: reset and first step agree to float tolerance, Phi
-    follows the actions exactly at every step, and a batched run repeats itself bit for bit (later
-    metrics may drift apart from the single env's: another float order of a chaotic process)."""
-    num_envs, seed = 2, 7
+@pytest.mark.parametrize("model", ["mlp", "small_cnn"])
+def test_batched_children_are_what_the_docstring_promises(model: str) -> None:
+    """Batched child i vs ``single.reset(seed=s + i)``: reset and (for the MLP and the small CNN) first step agree
+    to float tolerance, Phi follows the actions exactly at every step, and a batched run repeats itself bit for
+    bit (later metrics may drift apart from the single env's: another float order of a chaotic process)."""
+    num_envs, seed, kwargs = 2, 7, {**TINY, "model": model}
     actions = action_plan(num_envs, STEPS, seed=3)
-    batched = [run_vector(gym.make_vec(ENV_ID, num_envs=num_envs, train_mode="batched", **TINY), actions, seed)
+    batched = [run_vector(gym.make_vec(ENV_ID, num_envs=num_envs, train_mode="batched", **kwargs), actions, seed)
                for _ in range(2)]
     for key in ("obs", "rewards"):
         np.testing.assert_array_equal(np.array(batched[0][key]), np.array(batched[1][key]))
     for child in range(num_envs):
-        env = gym.make(ENV_ID, **TINY)
+        env = gym.make(ENV_ID, **kwargs)
         observation, _ = env.reset(seed=seed + child)
         np.testing.assert_allclose(batched[0]["obs"][0][child], observation, rtol=0, atol=ATOL)
         for t in range(STEPS):

@@ -40,8 +40,10 @@ class ALAVectorEnv(VectorEnv):
     ``SyncVectorEnv`` convention): child ``i``'s generator is ``np_random(s + i)`` and its trainer seed
     the first draw from it. So child ``i`` matches ``gym.make(id, **kwargs).reset(seed=s + i)``: exactly
     in sequential mode. In batched mode the same computation runs in another float order: the reset
-    observation and the first step agree to float tolerance, but training is chaotic and the two drift
-    apart as steps accumulate, so a batched child is an equally distributed run, not the same run. Autoresets draw the next trainer seed from
+    observation agrees to float tolerance, but training is chaotic and the two drift apart as iterations
+    accumulate, so a batched child is an equally distributed run, not the same run. How soon depends on the
+    network: the MLP's and the small CNN's first step still agree to float tolerance, while a ResNet with
+    BatchNorm can differ visibly within the first step's K iterations. Autoresets draw the next trainer seed from
     the child's own generator, as a second ``reset()`` of the single env does, and so does ``reset(seed=None)``
     (fresh entropy only before any seed was given); ``reset(seed=[s_0, ..., s_{N-1}])`` gives each child its own
     seed.
