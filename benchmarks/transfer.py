@@ -150,10 +150,12 @@ SUMMARY_SHAPE = {"summary": [{"controller": str, "test_mean": NUMBER, "test_std"
 """What the report reads of a comparison's ``results.json``."""
 
 
-def read_summary(path: Path, preset: str) -> list[dict]:
-    """The summary rows of a comparison's ``results.json``; a file that is not one gets an error naming it."""
+def read_summary(path: Path, preset: str) -> tuple[list[dict], dict | None]:
+    """The summary rows of a comparison's ``results.json`` and its ``shared_children`` (None where no child is
+    shared between seeds); a file that is not one gets an error naming it."""
     fix = f"restore it (git checkout) or run python -m ala_gym.benchmarks.compare --preset {preset} again"
-    return read_json(path, SUMMARY_SHAPE, fix)["summary"]
+    results = read_json(path, SUMMARY_SHAPE, fix)
+    return results["summary"], results.get("header", {}).get("shared_children")
 
 
 def fitness_by_task(history: list[dict]) -> dict[str, dict[str, float]]:
@@ -167,10 +169,13 @@ def fitness_by_task(history: list[dict]) -> dict[str, dict[str, float]]:
 
 def gather(results: Path, policies: Path) -> dict[str, Any]:
     """Every held-out row with its references and verdicts, and each policy's meta-training cost."""
-    entries = []
+    entries, shared = [], {}
     for held in HELD_OUT:
         path = results / held.preset / "results.json"
-        rows = {row["controller"]: row for row in read_summary(path, held.preset)} if path.is_file() else {}
+        summary, shared_children = read_summary(path, held.preset) if path.is_file() else ([], None)
+        rows = {row["controller"]: row for row in summary}
+        if shared_children:
+            shared[held.preset] = shared_children
         if held.row not in rows:
             # Named within --results: the report is committed, and holds no path of the machine that wrote it.
             entries.append({**asdict(held), "row": held.row, "missing": f"{held.preset}/results.json holds no row {held.row!r}; run --preset {held.preset} --extend"})
@@ -196,7 +201,7 @@ def gather(results: Path, policies: Path) -> dict[str, Any]:
             costs[name]["tasks_per_generation"] = config.get("tasks_per_generation", 1)  # older records: one
             costs[name]["fitness_by_task"] = fitness_by_task(record["history"])
             costs[name]["init_policy"] = config.get("init_policy")  # the policy the search started from, if any
-    return {"held_out": entries, "meta_training": costs}
+    return {"held_out": entries, "meta_training": costs, "shared_children": shared}
 
 
 def task_label(task: str, config: dict[str, Any]) -> str:
@@ -211,6 +216,21 @@ def task_label(task: str, config: dict[str, Any]) -> str:
 
 def yes_no(value: bool | None) -> str:
     return "not run" if value is None else ("**yes**" if value else "no")
+
+
+def shared_children_note(shared: dict[str, dict]) -> list[str]:
+    """Where a comparison's consecutive seeds share children (a seed stride below the child count): its rows of
+    more children than the stride have seed values that are not independent, so their std reads too small."""
+    if not shared:
+        return []
+    named = ", ".join(f"`{preset}` (stride {s['seed_stride']}, {s['children']} children)" for preset, s in shared.items())
+    return [
+        "",
+        f"Seeds that share children: in {named}, run k's children are seeded k * stride + i, so each run of a",
+        "row with more children than the stride shares children with the next seed's run (the policies' rows and",
+        "their `ce` among them). Those rows' seed values are not independent samples: their standard deviations",
+        "understate the spread between independent seeds, and a *beats* verdict there is weaker than it reads.",
+    ]
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -228,6 +248,7 @@ def markdown(report: dict[str, Any]) -> str:
         "*Per seed vs ce*: the policy's test error minus ce's on each seed, whose children start from the same weights",
         "and see the same batches under both (mean +- sample std of the differences; negative: the policy is lower),",
         "and on how many seeds the policy is lower.",
+        *shared_children_note(report.get("shared_children", {})),
         "",
         "| held out | preset | policy | transfer | ce | per seed vs ce | oracle-phi | oracle-smoothing | beats ce | "
         "reaches best fixed Phi | beats tuned LS | best fixed Phi beats ce |",

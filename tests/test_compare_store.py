@@ -342,3 +342,22 @@ def test_another_seed_stride_is_another_comparison(results_dir) -> None:
         compare.compare("ALA-Digits-v0", ["ce"], [0], TINY, "tiny", seed_stride=2)
     saved = {"env": "ALA-Digits-v0", "env_kwargs": {}, "children": None}
     assert config_changes(saved, {**saved, "seed_stride": 2}, {}) == ["seed_stride 1 -> 2"]
+
+
+def test_by_default_no_child_is_shared_between_seeds_and_a_smaller_stride_is_said(results_dir) -> None:
+    """Without a stride, run k of a row of 2 children seeds them 2k and 2k + 1 (the seeds' values are independent
+    samples); a stride of 1, kept as given, makes consecutive seeds share a child, which the table says."""
+    compare.compare("ALA-Digits-v0", ["ce(num_envs=2)"], [0, 1], TINY, "apart")
+    runs = json.loads((results_dir / "apart" / "results.json").read_text())["runs"]
+    assert sorted(run["env_seed"] for run in runs) == [0, 2]
+    assert json.loads((results_dir / "apart" / "config.json").read_text())["seed_stride"] == 2
+    assert "Seeds share children" not in (results_dir / "apart" / "table.md").read_text()
+    compare.compare("ALA-Digits-v0", ["ce(num_envs=2)"], [0, 1], TINY, "shared", seed_stride=1)
+    runs = json.loads((results_dir / "shared" / "results.json").read_text())["runs"]
+    assert sorted(run["env_seed"] for run in runs) == [0, 1]
+    table = (results_dir / "shared" / "table.md").read_text()
+    assert "- Seeds share children: run k seeds its children k * 1 + i, so in a row of 2 children a run shares 1" in table
+    # Resumed without a stride, a comparison keeps its folder's: a seed added runs the children its stride gives.
+    compare.compare("ALA-Digits-v0", ["ce(num_envs=2)"], [0, 1, 2], TINY, "shared", extend=True)
+    runs = json.loads((results_dir / "shared" / "results.json").read_text())["runs"]
+    assert sorted(run["env_seed"] for run in runs) == [0, 1, 2]

@@ -178,3 +178,18 @@ def test_a_damaged_policy_record_is_named_in_one_line(tmp_path: Path, capsys, ch
     err = capsys.readouterr().err
     assert caught.value.code == 2 and err.count("\n") == 1 and f"{path} is damaged: {problem}" in err
     assert not (tmp_path / "results" / "transfer").exists()
+
+
+def test_a_comparison_whose_seeds_share_children_is_named_beside_the_verdicts(tmp_path: Path) -> None:
+    """A held-out comparison run at a seed stride below its child count (its header's ``shared_children``) is named
+    above the table, which says its *beats* verdicts rest on seed values that are not independent."""
+    path = tmp_path / "results.json"
+    header = {"seeds": [0, 1], "shared_children": {"seed_stride": 1, "children": 2}}
+    path.write_text(json.dumps({"header": header, "summary": [{"controller": "ce", "test_mean": 1.0, "test_std": 0.1}]}))
+    summary, shared = transfer.read_summary(path, "fashion-mnist")
+    assert summary[0]["controller"] == "ce" and shared == header["shared_children"]
+    assert transfer.shared_children_note({}) == []
+    note = " ".join(transfer.shared_children_note({"fashion-mnist": shared}))
+    assert "`fashion-mnist` (stride 1, 2 children)" in note and "*beats* verdict there is weaker" in note
+    report = {"held_out": [], "meta_training": {}, "shared_children": {"fashion-mnist": shared}}
+    assert "`fashion-mnist` (stride 1, 2 children)" in transfer.markdown(report)

@@ -83,8 +83,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     )
     parser.add_argument(
         "--seed-stride", type=int,
-        help="run k seeds its env with k * stride (default 1); a stride of at least the child count keeps the "
-        "children of different seeds apart",
+        help="run k seeds its env with k * stride (default: the most children a row runs, so that no child is "
+        "shared between seeds); a smaller stride makes consecutive seeds share children",
     )
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument(
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
             name,
             config.get("children"),
             config.get("baseline_children"),
-            config.get("seed_stride", 1),
+            config.get("seed_stride"),
             args.extend,
         )
     except (ComparisonError, DataError, ValueError, TypeError, gym.error.Error) as exc:

@@ -69,6 +69,14 @@ def markdown_table(rows: list[dict], header: dict[str, Any], runs_by_controller:
         "| final mean abs(Phi - I) | final diag | diverged |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    if header.get("shared_children"):  # a stride below the child count: seed k's children are seeds k*S .. k*S + n-1
+        stride, count = header["shared_children"]["seed_stride"], header["shared_children"]["children"]
+        lines.insert(
+            lines.index("", 2),  # after the header's paragraphs, before the blank line above the table
+            f"- Seeds share children: run k seeds its children k * {stride} + i, so in a row of {count} children a run "
+            f"shares {count - stride} of them (initial weights and batch order) with the next seed's; that row's seed "
+            "values are not independent, and their std understates the spread between independent seeds",
+        )
     if header.get("other_machines"):  # rows added later by --extend, elsewhere
         elsewhere = "; ".join(f"`{spec}` on {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads"
                               for spec, m in header["other_machines"].items())  # fmt: skip

@@ -32,6 +32,7 @@ from ala_gym.benchmarks.compare.store import (
     load_run,
     release,
     run_file,
+    saved_seed_stride,
     write_json,
 )
 from ala_gym.benchmarks.machine import RESULTS
@@ -123,7 +124,7 @@ def compare(
     name: str,
     children: int | None = None,
     baseline_children: int | None = None,
-    seed_stride: int = 1,
+    seed_stride: int | None = None,
     extend: bool = False,
 ) -> list[dict]:
     """Run what is missing, then rewrite the aggregate JSON, table and plots from every finished run.
@@ -131,6 +132,11 @@ def compare(
     Several processes may run the same comparison at once (one per core): each claims a run before
     starting it (:func:`claim`), so none is run twice; a process that has nothing left to start waits
     for the runs others hold, and runs any whose process died, so the table it writes is complete.
+
+    Run ``seed`` seeds its env with ``seed * seed_stride`` (:func:`run_one`). Without one, a comparison resumed
+    keeps its folder's stride, and a new one takes the most children any row runs, so that no child is shared
+    between seeds. Where the stride is below a row's child count, the table says that the seeds' values of such
+    rows are not independent.
     """
     try:  # the folder's config.json records them: arrays or a model factory cannot be, nor compared on resume
         json.dumps(env_kwargs)
@@ -149,6 +155,7 @@ def compare(
     # before any data is read): each row is built as its runs build it.
     grids = [c for grid in oracles.values() for c in grid]
     built = {spec: build_controller(spec, children, baseline_children) for spec in plain + grids}
+    largest = max(getattr(controller, "num_envs", 1) for controller in built.values())
     # An unknown env id, a bad env keyword or missing data fails before the results folder is made or claimed.
     facts = env_facts(env_id, env_kwargs)
     for spec in plain:  # each row as its runs will make its env: a row that does not fit fails before any run
@@ -157,9 +164,12 @@ def compare(
     if out.resolve() in (RESULTS.resolve(), *RESULTS.resolve().parents):  # "." or "..": the other folders' home
         raise ComparisonError(f"--name {name!r} names {out.resolve()}, which holds other comparisons; name a folder of its own")
     check_writable(out)
+    # Without a stride: the folder's own (its runs' children follow it), else for a new comparison the most children
+    # a row runs, so that no child is shared between seeds and the seeds' values are independent samples.
+    stride = next(s for s in (seed_stride, saved_seed_stride(out), largest) if s is not None)
     config = {"env": env_id, "env_kwargs": env_kwargs, "children": children}
-    if baseline_children is not None or seed_stride != 1:
-        config |= {"baseline_children": baseline_children, "seed_stride": seed_stride}
+    if baseline_children is not None or stride != 1:
+        config |= {"baseline_children": baseline_children, "seed_stride": stride}
     check_same_config(out, config, json.loads(json.dumps(env_spec(env_id).kwargs, default=str)))
     check_same_plan(out, controllers, seeds, extend)
     committed = {(r["controller"], r["seed"]): r for r in committed_runs(out)}
@@ -192,7 +202,7 @@ def compare(
                     progress.set_description(f"{controller} seed {seed}")
                     try:
                         record = run_one(
-                            env_id, controller, seed, env_kwargs, progress, children, baseline_children, seed_stride
+                            env_id, controller, seed, env_kwargs, progress, children, baseline_children, stride
                         )
                     except (ValueError, TypeError) as error:
                         # Every input was checked before the first run: what fails in one is the controller's or
@@ -279,6 +289,8 @@ def compare(
         header["other_machines"] = elsewhere
     if selections:
         header["oracles"] = selections
+    if stride < largest and len(seeds) > 1:  # consecutive seeds' children overlap: said beside the std
+        header["shared_children"] = {"seed_stride": stride, "children": largest}
     # Without indentation: a list of every step's values would take a line per number.
     write_json(out / "results.json", {"header": header, "summary": rows, "runs": [compact_run(r) for r in runs]}, indent=None)
     table = markdown_table(rows, header, {row["controller"]: by_row[row["controller"]] for row in rows})

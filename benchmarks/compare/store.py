@@ -162,6 +162,16 @@ def finished_run(path: Path) -> bool:
         return False
 
 
+def saved_seed_stride(out: Path) -> int | None:
+    """The seed stride of the comparison in ``out`` (1 for one recorded before strides were kept), None where the
+    folder holds none yet."""
+    path = out / "config.json"
+    if not path.exists():
+        return None
+    fix = f"restore it from version control, or delete it if every run in {out} is of this command's configuration"
+    return int(read_json(path, CONFIG_SHAPE, fix).get("seed_stride", 1))
+
+
 def check_same_config(out: Path, config: dict, defaults: dict[str, Any] | None = None) -> None:
     """Refuse to mix runs of different budgets in one folder (resuming must continue the same comparison).
 
@@ -172,10 +182,8 @@ def check_same_config(out: Path, config: dict, defaults: dict[str, Any] | None =
     path = out / "config.json"
     config = json.loads(json.dumps({**config, "env_kwargs": without_locations(config["env_kwargs"])}))
     if path.exists():
-        saved = read_json(
-            path, CONFIG_SHAPE,
-            f"restore it from version control, or delete it if every run in {out} is of this command's configuration",
-        )
+        fix = f"restore it from version control, or delete it if every run in {out} is of this command's configuration"
+        saved = read_json(path, CONFIG_SHAPE, fix)
         saved = {**saved, "env_kwargs": without_locations(saved.get("env_kwargs", {}))}
         changed = config_changes(saved, config, defaults or {})
         if changed:
