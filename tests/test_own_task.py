@@ -463,7 +463,11 @@ class Scale(nn.Module):
          "y_test is torch.float64; labels must be integer"),
         (lambda w: dict(dataset=_shifted(w, 1, lambda y: y - 1)), "holds label -1 at position"),
         (lambda w: dict(dataset=_shifted(w, 3, lambda y: np.where(y == 2, 6, y))),
-         r"class\(es\) \[3, 4, 5, 6\] .* training split"),
+         r"y_test holds label 6 at position \d+ \(\d+ such label\(s\)\), which is no class of y_train's 0..2"),
+        # One stray label far beyond the others is named before anything is sized by it (a billion classes).
+        (lambda w: dict(dataset=_shifted(w, 1, lambda y: np.where(np.arange(len(y)) == 7, 10**9, y))),
+         r"y_train's labels are not the consecutive classes 0..1000000000: its largest, 1000000000 \(at position 7\), "
+         r"leaves 999999997 class\(es\) without a sample \(the first: \[3, 4, 5, 6, 7, 8, 9, 10, 11, 12\]\)"),
         (lambda w: dict(dataset=w, val_size=1), r"no sample in the validation split"),
         (lambda w: dict(dataset=w, val_subsample=2), r"validation subsample of 2 samples .* has no sample of class"),
         (lambda w: dict(dataset=_shifted(w, 0, _with_nan)), "x_train holds NaN or infinite values.*first in sample 5"),
@@ -522,7 +526,7 @@ class Scale(nn.Module):
          r"x_train is torch.float32 \(138, 13\) but x_test is torch.uint8 \(40, 13\); .*both uint8 or neither"),
         (lambda w: dict(dataset=_shifted(w, 1, lambda y: y > 0)), "y_train is torch.bool; labels must be integer"),
     ],
-    ids=["lengths", "y-2d", "float-labels", "negative-label", "missing-classes", "class-missing-from-validation",
+    ids=["lengths", "y-2d", "float-labels", "negative-label", "test-label-not-a-training-class", "stray-huge-training-label", "class-missing-from-validation",
          "class-missing-from-the-subsample", "nan", "beyond-float32",
          "feature-count", "not-four-arrays", "unknown-name", "output-size", "squeezed-single-input",
          "other-width-in-training", "not-a-module", "module-instance",

@@ -819,9 +819,6 @@ def from_user_data(
             f"dataset: x_train is {x_train.dtype} {tuple(x_train.shape)} but x_test is {x_test.dtype} "
             f"{tuple(x_test.shape)}; both need one input shape and both uint8 or neither"
         )
-    num_classes = int(torch.cat([y_train, y_test]).max()) + 1
-    if num_classes < 2:
-        raise ValueError("dataset: the labels hold only class 0; classification needs at least two classes")
     if val_size is None:
         val_size = len(y_train) // 5
         if val_size < 1:
@@ -829,6 +826,9 @@ def from_user_data(
                 f"dataset: {len(y_train)} training samples leave none for validation at the default val_size (a "
                 f"fifth); pass val_size=k with 0 < k < {len(y_train) - 1}, or give more samples"
             )
+    num_classes = _user_classes(y_train, y_test)
+    if num_classes < 2:
+        raise ValueError("dataset: the labels hold only class 0; classification needs at least two classes")
     result = _assemble(
         name, x_train, y_train, x_test, y_test, num_classes=num_classes, val_size=val_size, split_seed=split_seed,
         augment=False, device=device,
@@ -837,12 +837,42 @@ def from_user_data(
         missing = torch.nonzero(torch.bincount(split.labels, minlength=num_classes) == 0).flatten().tolist()
         if missing:
             raise ValueError(
-                f"dataset: class(es) {missing} of 0..{num_classes - 1} have no sample in the {which} split "
+                f"dataset: class(es) {_listed(missing)} of 0..{num_classes - 1} have no sample in the {which} split "
                 f"({len(split)} samples; val_size={val_size}, split_seed={split_seed}); labels must be "
                 "consecutive class indices, and every class needs samples on both sides of the split "
                 "(change val_size or split_seed)"
             )
     return result
+
+
+def _listed(values: list[int], limit: int = 10) -> str:
+    """``values`` for a message: the first ``limit`` of them, and how many more there are."""
+    return str(values[:limit]) + (f" and {len(values) - limit} more" if len(values) > limit else "")
+
+
+def _user_classes(y_train: torch.Tensor, y_test: torch.Tensor) -> int:
+    """The class count of checked labels: the training labels are the classes ``0..C-1``, each with a sample,
+    and every test label is one of them. A label far beyond the others is named with its position before
+    anything is sized by it (a count array of a billion classes would not fit in memory)."""
+    classes = torch.unique(y_train)  # sorted
+    largest = int(classes[-1])
+    if len(classes) != largest + 1:
+        present = set(classes.tolist())
+        first_missing = [c for c in range(min(largest, len(classes) + 10)) if c not in present][:10]
+        position = int(torch.nonzero(y_train == largest)[0])
+        raise ValueError(
+            f"dataset: y_train's labels are not the consecutive classes 0..{largest}: its largest, {largest} (at "
+            f"position {position}), leaves {largest + 1 - len(classes)} class(es) without a sample (the first: "
+            f"{first_missing}); labels must be class indices 0..C-1, each with training samples"
+        )
+    unknown = torch.nonzero(~torch.isin(y_test, classes)).flatten()
+    if len(unknown):
+        first = int(unknown[0])
+        raise ValueError(
+            f"dataset: y_test holds label {int(y_test[first])} at position {first} ({len(unknown)} such label(s)), "
+            f"which is no class of y_train's 0..{largest}; every test label must be a class the model trains on"
+        )
+    return largest + 1
 
 
 def _user_tensors(data: UserData) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
