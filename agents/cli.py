@@ -298,7 +298,8 @@ def add_run_args(parser: argparse.ArgumentParser, default_num_envs: int) -> None
     group.add_argument("--device", help="the children's device: auto, cpu or cuda")
     group.add_argument(
         "--env-kwarg", action="append", default=[], metavar="KEY=VALUE",
-        help="any other env keyword, VALUE a Python literal (repeatable), e.g. --env-kwarg eval_points=2",
+        help="any other env keyword, VALUE a Python literal (repeatable), e.g. --env-kwarg eval_points=2; a relative "
+        "data_root (data_root=cifar10-subset) names a folder of the data home ($ALA_GYM_DATA), as in the comparisons",
     )
     group.add_argument("--log-dir", help="TensorBoard folder (default runs/<controller>-<env>-s<seed>)")
     group.add_argument("--no-tensorboard", action="store_true", help="progress bar only")
@@ -348,7 +349,7 @@ def run_cli(controller: Any, args: argparse.Namespace, beside: tuple[str, ...] =
     Bad input (env keywords out of range, missing data, a policy that does not fit the env, where the run
     could not write) ends the command through :func:`fail`.
     """
-    from ala_gym.core.data import DataError
+    from ala_gym.core.data import DataError, with_data_home
 
     log_dir = None if args.no_tensorboard else (args.log_dir or default_log_dir(controller.name, args))
     try:  # where the run writes, before the run, not after it
@@ -360,7 +361,7 @@ def run_cli(controller: Any, args: argparse.Namespace, beside: tuple[str, ...] =
         fail(str(exc))
     try:
         spec_keywords(args.env)  # an unknown id, or one of no ALA env, named with the package's ids
-        envs = controller.make_envs(args.env, **env_kwargs_from_args(args))
+        envs = controller.make_envs(args.env, **with_data_home(env_kwargs_from_args(args)))
     except (ValueError, TypeError, DataError, gym.error.Error) as exc:
         fail(f"cannot make {args.env}: {exc}")
     total_iterations = envs.get_attr("train_config")[0].total_iterations

@@ -608,3 +608,22 @@ def test_run_main_ends_a_ctrl_c_in_one_line_with_status_130(capsys, monkeypatch)
 def test_every_benchmark_command_line_runs_its_main_through_run_main(module: str) -> None:
     source = Path(importlib.import_module(module).__file__).read_text()
     assert re.search(r'^if __name__ == "__main__":\n    (run_main|cli\.run_main)\(main, ', source, re.M) or "KeyboardInterrupt" in source, module
+
+
+@pytest.mark.parametrize("main", [reinforce_main, sb3_main], ids=["reinforce", "sb3"])
+def test_a_relative_data_root_names_a_folder_of_the_data_home_never_one_to_download_into(
+    main, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """``--env-kwarg data_root=NAME`` reads NAME under the data home, as the comparisons and meta-training do: a
+    missing one is refused in one line naming where it was looked for, and nothing is made in the working folder
+    (a download of the full CIFAR-10 there, under the subset's name)."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir(), work.mkdir()
+    monkeypatch.setenv("ALA_GYM_DATA", str(home))
+    monkeypatch.chdir(work)
+    with pytest.raises(SystemExit) as caught:
+        main(["--env", "ALA-CIFAR10-v0", "--env-kwarg", "data_root=cifar10-subset", "--num-envs", "1",
+              "--total-iterations", "20", "--no-tensorboard"])  # fmt: skip
+    assert caught.value.code == 2
+    assert f"no dataset folder {home / 'cifar10-subset'}" in capsys.readouterr().err
+    assert list(work.iterdir()) == []
