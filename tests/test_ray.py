@@ -266,3 +266,28 @@ def test_an_env_refused_before_ray_starts_closes_without_error() -> None:
         env.__init__("ALA-Digits-v0", 0, **TINY)
     env.close()
     assert env.closed and ray.is_initialized() == running
+
+
+def test_a_cluster_address_that_nothing_answers_is_refused_in_one_line_not_retried_without_end(monkeypatch) -> None:
+    """``ray.init`` retries an address where no cluster listens for ever; the package asks the address first and
+    refuses it within its wait, naming the address and the fix. Addresses Ray resolves itself pass untouched."""
+    import socket
+    import time
+
+    from ala_gym.wrappers import ray as ray_wrapper
+
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens on it
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setattr(ray_wrapper, "RAY_CONNECT_SECONDS", 2.0)
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        start = time.monotonic()
+        with pytest.raises(ValueError, match=rf"cannot reach a Ray cluster at {address} \(.*\); start one there"):
+            ray_wrapper.check_reachable(address)
+        assert time.monotonic() - start < 5.0
+    with socket.socket() as listening:  # a port that answers passes
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        ray_wrapper.check_reachable(f"127.0.0.1:{listening.getsockname()[1]}")
+    for address in ("auto", "local"):
+        ray_wrapper.check_reachable(address)

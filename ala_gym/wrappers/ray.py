@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -79,6 +80,25 @@ _state_before_ray: _DriverState | None = None
 """Set while a Ray that :func:`start_ray` started runs in this process."""
 
 
+RAY_CONNECT_SECONDS = 10.0
+"""How long :func:`check_reachable` waits for a cluster's address to answer."""
+
+
+def check_reachable(address: str) -> None:
+    """Refuse, in one line, a ``host:port`` cluster address (``ray://`` too) that no process answers within
+    :data:`RAY_CONNECT_SECONDS`: ``ray.init`` would retry it without end. ``"auto"`` and ``"local"`` are Ray's to
+    resolve, which fails at once when no cluster runs."""
+    host, separator, port = address.removeprefix("ray://").rpartition(":")
+    if not separator or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]") or "localhost", int(port)), timeout=RAY_CONNECT_SECONDS).close()
+    except OSError as error:
+        raise ValueError(
+            f"cannot reach a Ray cluster at {address} ({error}); start one there (ray start --head) or fix the address"
+        ) from None
+
+
 def start_ray(address: str | None, num_cpus: int | None) -> bool:
     """Join the cluster at ``address``, or start a local one of ``num_cpus`` (quiet: no dashboard, errors only),
     unless Ray is initialised already (a cluster the caller chose); True when this call started it.
@@ -88,6 +108,8 @@ def start_ray(address: str | None, num_cpus: int | None) -> bool:
     global _state_before_ray
     if ray.is_initialized():
         return False
+    if address:
+        check_reachable(address)
     environ, sigterm, level = dict(os.environ), signal.getsignal(signal.SIGTERM), logging.getLogger("ray").level
     quiet: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.ERROR, configure_logging=True)
     with python_random_kept():  # ray.init draws from it
