@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     for flag in ("seeds", "children", "baseline_children", "seed_stride", "threads"):
         value = config.get(flag) if flag != "threads" else args.threads
         if value is not None and value < 1:
-            parser.error(f"--{flag} must be a positive count, got {value}")
+            parser.error(f"--{flag.replace('_', '-')} must be a positive count, got {value}")
     if args.data_root is not None:
         os.environ["ALA_GYM_DATA"] = str(args.data_root.resolve())
     if args.threads is not None:

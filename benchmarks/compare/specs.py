@@ -137,10 +137,13 @@ def build_controller(spec: str, children: int | None = None, baseline_children: 
     """The controller a spec names: config keywords applied, ``children`` for a multi-child controller and
     ``baseline_children`` for a fixed one (each None: the controller's own count)."""
     base, config_overrides = parse_config(parse_controller(spec)[0])
+    if base in ORACLES:  # a comparison's own row, given a controller's parameters or env keywords
+        raise ComparisonError(f"the row {base} takes no parameters or env keywords (in {spec!r}); name it alone")
     try:
         factory = resolve_controller(base)
-    except ValueError as error:  # the comparison's own rows are no controllers: named beside them
-        raise ComparisonError(f"{error}, or a row {' or '.join(ORACLES)} (in {spec!r})") from None
+    except ValueError as error:  # the comparison's own rows are no controllers: named beside a plain unknown name
+        hint = "" if ":" in base else f", or a row {' or '.join(ORACLES)}"
+        raise ComparisonError(f"{error}{hint} (in {spec!r})") from None
     try:
         try:
             controller = factory()  # to learn its config's fields
