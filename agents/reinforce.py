@@ -557,7 +557,13 @@ def library_policy(name: str) -> Path:
 def policy_path(name: str) -> Path:
     """A policy file (a name ending in ``.pt``) or a shipped policy's name (:func:`library_policy`), which
     reads the same from any folder and in an installed package."""
-    return Path(name) if name.endswith(".pt") else library_policy(name)
+    if name.endswith(".pt"):
+        return Path(name)
+    if Path(name).exists() or "/" in name or "\\" in name:  # a path, not a shipped policy's name
+        shipped = sorted(p.stem for p in POLICY_LIBRARY.glob("*.pt"))
+        raise ValueError(f"{name} is not a policy file (those end in .pt, as --save writes them); or name a shipped "
+                         f"policy: {shipped}")  # fmt: skip
+    return library_policy(name)
 
 
 def paper_controller(num_envs: int = 10, train: bool = True) -> ReinforceController:

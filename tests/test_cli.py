@@ -627,3 +627,15 @@ def test_a_relative_data_root_names_a_folder_of_the_data_home_never_one_to_downl
     assert caught.value.code == 2
     assert f"no dataset folder {home / 'cifar10-subset'}" in capsys.readouterr().err
     assert list(work.iterdir()) == []
+
+
+def test_a_file_that_is_no_policy_file_is_named_as_such_not_as_a_shipped_policy(tmp_path: Path, capsys) -> None:
+    """``--load`` of a file that exists but does not end in ``.pt`` (or of a path) says it is no policy file, rather
+    than that no shipped policy has that name."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a policy")
+    for given in (str(notes), "policies/mine"):
+        with pytest.raises(SystemExit) as caught:
+            reinforce_main(["--load", given, *TINY_RUN])
+        error = capsys.readouterr().err
+        assert caught.value.code == 2 and f"{given} is not a policy file (those end in .pt" in error
