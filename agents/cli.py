@@ -4,6 +4,7 @@ the bad-input rule (one line, exit status 2) and the driver that makes the envs,
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -301,7 +302,10 @@ def add_run_args(parser: argparse.ArgumentParser, default_num_envs: int) -> None
         help="any other env keyword, VALUE a Python literal (repeatable), e.g. --env-kwarg eval_points=2; a relative "
         "data_root (data_root=cifar10-subset) names a folder of the data home ($ALA_GYM_DATA), as in the comparisons",
     )
-    group.add_argument("--log-dir", help="TensorBoard folder (default runs/<controller>-<env>-s<seed>)")
+    group.add_argument(
+        "--log-dir",
+        help="TensorBoard folder (default runs/<controller>-<env>-s<seed>, with -2, -3, ... where a run wrote there already)",
+    )
     group.add_argument("--no-tensorboard", action="store_true", help="progress bar only")
     group.add_argument("--save", help="write the learned policy here after the run (a .pt file)")
     group.add_argument(
@@ -339,7 +343,13 @@ RECORDS_FILE = "records.json"
 
 
 def default_log_dir(name: str, args: argparse.Namespace) -> str:
-    return f"runs/{name}-{args.env}-s{args.seed}"
+    """``runs/<controller>-<env>-s<seed>``, or, where a run wrote its records there already, the first of that name
+    with ``-2``, ``-3``, ... that holds none: a second run (a frozen rerun of a saved policy) keeps the first's logs."""
+    base = f"runs/{name}-{args.env}-s{args.seed}"
+    return next(
+        folder for folder in itertools.chain([base], (f"{base}-{k}" for k in itertools.count(2)))
+        if not (Path(folder) / RECORDS_FILE).exists()
+    )
 
 
 def run_cli(controller: Any, args: argparse.Namespace, beside: tuple[str, ...] = ()) -> list[Any]:

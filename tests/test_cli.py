@@ -151,6 +151,12 @@ def test_the_logs_go_to_runs_controller_env_seed_without_a_log_dir(tmp_path, mon
     folder = Path("runs", "reinforce-ALA-Digits-v0-s3")
     assert f"logs: tensorboard --logdir {folder}" in capsys.readouterr().out
     assert len(json.loads((folder / cli.RECORDS_FILE).read_text())) == 1 and list(folder.glob("events.out.tfevents.*"))
+    # A second run of the same controller, env and seed keeps the first's logs and writes beside them.
+    reinforce_main([*(arg for arg in TINY_RUN if arg != "--no-tensorboard"), "--seed", "3", "--num-envs", "2"])
+    second = Path("runs", "reinforce-ALA-Digits-v0-s3-2")
+    assert f"logs: tensorboard --logdir {second}" in capsys.readouterr().out
+    assert len(json.loads((folder / cli.RECORDS_FILE).read_text())) == 1 and len(list(folder.glob("events.out.tfevents.*"))) == 1
+    assert len(json.loads((second / cli.RECORDS_FILE).read_text())) == 2
 
 
 def test_reinforce_loads_a_shipped_policy_by_name_from_any_folder(tmp_path, monkeypatch, capsys) -> None:
