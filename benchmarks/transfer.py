@@ -39,7 +39,7 @@ import numpy as np
 from ala_gym.agents.cli import OneLineParser, run_main
 from ala_gym.agents.reinforce import POLICY_LIBRARY
 from ala_gym.benchmarks.compare import write_json
-from ala_gym.benchmarks.compare.presets import META_DIGITS_CNN
+from ala_gym.benchmarks.compare.presets import FASHION_MNIST_APART, META_DIGITS_CNN
 from ala_gym.benchmarks.compare.store import NUMBER, read_json
 from ala_gym.benchmarks.machine import RESULTS
 from ala_gym.core.files import write_text_atomic
@@ -98,6 +98,10 @@ HELD_OUT = (
       for held in on_both_cifar10_presets(f"without-cifar10-{name}")),
     # Digits alone with the short Fashion-MNIST preset's small CNN child and budget (several searches).
     *(HeldOut("Fashion-MNIST", "fashion-mnist", name, sequential=True, ce="ce(num_envs=2)") for name in META_DIGITS_CNN),
+    # Four of them again, at the same budget on children that no two seeds share (the fashion-mnist preset's 2-child
+    # rows share one between consecutive seeds), beside cross-entropy on the same children.
+    *(HeldOut("Fashion-MNIST", "fashion-mnist-apart", name, sequential=True, ce="ce(num_envs=2)@train_mode=sequential")
+      for name in FASHION_MNIST_APART),
 )  # fmt: skip
 POLICIES = sorted({held.policy for held in HELD_OUT})
 """The policies judged, each with its provenance file ``<policy>.json`` in the policy folder."""
