@@ -27,6 +27,7 @@ from ala_gym.benchmarks.compare import ComparisonError
 from ala_gym.benchmarks.compare.store import NUMBER, RESULTS_SHAPE, RUN_SHAPE, read_json
 from ala_gym.benchmarks.machine import RESULTS
 from ala_gym.core.files import write_text_atomic
+from ala_gym.registration import UnknownEnvError, env_spec
 
 LOSS_SHAPE = {"p_true": [NUMBER], "loss": [NUMBER]}
 ADALFL_RUN_SHAPE = {
@@ -68,8 +69,26 @@ def plot_shapes(runs: list[dict], out: Path) -> None:
     fig.savefig(out / "loss_shape.png", dpi=110)
 
 
+def task_keywords(run: dict) -> dict:
+    """A run's env keywords that set its task: all but AdaLFL's own config fields and the loss form (ce's)."""
+    own = {f.name for f in dataclasses.fields(AdaLFLConfig)} | {"loss_form"}
+    return {key: value for key, value in run["env_kwargs"].items() if key not in own}
+
+
+def run_metric(run: dict) -> str:
+    """The test metric a run reports: its env keyword ``metric``, else its env id's registered one, else the envs'
+    default (the error rate)."""
+    if "metric" in run["env_kwargs"]:
+        return str(run["env_kwargs"]["metric"])
+    try:
+        return str(env_spec(run["env"]).kwargs.get("metric", "error"))
+    except UnknownEnvError:  # an env of one's own not importable here
+        return "error"
+
+
 def summary(runs: list[dict], ce_runs: list[dict], ce_source: str | None) -> str:
     first = runs[0]
+    metric = run_metric(first)
     lines = [
         f"# AdaLFL on {first['env']}",
         "",
@@ -77,9 +96,9 @@ def summary(runs: list[dict], ce_runs: list[dict], ce_source: str | None) -> str
         f"torch thread(s), GPU: {first['machine'].get('gpu')}; device `{first['device']}`",  # older runs: no gpu key
         f"- Env keywords (AdaLFL's own config fields among them): `{json.dumps(first['env_kwargs'])}`",
         "- Wall time includes the offline initialisation; online = wall - offline (training, evaluations every K",
-        "  iterations, final test). Test metric: error (%) on the test split.",
+        f"  iterations, final test). Test metric: {metric} (%) on the test split.",
         "",
-        "| controller | seed | test error % | wall s | offline s | online s | offline meta loss | diverged |",
+        f"| controller | seed | test {metric} % | wall s | offline s | online s | offline meta loss | diverged |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for run in runs:
@@ -89,7 +108,8 @@ def summary(runs: list[dict], ce_runs: list[dict], ce_source: str | None) -> str
             f"{child['offline_s']:.1f} | {run['wall_s'] - child['offline_s']:.1f} | {child['offline_meta_loss']:.3f} | "
             f"{child['diverged']} |"
         )
-    lines += ["", "| controller | seeds | test error % mean +- std | wall s mean | offline s mean | wall vs ce | online vs ce |", "|---|---|---|---|---|---|---|"]
+    lines += ["", f"| controller | seeds | test {metric} % mean +- std | wall s mean | offline s mean | wall vs ce | online vs ce |",
+              "|---|---|---|---|---|---|---|"]  # fmt: skip
     ce_wall = float(np.mean([r["wall_s"] for r in ce_runs])) if ce_runs else None
     for name in sorted({r["controller"] for r in runs}):
         mine = [r for r in runs if r["controller"] == name]
@@ -104,7 +124,7 @@ def summary(runs: list[dict], ce_runs: list[dict], ce_source: str | None) -> str
         lines += [
             "",
             f"Cross-entropy reference: `ce` runs of `{ce_source}` (same env keywords, seeds "
-            f"{sorted(r['seed'] for r in ce_runs)}, same machine): test error "
+            f"{sorted(r['seed'] for r in ce_runs)}, same machine): test {metric} "
             f"{ce_tests.mean():.2f} +- {ce_tests.std(ddof=1) if len(ce_tests) > 1 else 0.0:.2f} %, wall {ce_wall:.1f} s per run.",
         ]
     return "\n".join(lines) + "\n"
@@ -132,17 +152,17 @@ def main(argv: list[str] | None = None) -> None:
             candidates = read_json(Path(args.ce), {"runs": RESULTS_SHAPE["runs"]}, fix)["runs"]  # all it reads
         except ComparisonError as error:
             parser.exit(2, f"{error}\n")
-        own = {f.name for f in dataclasses.fields(AdaLFLConfig)}
-        keys = {k: v for k, v in runs[0]["env_kwargs"].items() if k not in own}
         seeds = {r["seed"] for r in runs}
+        # The same env keywords both ways (a keyword either side leaves at its default is another setting), but for
+        # AdaLFL's own fields and the loss form, and the same machine: wall times compare only there.
         ce_runs = [
             r for r in candidates
             if r["controller"] == "ce" and r["env"] == runs[0]["env"] and r["seed"] in seeds
-            and all(r["env_kwargs"].get(k) == v for k, v in keys.items() if k != "loss_form")
+            and task_keywords(r) == task_keywords(runs[0]) and r["machine"] == runs[0]["machine"]
         ]  # fmt: skip
         if not ce_runs:  # the ratio columns would read "-" without a word
-            parser.exit(2, f"{parser.prog}: error: --ce {args.ce} holds no ce run of {runs[0]['env']} on the seeds and "
-                           "env keywords of these AdaLFL runs; name the comparison that ran them\n")  # fmt: skip
+            parser.exit(2, f"{parser.prog}: error: --ce {args.ce} holds no ce run of {runs[0]['env']} on the seeds, "
+                           "env keywords and machine of these AdaLFL runs; name the comparison that ran them\n")  # fmt: skip
     plot_shapes(runs, folder)
     text = summary(runs, ce_runs, args.ce)
     write_text_atomic(folder / "adalfl.md", text)

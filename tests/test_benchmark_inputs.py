@@ -243,6 +243,33 @@ def test_adalfl_report_refuses_a_ce_file_without_a_matching_ce_run(tmp_path, mon
     assert not (tmp_path / "tiny" / "adalfl.md").exists()
 
 
+def test_adalfl_report_takes_ce_runs_of_the_same_settings_and_machine_only_and_names_the_metric(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    """A ce run is the reference only with the same env keywords both ways (a budget the AdaLFL runs left at the
+    default is another setting), AdaLFL's own fields and the loss form aside, and on the same machine; the tables
+    name the runs' metric (AUCPR on an AUCPR env), not always the error."""
+    monkeypatch.setattr(adalfl_report, "RESULTS", tmp_path)
+    (tmp_path / "tiny" / "runs").mkdir(parents=True)
+    run = {**adalfl_run(), "env": "ALA-FashionMNIST-AUCPR-v0", "env_kwargs": {"device": "cpu", "offline_steps": 5}}
+    (tmp_path / "tiny" / "runs" / "adalfl-seed0.json").write_text(json.dumps(run))
+    ce = {key: run[key] for key in ("env", "seed", "num_children", "wall_s", "test_metric", "device", "versions", "machine")}
+    ce |= {"controller": "ce", "children": run["children"], "env_kwargs": {"device": "cpu", "loss_form": "cross_entropy"}}
+    others = [
+        {**ce, "env_kwargs": {**ce["env_kwargs"], "total_iterations": 50000}},  # another budget
+        {**ce, "machine": {**ce["machine"], "cpu": "Another CPU"}},  # another machine
+    ]
+    for other in others:
+        (tmp_path / "ce.json").write_text(json.dumps({"runs": [other]}))
+        err = refused(adalfl_report.main, ["--name", "tiny", "--ce", str(tmp_path / "ce.json")], capsys)
+        assert "holds no ce run of ALA-FashionMNIST-AUCPR-v0 on the seeds, env keywords and machine" in err
+    (tmp_path / "ce.json").write_text(json.dumps({"runs": [ce]}))
+    adalfl_report.main(["--name", "tiny", "--ce", str(tmp_path / "ce.json")])
+    text = (tmp_path / "tiny" / "adalfl.md").read_text()
+    assert "Test metric: aucpr (%)" in text and "| test aucpr % |" in text and "test error" not in text
+    assert "`ce` runs of" in text and "same machine): test aucpr 20.00" in text
+
+
 @pytest.mark.parametrize("content, problem", [("{", "not valid JSON"), ("{}", "has no runs"), ("[]", "a list")])
 def test_adalfl_report_refuses_a_ce_file_that_is_no_comparisons_results(content, problem, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(adalfl_report, "RESULTS", tmp_path)
