@@ -39,7 +39,7 @@ def test_build_controller_applies_keywords_and_child_counts():
     assert isinstance(fixed, UniformPhi) and fixed.num_envs == 5 and fixed.off_diagonal == 0.03
     assert build_controller("ce").num_envs == 1
     for bad, message in [("nonsense", "unknown controller 'nonsense'"),
-                         ("reinforce(no_such_field=1)", "unexpected keyword argument 'no_such_field'"),
+                         ("reinforce(no_such_field=1)", "no setting no_such_field; it takes \\["),
                          ("phi-uniform(off_diagonal=3)", r"off_diagonal must be a finite number in \[-1, 1\], got 3")]:  # fmt: skip
         with pytest.raises(ComparisonError, match=message):
             build_controller(bad)

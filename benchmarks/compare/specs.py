@@ -4,6 +4,7 @@ spec names."""
 from __future__ import annotations
 
 import ast
+import difflib
 import inspect
 import json
 import types
@@ -133,6 +134,17 @@ def _factory_hints(factory: Any) -> dict[str, Any]:
     return {} if isinstance(target, type) else _hints(target)
 
 
+def _keywords(function: Any) -> set[str] | None:
+    """The keyword names ``function`` takes; None where it takes any (``**kwargs``) or cannot be read."""
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    return {p.name for p in parameters if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
+
+
 def build_controller(spec: str, children: int | None = None, baseline_children: int | None = None) -> Any:
     """The controller a spec names: config keywords applied, ``children`` for a multi-child controller and
     ``baseline_children`` for a fixed one (each None: the controller's own count)."""
@@ -154,6 +166,15 @@ def build_controller(spec: str, children: int | None = None, baseline_children: 
         config_fields = {f.name for f in fields(config)} if is_dataclass(config) else set()
         config_kwargs = {k: v for k, v in config_overrides.items() if k in config_fields}
         factory_kwargs = {k: v for k, v in config_overrides.items() if k not in config_fields}
+        target = factory.target() if callable(getattr(factory, "target", None)) else factory
+        takes = [_keywords(target), _keywords(type(controller).__init__)]
+        if factory_kwargs and None not in takes:  # a misspelt setting, named with those the controller has
+            known = sorted((config_fields | set().union(*takes)) - {"self"})
+            unknown = sorted(set(factory_kwargs) - set(known))
+            if unknown:
+                close = {name: difflib.get_close_matches(name, known, n=1) for name in unknown}
+                hints = "".join(f" ({name}: did you mean {match[0]}?)" for name, match in close.items() if match)
+                raise ComparisonError(f"controller {spec!r}: no setting {', '.join(unknown)}{hints}; it takes {known}")
         config_kwargs = _check_types(spec, config_kwargs, _hints(type(config)))
         factory_kwargs = _check_types(spec, factory_kwargs, {**_hints(type(controller).__init__), **_factory_hints(factory)})
         if "num_envs" in factory_kwargs:
