@@ -645,7 +645,7 @@ class MetaTrainer:
     def resume(cls, path: str | Path, config: MetaTrainConfig) -> MetaTrainer:
         """The trainer saved in ``path``; ``config`` must be the one it was saved with."""
         checkpoint = checkpoints.load_checkpoint(
-            path, CHECKPOINT_KIND, "it is no meta-training state: delete it to start the search over, or pass another --state"
+            path, CHECKPOINT_KIND, "it is no meta-training state: pass the --state file a meta-training run wrote (a path that does not exist yet starts a new search)"
         )
         # A field added since the checkpoint was written takes its default, which computes what that version did,
         # or, where the default computes otherwise, the value that version ran with (PRIOR_DEFAULTS).

@@ -153,7 +153,7 @@ def register_envs() -> None:
     """Register :data:`ENV_IDS` with gymnasium; ids already registered (a second import, a reload) are kept."""
     for env_id, variant in ENV_IDS.items():
         if env_id not in registry:
-            register_env(env_id, variant.kwargs, variant.entry_point)
+            _register(env_id, variant.kwargs, variant.entry_point)
 
 
 def register_env(env_id: str, kwargs: dict[str, Any], entry_point: str = CLASSIFICATION) -> None:
@@ -163,7 +163,14 @@ def register_env(env_id: str, kwargs: dict[str, Any], entry_point: str = CLASSIF
     the children one env each, which the controllers, meta-training and AdaLFL cannot drive).
 
     Called in the module that also registers the id's data and model names, the id works in every command
-    line as ``"module:EnvId"``: naming it imports the module, which registers all three in that process."""
+    line as ``"module:EnvId"``: naming it imports the module, which registers all three in that process. The
+    package's own ids are refused: replacing one would change what every command and result means by it."""
+    if env_id in ENV_IDS:
+        raise ValueError(f"{env_id} is one of the package's env ids; register yours under a name of its own")
+    _register(env_id, kwargs, entry_point)
+
+
+def _register(env_id: str, kwargs: dict[str, Any], entry_point: str) -> None:
     register(
         id=env_id, entry_point=entry_point, kwargs=dict(kwargs), vector_entry_point=partial(make_vector_env, env_id)
     )

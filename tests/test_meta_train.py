@@ -367,7 +367,7 @@ def test_an_interrupted_run_resumes_bit_for_bit(tmp_path, global_rng_unchanged) 
     with pytest.raises(checkpoints.CheckpointError, match="has run 2 generations, more than --generations 1"):
         meta_train(tiny(generations=1), tmp_path / "state.pt")
     (tmp_path / "damaged.pt").write_bytes((tmp_path / "state.pt").read_bytes()[:100])
-    with pytest.raises(checkpoints.CheckpointError, match="delete it to start the search over, or pass another --state"):
+    with pytest.raises(checkpoints.CheckpointError, match=r"pass the --state file a meta-training run wrote \(a path that does not exist yet starts a new search\)"):
         meta_train(config, tmp_path / "damaged.pt")
 
 

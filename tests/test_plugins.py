@@ -168,3 +168,16 @@ def test_a_dict_keyword_takes_an_object_and_hints_that_do_not_resolve_check_noth
     with pytest.raises(compare.ComparisonError, match=r"weights must be dict\[str, float\] \| None, got \[0.5\]"):
         compare.build_controller("my_controllers:make_weighted(weights=[0.5])")
     assert compare.build_controller("my_controllers:make_unresolved(label=7)").label == 7
+
+
+def test_an_env_id_of_the_package_cannot_be_registered_over() -> None:
+    """``register_env`` refuses the package's own ids, as ``register_dataset`` and ``register_model`` refuse its
+    names: replacing one would change what every command and result means by it. The id stays the package's."""
+    import gymnasium as gym
+
+    import ala_gym
+
+    before = gym.spec("ALA-Digits-v0")
+    with pytest.raises(ValueError, match="ALA-Digits-v0 is one of the package's env ids; register yours under a name"):
+        ala_gym.register_env("ALA-Digits-v0", dict(dataset="digits", model="mlp"))
+    assert gym.spec("ALA-Digits-v0") is before
