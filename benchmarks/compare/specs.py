@@ -166,10 +166,11 @@ def build_controller(spec: str, children: int | None = None, baseline_children: 
         config_fields = {f.name for f in fields(config)} if is_dataclass(config) else set()
         config_kwargs = {k: v for k, v in config_overrides.items() if k in config_fields}
         factory_kwargs = {k: v for k, v in config_overrides.items() if k not in config_fields}
-        target = factory.target() if callable(getattr(factory, "target", None)) else factory
-        takes = [_keywords(target), _keywords(type(controller).__init__)]
-        if factory_kwargs and None not in takes:  # a misspelt setting, named with those the controller has
-            known = sorted((config_fields | set().union(*takes)) - {"self"})
+        target = getattr(factory, "target", None)  # what a factory of CONTROLLERS calls
+        factory_takes = _keywords(target() if callable(target) else factory)
+        init_takes = _keywords(type(controller).__init__)
+        if factory_kwargs and factory_takes is not None and init_takes is not None:  # a misspelt setting, named
+            known = sorted((config_fields | factory_takes | init_takes) - {"self"})
             unknown = sorted(set(factory_kwargs) - set(known))
             if unknown:
                 close = {name: difflib.get_close_matches(name, known, n=1) for name in unknown}
