@@ -545,12 +545,16 @@ def save_policy(path: str | Path, policy: PairPolicy, config: ReinforceConfig) -
     checkpoints.save_checkpoint(path, "reinforce", {**asdict(config), "n_features": first.in_features}, policy.state_dict())
 
 
+def shipped_policies() -> list[str]:
+    """The names of the policies shipped in :data:`POLICY_LIBRARY`."""
+    return sorted(p.stem for p in POLICY_LIBRARY.glob("*.pt"))
+
+
 def library_policy(name: str) -> Path:
     """The path of the shipped policy ``name`` (e.g. ``"digits"``); a clear error naming those shipped."""
     path = POLICY_LIBRARY / f"{name}.pt"
     if not path.is_file():
-        shipped = sorted(p.stem for p in POLICY_LIBRARY.glob("*.pt"))
-        raise ValueError(f"no shipped policy {name!r} in {POLICY_LIBRARY}; shipped: {shipped}")
+        raise ValueError(f"no shipped policy {name!r} in {POLICY_LIBRARY}; shipped: {shipped_policies()}")
     return path
 
 
@@ -560,9 +564,8 @@ def policy_path(name: str) -> Path:
     if name.endswith(".pt"):
         return Path(name)
     if Path(name).exists() or "/" in name or "\\" in name:  # a path, not a shipped policy's name
-        shipped = sorted(p.stem for p in POLICY_LIBRARY.glob("*.pt"))
         raise ValueError(f"{name} is not a policy file (those end in .pt, as --save writes them); or name a shipped "
-                         f"policy: {shipped}")  # fmt: skip
+                         f"policy: {shipped_policies()}")  # fmt: skip
     return library_policy(name)
 
 

@@ -211,10 +211,9 @@ class ClassificationData:
         equal tensors: a copy made in another process)."""
         if other is self:
             return True
-        def kind(data: ClassificationData) -> tuple:
-            return data.name, data.num_classes, data.augment, data.device
-
-        if kind(self) != kind(other):
+        if (self.name, self.num_classes, self.augment, self.device) != (
+            other.name, other.num_classes, other.augment, other.device
+        ):  # fmt: skip
             return False
         tensors = [(getattr(self, s).images, getattr(other, s).images) for s in ("train", "val", "test")]
         tensors += [(getattr(self, s).labels, getattr(other, s).labels) for s in ("train", "val", "test")]
