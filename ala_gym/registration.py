@@ -10,7 +10,6 @@ import difflib
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 from gymnasium import error
@@ -131,7 +130,15 @@ ENV_IDS: dict[str, EnvVariant] = {
 
 # Where each vector backend lives, named by entry-point string (as gymnasium's registry names env classes):
 # the Ray backend sits in the wrappers layer behind its extra, and is imported only when asked for.
+VECTOR_ENTRY_POINTS = "ala_gym.vector_entry_points"
+"""The module whose attribute named by an id is that id's vector env creator (ids are no Python names)."""
 VECTOR_BACKENDS = {"native": "ala_gym.envs.vector:ALAVectorEnv", "ray": "ala_gym.wrappers.ray:RayVectorEnv"}
+RAY_KEYWORDS = (
+    "children_per_worker", "num_cpus_per_worker", "num_gpus_per_worker", "address", "num_cpus", "runtime_env",
+    "worker_lost_reward",
+)  # fmt: skip
+"""The Ray backend's own keywords (named here, as its module needs Ray to import): given to the native backend,
+they are told to ask for the Ray one, where the env class would call them unknown."""
 
 
 def make_vector_env(env_id: str, num_envs: int, backend: str = "native", **kwargs: Any) -> Any:
@@ -140,10 +147,17 @@ def make_vector_env(env_id: str, num_envs: int, backend: str = "native", **kwarg
     ``backend="native"`` (default): :class:`ala_gym.envs.vector.ALAVectorEnv`, every child in this process.
     ``backend="ray"``: :class:`ala_gym.wrappers.ray.RayVectorEnv`, the children on Ray actors
     (``pip install -e '.[ray]'``; keywords such as ``children_per_worker`` and ``address`` are its own).
-    Module-level (bound to an id with ``functools.partial``) so that env specs stay picklable.
+    Each id's vector entry point names it bound to that id (``"ala_gym.vector_entry_points:<id>"``), so that
+    env specs stay picklable and serialisable.
     """
     if backend not in VECTOR_BACKENDS:
         raise ValueError(f"backend must be one of {sorted(VECTOR_BACKENDS)}, got {backend!r}")
+    ray_only = [name for name in RAY_KEYWORDS if name in kwargs]
+    if backend != "ray" and ray_only:
+        raise TypeError(
+            f"{', '.join(ray_only)} {'is a keyword' if len(ray_only) == 1 else 'are keywords'} of the Ray vector env: "
+            f"pass backend=\"ray\" to gym.make_vec (pip install -e '.[ray]'), or leave {'it' if len(ray_only) == 1 else 'them'} out"
+        )
     # gymnasium types what it loads as a creator called with keywords only; a backend takes the id and size first.
     backend_class: Callable[..., Any] = load_env_creator(VECTOR_BACKENDS[backend])
     return backend_class(env_id, num_envs, **kwargs)
@@ -171,9 +185,9 @@ def register_env(env_id: str, kwargs: dict[str, Any], entry_point: str = CLASSIF
 
 
 def _register(env_id: str, kwargs: dict[str, Any], entry_point: str) -> None:
-    register(
-        id=env_id, entry_point=entry_point, kwargs=dict(kwargs), vector_entry_point=partial(make_vector_env, env_id)
-    )
+    # The vector entry point is a string, as the env's is: gymnasium writes only strings into a spec's JSON
+    # (``EnvSpec.to_json``). It names the attribute of ala_gym.vector_entry_points called by the id.
+    register(id=env_id, entry_point=entry_point, kwargs=dict(kwargs), vector_entry_point=f"{VECTOR_ENTRY_POINTS}:{env_id}")
 
 
 class UnknownEnvError(ValueError):

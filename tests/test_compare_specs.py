@@ -43,6 +43,11 @@ def test_build_controller_applies_keywords_and_child_counts():
                          ("phi-uniform(off_diagonal=3)", r"off_diagonal must be a finite number in \[-1, 1\], got 3")]:  # fmt: skip
         with pytest.raises(ComparisonError, match=message):
             build_controller(bad)
+    # The settings listed are those a row's text can set: not the config object or a saved state code passes.
+    with pytest.raises(ComparisonError, match=r"it takes \['baseline',") as caught:
+        build_controller("reinforce(no_such_field=1)")
+    assert "'config'" not in str(caught.value) and "'initial_state'" not in str(caught.value)
+    assert "'lr'" in str(caught.value)
 
 
 def test_seed_stride_gives_each_run_its_own_children():

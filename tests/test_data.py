@@ -137,6 +137,15 @@ def test_md5sums_may_hold_blank_lines_but_must_list_every_file(tiny_cifar_dir: P
         load_cifar10(data_root=folder)
 
 
+def test_a_cifar_format_folder_without_md5sums_is_named_as_such(tiny_cifar_dir: Path, tmp_path: Path) -> None:
+    """A subset folder that lost its MD5SUMS is told so, with how to restore or rewrite it, instead of being taken
+    for torchvision's root and reported as a missing full CIFAR-10."""
+    folder = shutil.copytree(tiny_cifar_dir, tmp_path / "cifar", ignore=shutil.ignore_patterns("MD5SUMS"))
+    with pytest.raises(DataError, match=rf"^{folder} holds CIFAR-10 batch files but no MD5SUMS.*restore the folder.*md5sum"):
+        load_cifar10(data_root=folder)
+    assert not (folder / "cifar-10-batches-py").exists()  # no download attempted into it
+
+
 def test_md5sums_in_binary_mode_or_capital_letters_are_read(tiny_cifar_dir: Path, tmp_path: Path) -> None:
     """``md5sum -b`` writes ``<md5> *<file name>``, and some tools write the digest in capitals: the same checksums."""
     folder = shutil.copytree(tiny_cifar_dir, tmp_path / "cifar")

@@ -66,6 +66,20 @@ def _assert_same(a, b) -> None:
         assert a == b
 
 
+def test_the_ray_keywords_the_native_backend_points_to_ray_are_the_ray_envs_own() -> None:
+    """``RAY_KEYWORDS`` (named without importing Ray) are exactly the keywords the Ray vector env takes beyond the
+    native one's, so none is missing from, or wrongly in, the hint the native backend gives."""
+    import inspect
+
+    from ala_gym.envs.vector import ALAVectorEnv
+    from ala_gym.registration import RAY_KEYWORDS
+
+    def keywords(cls: type) -> set[str]:
+        return {p.name for p in inspect.signature(cls.__init__).parameters.values() if p.kind is p.KEYWORD_ONLY}
+
+    assert set(RAY_KEYWORDS) == keywords(RayVectorEnv) - keywords(ALAVectorEnv)
+
+
 @pytest.mark.parametrize("autoreset_mode", ["NextStep", "SameStep"])
 def test_ray_children_equal_the_native_env_bit_for_bit(make_ray, autoreset_mode: str) -> None:
     """Sequential path on CPUs: 3 children on 2 actors give the in-process env's trajectories and infos."""

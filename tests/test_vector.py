@@ -67,6 +67,31 @@ def test_every_id_has_a_vector_entry_point_and_reregistering_is_harmless() -> No
     assert envs.observation_space.shape == (2, N_PAIRS, 24) and envs.action_space.shape == (2, N_PAIRS)
 
 
+def test_an_env_spec_round_trips_through_json_and_makes_the_same_vector_env(tmp_path: Path) -> None:
+    """Gymnasium serialises only strings: every id's spec, the single env's and the vector env's (an id of
+    one's own too), writes to JSON, and the spec read back makes the package's vector env and the same env."""
+    from gymnasium.envs.registration import EnvSpec
+
+    ala_gym.register_env("Own-Json-v0", dict(dataset="digits", model="mlp", **TINY))
+    try:
+        for env_id in [*ala_gym.ENV_IDS, "Own-Json-v0"]:
+            assert EnvSpec.from_json(gym.spec(env_id).to_json()) == gym.spec(env_id)
+        single = gym.make(ENV_ID, **TINY)
+        back = EnvSpec.from_json(single.spec.to_json())
+        first = single.reset(seed=3)[0]
+        np.testing.assert_array_equal(gym.make(back).reset(seed=3)[0], first)
+        envs = gym.make_vec(EnvSpec.from_json(gym.spec("Own-Json-v0").to_json()), num_envs=2)
+        assert isinstance(envs.unwrapped, ALAVectorEnv) and envs.spec.id == "Own-Json-v0"
+        np.testing.assert_array_equal(envs.reset(seed=3)[0][0], first)
+        json.loads(envs.spec.to_json())
+    finally:
+        del gym.registry["Own-Json-v0"]
+    from ala_gym import vector_entry_points
+
+    with pytest.raises(AttributeError, match="has no attribute 'No-Such-v0'"):
+        vector_entry_points.__getattr__("No-Such-v0")
+
+
 @pytest.mark.parametrize(
     "results", ["throughput.json", "throughput-mlp/throughput.json", "throughput-mlp-epyc/throughput.json"]
 )
@@ -387,6 +412,15 @@ def test_make_vec_refuses_an_unknown_backend_by_naming_the_backends() -> None:
     """A backend that is neither the native env nor Ray's is refused with the two there are, before any env is made."""
     with pytest.raises(ValueError, match=r"^backend must be one of \['native', 'ray'\], got 'dask'$"):
         gym.make_vec(ENV_ID, num_envs=2, backend="dask", **TINY)
+
+
+def test_a_ray_keyword_on_the_native_backend_is_told_to_ask_for_ray() -> None:
+    """``children_per_worker`` and the other Ray keywords, given without ``backend="ray"``, say which backend takes
+    them, where the env class would call them unknown keywords of its own."""
+    with pytest.raises(TypeError, match=r'^children_per_worker is a keyword of the Ray vector env: pass backend="ray"'):
+        gym.make_vec(ENV_ID, num_envs=2, children_per_worker=2, **TINY)
+    with pytest.raises(TypeError, match=r"^children_per_worker, address are keywords of the Ray vector env: .*them out$"):
+        gym.make_vec(ENV_ID, num_envs=2, backend="native", address="auto", children_per_worker=2, **TINY)
 
 
 def test_sync_and_async_make_vec_on_the_single_env_match_the_native_env() -> None:

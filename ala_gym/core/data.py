@@ -680,6 +680,13 @@ def load_cifar10(
         # Checksums written by whoever made the folder vouch only for the bytes, not for their shapes or labels.
         _check_cifar_pickles(root)
     else:
+        if any((root / name).exists() for name in ("batches.meta", "data_batch_1", "test_batch")):
+            # A CIFAR-format folder without its checksums: torchvision would look for cifar-10-batches-py under it
+            # and report the full dataset missing, which points away from the real fix.
+            raise DataError(
+                f"{root} holds CIFAR-10 batch files but no MD5SUMS, which a CIFAR-format folder needs; {_RESTORE}, "
+                "or write it with `md5sum batches.meta data_batch_* test_batch > MD5SUMS` in that folder"
+            )
         if download:  # torchvision's download would fail on an unusable folder with a bare OSError
             try:
                 root.mkdir(parents=True, exist_ok=True)

@@ -170,7 +170,8 @@ def build_controller(spec: str, children: int | None = None, baseline_children: 
         factory_takes = _keywords(target() if callable(target) else factory)
         init_takes = _keywords(type(controller).__init__)
         if factory_kwargs and factory_takes is not None and init_takes is not None:  # a misspelt setting, named
-            known = sorted((config_fields | factory_takes | init_takes) - {"self"})
+            # A config object and a saved state are passed by code; a row's text cannot hold them.
+            known = sorted((config_fields | factory_takes | init_takes) - {"self", "config", "initial_state"})
             unknown = sorted(set(factory_kwargs) - set(known))
             if unknown:
                 close = {name: difflib.get_close_matches(name, known, n=1) for name in unknown}
