@@ -125,14 +125,16 @@ def test_the_fused_soft_loss_weights_by_row_y_of_a_phi_that_is_not_symmetric() -
     torch.testing.assert_close(PhiLoss(phi.clone())(logits[1], labels[1]), want[1], rtol=0, atol=1e-6)
 
 @pytest.mark.parametrize(
-    "augment, batch_size, samples_per_class", [(False, 500, None), (False, 359, None), (True, 24, None), (False, 20, 4)]
+    "augment, batch_size, samples_per_class",
+    [(False, 500, None), (False, 359, None), (False, 2000, None), (True, 24, None), (True, 100, None), (False, 20, 4)],
 )
 def test_batches_follow_each_childs_batch_sampler(
     digits, tiny_cifar_dir, augment: bool, batch_size: int, samples_per_class: int | None
 ) -> None:
     """Over several epochs, with children sitting out and one reset midway, child i's batches are those of
     ``ChildTrainer``'s sampler for its seed, bit for bit; a child that sits out draws nothing. Batch 359 divides
-    digits' 1,077 training images exactly: the epoch's last batch is taken, not dropped. Class-balanced batches
+    digits' 1,077 training images exactly: the epoch's last batch is taken, not dropped; a batch larger than the
+    training split (2,000 of 1,077 digits, 100 of 80 CIFAR images) is the whole split, reshuffled. Class-balanced batches
     (P classes of K samples, as metric learning draws them) come from each child's own sampler too."""
     # Two or three batches an epoch: child 0, always active, goes through four epochs or more.
     if augment:

@@ -408,6 +408,17 @@ def test_bad_input_and_calls_out_of_order_are_refused(make_vec) -> None:
     assert info["episode_step"].tolist() == [1, 1]
 
 
+def test_batched_children_train_on_a_training_split_smaller_than_a_batch() -> None:
+    """``train_size=100`` under the default batch of 128: every batch is the whole (reshuffled) split, in the
+    batched path as in the sequential one, which it follows to float tolerance."""
+    actions = action_plan(2, 4, seed=1)
+    runs = {
+        mode: run_vector(gym.make_vec(ENV_ID, num_envs=2, train_mode=mode, train_size=100, **TINY), actions, 4)
+        for mode in ("batched", "sequential")
+    }
+    np.testing.assert_allclose(np.array(runs["batched"]["obs"]), np.array(runs["sequential"]["obs"]), rtol=0, atol=1e-4)
+
+
 def test_make_vec_refuses_an_unknown_backend_by_naming_the_backends() -> None:
     """A backend that is neither the native env nor Ray's is refused with the two there are, before any env is made."""
     with pytest.raises(ValueError, match=r"^backend must be one of \['native', 'ray'\], got 'dask'$"):

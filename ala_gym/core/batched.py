@@ -199,8 +199,9 @@ class BatchedTrainer:
         # The same positions on the device, kept in step: a batch of every child is gathered without a copy from
         # the host (on a GPU, a copy from pageable host memory would wait for the queued work at every iteration).
         self._device_positions = torch.from_numpy(self._positions).to(data.device, copy=True)
-        # Where a uniform batch lies in a child's permutation, from the child's position.
-        self._batch_offsets = torch.arange(config.batch_size, device=data.device)
+        # Where a uniform batch lies in a child's permutation, from the child's position; a batch larger than
+        # the training split is the whole split, as BatchSampler caps it.
+        self._batch_offsets = torch.arange(min(config.batch_size, len(data.train)), device=data.device)
         self.iterations = np.zeros(self.num_children, dtype=np.int64)
         # Per-iteration constants, built once: the all-True mask, and the children's learning rates with the
         # milestones each child had passed when they were built (rebuilt only when one passes another).

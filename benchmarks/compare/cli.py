@@ -66,7 +66,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         f"package.module:Factory; each optionally name(config_key=value;...)@env_key=value;...; and the rows "
         f"{', '.join(ORACLES)} (the best fixed loss of a grid, selected on validation)",
     )
-    parser.add_argument("--seeds", type=int, help="how many seeds: runs seeds 0, 1, ..., N-1")
+    parser.add_argument("--seeds", type=int, help="how many seeds: runs seeds F, F + 1, ..., F + N - 1 (F: --first-seed)")
+    parser.add_argument(
+        "--first-seed", type=int,
+        help="the first seed (default 0); with --seed-stride, a later first seed gives children no earlier seed trained",
+    )
     parser.add_argument("--total-iterations", type=int, help="SGD iterations per child (default: the env's)")
     parser.add_argument("--steps-per-action", type=int, help="K, SGD iterations per controller step (default: the env's)")
     parser.add_argument("--env-kwargs", default="{}", help="JSON dict of further env keywords")
@@ -106,7 +110,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     if not isinstance(extra, dict):
         parser.error("--env-kwargs must be a JSON object, e.g. '{\"beta\": 0.01}'")
     config["env_kwargs"] = {**config["env_kwargs"], **extra}
-    for flag in ("env", "controllers", "seeds", "name", "children", "baseline_children", "seed_stride"):
+    for flag in ("env", "controllers", "seeds", "first_seed", "name", "children", "baseline_children", "seed_stride"):
         if getattr(args, flag) is not None:
             config[flag] = getattr(args, flag)
     for key in ("total_iterations", "steps_per_action"):  # over a preset's value; beside --env-kwargs', refused
@@ -121,12 +125,15 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         value = config.get(flag) if flag != "threads" else args.threads
         if value is not None and value < 1:
             parser.error(f"--{flag.replace('_', '-')} must be a positive count, got {value}")
+    first_seed = config.get("first_seed", 0)
+    if first_seed < 0:
+        parser.error(f"--first-seed must be a seed >= 0, got {first_seed}")
     if args.data_root is not None:
         os.environ["ALA_GYM_DATA"] = str(args.data_root.resolve())
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     name = config.get("name") or config["env"].lower()
-    seeds = list(range(config["seeds"]))
+    seeds = list(range(first_seed, first_seed + config["seeds"]))
     try:
         compare(
             config["env"],
