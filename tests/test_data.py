@@ -146,6 +146,13 @@ def test_a_cifar_format_folder_without_md5sums_is_named_as_such(tiny_cifar_dir: 
     assert not (folder / "cifar-10-batches-py").exists()  # no download attempted into it
 
 
+def test_an_md5sums_that_cannot_be_read_is_named(tiny_cifar_dir: Path, tmp_path: Path) -> None:
+    folder = shutil.copytree(tiny_cifar_dir, tmp_path / "cifar", ignore=shutil.ignore_patterns("MD5SUMS"))
+    (folder / "MD5SUMS").mkdir()  # a read fails, as it would without permission
+    with pytest.raises(DataError, match=rf"^{folder / 'MD5SUMS'} cannot be read \(Is a directory\); restore the folder"):
+        load_cifar10(data_root=folder)
+
+
 def test_md5sums_in_binary_mode_or_capital_letters_are_read(tiny_cifar_dir: Path, tmp_path: Path) -> None:
     """``md5sum -b`` writes ``<md5> *<file name>``, and some tools write the digest in capitals: the same checksums."""
     folder = shutil.copytree(tiny_cifar_dir, tmp_path / "cifar")
@@ -192,9 +199,12 @@ def test_a_standard_cifar_folder_gives_what_its_md5sums_copy_gives(
     monkeypatch.setattr(CIFAR10, "_load_meta", lambda self: None)
     standard = load_cifar10(data_root=tmp_path, download=False, val_size=20)
     own = load_cifar10(data_root=tiny_cifar_dir, val_size=20)
+    # data_root at the extracted folder itself reads the same: torchvision's root is the folder above it.
+    inside = load_cifar10(data_root=tmp_path / "cifar-10-batches-py", download=False, val_size=20)
     for split in ("train", "val", "test"):
-        assert torch.equal(getattr(standard, split).images, getattr(own, split).images), split
-        assert torch.equal(getattr(standard, split).labels, getattr(own, split).labels), split
+        for other in (own, inside):
+            assert torch.equal(getattr(standard, split).images, getattr(other, split).images), split
+            assert torch.equal(getattr(standard, split).labels, getattr(other, split).labels), split
 
 
 @pytest.mark.skipif(not CIFAR_SUBSET.exists(), reason=f"real CIFAR-10 subset not present at {CIFAR_SUBSET}")
@@ -588,8 +598,15 @@ def _append_bytes(folder: Path) -> Path:
     return victim
 
 
+def _empty_labels(folder: Path) -> Path:
+    victim = folder / "t10k-labels-idx1-ubyte.gz"
+    _rewrite_idx(victim, lambda raw: raw.__setitem__(slice(4, None), bytes(4)))  # a header of no labels, and none
+    return victim
+
+
 @pytest.mark.parametrize(
-    "damage", [_swap_images_and_labels, _set_dtype_byte, _reshape_images, _set_leading_magic_bytes, _append_bytes]
+    "damage",
+    [_swap_images_and_labels, _set_dtype_byte, _reshape_images, _set_leading_magic_bytes, _append_bytes, _empty_labels],
 )
 def test_fashion_mnist_file_with_wrong_idx_header_is_named(
     tiny_fashion_mnist_dir: Path, tmp_path: Path, damage: Callable[[Path], Path]

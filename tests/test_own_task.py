@@ -278,6 +278,26 @@ def test_uint8_inputs_are_copies_too(as_tensors: bool) -> None:
     assert all(int(split.images.min()) > 0 for split in (data.train, data.val))
 
 
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint32, np.uint64])
+def test_unsigned_labels_of_every_width_are_class_indices(wine, dtype) -> None:
+    """Labels in any unsigned integer type give what int64 labels give (torch has no min or max for uint16 to
+    uint64); one beyond int64 is named, not wrapped to a negative label."""
+    x_train, y_train, x_test, y_test = wine
+    data = from_user_data((x_train, y_train.astype(dtype), x_test, y_test.astype(dtype)))
+    reference = from_user_data(wine)
+    assert torch.equal(data.train.labels, reference.train.labels) and data.train.labels.dtype == torch.int64
+    if dtype is np.uint64:
+        y_huge = y_train.astype(dtype)
+        y_huge[7] = 2**63
+        with pytest.raises(ValueError, match=rf"holds label {2**63} at position 7; labels must be class indices 0..C-1"):
+            from_user_data((x_train, y_huge, x_test, y_test.astype(dtype)))
+
+
+def test_a_fraction_for_val_size_is_named(wine) -> None:
+    with pytest.raises(ValueError, match=r"^val_size must be an integer >= 1, got 0.2 \(float\)$"):
+        from_user_data(wine, val_size=0.2)
+
+
 def test_the_users_arrays_and_tensors_are_never_written(wine) -> None:
     as_tensors = tuple(torch.as_tensor(a, dtype=torch.float32 if a.dtype.kind == "f" else torch.int64) for a in wine)
     for data in (wine, as_tensors):

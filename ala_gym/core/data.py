@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ala_gym.core.checks import check_optional_int, worker_registration_hint
+from ala_gym.core.checks import check_int, check_optional_int, worker_registration_hint
 from ala_gym.core.files import atomic_file, publish_folder
 from ala_gym.core.global_rng import python_random_kept
 
@@ -229,6 +229,7 @@ class ClassificationData:
 
 
 def _split_train_val(images: torch.Tensor, labels: torch.Tensor, val_size: int, split_seed: int) -> tuple[Split, Split]:
+    val_size = check_int("val_size", val_size, 1)  # a count of samples (a fraction would fail as a slice bound)
     if not 0 < val_size < len(labels) - 1:  # the training split keeps two samples: a spread to normalise by
         raise ValueError(f"val_size must be in (0, {len(labels) - 1}) for {len(labels)} training samples, got {val_size}")
     generator = torch.Generator().manual_seed(split_seed)
@@ -346,6 +347,8 @@ def _check_idx(unpacked: Path, source: Path) -> None:
             f"Fashion-MNIST file {source} unpacks to {size} bytes but its idx header promises {promised}: "
             f"it is truncated or not an idx file; {_REINSTALL_FASHION_MNIST}"
         )
+    if shape[0] == 0:  # torchvision's reader fails on an empty array with a bare ValueError
+        raise DataError(f"Fashion-MNIST file {source} holds no {'images' if images else 'labels'}; {_REINSTALL_FASHION_MNIST}")
     if images and shape[1:] != [28, 28]:
         raise DataError(
             f"Fashion-MNIST file {source} holds {shape[1]}x{shape[2]} images, not 28x28; {_REINSTALL_FASHION_MNIST}"
@@ -478,7 +481,11 @@ _RESTORE = "restore the folder from where it came (for the CIFAR-10 subset: copy
 def _read_md5sums(folder: Path) -> dict[str, str]:
     sums = {}
     path = folder / "MD5SUMS"
-    for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        raise DataError(f"{path} cannot be read ({exc.strerror or exc}); {_RESTORE}") from None
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         parts = line.split(maxsplit=1)
@@ -668,6 +675,8 @@ def load_cifar10(
     from torchvision.datasets import CIFAR10
 
     root = Path(data_root) if data_root is not None else default_cache_dir() / "cifar10"
+    if root.name == "cifar-10-batches-py" and not (root / "MD5SUMS").exists():
+        root = root.parent  # the extracted archive's folder itself: torchvision's root is the one above it
     if (root / "MD5SUMS").exists():
         reader = _cifar10_reader_class()
         try:
@@ -685,7 +694,8 @@ def load_cifar10(
             # and report the full dataset missing, which points away from the real fix.
             raise DataError(
                 f"{root} holds CIFAR-10 batch files but no MD5SUMS, which a CIFAR-format folder needs; {_RESTORE}, "
-                "or write it with `md5sum batches.meta data_batch_* test_batch > MD5SUMS` in that folder"
+                "or write it with `md5sum batches.meta data_batch_* test_batch > MD5SUMS` in that folder (for the full "
+                "CIFAR-10, name its extracted folder cifar-10-batches-py: it is then checked against the published sums)"
             )
         if download:  # torchvision's download would fail on an unusable folder with a bare OSError
             try:
@@ -950,6 +960,15 @@ def _user_labels(labels: torch.Tensor, count: int, what: str, inputs_what: str) 
         )
     if len(labels) != count:
         raise ValueError(f"dataset: {inputs_what} holds {count} samples but {what} {len(labels)} labels")
+    if labels.dtype in (torch.uint16, torch.uint32, torch.uint64):  # torch has no min or max for them: as int64
+        values = labels.cpu().numpy()
+        too_large = values > np.iinfo(np.int64).max  # would wrap to a negative int64
+        if too_large.any():
+            first = int(np.argmax(too_large))
+            raise ValueError(
+                f"dataset: {what} holds label {int(values[first])} at position {first}; labels must be class indices 0..C-1"
+            )
+        labels = torch.from_numpy(values.astype(np.int64))
     if len(labels) and labels.min() < 0:
         first = int(torch.nonzero(labels < 0)[0])
         raise ValueError(
