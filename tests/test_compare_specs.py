@@ -40,6 +40,7 @@ def test_build_controller_applies_keywords_and_child_counts():
     assert build_controller("ce").num_envs == 1
     for bad, message in [("nonsense", "unknown controller 'nonsense'"),
                          ("reinforce(no_such_field=1)", "no setting no_such_field; it takes \\["),
+                         ("ce(", r"controller 'ce\(': write config keywords as name\(key=value;key=value\)"),
                          ("phi-uniform(off_diagonal=3)", r"off_diagonal must be a finite number in \[-1, 1\], got 3")]:  # fmt: skip
         with pytest.raises(ComparisonError, match=message):
             build_controller(bad)

@@ -288,6 +288,20 @@ def test_data_root_and_threads_are_set_before_the_comparison_runs(tmp_path, monk
     assert seen == [(str(tmp_path / "data"), 2)]
 
 
+def test_first_seed_starts_the_seeds_there_and_a_negative_one_is_refused(monkeypatch, capsys) -> None:
+    from ala_gym.benchmarks.compare import cli
+
+    seen = []
+    monkeypatch.setattr(cli, "compare", lambda *args: seen.append(args[2]))
+    compare.main([*ARGS[:5], "2", *ARGS[6:], "--first-seed", "3"])  # --seeds 2
+    compare.main(["--preset", "fashion-mnist-fresh"])
+    assert seen == [[3, 4], [50, 51, 52, 53, 54]]
+    with pytest.raises(SystemExit) as caught:
+        compare.main([*ARGS, "--first-seed", "-1"])
+    error = capsys.readouterr().err
+    assert caught.value.code == 2 and error.strip().endswith("error: --first-seed must be a seed >= 0, got -1"), error
+
+
 def test_a_command_without_preset_names_the_options_it_lacks(monkeypatch, capsys) -> None:
     no_training(monkeypatch)
     with pytest.raises(SystemExit) as caught:

@@ -38,9 +38,9 @@ def parse_config(name: str) -> tuple[str, dict[str, Any]]:
     """``"reinforce-multi(lr=0.001;pair_credit=false)"`` -> ``("reinforce-multi", {"lr": 0.001, ...})``: a
     registered name and fields of the controller's config dataclass (or, for a controller without one, its
     factory's keywords: ``phi-uniform(off_diagonal=0.03)``)."""
-    base, _, rest = name.partition("(")
+    base, parenthesis, rest = name.partition("(")
     base = base.strip()
-    if rest and not rest.endswith(")"):
+    if parenthesis and not rest.endswith(")"):  # "ce(" too: not a row of ce
         raise ComparisonError(f"controller {name!r}: write config keywords as name(key=value;key=value)")
     return base, _parse_keywords(name, rest[:-1])
 
