@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -158,6 +159,8 @@ def make_vector_env(env_id: str, num_envs: int, backend: str = "native", **kwarg
             f"{', '.join(ray_only)} {'is a keyword' if len(ray_only) == 1 else 'are keywords'} of the Ray vector env: "
             f"pass backend=\"ray\" to gym.make_vec (pip install -e '.[ray]'), or leave {'it' if len(ray_only) == 1 else 'them'} out"
         )
+    if backend == "ray":  # its workers are other processes: they import the module of an id of one's own
+        env_id = importable_id(env_id)
     # gymnasium types what it loads as a creator called with keywords only; a backend takes the id and size first.
     backend_class: Callable[..., Any] = load_env_creator(VECTOR_BACKENDS[backend])
     return backend_class(env_id, num_envs, **kwargs)
@@ -177,11 +180,34 @@ def register_env(env_id: str, kwargs: dict[str, Any], entry_point: str = CLASSIF
     the children one env each, which the controllers, meta-training and AdaLFL cannot drive).
 
     Called in the module that also registers the id's data and model names, the id works in every command
-    line as ``"module:EnvId"``: naming it imports the module, which registers all three in that process. The
+    line as ``"module:EnvId"``: naming it imports the module, which registers all three in that process (the
+    Ray backend's workers are handed the id so named, see :func:`importable_id`). The
     package's own ids are refused: replacing one would change what every command and result means by it."""
     if env_id in ENV_IDS:
         raise ValueError(f"{env_id} is one of the package's env ids; register yours under a name of its own")
+    caller = inspect.currentframe()
+    caller = caller.f_back if caller is not None else None
+    _REGISTERED_IN[env_id] = caller.f_globals.get("__name__", "__main__") if caller is not None else "__main__"
     _register(env_id, kwargs, entry_point)
+
+
+_REGISTERED_IN: dict[str, str] = {}
+"""The module that registered each id of one's own (:func:`register_env`): where another process finds it."""
+
+
+def importable_id(env_id: str) -> str:
+    """``env_id`` as a process that has imported only ``ala_gym`` makes it: an id of one's own as
+    ``"module:EnvId"``, naming the module that registered it (gymnasium strips the module from an id it makes).
+    An id registered by the script run as ``__main__`` is refused: no other process can import that."""
+    module = _REGISTERED_IN.get(env_id)
+    if module is None:
+        return env_id
+    if module == "__main__":
+        raise ValueError(
+            f"{env_id} was registered by the script run as __main__, which the Ray workers cannot import: call "
+            f"register_env in a module of its own and name the id 'module:{env_id}'"
+        )
+    return f"{module}:{env_id}"
 
 
 def _register(env_id: str, kwargs: dict[str, Any], entry_point: str) -> None:

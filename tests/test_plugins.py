@@ -181,3 +181,31 @@ def test_an_env_id_of_the_package_cannot_be_registered_over() -> None:
     with pytest.raises(ValueError, match="ALA-Digits-v0 is one of the package's env ids; register yours under a name"):
         ala_gym.register_env("ALA-Digits-v0", dict(dataset="digits", model="mlp"))
     assert gym.spec("ALA-Digits-v0") is before
+
+
+def test_an_env_id_of_ones_own_is_named_with_its_module_for_other_processes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Gymnasium makes ``"module:EnvId"`` as ``EnvId``; the Ray workers, other processes, get it back with the
+    module that registered it, and one registered by a script run as ``__main__`` is refused in one line."""
+    import importlib
+
+    import gymnasium as gym
+
+    from ala_gym.registration import importable_id
+
+    (tmp_path / "own_ids.py").write_text(
+        "import ala_gym\nala_gym.register_env('OwnIds-v0', dict(dataset='digits', model='mlp'))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        importlib.import_module("own_ids")
+        assert importable_id("OwnIds-v0") == "own_ids:OwnIds-v0"
+        assert importable_id("ALA-Digits-v0") == "ALA-Digits-v0"
+        exec("import ala_gym\nala_gym.register_env('MainIds-v0', dict(dataset='digits'))", {"__name__": "__main__"})
+        with pytest.raises(ValueError, match=r"^MainIds-v0 was registered by the script run as __main__, .*'module:MainIds-v0'$"):
+            gym.make_vec("MainIds-v0", num_envs=1, backend="ray")
+    finally:
+        for env_id in ("OwnIds-v0", "MainIds-v0"):
+            gym.registry.pop(env_id, None)
+        sys.modules.pop("own_ids", None)

@@ -80,6 +80,26 @@ def test_the_ray_keywords_the_native_backend_points_to_ray_are_the_ray_envs_own(
     assert set(RAY_KEYWORDS) == keywords(RayVectorEnv) - keywords(ALAVectorEnv)
 
 
+def test_an_env_id_of_ones_own_runs_on_ray_by_its_module(ray_cluster, tmp_path: Path, monkeypatch) -> None:
+    """``gym.make_vec("module:EnvId", backend="ray")``: the workers import the module that registered the id, and
+    its children are those of the native vector env."""
+    (tmp_path / "ray_own_ids.py").write_text(
+        "import ala_gym\n"
+        f"ala_gym.register_env('RayOwn-v0', dict(dataset='digits', model='mlp', **{TINY!r}))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    runtime_env = {"env_vars": {"PYTHONPATH": str(tmp_path)}}
+    try:
+        on_ray = gym.make_vec("ray_own_ids:RayOwn-v0", num_envs=2, backend="ray", runtime_env=runtime_env,
+                              train_mode="sequential", num_cpus_per_worker=0.5)  # fmt: skip
+        native = gym.make_vec("ray_own_ids:RayOwn-v0", num_envs=2, train_mode="sequential")
+        np.testing.assert_array_equal(on_ray.reset(seed=4)[0], native.reset(seed=4)[0])
+        on_ray.close()
+    finally:
+        gym.registry.pop("RayOwn-v0", None)
+        sys.modules.pop("ray_own_ids", None)
+
+
 @pytest.mark.parametrize("autoreset_mode", ["NextStep", "SameStep"])
 def test_ray_children_equal_the_native_env_bit_for_bit(make_ray, autoreset_mode: str) -> None:
     """Sequential path on CPUs: 3 children on 2 actors give the in-process env's trajectories and infos."""
