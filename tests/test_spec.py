@@ -88,6 +88,17 @@ def test_spec_and_keywords_are_not_combined_and_each_part_checks_itself() -> Non
         task_spec("ALA-Digits-v0", learning_rate=0.1)
     with pytest.raises(TypeError, match=r"^ALAClassificationEnv takes no keyword 'total_iteration'; did you mean 'total_iterations'\?"):
         gym.make("ALA-Digits-v0", total_iteration=10)
+    # The vector env's own options are among the names a misspelt keyword is matched against, and listed.
+    with pytest.raises(TypeError, match=r"^the vector env of ALAClassificationEnv takes no keyword 'trainmode'; "
+                                        r"did you mean 'train_mode'\? .*autoreset_mode, train_mode$"):  # fmt: skip
+        gym.make_vec("ALA-Digits-v0", num_envs=2, trainmode="batched")
+    # A spec builds the env of its own class, and make_env takes the env's options only.
+    metric_spec = task_spec(ALAMetricLearningEnv, dataset="digits", total_iterations=20, steps_per_action=10)
+    with pytest.raises(TypeError, match=r"^spec is a task of ala_gym.envs.metric_learning:ALAMetricLearningEnv, not of "
+                                        r"ALAClassificationEnv: build its env with spec.make_env\(\)"):  # fmt: skip
+        ALAClassificationEnv(spec=metric_spec)
+    with pytest.raises(TypeError, match=r"^make_env takes render_mode and num_threads, not max_episode_steps: .*TimeLimit"):
+        spec.make_env(max_episode_steps=3)
 
 
 def test_a_make_spec_keyword_that_no_part_takes_is_refused_not_ignored() -> None:
@@ -242,3 +253,20 @@ def test_the_loss_keywords_reach_the_loss_the_child_trains_under() -> None:
     weighted = log_probs[0] - 0.5 * log_probs[1]  # y^T Phi log f for y = 0: unfloored, about 10
     expected = -torch.sigmoid(weighted / 2.0)
     torch.testing.assert_close(env.episode.task.loss(logits, torch.tensor([0])), expected)
+
+
+def test_specs_compare_and_hash_by_value() -> None:
+    """Two specs of one task are equal, also through a pickle, with a Phi given as an array or as lists; another
+    Phi is another task. Data of one's own compares by identity (not sample by sample), and equal specs hash alike."""
+    first, second = task_spec("ALA-Digits-v0"), task_spec("ALA-Digits-v0")
+    assert first == second and pickle.loads(pickle.dumps(first)) == first and hash(first) == hash(second)
+    halved = task_spec("ALA-Digits-v0", phi_init=0.5 * np.eye(10))
+    assert halved == task_spec("ALA-Digits-v0", phi_init=(0.5 * np.eye(10)).tolist()) != first
+    assert hash(halved) == hash(task_spec("ALA-Digits-v0", phi_init=(0.5 * np.eye(10)).tolist()))
+    retrieval = task_spec("ALA-FashionMNIST-Triplet-v0")
+    assert retrieval == task_spec("ALA-FashionMNIST-Triplet-v0") != task_spec("ALA-FashionMNIST-Triplet-v0", recall_k=2)
+    x, y = np.random.default_rng(0).normal(size=(60, 4)), np.arange(60) % 3
+    own = (x[:40], y[:40], x[40:], y[40:])
+    assert task_spec("ALA-Classification-v0", dataset=own) == task_spec("ALA-Classification-v0", dataset=own)
+    copies = tuple(part.copy() for part in own)
+    assert task_spec("ALA-Classification-v0", dataset=own) != task_spec("ALA-Classification-v0", dataset=copies)

@@ -387,11 +387,18 @@ def test_bad_input_and_calls_out_of_order_are_refused(make_vec) -> None:
     np.testing.assert_array_equal(envs.get_attr("phi")[1], 0.5 * np.eye(10))
     with pytest.raises(ValueError, match="one value per child"):
         envs.set_attr("phi", np.stack([np.eye(10)] * 3))
+    envs.set_attr("phi", (0.25 * np.eye(10)).tolist())  # one Phi as nested lists: for every child, as an array is
+    for phi in envs.get_attr("phi"):
+        np.testing.assert_array_equal(phi, 0.25 * np.eye(10))
+    with pytest.raises(ValueError, match=r"^actions must have shape \(2, 55\) \(children x rows\), got a ragged sequence$"):
+        envs.step([[1] * N_PAIRS, [1] * (N_PAIRS - 1)])
     with pytest.raises(ValueError, match="train_mode"):
         make_vec(ENV_ID, 2, train_mode="fast", **TINY)
-    disabled = r"^autoreset_mode must be NEXT_STEP or SAME_STEP, got AutoresetMode\.DISABLED$"
-    with pytest.raises(ValueError, match=disabled):
+    modes = r"AutoresetMode.NEXT_STEP or AutoresetMode.SAME_STEP \('NextStep' or 'SameStep'\)"
+    with pytest.raises(ValueError, match=rf"^autoreset_mode must be {modes}, got AutoresetMode\.DISABLED$"):
         make_vec(ENV_ID, 2, autoreset_mode=AutoresetMode.DISABLED, **TINY)
+    with pytest.raises(ValueError, match=rf"^autoreset_mode must be {modes}, got 'same_step'$"):
+        make_vec(ENV_ID, 2, autoreset_mode="same_step", **TINY)
     with pytest.raises(ValueError, match=r"the vector env does not render \(render_mode must be None, got 'rgb_array'\)"):
         make_vec(ENV_ID, 2, render_mode="rgb_array", **TINY)
     make_vec(ENV_ID, 2, render_mode=None, **TINY).close()  # what gymnasium passes when nothing is asked
@@ -484,11 +491,26 @@ def test_sb3_adapter_seeding_terminal_observation_and_episode_stats(make_vec) ->
     assert np.all(observation[:, :, -1] == 0.0)  # SAME_STEP: the returned observation is the reset one
     with pytest.raises(ValueError, match="SAME_STEP"):
         SB3VecEnv(gym.make_vec(ENV_ID, num_envs=2, **TINY))
+    with pytest.raises(ValueError, match=r"^SB3VecEnv runs its vector env in AutoresetMode.SAME_STEP, got autoreset_mode='NextStep'; leave it out$"):
+        SB3VecEnv.make(ENV_ID, num_envs=2, autoreset_mode="NextStep", **TINY)
+    SB3VecEnv.make(ENV_ID, num_envs=1, autoreset_mode="SameStep", **TINY).close()  # what it sets anyway
 
     truncating = SB3VecEnv.make(ENV_ID, num_envs=1, max_episode_steps=1, **TINY)
     truncating.reset()
     _, _, done, infos = truncating.step(np.ones((1, N_PAIRS), dtype=np.int64))
     assert done[0] and infos[0]["TimeLimit.truncated"] is True
+
+
+def test_sb3_seed_without_a_seed_continues_each_childs_generator_and_leaves_numpys_alone(global_rng_unchanged) -> None:
+    """SB3's ``VecEnv.seed(None)`` draws a seed from NumPy's global generator; the adapter's draws nothing, and the
+    next reset continues every child's own generator, as the native ``reset()`` without a seed does."""
+    env = SB3VecEnv.make(ENV_ID, num_envs=2, **TINY)
+    native = gym.make_vec(ENV_ID, num_envs=2, autoreset_mode=AutoresetMode.SAME_STEP, **TINY)
+    env.seed(5)
+    np.testing.assert_array_equal(env.reset(), native.reset(seed=5)[0])
+    with global_rng_unchanged():
+        assert env.seed() == [None, None]
+    np.testing.assert_array_equal(env.reset(), native.reset()[0])
 
 
 def test_sb3_adapter_reads_and_sets_phi_per_child_and_refuses_what_it_cannot_do() -> None:

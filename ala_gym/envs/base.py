@@ -182,7 +182,7 @@ class ALAEnv(gym.Env):
             for f in dataclasses.fields(spec.data)
             if f.name not in MACHINE_SETTINGS
         )
-        return data, spec.train, _comparable(spec.loss), spec.episode, self.observation_space, self.action_space
+        return data, spec.train, spec.loss, spec.episode, self.observation_space, self.action_space
 
     def evaluate_split(self, split: str) -> Evaluation:
         """The current child's :class:`ala_gym.core.metrics.Evaluation` on the full ``"val"`` or ``"test"`` split."""
@@ -200,17 +200,6 @@ class ALAEnv(gym.Env):
     @phi.setter
     def phi(self, value: np.ndarray) -> None:
         self.episode.task.phi = value
-
-
-def _comparable(loss: Any) -> Any:
-    """A task's loss part as a value ``==`` can compare: its fields, arrays as nested lists (the package's loss
-    dataclasses compare by identity, since an array has no truth value); any other object as it is."""
-    if not dataclasses.is_dataclass(loss):
-        return loss
-    return type(loss).__qualname__, tuple(
-        (f.name, value.tolist() if isinstance(value := getattr(loss, f.name), np.ndarray) else value)
-        for f in dataclasses.fields(loss)
-    )
 
 
 def set_threads(num_threads: int | None) -> None:

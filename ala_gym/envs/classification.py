@@ -16,13 +16,13 @@ from ala_gym.core.metrics import METRICS, ClassificationEvaluator
 from ala_gym.core.models import ModelSpec, draws_randomness
 from ala_gym.envs.base import ALAEnv
 from ala_gym.envs.class_pairs import STEP_SCALINGS, ClassPairSettings, ClassPairTask
-from ala_gym.envs.spec import BuiltTask, TaskSpec, assemble
+from ala_gym.envs.spec import BuiltTask, ComparedByValue, TaskSpec, assemble
 
 __all__ = ["ALAClassificationEnv", "ClassificationLoss"]
 
 
-@dataclass(frozen=True, eq=False)  # eq=False: phi_init may be an array, which has no truth value
-class ClassificationLoss:
+@dataclass(frozen=True, eq=False)  # compared by value (phi_init may be an array, which has no truth value)
+class ClassificationLoss(ComparedByValue):
     """The classification part of a :class:`ala_gym.envs.spec.TaskSpec`: Phi's actions, Eq. 6's form and the
     metric (each field as under :class:`ALAClassificationEnv`'s Arguments)."""
 

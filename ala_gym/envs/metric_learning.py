@@ -26,7 +26,7 @@ from ala_gym.core.metric_learning import (
 from ala_gym.core.metrics import Evaluation
 from ala_gym.core.trainer import seed_streams
 from ala_gym.envs.base import ALAEnv
-from ala_gym.envs.spec import BuiltTask, TaskSpec, assemble
+from ala_gym.envs.spec import BuiltTask, ComparedByValue, TaskSpec, assemble
 from ala_gym.envs.task import LossTask, check_values
 
 FRAMEWORKS = ("triplet", "margin")
@@ -257,8 +257,8 @@ class ALAMetricLearningEnv(ALAEnv):
         return assemble(cls, keywords, RetrievalLoss, renames={"embedding_size": "output_size"})
 
 
-@dataclass(frozen=True, eq=False)  # eq=False: phi_init may be an array, which has no truth value
-class RetrievalLoss:
+@dataclass(frozen=True, eq=False)  # compared by value (phi_init may be an array, which has no truth value)
+class RetrievalLoss(ComparedByValue):
     """The metric-learning part of a :class:`ala_gym.envs.spec.TaskSpec`: the framework, the adaptive loss its
     rows parameterise, Recall@k and the class-disjoint split (each field as under :class:`ALAMetricLearningEnv`'s
     Arguments)."""

@@ -21,9 +21,10 @@ from __future__ import annotations
 import difflib
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
+import numpy as np
 import torch
 from gymnasium.envs.registration import load_env_creator
 
@@ -47,12 +48,42 @@ from ala_gym.registration import env_spec
 if TYPE_CHECKING:  # the envs import this module: the spec names their base class for the type checker only
     from ala_gym.envs.base import ALAEnv
 
-__all__ = ["BuiltTask", "DataSpec", "LossSpec", "TaskSpec", "assemble", "spec_keywords", "spec_of", "task_spec"]
+__all__ = [
+    "BuiltTask", "ComparedByValue", "DataSpec", "LossSpec", "TaskSpec", "assemble", "spec_keywords", "spec_of",
+    "task_spec", "vector_task_spec",
+]  # fmt: skip
 
 
-@dataclass(frozen=True)
+def comparable(part: Any) -> Any:
+    """A spec part as a value that ``==`` compares and ``hash`` takes: a dataclass as its type and fields, arrays
+    and lists as nested tuples of their values, anything else as it is."""
+    if isinstance(part, np.ndarray):
+        part = part.tolist()
+    if isinstance(part, list | tuple):
+        return tuple(comparable(value) for value in part)
+    if is_dataclass(part) and not isinstance(part, type):
+        return type(part).__qualname__, tuple((f.name, comparable(getattr(part, f.name))) for f in fields(part))
+    return part
+
+
+class ComparedByValue:
+    """A frozen spec part that may hold arrays or lists (declared ``eq=False``): ``==`` and ``hash`` by value,
+    where a dataclass's own ``__eq__`` would ask an array for a truth value, which it has not."""
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return bool(comparable(self) == comparable(other))
+
+    def __hash__(self) -> int:
+        return hash(comparable(self))
+
+
+
+@dataclass(frozen=True, eq=False)
 class DataSpec:
-    """The dataset a child trains on and how it is split."""
+    """The dataset a child trains on and how it is split. Two compare equal with equal fields, data of one's
+    own being the same objects (the samples are not compared: an env's ``set_state`` does that)."""
 
     dataset: str | UserData = "digits"
     """A registered name (``"digits"``, ``"fashion-mnist"``, ``"cifar10"``, or one given to
@@ -84,6 +115,21 @@ class DataSpec:
             raise ValueError(
                 "data_root names a registered dataset's folder; it does not apply to data given as arrays or Datasets"
             )
+
+    def _key(self) -> tuple:
+        return tuple(
+            value if f.name != "dataset" or isinstance(value, str) else ("data of one's own", id(value))
+            for f in fields(self)
+            for value in [getattr(self, f.name)]
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
 
     def load(self) -> ClassificationData:
         """The dataset, on the device, with its training subset. A registered name is read once per process by
@@ -165,6 +211,12 @@ class TaskSpec:
 
     def make_env(self, **options: Any) -> ALAEnv:
         """A single env of this task (``options``: ``render_mode``, ``num_threads``)."""
+        unknown = sorted(set(options) - set(ENV_OPTIONS))
+        if unknown:  # a time limit, say: not the env's own keyword
+            raise TypeError(
+                f"make_env takes {' and '.join(ENV_OPTIONS)}, not {', '.join(unknown)}: the task's keywords are parts "
+                "of the spec (dataclasses.replace them), and a time limit is gymnasium.wrappers.TimeLimit's"
+            )
         return cast("ALAEnv", load_env_creator(self.env_class)(spec=self, **options))
 
 
@@ -238,11 +290,21 @@ def assemble(env_class: type, keywords: dict[str, Any], loss: type, renames: dic
 
 ENV_OPTIONS = ("render_mode", "num_threads")
 """Keywords of an env that are not part of its task: how it renders and the process's threads."""
+VECTOR_OPTIONS = ("max_episode_steps", "autoreset_mode", "train_mode")
+"""Keywords of the vector env that are not part of its children's task."""
 
 
 def spec_keywords(env_id: str | type, **keywords: Any) -> tuple[Callable[..., TaskSpec], dict[str, Any]]:
     """The spec builder of ``env_id`` (a registered id or an ALA env class) and the keywords it gets: the
     registration's ``kwargs`` overridden by the caller's, without the env options."""
+    return _builder_keywords(env_id, keywords, ENV_OPTIONS)
+
+
+def _builder_keywords(
+    env_id: str | type, keywords: dict[str, Any], options: tuple[str, ...]
+) -> tuple[Callable[..., TaskSpec], dict[str, Any]]:
+    """:func:`spec_keywords` for a caller that takes ``options`` besides the task's keywords (named to a
+    misspelt keyword as the task's are)."""
     env_class: Any
     if isinstance(env_id, str):
         registered = env_spec(env_id)
@@ -259,27 +321,37 @@ def spec_keywords(env_id: str | type, **keywords: Any) -> tuple[Callable[..., Ta
             "'ALA-Digits-v0', or one of your own registered with ala_gym.register_env"
         )
     keywords = {key: value for key, value in keywords.items() if key not in ENV_OPTIONS}
-    check_keywords(builder, keywords, getattr(env_class, "__name__", str(env_class)))
+    name = getattr(env_class, "__name__", str(env_class))
+    check_keywords(builder, keywords, name if options == ENV_OPTIONS else f"the vector env of {name}", options)
     return builder, keywords
 
 
-def check_keywords(builder: Callable[..., Any], keywords: dict[str, Any], name: str) -> None:
-    """Refuse a keyword ``builder`` does not take (``TypeError``, as Python's own), naming the closest it takes
-    and where the others are listed, rather than Python's message with the keyword alone."""
+def check_keywords(
+    builder: Callable[..., Any], keywords: dict[str, Any], name: str, options: tuple[str, ...] = ENV_OPTIONS
+) -> None:
+    """Refuse a keyword ``builder`` does not take (``TypeError``, as Python's own), naming the closest it or
+    the caller (``options``) takes and where the others are listed, rather than Python's message with the
+    keyword alone."""
     parameters = inspect.signature(builder).parameters
     if any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters.values()):
         return
     known = sorted(key for key, parameter in parameters.items() if parameter.kind is not inspect.Parameter.VAR_POSITIONAL)
     for key in keywords:
         if key not in parameters:
-            close = difflib.get_close_matches(key, known, n=1)
+            close = difflib.get_close_matches(key, known + list(options), n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
-            raise TypeError(f"{name} takes no keyword {key!r}; {hint}its keywords are {', '.join(known + list(ENV_OPTIONS))}")
+            raise TypeError(f"{name} takes no keyword {key!r}; {hint}its keywords are {', '.join(known + list(options))}")
 
 
 def task_spec(env_id: str | type, **keywords: Any) -> TaskSpec:
     """The :class:`TaskSpec` that ``gym.make(env_id, **keywords)`` trains, made without loading any data."""
     builder, keywords = spec_keywords(env_id, **keywords)
+    return builder(**keywords)
+
+
+def vector_task_spec(env_id: str | type, **keywords: Any) -> TaskSpec:
+    """:func:`task_spec` for the vector env, whose own options a misspelt keyword is matched against too."""
+    builder, keywords = _builder_keywords(env_id, keywords, ENV_OPTIONS + VECTOR_OPTIONS)
     return builder(**keywords)
 
 
@@ -290,6 +362,11 @@ def spec_of(env: Any, spec: TaskSpec | None, keywords: dict[str, Any]) -> TaskSp
         return type(env).make_spec(**keywords)
     if not isinstance(spec, TaskSpec):
         raise TypeError(f"spec must be a TaskSpec (ala_gym.envs.spec), got {type(spec).__name__}")
+    env_class = cast("type", load_env_creator(spec.env_class))  # an entry point of an env class
+    if not isinstance(env, env_class):
+        raise TypeError(
+            f"spec is a task of {spec.env_class}, not of {type(env).__name__}: build its env with spec.make_env()"
+        )
     if keywords:
         raise TypeError(
             f"give either spec= or the task's keywords, not both (got {sorted(keywords)}); "

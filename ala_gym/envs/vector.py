@@ -17,7 +17,7 @@ from ala_gym.core.metrics import Evaluation
 from ala_gym.core.trainer import SequentialChildren
 from ala_gym.envs.base import ALAEnv, episode_spaces, set_threads
 from ala_gym.envs.episode import Episode
-from ala_gym.envs.spec import task_spec
+from ala_gym.envs.spec import vector_task_spec
 from ala_gym.envs.task import check_action
 
 
@@ -98,7 +98,7 @@ class ALAVectorEnv(VectorEnv):
         set_threads(env_kwargs.pop("num_threads", None))
         # The spec checks the keywords and applies the id's; building it loads the data (once per process for
         # a registered name: load_dataset caches) and makes what every child shares.
-        self.task_spec = spec = task_spec(env_id, **env_kwargs)
+        self.task_spec = spec = vector_task_spec(env_id, **env_kwargs)
         self.task = spec.build()
         self.data = self.task.data
         self.settings = spec.episode
@@ -282,9 +282,13 @@ def check_vector_args(
         )
     check_int("num_envs", num_envs, 1)
     check_optional_int("max_episode_steps", max_episode_steps, 1)
-    autoreset_mode = AutoresetMode(autoreset_mode)
+    modes = "AutoresetMode.NEXT_STEP or AutoresetMode.SAME_STEP ('NextStep' or 'SameStep')"
+    try:
+        autoreset_mode = AutoresetMode(autoreset_mode)
+    except ValueError:
+        raise ValueError(f"autoreset_mode must be {modes}, got {autoreset_mode!r}") from None
     if autoreset_mode not in (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP):
-        raise ValueError(f"autoreset_mode must be NEXT_STEP or SAME_STEP, got {autoreset_mode}")
+        raise ValueError(f"autoreset_mode must be {modes}, got {autoreset_mode}")
     if train_mode not in TRAIN_MODES:
         raise ValueError(f"train_mode must be one of {TRAIN_MODES}, got {train_mode!r}")
     return autoreset_mode
@@ -292,7 +296,10 @@ def check_vector_args(
 
 def check_actions(actions: Any, action_space: gym.Space, stepping: np.ndarray) -> np.ndarray:
     """The vector action as an array, every ``stepping`` child's action checked before any child changes."""
-    actions = np.asarray(actions)
+    try:
+        actions = np.asarray(actions)
+    except ValueError:  # NumPy's message on a ragged nesting says nothing of actions
+        raise ValueError(f"actions must have shape {action_space.shape} (children x rows), got a ragged sequence") from None
     if actions.shape != action_space.shape:
         raise ValueError(f"actions must have shape {action_space.shape} (children x rows), got {actions.shape}")
     for i in np.flatnonzero(stepping):
@@ -352,10 +359,12 @@ def phi_values(name: str, values: Any, num_envs: int, phi_ndim: int) -> list[Any
     one for all."""
     if name != "phi":
         raise ValueError(f"only 'phi' can be set on the children, not {name!r}")
-    if isinstance(values, np.ndarray) and values.ndim == phi_ndim + 1:
-        values = list(values)
-    elif not isinstance(values, (list, tuple)):
-        values = [values] * num_envs
+    try:
+        depth = np.ndim(values)
+    except ValueError:  # a ragged nesting: taken as one value per child, each checked by its child
+        depth = phi_ndim + 1
+    # By depth, not by type: one Phi as nested lists is one value for all, as an array of its shape is.
+    values = list(values) if depth == phi_ndim + 1 else [values] * num_envs
     if len(values) != num_envs:
         raise ValueError(f"need one value per child ({num_envs}), got {len(values)}")
     return list(values)

@@ -11,6 +11,7 @@ episode), ``info["TimeLimit.truncated"]``, and ``info["episode"] = {"r", "l", "t
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any, cast
 
 import gymnasium as gym
@@ -52,7 +53,18 @@ class SB3VecEnv(VecEnv):
     @classmethod
     def make(cls, env_id: str, num_envs: int, **kwargs: Any) -> SB3VecEnv:
         """Build the vector env for ``env_id`` (``gym.make_vec``) in SAME_STEP mode and wrap it."""
+        mode = kwargs.pop("autoreset_mode", AutoresetMode.SAME_STEP)
+        if mode not in (AutoresetMode.SAME_STEP, AutoresetMode.SAME_STEP.value):
+            raise ValueError(f"SB3VecEnv runs its vector env in AutoresetMode.SAME_STEP, got autoreset_mode={mode!r}; leave it out")
         return cls(gym.make_vec(env_id, num_envs=num_envs, autoreset_mode=AutoresetMode.SAME_STEP, **kwargs).unwrapped)
+
+    def seed(self, seed: int | None = None) -> Sequence[int | None]:
+        """SB3's ``seed``, except that ``seed(None)`` draws nothing from NumPy's global generator (SB3's draws a
+        seed there): the next ``reset()`` continues each child's own generator, as the native ``reset()`` does."""
+        if seed is None:
+            self._seeds = [None] * self.num_envs
+            return self._seeds
+        return super().seed(seed)
 
     def reset(self) -> np.ndarray:  # SB3's VecEnvObs, as one array
         seed = self._seeds[0]

@@ -19,12 +19,9 @@ from ala_gym.benchmarks.compare.errors import ComparisonError
 from ala_gym.benchmarks.oracle import ORACLES
 from ala_gym.core.checks import check_int
 from ala_gym.core.data import with_data_home
-from ala_gym.envs.spec import task_spec
+from ala_gym.envs.spec import VECTOR_OPTIONS, task_spec
 from ala_gym.envs.vector import check_vector_args
 from ala_gym.wrappers import MissingExtraError
-
-VECTOR_OPTIONS = ("max_episode_steps", "autoreset_mode", "train_mode")
-"""Keywords after ``@`` that go to the vector env, not to its children's task."""
 
 
 def parse_controller(spec: str) -> tuple[str, dict[str, Any]]:
