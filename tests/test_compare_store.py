@@ -366,11 +366,13 @@ def test_by_default_no_child_is_shared_between_seeds_and_a_smaller_stride_is_sai
     assert sorted(run["env_seed"] for run in runs) == [0, 2]
     assert json.loads((results_dir / "apart" / "config.json").read_text())["seed_stride"] == 2
     assert "Seeds share children" not in (results_dir / "apart" / "table.md").read_text()
+    assert "- Seeds: [0, 1] (env seeds 0, 2: a run's children are seeded" in (results_dir / "apart" / "table.md").read_text()
     compare.compare("ALA-Digits-v0", ["ce(num_envs=2)"], [0, 1], TINY, "shared", seed_stride=1)
     runs = json.loads((results_dir / "shared" / "results.json").read_text())["runs"]
     assert sorted(run["env_seed"] for run in runs) == [0, 1]
     table = (results_dir / "shared" / "table.md").read_text()
     assert "- Seeds share children: run k seeds its children k * 1 + i, so in a row of 2 children a run shares 1" in table
+    assert "- Seeds: [0, 1]; versions" in table  # env seeds as the seeds: nothing more to say
     # Resumed without a stride, a comparison keeps its folder's: a seed added runs the children its stride gives.
     compare.compare("ALA-Digits-v0", ["ce(num_envs=2)"], [0, 1, 2], TINY, "shared", extend=True)
     runs = json.loads((results_dir / "shared" / "results.json").read_text())["runs"]

@@ -89,6 +89,20 @@ def test_without_a_ce_row_there_is_no_wall_ratio() -> None:
     assert row["wall_vs_ce"] is None and row["test_std"] == 0.0
 
 
+def test_the_wall_ratio_is_against_ce_on_the_same_machine_only() -> None:
+    """A row that ran on another CPU than ``ce`` gets no ratio (it would compare the CPUs); one whose runs are
+    on ``ce``'s machine gets it against ``ce``'s runs there alone."""
+    elsewhere = {**MACHINE, "cpu": "Another CPU"}
+    ce = [_run("ce", 0, 2.0, [_child(0.2)]), {**_run("ce", 1, 8.0, [_child(0.2)]), "machine": elsewhere}]
+    here = _run("here", 0, 4.0, [_child(0.1)])
+    there = {**_run("there", 0, 4.0, [_child(0.1)]), "machine": elsewhere}
+    mixed = [_run("mixed", 0, 4.0, [_child(0.1)]), {**_run("mixed", 1, 4.0, [_child(0.1)]), "machine": elsewhere}]
+    nowhere = {**_run("nowhere", 0, 4.0, [_child(0.1)]), "machine": {**MACHINE, "cpu": "A third CPU"}}
+    rows = {row["controller"]: row for row in summarize([*ce, here, there, *mixed, nowhere], ["here", "there", "mixed", "nowhere"])}
+    assert rows["here"]["wall_vs_ce"] == pytest.approx(2.0) and rows["there"]["wall_vs_ce"] == pytest.approx(0.5)
+    assert rows["mixed"]["wall_vs_ce"] is None and rows["nowhere"]["wall_vs_ce"] is None
+
+
 def test_ce_wall_is_per_child_every_diverged_child_counts_and_a_vector_phi_reads_nan() -> None:
     """The reference is ``ce``'s wall time per child, a multi-child ``ce`` run's shared by its children; a
     diverged child counts wherever it sits in its run; loss weights recorded as a vector (metric learning) have

@@ -15,13 +15,24 @@ from ala_gym.benchmarks.compare.specs import build_controller
 from ala_gym.benchmarks.compare.store import file_stem
 
 
+def machine_key(run: dict) -> str:
+    """The machine a run ran on, as a value to group runs by (runs recorded before machines were: one group)."""
+    return json.dumps(run.get("machine"), sort_keys=True)
+
+
 def summarize(runs: list[dict], controllers: list[str]) -> list[dict]:
-    ce_wall = [r["wall_s"] / r["num_children"] for r in runs if r["controller"] == "ce"]
+    # The wall-time reference is ce's per child on the same machine: a ratio across CPUs would measure the CPUs.
+    ce_wall: dict[str, list[float]] = {}
+    for run in runs:
+        if run["controller"] == "ce":
+            ce_wall.setdefault(machine_key(run), []).append(run["wall_s"] / run["num_children"])
     rows = []
     for name in controllers:
         mine = sorted((r for r in runs if r["controller"] == name), key=lambda r: r["seed"])  # values in seed order
         tests = np.array([r["test_metric"] for r in mine]) * 100
         per_child = np.array([r["wall_s"] / r["num_children"] for r in mine])
+        machines = {machine_key(r) for r in mine}
+        reference = ce_wall.get(machines.pop()) if len(machines) == 1 else None
         # The Phi columns describe Eq. 6's matrix; they read nan for controllers without one (adalfl records no
         # Phi) and for the metric-learning envs, whose loss weights are a vector with no identity to drift from.
         final_phis = [
@@ -37,7 +48,7 @@ def summarize(runs: list[dict], controllers: list[str]) -> list[dict]:
                 "test_per_seed": tests.round(3).tolist(),
                 "wall_s_per_run": float(np.mean([r["wall_s"] for r in mine])),
                 "wall_s_per_child": float(per_child.mean()),
-                "wall_vs_ce": float(per_child.mean() / np.mean(ce_wall)) if ce_wall else None,
+                "wall_vs_ce": float(per_child.mean() / np.mean(reference)) if reference else None,
                 "diverged_children": int(sum(c["diverged"] for r in mine for c in r["children"])),
                 # How far the controller moved the loss: mean |Phi - I| over entries at the end, and the diagonal.
                 "final_phi_offset": float(np.mean([np.abs(phi - np.eye(len(phi))).mean() for phi in final_phis])),
@@ -57,13 +68,14 @@ def markdown_table(rows: list[dict], header: dict[str, Any], runs_by_controller:
         f"{header['machine']['torch_threads']} torch threads, GPU: {header['machine']['gpu']}; device `{header['device']}`",
         f"- Budget per child: {header['total_iterations']} SGD iterations, K = {header['steps_per_action']} "
         f"-> {header['steps_per_child']} controller steps; env kwargs `{json.dumps(header['env_kwargs'])}`",
-        f"- Seeds: {header['seeds']}; versions: {json.dumps(header['versions'])}",
+        f"- Seeds: {header['seeds']}{_child_seeds(header['seeds'], runs_by_controller)}; versions: {json.dumps(header['versions'])}",
         *(["- Code (runs by `source_digest` of the package that ran them; a finished run is kept, not recomputed): "
            + ", ".join(f"`{source}` {count}" for source, count in header["sources"].items())] if "sources" in header else []),
         f"- Test metric: {header.get('metric', 'error')} (%) on the test split{direction}; mean +- sample std over seeds (a multi-child run's seed value is",
-        "  the mean over its children). Wall time per child relative to cross-entropy (`ce`); for a multi-child run",
-        "  that is the run's wall time divided by its children, who train together (amortised). Phi at the end: mean",
-        "  |Phi - I| over all entries and mean diagonal entry, averaged over children (Phi starts at I; `ce` ignores it).",
+        "  the mean over its children). Wall time per child relative to cross-entropy (`ce`) on the same machine (`-`",
+        "  where ce ran on another); for a multi-child run that is the run's wall time divided by its children, who",
+        "  train together (amortised). Phi at the end: mean |Phi - I| over all entries and mean diagonal entry,",
+        "  averaged over children (Phi starts at I; `ce` ignores it).",
         "",
         f"| controller | children/run | test {header.get('metric', 'error')} % (mean +- std) | per seed | wall s/run | wall s/child | vs ce "
         "| final mean abs(Phi - I) | final diag | diverged |",
@@ -96,6 +108,17 @@ def markdown_table(rows: list[dict], header: dict[str, Any], runs_by_controller:
     oracles = header.get("oracles", {})
     extra = oracle_table(oracles, header) + end_of_training_table(runs_by_controller, bool(header.get("higher_is_better"))) if oracles else []
     return "\n".join(lines + extra + retrieval_table(runs_by_controller)) + "\n"
+
+
+def _child_seeds(seeds: list[int], runs_by_controller: dict[str, list[dict]] | None) -> str:
+    """Where a run's env seed is not its seed (a stride above 1): the env seeds, from which its children count up."""
+    env_seeds = {  # runs recorded before env seeds were say nothing
+        run["seed"]: run["env_seed"] for runs in (runs_by_controller or {}).values() for run in runs if "env_seed" in run
+    }
+    if all(env_seeds.get(seed, seed) == seed for seed in seeds):
+        return ""
+    shown = ", ".join(str(env_seeds.get(seed, "?")) for seed in seeds)
+    return f" (env seeds {shown}: a run's children are seeded from its env seed up, one per child)"
 
 
 def end_of_training_table(runs_by_controller: dict[str, list[dict]], higher_is_better: bool) -> list[str]:
