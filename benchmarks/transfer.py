@@ -125,6 +125,10 @@ def verdicts(transfer: dict, ce: dict, oracle_phi: dict | None = None, smoothing
     if oracle_phi is not None:
         ahead, spread = margin(oracle_phi)
         result["reaches_best_fixed_phi"] = -ahead <= spread
+        # An oracle of fewer children per seed has a wider spread (a mean over fewer children), which widens the
+        # margin this test allows: said where the policy's own spread would not have sufficed.
+        fewer = oracle_phi.get("children_per_run", 0) < transfer.get("children_per_run", 0)
+        result["reaches_only_by_a_fewer_children_oracles_spread"] = bool(fewer and std < -ahead <= spread)
         # Whether the first test is within the action space's reach at all: a constant Phi selected on
         # validation beating cross-entropy by the same rule.
         result["best_fixed_phi_beats_ce_beyond_std"] = (
@@ -143,6 +147,8 @@ def per_seed_difference(transfer: dict, ce: dict) -> dict[str, Any] | None:
     policy is lower. None where the two rows did not run the same seeds."""
     if transfer.get("seeds") is None or transfer.get("seeds") != ce.get("seeds"):
         return None
+    if len(transfer.get("test_per_seed", [])) != len(transfer["seeds"]) or len(ce.get("test_per_seed", [])) != len(ce["seeds"]):
+        return None  # a summary without its values per seed
     differences = np.array(transfer["test_per_seed"]) - np.array(ce["test_per_seed"])
     return {
         "mean": float(differences.mean()), "std": float(differences.std(ddof=1)) if len(differences) > 1 else float("nan"),
@@ -150,16 +156,25 @@ def per_seed_difference(transfer: dict, ce: dict) -> dict[str, Any] | None:
     }  # fmt: skip
 
 
-SUMMARY_SHAPE = {"summary": [{"controller": str, "test_mean": NUMBER, "test_std": NUMBER}]}
+SUMMARY_SHAPE = {
+    "summary": [{"controller": str, "test_mean": NUMBER, "test_std": NUMBER, "test_per_seed?": [NUMBER], "seeds?": [int],
+                 "children_per_run?": int, "selected?": str}],
+    "runs?": [{"controller": str, "machine?": {"cpu": str}}],
+}  # fmt: skip
 """What the report reads of a comparison's ``results.json``."""
 
 
-def read_summary(path: Path, preset: str) -> tuple[list[dict], dict | None]:
-    """The summary rows of a comparison's ``results.json`` and its ``shared_children`` (None where no child is
-    shared between seeds); a file that is not one gets an error naming it."""
+def read_summary(path: Path, preset: str) -> tuple[list[dict], dict | None, dict[str, list[str]]]:
+    """The summary rows of a comparison's ``results.json``, its ``shared_children`` (None where no child is
+    shared between seeds) and the CPUs each controller's runs ran on; a file that is not one gets an error
+    naming it."""
     fix = f"restore it (git checkout) or run python -m ala_gym.benchmarks.compare --preset {preset} again"
     results = read_json(path, SUMMARY_SHAPE, fix)
-    return results["summary"], results.get("header", {}).get("shared_children")
+    cpus: dict[str, set[str]] = {}
+    for run in results.get("runs", []):
+        if "machine" in run:
+            cpus.setdefault(run["controller"], set()).add(run["machine"]["cpu"])
+    return results["summary"], results.get("header", {}).get("shared_children"), {k: sorted(v) for k, v in cpus.items()}
 
 
 def fitness_by_task(history: list[dict]) -> dict[str, dict[str, float]]:
@@ -176,7 +191,7 @@ def gather(results: Path, policies: Path) -> dict[str, Any]:
     entries, shared = [], {}
     for held in HELD_OUT:
         path = results / held.preset / "results.json"
-        summary, shared_children = read_summary(path, held.preset) if path.is_file() else ([], None)
+        summary, shared_children, cpus = read_summary(path, held.preset) if path.is_file() else ([], None, {})
         rows = {row["controller"]: row for row in summary}
         if shared_children:
             shared[held.preset] = shared_children
@@ -191,7 +206,9 @@ def gather(results: Path, policies: Path) -> dict[str, Any]:
         found = {key: {k: v for k, v in rows[name].items() if k in keep} if name in rows else None for key, name in named.items()}
         judged = verdicts(rows[held.row], rows[held.ce], rows.get("oracle-phi"), rows.get("oracle-smoothing"))
         paired = per_seed_difference(rows[held.row], rows[held.ce])
-        entries.append({**asdict(held), "row": held.row, **found, "verdicts": judged, "per_seed_vs_ce": paired})
+        # Where the policy and its ce ran on other CPUs, their children round differently: not the same trajectories.
+        machines = {"transfer": cpus.get(held.row, []), "ce": cpus.get(held.ce, [])}
+        entries.append({**asdict(held), "row": held.row, **found, "verdicts": judged, "per_seed_vs_ce": paired, "cpus": machines})
     records = {policy: policies / f"{policy}.json" for policy in POLICIES}
     # Reruns of a shipped policy's command, kept for their cost: on another CPU they give another policy.
     records |= {f"{path.stem} (rerun)": path for path in sorted((results / RERUNS).glob("*.json"))}
@@ -251,7 +268,11 @@ def markdown(report: dict[str, Any]) -> str:
         "constant of the action space beats ce beyond the spread, and a policy would have to do better than all of them.",
         "*Per seed vs ce*: the policy's test error minus ce's on each seed, whose children start from the same weights",
         "and see the same batches under both (mean +- sample std of the differences; negative: the policy is lower),",
-        "and on how many seeds the policy is lower.",
+        "and on how many seeds the policy is lower. Where the two rows ran on different CPUs (named in that column),",
+        "their children round differently, so a pair is not one trajectory under two losses: float rounding alone",
+        "moves a child's test error (`benchmarks/README.md`, on reading the tables). An oracle run on fewer children",
+        "per seed than the policy (its child count is named in its cell) has a wider spread, which widens the margin",
+        "*reaches best fixed Phi* allows; where the policy's own spread would not have sufficed, the verdict says so.",
         *shared_children_note(report.get("shared_children", {})),
         "",
         "| held out | preset | policy | transfer | ce | per seed vs ce | oracle-phi | oracle-smoothing | beats ce | "
@@ -259,11 +280,14 @@ def markdown(report: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
-    def cell(row: dict | None) -> str:
+    def cell(row: dict | None, children: int | None = None) -> str:
         if row is None:
             return "not run"
-        chosen = f" ({row['selected'].split('(')[1].rstrip(')')})" if row.get("selected") else ""
-        return f"{row['test_mean']:.2f} +- {row['test_std']:.2f}{chosen}"
+        notes = [row["selected"].partition("(")[2].rstrip(")") or row["selected"]] if row.get("selected") else []
+        if children is not None and row.get("children_per_run", children) != children:
+            count = row["children_per_run"]
+            notes.append(f"{count} child{'ren' if count > 1 else ''}")
+        return f"{row['test_mean']:.2f} +- {row['test_std']:.2f}" + (f" ({'; '.join(notes)})" if notes else "")
 
     for entry in report["held_out"]:
         if "missing" in entry:
@@ -277,10 +301,17 @@ def markdown(report: dict[str, Any]) -> str:
         per_seed = "seeds differ" if paired is None else (
             f"{paired['mean']:+.2f} +- {paired['std']:.2f} ({paired['lower']}/{paired['seeds']} lower)"
         )
+        cpus = entry.get("cpus", {})
+        if cpus.get("transfer") and cpus.get("ce") and cpus["transfer"] != cpus["ce"]:
+            per_seed += f"; ce on {', '.join(cpus['ce'])}, the policy on {', '.join(cpus['transfer'])}"
+        reaches = yes_no(v.get("reaches_best_fixed_phi"))
+        if v.get("reaches_only_by_a_fewer_children_oracles_spread"):
+            reaches += " (by the oracle's spread only)"
+        children = entry["transfer"].get("children_per_run")
         lines.append(
             f"| {entry['dataset']} | `{entry['preset']}` | `{entry['policy']}` | {cell(entry['transfer'])} | "
-            f"{cell(entry['ce_row'])} | {per_seed} | {cell(entry['oracle_phi'])} | {cell(entry['oracle_smoothing'])} | "
-            f"{yes_no(v['beats_ce_beyond_std'])} | {yes_no(v.get('reaches_best_fixed_phi'))} | {smoothing} | "
+            f"{cell(entry['ce_row'])} | {per_seed} | {cell(entry['oracle_phi'], children)} | "
+            f"{cell(entry['oracle_smoothing'], children)} | {yes_no(v['beats_ce_beyond_std'])} | {reaches} | {smoothing} | "
             f"{yes_no(v.get('best_fixed_phi_beats_ce_beyond_std'))} |"
         )
     lines += ["", "## Meta-training cost", "",

@@ -87,6 +87,7 @@ def test_report_gathers_the_held_out_rows_and_the_cost(tmp_path: Path, capsys) -
     first = report["held_out"][0]
     assert first["verdicts"] == {"beats_ce_beyond_std": True, "ahead_of_ce": pytest.approx(1.5),
                                  "reaches_best_fixed_phi": False, "beats_tuned_smoothing": False,
+                                 "reaches_only_by_a_fewer_children_oracles_spread": False,
                                  "beats_tuned_smoothing_beyond_std": False,
                                  "best_fixed_phi_beats_ce_beyond_std": True}  # fmt: skip
     assert all("missing" in entry for entry in report["held_out"][1:])  # the other presets were not run here
@@ -186,10 +187,36 @@ def test_a_comparison_whose_seeds_share_children_is_named_beside_the_verdicts(tm
     path = tmp_path / "results.json"
     header = {"seeds": [0, 1], "shared_children": {"seed_stride": 1, "children": 2}}
     path.write_text(json.dumps({"header": header, "summary": [{"controller": "ce", "test_mean": 1.0, "test_std": 0.1}]}))
-    summary, shared = transfer.read_summary(path, "fashion-mnist")
+    summary, shared, _ = transfer.read_summary(path, "fashion-mnist")
     assert summary[0]["controller"] == "ce" and shared == header["shared_children"]
     assert transfer.shared_children_note({}) == []
     note = " ".join(transfer.shared_children_note({"fashion-mnist": shared}))
     assert "`fashion-mnist` (stride 1, 2 children)" in note and "*beats* verdict there is weaker" in note
     report = {"held_out": [], "meta_training": {}, "shared_children": {"fashion-mnist": shared}}
     assert "`fashion-mnist` (stride 1, 2 children)" in transfer.markdown(report)
+
+
+def test_pairs_across_cpus_and_oracles_of_fewer_children_are_named(tmp_path: Path) -> None:
+    """A policy whose ce ran on another CPU has both CPUs named beside its per-seed differences; an oracle of fewer
+    children per seed is named with its count, and a reach of it that rests on its wider spread alone says so."""
+    held = next(held for held in transfer.HELD_OUT if held.ce == "ce(num_envs=2)")
+    rows = [row(held.ce, 10.2, 0.1, children_per_run=2), row(held.row, 10.0, 0.1, children_per_run=2),
+            row("oracle-phi", 9.7, 0.4, children_per_run=1, selected="phi-uniform(off_diagonal=-0.1)"),
+            row("oracle-smoothing", 10.1, 0.3, children_per_run=2, selected="label-smoothing")]  # fmt: skip
+    runs = [{"controller": held.ce, "machine": {"cpu": "CPU A"}}, {"controller": held.row, "machine": {"cpu": "CPU B"}}]
+    (tmp_path / held.preset).mkdir(parents=True)
+    (tmp_path / held.preset / "results.json").write_text(json.dumps({"header": {}, "summary": rows, "runs": runs}))
+    entry = next(entry for entry in transfer.gather(tmp_path, tmp_path)["held_out"] if entry["row"] == held.row)
+    assert entry["cpus"] == {"transfer": ["CPU B"], "ce": ["CPU A"]}
+    assert entry["verdicts"]["reaches_best_fixed_phi"] and entry["verdicts"]["reaches_only_by_a_fewer_children_oracles_spread"]
+    table = transfer.markdown({"held_out": [entry], "meta_training": {}})
+    assert ("| -0.20 +- 0.00 (5/5 lower); ce on CPU A, the policy on CPU B | 9.70 +- 0.40 (off_diagonal=-0.1; 1 child) | "
+            "10.10 +- 0.30 (label-smoothing) | **yes** | **yes** (by the oracle's spread only) |") in table
+
+
+def test_a_summary_without_values_per_seed_pairs_nothing_and_is_no_traceback(tmp_path: Path) -> None:
+    digits = transfer.HELD_OUT[0]
+    bare = [{k: v for k, v in r.items() if k != "test_per_seed"} for r in (row("ce", 4.5, 0.1), row(digits.row, 3.0, 0.2))]
+    write_results(tmp_path, digits.preset, bare)
+    entry = transfer.gather(tmp_path, tmp_path)["held_out"][0]
+    assert entry["per_seed_vs_ce"] is None and "seeds differ" in transfer.markdown({"held_out": [entry], "meta_training": {}})
