@@ -24,7 +24,7 @@ import numpy as np
 from ala_gym.agents.adalfl import AdaLFLConfig
 from ala_gym.agents.cli import DescriptionFormatter, OneLineParser, run_main
 from ala_gym.benchmarks.compare import ComparisonError
-from ala_gym.benchmarks.compare.store import NUMBER, RESULTS_SHAPE, RUN_SHAPE, read_json
+from ala_gym.benchmarks.compare.store import NUMBER, RESULTS_SHAPE, RUN_SHAPE, read_json, shape_problem
 from ala_gym.benchmarks.machine import RESULTS
 from ala_gym.core.files import write_text_atomic
 from ala_gym.registration import UnknownEnvError, env_spec
@@ -39,10 +39,23 @@ ADALFL_RUN_SHAPE = {
 
 
 def load_runs(folder: Path) -> list[dict]:
-    """The AdaLFL runs under ``folder/runs``; a :class:`ComparisonError` naming a damaged one."""
+    """The AdaLFL runs of a comparison folder: those under ``folder/runs``, and those of its committed
+    ``results.json`` (``runs/`` is not committed) that no run file replaces; a :class:`ComparisonError` naming
+    a damaged file."""
     fix = "delete it and run ala_gym.benchmarks.compare again to redo that run"
-    runs = [read_json(p, ADALFL_RUN_SHAPE, fix) for p in sorted((folder / "runs").glob("adalfl*.json"))]
-    return sorted(runs, key=lambda r: (r["controller"], r["seed"]))
+    runs = {
+        (run["controller"], run["seed"]): run
+        for run in (read_json(p, ADALFL_RUN_SHAPE, fix) for p in sorted((folder / "runs").glob("adalfl*.json")))
+    }
+    results = folder / "results.json"
+    if results.is_file():
+        committed = read_json(results, {"runs": [{"controller": str, "seed": int}]}, "restore it (git checkout)")["runs"]
+        for index, run in enumerate(committed):
+            if run["controller"].startswith("adalfl") and (run["controller"], run["seed"]) not in runs:
+                if problem := shape_problem(run, ADALFL_RUN_SHAPE, f"runs[{index}]"):
+                    raise ComparisonError(f"{results} is damaged: {problem}; restore it (git checkout)")
+                runs[(run["controller"], run["seed"])] = run
+    return sorted(runs.values(), key=lambda r: (r["controller"], r["seed"]))
 
 
 def plot_shapes(runs: list[dict], out: Path) -> None:
@@ -86,17 +99,45 @@ def run_metric(run: dict) -> str:
         return "error"
 
 
-def summary(runs: list[dict], ce_runs: list[dict], ce_source: str | None) -> str:
+def machine_text(run: dict) -> str:
+    machine = run["machine"]  # older runs: no gpu key
+    return (f"{machine['cpu']}, {machine['cores']} cores, {machine['torch_threads']} torch thread(s), "
+            f"GPU: {machine.get('gpu')}; device `{run['device']}`")  # fmt: skip
+
+
+def matching_ce(candidates: list[dict], runs: list[dict]) -> list[dict]:
+    """The ce runs among ``candidates`` that are a reference for ``runs`` (one controller's): the same env, seeds
+    among theirs, the same env keywords both ways (a keyword either side leaves at its default is another setting)
+    but for AdaLFL's own fields and the loss form, and the same machine, where alone wall times compare."""
+    seeds = {r["seed"] for r in runs}
+    return [
+        r for r in candidates
+        if r["controller"] == "ce" and r["env"] == runs[0]["env"] and r["seed"] in seeds
+        and task_keywords(r) == task_keywords(runs[0]) and r["machine"] == runs[0]["machine"]
+    ]  # fmt: skip
+
+
+def summary(runs: list[dict], ce_candidates: list[dict], ce_source: str | None) -> str:
     first = runs[0]
     metric = run_metric(first)
-    lines = [
-        f"# AdaLFL on {first['env']}",
-        "",
-        f"- Machine: {first['machine']['cpu']}, {first['machine']['cores']} cores, {first['machine']['torch_threads']} "
-        f"torch thread(s), GPU: {first['machine'].get('gpu')}; device `{first['device']}`",  # older runs: no gpu key
-        f"- Env keywords (AdaLFL's own config fields among them): `{json.dumps(first['env_kwargs'])}`",
+    names = sorted({r["controller"] for r in runs})
+    by_name = {name: [r for r in runs if r["controller"] == name] for name in names}
+    # What every run shares is said once; what a controller's runs set otherwise, per controller.
+    shared = {k: v for k, v in first["env_kwargs"].items() if all(r["env_kwargs"].get(k, object()) == v for r in runs)}
+    own = {name: {k: v for k, v in mine[0]["env_kwargs"].items() if k not in shared} for name, mine in by_name.items()}
+    machines = {name: machine_text(mine[0]) for name, mine in by_name.items()}
+    lines = [f"# AdaLFL on {first['env']}", ""]
+    if len({machine_text(r) for r in runs}) == 1:
+        lines.append(f"- Machine: {machine_text(first)}")
+    else:
+        lines.append("- Machines: " + "; ".join(f"`{name}` on {machines[name]}" for name in names))
+    lines.append(f"- Env keywords of every run (AdaLFL's own config fields among them): `{json.dumps(shared)}`")
+    if any(own.values()):
+        lines.append("- Each controller's own: " + "; ".join(f"`{name}` `{json.dumps(own[name])}`" for name in names))
+    lines += [
         "- Wall time includes the offline initialisation; online = wall - offline (training, evaluations every K",
-        f"  iterations, final test). Test metric: {metric} (%) on the test split.",
+        f"  iterations, final test). Test metric: {metric} (%) on the test split. Each controller's wall time is",
+        "  set against `ce` runs of its own env keywords (AdaLFL's fields aside), seeds and machine.",
         "",
         f"| controller | seed | test {metric} % | wall s | offline s | online s | offline meta loss | diverged |",
         "|---|---|---|---|---|---|---|---|",
@@ -110,21 +151,29 @@ def summary(runs: list[dict], ce_runs: list[dict], ce_source: str | None) -> str
         )
     lines += ["", f"| controller | seeds | test {metric} % mean +- std | wall s mean | offline s mean | wall vs ce | online vs ce |",
               "|---|---|---|---|---|---|---|"]  # fmt: skip
-    ce_wall = float(np.mean([r["wall_s"] for r in ce_runs])) if ce_runs else None
-    for name in sorted({r["controller"] for r in runs}):
-        mine = [r for r in runs if r["controller"] == name]
+    references = {name: matching_ce(ce_candidates, mine) for name, mine in by_name.items()}
+    for name, mine in by_name.items():
+        ce_runs = references[name]
+        ce_wall = float(np.mean([r["wall_s"] for r in ce_runs])) if ce_runs else None
         tests = np.array([100 * r["children"][0]["test_metric"] for r in mine])
         wall = float(np.mean([r["wall_s"] for r in mine]))
         offline = float(np.mean([r["children"][0]["offline_s"] for r in mine]))
         std = tests.std(ddof=1) if len(tests) > 1 else 0.0
         ratio = f"{wall / ce_wall:.2f}x | {(wall - offline) / ce_wall:.2f}x" if ce_wall else "- | -"
         lines.append(f"| {name} | {len(mine)} | {tests.mean():.2f} +- {std:.2f} | {wall:.1f} | {offline:.1f} | {ratio} |")
-    if ce_runs:
+    # One paragraph per distinct reference (controllers of one machine and budget share theirs).
+    shown: list[list[dict]] = []
+    for ce_runs in references.values():
+        if not ce_runs or ce_runs in shown:
+            continue
+        shown.append(ce_runs)
         ce_tests = np.array([100 * r["test_metric"] for r in ce_runs])
+        ce_wall = float(np.mean([r["wall_s"] for r in ce_runs]))
+        users = ", ".join(f"`{name}`" for name in names if references[name] == ce_runs)
         lines += [
             "",
-            f"Cross-entropy reference: `ce` runs of `{ce_source}` (same env keywords, seeds "
-            f"{sorted(r['seed'] for r in ce_runs)}, same machine): test {metric} "
+            f"Cross-entropy reference of {users}: `ce` runs of `{ce_source}` (same env keywords, seeds "
+            f"{sorted(r['seed'] for r in ce_runs)}, same machine: {machine_text(ce_runs[0])}): test {metric} "
             f"{ce_tests.mean():.2f} +- {ce_tests.std(ddof=1) if len(ce_tests) > 1 else 0.0:.2f} %, wall {ce_wall:.1f} s per run.",
         ]
     return "\n".join(lines) + "\n"
@@ -141,8 +190,9 @@ def main(argv: list[str] | None = None) -> None:
     except ComparisonError as error:
         parser.exit(2, f"{error}\n")
     if not runs:
-        parser.exit(2, f"no AdaLFL runs in {folder / 'runs'}; run ala_gym.benchmarks.compare with --controllers adalfl first\n")
-    ce_runs: list[dict] = []
+        parser.exit(2, f"no AdaLFL runs in {folder / 'runs'} or {folder / 'results.json'}; run ala_gym.benchmarks.compare "
+                       "with --controllers adalfl first\n")  # fmt: skip
+    candidates: list[dict] = []
     if args.ce is not None:
         fix = "give the results.json of a comparison that ran ce"
         if not Path(args.ce).is_file():
@@ -152,19 +202,13 @@ def main(argv: list[str] | None = None) -> None:
             candidates = read_json(Path(args.ce), {"runs": RESULTS_SHAPE["runs"]}, fix)["runs"]  # all it reads
         except ComparisonError as error:
             parser.exit(2, f"{error}\n")
-        seeds = {r["seed"] for r in runs}
-        # The same env keywords both ways (a keyword either side leaves at its default is another setting), but for
-        # AdaLFL's own fields and the loss form, and the same machine: wall times compare only there.
-        ce_runs = [
-            r for r in candidates
-            if r["controller"] == "ce" and r["env"] == runs[0]["env"] and r["seed"] in seeds
-            and task_keywords(r) == task_keywords(runs[0]) and r["machine"] == runs[0]["machine"]
-        ]  # fmt: skip
-        if not ce_runs:  # the ratio columns would read "-" without a word
+        controllers = {r["controller"] for r in runs}
+        if not any(matching_ce(candidates, [r for r in runs if r["controller"] == name]) for name in controllers):
+            # the ratio columns would read "-" without a word
             parser.exit(2, f"{parser.prog}: error: --ce {args.ce} holds no ce run of {runs[0]['env']} on the seeds, "
                            "env keywords and machine of these AdaLFL runs; name the comparison that ran them\n")  # fmt: skip
     plot_shapes(runs, folder)
-    text = summary(runs, ce_runs, args.ce)
+    text = summary(runs, candidates, args.ce)
     write_text_atomic(folder / "adalfl.md", text)
     print(text)
 

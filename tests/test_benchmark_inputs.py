@@ -267,7 +267,7 @@ def test_adalfl_report_takes_ce_runs_of_the_same_settings_and_machine_only_and_n
     adalfl_report.main(["--name", "tiny", "--ce", str(tmp_path / "ce.json")])
     text = (tmp_path / "tiny" / "adalfl.md").read_text()
     assert "Test metric: aucpr (%)" in text and "| test aucpr % |" in text and "test error" not in text
-    assert "`ce` runs of" in text and "same machine): test aucpr 20.00" in text
+    assert "`ce` runs of" in text and "same machine: Some CPU, 2 cores, 1 torch thread(s), GPU: None; device `cpu`): test aucpr 20.00" in text
 
 
 @pytest.mark.parametrize("content, problem", [("{", "not valid JSON"), ("{}", "has no runs"), ("[]", "a list")])
@@ -283,7 +283,7 @@ def test_adalfl_report_refuses_a_ce_file_that_is_no_comparisons_results(content,
 
 @pytest.mark.parametrize(
     "ce, message",
-    [(None, "no AdaLFL runs in {runs}; run ala_gym.benchmarks.compare with --controllers adalfl first"),
+    [(None, "no AdaLFL runs in {runs} or {results}; run ala_gym.benchmarks.compare with --controllers adalfl first"),
      ("missing", "{ce} does not exist; give the results.json of a comparison that ran ce"),
      ("folder", "{ce} is a folder, not a file; give the results.json of a comparison that ran ce")],
 )  # fmt: skip
@@ -299,8 +299,37 @@ def test_adalfl_report_refuses_a_folder_without_runs_or_a_ce_path_of_no_file(ce,
             (tmp_path / "ce.json").mkdir()
         argv += ["--ce", str(tmp_path / "ce.json")]
     err = refused(adalfl_report.main, argv, capsys)
-    assert message.format(runs=runs, ce=tmp_path / "ce.json") in err
+    assert message.format(runs=runs, results=tmp_path / "tiny" / "results.json", ce=tmp_path / "ce.json") in err
     assert not (tmp_path / "tiny" / "adalfl.md").exists() and not (tmp_path / "tiny" / "loss_shape.png").exists()
+
+
+def test_adalfl_report_reads_the_committed_results_where_runs_are_absent_and_names_each_controllers_keywords(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    """A clone has no ``runs/`` (it is not committed): the AdaLFL runs of ``results.json`` make the report, a run
+    file replacing its entry there. Keywords every run shares are said once, the others per controller, and each
+    controller's wall time is set against ce runs of its own machine; a damaged entry is named."""
+    monkeypatch.setattr(adalfl_report, "RESULTS", tmp_path)
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    few = {**adalfl_run(), "controller": "adalfl@offline_steps=3", "env_kwargs": {"offline_steps": 3}}
+    many = {**adalfl_run(), "controller": "adalfl@offline_steps=9", "env_kwargs": {"offline_steps": 9}, "wall_s": 9.0,
+            "machine": {**adalfl_run()["machine"], "cpu": "Another CPU"}}  # fmt: skip
+    ce = {**adalfl_run(), "controller": "ce", "env_kwargs": {"loss_form": "cross_entropy"}, "wall_s": 2.0}
+    (folder / "results.json").write_text(json.dumps({"runs": [ce, few, many]}))
+    (folder / "runs").mkdir()
+    (folder / "runs" / "adalfl-seed0.json").write_text(json.dumps({**few, "wall_s": 4.0}))  # replaces its entry
+    adalfl_report.main(["--name", "tiny", "--ce", str(folder / "results.json")])
+    text = (folder / "adalfl.md").read_text()
+    assert "- Machines: `adalfl@offline_steps=3` on Some CPU" in text and "`adalfl@offline_steps=9` on Another CPU" in text
+    assert "- Env keywords of every run (AdaLFL's own config fields among them): `{}`" in text
+    assert '`adalfl@offline_steps=3` `{"offline_steps": 3}`; `adalfl@offline_steps=9` `{"offline_steps": 9}`' in text
+    assert "| adalfl@offline_steps=3 | 1 | 20.00 +- 0.00 | 4.0 | 1.0 | 2.00x | 1.50x |" in text  # against ce here
+    assert "| adalfl@offline_steps=9 | 1 | 20.00 +- 0.00 | 9.0 | 1.0 | - | - |" in text  # no ce on its machine
+    (folder / "runs" / "adalfl-seed0.json").unlink()
+    (folder / "results.json").write_text(json.dumps({"runs": [ce, {**few, "children": [{}]}]}))
+    err = refused(adalfl_report.main, ["--name", "tiny"], capsys)
+    assert f"{folder / 'results.json'} is damaged: runs[1].children[0] has no" in err
 
 
 # ---------------------------------------------------------------------- reward_agreement
