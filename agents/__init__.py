@@ -11,7 +11,8 @@ How a caller (the benchmark, a notebook) runs any of them::
 ``make_envs(env_id, **env_kwargs)`` is ``gym.make_vec(env_id, num_envs=controller.num_envs,
 **{**env_kwargs, **controller.env_kwargs()})``: a controller says how many children it trains
 (``num_envs``) and which env keywords it needs (``env_kwargs()``, e.g. ``{"loss_form": "cross_entropy"}``
-for the plain cross-entropy row); its keywords win over the caller's. A caller building the vector env
+for the plain cross-entropy row); the caller may give one of them only with the same value (another is
+refused by name). A caller building the vector env
 itself must apply both the same way. ``on_step(step, logs)`` receives per-step scalars (``reward``,
 ``val_metric``, :func:`ala_gym.agents.base.phi_stats`' ``phi_drift`` and ``phi_max_offdiag``, or ``phi_mean``
 and ``phi_max_abs`` where Phi is a vector per child (metric learning), and for learners ``entropy`` and losses)

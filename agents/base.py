@@ -140,6 +140,13 @@ class Controller(ABC):
         self.check_env_kwargs(env_kwargs)
         return gym.make_vec(env_id, num_envs=self.num_envs, **{**env_kwargs, **self.env_kwargs()})
 
+    def check_envs(self, envs: gym.vector.VectorEnv) -> None:
+        """Refuse (``ValueError``) envs this controller cannot drive, before anything runs; the command lines call
+        it on the envs they made, so that such input ends in one line. :meth:`run` meets the same on its way."""
+        mode = envs.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
+        if mode != AutoresetMode.NEXT_STEP:  # under SAME_STEP a finished child's last info is in final_info
+            raise ValueError(f"a controller runs a vector env that autoresets NEXT_STEP (gym.make_vec's default), not {mode}")
+
     def begin(self, envs: gym.vector.VectorEnv, seed: int) -> None:  # noqa: B027  (a hook: most controllers need none)
         """Called once before :meth:`run` steps ``envs``: learned controllers size themselves to the env
         and every controller seeds its own generators from ``seed`` (never the global RNGs)."""
@@ -193,9 +200,7 @@ class Controller(ABC):
         """One training run of every child of ``envs`` from ``reset(seed=seed)``, the controller as it is
         (:meth:`begin` has been called); one record per child. :meth:`run` is :meth:`begin` and this; a
         controller that learns across runs calls it once per run."""
-        mode = envs.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
-        if mode != AutoresetMode.NEXT_STEP:  # under SAME_STEP a finished child's last info is in final_info
-            raise ValueError(f"a controller runs a vector env that autoresets NEXT_STEP (gym.make_vec's default), not {mode}")
+        Controller.check_envs(self, envs)  # the mode every controller's episode loop needs
         self.begin_episode(envs)
         observations, infos = envs.reset(seed=seed)
         recorder = EpisodeRecorder(envs.num_envs)

@@ -343,12 +343,13 @@ RECORDS_FILE = "records.json"
 
 
 def default_log_dir(name: str, args: argparse.Namespace) -> str:
-    """``runs/<controller>-<env>-s<seed>``, or, where a run wrote its records there already, the first of that name
-    with ``-2``, ``-3``, ... that holds none: a second run (a frozen rerun of a saved policy) keeps the first's logs."""
+    """``runs/<controller>-<env>-s<seed>``, or, where a run wrote there already (its records, or the logs of one
+    interrupted), the first of that name with ``-2``, ``-3``, ... that is empty or absent: a second run (a frozen
+    rerun of a saved policy, the same command after an interruption) keeps the first's logs apart."""
     base = f"runs/{name}-{args.env}-s{args.seed}"
     return next(
         folder for folder in itertools.chain([base], (f"{base}-{k}" for k in itertools.count(2)))
-        if not (Path(folder) / RECORDS_FILE).exists()
+        if not Path(folder).is_dir() or not any(Path(folder).iterdir())
     )
 
 
@@ -367,6 +368,8 @@ def run_cli(controller: Any, args: argparse.Namespace, beside: tuple[str, ...] =
             check_save_file(args.save, beside)
         if log_dir is not None:
             check_output_folder("--log-dir", log_dir, (RECORDS_FILE,))
+            if (Path(log_dir) / RECORDS_FILE).is_file():  # a finished run's: its records would be replaced
+                raise ValueError(f"--log-dir {log_dir} holds the records of an earlier run; name another folder, or move it away")
     except ValueError as exc:
         fail(str(exc))
     try:
@@ -374,6 +377,11 @@ def run_cli(controller: Any, args: argparse.Namespace, beside: tuple[str, ...] =
         envs = controller.make_envs(args.env, **with_data_home(env_kwargs_from_args(args)))
     except (ValueError, TypeError, DataError, gym.error.Error) as exc:
         fail(f"cannot make {args.env}: {exc}")
+    try:
+        controller.check_envs(envs)  # a loaded policy of other features, another autoreset mode
+    except ValueError as exc:
+        envs.close()
+        fail(str(exc))
     total_iterations = envs.get_attr("train_config")[0].total_iterations
     steps = math.ceil(total_iterations / envs.get_attr("steps_per_action")[0])
     logger = RunLogger(steps, log_dir)

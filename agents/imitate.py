@@ -27,6 +27,7 @@ true}' --env ALA-Digits-v0 --save runs/ramp.pt``
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -120,7 +121,15 @@ def run_only_refusal(teacher: str) -> str:
 def teacher_rows(config: ImitateConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """The observation rows ``[rows, n_features]`` of the movable pairs of every child at every step of every
     run, and the teacher's action for each ``[rows]``."""
-    teacher = resolve_controller(config.teacher)(**config.teacher_kwargs, num_envs=config.num_envs)
+    factory = resolve_controller(config.teacher)
+    target = getattr(factory, "target", None)  # what a registered factory calls
+    try:
+        parameters = list(inspect.signature(target() if callable(target) else factory).parameters.values())
+    except (TypeError, ValueError):  # unreadable: given the count, as it takes it or says so
+        parameters = [inspect.Parameter("num_envs", inspect.Parameter.KEYWORD_ONLY)]
+    # A teacher of a fixed child count (LearnLoss's Phi) is built without one, as its own command line builds it.
+    counted = any(p.name == "num_envs" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+    teacher = factory(**config.teacher_kwargs, **({"num_envs": config.num_envs} if counted else {}))
     if not teacher.acts_in_any_state:
         raise ValueError(run_only_refusal(config.teacher))
     asked = teacher.env_kwargs()  # what the teacher needs of the env (a loss form) goes over env_kwargs: not unseen
@@ -136,6 +145,7 @@ def teacher_rows(config: ImitateConfig) -> tuple[torch.Tensor, torch.Tensor]:
             movable = np.asarray(cast(ChildAttributes, envs).get_attr("movable_rows")[0], dtype=bool)
             seed = int(rng.integers(2**31))
             teacher.begin(envs, seed)
+            teacher.begin_episode(envs)  # as a run of its own starts each run (what it tracks per run)
             observations, infos = envs.reset(seed=seed)
             running = np.ones(config.num_envs, dtype=bool)  # children in their first run (the vector env autoresets)
             while running.any():

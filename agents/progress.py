@@ -56,16 +56,20 @@ class RunLogger:
 
 
 def phi_figure(phi: np.ndarray, step: int) -> Figure:
-    """A matplotlib heatmap of one ``C x C`` Phi on the fixed scale [-1, 1] (comparable across steps)."""
+    """A matplotlib heatmap of one child's loss parameters on the fixed scale [-1, 1] (comparable across steps):
+    a ``C x C`` Phi, or a metric-learning task's vector of loss weights as one row."""
     from matplotlib.figure import Figure
 
     # A figure of its own, not pyplot's: the process's backend (a notebook's, a GUI's) stays as it was.
-    figure = Figure(figsize=(4, 3.4))
+    figure = Figure(figsize=(4, 3.4) if np.ndim(phi) == 2 else (4, 1.6))
     axis = figure.subplots()
-    image = axis.imshow(phi, cmap="RdBu_r", vmin=-1.0, vmax=1.0)
-    axis.set_title(f"Phi, step {step}")
-    axis.set_xlabel("class j")
-    axis.set_ylabel("class i")
+    image = axis.imshow(np.atleast_2d(phi), cmap="RdBu_r", vmin=-1.0, vmax=1.0)
+    axis.set_title(f"{'Phi' if np.ndim(phi) == 2 else 'loss weights'}, step {step}")
+    axis.set_xlabel("class j" if np.ndim(phi) == 2 else "row")
+    if np.ndim(phi) == 2:
+        axis.set_ylabel("class i")
+    else:
+        axis.set_yticks([])
     figure.colorbar(image, ax=axis)
     figure.tight_layout()
     return figure

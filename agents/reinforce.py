@@ -285,7 +285,12 @@ class ReinforceController(Controller):
     def env_kwargs(self) -> dict[str, Any]:
         return dict(self.env_overrides)
 
-    def begin(self, envs: gym.vector.VectorEnv, seed: int) -> None:
+    def check_envs(self, envs: gym.vector.VectorEnv) -> None:
+        super().check_envs(envs)
+        self._features(envs)
+
+    def _features(self, envs: gym.vector.VectorEnv) -> int:
+        """The env's features per class pair, refused where a loaded policy reads another count."""
         observation_space, action_space = envs.single_observation_space, envs.single_action_space
         # Every ALA env's: n_features per class pair in a Box, one of N_ACTIONS per pair.
         assert isinstance(observation_space, gym.spaces.Box) and isinstance(action_space, gym.spaces.MultiDiscrete)
@@ -295,7 +300,10 @@ class ReinforceController(Controller):
                 f"the policy reads {self.n_features} features per class pair but the env gives {n_features} "
                 "(its 'history' keyword must match the one the policy was trained with)"
             )
-        self.n_features = n_features
+        return n_features
+
+    def begin(self, envs: gym.vector.VectorEnv, seed: int) -> None:
+        self.n_features = n_features = self._features(envs)
         init_generator = torch.Generator().manual_seed(seed)
         self.policy = PairPolicy(n_features, self.config.hidden, init_generator, self.config.init_no_change)
         if self.initial_state is not None:
@@ -303,6 +311,8 @@ class ReinforceController(Controller):
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=self.config.lr)
         self.sampler = torch.Generator().manual_seed(seed + 1)  # actions and replay draws
         self.memory: deque[Transition] = deque(maxlen=self.config.replay_capacity)
+        action_space = envs.single_action_space
+        assert isinstance(action_space, gym.spaces.MultiDiscrete)  # checked by _features
         n_pairs = int(action_space.shape[0])
         self.baseline = np.zeros(n_pairs)
         # Pairs whose action the env ignores (a held diagonal) carry no information: no gradient from them.
@@ -323,9 +333,10 @@ class ReinforceController(Controller):
         self.diverged = np.zeros(envs.num_envs, dtype=bool)
 
     def run(self, envs: gym.vector.VectorEnv, seed: int, on_step: OnStep | None = None) -> list[EpisodeRecord]:
-        """:meth:`begin`, ``warmup_runs`` runs of other children (learning, not recorded), then the recorded run."""
+        """:meth:`begin`, ``warmup_runs`` runs of other children (learning, not recorded; none for a frozen
+        policy, which would learn nothing from them), then the recorded run."""
         self.begin(envs, seed)
-        for run in range(1, self.config.warmup_runs + 1):
+        for run in range(1, self.config.warmup_runs + 1 if self.train else 1):
             self.run_episode(envs, seed + run * WARMUP_SEED_OFFSET)
         return self.run_episode(envs, seed, on_step)
 

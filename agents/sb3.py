@@ -260,6 +260,10 @@ class SB3Controller(Controller):
     def env_kwargs(self) -> dict[str, Any]:
         return {"autoreset_mode": AutoresetMode.SAME_STEP}  # what SB3's VecEnv semantics need
 
+    def check_envs(self, envs: gym.vector.VectorEnv) -> None:
+        """SB3's vector env needs ``SAME_STEP`` autoresets (:meth:`env_kwargs`), not the other controllers' mode;
+        :class:`ala_gym.wrappers.sb3.SB3VecEnv` refuses any other."""
+
     def act(self, observations: np.ndarray, infos: dict) -> np.ndarray:
         assert self.model is not None, "run() builds the model"
         return self.model.predict(observations, deterministic=False)[0]

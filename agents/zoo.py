@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from ala_gym.agents.sb3 import SB3Config
+from ala_gym.registration import ENV_IDS
 
 N_ENVS = 4
 """Children the zoo trains side by side (its ``n_envs``: one single env each, in SB3's ``DummyVecEnv``)."""
@@ -34,5 +35,6 @@ PPO: dict[str, Any] = {
     "env_wrapper": ["gymnasium.wrappers.FlattenObservation"],
 }
 
-hyperparams: dict[str, dict[str, Any]] = {env_id: dict(PPO) for env_id in ("ALA-Digits-v0", "ALA-FashionMNIST-v0", "ALA-CIFAR10-v0")}
-"""The zoo's table, keyed by env id (the name and layout ``rl_zoo3.train --conf-file <module>`` reads)."""
+hyperparams: dict[str, dict[str, Any]] = {env_id: dict(PPO) for env_id in ENV_IDS}
+"""The zoo's table, keyed by env id (the name and layout ``rl_zoo3.train --conf-file <module>`` reads): every id
+the package registers (an id of one's own takes a table of its own, in the same layout)."""

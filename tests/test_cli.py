@@ -157,6 +157,17 @@ def test_the_logs_go_to_runs_controller_env_seed_without_a_log_dir(tmp_path, mon
     assert f"logs: tensorboard --logdir {second}" in capsys.readouterr().out
     assert len(json.loads((folder / cli.RECORDS_FILE).read_text())) == 1 and len(list(folder.glob("events.out.tfevents.*"))) == 1
     assert len(json.loads((second / cli.RECORDS_FILE).read_text())) == 2
+    # A run interrupted before its records leaves its logs alone in the next folder: the same command keeps them apart.
+    interrupted = Path("runs", "reinforce-ALA-Digits-v0-s3-3")
+    interrupted.mkdir()
+    (interrupted / "events.out.tfevents.0.host").write_text("")
+    reinforce_main([*(arg for arg in TINY_RUN if arg != "--no-tensorboard"), "--seed", "3"])
+    assert f"logs: tensorboard --logdir {Path('runs', 'reinforce-ALA-Digits-v0-s3-4')}" in capsys.readouterr().out
+    # Named with --log-dir, a finished run's folder is refused: its records would be replaced.
+    with pytest.raises(SystemExit) as caught:
+        reinforce_main([*(arg for arg in TINY_RUN if arg != "--no-tensorboard"), "--log-dir", str(folder)])
+    err = capsys.readouterr().err
+    assert caught.value.code == 2 and f"--log-dir {folder} holds the records of an earlier run; name another folder" in err
 
 
 def test_reinforce_loads_a_shipped_policy_by_name_from_any_folder(tmp_path, monkeypatch, capsys) -> None:
@@ -193,7 +204,7 @@ def test_compare_help_describes_presets_and_counts() -> None:
     done = subprocess.run([sys.executable, "-m", "ala_gym.benchmarks.compare", "--help"], capture_output=True, text=True,
                           timeout=120)
     text = " ".join(done.stdout.split())
-    assert "how many seeds: runs seeds 0, 1, ..., N-1" in text and "the Fashion-MNIST and CIFAR presets set 2" in text
+    assert "how many seeds: runs seeds F, F + 1, ..., F + N - 1 (F: --first-seed)" in text and "the Fashion-MNIST and CIFAR presets set 2" in text
     assert "cifar10-subset: ALA-CIFAR10-v0, 5 seeds, 400 iterations, K = 20, --children 2" in text
     assert "--env ALA-Digits-v0" in text  # the example runs on the embedded data, in any clone
 
@@ -305,6 +316,22 @@ def test_agent_progress_logs_each_numeric_entry_and_a_phi_heatmap_at_step_1_and_
     assert sorted(events.Tags()["scalars"]) == ["ala/last", "ala/reward", "ala/steps"]
     assert [(e.step, e.value) for e in events.Scalars("ala/reward")] == [(s, float(s)) for s in range(1, 11)]
     assert [e.step for e in events.Images("ala/phi")] == [1, 4, 8]
+
+
+def test_a_metric_learning_run_logs_its_loss_weights_as_a_heatmap_row(tmp_path) -> None:
+    """Metric learning's loss parameters are a vector per child (``[num_envs, rows]``): drawn as one row, not
+    refused by matplotlib as an image of the wrong shape at the first step."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logger = progress.RunLogger(2, tmp_path, heatmap_every=1)
+    try:
+        for step in (1, 2):
+            logger(step, {"reward": 1.0, "phi": np.full((2, 10), 0.5)})
+    finally:
+        logger.close()
+    events = EventAccumulator(str(tmp_path), size_guidance={"images": 0})
+    events.Reload()
+    assert [e.step for e in events.Images("ala/phi")] == [1, 2]
 
 
 # ---------------------------------------------------------------------- options from config dataclasses
@@ -513,6 +540,17 @@ def test_a_temperature_without_a_policy_to_scale_is_refused(capsys) -> None:
     with pytest.raises(SystemExit) as caught:
         reinforce_main([*TINY_RUN, "--temperature", "2"])
     assert caught.value.code == 2 and "--temperature needs --load" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, said", [
+    (["--load", "digits", "--env-kwarg", "history=3"], "the policy reads 24 features per class pair but the env gives 10"),
+    (["--env-kwarg", "autoreset_mode=SameStep"], "a controller runs a vector env that autoresets NEXT_STEP"),
+])  # fmt: skip
+def test_envs_the_controller_cannot_drive_are_refused_in_one_line_before_the_run(extra: list[str], said: str, capsys) -> None:
+    with pytest.raises(SystemExit) as caught:
+        reinforce_main([*TINY_RUN, *extra])
+    err = capsys.readouterr().err
+    assert caught.value.code == 2 and err.count("\n") == 1 and said in err and "Traceback" not in err
 
 
 def test_the_subset_builder_refuses_an_out_folder_it_cannot_create_in_one_line(tmp_path: Path, capsys) -> None:

@@ -143,8 +143,13 @@ def test_warmup_runs_train_on_other_children_before_the_recorded_run(monkeypatch
     controller = ala_gym.agents.CONTROLLERS["reinforce-multi"](num_envs=2, config=ReinforceConfig(warmup_runs=2))
     envs = controller.make_envs("ALA-Digits-v0", **TINY)
     controller.run(envs, seed=7)
-    envs.close()
     assert seeds == [7 + WARMUP_SEED_OFFSET, 7 + 2 * WARMUP_SEED_OFFSET, 7]
+    # Frozen, the policy would learn nothing from them: the recorded run alone.
+    seeds.clear()
+    frozen = ala_gym.agents.CONTROLLERS["reinforce-multi"](num_envs=2, config=ReinforceConfig(warmup_runs=2), train=False)
+    frozen.run(envs, seed=7)
+    envs.close()
+    assert seeds == [7]
 
 
 @pytest.mark.parametrize(

@@ -76,6 +76,11 @@ def test_exploration_moves_the_states_but_keeps_the_teachers_labels() -> None:
 def test_a_teacher_that_imposes_phi_or_bad_input_is_a_clear_error(tmp_path, capsys) -> None:
     with pytest.raises(ValueError, match="phi-uniform imposes Phi instead of acting"):
         imitate(tiny(teacher="phi-uniform", teacher_kwargs={"off_diagonal": 0.1}))
+    # PBT (which needs each run begun as its own runs begin it) and LearnLoss (a factory of no child count): the
+    # same refusal, not an attribute or keyword error of the teacher's.
+    for teacher in ("pbt", "learnloss"):
+        with pytest.raises(ValueError, match=f"^{teacher} imposes Phi instead of acting"):
+            imitate(tiny(teacher=teacher, teacher_kwargs={}, num_envs=2, horizons=(40,)))
     with pytest.raises(ValueError, match="explore must be a finite number in"):
         tiny(explore=1.0)
     with pytest.raises(ValueError, match="env_kwargs sets loss_form='sigmoid', but the teacher phi-ramp trains its "
