@@ -188,6 +188,32 @@ def record_step(recorder: EpisodeRecorder, step: int, observations: np.ndarray, 
         on_step(step, {**step_logs(rewards[running], phi, val_metric), "entropy": entropy(observations[running])})
 
 
+def train_on_the_last_rollout(model: OnPolicyAlgorithm, last_step: dict[str, Any]) -> None:
+    """One update on the rollout that the end of the children's runs cut short, as SB3 updates on a full one.
+
+    The callback that stops SB3 at that step (the step every child's run ended at, with its final rewards) makes
+    SB3 return before it stores the step and without training on its part-filled buffer, so without this the last
+    ``n_steps`` or fewer steps of every run, the end of training among them, would never be learned from (and a
+    run shorter than ``n_steps`` would learn nothing). ``last_step``: SB3's locals at that step (its callback's)."""
+    buffer, dones, infos = model.rollout_buffer, last_step["dones"], last_step["infos"]
+    rewards = np.array(last_step["rewards"], dtype=np.float32)
+    for child, done in enumerate(dones):  # a run cut by a time limit bootstraps from its last value, as SB3 does
+        if done and infos[child].get("terminal_observation") is not None and infos[child].get("TimeLimit.truncated", False):
+            terminal = model.policy.obs_to_tensor(infos[child]["terminal_observation"])[0]
+            with torch.no_grad():
+                rewards[child] += model.gamma * float(model.policy.predict_values(terminal)[0])
+    buffer.add(model._last_obs, last_step["actions"], rewards, model._last_episode_starts, last_step["values"], last_step["log_probs"])
+    size = buffer.buffer_size if buffer.full else buffer.pos
+    # The buffer cut to the steps it holds (its returns run over all of its rows).
+    for name in ("observations", "actions", "rewards", "returns", "episode_starts", "values", "log_probs", "advantages"):
+        setattr(buffer, name, getattr(buffer, name)[:size])
+    buffer.buffer_size, buffer.full = size, True
+    with torch.no_grad():
+        last_values = model.policy.predict_values(model.policy.obs_to_tensor(last_step["new_obs"])[0])
+    buffer.compute_returns_and_advantage(last_values=last_values, dones=dones)
+    model.train()
+
+
 @contextmanager
 def isolated_global_rngs() -> Iterator[None]:
     """SB3 seeds and draws from the global RNGs of torch, numpy and ``random``; restore the caller's after."""
@@ -318,9 +344,9 @@ class SB3Controller(Controller):
             try:
                 if self.train:
                     # Large budget: the callback stops SB3 once every child's training run has ended.
-                    self.model.learn(
-                        total_timesteps=2**62, callback=_RecordingCallback(recorder, self._entropy, on_step), log_interval=1
-                    )
+                    callback = _RecordingCallback(recorder, self._entropy, on_step)
+                    self.model.learn(total_timesteps=2**62, callback=callback, log_interval=1)
+                    train_on_the_last_rollout(self.model, callback.locals)
                 else:
                     observations, step = venv.reset(), 0
                     while not recorder.done:

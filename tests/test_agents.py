@@ -430,6 +430,22 @@ def test_sb3_controllers_run_end_to_end(algo, policy, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("algo, updates_per_rollout", [("ppo", 4), ("a2c", 1)])
+@pytest.mark.parametrize("steps, rollouts", [(16, 2), (4, 1), (12, 2)])
+def test_sb3_learns_from_the_last_rollout_that_the_end_of_the_runs_cuts_short(algo, updates_per_rollout, steps, rollouts):
+    """Rollouts of 8 steps: a run of 16 steps is two full ones, of 12 a full one and half of one, of 4 half of one;
+    each is trained on, the last one too (SB3 leaves it when a callback ends the learning)."""
+    from ala_gym.agents.sb3 import SB3Config, SB3Controller
+
+    controller = SB3Controller(algo, SB3Config(n_steps=8, n_epochs=4), num_envs=2)
+    envs = controller.make_envs("ALA-Digits-v0", **{**TINY, "total_iterations": 10 * steps, "steps_per_action": 10})
+    records = controller.run(envs, seed=0)
+    envs.close()
+    assert all(len(record.rewards) == steps for record in records) and controller.model is not None
+    assert controller.model._n_updates == rollouts * updates_per_rollout
+    assert controller.model.num_timesteps == 2 * steps
+
+
 def test_an_sb3_run_with_a_log_folder_writes_its_curves_and_leaves_no_writer_thread_behind(tmp_path):
     from ala_gym.agents.sb3 import SB3Config, SB3Controller
 
