@@ -72,19 +72,35 @@ PROVENANCE_SUFFIX = ".json"
 """Suffix of the record of what produced a policy (:func:`write_provenance`), beside the policy file."""
 
 
-def recorded_command(module: str, argv: list[str]) -> str:
-    """``python -m module argv...`` as a shell reads it, with an absolute path inside the working folder written
-    relative to it: a committed record holds no path of the machine that ran it (one outside stays as given)."""
-    here = Path.cwd()
+MACHINE_OPTIONS = ("--data-root",)
+"""Options whose value is where things lie on the machine that ran a command, never part of a result's identity:
+left out of the command a record holds."""
 
-    def portable(word: str) -> str:
+
+def portable_argv(argv: list[str]) -> list[str]:
+    """``argv`` as a committed record holds it: :data:`MACHINE_OPTIONS` left out with their values, and an absolute
+    path inside the working folder written relative to it (one outside stays as given)."""
+    here, kept, skip = Path.cwd(), [], False
+    for word in argv:
+        if skip:
+            skip = False
+            continue
+        option = word.partition("=")[0]
+        if option in MACHINE_OPTIONS:
+            skip = "=" not in word  # its value is the next word
+            continue
         option, equals, value = word.rpartition("=") if word.startswith("--") and "=" in word else ("", "", word)
         path = Path(value)
         if path.is_absolute() and path.is_relative_to(here):
             value = str(path.relative_to(here))
-        return f"{option}{equals}{value}"
+        kept.append(f"{option}{equals}{value}")
+    return kept
 
-    return shlex.join(["python", "-m", module, *map(portable, argv)])
+
+def recorded_command(module: str, argv: list[str]) -> str:
+    """``python -m module argv...`` as a shell reads it, as :func:`portable_argv` records it: a committed record
+    holds no path of the machine that ran it."""
+    return shlex.join(["python", "-m", module, *portable_argv(argv)])
 
 
 def write_provenance(save: str | Path, record: dict[str, Any]) -> None:

@@ -202,7 +202,9 @@ def train_on_the_last_rollout(model: OnPolicyAlgorithm, last_step: dict[str, Any
             terminal = model.policy.obs_to_tensor(infos[child]["terminal_observation"])[0]
             with torch.no_grad():
                 rewards[child] += model.gamma * float(model.policy.predict_values(terminal)[0])
-    buffer.add(model._last_obs, last_step["actions"], rewards, model._last_episode_starts, last_step["values"], last_step["log_probs"])
+    last_obs, episode_starts = model._last_obs, model._last_episode_starts  # the step's, which SB3 set before it
+    assert isinstance(last_obs, np.ndarray) and isinstance(episode_starts, np.ndarray)  # Box observations: one array
+    buffer.add(last_obs, last_step["actions"], rewards, episode_starts, last_step["values"], last_step["log_probs"])
     size = buffer.buffer_size if buffer.full else buffer.pos
     # The buffer cut to the steps it holds (its returns run over all of its rows).
     for name in ("observations", "actions", "rewards", "returns", "episode_starts", "values", "log_probs", "advantages"):

@@ -52,7 +52,7 @@ from ala_gym.benchmarks.compare.store import NUMBER, check_writable, read_json
 from ala_gym.benchmarks.machine import RESULTS, cpu_model, package_version
 from ala_gym.core.data import DataError, cifar10_subset_dir, load_cifar10, load_digits, load_fashion_mnist
 from ala_gym.core.files import write_text_atomic
-from ala_gym.core.machine import source_digest
+from ala_gym.core.machine import load_average, source_digest
 from ala_gym.wrappers import MissingExtraError, require
 
 METHODS = ("learnloss", "random", "tpe")
@@ -258,11 +258,19 @@ def script_options(header: dict[str, Any]) -> str:
     return options
 
 
+def load_text(load: dict[str, Any] | None) -> str:
+    """What the header says of the machine's load while the runs ran (other work there slows their wall times)."""
+    if not load:
+        return "the load on the machine while the runs ran was not recorded (their wall times may be noisy)"
+    recorded = "" if load["runs"] == load["of"] else f" (recorded for {load['runs']} of {load['of']} runs)"
+    return f"1-minute load average as each run ended {load['min']:.2f}-{load['max']:.2f}{recorded}"
+
+
 def markdown(summary: dict[str, Any], header: dict[str, Any]) -> str:
     lines = [
         "# Tuning L1 + L2 of softmax regression: LearnLoss, random search, Optuna TPE",
         "",
-        f"- Machine: {header['machine']} (CPU only), 1 torch thread, shared with other work at the time (wall times are noisy).",
+        f"- Machine: {header['machine']} (CPU only), 1 torch thread; {load_text(header.get('load_1min'))}.",
         f"- Budget: {header['budget']} training runs per tuner and seed; seeds {header['seeds']}; search space "
         f"lambda_1, lambda_2 in [{header['low']:g}, {header['upper']:g}] (LearnLoss: box [0, {header['upper']:g}]).",
         f"- Script: `python -m ala_gym.benchmarks.learnloss{script_options(header)} --seeds {len(header['seeds'])} "
@@ -429,7 +437,7 @@ def run_benchmark(datasets: list[str], methods: list[str], seeds: list[int], bud
         for method, seed in todo:
             trials = tune(method, train, config, seed)
             record = {"dataset": dataset, "method": method, "seed": seed, "budget": budget, "source": source_digest(),
-                      "trials": [trial_record(t) for t in trials]}
+                      "load_average": load_average(), "trials": [trial_record(t) for t in trials]}
             path = out / "runs" / f"{dataset}-{method}-seed{seed}.json"
             write_json(path, record)
             saved[path] = record
@@ -441,7 +449,10 @@ def run_benchmark(datasets: list[str], methods: list[str], seeds: list[int], bud
     import scipy
 
     # None where the learnloss extra is not installed: only the TPE runs need Optuna.
+    # The 1-minute load as each run ended (runs recorded before it was kept have none).
+    loads = [r["load_average"][0] for r in runs if r.get("load_average")]
     header = {"machine": f"{cpu_model()}, {os.cpu_count()} cores", "budget": budget, "seeds": seeds,
+              "load_1min": {"min": min(loads), "max": max(loads), "runs": len(loads), "of": len(runs)} if loads else None,
               "datasets": datasets, "methods": methods, "low": config.upper[0] * config.log_low,
               "upper": config.upper[0], "versions": {"torch": torch.__version__, "scipy": scipy.__version__,
                                                      "optuna": package_version("optuna")}}

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 import ala_gym  # noqa: F401  (registers the env ids)
-from ala_gym.agents.cli import DescriptionFormatter, OneLineParser, run_main
+from ala_gym.agents.cli import DescriptionFormatter, OneLineParser, portable_argv, run_main
 from ala_gym.benchmarks.machine import RESULTS, check_out_folder
 from ala_gym.benchmarks.overhead import (
     CONFIGS,
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
         cpu = results[-1]["median_cpu_s"]
         print(f"{mode}: plain {1000 * cpu['plain']:.1f} ms, trainer {1000 * cpu['trainer']:.1f} ms", flush=True)
     report = {
-        "argv": [a for a in (sys.argv[1:] if argv is None else argv)],
+        "argv": portable_argv(sys.argv[1:] if argv is None else argv),  # no path of this machine
         "machine": machine,
         "config": args.config,
         "rounds": args.rounds,

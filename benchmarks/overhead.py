@@ -66,7 +66,7 @@ from gymnasium.utils import seeding
 from torch.nn import functional as F
 
 import ala_gym  # noqa: F401  (registers the env ids)
-from ala_gym.agents.cli import DescriptionFormatter, OneLineParser, run_main
+from ala_gym.agents.cli import DescriptionFormatter, OneLineParser, portable_argv, run_main
 from ala_gym.benchmarks.compare import ComparisonError
 from ala_gym.benchmarks.compare.store import read_json
 from ala_gym.benchmarks.machine import RESULTS, check_out_folder, cpu_model, load_average, render_saved
@@ -413,7 +413,7 @@ def main(argv: list[str] | None = None) -> None:
         "glibc thresholds fixed" if retain_freed_memory() else "system default (not glibc)"
     )
     report: dict[str, Any] = {
-        "argv": [a for a in (sys.argv[1:] if argv is None else argv)],
+        "argv": portable_argv(sys.argv[1:] if argv is None else argv),  # no path of this machine
         "machine": machine_info(device, args.threads),
         "results": {},
         "notes": list(args.note),

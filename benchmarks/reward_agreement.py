@@ -20,6 +20,7 @@ import json
 import sys
 import time
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -43,8 +44,9 @@ RESULTS = DEFAULT_RESULTS / "reward_agreement.json"
 
 
 def disjoint_halves(count: int, sizes: list[int], seed: int) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-    """Per size ``S``: two disjoint random sets of ``S`` indices into ``count`` images, drawn from ``seed``; the
-    smaller sizes' sets are the first images of the larger ones'."""
+    """Per size ``S``: two disjoint random sets of ``S`` indices into ``count`` images, drawn from ``seed``: the
+    first ``S`` and the next ``S`` of one permutation (so a smaller size's first set lies in a larger one's first
+    set, while its second set need not lie in the larger one's second)."""
     order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
     return {size: (order[:size], order[size : 2 * size]) for size in sizes}
 
@@ -97,7 +99,13 @@ def main(argv: list[str] | None = None) -> None:
         help="JSON dict of env kwargs (budget, ...); a relative data_root is read under $ALA_GYM_DATA: ala_gym.core.data.data_home()",
     )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS,
+        help="the JSON file of every env's record (default: the committed one); the table is written beside it (.md)",
+    )
+    parser.add_argument("--replace", action="store_true", help="replace the env's record where the file holds one")
     args = parser.parse_args(argv)
+    out = args.out
     try:
         sizes = [int(s) for s in args.sizes.split(",")]
     except ValueError:
@@ -115,11 +123,16 @@ def main(argv: list[str] | None = None) -> None:
     fix = "restore it (git checkout), or move it away to start a new one"
     results: dict[str, Any] = {}
     try:
-        if RESULTS.exists():
-            results = read_json(RESULTS, {}, fix)
+        if out.exists():
+            results = read_json(out, {}, fix)
     except ComparisonError as error:  # damaged, or no file to read (a folder)
         parser.exit(2, f"reward_agreement: {error}\n")
-    render_saved(parser, RESULTS, partial(markdown, results), fix)  # its records are rendered again at the end
+    render_saved(parser, out, partial(markdown, results), fix)  # its records are rendered again at the end
+    if args.env in results and not args.replace:  # a measurement of other settings would go unseen
+        saved = results[args.env]
+        parser.exit(2, f"reward_agreement: {out} holds a record of {args.env} (seeds {len(saved['seeds'])}, sizes "
+                       f"{','.join(str(row['size']) for row in saved['rows'])}, env kwargs {json.dumps(saved['env_kwargs'])}); "
+                       "pass --replace to replace it, or --out another file\n")  # fmt: skip
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     try:
@@ -148,22 +161,18 @@ def main(argv: list[str] | None = None) -> None:
     record = {"env": args.env, "env_kwargs": shown, "seeds": list(range(args.seeds)), "rows": rows,
               "wall_s": time.perf_counter() - start, "machine": machine(), "versions": versions()}
     results[args.env] = record
-    write_json(RESULTS, results)
-    write_markdown(results)
+    write_json(out, results)
+    write_text_atomic(out.with_suffix(".md"), markdown(results))
     for row in rows:
         print(f"{args.env} S={row['size']}: agree {row['agree']:.2f}, opposite {row['opposite']:.2f}, "
               f"ties {row['ties']:.2f}, agree when both non-zero {row['agree_nonzero']:.2f} over {row['steps']} steps", file=sys.stdout)
-
-
-def write_markdown(results: dict[str, Any]) -> None:
-    write_text_atomic(RESULTS.with_suffix(".md"), markdown(results))
 
 
 def markdown(results: dict[str, Any]) -> str:
     lines = [
         "# Reward agreement between two disjoint validation subsets of size S",
         "",
-        "`python -m ala_gym.benchmarks.reward_agreement` (command per env below): along cross-entropy trajectories, the",
+        "`python -m ala_gym.benchmarks.reward_agreement` (each env's settings in its row): along cross-entropy trajectories, the",
         "sign reward of Eq. 5 (discounted validation error, the env's evaluation schedule) computed on two",
         "disjoint random subsets of S validation images each. agree = same sign (ties included), opposite =",
         "one +1 and one -1, ties = fraction of zero rewards, agree when both non-zero = same sign among the steps",

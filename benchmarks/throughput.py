@@ -68,7 +68,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ala_gym.agents.cli import OneLineParser, run_main, seed_option
+from ala_gym.agents.cli import OneLineParser, portable_argv, run_main, seed_option
 from ala_gym.benchmarks.machine import (
     RESULTS,
     check_out_folder,
@@ -769,7 +769,7 @@ def main(argv: list[str] | None = None) -> None:
                        f"{args.out} left as it was\n")  # fmt: skip
     measured = [rate for rate in roofline_rounds if rate]
     report = {
-        "argv": sys.argv[1:] if argv is None else argv,
+        "argv": portable_argv(sys.argv[1:] if argv is None else argv),  # no path of this machine
         # Where data and results lie is the machine's business, not the measurement's.
         "args": {k: v for k, v in vars(args).items() if k not in ("one", "render", "data_root", "out")},
         "machine": machine(),

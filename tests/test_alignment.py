@@ -267,10 +267,21 @@ def test_reward_agreement_script_compares_two_disjoint_validation_subsets(tmp_pa
     }
     for message, wrong in wrongs.items():
         with pytest.raises(SystemExit) as caught:
-            reward_agreement.main([*wrong, "--seeds", "1"] if "--env-kwargs" in wrong else [*wrong, "--seeds", "1", "--env-kwargs", kwargs])
+            argv = [*wrong, "--seeds", "1", "--replace"]
+            reward_agreement.main(argv if "--env-kwargs" in wrong else [*argv, "--env-kwargs", kwargs])
         err = capsys.readouterr().err
         assert caught.value.code == 2 and message in err and err.strip().count("\n") == 0
     assert (tmp_path / "agreement.json").read_text() == results
+    # The env's record is replaced only when asked: another measurement of it is refused, naming the one there.
+    with pytest.raises(SystemExit) as caught:
+        reward_agreement.main(["--env", "ALA-Digits-v0", "--sizes", "30", "--seeds", "1", "--env-kwargs", kwargs])
+    err = capsys.readouterr().err
+    assert caught.value.code == 2 and "holds a record of ALA-Digits-v0 (seeds 2, sizes 20,100" in err and "--replace" in err
+    assert (tmp_path / "agreement.json").read_text() == results
+    # --out writes elsewhere, the table beside it.
+    reward_agreement.main(["--env", "ALA-Digits-v0", "--sizes", "20", "--seeds", "1", "--env-kwargs", kwargs,
+                           "--out", str(tmp_path / "other" / "mine.json")])  # fmt: skip
+    assert (tmp_path / "other" / "mine.md").is_file() and (tmp_path / "agreement.json").read_text() == results
 
 
 def json_load(path):

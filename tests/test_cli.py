@@ -629,6 +629,9 @@ def test_a_recorded_command_writes_paths_inside_the_working_folder_relative_to_i
     assert cli.recorded_command("ala_gym.agents.meta_train", argv) == (
         "python -m ala_gym.agents.meta_train --save policies/p.pt --state=s.pt /elsewhere/x.pt --env-kwargs '{\"a\": 1}'"
     )
+    # Where the data lies is the machine's: left out, with its value, in either spelling.
+    with_data = ["--data-root", "/data/here", "--seed", "1", "--data-root=/data/there", "--out", str(tmp_path / "out")]
+    assert cli.portable_argv(with_data) == ["--seed", "1", "--out", "out"]
 
 
 def test_an_env_keyword_against_the_controllers_own_is_refused(capsys) -> None:
