@@ -299,6 +299,19 @@ def headline_clock(device: str) -> tuple[str, str]:
     return ("wall", "wall") if device.startswith("cuda") else ("cpu", "CPU")
 
 
+def merged_rows(report: dict[str, Any]) -> list[str]:
+    """A line naming the rows that another command measured (kept by ``--merge``), with its command, date, CPU
+    threads and machine where they differ from the header's; none where every row is the header's own."""
+    own = report.get("argv", [])
+    others = [(name, row) for name, row in report["results"].items() if "argv" in row and row["argv"] != own]
+    if not others:
+        return []
+    return ["* Rows kept from earlier commands (`--merge`): " + "; ".join(
+        f"{name}: `python -m ala_gym.benchmarks.overhead {' '.join(row['argv'])}` on {row['date_utc']}, "
+        f"{row['torch_num_threads']} torch thread(s)" for name, row in others
+    ) + "."]
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     machine = report["machine"]
     clock, label = headline_clock(machine["device"])
@@ -324,6 +337,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"* Load average (1, 5, 15 min) at the start: {machine['load_average_start'] or 'not kept by this OS'}. Overheads are ratios of medians "
         "minus one; " + ("CPU time is this process's CPU seconds, the steadier figure on a shared machine."
                          if clock == "cpu" else "wall time, synchronised with the GPU: its CPU time counts launches and waits."),
+        *merged_rows(report),
         "* Env keywords of each row (pinned in `CONFIGS`): "
         + "; ".join(f"{name} `{json.dumps(row['env_kwargs'])}`" for name, row in report["results"].items()) + ".",
         "",
@@ -402,6 +416,14 @@ def main(argv: list[str] | None = None) -> None:
             parser.exit(2, f"{parser.prog}: error: {problem}\n")
     json_path = args.out / "overhead.json"
     previous = None
+    if not args.merge and json_path.is_file():  # rows measured for hours would go unseen
+        try:
+            saved = read_json(json_path, {"results": dict}, "restore it (git checkout), or move it away")
+        except ComparisonError as error:
+            parser.exit(2, f"{parser.prog}: error: {error}\n")
+        if left := [name for name in saved["results"] if name not in names]:
+            parser.exit(2, f"{parser.prog}: error: {json_path} holds rows of {', '.join(left)}, which this command "
+                           "leaves out; add them to --configs, pass --merge to keep them, or name another --out\n")  # fmt: skip
     if args.merge and json_path.exists():
         fix = "restore it (git checkout), or run without --merge to write a new one"
         try:
@@ -430,6 +452,8 @@ def main(argv: list[str] | None = None) -> None:
         started = time.perf_counter()
         report["results"][name] = row = measure(name, device, repeats, args.steps_per_action)
         row["device"], row["torch_num_threads"], row["malloc"] = str(device), torch.get_num_threads(), malloc
+        # Which command measured the row: a merged file holds rows of several, and its header tells the latest.
+        row["argv"], row["date_utc"] = report["argv"], report["machine"]["date_utc"]
         row["benchmark_wall_s"] = time.perf_counter() - started
         clock, label = headline_clock(str(device))
         print(f"{name}: plain {_ms(row[f'median_{clock}_s']['plain'])} ms {label}, "

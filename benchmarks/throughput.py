@@ -550,7 +550,8 @@ def targets(report: dict, rates: dict[tuple[str, int, str], float]) -> list[str]
             reach = "within" if alone / one >= factor else "beyond"
             lines.append(f"Bound: the batched forward and backward alone of N = {n} {model} children "
                          f"(`BatchedTrainer.gradients`, without batch gather, SGD update, validation or env step) run at "
-                         f"{alone:.0f} iterations/s, {alone / one:.2f}x one child's: the target is {reach} these kernels' "
+                         f"{alone:.0f} iterations/s (their best round; the table's rates, one child's among them, are medians), "
+                         f"{alone / one:.2f}x one child's: the target is {reach} these kernels' "
                          f"reach here; the env's batched step runs at {100 * batched / alone:.0f}% of them.")
             autocast = kernels.get("bfloat16_autocast_iterations_per_s")
             if autocast:
@@ -562,7 +563,8 @@ def targets(report: dict, rates: dict[tuple[str, int, str], float]) -> list[str]
             reach = "within" if full / one >= factor else "beyond"
             # Per call, the products' time over the whole forward and backward's: the inverse ratio of the rates.
             share = f"; they take {100 * kernels['iterations_per_s'] / full:.0f}% of `gradients`' time" if kernels else ""
-            lines.append(f"Bound: the matrix products alone of that forward and backward run at {full:.0f} iterations/s, "
+            lines.append(f"Bound: the matrix products alone of that forward and backward run at {full:.0f} iterations/s "
+                         "(their best round), "
                          f"{full / one:.2f}x one child's: the target is {reach} their reach in float32{share}. In "
                          f"bfloat16 they run at {half:.0f} iterations/s, {half / one:.2f}x.")
     pairs = sorted(

@@ -107,14 +107,25 @@ def test_merge_keeps_the_other_configs_rows_and_each_note_once(tmp_path, monkeyp
     argv = ["--configs", "digits", "--repeats", "1", "--steps-per-action", "2", "--out", str(tmp_path)]
     overhead.main([*argv, "--note", "first"])
     saved = json.loads((tmp_path / "overhead.json").read_text())
-    saved["results"]["fashion-mnist"] = saved["results"]["digits"] | {"model": "small_cnn"}  # a row measured before
+    earlier = ["--configs", "fashion-mnist", "--threads", "2"]  # the command that measured it, with another count
+    saved["results"]["fashion-mnist"] = saved["results"]["digits"] | {"model": "small_cnn", "argv": earlier, "torch_num_threads": 2}
     (tmp_path / "overhead.json").write_text(json.dumps(saved))
+    # Without --merge, a command that leaves a saved row out is refused: it would drop it unseen.
+    monkeypatch.setattr(overhead, "measure", lambda *args: pytest.fail("measured before the refusal"))
+    with pytest.raises(SystemExit) as caught:
+        overhead.main(argv)
+    assert caught.value.code == 2 and json.loads((tmp_path / "overhead.json").read_text()) == saved
+    monkeypatch.undo()
     overhead.main([*argv, "--merge", "--note", "second", "--note", "first"])
     report = json.loads((tmp_path / "overhead.json").read_text())
     assert list(report["results"]) == ["digits", "fashion-mnist"]
     assert report["results"]["fashion-mnist"] == saved["results"]["fashion-mnist"]
     assert report["notes"] == [*saved["notes"], "second"] and saved["notes"][0] == "first"
-    assert "| fashion-mnist | small_cnn |" in (tmp_path / "overhead.md").read_text()
+    table = (tmp_path / "overhead.md").read_text()
+    assert "| fashion-mnist | small_cnn |" in table
+    # The header is the latest command's; the kept row names its own.
+    assert ("* Rows kept from earlier commands (`--merge`): fashion-mnist: `python -m ala_gym.benchmarks.overhead "
+            "--configs fashion-mnist --threads 2` on") in table and "digits: `python" not in table
 
 
 def test_merge_into_a_report_whose_rows_lack_what_the_table_reads_is_refused_before_measuring(tmp_path, monkeypatch, capsys):
