@@ -34,6 +34,8 @@ from torch.nn import functional as F
 
 from ala_gym.agents.adalfl import AdaLFLConfig, LossNetwork, OnlineTrainer, initialise_offline
 from ala_gym.agents.cli import DescriptionFormatter, OneLineParser, recorded_command, run_main
+from ala_gym.benchmarks.compare import ComparisonError
+from ala_gym.benchmarks.compare.store import read_json
 from ala_gym.benchmarks.machine import RESULTS, check_out_folder, cpu_model
 from ala_gym.core.data import (
     CIFAR10_SUBSET,
@@ -164,6 +166,14 @@ def main(argv: list[str] | None = None) -> None:
         parser.exit(2, f"--device: {error}\n")
     out = Path(args.out)
     check_out_folder(parser, out, ("adalfl_cost.json", "adalfl_cost.md"))
+    if (out / "adalfl_cost.json").is_file():  # the report is rewritten whole: a saved task left out would go unseen
+        try:
+            saved = read_json(out / "adalfl_cost.json", {"rows": [{"task": str}]}, "restore it (git checkout), or move it away")
+        except ComparisonError as error:
+            parser.exit(2, f"{error}\n")
+        if left := [row["task"] for row in saved["rows"] if row["task"] not in tasks]:
+            parser.exit(2, f"{out / 'adalfl_cost.json'} holds rows of {', '.join(left)}, which this command leaves out; "
+                           "add them to --tasks, or name another --out\n")  # fmt: skip
     torch.set_num_threads(args.threads)
     for task in tasks:  # every task's data before the first is measured
         try:

@@ -398,6 +398,11 @@ def test_cost_benchmark_writes_its_table(tmp_path) -> None:
     ms = rows[0]["ms_per_iteration"]
     assert (f"| digits | mlp | cpu | {ms['ce']:.2f} | {ms['adalfl']:.2f} | {rows[0]['adalfl_vs_ce']:.2f}x | "
             f"{ms['offline']:.2f} | {rows[0]['offline_step_vs_ce']:.2f}x |") in (tmp_path / "adalfl_cost.md").read_text()
+    # Measuring other tasks into the same folder would drop the digits row unseen: refused.
+    saved = (tmp_path / "adalfl_cost.json").read_text()
+    with pytest.raises(SystemExit) as caught:
+        adalfl_cost.main(["--tasks", "fashion-mnist", "--iterations", "1", "--repeats", "1", "--out", str(tmp_path)])
+    assert caught.value.code == 2 and (tmp_path / "adalfl_cost.json").read_text() == saved
     with pytest.raises(SystemExit) as exit_info:
         adalfl_cost.main(["--tasks", "imagenet", "--out", str(tmp_path)])
     assert exit_info.value.code == 2
