@@ -99,9 +99,12 @@ HELD_OUT = (
     # Digits alone with the short Fashion-MNIST preset's small CNN child and budget (several searches).
     *(HeldOut("Fashion-MNIST", "fashion-mnist", name, sequential=True, ce="ce(num_envs=2)") for name in META_DIGITS_CNN),
     # Four of them again, at the same budget on children that no two seeds share (the fashion-mnist preset's 2-child
-    # rows share one between consecutive seeds), beside cross-entropy on the same children.
+    # rows share one between consecutive seeds), beside cross-entropy on the same children; the first three seeds'
+    # children are those the fashion-mnist preset chose them on.
     *(HeldOut("Fashion-MNIST", "fashion-mnist-apart", name, sequential=True, ce="ce(num_envs=2)@train_mode=sequential")
       for name in FASHION_MNIST_APART),
+    # And on children that no earlier comparison of this budget trained, the oracles on as many children.
+    *(HeldOut("Fashion-MNIST", "fashion-mnist-fresh", name) for name in FASHION_MNIST_APART),
 )  # fmt: skip
 POLICIES = sorted({held.policy for held in HELD_OUT})
 """The policies judged, each with its provenance file ``<policy>.json`` in the policy folder."""

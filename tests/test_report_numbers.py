@@ -414,8 +414,8 @@ def test_adalfl_report_splits_offline_from_online_time_against_ce_of_the_same_se
     # Mean wall 40 s, offline 12 s, against ce's 10 s per run on seeds 0 and 1: 4x in all, 2.8x online.
     assert "| adalfl | 2 | 13.00 +- 4.24 | 40.0 | 12.0 | 4.00x | 2.80x |" in lines
     assert (
-        f"Cross-entropy reference: `ce` runs of `{ce_file}` (same env keywords, seeds [0, 1], same machine): "
-        "test error 25.00 +- 7.07 %, wall 10.0 s per run."
+        f"Cross-entropy reference of `adalfl`: `ce` runs of `{ce_file}` (same env keywords, seeds [0, 1], same machine: "
+        "test cpu, 2 cores, 1 torch thread(s), GPU: None; device `cpu`): test error 25.00 +- 7.07 %, wall 10.0 s per run."
     ) in lines
     assert (tmp_path / "adl" / "loss_shape.png").stat().st_size > 0
 

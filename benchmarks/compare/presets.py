@@ -54,8 +54,9 @@ preset's child and budget."""
 FASHION_MNIST_APART = (
     "without-fashion-mnist", "meta-digits-cnn-average-seed1", "meta-digits-cnn-pop32", "meta-digits-cnn-pop32-seed1",
 )  # fmt: skip
-"""The policies the fashion-mnist-apart preset runs again on children no two seeds share: the leave-one-out
-policy and the three whose verdicts against cross-entropy were closest in the fashion-mnist preset."""
+"""The policies the fashion-mnist-apart and fashion-mnist-fresh presets run again on children no two seeds share:
+the leave-one-out policy and the three whose verdicts against cross-entropy were closest in the fashion-mnist
+preset (chosen on its children, 0-5, which the apart preset's first three seeds train again)."""
 
 RAMPS = (
     "phi-ramp(start=0.0;end=0.1)", "phi-ramp(start=0.1;end=0.0)", "phi-ramp(start=0.0;end=-0.1)",
@@ -247,7 +248,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     # The fashion-mnist preset's transfer rows whose verdicts were closest to beating ce, and the leave-one-out
     # policy, with ce on the same children, at a seed stride of 2: the fashion-mnist preset ran its 2-child rows
-    # at stride 1, where consecutive seeds share a child, so its seed values were not independent.
+    # at stride 1, where consecutive seeds share a child, so its seed values were not independent. Seeds 0-2 here
+    # train children 0-5, those the fashion-mnist preset chose these policies on; fashion-mnist-fresh runs others.
     "fashion-mnist-apart": dict(
         env="ALA-FashionMNIST-v0",
         controllers="ce(num_envs=2)@train_mode=sequential,"
