@@ -185,10 +185,18 @@ def register_env(env_id: str, kwargs: dict[str, Any], entry_point: str = CLASSIF
     package's own ids are refused: replacing one would change what every command and result means by it."""
     if env_id in ENV_IDS:
         raise ValueError(f"{env_id} is one of the package's env ids; register yours under a name of its own")
-    caller = inspect.currentframe()
-    caller = caller.f_back if caller is not None else None
-    _REGISTERED_IN[env_id] = caller.f_globals.get("__name__", "__main__") if caller is not None else "__main__"
+    _REGISTERED_IN[env_id] = importing_module()
     _register(env_id, kwargs, entry_point)
+
+
+def importing_module() -> str:
+    """The module whose top-level code (its import) led to this call, through any helper functions: importing it
+    again in another process registers what it registered here; ``"__main__"`` where none did (a script's own
+    code, or a function called after every import)."""
+    frame = inspect.currentframe()
+    while frame is not None and frame.f_code.co_name != "<module>":
+        frame = frame.f_back
+    return frame.f_globals.get("__name__", "__main__") if frame is not None else "__main__"
 
 
 _REGISTERED_IN: dict[str, str] = {}

@@ -12,10 +12,12 @@ meta step (Algorithm 1, which also rebuilds the child each step). No evaluation 
 Usage::
 
     python -m ala_gym.benchmarks.adalfl_cost                          # digits (MLP), Fashion-MNIST (small CNN)
-    python -m ala_gym.benchmarks.adalfl_cost --tasks cifar10 --data-root PATH --repeats 2 --iterations 3   # ResNet-32
-    python -m ala_gym.benchmarks.adalfl_cost --tasks cifar10-subset   # ResNet-32 on the subset under $ALA_GYM_DATA
+    python -m ala_gym.benchmarks.adalfl_cost --tasks cifar10 --data-root PATH --repeats 2 --iterations 3 \
+        --out runs/adalfl-cost-cifar10                                # ResNet-32
+    python -m ala_gym.benchmarks.adalfl_cost --tasks cifar10-subset --out runs/adalfl-cost-subset  # on the subset
 
-Writes ``adalfl_cost.json`` and ``adalfl_cost.md`` under ``benchmarks/results/`` (``--out`` changes it).
+Writes ``adalfl_cost.json`` and ``adalfl_cost.md`` under ``benchmarks/results/`` (``--out`` changes it). A report
+is written whole: a command that leaves out a task the report there holds is refused (name another ``--out``).
 """
 
 from __future__ import annotations

@@ -30,9 +30,12 @@ so a later change of an env default does not change what a row measures.
 
 Usage::
 
-    python -m ala_gym.benchmarks.overhead                 # CPU: digits (MLP, K = 50), Fashion-MNIST (small CNN, K = 100)
-    python -m ala_gym.benchmarks.overhead --configs cifar10-subset --merge   # add ResNet-32, K = 200
+    python -m ala_gym.benchmarks.overhead --out runs/overhead   # CPU: digits (MLP, K = 50), Fashion-MNIST (small CNN, K = 100)
+    python -m ala_gym.benchmarks.overhead --out runs/overhead --configs cifar10-subset --merge   # add ResNet-32, K = 200
     python -m ala_gym.benchmarks.overhead --device cuda   # every config, on the GPU
+
+A command that leaves out a config whose row the report in ``--out`` holds is refused unless ``--merge`` keeps
+that row (the committed report holds all three CPU configs).
 
 ResNet-32 is by far the slowest config on a CPU; how long each took is ``benchmark_wall_s`` in
 ``benchmarks/results/overhead.json``.
@@ -441,6 +444,10 @@ def main(argv: list[str] | None = None) -> None:
         "notes": list(args.note),
     }
     if previous is not None:
+        # Rows of a file written before rows named their command were the command of its header.
+        for row in previous["results"].values():
+            row.setdefault("argv", previous.get("argv", []))
+            row.setdefault("date_utc", previous.get("machine", {}).get("date_utc", "a date not recorded"))
         report["results"] = previous["results"]
         report["notes"] = list(dict.fromkeys(previous["notes"] + report["notes"]))  # once each, in order
         # Its rows are rendered again at the end: one that lacks what the table reads fails now, before measuring.

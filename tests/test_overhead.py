@@ -126,6 +126,15 @@ def test_merge_keeps_the_other_configs_rows_and_each_note_once(tmp_path, monkeyp
     # The header is the latest command's; the kept row names its own.
     assert ("* Rows kept from earlier commands (`--merge`): fashion-mnist: `python -m ala_gym.benchmarks.overhead "
             "--configs fashion-mnist --threads 2` on") in table and "digits: `python" not in table
+    # A row of a file written before rows named their command takes its file's header command.
+    older = json.loads((tmp_path / "overhead.json").read_text())
+    for row in older["results"].values():
+        del row["argv"], row["date_utc"]
+    older["argv"] = ["--configs", "digits", "fashion-mnist", "--threads", "3"]
+    (tmp_path / "overhead.json").write_text(json.dumps(older))
+    overhead.main([*argv, "--merge"])
+    table = (tmp_path / "overhead.md").read_text()
+    assert "fashion-mnist: `python -m ala_gym.benchmarks.overhead --configs digits fashion-mnist --threads 3` on" in table
 
 
 def test_merge_into_a_report_whose_rows_lack_what_the_table_reads_is_refused_before_measuring(tmp_path, monkeypatch, capsys):

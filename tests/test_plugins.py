@@ -197,15 +197,23 @@ def test_an_env_id_of_ones_own_is_named_with_its_module_for_other_processes(
     (tmp_path / "own_ids.py").write_text(
         "import ala_gym\nala_gym.register_env('OwnIds-v0', dict(dataset='digits', model='mlp'))\n"
     )
+    # Registered through a helper function of another module: the module whose import registered it is named.
+    (tmp_path / "own_helpers.py").write_text(
+        "import ala_gym\ndef add(name):\n    ala_gym.register_env(name, dict(dataset='digits', model='mlp'))\n"
+    )
+    (tmp_path / "own_tasks.py").write_text("import own_helpers\nown_helpers.add('HelperIds-v0')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     try:
         importlib.import_module("own_ids")
         assert importable_id("OwnIds-v0") == "own_ids:OwnIds-v0"
+        importlib.import_module("own_tasks")
+        assert importable_id("HelperIds-v0") == "own_tasks:HelperIds-v0"
         assert importable_id("ALA-Digits-v0") == "ALA-Digits-v0"
         exec("import ala_gym\nala_gym.register_env('MainIds-v0', dict(dataset='digits'))", {"__name__": "__main__"})
         with pytest.raises(ValueError, match=r"^MainIds-v0 was registered by the script run as __main__, .*'module:MainIds-v0'$"):
             gym.make_vec("MainIds-v0", num_envs=1, backend="ray")
     finally:
-        for env_id in ("OwnIds-v0", "MainIds-v0"):
+        for env_id in ("OwnIds-v0", "MainIds-v0", "HelperIds-v0"):
             gym.registry.pop(env_id, None)
-        sys.modules.pop("own_ids", None)
+        for module in ("own_ids", "own_helpers", "own_tasks"):
+            sys.modules.pop(module, None)

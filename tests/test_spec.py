@@ -270,3 +270,42 @@ def test_specs_compare_and_hash_by_value() -> None:
     assert task_spec("ALA-Classification-v0", dataset=own) == task_spec("ALA-Classification-v0", dataset=own)
     copies = tuple(part.copy() for part in own)
     assert task_spec("ALA-Classification-v0", dataset=own) != task_spec("ALA-Classification-v0", dataset=copies)
+
+
+def test_a_spec_with_a_tensor_phi_compares_by_value_and_an_env_class_of_a_function_takes_its_spec() -> None:
+    """``phi_init`` given as a tensor compares and hashes as the same values in an array do; an env class defined
+    inside a function (which cannot be imported by name) takes a spec of its own class."""
+    as_tensor = task_spec("ALA-Digits-v0", phi_init=torch.eye(10) * 0.5)
+    assert as_tensor == task_spec("ALA-Digits-v0", phi_init=torch.eye(10) * 0.5)
+    assert hash(as_tensor) == hash(task_spec("ALA-Digits-v0", phi_init=np.eye(10, dtype=np.float32) * 0.5))
+
+    class LocalEnv(ALAClassificationEnv):
+        pass
+
+    spec = task_spec(LocalEnv, dataset="digits", total_iterations=20, steps_per_action=10, device="cpu")
+    assert type(LocalEnv(spec=spec).task_spec) is TaskSpec
+
+
+def test_a_saved_state_fits_an_env_whose_loss_part_compares_by_identity() -> None:
+    """A loss part of one's own need not compare by value (a frozen dataclass declared ``eq=False`` compares by
+    identity): a state saved by one env of the task fits another, its loss part compared field by field."""
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True, eq=False)
+    class IdentityLoss(ClassificationLoss):
+        __eq__ = object.__eq__
+        __hash__ = object.__hash__
+
+    class OwnLossEnv(ALAClassificationEnv):
+        @classmethod
+        def make_spec(cls, **keywords: Any) -> TaskSpec:
+            bound = inspect.signature(ALAClassificationEnv.make_spec).bind(**keywords)
+            bound.apply_defaults()
+            return assemble(cls, dict(bound.arguments), IdentityLoss)
+
+    kwargs = dict(TINY, phi_init=0.9 * np.eye(10) + 0.01)
+    source, target = OwnLossEnv(**kwargs), OwnLossEnv(**kwargs)
+    assert source.task_spec.loss != target.task_spec.loss  # by identity
+    source.reset(seed=0)
+    target.set_state(source.get_state())
+    np.testing.assert_array_equal(target.phi, source.phi)

@@ -25,7 +25,7 @@ from ala_gym.core.data import ClassificationData, Split
 from ala_gym.core.metrics import Evaluation, Evaluator
 from ala_gym.core.trainer import ChildTrainer, TrainConfig
 from ala_gym.envs.episode import CHANGE_CLIP, Episode, EpisodeSettings
-from ala_gym.envs.spec import TaskSpec, spec_of
+from ala_gym.envs.spec import TaskSpec, comparable, spec_of
 from ala_gym.envs.task import N_ACTIONS, LossTask
 
 STATE_KEY = "ala_gym_env_state"  # marks a dict as one of ALAEnv.get_state's
@@ -182,7 +182,7 @@ class ALAEnv(gym.Env):
             for f in dataclasses.fields(spec.data)
             if f.name not in MACHINE_SETTINGS
         )
-        return data, spec.train, spec.loss, spec.episode, self.observation_space, self.action_space
+        return data, spec.train, comparable(spec.loss), spec.episode, self.observation_space, self.action_space
 
     def evaluate_split(self, split: str) -> Evaluation:
         """The current child's :class:`ala_gym.core.metrics.Evaluation` on the full ``"val"`` or ``"test"`` split."""

@@ -55,8 +55,10 @@ __all__ = [
 
 
 def comparable(part: Any) -> Any:
-    """A spec part as a value that ``==`` compares and ``hash`` takes: a dataclass as its type and fields, arrays
-    and lists as nested tuples of their values, anything else as it is."""
+    """A spec part as a value that ``==`` compares and ``hash`` takes: a dataclass as its type and fields, arrays,
+    tensors and lists as nested tuples of their values, anything else as it is."""
+    if isinstance(part, torch.Tensor):
+        part = part.detach().cpu().numpy()
     if isinstance(part, np.ndarray):
         part = part.tolist()
     if isinstance(part, list | tuple):
@@ -362,8 +364,8 @@ def spec_of(env: Any, spec: TaskSpec | None, keywords: dict[str, Any]) -> TaskSp
         return type(env).make_spec(**keywords)
     if not isinstance(spec, TaskSpec):
         raise TypeError(f"spec must be a TaskSpec (ala_gym.envs.spec), got {type(spec).__name__}")
-    env_class = cast("type", load_env_creator(spec.env_class))  # an entry point of an env class
-    if not isinstance(env, env_class):
+    # By name, as the spec records its class: one defined in a function cannot be imported to compare.
+    if spec.env_class not in {f"{cls.__module__}:{cls.__qualname__}" for cls in type(env).__mro__}:
         raise TypeError(
             f"spec is a task of {spec.env_class}, not of {type(env).__name__}: build its env with spec.make_env()"
         )
