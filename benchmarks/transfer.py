@@ -39,7 +39,7 @@ import numpy as np
 from ala_gym.agents.cli import OneLineParser, run_main
 from ala_gym.agents.reinforce import POLICY_LIBRARY
 from ala_gym.benchmarks.compare import write_json
-from ala_gym.benchmarks.compare.presets import FASHION_MNIST_APART, META_DIGITS_CNN
+from ala_gym.benchmarks.compare.presets import CIFAR10_FRESH, FASHION_MNIST_APART, META_DIGITS_CNN
 from ala_gym.benchmarks.compare.store import NUMBER, read_json
 from ala_gym.benchmarks.machine import RESULTS
 from ala_gym.core.files import write_text_atomic
@@ -105,6 +105,8 @@ HELD_OUT = (
       for name in FASHION_MNIST_APART),
     # And on children that no earlier comparison of this budget trained, the oracles on as many children.
     *(HeldOut("Fashion-MNIST", "fashion-mnist-fresh", name) for name in FASHION_MNIST_APART),
+    # The short CIFAR-10 subset budget the same way, on 4 children per seed.
+    *(HeldOut("CIFAR-10 subset", "cifar10-subset-fresh", name) for name in CIFAR10_FRESH),
 )  # fmt: skip
 POLICIES = sorted({held.policy for held in HELD_OUT})
 """The policies judged, each with its provenance file ``<policy>.json`` in the policy folder."""
