@@ -106,6 +106,24 @@ def cnn_family_task_preset(total_iterations: int, name: str) -> dict[str, Any]:
     )
 
 
+def fresh_children_preset(env: str, policies: tuple[str, ...], children: int, env_kwargs: dict, name: str) -> dict[str, Any]:
+    """Cross-entropy, both oracles and ``policies`` run frozen, every row (the oracles' grids too) on ``children``
+    children per seed, at seeds 50-54 with none shared between seeds: children that no earlier comparison trained,
+    so that no verdict rests on the children a policy was picked on, and the oracles' spreads are those of means
+    over as many children as the policies'."""
+    return dict(
+        env=env,
+        controllers="ce,oracle-phi,oracle-smoothing," + ",".join(f"reinforce-transfer-frozen(policy={p})" for p in policies),
+        seeds=5,
+        first_seed=50,
+        children=children,
+        baseline_children=children,
+        seed_stride=children,
+        env_kwargs=env_kwargs,
+        name=name,
+    )
+
+
 # Budgets chosen so a CPU can finish; each gives every child tens of controller steps.
 PRESETS: dict[str, dict[str, Any]] = {
     "demo": dict(
@@ -276,18 +294,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # trained (the apart preset's first three seeds train the children the policies were chosen on): seeds 50-54
     # at stride 2 give children 100-109. Every row, the oracles' grids too, trains 2 children per seed in the
     # same train mode, so the oracles' spreads are those of 2-child means, as the policies' are.
-    "fashion-mnist-fresh": dict(
-        env="ALA-FashionMNIST-v0",
-        controllers="ce," + ",".join(f"reinforce-transfer-frozen(policy={name})" for name in FASHION_MNIST_APART)
-        + ",oracle-phi,oracle-smoothing",
-        seeds=5,
-        first_seed=50,
-        children=2,
-        baseline_children=2,
-        seed_stride=2,
-        env_kwargs=FASHION_MNIST_BUDGET,
-        name="fashion-mnist-fresh",
-    ),
+    "fashion-mnist-fresh": fresh_children_preset("ALA-FashionMNIST-v0", FASHION_MNIST_APART, 2, FASHION_MNIST_BUDGET, "fashion-mnist-fresh"),
     # The online learner at its own child count (10, as in the paper and the digits sweep) instead of the
     # fashion-mnist preset's 2, at that preset's budget: every row on the same 10 children per seed. Then
     # the shipped digits policy, and one reward for all pairs (per-pair credit can move pairs apart).
@@ -340,18 +347,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # comparison trained (seeds 50-54 at stride 4: children 200-219): cross-entropy, both oracles on as many
     # children, and the transfer policies of CIFAR10_FRESH. Does any constant of the action space, or a policy,
     # beat cross-entropy here once the spread of a seed is that of a mean over 4 children?
-    "cifar10-subset-fresh": dict(
-        env="ALA-CIFAR10-v0",
-        controllers="ce,oracle-phi,oracle-smoothing,"
-        + ",".join(f"reinforce-transfer-frozen(policy={name})" for name in CIFAR10_FRESH),
-        seeds=5,
-        first_seed=50,
-        children=4,
-        baseline_children=4,
-        seed_stride=4,
-        env_kwargs=CIFAR10_SUBSET_SHORT,
-        name="cifar10-subset-fresh",
-    ),
+    "cifar10-subset-fresh": fresh_children_preset("ALA-CIFAR10-v0", CIFAR10_FRESH, 4, CIFAR10_SUBSET_SHORT, "cifar10-subset-fresh"),
     # Metric learning: Table 3's triplet framework (Eq. 9 mixture) and margin framework (Eq. 10 focal weights).
     "fashion-mnist-triplet": metric_learning_preset("ALA-FashionMNIST-Triplet-v0", "fashion-mnist-triplet"),
     "fashion-mnist-margin": metric_learning_preset("ALA-FashionMNIST-Margin-v0", "fashion-mnist-margin"),
