@@ -111,6 +111,13 @@ ENTRY_POINT_GROUP = "ala_gym.controllers"
 ``[project.entry-points."ala_gym.controllers"]`` and ``my-controller = "my_package.module:make_controller"``."""
 
 
+def factory_target(factory: Callable[..., Controller]) -> Callable[..., Any]:
+    """What a controller factory calls, whose parameters are its keywords: a registered factory's class
+    (imported now), else the factory itself."""
+    target = getattr(factory, "target", None)
+    return target() if callable(target) else factory
+
+
 def resolve_controller(name: str) -> Callable[..., Controller]:
     """The factory of controller ``name``: a key of :data:`CONTROLLERS`, a controller an installed package
     registers under :data:`ENTRY_POINT_GROUP`, or ``"package.module:Factory"`` (any callable, a class
@@ -163,4 +170,4 @@ def _checked(factory: Any, name: str) -> Callable[..., Controller]:
     return make
 
 
-__all__ = ["CONTROLLERS", "ENTRY_POINT_GROUP", "Controller", "EpisodeRecord", "EpisodeRecorder", "resolve_controller"]
+__all__ = ["CONTROLLERS", "ENTRY_POINT_GROUP", "Controller", "EpisodeRecord", "EpisodeRecorder", "factory_target", "resolve_controller"]

@@ -39,7 +39,7 @@ import torch
 from torch.nn import functional as F
 
 import ala_gym  # noqa: F401  (registers the env ids)
-from ala_gym.agents import cli, resolve_controller
+from ala_gym.agents import cli, factory_target, resolve_controller
 from ala_gym.agents.meta_train import OWN_ENV_KEYWORDS
 from ala_gym.agents.reinforce import N_ACTIONS, PairPolicy, ReinforceConfig, save_policy
 from ala_gym.core.checks import FLOAT32_MAX, check_int, check_real, check_seed
@@ -122,9 +122,8 @@ def teacher_rows(config: ImitateConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """The observation rows ``[rows, n_features]`` of the movable pairs of every child at every step of every
     run, and the teacher's action for each ``[rows]``."""
     factory = resolve_controller(config.teacher)
-    target = getattr(factory, "target", None)  # what a registered factory calls
     try:
-        parameters = list(inspect.signature(target() if callable(target) else factory).parameters.values())
+        parameters = list(inspect.signature(factory_target(factory)).parameters.values())
     except (TypeError, ValueError):  # unreadable: given the count, as it takes it or says so
         parameters = [inspect.Parameter("num_envs", inspect.Parameter.KEYWORD_ONLY)]
     # A teacher of a fixed child count (LearnLoss's Phi) is built without one, as its own command line builds it.

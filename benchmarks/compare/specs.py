@@ -14,7 +14,7 @@ from typing import Any
 
 from gymnasium.vector import AutoresetMode
 
-from ala_gym.agents import resolve_controller
+from ala_gym.agents import factory_target, resolve_controller
 from ala_gym.benchmarks.compare.errors import ComparisonError
 from ala_gym.benchmarks.oracle import ORACLES
 from ala_gym.core.checks import check_int
@@ -163,8 +163,7 @@ def build_controller(spec: str, children: int | None = None, baseline_children: 
         config_fields = {f.name for f in fields(config)} if is_dataclass(config) else set()
         config_kwargs = {k: v for k, v in config_overrides.items() if k in config_fields}
         factory_kwargs = {k: v for k, v in config_overrides.items() if k not in config_fields}
-        target = getattr(factory, "target", None)  # what a factory of CONTROLLERS calls
-        factory_takes = _keywords(target() if callable(target) else factory)
+        factory_takes = _keywords(factory_target(factory))
         init_takes = _keywords(type(controller).__init__)
         if factory_kwargs and factory_takes is not None and init_takes is not None:  # a misspelt setting, named
             # A config object and a saved state are passed by code; a row's text cannot hold them.
