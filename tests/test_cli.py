@@ -205,7 +205,8 @@ def test_compare_help_describes_presets_and_counts() -> None:
                           timeout=120)
     text = " ".join(done.stdout.split())
     assert "how many seeds: runs seeds F, F + 1, ..., F + N - 1 (F: --first-seed)" in text and "the Fashion-MNIST and CIFAR presets set 2" in text
-    assert "cifar10-subset: ALA-CIFAR10-v0, 5 seeds, 400 iterations, K = 20, --children 2" in text
+    assert "cifar10-subset: ALA-CIFAR10-v0 (small_cnn), 5 seeds, 400 iterations, K = 20, --children 2" in text
+    assert "cifar10-subset-fresh: ALA-CIFAR10-v0 (small_cnn), 5 seeds from 50, 400 iterations" in text
     assert "--env ALA-Digits-v0" in text  # the example runs on the embedded data, in any clone
 
 

@@ -370,7 +370,9 @@ def describe_presets() -> str:
         kwargs = preset["env_kwargs"]
         children = preset.get("children")
         lines.append(
-            f"  {name}: {preset['env']}, {preset['seeds']} seeds, {kwargs.get('total_iterations', 'env default')} "
+            f"  {name}: {preset['env']}" + (f" ({kwargs['model']})" if "model" in kwargs else "")
+            + f", {preset['seeds']} seeds" + (f" from {preset['first_seed']}" if preset.get("first_seed") else "")
+            + f", {kwargs.get('total_iterations', 'env default')} "
             f"iterations, K = {kwargs.get('steps_per_action', 'env default')}, "
             + (f"--children {children}" if children else "multi-child controllers at their own child count")
             + (f", --baseline-children {preset['baseline_children']}" if preset.get("baseline_children") else "")
