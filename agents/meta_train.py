@@ -38,7 +38,8 @@ metric** (never the test split):
   runs on a replacement actor. A generation that loses every evaluation raises
   :class:`EvaluationsLostError` and leaves ``theta`` and the checkpoint as they were.
 * One checkpoint per generation (plain tensors, ``weights_only`` loadable): an interrupted run resumes where
-  it stopped, bit for bit, because every draw of a generation comes from ``(seed, generation)``. A progress
+  it stopped, bit for bit, because every draw of a generation comes from ``(seed, generation)`` (on a GPU, as far
+  as its kernels are deterministic: see :meth:`ala_gym.envs.base.ALAEnv.get_state`). A progress
   bar on a terminal, a line per generation otherwise; with a log folder, TensorBoard curves of the fitness,
   of the lost and tied pairs (both children of equal fitness) and of the children's mean off-diagonal Phi at the
   end of their runs.

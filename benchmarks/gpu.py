@@ -4,13 +4,14 @@ On CUDA it runs, with budgets sized to finish in a few minutes, and writes under
 
 1. overhead: an env step against plain cross-entropy training of the same child (``benchmarks/overhead.py``)
    on digits, Fashion-MNIST and the CIFAR-10 subset (ResNet-32);
-2. throughput: N children batched (one vmap) against one after another (``benchmarks/throughput.py``), the MLP
-   on digits and the small CNN on the CIFAR-10 subset, N = 1, 4, 16, 32;
+2. throughput: N children batched (one forward and backward for all) against one after another and against the single env
+   (``benchmarks/throughput.py``), the MLP on digits and the small CNN on the CIFAR-10 subset, N = 1, 4, 16, 32;
 3. one generation of meta-training (``agents/meta_train.py``): wall time and child iterations per second;
 4. AdaLFL's step against plain training (``benchmarks/adalfl_cost.py``);
 5. the device paths the parts above leave out, each run through one whole episode: a batched vector env of
    ResNet-32 children (vmap over BatchNorm, the CUDA default for several ResNet children) and a metric-learning
-   env (class-balanced batches, mining). What each ran and its final test metric go to ``device_paths.json``.
+   env (class-balanced batches, the distance-weighted miner of the distance mixture, ``loss_form="mixture"``) on
+   digits, which every machine has. What each ran and its final test metric go to ``device_paths.json``.
 
 ``--tiny`` runs every part at a token budget; the test suite runs it so on the CPU, so the suite cannot rot.
 Each part's own report lands in the output folder; ``gpu.md`` lists what ran, on what machine (with the float32
@@ -68,7 +69,8 @@ def part_args(name: str, budget: str, datasets: Sequence[str] = DATASETS) -> lis
         return ["--configs", *datasets, "--repeats", "3"]
     if name == "throughput":  # the MLP on digits; the small CNN on the CIFAR-10 subset
         models = ["mlp", *(["small_cnn"] if "cifar10-subset" in datasets else [])]
-        return ["--models", *models, "--num-envs", "1", "4", "16", "32", "--modes", "native-batched",
+        # With the single env: the batched target's ratio, and the bounds that the kernels alone set to it.
+        return ["--models", *models, "--num-envs", "1", "4", "16", "32", "--modes", "single", "native-batched",
                 "native-sequential", "--steps", "3", "--iterations", "10", "--timeout", "120"]  # fmt: skip
     return ["--tasks", ",".join(datasets), "--iterations", "20", "--repeats", "5"]
 
@@ -113,15 +115,17 @@ DEVICE_PATHS: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
         ("cifar10-subset", "ALA-CIFAR10-v0", {"model": "resnet32", "data_root": "cifar10-subset", "num_envs": 4,
                                               "train_mode": "batched", "total_iterations": 20, "steps_per_action": 10,
                                               "val_subsample": 256}),
-        ("fashion-mnist", "ALA-FashionMNIST-Margin-v0", {"num_envs": 2, "total_iterations": 20, "steps_per_action": 10}),
+        ("digits", "ALA-FashionMNIST-Margin-v0", {"dataset": "digits", "loss_form": "mixture", "num_envs": 2,
+                                                  "total_iterations": 20, "steps_per_action": 10, "batch_size": 20,
+                                                  "samples_per_class": 4}),
     ],
     "tiny": [
         ("digits", "ALA-Digits-v0", {"model": "resnet20", "num_envs": 2, "train_mode": "batched",
                                      "total_iterations": 2, "steps_per_action": 1, "batch_size": 8, "eval_points": 1,
                                      "val_subsample": 50}),
-        ("fashion-mnist", "ALA-FashionMNIST-Margin-v0", {"num_envs": 2, "total_iterations": 2, "steps_per_action": 1,
-                                                         "batch_size": 16, "samples_per_class": 4, "eval_points": 1,
-                                                         "val_size": 40}),
+        ("fashion-mnist", "ALA-FashionMNIST-Margin-v0", {"loss_form": "mixture", "num_envs": 2, "total_iterations": 2,
+                                                         "steps_per_action": 1, "batch_size": 16, "samples_per_class": 4,
+                                                         "eval_points": 1, "val_size": 40}),
     ],
 }  # fmt: skip
 

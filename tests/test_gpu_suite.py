@@ -8,10 +8,15 @@ import pytest
 import torch
 
 from ala_gym.benchmarks import gpu
+from ala_gym.core.metric_learning import SeededMiner
 
 
-def test_the_tiny_suite_writes_every_report(tmp_path) -> None:
+def test_the_tiny_suite_writes_every_report(tmp_path, monkeypatch) -> None:
+    mined = []  # the metric-learning path runs the miner (the distance mixture's), which only it exercises
+    miner_call = SeededMiner.__call__
+    monkeypatch.setattr(SeededMiner, "__call__", lambda self, *args: mined.append(1) or miner_call(self, *args))
     gpu.main(["--device", "cpu", "--tiny", "--out", str(tmp_path)])
+    assert mined
     for report in ("overhead.md", "throughput.md", "adalfl_cost.md", "meta_generation.json", "device_paths.json", "gpu.md"):
         assert (tmp_path / report).stat().st_size > 0, report
     meta = json.loads((tmp_path / "meta_generation.json").read_text())
@@ -100,8 +105,8 @@ def test_missing_data_is_named_before_any_part_runs(tmp_path, monkeypatch, capsy
 
 def test_skipped_datasets_are_left_out_of_every_part_and_named(tmp_path, monkeypatch) -> None:
     """A machine without the CIFAR-10 subset and Fashion-MNIST still runs every part on digits: their data is not
-    asked for, each part gets only digits' runs, the device paths (none on digits at the full budget) are left out,
-    and gpu.md says what was."""
+    asked for, each part gets only digits' runs, the device paths run only the one on digits (metric learning, with
+    its miner), and gpu.md says what was left out."""
     calls: dict[str, list[str]] = {}
     monkeypatch.setenv("ALA_GYM_DATA", str(tmp_path / "empty"))  # no cifar10-subset/ there
     monkeypatch.setattr(gpu.torch.cuda, "is_available", lambda: True)
@@ -110,16 +115,22 @@ def test_skipped_datasets_are_left_out_of_every_part_and_named(tmp_path, monkeyp
     for name, module in (("overhead", gpu.overhead), ("throughput", gpu.throughput), ("adalfl", gpu.adalfl_cost)):
         monkeypatch.setattr(module, "main", lambda argv, name=name: calls.setdefault(name, argv))
     monkeypatch.setattr(gpu, "meta_generation", lambda device, budget, out: {})
-    monkeypatch.setattr(gpu, "device_paths", lambda *args: pytest.fail("no device path has its data"))
+    monkeypatch.setattr(gpu, "device_paths", lambda device, budget, out, datasets: calls.setdefault("paths", list(datasets)))
+    checks = gpu.data_problems  # the data checked as on the GPU, here on the CPU (no GPU to load onto)
+    monkeypatch.setattr(gpu, "data_problems", lambda device, budget, datasets: checks("cpu", budget, datasets))
     gpu.main(["--device", "cuda", "--out", str(tmp_path / "out"), "--skip", "fashion-mnist", "--skip", "cifar10-subset"])
     assert calls["overhead"][2:5] == ["--configs", "digits", "--repeats"]
     throughput_args = calls["throughput"]
     assert throughput_args[throughput_args.index("--models") + 1 : throughput_args.index("--num-envs")] == ["mlp"]
     assert calls["adalfl"][calls["adalfl"].index("--tasks") + 1] == "digits"
+    assert calls["paths"] == ["digits"]
+    (metric_learning,) = gpu.device_path_runs("full", ("digits",))
+    assert metric_learning[0] == "ALA-FashionMNIST-Margin-v0" and metric_learning[1]["loss_form"] == "mixture"
     table = (tmp_path / "out" / "gpu.md").read_text()
     assert "--skip fashion-mnist cifar10-subset`" in table and "- Left out: the runs on fashion-mnist, cifar10-subset" in table
-    assert "device paths" not in table
-    assert [env_id for env_id, _ in gpu.device_path_runs("full", ("digits", "cifar10-subset"))] == ["ALA-CIFAR10-v0"]
+    assert "| device paths: ALA-FashionMNIST-Margin-v0 |" in table
+    assert [env_id for env_id, _ in gpu.device_path_runs("full", ("digits", "cifar10-subset"))] == [
+        "ALA-CIFAR10-v0", "ALA-FashionMNIST-Margin-v0"]
 
 
 def test_digits_cannot_be_skipped(capsys) -> None:
@@ -160,3 +171,14 @@ def test_the_timed_generation_trains_its_children_on_the_device_given(tmp_path, 
     result = gpu.meta_generation("cuda", "full", tmp_path)
     assert made[0].env_kwargs["device"] == "cuda" and made[0].population == gpu.META_GENERATION["full"]["population"]
     assert result["device"] == "cuda" and result["children"] == 2 * made[0].population
+
+
+def test_the_full_metric_learning_path_runs_and_mines_on_the_cpu(tmp_path, monkeypatch) -> None:
+    """The full budget's device path on digits, as the GPU would run it (a few seconds on a CPU): its settings are
+    valid for digits' training classes, and its loss mines triplets, the path only it exercises."""
+    mined = []
+    miner_call = SeededMiner.__call__
+    monkeypatch.setattr(SeededMiner, "__call__", lambda self, *args: mined.append(1) or miner_call(self, *args))
+    (path,) = gpu.device_paths("cpu", "full", tmp_path, ("digits",))
+    assert path["train_mode"] == "sequential" and len(path["test_metric"]) == path["num_envs"] == 2
+    assert len(mined) == 2 * path["total_iterations"]  # once per child and SGD iteration

@@ -138,7 +138,8 @@ class ALAEnv(gym.Env):
         """A copy of all that the rest of the episode depends on: the child (weights, momentum, BatchNorm
         statistics, batch stream, iteration), the episode (statistics history, metrics, Phi) and the env's
         generator. :meth:`set_state` restores it; the run then continues bit for bit as it did after this call,
-        however often it is restored. The dataset is shared, not copied."""
+        however often it is restored (on a GPU, where the kernels are deterministic: cuDNN may pick convolution
+        algorithms that are not, unless ``torch.backends.cudnn.deterministic`` is set). The dataset is shared, not copied."""
         self._check_open()
         if self.trainer is None:
             raise RuntimeError("nothing to save before reset(): call reset() first")
