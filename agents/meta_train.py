@@ -34,8 +34,10 @@ metric** (never the test split):
 * Lost actors: an actor that dies (killed process, lost node) costs the evaluation it was running, not the
   generation. The generation completes with the evaluations that came back; the lost ones' antithetic pairs,
   both children of each, are dropped from the gradient estimate, so that it stays antithetic. A warning line
-  says so, ``lost_pairs`` counts them in the checkpoint's history and on TensorBoard, and the next generation
-  runs on a replacement actor. A generation that loses every evaluation raises
+  says so, and ``lost_pairs`` counts them in the checkpoint's history and on TensorBoard. A replacement actor
+  takes the dead one's place at once and runs the evaluations still waiting; one that the cluster cannot start
+  within :data:`ACTOR_START_SECONDS` (its CPUs gone with a node, or taken) leaves them to the other actors, and
+  the next generation tries again. A generation that loses every evaluation raises
   :class:`EvaluationsLostError` and leaves ``theta`` and the checkpoint as they were.
 * One checkpoint per generation (plain tensors, ``weights_only`` loadable): an interrupted run resumes where
   it stopped, bit for bit, because every draw of a generation comes from ``(seed, generation)`` (on a GPU, as far
@@ -426,11 +428,21 @@ class EvaluationsLostError(RuntimeError):
     """Every evaluation of a generation was lost with its Ray actor: there is nothing to update on."""
 
 
+ACTOR_START_SECONDS = 300.0
+"""How long a Ray actor may take to start (be placed on a CPU, import the package) before the cluster counts as
+having no room for it. Ray leaves an actor it cannot place pending for ever: a replacement on a cluster that lost
+a node, or whose CPUs other work took, would hang the run."""
+
+
 class EvaluationActor:
     """The process of one Ray actor: evaluations (:func:`run_children` calls) one after another."""
 
     def __init__(self) -> None:
         torch.set_num_threads(1)  # the one CPU Ray reserved for the actor
+
+    def ready(self) -> bool:
+        """Answers once the actor runs: what :class:`RayEvaluators` waits on, with a time limit, after starting one."""
+        return True
 
     def run(
         self, policy: PairPolicy, vectors: list[torch.Tensor], plan: dict[str, Any], config: MetaTrainConfig, pairs: range
@@ -446,7 +458,8 @@ class RayEvaluators:
     ``workers`` CPUs; :meth:`close` kills the actors and shuts Ray down only if it started it. The actors reserve
     no GPU, and Ray leaves a node's GPUs visible to them: on GPU nodes give the children ``device="cpu"``
     (``env_kwargs``), or ``"auto"`` children would share the GPUs unreserved. An actor that dies loses the
-    evaluation it was running; :meth:`map` replaces it before it submits anything else.
+    evaluation it was running; :meth:`map` starts a replacement in its place at once (a slot whose replacement does
+    not start within :data:`ACTOR_START_SECONDS` stays empty until the next :meth:`map` tries again).
     """
 
     def __init__(self, workers: int, address: str | None = None) -> None:
@@ -455,8 +468,7 @@ class RayEvaluators:
 
         from ala_gym.wrappers.ray import start_ray
 
-        self.actors: list[Any] = []
-        self.lost: set[int] = set()  # the slots in ``actors`` whose actor died
+        self.actors: list[Any] = []  # None: a slot whose replacement did not start
         self.started_ray = start_ray(address, workers)
         cpus = float(ray.cluster_resources().get("CPU", 0.0))
         if workers > cpus:  # Ray would leave the extra actors pending forever
@@ -465,37 +477,59 @@ class RayEvaluators:
         self._actor = ray.remote(EvaluationActor).options(num_cpus=1, max_restarts=0)
         # Actor handles: Ray types their methods as the class's plain functions, without their .remote.
         self.actors = [self._actor.remote() for _ in range(workers)]
+        ready, _ = ray.wait([actor.ready.remote() for actor in self.actors], num_returns=workers, timeout=ACTOR_START_SECONDS)
+        if len(ready) < workers:  # the cluster's CPUs are there but taken: the rest would stay pending
+            self.close()
+            raise ValueError(
+                f"only {len(ready)} of {workers} Ray actors started within {ACTOR_START_SECONDS:g} s (the cluster's CPUs "
+                "are taken by other work): lower workers, or free the CPUs"
+            )
+
+    def _start(self) -> Any | None:
+        """A new actor, once it runs; None (and a warning line) if the cluster cannot start it in time."""
+        import ray
+
+        actor: Any = self._actor.remote()
+        ready, _ = ray.wait([actor.ready.remote()], timeout=ACTOR_START_SECONDS)
+        if ready:
+            return actor
+        ray.kill(actor)
+        print(f"warning: a replacement Ray actor did not start within {ACTOR_START_SECONDS:g} s (no free CPU in the "
+              "cluster); the other actors run its evaluations", file=sys.stderr, flush=True)  # fmt: skip
+        return None
 
     def map(self, calls: list[tuple[Any, ...]]) -> list[ChildOutcomes | None]:
-        """Each call's result (``run_children(*call)``), in the calls' order, or None where its actor died; a call
-        goes to whichever actor is free, so that the survivors of a loss run the calls still waiting."""
+        """Each call's result (``run_children(*call)``), in the calls' order, or None where its actor died (or, with no
+        actor left to run it, where it never ran); a call goes to whichever actor is free, and a dead actor's
+        replacement takes the calls still waiting beside the others."""
         import ray
-        from ray.exceptions import RayActorError, WorkerCrashedError
+        from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
 
-        for slot in sorted(self.lost):
-            ray.kill(self.actors[slot])  # dead, or unreachable: killed so that it never comes back
-            self.actors[slot] = self._actor.remote()
-        self.lost.clear()
+        for slot, actor in enumerate(self.actors):
+            if actor is None:  # its replacement did not start in an earlier generation: try again
+                self.actors[slot] = self._start()
         results: list[ChildOutcomes | None] = [None] * len(calls)
         waiting = deque(range(len(calls)))
         running: dict[Any, tuple[int, int]] = {}  # object ref -> (actor slot, call)
 
         def submit(slot: int) -> None:
-            index = waiting.popleft()
-            running[self._submit(slot, calls[index])] = (slot, index)
+            if waiting and self.actors[slot] is not None:
+                index = waiting.popleft()
+                running[self._submit(slot, calls[index])] = (slot, index)
 
-        for slot in range(min(len(self.actors), len(calls))):
+        for slot in range(len(self.actors)):
             submit(slot)
         while running:
             [ref], _ = ray.wait(list(running), num_returns=1)
             slot, index = running.pop(ref)
             try:
                 results[index] = ray.get(ref)
-            except (RayActorError, WorkerCrashedError):
-                self.lost.add(slot)  # its call stays None; the actor gets no further call
-                continue
-            if waiting:
-                submit(slot)
+            except (RayActorError, WorkerCrashedError):  # its call stays None
+                ray.kill(self.actors[slot])  # dead, or unreachable: killed so that it never comes back
+                self.actors[slot] = self._start()
+            except RayTaskError as error:  # the evaluation's own error (missing data, say), not Ray's wrapper of it
+                raise error.cause from None
+            submit(slot)
         return results
 
     def _submit(self, slot: int, call: tuple[Any, ...]) -> Any:
@@ -508,7 +542,8 @@ class RayEvaluators:
         from ala_gym.wrappers.ray import stop_ray
 
         for actor in self.actors:
-            ray.kill(actor)
+            if actor is not None:
+                ray.kill(actor)
         self.actors = []
         stop_ray(self.started_ray)
 
@@ -706,8 +741,8 @@ def meta_train(config: MetaTrainConfig, state_path: str | Path | None = None, lo
                     trainer.save_state(state_path)
                 for entry in entries:
                     if writer is not None:
-                        # One curve per task when a generation runs several.
-                        prefix = "meta" if len(entries) == 1 else f"meta/{entry['task']}"
+                        # One curve per task when a generation runs several (also in one that lost all but one).
+                        prefix = "meta" if config.tasks_per_generation == 1 else f"meta/{entry['task']}"
                         for key in ("fitness_mean", "fitness_best", "phi_off_diagonal_mean", "lost_pairs", "tied_pairs"):
                             writer.add_scalar(f"{prefix}/{key}", entry[key], entry["generation"])
                     if bar.disable:
@@ -766,6 +801,10 @@ def main(argv: list[str] | None = None) -> None:
         cli.check_save_file(args.save, beside=(cli.PROVENANCE_SUFFIX,))
         if args.state is not None:
             cli.check_output_file("--state", args.state)
+            written = {Path(args.save).resolve(), Path(args.save).with_suffix(cli.PROVENANCE_SUFFIX).resolve()}
+            if Path(args.state).resolve() in written:  # the policy or its record would overwrite the checkpoint
+                raise ValueError(f"--state {args.state} is a file --save writes (the policy and its "
+                                 f"{cli.PROVENANCE_SUFFIX} record): give the checkpoint a name of its own")  # fmt: skip
         if args.log_dir is not None:
             cli.check_output_folder("--log-dir", args.log_dir)
         trainer = meta_train(config, args.state, args.log_dir)

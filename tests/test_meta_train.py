@@ -407,6 +407,8 @@ def test_the_command_line_checks_where_it_writes_before_the_search_and_stops_cle
         "--save policy.json: name a .pt file": ["--save", str(tmp_path / "policy.json")],
         "is no writable folder": ["--save", str(tmp_path / "a-file" / "policy.pt")],
         "--state": ["--save", str(tmp_path / "p.pt"), "--state", str(tmp_path / "a-file" / "state.pt")],
+        "--state p.pt is a file --save writes": ["--save", str(tmp_path / "p.pt"), "--state", str(tmp_path / "p.pt")],
+        "--state p.json is a file --save writes": ["--save", str(tmp_path / "p.pt"), "--state", str(tmp_path / "p.json")],
     }
     monkeypatch.setattr(meta_train_module, "meta_train", lambda *args: pytest.fail("searched despite bad input"))
     for message, wrong in wrongs.items():
@@ -499,8 +501,8 @@ def test_ray_workers_compute_what_the_process_computes_and_resume_bit_for_bit(tm
 def test_a_lost_ray_actor_costs_its_pair_not_the_generation(monkeypatch, capsys) -> None:
     """Four pairs on two actors, the actor of pair 0 killed after its call went out: generation 1 updates on pairs
     1-3, exactly as an in-process run that drops pair 0, the calls that waited (pairs 2 and 3) run on the surviving
-    actor, and generation 2 runs every pair, on a replacement actor beside the survivor; generation 3 keeps those
-    two. A generation that loses every evaluation raises and leaves theta as it was."""
+    actor and the replacement started in the dead one's place, and generation 2 runs every pair on those two;
+    generation 3 keeps them. A generation that loses every evaluation raises and leaves theta as it was."""
     import ray
 
     config = tiny(pairs_per_evaluation=1, population=4)
@@ -542,9 +544,10 @@ def test_a_lost_ray_actor_costs_its_pair_not_the_generation(monkeypatch, capsys)
         assert sorted(pair for pair, _ in first) == [0, 1, 2, 3]
         actor = dict(first)
         killed, survivor = actor[0], actor[1]
-        assert killed != survivor and actor[2] == actor[3] == survivor  # the waiting calls went to the survivor
+        assert killed != survivor and killed not in (actor[2], actor[3])  # the waiting calls went to live actors
         second = {handle for _, handle in used[len(first) :]}
         assert survivor in second and killed not in second and len(second) == 2  # a replacement beside the survivor
+        assert second >= {actor[2], actor[3]}  # the replacement started in generation 1 is the one kept
         used.clear()
         trainer.step()
         assert {handle for _, handle in used} == second  # a replaced actor is kept, not replaced again
@@ -556,6 +559,149 @@ def test_a_lost_ray_actor_costs_its_pair_not_the_generation(monkeypatch, capsys)
         assert trainer.generation == 3 and torch.equal(trainer.theta, theta) and len(trainer.history) == 3
     finally:
         trainer.close()
+
+
+def _reference_losing_pair_0(config: MetaTrainConfig, monkeypatch) -> MetaTrainer:
+    """The in-process run of ``config`` whose pair 0 is lost in generation 1: what a Ray run that loses it computes."""
+    evaluate = run_children
+
+    def pair_0_lost_in_generation_1(policy, vectors, plan, run_config, pairs=None):
+        lost = pairs == range(0, 1) and plan == generation_plan(config, 0)
+        return None if lost else evaluate(policy, vectors, plan, run_config, pairs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(meta_train_module, "run_children", pair_0_lost_in_generation_1)
+        return meta_train(config)
+
+
+def _kill_on_submit(monkeypatch, doomed: set[int], after_kill=lambda: None) -> list[tuple[int, object]]:
+    """Make each call of a pair in ``doomed`` lose its actor once it went out (``after_kill()`` then runs); returns
+    the list that records, per call, its pair and the actor it went to."""
+    import ray
+
+    submit = RayEvaluators._submit
+    used: list[tuple[int, object]] = []
+
+    def submit_then_kill(self, slot, call):
+        ref = submit(self, slot, call)
+        used.append((call[-1].start, self.actors[slot]))
+        if call[-1].start in doomed:
+            doomed.discard(call[-1].start)
+            ray.kill(self.actors[slot])
+            after_kill()
+        return ref
+
+    monkeypatch.setattr(RayEvaluators, "_submit", submit_then_kill)
+    return used
+
+
+@on_ray
+def test_a_lone_ray_actor_that_dies_is_replaced_within_the_generation(monkeypatch, capsys) -> None:
+    """One actor, killed with pair 0's call: a replacement runs pairs 1-3 in the same generation, so the generation
+    loses one pair, not every evaluation, and computes what the in-process run that drops pair 0 computes."""
+    config = tiny(pairs_per_evaluation=1, population=4)
+    reference = _reference_losing_pair_0(config, monkeypatch)
+    capsys.readouterr()
+    used = _kill_on_submit(monkeypatch, {0})
+    trainer = MetaTrainer(replace(config, workers=1))
+    try:
+        trainer.step()
+        trainer.step()
+    finally:
+        trainer.close()
+    assert trainer.history == reference.history and torch.equal(trainer.theta, reference.theta)
+    assert [entry["lost_pairs"] for entry in trainer.history] == [1, 0]
+    assert "warning: generation 1: 1 of 4 antithetic pairs lost" in capsys.readouterr().err
+    assert [pair for pair, _ in used[:4]] == [0, 1, 2, 3] and used[0][1] not in {handle for _, handle in used[1:]}
+
+
+@on_ray
+def test_a_replacement_the_cluster_cannot_place_leaves_its_calls_to_the_others_and_no_hang(monkeypatch, capsys) -> None:
+    """Two actors on two CPUs; pair 0's actor is killed and other work takes its CPU (a lost node's, as the cluster
+    sees it). The replacement cannot start: after ACTOR_START_SECONDS it is given up with a warning, the survivor
+    runs the waiting calls, and the generation ends with one pair lost; the next generation tries again and runs
+    on the survivor; once the CPU is free, a replacement starts beside it."""
+    import ray
+
+    @ray.remote(num_cpus=1)
+    class Squatter:
+        def ready(self) -> bool:
+            return True
+
+    squatters: list[object] = []
+
+    def take_the_cpu() -> None:
+        squatters.append(Squatter.remote())
+        ray.get(squatters[-1].ready.remote(), timeout=60)  # placed once the killed actor's CPU is free
+
+    config = tiny(pairs_per_evaluation=1, population=4, generations=3)
+    reference = _reference_losing_pair_0(config, monkeypatch)
+    capsys.readouterr()
+    used = _kill_on_submit(monkeypatch, {0}, take_the_cpu)
+    trainer = MetaTrainer(replace(config, workers=2))
+    try:
+        monkeypatch.setattr(meta_train_module, "ACTOR_START_SECONDS", 3.0)  # the actors that start have started
+        trainer.step()
+        trainer.step()
+        assert "a replacement Ray actor did not start within 3 s" in capsys.readouterr().err
+        assert None in trainer.evaluators.actors  # the slot stays empty while the CPU is taken
+        ray.kill(squatters[0])
+        monkeypatch.setattr(meta_train_module, "ACTOR_START_SECONDS", 120.0)  # time to start on a loaded machine
+        used.clear()
+        trainer.step()
+        assert None not in trainer.evaluators.actors and len({handle for _, handle in used}) == 2
+    finally:
+        trainer.close()
+    assert trainer.history == reference.history and torch.equal(trainer.theta, reference.theta)
+    assert [entry["lost_pairs"] for entry in trainer.history] == [1, 0, 0]
+
+
+@on_ray
+def test_an_error_on_an_actor_reaches_the_command_line_as_its_own_one_line(tmp_path, capsys) -> None:
+    """Data missing where the actors look: the user reads the data error itself, as without workers, not Ray's
+    wrapper with the remote traceback."""
+    missing_data = {"ALA-CIFAR10-v0": {"data_root": str(tmp_path / "absent"), "download": False}}
+    with pytest.raises(SystemExit) as caught:
+        main(["--tasks", "ALA-CIFAR10-v0", "--horizon", "20,20", "--population", "1", "--workers", "1",
+              "--pairs-per-evaluation", "1", "--env-kwargs", json.dumps(TINY_ENV), "--task-kwargs", json.dumps(missing_data),
+              "--save", str(tmp_path / "x.pt")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert caught.value.code == 2 and err.count("\n") == 1 and "CIFAR-10 not found" in err and "ray::" not in err, err
+
+
+def test_tensorboard_keeps_a_tasks_curve_when_its_generation_lost_the_other_task(tmp_path, monkeypatch) -> None:
+    """Two tasks a generation, the second's evaluations all lost in generation 1 only: the first task's curves stay
+    under its own name in both generations, not under the one-task names for generation 1."""
+    import torch.utils.tensorboard
+
+    config = tiny(tasks=("ALA-Digits-v0", "ALA-Digits-AUCPR-v0"), tasks_per_generation=2, generations=2)
+    fitness, phi, loss = np.array([3.0, 1.0, 2.0, 0.0]), np.zeros(4), np.ones(4)
+    second_task_calls = []  # one evaluation per task and generation: the first of the second task's is lost
+
+    def evaluate(policy, vectors, plan, *_) -> ChildOutcomes | None:
+        if plan["task"] == "ALA-Digits-AUCPR-v0":
+            second_task_calls.append(plan)
+            if len(second_task_calls) == 1:
+                return None
+        return ChildOutcomes(fitness, phi, loss, phi > 0)
+
+    monkeypatch.setattr(meta_train_module, "run_children", evaluate)
+    tags: dict[str, list[int]] = {}
+
+    class Recorder:
+        def __init__(self, log_dir: str) -> None:
+            pass
+
+        def add_scalar(self, tag: str, value: float, step: int) -> None:
+            tags.setdefault(tag, []).append(step)
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(torch.utils.tensorboard, "SummaryWriter", Recorder)
+    meta_train(config, log_dir=str(tmp_path / "logs"))
+    assert tags["meta/ALA-Digits-v0/fitness_mean"] == [1, 2] and tags["meta/ALA-Digits-AUCPR-v0/fitness_mean"] == [2]
+    assert "meta/fitness_mean" not in tags
 
 
 def test_a_task_whose_evaluations_are_all_lost_is_dropped_from_its_generation(monkeypatch, capsys) -> None:

@@ -325,3 +325,20 @@ def test_a_cluster_address_that_nothing_answers_is_refused_in_one_line_not_retri
         ray_wrapper.check_reachable(f"127.0.0.1:{listening.getsockname()[1]}")
     for address in ("auto", "local"):
         ray_wrapper.check_reachable(address)
+
+
+def test_an_address_with_no_cluster_behind_it_is_refused_in_one_line(monkeypatch) -> None:
+    """``"auto"`` with no cluster running: ``ray.init`` raises ``ConnectionError`` at once, which reaches the user as
+    one line that names the address and the fix (the command lines turn a ``ValueError`` into exit status 2)."""
+    from ala_gym.wrappers import ray as ray_wrapper
+
+    def no_cluster(**kwargs) -> None:
+        raise ConnectionError("Could not find any running Ray instance.\nPlease specify the one to connect to.")
+
+    monkeypatch.setattr(ray_wrapper.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray_wrapper.ray, "init", no_cluster)
+    with pytest.raises(ValueError) as caught:
+        ray_wrapper.start_ray("auto", None)
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith("cannot join a Ray cluster at 'auto' (Could not find any")
+    assert message.endswith("start one (ray start --head) or give no address")

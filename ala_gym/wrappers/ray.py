@@ -112,8 +112,14 @@ def start_ray(address: str | None, num_cpus: int | None) -> bool:
         check_reachable(address)
     environ, sigterm, level = dict(os.environ), signal.getsignal(signal.SIGTERM), logging.getLogger("ray").level
     quiet: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.ERROR, configure_logging=True)
-    with python_random_kept():  # ray.init draws from it
-        ray.init(address=address, **quiet) if address else ray.init(num_cpus=num_cpus, **quiet)
+    try:
+        with python_random_kept():  # ray.init draws from it
+            ray.init(address=address, **quiet) if address else ray.init(num_cpus=num_cpus, **quiet)
+    except ConnectionError as error:  # "auto" with no cluster running, or one that went away
+        raise ValueError(
+            f"cannot join a Ray cluster at {address!r} ({str(error).splitlines()[0]}); start one (ray start --head) or "
+            "give no address"
+        ) from None
     changed = {key: environ.get(key) for key in {*environ, *os.environ} if environ.get(key) != os.environ.get(key)}
     _state_before_ray = _DriverState(changed, sigterm, level)
     return True
