@@ -393,7 +393,10 @@ def run_children(
         phi_off_diagonal = np.full(num_children, np.nan)
         val_loss = np.full(num_children, np.inf)
         diverged = np.zeros(num_children, dtype=bool)
-        while np.isnan(fitness).any():
+        # Each child's first episode alone counts: one that ends unmeasured keeps NaN, never the value of the episode
+        # the vector env starts for it next (other seeds, and no longer its antithetic twin's batches).
+        ended = np.zeros(num_children, dtype=bool)
+        while not ended.all():
             # One uniform per pair of classes and pair of children: both children of a pair sample with it. Every
             # evaluation draws the whole generation's and keeps its pairs' rows, so that a pair's uniforms do not
             # depend on how the pairs are grouped.
@@ -406,7 +409,8 @@ def run_children(
                     actions.append(inverse_cdf_actions(logits, shared[child]))
             observations, _, terminations, truncations, infos = envs.step(torch.stack(actions).numpy())
             measured = infos.get("_final_val_metric", np.zeros(num_children, dtype=bool))
-            for child in map(int, np.flatnonzero((terminations | truncations) & np.isnan(fitness))):
+            for child in map(int, np.flatnonzero((terminations | truncations) & ~ended)):
+                ended[child] = True
                 final = float(infos["final_val_metric"][child]) if measured[child] else float("nan")
                 fitness[child] = final if higher_is_better else -final
                 if measured[child]:
@@ -415,8 +419,6 @@ def run_children(
                 phi = np.asarray(infos["phi"][child])
                 if phi.ndim == 2 and len(phi) > 1:
                     phi_off_diagonal[child] = mean_off_diagonal(phi)
-            if np.isnan(fitness).any() and (terminations | truncations).all():
-                break
     finally:
         envs.close()
     # NaN (unmeasured) to -inf; a diverged child's worst value stays what it is (-inf itself under the NLL).

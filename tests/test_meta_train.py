@@ -860,3 +860,40 @@ def test_the_fitness_is_each_childs_final_validation_metric_never_its_test_metri
     np.testing.assert_array_equal(outcomes.val_loss, [finals[c]["final_val_loss"] for c in range(4)])
     # The two splits score these children differently, so a fitness read from the test split would fail above.
     assert any(finals[c]["test_metric"] != finals[c]["final_val_metric"] for c in range(4))
+
+
+def test_a_child_that_ends_unmeasured_keeps_no_fitness_from_its_next_episode(monkeypatch) -> None:
+    """A child whose episode ends without a final validation metric scores -inf (unmeasured), while its twin runs
+    on: the vector env's next episode for it (other seeds, no longer paired) must not lend it a fitness."""
+    import gymnasium as gym
+
+    rows, features = gym.make("ALA-Digits-v0").observation_space.shape
+
+    class Scripted:
+        """Child 0 ends unmeasured at step 1, and again, measured, at step 2; child 1 ends measured at step 2."""
+
+        def __init__(self) -> None:
+            self.steps = 0
+
+        def get_attr(self, name: str) -> list[bool]:
+            return [False, False]
+
+        def reset(self, seed=None):
+            return np.zeros((2, rows, features), dtype=np.float32), {}
+
+        def step(self, actions):
+            self.steps += 1
+            ends = np.array([True, False]) if self.steps == 1 else np.array([True, True])
+            infos = {"final_val_metric": np.array([0.5, 0.25]), "_final_val_metric": np.array([self.steps > 1] * 2),
+                     "final_val_loss": np.ones(2), "diverged": np.zeros(2, dtype=bool), "phi": np.stack([np.eye(10)] * 2)}  # fmt: skip
+            return np.zeros((2, rows, features), dtype=np.float32), np.zeros(2), ends, np.zeros(2, dtype=bool), infos
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(meta_train_module.gym, "make_vec", lambda *args, **kwargs: Scripted())
+    config = tiny(population=1)
+    trainer = MetaTrainer(config)
+    vectors = [trainer.theta.detach()] * 2
+    outcomes = run_children(trainer.policy, vectors, generation_plan(config, 0), config)
+    assert outcomes.fitness.tolist() == [-np.inf, -0.25]  # an error rate: lower is better, so fitness is its negative
