@@ -497,70 +497,6 @@ def test_ray_workers_compute_what_the_process_computes_and_resume_bit_for_bit(tm
     assert [entry["lost_pairs"] for entry in resumed.history] == [0, 0]
 
 
-@on_ray
-def test_a_lost_ray_actor_costs_its_pair_not_the_generation(monkeypatch, capsys) -> None:
-    """Four pairs on two actors, the actor of pair 0 killed after its call went out: generation 1 updates on pairs
-    1-3, exactly as an in-process run that drops pair 0, the calls that waited (pairs 2 and 3) run on the surviving
-    actor and the replacement started in the dead one's place, and generation 2 runs every pair on those two;
-    generation 3 keeps them. A generation that loses every evaluation raises and leaves theta as it was."""
-    import ray
-
-    config = tiny(pairs_per_evaluation=1, population=4)
-    evaluate = run_children
-
-    def pair_0_lost_in_generation_1(policy, vectors, plan, run_config, pairs=None):
-        lost = pairs == range(0, 1) and plan == generation_plan(config, 0)
-        return None if lost else evaluate(policy, vectors, plan, run_config, pairs)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(meta_train_module, "run_children", pair_0_lost_in_generation_1)
-        reference = meta_train(config)
-    assert capsys.readouterr().err.count("warning: generation 1: 1 of 4 antithetic pairs lost") == 1
-    # The cost counts the children that trained: the lost pair's two did not finish generation 1.
-    horizons = [entry["total_iterations"] for entry in reference.history]
-    assert provenance(reference, [])["child_iterations"] == 6 * horizons[0] + 8 * horizons[1]
-
-    submit = RayEvaluators._submit
-    used: list[tuple[int, object]] = []  # per call: its pair (one per evaluation) and the actor it went to
-    doomed: set[int] = {0}  # the pairs whose actor is killed after their call went out
-
-    def submit_then_kill(self, slot, call):
-        ref = submit(self, slot, call)
-        used.append((call[-1].start, self.actors[slot]))
-        if call[-1].start in doomed:
-            ray.kill(self.actors[slot])
-        return ref
-
-    monkeypatch.setattr(RayEvaluators, "_submit", submit_then_kill)
-    trainer = MetaTrainer(replace(config, workers=2))
-    try:
-        trainer.step()
-        first = list(used)
-        doomed.clear()
-        trainer.step()
-        assert trainer.history == reference.history and torch.equal(trainer.theta, reference.theta)
-        assert [entry["lost_pairs"] for entry in json.loads(trainer.state()["history"])] == [1, 0]
-        assert "warning: generation 1: 1 of 4 antithetic pairs lost" in capsys.readouterr().err
-        assert sorted(pair for pair, _ in first) == [0, 1, 2, 3]
-        actor = dict(first)
-        killed, survivor = actor[0], actor[1]
-        assert killed != survivor and killed not in (actor[2], actor[3])  # the waiting calls went to live actors
-        second = {handle for _, handle in used[len(first) :]}
-        assert survivor in second and killed not in second and len(second) == 2  # a replacement beside the survivor
-        assert second >= {actor[2], actor[3]}  # the replacement started in generation 1 is the one kept
-        used.clear()
-        trainer.step()
-        assert {handle for _, handle in used} == second  # a replaced actor is kept, not replaced again
-
-        doomed.update(range(config.population))
-        theta = trainer.theta.detach().clone()
-        with pytest.raises(EvaluationsLostError, match="generation 4: every evaluation was lost"):
-            trainer.step()
-        assert trainer.generation == 3 and torch.equal(trainer.theta, theta) and len(trainer.history) == 3
-    finally:
-        trainer.close()
-
-
 def _reference_losing_pair_0(config: MetaTrainConfig, monkeypatch) -> MetaTrainer:
     """The in-process run of ``config`` whose pair 0 is lost in generation 1: what a Ray run that loses it computes."""
     evaluate = run_children
@@ -593,6 +529,49 @@ def _kill_on_submit(monkeypatch, doomed: set[int], after_kill=lambda: None) -> l
 
     monkeypatch.setattr(RayEvaluators, "_submit", submit_then_kill)
     return used
+
+
+@on_ray
+def test_a_lost_ray_actor_costs_its_pair_not_the_generation(monkeypatch, capsys) -> None:
+    """Four pairs on two actors, the actor of pair 0 killed after its call went out: generation 1 updates on pairs
+    1-3, exactly as an in-process run that drops pair 0, the calls that waited (pairs 2 and 3) run on the surviving
+    actor and the replacement started in the dead one's place, and generation 2 runs every pair on those two;
+    generation 3 keeps them. A generation that loses every evaluation raises and leaves theta as it was."""
+    config = tiny(pairs_per_evaluation=1, population=4)
+    reference = _reference_losing_pair_0(config, monkeypatch)
+    assert capsys.readouterr().err.count("warning: generation 1: 1 of 4 antithetic pairs lost") == 1
+    # The cost counts the children that trained: the lost pair's two did not finish generation 1.
+    horizons = [entry["total_iterations"] for entry in reference.history]
+    assert provenance(reference, [])["child_iterations"] == 6 * horizons[0] + 8 * horizons[1]
+
+    doomed: set[int] = {0}  # the pairs whose actor is killed after their call went out
+    used = _kill_on_submit(monkeypatch, doomed)  # per call: its pair (one per evaluation) and the actor it went to
+    trainer = MetaTrainer(replace(config, workers=2))
+    try:
+        trainer.step()
+        first = list(used)
+        trainer.step()
+        assert trainer.history == reference.history and torch.equal(trainer.theta, reference.theta)
+        assert [entry["lost_pairs"] for entry in json.loads(trainer.state()["history"])] == [1, 0]
+        assert "warning: generation 1: 1 of 4 antithetic pairs lost" in capsys.readouterr().err
+        assert sorted(pair for pair, _ in first) == [0, 1, 2, 3]
+        actor = dict(first)
+        killed, survivor = actor[0], actor[1]
+        assert killed != survivor and killed not in (actor[2], actor[3])  # the waiting calls went to live actors
+        second = {handle for _, handle in used[len(first) :]}
+        assert survivor in second and killed not in second and len(second) == 2  # a replacement beside the survivor
+        assert second >= {actor[2], actor[3]}  # the replacement started in generation 1 is the one kept
+        used.clear()
+        trainer.step()
+        assert {handle for _, handle in used} == second  # a replaced actor is kept, not replaced again
+
+        doomed.update(range(config.population))
+        theta = trainer.theta.detach().clone()
+        with pytest.raises(EvaluationsLostError, match="generation 4: every evaluation was lost"):
+            trainer.step()
+        assert trainer.generation == 3 and torch.equal(trainer.theta, theta) and len(trainer.history) == 3
+    finally:
+        trainer.close()
 
 
 @on_ray
