@@ -35,9 +35,10 @@ metric** (never the test split):
   generation. The generation completes with the evaluations that came back; the lost ones' antithetic pairs,
   both children of each, are dropped from the gradient estimate, so that it stays antithetic. A warning line
   says so, and ``lost_pairs`` counts them in the checkpoint's history and on TensorBoard. A replacement actor
-  takes the dead one's place at once and runs the evaluations still waiting; one that the cluster cannot start
-  within :data:`ACTOR_START_SECONDS` (its CPUs gone with a node, or taken) leaves them to the other actors, and
-  the next generation tries again. A generation that loses every evaluation raises
+  starts in the dead one's place at once, without holding up the others, and takes evaluations still waiting once
+  it runs; one that the cluster cannot start within :data:`ACTOR_START_SECONDS` (its CPUs gone with a node, or
+  taken) is given up with a warning line, and the next generation starts another. A generation that loses every
+  evaluation raises
   :class:`EvaluationsLostError` and leaves ``theta`` and the checkpoint as they were.
 * One checkpoint per generation (plain tensors, ``weights_only`` loadable): an interrupted run resumes where
   it stopped, bit for bit, because every draw of a generation comes from ``(seed, generation)`` (on a GPU, as far
@@ -460,8 +461,8 @@ class RayEvaluators:
     ``workers`` CPUs; :meth:`close` kills the actors and shuts Ray down only if it started it. The actors reserve
     no GPU, and Ray leaves a node's GPUs visible to them: on GPU nodes give the children ``device="cpu"``
     (``env_kwargs``), or ``"auto"`` children would share the GPUs unreserved. An actor that dies loses the
-    evaluation it was running; :meth:`map` starts a replacement in its place at once (a slot whose replacement does
-    not start within :data:`ACTOR_START_SECONDS` stays empty until the next :meth:`map` tries again).
+    evaluation it was running; :meth:`map` starts a replacement in its place at once, which takes calls once it runs
+    (one that does not run within :data:`ACTOR_START_SECONDS` is given up, and the next :meth:`map` starts another).
     """
 
     def __init__(self, workers: int, address: str | None = None) -> None:
@@ -471,6 +472,8 @@ class RayEvaluators:
         from ala_gym.wrappers.ray import start_ray
 
         self.actors: list[Any] = []  # None: a slot whose replacement did not start
+        # The slots whose actor is starting: the ref its ready() answers, and by when it must (time.monotonic()).
+        self.starting: dict[int, tuple[Any, float]] = {}
         self.started_ray = start_ray(address, workers)
         cpus = float(ray.cluster_resources().get("CPU", 0.0))
         if workers > cpus:  # Ray would leave the extra actors pending forever
@@ -487,51 +490,81 @@ class RayEvaluators:
                 "are taken by other work): lower workers, or free the CPUs"
             )
 
-    def _start(self) -> Any | None:
-        """A new actor, once it runs; None (and a warning line) if the cluster cannot start it in time."""
+    def _start(self, slot: int) -> None:
+        """Start a new actor in ``slot``, without waiting for it: :meth:`map` gives it calls once it runs, and gives it
+        up if it does not run within :data:`ACTOR_START_SECONDS`."""
+        self.actors[slot] = self._actor.remote()
+        self.starting[slot] = (self.actors[slot].ready.remote(), time.monotonic() + ACTOR_START_SECONDS)
+
+    def _give_up(self, slot: int) -> None:
+        """Drop the actor of ``slot`` that did not start in time (the cluster has no CPU free for it)."""
         import ray
 
-        actor: Any = self._actor.remote()
-        ready, _ = ray.wait([actor.ready.remote()], timeout=ACTOR_START_SECONDS)
-        if ready:
-            return actor
-        ray.kill(actor)
+        ray.kill(self.actors[slot])
+        self.actors[slot] = None
+        del self.starting[slot]
         print(f"warning: a replacement Ray actor did not start within {ACTOR_START_SECONDS:g} s (no free CPU in the "
-              "cluster); the other actors run its evaluations", file=sys.stderr, flush=True)  # fmt: skip
-        return None
+              "cluster); the evaluations go on without it, and the next generation starts another", file=sys.stderr,
+              flush=True)  # fmt: skip
 
     def map(self, calls: list[tuple[Any, ...]]) -> list[ChildOutcomes | None]:
         """Each call's result (``run_children(*call)``), in the calls' order, or None where its actor died (or, with no
-        actor left to run it, where it never ran); a call goes to whichever actor is free, and a dead actor's
-        replacement takes the calls still waiting beside the others."""
+        actor left to run it, where it never ran). A call goes to whichever actor is free; a dead actor's
+        replacement starts at once and takes the calls still waiting once it runs, while the others go on."""
         import ray
         from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
 
-        for slot, actor in enumerate(self.actors):
-            if actor is None:  # its replacement did not start in an earlier generation: try again
-                self.actors[slot] = self._start()
         results: list[ChildOutcomes | None] = [None] * len(calls)
         waiting = deque(range(len(calls)))
         running: dict[Any, tuple[int, int]] = {}  # object ref -> (actor slot, call)
 
         def submit(slot: int) -> None:
-            if waiting and self.actors[slot] is not None:
+            """The next waiting call to the actor in ``slot``, if it runs and is free."""
+            busy = {busy_slot for busy_slot, _ in running.values()}
+            if waiting and self.actors[slot] is not None and slot not in self.starting and slot not in busy:
                 index = waiting.popleft()
                 running[self._submit(slot, calls[index])] = (slot, index)
 
+        def started(timeout: float) -> None:
+            """Promote the starting actors that now run (waiting up to ``timeout`` s for one), give up the late."""
+            refs = {ref: slot for slot, (ref, _) in self.starting.items()}
+            if not refs:
+                return
+            if timeout > 0:
+                ray.wait(list(refs), num_returns=1, timeout=timeout)
+            for ref in ray.wait(list(refs), num_returns=len(refs), timeout=0)[0]:  # every one that runs by now
+                del self.starting[refs[ref]]
+                submit(refs[ref])
+            for slot, (_, deadline) in list(self.starting.items()):
+                if deadline <= time.monotonic():
+                    self._give_up(slot)
+
+        started(0.0)
+        for slot, actor in enumerate(self.actors):
+            if actor is None:  # its replacement did not start in an earlier generation: another try
+                self._start(slot)
         for slot in range(len(self.actors)):
             submit(slot)
-        while running:
-            [ref], _ = ray.wait(list(running), num_returns=1)
+        # Until every call ran, or none is left to run on an actor that runs or may still start.
+        while running or (waiting and self.starting):
+            if not running:  # only starting actors can take the waiting calls: wait for one, up to its deadline
+                started(min(deadline for _, deadline in self.starting.values()) - time.monotonic())
+                continue
+            starting_refs = [ref for ref, _ in self.starting.values()]
+            [ref], _ = ray.wait([*running, *starting_refs], num_returns=1)
+            if ref not in running:  # a replacement runs now
+                started(0.0)
+                continue
             slot, index = running.pop(ref)
             try:
                 results[index] = ray.get(ref)
             except (RayActorError, WorkerCrashedError):  # its call stays None
                 ray.kill(self.actors[slot])  # dead, or unreachable: killed so that it never comes back
-                self.actors[slot] = self._start()
-            except RayTaskError as error:  # the evaluation's own error (missing data, say), not Ray's wrapper of it
-                raise error.cause from None
+                self._start(slot)
+            except RayTaskError as error:  # the evaluation's own error (missing data, say): what the user reads
+                raise error.cause from error
             submit(slot)
+            started(0.0)  # late starts are given up as the calls come back
         return results
 
     def _submit(self, slot: int, call: tuple[Any, ...]) -> Any:
@@ -546,7 +579,7 @@ class RayEvaluators:
         for actor in self.actors:
             if actor is not None:
                 ray.kill(actor)
-        self.actors = []
+        self.actors, self.starting = [], {}
         stop_ray(self.started_ray)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -534,9 +535,10 @@ def _kill_on_submit(monkeypatch, doomed: set[int], after_kill=lambda: None) -> l
 @on_ray
 def test_a_lost_ray_actor_costs_its_pair_not_the_generation(monkeypatch, capsys) -> None:
     """Four pairs on two actors, the actor of pair 0 killed after its call went out: generation 1 updates on pairs
-    1-3, exactly as an in-process run that drops pair 0, the calls that waited (pairs 2 and 3) run on the surviving
-    actor and the replacement started in the dead one's place, and generation 2 runs every pair on those two;
-    generation 3 keeps them. A generation that loses every evaluation raises and leaves theta as it was."""
+    1-3, exactly as an in-process run that drops pair 0, the calls that waited (pairs 2 and 3) run on live actors
+    (the survivor, and the replacement started in the dead one's place once it runs), and generation 2 never on
+    the dead one; once the replacement runs, generation 3 runs on it and the survivor, and generation 4 keeps
+    those two. A generation that loses every evaluation raises and leaves theta as it was."""
     config = tiny(pairs_per_evaluation=1, population=4)
     reference = _reference_losing_pair_0(config, monkeypatch)
     assert capsys.readouterr().err.count("warning: generation 1: 1 of 4 antithetic pairs lost") == 1
@@ -559,19 +561,31 @@ def test_a_lost_ray_actor_costs_its_pair_not_the_generation(monkeypatch, capsys)
         killed, survivor = actor[0], actor[1]
         assert killed != survivor and killed not in (actor[2], actor[3])  # the waiting calls went to live actors
         second = {handle for _, handle in used[len(first) :]}
-        assert survivor in second and killed not in second and len(second) == 2  # a replacement beside the survivor
-        assert second >= {actor[2], actor[3]}  # the replacement started in generation 1 is the one kept
+        assert survivor in second and killed not in second
+        _replacements_running(trainer.evaluators)
         used.clear()
         trainer.step()
-        assert {handle for _, handle in used} == second  # a replaced actor is kept, not replaced again
+        third = {handle for _, handle in used}
+        assert survivor in third and killed not in third and len(third) == 2  # the replacement beside the survivor
+        used.clear()
+        trainer.step()
+        assert {handle for _, handle in used} == third  # a replaced actor is kept, not replaced again
 
         doomed.update(range(config.population))
         theta = trainer.theta.detach().clone()
-        with pytest.raises(EvaluationsLostError, match="generation 4: every evaluation was lost"):
+        with pytest.raises(EvaluationsLostError, match="generation 5: every evaluation was lost"):
             trainer.step()
-        assert trainer.generation == 3 and torch.equal(trainer.theta, theta) and len(trainer.history) == 3
+        assert trainer.generation == 4 and torch.equal(trainer.theta, theta) and len(trainer.history) == 4
     finally:
         trainer.close()
+
+
+def _replacements_running(evaluators: RayEvaluators) -> None:
+    """Wait until the actors that are starting run (a replacement starts without holding up a generation)."""
+    import ray
+
+    refs = [ref for ref, _ in evaluators.starting.values()]
+    assert len(ray.wait(refs, num_returns=len(refs), timeout=120)[0]) == len(refs)
 
 
 @on_ray
@@ -597,9 +611,9 @@ def test_a_lone_ray_actor_that_dies_is_replaced_within_the_generation(monkeypatc
 @on_ray
 def test_a_replacement_the_cluster_cannot_place_leaves_its_calls_to_the_others_and_no_hang(monkeypatch, capsys) -> None:
     """Two actors on two CPUs; pair 0's actor is killed and other work takes its CPU (a lost node's, as the cluster
-    sees it). The replacement cannot start: after ACTOR_START_SECONDS it is given up with a warning, the survivor
-    runs the waiting calls, and the generation ends with one pair lost; the next generation tries again and runs
-    on the survivor; once the CPU is free, a replacement starts beside it."""
+    sees it). The replacement cannot start: the survivor runs the waiting calls meanwhile, the generation ends with
+    one pair lost, and after ACTOR_START_SECONDS the replacement is given up with a warning; the next generation
+    starts another and runs on the survivor; once the CPU is free, a replacement runs beside it."""
     import ray
 
     @ray.remote(num_cpus=1)
@@ -613,7 +627,7 @@ def test_a_replacement_the_cluster_cannot_place_leaves_its_calls_to_the_others_a
         squatters.append(Squatter.remote())
         ray.get(squatters[-1].ready.remote(), timeout=60)  # placed once the killed actor's CPU is free
 
-    config = tiny(pairs_per_evaluation=1, population=4, generations=3)
+    config = tiny(pairs_per_evaluation=1, population=4, generations=4)
     reference = _reference_losing_pair_0(config, monkeypatch)
     capsys.readouterr()
     used = _kill_on_submit(monkeypatch, {0}, take_the_cpu)
@@ -621,18 +635,23 @@ def test_a_replacement_the_cluster_cannot_place_leaves_its_calls_to_the_others_a
     try:
         monkeypatch.setattr(meta_train_module, "ACTOR_START_SECONDS", 3.0)  # the actors that start have started
         trainer.step()
+        time.sleep(3.5)  # past the replacement's deadline: the next generation gives it up, then starts another
         trainer.step()
         assert "a replacement Ray actor did not start within 3 s" in capsys.readouterr().err
-        assert None in trainer.evaluators.actors  # the slot stays empty while the CPU is taken
+        evaluators = trainer.evaluators
+        assert evaluators.starting and {handle for _, handle in used[4:]} == {used[1][1]}  # gen. 2: the survivor alone
         ray.kill(squatters[0])
         monkeypatch.setattr(meta_train_module, "ACTOR_START_SECONDS", 120.0)  # time to start on a loaded machine
+        time.sleep(3.5)  # the start of generation 2 given up too: generation 3 starts one with time to run
+        trainer.step()
+        _replacements_running(evaluators)
         used.clear()
         trainer.step()
-        assert None not in trainer.evaluators.actors and len({handle for _, handle in used}) == 2
+        assert not evaluators.starting and None not in evaluators.actors and len({handle for _, handle in used}) == 2
     finally:
         trainer.close()
     assert trainer.history == reference.history and torch.equal(trainer.theta, reference.theta)
-    assert [entry["lost_pairs"] for entry in trainer.history] == [1, 0, 0]
+    assert [entry["lost_pairs"] for entry in trainer.history] == [1, 0, 0, 0]
 
 
 @on_ray
