@@ -613,11 +613,12 @@ class MetaTrainer:
     generations then run in the process, with the same results at one torch thread on the CPU).
     """
 
-    def __init__(self, config: MetaTrainConfig, n_features: int = 24) -> None:
+    def __init__(self, config: MetaTrainConfig, n_features: int = 24, *, read_init_policy: bool = True) -> None:
         check_tasks(config)
         self.config, self.n_features = config, n_features
         self.policy = PairPolicy(n_features, config.hidden, torch.Generator().manual_seed(config.seed), config.init_no_change)
-        if config.init_policy is not None:
+        # A resumed run takes theta from its checkpoint: the starting policy's file need not be there any more.
+        if config.init_policy is not None and read_init_policy:
             self.policy.load_state_dict(initial_policy_state(config.init_policy, n_features, config.hidden))
         self.theta = torch.nn.utils.parameters_to_vector(self.policy.parameters()).detach().clone().requires_grad_()
         self.optimizer = torch.optim.Adam([self.theta], lr=config.lr)
@@ -735,7 +736,7 @@ class MetaTrainer:
                 f"{path} has run {int(state['generation'])} generations, more than --generations {config.generations}: "
                 f"pass at least {int(state['generation'])} to resume it, or another --state"
             )
-        trainer = cls(config, int(state["n_features"]))
+        trainer = cls(config, int(state["n_features"]), read_init_policy=False)
         with torch.no_grad():
             trainer.theta.copy_(state["theta"])
         trainer.optimizer.load_state_dict(state["optimizer"])

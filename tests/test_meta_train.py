@@ -348,6 +348,18 @@ def test_a_search_starts_from_a_saved_policy_of_its_size(tmp_path) -> None:
     assert exited.value.code == 2 and not (tmp_path / "never.pt").exists()
 
 
+def test_a_run_from_a_policy_file_resumes_after_the_file_is_gone(tmp_path) -> None:
+    """A resumed search takes theta from its checkpoint, so the file it started from may have moved; the run then
+    ends where the uninterrupted one does."""
+    MetaTrainer(tiny(init_no_change=0.5)).save_policy(tmp_path / "start.pt")
+    config = tiny(init_policy=str(tmp_path / "start.pt"))
+    straight = meta_train(config)
+    meta_train(replace(config, generations=1), tmp_path / "state.pt")
+    (tmp_path / "start.pt").unlink()
+    resumed = meta_train(config, tmp_path / "state.pt")
+    assert resumed.generation == 2 and torch.equal(resumed.theta, straight.theta)
+
+
 def test_an_interrupted_run_resumes_bit_for_bit(tmp_path, global_rng_unchanged) -> None:
     config = tiny()
     with global_rng_unchanged():
