@@ -303,3 +303,25 @@ def test_mining_and_a_models_own_draws_come_from_streams_of_their_own(make) -> N
     assert len({miner_seed, forward_seed}) == 2
     # Seeds a child's weights and batches were drawn from stay what they were.
     assert env.trainer.sampler.generator.initial_seed() not in (miner_seed, forward_seed)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(val_size=3), r"^the validation subsample holds \d item\(s\) of 1 class\(es\), and Recall@k needs items of 2"),
+        (dict(dataset="digits", data_root=None, model="mlp", val_size=3),
+         r"^the validation subsample holds 0 item\(s\) of 0 class\(es\)"),
+        (dict(val_subsample=1), r"^the validation subsample holds 1 item\(s\) of 1 class\(es\)"),
+        (dict(train_classes=5), r"^train_classes must be a list of at least 2 distinct classes in \[0, 10\), got 5$"),
+        (dict(val_classes="56"), r"^val_classes must be a list of at least 2 distinct classes"),
+        (dict(samples_per_class=1), r"^samples_per_class must be at least 2 for metric learning .* got 1$"),
+    ],
+    ids=["one class", "no item", "one item", "classes not a list", "classes as text", "one per class"],
+)  # fmt: skip
+def test_splits_and_batches_that_cannot_measure_or_train_are_refused_in_one_line(make, overrides, message) -> None:
+    """A validation split with no item (or one class) of the evaluated classes measures nothing, classes given as a
+    number or text are no list of classes, and one item per class leaves no positive pair in a batch (every triplet
+    loss 0): each is a ValueError of one line naming its fix, not torch's error on an empty tensor or a silent run."""
+    with pytest.raises(ValueError, match=message) as caught:
+        make(**overrides)
+    assert "\n" not in str(caught.value)

@@ -32,7 +32,7 @@ import os
 import pickle
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property, partial
 from pathlib import Path
@@ -1038,6 +1038,9 @@ def class_disjoint(
     a loader gets the protocol. The tensors stay on ``data``'s device.
     """
     num_classes = data.num_classes
+    for name, classes in (("train_classes", train_classes), ("val_classes", val_classes), ("test_classes", test_classes)):
+        if classes is not None and (isinstance(classes, (str, bytes)) or not isinstance(classes, Iterable)):
+            raise ValueError(f"{name} must be a list of at least 2 distinct classes in [0, {num_classes}), got {classes!r}")
     train_classes = range(num_classes // 2) if train_classes is None else train_classes
     held_out = [c for c in range(num_classes) if c not in set(train_classes)]
     val_classes = held_out if val_classes is None else val_classes

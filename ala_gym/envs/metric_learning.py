@@ -299,8 +299,15 @@ class RetrievalLoss(ComparedByValue):
 
     def _check_recall_k(self, name: str, labels: torch.Tensor) -> None:
         """Refuse a ``recall_k`` at which every query of ``labels``' items finds an item of its class whatever the
-        embedding: more neighbours than the items of other classes than the query's (its class the smallest)."""
-        others = len(labels) - int(torch.bincount(labels)[labels.unique()].min())
+        embedding: more neighbours than the items of other classes than the query's (its class the smallest), and a
+        split of no item or of one class, where Recall@k measures nothing."""
+        present = labels.unique()
+        if len(present) < 2:
+            raise ValueError(
+                f"the {name} holds {len(labels)} item(s) of {len(present)} class(es), and Recall@k needs items of 2 classes "
+                "at least: give it more items (val_size, val_subsample) or more classes (val_classes, test_classes)"
+            )
+        others = len(labels) - int(torch.bincount(labels)[present].min())
         if self.recall_k > others:
             raise ValueError(
                 f"recall_k={self.recall_k} makes Recall@k 1 whatever the embedding on the {name} ({len(labels)} items, "
@@ -308,6 +315,10 @@ class RetrievalLoss(ComparedByValue):
             )
 
     def build(self, spec: TaskSpec) -> BuiltTask:
+        per_class = spec.train.samples_per_class
+        if per_class is not None and per_class < 2:  # no positive pair in a batch: the losses would be 0
+            raise ValueError(f"samples_per_class must be at least 2 for metric learning (a batch needs two items of a "
+                             f"class for a positive pair), got {per_class}")  # fmt: skip
         data = class_disjoint(spec.data.load(), self.train_classes, self.val_classes, self.test_classes)
         assert self.loss_form is not None  # set by __post_init__
         make_task = partial(
