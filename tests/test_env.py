@@ -287,6 +287,13 @@ def test_aucpr_rewards_are_increases_of_the_discounted_aucpr(make) -> None:
     assert info["val_metric"] > 0.5 and 0.5 < info["test_metric"] <= 1.0
 
 
+def test_aucpr_on_a_validation_subsample_of_one_class_is_refused(make) -> None:
+    """The macro AUCPR over the classes present is 1 on items of one class, whatever the model: every reward 0."""
+    with pytest.raises(ValueError, match=r"^AUCPR on the validation subsample \(1 item\(s\) of one class\) is 1 whatever"):
+        make("ALA-Digits-AUCPR-v0", val_size=1)
+    make("ALA-Digits-v0", val_size=1)  # an error rate still measures something there
+
+
 @pytest.mark.parametrize("loss_form", ["linear", "sigmoid", "cross_entropy"])
 def test_loss_forms(make, loss_form: str) -> None:
     env = make("ALA-Digits-v0", loss_form=loss_form)
