@@ -36,6 +36,7 @@ loss of ``inf``.
 from __future__ import annotations
 
 import dataclasses
+import pickle
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -106,6 +107,8 @@ class AdaLFLConfig:
             raise ValueError(f"meta_batch must be 'val' or 'train', got {self.meta_batch!r}")
         if self.init_path is not None and not Path(self.init_path).is_file():
             raise ValueError(f"init_path {self.init_path}: no such file; write one with save_loss_network")
+        if self.init_path is not None:
+            load_loss_network(self.init_path)  # a file that holds no loss network is named now, not mid-run
 
 
 # ---------------------------------------------------------------------------------------------- M_phi
@@ -187,9 +190,17 @@ def load_loss_network(path: str | Path, device: torch.device | str = "cpu") -> L
         raise FileNotFoundError(f"no loss network at {path}; write one with ala_gym.agents.adalfl.save_loss_network")
     # Read on the CPU, whatever device it was saved from, and built there as a new network is (load_state_dict
     # overwrites its initial weights); then moved to the device.
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    network = LossNetwork(AdaLFLConfig(**saved["hyper"]), torch.Generator())
-    network.load_state_dict(saved["state_dict"])
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(saved, dict) or not {"hyper", "state_dict"} <= saved.keys():
+            raise KeyError("no 'hyper' and 'state_dict'")
+        network = LossNetwork(AdaLFLConfig(**saved["hyper"]), torch.Generator())
+        network.load_state_dict(saved["state_dict"])
+    except (pickle.UnpicklingError, RuntimeError, KeyError, TypeError, ValueError, EOFError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ValueError(
+            f"{path} holds no loss network ({type(error).__name__}: {reason}); pass a file save_loss_network wrote"
+        ) from None
     return network.to(device)
 
 
@@ -387,21 +398,31 @@ class AdaLFLController(Controller):
         record = AdaLFLRecord()
 
         start = time.perf_counter()
+        worst = env.evaluator.worst
         if self.config.init_path is not None:
             network = load_loss_network(self.config.init_path, trainer.device)
         else:
             network = LossNetwork(self.config, torch.Generator().manual_seed(network_seed)).to(trainer.device)
             if self.config.offline_steps > 0:
+                initial = {name: value.clone() for name, value in network.state_dict().items()}
                 offline_loss = initialise_offline(network, trainer.data, trainer.config, self.config, offline_seed)
                 record.offline_meta_loss = finite_or(float(offline_loss), float("inf"))
+                if not np.isfinite(record.offline_meta_loss) or non_finite_weights(network.state_dict()):
+                    # Diverged before the child trained: the run ends as a diverged step ends it, and keeps the
+                    # last finite network, the initial one.
+                    network.load_state_dict(initial)
+                    record.diverged = True
+                    record.val_metric.append(worst)
+                    record.meta_loss.append(float("inf"))
+                    if on_step is not None:
+                        on_step(1, {"val_metric": worst, "meta_loss": float("inf"), "loss": float("inf")})
         record.offline_s = time.perf_counter() - start
         record.loss_shape_start = loss_shape(network, trainer.data.num_classes, self.config.shape_points)
 
         online = OnlineTrainer(trainer, network, self.config, meta_seed)
         total, k = trainer.config.total_iterations, env.steps_per_action
         step = 0
-        worst = env.evaluator.worst
-        while not trainer.done:
+        while not trainer.done and not record.diverged:
             iterations = min(k, total - trainer.iteration)
             # The network as it was: a divergence can reach it through the unrolled step, and the run keeps the
             # last finite one.

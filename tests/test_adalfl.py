@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import pickle
 
 import gymnasium as gym
 import numpy as np
@@ -242,11 +241,13 @@ def test_same_seed_same_initial_child_and_batches_as_the_env(monkeypatch: pytest
     assert torch.equal(inputs, seen["batch"][0]) and torch.equal(labels, seen["batch"][1])
 
 
+@pytest.mark.parametrize("offline_steps", [0, 3], ids=["online", "offline phase too"])
 @pytest.mark.parametrize("metric, worst", [("error", 1.0), ("nll", float("inf"))])
-def test_divergence_is_recorded_not_raised(metric: str, worst: float) -> None:
+def test_divergence_is_recorded_not_raised(metric: str, worst: float, offline_steps: int) -> None:
     """A diverged run is scored as the envs score a diverged child (the worst metric, without evaluating the
-    broken model); what it logs and records holds no NaN, and it keeps the last finite loss network."""
-    controller = AdaLFLController(AdaLFLConfig(offline_steps=0))
+    broken model); what it logs and records holds no NaN, and it keeps the last finite loss network. With an
+    offline phase, the divergence comes there: the run ends before the child trains, with the initial network."""
+    controller = AdaLFLController(AdaLFLConfig(offline_steps=offline_steps))
     logged: list[dict] = []
     record = run_once(controller, lambda step, values: logged.append(values), lr=1e30, metric=metric)
     assert record.diverged and len(record.val_metric) < 3
@@ -254,7 +255,9 @@ def test_divergence_is_recorded_not_raised(metric: str, worst: float) -> None:
     assert record.val_metric[-1] == worst and record.meta_loss[-1] == float("inf")
     assert logged[-1] == {"val_metric": worst, "meta_loss": float("inf"), "loss": float("inf")}
     assert all(torch.isfinite(value).all() for value in controller.loss_network.state_dict().values())
-    assert np.isfinite(record.loss_shape_end["loss"]).all()
+    assert np.isfinite(record.loss_shape_end["loss"]).all() and np.isfinite(record.loss_shape_start["loss"]).all()
+    if offline_steps:
+        assert record.offline_meta_loss == float("inf") and record.iterations == 0 and len(logged) == 1
 
 
 @pytest.mark.parametrize("which", ["loss", "meta_loss"])
@@ -321,8 +324,17 @@ def test_saved_loss_network_loads_with_weights_only(tmp_path) -> None:
     # A file that needs arbitrary unpickling (code that runs on load) is refused before anything is built from it.
     hostile = tmp_path / "hostile.pt"
     torch.save({"hyper": NotATensor(), "state_dict": {}}, hostile)
-    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+    with pytest.raises(ValueError, match=r"hostile.pt holds no loss network \(UnpicklingError: Weights only load failed"):
         load_loss_network(hostile)
+    # Files that hold something else: one line naming the file and what it lacks, already when the config names it.
+    torch.save({"state_dict": {}}, tmp_path / "no-hyper.pt")
+    (tmp_path / "text.pt").write_text("not a checkpoint")
+    torch.save(torch.zeros(3), tmp_path / "tensor.pt")
+    other_size = {"hyper": network.hyper, "state_dict": LossNetwork(AdaLFLConfig(hidden=3), torch.Generator()).state_dict()}
+    torch.save(other_size, tmp_path / "other-size.pt")
+    for name in ("no-hyper.pt", "text.pt", "tensor.pt", "other-size.pt"):
+        with pytest.raises(ValueError, match=rf"^\S*{name} holds no loss network \(\w+: .*\); pass a file save_loss_network wrote$"):
+            AdaLFLConfig(init_path=str(tmp_path / name))
 
 
 class NotATensor:
