@@ -448,5 +448,6 @@ class AdaLFLController(Controller):
         final = env.episode.final_metrics(env.evaluate_split)
         record.test_metric, record.final_val_metric = final["test_metric"], final["final_val_metric"]
         record.final_val_loss = final["final_val_loss"]
+        env.close()
         self.loss_network = network
         return [record]
