@@ -43,11 +43,22 @@ policies: ``ala_gym.agents.reinforce.ReinforceController.load(path, train=False)
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import fields, is_dataclass
 from importlib import import_module
 from importlib.metadata import entry_points
-from typing import Any
+from typing import Any, get_args, get_type_hints
 
 from ala_gym.agents.base import Controller, EpisodeRecord, EpisodeRecorder
+
+
+def _config_class(built: Callable[..., Any]) -> Any:
+    """The dataclass a controller class or function takes as ``config`` (``config: SomeConfig | None``), or None."""
+    try:
+        hint = get_type_hints(built.__init__ if isinstance(built, type) else built).get("config")  # type: ignore[misc]
+    except Exception:  # noqa: BLE001  (hints that do not resolve: no config class to name)
+        return None
+    candidates = [hint, *get_args(hint)]
+    return next((candidate for candidate in candidates if is_dataclass(candidate) and isinstance(candidate, type)), None)
 
 
 def _factory(path: str, name: str, **defaults: Any) -> Callable[..., Controller]:
@@ -57,7 +68,18 @@ def _factory(path: str, name: str, **defaults: Any) -> Callable[..., Controller]
     module, _, class_name = path.partition(":")
 
     def make(**kwargs: Any) -> Controller:
-        controller = getattr(import_module(module), class_name)(**{**defaults, **kwargs})
+        built = getattr(import_module(module), class_name)
+        try:
+            controller = built(**{**defaults, **kwargs})
+        except TypeError:
+            config_class = _config_class(built)
+            misplaced = sorted(set(kwargs) & {field.name for field in fields(config_class)}) if config_class else []
+            if not misplaced:
+                raise
+            raise TypeError(
+                f"{', '.join(misplaced)}: a setting of {config_class.__name__}, not a keyword of {class_name}; pass "
+                f"config={config_class.__name__}({misplaced[0]}=...), as the comparison's {name}({misplaced[0]}=...) does"
+            ) from None
         controller.name = name
         return controller
 

@@ -50,7 +50,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ala_gym.agents.base import Controller, EpisodeRecord, OnStep
+from ala_gym.agents.base import Controller, EpisodeRecord, OnStep, require_vector_env
 from ala_gym.agents.checkpoints import non_finite_weights
 from ala_gym.core.checks import FLOAT32_MAX, check_bool, check_int, check_real
 from ala_gym.core.data import BatchSampler, ClassificationData
@@ -382,6 +382,7 @@ class AdaLFLController(Controller):
         raise TypeError("AdaLFL sets no Phi: it trains the child itself in run()")
 
     def run(self, envs: gym.vector.VectorEnv, seed: int, on_step: OnStep | None = None) -> list[EpisodeRecord]:
+        require_vector_env(envs)
         spec = getattr(envs.unwrapped, "task_spec", None)
         if spec is None:
             raise TypeError(

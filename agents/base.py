@@ -90,6 +90,15 @@ class EpisodeRecorder:
         return bool(self.finished.all())
 
 
+def require_vector_env(envs: Any) -> None:
+    """Refuse (``TypeError``, one line) a single env where a controller needs a vector env."""
+    if not hasattr(envs, "num_envs"):  # a single env, what the guides show first (a vector env may be duck-typed)
+        raise TypeError(
+            f"a controller runs a vector env, not a single env ({type(getattr(envs, 'unwrapped', envs)).__name__}): "
+            "build one with controller.make_envs(env_id) or gym.make_vec(env_id, num_envs=...)"
+        )
+
+
 class Controller(ABC):
     """Chooses loss-parameter changes for a batch of ALA children."""
 
@@ -143,6 +152,7 @@ class Controller(ABC):
     def check_envs(self, envs: gym.vector.VectorEnv) -> None:
         """Refuse (``ValueError``) envs this controller cannot drive, before anything runs; the command lines call
         it on the envs they made, so that such input ends in one line. :meth:`run` meets the same on its way."""
+        require_vector_env(envs)
         mode = envs.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
         if mode != AutoresetMode.NEXT_STEP:  # under SAME_STEP a finished child's last info is in final_info
             raise ValueError(f"a controller runs a vector env that autoresets NEXT_STEP (gym.make_vec's default), not {mode}")
@@ -190,6 +200,7 @@ class Controller(ABC):
         ``on_step(step, logs)`` is called after every vector step (for progress bars and logging) with
         :func:`step_logs` plus what :meth:`learn` returned.
         """
+        require_vector_env(envs)  # before begin() reads the children's count
         self.begin(envs, seed)
         return self.run_episode(envs, seed, on_step)
 

@@ -41,7 +41,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ala_gym.agents import checkpoints, cli
-from ala_gym.agents.base import Controller, EpisodeRecord, OnStep
+from ala_gym.agents.base import Controller, EpisodeRecord, OnStep, require_vector_env
 from ala_gym.core.checks import FLOAT32_MAX, check_int, check_real
 from ala_gym.wrappers import ChildAttributes
 
@@ -335,6 +335,7 @@ class ReinforceController(Controller):
     def run(self, envs: gym.vector.VectorEnv, seed: int, on_step: OnStep | None = None) -> list[EpisodeRecord]:
         """:meth:`begin`, ``warmup_runs`` runs of other children (learning, not recorded; none for a frozen
         policy, which would learn nothing from them), then the recorded run."""
+        require_vector_env(envs)
         self.begin(envs, seed)
         for run in range(1, self.config.warmup_runs + 1 if self.train else 1):
             self.run_episode(envs, seed + run * WARMUP_SEED_OFFSET)

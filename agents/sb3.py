@@ -48,7 +48,7 @@ with python_random_kept():  # its first import draws from Python's random
     from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
     from stable_baselines3.common.policies import ActorCriticPolicy
 
-from ala_gym.agents.base import Controller, EpisodeRecord, EpisodeRecorder, OnStep, step_logs
+from ala_gym.agents.base import Controller, EpisodeRecord, EpisodeRecorder, OnStep, require_vector_env, step_logs
 from ala_gym.core.checks import FLOAT32_MAX, check_int, check_real
 from ala_gym.core.data import resolve_device
 from ala_gym.core.files import atomic_file
@@ -338,6 +338,7 @@ class SB3Controller(Controller):
         seed: int,
         on_step: OnStep | None = None,
     ) -> list[EpisodeRecord]:
+        require_vector_env(envs)
         venv = SB3VecEnv(envs.unwrapped)
         venv.seed(seed)
         recorder = EpisodeRecorder(venv.num_envs)

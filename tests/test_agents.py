@@ -606,3 +606,29 @@ def test_step_logs_cover_the_children_still_in_the_recorded_run() -> None:
     assert [entry["val_metric"] for entry in logs] == [0.5, 0.4, 0.4]
     assert [len(entry["phi"]) for entry in logs] == [2, 1, 1]
     assert records[1].diverged and records[1].rewards == [-1.0] and records[0].rewards == [1.0] * 3
+
+
+@pytest.mark.parametrize("name", ["phi-identity", "reinforce", "adalfl", "ppo"])
+def test_a_single_env_is_refused_in_one_line_naming_the_vector_env_to_build(name: str) -> None:
+    """What the guides show first is a single env; a controller drives a vector env, and says how to build one."""
+    import ala_gym.agents as agents
+
+    env = gym.make("ALA-Digits-v0", total_iterations=20, steps_per_action=10)
+    with pytest.raises(TypeError, match=r"^a controller runs a vector env, not a single env \(ALAClassificationEnv\): "
+                                        r"build one with controller.make_envs\(env_id\)"):  # fmt: skip
+        agents.CONTROLLERS[name]().run(env, seed=0)
+    env.close()
+
+
+def test_a_config_setting_given_to_a_factory_names_the_config_to_put_it_in() -> None:
+    """``CONTROLLERS["reinforce"](lr=0.1)``: lr is a ReinforceConfig field, which the comparison's row text routes
+    there; in Python the factory says where it goes instead of Python's bare unexpected-keyword message."""
+    import ala_gym.agents as agents
+    from ala_gym.agents.reinforce import ReinforceConfig
+
+    with pytest.raises(TypeError, match=r"^lr: a setting of ReinforceConfig, not a keyword of ReinforceController; "
+                                        r"pass config=ReinforceConfig\(lr=...\)"):  # fmt: skip
+        agents.CONTROLLERS["reinforce"](lr=0.1)
+    assert agents.CONTROLLERS["reinforce"](config=ReinforceConfig(lr=0.1)).config.lr == 0.1
+    with pytest.raises(TypeError, match="unexpected keyword argument 'nonsense'"):  # no config field: Python's own
+        agents.CONTROLLERS["reinforce"](nonsense=1)

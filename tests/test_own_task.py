@@ -506,6 +506,8 @@ class Scale(nn.Module):
         (lambda w: dict(dataset=w, model=OwnNet((13,), 3)), "model is an instance of OwnNet; pass a factory"),
         (lambda w: dict(dataset=w, model="small_cnn"), r"model 'small_cnn' fails on inputs of shape \(13,\)"),
         (lambda w: dict(dataset=w, model="no-such-model"), "unknown model 'no-such-model'"),
+        (lambda w: dict(dataset=w, model=lambda shape, n: nn.Linear(shape[0], n).requires_grad_(False)),
+         r"model .* has no trainable parameter \(none, or all with requires_grad=False\): give it one that SGD can"),
         (lambda w: dict(dataset=w, model=lambda shape, n: nn.Sequential(nn.Linear(shape[0], n), Scale(1e60))),
          "returns non-finite outputs .inf or NaN. at initialisation"),  # beyond float32: inf
         (lambda w: dict(dataset=w, model=lambda shape, n: TrainingOverflow(shape[0], n)),
@@ -550,7 +552,7 @@ class Scale(nn.Module):
          "class-missing-from-the-subsample", "nan", "beyond-float32",
          "feature-count", "not-four-arrays", "unknown-name", "output-size", "squeezed-single-input",
          "other-width-in-training", "not-a-module", "module-instance",
-         "model-does-not-fit", "unknown-model", "non-finite-outputs", "non-finite-in-training", "too-few-samples", "no-training-spread",
+         "model-does-not-fit", "unknown-model", "nothing-to-train", "non-finite-outputs", "non-finite-in-training", "too-few-samples", "no-training-spread",
          "channels-last-images", "one-class", "ragged", "strings", "complex-array", "complex-tensor", "one-dimensional",
          "iterable-dataset", "empty-dataset", "items-not-pairs", "items-of-several-shapes", "model-not-callable",
          "meta-tensors", "uninitialised-weight", "infinite-buffer", "uint8-test-inputs-for-float-training-inputs",

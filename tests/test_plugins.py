@@ -54,6 +54,13 @@ PLUGIN = textwrap.dedent(
         return controller
 
 
+    class Countless(Controller):
+        '''A controller of one's own with no constructor: no num_envs keyword.'''
+
+        def act(self, observations, infos):
+            return np.ones(observations.shape[:2], dtype=np.int64)
+
+
     NOT_A_CONTROLLER = 3
 
 
@@ -96,6 +103,18 @@ def test_bad_specs_are_refused_in_one_line(plugin: Path, spec: str, message: str
     (plugin / "broken_on_import.py").write_text('raise RuntimeError("no GPU here")\n')
     with pytest.raises(compare.ComparisonError, match=message):
         compare.build_controller(spec)
+
+
+def test_a_controller_without_a_child_count_keyword_runs_on_one_child_and_is_told_how_to_take_more(plugin: Path) -> None:
+    """--baseline-children sets a fixed controller's num_envs: one that takes no such keyword runs where that count
+    is 1 (or unset), and where it is more, the refusal says what to add instead of a bare TypeError."""
+    assert compare.build_controller("my_controllers:Countless", baseline_children=1).num_envs == 1
+    assert compare.build_controller("my_controllers:Countless").num_envs == 1
+    with pytest.raises(compare.ComparisonError, match=r"^controller 'my_controllers:Countless': --baseline-children 2 "
+                                                      r"runs such rows on 2 children, but it takes no num_envs keyword; "
+                                                      r"give its __init__ one"):  # fmt: skip
+        compare.build_controller("my_controllers:Countless", baseline_children=2)
+    assert compare.build_controller("my_controllers:AlwaysUp", baseline_children=2).num_envs == 2
 
 
 def test_the_command_line_takes_a_module_factory(plugin: Path) -> None:

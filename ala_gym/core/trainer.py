@@ -163,6 +163,9 @@ class TrainConfig:
                 f"model {name} returns non-finite outputs (inf or NaN) at initialisation for two training inputs of "
                 f"shape {shape}; check its initial weights and any scaling in its forward"
             )
+        if not any(parameter.requires_grad for parameter in model.parameters()):  # SGD would have nothing to train
+            raise ValueError(f"model {name} has no trainable parameter (none, or all with requires_grad=False): "
+                             "give it one that SGD can train")  # fmt: skip
         return model
 
     def sampler(self, data: ClassificationData, seed: int) -> BatchSampler | ClassBalancedSampler:

@@ -97,8 +97,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     )
     parser.add_argument(
         "--data-root", type=Path,
-        help="folder holding the datasets that are not downloaded, such as cifar10-subset/ "
-        "(default: $ALA_GYM_DATA, else ~/.local/share/ala_gym; make sets it to ../shared/data); not part of a result's identity",
+        help="the folder under which a relative data_root of the env keywords lies, such as the presets' cifar10-subset "
+        "(default: $ALA_GYM_DATA, else ~/.local/share/ala_gym; make sets it to ../shared/data); Fashion-MNIST is read "
+        "from Debian's package unless data_root names another folder; not part of a result's identity",
     )
     args = parser.parse_args(argv)
 

@@ -164,7 +164,8 @@ def build_controller(spec: str, children: int | None = None, baseline_children: 
         config_kwargs = {k: v for k, v in config_overrides.items() if k in config_fields}
         factory_kwargs = {k: v for k, v in config_overrides.items() if k not in config_fields}
         factory_takes = _keywords(factory_target(factory))
-        init_takes = _keywords(type(controller).__init__)
+        # A class without a constructor of its own takes no keyword (object.__init__'s signature reads as any).
+        init_takes = set() if type(controller).__init__ is object.__init__ else _keywords(type(controller).__init__)
         if factory_kwargs and factory_takes is not None and init_takes is not None:  # a misspelt setting, named
             # A config object and a saved state are passed by code; a row's text cannot hold them.
             known = sorted((config_fields | factory_takes | init_takes) - {"self", "config", "initial_state"})
@@ -179,11 +180,19 @@ def build_controller(spec: str, children: int | None = None, baseline_children: 
             check_int("num_envs", factory_kwargs["num_envs"], 1)
         count = children if controller.multi_child else baseline_children if not controller.learned else None
         if count is not None:
+            option = "--children" if controller.multi_child else "--baseline-children"
             if factory_kwargs.get("num_envs", count) != count:  # the comparison's count would replace it unseen
-                option = "--children" if controller.multi_child else "--baseline-children"
                 raise ComparisonError(f"controller {spec!r}: num_envs={factory_kwargs['num_envs']} but the comparison "
                                       f"runs such rows with {count} children ({option}); set the count there")  # fmt: skip
-            factory_kwargs["num_envs"] = count
+            takes = None if factory_takes is None or init_takes is None else factory_takes | init_takes
+            if takes is None or "num_envs" in takes:
+                factory_kwargs["num_envs"] = count
+            elif count != 1:  # a factory of one's own that sets no child count: it would run one child unseen
+                raise ComparisonError(
+                    f"controller {spec!r}: {option} {count} runs such rows on {count} children, but it takes no num_envs "
+                    "keyword; give its __init__ one and set self.num_envs (docs/tutorials/custom_controller.py), or "
+                    f"leave {option} out"
+                )
         if factory_kwargs:
             controller = factory(**factory_kwargs)
         if config_kwargs:
