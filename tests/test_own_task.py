@@ -480,7 +480,7 @@ class Scale(nn.Module):
         (lambda w: dict(dataset=_shifted(w, 1, lambda y: y[:-1])), "x_train holds 138 samples but y_train 137 labels"),
         (lambda w: dict(dataset=_shifted(w, 1, lambda y: y[:, None])), "labels must be 1-D"),
         (lambda w: dict(dataset=_shifted(w, 3, lambda y: y.astype(np.float64))),
-         "y_test is torch.float64; labels must be integer"),
+         r"y_test is torch.float64; labels must be integer class indices 0..C-1 \(convert them first: y.astype\(int\)"),
         (lambda w: dict(dataset=_shifted(w, 1, lambda y: y - 1)), "holds label -1 at position"),
         (lambda w: dict(dataset=_shifted(w, 3, lambda y: np.where(y == 2, 6, y))),
          r"y_test holds label 6 at position \d+ \(\d+ such label\(s\)\), which is no class of y_train's 0..2"),

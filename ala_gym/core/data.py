@@ -956,7 +956,8 @@ def _user_labels(labels: torch.Tensor, count: int, what: str, inputs_what: str) 
         )
     if labels.dtype.is_floating_point or labels.dtype == torch.bool:
         raise ValueError(
-            f"dataset: {what} is {labels.dtype}; labels must be integer class indices 0..C-1 (convert them first)"
+            f"dataset: {what} is {labels.dtype}; labels must be integer class indices 0..C-1 (convert them first: "
+            "y.astype(int) for a numpy array, y.long() for a tensor)"
         )
     if len(labels) != count:
         raise ValueError(f"dataset: {inputs_what} holds {count} samples but {what} {len(labels)} labels")
