@@ -42,6 +42,7 @@ policies: ``ala_gym.agents.reinforce.ReinforceController.load(path, train=False)
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import fields, is_dataclass
 from importlib import import_module
@@ -61,6 +62,14 @@ def _config_class(built: Callable[..., Any]) -> Any:
     return next((candidate for candidate in candidates if is_dataclass(candidate) and isinstance(candidate, type)), None)
 
 
+def _own_keywords(built: Callable[..., Any]) -> set[str]:
+    """The keyword names a controller class or function takes itself."""
+    try:
+        return set(inspect.signature(built).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
 def _factory(path: str, name: str, **defaults: Any) -> Callable[..., Controller]:
     """A factory for the class at ``module:Class``, imported on first use: the modules with a command
     line (``python -m ala_gym.agents.reinforce``) must not be imported by the package itself, and
@@ -71,10 +80,12 @@ def _factory(path: str, name: str, **defaults: Any) -> Callable[..., Controller]
         built = getattr(import_module(module), class_name)
         try:
             controller = built(**{**defaults, **kwargs})
-        except TypeError:
+        except TypeError as error:
             config_class = _config_class(built)
-            misplaced = sorted(set(kwargs) & {field.name for field in fields(config_class)}) if config_class else []
-            if not misplaced:
+            own = _own_keywords(built)
+            settings = {field.name for field in fields(config_class)} if config_class else set()
+            misplaced = sorted(key for key in set(kwargs) & settings if key not in own)
+            if not misplaced or "unexpected keyword argument" not in str(error):
                 raise
             raise TypeError(
                 f"{', '.join(misplaced)}: a setting of {config_class.__name__}, not a keyword of {class_name}; pass "

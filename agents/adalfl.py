@@ -197,7 +197,8 @@ def load_loss_network(path: str | Path, device: torch.device | str = "cpu") -> L
         network = LossNetwork(AdaLFLConfig(**saved["hyper"]), torch.Generator())
         network.load_state_dict(saved["state_dict"])
     except (pickle.UnpicklingError, RuntimeError, KeyError, TypeError, ValueError, EOFError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+        reason = lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0]  # the cause under a header
         raise ValueError(
             f"{path} holds no loss network ({type(error).__name__}: {reason}); pass a file save_loss_network wrote"
         ) from None

@@ -632,3 +632,6 @@ def test_a_config_setting_given_to_a_factory_names_the_config_to_put_it_in() -> 
     assert agents.CONTROLLERS["reinforce"](config=ReinforceConfig(lr=0.1)).config.lr == 0.1
     with pytest.raises(TypeError, match="unexpected keyword argument 'nonsense'"):  # no config field: Python's own
         agents.CONTROLLERS["reinforce"](nonsense=1)
+    # A keyword the controller takes itself and its config also names (SB3's policy) is no misplaced setting.
+    with pytest.raises(TypeError, match="unexpected keyword argument 'nonsense'"):
+        agents.CONTROLLERS["ppo"](policy="mlp", nonsense=1)

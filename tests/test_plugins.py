@@ -61,6 +61,10 @@ PLUGIN = textwrap.dedent(
             return np.ones(observations.shape[:2], dtype=np.int64)
 
 
+    def make_countless() -> AlwaysUp:
+        return AlwaysUp()
+
+
     NOT_A_CONTROLLER = 3
 
 
@@ -112,9 +116,11 @@ def test_a_controller_without_a_child_count_keyword_runs_on_one_child_and_is_tol
     assert compare.build_controller("my_controllers:Countless").num_envs == 1
     with pytest.raises(compare.ComparisonError, match=r"^controller 'my_controllers:Countless': --baseline-children 2 "
                                                       r"runs such rows on 2 children, but it takes no num_envs keyword; "
-                                                      r"give its __init__ one"):  # fmt: skip
+                                                      r"give it one that sets the controller's num_envs"):  # fmt: skip
         compare.build_controller("my_controllers:Countless", baseline_children=2)
     assert compare.build_controller("my_controllers:AlwaysUp", baseline_children=2).num_envs == 2
+    # A factory function that takes no count, whatever its controller's constructor takes: decided by the factory.
+    assert compare.build_controller("my_controllers:make_countless", baseline_children=1).num_envs == 1
 
 
 def test_the_command_line_takes_a_module_factory(plugin: Path) -> None:

@@ -88,8 +88,8 @@ def test_spec_and_keywords_are_not_combined_and_each_part_checks_itself() -> Non
         task_spec("ALA-Digits-v0", learning_rate=0.1)
     with pytest.raises(TypeError, match=r"^ALAClassificationEnv takes no keyword 'total_iteration'; did you mean 'total_iterations'\?"):
         gym.make("ALA-Digits-v0", total_iteration=10)
-    with pytest.raises(TypeError, match=r"^ALAClassificationEnv takes no keyword 'num_envs'; several children are a "
-                                        r"vector env: gym.make_vec\(env_id, num_envs=N, ...\);"):  # fmt: skip
+    with pytest.raises(TypeError, match=r"^ALAClassificationEnv takes no keyword 'num_envs'; the child count is "
+                                        r"gym.make_vec's num_envs \(the comparison's --children, --baseline-children\);"):  # fmt: skip
         gym.make("ALA-Digits-v0", num_envs=2)  # not 'num_threads', the closest name
     # The vector env's own options are among the names a misspelt keyword is matched against, and listed.
     with pytest.raises(TypeError, match=r"^the vector env of ALAClassificationEnv takes no keyword 'trainmode'; "

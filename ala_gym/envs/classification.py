@@ -72,10 +72,12 @@ class ClassificationLoss(ComparedByValue):
                 "raise val_subsample, or pass val_subsample=None to measure on the whole split"
             )
         if self.metric == "aucpr":  # the macro mean over the classes present: of one class, 1 whatever the model
-            for name, labels in (("validation subsample", val_eval.labels), ("test split", data.test.labels)):
+            splits = (("validation subsample", val_eval.labels, "val_size, val_subsample"),
+                      ("test split", data.test.labels, "the dataset's test labels"))  # fmt: skip
+            for name, labels, where in splits:
                 if len(labels.unique()) < 2:
                     raise ValueError(f"AUCPR on the {name} ({len(labels)} item(s) of one class) is 1 whatever the model: "
-                                     "give it items of 2 classes at least (val_size, val_subsample)")  # fmt: skip
+                                     f"give it items of 2 classes at least ({where})")  # fmt: skip
         task_settings = ClassPairSettings(
             num_classes=num_classes, beta=self.beta, loss_form=self.loss_form,
             sigmoid_temperature=self.sigmoid_temperature, negative_floor=self.negative_floor,

@@ -342,8 +342,8 @@ def check_keywords(
         if key not in parameters:
             close = difflib.get_close_matches(key, known + list(options), n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
-            if key == "num_envs":  # several children are a vector env's, not a keyword of one env
-                hint = "several children are a vector env: gym.make_vec(env_id, num_envs=N, ...); "
+            if key == "num_envs":  # the child count is no env setting
+                hint = "the child count is gym.make_vec's num_envs (the comparison's --children, --baseline-children); "
             raise TypeError(f"{name} takes no keyword {key!r}; {hint}its keywords are {', '.join(known + list(options))}")
 
 

@@ -184,13 +184,12 @@ def build_controller(spec: str, children: int | None = None, baseline_children: 
             if factory_kwargs.get("num_envs", count) != count:  # the comparison's count would replace it unseen
                 raise ComparisonError(f"controller {spec!r}: num_envs={factory_kwargs['num_envs']} but the comparison "
                                       f"runs such rows with {count} children ({option}); set the count there")  # fmt: skip
-            takes = None if factory_takes is None or init_takes is None else factory_takes | init_takes
-            if takes is None or "num_envs" in takes:
+            if factory_takes is None or "num_envs" in factory_takes:  # what the factory itself takes decides
                 factory_kwargs["num_envs"] = count
             elif count != 1:  # a factory of one's own that sets no child count: it would run one child unseen
                 raise ComparisonError(
                     f"controller {spec!r}: {option} {count} runs such rows on {count} children, but it takes no num_envs "
-                    "keyword; give its __init__ one and set self.num_envs (docs/tutorials/custom_controller.py), or "
+                    "keyword; give it one that sets the controller's num_envs (docs/tutorials/custom_controller.py), or "
                     f"leave {option} out"
                 )
         if factory_kwargs:
