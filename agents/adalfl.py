@@ -394,6 +394,14 @@ class AdaLFLController(Controller):
         # A single env of the vector env's task: its own reset builds the child, with the same initial weights
         # and batch order as child 0 of any other controller's run with this seed. Further draws from its generator seed AdaLFL's streams.
         env = spec.make_env()
+        try:
+            record, self.loss_network = self._train(env, seed, on_step)
+        finally:
+            env.close()
+        return [record]
+
+    def _train(self, env: Any, seed: int, on_step: OnStep | None) -> tuple[AdaLFLRecord, LossNetwork]:
+        """The run on ``env``'s child (reset here with ``seed``): its record and the loss network it ends with."""
         env.reset(seed=seed)
         trainer: ChildTrainer = env.trainer
         network_seed, offline_seed, meta_seed = seed_streams(int(env.np_random.integers(2**63 - 1)), 3)
@@ -450,6 +458,4 @@ class AdaLFLController(Controller):
         final = env.episode.final_metrics(env.evaluate_split)
         record.test_metric, record.final_val_metric = final["test_metric"], final["final_val_metric"]
         record.final_val_loss = final["final_val_loss"]
-        env.close()
-        self.loss_network = network
-        return [record]
+        return record, network

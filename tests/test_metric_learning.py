@@ -323,6 +323,10 @@ def test_class_disjoint_split_shares_no_class() -> None:
     assert len(split.train) == int(torch.isin(data.train.labels, torch.arange(5)).sum())
     custom = class_disjoint(data, train_classes=[0, 2, 4, 6], val_classes=[1, 3], test_classes=[5, 7, 9])
     assert set(custom.val.labels.tolist()) == {1, 3} and set(custom.test.labels.tolist()) == {5, 7, 9}
+    # Any iterable of classes, a generator too (read once), and numpy's integers.
+    once = class_disjoint(data, train_classes=(c for c in range(5)), val_classes=np.array([5, 6]))
+    assert set(once.train.labels.tolist()) == train and set(once.test.labels.tolist()) == {5, 6, 7, 8, 9}
+    assert set(once.val.labels.tolist()) == {5, 6}
     with pytest.raises(ValueError, match="class-disjoint"):
         class_disjoint(data, train_classes=[0, 1, 2], val_classes=[2, 3])
     with pytest.raises(ValueError, match=r"classes \[2\] are both trained on and evaluated on"):  # a test class too

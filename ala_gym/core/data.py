@@ -1042,10 +1042,11 @@ def class_disjoint(
     for name, classes in (("train_classes", train_classes), ("val_classes", val_classes), ("test_classes", test_classes)):
         if classes is not None and (isinstance(classes, (str, bytes)) or not isinstance(classes, Iterable)):
             raise ValueError(f"{name} must be a list of at least 2 distinct classes in [0, {num_classes}), got {classes!r}")
-    train_classes = range(num_classes // 2) if train_classes is None else train_classes
+    # As lists: a generator given would be used up by the first pass over it.
+    train_classes = range(num_classes // 2) if train_classes is None else list(train_classes)
     held_out = [c for c in range(num_classes) if c not in set(train_classes)]
-    val_classes = held_out if val_classes is None else val_classes
-    test_classes = held_out if test_classes is None else test_classes
+    val_classes = held_out if val_classes is None else list(val_classes)
+    test_classes = held_out if test_classes is None else list(test_classes)
     for name, classes in (("train_classes", train_classes), ("val_classes", val_classes), ("test_classes", test_classes)):
         integers = all(isinstance(c, numbers.Integral) and not isinstance(c, bool) for c in classes)
         if not integers or len(set(classes)) < 2 or any(not 0 <= c < num_classes for c in classes):
