@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import gymnasium as gym
@@ -41,6 +42,22 @@ def make_ray(ray_cluster, isolated_cache):
     yield factory
     for envs in made:
         envs.close()
+
+
+def kill(actor) -> None:
+    """Kill a worker and wait until Ray reports it dead: ``ray.kill`` returns at once, and a call made right after it
+    could still reach the living process (a loaded machine makes that likely)."""
+    from ray.exceptions import RayActorError
+
+    ray.kill(actor)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            ray.get(actor.__ray_ready__.remote(), timeout=10)
+        except RayActorError:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the killed worker still answers after 60 s")
 
 
 def _run(envs, actions: np.ndarray, seed: int) -> list:
@@ -121,7 +138,7 @@ def test_killed_worker_ends_its_children_and_the_controller_run_completes(make_r
 
     def kill_second_worker(step: int, logs: dict) -> None:
         if step == 1:
-            ray.kill(envs.workers[1])  # children 0, 1 live on worker 0, child 2 on worker 1
+            kill(envs.workers[1])  # children 0, 1 live on worker 0, child 2 on worker 1
 
     records = controller.run(envs, seed=3, on_step=kill_second_worker)
     lost = records[2]
@@ -141,7 +158,7 @@ def test_lost_worker_step_contract(make_ray) -> None:
     envs.reset(seed=0)
     actions = np.ones((2, N_PAIRS), dtype=np.int64)
     _, _, _, _, before = envs.step(actions)
-    ray.kill(envs.workers[0])
+    kill(envs.workers[0])
     observation, reward, terminated, truncated, info = envs.step(actions)
     assert terminated.tolist() == [True, False] and not truncated.any() and reward[0] == -1.0
     assert info["_worker_lost"].tolist() == [True, False] and info["worker_lost"][0]
@@ -155,7 +172,7 @@ def test_lost_worker_step_contract(make_ray) -> None:
     later, reward, terminated, truncated, info = envs.step(actions)
     np.testing.assert_array_equal(later[0], observation[0])
     assert reward[0] == 0.0 and not terminated[0] and not truncated[0] and not info["_val_metric"][0]
-    ray.kill(envs.workers[1])
+    kill(envs.workers[1])
     _, _, terminated, _, _ = envs.step(actions)
     assert terminated.tolist() == [False, True]
     with pytest.raises(RuntimeError, match="reset"):
@@ -171,7 +188,7 @@ def test_a_worker_lost_just_after_an_episode_ended_reports_no_end_of_that_episod
     for _ in range(STEPS):
         _, _, terminated, _, ended = envs.step(actions)
     assert terminated.all() and ended["_test_metric"].all() and ended["_final_val_metric"].all()
-    ray.kill(envs.workers[0])
+    kill(envs.workers[0])
     _, _, terminated, _, info = envs.step(actions)  # the others reset (NEXT_STEP); child 0 is lost
     assert terminated[0] and info["worker_lost"][0]
     for key in ("test_metric", "final_val_metric", "final_val_loss"):
@@ -187,7 +204,7 @@ def test_a_lost_worker_under_same_step_autoreset_ends_its_children_as_episodes_e
     venv.reset()
     actions = np.ones((2, N_PAIRS), dtype=np.int64)
     venv.step(actions)
-    ray.kill(envs.workers[0])
+    kill(envs.workers[0])
     observations, _, dones, infos = venv.step(actions)
     # Stable-Baselines3 reads the ended episode's last observation from final_obs: there, and the same as returned.
     assert dones.tolist() == [True, False] and infos[0]["worker_lost"]
@@ -198,7 +215,7 @@ def test_a_worker_that_died_between_steps_is_replaced_by_the_next_reset(make_ray
     envs = make_ray(2, children_per_worker=1)
     envs.reset(seed=0)
     envs.step(np.ones((2, N_PAIRS), dtype=np.int64))
-    ray.kill(envs.workers[1])
+    kill(envs.workers[1])
     with pytest.raises(RuntimeError, match="died while resetting; .* call reset\\(\\) again"):
         envs.reset(seed=0)
     observations, _ = envs.reset(seed=0)  # as the message says: a new actor for the group
@@ -220,6 +237,10 @@ def test_refuses_what_the_cluster_cannot_place_and_leaves_a_cluster_it_did_not_s
         make_ray(3, children_per_worker=1, num_cpus_per_worker=1.0)  # 3 CPUs asked of 2
     with pytest.raises(ValueError, match="no GPU"):
         make_ray(2, device="cuda")
+    # An actor sees the one GPU Ray gives it as cuda:0: another index fails there, so it is refused here.
+    for gpus in (None, 0.5):
+        with pytest.raises(ValueError, match=r"^device='cuda:1': Ray gives each worker a GPU of its own, which it sees as 'cuda'"):
+            make_ray(2, device="cuda:1", num_gpus_per_worker=gpus)
     envs = make_ray(2)
     envs.close()
     assert ray.is_initialized() and not envs.started_ray

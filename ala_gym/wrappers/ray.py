@@ -385,6 +385,9 @@ class RayVectorEnv(VectorEnv):
     # ---------------------------------------------------------------- helpers
     def _gpus_per_worker(self, requested: float | None, device: str) -> float:
         gpus = float(ray.cluster_resources().get("GPU", 0.0))
+        if device.startswith("cuda:") and device != "cuda:0":  # an actor sees only the GPU Ray gave it, as cuda:0
+            raise ValueError(f"device={device!r}: Ray gives each worker a GPU of its own, which it sees as 'cuda'; pass "
+                             "device='cuda' (or 'auto'), and num_gpus_per_worker for the share of one it takes")  # fmt: skip
         if requested is not None:  # checked by __init__
             return requested
         if device == "cpu":
