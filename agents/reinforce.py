@@ -514,7 +514,8 @@ class ReinforceController(Controller):
         cls, path: str | Path, train: bool = False, num_envs: int = 1, temperature: float = 1.0
     ) -> ReinforceController:
         """A controller that starts every run from the saved policy: frozen (``train=False``, Table 5's
-        "policy from 1st run") or fine-tuned (``train=True``).
+        "policy from 1st run") or fine-tuned (``train=True``), on ``num_envs`` children: the pair-shared policy
+        runs on any number, so the file does not fix it (whatever count it was trained with).
 
         ``temperature`` divides the loaded policy's logits (its output layer is scaled by ``1 / temperature``).
         A policy that became deterministic has a vanishing REINFORCE gradient (the probability of the action
