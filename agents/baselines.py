@@ -77,17 +77,22 @@ class UniformPhi(FixedPhi):
     ``off_diagonal=u`` gives ``I + u`` off the diagonal: each sample's target keeps weight 1 and every other
     class gets ``u``, a label-smoothing-like regulariser under the linear Eq. 6. ``label_smoothing=eps``
     instead gives diagonal ``1 - eps + eps / C`` and off-diagonal ``eps / C``, under which the linear Eq. 6
-    is exactly cross-entropy with label smoothing ``eps`` (``F.cross_entropy(..., label_smoothing=eps)``).
-    The default ``u = 0.03`` was the best of 0.003, 0.01, 0.03 and 0.1 on digits
-    (``benchmarks/results/digits``).
+    is exactly cross-entropy with label smoothing ``eps`` (``F.cross_entropy(..., label_smoothing=eps)``); the
+    two are alternatives, and one given with the other is refused. The default ``u = 0.03`` was the best of
+    0.003, 0.01, 0.03 and 0.1 on digits (``benchmarks/results/digits``).
     """
 
     name = "phi-uniform"
 
-    def __init__(self, off_diagonal: float = 0.03, label_smoothing: float | None = None, num_envs: int = 1) -> None:
+    def __init__(
+        self, off_diagonal: float | None = None, label_smoothing: float | None = None, num_envs: int = 1
+    ) -> None:  # fmt: skip
         super().__init__("linear", num_envs)
+        if label_smoothing is not None and off_diagonal is not None:  # one would be ignored
+            raise ValueError("off_diagonal and label_smoothing are two ways to set Phi: give one of them")
         if label_smoothing is not None:
             label_smoothing = check_real("label_smoothing", label_smoothing, 0.0, 1.0)
+        off_diagonal = 0.03 if off_diagonal is None else off_diagonal
         self.off_diagonal, self.label_smoothing = check_real("off_diagonal", off_diagonal, -1.0, 1.0), label_smoothing
 
     def matrix(self, num_classes: int) -> np.ndarray:

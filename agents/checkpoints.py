@@ -61,6 +61,8 @@ def load_checkpoint(path: str | Path, kind: str, written_by: str | None = None) 
     not one (never torch's own message, whose advice to load with ``weights_only=False`` would run
     whatever code the file holds). ``written_by`` is the fix an error names (default: how a policy is saved)."""
     written_by = written_by or "write one with --save (python -m ala_gym.agents.reinforce / ala_gym.agents.sb3)"
+    if Path(path).is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file; name the .pt file in it")
     if not Path(path).is_file():
         raise CheckpointError(f"{path}: no such checkpoint file; {written_by}")
     try:

@@ -77,6 +77,14 @@ MACHINE_OPTIONS = ("--data-root",)
 left out of the command a record holds."""
 
 
+def path_option(text: str) -> str:
+    """An option's file or folder (``--save``, ``--load``, ``--log-dir``, ``--state``): refused empty, as an unset
+    shell variable (``--save $OUT``) gives it, which would otherwise run and save nothing."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name a file or folder, not an empty string")
+    return text
+
+
 def portable_argv(argv: list[str]) -> list[str]:
     """``argv`` as a committed record holds it: :data:`MACHINE_OPTIONS` left out with their values, and an absolute
     path inside the working folder written relative to it (one outside stays as given)."""
@@ -89,7 +97,7 @@ def portable_argv(argv: list[str]) -> list[str]:
         if option in MACHINE_OPTIONS:
             skip = "=" not in word  # its value is the next word
             continue
-        option, equals, value = word.rpartition("=") if word.startswith("--") and "=" in word else ("", "", word)
+        option, equals, value = word.partition("=") if word.startswith("--") and "=" in word else ("", "", word)
         path = Path(value)
         if path.is_absolute() and path.is_relative_to(here):
             value = str(path.relative_to(here))
@@ -148,7 +156,12 @@ def require(extra: str, module: str) -> None:
 
 class OneLineParser(argparse.ArgumentParser):
     """``argparse.ArgumentParser`` whose refusals are one line, ``prog: error: ...`` (exit status 2), without the
-    usage block above it: the package's rule for bad input on every command line (``--help`` shows the usage)."""
+    usage block above it: the package's rule for bad input on every command line (``--help`` shows the usage).
+    Options are taken as spelt in full only (no ``allow_abbrev``): a command a record holds names each option as
+    :func:`portable_argv` reads it, so that ``--data`` cannot carry a machine's data folder past it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **{"allow_abbrev": False, **kwargs})
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -319,13 +332,13 @@ def add_run_args(parser: argparse.ArgumentParser, default_num_envs: int) -> None
         "data_root (data_root=cifar10-subset) names a folder of the data home ($ALA_GYM_DATA), as in the comparisons",
     )
     group.add_argument(
-        "--log-dir",
+        "--log-dir", type=path_option,
         help="TensorBoard folder (default runs/<controller>-<env>-s<seed>, with -2, -3, ... where a run wrote there already)",
     )
     group.add_argument("--no-tensorboard", action="store_true", help="progress bar only")
-    group.add_argument("--save", help="write the learned policy here after the run (a .pt file)")
+    group.add_argument("--save", type=path_option, help="write the learned policy here after the run (a .pt file)")
     group.add_argument(
-        "--load",
+        "--load", type=path_option,
         help="start from this saved policy (a .pt file; reinforce also takes a shipped policy's name, such as digits) "
         "with its saved hyperparameters (giving any of them as well is refused)",
     )

@@ -191,7 +191,7 @@ def argument_parser() -> argparse.ArgumentParser:
     """The command line: one option per :class:`ImitateConfig` field, and where the policy goes."""
     parser = cli.OneLineParser(description=__doc__.split("\n\n")[0])
     cli.add_dataclass_args(parser, ImitateConfig, title="ImitateConfig (what to clone, and how)")
-    parser.add_argument("--save", required=True, help="write the policy here (a reinforce policy file), and what "
+    parser.add_argument("--save", type=cli.path_option, required=True, help="write the policy here (a reinforce policy file), and what "
                         "produced it beside it (the same name, .json)")  # fmt: skip
     return parser
 

@@ -820,9 +820,10 @@ def argument_parser() -> argparse.ArgumentParser:
     parser = cli.OneLineParser(description=__doc__.split("\n\n")[0])
     cli.add_dataclass_args(parser, MetaTrainConfig, title="MetaTrainConfig (the search)",
                            choices={"searched": SEARCHED, "rank_ties": RANK_TIES})  # fmt: skip
-    parser.add_argument("--state", help="checkpoint written after every generation; an existing one is resumed")
-    parser.add_argument("--log-dir", help="TensorBoard folder for the fitness curves")
-    parser.add_argument("--save", required=True, help="write the meta-trained policy here (a reinforce policy file), "
+    parser.add_argument("--state", type=cli.path_option,
+                        help="checkpoint written after every generation; an existing one is resumed")  # fmt: skip
+    parser.add_argument("--log-dir", type=cli.path_option, help="TensorBoard folder for the fitness curves")
+    parser.add_argument("--save", type=cli.path_option, required=True, help="write the meta-trained policy here (a reinforce policy file), "
                         "and what produced it beside it (the same name, .json)")  # fmt: skip
     return parser
 

@@ -635,3 +635,14 @@ def test_a_config_setting_given_to_a_factory_names_the_config_to_put_it_in() -> 
     # A keyword the controller takes itself and its config also names (SB3's policy) is no misplaced setting.
     with pytest.raises(TypeError, match="unexpected keyword argument 'nonsense'"):
         agents.CONTROLLERS["ppo"](policy="mlp", nonsense=1)
+
+
+def test_uniform_phi_takes_one_of_its_two_settings() -> None:
+    """off_diagonal and label_smoothing each set the whole Phi; given both, one was silently ignored."""
+    import ala_gym.agents as agents
+    from ala_gym.agents.baselines import UniformPhi
+
+    with pytest.raises(ValueError, match="^off_diagonal and label_smoothing are two ways to set Phi: give one of them$"):
+        agents.CONTROLLERS["label-smoothing"](off_diagonal=0.05)
+    assert UniformPhi().off_diagonal == 0.03 and UniformPhi(off_diagonal=-0.1).matrix(2)[0, 1] == -0.1
+    np.testing.assert_allclose(UniformPhi(label_smoothing=0.1).matrix(2), [[0.95, 0.05], [0.05, 0.95]])

@@ -60,6 +60,8 @@ def _bad_checkpoints(folder: Path) -> dict[str, tuple[Path, str]]:
     shapes = {key: torch.zeros(3, 3) for key in good["state_dict"]}
     case("wrong-shapes", "damaged reinforce policy", {**good, "state_dict": shapes})
     cases["absent"] = (folder / "absent.pt", "no such checkpoint file")
+    (folder / "a-folder.pt").mkdir()
+    cases["folder"] = (folder / "a-folder.pt", "is a folder, not a checkpoint file; name the .pt file in it")
     return cases
 
 
@@ -90,6 +92,14 @@ def test_cli_bad_env_value_and_missing_checkpoint_exit_2(main, tmp_path: Path, c
     with pytest.raises(SystemExit) as caught:
         main(["--load", str(tmp_path / "absent.pt"), *TINY_RUN])
     assert caught.value.code == 2 and "no such checkpoint file" in capsys.readouterr().err
+    for option in ("--save", "--load", "--log-dir"):  # what an unset shell variable gives: refused, not a silent run
+        with pytest.raises(SystemExit) as caught:
+            main([*TINY_RUN, option, ""])
+        err = capsys.readouterr().err
+        assert caught.value.code == 2 and f"argument {option}: must name a file or folder, not an empty string" in err
+    with pytest.raises(SystemExit) as caught:  # options are spelt in full: a record's command reads as it ran
+        main([*TINY_RUN, "--no-tensor"])
+    assert caught.value.code == 2 and "unrecognized arguments: --no-tensor" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("main, wrong, message", [
@@ -633,6 +643,8 @@ def test_a_recorded_command_writes_paths_inside_the_working_folder_relative_to_i
     # Where the data lies is the machine's: left out, with its value, in either spelling.
     with_data = ["--data-root", "/data/here", "--seed", "1", "--data-root=/data/there", "--out", str(tmp_path / "out")]
     assert cli.portable_argv(with_data) == ["--seed", "1", "--out", "out"]
+    # A value holding "=" of its own: the option is what comes before the first one.
+    assert cli.portable_argv([f"--save={tmp_path / 'runs' / 'a=b.pt'}"]) == ["--save=runs/a=b.pt"]
 
 
 def test_an_env_keyword_against_the_controllers_own_is_refused(capsys) -> None:
