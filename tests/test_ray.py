@@ -47,9 +47,14 @@ def make_ray(ray_cluster, isolated_cache):
 def kill(actor) -> None:
     """Kill a worker and wait until Ray reports it dead: ``ray.kill`` returns at once, and a call made right after it
     could still reach the living process (a loaded machine makes that likely)."""
+    ray.kill(actor)
+    wait_until_dead(actor)
+
+
+def wait_until_dead(actor) -> None:
+    """Return once calls to ``actor`` fail as to a dead actor; fail the test if it still answers after 60 s."""
     from ray.exceptions import RayActorError
 
-    ray.kill(actor)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -222,8 +227,7 @@ def test_a_worker_that_died_between_steps_is_replaced_by_the_next_reset(make_ray
     assert observations.shape == (2, N_PAIRS, 24) and not envs._lost.any()
     handle = envs.workers[0]
     envs.close()  # its actors go with it, also on a cluster the caller started
-    with pytest.raises(ray.exceptions.RayActorError):
-        ray.get(handle.get_attr.remote("num_classes"), timeout=60)
+    wait_until_dead(handle)
     with pytest.raises(RuntimeError, match="closed"):
         envs.get_attr("num_classes")
     with pytest.raises(ValueError, match="children_per_worker must be an integer >= 1, got 2.0"):
